@@ -1,0 +1,77 @@
+"""Rich terminal rendering of estimates and plans (the CLI prints; the library computes)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ftopt.estimate import Estimate
+from ftopt.plan import Plan
+from ftopt.units import fmt_bytes, fmt_seconds
+
+import sys
+
+# Wide tables when piped (CI logs, files); the terminal width when interactive.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _breakdown_table(e: Estimate) -> Table:
+    t = Table(title=f"{e.model} on {e.hardware}: {e.combination.label()} ({e.method.value})", show_edge=False)
+    t.add_column("per GPU")
+    t.add_column("memory", justify="right")
+    for k, v in e.breakdown.model_dump().items():
+        if v:
+            t.add_row(k.replace("_", " "), fmt_bytes(v))
+    t.add_row("[bold]allocated peak[/]", f"[bold]{fmt_bytes(e.peak_bytes_per_gpu)}[/]")
+    t.add_row("device total (+reserve, CUDA context)", fmt_bytes(e.device_bytes_per_gpu))
+    t.add_row("capacity", fmt_bytes(e.capacity_bytes))
+    return t
+
+
+def print_estimate(e: Estimate) -> None:
+    console.print(_breakdown_table(e))
+    verdict = "[green]fits[/]" if e.fits else "[red]does not fit[/]"
+    console.print(f"{verdict}: headroom {fmt_bytes(e.headroom_bytes)}; peak during {e.peak_phase}; "
+                  f"trainable {e.trainable_params:,} of {e.total_params:,} parameters")
+    if e.cpu_bytes_per_node:
+        console.print(f"host RAM for offloaded states: {fmt_bytes(e.cpu_bytes_per_node)} per node")
+    console.print(f"step {fmt_seconds(e.step_seconds)} (communication/offload {fmt_seconds(e.comm_seconds)}), "
+                  f"{e.steps_per_epoch} steps per epoch, epoch {fmt_seconds(e.epoch_seconds)}, "
+                  f"total {fmt_seconds(e.total_seconds)}")
+    for n in e.notes:
+        console.print(f"[yellow]note:[/] {n}")
+
+
+def print_plan(p: Plan, limit: int = 20) -> None:
+    s = p.setup
+    t = Table(title=f"{p.model} on {s.world_size} x {p.hardware}, seq {s.seq_len}, micro-batch {s.micro_batch}, "
+                    f"{s.precision.value} ({p.method.value})")
+    for col, j in (("#", "right"), ("combination", "left"), ("per-GPU memory", "right"), ("headroom", "right"),
+                   ("fits", "center"), ("epoch", "right"), ("total", "right")):
+        t.add_column(col, justify=j)
+    if p.cost_per_gpu_hour is not None:
+        t.add_column("cost", justify="right")
+    shown = [e for e in p.candidates if e.fits][:limit] or p.candidates[:limit]
+    for i, e in enumerate(shown, 1):
+        rec = e is p.recommended
+        row = [str(i), ("[bold green]* " if rec else "") + e.combination.label() + ("[/]" if rec else ""),
+               fmt_bytes(e.device_bytes_per_gpu), fmt_bytes(e.headroom_bytes), "yes" if e.fits else "[red]no[/]",
+               fmt_seconds(e.epoch_seconds), fmt_seconds(e.total_seconds)]
+        if p.cost_per_gpu_hour is not None:
+            row.append(f"{p.cost(e):,.2f}")
+        t.add_row(*row)
+    console.print(t)
+    n_fit = sum(e.fits for e in p.candidates)
+    console.print(f"{n_fit} of {len(p.candidates)} combinations fit; showing {len(shown)}.")
+    if p.recommended:
+        console.print(f"[bold]Recommended:[/] {p.recommended.combination.label()} — {p.reason}.")
+    else:
+        console.print(f"[bold red]No recommendation:[/] {p.reason}.")
+    if p.longest_context:
+        console.print(f"What if: the longest context that fits with the recommendation is {p.longest_context:,} tokens.")
+    if p.fewest_gpus:
+        console.print(f"What if: the fewest {p.hardware} GPUs that fit the model: {p.fewest_gpus} "
+                      f"({p.fewest_gpus_combination.label()}).")
+    elif p.fewest_gpus is None and p.recommended is None:
+        console.print("What if: no number of these GPUs up to 64 fits the model.")
+    if p.shortfall:
+        console.print(f"[yellow]Falls short:[/] {p.shortfall}.")

@@ -1,0 +1,55 @@
+"""Per-GPU memory and time of one combination, by the analytic formulas or by tracing the real training step."""
+from __future__ import annotations
+
+from ftopt.errors import FtoptError
+from ftopt.estimate import analytic
+from ftopt.estimate.result import Estimate, MemoryBreakdown, Method
+from ftopt.estimate.time import step_time
+from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
+
+
+def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> list[str]:
+    """Cross-object rules no single spec can check. Returns warnings; raises FtoptError for impossible input."""
+    notes = []
+    if setup.seq_len > model.max_positions:
+        notes.append(f"seq-len {setup.seq_len} exceeds the model's {model.max_positions} positions; "
+                     "quality beyond that length is not guaranteed.")
+    if hw.flops_for(setup.precision.compute_dtype) is None:
+        raise FtoptError(f"{hw.name} has no {setup.precision.compute_dtype} support; use --precision fp16-mixed or fp32.")
+    if combo.attn.value == "flash" and hw.is_cpu:
+        notes.append("flash attention needs a CUDA GPU; on the CPU the estimate assumes its memory behaviour only.")
+    if combo.zero and setup.world_size == 1 and combo.offload.value == "none":
+        notes.append("ZeRO on one GPU partitions nothing; it only adds DeepSpeed's buffers.")
+    return notes
+
+
+def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination,
+             method: Method | str = Method.ANALYTIC) -> Estimate:
+    """Per-GPU peak memory, device total, fit and step/epoch time of `combo`."""
+    method = Method(method)
+    notes = check_setup(model, setup, combo, hw)
+    if method is Method.TRACED:
+        from ftopt.estimate.traced import traced_memory  # lazy: imports transformers and peft
+
+        bd, phase, cpu = traced_memory(model, setup, combo, target="cpu" if hw.is_cpu else "cuda")
+    else:
+        bd, phase, cpu = analytic.memory(model, setup, combo)
+    peak = bd.total()
+    device = analytic.device_bytes(peak, combo, hw.is_cpu)
+    t = step_time(model, setup, combo, hw)
+    steps = setup.steps_per_epoch()
+    fits = device <= hw.memory_bytes and cpu <= hw.host_memory_bytes
+    if cpu > hw.host_memory_bytes:
+        notes.append("offloaded states need more host RAM than the node has.")
+    return Estimate(
+        method=method, model=model.name, hardware=hw.name, combination=combo, peak_bytes_per_gpu=peak,
+        device_bytes_per_gpu=device, breakdown=bd, peak_phase=phase, cpu_bytes_per_node=cpu,
+        capacity_bytes=hw.memory_bytes, fits=fits, trainable_params=analytic.trainable_params(model, combo),
+        total_params=model.param_count(), step_seconds=t.step_seconds, steps_per_epoch=steps,
+        epoch_seconds=t.step_seconds * steps,
+        total_seconds=t.step_seconds * steps * setup.epochs, flops_per_step=t.flops_per_step, comm_seconds=t.comm_seconds,
+        notes=notes,
+    )
+
+
+__all__ = ["Estimate", "MemoryBreakdown", "Method", "estimate", "check_setup"]

@@ -1,0 +1,257 @@
+"""Analytic per-GPU memory model: small named formulas, instant, each citing where it comes from.
+
+Conventions: every function returns bytes (int) per GPU; `tokens` = micro_batch x seq_len. Shapes in comments are
+per token unless stated. Sources:
+  [ZeRO]   Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models":
+           mixed-precision Adam holds 2 + 2 + K bytes per parameter (16-bit weights, 16-bit grads, K = 12 for the
+           fp32 master copy, momentum and variance); stage 1/2/3 partition K, then grads, then weights over N GPUs.
+  [Korthikanti] Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models": a GPT
+           layer stores s*b*h*(34 + 5*a*s/h) bytes of activations with 16-bit tensors; we enumerate the same saved
+           tensors for each architecture instead of using the GPT-2 constant (GQA, gated MLPs and the fp32 upcasts
+           in Hugging Face's RMSNorm/loss change the numbers).
+  [HF]     transformers 5 modeling code as run by Trainer: RMSNorm upcasts to fp32; the loss upcasts logits to fp32
+           (loss_utils.ForCausalLMLoss); activation checkpointing is non-reentrant and keeps each layer's input.
+  [DS]     DeepSpeed 0.19 runtime: 16-bit training casts the whole module to 16 bits and keeps the fp32 master copy
+           in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
+           Hugging Face's "auto" DeepSpeed config fills in).
+Where real implementations differ from the papers, the comment says so; `estimate/traced.py` measures them exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftopt.errors import FtoptError
+from ftopt.estimate.result import MemoryBreakdown
+from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, Offload, Precision, TrainingSetup
+
+# Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
+CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
+ALLOCATOR_RESERVE_FRACTION = 0.05  # caching-allocator fragmentation: reserved exceeds allocated by a few percent
+DEEPSPEED_CONTEXT_BYTES = 300 * 2**20  # DeepSpeed/NCCL communicator buffers per rank
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How the engine stores each parameter, in bytes per parameter (before ZeRO partitioning)."""
+
+    trainable_weight: int
+    frozen_weight: int
+    grad: int
+    master: int  # fp32 copy kept by the optimizer (DeepSpeed 16-bit training)
+    optim: int  # AdamW exp_avg + exp_avg_sq
+    autocast: bool  # forward runs under torch.autocast (Trainer with fp32 weights and bf16/fp16 compute)
+    act_bytes: int  # dtype of matmul outputs
+    resid_bytes: int  # dtype of the residual stream (= embedding weight dtype)
+
+
+def storage(precision: Precision, combo: Combination) -> Storage:
+    """Bytes per parameter as each engine really stores them.
+
+    Hugging Face Trainer alone: mixed precision keeps fp32 weights and runs autocast [HF]; for LoRA, ftopt loads
+    the frozen base in 16 bits (it needs no fp32 master) and PEFT keeps the adapters in fp32.
+    DeepSpeed: 16-bit weights and grads plus K=12 bytes of fp32 master + Adam states per trainable parameter [ZeRO].
+    bf16-true (Trainer only): everything bf16, AdamW states in the parameter dtype (torch.optim.AdamW).
+    """
+    if precision is Precision.FP32:
+        return Storage(4, 4, 4, 0, 8, autocast=False, act_bytes=4, resid_bytes=4)
+    if precision is Precision.BF16_TRUE:
+        if combo.uses_deepspeed:
+            raise FtoptError("bf16-true is a Trainer-only precision: DeepSpeed always keeps fp32 master weights; "
+                             "use bf16-mixed with ZeRO.")
+        return Storage(2, 2, 2, 0, 4, autocast=False, act_bytes=2, resid_bytes=2)
+    # bf16-mixed / fp16-mixed
+    if combo.uses_deepspeed:
+        return Storage(2, 2, 2, 4, 8, autocast=False, act_bytes=2, resid_bytes=2)
+    if combo.lora:
+        return Storage(4, 2, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=2)
+    return Storage(4, 4, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=4)
+
+
+def lora_targets(model: ModelSpec, combo: Combination) -> list[str]:
+    if not combo.lora:
+        return []
+    targets = list(combo.lora_targets) if combo.lora_targets else model.attention_linear_names()
+    names = model.all_linear_names()
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise FtoptError(f"LoRA target(s) {', '.join(missing)} are not linears of {model.family}; "
+                         f"candidates: {', '.join(names)}.")
+    return targets
+
+
+def trainable_params(model: ModelSpec, combo: Combination) -> int:
+    return model.lora_params(combo.lora_r, lora_targets(model, combo)) if combo.lora else model.param_count()
+
+
+# ---- activations: tensors autograd saves for backward, per token -----------------------------------------------
+def _trainable_groups(model: ModelSpec, combo: Combination) -> set[LinearGroup]:
+    if not combo.lora:
+        return set(LinearGroup)
+    targets = set(lora_targets(model, combo))
+    return {lin.group for lin in model.layer_linears() if lin.name in targets}
+
+
+def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
+    """One norm, per token [HF]. RMSNorm upcasts its input to fp32 and pow() saves it (4h); the normalized output
+    is saved by `weight * x` only when the weight trains. LayerNorm saves its input (fp32 under autocast)."""
+    h = model.hidden_size
+    if model.norm is NormKind.RMS:
+        return 4 * h + (st.resid_bytes * h if full else 0)
+    in_bytes = 4 if st.autocast else st.resid_bytes
+    return in_bytes * h
+
+
+def linear_input_bytes(model: ModelSpec, st: Storage, in_features: int, trainable: bool, produced_bytes: int) -> int:
+    """A matmul saves its input only to form the weight gradient (frozen weights need only W for grad-input).
+    Under autocast the saved input is the 16-bit cast; otherwise the tensor itself when not saved already."""
+    if not trainable:
+        return 0
+    if st.autocast and produced_bytes == 4:
+        return 2 * in_features  # the bf16 cast autocast makes for the matmul
+    return produced_bytes * in_features
+
+
+def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_len: int) -> int:
+    """Scaled dot-product attention, per token.
+    sdpa/flash: q, k, v, out plus fp32 log-sum-exp per head (GQA kept un-repeated: transformers passes
+      enable_gqa when there is no padding mask).
+    eager [Korthikanti 5as/h term]: q and the repeated k, v (repeat_kv copies), the fp32 softmax output
+      (heads x s) and its 16-bit copy that the PV matmul saves."""
+    a, q, kv, heads = st.act_bytes, model.q_dim, model.kv_dim, model.num_heads
+    if combo.attn.linear_memory:
+        return a * (2 * q + 2 * kv) + 4 * heads
+    probs = 4 * heads * seq_len + (a * heads * seq_len if a != 4 else 0)
+    return a * 3 * q + probs
+
+
+def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: bool) -> int:
+    """Gated (SwiGLU/GeGLU): gate output (saved by the activation), activation output and up output (saved by the
+    product); the product is saved by `down` when it trains. Plain (GELU): fc1 output, GELU output for fc2."""
+    a, i = st.act_bytes, model.intermediate_size
+    if model.mlp is MlpKind.GATED:
+        return a * 3 * i + (a * i if down_trainable else 0)
+    return a * i + (a * i if down_trainable else 0)
+
+
+def layer_activation_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage, seq_len: int) -> int:
+    """All tensors one decoder layer keeps for backward, per token, without checkpointing."""
+    full = not combo.lora
+    groups = _trainable_groups(model, combo)
+    norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
+    n = norm_saved_bytes(model, st, full) * model.norms_per_layer
+    h, q = model.hidden_size, model.q_dim
+    n += linear_input_bytes(model, st, h, LinearGroup.ATTN_IN in groups, norm_out_bytes if not full or st.autocast else 0)
+    n += attention_core_bytes(model, st, combo, seq_len)
+    n += linear_input_bytes(model, st, q, LinearGroup.ATTN_OUT in groups, st.act_bytes)
+    n += linear_input_bytes(model, st, h, LinearGroup.MLP_IN in groups, norm_out_bytes if not full or st.autocast else 0)
+    n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups)
+    return n
+
+
+def autocast_weight_cache_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
+    """Under autocast, each trainable fp32 linear weight is cast to bf16 once per forward and that copy is saved
+    for backward (torch autocast's weight cache): 2 bytes per linear parameter of every non-checkpointed layer."""
+    if not st.autocast or combo.lora:
+        return 0
+    per_layer = sum(lin.in_features * lin.out_features for lin in model.layer_linears())
+    return 2 * per_layer
+
+
+def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
+    """LM head and loss at their peak [HF loss_utils]: the loss upcasts logits to fp32 and log_softmax keeps its
+    fp32 output; in backward nll_loss's gradient, log_softmax's gradient and that output coexist: 12 bytes per
+    vocabulary entry per token, plus the 16-bit logits when they are not fp32 already."""
+    v = model.vocab_size
+    return tokens * v * (12 + (st.act_bytes if st.act_bytes != 4 else 0))
+
+
+def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
+    """(all saved activations at the end of forward, one layer's) per GPU, in bytes.
+    With GC each layer keeps only its input (resid dtype x h) and one layer is recomputed at a time in backward."""
+    tokens = setup.tokens_per_micro_batch
+    per_layer = layer_activation_bytes_per_token(model, combo, st, setup.seq_len) * tokens
+    per_layer += autocast_weight_cache_bytes(model, combo, st)
+    head = norm_saved_bytes(model, st, not combo.lora) * tokens  # final norm
+    if combo.gc:
+        kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens
+        return kept + per_layer + head, per_layer
+    return model.num_layers * per_layer + head, per_layer
+
+
+# ---- states: weights, grads, master, optimizer, with ZeRO partitioning -----------------------------------------
+@dataclass(frozen=True)
+class States:
+    weights: int
+    master: int
+    optim: int
+    grads: int
+    buffers: int
+    cpu_bytes: int  # host RAM per GPU for offloaded states
+
+
+def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> States:
+    """Per-GPU bytes of weights, master copy, Adam states and gradients [ZeRO], plus DeepSpeed's buffers [DS]."""
+    n = setup.world_size
+    total = model.param_count()
+    train = trainable_params(model, combo)
+    frozen = total - train
+    weights = train * st.trainable_weight + frozen * st.frozen_weight
+    master, optim, grads = train * st.master, train * st.optim, train * st.grad
+    buffers, cpu = 0, 0
+    h = model.hidden_size
+    if combo.zero >= 1:
+        master, optim = _ceil_div(master, n), _ceil_div(optim, n)
+        buffers += DEEPSPEED_CONTEXT_BYTES
+    if combo.zero >= 2:
+        grads = _ceil_div(grads, n)
+        buffers += 2 * h * h * st.grad  # reduce bucket (reduce_bucket_size = h^2 elements), double-buffered
+    if combo.zero == 3:
+        weights = _ceil_div(weights, n)
+        # the gathered layer being computed plus the prefetched next one (stage3_prefetch_bucket_size = 0.9 h^2)
+        buffers += 2 * model.layer_params() * st.frozen_weight
+    if combo.offload in (Offload.OPTIMIZER, Offload.ALL):
+        # ZeRO-Offload keeps master + Adam states and an fp32 gradient partition in host RAM; Adam runs on the CPU.
+        cpu += master + optim + _ceil_div(train * 4, n)
+        master, optim = 0, 0
+    if combo.offload is Offload.ALL:
+        cpu += weights
+        weights = 0
+    return States(weights, master, optim, grads, buffers, cpu)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---- the peak ---------------------------------------------------------------------------------------------------
+def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> tuple[MemoryBreakdown, str, int]:
+    """(breakdown at the peak, phase name, host RAM per node) for one GPU.
+
+    Three candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if
+    gradient accumulation keeps them between micro-batches; (2) end of backward — all gradients plus the last
+    layer's activations; (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
+    16-bit gradient partition to fp32). Weights, master copy and Adam states are resident throughout (after the
+    first step)."""
+    st = storage(setup.precision, combo)
+    s = zero_states(model, setup, combo, st)
+    acts, one_layer = activation_bytes(model, setup, combo, st)
+    logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch)
+    static = dict(weights=s.weights, master_weights=s.master, optimizer_states=s.optim, engine_buffers=s.buffers)
+    grads_during_fwd = s.grads if setup.grad_accum > 1 else 0
+    train = trainable_params(model, combo)
+    step_temp = _ceil_div(train * 4, setup.world_size) if combo.uses_deepspeed and combo.offload is Offload.NONE else 0
+    candidates = [
+        ("forward/backward", MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, logits_loss=logits)),
+        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer)),
+        ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, temporaries=step_temp)),
+    ]
+    phase, bd = max(candidates, key=lambda c: c[1].total())
+    cpu_per_node = s.cpu_bytes * setup.gpus_per_node
+    return bd, phase, cpu_per_node
+
+
+def device_bytes(peak_allocated: int, combo: Combination, is_cpu: bool) -> int:
+    """What the device shows: allocated peak + caching-allocator reserve + CUDA context (stated constants)."""
+    if is_cpu:
+        return peak_allocated
+    return int(peak_allocated * (1 + ALLOCATOR_RESERVE_FRACTION)) + CUDA_CONTEXT_BYTES

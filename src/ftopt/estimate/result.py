@@ -1,0 +1,67 @@
+"""Typed estimate results with a stable JSON schema (documented in docs/json-schema.md)."""
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ftopt.spec import Combination
+
+
+class Method(str, Enum):
+    ANALYTIC = "analytic"  # closed-form formulas, instant
+    TRACED = "traced"  # FakeTensor trace of the real training step
+
+
+class MemoryBreakdown(BaseModel):
+    """Bytes per GPU by category at the moment of the peak. Categories sum to the allocated peak."""
+
+    model_config = ConfigDict(extra="forbid")
+    weights: int = 0  # model parameters resident on the GPU (16- or 32-bit, this GPU's share under ZeRO-3)
+    master_weights: int = 0  # fp32 copy DeepSpeed keeps for 16-bit training
+    optimizer_states: int = 0  # AdamW exp_avg and exp_avg_sq
+    gradients: int = 0
+    activations: int = 0  # tensors saved by autograd for backward, decoder layers
+    logits_loss: int = 0  # LM head output, fp32 upcast, log-softmax and their gradients
+    engine_buffers: int = 0  # ZeRO communication buckets, gathered ZeRO-3 parameters
+    temporaries: int = 0  # short-lived tensors at the peak (optimizer step, recomputation)
+
+    def total(self) -> int:
+        return sum(self.model_dump().values())
+
+
+class Estimate(BaseModel):
+    """Per-GPU memory and time of one combination. `peak_bytes_per_gpu` is what torch.cuda.max_memory_allocated
+    would report; `device_bytes_per_gpu` adds the allocator's reserve and the CUDA context (what nvidia-smi shows)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Method
+    model: str
+    hardware: str
+    combination: Combination
+    peak_bytes_per_gpu: int
+    device_bytes_per_gpu: int
+    breakdown: MemoryBreakdown
+    peak_phase: str = Field(description="forward/backward, end of backward, or optimizer step")
+    cpu_bytes_per_node: int = Field(description="host RAM needed for offloaded states (0 without offload)")
+    capacity_bytes: int = Field(description="the GPU's memory")
+    fits: bool
+    trainable_params: int
+    total_params: int
+    step_seconds: float = Field(description="one optimizer step (all micro-batches of grad accumulation)")
+    steps_per_epoch: int
+    epoch_seconds: float
+    total_seconds: float = Field(description="epoch_seconds x epochs")
+    flops_per_step: float = Field(description="per GPU")
+    comm_seconds: float = Field(description="exposed ZeRO/data-parallel communication and offload per step")
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.capacity_bytes - self.device_bytes_per_gpu
+
+    def to_json(self) -> dict:
+        d = self.model_dump(mode="json")
+        d["combination"] = self.combination.key()
+        d["headroom_bytes"] = self.headroom_bytes
+        return d

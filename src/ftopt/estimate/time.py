@@ -1,0 +1,104 @@
+"""Analytic time model: FLOPs per step over achieved FLOP/s, plus exposed communication and offload.
+
+Sources:
+  [Kaplan]  Kaplan et al. 2020 / Narayanan et al. 2021: forward ~ 2 FLOPs per matmul parameter per token; the
+            attention scores add 2 * 2 * s * (heads*head_dim) per layer per token (QK^T and PV).
+  [Backward] weight-gradient and input-gradient matmuls each cost one forward: 2x forward for trained weights,
+            1x (input gradient only) for frozen weights under LoRA.
+  [GC]      checkpointing recomputes the forward once more during backward (Chen et al. 2016).
+  [ZeRO]    communication per step: all-reduce (or reduce-scatter + all-gather) of 2(N-1)/N x gradient bytes for
+            DP, ZeRO-1 and ZeRO-2; ZeRO-3 adds two all-gathers of the 16-bit weights (forward and backward), 1.5x.
+  [Offload] Ren et al. 2021 (ZeRO-Offload): gradients go to the host and updated 16-bit weights come back each
+            step over PCIe; Adam runs on the CPU (CPU_ADAM_PARAMS_PER_S below).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftopt.estimate.analytic import lora_targets, storage, trainable_params
+from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, TrainingSetup
+
+# Fraction of gradient communication hidden behind backward compute by bucketed, overlapped reduction (DeepSpeed
+# overlap_comm=true). A stated assumption: calibrate with `ftopt bench` on the target cluster.
+COMM_OVERLAP_FRACTION = 0.5
+# DeepSpeedCPUAdam throughput per node (AVX-512, ~1 B params/s per socket, ZeRO-Offload paper Fig. 9). Assumption.
+CPU_ADAM_PARAMS_PER_S = 2e9
+# On CPU "devices" (ftopt demo) processes share the machine's cores: a stated per-step fixed cost of the framework
+# (Python, kernel launch, data loading) that dominates tiny models; calibration replaces it with a measured value.
+DEFAULT_FIXED_STEP_SECONDS = 0.0
+
+
+@dataclass(frozen=True)
+class StepTime:
+    flops_per_step: float  # per GPU
+    compute_seconds: float
+    comm_seconds: float  # exposed (not overlapped) communication + offload per step
+    step_seconds: float
+
+
+def forward_flops_per_token(model: ModelSpec, seq_len: int, attn: Attention) -> tuple[float, float]:
+    """(matmul FLOPs of trained-or-frozen weights, attention-score FLOPs), per token, forward only [Kaplan].
+    Causal kernels (sdpa, flash) skip the masked half of the score matrix; eager computes it all."""
+    linear = 2 * (model.num_layers * sum(lin.in_features * lin.out_features for lin in model.layer_linears())
+                  + model.vocab_size * (model.embed_dim or model.hidden_size))  # LM head (tied or not, it runs)
+    causal_factor = 1.0 if attn is Attention.EAGER else 0.5
+    attention = 2 * 2 * seq_len * model.q_dim * model.num_layers * causal_factor
+    return float(linear), float(attention)
+
+
+def step_flops(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> float:
+    """FLOPs per optimizer step per GPU: forward + backward (+ recomputation under GC)."""
+    lin, att = forward_flops_per_token(model, setup.seq_len, combo.attn)
+    fwd = lin + att
+    if combo.lora:
+        # frozen base: input gradient only (1x); adapters: 2x their (small) forward; attention always 2x.
+        targets = set(lora_targets(model, combo))
+        adapters = 2 * model.num_layers * sum(combo.lora_r * (l.in_features + l.out_features)
+                                              for l in model.layer_linears() if l.name in targets)
+        fwd += adapters
+        bwd = lin + 2 * att + 2 * adapters
+    else:
+        bwd = 2 * fwd
+    recompute = fwd if combo.gc else 0.0
+    tokens = setup.tokens_per_micro_batch * setup.grad_accum
+    return (fwd + bwd + recompute) * tokens
+
+
+def _per_gpu_bandwidth(hw: HardwareSpec, setup: TrainingSetup) -> float:
+    """Ring collectives run at the slowest link: NVLink/PCIe within a node, the node's NIC shared across nodes."""
+    if setup.nodes == 1:
+        return hw.intra_node_bandwidth_bytes_per_s
+    return min(hw.intra_node_bandwidth_bytes_per_s, hw.inter_node_bandwidth_bytes_per_s / setup.gpus_per_node)
+
+
+def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
+    """Exposed communication and offload transfer time per optimizer step, per GPU [ZeRO], [Offload]."""
+    n = setup.world_size
+    st = storage(setup.precision, combo)
+    train = trainable_params(model, combo)
+    seconds = 0.0
+    if n > 1:
+        bw = _per_gpu_bandwidth(hw, setup)
+        ring = 2 * (n - 1) / n
+        seconds += ring * train * st.grad / bw * (1 - COMM_OVERLAP_FRACTION)
+        if combo.zero == 3:
+            # forward and backward all-gathers of all 16-bit weights (and once more to recompute under GC)
+            gathers = 2 + (1 if combo.gc else 0)
+            seconds += gathers * (n - 1) / n * model.param_count() * st.frozen_weight / bw * setup.grad_accum
+    if combo.offload is not Offload.NONE:
+        part = train / n
+        seconds += (part * 2 + part * 2) / hw.host_link_bandwidth_bytes_per_s  # grads down, 16-bit weights up
+        seconds += part * setup.gpus_per_node / CPU_ADAM_PARAMS_PER_S  # CPU Adam shared by the node's GPUs
+    if combo.offload is Offload.ALL:
+        gathers = 2 + (1 if combo.gc else 0)
+        seconds += gathers * model.param_count() / n * st.frozen_weight / hw.host_link_bandwidth_bytes_per_s * setup.grad_accum
+    return seconds
+
+
+def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec,
+              fixed_step_seconds: float = DEFAULT_FIXED_STEP_SECONDS) -> StepTime:
+    flops = step_flops(model, setup, combo)
+    peak = hw.flops_for(setup.precision.compute_dtype) or hw.flops_for("fp32")
+    compute = flops / (peak * hw.mfu)
+    comm = comm_seconds(model, setup, combo, hw)
+    return StepTime(flops, compute, comm, compute + comm + fixed_step_seconds)

@@ -1,0 +1,322 @@
+"""Model architecture spec: the numbers of a decoder-only transformer that decide memory and FLOPs.
+
+A `ModelSpec` is read from a Hugging Face `config.json` (a preset name, a path to the file, or a local model
+folder). Each supported family has a small reader that maps its config keys, with the defaults transformers
+uses for that family, onto one generic description: embeddings, per-layer attention and MLP linears, norms and
+biases. `param_count()` equals `sum(p.numel())` of the real transformers model (tested for every family).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ftopt.errors import FtoptError
+
+
+class MlpKind(str, Enum):
+    GATED = "gated"  # SwiGLU / GeGLU: gate, up, down (3 matrices h x i)
+    PLAIN = "plain"  # GELU MLP: up, down (2 matrices h x i)
+
+
+class NormKind(str, Enum):
+    RMS = "rms"  # weight only (h)
+    LAYER = "layer"  # weight and bias (2h)
+
+
+class LinearGroup(str, Enum):
+    """Where a linear sits in a layer; linears of one group read the same input tensor."""
+
+    ATTN_IN = "attn_in"  # q, k, v (or fused qkv)
+    ATTN_OUT = "attn_out"  # o
+    MLP_IN = "mlp_in"  # gate, up (or fused gate_up, or fc1)
+    MLP_OUT = "mlp_out"  # down (fc2)
+
+
+class Linear(BaseModel):
+    """One nn.Linear of a decoder layer, named as in the transformers module tree (LoRA targets use these)."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+    group: LinearGroup
+
+    @property
+    def params(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    family: str
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    max_positions: int = Field(gt=0)
+    mlp: MlpKind
+    norm: NormKind
+    norms_per_layer: int = Field(ge=1, le=4)
+    final_norm: bool = True
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool
+    learned_positions: int = Field(0, ge=0, description="rows of a learned position table (gpt2, opt); 0 for rotary")
+    embed_dim: int | None = Field(None, description="OPT's word_embed_proj_dim when it differs from hidden_size")
+    parallel_residual: bool = False
+    linear_names: dict[str, str] = Field(description="role (q,k,v,qkv,o,gate,up,gate_up,down,fc1,fc2) -> module name")
+    hf_config: dict[str, Any] = Field(repr=False, description="the config.json this spec was read from")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_attention_heads ({self.num_heads}) must be a multiple of the key/value heads ({self.num_kv_heads})")
+        return self
+
+    # ---- shapes -------------------------------------------------------------------------------------------
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def layer_linears(self) -> list[Linear]:
+        """The linears of one decoder layer with their real shapes (fused projections stay fused)."""
+        h, q, kv, i, n = self.hidden_size, self.q_dim, self.kv_dim, self.intermediate_size, self.linear_names
+        out: list[Linear] = []
+        if "qkv" in n:
+            out.append(Linear(name=n["qkv"], in_features=h, out_features=q + 2 * kv, bias=self.qkv_bias, group=LinearGroup.ATTN_IN))
+        else:
+            for role, dim in (("q", q), ("k", kv), ("v", kv)):
+                out.append(Linear(name=n[role], in_features=h, out_features=dim, bias=self.qkv_bias, group=LinearGroup.ATTN_IN))
+        out.append(Linear(name=n["o"], in_features=q, out_features=h, bias=self.out_bias, group=LinearGroup.ATTN_OUT))
+        if self.mlp is MlpKind.GATED:
+            if "gate_up" in n:
+                out.append(Linear(name=n["gate_up"], in_features=h, out_features=2 * i, bias=self.mlp_bias, group=LinearGroup.MLP_IN))
+            else:
+                for role in ("gate", "up"):
+                    out.append(Linear(name=n[role], in_features=h, out_features=i, bias=self.mlp_bias, group=LinearGroup.MLP_IN))
+            out.append(Linear(name=n["down"], in_features=i, out_features=h, bias=self.mlp_bias, group=LinearGroup.MLP_OUT))
+        else:
+            out.append(Linear(name=n["fc1"], in_features=h, out_features=i, bias=self.mlp_bias, group=LinearGroup.MLP_IN))
+            out.append(Linear(name=n["fc2"], in_features=i, out_features=h, bias=self.mlp_bias, group=LinearGroup.MLP_OUT))
+        return out
+
+    def attention_linear_names(self) -> list[str]:
+        """Default LoRA targets: every attention projection of the family."""
+        return [lin.name for lin in self.layer_linears() if lin.group in (LinearGroup.ATTN_IN, LinearGroup.ATTN_OUT)]
+
+    def all_linear_names(self) -> list[str]:
+        return [lin.name for lin in self.layer_linears()]
+
+    # ---- parameter counts -------------------------------------------------------------------------------
+    def _norm_params(self) -> int:
+        return self.hidden_size * (2 if self.norm is NormKind.LAYER else 1)
+
+    def layer_params(self) -> int:
+        return sum(lin.params for lin in self.layer_linears()) + self.norms_per_layer * self._norm_params()
+
+    def embedding_params(self) -> int:
+        """Token table, learned positions and OPT's projections (input side)."""
+        e = self.embed_dim or self.hidden_size
+        n = self.vocab_size * e + self.learned_positions * self.hidden_size
+        if self.embed_dim is not None:
+            n += 2 * e * self.hidden_size  # project_in and project_out (no bias)
+        return n
+
+    def head_params(self) -> int:
+        """Final norm plus an untied LM head."""
+        e = self.embed_dim or self.hidden_size
+        return (self._norm_params() if self.final_norm else 0) + (0 if self.tie_embeddings else self.vocab_size * e)
+
+    def param_count(self) -> int:
+        return self.embedding_params() + self.num_layers * self.layer_params() + self.head_params()
+
+    def lora_params(self, r: int, targets: list[str]) -> int:
+        """LoRA adapter parameters: A (r x in) and B (out x r) for each targeted linear, in every layer (PEFT)."""
+        per_layer = sum(r * (lin.in_features + lin.out_features) for lin in self.layer_linears() if lin.name in targets)
+        return self.num_layers * per_layer
+
+
+# ---- family readers ------------------------------------------------------------------------------------------
+# Each returns the generic fields for one model_type, with transformers' defaults for keys a config may omit.
+_LLAMA_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+
+
+def _common(c: dict, *, tie_default: bool) -> dict:
+    h, heads = _req(c, "hidden_size"), _req(c, "num_attention_heads")
+    return dict(
+        vocab_size=_req(c, "vocab_size"), hidden_size=h, num_layers=_req(c, "num_hidden_layers"), num_heads=heads,
+        num_kv_heads=c.get("num_key_value_heads") or heads, head_dim=c.get("head_dim") or h // heads,
+        intermediate_size=_req(c, "intermediate_size"), max_positions=c.get("max_position_embeddings", 2048),
+        tie_embeddings=c.get("tie_word_embeddings", tie_default),
+    )
+
+
+def _llama_like(c: dict) -> dict:
+    bias = c.get("attention_bias", False)
+    return dict(_common(c, tie_default=False), mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=2,
+                qkv_bias=bias, out_bias=bias, mlp_bias=c.get("mlp_bias", False), linear_names=_LLAMA_NAMES)
+
+
+def _qwen2(c: dict) -> dict:
+    return dict(_common(c, tie_default=False), mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=2,
+                qkv_bias=True, linear_names=_LLAMA_NAMES)
+
+
+def _gemma(c: dict, norms: int) -> dict:
+    d = _common(c, tie_default=True)
+    d["head_dim"] = c.get("head_dim", 256)
+    return dict(d, mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=norms, linear_names=_LLAMA_NAMES)
+
+
+def _phi3(c: dict) -> dict:
+    return dict(_common(c, tie_default=False), mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=2,
+                linear_names={"qkv": "qkv_proj", "o": "o_proj", "gate_up": "gate_up_proj", "down": "down_proj"})
+
+
+def _gpt_neox(c: dict) -> dict:
+    bias = c.get("attention_bias", True)
+    return dict(_common(c, tie_default=False), mlp=MlpKind.PLAIN, norm=NormKind.LAYER, norms_per_layer=2,
+                qkv_bias=bias, out_bias=bias, mlp_bias=True, parallel_residual=c.get("use_parallel_residual", True),
+                linear_names={"qkv": "query_key_value", "o": "dense", "fc1": "dense_h_to_4h", "fc2": "dense_4h_to_h"})
+
+
+def _falcon(c: dict) -> dict:
+    h, heads = _req(c, "hidden_size"), _req(c, "num_attention_heads")
+    new_arch = c.get("new_decoder_architecture", False)
+    if new_arch:
+        kv = c.get("num_kv_heads") or heads
+        norms = c.get("num_ln_in_parallel_attn") or 2
+    else:
+        kv = 1 if c.get("multi_query", True) else heads
+        norms = 1 if c.get("parallel_attn", True) else 2
+    if c.get("alibi", False):
+        raise FtoptError("Falcon with ALiBi positions is not supported; use a rotary Falcon config (alibi: false).")
+    bias = c.get("bias", False)
+    return dict(
+        vocab_size=_req(c, "vocab_size"), hidden_size=h, num_layers=_req(c, "num_hidden_layers"), num_heads=heads,
+        num_kv_heads=kv, head_dim=h // heads, intermediate_size=c.get("ffn_hidden_size") or 4 * h,
+        max_positions=c.get("max_position_embeddings", 2048), tie_embeddings=c.get("tie_word_embeddings", True),
+        mlp=MlpKind.PLAIN, norm=NormKind.LAYER, norms_per_layer=norms, qkv_bias=bias, out_bias=bias, mlp_bias=bias,
+        parallel_residual=new_arch or c.get("parallel_attn", True),
+        linear_names={"qkv": "query_key_value", "o": "dense", "fc1": "dense_h_to_4h", "fc2": "dense_4h_to_h"},
+    )
+
+
+def _opt(c: dict) -> dict:
+    h = _req(c, "hidden_size")
+    bias = c.get("enable_bias", True)
+    proj = c.get("word_embed_proj_dim") or h
+    maxpos = c.get("max_position_embeddings", 2048)
+    return dict(
+        vocab_size=_req(c, "vocab_size"), hidden_size=h, num_layers=_req(c, "num_hidden_layers"),
+        num_heads=_req(c, "num_attention_heads"), num_kv_heads=_req(c, "num_attention_heads"),
+        head_dim=h // _req(c, "num_attention_heads"), intermediate_size=_req(c, "ffn_dim"), max_positions=maxpos,
+        tie_embeddings=c.get("tie_word_embeddings", True), mlp=MlpKind.PLAIN, norm=NormKind.LAYER,
+        norms_per_layer=2, final_norm=c.get("do_layer_norm_before", True),
+        qkv_bias=bias, out_bias=bias, mlp_bias=bias,
+        learned_positions=maxpos + 2,  # OPTLearnedPositionalEmbedding keeps an offset of 2 rows
+        embed_dim=proj if proj != h else None,
+        linear_names={"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "fc1": "fc1", "fc2": "fc2"},
+    )
+
+
+def _gpt2(c: dict) -> dict:
+    h, heads = c.get("n_embd", 768), c.get("n_head", 12)
+    return dict(
+        vocab_size=c.get("vocab_size", 50257), hidden_size=h, num_layers=c.get("n_layer", 12), num_heads=heads,
+        num_kv_heads=heads, head_dim=h // heads, intermediate_size=c.get("n_inner") or 4 * h,
+        max_positions=c.get("n_positions", 1024), tie_embeddings=c.get("tie_word_embeddings", True),
+        mlp=MlpKind.PLAIN, norm=NormKind.LAYER, norms_per_layer=2, qkv_bias=True, out_bias=True, mlp_bias=True,
+        learned_positions=c.get("n_positions", 1024),
+        # GPT-2 names the attention output and the MLP output both "c_proj"; PEFT matches both with that name.
+        linear_names={"qkv": "c_attn", "o": "attn.c_proj", "fc1": "c_fc", "fc2": "mlp.c_proj"},
+    )
+
+
+_FAMILIES: dict[str, Callable[[dict], dict]] = {
+    "llama": _llama_like, "mistral": _llama_like, "qwen2": _qwen2,
+    "gemma": lambda c: _gemma(c, norms=2), "gemma2": lambda c: _gemma(c, norms=4),
+    "phi3": _phi3, "gpt_neox": _gpt_neox, "falcon": _falcon, "opt": _opt, "gpt2": _gpt2,
+}
+# Architectures we recognise but cannot plan for: encoders and encoder-decoders.
+_NOT_DECODER = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert", "t5", "mt5", "bart",
+                "mbart", "pegasus", "whisper", "vit", "clip", "xlm-roberta", "longformer"}
+
+
+def _req(c: dict, key: str) -> Any:
+    if key not in c or c[key] is None:
+        raise FtoptError(f"The model config has no '{key}' field; found: {', '.join(sorted(c)) or 'nothing'}.")
+    return c[key]
+
+
+def supported_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def from_hf_config(config: dict, name: str = "custom") -> ModelSpec:
+    """Read a ModelSpec from a Hugging Face config dict."""
+    family = config.get("model_type")
+    if not family:
+        raise FtoptError(f"The model config '{name}' has no 'model_type' field, so its architecture is unknown.")
+    if family in _NOT_DECODER:
+        raise FtoptError(f"'{family}' is not a decoder-only language model; ftopt plans causal-LM fine-tuning "
+                         f"({', '.join(supported_families())}).")
+    if family not in _FAMILIES:
+        raise FtoptError(f"Model family '{family}' is not supported yet; supported: {', '.join(supported_families())}.")
+    fields = _FAMILIES[family](config)
+    return ModelSpec(name=name, family=family, hf_config=dict(config), **fields)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".json") for p in resources.files("ftopt.presets.models").iterdir()
+                  if p.name.endswith(".json"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise FtoptError(f"Cannot read the model config {path}: {e.strerror}.") from None
+    except json.JSONDecodeError as e:
+        raise FtoptError(f"The model config {path} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+    if not isinstance(data, dict):
+        raise FtoptError(f"The model config {path} must be a JSON object, not {type(data).__name__}.")
+    return data
+
+
+def load_model(ref: str) -> ModelSpec:
+    """A preset name, a config.json path, or a local model folder containing config.json."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.exists():
+            raise FtoptError(f"The folder {path} has no config.json, so it is not a Hugging Face model folder.")
+        return from_hf_config(_read_json(cfg_path), name=path.name)
+    if path.suffix == ".json" or path.exists():
+        if not path.exists():
+            raise FtoptError(f"The model config {path} does not exist.")
+        return from_hf_config(_read_json(path), name=path.stem if path.name != "config.json" else path.parent.name)
+    names = preset_names()
+    if ref not in names:
+        close = difflib.get_close_matches(ref, names, n=3, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else f" Presets: {', '.join(names)}."
+        raise FtoptError(f"Unknown model '{ref}': not a preset, a config.json or a model folder.{hint}")
+    text = resources.files("ftopt.presets.models").joinpath(f"{ref}.json").read_text()
+    return from_hf_config(json.loads(text), name=ref)

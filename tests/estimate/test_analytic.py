@@ -1,0 +1,111 @@
+"""Each memory term against a hand-worked llama-2-7b example, and ZeRO scaling with GPU count."""
+import pytest
+
+from ftopt.errors import FtoptError
+from ftopt.estimate import analytic, estimate
+from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
+
+P = 6_738_415_616  # llama-2-7b parameters
+H, L, I, V = 4096, 32, 11008, 32000
+
+
+@pytest.fixture(scope="module")
+def m7():
+    return load_model("llama-2-7b")
+
+
+def states(m, combo, n=1, precision=Precision.BF16_MIXED):
+    setup = TrainingSetup(gpus_per_node=n, precision=precision)
+    return analytic.zero_states(m, setup, combo, analytic.storage(precision, combo))
+
+
+def test_trainer_mixed_full_is_16_bytes_per_param(m7):
+    s = states(m7, Combination())
+    assert (s.weights, s.grads, s.optim, s.master) == (4 * P, 4 * P, 8 * P, 0)
+
+
+def test_deepspeed_is_2_2_12_bytes_per_param(m7):
+    # [ZeRO] 2 + 2 + K with K = 12 (4 master + 8 Adam) on one GPU with stage 1.
+    s = states(m7, Combination(zero=1))
+    assert (s.weights, s.grads, s.master, s.optim) == (2 * P, 2 * P, 4 * P, 8 * P)
+
+
+def test_bf16_true_and_fp32(m7):
+    s = states(m7, Combination(), precision=Precision.BF16_TRUE)
+    assert (s.weights, s.grads, s.optim) == (2 * P, 2 * P, 4 * P)
+    s = states(m7, Combination(), precision=Precision.FP32)
+    assert (s.weights, s.grads, s.optim) == (4 * P, 4 * P, 8 * P)
+
+
+def test_bf16_true_rejected_with_deepspeed(m7):
+    with pytest.raises(FtoptError, match="bf16-true"):
+        states(m7, Combination(zero=2), precision=Precision.BF16_TRUE)
+
+
+def test_lora_trainable_count_and_storage(m7):
+    lora = 32 * 4 * 16 * (4096 + 4096)  # q,k,v,o of every layer, A (r x in) + B (out x r)
+    assert analytic.trainable_params(m7, Combination(lora_r=16)) == lora == 16_777_216
+    s = states(m7, Combination(lora_r=16))
+    assert s.weights == (P - lora) * 2 + lora * 4  # frozen base in bf16, adapters fp32
+    assert (s.grads, s.optim) == (4 * lora, 8 * lora)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_zero_scaling(m7, n):
+    s1, s2, s3 = (states(m7, Combination(zero=z), n) for z in (1, 2, 3))
+    ceil = lambda a: -(-a // n)
+    assert s1.optim == ceil(8 * P) and s1.master == ceil(4 * P) and s1.grads == 2 * P and s1.weights == 2 * P
+    assert s2.grads == ceil(2 * P) and s2.weights == 2 * P
+    assert s3.weights == ceil(2 * P) and s3.grads == ceil(2 * P) and s3.optim == ceil(8 * P)
+
+
+def test_offload_moves_states_to_host(m7):
+    s = states(m7, Combination(zero=3, offload="all"), n=8)
+    assert s.weights == 0 and s.optim == 0 and s.master == 0
+    assert s.cpu_bytes == -(-12 * P // 8) + -(-4 * P // 8) + -(-2 * P // 8)
+
+
+def test_lora_activation_terms_hand_worked(m7):
+    # HF Trainer, bf16 autocast, LoRA on q,k,v,o, sdpa, per token per layer:
+    #   2 RMSNorms x fp32 upcast (4h)             = 32768
+    #   q/k/v adapters save the bf16 norm output  =  8192
+    #   sdpa: q, k, v, out in bf16 + fp32 lse/head = 2*(2*4096 + 2*4096) + 4*32 = 32896
+    #   o adapter saves the attention output      =  8192
+    #   SwiGLU: gate, act, up outputs (down frozen) = 2*3*11008 = 66048
+    combo = Combination(lora_r=16, attn="sdpa")
+    st = analytic.storage(Precision.BF16_MIXED, combo)
+    assert analytic.layer_activation_bytes_per_token(m7, combo, st, 2048) == 148_096
+    acts, one = analytic.activation_bytes(m7, TrainingSetup(seq_len=2048), combo, st)
+    assert one == 148_096 * 2048
+    assert acts == 32 * 148_096 * 2048 + 4 * H * 2048  # + the final norm's fp32 upcast
+    assert analytic.logits_loss_bytes(m7, st, 2048) == 2048 * V * 14
+
+
+def test_eager_adds_quadratic_scores(m7):
+    st = analytic.storage(Precision.BF16_MIXED, Combination(lora_r=16))
+    sdpa = analytic.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="sdpa"), st, 2048)
+    eager = analytic.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="eager"), st, 2048)
+    # fp32 softmax (4 B) + its bf16 copy (2 B) per head per key, minus the lse, plus repeated k/v copies
+    assert eager - sdpa == (4 + 2) * 32 * 2048 + 2 * 3 * 4096 - (2 * (2 * 4096 + 2 * 4096) + 4 * 32)
+
+
+def test_gc_keeps_layer_inputs_only(m7):
+    setup = TrainingSetup(seq_len=2048)
+    c = Combination(lora_r=16, gc=True)
+    st = analytic.storage(setup.precision, c)
+    acts, one = analytic.activation_bytes(m7, setup, c, st)
+    assert acts == 32 * 2 * H * 2048 + one + 4 * H * 2048
+
+
+def test_estimate_breakdown_sums_to_peak(m7):
+    e = estimate(m7, load_hardware("a100-80g"), TrainingSetup(gpus_per_node=8), Combination(zero=2))
+    assert e.breakdown.total() == e.peak_bytes_per_gpu
+    assert e.device_bytes_per_gpu > e.peak_bytes_per_gpu
+    assert e.fits
+
+
+def test_more_gpus_never_need_more_memory(m7):
+    hw = load_hardware("a100-80g")
+    for c in (Combination(zero=1), Combination(zero=2), Combination(zero=3), Combination(zero=3, lora_r=8)):
+        peaks = [estimate(m7, hw, TrainingSetup(gpus_per_node=n), c).peak_bytes_per_gpu for n in (1, 2, 4, 8)]
+        assert peaks == sorted(peaks, reverse=True) and peaks[0] > peaks[-1]
