@@ -47,4 +47,5 @@ def apply_calibration(hw):
     cal = load_calibration(hw.name)
     if cal is None:
         return hw
-    return hw.model_copy(update={"mfu": cal.mfu, "source": f"{hw.source}; mfu calibrated: {cal.source}"})
+    return hw.model_copy(update={"mfu": cal.mfu, "fixed_step_seconds": cal.fixed_step_seconds,
+                                 "source": f"{hw.source}; time model calibrated: {cal.source}"})

@@ -147,6 +147,153 @@ def plan(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1, nod
     _run(body)
 
 
+def _combination_from_plan(path: Path):
+    from ftopt.spec import Combination
+
+    try:
+        doc = json.loads(path.read_text())
+        rec = doc["recommended"]
+    except OSError as e:
+        raise FtoptError(f"Cannot read the plan {path}: {e.strerror}.") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise FtoptError(f"{path} is not a plan written by 'ftopt plan --out' (no 'recommended' key).") from None
+    if rec is None:
+        raise FtoptError(f"The plan {path} has no recommended combination (nothing fit).")
+    if rec.get("lora_targets") is None:
+        rec = {k: v for k, v in rec.items() if k != "lora_targets"}
+    return Combination(**rec)
+
+
+@app.command()
+def train(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="local model folder or hub id (weights)")] = None,
+    random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json, random weights")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data")] = None,
+    eval_fraction: Annotated[float, typer.Option("--eval-fraction")] = 0.1,
+    seq_len: SeqLen = 64, packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
+    gc: Gc = False, lora_r: LoraR = 0, lora_targets: LoraTargets = None, zero: Zero = 0,
+    offload: OffloadOpt = "none", attn: Attn = "sdpa", precision: PrecisionOpt = "fp32",
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="use the recommended combination of a plan JSON")] = None,
+    epochs: Epochs = 1.0, max_steps: Annotated[int, typer.Option("--max-steps", help="-1 = run the epochs")] = -1,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="cosine | linear | constant")] = "cosine",
+    micro_batch: MicroBatch = 8, grad_accum: GradAccum = 1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    output_dir: Annotated[str, typer.Option("--output-dir", "-o")] = "ftopt-runs/default",
+    gpus: Annotated[int, typer.Option("--gpus", help="processes (GPUs) per node; >1 uses the DeepSpeed launcher")] = 1,
+    nodes: Nodes = 1, hostfile: Annotated[Optional[str], typer.Option("--hostfile")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete checkpoint")] = False,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="hardware preset for predicted-vs-measured")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    json_out: Json = False,
+):
+    """Fine-tune for real (Trainer + PEFT + DeepSpeed) with one combination, and measure it."""
+    def body():
+        from ftopt.display import print_train_metrics
+        from ftopt.spec import Precision
+        from ftopt.train.engine import TrainConfig, launch
+
+        if lr_schedule not in ("cosine", "linear", "constant", "constant_with_warmup"):
+            raise FtoptError(f"--lr-schedule must be cosine, linear or constant, got '{lr_schedule}'.")
+        combo = (_combination_from_plan(plan_file) if plan_file
+                 else build_combination(gc, lora_r, lora_targets, zero, offload, attn))
+        if model and not Path(model).expanduser().is_dir():
+            raise FtoptError(f"--model {model} is not a local folder and the hub is not reachable offline; "
+                             "download it first or use --random-init for benchmarking without weights.")
+        cfg = TrainConfig(model=model, random_init=random_init, data=data, eval_data=eval_data,
+                          eval_fraction=eval_fraction, seq_len=seq_len, packing=packing, combination=combo,
+                          precision=_enum(Precision, precision, "--precision"), epochs=epochs, max_steps=max_steps,
+                          learning_rate=lr, lr_schedule=lr_schedule, micro_batch=micro_batch, grad_accum=grad_accum,
+                          seed=seed, output_dir=output_dir, gpus=gpus, nodes=nodes, hostfile=hostfile,
+                          resume=resume, hardware=gpu, trust_remote_code=trust_remote_code)
+        metrics = launch(cfg)
+        if json_out:
+            typer.echo(json.dumps(metrics, indent=2))
+        else:
+            print_train_metrics(metrics, output_dir)
+    _run(body)
+
+
+@app.command()
+def bench(
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="YAML grid of combinations (default: reference points)")] = None,
+    results: Annotated[Path, typer.Option("--results", help="results JSONL (appended; finished runs skipped)")] = Path("ftopt-runs/bench/results.jsonl"),
+    model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
+    random_init: Annotated[Optional[str], typer.Option("--random-init")] = None,
+    data: Annotated[Optional[str], typer.Option("--data")] = None,
+    seq_len: SeqLen = 64, micro_batch: MicroBatch = 8,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="steps per run")] = 100,
+    precision: PrecisionOpt = "fp32", gpu: Gpu = "cpu",
+    lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
+    repeat: Annotated[int, typer.Option("--repeat", help="runs per combination (noisy machines)")] = 1,
+):
+    """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
+    def body():
+        from ftopt.bench import Sweep, load_grid, reference_combinations, run_sweep
+        from ftopt.display import console
+        from ftopt.spec import load_model
+
+        if repeat < 1:
+            raise FtoptError(f"--repeat must be at least 1, got {repeat}.")
+        combos = load_grid(grid) if grid else reference_combinations(lora_r, cpu=gpu == "cpu")
+        passthrough = [a for flag, v in (("--model", model), ("--random-init", random_init), ("--data", data))
+                       if v for a in (flag, v)]
+        spec = load_model(random_init or (model if model else "tiny-llama"))
+        sweep = Sweep(model_args=passthrough, seq_len=seq_len, micro_batch=micro_batch, max_steps=max_steps,
+                      precision=precision, hardware=gpu)
+        rows = run_sweep(sweep, combos, results, results.parent / "runs", repeat=repeat, spec=spec,
+                         on_event=lambda k, i: console.print(f"[{i['index']}/{i['total']}] {i['label']}: "
+                                                             f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
+        console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results}")
+    _run(body)
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="results JSONL written by ftopt bench")],
+    out: Annotated[Path, typer.Option("--out", help="folder for report.<lang>.html/.md and charts")] = Path("ftopt-report"),
+    lang: Annotated[str, typer.Option("--lang", help="en | ja")] = "en",
+    title: Annotated[Optional[str], typer.Option("--title")] = None,
+    gpu: Annotated[str, typer.Option("--gpu", help="hardware the runs used (memory line, calibration)")] = "cpu",
+    cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour")] = None,
+    max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="time budget shown as assumption")] = None,
+    quality_target_loss: Annotated[Optional[float], typer.Option("--quality-target-loss")] = None,
+):
+    """Write the decision report (HTML, Markdown, PNG charts) from a results file."""
+    def body():
+        from ftopt.bench import calibrate, read_results
+        from ftopt.report.render import build_report
+        from ftopt.spec import load_hardware
+
+        if not results.exists():
+            raise FtoptError(f"The results file {results} does not exist; run 'ftopt bench' first.")
+        rows = read_results(results, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+        if not rows:
+            raise FtoptError(f"The results file {results} has no valid result line.")
+        hw = load_hardware(gpu)
+        fit = calibrate(rows, hw.flops_for("fp32") or 1.0) if any(r["status"] == "ok" for r in rows) else None
+        paths = build_report(rows, out, lang=lang, title=title, hardware=hw.name,
+                             capacity_bytes=None if hw.is_cpu else hw.memory_bytes,
+                             cost_per_gpu_hour=cost_per_gpu_hour, max_hours=max_hours,
+                             quality_target_loss=quality_target_loss, calibration=fit.model_dump() if fit else None)
+        typer.echo(f"report: {paths['html']} and {paths['markdown']}")
+    _run(body)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="where runs, results and the report go")] = Path("ftopt-runs/demo"),
+    steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
+):
+    """The whole loop on the built-in tiny model and data, offline, on this CPU (about 5 minutes on 2 cores)."""
+    def body():
+        from ftopt.demo import run_demo
+
+        run_demo(out, steps=steps)
+    _run(body)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

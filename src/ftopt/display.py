@@ -75,3 +75,26 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         console.print("What if: no number of these GPUs up to 64 fits the model.")
     if p.shortfall:
         console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
+
+
+def print_train_metrics(m: dict, output_dir: str) -> None:
+    """Measured next to predicted, for the run that just ended."""
+    meas, pred = m["measured"], m.get("predicted", {})
+    t = Table(title=f"{m['model']}: {m['label']} on {m['world_size']} process(es)", show_edge=False)
+    for col in ("", "measured", "predicted (analytic)", "predicted (traced)"):
+        t.add_column(col, justify="right")
+
+    def p(method, key, fmt):
+        v = pred.get(method, {}).get(key)
+        return fmt(v) if v is not None else "-"
+    t.add_row("peak memory per GPU", fmt_bytes(meas["peak_bytes_per_gpu"]), p("analytic", "peak_bytes_per_gpu", fmt_bytes),
+              p("traced", "peak_bytes_per_gpu", fmt_bytes))
+    t.add_row("step time", fmt_seconds(meas["step_seconds"] or 0), p("analytic", "step_seconds", fmt_seconds),
+              p("traced", "step_seconds", fmt_seconds))
+    console.print(t)
+    em = meas.get("exact_match")
+    console.print(f"tokens/s {meas['tokens_per_s']:.0f}; epoch {fmt_seconds(meas['epoch_seconds'] or 0)}; "
+                  f"train loss {meas['train_loss']:.3f}; eval loss {meas['eval_loss']:.3f}"
+                  + (f"; exact match {em:.0%}" if em is not None else "")
+                  + (f"; MFU {m['mfu']:.1%}" if m.get("mfu") else ""))
+    console.print(f"saved model, tokenizer and metrics.json in {output_dir}")

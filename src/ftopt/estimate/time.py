@@ -23,9 +23,6 @@ from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload,
 COMM_OVERLAP_FRACTION = 0.5
 # DeepSpeedCPUAdam throughput per node (AVX-512, ~1 B params/s per socket, ZeRO-Offload paper Fig. 9). Assumption.
 CPU_ADAM_PARAMS_PER_S = 2e9
-# On CPU "devices" (ftopt demo) processes share the machine's cores: a stated per-step fixed cost of the framework
-# (Python, kernel launch, data loading) that dominates tiny models; calibration replaces it with a measured value.
-DEFAULT_FIXED_STEP_SECONDS = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,10 +92,11 @@ def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw:
     return seconds
 
 
-def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec,
-              fixed_step_seconds: float = DEFAULT_FIXED_STEP_SECONDS) -> StepTime:
+def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> StepTime:
+    """Compute at the achieved FLOP/s, plus exposed communication, plus the hardware's calibrated fixed cost per
+    step (framework overhead that dominates tiny models; 0 until `ftopt bench` measures it)."""
     flops = step_flops(model, setup, combo)
     peak = hw.flops_for(setup.precision.compute_dtype) or hw.flops_for("fp32")
     compute = flops / (peak * hw.mfu)
     comm = comm_seconds(model, setup, combo, hw)
-    return StepTime(flops, compute, comm, compute + comm + fixed_step_seconds)
+    return StepTime(flops, compute, comm, compute + comm + hw.fixed_step_seconds)

@@ -29,6 +29,7 @@ class HardwareSpec(BaseModel):
     host_link_bandwidth_bytes_per_s: float = Field(gt=0, description="GPU <-> CPU memory (PCIe), used by offload")
     mfu: float = Field(gt=0, le=1, description="achieved fraction of peak FLOP/s; an assumption until calibrated")
     host_memory_bytes: int = Field(1024 * 2**30, gt=0, description="CPU RAM per node, needed by offload")
+    fixed_step_seconds: float = Field(0.0, ge=0, description="per-step overhead not proportional to FLOPs (calibrated)")
     source: str = ""
     is_cpu: bool = False
 
@@ -79,13 +80,15 @@ def cpu_spec() -> HardwareSpec:
         except OSError:
             pass  # a read-only home only costs us the cache
     mem = psutil.virtual_memory().total
+    from ftopt.calibration import apply_calibration
+
     # CPU "bf16" runs at about the fp32 rate without AMX; we state that rather than guess a speed-up.
-    return HardwareSpec(
+    return apply_calibration(HardwareSpec(
         name="cpu", memory_bytes=mem, peak_flops={"fp32": flops, "bf16": flops, "fp16": flops},
         hbm_bandwidth_bytes_per_s=20e9, intra_node_bandwidth_bytes_per_s=5e9, inter_node_bandwidth_bytes_per_s=1e9,
         host_link_bandwidth_bytes_per_s=20e9, mfu=0.5, host_memory_bytes=mem, is_cpu=True,
         source=f"this machine: {os.cpu_count()} cores, memory from the OS, fp32 FLOP/s from a matmul probe",
-    )
+    ))
 
 
 def load_hardware(name: str) -> HardwareSpec:

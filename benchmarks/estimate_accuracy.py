@@ -1,0 +1,129 @@
+"""Estimate accuracy against real runs: fine-tune for real with Hugging Face Trainer on the CPU and compare the
+measured peak with the analytic and traced estimates.
+
+    .venv/bin/python benchmarks/estimate_accuracy.py            # all scenarios (~10 min on 2 cores)
+    .venv/bin/python benchmarks/estimate_accuracy.py --quick    # one architecture
+
+Each scenario runs in its own process (a fresh allocator): random-init model built by ftopt's own builder (the one
+`ftopt train` uses), Trainer for 2 optimizer steps. "Measured" is the allocator-level peak the run adds from building
+the model to the end of the second step (ftopt.measure: PyTorch profiler memory events, independent of the tracer).
+Writes benchmarks/results/estimate_accuracy.json and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "estimate_accuracy.json"
+
+# >= 100M parameters each: llama-style with GQA, tied-embedding qwen2-style, gpt_neox-style.
+ARCHS = {
+    "llama-gqa-100m": {"model_type": "llama", "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8,
+                       "num_attention_heads": 12, "num_key_value_heads": 4, "vocab_size": 32000,
+                       "max_position_embeddings": 2048, "tie_word_embeddings": False},
+    "qwen2-tied-110m": {"model_type": "qwen2", "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
+                        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 40000,
+                        "max_position_embeddings": 2048, "tie_word_embeddings": True},
+    "neox-160m": {"model_type": "gpt_neox", "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                  "num_attention_heads": 12, "vocab_size": 50304, "max_position_embeddings": 2048,
+                  "tie_word_embeddings": False},
+}
+SEQ, BATCH = 256, 2
+
+
+def scenarios(quick: bool) -> list[dict]:
+    out = []
+    for arch in (["llama-gqa-100m"] if quick else ARCHS):
+        for lora_r in (0, 8):
+            for gc in (False, True):
+                for attn in ("eager", "sdpa"):
+                    out.append(dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="fp32"))
+        out.append(dict(arch=arch, lora_r=8, gc=False, attn="sdpa", precision="bf16-mixed"))
+    return out
+
+
+def run_one(sc: dict) -> dict:
+    """Executed in a child process: a real 2-step Trainer run, measured."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from ftopt.measure import track_memory
+    from ftopt.spec import Combination, Precision, from_hf_config
+    from ftopt.train.build import build_model
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    spec = from_hf_config(ARCHS[sc["arch"]], sc["arch"])
+    combo = Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"])
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, spec.vocab_size, (2 * BATCH, SEQ), generator=g)
+    ds = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    prec = Precision(sc["precision"])
+    args = TrainingArguments(output_dir="/tmp/ftopt-acc", max_steps=2, per_device_train_batch_size=BATCH,
+                             learning_rate=1e-4, report_to=[], save_strategy="no", logging_strategy="no",
+                             use_cpu=True, bf16=prec is Precision.BF16_MIXED, dataloader_num_workers=0,
+                             disable_tqdm=True)
+    with track_memory("cpu") as r:
+        model = build_model(spec, combo, prec, device="cpu")
+        Trainer(model=model, args=args, train_dataset=ds).train()
+    return {"measured_bytes": r.peak_allocated_bytes, "seconds": r.seconds}
+
+
+def estimates(sc: dict) -> dict:
+    from ftopt import estimate
+    from ftopt.spec import Combination, TrainingSetup, from_hf_config, load_hardware
+
+    spec = from_hf_config(ARCHS[sc["arch"]], sc["arch"])
+    combo = Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"])
+    setup = TrainingSetup(seq_len=SEQ, micro_batch=BATCH, precision=sc["precision"])
+    hw = load_hardware("cpu")
+    return {m: estimate(spec, hw, setup, combo, m).peak_bytes_per_gpu for m in ("analytic", "traced")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(run_one(json.loads(a.one))))
+        return
+    rows = []
+    for sc in scenarios(a.quick):
+        p = subprocess.run([sys.executable, __file__, "--one", json.dumps(sc)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if p.returncode != 0:
+            print(f"{sc}: run failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
+            continue
+        real = json.loads(p.stdout.strip().splitlines()[-1])
+        est = estimates(sc)
+        row = {**sc, **real, **{f"{k}_bytes": v for k, v in est.items()}}
+        for k, v in est.items():
+            row[f"{k}_error"] = (v - real["measured_bytes"]) / real["measured_bytes"]
+        rows.append(row)
+        print(f"{sc['arch']:16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} {sc['attn']:5} "
+              f"{sc['precision']:10} measured {real['measured_bytes'] / 2**20:8.1f} MiB  analytic "
+              f"{row['analytic_error']:+6.1%}  traced {row['traced_error']:+6.1%}", flush=True)
+    if not rows:
+        sys.exit("no scenario ran")
+    summary = {}
+    for k in ("analytic", "traced"):
+        errs = [abs(r[f"{k}_error"]) for r in rows]
+        summary[k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
+        print(f"{k:8}: median |error| {summary[k]['median_abs_error']:.2%}, worst {summary[k]['worst_abs_error']:.2%} "
+              f"over {len(rows)} runs")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    from ftopt.io import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps({"rows": rows, "summary": summary, "seq_len": SEQ, "micro_batch": BATCH},
+                                          indent=2))
+
+
+if __name__ == "__main__":
+    main()

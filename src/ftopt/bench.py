@@ -1,0 +1,272 @@
+"""`ftopt bench`: the proof-of-concept sweep. Same sample data and seed, one `ftopt train` subprocess per
+combination (an OOM or crash in one is recorded and the sweep goes on), results appended atomically to a JSONL
+file (schema in docs/results-schema.md), finished runs skipped on a re-run (resume after Ctrl-C or a crash).
+Each result carries the predicted figures (analytic and traced) next to the measured ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ftopt.errors import FtoptError, validation_message
+from ftopt.io import append_line_atomic
+from ftopt.spec import Attention, Combination, Offload
+
+RESULTS_SCHEMA = "ftopt.bench/1"
+OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+class BenchRun(BaseModel):
+    """What is run: one combination at one repeat index, with the shared train settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    combination: Combination
+    gpus: int = Field(1, gt=0, description="processes; ZeRO runs use 2 on a CPU to partition something")
+    repeat: int = Field(0, ge=0)
+
+    def key(self) -> str:
+        c = self.combination
+        return (f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}-{c.offload.value}-{c.attn.value}-g{self.gpus}-"
+                f"t{'.'.join(c.lora_targets) if c.lora_targets else 'default'}-rep{self.repeat}")
+
+
+def reference_combinations(lora_r: int = 8, cpu: bool = True) -> list[Combination]:
+    """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, eager vs fast attention."""
+    fast = Attention.SDPA if cpu else Attention.FLASH
+    return [
+        Combination(attn=fast), Combination(gc=True, attn=fast), Combination(lora_r=lora_r, attn=fast),
+        Combination(lora_r=lora_r, gc=True, attn=fast), Combination(lora_r=lora_r, zero=2, attn=fast),
+        Combination(lora_r=lora_r, zero=3, gc=True, attn=fast), Combination(lora_r=lora_r, attn=Attention.EAGER),
+    ]
+
+
+def load_grid(path: str | Path) -> list[Combination]:
+    """A YAML grid: either `combinations: [{gc: true, lora_r: 8, ...}, ...]` or axes
+    `grid: {gc: [false, true], lora_r: [0, 8], zero: [0, 2], attn: [sdpa]}` (the product, invalid ones dropped)."""
+    import itertools
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise FtoptError(f"Cannot read the grid {path}: {e.strerror}.") from None
+    except yaml.YAMLError as e:
+        raise FtoptError(f"The grid {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
+    if not isinstance(doc, dict) or not ({"combinations", "grid"} & set(doc)):
+        raise FtoptError(f"The grid {path} needs a 'combinations' list or a 'grid' of option lists.")
+    unknown = set(doc) - {"combinations", "grid"}
+    if unknown:
+        raise FtoptError(f"The grid {path} has unknown key(s) {', '.join(sorted(unknown))}; use 'combinations' or 'grid'.")
+    allowed = set(Combination.model_fields)
+    out: list[Combination] = []
+    try:
+        for i, c in enumerate(doc.get("combinations") or [], 1):
+            bad = set(c) - allowed
+            if bad:
+                raise FtoptError(f"Grid combination {i} names unknown option(s) {', '.join(sorted(bad))}; "
+                                 f"known: {', '.join(sorted(allowed))}.")
+            out.append(Combination(**c))
+        axes = doc.get("grid") or {}
+        bad = set(axes) - allowed
+        if bad:
+            raise FtoptError(f"The grid names unknown option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}.")
+        if axes:
+            names = list(axes)
+            for values in itertools.product(*(v if isinstance(v, list) else [v] for v in axes.values())):
+                try:
+                    out.append(Combination(**dict(zip(names, values))))
+                except ValidationError:
+                    continue  # e.g. offload without ZeRO: not a valid combination, skipped
+    except ValidationError as e:
+        raise FtoptError(f"Grid {path}: {validation_message(e)}.") from None
+    if not out:
+        raise FtoptError(f"The grid {path} defines no valid combination.")
+    return out
+
+
+# ---- results file -----------------------------------------------------------------------------------------------------
+def read_results(path: str | Path, warn: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """Every valid JSON object line; a bad line is reported with its number and skipped (the good ones are kept)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    rows = []
+    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "key" not in row or "status" not in row:
+                raise ValueError("not a result object")
+            rows.append(row)
+        except ValueError as e:
+            warn(f"{p}, line {n}: skipped a corrupt result ({str(e).splitlines()[0][:60]})")
+    return rows
+
+
+def _tail(text: str, n: int = 8) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+def _status(returncode: int, output: str) -> str:
+    if returncode == 0:
+        return "ok"
+    return "oom" if any(m in output for m in OOM_MARKERS) else "error"
+
+
+# ---- the sweep ------------------------------------------------------------------------------------------------------------
+class Sweep(BaseModel):
+    """The shared settings of a sweep (passed to every `ftopt train`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_args: list[str] = Field(default_factory=list, description="--model/--random-init/--data ... passed through")
+    seq_len: int = 64
+    micro_batch: int = 8
+    max_steps: int = 100
+    lr: float = 3e-3
+    precision: str = "fp32"
+    seed: int = 0
+    hardware: str = "cpu"
+    zero_gpus: int = Field(2, description="processes for ZeRO runs (a CPU partitions over 2 processes)")
+
+
+def predicted(sweep: Sweep, run: BenchRun, spec) -> dict:
+    """Analytic and traced predictions for the run's exact setup."""
+    from ftopt.estimate import estimate
+    from ftopt.spec import TrainingSetup, load_hardware
+
+    hw = load_hardware(sweep.hardware)
+    setup = TrainingSetup(seq_len=sweep.seq_len, micro_batch=sweep.micro_batch, precision=sweep.precision,
+                          gpus_per_node=run.gpus)
+    out = {}
+    for method in ("analytic", "traced"):
+        try:
+            e = estimate(spec, hw, setup, run.combination, method)
+            out[method] = {"peak_bytes_per_gpu": e.peak_bytes_per_gpu, "step_seconds": e.step_seconds,
+                           "flops_per_step": e.flops_per_step, "breakdown": e.breakdown.model_dump()}
+        except FtoptError as err:
+            out[method] = {"error": str(err)}
+    return out
+
+
+def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, runs_dir: str | Path, *,
+              repeat: int = 1, spec=None, on_event: Callable[[str, dict], None] = lambda kind, info: None,
+              inject: dict[str, str] | None = None) -> list[dict]:
+    """Run each (combination, repeat) not yet in `results`; append one result line per run. Returns all results.
+    `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
+    results = Path(results)
+    done = {r["key"] for r in read_results(results)}
+    plan_runs = [BenchRun(combination=c, gpus=sweep.zero_gpus if c.uses_deepspeed else 1, repeat=k)
+                 for c in combos for k in range(repeat)]
+    for i, run in enumerate(plan_runs, 1):
+        key = run.key()
+        if key in done:
+            on_event("skip", {"key": key, "label": run.combination.label(), "index": i, "total": len(plan_runs)})
+            continue
+        on_event("start", {"key": key, "label": run.combination.label(), "index": i, "total": len(plan_runs)})
+        out_dir = Path(runs_dir) / key
+        c = run.combination
+        cmd = [sys.executable, "-m", "ftopt", "train", "--output-dir", str(out_dir), "--json",
+               "--seq-len", str(sweep.seq_len), "--micro-batch", str(sweep.micro_batch),
+               "--max-steps", str(sweep.max_steps), "--lr", str(sweep.lr), "--precision", sweep.precision,
+               "--seed", str(sweep.seed), "--lora-r", str(c.lora_r), "--zero", str(c.zero),
+               "--offload", c.offload.value, "--attn", c.attn.value, "--gpus", str(run.gpus),
+               "--gc" if c.gc else "--no-gc", "--gpu", sweep.hardware, *sweep.model_args]
+        if c.lora_targets:
+            cmd += ["--lora-targets", ",".join(c.lora_targets)]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        for prefix, what in (inject or {}).items():
+            if key.startswith(prefix):
+                env["FTOPT_INJECT_FAILURE"] = what
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        status = _status(proc.returncode, proc.stdout + proc.stderr)
+        row: dict = {"schema": RESULTS_SCHEMA, "key": key, "label": c.label(), "combination": c.key(),
+                     "gpus": run.gpus, "repeat": run.repeat, "status": status, "sweep": sweep.model_dump()}
+        if spec is not None:
+            row["predicted"] = predicted(sweep, run, spec)
+        if status == "ok":
+            m = json.loads((out_dir / "metrics.json").read_text())
+            row["measured"] = m["measured"]
+            row["mfu"] = m.get("mfu")
+            row["tokens_per_step"] = m["tokens_per_step"]
+        else:
+            row["error_tail"] = _tail(proc.stderr or proc.stdout)
+        append_line_atomic(results, json.dumps(row))
+        on_event("done", {"key": key, "label": c.label(), "status": status, "index": i, "total": len(plan_runs)})
+    return read_results(results)
+
+
+# ---- calibration ---------------------------------------------------------------------------------------------------------
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    def ranks(x):
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    ma, mb = sum(ra) / n, sum(rb) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return cov / (va * vb) if va and vb else float("nan")
+
+
+class CalibrationFit(BaseModel):
+    mfu: float
+    fixed_step_seconds: float
+    fit_runs: int
+    holdout_runs: int
+    holdout_median_abs_error: float | None
+    holdout_worst_abs_error: float | None
+    spearman_rho: float | None
+
+
+def fit_time_model(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares of measured step seconds t on ideal seconds x = FLOPs / peak FLOP/s:  t = x / mfu + fixed.
+    Returns (mfu, fixed_step_seconds); with one point, fixed = 0."""
+    if not points:
+        raise FtoptError("No successful runs to calibrate the time model with.")
+    if len(points) == 1:
+        x, t = points[0]
+        return x / t, 0.0
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    mt = sum(t for _, t in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return mx / mt, 0.0
+    slope = sum((x - mx) * (t - mt) for x, t in points) / sxx
+    fixed = max(0.0, mt - slope * mx)
+    if slope <= 0:
+        return mx / mt, 0.0
+    return min(1.0, 1.0 / slope), fixed
+
+
+def calibrate(rows: list[dict], peak_flops: float, holdout_fraction: float = 0.5) -> CalibrationFit:
+    """Fit on the first part of the successful runs, check predicted vs measured step time on the rest."""
+    ok = [r for r in rows if r["status"] == "ok" and "analytic" in r.get("predicted", {})
+          and "flops_per_step" in r["predicted"]["analytic"] and r["measured"].get("step_seconds")]
+    pts = [(r["predicted"]["analytic"]["flops_per_step"] / peak_flops, r["measured"]["step_seconds"]) for r in ok]
+    k = max(1, int(round(len(pts) * (1 - holdout_fraction)))) if len(pts) > 1 else len(pts)
+    mfu, fixed = fit_time_model(pts[:k])
+    hold = pts[k:]
+    errs = [abs((x / mfu + fixed) - t) / t for x, t in hold]
+    rho = spearman([x / mfu + fixed for x, _ in hold], [t for _, t in hold]) if len(hold) >= 3 else None
+    return CalibrationFit(mfu=mfu, fixed_step_seconds=fixed, fit_runs=k, holdout_runs=len(hold),
+                          holdout_median_abs_error=sorted(errs)[len(errs) // 2] if errs else None,
+                          holdout_worst_abs_error=max(errs) if errs else None, spearman_rho=rho)

@@ -1,0 +1,60 @@
+"""`ftopt demo`: the whole loop — plan, bench, calibrate, report — on the built-in tiny model and data, on this
+machine's CPU, offline. ZeRO-2 and ZeRO-3 run over two processes (DeepSpeed launcher, gloo)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ftopt.bench import Sweep, calibrate, reference_combinations, run_sweep
+from ftopt.calibration import Calibration, save_calibration
+from ftopt.display import console, print_plan
+from ftopt.io import atomic_write_text
+from ftopt.plan import plan
+from ftopt.report.render import build_report
+from ftopt.spec import TrainingSetup, load_hardware, load_model
+
+DEMO_MODEL = "tiny-llama"
+DEMO_STEPS = 120
+
+
+def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, langs=("en", "ja")) -> dict:
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    spec, hw = load_model(DEMO_MODEL), load_hardware("cpu")
+    sweep = Sweep(seq_len=64, micro_batch=8, max_steps=steps, lr=3e-3, precision="fp32", hardware="cpu")
+    setup = TrainingSetup(seq_len=sweep.seq_len, micro_batch=sweep.micro_batch, precision=sweep.precision,
+                          dataset_tokens=steps * sweep.micro_batch * sweep.seq_len)
+    console.rule("1/3 plan: predicted memory and time of every combination")
+    p = plan(spec, hw, setup, lora_r=8)
+    print_plan(p, limit=8)
+    atomic_write_text(out / "plan.json", json.dumps(p.to_json(), indent=2))
+
+    console.rule(f"2/3 bench: each reference combination trained for {steps} steps (re-running skips finished ones)")
+    combos = reference_combinations(lora_r=8, cpu=True)
+
+    def event(kind: str, info: dict) -> None:
+        tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
+        console.print(f"  [{info['index']}/{info['total']}] {info['label']}: {tag}  "
+                      f"({time.perf_counter() - t0:.0f} s)")
+
+    rows = run_sweep(sweep, combos, out / "results.jsonl", out / "runs", spec=spec, on_event=event)
+
+    console.rule("3/3 report")
+    fit = calibrate(rows, hw.flops_for("fp32"))
+    cal = None
+    if fit.fit_runs:
+        cal = Calibration(hardware="cpu", mfu=fit.mfu, fixed_step_seconds=fit.fixed_step_seconds,
+                          source=f"ftopt demo, {fit.fit_runs} runs of {DEMO_MODEL}")
+        save_calibration(cal)
+    reports = {}
+    for lang in langs:
+        reports[lang] = build_report(rows, out, lang=lang, hardware="this CPU", capacity_bytes=None,
+                                     cost_per_gpu_hour=None, calibration=fit.model_dump())
+    wall = time.perf_counter() - t0
+    summary = {"wall_seconds": wall, "runs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+               "calibration": fit.model_dump(), "reports": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in reports.items()}}
+    atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
+    console.print(f"[bold]Report:[/] {reports[langs[0]]['html']}  (also {', '.join(str(v['html']) for v in list(reports.values())[1:])})")
+    console.print(f"demo finished in {wall:.0f} s: {summary['ok']} of {summary['runs']} runs succeeded")
+    return summary

@@ -1,0 +1,197 @@
+"""Traced estimator: run the real training step under FakeTensorMode and count live bytes, without allocating.
+
+What runs is what `ftopt train` runs: the transformers model from its config with PEFT LoRA, gradient
+checkpointing and the attention implementation applied by `train.build.build_model`, then Hugging Face Trainer's
+step — forward with labels (the model's own loss), backward, gradient clipping, fused AdamW step, zero_grad —
+twice, so the second step sees the optimizer states. Every tensor is a FakeTensor on the target device; a
+TorchDispatchMode records each new storage with the phase that created it and frees it when its storage dies.
+
+Engines: for Trainer alone (ZeRO 0) the trace is the whole story. For DeepSpeed, the trace covers what DeepSpeed
+does not change — activations, logits/loss tensors, temporaries and the gradients as produced in backward — and
+the partitioned states (16-bit weights, fp32 master, Adam states, gradient partition, buckets) come from the ZeRO
+formulas in `analytic.zero_states`. Gradients in the trace are scaled by the share a rank keeps (1/N for stage 2
+and 3) when the peak is searched.
+
+Layers are identical, so we trace 2 and 3 layers and extrapolate each category linearly to the real count
+(tests check this equals a full trace).
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ftopt.errors import FtoptError
+from ftopt.estimate import analytic
+from ftopt.estimate.result import MemoryBreakdown
+from ftopt.spec import Combination, ModelSpec, Offload, TrainingSetup
+
+CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
+
+_PHASE_CATEGORY = {"forward": "activations", "head": "logits_loss", "backward": "temporaries", "step": "temporaries",
+                   "setup": "temporaries"}
+
+
+@dataclass
+class _Tracker:
+    """Live storages by category; the peak of `metric` with its category snapshot."""
+
+    grad_weight: float  # share of traced gradients a rank keeps (ZeRO-2/3 partition them)
+    count_states: bool  # weights/optimizer states traced (Trainer) or added analytically (DeepSpeed)
+    granularity: int
+    phase: str = "setup"
+    live: dict = field(default_factory=dict)  # storage key -> [nbytes, category]
+    peak: float = -1.0
+    peak_snapshot: dict = field(default_factory=dict)
+    peak_phase: str = ""
+
+    def _size(self, nbytes: int) -> int:
+        g = self.granularity
+        return -(-nbytes // g) * g if g > 1 else nbytes
+
+    def add(self, st: torch.UntypedStorage, category: str) -> None:
+        key = st._cdata
+        if key in self.live:
+            return
+        self.live[key] = [self._size(st.nbytes()), category]
+        weakref.finalize(st, self.live.pop, key, None)
+
+    def retag(self, st: torch.UntypedStorage, category: str) -> None:
+        entry = self.live.get(st._cdata)
+        if entry is None:
+            self.add(st, category)
+        else:
+            entry[1] = category
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for nbytes, cat in list(self.live.values()):
+            out[cat] = out.get(cat, 0) + nbytes
+        return out
+
+    def check_peak(self) -> None:
+        t = self.totals()
+        metric = sum(v for k, v in t.items() if k != "gradients") + self.grad_weight * t.get("gradients", 0)
+        if not self.count_states:
+            metric -= t.get("weights", 0) + t.get("optimizer_states", 0)
+        if metric > self.peak:
+            self.peak, self.peak_snapshot, self.peak_phase = metric, t, self.phase
+
+
+class _StorageMode(TorchDispatchMode):
+    """Registers the storage of every tensor an op returns (inside FakeTensorMode: no real memory)."""
+
+    def __init__(self, tracker: _Tracker):
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self.tracker.add(t.untyped_storage(), _PHASE_CATEGORY[self.tracker.phase])
+        self.tracker.check_peak()
+        return out
+
+
+def _materialize(model: torch.nn.Module, device: str) -> None:
+    """Replace meta parameters and buffers with fake tensors on `device`, keeping ties (same Parameter object)."""
+    memo: dict[int, torch.Tensor] = {}
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                                 requires_grad=p.requires_grad)
+            mod._parameters[name] = memo[id(p)]
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                if id(b) not in memo:
+                    memo[id(b)] = torch.zeros(b.shape, dtype=b.dtype, device=device)
+                mod._buffers[name] = memo[id(b)]
+
+
+def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str
+           ) -> tuple[dict[str, int], str]:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ftopt.train.build import build_model
+
+    st = analytic.storage(setup.precision, combo)
+    deepspeed = combo.uses_deepspeed
+    grad_weight = 1.0 / setup.world_size if combo.zero >= 2 else 1.0
+    tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed,
+                       granularity=CUDA_ALLOC_GRANULARITY if device == "cuda" else 1)
+    model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _materialize(model, device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in model.parameters():
+            tracker.add(p.untyped_storage(), "weights")
+        for p in params:
+            p.register_post_accumulate_grad_hook(lambda q: tracker.retag(q.grad.untyped_storage(), "gradients"))
+        head = model.get_output_embeddings()
+        head.register_forward_pre_hook(lambda *_: setattr(tracker, "phase", "head"))
+        opt = None if deepspeed else torch.optim.AdamW(params, lr=1e-4, fused=True)
+        ids = torch.zeros((setup.micro_batch, setup.seq_len), dtype=torch.long, device=device)
+        autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=st.autocast)
+        with _StorageMode(tracker):
+            for _step in range(2):
+                for _micro in range(setup.grad_accum):
+                    tracker.phase = "forward"
+                    with autocast:
+                        loss = model(input_ids=ids, labels=ids).loss / setup.grad_accum
+                    tracker.phase = "backward"
+                    loss.backward()
+                    del loss
+                tracker.phase = "step"
+                torch.nn.utils.clip_grad_norm_(params, 1.0)  # Trainer's max_grad_norm=1.0
+                if opt is not None:
+                    opt.step()
+                    for state in opt.state.values():
+                        for v in state.values():
+                            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                                tracker.retag(v.untyped_storage(), "optimizer_states")
+                    opt.zero_grad(set_to_none=True)
+                else:
+                    for p in params:
+                        p.grad = None
+                tracker.check_peak()
+    return tracker.peak_snapshot, tracker.peak_phase
+
+
+_SNAPSHOT_TO_BREAKDOWN = ("weights", "gradients", "optimizer_states", "activations", "logits_loss", "temporaries")
+
+
+def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, target: str = "cuda",
+                  layers: tuple[int, int] | None = (2, 3)) -> tuple[MemoryBreakdown, str, int]:
+    """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
+    the model's depth (`layers=None` traces the full depth)."""
+    try:
+        if layers is None or spec.num_layers <= layers[1]:
+            snap, phase = _trace(spec, setup, combo, spec.num_layers, target)
+            per_cat = {k: float(snap.get(k, 0)) for k in _SNAPSHOT_TO_BREAKDOWN}
+        else:
+            (l1, s1, phase), (l2, s2, _) = [(n, *_trace(spec, setup, combo, n, target)) for n in layers]
+            per_cat = {k: s1.get(k, 0) + (spec.num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
+                       for k in _SNAPSHOT_TO_BREAKDOWN}
+    except FtoptError:
+        raise
+    except Exception as e:  # an architecture the tracer cannot run: say so in one line
+        raise FtoptError(f"The traced estimator could not run {spec.family} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160]}); use --method analytic.") from None
+    bd = {k: int(round(v)) for k, v in per_cat.items()}
+    if combo.uses_deepspeed:
+        bd["gradients"] = int(round(bd["gradients"] * (1.0 / setup.world_size if combo.zero >= 2 else 1.0)))
+        st = analytic.storage(setup.precision, combo)
+        s = analytic.zero_states(spec, setup, combo, st)
+        bd.update(weights=s.weights, optimizer_states=s.optim)
+        extra = dict(master_weights=s.master, engine_buffers=s.buffers)
+        cpu = s.cpu_bytes * setup.gpus_per_node
+    else:
+        extra, cpu = {}, 0
+    return MemoryBreakdown(**bd, **extra), phase or "forward/backward", cpu

@@ -1,0 +1,70 @@
+"""The one memory/time measurement helper, shared by `ftopt train`, `ftopt bench` and the benchmarks.
+
+Memory is measured at the allocator, independently of the traced estimator:
+  CUDA: torch.cuda.max_memory_allocated() (and max_memory_reserved) over the span, minus what was allocated
+        before it.
+  CPU:  the PyTorch profiler's memory events (`profile_memory=True`), which c10's CPU allocator reports for every
+        allocation and free with its size. Their running sum over the span is the bytes the run added; its maximum
+        is the peak. This counts real buffers of the real run (no FakeTensors, no dispatch-level bookkeeping), so it
+        is an independent check of the tracer, which never allocates.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class MemoryReading:
+    device: str
+    peak_allocated_bytes: int = 0  # peak added over the span
+    peak_reserved_bytes: int | None = None  # CUDA only: the caching allocator's reserve
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _cpu_peak_from_profiler(prof) -> int:
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+@contextmanager
+def track_memory(device: str | torch.device = "cpu"):
+    """`with track_memory(dev) as r: ...` fills r with the peak bytes the block added, and its wall time."""
+    dev = torch.device(device)
+    reading = MemoryReading(device=dev.type)
+    t0 = time.perf_counter()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        base_reserved = torch.cuda.memory_reserved(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            yield reading
+        finally:
+            torch.cuda.synchronize(dev)
+            reading.peak_allocated_bytes = torch.cuda.max_memory_allocated(dev) - base
+            reading.peak_reserved_bytes = torch.cuda.max_memory_reserved(dev) - base_reserved
+            reading.seconds = time.perf_counter() - t0
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+            try:
+                yield reading
+            finally:
+                reading.seconds = time.perf_counter() - t0
+        reading.peak_allocated_bytes = _cpu_peak_from_profiler(prof)
+
+
+def cuda_peak_since_reset(device: torch.device) -> tuple[int, int]:
+    """(max allocated, max reserved) since the last reset, for per-step reporting without a profiler."""
+    return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)

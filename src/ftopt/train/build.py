@@ -1,0 +1,95 @@
+"""Build the model exactly as a run uses it: transformers model + PEFT LoRA + gradient checkpointing + attention.
+
+One function serves `ftopt train` (real weights or random init) and the traced estimator (meta device, then fake
+tensors), so the estimator measures the very module tree the trainer runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ftopt.errors import FtoptError
+from ftopt.spec import Attention, Combination, ModelSpec, Precision
+
+_DTYPES = {2: torch.bfloat16, 4: torch.float32}
+
+
+def attn_implementation(attn: Attention, device_type: str) -> str:
+    """The transformers attention implementation for `attn` on this device.
+
+    flash_attention_2 needs a CUDA GPU and the flash-attn package; elsewhere we fail with a clear message, except
+    on the meta/fake path of the estimator, which uses sdpa: it saves the same tensors (q, k, v, out, log-sum-exp).
+    """
+    if attn is not Attention.FLASH:
+        return attn.hf_name
+    if device_type != "cuda":
+        return "sdpa"
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        raise FtoptError("--attn flash needs the flash-attn package (pip install flash-attn); use --attn sdpa instead.")
+    return "flash_attention_2"
+
+
+def hf_config(spec: ModelSpec, num_layers: int | None = None, attn: str = "sdpa"):
+    """A transformers config object from the spec's config.json, optionally with fewer layers (for tracing)."""
+    from transformers import AutoConfig
+
+    kw: dict[str, Any] = {k: v for k, v in spec.hf_config.items() if k not in ("model_type", "architectures", "auto_map")}
+    if num_layers is not None:
+        kw["n_layer" if spec.family == "gpt2" else "num_hidden_layers"] = num_layers
+    cfg = AutoConfig.for_model(spec.family, **kw)
+    cfg._attn_implementation = attn
+    cfg.use_cache = False  # training: no KV cache
+    return cfg
+
+
+def model_dtype(precision: Precision, combo: Combination) -> torch.dtype:
+    """Dtype the model is loaded in (see estimate.analytic.storage for the reasoning per engine)."""
+    from ftopt.estimate.analytic import storage
+
+    st = storage(precision, combo)
+    return _DTYPES[st.frozen_weight if combo.lora else st.trainable_weight]
+
+
+def apply_optimizations(model, spec: ModelSpec, combo: Combination):
+    """LoRA (PEFT) and gradient checkpointing on a built causal-LM; returns the model to train."""
+    if combo.lora:
+        from peft import LoraConfig, get_peft_model
+
+        from ftopt.estimate.analytic import lora_targets
+
+        targets = lora_targets(spec, combo)
+        cfg = LoraConfig(r=combo.lora_r, lora_alpha=2 * combo.lora_r, lora_dropout=0.0, target_modules=targets,
+                         task_type="CAUSAL_LM")
+        model = get_peft_model(model, cfg)
+    if combo.gc:
+        base = model.get_base_model() if combo.lora else model
+        # non-reentrant checkpointing (transformers' default): each layer keeps its input only
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if combo.lora:
+            base.enable_input_require_grads()
+    return model
+
+
+def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
+                num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0):
+    """Random-init (or load `weights_dir`) the model with the run's dtype, attention, LoRA and GC applied."""
+    from transformers import AutoModelForCausalLM
+
+    dev = torch.device(device)
+    attn = attn_implementation(combo.attn, dev.type)
+    dtype = model_dtype(precision, combo)
+    if weights_dir is not None:
+        model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, attn_implementation=attn,
+                                                     trust_remote_code=False, use_safetensors=True)
+    else:
+        cfg = hf_config(spec, num_layers, attn)
+        torch.manual_seed(seed)
+        with dev:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    model.config.use_cache = False
+    model = apply_optimizations(model, spec, combo)
+    model.train()
+    return model
