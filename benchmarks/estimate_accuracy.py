@@ -35,10 +35,17 @@ ARCHS = {
                   "tie_word_embeddings": False},
 }
 SEQ, BATCH = 256, 2
+# --gpu: presets of 0.5B-8B on one CUDA GPU, bf16-mixed, flash included (benchmarks/gpu_check.sh)
+GPU_PRESETS = ("qwen2.5-0.5b", "llama-3.1-8b", "mistral-7b")
 
 
-def scenarios(quick: bool) -> list[dict]:
+def scenarios(quick: bool, gpu: bool = False) -> list[dict]:
     out = []
+    if gpu:
+        for arch in GPU_PRESETS:
+            for lora_r, gc, attn in ((8, False, "flash"), (8, True, "flash"), (8, False, "sdpa"), (0, True, "flash")):
+                out.append(dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="bf16-mixed", device="cuda"))
+        return out
     for arch in (["llama-gqa-100m"] if quick else ARCHS):
         for lora_r in (0, 8):
             for gc in (False, True):
@@ -59,43 +66,52 @@ def run_one(sc: dict) -> dict:
     from ftopt.train.build import build_model
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    spec = from_hf_config(ARCHS[sc["arch"]], sc["arch"])
+    spec = _spec(sc)
     combo = Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"])
+    device = sc.get("device", "cpu")
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, spec.vocab_size, (2 * BATCH, SEQ), generator=g)
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     prec = Precision(sc["precision"])
     args = TrainingArguments(output_dir="/tmp/ftopt-acc", max_steps=2, per_device_train_batch_size=BATCH,
                              learning_rate=1e-4, report_to=[], save_strategy="no", logging_strategy="no",
-                             use_cpu=True, bf16=prec is Precision.BF16_MIXED, dataloader_num_workers=0,
+                             use_cpu=device == "cpu", bf16=prec is Precision.BF16_MIXED, dataloader_num_workers=0,
                              disable_tqdm=True)
-    with track_memory("cpu") as r:
-        model = build_model(spec, combo, prec, device="cpu")
+    with track_memory(device) as r:
+        model = build_model(spec, combo, prec, device=device)
         Trainer(model=model, args=args, train_dataset=ds).train()
-    return {"measured_bytes": r.peak_allocated_bytes, "seconds": r.seconds}
+    return {"measured_bytes": r.peak_allocated_bytes, "reserved_bytes": r.peak_reserved_bytes, "seconds": r.seconds}
+
+
+def _spec(sc: dict):
+    from ftopt.spec import from_hf_config, load_model
+
+    return from_hf_config(ARCHS[sc["arch"]], sc["arch"]) if sc["arch"] in ARCHS else load_model(sc["arch"])
 
 
 def estimates(sc: dict) -> dict:
     from ftopt import estimate
     from ftopt.spec import Combination, TrainingSetup, from_hf_config, load_hardware
 
-    spec = from_hf_config(ARCHS[sc["arch"]], sc["arch"])
+    spec = _spec(sc)
     combo = Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"])
     setup = TrainingSetup(seq_len=SEQ, micro_batch=BATCH, precision=sc["precision"])
-    hw = load_hardware("cpu")
+    hw = load_hardware("h200" if sc.get("device") == "cuda" else "cpu")
     return {m: estimate(spec, hw, setup, combo, m).peak_bytes_per_gpu for m in ("analytic", "traced")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--gpu", action="store_true", help="CUDA scenarios (0.5B-8B presets, flash)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return
     rows = []
-    for sc in scenarios(a.quick):
+    results = RESULTS.with_name("gpu_check.json") if a.gpu else RESULTS
+    for sc in scenarios(a.quick, a.gpu):
         p = subprocess.run([sys.executable, __file__, "--one", json.dumps(sc)], capture_output=True, text=True,
                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if p.returncode != 0:
@@ -118,10 +134,9 @@ def main() -> None:
         summary[k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
         print(f"{k:8}: median |error| {summary[k]['median_abs_error']:.2%}, worst {summary[k]['worst_abs_error']:.2%} "
               f"over {len(rows)} runs")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     from ftopt.io import atomic_write_text
 
-    atomic_write_text(RESULTS, json.dumps({"rows": rows, "summary": summary, "seq_len": SEQ, "micro_batch": BATCH},
+    atomic_write_text(results, json.dumps({"rows": rows, "summary": summary, "seq_len": SEQ, "micro_batch": BATCH},
                                           indent=2))
 
 

@@ -122,9 +122,13 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
 
     st = analytic.storage(setup.precision, combo)
     deepspeed = combo.uses_deepspeed
+    granularity = CUDA_ALLOC_GRANULARITY if device == "cuda" else 1
+    if device == "cuda" and not torch.cuda.is_available():
+        # A CPU-only torch cannot dispatch even fake CUDA kernels (sdpa/autocast query the CUDA runtime). The CPU
+        # path saves the same tensors for these models; the CUDA allocator's 512-byte rounding is still applied.
+        device = "cpu"
     grad_weight = 1.0 / setup.world_size if combo.zero >= 2 else 1.0
-    tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed,
-                       granularity=CUDA_ALLOC_GRANULARITY if device == "cuda" else 1)
+    tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
     model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers)
     params = [p for p in model.parameters() if p.requires_grad]
     with FakeTensorMode(allow_non_fake_inputs=True):
