@@ -23,8 +23,10 @@ def attn_implementation(attn: Attention, device_type: str) -> str:
     """
     if attn is not Attention.FLASH:
         return attn.hf_name
-    if device_type != "cuda":
+    if device_type == "meta":
         return "sdpa"
+    if not torch.cuda.is_available():
+        raise FtoptError("--attn flash needs a CUDA GPU (and the flash-attn package); on this machine use --attn sdpa.")
     import importlib.util
 
     if importlib.util.find_spec("flash_attn") is None:
