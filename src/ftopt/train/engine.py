@@ -176,24 +176,35 @@ class StepRecorder:
         self._t = None
         self._tokens = 0
         self.last_loss = None
+        self.pending: dict | None = None
 
     def begin(self, tokens_seen: int) -> None:
         self._t, self._tokens = time.perf_counter(), tokens_seen
 
-    def end(self, step: int, tokens_seen: int, loss: float | None) -> dict:
+    def end(self, step: int, tokens_seen: int) -> dict:
+        """Time and tokens of the step that just ended. The Trainer logs that step's loss only after
+        on_step_end, so the record waits in `pending` until `flush` attaches the loss and writes it."""
         dt = time.perf_counter() - (self._t or time.perf_counter())
         tok = max(0, tokens_seen - self._tokens)
         self.step_seconds.append(dt)
         self.tokens_per_s.append(tok / dt if dt > 0 else 0.0)
         rec = {"step": step, "rank": self.rank, "seconds": dt, "tokens": tok, "tokens_per_s": tok / dt if dt else 0.0}
-        if loss is not None:
-            rec["loss"] = loss
-            self.last_loss = loss
         if self.device.type == "cuda":
             import torch
 
             rec["max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             rec["max_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
+        self.pending = rec
+        return rec
+
+    def flush(self, loss: float | None) -> dict | None:
+        """Write the pending step record (with its loss, when the Trainer logged one) to steps.jsonl."""
+        rec, self.pending = self.pending, None
+        if rec is None:
+            return None
+        if loss is not None:
+            rec["loss"] = loss
+            self.last_loss = loss
         if self.rank == 0:
             append_line_atomic(self.path, json.dumps(rec))
         return rec

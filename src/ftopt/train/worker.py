@@ -148,9 +148,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
             recorder.begin(state.num_input_tokens_seen)
 
         def on_step_end(self, args, state, control, **kw):
-            loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
-            rec = recorder.end(state.global_step, state.num_input_tokens_seen, loss)
-            progress.update(state.global_step, rec)
+            recorder.end(state.global_step, state.num_input_tokens_seen)
             if prof is not None and state.global_step >= MEMORY_TRACE_STEPS and "cpu_peak" not in state_box:
                 prof.stop()
                 state_box["cpu_peak"] = _cpu_peak_from_profiler(prof)
@@ -158,8 +156,13 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
                 raise RuntimeError(f"injected failure at step {state.global_step}")
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                recorder.last_loss = logs["loss"]
+            if logs and "loss" in logs:  # logging_steps=1: the loss of the step that just ended
+                rec = recorder.flush(logs["loss"])
+                if rec is not None:
+                    progress.update(state.global_step, rec)
+
+        def on_train_end(self, args, state, control, **kw):
+            recorder.flush(None)
 
     steps_per_epoch = max(1, -(-len(train_ex) // (cfg.micro_batch * cfg.grad_accum * world)))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.epochs)
