@@ -137,22 +137,13 @@ class Sweep(BaseModel):
 
 
 def predicted(sweep: Sweep, run: BenchRun, spec) -> dict:
-    """Analytic and traced predictions for the run's exact setup."""
-    from ftopt.estimate import estimate
+    """Analytic and traced predictions for the run's exact setup (for runs that wrote no metrics.json)."""
+    from ftopt.estimate import predictions
     from ftopt.spec import TrainingSetup, load_hardware
 
-    hw = load_hardware(sweep.hardware)
     setup = TrainingSetup(seq_len=sweep.seq_len, micro_batch=sweep.micro_batch, precision=sweep.precision,
                           gpus_per_node=run.gpus)
-    out = {}
-    for method in ("analytic", "traced"):
-        try:
-            e = estimate(spec, hw, setup, run.combination, method)
-            out[method] = {"peak_bytes_per_gpu": e.peak_bytes_per_gpu, "step_seconds": e.step_seconds,
-                           "flops_per_step": e.flops_per_step, "breakdown": e.breakdown.model_dump()}
-        except FtoptError as err:
-            out[method] = {"error": str(err)}
-    return out
+    return predictions(spec, load_hardware(sweep.hardware), setup, run.combination)
 
 
 def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, runs_dir: str | Path, *,
@@ -188,15 +179,18 @@ def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, 
         status = _status(proc.returncode, proc.stdout + proc.stderr)
         row: dict = {"schema": RESULTS_SCHEMA, "key": key, "label": c.label(), "combination": c.key(),
                      "gpus": run.gpus, "repeat": run.repeat, "status": status, "sweep": sweep.model_dump()}
-        if spec is not None:
-            row["predicted"] = predicted(sweep, run, spec)
         if status == "ok":
+            # the run already predicted itself for the same setup and hardware (--gpu): no second trace
             m = json.loads((out_dir / "metrics.json").read_text())
             row["measured"] = m["measured"]
             row["mfu"] = m.get("mfu")
             row["tokens_per_step"] = m["tokens_per_step"]
+            if m.get("predicted"):
+                row["predicted"] = m["predicted"]
         else:
             row["error_tail"] = _tail(proc.stderr or proc.stdout)
+        if "predicted" not in row and spec is not None:
+            row["predicted"] = predicted(sweep, run, spec)
         append_line_atomic(results, json.dumps(row))
         on_event("done", {"key": key, "label": c.label(), "status": status, "index": i, "total": len(plan_runs)})
     return read_results(results)

@@ -159,8 +159,6 @@ def _combination_from_plan(path: Path):
         raise FtoptError(f"{path} is not a plan written by 'ftopt plan --out' (no 'recommended' key).") from None
     if rec is None:
         raise FtoptError(f"The plan {path} has no recommended combination (nothing fit).")
-    if rec.get("lora_targets") is None:
-        rec = {k: v for k, v in rec.items() if k != "lora_targets"}
     return Combination(**rec)
 
 

@@ -26,14 +26,32 @@ class MemoryReading:
     notes: list[str] = field(default_factory=list)
 
 
-def _cpu_peak_from_profiler(prof) -> int:
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"]
-    events.sort(key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
+class AllocatorPeak:
+    """CPU allocator-level peak between start() and stop(): the running sum of the profiler's memory events.
+    A class rather than only a context manager because `ftopt train` stops it mid-run, after the first steps."""
+
+    def __init__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False)
+        self.peak_bytes: int | None = None
+
+    def start(self) -> "AllocatorPeak":
+        self._prof.start()
+        return self
+
+    def stop(self) -> int:
+        if self.peak_bytes is None:
+            self._prof.stop()
+            events = [e for e in self._prof.profiler.kineto_results.events()
+                      if e.name() == "[memory]" and e.device_type().name == "CPU"]
+            events.sort(key=lambda e: e.start_ns())
+            live = peak = 0
+            for e in events:
+                live += e.nbytes()
+                peak = max(peak, live)
+            self.peak_bytes = peak
+        return self.peak_bytes
 
 
 @contextmanager
@@ -55,16 +73,9 @@ def track_memory(device: str | torch.device = "cpu"):
             reading.peak_reserved_bytes = torch.cuda.max_memory_reserved(dev) - base_reserved
             reading.seconds = time.perf_counter() - t0
     else:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
-            try:
-                yield reading
-            finally:
-                reading.seconds = time.perf_counter() - t0
-        reading.peak_allocated_bytes = _cpu_peak_from_profiler(prof)
-
-
-def cuda_peak_since_reset(device: torch.device) -> tuple[int, int]:
-    """(max allocated, max reserved) since the last reset, for per-step reporting without a profiler."""
-    return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+        tracker = AllocatorPeak().start()
+        try:
+            yield reading
+        finally:
+            reading.seconds = time.perf_counter() - t0
+            reading.peak_allocated_bytes = tracker.stop()

@@ -80,20 +80,19 @@ def cpu_spec() -> HardwareSpec:
         except OSError:
             pass  # a read-only home only costs us the cache
     mem = psutil.virtual_memory().total
-    from ftopt.calibration import apply_calibration
-
     # CPU "bf16" runs at about the fp32 rate without AMX; we state that rather than guess a speed-up.
-    return apply_calibration(HardwareSpec(
+    return HardwareSpec(
         name="cpu", memory_bytes=mem, peak_flops={"fp32": flops, "bf16": flops, "fp16": flops},
         hbm_bandwidth_bytes_per_s=20e9, intra_node_bandwidth_bytes_per_s=5e9, inter_node_bandwidth_bytes_per_s=1e9,
         host_link_bandwidth_bytes_per_s=20e9, mfu=0.5, host_memory_bytes=mem, is_cpu=True,
         source=f"this machine: {os.cpu_count()} cores, memory from the OS, fp32 FLOP/s from a matmul probe",
-    ))
+    )
 
 
 def load_hardware(name: str) -> HardwareSpec:
-    if name == "cpu":
-        return cpu_spec()
+    """A preset or `cpu`, with this machine's stored time-model calibration applied; or a user's JSON file as is."""
+    from ftopt.calibration import apply_calibration
+
     path = Path(name)
     if path.suffix == ".json":
         try:
@@ -102,12 +101,12 @@ def load_hardware(name: str) -> HardwareSpec:
             raise FtoptError(f"Cannot read the hardware file {path}: {e.strerror}.") from None
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise FtoptError(f"The hardware file {path} is not a valid hardware spec: {str(e).splitlines()[0]}.") from None
+    if name == "cpu":
+        return apply_calibration(cpu_spec())
     names = hardware_names()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Known: {', '.join(names)}."
         raise FtoptError(f"Unknown GPU '{name}'.{hint}")
     data = json.loads(resources.files("ftopt.presets.hardware").joinpath(f"{name}.json").read_text())
-    from ftopt.calibration import apply_calibration
-
     return apply_calibration(HardwareSpec(**data))

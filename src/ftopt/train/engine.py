@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -101,7 +100,7 @@ def launch(cfg: TrainConfig, log=print) -> dict:
         from ftopt.train.worker import run_worker
 
         return run_worker(cfg)
-    if shutil.which("deepspeed") is None and not _has_module("deepspeed"):
+    if not _has_module("deepspeed"):  # launched as `python -m deepspeed.launcher.runner`: the module is enough
         raise FtoptError("ZeRO and multi-GPU runs need DeepSpeed: pip install deepspeed.")
     from ftopt.train import worker
 

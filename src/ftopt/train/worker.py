@@ -99,7 +99,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from ftopt.measure import _cpu_peak_from_profiler
+    from ftopt.measure import AllocatorPeak
     from ftopt.spec import load_model
     from ftopt.train.build import build_model
     from ftopt.train.engine import RANK_TIMEOUT_SECONDS, StepRecorder, deepspeed_config
@@ -119,21 +119,17 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     train_ex, eval_ex, eval_rows, fmt = _datasets(cfg, tokenizer, log)
 
     # memory: allocator-level peak over build + first steps (CPU), or CUDA's peak counters over the whole run
-    prof = None
+    cpu_peak = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base_alloc = torch.cuda.memory_allocated(device)
     else:
-        from torch.profiler import ProfilerActivity, profile
-
-        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        prof.start()
+        cpu_peak = AllocatorPeak().start()
     model = build_model(spec, cfg.combination, cfg.precision, device="cpu" if cfg.combination.uses_deepspeed else device,
                         weights_dir=cfg.model, seed=cfg.seed)
 
     recorder = StepRecorder(out / "steps.jsonl", device, rank)
     progress = _Progress(is_main)
-    state_box: dict = {}
 
     class _Callback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -149,9 +145,8 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
 
         def on_step_end(self, args, state, control, **kw):
             recorder.end(state.global_step, state.num_input_tokens_seen)
-            if prof is not None and state.global_step >= MEMORY_TRACE_STEPS and "cpu_peak" not in state_box:
-                prof.stop()
-                state_box["cpu_peak"] = _cpu_peak_from_profiler(prof)
+            if cpu_peak is not None and state.global_step >= MEMORY_TRACE_STEPS:
+                cpu_peak.stop()  # idempotent: the first call reads the peak, later ones return it
             if cfg.fail_at_step is not None and state.global_step >= cfg.fail_at_step:
                 raise RuntimeError(f"injected failure at step {state.global_step}")
 
@@ -194,9 +189,8 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         raise
     finally:
         progress.stop()
-    if prof is not None and "cpu_peak" not in state_box:
-        prof.stop()
-        state_box["cpu_peak"] = _cpu_peak_from_profiler(prof)
+    if cpu_peak is not None:
+        cpu_peak.stop()
 
     trainer.save_model(str(out))  # adapter (PEFT) or full model, safetensors; ZeRO-3 weights gathered
     if is_main:
@@ -212,7 +206,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         mem["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base_alloc
         mem["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
     else:
-        mem["peak_allocated_bytes"] = state_box["cpu_peak"]
+        mem["peak_allocated_bytes"] = cpu_peak.stop()
         mem["measured_over_steps"] = min(MEMORY_TRACE_STEPS, recorder.summary()["steps"])
     summ = recorder.summary()
     rank_metrics = {
@@ -263,9 +257,7 @@ def _assemble(cfg, spec, ranks: list[dict], world: int, tok_src: str, fmt: str) 
 
 def _predicted(cfg, spec, world: int, step_s: float | None) -> tuple[dict, float | None]:
     """Planner's prediction for the same run, for the side-by-side comparison."""
-    from ftopt.errors import FtoptError
-    from ftopt.estimate import estimate
-    from ftopt.estimate.time import step_flops
+    from ftopt.estimate import predictions
     from ftopt.spec import TrainingSetup, load_hardware
 
     hw_name = cfg.hardware or ("cpu" if not _cuda() else None)
@@ -274,17 +266,12 @@ def _predicted(cfg, spec, world: int, step_s: float | None) -> tuple[dict, float
     hw = load_hardware(hw_name)
     setup = TrainingSetup(seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum,
                           precision=cfg.precision, gpus_per_node=world)
-    pred: dict = {"hardware": hw.name}
-    for method in ("analytic", "traced"):
-        try:
-            e = estimate(spec, hw, setup, cfg.combination, method)
-            pred[method] = {"peak_bytes_per_gpu": e.peak_bytes_per_gpu, "step_seconds": e.step_seconds}
-        except FtoptError as err:
-            pred[method] = {"error": str(err)}
+    pred = predictions(spec, hw, setup, cfg.combination)
     mfu = None
-    if step_s:
+    flops = pred["analytic"].get("flops_per_step")
+    if step_s and flops:
         peak = hw.flops_for(cfg.precision.compute_dtype) or hw.flops_for("fp32")
-        mfu = step_flops(spec, setup, cfg.combination) / step_s / peak
+        mfu = flops / step_s / peak
     return pred, mfu
 
 
