@@ -81,9 +81,14 @@ def test_calibration_recovers_known_constants():
     pts = [(x, x / mfu + fixed) for x in xs]
     got_mfu, got_fixed = fit_time_model(pts)
     assert abs(got_mfu - mfu) < 1e-9 and abs(got_fixed - fixed) < 1e-9
-    rows = [{"status": "ok", "predicted": {"analytic": {"flops_per_step": x * 1e12}},
-             "measured": {"step_seconds": x / mfu + fixed}} for x in xs]
+    zero_extra = {2: 0.15, 3: 0.9}  # DeepSpeed engine overhead per step, by stage
+    rows = [{"status": "ok", "combination": {"zero": z}, "predicted": {"analytic": {"flops_per_step": x * 1e12}},
+             "measured": {"step_seconds": x / mfu + fixed + zero_extra.get(z, 0.0)}}
+            for x in xs for z in (0, 2, 3)]
     fit = calibrate(rows, 1e12)
+    assert fit.mfu == pytest.approx(mfu) and fit.fixed_step_seconds == pytest.approx(fixed)
+    assert fit.zero_step_seconds == pytest.approx(zero_extra)
+    assert fit.holdout_runs == len(rows)  # every run predicted by a fit that did not see it
     assert fit.holdout_median_abs_error < 1e-9 and fit.spearman_rho == pytest.approx(1.0)
 
 

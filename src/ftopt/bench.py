@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import yaml
+from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftopt.errors import FtoptError, validation_message
@@ -134,6 +135,7 @@ class Sweep(BaseModel):
     seed: int = 0
     hardware: str = "cpu"
     zero_gpus: int = Field(2, description="processes for ZeRO runs (a CPU partitions over 2 processes)")
+    packing: bool = Field(False, description="pack sequences to exactly seq_len (measured = estimated shapes)")
 
 
 def predicted(sweep: Sweep, run: BenchRun, spec) -> dict:
@@ -168,7 +170,8 @@ def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, 
                "--max-steps", str(sweep.max_steps), "--lr", str(sweep.lr), "--precision", sweep.precision,
                "--seed", str(sweep.seed), "--lora-r", str(c.lora_r), "--zero", str(c.zero),
                "--offload", c.offload.value, "--attn", c.attn.value, "--gpus", str(run.gpus),
-               "--gc" if c.gc else "--no-gc", "--gpu", sweep.hardware, *sweep.model_args]
+               "--gc" if c.gc else "--no-gc", "--packing" if sweep.packing else "--no-packing",
+               "--gpu", sweep.hardware, *sweep.model_args]
         if c.lora_targets:
             cmd += ["--lora-targets", ",".join(c.lora_targets)]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -223,8 +226,9 @@ def spearman(a: list[float], b: list[float]) -> float:
 class CalibrationFit(BaseModel):
     mfu: float
     fixed_step_seconds: float
+    zero_step_seconds: dict[int, float]
     fit_runs: int
-    holdout_runs: int
+    holdout_runs: int = Field(description="runs predicted by a fit that excluded them (leave-one-out)")
     holdout_median_abs_error: float | None
     holdout_worst_abs_error: float | None
     spearman_rho: float | None
@@ -251,16 +255,48 @@ def fit_time_model(points: list[tuple[float, float]]) -> tuple[float, float]:
     return min(1.0, 1.0 / slope), fixed
 
 
-def calibrate(rows: list[dict], peak_flops: float, holdout_fraction: float = 0.5) -> CalibrationFit:
-    """Fit on the first part of the successful runs, check predicted vs measured step time on the rest."""
-    ok = [r for r in rows if r["status"] == "ok" and "analytic" in r.get("predicted", {})
-          and "flops_per_step" in r["predicted"]["analytic"] and r["measured"].get("step_seconds")]
-    pts = [(r["predicted"]["analytic"]["flops_per_step"] / peak_flops, r["measured"]["step_seconds"]) for r in ok]
-    k = max(1, int(round(len(pts) * (1 - holdout_fraction)))) if len(pts) > 1 else len(pts)
-    mfu, fixed = fit_time_model(pts[:k])
-    hold = pts[k:]
-    errs = [abs((x / mfu + fixed) - t) / t for x, t in hold]
-    rho = spearman([x / mfu + fixed for x, _ in hold], [t for _, t in hold]) if len(hold) >= 3 else None
-    return CalibrationFit(mfu=mfu, fixed_step_seconds=fixed, fit_runs=k, holdout_runs=len(hold),
-                          holdout_median_abs_error=sorted(errs)[len(errs) // 2] if errs else None,
-                          holdout_worst_abs_error=max(errs) if errs else None, spearman_rho=rho)
+@dataclass(frozen=True)
+class _Point:
+    ideal_seconds: float  # FLOPs / peak FLOP/s
+    zero: int
+    measured_seconds: float
+
+
+def _fit(points: list[_Point]) -> tuple[float, float, dict[int, float]]:
+    """mfu and fixed cost from the plain (ZeRO 0) runs; each ZeRO stage's extra cost as its median residual."""
+    plain = [(p.ideal_seconds, p.measured_seconds) for p in points if p.zero == 0] or \
+        [(p.ideal_seconds, p.measured_seconds) for p in points]
+    mfu, fixed = fit_time_model(plain)
+    extra: dict[int, float] = {}
+    for z in sorted({p.zero for p in points if p.zero}):
+        res = sorted(p.measured_seconds - (p.ideal_seconds / mfu + fixed) for p in points if p.zero == z)
+        extra[z] = max(0.0, res[len(res) // 2])
+    return mfu, fixed, extra
+
+
+def _predict(p: _Point, mfu: float, fixed: float, extra: dict[int, float]) -> float:
+    return p.ideal_seconds / mfu + fixed + extra.get(p.zero, 0.0)
+
+
+def calibrate(rows: list[dict], peak_flops: float) -> CalibrationFit:
+    """Fit the time model on successful runs and check it on runs it did not see: each run is predicted by a
+    fit on all the others (leave-one-out), when another run of its ZeRO stage remains to calibrate that stage."""
+    ok = [r for r in rows if r["status"] == "ok" and r["measured"].get("step_seconds")
+          and r.get("predicted", {}).get("analytic", {}).get("flops_per_step")]
+    pts = [_Point(r["predicted"]["analytic"]["flops_per_step"] / peak_flops, r["combination"]["zero"],
+                  r["measured"]["step_seconds"]) for r in ok]
+    if not pts:
+        raise FtoptError("No successful runs to calibrate the time model with.")
+    mfu, fixed, extra = _fit(pts)
+    predicted, measured = [], []
+    for i, p in enumerate(pts):
+        rest = pts[:i] + pts[i + 1:]
+        if not any(q.zero == p.zero for q in rest) or (p.zero and not any(q.zero == 0 for q in rest)):
+            continue
+        predicted.append(_predict(p, *_fit(rest)))
+        measured.append(p.measured_seconds)
+    errs = sorted(abs(a - b) / b for a, b in zip(predicted, measured))
+    rho = spearman(predicted, measured) if len(predicted) >= 3 else None
+    return CalibrationFit(mfu=mfu, fixed_step_seconds=fixed, zero_step_seconds=extra, fit_runs=len(pts),
+                          holdout_runs=len(predicted), holdout_median_abs_error=errs[len(errs) // 2] if errs else None,
+                          holdout_worst_abs_error=errs[-1] if errs else None, spearman_rho=rho)

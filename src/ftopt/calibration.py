@@ -19,6 +19,7 @@ class Calibration(BaseModel):
     hardware: str
     mfu: float = Field(gt=0, le=1)
     fixed_step_seconds: float = Field(0.0, ge=0, description="per-step overhead not proportional to FLOPs")
+    zero_step_seconds: dict[int, float] = Field(default_factory=dict, description="DeepSpeed engine cost per step, by stage")
     source: str = Field(description="where the numbers come from: results file, runs used, fit error")
 
 
@@ -48,4 +49,5 @@ def apply_calibration(hw):
     if cal is None:
         return hw
     return hw.model_copy(update={"mfu": cal.mfu, "fixed_step_seconds": cal.fixed_step_seconds,
+                                 "zero_step_seconds": cal.zero_step_seconds,
                                  "source": f"{hw.source}; time model calibrated: {cal.source}"})

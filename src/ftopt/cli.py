@@ -221,6 +221,7 @@ def bench(
     random_init: Annotated[Optional[str], typer.Option("--random-init")] = None,
     data: Annotated[Optional[str], typer.Option("--data")] = None,
     seq_len: SeqLen = 64, micro_batch: MicroBatch = 8,
+    packing: Annotated[bool, typer.Option("--packing/--no-packing", help="pack sequences to exactly --seq-len")] = False,
     max_steps: Annotated[int, typer.Option("--max-steps", help="steps per run")] = 100,
     precision: PrecisionOpt = "fp32", gpu: Gpu = "cpu",
     lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
@@ -239,7 +240,7 @@ def bench(
                        if v for a in (flag, v)]
         spec = load_model(random_init or (model if model else "tiny-llama"))
         sweep = Sweep(model_args=passthrough, seq_len=seq_len, micro_batch=micro_batch, max_steps=max_steps,
-                      precision=precision, hardware=gpu)
+                      precision=precision, hardware=gpu, packing=packing)
         rows = run_sweep(sweep, combos, results, results.parent / "runs", repeat=repeat, spec=spec,
                          on_event=lambda k, i: console.print(f"[{i['index']}/{i['total']}] {i['label']}: "
                                                              f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
@@ -270,7 +271,10 @@ def report(
         if not rows:
             raise FtoptError(f"The results file {results} has no valid result line.")
         hw = load_hardware(gpu)
-        fit = calibrate(rows, hw.flops_for("fp32") or 1.0) if any(r["status"] == "ok" for r in rows) else None
+        try:
+            fit = calibrate(rows, hw.flops_for("fp32") or 1.0)
+        except FtoptError:
+            fit = None  # no successful run with predictions: the report says so without a calibration line
         paths = build_report(rows, out, lang=lang, title=title, hardware=hw.name,
                              capacity_bytes=None if hw.is_cpu else hw.memory_bytes,
                              cost_per_gpu_hour=cost_per_gpu_hour, max_hours=max_hours,

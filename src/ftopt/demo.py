@@ -22,7 +22,8 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     t0 = time.perf_counter()
     out = Path(out_dir)
     spec, hw = load_model(DEMO_MODEL), load_hardware("cpu")
-    sweep = Sweep(seq_len=64, micro_batch=8, max_steps=steps, lr=3e-3, precision="fp32", hardware="cpu")
+    # packed sequences: every step sees exactly seq_len x micro_batch tokens, as the estimates assume
+    sweep = Sweep(seq_len=64, micro_batch=8, max_steps=steps, lr=3e-3, precision="fp32", hardware="cpu", packing=True)
     setup = TrainingSetup(seq_len=sweep.seq_len, micro_batch=sweep.micro_batch, precision=sweep.precision,
                           dataset_tokens=steps * sweep.micro_batch * sweep.seq_len)
     console.rule("1/3 plan: predicted memory and time of every combination")
@@ -41,19 +42,19 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     rows = run_sweep(sweep, combos, out / "results.jsonl", out / "runs", spec=spec, on_event=event)
 
     console.rule("3/3 report")
-    fit = calibrate(rows, hw.flops_for("fp32"))
-    cal = None
-    if fit.fit_runs:
+    fit = calibrate(rows, hw.flops_for("fp32")) if any(r["status"] == "ok" for r in rows) else None
+    if fit is not None:
         cal = Calibration(hardware="cpu", mfu=fit.mfu, fixed_step_seconds=fit.fixed_step_seconds,
+                          zero_step_seconds=fit.zero_step_seconds,
                           source=f"ftopt demo, {fit.fit_runs} runs of {DEMO_MODEL}")
         save_calibration(cal)
     reports = {}
     for lang in langs:
         reports[lang] = build_report(rows, out, lang=lang, hardware="this CPU", capacity_bytes=None,
-                                     cost_per_gpu_hour=None, calibration=fit.model_dump())
+                                     cost_per_gpu_hour=None, calibration=fit.model_dump() if fit else None)
     wall = time.perf_counter() - t0
     summary = {"wall_seconds": wall, "runs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
-               "calibration": fit.model_dump(), "reports": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in reports.items()}}
+               "calibration": fit.model_dump() if fit else None, "reports": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in reports.items()}}
     atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     console.print(f"[bold]Report:[/] {reports[langs[0]]['html']}  (also {', '.join(str(v['html']) for v in list(reports.values())[1:])})")
     console.print(f"demo finished in {wall:.0f} s: {summary['ok']} of {summary['runs']} runs succeeded")

@@ -8,6 +8,10 @@ class FtoptError(Exception):
     """A problem with the user's input or environment, phrased as one sentence they can act on."""
 
 
+class TraceUnavailable(FtoptError):
+    """The traced estimator cannot run this architecture; callers fall back to the analytic method."""
+
+
 def validation_message(err: ValidationError) -> str:
     """Turn pydantic's multi-line report into one sentence naming the field and the bad value."""
     parts = []

@@ -1,7 +1,7 @@
 """Per-GPU memory and time of one combination, by the analytic formulas or by tracing the real training step."""
 from __future__ import annotations
 
-from ftopt.errors import FtoptError
+from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic
 from ftopt.estimate.result import Estimate, MemoryBreakdown, Method
 from ftopt.estimate.time import step_time
@@ -28,10 +28,17 @@ def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Co
     """Per-GPU peak memory, device total, fit and step/epoch time of `combo`."""
     method = Method(method)
     notes = check_setup(model, setup, combo, hw)
+    traced = None
     if method is Method.TRACED:
         from ftopt.estimate.traced import traced_memory  # lazy: imports transformers and peft
 
-        bd, phase, cpu = traced_memory(model, setup, combo, target="cpu" if hw.is_cpu else "cuda")
+        try:
+            traced = traced_memory(model, setup, combo, target="cpu" if hw.is_cpu else "cuda")
+        except TraceUnavailable as e:  # never a dead end: say why and answer analytically
+            notes.append(str(e))
+            method = Method.ANALYTIC
+    if traced is not None:
+        bd, phase, cpu = traced
     else:
         bd, phase, cpu = analytic.memory(model, setup, combo)
     peak = bd.total()

@@ -27,7 +27,9 @@ from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, O
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
 ALLOCATOR_RESERVE_FRACTION = 0.05  # caching-allocator fragmentation: reserved exceeds allocated by a few percent
-DEEPSPEED_CONTEXT_BYTES = 300 * 2**20  # DeepSpeed/NCCL communicator buffers per rank
+# NCCL communicator buffers per rank under DeepSpeed: allocated by NCCL outside torch's caching allocator, so they
+# count in the device total, not in max_memory_allocated (and not at all on a CPU with gloo).
+NCCL_BUFFER_BYTES = 300 * 2**20
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,6 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
     h = model.hidden_size
     if combo.zero >= 1:
         master, optim = _ceil_div(master, n), _ceil_div(optim, n)
-        buffers += DEEPSPEED_CONTEXT_BYTES
     if combo.zero >= 2:
         grads = _ceil_div(grads, n)
         buffers += 2 * h * h * st.grad  # reduce bucket (reduce_bucket_size = h^2 elements), double-buffered
@@ -251,7 +252,9 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> tuple[
 
 
 def device_bytes(peak_allocated: int, combo: Combination, is_cpu: bool) -> int:
-    """What the device shows: allocated peak + caching-allocator reserve + CUDA context (stated constants)."""
+    """What the device shows: allocated peak + caching-allocator reserve + CUDA context + NCCL buffers under
+    DeepSpeed (stated constants)."""
     if is_cpu:
         return peak_allocated
-    return int(peak_allocated * (1 + ALLOCATOR_RESERVE_FRACTION)) + CUDA_CONTEXT_BYTES
+    nccl = NCCL_BUFFER_BYTES if combo.uses_deepspeed else 0
+    return int(peak_allocated * (1 + ALLOCATOR_RESERVE_FRACTION)) + CUDA_CONTEXT_BYTES + nccl

@@ -93,10 +93,12 @@ def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw:
 
 
 def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> StepTime:
-    """Compute at the achieved FLOP/s, plus exposed communication, plus the hardware's calibrated fixed cost per
-    step (framework overhead that dominates tiny models; 0 until `ftopt bench` measures it)."""
+    """Compute at the achieved FLOP/s, plus exposed communication, plus the hardware's calibrated fixed costs per
+    step: framework overhead (dominates tiny models) and the DeepSpeed engine's per-stage overhead (collective
+    latency, partition bookkeeping); both 0 until `ftopt bench` measures them."""
     flops = step_flops(model, setup, combo)
     peak = hw.flops_for(setup.precision.compute_dtype) or hw.flops_for("fp32")
     compute = flops / (peak * hw.mfu)
     comm = comm_seconds(model, setup, combo, hw)
-    return StepTime(flops, compute, comm, compute + comm + hw.fixed_step_seconds)
+    engine = hw.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0
+    return StepTime(flops, compute, comm, compute + comm + hw.fixed_step_seconds + engine)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ftopt.errors import FtoptError
+from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.spec import Combination, ModelSpec, Offload, TrainingSetup
@@ -183,11 +183,13 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
             (l1, s1, phase), (l2, s2, _) = [(n, *_trace(spec, setup, combo, n, target)) for n in layers]
             per_cat = {k: s1.get(k, 0) + (spec.num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
                        for k in _SNAPSHOT_TO_BREAKDOWN}
-    except FtoptError:
+    except TraceUnavailable:
         raise
+    except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path
+        raise TraceUnavailable(f"the traced estimator could not run {spec.family}: {e} This estimate is analytic.") from None
     except Exception as e:  # an architecture the tracer cannot run: say so in one line
-        raise FtoptError(f"The traced estimator could not run {spec.family} ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160]}); use --method analytic.") from None
+        raise TraceUnavailable(f"the traced estimator could not run {spec.family} ({type(e).__name__}: "
+                               f"{(str(e).splitlines() or [''])[0][:160]}); this estimate is analytic") from None
     bd = {k: int(round(v)) for k, v in per_cat.items()}
     if combo.uses_deepspeed:
         bd["gradients"] = int(round(bd["gradients"] * (1.0 / setup.world_size if combo.zero >= 2 else 1.0)))

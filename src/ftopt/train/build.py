@@ -83,14 +83,20 @@ def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, de
     dev = torch.device(device)
     attn = attn_implementation(combo.attn, dev.type)
     dtype = model_dtype(precision, combo)
-    if weights_dir is not None:
-        model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, attn_implementation=attn,
-                                                     trust_remote_code=False, use_safetensors=True)
-    else:
-        cfg = hf_config(spec, num_layers, attn)
-        torch.manual_seed(seed)
-        with dev:
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    try:
+        if weights_dir is not None:
+            model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, attn_implementation=attn,
+                                                         trust_remote_code=False, use_safetensors=True)
+        else:
+            cfg = hf_config(spec, num_layers, attn)
+            torch.manual_seed(seed)
+            with dev:
+                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    except ValueError as e:
+        if "attention implementation" not in str(e):
+            raise
+        raise FtoptError(f"{spec.family} does not support --attn {combo.attn.value} in this transformers version; "
+                         "use --attn eager.") from None
     model.config.use_cache = False
     model = apply_optimizations(model, spec, combo)
     model.train()

@@ -96,7 +96,7 @@ def detect_format(rows: list[dict], source: str = "data") -> str:
 # ---- tokenization ---------------------------------------------------------------------------------------------------
 @dataclass
 class Tokenized:
-    examples: list[dict]  # input_ids, labels (and attention_mask)
+    examples: list[dict]  # input_ids, labels, attention_mask
     truncated: int  # how many examples were cut at seq_len
     fmt: str
 
@@ -123,7 +123,7 @@ def tokenize(rows: list[dict], tokenizer, seq_len: int, fmt: str) -> Tokenized:
         if len(ids) > seq_len:
             truncated += 1
             ids, labels = ids[:seq_len], labels[:seq_len]
-        out.append({"input_ids": ids, "labels": labels})
+        out.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)})
     return Tokenized(out, truncated, fmt)
 
 
@@ -136,8 +136,8 @@ def pack(examples: list[dict], seq_len: int) -> list[dict]:
         ids += e["input_ids"]
         labels += e["labels"]
     n = max(1, len(ids) // seq_len)
-    return [{"input_ids": ids[i * seq_len:(i + 1) * seq_len], "labels": labels[i * seq_len:(i + 1) * seq_len]}
-            for i in range(n) if ids[i * seq_len:(i + 1) * seq_len]]
+    blocks = [(ids[i * seq_len:(i + 1) * seq_len], labels[i * seq_len:(i + 1) * seq_len]) for i in range(n)]
+    return [{"input_ids": b, "labels": lab, "attention_mask": [1] * len(b)} for b, lab in blocks if b]
 
 
 def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

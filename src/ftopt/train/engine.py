@@ -112,6 +112,9 @@ def launch(cfg: TrainConfig, log=print) -> dict:
     port = _free_port()
     cmd += ["--master_port", str(port), worker.__file__, str(out / "resolved_config.json")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    if not _cuda_available() and "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks share the cores: one thread pool per rank sized to its share avoids oversubscription
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cfg.gpus))
     log_path = out / "launcher.log"
     with log_path.open("w") as logf:
         try:
@@ -126,6 +129,12 @@ def launch(cfg: TrainConfig, log=print) -> dict:
     if not metrics_path.exists():
         raise FtoptError(f"The run ended without metrics; see {log_path}.")
     return json.loads(metrics_path.read_text())
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _has_module(name: str) -> bool:

@@ -71,23 +71,32 @@ def _datasets(cfg, tokenizer, log):
     return examples, ev.examples, eval_rows, fmt
 
 
-def _exact_match(model, tokenizer, rows, device, max_n: int, synced: bool) -> float | None:
-    """Greedy-generate each held-out completion; the share that matches exactly (whitespace-trimmed)."""
+def _exact_match(model, tokenizer, rows, device, max_n: int, zero3: bool) -> float | None:
+    """Greedy-generate each held-out completion; the share that matches exactly (whitespace-trimmed).
+    Under ZeRO-3 every rank gathers the full weights once for the evaluation (GatheredParameters) instead of
+    gathering each layer for every generated token: the sample models of a proof of concept fit."""
+    import contextlib
+
     import torch
 
     rows = rows[:max_n]
     if not rows:
         return None
+    gather = contextlib.nullcontext()
+    if zero3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
     hits = 0
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with gather, torch.no_grad():
         for r in rows:
             enc = tokenizer(str(r["prompt"]), return_tensors="pt").to(device)
             target = str(r["completion"]).strip()
             n_new = len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 2
             out = model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
+                                 eos_token_id=tokenizer.eos_token_id)
             text = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
             hits += text == target
     if was_training:
@@ -169,7 +178,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         bf16=cfg.precision.value == "bf16-mixed", fp16=cfg.precision.value == "fp16-mixed",
         use_cpu=device.type == "cpu", deepspeed=deepspeed_config(cfg) if cfg.combination.uses_deepspeed else None,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, logging_steps=1, report_to=[],
-        disable_tqdm=True, include_num_input_tokens_seen=True, ddp_timeout=RANK_TIMEOUT_SECONDS,
+        disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_timeout=RANK_TIMEOUT_SECONDS,
         remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
         ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
     )
@@ -200,7 +209,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     if fmt == "prompt+completion":
         em = _exact_match(trainer.model, tokenizer, eval_rows, device if not cfg.combination.uses_deepspeed else
                           next(trainer.model.parameters()).device, cfg.eval_max_examples,
-                          synced=cfg.combination.zero == 3 and world > 1)
+                          zero3=cfg.combination.zero == 3)
     mem = {"device": device.type}
     if device.type == "cuda":
         mem["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base_alloc
@@ -247,7 +256,7 @@ def _assemble(cfg, spec, ranks: list[dict], world: int, tok_src: str, fmt: str) 
         "train_loss": r0["train_loss"], "final_loss": r0["final_loss"], "eval_loss": r0["eval_loss"],
         "exact_match": r0["exact_match"], "steps": r0["steps"], "train_seconds": r0["train_seconds"],
     }
-    predicted, mfu = _predicted(cfg, spec, world, step_s)
+    predicted, mfu = _predicted(cfg, spec, world, measured["tokens_per_s"])
     return {"schema": "ftopt.metrics/1", "model": spec.name, "combination": cfg.combination.key(),
             "label": cfg.combination.label(), "precision": cfg.precision.value, "world_size": world,
             "seq_len": cfg.seq_len, "micro_batch": cfg.micro_batch, "grad_accum": cfg.grad_accum,
@@ -255,7 +264,7 @@ def _assemble(cfg, spec, ranks: list[dict], world: int, tok_src: str, fmt: str) 
             "measured": measured, "predicted": predicted, "mfu": mfu, "ranks": ranks}
 
 
-def _predicted(cfg, spec, world: int, step_s: float | None) -> tuple[dict, float | None]:
+def _predicted(cfg, spec, world: int, tokens_per_s: float | None) -> tuple[dict, float | None]:
     """Planner's prediction for the same run, for the side-by-side comparison."""
     from ftopt.estimate import predictions
     from ftopt.spec import TrainingSetup, load_hardware
@@ -269,9 +278,11 @@ def _predicted(cfg, spec, world: int, step_s: float | None) -> tuple[dict, float
     pred = predictions(spec, hw, setup, cfg.combination)
     mfu = None
     flops = pred["analytic"].get("flops_per_step")
-    if step_s and flops:
+    if tokens_per_s and flops:
+        # useful FLOPs: FLOPs per token of the planned step times the non-padding tokens each rank processed
         peak = hw.flops_for(cfg.precision.compute_dtype) or hw.flops_for("fp32")
-        mfu = flops / step_s / peak
+        flops_per_token = flops / (cfg.micro_batch * cfg.seq_len * cfg.grad_accum)
+        mfu = flops_per_token * tokens_per_s / world / peak
     return pred, mfu
 
 

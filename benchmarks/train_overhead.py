@@ -1,0 +1,109 @@
+"""What measuring costs, and what packing buys. Prints figures; not a test (shared machines are noisy, so the two
+sides alternate in one run and are compared as ratios).
+
+    .venv/bin/python benchmarks/train_overhead.py            # ~6 min on 2 cores
+    .venv/bin/python benchmarks/train_overhead.py --rounds 1 # quicker, noisier
+
+1. `ftopt train` vs a plain Hugging Face Trainer script with identical settings (same model config, data,
+   tokenization, batch, steps, optimizer, seed), alternating; tokens/s = non-padding tokens / Trainer train_runtime.
+   Target: ftopt >= 0.97x.
+2. Packing vs padding on variable-length text (4-120 words, seq-len 128), both through `ftopt train`.
+   Target: >= 1.5x tokens/s.
+Writes benchmarks/results/train_overhead.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS, SEQ, BATCH = 150, 64, 8
+
+
+def plain_trainer(out: str) -> float:
+    """The baseline: the same run written directly against transformers, no ftopt in the loop."""
+    import torch
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from ftopt.spec import load_model
+    from ftopt.train.build import hf_config
+    from ftopt.train.data import default_examples, default_tokenizer, tokenize
+    from ftopt.train.worker import DEFAULT_TRAIN_EXAMPLES, _ListDataset
+
+    tok = default_tokenizer()
+    rows = default_examples(DEFAULT_TRAIN_EXAMPLES, seed=0)
+    ex = tokenize(rows, tok, SEQ, "prompt+completion").examples
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(hf_config(load_model("tiny-llama"), attn="sdpa"))
+    args = TrainingArguments(output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-3,
+                             lr_scheduler_type="cosine", warmup_steps=int(0.03 * STEPS), seed=0, use_cpu=True,
+                             save_strategy="no", logging_steps=1, report_to=[], disable_tqdm=True,
+                             include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
+                             dataloader_num_workers=0)
+    tr = Trainer(model=model, args=args, train_dataset=_ListDataset(ex),
+                 data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    res = tr.train()
+    return tr.state.num_input_tokens_seen / res.metrics["train_runtime"]
+
+
+def ftopt_run(out: str, *extra: str) -> dict:
+    cmd = [sys.executable, "-m", "ftopt", "train", "--output-dir", out, "--max-steps", str(STEPS),
+           "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--json", *extra]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    m = json.loads((Path(out) / "metrics.json").read_text())
+    tokens = sum(json.loads(line)["tokens"] for line in (Path(out) / "steps.jsonl").read_text().splitlines())
+    return {"tokens_per_s": tokens / m["measured"]["train_seconds"], "step_tokens_per_s": m["measured"]["tokens_per_s"]}
+
+
+def variable_length_data(path: Path, n: int = 1500) -> None:
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    with path.open("w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"text": " ".join(rng.choice(letters) for _ in range(rng.randint(4, 120)))}) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--plain", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.plain:
+        print(json.dumps({"tokens_per_s": plain_trainer(a.plain)}))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="ftopt-overhead-"))
+    ftopt_tps, plain_tps = [], []
+    for i in range(a.rounds):  # alternate so drift on a shared machine hits both sides alike
+        p = subprocess.run([sys.executable, __file__, "--plain", str(tmp / f"plain{i}")], check=True,
+                           capture_output=True, text=True)
+        plain_tps.append(json.loads(p.stdout.strip().splitlines()[-1])["tokens_per_s"])
+        ftopt_tps.append(ftopt_run(str(tmp / f"ftopt{i}"))["tokens_per_s"])
+        print(f"round {i + 1}: plain Trainer {plain_tps[-1]:.0f} tok/s, ftopt train {ftopt_tps[-1]:.0f} tok/s", flush=True)
+    ratio = statistics.median(f / p for f, p in zip(ftopt_tps, plain_tps))
+    print(f"ftopt train / plain Trainer tokens/s: median ratio {ratio:.3f} over {a.rounds} rounds (target >= 0.97)")
+
+    data = tmp / "varlen.jsonl"
+    variable_length_data(data)
+    pad, packed = [], []
+    for i in range(a.rounds):
+        pad.append(ftopt_run(str(tmp / f"pad{i}"), "--data", str(data), "--seq-len", "128")["tokens_per_s"])
+        packed.append(ftopt_run(str(tmp / f"pack{i}"), "--data", str(data), "--seq-len", "128", "--packing")["tokens_per_s"])
+        print(f"round {i + 1}: padding {pad[-1]:.0f} tok/s, packing {packed[-1]:.0f} tok/s", flush=True)
+    pratio = statistics.median(k / p for k, p in zip(packed, pad))
+    print(f"packing / padding non-padding tokens/s: median ratio {pratio:.2f} (target >= 1.5)")
+    from ftopt.io import atomic_write_text
+
+    atomic_write_text(ROOT / "benchmarks" / "results" / "train_overhead.json", json.dumps({
+        "steps": STEPS, "seq_len": SEQ, "micro_batch": BATCH, "plain_tokens_per_s": plain_tps,
+        "ftopt_tokens_per_s": ftopt_tps, "overhead_ratio": ratio, "padding_tokens_per_s": pad,
+        "packing_tokens_per_s": packed, "packing_ratio": pratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
