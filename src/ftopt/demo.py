@@ -50,7 +50,7 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
         save_calibration(cal)
     reports = {}
     for lang in langs:
-        reports[lang] = build_report(rows, out, lang=lang, hardware="this CPU", capacity_bytes=None,
+        reports[lang] = build_report(rows, out, lang=lang, hardware="cpu", capacity_bytes=None,
                                      cost_per_gpu_hour=None, calibration=fit.model_dump() if fit else None)
     wall = time.perf_counter() - t0
     summary = {"wall_seconds": wall, "runs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),

@@ -55,7 +55,9 @@ def storage(precision: Precision, combo: Combination) -> Storage:
     bf16-true (Trainer only): everything bf16, AdamW states in the parameter dtype (torch.optim.AdamW).
     """
     if precision is Precision.FP32:
-        return Storage(4, 4, 4, 0, 8, autocast=False, act_bytes=4, resid_bytes=4)
+        # DeepSpeed's ZeRO optimizers keep an fp32 partition copy of the trainable weights whatever the model dtype
+        # (stage_1_and_2.single_partition_of_fp32_groups, stage3.fp32_partitioned_groups_flat)
+        return Storage(4, 4, 4, 4 if combo.uses_deepspeed else 0, 8, autocast=False, act_bytes=4, resid_bytes=4)
     if precision is Precision.BF16_TRUE:
         if combo.uses_deepspeed:
             raise FtoptError("bf16-true is a Trainer-only precision: DeepSpeed always keeps fp32 master weights; "

@@ -96,7 +96,7 @@ def charts(rows: list[dict], capacity_bytes: int | None) -> dict[str, bytes]:
         else:
             ax.text(left[i], i, f"  {r['status']}", va="center", color="red")
     ax.set_xlabel("MiB per GPU")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never covers a bar
     out["memory.png"] = _fig_png(fig)
     ok = [r for r in rows if r["status"] == "ok"]
     # 2. time per epoch vs peak memory, Pareto front, GPU memory line
@@ -126,6 +126,7 @@ def charts(rows: list[dict], capacity_bytes: int | None) -> dict[str, bytes]:
         a1.set_xlabel("eval loss (lower is better)")
         a2.barh([r["label"] for r in ok], [r["measured"].get("exact_match") or 0 for r in ok], color="tab:green")
         a2.set_xlabel("exact match (higher is better)")
+        a2.set_xlim(0, 1)
         a2.set_yticklabels([])
     out["quality.png"] = _fig_png(fig)
     # 4. parity

@@ -134,6 +134,22 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         base_alloc = torch.cuda.memory_allocated(device)
     else:
         cpu_peak = AllocatorPeak().start()
+    # TrainingArguments first: with ZeRO-3 it registers the DeepSpeed config, so the model is built inside
+    # deepspeed.zero.Init and each rank only ever holds its partition (as Hugging Face documents)
+    steps_per_epoch = max(1, -(-len(train_ex) // (cfg.micro_batch * cfg.grad_accum * world)))
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.epochs)
+    args = TrainingArguments(
+        output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.micro_batch, per_device_eval_batch_size=cfg.micro_batch,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_schedule, warmup_steps=int(cfg.warmup_ratio * total_steps), seed=cfg.seed,
+        bf16=cfg.precision.value == "bf16-mixed", fp16=cfg.precision.value == "fp16-mixed",
+        use_cpu=device.type == "cpu", deepspeed=deepspeed_config(cfg) if cfg.combination.uses_deepspeed else None,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, logging_steps=1, report_to=[],
+        disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_timeout=RANK_TIMEOUT_SECONDS,
+        remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
+        ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
+    )
     model = build_model(spec, cfg.combination, cfg.precision, device="cpu" if cfg.combination.uses_deepspeed else device,
                         weights_dir=cfg.model, seed=cfg.seed)
 
@@ -168,20 +184,6 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         def on_train_end(self, args, state, control, **kw):
             recorder.flush(None)
 
-    steps_per_epoch = max(1, -(-len(train_ex) // (cfg.micro_batch * cfg.grad_accum * world)))
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.epochs)
-    args = TrainingArguments(
-        output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.micro_batch, per_device_eval_batch_size=cfg.micro_batch,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_schedule, warmup_steps=int(cfg.warmup_ratio * total_steps), seed=cfg.seed,
-        bf16=cfg.precision.value == "bf16-mixed", fp16=cfg.precision.value == "fp16-mixed",
-        use_cpu=device.type == "cpu", deepspeed=deepspeed_config(cfg) if cfg.combination.uses_deepspeed else None,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, logging_steps=1, report_to=[],
-        disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_timeout=RANK_TIMEOUT_SECONDS,
-        remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
-        ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
-    )
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)
     trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(train_ex), eval_dataset=_ListDataset(eval_ex),
                       data_collator=collator, callbacks=[_Callback()])
