@@ -30,6 +30,7 @@ ALLOCATOR_RESERVE_FRACTION = 0.05  # caching-allocator fragmentation: reserved e
 # NCCL communicator buffers per rank under DeepSpeed: allocated by NCCL outside torch's caching allocator, so they
 # count in the device total, not in max_memory_allocated (and not at all on a CPU with gloo).
 NCCL_BUFFER_BYTES = 300 * 2**20
+STAGE3_MAX_LIVE_PARAMETERS = 10**9  # DeepSpeed default for stage3_max_live_parameters (and max_reuse_distance)
 
 
 @dataclass(frozen=True)
@@ -210,8 +211,12 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
         buffers += 2 * h * h * st.grad  # reduce bucket (reduce_bucket_size = h^2 elements), double-buffered
     if combo.zero == 3:
         weights = _ceil_div(weights, n)
-        # the gathered layer being computed plus the prefetched next one (stage3_prefetch_bucket_size = 0.9 h^2)
-        buffers += 2 * model.layer_params() * st.frozen_weight
+        # Gathered parameters stay live until their reuse distance exceeds stage3_max_reuse_distance, up to
+        # stage3_max_live_parameters elements: both default to 1e9 in DeepSpeed 0.19 (and HF's "auto" config leaves
+        # them), so a model under 1e9 parameters stays fully gathered through forward and backward [DS]; at least
+        # the current layer and the prefetched next one are live.
+        live = max(min(total, STAGE3_MAX_LIVE_PARAMETERS), 2 * model.layer_params())
+        buffers += live * st.frozen_weight
     if combo.offload in (Offload.OPTIMIZER, Offload.ALL):
         # ZeRO-Offload keeps master + Adam states and an fp32 gradient partition in host RAM; Adam runs on the CPU.
         cpu += master + optim + _ceil_div(train * 4, n)
