@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from ftopt.bench import (BenchRun, Sweep, calibrate, fit_time_model, load_grid, read_results, run_sweep, spearman)
+from ftopt.bench import BenchRun, Sweep, load_grid, read_results, run_sweep
+from ftopt.calibration import calibrate, fit_time_model, spearman
 from ftopt.errors import FtoptError
 from ftopt.io import append_line_atomic
 from ftopt.spec import Combination, load_model
@@ -75,23 +76,62 @@ def test_grid_yaml(tmp_path):
         load_grid(g)
 
 
+class _Peak:
+    """A hardware stand-in: 1 TFLOP/s peak at every dtype."""
+
+    def flops_for(self, dtype):
+        return 1e12
+
+
+def _row(label, x, kernels, zero, seconds, repeat=0):
+    return {"status": "ok", "key": f"{label}-{repeat}", "label": label, "gpus": 2 if zero else 1,
+            "combination": {"zero": zero, "label": label}, "sweep": {"precision": "fp32"},
+            "predicted": {"analytic": {"flops_per_step": x * 1e12, "kernels_per_step": kernels}},
+            "measured": {"step_seconds": seconds}}
+
+
 def test_calibration_recovers_known_constants():
-    mfu, fixed = 0.37, 0.021
+    mfu, per_kernel, fixed = 0.37, 2e-5, 0.021
     xs = [0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.3, 0.5]
-    pts = [(x, x / mfu + fixed) for x in xs]
-    got_mfu, got_fixed = fit_time_model(pts)
-    assert abs(got_mfu - mfu) < 1e-9 and abs(got_fixed - fixed) < 1e-9
+    ks = [900, 1500, 1100, 2500, 1300, 800, 2000, 1700]  # operator counts vary independently of FLOPs
+    got = fit_time_model([(x, k, x / mfu + k * per_kernel + fixed) for x, k in zip(xs, ks)])
+    assert got == pytest.approx((mfu, per_kernel, fixed), rel=1e-9)
     zero_extra = {2: 0.15, 3: 0.9}  # DeepSpeed engine overhead per step, by stage
-    rows = [{"status": "ok", "combination": {"zero": z}, "predicted": {"analytic": {"flops_per_step": x * 1e12}},
-             "measured": {"step_seconds": x / mfu + fixed + zero_extra.get(z, 0.0)}}
-            for x in xs for z in (0, 2, 3)]
-    fit = calibrate(rows, 1e12)
-    assert fit.mfu == pytest.approx(mfu) and fit.fixed_step_seconds == pytest.approx(fixed)
+    rows = [_row(f"c{i}-z{z}", x, k, z, x / mfu + k * per_kernel + fixed + zero_extra.get(z, 0.0))
+            for i, (x, k) in enumerate(zip(xs, ks)) for z in (0, 2, 3)]
+    fit = calibrate(rows, _Peak())
+    assert (fit.mfu, fit.seconds_per_kernel, fit.fixed_step_seconds) == pytest.approx((mfu, per_kernel, fixed))
     assert fit.zero_step_seconds == pytest.approx(zero_extra)
-    assert fit.holdout_runs == len(rows)  # every run predicted by a fit that did not see it
-    assert fit.holdout_median_abs_error < 1e-9 and fit.spearman_rho == pytest.approx(1.0)
+    assert fit.holdout_runs == len(rows)  # every combination predicted by a fit that did not see it
+    assert fit.holdout_worst_abs_error < 1e-9 and fit.spearman_rho == pytest.approx(1.0)
+
+
+def test_calibration_respects_bounds_and_old_results():
+    # measured faster than the peak allows: mfu is capped at 1, the overheads are never negative
+    mfu, per_kernel, fixed = fit_time_model([(0.2, 100, 0.1), (0.4, 100, 0.2)])
+    assert mfu == 1.0 and per_kernel >= 0 and fixed >= 0
+    # results written before kernels were counted: the kernel term drops out, the rest still fits
+    mfu, per_kernel, fixed = fit_time_model([(x, None, x / 0.5 + 0.01) for x in (0.1, 0.2, 0.3)])
+    assert (mfu, per_kernel, fixed) == pytest.approx((0.5, 0.0, 0.01))
+
+
+def test_calibration_merges_repeats_before_holding_out():
+    # two repeats of one combination must not predict each other: the held-out unit is the combination
+    rows = [_row(f"c{i}", x, 1000, 0, x / 0.5 + 0.01 * (1 + 0.1 * rep), rep)
+            for i, x in enumerate((0.1, 0.2, 0.3, 0.4)) for rep in range(3)]
+    fit = calibrate(rows, _Peak())
+    assert fit.fit_runs == 12 and fit.combinations == 4 and fit.holdout_runs == 4
+    assert [h.measured_seconds for h in fit.holdout] == pytest.approx([x / 0.5 + 0.011 for x in (0.1, 0.2, 0.3, 0.4)])
 
 
 def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_rank_check_ignores_near_ties():
+    from ftopt.calibration import ordered_pairs
+
+    measured = [1.00, 1.05, 2.0, 3.0]  # the first two are a tie within 10%
+    assert ordered_pairs([1.1, 1.0, 2.0, 3.0], measured) == (5, 5)  # swapping the tie is not an error
+    assert ordered_pairs([1.0, 1.05, 3.0, 2.0], measured) == (4, 5)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import yaml
-from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftopt.errors import FtoptError, validation_message
@@ -155,8 +154,11 @@ def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, 
     `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
     results = Path(results)
     done = {r["key"] for r in read_results(results)}
+    combos = list(combos)
+    # Repeats go round-robin (every combination once, then again): a machine that slows down for a while then
+    # affects one run of each combination instead of all runs of one, and the per-combination median absorbs it.
     plan_runs = [BenchRun(combination=c, gpus=sweep.zero_gpus if c.uses_deepspeed else 1, repeat=k)
-                 for c in combos for k in range(repeat)]
+                 for k in range(repeat) for c in combos]
     for i, run in enumerate(plan_runs, 1):
         key = run.key()
         if key in done:
@@ -175,6 +177,11 @@ def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, 
         if c.lora_targets:
             cmd += ["--lora-targets", ",".join(c.lora_targets)]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        if sweep.hardware == "cpu":
+            # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then
+            # use the two cores of a small machine). A multi-threaded tiny step waits for its slowest thread, so on
+            # a shared or virtual machine its time swings by half from minute to minute; one thread does not.
+            env.setdefault("OMP_NUM_THREADS", "1")
         for prefix, what in (inject or {}).items():
             if key.startswith(prefix):
                 env["FTOPT_INJECT_FAILURE"] = what
@@ -199,104 +206,3 @@ def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, 
     return read_results(results)
 
 
-# ---- calibration ---------------------------------------------------------------------------------------------------------
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(x):
-        order = sorted(range(len(x)), key=lambda i: x[i])
-        r = [0.0] * len(x)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-    ra, rb = ranks(a), ranks(b)
-    n = len(a)
-    ma, mb = sum(ra) / n, sum(rb) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va = sum((x - ma) ** 2 for x in ra) ** 0.5
-    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
-    return cov / (va * vb) if va and vb else float("nan")
-
-
-class CalibrationFit(BaseModel):
-    mfu: float
-    fixed_step_seconds: float
-    zero_step_seconds: dict[int, float]
-    fit_runs: int
-    holdout_runs: int = Field(description="runs predicted by a fit that excluded them (leave-one-out)")
-    holdout_median_abs_error: float | None
-    holdout_worst_abs_error: float | None
-    spearman_rho: float | None
-
-
-def fit_time_model(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least squares of measured step seconds t on ideal seconds x = FLOPs / peak FLOP/s:  t = x / mfu + fixed.
-    Returns (mfu, fixed_step_seconds); with one point, fixed = 0."""
-    if not points:
-        raise FtoptError("No successful runs to calibrate the time model with.")
-    if len(points) == 1:
-        x, t = points[0]
-        return x / t, 0.0
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    mt = sum(t for _, t in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    if sxx == 0:
-        return mx / mt, 0.0
-    slope = sum((x - mx) * (t - mt) for x, t in points) / sxx
-    fixed = max(0.0, mt - slope * mx)
-    if slope <= 0:
-        return mx / mt, 0.0
-    return min(1.0, 1.0 / slope), fixed
-
-
-@dataclass(frozen=True)
-class _Point:
-    ideal_seconds: float  # FLOPs / peak FLOP/s
-    zero: int
-    measured_seconds: float
-
-
-def _fit(points: list[_Point]) -> tuple[float, float, dict[int, float]]:
-    """mfu and fixed cost from the plain (ZeRO 0) runs; each ZeRO stage's extra cost as its median residual."""
-    plain = [(p.ideal_seconds, p.measured_seconds) for p in points if p.zero == 0] or \
-        [(p.ideal_seconds, p.measured_seconds) for p in points]
-    mfu, fixed = fit_time_model(plain)
-    extra: dict[int, float] = {}
-    for z in sorted({p.zero for p in points if p.zero}):
-        res = sorted(p.measured_seconds - (p.ideal_seconds / mfu + fixed) for p in points if p.zero == z)
-        extra[z] = max(0.0, res[len(res) // 2])
-    return mfu, fixed, extra
-
-
-def _predict(p: _Point, mfu: float, fixed: float, extra: dict[int, float]) -> float:
-    return p.ideal_seconds / mfu + fixed + extra.get(p.zero, 0.0)
-
-
-def calibrate(rows: list[dict], peak_flops: float) -> CalibrationFit:
-    """Fit the time model on successful runs and check it on runs it did not see: each run is predicted by a
-    fit on all the others (leave-one-out), when another run of its ZeRO stage remains to calibrate that stage."""
-    ok = [r for r in rows if r["status"] == "ok" and r["measured"].get("step_seconds")
-          and r.get("predicted", {}).get("analytic", {}).get("flops_per_step")]
-    pts = [_Point(r["predicted"]["analytic"]["flops_per_step"] / peak_flops, r["combination"]["zero"],
-                  r["measured"]["step_seconds"]) for r in ok]
-    if not pts:
-        raise FtoptError("No successful runs to calibrate the time model with.")
-    mfu, fixed, extra = _fit(pts)
-    predicted, measured = [], []
-    for i, p in enumerate(pts):
-        rest = pts[:i] + pts[i + 1:]
-        if not any(q.zero == p.zero for q in rest) or (p.zero and not any(q.zero == 0 for q in rest)):
-            continue
-        predicted.append(_predict(p, *_fit(rest)))
-        measured.append(p.measured_seconds)
-    errs = sorted(abs(a - b) / b for a, b in zip(predicted, measured))
-    rho = spearman(predicted, measured) if len(predicted) >= 3 else None
-    return CalibrationFit(mfu=mfu, fixed_step_seconds=fixed, zero_step_seconds=extra, fit_runs=len(pts),
-                          holdout_runs=len(predicted), holdout_median_abs_error=errs[len(errs) // 2] if errs else None,
-                          holdout_worst_abs_error=errs[-1] if errs else None, spearman_rho=rho)

@@ -1,16 +1,21 @@
-"""Per-hardware time-model constants fitted from measured runs (`ftopt bench`), stored with their provenance.
+"""Per-hardware time-model constants fitted from measured runs (`ftopt bench`), stored with their provenance, and
+the fit itself (checked leave-one-out on combinations the fit did not see).
 
 Stored under $FTOPT_CACHE/calibration/<hardware>.json (default ~/.cache/ftopt). `load_hardware` applies them, so
 later `plan`/`estimate` calls use measured efficiency instead of the datasheet assumption.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ftopt.errors import FtoptError
 from ftopt.io import atomic_write_text
 
 
@@ -19,6 +24,7 @@ class Calibration(BaseModel):
     hardware: str
     mfu: float = Field(gt=0, le=1)
     fixed_step_seconds: float = Field(0.0, ge=0, description="per-step overhead not proportional to FLOPs")
+    seconds_per_kernel: float = Field(0.0, ge=0, description="exposed cost of one dispatched operator")
     zero_step_seconds: dict[int, float] = Field(default_factory=dict, description="DeepSpeed engine cost per step, by stage")
     source: str = Field(description="where the numbers come from: results file, runs used, fit error")
 
@@ -49,5 +55,201 @@ def apply_calibration(hw):
     if cal is None:
         return hw
     return hw.model_copy(update={"mfu": cal.mfu, "fixed_step_seconds": cal.fixed_step_seconds,
+                                 "seconds_per_kernel": cal.seconds_per_kernel,
                                  "zero_step_seconds": cal.zero_step_seconds,
                                  "source": f"{hw.source}; time model calibrated: {cal.source}"})
+
+
+# ---- fitting the time model to measured runs ------------------------------------------------------------------------
+# Model (estimate/time.py), per optimizer step:
+#   measured_seconds = ideal_seconds / mfu + kernels * seconds_per_kernel + fixed_step_seconds (+ zero_step_seconds[stage])
+# where ideal_seconds = FLOPs / peak FLOP/s and kernels = dispatched operators, both predicted for the run.
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    def ranks(x):
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    ma, mb = sum(ra) / n, sum(rb) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return cov / (va * vb) if va and vb else float("nan")
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """One combination's measurement: the median over its repeats, so that a held-out combination has no twin
+    left in the fit."""
+
+    label: str
+    ideal_seconds: float  # FLOPs / peak FLOP/s
+    kernels: int | None  # dispatched operators per step (None: results written before ftopt counted them)
+    zero: int
+    measured_seconds: float
+
+
+@dataclass(frozen=True)
+class TimeModel:
+    mfu: float
+    seconds_per_kernel: float
+    fixed_step_seconds: float
+    zero_step_seconds: dict[int, float]
+
+    def predict(self, p: TimePoint) -> float:
+        return (p.ideal_seconds / self.mfu + (p.kernels or 0) * self.seconds_per_kernel + self.fixed_step_seconds
+                + self.zero_step_seconds.get(p.zero, 0.0))
+
+
+def fit_time_model(points: list[tuple[float, int | None, float]]) -> tuple[float, float, float]:
+    """Least squares of t = x / mfu + k * seconds_per_kernel + fixed over (x, k, t) points, with mfu <= 1 and
+    both overheads >= 0 (bounded least squares by enumerating which bounds are active: 3 unknowns, 8 cases).
+    Among equally good fits the one with fewer free constants wins. Returns (mfu, seconds_per_kernel, fixed)."""
+    import numpy as np  # lazy: plan/estimate load calibrations without fitting
+
+    if not points:
+        raise FtoptError("No successful runs to calibrate the time model with.")
+    use_kernels = all(k is not None for _, k, _ in points)
+    cols = [[x for x, _, _ in points], [float(k or 0) for _, k, _ in points], [1.0] * len(points)]
+    t = np.array([p[2] for p in points])
+    lower = np.array([1.0, 0.0, 0.0])  # 1/mfu >= 1, seconds_per_kernel >= 0, fixed >= 0
+    best: tuple[float, int, np.ndarray] | None = None
+    for free in itertools.product((True, False), repeat=3):
+        if (free[1] and not use_kernels) or sum(free) > len(points):
+            continue
+        coef = lower.copy()
+        idx = [j for j in range(3) if free[j]]
+        if idx:  # the others sit at their bound
+            target = t - sum(lower[j] * np.array(cols[j]) for j in range(3) if not free[j])
+            sol, *_ = np.linalg.lstsq(np.array([cols[j] for j in idx]).T, target, rcond=None)
+            coef[idx] = sol
+        if np.any(coef < lower - 1e-12):
+            continue
+        sse = float(np.sum((np.array(cols).T @ coef - t) ** 2))
+        rank = (round(sse, 15), sum(free))
+        if best is None or rank < best[:2]:
+            best = (*rank, coef)
+    assert best is not None  # every constant at its bound is always feasible
+    slope, per_kernel, fixed = best[2]
+    return float(1.0 / max(slope, 1.0)), float(max(per_kernel, 0.0)), float(max(fixed, 0.0))
+
+
+def _fit(points: list[TimePoint]) -> TimeModel:
+    """mfu and the overheads from the plain (ZeRO 0) runs; each ZeRO stage's engine cost as its median residual."""
+    plain = [p for p in points if p.zero == 0] or points
+    mfu, per_kernel, fixed = fit_time_model([(p.ideal_seconds, p.kernels, p.measured_seconds) for p in plain])
+    base = TimeModel(mfu, per_kernel, fixed, {})
+    extra: dict[int, float] = {}
+    for z in sorted({p.zero for p in points if p.zero}):
+        res = sorted(p.measured_seconds - base.predict(p) for p in points if p.zero == z)
+        extra[z] = max(0.0, res[len(res) // 2])
+    return TimeModel(mfu, per_kernel, fixed, extra)
+
+
+class HeldOut(BaseModel):
+    label: str
+    predicted_seconds: float
+    measured_seconds: float
+
+
+# Two combinations whose measured step times differ by less than this are a tie for ranking purposes: repeats of
+# one combination on a shared 2-core machine differ by up to ~10% (benchmarks in README, `ftopt bench --repeat`).
+RANK_TIE_FRACTION = 0.10
+
+
+def ordered_pairs(predicted: list[float], measured: list[float], tie: float = RANK_TIE_FRACTION) -> tuple[int, int]:
+    """(pairs the prediction orders like the measurement, pairs compared): only pairs whose measured times differ by
+    more than `tie`, since the order of near-ties is decided by noise."""
+    agree = total = 0
+    for i in range(len(measured)):
+        for j in range(i + 1, len(measured)):
+            lo, hi = sorted((measured[i], measured[j]))
+            if hi - lo <= tie * lo:
+                continue
+            total += 1
+            agree += (predicted[i] - predicted[j]) * (measured[i] - measured[j]) > 0
+    return agree, total
+
+
+class CalibrationFit(BaseModel):
+    mfu: float
+    seconds_per_kernel: float
+    fixed_step_seconds: float
+    zero_step_seconds: dict[int, float]
+    fit_runs: int
+    combinations: int = Field(description="distinct combinations (repeats are merged by their median)")
+    holdout_runs: int = Field(description="combinations predicted by a fit that excluded them (leave-one-out)")
+    holdout_median_abs_error: float | None
+    holdout_worst_abs_error: float | None
+    spearman_rho: float | None
+    pairs_ordered: int = Field(0, description="held-out pairs, apart by more than RANK_TIE_FRACTION, ordered right")
+    pairs_compared: int = 0
+    holdout: list[HeldOut] = Field(default_factory=list)
+
+
+def time_points(rows: list[dict], hw) -> tuple[list[TimePoint], int]:
+    """Successful runs with predicted FLOPs, merged per combination and process count (median step time)."""
+    from ftopt.spec import Precision
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        pred = r.get("predicted", {}).get("analytic", {})
+        if r.get("status") == "ok" and r.get("measured", {}).get("step_seconds") and pred.get("flops_per_step"):
+            groups.setdefault((json.dumps(r["combination"], sort_keys=True), r.get("gpus", 1)), []).append(r)
+    points = []
+    for runs in groups.values():
+        r = runs[0]
+        dtype = Precision(r.get("sweep", {}).get("precision", "fp32")).compute_dtype
+        peak = hw.flops_for(dtype) or hw.flops_for("fp32")
+        pred = r["predicted"]["analytic"]
+        points.append(TimePoint(r.get("label", r["key"]), pred["flops_per_step"] / peak, pred.get("kernels_per_step"),
+                                r["combination"]["zero"], statistics.median(x["measured"]["step_seconds"] for x in runs)))
+    return points, sum(len(v) for v in groups.values())
+
+
+def calibrate(rows: list[dict], hw) -> CalibrationFit:
+    """Fit the time model on successful runs of hardware `hw` and check it on combinations it did not see: each is
+    predicted by a fit on all the others (leave-one-out), when another combination of its ZeRO stage (and, for a
+    ZeRO stage, a plain one) remains to calibrate it."""
+    pts, n_runs = time_points(rows, hw)
+    if not pts:
+        raise FtoptError("No successful runs to calibrate the time model with.")
+    model = _fit(pts)
+    held: list[HeldOut] = []
+    for i, p in enumerate(pts):
+        rest = pts[:i] + pts[i + 1:]
+        if not any(q.zero == p.zero for q in rest) or (p.zero and not any(q.zero == 0 for q in rest)):
+            continue
+        held.append(HeldOut(label=p.label, predicted_seconds=_fit(rest).predict(p), measured_seconds=p.measured_seconds))
+    errs = sorted(abs(h.predicted_seconds - h.measured_seconds) / h.measured_seconds for h in held)
+    pred, meas = [h.predicted_seconds for h in held], [h.measured_seconds for h in held]
+    rho = spearman(pred, meas) if len(held) >= 3 else None
+    agree, compared = ordered_pairs(pred, meas)
+    return CalibrationFit(mfu=model.mfu, seconds_per_kernel=model.seconds_per_kernel,
+                          fixed_step_seconds=model.fixed_step_seconds, zero_step_seconds=model.zero_step_seconds,
+                          fit_runs=n_runs, combinations=len(pts), holdout_runs=len(held),
+                          holdout_median_abs_error=statistics.median(errs) if errs else None,
+                          holdout_worst_abs_error=errs[-1] if errs else None, spearman_rho=rho,
+                          pairs_ordered=agree, pairs_compared=compared, holdout=held)
+
+
+def calibrate_and_store(rows: list[dict], hw, source: str) -> tuple[CalibrationFit, Path]:
+    """Calibrate on a sweep's results and store the constants for `hw` (used by later plan/estimate)."""
+    fit = calibrate(rows, hw)
+    held = (f"; held-out step-time error median {fit.holdout_median_abs_error:.1%}"
+            if fit.holdout_median_abs_error is not None else "")
+    cal = Calibration(hardware=hw.name, mfu=fit.mfu, seconds_per_kernel=fit.seconds_per_kernel,
+                      fixed_step_seconds=fit.fixed_step_seconds, zero_step_seconds=fit.zero_step_seconds,
+                      source=f"{source}, {fit.fit_runs} runs of {fit.combinations} combinations{held}")
+    return fit, save_calibration(cal)

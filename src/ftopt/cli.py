@@ -245,6 +245,14 @@ def bench(
                          on_event=lambda k, i: console.print(f"[{i['index']}/{i['total']}] {i['label']}: "
                                                              f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
         console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results}")
+        if any(r["status"] == "ok" for r in rows):
+            from ftopt.calibration import calibrate_and_store
+            from ftopt.display import print_calibration
+            from ftopt.spec import load_hardware
+
+            fit, path = calibrate_and_store(rows, load_hardware(gpu), f"ftopt bench ({results})")
+            print_calibration(fit)
+            console.print(f"time model for '{gpu}' stored in {path}; later plan/estimate use it")
     _run(body)
 
 
@@ -261,7 +269,8 @@ def report(
 ):
     """Write the decision report (HTML, Markdown, PNG charts) from a results file."""
     def body():
-        from ftopt.bench import calibrate, read_results
+        from ftopt.bench import read_results
+        from ftopt.calibration import calibrate
         from ftopt.report.render import build_report
         from ftopt.spec import load_hardware
 
@@ -272,7 +281,7 @@ def report(
             raise FtoptError(f"The results file {results} has no valid result line.")
         hw = load_hardware(gpu)
         try:
-            fit = calibrate(rows, hw.flops_for("fp32") or 1.0)
+            fit = calibrate(rows, hw)
         except FtoptError:
             fit = None  # no successful run with predictions: the report says so without a calibration line
         paths = build_report(rows, out, lang=lang, title=title, hardware=hw.name,

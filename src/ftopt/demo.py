@@ -1,14 +1,15 @@
 """`ftopt demo`: the whole loop — plan, bench, calibrate, report — on the built-in tiny model and data, on this
-machine's CPU, offline. ZeRO-2 and ZeRO-3 run over two processes (DeepSpeed launcher, gloo)."""
+machine's CPU, offline. ZeRO-2 and ZeRO-3 run over two processes (DeepSpeed launcher, gloo); every process has one
+thread (one core stands for one GPU), which keeps step times steady enough on a shared machine to calibrate on."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-from ftopt.bench import Sweep, calibrate, reference_combinations, run_sweep
-from ftopt.calibration import Calibration, save_calibration
-from ftopt.display import console, print_plan
+from ftopt.bench import Sweep, reference_combinations, run_sweep
+from ftopt.calibration import calibrate_and_store
+from ftopt.display import console, print_calibration, print_plan
 from ftopt.io import atomic_write_text
 from ftopt.plan import plan
 from ftopt.report.render import build_report
@@ -42,12 +43,10 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     rows = run_sweep(sweep, combos, out / "results.jsonl", out / "runs", spec=spec, on_event=event)
 
     console.rule("3/3 report")
-    fit = calibrate(rows, hw.flops_for("fp32")) if any(r["status"] == "ok" for r in rows) else None
-    if fit is not None:
-        cal = Calibration(hardware="cpu", mfu=fit.mfu, fixed_step_seconds=fit.fixed_step_seconds,
-                          zero_step_seconds=fit.zero_step_seconds,
-                          source=f"ftopt demo, {fit.fit_runs} runs of {DEMO_MODEL}")
-        save_calibration(cal)
+    fit = None
+    if any(r["status"] == "ok" for r in rows):
+        fit, _ = calibrate_and_store(rows, hw, f"ftopt demo ({DEMO_MODEL}, {out / 'results.jsonl'})")
+        print_calibration(fit)
     reports = {}
     for lang in langs:
         reports[lang] = build_report(rows, out, lang=lang, hardware="cpu", capacity_bytes=None,

@@ -34,7 +34,8 @@ def print_estimate(e: Estimate) -> None:
                   f"trainable {e.trainable_params:,} of {e.total_params:,} parameters")
     if e.cpu_bytes_per_node:
         console.print(f"host RAM for offloaded states: {fmt_bytes(e.cpu_bytes_per_node)} per node")
-    console.print(f"step {fmt_seconds(e.step_seconds)} (communication/offload {fmt_seconds(e.comm_seconds)}), "
+    console.print(f"step {fmt_seconds(e.step_seconds)} (communication/offload {fmt_seconds(e.comm_seconds)}, "
+                  f"overhead of {e.kernels_per_step:,} operators etc. {fmt_seconds(e.overhead_seconds)}), "
                   f"{e.steps_per_epoch} steps per epoch, epoch {fmt_seconds(e.epoch_seconds)}, "
                   f"total {fmt_seconds(e.total_seconds)}")
     for n in e.notes:
@@ -98,3 +99,27 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
                   + (f"; exact match {em:.0%}" if em is not None else "")
                   + (f"; MFU {m['mfu']:.1%}" if m.get("mfu") else ""))
     console.print(f"saved model, tokenizer and metrics.json in {output_dir}")
+
+
+def print_calibration(fit) -> None:
+    """The fitted time model and how well it predicts combinations it did not see (a CalibrationFit)."""
+    from ftopt.calibration import RANK_TIE_FRACTION
+
+    t = Table(title=f"time model check: each combination predicted by a fit on the others ({fit.fit_runs} runs)")
+    for col in ("combination", "predicted step", "measured step", "error"):
+        t.add_column(col, justify="left" if col == "combination" else "right")
+    for h in fit.holdout:
+        err = (h.predicted_seconds - h.measured_seconds) / h.measured_seconds
+        t.add_row(h.label, f"{h.predicted_seconds * 1e3:.1f} ms", f"{h.measured_seconds * 1e3:.1f} ms", f"{err:+.1%}")
+    if fit.holdout:
+        console.print(t)
+    zero = ", ".join(f"ZeRO-{z} +{fmt_seconds(s)}" for z, s in sorted(fit.zero_step_seconds.items()))
+    console.print(f"fitted: mfu {fit.mfu:.1%}, {fit.seconds_per_kernel * 1e6:.1f} µs per operator, fixed "
+                  f"{fmt_seconds(fit.fixed_step_seconds)} per step{'; ' + zero if zero else ''}")
+    if fit.holdout_median_abs_error is not None:
+        rho = f", Spearman rho {fit.spearman_rho:.2f}" if fit.spearman_rho is not None else ""
+        if fit.pairs_compared:
+            rho += (f"; {fit.pairs_ordered} of {fit.pairs_compared} pairs more than "
+                    f"{RANK_TIE_FRACTION:.0%} apart ranked right")
+        console.print(f"held-out step-time error: median {fit.holdout_median_abs_error:.1%}, "
+                      f"worst {fit.holdout_worst_abs_error:.1%}{rho}")

@@ -59,3 +59,11 @@ def test_html_renders_in_chromium(tmp_path):
                     f"--screenshot={shot}", "--window-size=1100,2400", paths["html"].as_uri()],
                    check=True, timeout=120, capture_output=True)
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_report_states_the_calibration_check(tmp_path, lang):
+    cal = {"fit_runs": 7, "holdout_runs": 5, "holdout_median_abs_error": 0.03, "holdout_worst_abs_error": 0.038,
+           "spearman_rho": 1.0, "pairs_ordered": 6, "pairs_compared": 6}
+    h = build_report(ROWS, tmp_path, lang=lang, calibration=cal)["html"].read_text()
+    assert "3.0%" in h and "3.8%" in h and "1.00" in h and "6/6" in h

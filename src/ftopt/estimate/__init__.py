@@ -55,19 +55,20 @@ def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Co
         total_params=model.param_count(), step_seconds=t.step_seconds, steps_per_epoch=steps,
         epoch_seconds=t.step_seconds * steps,
         total_seconds=t.step_seconds * steps * setup.epochs, flops_per_step=t.flops_per_step, comm_seconds=t.comm_seconds,
-        notes=notes,
+        kernels_per_step=t.kernels_per_step, overhead_seconds=t.overhead_seconds, notes=notes,
     )
 
 
 def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination) -> dict:
     """Both methods' predictions for one run, as stored beside measurements (metrics.json, bench results): per
-    method `peak_bytes_per_gpu`, `step_seconds`, `flops_per_step`, `breakdown`, or `error` when it cannot run."""
+    method `peak_bytes_per_gpu`, `step_seconds`, `flops_per_step`, `kernels_per_step`, `breakdown`, or `error` when it cannot run."""
     out: dict = {"hardware": hw.name}
     for method in Method:
         try:
             e = estimate(model, hw, setup, combo, method)
             out[method.value] = {"peak_bytes_per_gpu": e.peak_bytes_per_gpu, "step_seconds": e.step_seconds,
-                                 "flops_per_step": e.flops_per_step, "breakdown": e.breakdown.model_dump()}
+                                 "flops_per_step": e.flops_per_step, "kernels_per_step": e.kernels_per_step,
+                                 "breakdown": e.breakdown.model_dump()}
         except FtoptError as err:
             out[method.value] = {"error": str(err)}
     return out

@@ -54,6 +54,8 @@ class Estimate(BaseModel):
     total_seconds: float = Field(description="epoch_seconds x epochs")
     flops_per_step: float = Field(description="per GPU")
     comm_seconds: float = Field(description="exposed ZeRO/data-parallel communication and offload per step")
+    kernels_per_step: int = Field(description="dispatched operators per step per GPU (the per-operator overhead term)")
+    overhead_seconds: float = Field(description="per-operator, fixed and DeepSpeed engine overhead per step (calibrated)")
     notes: list[str] = Field(default_factory=list)
 
     @property

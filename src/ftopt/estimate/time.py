@@ -10,12 +10,15 @@ Sources:
             DP, ZeRO-1 and ZeRO-2; ZeRO-3 adds two all-gathers of the 16-bit weights (forward and backward), 1.5x.
   [Offload] Ren et al. 2021 (ZeRO-Offload): gradients go to the host and updated 16-bit weights come back each
             step over PCIe; Adam runs on the CPU (CPU_ADAM_PARAMS_PER_S below).
+  [Operators] each dispatched operator costs a fixed time whatever its size (estimate/kernels.py counts them per
+            family); exposed when kernels are short: small models, short sequences, CPUs. Calibrated per hardware.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ftopt.estimate.analytic import lora_targets, storage, trainable_params
+from ftopt.estimate.kernels import kernels_per_step
 from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, TrainingSetup
 
 # Fraction of gradient communication hidden behind backward compute by bucketed, overlapped reduction (DeepSpeed
@@ -30,6 +33,8 @@ class StepTime:
     flops_per_step: float  # per GPU
     compute_seconds: float
     comm_seconds: float  # exposed (not overlapped) communication + offload per step
+    kernels_per_step: int  # dispatched operators per step per GPU [Operators]
+    overhead_seconds: float  # per-operator + fixed framework + DeepSpeed engine cost per step (calibrated)
     step_seconds: float
 
 
@@ -93,12 +98,14 @@ def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw:
 
 
 def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> StepTime:
-    """Compute at the achieved FLOP/s, plus exposed communication, plus the hardware's calibrated fixed costs per
-    step: framework overhead (dominates tiny models) and the DeepSpeed engine's per-stage overhead (collective
-    latency, partition bookkeeping); both 0 until `ftopt bench` measures them."""
+    """Compute at the achieved FLOP/s, plus exposed communication, plus the hardware's calibrated overheads per
+    step: per dispatched operator [Operators], a fixed framework cost, and the DeepSpeed engine's per-stage cost
+    (collective latency, partition bookkeeping); all 0 until `ftopt bench` measures them."""
     flops = step_flops(model, setup, combo)
     peak = hw.flops_for(setup.precision.compute_dtype) or hw.flops_for("fp32")
     compute = flops / (peak * hw.mfu)
     comm = comm_seconds(model, setup, combo, hw)
+    kernels = kernels_per_step(model, setup, combo)
     engine = hw.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0
-    return StepTime(flops, compute, comm, compute + comm + hw.fixed_step_seconds + engine)
+    overhead = kernels * hw.seconds_per_kernel + hw.fixed_step_seconds + engine
+    return StepTime(flops, compute, comm, kernels, overhead, compute + comm + overhead)

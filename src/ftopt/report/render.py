@@ -199,7 +199,8 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", tit
         pct = lambda v: f"{v:.1%}" if v is not None else "n/a"
         points.append(T["calibration"].format(fit=calibration["fit_runs"], med=pct(calibration["holdout_median_abs_error"]),
                                               worst=pct(calibration["holdout_worst_abs_error"]),
-                                              rho=f"{calibration['spearman_rho']:.2f}" if calibration.get("spearman_rho") is not None else "n/a"))
+                                              rho=f"{calibration['spearman_rho']:.2f}" if calibration.get("spearman_rho") is not None else "n/a",
+                                              pairs=f"{calibration.get('pairs_ordered', 0)}/{calibration.get('pairs_compared', 0)}"))
 
     cols = [T["col_combination"], T["col_status"], T["col_peak"], T["col_pred"], T["col_epoch"], T["col_loss"], T["col_em"]]
     if cost_per_gpu_hour is not None:

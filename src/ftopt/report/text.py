@@ -25,8 +25,9 @@ TEXT: dict[str, dict[str, str]] = {
         "chart_pareto": "Time per epoch vs peak memory; the line joins the Pareto front",
         "chart_quality": "Task quality per combination",
         "chart_parity": "Predicted vs measured peak memory",
-        "calibration": "Time model calibrated on {fit} runs: held-out step-time error median {med}, worst {worst}; "
-                       "rank correlation (Spearman) {rho}.",
+        "calibration": "Time model calibrated on {fit} runs: each combination's step time predicted by a fit on the "
+                       "others is off by {med} (median), {worst} at worst; rank correlation (Spearman) {rho}; "
+                       "{pairs} pairs of combinations more than 10% apart are ordered right.",
         "tradeoff_none": "nothing measurable on this sample",
         "tradeoff_quality": "eval loss {delta} higher than the best run",
         "tradeoff_time": "{pct} slower than the fastest run",
@@ -56,8 +57,9 @@ TEXT: dict[str, dict[str, str]] = {
         "chart_pareto": "1エポックの時間とピークメモリ。線はパレート最適な組み合わせを結んだもの",
         "chart_quality": "組み合わせごとのタスク品質",
         "chart_parity": "ピークメモリの予測値と実測値",
-        "calibration": "時間モデルは {fit} 件の実行で較正しました。検証用の実行でのステップ時間の誤差は中央値 {med}、"
-                       "最大 {worst}、順位相関(スピアマン)は {rho} です。",
+        "calibration": "時間モデルは {fit} 件の実行で較正しました。各組み合わせのステップ時間を残りの実行だけで"
+                       "予測したときの誤差は中央値 {med}、最大 {worst}、順位相関(スピアマン)は {rho} です。"
+                       "10% 以上差のある組み合わせの対は {pairs} で順序が正しく予測されました。",
         "tradeoff_none": "このサンプルでは測れるほどの差はありません",
         "tradeoff_quality": "評価損失が最良の実行より {delta} 高い",
         "tradeoff_time": "最速の実行より {pct} 遅い",

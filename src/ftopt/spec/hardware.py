@@ -30,6 +30,8 @@ class HardwareSpec(BaseModel):
     mfu: float = Field(gt=0, le=1, description="achieved fraction of peak FLOP/s; an assumption until calibrated")
     host_memory_bytes: int = Field(1024 * 2**30, gt=0, description="CPU RAM per node, needed by offload")
     fixed_step_seconds: float = Field(0.0, ge=0, description="per-step overhead not proportional to FLOPs (calibrated)")
+    seconds_per_kernel: float = Field(0.0, ge=0, description="exposed cost of one dispatched operator (calibrated; "
+                                                             "0 assumes launches hide behind the kernels)")
     zero_step_seconds: dict[int, float] = Field(default_factory=dict,
                                                 description="extra per-step cost of the DeepSpeed engine by ZeRO stage (calibrated)")
     source: str = ""
