@@ -17,23 +17,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "src" / "ftopt" / "presets" / "kernels.json"
 
-# One structural representative per family (the layout of its presets), 64 wide, 4 heads.
+# One structural representative per family (the layout of its presets), 64 wide, 4 heads; 2 layers (count_kernels
+# builds it with 1 and with 2).
 CONFIGS = {
-    "llama": dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, vocab_size=128),
-    "mistral": dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=1, vocab_size=128),
-    "qwen2": dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+    "llama": dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, vocab_size=128),
+    "mistral": dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=1, vocab_size=128),
+    "qwen2": dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
                   tie_word_embeddings=True),
-    "gemma": dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+    "gemma": dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
                   vocab_size=128),
-    "gemma2": dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+    "gemma2": dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                    vocab_size=128),
-    "phi3": dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=4, vocab_size=128,
+    "phi3": dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=4, vocab_size=128,
                  pad_token_id=0),
-    "gpt_neox": dict(hidden_size=64, intermediate_size=256, num_attention_heads=4, vocab_size=128),
-    "falcon": dict(hidden_size=64, num_attention_heads=4, num_kv_heads=2, new_decoder_architecture=True, vocab_size=128),
-    "opt": dict(hidden_size=64, ffn_dim=256, num_attention_heads=4, vocab_size=128, word_embed_proj_dim=64,
+    "gpt_neox": dict(num_hidden_layers=2, hidden_size=64, intermediate_size=256, num_attention_heads=4, vocab_size=128),
+    "falcon": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_kv_heads=2, new_decoder_architecture=True, vocab_size=128),
+    "opt": dict(num_hidden_layers=2, hidden_size=64, ffn_dim=256, num_attention_heads=4, vocab_size=128, word_embed_proj_dim=64,
                 max_position_embeddings=128),
-    "gpt2": dict(n_embd=64, n_head=4, vocab_size=128, n_positions=128),
+    "gpt2": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=128),
 }
 
 
@@ -42,8 +43,7 @@ def family_counts(family: str, config: dict) -> dict:
     from ftopt.estimate.kernels import count_kernels, variant
     from ftopt.spec import Attention, Combination, from_hf_config
 
-    layers = {"n_layer" if family == "gpt2" else "num_hidden_layers": 2}  # build_model overrides it (1 and 2)
-    spec = from_hf_config({"model_type": family, **config, **layers}, f"{family}-counting")
+    spec = from_hf_config({"model_type": family, **config}, f"{family}-counting")
     counts = {}
     for lora in (0, 8):
         for gc in (False, True):

@@ -121,23 +121,21 @@ def fit_time_model(points: list[tuple[float, int | None, float]]) -> tuple[float
     if not points:
         raise FtoptError("No successful runs to calibrate the time model with.")
     use_kernels = all(k is not None for _, k, _ in points)
-    cols = [[x for x, _, _ in points], [float(k or 0) for _, k, _ in points], [1.0] * len(points)]
+    a = np.array([[x, float(k or 0), 1.0] for x, k, _ in points])  # (n, 3): columns x, k, 1
     t = np.array([p[2] for p in points])
     lower = np.array([1.0, 0.0, 0.0])  # 1/mfu >= 1, seconds_per_kernel >= 0, fixed >= 0
     best: tuple[float, int, np.ndarray] | None = None
     for free in itertools.product((True, False), repeat=3):
         if (free[1] and not use_kernels) or sum(free) > len(points):
             continue
+        free_mask = np.array(free)
         coef = lower.copy()
-        idx = [j for j in range(3) if free[j]]
-        if idx:  # the others sit at their bound
-            target = t - sum(lower[j] * np.array(cols[j]) for j in range(3) if not free[j])
-            sol, *_ = np.linalg.lstsq(np.array([cols[j] for j in idx]).T, target, rcond=None)
-            coef[idx] = sol
+        if free_mask.any():  # the others sit at their bound
+            target = t - a[:, ~free_mask] @ lower[~free_mask]
+            coef[free_mask], *_ = np.linalg.lstsq(a[:, free_mask], target, rcond=None)
         if np.any(coef < lower - 1e-12):
             continue
-        sse = float(np.sum((np.array(cols).T @ coef - t) ** 2))
-        rank = (round(sse, 15), sum(free))
+        rank = (round(float(np.sum((a @ coef - t) ** 2)), 15), sum(free))
         if best is None or rank < best[:2]:
             best = (*rank, coef)
     assert best is not None  # every constant at its bound is always feasible

@@ -18,6 +18,7 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict
 
+from ftopt.estimate.analytic import lora_targets
 from ftopt.spec import Attention, Combination, ModelSpec, Offload, TrainingSetup
 
 FALLBACK_FAMILY = "llama"  # families without counts use the llama structure (pre-norm decoder, rotary, gated MLP)
@@ -88,8 +89,6 @@ def _table() -> dict:
 def kernel_counts(spec: ModelSpec, combo: Combination) -> KernelCount:
     """The family's counted operators for this combination's structure (presets/kernels.json). Custom LoRA targets
     scale the adapter part of the per-layer count by the number of wrapped linears."""
-    from ftopt.estimate.analytic import lora_targets
-
     families = _table()["families"]
     fam = families.get(spec.family) or families[FALLBACK_FAMILY]
     counts = fam["counts"]
