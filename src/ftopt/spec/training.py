@@ -90,6 +90,10 @@ class Combination(BaseModel):
                 "attn": self.attn.value, "lora_targets": list(self.lora_targets) if self.lora_targets else None}
 
 
+# Defaults that differ on a CPU (see TrainingSetup.for_hardware); shown in the CLI's --help.
+CPU_DEFAULTS = {"seq_len": 64, "micro_batch": 8, "precision": "fp32"}
+
+
 class TrainingSetup(BaseModel):
     """What is trained, how long, on how many devices."""
 
@@ -103,6 +107,16 @@ class TrainingSetup(BaseModel):
     nodes: int = Field(1, gt=0)
     dataset_tokens: int | None = Field(None, gt=0, description="tokens in one epoch; None = one global batch")
     epochs: float = Field(1.0, gt=0)
+
+    @classmethod
+    def for_hardware(cls, is_cpu: bool, **given) -> "TrainingSetup":
+        """A setup with the defaults that suit the hardware, then whatever the user gave (None = not given).
+
+        The field defaults above are a GPU's. A CPU cannot train 2048-token bf16 batches in useful time, so for
+        it CPU_DEFAULTS apply: short fp32 sequences in larger micro-batches (the built-in task's scale)."""
+        base = dict(CPU_DEFAULTS) if is_cpu else {}
+        base.update({k: v for k, v in given.items() if v is not None})
+        return cls(**base)
 
     @property
     def world_size(self) -> int:

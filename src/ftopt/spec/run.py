@@ -1,0 +1,133 @@
+"""The run specification: everything one fine-tuning run needs, in one validated object.
+
+`ftopt plan --out` writes it in full, `ftopt train --plan` runs exactly that, `ftopt bench` hands one to each run
+as a file, and `resolved_config.json`, `metrics.json` and every results line echo it. Nothing downstream rebuilds
+a run from loose flags: the CLI builds a `RunSpec` once and passes it along.
+
+Defaults live here and in `TrainingSetup`/`Combination`; where a CPU and a GPU need different ones (a CPU cannot
+train 2048-token bf16 batches in reasonable time), `TrainingSetup.for_hardware` derives them from the hardware.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ftopt.spec.hardware import HardwareSpec
+from ftopt.spec.training import Combination, TrainingSetup
+
+RUN_SCHEMA = "ftopt.run/1"
+DEFAULT_MODEL = "tiny-llama"  # the built-in model: a 4-layer llama preset
+
+
+class LrSchedule(str, Enum):
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+
+
+class ReportTo(str, Enum):
+    NONE = "none"
+    TENSORBOARD = "tensorboard"
+    MLFLOW = "mlflow"
+    WANDB = "wandb"
+
+
+class ModelRef(BaseModel):
+    """Which model: a preset, a config.json, a local folder or a Hub id (`org/name[@revision]`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ref: str = Field(DEFAULT_MODEL, description="preset, config.json, local model folder or Hub id")
+    weights: bool = Field(False, description="load pretrained weights (folder or Hub); False = random init")
+    tokenizer: str | None = Field(None, description="tokenizer folder or Hub id; None = the model's own")
+    trust_remote_code: bool = False
+
+    @property
+    def builtin(self) -> bool:
+        return self.ref == DEFAULT_MODEL and not self.weights
+
+
+class DataSpec(BaseModel):
+    """Training and evaluation data, and how evaluation generates (capped: generation is slow)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    train: str | None = Field(None, description="JSONL/JSON/CSV/Parquet file or datasets folder; None = built-in task")
+    eval: str | None = None
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="held out from --data when no --eval-data; 0 = none")
+    packing: bool = False
+    eval_max_examples: int = Field(64, ge=0, description="held-out examples scored by generation; 0 = no generation")
+
+
+class Schedule(BaseModel):
+    """How long and how fast: steps, learning rate, checkpoints, an optional wall-clock budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_steps: int = Field(-1, description="-1 = run the epochs")
+    learning_rate: float = Field(1e-3, gt=0)
+    lr_schedule: LrSchedule = LrSchedule.COSINE
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    seed: int = 0
+    save_steps: int = Field(200, gt=0)
+    max_hours: float | None = Field(None, gt=0, description="stop cleanly at a checkpoint after this many hours")
+
+    @model_validator(mode="after")
+    def _rules(self) -> "Schedule":
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be positive, or -1 to run the epochs; got {self.max_steps}")
+        return self
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    dir: str = "ftopt-runs/default"
+    resume: bool = False
+    overwrite: bool = False
+    report_to: ReportTo = ReportTo.NONE
+
+    @model_validator(mode="after")
+    def _rules(self) -> "OutputSpec":
+        if self.resume and self.overwrite:
+            raise ValueError("give --resume (continue the run in the folder) or --overwrite (replace it), not both")
+        return self
+
+
+class RunSpec(BaseModel):
+    """One fine-tuning run, complete. Serialized as `resolved_config.json` and as `run` in a plan."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_id: Literal["ftopt.run/1"] = Field(RUN_SCHEMA, alias="schema")
+    model: ModelRef = ModelRef()
+    hardware: HardwareSpec = Field(description="the hardware the predictions assume (a preset, 'cpu' or a file)")
+    setup: TrainingSetup
+    combination: Combination = Combination()
+    data: DataSpec = DataSpec()
+    schedule: Schedule = Schedule()
+    output: OutputSpec = OutputSpec()
+    hostfile: str | None = Field(None, description="DeepSpeed host file for several nodes")
+
+    @model_validator(mode="after")
+    def _rules(self) -> "RunSpec":
+        if self.setup.nodes > 1 and not self.hostfile:
+            raise ValueError("nodes > 1 needs a hostfile (DeepSpeed's: one 'host slots=N' line per node)")
+        return self
+
+    @property
+    def uses_launcher(self) -> bool:
+        return self.setup.world_size > 1 or self.combination.uses_deepspeed
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir)
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def identity(self) -> dict:
+        """What makes two runs the same run (resume checks this): everything but the output options."""
+        d = self.to_json()
+        d.pop("output")
+        d["schedule"].pop("max_hours", None)
+        return d
