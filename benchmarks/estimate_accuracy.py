@@ -63,7 +63,7 @@ def run_one(sc: dict) -> dict:
 
     from ftopt.measure import track_memory
     from ftopt.spec import Combination, Precision, from_hf_config
-    from ftopt.train.build import build_model
+    from ftopt.modeling import build_model
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     spec = _spec(sc)

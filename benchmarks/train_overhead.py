@@ -32,7 +32,7 @@ def plain_trainer(out: str) -> float:
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from ftopt.spec import load_model
-    from ftopt.train.build import hf_config
+    from ftopt.modeling import hf_config
     from ftopt.train.data import default_examples, default_tokenizer, tokenize
     from ftopt.train.worker import DEFAULT_TRAIN_EXAMPLES, _ListDataset
 

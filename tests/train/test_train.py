@@ -50,7 +50,7 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from ftopt.spec import load_model
-    from ftopt.train.build import hf_config
+    from ftopt.modeling import hf_config
     from ftopt.train.data import default_examples, default_tokenizer, tokenize
 
     r, out = train(tmp_path, "--max-steps", "20", "--lora-r", "8", "--seed", "3")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ftopt.errors import FtoptError
 from ftopt.estimate.result import MemoryBreakdown
+from ftopt.policy import Storage, lora_targets, storage
 from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, Offload, Precision, TrainingSetup
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
@@ -31,57 +32,6 @@ ALLOCATOR_RESERVE_FRACTION = 0.05  # caching-allocator fragmentation: reserved e
 # count in the device total, not in max_memory_allocated (and not at all on a CPU with gloo).
 NCCL_BUFFER_BYTES = 300 * 2**20
 STAGE3_MAX_LIVE_PARAMETERS = 10**9  # DeepSpeed default for stage3_max_live_parameters (and max_reuse_distance)
-
-
-@dataclass(frozen=True)
-class Storage:
-    """How the engine stores each parameter, in bytes per parameter (before ZeRO partitioning)."""
-
-    trainable_weight: int
-    frozen_weight: int
-    grad: int
-    master: int  # fp32 copy kept by the optimizer (DeepSpeed 16-bit training)
-    optim: int  # AdamW exp_avg + exp_avg_sq
-    autocast: bool  # forward runs under torch.autocast (Trainer with fp32 weights and bf16/fp16 compute)
-    act_bytes: int  # dtype of matmul outputs
-    resid_bytes: int  # dtype of the residual stream (= embedding weight dtype)
-
-
-def storage(precision: Precision, combo: Combination) -> Storage:
-    """Bytes per parameter as each engine really stores them.
-
-    Hugging Face Trainer alone: mixed precision keeps fp32 weights and runs autocast [HF]; for LoRA, ftopt loads
-    the frozen base in 16 bits (it needs no fp32 master) and PEFT keeps the adapters in fp32.
-    DeepSpeed: 16-bit weights and grads plus K=12 bytes of fp32 master + Adam states per trainable parameter [ZeRO].
-    bf16-true (Trainer only): everything bf16, AdamW states in the parameter dtype (torch.optim.AdamW).
-    """
-    if precision is Precision.FP32:
-        # DeepSpeed's ZeRO optimizers keep an fp32 partition copy of the trainable weights whatever the model dtype
-        # (stage_1_and_2.single_partition_of_fp32_groups, stage3.fp32_partitioned_groups_flat)
-        return Storage(4, 4, 4, 4 if combo.uses_deepspeed else 0, 8, autocast=False, act_bytes=4, resid_bytes=4)
-    if precision is Precision.BF16_TRUE:
-        if combo.uses_deepspeed:
-            raise FtoptError("bf16-true is a Trainer-only precision: DeepSpeed always keeps fp32 master weights; "
-                             "use bf16-mixed with ZeRO.")
-        return Storage(2, 2, 2, 0, 4, autocast=False, act_bytes=2, resid_bytes=2)
-    # bf16-mixed / fp16-mixed
-    if combo.uses_deepspeed:
-        return Storage(2, 2, 2, 4, 8, autocast=False, act_bytes=2, resid_bytes=2)
-    if combo.lora:
-        return Storage(4, 2, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=2)
-    return Storage(4, 4, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=4)
-
-
-def lora_targets(model: ModelSpec, combo: Combination) -> list[str]:
-    if not combo.lora:
-        return []
-    targets = list(combo.lora_targets) if combo.lora_targets else model.attention_linear_names()
-    names = model.all_linear_names()
-    missing = [t for t in targets if t not in names]
-    if missing:
-        raise FtoptError(f"LoRA target(s) {', '.join(missing)} are not linears of {model.family}; "
-                         f"candidates: {', '.join(names)}.")
-    return targets
 
 
 def trainable_params(model: ModelSpec, combo: Combination) -> int:

@@ -18,7 +18,7 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict
 
-from ftopt.estimate.analytic import lora_targets
+from ftopt.policy import lora_targets
 from ftopt.spec import Attention, Combination, ModelSpec, Offload, TrainingSetup
 
 FALLBACK_FAMILY = "llama"  # families without counts use the llama structure (pre-norm decoder, rotary, gated MLP)
@@ -49,7 +49,7 @@ def count_kernels(spec: ModelSpec, combo: Combination) -> KernelCount:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from ftopt.spec import Precision
-    from ftopt.train.build import build_model
+    from ftopt.modeling import build_model
 
     class _Count(TorchDispatchMode):
         def __init__(self):

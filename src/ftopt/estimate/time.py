@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.estimate.analytic import lora_targets, storage, trainable_params
+from ftopt.estimate.analytic import trainable_params
+from ftopt.policy import lora_targets, storage
 from ftopt.estimate.kernels import kernels_per_step
 from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, TrainingSetup
 

@@ -1,7 +1,7 @@
 """Traced estimator: run the real training step under FakeTensorMode and count live bytes, without allocating.
 
 What runs is what `ftopt train` runs: the transformers model from its config with PEFT LoRA, gradient
-checkpointing and the attention implementation applied by `train.build.build_model`, then Hugging Face Trainer's
+checkpointing and the attention implementation applied by `modeling.build_model`, then Hugging Face Trainer's
 step — forward with labels (the model's own loss), backward, gradient clipping, fused AdamW step, zero_grad —
 twice, so the second step sees the optimizer states. Every tensor is a FakeTensor on the target device; a
 TorchDispatchMode records each new storage with the phase that created it and frees it when its storage dies.
@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic
 from ftopt.estimate.result import MemoryBreakdown
+from ftopt.policy import storage
 from ftopt.spec import Combination, ModelSpec, Offload, TrainingSetup
 
 CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
@@ -118,9 +119,9 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
            ) -> tuple[dict[str, int], str]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ftopt.train.build import build_model
+    from ftopt.modeling import build_model
 
-    st = analytic.storage(setup.precision, combo)
+    st = storage(setup.precision, combo)
     deepspeed = combo.uses_deepspeed
     granularity = CUDA_ALLOC_GRANULARITY if device == "cuda" else 1
     if device == "cuda" and not torch.cuda.is_available():
@@ -193,7 +194,7 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
     bd = {k: int(round(v)) for k, v in per_cat.items()}
     if combo.uses_deepspeed:
         bd["gradients"] = int(round(bd["gradients"] * (1.0 / setup.world_size if combo.zero >= 2 else 1.0)))
-        st = analytic.storage(setup.precision, combo)
+        st = storage(setup.precision, combo)
         s = analytic.zero_states(spec, setup, combo, st)
         bd.update(weights=s.weights, optimizer_states=s.optim)
         extra = dict(master_weights=s.master, engine_buffers=s.buffers)

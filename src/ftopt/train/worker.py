@@ -110,7 +110,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
 
     from ftopt.measure import AllocatorPeak
     from ftopt.spec import load_model
-    from ftopt.train.build import build_model
+    from ftopt.modeling import build_model
     from ftopt.train.engine import RANK_TIMEOUT_SECONDS, StepRecorder, deepspeed_config
 
     rank, local_rank, world = _rank()

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ftopt.errors import FtoptError
+from ftopt.policy import lora_targets, storage
 from ftopt.spec import Attention, Combination, ModelSpec, Precision
 
 _DTYPES = {2: torch.bfloat16, 4: torch.float32}
@@ -48,9 +49,7 @@ def hf_config(spec: ModelSpec, num_layers: int | None = None, attn: str = "sdpa"
 
 
 def model_dtype(precision: Precision, combo: Combination) -> torch.dtype:
-    """Dtype the model is loaded in (see estimate.analytic.storage for the reasoning per engine)."""
-    from ftopt.estimate.analytic import storage
-
+    """Dtype the model is loaded in (see policy.storage for the reasoning per engine)."""
     st = storage(precision, combo)
     return _DTYPES[st.frozen_weight if combo.lora else st.trainable_weight]
 
@@ -59,8 +58,6 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
     """LoRA (PEFT) and gradient checkpointing on a built causal-LM; returns the model to train."""
     if combo.lora:
         from peft import LoraConfig, get_peft_model
-
-        from ftopt.estimate.analytic import lora_targets
 
         targets = lora_targets(spec, combo)
         cfg = LoraConfig(r=combo.lora_r, lora_alpha=2 * combo.lora_r, lora_dropout=0.0, target_modules=targets,
