@@ -139,12 +139,13 @@ class Sweep(BaseModel):
 
 def predicted(sweep: Sweep, run: BenchRun, spec) -> dict:
     """Analytic and traced predictions for the run's exact setup (for runs that wrote no metrics.json)."""
+    from ftopt.calibration_store import calibrated_hardware
     from ftopt.estimate import predictions
     from ftopt.spec import TrainingSetup, load_hardware
 
     setup = TrainingSetup(seq_len=sweep.seq_len, micro_batch=sweep.micro_batch, precision=sweep.precision,
                           gpus_per_node=run.gpus)
-    return predictions(spec, load_hardware(sweep.hardware), setup, run.combination)
+    return predictions(spec, calibrated_hardware(load_hardware(sweep.hardware)), setup, run.combination)
 
 
 def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, runs_dir: str | Path, *,

@@ -36,6 +36,25 @@ OffloadOpt = Annotated[str, typer.Option("--offload", help="none | optimizer | a
 Attn = Annotated[str, typer.Option("--attn", help="eager | sdpa | flash")]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print the documented JSON schema instead of tables")]
+CalibrationOpt = Annotated[Optional[Path], typer.Option(
+    "--calibration", help="time-model calibration file to apply (default: the stored one matching this hardware and "
+                          "the installed torch/transformers/deepspeed, else none)")]
+HostRam = Annotated[Optional[str], typer.Option(
+    "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (GiB) [default: the preset's, 1 TiB]")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ftopt import __version__
+
+        typer.echo(f"ftopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="print ftopt's version and exit")] = False) -> None:
+    """Plan, run and report LLM fine-tuning under GPU memory and time budgets."""
 
 
 def _run(fn: Callable[[], None]) -> None:
@@ -84,6 +103,18 @@ def build_combination(gc, lora_r, lora_targets, zero, offload, attn):
                        offload=_enum(Offload, offload, "--offload"), attn=_enum(Attention, attn, "--attn"))
 
 
+def _hardware(gpu: str, calibration: Optional[Path], host_ram: Optional[str]):
+    """The hardware spec as the user set it up: preset, --host-ram, then the calibration applied explicitly."""
+    from ftopt.calibration_store import calibrated_hardware
+    from ftopt.spec import load_hardware
+    from ftopt.units import parse_bytes
+
+    hw = load_hardware(gpu)
+    if host_ram is not None:
+        hw = hw.model_copy(update={"host_memory_bytes": parse_bytes(host_ram, "--host-ram")})
+    return calibrated_hardware(hw, calibration)
+
+
 def _method(m: str):
     from ftopt.estimate import Method
 
@@ -95,14 +126,15 @@ def estimate(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1,
              seq_len: SeqLen = 2048, micro_batch: MicroBatch = 1, grad_accum: GradAccum = 1,
              precision: PrecisionOpt = "bf16-mixed", dataset_tokens: DatasetTokens = None, epochs: Epochs = 1.0,
              gc: Gc = False, lora_r: LoraR = 0, lora_targets: LoraTargets = None, zero: Zero = 0,
-             offload: OffloadOpt = "none", attn: Attn = "sdpa", method: MethodOpt = "analytic", json_out: Json = False):
+             offload: OffloadOpt = "none", attn: Attn = "sdpa", method: MethodOpt = "analytic", json_out: Json = False,
+             calibration: CalibrationOpt = None, host_ram: HostRam = None):
     """Per-GPU memory and time of ONE combination, before anything runs."""
     def body():
         from ftopt import estimate as est
         from ftopt.display import print_estimate
-        from ftopt.spec import load_hardware, load_model
+        from ftopt.spec import load_model
 
-        m, hw = load_model(model), load_hardware(gpu)
+        m, hw = load_model(model), _hardware(gpu, calibration, host_ram)
         setup = build_setup(seq_len, micro_batch, grad_accum, precision, gpus, nodes, dataset_tokens, epochs)
         e = est(m, hw, setup, build_combination(gc, lora_r, lora_targets, zero, offload, attn), _method(method))
         if json_out:
@@ -118,22 +150,25 @@ def plan(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1, nod
          precision: PrecisionOpt = "bf16-mixed", dataset_tokens: DatasetTokens = None, epochs: Epochs = 1.0,
          lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
          lora_targets: LoraTargets = None,
-         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget")] = None,
+         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget, hours [default: none]")] = None,
          full_only: Annotated[bool, typer.Option("--full-only", help="quality requires full fine-tuning")] = False,
-         cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour")] = None,
+         cost_per_gpu_hour: Annotated[Optional[float], typer.Option(
+             "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency [default: no costs]")] = None,
+         currency: Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour and every cost shown")] = "USD",
          method: MethodOpt = "analytic", json_out: Json = False,
-         out: Annotated[Optional[Path], typer.Option("--out", help="also write the plan JSON here")] = None):
+         out: Annotated[Optional[Path], typer.Option("--out", help="also write the plan JSON here")] = None,
+         calibration: CalibrationOpt = None, host_ram: HostRam = None):
     """Predict every valid combination and recommend one."""
     def body():
         from ftopt import plan as make_plan
         from ftopt.display import print_plan
         from ftopt.io import atomic_write_text
-        from ftopt.spec import load_hardware, load_model
+        from ftopt.spec import load_model
 
-        m, hw = load_model(model), load_hardware(gpu)
+        m, hw = load_model(model), _hardware(gpu, calibration, host_ram)
         setup = build_setup(seq_len, micro_batch, grad_accum, precision, gpus, nodes, dataset_tokens, epochs)
         p = make_plan(m, hw, setup, method=_method(method), max_hours=max_hours, full_only=full_only, lora_r=lora_r,
-                      lora_targets=_targets(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour)
+                      lora_targets=_targets(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour, currency=currency)
         doc = p.to_json()
         if out:
             try:
@@ -246,13 +281,14 @@ def bench(
                                                              f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
         console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results}")
         if any(r["status"] == "ok" for r in rows):
-            from ftopt.calibration import calibrate_and_store
+            from ftopt.calibration_store import calibrate_and_store
             from ftopt.display import print_calibration
             from ftopt.spec import load_hardware
 
-            fit, path = calibrate_and_store(rows, load_hardware(gpu), f"ftopt bench ({results})")
+            fit, path = calibrate_and_store(rows, load_hardware(gpu), str(results.resolve()), spec.name)
             print_calibration(fit)
-            console.print(f"time model for '{gpu}' stored in {path}; later plan/estimate use it")
+            console.print(f"time model for '{gpu}' (merged with earlier fits under these library versions) stored in "
+                          f"{path}; later plan/estimate on it use it")
     _run(body)
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ftopt.bench import Sweep, reference_combinations, run_sweep
-from ftopt.calibration import calibrate_and_store
+from ftopt.calibration_store import calibrate_and_store
 from ftopt.display import console, print_calibration, print_plan
 from ftopt.io import atomic_write_text
 from ftopt.plan import plan
@@ -45,7 +45,7 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     console.rule("3/3 report")
     fit = None
     if any(r["status"] == "ok" for r in rows):
-        fit, _ = calibrate_and_store(rows, hw, f"ftopt demo ({DEMO_MODEL}, {out / 'results.jsonl'})")
+        fit, _ = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), DEMO_MODEL)
         print_calibration(fit)
     reports = {}
     for lang in langs:
