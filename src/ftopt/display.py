@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ftopt.estimate import Estimate
@@ -50,7 +51,7 @@ def calibration_line(cal: CalibrationProvenance | None, hardware: str) -> str:
     if cal is None:
         return f"time model: uncalibrated for {hardware} (datasheet assumptions; 'ftopt bench' on it calibrates)"
     warn = " [yellow](a constant at a bound: treat the times with care)[/]" if "mfu at its 100% bound" in cal.at_bound else ""
-    return f"time model: calibrated, {cal.summary()}{warn}"
+    return f"time model: calibrated, {escape(cal.summary())}{warn}"
 
 
 def print_plan(p: Plan, limit: int = 20) -> None:

@@ -52,6 +52,7 @@ class CalibrationProvenance(BaseModel):
         held = (f", held-out error {self.holdout_median_abs_error:.1%}"
                 if self.holdout_median_abs_error is not None else "")
         bound = f"; at a bound: {', '.join(self.at_bound)}" if self.at_bound else ""
-        return (f"{self.runs} runs of {self.combinations} points on {self.hardware} "
+        points = f"{self.combinations} point{'' if self.combinations == 1 else 's'}"
+        return (f"{self.runs} run{'' if self.runs == 1 else 's'} of {points} on {self.hardware} "
                 f"({', '.join(self.models)}), {self.date}, {self.versions.label()}{held}{bound}"
-                + (f" [{self.file}]" if self.file else ""))
+                + (f"; file {self.file}" if self.file else ""))

@@ -12,9 +12,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ftopt.errors import FtoptError
+from ftopt.errors import FtoptError, validation_message
 from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.spec.training import Attention, Precision
 
@@ -160,6 +160,8 @@ def load_hardware(name: str) -> HardwareSpec:
             return HardwareSpec(**json.loads(path.read_text()))
         except OSError as e:
             raise FtoptError(f"Cannot read the hardware file {path}: {e.strerror}.") from None
+        except ValidationError as e:
+            raise FtoptError(f"The hardware file {path} is not a valid hardware spec: {validation_message(e)}.") from None
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise FtoptError(f"The hardware file {path} is not a valid hardware spec: {str(e).splitlines()[0]}.") from None
     if name == "cpu":
