@@ -26,7 +26,7 @@ SeqLen = Annotated[int, typer.Option("--seq-len", help="tokens per sequence")]
 MicroBatch = Annotated[int, typer.Option("--micro-batch", help="sequences per GPU per forward pass")]
 GradAccum = Annotated[int, typer.Option("--grad-accum", help="micro-batches per optimizer step")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true")]
-DatasetTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch")]
+DatasetTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch (default: none; times are then per step and per 1k samples)")]
 Epochs = Annotated[float, typer.Option("--epochs", help="epochs")]
 Gc = Annotated[bool, typer.Option("--gc/--no-gc", help="gradient checkpointing")]
 LoraR = Annotated[int, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning")]
@@ -40,7 +40,7 @@ CalibrationOpt = Annotated[Optional[Path], typer.Option(
     "--calibration", help="time-model calibration file to apply (default: the stored one matching this hardware and "
                           "the installed torch/transformers/deepspeed, else none)")]
 HostRam = Annotated[Optional[str], typer.Option(
-    "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (GiB) [default: the preset's, 1 TiB]")]
+    "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) (default: the preset's, 1 TiB)")]
 
 
 def _version(value: bool) -> None:
@@ -150,10 +150,10 @@ def plan(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1, nod
          precision: PrecisionOpt = "bf16-mixed", dataset_tokens: DatasetTokens = None, epochs: Epochs = 1.0,
          lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
          lora_targets: LoraTargets = None,
-         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget, hours [default: none]")] = None,
+         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget in hours (default: no budget)")] = None,
          full_only: Annotated[bool, typer.Option("--full-only", help="quality requires full fine-tuning")] = False,
          cost_per_gpu_hour: Annotated[Optional[float], typer.Option(
-             "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency [default: no costs]")] = None,
+             "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency (default: none, no costs shown)")] = None,
          currency: Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour and every cost shown")] = "USD",
          method: MethodOpt = "analytic", json_out: Json = False,
          out: Annotated[Optional[Path], typer.Option("--out", help="also write the plan JSON here")] = None,

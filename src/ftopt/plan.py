@@ -3,7 +3,7 @@
 The recommendation is derived from the predictions alone: among combinations that fit (device memory and host
 RAM) and meet the quality requirement (`full_only`), the one with the shortest predicted total time; near-ties
 (within NEAR_TIE_FRACTION) go to the one with fewer moving parts (no offload, then the lower ZeRO stage: less to
-configure and debug), then to more memory headroom. No table of rules.
+configure and debug, then SDPA over flash-attn, a package to build), then to more memory headroom. No table of rules.
 """
 from __future__ import annotations
 
@@ -112,7 +112,9 @@ def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate
         return None, "no combination fits in memory"
     best_time = fitting[0].total_seconds
     near = [e for e in fitting if e.total_seconds <= best_time * (1 + NEAR_TIE_FRACTION)]
-    pick = min(near, key=lambda e: (e.combination.offload is not Offload.NONE, e.combination.zero, -e.headroom_bytes))
+    # simplest first: no offload, lower ZeRO stage, no extra package (flash-attn) when SDPA is predicted as fast
+    pick = min(near, key=lambda e: (e.combination.offload is not Offload.NONE, e.combination.zero,
+                                    e.combination.attn is Attention.FLASH, -e.headroom_bytes))
     others = [e for e in fitting if e is not pick]
     took = (f"{fmt_seconds(pick.total_seconds)} of training" if pick.per_dataset
             else f"{fmt_seconds(pick.seconds_per_1k_samples)} per 1k samples")
