@@ -86,7 +86,7 @@ def test_a_fit_on_a_bound_is_reported():
     assert fit.mfu == 1.0 and "mfu at its 100% bound" in fit.at_bound
     hw = calibrated_hardware(A100)
     assert "mfu at its 100% bound" in hw.calibration.summary()
-    assert "at a bound" in calibration_line(hw.calibration, hw.name)
+    assert hw.calibration.mfu_at_bound and "mfu sits on its bound" in calibration_line(hw.calibration, hw.name)
 
 
 def test_every_estimate_and_plan_says_which_calibration():
@@ -118,3 +118,12 @@ def test_stored_file_round_trips():
     doc = json.loads(path.read_text())
     assert doc["schema"] == "ftopt.calibration/2" and doc["provenance"]["runs"] == 4
     assert Calibration.model_validate(doc).mfu == pytest.approx(MFU)
+
+
+def test_bench_output_names_a_fit_on_its_bound(capsys):
+    """The defect: a fit that hit its bound printed "mfu 100.0%" as if measured."""
+    from ftopt.display import print_calibration
+    fit, _ = calibrate_and_store(rows(3, mfu=2.0), A100, "/runs/fast.jsonl", "m")
+    print_calibration(fit)
+    out = capsys.readouterr().out
+    assert "mfu 100.0%" in out and "at a bound: mfu at its 100% bound" in out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from ftopt.errors import FtoptError
+from ftopt.spec.calibration import MFU_AT_BOUND
 
 
 # ---- fitting the time model to measured runs ------------------------------------------------------------------------
@@ -73,7 +74,7 @@ class TimeModel:
         apart from the overheads (too few or too similar runs), an overhead at 0 that the fit found none."""
         out = []
         if self.mfu >= 1.0 - 1e-9:
-            out.append("mfu at its 100% bound")
+            out.append(MFU_AT_BOUND)
         if self.seconds_per_kernel <= 0.0:
             out.append("per-operator cost at 0")
         if self.fixed_step_seconds <= 0.0:

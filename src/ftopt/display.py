@@ -7,7 +7,7 @@ from rich.table import Table
 
 from ftopt.estimate import Estimate
 from ftopt.plan import LimitKind, Plan
-from ftopt.spec.calibration import CalibrationProvenance
+from ftopt.spec.calibration import MFU_AT_BOUND, CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 
 import sys
@@ -50,7 +50,7 @@ def calibration_line(cal: CalibrationProvenance | None, hardware: str) -> str:
     """Which time-model calibration an estimate or plan used, or that it used none."""
     if cal is None:
         return f"time model: uncalibrated for {hardware} (datasheet assumptions; 'ftopt bench' on it calibrates)"
-    warn = " [yellow](a constant at a bound: treat the times with care)[/]" if "mfu at its 100% bound" in cal.at_bound else ""
+    warn = " [yellow](mfu sits on its bound: treat the times with care)[/]" if cal.mfu_at_bound else ""
     return f"time model: calibrated, {escape(cal.summary())}{warn}"
 
 
@@ -141,7 +141,7 @@ def print_calibration(fit) -> None:
     if fit.at_bound:
         console.print(f"[yellow]at a bound:[/] {', '.join(fit.at_bound)}"
                       + (" (the runs cannot separate the FLOP rate from the overheads: more varied runs "
-                         "calibrate it)" if "mfu at its 100% bound" in fit.at_bound else ""))
+                         "calibrate it)" if MFU_AT_BOUND in fit.at_bound else ""))
     if fit.holdout_median_abs_error is not None:
         rho = f", Spearman rho {fit.spearman_rho:.2f}" if fit.spearman_rho is not None else ""
         if fit.pairs_compared:

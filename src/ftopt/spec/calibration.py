@@ -8,6 +8,9 @@ from importlib import metadata
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The bound that matters: a fit that pins mfu at 100% could not tell the FLOP rate from the overheads.
+MFU_AT_BOUND = "mfu at its 100% bound"
+
 
 class SoftwareVersions(BaseModel):
     """The libraries whose kernels and engine decide step time; a calibration applies only under the same ones."""
@@ -46,6 +49,10 @@ class CalibrationProvenance(BaseModel):
                                 description="fitted constants that sit on a bound (mfu at 100%, an overhead at 0)")
     holdout_median_abs_error: float | None = Field(None, description="leave-one-out step-time error, median")
     file: str | None = Field(None, description="the calibration file it was read from")
+
+    @property
+    def mfu_at_bound(self) -> bool:
+        return MFU_AT_BOUND in self.at_bound
 
     def summary(self) -> str:
         """One line: what, from how much, under which versions, and any constant stuck on a bound."""
