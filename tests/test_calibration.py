@@ -127,3 +127,19 @@ def test_bench_output_names_a_fit_on_its_bound(capsys):
     print_calibration(fit)
     out = capsys.readouterr().out
     assert "mfu 100.0%" in out and "at a bound: mfu at its 100% bound" in out
+
+
+def test_a_hardware_name_cannot_escape_the_cache(tmp_path):
+    root = (tmp_path / "cache" / "calibration").resolve()
+    for name in ("../../etc", "a/b", ".."):
+        path = calibration_path(name, SoftwareVersions.installed()).resolve()
+        assert path.parent.parent == root
+
+
+def test_a_run_spec_records_the_calibration_it_was_predicted_with():
+    from ftopt.spec import RunSpec
+    calibrate_and_store(rows(4), A100, "/runs/a.jsonl", "llama-2-7b")
+    spec = RunSpec(hardware=calibrated_hardware(A100), setup=TrainingSetup())
+    again = RunSpec.model_validate(json.loads(json.dumps(spec.to_json())))
+    assert again == spec and again.hardware.calibration.runs == 4
+    assert again.hardware.compute_capability == (8, 0)

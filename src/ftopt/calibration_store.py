@@ -67,9 +67,14 @@ def _cache_root() -> Path:
     return Path(os.environ.get("FTOPT_CACHE", Path.home() / ".cache" / "ftopt")) / "calibration"
 
 
+def _safe(part: str) -> str:
+    """A path component from a name a user's hardware file may set: no separators, never '.' or '..'."""
+    return re.sub(r"[^A-Za-z0-9.+-]", "-", part).lstrip(".") or "-"
+
+
 def calibration_path(hardware: str, versions: SoftwareVersions) -> Path:
-    slug = "_".join(re.sub(r"[^A-Za-z0-9.+-]", "-", v or "none") for v in versions.model_dump().values())
-    return _cache_root() / hardware / f"{slug}.json"
+    slug = "_".join(_safe(v or "none") for v in versions.model_dump().values())
+    return _cache_root() / _safe(hardware) / f"{slug}.json"
 
 
 def read_calibration(path: Path) -> Calibration:
