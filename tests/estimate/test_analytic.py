@@ -141,3 +141,27 @@ def test_zero3_live_parameters_are_bounded_by_the_model():
     st = analytic.storage(setup.precision, Combination(zero=3))
     s = analytic.zero_states(small, setup, Combination(zero=3), st)
     assert s.buffers - 2 * small.hidden_size ** 2 * st.grad == small.param_count() * st.frozen_weight
+
+
+@pytest.mark.parametrize("combo", [Combination(), Combination(lora_r=4)], ids=["full", "lora"])
+def test_ddp_bucket_term_matches_the_buckets_torch_allocates(combo):
+    """Against real torch DDP, built as Trainer builds it (default bucket_cap_mb, no gradient_as_bucket_view), on a
+    one-rank gloo group: the buckets it allocates add up to the analytic term, a full copy of the trainable
+    gradients, not one 25 MiB bucket."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ftopt.modeling import build_model
+    from ftopt.spec import from_hf_config
+    from tests.spec.test_model import TINY
+
+    spec = from_hf_config({"model_type": "llama", **TINY["llama"]}, "t")
+    setup = TrainingSetup(gpus_per_node=2, precision="fp32", seq_len=32)
+    term = analytic.zero_states(spec, setup, combo, analytic.storage(setup.precision, combo)).buffers
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        info = DistributedDataParallel(build_model(spec, combo, setup.precision))._get_ddp_logging_data()
+    finally:
+        dist.destroy_process_group()
+    assert info["gradient_as_bucket_view"] == 0
+    assert sum(int(x) for x in str(info["bucket_sizes"]).split(",")) == term > 0

@@ -14,10 +14,11 @@ per token unless stated. Sources:
   [DS]     DeepSpeed 0.19 runtime: 16-bit training casts the whole module to 16 bits and keeps the fp32 master copy
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
            Hugging Face's "auto" DeepSpeed config fills in).
-  [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it: no
-           gradient_as_bucket_view): the reducer allocates every gradient bucket up front (bucket_cap_mb = 25 MiB
-           only sets how many), so the buckets hold a second copy of all trainable gradients for the whole run;
-           torch's docs for gradient_as_bucket_view: "the saved memory size will be equal to the total gradients size".
+  [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
+           accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
+           bucket's flat gradient tensor up front (bucket_cap_mb = 25 MiB only sets how many), so the buckets hold a
+           second copy of all trainable gradients for the whole run; torch's docs for gradient_as_bucket_view: "the
+           saved memory size will be equal to the total gradients size". Checked against torch in test_analytic.
 Where real implementations differ from the papers, the comment says so; `estimate/traced.py` measures them exactly.
 """
 from __future__ import annotations
