@@ -81,3 +81,33 @@ def test_inter_node_bandwidth_is_per_gpu_not_shared_by_the_node():
     grads = trainable_params(m, c) * storage(s.precision, c).grad
     expected = 2 * (n - 1) / n * grads / 25e9 * (1 - COMM_OVERLAP_FRACTION)  # ring all-reduce at the NIC's rate
     assert comm_seconds(m, s, c, A100) == pytest.approx(expected)
+
+
+def test_gc_recompute_against_torch_flop_counter():
+    """A real llama step with and without GC under torch's FlopCounterMode: the recompute has no LM head (the old
+    model counted it). torch's non-reentrant checkpoint also stops early, before the layer's last linear
+    (down_proj), whose output nothing saves; the model does not subtract that yet, so it is conservative by
+    exactly that matmul."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ftopt.modeling import build_model
+    from ftopt.spec import LinearGroup, Precision, from_hf_config
+    from tests.spec.test_model import TINY
+
+    spec = from_hf_config({"model_type": "llama", **TINY["llama"]}, "t")
+    s = TrainingSetup(seq_len=32, micro_batch=2, precision="fp32")
+
+    def measured(gc: bool) -> int:
+        model = build_model(spec, Combination(gc=gc, attn="eager"), Precision.FP32)
+        model.train()
+        ids = torch.randint(0, spec.vocab_size, (s.micro_batch, s.seq_len))
+        with FlopCounterMode(display=False) as counter:
+            model(input_ids=ids, labels=ids).loss.backward()
+        return counter.get_total_flops()
+
+    recompute = measured(True) - measured(False)
+    predicted = step_flops(spec, s, Combination(gc=True, attn="eager")) - step_flops(spec, s, Combination(attn="eager"))
+    down = 2 * spec.num_layers * sum(lin.params for lin in spec.layer_linears() if lin.group is LinearGroup.MLP_OUT)
+    # the old model (head included) would be off by down + head, i.e. this fails if the head is counted again
+    assert predicted - recompute == pytest.approx(down * s.tokens_per_micro_batch)
