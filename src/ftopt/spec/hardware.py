@@ -50,7 +50,7 @@ class HardwareSpec(BaseModel):
     source: str = ""
     is_cpu: bool = False
     calibration: CalibrationProvenance | None = Field(None, description="the time-model calibration applied, if any "
-                                                                        "(ftopt.calibration.apply_calibration)")
+                                                                        "(ftopt.calibration_store.apply_calibration)")
 
     @model_validator(mode="before")
     @classmethod
@@ -63,12 +63,13 @@ class HardwareSpec(BaseModel):
     @model_validator(mode="after")
     def _capabilities(self) -> "HardwareSpec":
         old = self.is_cpu or self.compute_capability is None or self.compute_capability < AMPERE
+        got = ("set compute_capability, e.g. [8, 0]" if self.compute_capability is None and not self.is_cpu
+               else f"got {self.compute_capability}")
         if Attention.FLASH in self.attention_kernels and old:
             raise ValueError(f"{self.name} lists flash attention but FlashAttention 2 needs a CUDA GPU of compute "
-                             f"capability 8.0 or newer (got {self.compute_capability})")
+                             f"capability 8.0 or newer ({got})")
         if "bf16" in self.peak_flops and old and not self.is_cpu:
-            raise ValueError(f"{self.name} lists bf16 but bf16 needs compute capability 8.0 or newer "
-                             f"(got {self.compute_capability})")
+            raise ValueError(f"{self.name} lists bf16 but bf16 needs compute capability 8.0 or newer ({got})")
         return self
 
     def flops_for(self, dtype: str) -> float | None:
