@@ -122,3 +122,13 @@ def test_plan_without_dataset_tokens_quotes_steps_and_1k_samples():
     assert "per 1k samples" in r.output and "cost (USD per 1k samples)" in r.output
     header = next(line for line in r.output.splitlines() if "combination" in line)
     assert "step" in header and "epoch" not in header and "total" not in header
+
+
+def test_help_states_defaults_and_units():
+    """Defaults written as "[default: ...]" in help texts must survive rendering (rich markup swallowed them)."""
+    r = runner.invoke(app, ["plan", "--help"], env={"COLUMNS": "250"})
+    out = " ".join(r.output.split())
+    for text in ("GPUs (processes) per node [default: 1]", "times are per step and per 1k samples]",
+                 "host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) [default: the preset's, 1 TiB]",
+                 "training-time budget in hours [default: no budget]", "[default: USD]"):
+        assert text in out, text

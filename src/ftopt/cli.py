@@ -19,7 +19,8 @@ from ftopt.cli_common import (
 )
 from ftopt.errors import FtoptError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help texts state defaults as "[default: ...]", which rich markup would swallow as a tag.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Plan, run and report LLM fine-tuning under GPU memory and time budgets.")
 
 CalibrationOpt = Annotated[Optional[Path], typer.Option(
@@ -27,7 +28,7 @@ CalibrationOpt = Annotated[Optional[Path], typer.Option(
                           "the installed torch/transformers/deepspeed, else none)")]
 HostRam = Annotated[Optional[str], typer.Option(
     "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) "
-                       "(default: the preset's, 1 TiB)")]
+                       "[default: the preset's, 1 TiB]")]
 
 def _version(value: bool) -> None:
     if value:
@@ -90,10 +91,10 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
          dataset_tokens: DatasetTokens = None, epochs: Epochs = None,
          lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
          lora_targets: LoraTargets = None,
-         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget in hours (default: no budget)")] = None,
+         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")] = None,
          full_only: Annotated[bool, typer.Option("--full-only", help="quality requires full fine-tuning")] = False,
          cost_per_gpu_hour: Annotated[Optional[float], typer.Option(
-             "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency (default: none, no costs shown)")] = None,
+             "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency [default: none, no costs shown]")] = None,
          currency: Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour and every cost shown")] = "USD",
          method: MethodOpt = "analytic", json_out: Json = False,
          out: Annotated[Optional[Path], typer.Option("--out", help="write the plan JSON (with the recommended run "
