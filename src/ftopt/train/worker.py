@@ -104,7 +104,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     """Train one rank; returns metrics.json's content (rank 0) or this rank's measurements."""
     import torch
 
-    from ftopt.train.callbacks import Progress, TimeBudget, TrainingPeak
+    from ftopt.train.callbacks import TrainingPeak
     from ftopt.train.recorder import StepLog, StepRecorder
 
     rank, local_rank, world = _rank()
