@@ -192,7 +192,9 @@ def train(
             spec = resolve.run_from_file(plan_file, model=ref, given_setup=given_setup, given_combination=given_combo,
                                          note=lambda m: typer.echo(m, err=True))
         else:
-            hw = hardware(gpu)
+            from ftopt.calibration_store import calibrated_hardware
+
+            hw = calibrated_hardware(hardware(gpu))  # the stored calibration for this hardware, if it matches
             spec = resolve.new_run(hw, ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=tokenizer),
                                    resolve.setup(hw, **given_setup), resolve.combination(**given_combo))
         spec = resolve.finish_run(
@@ -245,7 +247,7 @@ def bench(
             raise FtoptError(f"--run-timeout must be positive, got {run_timeout}.")
         check_out_folder(out)
         hw = hardware(gpu)
-        combos = load_grid(grid) if grid else reference_combinations(lora_r, cpu=hw.is_cpu)
+        combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
         ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None)
         base = resolve.finish_run(
             resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision),

@@ -36,7 +36,7 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     atomic_write_text(out / "plan.json", json.dumps(p.to_json(), indent=2))
 
     console.rule(f"2/3 bench: each reference combination trained for {steps} steps (re-running skips finished ones)")
-    combos = reference_combinations(lora_r=8, cpu=True)
+    combos = reference_combinations(hw, lora_r=8)
 
     def event(kind: str, info: dict) -> None:
         tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
