@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -24,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, SEQ, BATCH = 150, 64, 8
+# One thread per side, as `ftopt bench` runs CPU sweeps: a multi-threaded tiny step waits for its slowest thread,
+# and on a shared machine that swing (not ftopt) dominated the two-thread ratios (0.69 to 1.5 between rounds).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def plain_trainer(out: str) -> float:
@@ -55,7 +59,7 @@ def plain_trainer(out: str) -> float:
 def ftopt_run(out: str, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "ftopt", "train", "--out", out, "--max-steps", str(STEPS),
            "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--eval-max-examples", "0", "--json", *extra]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env=ENV)
     m = json.loads((Path(out) / "metrics.json").read_text())
     tokens = sum(json.loads(line)["tokens"] for line in (Path(out) / "steps.jsonl").read_text().splitlines())
     # the Trainer's own train_runtime, as for the plain script (measured.train_seconds sums the step times only)
@@ -117,7 +121,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ftopt-overhead-"))
     ftopt_tps, plain_tps = [], []
     for i in range(a.rounds):  # alternate so drift on a shared machine hits both sides alike
-        p = subprocess.run([sys.executable, __file__, "--plain", str(tmp / f"plain{i}")], check=True,
+        p = subprocess.run([sys.executable, __file__, "--plain", str(tmp / f"plain{i}")], check=True, env=ENV,
                            capture_output=True, text=True)
         plain_tps.append(json.loads(p.stdout.strip().splitlines()[-1])["tokens_per_s"])
         ftopt_tps.append(ftopt_run(str(tmp / f"ftopt{i}"))["tokens_per_s"])
