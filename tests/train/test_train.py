@@ -51,7 +51,9 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
 
     from ftopt.spec import load_model
     from ftopt.modeling import hf_config
-    from ftopt.train.data import default_examples, default_tokenizer, tokenize
+    from ftopt.spec.run import DataSpec
+    from ftopt.train.data import default_tokenizer
+    from ftopt.train.prepare import prepare
 
     r, out = train(tmp_path, "--max-steps", "20", "--lora-r", "8", "--seed", "3")
     assert r.exit_code == 0, r.output
@@ -62,15 +64,12 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
     torch.manual_seed(3)
     base = AutoModelForCausalLM.from_config(hf_config(spec, attn="sdpa"))
     model = PeftModel.from_pretrained(base, str(out)).eval()
-    tok = default_tokenizer()
-    ex = tokenize(default_examples(64, seed=3 + 10_000), tok, 64, "prompt+completion").examples
-    from transformers import DataCollatorForSeq2Seq
-    coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-    losses, counts = [], []
+    prep = prepare(DataSpec(), default_tokenizer(), 64, seed=3)
+    ex = list(prep.eval_dataset)
+    losses = []
     with torch.no_grad():
         for i in range(0, len(ex), 8):
-            b = coll(ex[i:i + 8])
-            losses.append(model(**b).loss.item())
+            losses.append(model(**prep.collator(ex[i:i + 8])).loss.item())
     assert abs(sum(losses) / len(losses) - m["measured"]["eval_loss"]) < 1e-3
 
 

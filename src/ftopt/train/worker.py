@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL = "tiny-llama"
-DEFAULT_TRAIN_EXAMPLES = 4000
-DEFAULT_EVAL_EXAMPLES = 64
 MEMORY_TRACE_STEPS = 2  # on a CPU the allocator-level peak is read over the build and the first steps
 
 
@@ -26,49 +24,15 @@ def _latest_complete_checkpoint(out: Path) -> str | None:
     return str(cks[-1]) if cks else None
 
 
-def _load_tokenizer(cfg, spec_ref: str | None):
-    from ftopt.train.data import default_tokenizer
+def _data_for(cfg, spec_ref: str):
+    """The typed model reference and data spec of this run (the integrator's RunSpec carries both)."""
+    from ftopt.spec.run import DataSpec, ModelRef
 
-    src = cfg.model or (spec_ref if spec_ref and Path(spec_ref).is_dir() else None)
-    if src is None:
-        return default_tokenizer(), "built-in word-level tokenizer"
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        from ftopt.errors import FtoptError
-
-        raise FtoptError(f"No tokenizer could be loaded from {src} ({str(e).splitlines()[0][:120]}); "
-                         "add tokenizer files to the model folder.") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok, src
-
-
-def _datasets(cfg, tokenizer, log):
-    from ftopt.train import data as D
-
-    if cfg.data is None:
-        rows = D.default_examples(DEFAULT_TRAIN_EXAMPLES, seed=cfg.seed)
-        eval_rows = D.default_examples(DEFAULT_EVAL_EXAMPLES, seed=cfg.seed + 10_000)
-        log("data: built-in 'shift letters' task (prompt+completion), "
-            f"{len(rows)} training and {len(eval_rows)} held-out examples")
-    else:
-        rows = D.load_records(cfg.data)
-        if cfg.eval_data:
-            eval_rows = D.load_records(cfg.eval_data)
-        else:
-            rows, eval_rows = D.split_eval(rows, cfg.eval_fraction, cfg.seed)
-    fmt = D.detect_format(rows, "training data")
-    D.detect_format(eval_rows, "evaluation data")
-    train = D.tokenize(rows, tokenizer, cfg.seq_len, fmt)
-    ev = D.tokenize(eval_rows, tokenizer, cfg.seq_len, fmt)
-    if train.truncated:
-        log(f"note: {train.truncated} of {len(rows)} training examples were longer than --seq-len {cfg.seq_len} "
-            "and were truncated")
-    examples = D.pack(train.examples, cfg.seq_len) if cfg.packing else train.examples
-    return examples, ev.examples, eval_rows, fmt
+    model = ModelRef(ref=cfg.model or spec_ref, weights=cfg.model is not None,
+                     trust_remote_code=cfg.trust_remote_code)
+    data = DataSpec(train=cfg.data, eval=cfg.eval_data, eval_fraction=cfg.eval_fraction, packing=cfg.packing,
+                    eval_max_examples=cfg.eval_max_examples)
+    return model, data
 
 
 def _exact_match(model, tokenizer, rows, device, max_n: int, zero3: bool) -> float | None:
@@ -106,12 +70,13 @@ def _exact_match(model, tokenizer, rows, device, max_n: int, zero3: bool) -> flo
 
 def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model, train, save, measure
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from ftopt.measure import AllocatorPeak
     from ftopt.spec import load_model
     from ftopt.modeling import build_model
     from ftopt.train.engine import RANK_TIMEOUT_SECONDS, StepRecorder, deepspeed_config
+    from ftopt.train.prepare import prepare_run
 
     rank, local_rank, world = _rank()
     out = Path(cfg.output_dir)
@@ -124,8 +89,9 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     if cfg.model is None and cfg.random_init is None:
         log(f"model: built-in {DEFAULT_MODEL} (random init, llama architecture)")
     spec = load_model(spec_ref)
-    tokenizer, tok_src = _load_tokenizer(cfg, cfg.random_init)
-    train_ex, eval_ex, eval_rows, fmt = _datasets(cfg, tokenizer, log)
+    prep, tok = prepare_run(*_data_for(cfg, spec_ref), spec.vocab_size, cfg.seq_len, seed=cfg.seed,
+                            attn=cfg.combination.attn, log=log)
+    tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
 
     # memory: allocator-level peak over build + first steps (CPU), or CUDA's peak counters over the whole run
     cpu_peak = None
@@ -136,7 +102,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         cpu_peak = AllocatorPeak().start()
     # TrainingArguments first: with ZeRO-3 it registers the DeepSpeed config, so the model is built inside
     # deepspeed.zero.Init and each rank only ever holds its partition (as Hugging Face documents)
-    steps_per_epoch = max(1, -(-len(train_ex) // (cfg.micro_batch * cfg.grad_accum * world)))
+    steps_per_epoch = max(1, -(-len(prep.train_dataset) // (cfg.micro_batch * cfg.grad_accum * world)))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.epochs)
     args = TrainingArguments(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -184,9 +150,8 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         def on_train_end(self, args, state, control, **kw):
             recorder.flush(None)
 
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)
-    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(train_ex), eval_dataset=_ListDataset(eval_ex),
-                      data_collator=collator, callbacks=[_Callback()])
+    trainer = Trainer(model=model, args=args, train_dataset=prep.train_dataset, eval_dataset=prep.eval_dataset,
+                      data_collator=prep.collator, callbacks=[_Callback()])
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress bar and steps.jsonl replace the printed log dicts
@@ -206,9 +171,9 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     trainer.save_model(str(out))  # adapter (PEFT) or full model, safetensors; ZeRO-3 weights gathered
     if is_main:
         tokenizer.save_pretrained(str(out))
-    ev = trainer.evaluate()
+    ev = trainer.evaluate() if prep.eval_dataset is not None else {}  # --eval-fraction 0: nothing held out
     em = None
-    if fmt == "prompt+completion":
+    if fmt == "prompt+completion" and eval_rows:
         em = _exact_match(trainer.model, tokenizer, eval_rows, device if not cfg.combination.uses_deepspeed else
                           next(trainer.model.parameters()).device, cfg.eval_max_examples,
                           zero3=cfg.combination.zero == 3)
@@ -236,6 +201,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         return rank_metrics
     ranks = [json.loads((out / f"metrics.rank{r}.json").read_text()) for r in range(world)]
     metrics = _assemble(cfg, spec, ranks, world, tok_src, fmt)
+    metrics["data"] = prep.summary.model_dump()  # rows, truncated, tokens, unk_fraction (docs/metrics-schema.md)
     from ftopt.io import atomic_write_text
 
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -292,19 +258,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-class _ListDataset:
-    """A list of tokenized examples as a map-style dataset (the Trainer only needs len and getitem)."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
 
 
 class _Progress:
