@@ -305,6 +305,42 @@ def demo(
     _run(body)
 
 
+@app.command()
+def preview(
+    data: Annotated[str, typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="model folder or Hub id (its tokenizer)")] = None,
+    random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder or Hub id")] = None,
+    seq_len: SeqLen = 64,
+    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="held out, as in train")] = 0.1,
+    packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
+    n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    json_out: Json = False,
+):
+    """Show the first examples as the trainer will see them (trained tokens marked) and the data summary."""
+    def body():
+        from ftopt.spec import load_model
+        from ftopt.spec.run import DataSpec, ModelRef
+        from ftopt.train.preview import build_preview, render
+
+        if model and random_init:
+            raise FtoptError("give either --model (weights and tokenizer) or --random-init (config), not both.")
+        ref = ModelRef(ref=model or random_init or ModelRef().ref, weights=model is not None, tokenizer=tokenizer,
+                       trust_remote_code=trust_remote_code)
+        spec = load_model(ref.ref)
+        result, tok = build_preview(ref, DataSpec(train=data, eval_fraction=eval_fraction, packing=packing),
+                                    spec.vocab_size, seq_len, n, seed=seed)
+        if json_out:
+            typer.echo(result.model_dump_json(indent=2))
+        else:
+            from ftopt.display import console
+
+            render(result, tok, console)
+    _run(body)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

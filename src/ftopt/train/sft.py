@@ -30,12 +30,14 @@ IGNORE_INDEX = -100  # label the loss skips (prompt, user and system tokens, pad
 
 # Used only when the tokenizer has no chat template. `{% generation %}` marks the assistant tokens
 # (transformers' return_assistant_tokens_mask); the assistant turn's EOS is inside, so the model learns to stop.
+# The role line ends in a newline, not a space: byte-level BPE glues a space to the next word (" Low"), and that
+# token would straddle the generation boundary and count as trained.
 FALLBACK_CHAT_TEMPLATE = (
     "{{ bos_token if bos_token else '' }}"
-    "{% for m in messages %}{{ m['role'] + ': ' }}"
+    "{% for m in messages %}{{ m['role'] + ':\n' }}"
     "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + (eos_token if eos_token else '') }}"
     "{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}{{ '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ 'assistant:\n' }}{% endif %}"
 )
 
 
