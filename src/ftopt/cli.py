@@ -196,9 +196,10 @@ def train(
             raise FtoptError(f"--lr-schedule must be cosine, linear or constant, got '{lr_schedule}'.")
         combo = (_combination_from_plan(plan_file) if plan_file
                  else build_combination(gc, lora_r, lora_targets, zero, offload, attn))
-        if model and not Path(model).expanduser().is_dir():
-            raise FtoptError(f"--model {model} is not a local folder and the hub is not reachable offline; "
-                             "download it first or use --random-init for benchmarking without weights.")
+        if model:
+            from ftopt.spec.hub import resolve_weights
+
+            resolve_weights(model, trust_remote_code)  # a folder, or the Hub download, before any process starts
         cfg = TrainConfig(model=model, random_init=random_init, data=data, eval_data=eval_data,
                           eval_fraction=eval_fraction, seq_len=seq_len, packing=packing, combination=combo,
                           precision=_enum(Precision, precision, "--precision"), epochs=epochs, max_steps=max_steps,

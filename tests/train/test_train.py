@@ -77,7 +77,7 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
     (["--data", "/nonexistent.jsonl"], "does not exist"),
     (["--lora-r", "4", "--lora-targets", "qq_proj"], "candidates: q_proj"),
     (["--attn", "flash"], "flash"),
-    (["--model", "some-org/some-model"], "not a local folder"),
+    (["--model", "some-org/some-model"], "not in the Hugging Face cache"),
     (["--lr-schedule", "zigzag"], "--lr-schedule"),
 ])
 def test_bad_input(tmp_path, args, fragment):

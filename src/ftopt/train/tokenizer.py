@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftopt.errors import FtoptError
+from ftopt.spec.hub import parse_hub_id
 from ftopt.spec.run import ModelRef
 from ftopt.train.data import Records, default_tokenizer
 
@@ -36,7 +37,11 @@ def _cache_dir() -> Path:
 def _from_pretrained(src: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
+    hub = parse_hub_id(src)  # org/name@revision: the Hub's revision argument, through its cache
     try:
+        if hub is not None:
+            return AutoTokenizer.from_pretrained(hub.repo_id, revision=hub.revision,
+                                                 trust_remote_code=trust_remote_code)
         return AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise FtoptError(f"No tokenizer could be loaded from {src} ({str(e).splitlines()[0][:120]}); "

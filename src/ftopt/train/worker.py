@@ -76,6 +76,8 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     from ftopt.spec import load_model
     from ftopt.modeling import build_model
     from ftopt.train.engine import RANK_TIMEOUT_SECONDS, StepRecorder, deepspeed_config
+    from ftopt.spec.hub import resolve_weights
+    from ftopt.train.base import record_hub_base, save_random_base
     from ftopt.train.prepare import prepare_run
 
     rank, local_rank, world = _rank()
@@ -116,8 +118,11 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
         ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
     )
+    weights_dir = resolve_weights(cfg.model, cfg.trust_remote_code) if cfg.model else None  # Hub: the cache
     model = build_model(spec, cfg.combination, cfg.precision, device="cpu" if cfg.combination.uses_deepspeed else device,
-                        weights_dir=cfg.model, seed=cfg.seed)
+                        weights_dir=weights_dir, seed=cfg.seed)
+    if cfg.model:
+        record_hub_base(model, cfg.model)  # the adapter names the Hub id, not the snapshot folder
 
     recorder = StepRecorder(out / "steps.jsonl", device, rank)
     progress = _Progress(is_main)
@@ -205,6 +210,8 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     from ftopt.io import atomic_write_text
 
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    if cfg.model is None and cfg.combination.zero != 3:  # ZeRO-3 ranks hold partitions only: not saved (yet)
+        save_random_base(trainer.model, out)  # last: it strips the LoRA layers from the trained model
     for r in range(world):
         (out / f"metrics.rank{r}.json").unlink(missing_ok=True)
     return metrics
