@@ -66,11 +66,19 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
     model = PeftModel.from_pretrained(base, str(out)).eval()
     prep = prepare(DataSpec(), default_tokenizer(), 64, seed=3)
     ex = list(prep.eval_dataset)
-    losses = []
-    with torch.no_grad():
-        for i in range(0, len(ex), 8):
-            losses.append(model(**prep.collator(ex[i:i + 8])).loss.item())
-    assert abs(sum(losses) / len(losses) - m["measured"]["eval_loss"]) < 1e-3
+
+    def eval_loss(model):
+        with torch.no_grad():
+            losses = [model(**prep.collator(ex[i:i + 8])).loss.item() for i in range(0, len(ex), 8)]
+        return sum(losses) / len(losses)
+
+    assert abs(eval_loss(model) - m["measured"]["eval_loss"]) < 1e-3
+    # the run saved its random-init base beside the adapter: the standard PEFT loader needs nothing else
+    from peft import AutoPeftModelForCausalLM
+
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str((out / "base").resolve())
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()
+    assert abs(eval_loss(reloaded) - m["measured"]["eval_loss"]) < 1e-3
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -118,9 +118,15 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
         ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
     )
-    weights_dir = resolve_weights(cfg.model, cfg.trust_remote_code) if cfg.model else None  # Hub: the cache
-    model = build_model(spec, cfg.combination, cfg.precision, device="cpu" if cfg.combination.uses_deepspeed else device,
-                        weights_dir=weights_dir, seed=cfg.seed)
+    try:
+        weights_dir = resolve_weights(cfg.model, cfg.trust_remote_code) if cfg.model else None  # Hub: the cache
+        model = build_model(spec, cfg.combination, cfg.precision,
+                            device="cpu" if cfg.combination.uses_deepspeed else device, weights_dir=weights_dir,
+                            seed=cfg.seed)
+    except BaseException:
+        if cpu_peak is not None:
+            cpu_peak.stop()  # a profiler left running crashes the interpreter at exit (seen with --attn flash)
+        raise
     if cfg.model:
         record_hub_base(model, cfg.model)  # the adapter names the Hub id, not the snapshot folder
 
