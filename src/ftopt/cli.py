@@ -184,12 +184,13 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete checkpoint")] = False,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="hardware preset for predicted-vs-measured")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    report_to: Annotated[str, typer.Option("--report-to", help="none | tensorboard | mlflow | wandb")] = "none",
     json_out: Json = False,
 ):
     """Fine-tune for real (Trainer + PEFT + DeepSpeed) with one combination, and measure it."""
     def body():
         from ftopt.display import print_train_metrics
-        from ftopt.spec import Precision
+        from ftopt.spec import Precision, ReportTo
         from ftopt.train.engine import TrainConfig, launch
 
         if lr_schedule not in ("cosine", "linear", "constant", "constant_with_warmup"):
@@ -205,7 +206,8 @@ def train(
                           precision=_enum(Precision, precision, "--precision"), epochs=epochs, max_steps=max_steps,
                           learning_rate=lr, lr_schedule=lr_schedule, micro_batch=micro_batch, grad_accum=grad_accum,
                           seed=seed, output_dir=output_dir, gpus=gpus, nodes=nodes, hostfile=hostfile,
-                          resume=resume, hardware=gpu, trust_remote_code=trust_remote_code)
+                          resume=resume, hardware=gpu, trust_remote_code=trust_remote_code,
+                          report_to=_enum(ReportTo, report_to, "--report-to"))
         metrics = launch(cfg)
         if json_out:
             typer.echo(json.dumps(metrics, indent=2))

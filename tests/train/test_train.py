@@ -144,3 +144,26 @@ def test_zero_with_two_cpu_processes(tmp_path, zero):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["ranks"]) == 2
     assert all(x["peak_allocated_bytes"] > 0 for x in m["ranks"])
+
+
+def test_report_to_tensorboard_writes_readable_events(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r, out = train(tmp_path, "--max-steps", "3", "--report-to", "tensorboard")
+    assert r.exit_code == 0, r.output
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events, f"no event file under {out}"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    logged = [json.loads(line)["loss"] for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and losses == pytest.approx(logged, rel=1e-3)
+
+
+def test_report_to_missing_tracker_is_one_line(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    r, _ = train(tmp_path, "--max-steps", "2", "--report-to", "wandb")
+    assert r.exit_code == 2 and "needs the wandb package" in r.output and "Traceback" not in r.output

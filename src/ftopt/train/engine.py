@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ftopt.errors import FtoptError
 from ftopt.io import append_line_atomic, atomic_write_text
-from ftopt.spec import Combination, Precision
+from ftopt.spec import Combination, Precision, ReportTo
 
 RANK_TIMEOUT_SECONDS = 1800  # collective timeout: a lost rank fails the run instead of hanging it
 
@@ -53,6 +53,7 @@ class TrainConfig(BaseModel):
     eval_max_examples: int = Field(64, gt=0, description="eval examples scored by exact match (generation)")
     hardware: Optional[str] = Field(None, description="hardware preset for the predicted-vs-measured comparison")
     trust_remote_code: bool = False
+    report_to: ReportTo = ReportTo.NONE
     fail_at_step: Optional[int] = Field(None, description="testing: raise after this step (crash handling)")
 
     @model_validator(mode="after")

@@ -79,6 +79,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     from ftopt.spec.hub import resolve_weights
     from ftopt.train.base import record_hub_base, save_random_base
     from ftopt.train.prepare import prepare_run
+    from ftopt.train.tracking import trainer_report_to
 
     rank, local_rank, world = _rank()
     out = Path(cfg.output_dir)
@@ -94,6 +95,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     prep, tok = prepare_run(*_data_for(cfg, spec_ref), spec.vocab_size, cfg.seq_len, seed=cfg.seed,
                             attn=cfg.combination.attn, log=log)
     tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
+    report_to = trainer_report_to(cfg.report_to)  # checked before the memory probe starts
 
     # memory: allocator-level peak over build + first steps (CPU), or CUDA's peak counters over the whole run
     cpu_peak = None
@@ -113,7 +115,8 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         lr_scheduler_type=cfg.lr_schedule, warmup_steps=int(cfg.warmup_ratio * total_steps), seed=cfg.seed,
         bf16=cfg.precision.value == "bf16-mixed", fp16=cfg.precision.value == "fp16-mixed",
         use_cpu=device.type == "cpu", deepspeed=deepspeed_config(cfg) if cfg.combination.uses_deepspeed else None,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, logging_steps=1, report_to=[],
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, logging_steps=1,
+        report_to=report_to,
         disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_timeout=RANK_TIMEOUT_SECONDS,
         remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
         ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
