@@ -51,7 +51,7 @@ def plain_trainer(out: str) -> float:
 
 
 def ftopt_run(out: str, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "ftopt", "train", "--output-dir", out, "--max-steps", str(STEPS),
+    cmd = [sys.executable, "-m", "ftopt", "train", "--out", out, "--max-steps", str(STEPS),
            "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--json", *extra]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     m = json.loads((Path(out) / "metrics.json").read_text())

@@ -133,7 +133,7 @@ def test_train_from_hub_id_and_reload_adapter_offline(hub, tmp_path, monkeypatch
                             for _ in range(16)))
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", "--model", "org/tiny", "--data", str(data), "--lora-r", "4", "--max-steps", "2",
-                            "--output-dir", str(out), "--seq-len", "32", "--micro-batch", "4"])
+                            "--out", str(out), "--seq-len", "32", "--micro-batch", "4"])
     assert r.exit_code == 0, r.output
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "org/tiny"
