@@ -76,7 +76,10 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
          cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU-hour")] = None,
          method: MethodOpt = "analytic", json_out: Json = False,
          out: Annotated[Optional[Path], typer.Option("--out", help="write the plan JSON (with the recommended run "
-                                                     "for 'ftopt train --plan') to this file")] = None):
+                                                     "for 'ftopt train --plan') to this file")] = None,
+         export: Annotated[Optional[Path], typer.Option("--export", help="write the recommended run for DeepSpeed, "
+                                                        "TRL and accelerate (ds_config.json, sft_config.yaml, "
+                                                        "launch.sh) into this folder")] = None):
     """Predict every valid combination and recommend one."""
     def body():
         from ftopt import plan as make_plan
@@ -94,8 +97,15 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
                       lora_targets=resolve.lora_target_list(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour)
         doc = p.to_json()
         ref = resolve.model_ref(model, weights=resolve.has_weights(model))
-        doc["run"] = (resolve.new_run(hw, ref, setup, p.recommended.combination).to_json()
-                      if p.recommended else None)
+        run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
+        doc["run"] = run.to_json() if run else None
+        if export is not None:
+            from ftopt.export import export_run
+
+            if run is None:
+                raise FtoptError("Nothing fits, so there is no run to export; relax the plan's constraints.")
+            written = export_run(run, m, export)
+            typer.echo(f"exported: {', '.join(str(w) for w in written)}", err=json_out)
         if out:
             try:
                 atomic_write_text(out, json.dumps(doc, indent=2))
