@@ -123,11 +123,14 @@ def new_run(hw: HardwareSpec, model: ModelRef, setup_: TrainingSetup, combo: Com
 
 
 def check(spec: RunSpec):
-    """Cross-object checks that need the model's architecture, before anything expensive: the model exists and
-    the LoRA targets are its linears. Returns the ModelSpec."""
+    """Cross-object checks that need the model's architecture, before anything expensive: the model exists, the
+    LoRA targets are its linears, and the hardware the predictions assume can run the setup (the prediction is
+    made after training; it must not fail then). Returns the ModelSpec."""
+    from ftopt.estimate import check_setup
     from ftopt.policy import lora_targets
     from ftopt.spec import load_model
 
     m = load_model(spec.model.ref)
     lora_targets(m, spec.combination)
+    check_setup(m, spec.setup, spec.combination, spec.hardware)
     return m

@@ -284,3 +284,13 @@ def test_zero2_json_stdout_parses(tmp_path):
     m = json.loads(p.stdout)
     assert m["world_size"] == 2 and [r["rank"] for r in m["ranks"]] == [0, 1]
     assert not list((tmp_path / "z2").glob("metrics.rank*.json"))  # gathered over torch.distributed, not files
+
+
+@pytest.mark.slow
+def test_zero2_with_optimizer_offload_on_two_cpu_processes(tmp_path):
+    r, out = train(tmp_path, "--max-steps", "3", "--zero", "2", "--offload", "optimizer", "--gpus", "2",
+                   "--eval-max-examples", "0")
+    assert r.exit_code == 0, r.output + (out / "launcher.log").read_text()[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert {x["optimizer"] for x in m["ranks"]} == {"DeepSpeedCPUAdam"}  # the Adam step ran on the CPU side
+    assert m["measured"]["steps"] == 3

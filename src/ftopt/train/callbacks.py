@@ -24,6 +24,7 @@ class TrainingPeak:
         self.device = device
         self.allocated_bytes: int | None = None
         self.reserved_bytes: int | None = None
+        self.device_used_bytes: int | None = None  # CUDA: what nvidia-smi shows (context, NCCL, reserve included)
         self._cpu = None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -49,6 +50,10 @@ class TrainingPeak:
         torch.cuda.synchronize(self.device)
         self.allocated_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
         self.reserved_bytes = torch.cuda.max_memory_reserved(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        # the caching allocator keeps its peak segments until empty_cache(), so the device's use at the end of
+        # training is its peak use: reserved memory plus CUDA context and NCCL buffers outside the allocator
+        self.device_used_bytes = total - free
 
     def close(self) -> None:
         """Stop the CPU profiler whatever happened: a profiler left running crashes the interpreter at exit."""

@@ -49,6 +49,7 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_
     measured = {
         "peak_bytes_per_gpu": max(r["peak_allocated_bytes"] or 0 for r in ranks),
         "peak_reserved_bytes_per_gpu": max((r["peak_reserved_bytes"] or 0) for r in ranks) or None,
+        "device_used_bytes_per_gpu": max((r["device_used_bytes"] or 0) for r in ranks) or None,
         "eval_peak_bytes_per_gpu": max((r["eval_peak_allocated_bytes"] or 0) for r in ranks) or None,
         "step_seconds": summ["step_seconds"],
         "epoch_seconds": summ["step_seconds"] * steps_per_epoch if summ["step_seconds"] else None,

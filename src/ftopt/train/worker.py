@@ -52,7 +52,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     """Train one rank; returns metrics.json's content (rank 0) or this rank's measurements."""
     import torch
 
-    from ftopt.train.callbacks import Progress, TimeBudget, TrainingPeak
+    from ftopt.train.callbacks import TrainingPeak
     from ftopt.train.recorder import StepLog, StepRecorder
 
     rank, local_rank, world = _rank()
@@ -104,8 +104,9 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
         tokenizer.save_pretrained(str(out))
     quality = _evaluate(spec, trainer, tokenizer, prep.eval_dataset, eval_rows, fmt, device, log)
     mine = {"rank": rank, "device": device.type, "peak_allocated_bytes": peak.allocated_bytes,
-            "peak_reserved_bytes": peak.reserved_bytes, **quality,
-            "train_seconds": result.metrics.get("train_runtime"), "stopped_by_time_budget": budget.hit}
+            "peak_reserved_bytes": peak.reserved_bytes, "device_used_bytes": peak.device_used_bytes, **quality,
+            "train_seconds": result.metrics.get("train_runtime"), "stopped_by_time_budget": budget.hit,
+            "optimizer": _optimizer_name(trainer)}
     from ftopt.train.metrics import finish
 
     metrics = finish(spec, mine, world, tok_src, fmt, len(prep.train_dataset), log, data=prep.summary.model_dump())
@@ -162,6 +163,13 @@ def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, lo
     if device.type == "cuda":
         out["eval_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
     return out
+
+
+def _optimizer_name(trainer) -> str:
+    """The optimizer that really stepped (DeepSpeedCPUAdam under optimizer offload, AdamW otherwise): the
+    DeepSpeed engine's ZeRO optimizer, or the Trainer's accelerate wrapper, each hold it as `.optimizer`."""
+    opt = getattr(trainer.model_wrapped, "optimizer", None) or trainer.optimizer
+    return type(getattr(opt, "optimizer", opt)).__name__
 
 
 def main() -> None:
