@@ -33,16 +33,15 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 def plain_trainer(out: str) -> float:
     """The baseline: the same run written directly against transformers, no ftopt in the loop."""
     import torch
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from ftopt.spec import load_model
     from ftopt.modeling import hf_config
-    from ftopt.train.data import default_examples, default_tokenizer, tokenize
-    from ftopt.train.worker import DEFAULT_TRAIN_EXAMPLES, _ListDataset
+    from ftopt.spec.run import DataSpec
+    from ftopt.train.data import default_tokenizer
+    from ftopt.train.prepare import prepare
 
-    tok = default_tokenizer()
-    rows = default_examples(DEFAULT_TRAIN_EXAMPLES, seed=0)
-    ex = tokenize(rows, tok, SEQ, "prompt+completion").examples
+    prep = prepare(DataSpec(), default_tokenizer(), SEQ, seed=0)  # the built-in task, as ftopt train prepares it
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(hf_config(load_model("tiny-llama"), attn="sdpa"))
     args = TrainingArguments(output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-3,
@@ -50,8 +49,7 @@ def plain_trainer(out: str) -> float:
                              save_strategy="no", logging_steps=1, report_to=[], disable_tqdm=True,
                              include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
                              dataloader_num_workers=0)
-    tr = Trainer(model=model, args=args, train_dataset=_ListDataset(ex),
-                 data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    tr = Trainer(model=model, args=args, train_dataset=prep.train_dataset, data_collator=prep.collator)
     res = tr.train()
     return tr.state.num_input_tokens_seen / res.metrics["train_runtime"]
 
