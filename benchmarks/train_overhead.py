@@ -31,17 +31,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def plain_trainer(out: str) -> float:
-    """The baseline: the same run written directly against transformers, no ftopt in the loop."""
+    """The baseline: the same run written directly against transformers (same tokenized data and collator as
+    ftopt prepares them), without ftopt's callbacks, step records and memory measurement in the loop."""
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from ftopt.spec import load_model
     from ftopt.modeling import hf_config
-    from ftopt.spec.run import DataSpec
+    from ftopt.spec import DataSpec, load_model
     from ftopt.train.data import default_tokenizer
     from ftopt.train.prepare import prepare
 
-    prep = prepare(DataSpec(), default_tokenizer(), SEQ, seed=0)  # the built-in task, as ftopt train prepares it
+    prep = prepare(DataSpec(), default_tokenizer(), SEQ, seed=0)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(hf_config(load_model("tiny-llama"), attn="sdpa"))
     args = TrainingArguments(output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-3,
