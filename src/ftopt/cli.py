@@ -36,6 +36,20 @@ OffloadOpt = Annotated[str, typer.Option("--offload", help="none | optimizer | a
 Attn = Annotated[str, typer.Option("--attn", help="eager | sdpa | flash")]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print the documented JSON schema instead of tables")]
+MetricOpt = Annotated[Optional[list[str]], typer.Option("--metric", help="extra quality metric module:function "
+                                                                         "(prediction, reference) -> float; repeatable")]
+TargetGpu = Annotated[Optional[str], typer.Option("--target-gpu", help="production GPU preset or JSON file")]
+TargetGpus = Annotated[int, typer.Option("--target-gpus", help="production GPUs per node")]
+TargetNodes = Annotated[int, typer.Option("--target-nodes", help="production nodes")]
+TargetModel = Annotated[Optional[str], typer.Option("--target-model", help="model trained in production (default: the PoC's)")]
+ProdTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch of the production data")]
+ProdEpochs = Annotated[float, typer.Option("--epochs", help="epochs of a production run")]
+Retrains = Annotated[float, typer.Option("--retrains-per-year", help="production runs per year")]
+CostPerGpuHour = Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]
+Currency = Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour")]
+MaxHours = Annotated[Optional[float], typer.Option("--max-hours", help="time budget of one production run")]
+QualityTargetOpt = Annotated[Optional[str], typer.Option("--quality-target",
+                                                         help="the quality bar, METRIC>=VALUE (e.g. exact_match>=0.5)")]
 
 
 def _run(fn: Callable[[], None]) -> None:
@@ -184,6 +198,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete checkpoint")] = False,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="hardware preset for predicted-vs-measured")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    metric: MetricOpt = None,
     json_out: Json = False,
 ):
     """Fine-tune for real (Trainer + PEFT + DeepSpeed) with one combination, and measure it."""
@@ -204,7 +219,8 @@ def train(
                           precision=_enum(Precision, precision, "--precision"), epochs=epochs, max_steps=max_steps,
                           learning_rate=lr, lr_schedule=lr_schedule, micro_batch=micro_batch, grad_accum=grad_accum,
                           seed=seed, output_dir=output_dir, gpus=gpus, nodes=nodes, hostfile=hostfile,
-                          resume=resume, hardware=gpu, trust_remote_code=trust_remote_code)
+                          resume=resume, hardware=gpu, trust_remote_code=trust_remote_code,
+                          metrics=list(metric or []))
         metrics = launch(cfg)
         if json_out:
             typer.echo(json.dumps(metrics, indent=2))
@@ -226,17 +242,24 @@ def bench(
     precision: PrecisionOpt = "fp32", gpu: Gpu = "cpu",
     lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
     repeat: Annotated[int, typer.Option("--repeat", help="runs per combination (noisy machines)")] = 1,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data")] = None,
+    metric: MetricOpt = None, quality_target: QualityTargetOpt = None,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
         from ftopt.bench import Sweep, load_grid, reference_combinations, run_sweep
         from ftopt.display import console
+        from ftopt.quality import QualityTarget, load_user_metric
         from ftopt.spec import load_model
 
         if repeat < 1:
             raise FtoptError(f"--repeat must be at least 1, got {repeat}.")
+        target = QualityTarget.parse(quality_target) if quality_target else None
+        for ref in metric or []:
+            load_user_metric(ref)  # a typo fails now, not after the first run
         combos = load_grid(grid) if grid else reference_combinations(lora_r, cpu=gpu == "cpu")
-        passthrough = [a for flag, v in (("--model", model), ("--random-init", random_init), ("--data", data))
+        passthrough = [a for flag, v in (("--model", model), ("--random-init", random_init), ("--data", data),
+                                         ("--eval-data", eval_data), *(("--metric", m) for m in metric or []))
                        if v for a in (flag, v)]
         spec = load_model(random_init or (model if model else "tiny-llama"))
         sweep = Sweep(model_args=passthrough, seq_len=seq_len, micro_batch=micro_batch, max_steps=max_steps,
@@ -245,6 +268,10 @@ def bench(
                          on_event=lambda k, i: console.print(f"[{i['index']}/{i['total']}] {i['label']}: "
                                                              f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
         console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results}")
+        if target is not None:
+            met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]
+            console.print(f"quality target {target}: met by {', '.join(met)}" if met
+                          else f"quality target {target}: no run met it")
         if any(r["status"] == "ok" for r in rows):
             from ftopt.calibration import calibrate_and_store
             from ftopt.display import print_calibration
@@ -263,31 +290,27 @@ def report(
     lang: Annotated[str, typer.Option("--lang", help="en | ja")] = "en",
     title: Annotated[Optional[str], typer.Option("--title")] = None,
     gpu: Annotated[str, typer.Option("--gpu", help="hardware the runs used (memory line, calibration)")] = "cpu",
-    cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour")] = None,
-    max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="time budget shown as assumption")] = None,
-    quality_target_loss: Annotated[Optional[float], typer.Option("--quality-target-loss")] = None,
+    quality_target: QualityTargetOpt = None, target_gpu: TargetGpu = None, target_gpus: TargetGpus = 1,
+    target_nodes: TargetNodes = 1, target_model: TargetModel = None, dataset_tokens: ProdTokens = None,
+    epochs: ProdEpochs = 1.0, retrains_per_year: Retrains = 1.0, cost_per_gpu_hour: CostPerGpuHour = None,
+    currency: Currency = "USD", max_hours: MaxHours = None,
 ):
     """Write the decision report (HTML, Markdown, PNG charts) from a results file."""
     def body():
         from ftopt.bench import read_results
-        from ftopt.calibration import calibrate
+        from ftopt.report.cli_support import report_settings
         from ftopt.report.render import build_report
-        from ftopt.spec import load_hardware
 
         if not results.exists():
             raise FtoptError(f"The results file {results} does not exist; run 'ftopt bench' first.")
         rows = read_results(results, warn=lambda m: typer.echo(f"warning: {m}", err=True))
         if not rows:
             raise FtoptError(f"The results file {results} has no valid result line.")
-        hw = load_hardware(gpu)
-        try:
-            fit = calibrate(rows, hw)
-        except FtoptError:
-            fit = None  # no successful run with predictions: the report says so without a calibration line
-        paths = build_report(rows, out, lang=lang, title=title, hardware=hw.name,
-                             capacity_bytes=None if hw.is_cpu else hw.memory_bytes,
-                             cost_per_gpu_hour=cost_per_gpu_hour, max_hours=max_hours,
-                             quality_target_loss=quality_target_loss, calibration=fit.model_dump() if fit else None)
+        settings = report_settings(rows, gpu=gpu, title=title, quality_target=quality_target, target_gpu=target_gpu,
+                                   target_gpus=target_gpus, target_nodes=target_nodes, target_model=target_model,
+                                   dataset_tokens=dataset_tokens, epochs=epochs, retrains_per_year=retrains_per_year,
+                                   cost_per_gpu_hour=cost_per_gpu_hour, currency=currency, max_hours=max_hours)
+        paths = build_report(rows, out, lang=lang, **settings)
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
     _run(body)
 
@@ -296,12 +319,20 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="where runs, results and the report go")] = Path("ftopt-runs/demo"),
     steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
+    quality_target: QualityTargetOpt = None, target_gpu: TargetGpu = None, target_gpus: TargetGpus = 1,
+    target_nodes: TargetNodes = 1, dataset_tokens: ProdTokens = None, epochs: ProdEpochs = 1.0,
+    retrains_per_year: Retrains = 12.0, cost_per_gpu_hour: CostPerGpuHour = None, currency: Currency = "USD",
+    max_hours: MaxHours = None,
 ):
-    """The whole loop on the built-in tiny model and data, offline, on this CPU (about 5 minutes on 2 cores)."""
+    """The whole loop on the built-in base model and task, offline, on this CPU (under 5 minutes on 2 cores)."""
     def body():
-        from ftopt.demo import run_demo
+        from ftopt.demo import DemoOptions, run_demo
 
-        run_demo(out, steps=steps)
+        given = dict(quality_target=quality_target, target_gpu=target_gpu, target_gpus=target_gpus,
+                     target_nodes=target_nodes, dataset_tokens=dataset_tokens, epochs=epochs,
+                     retrains_per_year=retrains_per_year, cost_per_gpu_hour=cost_per_gpu_hour, currency=currency,
+                     max_hours=max_hours)
+        run_demo(out, steps=steps, options=DemoOptions(**{k: v for k, v in given.items() if v is not None}))
     _run(body)
 
 

@@ -50,7 +50,8 @@ class TrainConfig(BaseModel):
     hostfile: Optional[str] = None
     resume: bool = False
     save_steps: int = Field(200, gt=0)
-    eval_max_examples: int = Field(64, gt=0, description="eval examples scored by exact match (generation)")
+    eval_max_examples: int = Field(64, gt=0, description="eval examples scored by generation (quality metrics)")
+    metrics: list[str] = Field(default_factory=list, description="user metrics, module:function (ftopt.quality)")
     hardware: Optional[str] = Field(None, description="hardware preset for the predicted-vs-measured comparison")
     trust_remote_code: bool = False
     fail_at_step: Optional[int] = Field(None, description="testing: raise after this step (crash handling)")

@@ -71,39 +71,6 @@ def _datasets(cfg, tokenizer, log):
     return examples, ev.examples, eval_rows, fmt
 
 
-def _exact_match(model, tokenizer, rows, device, max_n: int, zero3: bool) -> float | None:
-    """Greedy-generate each held-out completion; the share that matches exactly (whitespace-trimmed).
-    Under ZeRO-3 every rank gathers the full weights once for the evaluation (GatheredParameters) instead of
-    gathering each layer for every generated token: the sample models of a proof of concept fit."""
-    import contextlib
-
-    import torch
-
-    rows = rows[:max_n]
-    if not rows:
-        return None
-    gather = contextlib.nullcontext()
-    if zero3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    hits = 0
-    was_training = model.training
-    model.eval()
-    with gather, torch.no_grad():
-        for r in rows:
-            enc = tokenizer(str(r["prompt"]), return_tensors="pt").to(device)
-            target = str(r["completion"]).strip()
-            n_new = len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 2
-            out = model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-            text = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-            hits += text == target
-    if was_training:
-        model.train()
-    return hits / len(rows)
-
-
 def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model, train, save, measure
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
@@ -207,11 +174,13 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     if is_main:
         tokenizer.save_pretrained(str(out))
     ev = trainer.evaluate()
-    em = None
+    quality = {}
     if fmt == "prompt+completion":
-        em = _exact_match(trainer.model, tokenizer, eval_rows, device if not cfg.combination.uses_deepspeed else
-                          next(trainer.model.parameters()).device, cfg.eval_max_examples,
-                          zero3=cfg.combination.zero == 3)
+        from ftopt.quality import evaluate_generation
+
+        quality = evaluate_generation(trainer.model, tokenizer, eval_rows, device if not cfg.combination.uses_deepspeed
+                                      else next(trainer.model.parameters()).device, cfg.eval_max_examples,
+                                      tuple(cfg.metrics), zero3=cfg.combination.zero == 3, log=log)
     mem = {"device": device.type}
     if device.type == "cuda":
         mem["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base_alloc
@@ -223,7 +192,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
     rank_metrics = {
         "rank": rank, **mem, **summ,
         "train_loss": result.training_loss, "final_loss": recorder.last_loss,
-        "eval_loss": ev.get("eval_loss"), "exact_match": em, "train_seconds": result.metrics.get("train_runtime"),
+        "eval_loss": ev.get("eval_loss"), "quality": quality, "train_seconds": result.metrics.get("train_runtime"),
         "steps_per_epoch": steps_per_epoch,
     }
     (out / f"metrics.rank{rank}.json").write_text(json.dumps(rank_metrics))
@@ -246,6 +215,8 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
 
 def _assemble(cfg, spec, ranks: list[dict], world: int, tok_src: str, fmt: str) -> dict:
     """metrics.json (schema in docs/metrics-schema.md): measured per rank, predicted beside it."""
+    from ftopt.quality import perplexity
+
     r0 = ranks[0]
     step_s = r0["step_seconds_median"]
     tokens_per_step = cfg.micro_batch * cfg.grad_accum * cfg.seq_len * world
@@ -256,7 +227,8 @@ def _assemble(cfg, spec, ranks: list[dict], world: int, tok_src: str, fmt: str) 
         "step_seconds": step_s, "epoch_seconds": epoch_s,
         "tokens_per_s": sum((r["tokens_per_s_median"] or 0) for r in ranks),
         "train_loss": r0["train_loss"], "final_loss": r0["final_loss"], "eval_loss": r0["eval_loss"],
-        "exact_match": r0["exact_match"], "steps": r0["steps"], "train_seconds": r0["train_seconds"],
+        "exact_match": r0["quality"].get("exact_match"), "quality": r0["quality"],
+        "perplexity": perplexity(r0["eval_loss"]), "steps": r0["steps"], "train_seconds": r0["train_seconds"],
     }
     predicted, mfu = _predicted(cfg, spec, world, measured["tokens_per_s"])
     return {"schema": "ftopt.metrics/1", "model": spec.name, "combination": cfg.combination.key(),
