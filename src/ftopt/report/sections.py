@@ -24,8 +24,17 @@ def gpu_hours(v: float) -> str:
     return f"{v:,.1f}" if v >= 10 else f"{v:.3g}"
 
 
-def hours(v: float) -> str:
-    return fmt_seconds(v * 3600)
+def dur(seconds: float, T: dict) -> str:
+    """fmt_seconds with the reader's unit words (秒, 分, 時間 in Japanese)."""
+    text = fmt_seconds(seconds)
+    if " " not in text:
+        return text
+    num, unit = text.rsplit(" ", 1)
+    return num + T[f"unit_{unit}"]
+
+
+def hours(v: float, T: dict) -> str:
+    return dur(v * 3600, T)
 
 
 def fmt_metric(v: float | None, metric: str) -> str:
@@ -49,10 +58,10 @@ def point_quality(d: Decision, T: dict, lang: str, source_key: str, plan: Produc
     if max_hours is None:
         budget = T["budget_none"]
     elif plan is None:
-        budget = T["budget_given"].format(budget=hours(max_hours))
+        budget = T["budget_given"].format(budget=hours(max_hours, T))
     else:
         key = "budget_fits" if plan.chosen.fits_budget else "budget_over"
-        budget = T[key].format(hours=hours(plan.chosen.hours_per_run), budget=hours(max_hours))
+        budget = T[key].format(hours=hours(plan.chosen.hours_per_run, T), budget=hours(max_hours, T))
     return T["p_quality"].format(target=e(tname), source=source, met=met, budget=budget)
 
 
@@ -85,19 +94,19 @@ def point_scale(d: Decision, T: dict, lang: str, plan: ProductionPlan | None) ->
     else:
         t, p = plan.target, plan.chosen
         fields = dict(gpus=t.gpus, gpu=e(t.gpu), tokens=f"{t.dataset_tokens:,}", epochs=f"{t.epochs:g}",
-                      hours=hours(p.hours_per_run), gpuh=gpu_hours(p.gpu_hours_per_run), retrains=f"{t.retrains_per_year:g}",
-                      cost=e(money(p.cost_per_run, t.currency)), cost_year=e(money(p.cost_per_year, t.currency)),
-                      gpuh_year=gpu_hours(p.gpu_hours_per_year))
+                      hours=hours(p.hours_per_run, T), gpuh=gpu_hours(p.gpu_hours_per_run),
+                      retrains=f"{t.retrains_per_year:g}", cost=e(money(p.cost_per_run, t.currency)),
+                      cost_year=e(money(p.cost_per_year, t.currency)), gpuh_year=gpu_hours(p.gpu_hours_per_year))
         production = T["production" if p.cost_per_run is not None else "production_nocost"].format(**fields)
         a = plan.alternative
-        production += ("" if lang == "ja" else " ") + (T["alternative"].format(label=e(a.label), gpuh=gpu_hours(a.gpu_hours_per_run),
-                                                     cost=e(money(a.cost_per_run, t.currency)))
-                             if a else T["alternative_none"])
+        alt = (T["alternative"].format(label=e(a.label), gpuh=gpu_hours(a.gpu_hours_per_run),
+                                       cost=e(money(a.cost_per_run, t.currency))) if a else T["alternative_none"])
+        production += ("" if lang == "ja" else " ") + alt
     trade = [T["tradeoff_quality"].format(delta=v, metric=e(metric_name(d.target.metric, lang))) if k == "quality"
              else T["tradeoff_time"].format(pct=v) for k, v in d.tradeoff]
     sep = "、" if lang == "ja" else "; "
     trade_s = T["tradeoff"].format(tradeoff=sep.join(trade)) if trade else T["tradeoff_none"]
-    what = T["scale_best"].format(label=e(b["label"]), time=fmt_seconds(epoch_seconds(b)), gpus=b.get("gpus", 1),
+    what = T["scale_best"].format(label=e(b["label"]), time=dur(epoch_seconds(b), T), gpus=b.get("gpus", 1),
                                   gpuh=gpu_hours(gpu_seconds(b) / 3600), production=production)
     return T["p_scale"].format(what=what + (" " if lang == "en" else "") + trade_s)
 
@@ -119,7 +128,7 @@ def results_table(rows: list[dict], d: Decision, T: dict, lang: str, price: floa
         cells = [label, str(r.get("gpus", 1)), T.get(f"status_{r['status']}", r["status"]),
                  fmt_bytes(m["peak_bytes_per_gpu"]) if m else "-",
                  fmt_bytes(pred["peak_bytes_per_gpu"]) if "peak_bytes_per_gpu" in pred else "-",
-                 fmt_seconds(epoch_seconds(r)) if m else "-", gpu_hours(gpu_seconds(r) / 3600) if m else "-",
+                 dur(epoch_seconds(r), T) if m else "-", gpu_hours(gpu_seconds(r) / 3600) if m else "-",
                  f"{m['eval_loss']:.3f}" if m.get("eval_loss") is not None else "-",
                  f"{m['perplexity']:.2f}" if m.get("perplexity") is not None else "-"]
         if show_metric:
@@ -144,7 +153,7 @@ def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], lis
         if p is None:
             continue
         yn = lambda v: "-" if v is None else (T["yes"] if v else T["no"])
-        rows.append([p.label + (f" ({tag})" if tag else ""), str(p.gpus), yn(p.fits_memory), hours(p.hours_per_run),
+        rows.append([p.label + (f" ({tag})" if tag else ""), str(p.gpus), yn(p.fits_memory), hours(p.hours_per_run, T),
                      gpu_hours(p.gpu_hours_per_run), gpu_hours(p.gpu_hours_per_year),
                      money(p.cost_per_run, "").strip(), money(p.cost_per_year, "").strip(), yn(p.fits_budget)])
     return intro, cols, rows

@@ -7,6 +7,7 @@ from ftopt.report.text_ja import JA
 
 EN: dict[str, str] = {
     "title": "Fine-tuning decision report",
+    "unit_s": " s", "unit_min": " min", "unit_h": " h",
     "summary": "Decision",
     # point 1: quality bar and time budget
     "p_quality": "<b>Quality bar and time budget.</b> The quality target is {target} ({source}). {met} {budget}",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 JA: dict[str, str] = {
     "title": "ファインチューニング方針レポート",
+    "unit_s": "秒", "unit_min": "分", "unit_h": "時間",
     "summary": "結論",
     "p_quality": "<b>品質目標と時間予算。</b>品質目標は{target}です({source})。{met}{budget}",
     "src_given": "--quality-target で指定", "src_demo": "デモで設定した値",
-    "src_derived": "指定がないため、今回の比較で最も良い評価損失に5%を加えた値です。実行どうしの比較にしか使えません",
+    "src_derived": "未指定のため、今回の比較で最良の評価損失に5%の余裕を加えた値で、実行どうしの相対比較にしか使えません",
     "met_some": "成功した{total}件の実行のうち{n}件が目標を達成しました。",
     "met_none": "目標を達成した実行はありません。最も近かったのは{label}で、値は{value}でした。"
                 "このまま規模を広げるのは避け、学習を長くする、より強いベースモデルから始める、目標を見直す、"
@@ -40,7 +41,7 @@ JA: dict[str, str] = {
     "alternative_none": "目標を達成し、かつ本番のGPUのメモリに収まる組み合わせは、ほかにありません。",
     "tradeoff": "最良の実行と比べると、{tradeoff}。",
     "tradeoff_none": "最良の実行と比べて、測定できるほどの差はありません。",
-    "tradeoff_quality": "{metric}が{delta}下がります",
+    "tradeoff_quality": "{metric}が{delta}劣ります",
     "tradeoff_time": "同じGPU台数で最速の実行より{pct}時間がかかります",
     "calibration": "時間モデルは{fit}件の実行で較正しました。各組み合わせのステップ時間を残りの実行だけで予測したときの"
                    "誤差は中央値{med}、最大{worst}で、順位相関(スピアマン)は{rho}です。10%以上差のある組み合わせの対は"
