@@ -77,3 +77,14 @@ def test_evaluate_generation_scores_a_real_model_and_caps_examples():
     assert q["examples"] == 5 and 0 <= q["token_f1"] <= 1 and set(q) >= {"exact_match", "rouge_l"}
     assert lines[-1] == "quality: generated 5/5 held-out completions"
     assert evaluate_generation(model, tok, rows, "cpu", max_examples=0) == {}
+
+
+@pytest.mark.parametrize("args,fragment", [(["--quality-target", "em>>1"], "METRIC>=VALUE"),
+                                           (["--metric", "no_such_module_x:f"], "cannot import no_such_module_x")])
+def test_bench_checks_quality_flags_before_running_anything(tmp_path, args, fragment):
+    from typer.testing import CliRunner
+
+    from ftopt.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--results", str(tmp_path / "r.jsonl"), *args])
+    assert res.exit_code == 2 and fragment in res.output and not (tmp_path / "r.jsonl").exists()

@@ -119,6 +119,10 @@ def results_table(rows: list[dict], d: Decision, T: dict, lang: str, price: floa
     cols = [T["col_combination"], T["col_gpus"], T["col_status"], T["col_peak"], T["col_pred"], T["col_epoch"],
             T["col_gpuh"], T["col_loss"], T["col_ppl"]]
     cols += [metric_name(metric, lang)] if show_metric else []
+    # token F1 beside exact match: it shows partial learning (some letters right) that exact match hides
+    extra = [k for k in ("token_f1",) if k != metric and any(k in (r.get("measured") or {}).get("quality", {})
+                                                              for r in rows)]
+    cols += [metric_name(k, lang) for k in extra]
     cols += [T["col_met"]] + ([f"{T['col_cost']} ({currency})"] if price is not None else [])
     out = []
     for r in rows:
@@ -133,6 +137,7 @@ def results_table(rows: list[dict], d: Decision, T: dict, lang: str, price: floa
                  f"{m['perplexity']:.2f}" if m.get("perplexity") is not None else "-"]
         if show_metric:
             cells.append(fmt_metric(d.target.value_of(m), metric) if m else "-")
+        cells += [fmt_metric((m.get("quality") or {}).get(k), k) for k in extra]
         cells.append((T["met"] if d.target.met(m) else T["not_met"]) if m else "-")
         if price is not None:
             cells.append(f"{gpu_seconds(r) / 3600 * price:.3g}" if m else "-")
