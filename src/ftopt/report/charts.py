@@ -102,11 +102,14 @@ def pareto_chart(d: Decision, capacity_bytes: int | None, T: dict) -> bytes:
     if ok:
         xs = [r["measured"]["peak_bytes_per_gpu"] / MiB for r in ok]
         ys = [gpu_seconds(r) for r in ok]
-        for x, y, r in zip(xs, ys, ok):
+        met = [any(r is m for m in d.met) for r in ok] if d.met else [True] * len(ok)
+        for x, y, r, good in zip(xs, ys, ok, met):
             ax.scatter([x], [y], color=colour(r["combination"]), marker=MARKERS.get(r["combination"]["attn"], "o"),
-                       s=45, edgecolors="k", linewidths=0.5, zorder=3)
+                       s=45, edgecolors="k", linewidths=0.5, zorder=3, alpha=1.0 if good else 0.35)
         front, best_y = [], float("inf")
-        for x, y in sorted(zip(xs, ys)):
+        # the front among runs that met the quality bar (all runs when none did): a faster run that missed the
+        # bar is not an option
+        for x, y in sorted((x, y) for x, y, good in zip(xs, ys, met) if good):
             if y < best_y:
                 front.append((x, y))
                 best_y = y
@@ -138,18 +141,29 @@ def quality_chart(d: Decision, lang: str, T: dict) -> bytes:
         metric = target.metric if target.metric != "eval_loss" else "exact_match"
         tgt = target if target.metric == metric else None
         vals = [QualityTarget(metric=metric, op=">=", value=0).value_of(r["measured"]) or 0 for r in ok]
-        a2.barh(labels, vals, color=cols)
+        ys = list(range(len(ok)))
+        f1 = [(r["measured"].get("quality") or {}).get("token_f1") for r in ok]
+        if metric != "token_f1" and any(v is not None for v in f1):
+            # token F1 beside the target metric: partial learning (some tokens right) that exact match hides
+            a2.barh([y - 0.2 for y in ys], vals, height=0.4, color=cols, label=metric_name(metric, lang))
+            a2.barh([y + 0.2 for y in ys], [v or 0 for v in f1], height=0.4, color=cols, alpha=0.45, hatch="//",
+                    label=metric_name("token_f1", lang))
+        else:
+            a2.barh(ys, vals, color=cols)
+        a2.set_yticks(ys)
         key = "ax_metric" if (tgt is None or tgt.higher_is_better) else "ax_metric_low"
         a2.set_xlabel(T[key].format(metric=metric_name(metric, lang)))
         if tgt is not None:
             a2.axvline(tgt.value, color="crimson", linestyle="--", label=T["lg_target"])
-            a2.legend(fontsize=8, loc="lower right")
+        if a2.get_legend_handles_labels()[0]:
+            a2.legend(fontsize=8, loc="upper right")
         if metric in ("exact_match", "token_f1", "rouge_l", "label_accuracy"):
             a2.set_xlim(0, 1)
         if not d.learned:
             a2.text(0.5, 0.5, T["chart_nothing"], transform=a2.transAxes, ha="center", va="center", color="crimson",
                     fontsize=14)
         a2.set_yticklabels([])
+        a2.set_ylim(-0.6, len(ok) - 0.4 + 0.9)  # room above the bars for the legend
     return _png(fig)
 
 

@@ -29,6 +29,7 @@ class Decision:
     ok: list[dict]
     closest: dict | None  # the run nearest the target (the best on its metric)
     learned: bool  # False: every run scored 0 on a higher-is-better metric (nothing of the task was learned)
+    fastest: dict | None = None  # the fastest run on the recommended run's GPU count (the time trade-off's reference)
     tradeoff: list[tuple[str, str]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
@@ -55,18 +56,17 @@ def decide(rows: list[dict], target: QualityTarget | None = None) -> Decision:
     d = Decision(target=target, target_given=given, best=best, met=met, ok=ok, closest=closest, learned=learned,
                  failed=failed)
     if best is not None:
-        d.tradeoff = _tradeoff(best, closest, ok, target)
+        d.fastest = min((r for r in ok if r.get("gpus", 1) == best.get("gpus", 1)), key=epoch_seconds)
+        d.tradeoff = _tradeoff(best, closest, d.fastest, target)
     return d
 
 
-def _tradeoff(best: dict, top: dict, ok: list[dict], target: QualityTarget) -> list[tuple[str, str]]:
+def _tradeoff(best: dict, top: dict, fastest: dict, target: QualityTarget) -> list[tuple[str, str]]:
     """Quality given up against the best-scoring run; time against the fastest run on the same number of GPUs."""
     out = []
     dq = abs(_value(target, top) - _value(target, best))
     if dq > 1e-9:
         out.append(("quality", f"{dq:.3g}"))
-    same = [r for r in ok if r.get("gpus", 1) == best.get("gpus", 1)]
-    fastest = min(same, key=epoch_seconds)
     if epoch_seconds(best) > epoch_seconds(fastest) * (1 + SAME_TIME):
         out.append(("time", f"{epoch_seconds(best) / epoch_seconds(fastest) - 1:.0%}"))
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ftopt.calibration import load_calibration
 from ftopt.estimate import estimate
 from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
 
@@ -72,6 +73,7 @@ class ProductionPlan(BaseModel):
     alternative: Projection | None = Field(description="the next-cheapest other combination that met the bar and fits")
     stages: list[Stage]
     precision: Precision
+    calibrated: bool = Field(description="the target hardware's time model was calibrated by real runs on it")
 
 
 def _precision(hw_is_cpu: bool, hw) -> Precision:
@@ -125,4 +127,5 @@ def plan_production(target: ProductionTarget, chosen: dict, candidates: list[dic
               runs=target.retrains_per_year),
     ]
     hw = load_hardware(target.gpu)
-    return ProductionPlan(target=target, chosen=best, alternative=alt, stages=stages, precision=_precision(hw.is_cpu, hw))
+    return ProductionPlan(target=target, chosen=best, alternative=alt, stages=stages, precision=_precision(hw.is_cpu, hw),
+                          calibrated=load_calibration(hw.name) is not None)

@@ -4,6 +4,7 @@ labels, hardware names, currency); the sentences' own markup is <b> only."""
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 from ftopt.report.decision import Decision, epoch_seconds, gpu_seconds, memory_techniques
 from ftopt.report.projection import (PILOT_DATA_FRACTION, PILOT_TIME_OVERRUN_STOP, ProductionPlan,
@@ -21,7 +22,9 @@ def money(v: float | None, currency: str) -> str:
 
 
 def gpu_hours(v: float) -> str:
-    return f"{v:,.1f}" if v >= 10 else f"{v:.3g}"
+    if v >= 10:
+        return f"{v:,.1f}"
+    return f"{v:.3g}" if v >= 0.001 or v == 0 else "< 0.001"
 
 
 def dur(seconds: float, T: dict) -> str:
@@ -99,11 +102,14 @@ def point_scale(d: Decision, T: dict, lang: str, plan: ProductionPlan | None) ->
                       cost_year=e(money(p.cost_per_year, t.currency)), gpuh_year=gpu_hours(p.gpu_hours_per_year))
         production = T["production" if p.cost_per_run is not None else "production_nocost"].format(**fields)
         a = plan.alternative
-        alt = (T["alternative"].format(label=e(a.label), gpuh=gpu_hours(a.gpu_hours_per_run),
-                                       cost=e(money(a.cost_per_run, t.currency))) if a else T["alternative_none"])
+        alt_cost = f" ({e(money(a.cost_per_run, t.currency))})" if a and a.cost_per_run is not None else ""
+        alt = (T["alternative"].format(label=e(a.label), gpuh=gpu_hours(a.gpu_hours_per_run), cost=alt_cost)
+               if a else T["alternative_none"])
         production += ("" if lang == "ja" else " ") + alt
     trade = [T["tradeoff_quality"].format(delta=v, metric=e(metric_name(d.target.metric, lang))) if k == "quality"
-             else T["tradeoff_time"].format(pct=v) for k, v in d.tradeoff]
+             else T["tradeoff_time"].format(pct=v, label=e(d.fastest["label"]),
+                                            met=T["met"] if d.target.met(d.fastest["measured"]) else T["not_met"])
+             for k, v in d.tradeoff]
     sep = "、" if lang == "ja" else "; "
     trade_s = T["tradeoff"].format(tradeoff=sep.join(trade)) if trade else T["tradeoff_none"]
     what = T["scale_best"].format(label=e(b["label"]), time=dur(epoch_seconds(b), T), gpus=b.get("gpus", 1),
@@ -147,10 +153,12 @@ def results_table(rows: list[dict], d: Decision, T: dict, lang: str, price: floa
 
 def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], list[list[str]]]:
     t = plan.target
-    intro = T["production_assume"].format(gpus=t.gpus, gpu=e(t.gpu), precision=plan.precision.value,
+    intro = T["production_assume"].format(model=e(Path(t.model).name), gpus=t.gpus, gpu=e(t.gpu), precision=plan.precision.value,
                                           seq_len=t.seq_len, micro_batch=t.micro_batch,
                                           tokens=f"{t.dataset_tokens:,}", epochs=f"{t.epochs:g}",
                                           retrains=f"{t.retrains_per_year:g}")
+    if not plan.calibrated:
+        intro += ("" if intro.endswith("。") else " ") + T["uncalibrated"].format(gpu=e(t.gpu))
     cols = [T["col_combination"], T["col_gpus"], T["col_fits"], T["col_hours"], T["col_gpuh_run"], T["col_gpuh_year"],
             f"{T['col_cost_run']} ({t.currency})", f"{T['col_cost_year']} ({t.currency})", T["col_budget"]]
     rows = []

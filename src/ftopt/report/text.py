@@ -43,12 +43,15 @@ EN: dict[str, str] = {
                          "per run ({gpuh} GPU-hours, {gpuh_year} GPU-hours a year at {retrains} runs a year); give "
                          "--cost-per-gpu-hour for money.",
     "production_missing": "Give --target-gpu and --dataset-tokens to predict the time and cost of production.",
-    "alternative": "The next-cheapest alternative, {label}, would take {gpuh} GPU-hours per run ({cost}).",
+    "alternative": "The next-cheapest alternative, {label}, would take {gpuh} GPU-hours per run{cost}.",
     "alternative_none": "No other measured combination both met the target and fits the target GPUs.",
-    "tradeoff": "Against the best run it gives up {tradeoff}.",
-    "tradeoff_none": "Against the best run it gives up nothing measurable.",
+    "tradeoff": "It gives up {tradeoff}.",
+    "tradeoff_none": "It gives up nothing measurable against the other runs.",
+    "uncalibrated": "The time model for {gpu} has not been calibrated by runs on it (ftopt bench --gpu {gpu}): its "
+                    "per-step overheads count as zero, so a small model is predicted too fast; the pilot measures "
+                    "them.",
     "tradeoff_quality": "{delta} on {metric}",
-    "tradeoff_time": "{pct} more time than the fastest run on the same number of GPUs",
+    "tradeoff_time": "{pct} more time than the fastest run on the same number of GPUs ({label}, {met})",
     "calibration": "The time model was calibrated on {fit} runs: each combination's step time, predicted by a fit "
                    "on the others, is off by {med} (median) and {worst} at worst; rank correlation (Spearman) {rho}; "
                    "{pairs} pairs of combinations more than 10% apart are ordered right.",
@@ -61,7 +64,7 @@ EN: dict[str, str] = {
     "yes": "yes", "no": "no", "met": "met", "not_met": "not met", "recommended": "recommended",
     "status_ok": "ok", "status_oom": "out of memory", "status_error": "error",
     "production_h": "Production projection",
-    "production_assume": "Predicted by the planner for {gpus} × {gpu} ({precision}, sequence length {seq_len}, "
+    "production_assume": "Predicted by the planner for {model} on {gpus} × {gpu} ({precision}, sequence length {seq_len}, "
                          "micro-batch {micro_batch}), {tokens} tokens × {epochs} epoch(s), {retrains} runs a year.",
     "col_fits": "fits GPU memory", "col_hours": "hours per run", "col_gpuh_run": "GPU-hours per run",
     "col_gpuh_year": "GPU-hours per year", "col_cost_run": "cost per run", "col_cost_year": "cost per year",
@@ -80,8 +83,8 @@ EN: dict[str, str] = {
     # charts
     "charts": "Charts",
     "chart_memory": "Predicted memory breakdown per GPU (bars) and measured peak (black marker)",
-    "chart_pareto": "GPU-seconds per epoch against peak memory; the line joins the Pareto front, the star is the "
-                    "recommended run",
+    "chart_pareto": "GPU-seconds per epoch against peak memory; the line joins the Pareto front of the runs that met "
+                    "the quality target (faded: runs that did not), the star is the recommended run",
     "chart_quality": "Task quality per combination, with the quality target",
     "chart_parity": "Predicted against measured peak memory",
     "ax_mib_per_gpu": "MiB per GPU", "ax_peak": "measured peak MiB per GPU", "ax_gpu_seconds": "GPU-seconds per epoch",

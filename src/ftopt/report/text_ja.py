@@ -6,7 +6,7 @@ JA: dict[str, str] = {
     "title": "ファインチューニング方針レポート",
     "unit_s": "秒", "unit_min": "分", "unit_h": "時間",
     "summary": "結論",
-    "p_quality": "<b>品質目標と時間予算。</b>品質目標は{target}です({source})。{met}{budget}",
+    "p_quality": "<b>品質目標と時間予算。</b> 品質目標は{target}です({source})。{met}{budget}",
     "src_given": "--quality-target で指定", "src_demo": "デモで設定した値",
     "src_derived": "未指定のため、今回の比較で最良の評価損失に5%の余裕を加えた値で、実行どうしの相対比較にしか使えません",
     "met_some": "成功した{total}件の実行のうち{n}件が目標を達成しました。",
@@ -20,14 +20,14 @@ JA: dict[str, str] = {
     "budget_over": "本番の1回の学習は{hours}と予測され、予算の{budget}を超えます。GPUやノードを増やすか、"
                    "データ量またはエポック数を減らしてください。",
     "budget_given": "時間予算は1回あたり{budget}です。",
-    "p_memory": "<b>メモリ削減手法。</b>{what}",
+    "p_memory": "<b>メモリ削減手法。</b> {what}",
     "mem_none_needed": "メモリ削減手法は不要です。{label}は LoRA、勾配チェックポイント、ZeRO のいずれも使いません。{fit}",
     "mem_needed": "推奨する組み合わせ{label}では、{techniques}を使います。{fit}",
     "fit_target": "{gpu}では、GPU 1台あたり{cap}のうち{need}を使うと予測されます。",
     "fit_target_no": "{gpu}では GPU 1台あたり{need}が必要と予測され、搭載メモリの{cap}を超えます。"
                      "メモリ削減手法を増やした組み合わせを選ぶか、GPUを増やしてください。",
     "fit_poc": "{hardware}で実測したピークメモリは GPU 1台あたり{need}でした。",
-    "p_scale": "<b>PoC から本番へ。</b>{what}",
+    "p_scale": "<b>PoC から本番へ。</b> {what}",
     "scale_best": "<b>{label}</b>で本番に進めます。PoC では GPU {gpus}台で1エポックに{time}、{gpuh} GPU時間かかりました。"
                   "{production}",
     "scale_none": "品質目標を達成した実行がないため、本番に進める組み合わせはまだありません。",
@@ -37,12 +37,15 @@ JA: dict[str, str] = {
                          "({gpuh} GPU時間)、年{retrains}回の再学習で年間{gpuh_year} GPU時間と予測されます。"
                          "金額は --cost-per-gpu-hour を指定すると表示されます。",
     "production_missing": "--target-gpu と --dataset-tokens を指定すると、本番の時間と費用を予測します。",
-    "alternative": "次に安い候補は{label}で、1回あたり{gpuh} GPU時間({cost})です。",
+    "alternative": "次に安い候補は{label}で、1回あたり{gpuh} GPU時間{cost}です。",
     "alternative_none": "目標を達成し、かつ本番のGPUのメモリに収まる組み合わせは、ほかにありません。",
-    "tradeoff": "最良の実行と比べると、{tradeoff}。",
-    "tradeoff_none": "最良の実行と比べて、測定できるほどの差はありません。",
+    "tradeoff": "一方で、{tradeoff}。",
+    "tradeoff_none": "ほかの実行と比べて、測定できるほどの不利はありません。",
+    "uncalibrated": "{gpu}の時間モデルは、まだ実機の実行で較正されていません(ftopt bench --gpu {gpu})。"
+                    "ステップごとのオーバーヘッドを0として計算しているため、小さなモデルほど短く予測されます。"
+                    "実際の値はパイロットで測ります。",
     "tradeoff_quality": "{metric}が{delta}劣ります",
-    "tradeoff_time": "同じGPU台数で最速の実行より{pct}時間がかかります",
+    "tradeoff_time": "同じGPU台数で最速の実行({label}、目標{met})より{pct}長くかかります",
     "calibration": "時間モデルは{fit}件の実行で較正しました。各組み合わせのステップ時間を残りの実行だけで予測したときの"
                    "誤差は中央値{med}、最大{worst}で、順位相関(スピアマン)は{rho}です。10%以上差のある組み合わせの対は"
                    "{pairs}で順序を正しく予測しました。",
@@ -54,7 +57,7 @@ JA: dict[str, str] = {
     "yes": "はい", "no": "いいえ", "met": "達成", "not_met": "未達", "recommended": "推奨",
     "status_ok": "完了", "status_oom": "メモリ不足", "status_error": "エラー",
     "production_h": "本番の予測",
-    "production_assume": "プランナーによる予測です。条件は {gpu} {gpus}台({precision}、系列長{seq_len}、"
+    "production_assume": "プランナーによる予測です。条件は {model}、{gpu} {gpus}台({precision}、系列長{seq_len}、"
                          "マイクロバッチ{micro_batch})、{tokens}トークンを{epochs}エポック、年{retrains}回の再学習です。",
     "col_fits": "GPUメモリに収まるか", "col_hours": "1回の時間", "col_gpuh_run": "1回のGPU時間",
     "col_gpuh_year": "年間GPU時間", "col_cost_run": "1回の費用", "col_cost_year": "年間費用",
@@ -71,7 +74,7 @@ JA: dict[str, str] = {
     "stop_production": "1回の学習が時間予算を超える、または年間費用がタスクの価値を上回る",
     "charts": "グラフ",
     "chart_memory": "GPU 1台あたりの予測メモリ内訳(棒)と実測ピーク(黒い印)",
-    "chart_pareto": "1エポックのGPU秒とピークメモリ。線はパレートフロント、星印は推奨する実行です。",
+    "chart_pareto": "1エポックのGPU秒とピークメモリ。線は品質目標を達成した実行のパレートフロントで、薄い点は未達の実行、星印は推奨する実行です。",
     "chart_quality": "組み合わせごとのタスク品質と品質目標",
     "chart_parity": "ピークメモリの予測値と実測値",
     "ax_mib_per_gpu": "GPU 1台あたりのメモリ(MiB)", "ax_peak": "実測ピーク(MiB、GPU 1台あたり)",
