@@ -174,7 +174,7 @@ def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], lis
 
 def roadmap_table(plan: ProductionPlan, T: dict) -> tuple[list[str], list[list[str]]]:
     t = plan.target
-    cols = [T["col_stage"], T["col_basis"], T["col_gpuh_run"], f"{T['col_cost_run']} ({t.currency})",
+    cols = [T["col_stage"], T["col_basis"], T["col_gpuh_stage"], f"{T['col_cost_stage']} ({t.currency})",
             T["col_decides"], T["col_stop"]]
     fill = dict(pct=f"{PILOT_DATA_FRACTION:.0%}", x=f"{PILOT_TIME_OVERRUN_STOP:g}", retrains=f"{t.retrains_per_year:g}")
     rows = []

@@ -70,6 +70,7 @@ EN: dict[str, str] = {
     "col_gpuh_year": "GPU-hours per year", "col_cost_run": "cost per run", "col_cost_year": "cost per year",
     "col_budget": "within time budget",
     "roadmap_h": "Roadmap",
+    "col_gpuh_stage": "GPU-hours", "col_cost_stage": "cost",
     "col_stage": "stage", "col_basis": "basis", "col_decides": "what it decides", "col_stop": "stop if",
     "measured": "measured", "predicted": "predicted",
     "stage_poc": "PoC", "stage_pilot": "pilot", "stage_production": "production (per year)",

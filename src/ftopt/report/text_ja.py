@@ -63,6 +63,7 @@ JA: dict[str, str] = {
     "col_gpuh_year": "年間GPU時間", "col_cost_run": "1回の費用", "col_cost_year": "年間費用",
     "col_budget": "時間予算内か",
     "roadmap_h": "段階的な進め方",
+    "col_gpuh_stage": "GPU時間", "col_cost_stage": "費用",
     "col_stage": "段階", "col_basis": "根拠", "col_decides": "この段階で決めること", "col_stop": "中止する条件",
     "measured": "実測", "predicted": "予測",
     "stage_poc": "PoC", "stage_pilot": "パイロット", "stage_production": "本番(年間)",
