@@ -23,7 +23,8 @@ from ftopt.report.text import LANGS, TEXT
 __all__ = ["ReportSettings", "build_report", "decide"]
 CSS = ("body{font-family:system-ui,'Noto Sans CJK JP','IPAexGothic',sans-serif;max-width:1100px;margin:2em auto;"
        "padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}"
-       "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+       "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}"
+       "td:first-child,th:first-child{text-align:left}.roadmap td:nth-child(n+5){white-space:normal;text-align:left}"
        ".points li{margin:.6em 0}img{max-width:100%;border:1px solid #eee}")
 
 
@@ -68,9 +69,9 @@ def _points(rows, d: Decision, s: ReportSettings, plan, T: dict, lang: str) -> l
     return [p for p in pts if p]
 
 
-def _html_table(cols: list[str], rows: list[list[str]]) -> str:
+def _html_table(cols: list[str], rows: list[list[str]], css_class: str = "") -> str:
     e = html.escape
-    return ("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>" +
+    return (f"<table class='{css_class}'><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>" +
             "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
 
 
@@ -98,11 +99,11 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **s
     points = _points(rows, d, s, plan, T, lang)
     price = s.cost_per_gpu_hour if s.cost_per_gpu_hour is not None else (s.production.cost_per_gpu_hour
                                                                          if s.production else None)
-    tables = [(T["results"], None, *S.results_table(rows, d, T, lang, price, s.currency))]
+    tables = [("", T["results"], None, *S.results_table(rows, d, T, lang, price, s.currency))]
     if plan is not None:
         intro, cols, prow = S.production_table(plan, T)
-        tables.append((T["production_h"], intro, cols, prow))
-        tables.append((T["roadmap_h"], None, *S.roadmap_table(plan, T)))
+        tables.append(("", T["production_h"], intro, cols, prow))
+        tables.append(("roadmap", T["roadmap_h"], None, *S.roadmap_table(plan, T)))
     heading = s.title or T["title"]
     captions = {"memory.png": T["chart_memory"], "pareto.png": T["chart_pareto"], "quality.png": T["chart_quality"],
                 "parity.png": T["chart_parity"]}
@@ -111,8 +112,8 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **s
     h += [f"<li>{p}</li>" for p in points] + ["</ol>"]
     md = [f"# {heading}", "", f"## {T['summary']}", ""]
     md += [f"{i}. {re.sub(r'</?b>', '**', p)}" for i, p in enumerate(points, 1)]
-    for name, intro, cols, trows in tables:
-        h += [f"<h2>{e(name)}</h2>"] + ([f"<p>{intro}</p>"] if intro else []) + [_html_table(cols, trows)]
+    for css_class, name, intro, cols, trows in tables:
+        h += [f"<h2>{e(name)}</h2>"] + ([f"<p>{intro}</p>"] if intro else []) + [_html_table(cols, trows, css_class)]
         md += ["", f"## {name}", ""] + ([intro, ""] if intro else []) + _md_table(cols, trows)
     h.append(f"<h2>{e(T['charts'])}</h2>")
     for name, data in pngs.items():
