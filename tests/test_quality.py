@@ -86,5 +86,5 @@ def test_bench_checks_quality_flags_before_running_anything(tmp_path, args, frag
 
     from ftopt.cli import app
 
-    res = CliRunner().invoke(app, ["bench", "--results", str(tmp_path / "r.jsonl"), *args])
-    assert res.exit_code == 2 and fragment in res.output and not (tmp_path / "r.jsonl").exists()
+    res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "sweep"), *args])
+    assert res.exit_code == 2 and fragment in res.output and not (tmp_path / "sweep" / "results.jsonl").exists()

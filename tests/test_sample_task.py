@@ -48,7 +48,7 @@ def test_finetuning_the_base_reports_every_metric(tmp_path, monkeypatch):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["train", "--model", str(BASE), "--data", str(tmp_path / "train.jsonl"),
                                  "--eval-data", str(tmp_path / "eval.jsonl"), "--max-steps", "8", "--packing",
-                                 "--output-dir", str(out), "--json", "--metric", "mymetric:first_letter"])
+                                 "--out", str(out), "--json", "--metric", "mymetric:first_letter"])
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())["measured"]
     q = m["quality"]

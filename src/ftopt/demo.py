@@ -15,17 +15,19 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt import sample_task
-from ftopt.bench import Sweep, reference_combinations, run_sweep
-from ftopt.calibration import calibrate_and_store
+from ftopt.bench import reference_combinations, run_sweep, sweep_runs
+from ftopt.calibration_store import calibrate_and_store
 from ftopt.display import console, print_calibration, print_plan
 from ftopt.io import atomic_write_text
 from ftopt.plan import plan
 from ftopt.presets import base_model_dir
 from ftopt.report.cli_support import report_settings
 from ftopt.report.render import build_report
-from ftopt.spec import TrainingSetup, load_hardware, load_model
+from ftopt.spec import DataSpec, ModelRef, RunSpec, Schedule, TrainingSetup, load_hardware, load_model
 
 DEMO_STEPS = 120
+DEMO_LR = 3e-3  # the same rate for every combination: the comparison is of techniques, not of tuning
+DEMO_ZERO_PROCESSES = 2  # two CPU processes, so ZeRO has something to partition
 DEMO_TRAIN_EXAMPLES = 4000  # ~14 tokens each: more than 120 steps x 8 x 64 tokens, so no row is seen twice
 DEMO_EVAL_EXAMPLES = 64
 DEMO_QUALITY_TARGET = "exact_match>=0.5"  # half the held-out words right: the rule has been learned, not guessed
@@ -61,14 +63,15 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     t0 = time.perf_counter()
     o = options or DemoOptions()
     out = Path(out_dir)
-    base = base_model_dir()
+    base_dir = str(base_model_dir())
     train_path, eval_path = write_task(out)
-    spec, hw = load_model(str(base)), load_hardware("cpu")
+    spec, hw = load_model(base_dir), load_hardware("cpu")
     # packed sequences: every step sees exactly seq_len x micro_batch tokens, as the estimates assume
-    sweep = Sweep(model_args=["--model", str(base), "--data", str(train_path), "--eval-data", str(eval_path)],
-                  seq_len=64, micro_batch=8, max_steps=steps, lr=3e-3, precision="fp32", hardware="cpu", packing=True)
-    setup = TrainingSetup(seq_len=sweep.seq_len, micro_batch=sweep.micro_batch, precision=sweep.precision,
-                          dataset_tokens=steps * sweep.micro_batch * sweep.seq_len)
+    setup = TrainingSetup.for_hardware(True)
+    setup = setup.model_copy(update={"dataset_tokens": steps * setup.micro_batch * setup.seq_len})
+    base = RunSpec(model=ModelRef(ref=base_dir, weights=True), hardware=hw, setup=setup,
+                   data=DataSpec(train=str(train_path), eval=str(eval_path), packing=True),
+                   schedule=Schedule(max_steps=steps, learning_rate=DEMO_LR))
     console.rule("1/3 plan: predicted memory and time of every combination")
     p = plan(spec, hw, setup, lora_r=8)
     print_plan(p, limit=8)
@@ -76,19 +79,20 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
 
     console.rule(f"2/3 bench: fine-tune the pretrained base on the unseen '{sample_task.FINETUNE_OP}' task, "
                  f"{steps} steps per combination (re-running skips finished ones)")
-    combos = reference_combinations(lora_r=8, cpu=True)
+    combos = reference_combinations(hw, lora_r=8)
 
     def event(kind: str, info: dict) -> None:
         tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
         console.print(f"  [{info['index']}/{info['total']}] {info['label']}: {tag}  "
                       f"({time.perf_counter() - t0:.0f} s)")
 
-    rows = run_sweep(sweep, combos, out / "results.jsonl", out / "runs", spec=spec, on_event=event)
+    runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
+    rows = run_sweep(runs, out / "results.jsonl", on_event=event)
 
     console.rule("3/3 report")
     fit = None
     if any(r["status"] == "ok" for r in rows):
-        fit, _ = calibrate_and_store(rows, hw, f"ftopt demo (tiny-base, {out / 'results.jsonl'})")
+        fit, _ = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), base_dir)
         print_calibration(fit)
     given = o.quality_target is not None
     settings = report_settings(rows, gpu="cpu", title=None, quality_target=o.quality_target or DEMO_QUALITY_TARGET,
@@ -108,6 +112,7 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
         q = (r.get("measured") or {}).get("quality") or {}
         console.print(f"  {r['label']}: exact match {q.get('exact_match', 0):.0%}, token F1 {q.get('token_f1', 0):.2f}"
                       if r["status"] == "ok" else f"  {r['label']}: {r['status']}")
-    console.print(f"[bold]Report:[/] {reports[langs[0]]['html']}  (also {', '.join(str(v['html']) for v in list(reports.values())[1:])})")
+    others = ", ".join(str(v["html"]) for v in list(reports.values())[1:])
+    console.print(f"[bold]Report:[/] {reports[langs[0]]['html']}  (also {others})")
     console.print(f"demo finished in {wall:.0f} s: {summary['ok']} of {summary['runs']} runs succeeded")
     return summary

@@ -11,7 +11,6 @@ Generation is greedy and capped at `max_examples` rows (it is the slow part), wi
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
 import re
@@ -142,27 +141,21 @@ def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], No
 
 
 def evaluate_generation(model, tokenizer, rows: list[dict], device, max_examples: int,
-                        metrics: tuple[str, ...] = (), *, zero3: bool = False,
-                        log: Callable[[str], None] = lambda m: None) -> dict:
+                        metrics: tuple[str, ...] = (), *, log: Callable[[str], None] = lambda m: None) -> dict:
     """Generate completions for the first `max_examples` held-out rows and score them.
 
     Returns {"examples": n, "exact_match": ..., "token_f1": ..., "rouge_l": ..., ["label_accuracy"], user metrics}
-    or {} when there is nothing to generate. Under ZeRO-3 every rank gathers the full weights once for the whole
-    evaluation instead of per generated token (the PoC's sample models fit)."""
+    or {} when there is nothing to generate. Under ZeRO-3 the model is *not* gathered whole on every rank (that
+    needs the full model's memory per GPU): DeepSpeed's hooks gather one layer at a time, and generate() keeps the
+    ranks in step (synced_gpus, set by transformers when ZeRO-3 runs on several ranks)."""
     rows = rows[:max_examples]
     if not rows:
         return {}
     for ref in metrics:
         load_user_metric(ref)  # fail before the slow part
-    gather = contextlib.nullcontext()
-    if zero3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
     was_training = model.training
     model.eval()
-    with gather:
-        preds = generate(model, tokenizer, rows, device, log)
+    preds = generate(model, tokenizer, rows, device, log)
     if was_training:
         model.train()
     return {"examples": len(rows), **score(preds, [str(r["completion"]) for r in rows], tuple(metrics))}

@@ -199,6 +199,7 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
         bd.update(weights=s.weights, optimizer_states=s.optim)
         extra = dict(master_weights=s.master, engine_buffers=s.buffers)
         cpu = s.cpu_bytes * setup.gpus_per_node
-    else:
-        extra, cpu = {}, 0
+    else:  # plain DDP over several ranks: the trace is one process's step; its gradient buckets come on top
+        st = storage(setup.precision, combo)
+        extra, cpu = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers), 0
     return MemoryBreakdown(**bd, **extra), phase or "forward/backward", cpu

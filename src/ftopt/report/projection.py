@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.calibration import load_calibration
+from ftopt.calibration_store import calibrated_hardware, find_calibration
 from ftopt.estimate import estimate
 from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
 
@@ -86,7 +86,7 @@ def _precision(hw_is_cpu: bool, hw) -> Precision:
 def project(combo: Combination, label: str, target: ProductionTarget, *, data_fraction: float = 1.0,
             epochs: float | None = None) -> Projection:
     """The planner's prediction of `combo` on the target: memory fit, hours, GPU-hours and money."""
-    hw = load_hardware(target.gpu)
+    hw = calibrated_hardware(load_hardware(target.gpu))  # the stored time-model calibration for it, if any
     setup = TrainingSetup(seq_len=target.seq_len, micro_batch=target.micro_batch, precision=_precision(hw.is_cpu, hw),
                           gpus_per_node=target.gpus_per_node, nodes=target.nodes,
                           dataset_tokens=max(1, int(target.dataset_tokens * data_fraction)),
@@ -128,4 +128,4 @@ def plan_production(target: ProductionTarget, chosen: dict, candidates: list[dic
     ]
     hw = load_hardware(target.gpu)
     return ProductionPlan(target=target, chosen=best, alternative=alt, stages=stages, precision=_precision(hw.is_cpu, hw),
-                          calibrated=load_calibration(hw.name) is not None)
+                          calibrated=find_calibration(hw.name) is not None)

@@ -185,9 +185,15 @@ def roadmap_table(plan: ProductionPlan, T: dict) -> tuple[list[str], list[list[s
 
 
 def production_target_for(rows: list[dict], **given) -> ProductionTarget:
-    """The target with the PoC's model and sequence shape unless given."""
-    sweep = next((r.get("sweep") for r in rows if r.get("sweep")), {}) or {}
-    args = sweep.get("model_args", [])
-    model = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--model", "--random-init")), "tiny-llama")
-    poc = {"model": model, "seq_len": sweep.get("seq_len", 2048), "micro_batch": sweep.get("micro_batch", 1)}
+    """The target with the PoC's model and sequence shape unless given (from the results' run specification)."""
+    run = next((r["run"] for r in rows if r.get("run")), None)
+    if run is not None:
+        poc = {"model": run["model"]["ref"], "seq_len": run["setup"]["seq_len"],
+               "micro_batch": run["setup"]["micro_batch"]}
+    else:  # results written before the run specification: the sweep's flags
+        sweep = next((r.get("sweep") for r in rows if r.get("sweep")), {}) or {}
+        args = sweep.get("model_args", [])
+        poc = {"model": next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--model", "--random-init")),
+                             "tiny-llama"),
+               "seq_len": sweep.get("seq_len", 2048), "micro_batch": sweep.get("micro_batch", 1)}
     return ProductionTarget(**{**poc, **{k: v for k, v in given.items() if v is not None}})
