@@ -26,6 +26,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 CalibrationOpt = Annotated[Optional[Path], typer.Option(
     "--calibration", help="time-model calibration file to apply (default: the stored one matching this hardware and "
                           "the installed torch/transformers/deepspeed, else none)")]
+MetricOpt = Annotated[Optional[list[str]], typer.Option(
+    "--metric", help="extra quality metric module:function, (prediction, reference) -> float; repeatable")]
+QualityTargetOpt = Annotated[Optional[str], typer.Option(
+    "--quality-target", help="the quality bar, METRIC>=VALUE or METRIC<=VALUE (e.g. exact_match>=0.5)")]
+TargetGpu = Annotated[Optional[str], typer.Option("--target-gpu", help="production GPU preset or JSON file")]
+TargetGpus = Annotated[int, typer.Option("--target-gpus", help="production GPUs per node")]
+TargetNodes = Annotated[int, typer.Option("--target-nodes", help="production nodes")]
+TargetModel = Annotated[Optional[str], typer.Option("--target-model", help="model trained in production "
+                                                    "[default: the PoC's]")]
+ProdTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch of the production data")]
+ProdEpochs = Annotated[float, typer.Option("--epochs", help="epochs of a production run")]
+Retrains = Annotated[float, typer.Option("--retrains-per-year", help="production runs per year")]
+CostPerGpuHour = Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]
+Currency = Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour")]
+MaxHours = Annotated[Optional[float], typer.Option("--max-hours", help="time budget of one production run, hours")]
 HostRam = Annotated[Optional[str], typer.Option(
     "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) "
                        "[default: the preset's, 1 TiB]")]
@@ -179,6 +194,7 @@ def train(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="run the model repo's own code")] = False,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | mlflow | wandb "
                                                      "[default: none]")] = None,
+    metric: MetricOpt = None,
     json_out: Json = False,
 ):
     """Fine-tune for real (Trainer + PEFT + DeepSpeed) with one run specification, and measure it."""
@@ -212,7 +228,7 @@ def train(
                                    resolve.setup(hw, **given_setup), resolve.combination(**given_combo))
         spec = resolve.finish_run(
             spec, data=dict(train=data, eval=eval_data, eval_fraction=eval_fraction, packing=packing,
-                            eval_max_examples=eval_max_examples),
+                            eval_max_examples=eval_max_examples, metrics=tuple(metric) if metric else None),
             schedule=dict(max_steps=max_steps, learning_rate=lr, lr_schedule=lr_schedule, seed=seed,
                           save_steps=save_steps, max_hours=max_hours),
             output=dict(dir=out, resume=resume or None, overwrite=overwrite or None, report_to=report_to),
@@ -248,6 +264,8 @@ def bench(
                                                      "cpu, else the GPUs of this machine]")] = None,
     run_timeout: Annotated[Optional[float], typer.Option("--run-timeout", help="stop a run after this many seconds "
                                                          "and record it as 'timeout' [default: no limit]")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="held-out data [default: split from --data]")] = None,
+    metric: MetricOpt = None, quality_target: QualityTargetOpt = None,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
@@ -259,6 +277,11 @@ def bench(
             raise FtoptError(f"--repeat must be at least 1, got {repeat}.")
         if run_timeout is not None and run_timeout <= 0:
             raise FtoptError(f"--run-timeout must be positive, got {run_timeout}.")
+        from ftopt.quality import QualityTarget, load_user_metric
+
+        target = QualityTarget.parse(quality_target) if quality_target else None
+        for ref in metric or []:
+            load_user_metric(ref)  # a typo fails now, not after the first run
         check_out_folder(out)
         hw = hardware(gpu)
         combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
@@ -266,7 +289,7 @@ def bench(
         base = resolve.finish_run(
             resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision),
                             resolve.combination()),
-            data=dict(train=data, packing=packing), schedule=dict(max_steps=max_steps, learning_rate=lr), output={})
+            data=dict(train=data, eval=eval_data, packing=packing, metrics=tuple(metric) if metric else None), schedule=dict(max_steps=max_steps, learning_rate=lr), output={})
         for c in combos:
             resolve.check(base.model_copy(update={"combination": c}))
         runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or _default_zero_gpus(hw))
@@ -274,6 +297,10 @@ def bench(
                          on_event=lambda k, i: console.print(f"[{i['index']}/{i['total']}] {i['label']}: "
                                                              f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
         console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {out / 'results.jsonl'}")
+        if target is not None:
+            met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]
+            console.print(f"quality target {target}: met by {', '.join(met)}" if met
+                          else f"quality target {target}: no run met it")
         if any(r["status"] == "ok" for r in rows):
             from ftopt.calibration_store import calibrate_and_store
             from ftopt.display import print_calibration
@@ -301,15 +328,15 @@ def report(
     lang: Annotated[str, typer.Option("--lang", help="en | ja")] = "en",
     title: Annotated[Optional[str], typer.Option("--title", help="report title")] = None,
     gpu: Annotated[str, typer.Option("--gpu", help="hardware the runs used (memory line, calibration)")] = "cpu",
-    cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU-hour")] = None,
-    max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="time budget shown as assumption, hours")] = None,
-    quality_target_loss: Annotated[Optional[float], typer.Option("--quality-target-loss", help="highest acceptable "
-                                                                 "eval loss")] = None,
+    quality_target: QualityTargetOpt = None, target_gpu: TargetGpu = None, target_gpus: TargetGpus = 1,
+    target_nodes: TargetNodes = 1, target_model: TargetModel = None, dataset_tokens: ProdTokens = None,
+    epochs: ProdEpochs = 1.0, retrains_per_year: Retrains = 1.0, cost_per_gpu_hour: CostPerGpuHour = None,
+    currency: Currency = "USD", max_hours: MaxHours = None,
 ):
     """Write the decision report (HTML, Markdown, PNG charts) from a results file."""
     def body():
         from ftopt.bench import read_results
-        from ftopt.calibration import calibrate
+        from ftopt.report.cli_support import report_settings
         from ftopt.report.render import build_report
 
         path = results / "results.jsonl" if results.is_dir() else results
@@ -319,15 +346,11 @@ def report(
         rows = read_results(path, warn=lambda m: typer.echo(f"warning: {m}", err=True))
         if not rows:
             raise FtoptError(f"The results file {path} has no valid result line.")
-        hw = hardware(gpu)
-        try:
-            fit = calibrate(rows, hw)
-        except FtoptError:
-            fit = None  # no successful run with predictions: the report says so without a calibration line
-        paths = build_report(rows, out, lang=lang, title=title, hardware=hw.name,
-                             capacity_bytes=None if hw.is_cpu else hw.memory_bytes,
-                             cost_per_gpu_hour=cost_per_gpu_hour, max_hours=max_hours,
-                             quality_target_loss=quality_target_loss, calibration=fit.model_dump() if fit else None)
+        settings = report_settings(rows, gpu=gpu, title=title, quality_target=quality_target, target_gpu=target_gpu,
+                                   target_gpus=target_gpus, target_nodes=target_nodes, target_model=target_model,
+                                   dataset_tokens=dataset_tokens, epochs=epochs, retrains_per_year=retrains_per_year,
+                                   cost_per_gpu_hour=cost_per_gpu_hour, currency=currency, max_hours=max_hours)
+        paths = build_report(rows, out, lang=lang, **settings)
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
     run_body(body)
 
@@ -336,15 +359,26 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="where runs, results and the report go")] = Path("ftopt-runs/demo"),
     steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
+    quality_target: QualityTargetOpt = None, target_gpu: TargetGpu = None, target_gpus: TargetGpus = 1,
+    target_nodes: TargetNodes = 1, dataset_tokens: ProdTokens = None, epochs: ProdEpochs = 1.0,
+    retrains_per_year: Retrains = 12.0, cost_per_gpu_hour: CostPerGpuHour = None, currency: Currency = "USD",
+    max_hours: MaxHours = None,
 ):
-    """The whole loop on the built-in tiny model and data, offline, on this CPU (about 5 minutes on 2 cores)."""
+    """The whole loop on the built-in base model and task, offline, on this CPU (under 5 minutes on 2 cores).
+
+    Stated assumptions unless given: quality target exact_match>=0.5; production on one a100-80g with 100M tokens,
+    12 runs a year."""
     def body():
-        from ftopt.demo import run_demo
+        from ftopt.demo import DemoOptions, run_demo
 
         if steps < 1:
             raise FtoptError(f"--steps must be at least 1, got {steps}.")
         check_out_folder(out)
-        run_demo(out, steps=steps)
+        given = dict(quality_target=quality_target, target_gpu=target_gpu, target_gpus=target_gpus,
+                     target_nodes=target_nodes, dataset_tokens=dataset_tokens, epochs=epochs,
+                     retrains_per_year=retrains_per_year, cost_per_gpu_hour=cost_per_gpu_hour, currency=currency,
+                     max_hours=max_hours)
+        run_demo(out, steps=steps, options=DemoOptions(**{k: v for k, v in given.items() if v is not None}))
     run_body(body)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 
+from ftopt.quality import perplexity
 from ftopt.spec import RunSpec
 
 METRICS_SCHEMA = "ftopt.metrics/2"
@@ -54,7 +55,8 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_
         "step_seconds": summ["step_seconds"],
         "epoch_seconds": summ["step_seconds"] * steps_per_epoch if summ["step_seconds"] else None,
         "tokens_per_s": tokens_per_s, "train_loss": summ["train_loss"], "final_loss": summ["final_loss"],
-        "eval_loss": r0["eval_loss"], "exact_match": r0["exact_match"], "steps": summ["steps"],
+        "eval_loss": r0["eval_loss"], "perplexity": perplexity(r0["eval_loss"]), "quality": r0["quality"],
+        "exact_match": r0["quality"].get("exact_match"), "steps": summ["steps"],
         "train_seconds": sum(st["seconds"] for st in steps), "stopped_by_time_budget": r0["stopped_by_time_budget"],
     }
     predicted, mfu = _predicted(spec, tokens_per_s)

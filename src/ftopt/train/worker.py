@@ -146,20 +146,22 @@ def _trainer(spec, model_spec, device, world, prep, peak, recorder, fail_at_step
 
 
 def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, log) -> dict:
-    """Eval loss and (prompt+completion data) exact match, with their own memory peak on CUDA."""
+    """Eval loss and (prompt+completion data) task quality by generation (ftopt.quality), with their own memory
+    peak on CUDA."""
     import torch
 
-    from ftopt.train.evaluate import exact_match
+    from ftopt.quality import evaluate_generation
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     ev = trainer.evaluate() if eval_dataset is not None else {}  # --eval-fraction 0: nothing held out
-    em = None
+    quality = {}
     if fmt == "prompt+completion" and eval_rows and spec.data.eval_max_examples > 0:
         gen_device = next(trainer.model.parameters()).device
-        em = exact_match(trainer.model, tokenizer, eval_rows[:spec.data.eval_max_examples], gen_device, log)
-    out = {"eval_loss": ev.get("eval_loss"), "exact_match": em, "eval_peak_allocated_bytes": None}
+        quality = evaluate_generation(trainer.model, tokenizer, eval_rows, gen_device, spec.data.eval_max_examples,
+                                      spec.data.metrics, log=log)
+    out = {"eval_loss": ev.get("eval_loss"), "quality": quality, "eval_peak_allocated_bytes": None}
     if device.type == "cuda":
         out["eval_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
     return out

@@ -1,0 +1,92 @@
+"""日本語の文面。英語からの直訳ではなく、日本のエンジニアが書く報告書の文体で書く。用語は一つに揃える
+(eval loss は「評価損失」、GPU-hours は「GPU時間」)。文は「。」で終える。"""
+from __future__ import annotations
+
+JA: dict[str, str] = {
+    "title": "ファインチューニング方針レポート",
+    "unit_s": "秒", "unit_min": "分", "unit_h": "時間",
+    "summary": "結論",
+    "p_quality": "<b>品質目標と時間予算。</b> 品質目標は{target}です({source})。{met}{budget}",
+    "src_given": "--quality-target で指定", "src_demo": "デモで設定した値",
+    "src_derived": "未指定のため、今回の比較で最良の評価損失に5%の余裕を加えた値で、実行どうしの相対比較にしか使えません",
+    "met_some": "成功した{total}件の実行のうち{n}件が目標を達成しました。",
+    "met_none": "目標を達成した実行はありません。最も近かったのは{label}で、値は{value}でした。"
+                "このまま規模を広げるのは避け、学習を長くする、より強いベースモデルから始める、目標を見直すといった"
+                "対応を検討してください。",
+    "nothing_learned": "タスクはまったく学習されていません。すべての実行で{metric}が0でした。学習が短すぎるか、"
+                       "設定に誤りがあります。時間とメモリの数値は有効ですが、品質の数値は判断に使えません。",
+    "budget_none": "時間予算(--max-hours)は指定されていません。",
+    "budget_fits": "本番の1回の学習は{hours}と予測され、予算の{budget}に収まります。",
+    "budget_over": "本番の1回の学習は{hours}と予測され、予算の{budget}を超えます。GPUやノードを増やすか、"
+                   "データ量またはエポック数を減らしてください。",
+    "budget_given": "時間予算は1回あたり{budget}です。",
+    "p_memory": "<b>メモリ削減手法。</b> {what}",
+    "mem_none_needed": "メモリ削減手法は不要です。{label}は LoRA、勾配チェックポイント、ZeRO のいずれも使いません。{fit}",
+    "mem_needed": "推奨する組み合わせ{label}では、{techniques}を使います。{fit}",
+    "fit_target": "{gpu}では、GPU 1台あたり{cap}のうち{need}を使うと予測されます。",
+    "fit_target_no": "{gpu}では GPU 1台あたり{need}が必要と予測され、搭載メモリの{cap}を超えます。"
+                     "メモリ削減手法を増やした組み合わせを選ぶか、GPUを増やしてください。",
+    "fit_poc": "{hardware}で実測したピークメモリは GPU 1台あたり{need}でした。",
+    "p_scale": "<b>PoC から本番へ。</b> {what}",
+    "scale_best": "<b>{label}</b>で本番に進めます。PoC では GPU {gpus}台で1エポックに{time}、{gpuh} GPU時間かかりました。"
+                  "{production}",
+    "scale_none": "品質目標を達成した実行がないため、本番に進める組み合わせはまだありません。",
+    "production": "{gpu} {gpus}台、{tokens}トークンを{epochs}エポック学習すると、1回あたり{hours}({gpuh} GPU時間)、"
+                  "費用は1回{cost}、年{retrains}回の再学習で年間{cost_year}と予測されます。",
+    "production_nocost": "{gpu} {gpus}台、{tokens}トークンを{epochs}エポック学習すると、1回あたり{hours}"
+                         "({gpuh} GPU時間)、年{retrains}回の再学習で年間{gpuh_year} GPU時間と予測されます。"
+                         "金額は --cost-per-gpu-hour を指定すると表示されます。",
+    "production_missing": "--target-gpu と --dataset-tokens を指定すると、本番の時間と費用を予測します。",
+    "alternative": "次に安い候補は{label}で、1回あたり{gpuh} GPU時間{cost}です。",
+    "alternative_none": "目標を達成し、かつ本番のGPUのメモリに収まる組み合わせは、ほかにありません。",
+    "tradeoff": "一方で、{tradeoff}。",
+    "tradeoff_none": "ほかの実行と比べて、測定できるほどの不利はありません。",
+    "uncalibrated": "{gpu}の時間モデルは、まだ実機の実行で較正されていません(ftopt bench --gpu {gpu})。"
+                    "ステップごとのオーバーヘッドを0として計算しているため、小さなモデルほど短く予測されます。"
+                    "実際の値はパイロットで測ります。",
+    "tradeoff_quality": "{metric}が{delta}劣ります",
+    "tradeoff_time": "同じGPU台数で最速の実行({label}、目標{met})より{pct}長くかかります",
+    "calibration": "時間モデルは{fit}件の実行で較正しました。各組み合わせのステップ時間を残りの実行だけで予測したときの"
+                   "誤差は中央値{med}、最大{worst}で、順位相関(スピアマン)は{rho}です。10%以上差のある組み合わせの対の"
+                   "うち{pairs}で、順序を正しく予測しました。",
+    "no_runs": "正常に完了した実行がないため、実測に基づく推奨はできません。失敗した実行は{failed}です。",
+    "results": "実測結果(PoC)",
+    "col_combination": "組み合わせ", "col_gpus": "GPU台数", "col_status": "状態", "col_peak": "実測ピーク(GPU 1台)",
+    "col_pred": "予測ピーク", "col_epoch": "1エポックの時間", "col_gpuh": "1エポックのGPU時間",
+    "col_loss": "評価損失", "col_ppl": "パープレキシティ", "col_met": "目標達成", "col_cost": "1エポックの費用",
+    "yes": "はい", "no": "いいえ", "met": "達成", "not_met": "未達", "recommended": "推奨",
+    "status_ok": "完了", "status_oom": "メモリ不足", "status_error": "エラー",
+    "production_h": "本番の予測",
+    "production_assume": "プランナーによる予測です。条件は {model}、{gpu} {gpus}台({precision}、系列長{seq_len}、"
+                         "マイクロバッチ{micro_batch})、{tokens}トークンを{epochs}エポック、年{retrains}回の再学習です。",
+    "col_fits": "GPUメモリに収まるか", "col_hours": "1回の時間", "col_gpuh_run": "1回のGPU時間",
+    "col_gpuh_year": "年間GPU時間", "col_cost_run": "1回の費用", "col_cost_year": "年間費用",
+    "col_budget": "時間予算内か",
+    "roadmap_h": "段階的な進め方",
+    "col_gpuh_stage": "GPU時間", "col_cost_stage": "費用",
+    "col_stage": "段階", "col_basis": "根拠", "col_decides": "この段階で決めること", "col_stop": "中止する条件",
+    "measured": "実測", "predicted": "予測",
+    "stage_poc": "PoC", "stage_pilot": "パイロット", "stage_production": "本番(年間)",
+    "decides_poc": "品質目標を最も安く達成する組み合わせ",
+    "stop_poc": "品質目標を達成する実行がない",
+    "decides_pilot": "実データの{pct}を本番のGPUで1エポック学習し、品質が保たれるか、時間とメモリの予測が正しいかを確かめる",
+    "stop_pilot": "品質が目標に届かない、またはステップ時間が予測の{x}倍を超える",
+    "decides_production": "年{retrains}回の再学習に必要な年間予算",
+    "stop_production": "1回の学習が時間予算を超える、または年間費用がタスクの価値を上回る",
+    "charts": "グラフ",
+    "chart_memory": "GPU 1台あたりの予測メモリ内訳(棒)と実測ピーク(黒い印)",
+    "chart_pareto": "1エポックのGPU秒とピークメモリ(線: 品質目標を達成した実行のパレートフロント、薄い点: 未達の実行、"
+                    "星印: 推奨する実行)",
+    "chart_quality": "組み合わせごとのタスク品質と品質目標",
+    "chart_parity": "ピークメモリの予測値と実測値",
+    "ax_mib_per_gpu": "GPU 1台あたりのメモリ(MiB)", "ax_peak": "実測ピーク(MiB、GPU 1台あたり)",
+    "ax_gpu_seconds": "1エポックのGPU秒", "ax_predicted": "予測ピーク(MiB)", "ax_measured": "実測ピーク(MiB)",
+    "lg_pareto": "パレートフロント", "lg_capacity": "GPUメモリ", "lg_recommended": "推奨", "lg_exact": "一致",
+    "lg_target": "目標", "ax_loss": "評価損失(低いほど良い)", "ax_metric": "{metric}(高いほど良い)",
+    "ax_metric_low": "{metric}(低いほど良い)", "chart_nothing": "学習されていません",
+    "cat_weights": "重み", "cat_master_weights": "マスター重み", "cat_optimizer_states": "オプティマイザ状態",
+    "cat_gradients": "勾配", "cat_activations": "活性化", "cat_logits_loss": "ロジットと損失",
+    "cat_engine_buffers": "エンジンのバッファ", "cat_temporaries": "一時領域",
+    "m_analytic": "解析式", "m_traced": "トレース",
+    "footer": "ftopt が作成しました。予測値は GPU 1台あたりの値で、実測値は表に示した実行から得たものです。",
+}

@@ -1,0 +1,85 @@
+"""Charts: Japanese drawn with a font that has every glyph (matplotlib warns 'Glyph ... missing' otherwise),
+colours fixed per technique, labels that do not overlap, the recommended run starred."""
+import warnings
+
+import pytest
+
+from ftopt.quality import QualityTarget
+from ftopt.report.charts import FONTS, charts, colour, place_labels, register_fonts
+from ftopt.report.decision import decide
+from ftopt.report.text import TEXT
+from tests.report.test_report import FULL, LORA, ROWS, row
+
+
+def _missing_glyph_warnings(fn) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return [str(w.message) for w in caught if "missing from" in str(w.message)]
+
+
+def test_japanese_charts_have_every_glyph():
+    from matplotlib import font_manager
+
+    register_fonts()
+    path = font_manager.findfont(font_manager.FontProperties(family="IPAexGothic"), fallback_to_default=False)
+    assert path.endswith("ipaexg.ttf")
+    d = decide(ROWS, QualityTarget.parse("exact_match>=0.5"))
+    assert _missing_glyph_warnings(lambda: charts(ROWS, d, 2**30, "ja")) == []
+
+
+def test_the_glyph_check_catches_a_font_without_japanese():
+    """Control: the same Japanese label drawn with the English font list does warn (the check above can fail)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def draw():
+        with matplotlib.rc_context({"font.family": FONTS["en"]}):
+            fig, ax = plt.subplots()
+            ax.set_xlabel(TEXT["ja"]["ax_loss"])
+            fig.canvas.draw()
+            plt.close(fig)
+    assert _missing_glyph_warnings(draw)
+
+
+def test_colours_are_fixed_per_technique():
+    assert colour(LORA) == colour(dict(LORA, attn="eager"))  # attention is a marker, not a colour
+    assert len({colour(FULL), colour(LORA), colour(dict(LORA, gc=True)), colour(dict(LORA, zero=2)),
+                colour(dict(FULL, gc=True))}) == 5
+
+
+def test_labels_do_not_overlap_even_for_clustered_points():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [(10.0 + 0.01 * i, 5.0 + 0.01 * i, f"combination number {i}") for i in range(5)]
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+    ax.margins(0.5)
+    texts = place_labels(ax, pts)
+    r = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(r) for t in texts]
+    assert len(boxes) == 5
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(5) for j in range(i + 1, 5))
+    plt.close(fig)
+
+
+def test_recommended_run_is_starred_on_the_pareto_chart(monkeypatch):
+    import matplotlib.axes
+
+    starred = []
+    real = matplotlib.axes.Axes.scatter
+
+    def spy(self, x, y, *a, **kw):
+        if kw.get("marker") == "*":
+            starred.append((list(x), list(y)))
+        return real(self, x, y, *a, **kw)
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
+    rows = [row("slow", epoch=20, em=0.9), row("chosen", epoch=10, em=0.9, peak=50 * 2**20)]
+    d = decide(rows, QualityTarget.parse("exact_match>=0.5"))
+    charts(rows, d, None, "en")
+    assert starred == [([50.0], [10.0])]

@@ -1,0 +1,90 @@
+"""Quality metrics: each figure against a hand-computed value; the user metric and the target parser's errors."""
+import math
+import sys
+
+import pytest
+
+from ftopt.errors import FtoptError
+from ftopt.quality import (QualityTarget, evaluate_generation, label_set, load_user_metric, perplexity, rouge_l,
+                           score, token_f1)
+
+
+def test_token_f1_and_rouge_l_by_hand():
+    # prediction "a b x", reference "a b c d": 2 common tokens, precision 2/3, recall 2/4 -> F1 = 4/7
+    assert token_f1("a b x", "a b c d") == pytest.approx(4 / 7)
+    assert token_f1("", "") == 1.0 and token_f1("a", "") == 0.0
+    # LCS of (a c b) and (a b c) is 2 tokens: P = R = 2/3
+    assert rouge_l("a c b", "a b c") == pytest.approx(2 / 3)
+
+
+def test_score_adds_label_accuracy_only_for_a_label_set():
+    refs = ["positive", "negative"] * 4
+    preds = ["positive!", "negative", "negative", "negative", "Positive", "neutral", "positive", "negative"]
+    s = score(preds, refs)
+    assert s["label_accuracy"] == pytest.approx(6 / 8)  # 'positive!' and 'Positive' count, 'neutral' does not
+    assert s["exact_match"] == pytest.approx(4 / 8)
+    free = ["the cat sat", "a dog ran", "birds fly"]
+    assert label_set(free) is None and "label_accuracy" not in score(free, free)
+
+
+def test_user_metric_module_function(tmp_path, monkeypatch):
+    (tmp_path / "mymetrics.py").write_text("def length_ratio(p, r):\n    return len(p) / max(1, len(r))\n"
+                                           "def broken(p, r):\n    return 'x'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = score(["ab", "abcd"], ["abcd", "abcd"], ("mymetrics:length_ratio",))
+    assert s["mymetrics:length_ratio"] == pytest.approx(0.75)
+    with pytest.raises(FtoptError, match="must return a number"):
+        score(["a"], ["a"], ("mymetrics:broken",))
+    with pytest.raises(FtoptError, match="has no function nope"):
+        load_user_metric("mymetrics:nope")
+    with pytest.raises(FtoptError, match="module:function"):
+        load_user_metric("not a ref")
+    sys.modules.pop("mymetrics", None)
+
+
+def test_perplexity():
+    assert perplexity(math.log(7.0)) == pytest.approx(7.0)
+    assert perplexity(1e4) == float("inf") and perplexity(None) is None
+
+
+def test_quality_target_parse_and_met():
+    t = QualityTarget.parse("exact_match>=0.5")
+    assert (t.metric, t.op, t.value) == ("exact_match", ">=", 0.5)
+    assert t.met({"quality": {"exact_match": 0.5}}) and not t.met({"quality": {"exact_match": 0.49}})
+    assert not t.met({"eval_loss": 1.0})  # a run without the metric does not meet it
+    loss = QualityTarget.parse(" eval_loss <= 1.2e-1 ")
+    assert loss.met({"eval_loss": 0.1}) and not loss.met({"eval_loss": 0.2})
+    assert QualityTarget.parse("mymod:fn>=.3").metric == "mymod:fn"
+    for bad in ("exact_match>0.5", "exact_match", ">=0.5", "exact_match>=high"):
+        with pytest.raises(FtoptError, match="METRIC>=VALUE"):
+            QualityTarget.parse(bad)
+
+
+def test_evaluate_generation_scores_a_real_model_and_caps_examples():
+    """A tiny random model generates; the cap limits rows and progress is reported."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftopt import sample_task as S
+
+    tok = S.tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=0))
+    rows = S.examples("back", 20, seed=1)
+    lines = []
+    q = evaluate_generation(model, tok, rows, "cpu", max_examples=5, log=lines.append)
+    assert q["examples"] == 5 and 0 <= q["token_f1"] <= 1 and set(q) >= {"exact_match", "rouge_l"}
+    assert lines[-1] == "quality: generated 5/5 held-out completions"
+    assert evaluate_generation(model, tok, rows, "cpu", max_examples=0) == {}
+
+
+@pytest.mark.parametrize("args,fragment", [(["--quality-target", "em>>1"], "METRIC>=VALUE"),
+                                           (["--metric", "no_such_module_x:f"], "cannot import no_such_module_x")])
+def test_bench_checks_quality_flags_before_running_anything(tmp_path, args, fragment):
+    from typer.testing import CliRunner
+
+    from ftopt.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "sweep"), *args])
+    assert res.exit_code == 2 and fragment in res.output and not (tmp_path / "sweep" / "results.jsonl").exists()
