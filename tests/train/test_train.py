@@ -118,7 +118,7 @@ def test_unwritable_output_path_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     r = runner.invoke(app, ["train", "--out", str(f / "sub"), "--max-steps", "2"])
-    assert r.exit_code == 2 and "not writable" in r.output
+    assert r.exit_code == 2 and f"{f} is a file" in r.output
 
 
 def test_user_jsonl_and_resume_after_crash(tmp_path):
@@ -236,7 +236,7 @@ def test_json_stdout_is_only_json_and_flash_on_cpu_is_one_line(tmp_path):
     assert json.loads(p.stdout)["measured"]["steps"] == 2
     p = _cli("train", "--out", str(tmp_path / "f"), "--attn", "flash")
     assert p.returncode == 2  # not a segfault (139) after the message
-    assert p.stderr.strip().count("\n") == 0 and "--attn flash needs a CUDA GPU" in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in p.stderr
 
 
 def test_max_hours_stops_cleanly_at_a_checkpoint(tmp_path):
