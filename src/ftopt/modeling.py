@@ -11,7 +11,7 @@ import torch
 
 from ftopt.errors import FtoptError
 from ftopt.policy import lora_targets, storage
-from ftopt.spec import Attention, Combination, ModelSpec, Precision
+from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
 
 _DTYPES = {2: torch.bfloat16, 4: torch.float32}
 
@@ -80,10 +80,16 @@ def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, de
     dev = torch.device(device)
     attn = attn_implementation(combo.attn, dev.type)
     dtype = model_dtype(precision, combo)
+    quantized = combo.quant is not Quant.NONE
+    if quantized:
+        from ftopt import quantize
+
+        quantize.require_bitsandbytes()
     try:
         if weights_dir is not None:
+            extra = {"quantization_config": quantize.bnb_config(combo, precision)} if quantized else {}
             model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, attn_implementation=attn,
-                                                         trust_remote_code=False, use_safetensors=True)
+                                                         trust_remote_code=False, use_safetensors=True, **extra)
         else:
             cfg = hf_config(spec, num_layers, attn)
             torch.manual_seed(seed)
@@ -95,6 +101,10 @@ def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, de
         raise FtoptError(f"{spec.family} does not support --attn {combo.attn.value} in this transformers version; "
                          "use --attn eager.") from None
     model.config.use_cache = False
+    if quantized:
+        if weights_dir is None:
+            quantize.quantize_linears(model, combo, precision)
+        model = quantize.prepare_kbit(model)
     model = apply_optimizations(model, spec, combo)
     model.train()
     return model

@@ -148,7 +148,7 @@ def run_worker(cfg) -> dict:  # noqa: C901 - one readable sequence: data, model,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, logging_steps=1, report_to=[],
         disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_timeout=RANK_TIMEOUT_SECONDS,
         remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
-        ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
+        ddp_backend="gloo" if device.type == "cpu" and world > 1 else None, optim=cfg.combination.optim.hf_name,
     )
     model = build_model(spec, cfg.combination, cfg.precision, device="cpu" if cfg.combination.uses_deepspeed else device,
                         weights_dir=cfg.model, seed=cfg.seed)
