@@ -172,6 +172,7 @@ def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, 
                "--max-steps", str(sweep.max_steps), "--lr", str(sweep.lr), "--precision", sweep.precision,
                "--seed", str(sweep.seed), "--lora-r", str(c.lora_r), "--zero", str(c.zero),
                "--offload", c.offload.value, "--attn", c.attn.value, "--gpus", str(run.gpus),
+               "--quant", c.quant.value, "--optim", c.optim.value,
                "--gc" if c.gc else "--no-gc", "--packing" if sweep.packing else "--no-packing",
                "--gpu", sweep.hardware, *sweep.model_args]
         if c.lora_targets:

@@ -34,6 +34,8 @@ LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="comm
 Zero = Annotated[int, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3")]
 OffloadOpt = Annotated[str, typer.Option("--offload", help="none | optimizer | all")]
 Attn = Annotated[str, typer.Option("--attn", help="eager | sdpa | flash")]
+QuantOpt = Annotated[str, typer.Option("--quant", help="base quantization: none | nf4 | fp4 | int8 (bitsandbytes; needs LoRA)")]
+OptimOpt = Annotated[str, typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw")]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print the documented JSON schema instead of tables")]
 
@@ -77,11 +79,19 @@ def build_setup(seq_len, micro_batch, grad_accum, precision, gpus, nodes, datase
                          dataset_tokens=dataset_tokens, epochs=epochs)
 
 
-def build_combination(gc, lora_r, lora_targets, zero, offload, attn):
-    from ftopt.spec import Attention, Combination, Offload
+def build_combination(gc, lora_r, lora_targets, zero, offload, attn, quant="none", optim="adamw"):
+    from ftopt.spec import Attention, Combination, Offload, Optim, Quant
 
     return Combination(gc=gc, lora_r=lora_r, lora_targets=_targets(lora_targets), zero=zero,
-                       offload=_enum(Offload, offload, "--offload"), attn=_enum(Attention, attn, "--attn"))
+                       offload=_enum(Offload, offload, "--offload"), attn=_enum(Attention, attn, "--attn"),
+                       quant=_enum(Quant, quant, "--quant"), optim=_enum(Optim, optim, "--optim"))
+
+
+def _enum_list(enum_cls, value: Optional[str], flag: str):
+    """A comma list of enum values (None = not given)."""
+    if value is None:
+        return None
+    return tuple(_enum(enum_cls, v.strip(), flag) for v in value.split(",") if v.strip()) or None
 
 
 def _method(m: str):
@@ -95,7 +105,8 @@ def estimate(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1,
              seq_len: SeqLen = 2048, micro_batch: MicroBatch = 1, grad_accum: GradAccum = 1,
              precision: PrecisionOpt = "bf16-mixed", dataset_tokens: DatasetTokens = None, epochs: Epochs = 1.0,
              gc: Gc = False, lora_r: LoraR = 0, lora_targets: LoraTargets = None, zero: Zero = 0,
-             offload: OffloadOpt = "none", attn: Attn = "sdpa", method: MethodOpt = "analytic", json_out: Json = False):
+             offload: OffloadOpt = "none", attn: Attn = "sdpa", quant: QuantOpt = "none", optim: OptimOpt = "adamw",
+             method: MethodOpt = "analytic", json_out: Json = False):
     """Per-GPU memory and time of ONE combination, before anything runs."""
     def body():
         from ftopt import estimate as est
@@ -104,7 +115,8 @@ def estimate(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1,
 
         m, hw = load_model(model), load_hardware(gpu)
         setup = build_setup(seq_len, micro_batch, grad_accum, precision, gpus, nodes, dataset_tokens, epochs)
-        e = est(m, hw, setup, build_combination(gc, lora_r, lora_targets, zero, offload, attn), _method(method))
+        e = est(m, hw, setup, build_combination(gc, lora_r, lora_targets, zero, offload, attn, quant, optim),
+                _method(method))
         if json_out:
             typer.echo(json.dumps(e.to_json(), indent=2))
         else:
@@ -122,18 +134,21 @@ def plan(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1, nod
          full_only: Annotated[bool, typer.Option("--full-only", help="quality requires full fine-tuning")] = False,
          cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour")] = None,
          method: MethodOpt = "analytic", json_out: Json = False,
+         quant: Annotated[Optional[str], typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 (default none,nf4,int8)")] = None,
+         optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers to try (default: all)")] = None,
          out: Annotated[Optional[Path], typer.Option("--out", help="also write the plan JSON here")] = None):
     """Predict every valid combination and recommend one."""
     def body():
         from ftopt import plan as make_plan
         from ftopt.display import print_plan
         from ftopt.io import atomic_write_text
-        from ftopt.spec import load_hardware, load_model
+        from ftopt.spec import Optim, Quant, load_hardware, load_model
 
         m, hw = load_model(model), load_hardware(gpu)
         setup = build_setup(seq_len, micro_batch, grad_accum, precision, gpus, nodes, dataset_tokens, epochs)
         p = make_plan(m, hw, setup, method=_method(method), max_hours=max_hours, full_only=full_only, lora_r=lora_r,
-                      lora_targets=_targets(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour)
+                      lora_targets=_targets(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour,
+                      quants=_enum_list(Quant, quant, "--quant"), optims=_enum_list(Optim, optim, "--optim"))
         doc = p.to_json()
         if out:
             try:
@@ -172,6 +187,7 @@ def train(
     seq_len: SeqLen = 64, packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
     gc: Gc = False, lora_r: LoraR = 0, lora_targets: LoraTargets = None, zero: Zero = 0,
     offload: OffloadOpt = "none", attn: Attn = "sdpa", precision: PrecisionOpt = "fp32",
+    quant: QuantOpt = "none", optim: OptimOpt = "adamw",
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="use the recommended combination of a plan JSON")] = None,
     epochs: Epochs = 1.0, max_steps: Annotated[int, typer.Option("--max-steps", help="-1 = run the epochs")] = -1,
     lr: Annotated[float, typer.Option("--lr")] = 1e-3,
@@ -195,7 +211,7 @@ def train(
         if lr_schedule not in ("cosine", "linear", "constant", "constant_with_warmup"):
             raise FtoptError(f"--lr-schedule must be cosine, linear or constant, got '{lr_schedule}'.")
         combo = (_combination_from_plan(plan_file) if plan_file
-                 else build_combination(gc, lora_r, lora_targets, zero, offload, attn))
+                 else build_combination(gc, lora_r, lora_targets, zero, offload, attn, quant, optim))
         if model and not Path(model).expanduser().is_dir():
             raise FtoptError(f"--model {model} is not a local folder and the hub is not reachable offline; "
                              "download it first or use --random-init for benchmarking without weights.")
@@ -226,6 +242,8 @@ def bench(
     precision: PrecisionOpt = "fp32", gpu: Gpu = "cpu",
     lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
     repeat: Annotated[int, typer.Option("--repeat", help="runs per combination (noisy machines)")] = 1,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="also run each LoRA combination with this base (nf4, fp4, int8)")] = None,
+    optim: Annotated[Optional[str], typer.Option("--optim", help="also run each ZeRO-free combination with this optimizer")] = None,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
@@ -236,6 +254,7 @@ def bench(
         if repeat < 1:
             raise FtoptError(f"--repeat must be at least 1, got {repeat}.")
         combos = load_grid(grid) if grid else reference_combinations(lora_r, cpu=gpu == "cpu")
+        combos += _variants(combos, quant, optim)
         passthrough = [a for flag, v in (("--model", model), ("--random-init", random_init), ("--data", data))
                        if v for a in (flag, v)]
         spec = load_model(random_init or (model if model else "tiny-llama"))
@@ -254,6 +273,21 @@ def bench(
             print_calibration(fit)
             console.print(f"time model for '{gpu}' stored in {path}; later plan/estimate use it")
     _run(body)
+
+
+def _variants(combos, quant: Optional[str], optim: Optional[str]) -> list:
+    """Copies of the combinations that can take `quant` (LoRA, ZeRO 0-2) / `optim` (no ZeRO), with it set."""
+    from ftopt.spec import Combination, Optim, Quant
+
+    q = _enum(Quant, quant, "--quant") if quant else None
+    o = _enum(Optim, optim, "--optim") if optim else None
+    out = []
+    for c in combos:
+        upd = {k: v for k, v in (("quant", q if c.lora and c.zero < 3 else None), ("optim", o if not c.zero else None))
+               if v is not None}
+        if upd:
+            out.append(Combination(**{**c.model_dump(), **upd}))
+    return out
 
 
 @app.command()

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
-from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, TrainingSetup
+from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
 from ftopt.units import fmt_bytes, fmt_seconds
 
 NEAR_TIE_FRACTION = 0.01
@@ -21,6 +21,9 @@ DEFAULT_LORA_R = 16
 # ZeRO stage and offload pairs DeepSpeed accepts (offload needs a stage; parameter offload needs stage 3).
 ZERO_OFFLOAD = [(0, Offload.NONE), (1, Offload.NONE), (1, Offload.OPTIMIZER), (2, Offload.NONE),
                 (2, Offload.OPTIMIZER), (3, Offload.NONE), (3, Offload.OPTIMIZER), (3, Offload.ALL)]
+# Quantized LoRA bases the plan tries. FP4 is left out: the same bytes and time as NF4, and lower quality (QLoRA
+# paper, Table 2/Fig. 3); `estimate --quant fp4` still predicts it.
+PLAN_QUANTS = (Quant.NF4, Quant.INT8)
 
 
 class Plan(BaseModel):
@@ -63,13 +66,22 @@ class Plan(BaseModel):
 
 
 def combinations(hw: HardwareSpec, lora_r: int = DEFAULT_LORA_R, full_only: bool = False,
-                 lora_targets: tuple[str, ...] | None = None) -> list[Combination]:
-    """GC on/off x full/LoRA x (ZeRO stage, offload) x attention eager/flash (eager/sdpa on a CPU)."""
+                 lora_targets: tuple[str, ...] | None = None, quants: tuple[Quant, ...] | None = None,
+                 optims: tuple[Optim, ...] | None = None) -> list[Combination]:
+    """GC on/off x full/LoRA x (ZeRO stage, offload) x attention eager/flash (eager/sdpa on a CPU), plus for
+    LoRA each quantized base (ZeRO 0-2) and, without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims`
+    restrict the enumeration (None = PLAN_QUANTS and every optimizer)."""
     attns = [Attention.EAGER, Attention.SDPA] if hw.is_cpu else [Attention.EAGER, Attention.FLASH]
     ranks = [0] if full_only else [0, lora_r]
+    quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
+    optim_set = tuple(Optim) if optims is None else optims
     out = []
-    for gc, r, (zero, off), attn in itertools.product([False, True], ranks, ZERO_OFFLOAD, attns):
-        out.append(Combination(gc=gc, lora_r=r, lora_targets=lora_targets if r else None, zero=zero, offload=off, attn=attn))
+    for gc, r, quant, (zero, off), optim, attn in itertools.product([False, True], ranks, quant_set, ZERO_OFFLOAD,
+                                                                     optim_set, attns):
+        if (quant is not Quant.NONE and (not r or zero == 3)) or (optim is not Optim.ADAMW and zero):
+            continue  # combinations Combination's validator rejects: not enumerated
+        out.append(Combination(gc=gc, lora_r=r, lora_targets=lora_targets if r else None, zero=zero, offload=off,
+                               attn=attn, quant=quant, optim=optim))
     return out
 
 
@@ -83,7 +95,9 @@ def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate
         return None, "no combination fits in memory"
     best_time = fitting[0].total_seconds
     near = [e for e in fitting if e.total_seconds <= best_time * (1 + NEAR_TIE_FRACTION)]
-    pick = min(near, key=lambda e: (e.combination.offload is not Offload.NONE, e.combination.zero, -e.headroom_bytes))
+    # ties: no offload, then an unquantized base and 32-bit states (exact weights and updates), then the lower stage
+    pick = min(near, key=lambda e: (e.combination.offload is not Offload.NONE, e.combination.quant is not Quant.NONE,
+                                    e.combination.optim is not Optim.ADAMW, e.combination.zero, -e.headroom_bytes))
     others = [e for e in fitting if e is not pick]
     reason = (f"fastest combination that fits: {fmt_seconds(pick.total_seconds)} of training, "
               f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per GPU")
@@ -130,13 +144,13 @@ def fewest_gpus(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combos
 def plan(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, *, method: Method | str = Method.ANALYTIC,
          max_hours: float | None = None, full_only: bool = False, lora_r: int = DEFAULT_LORA_R,
          lora_targets: tuple[str, ...] | None = None, cost_per_gpu_hour: float | None = None,
-         what_ifs: bool = True) -> Plan:
+         what_ifs: bool = True, quants: tuple[Quant, ...] | None = None, optims: tuple[Optim, ...] | None = None) -> Plan:
     method = Method(method)
     if max_hours is not None and max_hours <= 0:
         raise FtoptError(f"--max-hours must be positive, got {max_hours}.")
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
-    combos = combinations(hw, lora_r, full_only, lora_targets)
+    combos = combinations(hw, lora_r, full_only, lora_targets, quants, optims)
     # The traced method is slower: rank everything analytically, then trace the leading candidates.
     estimates = [estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos]
     estimates.sort(key=_rank_key)

@@ -90,3 +90,51 @@ def count_quantized(model) -> int:
     import bitsandbytes as bnb
 
     return sum(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
+
+
+# ---- storage-equivalent stand-ins for the traced estimator ------------------------------------------------------
+# bitsandbytes' ops carry fake implementations (bitsandbytes/_ops.py register_fake), but its parameter classes
+# (Params4bit, Int8Params) are tensor subclasses that cannot wrap a FakeTensor ("Creating a new Tensor subclass
+# Params4bit but the raw Tensor object is already associated to a python object of type FakeTensor"). Under the
+# trace each quantized linear is therefore a stand-in with the same storage and the same tensor life cycle.
+class _DequantMatmul(torch.autograd.Function):
+    """y = x @ dequant(W)^T with the weight dequantized for the duration of the op, forward and backward, and
+    nothing saved but the (already resident) quantized weight: what bitsandbytes' MatMul4Bit does."""
+
+    @staticmethod
+    def forward(ctx, x, packed, out_features, compute_dtype):
+        ctx.shape, ctx.compute_dtype = (out_features, x.shape[-1]), compute_dtype
+        w = torch.empty(ctx.shape, dtype=compute_dtype, device=x.device)  # the dequantized weight (temporary)
+        return torch.nn.functional.linear(x.to(compute_dtype), w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w = torch.empty(ctx.shape, dtype=ctx.compute_dtype, device=grad.device)
+        return grad.to(ctx.compute_dtype) @ w, None, None, None
+
+
+class QuantizedLinearStandIn(torch.nn.Linear):
+    """A frozen quantized linear for the tracer: a uint8 weight of the quantized size (storage_bytes), output
+    cast back to the input dtype (Linear4bit.forward). Subclasses nn.Linear so PEFT wraps it with LoRA."""
+
+    def __init__(self, lin: torch.nn.Linear, storage_bytes: int, compute: torch.dtype):
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features, self.compute_dtype = lin.in_features, lin.out_features, compute
+        self.weight = torch.nn.Parameter(torch.empty(storage_bytes, dtype=torch.uint8, device=lin.weight.device),
+                                         requires_grad=False)
+        self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.data, requires_grad=False)
+
+    def forward(self, x):
+        out = _DequantMatmul.apply(x, self.weight, self.out_features, self.compute_dtype).to(x.dtype)
+        return out + self.bias.to(out.dtype) if self.bias is not None else out
+
+
+def stand_in_linears(model, combo: Combination, precision: Precision, storage_bytes) -> None:
+    """Replace every decoder nn.Linear (not the LM head) by a QuantizedLinearStandIn of `storage_bytes(in, out)`."""
+    head = model.get_output_embeddings()
+    compute = torch.float16 if combo.quant is Quant.INT8 else compute_dtype(precision)
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if type(child) is torch.nn.Linear and child is not head:
+                size = storage_bytes(combo.quant, child.in_features, child.out_features)
+                setattr(mod, child_name, QuantizedLinearStandIn(child, size, compute))
