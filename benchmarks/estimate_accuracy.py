@@ -185,6 +185,7 @@ def main() -> None:
         for k, v in est.items():
             row[f"{k}_error"] = (v - real["measured_bytes"]) / real["measured_bytes"]
         rows.append(row)
+        _save(results, rows, [], {})  # after each run: a slow CPU sweep interrupted keeps what it measured
         print(f"{sc['arch']:16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} {sc['attn']:5} "
               f"{sc['precision']:10} {sc.get('quant', 'none'):4} {sc.get('optim', 'adamw'):10} "
               f"s{sc.get('seq', SEQ)}x{sc.get('batch', BATCH)} measured {real['measured_bytes'] / 2**20:8.1f} MiB  analytic "
@@ -214,12 +215,16 @@ def main() -> None:
         summary[k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
         print(f"{k:8}: median |error| {summary[k]['median_abs_error']:.2%}, worst {summary[k]['worst_abs_error']:.2%} "
               f"over {len(rows)} runs")
-    from ftopt.io import atomic_write_text
-
     if a.zero_only:  # keep the single-process rows of the last full run
         results = RESULTS.with_name("estimate_accuracy_zero.json")
-    atomic_write_text(results, json.dumps({"rows": rows, "zero_rows": zero_rows, "summary": summary, "seq_len": SEQ,
-                                           "micro_batch": BATCH}, indent=2))
+    _save(results, rows, zero_rows, summary)
+
+
+def _save(path: Path, rows: list, zero_rows: list, summary: dict) -> None:
+    from ftopt.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"rows": rows, "zero_rows": zero_rows, "summary": summary, "seq_len": SEQ,
+                                        "micro_batch": BATCH}, indent=2))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,17 @@ def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
     return tokens * v * (12 + (st.act_bytes if st.act_bytes != 4 else 0))
 
 
+def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage, world_size: int) -> int:
+    """A trained, tied embedding gets two gradients at the very end of backward, the LM head's and the lookup's
+    (embedding_dense_backward, dense vocab x hidden); autograd adds them out of place, so the two partial gradients
+    and their sum coexist for a moment: 2 x vocab x hidden beyond the final gradient (seen in the trace of
+    qwen2-style models, whose peak it is under GC)."""
+    if combo.lora or not model.tie_embeddings:
+        return 0
+    per = model.vocab_size * (model.embed_dim or model.hidden_size) * st.grad
+    return 2 * (_ceil_div(per, world_size) if combo.zero >= 2 else per)
+
+
 def frozen_head_cast_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
     """A frozen fp32 LM head under autocast (quantized base after prepare_model_for_kbit_training) is cast to bf16
     on every forward and that copy is saved for the input gradient (autocast caches only trainable leaves)."""
@@ -224,10 +235,12 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: b
     step_temp = _ceil_div(train * 4, setup.world_size) if combo.uses_deepspeed and combo.offload is Offload.NONE else 0
     if combo.optim is not Optim.ADAMW:
         step_temp = q8.bnb_step_temp_bytes(model, combo, on_gpu)
+    tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     candidates = [
         ("forward/backward", MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, logits_loss=logits,
                                              temporaries=dequant)),
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, temporaries=dequant)),
+        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, temporaries=tied)),  # the embedding's
         ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, temporaries=step_temp)),
     ]
     phase, bd = max(candidates, key=lambda c: c[1].total())
