@@ -45,6 +45,9 @@ def scenarios(quick: bool, gpu: bool = False) -> list[dict]:
         for arch in GPU_PRESETS:
             for lora_r, gc, attn in ((8, False, "flash"), (8, True, "flash"), (8, False, "sdpa"), (0, True, "flash")):
                 out.append(dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="bf16-mixed", device="cuda"))
+            # QLoRA (NF4, GC) and paged 8-bit AdamW on CUDA: the in-place bitsandbytes kernels (no CPU temporaries)
+            out.append(dict(arch=arch, lora_r=8, gc=True, attn="flash", precision="bf16-mixed", device="cuda",
+                            quant="nf4", optim="paged-adamw-8bit"))
         return out
     for arch in (["llama-gqa-100m"] if quick else ARCHS):
         for lora_r in (0, 8):
