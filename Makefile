@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	# DeepSpeed compiles its CPU shared-memory collective op on first use (about a minute on 2 cores, once per
 	# venv); doing it here keeps that minute out of the first ZeRO run's measured time. Not fatal: GPUs lack it.
 	-$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); b and b.load()" >/dev/null 2>&1
+	# Optimizer offload runs DeepSpeedCPUAdam, another op compiled on first use (about 2 CPU-minutes): prebuilt too.
+	-$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('CPUAdamBuilder'); b and b.load()" >/dev/null 2>&1
 	touch $@
 
 setup: $(VENV)/.installed

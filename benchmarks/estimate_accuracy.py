@@ -131,7 +131,7 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     cfg_path = workdir / f"{arch}.json"
     cfg_path.write_text(json.dumps(ARCHS[arch]))
     out = workdir / f"{arch}-z{sc['zero']}-r{sc['lora_r']}-gc{int(sc['gc'])}"
-    cmd = [sys.executable, "-m", "ftopt", "train", "--random-init", str(cfg_path), "--output-dir", str(out),
+    cmd = [sys.executable, "-m", "ftopt", "train", "--random-init", str(cfg_path), "--out", str(out),
            "--max-steps", "2", "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--packing", "--gpus", "2",
            "--zero", str(sc["zero"]), "--lora-r", str(sc["lora_r"]), "--gc" if sc["gc"] else "--no-gc", "--json"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -53,12 +53,49 @@ def plain_trainer(out: str) -> float:
 
 
 def ftopt_run(out: str, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "ftopt", "train", "--output-dir", out, "--max-steps", str(STEPS),
-           "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--json", *extra]
+    cmd = [sys.executable, "-m", "ftopt", "train", "--out", out, "--max-steps", str(STEPS),
+           "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--eval-max-examples", "0", "--json", *extra]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     m = json.loads((Path(out) / "metrics.json").read_text())
     tokens = sum(json.loads(line)["tokens"] for line in (Path(out) / "steps.jsonl").read_text().splitlines())
-    return {"tokens_per_s": tokens / m["measured"]["train_seconds"], "step_tokens_per_s": m["measured"]["tokens_per_s"]}
+    # the Trainer's own train_runtime, as for the plain script (measured.train_seconds sums the step times only)
+    return {"tokens_per_s": tokens / m["ranks"][0]["train_seconds"], "step_tokens_per_s": m["measured"]["tokens_per_s"]}
+
+
+def callback_seconds_per_step(n: int = 2000) -> float:
+    """What ftopt's per-step callback work costs by itself (timing, step record, progress), in seconds per step:
+    the part of the overhead that does not shrink with the model. Measured without a model, on this CPU."""
+    import tempfile
+    import time
+
+    import torch
+
+    from ftopt.train.callbacks import Progress
+    from ftopt.train.recorder import StepLog, StepRecorder
+
+    with tempfile.TemporaryDirectory() as d:
+        rec, prog = StepRecorder(StepLog(Path(d) / "steps.jsonl"), torch.device("cpu"), 0), Progress(False)
+        t0 = time.perf_counter()
+        for step in range(1, n + 1):
+            rec.begin(step * 100)
+            rec.end(step, step * 100 + 512)
+            prog.update(step, rec.flush(1.0))
+        rec.log.close()
+        return (time.perf_counter() - t0) / n
+
+
+def gpu_sized_share(per_step_seconds: float) -> list[str]:
+    """The callback cost as a share of predicted GPU steps (uncalibrated time model): it should vanish there."""
+    from ftopt import estimate
+    from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
+
+    lines = []
+    for model, gpu, combo in (("llama-3.1-8b", "a100-80g", Combination(lora_r=16)),
+                              ("qwen2.5-0.5b", "h100-80g", Combination(gc=True))):
+        e = estimate(load_model(model), load_hardware(gpu), TrainingSetup(seq_len=2048, micro_batch=1), combo)
+        lines.append(f"{model} {combo.label()} on {gpu}: predicted step {e.step_seconds * 1e3:.0f} ms, ftopt's "
+                     f"per-step work {per_step_seconds / e.step_seconds:.4%} of it")
+    return lines
 
 
 def variable_length_data(path: Path, n: int = 1500) -> None:
@@ -87,6 +124,10 @@ def main() -> None:
         print(f"round {i + 1}: plain Trainer {plain_tps[-1]:.0f} tok/s, ftopt train {ftopt_tps[-1]:.0f} tok/s", flush=True)
     ratio = statistics.median(f / p for f, p in zip(ftopt_tps, plain_tps))
     print(f"ftopt train / plain Trainer tokens/s: median ratio {ratio:.3f} over {a.rounds} rounds (target >= 0.97)")
+    cb = callback_seconds_per_step()
+    print(f"ftopt's per-step callback work: {cb * 1e6:.0f} µs per step")
+    for line in gpu_sized_share(cb):
+        print("  " + line)
 
     data = tmp / "varlen.jsonl"
     variable_length_data(data)
@@ -101,7 +142,8 @@ def main() -> None:
 
     atomic_write_text(ROOT / "benchmarks" / "results" / "train_overhead.json", json.dumps({
         "steps": STEPS, "seq_len": SEQ, "micro_batch": BATCH, "plain_tokens_per_s": plain_tps,
-        "ftopt_tokens_per_s": ftopt_tps, "overhead_ratio": ratio, "padding_tokens_per_s": pad,
+        "ftopt_tokens_per_s": ftopt_tps, "overhead_ratio": ratio,
+        "round_ratios": [f / p for f, p in zip(ftopt_tps, plain_tps)], "callback_seconds_per_step": cb, "padding_tokens_per_s": pad,
         "packing_tokens_per_s": packed, "packing_ratio": pratio}, indent=2))
 
 

@@ -4,42 +4,69 @@ import os
 
 import pytest
 
-from ftopt.bench import BenchRun, Sweep, load_grid, read_results, run_sweep
+from ftopt import resolve
+from ftopt.bench import load_grid, read_results, run_sweep, sweep_runs
 from ftopt.calibration import calibrate, fit_time_model, spearman
 from ftopt.errors import FtoptError
 from ftopt.io import append_line_atomic
-from ftopt.spec import Combination, load_model
+from ftopt.spec import Combination, load_hardware
+
+
+def _base(max_steps=3, seq_len=32, micro_batch=4):
+    hw = load_hardware("cpu")
+    return resolve.finish_run(
+        resolve.new_run(hw, resolve.model_ref("tiny-llama", weights=False),
+                        resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch), resolve.combination()),
+        data={"eval_max_examples": 0}, schedule={"max_steps": max_steps}, output={})
 
 
 def test_sweep_records_oom_and_crash_and_resumes(tmp_path):
-    sweep = Sweep(max_steps=3, seq_len=32, micro_batch=4)
     combos = [Combination(), Combination(lora_r=4), Combination(gc=True)]
-    keys = [BenchRun(combination=c).key() for c in combos]
+    runs = sweep_runs(_base(), combos, tmp_path / "runs")
+    keys = [r.key() for r in runs]
     results = tmp_path / "results.jsonl"
     events = []
-    rows = run_sweep(sweep, combos, results, tmp_path / "runs", spec=load_model("tiny-llama"),
-                     inject={keys[0]: "oom", keys[1]: "crash"}, on_event=lambda k, i: events.append(k))
+    rows = run_sweep(runs, results, inject={keys[0]: "oom", keys[1]: "crash"}, on_event=lambda k, i: events.append(k))
     status = {r["key"]: r["status"] for r in rows}
     assert status == {keys[0]: "oom", keys[1]: "error", keys[2]: "ok"}
     oom = next(r for r in rows if r["status"] == "oom")
     assert "out of memory" in oom["error_tail"] and oom["predicted"]["analytic"]["peak_bytes_per_gpu"] > 0
     ok = next(r for r in rows if r["status"] == "ok")
     assert ok["measured"]["peak_bytes_per_gpu"] > 0 and "traced" in ok["predicted"]
+    assert ok["run"]["setup"]["seq_len"] == 32 and ok["run"]["combination"]["gc"] is True  # the run, echoed
     # a second run of the same sweep skips everything already recorded
     events.clear()
-    rows2 = run_sweep(sweep, combos, results, tmp_path / "runs")
+    rows2 = run_sweep(runs, results)
     assert len(rows2) == 3 and len(results.read_text().splitlines()) == 3
 
 
-def test_resume_after_interrupt_runs_only_the_rest(tmp_path):
-    sweep = Sweep(max_steps=2, seq_len=32, micro_batch=4)
-    combos = [Combination(lora_r=4), Combination(lora_r=4, gc=True)]
+def test_rerun_with_other_settings_runs_again(tmp_path):
     results = tmp_path / "r.jsonl"
-    first = BenchRun(combination=combos[0]).key()
+    combos = [Combination(lora_r=4)]
+    run_sweep(sweep_runs(_base(max_steps=2), combos, tmp_path / "runs"), results)
+    events = []
+    rows = run_sweep(sweep_runs(_base(max_steps=3, seq_len=16), combos, tmp_path / "runs"), results,
+                     on_event=lambda k, i: events.append(k))
+    assert events.count("start") == 1 and "skip" not in events  # not "done before": the settings differ
+    assert sorted(r["measured"]["steps"] for r in rows) == [2, 3]
+
+
+def test_zero_processes_and_run_timeout(tmp_path):
+    runs = sweep_runs(_base(max_steps=500), [Combination(zero=2)], tmp_path / "runs", zero_gpus=1)
+    assert runs[0].spec.setup.world_size == 1  # a one-GPU machine can run the ZeRO reference points
+    rows = run_sweep(runs, tmp_path / "r.jsonl", run_timeout_seconds=3)
+    assert rows[0]["status"] == "timeout" and "--run-timeout" in rows[0]["error_tail"]
+
+
+def test_resume_after_interrupt_runs_only_the_rest(tmp_path):
+    combos = [Combination(lora_r=4), Combination(lora_r=4, gc=True)]
+    runs = sweep_runs(_base(max_steps=2), combos, tmp_path / "runs")
+    results = tmp_path / "r.jsonl"
+    first = runs[0].key()
     # as if the sweep was interrupted after the first run finished
     append_line_atomic(results, json.dumps({"key": first, "status": "ok", "label": "x", "measured": {}}))
     started = []
-    run_sweep(sweep, combos, results, tmp_path / "runs", on_event=lambda k, i: started.append((k, i["key"])))
+    run_sweep(runs, results, on_event=lambda k, i: started.append((k, i["key"])))
     assert ("skip", first) in started and sum(k == "start" for k, _ in started) == 1
 
 

@@ -74,3 +74,32 @@ def test_malformed_and_non_decoder_configs(tmp_path):
 def test_seq_len_beyond_positions_warns():
     r = run("estimate", "--model", "llama-2-7b", "--seq-len", "8192")
     assert r.exit_code == 0 and "exceeds the model's 4096 positions" in r.output
+
+
+@pytest.mark.parametrize("command", [["bench", "--max-steps", "1"], ["demo", "--steps", "1"], ["report", "R"],
+                                     ["train", "--max-steps", "1"], ["plan"]])
+def test_output_under_a_regular_file_is_one_line(tmp_path, command):
+    f = tmp_path / "file"
+    f.write_text("x")
+    results = tmp_path / "r.jsonl"
+    results.write_text('{"key": "a", "status": "ok", "label": "x", "measured": {}}\n')
+    args = [str(results) if a == "R" else a for a in command]
+    target = f / "sub" / ("plan.json" if command[0] == "plan" else "")
+    r = run(*args, "--out", str(target))
+    assert r.exit_code == 2, r.output
+    assert "is a file" in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_version_and_help_state_defaults():
+    from ftopt import __version__
+
+    r = run("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+    import typer
+
+    cmd = typer.main.get_command(app)
+    for name in ("estimate", "plan", "train", "bench"):
+        params = {p.name: p for p in cmd.commands[name].params}
+        assert "64 on cpu" in params["seq_len"].help  # hardware-derived defaults are shown in --help
+        undocumented = [p.name for p in params.values() if not getattr(p, "help", None) and p.name != "results"]
+        assert not undocumented, f"{name}: flags without help: {undocumented}"

@@ -5,6 +5,7 @@ Each result carries the predicted figures (analytic and traced) next to the meas
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -17,24 +18,43 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftopt.errors import FtoptError, validation_message
 from ftopt.io import append_line_atomic
-from ftopt.spec import Attention, Combination, Offload
+from ftopt.spec import Attention, Combination, Optim, OutputSpec, Quant, RunSpec
 
-RESULTS_SCHEMA = "ftopt.bench/1"
+RESULTS_SCHEMA = "ftopt.bench/2"
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
 class BenchRun(BaseModel):
-    """What is run: one combination at one repeat index, with the shared train settings."""
+    """What is run: one combination at one repeat index, with the sweep's shared run specification."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    combination: Combination
-    gpus: int = Field(1, gt=0, description="processes; ZeRO runs use 2 on a CPU to partition something")
+    spec: RunSpec = Field(description="the whole run, output folder included")
     repeat: int = Field(0, ge=0)
 
     def key(self) -> str:
-        c = self.combination
-        return (f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}-{c.offload.value}-{c.attn.value}-g{self.gpus}-"
-                f"t{'.'.join(c.lora_targets) if c.lora_targets else 'default'}-rep{self.repeat}")
+        """Readable combination part, then a digest of everything else that makes the run (model, data, steps,
+        seq-len, micro-batch, precision, learning rate, processes...): a rerun with other settings runs again."""
+        c, s = self.spec.combination, self.spec.setup
+        ident = self.spec.identity()
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+        return (f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}-{c.offload.value}-{c.attn.value}-g{s.world_size}-"
+                f"t{'.'.join(c.lora_targets) if c.lora_targets else 'default'}-rep{self.repeat}-{digest}")
+
+
+def sweep_runs(base: RunSpec, combos: Iterable[Combination], runs_dir: Path, repeat: int = 1,
+               zero_gpus: int = 2) -> list[BenchRun]:
+    """Each combination on `base`'s settings; ZeRO runs on `zero_gpus` processes (ZeRO on one process partitions
+    nothing). Repeats go round-robin (every combination once, then again): a machine that slows down for a while
+    then affects one run of each combination instead of all runs of one, and the per-combination median absorbs it."""
+    runs = []
+    for k in range(repeat):
+        for c in combos:
+            setup = base.setup.model_copy(update={"gpus_per_node": zero_gpus}) if c.uses_deepspeed else base.setup
+            spec = base.model_copy(update={"combination": c, "setup": setup})
+            key = BenchRun(spec=spec, repeat=k).key()
+            out = OutputSpec(dir=str(runs_dir / key), overwrite=True, report_to=base.output.report_to)
+            runs.append(BenchRun(spec=spec.model_copy(update={"output": out}), repeat=k))
+    return runs
 
 
 def reference_combinations(lora_r: int = 8, cpu: bool = True) -> list[Combination]:
@@ -115,95 +135,107 @@ def _tail(text: str, n: int = 8) -> str:
 
 
 def _status(returncode: int, output: str) -> str:
+    """ok, oom or error (a timeout is recorded by the caller)."""
     if returncode == 0:
         return "ok"
     return "oom" if any(m in output for m in OOM_MARKERS) else "error"
 
 
 # ---- the sweep ------------------------------------------------------------------------------------------------------------
-class Sweep(BaseModel):
-    """The shared settings of a sweep (passed to every `ftopt train`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    model_args: list[str] = Field(default_factory=list, description="--model/--random-init/--data ... passed through")
-    seq_len: int = 64
-    micro_batch: int = 8
-    max_steps: int = 100
-    lr: float = 3e-3
-    precision: str = "fp32"
-    seed: int = 0
-    hardware: str = "cpu"
-    zero_gpus: int = Field(2, description="processes for ZeRO runs (a CPU partitions over 2 processes)")
-    packing: bool = Field(False, description="pack sequences to exactly seq_len (measured = estimated shapes)")
-
-
-def predicted(sweep: Sweep, run: BenchRun, spec) -> dict:
-    """Analytic and traced predictions for the run's exact setup (for runs that wrote no metrics.json)."""
-    from ftopt.estimate import predictions
-    from ftopt.spec import TrainingSetup, load_hardware
-
-    setup = TrainingSetup(seq_len=sweep.seq_len, micro_batch=sweep.micro_batch, precision=sweep.precision,
-                          gpus_per_node=run.gpus)
-    return predictions(spec, load_hardware(sweep.hardware), setup, run.combination)
-
-
-def run_sweep(sweep: Sweep, combos: Iterable[Combination], results: str | Path, runs_dir: str | Path, *,
-              repeat: int = 1, spec=None, on_event: Callable[[str, dict], None] = lambda kind, info: None,
+def run_sweep(runs: list[BenchRun], results: str | Path, *, run_timeout_seconds: float | None = None,
+              on_event: Callable[[str, dict], None] = lambda kind, info: None,
               inject: dict[str, str] | None = None) -> list[dict]:
-    """Run each (combination, repeat) not yet in `results`; append one result line per run. Returns all results.
+    """Run each BenchRun not yet in `results`; append one result line per run. Returns all results.
     `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
     results = Path(results)
     done = {r["key"] for r in read_results(results)}
-    combos = list(combos)
-    # Repeats go round-robin (every combination once, then again): a machine that slows down for a while then
-    # affects one run of each combination instead of all runs of one, and the per-combination median absorbs it.
-    plan_runs = [BenchRun(combination=c, gpus=sweep.zero_gpus if c.uses_deepspeed else 1, repeat=k)
-                 for k in range(repeat) for c in combos]
-    for i, run in enumerate(plan_runs, 1):
-        key = run.key()
+    for i, run in enumerate(runs, 1):
+        key, c = run.key(), run.spec.combination
+        info = {"key": key, "label": c.label(), "index": i, "total": len(runs)}
         if key in done:
-            on_event("skip", {"key": key, "label": run.combination.label(), "index": i, "total": len(plan_runs)})
+            on_event("skip", info)
             continue
-        on_event("start", {"key": key, "label": run.combination.label(), "index": i, "total": len(plan_runs)})
-        out_dir = Path(runs_dir) / key
-        c = run.combination
-        cmd = [sys.executable, "-m", "ftopt", "train", "--output-dir", str(out_dir), "--json",
-               "--seq-len", str(sweep.seq_len), "--micro-batch", str(sweep.micro_batch),
-               "--max-steps", str(sweep.max_steps), "--lr", str(sweep.lr), "--precision", sweep.precision,
-               "--seed", str(sweep.seed), "--lora-r", str(c.lora_r), "--zero", str(c.zero),
-               "--offload", c.offload.value, "--attn", c.attn.value, "--gpus", str(run.gpus),
-               "--quant", c.quant.value, "--optim", c.optim.value,
-               "--gc" if c.gc else "--no-gc", "--packing" if sweep.packing else "--no-packing",
-               "--gpu", sweep.hardware, *sweep.model_args]
-        if c.lora_targets:
-            cmd += ["--lora-targets", ",".join(c.lora_targets)]
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        if sweep.hardware == "cpu":
-            # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then
-            # use the two cores of a small machine). A multi-threaded tiny step waits for its slowest thread, so on
-            # a shared or virtual machine its time swings by half from minute to minute; one thread does not.
-            env.setdefault("OMP_NUM_THREADS", "1")
-        for prefix, what in (inject or {}).items():
-            if key.startswith(prefix):
-                env["FTOPT_INJECT_FAILURE"] = what
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        status = _status(proc.returncode, proc.stdout + proc.stderr)
-        row: dict = {"schema": RESULTS_SCHEMA, "key": key, "label": c.label(), "combination": c.key(),
-                     "gpus": run.gpus, "repeat": run.repeat, "status": status, "sweep": sweep.model_dump()}
-        if status == "ok":
-            # the run already predicted itself for the same setup and hardware (--gpu): no second trace
-            m = json.loads((out_dir / "metrics.json").read_text())
-            row["measured"] = m["measured"]
-            row["mfu"] = m.get("mfu")
-            row["tokens_per_step"] = m["tokens_per_step"]
-            if m.get("predicted"):
-                row["predicted"] = m["predicted"]
-        else:
-            row["error_tail"] = _tail(proc.stderr or proc.stdout)
-        if "predicted" not in row and spec is not None:
-            row["predicted"] = predicted(sweep, run, spec)
+        on_event("start", info)
+        row = _run_one(run, key, run_timeout_seconds, inject or {})
         append_line_atomic(results, json.dumps(row))
-        on_event("done", {"key": key, "label": c.label(), "status": status, "index": i, "total": len(plan_runs)})
+        on_event("done", {**info, "status": row["status"]})
     return read_results(results)
 
 
+def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, str]) -> dict:
+    """One `ftopt train --plan RUN.json` subprocess: the run gets its specification as a file, never re-parsed
+    flags. An OOM, crash or timeout is recorded with the prediction and the sweep goes on."""
+    from ftopt.io import atomic_write_text
+
+    spec = run.spec
+    spec_file = spec.output_dir.parent / f"{key}.run.json"
+    atomic_write_text(spec_file, json.dumps(spec.to_json(), indent=2))
+    cmd = [sys.executable, "-m", "ftopt", "train", "--plan", str(spec_file), "--json"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if spec.hardware.is_cpu:
+        # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then
+        # use the two cores of a small machine). A multi-threaded tiny step waits for its slowest thread, so on
+        # a shared or virtual machine its time swings by half from minute to minute; one thread does not.
+        env.setdefault("OMP_NUM_THREADS", "1")
+    for prefix, what in inject.items():
+        if key.startswith(prefix):
+            env["FTOPT_INJECT_FAILURE"] = what
+    returncode, output = _run_with_timeout(cmd, env, timeout)
+    status = "timeout" if returncode is None else _status(returncode, output)
+    if returncode is None:
+        output = f"stopped after --run-timeout {timeout:g} s\n{output}"
+    c = spec.combination
+    row: dict = {"schema": RESULTS_SCHEMA, "key": key, "label": c.label(), "combination": c.key(),
+                 "gpus": spec.setup.world_size, "repeat": run.repeat, "status": status, "run": spec.to_json()}
+    if status == "ok":
+        # the run already predicted itself for the same setup and hardware: no second trace
+        m = json.loads((spec.output_dir / "metrics.json").read_text())
+        row.update(measured=m["measured"], mfu=m.get("mfu"), tokens_per_step=m["tokens_per_step"],
+                   predicted=m["predicted"])
+    else:
+        row["error_tail"] = _tail(output)
+        row["predicted"] = predicted(spec)
+    return row
+
+
+def _run_with_timeout(cmd: list[str], env: dict, timeout: float | None) -> tuple[int | None, str]:
+    """Run `cmd` in its own process group; on timeout stop the whole group (the DeepSpeed launcher and its ranks
+    too, which a plain subprocess timeout would leave running). Returns (exit code or None on timeout, output)."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        return None, out
+    except BaseException:  # Ctrl-C: take the run's processes down with the sweep
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def predicted(spec: RunSpec) -> dict:
+    """Analytic and traced predictions for a run that wrote no metrics.json."""
+    from ftopt.estimate import predictions
+    from ftopt.spec import load_model
+
+    return predictions(load_model(spec.model.ref), spec.hardware, spec.setup, spec.combination)
+
+
+def quant_optim_variants(combos: list[Combination], quant: Quant | None, optim: Optim | None) -> list[Combination]:
+    """Copies of the combinations that can take `quant` (LoRA, ZeRO 0-2) or `optim` (no ZeRO), with it set: the
+    sweep then measures each reference point beside its quantized / 8-bit twin."""
+    out = []
+    for c in combos:
+        upd = {k: v for k, v in (("quant", quant if c.lora and c.zero < 3 else None),
+                                  ("optim", optim if not c.zero else None)) if v is not None}
+        if upd:
+            out.append(Combination(**{**c.model_dump(), **upd}))
+    return out

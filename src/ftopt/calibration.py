@@ -208,7 +208,9 @@ def time_points(rows: list[dict], hw) -> tuple[list[TimePoint], int]:
     points = []
     for runs in groups.values():
         r = runs[0]
-        dtype = Precision(r.get("sweep", {}).get("precision", "fp32")).compute_dtype
+        # results lines carry their run specification; lines written before ftopt.bench/2 carried "sweep"
+        dtype = Precision(r.get("run", {}).get("setup", {}).get("precision")
+                          or r.get("sweep", {}).get("precision", "fp32")).compute_dtype
         peak = hw.flops_for(dtype) or hw.flops_for("fp32")
         pred = r["predicted"]["analytic"]
         points.append(TimePoint(r.get("label", r["key"]), pred["flops_per_step"] / peak, pred.get("kernels_per_step"),

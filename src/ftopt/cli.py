@@ -1,155 +1,105 @@
-"""`ftopt` command line: a thin Typer layer. Parses flags, builds the typed specs, calls the library, prints.
+"""`ftopt` command line: a thin Typer layer. Parses flags, builds the typed specs (ftopt.resolve), calls the
+library, prints. Every user mistake surfaces as one line on stderr and exit code 2 (see `_run`).
 
-Every user mistake surfaces as one line on stderr and exit code 2 (see `_run`).
+Flags that set the training setup or the combination default to None ("not given"): their defaults live in the
+spec classes, and on a CPU some differ (TrainingSetup.for_hardware); the help texts say both.
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 
-from ftopt.errors import FtoptError, validation_message
+from ftopt.cli_common import (
+    Attn, DatasetTokens, Epochs, GradAccum, Gc, Gpu, Gpus, Json, LoraR, LoraTargets, MethodOpt, MicroBatch, Nodes,
+    OffloadOpt, OptimOpt, PrecisionOpt, QuantOpt, SeqLen, Zero, check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
+)
+from ftopt.errors import FtoptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, run and report LLM fine-tuning under GPU memory and time budgets.")
 
-# ---- shared options (declared once; estimate, plan and train reuse them) ---------------------------------------
-Model = Annotated[str, typer.Option("--model", "-m", help="preset name, config.json path or local model folder")]
-Gpu = Annotated[str, typer.Option("--gpu", help="hardware preset (a100-80g, h100-80g, ...), 'cpu', or a JSON file")]
-Gpus = Annotated[int, typer.Option("--gpus", help="GPUs per node")]
-Nodes = Annotated[int, typer.Option("--nodes", help="number of nodes")]
-SeqLen = Annotated[int, typer.Option("--seq-len", help="tokens per sequence")]
-MicroBatch = Annotated[int, typer.Option("--micro-batch", help="sequences per GPU per forward pass")]
-GradAccum = Annotated[int, typer.Option("--grad-accum", help="micro-batches per optimizer step")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true")]
-DatasetTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch")]
-Epochs = Annotated[float, typer.Option("--epochs", help="epochs")]
-Gc = Annotated[bool, typer.Option("--gc/--no-gc", help="gradient checkpointing")]
-LoraR = Annotated[int, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning")]
-LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="comma list; default: attention projections")]
-Zero = Annotated[int, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3")]
-OffloadOpt = Annotated[str, typer.Option("--offload", help="none | optimizer | all")]
-Attn = Annotated[str, typer.Option("--attn", help="eager | sdpa | flash")]
-QuantOpt = Annotated[str, typer.Option("--quant", help="base quantization: none | nf4 | fp4 | int8 (bitsandbytes; needs LoRA)")]
-OptimOpt = Annotated[str, typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw")]
-MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
-Json = Annotated[bool, typer.Option("--json", help="print the documented JSON schema instead of tables")]
+
+def _version(value: bool) -> None:
+    if value:
+        from ftopt import __version__
+
+        typer.echo(f"ftopt {__version__}")
+        raise typer.Exit()
 
 
-def _run(fn: Callable[[], None]) -> None:
-    """Run a command body; user errors become one line and exit 2, Ctrl-C exits 130 without a traceback."""
-    try:
-        fn()
-    except FtoptError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    except ValidationError as e:
-        typer.echo(f"error: {validation_message(e)}", err=True)
-        raise typer.Exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
-
-
-def _enum(enum_cls, value: str, flag: str):
-    try:
-        return enum_cls(value)
-    except ValueError:
-        raise FtoptError(f"{flag} must be one of {', '.join(m.value for m in enum_cls)}, got '{value}'.") from None
-
-
-def _targets(s: Optional[str]) -> tuple[str, ...] | None:
-    if s is None:
-        return None
-    t = tuple(x.strip() for x in s.split(",") if x.strip())
-    if not t:
-        raise FtoptError("--lora-targets is empty; give a comma list of module names.")
-    return t
-
-
-def build_setup(seq_len, micro_batch, grad_accum, precision, gpus, nodes, dataset_tokens, epochs):
-    from ftopt.spec import Precision, TrainingSetup
-
-    return TrainingSetup(seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum,
-                         precision=_enum(Precision, precision, "--precision"), gpus_per_node=gpus, nodes=nodes,
-                         dataset_tokens=dataset_tokens, epochs=epochs)
-
-
-def build_combination(gc, lora_r, lora_targets, zero, offload, attn, quant="none", optim="adamw"):
-    from ftopt.spec import Attention, Combination, Offload, Optim, Quant
-
-    return Combination(gc=gc, lora_r=lora_r, lora_targets=_targets(lora_targets), zero=zero,
-                       offload=_enum(Offload, offload, "--offload"), attn=_enum(Attention, attn, "--attn"),
-                       quant=_enum(Quant, quant, "--quant"), optim=_enum(Optim, optim, "--optim"))
-
-
-def _enum_list(enum_cls, value: Optional[str], flag: str):
-    """A comma list of enum values (None = not given)."""
-    if value is None:
-        return None
-    return tuple(_enum(enum_cls, v.strip(), flag) for v in value.split(",") if v.strip()) or None
-
-
-def _method(m: str):
-    from ftopt.estimate import Method
-
-    return _enum(Method, m, "--method")
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """Plan, run and report LLM fine-tuning under GPU memory and time budgets."""
 
 
 @app.command()
-def estimate(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1, nodes: Nodes = 1,
-             seq_len: SeqLen = 2048, micro_batch: MicroBatch = 1, grad_accum: GradAccum = 1,
-             precision: PrecisionOpt = "bf16-mixed", dataset_tokens: DatasetTokens = None, epochs: Epochs = 1.0,
-             gc: Gc = False, lora_r: LoraR = 0, lora_targets: LoraTargets = None, zero: Zero = 0,
-             offload: OffloadOpt = "none", attn: Attn = "sdpa", quant: QuantOpt = "none", optim: OptimOpt = "adamw",
-             method: MethodOpt = "analytic", json_out: Json = False):
+def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
+             gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
+             micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
+             dataset_tokens: DatasetTokens = None, epochs: Epochs = None, gc: Gc = None, lora_r: LoraR = None,
+             lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None, attn: Attn = None,
+             quant: QuantOpt = None, optim: OptimOpt = None, method: MethodOpt = "analytic", json_out: Json = False):
     """Per-GPU memory and time of ONE combination, before anything runs."""
     def body():
         from ftopt import estimate as est
+        from ftopt import resolve
         from ftopt.display import print_estimate
-        from ftopt.spec import load_hardware, load_model
+        from ftopt.spec import load_model
 
-        m, hw = load_model(model), load_hardware(gpu)
-        setup = build_setup(seq_len, micro_batch, grad_accum, precision, gpus, nodes, dataset_tokens, epochs)
-        e = est(m, hw, setup, build_combination(gc, lora_r, lora_targets, zero, offload, attn, quant, optim),
-                _method(method))
+        m, hw = load_model(model), hardware(gpu or "a100-80g")
+        setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
+                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
+        combo = resolve.combination(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload,
+                                    attn=attn, quant=quant, optim=optim)
+        e = est(m, hw, setup, combo, method_of(method))
         if json_out:
             typer.echo(json.dumps(e.to_json(), indent=2))
         else:
             print_estimate(e)
-    _run(body)
+    run_body(body)
 
 
 @app.command()
-def plan(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1, nodes: Nodes = 1,
-         seq_len: SeqLen = 2048, micro_batch: MicroBatch = 1, grad_accum: GradAccum = 1,
-         precision: PrecisionOpt = "bf16-mixed", dataset_tokens: DatasetTokens = None, epochs: Epochs = 1.0,
+def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
+         gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
+         micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
+         dataset_tokens: DatasetTokens = None, epochs: Epochs = None,
          lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
          lora_targets: LoraTargets = None,
-         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget")] = None,
+         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget, hours")] = None,
          full_only: Annotated[bool, typer.Option("--full-only", help="quality requires full fine-tuning")] = False,
-         cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour")] = None,
+         cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU-hour")] = None,
          method: MethodOpt = "analytic", json_out: Json = False,
-         quant: Annotated[Optional[str], typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 (default none,nf4,int8)")] = None,
-         optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers to try (default: all)")] = None,
-         out: Annotated[Optional[Path], typer.Option("--out", help="also write the plan JSON here")] = None):
+         quant: Annotated[Optional[str], typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 "
+                                                      "[default: none,nf4,int8]")] = None,
+         optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
+         out: Annotated[Optional[Path], typer.Option("--out", help="write the plan JSON (with the recommended run "
+                                                     "for 'ftopt train --plan') to this file")] = None):
     """Predict every valid combination and recommend one."""
     def body():
         from ftopt import plan as make_plan
+        from ftopt import resolve
         from ftopt.display import print_plan
         from ftopt.io import atomic_write_text
-        from ftopt.spec import Optim, Quant, load_hardware, load_model
+        from ftopt.spec import load_model
 
-        m, hw = load_model(model), load_hardware(gpu)
-        setup = build_setup(seq_len, micro_batch, grad_accum, precision, gpus, nodes, dataset_tokens, epochs)
-        p = make_plan(m, hw, setup, method=_method(method), max_hours=max_hours, full_only=full_only, lora_r=lora_r,
-                      lora_targets=_targets(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour,
-                      quants=_enum_list(Quant, quant, "--quant"), optims=_enum_list(Optim, optim, "--optim"))
+        if out is not None:
+            check_out_folder(out.parent)
+        m, hw = load_model(model), hardware(gpu or "a100-80g")
+        setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
+                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
+        p = make_plan(m, hw, setup, method=method_of(method), max_hours=max_hours, full_only=full_only, lora_r=lora_r,
+                      lora_targets=resolve.lora_target_list(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour,
+                      quants=resolve.enum_list("quant", quant), optims=resolve.enum_list("optim", optim))
         doc = p.to_json()
+        ref = resolve.model_ref(model, weights=resolve.has_weights(model))
+        doc["run"] = (resolve.new_run(hw, ref, setup, p.recommended.combination).to_json()
+                      if p.recommended else None)
         if out:
             try:
                 atomic_write_text(out, json.dumps(doc, indent=2))
@@ -159,161 +109,185 @@ def plan(model: Model = "llama-2-7b", gpu: Gpu = "a100-80g", gpus: Gpus = 1, nod
             typer.echo(json.dumps(doc, indent=2))
         else:
             print_plan(p)
-    _run(body)
+    run_body(body)
 
-
-def _combination_from_plan(path: Path):
-    from ftopt.spec import Combination
-
-    try:
-        doc = json.loads(path.read_text())
-        rec = doc["recommended"]
-    except OSError as e:
-        raise FtoptError(f"Cannot read the plan {path}: {e.strerror}.") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise FtoptError(f"{path} is not a plan written by 'ftopt plan --out' (no 'recommended' key).") from None
-    if rec is None:
-        raise FtoptError(f"The plan {path} has no recommended combination (nothing fit).")
-    return Combination(**rec)
 
 
 @app.command()
 def train(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="local model folder or hub id (weights)")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="pretrained weights: a local model folder")] = None,
     random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json, random weights")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder")] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval-data")] = None,
-    eval_fraction: Annotated[float, typer.Option("--eval-fraction")] = 0.1,
-    seq_len: SeqLen = 64, packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
-    gc: Gc = False, lora_r: LoraR = 0, lora_targets: LoraTargets = None, zero: Zero = 0,
-    offload: OffloadOpt = "none", attn: Attn = "sdpa", precision: PrecisionOpt = "fp32",
-    quant: QuantOpt = "none", optim: OptimOpt = "adamw",
-    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="use the recommended combination of a plan JSON")] = None,
-    epochs: Epochs = 1.0, max_steps: Annotated[int, typer.Option("--max-steps", help="-1 = run the epochs")] = -1,
-    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
-    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="cosine | linear | constant")] = "cosine",
-    micro_batch: MicroBatch = 8, grad_accum: GradAccum = 1,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    output_dir: Annotated[str, typer.Option("--output-dir", "-o")] = "ftopt-runs/default",
-    gpus: Annotated[int, typer.Option("--gpus", help="processes (GPUs) per node; >1 uses the DeepSpeed launcher")] = 1,
-    nodes: Nodes = 1, hostfile: Annotated[Optional[str], typer.Option("--hostfile")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete checkpoint")] = False,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="hardware preset for predicted-vs-measured")] = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder [default: the model's]")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder "
+                                                "[default: the built-in task]")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="held-out data [default: split from --data]")] = None,
+    eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="share of --data held out; 0 = "
+                                                           "none [default: 0.1]")] = None,
+    eval_max_examples: Annotated[Optional[int], typer.Option("--eval-max-examples", help="held-out examples scored by "
+                                                             "generation; 0 = none [default: 64]")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="pack sequences [default: off]")] = None,
+    seq_len: SeqLen = None, micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
+    gc: Gc = None, lora_r: LoraR = None, lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None,
+    attn: Attn = None, quant: QuantOpt = None, optim: OptimOpt = None, epochs: Epochs = None,
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="run exactly the run of a plan JSON "
+                                                      "('ftopt plan --out') or a run specification file")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="optimizer steps; -1 = run the epochs "
+                                                     "[default: -1]")] = None,
+    max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="stop at a checkpoint after this many "
+                                                       "hours [default: no limit]")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="peak learning rate [default: 1e-3]")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="cosine | linear | constant | "
+                                                       "constant_with_warmup [default: cosine]")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="random seed [default: 0]")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="checkpoint every N steps [default: 200]")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="run folder [default: ftopt-runs/default]")] = None,
+    gpus: Gpus = None, nodes: Nodes = None,
+    hostfile: Annotated[Optional[str], typer.Option("--hostfile", help="DeepSpeed host file (several nodes)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run in --out")] = False,
+    gpu: Gpu = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="run the model repo's own code")] = False,
     json_out: Json = False,
 ):
-    """Fine-tune for real (Trainer + PEFT + DeepSpeed) with one combination, and measure it."""
+    """Fine-tune for real (Trainer + PEFT + DeepSpeed) with one run specification, and measure it."""
     def body():
+        from ftopt import resolve
         from ftopt.display import print_train_metrics
-        from ftopt.spec import Precision
-        from ftopt.train.engine import TrainConfig, launch
+        from ftopt.train.engine import launch
 
-        if lr_schedule not in ("cosine", "linear", "constant", "constant_with_warmup"):
-            raise FtoptError(f"--lr-schedule must be cosine, linear or constant, got '{lr_schedule}'.")
-        combo = (_combination_from_plan(plan_file) if plan_file
-                 else build_combination(gc, lora_r, lora_targets, zero, offload, attn, quant, optim))
+        if model and random_init:
+            raise FtoptError("give either --model (weights) or --random-init (a config), not both.")
+        ref = (resolve.model_ref(model, weights=True, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+               if model else resolve.model_ref(random_init, weights=False, tokenizer=tokenizer,
+                                               trust_remote_code=trust_remote_code) if random_init else None)
         if model and not Path(model).expanduser().is_dir():
-            raise FtoptError(f"--model {model} is not a local folder and the hub is not reachable offline; "
-                             "download it first or use --random-init for benchmarking without weights.")
-        cfg = TrainConfig(model=model, random_init=random_init, data=data, eval_data=eval_data,
-                          eval_fraction=eval_fraction, seq_len=seq_len, packing=packing, combination=combo,
-                          precision=_enum(Precision, precision, "--precision"), epochs=epochs, max_steps=max_steps,
-                          learning_rate=lr, lr_schedule=lr_schedule, micro_batch=micro_batch, grad_accum=grad_accum,
-                          seed=seed, output_dir=output_dir, gpus=gpus, nodes=nodes, hostfile=hostfile,
-                          resume=resume, hardware=gpu, trust_remote_code=trust_remote_code)
-        metrics = launch(cfg)
+            raise FtoptError(f"--model {model} is not a local folder; download it first, or use --random-init "
+                             "to benchmark without weights.")
+        given_setup = dict(seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
+                           gpus_per_node=gpus, nodes=nodes, epochs=epochs)
+        given_combo = dict(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload, attn=attn,
+                           quant=quant, optim=optim)
+        if plan_file is not None:
+            if gpu is not None:
+                raise FtoptError("--gpu would change the hardware the plan predicted for; plan again instead.")
+            spec = resolve.run_from_file(plan_file, model=ref, given_setup=given_setup, given_combination=given_combo,
+                                         note=lambda m: typer.echo(m, err=True))
+        else:
+            hw = hardware(gpu)
+            spec = resolve.new_run(hw, ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=tokenizer),
+                                   resolve.setup(hw, **given_setup), resolve.combination(**given_combo))
+        spec = resolve.finish_run(
+            spec, data=dict(train=data, eval=eval_data, eval_fraction=eval_fraction, packing=packing,
+                            eval_max_examples=eval_max_examples),
+            schedule=dict(max_steps=max_steps, learning_rate=lr, lr_schedule=lr_schedule, seed=seed,
+                          save_steps=save_steps, max_hours=max_hours),
+            output=dict(dir=out, resume=resume or None, overwrite=overwrite or None), hostfile=hostfile)
+        resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
+        check_out_folder(spec.output_dir)
+        with stdout_to_stderr(json_out):
+            metrics = launch(spec)
         if json_out:
             typer.echo(json.dumps(metrics, indent=2))
         else:
-            print_train_metrics(metrics, output_dir)
-    _run(body)
+            print_train_metrics(metrics, str(spec.output_dir))
+    run_body(body)
 
 
 @app.command()
 def bench(
-    grid: Annotated[Optional[Path], typer.Option("--grid", help="YAML grid of combinations (default: reference points)")] = None,
-    results: Annotated[Path, typer.Option("--results", help="results JSONL (appended; finished runs skipped)")] = Path("ftopt-runs/bench/results.jsonl"),
-    model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
-    random_init: Annotated[Optional[str], typer.Option("--random-init")] = None,
-    data: Annotated[Optional[str], typer.Option("--data")] = None,
-    seq_len: SeqLen = 64, micro_batch: MicroBatch = 8,
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="YAML grid of combinations [default: the study's "
+                                                 "reference points]")] = None,
+    out: Annotated[Path, typer.Option("--out", help="sweep folder: results.jsonl (appended; finished runs skipped) "
+                                      "and runs/")] = Path("ftopt-runs/bench"),
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="pretrained weights: a local model folder")] = None,
+    random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json, random weights")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="training data [default: the built-in task]")] = None,
+    seq_len: SeqLen = None, micro_batch: MicroBatch = None, precision: PrecisionOpt = None,
     packing: Annotated[bool, typer.Option("--packing/--no-packing", help="pack sequences to exactly --seq-len")] = False,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="steps per run")] = 100,
-    precision: PrecisionOpt = "fp32", gpu: Gpu = "cpu",
-    lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run")] = 100,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="peak learning rate [default: 1e-3]")] = None,
+    gpu: Gpu = None,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank of the reference points")] = 8,
     repeat: Annotated[int, typer.Option("--repeat", help="runs per combination (noisy machines)")] = 1,
-    quant: Annotated[Optional[str], typer.Option("--quant", help="also run each LoRA combination with this base (nf4, fp4, int8)")] = None,
-    optim: Annotated[Optional[str], typer.Option("--optim", help="also run each ZeRO-free combination with this optimizer")] = None,
+    zero_gpus: Annotated[Optional[int], typer.Option("--zero-gpus", help="processes for ZeRO runs [default: 2 on "
+                                                     "cpu, else the GPUs of this machine]")] = None,
+    run_timeout: Annotated[Optional[float], typer.Option("--run-timeout", help="stop a run after this many seconds "
+                                                         "and record it as 'timeout' [default: no limit]")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="also run each LoRA point with this base: nf4 | fp4 | int8")] = None,
+    optim: Annotated[Optional[str], typer.Option("--optim", help="also run each ZeRO-free point with this optimizer")] = None,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
-        from ftopt.bench import Sweep, load_grid, reference_combinations, run_sweep
+        from ftopt import resolve
+        from ftopt.bench import load_grid, quant_optim_variants, reference_combinations, run_sweep, sweep_runs
         from ftopt.display import console
-        from ftopt.spec import load_model
 
         if repeat < 1:
             raise FtoptError(f"--repeat must be at least 1, got {repeat}.")
-        combos = load_grid(grid) if grid else reference_combinations(lora_r, cpu=gpu == "cpu")
-        combos += _variants(combos, quant, optim)
-        passthrough = [a for flag, v in (("--model", model), ("--random-init", random_init), ("--data", data))
-                       if v for a in (flag, v)]
-        spec = load_model(random_init or (model if model else "tiny-llama"))
-        sweep = Sweep(model_args=passthrough, seq_len=seq_len, micro_batch=micro_batch, max_steps=max_steps,
-                      precision=precision, hardware=gpu, packing=packing)
-        rows = run_sweep(sweep, combos, results, results.parent / "runs", repeat=repeat, spec=spec,
+        if run_timeout is not None and run_timeout <= 0:
+            raise FtoptError(f"--run-timeout must be positive, got {run_timeout}.")
+        check_out_folder(out)
+        hw = hardware(gpu)
+        combos = load_grid(grid) if grid else reference_combinations(lora_r, cpu=hw.is_cpu)
+        q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
+        combos += quant_optim_variants(combos, q[0] if q else None, o[0] if o else None)
+        ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None)
+        base = resolve.finish_run(
+            resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision),
+                            resolve.combination()),
+            data=dict(train=data, packing=packing), schedule=dict(max_steps=max_steps, learning_rate=lr), output={})
+        for c in combos:
+            resolve.check(base.model_copy(update={"combination": c}))
+        runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or _default_zero_gpus(hw))
+        rows = run_sweep(runs, out / "results.jsonl", run_timeout_seconds=run_timeout,
                          on_event=lambda k, i: console.print(f"[{i['index']}/{i['total']}] {i['label']}: "
                                                              f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
-        console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results}")
+        console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {out / 'results.jsonl'}")
         if any(r["status"] == "ok" for r in rows):
             from ftopt.calibration import calibrate_and_store
             from ftopt.display import print_calibration
-            from ftopt.spec import load_hardware
 
-            fit, path = calibrate_and_store(rows, load_hardware(gpu), f"ftopt bench ({results})")
+            fit, path = calibrate_and_store(rows, hw, f"ftopt bench ({out / 'results.jsonl'})")
             print_calibration(fit)
-            console.print(f"time model for '{gpu}' stored in {path}; later plan/estimate use it")
-    _run(body)
+            console.print(f"time model for '{hw.name}' stored in {path}")
+    run_body(body)
 
 
-def _variants(combos, quant: Optional[str], optim: Optional[str]) -> list:
-    """Copies of the combinations that can take `quant` (LoRA, ZeRO 0-2) / `optim` (no ZeRO), with it set."""
-    from ftopt.spec import Combination, Optim, Quant
+def _default_zero_gpus(hw) -> int:
+    """ZeRO partitions over processes: 2 CPU processes stand for 2 GPUs; on a GPU machine, the GPUs it has."""
+    if hw.is_cpu:
+        return 2
+    import torch
 
-    q = _enum(Quant, quant, "--quant") if quant else None
-    o = _enum(Optim, optim, "--optim") if optim else None
-    out = []
-    for c in combos:
-        upd = {k: v for k, v in (("quant", q if c.lora and c.zero < 3 else None), ("optim", o if not c.zero else None))
-               if v is not None}
-        if upd:
-            out.append(Combination(**{**c.model_dump(), **upd}))
-    return out
+    return max(1, torch.cuda.device_count())
 
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="results JSONL written by ftopt bench")],
+    results: Annotated[Path, typer.Argument(help="results.jsonl written by ftopt bench (or its folder)")],
     out: Annotated[Path, typer.Option("--out", help="folder for report.<lang>.html/.md and charts")] = Path("ftopt-report"),
     lang: Annotated[str, typer.Option("--lang", help="en | ja")] = "en",
-    title: Annotated[Optional[str], typer.Option("--title")] = None,
+    title: Annotated[Optional[str], typer.Option("--title", help="report title")] = None,
     gpu: Annotated[str, typer.Option("--gpu", help="hardware the runs used (memory line, calibration)")] = "cpu",
-    cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour")] = None,
-    max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="time budget shown as assumption")] = None,
-    quality_target_loss: Annotated[Optional[float], typer.Option("--quality-target-loss")] = None,
+    cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU-hour")] = None,
+    max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="time budget shown as assumption, hours")] = None,
+    quality_target_loss: Annotated[Optional[float], typer.Option("--quality-target-loss", help="highest acceptable "
+                                                                 "eval loss")] = None,
 ):
     """Write the decision report (HTML, Markdown, PNG charts) from a results file."""
     def body():
         from ftopt.bench import read_results
         from ftopt.calibration import calibrate
         from ftopt.report.render import build_report
-        from ftopt.spec import load_hardware
 
-        if not results.exists():
-            raise FtoptError(f"The results file {results} does not exist; run 'ftopt bench' first.")
-        rows = read_results(results, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+        path = results / "results.jsonl" if results.is_dir() else results
+        if not path.exists():
+            raise FtoptError(f"The results file {path} does not exist; run 'ftopt bench' first.")
+        check_out_folder(out)
+        rows = read_results(path, warn=lambda m: typer.echo(f"warning: {m}", err=True))
         if not rows:
-            raise FtoptError(f"The results file {results} has no valid result line.")
-        hw = load_hardware(gpu)
+            raise FtoptError(f"The results file {path} has no valid result line.")
+        hw = hardware(gpu)
         try:
             fit = calibrate(rows, hw)
         except FtoptError:
@@ -323,7 +297,7 @@ def report(
                              cost_per_gpu_hour=cost_per_gpu_hour, max_hours=max_hours,
                              quality_target_loss=quality_target_loss, calibration=fit.model_dump() if fit else None)
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
-    _run(body)
+    run_body(body)
 
 
 @app.command()
@@ -335,8 +309,11 @@ def demo(
     def body():
         from ftopt.demo import run_demo
 
+        if steps < 1:
+            raise FtoptError(f"--steps must be at least 1, got {steps}.")
+        check_out_folder(out)
         run_demo(out, steps=steps)
-    _run(body)
+    run_body(body)
 
 
 def main() -> None:  # pragma: no cover - console entry point

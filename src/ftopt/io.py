@@ -12,6 +12,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; the file gets the mode any new file would get
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -25,6 +26,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def append_line_atomic(path: str | os.PathLike, line: str) -> None:
     """Append one line so that the file never holds a partial line, even if the disk fills up mid-write.
 
@@ -34,7 +42,7 @@ def append_line_atomic(path: str | os.PathLike, line: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (line.rstrip("\n") + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # umask applies
     try:
         before = os.fstat(fd).st_size
         try:

@@ -14,7 +14,6 @@ from ftopt.errors import FtoptError
 from ftopt.policy import lora_targets, storage
 from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
 
-_DTYPES = {2: torch.bfloat16, 4: torch.float32}
 
 
 def attn_implementation(attn: Attention, device_type: str) -> str:
@@ -52,7 +51,10 @@ def hf_config(spec: ModelSpec, num_layers: int | None = None, attn: str = "sdpa"
 def model_dtype(precision: Precision, combo: Combination) -> torch.dtype:
     """Dtype the model is loaded in (see policy.storage for the reasoning per engine)."""
     st = storage(precision, combo)
-    return _DTYPES[st.frozen_weight if combo.lora else st.trainable_weight]
+    if (st.frozen_weight if combo.lora else st.trainable_weight) == 4:
+        return torch.float32
+    # 16-bit storage is the compute dtype: fp16 on GPUs without bf16 (V100, T4), where a bf16 base cannot run
+    return torch.float16 if precision is Precision.FP16_MIXED else torch.bfloat16
 
 
 def apply_optimizations(model, spec: ModelSpec, combo: Combination):

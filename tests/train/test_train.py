@@ -13,7 +13,7 @@ runner = CliRunner()
 
 def train(tmp_path, *args, name="run"):
     out = tmp_path / name
-    r = runner.invoke(app, ["train", "--output-dir", str(out), "--json", *args])
+    r = runner.invoke(app, ["train", "--out", str(out), "--json", *args])
     return r, out
 
 
@@ -79,12 +79,16 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
     (["--lora-r", "4", "--lora-targets", "qq_proj"], "candidates: q_proj"),
     (["--attn", "flash"], "flash"),
     (["--model", "some-org/some-model"], "not a local folder"),
+    (["--gpu", "a100"], "Unknown GPU"),
+    (["--max-steps", "0"], "max_steps must be positive"),
+    (["--precision", "fp16-mixed"], "fp16-mixed needs a CUDA GPU"),
     (["--lr-schedule", "zigzag"], "--lr-schedule"),
 ])
 def test_bad_input(tmp_path, args, fragment):
-    r, _ = train(tmp_path, "--max-steps", "2", *args)
+    r, out = train(tmp_path, "--max-steps", "2", *args)
     assert r.exit_code == 2, r.output
     assert fragment in r.output and "Traceback" not in r.output
+    assert not (out / "steps.jsonl").exists()  # refused before any training
 
 
 def test_malformed_line_reports_line_number(tmp_path):
@@ -106,27 +110,35 @@ def test_unwritable_output(tmp_path):
 def test_unwritable_output_path_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    r = runner.invoke(app, ["train", "--output-dir", str(f / "sub"), "--max-steps", "2"])
+    r = runner.invoke(app, ["train", "--out", str(f / "sub"), "--max-steps", "2"])
     assert r.exit_code == 2 and "not writable" in r.output
 
 
 def test_user_jsonl_and_resume_after_crash(tmp_path):
     from ftopt.train.data import default_examples
-    from ftopt.train.engine import TrainConfig
+    from ftopt import resolve
+    from ftopt.spec import load_hardware
+    from ftopt.train.outputs import prepare_output
     from ftopt.train.worker import run_worker
 
     d = tmp_path / "user.jsonl"
     d.write_text("\n".join(json.dumps(r) for r in default_examples(200, seed=5)))
     out = tmp_path / "crash"
-    cfg = TrainConfig(data=str(d), output_dir=str(out), max_steps=12, save_steps=4, fail_at_step=6)
+    hw = load_hardware("cpu")
+    spec = resolve.finish_run(resolve.new_run(hw, resolve.model_ref("tiny-llama", weights=False), resolve.setup(hw),
+                                              resolve.combination()),
+                              data={"train": str(d)}, schedule={"max_steps": 12, "save_steps": 4}, output={"dir": str(out)})
+    prepare_output(spec)
     with pytest.raises(RuntimeError, match="injected failure"):
-        run_worker(cfg)
+        run_worker(spec, fail_at_step=6)
     assert (out / "checkpoint-4" / "trainer_state.json").exists()
     r, _ = train(tmp_path, "--data", str(d), "--max-steps", "12", "--resume", name="crash")
     assert r.exit_code == 0, r.output
     s = steps(out)
-    assert s[-1]["step"] == 12 and s[0]["step"] == 1
-    assert [x["step"] for x in s].count(5) == 2  # step 5 ran before the crash and again after resuming at 4
+    # the whole run, once: steps 5-6 ran before the crash and again after resuming at 4, recorded once
+    assert [x["step"] for x in s] == list(range(1, 13))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["measured"]["steps"] == 12
 
 
 @pytest.mark.slow
@@ -137,3 +149,118 @@ def test_zero_with_two_cpu_processes(tmp_path, zero):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["ranks"]) == 2
     assert all(x["peak_allocated_bytes"] > 0 for x in m["ranks"])
+
+
+# ---- issue 9: the run specification end to end, output folders, --json, time budget ---------------------------------
+import subprocess
+import sys
+
+
+def _cli(*args, env=None):
+    """A real `ftopt` process: stdout and exit code as a user sees them (CliRunner mixes the streams)."""
+    return subprocess.run([sys.executable, "-m", "ftopt", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_plan_out_then_train_plan_runs_the_plans_setup(tmp_path):
+    plan = tmp_path / "plan.json"
+    r = runner.invoke(app, ["plan", "--model", "tiny-llama", "--gpu", "cpu", "--seq-len", "32", "--micro-batch", "4",
+                            "--grad-accum", "2", "--out", str(plan), "--json"])
+    assert r.exit_code == 0, r.output
+    planned = json.loads(plan.read_text())["run"]
+    r, out = train(tmp_path, "--plan", str(plan), "--max-steps", "2", "--eval-max-examples", "0")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["seq_len"], m["micro_batch"], m["grad_accum"], m["precision"]) == (32, 4, 2, "fp32")
+    assert m["run"]["combination"] == planned["combination"] and m["run"]["setup"] == planned["setup"]
+    # a flag that would change what the plan predicted is refused; the model may be overridden, with one line
+    r, _ = train(tmp_path, "--plan", str(plan), "--seq-len", "64", name="clash")
+    assert r.exit_code == 2 and "--seq-len would change" in r.output
+    from importlib import resources
+
+    small = json.loads(resources.files("ftopt.presets.models").joinpath("tiny-llama.json").read_text())
+    cfg = tmp_path / "two-layer.json"
+    cfg.write_text(json.dumps({**small, "num_hidden_layers": 2}))
+    r, _ = train(tmp_path, "--plan", str(plan), "--random-init", str(cfg), "--max-steps", "1",
+                 "--eval-max-examples", "0", name="ovr")
+    assert r.exit_code == 0, r.output
+    assert sum("overridden by" in line for line in r.output.splitlines()) == 1
+
+
+def test_second_run_into_the_same_folder_is_refused(tmp_path):
+    r, out = train(tmp_path, "--max-steps", "2", "--eval-max-examples", "0")
+    assert r.exit_code == 0, r.output
+    r, _ = train(tmp_path, "--max-steps", "3", "--lora-r", "4")
+    assert r.exit_code == 2 and "already holds a run" in r.output
+    r, _ = train(tmp_path, "--max-steps", "3", "--lora-r", "4", "--resume")
+    assert r.exit_code == 2 and "holds a different run" in r.output and "lora_r" in r.output
+    r, _ = train(tmp_path, "--max-steps", "2", "--lora-r", "4", "--overwrite", "--eval-max-examples", "0")
+    assert r.exit_code == 0, r.output
+    assert not (out / "model.safetensors").exists() and (out / "adapter_model.safetensors").exists()
+    assert [x["step"] for x in steps(out)] == [1, 2]
+
+
+def test_json_stdout_is_only_json_and_flash_on_cpu_is_one_line(tmp_path):
+    p = _cli("train", "--out", str(tmp_path / "j"), "--max-steps", "2", "--eval-max-examples", "0", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["measured"]["steps"] == 2
+    p = _cli("train", "--out", str(tmp_path / "f"), "--attn", "flash")
+    assert p.returncode == 2  # not a segfault (139) after the message
+    assert p.stderr.strip().count("\n") == 0 and "--attn flash needs a CUDA GPU" in p.stderr
+
+
+def test_max_hours_stops_cleanly_at_a_checkpoint(tmp_path):
+    r, out = train(tmp_path, "--max-steps", "50", "--max-hours", "1e-9", "--eval-max-examples", "0")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["measured"]["stopped_by_time_budget"] and m["measured"]["steps"] == 1
+    assert (out / "checkpoint-1" / "trainer_state.json").exists()
+
+
+def test_fp16_mixed_loads_a_fp16_base():
+    import torch
+
+    from ftopt.modeling import model_dtype
+    from ftopt.spec import Combination, Precision
+
+    assert model_dtype(Precision.FP16_MIXED, Combination(lora_r=8)) == torch.float16
+    assert model_dtype(Precision.BF16_MIXED, Combination(lora_r=8)) == torch.bfloat16
+    assert model_dtype(Precision.FP16_MIXED, Combination(zero=2)) == torch.float16
+
+
+def test_a_launched_run_has_no_wall_clock_limit(tmp_path, monkeypatch):
+    from ftopt.train import engine
+
+    seen = {}
+
+    class Launched(Exception):
+        pass
+
+    def fake_run(cmd, **kw):
+        seen.update(kw)
+        raise Launched
+    monkeypatch.setattr(engine.subprocess, "run", fake_run)
+    with pytest.raises(Launched):
+        runner.invoke(app, ["train", "--out", str(tmp_path / "z"), "--zero", "2", "--gpus", "2"],
+                      catch_exceptions=False)
+    assert "timeout" not in seen
+
+
+@pytest.mark.slow
+def test_zero2_json_stdout_parses(tmp_path):
+    p = _cli("train", "--out", str(tmp_path / "z2"), "--max-steps", "2", "--zero", "2", "--gpus", "2",
+             "--eval-max-examples", "4", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = json.loads(p.stdout)
+    assert m["world_size"] == 2 and [r["rank"] for r in m["ranks"]] == [0, 1]
+    assert not list((tmp_path / "z2").glob("metrics.rank*.json"))  # gathered over torch.distributed, not files
+
+
+@pytest.mark.slow
+def test_zero2_with_optimizer_offload_on_two_cpu_processes(tmp_path):
+    r, out = train(tmp_path, "--max-steps", "3", "--zero", "2", "--offload", "optimizer", "--gpus", "2",
+                   "--eval-max-examples", "0")
+    assert r.exit_code == 0, r.output + (out / "launcher.log").read_text()[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert {x["optimizer"] for x in m["ranks"]} == {"DeepSpeedCPUAdam"}  # the Adam step ran on the CPU side
+    assert m["measured"]["steps"] == 3

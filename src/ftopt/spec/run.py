@@ -130,4 +130,5 @@ class RunSpec(BaseModel):
         d = self.to_json()
         d.pop("output")
         d["schedule"].pop("max_hours", None)
+        d["hardware"] = self.hardware.name  # its time-model constants may be recalibrated between the two starts
         return d

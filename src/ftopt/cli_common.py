@@ -1,0 +1,108 @@
+"""What every `ftopt` command shares: option declarations (declared once), the error boundary (`run_body`: one line,
+exit 2), hardware selection, output-folder checks and the --json stdout guard."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from pydantic import ValidationError
+
+from ftopt.errors import FtoptError, validation_message
+
+# ---- shared options (declared once; estimate, plan, train and bench reuse them) --------------------------------
+Gpu = Annotated[Optional[str], typer.Option("--gpu", help="hardware the predictions assume: a preset (a100-80g, "
+                                            "h100-80g, ...), 'cpu', or a JSON file [default: this machine's GPU, or cpu]")]
+Gpus = Annotated[Optional[int], typer.Option("--gpus", help="GPUs (processes) per node [default: 1]")]
+Nodes = Annotated[Optional[int], typer.Option("--nodes", help="number of nodes [default: 1]")]
+SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="tokens per sequence [default: 2048 on a GPU, 64 on cpu]")]
+MicroBatch = Annotated[Optional[int], typer.Option("--micro-batch", help="sequences per GPU per forward pass "
+                                                   "[default: 1 on a GPU, 8 on cpu]")]
+GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="micro-batches per optimizer step [default: 1]")]
+PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true "
+                                                     "[default: bf16-mixed on a GPU, fp32 on cpu]")]
+DatasetTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch [default: one "
+                                                      "global batch]")]
+Epochs = Annotated[Optional[float], typer.Option("--epochs", help="epochs [default: 1]")]
+Gc = Annotated[Optional[bool], typer.Option("--gc/--no-gc", help="gradient checkpointing [default: off]")]
+LoraR = Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning [default: 0]")]
+LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="comma list of module names "
+                                                    "[default: the attention projections]")]
+Zero = Annotated[Optional[int], typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
+OffloadOpt = Annotated[Optional[str], typer.Option("--offload", help="none | optimizer | all [default: none]")]
+Attn = Annotated[Optional[str], typer.Option("--attn", help="eager | sdpa | flash [default: sdpa]")]
+QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="base quantization (bitsandbytes; needs LoRA): none | nf4 "
+                                                "| fp4 | int8 [default: none]")]
+OptimOpt = Annotated[Optional[str], typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw "
+                                                "[default: adamw]")]
+MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON (documented schema) instead of tables")]
+
+
+def run_body(fn: Callable[[], None]) -> None:
+    """Run a command body; user errors become one line and exit 2, Ctrl-C exits 130 without a traceback."""
+    try:
+        fn()
+    except FtoptError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    except ValidationError as e:
+        typer.echo(f"error: {validation_message(e)}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+
+
+def hardware(gpu: Optional[str]):
+    from ftopt.spec import load_hardware
+    from ftopt.train.preflight import detect_hardware
+
+    name = gpu or detect_hardware()
+    if name is None:
+        raise FtoptError("This machine's GPU has no hardware preset; pass --gpu with a preset or a JSON file.")
+    return load_hardware(name)
+
+
+def method_of(m: str):
+    from ftopt.estimate import Method
+
+    try:
+        return Method(m)
+    except ValueError:
+        raise FtoptError(f"--method must be one of {', '.join(x.value for x in Method)}, got '{m}'.") from None
+
+
+def check_out_folder(path: Path, flag: str = "--out") -> None:
+    """An output folder must be creatable: checked before any expensive work."""
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise FtoptError(f"{flag} {path}: {p} is a file, not a folder.")
+            if not os.access(p, os.W_OK):
+                raise FtoptError(f"{flag} {path}: {p} is not writable.")
+            return
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool):
+    """With --json, stdout carries the JSON alone: whatever libraries print meanwhile (DeepSpeed's accelerator
+    notice, transformers' warnings) goes to stderr, at the file-descriptor level so C extensions are covered."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+

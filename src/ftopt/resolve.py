@@ -1,0 +1,144 @@
+"""From what the user gave to the typed specs: a `TrainingSetup`, a `Combination` and a `RunSpec`.
+
+The CLI passes only the values a user actually gave (None = not given); defaults come from the spec classes, or
+from the hardware where a CPU and a GPU need different ones (`TrainingSetup.for_hardware`). A run can also start
+from a file: a plan written by `ftopt plan --out` (its `run`) or a run specification (`ftopt bench` writes one per
+run). Then only the model may be overridden, with a line naming what was overridden; the plan's setup and
+combination are what it predicted, so a flag that would change them is an error.
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+from ftopt.errors import FtoptError
+from ftopt.spec import (
+    Attention, Combination, DataSpec, HardwareSpec, LrSchedule, ModelRef, Offload, Optim, OutputSpec, Precision, Quant,
+    ReportTo, RunSpec, Schedule, TrainingSetup,
+)
+
+# Enum-valued fields and the flag a user types for each (for one-line messages that name the flag).
+_ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
+    "precision": (Precision, "--precision"), "offload": (Offload, "--offload"), "attn": (Attention, "--attn"),
+    "lr_schedule": (LrSchedule, "--lr-schedule"), "report_to": (ReportTo, "--report-to"),
+    "quant": (Quant, "--quant"), "optim": (Optim, "--optim"),
+}
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop what was not given; turn enum strings into enums with a message that names the flag."""
+    out = {}
+    for k, v in values.items():
+        if v is None:
+            continue
+        if k in _ENUM_FLAGS and isinstance(v, str):
+            enum_cls, flag = _ENUM_FLAGS[k]
+            try:
+                v = enum_cls(v)
+            except ValueError:
+                raise FtoptError(f"{flag} must be one of {', '.join(m.value for m in enum_cls)}, got '{v}'.") from None
+        out[k] = v
+    return out
+
+
+def lora_target_list(s: str | None) -> tuple[str, ...] | None:
+    if s is None:
+        return None
+    t = tuple(x.strip() for x in s.split(",") if x.strip())
+    if not t:
+        raise FtoptError("--lora-targets is empty; give a comma list of module names.")
+    return t
+
+
+def enum_list(field: str, value: str | None) -> tuple | None:
+    """A comma list of one enum field's values (`plan --quant nf4,int8`); None = not given."""
+    if value is None:
+        return None
+    return tuple(_given({field: v.strip()})[field] for v in value.split(",") if v.strip()) or None
+
+
+def setup(hw: HardwareSpec, **given) -> TrainingSetup:
+    return TrainingSetup.for_hardware(hw.is_cpu, **_given(given))
+
+
+def combination(**given) -> Combination:
+    if isinstance(given.get("lora_targets"), str):
+        given["lora_targets"] = lora_target_list(given["lora_targets"])
+    return Combination(**_given(given))
+
+
+def model_ref(ref: str, *, weights: bool, tokenizer: str | None = None, trust_remote_code: bool = False) -> ModelRef:
+    return ModelRef(ref=ref, weights=weights, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+
+
+def has_weights(ref: str) -> bool:
+    """A local folder with safetensors weights (a planned model that `train` can load as is)."""
+    p = Path(ref).expanduser()
+    return p.is_dir() and any(p.glob("*.safetensors"))
+
+
+def read_run_file(path: Path) -> RunSpec:
+    """The run of a plan (`ftopt plan --out`) or a run specification file (`ftopt bench`, resolved_config.json)."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise FtoptError(f"Cannot read the plan {path}: {e.strerror}.") from None
+    except json.JSONDecodeError as e:
+        raise FtoptError(f"The plan {path} is not valid JSON ({e.msg}, line {e.lineno}).") from None
+    if isinstance(doc, dict) and "candidates" in doc:
+        if doc.get("run") is None:
+            raise FtoptError(f"The plan {path} has no recommended run (nothing fit, or it was written by an older "
+                             "ftopt); run 'ftopt plan --out' again.")
+        doc = doc["run"]
+    if not isinstance(doc, dict) or doc.get("schema") != "ftopt.run/1":
+        raise FtoptError(f"{path} is neither a plan written by 'ftopt plan --out' nor a run specification.")
+    return RunSpec.model_validate(doc)
+
+
+def run_from_file(path: Path, *, model: ModelRef | None, given_setup: dict, given_combination: dict,
+                  note: Callable[[str], None]) -> RunSpec:
+    """The file's run; `model` replaces its model (one line says so); setup/combination flags are refused."""
+    spec = read_run_file(path)
+    clash = [k for k, v in {**given_setup, **given_combination}.items() if v is not None]
+    if clash:
+        flags = ", ".join("--" + k.replace("_", "-") for k in clash)
+        raise FtoptError(f"{flags} would change what the plan {path} predicted; edit the plan (or plan again) "
+                         "instead of overriding it.")
+    if model is not None and model != spec.model:
+        note(f"note: the plan's model {spec.model.ref} is overridden by {model.ref} "
+             f"({'weights' if model.weights else 'random init'}); its predictions were made for {spec.model.ref}.")
+        spec = spec.model_copy(update={"model": model})
+    return spec
+
+
+def finish_run(spec: RunSpec, *, data: dict, schedule: dict, output: dict, hostfile: str | None = None) -> RunSpec:
+    """Apply the data/schedule/output values a user gave on top of `spec`, validated as a whole."""
+    def merged(obj, given: dict):
+        return type(obj).model_validate({**obj.model_dump(), **_given(given)})
+
+    doc = {"data": merged(spec.data, data), "schedule": merged(spec.schedule, schedule),
+           "output": merged(spec.output, output)}
+    if hostfile is not None:
+        doc["hostfile"] = hostfile
+    return RunSpec.model_validate({**spec.model_dump(by_alias=True), **doc})
+
+
+def new_run(hw: HardwareSpec, model: ModelRef, setup_: TrainingSetup, combo: Combination) -> RunSpec:
+    return RunSpec(model=model, hardware=hw, setup=setup_, combination=combo, data=DataSpec(), schedule=Schedule(),
+                   output=OutputSpec())
+
+
+def check(spec: RunSpec):
+    """Cross-object checks that need the model's architecture, before anything expensive: the model exists, the
+    LoRA targets are its linears, and the hardware the predictions assume can run the setup (the prediction is
+    made after training; it must not fail then). Returns the ModelSpec."""
+    from ftopt.estimate import check_setup
+    from ftopt.policy import lora_targets
+    from ftopt.spec import load_model
+
+    m = load_model(spec.model.ref)
+    lora_targets(m, spec.combination)
+    check_setup(m, spec.setup, spec.combination, spec.hardware)
+    return m

@@ -1,0 +1,164 @@
+"""The Trainer callback of `ftopt train`: step timing, the training-only memory peak, a clean stop at
+`--max-hours`, and a progress bar. Kept apart from the worker so the sequence there stays readable."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from transformers import TrainerCallback
+
+MEMORY_TRACE_STEPS = 2  # on a CPU the allocator-level peak is read over the build and the first steps
+
+
+class TrainingPeak:
+    """Peak memory of the *training* phase, read before evaluation and generation can raise it.
+
+    CUDA: max_memory_allocated/reserved since the counters were reset before the model was built.
+    CPU: the allocator-level peak (profiler memory events) over the build and the first MEMORY_TRACE_STEPS steps;
+    the profiler is stopped then, because it slows every later step."""
+
+    def __init__(self, device):
+        import torch
+
+        self.device = device
+        self.allocated_bytes: int | None = None
+        self.reserved_bytes: int | None = None
+        self.device_used_bytes: int | None = None  # CUDA: what nvidia-smi shows (context, NCCL, reserve included)
+        self._cpu = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self._base = torch.cuda.memory_allocated(device)
+        else:
+            from ftopt.measure import AllocatorPeak
+
+            self._cpu = AllocatorPeak().start()
+
+    def after_step(self, step: int) -> None:
+        if self._cpu is not None and step >= MEMORY_TRACE_STEPS:
+            self.read()
+
+    def read(self) -> None:
+        """Idempotent: the first call after training fixes the figures."""
+        if self.allocated_bytes is not None:
+            return
+        if self._cpu is not None:
+            self.allocated_bytes = self._cpu.stop()
+            return
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        self.allocated_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+        self.reserved_bytes = torch.cuda.max_memory_reserved(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        # the caching allocator keeps its peak segments until empty_cache(), so the device's use at the end of
+        # training is its peak use: reserved memory plus CUDA context and NCCL buffers outside the allocator
+        self.device_used_bytes = total - free
+
+    def close(self) -> None:
+        """Stop the CPU profiler whatever happened: a profiler left running crashes the interpreter at exit."""
+        if self._cpu is not None and self.allocated_bytes is None:
+            self.allocated_bytes = self._cpu.stop()
+
+
+class TimeBudget:
+    """Stops training at a checkpoint once `max_hours` have passed. All ranks must stop at the same step, so rank
+    0's clock decides and the decision is broadcast (one tiny collective per step, only when a budget is set)."""
+
+    def __init__(self, max_hours: float | None):
+        self.max_seconds = max_hours * 3600 if max_hours else None
+        self.t0 = time.monotonic()
+        self.hit = False
+
+    def due(self) -> bool:
+        if self.max_seconds is None:
+            return False
+        import torch
+        import torch.distributed as dist
+
+        stop = time.monotonic() - self.t0 >= self.max_seconds
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([int(stop)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        self.hit = self.hit or stop
+        return stop
+
+
+class RunCallback(TrainerCallback):
+    def __init__(self, recorder, peak: TrainingPeak, budget: TimeBudget, progress, fail_at_step: int | None = None):
+        self.recorder, self.peak, self.budget, self.progress = recorder, peak, budget, progress
+        self.fail_at_step = fail_at_step
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.progress.start(state.max_steps, state.global_step)
+        injected = os.environ.get("FTOPT_INJECT_FAILURE")  # bench tests: a run that fails must not stop a sweep
+        if injected == "oom":
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+        if injected == "crash":
+            raise RuntimeError("injected crash")
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.recorder.begin(state.num_input_tokens_seen)
+
+    def on_step_end(self, args, state, control, **kw):
+        self.recorder.end(state.global_step, state.num_input_tokens_seen)
+        self.peak.after_step(state.global_step)
+        if self.fail_at_step is not None and state.global_step >= self.fail_at_step:
+            raise RuntimeError(f"injected failure at step {state.global_step}")
+        if self.budget.due():
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:  # logging_steps=1: the loss of the step that just ended
+            rec = self.recorder.flush(logs["loss"])
+            if rec is not None:
+                self.progress.update(state.global_step, rec)
+
+    def on_save(self, args, state, control, **kw):
+        if self.recorder.log is not None:
+            self.recorder.log.sync()  # a checkpoint never holds more steps than steps.jsonl
+
+    def on_train_end(self, args, state, control, **kw):
+        self.recorder.flush(None)
+        self.peak.read()
+
+
+class Progress:
+    """A rich progress bar on rank 0 when stderr is a terminal; otherwise a line every 10% (logs, CI, --json)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.total = 0
+        self._next = 0
+
+    def start(self, total: int, done: int = 0) -> None:
+        self.total, self._next = total, done + max(1, total // 10)
+        if not self.enabled or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+        self.task = self.bar.add_task("train", total=total, completed=done, info="")
+        self.bar.start()
+
+    def update(self, step: int, rec: dict) -> None:
+        info = f"loss {rec.get('loss', float('nan')):.3f}  {rec['tokens_per_s']:.0f} tok/s"
+        if "max_allocated_bytes" in rec:
+            info += f"  {rec['max_allocated_bytes'] / 2**30:.1f} GiB"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif self.enabled and step >= self._next:
+            self._next = step + max(1, self.total // 10)
+            print(f"step {step}/{self.total}: {info}", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -1,0 +1,33 @@
+"""The DeepSpeed config for a run, and the collective timeout every rank uses.
+
+"auto" values are filled by Hugging Face's integration from the TrainingArguments (batch sizes, clipping, bucket
+sizes from hidden_size), so nothing is set twice.
+"""
+from __future__ import annotations
+
+from ftopt.spec import Offload, Precision, RunSpec
+
+# Collective timeout (torch.distributed / DeepSpeed): a lost rank fails the run instead of hanging it. It bounds one
+# collective, not the run: a fine-tune may take days. 30 min covers the slowest collective we know of (gathering a
+# 405B model's ZeRO-3 partitions to save it over a slow network).
+RANK_TIMEOUT_SECONDS = 1800
+
+
+def deepspeed_config(spec: RunSpec) -> dict:
+    c = spec.combination
+    zero: dict = {"stage": c.zero, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
+    if c.zero == 3:
+        zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
+                    stage3_gather_16bit_weights_on_model_save=True)
+    if c.offload in (Offload.OPTIMIZER, Offload.ALL):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if c.offload is Offload.ALL:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    ds: dict = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto", "zero_optimization": zero, "steps_per_print": 10**9,
+                "wall_clock_breakdown": False}
+    if spec.setup.precision is Precision.BF16_MIXED:
+        ds["bf16"] = {"enabled": True}
+    elif spec.setup.precision is Precision.FP16_MIXED:
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return ds

@@ -1,0 +1,85 @@
+"""metrics.json (schema in docs/metrics-schema.md): the run's measurements over the whole run, gathered from every
+rank over torch.distributed (no shared filesystem needed), with the planner's prediction beside them."""
+from __future__ import annotations
+
+import json
+import statistics
+
+from ftopt.spec import RunSpec
+
+METRICS_SCHEMA = "ftopt.metrics/2"
+
+
+def _gather(mine: dict, world: int) -> list[dict]:
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    ranks: list = [None] * world
+    dist.all_gather_object(ranks, mine)
+    return sorted(ranks, key=lambda r: r["rank"])
+
+
+def _steps_summary(steps: list[dict]) -> dict:
+    """Median step time and tokens/s over the whole run (a resumed run included), the first step left out (kernel
+    selection and allocator warm-up), and the mean training loss over every step."""
+    steady = steps[1:] or steps
+    losses = [s["loss"] for s in steps if "loss" in s]
+    return {"step_seconds": statistics.median(s["seconds"] for s in steady) if steady else None,
+            "tokens_per_s_rank0": statistics.median(s["tokens_per_s"] for s in steady) if steady else None,
+            "train_loss": sum(losses) / len(losses) if losses else None,
+            "final_loss": losses[-1] if losses else None, "steps": len(steps)}
+
+
+def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_examples: int, log) -> dict:
+    """Gather the ranks' measurements; rank 0 assembles and writes metrics.json and returns it."""
+    from ftopt.io import atomic_write_text
+    from ftopt.train.recorder import StepLog
+
+    ranks = _gather(mine, world)
+    if mine["rank"] != 0:
+        return mine
+    steps = StepLog(spec.output_dir / "steps.jsonl").read()
+    summ = _steps_summary(steps)
+    s = spec.setup
+    steps_per_epoch = max(1, -(-train_examples // (s.micro_batch * s.grad_accum * world)))
+    tokens_per_s = summ["tokens_per_s_rank0"] * world if summ["tokens_per_s_rank0"] else None
+    r0 = ranks[0]
+    measured = {
+        "peak_bytes_per_gpu": max(r["peak_allocated_bytes"] or 0 for r in ranks),
+        "peak_reserved_bytes_per_gpu": max((r["peak_reserved_bytes"] or 0) for r in ranks) or None,
+        "device_used_bytes_per_gpu": max((r["device_used_bytes"] or 0) for r in ranks) or None,
+        "eval_peak_bytes_per_gpu": max((r["eval_peak_allocated_bytes"] or 0) for r in ranks) or None,
+        "step_seconds": summ["step_seconds"],
+        "epoch_seconds": summ["step_seconds"] * steps_per_epoch if summ["step_seconds"] else None,
+        "tokens_per_s": tokens_per_s, "train_loss": summ["train_loss"], "final_loss": summ["final_loss"],
+        "eval_loss": r0["eval_loss"], "exact_match": r0["exact_match"], "steps": summ["steps"],
+        "train_seconds": sum(st["seconds"] for st in steps), "stopped_by_time_budget": r0["stopped_by_time_budget"],
+    }
+    predicted, mfu = _predicted(spec, tokens_per_s)
+    metrics = {"schema": METRICS_SCHEMA, "run": spec.to_json(), "model": spec.model.ref,
+               "combination": spec.combination.key(), "label": spec.combination.label(),
+               "precision": s.precision.value, "world_size": world, "seq_len": s.seq_len, "micro_batch": s.micro_batch,
+               "grad_accum": s.grad_accum, "packing": spec.data.packing, "data_format": fmt, "tokenizer": tok_src,
+               "tokens_per_step": s.micro_batch * s.grad_accum * s.seq_len * world, "steps_per_epoch": steps_per_epoch,
+               "measured": measured, "predicted": predicted, "mfu": mfu, "ranks": ranks}
+    atomic_write_text(spec.output_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _predicted(spec: RunSpec, tokens_per_s: float | None) -> tuple[dict, float | None]:
+    """The planner's prediction for this very run, and the useful-FLOP MFU: FLOPs per token of the planned step
+    times the non-padding tokens processed per second per rank, over the hardware's peak."""
+    from ftopt.estimate import predictions
+    from ftopt.spec import load_model
+
+    hw, s = spec.hardware, spec.setup
+    pred = predictions(load_model(spec.model.ref), hw, s, spec.combination)
+    flops = pred["analytic"].get("flops_per_step")
+    mfu = None
+    if tokens_per_s and flops:
+        peak = hw.flops_for(s.precision.compute_dtype) or hw.flops_for("fp32")
+        flops_per_token = flops / (s.micro_batch * s.seq_len * s.grad_accum)  # flops_per_step is per GPU
+        mfu = flops_per_token * tokens_per_s / s.world_size / peak
+    return pred, mfu
+
