@@ -163,8 +163,12 @@ def main() -> None:
     ap.add_argument("--quant", action="store_true", help="only QLoRA (NF4, GC on/off) and 8-bit AdamW scenarios")
     ap.add_argument("--misses", action="store_true", help="only the known-miss scenarios (seq 1024 x 1, 0.5B qwen2)")
     ap.add_argument("--only", help="comma list of scenario indices to run (within the chosen set)")
+    ap.add_argument("--table", action="store_true", help="print the Markdown table of the saved quant/misses results")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.table:
+        print_table()
+        return
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return
@@ -221,6 +225,23 @@ def main() -> None:
     if a.zero_only:  # keep the single-process rows of the last full run
         results = RESULTS.with_name("estimate_accuracy_zero.json")
     _save(results, rows, zero_rows, summary)
+
+
+def print_table() -> None:
+    """The README table: every row of benchmarks/results/estimate_accuracy_{quant,misses}*.json, and the medians."""
+    rows = [r for f in sorted(RESULTS.parent.glob("estimate_accuracy_*.json")) if "quant" in f.name or "misses" in f.name
+            for r in json.loads(f.read_text())["rows"]]
+    for r in rows:
+        what = "full" if not r["lora_r"] else f"LoRA r{r['lora_r']}"
+        extras = " ".join(x for x in (r.get("quant", "none").upper() if r.get("quant", "none") != "none" else "",
+                                      r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "") if x)
+        print(f"| {r['arch']} {what} {extras} gc={r['gc']} {r['attn']} seq {r.get('seq', SEQ)} x {r.get('batch', BATCH)} | "
+              f"{r['precision']} | {r['measured_bytes'] / 2**20:.1f} MiB | {r['analytic_error']:+.1%} | "
+              f"{r['traced_error']:+.1%} |")
+    for k in ("analytic", "traced"):
+        errs = sorted(abs(r[f"{k}_error"]) for r in rows)
+        if errs:
+            print(f"{k}: median |error| {statistics.median(errs):.1%}, worst {errs[-1]:.1%} over {len(errs)} runs")
 
 
 def _save(path: Path, rows: list, zero_rows: list, summary: dict) -> None:
