@@ -101,3 +101,20 @@ def test_paged_states_count_in_host_ram_not_device():
     assert paged.peak_bytes_per_gpu < plain.peak_bytes_per_gpu
     assert paged.cpu_bytes_per_node > 0.9 * plain.breakdown.optimizer_states
     assert paged.step_seconds > plain.step_seconds  # paging back over PCIe costs time
+
+
+def test_traced_runs_quantized_and_8bit_with_stand_ins():
+    """The tracer runs QLoRA and 8-bit AdamW (no fallback) and stores what the formulas store: the stand-ins hold the
+    quantized bytes, the optimizer stand-in the 8-bit states; activations come from the trace itself."""
+    from ftopt.estimate.traced import traced_memory
+
+    m = load_model("tiny-llama")
+    setup = TrainingSetup(seq_len=32, micro_batch=2, precision="bf16-mixed")
+    qc = Combination(lora_r=4, quant="nf4", gc=True)
+    bd, _, _ = traced_memory(m, setup, qc, target="cpu", layers=None)
+    an, _, _ = analytic.memory(m, setup, qc, on_gpu=False)
+    assert bd.weights == an.weights  # quantized base + fp32 rest + fp32 adapters, byte for byte
+    oc = Combination(optim="adamw-8bit")
+    fp32 = TrainingSetup(seq_len=32, micro_batch=2, precision="fp32")
+    bd8, phase, _ = traced_memory(m, fp32, oc, target="cpu", layers=None)
+    assert phase == "step" and bd8.optimizer_states == analytic.memory(m, fp32, oc, on_gpu=False)[0].optimizer_states
