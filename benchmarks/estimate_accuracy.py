@@ -74,7 +74,8 @@ def quant_scenarios() -> list[dict]:
 def miss_scenarios() -> list[dict]:
     return [dict(arch="llama-gqa-100m", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
             dict(arch="qwen2.5-0.5b", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
-            dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32")]
+            dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32"),
+            dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32", seq=64, batch=8)]  # CPU defaults
 
 
 def _combo(sc: dict):

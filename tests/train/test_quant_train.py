@@ -74,7 +74,7 @@ def test_cli_train_runs_qlora(tmp_path):
     from ftopt.cli import app
 
     out = tmp_path / "q"
-    r = CliRunner().invoke(app, ["train", "--output-dir", str(out), "--json", "--max-steps", "4", "--lora-r", "4",
+    r = CliRunner().invoke(app, ["train", "--out", str(out), "--json", "--max-steps", "4", "--lora-r", "4",
                                  "--quant", "nf4", "--optim", "adamw-8bit", "--precision", "fp32"])
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())
