@@ -67,9 +67,12 @@ def main() -> None:
         families[family] = family_counts(family, config)
         c = families[family]["counts"]
         print(f"{family:9s} " + "  ".join(f"{k}: {v['per_layer']}/layer" for k, v in c.items()), file=sys.stderr)
+    versions = {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
+                "peft": peft.__version__}
     doc = {"source": (f"benchmarks/count_kernels.py: aten operators dispatched in one steady-state training step "
-                      f"(torch {torch.__version__.split('+')[0]}, transformers {transformers.__version__}, "
-                      f"peft {peft.__version__}, fp32, CPU)"),
+                      f"(torch {versions['torch']}, transformers {versions['transformers']}, "
+                      f"peft {versions['peft']}, fp32, CPU)"),
+           "versions": versions,  # the recount test skips under other versions (tests/estimate/test_kernels.py)
            "families": families}
     from ftopt.io import atomic_write_text
 

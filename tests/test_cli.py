@@ -50,7 +50,13 @@ def test_plan_table():
     (("estimate", "--attn", "xformers"), "--attn must be one of"),
     (("estimate", "--precision", "int4"), "--precision must be one of"),
     (("estimate", "--lora-r", "8", "--lora-targets", "nope"), "candidates: q_proj"),
-    (("estimate", "--gpu", "t4", "--precision", "bf16-mixed"), "no bf16 support"),
+    (("estimate", "--gpu", "t4", "--precision", "bf16-mixed"), "t4 cannot run bf16 (no bf16 units, compute capability 7.5)"),
+    (("estimate", "--gpu", "v100-32g", "--precision", "fp16-mixed", "--attn", "flash"), "v100-32g cannot run flash"),
+    (("estimate", "--gpu", "cpu", "--precision", "fp32", "--attn", "flash"), "flash attention needs a CUDA GPU"),
+    (("plan", "--host-ram", "lots"), "--host-ram must be a positive size such as 1.5TiB"),
+    (("estimate", "--host-ram", "-2TiB"), "--host-ram must be a positive size"),
+    (("plan", "--currency", ""), "--currency is empty"),
+    (("plan", "--calibration", "/nonexistent/cal.json"), "Cannot read the calibration file"),
     (("plan", "--max-hours", "0"), "--max-hours must be positive"),
 ])
 def test_bad_input_is_one_line_exit_2(args, fragment):
@@ -74,6 +80,52 @@ def test_malformed_and_non_decoder_configs(tmp_path):
 def test_seq_len_beyond_positions_warns():
     r = run("estimate", "--model", "llama-2-7b", "--seq-len", "8192")
     assert r.exit_code == 0 and "exceeds the model's 4096 positions" in r.output
+
+
+def test_host_ram_and_currency_reach_the_plan():
+    """70B full fine-tuning on 8 x A100: with the default 1 TiB of host RAM the offloaded states do not fit;
+    with --host-ram 1.5TiB they do. Costs carry the currency."""
+    base = ("plan", "--model", "llama-2-70b", "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--json",
+            "--cost-per-gpu-hour", "3", "--currency", "JPY")
+    small, big = (json.loads(run(*base, *extra).output) for extra in ((), ("--host-ram", "1.5TiB")))
+    assert small["recommended"] is None and big["recommended"] is not None
+    assert small["host_memory_bytes"] == 2**40 and big["host_memory_bytes"] == int(1.5 * 2**40)
+    assert big["currency"] == "JPY" and big["candidates"][0]["cost"] > 0
+    assert run(*base[:-5], "--host-ram", "2048").exit_code == 0  # a bare number is GiB
+
+
+def test_estimate_and_plan_print_the_calibration_used(tmp_path):
+    r = run("estimate", "--gpu", "a100-80g", "--lora-r", "8")
+    assert "time model: uncalibrated for a100-80g" in r.output
+    from ftopt.calibration_store import calibrate_and_store
+    from ftopt.spec import load_hardware
+    hw = load_hardware("a100-80g")
+    rows = [{"status": "ok", "key": f"c{i}", "label": f"c{i}", "gpus": 1, "combination": {"zero": 0, "label": f"c{i}"},
+             "sweep": {"precision": "fp32"}, "measured": {"step_seconds": 0.1 * (i + 1) / 0.3 + 0.01},
+             "predicted": {"analytic": {"flops_per_step": 0.1 * (i + 1) * hw.flops_for("fp32"), "kernels_per_step": 1000}}}
+            for i in range(4)]
+    _, path = calibrate_and_store(rows, hw, "/runs/x.jsonl", "llama-2-7b")
+    r = run("plan", "--gpu", "a100-80g", "--gpus", "8")
+    assert "time model: calibrated, 4 runs of 4 points on a100-80g (llama-2-7b)" in r.output
+    d = json.loads(run("estimate", "--gpu", "a100-80g", "--json", "--calibration", str(path)).output)
+    assert d["calibration"]["file"] == str(path) and d["calibration"]["runs"] == 4
+
+
+def test_plan_without_dataset_tokens_quotes_steps_and_1k_samples():
+    r = run("plan", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--cost-per-gpu-hour", "2")
+    assert "per 1k samples" in r.output and "cost (USD per 1k samples)" in r.output
+    header = next(line for line in r.output.splitlines() if "combination" in line)
+    assert "step" in header and "epoch" not in header and "total" not in header
+
+
+def test_help_states_defaults_and_units():
+    """Defaults written as "[default: ...]" in help texts must survive rendering (rich markup swallowed them)."""
+    r = runner.invoke(app, ["plan", "--help"], env={"COLUMNS": "250"})
+    out = " ".join(r.output.split())
+    for text in ("GPUs (processes) per node [default: 1]", "times are per step and per 1k samples]",
+                 "host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) [default: the preset's, 1 TiB]",
+                 "training-time budget in hours [default: no budget]", "[default: USD]"):
+        assert text in out, text
 
 
 @pytest.mark.parametrize("command", [["bench", "--max-steps", "1"], ["demo", "--steps", "1"], ["report", "R"],

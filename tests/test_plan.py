@@ -1,5 +1,7 @@
 """The planner reproduces the published findings of arXiv 2406.02290 from its own predictions, within the study's
 option space (unquantized bases, 32-bit AdamW; tests/test_plan_quant.py covers quantization and 8-bit optimizers)."""
+import re
+
 import pytest
 
 from ftopt.plan import plan
@@ -90,3 +92,65 @@ def test_what_ifs():
     p = plan(load_model("llama-2-7b"), A100, NODE)
     assert p.longest_context >= 2048
     assert p.fewest_gpus == 1  # LoRA 7B fits one 80 GB GPU
+
+
+# ---- what the GPU can run ------------------------------------------------------------------------------------------
+def test_planner_considers_sdpa_everywhere_and_flash_only_where_it_runs():
+    from ftopt.spec import Attention
+    m, s = load_model("llama-2-7b"), TrainingSetup(seq_len=2048, precision="fp16-mixed")
+    v100 = plan(m, load_hardware("v100-32g"), s, what_ifs=False)
+    attns = {e.combination.attn for e in v100.candidates}
+    assert attns == {Attention.EAGER, Attention.SDPA}  # the defect: flash was offered (and recommended) on a V100
+    assert v100.recommended is None or v100.recommended.combination.attn is not Attention.FLASH
+    assert {e.combination.attn for e in plan(m, A100, NODE, what_ifs=False).candidates} == set(Attention)
+
+
+def test_estimate_of_what_the_gpu_cannot_run_is_one_line():
+    from ftopt import estimate
+    from ftopt.errors import FtoptError
+    with pytest.raises(FtoptError, match="^v100-32g cannot run flash attention .*use --attn eager or sdpa.$"):
+        estimate(load_model("llama-2-7b"), load_hardware("v100-32g"), TrainingSetup(precision="fp16-mixed"),
+                 Combination(attn="flash"))
+
+
+# ---- plan output: what bounds the answer ---------------------------------------------------------------------------
+def test_longest_context_says_when_the_position_limit_bounds_it():
+    from ftopt.plan import LimitKind
+    p = plan(load_model("llama-2-7b"), load_hardware("h200"), TrainingSetup(seq_len=2048))
+    assert p.longest_context == 4096 and p.longest_context_bound is LimitKind.POSITIONS
+    assert p.to_json()["longest_context_bound"] == "positions"
+    small = plan(load_model("llama-2-7b"), load_hardware("rtx4090"), TrainingSetup(seq_len=512))
+    assert small.longest_context < 4096 and small.longest_context_bound is LimitKind.MEMORY
+
+
+def test_70b_full_fine_tuning_names_the_host_ram_limit():
+    """The defect: 'needs 22.5 GiB, -57.1 GiB more' when the GPUs had room and host RAM was the limit."""
+    m = load_model("llama-2-70b")
+    p = plan(m, A100, NODE, full_only=True, what_ifs=False)
+    assert p.recommended is None
+    assert "host RAM per node, more than the 1024.0 GiB assumed (set --host-ram" in p.shortfall
+    assert "more than the 80.0 GiB" not in p.shortfall and not re.search(r"-\d+\.\d GiB", p.shortfall)  # no negative "more"
+    # with the host RAM such nodes can have, it fits
+    big = A100.model_copy(update={"host_memory_bytes": 2 * 2**40})
+    assert plan(m, big, NODE, full_only=True, what_ifs=False).recommended is not None
+
+
+def test_without_dataset_tokens_times_are_per_step_and_per_1k_samples():
+    s = TrainingSetup(seq_len=2048, gpus_per_node=8, micro_batch=2, grad_accum=4)
+    p = plan(load_model("llama-2-7b"), A100, s, cost_per_gpu_hour=2.0, currency="EUR", what_ifs=False)
+    doc = p.to_json()
+    c = doc["candidates"][0]
+    assert c["epoch_seconds"] is None and c["total_seconds"] is None and c["cost_basis"] == "1k samples"
+    assert c["seconds_per_1k_samples"] == pytest.approx(c["step_seconds"] * 1000 / (2 * 4 * 8))
+    assert c["cost"] == pytest.approx(c["seconds_per_1k_samples"] / 3600 * 8 * 2.0)
+    assert doc["currency"] == "EUR" and "per 1k samples" in p.reason
+    with_data = plan(load_model("llama-2-7b"), A100, NODE, cost_per_gpu_hour=2.0, what_ifs=False).to_json()
+    assert with_data["candidates"][0]["total_seconds"] > 0 and with_data["currency"] == "USD"
+
+
+def test_cost_and_currency_are_checked():
+    from ftopt.errors import FtoptError
+    with pytest.raises(FtoptError, match="--currency is empty"):
+        plan(load_model("llama-2-7b"), A100, NODE, currency=" ", what_ifs=False)
+    with pytest.raises(FtoptError, match="must not be negative, got -1"):
+        plan(load_model("llama-2-7b"), A100, NODE, cost_per_gpu_hour=-1, what_ifs=False)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftopt.errors import FtoptError, validation_message
 from ftopt.io import append_line_atomic
-from ftopt.spec import Attention, Combination, Optim, OutputSpec, Quant, RunSpec
+from ftopt.spec import Attention, Combination, HardwareSpec, Optim, OutputSpec, Quant, RunSpec
 
 RESULTS_SCHEMA = "ftopt.bench/2"
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -57,9 +57,10 @@ def sweep_runs(base: RunSpec, combos: Iterable[Combination], runs_dir: Path, rep
     return runs
 
 
-def reference_combinations(lora_r: int = 8, cpu: bool = True) -> list[Combination]:
-    """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, eager vs fast attention."""
-    fast = Attention.SDPA if cpu else Attention.FLASH
+def reference_combinations(hw: HardwareSpec, lora_r: int = 8) -> list[Combination]:
+    """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, eager vs the fastest
+    attention kernel this hardware runs (flash where it can, else SDPA)."""
+    fast = Attention.FLASH if Attention.FLASH in hw.attention_kernels else Attention.SDPA
     return [
         Combination(attn=fast), Combination(gc=True, attn=fast), Combination(lora_r=lora_r, attn=fast),
         Combination(lora_r=lora_r, gc=True, attn=fast), Combination(lora_r=lora_r, zero=2, attn=fast),

@@ -1,63 +1,19 @@
-"""Per-hardware time-model constants fitted from measured runs (`ftopt bench`), stored with their provenance, and
-the fit itself (checked leave-one-out on combinations the fit did not see).
+"""The time-model fit: per-hardware constants fitted from measured runs (`ftopt bench`), checked leave-one-out on
+combinations the fit did not see, with the constants that sit on a bound named.
 
-Stored under $FTOPT_CACHE/calibration/<hardware>.json (default ~/.cache/ftopt). `load_hardware` applies them, so
-later `plan`/`estimate` calls use measured efficiency instead of the datasheet assumption.
+Storing, merging and applying fits is ftopt/calibration_store.py; nothing here reads or writes the cache.
 """
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ftopt.errors import FtoptError
-from ftopt.io import atomic_write_text
-
-
-class Calibration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    hardware: str
-    mfu: float = Field(gt=0, le=1)
-    fixed_step_seconds: float = Field(0.0, ge=0, description="per-step overhead not proportional to FLOPs")
-    seconds_per_kernel: float = Field(0.0, ge=0, description="exposed cost of one dispatched operator")
-    zero_step_seconds: dict[int, float] = Field(default_factory=dict, description="DeepSpeed engine cost per step, by stage")
-    source: str = Field(description="where the numbers come from: results file, runs used, fit error")
-
-
-def calibration_path(hardware: str) -> Path:
-    root = Path(os.environ.get("FTOPT_CACHE", Path.home() / ".cache" / "ftopt"))
-    return root / "calibration" / f"{hardware}.json"
-
-
-def save_calibration(cal: Calibration) -> Path:
-    path = calibration_path(cal.hardware)
-    atomic_write_text(path, cal.model_dump_json(indent=2))
-    return path
-
-
-def load_calibration(hardware: str) -> Calibration | None:
-    path = calibration_path(hardware)
-    if not path.exists():
-        return None
-    try:
-        return Calibration(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None  # a corrupt cache falls back to the datasheet assumption
-
-
-def apply_calibration(hw):
-    cal = load_calibration(hw.name)
-    if cal is None:
-        return hw
-    return hw.model_copy(update={"mfu": cal.mfu, "fixed_step_seconds": cal.fixed_step_seconds,
-                                 "seconds_per_kernel": cal.seconds_per_kernel,
-                                 "zero_step_seconds": cal.zero_step_seconds,
-                                 "source": f"{hw.source}; time model calibrated: {cal.source}"})
+from ftopt.spec.calibration import MFU_AT_BOUND
 
 
 # ---- fitting the time model to measured runs ------------------------------------------------------------------------
@@ -98,6 +54,8 @@ class TimePoint:
     kernels: int | None  # dispatched operators per step (None: results written before ftopt counted them)
     zero: int
     measured_seconds: float
+    gpus: int = 1  # processes of the run
+    runs: int = 1  # measurements merged into measured_seconds
 
 
 @dataclass(frozen=True)
@@ -110,6 +68,18 @@ class TimeModel:
     def predict(self, p: TimePoint) -> float:
         return (p.ideal_seconds / self.mfu + (p.kernels or 0) * self.seconds_per_kernel + self.fixed_step_seconds
                 + self.zero_step_seconds.get(p.zero, 0.0))
+
+    def at_bound(self) -> list[str]:
+        """The constants the bounded fit pinned to a bound: mfu at 100% means the runs cannot tell the FLOP rate
+        apart from the overheads (too few or too similar runs), an overhead at 0 that the fit found none."""
+        out = []
+        if self.mfu >= 1.0 - 1e-9:
+            out.append(MFU_AT_BOUND)
+        if self.seconds_per_kernel <= 0.0:
+            out.append("per-operator cost at 0")
+        if self.fixed_step_seconds <= 0.0:
+            out.append("fixed per-step cost at 0")
+        return out
 
 
 def fit_time_model(points: list[tuple[float, int | None, float]]) -> tuple[float, float, float]:
@@ -194,6 +164,7 @@ class CalibrationFit(BaseModel):
     pairs_ordered: int = Field(0, description="held-out pairs, apart by more than RANK_TIE_FRACTION, ordered right")
     pairs_compared: int = 0
     holdout: list[HeldOut] = Field(default_factory=list)
+    at_bound: list[str] = Field(default_factory=list, description="constants the bounded fit pinned to a bound")
 
 
 def time_points(rows: list[dict], hw) -> tuple[list[TimePoint], int]:
@@ -214,17 +185,23 @@ def time_points(rows: list[dict], hw) -> tuple[list[TimePoint], int]:
         peak = hw.flops_for(dtype) or hw.flops_for("fp32")
         pred = r["predicted"]["analytic"]
         points.append(TimePoint(r.get("label", r["key"]), pred["flops_per_step"] / peak, pred.get("kernels_per_step"),
-                                r["combination"]["zero"], statistics.median(x["measured"]["step_seconds"] for x in runs)))
+                                r["combination"]["zero"], statistics.median(x["measured"]["step_seconds"] for x in runs),
+                                gpus=r.get("gpus", 1), runs=len(runs)))
     return points, sum(len(v) for v in groups.values())
 
 
 def calibrate(rows: list[dict], hw) -> CalibrationFit:
-    """Fit the time model on successful runs of hardware `hw` and check it on combinations it did not see: each is
-    predicted by a fit on all the others (leave-one-out), when another combination of its ZeRO stage (and, for a
-    ZeRO stage, a plain one) remains to calibrate it."""
-    pts, n_runs = time_points(rows, hw)
+    """Fit the time model on successful runs of hardware `hw` and check it on combinations it did not see."""
+    pts, _ = time_points(rows, hw)
+    return calibrate_points(pts)
+
+
+def calibrate_points(pts: list[TimePoint]) -> CalibrationFit:
+    """Fit on merged points and check each by leave-one-out: predicted by a fit on all the others, when another
+    point of its ZeRO stage (and, for a ZeRO stage, a plain one) remains to calibrate it."""
     if not pts:
         raise FtoptError("No successful runs to calibrate the time model with.")
+    n_runs = sum(p.runs for p in pts)
     model = _fit(pts)
     held: list[HeldOut] = []
     for i, p in enumerate(pts):
@@ -241,15 +218,4 @@ def calibrate(rows: list[dict], hw) -> CalibrationFit:
                           fit_runs=n_runs, combinations=len(pts), holdout_runs=len(held),
                           holdout_median_abs_error=statistics.median(errs) if errs else None,
                           holdout_worst_abs_error=errs[-1] if errs else None, spearman_rho=rho,
-                          pairs_ordered=agree, pairs_compared=compared, holdout=held)
-
-
-def calibrate_and_store(rows: list[dict], hw, source: str) -> tuple[CalibrationFit, Path]:
-    """Calibrate on a sweep's results and store the constants for `hw` (used by later plan/estimate)."""
-    fit = calibrate(rows, hw)
-    held = (f"; held-out step-time error median {fit.holdout_median_abs_error:.1%}"
-            if fit.holdout_median_abs_error is not None else "")
-    cal = Calibration(hardware=hw.name, mfu=fit.mfu, seconds_per_kernel=fit.seconds_per_kernel,
-                      fixed_step_seconds=fit.fixed_step_seconds, zero_step_seconds=fit.zero_step_seconds,
-                      source=f"{source}, {fit.fit_runs} runs of {fit.combinations} combinations{held}")
-    return fit, save_calibration(cal)
+                          pairs_ordered=agree, pairs_compared=compared, holdout=held, at_bound=model.at_bound())

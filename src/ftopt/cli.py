@@ -19,9 +19,16 @@ from ftopt.cli_common import (
 )
 from ftopt.errors import FtoptError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help texts state defaults as "[default: ...]", which rich markup would swallow as a tag.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Plan, run and report LLM fine-tuning under GPU memory and time budgets.")
 
+CalibrationOpt = Annotated[Optional[Path], typer.Option(
+    "--calibration", help="time-model calibration file to apply (default: the stored one matching this hardware and "
+                          "the installed torch/transformers/deepspeed, else none)")]
+HostRam = Annotated[Optional[str], typer.Option(
+    "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) "
+                       "[default: the preset's, 1 TiB]")]
 
 def _version(value: bool) -> None:
     if value:
@@ -37,13 +44,26 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Plan, run and report LLM fine-tuning under GPU memory and time budgets."""
 
 
+def _planning_hardware(gpu: Optional[str], calibration: Optional[Path], host_ram: Optional[str]):
+    """The hardware estimate/plan assume: preset (or this machine's), --host-ram, then the calibration applied
+    explicitly (the named file, else the stored one matching hardware and library versions, else none)."""
+    from ftopt.calibration_store import calibrated_hardware
+    from ftopt.units import parse_bytes
+
+    hw = hardware(gpu or "a100-80g")
+    if host_ram is not None:
+        hw = hw.model_copy(update={"host_memory_bytes": parse_bytes(host_ram, "--host-ram")})
+    return calibrated_hardware(hw, calibration)
+
+
 @app.command()
 def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
              gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
              micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
              dataset_tokens: DatasetTokens = None, epochs: Epochs = None, gc: Gc = None, lora_r: LoraR = None,
              lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None, attn: Attn = None,
-             quant: QuantOpt = None, optim: OptimOpt = None, method: MethodOpt = "analytic", json_out: Json = False):
+             quant: QuantOpt = None, optim: OptimOpt = None, method: MethodOpt = "analytic", json_out: Json = False,
+             calibration: CalibrationOpt = None, host_ram: HostRam = None):
     """Per-GPU memory and time of ONE combination, before anything runs."""
     def body():
         from ftopt import estimate as est
@@ -51,7 +71,7 @@ def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, c
         from ftopt.display import print_estimate
         from ftopt.spec import load_model
 
-        m, hw = load_model(model), hardware(gpu or "a100-80g")
+        m, hw = load_model(model), _planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                               gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
         combo = resolve.combination(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload,
@@ -71,15 +91,18 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
          dataset_tokens: DatasetTokens = None, epochs: Epochs = None,
          lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
          lora_targets: LoraTargets = None,
-         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget, hours")] = None,
+         max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")] = None,
          full_only: Annotated[bool, typer.Option("--full-only", help="quality requires full fine-tuning")] = False,
-         cost_per_gpu_hour: Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU-hour")] = None,
+         cost_per_gpu_hour: Annotated[Optional[float], typer.Option(
+             "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency [default: none, no costs shown]")] = None,
+         currency: Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour and every cost shown")] = "USD",
          method: MethodOpt = "analytic", json_out: Json = False,
          quant: Annotated[Optional[str], typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 "
                                                       "[default: none,nf4,int8]")] = None,
          optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
          out: Annotated[Optional[Path], typer.Option("--out", help="write the plan JSON (with the recommended run "
-                                                     "for 'ftopt train --plan') to this file")] = None):
+                                                     "for 'ftopt train --plan') to this file")] = None,
+         calibration: CalibrationOpt = None, host_ram: HostRam = None):
     """Predict every valid combination and recommend one."""
     def body():
         from ftopt import plan as make_plan
@@ -90,12 +113,13 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
 
         if out is not None:
             check_out_folder(out.parent)
-        m, hw = load_model(model), hardware(gpu or "a100-80g")
+        m, hw = load_model(model), _planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                               gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
         p = make_plan(m, hw, setup, method=method_of(method), max_hours=max_hours, full_only=full_only, lora_r=lora_r,
                       lora_targets=resolve.lora_target_list(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour,
-                      quants=resolve.enum_list("quant", quant), optims=resolve.enum_list("optim", optim))
+                      currency=currency, quants=resolve.enum_list("quant", quant),
+                      optims=resolve.enum_list("optim", optim))
         doc = p.to_json()
         ref = resolve.model_ref(model, weights=resolve.has_weights(model))
         doc["run"] = (resolve.new_run(hw, ref, setup, p.recommended.combination).to_json()
@@ -173,7 +197,9 @@ def train(
             spec = resolve.run_from_file(plan_file, model=ref, given_setup=given_setup, given_combination=given_combo,
                                          note=lambda m: typer.echo(m, err=True))
         else:
-            hw = hardware(gpu)
+            from ftopt.calibration_store import calibrated_hardware
+
+            hw = calibrated_hardware(hardware(gpu))  # the stored calibration for this hardware, if it matches
             spec = resolve.new_run(hw, ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=tokenizer),
                                    resolve.setup(hw, **given_setup), resolve.combination(**given_combo))
         spec = resolve.finish_run(
@@ -228,7 +254,7 @@ def bench(
             raise FtoptError(f"--run-timeout must be positive, got {run_timeout}.")
         check_out_folder(out)
         hw = hardware(gpu)
-        combos = load_grid(grid) if grid else reference_combinations(lora_r, cpu=hw.is_cpu)
+        combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
         q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
         combos += quant_optim_variants(combos, q[0] if q else None, o[0] if o else None)
         ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None)
@@ -244,12 +270,13 @@ def bench(
                                                              f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
         console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {out / 'results.jsonl'}")
         if any(r["status"] == "ok" for r in rows):
-            from ftopt.calibration import calibrate_and_store
+            from ftopt.calibration_store import calibrate_and_store
             from ftopt.display import print_calibration
 
-            fit, path = calibrate_and_store(rows, hw, f"ftopt bench ({out / 'results.jsonl'})")
+            fit, path = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), ref.ref)
             print_calibration(fit)
-            console.print(f"time model for '{hw.name}' stored in {path}")
+            console.print(f"time model for '{hw.name}' (merged with earlier fits under these library versions) "
+                          f"stored in {path}; later plan/estimate on it use it")
     run_body(body)
 
 

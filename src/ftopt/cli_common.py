@@ -24,8 +24,8 @@ MicroBatch = Annotated[Optional[int], typer.Option("--micro-batch", help="sequen
 GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="micro-batches per optimizer step [default: 1]")]
 PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true "
                                                      "[default: bf16-mixed on a GPU, fp32 on cpu]")]
-DatasetTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch [default: one "
-                                                      "global batch]")]
+DatasetTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch [default: none: "
+                                                      "times are per step and per 1k samples]")]
 Epochs = Annotated[Optional[float], typer.Option("--epochs", help="epochs [default: 1]")]
 Gc = Annotated[Optional[bool], typer.Option("--gc/--no-gc", help="gradient checkpointing [default: off]")]
 LoraR = Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning [default: 0]")]

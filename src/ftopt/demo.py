@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ftopt.bench import reference_combinations, run_sweep, sweep_runs
-from ftopt.calibration import calibrate_and_store
+from ftopt.calibration_store import calibrate_and_store
 from ftopt.display import console, print_calibration, print_plan
 from ftopt.io import atomic_write_text
 from ftopt.plan import plan
@@ -36,7 +36,7 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     atomic_write_text(out / "plan.json", json.dumps(p.to_json(), indent=2))
 
     console.rule(f"2/3 bench: each reference combination trained for {steps} steps (re-running skips finished ones)")
-    combos = reference_combinations(lora_r=8, cpu=True)
+    combos = reference_combinations(hw, lora_r=8)
 
     def event(kind: str, info: dict) -> None:
         tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
@@ -49,7 +49,7 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     console.rule("3/3 report")
     fit = None
     if any(r["status"] == "ok" for r in rows):
-        fit, _ = calibrate_and_store(rows, hw, f"ftopt demo ({DEMO_MODEL}, {out / 'results.jsonl'})")
+        fit, _ = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), DEMO_MODEL)
         print_calibration(fit)
     reports = {}
     for lang in langs:

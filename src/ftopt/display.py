@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ftopt.estimate import Estimate
-from ftopt.plan import Plan
+from ftopt.plan import LimitKind, Plan
+from ftopt.spec.calibration import MFU_AT_BOUND, CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 
 import sys
@@ -34,41 +36,60 @@ def print_estimate(e: Estimate) -> None:
                   f"trainable {e.trainable_params:,} of {e.total_params:,} parameters")
     if e.cpu_bytes_per_node:
         console.print(f"host RAM for offloaded states: {fmt_bytes(e.cpu_bytes_per_node)} per node")
+    length = (f"{e.steps_per_epoch} steps per epoch, epoch {fmt_seconds(e.epoch_seconds)}, "
+              f"total {fmt_seconds(e.total_seconds)}" if e.per_dataset else
+              f"{fmt_seconds(e.seconds_per_1k_samples)} per 1k samples (give --dataset-tokens for epoch and total time)")
     console.print(f"step {fmt_seconds(e.step_seconds)} (communication/offload {fmt_seconds(e.comm_seconds)}, "
-                  f"overhead of {e.kernels_per_step:,} operators etc. {fmt_seconds(e.overhead_seconds)}), "
-                  f"{e.steps_per_epoch} steps per epoch, epoch {fmt_seconds(e.epoch_seconds)}, "
-                  f"total {fmt_seconds(e.total_seconds)}")
+                  f"overhead of {e.kernels_per_step:,} operators etc. {fmt_seconds(e.overhead_seconds)}), {length}")
+    console.print(calibration_line(e.calibration, e.hardware))
     for n in e.notes:
         console.print(f"[yellow]note:[/] {n}")
+
+
+def calibration_line(cal: CalibrationProvenance | None, hardware: str) -> str:
+    """Which time-model calibration an estimate or plan used, or that it used none."""
+    if cal is None:
+        return f"time model: uncalibrated for {hardware} (datasheet assumptions; 'ftopt bench' on it calibrates)"
+    warn = " [yellow](mfu sits on its bound: treat the times with care)[/]" if cal.mfu_at_bound else ""
+    return f"time model: calibrated, {escape(cal.summary())}{warn}"
 
 
 def print_plan(p: Plan, limit: int = 20) -> None:
     s = p.setup
     t = Table(title=f"{p.model} on {s.world_size} x {p.hardware}, seq {s.seq_len}, micro-batch {s.micro_batch}, "
                     f"{s.precision.value} ({p.method.value})")
+    times = ("epoch", "total") if p.per_dataset else ("step", "per 1k samples")
     for col, j in (("#", "right"), ("combination", "left"), ("per-GPU memory", "right"), ("headroom", "right"),
-                   ("fits", "center"), ("epoch", "right"), ("total", "right")):
+                   ("fits", "center"), *((c, "right") for c in times)):
         t.add_column(col, justify=j)
     if p.cost_per_gpu_hour is not None:
-        t.add_column("cost", justify="right")
+        t.add_column(f"cost ({p.currency}{'' if p.per_dataset else ' per 1k samples'})", justify="right")
     shown = [e for e in p.candidates if e.fits][:limit] or p.candidates[:limit]
     for i, e in enumerate(shown, 1):
         rec = e is p.recommended
+        spans = ((e.epoch_seconds, e.total_seconds) if p.per_dataset else (e.step_seconds, e.seconds_per_1k_samples))
         row = [str(i), ("[bold green]* " if rec else "") + e.combination.label() + ("[/]" if rec else ""),
                fmt_bytes(e.device_bytes_per_gpu), fmt_bytes(e.headroom_bytes), "yes" if e.fits else "[red]no[/]",
-               fmt_seconds(e.epoch_seconds), fmt_seconds(e.total_seconds)]
+               *(fmt_seconds(x) for x in spans)]
         if p.cost_per_gpu_hour is not None:
-            row.append(f"{p.cost(e):,.2f}")
+            row.append(f"{p.cost(e):,.2f} {p.currency}")
         t.add_row(*row)
     console.print(t)
+    if not p.per_dataset:
+        console.print("No --dataset-tokens: times are per optimizer step and per 1,000 samples of "
+                      f"{s.seq_len} tokens, not per epoch.")
     n_fit = sum(e.fits for e in p.candidates)
     console.print(f"{n_fit} of {len(p.candidates)} combinations fit; showing {len(shown)}.")
     if p.recommended:
         console.print(f"[bold]Recommended:[/] {p.recommended.combination.label()} — {p.reason}.")
     else:
         console.print(f"[bold red]No recommendation:[/] {p.reason}.")
-    if p.longest_context:
-        console.print(f"What if: the longest context that fits with the recommendation is {p.longest_context:,} tokens.")
+    if p.longest_context and p.longest_context_bound is LimitKind.POSITIONS:
+        console.print(f"What if: the recommendation fits up to the model's position limit, {p.longest_context:,} "
+                      "tokens; memory is not what bounds the context.")
+    elif p.longest_context:
+        console.print(f"What if: the longest context that fits in memory with the recommendation is "
+                      f"{p.longest_context:,} tokens.")
     if p.fewest_gpus:
         console.print(f"What if: the fewest {p.hardware} GPUs that fit the model: {p.fewest_gpus} "
                       f"({p.fewest_gpus_combination.label()}).")
@@ -76,6 +97,7 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         console.print("What if: no number of these GPUs up to 64 fits the model.")
     if p.shortfall:
         console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
+    console.print(calibration_line(p.calibration, p.hardware))
 
 
 def print_train_metrics(m: dict, output_dir: str) -> None:
@@ -116,6 +138,10 @@ def print_calibration(fit) -> None:
     zero = ", ".join(f"ZeRO-{z} +{fmt_seconds(s)}" for z, s in sorted(fit.zero_step_seconds.items()))
     console.print(f"fitted: mfu {fit.mfu:.1%}, {fit.seconds_per_kernel * 1e6:.1f} µs per operator, fixed "
                   f"{fmt_seconds(fit.fixed_step_seconds)} per step{'; ' + zero if zero else ''}")
+    if fit.at_bound:
+        console.print(f"[yellow]at a bound:[/] {', '.join(fit.at_bound)}"
+                      + (" (the runs cannot separate the FLOP rate from the overheads: more varied runs "
+                         "calibrate it)" if MFU_AT_BOUND in fit.at_bound else ""))
     if fit.holdout_median_abs_error is not None:
         rho = f", Spearman rho {fit.spearman_rho:.2f}" if fit.spearman_rho is not None else ""
         if fit.pairs_compared:

@@ -3,27 +3,35 @@
 The recommendation is derived from the predictions alone: among combinations that fit (device memory and host
 RAM) and meet the quality requirement (`full_only`), the one with the shortest predicted total time; near-ties
 (within NEAR_TIE_FRACTION) go to the one with fewer moving parts (no offload, then the lower ZeRO stage: less to
-configure and debug), then to more memory headroom. No table of rules.
+configure and debug, then SDPA over flash-attn, a package to build), then to more memory headroom. No table of rules.
 """
 from __future__ import annotations
 
 import itertools
+from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
 from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
+from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 
 NEAR_TIE_FRACTION = 0.01
 DEFAULT_LORA_R = 16
+DEFAULT_CURRENCY = "USD"
 # ZeRO stage and offload pairs DeepSpeed accepts (offload needs a stage; parameter offload needs stage 3).
 ZERO_OFFLOAD = [(0, Offload.NONE), (1, Offload.NONE), (1, Offload.OPTIMIZER), (2, Offload.NONE),
                 (2, Offload.OPTIMIZER), (3, Offload.NONE), (3, Offload.OPTIMIZER), (3, Offload.ALL)]
 # Quantized LoRA bases the plan tries. FP4 is left out: the same bytes and time as NF4, and lower quality (QLoRA
 # paper, Table 2/Fig. 3); `estimate --quant fp4` still predicts it.
 PLAN_QUANTS = (Quant.NF4, Quant.INT8)
+
+
+class LimitKind(str, Enum):
+    MEMORY = "memory"
+    POSITIONS = "positions"  # the model's max_position_embeddings, not memory
 
 
 class Plan(BaseModel):
@@ -37,29 +45,49 @@ class Plan(BaseModel):
     reason: str
     max_hours: float | None = None
     cost_per_gpu_hour: float | None = None
+    currency: str = Field(DEFAULT_CURRENCY, description="currency of cost_per_gpu_hour and every cost")
+    calibration: CalibrationProvenance | None = Field(None, description="time-model calibration used; None = uncalibrated")
+    host_memory_bytes: int = Field(description="host RAM per node the plan assumed (--host-ram or the preset)")
     longest_context: int | None = Field(None, description="longest seq_len that fits with the recommendation")
+    longest_context_bound: LimitKind | None = Field(None, description="what stops a longer context: memory or the "
+                                                                      "model's position limit")
     fewest_gpus: int | None = Field(None, description="fewest GPUs (of this kind) on which any combination fits")
     fewest_gpus_combination: Combination | None = None
     shortfall: str | None = Field(None, description="what still does not fit, when something does not")
 
+    @property
+    def per_dataset(self) -> bool:
+        """True when the dataset size is known (--dataset-tokens): epochs and totals mean something."""
+        return self.setup.dataset_tokens is not None
+
     def cost(self, e: Estimate) -> float | None:
+        """Cost of the whole run in `currency`, or of 1000 samples without a dataset size."""
         if self.cost_per_gpu_hour is None:
             return None
-        return e.total_seconds / 3600 * self.setup.world_size * self.cost_per_gpu_hour
+        seconds = e.total_seconds if self.per_dataset else e.seconds_per_1k_samples
+        return seconds / 3600 * self.setup.world_size * self.cost_per_gpu_hour
 
     def to_json(self) -> dict:
         def cand(e: Estimate) -> dict:
+            whole = self.per_dataset  # without a dataset size an "epoch" is one step: say null, not a guess
             return {**e.combination.key(), "label": e.combination.label(), "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
-                    "device_bytes_per_gpu": e.device_bytes_per_gpu, "fits": e.fits, "epoch_seconds": e.epoch_seconds,
-                    "total_seconds": e.total_seconds, "step_seconds": e.step_seconds, "cost": self.cost(e),
+                    "device_bytes_per_gpu": e.device_bytes_per_gpu, "fits": e.fits,
+                    "epoch_seconds": e.epoch_seconds if whole else None,
+                    "total_seconds": e.total_seconds if whole else None, "step_seconds": e.step_seconds,
+                    "seconds_per_1k_samples": e.seconds_per_1k_samples, "cost": self.cost(e),
+                    "cost_basis": "run" if whole else "1k samples", "host_bytes_per_node": e.cpu_bytes_per_node,
                     "breakdown": e.breakdown.model_dump()}
         return {
             "model": self.model, "hardware": self.hardware, "method": self.method.value,
-            "setup": self.setup.model_dump(mode="json"),
+            "setup": self.setup.model_dump(mode="json"), "currency": self.currency,
+            "calibration": self.calibration.model_dump(mode="json") if self.calibration else None,
+            "host_memory_bytes": self.host_memory_bytes,
             "recommended": self.recommended.combination.key() if self.recommended else None,
             "recommended_estimate": self.recommended.to_json() if self.recommended else None,
             "reason": self.reason, "candidates": [cand(e) for e in self.candidates],
-            "longest_context": self.longest_context, "fewest_gpus": self.fewest_gpus,
+            "longest_context": self.longest_context,
+            "longest_context_bound": self.longest_context_bound.value if self.longest_context_bound else None,
+            "fewest_gpus": self.fewest_gpus,
             "fewest_gpus_combination": self.fewest_gpus_combination.key() if self.fewest_gpus_combination else None,
             "shortfall": self.shortfall,
         }
@@ -68,10 +96,11 @@ class Plan(BaseModel):
 def combinations(hw: HardwareSpec, lora_r: int = DEFAULT_LORA_R, full_only: bool = False,
                  lora_targets: tuple[str, ...] | None = None, quants: tuple[Quant, ...] | None = None,
                  optims: tuple[Optim, ...] | None = None) -> list[Combination]:
-    """GC on/off x full/LoRA x (ZeRO stage, offload) x attention eager/flash (eager/sdpa on a CPU), plus for
-    LoRA each quantized base (ZeRO 0-2) and, without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims`
-    restrict the enumeration (None = PLAN_QUANTS and every optimizer)."""
-    attns = [Attention.EAGER, Attention.SDPA] if hw.is_cpu else [Attention.EAGER, Attention.FLASH]
+    """GC on/off x full/LoRA x (ZeRO stage, offload) x every attention kernel the hardware runs (eager and SDPA
+    everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) and,
+    without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the enumeration (None =
+    PLAN_QUANTS and every optimizer)."""
+    attns = [a for a in Attention if a in hw.attention_kernels]
     ranks = [0] if full_only else [0, lora_r]
     quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
     optim_set = tuple(Optim) if optims is None else optims
@@ -95,38 +124,51 @@ def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate
         return None, "no combination fits in memory"
     best_time = fitting[0].total_seconds
     near = [e for e in fitting if e.total_seconds <= best_time * (1 + NEAR_TIE_FRACTION)]
-    # ties: no offload, then an unquantized base and 32-bit states (exact weights and updates), then the lower stage
+    # simplest first: no offload, an unquantized base and 32-bit states (exact weights and updates), lower ZeRO
+    # stage, no extra package (flash-attn) when SDPA is predicted as fast
     pick = min(near, key=lambda e: (e.combination.offload is not Offload.NONE, e.combination.quant is not Quant.NONE,
-                                    e.combination.optim is not Optim.ADAMW, e.combination.zero, -e.headroom_bytes))
+                                    e.combination.optim is not Optim.ADAMW, e.combination.zero,
+                                    e.combination.attn is Attention.FLASH, -e.headroom_bytes))
     others = [e for e in fitting if e is not pick]
-    reason = (f"fastest combination that fits: {fmt_seconds(pick.total_seconds)} of training, "
+    took = (f"{fmt_seconds(pick.total_seconds)} of training" if pick.per_dataset
+            else f"{fmt_seconds(pick.seconds_per_1k_samples)} per 1k samples")
+    reason = (f"fastest combination that fits: {took}, "
               f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per GPU")
     if len(near) > 1:
         reason += f"; ties within {NEAR_TIE_FRACTION:.0%} with {len(near) - 1} other(s), chosen as the simplest to run"
     slower_safe = [e for e in others if e.combination.gc and not pick.combination.gc]
     if not pick.combination.gc and slower_safe:
         reason += "; gradient checkpointing is not needed, so its ~33% recomputation is avoided"
-    if max_hours is not None and pick.total_seconds > max_hours * 3600:
+    if max_hours is not None and pick.per_dataset and pick.total_seconds > max_hours * 3600:
         reason += f"; it still exceeds the {max_hours:g} h budget: add GPUs or shorten the data"
+    if max_hours is not None and not pick.per_dataset:
+        reason += f"; the {max_hours:g} h budget is not checked without --dataset-tokens"
     return pick, reason
 
 
 def longest_context(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination,
                     method: Method, step: int = 256) -> int | None:
     """Largest seq_len (multiple of `step`, up to the model's positions) that still fits, by bisection."""
+    return longest_context_and_bound(model, hw, setup, combo, method, step)[0]
+
+
+def longest_context_and_bound(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination,
+                              method: Method, step: int = 256) -> tuple[int | None, LimitKind | None]:
+    """(longest seq_len that fits, what bounds it): POSITIONS when even the model's position limit fits, so the
+    answer says nothing about memory; MEMORY otherwise."""
     def fits(s: int) -> bool:
         return estimate(model, hw, setup.model_copy(update={"seq_len": s}), combo, method).fits
 
     hi_limit = max(model.max_positions, setup.seq_len)
     if not fits(step):
-        return None
+        return None, LimitKind.MEMORY
     lo, hi = 1, hi_limit // step  # in units of `step`; lo always fits
     if fits(hi * step):
-        return hi * step
+        return hi * step, LimitKind.POSITIONS if hi * step >= model.max_positions else LimitKind.MEMORY
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid * step) else (lo, mid)
-    return lo * step
+    return lo * step, LimitKind.MEMORY
 
 
 def fewest_gpus(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combos: list[Combination],
@@ -144,10 +186,16 @@ def fewest_gpus(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combos
 def plan(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, *, method: Method | str = Method.ANALYTIC,
          max_hours: float | None = None, full_only: bool = False, lora_r: int = DEFAULT_LORA_R,
          lora_targets: tuple[str, ...] | None = None, cost_per_gpu_hour: float | None = None,
-         what_ifs: bool = True, quants: tuple[Quant, ...] | None = None, optims: tuple[Optim, ...] | None = None) -> Plan:
+         currency: str = DEFAULT_CURRENCY, what_ifs: bool = True, quants: tuple[Quant, ...] | None = None,
+         optims: tuple[Optim, ...] | None = None) -> Plan:
+    """`hw` as given: apply a calibration (ftopt.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
     if max_hours is not None and max_hours <= 0:
         raise FtoptError(f"--max-hours must be positive, got {max_hours}.")
+    if cost_per_gpu_hour is not None and cost_per_gpu_hour < 0:
+        raise FtoptError(f"--cost-per-gpu-hour must not be negative, got {cost_per_gpu_hour}.")
+    if not currency.strip():
+        raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
     combos = combinations(hw, lora_r, full_only, lora_targets, quants, optims)
@@ -160,29 +208,41 @@ def plan(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, *, method: Me
                                   key=_rank_key)
     rec, reason = choose(estimates, max_hours)
     p = Plan(model=model.name, hardware=hw.name, setup=setup, method=method, candidates=estimates, recommended=rec,
-             reason=reason, max_hours=max_hours, cost_per_gpu_hour=cost_per_gpu_hour)
+             reason=reason, max_hours=max_hours, cost_per_gpu_hour=cost_per_gpu_hour, currency=currency.strip(),
+             calibration=hw.calibration, host_memory_bytes=hw.host_memory_bytes)
     if what_ifs:
         if rec is not None:
-            p.longest_context = longest_context(model, hw, setup, rec.combination, Method.ANALYTIC)
+            p.longest_context, p.longest_context_bound = longest_context_and_bound(
+                model, hw, setup, rec.combination, Method.ANALYTIC)
         p.fewest_gpus, p.fewest_gpus_combination = fewest_gpus(model, hw, setup, combos, Method.ANALYTIC)
     p.shortfall = _shortfall(estimates, rec, full_only, hw)
     return p
 
 
+def _host_ram_text(e: Estimate, hw: HardwareSpec) -> str:
+    return (f"{e.combination.label()} fits the GPUs ({fmt_bytes(e.device_bytes_per_gpu)} of "
+            f"{fmt_bytes(e.capacity_bytes)}) but its offloaded states need {fmt_bytes(e.cpu_bytes_per_node)} of host "
+            f"RAM per node, more than the {fmt_bytes(hw.host_memory_bytes)} assumed (set --host-ram if your nodes have more)")
+
+
 def _shortfall(estimates: list[Estimate], rec: Estimate | None, full_only: bool, hw: HardwareSpec) -> str | None:
-    """Say what does not fit: the smallest miss overall, or full fine-tuning when only LoRA fits."""
+    """Say what does not fit: host RAM when the GPUs have room, else the smallest miss of device memory; or full
+    fine-tuning when only LoRA fits."""
     if rec is None:
+        gpu_fit = [e for e in estimates if e.device_bytes_per_gpu <= e.capacity_bytes]
+        if gpu_fit:  # the GPUs have room: the limit is the host RAM the offloaded states need
+            return "nothing fits: " + _host_ram_text(min(gpu_fit, key=lambda e: e.cpu_bytes_per_node), hw)
         best = min(estimates, key=lambda e: e.device_bytes_per_gpu)
         return (f"nothing fits: the smallest combination ({best.combination.label()}) needs "
                 f"{fmt_bytes(best.device_bytes_per_gpu)} per GPU, {fmt_bytes(best.device_bytes_per_gpu - hw.memory_bytes)} "
                 f"more than the {fmt_bytes(hw.memory_bytes)} of a {hw.name}")
     full = [e for e in estimates if not e.combination.lora]
     if not full_only and full and not any(e.fits for e in full):
+        gpu_fit = [e for e in full if e.device_bytes_per_gpu <= e.capacity_bytes]
+        if gpu_fit:
+            return ("full fine-tuning does not fit: " + _host_ram_text(min(gpu_fit, key=lambda e: e.cpu_bytes_per_node), hw)
+                    + "; only LoRA combinations fit")
         best = min(full, key=lambda e: e.device_bytes_per_gpu)
-        if best.device_bytes_per_gpu <= best.capacity_bytes:
-            return (f"full fine-tuning fits the GPUs only with {best.combination.label()}, which needs "
-                    f"{fmt_bytes(best.cpu_bytes_per_node)} of host RAM per node (assumed {fmt_bytes(hw.host_memory_bytes)}); "
-                    "only LoRA combinations fit")
         return (f"full fine-tuning does not fit on these GPUs: at best ({best.combination.label()}) it needs "
                 f"{fmt_bytes(best.device_bytes_per_gpu)} per GPU; only LoRA combinations fit")
     return None

@@ -109,3 +109,59 @@ def test_more_gpus_never_need_more_memory(m7):
     for c in (Combination(zero=1), Combination(zero=2), Combination(zero=3), Combination(zero=3, lora_r=8)):
         peaks = [estimate(m7, hw, TrainingSetup(gpus_per_node=n), c).peak_bytes_per_gpu for n in (1, 2, 4, 8)]
         assert peaks == sorted(peaks, reverse=True) and peaks[0] > peaks[-1]
+
+
+def test_ddp_over_several_gpus_holds_a_second_copy_of_the_gradients_in_its_buckets(m7):
+    """Plain data parallelism (zero=0) over 2+ ranks: torch DDP without gradient_as_bucket_view allocates all its
+    buckets at construction (bucket_cap_mb only sets how many), one more full gradient copy; NCCL adds its buffers
+    outside the allocator. One GPU has neither."""
+    hw, c = load_hardware("a100-80g"), Combination(lora_r=16)
+    one, two = (estimate(m7, hw, TrainingSetup(gpus_per_node=n), c) for n in (1, 2))
+    grads = analytic.trainable_params(m7, c) * analytic.storage(Precision.BF16_MIXED, c).grad
+    assert one.breakdown.engine_buffers == 0
+    assert two.breakdown.engine_buffers == grads
+    assert two.peak_bytes_per_gpu - one.peak_bytes_per_gpu == grads
+    reserve = 1 + analytic.ALLOCATOR_RESERVE_FRACTION
+    assert two.device_bytes_per_gpu - int(two.peak_bytes_per_gpu * reserve) == (
+        analytic.CUDA_CONTEXT_BYTES + analytic.NCCL_BUFFER_BYTES)
+    assert one.device_bytes_per_gpu - int(one.peak_bytes_per_gpu * reserve) == analytic.CUDA_CONTEXT_BYTES
+    # on a CPU (gloo) the buckets exist but there is no NCCL and no CUDA context
+    cpu = analytic.device_bytes(two.peak_bytes_per_gpu, c, is_cpu=True, world_size=2)
+    assert cpu == two.peak_bytes_per_gpu
+
+
+def test_zero3_live_parameters_are_bounded_by_the_model():
+    """min(stage3_max_live_parameters, parameters): 1e9 for 70B (two of its 0.86e9-parameter layers, the old
+    floor, were 1.7e9), the whole model for a small one."""
+    big, small = load_model("llama-2-70b"), load_model("tiny-llama")
+    assert 2 * big.layer_params() > analytic.STAGE3_MAX_LIVE_PARAMETERS
+    assert analytic.stage3_live_params(big) == analytic.STAGE3_MAX_LIVE_PARAMETERS
+    assert analytic.stage3_live_params(small) == small.param_count()
+    setup = TrainingSetup(gpus_per_node=8, seq_len=512)
+    st = analytic.storage(setup.precision, Combination(zero=3))
+    s = analytic.zero_states(small, setup, Combination(zero=3), st)
+    assert s.buffers - 2 * small.hidden_size ** 2 * st.grad == small.param_count() * st.frozen_weight
+
+
+@pytest.mark.parametrize("combo", [Combination(), Combination(lora_r=4)], ids=["full", "lora"])
+def test_ddp_bucket_term_matches_the_buckets_torch_allocates(combo):
+    """Against real torch DDP, built as Trainer builds it (default bucket_cap_mb, no gradient_as_bucket_view), on a
+    one-rank gloo group: the buckets it allocates add up to the analytic term, a full copy of the trainable
+    gradients, not one 25 MiB bucket."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ftopt.modeling import build_model
+    from ftopt.spec import from_hf_config
+    from tests.spec.test_model import TINY
+
+    spec = from_hf_config({"model_type": "llama", **TINY["llama"]}, "t")
+    setup = TrainingSetup(gpus_per_node=2, precision="fp32", seq_len=32)
+    term = analytic.zero_states(spec, setup, combo, analytic.storage(setup.precision, combo)).buffers
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        info = DistributedDataParallel(build_model(spec, combo, setup.precision))._get_ddp_logging_data()
+    finally:
+        dist.destroy_process_group()
+    assert info["gradient_as_bucket_view"] == 0
+    assert sum(int(x) for x in str(info["bucket_sizes"]).split(",")) == term > 0

@@ -68,3 +68,14 @@ def test_cuda_target_rounds_and_deepspeed_states_are_partitioned():
     one, _, _ = traced_memory(spec, z.model_copy(update={"gpus_per_node": 1}), Combination(zero=3), target="cpu")
     four, _, _ = traced_memory(spec, z, Combination(zero=3), target="cpu")
     assert four.weights < one.weights and four.optimizer_states < one.optimizer_states and four.master_weights > 0
+
+
+def test_traced_plain_data_parallel_adds_the_ddp_buckets():
+    """The trace is one process's step; DDP's gradient buckets (a full gradient copy) come on top over 2+ ranks."""
+    spec = from_hf_config({"model_type": "llama", **TINY["llama"]}, "t")
+    one, two = (traced_memory(spec, SETUP.model_copy(update={"gpus_per_node": n}), Combination(lora_r=4),
+                              target="cpu")[0] for n in (1, 2))
+    from ftopt.estimate.analytic import trainable_params
+    assert one.engine_buffers == 0
+    assert two.engine_buffers == trainable_params(spec, Combination(lora_r=4)) * 4  # fp32 gradients
+    assert two.total() - one.total() == two.engine_buffers

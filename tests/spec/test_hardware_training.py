@@ -59,3 +59,73 @@ def test_quant_and_optim_in_key_and_label():
     assert c.label() == "LoRA r16 + GC + NF4 + paged-adamw-8bit + sdpa"
     assert Combination(**c.key()) == c  # a plan JSON's combination reads back (train --plan)
     assert c.optim.hf_name == "paged_adamw_8bit" and Combination().optim.hf_name == "adamw_torch_fused"
+
+
+# ---- capabilities: what each device can run ----------------------------------------------------------------------
+from ftopt.spec import Attention, Precision  # noqa: E402
+
+FLASH_GPUS = ["a100-40g", "a100-80g", "h100-80g", "h200", "l4", "a10g", "rtx4090", "l40s", "rtx-a6000"]
+
+
+@pytest.mark.parametrize("name", [n for n in hardware_names() if n != "cpu"])
+def test_presets_state_capability_and_kernels(name):
+    hw = load_hardware(name)
+    ampere = hw.compute_capability >= (8, 0)
+    assert (Attention.FLASH in hw.attention_kernels) == ampere == (name in FLASH_GPUS)
+    assert Attention.SDPA in hw.attention_kernels and Attention.EAGER in hw.attention_kernels
+    assert ("bf16" in hw.peak_flops) == ampere
+    assert "inter-node" in hw.source and "per GPU" in hw.source  # the bandwidth's source is cited
+
+
+@pytest.mark.parametrize("name,precision,attn,fragment", [
+    ("v100-32g", "bf16-mixed", "sdpa", "v100-32g cannot run bf16 (no bf16 units, compute capability 7.0); "
+                                       "use --precision fp32 or fp16-mixed."),
+    ("t4", "bf16-true", "eager", "t4 cannot run bf16 (no bf16 units, compute capability 7.5)"),
+    ("v100-16g", "fp16-mixed", "flash", "v100-16g cannot run flash attention (FlashAttention 2 needs compute "
+                                        "capability 8.0 or newer, this GPU has compute capability 7.0); use --attn eager or sdpa."),
+    ("cpu", "fp32", "flash", "cpu cannot run flash attention (flash attention needs a CUDA GPU); use --attn eager or sdpa."),
+])
+def test_check_runs_refuses_in_one_sentence(name, precision, attn, fragment):
+    with pytest.raises(FtoptError) as e:
+        load_hardware(name).check_runs(Precision(precision), Attention(attn))
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", FLASH_GPUS)
+def test_check_runs_accepts_what_ampere_and_newer_run(name):
+    hw = load_hardware(name)
+    for p in Precision:
+        for a in Attention:
+            hw.check_runs(p, a)
+
+
+def test_hardware_file_cannot_claim_flash_or_bf16_below_sm80(tmp_path):
+    import json
+    data = load_hardware("v100-32g").model_dump(mode="json")
+    for bad in ({"attention_kernels": ["eager", "sdpa", "flash"]}, {"peak_flops": {**data["peak_flops"], "bf16": 1e14}}):
+        f = tmp_path / "x.json"
+        f.write_text(json.dumps({**data, **bad}))
+        with pytest.raises(FtoptError, match="compute capability 8.0 or newer"):
+            load_hardware(str(f))
+
+
+def test_old_per_node_bandwidth_key_is_named_in_the_error(tmp_path):
+    import json
+    data = load_hardware("a100-80g").model_dump(mode="json")
+    data["inter_node_bandwidth_bytes_per_s"] = data.pop("inter_node_bandwidth_per_gpu_bytes_per_s")
+    f = tmp_path / "old.json"
+    f.write_text(json.dumps(data))
+    with pytest.raises(FtoptError, match="now inter_node_bandwidth_per_gpu_bytes_per_s"):
+        load_hardware(str(f))
+
+
+def test_load_hardware_never_applies_a_stored_calibration(tmp_path, monkeypatch):
+    """spec does not import calibration any more: a stored fit changes nothing until applied explicitly."""
+    import ast
+    from pathlib import Path
+
+    import ftopt.spec.hardware as mod
+    imported = {n.module for n in ast.walk(ast.parse(Path(mod.__file__).read_text()))
+                if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(m.startswith("ftopt.calibration") for m in imported)
+    assert load_hardware("a100-80g").calibration is None

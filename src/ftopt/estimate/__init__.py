@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic
-from ftopt.estimate.result import Estimate, MemoryBreakdown, Method
+from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method
 from ftopt.estimate.time import step_time
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
 
@@ -14,10 +14,7 @@ def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: 
     if setup.seq_len > model.max_positions:
         notes.append(f"seq-len {setup.seq_len} exceeds the model's {model.max_positions} positions; "
                      "quality beyond that length is not guaranteed.")
-    if hw.flops_for(setup.precision.compute_dtype) is None:
-        raise FtoptError(f"{hw.name} has no {setup.precision.compute_dtype} support; use --precision fp16-mixed or fp32.")
-    if combo.attn.value == "flash" and hw.is_cpu:
-        notes.append("flash attention needs a CUDA GPU; on the CPU the estimate assumes its memory behaviour only.")
+    hw.check_runs(setup.precision, combo.attn)  # never estimate what the device cannot run
     if combo.zero and setup.world_size == 1 and combo.offload.value == "none":
         notes.append("ZeRO on one GPU partitions nothing; it only adds DeepSpeed's buffers.")
     return notes
@@ -42,7 +39,7 @@ def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Co
     else:
         bd, phase, cpu = analytic.memory(model, setup, combo, on_gpu=not hw.is_cpu)
     peak = bd.total()
-    device = analytic.device_bytes(peak, combo, hw.is_cpu)
+    device = analytic.device_bytes(peak, combo, hw.is_cpu, setup.world_size)
     t = step_time(model, setup, combo, hw)
     steps = setup.steps_per_epoch()
     fits = device <= hw.memory_bytes and cpu <= hw.host_memory_bytes
@@ -54,7 +51,9 @@ def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Co
         capacity_bytes=hw.memory_bytes, fits=fits, trainable_params=analytic.trainable_params(model, combo),
         total_params=model.param_count(), step_seconds=t.step_seconds, steps_per_epoch=steps,
         epoch_seconds=t.step_seconds * steps,
-        total_seconds=t.step_seconds * steps * setup.epochs, flops_per_step=t.flops_per_step, comm_seconds=t.comm_seconds,
+        total_seconds=t.step_seconds * steps * setup.epochs, per_dataset=setup.dataset_tokens is not None,
+        seconds_per_1k_samples=t.step_seconds * SAMPLES_PER_QUOTE / (setup.micro_batch * setup.grad_accum * setup.world_size),
+        calibration=hw.calibration, flops_per_step=t.flops_per_step, comm_seconds=t.comm_seconds,
         kernels_per_step=t.kernels_per_step, overhead_seconds=t.overhead_seconds, notes=notes,
     )
 

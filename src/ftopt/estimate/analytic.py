@@ -15,6 +15,11 @@ per token unless stated. Sources:
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
            Hugging Face's "auto" DeepSpeed config fills in).
   [quant]  estimate/quant.py: QLoRA/int8 bases and bitsandbytes optimizers (QLoRA paper, bitsandbytes source).
+  [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
+           accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
+           bucket's flat gradient tensor up front (bucket_cap_mb = 25 MiB only sets how many), so the buckets hold a
+           second copy of all trainable gradients for the whole run; torch's docs for gradient_as_bucket_view: "the
+           saved memory size will be equal to the total gradients size". Checked against torch in test_analytic.
 Where real implementations differ from the papers, the comment says so; `estimate/traced.py` measures them exactly.
 """
 from __future__ import annotations
@@ -30,8 +35,9 @@ from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, O
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
 ALLOCATOR_RESERVE_FRACTION = 0.05  # caching-allocator fragmentation: reserved exceeds allocated by a few percent
-# NCCL communicator buffers per rank under DeepSpeed: allocated by NCCL outside torch's caching allocator, so they
-# count in the device total, not in max_memory_allocated (and not at all on a CPU with gloo).
+# NCCL communicator buffers per rank, under DeepSpeed or plain DDP over several GPUs: allocated by NCCL outside
+# torch's caching allocator, so they count in the device total, not in max_memory_allocated (and not at all on a
+# CPU with gloo).
 NCCL_BUFFER_BYTES = 300 * 2**20
 STAGE3_MAX_LIVE_PARAMETERS = 10**9  # DeepSpeed default for stage3_max_live_parameters (and max_reuse_distance)
 
@@ -186,6 +192,8 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
         optim, paged = q8.bnb_optimizer_bytes(model, combo, on_gpu)
     buffers, cpu = 0, paged
     h = model.hidden_size
+    if combo.zero == 0 and n > 1:
+        buffers += grads  # [DDP] gradient buckets: a full second copy of the trainable gradients
     if combo.zero >= 1:
         master, optim = _ceil_div(master, n), _ceil_div(optim, n)
     if combo.zero >= 2:
@@ -197,8 +205,7 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
         # stage3_max_live_parameters elements: both default to 1e9 in DeepSpeed 0.19 (and HF's "auto" config leaves
         # them), so a model under 1e9 parameters stays fully gathered through forward and backward [DS]; at least
         # the current layer and the prefetched next one are live.
-        live = max(min(total, STAGE3_MAX_LIVE_PARAMETERS), 2 * model.layer_params())
-        buffers += live * st.frozen_weight
+        buffers += stage3_live_params(model) * st.frozen_weight
     if combo.offload in (Offload.OPTIMIZER, Offload.ALL):
         # ZeRO-Offload keeps master + Adam states and an fp32 gradient partition in host RAM; Adam runs on the CPU.
         cpu += master + optim + _ceil_div(train * 4, n)
@@ -207,6 +214,14 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
         cpu += weights
         weights = 0
     return States(weights, master, optim, grads, buffers, cpu)
+
+
+def stage3_live_params(model: ModelSpec) -> int:
+    """Parameters ZeRO-3 keeps gathered at once [DS]: DeepSpeed releases gathered parameters once more than
+    stage3_max_live_parameters are live, and it cannot hold more than the model has: min(limit, parameters).
+    (It gathers per submodule, so a single linear beyond the limit would still be gathered whole; the largest
+    linear of the presets, 405B's MLP at 0.87e9, is under it.)"""
+    return min(model.param_count(), STAGE3_MAX_LIVE_PARAMETERS)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -248,10 +263,10 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: b
     return bd, phase, cpu_per_node
 
 
-def device_bytes(peak_allocated: int, combo: Combination, is_cpu: bool) -> int:
+def device_bytes(peak_allocated: int, combo: Combination, is_cpu: bool, world_size: int = 1) -> int:
     """What the device shows: allocated peak + caching-allocator reserve + CUDA context + NCCL buffers under
-    DeepSpeed (stated constants)."""
+    DeepSpeed (which sets up NCCL even on one GPU) or plain DDP over several GPUs (stated constants)."""
     if is_cpu:
         return peak_allocated
-    nccl = NCCL_BUFFER_BYTES if combo.uses_deepspeed else 0
+    nccl = NCCL_BUFFER_BYTES if combo.uses_deepspeed or world_size > 1 else 0
     return int(peak_allocated * (1 + ALLOCATOR_RESERVE_FRACTION)) + CUDA_CONTEXT_BYTES + nccl

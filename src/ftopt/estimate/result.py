@@ -6,6 +6,9 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.spec import Combination
+from ftopt.spec.calibration import CalibrationProvenance
+
+SAMPLES_PER_QUOTE = 1000  # without a dataset size, time (and cost) are quoted per this many sequences
 
 
 class Method(str, Enum):
@@ -23,7 +26,7 @@ class MemoryBreakdown(BaseModel):
     gradients: int = 0
     activations: int = 0  # tensors saved by autograd for backward, decoder layers
     logits_loss: int = 0  # LM head output, fp32 upcast, log-softmax and their gradients
-    engine_buffers: int = 0  # ZeRO communication buckets, gathered ZeRO-3 parameters
+    engine_buffers: int = 0  # DDP gradient buckets, ZeRO communication buckets, gathered ZeRO-3 parameters
     temporaries: int = 0  # short-lived tensors at the peak (optimizer step, recomputation)
 
     def total(self) -> int:
@@ -52,10 +55,14 @@ class Estimate(BaseModel):
     steps_per_epoch: int
     epoch_seconds: float
     total_seconds: float = Field(description="epoch_seconds x epochs")
+    per_dataset: bool = Field(True, description="False without --dataset-tokens: an 'epoch' is then one global "
+                                                "batch, so epoch and total times are not shown")
+    seconds_per_1k_samples: float = Field(description="time to train 1000 sequences of seq_len on all the GPUs")
     flops_per_step: float = Field(description="per GPU")
     comm_seconds: float = Field(description="exposed ZeRO/data-parallel communication and offload per step")
     kernels_per_step: int = Field(description="dispatched operators per step per GPU (the per-operator overhead term)")
     overhead_seconds: float = Field(description="per-operator, fixed and DeepSpeed engine overhead per step (calibrated)")
+    calibration: CalibrationProvenance | None = Field(None, description="time-model calibration used; None = uncalibrated")
     notes: list[str] = Field(default_factory=list)
 
     @property
@@ -66,4 +73,6 @@ class Estimate(BaseModel):
         d = self.model_dump(mode="json")
         d["combination"] = self.combination.key()
         d["headroom_bytes"] = self.headroom_bytes
+        if not self.per_dataset:  # an "epoch" of one global batch is no answer: null, see seconds_per_1k_samples
+            d["epoch_seconds"] = d["total_seconds"] = None
         return d

@@ -5,11 +5,15 @@ Sources:
             attention scores add 2 * 2 * s * (heads*head_dim) per layer per token (QK^T and PV).
   [Backward] weight-gradient and input-gradient matmuls each cost one forward: 2x forward for trained weights,
             1x (input gradient only) for frozen weights under LoRA.
-  [GC]      checkpointing recomputes the forward once more during backward (Chen et al. 2016).
+  [GC]      checkpointing recomputes the forward once more during backward (Chen et al. 2016); Hugging Face
+            checkpoints only the decoder layers (modeling_layers.GradientCheckpointingLayer), not the LM head.
   [ZeRO]    communication per step: all-reduce (or reduce-scatter + all-gather) of 2(N-1)/N x gradient bytes for
             DP, ZeRO-1 and ZeRO-2; ZeRO-3 adds two all-gathers of the 16-bit weights (forward and backward), 1.5x.
   [Offload] Ren et al. 2021 (ZeRO-Offload): gradients go to the host and updated 16-bit weights come back each
             step over PCIe; Adam runs on the CPU (CPU_ADAM_PARAMS_PER_S below).
+  [NCCL]    nccl-tests doc/PERFORMANCE.md: a ring all-reduce moves 2(N-1)/N x the data through every rank, at the
+            bus bandwidth of the slowest hop; across nodes NCCL runs one ring per NIC, so on rail-optimised
+            clusters (one NIC per GPU) that hop is each GPU's own NIC, not the node's NICs divided among its GPUs.
   [Operators] each dispatched operator costs a fixed time whatever its size (estimate/kernels.py counts them per
             family); exposed when kernels are short: small models, short sequences, CPUs. Calibrated per hardware.
   [Dequant] a 4-bit/int8 matmul dequantizes its whole weight first (bitsandbytes _gemm_4bit_default_impl; the
@@ -50,11 +54,16 @@ class StepTime:
     step_seconds: float
 
 
+def lm_head_flops_per_token(model: ModelSpec) -> float:
+    """The LM head's matmul, forward, per token [Kaplan] (tied or not, it runs)."""
+    return float(2 * model.vocab_size * (model.embed_dim or model.hidden_size))
+
+
 def forward_flops_per_token(model: ModelSpec, seq_len: int, attn: Attention) -> tuple[float, float]:
     """(matmul FLOPs of trained-or-frozen weights, attention-score FLOPs), per token, forward only [Kaplan].
     Causal kernels (sdpa, flash) skip the masked half of the score matrix; eager computes it all."""
-    linear = 2 * (model.num_layers * sum(lin.in_features * lin.out_features for lin in model.layer_linears())
-                  + model.vocab_size * (model.embed_dim or model.hidden_size))  # LM head (tied or not, it runs)
+    linear = (2 * model.num_layers * sum(lin.in_features * lin.out_features for lin in model.layer_linears())
+              + lm_head_flops_per_token(model))
     causal_factor = 1.0 if attn is Attention.EAGER else 0.5
     attention = 2 * 2 * seq_len * model.q_dim * model.num_layers * causal_factor
     return float(linear), float(attention)
@@ -73,16 +82,18 @@ def step_flops(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> fl
         bwd = lin + 2 * att + 2 * adapters
     else:
         bwd = 2 * fwd
-    recompute = fwd if combo.gc else 0.0
+    # Hugging Face checkpoints the decoder layers only (GradientCheckpointingLayer): the LM head is not re-run.
+    recompute = fwd - lm_head_flops_per_token(model) if combo.gc else 0.0
     tokens = setup.tokens_per_micro_batch * setup.grad_accum
     return (fwd + bwd + recompute) * tokens
 
 
-def _per_gpu_bandwidth(hw: HardwareSpec, setup: TrainingSetup) -> float:
-    """Ring collectives run at the slowest link: NVLink/PCIe within a node, the node's NIC shared across nodes."""
+def per_gpu_bandwidth(hw: HardwareSpec, setup: TrainingSetup) -> float:
+    """Bytes/s each rank's collectives run at [NCCL]: NVLink/PCIe within one node; across nodes the slower of that
+    and the GPU's share of the network (`inter_node_bandwidth_per_gpu_bytes_per_s`, per GPU NIC in the presets)."""
     if setup.nodes == 1:
         return hw.intra_node_bandwidth_bytes_per_s
-    return min(hw.intra_node_bandwidth_bytes_per_s, hw.inter_node_bandwidth_bytes_per_s / setup.gpus_per_node)
+    return min(hw.intra_node_bandwidth_bytes_per_s, hw.inter_node_bandwidth_per_gpu_bytes_per_s)
 
 
 def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
@@ -92,7 +103,7 @@ def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw:
     train = trainable_params(model, combo)
     seconds = 0.0
     if n > 1:
-        bw = _per_gpu_bandwidth(hw, setup)
+        bw = per_gpu_bandwidth(hw, setup)
         ring = 2 * (n - 1) / n
         seconds += ring * train * st.grad / bw * (1 - COMM_OVERLAP_FRACTION)
         if combo.zero == 3:

@@ -253,6 +253,8 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
         bd.update(weights=s.weights, optimizer_states=s.optim)
         extra = dict(master_weights=s.master, engine_buffers=s.buffers)
         cpu = s.cpu_bytes * setup.gpus_per_node
-    else:  # paged optimizer states page to host RAM [paged]
-        extra, cpu = {}, bnb_optimizer_bytes(spec, combo, on_gpu=target == "cuda")[1] * setup.gpus_per_node
+    else:  # plain DDP: its gradient buckets come on top; paged optimizer states page to host RAM [paged]
+        st = storage(setup.precision, combo)
+        extra = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers)
+        cpu = bnb_optimizer_bytes(spec, combo, on_gpu=target == "cuda")[1] * setup.gpus_per_node
     return MemoryBreakdown(**bd, **extra), phase or "forward/backward", cpu

@@ -12,9 +12,15 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ftopt.errors import FtoptError
+from ftopt.errors import FtoptError, validation_message
+from ftopt.spec.calibration import CalibrationProvenance
+from ftopt.spec.training import Attention, Precision
+
+# FlashAttention 2 and bf16 tensor cores both need Ampere (compute capability 8.0) or newer: flash-attn README
+# ("FlashAttention-2 currently supports Ampere, Ada, or Hopper GPUs"), CUDA programming guide (bf16 from sm_80).
+AMPERE = (8, 0)
 
 
 class HardwareSpec(BaseModel):
@@ -22,10 +28,17 @@ class HardwareSpec(BaseModel):
 
     name: str
     memory_bytes: int = Field(gt=0, description="device memory as the driver reports it")
-    peak_flops: dict[str, float] = Field(description="dense peak FLOP/s by compute dtype: bf16, fp16, fp32")
+    peak_flops: dict[str, float] = Field(description="dense peak FLOP/s by compute dtype (bf16, fp16, fp32); a dtype "
+                                                     "absent here is one the device cannot run")
+    compute_capability: tuple[int, int] | None = Field(None, description="CUDA compute capability (major, minor); "
+                                                                         "None for a CPU")
+    attention_kernels: tuple[Attention, ...] = Field((Attention.EAGER, Attention.SDPA),
+                                                     description="attention implementations the device can run")
     hbm_bandwidth_bytes_per_s: float = Field(gt=0)
     intra_node_bandwidth_bytes_per_s: float = Field(gt=0, description="per-GPU, one direction (NVLink or PCIe)")
-    inter_node_bandwidth_bytes_per_s: float = Field(gt=0, description="per node, one direction")
+    inter_node_bandwidth_per_gpu_bytes_per_s: float = Field(
+        gt=0, description="network bandwidth between nodes available to each GPU, one direction (a DGX gives every "
+                          "GPU its own NIC; a cloud box shares one among its GPUs)")
     host_link_bandwidth_bytes_per_s: float = Field(gt=0, description="GPU <-> CPU memory (PCIe), used by offload")
     mfu: float = Field(gt=0, le=1, description="achieved fraction of peak FLOP/s; an assumption until calibrated")
     host_memory_bytes: int = Field(1024 * 2**30, gt=0, description="CPU RAM per node, needed by offload")
@@ -36,9 +49,55 @@ class HardwareSpec(BaseModel):
                                                 description="extra per-step cost of the DeepSpeed engine by ZeRO stage (calibrated)")
     source: str = ""
     is_cpu: bool = False
+    calibration: CalibrationProvenance | None = Field(None, description="the time-model calibration applied, if any "
+                                                                        "(ftopt.calibration_store.apply_calibration)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "inter_node_bandwidth_bytes_per_s" in data:
+            raise ValueError("inter_node_bandwidth_bytes_per_s (per node) is now inter_node_bandwidth_per_gpu_bytes_per_s "
+                             f"(per GPU NIC); got {data['inter_node_bandwidth_bytes_per_s']!r} under the old name")
+        return data
+
+    @model_validator(mode="after")
+    def _capabilities(self) -> "HardwareSpec":
+        old = self.is_cpu or self.compute_capability is None or self.compute_capability < AMPERE
+        got = ("set compute_capability, e.g. [8, 0]" if self.compute_capability is None and not self.is_cpu
+               else f"got {self.compute_capability}")
+        if Attention.FLASH in self.attention_kernels and old:
+            raise ValueError(f"{self.name} lists flash attention but FlashAttention 2 needs a CUDA GPU of compute "
+                             f"capability 8.0 or newer ({got})")
+        if "bf16" in self.peak_flops and old and not self.is_cpu:
+            raise ValueError(f"{self.name} lists bf16 but bf16 needs compute capability 8.0 or newer ({got})")
+        return self
 
     def flops_for(self, dtype: str) -> float | None:
         return self.peak_flops.get(dtype)
+
+    def _capability_text(self) -> str:
+        if self.is_cpu:
+            return "a CPU"
+        cc = self.compute_capability
+        return f"compute capability {cc[0]}.{cc[1]}" if cc else "compute capability unknown"
+
+    def check_runs(self, precision: Precision, attn: Attention) -> None:
+        """Raise FtoptError (one sentence) when this device cannot run `precision` or `attn`; call it before
+        loading anything."""
+        dtype = precision.compute_dtype
+        if dtype not in self.peak_flops:
+            others = [p.value for p in Precision if p.compute_dtype in self.peak_flops]
+            raise FtoptError(f"{self.name} cannot run {dtype} (no {dtype} units, {self._capability_text()}); "
+                             f"use --precision {' or '.join(others)}.")
+        if attn not in self.attention_kernels:
+            if self.is_cpu:
+                why = f"{attn.value} attention needs a CUDA GPU"
+            elif attn is Attention.FLASH:
+                why = f"FlashAttention 2 needs compute capability 8.0 or newer, this GPU has {self._capability_text()}"
+            else:
+                why = "the hardware spec does not list it"
+            ok = " or ".join(a.value for a in self.attention_kernels)
+            raise FtoptError(f"{self.name} cannot run {attn.value} attention ({why}); use --attn {ok}.")
 
 
 def hardware_names() -> list[str]:
@@ -87,30 +146,31 @@ def cpu_spec() -> HardwareSpec:
     # CPU "bf16" runs at about the fp32 rate without AMX; we state that rather than guess a speed-up.
     return HardwareSpec(
         name="cpu", memory_bytes=mem, peak_flops={"fp32": flops, "bf16": flops, "fp16": flops},
-        hbm_bandwidth_bytes_per_s=20e9, intra_node_bandwidth_bytes_per_s=5e9, inter_node_bandwidth_bytes_per_s=1e9,
+        hbm_bandwidth_bytes_per_s=20e9, intra_node_bandwidth_bytes_per_s=5e9, inter_node_bandwidth_per_gpu_bytes_per_s=1e9,
         host_link_bandwidth_bytes_per_s=20e9, mfu=0.5, host_memory_bytes=mem, is_cpu=True,
         source=f"this machine: {os.cpu_count()} cores, memory from the OS, fp32 FLOP/s from a matmul probe",
     )
 
 
 def load_hardware(name: str) -> HardwareSpec:
-    """A preset or `cpu`, with this machine's stored time-model calibration applied; or a user's JSON file as is."""
-    from ftopt.calibration import apply_calibration
-
+    """A preset, `cpu` (this machine) or a user's JSON file, as is: no calibration is applied here (see
+    ftopt.calibration.calibrated_hardware, which callers use explicitly)."""
     path = Path(name)
     if path.suffix == ".json":
         try:
             return HardwareSpec(**json.loads(path.read_text()))
         except OSError as e:
             raise FtoptError(f"Cannot read the hardware file {path}: {e.strerror}.") from None
+        except ValidationError as e:
+            raise FtoptError(f"The hardware file {path} is not a valid hardware spec: {validation_message(e)}.") from None
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise FtoptError(f"The hardware file {path} is not a valid hardware spec: {str(e).splitlines()[0]}.") from None
     if name == "cpu":
-        return apply_calibration(cpu_spec())
+        return cpu_spec()
     names = hardware_names()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Known: {', '.join(names)}."
         raise FtoptError(f"Unknown GPU '{name}'.{hint}")
     data = json.loads(resources.files("ftopt.presets.hardware").joinpath(f"{name}.json").read_text())
-    return apply_calibration(HardwareSpec(**data))
+    return HardwareSpec(**data)

@@ -9,9 +9,7 @@ import importlib.util
 
 from ftopt.errors import FtoptError
 from ftopt.spec import Attention, Precision, RunSpec
-
-FLASH_MIN_CAPABILITY = (8, 0)  # FlashAttention-2 supports Ampere (sm80) and newer (flash-attn README)
-BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores arrive with Ampere; torch.cuda.is_bf16_supported() agrees
+from ftopt.spec.hardware import AMPERE  # FlashAttention-2 and bf16 need Ampere (sm80) or newer
 
 
 def check_devices(spec: RunSpec) -> None:
@@ -30,11 +28,11 @@ def check_devices(spec: RunSpec) -> None:
         return
     cap = torch.cuda.get_device_capability(0)
     name = torch.cuda.get_device_name(0)
-    if precision in (Precision.BF16_MIXED, Precision.BF16_TRUE) and cap < BF16_MIN_CAPABILITY:
+    if precision in (Precision.BF16_MIXED, Precision.BF16_TRUE) and cap < AMPERE:
         raise FtoptError(f"This GPU ({name}, compute capability {cap[0]}.{cap[1]}) cannot run bf16; use "
                          "--precision fp16-mixed or fp32.")
     if attn is Attention.FLASH:
-        if cap < FLASH_MIN_CAPABILITY:
+        if cap < AMPERE:
             raise FtoptError(f"--attn flash needs compute capability 8.0 or newer; this GPU ({name}) has "
                              f"{cap[0]}.{cap[1]}. Use --attn sdpa.")
         if importlib.util.find_spec("flash_attn") is None:

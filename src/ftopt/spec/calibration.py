@@ -1,0 +1,65 @@
+"""Where a time-model calibration came from: the typed provenance a HardwareSpec carries once one is applied.
+
+The fitting and storage live in ftopt/calibration.py (which imports this module; nothing here imports it back).
+"""
+from __future__ import annotations
+
+from importlib import metadata
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The bound that matters: a fit that pins mfu at 100% could not tell the FLOP rate from the overheads.
+MFU_AT_BOUND = "mfu at its 100% bound"
+
+
+class SoftwareVersions(BaseModel):
+    """The libraries whose kernels and engine decide step time; a calibration applies only under the same ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    torch: str | None = None
+    transformers: str | None = None
+    deepspeed: str | None = None
+
+    @classmethod
+    def installed(cls) -> "SoftwareVersions":
+        """Versions from package metadata (no import: estimate/plan stay instant and run without deepspeed)."""
+        def version(name: str) -> str | None:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                return None
+        return cls(torch=version("torch"), transformers=version("transformers"), deepspeed=version("deepspeed"))
+
+    def label(self) -> str:
+        return ", ".join(f"{k} {v or 'absent'}" for k, v in self.model_dump().items())
+
+
+class CalibrationProvenance(BaseModel):
+    """What a stored calibration was fitted on, shown by every estimate/plan that uses it and recorded in a RunSpec."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    hardware: str = Field(description="hardware preset name the runs used")
+    models: list[str] = Field(description="models benchmarked (a fit on a tiny model says little about a 70B one)")
+    versions: SoftwareVersions
+    runs: int = Field(ge=0, description="successful runs pooled into the fit")
+    combinations: int = Field(ge=0, description="distinct (model, combination, process count) points")
+    sources: list[str] = Field(description="results files or sweeps the points came from")
+    date: str = Field(description="UTC date of the latest fit, ISO 8601")
+    at_bound: list[str] = Field(default_factory=list,
+                                description="fitted constants that sit on a bound (mfu at 100%, an overhead at 0)")
+    holdout_median_abs_error: float | None = Field(None, description="leave-one-out step-time error, median")
+    file: str | None = Field(None, description="the calibration file it was read from")
+
+    @property
+    def mfu_at_bound(self) -> bool:
+        return MFU_AT_BOUND in self.at_bound
+
+    def summary(self) -> str:
+        """One line: what, from how much, under which versions, and any constant stuck on a bound."""
+        held = (f", held-out error {self.holdout_median_abs_error:.1%}"
+                if self.holdout_median_abs_error is not None else "")
+        bound = f"; at a bound: {', '.join(self.at_bound)}" if self.at_bound else ""
+        points = f"{self.combinations} point{'' if self.combinations == 1 else 's'}"
+        return (f"{self.runs} run{'' if self.runs == 1 else 's'} of {points} on {self.hardware} "
+                f"({', '.join(self.models)}), {self.date}, {self.versions.label()}{held}{bound}"
+                + (f"; file {self.file}" if self.file else ""))
