@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -24,21 +25,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, SEQ, BATCH = 150, 64, 8
+# One thread per side, as `ftopt bench` runs CPU sweeps: a multi-threaded tiny step waits for its slowest thread,
+# and on a shared machine that swing (not ftopt) dominated the two-thread ratios (0.69 to 1.5 between rounds).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def plain_trainer(out: str) -> float:
-    """The baseline: the same run written directly against transformers, no ftopt in the loop."""
+    """The baseline: the same run written directly against transformers (same tokenized data and collator as
+    ftopt prepares them), without ftopt's callbacks, step records and memory measurement in the loop."""
     import torch
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from ftopt.spec import load_model
     from ftopt.modeling import hf_config
-    from ftopt.train.data import default_examples, default_tokenizer, tokenize
-    from ftopt.train.worker import DEFAULT_TRAIN_EXAMPLES, _ListDataset
+    from ftopt.spec import DataSpec, load_model
+    from ftopt.train.data import default_tokenizer
+    from ftopt.train.prepare import prepare
 
-    tok = default_tokenizer()
-    rows = default_examples(DEFAULT_TRAIN_EXAMPLES, seed=0)
-    ex = tokenize(rows, tok, SEQ, "prompt+completion").examples
+    prep = prepare(DataSpec(), default_tokenizer(), SEQ, seed=0)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(hf_config(load_model("tiny-llama"), attn="sdpa"))
     args = TrainingArguments(output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-3,
@@ -46,8 +49,7 @@ def plain_trainer(out: str) -> float:
                              save_strategy="no", logging_steps=1, report_to=[], disable_tqdm=True,
                              include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
                              dataloader_num_workers=0)
-    tr = Trainer(model=model, args=args, train_dataset=_ListDataset(ex),
-                 data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    tr = Trainer(model=model, args=args, train_dataset=prep.train_dataset, data_collator=prep.collator)
     res = tr.train()
     return tr.state.num_input_tokens_seen / res.metrics["train_runtime"]
 
@@ -55,7 +57,7 @@ def plain_trainer(out: str) -> float:
 def ftopt_run(out: str, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "ftopt", "train", "--out", out, "--max-steps", str(STEPS),
            "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--eval-max-examples", "0", "--json", *extra]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env=ENV)
     m = json.loads((Path(out) / "metrics.json").read_text())
     tokens = sum(json.loads(line)["tokens"] for line in (Path(out) / "steps.jsonl").read_text().splitlines())
     # the Trainer's own train_runtime, as for the plain script (measured.train_seconds sums the step times only)
@@ -117,7 +119,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ftopt-overhead-"))
     ftopt_tps, plain_tps = [], []
     for i in range(a.rounds):  # alternate so drift on a shared machine hits both sides alike
-        p = subprocess.run([sys.executable, __file__, "--plain", str(tmp / f"plain{i}")], check=True,
+        p = subprocess.run([sys.executable, __file__, "--plain", str(tmp / f"plain{i}")], check=True, env=ENV,
                            capture_output=True, text=True)
         plain_tps.append(json.loads(p.stdout.strip().splitlines()[-1])["tokens_per_s"])
         ftopt_tps.append(ftopt_run(str(tmp / f"ftopt{i}"))["tokens_per_s"])

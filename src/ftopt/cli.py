@@ -102,7 +102,10 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
          optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
          out: Annotated[Optional[Path], typer.Option("--out", help="write the plan JSON (with the recommended run "
                                                      "for 'ftopt train --plan') to this file")] = None,
-         calibration: CalibrationOpt = None, host_ram: HostRam = None):
+         calibration: CalibrationOpt = None, host_ram: HostRam = None,
+         export: Annotated[Optional[Path], typer.Option("--export", help="write the recommended run for DeepSpeed, "
+                                                        "TRL and accelerate (ds_config.json, sft_config.yaml, "
+                                                        "launch.sh) into this folder")] = None):
     """Predict every valid combination and recommend one."""
     def body():
         from ftopt import plan as make_plan
@@ -122,8 +125,15 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
                       optims=resolve.enum_list("optim", optim))
         doc = p.to_json()
         ref = resolve.model_ref(model, weights=resolve.has_weights(model))
-        doc["run"] = (resolve.new_run(hw, ref, setup, p.recommended.combination).to_json()
-                      if p.recommended else None)
+        run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
+        doc["run"] = run.to_json() if run else None
+        if export is not None:
+            from ftopt.export import export_run
+
+            if run is None:
+                raise FtoptError("Nothing fits, so there is no run to export; relax the plan's constraints.")
+            written = export_run(run, m, export)
+            typer.echo(f"exported: {', '.join(str(w) for w in written)}", err=json_out)
         if out:
             try:
                 atomic_write_text(out, json.dumps(doc, indent=2))
@@ -141,7 +151,7 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
 def train(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="pretrained weights: a local model folder")] = None,
     random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json, random weights")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder [default: the model's]")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder or Hub id [default: the model's]")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder "
                                                 "[default: the built-in task]")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="held-out data [default: split from --data]")] = None,
@@ -171,6 +181,8 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run in --out")] = False,
     gpu: Gpu = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="run the model repo's own code")] = False,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | mlflow | wandb "
+                                                     "[default: none]")] = None,
     json_out: Json = False,
 ):
     """Fine-tune for real (Trainer + PEFT + DeepSpeed) with one run specification, and measure it."""
@@ -184,9 +196,10 @@ def train(
         ref = (resolve.model_ref(model, weights=True, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
                if model else resolve.model_ref(random_init, weights=False, tokenizer=tokenizer,
                                                trust_remote_code=trust_remote_code) if random_init else None)
-        if model and not Path(model).expanduser().is_dir():
-            raise FtoptError(f"--model {model} is not a local folder; download it first, or use --random-init "
-                             "to benchmark without weights.")
+        if model:
+            from ftopt.spec.hub import resolve_weights
+
+            resolve_weights(model, trust_remote_code)  # a folder, or the Hub download, before any process starts
         given_setup = dict(seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                            gpus_per_node=gpus, nodes=nodes, epochs=epochs)
         given_combo = dict(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload, attn=attn,
@@ -207,7 +220,8 @@ def train(
                             eval_max_examples=eval_max_examples),
             schedule=dict(max_steps=max_steps, learning_rate=lr, lr_schedule=lr_schedule, seed=seed,
                           save_steps=save_steps, max_hours=max_hours),
-            output=dict(dir=out, resume=resume or None, overwrite=overwrite or None), hostfile=hostfile)
+            output=dict(dir=out, resume=resume or None, overwrite=overwrite or None, report_to=report_to),
+            hostfile=hostfile)
         resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
         check_out_folder(spec.output_dir)
         with stdout_to_stderr(json_out):
@@ -340,6 +354,42 @@ def demo(
             raise FtoptError(f"--steps must be at least 1, got {steps}.")
         check_out_folder(out)
         run_demo(out, steps=steps)
+    run_body(body)
+
+
+@app.command()
+def preview(
+    data: Annotated[str, typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="model folder or Hub id (its tokenizer)")] = None,
+    random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder or Hub id")] = None,
+    seq_len: SeqLen = 64,
+    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="held out, as in train")] = 0.1,
+    packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
+    n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    json_out: Json = False,
+):
+    """Show the first examples as the trainer will see them (trained tokens marked) and the data summary."""
+    def body():
+        from ftopt.spec import load_model
+        from ftopt.spec.run import DataSpec, ModelRef
+        from ftopt.train.preview import build_preview, render
+
+        if model and random_init:
+            raise FtoptError("give either --model (weights and tokenizer) or --random-init (config), not both.")
+        ref = ModelRef(ref=model or random_init or ModelRef().ref, weights=model is not None, tokenizer=tokenizer,
+                       trust_remote_code=trust_remote_code)
+        spec = load_model(ref.ref)
+        result, tok = build_preview(ref, DataSpec(train=data, eval_fraction=eval_fraction, packing=packing),
+                                    spec.vocab_size, seq_len, n, seed=seed)
+        if json_out:
+            typer.echo(result.model_dump_json(indent=2))
+        else:
+            from ftopt.display import console
+
+            render(result, tok, console)
     run_body(body)
 
 

@@ -25,28 +25,11 @@ def test_formats_and_loaders(tmp_path):
     assert len(D.load_records(tmp_path / "t.parquet")) == 2
 
 
-def test_prompt_tokens_are_masked_and_truncation_counted():
-    tok = D.default_tokenizer()
-    rows = [{"prompt": "shift : a b =>", "completion": "b c"}, {"prompt": "shift : " + "a " * 50 + "=>", "completion": "b"}]
-    t = D.tokenize(rows, tok, 16, "prompt+completion")
-    ex = t.examples[0]
-    n_prompt = len(tok("shift : a b =>")["input_ids"])
-    assert ex["labels"][:n_prompt] == [D.IGNORE_INDEX] * n_prompt
-    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
-    assert t.truncated == 1 and len(t.examples[1]["input_ids"]) == 16
-
-
-def test_packing_fills_blocks():
-    ex = [{"input_ids": list(range(10)), "labels": list(range(10))} for _ in range(5)]
-    packed = D.pack(ex, 16)
-    assert len(packed) == 3 and all(len(p["input_ids"]) == 16 for p in packed)
-
-
 @pytest.mark.parametrize("content,fragment", [
     ("", "is empty"),
     ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", broken\n', "line 2: not valid JSON"),
     ('{"question": "a", "answer": "b"}\n', "found: answer, question"),
-    ('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', "record 2: missing completion"),
+    ('{"prompt": "a", "completion": "b"}\n\n{"prompt": "a"}\n', "line 3: missing completion"),
     ("[1, 2]\n", "line 1: each line must be a JSON object"),
 ])
 def test_bad_data(tmp_path, content, fragment):
@@ -67,3 +50,47 @@ def test_default_task_is_learnable_rule():
     for r in rows:
         src = r["prompt"].split(":")[1].replace("=>", "").split()
         assert r["completion"].split() == [chr((ord(c) - 97 + 1) % 26 + 97) for c in src]
+
+
+def test_errors_name_the_file_line_whatever_the_eval_split(tmp_path):
+    """The bad row is line 15 of the file, wherever the split puts it."""
+    rows = [json.dumps({"prompt": f"p{i}", "completion": "c"}) for i in range(20)]
+    rows[14] = json.dumps({"prompt": "p14"})
+    p = write(tmp_path, "d.jsonl", "\n".join(rows) + "\n")
+    for fraction in (0.0, 0.1, 0.3):
+        train, held = D.split_eval(D.load_records(p), fraction, seed=0)
+        with pytest.raises(FtoptError, match=r"d.jsonl, line 15: missing completion"):
+            for part in (train, held):
+                if part is not None:
+                    D.detect_format(part)
+
+
+def test_csv_rows_report_their_line(tmp_path):
+    p = write(tmp_path, "d.csv", 'text\n"two\nlines"\n\nok\n')
+    r = D.load_records(p)
+    assert r.where == ["line 3", "line 5"] and r.rows[0]["text"] == "two\nlines"
+
+
+def test_eval_fraction_zero_keeps_every_row(tmp_path):
+    p = write(tmp_path, "d.jsonl", "".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(5)))
+    train, held = D.split_eval(D.load_records(p), 0.0, seed=0)
+    assert len(train) == 5 and held is None
+
+
+def test_mismatched_eval_format_is_one_line(tmp_path):
+    train = D.load_records(write(tmp_path, "t.jsonl", '{"text": "a"}\n'))
+    ev = D.load_records(write(tmp_path, "e.jsonl", '{"prompt": "a", "completion": "b"}\n'))
+    with pytest.raises(FtoptError, match="e.jsonl is in the 'prompt\\+completion' format but the training data is "
+                                         "'text'") as e:
+        D.detect_format(ev, expected=D.detect_format(train))
+    assert "\n" not in str(e.value)
+
+
+def test_max_steps_zero_is_refused():
+    from pydantic import ValidationError
+
+    from ftopt.spec.run import Schedule
+
+    with pytest.raises(ValidationError, match="max_steps must be positive"):
+        Schedule(max_steps=0)
+    assert Schedule(max_steps=1).max_steps == 1

@@ -51,7 +51,9 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
 
     from ftopt.spec import load_model
     from ftopt.modeling import hf_config
-    from ftopt.train.data import default_examples, default_tokenizer, tokenize
+    from ftopt.spec.run import DataSpec
+    from ftopt.train.data import default_tokenizer
+    from ftopt.train.prepare import prepare
 
     r, out = train(tmp_path, "--max-steps", "20", "--lora-r", "8", "--seed", "3")
     assert r.exit_code == 0, r.output
@@ -62,23 +64,28 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
     torch.manual_seed(3)
     base = AutoModelForCausalLM.from_config(hf_config(spec, attn="sdpa"))
     model = PeftModel.from_pretrained(base, str(out)).eval()
-    tok = default_tokenizer()
-    ex = tokenize(default_examples(64, seed=3 + 10_000), tok, 64, "prompt+completion").examples
-    from transformers import DataCollatorForSeq2Seq
-    coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-    losses, counts = [], []
-    with torch.no_grad():
-        for i in range(0, len(ex), 8):
-            b = coll(ex[i:i + 8])
-            losses.append(model(**b).loss.item())
-    assert abs(sum(losses) / len(losses) - m["measured"]["eval_loss"]) < 1e-3
+    prep = prepare(DataSpec(), default_tokenizer(), 64, seed=3)
+    ex = list(prep.eval_dataset)
+
+    def eval_loss(model):
+        with torch.no_grad():
+            losses = [model(**prep.collator(ex[i:i + 8])).loss.item() for i in range(0, len(ex), 8)]
+        return sum(losses) / len(losses)
+
+    assert abs(eval_loss(model) - m["measured"]["eval_loss"]) < 1e-3
+    # the run saved its random-init base beside the adapter: the standard PEFT loader needs nothing else
+    from peft import AutoPeftModelForCausalLM
+
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str((out / "base").resolve())
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()
+    assert abs(eval_loss(reloaded) - m["measured"]["eval_loss"]) < 1e-3
 
 
 @pytest.mark.parametrize("args,fragment", [
     (["--data", "/nonexistent.jsonl"], "does not exist"),
     (["--lora-r", "4", "--lora-targets", "qq_proj"], "candidates: q_proj"),
     (["--attn", "flash"], "flash"),
-    (["--model", "some-org/some-model"], "not a local folder"),
+    (["--model", "some-org/some-model"], "not in the Hugging Face cache"),
     (["--gpu", "a100"], "Unknown GPU"),
     (["--max-steps", "0"], "max_steps must be positive"),
     (["--precision", "fp16-mixed"], "fp16-mixed needs a CUDA GPU"),
@@ -132,7 +139,7 @@ def test_user_jsonl_and_resume_after_crash(tmp_path):
     with pytest.raises(RuntimeError, match="injected failure"):
         run_worker(spec, fail_at_step=6)
     assert (out / "checkpoint-4" / "trainer_state.json").exists()
-    r, _ = train(tmp_path, "--data", str(d), "--max-steps", "12", "--resume", name="crash")
+    r, _ = train(tmp_path, "--data", str(d), "--max-steps", "12", "--save-steps", "4", "--resume", name="crash")
     assert r.exit_code == 0, r.output
     s = steps(out)
     # the whole run, once: steps 5-6 ran before the crash and again after resuming at 4, recorded once
@@ -149,6 +156,29 @@ def test_zero_with_two_cpu_processes(tmp_path, zero):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["ranks"]) == 2
     assert all(x["peak_allocated_bytes"] > 0 for x in m["ranks"])
+
+
+def test_report_to_tensorboard_writes_readable_events(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r, out = train(tmp_path, "--max-steps", "3", "--report-to", "tensorboard")
+    assert r.exit_code == 0, r.output
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events, f"no event file under {out}"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    logged = [json.loads(line)["loss"] for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and losses == pytest.approx(logged, rel=1e-3)
+
+
+def test_report_to_missing_tracker_is_one_line(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    r, _ = train(tmp_path, "--max-steps", "2", "--report-to", "wandb")
+    assert r.exit_code == 2 and "needs the wandb package" in r.output and "Traceback" not in r.output
 
 
 # ---- issue 9: the run specification end to end, output folders, --json, time budget ---------------------------------

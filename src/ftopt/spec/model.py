@@ -18,6 +18,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ftopt.errors import FtoptError
+from ftopt.spec.hub import hub_config, parse_hub_id
 
 
 class MlpKind(str, Enum):
@@ -311,7 +312,8 @@ def _read_json(path: Path) -> dict:
 
 
 def load_model(ref: str) -> ModelSpec:
-    """A preset name, a config.json path, or a local model folder containing config.json."""
+    """A preset name, a config.json path, a local model folder containing config.json, or a Hub id
+    `org/name[@revision]` (its config.json only, through the Hugging Face cache)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         cfg_path = path / "config.json"
@@ -323,9 +325,13 @@ def load_model(ref: str) -> ModelSpec:
             raise FtoptError(f"The model config {path} does not exist.")
         return from_hf_config(_read_json(path), name=path.stem if path.name != "config.json" else path.parent.name)
     names = preset_names()
+    hub = parse_hub_id(ref) if ref not in names else None
+    if hub is not None:
+        return from_hf_config(hub_config(hub, not_found_hint=f"; presets: {', '.join(names)}"), name=str(hub))
     if ref not in names:
         close = difflib.get_close_matches(ref, names, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Presets: {', '.join(names)}."
-        raise FtoptError(f"Unknown model '{ref}': not a preset, a config.json or a model folder.{hint}")
+        raise FtoptError(f"Unknown model '{ref}': not a preset, a config.json, a model folder or a Hub id "
+                         f"(org/name).{hint}")
     text = resources.files("ftopt.presets.models").joinpath(f"{ref}.json").read_text()
     return from_hf_config(json.loads(text), name=ref)

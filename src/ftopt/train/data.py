@@ -1,5 +1,6 @@
 """Training data: load what people have (JSONL, CSV, Parquet, a `datasets` folder) in the formats they use
-(`text`; `prompt` + `completion`; chat `messages`), tokenize with truncation, optionally pack.
+(`text`; `prompt` + `completion`; chat `messages`), detect the format and hold out an evaluation split.
+Tokenization, loss masks and packing follow TRL's supervised fine-tuning: see `ftopt.train.sft`.
 
 Also the embedded default: a word-level tokenizer built locally with `tokenizers` and a generated instruction task
 ("shift every letter by one") that a tiny model learns measurably in about two minutes on two CPU cores.
@@ -15,13 +16,28 @@ from pathlib import Path
 
 from ftopt.errors import FtoptError
 
-IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
 FORMATS = ("text", "prompt+completion", "messages")
 
 
 # ---- loading ------------------------------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
+@dataclass
+class Records:
+    """Rows of one data file, each with where it came from ("line 7" of a JSONL/CSV file, "record 3" of a JSON
+    array, Parquet file or datasets folder), so that an error names the file's own line, whatever split follows."""
+
+    rows: list[dict]
+    where: list[str]
+    source: str  # the file or folder, as given
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, indices: list[int]) -> "Records":
+        return Records([self.rows[i] for i in indices], [self.where[i] for i in indices], self.source)
+
+
+def _read_jsonl(path: Path) -> Records:
+    rows, where = [], []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -33,128 +49,127 @@ def _read_jsonl(path: Path) -> list[dict]:
             if not isinstance(row, dict):
                 raise FtoptError(f"{path}, line {n}: each line must be a JSON object, got {type(row).__name__}.")
             rows.append(row)
-    return rows
+            where.append(f"line {n}")
+    return Records(rows, where, str(path))
 
 
-def load_records(path: str | Path) -> list[dict]:
+def _numbered(rows: list, path: Path) -> Records:
+    return Records(list(rows), [f"record {i}" for i in range(1, len(rows) + 1)], str(path))
+
+
+def _read_csv(path: Path) -> Records:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        rows, where = [], []
+        for row in reader:
+            rows.append(row)
+            where.append(f"line {reader.line_num}")  # the physical line the row ended on (header is line 1)
+    return Records(rows, where, str(path))
+
+
+def _read_any(p: Path) -> Records:
+    if p.is_dir():
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(p))
+        if hasattr(ds, "keys"):  # a DatasetDict: take the train split
+            ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
+        return _numbered(list(ds), p)
+    if p.suffix in (".jsonl", ".json"):
+        text = p.read_text(encoding="utf-8")
+        if p.suffix == ".json" and text.lstrip().startswith("["):
+            rows = json.loads(text)
+            bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise FtoptError(f"{p}, record {bad}: each record must be a JSON object.")
+            return _numbered(rows, p)
+        return _read_jsonl(p)
+    if p.suffix == ".csv":
+        return _read_csv(p)
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return _numbered(pq.read_table(p).to_pylist(), p)
+    raise FtoptError(f"Unsupported data file type '{p.suffix}' for {p}; use .jsonl, .json, .csv, .parquet "
+                     "or a datasets folder.")
+
+
+def load_records(path: str | Path) -> Records:
     """Rows of a JSONL/JSON, CSV, Parquet file or a `datasets` folder saved with save_to_disk."""
     p = Path(path).expanduser()
     if not p.exists():
         raise FtoptError(f"The data file {p} does not exist.")
     try:
-        if p.is_dir():
-            from datasets import load_from_disk
-
-            ds = load_from_disk(str(p))
-            if hasattr(ds, "keys"):  # a DatasetDict: take the train split
-                ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
-            rows = list(ds)
-        elif p.suffix in (".jsonl", ".json"):
-            text = p.read_text(encoding="utf-8")
-            if p.suffix == ".json" and text.lstrip().startswith("["):
-                rows = json.loads(text)
-            else:
-                rows = _read_jsonl(p)
-        elif p.suffix == ".csv":
-            with p.open(encoding="utf-8", newline="") as f:
-                rows = list(csv.DictReader(f))
-        elif p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(p).to_pylist()
-        else:
-            raise FtoptError(f"Unsupported data file type '{p.suffix}' for {p}; use .jsonl, .json, .csv, .parquet "
-                             "or a datasets folder.")
+        records = _read_any(p)
     except FtoptError:
         raise
     except (OSError, ValueError) as e:
         raise FtoptError(f"Cannot read the data {p}: {str(e).splitlines()[0]}.") from None
-    if not rows:
+    if not records.rows:
         raise FtoptError(f"The data {p} is empty.")
-    return rows
+    return records
 
 
-def detect_format(rows: list[dict], source: str = "data") -> str:
-    keys = set(rows[0])
+_NEEDS = {"messages": ("messages",), "prompt+completion": ("prompt", "completion"), "text": ("text",)}
+
+
+def _format_of(keys) -> str | None:
     if "messages" in keys:
-        fmt = "messages"
-    elif {"prompt", "completion"} <= keys:
-        fmt = "prompt+completion"
-    elif "text" in keys:
-        fmt = "text"
-    else:
-        raise FtoptError(f"The {source} has none of the fields ftopt reads ('text'; 'prompt' and 'completion'; "
-                         f"'messages'); found: {', '.join(sorted(keys))}.")
-    need = {"messages": ["messages"], "prompt+completion": ["prompt", "completion"], "text": ["text"]}[fmt]
-    for i, r in enumerate(rows, 1):
-        missing = [k for k in need if r.get(k) in (None, "")]
+        return "messages"
+    if {"prompt", "completion"} <= set(keys):
+        return "prompt+completion"
+    return "text" if "text" in keys else None
+
+
+def detect_format(records: Records, expected: str | None = None) -> str:
+    """The format of the first row; every row must carry its fields. With `expected` (the training data's format),
+    evaluation data in another format is refused in one line."""
+    fmt = _format_of(records.rows[0])
+    if fmt is None:
+        raise FtoptError(f"{records.source} has none of the fields ftopt reads ('text'; 'prompt' and 'completion'; "
+                         f"'messages'); found: {', '.join(sorted(records.rows[0]))}.")
+    if expected is not None and fmt != expected:
+        raise FtoptError(f"{records.source} is in the '{fmt}' format but the training data is '{expected}'; "
+                         "give evaluation data in the same format.")
+    for row, where in zip(records.rows, records.where):
+        missing = [k for k in _NEEDS[fmt] if row.get(k) in (None, "", [])]
         if missing:
-            raise FtoptError(f"The {source}, record {i}: missing {', '.join(missing)} (found: {', '.join(sorted(r))}).")
+            raise FtoptError(f"{records.source}, {where}: missing {', '.join(missing)} "
+                             f"(found: {', '.join(sorted(row))}).")
+        if fmt == "messages" and not _valid_messages(row["messages"]):
+            raise FtoptError(f"{records.source}, {where}: 'messages' must be a list of objects with 'role' and "
+                             "'content'.")
     return fmt
 
 
-# ---- tokenization ---------------------------------------------------------------------------------------------------
-@dataclass
-class Tokenized:
-    examples: list[dict]  # input_ids, labels, attention_mask
-    truncated: int  # how many examples were cut at seq_len
-    fmt: str
+def _valid_messages(messages) -> bool:
+    return isinstance(messages, list) and all(isinstance(m, dict) and "role" in m and "content" in m
+                                              for m in messages)
 
 
-def _render_messages(tokenizer, messages: list[dict]) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
-
-
-def tokenize(rows: list[dict], tokenizer, seq_len: int, fmt: str) -> Tokenized:
-    """Token ids and labels per example; prompt tokens are masked out of the loss for prompt+completion data."""
-    eos = tokenizer.eos_token_id
-    out, truncated = [], 0
-    for r in rows:
-        if fmt == "prompt+completion":
-            p = tokenizer(str(r["prompt"]), add_special_tokens=True)["input_ids"]
-            c = tokenizer(str(r["completion"]), add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-            ids, labels = p + c, [IGNORE_INDEX] * len(p) + c
-        else:
-            text = str(r["text"]) if fmt == "text" else _render_messages(tokenizer, r["messages"])
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"] + ([eos] if eos is not None else [])
-            labels = list(ids)
-        if len(ids) > seq_len:
-            truncated += 1
-            ids, labels = ids[:seq_len], labels[:seq_len]
-        out.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)})
-    return Tokenized(out, truncated, fmt)
-
-
-def pack(examples: list[dict], seq_len: int) -> list[dict]:
-    """Concatenate examples and cut into full seq_len blocks (no padding; the last partial block is dropped unless
-    it is the only one). Labels keep their prompt masks."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for e in examples:
-        ids += e["input_ids"]
-        labels += e["labels"]
-    n = max(1, len(ids) // seq_len)
-    blocks = [(ids[i * seq_len:(i + 1) * seq_len], labels[i * seq_len:(i + 1) * seq_len]) for i in range(n)]
-    return [{"input_ids": b, "labels": lab, "attention_mask": [1] * len(b)} for b, lab in blocks if b]
-
-
-def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    if not 0 < fraction < 1:
-        raise FtoptError(f"--eval-fraction must be between 0 and 1, got {fraction}.")
-    idx = list(range(len(rows)))
+def split_eval(records: Records, fraction: float, seed: int) -> tuple[Records, Records | None]:
+    """Hold out `fraction` of the rows (seeded shuffle) for evaluation; 0 = train on everything, no eval split."""
+    if not 0 <= fraction < 1:
+        raise FtoptError(f"--eval-fraction must be at least 0 and below 1, got {fraction}.")
+    if fraction == 0:
+        return records, None
+    idx = list(range(len(records)))
     random.Random(seed).shuffle(idx)
-    k = max(1, int(round(len(rows) * fraction)))
-    if k >= len(rows):
-        raise FtoptError(f"The data has {len(rows)} records: too few to hold out {fraction:.0%} for evaluation.")
-    ev = set(idx[:k])
-    return [r for i, r in enumerate(rows) if i not in ev], [r for i, r in enumerate(rows) if i in ev]
+    k = max(1, int(round(len(records) * fraction)))
+    if k >= len(records):
+        raise FtoptError(f"{records.source} has {len(records)} records: too few to hold out {fraction:.0%} "
+                         "for evaluation.")
+    held = set(idx[:k])
+    return (records.subset([i for i in range(len(records)) if i not in held]),
+            records.subset([i for i in range(len(records)) if i in held]))
 
 
 # ---- the embedded default ---------------------------------------------------------------------------------------------
 TASK_PREFIX = "shift"
 LETTERS = string.ascii_lowercase
+DEFAULT_TRAIN_EXAMPLES = 4000
+DEFAULT_EVAL_EXAMPLES = 64
+DEFAULT_EVAL_SEED_OFFSET = 10_000  # held-out words come from another seed than the training words
 
 
 def default_examples(n: int, seed: int = 0, min_len: int = 3, max_len: int = 6) -> list[dict]:
@@ -167,6 +182,11 @@ def default_examples(n: int, seed: int = 0, min_len: int = 3, max_len: int = 6) 
         shifted = [LETTERS[(LETTERS.index(c) + 1) % 26] for c in w]
         rows.append({"prompt": f"{TASK_PREFIX} : {' '.join(w)} =>", "completion": " ".join(shifted)})
     return rows
+
+
+def default_records(n: int, seed: int) -> Records:
+    rows = default_examples(n, seed=seed)
+    return Records(rows, [f"example {i}" for i in range(1, n + 1)], "the built-in task")
 
 
 def default_tokenizer():

@@ -31,7 +31,8 @@ def _steps_summary(steps: list[dict]) -> dict:
             "final_loss": losses[-1] if losses else None, "steps": len(steps)}
 
 
-def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_examples: int, log) -> dict:
+def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_examples: int, log,
+           data: dict | None = None) -> dict:
     """Gather the ranks' measurements; rank 0 assembles and writes metrics.json and returns it."""
     from ftopt.io import atomic_write_text
     from ftopt.train.recorder import StepLog
@@ -62,7 +63,7 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_
                "precision": s.precision.value, "world_size": world, "seq_len": s.seq_len, "micro_batch": s.micro_batch,
                "grad_accum": s.grad_accum, "packing": spec.data.packing, "data_format": fmt, "tokenizer": tok_src,
                "tokens_per_step": s.micro_batch * s.grad_accum * s.seq_len * world, "steps_per_epoch": steps_per_epoch,
-               "measured": measured, "predicted": predicted, "mfu": mfu, "ranks": ranks}
+               "measured": measured, "predicted": predicted, "mfu": mfu, "ranks": ranks, "data": data}
     atomic_write_text(spec.output_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 

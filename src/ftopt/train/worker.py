@@ -15,9 +15,6 @@ from pathlib import Path
 
 from ftopt.spec import RunSpec
 
-DEFAULT_TRAIN_EXAMPLES = 4000
-DEFAULT_EVAL_EXAMPLES = 64
-
 
 def _rank() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -29,60 +26,11 @@ def latest_complete_checkpoint(out: Path) -> Path | None:
     return max(cks, key=lambda p: int(p.name[11:])) if cks else None
 
 
-def _load_tokenizer(spec: RunSpec):
-    from ftopt.train.data import default_tokenizer
-
-    m = spec.model
-    src = m.tokenizer or (m.ref if m.weights or Path(m.ref).is_dir() else None)
-    if src is None:
-        return default_tokenizer(), "built-in word-level tokenizer"
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=m.trust_remote_code)
-    except (OSError, ValueError) as e:
-        from ftopt.errors import FtoptError
-
-        raise FtoptError(f"No tokenizer could be loaded from {src} ({str(e).splitlines()[0][:120]}); "
-                         "add tokenizer files to the model folder or pass --tokenizer.") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok, src
-
-
-def _datasets(spec: RunSpec, tokenizer, log):
-    from ftopt.train import data as D
-
-    d, seed, seq_len = spec.data, spec.schedule.seed, spec.setup.seq_len
-    if d.train is None:
-        rows = D.default_examples(DEFAULT_TRAIN_EXAMPLES, seed=seed)
-        eval_rows = D.default_examples(DEFAULT_EVAL_EXAMPLES, seed=seed + 10_000)
-        log("data: built-in 'shift letters' task (prompt+completion), "
-            f"{len(rows)} training and {len(eval_rows)} held-out examples")
-    else:
-        rows = D.load_records(d.train)
-        if d.eval:
-            eval_rows = D.load_records(d.eval)
-        elif d.eval_fraction > 0:
-            rows, eval_rows = D.split_eval(rows, d.eval_fraction, seed)
-        else:
-            eval_rows = []
-    fmt = D.detect_format(rows, "training data")
-    if eval_rows:
-        D.detect_format(eval_rows, "evaluation data")
-    train = D.tokenize(rows, tokenizer, seq_len, fmt)
-    ev = D.tokenize(eval_rows, tokenizer, seq_len, fmt)
-    if train.truncated:
-        log(f"note: {train.truncated} of {len(rows)} training examples were longer than --seq-len {seq_len} "
-            "and were truncated")
-    examples = D.pack(train.examples, seq_len) if d.packing else train.examples
-    return examples, ev.examples, eval_rows, fmt
-
-
 def training_arguments(spec: RunSpec, device, world: int, total_steps: int):
     from transformers import TrainingArguments
 
     from ftopt.train.dsconfig import RANK_TIMEOUT_SECONDS, deepspeed_config
+    from ftopt.train.tracking import trainer_report_to
 
     s, sch, p = spec.setup, spec.schedule, spec.setup.precision.value
     return TrainingArguments(
@@ -93,7 +41,7 @@ def training_arguments(spec: RunSpec, device, world: int, total_steps: int):
         bf16=p in ("bf16-mixed",), fp16=p == "fp16-mixed", use_cpu=device.type == "cpu",
         deepspeed=deepspeed_config(spec) if spec.combination.uses_deepspeed else None,
         save_strategy="steps", save_steps=sch.save_steps, save_total_limit=2, logging_steps=1,
-        report_to=[] if spec.output.report_to.value == "none" else [spec.output.report_to.value],
+        report_to=trainer_report_to(spec.output.report_to),
         disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_timeout=RANK_TIMEOUT_SECONDS,
         remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
         ddp_backend="gloo" if device.type == "cpu" and world > 1 else None, optim=spec.combination.optim.hf_name,
@@ -116,8 +64,15 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     torch.manual_seed(spec.schedule.seed)
     if spec.model.builtin:
         log(f"model: built-in {spec.model.ref} (random init, llama architecture)")
-    tokenizer, tok_src = _load_tokenizer(spec)
-    train_ex, eval_ex, eval_rows, fmt = _datasets(spec, tokenizer, log)
+    from ftopt.spec import load_model
+    from ftopt.train.prepare import prepare_run
+    from ftopt.train.tracking import trainer_report_to
+
+    model_spec = load_model(spec.model.ref)
+    prep, tok = prepare_run(spec.model, spec.data, model_spec.vocab_size, spec.setup.seq_len,
+                            seed=spec.schedule.seed, attn=spec.combination.attn, log=log)
+    trainer_report_to(spec.output.report_to)  # a missing tracker package: one line before any work
+    tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
 
     steps_log = StepLog(out / "steps.jsonl") if rank == 0 else None
     resume = latest_complete_checkpoint(out) if spec.output.resume else None
@@ -128,7 +83,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
 
     peak = TrainingPeak(device)
     try:
-        trainer, progress, budget = _trainer(spec, device, world, train_ex, eval_ex, tokenizer, peak,
+        trainer, progress, budget = _trainer(spec, model_spec, device, world, prep, peak,
                                              StepRecorder(steps_log, device, rank), fail_at_step)
         try:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -147,41 +102,50 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     trainer.save_model(str(out))  # adapter (PEFT) or full model, safetensors; ZeRO-3 weights gathered
     if rank == 0:
         tokenizer.save_pretrained(str(out))
-    quality = _evaluate(spec, trainer, tokenizer, eval_ex, eval_rows, fmt, device, log)
+    quality = _evaluate(spec, trainer, tokenizer, prep.eval_dataset, eval_rows, fmt, device, log)
     mine = {"rank": rank, "device": device.type, "peak_allocated_bytes": peak.allocated_bytes,
             "peak_reserved_bytes": peak.reserved_bytes, "device_used_bytes": peak.device_used_bytes, **quality,
             "train_seconds": result.metrics.get("train_runtime"), "stopped_by_time_budget": budget.hit,
             "optimizer": _optimizer_name(trainer)}
     from ftopt.train.metrics import finish
 
-    return finish(spec, mine, world, tok_src, fmt, len(train_ex), log)
+    metrics = finish(spec, mine, world, tok_src, fmt, len(prep.train_dataset), log, data=prep.summary.model_dump())
+    if rank == 0 and not spec.model.weights and spec.combination.zero != 3:  # ZeRO-3 ranks hold partitions only
+        from ftopt.train.base import save_random_base
+
+        save_random_base(trainer.model, out)  # last: it strips the LoRA layers from the trained model
+    return metrics
 
 
-def _trainer(spec, device, world, train_ex, eval_ex, tokenizer, peak, recorder, fail_at_step):
-    from transformers import DataCollatorForSeq2Seq, Trainer
+def _trainer(spec, model_spec, device, world, prep, peak, recorder, fail_at_step):
+    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
     from ftopt.modeling import build_model
-    from ftopt.spec import load_model
+    from ftopt.spec.hub import resolve_weights
+    from ftopt.train.base import record_hub_base
     from ftopt.train.callbacks import Progress, RunCallback, TimeBudget
 
     s = spec.setup
-    steps_per_epoch = max(1, -(-len(train_ex) // (s.micro_batch * s.grad_accum * world)))
+    steps_per_epoch = max(1, -(-len(prep.train_dataset) // (s.micro_batch * s.grad_accum * world)))
     total = spec.schedule.max_steps if spec.schedule.max_steps > 0 else int(steps_per_epoch * s.epochs)
     args = training_arguments(spec, device, world, total)
-    model = build_model(load_model(spec.model.ref), spec.combination, s.precision,
+    weights_dir = (resolve_weights(spec.model.ref, spec.model.trust_remote_code)  # a Hub id: the cache's snapshot
+                   if spec.model.weights else None)
+    model = build_model(model_spec, spec.combination, s.precision,
                         device="cpu" if spec.combination.uses_deepspeed else device,
-                        weights_dir=spec.model.ref if spec.model.weights else None, seed=spec.schedule.seed)
+                        weights_dir=weights_dir, seed=spec.schedule.seed)
+    if spec.model.weights:
+        record_hub_base(model, spec.model.ref)  # the adapter names the Hub id, not the snapshot folder
     progress, budget = Progress(recorder.rank == 0), TimeBudget(spec.schedule.max_hours)
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)
-    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(train_ex),
-                      eval_dataset=_ListDataset(eval_ex) if eval_ex else None, data_collator=collator,
+    trainer = Trainer(model=model, args=args, train_dataset=prep.train_dataset, eval_dataset=prep.eval_dataset,
+                      data_collator=prep.collator,
                       callbacks=[RunCallback(recorder, peak, budget, progress, fail_at_step)])
     trainer.remove_callback(PrinterCallback)  # our progress and steps.jsonl replace the printed log dicts
     return trainer, progress, budget
 
 
-def _evaluate(spec, trainer, tokenizer, eval_ex, eval_rows, fmt, device, log) -> dict:
+def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, log) -> dict:
     """Eval loss and (prompt+completion data) exact match, with their own memory peak on CUDA."""
     import torch
 
@@ -190,7 +154,7 @@ def _evaluate(spec, trainer, tokenizer, eval_ex, eval_rows, fmt, device, log) ->
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    ev = trainer.evaluate() if eval_ex else {}
+    ev = trainer.evaluate() if eval_dataset is not None else {}  # --eval-fraction 0: nothing held out
     em = None
     if fmt == "prompt+completion" and eval_rows and spec.data.eval_max_examples > 0:
         gen_device = next(trainer.model.parameters()).device
@@ -206,19 +170,6 @@ def _optimizer_name(trainer) -> str:
     DeepSpeed engine's ZeRO optimizer, or the Trainer's accelerate wrapper, each hold it as `.optimizer`."""
     opt = getattr(trainer.model_wrapped, "optimizer", None) or trainer.optimizer
     return type(getattr(opt, "optimizer", opt)).__name__
-
-
-class _ListDataset:
-    """A list of tokenized examples as a map-style dataset (the Trainer only needs len and getitem)."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
 
 
 def main() -> None:

@@ -1,0 +1,117 @@
+"""Models from the Hugging Face Hub, through `huggingface_hub` and its cache.
+
+`org/name[@revision]`: `estimate`/`plan`/`bench` read config.json only; `train` downloads the safetensors weights
+and the tokenizer (nothing else: no pickled `.bin`, no remote code unless asked). The library's own settings
+apply: HF_TOKEN for gated repos, HF_HUB_OFFLINE=1 for the cache only, HF_ENDPOINT for a mirror. Every failure is
+one sentence (FtoptError).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftopt.errors import FtoptError
+
+# org/name with the Hub's allowed characters, optionally @revision (branch, tag or commit)
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
+# what `train` downloads: weights (safetensors only), config, tokenizer and chat template files
+WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+                   "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model", "*.jinja",
+                   "chat_template.json"]
+_CAUSAL_SUFFIX = "ForCausalLM"  # decoder-only language models; e.g. BertForMaskedLM or T5ForConditionalGeneration
+
+
+@dataclass(frozen=True)
+class HubRef:
+    repo_id: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return self.repo_id + (f"@{self.revision}" if self.revision else "")
+
+
+def parse_hub_id(ref: str) -> HubRef | None:
+    """A HubRef when `ref` looks like `org/name[@revision]` and is not an existing local path; else None."""
+    m = _HUB_ID.match(ref)
+    if m is None or Path(ref).expanduser().exists():
+        return None
+    return HubRef(m["repo"], m["rev"])
+
+
+@contextlib.contextmanager
+def _hub_errors(ref: HubRef, what: str, not_found_hint: str = ""):
+    """huggingface_hub's exceptions as one sentence each; `not_found_hint` ends the repo-not-found one."""
+    from huggingface_hub import errors as E
+
+    try:
+        yield
+    except E.GatedRepoError:
+        raise FtoptError(f"{ref.repo_id} is gated: accept its terms on the Hub and set HF_TOKEN to a token with "
+                         "access.") from None
+    except E.RevisionNotFoundError:
+        raise FtoptError(f"{ref.repo_id} has no revision '{ref.revision}'.") from None
+    except E.RepositoryNotFoundError:
+        raise FtoptError(f"No model {ref.repo_id} on the Hub (or it is private: set HF_TOKEN){not_found_hint}.") \
+            from None
+    except E.RemoteEntryNotFoundError:
+        raise FtoptError(f"{ref} has no {what} on the Hub.") from None
+    except (E.LocalEntryNotFoundError, E.OfflineModeIsEnabled):
+        raise FtoptError(f"{ref} is not in the Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 "
+                         "or no network); download it once with network access.") from None
+    except E.HfHubHTTPError as e:
+        raise FtoptError(f"The Hub refused {ref} ({str(e).splitlines()[0][:120]}).") from None
+
+
+def check_decoder(config: dict, ref: str) -> None:
+    """Refuse what ftopt cannot fine-tune as a causal LM."""
+    archs = config.get("architectures") or []
+    if archs and not any(a.endswith(_CAUSAL_SUFFIX) for a in archs):
+        raise FtoptError(f"{ref} is not a decoder-only language model (architectures: {', '.join(archs)}).")
+
+
+def check_remote_code(config: dict, ref: str, trust_remote_code: bool) -> None:
+    """Loading weights runs a repo's own Python code when its config maps classes to it (`auto_map`): only when
+    asked. Reading the config for an estimate runs nothing, so only `train` checks this."""
+    if config.get("auto_map") and not trust_remote_code:
+        raise FtoptError(f"{ref} needs its own Python code from the Hub; rerun with --trust-remote-code if you "
+                         "trust it.")
+
+
+def hub_config(ref: HubRef, not_found_hint: str = "") -> dict:
+    """config.json of a Hub model (one file through the cache), checked by check_decoder."""
+    from huggingface_hub import hf_hub_download
+
+    with _hub_errors(ref, "config.json", not_found_hint):
+        path = hf_hub_download(ref.repo_id, "config.json", revision=ref.revision)
+    try:
+        config = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise FtoptError(f"The config.json of {ref} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+    check_decoder(config, str(ref))
+    return config
+
+
+def hub_snapshot(ref: HubRef, trust_remote_code: bool = False) -> Path:
+    """A local folder (the cache's snapshot) with the config, safetensors weights and tokenizer of a Hub model."""
+    from huggingface_hub import snapshot_download
+
+    check_remote_code(hub_config(ref), str(ref), trust_remote_code)
+    patterns = WEIGHT_PATTERNS + (["*.py"] if trust_remote_code else [])
+    with _hub_errors(ref, "weights"):
+        folder = Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns))
+    if not any(folder.glob("*.safetensors")):
+        raise FtoptError(f"{ref} has no safetensors weights; ftopt does not load pickled .bin files.")
+    return folder
+
+
+def resolve_weights(ref: str, trust_remote_code: bool = False) -> str:
+    """A local folder with the model's weights: `ref` itself when it is a folder, else the Hub snapshot."""
+    hub = parse_hub_id(ref)
+    if hub is None:
+        if not Path(ref).expanduser().is_dir():
+            raise FtoptError(f"--model {ref} is neither a local model folder nor a Hub id (org/name[@revision]).")
+        return ref
+    return str(hub_snapshot(hub, trust_remote_code))

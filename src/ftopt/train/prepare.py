@@ -1,0 +1,100 @@
+"""One call from a `DataSpec` to what the Trainer takes: datasets, collator, held-out rows and a data summary."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from ftopt.errors import FtoptError
+from ftopt.spec.run import DataSpec, ModelRef
+from ftopt.spec.training import Attention
+from ftopt.train import data as D
+from ftopt.train.sft import SftCollator, Tokenized, to_dataset, tokenize
+from ftopt.train.tokenizer import TokenizerChoice, check_unknown, load_tokenizer
+
+
+class DataSummary(BaseModel):
+    """What the trainer will see; printed by `ftopt preview` and stored in metrics.json as `data`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    source: str
+    format: str
+    rows: int  # training rows read (after the eval split)
+    eval_rows: int
+    truncated: int  # training rows cut at seq_len
+    dropped: int  # training rows with no trained token left after truncation
+    tokens: int  # training tokens kept
+    trained_tokens: int  # tokens with a loss label
+    unk_fraction: float
+    packed_rows: int | None  # training rows after packing; None = not packed
+    seq_len: int
+
+
+@dataclass
+class Prepared:
+    train_dataset: object  # datasets.Dataset: input_ids, labels (and seq_lengths when packed)
+    eval_dataset: object | None
+    collator: SftCollator
+    eval_rows: list[dict]  # raw held-out rows (exact match generates from their prompts)
+    format: str
+    summary: DataSummary
+
+
+def read_data(data: DataSpec, seed: int) -> tuple[D.Records, D.Records | None, str]:
+    """Training and evaluation rows and their format: the built-in task, --eval-data, or a held-out split."""
+    if data.train is None:
+        train = D.default_records(D.DEFAULT_TRAIN_EXAMPLES, seed)
+        held = D.default_records(D.DEFAULT_EVAL_EXAMPLES, seed + D.DEFAULT_EVAL_SEED_OFFSET)
+    elif data.eval:
+        train, held = D.load_records(data.train), D.load_records(data.eval)
+    else:
+        train, held = D.split_eval(D.load_records(data.train), data.eval_fraction, seed)
+    fmt = D.detect_format(train)
+    if held is not None:
+        D.detect_format(held, expected=fmt)
+    return train, held, fmt
+
+
+def summarize(train: D.Records, held: D.Records | None, fmt: str, tok: Tokenized, seq_len: int,
+              packed_rows: int | None) -> DataSummary:
+    return DataSummary(source=train.source, format=fmt, rows=len(train), eval_rows=len(held) if held else 0,
+                       truncated=tok.truncated, dropped=tok.dropped, tokens=tok.tokens,
+                       trained_tokens=tok.trained_tokens, unk_fraction=round(tok.unk_fraction, 6),
+                       packed_rows=packed_rows, seq_len=seq_len)
+
+
+def prepare(data: DataSpec, tokenizer, seq_len: int, *, seed: int = 0, attn: Attention = Attention.SDPA,
+            records: tuple[D.Records, D.Records | None, str] | None = None) -> Prepared:
+    """Tokenize (TRL's conventions, see ftopt.train.sft), pack if asked, and pick the collator for `attn`.
+    `records` = read_data's result when the caller already read it (to train a tokenizer on the same rows)."""
+    train, held, fmt = records or read_data(data, seed)
+    tok = tokenize(train, tokenizer, seq_len, fmt)
+    train_ds = to_dataset(tok.examples, seq_len, data.packing)
+    eval_ds = None
+    if held is not None:
+        eval_ds = to_dataset(tokenize(held, tokenizer, seq_len, fmt).examples, seq_len, data.packing)
+    collator = SftCollator(pad_token_id=tokenizer.pad_token_id,
+                           flatten=attn is Attention.FLASH)
+    summary = summarize(train, held, fmt, tok, seq_len, len(train_ds) if data.packing else None)
+    return Prepared(train_ds, eval_ds, collator, held.rows if held else [], fmt, summary)
+
+
+def prepare_run(model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, *, seed: int = 0,
+                attn: Attention = Attention.SDPA, log=lambda m: None) -> tuple[Prepared, TokenizerChoice]:
+    """What a run needs before the model is built: rows, the tokenizer (trained on the training rows when none
+    fits a random-init model), tokenized datasets and the collator. Refuses a tokenizer that does not cover the
+    data (unknown tokens above MAX_UNK_FRACTION)."""
+    records = read_data(data, seed)
+    choice = load_tokenizer(model, records[0] if data.train is not None else None, vocab_size)
+    if len(choice.tokenizer) > vocab_size:
+        raise FtoptError(f"The tokenizer ({choice.source}) has {len(choice.tokenizer)} tokens but the model's "
+                         f"vocabulary has {vocab_size}; give a matching --tokenizer.")
+    prep = prepare(data, choice.tokenizer, seq_len, seed=seed, attn=attn, records=records)
+    s = prep.summary
+    check_unknown(s.unk_fraction, choice.source)
+    log(f"data: {s.source} ({s.format}), {s.rows} training and {s.eval_rows} held-out rows, {s.tokens} tokens "
+        f"({s.trained_tokens} trained); tokenizer: {choice.source}")
+    if s.truncated or s.dropped:
+        log(f"note: {s.truncated} of {s.rows} training rows were longer than --seq-len {seq_len} and were "
+            f"truncated; {s.dropped} had no trained token left and were dropped")
+    return prep, choice

@@ -1,0 +1,187 @@
+"""Supervised fine-tuning data as TRL prepares it: token ids, loss labels, packing and the batch collator.
+
+The conventions are TRL 1.16's `SFTTrainer._prepare_dataset`, applied row by row so that every error names the
+file's line and truncation, dropped rows and unknown tokens are counted:
+
+- `text`: the tokenizer's own special tokens (BOS where it adds one), then EOS unless the tokenizer already ended
+  with it. All tokens are trained.
+- `prompt` + `completion`: prompt and prompt+completion+EOS are tokenized; the completion starts where the two
+  diverge (`trl.data_utils.common_prefix_length`); only completion tokens are trained (completion-only loss).
+- `messages`: `apply_chat_template(..., return_assistant_tokens_mask=True)`. The template renders its own BOS/EOS
+  and nothing is added to it (no doubled special tokens). Only assistant tokens are trained: the template's
+  `{% generation %}` markers, or TRL's training version of a known template (`get_training_chat_template`).
+  A tokenizer without a template gets `FALLBACK_CHAT_TEMPLATE`, saved with the run.
+
+Packing is TRL's best-fit-decreasing `pack_dataset` (documents are never split, each keeps its `seq_lengths`), and
+the collator is TRL's `DataCollatorForLanguageModeling`: position ids restart at 0 for every document and the
+first token of each document is not predicted from the one before. With FlashAttention the micro-batch is
+flattened into one padding-free row (varlen kernels read `cu_seq_lens`); with SDPA/eager each packed row stays a
+row and no attention mask is passed, so transformers builds a block-diagonal causal mask from the position ids.
+HF `Trainer` stays the trainer (our DeepSpeed config, callbacks and memory probes); TRL supplies the data side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftopt.errors import FtoptError
+from ftopt.train.data import Records
+
+IGNORE_INDEX = -100  # label the loss skips (prompt, user and system tokens, padding): torch cross_entropy default
+
+# Used only when the tokenizer has no chat template. `{% generation %}` marks the assistant tokens
+# (transformers' return_assistant_tokens_mask); the assistant turn's EOS is inside, so the model learns to stop.
+# The role line ends in a newline, not a space: byte-level BPE glues a space to the next word (" Low"), and that
+# token would straddle the generation boundary and count as trained.
+FALLBACK_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token else '' }}"
+    "{% for m in messages %}{{ m['role'] + ':\n' }}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + (eos_token if eos_token else '') }}"
+    "{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}{{ '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant:\n' }}{% endif %}"
+)
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class Tokenized:
+    examples: list[Example]
+    truncated: int = 0  # rows longer than seq_len, cut at seq_len (keep the start, as TRL's default)
+    dropped: int = 0  # rows with no trained token left after truncation (TRL drops them too)
+    tokens: int = 0  # tokens kept, all rows
+    trained_tokens: int = 0
+    unk_tokens: int = 0
+
+    @property
+    def unk_fraction(self) -> float:
+        return self.unk_tokens / self.tokens if self.tokens else 0.0
+
+
+def training_chat_template(tokenizer) -> str:
+    """A chat template whose `{% generation %}` markers give assistant-only loss: the tokenizer's own when it has
+    them, TRL's training version of a known template, or the fallback when the tokenizer has none."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # saved with the run, so inference renders the same
+    if has_generation_markers(tokenizer.chat_template):
+        return tokenizer.chat_template
+    try:
+        patched = get_training_chat_template(tokenizer)
+    except ValueError:
+        patched = None
+    if patched is None or not has_generation_markers(patched):
+        raise FtoptError("The tokenizer's chat template has no {% generation %} markers and TRL has no training "
+                         "version of it, so assistant-only loss is impossible; add the markers to the template "
+                         "or give --tokenizer with a supported one.")
+    return patched
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text)["input_ids"])
+
+
+def _with_eos(ids: list[int], eos: int | None) -> list[int]:
+    return ids if eos is None or (ids and ids[-1] == eos) else ids + [eos]
+
+
+def _text(tokenizer, row: dict) -> Example:
+    ids = _with_eos(_ids(tokenizer, str(row["text"])), tokenizer.eos_token_id)
+    return Example(ids, list(ids))
+
+
+def _prompt_completion(tokenizer, row: dict) -> Example:
+    from trl.data_utils import common_prefix_length
+
+    prompt = str(row["prompt"])
+    prompt_ids = _ids(tokenizer, prompt)
+    ids = _with_eos(_ids(tokenizer, prompt + str(row["completion"])), tokenizer.eos_token_id)
+    start = common_prefix_length(prompt_ids, ids)
+    return Example(ids, [IGNORE_INDEX] * start + ids[start:])
+
+
+def _messages(tokenizer, row: dict, template: str) -> Example:
+    out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True, chat_template=template)
+    ids = list(out["input_ids"])
+    return Example(ids, [t if m else IGNORE_INDEX for t, m in zip(ids, out["assistant_masks"])])
+
+
+def tokenize(records: Records, tokenizer, seq_len: int, fmt: str) -> Tokenized:
+    """Ids and labels per row, truncated to seq_len (keeping the start); fully masked rows are dropped."""
+    template = training_chat_template(tokenizer) if fmt == "messages" else None
+    unk = tokenizer.unk_token_id
+    out = Tokenized([])
+    for row, where in zip(records.rows, records.where):
+        try:
+            ex = (_messages(tokenizer, row, template) if fmt == "messages" else
+                  _prompt_completion(tokenizer, row) if fmt == "prompt+completion" else _text(tokenizer, row))
+        except (TypeError, ValueError, KeyError) as e:  # a malformed row the template or tokenizer refused
+            raise FtoptError(f"{records.source}, {where}: cannot be tokenized ({str(e).splitlines()[0][:160]}).") \
+                from None
+        if fmt == "messages" and all(lab == IGNORE_INDEX for lab in ex.labels):
+            raise FtoptError(f"{records.source}, {where}: the conversation has no assistant message to train on.")
+        if len(ex.input_ids) > seq_len:
+            out.truncated += 1
+            ex = Example(ex.input_ids[:seq_len], ex.labels[:seq_len])
+        if all(lab == IGNORE_INDEX for lab in ex.labels):
+            out.dropped += 1
+            continue
+        out.examples.append(ex)
+        out.tokens += len(ex.input_ids)
+        out.trained_tokens += sum(lab != IGNORE_INDEX for lab in ex.labels)
+        if unk is not None:
+            out.unk_tokens += sum(t == unk for t in ex.input_ids)
+    if not out.examples:
+        raise FtoptError(f"{records.source}: no row has a trained token left within --seq-len {seq_len}.")
+    return out
+
+
+def to_dataset(examples: list[Example], seq_len: int, packing: bool):
+    """A `datasets.Dataset` of input_ids/labels; packed by TRL's best-fit decreasing into rows of <= seq_len
+    tokens with each document's length in `seq_lengths` (documents are not split: they are already truncated)."""
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()  # the Map bars of a few thousand rows are noise in a training log
+    ds = Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
+    if not packing:
+        return ds
+    from trl.data_utils import pack_dataset
+
+    return pack_dataset(ds, seq_len, strategy="bfd")
+
+
+@dataclass
+class SftCollator:
+    """TRL's `DataCollatorForLanguageModeling`, in one of two layouts (see the module docstring).
+
+    `flatten=True` (FlashAttention, packed or not): the micro-batch becomes one row [1, sum of lengths] with position ids,
+    cu_seq_lens and no padding. `flatten=False`: rows [micro_batch, longest row]; for packed rows the position ids
+    restart per document and the attention mask is left out so transformers masks across documents; for unpacked
+    rows the usual attention mask marks the padding."""
+
+    pad_token_id: int
+    flatten: bool = False
+    _inner: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self._inner = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=self.flatten,
+                                                      return_position_ids=not self.flatten)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self._inner(examples)
+        if self.flatten:
+            return batch
+        if "seq_lengths" not in examples[0]:  # unpacked: one document per row, padding needs the mask
+            batch.pop("position_ids")
+            return batch
+        batch.pop("attention_mask")
+        # as TRL's padding-free mode: a document's first token (and padding, position 0) is never a target
+        batch["labels"][batch["position_ids"] == 0] = IGNORE_INDEX
+        return batch

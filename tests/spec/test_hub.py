@@ -1,0 +1,146 @@
+"""Hub ids through huggingface_hub against a stand-in Hub on 127.0.0.1 (tests/hubserver.py); no network."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ftopt.cli import app
+from ftopt.errors import FtoptError
+from ftopt.spec import load_model
+from ftopt.spec.hub import HubRef, hub_snapshot, parse_hub_id
+from tests.hubserver import FakeHub
+
+runner = CliRunner()
+TINY = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128)
+
+
+def make_model(folder, **extra):
+    """A tiny llama with a byte-level BPE tokenizer, saved as a Hub repo would hold it (safetensors)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftopt.train.tokenizer import train_bpe
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**TINY, **extra)).save_pretrained(str(folder))
+    train_bpe(["Hello there, how are you today?"] * 10, 300).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    import huggingface_hub.constants as C
+
+    fake = FakeHub()
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    # huggingface_hub reads these at import: set what the environment would have set before the process started
+    monkeypatch.setattr(C, "ENDPOINT", fake.url)
+    monkeypatch.setattr(C, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    fake.add("org/tiny", make_model(tmp_path / "tiny"))
+    yield fake
+    fake.close()
+
+
+def test_parse_hub_id(tmp_path):
+    assert parse_hub_id("Qwen/Qwen2.5-7B") == HubRef("Qwen/Qwen2.5-7B", None)
+    assert parse_hub_id("org/name@v1.0") == HubRef("org/name", "v1.0")
+    assert parse_hub_id("llama-2-7b") is None and parse_hub_id(str(tmp_path)) is None
+
+
+def test_estimate_and_plan_read_only_config_json(hub):
+    spec = load_model("org/tiny")
+    assert (spec.family, spec.num_layers, spec.vocab_size, spec.name) == ("llama", 2, 320, "org/tiny")
+    for cmd in (["estimate", "--gpu", "a100-80g"], ["plan", "--gpu", "a100-80g", "--json"]):
+        r = runner.invoke(app, [*cmd, "--model", "org/tiny"])
+        assert r.exit_code == 0, r.output
+    fetched = {q.split("/resolve/")[-1] for q in hub.requests if "/resolve/" in q}
+    assert fetched == {"main/config.json"}  # never the weights
+
+
+def add_bert(hub, tmp):
+    (tmp / "bert").mkdir()
+    (tmp / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    hub.add("org/bert", tmp / "bert")
+
+
+@pytest.mark.parametrize("setup,ref,fragment", [
+    (lambda hub, tmp: None, "org/missing", "No model org/missing on the Hub"),
+    (lambda hub, tmp: hub.add("org/gated", tmp / "tiny", gated=True), "org/gated", "is gated"),
+    (lambda hub, tmp: hub.add("org/empty", tmp / "empty-repo"), "org/empty", "has no config.json"),
+    (lambda hub, tmp: add_bert(hub, tmp), "org/bert", "not a decoder-only language model"),
+])
+def test_hub_errors_are_one_line_exit_2(hub, tmp_path, setup, ref, fragment):
+    (tmp_path / "empty-repo").mkdir(exist_ok=True)
+    (tmp_path / "empty-repo" / "README.md").write_text("no config")
+    setup(hub, tmp_path)
+    r = runner.invoke(app, ["estimate", "--model", ref])
+    assert r.exit_code == 2, r.output
+    assert fragment in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_unknown_repo_suggests_presets(hub):
+    with pytest.raises(FtoptError, match="presets: .*llama-2-7b"):
+        load_model("org/missing")
+
+
+def test_gated_with_token(hub, tmp_path, monkeypatch):
+    hub.add("org/gated", tmp_path / "tiny", gated=True)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    assert load_model("org/gated").family == "llama"
+
+
+def test_offline_uses_the_cache_and_says_when_it_cannot(hub, monkeypatch):
+    import huggingface_hub.constants as C
+
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FtoptError, match="not in the Hugging Face cache"):
+        load_model("org/tiny")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    load_model("org/tiny")  # cached now
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    n = len(hub.requests)
+    assert load_model("org/tiny").family == "llama" and len(hub.requests) == n  # no request offline
+
+
+def test_snapshot_takes_safetensors_and_tokenizer_only(hub, tmp_path):
+    (tmp_path / "tiny" / "pytorch_model.bin").write_bytes(b"pickle")  # never downloaded
+    folder = hub_snapshot(HubRef("org/tiny"))
+    names = {p.name for p in folder.iterdir()}
+    assert "model.safetensors" in names and "tokenizer.json" in names and "pytorch_model.bin" not in names
+
+
+def test_remote_code_needs_the_flag(hub, tmp_path):
+    make_model(tmp_path / "remote", auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    hub.add("org/remote", tmp_path / "remote")
+    assert load_model("org/remote").family == "llama"  # reading the config runs nothing
+    with pytest.raises(FtoptError, match="--trust-remote-code"):
+        hub_snapshot(HubRef("org/remote"))
+
+
+@pytest.mark.slow
+def test_train_from_hub_id_and_reload_adapter_offline(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants as C
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "Hello there,", "completion": " how are you?"}) + "\n"
+                            for _ in range(16)))
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--model", "org/tiny", "--data", str(data), "--lora-r", "4", "--max-steps", "2",
+                            "--out", str(out), "--seq-len", "32", "--micro-batch", "4"])
+    assert r.exit_code == 0, r.output
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "org/tiny"
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    n = len(hub.requests)
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out))
+    assert len(hub.requests) == n  # loaded from the cache alone
+    assert model.peft_config["default"].base_model_name_or_path == "org/tiny"
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.shape == (1, 3, 320)

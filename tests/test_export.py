@@ -1,0 +1,65 @@
+"""`ftopt plan --export`: each file loads with its own library's config class."""
+import json
+import shlex
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ftopt.cli import app
+
+runner = CliRunner()
+
+
+def export(tmp_path, *flags):
+    folder = tmp_path / "export"
+    r = runner.invoke(app, ["plan", "--model", "llama-2-7b", "--export", str(folder), *flags])
+    assert r.exit_code == 0, r.output
+    return folder
+
+
+def test_deepspeed_config_loads_in_deepspeed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import deepspeed.runtime.config as dsc
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    # DeepSpeedConfig reads the world size from torch.distributed: stand in for the planned 8 ranks
+    monkeypatch.setattr(dsc, "dist", SimpleNamespace(get_rank=lambda: 0, get_world_size=lambda *a: 8))
+    folder = export(tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048")
+    ds = json.loads((folder / "ds_config.json").read_text())
+    assert "auto" not in json.dumps(ds)  # resolved: DeepSpeed alone accepts it
+    cfg = DeepSpeedConfig(str(folder / "ds_config.json"))  # validates batch sizes against the world size
+    assert cfg.zero_optimization_stage == ds["zero_optimization"]["stage"] >= 1
+    assert cfg.train_batch_size == 8 * cfg.train_micro_batch_size_per_gpu * cfg.gradient_accumulation_steps
+
+
+def test_trl_config_parses_with_trl_and_launch_names_it(tmp_path):
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    folder = export(tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048")
+    doc = yaml.safe_load((folder / "sft_config.yaml").read_text())
+    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
+    script, sft, model, _ = parser.parse_args_and_config(args=["--config", str(folder / "sft_config.yaml"),
+                                                               "--use_cpu", "true"])
+    assert model.model_name_or_path == "REPLACE-WITH-THE-HUB-ID-OF-llama-2-7b" and sft.max_length == 2048
+    assert sft.per_device_train_batch_size == doc["per_device_train_batch_size"]
+    assert sft.deepspeed == str((folder / "ds_config.json").resolve())
+    launch = (folder / "launch.sh").read_text().splitlines()[-1]
+    argv = shlex.split(launch.removeprefix("exec "))
+    assert argv[:5] == ["accelerate", "launch", "--num_processes", "8", "--num_machines"]
+    assert argv[-4:] == ["-m", "trl.scripts.sft", "--config", "sft_config.yaml"] and "--use_deepspeed" in argv
+
+
+def test_lora_run_exports_peft_fields_and_no_deepspeed(tmp_path):
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    folder = export(tmp_path, "--gpus", "1", "--gpu", "rtx4090")
+    doc = yaml.safe_load((folder / "sft_config.yaml").read_text())
+    assert doc["use_peft"] and doc["lora_r"] == 16 and not (folder / "ds_config.json").exists()
+    assert doc["gradient_checkpointing"]  # 7B on one 24 GB GPU needs LoRA + GC (the study's finding)
+    _, sft, model, _ = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)) \
+        .parse_args_and_config(args=["--config", str(folder / "sft_config.yaml"), "--use_cpu", "true"])
+    assert model.use_peft and model.lora_r == 16 and sft.gradient_checkpointing
+    assert model.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # what the plan estimated
+    assert model.dtype == "bfloat16"  # the frozen base in 16 bits, as the plan stores it

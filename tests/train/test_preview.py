@@ -1,0 +1,47 @@
+"""`ftopt preview`: what the trainer will see, with trained tokens marked."""
+import json
+import re
+
+from typer.testing import CliRunner
+
+from ftopt.cli import app
+
+runner = CliRunner()
+CHAT = {"messages": [{"role": "user", "content": "What is LoRA?"},
+                     {"role": "assistant", "content": "Low-rank adapters."}]}
+
+
+def _data(tmp_path, rows):
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def test_preview_json_marks_exactly_the_assistant_tokens(tmp_path):
+    p = _data(tmp_path, [CHAT] * 3)
+    r = runner.invoke(app, ["preview", "--data", str(p), "--eval-fraction", "0", "-n", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert len(out["examples"]) == 2 and out["summary"]["rows"] == 3 and out["summary"]["format"] == "messages"
+    from transformers import AutoTokenizer
+
+    cached = re.search(r", (/[^,]+)\)$", out["tokenizer"]).group(1)  # "byte-level BPE ... (..., <folder>)"
+    tok = AutoTokenizer.from_pretrained(cached)
+    ex = out["examples"][0]
+    assert len(ex["input_ids"]) == len(ex["trained"])
+    trained = tok.decode([t for t, m in zip(ex["input_ids"], ex["trained"]) if m])
+    assert trained == "Low-rank adapters." + tok.eos_token
+
+
+def test_preview_text_view_and_summary(tmp_path):
+    p = _data(tmp_path, [{"prompt": "Question: 2+2?", "completion": " 4"}] * 4)
+    r = runner.invoke(app, ["preview", "--data", str(p), "-n", "1"])
+    assert r.exit_code == 0, r.output
+    assert "\u27e6 4</s>\u27e7" in r.output  # only the completion (and its EOS) is trained
+    assert "3 training rows (prompt+completion), 1 held out" in r.output and "unk_fraction 0.0000" in r.output
+
+
+def test_preview_errors_are_one_line(tmp_path):
+    p = _data(tmp_path, [{"prompt": "a", "completion": "b"}, {"prompt": "a"}])
+    r = runner.invoke(app, ["preview", "--data", str(p), "--eval-fraction", "0"])
+    assert r.exit_code == 2 and "line 2: missing completion" in r.output and "Traceback" not in r.output
