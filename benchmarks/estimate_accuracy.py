@@ -45,6 +45,9 @@ def scenarios(quick: bool, gpu: bool = False) -> list[dict]:
         for arch in GPU_PRESETS:
             for lora_r, gc, attn in ((8, False, "flash"), (8, True, "flash"), (8, False, "sdpa"), (0, True, "flash")):
                 out.append(dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="bf16-mixed", device="cuda"))
+            # QLoRA (NF4, GC) and paged 8-bit AdamW on CUDA: the in-place bitsandbytes kernels (no CPU temporaries)
+            out.append(dict(arch=arch, lora_r=8, gc=True, attn="flash", precision="bf16-mixed", device="cuda",
+                            quant="nf4", optim="paged-adamw-8bit"))
         return out
     for arch in (["llama-gqa-100m"] if quick else ARCHS):
         for lora_r in (0, 8):
@@ -53,6 +56,33 @@ def scenarios(quick: bool, gpu: bool = False) -> list[dict]:
                     out.append(dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="fp32"))
         out.append(dict(arch=arch, lora_r=8, gc=False, attn="sdpa", precision="bf16-mixed"))
     return out
+
+
+# QLoRA / 8-bit optimizer scenarios (issue 11) and the known misses (seq 1024 x 1, a 0.5B qwen2 preset).
+QUANT_ARCHS = ("llama-gqa-100m", "qwen2-tied-110m", "neox-160m")
+
+
+def quant_scenarios() -> list[dict]:
+    out = []
+    for arch in QUANT_ARCHS:
+        for gc in (False, True):
+            out.append(dict(arch=arch, lora_r=8, gc=gc, attn="sdpa", precision="bf16-mixed", quant="nf4"))
+        out.append(dict(arch=arch, lora_r=0, gc=False, attn="sdpa", precision="fp32", optim="adamw-8bit"))
+    return out
+
+
+def miss_scenarios() -> list[dict]:
+    return [dict(arch="llama-gqa-100m", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
+            dict(arch="qwen2.5-0.5b", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
+            dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32"),
+            dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32", seq=64, batch=8)]  # CPU defaults
+
+
+def _combo(sc: dict):
+    from ftopt.spec import Combination
+
+    return Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"], quant=sc.get("quant", "none"),
+                       optim=sc.get("optim", "adamw"))
 
 
 def run_one(sc: dict) -> dict:
@@ -67,13 +97,15 @@ def run_one(sc: dict) -> dict:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     spec = _spec(sc)
-    combo = Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"])
+    combo = _combo(sc)
     device = sc.get("device", "cpu")
+    seq, batch = sc.get("seq", SEQ), sc.get("batch", BATCH)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, spec.vocab_size, (2 * BATCH, SEQ), generator=g)
+    ids = torch.randint(0, spec.vocab_size, (2 * batch, seq), generator=g)
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     prec = Precision(sc["precision"])
-    args = TrainingArguments(output_dir="/tmp/ftopt-acc", max_steps=2, per_device_train_batch_size=BATCH,
+    args = TrainingArguments(output_dir="/tmp/ftopt-acc", max_steps=2, per_device_train_batch_size=batch,
+                             optim=combo.optim.hf_name,
                              learning_rate=1e-4, report_to=[], save_strategy="no", logging_strategy="no",
                              use_cpu=device == "cpu", bf16=prec is Precision.BF16_MIXED, dataloader_num_workers=0,
                              disable_tqdm=True)
@@ -118,8 +150,8 @@ def estimates(sc: dict) -> dict:
     from ftopt.spec import Combination, TrainingSetup, from_hf_config, load_hardware
 
     spec = _spec(sc)
-    combo = Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"])
-    setup = TrainingSetup(seq_len=SEQ, micro_batch=BATCH, precision=sc["precision"])
+    combo = _combo(sc)
+    setup = TrainingSetup(seq_len=sc.get("seq", SEQ), micro_batch=sc.get("batch", BATCH), precision=sc["precision"])
     hw = load_hardware("h200" if sc.get("device") == "cuda" else "cpu")
     return {m: estimate(spec, hw, setup, combo, m).peak_bytes_per_gpu for m in ("analytic", "traced")}
 
@@ -129,14 +161,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gpu", action="store_true", help="CUDA scenarios (0.5B-8B presets, flash)")
     ap.add_argument("--zero-only", action="store_true", help="only the two-process ZeRO-2/3 scenarios")
+    ap.add_argument("--quant", action="store_true", help="only QLoRA (NF4, GC on/off) and 8-bit AdamW scenarios")
+    ap.add_argument("--misses", action="store_true", help="only the known-miss scenarios (seq 1024 x 1, 0.5B qwen2)")
+    ap.add_argument("--only", help="comma list of scenario indices to run (within the chosen set)")
+    ap.add_argument("--table", action="store_true", help="print the Markdown table of the saved quant/misses results")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.table:
+        print_table()
+        return
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return
     rows = []
     results = RESULTS.with_name("gpu_check.json") if a.gpu else RESULTS
-    for sc in ([] if a.zero_only else scenarios(a.quick, a.gpu)):
+    chosen = quant_scenarios() if a.quant else miss_scenarios() if a.misses else scenarios(a.quick, a.gpu)
+    if a.quant or a.misses:
+        results = RESULTS.with_name("estimate_accuracy_quant.json" if a.quant else "estimate_accuracy_misses.json")
+    if a.only:
+        chosen = [chosen[int(i)] for i in a.only.split(",")]
+        results = results.with_name(results.stem + f"_{a.only.replace(',', '-')}.json")
+    for sc in ([] if a.zero_only else chosen):
         p = subprocess.run([sys.executable, __file__, "--one", json.dumps(sc)], capture_output=True, text=True,
                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if p.returncode != 0:
@@ -148,11 +193,13 @@ def main() -> None:
         for k, v in est.items():
             row[f"{k}_error"] = (v - real["measured_bytes"]) / real["measured_bytes"]
         rows.append(row)
+        _save(results, rows, [], {})  # after each run: a slow CPU sweep interrupted keeps what it measured
         print(f"{sc['arch']:16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} {sc['attn']:5} "
-              f"{sc['precision']:10} measured {real['measured_bytes'] / 2**20:8.1f} MiB  analytic "
+              f"{sc['precision']:10} {sc.get('quant', 'none'):4} {sc.get('optim', 'adamw'):10} "
+              f"s{sc.get('seq', SEQ)}x{sc.get('batch', BATCH)} measured {real['measured_bytes'] / 2**20:8.1f} MiB  analytic "
               f"{row['analytic_error']:+6.1%}  traced {row['traced_error']:+6.1%}", flush=True)
     zero_rows = []
-    if not a.gpu:
+    if not (a.gpu or a.quant or a.misses):
         import tempfile
 
         work = Path(tempfile.mkdtemp(prefix="ftopt-zero-"))
@@ -176,12 +223,33 @@ def main() -> None:
         summary[k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
         print(f"{k:8}: median |error| {summary[k]['median_abs_error']:.2%}, worst {summary[k]['worst_abs_error']:.2%} "
               f"over {len(rows)} runs")
-    from ftopt.io import atomic_write_text
-
     if a.zero_only:  # keep the single-process rows of the last full run
         results = RESULTS.with_name("estimate_accuracy_zero.json")
-    atomic_write_text(results, json.dumps({"rows": rows, "zero_rows": zero_rows, "summary": summary, "seq_len": SEQ,
-                                           "micro_batch": BATCH}, indent=2))
+    _save(results, rows, zero_rows, summary)
+
+
+def print_table() -> None:
+    """The README table: every row of benchmarks/results/estimate_accuracy_{quant,misses}*.json, and the medians."""
+    rows = [r for f in sorted(RESULTS.parent.glob("estimate_accuracy_*.json")) if "quant" in f.name or "misses" in f.name
+            for r in json.loads(f.read_text())["rows"]]
+    for r in rows:
+        what = "full" if not r["lora_r"] else f"LoRA r{r['lora_r']}"
+        extras = " ".join(x for x in (r.get("quant", "none").upper() if r.get("quant", "none") != "none" else "",
+                                      r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "") if x)
+        print(f"| {r['arch']} {what} {extras} gc={r['gc']} {r['attn']} seq {r.get('seq', SEQ)} x {r.get('batch', BATCH)} | "
+              f"{r['precision']} | {r['measured_bytes'] / 2**20:.1f} MiB | {r['analytic_error']:+.1%} | "
+              f"{r['traced_error']:+.1%} |")
+    for k in ("analytic", "traced"):
+        errs = sorted(abs(r[f"{k}_error"]) for r in rows)
+        if errs:
+            print(f"{k}: median |error| {statistics.median(errs):.1%}, worst {errs[-1]:.1%} over {len(errs)} runs")
+
+
+def _save(path: Path, rows: list, zero_rows: list, summary: dict) -> None:
+    from ftopt.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"rows": rows, "zero_rows": zero_rows, "summary": summary, "seq_len": SEQ,
+                                        "micro_batch": BATCH}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""The planner reproduces the published findings of arXiv 2406.02290 from its own predictions."""
+"""The planner reproduces the published findings of arXiv 2406.02290 from its own predictions, within the study's
+option space (unquantized bases, 32-bit AdamW; tests/test_plan_quant.py covers quantization and 8-bit optimizers)."""
 import re
 
 import pytest
 
 from ftopt.plan import plan
-from ftopt.spec import Combination, Offload, TrainingSetup, load_hardware, load_model
+from ftopt.spec import Combination, Offload, Optim, Quant, TrainingSetup, load_hardware, load_model
 
 A100 = load_hardware("a100-80g")
 NODE = TrainingSetup(seq_len=2048, gpus_per_node=8, dataset_tokens=50_000_000)
+STUDY = dict(quants=(Quant.NONE,), optims=(Optim.ADAMW,))  # the study's options: 16-bit base, AdamW
 
 
 def find(p, **kw):
@@ -17,7 +19,7 @@ def find(p, **kw):
 
 @pytest.mark.parametrize("model", ["llama-2-7b", "llama-2-13b"])
 def test_7b_13b_on_a100_node(model):
-    p = plan(load_model(model), A100, NODE)
+    p = plan(load_model(model), A100, NODE, **STUDY)
     rec = p.recommended.combination
     # full fine-tuning without ZeRO does not fit
     assert not any(e.fits for e in p.candidates if not e.combination.lora and e.combination.zero == 0)
@@ -29,7 +31,7 @@ def test_7b_13b_on_a100_node(model):
 
 
 def test_70b_on_a100_node():
-    p = plan(load_model("llama-2-70b"), A100, NODE)
+    p = plan(load_model("llama-2-70b"), A100, NODE, **STUDY)
     full_fit = [e for e in p.candidates if not e.combination.lora and e.fits]
     full_device_fit = [e for e in p.candidates if not e.combination.lora and e.device_bytes_per_gpu <= e.capacity_bytes]
     # full fine-tuning needs ZeRO-3 and offload to fit the GPUs at all
@@ -40,7 +42,7 @@ def test_70b_on_a100_node():
     no_off = [e for e in p.candidates if e.fits and e.combination.offload is Offload.NONE]
     assert no_off and all(e.combination.zero == 3 and e.combination.lora for e in no_off)
     # and GC where the activations demand it: at 4k, only GC combinations fit without offload
-    p4 = plan(load_model("llama-2-70b"), A100, NODE.model_copy(update={"seq_len": 4096}), what_ifs=False)
+    p4 = plan(load_model("llama-2-70b"), A100, NODE.model_copy(update={"seq_len": 4096}), what_ifs=False, **STUDY)
     no_off4 = [e for e in p4.candidates if e.fits and e.combination.offload is Offload.NONE]
     assert no_off4 and all(e.combination.gc for e in no_off4 if e.combination.attn.value == "eager")
 
@@ -55,7 +57,7 @@ def test_flash_raises_longest_context():
 
 
 def test_7b_on_one_24gb_gpu_needs_lora_and_gc():
-    p = plan(load_model("llama-2-7b"), load_hardware("rtx4090"), TrainingSetup(seq_len=2048))
+    p = plan(load_model("llama-2-7b"), load_hardware("rtx4090"), TrainingSetup(seq_len=2048), **STUDY)
     rec = p.recommended.combination
     assert rec.lora and rec.gc
     # nothing without LoRA fits unless everything is offloaded to the host

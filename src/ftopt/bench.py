@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftopt.errors import FtoptError, validation_message
 from ftopt.io import append_line_atomic
-from ftopt.spec import Attention, Combination, HardwareSpec, OutputSpec, RunSpec
+from ftopt.spec import Attention, Combination, HardwareSpec, Optim, OutputSpec, Quant, RunSpec
 
 RESULTS_SCHEMA = "ftopt.bench/2"
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -228,3 +228,15 @@ def predicted(spec: RunSpec) -> dict:
     from ftopt.spec import load_model
 
     return predictions(load_model(spec.model.ref), spec.hardware, spec.setup, spec.combination)
+
+
+def quant_optim_variants(combos: list[Combination], quant: Quant | None, optim: Optim | None) -> list[Combination]:
+    """Copies of the combinations that can take `quant` (LoRA, ZeRO 0-2) or `optim` (no ZeRO), with it set: the
+    sweep then measures each reference point beside its quantized / 8-bit twin."""
+    out = []
+    for c in combos:
+        upd = {k: v for k, v in (("quant", quant if c.lora and c.zero < 3 else None),
+                                  ("optim", optim if not c.zero else None)) if v is not None}
+        if upd:
+            out.append(Combination(**{**c.model_dump(), **upd}))
+    return out

@@ -15,7 +15,7 @@ import typer
 
 from ftopt.cli_common import (
     Attn, DatasetTokens, Epochs, GradAccum, Gc, Gpu, Gpus, Json, LoraR, LoraTargets, MethodOpt, MicroBatch, Nodes,
-    OffloadOpt, PrecisionOpt, SeqLen, Zero, check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
+    OffloadOpt, OptimOpt, PrecisionOpt, QuantOpt, SeqLen, Zero, check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
 )
 from ftopt.errors import FtoptError
 
@@ -77,8 +77,8 @@ def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, c
              micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
              dataset_tokens: DatasetTokens = None, epochs: Epochs = None, gc: Gc = None, lora_r: LoraR = None,
              lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None, attn: Attn = None,
-             method: MethodOpt = "analytic", json_out: Json = False, calibration: CalibrationOpt = None,
-             host_ram: HostRam = None):
+             quant: QuantOpt = None, optim: OptimOpt = None, method: MethodOpt = "analytic", json_out: Json = False,
+             calibration: CalibrationOpt = None, host_ram: HostRam = None):
     """Per-GPU memory and time of ONE combination, before anything runs."""
     def body():
         from ftopt import estimate as est
@@ -90,7 +90,7 @@ def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, c
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                               gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
         combo = resolve.combination(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload,
-                                    attn=attn)
+                                    attn=attn, quant=quant, optim=optim)
         e = est(m, hw, setup, combo, method_of(method))
         if json_out:
             typer.echo(json.dumps(e.to_json(), indent=2))
@@ -112,6 +112,9 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
              "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency [default: none, no costs shown]")] = None,
          currency: Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour and every cost shown")] = "USD",
          method: MethodOpt = "analytic", json_out: Json = False,
+         quant: Annotated[Optional[str], typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 "
+                                                      "[default: none,nf4,int8]")] = None,
+         optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
          out: Annotated[Optional[Path], typer.Option("--out", help="write the plan JSON (with the recommended run "
                                                      "for 'ftopt train --plan') to this file")] = None,
          calibration: CalibrationOpt = None, host_ram: HostRam = None,
@@ -133,7 +136,8 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
                               gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
         p = make_plan(m, hw, setup, method=method_of(method), max_hours=max_hours, full_only=full_only, lora_r=lora_r,
                       lora_targets=resolve.lora_target_list(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour,
-                      currency=currency)
+                      currency=currency, quants=resolve.enum_list("quant", quant),
+                      optims=resolve.enum_list("optim", optim))
         doc = p.to_json()
         ref = resolve.model_ref(model, weights=resolve.has_weights(model))
         run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
@@ -173,7 +177,7 @@ def train(
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="pack sequences [default: off]")] = None,
     seq_len: SeqLen = None, micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
     gc: Gc = None, lora_r: LoraR = None, lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None,
-    attn: Attn = None, epochs: Epochs = None,
+    attn: Attn = None, quant: QuantOpt = None, optim: OptimOpt = None, epochs: Epochs = None,
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="run exactly the run of a plan JSON "
                                                       "('ftopt plan --out') or a run specification file")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="optimizer steps; -1 = run the epochs "
@@ -214,7 +218,8 @@ def train(
             resolve_weights(model, trust_remote_code)  # a folder, or the Hub download, before any process starts
         given_setup = dict(seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                            gpus_per_node=gpus, nodes=nodes, epochs=epochs)
-        given_combo = dict(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload, attn=attn)
+        given_combo = dict(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload, attn=attn,
+                           quant=quant, optim=optim)
         if plan_file is not None:
             if gpu is not None:
                 raise FtoptError("--gpu would change the hardware the plan predicted for; plan again instead.")
@@ -266,11 +271,13 @@ def bench(
                                                          "and record it as 'timeout' [default: no limit]")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="held-out data [default: split from --data]")] = None,
     metric: MetricOpt = None, quality_target: QualityTargetOpt = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="also run each LoRA point with this base: nf4 | fp4 | int8")] = None,
+    optim: Annotated[Optional[str], typer.Option("--optim", help="also run each ZeRO-free point with this optimizer")] = None,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
         from ftopt import resolve
-        from ftopt.bench import load_grid, reference_combinations, run_sweep, sweep_runs
+        from ftopt.bench import load_grid, quant_optim_variants, reference_combinations, run_sweep, sweep_runs
         from ftopt.display import console
 
         if repeat < 1:
@@ -285,6 +292,8 @@ def bench(
         check_out_folder(out)
         hw = hardware(gpu)
         combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
+        q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
+        combos += quant_optim_variants(combos, q[0] if q else None, o[0] if o else None)
         ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None)
         base = resolve.finish_run(
             resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision),

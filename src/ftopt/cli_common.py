@@ -34,6 +34,10 @@ LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="comm
 Zero = Annotated[Optional[int], typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
 OffloadOpt = Annotated[Optional[str], typer.Option("--offload", help="none | optimizer | all [default: none]")]
 Attn = Annotated[Optional[str], typer.Option("--attn", help="eager | sdpa | flash [default: sdpa]")]
+QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="base quantization (bitsandbytes; needs LoRA): none | nf4 "
+                                                "| fp4 | int8 [default: none]")]
+OptimOpt = Annotated[Optional[str], typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw "
+                                                "[default: adamw]")]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON (documented schema) instead of tables")]
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
+from ftopt import quantize
 from ftopt.errors import FtoptError
 from ftopt.policy import lora_targets, storage
-from ftopt.spec import Attention, Combination, ModelSpec, Precision
+from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
 
 
 
@@ -74,18 +75,22 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
     return model
 
 
-def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
-                num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0):
-    """Random-init (or load `weights_dir`) the model with the run's dtype, attention, LoRA and GC applied."""
+def build_base(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
+               num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0):
+    """The transformers model in the run's dtype and attention, before quantization, LoRA and GC (a model loaded
+    from `weights_dir` with a quantized base comes back quantized: transformers quantizes while loading)."""
     from transformers import AutoModelForCausalLM
 
     dev = torch.device(device)
     attn = attn_implementation(combo.attn, dev.type)
     dtype = model_dtype(precision, combo)
+    if combo.quant is not Quant.NONE:
+        quantize.require_bitsandbytes()
     try:
         if weights_dir is not None:
+            extra = {"quantization_config": quantize.bnb_config(combo, precision)} if combo.quant is not Quant.NONE else {}
             model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, attn_implementation=attn,
-                                                         trust_remote_code=False, use_safetensors=True)
+                                                         trust_remote_code=False, use_safetensors=True, **extra)
         else:
             cfg = hf_config(spec, num_layers, attn)
             torch.manual_seed(seed)
@@ -97,6 +102,26 @@ def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, de
         raise FtoptError(f"{spec.family} does not support --attn {combo.attn.value} in this transformers version; "
                          "use --attn eager.") from None
     model.config.use_cache = False
+    return model
+
+
+def finish_model(model, spec: ModelSpec, combo: Combination, precision: Precision, quantized_already: bool = False,
+                 quantize_linears=quantize.quantize_linears):
+    """Quantize the base (QLoRA recipe: bitsandbytes linears, then prepare_model_for_kbit_training), then LoRA and
+    GC; the model in training mode. The tracer passes its storage-equivalent `quantize_linears`."""
+    if combo.quant is not Quant.NONE:
+        if not quantized_already:
+            quantize_linears(model, combo, precision)
+        model = quantize.prepare_kbit(model)
     model = apply_optimizations(model, spec, combo)
     model.train()
     return model
+
+
+def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
+                num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0,
+                quantize_linears=quantize.quantize_linears):
+    """Random-init (or load `weights_dir`) the model with the run's dtype, attention, quantization, LoRA and GC."""
+    model = build_base(spec, combo, precision, device=device, num_layers=num_layers, weights_dir=weights_dir, seed=seed)
+    return finish_model(model, spec, combo, precision, quantized_already=weights_dir is not None,
+                        quantize_linears=quantize_linears)

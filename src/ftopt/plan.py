@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
-from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, TrainingSetup
+from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
 from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 
@@ -24,6 +24,9 @@ DEFAULT_CURRENCY = "USD"
 # ZeRO stage and offload pairs DeepSpeed accepts (offload needs a stage; parameter offload needs stage 3).
 ZERO_OFFLOAD = [(0, Offload.NONE), (1, Offload.NONE), (1, Offload.OPTIMIZER), (2, Offload.NONE),
                 (2, Offload.OPTIMIZER), (3, Offload.NONE), (3, Offload.OPTIMIZER), (3, Offload.ALL)]
+# Quantized LoRA bases the plan tries. FP4 is left out: the same bytes and time as NF4, and lower quality (QLoRA
+# paper, Table 2/Fig. 3); `estimate --quant fp4` still predicts it.
+PLAN_QUANTS = (Quant.NF4, Quant.INT8)
 
 
 class LimitKind(str, Enum):
@@ -91,14 +94,23 @@ class Plan(BaseModel):
 
 
 def combinations(hw: HardwareSpec, lora_r: int = DEFAULT_LORA_R, full_only: bool = False,
-                 lora_targets: tuple[str, ...] | None = None) -> list[Combination]:
+                 lora_targets: tuple[str, ...] | None = None, quants: tuple[Quant, ...] | None = None,
+                 optims: tuple[Optim, ...] | None = None) -> list[Combination]:
     """GC on/off x full/LoRA x (ZeRO stage, offload) x every attention kernel the hardware runs (eager and SDPA
-    everywhere, flash on GPUs of compute capability 8.0+)."""
+    everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) and,
+    without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the enumeration (None =
+    PLAN_QUANTS and every optimizer)."""
     attns = [a for a in Attention if a in hw.attention_kernels]
     ranks = [0] if full_only else [0, lora_r]
+    quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
+    optim_set = tuple(Optim) if optims is None else optims
     out = []
-    for gc, r, (zero, off), attn in itertools.product([False, True], ranks, ZERO_OFFLOAD, attns):
-        out.append(Combination(gc=gc, lora_r=r, lora_targets=lora_targets if r else None, zero=zero, offload=off, attn=attn))
+    for gc, r, quant, (zero, off), optim, attn in itertools.product([False, True], ranks, quant_set, ZERO_OFFLOAD,
+                                                                     optim_set, attns):
+        if (quant is not Quant.NONE and (not r or zero == 3)) or (optim is not Optim.ADAMW and zero):
+            continue  # combinations Combination's validator rejects: not enumerated
+        out.append(Combination(gc=gc, lora_r=r, lora_targets=lora_targets if r else None, zero=zero, offload=off,
+                               attn=attn, quant=quant, optim=optim))
     return out
 
 
@@ -112,8 +124,10 @@ def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate
         return None, "no combination fits in memory"
     best_time = fitting[0].total_seconds
     near = [e for e in fitting if e.total_seconds <= best_time * (1 + NEAR_TIE_FRACTION)]
-    # simplest first: no offload, lower ZeRO stage, no extra package (flash-attn) when SDPA is predicted as fast
-    pick = min(near, key=lambda e: (e.combination.offload is not Offload.NONE, e.combination.zero,
+    # simplest first: no offload, an unquantized base and 32-bit states (exact weights and updates), lower ZeRO
+    # stage, no extra package (flash-attn) when SDPA is predicted as fast
+    pick = min(near, key=lambda e: (e.combination.offload is not Offload.NONE, e.combination.quant is not Quant.NONE,
+                                    e.combination.optim is not Optim.ADAMW, e.combination.zero,
                                     e.combination.attn is Attention.FLASH, -e.headroom_bytes))
     others = [e for e in fitting if e is not pick]
     took = (f"{fmt_seconds(pick.total_seconds)} of training" if pick.per_dataset
@@ -172,7 +186,8 @@ def fewest_gpus(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combos
 def plan(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, *, method: Method | str = Method.ANALYTIC,
          max_hours: float | None = None, full_only: bool = False, lora_r: int = DEFAULT_LORA_R,
          lora_targets: tuple[str, ...] | None = None, cost_per_gpu_hour: float | None = None,
-         currency: str = DEFAULT_CURRENCY, what_ifs: bool = True) -> Plan:
+         currency: str = DEFAULT_CURRENCY, what_ifs: bool = True, quants: tuple[Quant, ...] | None = None,
+         optims: tuple[Optim, ...] | None = None) -> Plan:
     """`hw` as given: apply a calibration (ftopt.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
     if max_hours is not None and max_hours <= 0:
@@ -183,7 +198,7 @@ def plan(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, *, method: Me
         raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
-    combos = combinations(hw, lora_r, full_only, lora_targets)
+    combos = combinations(hw, lora_r, full_only, lora_targets, quants, optims)
     # The traced method is slower: rank everything analytically, then trace the leading candidates.
     estimates = [estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos]
     estimates.sort(key=_rank_key)

@@ -4,14 +4,15 @@ planner predicts is the memory of the model the trainer builds.
 
 Sources: [ZeRO] Rajbhandari et al. 2020 (2 + 2 + K bytes per parameter, K = 12 for fp32 master + Adam);
 [HF] transformers 5 Trainer (fp32 weights under autocast for mixed precision); [DS] DeepSpeed 0.19 (16-bit module,
-fp32 partition copy kept by the ZeRO optimizer).
+fp32 partition copy kept by the ZeRO optimizer); [PEFT] prepare_model_for_kbit_training (non-quantized parameters
+of a quantized base cast to fp32); [bnb] bitsandbytes Linear4bit.forward casts its output back to the input dtype.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ftopt.errors import FtoptError
-from ftopt.spec import Combination, ModelSpec, Precision
+from ftopt.spec import Combination, ModelSpec, Precision, Quant
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class Storage:
     autocast: bool  # forward runs under torch.autocast (Trainer with fp32 weights and bf16/fp16 compute)
     act_bytes: int  # dtype of matmul outputs
     resid_bytes: int  # dtype of the residual stream (= embedding weight dtype)
+    frozen_out_bytes: int = 0  # dtype of a frozen linear's output; 0 = act_bytes (differs for quantized bases)
+
+    @property
+    def frozen_out(self) -> int:
+        return self.frozen_out_bytes or self.act_bytes
 
 
 def storage(precision: Precision, combo: Combination) -> Storage:
@@ -35,7 +41,17 @@ def storage(precision: Precision, combo: Combination) -> Storage:
     the frozen base in 16 bits (it needs no fp32 master) and PEFT keeps the adapters in fp32.
     DeepSpeed: 16-bit weights and grads plus K=12 bytes of fp32 master + Adam states per trainable parameter [ZeRO].
     bf16-true (Trainer only): everything bf16, AdamW states in the parameter dtype (torch.optim.AdamW).
+    Quantized base (QLoRA, Trainer): `frozen_weight` is the storage of the base's non-quantized parameters, fp32
+    after prepare_model_for_kbit_training [PEFT] (16-bit under DeepSpeed, which casts the module); the residual
+    stream is fp32 (fp32 embeddings) and the quantized linears return fp32 (their input's dtype) [bnb].
     """
+    if combo.quant is not Quant.NONE and precision is Precision.BF16_TRUE:
+        raise FtoptError(f"--quant {combo.quant.value} with bf16-true is not a real setup: prepare_model_for_kbit_training "
+                         "upcasts the non-quantized parameters to fp32; use bf16-mixed.")
+    if combo.quant is not Quant.NONE and precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
+        if combo.uses_deepspeed:
+            return Storage(2, 2, 2, 4, 8, autocast=False, act_bytes=2, resid_bytes=2)
+        return Storage(4, 4, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=4, frozen_out_bytes=4)
     if precision is Precision.FP32:
         # DeepSpeed's ZeRO optimizers keep an fp32 partition copy of the trainable weights whatever the model dtype
         # (stage_1_and_2.single_partition_of_fp32_groups, stage3.fp32_partitioned_groups_flat)

@@ -15,14 +15,15 @@ from typing import Any, Callable
 
 from ftopt.errors import FtoptError
 from ftopt.spec import (
-    Attention, Combination, DataSpec, HardwareSpec, LrSchedule, ModelRef, Offload, OutputSpec, Precision, ReportTo,
-    RunSpec, Schedule, TrainingSetup,
+    Attention, Combination, DataSpec, HardwareSpec, LrSchedule, ModelRef, Offload, Optim, OutputSpec, Precision, Quant,
+    ReportTo, RunSpec, Schedule, TrainingSetup,
 )
 
 # Enum-valued fields and the flag a user types for each (for one-line messages that name the flag).
 _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
     "precision": (Precision, "--precision"), "offload": (Offload, "--offload"), "attn": (Attention, "--attn"),
     "lr_schedule": (LrSchedule, "--lr-schedule"), "report_to": (ReportTo, "--report-to"),
+    "quant": (Quant, "--quant"), "optim": (Optim, "--optim"),
 }
 
 
@@ -49,6 +50,13 @@ def lora_target_list(s: str | None) -> tuple[str, ...] | None:
     if not t:
         raise FtoptError("--lora-targets is empty; give a comma list of module names.")
     return t
+
+
+def enum_list(field: str, value: str | None) -> tuple | None:
+    """A comma list of one enum field's values (`plan --quant nf4,int8`); None = not given."""
+    if value is None:
+        return None
+    return tuple(_given({field: v.strip()})[field] for v in value.split(",") if v.strip()) or None
 
 
 def setup(hw: HardwareSpec, **given) -> TrainingSetup:

@@ -37,6 +37,10 @@ def test_unknown_gpu_suggests():
     (dict(lora_r=-1), "greater than or equal to 0"),
     (dict(lora_r=0, lora_targets=("q_proj",)), "lora_r is 0"),
     (dict(gradient_checkpointing=True), "Extra inputs"),
+    (dict(quant="nf4"), "quant=nf4.*needs LoRA"),
+    (dict(quant="int8", lora_r=8, zero=3), "ZeRO stage 0, 1 or 2 only.*got stage 3"),
+    (dict(optim="adamw-8bit", zero=2), "optim=adamw-8bit.*ZeRO stage 2"),
+    (dict(quant="nf5", lora_r=8), "quant"),
 ])
 def test_combination_rules(kw, fragment):
     with pytest.raises(ValidationError, match=fragment):
@@ -49,10 +53,18 @@ def test_setup_steps_are_integer_ceil():
     assert s.steps_per_epoch() == 2
 
 
+def test_quant_and_optim_in_key_and_label():
+    c = Combination(lora_r=16, quant="nf4", optim="paged-adamw-8bit", gc=True)
+    assert c.key()["quant"] == "nf4" and c.key()["optim"] == "paged-adamw-8bit"
+    assert c.label() == "LoRA r16 + GC + NF4 + paged-adamw-8bit + sdpa"
+    assert Combination(**c.key()) == c  # a plan JSON's combination reads back (train --plan)
+    assert c.optim.hf_name == "paged_adamw_8bit" and Combination().optim.hf_name == "adamw_torch_fused"
+
+
 # ---- capabilities: what each device can run ----------------------------------------------------------------------
 from ftopt.spec import Attention, Precision  # noqa: E402
 
-FLASH_GPUS = ["a100-40g", "a100-80g", "h100-80g", "h200", "l4", "a10g", "rtx4090"]
+FLASH_GPUS = ["a100-40g", "a100-80g", "h100-80g", "h200", "l4", "a10g", "rtx4090", "l40s", "rtx-a6000"]
 
 
 @pytest.mark.parametrize("name", [n for n in hardware_names() if n != "cpu"])

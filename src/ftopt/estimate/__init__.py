@@ -37,7 +37,7 @@ def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Co
     if traced is not None:
         bd, phase, cpu = traced
     else:
-        bd, phase, cpu = analytic.memory(model, setup, combo)
+        bd, phase, cpu = analytic.memory(model, setup, combo, on_gpu=not hw.is_cpu)
     peak = bd.total()
     device = analytic.device_bytes(peak, combo, hw.is_cpu, setup.world_size)
     t = step_time(model, setup, combo, hw)

@@ -14,6 +14,7 @@ per token unless stated. Sources:
   [DS]     DeepSpeed 0.19 runtime: 16-bit training casts the whole module to 16 bits and keeps the fp32 master copy
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
            Hugging Face's "auto" DeepSpeed config fills in).
+  [quant]  estimate/quant.py: QLoRA/int8 bases and bitsandbytes optimizers (QLoRA paper, bitsandbytes source).
   [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
            accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
            bucket's flat gradient tensor up front (bucket_cap_mb = 25 MiB only sets how many), so the buckets hold a
@@ -26,9 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftopt.errors import FtoptError
+from ftopt.estimate import quant as q8
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import Storage, lora_targets, storage
-from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, Offload, Precision, TrainingSetup
+from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, Offload, Optim, Precision, Quant, TrainingSetup
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
@@ -45,11 +47,14 @@ def trainable_params(model: ModelSpec, combo: Combination) -> int:
 
 
 # ---- activations: tensors autograd saves for backward, per token -----------------------------------------------
-def _trainable_groups(model: ModelSpec, combo: Combination) -> set[LinearGroup]:
-    if not combo.lora:
-        return set(LinearGroup)
-    targets = set(lora_targets(model, combo))
-    return {lin.group for lin in model.layer_linears() if lin.name in targets}
+def _trainable_groups(model: ModelSpec, combo: Combination) -> dict[LinearGroup, int]:
+    """Trained linears per group (LoRA: the targeted ones)."""
+    targets = set(lora_targets(model, combo)) if combo.lora else {lin.name for lin in model.layer_linears()}
+    out: dict[LinearGroup, int] = {}
+    for lin in model.layer_linears():
+        if lin.name in targets:
+            out[lin.group] = out.get(lin.group, 0) + 1
+    return out
 
 
 def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
@@ -62,13 +67,15 @@ def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
     return in_bytes * h
 
 
-def linear_input_bytes(model: ModelSpec, st: Storage, in_features: int, trainable: bool, produced_bytes: int) -> int:
+def linear_input_bytes(model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int) -> int:
     """A matmul saves its input only to form the weight gradient (frozen weights need only W for grad-input).
-    Under autocast the saved input is the 16-bit cast; otherwise the tensor itself when not saved already."""
+    Under autocast the saved input is the 16-bit cast, one per trainable linear reading it (autocast caches casts
+    of leaf weights, not of activations); otherwise the tensor itself when not saved already. `trainable` = how
+    many linears of the group train."""
     if not trainable:
         return 0
     if st.autocast and produced_bytes == 4:
-        return 2 * in_features  # the bf16 cast autocast makes for the matmul
+        return 2 * in_features * trainable  # the bf16 casts autocast makes for the matmuls
     return produced_bytes * in_features
 
 
@@ -85,10 +92,11 @@ def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_
     return a * 3 * q + probs
 
 
-def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: bool) -> int:
+def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: bool, in_trainable: bool = True) -> int:
     """Gated (SwiGLU/GeGLU): gate output (saved by the activation), activation output and up output (saved by the
-    product); the product is saved by `down` when it trains. Plain (GELU): fc1 output, GELU output for fc2."""
-    a, i = st.act_bytes, model.intermediate_size
+    product); the product is saved by `down` when it trains. Plain (GELU): fc1 output, GELU output for fc2.
+    Outputs of frozen linears have the frozen-output dtype (fp32 for quantized bases [quant])."""
+    a, i = (st.act_bytes if in_trainable else st.frozen_out), model.intermediate_size
     if model.mlp is MlpKind.GATED:
         return a * 3 * i + (a * i if down_trainable else 0)
     return a * i + (a * i if down_trainable else 0)
@@ -101,11 +109,11 @@ def layer_activation_bytes_per_token(model: ModelSpec, combo: Combination, st: S
     norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
     h, q = model.hidden_size, model.q_dim
-    n += linear_input_bytes(model, st, h, LinearGroup.ATTN_IN in groups, norm_out_bytes if not full or st.autocast else 0)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out_bytes if not full or st.autocast else 0)
     n += attention_core_bytes(model, st, combo, seq_len)
-    n += linear_input_bytes(model, st, q, LinearGroup.ATTN_OUT in groups, st.act_bytes)
-    n += linear_input_bytes(model, st, h, LinearGroup.MLP_IN in groups, norm_out_bytes if not full or st.autocast else 0)
-    n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups)
+    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0)
+    n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups, LinearGroup.MLP_IN in groups)
     return n
 
 
@@ -124,6 +132,25 @@ def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
     vocabulary entry per token, plus the 16-bit logits when they are not fp32 already."""
     v = model.vocab_size
     return tokens * v * (12 + (st.act_bytes if st.act_bytes != 4 else 0))
+
+
+def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage, world_size: int) -> int:
+    """A trained, tied embedding gets two gradients at the very end of backward, the LM head's and the lookup's
+    (embedding_dense_backward, dense vocab x hidden); autograd adds them out of place, so the two partial gradients
+    and their sum coexist for a moment: 2 x vocab x hidden beyond the final gradient (seen in the trace of
+    qwen2-style models, whose peak it is under GC)."""
+    if combo.lora or not model.tie_embeddings:
+        return 0
+    per = model.vocab_size * (model.embed_dim or model.hidden_size) * st.grad
+    return 2 * (_ceil_div(per, world_size) if combo.zero >= 2 else per)
+
+
+def frozen_head_cast_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
+    """A frozen fp32 LM head under autocast (quantized base after prepare_model_for_kbit_training) is cast to bf16
+    on every forward and that copy is saved for the input gradient (autocast caches only trainable leaves)."""
+    if combo.quant is Quant.NONE or not st.autocast or not combo.lora:
+        return 0
+    return 2 * model.vocab_size * (model.embed_dim or model.hidden_size)
 
 
 def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
@@ -150,15 +177,20 @@ class States:
     cpu_bytes: int  # host RAM per GPU for offloaded states
 
 
-def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> States:
+def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True) -> States:
     """Per-GPU bytes of weights, master copy, Adam states and gradients [ZeRO], plus DeepSpeed's buffers [DS]."""
     n = setup.world_size
     total = model.param_count()
     train = trainable_params(model, combo)
     frozen = total - train
     weights = train * st.trainable_weight + frozen * st.frozen_weight
+    if combo.quant is not Quant.NONE:  # quantized linears + the rest at the frozen storage (fp32 after PEFT) [quant]
+        weights = train * st.trainable_weight + q8.quantized_base_bytes(model, combo.quant, st.frozen_weight)
     master, optim, grads = train * st.master, train * st.optim, train * st.grad
-    buffers, cpu = 0, 0
+    paged = 0
+    if combo.optim is not Optim.ADAMW:  # bitsandbytes states (Trainer only, so no ZeRO partitioning) [quant]
+        optim, paged = q8.bnb_optimizer_bytes(model, combo, on_gpu)
+    buffers, cpu = 0, paged
     h = model.hidden_size
     if combo.zero == 0 and n > 1:
         buffers += grads  # [DDP] gradient buckets: a full second copy of the trainable gradients
@@ -197,7 +229,8 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 # ---- the peak ---------------------------------------------------------------------------------------------------
-def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> tuple[MemoryBreakdown, str, int]:
+def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: bool = True
+           ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase name, host RAM per node) for one GPU.
 
     Three candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if
@@ -206,16 +239,23 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> tuple[
     16-bit gradient partition to fp32). Weights, master copy and Adam states are resident throughout (after the
     first step)."""
     st = storage(setup.precision, combo)
-    s = zero_states(model, setup, combo, st)
+    s = zero_states(model, setup, combo, st, on_gpu)
     acts, one_layer = activation_bytes(model, setup, combo, st)
-    logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch)
+    logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + frozen_head_cast_bytes(model, combo, st)
+    # a quantized matmul dequantizes its weight for the duration of the op (forward and backward) [quant]
+    dequant = q8.dequant_temp_bytes(model, combo.quant, 2 if st.autocast else st.act_bytes) if combo.quant is not Quant.NONE else 0
     static = dict(weights=s.weights, master_weights=s.master, optimizer_states=s.optim, engine_buffers=s.buffers)
     grads_during_fwd = s.grads if setup.grad_accum > 1 else 0
     train = trainable_params(model, combo)
     step_temp = _ceil_div(train * 4, setup.world_size) if combo.uses_deepspeed and combo.offload is Offload.NONE else 0
+    if combo.optim is not Optim.ADAMW:
+        step_temp = q8.bnb_step_temp_bytes(model, combo, on_gpu)
+    tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     candidates = [
-        ("forward/backward", MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, logits_loss=logits)),
-        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer)),
+        ("forward/backward", MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, logits_loss=logits,
+                                             temporaries=dequant)),
+        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, temporaries=dequant)),
+        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, temporaries=tied)),  # the embedding's
         ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, temporaries=step_temp)),
     ]
     phase, bd = max(candidates, key=lambda c: c[1].total())

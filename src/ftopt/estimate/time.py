@@ -16,15 +16,26 @@ Sources:
             clusters (one NIC per GPU) that hop is each GPU's own NIC, not the node's NICs divided among its GPUs.
   [Operators] each dispatched operator costs a fixed time whatever its size (estimate/kernels.py counts them per
             family); exposed when kernels are short: small models, short sequences, CPUs. Calibrated per hardware.
+  [Dequant] a 4-bit/int8 matmul dequantizes its whole weight first (bitsandbytes _gemm_4bit_default_impl; the
+            CUDA path of MatMul4Bit for batches > 1 does the same with its dequantize kernel), in forward, backward
+            and GC's recomputation. The dequantization is memory-bound: it reads the quantized weight and writes
+            the 16-bit one. GPU assumption: it runs at the HBM bandwidth (no overlap with the matmuls); on a CPU the
+            same bytes at the CPU's memory bandwidth. This is why QLoRA steps are slower than LoRA's (QLoRA paper
+            reports the same, sec. 4 / appendix).
+  [Optimizer] the AdamW update is memory-bound: per trainable parameter it reads weight, gradient and both
+            states and writes weight and states: 28 bytes with fp32 states, 4+4+2+4+2 = 16 with 8-bit ones (plus
+            the block constants); at the HBM bandwidth. Paged states that were evicted come back over the host link
+            each step (assumed: one picks a paged optimizer only when states do not stay resident).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftopt.estimate import quant as q8
 from ftopt.estimate.analytic import trainable_params
 from ftopt.policy import lora_targets, storage
 from ftopt.estimate.kernels import kernels_per_step
-from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, TrainingSetup
+from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
 
 # Fraction of gradient communication hidden behind backward compute by bucketed, overlapped reduction (DeepSpeed
 # overlap_comm=true). A stated assumption: calibrate with `ftopt bench` on the target cluster.
@@ -109,13 +120,39 @@ def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw:
     return seconds
 
 
+ADAMW_BYTES_PER_PARAM = 28  # fp32 p, g, m, v read + p, m, v written [Optimizer]
+ADAMW_8BIT_BYTES_PER_PARAM = 16  # fp32 p, g read + p written, uint8 m, v read and written [Optimizer]
+
+
+def dequant_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
+    """Dequantizing the quantized base once per matmul pass (forward, backward, GC recompute) [Dequant]."""
+    if combo.quant is Quant.NONE:
+        return 0.0
+    per_weight = (0.5 if combo.quant.four_bit else 1.0) + 2.0  # read quantized, write the 16-bit weight
+    passes = (3 if combo.gc else 2) * setup.grad_accum
+    return passes * q8.quantized_params(model) * per_weight / hw.hbm_bandwidth_bytes_per_s
+
+
+def optimizer_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
+    """The AdamW update's memory traffic per step [Optimizer] (per GPU: its ZeRO share of the states), plus paged
+    states brought back over the host link."""
+    per_param = ADAMW_8BIT_BYTES_PER_PARAM if combo.optim.eight_bit else ADAMW_BYTES_PER_PARAM
+    share = setup.world_size if combo.zero >= 1 else 1
+    if combo.offload is not Offload.NONE:
+        return 0.0  # Adam runs on the host (comm_seconds counts it)
+    seconds = trainable_params(model, combo) / share * per_param / hw.hbm_bandwidth_bytes_per_s
+    if combo.optim.paged and not hw.is_cpu:
+        seconds += 2 * q8.bnb_optimizer_bytes(model, combo, on_gpu=True)[1] / hw.host_link_bandwidth_bytes_per_s
+    return seconds
+
+
 def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> StepTime:
     """Compute at the achieved FLOP/s, plus exposed communication, plus the hardware's calibrated overheads per
     step: per dispatched operator [Operators], a fixed framework cost, and the DeepSpeed engine's per-stage cost
     (collective latency, partition bookkeeping); all 0 until `ftopt bench` measures them."""
     flops = step_flops(model, setup, combo)
     peak = hw.flops_for(setup.precision.compute_dtype) or hw.flops_for("fp32")
-    compute = flops / (peak * hw.mfu)
+    compute = flops / (peak * hw.mfu) + dequant_seconds(model, setup, combo, hw) + optimizer_seconds(model, setup, combo, hw)
     comm = comm_seconds(model, setup, combo, hw)
     kernels = kernels_per_step(model, setup, combo)
     engine = hw.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0

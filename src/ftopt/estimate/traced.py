@@ -18,6 +18,7 @@ Layers are identical, so we trace 2 and 3 layers and extrapolate each category l
 from __future__ import annotations
 
 import weakref
+from functools import partial
 from dataclasses import dataclass, field
 
 import torch
@@ -25,9 +26,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic
+from ftopt.estimate.quant import (MIN_8BIT_SIZE, OPTIM_BLOCK, PAGED_MIN_ELEMENTS, bnb_optimizer_bytes,
+                                  bnb_step_temp_bytes, quantized_weight_bytes)
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import storage
-from ftopt.spec import Combination, ModelSpec, Offload, TrainingSetup
+from ftopt.spec import Combination, ModelSpec, Offload, Optim, Quant, TrainingSetup
 
 CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
 
@@ -115,23 +118,74 @@ def _materialize(model: torch.nn.Module, device: str) -> None:
                 mod._buffers[name] = memo[id(b)]
 
 
+class _BnbAdamWStandIn:
+    """bitsandbytes AdamW's states as Optimizer2State.init_state allocates them (estimate/quant.py [8bit-opt]),
+    without its update: the bitsandbytes step reads scalars back from the device (`.item()`), which fake
+    tensors cannot answer, and its fake update kernel allocates nothing. Its CPU temporaries are added from
+    quant.bnb_step_temp_bytes."""
+
+    def __init__(self, model: torch.nn.Module, params: list, combo: Combination, step_temp_bytes: int, on_gpu: bool,
+                 tag):
+        self.tag = tag  # tracker.retag: the states are optimizer states from their creation on
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        self.params, self.combo, self.state, self.step_temp_bytes = params, combo, {}, step_temp_bytes
+        # paged states of large tensors live in CUDA unified memory, outside the allocator [paged]: kept on meta
+        self._paged = combo.optim.paged and on_gpu
+        self._eight_bit = {id(p): combo.optim.eight_bit and id(p) not in embeddings and p.numel() >= MIN_8BIT_SIZE
+                           for p in params}
+
+    def step(self) -> None:
+        for p in self.params:
+            if p in self.state:
+                continue
+            dev = "meta" if self._paged and p.numel() >= PAGED_MIN_ELEMENTS else p.device
+            dtype = torch.uint8 if self._eight_bit[id(p)] else torch.float32
+            self.state[p] = {"state1": torch.zeros(p.shape, dtype=dtype, device=dev),
+                             "state2": torch.zeros(p.shape, dtype=dtype, device=dev)}
+            if self._eight_bit[id(p)]:
+                blocks = -(-p.numel() // OPTIM_BLOCK)
+                self.state[p].update(absmax1=torch.zeros(blocks, device=dev), absmax2=torch.zeros(blocks, device=dev))
+            for v in self.state[p].values():
+                if v.device.type != "meta":
+                    self.tag(v.untyped_storage(), "optimizer_states")
+        if self.step_temp_bytes:  # the CPU kernels' fp32 working copies of the largest tensor [bnb-cpu]
+            device = self.params[0].device
+            temp = torch.empty(self.step_temp_bytes, dtype=torch.uint8, device=device)
+            del temp
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+def _optimizer(model: torch.nn.Module, params: list, spec: ModelSpec, combo: Combination, on_gpu: bool, tag):
+    """The optimizer Trainer builds: fused torch AdamW, or bitsandbytes AdamW (Trainer keeps 32-bit states for
+    every nn.Embedding weight, Trainer.create_optimizer) as a storage stand-in."""
+    if combo.optim is Optim.ADAMW:
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
+    return _BnbAdamWStandIn(model, params, combo, bnb_step_temp_bytes(spec, combo, on_gpu), on_gpu, tag)
+
+
 def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str
            ) -> tuple[dict[str, int], str]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ftopt.modeling import build_model
+    from ftopt.quantize import stand_in_linears
 
     st = storage(setup.precision, combo)
     deepspeed = combo.uses_deepspeed
     granularity = CUDA_ALLOC_GRANULARITY if device == "cuda" else 1
+    on_gpu = device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         # A CPU-only torch cannot dispatch even fake CUDA kernels (sdpa/autocast query the CUDA runtime). The CPU
         # path saves the same tensors for these models; the CUDA allocator's 512-byte rounding is still applied.
         device = "cpu"
     grad_weight = 1.0 / setup.world_size if combo.zero >= 2 else 1.0
     tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
-    model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers)
-    params = [p for p in model.parameters() if p.requires_grad]
+    # quantized bases: storage-equivalent stand-ins for the bitsandbytes linears (see quantize.stand_in_linears)
+    model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers,
+                        quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes))
     with FakeTensorMode(allow_non_fake_inputs=True):
         _materialize(model, device)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -141,7 +195,7 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
             p.register_post_accumulate_grad_hook(lambda q: tracker.retag(q.grad.untyped_storage(), "gradients"))
         head = model.get_output_embeddings()
         head.register_forward_pre_hook(lambda *_: setattr(tracker, "phase", "head"))
-        opt = None if deepspeed else torch.optim.AdamW(params, lr=1e-4, fused=True)
+        opt = None if deepspeed else _optimizer(model, params, spec, combo, on_gpu, tracker.retag)
         ids = torch.zeros((setup.micro_batch, setup.seq_len), dtype=torch.long, device=device)
         autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=st.autocast)
         with _StorageMode(tracker):
@@ -199,7 +253,8 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
         bd.update(weights=s.weights, optimizer_states=s.optim)
         extra = dict(master_weights=s.master, engine_buffers=s.buffers)
         cpu = s.cpu_bytes * setup.gpus_per_node
-    else:  # plain DDP over several ranks: the trace is one process's step; its gradient buckets come on top
+    else:  # plain DDP: its gradient buckets come on top; paged optimizer states page to host RAM [paged]
         st = storage(setup.precision, combo)
-        extra, cpu = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers), 0
+        extra = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers)
+        cpu = bnb_optimizer_bytes(spec, combo, on_gpu=target == "cuda")[1] * setup.gpus_per_node
     return MemoryBreakdown(**bd, **extra), phase or "forward/backward", cpu

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from enum import Enum
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -98,6 +99,14 @@ class ModelSpec(BaseModel):
 
     def layer_linears(self) -> list[Linear]:
         """The linears of one decoder layer with their real shapes (fused projections stay fused)."""
+        return list(self._layer_linears)
+
+    @cached_property
+    def _layer_linears(self) -> tuple[Linear, ...]:
+        # built once per spec: the plan asks for them thousands of times (frozen model, so never stale)
+        return tuple(self._build_layer_linears())
+
+    def _build_layer_linears(self) -> list[Linear]:
         h, q, kv, i, n = self.hidden_size, self.q_dim, self.kv_dim, self.intermediate_size, self.linear_names
         out: list[Linear] = []
         if "qkv" in n:

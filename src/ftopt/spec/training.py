@@ -1,7 +1,7 @@
 """Training setup and the optimization combination: the two typed objects every estimate, plan and run takes.
 
 A combination of optimizations is data (`Combination`), never a code path: the estimators, the trainer and the
-report all read the same five fields.
+report all read the same fields.
 """
 from __future__ import annotations
 
@@ -42,8 +42,43 @@ class Attention(str, Enum):
         return self is not Attention.EAGER
 
 
+class Quant(str, Enum):
+    """How the frozen base weights are stored (bitsandbytes, through transformers.BitsAndBytesConfig)."""
+
+    NONE = "none"  # the precision's dtype (see policy.storage)
+    NF4 = "nf4"  # QLoRA: 4-bit NormalFloat, 64-weight blocks, double-quantized absmax (arXiv 2305.14314)
+    FP4 = "fp4"  # 4-bit float, same block layout as NF4
+    INT8 = "int8"  # LLM.int8(): int8 weights with one fp32 scale per output row (arXiv 2208.07339)
+
+    @property
+    def four_bit(self) -> bool:
+        return self in (Quant.NF4, Quant.FP4)
+
+
+class Optim(str, Enum):
+    """The optimizer; 8-bit and paged variants are bitsandbytes' (transformers TrainingArguments `optim` names)."""
+
+    ADAMW = "adamw"  # torch.optim.AdamW, fused (Trainer's default with torch >= 2.8)
+    ADAMW_8BIT = "adamw-8bit"  # bnb.optim.AdamW(optim_bits=8): block-wise 8-bit states (arXiv 2110.02861)
+    PAGED_ADAMW_8BIT = "paged-adamw-8bit"  # the same with states in CUDA unified (paged) memory
+    PAGED_ADAMW = "paged-adamw"  # 32-bit states in paged memory
+
+    @property
+    def hf_name(self) -> str:
+        return {"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw-8bit": "paged_adamw_8bit",
+                "paged-adamw": "paged_adamw_32bit"}[self.value]
+
+    @property
+    def eight_bit(self) -> bool:
+        return self in (Optim.ADAMW_8BIT, Optim.PAGED_ADAMW_8BIT)
+
+    @property
+    def paged(self) -> bool:
+        return self in (Optim.PAGED_ADAMW_8BIT, Optim.PAGED_ADAMW)
+
+
 class Combination(BaseModel):
-    """One choice of the four memory/time optimizations."""
+    """One choice of the memory/time optimizations: GC, LoRA, ZeRO/offload, attention, base quantization, optimizer."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -53,6 +88,8 @@ class Combination(BaseModel):
     zero: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage; 0 = plain data parallel")
     offload: Offload = Offload.NONE
     attn: Attention = Attention.SDPA
+    quant: Quant = Quant.NONE
+    optim: Optim = Optim.ADAMW
 
     @model_validator(mode="after")
     def _rules(self) -> "Combination":
@@ -62,6 +99,18 @@ class Combination(BaseModel):
             raise ValueError("optimizer offload needs a ZeRO stage (1, 2 or 3), got stage 0")
         if self.lora_r == 0 and self.lora_targets:
             raise ValueError("lora_targets were given but lora_r is 0 (full fine-tuning)")
+        if self.quant is not Quant.NONE and not self.lora:
+            raise ValueError(f"a quantized base (quant={self.quant.value}) is frozen, so it needs LoRA (lora_r > 0)")
+        if self.quant is not Quant.NONE and self.zero == 3:
+            # ZeRO-3 partitions parameters; bitsandbytes' quantized parameters carry their quant_state outside the
+            # tensor, and transformers skips zero.Init for quantized models (modeling_utils: `is_deepspeed_zero3_enabled()
+            # and not is_quantized`); PEFT's ZeRO-3 QLoRA recipe needs bnb_4bit_quant_storage = the 16-bit dtype.
+            raise ValueError(f"quant={self.quant.value} runs with ZeRO stage 0, 1 or 2 only (bitsandbytes weights are "
+                             "not partitioned by ZeRO-3 here), got stage 3")
+        if self.optim is not Optim.ADAMW and self.uses_deepspeed:
+            # Under DeepSpeed the ZeRO optimizer owns the fp32 states (and offload requires DeepSpeedCPUAdam).
+            raise ValueError(f"optim={self.optim.value} is a bitsandbytes optimizer run by Trainer alone; with "
+                             f"ZeRO stage {self.zero} DeepSpeed's own AdamW holds the states, use optim=adamw")
         return self
 
     @property
@@ -81,13 +130,18 @@ class Combination(BaseModel):
             parts.append(f"offload {self.offload.value}")
         if self.gc:
             parts.append("GC")
+        if self.quant is not Quant.NONE:
+            parts.append(self.quant.value.upper())
+        if self.optim is not Optim.ADAMW:
+            parts.append(self.optim.value)
         parts.append(self.attn.value)
         return " + ".join(parts)
 
     def key(self) -> dict:
-        """The stable JSON form (documented schema: gc, lora_r, zero, offload, attn, lora_targets)."""
+        """The stable JSON form (documented schema: gc, lora_r, zero, offload, attn, lora_targets, quant, optim)."""
         return {"gc": self.gc, "lora_r": self.lora_r, "zero": self.zero, "offload": self.offload.value,
-                "attn": self.attn.value, "lora_targets": list(self.lora_targets) if self.lora_targets else None}
+                "attn": self.attn.value, "lora_targets": list(self.lora_targets) if self.lora_targets else None,
+                "quant": self.quant.value, "optim": self.optim.value}
 
 
 # Defaults that differ on a CPU (see TrainingSetup.for_hardware); shown in the CLI's --help.

@@ -44,7 +44,7 @@ def training_arguments(spec: RunSpec, device, world: int, total_steps: int):
         report_to=trainer_report_to(spec.output.report_to),
         disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_timeout=RANK_TIMEOUT_SECONDS,
         remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
-        ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
+        ddp_backend="gloo" if device.type == "cpu" and world > 1 else None, optim=spec.combination.optim.hf_name,
     )
 
 
