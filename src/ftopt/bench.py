@@ -163,6 +163,13 @@ def run_sweep(runs: list[BenchRun], results: str | Path, *, run_timeout_seconds:
     return read_results(results)
 
 
+def sweep_rows(rows: list[dict], runs: list[BenchRun]) -> list[dict]:
+    """The result lines of these runs only: a results file is appended to by every sweep that uses it, and a
+    calibration or a summary must not mix in another sweep's model, sequence length or precision."""
+    keys = {r.key() for r in runs}
+    return [r for r in rows if r["key"] in keys]
+
+
 def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, str]) -> dict:
     """One `ftopt train --plan RUN.json` subprocess: the run gets its specification as a file, never re-parsed
     flags. An OOM, crash or timeout is recorded with the prediction and the sweep goes on."""

@@ -212,10 +212,6 @@ def train(
         ref = (resolve.model_ref(model, weights=True, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
                if model else resolve.model_ref(random_init, weights=False, tokenizer=tokenizer,
                                                trust_remote_code=trust_remote_code) if random_init else None)
-        if model:
-            from ftopt.spec.hub import resolve_weights
-
-            resolve_weights(model, trust_remote_code)  # a folder, or the Hub download, before any process starts
         given_setup = dict(seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                            gpus_per_node=gpus, nodes=nodes, epochs=epochs)
         given_combo = dict(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload, attn=attn,
@@ -240,6 +236,11 @@ def train(
             hostfile=hostfile)
         resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
         check_out_folder(spec.output_dir)
+        if spec.model.weights:
+            from ftopt.spec.hub import resolve_weights
+
+            # a folder, or the Hub download (after the cheap checks), before any training process starts
+            resolve_weights(spec.model.ref, spec.model.trust_remote_code)
         with stdout_to_stderr(json_out):
             metrics = launch(spec)
         if json_out:
@@ -277,7 +278,9 @@ def bench(
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
         from ftopt import resolve
-        from ftopt.bench import load_grid, quant_optim_variants, reference_combinations, run_sweep, sweep_runs
+        from ftopt.bench import (
+            load_grid, quant_optim_variants, reference_combinations, run_sweep, sweep_rows, sweep_runs,
+        )
         from ftopt.display import console
 
         if repeat < 1:
@@ -302,9 +305,10 @@ def bench(
         for c in combos:
             resolve.check(base.model_copy(update={"combination": c}))
         runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or _default_zero_gpus(hw))
-        rows = run_sweep(runs, out / "results.jsonl", run_timeout_seconds=run_timeout,
-                         on_event=lambda k, i: console.print(f"[{i['index']}/{i['total']}] {i['label']}: "
-                                                             f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}"))
+        rows = sweep_rows(run_sweep(runs, out / "results.jsonl", run_timeout_seconds=run_timeout,
+                                    on_event=lambda k, i: console.print(
+                                        f"[{i['index']}/{i['total']}] {i['label']}: "
+                                        f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}")), runs)
         console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {out / 'results.jsonl'}")
         if target is not None:
             met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt import sample_task
-from ftopt.bench import reference_combinations, run_sweep, sweep_runs
+from ftopt.bench import reference_combinations, run_sweep, sweep_rows, sweep_runs
 from ftopt.calibration_store import calibrate_and_store
 from ftopt.display import console, print_calibration, print_plan
 from ftopt.io import atomic_write_text
@@ -87,7 +87,7 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
                       f"({time.perf_counter() - t0:.0f} s)")
 
     runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
-    rows = run_sweep(runs, out / "results.jsonl", on_event=event)
+    rows = sweep_rows(run_sweep(runs, out / "results.jsonl", on_event=event), runs)
 
     console.rule("3/3 report")
     fit = None

@@ -116,8 +116,9 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
               p("traced", "step_seconds", fmt_seconds))
     console.print(t)
     em = meas.get("exact_match")
-    console.print(f"tokens/s {meas['tokens_per_s']:.0f}; epoch {fmt_seconds(meas['epoch_seconds'] or 0)}; "
-                  f"train loss {meas['train_loss']:.3f}; eval loss {meas['eval_loss']:.3f}"
+    num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731 - e.g. no eval loss without a split
+    console.print(f"tokens/s {num(meas['tokens_per_s'], '.0f')}; epoch {fmt_seconds(meas['epoch_seconds'] or 0)}; "
+                  f"train loss {num(meas['train_loss'], '.3f')}; eval loss {num(meas['eval_loss'], '.3f')}"
                   + (f"; exact match {em:.0%}" if em is not None else "")
                   + (f"; MFU {m['mfu']:.1%}" if m.get("mfu") else ""))
     console.print(f"saved model, tokenizer and metrics.json in {output_dir}")

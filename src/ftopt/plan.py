@@ -199,6 +199,9 @@ def plan(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, *, method: Me
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
     combos = combinations(hw, lora_r, full_only, lora_targets, quants, optims)
+    if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
+        raise FtoptError("No combination to plan: quantized bases need LoRA, so --full-only with --quant "
+                         f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only.")
     # The traced method is slower: rank everything analytically, then trace the leading candidates.
     estimates = [estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos]
     estimates.sort(key=_rank_key)

@@ -27,6 +27,9 @@ _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
 }
 
 
+_FLAG_NAMES = {"gpus_per_node": "--gpus", "gc": "--gc/--no-gc"}  # fields whose flag is not the field's name
+
+
 def _given(values: dict[str, Any]) -> dict[str, Any]:
     """Drop what was not given; turn enum strings into enums with a message that names the flag."""
     out = {}
@@ -74,9 +77,12 @@ def model_ref(ref: str, *, weights: bool, tokenizer: str | None = None, trust_re
 
 
 def has_weights(ref: str) -> bool:
-    """A local folder with safetensors weights (a planned model that `train` can load as is)."""
+    """A local folder with safetensors weights, or a Hub id: a planned model that `train` loads with its weights
+    (a preset or a config.json has none: random init)."""
+    from ftopt.spec.hub import parse_hub_id
+
     p = Path(ref).expanduser()
-    return p.is_dir() and any(p.glob("*.safetensors"))
+    return (p.is_dir() and any(p.glob("*.safetensors"))) or (not p.exists() and parse_hub_id(ref) is not None)
 
 
 def read_run_file(path: Path) -> RunSpec:
@@ -103,7 +109,7 @@ def run_from_file(path: Path, *, model: ModelRef | None, given_setup: dict, give
     spec = read_run_file(path)
     clash = [k for k, v in {**given_setup, **given_combination}.items() if v is not None]
     if clash:
-        flags = ", ".join("--" + k.replace("_", "-") for k in clash)
+        flags = ", ".join(_FLAG_NAMES.get(k, "--" + k.replace("_", "-")) for k in clash)
         raise FtoptError(f"{flags} would change what the plan {path} predicted; edit the plan (or plan again) "
                          "instead of overriding it.")
     if model is not None and model != spec.model:
@@ -118,6 +124,9 @@ def finish_run(spec: RunSpec, *, data: dict, schedule: dict, output: dict, hostf
     def merged(obj, given: dict):
         return type(obj).model_validate({**obj.model_dump(), **_given(given)})
 
+    # resume/overwrite say what to do with the folder *now*: a run file's values (bench writes overwrite=True) never
+    # carry over to another invocation
+    output = {"resume": False, "overwrite": False, **{k: v for k, v in output.items() if v is not None}}
     doc = {"data": merged(spec.data, data), "schedule": merged(spec.schedule, schedule),
            "output": merged(spec.output, output)}
     if hostfile is not None:

@@ -45,7 +45,8 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_
     summ = _steps_summary(steps)
     s = spec.setup
     steps_per_epoch = max(1, -(-train_examples // (s.micro_batch * s.grad_accum * world)))
-    tokens_per_s = summ["tokens_per_s_rank0"] * world if summ["tokens_per_s_rank0"] else None
+    # Trainer's num_input_tokens_seen is gathered over all ranks, so rank 0's step records are already global
+    tokens_per_s = summ["tokens_per_s_rank0"]
     r0 = ranks[0]
     measured = {
         "peak_bytes_per_gpu": max(r["peak_allocated_bytes"] or 0 for r in ranks),

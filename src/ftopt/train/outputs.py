@@ -22,7 +22,10 @@ RUN_FILES = (CONFIG_NAME, "metrics.json", "steps.jsonl", "launcher.log", "run.js
 
 
 def holds_run(out: Path) -> bool:
-    return out.is_dir() and ((out / CONFIG_NAME).exists() or (out / "steps.jsonl").exists()
+    """A run that trained at least one step (a start that failed on its data or tokenizer left only its
+    resolved_config.json: the corrected command may reuse the folder)."""
+    steps = out / "steps.jsonl"
+    return out.is_dir() and ((steps.exists() and steps.stat().st_size > 0) or (out / "metrics.json").exists()
                              or any(out.glob("checkpoint-*")))
 
 

@@ -15,6 +15,12 @@ from ftopt.spec.hardware import AMPERE  # FlashAttention-2 and bf16 need Ampere 
 def check_devices(spec: RunSpec) -> None:
     import torch
 
+    from ftopt.spec.training import Optim, Quant
+
+    if spec.combination.quant is not Quant.NONE or spec.combination.optim is not Optim.ADAMW:
+        from ftopt.quantize import require_bitsandbytes
+
+        require_bitsandbytes()
     precision, attn = spec.setup.precision, spec.combination.attn
     if not torch.cuda.is_available():
         if attn is Attention.FLASH:
