@@ -54,7 +54,8 @@ def test_trl_config_parses_with_trl_and_launch_names_it(tmp_path):
 def test_lora_run_exports_peft_fields_and_no_deepspeed(tmp_path):
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    folder = export(tmp_path, "--gpus", "1", "--gpu", "rtx4090")
+    # the study's option space (16-bit base, 32-bit AdamW): quantized bases would change the recommendation
+    folder = export(tmp_path, "--gpus", "1", "--gpu", "rtx4090", "--quant", "none", "--optim", "adamw")
     doc = yaml.safe_load((folder / "sft_config.yaml").read_text())
     assert doc["use_peft"] and doc["lora_r"] == 16 and not (folder / "ds_config.json").exists()
     assert doc["gradient_checkpointing"]  # 7B on one 24 GB GPU needs LoRA + GC (the study's finding)

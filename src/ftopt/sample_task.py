@@ -57,7 +57,9 @@ def tokenizer():
 
     vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Whitespace(), not WhitespaceSplit(): TRL-style preparation tokenizes prompt + completion as one string, and
+    # "=>" must not fuse with the first completion letter ("=>a" would be one unknown word)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
                                    unk_token="[UNK]")
