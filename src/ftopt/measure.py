@@ -35,14 +35,22 @@ class AllocatorPeak:
 
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False)
         self.peak_bytes: int | None = None
+        self._stopped = False
 
     def start(self) -> "AllocatorPeak":
         self._prof.start()
         return self
 
+    def stop_recording(self) -> None:
+        """Stop recording now and read the events later (`stop`): reading walks every recorded event (the model
+        build's included) in Python, work that does not belong inside a timed training loop."""
+        if not self._stopped:
+            self._prof.stop()
+            self._stopped = True
+
     def stop(self) -> int:
         if self.peak_bytes is None:
-            self._prof.stop()
+            self.stop_recording()
             events = [e for e in self._prof.profiler.kineto_results.events()
                       if e.name() == "[memory]" and e.device_type().name == "CPU"]
             events.sort(key=lambda e: e.start_ns())

@@ -36,7 +36,7 @@ class TrainingPeak:
 
     def after_step(self, step: int) -> None:
         if self._cpu is not None and step >= MEMORY_TRACE_STEPS:
-            self.read()
+            self._cpu.stop_recording()  # the events are read after training (read()), outside the timed loop
 
     def read(self) -> None:
         """Idempotent: the first call after training fixes the figures."""
