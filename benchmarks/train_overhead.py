@@ -1,7 +1,7 @@
 """What measuring costs, and what packing buys. Prints figures; not a test (shared machines are noisy, so the two
 sides alternate in one run and are compared as ratios).
 
-    .venv/bin/python benchmarks/train_overhead.py            # ~6 min on 2 cores
+    .venv/bin/python benchmarks/train_overhead.py            # ~12 min on 2 cores (--no-packing: ~5)
     .venv/bin/python benchmarks/train_overhead.py --rounds 1 # quicker, noisier
 
 1. `ftopt train` vs a plain Hugging Face Trainer script with identical settings (same model config, data,
@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS, SEQ, BATCH = 150, 64, 8
+# 600 steps: at 150 (4 s runs) the run-to-run swing of either side alone (±3-5%) exceeds what is measured
+STEPS, SEQ, BATCH = 600, 64, 8
 # One thread per side, as `ftopt bench` runs CPU sweeps: a multi-threaded tiny step waits for its slowest thread,
 # and on a shared machine that swing (not ftopt) dominated the two-thread ratios (0.69 to 1.5 between rounds).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -109,17 +110,22 @@ def variable_length_data(path: Path, n: int = 1500) -> None:
 
 
 def main() -> None:
+    global STEPS
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=STEPS, help="steps per run (longer runs: less run-to-run noise)")
+    ap.add_argument("--no-packing", action="store_true", help="skip the packing comparison")
     ap.add_argument("--plain", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    STEPS = a.steps
     if a.plain:
         print(json.dumps({"tokens_per_s": plain_trainer(a.plain)}))
         return
     tmp = Path(tempfile.mkdtemp(prefix="ftopt-overhead-"))
     ftopt_tps, plain_tps = [], []
     for i in range(a.rounds):  # alternate so drift on a shared machine hits both sides alike
-        p = subprocess.run([sys.executable, __file__, "--plain", str(tmp / f"plain{i}")], check=True, env=ENV,
+        p = subprocess.run([sys.executable, __file__, "--plain", str(tmp / f"plain{i}"), "--steps", str(STEPS)],
+                           check=True, env=ENV,
                            capture_output=True, text=True)
         plain_tps.append(json.loads(p.stdout.strip().splitlines()[-1])["tokens_per_s"])
         ftopt_tps.append(ftopt_run(str(tmp / f"ftopt{i}"))["tokens_per_s"])
@@ -131,15 +137,16 @@ def main() -> None:
     for line in gpu_sized_share(cb):
         print("  " + line)
 
-    data = tmp / "varlen.jsonl"
-    variable_length_data(data)
-    pad, packed = [], []
-    for i in range(a.rounds):
-        pad.append(ftopt_run(str(tmp / f"pad{i}"), "--data", str(data), "--seq-len", "128")["tokens_per_s"])
-        packed.append(ftopt_run(str(tmp / f"pack{i}"), "--data", str(data), "--seq-len", "128", "--packing")["tokens_per_s"])
-        print(f"round {i + 1}: padding {pad[-1]:.0f} tok/s, packing {packed[-1]:.0f} tok/s", flush=True)
-    pratio = statistics.median(k / p for k, p in zip(packed, pad))
-    print(f"packing / padding non-padding tokens/s: median ratio {pratio:.2f} (target >= 1.5)")
+    pad, packed, pratio = [], [], None
+    if not a.no_packing:
+        data = tmp / "varlen.jsonl"
+        variable_length_data(data)
+        for i in range(a.rounds):
+            pad.append(ftopt_run(str(tmp / f"pad{i}"), "--data", str(data), "--seq-len", "128")["tokens_per_s"])
+            packed.append(ftopt_run(str(tmp / f"pack{i}"), "--data", str(data), "--seq-len", "128", "--packing")["tokens_per_s"])
+            print(f"round {i + 1}: padding {pad[-1]:.0f} tok/s, packing {packed[-1]:.0f} tok/s", flush=True)
+        pratio = statistics.median(k / p for k, p in zip(packed, pad))
+        print(f"packing / padding non-padding tokens/s: median ratio {pratio:.2f} (target >= 1.5)")
     from ftopt.io import atomic_write_text
 
     atomic_write_text(ROOT / "benchmarks" / "results" / "train_overhead.json", json.dumps({

@@ -14,7 +14,6 @@ import string
 from typing import Callable
 
 LETTERS = string.ascii_lowercase
-SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
 PRETRAIN_OPS = ("copy", "shift", "reverse")
 FINETUNE_OP = "back"
 WORDS = [*LETTERS, ":", "=>", *PRETRAIN_OPS, FINETUNE_OP]
@@ -52,14 +51,6 @@ def finetune_task(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict],
 
 def tokenizer():
     """A word-level tokenizer over the language (one id per letter and operator), built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from ftopt.train.data import word_level_tokenizer
 
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    # Whitespace(), not WhitespaceSplit(): TRL-style preparation tokenizes prompt + completion as one string, and
-    # "=>" must not fuse with the first completion letter ("=>a" would be one unknown word)
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
-                                   unk_token="[UNK]")
+    return word_level_tokenizer(WORDS)

@@ -189,17 +189,25 @@ def default_records(n: int, seed: int) -> Records:
     return Records(rows, [f"example {i}" for i in range(1, n + 1)], "the built-in task")
 
 
-def default_tokenizer():
-    """A word-level tokenizer over the default task's vocabulary (plus digits and punctuation), built offline."""
+SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]  # ids 0-3 in every built-in word-level tokenizer
+
+
+def word_level_tokenizer(words: list[str]):
+    """A word-level tokenizer over `words` (after SPECIAL_TOKENS), built offline. Whitespace() splits runs of
+    punctuation from words, so "=>a" is "=>" and "a" (TRL-style preparation tokenizes prompt + completion as one
+    string); every row starts with [BOS]."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
-    words = list(LETTERS) + list(LETTERS.upper()) + list(string.digits) + list(".,:;!?'\"()-+*/=<>") + \
-        ["=>", TASK_PREFIX, "user", "assistant", "system"]
-    vocab = {w: i for i, w in enumerate(specials + words)}
+    vocab = {w: i for i, w in enumerate(SPECIAL_TOKENS + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
                                    unk_token="[UNK]")
+
+
+def default_tokenizer():
+    """The default task's vocabulary (plus digits and punctuation) as a word-level tokenizer."""
+    return word_level_tokenizer(list(LETTERS) + list(LETTERS.upper()) + list(string.digits)
+                                + list(".,:;!?'\"()-+*/=<>") + ["=>", TASK_PREFIX, "user", "assistant", "system"])
