@@ -5,9 +5,9 @@ it. `StepRecorder` synchronizes the device at both step boundaries; the synchron
 (microseconds), far below any real step.
 
 steps.jsonl is written one whole line per `write` (never a partial line after a crash) without an fsync per
-step: an fsync on a shared disk can take longer than a small step and made `ftopt train` up to 40% slower than a
-plain Trainer (benchmarks/train_overhead.py). The file is fsynced at every checkpoint and at the end, so a resumed
-run never sees fewer steps than its checkpoint holds.
+step: on a shared disk an fsync can take longer than a small step, and nothing needs the record on disk before the
+next checkpoint. The file is fsynced at every checkpoint and at the end, so a resumed run never sees fewer steps
+than its checkpoint holds.
 """
 from __future__ import annotations
 
