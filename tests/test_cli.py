@@ -58,6 +58,8 @@ def test_plan_table():
     (("plan", "--currency", ""), "--currency is empty"),
     (("plan", "--calibration", "/nonexistent/cal.json"), "Cannot read the calibration file"),
     (("plan", "--max-hours", "0"), "--max-hours must be positive"),
+    (("demo", "--quality-target", "exact>=x"), "--quality-target must look like"),  # before the sweep, not after
+    (("demo", "--target-gpu", "a100x"), "Unknown GPU"),
 ])
 def test_bad_input_is_one_line_exit_2(args, fragment):
     r = run(*args)

@@ -387,6 +387,13 @@ def demo(
         if steps < 1:
             raise FtoptError(f"--steps must be at least 1, got {steps}.")
         check_out_folder(out)
+        # checked now, not after the sweep: a typo must not cost the demo's minutes
+        if quality_target is not None:
+            from ftopt.quality import QualityTarget
+
+            QualityTarget.parse(quality_target)
+        if target_gpu is not None:
+            hardware(target_gpu)
         given = dict(quality_target=quality_target, target_gpu=target_gpu, target_gpus=target_gpus,
                      target_nodes=target_nodes, dataset_tokens=dataset_tokens, epochs=epochs,
                      retrains_per_year=retrains_per_year, cost_per_gpu_hour=cost_per_gpu_hour, currency=currency,
