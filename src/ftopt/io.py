@@ -1,9 +1,26 @@
-"""Atomic file writes: a crash, Ctrl-C or full disk never leaves a half-written file behind."""
+"""File I/O: atomic writes (a crash, Ctrl-C or full disk never leaves a half-written file behind) and JSON reads
+that fail in one sentence."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+
+from ftopt.errors import FtoptError
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or one FtoptError sentence naming `what` the file was meant to be."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise FtoptError(f"Cannot read the {what} {path}: {e.strerror}.") from None
+    except json.JSONDecodeError as e:
+        raise FtoptError(f"The {what} {path} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+    if not isinstance(data, dict):
+        raise FtoptError(f"The {what} {path} must be a JSON object, not {type(data).__name__}.")
+    return data
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -8,7 +8,6 @@ combination are what it predicted, so a flag that would change them is an error.
 """
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
@@ -87,18 +86,15 @@ def has_weights(ref: str) -> bool:
 
 def read_run_file(path: Path) -> RunSpec:
     """The run of a plan (`ftopt plan --out`) or a run specification file (`ftopt bench`, resolved_config.json)."""
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as e:
-        raise FtoptError(f"Cannot read the plan {path}: {e.strerror}.") from None
-    except json.JSONDecodeError as e:
-        raise FtoptError(f"The plan {path} is not valid JSON ({e.msg}, line {e.lineno}).") from None
-    if isinstance(doc, dict) and "candidates" in doc:
+    from ftopt.io import read_json_object
+
+    doc = read_json_object(path, "plan")
+    if "candidates" in doc:
         if doc.get("run") is None:
             raise FtoptError(f"The plan {path} has no recommended run (nothing fit, or it was written by an older "
                              "ftopt); run 'ftopt plan --out' again.")
         doc = doc["run"]
-    if not isinstance(doc, dict) or doc.get("schema") != "ftopt.run/1":
+    if doc.get("schema") != "ftopt.run/1":
         raise FtoptError(f"{path} is neither a plan written by 'ftopt plan --out' nor a run specification.")
     return RunSpec.model_validate(doc)
 

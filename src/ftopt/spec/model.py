@@ -300,15 +300,9 @@ def preset_names() -> list[str]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise FtoptError(f"Cannot read the model config {path}: {e.strerror}.") from None
-    except json.JSONDecodeError as e:
-        raise FtoptError(f"The model config {path} is not valid JSON (line {e.lineno}: {e.msg}).") from None
-    if not isinstance(data, dict):
-        raise FtoptError(f"The model config {path} must be a JSON object, not {type(data).__name__}.")
-    return data
+    from ftopt.io import read_json_object
+
+    return read_json_object(path, "model config")
 
 
 def load_model(ref: str) -> ModelSpec:

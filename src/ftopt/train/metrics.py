@@ -32,7 +32,7 @@ def _steps_summary(steps: list[dict]) -> dict:
             "final_loss": losses[-1] if losses else None, "steps": len(steps)}
 
 
-def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_examples: int, log,
+def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, steps_per_epoch: int,
            data: dict | None = None) -> dict:
     """Gather the ranks' measurements; rank 0 assembles and writes metrics.json and returns it."""
     from ftopt.io import atomic_write_text
@@ -44,7 +44,6 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, train_
     steps = StepLog(spec.output_dir / "steps.jsonl").read()
     summ = _steps_summary(steps)
     s = spec.setup
-    steps_per_epoch = max(1, -(-train_examples // (s.micro_batch * s.grad_accum * world)))
     # Trainer's num_input_tokens_seen is gathered over all ranks, so rank 0's step records are already global
     tokens_per_s = summ["tokens_per_s_rank0"]
     r0 = ranks[0]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -66,8 +65,6 @@ class StepRecorder:
 
     def __init__(self, log: StepLog | None, device, rank: int):
         self.log, self.device, self.rank = log, device, rank
-        self.step_seconds: list[float] = []
-        self.tokens_per_s: list[float] = []
         self._t: float | None = None
         self._tokens = 0
         self.pending: dict | None = None
@@ -88,8 +85,6 @@ class StepRecorder:
         self._sync()
         dt = time.perf_counter() - (self._t or time.perf_counter())
         tok = max(0, tokens_seen - self._tokens)
-        self.step_seconds.append(dt)
-        self.tokens_per_s.append(tok / dt if dt > 0 else 0.0)
         rec = {"step": step, "rank": self.rank, "seconds": dt, "tokens": tok, "tokens_per_s": tok / dt if dt else 0.0}
         if self.device.type == "cuda":
             import torch
@@ -108,10 +103,3 @@ class StepRecorder:
         if self.log is not None:
             self.log.append(rec)
         return rec
-
-    def summary(self) -> dict:
-        # the first step includes kernel selection and allocator warm-up: leave it out when there are others
-        steady = self.step_seconds[1:] or self.step_seconds
-        tps = self.tokens_per_s[1:] or self.tokens_per_s
-        return {"step_seconds_median": statistics.median(steady) if steady else None,
-                "tokens_per_s_median": statistics.median(tps) if tps else None, "steps": len(self.step_seconds)}

@@ -81,9 +81,11 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     if steps_log is not None:
         steps_log.truncate_after(int(resume.name[11:]) if resume else 0)  # a resumed run redoes later steps
 
+    s = spec.setup
+    steps_per_epoch = max(1, -(-len(prep.train_dataset) // (s.micro_batch * s.grad_accum * world)))
     peak = TrainingPeak(device)
     try:
-        trainer, progress, budget = _trainer(spec, model_spec, device, world, prep, peak,
+        trainer, progress, budget = _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak,
                                              StepRecorder(steps_log, device, rank), fail_at_step)
         try:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -109,7 +111,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
             "optimizer": _optimizer_name(trainer)}
     from ftopt.train.metrics import finish
 
-    metrics = finish(spec, mine, world, tok_src, fmt, len(prep.train_dataset), log, data=prep.summary.model_dump())
+    metrics = finish(spec, mine, world, tok_src, fmt, steps_per_epoch, data=prep.summary.model_dump())
     if rank == 0 and not spec.model.weights and spec.combination.zero != 3:  # ZeRO-3 ranks hold partitions only
         from ftopt.train.base import save_random_base
 
@@ -117,7 +119,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     return metrics
 
 
-def _trainer(spec, model_spec, device, world, prep, peak, recorder, fail_at_step):
+def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recorder, fail_at_step):
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
@@ -127,7 +129,6 @@ def _trainer(spec, model_spec, device, world, prep, peak, recorder, fail_at_step
     from ftopt.train.callbacks import Progress, RunCallback, TimeBudget
 
     s = spec.setup
-    steps_per_epoch = max(1, -(-len(prep.train_dataset) // (s.micro_batch * s.grad_accum * world)))
     total = spec.schedule.max_steps if spec.schedule.max_steps > 0 else int(steps_per_epoch * s.epochs)
     args = training_arguments(spec, device, world, total)
     weights_dir = (resolve_weights(spec.model.ref, spec.model.trust_remote_code)  # a Hub id: the cache's snapshot
