@@ -164,7 +164,8 @@ def llm_analysis_all(rows: list[dict], venv: Path) -> tuple[list[int | None], li
         return [None] * len(rows), [f"llm-analysis skipped: {(p.stderr.strip().splitlines() or [p.returncode])[-1]}"]
     got = json.loads(p.stdout.strip().splitlines()[-1])
     refused = sorted({v["error"] for v in got if isinstance(v, dict)})
-    notes = [f"llm-analysis refused {sum(isinstance(v, dict) for v in got)} runs: {'; '.join(refused)}"] if refused else []
+    n_refused = sum(isinstance(v, dict) for v in got)
+    notes = [f"llm-analysis refused {n_refused} runs: {'; '.join(refused)}"] if refused else []
     return [None if isinstance(v, dict) else int(v) for v in got], notes
 
 
@@ -174,17 +175,23 @@ def predict(rows: list[dict], venv: Path) -> tuple[list[dict], list[str]]:
     out = []
     for row, llm_bytes in zip(rows, llm):
         est = ea.estimates(row)
-        out.append({"accelerate estimate-memory": accelerate_bytes(row), "DeepSpeed ZeRO estimator": deepspeed_bytes(row),
-                    "16 B/param rule": rule16_bytes(row), "llm-analysis": llm_bytes,
+        out.append({"accelerate estimate-memory": accelerate_bytes(row),
+                    "DeepSpeed ZeRO estimator": deepspeed_bytes(row), "16 B/param rule": rule16_bytes(row),
+                    "llm-analysis": llm_bytes,
                     "ftopt analytic": est["analytic"], "ftopt traced": est["traced"]})
     return out, notes
+
+
+def error(predicted: int | None, row: dict) -> float | None:
+    """Relative error of a prediction against the row's measured peak; None where there is no prediction."""
+    return None if predicted is None else (predicted - row["measured_bytes"]) / row["measured_bytes"]
 
 
 def summarise(rows: list[dict], preds: list[dict]) -> dict:
     """Per estimator: rows scored, median signed and absolute error, worst absolute error."""
     out = {}
     for name in CANNOT_EXPRESS:
-        errs = [(p[name] - r["measured_bytes"]) / r["measured_bytes"] for r, p in zip(rows, preds) if p[name] is not None]
+        errs = [error(p[name], r) for r, p in zip(rows, preds) if p[name] is not None]
         out[name] = {"rows": len(errs), "median_error": statistics.median(errs) if errs else None,
                      "median_abs_error": statistics.median(map(abs, errs)) if errs else None,
                      "worst_abs_error": max(map(abs, errs)) if errs else None,
@@ -199,7 +206,8 @@ def _pct(x: float | None, signed: bool = True) -> str:
 def label(r: dict) -> str:
     parts = [r["arch"], f"LoRA r{r['lora_r']}" if r["lora_r"] else "full", "GC" if r["gc"] else "", r["attn"],
              r["quant"].upper() if r["quant"] != "none" else "", r["optim"] if r["optim"] != "adamw" else "",
-             f"ZeRO-{r['zero']} x{r['processes']}" if r["zero"] else "", r["precision"], f"seq {r['seq']} x {r['batch']}"]
+             f"ZeRO-{r['zero']} x{r['processes']}" if r["zero"] else "", r["precision"],
+             f"seq {r['seq']} x {r['batch']}"]
     return " ".join(p for p in parts if p)
 
 
@@ -212,7 +220,7 @@ def markdown(summary: dict, rows: list[dict] | None = None, preds: list[dict] | 
     if rows is not None:
         lines += ["", "| run | measured | " + " | ".join(summary) + " |", "|---|---|" + "---|" * len(summary)]
         for r, p in zip(rows, preds):
-            errs = [_pct(None if p[n] is None else (p[n] - r["measured_bytes"]) / r["measured_bytes"]) for n in summary]
+            errs = [_pct(error(p[n], r)) for n in summary]
             lines.append(f"| {label(r)} | {r['measured_bytes'] / 2**20:.1f} MiB | " + " | ".join(errs) + " |")
     return "\n".join(lines)
 
