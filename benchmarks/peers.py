@@ -12,6 +12,7 @@ Nothing is trained here. Every row of benchmarks/results/estimate_accuracy*.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -112,8 +113,8 @@ def accelerate_bytes(row: dict) -> int | None:
 def deepspeed_bytes(row: dict) -> int:
     """estimate_zero{2,3}_model_states_mem_needs_all_live's GPU column without offload, through the non-printing
     functions they wrap (same model_to_params counting)."""
-    from deepspeed.runtime.zero import stage3, stage_1_and_2
-
+    with contextlib.redirect_stdout(sys.stderr):  # its logger writes to stdout, which carries our table or JSON
+        from deepspeed.runtime.zero import stage3, stage_1_and_2
     model, gpus = _causal_lm(row["arch"]), row["processes"]
     if row["zero"] == 3:
         total, largest = stage3.model_to_params(model)
