@@ -101,7 +101,7 @@ def accelerate_bytes(row: dict) -> int | None:
     from accelerate.utils import calculate_maximum_sizes
     from transformers import AutoModel
 
-    with init_empty_weights():
+    with init_empty_weights():  # accelerate passes torch_dtype=, the name transformers 5 renamed to dtype=
         model = AutoModel.from_config(_config(row["arch"]), dtype=torch.float32)
     total_bytes, _ = calculate_maximum_sizes(model)
     quant = {"nf4": "int4", "fp4": "int4", "int8": "int8"}.get(row["quant"])
