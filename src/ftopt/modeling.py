@@ -75,6 +75,13 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
     return model
 
 
+def _quantize_while_building(combo: Combination, weights_dir: str | None, dev: torch.device) -> bool:
+    """A random-init quantized base is built on the meta device and quantized module by module as it is
+    materialized (quantize.materialize_quantized), as transformers does while loading a checkpoint; the tracer
+    (meta device) quantizes with its stand-ins afterwards, and a checkpoint comes back quantized from loading."""
+    return combo.quant is not Quant.NONE and weights_dir is None and dev.type != "meta"
+
+
 def build_base(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
                num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0):
     """The transformers model in the run's dtype and attention, before quantization, LoRA and GC (a model loaded
@@ -94,8 +101,10 @@ def build_base(spec: ModelSpec, combo: Combination, precision: Precision, *, dev
         else:
             cfg = hf_config(spec, num_layers, attn)
             torch.manual_seed(seed)
-            with dev:
+            with torch.device("meta") if _quantize_while_building(combo, weights_dir, dev) else dev:
                 model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+            if _quantize_while_building(combo, weights_dir, dev):
+                quantize.materialize_quantized(model, dev, combo, precision)
     except ValueError as e:
         if "attention implementation" not in str(e):
             raise
@@ -123,5 +132,6 @@ def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, de
                 quantize_linears=quantize.quantize_linears):
     """Random-init (or load `weights_dir`) the model with the run's dtype, attention, quantization, LoRA and GC."""
     model = build_base(spec, combo, precision, device=device, num_layers=num_layers, weights_dir=weights_dir, seed=seed)
-    return finish_model(model, spec, combo, precision, quantized_already=weights_dir is not None,
+    quantized = weights_dir is not None or _quantize_while_building(combo, weights_dir, torch.device(device))
+    return finish_model(model, spec, combo, precision, quantized_already=quantized,
                         quantize_linears=quantize_linears)
