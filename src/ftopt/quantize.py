@@ -10,8 +10,9 @@ The recipe (QLoRA, arXiv 2305.14314, and PEFT's `prepare_model_for_kbit_training
   * LoRA adapters (added afterwards by `modeling.apply_optimizations`) are fp32.
 
 A model loaded from disk goes through `from_pretrained(quantization_config=BitsAndBytesConfig(...))`; a random-init
-model is quantized module by module with the same bitsandbytes classes (`quantize_linears`), which is what
-transformers' bitsandbytes integration does while loading. bitsandbytes is imported lazily (optional backend).
+model is built on the meta device and materialized module by module, each linear quantized with the same
+bitsandbytes classes as soon as it exists (`materialize_quantized`), which is what transformers' bitsandbytes
+integration does while loading, memory included. bitsandbytes is imported lazily (optional backend).
 """
 from __future__ import annotations
 
