@@ -166,6 +166,15 @@ def _optimizer(model: torch.nn.Module, params: list, spec: ModelSpec, combo: Com
     return _BnbAdamWStandIn(model, params, combo, bnb_step_temp_bytes(spec, combo, on_gpu), on_gpu, tag)
 
 
+def _traced_gradient_share(setup: TrainingSetup, combo: Combination) -> float:
+    """Share of the traced gradients a rank holds: 1/N under ZeRO-2 (partitioned as they are reduced); none under
+    ZeRO-3 without offload, whose gradient partition is a resident buffer added from the ZeRO formulas in every
+    phase (analytic.zero3_gradient_buffer); all of them otherwise."""
+    if analytic.zero3_gradient_buffer(combo):
+        return 0.0
+    return 1.0 / setup.world_size if combo.zero >= 2 else 1.0
+
+
 def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str
            ) -> tuple[dict[str, int], str]:
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -181,7 +190,7 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         # A CPU-only torch cannot dispatch even fake CUDA kernels (sdpa/autocast query the CUDA runtime). The CPU
         # path saves the same tensors for these models; the CUDA allocator's 512-byte rounding is still applied.
         device = "cpu"
-    grad_weight = 1.0 / setup.world_size if combo.zero >= 2 else 1.0
+    grad_weight = _traced_gradient_share(setup, combo)
     tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
     # quantized bases: storage-equivalent stand-ins for the bitsandbytes linears (see quantize.stand_in_linears)
     model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers,
@@ -247,9 +256,11 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
                                f"{(str(e).splitlines() or [''])[0][:160]}); this estimate is analytic") from None
     bd = {k: int(round(v)) for k, v in per_cat.items()}
     if combo.uses_deepspeed:
-        bd["gradients"] = int(round(bd["gradients"] * (1.0 / setup.world_size if combo.zero >= 2 else 1.0)))
         st = storage(setup.precision, combo)
         s = analytic.zero_states(spec, setup, combo, st)
+        bd["gradients"] = int(round(bd["gradients"] * _traced_gradient_share(setup, combo)))
+        if analytic.zero3_gradient_buffer(combo):
+            bd["gradients"] = s.grads
         bd.update(weights=s.weights, optimizer_states=s.optim)
         extra = dict(master_weights=s.master, engine_buffers=s.buffers)
         cpu = s.cpu_bytes * setup.gpus_per_node
