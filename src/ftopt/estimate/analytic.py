@@ -228,6 +228,19 @@ def reduce_bucket_bytes(model: ModelSpec, combo: Combination, st: Storage) -> in
     return (1 if combo.zero == 3 else 2) * elements * st.grad
 
 
+def zero2_first_reduce_grad_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
+    """The LM head's full gradient at ZeRO-2's first gradient reduction (0 when that moment adds nothing) [DS].
+    DeepSpeed partitions the flattened parameters in module order, so the last rank's partition holds the LM head,
+    whose gradient is the first of backward; at its first reduction stage 2 allocates that rank's whole contiguous
+    gradient partition (stage_1_and_2.DeepSpeedZeroOptimizer.copy_grads_in_partition: grads_in_partition,
+    partition numel x model dtype) while every activation but the loss's is still saved and the head's full
+    gradient is alive until its bucket is reduced. Measured (llama-gqa-100m full ZeRO-2 x2, CPU): rank 1 peaks
+    there (190 MiB partition + 94 MiB head gradient over ~250 MiB of activations), rank 0 at the loss."""
+    if combo.zero != 2 or combo.offload is not Offload.NONE or combo.lora:
+        return 0
+    return model.vocab_size * (model.embed_dim or model.hidden_size) * st.grad
+
+
 def zero3_gradient_buffer(combo: Combination) -> bool:
     """Whether ZeRO-3 keeps its gradient partition in a resident device buffer [DS]: a flat buffer of partition
     numel x gradient_accumulation_dtype (the model dtype) allocated once when the engine is built and kept for the
@@ -261,9 +274,10 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: b
            ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase name, host RAM per node) for one GPU.
 
-    Three candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if
-    gradient accumulation keeps them between micro-batches or ZeRO-3 holds them in its resident buffer; (2) end of backward — all gradients plus the last
-    layer's activations; (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
+    Candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if gradient
+    accumulation keeps them between micro-batches or ZeRO-3 holds them in its resident buffer; (2) end of backward
+    — all gradients plus the last layer's activations; (2b) ZeRO-2's first gradient reduction
+    (zero2_first_reduce_grad_bytes); (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
     16-bit gradient partition to fp32). Weights, master copy and Adam states are resident throughout (after the
     first step)."""
     st = storage(setup.precision, combo)
@@ -279,10 +293,13 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: b
     if combo.optim is not Optim.ADAMW:
         step_temp = q8.bnb_step_temp_bytes(model, combo, on_gpu)
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
+    first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
     candidates = [
         ("forward/backward", MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, logits_loss=logits,
                                              temporaries=dequant)),
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, temporaries=dequant)),
+        ("backward, first reduction", MemoryBreakdown(**static, gradients=s.grads if first_reduce else 0,
+                                                      activations=acts, temporaries=first_reduce + dequant)),
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, temporaries=tied)),  # the embedding's
         ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, temporaries=step_temp)),
     ]

@@ -50,6 +50,23 @@ class _Tracker:
     peak: float = -1.0
     peak_snapshot: dict = field(default_factory=dict)
     peak_phase: str = ""
+    # ZeRO-2 (analytic.zero2_first_reduce_grad_bytes): the rank's gradient partition, allocated whole at the first
+    # reduction of a backward and kept until the step; a gradient counts in full until the next one arrives (by
+    # then DeepSpeed has copied it into its bucket), after which it is "reduced" and counts no more
+    zero2_partition_bytes: int = 0
+    partition_live: bool = False
+    pending_grad: int | None = None
+
+    def on_grad(self, st: torch.UntypedStorage) -> None:
+        if self.zero2_partition_bytes:
+            if self.pending_grad in self.live:
+                self.live[self.pending_grad][1] = "reduced"
+            self.pending_grad, self.partition_live = st._cdata, True
+        self.retag(st, "gradients")
+        self.check_peak()
+
+    def end_step(self) -> None:
+        self.partition_live, self.pending_grad = False, None
 
     def _size(self, nbytes: int) -> int:
         g = self.granularity
@@ -77,6 +94,9 @@ class _Tracker:
 
     def check_peak(self) -> None:
         t = self.totals()
+        t.pop("reduced", None)
+        if self.partition_live:
+            t["grad_partition"] = self.zero2_partition_bytes
         metric = sum(v for k, v in t.items() if k != "gradients") + self.grad_weight * t.get("gradients", 0)
         if not self.count_states:
             metric -= t.get("weights", 0) + t.get("optimizer_states", 0)
@@ -166,12 +186,19 @@ def _optimizer(model: torch.nn.Module, params: list, spec: ModelSpec, combo: Com
     return _BnbAdamWStandIn(model, params, combo, bnb_step_temp_bytes(spec, combo, on_gpu), on_gpu, tag)
 
 
+def _zero2_partition_tracked(combo: Combination) -> bool:
+    """ZeRO-2 on the device (no optimizer offload): its gradient partition is modelled in the trace (_Tracker)."""
+    return combo.zero == 2 and combo.offload is Offload.NONE
+
+
 def _traced_gradient_share(setup: TrainingSetup, combo: Combination) -> float:
     """Share of the traced gradients a rank holds: 1/N under ZeRO-2 (partitioned as they are reduced); none under
     ZeRO-3 without offload, whose gradient partition is a resident buffer added from the ZeRO formulas in every
     phase (analytic.zero3_gradient_buffer); all of them otherwise."""
     if analytic.zero3_gradient_buffer(combo):
         return 0.0
+    if _zero2_partition_tracked(combo):
+        return 1.0  # only the newest, unreduced gradient counts; the partition is tracked (_Tracker.on_grad)
     return 1.0 / setup.world_size if combo.zero >= 2 else 1.0
 
 
@@ -200,8 +227,10 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         params = [p for p in model.parameters() if p.requires_grad]
         for p in model.parameters():
             tracker.add(p.untyped_storage(), "weights")
+        if _zero2_partition_tracked(combo):
+            tracker.zero2_partition_bytes = -(-sum(p.numel() for p in params) * st.grad // setup.world_size)
         for p in params:
-            p.register_post_accumulate_grad_hook(lambda q: tracker.retag(q.grad.untyped_storage(), "gradients"))
+            p.register_post_accumulate_grad_hook(lambda q: tracker.on_grad(q.grad.untyped_storage()))
         head = model.get_output_embeddings()
         head.register_forward_pre_hook(lambda *_: setattr(tracker, "phase", "head"))
         opt = None if deepspeed else _optimizer(model, params, spec, combo, on_gpu, tracker.retag)
@@ -228,11 +257,13 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
                 else:
                     for p in params:
                         p.grad = None
+                tracker.end_step()
                 tracker.check_peak()
     return tracker.peak_snapshot, tracker.peak_phase
 
 
-_SNAPSHOT_TO_BREAKDOWN = ("weights", "gradients", "optimizer_states", "activations", "logits_loss", "temporaries")
+_SNAPSHOT_TO_BREAKDOWN = ("weights", "gradients", "optimizer_states", "activations", "logits_loss", "temporaries",
+                          "grad_partition")
 
 
 def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, target: str = "cuda",
@@ -255,10 +286,11 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
         raise TraceUnavailable(f"the traced estimator could not run {spec.family} ({type(e).__name__}: "
                                f"{(str(e).splitlines() or [''])[0][:160]}); this estimate is analytic") from None
     bd = {k: int(round(v)) for k, v in per_cat.items()}
+    partition = bd.pop("grad_partition")
     if combo.uses_deepspeed:
         st = storage(setup.precision, combo)
         s = analytic.zero_states(spec, setup, combo, st)
-        bd["gradients"] = int(round(bd["gradients"] * _traced_gradient_share(setup, combo)))
+        bd["gradients"] = int(round(bd["gradients"] * _traced_gradient_share(setup, combo))) + partition
         if analytic.zero3_gradient_buffer(combo):
             bd["gradients"] = s.grads
         bd.update(weights=s.weights, optimizer_states=s.optim)
