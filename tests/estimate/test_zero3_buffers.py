@@ -81,3 +81,20 @@ def test_zero3_gradient_buffer_and_bucket_match_a_real_engine(tmp_path):
     assert phase == "forward/backward" and bd.gradients == real["grad_buffer_bytes"]
     # one reduce_bucket_size buffer per communication dtype, the size Hugging Face fills in for ftopt's "auto"
     assert analytic.reduce_bucket_bytes(model, combo, st) == sum(real["bucket_bytes"])
+
+
+def test_the_trace_runs_inside_a_zero3_run():
+    """The worker predicts after training, with transformers' ZeRO-3 config still registered: the trace must build
+    its meta model outside deepspeed.zero.Init (before, it fell back to the formulas) and leave the config set."""
+    pytest.importorskip("deepspeed")
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    from ftopt.estimate.traced import traced_memory
+
+    registered = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    assert is_deepspeed_zero3_enabled()
+    setup = TrainingSetup(seq_len=32, micro_batch=2, precision=Precision.FP32, gpus_per_node=2)
+    bd, _phase, _ = traced_memory(load_model("tiny-llama"), setup, Combination(zero=3, attn="eager"), target="cpu")
+    assert bd.activations > 0 and is_deepspeed_zero3_enabled()
+    del registered

@@ -20,6 +20,7 @@ moment that peaks at 2 layers need not be the one that peaks at 24 (tests check 
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 from functools import partial
 from dataclasses import dataclass, field
 
@@ -216,6 +217,25 @@ def _optimizer(model: torch.nn.Module, params: list, spec: ModelSpec, combo: Com
     return _BnbAdamWStandIn(model, params, combo, bnb_step_temp_bytes(spec, combo, on_gpu), on_gpu, tag)
 
 
+@contextmanager
+def _without_hf_zero3():
+    """Build the traced model outside Hugging Face's ZeRO-3 mode. Inside a ZeRO-3 run (the worker predicts after
+    training) transformers' global DeepSpeed config makes from_config enter deepspeed.zero.Init, whose collectives
+    fail once the other ranks are done ("Connection closed by peer"), and the traced prediction fell back to the
+    formulas. The config is restored afterwards (transformers.integrations.deepspeed set/unset_hf_deepspeed_config;
+    the weak reference is read directly, transformers has no getter for the object)."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_ds.set_hf_deepspeed_config(config)
+
+
 def _zero2_partition_tracked(combo: Combination) -> bool:
     """ZeRO-2 on the device (no optimizer offload): its gradient partition is modelled in the trace (_Tracker)."""
     return combo.zero == 2 and combo.offload is Offload.NONE
@@ -249,8 +269,9 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
     grad_weight = _traced_gradient_share(setup, combo)
     tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
     # quantized bases: storage-equivalent stand-ins for the bitsandbytes linears (see quantize.stand_in_linears)
-    model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers,
-                        quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes))
+    with _without_hf_zero3():
+        model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers,
+                            quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes))
     with FakeTensorMode(allow_non_fake_inputs=True):
         _materialize(model, device)
         params = [p for p in model.parameters() if p.requires_grad]
