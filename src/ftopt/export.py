@@ -22,19 +22,16 @@ HF_MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm default, what "gradien
 
 
 def resolved_deepspeed_config(run: RunSpec, model: ModelSpec) -> dict:
-    """ftopt's DeepSpeed config with "auto" replaced as transformers' integration does for this model:
-    reduce_bucket_size = hidden^2, stage3_prefetch_bucket_size = 0.9 hidden^2, persistence threshold = 10 hidden."""
-    from ftopt.train.dsconfig import deepspeed_config
+    """ftopt's DeepSpeed config with "auto" replaced as transformers' integration does for this model
+    (dsconfig.hf_auto_zero_sizes: bucket sizes and persistence threshold from the hidden size)."""
+    from ftopt.train.dsconfig import deepspeed_config, hf_auto_zero_sizes
 
-    s, h = run.setup, model.hidden_size
+    s = run.setup
     ds = deepspeed_config(run)
     ds.update(train_micro_batch_size_per_gpu=s.micro_batch, gradient_accumulation_steps=s.grad_accum,
               train_batch_size=s.micro_batch * s.grad_accum * s.world_size, gradient_clipping=HF_MAX_GRAD_NORM)
     zero = ds["zero_optimization"]
-    zero["reduce_bucket_size"] = h * h
-    if "stage3_prefetch_bucket_size" in zero:
-        zero["stage3_prefetch_bucket_size"] = int(0.9 * h * h)
-        zero["stage3_param_persistence_threshold"] = 10 * h
+    zero.update({k: v for k, v in hf_auto_zero_sizes(model.hidden_size).items() if zero.get(k) == "auto"})
     return ds
 
 
