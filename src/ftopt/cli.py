@@ -131,6 +131,8 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
 
         if out is not None:
             check_out_folder(out.parent)
+        if export is not None:
+            check_out_folder(export, "--export")
         m, hw = load_model(model), _planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                               gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)

@@ -11,7 +11,7 @@ import torch
 
 from ftopt import quantize
 from ftopt.errors import FtoptError
-from ftopt.policy import lora_targets, storage
+from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
 from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
 
 
@@ -63,8 +63,8 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
         from peft import LoraConfig, get_peft_model
 
         targets = lora_targets(spec, combo)
-        cfg = LoraConfig(r=combo.lora_r, lora_alpha=2 * combo.lora_r, lora_dropout=0.0, target_modules=targets,
-                         task_type="CAUSAL_LM")
+        cfg = LoraConfig(r=combo.lora_r, lora_alpha=lora_alpha(combo.lora_r), lora_dropout=LORA_DROPOUT,
+                         target_modules=targets, task_type="CAUSAL_LM")
         model = get_peft_model(model, cfg)
     if combo.gc:
         base = model.get_base_model() if combo.lora else model
