@@ -15,7 +15,8 @@ import typer
 
 from ftopt.cli_common import (
     Attn, DatasetTokens, Epochs, GradAccum, Gc, Gpu, Gpus, Json, LoraR, LoraTargets, MethodOpt, MicroBatch, Nodes,
-    OffloadOpt, OptimOpt, PrecisionOpt, QuantOpt, SeqLen, Zero, check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
+    MODEL_REF_RULE, OffloadOpt, OptimOpt, PlannedModel, PrecisionOpt, QuantOpt, SeqLen, WeightsModel, Zero,
+    check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
 )
 from ftopt.errors import FtoptError
 
@@ -72,7 +73,7 @@ def _planning_hardware(gpu: Optional[str], calibration: Optional[Path], host_ram
 
 
 @app.command()
-def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
+def estimate(model: PlannedModel = "llama-2-7b",
              gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
              micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
              dataset_tokens: DatasetTokens = None, epochs: Epochs = None, gc: Gc = None, lora_r: LoraR = None,
@@ -100,7 +101,7 @@ def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, c
 
 
 @app.command()
-def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
+def plan(model: PlannedModel = "llama-2-7b",
          gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
          micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
          dataset_tokens: DatasetTokens = None, epochs: Epochs = None,
@@ -166,7 +167,7 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
 
 @app.command()
 def train(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="pretrained weights: a local model folder")] = None,
+    model: WeightsModel = None,
     random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json, random weights")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder or Hub id [default: the model's]")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder "
@@ -258,7 +259,7 @@ def bench(
                                                  "reference points]")] = None,
     out: Annotated[Path, typer.Option("--out", help="sweep folder: results.jsonl (appended; finished runs skipped) "
                                       "and runs/")] = Path("ftopt-runs/bench"),
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="pretrained weights: a local model folder")] = None,
+    model: WeightsModel = None,
     random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json, random weights")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="training data [default: the built-in task]")] = None,
     seq_len: SeqLen = None, micro_batch: MicroBatch = None, precision: PrecisionOpt = None,
@@ -407,7 +408,8 @@ def demo(
 @app.command()
 def preview(
     data: Annotated[str, typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="model folder or Hub id (its tokenizer)")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="model folder or Hub id (its tokenizer)"
+                                                 f"; {MODEL_REF_RULE}")] = None,
     random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder or Hub id")] = None,
     seq_len: SeqLen = 64,

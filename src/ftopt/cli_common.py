@@ -38,6 +38,13 @@ QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="base quantizat
                                                 "| fp4 | int8 [default: none]")]
 OptimOpt = Annotated[Optional[str], typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw "
                                                 "[default: adamw]")]
+# how --model is read (ftopt.spec.hub.is_local_path / parse_hub_id), stated in every --model help
+MODEL_REF_RULE = ("org/name[@revision] is a Hub id unless a local folder of that name exists; a path starting with "
+                  "./, ../, / or ~ is always local")
+PlannedModel = Annotated[str, typer.Option("--model", "-m", help=f"preset, config.json, model folder or Hub id "
+                                           f"({MODEL_REF_RULE})")]
+WeightsModel = Annotated[Optional[str], typer.Option("--model", "-m", help=f"pretrained weights: a model folder or Hub "
+                                                     f"id ({MODEL_REF_RULE})")]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON (documented schema) instead of tables")]
 

@@ -144,3 +144,29 @@ def test_train_from_hub_id_and_reload_adapter_offline(hub, tmp_path, monkeypatch
     assert model.peft_config["default"].base_model_name_or_path == "org/tiny"
     with torch.no_grad():
         assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.shape == (1, 3, 320)
+
+
+@pytest.mark.parametrize("ref", ["./mymodel", "../models/foo", "/no/such/model", "~/no-such-ftopt-model",
+                                 "org/tiny.safetensors", "./org/tiny"])
+def test_path_like_model_that_does_not_exist_is_one_line_without_hub_lookup(hub, ref):
+    assert parse_hub_id(ref) is None
+    for cmd in (["estimate"], ["plan", "--gpu", "a100-80g"], ["train", "--max-steps", "1"]):
+        r = runner.invoke(app, [*cmd, "--model", ref])
+        assert r.exit_code == 2, r.output
+        assert "No such folder" in r.output and ref in r.output and len(r.output.strip().splitlines()) == 1
+    assert hub.requests == []  # never looked up on the Hub (./org/tiny exists there)
+
+
+def test_org_name_is_local_when_that_folder_exists_else_hub(hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "org" / "tiny"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps({**TINY, "model_type": "llama", "num_hidden_layers": 3,
+                                                   "architectures": ["LlamaForCausalLM"]}))
+    assert parse_hub_id("org/tiny") is None and load_model("org/tiny").num_layers == 3  # the local folder
+    assert hub.requests == []
+    local.joinpath("config.json").unlink()
+    local.rmdir()
+    assert load_model("org/tiny").num_layers == 2  # no such folder now: the Hub id
+    r = runner.invoke(app, ["estimate", "--model", "models/foo"])  # ambiguous and in neither place
+    assert r.exit_code == 2 and "No model models/foo on the Hub" in r.output and "no local folder" in r.output
