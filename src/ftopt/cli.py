@@ -343,7 +343,8 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="folder for report.<lang>.html/.md and charts")] = Path("ftopt-report"),
     lang: Annotated[str, typer.Option("--lang", help="en | ja")] = "en",
     title: Annotated[Optional[str], typer.Option("--title", help="report title")] = None,
-    gpu: Annotated[str, typer.Option("--gpu", help="hardware the runs used (memory line, calibration)")] = "cpu",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="hardware the runs used (memory line, calibration) "
+                                               "[default: the hardware recorded in the results]")] = None,
     quality_target: QualityTargetOpt = None, target_gpu: TargetGpu = None, target_gpus: TargetGpus = 1,
     target_nodes: TargetNodes = 1, target_model: TargetModel = None, dataset_tokens: ProdTokens = None,
     epochs: ProdEpochs = 1.0, retrains_per_year: Retrains = 1.0, cost_per_gpu_hour: CostPerGpuHour = None,
