@@ -152,3 +152,15 @@ def test_report_rows_on_different_hardware_ask_for_gpu(tmp_path):
     assert r.exit_code == 2 and "--gpu" in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep"), "--gpu", "a100-80g"])
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("lang,qlora,adam8", [("en", "QLoRA (NF4 base, rank 8)", "8-bit AdamW"),
+                                              ("ja", "QLoRA(ベースモデルをNF4で4ビット量子化、ランク8)",
+                                               "8ビット AdamW")])
+def test_quantized_base_and_8bit_optimizer_are_named_as_techniques(tmp_path, lang, qlora, adam8):
+    best = row("QLoRA run", combination=dict(LORA, gc=True, quant="nf4", optim="adamw-8bit"))
+    h = build_report([best], tmp_path, lang=lang)["html"].read_text()
+    assert qlora in h and adam8 in h
+    plain = row("full run", combination=dict(FULL, optim="adamw-8bit"))  # an 8-bit optimizer alone is a technique
+    h = build_report([plain], tmp_path / "b", lang=lang)["html"].read_text()
+    assert adam8 in h and "QLoRA" not in h
