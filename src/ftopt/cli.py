@@ -275,8 +275,10 @@ def bench(
                                                          "and record it as 'timeout' [default: no limit]")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="held-out data [default: split from --data]")] = None,
     metric: MetricOpt = None, quality_target: QualityTargetOpt = None,
-    quant: Annotated[Optional[str], typer.Option("--quant", help="also run each LoRA point with this base: nf4 | fp4 | int8")] = None,
-    optim: Annotated[Optional[str], typer.Option("--optim", help="also run each ZeRO-free point with this optimizer")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="comma list of bases (none,nf4,fp4,int8): each LoRA "
+                                                 "point also runs with each")] = None,
+    optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers: each ZeRO-free point also "
+                                                 "runs with each (with --quant: every pair)")] = None,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
@@ -299,7 +301,7 @@ def bench(
         hw = hardware(gpu)
         combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
         q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
-        combos += quant_optim_variants(combos, q[0] if q else None, o[0] if o else None)
+        combos += quant_optim_variants(combos, q, o)
         ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None)
         base = resolve.finish_run(
             resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision),
