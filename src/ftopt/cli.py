@@ -15,8 +15,8 @@ import typer
 
 from ftopt.cli_common import (
     Attn, DatasetTokens, Epochs, GradAccum, Gc, Gpu, Gpus, Json, LoraR, LoraTargets, MethodOpt, MicroBatch, Nodes,
-    MODEL_REF_RULE, OffloadOpt, OptimOpt, PlannedModel, PrecisionOpt, QuantOpt, SeqLen, WeightsModel, Zero,
-    check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
+    MODEL_REF_RULE, OffloadOpt, OptimOpt, PlannedModel, PrecisionOpt, QuantOpt, SeqLen, TrustRemoteCode, WeightsModel,
+    Zero, check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
 )
 from ftopt.errors import FtoptError
 
@@ -198,7 +198,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run in --out")] = False,
     gpu: Gpu = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="run the model repo's own code")] = False,
+    trust_remote_code: TrustRemoteCode = False,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | mlflow | wandb "
                                                      "[default: none]")] = None,
     metric: MetricOpt = None,
@@ -279,6 +279,7 @@ def bench(
                                                  "point also runs with each")] = None,
     optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers: each ZeRO-free point also "
                                                  "runs with each (with --quant: every pair)")] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
@@ -302,7 +303,8 @@ def bench(
         combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
         q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
         combos += quant_optim_variants(combos, q, o)
-        ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None)
+        ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None,
+                                trust_remote_code=trust_remote_code)
         base = resolve.finish_run(
             resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision),
                             resolve.combination()),
@@ -420,7 +422,7 @@ def preview(
     packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
     n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    trust_remote_code: TrustRemoteCode = False,
     json_out: Json = False,
 ):
     """Show the first examples as the trainer will see them (trained tokens marked) and the data summary."""

@@ -136,14 +136,17 @@ def new_run(hw: HardwareSpec, model: ModelRef, setup_: TrainingSetup, combo: Com
 
 
 def check(spec: RunSpec):
-    """Cross-object checks that need the model's architecture, before anything expensive: the model exists, the
-    LoRA targets are its linears, and the hardware the predictions assume can run the setup (the prediction is
-    made after training; it must not fail then). Returns the ModelSpec."""
+    """Cross-object checks that need the model's architecture, before anything expensive: the model exists, its own
+    code (auto_map) runs only with --trust-remote-code, the LoRA targets are its linears, and the hardware the
+    predictions assume can run the setup (the prediction is made after training; it must not fail then). Returns
+    the ModelSpec."""
     from ftopt.estimate import check_setup
     from ftopt.policy import lora_targets
     from ftopt.spec import load_model
+    from ftopt.spec.hub import check_remote_code
 
     m = load_model(spec.model.ref)
+    check_remote_code(m.hf_config, spec.model.ref, spec.model.trust_remote_code)
     lora_targets(m, spec.combination)
     check_setup(m, spec.setup, spec.combination, spec.hardware)
     return m

@@ -90,11 +90,12 @@ def check_decoder(config: dict, ref: str) -> None:
 
 
 def check_remote_code(config: dict, ref: str, trust_remote_code: bool) -> None:
-    """Loading weights runs a repo's own Python code when its config maps classes to it (`auto_map`): only when
-    asked. Reading the config for an estimate runs nothing, so only `train` checks this."""
+    """Building a model runs a repo's own Python code when its config maps classes to it (`auto_map`): only when
+    asked (then that code builds it, weights or random init: modeling.build_base). Reading the config for an
+    estimate or a plan runs nothing, so only `train` and `bench` check this."""
     if config.get("auto_map") and not trust_remote_code:
-        raise FtoptError(f"{ref} needs its own Python code from the Hub; rerun with --trust-remote-code if you "
-                         "trust it.")
+        raise FtoptError(f"{ref} needs its own Python code (its config's auto_map); rerun with --trust-remote-code "
+                         "if you trust it.")
 
 
 def hub_config(ref: HubRef, not_found_hint: str = "") -> dict:
@@ -122,6 +123,21 @@ def hub_snapshot(ref: HubRef, trust_remote_code: bool = False) -> Path:
     if not any(folder.glob("*.safetensors")):
         raise FtoptError(f"{ref} has no safetensors weights; ftopt does not load pickled .bin files.")
     return folder
+
+
+def remote_code_folder(ref: str) -> str:
+    """A local folder with the config and the Python files its auto_map names, for a random-init model built by
+    that code: the model folder itself, a config.json's folder, or the Hub repo's config and *.py (cache)."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path if path.is_dir() else path.parent)
+    from huggingface_hub import snapshot_download
+
+    hub = parse_hub_id(ref)
+    if hub is None:
+        raise FtoptError(f"{ref} is neither a local model folder nor a Hub id, so its own code cannot be found.")
+    with _hub_errors(hub, "code"):
+        return snapshot_download(hub.repo_id, revision=hub.revision, allow_patterns=["config.json", "*.py"])
 
 
 def resolve_weights(ref: str, trust_remote_code: bool = False) -> str:
