@@ -57,6 +57,15 @@ def sweep_runs(base: RunSpec, combos: Iterable[Combination], runs_dir: Path, rep
     return runs
 
 
+def default_zero_processes(hw: HardwareSpec) -> int:
+    """ZeRO partitions over processes: 2 CPU processes stand for 2 GPUs; on a GPU machine, the GPUs it has."""
+    if hw.is_cpu:
+        return 2
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
 def reference_combinations(hw: HardwareSpec, lora_r: int = 8) -> list[Combination]:
     """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, eager vs the fastest
     attention kernel this hardware runs (flash where it can, else SDPA)."""

@@ -1,6 +1,9 @@
 """Turn the report and demo flags into typed report settings, checking them before anything is drawn."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 from ftopt.errors import FtoptError
 from ftopt.quality import QualityTarget
 from ftopt.report.sections import production_target_for
@@ -52,3 +55,15 @@ def report_settings(rows: list[dict], *, gpu: str | None, title: str | None, qua
                 cost_per_gpu_hour=cost_per_gpu_hour, currency=currency, max_hours=max_hours, quality_target=target,
                 quality_source=quality_source, production=production,
                 calibration=fit.model_dump() if fit else None)
+
+
+def write_report(path: Path, out: Path, *, lang: str, warn: Callable[[str], None], **flags) -> dict[str, Path]:
+    """`ftopt report` once its paths are checked: read the results (a corrupt line is a warning), settings from the
+    flags (`report_settings` keywords), write the files; returns their paths by kind."""
+    from ftopt.bench import read_results
+    from ftopt.report.render import build_report
+
+    rows = read_results(path, warn=warn)
+    if not rows:
+        raise FtoptError(f"The results file {path} has no valid result line.")
+    return build_report(rows, out, lang=lang, **report_settings(rows, **flags))
