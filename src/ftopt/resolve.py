@@ -55,10 +55,11 @@ def lora_target_list(s: str | None) -> tuple[str, ...] | None:
 
 
 def enum_list(field: str, value: str | None) -> tuple | None:
-    """A comma list of one enum field's values (`plan --quant nf4,int8`); None = not given."""
+    """A comma list of one enum field's values (`plan --quant nf4,int8`), each once, in the given order; None = not
+    given."""
     if value is None:
         return None
-    return tuple(_given({field: v.strip()})[field] for v in value.split(",") if v.strip()) or None
+    return tuple(dict.fromkeys(_given({field: v.strip()})[field] for v in value.split(",") if v.strip())) or None
 
 
 def setup(hw: HardwareSpec, **given) -> TrainingSetup:
