@@ -46,7 +46,8 @@ PlannedModel = Annotated[str, typer.Option("--model", "-m", help=f"preset, confi
 WeightsModel = Annotated[Optional[str], typer.Option("--model", "-m", help=f"pretrained weights: a model folder or Hub "
                                                      f"id ({MODEL_REF_RULE})")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="run the model repo's own Python code "
-                                               "(its config's auto_map); without it such a model is refused")]
+                                               "(its config's auto_map, custom tokenizers) [default: off: train and "
+                                               "bench refuse such a model]")]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON (documented schema) instead of tables")]
 
