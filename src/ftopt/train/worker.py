@@ -126,7 +126,7 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     from transformers.trainer_callback import PrinterCallback
 
     from ftopt.modeling import build_model
-    from ftopt.spec.hub import resolve_weights
+    from ftopt.spec.hub import remote_code_folder, resolve_weights
     from ftopt.train.base import record_hub_base
     from ftopt.train.callbacks import Progress, RunCallback, TimeBudget
 
@@ -135,9 +135,12 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     args = training_arguments(spec, device, world, total)
     weights_dir = (resolve_weights(spec.model.ref, spec.model.trust_remote_code)  # a Hub id: the cache's snapshot
                    if spec.model.weights else None)
+    code_dir = None  # the repo's own model code, run only when asked (the CLI refused auto_map without the flag)
+    if spec.model.trust_remote_code and model_spec.hf_config.get("auto_map"):
+        code_dir = weights_dir or remote_code_folder(spec.model.ref)
     model = build_model(model_spec, spec.combination, s.precision,
                         device="cpu" if spec.combination.uses_deepspeed else device,
-                        weights_dir=weights_dir, seed=spec.schedule.seed)
+                        weights_dir=weights_dir, seed=spec.schedule.seed, code_dir=code_dir)
     if spec.model.weights:
         record_hub_base(model, spec.model.ref)  # the adapter names the Hub id, not the snapshot folder
     progress, budget = Progress(recorder.rank == 0), TimeBudget(spec.schedule.max_hours)
