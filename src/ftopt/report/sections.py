@@ -82,8 +82,8 @@ def point_memory(d: Decision, T: dict, hardware: str, plan: ProductionPlan | Non
                             cap=fmt_bytes(load_hardware(t.gpu).memory_bytes))
     else:
         fit = T["fit_poc"].format(hardware=e(hardware), need=fmt_bytes(d.best["measured"]["peak_bytes_per_gpu"]))
-    tech = memory_techniques(c)
-    what = (T["mem_needed"].format(techniques=e(", ".join(tech)), label=label, fit=fit) if tech
+    tech = memory_techniques(c, T)
+    what = (T["mem_needed"].format(techniques=e(T["tech_sep"].join(tech)), label=label, fit=fit) if tech
             else T["mem_none_needed"].format(label=label, fit=fit))
     return T["p_memory"].format(what=what)
 
