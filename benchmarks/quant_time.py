@@ -52,7 +52,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--hidden", type=int, help="another model width (a check of the rates on a second size)")
     a = ap.parse_args()
+    a.tag = ""
+    if a.hidden:  # same shape ratios (llama's 8/3 MLP), another size
+        CONFIG.update(hidden_size=a.hidden, intermediate_size=int(a.hidden * 8 / 3) // 32 * 32)
+        a.tag = f"_h{a.hidden}"
     seen: dict[str, list[dict]] = {n: [] for n, _, _ in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="ftopt-quant-time-") as tmp:
         for r in range(a.rounds):
@@ -70,11 +75,30 @@ def main() -> None:
         rows.append(row)
         ratios = (f"{row['measured_ratio']:.2f}x | {row['predicted_ratio']:.2f}x" if b else "- | -")
         print(f"| {name} | {m['measured_seconds'] * 1e3:.0f} | {m['predicted_seconds'] * 1e3:.0f} | {ratios} |")
+    rates = achieved_rates(med)
+    print(f"\nachieved on this machine: dequantization {rates['dequant_bytes_per_s'] / 1e9:.2f} GB/s, "
+          f"8-bit optimizer update {rates['bnb_optimizer_bytes_per_s'] / 1e9:.2f} GB/s "
+          "(HardwareSpec.dequant_bytes_per_s / bnb_optimizer_bytes_per_s)")
     from ftopt.io import atomic_write_text
 
-    atomic_write_text(ROOT / "benchmarks" / "results" / "quant_time.json",
+    atomic_write_text(ROOT / "benchmarks" / "results" / f"quant_time{a.tag}.json",
                       json.dumps({"config": CONFIG, "seq_len": SEQ, "micro_batch": BATCH, "steps": a.steps,
-                                  "rounds": a.rounds, "runs": seen, "rows": rows}, indent=2))
+                                  "rounds": a.rounds, "runs": seen, "rows": rows, "rates": rates}, indent=2))
+
+
+def achieved_rates(med: dict) -> dict:
+    """The bytes the time model counts for dequantization and the 8-bit update, over the extra seconds each
+    variant measured beside its twin. The 32-bit AdamW update the 8-bit one replaces is left in the twin: at
+    28 bytes per parameter it is a few percent of the extra here."""
+    from ftopt.estimate.time import dequant_bytes, optimizer_bytes
+    from ftopt.spec import Combination, TrainingSetup, from_hf_config
+
+    spec, setup = from_hf_config(CONFIG, "quant-time"), TrainingSetup(seq_len=SEQ, micro_batch=BATCH, precision="fp32")
+    extra_dequant = med["QLoRA NF4 r8"]["measured_seconds"] - med["LoRA r8"]["measured_seconds"]
+    extra_optim = med["full 8-bit AdamW"]["measured_seconds"] - med["full AdamW"]["measured_seconds"]
+    nf4, eight = Combination(lora_r=8, quant="nf4"), Combination(optim="adamw-8bit")
+    return {"dequant_bytes_per_s": dequant_bytes(spec, setup, nf4) / extra_dequant if extra_dequant > 0 else None,
+            "bnb_optimizer_bytes_per_s": optimizer_bytes(spec, setup, eight) / extra_optim if extra_optim > 0 else None}
 
 
 if __name__ == "__main__":

@@ -124,24 +124,36 @@ ADAMW_BYTES_PER_PARAM = 28  # fp32 p, g, m, v read + p, m, v written [Optimizer]
 ADAMW_8BIT_BYTES_PER_PARAM = 16  # fp32 p, g read + p written, uint8 m, v read and written [Optimizer]
 
 
-def dequant_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
-    """Dequantizing the quantized base once per matmul pass (forward, backward, GC recompute) [Dequant]."""
+def dequant_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> float:
+    """Bytes the dequantization of the quantized base moves per step: once per matmul pass (forward, backward,
+    GC recompute), reading the quantized weight and writing the 16-bit one [Dequant]."""
     if combo.quant is Quant.NONE:
         return 0.0
     per_weight = (0.5 if combo.quant.four_bit else 1.0) + 2.0  # read quantized, write the 16-bit weight
     passes = (3 if combo.gc else 2) * setup.grad_accum
-    return passes * q8.quantized_params(model) * per_weight / hw.hbm_bandwidth_bytes_per_s
+    return passes * q8.quantized_params(model) * per_weight
+
+
+def dequant_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
+    return dequant_bytes(model, setup, combo) / (hw.dequant_bytes_per_s or hw.hbm_bandwidth_bytes_per_s)
+
+
+def optimizer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> float:
+    """Bytes the AdamW update moves per step per GPU (its ZeRO share of the states) [Optimizer]; 0 with
+    offload (Adam runs on the host: comm_seconds counts it)."""
+    if combo.offload is not Offload.NONE:
+        return 0.0
+    per_param = ADAMW_8BIT_BYTES_PER_PARAM if combo.optim.eight_bit else ADAMW_BYTES_PER_PARAM
+    share = setup.world_size if combo.zero >= 1 else 1
+    return trainable_params(model, combo) / share * per_param
 
 
 def optimizer_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
-    """The AdamW update's memory traffic per step [Optimizer] (per GPU: its ZeRO share of the states), plus paged
-    states brought back over the host link."""
-    per_param = ADAMW_8BIT_BYTES_PER_PARAM if combo.optim.eight_bit else ADAMW_BYTES_PER_PARAM
-    share = setup.world_size if combo.zero >= 1 else 1
-    if combo.offload is not Offload.NONE:
-        return 0.0  # Adam runs on the host (comm_seconds counts it)
-    seconds = trainable_params(model, combo) / share * per_param / hw.hbm_bandwidth_bytes_per_s
-    if combo.optim.paged and not hw.is_cpu:
+    """The update's memory traffic at the device's rate (bitsandbytes' own rate for 8-bit states where measured),
+    plus paged states brought back over the host link."""
+    rate = (hw.bnb_optimizer_bytes_per_s if combo.optim.eight_bit else None) or hw.hbm_bandwidth_bytes_per_s
+    seconds = optimizer_bytes(model, setup, combo) / rate
+    if combo.optim.paged and not hw.is_cpu and combo.offload is Offload.NONE:
         seconds += 2 * q8.bnb_optimizer_bytes(model, combo, on_gpu=True)[1] / hw.host_link_bandwidth_bytes_per_s
     return seconds
 

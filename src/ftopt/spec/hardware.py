@@ -45,6 +45,12 @@ class HardwareSpec(BaseModel):
     fixed_step_seconds: float = Field(0.0, ge=0, description="per-step overhead not proportional to FLOPs (calibrated)")
     seconds_per_kernel: float = Field(0.0, ge=0, description="exposed cost of one dispatched operator (calibrated; "
                                                              "0 assumes launches hide behind the kernels)")
+    dequant_bytes_per_s: float | None = Field(
+        None, gt=0, description="achieved rate of bitsandbytes dequantization (bytes read + written per second); "
+                                "None: memory-bound at hbm_bandwidth_bytes_per_s, the GPU assumption")
+    bnb_optimizer_bytes_per_s: float | None = Field(
+        None, gt=0, description="achieved rate of a bitsandbytes 8-bit optimizer update (bytes moved per second); "
+                                "None: memory-bound at hbm_bandwidth_bytes_per_s, the GPU assumption")
     zero_step_seconds: dict[int, float] = Field(default_factory=dict,
                                                 description="extra per-step cost of the DeepSpeed engine by ZeRO stage (calibrated)")
     source: str = ""
@@ -144,12 +150,21 @@ def cpu_spec() -> HardwareSpec:
             pass  # a read-only home only costs us the cache
     mem = psutil.virtual_memory().total
     # CPU "bf16" runs at about the fp32 rate without AMX; we state that rather than guess a speed-up.
+    # bitsandbytes' CPU backend dequantizes and updates 8-bit states with chains of torch ops, far from memory-bound:
+    # rates measured by benchmarks/quant_time.py (see the README's QLoRA section for the run and its date).
     return HardwareSpec(
+        dequant_bytes_per_s=CPU_BNB_DEQUANT_BYTES_PER_S, bnb_optimizer_bytes_per_s=CPU_BNB_OPTIMIZER_BYTES_PER_S,
         name="cpu", memory_bytes=mem, peak_flops={"fp32": flops, "bf16": flops, "fp16": flops},
         hbm_bandwidth_bytes_per_s=20e9, intra_node_bandwidth_bytes_per_s=5e9, inter_node_bandwidth_per_gpu_bytes_per_s=1e9,
         host_link_bandwidth_bytes_per_s=20e9, mfu=0.5, host_memory_bytes=mem, is_cpu=True,
         source=f"this machine: {os.cpu_count()} cores, memory from the OS, fp32 FLOP/s from a matmul probe",
     )
+
+
+# benchmarks/quant_time.py on a 2-core shared x86 CPU (2026-11-30): NF4 LoRA vs LoRA and 8-bit vs 32-bit AdamW,
+# one thread each; the extra seconds per step over the bytes the time model counts for them [Dequant], [Optimizer].
+CPU_BNB_DEQUANT_BYTES_PER_S = 0.84e9
+CPU_BNB_OPTIMIZER_BYTES_PER_S = 0.64e9
 
 
 def load_hardware(name: str) -> HardwareSpec:
