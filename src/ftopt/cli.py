@@ -15,7 +15,7 @@ import typer
 
 from ftopt.cli_common import (
     Attn, DatasetTokens, Epochs, GradAccum, Gc, Gpu, Gpus, Json, LoraR, LoraTargets, MethodOpt, MicroBatch, Nodes,
-    OffloadOpt, OptimOpt, PrecisionOpt, QuantOpt, SeqLen, Zero, check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
+    OffloadOpt, OptimOpt, Packing, PrecisionOpt, QuantOpt, SeqLen, Zero, check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
 )
 from ftopt.errors import FtoptError
 
@@ -75,7 +75,8 @@ def _planning_hardware(gpu: Optional[str], calibration: Optional[Path], host_ram
 def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
              gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
              micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
-             dataset_tokens: DatasetTokens = None, epochs: Epochs = None, gc: Gc = None, lora_r: LoraR = None,
+             dataset_tokens: DatasetTokens = None, epochs: Epochs = None, packing: Packing = None, gc: Gc = None,
+             lora_r: LoraR = None,
              lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None, attn: Attn = None,
              quant: QuantOpt = None, optim: OptimOpt = None, method: MethodOpt = "analytic", json_out: Json = False,
              calibration: CalibrationOpt = None, host_ram: HostRam = None):
@@ -88,7 +89,8 @@ def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, c
 
         m, hw = load_model(model), _planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
-                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
+                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs,
+                              packing=packing)
         combo = resolve.combination(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload,
                                     attn=attn, quant=quant, optim=optim)
         e = est(m, hw, setup, combo, method_of(method))
@@ -103,7 +105,7 @@ def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, c
 def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
          gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
          micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
-         dataset_tokens: DatasetTokens = None, epochs: Epochs = None,
+         dataset_tokens: DatasetTokens = None, epochs: Epochs = None, packing: Packing = None,
          lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
          lora_targets: LoraTargets = None,
          max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")] = None,
@@ -133,7 +135,8 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
             check_out_folder(out.parent)
         m, hw = load_model(model), _planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
-                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
+                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs,
+                              packing=packing)
         p = make_plan(m, hw, setup, method=method_of(method), max_hours=max_hours, full_only=full_only, lora_r=lora_r,
                       lora_targets=resolve.lora_target_list(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour,
                       currency=currency, quants=resolve.enum_list("quant", quant),
@@ -174,7 +177,7 @@ def train(
                                                            "none [default: 0.1]")] = None,
     eval_max_examples: Annotated[Optional[int], typer.Option("--eval-max-examples", help="held-out examples scored by "
                                                              "generation; 0 = none [default: 64]")] = None,
-    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="pack sequences [default: off]")] = None,
+    packing: Packing = None,
     seq_len: SeqLen = None, micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
     gc: Gc = None, lora_r: LoraR = None, lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None,
     attn: Attn = None, quant: QuantOpt = None, optim: OptimOpt = None, epochs: Epochs = None,
@@ -213,7 +216,7 @@ def train(
                if model else resolve.model_ref(random_init, weights=False, tokenizer=tokenizer,
                                                trust_remote_code=trust_remote_code) if random_init else None)
         given_setup = dict(seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
-                           gpus_per_node=gpus, nodes=nodes, epochs=epochs)
+                           gpus_per_node=gpus, nodes=nodes, epochs=epochs, packing=packing)
         given_combo = dict(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload, attn=attn,
                            quant=quant, optim=optim)
         if plan_file is not None:
@@ -228,7 +231,7 @@ def train(
             spec = resolve.new_run(hw, ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=tokenizer),
                                    resolve.setup(hw, **given_setup), resolve.combination(**given_combo))
         spec = resolve.finish_run(
-            spec, data=dict(train=data, eval=eval_data, eval_fraction=eval_fraction, packing=packing,
+            spec, data=dict(train=data, eval=eval_data, eval_fraction=eval_fraction,
                             eval_max_examples=eval_max_examples, metrics=tuple(metric) if metric else None),
             schedule=dict(max_steps=max_steps, learning_rate=lr, lr_schedule=lr_schedule, seed=seed,
                           save_steps=save_steps, max_hours=max_hours),
@@ -299,9 +302,10 @@ def bench(
         combos += quant_optim_variants(combos, q[0] if q else None, o[0] if o else None)
         ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None)
         base = resolve.finish_run(
-            resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision),
+            resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision,
+                                          packing=packing),
                             resolve.combination()),
-            data=dict(train=data, eval=eval_data, packing=packing, metrics=tuple(metric) if metric else None), schedule=dict(max_steps=max_steps, learning_rate=lr), output={})
+            data=dict(train=data, eval=eval_data, metrics=tuple(metric) if metric else None), schedule=dict(max_steps=max_steps, learning_rate=lr), output={})
         for c in combos:
             resolve.check(base.model_copy(update={"combination": c}))
         runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or _default_zero_gpus(hw))
@@ -427,8 +431,8 @@ def preview(
         ref = ModelRef(ref=model or random_init or ModelRef().ref, weights=model is not None, tokenizer=tokenizer,
                        trust_remote_code=trust_remote_code)
         spec = load_model(ref.ref)
-        result, tok = build_preview(ref, DataSpec(train=data, eval_fraction=eval_fraction, packing=packing),
-                                    spec.vocab_size, seq_len, n, seed=seed)
+        result, tok = build_preview(ref, DataSpec(train=data, eval_fraction=eval_fraction),
+                                    spec.vocab_size, seq_len, n, seed=seed, packing=packing)
         if json_out:
             typer.echo(result.model_dump_json(indent=2))
         else:

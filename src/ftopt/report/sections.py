@@ -151,6 +151,15 @@ def results_table(rows: list[dict], d: Decision, T: dict, lang: str, price: floa
     return cols, out
 
 
+def padded_rows_note(rows: list[dict], T: dict) -> str | None:
+    """Why an unpacked run's measured peak can sit below its prediction, when the results hold one (rows written
+    before packing moved to the setup keep it under `data`)."""
+    def packed(run: dict) -> bool:
+        return bool(run["setup"].get("packing", (run.get("data") or {}).get("packing", False)))
+
+    return T["padded_rows"] if any(r.get("run") and not packed(r["run"]) for r in rows) else None
+
+
 def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], list[list[str]]]:
     t = plan.target
     intro = T["production_assume"].format(model=e(Path(t.model).name), gpus=t.gpus, gpu=e(t.gpu), precision=plan.precision.value,
