@@ -93,3 +93,10 @@ def test_a_mask_costs_sdpa_its_causal_skip():
     assert flops[("sdpa", False)] < flops[("sdpa", True)] == flops[("eager", True)] == flops[("eager", False)]
     assert flops[("flash", True)] == flops[("flash", False)] == flops[("sdpa", False)]
 
+
+
+def test_an_unpacked_estimate_says_it_assumes_full_rows():
+    spec, hw = from_hf_config(GQA, "gqa"), load_hardware("cpu")
+    note = lambda packing: [n for n in estimate(spec, hw, TrainingSetup(seq_len=SEQ, packing=packing), Combination()).notes
+                            if "--seq-len" in n]
+    assert note(False) and f"--seq-len {SEQ} tokens" in note(False)[0] and not note(True)
