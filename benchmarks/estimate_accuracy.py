@@ -213,7 +213,7 @@ def main() -> None:
         rescore()
         return
     if a.table:
-        print_table("packed" if a.packed else "quant", "misses")
+        print_table(*(("packed",) if a.packed else ("quant", "misses")))
         return
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
@@ -306,7 +306,7 @@ def rescore() -> None:
             errs = [abs(r[f"{k}_error"]) for r in data["rows"]]
             if errs:
                 data["summary"][k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
-        _save(f, data["rows"], data["zero_rows"], data["summary"])
+        _save(f, data["rows"], data.get("zero_rows", []), data["summary"])
         print(f"{f.name}: {len(data['rows'])} rows re-estimated")
 
 

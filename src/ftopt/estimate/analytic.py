@@ -165,7 +165,7 @@ def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination,
     masked = layout.sdpa_gets_mask(setup, combo)
     per_layer = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked) * tokens
     per_layer += autocast_weight_cache_bytes(model, combo, st)
-    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo, st)
+    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo)
     if combo.gc:
         kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens
         return kept + per_layer + head, per_layer

@@ -11,8 +11,9 @@ every document and with no attention mask. What transformers 5.23 and torch 2.13
            `is_causal` and sdpa_mask materializes a bool mask [micro_batch, 1, L, L] once per forward.
            integrations/sdpa_attention.py: with a mask, use_gqa_in_sdpa is False (CPU and CUDA), so repeat_kv
            copies k and v to every query head before the kernel; torch's SDPA turns the bool mask into an
-           additive float mask in the query dtype (aten::where) in every layer and the kernel (the CPU flash kernel,
-           on CUDA the memory-efficient one: the flash kernel takes no mask) keeps it for backward. The kernel
+           additive float mask in the query dtype (aten::where) in every layer and the kernel (the CPU flash kernel;
+           on CUDA, where the flash kernel takes no mask, presumably the memory-efficient one: not measured on a
+           GPU yet) keeps it for backward. The kernel
            stays O(L) per head: no [heads, L, L] scores. A mask also means no causal block skipping: the kernel
            computes all L x L scores (time.forward_flops_per_token).
   eager    sdpa_mask's bool mask turned into a float mask [micro_batch, 1, L, L] in the embeddings' dtype
@@ -47,13 +48,11 @@ def masked_sdpa_bytes_per_token(model: ModelSpec, st: Storage, seq_len: int) -> 
     return st.act_bytes * (2 * (model.q_dim - model.kv_dim) + seq_len)
 
 
-def model_mask_bytes(setup: TrainingSetup, combo: Combination, st: Storage) -> int:
-    """The mask the model builds once per forward [masking], counted while it lives at the loss peak: only under
-    gradient checkpointing (see the module docstring). sdpa with packed rows: bool [micro_batch, 1, L, L]; eager:
-    float [micro_batch, 1, L, L] in the embeddings' (residual) dtype; otherwise none."""
-    if not combo.gc:
+def model_mask_bytes(setup: TrainingSetup, combo: Combination) -> int:
+    """The mask packing adds at the model level [masking], counted while it lives at the loss peak: only under
+    gradient checkpointing (see the module docstring). sdpa with packed rows: bool [micro_batch, 1, L, L].
+    Eager's float mask exists packed or not and is left inside the eager rows' measured accuracy: the analytic
+    GC peak already lets one recomputed layer coexist with the logits, which a real step does not."""
+    if not (combo.gc and sdpa_gets_mask(setup, combo)):
         return 0
-    cells = setup.micro_batch * setup.seq_len ** 2
-    if combo.attn is Attention.EAGER:
-        return cells * st.resid_bytes
-    return cells * BOOL_BYTES if sdpa_gets_mask(setup, combo) else 0
+    return setup.micro_batch * setup.seq_len ** 2 * BOOL_BYTES
