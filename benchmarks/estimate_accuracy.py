@@ -113,7 +113,7 @@ def _combo(sc: dict):
     from ftopt.spec import Combination
 
     return Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"], quant=sc.get("quant", "none"),
-                       optim=sc.get("optim", "adamw"))
+                       optim=sc.get("optim", "adamw"), zero=sc.get("zero", 0))
 
 
 def run_one(sc: dict) -> dict:
@@ -189,7 +189,8 @@ def estimates(sc: dict) -> dict:
     spec = _spec(sc)
     combo = _combo(sc)
     setup = TrainingSetup(seq_len=sc.get("seq", SEQ), micro_batch=sc.get("batch", BATCH), precision=sc["precision"],
-                          packing=sc.get("packed", False))
+                          packing=sc.get("packed", False),
+                          gpus_per_node=sc.get("processes", 1))  # a ZeRO row's processes (benchmarks/peers.py)
     hw = load_hardware("h200" if sc.get("device") == "cuda" else "cpu")
     return {m: estimate(spec, hw, setup, combo, m).peak_bytes_per_gpu for m in ("analytic", "traced")}
 

@@ -1,22 +1,17 @@
 """The GPU check (benchmarks/gpu_check.sh -> gpu_check.py) cannot run here; its logic can: it refuses with what is
 missing, its scenarios are valid `ftopt train` runs, and its comparison turns a metrics.json into the right errors."""
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks import ROOT, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("gpu_check")
 
 
 def test_fails_fast_naming_what_is_missing(gc):

@@ -117,4 +117,4 @@ def test_traced_runs_quantized_and_8bit_with_stand_ins():
     oc = Combination(optim="adamw-8bit")
     fp32 = TrainingSetup(seq_len=32, micro_batch=2, precision="fp32")
     bd8, phase, _ = traced_memory(m, fp32, oc, target="cpu", layers=None)
-    assert phase == "step" and bd8.optimizer_states == analytic.memory(m, fp32, oc, on_gpu=False)[0].optimizer_states
+    assert phase == "optimizer step" and bd8.optimizer_states == analytic.memory(m, fp32, oc, on_gpu=False)[0].optimizer_states

@@ -12,8 +12,9 @@ the partitioned states (16-bit weights, fp32 master, Adam states, gradient parti
 formulas in `analytic.zero_states`. Gradients in the trace are scaled by the share a rank keeps (1/N for stage 2
 and 3) when the peak is searched.
 
-Layers are identical, so we trace 2 and 3 layers and extrapolate each category linearly to the real count
-(tests check this equals a full trace).
+Layers are identical, so we trace 2 and 3 layers and extrapolate each category linearly to the real count,
+moment by moment (forward, loss, backward through the head, the layers and the embedding, optimizer step): the
+moment that peaks at 2 layers need not be the one that peaks at 24 (tests check this equals a full trace).
 """
 from __future__ import annotations
 
@@ -35,8 +36,25 @@ from ftopt.spec import Attention, Combination, ModelSpec, Offload, Optim, Quant,
 
 CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
 
+# Backward is split where it leaves the LM head and where it reaches the embedding: at different depths the peak
+# falls in different moments (start of backward with every layer's activations vs the embedding's gradients at its
+# end), and only a moment's own snapshots extrapolate linearly in the layer count.
 _PHASE_CATEGORY = {"forward": "activations", "head": "logits_loss", "backward": "temporaries", "step": "temporaries",
-                   "setup": "temporaries"}
+                   "setup": "temporaries", "backward-layers": "temporaries", "backward-embed": "temporaries"}
+
+# the trace's moments in the analytic estimator's words (estimate.result: EstimateResult.peak_phase)
+PHASE_NAMES = {"forward": "forward/backward", "head": "forward/backward", "backward": "forward/backward",
+               "backward-layers": "forward/backward", "backward-embed": "end of backward", "step": "optimizer step",
+               "setup": "model build"}
+
+
+def _metric(snapshot: dict, grad_weight: float, count_states: bool) -> float:
+    """Bytes a rank holds for a category snapshot: traced gradients scaled to the rank's share; weights and
+    optimizer states only where the trace owns them (DeepSpeed's come from the ZeRO formulas)."""
+    metric = sum(v for k, v in snapshot.items() if k != "gradients") + grad_weight * snapshot.get("gradients", 0)
+    if not count_states:
+        metric -= snapshot.get("weights", 0) + snapshot.get("optimizer_states", 0)
+    return metric
 
 
 @dataclass
@@ -51,6 +69,7 @@ class _Tracker:
     peak: float = -1.0
     peak_snapshot: dict = field(default_factory=dict)
     peak_phase: str = ""
+    phase_peaks: dict = field(default_factory=dict)  # phase -> (metric, snapshot) at that phase's own peak
 
     def _size(self, nbytes: int) -> int:
         g = self.granularity
@@ -78,11 +97,21 @@ class _Tracker:
 
     def check_peak(self) -> None:
         t = self.totals()
-        metric = sum(v for k, v in t.items() if k != "gradients") + self.grad_weight * t.get("gradients", 0)
-        if not self.count_states:
-            metric -= t.get("weights", 0) + t.get("optimizer_states", 0)
+        metric = _metric(t, self.grad_weight, self.count_states)
+        if metric > self.phase_peaks.get(self.phase, (-1.0,))[0]:
+            self.phase_peaks[self.phase] = (metric, t)
         if metric > self.peak:
             self.peak, self.peak_snapshot, self.peak_phase = metric, t, self.phase
+
+    def enter_head(self, hidden: torch.Tensor) -> None:
+        """LM head forward begins; backward leaves the head once `hidden` (its input) has its gradient."""
+        self.phase = "head"
+        self.mark_when_reached(hidden, "backward-layers")
+
+    def mark_when_reached(self, t: torch.Tensor, phase: str) -> None:
+        """Switch to `phase` when backward reaches tensor `t` (its gradient is computed)."""
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            t.register_hook(lambda _grad: setattr(self, "phase", phase))
 
 
 class _StorageMode(TorchDispatchMode):
@@ -203,8 +232,7 @@ def _packed_detection(packed: bool):
         masking_utils.find_packed_sequence_indices = real
 
 
-def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str
-           ) -> tuple[dict[str, int], str]:
+def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> _Tracker:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ftopt.modeling import build_model
@@ -231,7 +259,9 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         for p in params:
             p.register_post_accumulate_grad_hook(lambda q: tracker.retag(q.grad.untyped_storage(), "gradients"))
         head = model.get_output_embeddings()
-        head.register_forward_pre_hook(lambda *_: setattr(tracker, "phase", "head"))
+        head.register_forward_pre_hook(lambda _m, args: tracker.enter_head(args[0]))
+        model.get_input_embeddings().register_forward_hook(
+            lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed"))
         opt = None if deepspeed else _optimizer(model, params, spec, combo, on_gpu, tracker.retag)
         inputs = _step_inputs(setup, combo, device)
         autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=st.autocast)
@@ -257,10 +287,25 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
                     for p in params:
                         p.grad = None
                 tracker.check_peak()
-    return tracker.peak_snapshot, tracker.peak_phase
+    return tracker
 
 
 _SNAPSHOT_TO_BREAKDOWN = ("weights", "gradients", "optimizer_states", "activations", "logits_loss", "temporaries")
+
+
+def _extrapolate(t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int) -> tuple[dict, str]:
+    """Each phase's peak snapshot extrapolated linearly from `layers` to `num_layers` (a moment's bytes grow by
+    one layer's worth per layer); the model's peak is the largest extrapolated moment, which need not be the
+    phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24)."""
+    (l1, l2), best = layers, (float("-inf"), {}, "")
+    for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys():
+        s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
+        per_cat = {k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
+                   for k in _SNAPSHOT_TO_BREAKDOWN}
+        metric = _metric(per_cat, t1.grad_weight, t1.count_states)
+        if metric > best[0]:
+            best = (metric, per_cat, phase)
+    return best[1], best[2]
 
 
 def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, target: str = "cuda",
@@ -269,12 +314,11 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
     the model's depth (`layers=None` traces the full depth)."""
     try:
         if layers is None or spec.num_layers <= layers[1]:
-            snap, phase = _trace(spec, setup, combo, spec.num_layers, target)
-            per_cat = {k: float(snap.get(k, 0)) for k in _SNAPSHOT_TO_BREAKDOWN}
+            t = _trace(spec, setup, combo, spec.num_layers, target)
+            per_cat, phase = {k: float(t.peak_snapshot.get(k, 0)) for k in _SNAPSHOT_TO_BREAKDOWN}, t.peak_phase
         else:
-            (l1, s1, phase), (l2, s2, _) = [(n, *_trace(spec, setup, combo, n, target)) for n in layers]
-            per_cat = {k: s1.get(k, 0) + (spec.num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
-                       for k in _SNAPSHOT_TO_BREAKDOWN}
+            per_cat, phase = _extrapolate(*[_trace(spec, setup, combo, n, target) for n in layers], layers,
+                                          spec.num_layers)
     except TraceUnavailable:
         raise
     except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path
@@ -294,4 +338,4 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
         st = storage(setup.precision, combo)
         extra = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers)
         cpu = bnb_optimizer_bytes(spec, combo, on_gpu=target == "cuda")[1] * setup.gpus_per_node
-    return MemoryBreakdown(**bd, **extra), phase or "forward/backward", cpu
+    return MemoryBreakdown(**bd, **extra), PHASE_NAMES.get(phase, "forward/backward"), cpu
