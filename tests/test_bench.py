@@ -162,3 +162,33 @@ def test_rank_check_ignores_near_ties():
     measured = [1.00, 1.05, 2.0, 3.0]  # the first two are a tie within 10%
     assert ordered_pairs([1.1, 1.0, 2.0, 3.0], measured) == (5, 5)  # swapping the tie is not an error
     assert ordered_pairs([1.0, 1.05, 3.0, 2.0], measured) == (4, 5)
+
+
+def _bench_combinations(tmp_path, monkeypatch, *flags) -> list[Combination]:
+    """The combinations `ftopt bench` would sweep (the sweep itself is replaced by a recorder)."""
+    from typer.testing import CliRunner
+
+    import ftopt.bench
+    from ftopt.cli import app
+
+    seen = []
+    monkeypatch.setattr(ftopt.bench, "sweep_runs", lambda base, combos, *a, **k: seen.extend(combos) or [])
+    r = CliRunner().invoke(app, ["bench", "--gpu", "cpu", "--out", str(tmp_path / "b"), *flags])
+    assert r.exit_code == 0, r.output
+    return seen
+
+
+def test_bench_quant_and_optim_lists_are_the_cross_product_without_duplicates(tmp_path, monkeypatch):
+    from ftopt.spec import Optim, Quant
+
+    plain = _bench_combinations(tmp_path, monkeypatch)
+    swept = _bench_combinations(tmp_path, monkeypatch, "--quant", "none,nf4,int8", "--optim", "adamw,adamw-8bit")
+    assert len(set(swept)) == len(swept) and swept[:len(plain)] == plain  # `none`/`adamw` add no copy of a point
+    lora0 = [c for c in plain if c.lora and not c.zero]
+    pairs = {(c.quant, c.optim) for c in swept if c.lora and not c.zero and not c.gc and c.attn is lora0[0].attn}
+    assert pairs == {(q, o) for q in (Quant.NONE, Quant.NF4, Quant.INT8) for o in (Optim.ADAMW, Optim.ADAMW_8BIT)}
+    full = [c for c in swept if not c.lora and not c.gc and c.attn is lora0[0].attn]
+    assert {c.optim for c in full} == {Optim.ADAMW, Optim.ADAMW_8BIT} and len(full) == 2  # no quantized full FT
+    zero3 = [c for c in swept if c.zero == 3]
+    assert len(zero3) == 1  # ZeRO-3 takes neither
+    assert _bench_combinations(tmp_path, monkeypatch, "--quant", "none") == plain

@@ -64,3 +64,55 @@ def test_lora_run_exports_peft_fields_and_no_deepspeed(tmp_path):
     assert model.use_peft and model.lora_r == 16 and sft.gradient_checkpointing
     assert model.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # what the plan estimated
     assert model.dtype == "bfloat16"  # the frozen base in 16 bits, as the plan stores it
+
+
+def _parse_trl(folder):
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    return TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)) \
+        .parse_args_and_config(args=["--config", str(folder / "sft_config.yaml"), "--use_cpu", "true"])
+
+
+def test_qlora_run_exports_ftopt_quantization_optimizer_and_lora(tmp_path):
+    """TRL builds, from the exported config, the BitsAndBytesConfig, optimizer and LoRA that ftopt's run uses."""
+    import torch
+    from trl import get_peft_config, get_quantization_config
+
+    from ftopt.quantize import bnb_config
+    from ftopt.spec import Combination, Optim, Precision, Quant
+
+    folder = export(tmp_path, "--gpus", "1", "--gpu", "rtx4090", "--quant", "nf4", "--optim", "adamw-8bit")
+    _, sft, model, _ = _parse_trl(folder)
+    trl_bnb = get_quantization_config(model)
+    ours = bnb_config(Combination(lora_r=16, quant=Quant.NF4), Precision.BF16_MIXED)
+    assert trl_bnb is not None and trl_bnb.load_in_4bit and not trl_bnb.load_in_8bit
+    assert trl_bnb.bnb_4bit_quant_type == ours.bnb_4bit_quant_type == "nf4"
+    assert trl_bnb.bnb_4bit_use_double_quant and ours.bnb_4bit_use_double_quant
+    assert trl_bnb.bnb_4bit_compute_dtype == ours.bnb_4bit_compute_dtype == torch.bfloat16
+    assert sft.optim == Optim.ADAMW_8BIT.hf_name == "adamw_bnb_8bit"
+    peft = get_peft_config(model)  # alpha = 2r and no dropout, as ftopt.modeling builds the adapters
+    assert (peft.r, peft.lora_alpha, peft.lora_dropout) == (16, 32, 0.0)
+
+
+def test_int8_run_exports_load_in_8bit(tmp_path):
+    from trl import get_quantization_config
+
+    folder = export(tmp_path, "--gpus", "1", "--gpu", "rtx4090", "--quant", "int8", "--optim", "adamw")
+    _, sft, model, _ = _parse_trl(folder)
+    bnb = get_quantization_config(model)
+    assert bnb.load_in_8bit and not bnb.load_in_4bit and sft.optim == "adamw_torch_fused"
+
+
+def test_unquantized_export_keeps_trl_defaults_off_and_states_lora_dropout(tmp_path):
+    folder = export(tmp_path, "--gpus", "1", "--gpu", "rtx4090", "--quant", "none", "--optim", "adamw")
+    _, _, model, _ = _parse_trl(folder)
+    assert not model.load_in_4bit and not model.load_in_8bit
+    assert model.lora_dropout == 0.0 and model.lora_alpha == 2 * model.lora_r  # TRL's defaults are 0.05 and 32
+
+
+def test_export_under_a_file_is_one_line_before_planning(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = runner.invoke(app, ["plan", "--model", "llama-2-7b", "--export", str(blocker / "sub")])
+    assert r.exit_code == 2 and "--export" in r.output and "is a file" in r.output
+    assert len(r.output.strip().splitlines()) == 1  # no plan table printed before the error

@@ -48,3 +48,16 @@ def test_65b_on_one_48gb_gpu_with_the_qlora_paper_settings():
     # the same with a 16-bit base cannot fit: 65B x 2 bytes is 130 GB
     plain = estimate(m, load_hardware("rtx-a6000"), TrainingSetup(seq_len=512), combo.model_copy(update={"quant": Quant.NONE}))
     assert not plain.fits
+
+
+def test_repeated_quant_and_optim_values_plan_each_combination_once():
+    keys = ("gc", "lora_r", "zero", "offload", "attn", "lora_targets", "quant", "optim")
+
+    def candidates(*flags):
+        r = CliRunner().invoke(app, ["plan", "--model", "llama-2-7b", "--gpu", "rtx4090", "--json", *flags])
+        assert r.exit_code == 0, r.output
+        return [json.dumps({k: c[k] for k in keys}) for c in json.loads(r.output)["candidates"]]
+
+    repeated = candidates("--quant", "none,nf4,none", "--optim", "adamw,adamw")
+    assert len(repeated) == len(set(repeated))
+    assert sorted(repeated) == sorted(candidates("--quant", "none,nf4", "--optim", "adamw"))

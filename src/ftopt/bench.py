@@ -57,6 +57,15 @@ def sweep_runs(base: RunSpec, combos: Iterable[Combination], runs_dir: Path, rep
     return runs
 
 
+def default_zero_processes(hw: HardwareSpec) -> int:
+    """ZeRO partitions over processes: 2 CPU processes stand for 2 GPUs; on a GPU machine, the GPUs it has."""
+    if hw.is_cpu:
+        return 2
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
 def reference_combinations(hw: HardwareSpec, lora_r: int = 8) -> list[Combination]:
     """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, eager vs the fastest
     attention kernel this hardware runs (flash where it can, else SDPA)."""
@@ -237,13 +246,20 @@ def predicted(spec: RunSpec) -> dict:
     return predictions(load_model(spec.model.ref), spec.hardware, spec.setup, spec.combination)
 
 
-def quant_optim_variants(combos: list[Combination], quant: Quant | None, optim: Optim | None) -> list[Combination]:
-    """Copies of the combinations that can take `quant` (LoRA, ZeRO 0-2) or `optim` (no ZeRO), with it set: the
-    sweep then measures each reference point beside its quantized / 8-bit twin."""
-    out = []
+def quant_optim_variants(combos: list[Combination], quants: tuple[Quant, ...] | None,
+                         optims: tuple[Optim, ...] | None) -> list[Combination]:
+    """For each combination, its copy with every (quant, optim) pair of the cross product set where it can take
+    them (a quantized base: LoRA, ZeRO 0-2; a bitsandbytes optimizer: no ZeRO): the sweep then measures each
+    reference point beside its quantized / 8-bit twins. A copy equal to a combination already there (`none`,
+    `adamw`, or a setting the point cannot take) is left out."""
+    seen, out = set(combos), []
     for c in combos:
-        upd = {k: v for k, v in (("quant", quant if c.lora and c.zero < 3 else None),
-                                  ("optim", optim if not c.zero else None)) if v is not None}
-        if upd:
-            out.append(Combination(**{**c.model_dump(), **upd}))
+        for quant in quants or (None,):
+            for optim in optims or (None,):
+                upd = {k: v for k, v in (("quant", quant if c.lora and c.zero < 3 else None),
+                                          ("optim", optim if not c.zero else None)) if v is not None}
+                variant = Combination(**{**c.model_dump(), **upd})
+                if variant not in seen:
+                    seen.add(variant)
+                    out.append(variant)
     return out

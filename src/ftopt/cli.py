@@ -14,36 +14,17 @@ from typing import Annotated, Optional
 import typer
 
 from ftopt.cli_common import (
-    Attn, DatasetTokens, Epochs, GradAccum, Gc, Gpu, Gpus, Json, LoraR, LoraTargets, MethodOpt, MicroBatch, Nodes,
-    OffloadOpt, OptimOpt, Packing, PrecisionOpt, QuantOpt, SeqLen, Zero, check_out_folder, hardware, method_of, run_body, stdout_to_stderr,
+    MODEL_REF_RULE, Attn, CalibrationOpt, CostPerGpuHour, Currency, DatasetTokens, Epochs, GradAccum, Gc, Gpu, Gpus,
+    HostRam, Json, LoraR, LoraTargets, MaxHours, MethodOpt, MetricOpt, MicroBatch, Nodes, OffloadOpt, OptimOpt, Packing,
+    PlannedModel, PrecisionOpt, ProdEpochs, ProdTokens, QualityTargetOpt, QuantOpt, Retrains, SeqLen, TargetGpu,
+    TargetGpus, TargetModel, TargetNodes, TrustRemoteCode, WeightsModel, Zero, check_out_folder, hardware, method_of,
+    planning_hardware, run_body, stdout_to_stderr,
 )
 from ftopt.errors import FtoptError
 
 # rich_markup_mode=None: help texts state defaults as "[default: ...]", which rich markup would swallow as a tag.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Plan, run and report LLM fine-tuning under GPU memory and time budgets.")
-
-CalibrationOpt = Annotated[Optional[Path], typer.Option(
-    "--calibration", help="time-model calibration file to apply (default: the stored one matching this hardware and "
-                          "the installed torch/transformers/deepspeed, else none)")]
-MetricOpt = Annotated[Optional[list[str]], typer.Option(
-    "--metric", help="extra quality metric module:function, (prediction, reference) -> float; repeatable")]
-QualityTargetOpt = Annotated[Optional[str], typer.Option(
-    "--quality-target", help="the quality bar, METRIC>=VALUE or METRIC<=VALUE (e.g. exact_match>=0.5)")]
-TargetGpu = Annotated[Optional[str], typer.Option("--target-gpu", help="production GPU preset or JSON file")]
-TargetGpus = Annotated[int, typer.Option("--target-gpus", help="production GPUs per node")]
-TargetNodes = Annotated[int, typer.Option("--target-nodes", help="production nodes")]
-TargetModel = Annotated[Optional[str], typer.Option("--target-model", help="model trained in production "
-                                                    "[default: the PoC's]")]
-ProdTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch of the production data")]
-ProdEpochs = Annotated[float, typer.Option("--epochs", help="epochs of a production run")]
-Retrains = Annotated[float, typer.Option("--retrains-per-year", help="production runs per year")]
-CostPerGpuHour = Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]
-Currency = Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour")]
-MaxHours = Annotated[Optional[float], typer.Option("--max-hours", help="time budget of one production run, hours")]
-HostRam = Annotated[Optional[str], typer.Option(
-    "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) "
-                       "[default: the preset's, 1 TiB]")]
 
 def _version(value: bool) -> None:
     if value:
@@ -59,20 +40,8 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Plan, run and report LLM fine-tuning under GPU memory and time budgets."""
 
 
-def _planning_hardware(gpu: Optional[str], calibration: Optional[Path], host_ram: Optional[str]):
-    """The hardware estimate/plan assume: preset (or this machine's), --host-ram, then the calibration applied
-    explicitly (the named file, else the stored one matching hardware and library versions, else none)."""
-    from ftopt.calibration_store import calibrated_hardware
-    from ftopt.units import parse_bytes
-
-    hw = hardware(gpu or "a100-80g")
-    if host_ram is not None:
-        hw = hw.model_copy(update={"host_memory_bytes": parse_bytes(host_ram, "--host-ram")})
-    return calibrated_hardware(hw, calibration)
-
-
 @app.command()
-def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
+def estimate(model: PlannedModel = "llama-2-7b",
              gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
              micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
              dataset_tokens: DatasetTokens = None, epochs: Epochs = None, packing: Packing = None, gc: Gc = None,
@@ -87,7 +56,7 @@ def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, c
         from ftopt.display import print_estimate
         from ftopt.spec import load_model
 
-        m, hw = load_model(model), _planning_hardware(gpu, calibration, host_ram)
+        m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                               gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs,
                               packing=packing)
@@ -102,7 +71,7 @@ def estimate(model: Annotated[str, typer.Option("--model", "-m", help="preset, c
 
 
 @app.command()
-def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, config.json or model folder")] = "llama-2-7b",
+def plan(model: PlannedModel = "llama-2-7b",
          gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
          micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
          dataset_tokens: DatasetTokens = None, epochs: Epochs = None, packing: Packing = None,
@@ -133,7 +102,9 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
 
         if out is not None:
             check_out_folder(out.parent)
-        m, hw = load_model(model), _planning_hardware(gpu, calibration, host_ram)
+        if export is not None:
+            check_out_folder(export, "--export")
+        m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                               gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs,
                               packing=packing)
@@ -167,7 +138,7 @@ def plan(model: Annotated[str, typer.Option("--model", "-m", help="preset, confi
 
 @app.command()
 def train(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="pretrained weights: a local model folder")] = None,
+    model: WeightsModel = None,
     random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json, random weights")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder or Hub id [default: the model's]")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder "
@@ -198,7 +169,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run in --out")] = False,
     gpu: Gpu = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="run the model repo's own code")] = False,
+    trust_remote_code: TrustRemoteCode = False,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | mlflow | wandb "
                                                      "[default: none]")] = None,
     metric: MetricOpt = None,
@@ -259,7 +230,7 @@ def bench(
                                                  "reference points]")] = None,
     out: Annotated[Path, typer.Option("--out", help="sweep folder: results.jsonl (appended; finished runs skipped) "
                                       "and runs/")] = Path("ftopt-runs/bench"),
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="pretrained weights: a local model folder")] = None,
+    model: WeightsModel = None,
     random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json, random weights")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="training data [default: the built-in task]")] = None,
     seq_len: SeqLen = None, micro_batch: MicroBatch = None, precision: PrecisionOpt = None,
@@ -275,16 +246,20 @@ def bench(
                                                          "and record it as 'timeout' [default: no limit]")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="held-out data [default: split from --data]")] = None,
     metric: MetricOpt = None, quality_target: QualityTargetOpt = None,
-    quant: Annotated[Optional[str], typer.Option("--quant", help="also run each LoRA point with this base: nf4 | fp4 | int8")] = None,
-    optim: Annotated[Optional[str], typer.Option("--optim", help="also run each ZeRO-free point with this optimizer")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="comma list of bases (none,nf4,fp4,int8): each LoRA "
+                                                 "point also runs with each")] = None,
+    optim: Annotated[Optional[str], typer.Option("--optim", help="comma list of optimizers: each ZeRO-free point also "
+                                                 "runs with each (with --quant: every pair)")] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
     def body():
         from ftopt import resolve
         from ftopt.bench import (
-            load_grid, quant_optim_variants, reference_combinations, run_sweep, sweep_rows, sweep_runs,
+            default_zero_processes, load_grid, quant_optim_variants, reference_combinations, run_sweep, sweep_rows,
+            sweep_runs,
         )
-        from ftopt.display import console
+        from ftopt.display import console, print_sweep_event, print_sweep_summary
 
         if repeat < 1:
             raise FtoptError(f"--repeat must be at least 1, got {repeat}.")
@@ -299,8 +274,9 @@ def bench(
         hw = hardware(gpu)
         combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
         q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
-        combos += quant_optim_variants(combos, q[0] if q else None, o[0] if o else None)
-        ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None)
+        combos += quant_optim_variants(combos, q, o)
+        ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None,
+                                trust_remote_code=trust_remote_code)
         base = resolve.finish_run(
             resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision,
                                           packing=packing),
@@ -308,16 +284,10 @@ def bench(
             data=dict(train=data, eval=eval_data, metrics=tuple(metric) if metric else None), schedule=dict(max_steps=max_steps, learning_rate=lr), output={})
         for c in combos:
             resolve.check(base.model_copy(update={"combination": c}))
-        runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or _default_zero_gpus(hw))
+        runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or default_zero_processes(hw))
         rows = sweep_rows(run_sweep(runs, out / "results.jsonl", run_timeout_seconds=run_timeout,
-                                    on_event=lambda k, i: console.print(
-                                        f"[{i['index']}/{i['total']}] {i['label']}: "
-                                        f"{ {'start': 'running', 'skip': 'done before'}.get(k, i.get('status'))}")), runs)
-        console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {out / 'results.jsonl'}")
-        if target is not None:
-            met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]
-            console.print(f"quality target {target}: met by {', '.join(met)}" if met
-                          else f"quality target {target}: no run met it")
+                                    on_event=print_sweep_event), runs)
+        print_sweep_summary(rows, out / "results.jsonl", target)
         if any(r["status"] == "ok" for r in rows):
             from ftopt.calibration_store import calibrate_and_store
             from ftopt.display import print_calibration
@@ -329,22 +299,14 @@ def bench(
     run_body(body)
 
 
-def _default_zero_gpus(hw) -> int:
-    """ZeRO partitions over processes: 2 CPU processes stand for 2 GPUs; on a GPU machine, the GPUs it has."""
-    if hw.is_cpu:
-        return 2
-    import torch
-
-    return max(1, torch.cuda.device_count())
-
-
 @app.command()
 def report(
     results: Annotated[Path, typer.Argument(help="results.jsonl written by ftopt bench (or its folder)")],
     out: Annotated[Path, typer.Option("--out", help="folder for report.<lang>.html/.md and charts")] = Path("ftopt-report"),
     lang: Annotated[str, typer.Option("--lang", help="en | ja")] = "en",
     title: Annotated[Optional[str], typer.Option("--title", help="report title")] = None,
-    gpu: Annotated[str, typer.Option("--gpu", help="hardware the runs used (memory line, calibration)")] = "cpu",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="hardware the runs used (memory line, calibration) "
+                                               "[default: the hardware recorded in the results]")] = None,
     quality_target: QualityTargetOpt = None, target_gpu: TargetGpu = None, target_gpus: TargetGpus = 1,
     target_nodes: TargetNodes = 1, target_model: TargetModel = None, dataset_tokens: ProdTokens = None,
     epochs: ProdEpochs = 1.0, retrains_per_year: Retrains = 1.0, cost_per_gpu_hour: CostPerGpuHour = None,
@@ -352,22 +314,17 @@ def report(
 ):
     """Write the decision report (HTML, Markdown, PNG charts) from a results file."""
     def body():
-        from ftopt.bench import read_results
-        from ftopt.report.cli_support import report_settings
-        from ftopt.report.render import build_report
+        from ftopt.report.cli_support import write_report
 
         path = results / "results.jsonl" if results.is_dir() else results
         if not path.exists():
             raise FtoptError(f"The results file {path} does not exist; run 'ftopt bench' first.")
         check_out_folder(out)
-        rows = read_results(path, warn=lambda m: typer.echo(f"warning: {m}", err=True))
-        if not rows:
-            raise FtoptError(f"The results file {path} has no valid result line.")
-        settings = report_settings(rows, gpu=gpu, title=title, quality_target=quality_target, target_gpu=target_gpu,
-                                   target_gpus=target_gpus, target_nodes=target_nodes, target_model=target_model,
-                                   dataset_tokens=dataset_tokens, epochs=epochs, retrains_per_year=retrains_per_year,
-                                   cost_per_gpu_hour=cost_per_gpu_hour, currency=currency, max_hours=max_hours)
-        paths = build_report(rows, out, lang=lang, **settings)
+        paths = write_report(path, out, lang=lang, warn=lambda m: typer.echo(f"warning: {m}", err=True), gpu=gpu,
+                             title=title, quality_target=quality_target, target_gpu=target_gpu,
+                             target_gpus=target_gpus, target_nodes=target_nodes, target_model=target_model,
+                             dataset_tokens=dataset_tokens, epochs=epochs, retrains_per_year=retrains_per_year,
+                             cost_per_gpu_hour=cost_per_gpu_hour, currency=currency, max_hours=max_hours)
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
     run_body(body)
 
@@ -391,25 +348,21 @@ def demo(
         if steps < 1:
             raise FtoptError(f"--steps must be at least 1, got {steps}.")
         check_out_folder(out)
-        # checked now, not after the sweep: a typo must not cost the demo's minutes
-        if quality_target is not None:
-            from ftopt.quality import QualityTarget
-
-            QualityTarget.parse(quality_target)
-        if target_gpu is not None:
-            hardware(target_gpu)
         given = dict(quality_target=quality_target, target_gpu=target_gpu, target_gpus=target_gpus,
                      target_nodes=target_nodes, dataset_tokens=dataset_tokens, epochs=epochs,
                      retrains_per_year=retrains_per_year, cost_per_gpu_hour=cost_per_gpu_hour, currency=currency,
                      max_hours=max_hours)
-        run_demo(out, steps=steps, options=DemoOptions(**{k: v for k, v in given.items() if v is not None}))
+        options = DemoOptions(**{k: v for k, v in given.items() if v is not None})
+        options.check()  # now, not after the sweep: a typo must not cost the demo's minutes
+        run_demo(out, steps=steps, options=options)
     run_body(body)
 
 
 @app.command()
 def preview(
     data: Annotated[str, typer.Option("--data", help="JSONL, CSV, Parquet or datasets folder")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="model folder or Hub id (its tokenizer)")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="model folder or Hub id (its tokenizer)"
+                                                 f"; {MODEL_REF_RULE}")] = None,
     random_init: Annotated[Optional[str], typer.Option("--random-init", help="preset or config.json")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer folder or Hub id")] = None,
     seq_len: SeqLen = 64,
@@ -417,7 +370,7 @@ def preview(
     packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
     n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    trust_remote_code: TrustRemoteCode = False,
     json_out: Json = False,
 ):
     """Show the first examples as the trainer will see them (trained tokens marked) and the data summary."""

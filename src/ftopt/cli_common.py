@@ -40,8 +40,42 @@ QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="base quantizat
                                                 "| fp4 | int8 [default: none]")]
 OptimOpt = Annotated[Optional[str], typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw "
                                                 "[default: adamw]")]
+# how --model is read (ftopt.spec.hub.is_local_path / parse_hub_id), stated in every --model help
+MODEL_REF_RULE = ("org/name[@revision] is a Hub id unless a local folder of that name exists; a path starting with "
+                  "./, ../, / or ~ is always local")
+PlannedModel = Annotated[str, typer.Option("--model", "-m", help=f"preset, config.json, model folder or Hub id "
+                                           f"({MODEL_REF_RULE})")]
+WeightsModel = Annotated[Optional[str], typer.Option("--model", "-m", help=f"pretrained weights: a model folder or Hub "
+                                                     f"id ({MODEL_REF_RULE})")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="run the model repo's own Python code "
+                                               "(its config's auto_map, custom tokenizers) [default: off: train and "
+                                               "bench refuse such a model]")]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON (documented schema) instead of tables")]
+
+# report, demo and planning options
+CalibrationOpt = Annotated[Optional[Path], typer.Option(
+    "--calibration", help="time-model calibration file to apply (default: the stored one matching this hardware and "
+                          "the installed torch/transformers/deepspeed, else none)")]
+MetricOpt = Annotated[Optional[list[str]], typer.Option(
+    "--metric", help="extra quality metric module:function, (prediction, reference) -> float; repeatable")]
+QualityTargetOpt = Annotated[Optional[str], typer.Option(
+    "--quality-target", help="the quality bar, METRIC>=VALUE or METRIC<=VALUE (e.g. exact_match>=0.5)")]
+TargetGpu = Annotated[Optional[str], typer.Option("--target-gpu", help="production GPU preset or JSON file")]
+TargetGpus = Annotated[int, typer.Option("--target-gpus", help="production GPUs per node")]
+TargetNodes = Annotated[int, typer.Option("--target-nodes", help="production nodes")]
+TargetModel = Annotated[Optional[str], typer.Option("--target-model", help="model trained in production "
+                                                    "[default: the PoC's]")]
+ProdTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch of the production "
+                                                   "data")]
+ProdEpochs = Annotated[float, typer.Option("--epochs", help="epochs of a production run")]
+Retrains = Annotated[float, typer.Option("--retrains-per-year", help="production runs per year")]
+CostPerGpuHour = Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]
+Currency = Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour")]
+MaxHours = Annotated[Optional[float], typer.Option("--max-hours", help="time budget of one production run, hours")]
+HostRam = Annotated[Optional[str], typer.Option(
+    "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) "
+                       "[default: the preset's, 1 TiB]")]
 
 
 def run_body(fn: Callable[[], None]) -> None:
@@ -67,6 +101,18 @@ def hardware(gpu: Optional[str]):
     if name is None:
         raise FtoptError("This machine's GPU has no hardware preset; pass --gpu with a preset or a JSON file.")
     return load_hardware(name)
+
+
+def planning_hardware(gpu: Optional[str], calibration: Optional[Path], host_ram: Optional[str]):
+    """The hardware estimate/plan assume: preset (or this machine's), --host-ram, then the calibration applied
+    explicitly (the named file, else the stored one matching hardware and library versions, else none)."""
+    from ftopt.calibration_store import calibrated_hardware
+    from ftopt.units import parse_bytes
+
+    hw = hardware(gpu or "a100-80g")
+    if host_ram is not None:
+        hw = hw.model_copy(update={"host_memory_bytes": parse_bytes(host_ram, "--host-ram")})
+    return calibrated_hardware(hw, calibration)
 
 
 def method_of(m: str):

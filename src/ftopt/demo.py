@@ -48,6 +48,14 @@ class DemoOptions(BaseModel):
     currency: str = "USD"
     max_hours: float | None = Field(None, gt=0)
 
+    def check(self) -> None:
+        """What only fails later otherwise: the quality bar's syntax and the production GPU's name."""
+        from ftopt.quality import QualityTarget
+
+        if self.quality_target is not None:
+            QualityTarget.parse(self.quality_target)
+        load_hardware(self.target_gpu)
+
 
 def write_task(out: Path) -> tuple[Path, Path]:
     """The fine-tuning task as JSONL files (training rows and held-out rows)."""

@@ -124,6 +124,21 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
     console.print(f"saved model, tokenizer and metrics.json in {output_dir}")
 
 
+def print_sweep_event(kind: str, info: dict) -> None:
+    """One line per run of `ftopt bench` (ftopt.bench.run_sweep's on_event)."""
+    console.print(f"[{info['index']}/{info['total']}] {info['label']}: "
+                  f"{ {'start': 'running', 'skip': 'done before'}.get(kind, info.get('status'))}")
+
+
+def print_sweep_summary(rows: list[dict], results_path, target) -> None:
+    """How many runs of the sweep succeeded, and which met the quality target (a QualityTarget or None)."""
+    console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results_path}")
+    if target is not None:
+        met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]
+        console.print(f"quality target {target}: met by {', '.join(met)}" if met
+                      else f"quality target {target}: no run met it")
+
+
 def print_calibration(fit) -> None:
     """The fitted time model and how well it predicts combinations it did not see (a CalibrationFit)."""
     from ftopt.calibration import RANK_TIE_FRACTION

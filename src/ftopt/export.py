@@ -6,6 +6,12 @@
 - `sft_config.yaml`: one `trl sft --config` file (TRL's ScriptArguments + SFTConfig + ModelConfig fields).
 - `launch.sh`: the `accelerate launch` command line that runs it on the planned GPUs and nodes.
 
+The model loads as ftopt's run loads it: the same bitsandbytes quantization (TRL's ModelConfig `load_in_4bit`,
+`bnb_4bit_quant_type`, `use_bnb_nested_quant`, `load_in_8bit`), the same optimizer (TrainingArguments `optim`) and the
+same LoRA (`lora_alpha`, `lora_dropout` from ftopt.policy). One difference TRL's script imposes: for a quantized
+base TRL's `dtype` is also the 4-bit compute dtype, and TRL does not run `prepare_model_for_kbit_training`, so the
+non-quantized parameters stay in that dtype (ftopt plans them in fp32, as PEFT's QLoRA recipe leaves them).
+
 axolotl is not installable here, so no axolotl YAML is written (its schema could not be checked).
 """
 from __future__ import annotations
@@ -15,26 +21,23 @@ import shlex
 from pathlib import Path
 
 from ftopt.io import atomic_write_text
-from ftopt.policy import lora_targets, storage
-from ftopt.spec import ModelSpec, Precision, RunSpec, preset_names
+from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
+from ftopt.spec import ModelSpec, Precision, Quant, RunSpec, preset_names
 
 HF_MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm default, what "gradient_clipping": "auto" becomes
 
 
 def resolved_deepspeed_config(run: RunSpec, model: ModelSpec) -> dict:
-    """ftopt's DeepSpeed config with "auto" replaced as transformers' integration does for this model:
-    reduce_bucket_size = hidden^2, stage3_prefetch_bucket_size = 0.9 hidden^2, persistence threshold = 10 hidden."""
-    from ftopt.train.dsconfig import deepspeed_config
+    """ftopt's DeepSpeed config with "auto" replaced as transformers' integration does for this model
+    (dsconfig.hf_auto_zero_sizes: bucket sizes and persistence threshold from the hidden size)."""
+    from ftopt.train.dsconfig import deepspeed_config, hf_auto_zero_sizes
 
-    s, h = run.setup, model.hidden_size
+    s = run.setup
     ds = deepspeed_config(run)
     ds.update(train_micro_batch_size_per_gpu=s.micro_batch, gradient_accumulation_steps=s.grad_accum,
               train_batch_size=s.micro_batch * s.grad_accum * s.world_size, gradient_clipping=HF_MAX_GRAD_NORM)
     zero = ds["zero_optimization"]
-    zero["reduce_bucket_size"] = h * h
-    if "stage3_prefetch_bucket_size" in zero:
-        zero["stage3_prefetch_bucket_size"] = int(0.9 * h * h)
-        zero["stage3_param_persistence_threshold"] = 10 * h
+    zero.update({k: v for k, v in hf_auto_zero_sizes(model.hidden_size).items() if zero.get(k) == "auto"})
     return ds
 
 
@@ -48,13 +51,17 @@ def _dataset_fields(run: RunSpec) -> dict:
     return {"datasets": [entry]}
 
 
+_TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # Precision.compute_dtype -> torch
+
+
 def _load_dtype(run: RunSpec) -> str:
-    """The dtype the weights are loaded in, as ftopt's planned run stores them (ftopt.policy.storage)."""
+    """The dtype the weights are loaded in, as ftopt's planned run stores them (ftopt.policy.storage): fp32, or the
+    16-bit compute dtype; for a quantized base the compute dtype (TRL passes `dtype` as bnb_4bit_compute_dtype)."""
     st = storage(run.setup.precision, run.combination)
     weight_bytes = st.frozen_weight if run.combination.lora else st.trainable_weight
-    if weight_bytes == 4:
+    if weight_bytes == 4 and run.combination.quant is Quant.NONE:
         return "float32"
-    return "float16" if run.setup.precision is Precision.FP16_MIXED else "bfloat16"
+    return _TORCH_DTYPE_NAMES[run.setup.precision.compute_dtype]
 
 
 def _model_id(run: RunSpec) -> str:
@@ -77,15 +84,27 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None) -> dict:
         "warmup_steps": sch.warmup_ratio, "seed": sch.seed, "save_steps": sch.save_steps,
         "gradient_checkpointing": c.gc, "bf16": s.precision is Precision.BF16_MIXED,
         "fp16": s.precision is Precision.FP16_MIXED, "max_length": s.seq_len, "packing": s.packing,
-        "padding_free": s.packing, "report_to": run.output.report_to.value, "logging_steps": 1,
+        "padding_free": s.packing, "optim": c.optim.hf_name, "report_to": run.output.report_to.value,
+        "logging_steps": 1,
         **_dataset_fields(run),
     }
     if c.lora:
-        doc["lora_r"] = c.lora_r
-        doc["lora_target_modules"] = lora_targets(model, c)  # the planned ones (not TRL's all-linear)
+        doc.update(lora_r=c.lora_r, lora_alpha=lora_alpha(c.lora_r), lora_dropout=LORA_DROPOUT,
+                   lora_target_modules=lora_targets(model, c))  # the planned targets (not TRL's all-linear)
+    doc.update(_quantization_fields(c.quant))
     if ds_path:
         doc["deepspeed"] = ds_path
     return doc
+
+
+def _quantization_fields(quant: Quant) -> dict:
+    """TRL ModelConfig's bitsandbytes fields for ftopt's recipe (ftopt.quantize.bnb_config: double quant for 4-bit;
+    TRL's 8-bit config keeps BitsAndBytesConfig's default outlier threshold, as ftopt does)."""
+    if quant is Quant.NONE:
+        return {}
+    if quant is Quant.INT8:
+        return {"load_in_8bit": True}
+    return {"load_in_4bit": True, "bnb_4bit_quant_type": quant.value, "use_bnb_nested_quant": True}
 
 
 def launch_command(run: RunSpec, config_name: str) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 
 from ftopt import quantize
 from ftopt.errors import FtoptError
-from ftopt.policy import lora_targets, storage
+from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
 from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
 
 
@@ -48,6 +48,18 @@ def hf_config(spec: ModelSpec, num_layers: int | None = None, attn: str = "sdpa"
     return cfg
 
 
+def _remote_config(code_dir: str, num_layers: int | None, attn: str):
+    """The config of a model that brings its own code (auto_map), read with that code (--trust-remote-code)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(code_dir, trust_remote_code=True)
+    if num_layers is not None:
+        cfg.num_hidden_layers = num_layers
+    cfg._attn_implementation = attn
+    cfg.use_cache = False
+    return cfg
+
+
 def model_dtype(precision: Precision, combo: Combination) -> torch.dtype:
     """Dtype the model is loaded in (see policy.storage for the reasoning per engine)."""
     st = storage(precision, combo)
@@ -63,8 +75,8 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
         from peft import LoraConfig, get_peft_model
 
         targets = lora_targets(spec, combo)
-        cfg = LoraConfig(r=combo.lora_r, lora_alpha=2 * combo.lora_r, lora_dropout=0.0, target_modules=targets,
-                         task_type="CAUSAL_LM")
+        cfg = LoraConfig(r=combo.lora_r, lora_alpha=lora_alpha(combo.lora_r), lora_dropout=LORA_DROPOUT,
+                         target_modules=targets, task_type="CAUSAL_LM")
         model = get_peft_model(model, cfg)
     if combo.gc:
         base = model.get_base_model() if combo.lora else model
@@ -76,9 +88,12 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
 
 
 def build_base(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
-               num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0):
+               num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0,
+               code_dir: str | None = None):
     """The transformers model in the run's dtype and attention, before quantization, LoRA and GC (a model loaded
-    from `weights_dir` with a quantized base comes back quantized: transformers quantizes while loading)."""
+    from `weights_dir` with a quantized base comes back quantized: transformers quantizes while loading).
+    `code_dir`, given only with --trust-remote-code: the folder whose config maps the model classes to its own
+    Python code (auto_map); that code builds the model. Otherwise transformers' own class of the family does."""
     from transformers import AutoModelForCausalLM
 
     dev = torch.device(device)
@@ -90,12 +105,14 @@ def build_base(spec: ModelSpec, combo: Combination, precision: Precision, *, dev
         if weights_dir is not None:
             extra = {"quantization_config": quantize.bnb_config(combo, precision)} if combo.quant is not Quant.NONE else {}
             model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, attn_implementation=attn,
-                                                         trust_remote_code=False, use_safetensors=True, **extra)
+                                                         trust_remote_code=code_dir is not None, use_safetensors=True,
+                                                         **extra)
         else:
-            cfg = hf_config(spec, num_layers, attn)
+            cfg = hf_config(spec, num_layers, attn) if code_dir is None else _remote_config(code_dir, num_layers, attn)
             torch.manual_seed(seed)
             with dev:
-                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn,
+                                                         trust_remote_code=code_dir is not None)
     except ValueError as e:
         if "attention implementation" not in str(e):
             raise
@@ -120,8 +137,10 @@ def finish_model(model, spec: ModelSpec, combo: Combination, precision: Precisio
 
 def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
                 num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0,
-                quantize_linears=quantize.quantize_linears):
-    """Random-init (or load `weights_dir`) the model with the run's dtype, attention, quantization, LoRA and GC."""
-    model = build_base(spec, combo, precision, device=device, num_layers=num_layers, weights_dir=weights_dir, seed=seed)
+                quantize_linears=quantize.quantize_linears, code_dir: str | None = None):
+    """Random-init (or load `weights_dir`) the model with the run's dtype, attention, quantization, LoRA and GC
+    (`code_dir`: see build_base)."""
+    model = build_base(spec, combo, precision, device=device, num_layers=num_layers, weights_dir=weights_dir, seed=seed,
+                       code_dir=code_dir)
     return finish_model(model, spec, combo, precision, quantized_already=weights_dir is not None,
                         quantize_linears=quantize_linears)

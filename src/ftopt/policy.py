@@ -15,6 +15,18 @@ from ftopt.errors import FtoptError
 from ftopt.spec import Combination, ModelSpec, Precision, Quant
 
 
+# The LoRA hyperparameters of every ftopt run (the model builder and `plan --export` read them here). ftopt's choice
+# alpha = 2r keeps the update scale alpha/r at 2 whatever the rank (the LoRA paper, arXiv 2106.09685 section 4.1,
+# scales by alpha/r so that changing r needs no new learning rate); no adapter dropout (PEFT's LoraConfig default;
+# TRL's ModelConfig defaults to 0.05, so an export must state it).
+LORA_ALPHA_PER_RANK = 2
+LORA_DROPOUT = 0.0
+
+
+def lora_alpha(rank: int) -> int:
+    return LORA_ALPHA_PER_RANK * rank
+
+
 @dataclass(frozen=True)
 class Storage:
     """How the engine stores each parameter, in bytes per parameter (before ZeRO partitioning)."""

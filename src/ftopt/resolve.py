@@ -55,10 +55,11 @@ def lora_target_list(s: str | None) -> tuple[str, ...] | None:
 
 
 def enum_list(field: str, value: str | None) -> tuple | None:
-    """A comma list of one enum field's values (`plan --quant nf4,int8`); None = not given."""
+    """A comma list of one enum field's values (`plan --quant nf4,int8`), each once, in the given order; None = not
+    given."""
     if value is None:
         return None
-    return tuple(_given({field: v.strip()})[field] for v in value.split(",") if v.strip()) or None
+    return tuple(dict.fromkeys(_given({field: v.strip()})[field] for v in value.split(",") if v.strip())) or None
 
 
 def setup(hw: HardwareSpec, **given) -> TrainingSetup:
@@ -136,14 +137,17 @@ def new_run(hw: HardwareSpec, model: ModelRef, setup_: TrainingSetup, combo: Com
 
 
 def check(spec: RunSpec):
-    """Cross-object checks that need the model's architecture, before anything expensive: the model exists, the
-    LoRA targets are its linears, and the hardware the predictions assume can run the setup (the prediction is
-    made after training; it must not fail then). Returns the ModelSpec."""
+    """Cross-object checks that need the model's architecture, before anything expensive: the model exists, its own
+    code (auto_map) runs only with --trust-remote-code, the LoRA targets are its linears, and the hardware the
+    predictions assume can run the setup (the prediction is made after training; it must not fail then). Returns
+    the ModelSpec."""
     from ftopt.estimate import check_setup
     from ftopt.policy import lora_targets
     from ftopt.spec import load_model
+    from ftopt.spec.hub import check_remote_code
 
     m = load_model(spec.model.ref)
+    check_remote_code(m.hf_config, spec.model.ref, spec.model.trust_remote_code)
     lora_targets(m, spec.combination)
     check_setup(m, spec.setup, spec.combination, spec.hardware)
     return m

@@ -83,3 +83,16 @@ def test_recommended_run_is_starred_on_the_pareto_chart(monkeypatch):
     d = decide(rows, QualityTarget.parse("exact_match>=0.5"))
     charts(rows, d, None, "en")
     assert starred == [([50.0], [10.0])]
+
+
+def test_quantized_bases_and_bnb_optimizers_have_their_own_colours():
+    """A QLoRA or 8-bit-optimizer run must not share the colour of the 16-bit/AdamW run it derives from."""
+    qlora, int8 = dict(LORA, quant="nf4", optim="adamw"), dict(LORA, quant="int8", optim="adamw")
+    adam8, paged8 = dict(FULL, quant="none", optim="adamw-8bit"), dict(FULL, quant="none", optim="paged-adamw-8bit")
+    study = [dict(base, gc=gc, zero=z) for base in (FULL, LORA) for gc in (False, True) for z in range(4)]
+    new = [qlora, int8, adam8, paged8, dict(qlora, optim="adamw-8bit"), dict(LORA, optim="adamw-8bit"),
+           dict(qlora, gc=True), dict(adam8, gc=True)]
+    colours = [colour(c) for c in study + new]
+    assert len(set(colours)) == len(colours)  # every family (and its GC shade) distinct
+    assert colour(qlora) == colour(dict(qlora, quant="fp4"))  # 4-bit bases are one family (QLoRA)
+    assert colour(LORA) == colour(dict(LORA, quant="none", optim="adamw"))  # rows written before the keys existed

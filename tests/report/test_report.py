@@ -124,3 +124,58 @@ def test_unpacked_runs_say_the_prediction_assumes_full_rows(tmp_path, lang, text
     said = lambda rows: text in build_report(rows, tmp_path, lang=lang)["html"].read_text()
     assert said([run(True), run(False)]) and said([run(False, where="data")])  # files from before the move too
     assert not said([run(True)]) and not said([run(True, where="data")])
+
+
+def _results_on(tmp_path, *gpus):
+    """A results file whose lines record the hardware they ran on (run.hardware), as `ftopt bench` writes it."""
+    import json
+
+    from ftopt.spec import load_hardware
+
+    path = tmp_path / "results.jsonl"
+    lines = [{**row(f"run{i}", loss=1.0 + i / 100), "run": {"hardware": load_hardware(g).model_dump(mode="json")}}
+             for i, g in enumerate(gpus)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def test_report_defaults_to_the_hardware_the_rows_ran_on(tmp_path):
+    from typer.testing import CliRunner
+
+    from ftopt.bench import read_results
+    from ftopt.cli import app
+    from ftopt.report.cli_support import report_settings
+    from ftopt.spec import load_hardware
+
+    path = _results_on(tmp_path, "rtx4090", "rtx4090")
+    r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "rtx4090" in (tmp_path / "rep" / "report.en.html").read_text()
+    s = report_settings(read_results(path), gpu=None, title=None, quality_target=None, target_gpu=None,
+                        target_gpus=1, target_nodes=1, dataset_tokens=None, epochs=1.0, retrains_per_year=1.0,
+                        cost_per_gpu_hour=None, currency="USD", max_hours=None)
+    assert s["hardware"] == "rtx4090" and s["capacity_bytes"] == load_hardware("rtx4090").memory_bytes
+
+
+def test_report_rows_on_different_hardware_ask_for_gpu(tmp_path):
+    from typer.testing import CliRunner
+
+    from ftopt.cli import app
+
+    path = _results_on(tmp_path, "rtx4090", "a100-80g")
+    r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 2 and "--gpu" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep"), "--gpu", "a100-80g"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("lang,qlora,adam8", [("en", "QLoRA (NF4 base, rank 8)", "8-bit AdamW"),
+                                              ("ja", "QLoRA(ベースモデルをNF4で4ビット量子化、ランク8)",
+                                               "8ビット AdamW")])
+def test_quantized_base_and_8bit_optimizer_are_named_as_techniques(tmp_path, lang, qlora, adam8):
+    best = row("QLoRA run", combination=dict(LORA, gc=True, quant="nf4", optim="adamw-8bit"))
+    h = build_report([best], tmp_path, lang=lang)["html"].read_text()
+    assert qlora in h and adam8 in h
+    plain = row("full run", combination=dict(FULL, optim="adamw-8bit"))  # an 8-bit optimizer alone is a technique
+    h = build_report([plain], tmp_path / "b", lang=lang)["html"].read_text()
+    assert adam8 in h and "QLoRA" not in h

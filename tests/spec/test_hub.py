@@ -1,5 +1,6 @@
 """Hub ids through huggingface_hub against a stand-in Hub on 127.0.0.1 (tests/hubserver.py); no network."""
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -144,3 +145,110 @@ def test_train_from_hub_id_and_reload_adapter_offline(hub, tmp_path, monkeypatch
     assert model.peft_config["default"].base_model_name_or_path == "org/tiny"
     with torch.no_grad():
         assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.shape == (1, 3, 320)
+
+
+@pytest.mark.parametrize("ref", ["./mymodel", "../models/foo", "/no/such/model", "~/no-such-ftopt-model",
+                                 "org/tiny.safetensors", "./org/tiny"])
+def test_path_like_model_that_does_not_exist_is_one_line_without_hub_lookup(hub, ref):
+    assert parse_hub_id(ref) is None
+    for cmd in (["estimate"], ["plan", "--gpu", "a100-80g"], ["train", "--max-steps", "1"]):
+        r = runner.invoke(app, [*cmd, "--model", ref])
+        assert r.exit_code == 2, r.output
+        assert "No such folder" in r.output and ref in r.output and len(r.output.strip().splitlines()) == 1
+    assert hub.requests == []  # never looked up on the Hub (./org/tiny exists there)
+
+
+def test_org_name_is_local_when_that_folder_exists_else_hub(hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "org" / "tiny"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps({**TINY, "model_type": "llama", "num_hidden_layers": 3,
+                                                   "architectures": ["LlamaForCausalLM"]}))
+    assert parse_hub_id("org/tiny") is None and load_model("org/tiny").num_layers == 3  # the local folder
+    assert hub.requests == []
+    local.joinpath("config.json").unlink()
+    local.rmdir()
+    assert load_model("org/tiny").num_layers == 2  # no such folder now: the Hub id
+    r = runner.invoke(app, ["estimate", "--model", "models/foo"])  # ambiguous and in neither place
+    assert r.exit_code == 2 and "No model models/foo on the Hub" in r.output and "no local folder" in r.output
+
+
+REMOTE_CODE = '''import os
+
+from transformers import LlamaForCausalLM
+
+
+class XForCausalLM(LlamaForCausalLM):
+    """A repo's own model class: a llama that says it ran (and leaves a mark where the test asks)."""
+    ftopt_remote_code_ran = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        if os.environ.get("FTOPT_TEST_REMOTE_MARK"):
+            with open(os.environ["FTOPT_TEST_REMOTE_MARK"], "a") as f:
+                f.write("built\\n")
+'''
+
+
+@pytest.fixture
+def remote_folder(tmp_path, monkeypatch):
+    """A local model folder whose config maps AutoModelForCausalLM to its own modeling_x.py; transformers copies
+    such code into HF_MODULES_CACHE, kept inside the test."""
+    import sys
+
+    import transformers.dynamic_module_utils as dmu
+
+    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = make_model(tmp_path / "remote", auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    (folder / "modeling_x.py").write_text(REMOTE_CODE)
+    return folder
+
+
+def test_local_remote_code_is_refused_without_the_flag(remote_folder, tmp_path):
+    for cmd in (["train", "--model", str(remote_folder)], ["train", "--random-init", str(remote_folder / "config.json")],
+                ["bench", "--model", str(remote_folder), "--out", str(tmp_path / "b")]):
+        r = runner.invoke(app, [*cmd, "--max-steps", "1"])
+        assert r.exit_code == 2, r.output
+        assert "--trust-remote-code" in r.output and "auto_map" in r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "results.jsonl").exists()  # refused before any run
+
+
+def test_trusted_remote_code_builds_the_model_weights_and_random_init(remote_folder):
+    from ftopt.modeling import build_model
+    from ftopt.spec import Combination, Precision
+
+    spec, combo = load_model(str(remote_folder)), Combination(lora_r=4)
+    for kw in (dict(weights_dir=str(remote_folder)), {}):
+        trusted = build_model(spec, combo, Precision.FP32, code_dir=str(remote_folder), **kw)
+        plain = build_model(spec, combo, Precision.FP32, **kw) if not kw else None
+        assert type(trusted.get_base_model()).__name__ == "XForCausalLM"
+        assert trusted.get_base_model().ftopt_remote_code_ran
+        if plain is not None:  # without the flag transformers' own llama class builds it (the CLI refuses first)
+            assert type(plain.get_base_model()).__name__ == "LlamaForCausalLM"
+
+
+def test_hub_remote_code_folder_has_the_code_and_no_weights(hub, tmp_path):
+    from ftopt.spec.hub import remote_code_folder
+
+    make_model(tmp_path / "remote", auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    (tmp_path / "remote" / "modeling_x.py").write_text(REMOTE_CODE)
+    hub.add("org/remote", tmp_path / "remote")
+    names = {p.name for p in Path(remote_code_folder("org/remote")).iterdir()}
+    assert names == {"config.json", "modeling_x.py"}
+    assert "modeling_x.py" in {p.name for p in hub_snapshot(HubRef("org/remote"), trust_remote_code=True).iterdir()}
+
+
+@pytest.mark.slow
+def test_train_with_trust_remote_code_runs_the_repo_code(remote_folder, tmp_path, monkeypatch):
+    mark = tmp_path / "built.txt"
+    monkeypatch.setenv("FTOPT_TEST_REMOTE_MARK", str(mark))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "Hello there,", "completion": " how are you?"}) + "\n"
+                            for _ in range(16)))
+    r = runner.invoke(app, ["train", "--model", str(remote_folder), "--trust-remote-code", "--data", str(data),
+                            "--lora-r", "4", "--max-steps", "1", "--out", str(tmp_path / "run"), "--seq-len", "32",
+                            "--micro-batch", "4", "--eval-max-examples", "0"])
+    assert r.exit_code == 0, r.output
+    assert mark.read_text().startswith("built")  # the repo's own class built the trained model

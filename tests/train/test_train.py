@@ -156,6 +156,27 @@ def test_zero_with_two_cpu_processes(tmp_path, zero):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["ranks"]) == 2
     assert all(x["peak_allocated_bytes"] > 0 for x in m["ranks"])
+    # rank 0 traced the run (not a fallback to the formulas after its build waited on a ZeRO-3 collective)
+    assert m["predicted"]["traced"]["method"] == "traced"
+    if zero == 3:  # the random-init base is gathered from both ranks' partitions and reloads with the adapter
+        _check_saved_base_reloads(out)
+
+
+def _check_saved_base_reloads(out):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    saved = load_file(str(out / "base" / "model.safetensors"))
+    expected = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out / "base")).state_dict()
+    assert not [k for k in saved if "lora" in k]
+    assert all(saved[k].shape == v.shape for k, v in expected.items() if k in saved)
+    assert set(expected) - set(saved) <= {"lm_head.weight"}  # a tied head is stored once
+    assert all(v.abs().sum() > 0 for v in saved.values())  # real values, not empty ZeRO-3 placeholders
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out))
+    loss = model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss
+    assert torch.isfinite(loss)
 
 
 def test_report_to_tensorboard_writes_readable_events(tmp_path):

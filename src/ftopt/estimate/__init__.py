@@ -63,14 +63,18 @@ def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Co
 
 def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination) -> dict:
     """Both methods' predictions for one run, as stored beside measurements (metrics.json, bench results): per
-    method `peak_bytes_per_gpu`, `step_seconds`, `flops_per_step`, `kernels_per_step`, `breakdown`, or `error` when it cannot run."""
+    method `method` (the one that answered), `peak_bytes_per_gpu`, `step_seconds`, `flops_per_step`,
+    `kernels_per_step`, `breakdown`, `notes` (e.g. why a trace fell back to the formulas), or `error` when it cannot
+    run."""
     out: dict = {"hardware": hw.name}
     for method in Method:
         try:
             e = estimate(model, hw, setup, combo, method)
-            out[method.value] = {"peak_bytes_per_gpu": e.peak_bytes_per_gpu, "step_seconds": e.step_seconds,
+            # `method`: what answered (a trace that cannot run falls back to the formulas, and says so here)
+            out[method.value] = {"method": e.method.value, "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
+                                 "step_seconds": e.step_seconds,
                                  "flops_per_step": e.flops_per_step, "kernels_per_step": e.kernels_per_step,
-                                 "breakdown": e.breakdown.model_dump()}
+                                 "breakdown": e.breakdown.model_dump(), "notes": e.notes}
         except FtoptError as err:
             out[method.value] = {"error": str(err)}
     return out

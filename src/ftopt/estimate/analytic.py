@@ -13,7 +13,7 @@ per token unless stated. Sources:
            (loss_utils.ForCausalLMLoss); activation checkpointing is non-reentrant and keeps each layer's input.
   [DS]     DeepSpeed 0.19 runtime: 16-bit training casts the whole module to 16 bits and keeps the fp32 master copy
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
-           Hugging Face's "auto" DeepSpeed config fills in).
+           Hugging Face's "auto" DeepSpeed config fills in, train/dsconfig.hf_auto_zero_sizes).
   [quant]  estimate/quant.py: QLoRA/int8 bases and bitsandbytes optimizers (QLoRA paper, bitsandbytes source).
   [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
            accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
@@ -32,6 +32,7 @@ from ftopt.estimate import quant as q8
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import Storage, lora_targets, storage
 from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, Offload, Optim, Precision, Quant, TrainingSetup
+from ftopt.train.dsconfig import hf_auto_zero_sizes
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
@@ -197,14 +198,13 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
     if combo.optim is not Optim.ADAMW:  # bitsandbytes states (Trainer only, so no ZeRO partitioning) [quant]
         optim, paged = q8.bnb_optimizer_bytes(model, combo, on_gpu)
     buffers, cpu = 0, paged
-    h = model.hidden_size
     if combo.zero == 0 and n > 1:
         buffers += grads  # [DDP] gradient buckets: a full second copy of the trainable gradients
     if combo.zero >= 1:
         master, optim = _ceil_div(master, n), _ceil_div(optim, n)
     if combo.zero >= 2:
         grads = _ceil_div(grads, n)
-        buffers += 2 * h * h * st.grad  # reduce bucket (reduce_bucket_size = h^2 elements), double-buffered
+        buffers += reduce_bucket_bytes(model, combo, st)
     if combo.zero == 3:
         weights = _ceil_div(weights, n)
         # Gathered parameters stay live until their reuse distance exceeds stage3_max_reuse_distance, up to
@@ -220,6 +220,47 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
         cpu += weights
         weights = 0
     return States(weights, master, optim, grads, buffers, cpu)
+
+
+def reduce_bucket_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
+    """ZeRO-2/3 contiguous-gradients bucket(s) [DS], reduce_bucket_size elements of the gradient dtype each, the
+    size ftopt's DeepSpeed config gets from Hugging Face ("auto", dsconfig.hf_auto_zero_sizes): stage 2
+    double-buffers it under overlap_comm (stage_1_and_2.DeepSpeedZeroOptimizer.backward: buf_0, buf_1); stage 3
+    allocates one per communication dtype, once (stage3.DeepSpeedZeroOptimizer_Stage3._setup_for_real_optimizer:
+    bucket.buffer). Checked against a real engine in tests/estimate/test_zero3_buffers.py."""
+    if combo.zero < 2:
+        return 0
+    elements = hf_auto_zero_sizes(model.hidden_size)["reduce_bucket_size"]
+    return (1 if combo.zero == 3 else 2) * elements * st.grad
+
+
+def zero2_first_reduce_grad_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
+    """The LM head's full gradient at ZeRO-2's first gradient reduction (0 when that moment adds nothing) [DS].
+    DeepSpeed partitions the flattened parameters in module order, so the last rank's partition holds the LM head,
+    whose gradient is the first of backward; at its first reduction stage 2 allocates that rank's whole contiguous
+    gradient partition (stage_1_and_2.DeepSpeedZeroOptimizer.copy_grads_in_partition: grads_in_partition,
+    partition numel x model dtype) while every activation but the loss's is still saved and the head's full
+    gradient is alive until its bucket is reduced. Measured (llama-gqa-100m full ZeRO-2 x2, CPU): rank 1 peaks
+    there (190 MiB partition + 94 MiB head gradient over ~250 MiB of activations), rank 0 at the loss."""
+    if combo.zero != 2 or combo.offload is not Offload.NONE or combo.lora:
+        return 0
+    return model.vocab_size * (model.embed_dim or model.hidden_size) * st.grad
+
+
+def zero3_gradient_buffer(combo: Combination) -> bool:
+    """Whether ZeRO-3 keeps its gradient partition in a resident device buffer [DS]: a flat buffer of partition
+    numel x gradient_accumulation_dtype (the model dtype) allocated once when the engine is built and kept for the
+    whole run (stage3.DeepSpeedZeroOptimizer_Stage3._setup_for_real_optimizer: grad_partitions_flat_buffer);
+    with optimizer offload it lives on the offload device (host RAM). Measured: llama-gqa-100m full ZeRO-3 x2
+    holds this 190 MiB block at its step-2 backward peak (tests/estimate/test_zero3_buffers.py reads it off a real
+    engine)."""
+    return combo.zero == 3 and combo.offload is Offload.NONE
+
+
+def gradients_resident(setup: TrainingSetup, combo: Combination) -> bool:
+    """Whether the gradient bytes are held through forward as well as after backward: kept between micro-batches
+    under gradient accumulation, or ZeRO-3's resident partition buffer."""
+    return setup.grad_accum > 1 or zero3_gradient_buffer(combo)
 
 
 def stage3_live_params(model: ModelSpec) -> int:
@@ -239,9 +280,10 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: b
            ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase name, host RAM per node) for one GPU.
 
-    Three candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if
-    gradient accumulation keeps them between micro-batches; (2) end of backward — all gradients plus the last
-    layer's activations; (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
+    Candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if gradient
+    accumulation keeps them between micro-batches or ZeRO-3 holds them in its resident buffer; (2) end of backward
+    — all gradients plus the last layer's activations; (2b) ZeRO-2's first gradient reduction
+    (zero2_first_reduce_grad_bytes); (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
     16-bit gradient partition to fp32). Weights, master copy and Adam states are resident throughout (after the
     first step)."""
     st = storage(setup.precision, combo)
@@ -251,16 +293,19 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: b
     # a quantized matmul dequantizes its weight for the duration of the op (forward and backward) [quant]
     dequant = q8.dequant_temp_bytes(model, combo.quant, 2 if st.autocast else st.act_bytes) if combo.quant is not Quant.NONE else 0
     static = dict(weights=s.weights, master_weights=s.master, optimizer_states=s.optim, engine_buffers=s.buffers)
-    grads_during_fwd = s.grads if setup.grad_accum > 1 else 0
+    grads_during_fwd = s.grads if gradients_resident(setup, combo) else 0
     train = trainable_params(model, combo)
     step_temp = _ceil_div(train * 4, setup.world_size) if combo.uses_deepspeed and combo.offload is Offload.NONE else 0
     if combo.optim is not Optim.ADAMW:
         step_temp = q8.bnb_step_temp_bytes(model, combo, on_gpu)
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
+    first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
     candidates = [
         ("forward/backward", MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, logits_loss=logits,
                                              temporaries=dequant)),
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, temporaries=dequant)),
+        ("backward, first reduction", MemoryBreakdown(**static, gradients=s.grads if first_reduce else 0,
+                                                      activations=acts, temporaries=first_reduce + dequant)),
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, temporaries=tied)),  # the embedding's
         ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, temporaries=step_temp)),
     ]

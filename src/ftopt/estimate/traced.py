@@ -9,8 +9,9 @@ TorchDispatchMode records each new storage with the phase that created it and fr
 Engines: for Trainer alone (ZeRO 0) the trace is the whole story. For DeepSpeed, the trace covers what DeepSpeed
 does not change — activations, logits/loss tensors, temporaries and the gradients as produced in backward — and
 the partitioned states (16-bit weights, fp32 master, Adam states, gradient partition, buckets) come from the ZeRO
-formulas in `analytic.zero_states`. Gradients in the trace are scaled by the share a rank keeps (1/N for stage 2
-and 3) when the peak is searched.
+formulas in `analytic.zero_states`. Gradients follow the engine (_traced_gradient_share): ZeRO-3's gradient
+partition is a resident buffer from the formulas; ZeRO-2's partition is allocated in the trace at the first gradient
+of a backward, beside the newest unreduced gradient; with optimizer offload a rank keeps 1/N of them.
 
 Layers are identical, so we trace 2 and 3 layers and extrapolate each category linearly to the real count,
 moment by moment (forward, loss, backward through the head, the layers and the embedding, optimizer step): the
@@ -70,6 +71,23 @@ class _Tracker:
     peak_snapshot: dict = field(default_factory=dict)
     peak_phase: str = ""
     phase_peaks: dict = field(default_factory=dict)  # phase -> (metric, snapshot) at that phase's own peak
+    # ZeRO-2 (analytic.zero2_first_reduce_grad_bytes): the rank's gradient partition, allocated whole at the first
+    # reduction of a backward and kept until the step; a gradient counts in full until the next one arrives (by
+    # then DeepSpeed has copied it into its bucket), after which it is "reduced" and counts no more
+    zero2_partition_bytes: int = 0
+    partition_live: bool = False
+    pending_grad: int | None = None
+
+    def on_grad(self, st: torch.UntypedStorage) -> None:
+        if self.zero2_partition_bytes:
+            if self.pending_grad in self.live:
+                self.live[self.pending_grad][1] = "reduced"
+            self.pending_grad, self.partition_live = st._cdata, True
+        self.retag(st, "gradients")
+        self.check_peak()
+
+    def end_step(self) -> None:
+        self.partition_live, self.pending_grad = False, None
 
     def _size(self, nbytes: int) -> int:
         g = self.granularity
@@ -97,6 +115,9 @@ class _Tracker:
 
     def check_peak(self) -> None:
         t = self.totals()
+        t.pop("reduced", None)
+        if self.partition_live:
+            t["grad_partition"] = self.zero2_partition_bytes
         metric = _metric(t, self.grad_weight, self.count_states)
         if metric > self.phase_peaks.get(self.phase, (-1.0,))[0]:
             self.phase_peaks[self.phase] = (metric, t)
@@ -232,6 +253,41 @@ def _packed_detection(packed: bool):
         masking_utils.find_packed_sequence_indices = real
 
 
+@contextmanager
+def _without_hf_zero3():
+    """Build the traced model outside Hugging Face's ZeRO-3 mode. Inside a ZeRO-3 run (the worker predicts after
+    training) transformers' global DeepSpeed config makes from_config enter deepspeed.zero.Init, whose collectives
+    fail once the other ranks are done ("Connection closed by peer"), and the traced prediction fell back to the
+    formulas. The config is restored afterwards (transformers.integrations.deepspeed set/unset_hf_deepspeed_config;
+    the weak reference is read directly, transformers has no getter for the object)."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_ds.set_hf_deepspeed_config(config)
+
+
+def _zero2_partition_tracked(combo: Combination) -> bool:
+    """ZeRO-2 on the device (no optimizer offload): its gradient partition is modelled in the trace (_Tracker)."""
+    return combo.zero == 2 and combo.offload is Offload.NONE
+
+
+def _traced_gradient_share(setup: TrainingSetup, combo: Combination) -> float:
+    """Share of the traced gradients a rank holds: none under ZeRO-3 without offload, whose gradient partition is
+    a resident buffer added from the ZeRO formulas in every phase (analytic.zero3_gradient_buffer); under ZeRO-2
+    the newest, unreduced gradient in full (the partition is tracked, _Tracker.on_grad); 1/N with offload."""
+    if analytic.zero3_gradient_buffer(combo):
+        return 0.0
+    if _zero2_partition_tracked(combo):
+        return 1.0
+    return 1.0 / setup.world_size if combo.zero >= 2 else 1.0
+
+
 def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> _Tracker:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -246,18 +302,21 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         # A CPU-only torch cannot dispatch even fake CUDA kernels (sdpa/autocast query the CUDA runtime). The CPU
         # path saves the same tensors for these models; the CUDA allocator's 512-byte rounding is still applied.
         device = "cpu"
-    grad_weight = 1.0 / setup.world_size if combo.zero >= 2 else 1.0
+    grad_weight = _traced_gradient_share(setup, combo)
     tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
     # quantized bases: storage-equivalent stand-ins for the bitsandbytes linears (see quantize.stand_in_linears)
-    model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers,
-                        quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes))
+    with _without_hf_zero3():
+        model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers,
+                            quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes))
     with FakeTensorMode(allow_non_fake_inputs=True), _packed_detection(setup.packing):
         _materialize(model, device)
         params = [p for p in model.parameters() if p.requires_grad]
         for p in model.parameters():
             tracker.add(p.untyped_storage(), "weights")
+        if _zero2_partition_tracked(combo):
+            tracker.zero2_partition_bytes = -(-sum(p.numel() for p in params) * st.grad // setup.world_size)
         for p in params:
-            p.register_post_accumulate_grad_hook(lambda q: tracker.retag(q.grad.untyped_storage(), "gradients"))
+            p.register_post_accumulate_grad_hook(lambda q: tracker.on_grad(q.grad.untyped_storage()))
         head = model.get_output_embeddings()
         head.register_forward_pre_hook(lambda _m, args: tracker.enter_head(args[0]))
         model.get_input_embeddings().register_forward_hook(
@@ -286,11 +345,13 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
                 else:
                     for p in params:
                         p.grad = None
+                tracker.end_step()
                 tracker.check_peak()
     return tracker
 
 
-_SNAPSHOT_TO_BREAKDOWN = ("weights", "gradients", "optimizer_states", "activations", "logits_loss", "temporaries")
+_SNAPSHOT_TO_BREAKDOWN = ("weights", "gradients", "optimizer_states", "activations", "logits_loss", "temporaries",
+                          "grad_partition")
 
 
 def _extrapolate(t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int) -> tuple[dict, str]:
@@ -327,10 +388,13 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
         raise TraceUnavailable(f"the traced estimator could not run {spec.family} ({type(e).__name__}: "
                                f"{(str(e).splitlines() or [''])[0][:160]}); this estimate is analytic") from None
     bd = {k: int(round(v)) for k, v in per_cat.items()}
+    partition = bd.pop("grad_partition")
     if combo.uses_deepspeed:
-        bd["gradients"] = int(round(bd["gradients"] * (1.0 / setup.world_size if combo.zero >= 2 else 1.0)))
         st = storage(setup.precision, combo)
         s = analytic.zero_states(spec, setup, combo, st)
+        bd["gradients"] = int(round(bd["gradients"] * _traced_gradient_share(setup, combo))) + partition
+        if analytic.zero3_gradient_buffer(combo):
+            bd["gradients"] = s.grads
         bd.update(weights=s.weights, optimizer_states=s.optim)
         extra = dict(master_weights=s.master, engine_buffers=s.buffers)
         cpu = s.cpu_bytes * setup.gpus_per_node

@@ -1,14 +1,15 @@
 """The report's charts, drawn in the report's language (Japanese with the IPAex Gothic font that
-matplotlib-fontja ships). Colours are fixed per set of memory techniques and markers per attention kind, so the
-same combination looks the same in every report; the recommended run is starred on the Pareto chart and point
-labels are placed where they overlap nothing."""
+matplotlib-fontja ships). Colours are fixed per set of memory techniques (quantized base and optimizer included)
+and markers per attention kind, so the same combination looks the same in every report; the recommended run is
+starred on the Pareto chart and point labels are placed where they overlap nothing."""
 from __future__ import annotations
 
 import io
 
 from ftopt.quality import QualityTarget
-from ftopt.report.decision import Decision, epoch_seconds, gpu_seconds
+from ftopt.report.decision import Decision, epoch_seconds, gpu_seconds, optim_of, quant_of
 from ftopt.report.text import TEXT, metric_name
+from ftopt.spec import Optim, Quant
 
 CATEGORIES = ("weights", "master_weights", "optimizer_states", "gradients", "activations", "logits_loss",
               "engine_buffers", "temporaries")
@@ -28,11 +29,22 @@ def register_fonts() -> None:
 
 
 def colour(c: dict) -> tuple:
-    """tab20 pairs: the hue from (LoRA?, ZeRO stage), the light shade for gradient checkpointing."""
+    """A fixed colour per technique family, the light shade for gradient checkpointing.
+
+    16-bit base and 32-bit AdamW (the study's families): tab20 pairs, the hue from (LoRA?, ZeRO stage), hues 0-7.
+    A quantized base with AdamW: tab20 hue 8 for 4-bit QLoRA (NF4/FP4), 9 for an int8 base (either under ZeRO 1-2).
+    A bitsandbytes optimizer (8-bit or paged; Trainer alone, so no ZeRO): a tab20b quartet per base (full, LoRA,
+    QLoRA, int8), shade +2 when paged, +1 with GC.
+    """
     import matplotlib
 
-    idx = (4 if c["lora_r"] else 0) + c["zero"]
-    return matplotlib.colormaps["tab20"](2 * idx + (1 if c["gc"] else 0))
+    quant, optim = quant_of(c), optim_of(c)
+    base = 2 if quant.four_bit else 3 if quant is Quant.INT8 else 1 if c["lora_r"] else 0
+    gc = 1 if c["gc"] else 0
+    if optim is not Optim.ADAMW:
+        return matplotlib.colormaps["tab20b"](4 * base + 2 * optim.paged + gc)
+    hue = {2: 8, 3: 9}.get(base, 4 * base + c["zero"])
+    return matplotlib.colormaps["tab20"](2 * hue + gc)
 
 
 def _png(fig) -> bytes:

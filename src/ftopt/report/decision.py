@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftopt.quality import QualityTarget
+from ftopt.spec import Optim, Quant
 
 QUALITY_TOLERANCE = 0.05  # without a user target: eval loss within 5% of the sweep's best (stated as such)
 SAME_TIME = 0.02  # runs within 2% of each other's time are not called slower
@@ -72,27 +73,31 @@ def _tradeoff(best: dict, top: dict, fastest: dict, target: QualityTarget) -> li
     return out
 
 
-def memory_techniques(c: dict) -> list[str]:
-    """The memory techniques of a combination (attention kind is not one: it is listed apart)."""
+def quant_of(c: dict) -> Quant:
+    return Quant(c.get("quant", "none"))  # results lines written before quantized bases existed have no key
+
+
+def optim_of(c: dict) -> Optim:
+    return Optim(c.get("optim", "adamw"))  # likewise before 8-bit optimizers
+
+
+def memory_techniques(c: dict, T: dict) -> list[str]:
+    """The memory techniques of a combination in the report's language (`T`: report.text); attention kind is not
+    one, it is listed apart. A 4-bit base is QLoRA (its LoRA included), an int8 base says so beside LoRA."""
     t = []
-    if c["lora_r"]:
-        t.append(f"LoRA (rank {c['lora_r']})")
+    quant, optim = quant_of(c), optim_of(c)
+    if quant.four_bit:
+        t.append(T["tech_qlora"].format(quant=quant.value.upper(), r=c["lora_r"]))
+    elif c["lora_r"]:
+        t.append(T["tech_lora"].format(r=c["lora_r"]))
+    if quant is Quant.INT8:
+        t.append(T["tech_int8"])
+    if optim is not Optim.ADAMW:
+        t.append(T[f"tech_{optim.name.lower()}"])
     if c["gc"]:
-        t.append("GC")
+        t.append(T["tech_gc"])
     if c["zero"]:
         t.append(f"ZeRO-{c['zero']}")
     if c["offload"] != "none":
-        t.append(f"offload ({c['offload']})")
+        t.append(T[f"tech_offload_{c['offload']}"])
     return t
-
-
-def technique_family(c: dict) -> str:
-    """A fixed name per set of memory techniques, for fixed chart colours across reports."""
-    parts = ["LoRA" if c["lora_r"] else "full"]
-    if c["gc"]:
-        parts.append("GC")
-    if c["zero"]:
-        parts.append(f"ZeRO-{c['zero']}")
-    if c["offload"] != "none":
-        parts.append("offload")
-    return "+".join(parts)

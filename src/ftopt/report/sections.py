@@ -82,8 +82,8 @@ def point_memory(d: Decision, T: dict, hardware: str, plan: ProductionPlan | Non
                             cap=fmt_bytes(load_hardware(t.gpu).memory_bytes))
     else:
         fit = T["fit_poc"].format(hardware=e(hardware), need=fmt_bytes(d.best["measured"]["peak_bytes_per_gpu"]))
-    tech = memory_techniques(c)
-    what = (T["mem_needed"].format(techniques=e(", ".join(tech)), label=label, fit=fit) if tech
+    tech = memory_techniques(c, T)
+    what = (T["mem_needed"].format(techniques=e(T["tech_sep"].join(tech)), label=label, fit=fit) if tech
             else T["mem_none_needed"].format(label=label, fit=fit))
     return T["p_memory"].format(what=what)
 
@@ -154,10 +154,11 @@ def results_table(rows: list[dict], d: Decision, T: dict, lang: str, price: floa
 def padded_rows_note(rows: list[dict], T: dict) -> str | None:
     """Why an unpacked run's measured peak can sit below its prediction, when the results hold one (rows written
     before packing moved to the setup keep it under `data`)."""
-    def packed(run: dict) -> bool:
-        return bool(run["setup"].get("packing", (run.get("data") or {}).get("packing", False)))
+    def unpacked(run: dict) -> bool:  # False where the row does not say
+        packing = (run.get("setup") or {}).get("packing", (run.get("data") or {}).get("packing"))
+        return packing is False
 
-    return T["padded_rows"] if any(r.get("run") and not packed(r["run"]) for r in rows) else None
+    return T["padded_rows"] if any(r.get("run") and unpacked(r["run"]) for r in rows) else None
 
 
 def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], list[list[str]]]:

@@ -25,9 +25,15 @@ EN: dict[str, str] = {
     "budget_given": "The time budget is {budget} per run.",
     # point 2: techniques by GPU memory
     "p_memory": "<b>Memory techniques.</b> {what}",
-    "mem_none_needed": "No memory technique is needed: {label} runs without LoRA, gradient checkpointing or ZeRO. "
-                       "{fit}",
+    "mem_none_needed": "No memory technique is needed: {label} runs without LoRA, a quantized base, an 8-bit or "
+                       "paged optimizer, gradient checkpointing or ZeRO. {fit}",
     "mem_needed": "The recommended combination, {label}, uses {techniques}. {fit}",
+    # the techniques named in mem_needed (report.decision.memory_techniques)
+    "tech_lora": "LoRA (rank {r})", "tech_qlora": "QLoRA ({quant} base, rank {r})",
+    "tech_int8": "an 8-bit base (LLM.int8())", "tech_adamw_8bit": "8-bit AdamW",
+    "tech_paged_adamw_8bit": "paged 8-bit AdamW", "tech_paged_adamw": "paged AdamW",
+    "tech_gc": "gradient checkpointing", "tech_offload_optimizer": "optimizer offload to CPU",
+    "tech_offload_all": "parameter and optimizer offload to CPU", "tech_sep": ", ",
     "fit_target": "On {gpu} it is predicted to need {need} of {cap} per GPU.",
     "fit_target_no": "On {gpu} it is predicted to need {need} per GPU, more than the {cap} it has: choose a "
                      "combination with more memory techniques or more GPUs.",

@@ -21,8 +21,14 @@ JA: dict[str, str] = {
                    "データ量またはエポック数を減らしてください。",
     "budget_given": "時間予算は1回あたり{budget}です。",
     "p_memory": "<b>メモリ削減手法。</b> {what}",
-    "mem_none_needed": "メモリ削減手法は不要です。{label}は LoRA、勾配チェックポイント、ZeRO のいずれも使いません。{fit}",
+    "mem_none_needed": "メモリ削減手法は不要です。{label}は LoRA、ベースモデルの量子化、8ビットまたはページングの"
+                       "オプティマイザ、勾配チェックポイント、ZeRO のいずれも使いません。{fit}",
     "mem_needed": "推奨する組み合わせ{label}では、{techniques}を使います。{fit}",
+    "tech_lora": "LoRA(ランク{r})", "tech_qlora": "QLoRA(ベースモデルを{quant}で4ビット量子化、ランク{r})",
+    "tech_int8": "ベースモデルの8ビット量子化(LLM.int8())", "tech_adamw_8bit": "8ビット AdamW",
+    "tech_paged_adamw_8bit": "ページング対応の8ビット AdamW", "tech_paged_adamw": "ページング対応の AdamW",
+    "tech_gc": "勾配チェックポイント", "tech_offload_optimizer": "オプティマイザ状態の CPU オフロード",
+    "tech_offload_all": "パラメータとオプティマイザ状態の CPU オフロード", "tech_sep": "、",
     "fit_target": "{gpu}では、GPU 1台あたり{cap}のうち{need}を使うと予測されます。",
     "fit_target_no": "{gpu}では GPU 1台あたり{need}が必要と予測され、搭載メモリの{cap}を超えます。"
                      "メモリ削減手法を増やした組み合わせを選ぶか、GPUを増やしてください。",

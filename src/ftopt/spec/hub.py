@@ -21,6 +21,9 @@ _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<r
 WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                    "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model", "*.jinja",
                    "chat_template.json"]
+# what marks an argument as a path on disk, never a Hub id: a leading ./ ../ / or ~, or a model file's suffix
+_LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+_FILE_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth"}
 _CAUSAL_SUFFIX = "ForCausalLM"  # decoder-only language models; e.g. BertForMaskedLM or T5ForConditionalGeneration
 
 
@@ -33,10 +36,24 @@ class HubRef:
         return self.repo_id + (f"@{self.revision}" if self.revision else "")
 
 
+def is_local_path(ref: str) -> bool:
+    """`ref` is meant as a path on disk: it starts with ./, ../, / or ~ (or is . or ..), or ends in a model file's
+    suffix. `org/name` without these is ambiguous; it is a Hub id unless a local path of that name exists."""
+    return ref in (".", "..") or ref.startswith(_LOCAL_PREFIXES) or Path(ref).suffix in _FILE_SUFFIXES
+
+
+def check_local_path(ref: str) -> None:
+    """A path-like argument (is_local_path) that does not exist is one line, not a Hub lookup."""
+    if is_local_path(ref) and not Path(ref).expanduser().exists():
+        raise FtoptError(f"No such folder or file: {ref} (a path starting with ./, ../, / or ~ is read from disk, "
+                         "never looked up on the Hub).")
+
+
 def parse_hub_id(ref: str) -> HubRef | None:
-    """A HubRef when `ref` looks like `org/name[@revision]` and is not an existing local path; else None."""
+    """A HubRef when `ref` looks like `org/name[@revision]`, is not path-like (is_local_path) and is not an
+    existing local path; else None."""
     m = _HUB_ID.match(ref)
-    if m is None or Path(ref).expanduser().exists():
+    if m is None or is_local_path(ref) or Path(ref).expanduser().exists():
         return None
     return HubRef(m["repo"], m["rev"])
 
@@ -54,8 +71,8 @@ def _hub_errors(ref: HubRef, what: str, not_found_hint: str = ""):
     except E.RevisionNotFoundError:
         raise FtoptError(f"{ref.repo_id} has no revision '{ref.revision}'.") from None
     except E.RepositoryNotFoundError:
-        raise FtoptError(f"No model {ref.repo_id} on the Hub (or it is private: set HF_TOKEN){not_found_hint}.") \
-            from None
+        raise FtoptError(f"No model {ref.repo_id} on the Hub (or it is private: set HF_TOKEN) and no local folder "
+                         f"./{ref.repo_id}{not_found_hint}.") from None
     except E.RemoteEntryNotFoundError:
         raise FtoptError(f"{ref} has no {what} on the Hub.") from None
     except (E.LocalEntryNotFoundError, E.OfflineModeIsEnabled):
@@ -73,11 +90,12 @@ def check_decoder(config: dict, ref: str) -> None:
 
 
 def check_remote_code(config: dict, ref: str, trust_remote_code: bool) -> None:
-    """Loading weights runs a repo's own Python code when its config maps classes to it (`auto_map`): only when
-    asked. Reading the config for an estimate runs nothing, so only `train` checks this."""
+    """Building a model runs a repo's own Python code when its config maps classes to it (`auto_map`): only when
+    asked (then that code builds it, weights or random init: modeling.build_base). Reading the config for an
+    estimate or a plan runs nothing, so only `train` and `bench` check this."""
     if config.get("auto_map") and not trust_remote_code:
-        raise FtoptError(f"{ref} needs its own Python code from the Hub; rerun with --trust-remote-code if you "
-                         "trust it.")
+        raise FtoptError(f"{ref} needs its own Python code (its config's auto_map); rerun with --trust-remote-code "
+                         "if you trust it.")
 
 
 def hub_config(ref: HubRef, not_found_hint: str = "") -> dict:
@@ -107,8 +125,24 @@ def hub_snapshot(ref: HubRef, trust_remote_code: bool = False) -> Path:
     return folder
 
 
+def remote_code_folder(ref: str) -> str:
+    """A local folder with the config and the Python files its auto_map names, for a random-init model built by
+    that code: the model folder itself, a config.json's folder, or the Hub repo's config and *.py (cache)."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path if path.is_dir() else path.parent)
+    from huggingface_hub import snapshot_download
+
+    hub = parse_hub_id(ref)
+    if hub is None:
+        raise FtoptError(f"{ref} is neither a local model folder nor a Hub id, so its own code cannot be found.")
+    with _hub_errors(hub, "code"):
+        return snapshot_download(hub.repo_id, revision=hub.revision, allow_patterns=["config.json", "*.py"])
+
+
 def resolve_weights(ref: str, trust_remote_code: bool = False) -> str:
     """A local folder with the model's weights: `ref` itself when it is a folder, else the Hub snapshot."""
+    check_local_path(ref)
     hub = parse_hub_id(ref)
     if hub is None:
         if not Path(ref).expanduser().is_dir():

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ftopt.errors import FtoptError
-from ftopt.spec.hub import hub_config, parse_hub_id
+from ftopt.spec.hub import check_local_path, hub_config, parse_hub_id
 
 
 class MlpKind(str, Enum):
@@ -318,6 +318,7 @@ def load_model(ref: str) -> ModelSpec:
         if not path.exists():
             raise FtoptError(f"The model config {path} does not exist.")
         return from_hf_config(_read_json(path), name=path.stem if path.name != "config.json" else path.parent.name)
+    check_local_path(ref)
     names = preset_names()
     hub = parse_hub_id(ref) if ref not in names else None
     if hub is not None:

@@ -13,6 +13,15 @@ from ftopt.spec import Offload, Precision, RunSpec
 RANK_TIMEOUT_SECONDS = 1800
 
 
+def hf_auto_zero_sizes(hidden_size: int) -> dict[str, int]:
+    """The ZeRO sizes this config leaves "auto", as Hugging Face's integration fills them for a model
+    (transformers/integrations/deepspeed.py, HfTrainerDeepSpeedConfig.trainer_config_finalize), in elements:
+    the estimator's bucket terms and `ftopt plan --export` read them from here."""
+    h = hidden_size
+    return {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h),
+            "stage3_param_persistence_threshold": 10 * h}
+
+
 def deepspeed_config(spec: RunSpec) -> dict:
     c = spec.combination
     zero: dict = {"stage": c.zero, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}

@@ -33,8 +33,9 @@ def _steps_summary(steps: list[dict]) -> dict:
 
 
 def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, steps_per_epoch: int,
-           data: dict | None = None) -> dict:
-    """Gather the ranks' measurements; rank 0 assembles and writes metrics.json and returns it."""
+           predicted: dict | None, data: dict | None = None) -> dict:
+    """Gather the ranks' measurements; rank 0 assembles and writes metrics.json (with `predicted`, from
+    `predict`) and returns it."""
     from ftopt.io import atomic_write_text
     from ftopt.train.recorder import StepLog
 
@@ -59,7 +60,7 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, steps_
         "exact_match": r0["quality"].get("exact_match"), "steps": summ["steps"],
         "train_seconds": sum(st["seconds"] for st in steps), "stopped_by_time_budget": r0["stopped_by_time_budget"],
     }
-    predicted, mfu = _predicted(spec, tokens_per_s)
+    mfu = _mfu(spec, predicted, tokens_per_s)
     metrics = {"schema": METRICS_SCHEMA, "run": spec.to_json(), "model": spec.model.ref,
                "combination": spec.combination.key(), "label": spec.combination.label(),
                "precision": s.precision.value, "world_size": world, "seq_len": s.seq_len, "micro_batch": s.micro_batch,
@@ -70,19 +71,23 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, steps_
     return metrics
 
 
-def _predicted(spec: RunSpec, tokens_per_s: float | None) -> tuple[dict, float | None]:
-    """The planner's prediction for this very run, and the useful-FLOP MFU: FLOPs per token of the planned step
-    times the non-padding tokens processed per second per rank, over the hardware's peak."""
+def predict(spec: RunSpec) -> dict:
+    """The planner's prediction for this very run. Rank 0 computes it before the Trainer exists: under ZeRO-3
+    the Trainer's DeepSpeed config turns every model construction into a collective `zero.Init`, so the traced
+    estimator's build on rank 0 alone would wait for the other ranks forever."""
     from ftopt.estimate import predictions
     from ftopt.spec import load_model
 
-    hw, s = spec.hardware, spec.setup
-    pred = predictions(load_model(spec.model.ref), hw, s, spec.combination)
-    flops = pred["analytic"].get("flops_per_step")
-    mfu = None
-    if tokens_per_s and flops:
-        peak = hw.flops_for(s.precision.compute_dtype) or hw.flops_for("fp32")
-        flops_per_token = flops / (s.micro_batch * s.seq_len * s.grad_accum)  # flops_per_step is per GPU
-        mfu = flops_per_token * tokens_per_s / s.world_size / peak
-    return pred, mfu
+    return predictions(load_model(spec.model.ref), spec.hardware, spec.setup, spec.combination)
 
+
+def _mfu(spec: RunSpec, pred: dict, tokens_per_s: float | None) -> float | None:
+    """Useful-FLOP MFU: FLOPs per token of the planned step times the non-padding tokens processed per second per
+    rank, over the hardware's peak."""
+    hw, s = spec.hardware, spec.setup
+    flops = pred["analytic"].get("flops_per_step")
+    if not (tokens_per_s and flops):
+        return None
+    peak = hw.flops_for(s.precision.compute_dtype) or hw.flops_for("fp32")
+    flops_per_token = flops / (s.micro_batch * s.seq_len * s.grad_accum)  # flops_per_step is per GPU
+    return flops_per_token * tokens_per_s / s.world_size / peak

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftopt.errors import FtoptError
-from ftopt.spec.hub import parse_hub_id
+from ftopt.spec.hub import check_local_path, parse_hub_id
 from ftopt.spec.run import ModelRef
 from ftopt.train.data import Records, default_tokenizer
 
@@ -37,6 +37,7 @@ def _cache_dir() -> Path:
 def _from_pretrained(src: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
+    check_local_path(src)
     hub = parse_hub_id(src)  # org/name@revision: the Hub's revision argument, through its cache
     try:
         if hub is not None:

@@ -83,6 +83,9 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
 
     s = spec.setup
     steps_per_epoch = max(1, -(-len(prep.train_dataset) // (s.micro_batch * s.grad_accum * world)))
+    from ftopt.train.metrics import finish, predict
+
+    predicted = predict(spec) if rank == 0 else None  # before the Trainer: see predict
     peak = TrainingPeak(device)
     try:
         trainer, progress, budget = _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak,
@@ -109,13 +112,12 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
             "peak_reserved_bytes": peak.reserved_bytes, "device_used_bytes": peak.device_used_bytes, **quality,
             "train_seconds": result.metrics.get("train_runtime"), "stopped_by_time_budget": budget.hit,
             "optimizer": _optimizer_name(trainer)}
-    from ftopt.train.metrics import finish
-
-    metrics = finish(spec, mine, world, tok_src, fmt, steps_per_epoch, data=prep.summary.model_dump())
-    if rank == 0 and not spec.model.weights and spec.combination.zero != 3:  # ZeRO-3 ranks hold partitions only
+    metrics = finish(spec, mine, world, tok_src, fmt, steps_per_epoch, predicted, data=prep.summary.model_dump())
+    if not spec.model.weights:
         from ftopt.train.base import save_random_base
 
-        save_random_base(trainer.model, out)  # last: it strips the LoRA layers from the trained model
+        # last: it strips the LoRA layers from the trained model; every rank joins a ZeRO-3 gather
+        save_random_base(trainer, out, rank, zero3=spec.combination.zero == 3)
     return metrics
 
 
@@ -124,7 +126,7 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     from transformers.trainer_callback import PrinterCallback
 
     from ftopt.modeling import build_model
-    from ftopt.spec.hub import resolve_weights
+    from ftopt.spec.hub import remote_code_folder, resolve_weights
     from ftopt.train.base import record_hub_base
     from ftopt.train.callbacks import Progress, RunCallback, TimeBudget
 
@@ -133,9 +135,12 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     args = training_arguments(spec, device, world, total)
     weights_dir = (resolve_weights(spec.model.ref, spec.model.trust_remote_code)  # a Hub id: the cache's snapshot
                    if spec.model.weights else None)
+    code_dir = None  # the repo's own model code, run only when asked (the CLI refused auto_map without the flag)
+    if spec.model.trust_remote_code and model_spec.hf_config.get("auto_map"):
+        code_dir = weights_dir or remote_code_folder(spec.model.ref)
     model = build_model(model_spec, spec.combination, s.precision,
                         device="cpu" if spec.combination.uses_deepspeed else device,
-                        weights_dir=weights_dir, seed=spec.schedule.seed)
+                        weights_dir=weights_dir, seed=spec.schedule.seed, code_dir=code_dir)
     if spec.model.weights:
         record_hub_base(model, spec.model.ref)  # the adapter names the Hub id, not the snapshot folder
     progress, budget = Progress(recorder.rank == 0), TimeBudget(spec.schedule.max_hours)
