@@ -161,7 +161,7 @@ def frozen_head_cast_bytes(model: ModelSpec, combo: Combination, st: Storage) ->
 def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
     """(all saved activations at the end of forward, one layer's) per GPU, in bytes.
     With GC each layer keeps only its input (resid dtype x h) and one layer is recomputed at a time in backward;
-    the checkpoints also keep the model's attention mask (estimate/layout.py)."""
+    the checkpoints also keep the mask packed rows give SDPA (estimate/layout.py)."""
     tokens = setup.tokens_per_micro_batch
     masked = layout.sdpa_gets_mask(setup, combo)
     per_layer = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked) * tokens
