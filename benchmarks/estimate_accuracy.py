@@ -76,6 +76,32 @@ def quant_scenarios() -> list[dict]:
     return out
 
 
+# Packed (padding-free) runs as `ftopt train --packing` makes them (ftopt.train.sft): synthetic documents of these
+# lengths, packed by TRL's best-fit decreasing into 4 rows of exactly SEQ tokens with 2-5 documents each (checked
+# in _packed_dataset), collated by SftCollator: position ids restart per document and no attention mask is passed.
+PACKED_DOC_LENGTHS = (193, 42, 21, 190, 34, 32, 179, 31, 21, 20, 5, 131, 107, 18)
+PACKED_ARCHS = ("llama-gqa-100m", "qwen2-tied-110m")
+
+
+def packed_scenarios() -> list[dict]:
+    """GC off first (the cheaper half), then GC on; indices are what --only and the results file names use."""
+    return [dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="fp32", packed=True)
+            for gc in (False, True) for arch in PACKED_ARCHS for lora_r in (0, 8) for attn in ("sdpa", "eager")]
+
+
+def _packed_dataset(vocab_size: int, seq: int):
+    import torch
+
+    from ftopt.train.sft import Example, to_dataset
+
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.randint(0, vocab_size, (n,), generator=g).tolist() for n in PACKED_DOC_LENGTHS]
+    ds = to_dataset([Example(d, list(d)) for d in docs], seq, packing=True)
+    if sorted(len(r) for r in ds["input_ids"]) != [seq] * 4:
+        raise SystemExit(f"packing changed: rows of {[len(r) for r in ds['input_ids']]} tokens, expected 4 x {seq}")
+    return ds
+
+
 def miss_scenarios() -> list[dict]:
     return [dict(arch="llama-gqa-100m", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
             dict(arch="qwen2.5-0.5b", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
@@ -108,15 +134,21 @@ def run_one(sc: dict) -> dict:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, spec.vocab_size, (2 * batch, seq), generator=g)
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    collator = None
+    if sc.get("packed"):
+        from ftopt.train.sft import SftCollator
+
+        ds = _packed_dataset(spec.vocab_size, seq)
+        collator = SftCollator(pad_token_id=0, flatten=combo.attn.value == "flash")
     prec = Precision(sc["precision"])
     args = TrainingArguments(output_dir="/tmp/ftopt-acc", max_steps=2, per_device_train_batch_size=batch,
-                             optim=combo.optim.hf_name,
+                             optim=combo.optim.hf_name, remove_unused_columns=not sc.get("packed"),
                              learning_rate=1e-4, report_to=[], save_strategy="no", logging_strategy="no",
                              use_cpu=device == "cpu", bf16=prec is Precision.BF16_MIXED, dataloader_num_workers=0,
                              disable_tqdm=True)
     with track_memory(device) as r:
         model = build_model(spec, combo, prec, device=device)
-        Trainer(model=model, args=args, train_dataset=ds).train()
+        Trainer(model=model, args=args, train_dataset=ds, data_collator=collator).train()
     return {"measured_bytes": r.peak_allocated_bytes, "reserved_bytes": r.peak_reserved_bytes, "seconds": r.seconds}
 
 
@@ -158,6 +190,7 @@ def estimates(sc: dict) -> dict:
     spec = _spec(sc)
     combo = _combo(sc)
     setup = TrainingSetup(seq_len=sc.get("seq", SEQ), micro_batch=sc.get("batch", BATCH), precision=sc["precision"],
+                          packing=sc.get("packed", False),
                           gpus_per_node=sc.get("processes", 1))  # a ZeRO row's processes (benchmarks/peers.py)
     hw = load_hardware("h200" if sc.get("device") == "cuda" else "cpu")
     return {m: estimate(spec, hw, setup, combo, m).peak_bytes_per_gpu for m in ("analytic", "traced")}
@@ -170,6 +203,7 @@ def main() -> None:
     ap.add_argument("--zero-only", action="store_true", help="only the two-process ZeRO-2/3 scenarios")
     ap.add_argument("--quant", action="store_true", help="only QLoRA (NF4, GC on/off) and 8-bit AdamW scenarios")
     ap.add_argument("--misses", action="store_true", help="only the known-miss scenarios (seq 1024 x 1, 0.5B qwen2)")
+    ap.add_argument("--packed", action="store_true", help="only packed (padding-free) runs; with --table, their table")
     ap.add_argument("--only", help="comma list of scenario indices to run (within the chosen set)")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of the saved quant/misses results")
     ap.add_argument("--rescore", action="store_true",
@@ -181,16 +215,18 @@ def main() -> None:
         rescore()
         return
     if a.table:
-        print_table()
+        print_table(*(("packed",) if a.packed else ("quant", "misses")))
         return
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return
     rows = []
     results = RESULTS.with_name("gpu_check.json") if a.gpu else RESULTS
-    chosen = quant_scenarios() if a.quant else miss_scenarios() if a.misses else scenarios(a.quick, a.gpu)
-    if a.quant or a.misses:
-        results = RESULTS.with_name("estimate_accuracy_quant.json" if a.quant else "estimate_accuracy_misses.json")
+    chosen = (quant_scenarios() if a.quant else miss_scenarios() if a.misses else packed_scenarios() if a.packed
+              else scenarios(a.quick, a.gpu))
+    if a.quant or a.misses or a.packed:
+        kind = "quant" if a.quant else "misses" if a.misses else "packed"
+        results = RESULTS.with_name(f"estimate_accuracy_{kind}.json")
     if a.only:
         chosen = [chosen[int(i)] for i in a.only.split(",")]
         results = results.with_name(results.stem + f"_{a.only.replace(',', '-')}.json")
@@ -212,7 +248,7 @@ def main() -> None:
               f"s{sc.get('seq', SEQ)}x{sc.get('batch', BATCH)} measured {real['measured_bytes'] / 2**20:8.1f} MiB  analytic "
               f"{row['analytic_error']:+6.1%}  traced {row['traced_error']:+6.1%}", flush=True)
     zero_rows = []
-    if not (a.gpu or a.quant or a.misses):
+    if not (a.gpu or a.quant or a.misses or a.packed):
         import tempfile
 
         work = Path(tempfile.mkdtemp(prefix="ftopt-zero-"))
@@ -241,14 +277,16 @@ def main() -> None:
     _save(results, rows, zero_rows, summary)
 
 
-def print_table() -> None:
-    """The README table: every row of benchmarks/results/estimate_accuracy_{quant,misses}*.json, and the medians."""
-    rows = [r for f in sorted(RESULTS.parent.glob("estimate_accuracy_*.json")) if "quant" in f.name or "misses" in f.name
+def print_table(*kinds: str) -> None:
+    """A README table: every row of benchmarks/results/estimate_accuracy_{kind}*.json for the kinds given (quant and
+    misses share one table, packed has its own), and the medians."""
+    rows = [r for f in sorted(RESULTS.parent.glob("estimate_accuracy_*.json")) if any(k in f.name for k in kinds)
             for r in json.loads(f.read_text())["rows"]]
     for r in rows:
         what = "full" if not r["lora_r"] else f"LoRA r{r['lora_r']}"
         extras = " ".join(x for x in (r.get("quant", "none").upper() if r.get("quant", "none") != "none" else "",
-                                      r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "") if x)
+                                      r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "",
+                                      "packed" if r.get("packed") else "") if x)
         print(f"| {r['arch']} {what} {extras} gc={r['gc']} {r['attn']} seq {r.get('seq', SEQ)} x {r.get('batch', BATCH)} | "
               f"{r['precision']} | {r['measured_bytes'] / 2**20:.1f} MiB | {r['analytic_error']:+.1%} | "
               f"{r['traced_error']:+.1%} |")
@@ -270,7 +308,7 @@ def rescore() -> None:
             errs = [abs(r[f"{k}_error"]) for r in data["rows"]]
             if errs:
                 data["summary"][k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
-        _save(f, data["rows"], data["zero_rows"], data["summary"])
+        _save(f, data["rows"], data.get("zero_rows", []), data["summary"])
         print(f"{f.name}: {len(data['rows'])} rows re-estimated")
 
 

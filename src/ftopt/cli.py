@@ -15,7 +15,7 @@ import typer
 
 from ftopt.cli_common import (
     MODEL_REF_RULE, Attn, CalibrationOpt, CostPerGpuHour, Currency, DatasetTokens, Epochs, GradAccum, Gc, Gpu, Gpus,
-    HostRam, Json, LoraR, LoraTargets, MaxHours, MethodOpt, MetricOpt, MicroBatch, Nodes, OffloadOpt, OptimOpt,
+    HostRam, Json, LoraR, LoraTargets, MaxHours, MethodOpt, MetricOpt, MicroBatch, Nodes, OffloadOpt, OptimOpt, Packing,
     PlannedModel, PrecisionOpt, ProdEpochs, ProdTokens, QualityTargetOpt, QuantOpt, Retrains, SeqLen, TargetGpu,
     TargetGpus, TargetModel, TargetNodes, TrustRemoteCode, WeightsModel, Zero, check_out_folder, hardware, method_of,
     planning_hardware, run_body, stdout_to_stderr,
@@ -44,7 +44,8 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 def estimate(model: PlannedModel = "llama-2-7b",
              gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
              micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
-             dataset_tokens: DatasetTokens = None, epochs: Epochs = None, gc: Gc = None, lora_r: LoraR = None,
+             dataset_tokens: DatasetTokens = None, epochs: Epochs = None, packing: Packing = None, gc: Gc = None,
+             lora_r: LoraR = None,
              lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None, attn: Attn = None,
              quant: QuantOpt = None, optim: OptimOpt = None, method: MethodOpt = "analytic", json_out: Json = False,
              calibration: CalibrationOpt = None, host_ram: HostRam = None):
@@ -57,7 +58,8 @@ def estimate(model: PlannedModel = "llama-2-7b",
 
         m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
-                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
+                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs,
+                              packing=packing)
         combo = resolve.combination(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload,
                                     attn=attn, quant=quant, optim=optim)
         e = est(m, hw, setup, combo, method_of(method))
@@ -72,7 +74,7 @@ def estimate(model: PlannedModel = "llama-2-7b",
 def plan(model: PlannedModel = "llama-2-7b",
          gpu: Gpu = None, gpus: Gpus = None, nodes: Nodes = None, seq_len: SeqLen = None,
          micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
-         dataset_tokens: DatasetTokens = None, epochs: Epochs = None,
+         dataset_tokens: DatasetTokens = None, epochs: Epochs = None, packing: Packing = None,
          lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
          lora_targets: LoraTargets = None,
          max_hours: Annotated[Optional[float], typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")] = None,
@@ -104,7 +106,8 @@ def plan(model: PlannedModel = "llama-2-7b",
             check_out_folder(export, "--export")
         m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
         setup = resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
-                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs)
+                              gpus_per_node=gpus, nodes=nodes, dataset_tokens=dataset_tokens, epochs=epochs,
+                              packing=packing)
         p = make_plan(m, hw, setup, method=method_of(method), max_hours=max_hours, full_only=full_only, lora_r=lora_r,
                       lora_targets=resolve.lora_target_list(lora_targets), cost_per_gpu_hour=cost_per_gpu_hour,
                       currency=currency, quants=resolve.enum_list("quant", quant),
@@ -145,7 +148,7 @@ def train(
                                                            "none [default: 0.1]")] = None,
     eval_max_examples: Annotated[Optional[int], typer.Option("--eval-max-examples", help="held-out examples scored by "
                                                              "generation; 0 = none [default: 64]")] = None,
-    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="pack sequences [default: off]")] = None,
+    packing: Packing = None,
     seq_len: SeqLen = None, micro_batch: MicroBatch = None, grad_accum: GradAccum = None, precision: PrecisionOpt = None,
     gc: Gc = None, lora_r: LoraR = None, lora_targets: LoraTargets = None, zero: Zero = None, offload: OffloadOpt = None,
     attn: Attn = None, quant: QuantOpt = None, optim: OptimOpt = None, epochs: Epochs = None,
@@ -184,7 +187,7 @@ def train(
                if model else resolve.model_ref(random_init, weights=False, tokenizer=tokenizer,
                                                trust_remote_code=trust_remote_code) if random_init else None)
         given_setup = dict(seq_len=seq_len, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
-                           gpus_per_node=gpus, nodes=nodes, epochs=epochs)
+                           gpus_per_node=gpus, nodes=nodes, epochs=epochs, packing=packing)
         given_combo = dict(gc=gc, lora_r=lora_r, lora_targets=lora_targets, zero=zero, offload=offload, attn=attn,
                            quant=quant, optim=optim)
         if plan_file is not None:
@@ -199,7 +202,7 @@ def train(
             spec = resolve.new_run(hw, ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=tokenizer),
                                    resolve.setup(hw, **given_setup), resolve.combination(**given_combo))
         spec = resolve.finish_run(
-            spec, data=dict(train=data, eval=eval_data, eval_fraction=eval_fraction, packing=packing,
+            spec, data=dict(train=data, eval=eval_data, eval_fraction=eval_fraction,
                             eval_max_examples=eval_max_examples, metrics=tuple(metric) if metric else None),
             schedule=dict(max_steps=max_steps, learning_rate=lr, lr_schedule=lr_schedule, seed=seed,
                           save_steps=save_steps, max_hours=max_hours),
@@ -275,9 +278,10 @@ def bench(
         ref = resolve.model_ref(model or random_init or "tiny-llama", weights=model is not None,
                                 trust_remote_code=trust_remote_code)
         base = resolve.finish_run(
-            resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision),
+            resolve.new_run(hw, ref, resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision,
+                                          packing=packing),
                             resolve.combination()),
-            data=dict(train=data, eval=eval_data, packing=packing, metrics=tuple(metric) if metric else None), schedule=dict(max_steps=max_steps, learning_rate=lr), output={})
+            data=dict(train=data, eval=eval_data, metrics=tuple(metric) if metric else None), schedule=dict(max_steps=max_steps, learning_rate=lr), output={})
         for c in combos:
             resolve.check(base.model_copy(update={"combination": c}))
         runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or default_zero_processes(hw))
@@ -380,8 +384,8 @@ def preview(
         ref = ModelRef(ref=model or random_init or ModelRef().ref, weights=model is not None, tokenizer=tokenizer,
                        trust_remote_code=trust_remote_code)
         spec = load_model(ref.ref)
-        result, tok = build_preview(ref, DataSpec(train=data, eval_fraction=eval_fraction, packing=packing),
-                                    spec.vocab_size, seq_len, n, seed=seed)
+        result, tok = build_preview(ref, DataSpec(train=data, eval_fraction=eval_fraction),
+                                    spec.vocab_size, seq_len, n, seed=seed, packing=packing)
         if json_out:
             typer.echo(result.model_dump_json(indent=2))
         else:

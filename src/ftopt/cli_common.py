@@ -21,6 +21,8 @@ Nodes = Annotated[Optional[int], typer.Option("--nodes", help="number of nodes [
 SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="tokens per sequence [default: 2048 on a GPU, 64 on cpu]")]
 MicroBatch = Annotated[Optional[int], typer.Option("--micro-batch", help="sequences per GPU per forward pass "
                                                    "[default: 1 on a GPU, 8 on cpu]")]
+Packing = Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="pack documents into rows of "
+                                                "--seq-len, padding-free (TRL's layout) [default: off]")]
 GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="micro-batches per optimizer step [default: 1]")]
 PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true "
                                                      "[default: bf16-mixed on a GPU, fp32 on cpu]")]

@@ -75,10 +75,10 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     train_path, eval_path = write_task(out)
     spec, hw = load_model(base_dir), load_hardware("cpu")
     # packed sequences: every step sees exactly seq_len x micro_batch tokens, as the estimates assume
-    setup = TrainingSetup.for_hardware(True)
+    setup = TrainingSetup.for_hardware(True, packing=True)
     setup = setup.model_copy(update={"dataset_tokens": steps * setup.micro_batch * setup.seq_len})
     base = RunSpec(model=ModelRef(ref=base_dir, weights=True), hardware=hw, setup=setup,
-                   data=DataSpec(train=str(train_path), eval=str(eval_path), packing=True),
+                   data=DataSpec(train=str(train_path), eval=str(eval_path)),
                    schedule=Schedule(max_steps=steps, learning_rate=DEMO_LR))
     console.rule("1/3 plan: predicted memory and time of every combination")
     p = plan(spec, hw, setup, lora_r=8)

@@ -83,8 +83,8 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None) -> dict:
         "learning_rate": sch.learning_rate, "lr_scheduler_type": sch.lr_schedule.value,
         "warmup_steps": sch.warmup_ratio, "seed": sch.seed, "save_steps": sch.save_steps,
         "gradient_checkpointing": c.gc, "bf16": s.precision is Precision.BF16_MIXED,
-        "fp16": s.precision is Precision.FP16_MIXED, "max_length": s.seq_len, "packing": run.data.packing,
-        "padding_free": run.data.packing, "optim": c.optim.hf_name, "report_to": run.output.report_to.value,
+        "fp16": s.precision is Precision.FP16_MIXED, "max_length": s.seq_len, "packing": s.packing,
+        "padding_free": s.packing, "optim": c.optim.hf_name, "report_to": run.output.report_to.value,
         "logging_steps": 1,
         **_dataset_fields(run),
     }

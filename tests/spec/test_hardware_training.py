@@ -129,3 +129,13 @@ def test_load_hardware_never_applies_a_stored_calibration(tmp_path, monkeypatch)
                 if isinstance(n, ast.ImportFrom) and n.module}
     assert not any(m.startswith("ftopt.calibration") for m in imported)
     assert load_hardware("a100-80g").calibration is None
+
+
+def test_packing_is_part_of_the_setup_and_old_run_files_still_load():
+    from ftopt.spec.run import RunSpec
+
+    new = RunSpec(hardware=load_hardware("cpu"), setup=TrainingSetup(packing=True))
+    old = new.to_json()
+    old["data"]["packing"] = old["setup"].pop("packing")  # resolved_config.json before packing moved to the setup
+    assert RunSpec.model_validate(old) == new
+    assert RunSpec.model_validate({**old, "data": {**old["data"], "packing": False}}).setup.packing is False

@@ -15,6 +15,9 @@ def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: 
         notes.append(f"seq-len {setup.seq_len} exceeds the model's {model.max_positions} positions; "
                      "quality beyond that length is not guaranteed.")
     hw.check_runs(setup.precision, combo.attn)  # never estimate what the device cannot run
+    if not setup.packing:
+        notes.append(f"Assumes every sequence is --seq-len {setup.seq_len} tokens; unpacked batches are padded only "
+                     "to their longest sequence, so shorter data needs less (--packing fills the rows).")
     if combo.zero and setup.world_size == 1 and combo.offload.value == "none":
         notes.append("ZeRO on one GPU partitions nothing; it only adds DeepSpeed's buffers.")
     return notes

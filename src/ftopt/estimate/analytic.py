@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftopt.errors import FtoptError
+from ftopt.estimate import layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import Storage, lora_targets, storage
@@ -80,15 +81,16 @@ def linear_input_bytes(model: ModelSpec, st: Storage, in_features: int, trainabl
     return produced_bytes * in_features
 
 
-def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_len: int) -> int:
+def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_len: int, masked: bool = False) -> int:
     """Scaled dot-product attention, per token.
     sdpa/flash: q, k, v, out plus fp32 log-sum-exp per head (GQA kept un-repeated: transformers passes
-      enable_gqa when there is no padding mask).
+      enable_gqa when there is no padding mask); `masked` (sdpa on packed rows): k, v repeated and the mask
+      [layout.masked_sdpa_bytes_per_token].
     eager [Korthikanti 5as/h term]: q and the repeated k, v (repeat_kv copies), the fp32 softmax output
       (heads x s) and its 16-bit copy that the PV matmul saves."""
     a, q, kv, heads = st.act_bytes, model.q_dim, model.kv_dim, model.num_heads
     if combo.attn.linear_memory:
-        return a * (2 * q + 2 * kv) + 4 * heads
+        return a * (2 * q + 2 * kv) + 4 * heads + (layout.masked_sdpa_bytes_per_token(model, st, seq_len) if masked else 0)
     probs = 4 * heads * seq_len + (a * heads * seq_len if a != 4 else 0)
     return a * 3 * q + probs
 
@@ -103,15 +105,17 @@ def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: bool, in_trainable:
     return a * i + (a * i if down_trainable else 0)
 
 
-def layer_activation_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage, seq_len: int) -> int:
-    """All tensors one decoder layer keeps for backward, per token, without checkpointing."""
+def layer_activation_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage, seq_len: int,
+                                     masked: bool = False) -> int:
+    """All tensors one decoder layer keeps for backward, per token, without checkpointing (`masked`: SDPA is given
+    a mask, see attention_core_bytes)."""
     full = not combo.lora
     groups = _trainable_groups(model, combo)
     norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
     h, q = model.hidden_size, model.q_dim
     n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out_bytes if not full or st.autocast else 0)
-    n += attention_core_bytes(model, st, combo, seq_len)
+    n += attention_core_bytes(model, st, combo, seq_len, masked)
     n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes)
     n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0)
     n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups, LinearGroup.MLP_IN in groups)
@@ -156,11 +160,13 @@ def frozen_head_cast_bytes(model: ModelSpec, combo: Combination, st: Storage) ->
 
 def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
     """(all saved activations at the end of forward, one layer's) per GPU, in bytes.
-    With GC each layer keeps only its input (resid dtype x h) and one layer is recomputed at a time in backward."""
+    With GC each layer keeps only its input (resid dtype x h) and one layer is recomputed at a time in backward;
+    the checkpoints also keep the mask packed rows give SDPA (estimate/layout.py)."""
     tokens = setup.tokens_per_micro_batch
-    per_layer = layer_activation_bytes_per_token(model, combo, st, setup.seq_len) * tokens
+    masked = layout.sdpa_gets_mask(setup, combo)
+    per_layer = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked) * tokens
     per_layer += autocast_weight_cache_bytes(model, combo, st)
-    head = norm_saved_bytes(model, st, not combo.lora) * tokens  # final norm
+    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo)
     if combo.gc:
         kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens
         return kept + per_layer + head, per_layer

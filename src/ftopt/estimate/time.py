@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ftopt.estimate import quant as q8
 from ftopt.estimate.analytic import trainable_params
+from ftopt.estimate.layout import sdpa_gets_mask
 from ftopt.policy import lora_targets, storage
 from ftopt.estimate.kernels import kernels_per_step
 from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
@@ -59,19 +60,21 @@ def lm_head_flops_per_token(model: ModelSpec) -> float:
     return float(2 * model.vocab_size * (model.embed_dim or model.hidden_size))
 
 
-def forward_flops_per_token(model: ModelSpec, seq_len: int, attn: Attention) -> tuple[float, float]:
+def forward_flops_per_token(model: ModelSpec, seq_len: int, attn: Attention, masked: bool = False) -> tuple[float, float]:
     """(matmul FLOPs of trained-or-frozen weights, attention-score FLOPs), per token, forward only [Kaplan].
-    Causal kernels (sdpa, flash) skip the masked half of the score matrix; eager computes it all."""
+    Causal kernels (sdpa, flash) skip the masked half of the score matrix; eager, and sdpa given a mask (`masked`:
+    packed rows, estimate/layout.py), compute it all. Packed flash runs each document causally, at most half of
+    the seq_len x seq_len scores: counted as half (an upper bound, document lengths unknown)."""
     linear = (2 * model.num_layers * sum(lin.in_features * lin.out_features for lin in model.layer_linears())
               + lm_head_flops_per_token(model))
-    causal_factor = 1.0 if attn is Attention.EAGER else 0.5
+    causal_factor = 1.0 if attn is Attention.EAGER or masked else 0.5
     attention = 2 * 2 * seq_len * model.q_dim * model.num_layers * causal_factor
     return float(linear), float(attention)
 
 
 def step_flops(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> float:
     """FLOPs per optimizer step per GPU: forward + backward (+ recomputation under GC)."""
-    lin, att = forward_flops_per_token(model, setup.seq_len, combo.attn)
+    lin, att = forward_flops_per_token(model, setup.seq_len, combo.attn, sdpa_gets_mask(setup, combo))
     fwd = lin + att
     if combo.lora:
         # frozen base: input gradient only (1x); adapters: 2x their (small) forward; attention always 2x.

@@ -99,7 +99,7 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **s
     points = _points(rows, d, s, plan, T, lang)
     price = s.cost_per_gpu_hour if s.cost_per_gpu_hour is not None else (s.production.cost_per_gpu_hour
                                                                          if s.production else None)
-    tables = [("", T["results"], None, *S.results_table(rows, d, T, lang, price, s.currency))]
+    tables = [("", T["results"], S.padded_rows_note(rows, T), *S.results_table(rows, d, T, lang, price, s.currency))]
     if plan is not None:
         intro, cols, prow = S.production_table(plan, T)
         tables.append(("", T["production_h"], intro, cols, prow))

@@ -151,6 +151,16 @@ def results_table(rows: list[dict], d: Decision, T: dict, lang: str, price: floa
     return cols, out
 
 
+def padded_rows_note(rows: list[dict], T: dict) -> str | None:
+    """Why an unpacked run's measured peak can sit below its prediction, when the results hold one (rows written
+    before packing moved to the setup keep it under `data`)."""
+    def unpacked(run: dict) -> bool:  # False where the row does not say
+        packing = (run.get("setup") or {}).get("packing", (run.get("data") or {}).get("packing"))
+        return packing is False
+
+    return T["padded_rows"] if any(r.get("run") and unpacked(r["run"]) for r in rows) else None
+
+
 def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], list[list[str]]]:
     t = plan.target
     intro = T["production_assume"].format(model=e(Path(t.model).name), gpus=t.gpus, gpu=e(t.gpu), precision=plan.precision.value,

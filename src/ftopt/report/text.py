@@ -69,6 +69,9 @@ EN: dict[str, str] = {
     "col_loss": "eval loss", "col_ppl": "perplexity", "col_met": "meets target", "col_cost": "cost per epoch",
     "yes": "yes", "no": "no", "met": "met", "not_met": "not met", "recommended": "recommended",
     "status_ok": "ok", "status_oom": "out of memory", "status_error": "error",
+    "padded_rows": "Predicted peaks assume every sequence is --seq-len tokens long. Runs without --packing pad each "
+                   "micro-batch only to its longest sequence, so on shorter data their measured peak is below the "
+                   "prediction.",
     "production_h": "Production projection",
     "production_assume": "Predicted by the planner for {model} on {gpus} × {gpu} ({precision}, sequence length {seq_len}, "
                          "micro-batch {micro_batch}), {tokens} tokens × {epochs} epoch(s), {retrains} runs a year.",

@@ -62,6 +62,9 @@ JA: dict[str, str] = {
     "col_loss": "評価損失", "col_ppl": "パープレキシティ", "col_met": "目標達成", "col_cost": "1エポックの費用",
     "yes": "はい", "no": "いいえ", "met": "達成", "not_met": "未達", "recommended": "推奨",
     "status_ok": "完了", "status_oom": "メモリ不足", "status_error": "エラー",
+    "padded_rows": "予測ピークは、すべての系列が --seq-len のトークン数ちょうどであると仮定しています。--packing "
+                   "を使わない実行では、各マイクロバッチはその中で最も長い系列の長さまでしかパディングされないため、"
+                   "データがこれより短いと実測ピークは予測を下回ります。",
     "production_h": "本番の予測",
     "production_assume": "プランナーによる予測です。条件は {model}、{gpu} {gpus}台({precision}、系列長{seq_len}、"
                          "マイクロバッチ{micro_batch})、{tokens}トークンを{epochs}エポック、年{retrains}回の再学習です。",

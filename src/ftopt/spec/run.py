@@ -57,7 +57,6 @@ class DataSpec(BaseModel):
     train: str | None = Field(None, description="JSONL/JSON/CSV/Parquet file or datasets folder; None = built-in task")
     eval: str | None = None
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="held out from --data when no --eval-data; 0 = none")
-    packing: bool = False
     eval_max_examples: int = Field(64, ge=0, description="held-out examples scored by generation; 0 = no generation")
     metrics: tuple[str, ...] = Field((), description="user quality metrics, module:function -> float (ftopt.quality)")
 
@@ -108,6 +107,18 @@ class RunSpec(BaseModel):
     schedule: Schedule = Schedule()
     output: OutputSpec = OutputSpec()
     hostfile: str | None = Field(None, description="DeepSpeed host file for several nodes")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _packing_moved(cls, data):
+        """Files written before packing moved from `data` to `setup` (it shapes every batch the estimates see)."""
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and "packing" in data["data"]:
+            d = dict(data["data"])
+            packing = d.pop("packing")
+            setup = data.get("setup")
+            setup = setup.model_dump() if isinstance(setup, TrainingSetup) else dict(setup or {})
+            data = {**data, "data": d, "setup": {**setup, "packing": setup.get("packing", packing)}}
+        return data
 
     @model_validator(mode="after")
     def _rules(self) -> "RunSpec":

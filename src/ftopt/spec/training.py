@@ -161,6 +161,8 @@ class TrainingSetup(BaseModel):
     nodes: int = Field(1, gt=0)
     dataset_tokens: int | None = Field(None, gt=0, description="tokens in one epoch; None = one global batch")
     epochs: float = Field(1.0, gt=0)
+    packing: bool = Field(False, description="documents packed into rows of seq_len, padding-free (TRL's layout, "
+                          "ftopt.train.sft); False = one document per row, padded to the micro-batch's longest")
 
     @classmethod
     def for_hardware(cls, is_cpu: bool, **given) -> "TrainingSetup":

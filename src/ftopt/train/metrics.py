@@ -64,7 +64,7 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, steps_
     metrics = {"schema": METRICS_SCHEMA, "run": spec.to_json(), "model": spec.model.ref,
                "combination": spec.combination.key(), "label": spec.combination.label(),
                "precision": s.precision.value, "world_size": world, "seq_len": s.seq_len, "micro_batch": s.micro_batch,
-               "grad_accum": s.grad_accum, "packing": spec.data.packing, "data_format": fmt, "tokenizer": tok_src,
+               "grad_accum": s.grad_accum, "packing": s.packing, "data_format": fmt, "tokenizer": tok_src,
                "tokens_per_step": s.micro_batch * s.grad_accum * s.seq_len * world, "steps_per_epoch": steps_per_epoch,
                "measured": measured, "predicted": predicted, "mfu": mfu, "ranks": ranks, "data": data}
     atomic_write_text(spec.output_dir / "metrics.json", json.dumps(metrics, indent=2))

@@ -63,24 +63,24 @@ def summarize(train: D.Records, held: D.Records | None, fmt: str, tok: Tokenized
                        packed_rows=packed_rows, seq_len=seq_len)
 
 
-def prepare(data: DataSpec, tokenizer, seq_len: int, *, seed: int = 0, attn: Attention = Attention.SDPA,
-            records: tuple[D.Records, D.Records | None, str] | None = None) -> Prepared:
+def prepare(data: DataSpec, tokenizer, seq_len: int, *, packing: bool = False, seed: int = 0,
+            attn: Attention = Attention.SDPA, records: tuple[D.Records, D.Records | None, str] | None = None) -> Prepared:
     """Tokenize (TRL's conventions, see ftopt.train.sft), pack if asked, and pick the collator for `attn`.
     `records` = read_data's result when the caller already read it (to train a tokenizer on the same rows)."""
     train, held, fmt = records or read_data(data, seed)
     tok = tokenize(train, tokenizer, seq_len, fmt)
-    train_ds = to_dataset(tok.examples, seq_len, data.packing)
+    train_ds = to_dataset(tok.examples, seq_len, packing)
     eval_ds = None
     if held is not None:
-        eval_ds = to_dataset(tokenize(held, tokenizer, seq_len, fmt).examples, seq_len, data.packing)
+        eval_ds = to_dataset(tokenize(held, tokenizer, seq_len, fmt).examples, seq_len, packing)
     collator = SftCollator(pad_token_id=tokenizer.pad_token_id,
                            flatten=attn is Attention.FLASH)
-    summary = summarize(train, held, fmt, tok, seq_len, len(train_ds) if data.packing else None)
+    summary = summarize(train, held, fmt, tok, seq_len, len(train_ds) if packing else None)
     return Prepared(train_ds, eval_ds, collator, held.rows if held else [], fmt, summary)
 
 
-def prepare_run(model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, *, seed: int = 0,
-                attn: Attention = Attention.SDPA, log=lambda m: None) -> tuple[Prepared, TokenizerChoice]:
+def prepare_run(model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, *, packing: bool = False,
+                seed: int = 0, attn: Attention = Attention.SDPA, log=lambda m: None) -> tuple[Prepared, TokenizerChoice]:
     """What a run needs before the model is built: rows, the tokenizer (trained on the training rows when none
     fits a random-init model), tokenized datasets and the collator. Refuses a tokenizer that does not cover the
     data (unknown tokens above MAX_UNK_FRACTION)."""
@@ -89,7 +89,7 @@ def prepare_run(model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, 
     if len(choice.tokenizer) > vocab_size:
         raise FtoptError(f"The tokenizer ({choice.source}) has {len(choice.tokenizer)} tokens but the model's "
                          f"vocabulary has {vocab_size}; give a matching --tokenizer.")
-    prep = prepare(data, choice.tokenizer, seq_len, seed=seed, attn=attn, records=records)
+    prep = prepare(data, choice.tokenizer, seq_len, packing=packing, seed=seed, attn=attn, records=records)
     s = prep.summary
     check_unknown(s.unk_fraction, choice.source)
     log(f"data: {s.source} ({s.format}), {s.rows} training and {s.eval_rows} held-out rows, {s.tokens} tokens "

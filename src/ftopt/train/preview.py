@@ -24,9 +24,10 @@ class Preview(BaseModel):
     examples: list[PreviewExample]
 
 
-def build_preview(model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, n: int, seed: int = 0):
+def build_preview(model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, n: int, seed: int = 0,
+                  packing: bool = False):
     """The preview and the tokenizer that made it (to render the tokens)."""
-    prep, tok = prepare_run(model, data, vocab_size, seq_len, seed=seed)
+    prep, tok = prepare_run(model, data, vocab_size, seq_len, packing=packing, seed=seed)
     rows = prep.train_dataset.select(range(min(n, len(prep.train_dataset))))
     examples = [PreviewExample(input_ids=r["input_ids"], trained=[lab != IGNORE_INDEX for lab in r["labels"]])
                 for r in rows]

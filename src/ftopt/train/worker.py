@@ -70,7 +70,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
 
     model_spec = load_model(spec.model.ref)
     prep, tok = prepare_run(spec.model, spec.data, model_spec.vocab_size, spec.setup.seq_len,
-                            seed=spec.schedule.seed, attn=spec.combination.attn, log=log)
+                            packing=spec.setup.packing, seed=spec.schedule.seed, attn=spec.combination.attn, log=log)
     trainer_report_to(spec.output.report_to)  # a missing tracker package: one line before any work
     tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
 

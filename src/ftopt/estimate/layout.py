@@ -1,0 +1,58 @@
+"""The batch layout a training step really sees, and what it costs beyond the plain causal batch.
+
+`ftopt train` builds batches as TRL does (ftopt.train.sft): one document per row padded to the micro-batch's longest
+row, or, with `TrainingSetup.packing`, documents packed into rows of seq_len whose position ids restart at 0 for
+every document and with no attention mask. What transformers 5.23 and torch 2.13 then run [masking], [sdpa]:
+
+  flash    the collator flattens the micro-batch into one row [1, micro_batch x seq_len]; the varlen kernel reads
+           the document boundaries from the position ids. No mask, O(tokens) memory: the same as unpacked.
+  sdpa     masking_utils._preprocess_mask_arguments sees position ids without an attention mask and finds the
+           packed documents (find_packed_sequence_indices); create_causal_mask then may not fall back on SDPA's
+           `is_causal` and sdpa_mask materializes a bool mask [micro_batch, 1, L, L] once per forward.
+           integrations/sdpa_attention.py: with a mask, use_gqa_in_sdpa is False (CPU and CUDA), so repeat_kv
+           copies k and v to every query head before the kernel; torch's SDPA turns the bool mask into an
+           additive float mask in the query dtype (aten::where) in every layer and the kernel (the CPU flash kernel;
+           on CUDA, where the flash kernel takes no mask, presumably the memory-efficient one: not measured on a
+           GPU yet) keeps it for backward. The kernel
+           stays O(L) per head: no [heads, L, L] scores. A mask also means no causal block skipping: the kernel
+           computes all L x L scores (time.forward_flops_per_token).
+  eager    sdpa_mask's bool mask turned into a float mask [micro_batch, 1, L, L] in the embeddings' dtype
+           (masking_utils.eager_mask), packed or not; the scores are [heads, L, L] either way.
+
+The model-level mask is a local of the model's forward: freed before the LM head unless gradient checkpointing
+keeps it, which it does (GradientCheckpointingLayer passes it to the checkpointed call, which holds its arguments
+until that layer's backward).
+
+[masking] transformers/masking_utils.py (create_causal_mask, sdpa_mask, eager_mask, find_packed_sequence_indices)
+[sdpa]    transformers/integrations/sdpa_attention.py (use_gqa_in_sdpa, repeat_kv); torch's
+          scaled_dot_product_attention (convert_boolean_attn_mask), checked by tests/estimate/test_layout.py
+          against the tensors a real forward allocates.
+"""
+from __future__ import annotations
+
+from ftopt.policy import Storage
+from ftopt.spec import Attention, Combination, ModelSpec, TrainingSetup
+
+BOOL_BYTES = 1  # torch.bool
+
+
+def sdpa_gets_mask(setup: TrainingSetup, combo: Combination) -> bool:
+    """True when SDPA is handed an explicit mask: packed rows (the unpacked batch relies on `is_causal`) [masking]."""
+    return setup.packing and combo.attn is Attention.SDPA
+
+
+def masked_sdpa_bytes_per_token(model: ModelSpec, st: Storage, seq_len: int) -> int:
+    """What one layer keeps beyond the unmasked SDPA, per token [sdpa]: k and v repeated to all query heads (the
+    un-repeated ones are freed, so + 2 x (q_dim - kv_dim)) and the float mask row the kernel saves (L entries in
+    the query dtype)."""
+    return st.act_bytes * (2 * (model.q_dim - model.kv_dim) + seq_len)
+
+
+def model_mask_bytes(setup: TrainingSetup, combo: Combination) -> int:
+    """The mask packing adds at the model level [masking], counted while it lives at the loss peak: only under
+    gradient checkpointing (see the module docstring). sdpa with packed rows: bool [micro_batch, 1, L, L].
+    Eager's float mask exists packed or not and is left inside the eager rows' measured accuracy: the analytic
+    GC peak already lets one recomputed layer coexist with the logits, which a real step does not."""
+    if not (combo.gc and sdpa_gets_mask(setup, combo)):
+        return 0
+    return setup.micro_batch * setup.seq_len ** 2 * BOOL_BYTES
