@@ -176,7 +176,8 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     m = json.loads((out / "metrics.json").read_text())
     measured = m["measured"]["peak_bytes_per_gpu"]
-    row = {"arch": arch, **sc, "precision": "fp32", "processes": 2, "measured_bytes": measured}
+    row = {"arch": arch, **sc, "precision": "fp32", "processes": 2, "attn": "sdpa", "packed": True,
+           "measured_bytes": measured}
     for k in ("analytic", "traced"):
         row[f"{k}_bytes"] = m["predicted"][k]["peak_bytes_per_gpu"]
         row[f"{k}_error"] = (row[f"{k}_bytes"] - measured) / measured
@@ -298,10 +299,12 @@ def print_table(*kinds: str) -> None:
 
 def rescore() -> None:
     """Re-estimate the saved runs with the current estimators, so the tables never mix old predictions with new
-    code. Two-process ZeRO rows are left alone: their predictions are the ones `ftopt train` wrote beside them."""
+    code. Two-process ZeRO rows are estimated as `ftopt train` ran them: packed rows, SDPA, 2 processes."""
     for f in sorted(RESULTS.parent.glob("estimate_accuracy*.json")):
         data = json.loads(f.read_text())
-        for row in data["rows"]:
+        for row in data.get("zero_rows", []):
+            row.setdefault("attn", "sdpa"), row.setdefault("packed", True)
+        for row in data["rows"] + data.get("zero_rows", []):
             for k, v in estimates(row).items():
                 row[f"{k}_bytes"], row[f"{k}_error"] = v, (v - row["measured_bytes"]) / row["measured_bytes"]
         for k in ("analytic", "traced"):

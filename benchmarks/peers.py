@@ -49,7 +49,7 @@ HOW_APPLIED = {
     "ftopt traced": "ftopt.estimate(..., 'traced')",
 }
 SCENARIO_KEYS = ("arch", "lora_r", "gc", "attn", "precision", "quant", "optim", "seq", "batch", "zero", "processes",
-                 "device")
+                 "device", "packed")
 
 
 def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
@@ -61,6 +61,7 @@ def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
         for r in d.get("rows", []) + d.get("zero_rows", []):
             # zero_rows carry no attn: `ftopt train` ran them with its default, sdpa
             row = {"attn": "sdpa", "quant": "none", "optim": "adamw", "zero": 0, "processes": 1, "device": "cpu",
+                   "packed": False,
                    "seq": d.get("seq_len", ea.SEQ), "batch": d.get("micro_batch", ea.BATCH), **r, "source": f.name}
             key = tuple(row[k] for k in SCENARIO_KEYS)
             if key not in seen:
