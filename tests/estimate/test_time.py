@@ -114,9 +114,9 @@ def test_gc_recompute_against_torch_flop_counter():
 
 
 def test_cpu_prices_bitsandbytes_at_its_measured_rate_not_memory_bandwidth():
-    """bitsandbytes' CPU path is chains of torch ops: on this kind of machine NF4 LoRA measured 1.12x LoRA and 8-bit
-    AdamW 1.52x AdamW (benchmarks/quant_time.py), where memory-bound terms predicted 1.00x. A GPU preset keeps the
-    memory-bound assumption (no measured rate)."""
+    """bitsandbytes' CPU path is chains of torch ops, far slower than memory bandwidth: 8-bit AdamW measured 1.5x
+    AdamW and NF4 LoRA 1.04-1.12x LoRA (benchmarks/quant_time.py), where memory-bound terms predicted 1.00x and an
+    8-bit step *faster*. A GPU preset keeps the memory-bound assumption (no measured rate)."""
     from ftopt.spec import from_hf_config, load_hardware
 
     spec = from_hf_config({"model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6,
@@ -127,8 +127,10 @@ def test_cpu_prices_bitsandbytes_at_its_measured_rate_not_memory_bandwidth():
     def step(hw, **c):
         return step_time(spec, setup, Combination(**c), hw).step_seconds
 
-    assert step(cpu, lora_r=8, quant="nf4") > 1.03 * step(cpu, lora_r=8)
-    assert step(cpu, optim="adamw-8bit") > 1.10 * step(cpu)
+    membound = cpu.model_copy(update={"dequant_bytes_per_s": None, "bnb_optimizer_bytes_per_s": None})
+    extra = step(cpu, lora_r=8, quant="nf4") - step(cpu, lora_r=8)
+    assert extra > 5 * (step(membound, lora_r=8, quant="nf4") - step(membound, lora_r=8)) > 0
+    assert step(cpu, optim="adamw-8bit") > step(cpu) > step(membound, optim="adamw-8bit")
     a100 = load_hardware("a100-80g")
     assert a100.dequant_bytes_per_s is None and a100.bnb_optimizer_bytes_per_s is None
     assert step(a100, optim="adamw-8bit") < step(a100)  # fewer bytes moved where the update is memory-bound
