@@ -255,10 +255,10 @@ def _packed_detection(packed: bool):
 
 @contextmanager
 def _without_hf_zero3():
-    """Build the traced model outside Hugging Face's ZeRO-3 mode. Inside a ZeRO-3 run (the worker predicts after
-    training) transformers' global DeepSpeed config makes from_config enter deepspeed.zero.Init, whose collectives
-    fail once the other ranks are done ("Connection closed by peer"), and the traced prediction fell back to the
-    formulas. The config is restored afterwards (transformers.integrations.deepspeed set/unset_hf_deepspeed_config;
+    """Build the traced model outside Hugging Face's ZeRO-3 mode. Inside a ZeRO-3 process (any caller; ftopt's own
+    worker now predicts before its Trainer exists) transformers' global DeepSpeed config makes from_config enter
+    deepspeed.zero.Init, a collective that one rank alone never completes: it failed or hung, and the traced
+    prediction fell back to the formulas. The config is restored afterwards (transformers.integrations.deepspeed set/unset_hf_deepspeed_config;
     the weak reference is read directly, transformers has no getter for the object)."""
     from transformers.integrations import deepspeed as hf_ds
 
