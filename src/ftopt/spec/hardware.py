@@ -163,6 +163,7 @@ def cpu_spec() -> HardwareSpec:
 
 # benchmarks/quant_time.py on a 2-core shared x86 CPU (2026-11-30): NF4 LoRA vs LoRA and 8-bit vs 32-bit AdamW,
 # one thread each; the extra seconds per step over the bytes the time model counts for them [Dequant], [Optimizer].
+# A second model size (--hidden 768) gave 2.66e9 and 0.71e9. Another CPU will differ: these are this class of machine.
 CPU_BNB_DEQUANT_BYTES_PER_S = 2.86e9
 CPU_BNB_OPTIMIZER_BYTES_PER_S = 0.73e9
 
