@@ -139,3 +139,24 @@ def test_packing_is_part_of_the_setup_and_old_run_files_still_load():
     old["data"]["packing"] = old["setup"].pop("packing")  # resolved_config.json before packing moved to the setup
     assert RunSpec.model_validate(old) == new
     assert RunSpec.model_validate({**old, "data": {**old["data"], "packing": False}}).setup.packing is False
+
+
+def test_cpu_peak_flops_keeps_the_best_probe(tmp_path, monkeypatch):
+    """A probe taken under load must not stay cached as the peak (it capped calibrations at mfu = 1); a lower
+    probe later must not lower it either."""
+    import json
+
+    from ftopt.spec import hardware
+
+    monkeypatch.setenv("FTOPT_CACHE", str(tmp_path))
+    (tmp_path / "cpu_probe.json").write_text(json.dumps({"fp32_flops": 2e10, "cores": 2}))  # taken under load
+    probes = iter([1.8e11, 5e10])
+    monkeypatch.setattr(hardware, "probe_cpu_flops", lambda: next(probes))
+    try:
+        hardware.cpu_peak_flops.cache_clear()
+        assert hardware.cpu_peak_flops() == 1.8e11  # the quiet probe wins and is stored
+        hardware.cpu_peak_flops.cache_clear()
+        assert hardware.cpu_peak_flops() == 1.8e11  # a loaded one later does not lower it
+        assert json.loads((tmp_path / "cpu_probe.json").read_text())["fp32_flops"] == 1.8e11
+    finally:
+        hardware.cpu_peak_flops.cache_clear()
