@@ -30,6 +30,8 @@ until that layer's backward).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from ftopt.policy import Storage
 from ftopt.spec import Attention, Combination, ModelSpec, TrainingSetup
 
@@ -56,3 +58,42 @@ def model_mask_bytes(setup: TrainingSetup, combo: Combination) -> int:
     if not (combo.gc and sdpa_gets_mask(setup, combo)):
         return 0
     return setup.micro_batch * setup.seq_len ** 2 * BOOL_BYTES
+
+
+# ---- the same layouts as the traced step feeds them (torch imported inside: the formulas above need none) ----
+def step_inputs(setup: TrainingSetup, combo: Combination, device: str) -> dict:
+    """One micro-batch in the layout `ftopt train`'s collator gives the model (ftopt.train.sft; the traced step):
+    flash: the micro-batch flattened into one row [1, micro_batch x seq_len]; packed rows for sdpa/eager: rows of
+    two documents each, position ids restarting at the second, no attention mask; otherwise plain causal rows."""
+    import torch
+
+    mb, s = setup.micro_batch, setup.seq_len
+    if combo.attn is Attention.FLASH:
+        mb, s = 1, mb * s
+    ids = torch.zeros((mb, s), dtype=torch.long, device=device)
+    inputs = {"input_ids": ids, "labels": ids}
+    if setup.packing and combo.attn is not Attention.FLASH:
+        first = s - s // 2  # two documents per row; one row of one token cannot restart
+        pos = torch.cat([torch.arange(first), torch.arange(s - first)]).to(device)
+        inputs["position_ids"] = pos.repeat(mb, 1)
+    return inputs
+
+
+@contextmanager
+def packed_detection(packed: bool):
+    """Let transformers see the layout the real batch has. masking_utils.find_packed_sequence_indices decides from
+    the position ids' values whether rows hold several documents; FakeTensors have no values, so under tracing it
+    always answers "packed", and an unpacked SDPA batch would be traced with a materialized mask and repeated k/v
+    (above) that the real run, whose position ids never restart, does not have. For unpacked batches
+    it answers what it answers for them on real tensors: None."""
+    if packed:
+        yield
+        return
+    from transformers import masking_utils
+
+    real = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = real

@@ -28,12 +28,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.errors import FtoptError, TraceUnavailable
-from ftopt.estimate import analytic
+from ftopt.estimate import analytic, layout
 from ftopt.estimate.quant import (MIN_8BIT_SIZE, OPTIM_BLOCK, PAGED_MIN_ELEMENTS, bnb_optimizer_bytes,
                                   bnb_step_temp_bytes, quantized_weight_bytes)
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import storage
-from ftopt.spec import Attention, Combination, ModelSpec, Offload, Optim, Quant, TrainingSetup
+from ftopt.spec import Combination, ModelSpec, Offload, Optim, TrainingSetup
 
 CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
 
@@ -217,49 +217,13 @@ def _optimizer(model: torch.nn.Module, params: list, spec: ModelSpec, combo: Com
     return _BnbAdamWStandIn(model, params, combo, bnb_step_temp_bytes(spec, combo, on_gpu), on_gpu, tag)
 
 
-def _step_inputs(setup: TrainingSetup, combo: Combination, device: str) -> dict:
-    """One micro-batch in the layout `ftopt train`'s collator gives the model (ftopt.train.sft, estimate/layout.py):
-    flash: the micro-batch flattened into one row [1, micro_batch x seq_len]; packed rows for sdpa/eager: rows of
-    two documents each, position ids restarting at the second, no attention mask; otherwise plain causal rows."""
-    mb, s = setup.micro_batch, setup.seq_len
-    if combo.attn is Attention.FLASH:
-        mb, s = 1, mb * s
-    ids = torch.zeros((mb, s), dtype=torch.long, device=device)
-    inputs = {"input_ids": ids, "labels": ids}
-    if setup.packing and combo.attn is not Attention.FLASH:
-        first = s - s // 2  # two documents per row; one row of one token cannot restart
-        pos = torch.cat([torch.arange(first), torch.arange(s - first)]).to(device)
-        inputs["position_ids"] = pos.repeat(mb, 1)
-    return inputs
-
-
-@contextmanager
-def _packed_detection(packed: bool):
-    """Let transformers see the layout the real batch has. masking_utils.find_packed_sequence_indices decides from
-    the position ids' values whether rows hold several documents; FakeTensors have no values, so under tracing it
-    always answers "packed", and an unpacked SDPA batch would be traced with a materialized mask and repeated k/v
-    (estimate/layout.py) that the real run, whose position ids never restart, does not have. For unpacked batches
-    it answers what it answers for them on real tensors: None."""
-    if packed:
-        yield
-        return
-    from transformers import masking_utils
-
-    real = masking_utils.find_packed_sequence_indices
-    masking_utils.find_packed_sequence_indices = lambda position_ids: None
-    try:
-        yield
-    finally:
-        masking_utils.find_packed_sequence_indices = real
-
-
 @contextmanager
 def _without_hf_zero3():
     """Build the traced model outside Hugging Face's ZeRO-3 mode. Inside a ZeRO-3 process (any caller; ftopt's own
     worker now predicts before its Trainer exists) transformers' global DeepSpeed config makes from_config enter
     deepspeed.zero.Init, a collective that one rank alone never completes: it failed or hung, and the traced
-    prediction fell back to the formulas. The config is restored afterwards (transformers.integrations.deepspeed set/unset_hf_deepspeed_config;
-    the weak reference is read directly, transformers has no getter for the object)."""
+    prediction fell back to the formulas. The config is restored afterwards (transformers.integrations.deepspeed
+    set/unset_hf_deepspeed_config; the weak reference is read directly, transformers has no getter for the object)."""
     from transformers.integrations import deepspeed as hf_ds
 
     ref = hf_ds._hf_deepspeed_config_weak_ref
@@ -308,7 +272,7 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
     with _without_hf_zero3():
         model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers,
                             quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes))
-    with FakeTensorMode(allow_non_fake_inputs=True), _packed_detection(setup.packing):
+    with FakeTensorMode(allow_non_fake_inputs=True), layout.packed_detection(setup.packing):
         _materialize(model, device)
         params = [p for p in model.parameters() if p.requires_grad]
         for p in model.parameters():
@@ -322,7 +286,7 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         model.get_input_embeddings().register_forward_hook(
             lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed"))
         opt = None if deepspeed else _optimizer(model, params, spec, combo, on_gpu, tracker.retag)
-        inputs = _step_inputs(setup, combo, device)
+        inputs = layout.step_inputs(setup, combo, device)
         autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=st.autocast)
         with _StorageMode(tracker):
             for _step in range(2):
