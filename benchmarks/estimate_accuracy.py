@@ -123,7 +123,7 @@ def run_one(sc: dict) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from ftopt.measure import track_memory
-    from ftopt.spec import Combination, Precision, from_hf_config
+    from ftopt.spec import Precision
     from ftopt.modeling import build_model
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -186,7 +186,7 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
 
 def estimates(sc: dict) -> dict:
     from ftopt import estimate
-    from ftopt.spec import Combination, TrainingSetup, from_hf_config, load_hardware
+    from ftopt.spec import TrainingSetup, load_hardware
 
     spec = _spec(sc)
     combo = _combo(sc)
@@ -238,10 +238,7 @@ def main() -> None:
             print(f"{sc}: run failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
             continue
         real = json.loads(p.stdout.strip().splitlines()[-1])
-        est = estimates(sc)
-        row = {**sc, **real, **{f"{k}_bytes": v for k, v in est.items()}}
-        for k, v in est.items():
-            row[f"{k}_error"] = (v - real["measured_bytes"]) / real["measured_bytes"]
+        row = _scored({**sc, **real}, estimates(sc))
         rows.append(row)
         _save(results, rows, [], {})  # after each run: a slow CPU sweep interrupted keeps what it measured
         print(f"{sc['arch']:16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} {sc['attn']:5} "
@@ -265,14 +262,9 @@ def main() -> None:
                   f"traced {r['traced_error']:+6.1%}", flush=True)
     if not rows and not zero_rows:
         sys.exit("no scenario ran")
-    summary = {}
-    for k in ("analytic", "traced"):
-        if not rows:
-            break
-        errs = [abs(r[f"{k}_error"]) for r in rows]
-        summary[k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
-        print(f"{k:8}: median |error| {summary[k]['median_abs_error']:.2%}, worst {summary[k]['worst_abs_error']:.2%} "
-              f"over {len(rows)} runs")
+    summary = _summary(rows)
+    for k, v in summary.items():
+        print(f"{k:8}: median |error| {v['median_abs_error']:.2%}, worst {v['worst_abs_error']:.2%} over {len(rows)} runs")
     if a.zero_only:  # keep the single-process rows of the last full run
         results = RESULTS.with_name("estimate_accuracy_zero.json")
     _save(results, rows, zero_rows, summary)
@@ -305,14 +297,25 @@ def rescore() -> None:
         for row in data.get("zero_rows", []):
             row.setdefault("attn", "sdpa"), row.setdefault("packed", True)
         for row in data["rows"] + data.get("zero_rows", []):
-            for k, v in estimates(row).items():
-                row[f"{k}_bytes"], row[f"{k}_error"] = v, (v - row["measured_bytes"]) / row["measured_bytes"]
-        for k in ("analytic", "traced"):
-            errs = [abs(r[f"{k}_error"]) for r in data["rows"]]
-            if errs:
-                data["summary"][k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
-        _save(f, data["rows"], data.get("zero_rows", []), data["summary"])
+            _scored(row, estimates(row))
+        _save(f, data["rows"], data.get("zero_rows", []), _summary(data["rows"]) or data["summary"])
         print(f"{f.name}: {len(data['rows'])} rows re-estimated")
+
+
+def _scored(row: dict, est: dict) -> dict:
+    """`row` (with its measured_bytes) given each method's predicted bytes and signed error."""
+    for k, v in est.items():
+        row[f"{k}_bytes"], row[f"{k}_error"] = v, (v - row["measured_bytes"]) / row["measured_bytes"]
+    return row
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Median and worst |error| per method over single-process rows ({} without rows)."""
+    out = {}
+    for k in ("analytic", "traced") if rows else ():
+        errs = [abs(r[f"{k}_error"]) for r in rows]
+        out[k] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
+    return out
 
 
 def _save(path: Path, rows: list, zero_rows: list, summary: dict) -> None:
