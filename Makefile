@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test lint setup bench clean
 
 # The stamp is rebuilt when the dependency files change.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -26,8 +26,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/ftopt demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
+
+# Style holds without review: lint (pyflakes, pycodestyle, import order, pyupgrade, bugbear) and format check.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python benchmarks/plan_speed.py

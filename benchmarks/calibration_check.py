@@ -5,6 +5,7 @@ without the per-operator term (side by side on the same measurements). Prints fi
 
 Leave-one-out: each combination's step time is predicted by a fit on all the others (repeats merged by median).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,17 @@ def main() -> None:
         if "predicted" in r and "analytic" in r["predicted"]:
             r["predicted"]["analytic"]["kernels_per_step"] = None
     for name, fit in (("FLOPs + operators + fixed", calibrate(rows, hw)), ("FLOPs + fixed", calibrate(without, hw))):
-        print(f"{name:26s} held out {fit.holdout_runs} of {fit.combinations}: median |error| "
-              f"{fit.holdout_median_abs_error:.1%}, worst {fit.holdout_worst_abs_error:.1%}, Spearman rho "
-              f"{fit.spearman_rho:.2f}, pairs > {RANK_TIE_FRACTION:.0%} apart ordered right "
-              f"{fit.pairs_ordered}/{fit.pairs_compared}")
+        print(
+            f"{name:26s} held out {fit.holdout_runs} of {fit.combinations}: median |error| "
+            f"{fit.holdout_median_abs_error:.1%}, worst {fit.holdout_worst_abs_error:.1%}, Spearman rho "
+            f"{fit.spearman_rho:.2f}, pairs > {RANK_TIE_FRACTION:.0%} apart ordered right "
+            f"{fit.pairs_ordered}/{fit.pairs_compared}"
+        )
         for h in fit.holdout:
-            print(f"    {h.label:28s} predicted {h.predicted_seconds * 1e3:7.1f} ms  measured "
-                  f"{h.measured_seconds * 1e3:7.1f} ms  {h.predicted_seconds / h.measured_seconds - 1:+.1%}")
+            print(
+                f"    {h.label:28s} predicted {h.predicted_seconds * 1e3:7.1f} ms  measured "
+                f"{h.measured_seconds * 1e3:7.1f} ms  {h.predicted_seconds / h.measured_seconds - 1:+.1%}"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Each scenario runs in its own process (a fresh allocator): random-init model bui
 the model to the end of the second step (ftopt.measure: PyTorch profiler memory events, independent of the tracer).
 Writes benchmarks/results/estimate_accuracy.json and prints the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,15 +25,38 @@ RESULTS = ROOT / "benchmarks" / "results" / "estimate_accuracy.json"
 
 # >= 100M parameters each: llama-style with GQA, tied-embedding qwen2-style, gpt_neox-style.
 ARCHS = {
-    "llama-gqa-100m": {"model_type": "llama", "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8,
-                       "num_attention_heads": 12, "num_key_value_heads": 4, "vocab_size": 32000,
-                       "max_position_embeddings": 2048, "tie_word_embeddings": False},
-    "qwen2-tied-110m": {"model_type": "qwen2", "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
-                        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 40000,
-                        "max_position_embeddings": 2048, "tie_word_embeddings": True},
-    "neox-160m": {"model_type": "gpt_neox", "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                  "num_attention_heads": 12, "vocab_size": 50304, "max_position_embeddings": 2048,
-                  "tie_word_embeddings": False},
+    "llama-gqa-100m": {
+        "model_type": "llama",
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    },
+    "qwen2-tied-110m": {
+        "model_type": "qwen2",
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 40000,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+    },
+    "neox-160m": {
+        "model_type": "gpt_neox",
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "vocab_size": 50304,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    },
 }
 SEQ, BATCH = 256, 2
 # --gpu: presets of 0.5B-8B on one CUDA GPU, bf16-mixed, flash included (benchmarks/gpu_check.sh)
@@ -46,10 +70,20 @@ def scenarios(quick: bool, gpu: bool = False) -> list[dict]:
             for lora_r, gc, attn in ((8, False, "flash"), (8, True, "flash"), (8, False, "sdpa"), (0, True, "flash")):
                 out.append(dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="bf16-mixed", device="cuda"))
             # QLoRA (NF4, GC) and paged 8-bit AdamW on CUDA: the in-place bitsandbytes kernels (no CPU temporaries)
-            out.append(dict(arch=arch, lora_r=8, gc=True, attn="flash", precision="bf16-mixed", device="cuda",
-                            quant="nf4", optim="paged-adamw-8bit"))
+            out.append(
+                dict(
+                    arch=arch,
+                    lora_r=8,
+                    gc=True,
+                    attn="flash",
+                    precision="bf16-mixed",
+                    device="cuda",
+                    quant="nf4",
+                    optim="paged-adamw-8bit",
+                )
+            )
         return out
-    for arch in (["llama-gqa-100m"] if quick else ARCHS):
+    for arch in ["llama-gqa-100m"] if quick else ARCHS:
         for lora_r in (0, 8):
             for gc in (False, True):
                 for attn in ("eager", "sdpa"):
@@ -85,8 +119,13 @@ PACKED_ARCHS = ("llama-gqa-100m", "qwen2-tied-110m")
 
 def packed_scenarios() -> list[dict]:
     """GC off first (the cheaper half), then GC on; indices are what --only and the results file names use."""
-    return [dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="fp32", packed=True)
-            for gc in (False, True) for arch in PACKED_ARCHS for lora_r in (0, 8) for attn in ("sdpa", "eager")]
+    return [
+        dict(arch=arch, lora_r=lora_r, gc=gc, attn=attn, precision="fp32", packed=True)
+        for gc in (False, True)
+        for arch in PACKED_ARCHS
+        for lora_r in (0, 8)
+        for attn in ("sdpa", "eager")
+    ]
 
 
 def _packed_dataset(vocab_size: int, seq: int):
@@ -103,17 +142,25 @@ def _packed_dataset(vocab_size: int, seq: int):
 
 
 def miss_scenarios() -> list[dict]:
-    return [dict(arch="llama-gqa-100m", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
-            dict(arch="qwen2.5-0.5b", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
-            dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32"),
-            dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32", seq=64, batch=8)]  # CPU defaults
+    return [
+        dict(arch="llama-gqa-100m", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
+        dict(arch="qwen2.5-0.5b", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
+        dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32"),
+        dict(arch="tiny-llama", lora_r=8, gc=True, attn="eager", precision="fp32", seq=64, batch=8),
+    ]  # CPU defaults
 
 
 def _combo(sc: dict):
     from ftopt.spec import Combination
 
-    return Combination(lora_r=sc["lora_r"], gc=sc["gc"], attn=sc["attn"], quant=sc.get("quant", "none"),
-                       optim=sc.get("optim", "adamw"), zero=sc.get("zero", 0))
+    return Combination(
+        lora_r=sc["lora_r"],
+        gc=sc["gc"],
+        attn=sc["attn"],
+        quant=sc.get("quant", "none"),
+        optim=sc.get("optim", "adamw"),
+        zero=sc.get("zero", 0),
+    )
 
 
 def run_one(sc: dict) -> dict:
@@ -123,8 +170,8 @@ def run_one(sc: dict) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from ftopt.measure import track_memory
-    from ftopt.spec import Precision
     from ftopt.modeling import build_model
+    from ftopt.spec import Precision
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     spec = _spec(sc)
@@ -141,11 +188,21 @@ def run_one(sc: dict) -> dict:
         ds = _packed_dataset(spec.vocab_size, seq)
         collator = SftCollator(pad_token_id=0, flatten=combo.attn.value == "flash")
     prec = Precision(sc["precision"])
-    args = TrainingArguments(output_dir="/tmp/ftopt-acc", max_steps=2, per_device_train_batch_size=batch,
-                             optim=combo.optim.hf_name, remove_unused_columns=not sc.get("packed"),
-                             learning_rate=1e-4, report_to=[], save_strategy="no", logging_strategy="no",
-                             use_cpu=device == "cpu", bf16=prec is Precision.BF16_MIXED, dataloader_num_workers=0,
-                             disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir="/tmp/ftopt-acc",
+        max_steps=2,
+        per_device_train_batch_size=batch,
+        optim=combo.optim.hf_name,
+        remove_unused_columns=not sc.get("packed"),
+        learning_rate=1e-4,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=device == "cpu",
+        bf16=prec is Precision.BF16_MIXED,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     with track_memory(device) as r:
         model = build_model(spec, combo, prec, device=device)
         Trainer(model=model, args=args, train_dataset=ds, data_collator=collator).train()
@@ -158,8 +215,12 @@ def _spec(sc: dict):
     return from_hf_config(ARCHS[sc["arch"]], sc["arch"]) if sc["arch"] in ARCHS else load_model(sc["arch"])
 
 
-ZERO_SCENARIOS = [dict(zero=2, lora_r=0, gc=False), dict(zero=2, lora_r=8, gc=False), dict(zero=3, lora_r=0, gc=True),
-                  dict(zero=3, lora_r=8, gc=False)]
+ZERO_SCENARIOS = [
+    dict(zero=2, lora_r=0, gc=False),
+    dict(zero=2, lora_r=8, gc=False),
+    dict(zero=3, lora_r=0, gc=True),
+    dict(zero=3, lora_r=8, gc=False),
+]
 
 
 def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
@@ -169,15 +230,45 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     cfg_path = workdir / f"{arch}.json"
     cfg_path.write_text(json.dumps(ARCHS[arch]))
     out = workdir / f"{arch}-z{sc['zero']}-r{sc['lora_r']}-gc{int(sc['gc'])}"
-    cmd = [sys.executable, "-m", "ftopt", "train", "--random-init", str(cfg_path), "--out", str(out),
-           "--max-steps", "2", "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--packing", "--gpus", "2",
-           "--zero", str(sc["zero"]), "--lora-r", str(sc["lora_r"]), "--gc" if sc["gc"] else "--no-gc", "--json",
-           "--eval-max-examples", "0"]  # generation comes after the measured span and takes ~10 min under ZeRO-3
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftopt",
+        "train",
+        "--random-init",
+        str(cfg_path),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--seq-len",
+        str(SEQ),
+        "--micro-batch",
+        str(BATCH),
+        "--packing",
+        "--gpus",
+        "2",
+        "--zero",
+        str(sc["zero"]),
+        "--lora-r",
+        str(sc["lora_r"]),
+        "--gc" if sc["gc"] else "--no-gc",
+        "--json",
+        "--eval-max-examples",
+        "0",
+    ]  # generation comes after the measured span and takes ~10 min under ZeRO-3
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     m = json.loads((out / "metrics.json").read_text())
     measured = m["measured"]["peak_bytes_per_gpu"]
-    row = {"arch": arch, **sc, "precision": "fp32", "processes": 2, "attn": "sdpa", "packed": True,
-           "measured_bytes": measured}
+    row = {
+        "arch": arch,
+        **sc,
+        "precision": "fp32",
+        "processes": 2,
+        "attn": "sdpa",
+        "packed": True,
+        "measured_bytes": measured,
+    }
     for k in ("analytic", "traced"):
         row[f"{k}_bytes"] = m["predicted"][k]["peak_bytes_per_gpu"]
         row[f"{k}_error"] = (row[f"{k}_bytes"] - measured) / measured
@@ -190,9 +281,13 @@ def estimates(sc: dict) -> dict:
 
     spec = _spec(sc)
     combo = _combo(sc)
-    setup = TrainingSetup(seq_len=sc.get("seq", SEQ), micro_batch=sc.get("batch", BATCH), precision=sc["precision"],
-                          packing=sc.get("packed", False),
-                          gpus_per_node=sc.get("processes", 1))  # a ZeRO row's processes (benchmarks/peers.py)
+    setup = TrainingSetup(
+        seq_len=sc.get("seq", SEQ),
+        micro_batch=sc.get("batch", BATCH),
+        precision=sc["precision"],
+        packing=sc.get("packed", False),
+        gpus_per_node=sc.get("processes", 1),
+    )  # a ZeRO row's processes (benchmarks/peers.py)
     hw = load_hardware("h200" if sc.get("device") == "cuda" else "cpu")
     return {m: estimate(spec, hw, setup, combo, m).peak_bytes_per_gpu for m in ("analytic", "traced")}
 
@@ -207,9 +302,12 @@ def main() -> None:
     ap.add_argument("--packed", action="store_true", help="only packed (padding-free) runs; with --table, their table")
     ap.add_argument("--only", help="comma list of scenario indices to run (within the chosen set)")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of the saved quant/misses results")
-    ap.add_argument("--rescore", action="store_true",
-                    help="recompute both estimates for every saved single-process row (after an estimator change); "
-                         "the measured peaks are kept as they are")
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="recompute both estimates for every saved single-process row (after an estimator change); "
+        "the measured peaks are kept as they are",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.rescore:
@@ -223,17 +321,28 @@ def main() -> None:
         return
     rows = []
     results = RESULTS.with_name("gpu_check.json") if a.gpu else RESULTS
-    chosen = (quant_scenarios() if a.quant else miss_scenarios() if a.misses else packed_scenarios() if a.packed
-              else scenarios(a.quick, a.gpu))
+    chosen = (
+        quant_scenarios()
+        if a.quant
+        else miss_scenarios()
+        if a.misses
+        else packed_scenarios()
+        if a.packed
+        else scenarios(a.quick, a.gpu)
+    )
     if a.quant or a.misses or a.packed:
         kind = "quant" if a.quant else "misses" if a.misses else "packed"
         results = RESULTS.with_name(f"estimate_accuracy_{kind}.json")
     if a.only:
         chosen = [chosen[int(i)] for i in a.only.split(",")]
         results = results.with_name(results.stem + f"_{a.only.replace(',', '-')}.json")
-    for sc in ([] if a.zero_only else chosen):
-        p = subprocess.run([sys.executable, __file__, "--one", json.dumps(sc)], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    for sc in [] if a.zero_only else chosen:
+        p = subprocess.run(
+            [sys.executable, __file__, "--one", json.dumps(sc)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         if p.returncode != 0:
             print(f"{sc}: run failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
             continue
@@ -241,10 +350,13 @@ def main() -> None:
         row = _scored({**sc, **real}, estimates(sc))
         rows.append(row)
         _save(results, rows, [], {})  # after each run: a slow CPU sweep interrupted keeps what it measured
-        print(f"{sc['arch']:16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} {sc['attn']:5} "
-              f"{sc['precision']:10} {sc.get('quant', 'none'):4} {sc.get('optim', 'adamw'):10} "
-              f"s{sc.get('seq', SEQ)}x{sc.get('batch', BATCH)} measured {real['measured_bytes'] / 2**20:8.1f} MiB  analytic "
-              f"{row['analytic_error']:+6.1%}  traced {row['traced_error']:+6.1%}", flush=True)
+        print(
+            f"{sc['arch']:16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} {sc['attn']:5} "
+            f"{sc['precision']:10} {sc.get('quant', 'none'):4} {sc.get('optim', 'adamw'):10} "
+            f"s{sc.get('seq', SEQ)}x{sc.get('batch', BATCH)} measured {real['measured_bytes'] / 2**20:8.1f} MiB  analytic "
+            f"{row['analytic_error']:+6.1%}  traced {row['traced_error']:+6.1%}",
+            flush=True,
+        )
     zero_rows = []
     if not (a.gpu or a.quant or a.misses or a.packed):
         import tempfile
@@ -257,14 +369,19 @@ def main() -> None:
                 print(f"ZeRO-{sc['zero']} {sc}: run failed: {(e.stderr or '').strip().splitlines()[-1:]}")
                 continue
             zero_rows.append(r)
-            print(f"{'llama-gqa-100m':16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} ZeRO-{sc['zero']} x2 "
-                  f"measured {r['measured_bytes'] / 2**20:8.1f} MiB/rank  analytic {r['analytic_error']:+6.1%}  "
-                  f"traced {r['traced_error']:+6.1%}", flush=True)
+            print(
+                f"{'llama-gqa-100m':16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} ZeRO-{sc['zero']} x2 "
+                f"measured {r['measured_bytes'] / 2**20:8.1f} MiB/rank  analytic {r['analytic_error']:+6.1%}  "
+                f"traced {r['traced_error']:+6.1%}",
+                flush=True,
+            )
     if not rows and not zero_rows:
         sys.exit("no scenario ran")
     summary = _summary(rows)
     for k, v in summary.items():
-        print(f"{k:8}: median |error| {v['median_abs_error']:.2%}, worst {v['worst_abs_error']:.2%} over {len(rows)} runs")
+        print(
+            f"{k:8}: median |error| {v['median_abs_error']:.2%}, worst {v['worst_abs_error']:.2%} over {len(rows)} runs"
+        )
     if a.zero_only:  # keep the single-process rows of the last full run
         results = RESULTS.with_name("estimate_accuracy_zero.json")
     _save(results, rows, zero_rows, summary)
@@ -273,16 +390,28 @@ def main() -> None:
 def print_table(*kinds: str) -> None:
     """A README table: every row of benchmarks/results/estimate_accuracy_{kind}*.json for the kinds given (quant and
     misses share one table, packed has its own), and the medians."""
-    rows = [r for f in sorted(RESULTS.parent.glob("estimate_accuracy_*.json")) if any(k in f.name for k in kinds)
-            for r in json.loads(f.read_text())["rows"]]
+    rows = [
+        r
+        for f in sorted(RESULTS.parent.glob("estimate_accuracy_*.json"))
+        if any(k in f.name for k in kinds)
+        for r in json.loads(f.read_text())["rows"]
+    ]
     for r in rows:
         what = "full" if not r["lora_r"] else f"LoRA r{r['lora_r']}"
-        extras = " ".join(x for x in (r.get("quant", "none").upper() if r.get("quant", "none") != "none" else "",
-                                      r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "",
-                                      "packed" if r.get("packed") else "") if x)
-        print(f"| {r['arch']} {what} {extras} gc={r['gc']} {r['attn']} seq {r.get('seq', SEQ)} x {r.get('batch', BATCH)} | "
-              f"{r['precision']} | {r['measured_bytes'] / 2**20:.1f} MiB | {r['analytic_error']:+.1%} | "
-              f"{r['traced_error']:+.1%} |")
+        extras = " ".join(
+            x
+            for x in (
+                r.get("quant", "none").upper() if r.get("quant", "none") != "none" else "",
+                r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "",
+                "packed" if r.get("packed") else "",
+            )
+            if x
+        )
+        print(
+            f"| {r['arch']} {what} {extras} gc={r['gc']} {r['attn']} seq {r.get('seq', SEQ)} x {r.get('batch', BATCH)} | "
+            f"{r['precision']} | {r['measured_bytes'] / 2**20:.1f} MiB | {r['analytic_error']:+.1%} | "
+            f"{r['traced_error']:+.1%} |"
+        )
     for k in ("analytic", "traced"):
         errs = sorted(abs(r[f"{k}_error"]) for r in rows)
         if errs:
@@ -321,8 +450,12 @@ def _summary(rows: list[dict]) -> dict:
 def _save(path: Path, rows: list, zero_rows: list, summary: dict) -> None:
     from ftopt.io import atomic_write_text
 
-    atomic_write_text(path, json.dumps({"rows": rows, "zero_rows": zero_rows, "summary": summary, "seq_len": SEQ,
-                                        "micro_batch": BATCH}, indent=2))
+    atomic_write_text(
+        path,
+        json.dumps(
+            {"rows": rows, "zero_rows": zero_rows, "summary": summary, "seq_len": SEQ, "micro_batch": BATCH}, indent=2
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ tokens, as the estimates assume) and compares:
   step time        median synchronized step                                   vs the (uncalibrated) time model
 Each row is written as soon as its run finishes, so a run cut short by the time limit keeps the rows before it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,13 +28,55 @@ RESULTS = ROOT / "benchmarks" / "results" / "gpu_check.jsonl"
 STEPS = 12
 # (name, ftopt train flags). 8B LoRA at 2k context and a 0.5B full fine-tune: the sizes a one-GPU team runs.
 SCENARIOS = [
-    ("lora-flash-8b", ["--random-init", "llama-3.1-8b", "--lora-r", "16", "--attn", "flash", "--seq-len", "2048",
-                       "--micro-batch", "2"]),
+    (
+        "lora-flash-8b",
+        [
+            "--random-init",
+            "llama-3.1-8b",
+            "--lora-r",
+            "16",
+            "--attn",
+            "flash",
+            "--seq-len",
+            "2048",
+            "--micro-batch",
+            "2",
+        ],
+    ),
     ("full-gc-0.5b", ["--random-init", "qwen2.5-0.5b", "--gc", "--seq-len", "2048", "--micro-batch", "4"]),
-    ("lora-zero2-8b", ["--random-init", "llama-3.1-8b", "--lora-r", "16", "--zero", "2", "--gpus", "1",
-                       "--seq-len", "2048", "--micro-batch", "2"]),
-    ("qlora-gc-8b", ["--random-init", "llama-3.1-8b", "--lora-r", "16", "--quant", "nf4", "--gc", "--seq-len", "2048",
-                     "--micro-batch", "2"]),
+    (
+        "lora-zero2-8b",
+        [
+            "--random-init",
+            "llama-3.1-8b",
+            "--lora-r",
+            "16",
+            "--zero",
+            "2",
+            "--gpus",
+            "1",
+            "--seq-len",
+            "2048",
+            "--micro-batch",
+            "2",
+        ],
+    ),
+    (
+        "qlora-gc-8b",
+        [
+            "--random-init",
+            "llama-3.1-8b",
+            "--lora-r",
+            "16",
+            "--quant",
+            "nf4",
+            "--gc",
+            "--seq-len",
+            "2048",
+            "--micro-batch",
+            "2",
+        ],
+    ),
 ]
 
 
@@ -44,8 +87,10 @@ def missing_requirements() -> list[str]:
         import torch
 
         if not torch.cuda.is_available():
-            missing.append(f"a CUDA build of torch with a visible GPU (torch {torch.__version__}: "
-                           f"cuda={torch.version.cuda}, devices={torch.cuda.device_count()})")
+            missing.append(
+                f"a CUDA build of torch with a visible GPU (torch {torch.__version__}: "
+                f"cuda={torch.version.cuda}, devices={torch.cuda.device_count()})"
+            )
     except ImportError:
         missing.append("torch")
     if importlib.util.find_spec("flash_attn") is None:
@@ -71,27 +116,52 @@ def compare(name: str, m: dict, wall_seconds: float) -> dict:
     meas, pred = m["measured"], m["predicted"]
     combo = Combination(**m["combination"])
     err = lambda p, x: (p - x) / x if p and x else None  # noqa: E731 - prediction error relative to measurement
-    row = {"scenario": name, "label": m["label"], "wall_seconds": round(wall_seconds, 1),
-           "allocated_bytes": meas["peak_bytes_per_gpu"], "reserved_bytes": meas["peak_reserved_bytes_per_gpu"],
-           "device_used_bytes": meas.get("device_used_bytes_per_gpu"), "step_seconds": meas["step_seconds"],
-           "mfu": m.get("mfu")}
+    row = {
+        "scenario": name,
+        "label": m["label"],
+        "wall_seconds": round(wall_seconds, 1),
+        "allocated_bytes": meas["peak_bytes_per_gpu"],
+        "reserved_bytes": meas["peak_reserved_bytes_per_gpu"],
+        "device_used_bytes": meas.get("device_used_bytes_per_gpu"),
+        "step_seconds": meas["step_seconds"],
+        "mfu": m.get("mfu"),
+    }
     for method in ("analytic", "traced"):
         p = pred.get(method, {})
         peak = p.get("peak_bytes_per_gpu")
         row[f"{method}_allocated_error"] = err(peak, meas["peak_bytes_per_gpu"])
-        row[f"{method}_reserved_error"] = err(peak * (1 + ALLOCATOR_RESERVE_FRACTION) if peak else None,
-                                               meas["peak_reserved_bytes_per_gpu"])
-        row[f"{method}_device_error"] = err(device_bytes(peak, combo, False) if peak else None,
-                                            meas.get("device_used_bytes_per_gpu"))
+        row[f"{method}_reserved_error"] = err(
+            peak * (1 + ALLOCATOR_RESERVE_FRACTION) if peak else None, meas["peak_reserved_bytes_per_gpu"]
+        )
+        row[f"{method}_device_error"] = err(
+            device_bytes(peak, combo, False) if peak else None, meas.get("device_used_bytes_per_gpu")
+        )
     row["step_time_error"] = err(pred.get("analytic", {}).get("step_seconds"), meas["step_seconds"])
     return row
 
 
 def run_scenario(name: str, flags: list[str], workdir: Path) -> dict:
     out = workdir / name
-    cmd = [sys.executable, "-m", "ftopt", "train", "--out", str(out), "--overwrite", "--gpu", os.environ.get(
-        "FTOPT_GPU_PRESET", "h200"), "--precision", "bf16-mixed", "--packing", "--max-steps", str(STEPS),
-           "--eval-max-examples", "0", "--json", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftopt",
+        "train",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--gpu",
+        os.environ.get("FTOPT_GPU_PRESET", "h200"),
+        "--precision",
+        "bf16-mixed",
+        "--packing",
+        "--max-steps",
+        str(STEPS),
+        "--eval-max-examples",
+        "0",
+        "--json",
+        *flags,
+    ]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:

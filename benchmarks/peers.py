@@ -9,6 +9,7 @@ Nothing is trained here. Every row of benchmarks/results/estimate_accuracy*.json
 "zero_rows") gives a measured peak; each estimator predicts the same scenario from its own inputs, and the error is
 (predicted - measured) / measured. An estimator is scored only on rows it produces a number for.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import json
 import statistics
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, for its scenario helpers
@@ -27,29 +28,64 @@ LLM_DRIVER = Path(__file__).resolve().parent / "peers_llm_analysis.py"
 # What each method's inputs cannot say, read off its signature (not judged per row). "activations" = nothing that
 # depends on sequence length or micro-batch; "precision" = one fixed dtype recipe whatever the run uses.
 CANNOT_EXPRESS = {
-    "accelerate estimate-memory": ("LoRA", "GC", "attention kind", "quantization", "8-bit optimizer", "ZeRO stage",
-                                   "activations"),
-    "DeepSpeed ZeRO estimator": ("LoRA", "GC", "attention kind", "quantization", "8-bit optimizer", "precision",
-                                 "activations"),
-    "16 B/param rule": ("LoRA", "GC", "attention kind", "quantization", "8-bit optimizer", "ZeRO stage", "precision",
-                        "activations"),
+    "accelerate estimate-memory": (
+        "LoRA",
+        "GC",
+        "attention kind",
+        "quantization",
+        "8-bit optimizer",
+        "ZeRO stage",
+        "activations",
+    ),
+    "DeepSpeed ZeRO estimator": (
+        "LoRA",
+        "GC",
+        "attention kind",
+        "quantization",
+        "8-bit optimizer",
+        "precision",
+        "activations",
+    ),
+    "16 B/param rule": (
+        "LoRA",
+        "GC",
+        "attention kind",
+        "quantization",
+        "8-bit optimizer",
+        "ZeRO stage",
+        "precision",
+        "activations",
+    ),
     "llm-analysis": ("LoRA", "precision"),
     "ftopt analytic": (),
     "ftopt traced": (),
 }
 HOW_APPLIED = {
     "accelerate estimate-memory": "max(estimate_training_usage(fp32 size of AutoModel on meta, dtype)); no LM head; "
-                                  "int4/int8 say N/A",
+    "int4/int8 say N/A",
     "DeepSpeed ZeRO estimator": "GPU figure without offload; ZeRO-2 on 1 GPU for non-ZeRO rows, stage and 2 GPUs "
-                                "for ZeRO rows; all parameters counted as trained",
+    "for ZeRO rows; all parameters counted as trained",
     "16 B/param rule": "16 x all parameters of the causal LM, LoRA or not",
     "llm-analysis": "LLMAnalysis.training; 16-bit weights and activations (it has no fp32), 4/8-bit weights "
-                    "for quantized runs, Adam with an fp32 master copy; embeddings always tied",
+    "for quantized runs, Adam with an fp32 master copy; embeddings always tied",
     "ftopt analytic": "ftopt.estimate(..., 'analytic')",
     "ftopt traced": "ftopt.estimate(..., 'traced')",
 }
-SCENARIO_KEYS = ("arch", "lora_r", "gc", "attn", "precision", "quant", "optim", "seq", "batch", "zero", "processes",
-                 "device", "packed")
+SCENARIO_KEYS = (
+    "arch",
+    "lora_r",
+    "gc",
+    "attn",
+    "precision",
+    "quant",
+    "optim",
+    "seq",
+    "batch",
+    "zero",
+    "processes",
+    "device",
+    "packed",
+)
 
 
 def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
@@ -60,9 +96,19 @@ def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
         d = json.loads(f.read_text())
         for r in d.get("rows", []) + d.get("zero_rows", []):
             # zero_rows carry no attn: `ftopt train` ran them with its default, sdpa
-            row = {"attn": "sdpa", "quant": "none", "optim": "adamw", "zero": 0, "processes": 1, "device": "cpu",
-                   "packed": False,
-                   "seq": d.get("seq_len", ea.SEQ), "batch": d.get("micro_batch", ea.BATCH), **r, "source": f.name}
+            row = {
+                "attn": "sdpa",
+                "quant": "none",
+                "optim": "adamw",
+                "zero": 0,
+                "processes": 1,
+                "device": "cpu",
+                "packed": False,
+                "seq": d.get("seq_len", ea.SEQ),
+                "batch": d.get("micro_batch", ea.BATCH),
+                **r,
+                "source": f.name,
+            }
             key = tuple(row[k] for k in SCENARIO_KEYS)
             if key not in seen:
                 seen.add(key)
@@ -70,14 +116,14 @@ def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
     return rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def _config(arch: str):
     from ftopt.modeling import hf_config
 
     return hf_config(ea._spec({"arch": arch}))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _causal_lm(arch: str):
     """The trained model with real (uninitialised) storage: DeepSpeed's model_to_params dedupes shared weights by
     data_ptr(), which is 0 for every meta tensor. to_empty allocates without touching pages; it unties, so re-tie."""
@@ -119,10 +165,12 @@ def deepspeed_bytes(row: dict) -> int:
     model, gpus = _causal_lm(row["arch"]), row["processes"]
     if row["zero"] == 3:
         total, largest = stage3.model_to_params(model)
-        return stage3.estimate_zero3_model_states_mem_needs(total, largest, num_gpus_per_node=gpus, cpu_offload=False,
-                                                            cpu_offload_params=False)[1]
-    return stage_1_and_2.estimate_zero2_model_states_mem_needs(stage_1_and_2.model_to_params(model),
-                                                               num_gpus_per_node=gpus, cpu_offload=False)[1]
+        return stage3.estimate_zero3_model_states_mem_needs(
+            total, largest, num_gpus_per_node=gpus, cpu_offload=False, cpu_offload_params=False
+        )[1]
+    return stage_1_and_2.estimate_zero2_model_states_mem_needs(
+        stage_1_and_2.model_to_params(model), num_gpus_per_node=gpus, cpu_offload=False
+    )[1]
 
 
 # Mixed-precision Adam: fp16 weights 2 + fp16 grads 2 + fp32 master, momentum, variance 12 bytes per parameter
@@ -140,28 +188,52 @@ def llm_analysis_input(row: dict) -> dict:
     cfg, spec = _config(row["arch"]), ea._spec(row)
     gated = spec.mlp.value == "gated"
     ffn = cfg.intermediate_size * 3 // 2 if gated else cfg.intermediate_size
-    model = {"name": row["arch"], "num_layers": cfg.num_hidden_layers, "n_head": cfg.num_attention_heads,
-             "hidden_dim": cfg.hidden_size, "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_position_embeddings,
-             "num_key_value_heads": getattr(cfg, "num_key_value_heads", None), "ffn_embed_dim": ffn,
-             "expansion_ratio": ffn / cfg.hidden_size, "model_type": cfg.model_type}
+    model = {
+        "name": row["arch"],
+        "num_layers": cfg.num_hidden_layers,
+        "n_head": cfg.num_attention_heads,
+        "hidden_dim": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size,
+        "max_seq_len": cfg.max_position_embeddings,
+        "num_key_value_heads": getattr(cfg, "num_key_value_heads", None),
+        "ffn_embed_dim": ffn,
+        "expansion_ratio": ffn / cfg.hidden_size,
+        "model_type": cfg.model_type,
+    }
     # Its weight and activation bits must be 4, 8 or 16 (it asserts so): fp32 runs get its 16-bit recipe.
     bits = {"nf4": 4, "fp4": 4, "int8": 8}.get(row["quant"], 16)
-    training = {"batch_size_per_gpu": row["batch"], "seq_len": row["seq"], "gradient_accumulation_steps": 1,
-                "activation_recomputation": 2 if row["gc"] else 0,  # HF GC keeps each layer's input: FULL
-                "ds_zero": row["zero"], "flash_attn": row["attn"] != "eager", "mlp_gated_linear_units": gated,
-                "other_op_bytes": 2 if "8bit" in row["optim"] else None}  # 8-bit m and v: 1 + 1 byte
-    return {"model": model, "dtype": {"name": f"w{bits}a16e{bits}", "weight_bits": bits, "activation_bits": 16,
-                                      "embedding_bits": bits}, "dp_size": row["processes"], "training": training}
+    training = {
+        "batch_size_per_gpu": row["batch"],
+        "seq_len": row["seq"],
+        "gradient_accumulation_steps": 1,
+        "activation_recomputation": 2 if row["gc"] else 0,  # HF GC keeps each layer's input: FULL
+        "ds_zero": row["zero"],
+        "flash_attn": row["attn"] != "eager",
+        "mlp_gated_linear_units": gated,
+        "other_op_bytes": 2 if "8bit" in row["optim"] else None,
+    }  # 8-bit m and v: 1 + 1 byte
+    return {
+        "model": model,
+        "dtype": {"name": f"w{bits}a16e{bits}", "weight_bits": bits, "activation_bits": 16, "embedding_bits": bits},
+        "dp_size": row["processes"],
+        "training": training,
+    }
 
 
 def llm_analysis_all(rows: list[dict], venv: Path) -> tuple[list[int | None], list[str]]:
     """One subprocess for all rows (its import is slow): per-row bytes (None where it refused), and what to say."""
     python = venv / "bin" / "python"
     if not python.exists():
-        return [None] * len(rows), [f"llm-analysis skipped: no virtual environment at {venv} (create one with "
-                                    f"`python3 -m venv {venv} && {venv}/bin/pip install llm-analysis`)"]
-    p = subprocess.run([str(python), str(LLM_DRIVER)], input=json.dumps([llm_analysis_input(r) for r in rows]),
-                       capture_output=True, text=True)
+        return [None] * len(rows), [
+            f"llm-analysis skipped: no virtual environment at {venv} (create one with "
+            f"`python3 -m venv {venv} && {venv}/bin/pip install llm-analysis`)"
+        ]
+    p = subprocess.run(
+        [str(python), str(LLM_DRIVER)],
+        input=json.dumps([llm_analysis_input(r) for r in rows]),
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         return [None] * len(rows), [f"llm-analysis skipped: {(p.stderr.strip().splitlines() or [p.returncode])[-1]}"]
     got = json.loads(p.stdout.strip().splitlines()[-1])
@@ -177,10 +249,16 @@ def predict(rows: list[dict], venv: Path) -> tuple[list[dict], list[str]]:
     out = []
     for row, llm_bytes in zip(rows, llm):
         est = ea.estimates(row)
-        out.append({"accelerate estimate-memory": accelerate_bytes(row),
-                    "DeepSpeed ZeRO estimator": deepspeed_bytes(row), "16 B/param rule": rule16_bytes(row),
-                    "llm-analysis": llm_bytes,
-                    "ftopt analytic": est["analytic"], "ftopt traced": est["traced"]})
+        out.append(
+            {
+                "accelerate estimate-memory": accelerate_bytes(row),
+                "DeepSpeed ZeRO estimator": deepspeed_bytes(row),
+                "16 B/param rule": rule16_bytes(row),
+                "llm-analysis": llm_bytes,
+                "ftopt analytic": est["analytic"],
+                "ftopt traced": est["traced"],
+            }
+        )
     return out, notes
 
 
@@ -194,10 +272,14 @@ def summarise(rows: list[dict], preds: list[dict]) -> dict:
     out = {}
     for name in CANNOT_EXPRESS:
         errs = [error(p[name], r) for r, p in zip(rows, preds) if p[name] is not None]
-        out[name] = {"rows": len(errs), "median_error": statistics.median(errs) if errs else None,
-                     "median_abs_error": statistics.median(map(abs, errs)) if errs else None,
-                     "worst_abs_error": max(map(abs, errs)) if errs else None,
-                     "cannot_express": list(CANNOT_EXPRESS[name]), "how_applied": HOW_APPLIED[name]}
+        out[name] = {
+            "rows": len(errs),
+            "median_error": statistics.median(errs) if errs else None,
+            "median_abs_error": statistics.median(map(abs, errs)) if errs else None,
+            "worst_abs_error": max(map(abs, errs)) if errs else None,
+            "cannot_express": list(CANNOT_EXPRESS[name]),
+            "how_applied": HOW_APPLIED[name],
+        }
     return out
 
 
@@ -206,19 +288,30 @@ def _pct(x: float | None, signed: bool = True) -> str:
 
 
 def label(r: dict) -> str:
-    parts = [r["arch"], f"LoRA r{r['lora_r']}" if r["lora_r"] else "full", "GC" if r["gc"] else "", r["attn"],
-             r["quant"].upper() if r["quant"] != "none" else "", r["optim"] if r["optim"] != "adamw" else "",
-             f"ZeRO-{r['zero']} x{r['processes']}" if r["zero"] else "", r["precision"],
-             f"seq {r['seq']} x {r['batch']}"]
+    parts = [
+        r["arch"],
+        f"LoRA r{r['lora_r']}" if r["lora_r"] else "full",
+        "GC" if r["gc"] else "",
+        r["attn"],
+        r["quant"].upper() if r["quant"] != "none" else "",
+        r["optim"] if r["optim"] != "adamw" else "",
+        f"ZeRO-{r['zero']} x{r['processes']}" if r["zero"] else "",
+        r["precision"],
+        f"seq {r['seq']} x {r['batch']}",
+    ]
     return " ".join(p for p in parts if p)
 
 
 def markdown(summary: dict, rows: list[dict] | None = None, preds: list[dict] | None = None) -> str:
-    lines = ["| estimator | runs | median error | median \\|error\\| | worst \\|error\\| | cannot express |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| estimator | runs | median error | median \\|error\\| | worst \\|error\\| | cannot express |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in summary.items():
-        lines.append(f"| {name} | {s['rows']} | {_pct(s['median_error'])} | {_pct(s['median_abs_error'], False)} | "
-                     f"{_pct(s['worst_abs_error'], False)} | {', '.join(s['cannot_express']) or 'nothing listed'} |")
+        lines.append(
+            f"| {name} | {s['rows']} | {_pct(s['median_error'])} | {_pct(s['median_abs_error'], False)} | "
+            f"{_pct(s['worst_abs_error'], False)} | {', '.join(s['cannot_express']) or 'nothing listed'} |"
+        )
     if rows is not None:
         lines += ["", "| run | measured | " + " | ".join(summary) + " |", "|---|---|" + "---|" * len(summary)]
         for r, p in zip(rows, preds):
@@ -231,8 +324,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", action="store_true", help="also one table row per measured run")
     ap.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
-    ap.add_argument("--llm-analysis-venv", type=Path, default=Path("/tmp/llm-venv"),
-                    help="virtual environment with llm-analysis installed (skipped with a message if absent)")
+    ap.add_argument(
+        "--llm-analysis-venv",
+        type=Path,
+        default=Path("/tmp/llm-venv"),
+        help="virtual environment with llm-analysis installed (skipped with a message if absent)",
+    )
     a = ap.parse_args()
     rows = load_rows()
     if not rows:
@@ -242,8 +339,16 @@ def main() -> None:
     for n in notes:
         print(n, file=sys.stderr)
     if a.json:
-        print(json.dumps({"summary": summary, "notes": notes,
-                          "rows": [{**r, "predicted_bytes": p} for r, p in zip(rows, preds)]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "summary": summary,
+                    "notes": notes,
+                    "rows": [{**r, "predicted_bytes": p} for r, p in zip(rows, preds)],
+                },
+                indent=2,
+            )
+        )
     else:
         print(markdown(summary, rows if a.rows else None, preds))
 

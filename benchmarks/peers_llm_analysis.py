@@ -6,6 +6,7 @@ scenarios to stdin and reads one JSON list back: per scenario llm-analysis's tra
 llm_analysis only. A scenario: {"model": ModelConfig fields, "dtype": DtypeConfig fields, "dp_size": int,
 "training": keyword arguments of LLMAnalysis.training with the enums as ints}.
 """
+
 import json
 import logging
 import sys
@@ -22,8 +23,12 @@ def one(sc: dict) -> dict | float:
     kw = dict(sc["training"])
     kw["activation_recomputation"] = ActivationRecomputation(kw["activation_recomputation"])
     kw["ds_zero"] = DSZeRO(kw["ds_zero"])
-    analysis = LLMAnalysis(ModelConfig(**sc["model"]), get_gpu_config_by_name(GPU), DtypeConfig(**sc["dtype"]),
-                           ParallelismConfig(dp_size=sc["dp_size"]))
+    analysis = LLMAnalysis(
+        ModelConfig(**sc["model"]),
+        get_gpu_config_by_name(GPU),
+        DtypeConfig(**sc["dtype"]),
+        ParallelismConfig(dp_size=sc["dp_size"]),
+    )
     return analysis.training(**kw)[MEMORY_KEY]
 
 

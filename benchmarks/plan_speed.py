@@ -1,7 +1,8 @@
 """Times a full `plan` (96 combinations on a GPU: eager, SDPA and flash; + what-ifs) for llama-3.1-70b. Target: < 1 s.
 
-    .venv/bin/python benchmarks/plan_speed.py
+.venv/bin/python benchmarks/plan_speed.py
 """
+
 import statistics
 import time
 

@@ -11,6 +11,7 @@ steps; its median steady step time comes from its metrics.json, and so does the 
 src/ftopt/estimate/time.py ([Dequant], [Optimizer]): dequantization and the optimizer update as memory traffic
 at the device's bandwidth. Writes benchmarks/results/quant_time.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,28 +25,62 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # large enough that matmuls, not per-operator dispatch, carry most of a step, small enough for a shared CPU
-CONFIG = {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6,
-          "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 8000, "max_position_embeddings": 512}
+CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 512,
+    "intermediate_size": 1376,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "vocab_size": 8000,
+    "max_position_embeddings": 512,
+}
 SEQ, BATCH = 128, 4
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}  # one core per run, as `ftopt bench`
 # (name, baseline name, flags): each quantized / 8-bit variant beside the run it replaces
-VARIANTS = [("LoRA r8", None, ["--lora-r", "8"]),
-            ("QLoRA NF4 r8", "LoRA r8", ["--lora-r", "8", "--quant", "nf4"]),
-            ("LoRA r8 int8 base", "LoRA r8", ["--lora-r", "8", "--quant", "int8"]),
-            ("full AdamW", None, ["--lora-r", "0"]),
-            ("full 8-bit AdamW", "full AdamW", ["--lora-r", "0", "--optim", "adamw-8bit"])]
+VARIANTS = [
+    ("LoRA r8", None, ["--lora-r", "8"]),
+    ("QLoRA NF4 r8", "LoRA r8", ["--lora-r", "8", "--quant", "nf4"]),
+    ("LoRA r8 int8 base", "LoRA r8", ["--lora-r", "8", "--quant", "int8"]),
+    ("full AdamW", None, ["--lora-r", "0"]),
+    ("full 8-bit AdamW", "full AdamW", ["--lora-r", "0", "--optim", "adamw-8bit"]),
+]
 
 
 def run(work: Path, name: str, flags: list[str], steps: int) -> dict:
     cfg = work / "config.json"
     cfg.write_text(json.dumps(CONFIG))
     out = work / name.replace(" ", "_")
-    cmd = [sys.executable, "-m", "ftopt", "train", "--random-init", str(cfg), "--out", str(out), "--overwrite",
-           "--max-steps", str(steps), "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--packing",
-           "--precision", "fp32", "--eval-max-examples", "0", "--json", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftopt",
+        "train",
+        "--random-init",
+        str(cfg),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--max-steps",
+        str(steps),
+        "--seq-len",
+        str(SEQ),
+        "--micro-batch",
+        str(BATCH),
+        "--packing",
+        "--precision",
+        "fp32",
+        "--eval-max-examples",
+        "0",
+        "--json",
+        *flags,
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=ENV)
     m = json.loads((out / "metrics.json").read_text())
-    return {"measured_seconds": m["measured"]["step_seconds"], "predicted_seconds": m["predicted"]["analytic"]["step_seconds"]}
+    return {
+        "measured_seconds": m["measured"]["step_seconds"],
+        "predicted_seconds": m["predicted"]["analytic"]["step_seconds"],
+    }
 
 
 def main() -> None:
@@ -70,20 +105,39 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, base, _ in VARIANTS:
         m, b = med[name], med[base] if base else None
-        row = {"variant": name, **m, "measured_ratio": m["measured_seconds"] / b["measured_seconds"] if b else None,
-               "predicted_ratio": m["predicted_seconds"] / b["predicted_seconds"] if b else None}
+        row = {
+            "variant": name,
+            **m,
+            "measured_ratio": m["measured_seconds"] / b["measured_seconds"] if b else None,
+            "predicted_ratio": m["predicted_seconds"] / b["predicted_seconds"] if b else None,
+        }
         rows.append(row)
-        ratios = (f"{row['measured_ratio']:.2f}x | {row['predicted_ratio']:.2f}x" if b else "- | -")
+        ratios = f"{row['measured_ratio']:.2f}x | {row['predicted_ratio']:.2f}x" if b else "- | -"
         print(f"| {name} | {m['measured_seconds'] * 1e3:.0f} | {m['predicted_seconds'] * 1e3:.0f} | {ratios} |")
     rates = achieved_rates(med)
-    print(f"\nachieved on this machine: dequantization {rates['dequant_bytes_per_s'] / 1e9:.2f} GB/s, "
-          f"8-bit optimizer update {rates['bnb_optimizer_bytes_per_s'] / 1e9:.2f} GB/s "
-          "(HardwareSpec.dequant_bytes_per_s / bnb_optimizer_bytes_per_s)")
+    print(
+        f"\nachieved on this machine: dequantization {rates['dequant_bytes_per_s'] / 1e9:.2f} GB/s, "
+        f"8-bit optimizer update {rates['bnb_optimizer_bytes_per_s'] / 1e9:.2f} GB/s "
+        "(HardwareSpec.dequant_bytes_per_s / bnb_optimizer_bytes_per_s)"
+    )
     from ftopt.io import atomic_write_text
 
-    atomic_write_text(ROOT / "benchmarks" / "results" / f"quant_time{a.tag}.json",
-                      json.dumps({"config": CONFIG, "seq_len": SEQ, "micro_batch": BATCH, "steps": a.steps,
-                                  "rounds": a.rounds, "runs": seen, "rows": rows, "rates": rates}, indent=2))
+    atomic_write_text(
+        ROOT / "benchmarks" / "results" / f"quant_time{a.tag}.json",
+        json.dumps(
+            {
+                "config": CONFIG,
+                "seq_len": SEQ,
+                "micro_batch": BATCH,
+                "steps": a.steps,
+                "rounds": a.rounds,
+                "runs": seen,
+                "rows": rows,
+                "rates": rates,
+            },
+            indent=2,
+        ),
+    )
 
 
 def achieved_rates(med: dict) -> dict:
@@ -97,8 +151,10 @@ def achieved_rates(med: dict) -> dict:
     extra_dequant = med["QLoRA NF4 r8"]["measured_seconds"] - med["LoRA r8"]["measured_seconds"]
     extra_optim = med["full 8-bit AdamW"]["measured_seconds"] - med["full AdamW"]["measured_seconds"]
     nf4, eight = Combination(lora_r=8, quant="nf4"), Combination(optim="adamw-8bit")
-    return {"dequant_bytes_per_s": dequant_bytes(spec, setup, nf4) / extra_dequant if extra_dequant > 0 else None,
-            "bnb_optimizer_bytes_per_s": optimizer_bytes(spec, setup, eight) / extra_optim if extra_optim > 0 else None}
+    return {
+        "dequant_bytes_per_s": dequant_bytes(spec, setup, nf4) / extra_dequant if extra_dequant > 0 else None,
+        "bnb_optimizer_bytes_per_s": optimizer_bytes(spec, setup, eight) / extra_optim if extra_optim > 0 else None,
+    }
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ sides alternate in one run and are compared as ratios).
    Target: >= 1.5x tokens/s.
 Writes benchmarks/results/train_overhead.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,19 +46,47 @@ def plain_trainer(out: str) -> float:
     prep = prepare(DataSpec(), default_tokenizer(), SEQ, seed=0)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(hf_config(load_model("tiny-llama"), attn="sdpa"))
-    args = TrainingArguments(output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-3,
-                             lr_scheduler_type="cosine", warmup_steps=int(0.03 * STEPS), seed=0, use_cpu=True,
-                             save_strategy="no", logging_steps=1, report_to=[], disable_tqdm=True,
-                             include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
-                             dataloader_num_workers=0)
+    args = TrainingArguments(
+        output_dir=out,
+        max_steps=STEPS,
+        per_device_train_batch_size=BATCH,
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(0.03 * STEPS),
+        seed=0,
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
     tr = Trainer(model=model, args=args, train_dataset=prep.train_dataset, data_collator=prep.collator)
     res = tr.train()
     return tr.state.num_input_tokens_seen / res.metrics["train_runtime"]
 
 
 def ftopt_run(out: str, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "ftopt", "train", "--out", out, "--max-steps", str(STEPS),
-           "--seq-len", str(SEQ), "--micro-batch", str(BATCH), "--eval-max-examples", "0", "--json", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftopt",
+        "train",
+        "--out",
+        out,
+        "--max-steps",
+        str(STEPS),
+        "--seq-len",
+        str(SEQ),
+        "--micro-batch",
+        str(BATCH),
+        "--eval-max-examples",
+        "0",
+        "--json",
+        *extra,
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=ENV)
     m = json.loads((Path(out) / "metrics.json").read_text())
     tokens = sum(json.loads(line)["tokens"] for line in (Path(out) / "steps.jsonl").read_text().splitlines())
@@ -93,11 +122,15 @@ def gpu_sized_share(per_step_seconds: float) -> list[str]:
     from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
 
     lines = []
-    for model, gpu, combo in (("llama-3.1-8b", "a100-80g", Combination(lora_r=16)),
-                              ("qwen2.5-0.5b", "h100-80g", Combination(gc=True))):
+    for model, gpu, combo in (
+        ("llama-3.1-8b", "a100-80g", Combination(lora_r=16)),
+        ("qwen2.5-0.5b", "h100-80g", Combination(gc=True)),
+    ):
         e = estimate(load_model(model), load_hardware(gpu), TrainingSetup(seq_len=2048, micro_batch=1), combo)
-        lines.append(f"{model} {combo.label()} on {gpu}: predicted step {e.step_seconds * 1e3:.0f} ms, ftopt's "
-                     f"per-step work {per_step_seconds / e.step_seconds:.4%} of it")
+        lines.append(
+            f"{model} {combo.label()} on {gpu}: predicted step {e.step_seconds * 1e3:.0f} ms, ftopt's "
+            f"per-step work {per_step_seconds / e.step_seconds:.4%} of it"
+        )
     return lines
 
 
@@ -124,12 +157,18 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ftopt-overhead-"))
     ftopt_tps, plain_tps = [], []
     for i in range(a.rounds):  # alternate so drift on a shared machine hits both sides alike
-        p = subprocess.run([sys.executable, __file__, "--plain", str(tmp / f"plain{i}"), "--steps", str(STEPS)],
-                           check=True, env=ENV,
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [sys.executable, __file__, "--plain", str(tmp / f"plain{i}"), "--steps", str(STEPS)],
+            check=True,
+            env=ENV,
+            capture_output=True,
+            text=True,
+        )
         plain_tps.append(json.loads(p.stdout.strip().splitlines()[-1])["tokens_per_s"])
         ftopt_tps.append(ftopt_run(str(tmp / f"ftopt{i}"))["tokens_per_s"])
-        print(f"round {i + 1}: plain Trainer {plain_tps[-1]:.0f} tok/s, ftopt train {ftopt_tps[-1]:.0f} tok/s", flush=True)
+        print(
+            f"round {i + 1}: plain Trainer {plain_tps[-1]:.0f} tok/s, ftopt train {ftopt_tps[-1]:.0f} tok/s", flush=True
+        )
     ratio = statistics.median(f / p for f, p in zip(ftopt_tps, plain_tps))
     print(f"ftopt train / plain Trainer tokens/s: median ratio {ratio:.3f} over {a.rounds} rounds (target >= 0.97)")
     cb = callback_seconds_per_step()
@@ -143,17 +182,33 @@ def main() -> None:
         variable_length_data(data)
         for i in range(a.rounds):
             pad.append(ftopt_run(str(tmp / f"pad{i}"), "--data", str(data), "--seq-len", "128")["tokens_per_s"])
-            packed.append(ftopt_run(str(tmp / f"pack{i}"), "--data", str(data), "--seq-len", "128", "--packing")["tokens_per_s"])
+            packed.append(
+                ftopt_run(str(tmp / f"pack{i}"), "--data", str(data), "--seq-len", "128", "--packing")["tokens_per_s"]
+            )
             print(f"round {i + 1}: padding {pad[-1]:.0f} tok/s, packing {packed[-1]:.0f} tok/s", flush=True)
         pratio = statistics.median(k / p for k, p in zip(packed, pad))
         print(f"packing / padding non-padding tokens/s: median ratio {pratio:.2f} (target >= 1.5)")
     from ftopt.io import atomic_write_text
 
-    atomic_write_text(ROOT / "benchmarks" / "results" / "train_overhead.json", json.dumps({
-        "steps": STEPS, "seq_len": SEQ, "micro_batch": BATCH, "plain_tokens_per_s": plain_tps,
-        "ftopt_tokens_per_s": ftopt_tps, "overhead_ratio": ratio,
-        "round_ratios": [f / p for f, p in zip(ftopt_tps, plain_tps)], "callback_seconds_per_step": cb, "padding_tokens_per_s": pad,
-        "packing_tokens_per_s": packed, "packing_ratio": pratio}, indent=2))
+    atomic_write_text(
+        ROOT / "benchmarks" / "results" / "train_overhead.json",
+        json.dumps(
+            {
+                "steps": STEPS,
+                "seq_len": SEQ,
+                "micro_batch": BATCH,
+                "plain_tokens_per_s": plain_tps,
+                "ftopt_tokens_per_s": ftopt_tps,
+                "overhead_ratio": ratio,
+                "round_ratios": [f / p for f, p in zip(ftopt_tps, plain_tps)],
+                "callback_seconds_per_step": cb,
+                "padding_tokens_per_s": pad,
+                "packing_tokens_per_s": packed,
+                "packing_ratio": pratio,
+            },
+            indent=2,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ deterministic kernels; re-running writes the same weights.
 
 Prints the base's exact match per operator on held-out words (the pretrained ones high, the unseen `back` 0%).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,14 +31,16 @@ def batches(rows: list[dict], tok, batch: int, seed: int):
         rng.shuffle(rows)
         for i in range(0, len(rows) - batch + 1, batch):
             ids, labels = [], []
-            for r in rows[i:i + batch]:
+            for r in rows[i : i + batch]:
                 p = tok(r["prompt"])["input_ids"]
                 c = tok(r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                 ids.append(p + c)
                 labels.append([IGNORE] * len(p) + c)
             n = max(map(len, ids))
-            yield (torch.tensor([x + [tok.pad_token_id] * (n - len(x)) for x in ids]),
-                   torch.tensor([y + [IGNORE] * (n - len(y)) for y in labels]))
+            yield (
+                torch.tensor([x + [tok.pad_token_id] * (n - len(x)) for x in ids]),
+                torch.tensor([y + [IGNORE] * (n - len(y)) for y in labels]),
+            )
 
 
 @torch.no_grad()
@@ -46,9 +49,10 @@ def exact_match(model, tok, rows: list[dict]) -> float:
     hits = 0
     for r in rows:
         enc = tok(r["prompt"], return_tensors="pt")
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id)
-        hits += tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() == r["completion"]
+        out = model.generate(
+            **enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+        )
+        hits += tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip() == r["completion"]
     model.train()
     return hits / len(rows)
 

@@ -1,6 +1,5 @@
-import os
-
 import pytest
+
 
 # Keep caches (cpu probe, calibration) inside the test session, never in the user's home.
 @pytest.fixture(autouse=True)
@@ -13,6 +12,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def has_cuda() -> bool:
     try:
         import torch
+
         return torch.cuda.is_available()
     except ImportError:
         return False

@@ -2,6 +2,7 @@
 requests huggingface_hub 2.4 makes: model info (/api/models/{repo}[/revision/{rev}]), the file tree
 (/api/models/{repo}/tree/{rev}) and files (/{repo}/resolve/{rev}/{file}, HEAD and GET, with ETag and
 X-Repo-Commit). Repos marked gated answer 401 GatedRepo without an Authorization header."""
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,12 @@ class FakeHub:
                     self.wfile.write(payload)
 
             def _error(self, code, error_code, body):
-                self._send(code, json.dumps({"error": error_code}).encode(),
-                           {"X-Error-Code": error_code, "Content-Type": "application/json"}, body)
+                self._send(
+                    code,
+                    json.dumps({"error": error_code}).encode(),
+                    {"X-Error-Code": error_code, "Content-Type": "application/json"},
+                    body,
+                )
 
             def _repo(self, parts):
                 repo = "/".join(parts[:2])
@@ -76,12 +81,25 @@ class FakeHub:
                 root = hub.repos[repo]
                 files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
                 if api and len(parts) >= 4 and parts[2] == "tree":
-                    tree = [{"type": "file", "path": f, "size": (root / f).stat().st_size,
-                             "oid": hashlib.sha1((root / f).read_bytes()).hexdigest()} for f in files]
+                    tree = [
+                        {
+                            "type": "file",
+                            "path": f,
+                            "size": (root / f).stat().st_size,
+                            "oid": hashlib.sha1((root / f).read_bytes()).hexdigest(),
+                        }
+                        for f in files
+                    ]
                     return self._send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, body)
                 if api:
-                    info = {"id": repo, "modelId": repo, "sha": COMMIT, "private": False,
-                            "gated": repo in hub.gated, "siblings": [{"rfilename": f} for f in files]}
+                    info = {
+                        "id": repo,
+                        "modelId": repo,
+                        "sha": COMMIT,
+                        "private": False,
+                        "gated": repo in hub.gated,
+                        "siblings": [{"rfilename": f} for f in files],
+                    }
                     return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
                 if len(parts) < 5 or parts[2] != "resolve":
                     return self._error(404, "EntryNotFound", body)
@@ -89,7 +107,15 @@ class FakeHub:
                 if not f.is_file():
                     return self._error(404, "EntryNotFound", body)
                 data = f.read_bytes()
-                self._send(200, data, {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT,
-                                       "Content-Type": "application/octet-stream"}, body)
+                self._send(
+                    200,
+                    data,
+                    {
+                        "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                        "X-Repo-Commit": COMMIT,
+                        "Content-Type": "application/octet-stream",
+                    },
+                    body,
+                )
 
         return Handler

@@ -1,4 +1,5 @@
 """Sweep with injected OOM and crash, resume, corrupt results, grids, calibration, atomic appends."""
+
 import json
 import os
 
@@ -15,9 +16,16 @@ from ftopt.spec import Combination, load_hardware
 def _base(max_steps=3, seq_len=32, micro_batch=4):
     hw = load_hardware("cpu")
     return resolve.finish_run(
-        resolve.new_run(hw, resolve.model_ref("tiny-llama", weights=False),
-                        resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch), resolve.combination()),
-        data={"eval_max_examples": 0}, schedule={"max_steps": max_steps}, output={})
+        resolve.new_run(
+            hw,
+            resolve.model_ref("tiny-llama", weights=False),
+            resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch),
+            resolve.combination(),
+        ),
+        data={"eval_max_examples": 0},
+        schedule={"max_steps": max_steps},
+        output={},
+    )
 
 
 def test_sweep_records_oom_and_crash_and_resumes(tmp_path):
@@ -45,8 +53,11 @@ def test_rerun_with_other_settings_runs_again(tmp_path):
     combos = [Combination(lora_r=4)]
     run_sweep(sweep_runs(_base(max_steps=2), combos, tmp_path / "runs"), results)
     events = []
-    rows = run_sweep(sweep_runs(_base(max_steps=3, seq_len=16), combos, tmp_path / "runs"), results,
-                     on_event=lambda k, i: events.append(k))
+    rows = run_sweep(
+        sweep_runs(_base(max_steps=3, seq_len=16), combos, tmp_path / "runs"),
+        results,
+        on_event=lambda k, i: events.append(k),
+    )
     assert events.count("start") == 1 and "skip" not in events  # not "done before": the settings differ
     assert sorted(r["measured"]["steps"] for r in rows) == [2, 3]
 
@@ -111,10 +122,16 @@ class _Peak:
 
 
 def _row(label, x, kernels, zero, seconds, repeat=0):
-    return {"status": "ok", "key": f"{label}-{repeat}", "label": label, "gpus": 2 if zero else 1,
-            "combination": {"zero": zero, "label": label}, "sweep": {"precision": "fp32"},
-            "predicted": {"analytic": {"flops_per_step": x * 1e12, "kernels_per_step": kernels}},
-            "measured": {"step_seconds": seconds}}
+    return {
+        "status": "ok",
+        "key": f"{label}-{repeat}",
+        "label": label,
+        "gpus": 2 if zero else 1,
+        "combination": {"zero": zero, "label": label},
+        "sweep": {"precision": "fp32"},
+        "predicted": {"analytic": {"flops_per_step": x * 1e12, "kernels_per_step": kernels}},
+        "measured": {"step_seconds": seconds},
+    }
 
 
 def test_calibration_recovers_known_constants():
@@ -124,8 +141,11 @@ def test_calibration_recovers_known_constants():
     got = fit_time_model([(x, k, x / mfu + k * per_kernel + fixed) for x, k in zip(xs, ks)])
     assert got == pytest.approx((mfu, per_kernel, fixed), rel=1e-9)
     zero_extra = {2: 0.15, 3: 0.9}  # DeepSpeed engine overhead per step, by stage
-    rows = [_row(f"c{i}-z{z}", x, k, z, x / mfu + k * per_kernel + fixed + zero_extra.get(z, 0.0))
-            for i, (x, k) in enumerate(zip(xs, ks)) for z in (0, 2, 3)]
+    rows = [
+        _row(f"c{i}-z{z}", x, k, z, x / mfu + k * per_kernel + fixed + zero_extra.get(z, 0.0))
+        for i, (x, k) in enumerate(zip(xs, ks))
+        for z in (0, 2, 3)
+    ]
     fit = calibrate(rows, _Peak())
     assert (fit.mfu, fit.seconds_per_kernel, fit.fixed_step_seconds) == pytest.approx((mfu, per_kernel, fixed))
     assert fit.zero_step_seconds == pytest.approx(zero_extra)
@@ -144,8 +164,11 @@ def test_calibration_respects_bounds_and_old_results():
 
 def test_calibration_merges_repeats_before_holding_out():
     # two repeats of one combination must not predict each other: the held-out unit is the combination
-    rows = [_row(f"c{i}", x, 1000, 0, x / 0.5 + 0.01 * (1 + 0.1 * rep), rep)
-            for i, x in enumerate((0.1, 0.2, 0.3, 0.4)) for rep in range(3)]
+    rows = [
+        _row(f"c{i}", x, 1000, 0, x / 0.5 + 0.01 * (1 + 0.1 * rep), rep)
+        for i, x in enumerate((0.1, 0.2, 0.3, 0.4))
+        for rep in range(3)
+    ]
     fit = calibrate(rows, _Peak())
     assert fit.fit_runs == 12 and fit.combinations == 4 and fit.holdout_runs == 4
     assert [h.measured_seconds for h in fit.holdout] == pytest.approx([x / 0.5 + 0.011 for x in (0.1, 0.2, 0.3, 0.4)])
@@ -183,7 +206,7 @@ def test_bench_quant_and_optim_lists_are_the_cross_product_without_duplicates(tm
 
     plain = _bench_combinations(tmp_path, monkeypatch)
     swept = _bench_combinations(tmp_path, monkeypatch, "--quant", "none,nf4,int8", "--optim", "adamw,adamw-8bit")
-    assert len(set(swept)) == len(swept) and swept[:len(plain)] == plain  # `none`/`adamw` add no copy of a point
+    assert len(set(swept)) == len(swept) and swept[: len(plain)] == plain  # `none`/`adamw` add no copy of a point
     lora0 = [c for c in plain if c.lora and not c.zero]
     pairs = {(c.quant, c.optim) for c in swept if c.lora and not c.zero and not c.gc and c.attn is lora0[0].attn}
     assert pairs == {(q, o) for q in (Quant.NONE, Quant.NF4, Quant.INT8) for o in (Optim.ADAMW, Optim.ADAMW_8BIT)}

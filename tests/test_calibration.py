@@ -1,12 +1,18 @@
 """Calibration you can see: stored with provenance, merged with earlier fits, applied only where it matches (or
 when named), bounds reported, and every estimate/plan says which calibration it used."""
+
 import json
 
 import pytest
 
 from ftopt import estimate, plan
-from ftopt.calibration_store import (Calibration, calibrate_and_store, calibrated_hardware, calibration_path,
-                                     find_calibration)
+from ftopt.calibration_store import (
+    Calibration,
+    calibrate_and_store,
+    calibrated_hardware,
+    calibration_path,
+    find_calibration,
+)
 from ftopt.display import calibration_line
 from ftopt.errors import FtoptError
 from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
@@ -26,11 +32,20 @@ def rows(n_combos, repeats=1, mfu=MFU, slow=1.0):
     """Synthetic bench rows on a100-80g: `n_combos` combinations with `repeats` runs each, following the model."""
     xs = [0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.3, 0.5][:n_combos]
     ks = [900, 1500, 1100, 2500, 1300, 800, 2000, 1700][:n_combos]
-    return [{"status": "ok", "key": f"c{i}-{r}", "label": f"c{i}", "gpus": 1,
-             "combination": {"zero": 0, "label": f"c{i}"}, "sweep": {"precision": "fp32"},
-             "predicted": {"analytic": {"flops_per_step": x * FP32, "kernels_per_step": k}},
-             "measured": {"step_seconds": slow * (x / mfu + k * PER_KERNEL + FIXED)}}
-            for i, (x, k) in enumerate(zip(xs, ks)) for r in range(repeats)]
+    return [
+        {
+            "status": "ok",
+            "key": f"c{i}-{r}",
+            "label": f"c{i}",
+            "gpus": 1,
+            "combination": {"zero": 0, "label": f"c{i}"},
+            "sweep": {"precision": "fp32"},
+            "predicted": {"analytic": {"flops_per_step": x * FP32, "kernels_per_step": k}},
+            "measured": {"step_seconds": slow * (x / mfu + k * PER_KERNEL + FIXED)},
+        }
+        for i, (x, k) in enumerate(zip(xs, ks))
+        for r in range(repeats)
+    ]
 
 
 def test_stored_with_provenance_and_applied_explicitly():
@@ -123,6 +138,7 @@ def test_stored_file_round_trips():
 def test_bench_output_names_a_fit_on_its_bound(capsys):
     """The defect: a fit that hit its bound printed "mfu 100.0%" as if measured."""
     from ftopt.display import print_calibration
+
     fit, _ = calibrate_and_store(rows(3, mfu=2.0), A100, "/runs/fast.jsonl", "m")
     print_calibration(fit)
     out = capsys.readouterr().out
@@ -138,6 +154,7 @@ def test_a_hardware_name_cannot_escape_the_cache(tmp_path):
 
 def test_a_run_spec_records_the_calibration_it_was_predicted_with():
     from ftopt.spec import RunSpec
+
     calibrate_and_store(rows(4), A100, "/runs/a.jsonl", "llama-2-7b")
     spec = RunSpec(hardware=calibrated_hardware(A100), setup=TrainingSetup())
     again = RunSpec.model_validate(json.loads(json.dumps(spec.to_json())))

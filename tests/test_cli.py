@@ -1,4 +1,5 @@
 """CLI: the documented JSON schema and one clear line with exit code 2 for bad input."""
+
 import json
 
 import pytest
@@ -39,28 +40,37 @@ def test_plan_table():
     assert "Recommended:" in r.output and "LoRA" in r.output
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (("estimate", "--model", "llama-2-8b"), "Did you mean"),
-    (("estimate", "--model", "/nonexistent/config.json"), "does not exist"),
-    (("estimate", "--gpu", "a100"), "Unknown GPU"),
-    (("estimate", "--seq-len", "0"), "seq_len"),
-    (("estimate", "--micro-batch", "-1"), "micro_batch"),
-    (("estimate", "--offload", "all", "--zero", "2"), "needs ZeRO stage 3"),
-    (("estimate", "--offload", "optimizer"), "needs a ZeRO stage"),
-    (("estimate", "--attn", "xformers"), "--attn must be one of"),
-    (("estimate", "--precision", "int4"), "--precision must be one of"),
-    (("estimate", "--lora-r", "8", "--lora-targets", "nope"), "candidates: q_proj"),
-    (("estimate", "--gpu", "t4", "--precision", "bf16-mixed"), "t4 cannot run bf16 (no bf16 units, compute capability 7.5)"),
-    (("estimate", "--gpu", "v100-32g", "--precision", "fp16-mixed", "--attn", "flash"), "v100-32g cannot run flash"),
-    (("estimate", "--gpu", "cpu", "--precision", "fp32", "--attn", "flash"), "flash attention needs a CUDA GPU"),
-    (("plan", "--host-ram", "lots"), "--host-ram must be a positive size such as 1.5TiB"),
-    (("estimate", "--host-ram", "-2TiB"), "--host-ram must be a positive size"),
-    (("plan", "--currency", ""), "--currency is empty"),
-    (("plan", "--calibration", "/nonexistent/cal.json"), "Cannot read the calibration file"),
-    (("plan", "--max-hours", "0"), "--max-hours must be positive"),
-    (("demo", "--quality-target", "exact>=x"), "--quality-target must look like"),  # before the sweep, not after
-    (("demo", "--target-gpu", "a100x"), "Unknown GPU"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (("estimate", "--model", "llama-2-8b"), "Did you mean"),
+        (("estimate", "--model", "/nonexistent/config.json"), "does not exist"),
+        (("estimate", "--gpu", "a100"), "Unknown GPU"),
+        (("estimate", "--seq-len", "0"), "seq_len"),
+        (("estimate", "--micro-batch", "-1"), "micro_batch"),
+        (("estimate", "--offload", "all", "--zero", "2"), "needs ZeRO stage 3"),
+        (("estimate", "--offload", "optimizer"), "needs a ZeRO stage"),
+        (("estimate", "--attn", "xformers"), "--attn must be one of"),
+        (("estimate", "--precision", "int4"), "--precision must be one of"),
+        (("estimate", "--lora-r", "8", "--lora-targets", "nope"), "candidates: q_proj"),
+        (
+            ("estimate", "--gpu", "t4", "--precision", "bf16-mixed"),
+            "t4 cannot run bf16 (no bf16 units, compute capability 7.5)",
+        ),
+        (
+            ("estimate", "--gpu", "v100-32g", "--precision", "fp16-mixed", "--attn", "flash"),
+            "v100-32g cannot run flash",
+        ),
+        (("estimate", "--gpu", "cpu", "--precision", "fp32", "--attn", "flash"), "flash attention needs a CUDA GPU"),
+        (("plan", "--host-ram", "lots"), "--host-ram must be a positive size such as 1.5TiB"),
+        (("estimate", "--host-ram", "-2TiB"), "--host-ram must be a positive size"),
+        (("plan", "--currency", ""), "--currency is empty"),
+        (("plan", "--calibration", "/nonexistent/cal.json"), "Cannot read the calibration file"),
+        (("plan", "--max-hours", "0"), "--max-hours must be positive"),
+        (("demo", "--quality-target", "exact>=x"), "--quality-target must look like"),  # before the sweep, not after
+        (("demo", "--target-gpu", "a100x"), "Unknown GPU"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, fragment):
     r = run(*args)
     assert r.exit_code == 2, r.output
@@ -87,8 +97,21 @@ def test_seq_len_beyond_positions_warns():
 def test_host_ram_and_currency_reach_the_plan():
     """70B full fine-tuning on 8 x A100: with the default 1 TiB of host RAM the offloaded states do not fit;
     with --host-ram 1.5TiB they do. Costs carry the currency."""
-    base = ("plan", "--model", "llama-2-70b", "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--json",
-            "--cost-per-gpu-hour", "3", "--currency", "JPY")
+    base = (
+        "plan",
+        "--model",
+        "llama-2-70b",
+        "--gpu",
+        "a100-80g",
+        "--gpus",
+        "8",
+        "--full-only",
+        "--json",
+        "--cost-per-gpu-hour",
+        "3",
+        "--currency",
+        "JPY",
+    )
     small, big = (json.loads(run(*base, *extra).output) for extra in ((), ("--host-ram", "1.5TiB")))
     assert small["recommended"] is None and big["recommended"] is not None
     assert small["host_memory_bytes"] == 2**40 and big["host_memory_bytes"] == int(1.5 * 2**40)
@@ -101,11 +124,23 @@ def test_estimate_and_plan_print_the_calibration_used(tmp_path):
     assert "time model: uncalibrated for a100-80g" in r.output
     from ftopt.calibration_store import calibrate_and_store
     from ftopt.spec import load_hardware
+
     hw = load_hardware("a100-80g")
-    rows = [{"status": "ok", "key": f"c{i}", "label": f"c{i}", "gpus": 1, "combination": {"zero": 0, "label": f"c{i}"},
-             "sweep": {"precision": "fp32"}, "measured": {"step_seconds": 0.1 * (i + 1) / 0.3 + 0.01},
-             "predicted": {"analytic": {"flops_per_step": 0.1 * (i + 1) * hw.flops_for("fp32"), "kernels_per_step": 1000}}}
-            for i in range(4)]
+    rows = [
+        {
+            "status": "ok",
+            "key": f"c{i}",
+            "label": f"c{i}",
+            "gpus": 1,
+            "combination": {"zero": 0, "label": f"c{i}"},
+            "sweep": {"precision": "fp32"},
+            "measured": {"step_seconds": 0.1 * (i + 1) / 0.3 + 0.01},
+            "predicted": {
+                "analytic": {"flops_per_step": 0.1 * (i + 1) * hw.flops_for("fp32"), "kernels_per_step": 1000}
+            },
+        }
+        for i in range(4)
+    ]
     _, path = calibrate_and_store(rows, hw, "/runs/x.jsonl", "llama-2-7b")
     r = run("plan", "--gpu", "a100-80g", "--gpus", "8")
     assert "time model: calibrated, 4 runs of 4 points on a100-80g (llama-2-7b)" in r.output
@@ -124,14 +159,20 @@ def test_help_states_defaults_and_units():
     """Defaults written as "[default: ...]" in help texts must survive rendering (rich markup swallowed them)."""
     r = runner.invoke(app, ["plan", "--help"], env={"COLUMNS": "250"})
     out = " ".join(r.output.split())
-    for text in ("GPUs (processes) per node [default: 1]", "times are per step and per 1k samples]",
-                 "host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) [default: the preset's, 1 TiB]",
-                 "training-time budget in hours [default: no budget]", "[default: USD]"):
+    for text in (
+        "GPUs (processes) per node [default: 1]",
+        "times are per step and per 1k samples]",
+        "host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) [default: the preset's, 1 TiB]",
+        "training-time budget in hours [default: no budget]",
+        "[default: USD]",
+    ):
         assert text in out, text
 
 
-@pytest.mark.parametrize("command", [["bench", "--max-steps", "1"], ["demo", "--steps", "1"], ["report", "R"],
-                                     ["train", "--max-steps", "1"], ["plan"]])
+@pytest.mark.parametrize(
+    "command",
+    [["bench", "--max-steps", "1"], ["demo", "--steps", "1"], ["report", "R"], ["train", "--max-steps", "1"], ["plan"]],
+)
 def test_output_under_a_regular_file_is_one_line(tmp_path, command):
     f = tmp_path / "file"
     f.write_text("x")

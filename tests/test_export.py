@@ -1,8 +1,8 @@
 """`ftopt plan --export`: each file loads with its own library's config class."""
+
 import json
 import shlex
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -40,8 +40,9 @@ def test_trl_config_parses_with_trl_and_launch_names_it(tmp_path):
     folder = export(tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048")
     doc = yaml.safe_load((folder / "sft_config.yaml").read_text())
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
-    script, sft, model, _ = parser.parse_args_and_config(args=["--config", str(folder / "sft_config.yaml"),
-                                                               "--use_cpu", "true"])
+    script, sft, model, _ = parser.parse_args_and_config(
+        args=["--config", str(folder / "sft_config.yaml"), "--use_cpu", "true"]
+    )
     assert model.model_name_or_path == "REPLACE-WITH-THE-HUB-ID-OF-llama-2-7b" and sft.max_length == 2048
     assert sft.per_device_train_batch_size == doc["per_device_train_batch_size"]
     assert sft.deepspeed == str((folder / "ds_config.json").resolve())
@@ -59,8 +60,9 @@ def test_lora_run_exports_peft_fields_and_no_deepspeed(tmp_path):
     doc = yaml.safe_load((folder / "sft_config.yaml").read_text())
     assert doc["use_peft"] and doc["lora_r"] == 16 and not (folder / "ds_config.json").exists()
     assert doc["gradient_checkpointing"]  # 7B on one 24 GB GPU needs LoRA + GC (the study's finding)
-    _, sft, model, _ = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)) \
-        .parse_args_and_config(args=["--config", str(folder / "sft_config.yaml"), "--use_cpu", "true"])
+    _, sft, model, _ = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)).parse_args_and_config(
+        args=["--config", str(folder / "sft_config.yaml"), "--use_cpu", "true"]
+    )
     assert model.use_peft and model.lora_r == 16 and sft.gradient_checkpointing
     assert model.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # what the plan estimated
     assert model.dtype == "bfloat16"  # the frozen base in 16 bits, as the plan stores it
@@ -69,8 +71,9 @@ def test_lora_run_exports_peft_fields_and_no_deepspeed(tmp_path):
 def _parse_trl(folder):
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    return TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)) \
-        .parse_args_and_config(args=["--config", str(folder / "sft_config.yaml"), "--use_cpu", "true"])
+    return TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)).parse_args_and_config(
+        args=["--config", str(folder / "sft_config.yaml"), "--use_cpu", "true"]
+    )
 
 
 def test_qlora_run_exports_ftopt_quantization_optimizer_and_lora(tmp_path):

@@ -1,4 +1,5 @@
 """Atomic writes keep the user's umask (mkstemp alone would leave every result file private, mode 0600)."""
+
 import os
 import stat
 

@@ -1,4 +1,5 @@
 """ftopt.measure on the CPU: the profiler misses frees made on other threads, and the address ledger corrects it."""
+
 from __future__ import annotations
 
 import threading

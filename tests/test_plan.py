@@ -1,5 +1,6 @@
 """The planner reproduces the published findings of arXiv 2406.02290 from its own predictions, within the study's
 option space (unquantized bases, 32-bit AdamW; tests/test_plan_quant.py covers quantization and 8-bit optimizers)."""
+
 import re
 
 import pytest
@@ -35,7 +36,9 @@ def test_70b_on_a100_node():
     full_fit = [e for e in p.candidates if not e.combination.lora and e.fits]
     full_device_fit = [e for e in p.candidates if not e.combination.lora and e.device_bytes_per_gpu <= e.capacity_bytes]
     # full fine-tuning needs ZeRO-3 and offload to fit the GPUs at all
-    assert full_device_fit and all(e.combination.zero == 3 and e.combination.offload is not Offload.NONE for e in full_device_fit)
+    assert full_device_fit and all(
+        e.combination.zero == 3 and e.combination.offload is not Offload.NONE for e in full_device_fit
+    )
     assert not any(e.fits for e in p.candidates if not e.combination.lora and e.combination.offload is Offload.NONE)
     assert not full_fit or all(e.combination.zero == 3 for e in full_fit)
     # every combination that fits without offload is ZeRO-3 + LoRA
@@ -49,6 +52,7 @@ def test_70b_on_a100_node():
 
 def test_flash_raises_longest_context():
     from ftopt.plan import longest_context
+
     m = load_model("llama-2-7b")
     s = TrainingSetup(seq_len=2048)
     eager = longest_context(m, A100, s, Combination(lora_r=16, attn="eager"), "analytic")
@@ -62,12 +66,20 @@ def test_7b_on_one_24gb_gpu_needs_lora_and_gc():
     assert rec.lora and rec.gc
     # nothing without LoRA fits unless everything is offloaded to the host
     assert all(e.combination.offload is Offload.ALL for e in p.candidates if e.fits and not e.combination.lora)
-    assert not any(e.fits for e in p.candidates if e.combination.lora and not e.combination.gc and e.combination.offload is Offload.NONE)
+    assert not any(
+        e.fits
+        for e in p.candidates
+        if e.combination.lora and not e.combination.gc and e.combination.offload is Offload.NONE
+    )
 
 
 def test_shortfall_is_reported_when_nothing_fits():
-    p = plan(load_model("llama-3.1-405b"), load_hardware("t4"), TrainingSetup(seq_len=2048, precision="fp16-mixed"),
-             what_ifs=False)
+    p = plan(
+        load_model("llama-3.1-405b"),
+        load_hardware("t4"),
+        TrainingSetup(seq_len=2048, precision="fp16-mixed"),
+        what_ifs=False,
+    )
     assert p.recommended is None and p.shortfall.startswith("nothing fits")
 
 
@@ -97,6 +109,7 @@ def test_what_ifs():
 # ---- what the GPU can run ------------------------------------------------------------------------------------------
 def test_planner_considers_sdpa_everywhere_and_flash_only_where_it_runs():
     from ftopt.spec import Attention
+
     m, s = load_model("llama-2-7b"), TrainingSetup(seq_len=2048, precision="fp16-mixed")
     v100 = plan(m, load_hardware("v100-32g"), s, what_ifs=False)
     attns = {e.combination.attn for e in v100.candidates}
@@ -108,14 +121,20 @@ def test_planner_considers_sdpa_everywhere_and_flash_only_where_it_runs():
 def test_estimate_of_what_the_gpu_cannot_run_is_one_line():
     from ftopt import estimate
     from ftopt.errors import FtoptError
+
     with pytest.raises(FtoptError, match="^v100-32g cannot run flash attention .*use --attn eager or sdpa.$"):
-        estimate(load_model("llama-2-7b"), load_hardware("v100-32g"), TrainingSetup(precision="fp16-mixed"),
-                 Combination(attn="flash"))
+        estimate(
+            load_model("llama-2-7b"),
+            load_hardware("v100-32g"),
+            TrainingSetup(precision="fp16-mixed"),
+            Combination(attn="flash"),
+        )
 
 
 # ---- plan output: what bounds the answer ---------------------------------------------------------------------------
 def test_longest_context_says_when_the_position_limit_bounds_it():
     from ftopt.plan import LimitKind
+
     p = plan(load_model("llama-2-7b"), load_hardware("h200"), TrainingSetup(seq_len=2048))
     assert p.longest_context == 4096 and p.longest_context_bound is LimitKind.POSITIONS
     assert p.to_json()["longest_context_bound"] == "positions"
@@ -129,7 +148,9 @@ def test_70b_full_fine_tuning_names_the_host_ram_limit():
     p = plan(m, A100, NODE, full_only=True, what_ifs=False)
     assert p.recommended is None
     assert "host RAM per node, more than the 1024.0 GiB assumed (set --host-ram" in p.shortfall
-    assert "more than the 80.0 GiB" not in p.shortfall and not re.search(r"-\d+\.\d GiB", p.shortfall)  # no negative "more"
+    assert "more than the 80.0 GiB" not in p.shortfall and not re.search(
+        r"-\d+\.\d GiB", p.shortfall
+    )  # no negative "more"
     # with the host RAM such nodes can have, it fits
     big = A100.model_copy(update={"host_memory_bytes": 2 * 2**40})
     assert plan(m, big, NODE, full_only=True, what_ifs=False).recommended is not None
@@ -150,6 +171,7 @@ def test_without_dataset_tokens_times_are_per_step_and_per_1k_samples():
 
 def test_cost_and_currency_are_checked():
     from ftopt.errors import FtoptError
+
     with pytest.raises(FtoptError, match="--currency is empty"):
         plan(load_model("llama-2-7b"), A100, NODE, currency=" ", what_ifs=False)
     with pytest.raises(FtoptError, match="must not be negative, got -1"):

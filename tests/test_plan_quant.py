@@ -1,5 +1,6 @@
 """Quantized bases and 8-bit optimizers in the plan: the findings the QLoRA paper and practice claim, from the
 planner's own predictions."""
+
 import json
 
 from typer.testing import CliRunner
@@ -11,8 +12,9 @@ from ftopt.spec import Combination, Offload, Quant, TrainingSetup, load_hardware
 
 
 def test_13b_on_one_24gb_gpu_cli_json():
-    r = CliRunner().invoke(app, ["plan", "--model", "llama-2-13b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len",
-                                 "2048", "--json"])
+    r = CliRunner().invoke(
+        app, ["plan", "--model", "llama-2-13b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len", "2048", "--json"]
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     cands = doc["candidates"]
@@ -38,15 +40,18 @@ def test_65b_on_one_48gb_gpu_with_the_qlora_paper_settings():
     # QLoRA paper (arXiv 2305.14314) Guanaco 65B: NF4 + double quant, LoRA r=64 on every linear, bf16 compute,
     # gradient checkpointing, paged AdamW (qlora.py default optim=paged_adamw_32bit), micro-batch 1
     m = load_model("llama-65b")
-    combo = Combination(lora_r=64, lora_targets=tuple(m.all_linear_names()), quant="nf4", gc=True,
-                        optim="paged-adamw", attn="flash")
+    combo = Combination(
+        lora_r=64, lora_targets=tuple(m.all_linear_names()), quant="nf4", gc=True, optim="paged-adamw", attn="flash"
+    )
     for gpu in ("rtx-a6000", "l40s"):
         e = estimate(m, load_hardware(gpu), TrainingSetup(seq_len=512, micro_batch=1), combo)
         assert e.fits, (gpu, e.device_bytes_per_gpu)
         assert 33 * 2**30 < e.breakdown.weights < 40 * 2**30  # NF4 base + fp32 rest + fp32 adapters
         assert e.cpu_bytes_per_node > 0  # the paged states live in host-backed unified memory
     # the same with a 16-bit base cannot fit: 65B x 2 bytes is 130 GB
-    plain = estimate(m, load_hardware("rtx-a6000"), TrainingSetup(seq_len=512), combo.model_copy(update={"quant": Quant.NONE}))
+    plain = estimate(
+        m, load_hardware("rtx-a6000"), TrainingSetup(seq_len=512), combo.model_copy(update={"quant": Quant.NONE})
+    )
     assert not plain.fits
 
 

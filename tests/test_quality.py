@@ -1,12 +1,21 @@
 """Quality metrics: each figure against a hand-computed value; the user metric and the target parser's errors."""
+
 import math
 import sys
 
 import pytest
 
 from ftopt.errors import FtoptError
-from ftopt.quality import (QualityTarget, evaluate_generation, label_set, load_user_metric, perplexity, rouge_l,
-                           score, token_f1)
+from ftopt.quality import (
+    QualityTarget,
+    evaluate_generation,
+    label_set,
+    load_user_metric,
+    perplexity,
+    rouge_l,
+    score,
+    token_f1,
+)
 
 
 def test_token_f1_and_rouge_l_by_hand():
@@ -28,8 +37,9 @@ def test_score_adds_label_accuracy_only_for_a_label_set():
 
 
 def test_user_metric_module_function(tmp_path, monkeypatch):
-    (tmp_path / "mymetrics.py").write_text("def length_ratio(p, r):\n    return len(p) / max(1, len(r))\n"
-                                           "def broken(p, r):\n    return 'x'\n")
+    (tmp_path / "mymetrics.py").write_text(
+        "def length_ratio(p, r):\n    return len(p) / max(1, len(r))\ndef broken(p, r):\n    return 'x'\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     s = score(["ab", "abcd"], ["abcd", "abcd"], ("mymetrics:length_ratio",))
     assert s["mymetrics:length_ratio"] == pytest.approx(0.75)
@@ -69,8 +79,17 @@ def test_evaluate_generation_scores_a_real_model_and_caps_examples():
 
     tok = S.tokenizer()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=0))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            pad_token_id=0,
+        )
+    )
     rows = S.examples("back", 20, seed=1)
     lines = []
     q = evaluate_generation(model, tok, rows, "cpu", max_examples=5, log=lines.append)
@@ -79,8 +98,13 @@ def test_evaluate_generation_scores_a_real_model_and_caps_examples():
     assert evaluate_generation(model, tok, rows, "cpu", max_examples=0) == {}
 
 
-@pytest.mark.parametrize("args,fragment", [(["--quality-target", "em>>1"], "METRIC>=VALUE"),
-                                           (["--metric", "no_such_module_x:f"], "cannot import no_such_module_x")])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--quality-target", "em>>1"], "METRIC>=VALUE"),
+        (["--metric", "no_such_module_x:f"], "cannot import no_such_module_x"),
+    ],
+)
 def test_bench_checks_quality_flags_before_running_anything(tmp_path, args, fragment):
     from typer.testing import CliRunner
 

@@ -1,5 +1,6 @@
 """The shipped base model: small, safetensors, loads offline with its tokenizer, knows its pretraining language
 and has not seen the fine-tuning task. And a fine-tuning run on it scores every quality metric."""
+
 import json
 import math
 
@@ -36,7 +37,9 @@ def test_finetune_task_is_held_out_and_deterministic():
     seen = {r["prompt"] for r in train}
     assert sum(r["prompt"] in seen for r in held_out) <= 2  # independent random words: a rare short-word repeat
     assert S.finetune_task(4000, 64) == (train, held_out)
-    assert held_out[0]["completion"] == " ".join(S.LETTERS[S.LETTERS.index(c) - 1] for c in held_out[0]["prompt"].split()[2:-1])
+    assert held_out[0]["completion"] == " ".join(
+        S.LETTERS[S.LETTERS.index(c) - 1] for c in held_out[0]["prompt"].split()[2:-1]
+    )
 
 
 def test_finetuning_the_base_reports_every_metric(tmp_path, monkeypatch):
@@ -46,9 +49,26 @@ def test_finetuning_the_base_reports_every_metric(tmp_path, monkeypatch):
     for name, rows in (("train.jsonl", train), ("eval.jsonl", held_out)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    r = CliRunner().invoke(app, ["train", "--model", str(BASE), "--data", str(tmp_path / "train.jsonl"),
-                                 "--eval-data", str(tmp_path / "eval.jsonl"), "--max-steps", "8", "--packing",
-                                 "--out", str(out), "--json", "--metric", "mymetric:first_letter"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(BASE),
+            "--data",
+            str(tmp_path / "train.jsonl"),
+            "--eval-data",
+            str(tmp_path / "eval.jsonl"),
+            "--max-steps",
+            "8",
+            "--packing",
+            "--out",
+            str(out),
+            "--json",
+            "--metric",
+            "mymetric:first_letter",
+        ],
+    )
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())["measured"]
     q = m["quality"]

@@ -1,4 +1,5 @@
 """`python -m ftopt` = the `ftopt` command (used by bench to run each combination in its own process)."""
+
 from ftopt.cli import app
 
 app()

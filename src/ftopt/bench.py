@@ -3,6 +3,7 @@ combination (an OOM or crash in one is recorded and the sweep goes on), results 
 file (schema in docs/results-schema.md), finished runs skipped on a re-run (resume after Ctrl-C or a crash).
 Each result carries the predicted figures (analytic and traced) next to the measured ones.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,12 +38,15 @@ class BenchRun(BaseModel):
         c, s = self.spec.combination, self.spec.setup
         ident = self.spec.identity()
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
-        return (f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}-{c.offload.value}-{c.attn.value}-g{s.world_size}-"
-                f"t{'.'.join(c.lora_targets) if c.lora_targets else 'default'}-rep{self.repeat}-{digest}")
+        return (
+            f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}-{c.offload.value}-{c.attn.value}-g{s.world_size}-"
+            f"t{'.'.join(c.lora_targets) if c.lora_targets else 'default'}-rep{self.repeat}-{digest}"
+        )
 
 
-def sweep_runs(base: RunSpec, combos: Iterable[Combination], runs_dir: Path, repeat: int = 1,
-               zero_gpus: int = 2) -> list[BenchRun]:
+def sweep_runs(
+    base: RunSpec, combos: Iterable[Combination], runs_dir: Path, repeat: int = 1, zero_gpus: int = 2
+) -> list[BenchRun]:
     """Each combination on `base`'s settings; ZeRO runs on `zero_gpus` processes (ZeRO on one process partitions
     nothing). Repeats go round-robin (every combination once, then again): a machine that slows down for a while
     then affects one run of each combination instead of all runs of one, and the per-combination median absorbs it."""
@@ -71,9 +75,13 @@ def reference_combinations(hw: HardwareSpec, lora_r: int = 8) -> list[Combinatio
     attention kernel this hardware runs (flash where it can, else SDPA)."""
     fast = Attention.FLASH if Attention.FLASH in hw.attention_kernels else Attention.SDPA
     return [
-        Combination(attn=fast), Combination(gc=True, attn=fast), Combination(lora_r=lora_r, attn=fast),
-        Combination(lora_r=lora_r, gc=True, attn=fast), Combination(lora_r=lora_r, zero=2, attn=fast),
-        Combination(lora_r=lora_r, zero=3, gc=True, attn=fast), Combination(lora_r=lora_r, attn=Attention.EAGER),
+        Combination(attn=fast),
+        Combination(gc=True, attn=fast),
+        Combination(lora_r=lora_r, attn=fast),
+        Combination(lora_r=lora_r, gc=True, attn=fast),
+        Combination(lora_r=lora_r, zero=2, attn=fast),
+        Combination(lora_r=lora_r, zero=3, gc=True, attn=fast),
+        Combination(lora_r=lora_r, attn=Attention.EAGER),
     ]
 
 
@@ -92,20 +100,26 @@ def load_grid(path: str | Path) -> list[Combination]:
         raise FtoptError(f"The grid {path} needs a 'combinations' list or a 'grid' of option lists.")
     unknown = set(doc) - {"combinations", "grid"}
     if unknown:
-        raise FtoptError(f"The grid {path} has unknown key(s) {', '.join(sorted(unknown))}; use 'combinations' or 'grid'.")
+        raise FtoptError(
+            f"The grid {path} has unknown key(s) {', '.join(sorted(unknown))}; use 'combinations' or 'grid'."
+        )
     allowed = set(Combination.model_fields)
     out: list[Combination] = []
     try:
         for i, c in enumerate(doc.get("combinations") or [], 1):
             bad = set(c) - allowed
             if bad:
-                raise FtoptError(f"Grid combination {i} names unknown option(s) {', '.join(sorted(bad))}; "
-                                 f"known: {', '.join(sorted(allowed))}.")
+                raise FtoptError(
+                    f"Grid combination {i} names unknown option(s) {', '.join(sorted(bad))}; "
+                    f"known: {', '.join(sorted(allowed))}."
+                )
             out.append(Combination(**c))
         axes = doc.get("grid") or {}
         bad = set(axes) - allowed
         if bad:
-            raise FtoptError(f"The grid names unknown option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}.")
+            raise FtoptError(
+                f"The grid names unknown option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}."
+            )
         if axes:
             names = list(axes)
             for values in itertools.product(*(v if isinstance(v, list) else [v] for v in axes.values())):
@@ -152,9 +166,14 @@ def _status(returncode: int, output: str) -> str:
 
 
 # ---- the sweep ------------------------------------------------------------------------------------------------------------
-def run_sweep(runs: list[BenchRun], results: str | Path, *, run_timeout_seconds: float | None = None,
-              on_event: Callable[[str, dict], None] = lambda kind, info: None,
-              inject: dict[str, str] | None = None) -> list[dict]:
+def run_sweep(
+    runs: list[BenchRun],
+    results: str | Path,
+    *,
+    run_timeout_seconds: float | None = None,
+    on_event: Callable[[str, dict], None] = lambda kind, info: None,
+    inject: dict[str, str] | None = None,
+) -> list[dict]:
     """Run each BenchRun not yet in `results`; append one result line per run. Returns all results.
     `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
     results = Path(results)
@@ -202,13 +221,22 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     if returncode is None:
         output = f"stopped after --run-timeout {timeout:g} s\n{output}"
     c = spec.combination
-    row: dict = {"schema": RESULTS_SCHEMA, "key": key, "label": c.label(), "combination": c.key(),
-                 "gpus": spec.setup.world_size, "repeat": run.repeat, "status": status, "run": spec.to_json()}
+    row: dict = {
+        "schema": RESULTS_SCHEMA,
+        "key": key,
+        "label": c.label(),
+        "combination": c.key(),
+        "gpus": spec.setup.world_size,
+        "repeat": run.repeat,
+        "status": status,
+        "run": spec.to_json(),
+    }
     if status == "ok":
         # the run already predicted itself for the same setup and hardware: no second trace
         m = json.loads((spec.output_dir / "metrics.json").read_text())
-        row.update(measured=m["measured"], mfu=m.get("mfu"), tokens_per_step=m["tokens_per_step"],
-                   predicted=m["predicted"])
+        row.update(
+            measured=m["measured"], mfu=m.get("mfu"), tokens_per_step=m["tokens_per_step"], predicted=m["predicted"]
+        )
     else:
         row["error_tail"] = _tail(output)
         row["predicted"] = predicted(spec)
@@ -220,8 +248,9 @@ def _run_with_timeout(cmd: list[str], env: dict, timeout: float | None) -> tuple
     too, which a plain subprocess timeout would leave running). Returns (exit code or None on timeout, output)."""
     import signal
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out
@@ -246,8 +275,9 @@ def predicted(spec: RunSpec) -> dict:
     return predictions(load_model(spec.model.ref), spec.hardware, spec.setup, spec.combination)
 
 
-def quant_optim_variants(combos: list[Combination], quants: tuple[Quant, ...] | None,
-                         optims: tuple[Optim, ...] | None) -> list[Combination]:
+def quant_optim_variants(
+    combos: list[Combination], quants: tuple[Quant, ...] | None, optims: tuple[Optim, ...] | None
+) -> list[Combination]:
     """For each combination, its copy with every (quant, optim) pair of the cross product set where it can take
     them (a quantized base: LoRA, ZeRO 0-2; a bitsandbytes optimizer: no ZeRO): the sweep then measures each
     reference point beside its quantized / 8-bit twins. A copy equal to a combination already there (`none`,
@@ -256,8 +286,14 @@ def quant_optim_variants(combos: list[Combination], quants: tuple[Quant, ...] | 
     for c in combos:
         for quant in quants or (None,):
             for optim in optims or (None,):
-                upd = {k: v for k, v in (("quant", quant if c.lora and c.zero < 3 else None),
-                                          ("optim", optim if not c.zero else None)) if v is not None}
+                upd = {
+                    k: v
+                    for k, v in (
+                        ("quant", quant if c.lora and c.zero < 3 else None),
+                        ("optim", optim if not c.zero else None),
+                    )
+                    if v is not None
+                }
                 variant = Combination(**{**c.model_dump(), **upd})
                 if variant not in seen:
                     seen.add(variant)

@@ -3,6 +3,7 @@ combinations the fit did not see, with the constants that sit on a bound named.
 
 Storing, merging and applying fits is ftopt/calibration_store.py; nothing here reads or writes the cache.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -15,14 +16,15 @@ from pydantic import BaseModel, Field
 from ftopt.errors import FtoptError
 from ftopt.spec.calibration import MFU_AT_BOUND
 
-
 # ---- fitting the time model to measured runs ------------------------------------------------------------------------
 # Model (estimate/time.py), per optimizer step:
 #   measured_seconds = ideal_seconds / mfu + kernels * seconds_per_kernel + fixed_step_seconds (+ zero_step_seconds[stage])
 # where ideal_seconds = FLOPs / peak FLOP/s and kernels = dispatched operators, both predicted for the run.
 
+
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
+
     def ranks(x):
         order = sorted(range(len(x)), key=lambda i: x[i])
         r = [0.0] * len(x)
@@ -35,6 +37,7 @@ def spearman(a: list[float], b: list[float]) -> float:
                 r[order[k]] = (i + j) / 2
             i = j + 1
         return r
+
     ra, rb = ranks(a), ranks(b)
     n = len(a)
     ma, mb = sum(ra) / n, sum(rb) / n
@@ -66,8 +69,12 @@ class TimeModel:
     zero_step_seconds: dict[int, float]
 
     def predict(self, p: TimePoint) -> float:
-        return (p.ideal_seconds / self.mfu + (p.kernels or 0) * self.seconds_per_kernel + self.fixed_step_seconds
-                + self.zero_step_seconds.get(p.zero, 0.0))
+        return (
+            p.ideal_seconds / self.mfu
+            + (p.kernels or 0) * self.seconds_per_kernel
+            + self.fixed_step_seconds
+            + self.zero_step_seconds.get(p.zero, 0.0)
+        )
 
     def at_bound(self) -> list[str]:
         """The constants the bounded fit pinned to a bound: mfu at 100% means the runs cannot tell the FLOP rate
@@ -180,13 +187,22 @@ def time_points(rows: list[dict], hw) -> tuple[list[TimePoint], int]:
     for runs in groups.values():
         r = runs[0]
         # results lines carry their run specification; lines written before ftopt.bench/2 carried "sweep"
-        dtype = Precision(r.get("run", {}).get("setup", {}).get("precision")
-                          or r.get("sweep", {}).get("precision", "fp32")).compute_dtype
+        dtype = Precision(
+            r.get("run", {}).get("setup", {}).get("precision") or r.get("sweep", {}).get("precision", "fp32")
+        ).compute_dtype
         peak = hw.flops_for(dtype) or hw.flops_for("fp32")
         pred = r["predicted"]["analytic"]
-        points.append(TimePoint(r.get("label", r["key"]), pred["flops_per_step"] / peak, pred.get("kernels_per_step"),
-                                r["combination"]["zero"], statistics.median(x["measured"]["step_seconds"] for x in runs),
-                                gpus=r.get("gpus", 1), runs=len(runs)))
+        points.append(
+            TimePoint(
+                r.get("label", r["key"]),
+                pred["flops_per_step"] / peak,
+                pred.get("kernels_per_step"),
+                r["combination"]["zero"],
+                statistics.median(x["measured"]["step_seconds"] for x in runs),
+                gpus=r.get("gpus", 1),
+                runs=len(runs),
+            )
+        )
     return points, sum(len(v) for v in groups.values())
 
 
@@ -205,17 +221,29 @@ def calibrate_points(pts: list[TimePoint]) -> CalibrationFit:
     model = _fit(pts)
     held: list[HeldOut] = []
     for i, p in enumerate(pts):
-        rest = pts[:i] + pts[i + 1:]
+        rest = pts[:i] + pts[i + 1 :]
         if not any(q.zero == p.zero for q in rest) or (p.zero and not any(q.zero == 0 for q in rest)):
             continue
-        held.append(HeldOut(label=p.label, predicted_seconds=_fit(rest).predict(p), measured_seconds=p.measured_seconds))
+        held.append(
+            HeldOut(label=p.label, predicted_seconds=_fit(rest).predict(p), measured_seconds=p.measured_seconds)
+        )
     errs = sorted(abs(h.predicted_seconds - h.measured_seconds) / h.measured_seconds for h in held)
     pred, meas = [h.predicted_seconds for h in held], [h.measured_seconds for h in held]
     rho = spearman(pred, meas) if len(held) >= 3 else None
     agree, compared = ordered_pairs(pred, meas)
-    return CalibrationFit(mfu=model.mfu, seconds_per_kernel=model.seconds_per_kernel,
-                          fixed_step_seconds=model.fixed_step_seconds, zero_step_seconds=model.zero_step_seconds,
-                          fit_runs=n_runs, combinations=len(pts), holdout_runs=len(held),
-                          holdout_median_abs_error=statistics.median(errs) if errs else None,
-                          holdout_worst_abs_error=errs[-1] if errs else None, spearman_rho=rho,
-                          pairs_ordered=agree, pairs_compared=compared, holdout=held, at_bound=model.at_bound())
+    return CalibrationFit(
+        mfu=model.mfu,
+        seconds_per_kernel=model.seconds_per_kernel,
+        fixed_step_seconds=model.fixed_step_seconds,
+        zero_step_seconds=model.zero_step_seconds,
+        fit_runs=n_runs,
+        combinations=len(pts),
+        holdout_runs=len(held),
+        holdout_median_abs_error=statistics.median(errs) if errs else None,
+        holdout_worst_abs_error=errs[-1] if errs else None,
+        spearman_rho=rho,
+        pairs_ordered=agree,
+        pairs_compared=compared,
+        holdout=held,
+        at_bound=model.at_bound(),
+    )

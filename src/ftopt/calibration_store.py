@@ -13,6 +13,7 @@ runs behind it and the results file it came from). A new bench replaces only the
 files stay. The constants are then refitted on all points, identical points from different files pooled by a
 run-weighted mean. A two-run smoke bench therefore adds two runs to an eight-run fit instead of replacing it.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,9 +101,15 @@ def find_calibration(hardware: str, versions: SoftwareVersions | None = None) ->
 def apply_calibration(hw: HardwareSpec, cal: Calibration, file: Path | None = None) -> HardwareSpec:
     """`hw` with the calibration's constants and its provenance (HardwareSpec.calibration)."""
     prov = cal.provenance.model_copy(update={"file": str(file)} if file else {})
-    return hw.model_copy(update={"mfu": cal.mfu, "fixed_step_seconds": cal.fixed_step_seconds,
-                                 "seconds_per_kernel": cal.seconds_per_kernel,
-                                 "zero_step_seconds": dict(cal.zero_step_seconds), "calibration": prov})
+    return hw.model_copy(
+        update={
+            "mfu": cal.mfu,
+            "fixed_step_seconds": cal.fixed_step_seconds,
+            "seconds_per_kernel": cal.seconds_per_kernel,
+            "zero_step_seconds": dict(cal.zero_step_seconds),
+            "calibration": prov,
+        }
+    )
 
 
 def calibrated_hardware(hw: HardwareSpec, file: Path | None = None) -> HardwareSpec:
@@ -111,8 +118,10 @@ def calibrated_hardware(hw: HardwareSpec, file: Path | None = None) -> HardwareS
     if file is not None:
         cal = read_calibration(file)
         if cal.provenance.hardware != hw.name:
-            raise FtoptError(f"The calibration {file} was fitted on {cal.provenance.hardware}, not {hw.name}; "
-                             f"use --gpu {cal.provenance.hardware} or another calibration file.")
+            raise FtoptError(
+                f"The calibration {file} was fitted on {cal.provenance.hardware}, not {hw.name}; "
+                f"use --gpu {cal.provenance.hardware} or another calibration file."
+            )
         return apply_calibration(hw, cal, file)
     cal = find_calibration(hw.name)
     return apply_calibration(hw, cal, calibration_path(hw.name, cal.provenance.versions)) if cal else hw
@@ -143,21 +152,44 @@ def calibrate_and_store(rows: list[dict], hw: HardwareSpec, source: str, model: 
     library versions, refit on all of them, and store the result. Returns (fit of the merged points, file)."""
     versions = SoftwareVersions.installed()
     pts, _ = time_points(rows, hw)
-    new = [StoredPoint(model=model, label=p.label, gpus=p.gpus, zero=p.zero, ideal_seconds=p.ideal_seconds,
-                       kernels=p.kernels, measured_seconds=p.measured_seconds, runs=p.runs, source=source)
-           for p in pts]
+    new = [
+        StoredPoint(
+            model=model,
+            label=p.label,
+            gpus=p.gpus,
+            zero=p.zero,
+            ideal_seconds=p.ideal_seconds,
+            kernels=p.kernels,
+            measured_seconds=p.measured_seconds,
+            runs=p.runs,
+            source=source,
+        )
+        for p in pts
+    ]
     if not new:
         raise FtoptError("No successful runs to calibrate the time model with.")
     old = find_calibration(hw.name, versions)
     points = merge_points(old.points if old else [], new)
     fit = calibrate_points(_pooled(points))
     prov = CalibrationProvenance(
-        hardware=hw.name, models=sorted({p.model for p in points}), versions=versions, runs=fit.fit_runs,
-        combinations=fit.combinations, sources=sorted({p.source for p in points}),
-        date=datetime.now(timezone.utc).date().isoformat(), at_bound=fit.at_bound,
-        holdout_median_abs_error=fit.holdout_median_abs_error)
-    cal = Calibration(mfu=fit.mfu, fixed_step_seconds=fit.fixed_step_seconds, seconds_per_kernel=fit.seconds_per_kernel,
-                      zero_step_seconds=fit.zero_step_seconds, provenance=prov, points=points)
+        hardware=hw.name,
+        models=sorted({p.model for p in points}),
+        versions=versions,
+        runs=fit.fit_runs,
+        combinations=fit.combinations,
+        sources=sorted({p.source for p in points}),
+        date=datetime.now(timezone.utc).date().isoformat(),
+        at_bound=fit.at_bound,
+        holdout_median_abs_error=fit.holdout_median_abs_error,
+    )
+    cal = Calibration(
+        mfu=fit.mfu,
+        fixed_step_seconds=fit.fixed_step_seconds,
+        seconds_per_kernel=fit.seconds_per_kernel,
+        zero_step_seconds=fit.zero_step_seconds,
+        provenance=prov,
+        points=points,
+    )
     path = calibration_path(hw.name, versions)
     atomic_write_text(path, json.dumps(cal.model_dump(mode="json", by_alias=True), indent=2))
     return fit, path

@@ -1,12 +1,14 @@
 """What every `ftopt` command shares: option declarations (declared once), the error boundary (`run_body`: one line,
 exit 2), hardware selection, output-folder checks and the --json stdout guard."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -14,68 +16,118 @@ from pydantic import ValidationError
 from ftopt.errors import FtoptError, validation_message
 
 # ---- shared options (declared once; estimate, plan, train and bench reuse them) --------------------------------
-Gpu = Annotated[Optional[str], typer.Option("--gpu", help="hardware the predictions assume: a preset (a100-80g, "
-                                            "h100-80g, ...), 'cpu', or a JSON file [default: this machine's GPU, or cpu]")]
-Gpus = Annotated[Optional[int], typer.Option("--gpus", help="GPUs (processes) per node [default: 1]")]
-Nodes = Annotated[Optional[int], typer.Option("--nodes", help="number of nodes [default: 1]")]
-SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="tokens per sequence [default: 2048 on a GPU, 64 on cpu]")]
-MicroBatch = Annotated[Optional[int], typer.Option("--micro-batch", help="sequences per GPU per forward pass "
-                                                   "[default: 1 on a GPU, 8 on cpu]")]
-Packing = Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="pack documents into rows of "
-                                                "--seq-len, padding-free (TRL's layout) [default: off]")]
-GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="micro-batches per optimizer step [default: 1]")]
-PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true "
-                                                     "[default: bf16-mixed on a GPU, fp32 on cpu]")]
-DatasetTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch [default: none: "
-                                                      "times are per step and per 1k samples]")]
-Epochs = Annotated[Optional[float], typer.Option("--epochs", help="epochs [default: 1]")]
-Gc = Annotated[Optional[bool], typer.Option("--gc/--no-gc", help="gradient checkpointing [default: off]")]
-LoraR = Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning [default: 0]")]
-LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="comma list of module names "
-                                                    "[default: the attention projections]")]
-Zero = Annotated[Optional[int], typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
-OffloadOpt = Annotated[Optional[str], typer.Option("--offload", help="none | optimizer | all [default: none]")]
-Attn = Annotated[Optional[str], typer.Option("--attn", help="eager | sdpa | flash [default: sdpa]")]
-QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="base quantization (bitsandbytes; needs LoRA): none | nf4 "
-                                                "| fp4 | int8 [default: none]")]
-OptimOpt = Annotated[Optional[str], typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw "
-                                                "[default: adamw]")]
+Gpu = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu",
+        help="hardware the predictions assume: a preset (a100-80g, "
+        "h100-80g, ...), 'cpu', or a JSON file [default: this machine's GPU, or cpu]",
+    ),
+]
+Gpus = Annotated[int | None, typer.Option("--gpus", help="GPUs (processes) per node [default: 1]")]
+Nodes = Annotated[int | None, typer.Option("--nodes", help="number of nodes [default: 1]")]
+SeqLen = Annotated[
+    int | None, typer.Option("--seq-len", help="tokens per sequence [default: 2048 on a GPU, 64 on cpu]")
+]
+MicroBatch = Annotated[
+    int | None, typer.Option("--micro-batch", help="sequences per GPU per forward pass [default: 1 on a GPU, 8 on cpu]")
+]
+Packing = Annotated[
+    bool | None,
+    typer.Option(
+        "--packing/--no-packing",
+        help="pack documents into rows of --seq-len, padding-free (TRL's layout) [default: off]",
+    ),
+]
+GradAccum = Annotated[int | None, typer.Option("--grad-accum", help="micro-batches per optimizer step [default: 1]")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true [default: bf16-mixed on a GPU, fp32 on cpu]"
+    ),
+]
+DatasetTokens = Annotated[
+    int | None,
+    typer.Option("--dataset-tokens", help="tokens in one epoch [default: none: times are per step and per 1k samples]"),
+]
+Epochs = Annotated[float | None, typer.Option("--epochs", help="epochs [default: 1]")]
+Gc = Annotated[bool | None, typer.Option("--gc/--no-gc", help="gradient checkpointing [default: off]")]
+LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning [default: 0]")]
+LoraTargets = Annotated[
+    str | None, typer.Option("--lora-targets", help="comma list of module names [default: the attention projections]")
+]
+Zero = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
+OffloadOpt = Annotated[str | None, typer.Option("--offload", help="none | optimizer | all [default: none]")]
+Attn = Annotated[str | None, typer.Option("--attn", help="eager | sdpa | flash [default: sdpa]")]
+QuantOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quant", help="base quantization (bitsandbytes; needs LoRA): none | nf4 | fp4 | int8 [default: none]"
+    ),
+]
+OptimOpt = Annotated[
+    str | None, typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw [default: adamw]")
+]
 # how --model is read (ftopt.spec.hub.is_local_path / parse_hub_id), stated in every --model help
-MODEL_REF_RULE = ("org/name[@revision] is a Hub id unless a local folder of that name exists; a path starting with "
-                  "./, ../, / or ~ is always local")
-PlannedModel = Annotated[str, typer.Option("--model", "-m", help=f"preset, config.json, model folder or Hub id "
-                                           f"({MODEL_REF_RULE})")]
-WeightsModel = Annotated[Optional[str], typer.Option("--model", "-m", help=f"pretrained weights: a model folder or Hub "
-                                                     f"id ({MODEL_REF_RULE})")]
-TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="run the model repo's own Python code "
-                                               "(its config's auto_map, custom tokenizers) [default: off: train and "
-                                               "bench refuse such a model]")]
+MODEL_REF_RULE = (
+    "org/name[@revision] is a Hub id unless a local folder of that name exists; a path starting with "
+    "./, ../, / or ~ is always local"
+)
+PlannedModel = Annotated[
+    str, typer.Option("--model", "-m", help=f"preset, config.json, model folder or Hub id ({MODEL_REF_RULE})")
+]
+WeightsModel = Annotated[
+    str | None, typer.Option("--model", "-m", help=f"pretrained weights: a model folder or Hub id ({MODEL_REF_RULE})")
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="run the model repo's own Python code "
+        "(its config's auto_map, custom tokenizers) [default: off: train and "
+        "bench refuse such a model]",
+    ),
+]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON (documented schema) instead of tables")]
 
 # report, demo and planning options
-CalibrationOpt = Annotated[Optional[Path], typer.Option(
-    "--calibration", help="time-model calibration file to apply (default: the stored one matching this hardware and "
-                          "the installed torch/transformers/deepspeed, else none)")]
-MetricOpt = Annotated[Optional[list[str]], typer.Option(
-    "--metric", help="extra quality metric module:function, (prediction, reference) -> float; repeatable")]
-QualityTargetOpt = Annotated[Optional[str], typer.Option(
-    "--quality-target", help="the quality bar, METRIC>=VALUE or METRIC<=VALUE (e.g. exact_match>=0.5)")]
-TargetGpu = Annotated[Optional[str], typer.Option("--target-gpu", help="production GPU preset or JSON file")]
+CalibrationOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--calibration",
+        help="time-model calibration file to apply (default: the stored one matching this hardware and "
+        "the installed torch/transformers/deepspeed, else none)",
+    ),
+]
+MetricOpt = Annotated[
+    list[str] | None,
+    typer.Option("--metric", help="extra quality metric module:function, (prediction, reference) -> float; repeatable"),
+]
+QualityTargetOpt = Annotated[
+    str | None,
+    typer.Option("--quality-target", help="the quality bar, METRIC>=VALUE or METRIC<=VALUE (e.g. exact_match>=0.5)"),
+]
+TargetGpu = Annotated[str | None, typer.Option("--target-gpu", help="production GPU preset or JSON file")]
 TargetGpus = Annotated[int, typer.Option("--target-gpus", help="production GPUs per node")]
 TargetNodes = Annotated[int, typer.Option("--target-nodes", help="production nodes")]
-TargetModel = Annotated[Optional[str], typer.Option("--target-model", help="model trained in production "
-                                                    "[default: the PoC's]")]
-ProdTokens = Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens in one epoch of the production "
-                                                   "data")]
+TargetModel = Annotated[
+    str | None, typer.Option("--target-model", help="model trained in production [default: the PoC's]")
+]
+ProdTokens = Annotated[int | None, typer.Option("--dataset-tokens", help="tokens in one epoch of the production data")]
 ProdEpochs = Annotated[float, typer.Option("--epochs", help="epochs of a production run")]
 Retrains = Annotated[float, typer.Option("--retrains-per-year", help="production runs per year")]
-CostPerGpuHour = Annotated[Optional[float], typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]
+CostPerGpuHour = Annotated[float | None, typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]
 Currency = Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour")]
-MaxHours = Annotated[Optional[float], typer.Option("--max-hours", help="time budget of one production run, hours")]
-HostRam = Annotated[Optional[str], typer.Option(
-    "--host-ram", help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) "
-                       "[default: the preset's, 1 TiB]")]
+MaxHours = Annotated[float | None, typer.Option("--max-hours", help="time budget of one production run, hours")]
+HostRam = Annotated[
+    str | None,
+    typer.Option(
+        "--host-ram",
+        help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) "
+        "[default: the preset's, 1 TiB]",
+    ),
+]
 
 
 def run_body(fn: Callable[[], None]) -> None:
@@ -84,16 +136,16 @@ def run_body(fn: Callable[[], None]) -> None:
         fn()
     except FtoptError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except ValidationError as e:
         typer.echo(f"error: {validation_message(e)}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
-def hardware(gpu: Optional[str]):
+def hardware(gpu: str | None):
     from ftopt.spec import load_hardware
     from ftopt.train.preflight import detect_hardware
 
@@ -103,7 +155,7 @@ def hardware(gpu: Optional[str]):
     return load_hardware(name)
 
 
-def planning_hardware(gpu: Optional[str], calibration: Optional[Path], host_ram: Optional[str]):
+def planning_hardware(gpu: str | None, calibration: Path | None, host_ram: str | None):
     """The hardware estimate/plan assume: preset (or this machine's), --host-ram, then the calibration applied
     explicitly (the named file, else the stored one matching hardware and library versions, else none)."""
     from ftopt.calibration_store import calibrated_hardware
@@ -152,5 +204,3 @@ def stdout_to_stderr(enabled: bool):
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-

@@ -6,6 +6,7 @@ scripts/build_base.py on a generated language: copy, shift and reverse words) on
 scores 0% exact match, and the combinations differ in how much of the new rule they learn in the demo's steps.
 ZeRO-2 and ZeRO-3 run over two processes (DeepSpeed launcher, gloo); every process has one thread (one core stands
 for one GPU), which keeps step times steady enough on a shared machine to calibrate on."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,12 @@ def write_task(out: Path) -> tuple[Path, Path]:
     return paths
 
 
-def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, langs=("en", "ja"),
-             options: DemoOptions | None = None) -> dict:
+def run_demo(
+    out_dir: str | Path = "ftopt-runs/demo",
+    steps: int = DEMO_STEPS,
+    langs=("en", "ja"),
+    options: DemoOptions | None = None,
+) -> dict:
     t0 = time.perf_counter()
     o = options or DemoOptions()
     out = Path(out_dir)
@@ -77,22 +82,27 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
     # packed sequences: every step sees exactly seq_len x micro_batch tokens, as the estimates assume
     setup = TrainingSetup.for_hardware(True, packing=True)
     setup = setup.model_copy(update={"dataset_tokens": steps * setup.micro_batch * setup.seq_len})
-    base = RunSpec(model=ModelRef(ref=base_dir, weights=True), hardware=hw, setup=setup,
-                   data=DataSpec(train=str(train_path), eval=str(eval_path)),
-                   schedule=Schedule(max_steps=steps, learning_rate=DEMO_LR))
+    base = RunSpec(
+        model=ModelRef(ref=base_dir, weights=True),
+        hardware=hw,
+        setup=setup,
+        data=DataSpec(train=str(train_path), eval=str(eval_path)),
+        schedule=Schedule(max_steps=steps, learning_rate=DEMO_LR),
+    )
     console.rule("1/3 plan: predicted memory and time of every combination")
     p = plan(spec, hw, setup, lora_r=8)
     print_plan(p, limit=8)
     atomic_write_text(out / "plan.json", json.dumps(p.to_json(), indent=2))
 
-    console.rule(f"2/3 bench: fine-tune the pretrained base on the unseen '{sample_task.FINETUNE_OP}' task, "
-                 f"{steps} steps per combination (re-running skips finished ones)")
+    console.rule(
+        f"2/3 bench: fine-tune the pretrained base on the unseen '{sample_task.FINETUNE_OP}' task, "
+        f"{steps} steps per combination (re-running skips finished ones)"
+    )
     combos = reference_combinations(hw, lora_r=8)
 
     def event(kind: str, info: dict) -> None:
         tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
-        console.print(f"  [{info['index']}/{info['total']}] {info['label']}: {tag}  "
-                      f"({time.perf_counter() - t0:.0f} s)")
+        console.print(f"  [{info['index']}/{info['total']}] {info['label']}: {tag}  ({time.perf_counter() - t0:.0f} s)")
 
     runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
     rows = sweep_rows(run_sweep(runs, out / "results.jsonl", on_event=event), runs)
@@ -103,23 +113,41 @@ def run_demo(out_dir: str | Path = "ftopt-runs/demo", steps: int = DEMO_STEPS, l
         fit, _ = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), base_dir)
         print_calibration(fit)
     given = o.quality_target is not None
-    settings = report_settings(rows, gpu="cpu", title=None, quality_target=o.quality_target or DEMO_QUALITY_TARGET,
-                               quality_source="src_given" if given else "src_demo", target_gpu=o.target_gpu,
-                               target_gpus=o.target_gpus, target_nodes=o.target_nodes, dataset_tokens=o.dataset_tokens,
-                               epochs=o.epochs, retrains_per_year=o.retrains_per_year,
-                               cost_per_gpu_hour=o.cost_per_gpu_hour, currency=o.currency, max_hours=o.max_hours)
+    settings = report_settings(
+        rows,
+        gpu="cpu",
+        title=None,
+        quality_target=o.quality_target or DEMO_QUALITY_TARGET,
+        quality_source="src_given" if given else "src_demo",
+        target_gpu=o.target_gpu,
+        target_gpus=o.target_gpus,
+        target_nodes=o.target_nodes,
+        dataset_tokens=o.dataset_tokens,
+        epochs=o.epochs,
+        retrains_per_year=o.retrains_per_year,
+        cost_per_gpu_hour=o.cost_per_gpu_hour,
+        currency=o.currency,
+        max_hours=o.max_hours,
+    )
     reports = {lang: build_report(rows, out, lang=lang, **settings) for lang in langs}
     wall = time.perf_counter() - t0
-    summary = {"wall_seconds": wall, "runs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
-               "quality_target": str(settings["quality_target"]),
-               "quality": {r["label"]: (r.get("measured") or {}).get("quality") for r in rows},
-               "calibration": fit.model_dump() if fit else None,
-               "reports": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in reports.items()}}
+    summary = {
+        "wall_seconds": wall,
+        "runs": len(rows),
+        "ok": sum(r["status"] == "ok" for r in rows),
+        "quality_target": str(settings["quality_target"]),
+        "quality": {r["label"]: (r.get("measured") or {}).get("quality") for r in rows},
+        "calibration": fit.model_dump() if fit else None,
+        "reports": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in reports.items()},
+    }
     atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     for r in rows:
         q = (r.get("measured") or {}).get("quality") or {}
-        console.print(f"  {r['label']}: exact match {q.get('exact_match', 0):.0%}, token F1 {q.get('token_f1', 0):.2f}"
-                      if r["status"] == "ok" else f"  {r['label']}: {r['status']}")
+        console.print(
+            f"  {r['label']}: exact match {q.get('exact_match', 0):.0%}, token F1 {q.get('token_f1', 0):.2f}"
+            if r["status"] == "ok"
+            else f"  {r['label']}: {r['status']}"
+        )
     others = ", ".join(str(v["html"]) for v in list(reports.values())[1:])
     console.print(f"[bold]Report:[/] {reports[langs[0]]['html']}  (also {others})")
     console.print(f"demo finished in {wall:.0f} s: {summary['ok']} of {summary['runs']} runs succeeded")

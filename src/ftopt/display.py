@@ -1,5 +1,8 @@
 """Rich terminal rendering of estimates and plans (the CLI prints; the library computes)."""
+
 from __future__ import annotations
+
+import sys
 
 from rich.console import Console
 from rich.markup import escape
@@ -9,8 +12,6 @@ from ftopt.estimate import Estimate
 from ftopt.plan import LimitKind, Plan
 from ftopt.spec.calibration import MFU_AT_BOUND, CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
-
-import sys
 
 # Wide tables when piped (CI logs, files); the terminal width when interactive.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -32,15 +33,22 @@ def _breakdown_table(e: Estimate) -> Table:
 def print_estimate(e: Estimate) -> None:
     console.print(_breakdown_table(e))
     verdict = "[green]fits[/]" if e.fits else "[red]does not fit[/]"
-    console.print(f"{verdict}: headroom {fmt_bytes(e.headroom_bytes)}; peak during {e.peak_phase}; "
-                  f"trainable {e.trainable_params:,} of {e.total_params:,} parameters")
+    console.print(
+        f"{verdict}: headroom {fmt_bytes(e.headroom_bytes)}; peak during {e.peak_phase}; "
+        f"trainable {e.trainable_params:,} of {e.total_params:,} parameters"
+    )
     if e.cpu_bytes_per_node:
         console.print(f"host RAM for offloaded states: {fmt_bytes(e.cpu_bytes_per_node)} per node")
-    length = (f"{e.steps_per_epoch} steps per epoch, epoch {fmt_seconds(e.epoch_seconds)}, "
-              f"total {fmt_seconds(e.total_seconds)}" if e.per_dataset else
-              f"{fmt_seconds(e.seconds_per_1k_samples)} per 1k samples (give --dataset-tokens for epoch and total time)")
-    console.print(f"step {fmt_seconds(e.step_seconds)} (communication/offload {fmt_seconds(e.comm_seconds)}, "
-                  f"overhead of {e.kernels_per_step:,} operators etc. {fmt_seconds(e.overhead_seconds)}), {length}")
+    length = (
+        f"{e.steps_per_epoch} steps per epoch, epoch {fmt_seconds(e.epoch_seconds)}, "
+        f"total {fmt_seconds(e.total_seconds)}"
+        if e.per_dataset
+        else f"{fmt_seconds(e.seconds_per_1k_samples)} per 1k samples (give --dataset-tokens for epoch and total time)"
+    )
+    console.print(
+        f"step {fmt_seconds(e.step_seconds)} (communication/offload {fmt_seconds(e.comm_seconds)}, "
+        f"overhead of {e.kernels_per_step:,} operators etc. {fmt_seconds(e.overhead_seconds)}), {length}"
+    )
     console.print(calibration_line(e.calibration, e.hardware))
     for n in e.notes:
         console.print(f"[yellow]note:[/] {n}")
@@ -56,28 +64,43 @@ def calibration_line(cal: CalibrationProvenance | None, hardware: str) -> str:
 
 def print_plan(p: Plan, limit: int = 20) -> None:
     s = p.setup
-    t = Table(title=f"{p.model} on {s.world_size} x {p.hardware}, seq {s.seq_len}, micro-batch {s.micro_batch}, "
-                    f"{s.precision.value} ({p.method.value})")
+    t = Table(
+        title=f"{p.model} on {s.world_size} x {p.hardware}, seq {s.seq_len}, micro-batch {s.micro_batch}, "
+        f"{s.precision.value} ({p.method.value})"
+    )
     times = ("epoch", "total") if p.per_dataset else ("step", "per 1k samples")
-    for col, j in (("#", "right"), ("combination", "left"), ("per-GPU memory", "right"), ("headroom", "right"),
-                   ("fits", "center"), *((c, "right") for c in times)):
+    for col, j in (
+        ("#", "right"),
+        ("combination", "left"),
+        ("per-GPU memory", "right"),
+        ("headroom", "right"),
+        ("fits", "center"),
+        *((c, "right") for c in times),
+    ):
         t.add_column(col, justify=j)
     if p.cost_per_gpu_hour is not None:
         t.add_column(f"cost ({p.currency}{'' if p.per_dataset else ' per 1k samples'})", justify="right")
     shown = [e for e in p.candidates if e.fits][:limit] or p.candidates[:limit]
     for i, e in enumerate(shown, 1):
         rec = e is p.recommended
-        spans = ((e.epoch_seconds, e.total_seconds) if p.per_dataset else (e.step_seconds, e.seconds_per_1k_samples))
-        row = [str(i), ("[bold green]* " if rec else "") + e.combination.label() + ("[/]" if rec else ""),
-               fmt_bytes(e.device_bytes_per_gpu), fmt_bytes(e.headroom_bytes), "yes" if e.fits else "[red]no[/]",
-               *(fmt_seconds(x) for x in spans)]
+        spans = (e.epoch_seconds, e.total_seconds) if p.per_dataset else (e.step_seconds, e.seconds_per_1k_samples)
+        row = [
+            str(i),
+            ("[bold green]* " if rec else "") + e.combination.label() + ("[/]" if rec else ""),
+            fmt_bytes(e.device_bytes_per_gpu),
+            fmt_bytes(e.headroom_bytes),
+            "yes" if e.fits else "[red]no[/]",
+            *(fmt_seconds(x) for x in spans),
+        ]
         if p.cost_per_gpu_hour is not None:
             row.append(f"{p.cost(e):,.2f} {p.currency}")
         t.add_row(*row)
     console.print(t)
     if not p.per_dataset:
-        console.print("No --dataset-tokens: times are per optimizer step and per 1,000 samples of "
-                      f"{s.seq_len} tokens, not per epoch.")
+        console.print(
+            "No --dataset-tokens: times are per optimizer step and per 1,000 samples of "
+            f"{s.seq_len} tokens, not per epoch."
+        )
     n_fit = sum(e.fits for e in p.candidates)
     console.print(f"{n_fit} of {len(p.candidates)} combinations fit; showing {len(shown)}.")
     if p.recommended:
@@ -85,14 +108,19 @@ def print_plan(p: Plan, limit: int = 20) -> None:
     else:
         console.print(f"[bold red]No recommendation:[/] {p.reason}.")
     if p.longest_context and p.longest_context_bound is LimitKind.POSITIONS:
-        console.print(f"What if: the recommendation fits up to the model's position limit, {p.longest_context:,} "
-                      "tokens; memory is not what bounds the context.")
+        console.print(
+            f"What if: the recommendation fits up to the model's position limit, {p.longest_context:,} "
+            "tokens; memory is not what bounds the context."
+        )
     elif p.longest_context:
-        console.print(f"What if: the longest context that fits in memory with the recommendation is "
-                      f"{p.longest_context:,} tokens.")
+        console.print(
+            f"What if: the longest context that fits in memory with the recommendation is {p.longest_context:,} tokens."
+        )
     if p.fewest_gpus:
-        console.print(f"What if: the fewest {p.hardware} GPUs that fit the model: {p.fewest_gpus} "
-                      f"({p.fewest_gpus_combination.label()}).")
+        console.print(
+            f"What if: the fewest {p.hardware} GPUs that fit the model: {p.fewest_gpus} "
+            f"({p.fewest_gpus_combination.label()})."
+        )
     elif p.fewest_gpus is None and p.recommended is None:
         console.print("What if: no number of these GPUs up to 64 fits the model.")
     if p.shortfall:
@@ -110,24 +138,37 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
     def p(method, key, fmt):
         v = pred.get(method, {}).get(key)
         return fmt(v) if v is not None else "-"
-    t.add_row("peak memory per GPU", fmt_bytes(meas["peak_bytes_per_gpu"]), p("analytic", "peak_bytes_per_gpu", fmt_bytes),
-              p("traced", "peak_bytes_per_gpu", fmt_bytes))
-    t.add_row("step time", fmt_seconds(meas["step_seconds"] or 0), p("analytic", "step_seconds", fmt_seconds),
-              p("traced", "step_seconds", fmt_seconds))
+
+    t.add_row(
+        "peak memory per GPU",
+        fmt_bytes(meas["peak_bytes_per_gpu"]),
+        p("analytic", "peak_bytes_per_gpu", fmt_bytes),
+        p("traced", "peak_bytes_per_gpu", fmt_bytes),
+    )
+    t.add_row(
+        "step time",
+        fmt_seconds(meas["step_seconds"] or 0),
+        p("analytic", "step_seconds", fmt_seconds),
+        p("traced", "step_seconds", fmt_seconds),
+    )
     console.print(t)
     em = meas.get("exact_match")
     num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731 - e.g. no eval loss without a split
-    console.print(f"tokens/s {num(meas['tokens_per_s'], '.0f')}; epoch {fmt_seconds(meas['epoch_seconds'] or 0)}; "
-                  f"train loss {num(meas['train_loss'], '.3f')}; eval loss {num(meas['eval_loss'], '.3f')}"
-                  + (f"; exact match {em:.0%}" if em is not None else "")
-                  + (f"; MFU {m['mfu']:.1%}" if m.get("mfu") else ""))
+    console.print(
+        f"tokens/s {num(meas['tokens_per_s'], '.0f')}; epoch {fmt_seconds(meas['epoch_seconds'] or 0)}; "
+        f"train loss {num(meas['train_loss'], '.3f')}; eval loss {num(meas['eval_loss'], '.3f')}"
+        + (f"; exact match {em:.0%}" if em is not None else "")
+        + (f"; MFU {m['mfu']:.1%}" if m.get("mfu") else "")
+    )
     console.print(f"saved model, tokenizer and metrics.json in {output_dir}")
 
 
 def print_sweep_event(kind: str, info: dict) -> None:
     """One line per run of `ftopt bench` (ftopt.bench.run_sweep's on_event)."""
-    console.print(f"[{info['index']}/{info['total']}] {info['label']}: "
-                  f"{ {'start': 'running', 'skip': 'done before'}.get(kind, info.get('status'))}")
+    console.print(
+        f"[{info['index']}/{info['total']}] {info['label']}: "
+        f"{ {'start': 'running', 'skip': 'done before'}.get(kind, info.get('status')) }"
+    )
 
 
 def print_sweep_summary(rows: list[dict], results_path, target) -> None:
@@ -135,8 +176,9 @@ def print_sweep_summary(rows: list[dict], results_path, target) -> None:
     console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results_path}")
     if target is not None:
         met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]
-        console.print(f"quality target {target}: met by {', '.join(met)}" if met
-                      else f"quality target {target}: no run met it")
+        console.print(
+            f"quality target {target}: met by {', '.join(met)}" if met else f"quality target {target}: no run met it"
+        )
 
 
 def print_calibration(fit) -> None:
@@ -152,16 +194,27 @@ def print_calibration(fit) -> None:
     if fit.holdout:
         console.print(t)
     zero = ", ".join(f"ZeRO-{z} +{fmt_seconds(s)}" for z, s in sorted(fit.zero_step_seconds.items()))
-    console.print(f"fitted: mfu {fit.mfu:.1%}, {fit.seconds_per_kernel * 1e6:.1f} µs per operator, fixed "
-                  f"{fmt_seconds(fit.fixed_step_seconds)} per step{'; ' + zero if zero else ''}")
+    console.print(
+        f"fitted: mfu {fit.mfu:.1%}, {fit.seconds_per_kernel * 1e6:.1f} µs per operator, fixed "
+        f"{fmt_seconds(fit.fixed_step_seconds)} per step{'; ' + zero if zero else ''}"
+    )
     if fit.at_bound:
-        console.print(f"[yellow]at a bound:[/] {', '.join(fit.at_bound)}"
-                      + (" (the runs cannot separate the FLOP rate from the overheads: more varied runs "
-                         "calibrate it)" if MFU_AT_BOUND in fit.at_bound else ""))
+        console.print(
+            f"[yellow]at a bound:[/] {', '.join(fit.at_bound)}"
+            + (
+                " (the runs cannot separate the FLOP rate from the overheads: more varied runs calibrate it)"
+                if MFU_AT_BOUND in fit.at_bound
+                else ""
+            )
+        )
     if fit.holdout_median_abs_error is not None:
         rho = f", Spearman rho {fit.spearman_rho:.2f}" if fit.spearman_rho is not None else ""
         if fit.pairs_compared:
-            rho += (f"; {fit.pairs_ordered} of {fit.pairs_compared} pairs more than "
-                    f"{RANK_TIE_FRACTION:.0%} apart ranked right")
-        console.print(f"held-out step-time error: median {fit.holdout_median_abs_error:.1%}, "
-                      f"worst {fit.holdout_worst_abs_error:.1%}{rho}")
+            rho += (
+                f"; {fit.pairs_ordered} of {fit.pairs_compared} pairs more than "
+                f"{RANK_TIE_FRACTION:.0%} apart ranked right"
+            )
+        console.print(
+            f"held-out step-time error: median {fit.holdout_median_abs_error:.1%}, "
+            f"worst {fit.holdout_worst_abs_error:.1%}{rho}"
+        )

@@ -1,4 +1,5 @@
 """One error type for every user mistake: the CLI prints its message as one line and exits 2."""
+
 from __future__ import annotations
 
 from pydantic import ValidationError

@@ -14,6 +14,7 @@ non-quantized parameters stay in that dtype (ftopt plans them in fp32, as PEFT's
 
 axolotl is not installable here, so no axolotl YAML is written (its schema could not be checked).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def resolved_deepspeed_config(run: RunSpec, model: ModelSpec) -> dict:
 
     s = run.setup
     ds = deepspeed_config(run)
-    ds.update(train_micro_batch_size_per_gpu=s.micro_batch, gradient_accumulation_steps=s.grad_accum,
-              train_batch_size=s.micro_batch * s.grad_accum * s.world_size, gradient_clipping=HF_MAX_GRAD_NORM)
+    ds.update(
+        train_micro_batch_size_per_gpu=s.micro_batch,
+        gradient_accumulation_steps=s.grad_accum,
+        train_batch_size=s.micro_batch * s.grad_accum * s.world_size,
+        gradient_clipping=HF_MAX_GRAD_NORM,
+    )
     zero = ds["zero_optimization"]
     zero.update({k: v for k, v in hf_auto_zero_sizes(model.hidden_size).items() if zero.get(k) == "auto"})
     return ds
@@ -75,22 +80,40 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None) -> dict:
     s, c, sch = run.setup, run.combination, run.schedule
     doc = {
         # ModelConfig
-        "model_name_or_path": _model_id(run), "attn_implementation": c.attn.hf_name, "dtype": _load_dtype(run),
-        "use_peft": c.lora, "trust_remote_code": run.model.trust_remote_code,
+        "model_name_or_path": _model_id(run),
+        "attn_implementation": c.attn.hf_name,
+        "dtype": _load_dtype(run),
+        "use_peft": c.lora,
+        "trust_remote_code": run.model.trust_remote_code,
         # SFTConfig (TrainingArguments + TRL's data options)
-        "output_dir": run.output.dir, "per_device_train_batch_size": s.micro_batch,
-        "gradient_accumulation_steps": s.grad_accum, "num_train_epochs": s.epochs, "max_steps": sch.max_steps,
-        "learning_rate": sch.learning_rate, "lr_scheduler_type": sch.lr_schedule.value,
-        "warmup_steps": sch.warmup_ratio, "seed": sch.seed, "save_steps": sch.save_steps,
-        "gradient_checkpointing": c.gc, "bf16": s.precision is Precision.BF16_MIXED,
-        "fp16": s.precision is Precision.FP16_MIXED, "max_length": s.seq_len, "packing": s.packing,
-        "padding_free": s.packing, "optim": c.optim.hf_name, "report_to": run.output.report_to.value,
+        "output_dir": run.output.dir,
+        "per_device_train_batch_size": s.micro_batch,
+        "gradient_accumulation_steps": s.grad_accum,
+        "num_train_epochs": s.epochs,
+        "max_steps": sch.max_steps,
+        "learning_rate": sch.learning_rate,
+        "lr_scheduler_type": sch.lr_schedule.value,
+        "warmup_steps": sch.warmup_ratio,
+        "seed": sch.seed,
+        "save_steps": sch.save_steps,
+        "gradient_checkpointing": c.gc,
+        "bf16": s.precision is Precision.BF16_MIXED,
+        "fp16": s.precision is Precision.FP16_MIXED,
+        "max_length": s.seq_len,
+        "packing": s.packing,
+        "padding_free": s.packing,
+        "optim": c.optim.hf_name,
+        "report_to": run.output.report_to.value,
         "logging_steps": 1,
         **_dataset_fields(run),
     }
     if c.lora:
-        doc.update(lora_r=c.lora_r, lora_alpha=lora_alpha(c.lora_r), lora_dropout=LORA_DROPOUT,
-                   lora_target_modules=lora_targets(model, c))  # the planned targets (not TRL's all-linear)
+        doc.update(
+            lora_r=c.lora_r,
+            lora_alpha=lora_alpha(c.lora_r),
+            lora_dropout=LORA_DROPOUT,
+            lora_target_modules=lora_targets(model, c),
+        )  # the planned targets (not TRL's all-linear)
     doc.update(_quantization_fields(c.quant))
     if ds_path:
         doc["deepspeed"] = ds_path
@@ -130,7 +153,13 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     cfg_file = folder / "sft_config.yaml"
     atomic_write_text(cfg_file, yaml.safe_dump(sft_config(run, model, ds_path), sort_keys=False))
     launch = folder / "launch.sh"
-    atomic_write_text(launch, "#!/bin/sh\n# the planned run through TRL's SFT script (" + run.combination.label() +
-                      ")\ncd \"$(dirname \"$0\")\"\nexec " + shlex.join(launch_command(run, cfg_file.name)) + "\n")
+    atomic_write_text(
+        launch,
+        "#!/bin/sh\n# the planned run through TRL's SFT script ("
+        + run.combination.label()
+        + ')\ncd "$(dirname "$0")"\nexec '
+        + shlex.join(launch_command(run, cfg_file.name))
+        + "\n",
+    )
     launch.chmod(0o755)
     return written + [cfg_file, launch]

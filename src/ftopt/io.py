@@ -1,5 +1,6 @@
 """File I/O: atomic writes (a crash, Ctrl-C or full disk never leaves a half-written file behind) and JSON reads
 that fail in one sentence."""
+
 from __future__ import annotations
 
 import json

@@ -15,6 +15,7 @@ Memory is measured at the allocator, independently of the traced estimator:
         ledger still holds proves the earlier block was freed unseen: it is retired then (at the latest possible
         moment, so the reading stays an upper bound). tests/test_measure.py shows both halves.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,7 +45,7 @@ class AllocatorPeak:
         self.peak_bytes: int | None = None
         self._stopped = False
 
-    def start(self) -> "AllocatorPeak":
+    def start(self) -> AllocatorPeak:
         self._prof.start()
         return self
 

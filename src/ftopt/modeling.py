@@ -3,6 +3,7 @@
 One function serves `ftopt train` (real weights or random init) and the traced estimator (meta device, then fake
 tensors), so the estimator measures the very module tree the trainer runs.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,7 +14,6 @@ from ftopt import quantize
 from ftopt.errors import FtoptError
 from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
 from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
-
 
 
 def attn_implementation(attn: Attention, device_type: str) -> str:
@@ -39,7 +39,9 @@ def hf_config(spec: ModelSpec, num_layers: int | None = None, attn: str = "sdpa"
     """A transformers config object from the spec's config.json, optionally with fewer layers (for tracing)."""
     from transformers import AutoConfig
 
-    kw: dict[str, Any] = {k: v for k, v in spec.hf_config.items() if k not in ("model_type", "architectures", "auto_map")}
+    kw: dict[str, Any] = {
+        k: v for k, v in spec.hf_config.items() if k not in ("model_type", "architectures", "auto_map")
+    }
     if num_layers is not None:
         kw["n_layer" if spec.family == "gpt2" else "num_hidden_layers"] = num_layers
     cfg = AutoConfig.for_model(spec.family, **kw)
@@ -75,8 +77,13 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
         from peft import LoraConfig, get_peft_model
 
         targets = lora_targets(spec, combo)
-        cfg = LoraConfig(r=combo.lora_r, lora_alpha=lora_alpha(combo.lora_r), lora_dropout=LORA_DROPOUT,
-                         target_modules=targets, task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=combo.lora_r,
+            lora_alpha=lora_alpha(combo.lora_r),
+            lora_dropout=LORA_DROPOUT,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, cfg)
     if combo.gc:
         base = model.get_base_model() if combo.lora else model
@@ -87,8 +94,9 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
     return model
 
 
-def _quantize_while_building(combo: Combination, weights_dir: str | None, dev: torch.device,
-                             code_dir: str | None) -> bool:
+def _quantize_while_building(
+    combo: Combination, weights_dir: str | None, dev: torch.device, code_dir: str | None
+) -> bool:
     """A random-init quantized base is built on the meta device and quantized module by module as it is
     materialized (quantize.materialize_quantized), as transformers does while loading a checkpoint; the tracer
     (meta device) quantizes with its stand-ins afterwards, and a checkpoint comes back quantized from loading.
@@ -97,9 +105,17 @@ def _quantize_while_building(combo: Combination, weights_dir: str | None, dev: t
     return combo.quant is not Quant.NONE and weights_dir is None and dev.type != "meta" and code_dir is None
 
 
-def build_base(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
-               num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0,
-               code_dir: str | None = None):
+def build_base(
+    spec: ModelSpec,
+    combo: Combination,
+    precision: Precision,
+    *,
+    device: str | torch.device = "cpu",
+    num_layers: int | None = None,
+    weights_dir: str | None = None,
+    seed: int = 0,
+    code_dir: str | None = None,
+):
     """The transformers model in the run's dtype and attention, before quantization, LoRA and GC (a model loaded
     from `weights_dir` with a quantized base comes back quantized: transformers quantizes while loading).
     `code_dir`, given only with --trust-remote-code: the folder whose config maps the model classes to its own
@@ -113,30 +129,45 @@ def build_base(spec: ModelSpec, combo: Combination, precision: Precision, *, dev
         quantize.require_bitsandbytes()
     try:
         if weights_dir is not None:
-            extra = {"quantization_config": quantize.bnb_config(combo, precision)} if combo.quant is not Quant.NONE else {}
-            model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, attn_implementation=attn,
-                                                         trust_remote_code=code_dir is not None, use_safetensors=True,
-                                                         **extra)
+            extra = (
+                {"quantization_config": quantize.bnb_config(combo, precision)} if combo.quant is not Quant.NONE else {}
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                weights_dir,
+                dtype=dtype,
+                attn_implementation=attn,
+                trust_remote_code=code_dir is not None,
+                use_safetensors=True,
+                **extra,
+            )
         else:
             cfg = hf_config(spec, num_layers, attn) if code_dir is None else _remote_config(code_dir, num_layers, attn)
             torch.manual_seed(seed)
             meta_first = _quantize_while_building(combo, weights_dir, dev, code_dir)
             with torch.device("meta") if meta_first else dev:
-                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn,
-                                                         trust_remote_code=code_dir is not None)
+                model = AutoModelForCausalLM.from_config(
+                    cfg, dtype=dtype, attn_implementation=attn, trust_remote_code=code_dir is not None
+                )
             if meta_first:
                 quantize.materialize_quantized(model, dev, combo, precision)
     except ValueError as e:
         if "attention implementation" not in str(e):
             raise
-        raise FtoptError(f"{spec.family} does not support --attn {combo.attn.value} in this transformers version; "
-                         "use --attn eager.") from None
+        raise FtoptError(
+            f"{spec.family} does not support --attn {combo.attn.value} in this transformers version; use --attn eager."
+        ) from None
     model.config.use_cache = False
     return model
 
 
-def finish_model(model, spec: ModelSpec, combo: Combination, precision: Precision, quantized_already: bool = False,
-                 quantize_linears=quantize.quantize_linears):
+def finish_model(
+    model,
+    spec: ModelSpec,
+    combo: Combination,
+    precision: Precision,
+    quantized_already: bool = False,
+    quantize_linears=quantize.quantize_linears,
+):
     """Quantize the base (QLoRA recipe: bitsandbytes linears, then prepare_model_for_kbit_training), then LoRA and
     GC; the model in training mode. The tracer passes its storage-equivalent `quantize_linears`."""
     if combo.quant is not Quant.NONE:
@@ -148,13 +179,29 @@ def finish_model(model, spec: ModelSpec, combo: Combination, precision: Precisio
     return model
 
 
-def build_model(spec: ModelSpec, combo: Combination, precision: Precision, *, device: str | torch.device = "cpu",
-                num_layers: int | None = None, weights_dir: str | None = None, seed: int = 0,
-                quantize_linears=quantize.quantize_linears, code_dir: str | None = None):
+def build_model(
+    spec: ModelSpec,
+    combo: Combination,
+    precision: Precision,
+    *,
+    device: str | torch.device = "cpu",
+    num_layers: int | None = None,
+    weights_dir: str | None = None,
+    seed: int = 0,
+    quantize_linears=quantize.quantize_linears,
+    code_dir: str | None = None,
+):
     """Random-init (or load `weights_dir`) the model with the run's dtype, attention, quantization, LoRA and GC
     (`code_dir`: see build_base)."""
-    model = build_base(spec, combo, precision, device=device, num_layers=num_layers, weights_dir=weights_dir, seed=seed,
-                       code_dir=code_dir)
+    model = build_base(
+        spec,
+        combo,
+        precision,
+        device=device,
+        num_layers=num_layers,
+        weights_dir=weights_dir,
+        seed=seed,
+        code_dir=code_dir,
+    )
     quantized = weights_dir is not None or _quantize_while_building(combo, weights_dir, torch.device(device), code_dir)
-    return finish_model(model, spec, combo, precision, quantized_already=quantized,
-                        quantize_linears=quantize_linears)
+    return finish_model(model, spec, combo, precision, quantized_already=quantized, quantize_linears=quantize_linears)

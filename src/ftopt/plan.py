@@ -5,6 +5,7 @@ RAM) and meet the quality requirement (`full_only`), the one with the shortest p
 (within NEAR_TIE_FRACTION) go to the one with fewer moving parts (no offload, then the lower ZeRO stage: less to
 configure and debug, then SDPA over flash-attn, a package to build), then to more memory headroom. No table of rules.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -22,8 +23,16 @@ NEAR_TIE_FRACTION = 0.01
 DEFAULT_LORA_R = 16
 DEFAULT_CURRENCY = "USD"
 # ZeRO stage and offload pairs DeepSpeed accepts (offload needs a stage; parameter offload needs stage 3).
-ZERO_OFFLOAD = [(0, Offload.NONE), (1, Offload.NONE), (1, Offload.OPTIMIZER), (2, Offload.NONE),
-                (2, Offload.OPTIMIZER), (3, Offload.NONE), (3, Offload.OPTIMIZER), (3, Offload.ALL)]
+ZERO_OFFLOAD = [
+    (0, Offload.NONE),
+    (1, Offload.NONE),
+    (1, Offload.OPTIMIZER),
+    (2, Offload.NONE),
+    (2, Offload.OPTIMIZER),
+    (3, Offload.NONE),
+    (3, Offload.OPTIMIZER),
+    (3, Offload.ALL),
+]
 # Quantized LoRA bases the plan tries. FP4 is left out: the same bytes and time as NF4, and lower quality (QLoRA
 # paper, Table 2/Fig. 3); `estimate --quant fp4` still predicts it.
 PLAN_QUANTS = (Quant.NF4, Quant.INT8)
@@ -46,11 +55,14 @@ class Plan(BaseModel):
     max_hours: float | None = None
     cost_per_gpu_hour: float | None = None
     currency: str = Field(DEFAULT_CURRENCY, description="currency of cost_per_gpu_hour and every cost")
-    calibration: CalibrationProvenance | None = Field(None, description="time-model calibration used; None = uncalibrated")
+    calibration: CalibrationProvenance | None = Field(
+        None, description="time-model calibration used; None = uncalibrated"
+    )
     host_memory_bytes: int = Field(description="host RAM per node the plan assumed (--host-ram or the preset)")
     longest_context: int | None = Field(None, description="longest seq_len that fits with the recommendation")
-    longest_context_bound: LimitKind | None = Field(None, description="what stops a longer context: memory or the "
-                                                                      "model's position limit")
+    longest_context_bound: LimitKind | None = Field(
+        None, description="what stops a longer context: memory or the model's position limit"
+    )
     fewest_gpus: int | None = Field(None, description="fewest GPUs (of this kind) on which any combination fits")
     fewest_gpus_combination: Combination | None = None
     shortfall: str | None = Field(None, description="what still does not fit, when something does not")
@@ -70,21 +82,34 @@ class Plan(BaseModel):
     def to_json(self) -> dict:
         def cand(e: Estimate) -> dict:
             whole = self.per_dataset  # without a dataset size an "epoch" is one step: say null, not a guess
-            return {**e.combination.key(), "label": e.combination.label(), "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
-                    "device_bytes_per_gpu": e.device_bytes_per_gpu, "fits": e.fits,
-                    "epoch_seconds": e.epoch_seconds if whole else None,
-                    "total_seconds": e.total_seconds if whole else None, "step_seconds": e.step_seconds,
-                    "seconds_per_1k_samples": e.seconds_per_1k_samples, "cost": self.cost(e),
-                    "cost_basis": "run" if whole else "1k samples", "host_bytes_per_node": e.cpu_bytes_per_node,
-                    "breakdown": e.breakdown.model_dump()}
+            return {
+                **e.combination.key(),
+                "label": e.combination.label(),
+                "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
+                "device_bytes_per_gpu": e.device_bytes_per_gpu,
+                "fits": e.fits,
+                "epoch_seconds": e.epoch_seconds if whole else None,
+                "total_seconds": e.total_seconds if whole else None,
+                "step_seconds": e.step_seconds,
+                "seconds_per_1k_samples": e.seconds_per_1k_samples,
+                "cost": self.cost(e),
+                "cost_basis": "run" if whole else "1k samples",
+                "host_bytes_per_node": e.cpu_bytes_per_node,
+                "breakdown": e.breakdown.model_dump(),
+            }
+
         return {
-            "model": self.model, "hardware": self.hardware, "method": self.method.value,
-            "setup": self.setup.model_dump(mode="json"), "currency": self.currency,
+            "model": self.model,
+            "hardware": self.hardware,
+            "method": self.method.value,
+            "setup": self.setup.model_dump(mode="json"),
+            "currency": self.currency,
             "calibration": self.calibration.model_dump(mode="json") if self.calibration else None,
             "host_memory_bytes": self.host_memory_bytes,
             "recommended": self.recommended.combination.key() if self.recommended else None,
             "recommended_estimate": self.recommended.to_json() if self.recommended else None,
-            "reason": self.reason, "candidates": [cand(e) for e in self.candidates],
+            "reason": self.reason,
+            "candidates": [cand(e) for e in self.candidates],
             "longest_context": self.longest_context,
             "longest_context_bound": self.longest_context_bound.value if self.longest_context_bound else None,
             "fewest_gpus": self.fewest_gpus,
@@ -93,9 +118,14 @@ class Plan(BaseModel):
         }
 
 
-def combinations(hw: HardwareSpec, lora_r: int = DEFAULT_LORA_R, full_only: bool = False,
-                 lora_targets: tuple[str, ...] | None = None, quants: tuple[Quant, ...] | None = None,
-                 optims: tuple[Optim, ...] | None = None) -> list[Combination]:
+def combinations(
+    hw: HardwareSpec,
+    lora_r: int = DEFAULT_LORA_R,
+    full_only: bool = False,
+    lora_targets: tuple[str, ...] | None = None,
+    quants: tuple[Quant, ...] | None = None,
+    optims: tuple[Optim, ...] | None = None,
+) -> list[Combination]:
     """GC on/off x full/LoRA x (ZeRO stage, offload) x every attention kernel the hardware runs (eager and SDPA
     everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) and,
     without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the enumeration (None =
@@ -105,12 +135,23 @@ def combinations(hw: HardwareSpec, lora_r: int = DEFAULT_LORA_R, full_only: bool
     quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
     optim_set = tuple(Optim) if optims is None else optims
     out = []
-    for gc, r, quant, (zero, off), optim, attn in itertools.product([False, True], ranks, quant_set, ZERO_OFFLOAD,
-                                                                     optim_set, attns):
+    for gc, r, quant, (zero, off), optim, attn in itertools.product(
+        [False, True], ranks, quant_set, ZERO_OFFLOAD, optim_set, attns
+    ):
         if (quant is not Quant.NONE and (not r or zero == 3)) or (optim is not Optim.ADAMW and zero):
             continue  # combinations Combination's validator rejects: not enumerated
-        out.append(Combination(gc=gc, lora_r=r, lora_targets=lora_targets if r else None, zero=zero, offload=off,
-                               attn=attn, quant=quant, optim=optim))
+        out.append(
+            Combination(
+                gc=gc,
+                lora_r=r,
+                lora_targets=lora_targets if r else None,
+                zero=zero,
+                offload=off,
+                attn=attn,
+                quant=quant,
+                optim=optim,
+            )
+        )
     return out
 
 
@@ -126,14 +167,27 @@ def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate
     near = [e for e in fitting if e.total_seconds <= best_time * (1 + NEAR_TIE_FRACTION)]
     # simplest first: no offload, an unquantized base and 32-bit states (exact weights and updates), lower ZeRO
     # stage, no extra package (flash-attn) when SDPA is predicted as fast
-    pick = min(near, key=lambda e: (e.combination.offload is not Offload.NONE, e.combination.quant is not Quant.NONE,
-                                    e.combination.optim is not Optim.ADAMW, e.combination.zero,
-                                    e.combination.attn is Attention.FLASH, -e.headroom_bytes))
+    pick = min(
+        near,
+        key=lambda e: (
+            e.combination.offload is not Offload.NONE,
+            e.combination.quant is not Quant.NONE,
+            e.combination.optim is not Optim.ADAMW,
+            e.combination.zero,
+            e.combination.attn is Attention.FLASH,
+            -e.headroom_bytes,
+        ),
+    )
     others = [e for e in fitting if e is not pick]
-    took = (f"{fmt_seconds(pick.total_seconds)} of training" if pick.per_dataset
-            else f"{fmt_seconds(pick.seconds_per_1k_samples)} per 1k samples")
-    reason = (f"fastest combination that fits: {took}, "
-              f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per GPU")
+    took = (
+        f"{fmt_seconds(pick.total_seconds)} of training"
+        if pick.per_dataset
+        else f"{fmt_seconds(pick.seconds_per_1k_samples)} per 1k samples"
+    )
+    reason = (
+        f"fastest combination that fits: {took}, "
+        f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per GPU"
+    )
     if len(near) > 1:
         reason += f"; ties within {NEAR_TIE_FRACTION:.0%} with {len(near) - 1} other(s), chosen as the simplest to run"
     slower_safe = [e for e in others if e.combination.gc and not pick.combination.gc]
@@ -146,16 +200,19 @@ def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate
     return pick, reason
 
 
-def longest_context(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination,
-                    method: Method, step: int = 256) -> int | None:
+def longest_context(
+    model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, method: Method, step: int = 256
+) -> int | None:
     """Largest seq_len (multiple of `step`, up to the model's positions) that still fits, by bisection."""
     return longest_context_and_bound(model, hw, setup, combo, method, step)[0]
 
 
-def longest_context_and_bound(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination,
-                              method: Method, step: int = 256) -> tuple[int | None, LimitKind | None]:
+def longest_context_and_bound(
+    model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, method: Method, step: int = 256
+) -> tuple[int | None, LimitKind | None]:
     """(longest seq_len that fits, what bounds it): POSITIONS when even the model's position limit fits, so the
     answer says nothing about memory; MEMORY otherwise."""
+
     def fits(s: int) -> bool:
         return estimate(model, hw, setup.model_copy(update={"seq_len": s}), combo, method).fits
 
@@ -171,8 +228,14 @@ def longest_context_and_bound(model: ModelSpec, hw: HardwareSpec, setup: Trainin
     return lo * step, LimitKind.MEMORY
 
 
-def fewest_gpus(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combos: list[Combination],
-                method: Method, max_gpus: int = 64) -> tuple[int | None, Combination | None]:
+def fewest_gpus(
+    model: ModelSpec,
+    hw: HardwareSpec,
+    setup: TrainingSetup,
+    combos: list[Combination],
+    method: Method,
+    max_gpus: int = 64,
+) -> tuple[int | None, Combination | None]:
     """Fewest GPUs of this kind (filling nodes of `gpus_per_node`) on which any combination fits."""
     per_node = setup.gpus_per_node
     for n in itertools.chain(range(1, per_node + 1), range(2 * per_node, max_gpus + 1, per_node)):
@@ -183,11 +246,22 @@ def fewest_gpus(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combos
     return None, None
 
 
-def plan(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, *, method: Method | str = Method.ANALYTIC,
-         max_hours: float | None = None, full_only: bool = False, lora_r: int = DEFAULT_LORA_R,
-         lora_targets: tuple[str, ...] | None = None, cost_per_gpu_hour: float | None = None,
-         currency: str = DEFAULT_CURRENCY, what_ifs: bool = True, quants: tuple[Quant, ...] | None = None,
-         optims: tuple[Optim, ...] | None = None) -> Plan:
+def plan(
+    model: ModelSpec,
+    hw: HardwareSpec,
+    setup: TrainingSetup,
+    *,
+    method: Method | str = Method.ANALYTIC,
+    max_hours: float | None = None,
+    full_only: bool = False,
+    lora_r: int = DEFAULT_LORA_R,
+    lora_targets: tuple[str, ...] | None = None,
+    cost_per_gpu_hour: float | None = None,
+    currency: str = DEFAULT_CURRENCY,
+    what_ifs: bool = True,
+    quants: tuple[Quant, ...] | None = None,
+    optims: tuple[Optim, ...] | None = None,
+) -> Plan:
     """`hw` as given: apply a calibration (ftopt.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
     if max_hours is not None and max_hours <= 0:
@@ -200,32 +274,49 @@ def plan(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, *, method: Me
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
     combos = combinations(hw, lora_r, full_only, lora_targets, quants, optims)
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
-        raise FtoptError("No combination to plan: quantized bases need LoRA, so --full-only with --quant "
-                         f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only.")
+        raise FtoptError(
+            "No combination to plan: quantized bases need LoRA, so --full-only with --quant "
+            f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only."
+        )
     # The traced method is slower: rank everything analytically, then trace the leading candidates.
     estimates = [estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos]
     estimates.sort(key=_rank_key)
     if method is Method.TRACED:
         lead = 6
-        estimates[:lead] = sorted((estimate(model, hw, setup, e.combination, Method.TRACED) for e in estimates[:lead]),
-                                  key=_rank_key)
+        estimates[:lead] = sorted(
+            (estimate(model, hw, setup, e.combination, Method.TRACED) for e in estimates[:lead]), key=_rank_key
+        )
     rec, reason = choose(estimates, max_hours)
-    p = Plan(model=model.name, hardware=hw.name, setup=setup, method=method, candidates=estimates, recommended=rec,
-             reason=reason, max_hours=max_hours, cost_per_gpu_hour=cost_per_gpu_hour, currency=currency.strip(),
-             calibration=hw.calibration, host_memory_bytes=hw.host_memory_bytes)
+    p = Plan(
+        model=model.name,
+        hardware=hw.name,
+        setup=setup,
+        method=method,
+        candidates=estimates,
+        recommended=rec,
+        reason=reason,
+        max_hours=max_hours,
+        cost_per_gpu_hour=cost_per_gpu_hour,
+        currency=currency.strip(),
+        calibration=hw.calibration,
+        host_memory_bytes=hw.host_memory_bytes,
+    )
     if what_ifs:
         if rec is not None:
             p.longest_context, p.longest_context_bound = longest_context_and_bound(
-                model, hw, setup, rec.combination, Method.ANALYTIC)
+                model, hw, setup, rec.combination, Method.ANALYTIC
+            )
         p.fewest_gpus, p.fewest_gpus_combination = fewest_gpus(model, hw, setup, combos, Method.ANALYTIC)
     p.shortfall = _shortfall(estimates, rec, full_only, hw)
     return p
 
 
 def _host_ram_text(e: Estimate, hw: HardwareSpec) -> str:
-    return (f"{e.combination.label()} fits the GPUs ({fmt_bytes(e.device_bytes_per_gpu)} of "
-            f"{fmt_bytes(e.capacity_bytes)}) but its offloaded states need {fmt_bytes(e.cpu_bytes_per_node)} of host "
-            f"RAM per node, more than the {fmt_bytes(hw.host_memory_bytes)} assumed (set --host-ram if your nodes have more)")
+    return (
+        f"{e.combination.label()} fits the GPUs ({fmt_bytes(e.device_bytes_per_gpu)} of "
+        f"{fmt_bytes(e.capacity_bytes)}) but its offloaded states need {fmt_bytes(e.cpu_bytes_per_node)} of host "
+        f"RAM per node, more than the {fmt_bytes(hw.host_memory_bytes)} assumed (set --host-ram if your nodes have more)"
+    )
 
 
 def _shortfall(estimates: list[Estimate], rec: Estimate | None, full_only: bool, hw: HardwareSpec) -> str | None:
@@ -236,16 +327,23 @@ def _shortfall(estimates: list[Estimate], rec: Estimate | None, full_only: bool,
         if gpu_fit:  # the GPUs have room: the limit is the host RAM the offloaded states need
             return "nothing fits: " + _host_ram_text(min(gpu_fit, key=lambda e: e.cpu_bytes_per_node), hw)
         best = min(estimates, key=lambda e: e.device_bytes_per_gpu)
-        return (f"nothing fits: the smallest combination ({best.combination.label()}) needs "
-                f"{fmt_bytes(best.device_bytes_per_gpu)} per GPU, {fmt_bytes(best.device_bytes_per_gpu - hw.memory_bytes)} "
-                f"more than the {fmt_bytes(hw.memory_bytes)} of a {hw.name}")
+        return (
+            f"nothing fits: the smallest combination ({best.combination.label()}) needs "
+            f"{fmt_bytes(best.device_bytes_per_gpu)} per GPU, {fmt_bytes(best.device_bytes_per_gpu - hw.memory_bytes)} "
+            f"more than the {fmt_bytes(hw.memory_bytes)} of a {hw.name}"
+        )
     full = [e for e in estimates if not e.combination.lora]
     if not full_only and full and not any(e.fits for e in full):
         gpu_fit = [e for e in full if e.device_bytes_per_gpu <= e.capacity_bytes]
         if gpu_fit:
-            return ("full fine-tuning does not fit: " + _host_ram_text(min(gpu_fit, key=lambda e: e.cpu_bytes_per_node), hw)
-                    + "; only LoRA combinations fit")
+            return (
+                "full fine-tuning does not fit: "
+                + _host_ram_text(min(gpu_fit, key=lambda e: e.cpu_bytes_per_node), hw)
+                + "; only LoRA combinations fit"
+            )
         best = min(full, key=lambda e: e.device_bytes_per_gpu)
-        return (f"full fine-tuning does not fit on these GPUs: at best ({best.combination.label()}) it needs "
-                f"{fmt_bytes(best.device_bytes_per_gpu)} per GPU; only LoRA combinations fit")
+        return (
+            f"full fine-tuning does not fit on these GPUs: at best ({best.combination.label()}) it needs "
+            f"{fmt_bytes(best.device_bytes_per_gpu)} per GPU; only LoRA combinations fit"
+        )
     return None

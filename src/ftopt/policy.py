@@ -7,13 +7,13 @@ Sources: [ZeRO] Rajbhandari et al. 2020 (2 + 2 + K bytes per parameter, K = 12 f
 fp32 partition copy kept by the ZeRO optimizer); [PEFT] prepare_model_for_kbit_training (non-quantized parameters
 of a quantized base cast to fp32); [bnb] bitsandbytes Linear4bit.forward casts its output back to the input dtype.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ftopt.errors import FtoptError
 from ftopt.spec import Combination, ModelSpec, Precision, Quant
-
 
 # The LoRA hyperparameters of every ftopt run (the model builder and `plan --export` read them here). ftopt's choice
 # alpha = 2r keeps the update scale alpha/r at 2 whatever the rank (the LoRA paper, arXiv 2106.09685 section 4.1,
@@ -58,8 +58,10 @@ def storage(precision: Precision, combo: Combination) -> Storage:
     stream is fp32 (fp32 embeddings) and the quantized linears return fp32 (their input's dtype) [bnb].
     """
     if combo.quant is not Quant.NONE and precision is Precision.BF16_TRUE:
-        raise FtoptError(f"--quant {combo.quant.value} with bf16-true is not a real setup: prepare_model_for_kbit_training "
-                         "upcasts the non-quantized parameters to fp32; use bf16-mixed.")
+        raise FtoptError(
+            f"--quant {combo.quant.value} with bf16-true is not a real setup: prepare_model_for_kbit_training "
+            "upcasts the non-quantized parameters to fp32; use bf16-mixed."
+        )
     if combo.quant is not Quant.NONE and precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         if combo.uses_deepspeed:
             return Storage(2, 2, 2, 4, 8, autocast=False, act_bytes=2, resid_bytes=2)
@@ -70,8 +72,10 @@ def storage(precision: Precision, combo: Combination) -> Storage:
         return Storage(4, 4, 4, 4 if combo.uses_deepspeed else 0, 8, autocast=False, act_bytes=4, resid_bytes=4)
     if precision is Precision.BF16_TRUE:
         if combo.uses_deepspeed:
-            raise FtoptError("bf16-true is a Trainer-only precision: DeepSpeed always keeps fp32 master weights; "
-                             "use bf16-mixed with ZeRO.")
+            raise FtoptError(
+                "bf16-true is a Trainer-only precision: DeepSpeed always keeps fp32 master weights; "
+                "use bf16-mixed with ZeRO."
+            )
         return Storage(2, 2, 2, 0, 4, autocast=False, act_bytes=2, resid_bytes=2)
     # bf16-mixed / fp16-mixed
     if combo.uses_deepspeed:
@@ -88,8 +92,7 @@ def lora_targets(model: ModelSpec, combo: Combination) -> list[str]:
     names = model.all_linear_names()
     missing = [t for t in targets if t not in names]
     if missing:
-        raise FtoptError(f"LoRA target(s) {', '.join(missing)} are not linears of {model.family}; "
-                         f"candidates: {', '.join(names)}.")
+        raise FtoptError(
+            f"LoRA target(s) {', '.join(missing)} are not linears of {model.family}; candidates: {', '.join(names)}."
+        )
     return targets
-
-

@@ -9,13 +9,15 @@
 Generation is greedy and capped at `max_examples` rows (it is the slow part), with progress shown.
 `QualityTarget` is the user's bar, `METRIC>=VALUE` or `METRIC<=VALUE`.
 """
+
 from __future__ import annotations
 
 import importlib
 import math
 import re
 from collections import Counter
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -132,16 +134,29 @@ def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], No
         for i, r in enumerate(rows, 1):
             enc = tokenizer(str(r["prompt"]), return_tensors="pt").to(device)
             n_new = len(tokenizer(str(r["completion"]).strip(), add_special_tokens=False)["input_ids"]) + 2
-            out = model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-            preds.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+            out = model.generate(
+                **enc,
+                max_new_tokens=n_new,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            preds.append(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip())
             if i % PROGRESS_EVERY == 0 or i == len(rows):
                 log(f"quality: generated {i}/{len(rows)} held-out completions")
     return preds
 
 
-def evaluate_generation(model, tokenizer, rows: list[dict], device, max_examples: int,
-                        metrics: tuple[str, ...] = (), *, log: Callable[[str], None] = lambda m: None) -> dict:
+def evaluate_generation(
+    model,
+    tokenizer,
+    rows: list[dict],
+    device,
+    max_examples: int,
+    metrics: tuple[str, ...] = (),
+    *,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict:
     """Generate completions for the first `max_examples` held-out rows and score them.
 
     Returns {"examples": n, "exact_match": ..., "token_f1": ..., "rouge_l": ..., ["label_accuracy"], user metrics}
@@ -172,11 +187,12 @@ class QualityTarget(BaseModel):
     source: str = "--quality-target"
 
     @classmethod
-    def parse(cls, text: str, source: str = "--quality-target") -> "QualityTarget":
+    def parse(cls, text: str, source: str = "--quality-target") -> QualityTarget:
         m = re.fullmatch(r"\s*([\w.:]+)\s*(>=|<=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*", text or "")
         if not m:
-            raise FtoptError(f"--quality-target must look like METRIC>=VALUE or METRIC<=VALUE "
-                             f"(e.g. exact_match>=0.5), got '{text}'.")
+            raise FtoptError(
+                f"--quality-target must look like METRIC>=VALUE or METRIC<=VALUE (e.g. exact_match>=0.5), got '{text}'."
+            )
         return cls(metric=m.group(1), op=m.group(2), value=float(m.group(3)), source=source)
 
     @property

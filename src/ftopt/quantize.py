@@ -14,6 +14,7 @@ model is built on the meta device and materialized module by module, each linear
 bitsandbytes classes as soon as it exists (`materialize_quantized`), which is what transformers' bitsandbytes
 integration does while loading, memory included. bitsandbytes is imported lazily (optional backend).
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,12 @@ def bnb_config(combo: Combination, precision: Precision):
 
     if combo.quant is Quant.INT8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=INT8_THRESHOLD)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=combo.quant.value,
-                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype(precision))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=combo.quant.value,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(precision),
+    )
 
 
 def _quantized_linear(lin: torch.nn.Linear, combo: Combination, precision: Precision):
@@ -52,15 +57,28 @@ def _quantized_linear(lin: torch.nn.Linear, combo: Combination, precision: Preci
     dev = lin.weight.device
     has_bias = lin.bias is not None
     if combo.quant is Quant.INT8:
-        new = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=has_bias, has_fp16_weights=False,
-                                  threshold=INT8_THRESHOLD, device="meta")
+        new = bnb.nn.Linear8bitLt(
+            lin.in_features,
+            lin.out_features,
+            bias=has_bias,
+            has_fp16_weights=False,
+            threshold=INT8_THRESHOLD,
+            device="meta",
+        )
         weight = bnb.nn.Int8Params(lin.weight.data.to(torch.float16), requires_grad=False, has_fp16_weights=False)
     else:
-        new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=has_bias,
-                                compute_dtype=compute_dtype(precision), compress_statistics=True,
-                                quant_type=combo.quant.value, device="meta")
-        weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, compress_statistics=True,
-                                   quant_type=combo.quant.value)
+        new = bnb.nn.Linear4bit(
+            lin.in_features,
+            lin.out_features,
+            bias=has_bias,
+            compute_dtype=compute_dtype(precision),
+            compress_statistics=True,
+            quant_type=combo.quant.value,
+            device="meta",
+        )
+        weight = bnb.nn.Params4bit(
+            lin.weight.data, requires_grad=False, compress_statistics=True, quant_type=combo.quant.value
+        )
     new.weight = weight.to(dev) if dev.type != "meta" else weight  # .to() quantizes (Params4bit/Int8Params)
     if has_bias:
         new.bias = torch.nn.Parameter(lin.bias.data, requires_grad=False)
@@ -72,8 +90,12 @@ def _decoder_linears(model) -> list[tuple[torch.nn.Module, str]]:
     the output embedding). Parents only: holding the linears themselves would keep each replaced full-precision
     weight alive until the whole model is quantized."""
     head = model.get_output_embeddings()
-    return [(mod, name) for mod in model.modules() for name, child in mod.named_children()
-            if type(child) is torch.nn.Linear and child is not head]
+    return [
+        (mod, name)
+        for mod in model.modules()
+        for name, child in mod.named_children()
+        if type(child) is torch.nn.Linear and child is not head
+    ]
 
 
 def _mark_quantized(model, combo: Combination) -> None:
@@ -106,7 +128,10 @@ def materialize_quantized(model, device: torch.device, combo: Combination, preci
                 if t is not None and t.device.type == "meta":
                     if id(t) not in made:
                         real = torch.empty_like(t, device=device)
-                        made[id(t)] = (t, torch.nn.Parameter(real, t.requires_grad) if table is mod._parameters else real)
+                        made[id(t)] = (
+                            t,
+                            torch.nn.Parameter(real, t.requires_grad) if table is mod._parameters else real,
+                        )
                     table[key] = made[id(t)][1]
         model._init_weights(mod)  # no_grad inside (transformers)
         mod._is_hf_initialized = True
@@ -161,8 +186,9 @@ class QuantizedLinearStandIn(torch.nn.Linear):
     def __init__(self, lin: torch.nn.Linear, storage_bytes: int, compute: torch.dtype):
         torch.nn.Module.__init__(self)
         self.in_features, self.out_features, self.compute_dtype = lin.in_features, lin.out_features, compute
-        self.weight = torch.nn.Parameter(torch.empty(storage_bytes, dtype=torch.uint8, device=lin.weight.device),
-                                         requires_grad=False)
+        self.weight = torch.nn.Parameter(
+            torch.empty(storage_bytes, dtype=torch.uint8, device=lin.weight.device), requires_grad=False
+        )
         self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.data, requires_grad=False)
 
     def forward(self, x):

@@ -6,23 +6,42 @@ from a file: a plan written by `ftopt plan --out` (its `run`) or a run specifica
 run). Then only the model may be overridden, with a line naming what was overridden; the plan's setup and
 combination are what it predicted, so a flag that would change them is an error.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ftopt.errors import FtoptError
 from ftopt.spec import (
-    Attention, Combination, DataSpec, HardwareSpec, LrSchedule, ModelRef, Offload, Optim, OutputSpec, Precision, Quant,
-    ReportTo, RunSpec, Schedule, TrainingSetup,
+    Attention,
+    Combination,
+    DataSpec,
+    HardwareSpec,
+    LrSchedule,
+    ModelRef,
+    Offload,
+    Optim,
+    OutputSpec,
+    Precision,
+    Quant,
+    ReportTo,
+    RunSpec,
+    Schedule,
+    TrainingSetup,
 )
 
 # Enum-valued fields and the flag a user types for each (for one-line messages that name the flag).
 _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
-    "precision": (Precision, "--precision"), "offload": (Offload, "--offload"), "attn": (Attention, "--attn"),
-    "lr_schedule": (LrSchedule, "--lr-schedule"), "report_to": (ReportTo, "--report-to"),
-    "quant": (Quant, "--quant"), "optim": (Optim, "--optim"),
+    "precision": (Precision, "--precision"),
+    "offload": (Offload, "--offload"),
+    "attn": (Attention, "--attn"),
+    "lr_schedule": (LrSchedule, "--lr-schedule"),
+    "report_to": (ReportTo, "--report-to"),
+    "quant": (Quant, "--quant"),
+    "optim": (Optim, "--optim"),
 }
 
 
@@ -92,48 +111,66 @@ def read_run_file(path: Path) -> RunSpec:
     doc = read_json_object(path, "plan")
     if "candidates" in doc:
         if doc.get("run") is None:
-            raise FtoptError(f"The plan {path} has no recommended run (nothing fit, or it was written by an older "
-                             "ftopt); run 'ftopt plan --out' again.")
+            raise FtoptError(
+                f"The plan {path} has no recommended run (nothing fit, or it was written by an older "
+                "ftopt); run 'ftopt plan --out' again."
+            )
         doc = doc["run"]
     if doc.get("schema") != "ftopt.run/1":
         raise FtoptError(f"{path} is neither a plan written by 'ftopt plan --out' nor a run specification.")
     return RunSpec.model_validate(doc)
 
 
-def run_from_file(path: Path, *, model: ModelRef | None, given_setup: dict, given_combination: dict,
-                  note: Callable[[str], None]) -> RunSpec:
+def run_from_file(
+    path: Path, *, model: ModelRef | None, given_setup: dict, given_combination: dict, note: Callable[[str], None]
+) -> RunSpec:
     """The file's run; `model` replaces its model (one line says so); setup/combination flags are refused."""
     spec = read_run_file(path)
     clash = [k for k, v in {**given_setup, **given_combination}.items() if v is not None]
     if clash:
         flags = ", ".join(_FLAG_NAMES.get(k, "--" + k.replace("_", "-")) for k in clash)
-        raise FtoptError(f"{flags} would change what the plan {path} predicted; edit the plan (or plan again) "
-                         "instead of overriding it.")
+        raise FtoptError(
+            f"{flags} would change what the plan {path} predicted; edit the plan (or plan again) "
+            "instead of overriding it."
+        )
     if model is not None and model != spec.model:
-        note(f"note: the plan's model {spec.model.ref} is overridden by {model.ref} "
-             f"({'weights' if model.weights else 'random init'}); its predictions were made for {spec.model.ref}.")
+        note(
+            f"note: the plan's model {spec.model.ref} is overridden by {model.ref} "
+            f"({'weights' if model.weights else 'random init'}); its predictions were made for {spec.model.ref}."
+        )
         spec = spec.model_copy(update={"model": model})
     return spec
 
 
 def finish_run(spec: RunSpec, *, data: dict, schedule: dict, output: dict, hostfile: str | None = None) -> RunSpec:
     """Apply the data/schedule/output values a user gave on top of `spec`, validated as a whole."""
+
     def merged(obj, given: dict):
         return type(obj).model_validate({**obj.model_dump(), **_given(given)})
 
     # resume/overwrite say what to do with the folder *now*: a run file's values (bench writes overwrite=True) never
     # carry over to another invocation
     output = {"resume": False, "overwrite": False, **{k: v for k, v in output.items() if v is not None}}
-    doc = {"data": merged(spec.data, data), "schedule": merged(spec.schedule, schedule),
-           "output": merged(spec.output, output)}
+    doc = {
+        "data": merged(spec.data, data),
+        "schedule": merged(spec.schedule, schedule),
+        "output": merged(spec.output, output),
+    }
     if hostfile is not None:
         doc["hostfile"] = hostfile
     return RunSpec.model_validate({**spec.model_dump(by_alias=True), **doc})
 
 
 def new_run(hw: HardwareSpec, model: ModelRef, setup_: TrainingSetup, combo: Combination) -> RunSpec:
-    return RunSpec(model=model, hardware=hw, setup=setup_, combination=combo, data=DataSpec(), schedule=Schedule(),
-                   output=OutputSpec())
+    return RunSpec(
+        model=model,
+        hardware=hw,
+        setup=setup_,
+        combination=combo,
+        data=DataSpec(),
+        schedule=Schedule(),
+        output=OutputSpec(),
+    )
 
 
 def check(spec: RunSpec):

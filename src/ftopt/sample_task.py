@@ -7,11 +7,12 @@ letters and how to align an answer with its prompt. The fine-tuning task is a fo
 letter one step *backward*), whose word is in the vocabulary but never appeared in pretraining: the base scores
 0% on it, and a run must learn a new letter-to-letter table within the demo's steps.
 """
+
 from __future__ import annotations
 
 import random
 import string
-from typing import Callable
+from collections.abc import Callable
 
 LETTERS = string.ascii_lowercase
 PRETRAIN_OPS = ("copy", "shift", "reverse")
@@ -24,7 +25,10 @@ def _shift(word: list[str], k: int) -> list[str]:
 
 
 RULES: dict[str, Callable[[list[str]], list[str]]] = {
-    "copy": list, "shift": lambda w: _shift(w, 1), "reverse": lambda w: w[::-1], FINETUNE_OP: lambda w: _shift(w, -1),
+    "copy": list,
+    "shift": lambda w: _shift(w, 1),
+    "reverse": lambda w: w[::-1],
+    FINETUNE_OP: lambda w: _shift(w, -1),
 }
 
 

@@ -1,4 +1,5 @@
 """Units: everything is computed in bytes, seconds and FLOPs; conversion happens only for display."""
+
 from __future__ import annotations
 
 GiB = 2**30
@@ -22,8 +23,17 @@ def fmt_seconds(s: float) -> str:
     return f"{s:.2f} s" if s < 10 else f"{s:.0f} s"
 
 
-_BYTE_UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": GiB, "tib": 2**40,
-               "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_BYTE_UNITS = {
+    "b": 1,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": GiB,
+    "tib": 2**40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
 
 
 def parse_bytes(text: str, flag: str, bare_unit: str = "gib") -> int:

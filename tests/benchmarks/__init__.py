@@ -1,4 +1,5 @@
 """Tests of the benchmark scripts' logic (benchmarks/ is not a package, so they are loaded from their files)."""
+
 import importlib.util
 from pathlib import Path
 

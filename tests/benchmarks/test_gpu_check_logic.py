@@ -1,5 +1,6 @@
 """The GPU check (benchmarks/gpu_check.sh -> gpu_check.py) cannot run here; its logic can: it refuses with what is
 missing, its scenarios are valid `ftopt train` runs, and its comparison turns a metrics.json into the right errors."""
+
 import json
 import subprocess
 import sys
@@ -19,17 +20,19 @@ def test_fails_fast_naming_what_is_missing(gc):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    p = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
-                       env={"PY": sys.executable, "PATH": "/usr/bin:/bin"})
+    p = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        env={"PY": sys.executable, "PATH": "/usr/bin:/bin"},
+    )
     assert p.returncode == 2 and "missing a CUDA build of torch" in p.stderr and "flash-attn" in p.stderr
 
 
 def test_scenarios_are_valid_train_runs(gc):
     from typer.testing import CliRunner
 
-    from ftopt import resolve
     from ftopt.cli import app
-    from ftopt.spec import load_hardware
 
     names = [n for n, _ in gc.SCENARIOS]
     assert {"lora-flash-8b", "full-gc-0.5b", "lora-zero2-8b", "qlora-gc-8b"} <= set(names)
@@ -46,11 +49,21 @@ def test_compare_reports_signed_errors(gc):
     from ftopt.spec import Combination
 
     gib = 2**30
-    m = {"label": "LoRA r16 + flash", "combination": {"lora_r": 16, "attn": "flash"}, "mfu": 0.4,
-         "measured": {"peak_bytes_per_gpu": 20 * gib, "peak_reserved_bytes_per_gpu": 22 * gib,
-                      "device_used_bytes_per_gpu": 24 * gib, "step_seconds": 1.0},
-         "predicted": {"analytic": {"peak_bytes_per_gpu": 21 * gib, "step_seconds": 0.9},
-                       "traced": {"peak_bytes_per_gpu": 20 * gib, "step_seconds": 0.9}}}
+    m = {
+        "label": "LoRA r16 + flash",
+        "combination": {"lora_r": 16, "attn": "flash"},
+        "mfu": 0.4,
+        "measured": {
+            "peak_bytes_per_gpu": 20 * gib,
+            "peak_reserved_bytes_per_gpu": 22 * gib,
+            "device_used_bytes_per_gpu": 24 * gib,
+            "step_seconds": 1.0,
+        },
+        "predicted": {
+            "analytic": {"peak_bytes_per_gpu": 21 * gib, "step_seconds": 0.9},
+            "traced": {"peak_bytes_per_gpu": 20 * gib, "step_seconds": 0.9},
+        },
+    }
     row = gc.compare("x", m, 10.0)
     assert row["analytic_allocated_error"] == pytest.approx(0.05)
     assert row["traced_allocated_error"] == pytest.approx(0.0)

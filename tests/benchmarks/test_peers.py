@@ -1,5 +1,6 @@
 """benchmarks/peers.py applies each peer's rule as documented, reads the measured runs generically and aggregates
 errors right. Hand numbers below come from a tiny llama config counted by hand, not from the script."""
+
 import json
 
 import pytest
@@ -7,9 +8,17 @@ import pytest
 from tests.benchmarks import load_benchmark
 
 # hidden 64, 4 heads of 16, 2 KV heads (kv dim 32), MLP 128, 2 layers, vocabulary 100, untied LM head.
-TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "max_position_embeddings": 128,
-        "tie_word_embeddings": False}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 100,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": False,
+}
 # per layer: q 64*64 + k 64*32 + v 64*32 + o 64*64 = 12288; gate, up, down 3*64*128 = 24576; 2 RMSNorms 128
 LAYER_PARAMS = 12288 + 24576 + 128
 BASE_PARAMS = 100 * 64 + 2 * LAYER_PARAMS + 64  # embedding + layers + final norm = 80448 (AutoModel: no LM head)
@@ -29,8 +38,20 @@ def tiny(peers, monkeypatch):
 
 
 def _row(arch="peers-tiny", **kw):
-    return {"arch": arch, "lora_r": 0, "gc": False, "attn": "sdpa", "precision": "fp32", "quant": "none",
-            "optim": "adamw", "zero": 0, "processes": 1, "seq": 32, "batch": 2, **kw}
+    return {
+        "arch": arch,
+        "lora_r": 0,
+        "gc": False,
+        "attn": "sdpa",
+        "precision": "fp32",
+        "quant": "none",
+        "optim": "adamw",
+        "zero": 0,
+        "processes": 1,
+        "seq": 32,
+        "batch": 2,
+        **kw,
+    }
 
 
 def test_sixteen_bytes_per_parameter_counts_every_parameter_once(peers, tiny):
@@ -76,8 +97,9 @@ def test_rows_come_from_every_result_file_once_with_the_defaults_filled(peers, t
     run = {"arch": "a", "lora_r": 0, "gc": False, "attn": "eager", "precision": "fp32", "measured_bytes": 1}
     zero = {"arch": "a", "zero": 3, "lora_r": 0, "gc": True, "precision": "fp32", "processes": 2, "measured_bytes": 2}
     (tmp_path / "estimate_accuracy.json").write_text(json.dumps({"rows": [run], "seq_len": 256, "micro_batch": 2}))
-    (tmp_path / "estimate_accuracy_x_0.json").write_text(json.dumps({"rows": [run, {**run, "seq": 1024, "batch": 1}],
-                                                                     "zero_rows": [zero]}))
+    (tmp_path / "estimate_accuracy_x_0.json").write_text(
+        json.dumps({"rows": [run, {**run, "seq": 1024, "batch": 1}], "zero_rows": [zero]})
+    )
     (tmp_path / "other.json").write_text(json.dumps({"rows": [run]}))
     rows = peers.load_rows(tmp_path)
     assert [(r["seq"], r["batch"], r.get("zero")) for r in rows] == [(256, 2, 0), (1024, 1, 0), (256, 2, 3)]

@@ -1,4 +1,5 @@
 """Each memory term against a hand-worked llama-2-7b example, and ZeRO scaling with GPU count."""
+
 import pytest
 
 from ftopt.errors import FtoptError
@@ -123,7 +124,8 @@ def test_ddp_over_several_gpus_holds_a_second_copy_of_the_gradients_in_its_bucke
     assert two.peak_bytes_per_gpu - one.peak_bytes_per_gpu == grads
     reserve = 1 + analytic.ALLOCATOR_RESERVE_FRACTION
     assert two.device_bytes_per_gpu - int(two.peak_bytes_per_gpu * reserve) == (
-        analytic.CUDA_CONTEXT_BYTES + analytic.NCCL_BUFFER_BYTES)
+        analytic.CUDA_CONTEXT_BYTES + analytic.NCCL_BUFFER_BYTES
+    )
     assert one.device_bytes_per_gpu - int(one.peak_bytes_per_gpu * reserve) == analytic.CUDA_CONTEXT_BYTES
     # on a CPU (gloo) the buckets exist but there is no NCCL and no CUDA context
     cpu = analytic.device_bytes(two.peak_bytes_per_gpu, c, is_cpu=True, world_size=2)
@@ -141,8 +143,8 @@ def test_zero3_live_parameters_are_bounded_by_the_model():
     st = analytic.storage(setup.precision, Combination(zero=3))
     s = analytic.zero_states(small, setup, Combination(zero=3), st)
     # beside the gathered parameters: stage 3's one reduce bucket (test_zero3_buffers checks it on a real engine)
-    assert analytic.reduce_bucket_bytes(small, Combination(zero=3), st) == small.hidden_size ** 2 * st.grad
-    assert s.buffers - small.hidden_size ** 2 * st.grad == small.param_count() * st.frozen_weight
+    assert analytic.reduce_bucket_bytes(small, Combination(zero=3), st) == small.hidden_size**2 * st.grad
+    assert s.buffers - small.hidden_size**2 * st.grad == small.param_count() * st.frozen_weight
 
 
 @pytest.mark.parametrize("combo", [Combination(), Combination(lora_r=4)], ids=["full", "lora"])

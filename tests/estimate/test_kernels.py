@@ -1,5 +1,5 @@
 """The operator counts behind the time model's per-operator overhead term (estimate/kernels.py)."""
-import importlib.util
+
 import json
 from pathlib import Path
 
@@ -18,8 +18,11 @@ def version_mismatch(recorded: dict[str, str]) -> str | None:
     must not fail `make test`), or None. Local build tags (+cpu, +cu124) do not change the operators counted."""
     from importlib import metadata
 
-    diffs = [f"{name} {metadata.version(name).split('+')[0]} (counted with {want})"
-             for name, want in recorded.items() if metadata.version(name).split("+")[0] != want]
+    diffs = [
+        f"{name} {metadata.version(name).split('+')[0]} (counted with {want})"
+        for name, want in recorded.items()
+        if metadata.version(name).split("+")[0] != want
+    ]
     return ", ".join(diffs) or None
 
 
@@ -36,8 +39,10 @@ def test_table_matches_a_recount(family):
     or the installed torch/transformers/peft changed the step and the file must be regenerated."""
     mismatch = version_mismatch(TABLE["versions"])
     if mismatch:
-        pytest.skip(f"installed {mismatch}: operator counts are only comparable under the recorded versions; "
-                    "regenerate with benchmarks/count_kernels.py")
+        pytest.skip(
+            f"installed {mismatch}: operator counts are only comparable under the recorded versions; "
+            "regenerate with benchmarks/count_kernels.py"
+        )
     entry = TABLE["families"][family]
     spec = from_hf_config({"model_type": family, **entry["config"]}, family)
     for lora in (0, 8):
@@ -54,8 +59,10 @@ def test_every_family_has_the_main_variants():
 def test_operators_per_step_follow_the_optimizations():
     m = load_model("llama-2-7b")
     s = TrainingSetup(seq_len=2048)
-    full, gc, lora, lora_gc, eager = (kernels_per_step(m, s, Combination(**c)) for c in (
-        {}, {"gc": True}, {"lora_r": 16}, {"lora_r": 16, "gc": True}, {"attn": "eager"}))
+    full, gc, lora, lora_gc, eager = (
+        kernels_per_step(m, s, Combination(**c))
+        for c in ({}, {"gc": True}, {"lora_r": 16}, {"lora_r": 16, "gc": True}, {"attn": "eager"})
+    )
     assert full < gc and full < lora < lora_gc and full < eager
     # checkpointing re-runs the forward: roughly a third more operators per layer (forward ~ half of backward)
     assert 1.3 < gc / full < 1.8

@@ -4,6 +4,7 @@ The reference is a real step (forward with labels, backward, clip, fused AdamW, 
 by ftopt's own collator (TRL's), measured at the allocator (ftopt.measure.AllocatorPeak), not a restatement of the
 formulas: packed minus unpacked peak, real against predicted.
 """
+
 import pytest
 import torch
 
@@ -13,8 +14,15 @@ from ftopt.measure import AllocatorPeak
 from ftopt.spec import Combination, Precision, TrainingSetup, from_hf_config, load_hardware
 
 # small widths and a long row, so attention's per-layer tensors are a visible part of the step
-GQA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-       "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 128}
+GQA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+}
 SEQ, MB = 256, 2
 DOCS = (150, 106, 60, 90, 70, 36)  # two rows of 256 tokens: [150, 106] and [90, 70, 60, 36]
 
@@ -60,8 +68,9 @@ def _predicted(spec, combo: Combination, packed: bool, method: str) -> int:
     return estimate(spec, load_hardware("cpu"), setup, combo, method).peak_bytes_per_gpu
 
 
-@pytest.mark.parametrize("combo", [Combination(attn="sdpa"), Combination(attn="sdpa", gc=True, lora_r=4)],
-                         ids=["sdpa", "sdpa-lora-gc"])
+@pytest.mark.parametrize(
+    "combo", [Combination(attn="sdpa"), Combination(attn="sdpa", gc=True, lora_r=4)], ids=["sdpa", "sdpa-lora-gc"]
+)
 def test_packed_sdpa_costs_what_a_real_step_on_the_collators_batch_costs(combo):
     spec = from_hf_config(GQA, "gqa")
     real = {p: _measured_peak_bytes(spec, combo, _batch(p)) for p in (False, True)}
@@ -88,15 +97,20 @@ def test_packed_eager_keeps_what_unpacked_eager_keeps():
 def test_a_mask_costs_sdpa_its_causal_skip():
     """SDPA given a mask computes every score (no causal block skipping); flash on packed rows stays causal."""
     spec = from_hf_config(GQA, "gqa")
-    flops = {(attn, p): step_flops(spec, TrainingSetup(seq_len=SEQ, micro_batch=MB, packing=p), Combination(attn=attn))
-             for attn in ("sdpa", "eager", "flash") for p in (False, True)}
+    flops = {
+        (attn, p): step_flops(spec, TrainingSetup(seq_len=SEQ, micro_batch=MB, packing=p), Combination(attn=attn))
+        for attn in ("sdpa", "eager", "flash")
+        for p in (False, True)
+    }
     assert flops[("sdpa", False)] < flops[("sdpa", True)] == flops[("eager", True)] == flops[("eager", False)]
     assert flops[("flash", True)] == flops[("flash", False)] == flops[("sdpa", False)]
 
 
-
 def test_an_unpacked_estimate_says_it_assumes_full_rows():
     spec, hw = from_hf_config(GQA, "gqa"), load_hardware("cpu")
-    note = lambda packing: [n for n in estimate(spec, hw, TrainingSetup(seq_len=SEQ, packing=packing), Combination()).notes
-                            if "--seq-len" in n]
+    note = lambda packing: [
+        n
+        for n in estimate(spec, hw, TrainingSetup(seq_len=SEQ, packing=packing), Combination()).notes
+        if "--seq-len" in n
+    ]
     assert note(False) and f"--seq-len {SEQ} tokens" in note(False)[0] and not note(True)

@@ -1,8 +1,10 @@
 """Quantized bases and bitsandbytes optimizers: the formulas against their sources and against real bitsandbytes."""
+
 import pytest
 
 from ftopt import estimate
-from ftopt.estimate import analytic, quant as q8
+from ftopt.estimate import analytic
+from ftopt.estimate import quant as q8
 from ftopt.spec import Combination, Quant, TrainingSetup, load_hardware, load_model
 
 
@@ -27,8 +29,11 @@ def test_quantized_weight_bytes_match_real_bitsandbytes():
         w = q.weight
         if quant is Quant.NF4:
             qs = w.quant_state
-            real = (w.numel() * w.element_size() + qs.absmax.numel() * qs.absmax.element_size()
-                    + qs.state2.absmax.numel() * qs.state2.absmax.element_size())
+            real = (
+                w.numel() * w.element_size()
+                + qs.absmax.numel() * qs.absmax.element_size()
+                + qs.state2.absmax.numel() * qs.state2.absmax.element_size()
+            )
             assert isinstance(q, bnb.nn.Linear4bit) and qs.nested
         else:
             real = w.numel() * w.element_size() + w.SCB.numel() * w.SCB.element_size()
@@ -61,7 +66,8 @@ def test_eight_bit_states_skip_embeddings_and_small_tensors():
     # elements, so they are 8-bit like the linears (bitsandbytes falls back to 32 bits only below 4096)
     big = m.param_count() - emb
     assert dev == 8 * emb + 2 * big + 8 * sum(
-        t.count * -(-t.numel // 256) for t in q8.trainable_tensors(m, full8) if q8._eight_bit(t))
+        t.count * -(-t.numel // 256) for t in q8.trainable_tensors(m, full8) if q8._eight_bit(t)
+    )
     assert paged == 0
     small = q8.bnb_optimizer_bytes(load_model("qwen2.5-0.5b"), full8, on_gpu=True)[0]  # h = 896 < 4096: fp32 norms
     assert small > 2 * load_model("qwen2.5-0.5b").param_count()
@@ -85,7 +91,9 @@ def test_cpu_step_temporaries_only_on_cpu():
 def test_qlora_13b_weights_and_fit_on_24gb():
     m, hw = load_model("llama-2-13b"), load_hardware("rtx4090")
     setup = TrainingSetup(seq_len=2048)
-    bf16 = analytic.zero_states(m, setup, Combination(lora_r=16), analytic.storage(setup.precision, Combination(lora_r=16)))
+    bf16 = analytic.zero_states(
+        m, setup, Combination(lora_r=16), analytic.storage(setup.precision, Combination(lora_r=16))
+    )
     qc = Combination(lora_r=16, quant="nf4", gc=True, attn="flash")
     nf4 = analytic.zero_states(m, setup, qc, analytic.storage(setup.precision, qc))
     assert 3.0 < bf16.weights / nf4.weights < 4.0  # 16-bit -> ~4.1 bits, fp32 embeddings and head
@@ -117,4 +125,7 @@ def test_traced_runs_quantized_and_8bit_with_stand_ins():
     oc = Combination(optim="adamw-8bit")
     fp32 = TrainingSetup(seq_len=32, micro_batch=2, precision="fp32")
     bd8, phase, _ = traced_memory(m, fp32, oc, target="cpu", layers=None)
-    assert phase == "optimizer step" and bd8.optimizer_states == analytic.memory(m, fp32, oc, on_gpu=False)[0].optimizer_states
+    assert (
+        phase == "optimizer step"
+        and bd8.optimizer_states == analytic.memory(m, fp32, oc, on_gpu=False)[0].optimizer_states
+    )

@@ -1,8 +1,15 @@
 import pytest
 
 from ftopt.estimate.analytic import trainable_params
+from ftopt.estimate.time import (
+    COMM_OVERLAP_FRACTION,
+    comm_seconds,
+    forward_flops_per_token,
+    lm_head_flops_per_token,
+    step_flops,
+    step_time,
+)
 from ftopt.policy import storage
-from ftopt.estimate.time import COMM_OVERLAP_FRACTION, comm_seconds, forward_flops_per_token, lm_head_flops_per_token, step_flops, step_time
 from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
 
 
@@ -37,6 +44,7 @@ def test_zero3_and_offload_add_time_across_gpus():
 
 def test_epoch_scales_with_dataset_tokens():
     from ftopt import estimate
+
     m, hw = load_model("llama-2-7b"), load_hardware("a100-80g")
     a = estimate(m, hw, TrainingSetup(dataset_tokens=10 * 2048), Combination(lora_r=8))
     b = estimate(m, hw, TrainingSetup(dataset_tokens=20 * 2048, epochs=2), Combination(lora_r=8))
@@ -59,6 +67,7 @@ A100 = load_hardware("a100-80g")
 
 def test_second_node_adds_inter_node_communication_and_halves_the_steps():
     from ftopt import estimate
+
     m = load_model("llama-2-7b")
     one = TrainingSetup(seq_len=2048, gpus_per_node=8, nodes=1, dataset_tokens=2048 * 16 * 100)
     two = one.model_copy(update={"nodes": 2})
@@ -119,8 +128,18 @@ def test_cpu_prices_bitsandbytes_at_its_measured_rate_not_memory_bandwidth():
     8-bit step *faster*. A GPU preset keeps the memory-bound assumption (no measured rate)."""
     from ftopt.spec import from_hf_config, load_hardware
 
-    spec = from_hf_config({"model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6,
-                           "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 8000}, "quant-time")
+    spec = from_hf_config(
+        {
+            "model_type": "llama",
+            "hidden_size": 512,
+            "intermediate_size": 1376,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "vocab_size": 8000,
+        },
+        "quant-time",
+    )
     setup = TrainingSetup(seq_len=128, micro_batch=4, precision="fp32")
     cpu = load_hardware("cpu")
 

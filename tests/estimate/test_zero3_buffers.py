@@ -2,6 +2,7 @@
 DeepSpeed config through Hugging Face Trainer, one CPU rank over gloo, in a child process), against the analytic
 terms: the gradient partition buffer exists before the first forward (so it counts in the forward/backward peak,
 which the formula missed before), and the contiguous-gradients bucket is the one reduce_bucket_size buffer."""
+
 from __future__ import annotations
 
 import json
@@ -61,12 +62,30 @@ def test_zero3_gradient_buffer_and_bucket_match_a_real_engine(tmp_path):
     # seq 128: the loss tensors make forward/backward the peak, the phase the old formula counted without gradients
     setup = TrainingSetup(seq_len=128, micro_batch=2, precision=Precision.FP32)
     combo = Combination(zero=3, attn="eager")
-    spec = RunSpec(model={"ref": "tiny-llama"}, hardware=load_hardware("cpu"), setup=setup, combination=combo,
-                   schedule={"max_steps": 1}, output={"dir": str(tmp_path / "run")})
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
-           "LOCAL_RANK": "0", "WORLD_SIZE": "1", "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, "-c", CHILD, spec.model_dump_json(by_alias=True)], capture_output=True,
-                       text=True, env=env, timeout=600)
+    spec = RunSpec(
+        model={"ref": "tiny-llama"},
+        hardware=load_hardware("cpu"),
+        setup=setup,
+        combination=combo,
+        schedule={"max_steps": 1},
+        output={"dir": str(tmp_path / "run")},
+    )
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, spec.model_dump_json(by_alias=True)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     real = json.loads(p.stdout.strip().splitlines()[-1])
     assert real["type"] == "DeepSpeedZeroOptimizer_Stage3"

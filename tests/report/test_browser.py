@@ -1,6 +1,7 @@
 """The report in a real browser: both languages rendered by headless Chromium; every chart must decode, and
 Japanese text must be drawn with real glyphs, not missing-glyph boxes. In CI (.ci/run sets
 FTOPT_REQUIRE_CHROMIUM) a missing browser fails the test; on a user's machine it skips with a message."""
+
 import os
 import re
 import shutil
@@ -14,8 +15,10 @@ from ftopt.report.text import TEXT
 from tests.report.test_report import ROWS
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-PROBE = ("<script>addEventListener('load',()=>{document.body.setAttribute('data-images',"
-         "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length)})</script>")
+PROBE = (
+    "<script>addEventListener('load',()=>{document.body.setAttribute('data-images',"
+    "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length)})</script>"
+)
 
 
 @pytest.fixture
@@ -29,15 +32,27 @@ def chromium():
 
 
 def _run(chromium, tmp_path, *args) -> str:
-    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'prof'}"]
+    base = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'prof'}",
+    ]
     return subprocess.run(base + list(args), check=True, timeout=120, capture_output=True, text=True).stdout
 
 
 def _shot(chromium, tmp_path, name: str, body: str, size="600,120") -> bytes:
     page = tmp_path / f"{name}.html"
-    page.write_text(f"<!DOCTYPE html><html lang='ja'><head><meta charset='utf-8'><style>{CSS}"
-                    "body{margin:0;font-size:40px}</style></head><body>" + body + "</body></html>", encoding="utf-8")
+    page.write_text(
+        f"<!DOCTYPE html><html lang='ja'><head><meta charset='utf-8'><style>{CSS}"
+        "body{margin:0;font-size:40px}</style></head><body>" + body + "</body></html>",
+        encoding="utf-8",
+    )
     shot = tmp_path / f"{name}.png"
     _run(chromium, tmp_path, f"--screenshot={shot}", f"--window-size={size}", page.as_uri())
     import matplotlib.image as mpimg
@@ -63,8 +78,9 @@ def test_japanese_text_draws_real_glyphs(tmp_path, chromium):
     identically, and like characters no font has (private-use code points)."""
     fc = shutil.which("fc-list")
     if fc:
-        assert subprocess.run([fc, ":lang=ja", "family"], capture_output=True, text=True).stdout.strip(), \
+        assert subprocess.run([fc, ":lang=ja", "family"], capture_output=True, text=True).stdout.strip(), (
             "no font on this machine covers Japanese (install fonts-noto-cjk)"
+        )
     a = _shot(chromium, tmp_path, "a", "評価損失と品質目標")
     b = _shot(chromium, tmp_path, "b", "年間費用と時間予算")
     tofu = _shot(chromium, tmp_path, "tofu", "".join(chr(0xF0000 + i) for i in range(9)))

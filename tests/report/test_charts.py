@@ -1,8 +1,7 @@
 """Charts: Japanese drawn with a font that has every glyph (matplotlib warns 'Glyph ... missing' otherwise),
 colours fixed per technique, labels that do not overlap, the recommended run starred."""
-import warnings
 
-import pytest
+import warnings
 
 from ftopt.quality import QualityTarget
 from ftopt.report.charts import FONTS, charts, colour, place_labels, register_fonts
@@ -41,13 +40,24 @@ def test_the_glyph_check_catches_a_font_without_japanese():
             ax.set_xlabel(TEXT["ja"]["ax_loss"])
             fig.canvas.draw()
             plt.close(fig)
+
     assert _missing_glyph_warnings(draw)
 
 
 def test_colours_are_fixed_per_technique():
     assert colour(LORA) == colour(dict(LORA, attn="eager"))  # attention is a marker, not a colour
-    assert len({colour(FULL), colour(LORA), colour(dict(LORA, gc=True)), colour(dict(LORA, zero=2)),
-                colour(dict(FULL, gc=True))}) == 5
+    assert (
+        len(
+            {
+                colour(FULL),
+                colour(LORA),
+                colour(dict(LORA, gc=True)),
+                colour(dict(LORA, zero=2)),
+                colour(dict(FULL, gc=True)),
+            }
+        )
+        == 5
+    )
 
 
 def test_labels_do_not_overlap_even_for_clustered_points():
@@ -78,6 +88,7 @@ def test_recommended_run_is_starred_on_the_pareto_chart(monkeypatch):
         if kw.get("marker") == "*":
             starred.append((list(x), list(y)))
         return real(self, x, y, *a, **kw)
+
     monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
     rows = [row("slow", epoch=20, em=0.9), row("chosen", epoch=10, em=0.9, peak=50 * 2**20)]
     d = decide(rows, QualityTarget.parse("exact_match>=0.5"))
@@ -90,8 +101,16 @@ def test_quantized_bases_and_bnb_optimizers_have_their_own_colours():
     qlora, int8 = dict(LORA, quant="nf4", optim="adamw"), dict(LORA, quant="int8", optim="adamw")
     adam8, paged8 = dict(FULL, quant="none", optim="adamw-8bit"), dict(FULL, quant="none", optim="paged-adamw-8bit")
     study = [dict(base, gc=gc, zero=z) for base in (FULL, LORA) for gc in (False, True) for z in range(4)]
-    new = [qlora, int8, adam8, paged8, dict(qlora, optim="adamw-8bit"), dict(LORA, optim="adamw-8bit"),
-           dict(qlora, gc=True), dict(adam8, gc=True)]
+    new = [
+        qlora,
+        int8,
+        adam8,
+        paged8,
+        dict(qlora, optim="adamw-8bit"),
+        dict(LORA, optim="adamw-8bit"),
+        dict(qlora, gc=True),
+        dict(adam8, gc=True),
+    ]
     colours = [colour(c) for c in study + new]
     assert len(set(colours)) == len(colours)  # every family (and its GC shade) distinct
     assert colour(qlora) == colour(dict(qlora, quant="fp4"))  # 4-bit bases are one family (QLoRA)

@@ -1,5 +1,6 @@
 """Production projection: money and GPU-hours follow from the planner's time, per run and per year; the time
 budget check; the next-cheapest alternative; the staged roadmap; and the report command's flags."""
+
 import json
 
 import pytest
@@ -10,8 +11,18 @@ from ftopt.report.projection import PILOT_DATA_FRACTION, ProductionTarget, plan_
 from ftopt.spec import Combination
 from tests.report.test_report import FULL, LORA, ROWS, row
 
-TARGET = dict(model="tiny-llama", gpu="a100-80g", gpus_per_node=8, dataset_tokens=1_000_000_000, epochs=1.0,
-              retrains_per_year=12, cost_per_gpu_hour=3.0, currency="USD", seq_len=512, micro_batch=8)
+TARGET = dict(
+    model="tiny-llama",
+    gpu="a100-80g",
+    gpus_per_node=8,
+    dataset_tokens=1_000_000_000,
+    epochs=1.0,
+    retrains_per_year=12,
+    cost_per_gpu_hour=3.0,
+    currency="USD",
+    seq_len=512,
+    micro_batch=8,
+)
 
 
 def test_projection_cost_is_gpu_hours_times_price_and_scales_with_data():
@@ -30,9 +41,12 @@ def test_projection_cost_is_gpu_hours_times_price_and_scales_with_data():
 def test_plan_production_alternative_and_roadmap():
     t = ProductionTarget(**TARGET)
     chosen, alt = row("LoRA", combination=LORA), row("full", combination=FULL)
-    plan = plan_production(t, chosen, [chosen, alt, row("LoRA again", combination=LORA)], poc_gpu_hours=0.02,
-                           poc_cost=None)
-    assert plan.alternative is not None and plan.alternative.label == "full"  # the chosen one is not its own alternative
+    plan = plan_production(
+        t, chosen, [chosen, alt, row("LoRA again", combination=LORA)], poc_gpu_hours=0.02, poc_cost=None
+    )
+    assert (
+        plan.alternative is not None and plan.alternative.label == "full"
+    )  # the chosen one is not its own alternative
     assert [s.name for s in plan.stages] == ["poc", "pilot", "production"]
     poc, pilot, prod = plan.stages
     assert poc.measured and poc.gpu_hours == 0.02 and poc.cost is None
@@ -42,24 +56,49 @@ def test_plan_production_alternative_and_roadmap():
 
 def test_report_command_projects_production(tmp_path):
     results = tmp_path / "results.jsonl"
-    rows = [dict(r, sweep={"model_args": ["--random-init", "tiny-llama"], "seq_len": 64, "micro_batch": 8})
-            for r in ROWS]
+    rows = [
+        dict(r, sweep={"model_args": ["--random-init", "tiny-llama"], "seq_len": 64, "micro_batch": 8}) for r in ROWS
+    ]
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = CliRunner().invoke(app, ["report", str(results), "--out", str(tmp_path / "rep"), "--target-gpu", "a100-80g",
-                                   "--target-gpus", "8", "--dataset-tokens", "1000000000", "--retrains-per-year", "12",
-                                   "--cost-per-gpu-hour", "3", "--currency", "USD", "--quality-target",
-                                   "exact_match>=0.5", "--max-hours", "10"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "report",
+            str(results),
+            "--out",
+            str(tmp_path / "rep"),
+            "--target-gpu",
+            "a100-80g",
+            "--target-gpus",
+            "8",
+            "--dataset-tokens",
+            "1000000000",
+            "--retrains-per-year",
+            "12",
+            "--cost-per-gpu-hour",
+            "3",
+            "--currency",
+            "USD",
+            "--quality-target",
+            "exact_match>=0.5",
+            "--max-hours",
+            "10",
+        ],
+    )
     assert res.exit_code == 0, res.output
     md = (tmp_path / "rep" / "report.en.md").read_text()
     assert "per year at 12 runs a year" in md and "USD" in md and "## Roadmap" in md
     assert "within the budget of 10.0 h" in md
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--quality-target", "exact_match=0.5"], "METRIC>=VALUE"),
-    (["--target-gpu", "a100-80g"], "Give --target-gpu and --dataset-tokens together"),
-    (["--target-gpu", "no-such-gpu", "--dataset-tokens", "1000"], "no-such-gpu"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--quality-target", "exact_match=0.5"], "METRIC>=VALUE"),
+        (["--target-gpu", "a100-80g"], "Give --target-gpu and --dataset-tokens together"),
+        (["--target-gpu", "no-such-gpu", "--dataset-tokens", "1000"], "no-such-gpu"),
+    ],
+)
 def test_report_flag_errors_are_one_line(tmp_path, args, fragment):
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in ROWS))

@@ -1,5 +1,6 @@
 """Report in both languages with hostile strings; the decision's three points; the quality bar (met, not met,
 nothing learned); 'no memory technique needed'; production projection and roadmap; zero successful runs."""
+
 import pytest
 
 from ftopt.quality import QualityTarget
@@ -12,12 +13,30 @@ FULL = {**LORA, "lora_r": 0}
 
 
 def row(label, status="ok", loss=1.0, epoch=10.0, peak=100 * 2**20, gpus=1, em=0.5, combination=LORA):
-    r = {"key": label, "label": label, "status": status, "gpus": gpus, "combination": dict(combination),
-         "sweep": {"model_args": [], "seq_len": 64, "micro_batch": 8},
-         "predicted": {"analytic": {"peak_bytes_per_gpu": int(peak * 1.02), "breakdown": {"weights": peak // 2, "activations": peak // 2}}}}
+    r = {
+        "key": label,
+        "label": label,
+        "status": status,
+        "gpus": gpus,
+        "combination": dict(combination),
+        "sweep": {"model_args": [], "seq_len": 64, "micro_batch": 8},
+        "predicted": {
+            "analytic": {
+                "peak_bytes_per_gpu": int(peak * 1.02),
+                "breakdown": {"weights": peak // 2, "activations": peak // 2},
+            }
+        },
+    }
     if status == "ok":
-        r["measured"] = {"peak_bytes_per_gpu": peak, "epoch_seconds": epoch, "eval_loss": loss, "exact_match": em,
-                         "step_seconds": 0.1, "train_seconds": 36.0, "quality": {"exact_match": em, "token_f1": em}}
+        r["measured"] = {
+            "peak_bytes_per_gpu": peak,
+            "epoch_seconds": epoch,
+            "eval_loss": loss,
+            "exact_match": em,
+            "step_seconds": 0.1,
+            "train_seconds": 36.0,
+            "quality": {"exact_match": em, "token_f1": em},
+        }
     else:
         r["error_tail"] = "CUDA out of memory"
     return r
@@ -29,8 +48,9 @@ EM = QualityTarget.parse("exact_match>=0.5")
 
 @pytest.mark.parametrize("lang", ["en", "ja"])
 def test_report_both_languages_escapes_strings(tmp_path, lang):
-    paths = build_report(ROWS, tmp_path, lang=lang, title=HOSTILE, hardware=HOSTILE, cost_per_gpu_hour=2.0,
-                         currency="<b>€</b>")
+    paths = build_report(
+        ROWS, tmp_path, lang=lang, title=HOSTILE, hardware=HOSTILE, cost_per_gpu_hour=2.0, currency="<b>€</b>"
+    )
     h = paths["html"].read_text()
     assert "<script>" not in h and "&lt;script&gt;" in h and "<b>€</b>" not in h
     assert h.count("data:image/png;base64,") == 4  # self-contained charts
@@ -61,7 +81,9 @@ def test_no_run_meets_the_target_and_nothing_to_scale(tmp_path):
     assert "No run met it; the closest was b at 31.0%" in h and "There is nothing to scale yet" in h
 
 
-@pytest.mark.parametrize("lang,text", [("en", "Nothing of the task was learned"), ("ja", "タスクはまったく学習されていません")])
+@pytest.mark.parametrize(
+    "lang,text", [("en", "Nothing of the task was learned"), ("ja", "タスクはまったく学習されていません")]
+)
 def test_report_says_when_nothing_was_learned(tmp_path, lang, text):
     rows = [row("a", em=0.0), row("b", em=0.0)]
     assert not decide(rows, EM).learned
@@ -75,8 +97,9 @@ def test_no_memory_technique_needed(tmp_path, lang, text):
 
 
 def test_every_row_has_gpu_count_and_gpu_hours(tmp_path):
-    md = build_report([row("zero2", gpus=2, epoch=3600, em=0.9)], tmp_path, lang="en",
-                      quality_target=EM)["markdown"].read_text()
+    md = build_report([row("zero2", gpus=2, epoch=3600, em=0.9)], tmp_path, lang="en", quality_target=EM)[
+        "markdown"
+    ].read_text()
     header = next(l for l in md.splitlines() if l.startswith("| combination"))
     assert "GPUs" in header and "GPU-hours per epoch" in header
     cells = [c.strip() for c in next(l for l in md.splitlines() if l.startswith("| zero2")).split("|")[1:-1]]
@@ -85,8 +108,16 @@ def test_every_row_has_gpu_count_and_gpu_hours(tmp_path):
 
 @pytest.mark.parametrize("lang", ["en", "ja"])
 def test_production_projection_cost_per_run_and_year_with_roadmap(tmp_path, lang):
-    prod = production_target_for(ROWS, gpu="a100-80g", gpus_per_node=8, dataset_tokens=1_000_000_000,
-                                 retrains_per_year=12, cost_per_gpu_hour=3.0, currency="USD", max_hours=10)
+    prod = production_target_for(
+        ROWS,
+        gpu="a100-80g",
+        gpus_per_node=8,
+        dataset_tokens=1_000_000_000,
+        retrains_per_year=12,
+        cost_per_gpu_hour=3.0,
+        currency="USD",
+        max_hours=10,
+    )
     md = build_report(ROWS, tmp_path, lang=lang, quality_target=EM, production=prod)["markdown"].read_text()
     assert ("Production projection" if lang == "en" else "本番の予測") in md
     assert ("Roadmap" if lang == "en" else "段階的な進め方") in md and "USD" in md
@@ -105,16 +136,26 @@ def test_report_with_zero_successful_runs(tmp_path):
 
 @pytest.mark.parametrize("lang", ["en", "ja"])
 def test_report_states_the_calibration_check(tmp_path, lang):
-    cal = {"fit_runs": 7, "holdout_runs": 5, "holdout_median_abs_error": 0.03, "holdout_worst_abs_error": 0.038,
-           "spearman_rho": 1.0, "pairs_ordered": 6, "pairs_compared": 6}
+    cal = {
+        "fit_runs": 7,
+        "holdout_runs": 5,
+        "holdout_median_abs_error": 0.03,
+        "holdout_worst_abs_error": 0.038,
+        "spearman_rho": 1.0,
+        "pairs_ordered": 6,
+        "pairs_compared": 6,
+    }
     h = build_report(ROWS, tmp_path, lang=lang, calibration=cal)["html"].read_text()
     assert "3.0%" in h and "3.8%" in h and "1.00" in h and "6/6" in h
 
 
-@pytest.mark.parametrize("lang,text", [("en", "assume every sequence is --seq-len"), ("ja", "--seq-len のトークン数ちょうど")])
+@pytest.mark.parametrize(
+    "lang,text", [("en", "assume every sequence is --seq-len"), ("ja", "--seq-len のトークン数ちょうど")]
+)
 def test_unpacked_runs_say_the_prediction_assumes_full_rows(tmp_path, lang, text):
     """Predicted 35 MiB against a measured 16 MiB is explained where the results are: an unpacked run's batches
     are padded only to their longest row, the prediction assumes --seq-len rows."""
+
     def run(packing, where="setup"):
         r = row(f"packed={packing}")
         r["run"] = {"model": {"ref": "tiny-llama"}, "setup": {"seq_len": 64, "micro_batch": 8}, "data": {}}
@@ -133,8 +174,10 @@ def _results_on(tmp_path, *gpus):
     from ftopt.spec import load_hardware
 
     path = tmp_path / "results.jsonl"
-    lines = [{**row(f"run{i}", loss=1.0 + i / 100), "run": {"hardware": load_hardware(g).model_dump(mode="json")}}
-             for i, g in enumerate(gpus)]
+    lines = [
+        {**row(f"run{i}", loss=1.0 + i / 100), "run": {"hardware": load_hardware(g).model_dump(mode="json")}}
+        for i, g in enumerate(gpus)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     return path
 
@@ -151,9 +194,21 @@ def test_report_defaults_to_the_hardware_the_rows_ran_on(tmp_path):
     r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert "rtx4090" in (tmp_path / "rep" / "report.en.html").read_text()
-    s = report_settings(read_results(path), gpu=None, title=None, quality_target=None, target_gpu=None,
-                        target_gpus=1, target_nodes=1, dataset_tokens=None, epochs=1.0, retrains_per_year=1.0,
-                        cost_per_gpu_hour=None, currency="USD", max_hours=None)
+    s = report_settings(
+        read_results(path),
+        gpu=None,
+        title=None,
+        quality_target=None,
+        target_gpu=None,
+        target_gpus=1,
+        target_nodes=1,
+        dataset_tokens=None,
+        epochs=1.0,
+        retrains_per_year=1.0,
+        cost_per_gpu_hour=None,
+        currency="USD",
+        max_hours=None,
+    )
     assert s["hardware"] == "rtx4090" and s["capacity_bytes"] == load_hardware("rtx4090").memory_bytes
 
 
@@ -169,9 +224,13 @@ def test_report_rows_on_different_hardware_ask_for_gpu(tmp_path):
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.parametrize("lang,qlora,adam8", [("en", "QLoRA (NF4 base, rank 8)", "8-bit AdamW"),
-                                              ("ja", "QLoRA(ベースモデルをNF4で4ビット量子化、ランク8)",
-                                               "8ビット AdamW")])
+@pytest.mark.parametrize(
+    "lang,qlora,adam8",
+    [
+        ("en", "QLoRA (NF4 base, rank 8)", "8-bit AdamW"),
+        ("ja", "QLoRA(ベースモデルをNF4で4ビット量子化、ランク8)", "8ビット AdamW"),
+    ],
+)
 def test_quantized_base_and_8bit_optimizer_are_named_as_techniques(tmp_path, lang, qlora, adam8):
     best = row("QLoRA run", combination=dict(LORA, gc=True, quant="nf4", optim="adamw-8bit"))
     h = build_report([best], tmp_path, lang=lang)["html"].read_text()

@@ -30,18 +30,21 @@ def test_unknown_gpu_suggests():
         load_hardware("a100-80")
 
 
-@pytest.mark.parametrize("kw,fragment", [
-    (dict(offload="all", zero=2), "needs ZeRO stage 3, got stage 2"),
-    (dict(offload="optimizer", zero=0), "needs a ZeRO stage"),
-    (dict(zero=4), "less than or equal to 3"),
-    (dict(lora_r=-1), "greater than or equal to 0"),
-    (dict(lora_r=0, lora_targets=("q_proj",)), "lora_r is 0"),
-    (dict(gradient_checkpointing=True), "Extra inputs"),
-    (dict(quant="nf4"), "quant=nf4.*needs LoRA"),
-    (dict(quant="int8", lora_r=8, zero=3), "ZeRO stage 0, 1 or 2 only.*got stage 3"),
-    (dict(optim="adamw-8bit", zero=2), "optim=adamw-8bit.*ZeRO stage 2"),
-    (dict(quant="nf5", lora_r=8), "quant"),
-])
+@pytest.mark.parametrize(
+    "kw,fragment",
+    [
+        (dict(offload="all", zero=2), "needs ZeRO stage 3, got stage 2"),
+        (dict(offload="optimizer", zero=0), "needs a ZeRO stage"),
+        (dict(zero=4), "less than or equal to 3"),
+        (dict(lora_r=-1), "greater than or equal to 0"),
+        (dict(lora_r=0, lora_targets=("q_proj",)), "lora_r is 0"),
+        (dict(gradient_checkpointing=True), "Extra inputs"),
+        (dict(quant="nf4"), "quant=nf4.*needs LoRA"),
+        (dict(quant="int8", lora_r=8, zero=3), "ZeRO stage 0, 1 or 2 only.*got stage 3"),
+        (dict(optim="adamw-8bit", zero=2), "optim=adamw-8bit.*ZeRO stage 2"),
+        (dict(quant="nf5", lora_r=8), "quant"),
+    ],
+)
 def test_combination_rules(kw, fragment):
     with pytest.raises(ValidationError, match=fragment):
         Combination(**kw)
@@ -77,14 +80,31 @@ def test_presets_state_capability_and_kernels(name):
     assert "inter-node" in hw.source and "per GPU" in hw.source  # the bandwidth's source is cited
 
 
-@pytest.mark.parametrize("name,precision,attn,fragment", [
-    ("v100-32g", "bf16-mixed", "sdpa", "v100-32g cannot run bf16 (no bf16 units, compute capability 7.0); "
-                                       "use --precision fp32 or fp16-mixed."),
-    ("t4", "bf16-true", "eager", "t4 cannot run bf16 (no bf16 units, compute capability 7.5)"),
-    ("v100-16g", "fp16-mixed", "flash", "v100-16g cannot run flash attention (FlashAttention 2 needs compute "
-                                        "capability 8.0 or newer, this GPU has compute capability 7.0); use --attn eager or sdpa."),
-    ("cpu", "fp32", "flash", "cpu cannot run flash attention (flash attention needs a CUDA GPU); use --attn eager or sdpa."),
-])
+@pytest.mark.parametrize(
+    "name,precision,attn,fragment",
+    [
+        (
+            "v100-32g",
+            "bf16-mixed",
+            "sdpa",
+            "v100-32g cannot run bf16 (no bf16 units, compute capability 7.0); use --precision fp32 or fp16-mixed.",
+        ),
+        ("t4", "bf16-true", "eager", "t4 cannot run bf16 (no bf16 units, compute capability 7.5)"),
+        (
+            "v100-16g",
+            "fp16-mixed",
+            "flash",
+            "v100-16g cannot run flash attention (FlashAttention 2 needs compute "
+            "capability 8.0 or newer, this GPU has compute capability 7.0); use --attn eager or sdpa.",
+        ),
+        (
+            "cpu",
+            "fp32",
+            "flash",
+            "cpu cannot run flash attention (flash attention needs a CUDA GPU); use --attn eager or sdpa.",
+        ),
+    ],
+)
 def test_check_runs_refuses_in_one_sentence(name, precision, attn, fragment):
     with pytest.raises(FtoptError) as e:
         load_hardware(name).check_runs(Precision(precision), Attention(attn))
@@ -101,8 +121,12 @@ def test_check_runs_accepts_what_ampere_and_newer_run(name):
 
 def test_hardware_file_cannot_claim_flash_or_bf16_below_sm80(tmp_path):
     import json
+
     data = load_hardware("v100-32g").model_dump(mode="json")
-    for bad in ({"attention_kernels": ["eager", "sdpa", "flash"]}, {"peak_flops": {**data["peak_flops"], "bf16": 1e14}}):
+    for bad in (
+        {"attention_kernels": ["eager", "sdpa", "flash"]},
+        {"peak_flops": {**data["peak_flops"], "bf16": 1e14}},
+    ):
         f = tmp_path / "x.json"
         f.write_text(json.dumps({**data, **bad}))
         with pytest.raises(FtoptError, match="compute capability 8.0 or newer"):
@@ -111,6 +135,7 @@ def test_hardware_file_cannot_claim_flash_or_bf16_below_sm80(tmp_path):
 
 def test_old_per_node_bandwidth_key_is_named_in_the_error(tmp_path):
     import json
+
     data = load_hardware("a100-80g").model_dump(mode="json")
     data["inter_node_bandwidth_bytes_per_s"] = data.pop("inter_node_bandwidth_per_gpu_bytes_per_s")
     f = tmp_path / "old.json"
@@ -125,8 +150,12 @@ def test_load_hardware_never_applies_a_stored_calibration(tmp_path, monkeypatch)
     from pathlib import Path
 
     import ftopt.spec.hardware as mod
-    imported = {n.module for n in ast.walk(ast.parse(Path(mod.__file__).read_text()))
-                if isinstance(n, ast.ImportFrom) and n.module}
+
+    imported = {
+        n.module
+        for n in ast.walk(ast.parse(Path(mod.__file__).read_text()))
+        if isinstance(n, ast.ImportFrom) and n.module
+    }
     assert not any(m.startswith("ftopt.calibration") for m in imported)
     assert load_hardware("a100-80g").calibration is None
 

@@ -1,4 +1,5 @@
 """Hub ids through huggingface_hub against a stand-in Hub on 127.0.0.1 (tests/hubserver.py); no network."""
+
 import json
 from pathlib import Path
 
@@ -12,8 +13,15 @@ from ftopt.spec.hub import HubRef, hub_snapshot, parse_hub_id
 from tests.hubserver import FakeHub
 
 runner = CliRunner()
-TINY = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128)
+TINY = dict(
+    vocab_size=320,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
 
 
 def make_model(folder, **extra):
@@ -69,12 +77,15 @@ def add_bert(hub, tmp):
     hub.add("org/bert", tmp / "bert")
 
 
-@pytest.mark.parametrize("setup,ref,fragment", [
-    (lambda hub, tmp: None, "org/missing", "No model org/missing on the Hub"),
-    (lambda hub, tmp: hub.add("org/gated", tmp / "tiny", gated=True), "org/gated", "is gated"),
-    (lambda hub, tmp: hub.add("org/empty", tmp / "empty-repo"), "org/empty", "has no config.json"),
-    (lambda hub, tmp: add_bert(hub, tmp), "org/bert", "not a decoder-only language model"),
-])
+@pytest.mark.parametrize(
+    "setup,ref,fragment",
+    [
+        (lambda hub, tmp: None, "org/missing", "No model org/missing on the Hub"),
+        (lambda hub, tmp: hub.add("org/gated", tmp / "tiny", gated=True), "org/gated", "is gated"),
+        (lambda hub, tmp: hub.add("org/empty", tmp / "empty-repo"), "org/empty", "has no config.json"),
+        (lambda hub, tmp: add_bert(hub, tmp), "org/bert", "not a decoder-only language model"),
+    ],
+)
 def test_hub_errors_are_one_line_exit_2(hub, tmp_path, setup, ref, fragment):
     (tmp_path / "empty-repo").mkdir(exist_ok=True)
     (tmp_path / "empty-repo" / "README.md").write_text("no config")
@@ -130,11 +141,30 @@ def test_train_from_hub_id_and_reload_adapter_offline(hub, tmp_path, monkeypatch
     from peft import AutoPeftModelForCausalLM
 
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": "Hello there,", "completion": " how are you?"}) + "\n"
-                            for _ in range(16)))
+    data.write_text(
+        "".join(json.dumps({"prompt": "Hello there,", "completion": " how are you?"}) + "\n" for _ in range(16))
+    )
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--model", "org/tiny", "--data", str(data), "--lora-r", "4", "--max-steps", "2",
-                            "--out", str(out), "--seq-len", "32", "--micro-batch", "4"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "org/tiny",
+            "--data",
+            str(data),
+            "--lora-r",
+            "4",
+            "--max-steps",
+            "2",
+            "--out",
+            str(out),
+            "--seq-len",
+            "32",
+            "--micro-batch",
+            "4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "org/tiny"
@@ -147,8 +177,10 @@ def test_train_from_hub_id_and_reload_adapter_offline(hub, tmp_path, monkeypatch
         assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.shape == (1, 3, 320)
 
 
-@pytest.mark.parametrize("ref", ["./mymodel", "../models/foo", "/no/such/model", "~/no-such-ftopt-model",
-                                 "org/tiny.safetensors", "./org/tiny"])
+@pytest.mark.parametrize(
+    "ref",
+    ["./mymodel", "../models/foo", "/no/such/model", "~/no-such-ftopt-model", "org/tiny.safetensors", "./org/tiny"],
+)
 def test_path_like_model_that_does_not_exist_is_one_line_without_hub_lookup(hub, ref):
     assert parse_hub_id(ref) is None
     for cmd in (["estimate"], ["plan", "--gpu", "a100-80g"], ["train", "--max-steps", "1"]):
@@ -162,8 +194,9 @@ def test_org_name_is_local_when_that_folder_exists_else_hub(hub, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     local = tmp_path / "org" / "tiny"
     local.mkdir(parents=True)
-    (local / "config.json").write_text(json.dumps({**TINY, "model_type": "llama", "num_hidden_layers": 3,
-                                                   "architectures": ["LlamaForCausalLM"]}))
+    (local / "config.json").write_text(
+        json.dumps({**TINY, "model_type": "llama", "num_hidden_layers": 3, "architectures": ["LlamaForCausalLM"]})
+    )
     assert parse_hub_id("org/tiny") is None and load_model("org/tiny").num_layers == 3  # the local folder
     assert hub.requests == []
     local.joinpath("config.json").unlink()
@@ -206,8 +239,11 @@ def remote_folder(tmp_path, monkeypatch):
 
 
 def test_local_remote_code_is_refused_without_the_flag(remote_folder, tmp_path):
-    for cmd in (["train", "--model", str(remote_folder)], ["train", "--random-init", str(remote_folder / "config.json")],
-                ["bench", "--model", str(remote_folder), "--out", str(tmp_path / "b")]):
+    for cmd in (
+        ["train", "--model", str(remote_folder)],
+        ["train", "--random-init", str(remote_folder / "config.json")],
+        ["bench", "--model", str(remote_folder), "--out", str(tmp_path / "b")],
+    ):
         r = runner.invoke(app, [*cmd, "--max-steps", "1"])
         assert r.exit_code == 2, r.output
         assert "--trust-remote-code" in r.output and "auto_map" in r.output
@@ -245,10 +281,31 @@ def test_train_with_trust_remote_code_runs_the_repo_code(remote_folder, tmp_path
     mark = tmp_path / "built.txt"
     monkeypatch.setenv("FTOPT_TEST_REMOTE_MARK", str(mark))
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": "Hello there,", "completion": " how are you?"}) + "\n"
-                            for _ in range(16)))
-    r = runner.invoke(app, ["train", "--model", str(remote_folder), "--trust-remote-code", "--data", str(data),
-                            "--lora-r", "4", "--max-steps", "1", "--out", str(tmp_path / "run"), "--seq-len", "32",
-                            "--micro-batch", "4", "--eval-max-examples", "0"])
+    data.write_text(
+        "".join(json.dumps({"prompt": "Hello there,", "completion": " how are you?"}) + "\n" for _ in range(16))
+    )
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(remote_folder),
+            "--trust-remote-code",
+            "--data",
+            str(data),
+            "--lora-r",
+            "4",
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--seq-len",
+            "32",
+            "--micro-batch",
+            "4",
+            "--eval-max-examples",
+            "0",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert mark.read_text().startswith("built")  # the repo's own class built the trained model

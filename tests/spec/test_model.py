@@ -1,4 +1,5 @@
 """Parameter counts must equal sum(p.numel()) of the real transformers model, for every family and preset."""
+
 import json
 
 import pytest
@@ -9,18 +10,104 @@ from ftopt.errors import FtoptError
 from ftopt.spec import from_hf_config, load_model, preset_names
 
 TINY = {
-    "llama": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=100),
-    "llama-bias": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=100, attention_bias=True, mlp_bias=True),
-    "mistral": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, vocab_size=100),
-    "qwen2": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=100, tie_word_embeddings=True),
-    "gemma": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=32, vocab_size=100),
-    "gemma2": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=100),
-    "phi3": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, vocab_size=100, pad_token_id=0),
+    "llama": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    ),
+    "llama-bias": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=100,
+        attention_bias=True,
+        mlp_bias=True,
+    ),
+    "mistral": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        vocab_size=100,
+    ),
+    "qwen2": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        tie_word_embeddings=True,
+    ),
+    "gemma": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        vocab_size=100,
+    ),
+    "gemma2": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        vocab_size=100,
+    ),
+    "phi3": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=100,
+        pad_token_id=0,
+    ),
     "gpt_neox": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, vocab_size=100),
-    "falcon": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2, new_decoder_architecture=True, vocab_size=100),
-    "falcon-7b-style": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=True, parallel_attn=True, new_decoder_architecture=False, vocab_size=100),
-    "opt": dict(hidden_size=64, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4, vocab_size=100, word_embed_proj_dim=64, max_position_embeddings=128),
-    "opt-proj": dict(hidden_size=64, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4, vocab_size=100, word_embed_proj_dim=32, max_position_embeddings=128, do_layer_norm_before=False),
+    "falcon": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_kv_heads=2,
+        new_decoder_architecture=True,
+        vocab_size=100,
+    ),
+    "falcon-7b-style": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        multi_query=True,
+        parallel_attn=True,
+        new_decoder_architecture=False,
+        vocab_size=100,
+    ),
+    "opt": dict(
+        hidden_size=64,
+        ffn_dim=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=100,
+        word_embed_proj_dim=64,
+        max_position_embeddings=128,
+    ),
+    "opt-proj": dict(
+        hidden_size=64,
+        ffn_dim=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=100,
+        word_embed_proj_dim=32,
+        max_position_embeddings=128,
+        do_layer_norm_before=False,
+    ),
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=128),
 }
 
@@ -49,12 +136,21 @@ def test_param_count_matches_transformers_presets(preset):
 
 
 # Published parameter counts (model cards / safetensors index totals).
-@pytest.mark.parametrize("preset,count", [
-    ("llama-2-7b", 6_738_415_616), ("llama-2-13b", 13_015_864_320), ("llama-2-70b", 68_976_648_192),
-    ("llama-3.1-8b", 8_030_261_248), ("llama-3.1-70b", 70_553_706_496), ("mistral-7b", 7_241_732_096),
-    ("qwen2.5-0.5b", 494_032_768), ("qwen2.5-7b", 7_615_616_512), ("gemma-2-9b", 9_241_705_984),
-    ("phi-3-mini", 3_821_079_552),
-])
+@pytest.mark.parametrize(
+    "preset,count",
+    [
+        ("llama-2-7b", 6_738_415_616),
+        ("llama-2-13b", 13_015_864_320),
+        ("llama-2-70b", 68_976_648_192),
+        ("llama-3.1-8b", 8_030_261_248),
+        ("llama-3.1-70b", 70_553_706_496),
+        ("mistral-7b", 7_241_732_096),
+        ("qwen2.5-0.5b", 494_032_768),
+        ("qwen2.5-7b", 7_615_616_512),
+        ("gemma-2-9b", 9_241_705_984),
+        ("phi-3-mini", 3_821_079_552),
+    ],
+)
 def test_published_counts(preset, count):
     assert load_model(preset).param_count() == count
 
@@ -75,17 +171,25 @@ def test_model_folder_and_config_path(tmp_path):
     cfg = {"model_type": "llama", **TINY["llama"]}
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
-    assert load_model(str(tmp_path / "m")).param_count() == load_model(str(tmp_path / "m" / "config.json")).param_count()
+    assert (
+        load_model(str(tmp_path / "m")).param_count() == load_model(str(tmp_path / "m" / "config.json")).param_count()
+    )
 
 
-@pytest.mark.parametrize("content,fragment", [
-    ("{not json", "not valid JSON"),
-    ('{"model_type": "bert", "hidden_size": 8}', "not a decoder-only"),
-    ('{"model_type": "mamba"}', "not supported"),
-    ('{"hidden_size": 8}', "no 'model_type'"),
-    ('{"model_type": "llama", "hidden_size": 8}', "has no 'num_attention_heads' field; found: hidden_size, model_type"),
-    ("[1, 2]", "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"model_type": "bert", "hidden_size": 8}', "not a decoder-only"),
+        ('{"model_type": "mamba"}', "not supported"),
+        ('{"hidden_size": 8}', "no 'model_type'"),
+        (
+            '{"model_type": "llama", "hidden_size": 8}',
+            "has no 'num_attention_heads' field; found: hidden_size, model_type",
+        ),
+        ("[1, 2]", "must be a JSON object"),
+    ],
+)
 def test_bad_configs(tmp_path, content, fragment):
     p = tmp_path / "config.json"
     p.write_text(content)

@@ -13,7 +13,9 @@ def write(tmp_path, name, text):
 
 
 def test_formats_and_loaders(tmp_path):
-    j = write(tmp_path, "a.jsonl", '{"prompt": "shift : a =>", "completion": "b"}\n\n{"prompt": "x", "completion": "y"}\n')
+    j = write(
+        tmp_path, "a.jsonl", '{"prompt": "shift : a =>", "completion": "b"}\n\n{"prompt": "x", "completion": "y"}\n'
+    )
     c = write(tmp_path, "a.csv", "text\nhello world\nsecond row\n")
     m = write(tmp_path, "m.jsonl", json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     assert D.detect_format(D.load_records(j)) == "prompt+completion"
@@ -21,17 +23,21 @@ def test_formats_and_loaders(tmp_path):
     assert D.detect_format(D.load_records(m)) == "messages"
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     pq.write_table(pa.table({"text": ["a b", "c d"]}), tmp_path / "t.parquet")
     assert len(D.load_records(tmp_path / "t.parquet")) == 2
 
 
-@pytest.mark.parametrize("content,fragment", [
-    ("", "is empty"),
-    ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", broken\n', "line 2: not valid JSON"),
-    ('{"question": "a", "answer": "b"}\n', "found: answer, question"),
-    ('{"prompt": "a", "completion": "b"}\n\n{"prompt": "a"}\n', "line 3: missing completion"),
-    ("[1, 2]\n", "line 1: each line must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        ("", "is empty"),
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", broken\n', "line 2: not valid JSON"),
+        ('{"question": "a", "answer": "b"}\n', "found: answer, question"),
+        ('{"prompt": "a", "completion": "b"}\n\n{"prompt": "a"}\n', "line 3: missing completion"),
+        ("[1, 2]\n", "line 1: each line must be a JSON object"),
+    ],
+)
 def test_bad_data(tmp_path, content, fragment):
     p = write(tmp_path, "d.jsonl", content)
     with pytest.raises(FtoptError, match=fragment):
@@ -80,8 +86,9 @@ def test_eval_fraction_zero_keeps_every_row(tmp_path):
 def test_mismatched_eval_format_is_one_line(tmp_path):
     train = D.load_records(write(tmp_path, "t.jsonl", '{"text": "a"}\n'))
     ev = D.load_records(write(tmp_path, "e.jsonl", '{"prompt": "a", "completion": "b"}\n'))
-    with pytest.raises(FtoptError, match="e.jsonl is in the 'prompt\\+completion' format but the training data is "
-                                         "'text'") as e:
+    with pytest.raises(
+        FtoptError, match="e.jsonl is in the 'prompt\\+completion' format but the training data is 'text'"
+    ) as e:
         D.detect_format(ev, expected=D.detect_format(train))
     assert "\n" not in str(e.value)
 

@@ -1,5 +1,6 @@
 """Device checks before anything loads (train/preflight.py), with a pretend GPU on CPU machines, and the CUDA-only
 paths on a real GPU (marked `gpu`, skipped without one)."""
+
 import pytest
 import torch
 

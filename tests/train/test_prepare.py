@@ -1,4 +1,5 @@
 """prepare_run: rows -> tokenizer -> datasets, as the worker and `ftopt preview` call it."""
+
 import json
 
 import pytest
@@ -7,15 +8,17 @@ from ftopt.errors import FtoptError
 from ftopt.spec.run import DataSpec, ModelRef
 from ftopt.train.prepare import prepare_run
 
-ENGLISH = ("Fine-tuning adapts a pretrained language model to a task with a small amount of labelled data. "
-           "The tokenizer splits text into pieces the model has embeddings for; words it has never seen must "
-           "still be representable, or the loss is computed on unknown tokens and means little.")
+ENGLISH = (
+    "Fine-tuning adapts a pretrained language model to a task with a small amount of labelled data. "
+    "The tokenizer splits text into pieces the model has embeddings for; words it has never seen must "
+    "still be representable, or the loss is computed on unknown tokens and means little."
+)
 
 
 def english_file(tmp_path, n=40):
     words = ENGLISH.split()
     p = tmp_path / "en.jsonl"
-    p.write_text("".join(json.dumps({"text": " ".join(words[i % 7:i % 7 + 20])}) + "\n" for i in range(n)))
+    p.write_text("".join(json.dumps({"text": " ".join(words[i % 7 : i % 7 + 20])}) + "\n" for i in range(n)))
     return p
 
 
@@ -43,8 +46,7 @@ def test_a_word_level_tokenizer_that_misses_the_data_is_refused(tmp_path):
 
 def test_model_vocabulary_too_small_for_bytes(tmp_path):
     with pytest.raises(FtoptError, match="smaller than a byte-level tokenizer needs"):
-        prepare_run(ModelRef(ref="tiny-llama"), DataSpec(train=str(english_file(tmp_path))), vocab_size=100,
-                    seq_len=64)
+        prepare_run(ModelRef(ref="tiny-llama"), DataSpec(train=str(english_file(tmp_path))), vocab_size=100, seq_len=64)
 
 
 def test_built_in_task_keeps_its_tokenizer_and_counts():

@@ -1,4 +1,5 @@
 """`ftopt preview`: what the trainer will see, with trained tokens marked."""
+
 import json
 import re
 
@@ -7,8 +8,9 @@ from typer.testing import CliRunner
 from ftopt.cli import app
 
 runner = CliRunner()
-CHAT = {"messages": [{"role": "user", "content": "What is LoRA?"},
-                     {"role": "assistant", "content": "Low-rank adapters."}]}
+CHAT = {
+    "messages": [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "Low-rank adapters."}]
+}
 
 
 def _data(tmp_path, rows):

@@ -1,14 +1,23 @@
 """A random-init quantized base is quantized while it is built, as transformers quantizes a checkpoint while
 loading it: the full-precision model never exists as a whole (estimate_accuracy's qwen2-tied-110m NF4 + GC run
 peaked at that build, 513 MiB against a 413 MiB training peak, before this)."""
+
 import pytest
 
 pytest.importorskip("bitsandbytes")
 
 # tied embeddings and q/k/v biases (qwen2): the tied head used to get its own weight before tie_weights dropped it
-TINY_TIED = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 8000, "max_position_embeddings": 128,
-             "tie_word_embeddings": True}
+TINY_TIED = {
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 8000,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+}
 
 
 def _held_bytes(model) -> int:

@@ -1,5 +1,6 @@
 """TRL-style data preparation with a real byte-level BPE tokenizer (trained here with `tokenizers`) and a chat
 template: what is trained, special tokens, packing without cross-document attention."""
+
 import pytest
 import torch
 
@@ -8,14 +9,25 @@ from ftopt.train import data as D
 from ftopt.train.sft import IGNORE_INDEX, SftCollator, to_dataset, tokenize
 from ftopt.train.tokenizer import check_unknown, train_bpe
 
-ENGLISH = ["The quick brown fox jumps over the lazy dog.", "Hello there, how are you today?",
-           "Fine-tuning a language model needs data and a tokenizer.", "Please answer the question briefly."]
+ENGLISH = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello there, how are you today?",
+    "Fine-tuning a language model needs data and a tokenizer.",
+    "Please answer the question briefly.",
+]
 # a Llama-3-like template: renders its own BOS and end-of-turn EOS; {% generation %} marks the assistant tokens
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{% if m['role'] == 'assistant' %}"
-            "{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}"
-            "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
-CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"},
-                     {"role": "assistant", "content": "The quick fox."}]}
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{% if m['role'] == 'assistant' %}"
+    "{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": "The quick fox."},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +61,22 @@ def test_fallback_template_when_tokenizer_has_none():
 
 
 def test_prompt_completion_trains_only_the_completion(bpe):
-    ex = tokenize(records({"prompt": "Please answer:", "completion": " Hello there"}), bpe, 256,
-                  "prompt+completion").examples[0]
+    ex = tokenize(
+        records({"prompt": "Please answer:", "completion": " Hello there"}), bpe, 256, "prompt+completion"
+    ).examples[0]
     assert trained_text(bpe, ex) == " Hello there</s>"
     n_prompt = sum(lab == IGNORE_INDEX for lab in ex.labels)
     assert bpe.decode(ex.input_ids[:n_prompt], skip_special_tokens=True) == "Please answer:"
 
 
-@pytest.mark.parametrize("fmt,row", [("text", {"text": "Hello there"}),
-                                     ("prompt+completion", {"prompt": "Hello", "completion": " there"}),
-                                     ("messages", CHAT)])
+@pytest.mark.parametrize(
+    "fmt,row",
+    [
+        ("text", {"text": "Hello there"}),
+        ("prompt+completion", {"prompt": "Hello", "completion": " there"}),
+        ("messages", CHAT),
+    ],
+)
 def test_bos_exactly_once_and_one_final_eos(bpe, fmt, row):
     ids = tokenize(records(row), bpe, 256, fmt).examples[0].input_ids
     assert ids.count(bpe.bos_token_id) == 1 and ids[0] == bpe.bos_token_id
@@ -82,9 +100,16 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -106,8 +131,8 @@ def test_packed_documents_do_not_attend_to_each_other(bpe, flatten):
         # read document boundaries from the position ids
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
         for s, n in zip(starts, ds[0]["seq_lengths"]):
-            alone = model(input_ids=batch["input_ids"][:, s:s + n]).logits[0]
-            torch.testing.assert_close(packed[s:s + n], alone, atol=1e-5, rtol=1e-4)
+            alone = model(input_ids=batch["input_ids"][:, s : s + n]).logits[0]
+            torch.testing.assert_close(packed[s : s + n], alone, atol=1e-5, rtol=1e-4)
 
 
 def test_unpacked_batch_pads_with_a_mask(bpe):

@@ -1,5 +1,6 @@
 """`ftopt train` on user data through the TRL data path: chat data on a random-init model (BPE trained on the
 data), packed text (position-id reset inside the Trainer), and no evaluation split."""
+
 import json
 
 from typer.testing import CliRunner
@@ -7,17 +8,42 @@ from typer.testing import CliRunner
 from ftopt.cli import app
 
 runner = CliRunner()
-CHATS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                       {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]}
-         for a in range(6) for b in range(6)]
+CHATS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"What is {a} plus {b}?"},
+            {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+        ]
+    }
+    for a in range(6)
+    for b in range(6)
+]
 
 
 def run(tmp_path, rows, *flags):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--max-steps", "3", "--seq-len", "48",
-                            "--micro-batch", "4", "--eval-max-examples", "0", "--json", *flags])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-steps",
+            "3",
+            "--seq-len",
+            "48",
+            "--micro-batch",
+            "4",
+            "--eval-max-examples",
+            "0",
+            "--json",
+            *flags,
+        ],
+    )
     assert r.exit_code == 0, r.output
     return json.loads((out / "metrics.json").read_text()), out
 

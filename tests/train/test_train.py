@@ -1,5 +1,6 @@
 """`ftopt train` end to end on the tiny built-in model: each optimization, loss goes down, adapters reload,
 bad input, crash + resume, and ZeRO-2/3 with two CPU processes."""
+
 import json
 import os
 
@@ -36,8 +37,15 @@ def test_default_run_learns_and_writes_metrics(tmp_path):
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
 
 
-@pytest.mark.parametrize("flags", [["--gc"], ["--attn", "eager"], ["--lora-r", "8", "--gc", "--attn", "eager"],
-                                   ["--precision", "bf16-mixed", "--lora-r", "4"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--gc"],
+        ["--attn", "eager"],
+        ["--lora-r", "8", "--gc", "--attn", "eager"],
+        ["--precision", "bf16-mixed", "--lora-r", "4"],
+    ],
+)
 def test_each_optimization_runs(tmp_path, flags):
     r, out = train(tmp_path, "--max-steps", "6", *flags)
     assert r.exit_code == 0, r.output
@@ -49,8 +57,8 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ftopt.spec import load_model
     from ftopt.modeling import hf_config
+    from ftopt.spec import load_model
     from ftopt.spec.run import DataSpec
     from ftopt.train.data import default_tokenizer
     from ftopt.train.prepare import prepare
@@ -69,28 +77,33 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
 
     def eval_loss(model):
         with torch.no_grad():
-            losses = [model(**prep.collator(ex[i:i + 8])).loss.item() for i in range(0, len(ex), 8)]
+            losses = [model(**prep.collator(ex[i : i + 8])).loss.item() for i in range(0, len(ex), 8)]
         return sum(losses) / len(losses)
 
     assert abs(eval_loss(model) - m["measured"]["eval_loss"]) < 1e-3
     # the run saved its random-init base beside the adapter: the standard PEFT loader needs nothing else
     from peft import AutoPeftModelForCausalLM
 
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str((out / "base").resolve())
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        (out / "base").resolve()
+    )
     reloaded = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()
     assert abs(eval_loss(reloaded) - m["measured"]["eval_loss"]) < 1e-3
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--data", "/nonexistent.jsonl"], "does not exist"),
-    (["--lora-r", "4", "--lora-targets", "qq_proj"], "candidates: q_proj"),
-    (["--attn", "flash"], "flash"),
-    (["--model", "some-org/some-model"], "not in the Hugging Face cache"),
-    (["--gpu", "a100"], "Unknown GPU"),
-    (["--max-steps", "0"], "max_steps must be positive"),
-    (["--precision", "fp16-mixed"], "fp16-mixed needs a CUDA GPU"),
-    (["--lr-schedule", "zigzag"], "--lr-schedule"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--data", "/nonexistent.jsonl"], "does not exist"),
+        (["--lora-r", "4", "--lora-targets", "qq_proj"], "candidates: q_proj"),
+        (["--attn", "flash"], "flash"),
+        (["--model", "some-org/some-model"], "not in the Hugging Face cache"),
+        (["--gpu", "a100"], "Unknown GPU"),
+        (["--max-steps", "0"], "max_steps must be positive"),
+        (["--precision", "fp16-mixed"], "fp16-mixed needs a CUDA GPU"),
+        (["--lr-schedule", "zigzag"], "--lr-schedule"),
+    ],
+)
 def test_bad_input(tmp_path, args, fragment):
     r, out = train(tmp_path, "--max-steps", "2", *args)
     assert r.exit_code == 2, r.output
@@ -122,9 +135,9 @@ def test_unwritable_output_path_is_a_file(tmp_path):
 
 
 def test_user_jsonl_and_resume_after_crash(tmp_path):
-    from ftopt.train.data import default_examples
     from ftopt import resolve
     from ftopt.spec import load_hardware
+    from ftopt.train.data import default_examples
     from ftopt.train.outputs import prepare_output
     from ftopt.train.worker import run_worker
 
@@ -132,9 +145,12 @@ def test_user_jsonl_and_resume_after_crash(tmp_path):
     d.write_text("\n".join(json.dumps(r) for r in default_examples(200, seed=5)))
     out = tmp_path / "crash"
     hw = load_hardware("cpu")
-    spec = resolve.finish_run(resolve.new_run(hw, resolve.model_ref("tiny-llama", weights=False), resolve.setup(hw),
-                                              resolve.combination()),
-                              data={"train": str(d)}, schedule={"max_steps": 12, "save_steps": 4}, output={"dir": str(out)})
+    spec = resolve.finish_run(
+        resolve.new_run(hw, resolve.model_ref("tiny-llama", weights=False), resolve.setup(hw), resolve.combination()),
+        data={"train": str(d)},
+        schedule={"max_steps": 12, "save_steps": 4},
+        output={"dir": str(out)},
+    )
     prepare_output(spec)
     with pytest.raises(RuntimeError, match="injected failure"):
         run_worker(spec, fail_at_step=6)
@@ -151,7 +167,9 @@ def test_user_jsonl_and_resume_after_crash(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])
 def test_zero_with_two_cpu_processes(tmp_path, zero):
-    r, out = train(tmp_path, "--max-steps", "4", "--zero", str(zero), "--gpus", "2", "--lora-r", str(8 if zero == 3 else 0))
+    r, out = train(
+        tmp_path, "--max-steps", "4", "--zero", str(zero), "--gpus", "2", "--lora-r", str(8 if zero == 3 else 0)
+    )
     assert r.exit_code == 0, r.output + (out / "launcher.log").read_text()[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["ranks"]) == 2
@@ -209,14 +227,32 @@ import sys
 
 def _cli(*args, env=None):
     """A real `ftopt` process: stdout and exit code as a user sees them (CliRunner mixes the streams)."""
-    return subprocess.run([sys.executable, "-m", "ftopt", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "ftopt", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def test_plan_out_then_train_plan_runs_the_plans_setup(tmp_path):
     plan = tmp_path / "plan.json"
-    r = runner.invoke(app, ["plan", "--model", "tiny-llama", "--gpu", "cpu", "--seq-len", "32", "--micro-batch", "4",
-                            "--grad-accum", "2", "--out", str(plan), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "plan",
+            "--model",
+            "tiny-llama",
+            "--gpu",
+            "cpu",
+            "--seq-len",
+            "32",
+            "--micro-batch",
+            "4",
+            "--grad-accum",
+            "2",
+            "--out",
+            str(plan),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     planned = json.loads(plan.read_text())["run"]
     r, out = train(tmp_path, "--plan", str(plan), "--max-steps", "2", "--eval-max-examples", "0")
@@ -232,8 +268,18 @@ def test_plan_out_then_train_plan_runs_the_plans_setup(tmp_path):
     small = json.loads(resources.files("ftopt.presets.models").joinpath("tiny-llama.json").read_text())
     cfg = tmp_path / "two-layer.json"
     cfg.write_text(json.dumps({**small, "num_hidden_layers": 2}))
-    r, _ = train(tmp_path, "--plan", str(plan), "--random-init", str(cfg), "--max-steps", "1",
-                 "--eval-max-examples", "0", name="ovr")
+    r, _ = train(
+        tmp_path,
+        "--plan",
+        str(plan),
+        "--random-init",
+        str(cfg),
+        "--max-steps",
+        "1",
+        "--eval-max-examples",
+        "0",
+        name="ovr",
+    )
     assert r.exit_code == 0, r.output
     assert sum("overridden by" in line for line in r.output.splitlines()) == 1
 
@@ -290,17 +336,31 @@ def test_a_launched_run_has_no_wall_clock_limit(tmp_path, monkeypatch):
     def fake_run(cmd, **kw):
         seen.update(kw)
         raise Launched
+
     monkeypatch.setattr(engine.subprocess, "run", fake_run)
     with pytest.raises(Launched):
-        runner.invoke(app, ["train", "--out", str(tmp_path / "z"), "--zero", "2", "--gpus", "2"],
-                      catch_exceptions=False)
+        runner.invoke(
+            app, ["train", "--out", str(tmp_path / "z"), "--zero", "2", "--gpus", "2"], catch_exceptions=False
+        )
     assert "timeout" not in seen
 
 
 @pytest.mark.slow
 def test_zero2_json_stdout_parses(tmp_path):
-    p = _cli("train", "--out", str(tmp_path / "z2"), "--max-steps", "2", "--zero", "2", "--gpus", "2",
-             "--eval-max-examples", "4", "--json")
+    p = _cli(
+        "train",
+        "--out",
+        str(tmp_path / "z2"),
+        "--max-steps",
+        "2",
+        "--zero",
+        "2",
+        "--gpus",
+        "2",
+        "--eval-max-examples",
+        "4",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     m = json.loads(p.stdout)
     assert m["world_size"] == 2 and [r["rank"] for r in m["ranks"]] == [0, 1]
@@ -309,8 +369,9 @@ def test_zero2_json_stdout_parses(tmp_path):
 
 @pytest.mark.slow
 def test_zero2_with_optimizer_offload_on_two_cpu_processes(tmp_path):
-    r, out = train(tmp_path, "--max-steps", "3", "--zero", "2", "--offload", "optimizer", "--gpus", "2",
-                   "--eval-max-examples", "0")
+    r, out = train(
+        tmp_path, "--max-steps", "3", "--zero", "2", "--offload", "optimizer", "--gpus", "2", "--eval-max-examples", "0"
+    )
     assert r.exit_code == 0, r.output + (out / "launcher.log").read_text()[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert {x["optimizer"] for x in m["ranks"]} == {"DeepSpeedCPUAdam"}  # the Adam step ran on the CPU side

@@ -1,4 +1,5 @@
 """Per-GPU memory and time of one combination, by the analytic formulas or by tracing the real training step."""
+
 from __future__ import annotations
 
 from ftopt.errors import FtoptError, TraceUnavailable
@@ -12,19 +13,24 @@ def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: 
     """Cross-object rules no single spec can check. Returns warnings; raises FtoptError for impossible input."""
     notes = []
     if setup.seq_len > model.max_positions:
-        notes.append(f"seq-len {setup.seq_len} exceeds the model's {model.max_positions} positions; "
-                     "quality beyond that length is not guaranteed.")
+        notes.append(
+            f"seq-len {setup.seq_len} exceeds the model's {model.max_positions} positions; "
+            "quality beyond that length is not guaranteed."
+        )
     hw.check_runs(setup.precision, combo.attn)  # never estimate what the device cannot run
     if not setup.packing:
-        notes.append(f"Assumes every sequence is --seq-len {setup.seq_len} tokens; unpacked batches are padded only "
-                     "to their longest sequence, so shorter data needs less (--packing fills the rows).")
+        notes.append(
+            f"Assumes every sequence is --seq-len {setup.seq_len} tokens; unpacked batches are padded only "
+            "to their longest sequence, so shorter data needs less (--packing fills the rows)."
+        )
     if combo.zero and setup.world_size == 1 and combo.offload.value == "none":
         notes.append("ZeRO on one GPU partitions nothing; it only adds DeepSpeed's buffers.")
     return notes
 
 
-def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination,
-             method: Method | str = Method.ANALYTIC) -> Estimate:
+def estimate(
+    model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, method: Method | str = Method.ANALYTIC
+) -> Estimate:
     """Per-GPU peak memory, device total, fit and step/epoch time of `combo`."""
     method = Method(method)
     notes = check_setup(model, setup, combo, hw)
@@ -49,15 +55,33 @@ def estimate(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Co
     if cpu > hw.host_memory_bytes:
         notes.append("offloaded states need more host RAM than the node has.")
     return Estimate(
-        method=method, model=model.name, hardware=hw.name, combination=combo, peak_bytes_per_gpu=peak,
-        device_bytes_per_gpu=device, breakdown=bd, peak_phase=phase, cpu_bytes_per_node=cpu,
-        capacity_bytes=hw.memory_bytes, fits=fits, trainable_params=analytic.trainable_params(model, combo),
-        total_params=model.param_count(), step_seconds=t.step_seconds, steps_per_epoch=steps,
+        method=method,
+        model=model.name,
+        hardware=hw.name,
+        combination=combo,
+        peak_bytes_per_gpu=peak,
+        device_bytes_per_gpu=device,
+        breakdown=bd,
+        peak_phase=phase,
+        cpu_bytes_per_node=cpu,
+        capacity_bytes=hw.memory_bytes,
+        fits=fits,
+        trainable_params=analytic.trainable_params(model, combo),
+        total_params=model.param_count(),
+        step_seconds=t.step_seconds,
+        steps_per_epoch=steps,
         epoch_seconds=t.step_seconds * steps,
-        total_seconds=t.step_seconds * steps * setup.epochs, per_dataset=setup.dataset_tokens is not None,
-        seconds_per_1k_samples=t.step_seconds * SAMPLES_PER_QUOTE / (setup.micro_batch * setup.grad_accum * setup.world_size),
-        calibration=hw.calibration, flops_per_step=t.flops_per_step, comm_seconds=t.comm_seconds,
-        kernels_per_step=t.kernels_per_step, overhead_seconds=t.overhead_seconds, notes=notes,
+        total_seconds=t.step_seconds * steps * setup.epochs,
+        per_dataset=setup.dataset_tokens is not None,
+        seconds_per_1k_samples=t.step_seconds
+        * SAMPLES_PER_QUOTE
+        / (setup.micro_batch * setup.grad_accum * setup.world_size),
+        calibration=hw.calibration,
+        flops_per_step=t.flops_per_step,
+        comm_seconds=t.comm_seconds,
+        kernels_per_step=t.kernels_per_step,
+        overhead_seconds=t.overhead_seconds,
+        notes=notes,
     )
 
 
@@ -71,10 +95,15 @@ def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo:
         try:
             e = estimate(model, hw, setup, combo, method)
             # `method`: what answered (a trace that cannot run falls back to the formulas, and says so here)
-            out[method.value] = {"method": e.method.value, "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
-                                 "step_seconds": e.step_seconds,
-                                 "flops_per_step": e.flops_per_step, "kernels_per_step": e.kernels_per_step,
-                                 "breakdown": e.breakdown.model_dump(), "notes": e.notes}
+            out[method.value] = {
+                "method": e.method.value,
+                "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
+                "step_seconds": e.step_seconds,
+                "flops_per_step": e.flops_per_step,
+                "kernels_per_step": e.kernels_per_step,
+                "breakdown": e.breakdown.model_dump(),
+                "notes": e.notes,
+            }
         except FtoptError as err:
             out[method.value] = {"error": str(err)}
     return out

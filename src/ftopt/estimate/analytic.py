@@ -22,16 +22,26 @@ per token unless stated. Sources:
            saved memory size will be equal to the total gradients size". Checked against torch in test_analytic.
 Where real implementations differ from the papers, the comment says so; `estimate/traced.py` measures them exactly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.errors import FtoptError
 from ftopt.estimate import layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import Storage, lora_targets, storage
-from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, Offload, Optim, Precision, Quant, TrainingSetup
+from ftopt.spec import (
+    Combination,
+    LinearGroup,
+    MlpKind,
+    ModelSpec,
+    NormKind,
+    Offload,
+    Optim,
+    Quant,
+    TrainingSetup,
+)
 from ftopt.train.dsconfig import hf_auto_zero_sizes
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
@@ -90,7 +100,9 @@ def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_
       (heads x s) and its 16-bit copy that the PV matmul saves."""
     a, q, kv, heads = st.act_bytes, model.q_dim, model.kv_dim, model.num_heads
     if combo.attn.linear_memory:
-        return a * (2 * q + 2 * kv) + 4 * heads + (layout.masked_sdpa_bytes_per_token(model, st, seq_len) if masked else 0)
+        return (
+            a * (2 * q + 2 * kv) + 4 * heads + (layout.masked_sdpa_bytes_per_token(model, st, seq_len) if masked else 0)
+        )
     probs = 4 * heads * seq_len + (a * heads * seq_len if a != 4 else 0)
     return a * 3 * q + probs
 
@@ -105,8 +117,9 @@ def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: bool, in_trainable:
     return a * i + (a * i if down_trainable else 0)
 
 
-def layer_activation_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage, seq_len: int,
-                                     masked: bool = False) -> int:
+def layer_activation_bytes_per_token(
+    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, masked: bool = False
+) -> int:
     """All tensors one decoder layer keeps for backward, per token, without checkpointing (`masked`: SDPA is given
     a mask, see attention_core_bytes)."""
     full = not combo.lora
@@ -114,10 +127,14 @@ def layer_activation_bytes_per_token(model: ModelSpec, combo: Combination, st: S
     norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
     h, q = model.hidden_size, model.q_dim
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out_bytes if not full or st.autocast else 0)
+    n += linear_input_bytes(
+        model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out_bytes if not full or st.autocast else 0
+    )
     n += attention_core_bytes(model, st, combo, seq_len, masked)
     n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes)
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0)
+    n += linear_input_bytes(
+        model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0
+    )
     n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups, LinearGroup.MLP_IN in groups)
     return n
 
@@ -276,8 +293,9 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 # ---- the peak ---------------------------------------------------------------------------------------------------
-def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: bool = True
-           ) -> tuple[MemoryBreakdown, str, int]:
+def memory(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: bool = True
+) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase name, host RAM per node) for one GPU.
 
     Candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if gradient
@@ -291,7 +309,11 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: b
     acts, one_layer = activation_bytes(model, setup, combo, st)
     logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + frozen_head_cast_bytes(model, combo, st)
     # a quantized matmul dequantizes its weight for the duration of the op (forward and backward) [quant]
-    dequant = q8.dequant_temp_bytes(model, combo.quant, 2 if st.autocast else st.act_bytes) if combo.quant is not Quant.NONE else 0
+    dequant = (
+        q8.dequant_temp_bytes(model, combo.quant, 2 if st.autocast else st.act_bytes)
+        if combo.quant is not Quant.NONE
+        else 0
+    )
     static = dict(weights=s.weights, master_weights=s.master, optimizer_states=s.optim, engine_buffers=s.buffers)
     grads_during_fwd = s.grads if gradients_resident(setup, combo) else 0
     train = trainable_params(model, combo)
@@ -301,11 +323,19 @@ def memory(model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: b
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
     candidates = [
-        ("forward/backward", MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, logits_loss=logits,
-                                             temporaries=dequant)),
+        (
+            "forward/backward",
+            MemoryBreakdown(
+                **static, gradients=grads_during_fwd, activations=acts, logits_loss=logits, temporaries=dequant
+            ),
+        ),
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, temporaries=dequant)),
-        ("backward, first reduction", MemoryBreakdown(**static, gradients=s.grads if first_reduce else 0,
-                                                      activations=acts, temporaries=first_reduce + dequant)),
+        (
+            "backward, first reduction",
+            MemoryBreakdown(
+                **static, gradients=s.grads if first_reduce else 0, activations=acts, temporaries=first_reduce + dequant
+            ),
+        ),
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, temporaries=tied)),  # the embedding's
         ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, temporaries=step_temp)),
     ]

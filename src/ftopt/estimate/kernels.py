@@ -10,6 +10,7 @@ Where the numbers come from: `presets/kernels.json`, written by `benchmarks/coun
 length, only on the module structure, so a model with 64-wide layers counts the same as the full-size one.
 `tests/estimate/test_kernels.py` recounts and compares with the file, so the file cannot drift from the code.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,8 @@ def count_kernels(spec: ModelSpec, combo: Combination) -> KernelCount:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ftopt.spec import Precision
     from ftopt.modeling import build_model
+    from ftopt.spec import Precision
 
     class _Count(TorchDispatchMode):
         def __init__(self):
@@ -62,8 +63,9 @@ def count_kernels(spec: ModelSpec, combo: Combination) -> KernelCount:
             return func(*args, **(kwargs or {}))
 
     def run(layers: int) -> dict[str, int]:
-        model = build_model(spec, combo.model_copy(update={"zero": 0, "offload": Offload.NONE}), Precision("fp32"),
-                            num_layers=layers)
+        model = build_model(
+            spec, combo.model_copy(update={"zero": 0, "offload": Offload.NONE}), Precision("fp32"), num_layers=layers
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
         ids = torch.zeros((1, 8), dtype=torch.long)
@@ -77,8 +79,12 @@ def count_kernels(spec: ModelSpec, combo: Combination) -> KernelCount:
         return c.counts
 
     one, two = run(1), run(2)
-    return KernelCount(per_layer=two["micro"] - one["micro"], outside_layers=2 * one["micro"] - two["micro"],
-                       optimizer_per_layer=two["step"] - one["step"], optimizer_fixed=2 * one["step"] - two["step"])
+    return KernelCount(
+        per_layer=two["micro"] - one["micro"],
+        outside_layers=2 * one["micro"] - two["micro"],
+        optimizer_per_layer=two["step"] - one["step"],
+        optimizer_fixed=2 * one["step"] - two["step"],
+    )
 
 
 @lru_cache(maxsize=1)

@@ -28,6 +28,7 @@ until that layer's backward).
           scaled_dot_product_attention (convert_boolean_attn_mask), checked by tests/estimate/test_layout.py
           against the tensors a real forward allocates.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -57,7 +58,7 @@ def model_mask_bytes(setup: TrainingSetup, combo: Combination) -> int:
     GC peak already lets one recomputed layer coexist with the logits, which a real step does not."""
     if not (combo.gc and sdpa_gets_mask(setup, combo)):
         return 0
-    return setup.micro_batch * setup.seq_len ** 2 * BOOL_BYTES
+    return setup.micro_batch * setup.seq_len**2 * BOOL_BYTES
 
 
 # ---- the same layouts as the traced step feeds them (torch imported inside: the formulas above need none) ----

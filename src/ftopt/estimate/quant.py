@@ -24,6 +24,7 @@ Bytes, per GPU, before ZeRO partitioning. Sources:
            memory pressure; on a CPU, paged falls back to ordinary tensors.
   [peft]   PEFT prepare_model_for_kbit_training: every non-quantized 16-bit parameter is cast to fp32.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,8 +64,9 @@ def quantized_params(model: ModelSpec) -> int:
 def quantized_base_bytes(model: ModelSpec, quant: Quant, other_bytes: int = 4) -> int:
     """The frozen base after quantization + prepare_model_for_kbit_training: quantized linears plus every other
     parameter at `other_bytes` (fp32 after PEFT's cast [peft]; 16-bit where DeepSpeed casts the module)."""
-    q = model.num_layers * sum(quantized_weight_bytes(quant, lin.in_features, lin.out_features)
-                               for lin in model.layer_linears())
+    q = model.num_layers * sum(
+        quantized_weight_bytes(quant, lin.in_features, lin.out_features) for lin in model.layer_linears()
+    )
     return q + other_bytes * (model.param_count() - quantized_params(model))
 
 
@@ -93,8 +95,10 @@ def trainable_tensors(model: ModelSpec, combo: Combination) -> list[TensorGroup]
         out = []
         for lin in model.layer_linears():
             if lin.name in targets:
-                out += [TensorGroup(combo.lora_r * lin.in_features, model.num_layers),
-                        TensorGroup(lin.out_features * combo.lora_r, model.num_layers)]
+                out += [
+                    TensorGroup(combo.lora_r * lin.in_features, model.num_layers),
+                    TensorGroup(lin.out_features * combo.lora_r, model.num_layers),
+                ]
         return out
     e = model.embed_dim or model.hidden_size
     out = [TensorGroup(model.vocab_size * e, 1, embedding=True)]
@@ -143,6 +147,8 @@ def bnb_step_temp_bytes(model: ModelSpec, combo: Combination, on_gpu: bool) -> i
     CPU, fp32 working copies of the largest tensor's update."""
     if on_gpu:
         return 0
-    per = [(CPU_STEP_TEMP_8BIT if combo.optim.eight_bit and _eight_bit(t) else CPU_STEP_TEMP_32BIT) * t.numel
-           for t in trainable_tensors(model, combo)]
+    per = [
+        (CPU_STEP_TEMP_8BIT if combo.optim.eight_bit and _eight_bit(t) else CPU_STEP_TEMP_32BIT) * t.numel
+        for t in trainable_tensors(model, combo)
+    ]
     return max(per, default=0)

@@ -1,4 +1,5 @@
 """Typed estimate results with a stable JSON schema (documented in docs/json-schema.md)."""
+
 from __future__ import annotations
 
 from enum import Enum
@@ -55,14 +56,21 @@ class Estimate(BaseModel):
     steps_per_epoch: int
     epoch_seconds: float
     total_seconds: float = Field(description="epoch_seconds x epochs")
-    per_dataset: bool = Field(True, description="False without --dataset-tokens: an 'epoch' is then one global "
-                                                "batch, so epoch and total times are not shown")
+    per_dataset: bool = Field(
+        True,
+        description="False without --dataset-tokens: an 'epoch' is then one global "
+        "batch, so epoch and total times are not shown",
+    )
     seconds_per_1k_samples: float = Field(description="time to train 1000 sequences of seq_len on all the GPUs")
     flops_per_step: float = Field(description="per GPU")
     comm_seconds: float = Field(description="exposed ZeRO/data-parallel communication and offload per step")
     kernels_per_step: int = Field(description="dispatched operators per step per GPU (the per-operator overhead term)")
-    overhead_seconds: float = Field(description="per-operator, fixed and DeepSpeed engine overhead per step (calibrated)")
-    calibration: CalibrationProvenance | None = Field(None, description="time-model calibration used; None = uncalibrated")
+    overhead_seconds: float = Field(
+        description="per-operator, fixed and DeepSpeed engine overhead per step (calibrated)"
+    )
+    calibration: CalibrationProvenance | None = Field(
+        None, description="time-model calibration used; None = uncalibrated"
+    )
     notes: list[str] = Field(default_factory=list)
 
     @property

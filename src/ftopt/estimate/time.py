@@ -27,16 +27,17 @@ Sources:
             the block constants); at the HBM bandwidth. Paged states that were evicted come back over the host link
             each step (assumed: one picks a paged optimizer only when states do not stay resident).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ftopt.estimate import quant as q8
 from ftopt.estimate.analytic import trainable_params
+from ftopt.estimate.kernels import kernels_per_step
 from ftopt.estimate.layout import sdpa_gets_mask
 from ftopt.policy import lora_targets, storage
-from ftopt.estimate.kernels import kernels_per_step
-from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
+from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Quant, TrainingSetup
 
 # Fraction of gradient communication hidden behind backward compute by bucketed, overlapped reduction (DeepSpeed
 # overlap_comm=true). A stated assumption: calibrate with `ftopt bench` on the target cluster.
@@ -60,13 +61,16 @@ def lm_head_flops_per_token(model: ModelSpec) -> float:
     return float(2 * model.vocab_size * (model.embed_dim or model.hidden_size))
 
 
-def forward_flops_per_token(model: ModelSpec, seq_len: int, attn: Attention, masked: bool = False) -> tuple[float, float]:
+def forward_flops_per_token(
+    model: ModelSpec, seq_len: int, attn: Attention, masked: bool = False
+) -> tuple[float, float]:
     """(matmul FLOPs of trained-or-frozen weights, attention-score FLOPs), per token, forward only [Kaplan].
     Causal kernels (sdpa, flash) skip the masked half of the score matrix; eager, and sdpa given a mask (`masked`:
     packed rows, estimate/layout.py), compute it all. Packed flash runs each document causally, at most half of
     the seq_len x seq_len scores: counted as half (an upper bound, document lengths unknown)."""
-    linear = (2 * model.num_layers * sum(lin.in_features * lin.out_features for lin in model.layer_linears())
-              + lm_head_flops_per_token(model))
+    linear = 2 * model.num_layers * sum(
+        lin.in_features * lin.out_features for lin in model.layer_linears()
+    ) + lm_head_flops_per_token(model)
     causal_factor = 1.0 if attn is Attention.EAGER or masked else 0.5
     attention = 2 * 2 * seq_len * model.q_dim * model.num_layers * causal_factor
     return float(linear), float(attention)
@@ -79,8 +83,11 @@ def step_flops(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> fl
     if combo.lora:
         # frozen base: input gradient only (1x); adapters: 2x their (small) forward; attention always 2x.
         targets = set(lora_targets(model, combo))
-        adapters = 2 * model.num_layers * sum(combo.lora_r * (l.in_features + l.out_features)
-                                              for l in model.layer_linears() if l.name in targets)
+        adapters = (
+            2
+            * model.num_layers
+            * sum(combo.lora_r * (l.in_features + l.out_features) for l in model.layer_linears() if l.name in targets)
+        )
         fwd += adapters
         bwd = lin + 2 * att + 2 * adapters
     else:
@@ -119,7 +126,9 @@ def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw:
         seconds += part * setup.gpus_per_node / CPU_ADAM_PARAMS_PER_S  # CPU Adam shared by the node's GPUs
     if combo.offload is Offload.ALL:
         gathers = 2 + (1 if combo.gc else 0)
-        seconds += gathers * model.param_count() / n * st.frozen_weight / hw.host_link_bandwidth_bytes_per_s * setup.grad_accum
+        seconds += (
+            gathers * model.param_count() / n * st.frozen_weight / hw.host_link_bandwidth_bytes_per_s * setup.grad_accum
+        )
     return seconds
 
 
@@ -167,7 +176,9 @@ def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: Ha
     (collective latency, partition bookkeeping); all 0 until `ftopt bench` measures them."""
     flops = step_flops(model, setup, combo)
     peak = hw.flops_for(setup.precision.compute_dtype) or hw.flops_for("fp32")
-    compute = flops / (peak * hw.mfu) + dequant_seconds(model, setup, combo, hw) + optimizer_seconds(model, setup, combo, hw)
+    compute = (
+        flops / (peak * hw.mfu) + dequant_seconds(model, setup, combo, hw) + optimizer_seconds(model, setup, combo, hw)
+    )
     comm = comm_seconds(model, setup, combo, hw)
     kernels = kernels_per_step(model, setup, combo)
     engine = hw.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0

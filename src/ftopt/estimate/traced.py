@@ -17,20 +17,27 @@ Layers are identical, so we trace 2 and 3 layers and extrapolate each category l
 moment by moment (forward, loss, backward through the head, the layers and the embedding, optimizer step): the
 moment that peaks at 2 layers need not be the one that peaks at 24 (tests check this equals a full trace).
 """
+
 from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, layout
-from ftopt.estimate.quant import (MIN_8BIT_SIZE, OPTIM_BLOCK, PAGED_MIN_ELEMENTS, bnb_optimizer_bytes,
-                                  bnb_step_temp_bytes, quantized_weight_bytes)
+from ftopt.estimate.quant import (
+    MIN_8BIT_SIZE,
+    OPTIM_BLOCK,
+    PAGED_MIN_ELEMENTS,
+    bnb_optimizer_bytes,
+    bnb_step_temp_bytes,
+    quantized_weight_bytes,
+)
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import storage
 from ftopt.spec import Combination, ModelSpec, Offload, Optim, TrainingSetup
@@ -40,13 +47,26 @@ CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up
 # Backward is split where it leaves the LM head and where it reaches the embedding: at different depths the peak
 # falls in different moments (start of backward with every layer's activations vs the embedding's gradients at its
 # end), and only a moment's own snapshots extrapolate linearly in the layer count.
-_PHASE_CATEGORY = {"forward": "activations", "head": "logits_loss", "backward": "temporaries", "step": "temporaries",
-                   "setup": "temporaries", "backward-layers": "temporaries", "backward-embed": "temporaries"}
+_PHASE_CATEGORY = {
+    "forward": "activations",
+    "head": "logits_loss",
+    "backward": "temporaries",
+    "step": "temporaries",
+    "setup": "temporaries",
+    "backward-layers": "temporaries",
+    "backward-embed": "temporaries",
+}
 
 # the trace's moments in the analytic estimator's words (estimate.result: EstimateResult.peak_phase)
-PHASE_NAMES = {"forward": "forward/backward", "head": "forward/backward", "backward": "forward/backward",
-               "backward-layers": "forward/backward", "backward-embed": "end of backward", "step": "optimizer step",
-               "setup": "model build"}
+PHASE_NAMES = {
+    "forward": "forward/backward",
+    "head": "forward/backward",
+    "backward": "forward/backward",
+    "backward-layers": "forward/backward",
+    "backward-embed": "end of backward",
+    "step": "optimizer step",
+    "setup": "model build",
+}
 
 
 def _metric(snapshot: dict, grad_weight: float, count_states: bool) -> float:
@@ -159,8 +179,9 @@ def _materialize(model: torch.nn.Module, device: str) -> None:
             if p is None:
                 continue
             if id(p) not in memo:
-                memo[id(p)] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
-                                                 requires_grad=p.requires_grad)
+                memo[id(p)] = torch.nn.Parameter(
+                    torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=p.requires_grad
+                )
             mod._parameters[name] = memo[id(p)]
         for name, b in list(mod._buffers.items()):
             if b is not None:
@@ -175,15 +196,17 @@ class _BnbAdamWStandIn:
     tensors cannot answer, and its fake update kernel allocates nothing. Its CPU temporaries are added from
     quant.bnb_step_temp_bytes."""
 
-    def __init__(self, model: torch.nn.Module, params: list, combo: Combination, step_temp_bytes: int, on_gpu: bool,
-                 tag):
+    def __init__(
+        self, model: torch.nn.Module, params: list, combo: Combination, step_temp_bytes: int, on_gpu: bool, tag
+    ):
         self.tag = tag  # tracker.retag: the states are optimizer states from their creation on
         embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
         self.params, self.combo, self.state, self.step_temp_bytes = params, combo, {}, step_temp_bytes
         # paged states of large tensors live in CUDA unified memory, outside the allocator [paged]: kept on meta
         self._paged = combo.optim.paged and on_gpu
-        self._eight_bit = {id(p): combo.optim.eight_bit and id(p) not in embeddings and p.numel() >= MIN_8BIT_SIZE
-                           for p in params}
+        self._eight_bit = {
+            id(p): combo.optim.eight_bit and id(p) not in embeddings and p.numel() >= MIN_8BIT_SIZE for p in params
+        }
 
     def step(self) -> None:
         for p in self.params:
@@ -191,8 +214,10 @@ class _BnbAdamWStandIn:
                 continue
             dev = "meta" if self._paged and p.numel() >= PAGED_MIN_ELEMENTS else p.device
             dtype = torch.uint8 if self._eight_bit[id(p)] else torch.float32
-            self.state[p] = {"state1": torch.zeros(p.shape, dtype=dtype, device=dev),
-                             "state2": torch.zeros(p.shape, dtype=dtype, device=dev)}
+            self.state[p] = {
+                "state1": torch.zeros(p.shape, dtype=dtype, device=dev),
+                "state2": torch.zeros(p.shape, dtype=dtype, device=dev),
+            }
             if self._eight_bit[id(p)]:
                 blocks = -(-p.numel() // OPTIM_BLOCK)
                 self.state[p].update(absmax1=torch.zeros(blocks, device=dev), absmax2=torch.zeros(blocks, device=dev))
@@ -270,8 +295,14 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
     tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
     # quantized bases: storage-equivalent stand-ins for the bitsandbytes linears (see quantize.stand_in_linears)
     with _without_hf_zero3():
-        model = build_model(spec, combo, setup.precision, device="meta", num_layers=num_layers,
-                            quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes))
+        model = build_model(
+            spec,
+            combo,
+            setup.precision,
+            device="meta",
+            num_layers=num_layers,
+            quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes),
+        )
     with FakeTensorMode(allow_non_fake_inputs=True), layout.packed_detection(setup.packing):
         _materialize(model, device)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -284,7 +315,8 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         head = model.get_output_embeddings()
         head.register_forward_pre_hook(lambda _m, args: tracker.enter_head(args[0]))
         model.get_input_embeddings().register_forward_hook(
-            lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed"))
+            lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed")
+        )
         opt = None if deepspeed else _optimizer(model, params, spec, combo, on_gpu, tracker.retag)
         inputs = layout.step_inputs(setup, combo, device)
         autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=st.autocast)
@@ -314,8 +346,15 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
     return tracker
 
 
-_SNAPSHOT_TO_BREAKDOWN = ("weights", "gradients", "optimizer_states", "activations", "logits_loss", "temporaries",
-                          "grad_partition")
+_SNAPSHOT_TO_BREAKDOWN = (
+    "weights",
+    "gradients",
+    "optimizer_states",
+    "activations",
+    "logits_loss",
+    "temporaries",
+    "grad_partition",
+)
 
 
 def _extrapolate(t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int) -> tuple[dict, str]:
@@ -325,16 +364,23 @@ def _extrapolate(t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers
     (l1, l2), best = layers, (float("-inf"), {}, "")
     for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys():
         s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
-        per_cat = {k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
-                   for k in _SNAPSHOT_TO_BREAKDOWN}
+        per_cat = {
+            k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
+            for k in _SNAPSHOT_TO_BREAKDOWN
+        }
         metric = _metric(per_cat, t1.grad_weight, t1.count_states)
         if metric > best[0]:
             best = (metric, per_cat, phase)
     return best[1], best[2]
 
 
-def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, target: str = "cuda",
-                  layers: tuple[int, int] | None = (2, 3)) -> tuple[MemoryBreakdown, str, int]:
+def traced_memory(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    combo: Combination,
+    target: str = "cuda",
+    layers: tuple[int, int] | None = (2, 3),
+) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
     the model's depth (`layers=None` traces the full depth)."""
     try:
@@ -342,15 +388,20 @@ def traced_memory(spec: ModelSpec, setup: TrainingSetup, combo: Combination, tar
             t = _trace(spec, setup, combo, spec.num_layers, target)
             per_cat, phase = {k: float(t.peak_snapshot.get(k, 0)) for k in _SNAPSHOT_TO_BREAKDOWN}, t.peak_phase
         else:
-            per_cat, phase = _extrapolate(*[_trace(spec, setup, combo, n, target) for n in layers], layers,
-                                          spec.num_layers)
+            per_cat, phase = _extrapolate(
+                *[_trace(spec, setup, combo, n, target) for n in layers], layers, spec.num_layers
+            )
     except TraceUnavailable:
         raise
     except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path
-        raise TraceUnavailable(f"the traced estimator could not run {spec.family}: {e} This estimate is analytic.") from None
+        raise TraceUnavailable(
+            f"the traced estimator could not run {spec.family}: {e} This estimate is analytic."
+        ) from None
     except Exception as e:  # an architecture the tracer cannot run: say so in one line
-        raise TraceUnavailable(f"the traced estimator could not run {spec.family} ({type(e).__name__}: "
-                               f"{(str(e).splitlines() or [''])[0][:160]}); this estimate is analytic") from None
+        raise TraceUnavailable(
+            f"the traced estimator could not run {spec.family} ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:160]}); this estimate is analytic"
+        ) from None
     bd = {k: int(round(v)) for k, v in per_cat.items()}
     partition = bd.pop("grad_partition")
     if combo.uses_deepspeed:

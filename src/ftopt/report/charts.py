@@ -2,17 +2,26 @@
 matplotlib-fontja ships). Colours are fixed per set of memory techniques (quantized base and optimizer included)
 and markers per attention kind, so the same combination looks the same in every report; the recommended run is
 starred on the Pareto chart and point labels are placed where they overlap nothing."""
+
 from __future__ import annotations
 
 import io
 
 from ftopt.quality import QualityTarget
-from ftopt.report.decision import Decision, epoch_seconds, gpu_seconds, optim_of, quant_of
+from ftopt.report.decision import Decision, gpu_seconds, optim_of, quant_of
 from ftopt.report.text import TEXT, metric_name
 from ftopt.spec import Optim, Quant
 
-CATEGORIES = ("weights", "master_weights", "optimizer_states", "gradients", "activations", "logits_loss",
-              "engine_buffers", "temporaries")
+CATEGORIES = (
+    "weights",
+    "master_weights",
+    "optimizer_states",
+    "gradients",
+    "activations",
+    "logits_loss",
+    "engine_buffers",
+    "temporaries",
+)
 MiB = 2**20
 FONTS = {"en": ["DejaVu Sans"], "ja": ["IPAexGothic", "DejaVu Sans"]}  # IPAexGothic: matplotlib-fontja's font
 MARKERS = {"sdpa": "o", "flash": "s", "eager": "^"}
@@ -73,8 +82,9 @@ def place_labels(ax, points: list[tuple[float, float, str]]) -> list:
     taken, texts = [], []
     for x, y, label in points:
         for dx, dy in OFFSETS:
-            t = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
-                            ha="left" if dx > 0 else "right")
+            t = ax.annotate(
+                label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, ha="left" if dx > 0 else "right"
+            )
             box = t.get_window_extent(renderer).expanded(1.05, 1.1)
             clash = any(box.overlaps(b) for b in taken) or any(box.contains(*m) for m in marks)
             if not clash or (dx, dy) == OFFSETS[-1]:
@@ -116,8 +126,17 @@ def pareto_chart(d: Decision, capacity_bytes: int | None, T: dict) -> bytes:
         ys = [gpu_seconds(r) for r in ok]
         met = [any(r is m for m in d.met) for r in ok] if d.met else [True] * len(ok)
         for x, y, r, good in zip(xs, ys, ok, met):
-            ax.scatter([x], [y], color=colour(r["combination"]), marker=MARKERS.get(r["combination"]["attn"], "o"),
-                       s=45, edgecolors="k", linewidths=0.5, zorder=3, alpha=1.0 if good else 0.35)
+            ax.scatter(
+                [x],
+                [y],
+                color=colour(r["combination"]),
+                marker=MARKERS.get(r["combination"]["attn"], "o"),
+                s=45,
+                edgecolors="k",
+                linewidths=0.5,
+                zorder=3,
+                alpha=1.0 if good else 0.35,
+            )
         front, best_y = [], float("inf")
         # the front among runs that met the quality bar (all runs when none did): a faster run that missed the
         # bar is not an option
@@ -128,8 +147,17 @@ def pareto_chart(d: Decision, capacity_bytes: int | None, T: dict) -> bytes:
         ax.plot([p[0] for p in front], [p[1] for p in front], "g--", label=T["lg_pareto"], zorder=2)
         if d.best is not None:
             b = d.best
-            ax.scatter([b["measured"]["peak_bytes_per_gpu"] / MiB], [gpu_seconds(b)], marker="*", s=320,
-                       facecolors="none", edgecolors="crimson", linewidths=1.6, label=T["lg_recommended"], zorder=4)
+            ax.scatter(
+                [b["measured"]["peak_bytes_per_gpu"] / MiB],
+                [gpu_seconds(b)],
+                marker="*",
+                s=320,
+                facecolors="none",
+                edgecolors="crimson",
+                linewidths=1.6,
+                label=T["lg_recommended"],
+                zorder=4,
+            )
         if capacity_bytes and capacity_bytes / MiB < 3 * max(xs):
             ax.axvline(capacity_bytes / MiB, color="red", label=T["lg_capacity"])
         ax.margins(x=0.25, y=0.2)
@@ -158,8 +186,15 @@ def quality_chart(d: Decision, lang: str, T: dict) -> bytes:
         if metric != "token_f1" and any(v is not None for v in f1):
             # token F1 beside the target metric: partial learning (some tokens right) that exact match hides
             a2.barh([y - 0.2 for y in ys], vals, height=0.4, color=cols, label=metric_name(metric, lang))
-            a2.barh([y + 0.2 for y in ys], [v or 0 for v in f1], height=0.4, color=cols, alpha=0.45, hatch="//",
-                    label=metric_name("token_f1", lang))
+            a2.barh(
+                [y + 0.2 for y in ys],
+                [v or 0 for v in f1],
+                height=0.4,
+                color=cols,
+                alpha=0.45,
+                hatch="//",
+                label=metric_name("token_f1", lang),
+            )
         else:
             a2.barh(ys, vals, color=cols)
         a2.set_yticks(ys)
@@ -172,8 +207,16 @@ def quality_chart(d: Decision, lang: str, T: dict) -> bytes:
         if metric in ("exact_match", "token_f1", "rouge_l", "label_accuracy"):
             a2.set_xlim(0, 1)
         if not d.learned:
-            a2.text(0.5, 0.5, T["chart_nothing"], transform=a2.transAxes, ha="center", va="center", color="crimson",
-                    fontsize=14)
+            a2.text(
+                0.5,
+                0.5,
+                T["chart_nothing"],
+                transform=a2.transAxes,
+                ha="center",
+                va="center",
+                color="crimson",
+                fontsize=14,
+            )
         a2.set_yticklabels([])
         a2.set_ylim(-0.6, len(ok) - 0.4 + 0.9)  # room above the bars for the legend
     return _png(fig)
@@ -185,8 +228,11 @@ def parity_chart(ok: list[dict], T: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 5))
     hi = 1.0
     for method, mark in (("analytic", "o"), ("traced", "s")):
-        pts = [(r["measured"]["peak_bytes_per_gpu"] / MiB, r["predicted"][method]["peak_bytes_per_gpu"] / MiB)
-               for r in ok if "peak_bytes_per_gpu" in r.get("predicted", {}).get(method, {})]
+        pts = [
+            (r["measured"]["peak_bytes_per_gpu"] / MiB, r["predicted"][method]["peak_bytes_per_gpu"] / MiB)
+            for r in ok
+            if "peak_bytes_per_gpu" in r.get("predicted", {}).get(method, {})
+        ]
         if pts:
             ax.scatter(*zip(*pts), marker=mark, label=T[f"m_{method}"])
             hi = max(hi, *(max(p) for p in pts))
@@ -205,5 +251,9 @@ def charts(rows: list[dict], d: Decision, capacity_bytes: int | None, lang: str)
     register_fonts()
     T = TEXT[lang]
     with matplotlib.rc_context({"font.family": FONTS[lang], "axes.unicode_minus": False}):
-        return {"memory.png": memory_chart(rows, T), "pareto.png": pareto_chart(d, capacity_bytes, T),
-                "quality.png": quality_chart(d, lang, T), "parity.png": parity_chart(d.ok, T)}
+        return {
+            "memory.png": memory_chart(rows, T),
+            "pareto.png": pareto_chart(d, capacity_bytes, T),
+            "quality.png": quality_chart(d, lang, T),
+            "parity.png": parity_chart(d.ok, T),
+        }

@@ -1,8 +1,9 @@
 """Turn the report and demo flags into typed report settings, checking them before anything is drawn."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ftopt.errors import FtoptError
 from ftopt.quality import QualityTarget
@@ -19,42 +20,76 @@ def recorded_hardware(rows: list[dict]) -> HardwareSpec:
         if isinstance(hw, dict):
             specs.setdefault(hw.get("name"), hw)
     if len(specs) > 1:
-        raise FtoptError(f"The results ran on different hardware ({', '.join(sorted(map(str, specs)))}); "
-                         "pass --gpu to say which one the report describes.")
+        raise FtoptError(
+            f"The results ran on different hardware ({', '.join(sorted(map(str, specs)))}); "
+            "pass --gpu to say which one the report describes."
+        )
     if not specs:
         return load_hardware("cpu")
     (doc,) = specs.values()
     return HardwareSpec.model_validate(doc)
 
 
-def report_settings(rows: list[dict], *, gpu: str | None, title: str | None, quality_target: str | None,
-                    quality_source: str = "src_given", target_gpu: str | None, target_gpus: int, target_nodes: int,
-                    target_model: str | None = None, dataset_tokens: int | None, epochs: float,
-                    retrains_per_year: float, cost_per_gpu_hour: float | None, currency: str,
-                    max_hours: float | None) -> dict:
+def report_settings(
+    rows: list[dict],
+    *,
+    gpu: str | None,
+    title: str | None,
+    quality_target: str | None,
+    quality_source: str = "src_given",
+    target_gpu: str | None,
+    target_gpus: int,
+    target_nodes: int,
+    target_model: str | None = None,
+    dataset_tokens: int | None,
+    epochs: float,
+    retrains_per_year: float,
+    cost_per_gpu_hour: float | None,
+    currency: str,
+    max_hours: float | None,
+) -> dict:
     """Keyword arguments for `build_report` (ReportSettings fields)."""
     from ftopt.calibration import calibrate
 
     target = QualityTarget.parse(quality_target) if quality_target else None
     if (target_gpu is None) != (dataset_tokens is None):
-        raise FtoptError("Give --target-gpu and --dataset-tokens together to project production; got only "
-                         f"{'--target-gpu' if target_gpu else '--dataset-tokens'}.")
+        raise FtoptError(
+            "Give --target-gpu and --dataset-tokens together to project production; got only "
+            f"{'--target-gpu' if target_gpu else '--dataset-tokens'}."
+        )
     production = None
     if target_gpu is not None:
         load_hardware(target_gpu)  # an unknown preset fails here with its own message
-        production = production_target_for(rows, model=target_model, gpu=target_gpu, gpus_per_node=target_gpus,
-                                            nodes=target_nodes, dataset_tokens=dataset_tokens, epochs=epochs,
-                                            retrains_per_year=retrains_per_year, cost_per_gpu_hour=cost_per_gpu_hour,
-                                            currency=currency, max_hours=max_hours)
+        production = production_target_for(
+            rows,
+            model=target_model,
+            gpu=target_gpu,
+            gpus_per_node=target_gpus,
+            nodes=target_nodes,
+            dataset_tokens=dataset_tokens,
+            epochs=epochs,
+            retrains_per_year=retrains_per_year,
+            cost_per_gpu_hour=cost_per_gpu_hour,
+            currency=currency,
+            max_hours=max_hours,
+        )
     hw = load_hardware(gpu) if gpu is not None else recorded_hardware(rows)
     try:
         fit = calibrate(rows, hw)
     except FtoptError:
         fit = None  # no successful run with predictions: the report says so without a calibration line
-    return dict(title=title, hardware=hw.name, capacity_bytes=None if hw.is_cpu else hw.memory_bytes,
-                cost_per_gpu_hour=cost_per_gpu_hour, currency=currency, max_hours=max_hours, quality_target=target,
-                quality_source=quality_source, production=production,
-                calibration=fit.model_dump() if fit else None)
+    return dict(
+        title=title,
+        hardware=hw.name,
+        capacity_bytes=None if hw.is_cpu else hw.memory_bytes,
+        cost_per_gpu_hour=cost_per_gpu_hour,
+        currency=currency,
+        max_hours=max_hours,
+        quality_target=target,
+        quality_source=quality_source,
+        production=production,
+        calibration=fit.model_dump() if fit else None,
+    )
 
 
 def write_report(path: Path, out: Path, *, lang: str, warn: Callable[[str], None], **flags) -> dict[str, Path]:

@@ -1,6 +1,7 @@
 """The measured decision: which successful run meets the user's quality bar at the lowest cost (GPU-seconds per
 epoch: a two-process run pays for two GPUs), what it gives up against the best run, and whether anything was
 learned at all."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,16 +47,18 @@ def decide(rows: list[dict], target: QualityTarget | None = None) -> Decision:
     given = target is not None
     if target is None:
         best_loss = min((r["measured"]["eval_loss"] for r in ok), default=0.0)
-        target = QualityTarget(metric="eval_loss", op="<=", value=round(best_loss * (1 + QUALITY_TOLERANCE), 4),
-                               source="derived")
+        target = QualityTarget(
+            metric="eval_loss", op="<=", value=round(best_loss * (1 + QUALITY_TOLERANCE), 4), source="derived"
+        )
     scored = [r for r in ok if _value(target, r) is not None]
     sign = 1 if target.higher_is_better else -1
     closest = max(scored, key=lambda r: sign * _value(target, r), default=None)
     learned = not (target.higher_is_better and scored and all(_value(target, r) <= 0 for r in scored))
     met = [r for r in ok if target.met(r["measured"])]
     best = min(met, key=gpu_seconds) if met else None
-    d = Decision(target=target, target_given=given, best=best, met=met, ok=ok, closest=closest, learned=learned,
-                 failed=failed)
+    d = Decision(
+        target=target, target_given=given, best=best, met=met, ok=ok, closest=closest, learned=learned, failed=failed
+    )
     if best is not None:
         d.fastest = min((r for r in ok if r.get("gpus", 1) == best.get("gpus", 1)), key=epoch_seconds)
         d.tradeoff = _tradeoff(best, closest, d.fastest, target)

@@ -4,6 +4,7 @@ target hardware with the production data, as time and money per run and per year
 The PoC measured which combination is cheapest at the quality bar on the PoC's hardware; the same combination's
 production cost is predicted by `ftopt.estimate` (memory fit and step time) for the target GPUs, data and epochs.
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,28 +84,42 @@ def _precision(hw_is_cpu: bool, hw) -> Precision:
     return Precision.BF16_MIXED if hw.flops_for("bf16") else Precision.FP16_MIXED
 
 
-def project(combo: Combination, label: str, target: ProductionTarget, *, data_fraction: float = 1.0,
-            epochs: float | None = None) -> Projection:
+def project(
+    combo: Combination, label: str, target: ProductionTarget, *, data_fraction: float = 1.0, epochs: float | None = None
+) -> Projection:
     """The planner's prediction of `combo` on the target: memory fit, hours, GPU-hours and money."""
     hw = calibrated_hardware(load_hardware(target.gpu))  # the stored time-model calibration for it, if any
-    setup = TrainingSetup(seq_len=target.seq_len, micro_batch=target.micro_batch, precision=_precision(hw.is_cpu, hw),
-                          gpus_per_node=target.gpus_per_node, nodes=target.nodes,
-                          dataset_tokens=max(1, int(target.dataset_tokens * data_fraction)),
-                          epochs=epochs if epochs is not None else target.epochs)
+    setup = TrainingSetup(
+        seq_len=target.seq_len,
+        micro_batch=target.micro_batch,
+        precision=_precision(hw.is_cpu, hw),
+        gpus_per_node=target.gpus_per_node,
+        nodes=target.nodes,
+        dataset_tokens=max(1, int(target.dataset_tokens * data_fraction)),
+        epochs=epochs if epochs is not None else target.epochs,
+    )
     e = estimate(load_model(target.model), hw, setup, combo)
     hours = e.total_seconds / 3600
     gpu_hours = hours * target.gpus
     price = target.cost_per_gpu_hour
-    return Projection(label=label, combination=combo, gpus=target.gpus, fits_memory=e.fits,
-                      device_bytes_per_gpu=e.device_bytes_per_gpu, hours_per_run=hours, gpu_hours_per_run=gpu_hours,
-                      gpu_hours_per_year=gpu_hours * target.retrains_per_year,
-                      cost_per_run=gpu_hours * price if price is not None else None,
-                      cost_per_year=gpu_hours * price * target.retrains_per_year if price is not None else None,
-                      fits_budget=hours <= target.max_hours if target.max_hours else None)
+    return Projection(
+        label=label,
+        combination=combo,
+        gpus=target.gpus,
+        fits_memory=e.fits,
+        device_bytes_per_gpu=e.device_bytes_per_gpu,
+        hours_per_run=hours,
+        gpu_hours_per_run=gpu_hours,
+        gpu_hours_per_year=gpu_hours * target.retrains_per_year,
+        cost_per_run=gpu_hours * price if price is not None else None,
+        cost_per_year=gpu_hours * price * target.retrains_per_year if price is not None else None,
+        fits_budget=hours <= target.max_hours if target.max_hours else None,
+    )
 
 
-def plan_production(target: ProductionTarget, chosen: dict, candidates: list[dict], poc_gpu_hours: float,
-                    poc_cost: float | None) -> ProductionPlan:
+def plan_production(
+    target: ProductionTarget, chosen: dict, candidates: list[dict], poc_gpu_hours: float, poc_cost: float | None
+) -> ProductionPlan:
     """`chosen` and `candidates` are result rows (the report's decision and the other runs that met the bar).
     The PoC's cost is the caller's: its runs may have used other hardware than the target's price is for."""
     best = project(Combination(**chosen["combination"]), chosen["label"], target)
@@ -123,9 +138,20 @@ def plan_production(target: ProductionTarget, chosen: dict, candidates: list[dic
     stages = [
         Stage(name="poc", measured=True, gpu_hours=poc_gpu_hours, cost=poc_cost, runs=1),
         Stage(name="pilot", measured=False, gpu_hours=pilot.gpu_hours_per_run, cost=pilot.cost_per_run, runs=1),
-        Stage(name="production", measured=False, gpu_hours=best.gpu_hours_per_year, cost=best.cost_per_year,
-              runs=target.retrains_per_year),
+        Stage(
+            name="production",
+            measured=False,
+            gpu_hours=best.gpu_hours_per_year,
+            cost=best.cost_per_year,
+            runs=target.retrains_per_year,
+        ),
     ]
     hw = load_hardware(target.gpu)
-    return ProductionPlan(target=target, chosen=best, alternative=alt, stages=stages, precision=_precision(hw.is_cpu, hw),
-                          calibrated=find_calibration(hw.name) is not None)
+    return ProductionPlan(
+        target=target,
+        chosen=best,
+        alternative=alt,
+        stages=stages,
+        precision=_precision(hw.is_cpu, hw),
+        calibrated=find_calibration(hw.name) is not None,
+    )

@@ -2,6 +2,7 @@
 bench results file. It opens with the decision in three points that follow the method: the quality bar and time
 budget, the memory techniques, and the way from the PoC to production with its cost; then the measured table, the
 production projection and the staged roadmap. Every user-supplied string is escaped."""
+
 from __future__ import annotations
 
 import base64
@@ -21,11 +22,13 @@ from ftopt.report.projection import ProductionPlan, ProductionTarget, plan_produ
 from ftopt.report.text import LANGS, TEXT
 
 __all__ = ["ReportSettings", "build_report", "decide"]
-CSS = ("body{font-family:system-ui,'Noto Sans CJK JP','IPAexGothic',sans-serif;max-width:1100px;margin:2em auto;"
-       "padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}"
-       "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}"
-       "td:first-child,th:first-child{text-align:left}.roadmap td:nth-child(n+5){white-space:normal;text-align:left}"
-       ".points li{margin:.6em 0}img{max-width:100%;border:1px solid #eee}")
+CSS = (
+    "body{font-family:system-ui,'Noto Sans CJK JP','IPAexGothic',sans-serif;max-width:1100px;margin:2em auto;"
+    "padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}"
+    "td:first-child,th:first-child{text-align:left}.roadmap td:nth-child(n+5){white-space:normal;text-align:left}"
+    ".points li{margin:.6em 0}img{max-width:100%;border:1px solid #eee}"
+)
 
 
 class ReportSettings(BaseModel):
@@ -50,35 +53,54 @@ def _production(rows: list[dict], d: Decision, s: ReportSettings) -> ProductionP
     poc_gpu_hours = sum((r["measured"].get("train_seconds") or 0) * r.get("gpus", 1) for r in d.ok) / 3600
     same_hw = s.hardware == s.production.gpu
     price = s.production.cost_per_gpu_hour
-    return plan_production(s.production, d.best, d.met, poc_gpu_hours,
-                           poc_cost=poc_gpu_hours * price if (same_hw and price is not None) else None)
+    return plan_production(
+        s.production,
+        d.best,
+        d.met,
+        poc_gpu_hours,
+        poc_cost=poc_gpu_hours * price if (same_hw and price is not None) else None,
+    )
 
 
 def _points(rows, d: Decision, s: ReportSettings, plan, T: dict, lang: str) -> list[str]:
     if not d.ok:
         return [T["no_runs"].format(failed=html.escape(", ".join(d.failed) or "-"))]
-    pts = [S.point_quality(d, T, lang, s.quality_source, plan, s.max_hours),
-           S.point_memory(d, T, s.hardware, plan), S.point_scale(d, T, lang, plan)]
+    pts = [
+        S.point_quality(d, T, lang, s.quality_source, plan, s.max_hours),
+        S.point_memory(d, T, s.hardware, plan),
+        S.point_scale(d, T, lang, plan),
+    ]
     cal = s.calibration
     if cal and cal.get("holdout_runs"):
         pct = lambda v: f"{v:.1%}" if v is not None else "n/a"
-        pts.append(T["calibration"].format(fit=cal["fit_runs"], med=pct(cal["holdout_median_abs_error"]),
-                                           worst=pct(cal["holdout_worst_abs_error"]),
-                                           rho=f"{cal['spearman_rho']:.2f}" if cal.get("spearman_rho") is not None else "n/a",
-                                           pairs=f"{cal.get('pairs_ordered', 0)}/{cal.get('pairs_compared', 0)}"))
+        pts.append(
+            T["calibration"].format(
+                fit=cal["fit_runs"],
+                med=pct(cal["holdout_median_abs_error"]),
+                worst=pct(cal["holdout_worst_abs_error"]),
+                rho=f"{cal['spearman_rho']:.2f}" if cal.get("spearman_rho") is not None else "n/a",
+                pairs=f"{cal.get('pairs_ordered', 0)}/{cal.get('pairs_compared', 0)}",
+            )
+        )
     return [p for p in pts if p]
 
 
 def _html_table(cols: list[str], rows: list[list[str]], css_class: str = "") -> str:
     e = html.escape
-    return (f"<table class='{css_class}'><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>" +
-            "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+    return (
+        f"<table class='{css_class}'><tr>"
+        + "".join(f"<th>{e(c)}</th>" for c in cols)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        + "</table>"
+    )
 
 
 def _md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
     cell = lambda c: html.escape(str(c)).replace("|", "\\|")
-    return ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)] + \
-        ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)] + [
+        "| " + " | ".join(cell(c) for c in row) + " |" for row in rows
+    ]
 
 
 def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **settings) -> dict[str, Path]:
@@ -97,18 +119,28 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **s
         tmp.write_bytes(data)
         tmp.replace(out / name)
     points = _points(rows, d, s, plan, T, lang)
-    price = s.cost_per_gpu_hour if s.cost_per_gpu_hour is not None else (s.production.cost_per_gpu_hour
-                                                                         if s.production else None)
+    price = (
+        s.cost_per_gpu_hour
+        if s.cost_per_gpu_hour is not None
+        else (s.production.cost_per_gpu_hour if s.production else None)
+    )
     tables = [("", T["results"], S.padded_rows_note(rows, T), *S.results_table(rows, d, T, lang, price, s.currency))]
     if plan is not None:
         intro, cols, prow = S.production_table(plan, T)
         tables.append(("", T["production_h"], intro, cols, prow))
         tables.append(("roadmap", T["roadmap_h"], None, *S.roadmap_table(plan, T)))
     heading = s.title or T["title"]
-    captions = {"memory.png": T["chart_memory"], "pareto.png": T["chart_pareto"], "quality.png": T["chart_quality"],
-                "parity.png": T["chart_parity"]}
-    h = [f"<!DOCTYPE html><html lang='{lang}'><head><meta charset='utf-8'><title>{e(heading)}</title>",
-         f"<style>{CSS}</style></head><body>", f"<h1>{e(heading)}</h1><h2>{e(T['summary'])}</h2><ol class='points'>"]
+    captions = {
+        "memory.png": T["chart_memory"],
+        "pareto.png": T["chart_pareto"],
+        "quality.png": T["chart_quality"],
+        "parity.png": T["chart_parity"],
+    }
+    h = [
+        f"<!DOCTYPE html><html lang='{lang}'><head><meta charset='utf-8'><title>{e(heading)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{e(heading)}</h1><h2>{e(T['summary'])}</h2><ol class='points'>",
+    ]
     h += [f"<li>{p}</li>" for p in points] + ["</ol>"]
     md = [f"# {heading}", "", f"## {T['summary']}", ""]
     md += [f"{i}. {re.sub(r'</?b>', '**', p)}" for i, p in enumerate(points, 1)]
@@ -117,12 +149,13 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **s
         md += ["", f"## {name}", ""] + ([intro, ""] if intro else []) + _md_table(cols, trows)
     h.append(f"<h2>{e(T['charts'])}</h2>")
     for name, data in pngs.items():
-        h.append(f"<figure><img alt='{e(captions[name])}' src='data:image/png;base64,"
-                 f"{base64.b64encode(data).decode()}'><figcaption>{e(captions[name])}</figcaption></figure>")
+        h.append(
+            f"<figure><img alt='{e(captions[name])}' src='data:image/png;base64,"
+            f"{base64.b64encode(data).decode()}'><figcaption>{e(captions[name])}</figcaption></figure>"
+        )
     h.append(f"<p><small>{e(T['footer'])}</small></p></body></html>")
     md += ["", f"## {T['charts']}", ""] + [f"![{captions[n]}]({n})" for n in pngs] + ["", T["footer"], ""]
     paths = {"html": out / f"report.{lang}.html", "markdown": out / f"report.{lang}.md"}
     atomic_write_text(paths["html"], "\n".join(h))
     atomic_write_text(paths["markdown"], "\n".join(md))
     return paths
-

@@ -1,92 +1,126 @@
 """Report wording in English and Japanese. Each language is written for its reader, not translated word by word
 (Japanese: one term per concept, e.g. 評価損失 for eval loss; full sentences ending in 。). Placeholders are
 filled with already-escaped values by report.render; <b> is the only markup."""
+
 from __future__ import annotations
 
 from ftopt.report.text_ja import JA
 
 EN: dict[str, str] = {
     "title": "Fine-tuning decision report",
-    "unit_s": " s", "unit_min": " min", "unit_h": " h",
+    "unit_s": " s",
+    "unit_min": " min",
+    "unit_h": " h",
     "summary": "Decision",
     # point 1: quality bar and time budget
     "p_quality": "<b>Quality bar and time budget.</b> The quality target is {target} ({source}). {met} {budget}",
-    "src_given": "set with --quality-target", "src_demo": "stated by the demo",
+    "src_given": "set with --quality-target",
+    "src_demo": "stated by the demo",
     "src_derived": "not set by you: the sweep's best eval loss plus 5%, which only ranks the runs against each other",
     "met_some": "{n} of {total} successful runs met it.",
     "met_none": "No run met it; the closest was {label} at {value}. Do not scale up yet: train longer, start from a "
-                "stronger base model, or revisit the target.",
+    "stronger base model, or revisit the target.",
     "nothing_learned": "Nothing of the task was learned: every run scored 0 on {metric}. The runs are too short or "
-                       "the setup is wrong; the time and memory figures still hold, the quality figures do not.",
+    "the setup is wrong; the time and memory figures still hold, the quality figures do not.",
     "budget_none": "No time budget was given (--max-hours).",
     "budget_fits": "A production run is predicted to take {hours}, within the budget of {budget}.",
     "budget_over": "A production run is predicted to take {hours}, over the budget of {budget}: add GPUs or nodes, "
-                   "or reduce the data or epochs.",
+    "or reduce the data or epochs.",
     "budget_given": "The time budget is {budget} per run.",
     # point 2: techniques by GPU memory
     "p_memory": "<b>Memory techniques.</b> {what}",
     "mem_none_needed": "No memory technique is needed: {label} runs without LoRA, a quantized base, an 8-bit or "
-                       "paged optimizer, gradient checkpointing or ZeRO. {fit}",
+    "paged optimizer, gradient checkpointing or ZeRO. {fit}",
     "mem_needed": "The recommended combination, {label}, uses {techniques}. {fit}",
     # the techniques named in mem_needed (report.decision.memory_techniques)
-    "tech_lora": "LoRA (rank {r})", "tech_qlora": "QLoRA ({quant} base, rank {r})",
-    "tech_int8": "an 8-bit base (LLM.int8())", "tech_adamw_8bit": "8-bit AdamW",
-    "tech_paged_adamw_8bit": "paged 8-bit AdamW", "tech_paged_adamw": "paged AdamW",
-    "tech_gc": "gradient checkpointing", "tech_offload_optimizer": "optimizer offload to CPU",
-    "tech_offload_all": "parameter and optimizer offload to CPU", "tech_sep": ", ",
+    "tech_lora": "LoRA (rank {r})",
+    "tech_qlora": "QLoRA ({quant} base, rank {r})",
+    "tech_int8": "an 8-bit base (LLM.int8())",
+    "tech_adamw_8bit": "8-bit AdamW",
+    "tech_paged_adamw_8bit": "paged 8-bit AdamW",
+    "tech_paged_adamw": "paged AdamW",
+    "tech_gc": "gradient checkpointing",
+    "tech_offload_optimizer": "optimizer offload to CPU",
+    "tech_offload_all": "parameter and optimizer offload to CPU",
+    "tech_sep": ", ",
     "fit_target": "On {gpu} it is predicted to need {need} of {cap} per GPU.",
     "fit_target_no": "On {gpu} it is predicted to need {need} per GPU, more than the {cap} it has: choose a "
-                     "combination with more memory techniques or more GPUs.",
+    "combination with more memory techniques or more GPUs.",
     "fit_poc": "Its measured peak on {hardware} was {need} per GPU.",
     # point 3: PoC to production
     "p_scale": "<b>From PoC to production.</b> {what}",
     "scale_best": "Scale <b>{label}</b>: in the PoC it took {time} per epoch on {gpus} GPU(s), {gpuh} GPU-hours. "
-                  "{production}",
+    "{production}",
     "scale_none": "There is nothing to scale yet: no run met the quality target.",
     "production": "On {gpus} × {gpu} with {tokens} tokens × {epochs} epoch(s) it is predicted to take {hours} per run "
-                  "({gpuh} GPU-hours), {cost} per run and {cost_year} per year at {retrains} runs a year.",
+    "({gpuh} GPU-hours), {cost} per run and {cost_year} per year at {retrains} runs a year.",
     "production_nocost": "On {gpus} × {gpu} with {tokens} tokens × {epochs} epoch(s) it is predicted to take {hours} "
-                         "per run ({gpuh} GPU-hours, {gpuh_year} GPU-hours a year at {retrains} runs a year); give "
-                         "--cost-per-gpu-hour for money.",
+    "per run ({gpuh} GPU-hours, {gpuh_year} GPU-hours a year at {retrains} runs a year); give "
+    "--cost-per-gpu-hour for money.",
     "production_missing": "Give --target-gpu and --dataset-tokens to predict the time and cost of production.",
     "alternative": "The next-cheapest alternative, {label}, would take {gpuh} GPU-hours per run{cost}.",
     "alternative_none": "No other measured combination both met the target and fits the target GPUs.",
     "tradeoff": "It gives up {tradeoff}.",
     "tradeoff_none": "It gives up nothing measurable against the other runs.",
     "uncalibrated": "The time model for {gpu} has not been calibrated by runs on it (ftopt bench --gpu {gpu}): its "
-                    "per-step overheads count as zero, so a small model is predicted too fast; the pilot measures "
-                    "them.",
+    "per-step overheads count as zero, so a small model is predicted too fast; the pilot measures "
+    "them.",
     "tradeoff_quality": "{delta} on {metric}",
     "tradeoff_time": "{pct} more time than the fastest run on the same number of GPUs ({label}, {met})",
     "calibration": "The time model was calibrated on {fit} runs: each combination's step time, predicted by a fit "
-                   "on the others, is off by {med} (median) and {worst} at worst; rank correlation (Spearman) {rho}; "
-                   "{pairs} pairs of combinations more than 10% apart are ordered right.",
+    "on the others, is off by {med} (median) and {worst} at worst; rank correlation (Spearman) {rho}; "
+    "{pairs} pairs of combinations more than 10% apart are ordered right.",
     "no_runs": "No run finished successfully, so nothing can be recommended from measurements. Failed runs: {failed}.",
     # tables
     "results": "Measured results (PoC)",
-    "col_combination": "combination", "col_gpus": "GPUs", "col_status": "status", "col_peak": "measured peak per GPU",
-    "col_pred": "predicted peak", "col_epoch": "time per epoch", "col_gpuh": "GPU-hours per epoch",
-    "col_loss": "eval loss", "col_ppl": "perplexity", "col_met": "meets target", "col_cost": "cost per epoch",
-    "yes": "yes", "no": "no", "met": "met", "not_met": "not met", "recommended": "recommended",
-    "status_ok": "ok", "status_oom": "out of memory", "status_error": "error",
+    "col_combination": "combination",
+    "col_gpus": "GPUs",
+    "col_status": "status",
+    "col_peak": "measured peak per GPU",
+    "col_pred": "predicted peak",
+    "col_epoch": "time per epoch",
+    "col_gpuh": "GPU-hours per epoch",
+    "col_loss": "eval loss",
+    "col_ppl": "perplexity",
+    "col_met": "meets target",
+    "col_cost": "cost per epoch",
+    "yes": "yes",
+    "no": "no",
+    "met": "met",
+    "not_met": "not met",
+    "recommended": "recommended",
+    "status_ok": "ok",
+    "status_oom": "out of memory",
+    "status_error": "error",
     "padded_rows": "Predicted peaks assume every sequence is --seq-len tokens long. Runs without --packing pad each "
-                   "micro-batch only to its longest sequence, so on shorter data their measured peak is below the "
-                   "prediction.",
+    "micro-batch only to its longest sequence, so on shorter data their measured peak is below the "
+    "prediction.",
     "production_h": "Production projection",
     "production_assume": "Predicted by the planner for {model} on {gpus} × {gpu} ({precision}, sequence length {seq_len}, "
-                         "micro-batch {micro_batch}), {tokens} tokens × {epochs} epoch(s), {retrains} runs a year.",
-    "col_fits": "fits GPU memory", "col_hours": "hours per run", "col_gpuh_run": "GPU-hours per run",
-    "col_gpuh_year": "GPU-hours per year", "col_cost_run": "cost per run", "col_cost_year": "cost per year",
+    "micro-batch {micro_batch}), {tokens} tokens × {epochs} epoch(s), {retrains} runs a year.",
+    "col_fits": "fits GPU memory",
+    "col_hours": "hours per run",
+    "col_gpuh_run": "GPU-hours per run",
+    "col_gpuh_year": "GPU-hours per year",
+    "col_cost_run": "cost per run",
+    "col_cost_year": "cost per year",
     "col_budget": "within time budget",
     "roadmap_h": "Roadmap",
-    "col_gpuh_stage": "GPU-hours", "col_cost_stage": "cost",
-    "col_stage": "stage", "col_basis": "basis", "col_decides": "what it decides", "col_stop": "stop if",
-    "measured": "measured", "predicted": "predicted",
-    "stage_poc": "PoC", "stage_pilot": "pilot", "stage_production": "production (per year)",
+    "col_gpuh_stage": "GPU-hours",
+    "col_cost_stage": "cost",
+    "col_stage": "stage",
+    "col_basis": "basis",
+    "col_decides": "what it decides",
+    "col_stop": "stop if",
+    "measured": "measured",
+    "predicted": "predicted",
+    "stage_poc": "PoC",
+    "stage_pilot": "pilot",
+    "stage_production": "production (per year)",
     "decides_poc": "which combination meets the quality bar at the lowest cost",
     "stop_poc": "no run meets the quality bar",
     "decides_pilot": "whether quality holds on {pct} of the real data (one epoch on the target GPUs) and whether the "
-                     "predicted time and memory are right",
+    "predicted time and memory are right",
     "stop_pilot": "quality below the bar, or step time more than {x}× the prediction",
     "decides_production": "the yearly budget for {retrains} runs",
     "stop_production": "a run exceeds the time budget, or the yearly cost exceeds what the task is worth",
@@ -94,18 +128,33 @@ EN: dict[str, str] = {
     "charts": "Charts",
     "chart_memory": "Predicted memory breakdown per GPU (bars) and measured peak (black marker)",
     "chart_pareto": "GPU-seconds per epoch against peak memory; the line joins the Pareto front of the runs that met "
-                    "the quality target (faded: runs that did not), the star is the recommended run",
+    "the quality target (faded: runs that did not), the star is the recommended run",
     "chart_quality": "Task quality per combination, with the quality target",
     "chart_parity": "Predicted against measured peak memory",
-    "ax_mib_per_gpu": "MiB per GPU", "ax_peak": "measured peak MiB per GPU", "ax_gpu_seconds": "GPU-seconds per epoch",
-    "ax_predicted": "predicted peak MiB", "ax_measured": "measured peak MiB", "lg_pareto": "Pareto front",
-    "lg_capacity": "GPU memory", "lg_recommended": "recommended", "lg_exact": "exact", "lg_target": "target",
-    "ax_loss": "eval loss (lower is better)", "ax_metric": "{metric} (higher is better)",
-    "ax_metric_low": "{metric} (lower is better)", "chart_nothing": "nothing learned",
-    "cat_weights": "weights", "cat_master_weights": "master weights", "cat_optimizer_states": "optimizer states",
-    "cat_gradients": "gradients", "cat_activations": "activations", "cat_logits_loss": "logits and loss",
-    "cat_engine_buffers": "engine buffers", "cat_temporaries": "temporaries",
-    "m_analytic": "analytic", "m_traced": "traced",
+    "ax_mib_per_gpu": "MiB per GPU",
+    "ax_peak": "measured peak MiB per GPU",
+    "ax_gpu_seconds": "GPU-seconds per epoch",
+    "ax_predicted": "predicted peak MiB",
+    "ax_measured": "measured peak MiB",
+    "lg_pareto": "Pareto front",
+    "lg_capacity": "GPU memory",
+    "lg_recommended": "recommended",
+    "lg_exact": "exact",
+    "lg_target": "target",
+    "ax_loss": "eval loss (lower is better)",
+    "ax_metric": "{metric} (higher is better)",
+    "ax_metric_low": "{metric} (lower is better)",
+    "chart_nothing": "nothing learned",
+    "cat_weights": "weights",
+    "cat_master_weights": "master weights",
+    "cat_optimizer_states": "optimizer states",
+    "cat_gradients": "gradients",
+    "cat_activations": "activations",
+    "cat_logits_loss": "logits and loss",
+    "cat_engine_buffers": "engine buffers",
+    "cat_temporaries": "temporaries",
+    "m_analytic": "analytic",
+    "m_traced": "traced",
     "footer": "Generated by ftopt. Predictions are per GPU; measured values come from the runs listed.",
 }
 
@@ -113,10 +162,22 @@ TEXT: dict[str, dict[str, str]] = {"en": EN, "ja": JA}
 LANGS = tuple(TEXT)
 
 METRIC_NAMES: dict[str, dict[str, str]] = {
-    "en": {"exact_match": "exact match", "token_f1": "token F1", "rouge_l": "ROUGE-L",
-           "label_accuracy": "label accuracy", "eval_loss": "eval loss", "perplexity": "perplexity"},
-    "ja": {"exact_match": "完全一致率", "token_f1": "トークンF1", "rouge_l": "ROUGE-L",
-           "label_accuracy": "ラベル正解率", "eval_loss": "評価損失", "perplexity": "パープレキシティ"},
+    "en": {
+        "exact_match": "exact match",
+        "token_f1": "token F1",
+        "rouge_l": "ROUGE-L",
+        "label_accuracy": "label accuracy",
+        "eval_loss": "eval loss",
+        "perplexity": "perplexity",
+    },
+    "ja": {
+        "exact_match": "完全一致率",
+        "token_f1": "トークンF1",
+        "rouge_l": "ROUGE-L",
+        "label_accuracy": "ラベル正解率",
+        "eval_loss": "評価損失",
+        "perplexity": "パープレキシティ",
+    },
 }
 
 

@@ -1,11 +1,35 @@
 """Typed, validated descriptions of what is trained, on what, and how."""
+
 from ftopt.spec.hardware import HardwareSpec, hardware_names, load_hardware
 from ftopt.spec.model import Linear, LinearGroup, MlpKind, ModelSpec, NormKind, from_hf_config, load_model, preset_names
-from ftopt.spec.training import CPU_DEFAULTS, Attention, Combination, Offload, Optim, Precision, Quant, TrainingSetup
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
+from ftopt.spec.training import CPU_DEFAULTS, Attention, Combination, Offload, Optim, Precision, Quant, TrainingSetup
 
 __all__ = [
-    "CPU_DEFAULTS", "DataSpec", "LrSchedule", "ModelRef", "OutputSpec", "ReportTo", "RunSpec", "Schedule",
-    "Attention", "Combination", "HardwareSpec", "Linear", "LinearGroup", "MlpKind", "ModelSpec", "NormKind", "Offload", "Optim", "Quant",
-    "Precision", "TrainingSetup", "from_hf_config", "hardware_names", "load_hardware", "load_model", "preset_names",
+    "CPU_DEFAULTS",
+    "DataSpec",
+    "LrSchedule",
+    "ModelRef",
+    "OutputSpec",
+    "ReportTo",
+    "RunSpec",
+    "Schedule",
+    "Attention",
+    "Combination",
+    "HardwareSpec",
+    "Linear",
+    "LinearGroup",
+    "MlpKind",
+    "ModelSpec",
+    "NormKind",
+    "Offload",
+    "Optim",
+    "Quant",
+    "Precision",
+    "TrainingSetup",
+    "from_hf_config",
+    "hardware_names",
+    "load_hardware",
+    "load_model",
+    "preset_names",
 ]

@@ -2,6 +2,7 @@
 
 The fitting and storage live in ftopt/calibration.py (which imports this module; nothing here imports it back).
 """
+
 from __future__ import annotations
 
 from importlib import metadata
@@ -21,13 +22,15 @@ class SoftwareVersions(BaseModel):
     deepspeed: str | None = None
 
     @classmethod
-    def installed(cls) -> "SoftwareVersions":
+    def installed(cls) -> SoftwareVersions:
         """Versions from package metadata (no import: estimate/plan stay instant and run without deepspeed)."""
+
         def version(name: str) -> str | None:
             try:
                 return metadata.version(name)
             except metadata.PackageNotFoundError:
                 return None
+
         return cls(torch=version("torch"), transformers=version("transformers"), deepspeed=version("deepspeed"))
 
     def label(self) -> str:
@@ -45,8 +48,9 @@ class CalibrationProvenance(BaseModel):
     combinations: int = Field(ge=0, description="distinct (model, combination, process count) points")
     sources: list[str] = Field(description="results files or sweeps the points came from")
     date: str = Field(description="UTC date of the latest fit, ISO 8601")
-    at_bound: list[str] = Field(default_factory=list,
-                                description="fitted constants that sit on a bound (mfu at 100%, an overhead at 0)")
+    at_bound: list[str] = Field(
+        default_factory=list, description="fitted constants that sit on a bound (mfu at 100%, an overhead at 0)"
+    )
     holdout_median_abs_error: float | None = Field(None, description="leave-one-out step-time error, median")
     file: str | None = Field(None, description="the calibration file it was read from")
 
@@ -56,10 +60,13 @@ class CalibrationProvenance(BaseModel):
 
     def summary(self) -> str:
         """One line: what, from how much, under which versions, and any constant stuck on a bound."""
-        held = (f", held-out error {self.holdout_median_abs_error:.1%}"
-                if self.holdout_median_abs_error is not None else "")
+        held = (
+            f", held-out error {self.holdout_median_abs_error:.1%}" if self.holdout_median_abs_error is not None else ""
+        )
         bound = f"; at a bound: {', '.join(self.at_bound)}" if self.at_bound else ""
         points = f"{self.combinations} point{'' if self.combinations == 1 else 's'}"
-        return (f"{self.runs} run{'' if self.runs == 1 else 's'} of {points} on {self.hardware} "
-                f"({', '.join(self.models)}), {self.date}, {self.versions.label()}{held}{bound}"
-                + (f"; file {self.file}" if self.file else ""))
+        return (
+            f"{self.runs} run{'' if self.runs == 1 else 's'} of {points} on {self.hardware} "
+            f"({', '.join(self.models)}), {self.date}, {self.versions.label()}{held}{bound}"
+            + (f"; file {self.file}" if self.file else "")
+        )

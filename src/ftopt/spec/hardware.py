@@ -3,11 +3,11 @@
 `cpu` is special: its memory comes from the OS and its FLOP/s from a short matmul probe, cached on disk, so that
 ftopt can plan (and `ftopt demo` can compare) runs on the machine it is on.
 """
+
 from __future__ import annotations
 
-import functools
-
 import difflib
+import functools
 import json
 import os
 import time
@@ -30,52 +30,76 @@ class HardwareSpec(BaseModel):
 
     name: str
     memory_bytes: int = Field(gt=0, description="device memory as the driver reports it")
-    peak_flops: dict[str, float] = Field(description="dense peak FLOP/s by compute dtype (bf16, fp16, fp32); a dtype "
-                                                     "absent here is one the device cannot run")
-    compute_capability: tuple[int, int] | None = Field(None, description="CUDA compute capability (major, minor); "
-                                                                         "None for a CPU")
-    attention_kernels: tuple[Attention, ...] = Field((Attention.EAGER, Attention.SDPA),
-                                                     description="attention implementations the device can run")
+    peak_flops: dict[str, float] = Field(
+        description="dense peak FLOP/s by compute dtype (bf16, fp16, fp32); a dtype "
+        "absent here is one the device cannot run"
+    )
+    compute_capability: tuple[int, int] | None = Field(
+        None, description="CUDA compute capability (major, minor); None for a CPU"
+    )
+    attention_kernels: tuple[Attention, ...] = Field(
+        (Attention.EAGER, Attention.SDPA), description="attention implementations the device can run"
+    )
     hbm_bandwidth_bytes_per_s: float = Field(gt=0)
     intra_node_bandwidth_bytes_per_s: float = Field(gt=0, description="per-GPU, one direction (NVLink or PCIe)")
     inter_node_bandwidth_per_gpu_bytes_per_s: float = Field(
-        gt=0, description="network bandwidth between nodes available to each GPU, one direction (a DGX gives every "
-                          "GPU its own NIC; a cloud box shares one among its GPUs)")
+        gt=0,
+        description="network bandwidth between nodes available to each GPU, one direction (a DGX gives every "
+        "GPU its own NIC; a cloud box shares one among its GPUs)",
+    )
     host_link_bandwidth_bytes_per_s: float = Field(gt=0, description="GPU <-> CPU memory (PCIe), used by offload")
     mfu: float = Field(gt=0, le=1, description="achieved fraction of peak FLOP/s; an assumption until calibrated")
     host_memory_bytes: int = Field(1024 * 2**30, gt=0, description="CPU RAM per node, needed by offload")
     fixed_step_seconds: float = Field(0.0, ge=0, description="per-step overhead not proportional to FLOPs (calibrated)")
-    seconds_per_kernel: float = Field(0.0, ge=0, description="exposed cost of one dispatched operator (calibrated; "
-                                                             "0 assumes launches hide behind the kernels)")
+    seconds_per_kernel: float = Field(
+        0.0,
+        ge=0,
+        description="exposed cost of one dispatched operator (calibrated; 0 assumes launches hide behind the kernels)",
+    )
     dequant_bytes_per_s: float | None = Field(
-        None, gt=0, description="achieved rate of bitsandbytes dequantization (bytes read + written per second); "
-                                "None: memory-bound at hbm_bandwidth_bytes_per_s, the GPU assumption")
+        None,
+        gt=0,
+        description="achieved rate of bitsandbytes dequantization (bytes read + written per second); "
+        "None: memory-bound at hbm_bandwidth_bytes_per_s, the GPU assumption",
+    )
     bnb_optimizer_bytes_per_s: float | None = Field(
-        None, gt=0, description="achieved rate of a bitsandbytes 8-bit optimizer update (bytes moved per second); "
-                                "None: memory-bound at hbm_bandwidth_bytes_per_s, the GPU assumption")
-    zero_step_seconds: dict[int, float] = Field(default_factory=dict,
-                                                description="extra per-step cost of the DeepSpeed engine by ZeRO stage (calibrated)")
+        None,
+        gt=0,
+        description="achieved rate of a bitsandbytes 8-bit optimizer update (bytes moved per second); "
+        "None: memory-bound at hbm_bandwidth_bytes_per_s, the GPU assumption",
+    )
+    zero_step_seconds: dict[int, float] = Field(
+        default_factory=dict, description="extra per-step cost of the DeepSpeed engine by ZeRO stage (calibrated)"
+    )
     source: str = ""
     is_cpu: bool = False
-    calibration: CalibrationProvenance | None = Field(None, description="the time-model calibration applied, if any "
-                                                                        "(ftopt.calibration_store.apply_calibration)")
+    calibration: CalibrationProvenance | None = Field(
+        None, description="the time-model calibration applied, if any (ftopt.calibration_store.apply_calibration)"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data):
         if isinstance(data, dict) and "inter_node_bandwidth_bytes_per_s" in data:
-            raise ValueError("inter_node_bandwidth_bytes_per_s (per node) is now inter_node_bandwidth_per_gpu_bytes_per_s "
-                             f"(per GPU NIC); got {data['inter_node_bandwidth_bytes_per_s']!r} under the old name")
+            raise ValueError(
+                "inter_node_bandwidth_bytes_per_s (per node) is now inter_node_bandwidth_per_gpu_bytes_per_s "
+                f"(per GPU NIC); got {data['inter_node_bandwidth_bytes_per_s']!r} under the old name"
+            )
         return data
 
     @model_validator(mode="after")
-    def _capabilities(self) -> "HardwareSpec":
+    def _capabilities(self) -> HardwareSpec:
         old = self.is_cpu or self.compute_capability is None or self.compute_capability < AMPERE
-        got = ("set compute_capability, e.g. [8, 0]" if self.compute_capability is None and not self.is_cpu
-               else f"got {self.compute_capability}")
+        got = (
+            "set compute_capability, e.g. [8, 0]"
+            if self.compute_capability is None and not self.is_cpu
+            else f"got {self.compute_capability}"
+        )
         if Attention.FLASH in self.attention_kernels and old:
-            raise ValueError(f"{self.name} lists flash attention but FlashAttention 2 needs a CUDA GPU of compute "
-                             f"capability 8.0 or newer ({got})")
+            raise ValueError(
+                f"{self.name} lists flash attention but FlashAttention 2 needs a CUDA GPU of compute "
+                f"capability 8.0 or newer ({got})"
+            )
         if "bf16" in self.peak_flops and old and not self.is_cpu:
             raise ValueError(f"{self.name} lists bf16 but bf16 needs compute capability 8.0 or newer ({got})")
         return self
@@ -95,8 +119,10 @@ class HardwareSpec(BaseModel):
         dtype = precision.compute_dtype
         if dtype not in self.peak_flops:
             others = [p.value for p in Precision if p.compute_dtype in self.peak_flops]
-            raise FtoptError(f"{self.name} cannot run {dtype} (no {dtype} units, {self._capability_text()}); "
-                             f"use --precision {' or '.join(others)}.")
+            raise FtoptError(
+                f"{self.name} cannot run {dtype} (no {dtype} units, {self._capability_text()}); "
+                f"use --precision {' or '.join(others)}."
+            )
         if attn not in self.attention_kernels:
             if self.is_cpu:
                 why = f"{attn.value} attention needs a CUDA GPU"
@@ -109,8 +135,14 @@ class HardwareSpec(BaseModel):
 
 
 def hardware_names() -> list[str]:
-    return sorted([p.name.removesuffix(".json") for p in resources.files("ftopt.presets.hardware").iterdir()
-                   if p.name.endswith(".json")] + ["cpu"])
+    return sorted(
+        [
+            p.name.removesuffix(".json")
+            for p in resources.files("ftopt.presets.hardware").iterdir()
+            if p.name.endswith(".json")
+        ]
+        + ["cpu"]
+    )
 
 
 def _cache_dir() -> Path:
@@ -163,10 +195,18 @@ def cpu_spec() -> HardwareSpec:
     # bitsandbytes' CPU backend dequantizes and updates 8-bit states with chains of torch ops, far from memory-bound:
     # rates measured by benchmarks/quant_time.py (see the README's QLoRA section for the run and its date).
     return HardwareSpec(
-        dequant_bytes_per_s=CPU_BNB_DEQUANT_BYTES_PER_S, bnb_optimizer_bytes_per_s=CPU_BNB_OPTIMIZER_BYTES_PER_S,
-        name="cpu", memory_bytes=mem, peak_flops={"fp32": flops, "bf16": flops, "fp16": flops},
-        hbm_bandwidth_bytes_per_s=20e9, intra_node_bandwidth_bytes_per_s=5e9, inter_node_bandwidth_per_gpu_bytes_per_s=1e9,
-        host_link_bandwidth_bytes_per_s=20e9, mfu=0.5, host_memory_bytes=mem, is_cpu=True,
+        dequant_bytes_per_s=CPU_BNB_DEQUANT_BYTES_PER_S,
+        bnb_optimizer_bytes_per_s=CPU_BNB_OPTIMIZER_BYTES_PER_S,
+        name="cpu",
+        memory_bytes=mem,
+        peak_flops={"fp32": flops, "bf16": flops, "fp16": flops},
+        hbm_bandwidth_bytes_per_s=20e9,
+        intra_node_bandwidth_bytes_per_s=5e9,
+        inter_node_bandwidth_per_gpu_bytes_per_s=1e9,
+        host_link_bandwidth_bytes_per_s=20e9,
+        mfu=0.5,
+        host_memory_bytes=mem,
+        is_cpu=True,
         source=f"this machine: {os.cpu_count()} cores, memory from the OS, fp32 FLOP/s from a matmul probe",
     )
 
@@ -188,9 +228,13 @@ def load_hardware(name: str) -> HardwareSpec:
         except OSError as e:
             raise FtoptError(f"Cannot read the hardware file {path}: {e.strerror}.") from None
         except ValidationError as e:
-            raise FtoptError(f"The hardware file {path} is not a valid hardware spec: {validation_message(e)}.") from None
+            raise FtoptError(
+                f"The hardware file {path} is not a valid hardware spec: {validation_message(e)}."
+            ) from None
         except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise FtoptError(f"The hardware file {path} is not a valid hardware spec: {str(e).splitlines()[0]}.") from None
+            raise FtoptError(
+                f"The hardware file {path} is not a valid hardware spec: {str(e).splitlines()[0]}."
+            ) from None
     if name == "cpu":
         return cpu_spec()
     names = hardware_names()

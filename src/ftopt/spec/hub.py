@@ -5,6 +5,7 @@ and the tokenizer (nothing else: no pickled `.bin`, no remote code unless asked)
 apply: HF_TOKEN for gated repos, HF_HUB_OFFLINE=1 for the cache only, HF_ENDPOINT for a mirror. Every failure is
 one sentence (FtoptError).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,19 @@ from ftopt.errors import FtoptError
 # org/name with the Hub's allowed characters, optionally @revision (branch, tag or commit)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
 # what `train` downloads: weights (safetensors only), config, tokenizer and chat template files
-WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-                   "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model", "*.jinja",
-                   "chat_template.json"]
+WEIGHT_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab.*",
+    "merges.txt",
+    "*.model",
+    "*.jinja",
+    "chat_template.json",
+]
 # what marks an argument as a path on disk, never a Hub id: a leading ./ ../ / or ~, or a model file's suffix
 _LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 _FILE_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth"}
@@ -45,8 +56,10 @@ def is_local_path(ref: str) -> bool:
 def check_local_path(ref: str) -> None:
     """A path-like argument (is_local_path) that does not exist is one line, not a Hub lookup."""
     if is_local_path(ref) and not Path(ref).expanduser().exists():
-        raise FtoptError(f"No such folder or file: {ref} (a path starting with ./, ../, / or ~ is read from disk, "
-                         "never looked up on the Hub).")
+        raise FtoptError(
+            f"No such folder or file: {ref} (a path starting with ./, ../, / or ~ is read from disk, "
+            "never looked up on the Hub)."
+        )
 
 
 def parse_hub_id(ref: str) -> HubRef | None:
@@ -66,18 +79,23 @@ def _hub_errors(ref: HubRef, what: str, not_found_hint: str = ""):
     try:
         yield
     except E.GatedRepoError:
-        raise FtoptError(f"{ref.repo_id} is gated: accept its terms on the Hub and set HF_TOKEN to a token with "
-                         "access.") from None
+        raise FtoptError(
+            f"{ref.repo_id} is gated: accept its terms on the Hub and set HF_TOKEN to a token with access."
+        ) from None
     except E.RevisionNotFoundError:
         raise FtoptError(f"{ref.repo_id} has no revision '{ref.revision}'.") from None
     except E.RepositoryNotFoundError:
-        raise FtoptError(f"No model {ref.repo_id} on the Hub (or it is private: set HF_TOKEN) and no local folder "
-                         f"./{ref.repo_id}{not_found_hint}.") from None
+        raise FtoptError(
+            f"No model {ref.repo_id} on the Hub (or it is private: set HF_TOKEN) and no local folder "
+            f"./{ref.repo_id}{not_found_hint}."
+        ) from None
     except E.RemoteEntryNotFoundError:
         raise FtoptError(f"{ref} has no {what} on the Hub.") from None
     except (E.LocalEntryNotFoundError, E.OfflineModeIsEnabled):
-        raise FtoptError(f"{ref} is not in the Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 "
-                         "or no network); download it once with network access.") from None
+        raise FtoptError(
+            f"{ref} is not in the Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 "
+            "or no network); download it once with network access."
+        ) from None
     except E.HfHubHTTPError as e:
         raise FtoptError(f"The Hub refused {ref} ({str(e).splitlines()[0][:120]}).") from None
 
@@ -94,8 +112,9 @@ def check_remote_code(config: dict, ref: str, trust_remote_code: bool) -> None:
     asked (then that code builds it, weights or random init: modeling.build_base). Reading the config for an
     estimate or a plan runs nothing, so only `train` and `bench` check this."""
     if config.get("auto_map") and not trust_remote_code:
-        raise FtoptError(f"{ref} needs its own Python code (its config's auto_map); rerun with --trust-remote-code "
-                         "if you trust it.")
+        raise FtoptError(
+            f"{ref} needs its own Python code (its config's auto_map); rerun with --trust-remote-code if you trust it."
+        )
 
 
 def hub_config(ref: HubRef, not_found_hint: str = "") -> dict:

@@ -5,15 +5,17 @@ folder). Each supported family has a small reader that maps its config keys, wit
 uses for that family, onto one generic description: embeddings, per-layer attention and MLP linears, norms and
 biases. `param_count()` equals `sum(p.numel())` of the real transformers model (tested for every family).
 """
+
 from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from enum import Enum
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -83,9 +85,11 @@ class ModelSpec(BaseModel):
     hf_config: dict[str, Any] = Field(repr=False, description="the config.json this spec was read from")
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelSpec":
+    def _check(self) -> ModelSpec:
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_attention_heads ({self.num_heads}) must be a multiple of the key/value heads ({self.num_kv_heads})")
+            raise ValueError(
+                f"num_attention_heads ({self.num_heads}) must be a multiple of the key/value heads ({self.num_kv_heads})"
+            )
         return self
 
     # ---- shapes -------------------------------------------------------------------------------------------
@@ -110,21 +114,45 @@ class ModelSpec(BaseModel):
         h, q, kv, i, n = self.hidden_size, self.q_dim, self.kv_dim, self.intermediate_size, self.linear_names
         out: list[Linear] = []
         if "qkv" in n:
-            out.append(Linear(name=n["qkv"], in_features=h, out_features=q + 2 * kv, bias=self.qkv_bias, group=LinearGroup.ATTN_IN))
+            out.append(
+                Linear(
+                    name=n["qkv"], in_features=h, out_features=q + 2 * kv, bias=self.qkv_bias, group=LinearGroup.ATTN_IN
+                )
+            )
         else:
             for role, dim in (("q", q), ("k", kv), ("v", kv)):
-                out.append(Linear(name=n[role], in_features=h, out_features=dim, bias=self.qkv_bias, group=LinearGroup.ATTN_IN))
+                out.append(
+                    Linear(name=n[role], in_features=h, out_features=dim, bias=self.qkv_bias, group=LinearGroup.ATTN_IN)
+                )
         out.append(Linear(name=n["o"], in_features=q, out_features=h, bias=self.out_bias, group=LinearGroup.ATTN_OUT))
         if self.mlp is MlpKind.GATED:
             if "gate_up" in n:
-                out.append(Linear(name=n["gate_up"], in_features=h, out_features=2 * i, bias=self.mlp_bias, group=LinearGroup.MLP_IN))
+                out.append(
+                    Linear(
+                        name=n["gate_up"],
+                        in_features=h,
+                        out_features=2 * i,
+                        bias=self.mlp_bias,
+                        group=LinearGroup.MLP_IN,
+                    )
+                )
             else:
                 for role in ("gate", "up"):
-                    out.append(Linear(name=n[role], in_features=h, out_features=i, bias=self.mlp_bias, group=LinearGroup.MLP_IN))
-            out.append(Linear(name=n["down"], in_features=i, out_features=h, bias=self.mlp_bias, group=LinearGroup.MLP_OUT))
+                    out.append(
+                        Linear(
+                            name=n[role], in_features=h, out_features=i, bias=self.mlp_bias, group=LinearGroup.MLP_IN
+                        )
+                    )
+            out.append(
+                Linear(name=n["down"], in_features=i, out_features=h, bias=self.mlp_bias, group=LinearGroup.MLP_OUT)
+            )
         else:
-            out.append(Linear(name=n["fc1"], in_features=h, out_features=i, bias=self.mlp_bias, group=LinearGroup.MLP_IN))
-            out.append(Linear(name=n["fc2"], in_features=i, out_features=h, bias=self.mlp_bias, group=LinearGroup.MLP_OUT))
+            out.append(
+                Linear(name=n["fc1"], in_features=h, out_features=i, bias=self.mlp_bias, group=LinearGroup.MLP_IN)
+            )
+            out.append(
+                Linear(name=n["fc2"], in_features=i, out_features=h, bias=self.mlp_bias, group=LinearGroup.MLP_OUT)
+            )
         return out
 
     def attention_linear_names(self) -> list[str]:
@@ -165,28 +193,55 @@ class ModelSpec(BaseModel):
 
 # ---- family readers ------------------------------------------------------------------------------------------
 # Each returns the generic fields for one model_type, with transformers' defaults for keys a config may omit.
-_LLAMA_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+_LLAMA_NAMES = {
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+    "o": "o_proj",
+    "gate": "gate_proj",
+    "up": "up_proj",
+    "down": "down_proj",
+}
 
 
 def _common(c: dict, *, tie_default: bool) -> dict:
     h, heads = _req(c, "hidden_size"), _req(c, "num_attention_heads")
     return dict(
-        vocab_size=_req(c, "vocab_size"), hidden_size=h, num_layers=_req(c, "num_hidden_layers"), num_heads=heads,
-        num_kv_heads=c.get("num_key_value_heads") or heads, head_dim=c.get("head_dim") or h // heads,
-        intermediate_size=_req(c, "intermediate_size"), max_positions=c.get("max_position_embeddings", 2048),
+        vocab_size=_req(c, "vocab_size"),
+        hidden_size=h,
+        num_layers=_req(c, "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=c.get("num_key_value_heads") or heads,
+        head_dim=c.get("head_dim") or h // heads,
+        intermediate_size=_req(c, "intermediate_size"),
+        max_positions=c.get("max_position_embeddings", 2048),
         tie_embeddings=c.get("tie_word_embeddings", tie_default),
     )
 
 
 def _llama_like(c: dict) -> dict:
     bias = c.get("attention_bias", False)
-    return dict(_common(c, tie_default=False), mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=2,
-                qkv_bias=bias, out_bias=bias, mlp_bias=c.get("mlp_bias", False), linear_names=_LLAMA_NAMES)
+    return dict(
+        _common(c, tie_default=False),
+        mlp=MlpKind.GATED,
+        norm=NormKind.RMS,
+        norms_per_layer=2,
+        qkv_bias=bias,
+        out_bias=bias,
+        mlp_bias=c.get("mlp_bias", False),
+        linear_names=_LLAMA_NAMES,
+    )
 
 
 def _qwen2(c: dict) -> dict:
-    return dict(_common(c, tie_default=False), mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=2,
-                qkv_bias=True, linear_names=_LLAMA_NAMES)
+    return dict(
+        _common(c, tie_default=False),
+        mlp=MlpKind.GATED,
+        norm=NormKind.RMS,
+        norms_per_layer=2,
+        qkv_bias=True,
+        linear_names=_LLAMA_NAMES,
+    )
 
 
 def _gemma(c: dict, norms: int) -> dict:
@@ -196,15 +251,28 @@ def _gemma(c: dict, norms: int) -> dict:
 
 
 def _phi3(c: dict) -> dict:
-    return dict(_common(c, tie_default=False), mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=2,
-                linear_names={"qkv": "qkv_proj", "o": "o_proj", "gate_up": "gate_up_proj", "down": "down_proj"})
+    return dict(
+        _common(c, tie_default=False),
+        mlp=MlpKind.GATED,
+        norm=NormKind.RMS,
+        norms_per_layer=2,
+        linear_names={"qkv": "qkv_proj", "o": "o_proj", "gate_up": "gate_up_proj", "down": "down_proj"},
+    )
 
 
 def _gpt_neox(c: dict) -> dict:
     bias = c.get("attention_bias", True)
-    return dict(_common(c, tie_default=False), mlp=MlpKind.PLAIN, norm=NormKind.LAYER, norms_per_layer=2,
-                qkv_bias=bias, out_bias=bias, mlp_bias=True, parallel_residual=c.get("use_parallel_residual", True),
-                linear_names={"qkv": "query_key_value", "o": "dense", "fc1": "dense_h_to_4h", "fc2": "dense_4h_to_h"})
+    return dict(
+        _common(c, tie_default=False),
+        mlp=MlpKind.PLAIN,
+        norm=NormKind.LAYER,
+        norms_per_layer=2,
+        qkv_bias=bias,
+        out_bias=bias,
+        mlp_bias=True,
+        parallel_residual=c.get("use_parallel_residual", True),
+        linear_names={"qkv": "query_key_value", "o": "dense", "fc1": "dense_h_to_4h", "fc2": "dense_4h_to_h"},
+    )
 
 
 def _falcon(c: dict) -> dict:
@@ -220,10 +288,21 @@ def _falcon(c: dict) -> dict:
         raise FtoptError("Falcon with ALiBi positions is not supported; use a rotary Falcon config (alibi: false).")
     bias = c.get("bias", False)
     return dict(
-        vocab_size=_req(c, "vocab_size"), hidden_size=h, num_layers=_req(c, "num_hidden_layers"), num_heads=heads,
-        num_kv_heads=kv, head_dim=h // heads, intermediate_size=c.get("ffn_hidden_size") or 4 * h,
-        max_positions=c.get("max_position_embeddings", 2048), tie_embeddings=c.get("tie_word_embeddings", True),
-        mlp=MlpKind.PLAIN, norm=NormKind.LAYER, norms_per_layer=norms, qkv_bias=bias, out_bias=bias, mlp_bias=bias,
+        vocab_size=_req(c, "vocab_size"),
+        hidden_size=h,
+        num_layers=_req(c, "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=h // heads,
+        intermediate_size=c.get("ffn_hidden_size") or 4 * h,
+        max_positions=c.get("max_position_embeddings", 2048),
+        tie_embeddings=c.get("tie_word_embeddings", True),
+        mlp=MlpKind.PLAIN,
+        norm=NormKind.LAYER,
+        norms_per_layer=norms,
+        qkv_bias=bias,
+        out_bias=bias,
+        mlp_bias=bias,
         parallel_residual=new_arch or c.get("parallel_attn", True),
         linear_names={"qkv": "query_key_value", "o": "dense", "fc1": "dense_h_to_4h", "fc2": "dense_4h_to_h"},
     )
@@ -235,12 +314,22 @@ def _opt(c: dict) -> dict:
     proj = c.get("word_embed_proj_dim") or h
     maxpos = c.get("max_position_embeddings", 2048)
     return dict(
-        vocab_size=_req(c, "vocab_size"), hidden_size=h, num_layers=_req(c, "num_hidden_layers"),
-        num_heads=_req(c, "num_attention_heads"), num_kv_heads=_req(c, "num_attention_heads"),
-        head_dim=h // _req(c, "num_attention_heads"), intermediate_size=_req(c, "ffn_dim"), max_positions=maxpos,
-        tie_embeddings=c.get("tie_word_embeddings", True), mlp=MlpKind.PLAIN, norm=NormKind.LAYER,
-        norms_per_layer=2, final_norm=c.get("do_layer_norm_before", True),
-        qkv_bias=bias, out_bias=bias, mlp_bias=bias,
+        vocab_size=_req(c, "vocab_size"),
+        hidden_size=h,
+        num_layers=_req(c, "num_hidden_layers"),
+        num_heads=_req(c, "num_attention_heads"),
+        num_kv_heads=_req(c, "num_attention_heads"),
+        head_dim=h // _req(c, "num_attention_heads"),
+        intermediate_size=_req(c, "ffn_dim"),
+        max_positions=maxpos,
+        tie_embeddings=c.get("tie_word_embeddings", True),
+        mlp=MlpKind.PLAIN,
+        norm=NormKind.LAYER,
+        norms_per_layer=2,
+        final_norm=c.get("do_layer_norm_before", True),
+        qkv_bias=bias,
+        out_bias=bias,
+        mlp_bias=bias,
         learned_positions=maxpos + 2,  # OPTLearnedPositionalEmbedding keeps an offset of 2 rows
         embed_dim=proj if proj != h else None,
         linear_names={"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "fc1": "fc1", "fc2": "fc2"},
@@ -250,10 +339,21 @@ def _opt(c: dict) -> dict:
 def _gpt2(c: dict) -> dict:
     h, heads = c.get("n_embd", 768), c.get("n_head", 12)
     return dict(
-        vocab_size=c.get("vocab_size", 50257), hidden_size=h, num_layers=c.get("n_layer", 12), num_heads=heads,
-        num_kv_heads=heads, head_dim=h // heads, intermediate_size=c.get("n_inner") or 4 * h,
-        max_positions=c.get("n_positions", 1024), tie_embeddings=c.get("tie_word_embeddings", True),
-        mlp=MlpKind.PLAIN, norm=NormKind.LAYER, norms_per_layer=2, qkv_bias=True, out_bias=True, mlp_bias=True,
+        vocab_size=c.get("vocab_size", 50257),
+        hidden_size=h,
+        num_layers=c.get("n_layer", 12),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=h // heads,
+        intermediate_size=c.get("n_inner") or 4 * h,
+        max_positions=c.get("n_positions", 1024),
+        tie_embeddings=c.get("tie_word_embeddings", True),
+        mlp=MlpKind.PLAIN,
+        norm=NormKind.LAYER,
+        norms_per_layer=2,
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
         learned_positions=c.get("n_positions", 1024),
         # GPT-2 names the attention output and the MLP output both "c_proj"; PEFT matches both with that name.
         linear_names={"qkv": "c_attn", "o": "attn.c_proj", "fc1": "c_fc", "fc2": "mlp.c_proj"},
@@ -261,13 +361,37 @@ def _gpt2(c: dict) -> dict:
 
 
 _FAMILIES: dict[str, Callable[[dict], dict]] = {
-    "llama": _llama_like, "mistral": _llama_like, "qwen2": _qwen2,
-    "gemma": lambda c: _gemma(c, norms=2), "gemma2": lambda c: _gemma(c, norms=4),
-    "phi3": _phi3, "gpt_neox": _gpt_neox, "falcon": _falcon, "opt": _opt, "gpt2": _gpt2,
+    "llama": _llama_like,
+    "mistral": _llama_like,
+    "qwen2": _qwen2,
+    "gemma": lambda c: _gemma(c, norms=2),
+    "gemma2": lambda c: _gemma(c, norms=4),
+    "phi3": _phi3,
+    "gpt_neox": _gpt_neox,
+    "falcon": _falcon,
+    "opt": _opt,
+    "gpt2": _gpt2,
 }
 # Architectures we recognise but cannot plan for: encoders and encoder-decoders.
-_NOT_DECODER = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert", "t5", "mt5", "bart",
-                "mbart", "pegasus", "whisper", "vit", "clip", "xlm-roberta", "longformer"}
+_NOT_DECODER = {
+    "bert",
+    "roberta",
+    "distilbert",
+    "deberta",
+    "deberta-v2",
+    "electra",
+    "albert",
+    "t5",
+    "mt5",
+    "bart",
+    "mbart",
+    "pegasus",
+    "whisper",
+    "vit",
+    "clip",
+    "xlm-roberta",
+    "longformer",
+}
 
 
 def _req(c: dict, key: str) -> Any:
@@ -286,8 +410,10 @@ def from_hf_config(config: dict, name: str = "custom") -> ModelSpec:
     if not family:
         raise FtoptError(f"The model config '{name}' has no 'model_type' field, so its architecture is unknown.")
     if family in _NOT_DECODER:
-        raise FtoptError(f"'{family}' is not a decoder-only language model; ftopt plans causal-LM fine-tuning "
-                         f"({', '.join(supported_families())}).")
+        raise FtoptError(
+            f"'{family}' is not a decoder-only language model; ftopt plans causal-LM fine-tuning "
+            f"({', '.join(supported_families())})."
+        )
     if family not in _FAMILIES:
         raise FtoptError(f"Model family '{family}' is not supported yet; supported: {', '.join(supported_families())}.")
     fields = _FAMILIES[family](config)
@@ -295,8 +421,11 @@ def from_hf_config(config: dict, name: str = "custom") -> ModelSpec:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".json") for p in resources.files("ftopt.presets.models").iterdir()
-                  if p.name.endswith(".json"))
+    return sorted(
+        p.name.removesuffix(".json")
+        for p in resources.files("ftopt.presets.models").iterdir()
+        if p.name.endswith(".json")
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -326,7 +455,8 @@ def load_model(ref: str) -> ModelSpec:
     if ref not in names:
         close = difflib.get_close_matches(ref, names, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Presets: {', '.join(names)}."
-        raise FtoptError(f"Unknown model '{ref}': not a preset, a config.json, a model folder or a Hub id "
-                         f"(org/name).{hint}")
+        raise FtoptError(
+            f"Unknown model '{ref}': not a preset, a config.json, a model folder or a Hub id (org/name).{hint}"
+        )
     text = resources.files("ftopt.presets.models").joinpath(f"{ref}.json").read_text()
     return from_hf_config(json.loads(text), name=ref)

@@ -7,6 +7,7 @@ a run from loose flags: the CLI builds a `RunSpec` once and passes it along.
 Defaults live here and in `TrainingSetup`/`Combination`; where a CPU and a GPU need different ones (a CPU cannot
 train 2048-token bf16 batches in reasonable time), `TrainingSetup.for_hardware` derives them from the hardware.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -74,7 +75,7 @@ class Schedule(BaseModel):
     max_hours: float | None = Field(None, gt=0, description="stop cleanly at a checkpoint after this many hours")
 
     @model_validator(mode="after")
-    def _rules(self) -> "Schedule":
+    def _rules(self) -> Schedule:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be positive, or -1 to run the epochs; got {self.max_steps}")
         return self
@@ -88,7 +89,7 @@ class OutputSpec(BaseModel):
     report_to: ReportTo = ReportTo.NONE
 
     @model_validator(mode="after")
-    def _rules(self) -> "OutputSpec":
+    def _rules(self) -> OutputSpec:
         if self.resume and self.overwrite:
             raise ValueError("give --resume (continue the run in the folder) or --overwrite (replace it), not both")
         return self
@@ -121,7 +122,7 @@ class RunSpec(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _rules(self) -> "RunSpec":
+    def _rules(self) -> RunSpec:
         if self.setup.nodes > 1 and not self.hostfile:
             raise ValueError("nodes > 1 needs a hostfile (DeepSpeed's: one 'host slots=N' line per node)")
         return self

@@ -3,6 +3,7 @@
 A combination of optimizations is data (`Combination`), never a code path: the estimators, the trainer and the
 report all read the same fields.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -65,8 +66,12 @@ class Optim(str, Enum):
 
     @property
     def hf_name(self) -> str:
-        return {"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw-8bit": "paged_adamw_8bit",
-                "paged-adamw": "paged_adamw_32bit"}[self.value]
+        return {
+            "adamw": "adamw_torch_fused",
+            "adamw-8bit": "adamw_bnb_8bit",
+            "paged-adamw-8bit": "paged_adamw_8bit",
+            "paged-adamw": "paged_adamw_32bit",
+        }[self.value]
 
     @property
     def eight_bit(self) -> bool:
@@ -92,7 +97,7 @@ class Combination(BaseModel):
     optim: Optim = Optim.ADAMW
 
     @model_validator(mode="after")
-    def _rules(self) -> "Combination":
+    def _rules(self) -> Combination:
         if self.offload is Offload.ALL and self.zero != 3:
             raise ValueError(f"parameter offload (offload=all) needs ZeRO stage 3, got stage {self.zero}")
         if self.offload is Offload.OPTIMIZER and self.zero == 0:
@@ -105,12 +110,16 @@ class Combination(BaseModel):
             # ZeRO-3 partitions parameters; bitsandbytes' quantized parameters carry their quant_state outside the
             # tensor, and transformers skips zero.Init for quantized models (modeling_utils: `is_deepspeed_zero3_enabled()
             # and not is_quantized`); PEFT's ZeRO-3 QLoRA recipe needs bnb_4bit_quant_storage = the 16-bit dtype.
-            raise ValueError(f"quant={self.quant.value} runs with ZeRO stage 0, 1 or 2 only (bitsandbytes weights are "
-                             "not partitioned by ZeRO-3 here), got stage 3")
+            raise ValueError(
+                f"quant={self.quant.value} runs with ZeRO stage 0, 1 or 2 only (bitsandbytes weights are "
+                "not partitioned by ZeRO-3 here), got stage 3"
+            )
         if self.optim is not Optim.ADAMW and self.uses_deepspeed:
             # Under DeepSpeed the ZeRO optimizer owns the fp32 states (and offload requires DeepSpeedCPUAdam).
-            raise ValueError(f"optim={self.optim.value} is a bitsandbytes optimizer run by Trainer alone; with "
-                             f"ZeRO stage {self.zero} DeepSpeed's own AdamW holds the states, use optim=adamw")
+            raise ValueError(
+                f"optim={self.optim.value} is a bitsandbytes optimizer run by Trainer alone; with "
+                f"ZeRO stage {self.zero} DeepSpeed's own AdamW holds the states, use optim=adamw"
+            )
         return self
 
     @property
@@ -139,9 +148,16 @@ class Combination(BaseModel):
 
     def key(self) -> dict:
         """The stable JSON form (documented schema: gc, lora_r, zero, offload, attn, lora_targets, quant, optim)."""
-        return {"gc": self.gc, "lora_r": self.lora_r, "zero": self.zero, "offload": self.offload.value,
-                "attn": self.attn.value, "lora_targets": list(self.lora_targets) if self.lora_targets else None,
-                "quant": self.quant.value, "optim": self.optim.value}
+        return {
+            "gc": self.gc,
+            "lora_r": self.lora_r,
+            "zero": self.zero,
+            "offload": self.offload.value,
+            "attn": self.attn.value,
+            "lora_targets": list(self.lora_targets) if self.lora_targets else None,
+            "quant": self.quant.value,
+            "optim": self.optim.value,
+        }
 
 
 # Defaults that differ on a CPU (see TrainingSetup.for_hardware); shown in the CLI's --help.
@@ -161,11 +177,14 @@ class TrainingSetup(BaseModel):
     nodes: int = Field(1, gt=0)
     dataset_tokens: int | None = Field(None, gt=0, description="tokens in one epoch; None = one global batch")
     epochs: float = Field(1.0, gt=0)
-    packing: bool = Field(False, description="documents packed into rows of seq_len, padding-free (TRL's layout, "
-                          "ftopt.train.sft); False = one document per row, padded to the micro-batch's longest")
+    packing: bool = Field(
+        False,
+        description="documents packed into rows of seq_len, padding-free (TRL's layout, "
+        "ftopt.train.sft); False = one document per row, padded to the micro-batch's longest",
+    )
 
     @classmethod
-    def for_hardware(cls, is_cpu: bool, **given) -> "TrainingSetup":
+    def for_hardware(cls, is_cpu: bool, **given) -> TrainingSetup:
         """A setup with the defaults that suit the hardware, then whatever the user gave (None = not given).
 
         The field defaults above are a GPU's. A CPU cannot train 2048-token bf16 batches in useful time, so for

@@ -3,6 +3,7 @@
 A Hub model: the Hub id and revision (the weights come from the Hugging Face cache, offline too). A local folder:
 its path. A random-init model: the base itself (config + safetensors) in `run_dir/base`, since no one else has it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,5 +75,5 @@ PEFT_PREFIX = "base_model.model."  # PeftModelForCausalLM -> LoraModel -> the tr
 
 def _base_name(key: str) -> str:
     """`base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight` -> `model.layers.0.self_attn.q_proj.weight`."""
-    key = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+    key = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
     return key.replace(".base_layer.", ".")

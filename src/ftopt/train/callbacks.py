@@ -1,5 +1,6 @@
 """The Trainer callback of `ftopt train`: step timing, the training-only memory peak, a clean stop at
 `--max-hours`, and a progress bar. Kept apart from the worker so the sequence there stays readable."""
+
 from __future__ import annotations
 
 import os
@@ -143,8 +144,14 @@ class Progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+        self.bar = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=Console(stderr=True),
+        )
         self.task = self.bar.add_task("train", total=total, completed=done, info="")
         self.bar.start()
 

@@ -5,6 +5,7 @@ Tokenization, loss masks and packing follow TRL's supervised fine-tuning: see `f
 Also the embedded default: a word-level tokenizer built locally with `tokenizers` and a generated instruction task
 ("shift every letter by one") that a tiny model learns measurably in about two minutes on two CPU cores.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,7 +33,7 @@ class Records:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def subset(self, indices: list[int]) -> "Records":
+    def subset(self, indices: list[int]) -> Records:
         return Records([self.rows[i] for i in indices], [self.where[i] for i in indices], self.source)
 
 
@@ -90,8 +91,9 @@ def _read_any(p: Path) -> Records:
         import pyarrow.parquet as pq
 
         return _numbered(pq.read_table(p).to_pylist(), p)
-    raise FtoptError(f"Unsupported data file type '{p.suffix}' for {p}; use .jsonl, .json, .csv, .parquet "
-                     "or a datasets folder.")
+    raise FtoptError(
+        f"Unsupported data file type '{p.suffix}' for {p}; use .jsonl, .json, .csv, .parquet or a datasets folder."
+    )
 
 
 def load_records(path: str | Path) -> Records:
@@ -126,25 +128,30 @@ def detect_format(records: Records, expected: str | None = None) -> str:
     evaluation data in another format is refused in one line."""
     fmt = _format_of(records.rows[0])
     if fmt is None:
-        raise FtoptError(f"{records.source} has none of the fields ftopt reads ('text'; 'prompt' and 'completion'; "
-                         f"'messages'); found: {', '.join(sorted(records.rows[0]))}.")
+        raise FtoptError(
+            f"{records.source} has none of the fields ftopt reads ('text'; 'prompt' and 'completion'; "
+            f"'messages'); found: {', '.join(sorted(records.rows[0]))}."
+        )
     if expected is not None and fmt != expected:
-        raise FtoptError(f"{records.source} is in the '{fmt}' format but the training data is '{expected}'; "
-                         "give evaluation data in the same format.")
+        raise FtoptError(
+            f"{records.source} is in the '{fmt}' format but the training data is '{expected}'; "
+            "give evaluation data in the same format."
+        )
     for row, where in zip(records.rows, records.where):
         missing = [k for k in _NEEDS[fmt] if row.get(k) in (None, "", [])]
         if missing:
-            raise FtoptError(f"{records.source}, {where}: missing {', '.join(missing)} "
-                             f"(found: {', '.join(sorted(row))}).")
+            raise FtoptError(
+                f"{records.source}, {where}: missing {', '.join(missing)} (found: {', '.join(sorted(row))})."
+            )
         if fmt == "messages" and not _valid_messages(row["messages"]):
-            raise FtoptError(f"{records.source}, {where}: 'messages' must be a list of objects with 'role' and "
-                             "'content'.")
+            raise FtoptError(
+                f"{records.source}, {where}: 'messages' must be a list of objects with 'role' and 'content'."
+            )
     return fmt
 
 
 def _valid_messages(messages) -> bool:
-    return isinstance(messages, list) and all(isinstance(m, dict) and "role" in m and "content" in m
-                                              for m in messages)
+    return isinstance(messages, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
 
 
 def split_eval(records: Records, fraction: float, seed: int) -> tuple[Records, Records | None]:
@@ -157,11 +164,14 @@ def split_eval(records: Records, fraction: float, seed: int) -> tuple[Records, R
     random.Random(seed).shuffle(idx)
     k = max(1, int(round(len(records) * fraction)))
     if k >= len(records):
-        raise FtoptError(f"{records.source} has {len(records)} records: too few to hold out {fraction:.0%} "
-                         "for evaluation.")
+        raise FtoptError(
+            f"{records.source} has {len(records)} records: too few to hold out {fraction:.0%} for evaluation."
+        )
     held = set(idx[:k])
-    return (records.subset([i for i in range(len(records)) if i not in held]),
-            records.subset([i for i in range(len(records)) if i in held]))
+    return (
+        records.subset([i for i in range(len(records)) if i not in held]),
+        records.subset([i for i in range(len(records)) if i in held]),
+    )
 
 
 # ---- the embedded default ---------------------------------------------------------------------------------------------
@@ -203,11 +213,17 @@ def word_level_tokenizer(words: list[str]):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
-                                   unk_token="[UNK]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]"
+    )
 
 
 def default_tokenizer():
     """The default task's vocabulary (plus digits and punctuation) as a word-level tokenizer."""
-    return word_level_tokenizer(list(LETTERS) + list(LETTERS.upper()) + list(string.digits)
-                                + list(".,:;!?'\"()-+*/=<>") + ["=>", TASK_PREFIX, "user", "assistant", "system"])
+    return word_level_tokenizer(
+        list(LETTERS)
+        + list(LETTERS.upper())
+        + list(string.digits)
+        + list(".,:;!?'\"()-+*/=<>")
+        + ["=>", TASK_PREFIX, "user", "assistant", "system"]
+    )

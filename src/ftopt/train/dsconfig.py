@@ -3,6 +3,7 @@
 "auto" values are filled by Hugging Face's integration from the TrainingArguments (batch sizes, clipping, bucket
 sizes from hidden_size), so nothing is set twice.
 """
+
 from __future__ import annotations
 
 from ftopt.spec import Offload, Precision, RunSpec
@@ -18,23 +19,34 @@ def hf_auto_zero_sizes(hidden_size: int) -> dict[str, int]:
     (transformers/integrations/deepspeed.py, HfTrainerDeepSpeedConfig.trainer_config_finalize), in elements:
     the estimator's bucket terms and `ftopt plan --export` read them from here."""
     h = hidden_size
-    return {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h),
-            "stage3_param_persistence_threshold": 10 * h}
+    return {
+        "reduce_bucket_size": h * h,
+        "stage3_prefetch_bucket_size": int(0.9 * h * h),
+        "stage3_param_persistence_threshold": 10 * h,
+    }
 
 
 def deepspeed_config(spec: RunSpec) -> dict:
     c = spec.combination
     zero: dict = {"stage": c.zero, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
     if c.zero == 3:
-        zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
-                    stage3_gather_16bit_weights_on_model_save=True)
+        zero.update(
+            stage3_prefetch_bucket_size="auto",
+            stage3_param_persistence_threshold="auto",
+            stage3_gather_16bit_weights_on_model_save=True,
+        )
     if c.offload in (Offload.OPTIMIZER, Offload.ALL):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if c.offload is Offload.ALL:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    ds: dict = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                "gradient_clipping": "auto", "zero_optimization": zero, "steps_per_print": 10**9,
-                "wall_clock_breakdown": False}
+    ds: dict = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
     if spec.setup.precision is Precision.BF16_MIXED:
         ds["bf16"] = {"enabled": True}
     elif spec.setup.precision is Precision.FP16_MIXED:

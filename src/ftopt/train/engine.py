@@ -5,6 +5,7 @@ each rank running `ftopt.train.worker` on the same resolved_config.json. On a CP
 A run has no wall-clock limit (fine-tunes take hours or days); a lost rank fails it through the collective timeout
 (dsconfig.RANK_TIMEOUT_SECONDS), and `--max-hours` stops it cleanly at a checkpoint.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,8 +51,10 @@ def _launch_ranks(spec: RunSpec) -> dict:
         proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
     metrics_path = out / "metrics.json"
     if proc.returncode != 0:
-        raise FtoptError(f"A rank failed (exit {proc.returncode}) and all ranks were stopped: "
-                         f"{error_tail(log_path)} (log: {log_path}).")
+        raise FtoptError(
+            f"A rank failed (exit {proc.returncode}) and all ranks were stopped: "
+            f"{error_tail(log_path)} (log: {log_path})."
+        )
     if not metrics_path.exists():
         raise FtoptError(f"The run ended without metrics; see {log_path}.")
     return json.loads(metrics_path.read_text())

@@ -1,5 +1,6 @@
 """metrics.json (schema in docs/metrics-schema.md): the run's measurements over the whole run, gathered from every
 rank over torch.distributed (no shared filesystem needed), with the planner's prediction beside them."""
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,25 @@ def _steps_summary(steps: list[dict]) -> dict:
     selection and allocator warm-up), and the mean training loss over every step."""
     steady = steps[1:] or steps
     losses = [s["loss"] for s in steps if "loss" in s]
-    return {"step_seconds": statistics.median(s["seconds"] for s in steady) if steady else None,
-            "tokens_per_s_rank0": statistics.median(s["tokens_per_s"] for s in steady) if steady else None,
-            "train_loss": sum(losses) / len(losses) if losses else None,
-            "final_loss": losses[-1] if losses else None, "steps": len(steps)}
+    return {
+        "step_seconds": statistics.median(s["seconds"] for s in steady) if steady else None,
+        "tokens_per_s_rank0": statistics.median(s["tokens_per_s"] for s in steady) if steady else None,
+        "train_loss": sum(losses) / len(losses) if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "steps": len(steps),
+    }
 
 
-def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, steps_per_epoch: int,
-           predicted: dict | None, data: dict | None = None) -> dict:
+def finish(
+    spec: RunSpec,
+    mine: dict,
+    world: int,
+    tok_src: str,
+    fmt: str,
+    steps_per_epoch: int,
+    predicted: dict | None,
+    data: dict | None = None,
+) -> dict:
     """Gather the ranks' measurements; rank 0 assembles and writes metrics.json (with `predicted`, from
     `predict`) and returns it."""
     from ftopt.io import atomic_write_text
@@ -55,18 +67,40 @@ def finish(spec: RunSpec, mine: dict, world: int, tok_src: str, fmt: str, steps_
         "eval_peak_bytes_per_gpu": max((r["eval_peak_allocated_bytes"] or 0) for r in ranks) or None,
         "step_seconds": summ["step_seconds"],
         "epoch_seconds": summ["step_seconds"] * steps_per_epoch if summ["step_seconds"] else None,
-        "tokens_per_s": tokens_per_s, "train_loss": summ["train_loss"], "final_loss": summ["final_loss"],
-        "eval_loss": r0["eval_loss"], "perplexity": perplexity(r0["eval_loss"]), "quality": r0["quality"],
-        "exact_match": r0["quality"].get("exact_match"), "steps": summ["steps"],
-        "train_seconds": sum(st["seconds"] for st in steps), "stopped_by_time_budget": r0["stopped_by_time_budget"],
+        "tokens_per_s": tokens_per_s,
+        "train_loss": summ["train_loss"],
+        "final_loss": summ["final_loss"],
+        "eval_loss": r0["eval_loss"],
+        "perplexity": perplexity(r0["eval_loss"]),
+        "quality": r0["quality"],
+        "exact_match": r0["quality"].get("exact_match"),
+        "steps": summ["steps"],
+        "train_seconds": sum(st["seconds"] for st in steps),
+        "stopped_by_time_budget": r0["stopped_by_time_budget"],
     }
     mfu = _mfu(spec, predicted, tokens_per_s)
-    metrics = {"schema": METRICS_SCHEMA, "run": spec.to_json(), "model": spec.model.ref,
-               "combination": spec.combination.key(), "label": spec.combination.label(),
-               "precision": s.precision.value, "world_size": world, "seq_len": s.seq_len, "micro_batch": s.micro_batch,
-               "grad_accum": s.grad_accum, "packing": s.packing, "data_format": fmt, "tokenizer": tok_src,
-               "tokens_per_step": s.micro_batch * s.grad_accum * s.seq_len * world, "steps_per_epoch": steps_per_epoch,
-               "measured": measured, "predicted": predicted, "mfu": mfu, "ranks": ranks, "data": data}
+    metrics = {
+        "schema": METRICS_SCHEMA,
+        "run": spec.to_json(),
+        "model": spec.model.ref,
+        "combination": spec.combination.key(),
+        "label": spec.combination.label(),
+        "precision": s.precision.value,
+        "world_size": world,
+        "seq_len": s.seq_len,
+        "micro_batch": s.micro_batch,
+        "grad_accum": s.grad_accum,
+        "packing": s.packing,
+        "data_format": fmt,
+        "tokenizer": tok_src,
+        "tokens_per_step": s.micro_batch * s.grad_accum * s.seq_len * world,
+        "steps_per_epoch": steps_per_epoch,
+        "measured": measured,
+        "predicted": predicted,
+        "mfu": mfu,
+        "ranks": ranks,
+        "data": data,
+    }
     atomic_write_text(spec.output_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 

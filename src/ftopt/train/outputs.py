@@ -4,6 +4,7 @@ A second `ftopt train` into a folder that holds a run is refused (exit 2) unless
 continued: its resolved config must match) or `--overwrite` (the earlier run's files are removed first; files ftopt
 did not write are left alone). Without this rule two runs mixed their steps.jsonl and their model files.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,18 +16,35 @@ from ftopt.spec import RunSpec
 
 CONFIG_NAME = "resolved_config.json"
 # Everything a run writes at the top of its folder (checkpoint-* folders and runs/ are matched separately).
-RUN_FILES = (CONFIG_NAME, "metrics.json", "steps.jsonl", "launcher.log", "run.json", "model.safetensors",
-             "adapter_model.safetensors", "adapter_config.json", "config.json", "generation_config.json",
-             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-             "training_args.bin", "README.md")
+RUN_FILES = (
+    CONFIG_NAME,
+    "metrics.json",
+    "steps.jsonl",
+    "launcher.log",
+    "run.json",
+    "model.safetensors",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "training_args.bin",
+    "README.md",
+)
 
 
 def holds_run(out: Path) -> bool:
     """A run that trained at least one step (a start that failed on its data or tokenizer left only its
     resolved_config.json: the corrected command may reuse the folder)."""
     steps = out / "steps.jsonl"
-    return out.is_dir() and ((steps.exists() and steps.stat().st_size > 0) or (out / "metrics.json").exists()
-                             or any(out.glob("checkpoint-*")))
+    return out.is_dir() and (
+        (steps.exists() and steps.stat().st_size > 0)
+        or (out / "metrics.json").exists()
+        or any(out.glob("checkpoint-*"))
+    )
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -61,8 +79,9 @@ def prepare_output(spec: RunSpec) -> None:
         elif spec.output.overwrite:
             _remove_run(out)
         else:
-            raise FtoptError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, "
-                             "or another --out.")
+            raise FtoptError(
+                f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out."
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / CONFIG_NAME, json.dumps(spec.to_json(), indent=2))
@@ -75,9 +94,13 @@ def _check_same_run(out: Path, spec: RunSpec) -> None:
         before = json.loads((out / CONFIG_NAME).read_text())
         before = RunSpec.model_validate(before).identity()
     except (OSError, ValueError):
-        raise FtoptError(f"{out} holds a run without a readable {CONFIG_NAME}; it cannot be resumed safely. "
-                         "Use --overwrite or another --out.") from None
+        raise FtoptError(
+            f"{out} holds a run without a readable {CONFIG_NAME}; it cannot be resumed safely. "
+            "Use --overwrite or another --out."
+        ) from None
     diff = _differences(before, spec.identity())
     if diff:
-        raise FtoptError(f"--resume: {out} holds a different run: {'; '.join(diff[:3])}"
-                         f"{' and more' if len(diff) > 3 else ''}. Use the same settings, --overwrite, or another --out.")
+        raise FtoptError(
+            f"--resume: {out} holds a different run: {'; '.join(diff[:3])}"
+            f"{' and more' if len(diff) > 3 else ''}. Use the same settings, --overwrite, or another --out."
+        )

@@ -3,6 +3,7 @@
 The hardware in the RunSpec is what the *predictions* assume (possibly a GPU you are planning to rent); this file
 checks what this machine can actually run.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,34 +25,53 @@ def check_devices(spec: RunSpec) -> None:
     precision, attn = spec.setup.precision, spec.combination.attn
     if not torch.cuda.is_available():
         if attn is Attention.FLASH:
-            raise FtoptError("--attn flash needs a CUDA GPU (and the flash-attn package); on this machine use "
-                             "--attn sdpa.")
+            raise FtoptError(
+                "--attn flash needs a CUDA GPU (and the flash-attn package); on this machine use --attn sdpa."
+            )
         if precision is Precision.FP16_MIXED:
-            raise FtoptError("fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or "
-                             "bf16-mixed.")
+            raise FtoptError(
+                "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
+            )
         if spec.setup.world_size > 1 and spec.setup.nodes > 1:
             raise FtoptError("several nodes need CUDA GPUs; on a CPU use --gpus N on one node.")
         return
     cap = torch.cuda.get_device_capability(0)
     name = torch.cuda.get_device_name(0)
     if precision in (Precision.BF16_MIXED, Precision.BF16_TRUE) and cap < AMPERE:
-        raise FtoptError(f"This GPU ({name}, compute capability {cap[0]}.{cap[1]}) cannot run bf16; use "
-                         "--precision fp16-mixed or fp32.")
+        raise FtoptError(
+            f"This GPU ({name}, compute capability {cap[0]}.{cap[1]}) cannot run bf16; use "
+            "--precision fp16-mixed or fp32."
+        )
     if attn is Attention.FLASH:
         if cap < AMPERE:
-            raise FtoptError(f"--attn flash needs compute capability 8.0 or newer; this GPU ({name}) has "
-                             f"{cap[0]}.{cap[1]}. Use --attn sdpa.")
+            raise FtoptError(
+                f"--attn flash needs compute capability 8.0 or newer; this GPU ({name}) has "
+                f"{cap[0]}.{cap[1]}. Use --attn sdpa."
+            )
         if importlib.util.find_spec("flash_attn") is None:
             raise FtoptError("--attn flash needs the flash-attn package (pip install flash-attn); or use --attn sdpa.")
     if spec.setup.gpus_per_node > torch.cuda.device_count():
-        raise FtoptError(f"--gpus {spec.setup.gpus_per_node} but this machine has {torch.cuda.device_count()} "
-                         "CUDA GPU(s).")
+        raise FtoptError(
+            f"--gpus {spec.setup.gpus_per_node} but this machine has {torch.cuda.device_count()} CUDA GPU(s)."
+        )
 
 
 # Substrings of torch.cuda.get_device_name() -> hardware preset, most specific first.
-_DEVICE_PRESETS = (("H200", "h200"), ("H100", "h100-80g"), ("A100-SXM4-40GB", "a100-40g"), ("A100-PCIE-40GB", "a100-40g"),
-                   ("A100", "a100-80g"), ("L40S", "l40s"), ("RTX A6000", "rtx-a6000"), ("L4", "l4"), ("A10G", "a10g"),
-                   ("4090", "rtx4090"), ("T4", "t4"), ("V100-SXM2-16GB", "v100-16g"), ("V100", "v100-32g"))
+_DEVICE_PRESETS = (
+    ("H200", "h200"),
+    ("H100", "h100-80g"),
+    ("A100-SXM4-40GB", "a100-40g"),
+    ("A100-PCIE-40GB", "a100-40g"),
+    ("A100", "a100-80g"),
+    ("L40S", "l40s"),
+    ("RTX A6000", "rtx-a6000"),
+    ("L4", "l4"),
+    ("A10G", "a10g"),
+    ("4090", "rtx4090"),
+    ("T4", "t4"),
+    ("V100-SXM2-16GB", "v100-16g"),
+    ("V100", "v100-32g"),
+)
 
 
 def detect_hardware() -> str | None:

@@ -1,4 +1,5 @@
 """One call from a `DataSpec` to what the Trainer takes: datasets, collator, held-out rows and a data summary."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,16 +56,34 @@ def read_data(data: DataSpec, seed: int) -> tuple[D.Records, D.Records | None, s
     return train, held, fmt
 
 
-def summarize(train: D.Records, held: D.Records | None, fmt: str, tok: Tokenized, seq_len: int,
-              packed_rows: int | None) -> DataSummary:
-    return DataSummary(source=train.source, format=fmt, rows=len(train), eval_rows=len(held) if held else 0,
-                       truncated=tok.truncated, dropped=tok.dropped, tokens=tok.tokens,
-                       trained_tokens=tok.trained_tokens, unk_fraction=round(tok.unk_fraction, 6),
-                       packed_rows=packed_rows, seq_len=seq_len)
+def summarize(
+    train: D.Records, held: D.Records | None, fmt: str, tok: Tokenized, seq_len: int, packed_rows: int | None
+) -> DataSummary:
+    return DataSummary(
+        source=train.source,
+        format=fmt,
+        rows=len(train),
+        eval_rows=len(held) if held else 0,
+        truncated=tok.truncated,
+        dropped=tok.dropped,
+        tokens=tok.tokens,
+        trained_tokens=tok.trained_tokens,
+        unk_fraction=round(tok.unk_fraction, 6),
+        packed_rows=packed_rows,
+        seq_len=seq_len,
+    )
 
 
-def prepare(data: DataSpec, tokenizer, seq_len: int, *, packing: bool = False, seed: int = 0,
-            attn: Attention = Attention.SDPA, records: tuple[D.Records, D.Records | None, str] | None = None) -> Prepared:
+def prepare(
+    data: DataSpec,
+    tokenizer,
+    seq_len: int,
+    *,
+    packing: bool = False,
+    seed: int = 0,
+    attn: Attention = Attention.SDPA,
+    records: tuple[D.Records, D.Records | None, str] | None = None,
+) -> Prepared:
     """Tokenize (TRL's conventions, see ftopt.train.sft), pack if asked, and pick the collator for `attn`.
     `records` = read_data's result when the caller already read it (to train a tokenizer on the same rows)."""
     train, held, fmt = records or read_data(data, seed)
@@ -73,28 +92,42 @@ def prepare(data: DataSpec, tokenizer, seq_len: int, *, packing: bool = False, s
     eval_ds = None
     if held is not None:
         eval_ds = to_dataset(tokenize(held, tokenizer, seq_len, fmt).examples, seq_len, packing)
-    collator = SftCollator(pad_token_id=tokenizer.pad_token_id,
-                           flatten=attn is Attention.FLASH)
+    collator = SftCollator(pad_token_id=tokenizer.pad_token_id, flatten=attn is Attention.FLASH)
     summary = summarize(train, held, fmt, tok, seq_len, len(train_ds) if packing else None)
     return Prepared(train_ds, eval_ds, collator, held.rows if held else [], fmt, summary)
 
 
-def prepare_run(model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, *, packing: bool = False,
-                seed: int = 0, attn: Attention = Attention.SDPA, log=lambda m: None) -> tuple[Prepared, TokenizerChoice]:
+def prepare_run(
+    model: ModelRef,
+    data: DataSpec,
+    vocab_size: int,
+    seq_len: int,
+    *,
+    packing: bool = False,
+    seed: int = 0,
+    attn: Attention = Attention.SDPA,
+    log=lambda m: None,
+) -> tuple[Prepared, TokenizerChoice]:
     """What a run needs before the model is built: rows, the tokenizer (trained on the training rows when none
     fits a random-init model), tokenized datasets and the collator. Refuses a tokenizer that does not cover the
     data (unknown tokens above MAX_UNK_FRACTION)."""
     records = read_data(data, seed)
     choice = load_tokenizer(model, records[0] if data.train is not None else None, vocab_size)
     if len(choice.tokenizer) > vocab_size:
-        raise FtoptError(f"The tokenizer ({choice.source}) has {len(choice.tokenizer)} tokens but the model's "
-                         f"vocabulary has {vocab_size}; give a matching --tokenizer.")
+        raise FtoptError(
+            f"The tokenizer ({choice.source}) has {len(choice.tokenizer)} tokens but the model's "
+            f"vocabulary has {vocab_size}; give a matching --tokenizer."
+        )
     prep = prepare(data, choice.tokenizer, seq_len, packing=packing, seed=seed, attn=attn, records=records)
     s = prep.summary
     check_unknown(s.unk_fraction, choice.source)
-    log(f"data: {s.source} ({s.format}), {s.rows} training and {s.eval_rows} held-out rows, {s.tokens} tokens "
-        f"({s.trained_tokens} trained); tokenizer: {choice.source}")
+    log(
+        f"data: {s.source} ({s.format}), {s.rows} training and {s.eval_rows} held-out rows, {s.tokens} tokens "
+        f"({s.trained_tokens} trained); tokenizer: {choice.source}"
+    )
     if s.truncated or s.dropped:
-        log(f"note: {s.truncated} of {s.rows} training rows were longer than --seq-len {seq_len} and were "
-            f"truncated; {s.dropped} had no trained token left and were dropped")
+        log(
+            f"note: {s.truncated} of {s.rows} training rows were longer than --seq-len {seq_len} and were "
+            f"truncated; {s.dropped} had no trained token left and were dropped"
+        )
     return prep, choice

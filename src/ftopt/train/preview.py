@@ -1,5 +1,6 @@
 """`ftopt preview`: the first examples exactly as the trainer will see them, trained tokens marked, and the data
 summary, before any GPU hour is spent (as axolotl's preprocessing `--debug` view)."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
@@ -24,13 +25,15 @@ class Preview(BaseModel):
     examples: list[PreviewExample]
 
 
-def build_preview(model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, n: int, seed: int = 0,
-                  packing: bool = False):
+def build_preview(
+    model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, n: int, seed: int = 0, packing: bool = False
+):
     """The preview and the tokenizer that made it (to render the tokens)."""
     prep, tok = prepare_run(model, data, vocab_size, seq_len, packing=packing, seed=seed)
     rows = prep.train_dataset.select(range(min(n, len(prep.train_dataset))))
-    examples = [PreviewExample(input_ids=r["input_ids"], trained=[lab != IGNORE_INDEX for lab in r["labels"]])
-                for r in rows]
+    examples = [
+        PreviewExample(input_ids=r["input_ids"], trained=[lab != IGNORE_INDEX for lab in r["labels"]]) for r in rows
+    ]
     return Preview(tokenizer=tok.source, summary=prep.summary, examples=examples), tok.tokenizer
 
 
@@ -54,9 +57,11 @@ def render(preview: Preview, tokenizer, console) -> None:
         console.print(line)
         console.print(f"    {len(ex.input_ids)} tokens, {sum(ex.trained)} trained")
     s = preview.summary
-    legend = (f"{TRAINED_MARKS[0]}...{TRAINED_MARKS[1]}" if plain else "[bold green]green[/]")
+    legend = f"{TRAINED_MARKS[0]}...{TRAINED_MARKS[1]}" if plain else "[bold green]green[/]"
     console.print(f"{legend} = trained (loss target), the rest is context only. Tokenizer: {escape(preview.tokenizer)}")
-    console.print(f"{escape(s.source)}: {s.rows} training rows ({s.format}), {s.eval_rows} held out; "
-                  f"{s.truncated} truncated at {s.seq_len} tokens, {s.dropped} dropped; {s.tokens} tokens, "
-                  f"{s.trained_tokens} trained; unk_fraction {s.unk_fraction:.4f}"
-                  + (f"; {s.packed_rows} packed rows" if s.packed_rows is not None else ""))
+    console.print(
+        f"{escape(s.source)}: {s.rows} training rows ({s.format}), {s.eval_rows} held out; "
+        f"{s.truncated} truncated at {s.seq_len} tokens, {s.dropped} dropped; {s.tokens} tokens, "
+        f"{s.trained_tokens} trained; unk_fraction {s.unk_fraction:.4f}"
+        + (f"; {s.packed_rows} packed rows" if s.packed_rows is not None else "")
+    )

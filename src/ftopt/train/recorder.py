@@ -9,6 +9,7 @@ step: on a shared disk an fsync can take longer than a small step, and nothing n
 next checkpoint. The file is fsynced at every checkpoint and at the end, so a resumed run never sees fewer steps
 than its checkpoint holds.
 """
+
 from __future__ import annotations
 
 import json

@@ -19,6 +19,7 @@ flattened into one padding-free row (varlen kernels read `cu_seq_lens`); with SD
 row and no attention mask is passed, so transformers builds a block-diagonal causal mask from the position ids.
 HF `Trainer` stays the trainer (our DeepSpeed config, callbacks and memory probes); TRL supplies the data side.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -75,9 +76,11 @@ def training_chat_template(tokenizer) -> str:
     except ValueError:
         patched = None
     if patched is None or not has_generation_markers(patched):
-        raise FtoptError("The tokenizer's chat template has no {% generation %} markers and TRL has no training "
-                         "version of it, so assistant-only loss is impossible; add the markers to the template "
-                         "or give --tokenizer with a supported one.")
+        raise FtoptError(
+            "The tokenizer's chat template has no {% generation %} markers and TRL has no training "
+            "version of it, so assistant-only loss is impossible; add the markers to the template "
+            "or give --tokenizer with a supported one."
+        )
     return patched
 
 
@@ -105,8 +108,9 @@ def _prompt_completion(tokenizer, row: dict) -> Example:
 
 
 def _messages(tokenizer, row: dict, template: str) -> Example:
-    out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True, chat_template=template)
+    out = tokenizer.apply_chat_template(
+        row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template
+    )
     ids = list(out["input_ids"])
     return Example(ids, [t if m else IGNORE_INDEX for t, m in zip(ids, out["assistant_masks"])])
 
@@ -118,11 +122,17 @@ def tokenize(records: Records, tokenizer, seq_len: int, fmt: str) -> Tokenized:
     out = Tokenized([])
     for row, where in zip(records.rows, records.where):
         try:
-            ex = (_messages(tokenizer, row, template) if fmt == "messages" else
-                  _prompt_completion(tokenizer, row) if fmt == "prompt+completion" else _text(tokenizer, row))
+            ex = (
+                _messages(tokenizer, row, template)
+                if fmt == "messages"
+                else _prompt_completion(tokenizer, row)
+                if fmt == "prompt+completion"
+                else _text(tokenizer, row)
+            )
         except (TypeError, ValueError, KeyError) as e:  # a malformed row the template or tokenizer refused
-            raise FtoptError(f"{records.source}, {where}: cannot be tokenized ({str(e).splitlines()[0][:160]}).") \
-                from None
+            raise FtoptError(
+                f"{records.source}, {where}: cannot be tokenized ({str(e).splitlines()[0][:160]})."
+            ) from None
         if fmt == "messages" and all(lab == IGNORE_INDEX for lab in ex.labels):
             raise FtoptError(f"{records.source}, {where}: the conversation has no assistant message to train on.")
         if len(ex.input_ids) > seq_len:
@@ -171,8 +181,9 @@ class SftCollator:
     def __post_init__(self):
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-        self._inner = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=self.flatten,
-                                                      return_position_ids=not self.flatten)
+        self._inner = DataCollatorForLanguageModeling(
+            pad_token_id=self.pad_token_id, padding_free=self.flatten, return_position_ids=not self.flatten
+        )
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = self._inner(examples)

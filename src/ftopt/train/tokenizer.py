@@ -5,6 +5,7 @@ tokenizer files); the built-in word-level tokenizer for the built-in task; other
 the training rows with the `tokenizers` library, its vocabulary capped by the model's, cached under
 $FTOPT_CACHE/tokenizers/<hash of the rows and the cap> and saved with the run like any tokenizer.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,17 +42,21 @@ def _from_pretrained(src: str, trust_remote_code: bool):
     hub = parse_hub_id(src)  # org/name@revision: the Hub's revision argument, through its cache
     try:
         if hub is not None:
-            return AutoTokenizer.from_pretrained(hub.repo_id, revision=hub.revision,
-                                                 trust_remote_code=trust_remote_code)
+            return AutoTokenizer.from_pretrained(
+                hub.repo_id, revision=hub.revision, trust_remote_code=trust_remote_code
+            )
         return AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise FtoptError(f"No tokenizer could be loaded from {src} ({str(e).splitlines()[0][:120]}); "
-                         "give --tokenizer with a tokenizer folder or Hub id.") from None
+        raise FtoptError(
+            f"No tokenizer could be loaded from {src} ({str(e).splitlines()[0][:120]}); "
+            "give --tokenizer with a tokenizer folder or Hub id."
+        ) from None
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
-                                                                      "tokenizer.model", "vocab.json"))
+    return folder.is_dir() and any(
+        (folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    )
 
 
 def row_texts(records: Records) -> list[str]:
@@ -71,13 +76,19 @@ def train_bpe(texts: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < BYTE_ALPHABET + len(BPE_SPECIALS):
-        raise FtoptError(f"The model's vocabulary ({vocab_size}) is smaller than a byte-level tokenizer needs "
-                         f"({BYTE_ALPHABET + len(BPE_SPECIALS)}); give --tokenizer with one that fits.")
+        raise FtoptError(
+            f"The model's vocabulary ({vocab_size}) is smaller than a byte-level tokenizer needs "
+            f"({BYTE_ALPHABET + len(BPE_SPECIALS)}); give --tokenizer with one that fits."
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIALS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(BPE_SPECIALS),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     pad, bos, eos, unk = BPE_SPECIALS
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
@@ -122,5 +133,7 @@ def load_tokenizer(model: ModelRef, train: Records | None, vocab_size: int) -> T
 
 def check_unknown(unk_fraction: float, source: str) -> None:
     if unk_fraction > MAX_UNK_FRACTION:
-        raise FtoptError(f"{unk_fraction:.1%} of the training tokens are unknown to the tokenizer ({source}); "
-                         "give a tokenizer that covers the data with --tokenizer.")
+        raise FtoptError(
+            f"{unk_fraction:.1%} of the training tokens are unknown to the tokenizer ({source}); "
+            "give a tokenizer that covers the data with --tokenizer."
+        )

@@ -1,4 +1,5 @@
 """`--report-to`: the experiment trackers people already use, through the Trainer's own integrations."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -6,6 +6,7 @@ The sequence: data -> TrainingArguments (before the model: under ZeRO-3 they reg
 model is built inside deepspeed.zero.Init and each rank holds only its partition) -> model -> train (training-only
 memory peak) -> save -> evaluate and generate (their own peak) -> metrics gathered over torch.distributed.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,17 +35,33 @@ def training_arguments(spec: RunSpec, device, world: int, total_steps: int):
 
     s, sch, p = spec.setup, spec.schedule, spec.setup.precision.value
     return TrainingArguments(
-        output_dir=str(spec.output_dir), num_train_epochs=s.epochs, max_steps=sch.max_steps,
-        per_device_train_batch_size=s.micro_batch, per_device_eval_batch_size=s.micro_batch,
-        gradient_accumulation_steps=s.grad_accum, learning_rate=sch.learning_rate,
-        lr_scheduler_type=sch.lr_schedule.value, warmup_steps=int(sch.warmup_ratio * total_steps), seed=sch.seed,
-        bf16=p in ("bf16-mixed",), fp16=p == "fp16-mixed", use_cpu=device.type == "cpu",
+        output_dir=str(spec.output_dir),
+        num_train_epochs=s.epochs,
+        max_steps=sch.max_steps,
+        per_device_train_batch_size=s.micro_batch,
+        per_device_eval_batch_size=s.micro_batch,
+        gradient_accumulation_steps=s.grad_accum,
+        learning_rate=sch.learning_rate,
+        lr_scheduler_type=sch.lr_schedule.value,
+        warmup_steps=int(sch.warmup_ratio * total_steps),
+        seed=sch.seed,
+        bf16=p in ("bf16-mixed",),
+        fp16=p == "fp16-mixed",
+        use_cpu=device.type == "cpu",
         deepspeed=deepspeed_config(spec) if spec.combination.uses_deepspeed else None,
-        save_strategy="steps", save_steps=sch.save_steps, save_total_limit=2, logging_steps=1,
+        save_strategy="steps",
+        save_steps=sch.save_steps,
+        save_total_limit=2,
+        logging_steps=1,
         report_to=trainer_report_to(spec.output.report_to),
-        disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_timeout=RANK_TIMEOUT_SECONDS,
-        remove_unused_columns=False, dataloader_num_workers=0, eval_strategy="no",
-        ddp_backend="gloo" if device.type == "cpu" and world > 1 else None, optim=spec.combination.optim.hf_name,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        ddp_timeout=RANK_TIMEOUT_SECONDS,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        eval_strategy="no",
+        ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
+        optim=spec.combination.optim.hf_name,
     )
 
 
@@ -69,8 +86,16 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     from ftopt.train.tracking import trainer_report_to
 
     model_spec = load_model(spec.model.ref)
-    prep, tok = prepare_run(spec.model, spec.data, model_spec.vocab_size, spec.setup.seq_len,
-                            packing=spec.setup.packing, seed=spec.schedule.seed, attn=spec.combination.attn, log=log)
+    prep, tok = prepare_run(
+        spec.model,
+        spec.data,
+        model_spec.vocab_size,
+        spec.setup.seq_len,
+        packing=spec.setup.packing,
+        seed=spec.schedule.seed,
+        attn=spec.combination.attn,
+        log=log,
+    )
     trainer_report_to(spec.output.report_to)  # a missing tracker package: one line before any work
     tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
 
@@ -88,8 +113,17 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     predicted = predict(spec) if rank == 0 else None  # before the Trainer: see predict
     peak = TrainingPeak(device)
     try:
-        trainer, progress, budget = _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak,
-                                             StepRecorder(steps_log, device, rank), fail_at_step)
+        trainer, progress, budget = _trainer(
+            spec,
+            model_spec,
+            device,
+            world,
+            prep,
+            steps_per_epoch,
+            peak,
+            StepRecorder(steps_log, device, rank),
+            fail_at_step,
+        )
         try:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except KeyboardInterrupt:
@@ -102,16 +136,25 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     finally:
         peak.close()
     if budget.hit:
-        log(f"--max-hours {spec.schedule.max_hours:g} reached: stopped at step {trainer.state.global_step} with a "
-            "checkpoint; continue with --resume")
+        log(
+            f"--max-hours {spec.schedule.max_hours:g} reached: stopped at step {trainer.state.global_step} with a "
+            "checkpoint; continue with --resume"
+        )
     trainer.save_model(str(out))  # adapter (PEFT) or full model, safetensors; ZeRO-3 weights gathered
     if rank == 0:
         tokenizer.save_pretrained(str(out))
     quality = _evaluate(spec, trainer, tokenizer, prep.eval_dataset, eval_rows, fmt, device, log)
-    mine = {"rank": rank, "device": device.type, "peak_allocated_bytes": peak.allocated_bytes,
-            "peak_reserved_bytes": peak.reserved_bytes, "device_used_bytes": peak.device_used_bytes, **quality,
-            "train_seconds": result.metrics.get("train_runtime"), "stopped_by_time_budget": budget.hit,
-            "optimizer": _optimizer_name(trainer)}
+    mine = {
+        "rank": rank,
+        "device": device.type,
+        "peak_allocated_bytes": peak.allocated_bytes,
+        "peak_reserved_bytes": peak.reserved_bytes,
+        "device_used_bytes": peak.device_used_bytes,
+        **quality,
+        "train_seconds": result.metrics.get("train_runtime"),
+        "stopped_by_time_budget": budget.hit,
+        "optimizer": _optimizer_name(trainer),
+    }
     metrics = finish(spec, mine, world, tok_src, fmt, steps_per_epoch, predicted, data=prep.summary.model_dump())
     if not spec.model.weights:
         from ftopt.train.base import save_random_base
@@ -133,20 +176,34 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     s = spec.setup
     total = spec.schedule.max_steps if spec.schedule.max_steps > 0 else int(steps_per_epoch * s.epochs)
     args = training_arguments(spec, device, world, total)
-    weights_dir = (resolve_weights(spec.model.ref, spec.model.trust_remote_code)  # a Hub id: the cache's snapshot
-                   if spec.model.weights else None)
+    weights_dir = (
+        resolve_weights(spec.model.ref, spec.model.trust_remote_code)  # a Hub id: the cache's snapshot
+        if spec.model.weights
+        else None
+    )
     code_dir = None  # the repo's own model code, run only when asked (the CLI refused auto_map without the flag)
     if spec.model.trust_remote_code and model_spec.hf_config.get("auto_map"):
         code_dir = weights_dir or remote_code_folder(spec.model.ref)
-    model = build_model(model_spec, spec.combination, s.precision,
-                        device="cpu" if spec.combination.uses_deepspeed else device,
-                        weights_dir=weights_dir, seed=spec.schedule.seed, code_dir=code_dir)
+    model = build_model(
+        model_spec,
+        spec.combination,
+        s.precision,
+        device="cpu" if spec.combination.uses_deepspeed else device,
+        weights_dir=weights_dir,
+        seed=spec.schedule.seed,
+        code_dir=code_dir,
+    )
     if spec.model.weights:
         record_hub_base(model, spec.model.ref)  # the adapter names the Hub id, not the snapshot folder
     progress, budget = Progress(recorder.rank == 0), TimeBudget(spec.schedule.max_hours)
-    trainer = Trainer(model=model, args=args, train_dataset=prep.train_dataset, eval_dataset=prep.eval_dataset,
-                      data_collator=prep.collator,
-                      callbacks=[RunCallback(recorder, peak, budget, progress, fail_at_step)])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=prep.train_dataset,
+        eval_dataset=prep.eval_dataset,
+        data_collator=prep.collator,
+        callbacks=[RunCallback(recorder, peak, budget, progress, fail_at_step)],
+    )
     trainer.remove_callback(PrinterCallback)  # our progress and steps.jsonl replace the printed log dicts
     return trainer, progress, budget
 
@@ -165,8 +222,9 @@ def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, lo
     quality = {}
     if fmt == "prompt+completion" and eval_rows and spec.data.eval_max_examples > 0:
         gen_device = next(trainer.model.parameters()).device
-        quality = evaluate_generation(trainer.model, tokenizer, eval_rows, gen_device, spec.data.eval_max_examples,
-                                      spec.data.metrics, log=log)
+        quality = evaluate_generation(
+            trainer.model, tokenizer, eval_rows, gen_device, spec.data.eval_max_examples, spec.data.metrics, log=log
+        )
     out = {"eval_loss": ev.get("eval_loss"), "quality": quality, "eval_peak_allocated_bytes": None}
     if device.type == "cuda":
         out["eval_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
