@@ -25,7 +25,20 @@ def test_estimate_json_schema():
 
 def test_plan_json_schema(tmp_path):
     out = tmp_path / "plan.json"
-    r = run("plan", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--json", "--out", str(out))
+    r = run(
+        "plan",
+        "--method",
+        "analytic",
+        "--model",
+        "llama-2-7b",
+        "--gpu",
+        "a100-80g",
+        "--gpus",
+        "8",
+        "--json",
+        "--out",
+        str(out),
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert set(d["recommended"]) >= {"gc", "lora_r", "zero", "offload", "attn"}
@@ -35,7 +48,9 @@ def test_plan_json_schema(tmp_path):
 
 
 def test_plan_table():
-    r = run("plan", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--seq-len", "2048")
+    r = run(
+        "plan", "--method", "analytic", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--seq-len", "2048"
+    )
     assert r.exit_code == 0, r.output
     assert "Recommended:" in r.output and "LoRA" in r.output
 
@@ -99,6 +114,8 @@ def test_host_ram_and_currency_reach_the_plan():
     with --host-ram 1.5TiB they do. Costs carry the currency."""
     base = (
         "plan",
+        "--method",
+        "analytic",
         "--model",
         "llama-2-70b",
         "--gpu",
@@ -142,14 +159,26 @@ def test_estimate_and_plan_print_the_calibration_used(tmp_path):
         for i in range(4)
     ]
     _, path = calibrate_and_store(rows, hw, "/runs/x.jsonl", "llama-2-7b")
-    r = run("plan", "--gpu", "a100-80g", "--gpus", "8")
+    r = run("plan", "--method", "analytic", "--gpu", "a100-80g", "--gpus", "8")
     assert "time model: calibrated, 4 runs of 4 points on a100-80g (llama-2-7b)" in r.output
     d = json.loads(run("estimate", "--gpu", "a100-80g", "--json", "--calibration", str(path)).output)
     assert d["calibration"]["file"] == str(path) and d["calibration"]["runs"] == 4
 
 
 def test_plan_without_dataset_tokens_quotes_steps_and_1k_samples():
-    r = run("plan", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--cost-per-gpu-hour", "2")
+    r = run(
+        "plan",
+        "--method",
+        "analytic",
+        "--model",
+        "llama-2-7b",
+        "--gpu",
+        "a100-80g",
+        "--gpus",
+        "8",
+        "--cost-per-gpu-hour",
+        "2",
+    )
     assert "per 1k samples" in r.output and "cost (USD per 1k samples)" in r.output
     header = next(line for line in r.output.splitlines() if "combination" in line)
     assert "step" in header and "epoch" not in header and "total" not in header

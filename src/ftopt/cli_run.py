@@ -4,6 +4,7 @@ Registered on the app in ftopt.cli."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -119,6 +120,7 @@ def train(
     def body():
         from ftopt import resolve
         from ftopt.display import print_train_metrics
+        from ftopt.train.allocator import allocator_note
         from ftopt.train.engine import launch
 
         if model and random_init:
@@ -198,6 +200,9 @@ def train(
 
             # a folder, or the Hub download (after the cheap checks), before any training process starts
             resolve_weights(spec.model.ref, spec.model.trust_remote_code)
+        note = allocator_note(os.environ, on_cuda=not spec.hardware.is_cpu)
+        if note:
+            typer.echo(note, err=True)
         with stdout_to_stderr(json_out):
             metrics = launch(spec)
         if json_out:

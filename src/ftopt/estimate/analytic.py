@@ -46,7 +46,12 @@ from ftopt.train.dsconfig import hf_auto_zero_sizes
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
-ALLOCATOR_RESERVE_FRACTION = 0.05  # caching-allocator fragmentation: reserved exceeds allocated by a few percent
+# Caching-allocator reserve: reserved exceeds allocated by a few percent. `ftopt train` runs CUDA with
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (train/allocator.py): one growing segment per stream, so the
+# end-of-segment slivers the default allocator leaves under changing request sizes do not accumulate (PyTorch CUDA
+# memory-management notes, "expandable_segments"); what remains is freed blocks inside the segment awaiting reuse.
+# 5% is kept as the bound for that setting (the default allocator can exceed it; the --headroom margin covers it).
+ALLOCATOR_RESERVE_FRACTION = 0.05
 # NCCL communicator buffers per rank, under DeepSpeed or plain DDP over several GPUs: allocated by NCCL outside
 # torch's caching allocator, so they count in the device total, not in max_memory_allocated (and not at all on a
 # CPU with gloo).

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.train.allocator import allocator_env
 from ftopt.train.outputs import CONFIG_NAME, prepare_output
 from ftopt.train.preflight import check_devices
 
@@ -27,14 +28,17 @@ def launch(spec: RunSpec) -> dict:
     if spec.uses_launcher and importlib.util.find_spec("deepspeed") is None:
         raise FtoptError("ZeRO and multi-GPU runs need DeepSpeed: pip install deepspeed.")
     prepare_output(spec)
+    alloc = allocator_env(os.environ, on_cuda=not spec.hardware.is_cpu)
     if not spec.uses_launcher:
         from ftopt.train.worker import run_worker
 
+        # read by torch when CUDA first allocates, which happens after this (the worker builds the model)
+        os.environ.update(alloc)
         return run_worker(spec)
-    return _launch_ranks(spec)
+    return _launch_ranks(spec, alloc)
 
 
-def _launch_ranks(spec: RunSpec) -> dict:
+def _launch_ranks(spec: RunSpec, alloc: dict[str, str]) -> dict:
     from ftopt.train import worker
 
     out = spec.output_dir
@@ -42,7 +46,7 @@ def _launch_ranks(spec: RunSpec) -> dict:
     if spec.setup.nodes > 1:
         cmd += ["--num_nodes", str(spec.setup.nodes), "--hostfile", str(spec.hostfile)]
     cmd += ["--master_port", str(_free_port()), worker.__file__, str(out / CONFIG_NAME)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **alloc, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
     if spec.hardware.is_cpu and "OMP_NUM_THREADS" not in os.environ:
         # CPU ranks share the cores: one thread pool per rank sized to its share avoids oversubscription
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.setup.gpus_per_node))
