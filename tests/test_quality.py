@@ -112,3 +112,40 @@ def test_bench_checks_quality_flags_before_running_anything(tmp_path, args, frag
 
     res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "sweep"), *args])
     assert res.exit_code == 2 and fragment in res.output and not (tmp_path / "sweep" / "results.jsonl").exists()
+
+
+def test_generation_uses_the_kv_cache_even_when_training_turned_it_off():
+    """The defect: the trained model's config says use_cache=False (training), so each new token re-ran the whole
+    sequence. With the cache, every forward after the prompt's sees one new token and the cached keys/values."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftopt import sample_task as S
+    from ftopt.quality import generate
+
+    tok = S.tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+    )
+    cfg.use_cache = False  # as ftopt.modeling builds a model for training
+    model = LlamaForCausalLM(cfg).eval()
+    model.generation_config.use_cache = False  # as a saved generation_config may say (presets/base/tiny-base)
+    model.generation_config.eos_token_id = None  # generate the full length: several cached steps to check
+    calls = []
+    model.model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((kwargs["input_ids"].shape[1], kwargs.get("past_key_values"))),
+        with_kwargs=True,
+    )
+    row = S.examples("back", 1, seed=1)[0]
+    generate(model, tok, [row], "cpu", log=lambda m: None)
+    assert len(calls) >= 3
+    prompt_len = calls[0][0]
+    assert prompt_len > 1 and all(n == 1 for n, _ in calls[1:])  # one new token per step, not the whole sequence
+    assert all(p is not None and p.get_seq_length() > 0 for _, p in calls[1:])

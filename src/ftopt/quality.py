@@ -138,6 +138,9 @@ def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], No
                 **enc,
                 max_new_tokens=n_new,
                 do_sample=False,
+                # the trained model's config has use_cache=False (training needs none, GC forbids it); generation
+                # without it re-runs the whole sequence for every new token: O(n^2) forwards instead of O(n)
+                use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
