@@ -179,6 +179,11 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
         + (f"; exact match {em:.0%}" if em is not None else "")
         + (f"; MFU {m['mfu']:.1%}" if m.get("mfu") else "")
     )
+    from ftopt.train.gap import padding_gap_note
+
+    gap = padding_gap_note(m)
+    if gap:
+        console.print(f"[yellow]note:[/] {gap}")
     console.print(f"saved model, tokenizer and metrics.json in {output_dir}")
 
 
