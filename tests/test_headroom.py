@@ -182,3 +182,16 @@ def test_cli_plan_confirms_with_the_trace_by_default():
     assert doc["method"] == "traced"
     assert doc["answered_by"] == {"recommended": "traced", "longest_context": "traced", "fewest_gpus": "traced"}
     assert doc["recommended_estimate"]["method"] == "traced"
+
+
+def test_headroom_is_not_part_of_a_runs_identity():
+    """A resumed run may be judged with another margin: it is the same run."""
+    from ftopt.resolve import new_run, with_headroom
+    from ftopt.spec import ModelRef
+
+    hw = load_hardware("cpu")
+    spec = new_run(hw, ModelRef(), TrainingSetup(), Combination())
+    other = with_headroom(spec, 0.25)
+    assert other.setup.headroom == 0.25 and other.identity() == spec.identity()
+    with pytest.raises(Exception, match="--headroom"):
+        with_headroom(spec, 1.0)

@@ -143,5 +143,6 @@ class RunSpec(BaseModel):
         d = self.to_json()
         d.pop("output")
         d["schedule"].pop("max_hours", None)
+        d["setup"].pop("headroom", None)  # the margin judges the prediction; it changes nothing the run does
         d["hardware"] = self.hardware.name  # its time-model constants may be recalibrated between the two starts
         return d
