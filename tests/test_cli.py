@@ -10,6 +10,10 @@ from ftopt.cli import app
 runner = CliRunner()
 
 
+# plan llama-2-7b on one 8 x A100 node with the formulas alone (these tests are not about the trace's confirmation)
+PLAN_7B_NODE = ("plan", "--method", "analytic", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8")
+
+
 def run(*args):
     return runner.invoke(app, list(args))
 
@@ -26,15 +30,7 @@ def test_estimate_json_schema():
 def test_plan_json_schema(tmp_path):
     out = tmp_path / "plan.json"
     r = run(
-        "plan",
-        "--method",
-        "analytic",
-        "--model",
-        "llama-2-7b",
-        "--gpu",
-        "a100-80g",
-        "--gpus",
-        "8",
+        *PLAN_7B_NODE,
         "--json",
         "--out",
         str(out),
@@ -167,15 +163,7 @@ def test_estimate_and_plan_print_the_calibration_used(tmp_path):
 
 def test_plan_without_dataset_tokens_quotes_steps_and_1k_samples():
     r = run(
-        "plan",
-        "--method",
-        "analytic",
-        "--model",
-        "llama-2-7b",
-        "--gpu",
-        "a100-80g",
-        "--gpus",
-        "8",
+        *PLAN_7B_NODE,
         "--cost-per-gpu-hour",
         "2",
     )

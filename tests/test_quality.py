@@ -70,16 +70,13 @@ def test_quality_target_parse_and_met():
             QualityTarget.parse(bad)
 
 
-def test_evaluate_generation_scores_a_real_model_and_caps_examples():
-    """A tiny random model generates; the cap limits rows and progress is reported."""
+def _tiny_llama():
+    """A one-layer random llama the built-in task's tokenizer can drive."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftopt import sample_task as S
-
-    tok = S.tokenizer()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
+    return LlamaForCausalLM(
         LlamaConfig(
             vocab_size=64,
             hidden_size=16,
@@ -90,6 +87,15 @@ def test_evaluate_generation_scores_a_real_model_and_caps_examples():
             pad_token_id=0,
         )
     )
+
+
+def test_evaluate_generation_scores_a_real_model_and_caps_examples():
+    """A tiny random model generates; the cap limits rows and progress is reported."""
+
+    from ftopt import sample_task as S
+
+    tok = S.tokenizer()
+    model = _tiny_llama()
     rows = S.examples("back", 20, seed=1)
     lines = []
     q = evaluate_generation(model, tok, rows, "cpu", max_examples=5, log=lines.append)
@@ -117,25 +123,14 @@ def test_bench_checks_quality_flags_before_running_anything(tmp_path, args, frag
 def test_generation_uses_the_kv_cache_even_when_training_turned_it_off():
     """The defect: the trained model's config says use_cache=False (training), so each new token re-ran the whole
     sequence. With the cache, every forward after the prompt's sees one new token and the cached keys/values."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from ftopt import sample_task as S
     from ftopt.quality import generate
 
     tok = S.tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=0,
-    )
-    cfg.use_cache = False  # as ftopt.modeling builds a model for training
-    model = LlamaForCausalLM(cfg).eval()
+    model = _tiny_llama()
+    model.config.use_cache = False  # as ftopt.modeling builds a model for training
+    model.eval()
     model.generation_config.use_cache = False  # as a saved generation_config may say (presets/base/tiny-base)
     model.generation_config.eos_token_id = None  # generate the full length: several cached steps to check
     calls = []
