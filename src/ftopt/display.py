@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ftopt.estimate import Estimate, Method
 from ftopt.plan import LimitKind, Plan
+from ftopt.spec import DEFAULT_HEADROOM
 from ftopt.spec.calibration import MFU_AT_BOUND, CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 
@@ -184,6 +185,12 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
     gap = padding_gap_note(m)
     if gap:
         console.print(f"[yellow]note:[/] {gap}")
+    if pred.get("analytic", {}).get("tight"):
+        margin = (m.get("run") or {}).get("setup", {}).get("headroom", DEFAULT_HEADROOM)
+        console.print(
+            f"[yellow]note:[/] the predicted device total fits this GPU but not the {margin:.0%} kept free "
+            "(--headroom): a longer batch, fragmentation or another process can run it out of memory."
+        )
     console.print(f"saved model, tokenizer and metrics.json in {output_dir}")
 
 

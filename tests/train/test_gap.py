@@ -38,3 +38,15 @@ def test_no_padding_note_when_it_is_not_the_cause():
     assert padding_gap_note(_metrics(105, 100)) is None  # within the estimator's error
     assert padding_gap_note(_metrics(300, 100, tokens=100 * 250)) is None  # rows about --seq-len: something else
     assert padding_gap_note({"measured": {}, "predicted": None}) is None  # a run without predictions
+
+
+def test_summary_warns_when_the_prediction_was_tight(capsys):
+    from ftopt.display import print_train_metrics
+
+    m = _metrics(110, 100, tokens=100 * 250) | {"model": "x", "label": "y", "world_size": 1}
+    m["measured"] |= {"step_seconds": 1.0, "tokens_per_s": 1.0, "epoch_seconds": 1.0, "train_loss": 1.0}
+    m["measured"]["eval_loss"] = None
+    m["predicted"]["analytic"] |= {"step_seconds": 1.0, "tight": True}
+    m["run"] = {"setup": {"headroom": 0.2}}
+    print_train_metrics(m, "out")
+    assert "not the 20% kept free (--headroom)" in " ".join(capsys.readouterr().out.split())
