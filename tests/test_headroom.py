@@ -102,8 +102,9 @@ def test_longest_context_and_fewest_gpus_respect_the_margin():
 
 # ---- tie-breaks -----------------------------------------------------------------------------------------------
 def test_mistral_on_l4_recommends_plain_lora_gc_not_one_gpu_zero_with_nf4():
-    p = plan(load_model("mistral-7b"), load_hardware("l4"), TrainingSetup(), what_ifs=False)
+    p = plan(load_model("mistral-7b"), load_hardware("l4"), TrainingSetup())
     rec = p.recommended.combination
+    assert p.fewest_gpus == 1 and p.fewest_gpus_combination == rec  # the what-if picks by the same rule
     assert rec.zero == 0 and rec.quant is Quant.NONE and rec.optim.value == "adamw" and rec.lora and rec.gc
     assert p.tie_break.dropped_single_gpu_deepspeed
     assert p.tie_break.decided_by == "no 8-bit or paged optimizer"  # LoRA + GC + adamw-8bit is 0.03% faster

@@ -117,6 +117,14 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         )
     else:
         console.print(f"[bold red]No recommendation:[/] {p.reason}.")
+    _print_what_ifs(p)
+    if p.shortfall:
+        console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
+    console.print(calibration_line(p.calibration, p.hardware))
+
+
+def _print_what_ifs(p: Plan) -> None:
+    """The longest context and the fewest GPUs, each with the method that answered."""
     if p.longest_context and p.longest_context_bound is LimitKind.POSITIONS:
         console.print(
             f"What if: the recommendation fits up to the model's position limit, {p.longest_context:,} "
@@ -134,9 +142,6 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         )
     elif p.fewest_gpus is None and p.recommended is None:
         console.print("What if: no number of these GPUs up to 64 fits the model.")
-    if p.shortfall:
-        console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
-    console.print(calibration_line(p.calibration, p.hardware))
 
 
 def _answered(method, asked) -> str:
@@ -145,7 +150,7 @@ def _answered(method, asked) -> str:
         return "confirmed by the traced estimator"
     if asked is Method.TRACED:
         return "analytic estimate; the traced estimator could not confirm it (see the notes)"
-    return "analytic estimate (--method traced confirms it)"
+    return "analytic estimate; --method traced confirms it"
 
 
 def print_train_metrics(m: dict, output_dir: str) -> None:

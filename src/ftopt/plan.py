@@ -253,19 +253,8 @@ def plan(
             "No combination to plan: quantized bases need LoRA, so --full-only with --quant "
             f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only."
         )
-    # Analytic to search (instant), traced to confirm (method=traced): the pick is traced; when the trace says it
-    # no longer fits, its traced estimate replaces the analytic one and the choice is made again.
     estimates = sorted((estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos), key=_rank_key)
-    tie = tie_fraction(hw.calibration)
-    rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
-    for _ in range(CONFIRM_TRIES if method is Method.TRACED else 0):
-        if rec is None or rec.method is Method.TRACED:
-            break
-        t = trace_pick(model, hw, setup, estimates, rec)
-        if t.fits or t.method is not Method.TRACED:  # confirmed, or the trace cannot run: the formulas answer
-            rec = t
-            break
-        rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+    rec, rule, reason = _confirmed_choice(model, hw, setup, estimates, method, max_hours)
     estimates.sort(key=_rank_key)
     p = Plan(
         model=model.name,
@@ -293,6 +282,28 @@ def plan(
         )
     p.shortfall = _shortfall(estimates, rec, full_only, hw)
     return p
+
+
+def _confirmed_choice(
+    model: ModelSpec,
+    hw: HardwareSpec,
+    setup: TrainingSetup,
+    estimates: list[Estimate],
+    method: Method,
+    max_hours: float | None,
+) -> tuple[Estimate | None, TieBreak, str]:
+    """Analytic to search (instant), traced to confirm (method=traced): the pick is traced; when the trace says it
+    no longer fits, its traced estimate replaces the analytic one in `estimates` and the choice is made again."""
+    tie = tie_fraction(hw.calibration)
+    rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+    for _ in range(CONFIRM_TRIES if method is Method.TRACED else 0):
+        if rec is None or rec.method is Method.TRACED:
+            break
+        t = trace_pick(model, hw, setup, estimates, rec)
+        if t.fits or t.method is not Method.TRACED:  # confirmed, or the trace cannot run: the formulas answer
+            return t, rule, reason
+        rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+    return rec, rule, reason
 
 
 def _host_ram_text(e: Estimate, hw: HardwareSpec) -> str:
