@@ -179,7 +179,7 @@ def test_a_pick_the_trace_rejects_is_replaced_and_the_plan_says_so(monkeypatch):
 def test_cli_plan_confirms_with_the_trace_by_default():
     r = CliRunner().invoke(app, ["plan", "--model", "tiny-llama", "--gpu", "a100-80g", "--seq-len", "256", "--json"])
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)  # stdout carries the JSON alone; a trace's library notices go to stderr
     assert doc["method"] == "traced"
     assert doc["answered_by"] == {"recommended": "traced", "longest_context": "traced", "fewest_gpus": "traced"}
     assert doc["recommended_estimate"]["method"] == "traced"
