@@ -123,6 +123,11 @@ class HardwareSpec(BaseModel):
                 f"{self.name} cannot run {dtype} (no {dtype} units, {self._capability_text()}); "
                 f"use --precision {' or '.join(others)}."
             )
+        if not attn.runs_in(precision):
+            raise FtoptError(
+                f"--attn {attn.value} cannot run --precision {precision.value}: flash-attn takes fp16/bf16 inputs "
+                "only; use --precision bf16-mixed (or fp16-mixed) or --attn sdpa."
+            )
         if attn not in self.attention_kernels:
             if self.is_cpu:
                 why = f"{attn.value} attention needs a CUDA GPU"
