@@ -123,11 +123,6 @@ class HardwareSpec(BaseModel):
                 f"{self.name} cannot run {dtype} (no {dtype} units, {self._capability_text()}); "
                 f"use --precision {' or '.join(others)}."
             )
-        if not attn.runs_in(precision):
-            raise FtoptError(
-                f"--attn {attn.value} cannot run --precision {precision.value}: flash-attn takes fp16/bf16 inputs "
-                "only; use --precision bf16-mixed (or fp16-mixed) or --attn sdpa."
-            )
         if attn not in self.attention_kernels:
             if self.is_cpu:
                 why = f"{attn.value} attention needs a CUDA GPU"
@@ -137,6 +132,11 @@ class HardwareSpec(BaseModel):
                 why = "the hardware spec does not list it"
             ok = " or ".join(a.value for a in self.attention_kernels)
             raise FtoptError(f"{self.name} cannot run {attn.value} attention ({why}); use --attn {ok}.")
+        if not attn.runs_in(precision):
+            raise FtoptError(
+                f"--attn {attn.value} cannot run --precision {precision.value}: flash-attn takes fp16/bf16 inputs "
+                "only; use --precision bf16-mixed (or fp16-mixed) or --attn sdpa."
+            )
 
 
 def hardware_names() -> list[str]:
