@@ -11,11 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.calibration_store import calibrated_hardware, find_calibration
 from ftopt.estimate import estimate
-<<<<<<< HEAD
-from ftopt.spec import Combination, Precision, TrainingSetup, default_precision, load_hardware, load_model
-=======
-from ftopt.spec import DEFAULT_HEADROOM, Combination, Precision, TrainingSetup, load_hardware, load_model
->>>>>>> main
+from ftopt.spec import (
+    DEFAULT_HEADROOM,
+    Combination,
+    Precision,
+    TrainingSetup,
+    default_precision,
+    load_hardware,
+    load_model,
+)
 
 PILOT_DATA_FRACTION = 0.1  # the pilot trains on a tenth of the production data, once: enough to see quality at scale
 PILOT_EPOCHS = 1.0
