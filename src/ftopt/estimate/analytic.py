@@ -179,6 +179,12 @@ def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
     return tokens * model.vocab_size * 12
 
 
+def logits_forward_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
+    """LM head and loss as the forward computes the loss [HF loss_utils]: the 16-bit logits (when not fp32), their
+    fp32 upcast and log_softmax's fp32 output."""
+    return tokens * model.vocab_size * (8 + (st.act_bytes if st.act_bytes != 4 else 0))
+
+
 def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage, world_size: int) -> int:
     """A trained, tied embedding gets two gradients at the very end of backward, the LM head's and the lookup's
     (embedding_dense_backward, dense vocab x hidden); autograd adds them out of place, so the two partial gradients
@@ -203,22 +209,42 @@ def tied_grad_summed_in_place(model: ModelSpec, combo: Combination, st: Storage)
 
 
 def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
-    """(all saved activations at the end of forward, one layer's) per GPU, in bytes.
+    """(all saved activations at the start of backward, one layer's) per GPU, in bytes.
     With GC each layer keeps only its input (resid dtype x h) and one layer is recomputed at a time in backward;
-    the checkpoints also keep the mask packed rows give SDPA (estimate/layout.py). Under autocast the forward's
-    weight cache still holds every layer's casts when the loss is computed (checkpointing drops saved tensors, not
-    the cache); each recomputation in backward enters and leaves its own autocast region, so it holds one layer's
-    [autocast]. Without GC the saved casts are in `per_layer` already."""
-    tokens = setup.tokens_per_micro_batch
-    masked = layout.sdpa_gets_mask(setup, combo)
-    per_layer = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked) * tokens
-    per_layer += autocast_weight_cache_bytes(model, combo, st)
-    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo)
+    the checkpoints also keep the mask packed rows give SDPA (estimate/layout.py). A recomputation under autocast
+    enters and leaves its own autocast region, so it holds one layer's weight casts [autocast] (in `per_layer`,
+    as are the casts matmuls save without GC)."""
+    per_layer = _per_layer_bytes(model, setup, combo, st)
+    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
     if combo.gc:
-        kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens
-        all_casts = model.num_layers * autocast_weight_cache_bytes(model, combo, st)
-        return kept + max(per_layer, all_casts) + head, per_layer
+        return kept + per_layer + head, per_layer
     return model.num_layers * per_layer + head, per_layer
+
+
+def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    """Activations when the loss is computed under GC and autocast (0 otherwise): checkpointing drops the layers'
+    saved tensors but not autocast's weight cache, which holds every layer's casts until the forward's autocast
+    region exits [autocast]: the checkpoints, all casts and the head's saved tensors."""
+    if not (combo.gc and st.autocast):
+        return 0
+    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
+    return kept + model.num_layers * autocast_weight_cache_bytes(model, combo, st) + head
+
+
+def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    masked = layout.sdpa_gets_mask(setup, combo)
+    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked)
+    return per_token * setup.tokens_per_micro_batch + autocast_weight_cache_bytes(model, combo, st)
+
+
+def _checkpoints_and_head_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage
+) -> tuple[int, int]:
+    """(GC's layer inputs, 0 without GC; the final norm's saved tensors and the model's mask)."""
+    tokens = setup.tokens_per_micro_batch
+    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo)
+    kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens if combo.gc else 0
+    return kept, head
 
 
 # ---- states: weights, grads, master, optimizer, with ZeRO partitioning -----------------------------------------
@@ -338,7 +364,8 @@ def memory(
     st = storage(setup.precision, combo)
     s = zero_states(model, setup, combo, st, on_gpu)
     acts, one_layer = activation_bytes(model, setup, combo, st)
-    logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + head_cast_bytes(model, combo, st)
+    head_cast = head_cast_bytes(model, combo, st)
+    logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + head_cast
     # a quantized matmul dequantizes its weight for the duration of the op (forward and backward) [quant]
     dequant = (
         q8.dequant_temp_bytes(model, combo.quant, 2 if st.autocast else st.act_bytes)
@@ -354,6 +381,16 @@ def memory(
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
     candidates = [
+        (  # GC + autocast: the loss is computed while autocast's cache holds every layer's weight casts
+            "forward/backward",
+            MemoryBreakdown(
+                **static,
+                gradients=grads_during_fwd,
+                activations=gc_loss_moment_activation_bytes(model, setup, combo, st),
+                logits_loss=logits_forward_bytes(model, st, setup.tokens_per_micro_batch) + head_cast,
+                temporaries=dequant,
+            ),
+        ),
         (
             "forward/backward",
             MemoryBreakdown(
