@@ -3,6 +3,7 @@
 import json
 import shlex
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -119,3 +120,31 @@ def test_export_under_a_file_is_one_line_before_planning(tmp_path):
     r = runner.invoke(app, ["plan", "--model", "llama-2-7b", "--export", str(blocker / "sub")])
     assert r.exit_code == 2 and "--export" in r.output and "is a file" in r.output
     assert len(r.output.strip().splitlines()) == 1  # no plan table printed before the error
+
+
+@pytest.mark.parametrize(
+    "precision, zero, dtype", [("bf16-mixed", 3, "bf16"), ("fp16-mixed", 2, "fp16"), ("fp32", 3, "fp32")]
+)
+def test_deepspeed_config_states_what_the_estimator_assumes(precision, zero, dtype):
+    """Issue 16: the gradient-accumulation dtype and ZeRO-3's live-parameter limits were DeepSpeed's defaults, not
+    set; they now come from the constants the estimator reads."""
+    from ftopt import resolve
+    from ftopt.estimate import analytic
+    from ftopt.policy import storage
+    from ftopt.spec import load_hardware
+    from ftopt.train.dsconfig import deepspeed_config
+
+    hw = load_hardware("a100-80g")
+    run = resolve.new_run(
+        hw,
+        resolve.model_ref("tiny-llama", weights=False),
+        resolve.setup(hw, precision=precision, gpus_per_node=2),
+        resolve.combination(zero=zero),
+    )
+    ds = deepspeed_config(run)
+    assert ds["data_types"]["grad_accum_dtype"] == dtype
+    assert {"fp32": 4, "bf16": 2, "fp16": 2}[dtype] == storage(run.setup.precision, run.combination).grad
+    zero_cfg = ds["zero_optimization"]
+    if zero == 3:
+        assert zero_cfg["stage3_max_live_parameters"] == analytic.STAGE3_MAX_LIVE_PARAMETERS
+        assert zero_cfg["stage3_max_reuse_distance"] == analytic.STAGE3_MAX_LIVE_PARAMETERS

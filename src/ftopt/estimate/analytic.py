@@ -46,7 +46,7 @@ from ftopt.spec import (
     Quant,
     TrainingSetup,
 )
-from ftopt.train.dsconfig import hf_auto_zero_sizes
+from ftopt.train.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
@@ -55,7 +55,6 @@ ALLOCATOR_RESERVE_FRACTION = 0.05  # caching-allocator fragmentation: reserved e
 # torch's caching allocator, so they count in the device total, not in max_memory_allocated (and not at all on a
 # CPU with gloo).
 NCCL_BUFFER_BYTES = 300 * 2**20
-STAGE3_MAX_LIVE_PARAMETERS = 10**9  # DeepSpeed default for stage3_max_live_parameters (and max_reuse_distance)
 
 
 def trainable_params(model: ModelSpec, combo: Combination) -> int:
