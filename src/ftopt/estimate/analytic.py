@@ -14,10 +14,7 @@ per token unless stated. Sources:
   [DS]     DeepSpeed 0.19 runtime: 16-bit training casts the whole module to 16 bits and keeps the fp32 master copy
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
            Hugging Face's "auto" DeepSpeed config fills in, train/dsconfig.hf_auto_zero_sizes).
-  [autocast] torch 2.13 autocast (aten/src/ATen/autocast_mode.cpp, cached_cast): a cast of an fp32 leaf that
-           requires grad is cached until the outermost autocast region exits (torch.autocast.__exit__ ->
-           clear_autocast_cache); torch.utils.checkpoint recomputes each layer inside its own autocast region;
-           accelerate wraps the model's forward (loss included) in one region, so the cache dies before backward.
+  [autocast] estimate/autocast.py: the weight casts torch autocast caches, with and without GC.
   [quant]  estimate/quant.py: QLoRA/int8 bases and bitsandbytes optimizers (QLoRA paper, bitsandbytes source).
   [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
            accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
@@ -33,6 +30,7 @@ from dataclasses import dataclass
 
 from ftopt.estimate import layout
 from ftopt.estimate import quant as q8
+from ftopt.estimate.autocast import autocast_weight_cache_bytes, head_cast_bytes, tied_grad_summed_in_place
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import Storage, lora_targets, storage
 from ftopt.spec import (
@@ -146,28 +144,6 @@ def layer_activation_bytes_per_token(
     return n
 
 
-def autocast_weight_cache_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
-    """One layer's autocast weight casts [autocast]: autocast casts each fp32 weight that requires grad to 16 bits
-    once and caches that copy (keyed by the weight) until the outermost autocast region exits, and the matmul saves
-    the same copy for the input gradient: 2 bytes per trained linear parameter of the layer (full fine-tuning: every
-    linear; LoRA: the fp32 adapters; a 16-bit frozen base needs no cast)."""
-    if not st.autocast:
-        return 0
-    if combo.lora:
-        return 2 * model.lora_params(combo.lora_r, lora_targets(model, combo)) // model.num_layers
-    return 2 * sum(lin.in_features * lin.out_features for lin in model.layer_linears())
-
-
-def head_cast_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
-    """The 16-bit cast of an fp32 LM head under autocast, saved by its matmul for the input gradient [autocast]:
-    a trained head (full fine-tuning; tied or not, the cast is of the one weight) is cached like any trained leaf; a
-    frozen fp32 head (quantized base after prepare_model_for_kbit_training) is cast again on every forward (autocast
-    caches only leaves that require grad). A LoRA run on a 16-bit base has a 16-bit head: nothing to cast."""
-    if not st.autocast or (combo.lora and combo.quant is Quant.NONE):
-        return 0
-    return 2 * model.vocab_size * (model.embed_dim or model.hidden_size)
-
-
 def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
     """LM head and loss at their peak [HF loss_utils]: the loss upcasts logits to fp32 and log_softmax keeps its
     fp32 output; in backward nll_loss's gradient, log_softmax's gradient and that output coexist: 12 bytes per
@@ -198,13 +174,6 @@ def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage,
     per = model.vocab_size * (model.embed_dim or model.hidden_size) * st.grad
     partials = 1 if tied_grad_summed_in_place(model, combo, st) else 2
     return partials * (_ceil_div(per, world_size) if combo.zero >= 2 else per)
-
-
-def tied_grad_summed_in_place(model: ModelSpec, combo: Combination, st: Storage) -> bool:
-    """Whether autograd sums a trained tied embedding's two gradients in place (see tied_embedding_grad_bytes).
-    The traced estimator needs this too: in a FakeTensor trace the fake mode holds a reference to every storage,
-    so autograd never finds the buffer unshared and always adds out of place."""
-    return st.autocast and model.tie_embeddings and not combo.lora
 
 
 def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:

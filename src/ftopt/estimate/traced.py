@@ -29,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.errors import FtoptError, TraceUnavailable
-from ftopt.estimate import analytic, layout
+from ftopt.estimate import analytic, autocast, layout
 from ftopt.estimate.quant import (
     MIN_8BIT_SIZE,
     OPTIM_BLOCK,
@@ -364,7 +364,7 @@ def _extrapolate(
     one layer's worth per layer); the model's peak is the largest extrapolated moment, which need not be the
     phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24).
     `embed_excess`: bytes the trace holds at the embedding's gradient that a real run does not
-    (analytic.tied_grad_summed_in_place); one trace of the full depth is passed as t1 = t2."""
+    (autocast.tied_grad_summed_in_place); one trace of the full depth is passed as t1 = t2."""
     (l1, l2), best = layers, (float("-inf"), {}, "")
     for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys():
         s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
@@ -392,7 +392,7 @@ def traced_memory(
     st = storage(setup.precision, combo)
     excess = (
         analytic.tied_embedding_grad_bytes(spec, combo, st, 1)
-        if analytic.tied_grad_summed_in_place(spec, combo, st)
+        if autocast.tied_grad_summed_in_place(spec, combo, st)
         else 0
     )
     try:
