@@ -204,7 +204,7 @@ def test_plan_on_t4_defaults_to_fp16_mixed_and_fp32_plans_skip_flash():
     """Issue 16: `plan --gpu t4` failed with "t4 cannot run bf16"; an fp32 plan must not offer flash-attn."""
     r = run("plan", "--model", "tiny-llama", "--gpu", "t4", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["setup"]["precision"] == "fp16-mixed"
+    assert json.loads(r.stdout)["setup"]["precision"] == "fp16-mixed"
     r = run("plan", "--model", "tiny-llama", "--gpu", "a100-80g", "--precision", "fp32", "--json")
     assert r.exit_code == 0, r.output
-    assert {c["attn"] for c in json.loads(r.output)["candidates"]} == {"eager", "sdpa"}
+    assert {c["attn"] for c in json.loads(r.stdout)["candidates"]} == {"eager", "sdpa"}
