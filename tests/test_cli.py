@@ -215,3 +215,13 @@ def test_version_and_help_state_defaults():
         assert "64 on cpu" in params["seq_len"].help  # hardware-derived defaults are shown in --help
         undocumented = [p.name for p in params.values() if not getattr(p, "help", None) and p.name != "results"]
         assert not undocumented, f"{name}: flags without help: {undocumented}"
+
+
+def test_plan_on_t4_defaults_to_fp16_mixed_and_fp32_plans_skip_flash():
+    """Issue 16: `plan --gpu t4` failed with "t4 cannot run bf16"; an fp32 plan must not offer flash-attn."""
+    r = run("plan", "--model", "tiny-llama", "--gpu", "t4", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["setup"]["precision"] == "fp16-mixed"
+    r = run("plan", "--model", "tiny-llama", "--gpu", "a100-80g", "--precision", "fp32", "--json")
+    assert r.exit_code == 0, r.output
+    assert {c["attn"] for c in json.loads(r.stdout)["candidates"]} == {"eager", "sdpa"}

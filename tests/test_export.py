@@ -3,6 +3,7 @@
 import json
 import shlex
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -145,3 +146,31 @@ def test_exported_folder_still_runs_after_it_is_copied(tmp_path):
     assert not any(str(tmp_path) in str(v) for v in doc.values())  # no absolute path into the old folder
     assert (moved / doc["deepspeed"]).is_file()  # relative to the folder launch.sh cds into
     assert 'cd "$(dirname "$0")"' in (moved / "launch.sh").read_text()
+
+
+@pytest.mark.parametrize(
+    "precision, zero, dtype", [("bf16-mixed", 3, "bf16"), ("fp16-mixed", 2, "fp16"), ("fp32", 3, "fp32")]
+)
+def test_deepspeed_config_states_what_the_estimator_assumes(precision, zero, dtype):
+    """Issue 16: the gradient-accumulation dtype and ZeRO-3's live-parameter limits were DeepSpeed's defaults, not
+    set; they now come from the constants the estimator reads."""
+    from ftopt import resolve
+    from ftopt.estimate import analytic
+    from ftopt.policy import storage
+    from ftopt.spec import load_hardware
+    from ftopt.train.dsconfig import deepspeed_config
+
+    hw = load_hardware("a100-80g")
+    run = resolve.new_run(
+        hw,
+        resolve.model_ref("tiny-llama", weights=False),
+        resolve.setup(hw, precision=precision, gpus_per_node=2),
+        resolve.combination(zero=zero),
+    )
+    ds = deepspeed_config(run)
+    assert ds["data_types"]["grad_accum_dtype"] == dtype
+    assert {"fp32": 4, "bf16": 2, "fp16": 2}[dtype] == storage(run.setup.precision, run.combination).grad
+    zero_cfg = ds["zero_optimization"]
+    if zero == 3:
+        assert zero_cfg["stage3_max_live_parameters"] == analytic.STAGE3_MAX_LIVE_PARAMETERS
+        assert zero_cfg["stage3_max_reuse_distance"] == analytic.STAGE3_MAX_LIVE_PARAMETERS

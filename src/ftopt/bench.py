@@ -19,7 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftopt.errors import FtoptError, validation_message
 from ftopt.io import append_line_atomic
-from ftopt.spec import Attention, Combination, HardwareSpec, Optim, OutputSpec, Quant, RunSpec
+from ftopt.spec import (
+    Attention,
+    Combination,
+    HardwareSpec,
+    Optim,
+    OutputSpec,
+    Precision,
+    Quant,
+    RunSpec,
+    default_precision,
+)
 
 RESULTS_SCHEMA = "ftopt.bench/2"
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -70,10 +80,13 @@ def default_zero_processes(hw: HardwareSpec) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def reference_combinations(hw: HardwareSpec, lora_r: int = 8) -> list[Combination]:
+def reference_combinations(hw: HardwareSpec, lora_r: int = 8, precision: Precision | None = None) -> list[Combination]:
     """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, eager vs the fastest
-    attention kernel this hardware runs (flash where it can, else SDPA)."""
-    fast = Attention.FLASH if Attention.FLASH in hw.attention_kernels else Attention.SDPA
+    attention kernel this hardware runs at `precision` (flash where it can, else SDPA; None = the hardware's
+    default precision)."""
+    prec = precision or default_precision(hw.is_cpu, hw.peak_flops)
+    flash = Attention.FLASH in hw.attention_kernels and Attention.FLASH.runs_in(prec)
+    fast = Attention.FLASH if flash else Attention.SDPA
     return [
         Combination(attn=fast),
         Combination(gc=True, attn=fast),

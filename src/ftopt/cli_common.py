@@ -43,7 +43,8 @@ GradAccum = Annotated[int | None, typer.Option("--grad-accum", help="micro-batch
 PrecisionOpt = Annotated[
     str | None,
     typer.Option(
-        "--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true [default: bf16-mixed on a GPU, fp32 on cpu]"
+        "--precision",
+        help="fp32 | bf16-mixed | fp16-mixed | bf16-true [default: the best the hardware runs: bf16-mixed, fp16-mixed on T4/V100, fp32 on cpu]",
     ),
 ]
 DatasetTokens = Annotated[

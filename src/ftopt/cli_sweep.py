@@ -113,7 +113,8 @@ def bench(
             load_user_metric(ref)  # a typo fails now, not after the first run
         check_out_folder(out)
         hw = hardware(gpu)
-        combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
+        prec = resolve.setup(hw, precision=precision).precision
+        combos = load_grid(grid) if grid else reference_combinations(hw, lora_r, prec)
         q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
         combos += quant_optim_variants(combos, q, o)
         ref = resolve.model_ref(

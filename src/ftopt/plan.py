@@ -247,7 +247,10 @@ def plan(
         raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
-    combos = combinations(hw, lora_r, full_only, lora_targets, quants, optims)
+    # flash-attn rejects fp32 inputs: an fp32 plan enumerates the kernels that take them
+    combos = [
+        c for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims) if c.attn.runs_in(setup.precision)
+    ]
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
         raise FtoptError(
             "No combination to plan: quantized bases need LoRA, so --full-only with --quant "

@@ -82,7 +82,7 @@ def enum_list(field: str, value: str | None) -> tuple | None:
 
 
 def setup(hw: HardwareSpec, **given) -> TrainingSetup:
-    return TrainingSetup.for_hardware(hw.is_cpu, **_given(given))
+    return TrainingSetup.for_hardware(hw.is_cpu, hw.peak_flops, **_given(given))
 
 
 def combination(**given) -> Combination:

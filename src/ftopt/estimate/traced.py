@@ -29,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.errors import FtoptError, TraceUnavailable
-from ftopt.estimate import analytic, layout
+from ftopt.estimate import analytic, autocast, layout
 from ftopt.estimate.quant import (
     MIN_8BIT_SIZE,
     OPTIM_BLOCK,
@@ -357,17 +357,23 @@ _SNAPSHOT_TO_BREAKDOWN = (
 )
 
 
-def _extrapolate(t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int) -> tuple[dict, str]:
+def _extrapolate(
+    t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int, embed_excess: int = 0
+) -> tuple[dict, str]:
     """Each phase's peak snapshot extrapolated linearly from `layers` to `num_layers` (a moment's bytes grow by
     one layer's worth per layer); the model's peak is the largest extrapolated moment, which need not be the
-    phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24)."""
+    phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24).
+    `embed_excess`: bytes the trace holds at the embedding's gradient that a real run does not
+    (autocast.tied_grad_summed_in_place); one trace of the full depth is passed as t1 = t2."""
     (l1, l2), best = layers, (float("-inf"), {}, "")
     for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys():
         s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
         per_cat = {
-            k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
+            k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / max(1, l2 - l1)
             for k in _SNAPSHOT_TO_BREAKDOWN
         }
+        if phase == "backward-embed":
+            per_cat["temporaries"] -= embed_excess
         metric = _metric(per_cat, t1.grad_weight, t1.count_states)
         if metric > best[0]:
             best = (metric, per_cat, phase)
@@ -383,14 +389,19 @@ def traced_memory(
 ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
     the model's depth (`layers=None` traces the full depth)."""
+    st = storage(setup.precision, combo)
+    excess = (
+        analytic.tied_embedding_grad_bytes(spec, combo, st, 1)
+        if autocast.tied_grad_summed_in_place(spec, combo, st)
+        else 0
+    )
     try:
         if layers is None or spec.num_layers <= layers[1]:
             t = _trace(spec, setup, combo, spec.num_layers, target)
-            per_cat, phase = {k: float(t.peak_snapshot.get(k, 0)) for k in _SNAPSHOT_TO_BREAKDOWN}, t.peak_phase
+            per_cat, phase = _extrapolate(t, t, (spec.num_layers,) * 2, spec.num_layers, excess)
         else:
-            per_cat, phase = _extrapolate(
-                *[_trace(spec, setup, combo, n, target) for n in layers], layers, spec.num_layers
-            )
+            traces = [_trace(spec, setup, combo, n, target) for n in layers]
+            per_cat, phase = _extrapolate(*traces, layers, spec.num_layers, excess)
     except TraceUnavailable:
         raise
     except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path
@@ -405,7 +416,6 @@ def traced_memory(
     bd = {k: int(round(v)) for k, v in per_cat.items()}
     partition = bd.pop("grad_partition")
     if combo.uses_deepspeed:
-        st = storage(setup.precision, combo)
         s = analytic.zero_states(spec, setup, combo, st)
         bd["gradients"] = int(round(bd["gradients"] * _traced_gradient_share(setup, combo))) + partition
         if analytic.zero3_gradient_buffer(combo):
@@ -414,7 +424,6 @@ def traced_memory(
         extra = dict(master_weights=s.master, engine_buffers=s.buffers)
         cpu = s.cpu_bytes * setup.gpus_per_node
     else:  # plain DDP: its gradient buckets come on top; paged optimizer states page to host RAM [paged]
-        st = storage(setup.precision, combo)
         extra = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers)
         cpu = bnb_optimizer_bytes(spec, combo, on_gpu=target == "cuda")[1] * setup.gpus_per_node
     return MemoryBreakdown(**bd, **extra), PHASE_NAMES.get(phase, "forward/backward"), cpu

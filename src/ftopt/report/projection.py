@@ -11,7 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.calibration_store import calibrated_hardware, find_calibration
 from ftopt.estimate import estimate
-from ftopt.spec import DEFAULT_HEADROOM, Combination, Precision, TrainingSetup, load_hardware, load_model
+from ftopt.spec import (
+    DEFAULT_HEADROOM,
+    Combination,
+    Precision,
+    TrainingSetup,
+    default_precision,
+    load_hardware,
+    load_model,
+)
 
 PILOT_DATA_FRACTION = 0.1  # the pilot trains on a tenth of the production data, once: enough to see quality at scale
 PILOT_EPOCHS = 1.0
@@ -79,10 +87,8 @@ class ProductionPlan(BaseModel):
 
 
 def _precision(hw_is_cpu: bool, hw) -> Precision:
-    """Production trains in bf16 mixed precision where the GPU has it (what a production run uses), else fp16."""
-    if hw_is_cpu:
-        return Precision.FP32
-    return Precision.BF16_MIXED if hw.flops_for("bf16") else Precision.FP16_MIXED
+    """Production trains at the best precision the GPU runs (spec.default_precision, the one place it lives)."""
+    return default_precision(hw_is_cpu, hw.peak_flops)
 
 
 def project(

@@ -13,6 +13,7 @@ from ftopt.spec.training import (
     Precision,
     Quant,
     TrainingSetup,
+    default_precision,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Quant",
     "Precision",
     "TrainingSetup",
+    "default_precision",
     "from_hf_config",
     "hardware_names",
     "load_hardware",
