@@ -173,9 +173,9 @@ def print_sweep_event(kind: str, info: dict) -> None:
 
 def print_sweep_summary(rows: list[dict], results_path, target) -> None:
     """How many runs of the sweep succeeded, and which met the quality target (a QualityTarget or None)."""
-    console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results_path}")
+    console.print(f"{sum(r.ok for r in rows)} of {len(rows)} runs ok; results in {results_path}")
     if target is not None:
-        met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]
+        met = [r.label for r in rows if r.ok and target.met(r.measured)]
         console.print(
             f"quality target {target}: met by {', '.join(met)}" if met else f"quality target {target}: no run met it"
         )
