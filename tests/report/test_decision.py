@@ -204,3 +204,24 @@ def test_old_results_lines_load_migrated(tmp_path):
     s = rows[1].measured.stats()
     assert s.median == s.low == s.high == 0.1 and s.steps == 0  # no spread to claim
     assert rows[0].legacy_sweep["seq_len"] == 64 and rows[1].measured.warmup_steps == 1
+
+
+def test_report_projects_the_8b_production_model_at_its_own_shape(tmp_path):
+    """Done-when of issue 16: hours and cost for llama-3.1-8b on 8 A100s, at the plan's sequence length for the
+    A100 (2048), not the PoC's CPU length (64); quality stated as measured on the PoC model only."""
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _projected_rows()))
+    args = ["--target-model", "llama-3.1-8b", "--target-gpu", "a100-80g", "--target-gpus", "8"]
+    args += ["--dataset-tokens", "1000000000", "--cost-per-gpu-hour", "3"]
+    res = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep"), *args])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.en.md").read_text()
+    assert "For llama-3.1-8b on 8 × a100-80g with 1,000,000,000 tokens" in md
+    assert "sequence length 2048, micro-batch 1" in md and "Quality was measured on the PoC model" in md
+    line = next(l for l in md.split("## Production projection")[1].splitlines() if "(recommended)" in l)
+    hours, cost = line.split("|")[4].strip(), float(line.split("|")[7].replace(",", ""))
+    assert hours.endswith(" h") and float(hours[:-2]) > 1 and cost > 10  # 8B on 1e9 tokens: hours, not seconds
+    res = CliRunner().invoke(
+        app, ["report", str(path), "--out", str(tmp_path / "r2"), *args, "--target-seq-len", "4096"]
+    )
+    assert res.exit_code == 0 and "sequence length 4096" in (tmp_path / "r2" / "report.en.md").read_text()

@@ -151,7 +151,7 @@ def build_report(
     if plan is not None:
         intro, cols, prow = S.production_table(plan, T, lang)
         tables.append(("", T["production_h"], intro, cols, prow))
-        tables.append(("roadmap", T["roadmap_h"], None, *S.roadmap_table(plan, T)))
+        tables.append(("roadmap", T["roadmap_h"], None, *S.roadmap_table(plan, T, lang)))
     heading = s.title or T["title"]
     captions = {f"{k}.{lang}.png": T[f"chart_{k}"] for k in ("memory", "pareto", "quality", "parity")}
     h = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ftopt.report.decision import Decision, cost_band, epoch_seconds, gpu_seconds, memory_techniques
+from ftopt.report.decision import Basis, Decision, cost_band, epoch_seconds, gpu_seconds, memory_techniques
 from ftopt.report.projection import PILOT_DATA_FRACTION, PILOT_TIME_OVERRUN_STOP, ProductionPlan
 from ftopt.report.text import metric_name, plural
 from ftopt.results import ResultRow
@@ -137,7 +137,7 @@ def point_scale(d: Decision, T: dict, lang: str, plan: ProductionPlan | None) ->
             epochs=plural(t.epochs, "epoch", lang),
             hours=hours(p.hours_per_run, T),
             gpuh=gpu_hours(p.gpu_hours_per_run),
-            retrains=f"{t.retrains_per_year:g}",
+            retrains=plural(t.retrains_per_year, "run", lang),
             cost=e(money(p.cost_per_run, t.currency)),
             cost_year=e(money(p.cost_per_year, t.currency)),
             gpuh_year=gpu_hours(p.gpu_hours_per_year),
@@ -167,7 +167,7 @@ def _tradeoff(d: Decision, T: dict, lang: str) -> str:
     if d.top is not None:
         delta = abs(d.top.measured.value(d.target.metric) - b.measured.value(d.target.metric))
         out.append(T["tradeoff_quality"].format(delta=f"{delta:.3g}", metric=metric, label=e(d.top.label)))
-    f = d.fastest
+    f = d.fastest if d.basis is Basis.MEASURED else None  # PoC seconds are not the basis on other hardware
     fb, bb = (cost_band(f), cost_band(b)) if f is not None else (None, None)
     if f is not None and f is not b and fb and bb and fb[2] < bb[0]:
         out.append(
@@ -243,7 +243,7 @@ def production_table(plan: ProductionPlan, T: dict, lang: str) -> tuple[str, lis
         micro_batch=t.micro_batch,
         tokens=f"{t.dataset_tokens:,}",
         epochs=plural(t.epochs, "epoch", lang),
-        retrains=f"{t.retrains_per_year:g}",
+        retrains=plural(t.retrains_per_year, "run", lang),
     )
     if not t.shape_given:
         intro += _sp(lang) + T["shape_default"].format(gpu=e(t.gpu))
@@ -281,7 +281,7 @@ def production_table(plan: ProductionPlan, T: dict, lang: str) -> tuple[str, lis
     return intro, cols, rows
 
 
-def roadmap_table(plan: ProductionPlan, T: dict) -> tuple[list[str], list[list[str]]]:
+def roadmap_table(plan: ProductionPlan, T: dict, lang: str) -> tuple[list[str], list[list[str]]]:
     t = plan.target
     cols = [
         T["col_stage"],
@@ -291,7 +291,11 @@ def roadmap_table(plan: ProductionPlan, T: dict) -> tuple[list[str], list[list[s
         T["col_decides"],
         T["col_stop"],
     ]
-    fill = dict(pct=f"{PILOT_DATA_FRACTION:.0%}", x=f"{PILOT_TIME_OVERRUN_STOP:g}", retrains=f"{t.retrains_per_year:g}")
+    fill = dict(
+        pct=f"{PILOT_DATA_FRACTION:.0%}",
+        x=f"{PILOT_TIME_OVERRUN_STOP:g}",
+        retrains=plural(t.retrains_per_year, "run", lang),
+    )
     rows = []
     for s in plan.stages:
         rows.append(

@@ -55,9 +55,9 @@ EN: dict[str, str] = {
     "scale_best": "Scale <b>{label}</b>: in the PoC it took {time} per epoch on {gpus}, {gpuh} GPU-hours. {production}",
     "scale_none": "There is nothing to scale yet: no run met the quality target.",
     "production": "For {model} on {gpus} × {gpu} with {tokens} tokens × {epochs} it is predicted to take {hours} per "
-    "run ({gpuh} GPU-hours), {cost} per run and {cost_year} per year at {retrains} runs a year.",
+    "run ({gpuh} GPU-hours), {cost} per run and {cost_year} per year at {retrains} a year.",
     "production_nocost": "For {model} on {gpus} × {gpu} with {tokens} tokens × {epochs} it is predicted to take {hours} "
-    "per run ({gpuh} GPU-hours, {gpuh_year} GPU-hours a year at {retrains} runs a year); give "
+    "per run ({gpuh} GPU-hours, {gpuh_year} GPU-hours a year at {retrains} a year); give "
     "--cost-per-gpu-hour for money.",
     "production_missing": "Give --target-gpu and --dataset-tokens to predict the time and cost of production.",
     "alternative": "The next-cheapest alternative, {label}, would take {gpuh} GPU-hours per run{cost}.",
@@ -80,13 +80,15 @@ EN: dict[str, str] = {
     "on the others, is off by {med} (median) and {worst} at worst; rank correlation (Spearman) {rho}; "
     "{pairs} pairs of combinations more than 10% apart are ordered right.",
     # point 4: the plan's pick against the measured pick
-    "p_verified": "<b>Is the recommendation verified?</b> {basis} {verdict}{tie}",
+    "p_verified": "<b>Is the recommendation verified?</b> {basis} {verdict}{tie} {plan_def}",
     "basis_measured": "The choice went by GPU-seconds per epoch measured on {hardware}: each run's median step time "
     "with its spread (interquartile range), the first {warmup} left out as warm-up (one-off allocations and "
     "kernel selection); runs whose spreads overlap are a tie.",
     "basis_projected": "The PoC ran on {hardware}, not on the target {gpu}, so the choice among the runs that met the "
-    "bar went by the calibrated projected GPU-hours on {gpu}, not by PoC seconds (projections within {pct} of each "
+    "bar went by the planner's projected GPU-hours on {gpu} (calibrated where runs on it were stored), not by PoC "
+    "seconds (projections within {pct} of each "
     "other are a tie).",
+    "plan_def": "(The plan's pick is the measured combination the planner predicts cheapest on {gpu}.)",
     "verified": "The plan's pick, {plan}, is also the measured pick: the recommendation is verified.",
     "why_quality": "The plan's pick was {plan}, but it missed the quality bar ({value}); the measurement recommends "
     "{best} instead.",
@@ -128,7 +130,7 @@ EN: dict[str, str] = {
     "prediction.",
     "production_h": "Production projection",
     "production_assume": "Predicted by the planner for {model} on {gpus} × {gpu} ({precision}, sequence length {seq_len}, "
-    "micro-batch {micro_batch}), {tokens} tokens × {epochs}, {retrains} runs a year.",
+    "micro-batch {micro_batch}), {tokens} tokens × {epochs}, {retrains} a year.",
     "shape_default": "The sequence length and micro-batch are the plan's defaults for {gpu}, not the PoC's; "
     "--target-seq-len and --target-micro-batch change them.",
     "col_fits": "fits GPU memory",
@@ -155,7 +157,7 @@ EN: dict[str, str] = {
     "decides_pilot": "whether quality holds on {pct} of the real data (one epoch on the target GPUs) and whether the "
     "predicted time and memory are right",
     "stop_pilot": "quality below the bar, or step time more than {x}× the prediction",
-    "decides_production": "the yearly budget for {retrains} runs",
+    "decides_production": "the yearly budget for {retrains}",
     "stop_production": "a run exceeds the time budget, or the yearly cost exceeds what the task is worth",
     # charts
     "charts": "Charts",

@@ -41,4 +41,5 @@ def point_verified(d: Decision, T: dict, lang: str, hardware: str, target_gpu: s
     if d.tied and d.why is not Why.TIE:
         sep = "、" if lang == "ja" else ", "
         tie = T["tie_note"].format(others=sep.join(e(r.label) for r in d.tied), by=by)
-    return T["p_verified"].format(basis=basis, verdict=verdict, tie=tie)
+    plan_def = T["plan_def"].format(gpu=e(target_gpu or hardware)) if p is not None else ""
+    return T["p_verified"].format(basis=basis, verdict=verdict, tie=tie, plan_def=plan_def)
