@@ -112,7 +112,8 @@ def _alternative(d: Decision, plan: ProductionPlan, T: dict, lang: str) -> str:
     t, a, chosen = plan.target, plan.alternative, plan.chosen
     if a is None:
         return T["alternative_none"]
-    cost = f" ({e(money(a.cost_per_run, t.currency))})" if a.cost_per_run is not None else ""
+    paren = "({})" if lang == "ja" else " ({})"  # a Japanese sentence takes full-width brackets
+    cost = paren.format(e(money(a.cost_per_run, t.currency))) if a.cost_per_run is not None else ""
     fields = dict(label=e(a.label), gpuh=gpu_hours(a.gpu_hours_per_run), cost=cost)
     if a.gpu_hours_per_run >= chosen.gpu_hours_per_run:
         return T["alternative"].format(**fields)
