@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ftopt import sample_task
 from ftopt.bench import reference_combinations, run_sweep, sweep_rows, sweep_runs
 from ftopt.calibration_store import calibrate_and_store
-from ftopt.display import console, print_calibration, print_plan
+from ftopt.display import console, print_calibration, print_plan, print_sweep_summary
 from ftopt.errors import FtoptError
 from ftopt.io import atomic_write_text
 from ftopt.plan import plan
@@ -123,6 +123,7 @@ def run_demo(
     given = o.quality_target is not None
     target = QualityTarget.parse(o.quality_target or DEMO_QUALITY_TARGET)
     rows = sweep_rows(run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target), runs)
+    print_sweep_summary(rows, out / "results.jsonl", target)
 
     console.rule("3/3 report")
     fit = None
