@@ -225,3 +225,15 @@ def test_report_projects_the_8b_production_model_at_its_own_shape(tmp_path):
         app, ["report", str(path), "--out", str(tmp_path / "r2"), *args, "--target-seq-len", "4096"]
     )
     assert res.exit_code == 0 and "sequence length 4096" in (tmp_path / "r2" / "report.en.md").read_text()
+
+
+def test_one_gpu_target_sets_deepspeed_aside_as_the_plan_does(tmp_path):
+    """The demo's case: LoRA + ZeRO-2 scored higher in the PoC (two processes, twice the batch) and projects the
+    same GPU-hours as plain LoRA on one A100; on one GPU ZeRO partitions nothing, so, as in `plan`, plain LoRA
+    is the pick, and the plan's pick with it: verified."""
+    zero2 = dict(row("LoRA r8 + ZeRO-2", em=1.0, gpus=2, combination=dict(SDPA, zero=2)))
+    zero2["measured"].update(step_seconds=0.08, epoch_seconds=4.0)
+    rows = [timed("LoRA r8 + sdpa", 0.05, 0.55, SDPA), zero2]
+    t = _target(rows, model="llama-3.1-8b", gpus_per_node=1)
+    h = build_report(rows, tmp_path, lang="en", quality_target=EM, production=t, hardware="cpu")["html"].read_text()
+    assert "LoRA r8 + sdpa (recommended)" in h and "the recommendation is verified" in h

@@ -15,14 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ftopt.choice import TIME_MODEL_ERROR
 from ftopt.errors import FtoptError
 from ftopt.quality import QualityTarget
 from ftopt.results import ResultRow, parse_rows
+from ftopt.spec import Combination
 
 QUALITY_TOLERANCE = 0.05  # without a user target: eval loss within 5% of the sweep's best (stated as such)
-# A projection has no measured spread; two projected costs this close are a tie: the calibrated time model's
-# held-out error on the demo's runs is a few percent (README, "time model"), so a closer gap is not a difference.
-PROJECTED_TIE = 0.05
+# A projection has no measured spread; two projected costs closer than the time model's stated error are a tie
+# (the same band the plan ties its candidates in).
+PROJECTED_TIE = TIME_MODEL_ERROR
 # A first logged training loss below this (nats per token) means the base already predicts the task: the sweep's
 # issue example started at 0.00025, a model that has learned a task typically ends above 0.05.
 NEAR_ZERO_LOSS = 0.01
@@ -113,10 +115,15 @@ def check_metric(target: QualityTarget, ok: list[ResultRow]) -> None:
 
 
 def decide(
-    rows: list[ResultRow] | list[dict], target: QualityTarget | None = None, projected: dict[str, float] | None = None
+    rows: list[ResultRow] | list[dict],
+    target: QualityTarget | None = None,
+    projected: dict[str, float] | None = None,
+    plan_combination: Combination | None = None,
 ) -> Decision:
     """Among successful runs meeting the target, the cheapest: by measured GPU-seconds with noise, or (when
-    `projected` maps run keys to projected GPU-hours on other target hardware, fitting runs only) by projection."""
+    `projected` maps run keys to projected GPU-hours on other target hardware, candidate runs only) by projection.
+    The plan's pick is `plan_combination` (the planner's choice on the target) when given, else the run whose
+    stored prediction is cheapest."""
     rows = parse_rows(rows)
     ok = [r for r in rows if r.ok and r.measured.eval_loss is not None]
     failed = [f"{r.label} ({r.status.value})" for r in rows if not r.ok]
@@ -144,7 +151,7 @@ def decide(
     plan_cost = (lambda r: projected.get(r.key, float("inf"))) if projected is not None else predicted_gpu_seconds
     if band:
         _choose(d, band, quality, plan_cost)
-    _plan_pick(d, rows, plan_cost)
+    _plan_pick(d, rows, plan_cost, plan_combination)
     if d.best is not None:
         d.fastest = min((r for r in ok if r.gpus == d.best.gpus), key=epoch_seconds)
         if d.closest is not None and quality(d.closest) > quality(d.best) + 1e-9:
@@ -189,10 +196,14 @@ def _choose(d: Decision, band: list[tuple[ResultRow, Band]], quality, plan_cost)
         d.tie_break = next((name for name, f in keys if f(runner) != f(best)), None)
 
 
-def _plan_pick(d: Decision, rows: list[ResultRow], plan_cost) -> None:
-    """The run of the combination the planner predicts cheapest (any outcome), and why the measurement differs."""
-    finite = [r for r in rows if plan_cost(r) != float("inf")]
-    d.plan_pick = min(finite, key=plan_cost, default=None)
+def _plan_pick(d: Decision, rows: list[ResultRow], plan_cost, combination: Combination | None) -> None:
+    """The run of the combination the planner picks (any outcome), and why the measurement differs."""
+    if combination is not None:
+        same = [r for r in rows if r.combination == combination]
+        d.plan_pick = next((r for r in same if r.ok), same[0] if same else None)
+    else:
+        finite = [r for r in rows if plan_cost(r) != float("inf")]
+        d.plan_pick = min(finite, key=plan_cost, default=None)
     p, b = d.plan_pick, d.best
     if p is None or b is None or (p.combination == b.combination and p.gpus == b.gpus):
         return

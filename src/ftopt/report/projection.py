@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.calibration_store import calibrated_hardware, find_calibration
-from ftopt.estimate import estimate
+from ftopt.estimate import Estimate, estimate
 from ftopt.results import ResultRow
 from ftopt.spec import DEFAULT_HEADROOM, Combination, Precision, TrainingSetup, load_hardware, load_model
 
@@ -62,6 +62,7 @@ class Projection(BaseModel):
     cost_per_run: float | None
     cost_per_year: float | None
     fits_budget: bool | None = Field(description="None without --max-hours")
+    estimate: Estimate = Field(description="the planner's estimate it was derived from", exclude=True)
 
 
 class Stage(BaseModel):
@@ -110,6 +111,7 @@ def project(
     gpu_hours = hours * target.gpus
     price = target.cost_per_gpu_hour
     return Projection(
+        estimate=e,
         label=label,
         combination=combo,
         gpus=target.gpus,
@@ -133,6 +135,26 @@ def projections(rows: list[ResultRow], target: ProductionTarget) -> dict[str, Pr
             by_combo[r.combination] = project(r.combination, r.label, target)
         out[r.key] = by_combo[r.combination]
     return out
+
+
+def plan_choice(projs: dict[str, Projection], target: ProductionTarget) -> Combination | None:
+    """The combination `plan` itself would recommend among these projections (ftopt.choice: fastest that fits,
+    ties within the time model's error to fewer moving parts, DeepSpeed on one GPU only when nothing else fits)."""
+    from ftopt.choice import TIME_MODEL_ERROR, choose_fitting
+
+    distinct = {p.combination: p.estimate for p in projs.values()}
+    pick, _ = choose_fitting(list(distinct.values()), target.gpus, TIME_MODEL_ERROR)
+    return pick.combination if pick is not None else None
+
+
+def candidate_costs(projs: dict[str, Projection], target: ProductionTarget) -> dict[str, float]:
+    """GPU-hours per run of each run that fits the target, by run key; as in the plan, a combination with DeepSpeed
+    on a one-GPU target (ZeRO partitions nothing there) is set aside when one without it fits."""
+    from ftopt.choice import single_gpu_deepspeed
+
+    fitting = {k: p for k, p in projs.items() if p.fits_memory}
+    useful = {k: p for k, p in fitting.items() if not single_gpu_deepspeed(p.estimate, target.gpus)}
+    return {k: p.gpu_hours_per_run for k, p in (useful or fitting).items()}
 
 
 def plan_production(

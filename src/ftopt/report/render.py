@@ -18,7 +18,15 @@ from ftopt.quality import QualityTarget
 from ftopt.report import sections as S
 from ftopt.report.charts import charts
 from ftopt.report.decision import Decision, decide
-from ftopt.report.projection import ProductionPlan, ProductionTarget, Projection, plan_production, projections
+from ftopt.report.projection import (
+    ProductionPlan,
+    ProductionTarget,
+    Projection,
+    candidate_costs,
+    plan_choice,
+    plan_production,
+    projections,
+)
 from ftopt.report.text import LANGS, TEXT
 from ftopt.report.verdict import point_verified
 from ftopt.results import ResultRow, parse_rows
@@ -51,10 +59,12 @@ class ReportSettings(BaseModel):
 
 def _decide(rows: list[ResultRow], s: ReportSettings) -> tuple[Decision, dict[str, Projection]]:
     """The decision, by projected cost on the target when the PoC ran on other hardware (ftopt.report.decision)."""
-    projs = projections(rows, s.production) if s.production is not None else {}
-    other_hw = s.production is not None and s.production.gpu != s.hardware
-    fitting = {k: p.gpu_hours_per_run for k, p in projs.items() if p.fits_memory} if other_hw else None
-    return decide(rows, s.quality_target, fitting), projs
+    if s.production is None:
+        return decide(rows, s.quality_target), {}
+    projs = projections(rows, s.production)
+    other_hw = s.production.gpu != s.hardware
+    costs = candidate_costs(projs, s.production) if other_hw else None
+    return decide(rows, s.quality_target, costs, plan_choice(projs, s.production)), projs
 
 
 def _production(d: Decision, s: ReportSettings, projs: dict[str, Projection]) -> ProductionPlan | None:

@@ -88,7 +88,7 @@ EN: dict[str, str] = {
     "bar went by the planner's projected GPU-hours on {gpu} (calibrated where runs on it were stored), not by PoC "
     "seconds (projections within {pct} of each "
     "other are a tie).",
-    "plan_def": "(The plan's pick is the measured combination the planner predicts cheapest on {gpu}.)",
+    "plan_def": "(The plan's pick is what the planner recommends on {gpu} among the measured combinations.)",
     "verified": "The plan's pick, {plan}, is also the measured pick: the recommendation is verified.",
     "why_quality": "The plan's pick was {plan}, but it missed the quality bar ({value}); the measurement recommends "
     "{best} instead.",
