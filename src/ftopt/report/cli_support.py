@@ -68,9 +68,12 @@ def report_settings(
             f"{'--target-gpu' if target_gpu else '--dataset-tokens'}."
         )
     production = None
-    for flag, v in (("--target-seq-len", target_seq_len), ("--target-micro-batch", target_micro_batch)):
+    for flag, v, unit in (
+        ("--target-seq-len", target_seq_len, "tokens"),
+        ("--target-micro-batch", target_micro_batch, "sequences"),
+    ):
         if v is not None and v <= 0:
-            raise FtoptError(f"{flag} must be a positive number of tokens or sequences, got {v}.")
+            raise FtoptError(f"{flag} must be a positive number of {unit}, got {v}.")
     if target_gpu is not None:
         load_hardware(target_gpu)  # an unknown preset fails here with its own message
         if target_model is not None:
