@@ -163,13 +163,13 @@ Band = tuple[float, float, float]  # (low, median, high) cost
 
 
 def _bands(met: list[ResultRow], projected: dict[str, float] | None) -> list[tuple[ResultRow, Band]]:
-    """Each candidate with its cost band: the measured spread, or the projection +- PROJECTED_TIE / 2."""
+    """Each candidate with its cost band: the measured spread, or the projection up to PROJECTED_TIE above it."""
     out = []
     for r in met:
         if projected is not None:
             c = projected.get(r.key)  # absent: does not fit the target's memory
-            # half the tolerance each way: two projections overlap when within PROJECTED_TIE of each other
-            b = (c * (1 - PROJECTED_TIE / 2), c, c * (1 + PROJECTED_TIE / 2)) if c is not None else None
+            # (c, c, c x (1 + tie)): two bands overlap exactly when one cost is within PROJECTED_TIE of the other
+            b = (c, c, c * (1 + PROJECTED_TIE)) if c is not None else None
         else:
             b = cost_band(r)
         if b is not None:
