@@ -162,8 +162,12 @@ def plan_production(
 ) -> ProductionPlan:
     """`best` is the decision's run projected, `others` the projections of the other runs that met the bar. The
     PoC's cost is the caller's: its runs may have used other hardware than the target's price is for."""
+    from ftopt.choice import single_gpu_deepspeed
+
     fitting = [p for p in others if p.fits_memory and p.combination != best.combination]
-    alt = min(fitting, key=lambda p: p.gpu_hours_per_run, default=None)
+    # as in the decision (candidate_costs): DeepSpeed on a one-GPU target is no alternative while another fits
+    useful = [p for p in fitting if not single_gpu_deepspeed(p.estimate, target.gpus)]
+    alt = min(useful or fitting, key=lambda p: p.gpu_hours_per_run, default=None)
     pilot = project(best.combination, best.label, target, data_fraction=PILOT_DATA_FRACTION, epochs=PILOT_EPOCHS)
     stages = [
         Stage(name="poc", measured=True, gpu_hours=poc_gpu_hours, cost=poc_cost, runs=1),
