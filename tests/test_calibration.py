@@ -38,10 +38,10 @@ def rows(n_combos, repeats=1, mfu=MFU, slow=1.0):
             "key": f"c{i}-{r}",
             "label": f"c{i}",
             "gpus": 1,
-            "combination": {"zero": 0, "label": f"c{i}"},
+            "combination": Combination(lora_r=i + 1).model_dump(mode="json"),  # one distinct combination each
             "sweep": {"precision": "fp32"},
             "predicted": {"analytic": {"flops_per_step": x * FP32, "kernels_per_step": k}},
-            "measured": {"step_seconds": slow * (x / mfu + k * PER_KERNEL + FIXED)},
+            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": slow * (x / mfu + k * PER_KERNEL + FIXED)},
         }
         for i, (x, k) in enumerate(zip(xs, ks))
         for r in range(repeats)

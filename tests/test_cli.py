@@ -145,9 +145,9 @@ def test_estimate_and_plan_print_the_calibration_used(tmp_path):
             "key": f"c{i}",
             "label": f"c{i}",
             "gpus": 1,
-            "combination": {"zero": 0, "label": f"c{i}"},
+            "combination": {"lora_r": i + 1},  # four distinct combinations
             "sweep": {"precision": "fp32"},
-            "measured": {"step_seconds": 0.1 * (i + 1) / 0.3 + 0.01},
+            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": 0.1 * (i + 1) / 0.3 + 0.01},
             "predicted": {
                 "analytic": {"flops_per_step": 0.1 * (i + 1) * hw.flops_for("fp32"), "kernels_per_step": 1000}
             },

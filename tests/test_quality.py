@@ -16,6 +16,7 @@ from ftopt.quality import (
     score,
     token_f1,
 )
+from ftopt.results import Measured
 
 
 def test_token_f1_and_rouge_l_by_hand():
@@ -60,10 +61,11 @@ def test_perplexity():
 def test_quality_target_parse_and_met():
     t = QualityTarget.parse("exact_match>=0.5")
     assert (t.metric, t.op, t.value) == ("exact_match", ">=", 0.5)
-    assert t.met({"quality": {"exact_match": 0.5}}) and not t.met({"quality": {"exact_match": 0.49}})
-    assert not t.met({"eval_loss": 1.0})  # a run without the metric does not meet it
+    m = lambda **kw: Measured(peak_bytes_per_gpu=1, **kw)  # noqa: E731
+    assert t.met(m(quality={"exact_match": 0.5})) and not t.met(m(quality={"exact_match": 0.49}))
+    assert not t.met(m(eval_loss=1.0))  # a run without the metric does not meet it
     loss = QualityTarget.parse(" eval_loss <= 1.2e-1 ")
-    assert loss.met({"eval_loss": 0.1}) and not loss.met({"eval_loss": 0.2})
+    assert loss.met(m(eval_loss=0.1)) and not loss.met(m(eval_loss=0.2))
     assert QualityTarget.parse("mymod:fn>=.3").metric == "mymod:fn"
     for bad in ("exact_match>0.5", "exact_match", ">=0.5", "exact_match>=high"):
         with pytest.raises(FtoptError, match="METRIC>=VALUE"):

@@ -123,6 +123,14 @@ TargetNodes = Annotated[int, typer.Option("--target-nodes", help="production nod
 TargetModel = Annotated[
     str | None, typer.Option("--target-model", help="model trained in production [default: the PoC's]")
 ]
+TargetSeqLen = Annotated[
+    int | None,
+    typer.Option("--target-seq-len", help="production sequence length [default: the plan's for the target GPU]"),
+]
+TargetMicroBatch = Annotated[
+    int | None,
+    typer.Option("--target-micro-batch", help="production micro-batch [default: the plan's for the target GPU]"),
+]
 ProdTokens = Annotated[int | None, typer.Option("--dataset-tokens", help="tokens in one epoch of the production data")]
 ProdEpochs = Annotated[float, typer.Option("--epochs", help="epochs of a production run")]
 Retrains = Annotated[float, typer.Option("--retrains-per-year", help="production runs per year")]

@@ -207,11 +207,18 @@ def print_sweep_event(kind: str, info: dict) -> None:
     )
 
 
-def print_sweep_summary(rows: list[dict], results_path, target) -> None:
-    """How many runs of the sweep succeeded, and which met the quality target (a QualityTarget or None)."""
-    console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results_path}")
+def print_sweep_summary(rows: list, results_path, target) -> None:
+    """How many runs of the sweep (ftopt.results.ResultRow) succeeded, and which met the quality target (or None)."""
+    console.print(f"{sum(r.ok for r in rows)} of {len(rows)} runs ok; results in {results_path}")
+    for r in rows:
+        s = r.measured.stats() if r.ok else None
+        if s is not None and s.steps:
+            console.print(
+                f"  {r.label}: step {s.median * 1e3:.1f} ms median, {s.low * 1e3:.1f}-{s.high * 1e3:.1f} ms "
+                f"interquartile over {s.steps} steps (first {s.warmup} left out as warm-up)"
+            )
     if target is not None:
-        met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]
+        met = [r.label for r in rows if r.ok and target.met(r.measured)]
         console.print(
             f"quality target {target}: met by {', '.join(met)}" if met else f"quality target {target}: no run met it"
         )

@@ -205,15 +205,9 @@ class QualityTarget(BaseModel):
     def __str__(self) -> str:
         return f"{self.metric} {'≥' if self.op == '>=' else '≤'} {self.value:g}"
 
-    def value_of(self, measured: dict) -> float | None:
-        """The run's figure for this metric: a top-level measured value (eval_loss, perplexity) or a quality one."""
-        v = measured.get(self.metric)
-        if v is None:
-            v = (measured.get("quality") or {}).get(self.metric)
-        return v
-
-    def met(self, measured: dict) -> bool:
-        v = self.value_of(measured)
+    def met(self, measured) -> bool:
+        """Whether a run's figures (ftopt.results.Measured) meet the bar; a run without the metric does not."""
+        v = measured.value(self.metric)
         if v is None:
             return False
         return v >= self.value if self.higher_is_better else v <= self.value
