@@ -68,6 +68,13 @@ QuantOpt = Annotated[
 OptimOpt = Annotated[
     str | None, typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw [default: adamw]")
 ]
+TrainOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--train-on",
+        help="chat data: tokens trained: all | assistant (every assistant turn) | last-assistant [default: assistant]",
+    ),
+]
 # how --model is read (ftopt.spec.hub.is_local_path / parse_hub_id), stated in every --model help
 MODEL_REF_RULE = (
     "org/name[@revision] is a Hub id unless a local folder of that name exists; a path starting with "

@@ -29,6 +29,7 @@ from ftopt.cli_common import (
     PrecisionOpt,
     QuantOpt,
     SeqLen,
+    TrainOnOpt,
     TrustRemoteCode,
     WeightsModel,
     Zero,
@@ -62,6 +63,7 @@ def train(
         typer.Option("--eval-max-examples", help="held-out examples scored by generation; 0 = none [default: 64]"),
     ] = None,
     packing: Packing = None,
+    train_on: TrainOnOpt = None,
     seq_len: SeqLen = None,
     micro_batch: MicroBatch = None,
     grad_accum: GradAccum = None,
@@ -176,6 +178,7 @@ def train(
                 eval_fraction=eval_fraction,
                 eval_max_examples=eval_max_examples,
                 metrics=tuple(metric) if metric else None,
+                train_on=train_on,
             ),
             schedule=dict(
                 max_steps=max_steps,
@@ -213,8 +216,11 @@ def preview(
     random_init: Annotated[str | None, typer.Option("--random-init", help="preset or config.json")] = None,
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="tokenizer folder or Hub id")] = None,
     seq_len: SeqLen = 64,
-    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="held out, as in train")] = 0.1,
-    packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", help="share held out, as train would (the summary counts it)")
+    ] = 0.0,
+    packing: Annotated[bool, typer.Option("--packing/--no-packing", help="pack rows; documents are separated")] = False,
+    train_on: TrainOnOpt = None,
     n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     trust_remote_code: TrustRemoteCode = False,
@@ -223,8 +229,9 @@ def preview(
     """Show the first examples as the trainer will see them (trained tokens marked) and the data summary."""
 
     def body():
+        from ftopt.resolve import data_spec
         from ftopt.spec import load_model
-        from ftopt.spec.run import DataSpec, ModelRef
+        from ftopt.spec.run import ModelRef
         from ftopt.train.preview import build_preview, render
 
         if model and random_init:
@@ -238,7 +245,7 @@ def preview(
         spec = load_model(ref.ref)
         result, tok = build_preview(
             ref,
-            DataSpec(train=data, eval_fraction=eval_fraction),
+            data_spec(train=data, eval_fraction=eval_fraction, train_on=train_on),
             spec.vocab_size,
             seq_len,
             n,

@@ -32,6 +32,7 @@ from ftopt.spec import (
     Schedule,
     TrainingSetup,
 )
+from ftopt.spec.run import TrainOn
 
 # Enum-valued fields and the flag a user types for each (for one-line messages that name the flag).
 _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
@@ -42,6 +43,7 @@ _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
     "report_to": (ReportTo, "--report-to"),
     "quant": (Quant, "--quant"),
     "optim": (Optim, "--optim"),
+    "train_on": (TrainOn, "--train-on"),
 }
 
 
@@ -89,6 +91,11 @@ def combination(**given) -> Combination:
     if isinstance(given.get("lora_targets"), str):
         given["lora_targets"] = lora_target_list(given["lora_targets"])
     return Combination(**_given(given))
+
+
+def data_spec(**given) -> DataSpec:
+    """A DataSpec from what the user gave (None = not given); an enum value names its flag when wrong."""
+    return DataSpec.model_validate(_given(given))
 
 
 def model_ref(ref: str, *, weights: bool, tokenizer: str | None = None, trust_remote_code: bool = False) -> ModelRef:
