@@ -207,6 +207,9 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     spec_file = spec.output_dir.parent / f"{key}.run.json"
     atomic_write_text(spec_file, json.dumps(spec.to_json(), indent=2))
     cmd = [sys.executable, "-m", "ftopt", "train", "--plan", str(spec_file), "--json"]
+    # the sweep's own command line allowed these (ftopt.trust): the child reads them from a file, so says so again
+    cmd += ["--trust-remote-code"] if spec.model.trust_remote_code else []
+    cmd += ["--allow-metric-module"] if spec.data.metrics else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if spec.hardware.is_cpu:
         # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then

@@ -95,6 +95,13 @@ TrustRemoteCode = Annotated[
         "bench refuse such a model]",
     ),
 ]
+AllowMetricModule = Annotated[
+    bool,
+    typer.Option(
+        "--allow-metric-module",
+        help="import the metric modules (data.metrics) a --plan file names [default: off: such a file is refused]",
+    ),
+]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON (documented schema) instead of tables")]
 

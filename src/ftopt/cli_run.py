@@ -11,6 +11,7 @@ import typer
 
 from ftopt.cli_common import (
     MODEL_REF_RULE,
+    AllowMetricModule,
     Attn,
     Epochs,
     Gc,
@@ -108,6 +109,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run in --out")] = False,
     gpu: Gpu = None,
     trust_remote_code: TrustRemoteCode = False,
+    allow_metric_module: AllowMetricModule = False,
     report_to: Annotated[
         str | None, typer.Option("--report-to", help="none | tensorboard | mlflow | wandb [default: none]")
     ] = None,
@@ -159,6 +161,14 @@ def train(
                 given_setup=given_setup,
                 given_combination=given_combo,
                 note=lambda m: typer.echo(m, err=True),
+            )
+            from ftopt.trust import trusted_file_run
+
+            spec = trusted_file_run(
+                spec,
+                plan_file,
+                trust_remote_code=trust_remote_code,
+                allow_metric_module=allow_metric_module or bool(metric),
             )
         else:
             from ftopt.calibration_store import calibrated_hardware
