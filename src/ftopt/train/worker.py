@@ -161,6 +161,10 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
 
         # last: it strips the LoRA layers from the trained model; every rank joins a ZeRO-3 gather
         save_random_base(trainer, out, rank, zero3=spec.combination.zero == 3)
+    if rank == 0:
+        from ftopt.train.manifest import record
+
+        record(out)  # every file this run wrote is listed: --overwrite removes those and nothing else
     return metrics
 
 
