@@ -152,7 +152,7 @@ def run_body(fn: Callable[[], None]) -> None:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except ValidationError as e:
-        typer.echo(f"error: {validation_message(e)}", err=True)
+        typer.echo(f"error: {validation_message(e, flags=True)}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

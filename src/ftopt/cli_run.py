@@ -202,6 +202,10 @@ def train(
             hostfile=hostfile,
         )
         resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
+        from ftopt.quality import load_user_metric
+
+        for ref in spec.data.metrics:
+            load_user_metric(ref)  # a typo or a missing module fails now, not after training and saving
         check_out_folder(spec.output_dir)
         if spec.model.weights:
             from ftopt.spec.hub import resolve_weights

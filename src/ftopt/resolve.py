@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ftopt.errors import FtoptError
+from ftopt.errors import FtoptError, flag_of, validation_message
 from ftopt.spec import (
     Attention,
     Combination,
@@ -45,9 +45,6 @@ _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
     "optim": (Optim, "--optim"),
     "train_on": (TrainOn, "--train-on"),
 }
-
-
-_FLAG_NAMES = {"gpus_per_node": "--gpus", "gc": "--gc/--no-gc"}  # fields whose flag is not the field's name
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +122,12 @@ def read_run_file(path: Path) -> RunSpec:
         doc = doc["run"]
     if doc.get("schema") != "ftopt.run/1":
         raise FtoptError(f"{path} is neither a plan written by 'ftopt plan --out' nor a run specification.")
-    return RunSpec.model_validate(doc)
+    from pydantic import ValidationError
+
+    try:
+        return RunSpec.model_validate(doc)
+    except ValidationError as e:  # the file's own field names (setup.seq_len), not flags
+        raise FtoptError(f"{path}: {validation_message(e)}.") from None
 
 
 def run_from_file(
@@ -135,7 +137,7 @@ def run_from_file(
     spec = read_run_file(path)
     clash = [k for k, v in {**given_setup, **given_combination}.items() if v is not None]
     if clash:
-        flags = ", ".join(_FLAG_NAMES.get(k, "--" + k.replace("_", "-")) for k in clash)
+        flags = ", ".join(flag_of(k) for k in clash)
         raise FtoptError(
             f"{flags} would change what the plan {path} predicted; edit the plan (or plan again) "
             "instead of overriding it."

@@ -17,13 +17,18 @@ from pathlib import Path
 
 from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
-from ftopt.train.outputs import CONFIG_NAME, prepare_output
+from ftopt.train.outputs import CONFIG_NAME, finished_run, prepare_output
 from ftopt.train.preflight import check_devices
 
 
 def launch(spec: RunSpec) -> dict:
     """Check, claim the output folder, run; returns metrics.json's content."""
     check_devices(spec)
+    done = finished_run(spec)
+    if done is not None:
+        steps = (done.get("measured") or {}).get("steps")
+        print(f"--resume: the run in {spec.output_dir} is complete ({steps} steps); nothing to train.", file=sys.stderr)
+        return done
     if spec.uses_launcher and importlib.util.find_spec("deepspeed") is None:
         raise FtoptError("ZeRO and multi-GPU runs need DeepSpeed: pip install deepspeed.")
     prepare_output(spec)

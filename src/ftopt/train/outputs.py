@@ -76,3 +76,20 @@ def _check_same_run(out: Path, spec: RunSpec) -> None:
             f"--resume: {out} holds a different run: {'; '.join(diff[:3])}"
             f"{' and more' if len(diff) > 3 else ''}. Use the same settings, --overwrite, or another --out."
         )
+
+
+def finished_run(spec: RunSpec) -> dict | None:
+    """With --resume, the metrics of the same run when it already finished (it trains nothing then: the Trainer
+    would otherwise run one step past --max-steps from its last checkpoint). A run stopped by --max-hours is not
+    finished; a different run is refused as for any --resume."""
+    out = spec.output_dir
+    if not spec.output.resume:
+        return None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or (metrics.get("measured") or {}).get("stopped_by_time_budget"):
+        return None
+    _check_same_run(out, spec)
+    return metrics
