@@ -159,7 +159,7 @@ def _tail(text: str, n: int = 8) -> str:
 
 
 def _status(returncode: int, output: str) -> str:
-    """ok, oom or error (a timeout is recorded by the caller)."""
+    """ok, oom or error (a timeout, and a clean exit without metrics.json, 'failed', are recorded by the caller)."""
     if returncode == 0:
         return "ok"
     return "oom" if any(m in output for m in OOM_MARKERS) else "error"
@@ -223,6 +223,12 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     status = "timeout" if returncode is None else _status(returncode, output)
     if returncode is None:
         output = f"stopped after --run-timeout {timeout:g} s\n{output}"
+    metrics_path = spec.output_dir / "metrics.json"
+    if status == "ok" and not metrics_path.is_file():  # a clean exit that measured nothing is no result
+        from ftopt.train.engine import last_error_line
+
+        status = "failed"
+        output = f"exited 0 without {metrics_path}: {last_error_line(output)}"
     c = spec.combination
     row: dict = {
         "schema": RESULTS_SCHEMA,
@@ -236,7 +242,7 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     }
     if status == "ok":
         # the run already predicted itself for the same setup and hardware: no second trace
-        m = json.loads((spec.output_dir / "metrics.json").read_text())
+        m = json.loads(metrics_path.read_text())
         row.update(
             measured=m["measured"], mfu=m.get("mfu"), tokens_per_step=m["tokens_per_step"], predicted=m["predicted"]
         )

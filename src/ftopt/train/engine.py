@@ -76,9 +76,14 @@ def _free_port() -> int:
 def error_tail(log_path: Path) -> str:
     """The most telling line of a failed run's log: the last exception line."""
     try:
-        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        return last_error_line(log_path.read_text(errors="replace"))
     except OSError:
         return "no log"
+
+
+def last_error_line(text: str) -> str:
+    """The last line of `text` that reads as an error (not a traceback's 'File ...' line), else its last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if ("Error" in line or "error:" in line) and not line.startswith("File "):
             return line[:300]
