@@ -146,6 +146,9 @@ HostRam = Annotated[
 
 def run_body(fn: Callable[[], None]) -> None:
     """Run a command body; user errors become one line and exit 2, Ctrl-C exits 130 without a traceback."""
+    from ftopt import quiet
+
+    quiet.install()  # third-party notices that are not the user's concern (see ftopt.quiet)
     try:
         fn()
     except FtoptError as e:
