@@ -18,6 +18,7 @@ from ftopt.cli_common import (
     Gpu,
     Gpus,
     GradAccum,
+    Headroom,
     Json,
     LoraR,
     LoraTargets,
@@ -65,6 +66,7 @@ def train(
     ] = None,
     packing: Packing = None,
     train_on: TrainOnOpt = None,
+    headroom: Headroom = None,
     seq_len: SeqLen = None,
     micro_batch: MicroBatch = None,
     grad_accum: GradAccum = None,
@@ -170,6 +172,7 @@ def train(
                 trust_remote_code=trust_remote_code,
                 allow_metric_module=allow_metric_module or bool(metric),
             )
+            spec = resolve.with_headroom(spec, headroom)  # the margin changes no prediction, only the verdict
         else:
             from ftopt.calibration_store import calibrated_hardware
 
@@ -177,7 +180,7 @@ def train(
             spec = resolve.new_run(
                 hw,
                 ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=tokenizer),
-                resolve.setup(hw, **given_setup),
+                resolve.setup(hw, **given_setup, headroom=headroom),
                 resolve.combination(**given_combo),
             )
         spec = resolve.finish_run(
