@@ -7,8 +7,9 @@ Two ways to find the assistant tokens:
   rendered with the tokenizer's own template. For assistant turn i, the rendering of turns 1..i-1 with the
   generation prompt ends where the turn's content starts, and the rendering of turns 1..i shares its text with the
   whole conversation up to where the turn ends (a template may append an end-of-conversation trailer, as Phi-3
-  appends EOS, so the shared prefix is taken, not the whole rendering). The same idea as axolotl's chat-template
-  strategy; the code is ours.
+  appends EOS, so the shared prefix is taken, not the whole rendering). The idea of axolotl's chat-template
+  strategy (its `find_turn` compares token ids of renderings with a dummy turn); here text spans are compared
+  and mapped to tokens by offsets, which verifies them too.
 
 Trained per assistant turn: the content and the special tokens the template emits right after it (the end-of-turn:
 Llama 3 `<|eot_id|>`, Mistral `</s>`, Gemma `<end_of_turn>`, Qwen `<|im_end|>`, Phi-3 `<|end|>`), so the model
