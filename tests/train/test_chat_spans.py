@@ -159,3 +159,11 @@ def _tok_from(folder):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def test_a_conversation_the_template_refuses_names_its_line():
+    """Gemma's template raises on a system turn: one line naming the row, not a traceback."""
+    tok = _tok("gemma2")
+    rows = [{"messages": TURNS}, {"messages": [{"role": "system", "content": "Be brief."}, *TURNS]}]
+    with pytest.raises(FtoptError, match="line 2: cannot be tokenized .*System role not supported"):
+        tokenize(records(*rows), tok, 512, "messages")

@@ -23,6 +23,7 @@ reasoning) fails this for some examples: they raise `Unstable` with the reason, 
 
 from __future__ import annotations
 
+from ftopt.errors import FtoptError
 from ftopt.spec.run import TrainOn
 
 __all__ = ["IGNORE_INDEX", "MAX_UNSTABLE_SHARE", "TrainOn", "Unstable", "labels_by_markers", "labels_by_rendering"]
@@ -54,7 +55,10 @@ def _shared_prefix(a: str, b: str) -> int:
 def char_spans(tokenizer, messages: list[dict], template: str) -> tuple[str, list[tuple[int, int, int]]]:
     """The whole rendering and, per assistant turn, (content start, content end, turn end) as character offsets
     in it (the turn end is where the rendering up to this turn stops agreeing with the whole)."""
-    full = _render(tokenizer, messages, template, False)
+    try:
+        full = _render(tokenizer, messages, template, False)
+    except Exception as e:  # noqa: BLE001 - jinja2's TemplateError (the template's raise_exception) and kin
+        raise ValueError(f"the chat template refused it: {str(e).splitlines()[0][:120]}") from None
     spans = []
     for i, m in enumerate(messages):
         if m.get("role") != "assistant":
@@ -103,6 +107,12 @@ def _token_spans(offsets, special: list[bool], spans) -> list[list[int]]:
 
 def labels_by_rendering(tokenizer, messages: list[dict], template: str, train_on: TrainOn) -> tuple[list, list]:
     """input_ids and labels of one conversation through prefix rendering (see the module docstring)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise FtoptError(
+            f"The tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer: the assistant turns of a chat "
+            "template without {% generation %} markers are found by character offsets, which only fast tokenizers "
+            "give; give --tokenizer with a tokenizer.json."
+        )
     full, spans = char_spans(tokenizer, messages, template)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)  # the template renders BOS itself
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
