@@ -223,3 +223,17 @@ def test_bench_quant_and_optim_lists_are_the_cross_product_without_duplicates(tm
     zero3 = [c for c in swept if c.zero == 3]
     assert len(zero3) == 1  # ZeRO-3 takes neither
     assert _bench_combinations(tmp_path, monkeypatch, "--quant", "none") == plain
+
+
+def test_clean_exit_without_metrics_is_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """A run that exits 0 but wrote no metrics.json is recorded as failed with the log's last error (it used to
+    crash the whole sweep on reading the missing file)."""
+    import ftopt.bench as B
+
+    log = 'loading...\nTraceback (most recent call last):\n  File "x.py", line 1\nValueError: tokenizer broke\ndone\n'
+    monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout: (0, log))
+    runs = sweep_runs(_base(), [Combination(), Combination(gc=True)], tmp_path / "runs")
+    rows = run_sweep(runs, tmp_path / "results.jsonl")
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "without" in rows[0]["error_tail"] and "ValueError: tokenizer broke" in rows[0]["error_tail"]
+    assert rows[0]["predicted"]["analytic"]["peak_bytes_per_gpu"] > 0

@@ -57,8 +57,8 @@ def test_plan_table():
         (("estimate", "--model", "llama-2-8b"), "Did you mean"),
         (("estimate", "--model", "/nonexistent/config.json"), "does not exist"),
         (("estimate", "--gpu", "a100"), "Unknown GPU"),
-        (("estimate", "--seq-len", "0"), "seq_len"),
-        (("estimate", "--micro-batch", "-1"), "micro_batch"),
+        (("estimate", "--seq-len", "0"), "--seq-len: Input should be greater than 0 (got 0)"),  # the flag typed
+        (("estimate", "--micro-batch", "-1"), "--micro-batch:"),
         (("estimate", "--offload", "all", "--zero", "2"), "needs ZeRO stage 3"),
         (("estimate", "--offload", "optimizer"), "needs a ZeRO stage"),
         (("estimate", "--attn", "xformers"), "--attn must be one of"),

@@ -155,7 +155,7 @@ def _tail(text: str, n: int = 8) -> str:
 
 
 def _status(returncode: int, output: str) -> Status:
-    """ok, oom or error (a timeout is recorded by the caller)."""
+    """ok, oom or error (a timeout, and a clean exit without metrics.json, 'failed', are recorded by the caller)."""
     if returncode == 0:
         return Status.OK
     return Status.OOM if any(m in output for m in OOM_MARKERS) else Status.ERROR
@@ -206,6 +206,9 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     spec_file = spec.output_dir.parent / f"{key}.run.json"
     atomic_write_text(spec_file, json.dumps(spec.to_json(), indent=2))
     cmd = [sys.executable, "-m", "ftopt", "train", "--plan", str(spec_file), "--json"]
+    # the sweep's own command line allowed these (ftopt.trust): the child reads them from a file, so says so again
+    cmd += ["--trust-remote-code"] if spec.model.trust_remote_code else []
+    cmd += ["--allow-metric-module"] if spec.data.metrics else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if spec.hardware.is_cpu:
         # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then
@@ -219,11 +222,17 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     status = Status.TIMEOUT if returncode is None else _status(returncode, output)
     if returncode is None:
         output = f"stopped after --run-timeout {timeout:g} s\n{output}"
+    metrics_path = spec.output_dir / "metrics.json"
+    if status is Status.OK and not metrics_path.is_file():  # a clean exit that measured nothing is no result
+        from ftopt.train.engine import last_error_line
+
+        status = Status.FAILED
+        output = f"exited 0 without {metrics_path}: {last_error_line(output)}"
     c = spec.combination
     row = dict(key=key, label=c.label(), combination=c, gpus=spec.setup.world_size, repeat=run.repeat, run=spec)
     if status is Status.OK:
         # the run already predicted itself for the same setup and hardware: no second trace
-        m = read_metrics(spec.output_dir / "metrics.json")
+        m = read_metrics(metrics_path)
         return ResultRow(
             **row,
             status=status,

@@ -38,6 +38,7 @@ class Status(str, Enum):
     OOM = "oom"
     ERROR = "error"
     TIMEOUT = "timeout"
+    FAILED = "failed"  # exited 0 without writing metrics.json: no result
 
 
 class Prediction(BaseModel):

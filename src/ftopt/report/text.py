@@ -125,6 +125,7 @@ EN: dict[str, str] = {
     "status_ok": "ok",
     "status_oom": "out of memory",
     "status_error": "error",
+    "status_failed": "failed (no metrics)",
     "padded_rows": "Predicted peaks assume every sequence is --seq-len tokens long. Runs without --packing pad each "
     "micro-batch only to its longest sequence, so on shorter data their measured peak is below the "
     "prediction.",

@@ -18,13 +18,18 @@ from pathlib import Path
 from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
 from ftopt.train.allocator import allocator_env
-from ftopt.train.outputs import CONFIG_NAME, prepare_output
+from ftopt.train.outputs import CONFIG_NAME, finished_run, prepare_output
 from ftopt.train.preflight import check_devices
 
 
 def launch(spec: RunSpec) -> dict:
     """Check, claim the output folder, run; returns metrics.json's content."""
     check_devices(spec)
+    done = finished_run(spec)
+    if done is not None:
+        steps = (done.get("measured") or {}).get("steps")
+        print(f"--resume: the run in {spec.output_dir} is complete ({steps} steps); nothing to train.", file=sys.stderr)
+        return done
     if spec.uses_launcher and importlib.util.find_spec("deepspeed") is None:
         raise FtoptError("ZeRO and multi-GPU runs need DeepSpeed: pip install deepspeed.")
     prepare_output(spec)
@@ -75,9 +80,14 @@ def _free_port() -> int:
 def error_tail(log_path: Path) -> str:
     """The most telling line of a failed run's log: the last exception line."""
     try:
-        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        return last_error_line(log_path.read_text(errors="replace"))
     except OSError:
         return "no log"
+
+
+def last_error_line(text: str) -> str:
+    """The last line of `text` that reads as an error (not a traceback's 'File ...' line), else its last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if ("Error" in line or "error:" in line) and not line.startswith("File "):
             return line[:300]
