@@ -178,7 +178,7 @@ function chart(id, config) {
 }
 function drawMemory(p, v) {
   const shown = p.candidates.filter((c) => c.fits).slice(0, 24);
-  const labels = shown.map((c) => c.label + " · " + c.attn);
+  const labels = shown.map((c) => c.label);
   const datasets = CATS.map((cat, i) => ({
     type: "bar", label: T("cat_" + cat), backgroundColor: COLORS[i], stack: "m",
     data: shown.map((c) => c.breakdown[cat] / GIB),
