@@ -20,9 +20,7 @@ MEMORY_DATA = "JSON.stringify(Chart.getChart('chart-memory').data.datasets.map(d
 
 
 def cli_plan(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ftopt", "plan", *flags], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "ftopt", "plan", *flags], capture_output=True, text=True, timeout=120)
 
 
 def recommended_label(*flags: str) -> tuple[dict, str]:
@@ -34,7 +32,9 @@ def recommended_label(*flags: str) -> tuple[dict, str]:
 
 def wait_for_plan(b, previous: str = "") -> str:
     """The recommendation once a plan for the current inputs has arrived (and differs from `previous`)."""
-    return b.wait_for(f"document.getElementById('status').textContent.includes('ms') && {REC} !== {json.dumps(previous)} && {REC}")
+    return b.wait_for(
+        f"document.getElementById('status').textContent.includes('ms') && {REC} !== {json.dumps(previous)} && {REC}"
+    )
 
 
 @pytest.fixture
@@ -50,7 +50,9 @@ def test_page_link_typing_language_and_errors(server, browser):
     url, _ = server
     b = browser
     b.send("Page.navigate", url=url + "/" + LINK)
-    rec_key, rec_label = recommended_label("--model", "llama-2-7b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len", "2048")
+    rec_key, rec_label = recommended_label(
+        "--model", "llama-2-7b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len", "2048"
+    )
     shown = wait_for_plan(b)
     assert shown == rec_label
     assert json.loads(b.js("document.getElementById('rec-label').dataset.key")) == rec_key
