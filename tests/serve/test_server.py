@@ -179,3 +179,18 @@ def test_pareto_keeps_only_undominated_fitting_points():
 
     cands = [c(10, 100), c(20, 50), c(30, 60), c(5, 500, fits=False), c(40, 10)]
     assert pareto(cands) == [0, 1, 4]
+
+
+def test_techniques_compare_the_recommendation_with_one_change(server):
+    url, _ = server
+    _, body = get_json(url + "/api/plan?model=llama-2-70b&gpus=8&seq_len=4096")
+    cands, rec = body["plan"]["candidates"], body["plan"]["recommended"]
+    rows = {t["technique"]: t for t in body["views"]["techniques"]}
+    assert rows["gc"]["recommended_uses"] == rec["gc"]
+    on, off = cands[rows["gc"]["on"]], cands[rows["gc"]["off"]]
+    assert on["gc"] and not off["gc"]
+    assert {k: v for k, v in on.items() if k in rec and k != "gc"} == {
+        k: v for k, v in off.items() if k in rec and k != "gc"
+    }
+    # gradient checkpointing trades memory for time
+    assert on["device_bytes_per_gpu"] < off["device_bytes_per_gpu"] and on["step_seconds"] > off["step_seconds"]

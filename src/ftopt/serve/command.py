@@ -45,6 +45,10 @@ def serve(
                 "planner (local model folders are then not read).",
                 err=True,
             )
+        from ftopt.serve.jobs import plan_body
+        from ftopt.serve.query import PlanQuery
+
+        plan_body(PlanQuery().model_dump(), None, True)  # imports the planner now, not in the first page's request
         typer.echo(f"ftopt serve: listening on http://{bound_host}:{bound_port}/ (Ctrl-C stops)", err=True)
         try:
             server.serve_forever()

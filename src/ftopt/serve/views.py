@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 
-# Each technique: the combination field it sets, its "off" value, its "on" values in the order tried. Another field
-# that must change with it for the combination to be valid (Combination's validator) follows in `also_off`.
+# Each technique: its "off" setting, then the "on" settings tried in order (the first that the plan has wins); an
+# "on" setting may change another field too where Combination's validator needs it (offload needs a ZeRO stage;
+# ZeRO-3 takes no quantized base). "LORA_R" stands for the plan's LoRA rank.
 TECHNIQUES = (
-    ("lora", "lora_r", 0, None, {"quant": "none", "lora_targets": None}),
-    ("quant", "quant", "none", ("nf4", "int8"), {}),
-    ("gc", "gc", False, (True,), {}),
-    ("zero", "zero", 0, (3, 2, 1), {"offload": "none"}),
-    ("offload", "offload", "none", ("optimizer", "all"), {}),
-    ("optim", "optim", "adamw", ("adamw-8bit", "paged-adamw-8bit", "paged-adamw"), {}),
-    ("flash", "attn", "sdpa", ("flash",), {}),
+    ("lora", {"lora_r": 0, "quant": "none", "lora_targets": None}, [{"lora_r": "LORA_R"}]),
+    ("quant", {"quant": "none"}, [{"quant": "nf4"}, {"quant": "int8"}]),
+    ("gc", {"gc": False}, [{"gc": True}]),
+    ("zero", {"zero": 0, "offload": "none"}, [{"zero": 3}, {"zero": 2}, {"zero": 1}]),
+    (
+        "offload",
+        {"offload": "none"},
+        [{"offload": "optimizer"}, {"offload": "optimizer", "zero": 2}, {"offload": "optimizer", "zero": 1}],
+    ),
+    ("optim", {"optim": "adamw"}, [{"optim": "adamw-8bit"}, {"optim": "paged-adamw-8bit"}, {"optim": "paged-adamw"}]),
+    ("flash", {"attn": "sdpa"}, [{"attn": "flash"}]),
 )
 KEY_FIELDS = ("gc", "lora_r", "zero", "offload", "attn", "lora_targets", "quant", "optim")
 
@@ -50,15 +55,15 @@ def techniques(doc: dict) -> list[dict]:
     index = {_key(c): i for i, c in enumerate(doc["candidates"])}
     lora_r = next((c["lora_r"] for c in doc["candidates"] if c["lora_r"]), None)
     out = []
-    for name, field, off, ons, also_off in TECHNIQUES:
-        on_values = (lora_r,) if name == "lora" else ons
-        is_on = rec[field] != off
-        off_i = index.get(_key({**rec, field: off, **also_off}))
-        on_i = (
-            index.get(_key(rec))
-            if is_on
-            else next((i for v in on_values if (i := index.get(_key({**rec, field: v}))) is not None), None)
-        )
+    for name, off, ons in TECHNIQUES:
+        field = next(iter(off))
+        is_on = rec[field] != off[field]
+        off_i = index.get(_key({**rec, **off}))
+        if is_on:
+            on_i = index.get(_key(rec))
+        else:
+            tries = ({k: lora_r if v == "LORA_R" else v for k, v in on.items()} for on in ons)
+            on_i = next((i for on in tries if (i := index.get(_key({**rec, **on}))) is not None), None)
         if on_i is None and off_i is None:
             continue
         out.append({"technique": name, "recommended_uses": is_on, "on": on_i, "off": off_i})

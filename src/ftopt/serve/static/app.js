@@ -151,10 +151,15 @@ function fmtTime(sec) {
   if (sec < 3600) return (sec / 60).toFixed(1) + T("unit_min");
   return (sec / 3600).toFixed(1) + T("unit_h");
 }
+function money(c, p) {
+  if (c.cost === null || c.cost === undefined) return "";
+  return ", " + c.cost.toFixed(2) + " " + p.currency + " " + T(c.cost_basis === "run" ? "per_run" : "per_1k");
+}
 function render(body) {
   const p = body.plan, v = body.views;
   const rec = p.candidates.find((c) => p.recommended && sameKey(c, p.recommended));
   $("rec-label").textContent = rec ? rec.label : T("none_fits");
+  $("rec-figures").textContent = rec ? gib(rec.device_bytes_per_gpu) + ", " + fmtTime(hours(rec) * 3600) + money(rec, p) : "";
   $("rec-label").dataset.key = JSON.stringify(p.recommended);
   $("rec-reason").textContent = p.reason;
   $("shortfall").textContent = p.shortfall || "";
@@ -197,6 +202,10 @@ function drawPareto(p, v, rec) {
   const fit = p.candidates.filter((c) => c.fits);
   const pt = (c) => ({ x: c.device_bytes_per_gpu / GIB, y: hours(c), label: c.label });
   const perRun = p.candidates.length && p.candidates[0].total_seconds !== null;
+  // every candidate runs on the same GPUs, so cost is time x a constant: one axis carries both
+  const priced = fit.find((c) => c.cost);
+  const perHour = priced ? priced.cost / hours(priced) : null;
+  const tick = (y) => (perHour ? y.toFixed(2) + " h · " + (y * perHour).toFixed(0) + " " + p.currency : y.toFixed(2));
   const datasets = [
     { type: "scatter", label: T("lg_candidates"), data: fit.map(pt), backgroundColor: "#56b4e9" },
     { type: "line", label: T("lg_pareto"), data: v.pareto.map((i) => pt(p.candidates[i])), borderColor: "#d55e00",
@@ -205,15 +214,16 @@ function drawPareto(p, v, rec) {
   if (rec) datasets.push({ type: "scatter", label: T("lg_recommended"), data: [pt(rec)], pointStyle: "star",
     pointRadius: 12, borderColor: "#000", borderWidth: 2 });
   chart("chart-pareto", { type: "scatter", data: { datasets }, options: { animation: false, maintainAspectRatio: false,
-    plugins: { tooltip: { callbacks: { label: (c) => c.raw.label + ": " + c.raw.x.toFixed(1) + " GiB, " + fmtTime(c.raw.y * 3600) } } },
+    plugins: { tooltip: { callbacks: { label: (c) => c.raw.label + ": " + c.raw.x.toFixed(1) + " GiB, " + tick(c.raw.y) } } },
     scales: { x: { title: { display: true, text: T("ax_gib") } },
-      y: { title: { display: true, text: T(perRun ? "ax_time_run" : "ax_time_1k") } } } } });
+      y: { ticks: { callback: tick },
+        title: { display: true, text: T(perRun ? "ax_time_run" : "ax_time_1k") + (perHour ? " · " + T("ax_cost") : "") } } } } });
 }
 function cell(p, i) {
   if (i === null || i === undefined) return el("td", T("not_planned"));
   const c = p.candidates[i];
   const mark = c.fits ? "" : " ✗";
-  return el("td", c.label + ": " + gib(c.device_bytes_per_gpu) + mark + ", " + fmtTime(hours(c) * 3600));
+  return el("td", c.label + ": " + gib(c.device_bytes_per_gpu) + mark + ", " + fmtTime(hours(c) * 3600) + money(c, p));
 }
 function drawTechniques(p, v) {
   const body = $("techniques").tBodies[0];
