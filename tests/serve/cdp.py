@@ -13,18 +13,15 @@ import urllib.request
 
 import websocket
 
+from tests.report.test_browser import CHROMIUM_ARGS
+
 
 class Browser:
     def __init__(self, chromium: str, profile: str) -> None:
         self.proc = subprocess.Popen(
             [
                 chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
+                *CHROMIUM_ARGS,
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",  # any free port; Chromium prints the one it took on stderr
                 f"--user-data-dir={profile}",

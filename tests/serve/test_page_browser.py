@@ -47,7 +47,10 @@ def browser(chromium, tmp_path):  # noqa: F811
 
 
 def test_page_link_typing_language_and_errors(server, browser):
-    url, _ = server
+    url, results = server
+    (results / "sweep1" / "runs").mkdir(parents=True)
+    (results / "sweep1" / "results.jsonl").write_text("")
+    (results / "sweep1" / "runs" / "r0-gc0.run.json").write_text("{}")  # a sweep with its first run going
     b = browser
     b.send("Page.navigate", url=url + "/" + LINK)
     rec_key, rec_label = recommended_label(
@@ -72,6 +75,10 @@ def test_page_link_typing_language_and_errors(server, browser):
     assert b.js("document.querySelector('[data-t=rec_h]').textContent") == PAGE["ja"]["rec_h"]
     b.wait_for(f"{MEMORY_DATA}.includes({json.dumps(TEXT['ja']['cat_weights'])})")
     assert "lang=ja" in b.js("location.search")
+
+    # the results folder under --results, and its sweep's progress
+    assert b.js("[...document.getElementById('results').options].map(o => o.value)") == ["sweep1"]
+    assert "r0-gc0" in b.wait_for("document.getElementById('progress').textContent")
 
     # a bad input: the CLI's one-line message, beside the field it is about
     b.type_into("seq_len", "-5")

@@ -67,22 +67,15 @@ class ResultsRoot:
     def _write(self, name: str, lang: str, out: Path) -> str:
         from ftopt.report.cli_support import write_report
 
-        paths = write_report(
-            self.folder(name) / RESULTS,
-            out,
-            lang=lang,
-            warn=lambda m: None,
-            gpu=None,
-            title=None,
-            quality_target=None,
-            target_gpu=None,
-            target_gpus=1,
-            target_nodes=1,
-            dataset_tokens=None,
-            epochs=1.0,
-            retrains_per_year=1.0,
-            cost_per_gpu_hour=None,
-            currency="USD",
-            max_hours=None,
-        )
+        paths = write_report(self.folder(name) / RESULTS, out, lang=lang, warn=lambda m: None, **_report_defaults())
         return paths["html"].read_text(encoding="utf-8")
+
+
+def _report_defaults() -> dict:
+    """`ftopt report`'s own defaults for every setting flag (its signature is where they live)."""
+    import inspect
+
+    from ftopt.cli_sweep import report
+
+    params = inspect.signature(report).parameters
+    return {k: p.default for k, p in params.items() if k not in ("results", "out", "lang")}
