@@ -87,3 +87,15 @@ def test_page_link_typing_language_and_errors(server, browser):
     message = cli.stderr.strip().splitlines()[-1].removeprefix("error: ")
     assert b.wait_for("document.getElementById('err-seq_len').textContent") == message
     assert b.js("document.getElementById('seq_len').getAttribute('aria-invalid')") == "true"
+
+    # a traced plan runs as a job: the page shows its progress and cancels it
+    b.type_into("seq_len", "2048")
+    b.js(
+        "const m = document.getElementById('method'); m.value = 'traced'; m.dispatchEvent(new Event('input', {bubbles: true}))"
+    )
+    tracing = PAGE["ja"]["tracing"].split("{")[0]
+    b.wait_for(f"document.getElementById('status').textContent.startsWith({json.dumps(tracing)})")
+    assert b.js("document.getElementById('cancel').hidden") is False
+    b.js("document.getElementById('cancel').click()")
+    b.wait_for(f"document.getElementById('status').textContent === {json.dumps(PAGE['ja']['cancelled'])}")
+    assert "method=traced" in b.js("location.search")

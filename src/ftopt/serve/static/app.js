@@ -106,6 +106,7 @@ async function update() {
 function received(body) {
   $("status").textContent = body.server_ms !== undefined ? T("server_ms", { ms: body.server_ms }) : "";
   showErrors(body);
+  $("out").classList.toggle("stale", !!body.error);  // what is still shown belongs to the last valid inputs
   if (body.error) return;
   LAST = body;
   render(body);
