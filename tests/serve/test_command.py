@@ -18,12 +18,13 @@ def test_serve_says_where_it_listens_and_serves_the_page(tmp_path):
         text=True,
     )
     try:
-        line = proc.stderr.readline()
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+/)", line)
-        assert m, line
+        lines = []
+        while not (m := re.search(r"listening on (http://127\.0\.0\.1:\d+/)", lines[-1] if lines else "")):
+            lines.append(proc.stderr.readline())
+            assert lines[-1], "".join(lines)  # EOF: it exited without listening
         page = urllib.request.urlopen(m.group(1), timeout=30).read().decode()
         assert '<label for="seq_len"' in page and "chart.umd.min.js" in page
-        assert "warning" not in line
+        assert not any(line.startswith("warning") for line in lines)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -58,3 +59,13 @@ def test_local_model_folders_only_on_loopback(tmp_path):
     with pytest.raises(FtoptError, match="only when the server listens on loopback"):
         load_planned_model(q, None, allow_local=False)
     assert load_planned_model(PlanQuery(model="tiny-llama"), None, allow_local=False).name == "tiny-llama"
+
+
+def test_the_page_defaults_to_the_cli_method():
+    """A link without `method` must render what `ftopt plan` prints without --method."""
+    import typer
+
+    from ftopt.serve.query import PlanQuery
+
+    plan = typer.main.get_command(app).commands["plan"]
+    assert PlanQuery().method == next(p.default for p in plan.params if p.name == "method")

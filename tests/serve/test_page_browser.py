@@ -14,7 +14,7 @@ from ftopt.serve.text import PAGE
 from tests.report.test_browser import chromium  # noqa: F401  (the fixture: skip or fail without Chromium)
 
 pytestmark = pytest.mark.slow
-LINK = "?model=llama-2-7b&gpu=rtx4090&gpus=1&seq_len=2048"
+LINK = "?model=llama-2-7b&gpu=rtx4090&gpus=1&seq_len=2048&method=analytic"
 REC = "document.getElementById('rec-label').textContent"
 MEMORY_DATA = "JSON.stringify(Chart.getChart('chart-memory').data.datasets.map(d => [d.label, d.data]))"
 
@@ -63,7 +63,9 @@ def test_page_link_typing_language_and_errors(server, browser):
 
     # a longer sequence, typed into the page's input: the link, the recommendation and the chart follow
     b.type_into("seq_len", "8192")
-    _, rec_8k = recommended_label("--model", "llama-2-7b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len", "8192")
+    _, rec_8k = recommended_label(
+        "--model", "llama-2-7b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len", "8192", "--method", "analytic"
+    )
     assert rec_8k != rec_label, "the test needs inputs whose recommendation differs"
     assert wait_for_plan(b, previous=shown) == rec_8k
     assert b.js(MEMORY_DATA) != chart_before
@@ -82,7 +84,9 @@ def test_page_link_typing_language_and_errors(server, browser):
 
     # a bad input: the CLI's one-line message, beside the field it is about
     b.type_into("seq_len", "-5")
-    cli = cli_plan("--model", "llama-2-7b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len", "-5")
+    cli = cli_plan(
+        "--model", "llama-2-7b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len", "-5", "--method", "analytic"
+    )
     assert cli.returncode == 2
     message = cli.stderr.strip().splitlines()[-1].removeprefix("error: ")
     assert b.wait_for("document.getElementById('err-seq_len').textContent") == message
@@ -98,4 +102,4 @@ def test_page_link_typing_language_and_errors(server, browser):
     assert b.js("document.getElementById('cancel').hidden") is False
     b.js("document.getElementById('cancel').click()")
     b.wait_for(f"document.getElementById('status').textContent === {json.dumps(PAGE['ja']['cancelled'])}")
-    assert "method=traced" in b.js("location.search")
+    assert "method=" not in b.js("location.search")  # traced is `ftopt plan`'s default: the link leaves it out

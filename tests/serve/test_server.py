@@ -47,15 +47,13 @@ def cli_json(*flags: str) -> dict:
 
 def test_plan_is_the_cli_plan(server):
     url, _ = server
-    status, body = get_json(url + "/api/plan?model=llama-2-70b&gpu=h100-80g&gpus=8&seq_len=4096&dataset_tokens=1000000")
+    flags = "--model llama-2-70b --gpu h100-80g --gpus 8 --seq-len 4096 --dataset-tokens 1000000 --headroom 0.2"
+    query = "&".join(f"{k[2:].replace('-', '_')}={v}" for k, v in zip(*[iter(flags.split())] * 2))
+    status, body = get_json(url + "/api/plan?method=analytic&" + query)
     assert status == 200
-    expected = cli_json("--model", "llama-2-70b", "--gpu", "h100-80g", "--gpus", "8", "--seq-len", "4096",
-                        "--dataset-tokens", "1000000")  # fmt: skip
-    assert body["plan"] == expected
-    assert (
-        body["command"]
-        == "ftopt plan --model llama-2-70b --gpu h100-80g --gpus 8 --seq-len 4096 --dataset-tokens 1000000"
-    )
+    assert body["plan"] == cli_json(*flags.split(), "--method", "analytic")
+    assert body["plan"]["headroom"] == 0.2
+    assert body["command"] == "ftopt plan " + flags + " --method analytic"
     front = body["views"]["pareto"]
     assert front and all(body["plan"]["candidates"][i]["fits"] for i in front)
 
@@ -63,7 +61,8 @@ def test_plan_is_the_cli_plan(server):
 @pytest.mark.parametrize(
     ("query", "field"),
     [("seq_len=-5", "seq_len"), ("seq_len=abc", "seq_len"), ("gpus=0", "gpus"), ("model=nope", "model"),
-     ("gpu=nope", "gpu"), ("quant=xx", "quant"), ("max_hours=-1", "max_hours"), ("lora_r=0", "lora_r")],
+     ("gpu=nope", "gpu"), ("quant=xx", "quant"), ("max_hours=-1", "max_hours"), ("lora_r=0", "lora_r"),
+     ("headroom=1.5", "headroom")],
 )  # fmt: skip
 def test_bad_input_has_the_cli_message_and_its_field(server, query, field):
     url, _ = server
@@ -80,8 +79,8 @@ def test_bad_input_has_the_cli_message_and_its_field(server, query, field):
 
 def test_custom_gpu_memory_changes_the_plan(server):
     url, _ = server
-    _, small = get_json(url + "/api/plan?gpu=a100-80g&gpu_memory_gib=16")
-    _, big = get_json(url + "/api/plan?gpu=a100-80g")
+    _, small = get_json(url + "/api/plan?gpu=a100-80g&gpu_memory_gib=16&method=analytic")
+    _, big = get_json(url + "/api/plan?gpu=a100-80g&method=analytic")
     assert small["plan"]["hardware"] == "a100-80g (custom)"
     assert small["views"]["capacity_bytes"] == 16 * 2**30
     assert small["plan"]["recommended"] != big["plan"]["recommended"]
@@ -94,21 +93,23 @@ def test_uploaded_config(server):
     from importlib import resources
 
     config = json.loads(resources.files("ftopt.presets.models").joinpath("llama-2-7b.json").read_text())
-    body = send(url + "/api/plan", "POST", {"query": {"model": "my-config.json"}, "config": config})
-    _, preset = get_json(url + "/api/plan?model=llama-2-7b")
+    body = send(
+        url + "/api/plan", "POST", {"query": {"model": "my-config.json", "method": "analytic"}, "config": config}
+    )
+    _, preset = get_json(url + "/api/plan?model=llama-2-7b&method=analytic")
     assert body["plan"]["model"] == "my-config"
     assert body["plan"]["recommended"] == preset["plan"]["recommended"]
 
 
 def test_export_zip_holds_the_plan_and_the_export_files(server):
     url, _ = server
-    status, data, headers = get(url + "/api/export?model=llama-2-7b&gpu=a100-80g&gpus=2")
+    status, data, headers = get(url + "/api/export?model=llama-2-7b&gpu=a100-80g&gpus=2&method=analytic")
     assert status == 200 and headers["Content-Type"] == "application/zip"
     z = zipfile.ZipFile(io.BytesIO(data))
     names = set(z.namelist())
     assert {"plan.json", "export/sft_config.yaml", "export/launch.sh"} <= names
     plan = json.loads(z.read("plan.json"))
-    assert plan == cli_json("--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "2")
+    assert plan == cli_json("--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "2", "--method", "analytic")
     assert "--num_processes 2" in z.read("export/launch.sh").decode()
 
 
@@ -153,12 +154,12 @@ def test_a_job_finishes_with_the_plan(server):
     """The job path end to end (a child process, polled); analytic here, since a traced plan takes a minute on a
     2-core machine: the method is only passed through to the same plan call."""
     url, _ = server
-    job = send(url + "/api/jobs", "POST", {"query": {"model": "llama-2-7b", "gpu": "rtx4090"}})
+    job = send(url + "/api/jobs", "POST", {"query": {"model": "llama-2-7b", "gpu": "rtx4090", "method": "analytic"}})
     deadline = time.monotonic() + 120
     while (s := send(url + f"/api/jobs/{job['id']}", "GET"))["state"] == "running" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert s["state"] == "done"
-    assert s["result"]["plan"] == cli_json("--model", "llama-2-7b", "--gpu", "rtx4090")
+    assert s["result"]["plan"] == cli_json("--model", "llama-2-7b", "--gpu", "rtx4090", "--method", "analytic")
 
 
 def test_query_parsing_and_fields():
@@ -183,7 +184,7 @@ def test_pareto_keeps_only_undominated_fitting_points():
 
 def test_techniques_compare_the_recommendation_with_one_change(server):
     url, _ = server
-    _, body = get_json(url + "/api/plan?model=llama-2-70b&gpus=8&seq_len=4096")
+    _, body = get_json(url + "/api/plan?model=llama-2-70b&gpus=8&seq_len=4096&method=analytic")
     cands, rec = body["plan"]["candidates"], body["plan"]["recommended"]
     rows = {t["technique"]: t for t in body["views"]["techniques"]}
     assert rows["gc"]["recommended_uses"] == rec["gc"]

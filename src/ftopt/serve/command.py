@@ -48,7 +48,8 @@ def serve(
         from ftopt.serve.jobs import plan_body
         from ftopt.serve.query import PlanQuery
 
-        plan_body(PlanQuery().model_dump(), None, True)  # imports the planner now, not in the first page's request
+        # imports the planner now, not in the first page's request
+        plan_body(PlanQuery(method="analytic").model_dump(), None, True)
         typer.echo(f"ftopt serve: listening on http://{bound_host}:{bound_port}/ (Ctrl-C stops)", err=True)
         try:
             server.serve_forever()

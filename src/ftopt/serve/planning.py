@@ -67,6 +67,7 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
         gpus_per_node=q.gpus,
         nodes=q.nodes,
         dataset_tokens=q.dataset_tokens,
+        headroom=q.headroom,
     )
     p = plan(
         m,

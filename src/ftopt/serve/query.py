@@ -17,6 +17,9 @@ from ftopt.errors import FtoptError
 
 DEFAULT_MODEL = "llama-2-7b"  # `ftopt plan --model` default (cli.plan)
 DEFAULT_GPU = "a100-80g"  # what cli_common.planning_hardware assumes when --gpu is not given
+# `ftopt plan --method` default (cli.plan; tests/serve/test_command.py checks they agree): the formulas search, the
+# trace confirms. The page shows the analytic answer at once and the traced one when the trace ends.
+DEFAULT_METHOD = "traced"
 
 
 class PlanQuery(BaseModel):
@@ -39,9 +42,10 @@ class PlanQuery(BaseModel):
     full_only: bool = False
     max_hours: float | None = None
     dataset_tokens: int | None = None
+    headroom: float | None = Field(None, description="share of GPU memory kept free, as `plan --headroom`")
     cost_per_gpu_hour: float | None = None
     currency: str = "USD"  # `ftopt plan --currency` default (plan.DEFAULT_CURRENCY)
-    method: str = "analytic"
+    method: str = DEFAULT_METHOD
 
     def flags(self) -> list[str]:
         """The `ftopt plan` command line for these inputs (the custom GPU has no flag: a JSON file stands for it)."""

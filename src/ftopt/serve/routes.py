@@ -10,7 +10,7 @@ from importlib import resources
 
 from ftopt.errors import FtoptError
 from ftopt.serve.jobs import error_body, plan_body
-from ftopt.serve.query import parse_query
+from ftopt.serve.query import PlanQuery, parse_query
 
 STATIC = {  # file -> content type; nothing else is served from the package
     "index.html": "text/html; charset=utf-8",
@@ -40,7 +40,7 @@ def meta(h) -> dict:
         "optims": [o.value for o in Optim],
         "quant_default": [q.value for q in (Quant.NONE, *PLAN_QUANTS)],  # what `plan` tries without --quant
         "optim_default": [o.value for o in Optim],
-        "headroom": False,  # the planner has no safety margin yet (see docs/serve.md)
+        "method_default": PlanQuery().method,
         "text": {lang: page_text(lang) for lang in ("en", "ja")},
         "results": h.app.results.names(),
         "allow_local": h.app.allow_local,

@@ -37,7 +37,7 @@ function readInputs() {
     if (f === "full_only") v = $(f).checked ? "true" : "";
     else if (f === "quant" || f === "optim") v = checkedList(f);
     else v = $(f).value.trim();
-    if (f === "headroom" && $(f).disabled) v = "";
+    if (f === "method" && v === META.method_default) v = "";  // the CLI's default: links stay short
     if (v !== "") q.set(f, v);
   }
   if (LANG !== "en") q.set("lang", LANG);
@@ -91,14 +91,19 @@ async function update() {
   $("dl-export").href = "/api/export?" + q.toString();
   if (inflight) inflight.abort();
   await cancelJob();
-  if (q.get("method") === "traced") return startJob(q);
+  // the analytic answer at once (the page's live view); a traced plan then confirms it as a cancellable job
+  const traced = (q.get("method") || META.method_default) === "traced";
+  const fast = new URLSearchParams(q);
+  fast.set("method", "analytic");
   inflight = new AbortController();
   $("status").textContent = T("working");
   try {
     const r = CONFIG
-      ? await fetch("/api/plan", { method: "POST", body: JSON.stringify({ query: Object.fromEntries(q), config: CONFIG }), signal: inflight.signal })
-      : await fetch("/api/plan?" + q.toString(), { signal: inflight.signal });
-    received(await r.json());
+      ? await fetch("/api/plan", { method: "POST", body: JSON.stringify({ query: Object.fromEntries(fast), config: CONFIG }), signal: inflight.signal })
+      : await fetch("/api/plan?" + fast.toString(), { signal: inflight.signal });
+    const body = await r.json();
+    received(body);
+    if (traced && !body.error) startJob(q);
   } catch (e) {
     if (e.name !== "AbortError") showErrors({ error: String(e) });
   }
@@ -118,8 +123,8 @@ async function startJob(q) {
   const body = await r.json();
   if (body.error) return received(body);
   job = body.id;
-  $("cancel").hidden = false;
-  $("cancel").focus();
+  $("cancel").hidden = false;  // not focused: the user may still be typing in an input
+  $("status").textContent = T("preview");
   poll(job);
 }
 async function poll(id) {
@@ -142,6 +147,7 @@ async function cancelJob() {
   $("cancel").hidden = true;
   await fetch("/api/jobs/" + id, { method: "DELETE" });
   $("status").textContent = T("cancelled");
+  $("cancel").blur();
 }
 
 // ---- rendering ---------------------------------------------------------------------------------------------------
@@ -163,6 +169,7 @@ function render(body) {
   $("rec-figures").textContent = rec ? gib(rec.device_bytes_per_gpu) + ", " + fmtTime(hours(rec) * 3600) + money(rec, p) : "";
   $("rec-label").dataset.key = JSON.stringify(p.recommended);
   $("rec-reason").textContent = p.reason;
+  $("answered").textContent = p.answered_by ? T("answered", { by: Object.entries(p.answered_by).map(([k, m]) => k + " " + m).join(", ") }) : "";
   $("shortfall").textContent = p.shortfall || "";
   $("longest").textContent = p.longest_context
     ? p.longest_context + " (" + T("bound_" + p.longest_context_bound) + ")" : "—";
@@ -183,8 +190,8 @@ function chart(id, config) {
   $(id).setAttribute("aria-label", T(id === "chart-memory" ? "chart_memory_h" : "chart_pareto_h"));
 }
 function drawMemory(p, v) {
-  const shown = p.candidates.filter((c) => c.fits).slice(0, 24);
-  const labels = shown.map((c) => c.label);
+  const shown = p.candidates.filter((c) => c.fits || c.tight).slice(0, 24);
+  const labels = shown.map((c) => c.label + (c.tight ? " (" + T("tight").split(":")[0] + ")" : ""));
   const datasets = CATS.map((cat, i) => ({
     type: "bar", label: T("cat_" + cat), backgroundColor: COLORS[i], stack: "m",
     data: shown.map((c) => c.breakdown[cat] / GIB),
@@ -192,7 +199,7 @@ function drawMemory(p, v) {
   const cap = v.capacity_bytes / GIB;
   datasets.push({ type: "line", label: T("lg_capacity"), data: shown.map(() => cap), borderColor: "#b00020",
     borderWidth: 2, pointRadius: 0 });
-  if (v.margin_bytes) datasets.push({ type: "line", label: T("lg_margin"), data: shown.map(() => (v.capacity_bytes - v.margin_bytes) / GIB),
+  if (p.headroom) datasets.push({ type: "line", label: T("lg_margin"), data: shown.map((c) => c.usable_bytes / GIB),
     borderColor: "#b00020", borderDash: [6, 4], borderWidth: 1, pointRadius: 0 });
   chart("chart-memory", { type: "bar", data: { labels, datasets }, options: {
     indexAxis: "x", animation: false, maintainAspectRatio: false,
@@ -223,7 +230,7 @@ function drawPareto(p, v, rec) {
 function cell(p, i) {
   if (i === null || i === undefined) return el("td", T("not_planned"));
   const c = p.candidates[i];
-  const mark = c.fits ? "" : " ✗";
+  const mark = c.fits ? "" : c.tight ? " (" + T("tight") + ")" : " ✗";
   return el("td", c.label + ": " + gib(c.device_bytes_per_gpu) + mark + ", " + fmtTime(hours(c) * 3600) + money(c, p));
 }
 function drawTechniques(p, v) {
@@ -274,8 +281,7 @@ function fillInputs() {
       $(f).append(box, el("label", v, { for: id }));
     }
   }
-  $("headroom").disabled = !META.headroom;
-  $("headroom-note").hidden = !!META.headroom;
+  $("method").value = META.method_default;
 }
 async function start() {
   META = await (await fetch("/api/meta")).json();
