@@ -197,9 +197,10 @@ function drawMemory(p, v) {
     data: shown.map((c) => c.breakdown[cat] / GIB),
   }));
   const cap = v.capacity_bytes / GIB;
-  datasets.push({ type: "line", label: T("lg_capacity"), data: shown.map(() => cap), borderColor: "#b00020",
+  // each line in a stack of its own: on the stacked axis the lines would otherwise add up
+  datasets.push({ type: "line", stack: "capacity", label: T("lg_capacity"), data: shown.map(() => cap), borderColor: "#b00020",
     borderWidth: 2, pointRadius: 0 });
-  if (p.headroom) datasets.push({ type: "line", label: T("lg_margin"), data: shown.map((c) => c.usable_bytes / GIB),
+  if (p.headroom) datasets.push({ type: "line", stack: "usable", label: T("lg_margin"), data: shown.map((c) => c.usable_bytes / GIB),
     borderColor: "#b00020", borderDash: [6, 4], borderWidth: 1, pointRadius: 0 });
   chart("chart-memory", { type: "bar", data: { labels, datasets }, options: {
     indexAxis: "x", animation: false, maintainAspectRatio: false,
