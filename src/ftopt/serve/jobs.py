@@ -80,6 +80,9 @@ class Jobs:
         elif job.result is None and not job.process.is_alive():
             job.result = {"error": f"The plan stopped (exit code {job.process.exitcode}).", "field": None}
         elapsed = round(time.monotonic() - job.started, 1)
+        if job.result is not None:
+            with self._lock:  # delivered: a finished job is not kept
+                self._jobs.pop(job_id, None)
         return {"state": "running" if job.result is None else "done", "elapsed_s": elapsed, "result": job.result}
 
     def cancel(self, job_id: str) -> bool:
