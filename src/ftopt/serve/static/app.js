@@ -214,7 +214,7 @@ function drawPareto(p, v, rec) {
   // every candidate runs on the same GPUs, so cost is time x a constant: one axis carries both
   const priced = fit.find((c) => c.cost);
   const perHour = priced ? priced.cost / hours(priced) : null;
-  const tick = (y) => (perHour ? y.toFixed(2) + " h · " + (y * perHour).toFixed(0) + " " + p.currency : y.toFixed(2));
+  const tick = (y) => (perHour ? y.toFixed(2) + T("unit_h") + " · " + (y * perHour).toFixed(0) + " " + p.currency : y.toFixed(2));
   const datasets = [
     { type: "scatter", label: T("lg_candidates"), data: fit.map(pt), backgroundColor: "#56b4e9" },
     { type: "line", label: T("lg_pareto"), data: v.pareto.map((i) => pt(p.candidates[i])), borderColor: "#d55e00",
