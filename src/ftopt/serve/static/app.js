@@ -9,7 +9,7 @@ const CATS = ["weights", "master_weights", "optimizer_states", "gradients", "act
 const COLORS = ["#0072b2", "#56b4e9", "#009e73", "#f0e442", "#e69f00", "#d55e00", "#cc79a7", "#999999"];
 const GIB = 2 ** 30;
 const $ = (id) => document.getElementById(id);
-let META = null, LANG = "en", LAST = null, CONFIG = null, inflight = null, job = null, timer = null;
+let META = null, LANG = "en", LAST = null, CONFIG = null, inflight = null, job = null, timer = null, GEN = 0;
 const charts = {};
 
 function T(key, vars) {
@@ -90,6 +90,7 @@ async function update() {
   const q = planQuery();
   $("dl-export").href = "/api/export?" + q.toString();
   if (inflight) inflight.abort();
+  const gen = ++GEN;  // a job started for older inputs is dropped, not shown
   await cancelJob();
   // the analytic answer at once (the page's live view); a traced plan then confirms it as a cancellable job
   const traced = (q.get("method") || META.method_default) === "traced";
@@ -103,7 +104,7 @@ async function update() {
       : await fetch("/api/plan?" + fast.toString(), { signal: inflight.signal });
     const body = await r.json();
     received(body);
-    if (traced && !body.error) startJob(q);
+    if (traced && !body.error && gen === GEN) startJob(q, gen);
   } catch (e) {
     if (e.name !== "AbortError") showErrors({ error: String(e) });
   }
@@ -118,9 +119,10 @@ function received(body) {
 }
 
 // traced plans: a job on the server, polled for progress, cancellable
-async function startJob(q) {
+async function startJob(q, gen) {
   const r = await fetch("/api/jobs", { method: "POST", body: JSON.stringify({ query: Object.fromEntries(q), config: CONFIG }) });
   const body = await r.json();
+  if (gen !== GEN) return body.id && fetch("/api/jobs/" + body.id, { method: "DELETE" });
   if (body.error) return received(body);
   job = body.id;
   $("cancel").hidden = false;  // not focused: the user may still be typing in an input
