@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.errors import FtoptError
+from ftopt.plan import DEFAULT_CURRENCY, DEFAULT_LORA_R
 
 DEFAULT_MODEL = "llama-2-7b"  # `ftopt plan --model` default (cli.plan)
 DEFAULT_GPU = "a100-80g"  # what cli_common.planning_hardware assumes when --gpu is not given
@@ -36,7 +37,7 @@ class PlanQuery(BaseModel):
     nodes: int | None = None
     seq_len: int | None = None
     micro_batch: int | None = None
-    lora_r: int = 16  # `ftopt plan --lora-r` default (plan.DEFAULT_LORA_R)
+    lora_r: int = DEFAULT_LORA_R
     quant: str | None = Field(None, description="comma list of quantized bases to try, as `plan --quant`")
     optim: str | None = Field(None, description="comma list of optimizers to try, as `plan --optim`")
     full_only: bool = False
@@ -44,7 +45,7 @@ class PlanQuery(BaseModel):
     dataset_tokens: int | None = None
     headroom: float | None = Field(None, description="share of GPU memory kept free, as `plan --headroom`")
     cost_per_gpu_hour: float | None = None
-    currency: str = "USD"  # `ftopt plan --currency` default (plan.DEFAULT_CURRENCY)
+    currency: str = DEFAULT_CURRENCY
     method: str = DEFAULT_METHOD
 
     def flags(self) -> list[str]:
