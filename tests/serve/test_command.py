@@ -61,11 +61,12 @@ def test_local_model_folders_only_on_loopback(tmp_path):
     assert load_planned_model(PlanQuery(model="tiny-llama"), None, allow_local=False).name == "tiny-llama"
 
 
-def test_the_page_defaults_to_the_cli_method():
-    """A link without `method` must render what `ftopt plan` prints without --method."""
+def test_the_page_defaults_are_the_cli_defaults():
+    """A link without a parameter must render what `ftopt plan` prints without that flag."""
     import typer
 
     from ftopt.serve.query import PlanQuery
 
-    plan = typer.main.get_command(app).commands["plan"]
-    assert PlanQuery().method == next(p.default for p in plan.params if p.name == "method")
+    defaults = {p.name: p.default for p in typer.main.get_command(app).commands["plan"].params}
+    for name in ("model", "method", "lora_r", "currency", "full_only"):
+        assert getattr(PlanQuery(), name) == defaults[name], name
