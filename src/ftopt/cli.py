@@ -271,8 +271,9 @@ def plan(
 
 from ftopt.cli_run import preview, train  # noqa: E402  (after `app`: the commands register in help order)
 from ftopt.cli_sweep import bench, demo, report  # noqa: E402
+from ftopt.serve.command import serve  # noqa: E402
 
-for _command in (train, bench, report, demo, preview):
+for _command in (train, bench, report, demo, preview, serve):
     app.command()(_command)
 
 
