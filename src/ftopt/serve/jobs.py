@@ -17,7 +17,7 @@ def error_body(e: Exception) -> dict:
     from ftopt.errors import validation_message
     from ftopt.serve.query import field_of
 
-    msg = validation_message(e) if isinstance(e, ValidationError) else str(e)
+    msg = validation_message(e, flags=True) if isinstance(e, ValidationError) else str(e)
     return {"error": msg, "field": field_of(msg)}
 
 

@@ -40,12 +40,12 @@ class ResultsRoot:
 
         folder = self.folder(name)
         rows = read_results(folder / RESULTS)
-        done = {r["key"] for r in rows}
+        done = {r.key for r in rows}
         started = sorted((folder / "runs").glob("*.run.json"), key=lambda p: p.stat().st_mtime)
         running = [p.name.removesuffix(".run.json") for p in started if p.name.removesuffix(".run.json") not in done]
         by_status: dict[str, int] = {}
         for r in rows:
-            by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+            by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
         return {
             "name": name,
             "finished": len(rows),
