@@ -234,6 +234,6 @@ def test_clean_exit_without_metrics_is_failed_and_the_sweep_goes_on(tmp_path, mo
     monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout: (0, log))
     runs = sweep_runs(_base(), [Combination(), Combination(gc=True)], tmp_path / "runs")
     rows = run_sweep(runs, tmp_path / "results.jsonl")
-    assert [r["status"] for r in rows] == ["failed", "failed"]
-    assert "without" in rows[0]["error_tail"] and "ValueError: tokenizer broke" in rows[0]["error_tail"]
-    assert rows[0]["predicted"]["analytic"]["peak_bytes_per_gpu"] > 0
+    assert [r.status.value for r in rows] == ["failed", "failed"]
+    assert "without" in rows[0].error_tail and "ValueError: tokenizer broke" in rows[0].error_tail
+    assert rows[0].predicted.analytic.peak_bytes_per_gpu > 0
