@@ -118,7 +118,7 @@ def main() -> None:
     print(
         f"\nachieved on this machine: dequantization {rates['dequant_bytes_per_s'] / 1e9:.2f} GB/s, "
         f"8-bit optimizer update {rates['bnb_optimizer_bytes_per_s'] / 1e9:.2f} GB/s "
-        "(HardwareSpec.dequant_bytes_per_s / bnb_optimizer_bytes_per_s)"
+        "(the cpu entry of presets/time_constants.json: dequant_bytes_per_s / bnb_optimizer_bytes_per_s)"
     )
     from ftopt.io import atomic_write_text
 

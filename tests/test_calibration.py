@@ -49,7 +49,7 @@ def rows(n_combos, repeats=1, mfu=MFU, slow=1.0):
 
 
 def test_stored_with_provenance_and_applied_explicitly():
-    fit, path = calibrate_and_store(rows(8), A100, "/runs/a.jsonl", "llama-2-7b")
+    fit, _, path = calibrate_and_store(rows(8), A100, "/runs/a.jsonl", "llama-2-7b")
     assert path == calibration_path("a100-80g", SoftwareVersions.installed()) and path.exists()
     cal = find_calibration("a100-80g")
     prov = cal.provenance
@@ -57,19 +57,22 @@ def test_stored_with_provenance_and_applied_explicitly():
     assert prov.versions == SoftwareVersions.installed() and prov.versions.torch and prov.date
     assert prov.sources == ["/runs/a.jsonl"]
     # load_hardware leaves the preset alone; calibrated_hardware applies the matching fit and records it
-    assert load_hardware("a100-80g").mfu == A100.mfu and load_hardware("a100-80g").calibration is None
+    assert load_hardware("a100-80g").time_constants == A100.time_constants
+    assert load_hardware("a100-80g").calibration is None
     hw = calibrated_hardware(load_hardware("a100-80g"))
-    assert hw.mfu == pytest.approx(MFU) and hw.seconds_per_kernel == pytest.approx(PER_KERNEL)
+    tc = hw.time_constants
+    assert tc.mfu == pytest.approx(MFU) and tc.seconds_per_kernel == pytest.approx(PER_KERNEL)
+    assert hw.model_dump(exclude={"time_constants"}) == A100.model_dump(exclude={"time_constants"})  # facts as is
     assert hw.calibration.runs == 8 and hw.calibration.file == str(path)
 
 
 def test_not_applied_under_other_library_versions_unless_named(monkeypatch):
-    _, path = calibrate_and_store(rows(8), A100, "/runs/a.jsonl", "llama-2-7b")
+    _, _, path = calibrate_and_store(rows(8), A100, "/runs/a.jsonl", "llama-2-7b")
     other = SoftwareVersions(torch="9.9.9", transformers="9.9", deepspeed=None)
     monkeypatch.setattr(SoftwareVersions, "installed", classmethod(lambda cls: other))
     assert calibrated_hardware(A100).calibration is None  # another torch: the fit is not applied silently
     named = calibrated_hardware(A100, path)  # --calibration FILE: the user asked for it
-    assert named.mfu == pytest.approx(MFU) and named.calibration.file == str(path)
+    assert named.time_constants.mfu == pytest.approx(MFU) and named.calibration.file == str(path)
     with pytest.raises(FtoptError, match="fitted on a100-80g, not h100-80g; use --gpu a100-80g"):
         calibrated_hardware(load_hardware("h100-80g"), path)
 
@@ -77,18 +80,18 @@ def test_not_applied_under_other_library_versions_unless_named(monkeypatch):
 def test_a_smoke_bench_is_merged_not_a_replacement():
     """The defect: a two-run smoke bench replaced an eight-run fit. Now its points join the stored ones."""
     calibrate_and_store(rows(8), A100, "/runs/full.jsonl", "llama-2-7b")
-    fit, _ = calibrate_and_store(rows(2, slow=1.5), A100, "/runs/smoke.jsonl", "tiny-llama")
+    fit, _, _ = calibrate_and_store(rows(2, slow=1.5), A100, "/runs/smoke.jsonl", "tiny-llama")
     prov = find_calibration("a100-80g").provenance
     assert fit.fit_runs == prov.runs == 10 and prov.sources == ["/runs/full.jsonl", "/runs/smoke.jsonl"]
     assert prov.models == ["llama-2-7b", "tiny-llama"]
     # the same results file again (append-only, re-read whole) replaces its own points: no double counting
-    fit, _ = calibrate_and_store(rows(8, repeats=2), A100, "/runs/full.jsonl", "llama-2-7b")
+    fit, _, _ = calibrate_and_store(rows(8, repeats=2), A100, "/runs/full.jsonl", "llama-2-7b")
     assert fit.fit_runs == 16 + 2
 
 
 def test_identical_points_from_two_files_are_pooled_by_runs():
     calibrate_and_store(rows(3, repeats=3), A100, "/runs/a.jsonl", "m")
-    fit, _ = calibrate_and_store(rows(3, repeats=1, slow=2.0), A100, "/runs/b.jsonl", "m")
+    fit, _, _ = calibrate_and_store(rows(3, repeats=1, slow=2.0), A100, "/runs/b.jsonl", "m")
     assert fit.combinations == 3 and fit.fit_runs == 12
     cal = find_calibration("a100-80g")
     assert len(cal.points) == 6  # stored per source; pooled only for the fit
@@ -97,7 +100,7 @@ def test_identical_points_from_two_files_are_pooled_by_runs():
 def test_a_fit_on_a_bound_is_reported():
     # measured faster than the datasheet allows: mfu pins at its 100% bound
     bad = rows(3, mfu=2.0)
-    fit, _ = calibrate_and_store(bad, A100, "/runs/fast.jsonl", "m")
+    fit, _, _ = calibrate_and_store(bad, A100, "/runs/fast.jsonl", "m")
     assert fit.mfu == 1.0 and "mfu at its 100% bound" in fit.at_bound
     hw = calibrated_hardware(A100)
     assert "mfu at its 100% bound" in hw.calibration.summary()
@@ -129,17 +132,17 @@ def test_a_corrupt_store_is_ignored_and_a_bad_named_file_is_one_line(tmp_path):
 
 
 def test_stored_file_round_trips():
-    _, path = calibrate_and_store(rows(4), A100, "/runs/a.jsonl", "m")
+    _, _, path = calibrate_and_store(rows(4), A100, "/runs/a.jsonl", "m")
     doc = json.loads(path.read_text())
-    assert doc["schema"] == "ftopt.calibration/2" and doc["provenance"]["runs"] == 4
-    assert Calibration.model_validate(doc).mfu == pytest.approx(MFU)
+    assert doc["schema"] == "ftopt.calibration/3" and doc["constants"]["provenance"]["runs"] == 4
+    assert Calibration.model_validate(doc).constants.mfu == pytest.approx(MFU)
 
 
 def test_bench_output_names_a_fit_on_its_bound(capsys):
     """The defect: a fit that hit its bound printed "mfu 100.0%" as if measured."""
     from ftopt.display import print_calibration
 
-    fit, _ = calibrate_and_store(rows(3, mfu=2.0), A100, "/runs/fast.jsonl", "m")
+    fit, _, _ = calibrate_and_store(rows(3, mfu=2.0), A100, "/runs/fast.jsonl", "m")
     print_calibration(fit)
     out = capsys.readouterr().out
     assert "mfu 100.0%" in out and "at a bound: mfu at its 100% bound" in out

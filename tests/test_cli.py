@@ -154,7 +154,7 @@ def test_estimate_and_plan_print_the_calibration_used(tmp_path):
         }
         for i in range(4)
     ]
-    _, path = calibrate_and_store(rows, hw, "/runs/x.jsonl", "llama-2-7b")
+    _, _, path = calibrate_and_store(rows, hw, "/runs/x.jsonl", "llama-2-7b")
     r = run("plan", "--method", "analytic", "--gpu", "a100-80g", "--gpus", "8")
     assert "time model: calibrated, 4 runs of 4 points on a100-80g (llama-2-7b)" in r.output
     d = json.loads(run("estimate", "--gpu", "a100-80g", "--json", "--calibration", str(path)).output)

@@ -22,15 +22,19 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftopt.calibration import CalibrationFit, TimePoint, calibrate_points, time_points
 from ftopt.errors import FtoptError, validation_message
 from ftopt.io import atomic_write_text
 from ftopt.spec.calibration import CalibrationProvenance, SoftwareVersions
 from ftopt.spec.hardware import HardwareSpec
+from ftopt.spec.time_constants import TimeConstants
 
-STORE_SCHEMA = "ftopt.calibration/2"
+STORE_SCHEMA = "ftopt.calibration/3"
+# The constants `ftopt bench` fits (ftopt.calibration.CalibrationFit); the other time constants (bitsandbytes rates)
+# are kept from the hardware's default.
+FITTED = ("mfu", "fixed_step_seconds", "seconds_per_kernel", "zero_step_seconds")
 
 
 class StoredPoint(BaseModel):
@@ -52,16 +56,34 @@ class StoredPoint(BaseModel):
 
 
 class Calibration(BaseModel):
-    """A stored calibration: the fitted constants, where they come from, and the points they were fitted on."""
+    """A stored calibration: the fitted time constants (their provenance inside) and the points they were fitted on.
+
+    ftopt.calibration/2 files kept the constants and the provenance at the top level: they load (`_migrate`)."""
 
     model_config = ConfigDict(extra="forbid")
     schema_: str = Field(STORE_SCHEMA, alias="schema")
-    mfu: float = Field(gt=0, le=1)
-    fixed_step_seconds: float = Field(0.0, ge=0)
-    seconds_per_kernel: float = Field(0.0, ge=0)
-    zero_step_seconds: dict[int, float] = Field(default_factory=dict)
-    provenance: CalibrationProvenance
+    constants: TimeConstants
     points: list[StoredPoint]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data):
+        if not isinstance(data, dict) or "constants" in data or "provenance" not in data:
+            return data
+        flat = {k: data[k] for k in FITTED if k in data}
+        rest = {k: v for k, v in data.items() if k not in FITTED and k != "provenance"}
+        prov = {**data["provenance"], "kind": "calibrated"}
+        return {**rest, "schema": STORE_SCHEMA, "constants": {**flat, "provenance": prov}}
+
+    @model_validator(mode="after")
+    def _calibrated(self) -> Calibration:
+        if self.constants.calibration is None:
+            raise ValueError("a stored calibration's constants need a calibrated provenance, got a default")
+        return self
+
+    @property
+    def provenance(self) -> CalibrationProvenance:
+        return self.constants.calibration
 
 
 def _cache_root() -> Path:
@@ -99,17 +121,12 @@ def find_calibration(hardware: str, versions: SoftwareVersions | None = None) ->
 
 
 def apply_calibration(hw: HardwareSpec, cal: Calibration, file: Path | None = None) -> HardwareSpec:
-    """`hw` with the calibration's constants and its provenance (HardwareSpec.calibration)."""
-    prov = cal.provenance.model_copy(update={"file": str(file)} if file else {})
-    return hw.model_copy(
-        update={
-            "mfu": cal.mfu,
-            "fixed_step_seconds": cal.fixed_step_seconds,
-            "seconds_per_kernel": cal.seconds_per_kernel,
-            "zero_step_seconds": dict(cal.zero_step_seconds),
-            "calibration": prov,
-        }
-    )
+    """`hw` with the calibration's time constants (provenance naming `file`); the device facts are unchanged, and
+    a rate the calibration does not carry (files from before it stored them) stays the hardware's default."""
+    c = cal.constants
+    kept = {k: getattr(hw.time_constants, k) for k in TimeConstants.model_fields if getattr(c, k) is None}
+    prov = c.provenance.model_copy(update={"file": str(file)} if file else {})
+    return hw.with_time(c.model_copy(update={**kept, "provenance": prov}))
 
 
 def calibrated_hardware(hw: HardwareSpec, file: Path | None = None) -> HardwareSpec:
@@ -147,9 +164,12 @@ def merge_points(old: list[StoredPoint], new: list[StoredPoint]) -> list[StoredP
     return [p for p in old if p.source not in sources] + new
 
 
-def calibrate_and_store(rows: list, hw: HardwareSpec, source: str, model: str) -> tuple[CalibrationFit, Path]:
+def calibrate_and_store(
+    rows: list, hw: HardwareSpec, source: str, model: str
+) -> tuple[CalibrationFit, Calibration, Path]:
     """Fit the sweep's successful runs of `model` on `hw`, merge them with the stored points for this hardware and
-    library versions, refit on all of them, and store the result. Returns (fit of the merged points, file)."""
+    library versions, refit on all of them, and store the result. Returns (fit of the merged points, the stored
+    calibration with its time constants, file)."""
     versions = SoftwareVersions.installed()
     pts, _ = time_points(rows, hw)
     new = [
@@ -182,14 +202,13 @@ def calibrate_and_store(rows: list, hw: HardwareSpec, source: str, model: str) -
         at_bound=fit.at_bound,
         holdout_median_abs_error=fit.holdout_median_abs_error,
     )
-    cal = Calibration(
-        mfu=fit.mfu,
-        fixed_step_seconds=fit.fixed_step_seconds,
-        seconds_per_kernel=fit.seconds_per_kernel,
-        zero_step_seconds=fit.zero_step_seconds,
-        provenance=prov,
-        points=points,
-    )
+    cal = Calibration(constants=fitted_constants(fit, prov, hw.time_constants), points=points)
     path = calibration_path(hw.name, versions)
     atomic_write_text(path, json.dumps(cal.model_dump(mode="json", by_alias=True), indent=2))
-    return fit, path
+    return fit, cal, path
+
+
+def fitted_constants(fit: CalibrationFit, prov: CalibrationProvenance, base: TimeConstants) -> TimeConstants:
+    """The time constants a fit produces: its fitted figures and provenance, the others (bitsandbytes rates, which
+    bench does not fit) from `base`, the hardware's constants before the fit."""
+    return base.model_copy(update={**{k: getattr(fit, k) for k in FITTED}, "provenance": prov})

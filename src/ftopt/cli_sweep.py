@@ -158,11 +158,11 @@ def bench(
             from ftopt.calibration_store import calibrate_and_store
             from ftopt.display import print_calibration
 
-            fit, path = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), ref.ref)
+            fit, cal, path = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), ref.ref)
             print_calibration(fit)
             console.print(
                 f"time model for '{hw.name}' (merged with earlier fits under these library versions) "
-                f"stored in {path}; later plan/estimate on it use it"
+                f"stored in {path}; later plan/estimate on it use it: {cal.constants.figures()}"
             )
 
     run_body(body)

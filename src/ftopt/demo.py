@@ -128,7 +128,7 @@ def run_demo(
     console.rule("3/3 report")
     fit = None
     if any(r.ok for r in rows):
-        fit, _ = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), base_dir)
+        fit, _, _ = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), base_dir)
         print_calibration(fit)
     settings = report_settings(
         rows,

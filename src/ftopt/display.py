@@ -12,6 +12,7 @@ from ftopt.estimate import Estimate, Method
 from ftopt.plan import LimitKind, Plan
 from ftopt.spec import DEFAULT_HEADROOM
 from ftopt.spec.calibration import MFU_AT_BOUND, CalibrationProvenance
+from ftopt.spec.time_constants import TimeConstants
 from ftopt.units import fmt_bytes, fmt_seconds
 
 # Wide tables when piped (CI logs, files); the terminal width when interactive.
@@ -51,7 +52,7 @@ def print_estimate(e: Estimate) -> None:
         f"step {fmt_seconds(e.step_seconds)} (communication/offload {fmt_seconds(e.comm_seconds)}, "
         f"overhead of {e.kernels_per_step:,} operators etc. {fmt_seconds(e.overhead_seconds)}), {length}"
     )
-    console.print(calibration_line(e.calibration, e.hardware))
+    console.print(calibration_line(e.calibration, e.hardware, e.time_constants))
     for n in e.notes:
         console.print(f"[yellow]note:[/] {n}")
 
@@ -60,12 +61,18 @@ def _fit_word(e: Estimate, fits: str, tight: str, no: str) -> str:
     return fits if e.fits else tight if e.tight else no
 
 
-def calibration_line(cal: CalibrationProvenance | None, hardware: str) -> str:
-    """Which time-model calibration an estimate or plan used, or that it used none."""
+def calibration_line(cal: CalibrationProvenance | None, hardware: str, tc: TimeConstants | None = None) -> str:
+    """Which time constants an estimate or plan used: their figures and where they came from (the default's
+    source, or the calibration's runs, files and date)."""
+    figures = f"; constants {escape(tc.figures())}" if tc is not None else ""
     if cal is None:
-        return f"time model: uncalibrated for {hardware} (datasheet assumptions; 'ftopt bench' on it calibrates)"
+        source = f"; source: {escape(tc.provenance.source)}" if tc is not None else ""
+        return (
+            f"time model: uncalibrated for {hardware} (default constants; 'ftopt bench' on it calibrates)"
+            f"{figures}{source}"
+        )
     warn = " [yellow](mfu sits on its bound: treat the times with care)[/]" if cal.mfu_at_bound else ""
-    return f"time model: calibrated, {escape(cal.summary())}{warn}"
+    return f"time model: calibrated, {escape(cal.summary())}{figures}{warn}"
 
 
 def print_plan(p: Plan, limit: int = 20) -> None:
@@ -120,7 +127,7 @@ def print_plan(p: Plan, limit: int = 20) -> None:
     _print_what_ifs(p)
     if p.shortfall:
         console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
-    console.print(calibration_line(p.calibration, p.hardware))
+    console.print(calibration_line(p.calibration, p.hardware, p.time_constants))
 
 
 def _print_what_ifs(p: Plan) -> None:

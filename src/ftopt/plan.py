@@ -18,6 +18,7 @@ from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
 from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
 from ftopt.spec.calibration import CalibrationProvenance
+from ftopt.spec.time_constants import TimeConstants
 from ftopt.units import fmt_bytes, fmt_seconds
 from ftopt.whatif import (
     CONFIRM_TRIES,
@@ -72,6 +73,9 @@ class Plan(BaseModel):
     currency: str = Field(DEFAULT_CURRENCY, description="currency of cost_per_gpu_hour and every cost")
     calibration: CalibrationProvenance | None = Field(
         None, description="time-model calibration used; None = uncalibrated"
+    )
+    time_constants: TimeConstants | None = Field(
+        None, description="the time model's constants every candidate's time was computed with, and their provenance"
     )
     host_memory_bytes: int = Field(description="host RAM per node the plan assumed (--host-ram or the preset)")
     longest_context: int | None = Field(None, description="longest seq_len that fits with the recommendation")
@@ -128,6 +132,7 @@ class Plan(BaseModel):
             "headroom": self.setup.headroom,
             "currency": self.currency,
             "calibration": self.calibration.model_dump(mode="json") if self.calibration else None,
+            "time_constants": self.time_constants.model_dump(mode="json") if self.time_constants else None,
             "host_memory_bytes": self.host_memory_bytes,
             "recommended": self.recommended.combination.key() if self.recommended else None,
             "recommended_estimate": self.recommended.to_json() if self.recommended else None,
@@ -272,6 +277,7 @@ def plan(
         cost_per_gpu_hour=cost_per_gpu_hour,
         currency=currency.strip(),
         calibration=hw.calibration,
+        time_constants=hw.time_constants,
         host_memory_bytes=hw.host_memory_bytes,
     )
     if what_ifs:

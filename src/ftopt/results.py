@@ -21,8 +21,10 @@ from ftopt.errors import FtoptError, validation_message
 from ftopt.quality import QualityTarget
 from ftopt.spec import Combination, RunSpec
 
-RESULTS_SCHEMA = "ftopt.bench/3"
-METRICS_SCHEMA = "ftopt.metrics/3"
+RESULTS_SCHEMA = "ftopt.bench/4"
+METRICS_SCHEMA = "ftopt.metrics/4"
+# Schemas whose lines need lifting (migrate_row); bench/3 lines differ from /4 only by lacking `base_quality`.
+_RESULTS_BEFORE_STEP_TIMES = (None, "ftopt.bench/1", "ftopt.bench/2")
 # Step times left out of the median and spread: step 1 pays one-off costs (the optimizer allocates its states
 # lazily at its first step; kernels are selected, thread pools and the caching allocator warm up) and step 2 still
 # grows the allocator once the states exist (the same 2-step window the CPU peak is measured over,
@@ -114,6 +116,11 @@ class Measured(BaseModel):
     eval_loss: float | None = None
     perplexity: float | None = None
     quality: dict[str, float] = Field(default_factory=dict)
+    base_quality: dict[str, float] = Field(
+        default_factory=dict,
+        description="the same quality metrics before the first step (step 0); empty where not scored "
+        "(no generation, DeepSpeed, or files written before ftopt.metrics/4)",
+    )
     exact_match: float | None = None
     steps: int | None = None
     train_seconds: float | None = None
@@ -200,7 +207,7 @@ def migrate_row(doc: dict) -> dict:
     spec), bench/1 and /2 had no per-step times (their `step_seconds` median stands, with no spread)."""
     doc = dict(doc)
     schema = doc.pop("schema", None)
-    if schema != RESULTS_SCHEMA:
+    if schema in _RESULTS_BEFORE_STEP_TIMES:
         if "sweep" in doc:
             doc["legacy_sweep"] = doc.pop("sweep")
         m = doc.get("measured")
@@ -258,7 +265,8 @@ def read_results(path: str | Path, warn: Callable[[str], None] = lambda m: None)
 
 
 def read_metrics(path: str | Path) -> RunMetrics:
-    """A run's metrics.json (a metrics/2 file has no per-step times: its median stands)."""
+    """A run's metrics.json (a metrics/2 file has no per-step times: its median stands; metrics/3 has no step-0
+    quality)."""
     doc = json.loads(Path(path).read_text())
     if doc.get("schema") != METRICS_SCHEMA and isinstance(doc.get("measured"), dict):
         doc["measured"] = {"warmup_steps": 1, **doc["measured"]}

@@ -88,7 +88,7 @@ def test_unknown_family_falls_back_and_gemma2_uses_eager():
 def test_per_operator_cost_enters_the_step_time():
     m, s = load_model("tiny-llama"), TrainingSetup(seq_len=64, micro_batch=8)
     hw = load_hardware("a100-80g")
-    slow = hw.model_copy(update={"seconds_per_kernel": 1e-5})
+    slow = hw.with_time(hw.time_constants.model_copy(update={"seconds_per_kernel": 1e-5}))
     a, b = step_time(m, s, Combination(), hw), step_time(m, s, Combination(), slow)
     assert a.kernels_per_step == b.kernels_per_step > 0
     assert b.step_seconds - a.step_seconds == pytest.approx(a.kernels_per_step * 1e-5)

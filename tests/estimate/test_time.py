@@ -146,12 +146,14 @@ def test_cpu_prices_bitsandbytes_at_its_measured_rate_not_memory_bandwidth():
     def step(hw, **c):
         return step_time(spec, setup, Combination(**c), hw).step_seconds
 
-    membound = cpu.model_copy(update={"dequant_bytes_per_s": None, "bnb_optimizer_bytes_per_s": None})
+    membound = cpu.with_time(
+        cpu.time_constants.model_copy(update={"dequant_bytes_per_s": None, "bnb_optimizer_bytes_per_s": None})
+    )
     extra = step(cpu, lora_r=8, quant="nf4") - step(cpu, lora_r=8)
     assert extra > 5 * (step(membound, lora_r=8, quant="nf4") - step(membound, lora_r=8)) > 0
     assert step(cpu, optim="adamw-8bit") > step(cpu) > step(membound, optim="adamw-8bit")
     a100 = load_hardware("a100-80g")
-    assert a100.dequant_bytes_per_s is None and a100.bnb_optimizer_bytes_per_s is None
+    assert a100.time_constants.dequant_bytes_per_s is None and a100.time_constants.bnb_optimizer_bytes_per_s is None
     assert step(a100, optim="adamw-8bit") < step(a100)  # fewer bytes moved where the update is memory-bound
 
 

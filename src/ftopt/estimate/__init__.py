@@ -86,6 +86,7 @@ def estimate(
         * SAMPLES_PER_QUOTE
         / (setup.micro_batch * setup.grad_accum * setup.world_size),
         calibration=hw.calibration,
+        time_constants=hw.time_constants,
         flops_per_step=t.flops_per_step,
         comm_seconds=t.comm_seconds,
         kernels_per_step=t.kernels_per_step,

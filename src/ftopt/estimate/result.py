@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.spec import Combination
 from ftopt.spec.calibration import CalibrationProvenance
+from ftopt.spec.time_constants import TimeConstants
 
 SAMPLES_PER_QUOTE = 1000  # without a dataset size, time (and cost) are quoted per this many sequences
 
@@ -77,6 +78,9 @@ class Estimate(BaseModel):
     )
     calibration: CalibrationProvenance | None = Field(
         None, description="time-model calibration used; None = uncalibrated"
+    )
+    time_constants: TimeConstants | None = Field(
+        None, description="the time model's constants the step time was computed with, and their provenance"
     )
     notes: list[str] = Field(default_factory=list)
 

@@ -164,7 +164,7 @@ def dequant_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) ->
 
 
 def dequant_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
-    return dequant_bytes(model, setup, combo) / (hw.dequant_bytes_per_s or hw.hbm_bandwidth_bytes_per_s)
+    return dequant_bytes(model, setup, combo) / (hw.time_constants.dequant_bytes_per_s or hw.hbm_bandwidth_bytes_per_s)
 
 
 def optimizer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> float:
@@ -180,7 +180,8 @@ def optimizer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) 
 def optimizer_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
     """The update's memory traffic at the device's rate (bitsandbytes' own rate for 8-bit states where measured),
     plus paged states brought back over the host link."""
-    rate = (hw.bnb_optimizer_bytes_per_s if combo.optim.eight_bit else None) or hw.hbm_bandwidth_bytes_per_s
+    tc = hw.time_constants
+    rate = (tc.bnb_optimizer_bytes_per_s if combo.optim.eight_bit else None) or hw.hbm_bandwidth_bytes_per_s
     seconds = optimizer_bytes(model, setup, combo) / rate
     if combo.optim.paged and not hw.is_cpu and combo.offload is Offload.NONE:
         seconds += 2 * q8.bnb_optimizer_bytes(model, combo, on_gpu=True)[1] / hw.host_link_bandwidth_bytes_per_s
@@ -188,16 +189,18 @@ def optimizer_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination
 
 
 def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> StepTime:
-    """Compute at the achieved FLOP/s, plus exposed communication, plus the hardware's calibrated overheads per
-    step: per dispatched operator [Operators], a fixed framework cost, and the DeepSpeed engine's per-stage cost
-    (collective latency, partition bookkeeping); all 0 until `ftopt bench` measures them."""
+    """Compute at the achieved FLOP/s, plus exposed communication, plus the overheads per step: per dispatched
+    operator [Operators], a fixed framework cost, and the DeepSpeed engine's per-stage cost (collective latency,
+    partition bookkeeping). mfu and the overheads are the hardware's time constants (hw.time_constants: the
+    shipped default, overheads 0, until `ftopt bench` calibrates them)."""
+    tc = hw.time_constants
     flops = step_flops(model, setup, combo)
     peak = hw.flops_for(setup.precision.compute_dtype) or hw.flops_for("fp32")
     compute = (
-        flops / (peak * hw.mfu) + dequant_seconds(model, setup, combo, hw) + optimizer_seconds(model, setup, combo, hw)
+        flops / (peak * tc.mfu) + dequant_seconds(model, setup, combo, hw) + optimizer_seconds(model, setup, combo, hw)
     )
     comm = comm_seconds(model, setup, combo, hw)
     kernels = kernels_per_step(model, setup, combo)
-    engine = hw.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0
-    overhead = kernels * hw.seconds_per_kernel + hw.fixed_step_seconds + engine
+    engine = tc.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0
+    overhead = kernels * tc.seconds_per_kernel + tc.fixed_step_seconds + engine
     return StepTime(flops, compute, comm, kernels, overhead, compute + comm + overhead)

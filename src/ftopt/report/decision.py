@@ -18,6 +18,7 @@ from enum import Enum
 from ftopt.choice import TIME_MODEL_ERROR
 from ftopt.errors import FtoptError
 from ftopt.quality import QualityTarget
+from ftopt.report.pooling import Pool, combination_key, pool
 from ftopt.results import ResultRow, parse_rows
 from ftopt.spec import Combination
 
@@ -28,6 +29,30 @@ PROJECTED_TIE = TIME_MODEL_ERROR
 # A first logged training loss below this (nats per token) means the base already predicts the task: the sweep's
 # issue example started at 0.00025, a model that has learned a task typically ends above 0.05.
 NEAR_ZERO_LOSS = 0.01
+# Quality metrics scored in [0, 1] (ftopt.quality: exact match, token F1, ROUGE-L F-measure, label accuracy), so 1
+# is full marks; a user metric has no known top and a loss no full marks.
+BOUNDED_METRICS = ("exact_match", "token_f1", "rouge_l", "label_accuracy")
+FULL_MARKS = 1.0 - 1e-9  # a mean over rows of 0/1 scores is exactly 1.0 at full marks; the margin is float rounding
+
+
+Band = tuple[float, float, float]  # (low, median, high) cost
+
+
+def start_metric(target: QualityTarget) -> str:
+    """The metric whose step-0 score says whether there was anything to learn: the target's when it has full
+    marks (BOUNDED_METRICS), else exact match."""
+    return target.metric if target.metric in BOUNDED_METRICS else "exact_match"
+
+
+def full_marks_at_start(ok: list[ResultRow], target: QualityTarget) -> list[ResultRow]:
+    """The runs scored before their first step when every one of them (at least one) already had full marks on
+    start_metric; else []. Runs without a step-0 score (DeepSpeed runs, older files) say nothing either way: they
+    fine-tune the same base on the same held-out rows."""
+    metric = start_metric(target)
+    scored = [r for r in ok if metric in r.measured.base_quality]
+    if scored and all(r.measured.base_quality[metric] >= FULL_MARKS for r in scored):
+        return scored
+    return []
 
 
 class Basis(str, Enum):
@@ -83,6 +108,7 @@ class Decision:
     closest: ResultRow | None  # the run nearest the target (the best on its metric)
     learned: bool  # False: every run scored 0 on a higher-is-better metric (nothing of the task was learned)
     nothing_to_learn: bool = False  # every run started at a near-zero loss: the base already knew the task
+    full_marks_at_start: list[ResultRow] = field(default_factory=list)  # scored before training, all at full marks
     basis: Basis = Basis.MEASURED
     tied: list[ResultRow] = field(default_factory=list)  # other runs within noise of the cheapest
     tie_break: str | None = None  # quality | memory | plan: what decided among tied runs
@@ -91,10 +117,20 @@ class Decision:
     fastest: ResultRow | None = None  # the fastest run on the recommended run's GPU count (the time trade-off)
     top: ResultRow | None = None  # the best-scoring run, when it scores better than the recommendation
     failed: list[str] = field(default_factory=list)
+    pools: dict[tuple, Pool] = field(default_factory=dict)  # successful repeats per combination, pooled
 
     @property
     def confirmed(self) -> bool:
         return self.best is not None and self.why is None
+
+    def band(self, r: ResultRow) -> Band | None:
+        """The run's cost band with its combination's repeats pooled (ftopt.report.pooling)."""
+        p = self.pools.get(combination_key(r))
+        return p.band() if p is not None else cost_band(r)
+
+    def pooled(self) -> list[Pool]:
+        """The successful combinations that ran more than once."""
+        return [p for p in self.pools.values() if p.repeats > 1]
 
 
 def _derived_target(ok: list[ResultRow]) -> QualityTarget:
@@ -144,8 +180,10 @@ def decide(
         closest=max(scored, key=quality, default=None),
         learned=learned,
         nothing_to_learn=bool(ok) and all(s is not None and s < NEAR_ZERO_LOSS for s in starts),
+        full_marks_at_start=full_marks_at_start(ok, target),
         basis=Basis.PROJECTED if projected is not None else Basis.MEASURED,
         failed=failed,
+        pools={combination_key(p.rows[0]): p for p in pool(ok)},
     )
     band = _bands(d.met, projected)
     plan_cost = (lambda r: projected.get(r.key, float("inf"))) if projected is not None else predicted_gpu_seconds
@@ -153,25 +191,25 @@ def decide(
         _choose(d, band, quality, plan_cost)
     _plan_pick(d, rows, plan_cost, plan_combination)
     if d.best is not None:
-        d.fastest = min((r for r in ok if r.gpus == d.best.gpus), key=epoch_seconds)
+        same_gpus = [p for p in d.pools.values() if p.rows[0].gpus == d.best.gpus and p.band() is not None]
+        d.fastest = min(same_gpus, key=lambda p: p.band()[1]).representative if same_gpus else None
         if d.closest is not None and quality(d.closest) > quality(d.best) + 1e-9:
             d.top = d.closest
     return d
 
 
-Band = tuple[float, float, float]  # (low, median, high) cost
-
-
 def _bands(met: list[ResultRow], projected: dict[str, float] | None) -> list[tuple[ResultRow, Band]]:
-    """Each candidate with its cost band: the measured spread, or the projection up to PROJECTED_TIE above it."""
+    """Each candidate combination (its repeats pooled, one representative run) with its cost band: the pooled
+    measured spread, or the projection up to PROJECTED_TIE above it."""
     out = []
-    for r in met:
+    for p in pool(met):
+        r = p.representative
         if projected is not None:
             c = projected.get(r.key)  # absent: does not fit the target's memory
             # (c, c, c x (1 + tie)): two bands overlap exactly when one cost is within PROJECTED_TIE of the other
             b = (c, c, c * (1 + PROJECTED_TIE)) if c is not None else None
         else:
-            b = cost_band(r)
+            b = p.band()
         if b is not None:
             out.append((r, b))
     return out

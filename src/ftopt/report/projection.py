@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.calibration_store import calibrated_hardware, find_calibration
+from ftopt.calibration_store import calibrated_hardware
 from ftopt.estimate import Estimate, estimate
 from ftopt.results import ResultRow
 from ftopt.spec import (
@@ -23,6 +23,7 @@ from ftopt.spec import (
     load_hardware,
     load_model,
 )
+from ftopt.spec.time_constants import TimeConstants
 
 PILOT_DATA_FRACTION = 0.1  # the pilot trains on a tenth of the production data, once: enough to see quality at scale
 PILOT_EPOCHS = 1.0
@@ -89,7 +90,13 @@ class ProductionPlan(BaseModel):
     alternative: Projection | None = Field(description="the next-cheapest other combination that met the bar and fits")
     stages: list[Stage]
     precision: Precision
-    calibrated: bool = Field(description="the target hardware's time model was calibrated by real runs on it")
+    time_constants: TimeConstants = Field(
+        description="the target hardware's time constants the projection used: calibrated by runs on it, or default"
+    )
+
+    @property
+    def calibrated(self) -> bool:
+        return self.time_constants.calibration is not None
 
 
 def _precision(hw_is_cpu: bool, hw) -> Precision:
@@ -186,14 +193,14 @@ def plan_production(
             runs=target.retrains_per_year,
         ),
     ]
-    hw = load_hardware(target.gpu)
+    hw = calibrated_hardware(load_hardware(target.gpu))  # the same constants `project` used
     return ProductionPlan(
         target=target,
         chosen=best,
         alternative=alt,
         stages=stages,
         precision=_precision(hw.is_cpu, hw),
-        calibrated=find_calibration(hw.name) is not None,
+        time_constants=hw.time_constants,
     )
 
 

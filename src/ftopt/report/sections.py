@@ -7,9 +7,10 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ftopt.report.decision import Basis, Decision, cost_band, epoch_seconds, gpu_seconds, memory_techniques
+from ftopt.report.decision import Basis, Decision, epoch_seconds, gpu_seconds, memory_techniques
 from ftopt.report.projection import PILOT_DATA_FRACTION, PILOT_TIME_OVERRUN_STOP, ProductionPlan
 from ftopt.report.text import metric_name, plural
+from ftopt.report.verdict import nothing_to_learn
 from ftopt.results import ResultRow
 from ftopt.units import fmt_bytes, fmt_seconds
 
@@ -78,7 +79,7 @@ def point_quality(
     else:
         key = "budget_fits" if plan.chosen.fits_budget else "budget_over"
         budget = T[key].format(hours=hours(plan.chosen.hours_per_run, T), budget=hours(max_hours, T))
-    nothing = T["nothing_to_learn"] if d.nothing_to_learn else ""
+    nothing = nothing_to_learn(d, T, lang)
     return T["p_quality"].format(target=e(tname), source=source, met=met + nothing, budget=budget)
 
 
@@ -169,11 +170,11 @@ def _tradeoff(d: Decision, T: dict, lang: str) -> str:
         delta = abs(d.top.measured.value(d.target.metric) - b.measured.value(d.target.metric))
         out.append(T["tradeoff_quality"].format(delta=f"{delta:.3g}", metric=metric, label=e(d.top.label)))
     f = d.fastest if d.basis is Basis.MEASURED else None  # PoC seconds are not the basis on other hardware
-    fb, bb = (cost_band(f), cost_band(b)) if f is not None else (None, None)
+    fb, bb = (d.band(f), d.band(b)) if f is not None else (None, None)
     if f is not None and f is not b and fb and bb and fb[2] < bb[0]:
         out.append(
             T["tradeoff_time"].format(
-                pct=f"{epoch_seconds(b) / epoch_seconds(f) - 1:.0%}",
+                pct=f"{bb[1] / fb[1] - 1:.0%}",
                 label=e(f.label),
                 met=T["met"] if d.target.met(f.measured) else T["not_met"],
             )
@@ -248,8 +249,7 @@ def production_table(plan: ProductionPlan, T: dict, lang: str) -> tuple[str, lis
     )
     if not t.shape_given:
         intro += _sp(lang) + T["shape_default"].format(gpu=e(t.gpu))
-    if not plan.calibrated:
-        intro += _sp(lang) + T["uncalibrated"].format(gpu=e(t.gpu))
+    intro += _sp(lang) + time_constants_sentence(plan.time_constants, t.gpu, T, lang)
     cols = [
         T["col_combination"],
         T["col_gpus"],
@@ -310,3 +310,25 @@ def roadmap_table(plan: ProductionPlan, T: dict, lang: str) -> tuple[list[str], 
             ]
         )
     return cols, rows
+
+
+def time_constants_sentence(tc, gpu: str, T: dict, lang: str) -> str:
+    """Where the projection's time constants (ftopt.spec.time_constants) came from: the default, which counts no
+    per-step overhead, or the calibration with its runs, results files and date."""
+    cal = tc.calibration
+    sep = "、" if lang == "ja" else ", "
+    figures = T["tc_figures"].format(
+        mfu=f"{tc.mfu:.1%}",
+        kernel=f"{tc.seconds_per_kernel * 1e6:.3g}",
+        fixed=f"{tc.fixed_step_seconds * 1e3:.3g}",
+        zero="".join(f"{sep}ZeRO-{z} +{v * 1e3:.3g} ms" for z, v in sorted(tc.zero_step_seconds.items())),
+    )
+    if cal is None:
+        return T["uncalibrated"].format(gpu=e(gpu), figures=figures)
+    return T["calibrated_with"].format(
+        gpu=e(gpu),
+        figures=figures,
+        runs=plural(cal.runs, "run", lang),
+        sources=sep.join(e(s) for s in cal.sources),
+        date=e(cal.date),
+    )

@@ -23,6 +23,9 @@ EN: dict[str, str] = {
     "stronger base model, or revisit the target.",
     "nothing_to_learn": " Nothing to learn: every run started at a training loss near zero, so the base model already "
     "knew the task; the quality figures do not show what fine-tuning adds.",
+    "nothing_to_learn_full": " Nothing to learn: before any training (step 0) the base model already scored full "
+    "marks on {metric} in every run scored then ({n} of {total}); fine-tuning cannot raise that score, so the quality "
+    "figures do not show what it adds. Make the held-out rows harder or pick a metric the base does not max out.",
     "nothing_learned": "Nothing of the task was learned: every run scored 0 on {metric}. The runs are too short or "
     "the setup is wrong; the time and memory figures still hold, the quality figures do not.",
     "budget_none": "No time budget was given (--max-hours).",
@@ -70,9 +73,12 @@ EN: dict[str, str] = {
     "alternative_none": "No other measured combination both met the target and fits the target GPUs.",
     "tradeoff": "The recommendation gives up {tradeoff}.",
     "tradeoff_none": "The recommendation gives up nothing measurable against the other runs.",
-    "uncalibrated": "The time model for {gpu} has not been calibrated by runs on it (ftopt bench --gpu {gpu}): its "
-    "per-step overheads count as zero, so a small model is predicted too fast; the pilot measures "
-    "them.",
+    "uncalibrated": "The time model for {gpu} has not been calibrated by runs on it (ftopt bench --gpu {gpu}): it "
+    "uses the default constants ({figures}); its per-step overheads count as zero, so a small model is predicted "
+    "too fast; the pilot measures them.",
+    "tc_figures": "MFU {mfu}, {kernel} µs per operator, fixed {fixed} ms per step{zero}",
+    "calibrated_with": "The time model for {gpu} uses constants calibrated on {runs} from {sources} ({date}): "
+    "{figures}.",
     "tradeoff_quality": "{delta} on {metric} against {label}, the best-scoring run",
     "tradeoff_time": "{pct} more time, beyond the noise, than the fastest run on the same number of GPUs ({label}, "
     "{met})",
@@ -84,6 +90,9 @@ EN: dict[str, str] = {
     "basis_measured": "The choice went by GPU-seconds per epoch measured on {hardware}: each run's median step time "
     "with its spread (interquartile range), the first {warmup} left out as warm-up (one-off allocations and "
     "kernel selection); runs whose spreads overlap are a tie.",
+    "repeats_pooled": " Repeats of one combination count as one candidate, their steady steps pooled into one median "
+    "and spread: {items}.",
+    "repeat_item": "{label}, {runs} pooled over {steps} steps",
     "basis_projected": "The PoC ran on {hardware}, not on the target {gpu}, so the choice among the runs that met the "
     "bar went by the planner's projected GPU-hours on {gpu} (calibrated where runs on it were stored), not by PoC "
     "seconds (projections within {pct} of each "

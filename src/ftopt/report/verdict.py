@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from ftopt.report.decision import PROJECTED_TIE, Basis, Decision, Why, gpu_seconds
+from ftopt.report.decision import PROJECTED_TIE, Basis, Decision, Why, gpu_seconds, start_metric
 from ftopt.report.text import metric_name, plural
 from ftopt.results import WARMUP_STEPS
 
@@ -20,6 +20,7 @@ def point_verified(d: Decision, T: dict, lang: str, hardware: str, target_gpu: s
     else:
         warmup = max((r.measured.warmup_steps for r in d.ok), default=WARMUP_STEPS)
         basis = T["basis_measured"].format(hardware=e(hardware), warmup=plural(warmup, "step", lang))
+    basis += _repeats(d, T, lang)
     b, p = d.best, d.plan_pick
     by = T[f"by_{d.tie_break or 'plan'}"]
     fields = dict(plan=e(p.label) if p else "-", best=e(b.label), by=by)
@@ -43,3 +44,28 @@ def point_verified(d: Decision, T: dict, lang: str, hardware: str, target_gpu: s
         tie = T["tie_note"].format(others=sep.join(e(r.label) for r in d.tied), by=by)
     plan_def = T["plan_def"].format(gpu=e(target_gpu or hardware)) if p is not None else ""
     return T["p_verified"].format(basis=basis, verdict=verdict, tie=tie, plan_def=plan_def)
+
+
+def _repeats(d: Decision, T: dict, lang: str) -> str:
+    """How many repeats of each combination were pooled into its one band (empty when each ran once)."""
+    pooled = d.pooled()
+    if not pooled:
+        return ""
+    sep = "、" if lang == "ja" else "; "
+    items = sep.join(
+        T["repeat_item"].format(
+            label=e(p.representative.label), runs=plural(p.repeats, "run", lang), steps=p.stats.steps
+        )
+        for p in pooled
+    )
+    return T["repeats_pooled"].format(items=items)
+
+
+def nothing_to_learn(d: Decision, T: dict, lang: str) -> str:
+    """The flag for a sweep with nothing to learn: every run scored before training already had full marks on
+    the metric (ftopt.report.decision.full_marks_at_start), or every run started at a near-zero loss."""
+    if d.full_marks_at_start:
+        return T["nothing_to_learn_full"].format(
+            metric=e(metric_name(start_metric(d.target), lang)), n=len(d.full_marks_at_start), total=len(d.ok)
+        )
+    return T["nothing_to_learn"] if d.nothing_to_learn else ""

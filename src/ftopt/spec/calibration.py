@@ -6,6 +6,7 @@ The fitting and storage live in ftopt/calibration.py (which imports this module;
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +42,7 @@ class CalibrationProvenance(BaseModel):
     """What a stored calibration was fitted on, shown by every estimate/plan that uses it and recorded in a RunSpec."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["calibrated"] = "calibrated"  # TimeConstants.provenance: fitted, as against a default
     hardware: str = Field(description="hardware preset name the runs used")
     models: list[str] = Field(description="models benchmarked (a fit on a tiny model says little about a 70B one)")
     versions: SoftwareVersions
@@ -68,5 +70,6 @@ class CalibrationProvenance(BaseModel):
         return (
             f"{self.runs} run{'' if self.runs == 1 else 's'} of {points} on {self.hardware} "
             f"({', '.join(self.models)}), {self.date}, {self.versions.label()}{held}{bound}"
+            + (f"; from {', '.join(self.sources)}" if self.sources else "")
             + (f"; file {self.file}" if self.file else "")
         )

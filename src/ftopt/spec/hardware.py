@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ftopt.errors import FtoptError, validation_message
 from ftopt.spec.calibration import CalibrationProvenance
+from ftopt.spec.time_constants import TimeConstants, default_time_constants, migrate_flat
 from ftopt.spec.training import Attention, Precision
 
 # FlashAttention 2 and bf16 tensor cores both need Ampere (compute capability 8.0) or newer: flash-attn README
@@ -48,38 +49,21 @@ class HardwareSpec(BaseModel):
         "GPU its own NIC; a cloud box shares one among its GPUs)",
     )
     host_link_bandwidth_bytes_per_s: float = Field(gt=0, description="GPU <-> CPU memory (PCIe), used by offload")
-    mfu: float = Field(gt=0, le=1, description="achieved fraction of peak FLOP/s; an assumption until calibrated")
     host_memory_bytes: int = Field(1024 * 2**30, gt=0, description="CPU RAM per node, needed by offload")
-    fixed_step_seconds: float = Field(0.0, ge=0, description="per-step overhead not proportional to FLOPs (calibrated)")
-    seconds_per_kernel: float = Field(
-        0.0,
-        ge=0,
-        description="exposed cost of one dispatched operator (calibrated; 0 assumes launches hide behind the kernels)",
-    )
-    dequant_bytes_per_s: float | None = Field(
-        None,
-        gt=0,
-        description="achieved rate of bitsandbytes dequantization (bytes read + written per second); "
-        "None: memory-bound at hbm_bandwidth_bytes_per_s, the GPU assumption",
-    )
-    bnb_optimizer_bytes_per_s: float | None = Field(
-        None,
-        gt=0,
-        description="achieved rate of a bitsandbytes 8-bit optimizer update (bytes moved per second); "
-        "None: memory-bound at hbm_bandwidth_bytes_per_s, the GPU assumption",
-    )
-    zero_step_seconds: dict[int, float] = Field(
-        default_factory=dict, description="extra per-step cost of the DeepSpeed engine by ZeRO stage (calibrated)"
-    )
     source: str = ""
     is_cpu: bool = False
-    calibration: CalibrationProvenance | None = Field(
-        None, description="the time-model calibration applied, if any (ftopt.calibration_store.apply_calibration)"
+    time_constants: TimeConstants = Field(
+        description="the time model's constants for this device with their provenance: the shipped default, or a "
+        "calibration applied explicitly (ftopt.calibration_store.apply_calibration)"
     )
 
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data):
+        if isinstance(data, dict):  # constants at the top level (before the split) move under `time_constants`
+            data = migrate_flat(data, f"the hardware file for {data.get('name', '?')}")
+            if "time_constants" not in data:
+                data = {**data, "time_constants": default_time_constants(str(data.get("name", "")))}
         if isinstance(data, dict) and "inter_node_bandwidth_bytes_per_s" in data:
             raise ValueError(
                 "inter_node_bandwidth_bytes_per_s (per node) is now inter_node_bandwidth_per_gpu_bytes_per_s "
@@ -103,6 +87,15 @@ class HardwareSpec(BaseModel):
         if "bf16" in self.peak_flops and old and not self.is_cpu:
             raise ValueError(f"{self.name} lists bf16 but bf16 needs compute capability 8.0 or newer ({got})")
         return self
+
+    @property
+    def calibration(self) -> CalibrationProvenance | None:
+        """The calibration the time constants were fitted by; None while they are the default."""
+        return self.time_constants.calibration
+
+    def with_time(self, constants: TimeConstants) -> HardwareSpec:
+        """The same device with other time-model constants (a calibration); the device facts stay as they are."""
+        return self.model_copy(update={"time_constants": constants})
 
     def flops_for(self, dtype: str) -> float | None:
         return self.peak_flops.get(dtype)
@@ -198,10 +191,8 @@ def cpu_spec() -> HardwareSpec:
     mem = psutil.virtual_memory().total
     # CPU "bf16" runs at about the fp32 rate without AMX; we state that rather than guess a speed-up.
     # bitsandbytes' CPU backend dequantizes and updates 8-bit states with chains of torch ops, far from memory-bound:
-    # rates measured by benchmarks/quant_time.py (see the README's QLoRA section for the run and its date).
+    # its rates are time constants (presets/time_constants.json, measured by benchmarks/quant_time.py).
     return HardwareSpec(
-        dequant_bytes_per_s=CPU_BNB_DEQUANT_BYTES_PER_S,
-        bnb_optimizer_bytes_per_s=CPU_BNB_OPTIMIZER_BYTES_PER_S,
         name="cpu",
         memory_bytes=mem,
         peak_flops={"fp32": flops, "bf16": flops, "fp16": flops},
@@ -209,18 +200,10 @@ def cpu_spec() -> HardwareSpec:
         intra_node_bandwidth_bytes_per_s=5e9,
         inter_node_bandwidth_per_gpu_bytes_per_s=1e9,
         host_link_bandwidth_bytes_per_s=20e9,
-        mfu=0.5,
         host_memory_bytes=mem,
         is_cpu=True,
         source=f"this machine: {os.cpu_count()} cores, memory from the OS, fp32 FLOP/s from a matmul probe",
     )
-
-
-# benchmarks/quant_time.py on a 2-core shared x86 CPU (2026-11-30): NF4 LoRA vs LoRA and 8-bit vs 32-bit AdamW,
-# one thread each; the extra seconds per step over the bytes the time model counts for them [Dequant], [Optimizer].
-# A second model size (--hidden 768) gave 2.66e9 and 0.71e9. Another CPU will differ: these are this class of machine.
-CPU_BNB_DEQUANT_BYTES_PER_S = 2.86e9
-CPU_BNB_OPTIMIZER_BYTES_PER_S = 0.73e9
 
 
 def load_hardware(name: str) -> HardwareSpec:

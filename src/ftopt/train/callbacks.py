@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 from transformers import TrainerCallback
+
+from ftopt.measure import EXCLUDED_SCOPE
 
 MEMORY_TRACE_STEPS = 2  # on a CPU the allocator-level peak is read over the build and the first steps
 
@@ -23,6 +26,7 @@ class TrainingPeak:
         import torch
 
         self.device = device
+        self._floor = (0, 0)  # CUDA: (allocated, reserved) peaks before an excluded span reset the counters
         self.allocated_bytes: int | None = None
         self.reserved_bytes: int | None = None
         self.device_used_bytes: int | None = None  # CUDA: what nvidia-smi shows (context, NCCL, reserve included)
@@ -34,6 +38,27 @@ class TrainingPeak:
             from ftopt.measure import AllocatorPeak
 
             self._cpu = AllocatorPeak().start()
+
+    @contextmanager
+    def excluded(self):
+        """A span that is not training (the step-0 quality generation): its memory is left out of the peak. CPU: a
+        profiler scope the reading skips (ftopt.measure.EXCLUDED_SCOPE). CUDA: the peaks so far are kept, the
+        span's cached blocks released and the counters reset after it."""
+        import torch
+
+        if self._cpu is not None:
+            with torch.profiler.record_function(EXCLUDED_SCOPE):
+                yield
+            return
+        torch.cuda.synchronize(self.device)
+        a, r = torch.cuda.max_memory_allocated(self.device), torch.cuda.max_memory_reserved(self.device)
+        self._floor = (max(self._floor[0], a), max(self._floor[1], r))
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def after_step(self, step: int) -> None:
         if self._cpu is not None and step >= MEMORY_TRACE_STEPS:
@@ -49,8 +74,8 @@ class TrainingPeak:
         import torch
 
         torch.cuda.synchronize(self.device)
-        self.allocated_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
-        self.reserved_bytes = torch.cuda.max_memory_reserved(self.device)
+        self.allocated_bytes = max(torch.cuda.max_memory_allocated(self.device), self._floor[0]) - self._base
+        self.reserved_bytes = max(torch.cuda.max_memory_reserved(self.device), self._floor[1])
         free, total = torch.cuda.mem_get_info(self.device)
         # the caching allocator keeps its peak segments until empty_cache(), so the device's use at the end of
         # training is its peak use: reserved memory plus CUDA context and NCCL buffers outside the allocator

@@ -79,6 +79,7 @@ def finish(
         "perplexity": perplexity(r0["eval_loss"]),
         "quality": r0["quality"],
         "exact_match": r0["quality"].get("exact_match"),
+        "base_quality": r0.get("base_quality") or {},
         "steps": summ["steps"],
         "train_seconds": sum(st["seconds"] for st in steps),
         "stopped_by_time_budget": r0["stopped_by_time_budget"],

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ftopt.spec import RunSpec
 
+BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (_base_quality)
+
 
 def _rank() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -126,6 +128,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
         )
         from ftopt.quiet import no_checkpoint_bars
 
+        base_quality = _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log)
         try:
             with no_checkpoint_bars():  # one "Writing model shards" bar per run: the final save's
                 result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -154,6 +157,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
         "peak_reserved_bytes": peak.reserved_bytes,
         "device_used_bytes": peak.device_used_bytes,
         **quality,
+        "base_quality": base_quality,
         "train_seconds": result.metrics.get("train_runtime"),
         "stopped_by_time_budget": budget.hit,
         "optimizer": _optimizer_name(trainer),
@@ -227,7 +231,7 @@ def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, lo
         base = torch.cuda.memory_allocated(device)
     ev = trainer.evaluate() if eval_dataset is not None else {}  # --eval-fraction 0: nothing held out
     quality = {}
-    if fmt == "prompt+completion" and eval_rows and spec.data.eval_max_examples > 0:
+    if _scores_quality(spec, eval_rows, fmt):
         gen_device = next(trainer.model.parameters()).device
         quality = evaluate_generation(
             trainer.model, tokenizer, eval_rows, gen_device, spec.data.eval_max_examples, spec.data.metrics, log=log
@@ -236,6 +240,43 @@ def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, lo
     if device.type == "cuda":
         out["eval_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
     return out
+
+
+def _scores_quality(spec, eval_rows, fmt) -> bool:
+    """Task quality is scored by generation on prompt+completion data with held-out rows to generate for."""
+    return fmt == "prompt+completion" and bool(eval_rows) and spec.data.eval_max_examples > 0
+
+
+def _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log) -> dict:
+    """Quality before the first step (step 0): the end's held-out rows and metrics, generated with the KV cache,
+    its memory left out of the training peak. A sweep whose every run already scores full marks here has nothing
+    to learn (ftopt.report.decision). Kept in base_quality.json, which a resumed run reads back: its model holds
+    the checkpoint's weights once training starts. Not under DeepSpeed: the engine places the model (ZeRO-3:
+    partitions it) only when training starts, and generating before that would run on the host."""
+    if not _scores_quality(spec, eval_rows, fmt) or spec.combination.uses_deepspeed:
+        return {}
+    path = spec.output_dir / BASE_QUALITY_FILE
+    if resume is not None and path.is_file():
+        return json.loads(path.read_text())
+    from ftopt.io import atomic_write_text
+    from ftopt.quality import evaluate_generation
+
+    model = trainer.model
+    with peak.excluded():
+        q = evaluate_generation(
+            model,
+            tokenizer,
+            eval_rows,
+            next(model.parameters()).device,
+            spec.data.eval_max_examples,
+            spec.data.metrics,
+            log=log,
+        )
+    if q:
+        log(f"quality before training (step 0): exact match {q['exact_match']:.1%} on {q['examples']} held-out rows")
+    if q and trainer.args.process_index == 0:
+        atomic_write_text(path, json.dumps(q))
+    return q
 
 
 def _optimizer_name(trainer) -> str:
