@@ -184,12 +184,13 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
         p("traced", "step_seconds", fmt_seconds),
     )
     console.print(t)
-    em = meas.get("exact_match")
+    em, em0 = meas.get("exact_match"), meas.get("base_quality", {}).get("exact_match")
     num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731 - e.g. no eval loss without a split
     console.print(
         f"tokens/s {num(meas['tokens_per_s'], '.0f')}; epoch {fmt_seconds(meas['epoch_seconds'] or 0)}; "
         f"train loss {num(meas['train_loss'], '.3f')}; eval loss {num(meas['eval_loss'], '.3f')}"
         + (f"; exact match {em:.0%}" if em is not None else "")
+        + (f" (before training {em0:.0%})" if em0 is not None else "")
         + (f"; MFU {m['mfu']:.1%}" if m.get("mfu") else "")
     )
     from ftopt.train.gap import padding_gap_note

@@ -59,9 +59,10 @@ class HardwareSpec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _renamed(cls, data):
+    def _older_shapes(cls, data):
         if isinstance(data, dict):  # constants at the top level (before the split) move under `time_constants`
-            data = migrate_flat(data, f"the hardware file for {data.get('name', '?')}")
+            where = f"given with the hardware {data.get('name', '?')} (a file or run specification of before the split)"
+            data = migrate_flat(data, where)
             if "time_constants" not in data:
                 data = {**data, "time_constants": default_time_constants(str(data.get("name", "")))}
         if isinstance(data, dict) and "inter_node_bandwidth_bytes_per_s" in data:

@@ -3,8 +3,9 @@ peak FLOP/s, per-step and per-operator overheads, the DeepSpeed engine's cost pe
 and where those numbers came from.
 
 A HardwareSpec holds datasheet facts (memory, peak FLOP/s, bandwidths) that no measurement changes; its
-`time_constants` field holds one `TimeConstants`, either the shipped default (presets/time_constants.json, with its source) or a
-calibration fitted by `ftopt bench` (ftopt.calibration_store, with the results files, date and runs behind it).
+`time_constants` field holds one `TimeConstants`, either the shipped default (presets/time_constants.json, with its
+source) or a calibration fitted by `ftopt bench` (ftopt.calibration_store, with the results files, date and runs
+behind it). docs/time-constants.md describes both and the file shapes.
 The constants are never overwritten in place: a calibration is a new TimeConstants object, applied explicitly.
 """
 
@@ -82,12 +83,6 @@ class TimeConstants(BaseModel):
             f"fixed {self.fixed_step_seconds * 1e3:.3g} ms per step{zero}"
         )
 
-    def summary(self) -> str:
-        """The figures and where they came from, one line."""
-        cal = self.calibration
-        origin = f"calibrated: {cal.summary()}" if cal else f"default: {self.provenance.source}"
-        return f"{self.figures()} ({origin})"
-
 
 @functools.lru_cache(maxsize=1)
 def _defaults_file() -> dict:
@@ -105,7 +100,8 @@ def default_time_constants(hardware: str) -> TimeConstants:
 
 def migrate_flat(data: dict, where: str) -> dict:
     """A hardware document with the constants at its top level (written before the split) as the current shape:
-    the constants under `time_constants`, with the old `calibration` (if any) as their provenance, else `where` as source."""
+    the constants under `time_constants`, with the old `calibration` (if any) as their provenance, else `where` as
+    their source; figures the document lacks come from the default for its name."""
     flat = {k: data[k] for k in FLAT_KEYS if k in data}
     if not flat and "calibration" not in data:
         return data

@@ -253,6 +253,8 @@ def _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log) -
     to learn (ftopt.report.decision). Kept in base_quality.json, which a resumed run reads back: its model holds
     the checkpoint's weights once training starts. Not under DeepSpeed: the engine places the model (ZeRO-3:
     partitions it) only when training starts, and generating before that would run on the host."""
+    import json
+
     if not _scores_quality(spec, eval_rows, fmt) or spec.combination.uses_deepspeed:
         return {}
     path = spec.output_dir / BASE_QUALITY_FILE
