@@ -50,7 +50,7 @@ def test_repeats_of_the_pick_are_not_reported_as_ties():
             "Repeats of one combination count as one candidate, their steady steps pooled into one median and "
             "spread: LoRA r8 + sdpa, 3 runs pooled over 60 steps.",
         ),
-        ("ja", "LoRA r8 + sdpaは3回分、60ステップ"),
+        ("ja", "LoRA r8 + sdpaは3回分の60ステップ"),
     ],
 )
 def test_the_report_says_how_many_repeats_were_pooled(tmp_path, lang, text):
