@@ -325,10 +325,14 @@ def time_constants_sentence(tc, gpu: str, T: dict, lang: str) -> str:
     )
     if cal is None:
         return T["uncalibrated"].format(gpu=e(gpu), figures=figures)
-    return T["calibrated_with"].format(
-        gpu=e(gpu),
-        figures=figures,
-        runs=plural(cal.runs, "run", lang),
-        sources=sep.join(e(s) for s in cal.sources),
-        date=e(cal.date),
+    bound = T["tc_at_bound"].format(n=len(cal.at_bound)) if cal.at_bound else ""
+    return (
+        T["calibrated_with"].format(
+            gpu=e(gpu),
+            figures=figures,
+            runs=plural(cal.runs, "run", lang),
+            sources=sep.join(e(s) for s in cal.sources),
+            date=e(cal.date),
+        )
+        + bound
     )

@@ -77,6 +77,8 @@ EN: dict[str, str] = {
     "uses the default constants ({figures}); its per-step overheads count as zero, so a small model is predicted "
     "too fast; the pilot measures them.",
     "tc_figures": "MFU {mfu}, {kernel} µs per operator, fixed {fixed} ms per step{zero}",
+    "tc_at_bound": " {n} of them sat on a bound of the fit (the runs could not tell them apart), so treat the "
+    "projected times with care.",
     "calibrated_with": "The time model for {gpu} uses constants calibrated on {runs} from {sources} ({date}): "
     "{figures}.",
     "tradeoff_quality": "{delta} on {metric} against {label}, the best-scoring run",

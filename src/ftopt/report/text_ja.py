@@ -71,6 +71,8 @@ JA: dict[str, str] = {
     "定数は既定値({figures})で、ステップごとのオーバーヘッドを0として計算しているため、"
     "小さなモデルほど短く予測されます。実際の値はパイロットで測ります。",
     "tc_figures": "MFU {mfu}、演算子1回あたり{kernel} µs、1ステップあたりの固定分{fixed} ms{zero}",
+    "tc_at_bound": "ただし、このうち{n}個の定数は当てはめの上下限に張り付いており(実行からは切り分けられませんでした)、"
+    "予測時間は慎重に扱ってください。",
     "calibrated_with": "{gpu}の時間モデルには、{sources}の{runs}回の実行で較正した定数({figures}、{date}時点)を使っています。",
     "tradeoff_quality": "最も品質の高い{label}と比べて{metric}が{delta}劣ります",
     "tradeoff_time": "同じGPU台数で最速の実行({label}、目標{met})より、ばらつきを超えて{pct}長くかかります",
