@@ -81,3 +81,28 @@ def test_a_sweep_already_at_full_marks_is_flagged(known_task_run, tmp_path, lang
     # metrics written before step-0 scoring (no base_quality) say nothing either way
     old = rows[0].measured.model_copy(update={"base_quality": {}})
     assert not decide([rows[0].model_copy(update={"measured": old})], EM).full_marks_at_start
+
+
+def test_a_resumed_run_keeps_its_step_0_score(known_task_run, tmp_path):
+    """Crash after step 2, resume: the step-0 score is the one stored before the crash (base_quality.json), not
+    a second generation."""
+    from ftopt.train.outputs import prepare_output
+    from ftopt.train.worker import run_worker
+
+    first = read_metrics(known_task_run / "metrics.json").run
+    out = tmp_path / "crash"
+    spec = first.model_copy(
+        update={
+            "schedule": first.schedule.model_copy(update={"max_steps": 4, "save_steps": 2}),
+            "output": first.output.model_copy(update={"dir": str(out)}),
+        }
+    )
+    prepare_output(spec)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_worker(spec, fail_at_step=3)
+    stored = json.loads((out / "base_quality.json").read_text())
+    assert stored["exact_match"] == 1.0
+    marked = {**stored, "exact_match": 0.625}  # what only the stored file says
+    (out / "base_quality.json").write_text(json.dumps(marked))
+    resumed = spec.model_copy(update={"output": spec.output.model_copy(update={"resume": True})})
+    assert run_worker(resumed)["measured"]["base_quality"] == marked
