@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ftopt.errors import FtoptError, validation_message
 from ftopt.io import append_line_atomic
 from ftopt.spec import Attention, Combination, HardwareSpec, Optim, OutputSpec, Quant, RunSpec
+from ftopt.train.ranks import OOM_MARKERS
 
 RESULTS_SCHEMA = "ftopt.bench/2"
-OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
 class BenchRun(BaseModel):
