@@ -1,0 +1,115 @@
+"""Several nodes on one machine: two `ftopt train` processes joined over 127.0.0.1 (per-node mode, each with its own
+output folder, as nodes without a shared filesystem), and the launcher's ends: a failing rank named, OOM classified,
+a crash after a rank finished only a warning."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ftopt.train import ranks
+from ftopt.train.engine import _judge
+
+RUN = ["--max-steps", "4", "--save-steps", "2", "--lora-r", "0", "--eval-max-examples", "0", "--json"]
+
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in (out / "steps.jsonl").read_text().splitlines()]
+
+
+def _ftopt(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftopt", "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _two_nodes(tmp_path, zero, *extra):
+    """Node 0 and node 1 of one run, each with its own folder; returns both folders after both exited 0."""
+    port = str(ranks.free_port())
+    outs = [tmp_path / f"node{k}" for k in (0, 1)]
+    procs = [
+        _ftopt("--out", str(outs[k]), "--zero", str(zero), "--gpus", "1", "--nodes", "2", "--node-rank", str(k),
+               "--master-addr", "127.0.0.1", "--master-port", port, *RUN, *extra)
+        for k in (0, 1)
+    ]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-3000:]
+    return outs
+
+
+def one_node_losses(tmp_path, zero):
+    """The reference: one node, two ranks (ZeRO-3 initialises the model partitioned: its own reference)."""
+    out = tmp_path / "one"
+    p = _ftopt("--out", str(out), "--zero", str(zero), "--gpus", "2", *RUN)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err.decode()[-3000:]
+    assert "step 4/4: loss" in err.decode()  # rank 0's progress reached the console
+    return losses(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [2, 3])
+def test_two_nodes_over_loopback_train_like_one_node_and_resume(tmp_path, zero):
+    n0, n1 = _two_nodes(tmp_path, zero)
+    full = losses(n0)
+    assert full == pytest.approx(one_node_losses(tmp_path, zero), rel=1e-4)  # same world size, same data shards: same losses
+    assert json.loads((n0 / "metrics.json").read_text())["world_size"] == 2
+    assert not (n1 / "metrics.json").exists()  # outputs are rank 0's; node 1 keeps its own checkpoints
+    assert (n1 / "checkpoint-2" / "latest").exists() and (n1 / "logs" / "rank1.log").exists()
+    if zero == 3:  # a crash after step 2's checkpoint: both nodes resume from it and redo steps 3-4
+        import shutil
+
+        for n in (n0, n1):
+            shutil.rmtree(n / "checkpoint-4")
+        _two_nodes(tmp_path, zero, "--resume")
+        assert losses(n0) == pytest.approx(full, rel=1e-5)
+        assert "resuming from" in (n0 / "logs" / "rank0.log").read_text()
+
+
+@pytest.mark.slow
+def test_oom_on_rank_1_is_named_and_classified(tmp_path):
+    env = {**os.environ, "FTOPT_INJECT_FAILURE": "oom@1"}
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [sys.executable, "-m", "ftopt", "train", "--out", str(out), "--zero", "2", "--gpus", "2", *RUN],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 2
+    assert "Rank 1 ran out of memory" in p.stderr and "CUDA out of memory" in p.stderr, p.stderr[-2000:]
+    assert "rank1.log" in p.stderr
+
+
+def test_a_crash_after_a_rank_finished_is_a_warning(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rank0.log").write_text("step 4/4\n" + ranks.FINISHED.format(rank=0) + "\n")
+    (logs / "rank1.log").write_text(ranks.FINISHED.format(rank=1) + "\nterminate called without an active exception\n")
+    _judge({0: 0, 1: -6}, logs)
+    assert "warning: rank 1 exited with -6" in capsys.readouterr().err
+
+
+def test_the_first_rank_that_failed_by_itself_is_named(tmp_path):
+    from ftopt.errors import FtoptError
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rank0.log").write_text("Traceback\n  File x\nRuntimeError: Connection reset by peer\n")
+    (logs / "rank1.log").write_text("Traceback\nValueError: bad batch\nsome trailing line\n")
+    with pytest.raises(FtoptError, match=r"Rank 1 failed \(exit 1\).*ValueError: bad batch"):
+        _judge({0: -15, 1: 1}, logs)
+
+
+def test_rendezvous_environment_and_rules():
+    r = ranks.Rendezvous(nodes=2, node_rank=1, procs_per_node=4, master_addr="10.0.0.1", master_port=1234)
+    env = r.env(2)
+    assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("6", "2", "8", "10.0.0.1")
+    with pytest.raises(ValueError, match="--node-rank 2 is not below --nodes 2"):
+        ranks.Rendezvous(nodes=2, node_rank=2)
+    assert ranks.decode_arg(ranks.encode_arg({"a": "x y'\""})) == {"a": "x y'\""}
