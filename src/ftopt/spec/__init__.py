@@ -3,10 +3,21 @@
 from ftopt.spec.hardware import HardwareSpec, hardware_names, load_hardware
 from ftopt.spec.model import Linear, LinearGroup, MlpKind, ModelSpec, NormKind, from_hf_config, load_model, preset_names
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
-from ftopt.spec.training import CPU_DEFAULTS, Attention, Combination, Offload, Optim, Precision, Quant, TrainingSetup
+from ftopt.spec.training import (
+    CPU_DEFAULTS,
+    DEFAULT_HEADROOM,
+    Attention,
+    Combination,
+    Offload,
+    Optim,
+    Precision,
+    Quant,
+    TrainingSetup,
+)
 
 __all__ = [
     "CPU_DEFAULTS",
+    "DEFAULT_HEADROOM",
     "DataSpec",
     "LrSchedule",
     "ModelRef",
