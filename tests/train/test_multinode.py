@@ -56,7 +56,9 @@ def one_node_losses(tmp_path, zero):
 def test_two_nodes_over_loopback_train_like_one_node_and_resume(tmp_path, zero):
     n0, n1 = _two_nodes(tmp_path, zero)
     full = losses(n0)
-    assert full == pytest.approx(one_node_losses(tmp_path, zero), rel=1e-4)  # same world size, same data shards: same losses
+    assert full == pytest.approx(
+        one_node_losses(tmp_path, zero), rel=1e-4
+    )  # same world size, same data shards: same losses
     assert json.loads((n0 / "metrics.json").read_text())["world_size"] == 2
     assert not (n1 / "metrics.json").exists()  # outputs are rank 0's; node 1 keeps its own checkpoints
     assert (n1 / "checkpoint-2" / "latest").exists() and (n1 / "logs" / "rank1.log").exists()
