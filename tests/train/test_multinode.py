@@ -115,3 +115,40 @@ def test_rendezvous_environment_and_rules():
     with pytest.raises(ValueError, match="--node-rank 2 is not below --nodes 2"):
         ranks.Rendezvous(nodes=2, node_rank=2)
     assert ranks.decode_arg(ranks.encode_arg({"a": "x y'\""})) == {"a": "x y'\""}
+
+
+def _train_cli(tmp_path, *args):
+    from typer.testing import CliRunner
+
+    from ftopt.cli import app
+
+    return CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--max-steps", "1", *args])
+
+
+def test_several_nodes_need_a_host_file_or_a_node_rank(tmp_path):
+    r = _train_cli(tmp_path, "--nodes", "2")
+    assert r.exit_code == 2 and "--nodes 2 needs --hostfile FILE" in r.output and "--node-rank K" in r.output
+    r = _train_cli(tmp_path, "--nodes", "2", "--node-rank", "1")
+    assert r.exit_code == 2 and "--node-rank 1 needs --master-addr" in r.output
+    r = _train_cli(tmp_path, "--nodes", "2", "--node-rank", "2", "--master-addr", "h")
+    assert r.exit_code == 2 and "--node-rank 2 is not below --nodes 2" in r.output
+
+
+def test_a_bad_host_file_is_refused_before_anything_starts(tmp_path):
+    bad = tmp_path / "hosts"
+    bad.write_text("node-a slots=1\nnode-b  gpus=1\n")
+    r = _train_cli(tmp_path, "--nodes", "2", "--hostfile", str(bad))
+    assert r.exit_code == 2 and f"--hostfile {bad} is not a DeepSpeed host file" in r.output, r.output
+    r = _train_cli(tmp_path, "--nodes", "2", "--hostfile", str(tmp_path / "missing"))
+    assert r.exit_code == 2 and "cannot be read" in r.output
+    bad.write_text("node-a slots=1\n")
+    r = _train_cli(tmp_path, "--nodes", "2", "--hostfile", str(bad))
+    assert r.exit_code == 2 and "lists 1 host(s); --nodes 2 needs 2" in r.output
+    assert not (tmp_path / "run").exists()  # nothing claimed, nothing started
+
+
+def test_the_token_is_never_forwarded(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")
+    names = ranks.forward_env_names()
+    assert "HF_ENDPOINT" in names and "FTOPT_CACHE" in names and "HF_TOKEN" not in names

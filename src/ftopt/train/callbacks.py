@@ -155,6 +155,7 @@ class Progress:
 
     def start(self, total: int, done: int = 0) -> None:
         self.total, self._next = total, done + max(1, total // 10)
+        self._t0, self._done0 = time.monotonic(), done  # the ETA: this session's mean step time
         if not self.enabled or not sys.stderr.isatty():
             return
         from rich.console import Console
@@ -179,7 +180,9 @@ class Progress:
             self.bar.update(self.task, completed=step, info=info)
         elif self.enabled and step >= self._next:
             self._next = step + max(1, self.total // 10)
-            print(f"step {step}/{self.total}: {info}", file=sys.stderr, flush=True)
+            per_step = (time.monotonic() - self._t0) / max(1, step - self._done0)
+            eta = f"  ETA {per_step * (self.total - step) / 60:.1f} min"
+            print(f"step {step}/{self.total}: {info}{eta}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -122,8 +122,9 @@ def _tee(pipe, logf) -> None:
             line = raw.decode(errors="replace")
             logf.write(line)
             logf.flush()
-            sys.stderr.write(line)
-            sys.stderr.flush()
+            if not line.startswith(FINISHED.split("{")[0]):  # the launcher's marker, not the user's
+                sys.stderr.write(line)
+                sys.stderr.flush()
 
 
 def _wait(procs: dict[int, subprocess.Popen]) -> bool:
