@@ -152,3 +152,23 @@ def test_the_token_is_never_forwarded(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")
     names = ranks.forward_env_names()
     assert "HF_ENDPOINT" in names and "FTOPT_CACHE" in names and "HF_TOKEN" not in names
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_at_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    p = _ftopt("--out", str(out), "--zero", "2", "--gpus", "2", "--max-steps", "2000", "--save-steps", "100000",
+               "--eval-max-examples", "0")  # fmt: skip
+    log = out / "logs" / "rank0.log"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and "step 200/2000" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)  # rank 0's first progress line (every 10%): the ranks are inside the training loop
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err.decode()[-3000:]
+    assert f"interrupted: the last checkpoint in {out} is intact; continue with --resume" in err.decode()
+    assert "Traceback" not in log.read_text() + (out / "logs" / "rank1.log").read_text()
+    assert [c.name for c in out.glob("checkpoint-*")]  # the ranks agreed on one step and saved it

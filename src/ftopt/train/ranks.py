@@ -131,7 +131,10 @@ def _wait(procs: dict[int, subprocess.Popen]) -> bool:
     """Wait for every rank; forward the first Ctrl-C/SIGTERM as SIGINT (a second one as SIGTERM); once one rank
     has failed, give the others GRACE_SECONDS, then SIGTERM, then SIGKILL."""
     interrupted, failed_at = False, None
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    # SIGTERM (Slurm's scancel) as Ctrl-C; SIGINT handled even where the shell started us with it ignored
+    old = (
+        {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+    )
     try:
         while any(p.poll() is None for p in procs.values()):
             try:
@@ -146,8 +149,8 @@ def _wait(procs: dict[int, subprocess.Popen]) -> bool:
                 _signal_all(procs, signal.SIGTERM if interrupted else signal.SIGINT)
                 interrupted = True
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     return interrupted
 
 
