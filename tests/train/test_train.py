@@ -326,7 +326,7 @@ def test_fp16_mixed_loads_a_fp16_base():
 
 
 def test_a_launched_run_has_no_wall_clock_limit(tmp_path, monkeypatch):
-    from ftopt.train import engine
+    from ftopt.train import ranks
 
     seen = {}
 
@@ -337,7 +337,7 @@ def test_a_launched_run_has_no_wall_clock_limit(tmp_path, monkeypatch):
         seen.update(kw)
         raise Launched
 
-    monkeypatch.setattr(engine.subprocess, "run", fake_run)
+    monkeypatch.setattr(ranks.subprocess, "Popen", fake_run)  # the ranks are waited for without a time limit
     with pytest.raises(Launched):
         runner.invoke(
             app, ["train", "--out", str(tmp_path / "z"), "--zero", "2", "--gpus", "2"], catch_exceptions=False
