@@ -26,6 +26,9 @@ Gpu = Annotated[
 ]
 Gpus = Annotated[int | None, typer.Option("--gpus", help="GPUs (processes) per node [default: 1]")]
 Nodes = Annotated[int | None, typer.Option("--nodes", help="number of nodes [default: 1]")]
+Hostfile = Annotated[
+    str | None, typer.Option("--hostfile", help="DeepSpeed host file: start every node from here over ssh")
+]
 SeqLen = Annotated[
     int | None, typer.Option("--seq-len", help="tokens per sequence [default: 2048 on a GPU, 64 on cpu]")
 ]

@@ -13,9 +13,11 @@ from ftopt.cli_common import (
     Currency,
     Gpu,
     Headroom,
+    Hostfile,
     MaxHours,
     MetricOpt,
     MicroBatch,
+    Nodes,
     PrecisionOpt,
     ProdEpochs,
     ProdTokens,
@@ -87,6 +89,8 @@ def bench(
             help="comma list of optimizers: each ZeRO-free point also runs with each (with --quant: every pair)",
         ),
     ] = None,
+    nodes: Nodes = None,
+    hostfile: Hostfile = None,
     trust_remote_code: TrustRemoteCode = False,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
@@ -94,6 +98,7 @@ def bench(
     def body():
         from ftopt import resolve
         from ftopt.bench import (
+            check_sweep_launch,
             default_zero_processes,
             load_grid,
             quant_optim_variants,
@@ -133,16 +138,19 @@ def bench(
                     precision=precision,
                     packing=packing,
                     headroom=headroom,
+                    nodes=nodes,
                 ),
                 resolve.combination(),
             ),
             data=dict(train=data, eval=eval_data, metrics=tuple(metric) if metric else None),
             schedule=dict(max_steps=max_steps, learning_rate=lr),
             output={},
+            hostfile=hostfile,
         )
         for c in combos:
             resolve.check(base.model_copy(update={"combination": c}))
         runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or default_zero_processes(hw))
+        check_sweep_launch(runs)
         rows = sweep_rows(
             run_sweep(
                 runs,
