@@ -3,7 +3,17 @@
 from ftopt.spec.hardware import HardwareSpec, hardware_names, load_hardware
 from ftopt.spec.model import Linear, LinearGroup, MlpKind, ModelSpec, NormKind, from_hf_config, load_model, preset_names
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
-from ftopt.spec.training import CPU_DEFAULTS, Attention, Combination, Offload, Optim, Precision, Quant, TrainingSetup
+from ftopt.spec.training import (
+    CPU_DEFAULTS,
+    Attention,
+    Combination,
+    Fsdp,
+    Offload,
+    Optim,
+    Precision,
+    Quant,
+    TrainingSetup,
+)
 
 __all__ = [
     "CPU_DEFAULTS",
@@ -22,6 +32,7 @@ __all__ = [
     "MlpKind",
     "ModelSpec",
     "NormKind",
+    "Fsdp",
     "Offload",
     "Optim",
     "Quant",
