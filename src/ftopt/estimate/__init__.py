@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ftopt.errors import FtoptError, TraceUnavailable
-from ftopt.estimate import analytic
+from ftopt.estimate import analytic, fsdp
 from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method
 from ftopt.estimate.time import step_time
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
@@ -39,11 +39,14 @@ def estimate(
         from ftopt.estimate.traced import traced_memory  # lazy: imports transformers and peft
 
         try:
-            traced = traced_memory(model, setup, combo, target="cpu" if hw.is_cpu else "cuda")
+            traced_combo = fsdp.single_process(combo) if combo.uses_fsdp else combo  # FSDP: sharding added below
+            traced = traced_memory(model, setup, traced_combo, target="cpu" if hw.is_cpu else "cuda")
         except TraceUnavailable as e:  # never a dead end: say why and answer analytically
             notes.append(str(e))
             method = Method.ANALYTIC
-    if traced is not None:
+    if combo.uses_fsdp:
+        bd, phase, cpu = fsdp.peak(model, setup, combo, traced[0] if traced is not None else None)
+    elif traced is not None:
         bd, phase, cpu = traced
     else:
         bd, phase, cpu = analytic.memory(model, setup, combo, on_gpu=not hw.is_cpu)

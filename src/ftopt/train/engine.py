@@ -24,6 +24,11 @@ from ftopt.train.preflight import check_devices
 def launch(spec: RunSpec) -> dict:
     """Check, claim the output folder, run; returns metrics.json's content."""
     check_devices(spec)
+    if spec.combination.uses_fsdp:  # PyTorch FSDP2 under torchrun (ftopt.train.fsdp_engine)
+        from ftopt.train.fsdp_engine import launch_fsdp
+
+        prepare_output(spec)
+        return launch_fsdp(spec)
     if spec.uses_launcher and importlib.util.find_spec("deepspeed") is None:
         raise FtoptError("ZeRO and multi-GPU runs need DeepSpeed: pip install deepspeed.")
     prepare_output(spec)

@@ -1,0 +1,177 @@
+"""Per-rank memory of PyTorch FSDP2 (`fully_shard` per decoder layer, then the root; ftopt.train.fsdp_engine).
+
+Every term cites torch 2.13's FSDP2 (torch/distributed/fsdp/_fully_shard/), where it comes from:
+  sharded states  _fsdp_param.py FSDPParam._init_sharded_param: each parameter keeps dim-0 shard
+                  ceil(dim0 / N) rows in its original dtype (padded_sharded_param = new_zeros(padded size)); the
+                  gradient on the sharded DTensor is the same size (foreach_reduce casts the reduce-scatter output
+                  to the parameter's dtype); torch.optim.AdamW's exp_avg/exp_avg_sq are per sharded parameter.
+  in flight       _fsdp_state.py / _fsdp_param_group.py: a group all-gathers before its forward and, with
+                  reshard_after_forward=True, frees the unsharded parameters after it; the next group's all-gather
+                  is issued early (implicit prefetch on the all-gather stream, `_prefetch_unshard` in backward), so
+                  two layers are unsharded at once, in MixedPrecisionPolicy.param_dtype (the all-gather runs in
+                  it). reshard_after_forward=False keeps every layer unsharded from its forward to its backward.
+  root            _fully_shard.py: "If None, it is set to True for non-root modules and False for the root" and
+                  lazy_init overrides the root's value to False: the root group (embeddings, final norm, LM head)
+                  stays unsharded through forward and backward, and reduce-scatters its gradients only when the
+                  whole backward ends (its post-backward runs last), so their unsharded gradients live that long.
+  reduce-scatter  _fsdp_collectives.py foreach_reduce: an input of sum(padded unsharded grad numel) in
+                  reduce_dtype (reduce_scatter_input) plus the 1/N output (reduce_output); the group's unsharded
+                  gradients are freed only after the copy-in; FSDPCommContext.reduce_scatter_max_input_buffers=1
+                  keeps the previous group's input alive until the next reduce (_fsdp_param_group.post_backward).
+  offload         CPUOffloadPolicy (_fsdp_api.py): sharded parameters, their gradients and the optimizer step stay
+                  in host memory; the device holds what is in flight only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftopt.estimate.result import MemoryBreakdown
+from ftopt.policy import Storage
+from ftopt.spec import Combination, ModelSpec, Offload, Precision, TrainingSetup
+
+
+def compute_bytes(precision: Precision, st: Storage) -> int:
+    """Bytes per element of the unsharded (all-gathered) parameters: MixedPrecisionPolicy.param_dtype under
+    bf16/fp16-mixed (ftopt.train.fsdp_engine.shard_model), else the stored dtype."""
+    return 2 if precision in (Precision.BF16_MIXED, Precision.FP16_MIXED) else st.trainable_weight
+
+
+@dataclass(frozen=True)
+class FsdpTerms:
+    """Bytes per rank of each FSDP2 term (see the module doc for the source of each)."""
+
+    weights: int  # sharded parameters (device; 0 under CPUOffloadPolicy)
+    grads: int  # sharded gradients
+    optim: int  # AdamW states of the sharded trainable parameters
+    layer_unsharded: int  # one decoder layer's all-gathered parameters
+    root_unsharded: int  # the root group's all-gathered parameters (embeddings, final norm, LM head)
+    layer_rs: int  # one layer's reduce-scatter input (reduce dtype) + its 1/N output
+    layer_grad: int  # one layer's unsharded gradients before the copy-in
+    root_grads: int  # the root's unsharded gradients, held until backward ends
+    root_rs: int  # the root's reduce-scatter input + output
+    host: int  # host bytes per rank (CPUOffloadPolicy)
+
+
+def _div(a: int, n: int) -> int:
+    return -(-a // n)
+
+
+def terms(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, weights: int, train: int
+) -> FsdpTerms:
+    """`weights`: the model's stored bytes unsharded; `train`: trainable parameters."""
+    n = setup.world_size
+    c = compute_bytes(setup.precision, st)
+    reduce = 4 if c == 2 else st.grad  # MixedPrecisionPolicy(reduce_dtype=fp32) under mixed precision
+    layer_train = _div(train, model.num_layers) if combo.lora else model.layer_params()
+    root_params = model.param_count() - model.num_layers * model.layer_params()
+    root_train = 0 if combo.lora else root_params
+    w, g, o = _div(weights, n), _div(train * st.grad, n), _div(train * st.optim, n)
+    host = 0
+    if combo.offload is Offload.ALL:
+        host, w, g, o = w + g + o, 0, 0, 0
+    return FsdpTerms(
+        weights=w,
+        grads=g,
+        optim=o,
+        layer_unsharded=(model.layer_params() + (layer_train if combo.lora else 0)) * c,
+        root_unsharded=root_params * c,
+        layer_rs=layer_train * reduce + _div(layer_train * reduce, n),
+        layer_grad=layer_train * c,
+        root_grads=root_train * c,
+        root_rs=root_train * reduce + _div(root_train * reduce, n),
+        host=host,
+    )
+
+
+def memory(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, t: FsdpTerms, acts: int, one_layer: int, logits: int
+) -> tuple[str, MemoryBreakdown]:
+    """The peak over FSDP2's phases: (1) start of backward (every activation, the layers in flight: two under
+    reshard_after_forward=True, all of them under False); (2) during backward, first layer's reduce (the root's
+    gradients, one layer's unsharded gradients and reduce-scatter buffers, the previous one retained);
+    (3) end of backward (root gradients reduce-scattered); (4) the optimizer step."""
+    inflight = 2 * t.layer_unsharded if combo.fsdp.reshard_after_forward else model.num_layers * t.layer_unsharded
+    static = dict(weights=t.weights, optimizer_states=t.optim)
+    grads_fwd = t.grads if setup.grad_accum > 1 else 0
+    bwd_inflight = 2 * t.layer_unsharded if combo.fsdp.reshard_after_forward else inflight
+    candidates = [
+        (
+            "forward/backward",
+            MemoryBreakdown(
+                **static,
+                gradients=grads_fwd,
+                activations=acts,
+                logits_loss=logits,
+                engine_buffers=inflight + t.root_unsharded,
+            ),
+        ),
+        (
+            "backward, first reduce-scatter",
+            MemoryBreakdown(
+                **static,
+                gradients=grads_fwd + t.root_grads + t.layer_grad,
+                activations=acts - one_layer,
+                engine_buffers=bwd_inflight + t.root_unsharded + 2 * t.layer_rs,
+            ),
+        ),
+        (
+            "end of backward",
+            MemoryBreakdown(
+                **static,
+                gradients=t.grads + t.root_grads,
+                engine_buffers=t.root_unsharded + t.root_rs + t.layer_rs,
+            ),
+        ),
+        ("optimizer step", MemoryBreakdown(**static, gradients=t.grads)),
+    ]
+    return max(candidates, key=lambda c: c[1].total())
+
+
+def collective_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, train: int) -> dict:
+    """Bytes each rank sends per optimizer step (ring collectives move (N-1)/N of the unsharded size):
+    all-gather of every layer in forward, again in backward under reshard_after_forward=True (the root once),
+    per micro-batch; reduce-scatter of the trainable gradients in reduce_dtype once per micro-batch (ftopt
+    does not skip the sync during accumulation)."""
+    n = setup.world_size
+    frac = (n - 1) / n if n > 1 else 0.0
+    c = compute_bytes(setup.precision, st)
+    layers = model.num_layers * model.layer_params()
+    root = model.param_count() - layers
+    gathers = (2 if combo.fsdp.reshard_after_forward else 1) * layers + root
+    if combo.lora:
+        gathers += (2 if combo.fsdp.reshard_after_forward else 1) * train
+    reduce = 4 if c == 2 else st.grad
+    ga = setup.grad_accum
+    return {
+        "all_gather_bytes": int(gathers * c * frac) * ga,
+        "reduce_scatter_bytes": int(train * reduce * frac) * ga,
+        "gathers_per_step": (2 * model.num_layers + 1) * ga,
+    }
+
+
+def single_process(combo: Combination) -> Combination:
+    """The same combination without FSDP: what the tracer runs to measure the activation side of the step (the
+    sharding terms come from `terms`, which the tracer's one process cannot see)."""
+    return combo.model_copy(update={"fsdp": combo.fsdp.NONE, "offload": Offload.NONE})
+
+
+def peak(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, traced: MemoryBreakdown | None = None
+) -> tuple[MemoryBreakdown, str, int]:
+    """(breakdown at the peak, phase, host RAM per node) per rank. Activations and the loss come from the formulas
+    (ftopt.estimate.analytic) or, given `traced`, from the traced step of the same model on one process."""
+    from ftopt.estimate import analytic
+    from ftopt.policy import storage
+
+    st = storage(setup.precision, combo)
+    acts, one_layer = analytic.activation_bytes(model, setup, combo, st)
+    logits = analytic.logits_loss_bytes(model, st, setup.tokens_per_micro_batch)
+    if traced is not None:
+        acts, logits = traced.activations, traced.logits_loss + traced.temporaries
+    train = analytic.trainable_params(model, combo)
+    weights = analytic.zero_states(model, setup, single_process(combo), st).weights
+    t = terms(model, setup, combo, st, weights, train)
+    phase, bd = memory(model, setup, combo, t, acts, one_layer, logits)
+    return bd, phase, t.host * setup.gpus_per_node
