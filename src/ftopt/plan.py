@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
-from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
+from ftopt.spec import Attention, Combination, Fsdp, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
 from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 
@@ -33,6 +33,10 @@ ZERO_OFFLOAD = [
     (3, Offload.OPTIMIZER),
     (3, Offload.ALL),
 ]
+# FSDP2 (reshard after forward or not) with and without CPUOffloadPolicy, beside the ZeRO pairs (the bitsandbytes
+# bases and optimizers run without it: Combination's validator).
+FSDP_OFFLOAD = [(f, off) for f in (Fsdp.FULL, Fsdp.GRAD_OP) for off in (Offload.NONE, Offload.ALL)]
+SHARDING = [(z, Fsdp.NONE, off) for z, off in ZERO_OFFLOAD] + [(0, f, off) for f, off in FSDP_OFFLOAD]
 # Quantized LoRA bases the plan tries. FP4 is left out: the same bytes and time as NF4, and lower quality (QLoRA
 # paper, Table 2/Fig. 3); `estimate --quant fp4` still predicts it.
 PLAN_QUANTS = (Quant.NF4, Quant.INT8)
@@ -84,6 +88,7 @@ class Plan(BaseModel):
             whole = self.per_dataset  # without a dataset size an "epoch" is one step: say null, not a guess
             return {
                 **e.combination.key(),
+                "sharding": e.combination.sharding,
                 "label": e.combination.label(),
                 "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
                 "device_bytes_per_gpu": e.device_bytes_per_gpu,
@@ -135,10 +140,13 @@ def combinations(
     quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
     optim_set = tuple(Optim) if optims is None else optims
     out = []
-    for gc, r, quant, (zero, off), optim, attn in itertools.product(
-        [False, True], ranks, quant_set, ZERO_OFFLOAD, optim_set, attns
+    for gc, r, quant, (zero, fsdp, off), optim, attn in itertools.product(
+        [False, True], ranks, quant_set, SHARDING, optim_set, attns
     ):
-        if (quant is not Quant.NONE and (not r or zero == 3)) or (optim is not Optim.ADAMW and zero):
+        sharded = zero or fsdp is not Fsdp.NONE
+        if (quant is not Quant.NONE and (not r or zero == 3 or fsdp is not Fsdp.NONE)) or (
+            optim is not Optim.ADAMW and sharded
+        ):
             continue  # combinations Combination's validator rejects: not enumerated
         out.append(
             Combination(
@@ -146,6 +154,7 @@ def combinations(
                 lora_r=r,
                 lora_targets=lora_targets if r else None,
                 zero=zero,
+                fsdp=fsdp,
                 offload=off,
                 attn=attn,
                 quant=quant,
@@ -174,6 +183,7 @@ def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate
             e.combination.quant is not Quant.NONE,
             e.combination.optim is not Optim.ADAMW,
             e.combination.zero,
+            e.combination.uses_fsdp,  # plain DDP before a sharding engine at the same time
             e.combination.attn is Attention.FLASH,
             -e.headroom_bytes,
         ),

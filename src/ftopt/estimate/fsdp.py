@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftopt.estimate import analytic
+from ftopt.estimate.analytic import trainable_params
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.policy import Storage
+from ftopt.policy import Storage, storage
 from ftopt.spec import Combination, ModelSpec, Offload, Precision, TrainingSetup
 
 
@@ -162,9 +164,6 @@ def peak(
 ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase, host RAM per node) per rank. Activations and the loss come from the formulas
     (ftopt.estimate.analytic) or, given `traced`, from the traced step of the same model on one process."""
-    from ftopt.estimate import analytic
-    from ftopt.policy import storage
-
     st = storage(setup.precision, combo)
     acts, one_layer = analytic.activation_bytes(model, setup, combo, st)
     logits = analytic.logits_loss_bytes(model, st, setup.tokens_per_micro_batch)
@@ -175,3 +174,34 @@ def peak(
     t = terms(model, setup, combo, st, weights, train)
     phase, bd = memory(model, setup, combo, t, acts, one_layer, logits)
     return bd, phase, t.host * setup.gpus_per_node
+
+
+def comm_seconds(
+    model: ModelSpec,
+    setup: TrainingSetup,
+    combo: Combination,
+    hw,
+    compute_seconds: float,
+    bandwidth: float,
+    cpu_adam_params_per_s: float,
+) -> float:
+    """Exposed FSDP2 communication per step: the all-gathers and reduce-scatters (collective_bytes) at the
+    per-rank `bandwidth` [NCCL], hidden behind compute as FSDP2 prefetches (the next layer's all-gather runs on
+    its own stream during the current layer's compute; reduce-scatters on theirs), so only what exceeds the
+    compute, plus the first layer's all-gather that nothing precedes, is exposed. CPUOffloadPolicy adds the
+    host link: every all-gather input comes from host memory (H2D copy of the shard), gradients go back (D2H),
+    and AdamW steps the shard on the CPU."""
+    st = storage(setup.precision, combo)
+    train = trainable_params(model, combo)
+    seconds = 0.0
+    if setup.world_size > 1:
+        v = collective_bytes(model, setup, combo, st, train)
+        total = (v["all_gather_bytes"] + v["reduce_scatter_bytes"]) / bandwidth
+        first = v["all_gather_bytes"] / v["gathers_per_step"] / bandwidth
+        seconds += first + max(0.0, total - first - compute_seconds)
+    if combo.offload is Offload.ALL:
+        n, c = setup.world_size, compute_bytes(setup.precision, st)
+        gathers = (2 if combo.fsdp.reshard_after_forward else 1) * setup.grad_accum
+        h2d = gathers * model.param_count() / n * c + train / n * st.grad  # shards up, gradient shards down
+        seconds += h2d / hw.host_link_bandwidth_bytes_per_s + train / n * setup.gpus_per_node / cpu_adam_params_per_s
+    return seconds

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftopt.estimate import fsdp
 from ftopt.estimate import quant as q8
 from ftopt.estimate.analytic import trainable_params
 from ftopt.estimate.kernels import kernels_per_step
@@ -179,7 +180,11 @@ def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: Ha
     compute = (
         flops / (peak * hw.mfu) + dequant_seconds(model, setup, combo, hw) + optimizer_seconds(model, setup, combo, hw)
     )
-    comm = comm_seconds(model, setup, combo, hw)
+    if combo.uses_fsdp:  # FSDP2's all-gathers and reduce-scatters, hidden behind compute as it prefetches
+        bw = per_gpu_bandwidth(hw, setup)
+        comm = fsdp.comm_seconds(model, setup, combo, hw, compute, bw, CPU_ADAM_PARAMS_PER_S)
+    else:
+        comm = comm_seconds(model, setup, combo, hw)
     kernels = kernels_per_step(model, setup, combo)
     engine = hw.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0
     overhead = kernels * hw.seconds_per_kernel + hw.fixed_step_seconds + engine
