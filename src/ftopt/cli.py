@@ -176,6 +176,10 @@ def plan(
         typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 [default: none,nf4,int8]"),
     ] = None,
     optim: Annotated[str | None, typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="comma list of engines to try: ddp,zero,fsdp [default: all]"),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -233,6 +237,7 @@ def plan(
             currency=currency,
             quants=resolve.enum_list("quant", quant),
             optims=resolve.enum_list("optim", optim),
+            engines=resolve.enum_list("engine", engine),
         )
         doc = p.to_json()
         ref = resolve.model_ref(model, weights=resolve.has_weights(model))

@@ -15,7 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
-from ftopt.spec import Attention, Combination, Fsdp, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
+from ftopt.spec import (
+    Attention,
+    Combination,
+    Engine,
+    Fsdp,
+    HardwareSpec,
+    ModelSpec,
+    Offload,
+    Optim,
+    Quant,
+    TrainingSetup,
+)
 from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 
@@ -271,6 +282,7 @@ def plan(
     what_ifs: bool = True,
     quants: tuple[Quant, ...] | None = None,
     optims: tuple[Optim, ...] | None = None,
+    engines: tuple[Engine, ...] | None = None,
 ) -> Plan:
     """`hw` as given: apply a calibration (ftopt.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
@@ -283,6 +295,7 @@ def plan(
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
     combos = combinations(hw, lora_r, full_only, lora_targets, quants, optims)
+    combos = [c for c in combos if engines is None or c.engine in engines]  # plan --engine
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
         raise FtoptError(
             "No combination to plan: quantized bases need LoRA, so --full-only with --quant "

@@ -51,7 +51,9 @@ class FsdpTerms:
     layer_rs: int  # one layer's reduce-scatter input (reduce dtype) + its 1/N output
     layer_grad: int  # one layer's unsharded gradients before the copy-in
     root_grads: int  # the root's unsharded gradients, held until backward ends
-    root_rs: int  # the root's reduce-scatter input + output
+    head_grad: int  # the LM head's unsharded gradient, the first of backward (full fine-tuning)
+    root_grad_shard: int  # the root's share of `grads`, written by its reduce-scatter at the end
+    root_rs_input: int  # the root's reduce-scatter input (reduce dtype, padded unsharded size)
     host: int  # host bytes per rank (CPUOffloadPolicy)
 
 
@@ -82,7 +84,9 @@ def terms(
         layer_rs=layer_train * reduce + _div(layer_train * reduce, n),
         layer_grad=layer_train * c,
         root_grads=root_train * c,
-        root_rs=root_train * reduce + _div(root_train * reduce, n),
+        head_grad=0 if combo.lora else model.vocab_size * (model.embed_dim or model.hidden_size) * c,
+        root_grad_shard=_div(root_train * st.grad, n) if not host else 0,
+        root_rs_input=root_train * reduce,
         host=host,
     )
 
@@ -90,14 +94,18 @@ def terms(
 def memory(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, t: FsdpTerms, acts: int, one_layer: int, logits: int
 ) -> tuple[str, MemoryBreakdown]:
-    """The peak over FSDP2's phases: (1) start of backward (every activation, the layers in flight: two under
-    reshard_after_forward=True, all of them under False); (2) during backward, first layer's reduce (the root's
-    gradients, one layer's unsharded gradients and reduce-scatter buffers, the previous one retained);
-    (3) end of backward (root gradients reduce-scattered); (4) the optimizer step."""
-    inflight = 2 * t.layer_unsharded if combo.fsdp.reshard_after_forward else model.num_layers * t.layer_unsharded
+    """The peak over FSDP2's phases (measured on two CPU ranks: the start of backward, where the backward
+    prefetch all-gathers the last layers while every activation and the loss are alive):
+    (1) start of backward: activations, loss, the layers in flight (two under reshard_after_forward=True, every
+        layer under False) and the root's unsharded parameters;
+    (2) the last layer's reduce-scatter: its unsharded gradients and reduce-scatter buffers (the previous
+        group's input is reclaimed first: reduce_scatter_max_input_buffers=1), the LM head's unsharded gradient;
+    (3) the root's reduce-scatter at the end of backward: the root is resharded first (post_backward reshards
+        before foreach_reduce), then its unsharded gradients and the reduce-scatter input;
+    (4) the optimizer step over the sharded states."""
+    layers_unsharded = (2 if combo.fsdp.reshard_after_forward else model.num_layers) * t.layer_unsharded
     static = dict(weights=t.weights, optimizer_states=t.optim)
     grads_fwd = t.grads if setup.grad_accum > 1 else 0
-    bwd_inflight = 2 * t.layer_unsharded if combo.fsdp.reshard_after_forward else inflight
     candidates = [
         (
             "forward/backward",
@@ -106,24 +114,22 @@ def memory(
                 gradients=grads_fwd,
                 activations=acts,
                 logits_loss=logits,
-                engine_buffers=inflight + t.root_unsharded,
+                engine_buffers=layers_unsharded + t.root_unsharded,
             ),
         ),
         (
             "backward, first reduce-scatter",
             MemoryBreakdown(
                 **static,
-                gradients=grads_fwd + t.root_grads + t.layer_grad,
+                gradients=grads_fwd + t.head_grad + t.layer_grad,
                 activations=acts - one_layer,
-                engine_buffers=bwd_inflight + t.root_unsharded + 2 * t.layer_rs,
+                engine_buffers=layers_unsharded + t.root_unsharded + t.layer_rs,
             ),
         ),
         (
             "end of backward",
             MemoryBreakdown(
-                **static,
-                gradients=t.grads + t.root_grads,
-                engine_buffers=t.root_unsharded + t.root_rs + t.layer_rs,
+                **static, gradients=t.grads - t.root_grad_shard + t.root_grads, engine_buffers=t.root_rs_input
             ),
         ),
         ("optimizer step", MemoryBreakdown(**static, gradients=t.grads)),

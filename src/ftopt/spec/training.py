@@ -40,6 +40,14 @@ class Fsdp(str, Enum):
         return self is Fsdp.FULL
 
 
+class Engine(str, Enum):
+    """Which engine holds (and shards) the training states: `plan --engine` restricts the candidates to these."""
+
+    DDP = "ddp"  # Trainer alone: plain data parallel over several GPUs
+    ZERO = "zero"  # DeepSpeed ZeRO 1-3
+    FSDP = "fsdp"  # PyTorch FSDP2
+
+
 class Attention(str, Enum):
     EAGER = "eager"  # materialises the (heads, s, s) score matrix
     SDPA = "sdpa"  # torch scaled_dot_product_attention (memory-efficient / flash kernel when eligible)
@@ -165,6 +173,10 @@ class Combination(BaseModel):
     @property
     def uses_fsdp(self) -> bool:
         return self.fsdp is not Fsdp.NONE
+
+    @property
+    def engine(self) -> Engine:
+        return Engine.FSDP if self.uses_fsdp else Engine.ZERO if self.zero else Engine.DDP
 
     @property
     def sharding(self) -> str:
