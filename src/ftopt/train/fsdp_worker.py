@@ -158,6 +158,7 @@ def main() -> None:
     from ftopt.errors import FtoptError
 
     spec = RunSpec.model_validate(json.loads(Path(sys.argv[1]).read_text()))
+    spec.output_dir.mkdir(parents=True, exist_ok=True)  # torchrun.sh from `plan --export` starts with no folder
     try:
         run_fsdp_worker(spec)
     except FtoptError as e:
