@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftopt.errors import FtoptError, validation_message
 from ftopt.io import append_line_atomic
-from ftopt.spec import Attention, Combination, HardwareSpec, Optim, OutputSpec, Quant, RunSpec
+from ftopt.spec import Attention, Combination, Fsdp, HardwareSpec, Optim, OutputSpec, Quant, RunSpec
 
 RESULTS_SCHEMA = "ftopt.bench/2"
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -39,7 +39,8 @@ class BenchRun(BaseModel):
         ident = self.spec.identity()
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
         return (
-            f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}-{c.offload.value}-{c.attn.value}-g{s.world_size}-"
+            f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}{f'-fsdp-{c.fsdp.value}' if c.uses_fsdp else ''}-{c.offload.value}-"
+            f"{c.attn.value}-g{s.world_size}-"
             f"t{'.'.join(c.lora_targets) if c.lora_targets else 'default'}-rep{self.repeat}-{digest}"
         )
 
@@ -47,13 +48,14 @@ class BenchRun(BaseModel):
 def sweep_runs(
     base: RunSpec, combos: Iterable[Combination], runs_dir: Path, repeat: int = 1, zero_gpus: int = 2
 ) -> list[BenchRun]:
-    """Each combination on `base`'s settings; ZeRO runs on `zero_gpus` processes (ZeRO on one process partitions
-    nothing). Repeats go round-robin (every combination once, then again): a machine that slows down for a while
+    """Each combination on `base`'s settings; ZeRO and FSDP2 runs on `zero_gpus` processes (sharding over one
+    process partitions nothing). Repeats go round-robin (every combination once, then again): a machine that slows down for a while
     then affects one run of each combination instead of all runs of one, and the per-combination median absorbs it."""
     runs = []
     for k in range(repeat):
         for c in combos:
-            setup = base.setup.model_copy(update={"gpus_per_node": zero_gpus}) if c.uses_deepspeed else base.setup
+            sharded = c.uses_deepspeed or c.uses_fsdp
+            setup = base.setup.model_copy(update={"gpus_per_node": zero_gpus}) if sharded else base.setup
             spec = base.model_copy(update={"combination": c, "setup": setup})
             key = BenchRun(spec=spec, repeat=k).key()
             out = OutputSpec(dir=str(runs_dir / key), overwrite=True, report_to=base.output.report_to)
@@ -71,8 +73,9 @@ def default_zero_processes(hw: HardwareSpec) -> int:
 
 
 def reference_combinations(hw: HardwareSpec, lora_r: int = 8) -> list[Combination]:
-    """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, eager vs the fastest
-    attention kernel this hardware runs (flash where it can, else SDPA)."""
+    """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, LoRA+FSDP2 (full
+    reshard, beside ZeRO-3), eager vs the fastest attention kernel this hardware runs (flash where it can, else
+    SDPA)."""
     fast = Attention.FLASH if Attention.FLASH in hw.attention_kernels else Attention.SDPA
     return [
         Combination(attn=fast),
@@ -81,6 +84,7 @@ def reference_combinations(hw: HardwareSpec, lora_r: int = 8) -> list[Combinatio
         Combination(lora_r=lora_r, gc=True, attn=fast),
         Combination(lora_r=lora_r, zero=2, attn=fast),
         Combination(lora_r=lora_r, zero=3, gc=True, attn=fast),
+        Combination(lora_r=lora_r, fsdp=Fsdp.FULL, gc=True, attn=fast),
         Combination(lora_r=lora_r, attn=Attention.EAGER),
     ]
 
@@ -289,8 +293,8 @@ def quant_optim_variants(
                 upd = {
                     k: v
                     for k, v in (
-                        ("quant", quant if c.lora and c.zero < 3 else None),
-                        ("optim", optim if not c.zero else None),
+                        ("quant", quant if c.lora and c.zero < 3 and not c.uses_fsdp else None),
+                        ("optim", optim if not (c.zero or c.uses_fsdp) else None),
                     )
                     if v is not None
                 }

@@ -41,6 +41,7 @@ class StoredPoint(BaseModel):
     label: str
     gpus: int = Field(ge=1)
     zero: int = Field(ge=0, le=3)
+    fsdp: str = "none"  # FSDP2 mode of the run (Fsdp value)
     ideal_seconds: float = Field(gt=0, description="FLOPs per step / peak FLOP/s of the hardware")
     kernels: int | None = Field(None, description="dispatched operators per step")
     measured_seconds: float = Field(gt=0)
@@ -48,7 +49,7 @@ class StoredPoint(BaseModel):
     source: str = Field(description="the results file (or sweep) it came from")
 
     def same_point(self) -> tuple:
-        return self.model, self.label, self.gpus, self.zero, round(self.ideal_seconds, 15), self.kernels
+        return self.model, self.label, self.gpus, self.zero, self.fsdp, round(self.ideal_seconds, 15), self.kernels
 
 
 class Calibration(BaseModel):
@@ -60,6 +61,7 @@ class Calibration(BaseModel):
     fixed_step_seconds: float = Field(0.0, ge=0)
     seconds_per_kernel: float = Field(0.0, ge=0)
     zero_step_seconds: dict[int, float] = Field(default_factory=dict)
+    fsdp_step_seconds: dict[str, float] = Field(default_factory=dict)
     provenance: CalibrationProvenance
     points: list[StoredPoint]
 
@@ -107,6 +109,7 @@ def apply_calibration(hw: HardwareSpec, cal: Calibration, file: Path | None = No
             "fixed_step_seconds": cal.fixed_step_seconds,
             "seconds_per_kernel": cal.seconds_per_kernel,
             "zero_step_seconds": dict(cal.zero_step_seconds),
+            "fsdp_step_seconds": dict(cal.fsdp_step_seconds),
             "calibration": prov,
         }
     )
@@ -137,7 +140,9 @@ def _pooled(points: list[StoredPoint]) -> list[TimePoint]:
         runs = sum(p.runs for p in g)
         seconds = sum(p.measured_seconds * p.runs for p in g) / runs
         p = g[0]
-        out.append(TimePoint(f"{p.model}: {p.label}", p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs))
+        out.append(
+            TimePoint(f"{p.model}: {p.label}", p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp)
+        )
     return out
 
 
@@ -158,6 +163,7 @@ def calibrate_and_store(rows: list[dict], hw: HardwareSpec, source: str, model: 
             label=p.label,
             gpus=p.gpus,
             zero=p.zero,
+            fsdp=p.fsdp,
             ideal_seconds=p.ideal_seconds,
             kernels=p.kernels,
             measured_seconds=p.measured_seconds,
@@ -187,6 +193,7 @@ def calibrate_and_store(rows: list[dict], hw: HardwareSpec, source: str, model: 
         fixed_step_seconds=fit.fixed_step_seconds,
         seconds_per_kernel=fit.seconds_per_kernel,
         zero_step_seconds=fit.zero_step_seconds,
+        fsdp_step_seconds=fit.fsdp_step_seconds,
         provenance=prov,
         points=points,
     )

@@ -187,5 +187,6 @@ def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: Ha
         comm = comm_seconds(model, setup, combo, hw)
     kernels = kernels_per_step(model, setup, combo)
     engine = hw.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0
+    engine += hw.fsdp_step_seconds.get(combo.fsdp.value, 0.0)  # FSDP2's, calibrated by bench like ZeRO's
     overhead = kernels * hw.seconds_per_kernel + hw.fixed_step_seconds + engine
     return StepTime(flops, compute, comm, kernels, overhead, compute + comm + overhead)

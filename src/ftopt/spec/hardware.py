@@ -71,6 +71,9 @@ class HardwareSpec(BaseModel):
     zero_step_seconds: dict[int, float] = Field(
         default_factory=dict, description="extra per-step cost of the DeepSpeed engine by ZeRO stage (calibrated)"
     )
+    fsdp_step_seconds: dict[str, float] = Field(
+        default_factory=dict, description="extra per-step cost of the FSDP2 engine by mode (calibrated)"
+    )
     source: str = ""
     is_cpu: bool = False
     calibration: CalibrationProvenance | None = Field(

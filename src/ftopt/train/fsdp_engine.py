@@ -52,12 +52,27 @@ def launch_fsdp(spec: RunSpec) -> dict:
     if proc.returncode != 0:
         raise FtoptError(
             f"A rank failed (exit {proc.returncode}) and all ranks were stopped: "
-            f"{error_tail(log_path)} (log: {log_path})."
+            f"{rank_error(log_path) or error_tail(log_path)} (log: {log_path})."
         )
     metrics_path = out / "metrics.json"
     if not metrics_path.exists():
         raise FtoptError(f"The run ended without metrics; see {log_path}.")
     return json.loads(metrics_path.read_text())
+
+
+def rank_error(log_path) -> str | None:
+    """The first rank's exception line (torchrun prefixes each rank's output with `[rankN]:` and ends the log
+    with its own ChildFailedError summary, which names no cause)."""
+    import re
+
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = re.match(r"\[rank\d+\]:\s*(.*)", line)
+        body = m.group(1) if m else line
+        if body.startswith("error: "):  # an FtoptError the rank printed itself (fsdp_worker.main)
+            return body[7:].strip()[:300]
+        if m and re.match(r"\w+(Error|Exception)\b", body):
+            return body.strip()[:300]
+    return None
 
 
 def decoder_layers(model) -> list:
