@@ -39,8 +39,11 @@ def estimate(
         from ftopt.estimate.traced import traced_memory  # lazy: imports transformers and peft
 
         try:
-            traced_combo = fsdp.single_process(combo) if combo.uses_fsdp else combo  # FSDP: sharding added below
-            traced = traced_memory(model, setup, traced_combo, target="cpu" if hw.is_cpu else "cuda")
+            target = "cpu" if hw.is_cpu else "cuda"
+            if combo.uses_fsdp:  # the activation side of one process's step; FSDP2's sharding added below
+                traced = traced_memory(model, setup, fsdp.single_process(combo), target, phases=fsdp.TRACED_PHASES)
+            else:
+                traced = traced_memory(model, setup, combo, target=target)
         except TraceUnavailable as e:  # never a dead end: say why and answer analytically
             notes.append(str(e))
             method = Method.ANALYTIC

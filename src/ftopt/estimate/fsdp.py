@@ -159,6 +159,11 @@ def collective_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination,
     }
 
 
+# The tracer's phases up to the start of backward (estimate/traced.py PHASE_NAMES: "forward/backward"): where the
+# activations and the loss peak together, the moment FSDP2's first candidate adds its sharding terms to.
+TRACED_PHASES = frozenset({"forward", "head", "backward", "backward-layers"})
+
+
 def single_process(combo: Combination) -> Combination:
     """The same combination without FSDP: what the tracer runs to measure the activation side of the step (the
     sharding terms come from `terms`, which the tracer's one process cannot see)."""

@@ -357,12 +357,14 @@ _SNAPSHOT_TO_BREAKDOWN = (
 )
 
 
-def _extrapolate(t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int) -> tuple[dict, str]:
+def _extrapolate(
+    t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int, phases: frozenset[str] | None = None
+) -> tuple[dict, str]:
     """Each phase's peak snapshot extrapolated linearly from `layers` to `num_layers` (a moment's bytes grow by
     one layer's worth per layer); the model's peak is the largest extrapolated moment, which need not be the
     phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24)."""
     (l1, l2), best = layers, (float("-inf"), {}, "")
-    for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys():
+    for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys() & (phases or t1.phase_peaks.keys()):
         s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
         per_cat = {
             k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
@@ -380,16 +382,20 @@ def traced_memory(
     combo: Combination,
     target: str = "cuda",
     layers: tuple[int, int] | None = (2, 3),
+    phases: frozenset[str] | None = None,
 ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
-    the model's depth (`layers=None` traces the full depth)."""
+    the model's depth (`layers=None` traces the full depth). `phases`: only these tracer phases compete for the
+    peak (FSDP2 takes the activation side of the step from the forward/backward phases, ftopt.estimate.fsdp)."""
     try:
-        if layers is None or spec.num_layers <= layers[1]:
+        shallow = layers is None or spec.num_layers <= layers[1]
+        if shallow and (phases is None or spec.num_layers < 2):
             t = _trace(spec, setup, combo, spec.num_layers, target)
             per_cat, phase = {k: float(t.peak_snapshot.get(k, 0)) for k in _SNAPSHOT_TO_BREAKDOWN}, t.peak_phase
         else:
+            depths = (spec.num_layers - 1, spec.num_layers) if shallow else layers  # phases over a shallow model
             per_cat, phase = _extrapolate(
-                *[_trace(spec, setup, combo, n, target) for n in layers], layers, spec.num_layers
+                *[_trace(spec, setup, combo, n, target) for n in depths], depths, spec.num_layers, phases
             )
     except TraceUnavailable:
         raise
