@@ -24,6 +24,7 @@ from ftopt.cli_common import (
     Gpu,
     Gpus,
     GradAccum,
+    Headroom,
     HostRam,
     Json,
     LoraR,
@@ -86,6 +87,7 @@ def estimate(
     dataset_tokens: DatasetTokens = None,
     epochs: Epochs = None,
     packing: Packing = None,
+    headroom: Headroom = None,
     gc: Gc = None,
     lora_r: LoraR = None,
     lora_targets: LoraTargets = None,
@@ -120,6 +122,7 @@ def estimate(
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             packing=packing,
+            headroom=headroom,
         )
         combo = resolve.combination(
             gc=gc,
@@ -154,6 +157,7 @@ def plan(
     dataset_tokens: DatasetTokens = None,
     epochs: Epochs = None,
     packing: Packing = None,
+    headroom: Headroom = None,
     lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
     lora_targets: LoraTargets = None,
     max_hours: Annotated[
@@ -169,7 +173,14 @@ def plan(
     currency: Annotated[
         str, typer.Option("--currency", help="currency of --cost-per-gpu-hour and every cost shown")
     ] = "USD",
-    method: MethodOpt = "analytic",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="traced: the formulas search, the traced estimator confirms the recommendation and what-ifs "
+            "(seconds); analytic: the formulas alone (instant)",
+        ),
+    ] = "traced",
     json_out: Json = False,
     quant: Annotated[
         str | None,
@@ -223,6 +234,7 @@ def plan(
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             packing=packing,
+            headroom=headroom,
         )
         p = make_plan(
             m,

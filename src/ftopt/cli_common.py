@@ -50,6 +50,14 @@ DatasetTokens = Annotated[
     int | None,
     typer.Option("--dataset-tokens", help="tokens in one epoch [default: none: times are per step and per 1k samples]"),
 ]
+Headroom = Annotated[
+    float | None,
+    typer.Option(
+        "--headroom",
+        help="share of GPU memory kept free beyond the predicted device total; a combination that needs it is "
+        "'tight' and never recommended; 0 = none [default: 0.1]",
+    ),
+]
 Epochs = Annotated[float | None, typer.Option("--epochs", help="epochs [default: 1]")]
 Gc = Annotated[bool | None, typer.Option("--gc/--no-gc", help="gradient checkpointing [default: off]")]
 LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning [default: 0]")]

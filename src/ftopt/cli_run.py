@@ -18,6 +18,7 @@ from ftopt.cli_common import (
     Gpu,
     Gpus,
     GradAccum,
+    Headroom,
     Json,
     LoraR,
     LoraTargets,
@@ -63,6 +64,7 @@ def train(
         typer.Option("--eval-max-examples", help="held-out examples scored by generation; 0 = none [default: 64]"),
     ] = None,
     packing: Packing = None,
+    headroom: Headroom = None,
     seq_len: SeqLen = None,
     micro_batch: MicroBatch = None,
     grad_accum: GradAccum = None,
@@ -161,6 +163,7 @@ def train(
                 given_combination=given_combo,
                 note=lambda m: typer.echo(m, err=True),
             )
+            spec = resolve.with_headroom(spec, headroom)  # the margin changes no prediction, only the verdict
         else:
             from ftopt.calibration_store import calibrated_hardware
 
@@ -168,7 +171,7 @@ def train(
             spec = resolve.new_run(
                 hw,
                 ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=tokenizer),
-                resolve.setup(hw, **given_setup),
+                resolve.setup(hw, **given_setup, headroom=headroom),
                 resolve.combination(**given_combo),
             )
         spec = resolve.finish_run(

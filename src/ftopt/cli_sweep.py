@@ -12,6 +12,7 @@ from ftopt.cli_common import (
     CostPerGpuHour,
     Currency,
     Gpu,
+    Headroom,
     MaxHours,
     MetricOpt,
     MicroBatch,
@@ -52,6 +53,7 @@ def bench(
     packing: Annotated[
         bool, typer.Option("--packing/--no-packing", help="pack sequences to exactly --seq-len")
     ] = False,
+    headroom: Headroom = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run")] = 100,
     lr: Annotated[float | None, typer.Option("--lr", help="peak learning rate [default: 1e-3]")] = None,
     gpu: Gpu = None,
@@ -121,7 +123,14 @@ def bench(
             resolve.new_run(
                 hw,
                 ref,
-                resolve.setup(hw, seq_len=seq_len, micro_batch=micro_batch, precision=precision, packing=packing),
+                resolve.setup(
+                    hw,
+                    seq_len=seq_len,
+                    micro_batch=micro_batch,
+                    precision=precision,
+                    packing=packing,
+                    headroom=headroom,
+                ),
                 resolve.combination(),
             ),
             data=dict(train=data, eval=eval_data, metrics=tuple(metric) if metric else None),
@@ -174,6 +183,7 @@ def report(
     cost_per_gpu_hour: CostPerGpuHour = None,
     currency: Currency = "USD",
     max_hours: MaxHours = None,
+    headroom: Headroom = None,
 ):
     """Write the decision report (HTML, Markdown, PNG charts) from a results file."""
 
@@ -202,6 +212,7 @@ def report(
             cost_per_gpu_hour=cost_per_gpu_hour,
             currency=currency,
             max_hours=max_hours,
+            headroom=headroom,
         )
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
 

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ftopt.estimate import Estimate
+from ftopt.estimate import Estimate, Method
 from ftopt.plan import LimitKind, Plan
 from ftopt.spec.calibration import MFU_AT_BOUND, CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
@@ -32,9 +32,10 @@ def _breakdown_table(e: Estimate) -> Table:
 
 def print_estimate(e: Estimate) -> None:
     console.print(_breakdown_table(e))
-    verdict = "[green]fits[/]" if e.fits else "[red]does not fit[/]"
+    verdict = _fit_word(e, "[green]fits[/]", "[yellow]tight[/]", "[red]does not fit[/]")
     console.print(
-        f"{verdict}: headroom {fmt_bytes(e.headroom_bytes)}; peak during {e.peak_phase}; "
+        f"{verdict}: headroom {fmt_bytes(e.headroom_bytes)} ({fmt_bytes(e.usable_bytes)} usable with "
+        f"{e.headroom_fraction:.0%} kept free); peak during {e.peak_phase}; "
         f"trainable {e.trainable_params:,} of {e.total_params:,} parameters"
     )
     if e.cpu_bytes_per_node:
@@ -52,6 +53,10 @@ def print_estimate(e: Estimate) -> None:
     console.print(calibration_line(e.calibration, e.hardware))
     for n in e.notes:
         console.print(f"[yellow]note:[/] {n}")
+
+
+def _fit_word(e: Estimate, fits: str, tight: str, no: str) -> str:
+    return fits if e.fits else tight if e.tight else no
 
 
 def calibration_line(cal: CalibrationProvenance | None, hardware: str) -> str:
@@ -80,7 +85,7 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         t.add_column(col, justify=j)
     if p.cost_per_gpu_hour is not None:
         t.add_column(f"cost ({p.currency}{'' if p.per_dataset else ' per 1k samples'})", justify="right")
-    shown = [e for e in p.candidates if e.fits][:limit] or p.candidates[:limit]
+    shown = [e for e in p.candidates if e.fits or e.tight][:limit] or p.candidates[:limit]
     for i, e in enumerate(shown, 1):
         rec = e is p.recommended
         spans = (e.epoch_seconds, e.total_seconds) if p.per_dataset else (e.step_seconds, e.seconds_per_1k_samples)
@@ -89,7 +94,7 @@ def print_plan(p: Plan, limit: int = 20) -> None:
             ("[bold green]* " if rec else "") + e.combination.label() + ("[/]" if rec else ""),
             fmt_bytes(e.device_bytes_per_gpu),
             fmt_bytes(e.headroom_bytes),
-            "yes" if e.fits else "[red]no[/]",
+            _fit_word(e, "yes", "[yellow]tight[/]", "[red]no[/]"),
             *(fmt_seconds(x) for x in spans),
         ]
         if p.cost_per_gpu_hour is not None:
@@ -101,10 +106,14 @@ def print_plan(p: Plan, limit: int = 20) -> None:
             "No --dataset-tokens: times are per optimizer step and per 1,000 samples of "
             f"{s.seq_len} tokens, not per epoch."
         )
-    n_fit = sum(e.fits for e in p.candidates)
-    console.print(f"{n_fit} of {len(p.candidates)} combinations fit; showing {len(shown)}.")
+    n_fit, n_tight = sum(e.fits for e in p.candidates), sum(e.tight for e in p.candidates)
+    tight = f", {n_tight} more only without the {s.headroom:.0%} margin (tight)" if n_tight else ""
+    console.print(f"{n_fit} of {len(p.candidates)} combinations fit{tight}; showing {len(shown)}.")
     if p.recommended:
-        console.print(f"[bold]Recommended:[/] {p.recommended.combination.label()} — {p.reason}.")
+        console.print(
+            f"[bold]Recommended:[/] {p.recommended.combination.label()} — {p.reason}. "
+            f"Memory: {_answered(p.recommended.method, p.method)}."
+        )
     else:
         console.print(f"[bold red]No recommendation:[/] {p.reason}.")
     if p.longest_context and p.longest_context_bound is LimitKind.POSITIONS:
@@ -114,18 +123,28 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         )
     elif p.longest_context:
         console.print(
-            f"What if: the longest context that fits in memory with the recommendation is {p.longest_context:,} tokens."
+            f"What if: the longest context that fits in memory with the recommendation is {p.longest_context:,} tokens"
+            f" ({_answered(p.longest_context_method, p.method)})."
         )
     if p.fewest_gpus:
         console.print(
             f"What if: the fewest {p.hardware} GPUs that fit the model: {p.fewest_gpus} "
-            f"({p.fewest_gpus_combination.label()})."
+            f"({p.fewest_gpus_combination.label()}; {_answered(p.fewest_gpus_method, p.method)})."
         )
     elif p.fewest_gpus is None and p.recommended is None:
         console.print("What if: no number of these GPUs up to 64 fits the model.")
     if p.shortfall:
         console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
     console.print(calibration_line(p.calibration, p.hardware))
+
+
+def _answered(method, asked) -> str:
+    """Which estimator gave an answer: the trace confirmed it, or the formulas alone (and why)."""
+    if method is Method.TRACED:
+        return "confirmed by the traced estimator"
+    if asked is Method.TRACED:
+        return "analytic estimate; the traced estimator could not confirm it (see the notes)"
+    return "analytic estimate (--method traced confirms it)"
 
 
 def print_train_metrics(m: dict, output_dir: str) -> None:

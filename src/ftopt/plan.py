@@ -1,18 +1,19 @@
 """Enumerate every valid combination, predict its memory and time, and recommend one.
 
-The recommendation is derived from the predictions alone: among combinations that fit (device memory and host
-RAM) and meet the quality requirement (`full_only`), the one with the shortest predicted total time; near-ties
-(within NEAR_TIE_FRACTION) go to the one with fewer moving parts (no offload, then the lower ZeRO stage: less to
-configure and debug, then SDPA over flash-attn, a package to build), then to more memory headroom. No table of rules.
+The recommendation is derived from the predictions alone: among combinations that fit (device memory less the
+--headroom margin, and host RAM) and meet the quality requirement (`full_only`), the fastest predicted; ties within
+the time model's error go to fewer moving parts, then more headroom (ftopt.choice). Combinations that fit the GPU
+but not the margin are kept as "tight": shown, never chosen. With method=traced the formulas search and the traced
+estimator confirms the pick and the what-ifs (ftopt.whatif); each answer says which method gave it.
 """
 
 from __future__ import annotations
 
 import itertools
-from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ftopt.choice import TIME_MODEL_ERROR, TieBreak, choose_fitting, tie_fraction, tie_text
 from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
 from ftopt.spec import (
@@ -29,8 +30,27 @@ from ftopt.spec import (
 )
 from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
+from ftopt.whatif import (
+    CONFIRM_TRIES,
+    LimitKind,
+    confirmed_longest_context,
+    fewest_gpus,
+    longest_context,
+    longest_context_and_bound,
+    trace_pick,
+)
 
-NEAR_TIE_FRACTION = 0.01
+__all__ = [
+    "LimitKind",
+    "Plan",
+    "choose",
+    "combinations",
+    "fewest_gpus",
+    "longest_context",
+    "longest_context_and_bound",
+    "plan",
+]
+
 DEFAULT_LORA_R = 16
 DEFAULT_CURRENCY = "USD"
 # ZeRO stage and offload pairs DeepSpeed accepts (offload needs a stage; parameter offload needs stage 3).
@@ -51,11 +71,6 @@ SHARDING = [(z, Fsdp.NONE, off) for z, off in ZERO_OFFLOAD] + [(0, f, off) for f
 # Quantized LoRA bases the plan tries. FP4 is left out: the same bytes and time as NF4, and lower quality (QLoRA
 # paper, Table 2/Fig. 3); `estimate --quant fp4` still predicts it.
 PLAN_QUANTS = (Quant.NF4, Quant.INT8)
-
-
-class LimitKind(str, Enum):
-    MEMORY = "memory"
-    POSITIONS = "positions"  # the model's max_position_embeddings, not memory
 
 
 class Plan(BaseModel):
@@ -80,6 +95,9 @@ class Plan(BaseModel):
     )
     fewest_gpus: int | None = Field(None, description="fewest GPUs (of this kind) on which any combination fits")
     fewest_gpus_combination: Combination | None = None
+    longest_context_method: Method | None = Field(None, description="estimator that gave longest_context")
+    fewest_gpus_method: Method | None = Field(None, description="estimator that gave fewest_gpus")
+    tie_break: TieBreak | None = Field(None, description="the rule that decided the recommendation")
     shortfall: str | None = Field(None, description="what still does not fit, when something does not")
 
     @property
@@ -101,9 +119,13 @@ class Plan(BaseModel):
                 **e.combination.key(),
                 "sharding": e.combination.sharding,
                 "label": e.combination.label(),
+                "method": e.method.value,
                 "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
                 "device_bytes_per_gpu": e.device_bytes_per_gpu,
+                "headroom_bytes": e.headroom_bytes,
+                "usable_bytes": e.usable_bytes,
                 "fits": e.fits,
+                "tight": e.tight,
                 "epoch_seconds": e.epoch_seconds if whole else None,
                 "total_seconds": e.total_seconds if whole else None,
                 "step_seconds": e.step_seconds,
@@ -119,12 +141,19 @@ class Plan(BaseModel):
             "hardware": self.hardware,
             "method": self.method.value,
             "setup": self.setup.model_dump(mode="json"),
+            "headroom": self.setup.headroom,
             "currency": self.currency,
             "calibration": self.calibration.model_dump(mode="json") if self.calibration else None,
             "host_memory_bytes": self.host_memory_bytes,
             "recommended": self.recommended.combination.key() if self.recommended else None,
             "recommended_estimate": self.recommended.to_json() if self.recommended else None,
             "reason": self.reason,
+            "tie_break": self.tie_break.model_dump() if self.tie_break else None,
+            "answered_by": {
+                "recommended": self.recommended.method.value if self.recommended else None,
+                "longest_context": self.longest_context_method.value if self.longest_context_method else None,
+                "fewest_gpus": self.fewest_gpus_method.value if self.fewest_gpus_method else None,
+            },
             "candidates": [cand(e) for e in self.candidates],
             "longest_context": self.longest_context,
             "longest_context_bound": self.longest_context_bound.value if self.longest_context_bound else None,
@@ -176,30 +205,21 @@ def combinations(
 
 
 def _rank_key(e: Estimate):
-    return (not e.fits, e.total_seconds, -e.headroom_bytes)
+    """Fitting first, then tight (fits the GPU, not the margin), then the rest; each by predicted time."""
+    return (not e.fits, not e.tight, e.total_seconds, -e.headroom_bytes)
 
 
-def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate | None, str]:
-    fitting = sorted((e for e in estimates if e.fits), key=lambda e: e.total_seconds)
-    if not fitting:
-        return None, "no combination fits in memory"
-    best_time = fitting[0].total_seconds
-    near = [e for e in fitting if e.total_seconds <= best_time * (1 + NEAR_TIE_FRACTION)]
-    # simplest first: no offload, an unquantized base and 32-bit states (exact weights and updates), lower ZeRO
-    # stage, no extra package (flash-attn) when SDPA is predicted as fast
-    pick = min(
-        near,
-        key=lambda e: (
-            e.combination.offload is not Offload.NONE,
-            e.combination.quant is not Quant.NONE,
-            e.combination.optim is not Optim.ADAMW,
-            e.combination.zero,
-            e.combination.uses_fsdp,  # plain DDP before a sharding engine at the same time
-            e.combination.attn is Attention.FLASH,
-            -e.headroom_bytes,
-        ),
-    )
-    others = [e for e in fitting if e is not pick]
+def choose(
+    estimates: list[Estimate], max_hours: float | None, world_size: int = 1, tie: float = TIME_MODEL_ERROR
+) -> tuple[Estimate | None, TieBreak, str]:
+    """The pick (ftopt.choice), the rule that decided it and the sentence that explains it."""
+    pick, c = choose_fitting(estimates, world_size, tie)
+    if pick is None:
+        tight = [e for e in estimates if e.tight]
+        why = "no combination fits in memory"
+        if tight:
+            why += f" with {tight[0].headroom_fraction:.0%} kept free ({len(tight)} fit the GPU without it: tight)"
+        return None, c, why
     took = (
         f"{fmt_seconds(pick.total_seconds)} of training"
         if pick.per_dataset
@@ -208,63 +228,17 @@ def choose(estimates: list[Estimate], max_hours: float | None) -> tuple[Estimate
     reason = (
         f"fastest combination that fits: {took}, "
         f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per GPU"
+        f" ({fmt_bytes(pick.usable_bytes)} usable with {pick.headroom_fraction:.0%} kept free)"
     )
-    if len(near) > 1:
-        reason += f"; ties within {NEAR_TIE_FRACTION:.0%} with {len(near) - 1} other(s), chosen as the simplest to run"
-    slower_safe = [e for e in others if e.combination.gc and not pick.combination.gc]
+    reason += tie_text(c)
+    slower_safe = [e for e in estimates if e.fits and e.combination.gc and not pick.combination.gc]
     if not pick.combination.gc and slower_safe:
         reason += "; gradient checkpointing is not needed, so its ~33% recomputation is avoided"
     if max_hours is not None and pick.per_dataset and pick.total_seconds > max_hours * 3600:
         reason += f"; it still exceeds the {max_hours:g} h budget: add GPUs or shorten the data"
     if max_hours is not None and not pick.per_dataset:
         reason += f"; the {max_hours:g} h budget is not checked without --dataset-tokens"
-    return pick, reason
-
-
-def longest_context(
-    model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, method: Method, step: int = 256
-) -> int | None:
-    """Largest seq_len (multiple of `step`, up to the model's positions) that still fits, by bisection."""
-    return longest_context_and_bound(model, hw, setup, combo, method, step)[0]
-
-
-def longest_context_and_bound(
-    model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, method: Method, step: int = 256
-) -> tuple[int | None, LimitKind | None]:
-    """(longest seq_len that fits, what bounds it): POSITIONS when even the model's position limit fits, so the
-    answer says nothing about memory; MEMORY otherwise."""
-
-    def fits(s: int) -> bool:
-        return estimate(model, hw, setup.model_copy(update={"seq_len": s}), combo, method).fits
-
-    hi_limit = max(model.max_positions, setup.seq_len)
-    if not fits(step):
-        return None, LimitKind.MEMORY
-    lo, hi = 1, hi_limit // step  # in units of `step`; lo always fits
-    if fits(hi * step):
-        return hi * step, LimitKind.POSITIONS if hi * step >= model.max_positions else LimitKind.MEMORY
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid * step) else (lo, mid)
-    return lo * step, LimitKind.MEMORY
-
-
-def fewest_gpus(
-    model: ModelSpec,
-    hw: HardwareSpec,
-    setup: TrainingSetup,
-    combos: list[Combination],
-    method: Method,
-    max_gpus: int = 64,
-) -> tuple[int | None, Combination | None]:
-    """Fewest GPUs of this kind (filling nodes of `gpus_per_node`) on which any combination fits."""
-    per_node = setup.gpus_per_node
-    for n in itertools.chain(range(1, per_node + 1), range(2 * per_node, max_gpus + 1, per_node)):
-        s = setup.model_copy(update={"gpus_per_node": min(n, per_node), "nodes": max(1, n // per_node)})
-        fit = [e for c in combos if (e := estimate(model, hw, s, c, method)).fits]
-        if fit:
-            return n, min(fit, key=lambda e: e.total_seconds).combination
-    return None, None
+    return pick, c, reason
 
 
 def plan(
@@ -301,15 +275,20 @@ def plan(
             "No combination to plan: quantized bases need LoRA, so --full-only with --quant "
             f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only."
         )
-    # The traced method is slower: rank everything analytically, then trace the leading candidates.
-    estimates = [estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos]
+    # Analytic to search (instant), traced to confirm (method=traced): the pick is traced; when the trace says it
+    # no longer fits, its traced estimate replaces the analytic one and the choice is made again.
+    estimates = sorted((estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos), key=_rank_key)
+    tie = tie_fraction(hw.calibration)
+    rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+    for _ in range(CONFIRM_TRIES if method is Method.TRACED else 0):
+        if rec is None or rec.method is Method.TRACED:
+            break
+        t = trace_pick(model, hw, setup, estimates, rec)
+        if t.fits or t.method is not Method.TRACED:  # confirmed, or the trace cannot run: the formulas answer
+            rec = t
+            break
+        rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
     estimates.sort(key=_rank_key)
-    if method is Method.TRACED:
-        lead = 6
-        estimates[:lead] = sorted(
-            (estimate(model, hw, setup, e.combination, Method.TRACED) for e in estimates[:lead]), key=_rank_key
-        )
-    rec, reason = choose(estimates, max_hours)
     p = Plan(
         model=model.name,
         hardware=hw.name,
@@ -318,6 +297,7 @@ def plan(
         candidates=estimates,
         recommended=rec,
         reason=reason,
+        tie_break=rule,
         max_hours=max_hours,
         cost_per_gpu_hour=cost_per_gpu_hour,
         currency=currency.strip(),
@@ -325,11 +305,14 @@ def plan(
         host_memory_bytes=hw.host_memory_bytes,
     )
     if what_ifs:
+        confirm = method is Method.TRACED
         if rec is not None:
-            p.longest_context, p.longest_context_bound = longest_context_and_bound(
-                model, hw, setup, rec.combination, Method.ANALYTIC
+            p.longest_context, p.longest_context_bound, p.longest_context_method = confirmed_longest_context(
+                model, hw, setup, rec.combination, confirm
             )
-        p.fewest_gpus, p.fewest_gpus_combination = fewest_gpus(model, hw, setup, combos, Method.ANALYTIC)
+        p.fewest_gpus, p.fewest_gpus_combination, p.fewest_gpus_method = fewest_gpus(
+            model, hw, setup, combos, method, confirm=confirm
+        )
     p.shortfall = _shortfall(estimates, rec, full_only, hw)
     return p
 

@@ -148,7 +148,35 @@ def prepare_kbit(model):
     base and casts every non-quantized 16-bit parameter to fp32."""
     from peft import prepare_model_for_kbit_training
 
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    keep_cpu_inference_unpacked(model)
+    return model
+
+
+# bitsandbytes 0.50.2's packed CPU kernel (functional._convert_weight_packed_for_cpu) tiles the weight in blocks of
+# 32 output rows and reshapes absmax to [out, in / blocksize]: it needs out % 32 == 0 and in % blocksize == 0.
+CPU_PACK_ROWS = 32
+
+
+def keep_cpu_inference_unpacked(model) -> int:
+    """Turn off bitsandbytes' packed CPU inference path for the NF4/FP4 linears whose shape it cannot pack.
+
+    On CPUs with AVX512-BF16, Linear4bit.forward repacks its weight the first time it runs without grad in eval mode
+    (generation for the quality metrics). For a linear whose in_features is not a multiple of the quantization
+    block (a 352-wide MLP with 64-weight blocks) the repack raises "shape '[128, 5]' is invalid for input of size
+    704" after training has finished. The unpacked kernel computes the same product; only speed differs.
+    Returns how many linears were switched."""
+    import bitsandbytes as bnb
+
+    switched = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit) and getattr(m, "support_avx512bf16_for_cpu", False):
+            block = getattr(m.weight.quant_state, "blocksize", None) if m.weight.quant_state is not None else None
+            packable = block and m.in_features % block == 0 and m.out_features % CPU_PACK_ROWS == 0
+            if not packable:
+                m.support_avx512bf16_for_cpu = False
+                switched += 1
+    return switched
 
 
 def count_quantized(model) -> int:

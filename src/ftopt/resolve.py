@@ -165,6 +165,15 @@ def finish_run(spec: RunSpec, *, data: dict, schedule: dict, output: dict, hostf
     return RunSpec.model_validate({**spec.model_dump(by_alias=True), **doc})
 
 
+def with_headroom(spec: RunSpec, headroom: float | None) -> RunSpec:
+    """`spec` with the --headroom a user gave (None = keep its own); validated, so a bad value names the flag."""
+    if headroom is None:
+        return spec
+    return spec.model_copy(
+        update={"setup": TrainingSetup.model_validate({**spec.setup.model_dump(), "headroom": headroom})}
+    )
+
+
 def new_run(hw: HardwareSpec, model: ModelRef, setup_: TrainingSetup, combo: Combination) -> RunSpec:
     return RunSpec(
         model=model,

@@ -66,3 +66,29 @@ def test_materialized_model_matches_a_plain_build():
     assert all(torch.count_nonzero(m.bias) == 0 for m in four_bit if m.bias is not None)
     ids = torch.randint(0, 8000, (2, 16))
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+
+
+def test_generation_on_a_linear_bitsandbytes_cannot_pack_for_cpu():
+    """bitsandbytes repacks NF4 weights for its AVX512-BF16 CPU kernel at the first no-grad eval forward; a 352-wide
+    input (not a multiple of the 64-weight block) made that repack raise after training had finished (seen on this
+    machine's CPU in test_cli_train_runs_qlora). The repack is forced here so the test does not depend on the CPU."""
+    import torch
+
+    from ftopt import quantize
+    from ftopt.quantize import keep_cpu_inference_unpacked
+    from ftopt.spec import Combination, Precision, Quant
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(352, 128), torch.nn.Linear(128, 64))
+    reference = model(torch.ones(2, 352)).detach()
+    combo = Combination(lora_r=4, quant=Quant.NF4)
+    model = torch.nn.Sequential(*(quantize._quantized_linear(lin, combo, Precision.FP32) for lin in model))
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = True  # what bitsandbytes sets on an AVX512-BF16 CPU
+    assert keep_cpu_inference_unpacked(model) == 1  # the 352-wide one; 128 x 64 packs
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.ones(2, 352))
+    assert out.shape == (2, 64)
+    assert torch.allclose(out, reference, atol=0.5)  # NF4 rounding, not garbage

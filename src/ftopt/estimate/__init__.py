@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, fsdp
-from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method
+from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method, usable_bytes
 from ftopt.estimate.time import step_time
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
 
@@ -57,7 +57,14 @@ def estimate(
     device = analytic.device_bytes(peak, combo, hw.is_cpu, setup.world_size)
     t = step_time(model, setup, combo, hw)
     steps = setup.steps_per_epoch()
-    fits = device <= hw.memory_bytes and cpu <= hw.host_memory_bytes
+    host_ok = cpu <= hw.host_memory_bytes
+    fits = host_ok and device <= usable_bytes(hw.memory_bytes, setup.headroom)
+    tight = host_ok and not fits and device <= hw.memory_bytes
+    if tight:
+        notes.append(
+            f"tight: fits the GPU but not the {setup.headroom:.0%} kept free (--headroom); "
+            "a run this close to the limit can fail on fragmentation or another process."
+        )
     if cpu > hw.host_memory_bytes:
         notes.append("offloaded states need more host RAM than the node has.")
     return Estimate(
@@ -71,7 +78,9 @@ def estimate(
         peak_phase=phase,
         cpu_bytes_per_node=cpu,
         capacity_bytes=hw.memory_bytes,
+        headroom_fraction=setup.headroom,
         fits=fits,
+        tight=tight,
         trainable_params=analytic.trainable_params(model, combo),
         total_params=model.param_count(),
         step_seconds=t.step_seconds,
@@ -93,7 +102,8 @@ def estimate(
 
 def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination) -> dict:
     """Both methods' predictions for one run, as stored beside measurements (metrics.json, bench results): per
-    method `method` (the one that answered), `peak_bytes_per_gpu`, `step_seconds`, `flops_per_step`,
+    method `method` (the one that answered), `peak_bytes_per_gpu`, `device_bytes_per_gpu`, `fits` and `tight` (against
+    setup.headroom), `step_seconds`, `flops_per_step`,
     `kernels_per_step`, `breakdown`, `notes` (e.g. why a trace fell back to the formulas), or `error` when it cannot
     run."""
     out: dict = {"hardware": hw.name}
@@ -104,6 +114,9 @@ def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo:
             out[method.value] = {
                 "method": e.method.value,
                 "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
+                "device_bytes_per_gpu": e.device_bytes_per_gpu,
+                "fits": e.fits,
+                "tight": e.tight,
                 "step_seconds": e.step_seconds,
                 "flops_per_step": e.flops_per_step,
                 "kernels_per_step": e.kernels_per_step,

@@ -12,6 +12,11 @@ from ftopt.spec.calibration import CalibrationProvenance
 SAMPLES_PER_QUOTE = 1000  # without a dataset size, time (and cost) are quoted per this many sequences
 
 
+def usable_bytes(capacity_bytes: int, headroom: float) -> int:
+    """Capacity less the --headroom share kept free (TrainingSetup.headroom): the limit a device total must meet."""
+    return int(capacity_bytes * (1 - headroom))
+
+
 class Method(str, Enum):
     ANALYTIC = "analytic"  # closed-form formulas, instant
     TRACED = "traced"  # FakeTensor trace of the real training step
@@ -49,7 +54,9 @@ class Estimate(BaseModel):
     peak_phase: str = Field(description="forward/backward, end of backward, or optimizer step")
     cpu_bytes_per_node: int = Field(description="host RAM needed for offloaded states (0 without offload)")
     capacity_bytes: int = Field(description="the GPU's memory")
-    fits: bool
+    headroom_fraction: float = Field(0.0, description="share of capacity_bytes kept free (--headroom)")
+    fits: bool = Field(description="device total within capacity less the margin, and offload within host RAM")
+    tight: bool = Field(False, description="fits the GPU (and host RAM) but not the margin: shown, never chosen")
     trainable_params: int
     total_params: int
     step_seconds: float = Field(description="one optimizer step (all micro-batches of grad accumulation)")
@@ -77,10 +84,16 @@ class Estimate(BaseModel):
     def headroom_bytes(self) -> int:
         return self.capacity_bytes - self.device_bytes_per_gpu
 
+    @property
+    def usable_bytes(self) -> int:
+        """What the device total may reach: the capacity less the --headroom margin."""
+        return usable_bytes(self.capacity_bytes, self.headroom_fraction)
+
     def to_json(self) -> dict:
         d = self.model_dump(mode="json")
         d["combination"] = self.combination.key()
         d["headroom_bytes"] = self.headroom_bytes
+        d["usable_bytes"] = self.usable_bytes
         if not self.per_dataset:  # an "epoch" of one global batch is no answer: null, see seconds_per_1k_samples
             d["epoch_seconds"] = d["total_seconds"] = None
         return d

@@ -47,6 +47,7 @@ def report_settings(
     cost_per_gpu_hour: float | None,
     currency: str,
     max_hours: float | None,
+    headroom: float | None = None,
 ) -> dict:
     """Keyword arguments for `build_report` (ReportSettings fields)."""
     from ftopt.calibration import calibrate
@@ -72,6 +73,7 @@ def report_settings(
             cost_per_gpu_hour=cost_per_gpu_hour,
             currency=currency,
             max_hours=max_hours,
+            headroom=headroom,
         )
     hw = load_hardware(gpu) if gpu is not None else recorded_hardware(rows)
     try:

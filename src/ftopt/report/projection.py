@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.calibration_store import calibrated_hardware, find_calibration
 from ftopt.estimate import estimate
-from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
+from ftopt.spec import DEFAULT_HEADROOM, Combination, Precision, TrainingSetup, load_hardware, load_model
 
 PILOT_DATA_FRACTION = 0.1  # the pilot trains on a tenth of the production data, once: enough to see quality at scale
 PILOT_EPOCHS = 1.0
@@ -35,6 +35,7 @@ class ProductionTarget(BaseModel):
     max_hours: float | None = Field(None, gt=0, description="wall-clock budget of one production run")
     seq_len: int = Field(gt=0, description="the PoC's sequence length unless given")
     micro_batch: int = Field(1, gt=0)
+    headroom: float = Field(DEFAULT_HEADROOM, description="share of GPU memory kept free (--headroom)")
 
     @property
     def gpus(self) -> int:
@@ -97,6 +98,7 @@ def project(
         nodes=target.nodes,
         dataset_tokens=max(1, int(target.dataset_tokens * data_fraction)),
         epochs=epochs if epochs is not None else target.epochs,
+        headroom=target.headroom,
     )
     e = estimate(load_model(target.model), hw, setup, combo)
     hours = e.total_seconds / 3600

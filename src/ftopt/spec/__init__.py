@@ -5,6 +5,7 @@ from ftopt.spec.model import Linear, LinearGroup, MlpKind, ModelSpec, NormKind, 
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
 from ftopt.spec.training import (
     CPU_DEFAULTS,
+    DEFAULT_HEADROOM,
     Attention,
     Combination,
     Engine,
@@ -18,6 +19,7 @@ from ftopt.spec.training import (
 
 __all__ = [
     "CPU_DEFAULTS",
+    "DEFAULT_HEADROOM",
     "DataSpec",
     "LrSchedule",
     "ModelRef",

@@ -219,6 +219,13 @@ class Combination(BaseModel):
         }
 
 
+# Share of the GPU's memory kept free beyond the predicted device total (`--headroom`). The device total already
+# counts the allocator's reserve, the CUDA context and NCCL buffers as stated constants; the margin covers what no
+# estimate sees: fragmentation under changing batch shapes, other processes on the GPU, library workspaces, and the
+# analytic estimator's own error (its stated worst-case target is 10%, README "Estimate accuracy"). 10% is also the share vLLM leaves
+# free by default (gpu_memory_utilization=0.9). 0 turns the margin off.
+DEFAULT_HEADROOM = 0.10
+
 # Defaults that differ on a CPU (see TrainingSetup.for_hardware); shown in the CLI's --help.
 CPU_DEFAULTS = {"seq_len": 64, "micro_batch": 8, "precision": "fp32"}
 
@@ -241,6 +248,19 @@ class TrainingSetup(BaseModel):
         description="documents packed into rows of seq_len, padding-free (TRL's layout, "
         "ftopt.train.sft); False = one document per row, padded to the micro-batch's longest",
     )
+    headroom: float = Field(
+        DEFAULT_HEADROOM,
+        description="share of GPU memory kept free beyond the predicted device total (--headroom); 0 = none",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> TrainingSetup:
+        if not 0 <= self.headroom < 1:  # one message naming the flag (pydantic's would name the field)
+            raise ValueError(
+                f"--headroom is the share of GPU memory kept free, at least 0 and below 1 (0.1 = 10%), "
+                f"got {self.headroom:g}"
+            )
+        return self
 
     @classmethod
     def for_hardware(cls, is_cpu: bool, **given) -> TrainingSetup:
