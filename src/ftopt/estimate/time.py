@@ -157,7 +157,7 @@ def optimizer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) 
     if combo.offload is not Offload.NONE:
         return 0.0
     per_param = ADAMW_8BIT_BYTES_PER_PARAM if combo.optim.eight_bit else ADAMW_BYTES_PER_PARAM
-    share = setup.world_size if combo.zero >= 1 else 1
+    share = setup.world_size if combo.zero >= 1 or combo.uses_fsdp else 1  # FSDP2 steps each rank's shard
     return trainable_params(model, combo) / share * per_param
 
 
