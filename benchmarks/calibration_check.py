@@ -9,10 +9,9 @@ Leave-one-out: each combination's step time is predicted by a fit on all the oth
 from __future__ import annotations
 
 import argparse
-import copy
 
-from ftopt.bench import read_results
 from ftopt.calibration import RANK_TIE_FRACTION, calibrate
+from ftopt.results import read_results
 from ftopt.spec import load_hardware
 
 
@@ -22,10 +21,18 @@ def main() -> None:
     ap.add_argument("--gpu", default="cpu", help="hardware the runs used")
     a = ap.parse_args()
     rows, hw = read_results(a.results, warn=print), load_hardware(a.gpu)
-    without = copy.deepcopy(rows)
-    for r in without:
-        if "predicted" in r and "analytic" in r["predicted"]:
-            r["predicted"]["analytic"]["kernels_per_step"] = None
+    without = [
+        r.model_copy(
+            update={
+                "predicted": r.predicted.model_copy(
+                    update={"analytic": r.predicted.analytic.model_copy(update={"kernels_per_step": None})}
+                )
+            }
+        )
+        if r.predicted.analytic is not None
+        else r
+        for r in rows
+    ]
     for name, fit in (("FLOPs + operators + fixed", calibrate(rows, hw)), ("FLOPs + fixed", calibrate(without, hw))):
         print(
             f"{name:26s} held out {fit.holdout_runs} of {fit.combinations}: median |error| "

@@ -141,6 +141,30 @@ def _packed_dataset(vocab_size: int, seq: int):
     return ds
 
 
+# bf16-mixed runs (issue 16): CPU autocast in bf16 is the Trainer recipe a GPU runs (fp32 weights, autocast casts,
+# fp32 master = the weights, 16-bit activations); full and LoRA, GC off and on, every architecture (qwen2 is tied).
+# Indices 12-17 are held out: other token counts per micro-batch, run after the estimators were fixed against 0-11.
+def mixed_scenarios() -> list[dict]:
+    dev = [
+        dict(arch=arch, lora_r=lora_r, gc=gc, attn="sdpa", precision="bf16-mixed")
+        for arch in ARCHS
+        for lora_r in (0, 8)
+        for gc in (False, True)
+    ]
+    held_out = [
+        ("qwen2-tied-110m", 0, True, 512, 2),
+        ("llama-gqa-100m", 0, True, 128, 3),
+        ("neox-160m", 8, True, 512, 2),
+        ("llama-gqa-100m", 8, False, 384, 2),
+        ("qwen2-tied-110m", 8, True, 128, 3),
+        ("neox-160m", 0, False, 192, 2),
+    ]
+    return dev + [
+        dict(arch=a, lora_r=r, gc=gc, attn="sdpa", precision="bf16-mixed", seq=seq, batch=b)
+        for a, r, gc, seq, b in held_out
+    ]
+
+
 def miss_scenarios() -> list[dict]:
     return [
         dict(arch="llama-gqa-100m", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
@@ -174,7 +198,9 @@ def run_one(sc: dict) -> dict:
     from ftopt.modeling import build_model
     from ftopt.spec import Precision
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(
+        int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    )  # 1: memory runs on a shared CPU
     spec = _spec(sc)
     combo = _combo(sc)
     device = sc.get("device", "cpu")
@@ -277,8 +303,10 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     # one thread per rank: the peaks are memory, which contention on a shared CPU does not change
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    m = json.loads((out / "metrics.json").read_text())
-    measured = m["measured"]["peak_bytes_per_gpu"]
+    from ftopt.results import read_metrics
+
+    m = read_metrics(out / "metrics.json")
+    measured = m.measured.peak_bytes_per_gpu
     row = {
         "arch": arch,
         **sc,
@@ -289,7 +317,7 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
         "measured_bytes": measured,
     }
     for k in ("analytic", "traced"):
-        row[f"{k}_bytes"] = m["predicted"][k]["peak_bytes_per_gpu"]
+        row[f"{k}_bytes"] = getattr(m.predicted, k).peak_bytes_per_gpu
         row[f"{k}_error"] = (row[f"{k}_bytes"] - measured) / measured
     return row
 
@@ -320,6 +348,7 @@ def main() -> None:
     ap.add_argument("--quant", action="store_true", help="only QLoRA (NF4, GC on/off) and 8-bit AdamW scenarios")
     ap.add_argument("--misses", action="store_true", help="only the known-miss scenarios (seq 1024 x 1, 0.5B qwen2)")
     ap.add_argument("--packed", action="store_true", help="only packed (padding-free) runs; with --table, their table")
+    ap.add_argument("--mixed", action="store_true", help="only bf16-mixed runs; with --table, their table")
     ap.add_argument("--only", help="comma list of scenario indices to run (within the chosen set)")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of the saved quant/misses results")
     ap.add_argument(
@@ -334,7 +363,8 @@ def main() -> None:
         rescore()
         return
     if a.table:
-        print_table(*(("packed",) if a.packed else ("fsdp",) if a.fsdp else ("quant", "misses")))
+        kinds = ("packed",) if a.packed else ("mixed",) if a.mixed else ("fsdp",) if a.fsdp else ("quant", "misses")
+        print_table(*kinds)
         return
     if a.fsdp:
         run_fsdp(a.only)
@@ -351,10 +381,12 @@ def main() -> None:
         if a.misses
         else packed_scenarios()
         if a.packed
+        else mixed_scenarios()
+        if a.mixed
         else scenarios(a.quick, a.gpu)
     )
-    if a.quant or a.misses or a.packed:
-        kind = "quant" if a.quant else "misses" if a.misses else "packed"
+    if a.quant or a.misses or a.packed or a.mixed:
+        kind = "quant" if a.quant else "misses" if a.misses else "packed" if a.packed else "mixed"
         results = RESULTS.with_name(f"estimate_accuracy_{kind}.json")
     if a.only:
         chosen = [chosen[int(i)] for i in a.only.split(",")]
@@ -381,7 +413,7 @@ def main() -> None:
             flush=True,
         )
     zero_rows = []
-    if not (a.gpu or a.quant or a.misses or a.packed):
+    if not (a.gpu or a.quant or a.misses or a.packed or a.mixed):
         import tempfile
 
         work = Path(tempfile.mkdtemp(prefix="ftopt-zero-"))

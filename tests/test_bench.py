@@ -1,6 +1,5 @@
 """Sweep with injected OOM and crash, resume, corrupt results, grids, calibration, atomic appends."""
 
-import json
 import os
 
 import pytest
@@ -10,6 +9,7 @@ from ftopt.bench import load_grid, read_results, run_sweep, sweep_runs
 from ftopt.calibration import calibrate, fit_time_model, spearman
 from ftopt.errors import FtoptError
 from ftopt.io import append_line_atomic
+from ftopt.results import WARMUP_STEPS, ResultRow
 from ftopt.spec import Combination, load_hardware
 
 
@@ -35,13 +35,16 @@ def test_sweep_records_oom_and_crash_and_resumes(tmp_path):
     results = tmp_path / "results.jsonl"
     events = []
     rows = run_sweep(runs, results, inject={keys[0]: "oom", keys[1]: "crash"}, on_event=lambda k, i: events.append(k))
-    status = {r["key"]: r["status"] for r in rows}
+    status = {r.key: r.status.value for r in rows}
     assert status == {keys[0]: "oom", keys[1]: "error", keys[2]: "ok"}
-    oom = next(r for r in rows if r["status"] == "oom")
-    assert "out of memory" in oom["error_tail"] and oom["predicted"]["analytic"]["peak_bytes_per_gpu"] > 0
-    ok = next(r for r in rows if r["status"] == "ok")
-    assert ok["measured"]["peak_bytes_per_gpu"] > 0 and "traced" in ok["predicted"]
-    assert ok["run"]["setup"]["seq_len"] == 32 and ok["run"]["combination"]["gc"] is True  # the run, echoed
+    oom = next(r for r in rows if r.status.value == "oom")
+    assert "out of memory" in oom.error_tail and oom.predicted.analytic.peak_bytes_per_gpu > 0
+    ok = next(r for r in rows if r.ok)
+    assert ok.measured.peak_bytes_per_gpu > 0 and ok.predicted.traced is not None
+    assert ok.run.setup.seq_len == 32 and ok.run.combination.gc is True  # the run, echoed
+    # every step's time is kept; the median leaves out the warm-up steps
+    assert len(ok.measured.step_times) == 3 and ok.measured.warmup_steps == WARMUP_STEPS
+    assert ok.measured.step_seconds == ok.measured.step_times[-1]  # 3 steps, 2 of warm-up: the third
     # a second run of the same sweep skips everything already recorded
     events.clear()
     rows2 = run_sweep(runs, results)
@@ -59,14 +62,14 @@ def test_rerun_with_other_settings_runs_again(tmp_path):
         on_event=lambda k, i: events.append(k),
     )
     assert events.count("start") == 1 and "skip" not in events  # not "done before": the settings differ
-    assert sorted(r["measured"]["steps"] for r in rows) == [2, 3]
+    assert sorted(r.measured.steps for r in rows) == [2, 3]
 
 
 def test_zero_processes_and_run_timeout(tmp_path):
     runs = sweep_runs(_base(max_steps=500), [Combination(zero=2)], tmp_path / "runs", zero_gpus=1)
     assert runs[0].spec.setup.world_size == 1  # a one-GPU machine can run the ZeRO reference points
     rows = run_sweep(runs, tmp_path / "r.jsonl", run_timeout_seconds=3)
-    assert rows[0]["status"] == "timeout" and "--run-timeout" in rows[0]["error_tail"]
+    assert rows[0].status.value == "timeout" and "--run-timeout" in rows[0].error_tail
 
 
 def test_resume_after_interrupt_runs_only_the_rest(tmp_path):
@@ -75,7 +78,7 @@ def test_resume_after_interrupt_runs_only_the_rest(tmp_path):
     results = tmp_path / "r.jsonl"
     first = runs[0].key()
     # as if the sweep was interrupted after the first run finished
-    append_line_atomic(results, json.dumps({"key": first, "status": "ok", "label": "x", "measured": {}}))
+    append_line_atomic(results, _line(first))
     started = []
     run_sweep(runs, results, on_event=lambda k, i: started.append((k, i["key"])))
     assert ("skip", first) in started and sum(k == "start" for k, _ in started) == 1
@@ -83,11 +86,16 @@ def test_resume_after_interrupt_runs_only_the_rest(tmp_path):
 
 def test_corrupt_results_keep_good_lines(tmp_path):
     p = tmp_path / "r.jsonl"
-    p.write_text('{"key": "a", "status": "ok"}\n{"key": "b", "sta\n[1]\n{"key": "c", "status": "oom"}\n')
+    p.write_text(f'{_line("a")}\n{{"key": "b", "sta\n[1]\n{_line("c")}\n{{"key": "d", "status": "ok"}}\n')
     warnings = []
     rows = read_results(p, warn=warnings.append)
-    assert [r["key"] for r in rows] == ["a", "c"]
-    assert any("line 2" in w for w in warnings) and any("line 3" in w for w in warnings)
+    assert [r.key for r in rows] == ["a", "c"]
+    assert [any(f"line {n}" in w for w in warnings) for n in (2, 3, 5)] == [True] * 3  # 5: not a valid result
+
+
+def _line(key: str) -> str:
+    """A valid results line of a failed run."""
+    return ResultRow(key=key, label=key, combination=Combination(), status="oom", error_tail="oom").to_line()
 
 
 def test_append_on_full_disk_leaves_no_partial_line(tmp_path, monkeypatch):
@@ -127,10 +135,10 @@ def _row(label, x, kernels, zero, seconds, repeat=0):
         "key": f"{label}-{repeat}",
         "label": label,
         "gpus": 2 if zero else 1,
-        "combination": {"zero": zero, "label": label},
+        "combination": Combination(zero=zero, lora_r=1 + int(label.split("-")[0].removeprefix("c"))).model_dump(),
         "sweep": {"precision": "fp32"},
         "predicted": {"analytic": {"flops_per_step": x * 1e12, "kernels_per_step": kernels}},
-        "measured": {"step_seconds": seconds},
+        "measured": {"peak_bytes_per_gpu": 1, "step_seconds": seconds},
     }
 
 
@@ -215,3 +223,17 @@ def test_bench_quant_and_optim_lists_are_the_cross_product_without_duplicates(tm
     zero3 = [c for c in swept if c.zero == 3]
     assert len(zero3) == 1  # ZeRO-3 takes neither
     assert _bench_combinations(tmp_path, monkeypatch, "--quant", "none") == plain
+
+
+def test_clean_exit_without_metrics_is_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """A run that exits 0 but wrote no metrics.json is recorded as failed with the log's last error (it used to
+    crash the whole sweep on reading the missing file)."""
+    import ftopt.bench as B
+
+    log = 'loading...\nTraceback (most recent call last):\n  File "x.py", line 1\nValueError: tokenizer broke\ndone\n'
+    monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout: (0, log))
+    runs = sweep_runs(_base(), [Combination(), Combination(gc=True)], tmp_path / "runs")
+    rows = run_sweep(runs, tmp_path / "results.jsonl")
+    assert [r.status.value for r in rows] == ["failed", "failed"]
+    assert "without" in rows[0].error_tail and "ValueError: tokenizer broke" in rows[0].error_tail
+    assert rows[0].predicted.analytic.peak_bytes_per_gpu > 0

@@ -10,6 +10,10 @@ from ftopt.cli import app
 runner = CliRunner()
 
 
+# plan llama-2-7b on one 8 x A100 node with the formulas alone (these tests are not about the trace's confirmation)
+PLAN_7B_NODE = ("plan", "--method", "analytic", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8")
+
+
 def run(*args):
     return runner.invoke(app, list(args))
 
@@ -25,7 +29,12 @@ def test_estimate_json_schema():
 
 def test_plan_json_schema(tmp_path):
     out = tmp_path / "plan.json"
-    r = run("plan", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--json", "--out", str(out))
+    r = run(
+        *PLAN_7B_NODE,
+        "--json",
+        "--out",
+        str(out),
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert set(d["recommended"]) >= {"gc", "lora_r", "zero", "offload", "attn"}
@@ -35,7 +44,9 @@ def test_plan_json_schema(tmp_path):
 
 
 def test_plan_table():
-    r = run("plan", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--seq-len", "2048")
+    r = run(
+        "plan", "--method", "analytic", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--seq-len", "2048"
+    )
     assert r.exit_code == 0, r.output
     assert "Recommended:" in r.output and "LoRA" in r.output
 
@@ -46,8 +57,8 @@ def test_plan_table():
         (("estimate", "--model", "llama-2-8b"), "Did you mean"),
         (("estimate", "--model", "/nonexistent/config.json"), "does not exist"),
         (("estimate", "--gpu", "a100"), "Unknown GPU"),
-        (("estimate", "--seq-len", "0"), "seq_len"),
-        (("estimate", "--micro-batch", "-1"), "micro_batch"),
+        (("estimate", "--seq-len", "0"), "--seq-len: Input should be greater than 0 (got 0)"),  # the flag typed
+        (("estimate", "--micro-batch", "-1"), "--micro-batch:"),
         (("estimate", "--offload", "all", "--zero", "2"), "needs ZeRO stage 3"),
         (("estimate", "--offload", "optimizer"), "needs a ZeRO stage"),
         (("estimate", "--attn", "xformers"), "--attn must be one of"),
@@ -99,6 +110,8 @@ def test_host_ram_and_currency_reach_the_plan():
     with --host-ram 1.5TiB they do. Costs carry the currency."""
     base = (
         "plan",
+        "--method",
+        "analytic",
         "--model",
         "llama-2-70b",
         "--gpu",
@@ -132,9 +145,9 @@ def test_estimate_and_plan_print_the_calibration_used(tmp_path):
             "key": f"c{i}",
             "label": f"c{i}",
             "gpus": 1,
-            "combination": {"zero": 0, "label": f"c{i}"},
+            "combination": {"lora_r": i + 1},  # four distinct combinations
             "sweep": {"precision": "fp32"},
-            "measured": {"step_seconds": 0.1 * (i + 1) / 0.3 + 0.01},
+            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": 0.1 * (i + 1) / 0.3 + 0.01},
             "predicted": {
                 "analytic": {"flops_per_step": 0.1 * (i + 1) * hw.flops_for("fp32"), "kernels_per_step": 1000}
             },
@@ -142,14 +155,18 @@ def test_estimate_and_plan_print_the_calibration_used(tmp_path):
         for i in range(4)
     ]
     _, path = calibrate_and_store(rows, hw, "/runs/x.jsonl", "llama-2-7b")
-    r = run("plan", "--gpu", "a100-80g", "--gpus", "8")
+    r = run("plan", "--method", "analytic", "--gpu", "a100-80g", "--gpus", "8")
     assert "time model: calibrated, 4 runs of 4 points on a100-80g (llama-2-7b)" in r.output
     d = json.loads(run("estimate", "--gpu", "a100-80g", "--json", "--calibration", str(path)).output)
     assert d["calibration"]["file"] == str(path) and d["calibration"]["runs"] == 4
 
 
 def test_plan_without_dataset_tokens_quotes_steps_and_1k_samples():
-    r = run("plan", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--cost-per-gpu-hour", "2")
+    r = run(
+        *PLAN_7B_NODE,
+        "--cost-per-gpu-hour",
+        "2",
+    )
     assert "per 1k samples" in r.output and "cost (USD per 1k samples)" in r.output
     header = next(line for line in r.output.splitlines() if "combination" in line)
     assert "step" in header and "epoch" not in header and "total" not in header
@@ -198,3 +215,13 @@ def test_version_and_help_state_defaults():
         assert "64 on cpu" in params["seq_len"].help  # hardware-derived defaults are shown in --help
         undocumented = [p.name for p in params.values() if not getattr(p, "help", None) and p.name != "results"]
         assert not undocumented, f"{name}: flags without help: {undocumented}"
+
+
+def test_plan_on_t4_defaults_to_fp16_mixed_and_fp32_plans_skip_flash():
+    """Issue 16: `plan --gpu t4` failed with "t4 cannot run bf16"; an fp32 plan must not offer flash-attn."""
+    r = run("plan", "--model", "tiny-llama", "--gpu", "t4", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["setup"]["precision"] == "fp16-mixed"
+    r = run("plan", "--model", "tiny-llama", "--gpu", "a100-80g", "--precision", "fp32", "--json")
+    assert r.exit_code == 0, r.output
+    assert {c["attn"] for c in json.loads(r.stdout)["candidates"]} == {"eager", "sdpa"}

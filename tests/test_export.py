@@ -3,6 +3,7 @@
 import json
 import shlex
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -13,7 +14,8 @@ runner = CliRunner()
 
 def export(tmp_path, *flags):
     folder = tmp_path / "export"
-    r = runner.invoke(app, ["plan", "--model", "llama-2-7b", "--export", str(folder), *flags])
+    model = [] if "--model" in flags else ["--model", "llama-2-7b"]
+    r = runner.invoke(app, ["plan", "--method", "analytic", *model, "--export", str(folder), *flags])
     assert r.exit_code == 0, r.output
     return folder
 
@@ -26,7 +28,9 @@ def test_deepspeed_config_loads_in_deepspeed(tmp_path, monkeypatch):
 
     # DeepSpeedConfig reads the world size from torch.distributed: stand in for the planned 8 ranks
     monkeypatch.setattr(dsc, "dist", SimpleNamespace(get_rank=lambda: 0, get_world_size=lambda *a: 8))
-    folder = export(tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048")
+    folder = export(
+        tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048", "--engine", "zero"
+    )
     ds = json.loads((folder / "ds_config.json").read_text())
     assert "auto" not in json.dumps(ds)  # resolved: DeepSpeed alone accepts it
     cfg = DeepSpeedConfig(str(folder / "ds_config.json"))  # validates batch sizes against the world size
@@ -34,10 +38,13 @@ def test_deepspeed_config_loads_in_deepspeed(tmp_path, monkeypatch):
     assert cfg.train_batch_size == 8 * cfg.train_micro_batch_size_per_gpu * cfg.gradient_accumulation_steps
 
 
-def test_trl_config_parses_with_trl_and_launch_names_it(tmp_path):
+def test_trl_config_parses_with_trl_and_launch_names_it(tmp_path, monkeypatch):
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    folder = export(tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048")
+    folder = export(
+        tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048", "--engine", "zero"
+    )
+    monkeypatch.chdir(folder)  # where launch.sh runs it: the deepspeed path is relative to the folder
     doc = yaml.safe_load((folder / "sft_config.yaml").read_text())
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
     script, sft, model, _ = parser.parse_args_and_config(
@@ -45,7 +52,7 @@ def test_trl_config_parses_with_trl_and_launch_names_it(tmp_path):
     )
     assert model.model_name_or_path == "REPLACE-WITH-THE-HUB-ID-OF-llama-2-7b" and sft.max_length == 2048
     assert sft.per_device_train_batch_size == doc["per_device_train_batch_size"]
-    assert sft.deepspeed == str((folder / "ds_config.json").resolve())
+    assert sft.deepspeed == "ds_config.json"  # relative to the folder launch.sh runs from: the folder can move
     launch = (folder / "launch.sh").read_text().splitlines()[-1]
     argv = shlex.split(launch.removeprefix("exec "))
     assert argv[:5] == ["accelerate", "launch", "--num_processes", "8", "--num_machines"]
@@ -119,3 +126,57 @@ def test_export_under_a_file_is_one_line_before_planning(tmp_path):
     r = runner.invoke(app, ["plan", "--model", "llama-2-7b", "--export", str(blocker / "sub")])
     assert r.exit_code == 2 and "--export" in r.output and "is a file" in r.output
     assert len(r.output.strip().splitlines()) == 1  # no plan table printed before the error
+
+
+def test_exported_learning_rate_suits_method_and_size_with_its_source(tmp_path):
+    """The defect: learning_rate 0.001 (the tiny model's default) for a 13B full fine-tune."""
+    full13 = export(tmp_path / "a", "--model", "llama-2-13b", "--gpu", "a100-80g", "--gpus", "8", "--full-only")
+    text = (full13 / "sft_config.yaml").read_text()
+    assert yaml.safe_load(text)["learning_rate"] == 1e-5 and "Alpaca" in text.splitlines()[0]
+    lora7 = export(tmp_path / "b", "--gpu", "rtx4090", "--quant", "none", "--optim", "adamw")
+    text = (lora7 / "sft_config.yaml").read_text()
+    assert yaml.safe_load(text)["learning_rate"] == 2e-4 and "QLoRA" in text.splitlines()[0]
+    lora70 = export(tmp_path / "c", "--model", "llama-2-70b", "--gpu", "a100-80g")
+    assert yaml.safe_load((lora70 / "sft_config.yaml").read_text())["learning_rate"] == 1e-4
+
+
+def test_exported_folder_still_runs_after_it_is_copied(tmp_path):
+    import shutil
+
+    folder = export(
+        tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048", "--engine", "zero"
+    )
+    moved = shutil.copytree(folder, tmp_path / "elsewhere" / "cluster-copy")
+    shutil.rmtree(folder)
+    doc = yaml.safe_load((moved / "sft_config.yaml").read_text())
+    assert not any(str(tmp_path) in str(v) for v in doc.values())  # no absolute path into the old folder
+    assert (moved / doc["deepspeed"]).is_file()  # relative to the folder launch.sh cds into
+    assert 'cd "$(dirname "$0")"' in (moved / "launch.sh").read_text()
+
+
+@pytest.mark.parametrize(
+    "precision, zero, dtype", [("bf16-mixed", 3, "bf16"), ("fp16-mixed", 2, "fp16"), ("fp32", 3, "fp32")]
+)
+def test_deepspeed_config_states_what_the_estimator_assumes(precision, zero, dtype):
+    """Issue 16: the gradient-accumulation dtype and ZeRO-3's live-parameter limits were DeepSpeed's defaults, not
+    set; they now come from the constants the estimator reads."""
+    from ftopt import resolve
+    from ftopt.estimate import analytic
+    from ftopt.policy import storage
+    from ftopt.spec import load_hardware
+    from ftopt.train.dsconfig import deepspeed_config
+
+    hw = load_hardware("a100-80g")
+    run = resolve.new_run(
+        hw,
+        resolve.model_ref("tiny-llama", weights=False),
+        resolve.setup(hw, precision=precision, gpus_per_node=2),
+        resolve.combination(zero=zero),
+    )
+    ds = deepspeed_config(run)
+    assert ds["data_types"]["grad_accum_dtype"] == dtype
+    assert {"fp32": 4, "bf16": 2, "fp16": 2}[dtype] == storage(run.setup.precision, run.combination).grad
+    zero_cfg = ds["zero_optimization"]
+    if zero == 3:
+        assert zero_cfg["stage3_max_live_parameters"] == analytic.STAGE3_MAX_LIVE_PARAMETERS
+        assert zero_cfg["stage3_max_reuse_distance"] == analytic.STAGE3_MAX_LIVE_PARAMETERS

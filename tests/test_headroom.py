@@ -102,8 +102,9 @@ def test_longest_context_and_fewest_gpus_respect_the_margin():
 
 # ---- tie-breaks -----------------------------------------------------------------------------------------------
 def test_mistral_on_l4_recommends_plain_lora_gc_not_one_gpu_zero_with_nf4():
-    p = plan(load_model("mistral-7b"), load_hardware("l4"), TrainingSetup(), what_ifs=False)
+    p = plan(load_model("mistral-7b"), load_hardware("l4"), TrainingSetup())
     rec = p.recommended.combination
+    assert p.fewest_gpus == 1 and p.fewest_gpus_combination == rec  # the what-if picks by the same rule
     assert rec.zero == 0 and rec.quant is Quant.NONE and rec.optim.value == "adamw" and rec.lora and rec.gc
     assert p.tie_break.dropped_single_gpu_deepspeed
     assert p.tie_break.decided_by == "no 8-bit or paged optimizer"  # LoRA + GC + adamw-8bit is 0.03% faster
@@ -178,7 +179,20 @@ def test_a_pick_the_trace_rejects_is_replaced_and_the_plan_says_so(monkeypatch):
 def test_cli_plan_confirms_with_the_trace_by_default():
     r = CliRunner().invoke(app, ["plan", "--model", "tiny-llama", "--gpu", "a100-80g", "--seq-len", "256", "--json"])
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)  # stdout carries the JSON alone; a trace's library notices go to stderr
     assert doc["method"] == "traced"
     assert doc["answered_by"] == {"recommended": "traced", "longest_context": "traced", "fewest_gpus": "traced"}
     assert doc["recommended_estimate"]["method"] == "traced"
+
+
+def test_headroom_is_not_part_of_a_runs_identity():
+    """A resumed run may be judged with another margin: it is the same run."""
+    from ftopt.resolve import new_run, with_headroom
+    from ftopt.spec import ModelRef
+
+    hw = load_hardware("cpu")
+    spec = new_run(hw, ModelRef(), TrainingSetup(), Combination())
+    other = with_headroom(spec, 0.25)
+    assert other.setup.headroom == 0.25 and other.identity() == spec.identity()
+    with pytest.raises(Exception, match="--headroom"):
+        with_headroom(spec, 1.0)

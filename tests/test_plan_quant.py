@@ -13,7 +13,21 @@ from ftopt.spec import Combination, Offload, Quant, TrainingSetup, load_hardware
 
 def test_13b_on_one_24gb_gpu_cli_json():
     r = CliRunner().invoke(
-        app, ["plan", "--model", "llama-2-13b", "--gpu", "rtx4090", "--gpus", "1", "--seq-len", "2048", "--json"]
+        app,
+        [
+            "plan",
+            "--method",
+            "analytic",
+            "--model",
+            "llama-2-13b",
+            "--gpu",
+            "rtx4090",
+            "--gpus",
+            "1",
+            "--seq-len",
+            "2048",
+            "--json",
+        ],
     )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
@@ -59,7 +73,9 @@ def test_repeated_quant_and_optim_values_plan_each_combination_once():
     keys = ("gc", "lora_r", "zero", "offload", "attn", "lora_targets", "quant", "optim")
 
     def candidates(*flags):
-        r = CliRunner().invoke(app, ["plan", "--model", "llama-2-7b", "--gpu", "rtx4090", "--json", *flags])
+        r = CliRunner().invoke(
+            app, ["plan", "--method", "analytic", "--model", "llama-2-7b", "--gpu", "rtx4090", "--json", *flags]
+        )
         assert r.exit_code == 0, r.output
         return [json.dumps({k: c[k] for k in keys}) for c in json.loads(r.output)["candidates"]]
 

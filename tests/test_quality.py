@@ -16,6 +16,7 @@ from ftopt.quality import (
     score,
     token_f1,
 )
+from ftopt.results import Measured
 
 
 def test_token_f1_and_rouge_l_by_hand():
@@ -60,26 +61,24 @@ def test_perplexity():
 def test_quality_target_parse_and_met():
     t = QualityTarget.parse("exact_match>=0.5")
     assert (t.metric, t.op, t.value) == ("exact_match", ">=", 0.5)
-    assert t.met({"quality": {"exact_match": 0.5}}) and not t.met({"quality": {"exact_match": 0.49}})
-    assert not t.met({"eval_loss": 1.0})  # a run without the metric does not meet it
+    m = lambda **kw: Measured(peak_bytes_per_gpu=1, **kw)  # noqa: E731
+    assert t.met(m(quality={"exact_match": 0.5})) and not t.met(m(quality={"exact_match": 0.49}))
+    assert not t.met(m(eval_loss=1.0))  # a run without the metric does not meet it
     loss = QualityTarget.parse(" eval_loss <= 1.2e-1 ")
-    assert loss.met({"eval_loss": 0.1}) and not loss.met({"eval_loss": 0.2})
+    assert loss.met(m(eval_loss=0.1)) and not loss.met(m(eval_loss=0.2))
     assert QualityTarget.parse("mymod:fn>=.3").metric == "mymod:fn"
     for bad in ("exact_match>0.5", "exact_match", ">=0.5", "exact_match>=high"):
         with pytest.raises(FtoptError, match="METRIC>=VALUE"):
             QualityTarget.parse(bad)
 
 
-def test_evaluate_generation_scores_a_real_model_and_caps_examples():
-    """A tiny random model generates; the cap limits rows and progress is reported."""
+def _tiny_llama():
+    """A one-layer random llama the built-in task's tokenizer can drive."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftopt import sample_task as S
-
-    tok = S.tokenizer()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
+    return LlamaForCausalLM(
         LlamaConfig(
             vocab_size=64,
             hidden_size=16,
@@ -90,6 +89,15 @@ def test_evaluate_generation_scores_a_real_model_and_caps_examples():
             pad_token_id=0,
         )
     )
+
+
+def test_evaluate_generation_scores_a_real_model_and_caps_examples():
+    """A tiny random model generates; the cap limits rows and progress is reported."""
+
+    from ftopt import sample_task as S
+
+    tok = S.tokenizer()
+    model = _tiny_llama()
     rows = S.examples("back", 20, seed=1)
     lines = []
     q = evaluate_generation(model, tok, rows, "cpu", max_examples=5, log=lines.append)
@@ -112,3 +120,29 @@ def test_bench_checks_quality_flags_before_running_anything(tmp_path, args, frag
 
     res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "sweep"), *args])
     assert res.exit_code == 2 and fragment in res.output and not (tmp_path / "sweep" / "results.jsonl").exists()
+
+
+def test_generation_uses_the_kv_cache_even_when_training_turned_it_off():
+    """The defect: the trained model's config says use_cache=False (training), so each new token re-ran the whole
+    sequence. With the cache, every forward after the prompt's sees one new token and the cached keys/values."""
+
+    from ftopt import sample_task as S
+    from ftopt.quality import generate
+
+    tok = S.tokenizer()
+    model = _tiny_llama()
+    model.config.use_cache = False  # as ftopt.modeling builds a model for training
+    model.eval()
+    model.generation_config.use_cache = False  # as a saved generation_config may say (presets/base/tiny-base)
+    model.generation_config.eos_token_id = None  # generate the full length: several cached steps to check
+    calls = []
+    model.model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((kwargs["input_ids"].shape[1], kwargs.get("past_key_values"))),
+        with_kwargs=True,
+    )
+    row = S.examples("back", 1, seed=1)[0]
+    generate(model, tok, [row], "cpu", log=lambda m: None)
+    assert len(calls) >= 3
+    prompt_len = calls[0][0]
+    assert prompt_len > 1 and all(n == 1 for n, _ in calls[1:])  # one new token per step, not the whole sequence
+    assert all(p is not None and p.get_seq_length() > 0 for _, p in calls[1:])

@@ -19,9 +19,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftopt.errors import FtoptError, validation_message
 from ftopt.io import append_line_atomic
-from ftopt.spec import Attention, Combination, Fsdp, HardwareSpec, Optim, OutputSpec, Quant, RunSpec
+from ftopt.quality import QualityTarget
+from ftopt.results import Predictions, ResultRow, Status, read_metrics, read_results
+from ftopt.spec import (
+    Attention,
+    Combination,
+    Fsdp,
+    HardwareSpec,
+    Optim,
+    OutputSpec,
+    Precision,
+    Quant,
+    RunSpec,
+    default_precision,
+)
 
-RESULTS_SCHEMA = "ftopt.bench/2"
+__all__ = ["BenchRun", "read_results", "run_sweep", "sweep_rows", "sweep_runs"]
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
@@ -72,11 +85,13 @@ def default_zero_processes(hw: HardwareSpec) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def reference_combinations(hw: HardwareSpec, lora_r: int = 8) -> list[Combination]:
+def reference_combinations(hw: HardwareSpec, lora_r: int = 8, precision: Precision | None = None) -> list[Combination]:
     """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, LoRA+FSDP2 (full
-    reshard, beside ZeRO-3), eager vs the fastest attention kernel this hardware runs (flash where it can, else
-    SDPA)."""
-    fast = Attention.FLASH if Attention.FLASH in hw.attention_kernels else Attention.SDPA
+    reshard, beside ZeRO-3), eager vs the fastest attention kernel this hardware runs at `precision` (flash where
+    it can, else SDPA; None = the hardware's default precision)."""
+    prec = precision or default_precision(hw.is_cpu, hw.peak_flops)
+    flash = Attention.FLASH in hw.attention_kernels and Attention.FLASH.runs_in(prec)
+    fast = Attention.FLASH if flash else Attention.SDPA
     return [
         Combination(attn=fast),
         Combination(gc=True, attn=fast),
@@ -138,35 +153,16 @@ def load_grid(path: str | Path) -> list[Combination]:
     return out
 
 
-# ---- results file -----------------------------------------------------------------------------------------------------
-def read_results(path: str | Path, warn: Callable[[str], None] = lambda m: None) -> list[dict]:
-    """Every valid JSON object line; a bad line is reported with its number and skipped (the good ones are kept)."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    rows = []
-    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or "key" not in row or "status" not in row:
-                raise ValueError("not a result object")
-            rows.append(row)
-        except ValueError as e:
-            warn(f"{p}, line {n}: skipped a corrupt result ({str(e).splitlines()[0][:60]})")
-    return rows
-
-
+# ---- results file: ftopt.results reads and types it -------------------------------------------------------------
 def _tail(text: str, n: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
 
 
-def _status(returncode: int, output: str) -> str:
-    """ok, oom or error (a timeout is recorded by the caller)."""
+def _status(returncode: int, output: str) -> Status:
+    """ok, oom or error (a timeout, and a clean exit without metrics.json, 'failed', are recorded by the caller)."""
     if returncode == 0:
-        return "ok"
-    return "oom" if any(m in output for m in OOM_MARKERS) else "error"
+        return Status.OK
+    return Status.OOM if any(m in output for m in OOM_MARKERS) else Status.ERROR
 
 
 # ---- the sweep ------------------------------------------------------------------------------------------------------------
@@ -177,11 +173,13 @@ def run_sweep(
     run_timeout_seconds: float | None = None,
     on_event: Callable[[str, dict], None] = lambda kind, info: None,
     inject: dict[str, str] | None = None,
-) -> list[dict]:
-    """Run each BenchRun not yet in `results`; append one result line per run. Returns all results.
+    quality_target: QualityTarget | None = None,
+) -> list[ResultRow]:
+    """Run each BenchRun not yet in `results`; append one result line per run (with the sweep's quality target,
+    which the report then uses). Returns all results.
     `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
     results = Path(results)
-    done = {r["key"] for r in read_results(results)}
+    done = {r.key for r in read_results(results)}
     for i, run in enumerate(runs, 1):
         key, c = run.key(), run.spec.combination
         info = {"key": key, "label": c.label(), "index": i, "total": len(runs)}
@@ -190,19 +188,20 @@ def run_sweep(
             continue
         on_event("start", info)
         row = _run_one(run, key, run_timeout_seconds, inject or {})
-        append_line_atomic(results, json.dumps(row))
-        on_event("done", {**info, "status": row["status"]})
+        row = row.model_copy(update={"quality_target": quality_target})
+        append_line_atomic(results, row.to_line())
+        on_event("done", {**info, "status": row.status.value})
     return read_results(results)
 
 
-def sweep_rows(rows: list[dict], runs: list[BenchRun]) -> list[dict]:
+def sweep_rows(rows: list[ResultRow], runs: list[BenchRun]) -> list[ResultRow]:
     """The result lines of these runs only: a results file is appended to by every sweep that uses it, and a
     calibration or a summary must not mix in another sweep's model, sequence length or precision."""
     keys = {r.key() for r in runs}
-    return [r for r in rows if r["key"] in keys]
+    return [r for r in rows if r.key in keys]
 
 
-def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, str]) -> dict:
+def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, str]) -> ResultRow:
     """One `ftopt train --plan RUN.json` subprocess: the run gets its specification as a file, never re-parsed
     flags. An OOM, crash or timeout is recorded with the prediction and the sweep goes on."""
     from ftopt.io import atomic_write_text
@@ -211,6 +210,9 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     spec_file = spec.output_dir.parent / f"{key}.run.json"
     atomic_write_text(spec_file, json.dumps(spec.to_json(), indent=2))
     cmd = [sys.executable, "-m", "ftopt", "train", "--plan", str(spec_file), "--json"]
+    # the sweep's own command line allowed these (ftopt.trust): the child reads them from a file, so says so again
+    cmd += ["--trust-remote-code"] if spec.model.trust_remote_code else []
+    cmd += ["--allow-metric-module"] if spec.data.metrics else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if spec.hardware.is_cpu:
         # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then
@@ -221,30 +223,29 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
         if key.startswith(prefix):
             env["FTOPT_INJECT_FAILURE"] = what
     returncode, output = _run_with_timeout(cmd, env, timeout)
-    status = "timeout" if returncode is None else _status(returncode, output)
+    status = Status.TIMEOUT if returncode is None else _status(returncode, output)
     if returncode is None:
         output = f"stopped after --run-timeout {timeout:g} s\n{output}"
+    metrics_path = spec.output_dir / "metrics.json"
+    if status is Status.OK and not metrics_path.is_file():  # a clean exit that measured nothing is no result
+        from ftopt.train.engine import last_error_line
+
+        status = Status.FAILED
+        output = f"exited 0 without {metrics_path}: {last_error_line(output)}"
     c = spec.combination
-    row: dict = {
-        "schema": RESULTS_SCHEMA,
-        "key": key,
-        "label": c.label(),
-        "combination": c.key(),
-        "gpus": spec.setup.world_size,
-        "repeat": run.repeat,
-        "status": status,
-        "run": spec.to_json(),
-    }
-    if status == "ok":
+    row = dict(key=key, label=c.label(), combination=c, gpus=spec.setup.world_size, repeat=run.repeat, run=spec)
+    if status is Status.OK:
         # the run already predicted itself for the same setup and hardware: no second trace
-        m = json.loads((spec.output_dir / "metrics.json").read_text())
-        row.update(
-            measured=m["measured"], mfu=m.get("mfu"), tokens_per_step=m["tokens_per_step"], predicted=m["predicted"]
+        m = read_metrics(metrics_path)
+        return ResultRow(
+            **row,
+            status=status,
+            measured=m.measured,
+            mfu=m.mfu,
+            tokens_per_step=m.tokens_per_step,
+            predicted=m.predicted,
         )
-    else:
-        row["error_tail"] = _tail(output)
-        row["predicted"] = predicted(spec)
-    return row
+    return ResultRow(**row, status=status, error_tail=_tail(output), predicted=Predictions(**predicted(spec)))
 
 
 def _run_with_timeout(cmd: list[str], env: dict, timeout: float | None) -> tuple[int | None, str]:

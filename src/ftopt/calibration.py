@@ -7,7 +7,6 @@ Storing, merging and applying fits is ftopt/calibration_store.py; nothing here r
 from __future__ import annotations
 
 import itertools
-import json
 import statistics
 from dataclasses import dataclass, field
 
@@ -187,34 +186,34 @@ class CalibrationFit(BaseModel):
     at_bound: list[str] = Field(default_factory=list, description="constants the bounded fit pinned to a bound")
 
 
-def time_points(rows: list[dict], hw) -> tuple[list[TimePoint], int]:
-    """Successful runs with predicted FLOPs, merged per combination and process count (median step time)."""
+def time_points(rows: list, hw) -> tuple[list[TimePoint], int]:
+    """Successful runs (ftopt.results.ResultRow) with predicted FLOPs, merged per combination and process count
+    (median step time)."""
+    from ftopt.results import parse_rows
     from ftopt.spec import Precision
 
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        pred = r.get("predicted", {}).get("analytic", {})
-        if r.get("status") == "ok" and r.get("measured", {}).get("step_seconds") and pred.get("flops_per_step"):
-            groups.setdefault((json.dumps(r["combination"], sort_keys=True), r.get("gpus", 1)), []).append(r)
+    groups: dict[tuple, list] = {}
+    for r in parse_rows(rows):
+        pred = r.predicted.analytic
+        if r.ok and r.measured.step_seconds and pred is not None and pred.flops_per_step:
+            groups.setdefault((r.combination, r.gpus), []).append(r)
     points = []
     for runs in groups.values():
         r = runs[0]
         # results lines carry their run specification; lines written before ftopt.bench/2 carried "sweep"
-        dtype = Precision(
-            r.get("run", {}).get("setup", {}).get("precision") or r.get("sweep", {}).get("precision", "fp32")
-        ).compute_dtype
-        peak = hw.flops_for(dtype) or hw.flops_for("fp32")
-        pred = r["predicted"]["analytic"]
+        precision = r.run.setup.precision if r.run else Precision((r.legacy_sweep or {}).get("precision", "fp32"))
+        peak = hw.flops_for(precision.compute_dtype) or hw.flops_for("fp32")
+        pred = r.predicted.analytic
         points.append(
             TimePoint(
-                r.get("label", r["key"]),
-                pred["flops_per_step"] / peak,
-                pred.get("kernels_per_step"),
-                r["combination"]["zero"],
-                statistics.median(x["measured"]["step_seconds"] for x in runs),
-                gpus=r.get("gpus", 1),
+                r.label,
+                pred.flops_per_step / peak,
+                pred.kernels_per_step,
+                r.combination.zero,
+                statistics.median(x.measured.step_seconds for x in runs),
+                gpus=r.gpus,
                 runs=len(runs),
-                fsdp=r["combination"].get("fsdp", "none"),
+                fsdp=r.combination.fsdp.value,
             )
         )
     return points, sum(len(v) for v in groups.values())

@@ -152,7 +152,7 @@ def merge_points(old: list[StoredPoint], new: list[StoredPoint]) -> list[StoredP
     return [p for p in old if p.source not in sources] + new
 
 
-def calibrate_and_store(rows: list[dict], hw: HardwareSpec, source: str, model: str) -> tuple[CalibrationFit, Path]:
+def calibrate_and_store(rows: list, hw: HardwareSpec, source: str, model: str) -> tuple[CalibrationFit, Path]:
     """Fit the sweep's successful runs of `model` on `hw`, merge them with the stored points for this hardware and
     library versions, refit on all of them, and store the result. Returns (fit of the merged points, file)."""
     versions = SoftwareVersions.installed()

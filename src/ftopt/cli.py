@@ -44,6 +44,7 @@ from ftopt.cli_common import (
     method_of,
     planning_hardware,
     run_body,
+    stdout_to_stderr,
 )
 from ftopt.errors import FtoptError
 
@@ -236,21 +237,22 @@ def plan(
             packing=packing,
             headroom=headroom,
         )
-        p = make_plan(
-            m,
-            hw,
-            setup,
-            method=method_of(method),
-            max_hours=max_hours,
-            full_only=full_only,
-            lora_r=lora_r,
-            lora_targets=resolve.lora_target_list(lora_targets),
-            cost_per_gpu_hour=cost_per_gpu_hour,
-            currency=currency,
-            quants=resolve.enum_list("quant", quant),
-            optims=resolve.enum_list("optim", optim),
-            engines=resolve.enum_list("engine", engine),
-        )
+        with stdout_to_stderr(json_out):  # a trace's library notices go to stderr; stdout carries the JSON
+            p = make_plan(
+                m,
+                hw,
+                setup,
+                method=method_of(method),
+                max_hours=max_hours,
+                full_only=full_only,
+                lora_r=lora_r,
+                lora_targets=resolve.lora_target_list(lora_targets),
+                cost_per_gpu_hour=cost_per_gpu_hour,
+                currency=currency,
+                quants=resolve.enum_list("quant", quant),
+                optims=resolve.enum_list("optim", optim),
+                engines=resolve.enum_list("engine", engine),
+            )
         doc = p.to_json()
         ref = resolve.model_ref(model, weights=resolve.has_weights(model))
         run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
@@ -277,8 +279,9 @@ def plan(
 
 from ftopt.cli_run import preview, train  # noqa: E402  (after `app`: the commands register in help order)
 from ftopt.cli_sweep import bench, demo, report  # noqa: E402
+from ftopt.serve.command import serve  # noqa: E402
 
-for _command in (train, bench, report, demo, preview):
+for _command in (train, bench, report, demo, preview, serve):
     app.command()(_command)
 
 

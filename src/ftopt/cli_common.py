@@ -43,7 +43,8 @@ GradAccum = Annotated[int | None, typer.Option("--grad-accum", help="micro-batch
 PrecisionOpt = Annotated[
     str | None,
     typer.Option(
-        "--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16-true [default: bf16-mixed on a GPU, fp32 on cpu]"
+        "--precision",
+        help="fp32 | bf16-mixed | fp16-mixed | bf16-true [default: the best the hardware runs: bf16-mixed, fp16-mixed on T4/V100, fp32 on cpu]",
     ),
 ]
 DatasetTokens = Annotated[
@@ -83,6 +84,13 @@ QuantOpt = Annotated[
 OptimOpt = Annotated[
     str | None, typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw [default: adamw]")
 ]
+TrainOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--train-on",
+        help="chat data: tokens trained: all | assistant (every assistant turn) | last-assistant [default: assistant]",
+    ),
+]
 # how --model is read (ftopt.spec.hub.is_local_path / parse_hub_id), stated in every --model help
 MODEL_REF_RULE = (
     "org/name[@revision] is a Hub id unless a local folder of that name exists; a path starting with "
@@ -101,6 +109,13 @@ TrustRemoteCode = Annotated[
         help="run the model repo's own Python code "
         "(its config's auto_map, custom tokenizers) [default: off: train and "
         "bench refuse such a model]",
+    ),
+]
+AllowMetricModule = Annotated[
+    bool,
+    typer.Option(
+        "--allow-metric-module",
+        help="import the metric modules (data.metrics) a --plan file names [default: off: such a file is refused]",
     ),
 ]
 MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
@@ -129,6 +144,14 @@ TargetNodes = Annotated[int, typer.Option("--target-nodes", help="production nod
 TargetModel = Annotated[
     str | None, typer.Option("--target-model", help="model trained in production [default: the PoC's]")
 ]
+TargetSeqLen = Annotated[
+    int | None,
+    typer.Option("--target-seq-len", help="production sequence length [default: the plan's for the target GPU]"),
+]
+TargetMicroBatch = Annotated[
+    int | None,
+    typer.Option("--target-micro-batch", help="production micro-batch [default: the plan's for the target GPU]"),
+]
 ProdTokens = Annotated[int | None, typer.Option("--dataset-tokens", help="tokens in one epoch of the production data")]
 ProdEpochs = Annotated[float, typer.Option("--epochs", help="epochs of a production run")]
 Retrains = Annotated[float, typer.Option("--retrains-per-year", help="production runs per year")]
@@ -147,13 +170,16 @@ HostRam = Annotated[
 
 def run_body(fn: Callable[[], None]) -> None:
     """Run a command body; user errors become one line and exit 2, Ctrl-C exits 130 without a traceback."""
+    from ftopt import quiet
+
+    quiet.install()  # third-party notices that are not the user's concern (see ftopt.quiet)
     try:
         fn()
     except FtoptError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except ValidationError as e:
-        typer.echo(f"error: {validation_message(e)}", err=True)
+        typer.echo(f"error: {validation_message(e, flags=True)}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -4,6 +4,7 @@ Registered on the app in ftopt.cli."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 
 from ftopt.cli_common import (
     MODEL_REF_RULE,
+    AllowMetricModule,
     Attn,
     Epochs,
     FsdpOpt,
@@ -31,6 +33,7 @@ from ftopt.cli_common import (
     PrecisionOpt,
     QuantOpt,
     SeqLen,
+    TrainOnOpt,
     TrustRemoteCode,
     WeightsModel,
     Zero,
@@ -64,6 +67,7 @@ def train(
         typer.Option("--eval-max-examples", help="held-out examples scored by generation; 0 = none [default: 64]"),
     ] = None,
     packing: Packing = None,
+    train_on: TrainOnOpt = None,
     headroom: Headroom = None,
     seq_len: SeqLen = None,
     micro_batch: MicroBatch = None,
@@ -110,6 +114,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run in --out")] = False,
     gpu: Gpu = None,
     trust_remote_code: TrustRemoteCode = False,
+    allow_metric_module: AllowMetricModule = False,
     report_to: Annotated[
         str | None, typer.Option("--report-to", help="none | tensorboard | mlflow | wandb [default: none]")
     ] = None,
@@ -121,6 +126,7 @@ def train(
     def body():
         from ftopt import resolve
         from ftopt.display import print_train_metrics
+        from ftopt.train.allocator import allocator_note
         from ftopt.train.engine import launch
 
         if model and random_init:
@@ -163,6 +169,14 @@ def train(
                 given_combination=given_combo,
                 note=lambda m: typer.echo(m, err=True),
             )
+            from ftopt.trust import trusted_file_run
+
+            spec = trusted_file_run(
+                spec,
+                plan_file,
+                trust_remote_code=trust_remote_code,
+                allow_metric_module=allow_metric_module or bool(metric),
+            )
             spec = resolve.with_headroom(spec, headroom)  # the margin changes no prediction, only the verdict
         else:
             from ftopt.calibration_store import calibrated_hardware
@@ -182,6 +196,7 @@ def train(
                 eval_fraction=eval_fraction,
                 eval_max_examples=eval_max_examples,
                 metrics=tuple(metric) if metric else None,
+                train_on=train_on,
             ),
             schedule=dict(
                 max_steps=max_steps,
@@ -195,12 +210,19 @@ def train(
             hostfile=hostfile,
         )
         resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
+        from ftopt.quality import load_user_metric
+
+        for ref in spec.data.metrics:
+            load_user_metric(ref)  # a typo or a missing module fails now, not after training and saving
         check_out_folder(spec.output_dir)
         if spec.model.weights:
             from ftopt.spec.hub import resolve_weights
 
             # a folder, or the Hub download (after the cheap checks), before any training process starts
             resolve_weights(spec.model.ref, spec.model.trust_remote_code)
+        note = allocator_note(os.environ, on_cuda=not spec.hardware.is_cpu)
+        if note:
+            typer.echo(note, err=True)
         with stdout_to_stderr(json_out):
             metrics = launch(spec)
         if json_out:
@@ -219,8 +241,11 @@ def preview(
     random_init: Annotated[str | None, typer.Option("--random-init", help="preset or config.json")] = None,
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="tokenizer folder or Hub id")] = None,
     seq_len: SeqLen = 64,
-    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="held out, as in train")] = 0.1,
-    packing: Annotated[bool, typer.Option("--packing/--no-packing")] = False,
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", help="share held out, as train would (the summary counts it)")
+    ] = 0.0,
+    packing: Annotated[bool, typer.Option("--packing/--no-packing", help="pack rows; documents are separated")] = False,
+    train_on: TrainOnOpt = None,
     n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     trust_remote_code: TrustRemoteCode = False,
@@ -229,8 +254,9 @@ def preview(
     """Show the first examples as the trainer will see them (trained tokens marked) and the data summary."""
 
     def body():
+        from ftopt.resolve import data_spec
         from ftopt.spec import load_model
-        from ftopt.spec.run import DataSpec, ModelRef
+        from ftopt.spec.run import ModelRef
         from ftopt.train.preview import build_preview, render
 
         if model and random_init:
@@ -244,7 +270,7 @@ def preview(
         spec = load_model(ref.ref)
         result, tok = build_preview(
             ref,
-            DataSpec(train=data, eval_fraction=eval_fraction),
+            data_spec(train=data, eval_fraction=eval_fraction, train_on=train_on),
             spec.vocab_size,
             seq_len,
             n,

@@ -24,8 +24,10 @@ from ftopt.cli_common import (
     SeqLen,
     TargetGpu,
     TargetGpus,
+    TargetMicroBatch,
     TargetModel,
     TargetNodes,
+    TargetSeqLen,
     TrustRemoteCode,
     WeightsModel,
     check_out_folder,
@@ -113,7 +115,8 @@ def bench(
             load_user_metric(ref)  # a typo fails now, not after the first run
         check_out_folder(out)
         hw = hardware(gpu)
-        combos = load_grid(grid) if grid else reference_combinations(hw, lora_r)
+        prec = resolve.setup(hw, precision=precision).precision
+        combos = load_grid(grid) if grid else reference_combinations(hw, lora_r, prec)
         q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
         combos += quant_optim_variants(combos, q, o)
         ref = resolve.model_ref(
@@ -141,10 +144,17 @@ def bench(
             resolve.check(base.model_copy(update={"combination": c}))
         runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or default_zero_processes(hw))
         rows = sweep_rows(
-            run_sweep(runs, out / "results.jsonl", run_timeout_seconds=run_timeout, on_event=print_sweep_event), runs
+            run_sweep(
+                runs,
+                out / "results.jsonl",
+                run_timeout_seconds=run_timeout,
+                on_event=print_sweep_event,
+                quality_target=target,
+            ),
+            runs,
         )
         print_sweep_summary(rows, out / "results.jsonl", target)
-        if any(r["status"] == "ok" for r in rows):
+        if any(r.ok for r in rows):
             from ftopt.calibration_store import calibrate_and_store
             from ftopt.display import print_calibration
 
@@ -177,6 +187,8 @@ def report(
     target_gpus: TargetGpus = 1,
     target_nodes: TargetNodes = 1,
     target_model: TargetModel = None,
+    target_seq_len: TargetSeqLen = None,
+    target_micro_batch: TargetMicroBatch = None,
     dataset_tokens: ProdTokens = None,
     epochs: ProdEpochs = 1.0,
     retrains_per_year: Retrains = 1.0,
@@ -206,6 +218,8 @@ def report(
             target_gpus=target_gpus,
             target_nodes=target_nodes,
             target_model=target_model,
+            target_seq_len=target_seq_len,
+            target_micro_batch=target_micro_batch,
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             retrains_per_year=retrains_per_year,
@@ -226,6 +240,9 @@ def demo(
     target_gpu: TargetGpu = None,
     target_gpus: TargetGpus = 1,
     target_nodes: TargetNodes = 1,
+    target_model: TargetModel = None,
+    target_seq_len: TargetSeqLen = None,
+    target_micro_batch: TargetMicroBatch = None,
     dataset_tokens: ProdTokens = None,
     epochs: ProdEpochs = 1.0,
     retrains_per_year: Retrains = 12.0,
@@ -235,8 +252,8 @@ def demo(
 ):
     """The whole loop on the built-in base model and task, offline, on this CPU (under 5 minutes on 2 cores).
 
-    Stated assumptions unless given: quality target exact_match>=0.5; production on one a100-80g with 100M tokens,
-    12 runs a year."""
+    Stated assumptions unless given: quality target exact_match>=0.5; production: llama-3.1-8b on one a100-80g
+    with 100M tokens, 12 runs a year, at the plan's sequence length and micro-batch for it."""
 
     def body():
         from ftopt.demo import DemoOptions, run_demo
@@ -249,6 +266,9 @@ def demo(
             target_gpu=target_gpu,
             target_gpus=target_gpus,
             target_nodes=target_nodes,
+            target_model=target_model,
+            target_seq_len=target_seq_len,
+            target_micro_batch=target_micro_batch,
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             retrains_per_year=retrains_per_year,

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ftopt.estimate import Estimate, Method
 from ftopt.plan import LimitKind, Plan
+from ftopt.spec import DEFAULT_HEADROOM
 from ftopt.spec.calibration import MFU_AT_BOUND, CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 
@@ -116,6 +117,14 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         )
     else:
         console.print(f"[bold red]No recommendation:[/] {p.reason}.")
+    _print_what_ifs(p)
+    if p.shortfall:
+        console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
+    console.print(calibration_line(p.calibration, p.hardware))
+
+
+def _print_what_ifs(p: Plan) -> None:
+    """The longest context and the fewest GPUs, each with the method that answered."""
     if p.longest_context and p.longest_context_bound is LimitKind.POSITIONS:
         console.print(
             f"What if: the recommendation fits up to the model's position limit, {p.longest_context:,} "
@@ -133,9 +142,6 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         )
     elif p.fewest_gpus is None and p.recommended is None:
         console.print("What if: no number of these GPUs up to 64 fits the model.")
-    if p.shortfall:
-        console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
-    console.print(calibration_line(p.calibration, p.hardware))
 
 
 def _answered(method, asked) -> str:
@@ -144,7 +150,7 @@ def _answered(method, asked) -> str:
         return "confirmed by the traced estimator"
     if asked is Method.TRACED:
         return "analytic estimate; the traced estimator could not confirm it (see the notes)"
-    return "analytic estimate (--method traced confirms it)"
+    return "analytic estimate; --method traced confirms it"
 
 
 def print_train_metrics(m: dict, output_dir: str) -> None:
@@ -179,6 +185,17 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
         + (f"; exact match {em:.0%}" if em is not None else "")
         + (f"; MFU {m['mfu']:.1%}" if m.get("mfu") else "")
     )
+    from ftopt.train.gap import padding_gap_note
+
+    gap = padding_gap_note(m)
+    if gap:
+        console.print(f"[yellow]note:[/] {gap}")
+    if pred.get("analytic", {}).get("tight"):
+        margin = (m.get("run") or {}).get("setup", {}).get("headroom", DEFAULT_HEADROOM)
+        console.print(
+            f"[yellow]note:[/] the predicted device total fits this GPU but not the {margin:.0%} kept free "
+            "(--headroom): a longer batch, fragmentation or another process can run it out of memory."
+        )
     console.print(f"saved model, tokenizer and metrics.json in {output_dir}")
 
 
@@ -190,11 +207,18 @@ def print_sweep_event(kind: str, info: dict) -> None:
     )
 
 
-def print_sweep_summary(rows: list[dict], results_path, target) -> None:
-    """How many runs of the sweep succeeded, and which met the quality target (a QualityTarget or None)."""
-    console.print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok; results in {results_path}")
+def print_sweep_summary(rows: list, results_path, target) -> None:
+    """How many runs of the sweep (ftopt.results.ResultRow) succeeded, and which met the quality target (or None)."""
+    console.print(f"{sum(r.ok for r in rows)} of {len(rows)} runs ok; results in {results_path}")
+    for r in rows:
+        s = r.measured.stats() if r.ok else None
+        if s is not None and s.steps:
+            console.print(
+                f"  {r.label}: step {s.median * 1e3:.1f} ms median, {s.low * 1e3:.1f}-{s.high * 1e3:.1f} ms "
+                f"interquartile over {s.steps} steps (first {s.warmup} left out as warm-up)"
+            )
     if target is not None:
-        met = [r["label"] for r in rows if r["status"] == "ok" and target.met(r["measured"])]
+        met = [r.label for r in rows if r.ok and target.met(r.measured)]
         console.print(
             f"quality target {target}: met by {', '.join(met)}" if met else f"quality target {target}: no run met it"
         )

@@ -13,11 +13,30 @@ class TraceUnavailable(FtoptError):
     """The traced estimator cannot run this architecture; callers fall back to the analytic method."""
 
 
-def validation_message(err: ValidationError) -> str:
-    """Turn pydantic's multi-line report into one sentence naming the field and the bad value."""
+# Fields whose command-line flag is not `--` + the field's name with dashes (resolve and the CLI messages share it).
+FIELD_FLAGS = {
+    "gpus_per_node": "--gpus",
+    "gc": "--gc/--no-gc",
+    "learning_rate": "--lr",
+    "train": "--data",
+    "eval": "--eval-data",
+    "dir": "--out",
+}
+
+
+def flag_of(field: str) -> str:
+    """The flag a user types for a field: seq_len -> --seq-len, gpus_per_node -> --gpus."""
+    return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def validation_message(err: ValidationError, flags: bool = False) -> str:
+    """Turn pydantic's multi-line report into one sentence naming the field and the bad value. With `flags` (the
+    values came from the command line) a top-level field is named by its flag."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "input"
+        if flags and len(e["loc"]) == 1:
+            loc = flag_of(str(e["loc"][0]))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] in ("value_error", "assertion_error") or not loc or loc == "input":
             parts.append(msg)

@@ -12,17 +12,23 @@ same LoRA (`lora_alpha`, `lora_dropout` from ftopt.policy). One difference TRL's
 base TRL's `dtype` is also the 4-bit compute dtype, and TRL does not run `prepare_model_for_kbit_training`, so the
 non-quantized parameters stay in that dtype (ftopt plans them in fp32, as PEFT's QLoRA recipe leaves them).
 
+Paths in the files are relative to the export folder (launch.sh runs from it), so the folder can be copied to a
+cluster as it is. The learning rate is the published one for the run's method and model size (ftopt.recipes; the
+source is a comment in sft_config.yaml), not ftopt's default for its tiny built-in model.
+
 axolotl is not installable here, so no axolotl YAML is written (its schema could not be checked).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
 from ftopt.io import atomic_write_text
 from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
+from ftopt.recipes import suggested_learning_rate
 from ftopt.spec import ModelSpec, Precision, Quant, RunSpec, preset_names
 
 HF_MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm default, what "gradient_clipping": "auto" becomes
@@ -46,11 +52,12 @@ def resolved_deepspeed_config(run: RunSpec, model: ModelSpec) -> dict:
     return ds
 
 
-def _dataset_fields(run: RunSpec) -> dict:
-    """TRL's DatasetMixtureConfig for a local file; the built-in task exists only inside ftopt."""
+def _dataset_fields(run: RunSpec, folder: Path) -> dict:
+    """TRL's DatasetMixtureConfig for a local file (relative to the export folder); the built-in task exists only
+    inside ftopt."""
     if run.data.train is None:
         return {"dataset_name": "REPLACE-WITH-YOUR-DATASET"}
-    path = str(Path(run.data.train).expanduser().resolve())
+    path = os.path.relpath(Path(run.data.train).expanduser().resolve(), folder.resolve())
     kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(Path(path).suffix, path)
     entry = {"path": kind, "split": "train"} | ({"data_files": path} if kind != path else {})
     return {"datasets": [entry]}
@@ -75,8 +82,8 @@ def _model_id(run: RunSpec) -> str:
     return f"REPLACE-WITH-THE-HUB-ID-OF-{ref}" if ref in preset_names() else ref
 
 
-def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None) -> dict:
-    """The `trl sft --config` document for the run."""
+def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path) -> dict:
+    """The `trl sft --config` document for the run; paths relative to `folder`."""
     s, c, sch = run.setup, run.combination, run.schedule
     doc = {
         # ModelConfig
@@ -91,7 +98,7 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None) -> dict:
         "gradient_accumulation_steps": s.grad_accum,
         "num_train_epochs": s.epochs,
         "max_steps": sch.max_steps,
-        "learning_rate": sch.learning_rate,
+        "learning_rate": suggested_learning_rate(model, c).value,
         "lr_scheduler_type": sch.lr_schedule.value,
         "warmup_steps": sch.warmup_ratio,
         "seed": sch.seed,
@@ -105,7 +112,7 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None) -> dict:
         "optim": c.optim.hf_name,
         "report_to": run.output.report_to.value,
         "logging_steps": 1,
-        **_dataset_fields(run),
+        **_dataset_fields(run, folder),
     }
     if c.lora:
         doc.update(
@@ -153,13 +160,17 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
         ds_file = folder / "ds_config.json"
         atomic_write_text(ds_file, json.dumps(resolved_deepspeed_config(run, model), indent=2))
         written.append(ds_file)
-        ds_path = str(ds_file.resolve())
+        ds_path = ds_file.name  # relative: launch.sh runs from the folder
     if run.combination.uses_fsdp:
         from ftopt.export_fsdp import export_fsdp
 
         written += export_fsdp(run, model, folder)
     cfg_file = folder / "sft_config.yaml"
-    atomic_write_text(cfg_file, yaml.safe_dump(sft_config(run, model, ds_path), sort_keys=False))
+    lr = suggested_learning_rate(model, run.combination)
+    atomic_write_text(
+        cfg_file,
+        f"# {lr.comment()}\n" + yaml.safe_dump(sft_config(run, model, ds_path, folder), sort_keys=False),
+    )
     launch = folder / "launch.sh"
     atomic_write_text(
         launch,

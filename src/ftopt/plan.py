@@ -268,26 +268,19 @@ def plan(
         raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
-    combos = combinations(hw, lora_r, full_only, lora_targets, quants, optims)
-    combos = [c for c in combos if engines is None or c.engine in engines]  # plan --engine
+    # flash-attn rejects fp32 inputs: an fp32 plan enumerates the kernels that take them; plan --engine restricts
+    combos = [
+        c
+        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims)
+        if c.attn.runs_in(setup.precision) and (engines is None or c.engine in engines)
+    ]
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
         raise FtoptError(
             "No combination to plan: quantized bases need LoRA, so --full-only with --quant "
             f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only."
         )
-    # Analytic to search (instant), traced to confirm (method=traced): the pick is traced; when the trace says it
-    # no longer fits, its traced estimate replaces the analytic one and the choice is made again.
     estimates = sorted((estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos), key=_rank_key)
-    tie = tie_fraction(hw.calibration)
-    rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
-    for _ in range(CONFIRM_TRIES if method is Method.TRACED else 0):
-        if rec is None or rec.method is Method.TRACED:
-            break
-        t = trace_pick(model, hw, setup, estimates, rec)
-        if t.fits or t.method is not Method.TRACED:  # confirmed, or the trace cannot run: the formulas answer
-            rec = t
-            break
-        rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+    rec, rule, reason = _confirmed_choice(model, hw, setup, estimates, method, max_hours)
     estimates.sort(key=_rank_key)
     p = Plan(
         model=model.name,
@@ -315,6 +308,28 @@ def plan(
         )
     p.shortfall = _shortfall(estimates, rec, full_only, hw)
     return p
+
+
+def _confirmed_choice(
+    model: ModelSpec,
+    hw: HardwareSpec,
+    setup: TrainingSetup,
+    estimates: list[Estimate],
+    method: Method,
+    max_hours: float | None,
+) -> tuple[Estimate | None, TieBreak, str]:
+    """Analytic to search (instant), traced to confirm (method=traced): the pick is traced; when the trace says it
+    no longer fits, its traced estimate replaces the analytic one in `estimates` and the choice is made again."""
+    tie = tie_fraction(hw.calibration)
+    rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+    for _ in range(CONFIRM_TRIES if method is Method.TRACED else 0):
+        if rec is None or rec.method is Method.TRACED:
+            break
+        t = trace_pick(model, hw, setup, estimates, rec)
+        if t.fits or t.method is not Method.TRACED:  # confirmed, or the trace cannot run: the formulas answer
+            return t, rule, reason
+        rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+    return rec, rule, reason
 
 
 def _host_ram_text(e: Estimate, hw: HardwareSpec) -> str:

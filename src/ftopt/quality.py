@@ -138,6 +138,9 @@ def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], No
                 **enc,
                 max_new_tokens=n_new,
                 do_sample=False,
+                # the trained model's config has use_cache=False (training needs none, GC forbids it); generation
+                # without it re-runs the whole sequence for every new token: O(n^2) forwards instead of O(n)
+                use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -202,15 +205,9 @@ class QualityTarget(BaseModel):
     def __str__(self) -> str:
         return f"{self.metric} {'≥' if self.op == '>=' else '≤'} {self.value:g}"
 
-    def value_of(self, measured: dict) -> float | None:
-        """The run's figure for this metric: a top-level measured value (eval_loss, perplexity) or a quality one."""
-        v = measured.get(self.metric)
-        if v is None:
-            v = (measured.get("quality") or {}).get(self.metric)
-        return v
-
-    def met(self, measured: dict) -> bool:
-        v = self.value_of(measured)
+    def met(self, measured) -> bool:
+        """Whether a run's figures (ftopt.results.Measured) meet the bar; a run without the metric does not."""
+        v = measured.value(self.metric)
         if v is None:
             return False
         return v >= self.value if self.higher_is_better else v <= self.value

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ftopt.errors import FtoptError
+from ftopt.errors import FtoptError, flag_of, validation_message
 from ftopt.spec import (
     Attention,
     Combination,
@@ -34,6 +34,7 @@ from ftopt.spec import (
     Schedule,
     TrainingSetup,
 )
+from ftopt.spec.run import TrainOn
 
 # Enum-valued fields and the flag a user types for each (for one-line messages that name the flag).
 _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
@@ -46,10 +47,8 @@ _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
     "optim": (Optim, "--optim"),
     "fsdp": (Fsdp, "--fsdp"),
     "engine": (Engine, "--engine"),
+    "train_on": (TrainOn, "--train-on"),
 }
-
-
-_FLAG_NAMES = {"gpus_per_node": "--gpus", "gc": "--gc/--no-gc"}  # fields whose flag is not the field's name
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:
@@ -86,13 +85,18 @@ def enum_list(field: str, value: str | None) -> tuple | None:
 
 
 def setup(hw: HardwareSpec, **given) -> TrainingSetup:
-    return TrainingSetup.for_hardware(hw.is_cpu, **_given(given))
+    return TrainingSetup.for_hardware(hw.is_cpu, hw.peak_flops, **_given(given))
 
 
 def combination(**given) -> Combination:
     if isinstance(given.get("lora_targets"), str):
         given["lora_targets"] = lora_target_list(given["lora_targets"])
     return Combination(**_given(given))
+
+
+def data_spec(**given) -> DataSpec:
+    """A DataSpec from what the user gave (None = not given); an enum value names its flag when wrong."""
+    return DataSpec.model_validate(_given(given))
 
 
 def model_ref(ref: str, *, weights: bool, tokenizer: str | None = None, trust_remote_code: bool = False) -> ModelRef:
@@ -122,7 +126,12 @@ def read_run_file(path: Path) -> RunSpec:
         doc = doc["run"]
     if doc.get("schema") != "ftopt.run/1":
         raise FtoptError(f"{path} is neither a plan written by 'ftopt plan --out' nor a run specification.")
-    return RunSpec.model_validate(doc)
+    from pydantic import ValidationError
+
+    try:
+        return RunSpec.model_validate(doc)
+    except ValidationError as e:  # the file's own field names (setup.seq_len), not flags
+        raise FtoptError(f"{path}: {validation_message(e)}.") from None
 
 
 def run_from_file(
@@ -132,7 +141,7 @@ def run_from_file(
     spec = read_run_file(path)
     clash = [k for k, v in {**given_setup, **given_combination}.items() if v is not None]
     if clash:
-        flags = ", ".join(_FLAG_NAMES.get(k, "--" + k.replace("_", "-")) for k in clash)
+        flags = ", ".join(flag_of(k) for k in clash)
         raise FtoptError(
             f"{flags} would change what the plan {path} predicted; edit the plan (or plan again) "
             "instead of overriding it."

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from enum import Enum
 
+from ftopt.choice import choose_fitting, tie_fraction
 from ftopt.estimate import Estimate, Method, estimate
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
 
@@ -84,8 +85,8 @@ def fewest_gpus(
     max_gpus: int = 64,
     confirm: bool = False,
 ) -> tuple[int | None, Combination | None, Method]:
-    """Fewest GPUs of this kind (filling nodes of `gpus_per_node`) on which any combination fits, the fastest such
-    combination, and the method that answered. Searched analytically; with `confirm`, the answer must also fit by
+    """Fewest GPUs of this kind (filling nodes of `gpus_per_node`) on which any combination fits, the one the plan's
+    rule (ftopt.choice) picks there, and the method that answered. Searched analytically; with `confirm`, the answer must also fit by
     the trace (up to CONFIRM_TRIES traces in all, fastest first), else the search goes on."""
     per_node, budget = setup.gpus_per_node, CONFIRM_TRIES
     for n in _gpu_counts(per_node, max_gpus):
@@ -95,6 +96,9 @@ def fewest_gpus(
         )
         if not fit:
             continue
+        pick, _ = choose_fitting(fit, s.world_size, tie_fraction(hw.calibration))  # the plan's own rule picks
+        fit.remove(pick)
+        fit.insert(0, pick)
         if not confirm or method is not Method.TRACED:
             return n, fit[0].combination, Method.ANALYTIC
         for e in fit:

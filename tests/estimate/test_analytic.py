@@ -4,6 +4,7 @@ import pytest
 
 from ftopt.errors import FtoptError
 from ftopt.estimate import analytic, estimate
+from ftopt.policy import storage
 from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
 
 P = 6_738_415_616  # llama-2-7b parameters
@@ -69,17 +70,20 @@ def test_offload_moves_states_to_host(m7):
 def test_lora_activation_terms_hand_worked(m7):
     # HF Trainer, bf16 autocast, LoRA on q,k,v,o, sdpa, per token per layer:
     #   2 RMSNorms x fp32 upcast (4h)             = 32768
-    #   q/k/v adapters save the bf16 norm output  =  8192
+    #   q/k/v adapters each save their own bf16 copy of the norm output (PEFT casts it to the fp32 adapter's
+    #   dtype, autocast casts that back)          = 3 * 8192 = 24576
     #   sdpa: q, k, v, out in bf16 + fp32 lse/head = 2*(2*4096 + 2*4096) + 4*32 = 32896
     #   o adapter saves the attention output      =  8192
     #   SwiGLU: gate, act, up outputs (down frozen) = 2*3*11008 = 66048
+    # plus, per layer, autocast's cached bf16 casts of the fp32 adapters: 2 B x 16 x (4 x 8192) = 1048576
     combo = Combination(lora_r=16, attn="sdpa")
     st = analytic.storage(Precision.BF16_MIXED, combo)
-    assert analytic.layer_activation_bytes_per_token(m7, combo, st, 2048) == 148_096
+    assert analytic.layer_activation_bytes_per_token(m7, combo, st, 2048) == 164_480
     acts, one = analytic.activation_bytes(m7, TrainingSetup(seq_len=2048), combo, st)
-    assert one == 148_096 * 2048
-    assert acts == 32 * 148_096 * 2048 + 4 * H * 2048  # + the final norm's fp32 upcast
-    assert analytic.logits_loss_bytes(m7, st, 2048) == 2048 * V * 14
+    assert one == 164_480 * 2048 + 1_048_576
+    assert acts == 32 * one + 4 * H * 2048  # + the final norm's fp32 upcast
+    # fp32 upcast, log_softmax output and the two fp32 gradients; the bf16 logits are dead by backward
+    assert analytic.logits_loss_bytes(m7, st, 2048) == 2048 * V * 12
 
 
 def test_eager_adds_quadratic_scores(m7):
@@ -169,3 +173,19 @@ def test_ddp_bucket_term_matches_the_buckets_torch_allocates(combo):
         dist.destroy_process_group()
     assert info["gradient_as_bucket_view"] == 0
     assert sum(int(x) for x in str(info["bucket_sizes"]).split(",")) == term > 0
+
+
+@pytest.mark.parametrize("gc", [True, False])
+def test_mixed_precision_counts_every_autocast_weight_cast(gc):
+    """Issue 16: under bf16-mixed autocast caches every layer's 16-bit weight cast until its region exits, so with
+    GC the loss moment holds all of them (the old model counted one layer's: 103.2 vs 114.4 GiB traced for this
+    run). The traced estimator runs torch's real autocast and checkpoint code; the two agree within 1%."""
+    spec, hw = load_model("llama-2-7b"), load_hardware("a100-80g")
+    setup = TrainingSetup(precision="bf16-mixed", grad_accum=2)
+    combo = Combination(gc=gc)
+    a = estimate(spec, hw, setup, combo, "analytic").peak_bytes_per_gpu
+    t = estimate(spec, hw, setup, combo, "traced").peak_bytes_per_gpu
+    assert abs(a - t) / t < 0.01
+    linear = spec.num_layers * sum(lin.params for lin in spec.layer_linears())
+    loss_moment = analytic.gc_loss_moment_activation_bytes(spec, setup, combo, storage(setup.precision, combo))
+    assert loss_moment > 2 * linear if gc else loss_moment == 0

@@ -153,3 +153,21 @@ def test_cpu_prices_bitsandbytes_at_its_measured_rate_not_memory_bandwidth():
     a100 = load_hardware("a100-80g")
     assert a100.dequant_bytes_per_s is None and a100.bnb_optimizer_bytes_per_s is None
     assert step(a100, optim="adamw-8bit") < step(a100)  # fewer bytes moved where the update is memory-bound
+
+
+def test_zero2_and_zero3_reduce_gradients_every_micro_batch():
+    """Issue 16: DeepSpeed ZeRO-2/3 reduce-scatter each micro-batch's gradients (grad-accum 4 reduces 4 times);
+    DP and ZeRO-1 all-reduce once per step. The old model counted one reduction per step for every stage."""
+    m = load_model("llama-2-7b")
+    one = TrainingSetup(seq_len=2048, gpus_per_node=8)
+    four = one.model_copy(update={"grad_accum": 4})
+    bw, ring = A100.intra_node_bandwidth_bytes_per_s, 7 / 8
+    grads = trainable_params(m, Combination()) * 2  # bf16 gradients under DeepSpeed
+    reductions = 3 * ring * grads / bw * (1 - COMM_OVERLAP_FRACTION)  # three more micro-batches, one each
+    gathers = 3 * 2 * ring * m.param_count() * 2 / bw  # ZeRO-3's forward and backward weight gathers
+    for zero, extra in ((2, reductions), (3, reductions + gathers)):
+        c = Combination(zero=zero)
+        assert comm_seconds(m, four, c, A100) - comm_seconds(m, one, c, A100) == pytest.approx(extra)
+    for zero in (0, 1):
+        c = Combination(zero=zero)
+        assert comm_seconds(m, four, c, A100) == pytest.approx(comm_seconds(m, one, c, A100))

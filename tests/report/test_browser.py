@@ -31,18 +31,20 @@ def chromium():
     return CHROMIUM
 
 
+# headless, offline, no first-run work; tests/serve/cdp.py starts Chromium with these too
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
+
+
 def _run(chromium, tmp_path, *args) -> str:
-    base = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path / 'prof'}",
-    ]
+    base = [chromium, *CHROMIUM_ARGS, f"--user-data-dir={tmp_path / 'prof'}"]
     return subprocess.run(base + list(args), check=True, timeout=120, capture_output=True, text=True).stdout
 
 

@@ -7,6 +7,8 @@ from ftopt.quality import QualityTarget
 from ftopt.report.charts import FONTS, charts, colour, place_labels, register_fonts
 from ftopt.report.decision import decide
 from ftopt.report.text import TEXT
+from ftopt.results import parse_rows
+from ftopt.spec import Combination
 from tests.report.test_report import FULL, LORA, ROWS, row
 
 
@@ -23,8 +25,9 @@ def test_japanese_charts_have_every_glyph():
     register_fonts()
     path = font_manager.findfont(font_manager.FontProperties(family="IPAexGothic"), fallback_to_default=False)
     assert path.endswith("ipaexg.ttf")
-    d = decide(ROWS, QualityTarget.parse("exact_match>=0.5"))
-    assert _missing_glyph_warnings(lambda: charts(ROWS, d, 2**30, "ja")) == []
+    rows = parse_rows(ROWS)
+    d = decide(rows, QualityTarget.parse("exact_match>=0.5"))
+    assert _missing_glyph_warnings(lambda: charts(rows, d, 2**30, "ja")) == []
 
 
 def test_the_glyph_check_catches_a_font_without_japanese():
@@ -45,15 +48,17 @@ def test_the_glyph_check_catches_a_font_without_japanese():
 
 
 def test_colours_are_fixed_per_technique():
-    assert colour(LORA) == colour(dict(LORA, attn="eager"))  # attention is a marker, not a colour
+    assert colour(Combination(**LORA)) == colour(
+        Combination(**dict(LORA, attn="eager"))
+    )  # attention is a marker, not a colour
     assert (
         len(
             {
-                colour(FULL),
-                colour(LORA),
-                colour(dict(LORA, gc=True)),
-                colour(dict(LORA, zero=2)),
-                colour(dict(FULL, gc=True)),
+                colour(Combination(**FULL)),
+                colour(Combination(**LORA)),
+                colour(Combination(**dict(LORA, gc=True))),
+                colour(Combination(**dict(LORA, zero=2))),
+                colour(Combination(**dict(FULL, gc=True))),
             }
         )
         == 5
@@ -90,7 +95,7 @@ def test_recommended_run_is_starred_on_the_pareto_chart(monkeypatch):
         return real(self, x, y, *a, **kw)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
-    rows = [row("slow", epoch=20, em=0.9), row("chosen", epoch=10, em=0.9, peak=50 * 2**20)]
+    rows = parse_rows([row("slow", epoch=20, em=0.9), row("chosen", epoch=10, em=0.9, peak=50 * 2**20)])
     d = decide(rows, QualityTarget.parse("exact_match>=0.5"))
     charts(rows, d, None, "en")
     assert starred == [([50.0], [10.0])]
@@ -111,7 +116,11 @@ def test_quantized_bases_and_bnb_optimizers_have_their_own_colours():
         dict(qlora, gc=True),
         dict(adam8, gc=True),
     ]
-    colours = [colour(c) for c in study + new]
+    colours = [colour(Combination(**c)) for c in study + new]
     assert len(set(colours)) == len(colours)  # every family (and its GC shade) distinct
-    assert colour(qlora) == colour(dict(qlora, quant="fp4"))  # 4-bit bases are one family (QLoRA)
-    assert colour(LORA) == colour(dict(LORA, quant="none", optim="adamw"))  # rows written before the keys existed
+    assert colour(Combination(**qlora)) == colour(
+        Combination(**dict(qlora, quant="fp4"))
+    )  # 4-bit bases are one family (QLoRA)
+    assert colour(Combination(**LORA)) == colour(
+        Combination(**dict(LORA, quant="none", optim="adamw"))
+    )  # rows written before the keys existed

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ftopt.cli import app
-from ftopt.report.projection import PILOT_DATA_FRACTION, ProductionTarget, plan_production, project
+from ftopt.report.projection import PILOT_DATA_FRACTION, ProductionTarget, plan_production, project, projections
+from ftopt.results import parse_rows
 from ftopt.spec import Combination
 from tests.report.test_report import FULL, LORA, ROWS, row
 
@@ -40,10 +41,9 @@ def test_projection_cost_is_gpu_hours_times_price_and_scales_with_data():
 
 def test_plan_production_alternative_and_roadmap():
     t = ProductionTarget(**TARGET)
-    chosen, alt = row("LoRA", combination=LORA), row("full", combination=FULL)
-    plan = plan_production(
-        t, chosen, [chosen, alt, row("LoRA again", combination=LORA)], poc_gpu_hours=0.02, poc_cost=None
-    )
+    rows = parse_rows([row("LoRA", combination=LORA), row("full", combination=FULL), row("again", combination=LORA)])
+    p = projections(rows, t)
+    plan = plan_production(t, p["LoRA"], [p["LoRA"], p["full"], p["again"]], poc_gpu_hours=0.02, poc_cost=None)
     assert (
         plan.alternative is not None and plan.alternative.label == "full"
     )  # the chosen one is not its own alternative

@@ -1,11 +1,14 @@
 """Report in both languages with hostile strings; the decision's three points; the quality bar (met, not met,
 nothing learned); 'no memory technique needed'; production projection and roadmap; zero successful runs."""
 
+import re
+
 import pytest
 
 from ftopt.quality import QualityTarget
+from ftopt.report.projection import production_target_for
 from ftopt.report.render import build_report, decide
-from ftopt.report.sections import production_target_for
+from ftopt.results import parse_rows
 
 HOSTILE = "<script>alert('x')</script>&\"quote\""
 LORA = {"gc": False, "lora_r": 8, "zero": 0, "offload": "none", "attn": "sdpa", "lora_targets": None}
@@ -42,6 +45,18 @@ def row(label, status="ok", loss=1.0, epoch=10.0, peak=100 * 2**20, gpus=1, em=0
     return r
 
 
+def run_json(hw=None, **setup) -> dict:
+    """A complete run specification as a results line holds it (`run`)."""
+    from ftopt import resolve
+    from ftopt.spec import load_hardware
+
+    hw = hw or load_hardware("cpu")
+    spec = resolve.new_run(
+        hw, resolve.model_ref("tiny-llama", weights=False), resolve.setup(hw, **setup), resolve.combination()
+    )
+    return spec.to_json()
+
+
 ROWS = [row(HOSTILE, loss=1.0, epoch=20), row("LoRA fast", loss=1.03, epoch=10), row("full", status="oom")]
 EM = QualityTarget.parse("exact_match>=0.5")
 
@@ -54,29 +69,32 @@ def test_report_both_languages_escapes_strings(tmp_path, lang):
     h = paths["html"].read_text()
     assert "<script>" not in h and "&lt;script&gt;" in h and "<b>€</b>" not in h
     assert h.count("data:image/png;base64,") == 4  # self-contained charts
-    assert (tmp_path / "pareto.png").exists() and paths["markdown"].exists()
+    assert (tmp_path / f"pareto.{lang}.png").exists() and paths["markdown"].exists()
+    md = paths["markdown"].read_text()
+    assert f"(pareto.{lang}.png)" in md  # each language links its own charts
+    assert not re.search(r"&(lt|gt|amp|quot|#x?[0-9a-f]+);", md) and "\\<script\\>" in md  # no HTML entities
     assert ("結論" if lang == "ja" else "Decision") in h
     assert "LoRA fast" in h  # within 5% of the best loss and twice as fast: chosen
 
 
 def test_decision_tradeoff_and_derived_target():
-    d = decide(ROWS)
+    d = decide(parse_rows(ROWS))
     assert not d.target_given and d.target.metric == "eval_loss" and d.target.value == pytest.approx(1.05)
-    assert d.best["label"] == "LoRA fast" and d.tradeoff == [("quality", "0.03")]
+    assert d.best.label == "LoRA fast" and d.top.label == HOSTILE  # the better-scoring run, named
     assert d.failed == ["full (oom)"]
 
 
 def test_time_tradeoff_compares_runs_on_the_same_gpu_count():
     """A 1-GPU run is not called slower than a 2-GPU run: the fastest on the same GPU count is the reference."""
     rows = [row("one", epoch=12, em=0.9), row("two", epoch=6, gpus=2, em=0.4), row("fast one", epoch=10, em=0.3)]
-    d = decide(rows, EM)
-    assert d.best["label"] == "one" and ("time", "20%") in d.tradeoff
+    d = decide(parse_rows(rows), EM)
+    assert d.best.label == "one" and d.fastest.label == "fast one"
 
 
 def test_no_run_meets_the_target_and_nothing_to_scale(tmp_path):
     rows = [row("a", em=0.2), row("b", em=0.31)]
-    d = decide(rows, EM)
-    assert d.best is None and d.closest["label"] == "b" and d.learned
+    d = decide(parse_rows(rows), EM)
+    assert d.best is None and d.closest.label == "b" and d.learned
     h = build_report(rows, tmp_path, lang="en", quality_target=EM)["html"].read_text()
     assert "No run met it; the closest was b at 31.0%" in h and "There is nothing to scale yet" in h
 
@@ -86,7 +104,7 @@ def test_no_run_meets_the_target_and_nothing_to_scale(tmp_path):
 )
 def test_report_says_when_nothing_was_learned(tmp_path, lang, text):
     rows = [row("a", em=0.0), row("b", em=0.0)]
-    assert not decide(rows, EM).learned
+    assert not decide(parse_rows(rows), EM).learned
     assert text in build_report(rows, tmp_path, lang=lang, quality_target=EM)["html"].read_text()
 
 
@@ -103,13 +121,13 @@ def test_every_row_has_gpu_count_and_gpu_hours(tmp_path):
     header = next(l for l in md.splitlines() if l.startswith("| combination"))
     assert "GPUs" in header and "GPU-hours per epoch" in header
     cells = [c.strip() for c in next(l for l in md.splitlines() if l.startswith("| zero2")).split("|")[1:-1]]
-    assert cells[1] == "2" and cells[6] == "2"  # 2 GPUs x 1 h per epoch = 2 GPU-hours
+    assert cells[1] == "2" and cells[7] == "2"  # 2 GPUs x 1 h per epoch = 2 GPU-hours (after the spread)
 
 
 @pytest.mark.parametrize("lang", ["en", "ja"])
 def test_production_projection_cost_per_run_and_year_with_roadmap(tmp_path, lang):
     prod = production_target_for(
-        ROWS,
+        parse_rows(ROWS),
         gpu="a100-80g",
         gpus_per_node=8,
         dataset_tokens=1_000_000_000,
@@ -122,7 +140,8 @@ def test_production_projection_cost_per_run_and_year_with_roadmap(tmp_path, lang
     assert ("Production projection" if lang == "en" else "本番の予測") in md
     assert ("Roadmap" if lang == "en" else "段階的な進め方") in md and "USD" in md
     projection = md.split("## " + ("Production projection" if lang == "en" else "本番の予測"))[1]
-    line = next(l for l in projection.splitlines() if l.startswith("| LoRA fast"))
+    tag = "(recommended)" if lang == "en" else "(推奨)"
+    line = next(l for l in projection.splitlines() if l.startswith("| ") and tag in l)
     cells = [c.strip() for c in line.split("|")[1:-1]]
     per_run, per_year = float(cells[6].replace(",", "")), float(cells[7].replace(",", ""))
     assert per_year == pytest.approx(12 * per_run, rel=0.02)  # rounding of the printed figures only
@@ -158,7 +177,8 @@ def test_unpacked_runs_say_the_prediction_assumes_full_rows(tmp_path, lang, text
 
     def run(packing, where="setup"):
         r = row(f"packed={packing}")
-        r["run"] = {"model": {"ref": "tiny-llama"}, "setup": {"seq_len": 64, "micro_batch": 8}, "data": {}}
+        r["run"] = run_json()
+        r["run"]["setup"].pop("packing")
         r["run"][where]["packing"] = packing
         return r
 
@@ -174,10 +194,7 @@ def _results_on(tmp_path, *gpus):
     from ftopt.spec import load_hardware
 
     path = tmp_path / "results.jsonl"
-    lines = [
-        {**row(f"run{i}", loss=1.0 + i / 100), "run": {"hardware": load_hardware(g).model_dump(mode="json")}}
-        for i, g in enumerate(gpus)
-    ]
+    lines = [{**row(f"run{i}", loss=1.0 + i / 100), "run": run_json(load_hardware(g))} for i, g in enumerate(gpus)]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     return path
 
@@ -185,9 +202,9 @@ def _results_on(tmp_path, *gpus):
 def test_report_defaults_to_the_hardware_the_rows_ran_on(tmp_path):
     from typer.testing import CliRunner
 
-    from ftopt.bench import read_results
     from ftopt.cli import app
     from ftopt.report.cli_support import report_settings
+    from ftopt.results import read_results
     from ftopt.spec import load_hardware
 
     path = _results_on(tmp_path, "rtx4090", "rtx4090")

@@ -116,7 +116,12 @@ def test_check_runs_accepts_what_ampere_and_newer_run(name):
     hw = load_hardware(name)
     for p in Precision:
         for a in Attention:
-            hw.check_runs(p, a)
+            if a.runs_in(p):
+                hw.check_runs(p, a)
+            else:  # flash-attn rejects fp32 inputs
+                assert (p, a) == (Precision.FP32, Attention.FLASH)
+                with pytest.raises(FtoptError, match="flash-attn takes fp16/bf16"):
+                    hw.check_runs(p, a)
 
 
 def test_hardware_file_cannot_claim_flash_or_bf16_below_sm80(tmp_path):
@@ -189,3 +194,21 @@ def test_cpu_peak_flops_keeps_the_best_probe(tmp_path, monkeypatch):
         assert json.loads((tmp_path / "cpu_probe.json").read_text())["fp32_flops"] == 1.8e11
     finally:
         hardware.cpu_peak_flops.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "gpu, precision",
+    [("a100-80g", "bf16-mixed"), ("l4", "bf16-mixed"), ("t4", "fp16-mixed"), ("v100-16g", "fp16-mixed")],
+)
+def test_precision_defaults_to_the_best_the_hardware_runs(gpu, precision):
+    """Issue 16: `plan --gpu t4` failed with "t4 cannot run bf16" instead of choosing fp16-mixed."""
+    hw = load_hardware(gpu)
+    assert TrainingSetup.for_hardware(hw.is_cpu, hw.peak_flops).precision.value == precision
+    assert TrainingSetup.for_hardware(True, load_hardware("cpu").peak_flops).precision.value == "fp32"
+    assert TrainingSetup.for_hardware(hw.is_cpu, hw.peak_flops, precision="fp32").precision.value == "fp32"
+
+
+def test_flash_with_fp32_is_refused_before_anything_runs():
+    with pytest.raises(FtoptError, match="--attn flash cannot run --precision fp32: flash-attn takes fp16/bf16"):
+        load_hardware("a100-80g").check_runs(Precision.FP32, Attention.FLASH)
+    load_hardware("a100-80g").check_runs(Precision.BF16_MIXED, Attention.FLASH)

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ftopt.cli import app
+from ftopt.results import RunMetrics, read_metrics
 
 runner = CliRunner()
 
@@ -19,14 +20,15 @@ def steps(out):
     return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
 
 
-def check_metrics(out, label: str) -> dict:
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["label"].startswith(label) and m["combination"]["fsdp"] in label.lower()
-    assert [r["rank"] for r in m["ranks"]] == [0, 1] and all(r["engine"] == "fsdp2" for r in m["ranks"])
-    assert all(r["peak_allocated_bytes"] > 0 for r in m["ranks"])
-    assert m["measured"]["peak_bytes_per_gpu"] == max(r["peak_allocated_bytes"] for r in m["ranks"])
-    for method in ("analytic", "traced"):
-        assert m["predicted"][method]["peak_bytes_per_gpu"] > 0
+def check_metrics(out, label: str) -> RunMetrics:
+    m = read_metrics(out / "metrics.json")  # the typed metrics.json report and calibration read
+    assert m.label.startswith(label) and m.combination.fsdp.value in label.lower()
+    assert [r["rank"] for r in m.ranks] == [0, 1] and all(r["engine"] == "fsdp2" for r in m.ranks)
+    assert all(r["peak_allocated_bytes"] > 0 for r in m.ranks)
+    assert m.measured.peak_bytes_per_gpu == max(r["peak_allocated_bytes"] for r in m.ranks)
+    assert len(m.measured.step_times) == 4 and m.measured.first_loss > m.measured.final_loss
+    for p in (m.predicted.analytic, m.predicted.traced):
+        assert p.peak_bytes_per_gpu > 0
     return m
 
 
@@ -47,6 +49,8 @@ def test_fsdp_full_lora_crash_and_resume(tmp_path, monkeypatch):
     assert s[-1]["loss"] < s[0]["loss"]
     check_metrics(out, "LoRA r8 + FSDP2-full")
     assert (out / "adapter_model.safetensors").exists() and (out / "base" / "model.safetensors").exists()
+    r = train(out, *args, "--resume")  # finished: nothing is launched again
+    assert r.exit_code == 0 and "is complete (4 steps)" in r.output, r.output
 
 
 @pytest.mark.slow
@@ -57,5 +61,5 @@ def test_fsdp_grad_op_full_fine_tuning(tmp_path):
     s = steps(out)
     assert len(s) == 4 and s[-1]["loss"] < s[0]["loss"]
     m = check_metrics(out, "full + FSDP2-grad-op")
-    assert m["predicted"]["analytic"]["breakdown"]["engine_buffers"] > 0  # FSDP2's unsharded layers and root
+    assert m.predicted.analytic.breakdown["engine_buffers"] > 0  # FSDP2's unsharded layers and root
     assert (out / "model.safetensors").exists()

@@ -1,13 +1,15 @@
 """Device checks before anything loads (train/preflight.py), with a pretend GPU on CPU machines, and the CUDA-only
 paths on a real GPU (marked `gpu`, skipped without one)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from ftopt import resolve
 from ftopt.errors import FtoptError
 from ftopt.spec import load_hardware
-from ftopt.train.preflight import check_devices, detect_hardware
+from ftopt.train.preflight import check_devices, detect_hardware, preset_for_device
 
 
 def _spec(**combo_and_setup):
@@ -23,6 +25,7 @@ def v100(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla V100-SXM2-32GB")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: SimpleNamespace(total_memory=34089205760))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
 
 
@@ -33,6 +36,35 @@ def test_v100_refuses_bf16_and_flash_in_one_line(v100):
         check_devices(_spec(precision="fp16-mixed", attn="flash"))
     check_devices(_spec(precision="fp16-mixed", attn="sdpa"))  # what a V100 can run passes
     assert detect_hardware() == "v100-32g"
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    "name, memory, preset",
+    [
+        ("Tesla V100-PCIE-16GB", 16_944_988_160, "v100-16g"),  # was v100-32g: the substring "V100"
+        ("Tesla V100-SXM2-32GB", 34_089_205_760, "v100-32g"),
+        ("NVIDIA L40", 48 * GIB, None),  # was l4: "L4" is in "L40"
+        ("NVIDIA L4", 23 * GIB, "l4"),
+        ("NVIDIA L40S", 48 * GIB, "l40s"),
+        ("NVIDIA GH200 480GB", 95 * GIB, None),  # was h200: "H200" is in "GH200"
+        ("NVIDIA H200", 140 * GIB, "h200"),
+        ("NVIDIA A100 80GB PCIe", int(79.2 * GIB), "a100-80g"),
+        ("NVIDIA A100-PCIE-40GB", int(39.4 * GIB), "a100-40g"),
+        ("NVIDIA H100 NVL", int(93.1 * GIB), None),  # 94 GB: not the 80 GB preset's memory
+        ("NVIDIA GeForce RTX 4090", int(23.6 * GIB), "rtx4090"),
+        ("NVIDIA RTX A6000", int(47.5 * GIB), "rtx-a6000"),
+        ("Tesla T4", int(14.6 * GIB), "t4"),
+    ],
+)
+def test_detection_reads_the_exact_model_and_its_memory(monkeypatch, name, memory, preset):
+    assert preset_for_device(name, memory) == preset
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: name)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: SimpleNamespace(total_memory=memory))
+    assert detect_hardware() == preset
 
 
 def test_more_gpus_than_the_machine_has(v100):

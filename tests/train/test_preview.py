@@ -40,7 +40,26 @@ def test_preview_text_view_and_summary(tmp_path):
     r = runner.invoke(app, ["preview", "--data", str(p), "-n", "1"])
     assert r.exit_code == 0, r.output
     assert "\u27e6 4</s>\u27e7" in r.output  # only the completion (and its EOS) is trained
-    assert "3 training rows (prompt+completion), 1 held out" in r.output and "unk_fraction 0.0000" in r.output
+    # nothing held out unless asked (issue 17: preview is a look at the data, not a run)
+    assert "4 training rows (prompt+completion), 0 held out" in r.output and "unk_fraction 0.0000" in r.output
+    r = runner.invoke(app, ["preview", "--data", str(p), "-n", "1", "--eval-fraction", "0.25"])
+    assert "3 training rows (prompt+completion), 1 held out" in r.output
+
+
+def test_preview_one_record_and_packed_document_boundaries(tmp_path):
+    one = _data(tmp_path, [CHAT])
+    r = runner.invoke(app, ["preview", "--data", str(one), "--json"])  # was: too few to hold out 10%
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["summary"]["rows"] == 1
+    rows = [{"prompt": "Question: 2+2?", "completion": " 4"}, {"prompt": "Question: 3+3?", "completion": " 6"}]
+    p = _data(tmp_path, rows * 2)
+    r = runner.invoke(app, ["preview", "--data", str(p), "--packing", "--seq-len", "64", "--json"])
+    ex = json.loads(r.output)["examples"][0]
+    assert len(ex["documents"]) == 4 and sum(ex["documents"]) == len(ex["input_ids"])
+    r = runner.invoke(app, ["preview", "--data", str(p), "--packing", "--seq-len", "64", "-n", "1"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("\u2016") == 3 + 1  # three boundaries in the row, one in the legend
+    assert "in 4 documents" in r.output
 
 
 def test_preview_errors_are_one_line(tmp_path):

@@ -26,7 +26,7 @@ def test_default_run_learns_and_writes_metrics(tmp_path):
     r, out = train(tmp_path, "--max-steps", "60", "--lr", "3e-3")
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())
-    assert m["schema"] == "ftopt.metrics/2" and m["model"] == "tiny-llama"
+    assert m["schema"] == "ftopt.metrics/3" and m["model"] == "tiny-llama"
     s = steps(out)
     assert len(s) == 60
     first = sum(x["loss"] for x in s[:5]) / 5

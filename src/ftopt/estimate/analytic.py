@@ -14,6 +14,7 @@ per token unless stated. Sources:
   [DS]     DeepSpeed 0.19 runtime: 16-bit training casts the whole module to 16 bits and keeps the fp32 master copy
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
            Hugging Face's "auto" DeepSpeed config fills in, train/dsconfig.hf_auto_zero_sizes).
+  [autocast] estimate/autocast.py: the weight casts torch autocast caches, with and without GC.
   [quant]  estimate/quant.py: QLoRA/int8 bases and bitsandbytes optimizers (QLoRA paper, bitsandbytes source).
   [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
            accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 from ftopt.estimate import layout
 from ftopt.estimate import quant as q8
+from ftopt.estimate.autocast import autocast_weight_cache_bytes, head_cast_bytes, tied_grad_summed_in_place
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import Storage, lora_targets, storage
 from ftopt.spec import (
@@ -42,16 +44,20 @@ from ftopt.spec import (
     Quant,
     TrainingSetup,
 )
-from ftopt.train.dsconfig import hf_auto_zero_sizes
+from ftopt.train.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
-ALLOCATOR_RESERVE_FRACTION = 0.05  # caching-allocator fragmentation: reserved exceeds allocated by a few percent
+# Caching-allocator reserve: reserved exceeds allocated by a few percent. `ftopt train` runs CUDA with
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (train/allocator.py): one growing segment per stream, so the
+# end-of-segment slivers the default allocator leaves under changing request sizes do not accumulate (PyTorch CUDA
+# memory-management notes, "expandable_segments"); what remains is freed blocks inside the segment awaiting reuse.
+# 5% is kept as the bound for that setting (the default allocator can exceed it; the --headroom margin covers it).
+ALLOCATOR_RESERVE_FRACTION = 0.05
 # NCCL communicator buffers per rank, under DeepSpeed or plain DDP over several GPUs: allocated by NCCL outside
 # torch's caching allocator, so they count in the device total, not in max_memory_allocated (and not at all on a
 # CPU with gloo).
 NCCL_BUFFER_BYTES = 300 * 2**20
-STAGE3_MAX_LIVE_PARAMETERS = 10**9  # DeepSpeed default for stage3_max_live_parameters (and max_reuse_distance)
 
 
 def trainable_params(model: ModelSpec, combo: Combination) -> int:
@@ -79,14 +85,18 @@ def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
     return in_bytes * h
 
 
-def linear_input_bytes(model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int) -> int:
+def linear_input_bytes(
+    model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int, lora: bool = False
+) -> int:
     """A matmul saves its input only to form the weight gradient (frozen weights need only W for grad-input).
     Under autocast the saved input is the 16-bit cast, one per trainable linear reading it (autocast caches casts
-    of leaf weights, not of activations); otherwise the tensor itself when not saved already. `trainable` = how
-    many linears of the group train."""
+    of leaf weights, not of activations); a LoRA adapter under autocast always makes its own: PEFT 0.21 casts the
+    16-bit input to the fp32 adapter's dtype first (lora.Linear.forward: _cast_input_dtype), and autocast casts
+    that back to a new 16-bit tensor. Otherwise the tensor itself when not saved already. `trainable` = how many
+    linears of the group train."""
     if not trainable:
         return 0
-    if st.autocast and produced_bytes == 4:
+    if st.autocast and (produced_bytes == 4 or lora):
         return 2 * in_features * trainable  # the bf16 casts autocast makes for the matmuls
     return produced_bytes * in_features
 
@@ -128,66 +138,86 @@ def layer_activation_bytes_per_token(
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
     h, q = model.hidden_size, model.q_dim
     n += linear_input_bytes(
-        model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out_bytes if not full or st.autocast else 0
+        model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out_bytes if not full or st.autocast else 0, not full
     )
     n += attention_core_bytes(model, st, combo, seq_len, masked)
-    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes)
+    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, not full)
     n += linear_input_bytes(
-        model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0
+        model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0, not full
     )
     n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups, LinearGroup.MLP_IN in groups)
     return n
 
 
-def autocast_weight_cache_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
-    """Under autocast, each trainable fp32 linear weight is cast to bf16 once per forward and that copy is saved
-    for backward (torch autocast's weight cache): 2 bytes per linear parameter of every non-checkpointed layer."""
-    if not st.autocast or combo.lora:
-        return 0
-    per_layer = sum(lin.in_features * lin.out_features for lin in model.layer_linears())
-    return 2 * per_layer
-
-
 def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
     """LM head and loss at their peak [HF loss_utils]: the loss upcasts logits to fp32 and log_softmax keeps its
     fp32 output; in backward nll_loss's gradient, log_softmax's gradient and that output coexist: 12 bytes per
-    vocabulary entry per token, plus the 16-bit logits when they are not fp32 already."""
-    v = model.vocab_size
-    return tokens * v * (12 + (st.act_bytes if st.act_bytes != 4 else 0))
+    vocabulary entry per token. 16-bit logits add nothing at that moment: nothing saves them (the upcast's
+    backward needs no input, the head's matmul saves its input) and the Trainer drops the model's outputs before
+    backward; in forward they coexist with the upcast and log_softmax's output, 2 + 4 + 4 < 12 (measured: the
+    bf16-mixed runs in benchmarks/results/estimate_accuracy_mixed.json)."""
+    return tokens * model.vocab_size * 12
+
+
+def logits_forward_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
+    """LM head and loss as the forward computes the loss [HF loss_utils]: the 16-bit logits (when not fp32), their
+    fp32 upcast and log_softmax's fp32 output."""
+    return tokens * model.vocab_size * (8 + (st.act_bytes if st.act_bytes != 4 else 0))
 
 
 def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage, world_size: int) -> int:
     """A trained, tied embedding gets two gradients at the very end of backward, the LM head's and the lookup's
     (embedding_dense_backward, dense vocab x hidden); autograd adds them out of place, so the two partial gradients
     and their sum coexist for a moment: 2 x vocab x hidden beyond the final gradient (seen in the trace of
-    qwen2-style models, whose peak it is under GC)."""
+    qwen2-style models, whose peak it is under GC). Under autocast the head's partial gradient comes out of the
+    cast's backward (a fresh fp32 tensor nothing else holds) and autograd adds the lookup's into it in place
+    (torch/csrc/autograd/input_buffer.cpp, can_accumulate_inplace): one partial gradient beyond the final one
+    (measured: qwen2-tied-110m full + GC bf16-mixed, 1703.9 MiB, 117 MiB = vocab x hidden x 4 under the
+    out-of-place sum; benchmarks/results/estimate_accuracy_mixed.json)."""
     if combo.lora or not model.tie_embeddings:
         return 0
     per = model.vocab_size * (model.embed_dim or model.hidden_size) * st.grad
-    return 2 * (_ceil_div(per, world_size) if combo.zero >= 2 else per)
-
-
-def frozen_head_cast_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
-    """A frozen fp32 LM head under autocast (quantized base after prepare_model_for_kbit_training) is cast to bf16
-    on every forward and that copy is saved for the input gradient (autocast caches only trainable leaves)."""
-    if combo.quant is Quant.NONE or not st.autocast or not combo.lora:
-        return 0
-    return 2 * model.vocab_size * (model.embed_dim or model.hidden_size)
+    partials = 1 if tied_grad_summed_in_place(model, combo, st) else 2
+    return partials * (_ceil_div(per, world_size) if combo.zero >= 2 else per)
 
 
 def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
-    """(all saved activations at the end of forward, one layer's) per GPU, in bytes.
+    """(all saved activations at the start of backward, one layer's) per GPU, in bytes.
     With GC each layer keeps only its input (resid dtype x h) and one layer is recomputed at a time in backward;
-    the checkpoints also keep the mask packed rows give SDPA (estimate/layout.py)."""
-    tokens = setup.tokens_per_micro_batch
-    masked = layout.sdpa_gets_mask(setup, combo)
-    per_layer = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked) * tokens
-    per_layer += autocast_weight_cache_bytes(model, combo, st)
-    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo)
+    the checkpoints also keep the mask packed rows give SDPA (estimate/layout.py). A recomputation under autocast
+    enters and leaves its own autocast region, so it holds one layer's weight casts [autocast] (in `per_layer`,
+    as are the casts matmuls save without GC)."""
+    per_layer = _per_layer_bytes(model, setup, combo, st)
+    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
     if combo.gc:
-        kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens
         return kept + per_layer + head, per_layer
     return model.num_layers * per_layer + head, per_layer
+
+
+def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    """Activations when the loss is computed under GC and autocast (0 otherwise): checkpointing drops the layers'
+    saved tensors but not autocast's weight cache, which holds every layer's casts until the forward's autocast
+    region exits [autocast]: the checkpoints, all casts and the head's saved tensors."""
+    if not (combo.gc and st.autocast):
+        return 0
+    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
+    return kept + model.num_layers * autocast_weight_cache_bytes(model, combo, st) + head
+
+
+def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    masked = layout.sdpa_gets_mask(setup, combo)
+    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked)
+    return per_token * setup.tokens_per_micro_batch + autocast_weight_cache_bytes(model, combo, st)
+
+
+def _checkpoints_and_head_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage
+) -> tuple[int, int]:
+    """(GC's layer inputs, 0 without GC; the final norm's saved tensors and the model's mask)."""
+    tokens = setup.tokens_per_micro_batch
+    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo)
+    kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens if combo.gc else 0
+    return kept, head
 
 
 # ---- states: weights, grads, master, optimizer, with ZeRO partitioning -----------------------------------------
@@ -307,7 +337,8 @@ def memory(
     st = storage(setup.precision, combo)
     s = zero_states(model, setup, combo, st, on_gpu)
     acts, one_layer = activation_bytes(model, setup, combo, st)
-    logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + frozen_head_cast_bytes(model, combo, st)
+    head_cast = head_cast_bytes(model, combo, st)
+    logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + head_cast
     # a quantized matmul dequantizes its weight for the duration of the op (forward and backward) [quant]
     dequant = (
         q8.dequant_temp_bytes(model, combo.quant, 2 if st.autocast else st.act_bytes)
@@ -323,6 +354,16 @@ def memory(
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
     candidates = [
+        (  # GC + autocast: the loss is computed while autocast's cache holds every layer's weight casts
+            "forward/backward",
+            MemoryBreakdown(
+                **static,
+                gradients=grads_during_fwd,
+                activations=gc_loss_moment_activation_bytes(model, setup, combo, st),
+                logits_loss=logits_forward_bytes(model, st, setup.tokens_per_micro_batch) + head_cast,
+                temporaries=dequant,
+            ),
+        ),
         (
             "forward/backward",
             MemoryBreakdown(

@@ -7,8 +7,9 @@ Sources:
             1x (input gradient only) for frozen weights under LoRA.
   [GC]      checkpointing recomputes the forward once more during backward (Chen et al. 2016); Hugging Face
             checkpoints only the decoder layers (modeling_layers.GradientCheckpointingLayer), not the LM head.
-  [ZeRO]    communication per step: all-reduce (or reduce-scatter + all-gather) of 2(N-1)/N x gradient bytes for
-            DP, ZeRO-1 and ZeRO-2; ZeRO-3 adds two all-gathers of the 16-bit weights (forward and backward), 1.5x.
+  [ZeRO]    communication per step (ZeRO paper sec. 7): all-reduce of 2(N-1)/N x gradient bytes for DP and ZeRO-1,
+            once per step; ZeRO-2/3 reduce-scatter (N-1)/N x gradient bytes every micro-batch (gradient_sync_bytes),
+            ZeRO-2 all-gathers the updated weights once, ZeRO-3 all-gathers them in forward and backward.
   [Offload] Ren et al. 2021 (ZeRO-Offload): gradients go to the host and updated 16-bit weights come back each
             step over PCIe; Adam runs on the CPU (CPU_ADAM_PARAMS_PER_S below).
   [NCCL]    nccl-tests doc/PERFORMANCE.md: a ring all-reduce moves 2(N-1)/N x the data through every rank, at the
@@ -107,6 +108,23 @@ def per_gpu_bandwidth(hw: HardwareSpec, setup: TrainingSetup) -> float:
     return min(hw.intra_node_bandwidth_bytes_per_s, hw.inter_node_bandwidth_per_gpu_bytes_per_s)
 
 
+def gradient_sync_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> float:
+    """Bytes each rank sends per optimizer step to synchronize gradients [ZeRO], [NCCL]. Plain data parallel and
+    ZeRO-1 all-reduce the accumulated gradients once, at the accumulation boundary (accelerate's no_sync; DeepSpeed
+    engine.allreduce_gradients only when is_gradient_accumulation_boundary): 2(N-1)/N x gradients. ZeRO-2/3
+    reduce-scatter every micro-batch's gradients into the rank's partition, which holds reduced gradients only
+    (stage_1_and_2 / stage3 reduce_ready_partitions_and_remove_grads in each backward): (N-1)/N x gradients x
+    grad_accum; ZeRO-2 then all-gathers the updated 16-bit weights once per step, (N-1)/N x weights (ZeRO-3
+    gathers them in forward and backward instead, counted in comm_seconds)."""
+    n = setup.world_size
+    st = storage(setup.precision, combo)
+    train = trainable_params(model, combo)
+    if combo.zero < 2:
+        return 2 * (n - 1) / n * train * st.grad
+    reduce_scatter = (n - 1) / n * train * st.grad * setup.grad_accum
+    return reduce_scatter + ((n - 1) / n * train * st.trainable_weight if combo.zero == 2 else 0)
+
+
 def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
     """Exposed communication and offload transfer time per optimizer step, per GPU [ZeRO], [Offload]."""
     n = setup.world_size
@@ -115,8 +133,7 @@ def comm_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw:
     seconds = 0.0
     if n > 1:
         bw = per_gpu_bandwidth(hw, setup)
-        ring = 2 * (n - 1) / n
-        seconds += ring * train * st.grad / bw * (1 - COMM_OVERLAP_FRACTION)
+        seconds += gradient_sync_bytes(model, setup, combo) / bw * (1 - COMM_OVERLAP_FRACTION)
         if combo.zero == 3:
             # forward and backward all-gathers of all 16-bit weights (and once more to recompute under GC)
             gathers = 2 + (1 if combo.gc else 0)

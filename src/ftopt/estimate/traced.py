@@ -29,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.errors import FtoptError, TraceUnavailable
-from ftopt.estimate import analytic, layout
+from ftopt.estimate import analytic, autocast, layout
 from ftopt.estimate.quant import (
     MIN_8BIT_SIZE,
     OPTIM_BLOCK,
@@ -358,18 +358,28 @@ _SNAPSHOT_TO_BREAKDOWN = (
 
 
 def _extrapolate(
-    t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int, phases: frozenset[str] | None = None
+    t1: _Tracker,
+    t2: _Tracker,
+    layers: tuple[int, int],
+    num_layers: int,
+    embed_excess: int = 0,
+    phases: frozenset[str] | None = None,
 ) -> tuple[dict, str]:
     """Each phase's peak snapshot extrapolated linearly from `layers` to `num_layers` (a moment's bytes grow by
     one layer's worth per layer); the model's peak is the largest extrapolated moment, which need not be the
-    phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24)."""
+    phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24).
+    `embed_excess`: bytes the trace holds at the embedding's gradient that a real run does not
+    (autocast.tied_grad_summed_in_place); one trace of the full depth is passed as t1 = t2. `phases`: only these
+    compete for the peak (None = all)."""
     (l1, l2), best = layers, (float("-inf"), {}, "")
     for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys() & (phases or t1.phase_peaks.keys()):
         s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
         per_cat = {
-            k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / (l2 - l1)
+            k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / max(1, l2 - l1)
             for k in _SNAPSHOT_TO_BREAKDOWN
         }
+        if phase == "backward-embed":
+            per_cat["temporaries"] -= embed_excess
         metric = _metric(per_cat, t1.grad_weight, t1.count_states)
         if metric > best[0]:
             best = (metric, per_cat, phase)
@@ -387,16 +397,21 @@ def traced_memory(
     """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
     the model's depth (`layers=None` traces the full depth). `phases`: only these tracer phases compete for the
     peak (FSDP2 takes the activation side of the step from the forward/backward phases, ftopt.estimate.fsdp)."""
+    st = storage(setup.precision, combo)
+    excess = (
+        analytic.tied_embedding_grad_bytes(spec, combo, st, 1)
+        if autocast.tied_grad_summed_in_place(spec, combo, st)
+        else 0
+    )
     try:
         shallow = layers is None or spec.num_layers <= layers[1]
         if shallow and (phases is None or spec.num_layers < 2):
             t = _trace(spec, setup, combo, spec.num_layers, target)
-            per_cat, phase = {k: float(t.peak_snapshot.get(k, 0)) for k in _SNAPSHOT_TO_BREAKDOWN}, t.peak_phase
+            per_cat, phase = _extrapolate(t, t, (spec.num_layers,) * 2, spec.num_layers, excess)
         else:
             depths = (spec.num_layers - 1, spec.num_layers) if shallow else layers  # phases over a shallow model
-            per_cat, phase = _extrapolate(
-                *[_trace(spec, setup, combo, n, target) for n in depths], depths, spec.num_layers, phases
-            )
+            traces = [_trace(spec, setup, combo, n, target) for n in depths]
+            per_cat, phase = _extrapolate(*traces, depths, spec.num_layers, excess, phases)
     except TraceUnavailable:
         raise
     except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path
@@ -411,7 +426,6 @@ def traced_memory(
     bd = {k: int(round(v)) for k, v in per_cat.items()}
     partition = bd.pop("grad_partition")
     if combo.uses_deepspeed:
-        st = storage(setup.precision, combo)
         s = analytic.zero_states(spec, setup, combo, st)
         bd["gradients"] = int(round(bd["gradients"] * _traced_gradient_share(setup, combo))) + partition
         if analytic.zero3_gradient_buffer(combo):
@@ -420,7 +434,6 @@ def traced_memory(
         extra = dict(master_weights=s.master, engine_buffers=s.buffers)
         cpu = s.cpu_bytes * setup.gpus_per_node
     else:  # plain DDP: its gradient buckets come on top; paged optimizer states page to host RAM [paged]
-        st = storage(setup.precision, combo)
         extra = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers)
         cpu = bnb_optimizer_bytes(spec, combo, on_gpu=target == "cuda")[1] * setup.gpus_per_node
     return MemoryBreakdown(**bd, **extra), PHASE_NAMES.get(phase, "forward/backward"), cpu

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import io
 
-from ftopt.quality import QualityTarget
-from ftopt.report.decision import Decision, gpu_seconds, optim_of, quant_of
+from ftopt.report.decision import Decision, gpu_seconds
 from ftopt.report.text import TEXT, metric_name
-from ftopt.spec import Optim, Quant
+from ftopt.results import ResultRow
+from ftopt.spec import Combination, Optim, Quant
 
 CATEGORIES = (
     "weights",
@@ -37,7 +37,7 @@ def register_fonts() -> None:
     font_manager.fontManager.addfont(get_font_ttf_path())
 
 
-def colour(c: dict) -> tuple:
+def colour(c: Combination) -> tuple:
     """A fixed colour per technique family, the light shade for gradient checkpointing.
 
     16-bit base and 32-bit AdamW (the study's families): tab20 pairs, the hue from (LoRA?, ZeRO stage), hues 0-7.
@@ -47,12 +47,12 @@ def colour(c: dict) -> tuple:
     """
     import matplotlib
 
-    quant, optim = quant_of(c), optim_of(c)
-    base = 2 if quant.four_bit else 3 if quant is Quant.INT8 else 1 if c["lora_r"] else 0
-    gc = 1 if c["gc"] else 0
+    quant, optim = c.quant, c.optim
+    base = 2 if quant.four_bit else 3 if quant is Quant.INT8 else 1 if c.lora_r else 0
+    gc = 1 if c.gc else 0
     if optim is not Optim.ADAMW:
         return matplotlib.colormaps["tab20b"](4 * base + 2 * optim.paged + gc)
-    hue = {2: 8, 3: 9}.get(base, 4 * base + c["zero"])
+    hue = {2: 8, 3: 9}.get(base, 4 * base + c.zero)
     return matplotlib.colormaps["tab20"](2 * hue + gc)
 
 
@@ -63,14 +63,6 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _pred(r: dict) -> dict | None:
-    p = r.get("predicted", {})
-    for m in ("traced", "analytic"):
-        if m in p and "breakdown" in p[m]:
-            return p[m]
-    return None
 
 
 def place_labels(ax, points: list[tuple[float, float, str]]) -> list:
@@ -95,22 +87,22 @@ def place_labels(ax, points: list[tuple[float, float, str]]) -> list:
     return texts
 
 
-def memory_chart(rows: list[dict], T: dict) -> bytes:
+def memory_chart(rows: list[ResultRow], T: dict) -> bytes:
     import matplotlib.pyplot as plt
 
-    labels = [r["label"] for r in rows]
+    labels = [r.label for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
     left = [0.0] * len(rows)
     for cat in CATEGORIES:
-        vals = [(_pred(r) or {}).get("breakdown", {}).get(cat, 0) / MiB for r in rows]
+        vals = [(p.breakdown.get(cat, 0) if (p := r.predicted.best()) else 0) / MiB for r in rows]
         if any(vals):
             ax.barh(labels, vals, left=left, label=T[f"cat_{cat}"])
             left = [a + b for a, b in zip(left, vals)]
     for i, r in enumerate(rows):
-        if r["status"] == "ok":
-            ax.plot(r["measured"]["peak_bytes_per_gpu"] / MiB, i, "k|", markersize=18, markeredgewidth=3)
+        if r.ok:
+            ax.plot(r.measured.peak_bytes_per_gpu / MiB, i, "k|", markersize=18, markeredgewidth=3)
         else:
-            ax.text(left[i], i, "  " + T.get(f"status_{r['status']}", r["status"]), va="center", color="red")
+            ax.text(left[i], i, "  " + T.get(f"status_{r.status.value}", r.status.value), va="center", color="red")
     ax.set_xlabel(T["ax_mib_per_gpu"])
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never covers a bar
     return _png(fig)
@@ -122,15 +114,15 @@ def pareto_chart(d: Decision, capacity_bytes: int | None, T: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ok = d.ok
     if ok:
-        xs = [r["measured"]["peak_bytes_per_gpu"] / MiB for r in ok]
+        xs = [r.measured.peak_bytes_per_gpu / MiB for r in ok]
         ys = [gpu_seconds(r) for r in ok]
         met = [any(r is m for m in d.met) for r in ok] if d.met else [True] * len(ok)
         for x, y, r, good in zip(xs, ys, ok, met):
             ax.scatter(
                 [x],
                 [y],
-                color=colour(r["combination"]),
-                marker=MARKERS.get(r["combination"]["attn"], "o"),
+                color=colour(r.combination),
+                marker=MARKERS.get(r.combination.attn.value, "o"),
                 s=45,
                 edgecolors="k",
                 linewidths=0.5,
@@ -148,7 +140,7 @@ def pareto_chart(d: Decision, capacity_bytes: int | None, T: dict) -> bytes:
         if d.best is not None:
             b = d.best
             ax.scatter(
-                [b["measured"]["peak_bytes_per_gpu"] / MiB],
+                [b.measured.peak_bytes_per_gpu / MiB],
                 [gpu_seconds(b)],
                 marker="*",
                 s=320,
@@ -161,7 +153,7 @@ def pareto_chart(d: Decision, capacity_bytes: int | None, T: dict) -> bytes:
         if capacity_bytes and capacity_bytes / MiB < 3 * max(xs):
             ax.axvline(capacity_bytes / MiB, color="red", label=T["lg_capacity"])
         ax.margins(x=0.25, y=0.2)
-        place_labels(ax, [(x, y, r["label"]) for x, y, r in sorted(zip(xs, ys, ok), key=lambda t: (t[0], t[1]))])
+        place_labels(ax, [(x, y, r.label) for x, y, r in sorted(zip(xs, ys, ok), key=lambda t: (t[0], t[1]))])
         ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel(T["ax_peak"])
     ax.set_ylabel(T["ax_gpu_seconds"])
@@ -174,15 +166,15 @@ def quality_chart(d: Decision, lang: str, T: dict) -> bytes:
     ok, target = d.ok, d.target
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 0.45 * max(1, len(ok)) + 1.6))
     if ok:
-        labels = [r["label"] for r in ok]
-        cols = [colour(r["combination"]) for r in ok]
-        a1.barh(labels, [r["measured"]["eval_loss"] for r in ok], color=cols)
+        labels = [r.label for r in ok]
+        cols = [colour(r.combination) for r in ok]
+        a1.barh(labels, [r.measured.eval_loss for r in ok], color=cols)
         a1.set_xlabel(T["ax_loss"])
         metric = target.metric if target.metric != "eval_loss" else "exact_match"
         tgt = target if target.metric == metric else None
-        vals = [QualityTarget(metric=metric, op=">=", value=0).value_of(r["measured"]) or 0 for r in ok]
+        vals = [r.measured.value(metric) or 0 for r in ok]
         ys = list(range(len(ok)))
-        f1 = [(r["measured"].get("quality") or {}).get("token_f1") for r in ok]
+        f1 = [r.measured.quality.get("token_f1") for r in ok]
         if metric != "token_f1" and any(v is not None for v in f1):
             # token F1 beside the target metric: partial learning (some tokens right) that exact match hides
             a2.barh([y - 0.2 for y in ys], vals, height=0.4, color=cols, label=metric_name(metric, lang))
@@ -222,16 +214,17 @@ def quality_chart(d: Decision, lang: str, T: dict) -> bytes:
     return _png(fig)
 
 
-def parity_chart(ok: list[dict], T: dict) -> bytes:
+def parity_chart(ok: list[ResultRow], T: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
     hi = 1.0
     for method, mark in (("analytic", "o"), ("traced", "s")):
+        preds = [(r, getattr(r.predicted, method)) for r in ok]
         pts = [
-            (r["measured"]["peak_bytes_per_gpu"] / MiB, r["predicted"][method]["peak_bytes_per_gpu"] / MiB)
-            for r in ok
-            if "peak_bytes_per_gpu" in r.get("predicted", {}).get(method, {})
+            (r.measured.peak_bytes_per_gpu / MiB, p.peak_bytes_per_gpu / MiB)
+            for r, p in preds
+            if p is not None and p.peak_bytes_per_gpu is not None
         ]
         if pts:
             ax.scatter(*zip(*pts), marker=mark, label=T[f"m_{method}"])
@@ -243,8 +236,9 @@ def parity_chart(ok: list[dict], T: dict) -> bytes:
     return _png(fig)
 
 
-def charts(rows: list[dict], d: Decision, capacity_bytes: int | None, lang: str) -> dict[str, bytes]:
-    """name -> PNG bytes, every label in `lang`."""
+def charts(rows: list[ResultRow], d: Decision, capacity_bytes: int | None, lang: str) -> dict[str, bytes]:
+    """file name -> PNG bytes, every label in `lang`; the names carry the language, so the English and the
+    Japanese report written into one folder each keep their own charts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,8 +246,8 @@ def charts(rows: list[dict], d: Decision, capacity_bytes: int | None, lang: str)
     T = TEXT[lang]
     with matplotlib.rc_context({"font.family": FONTS[lang], "axes.unicode_minus": False}):
         return {
-            "memory.png": memory_chart(rows, T),
-            "pareto.png": pareto_chart(d, capacity_bytes, T),
-            "quality.png": quality_chart(d, lang, T),
-            "parity.png": parity_chart(d.ok, T),
+            f"memory.{lang}.png": memory_chart(rows, T),
+            f"pareto.{lang}.png": pareto_chart(d, capacity_bytes, T),
+            f"quality.{lang}.png": quality_chart(d, lang, T),
+            f"parity.{lang}.png": parity_chart(d.ok, T),
         }

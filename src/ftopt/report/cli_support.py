@@ -7,18 +7,18 @@ from pathlib import Path
 
 from ftopt.errors import FtoptError
 from ftopt.quality import QualityTarget
-from ftopt.report.sections import production_target_for
+from ftopt.report.projection import production_target_for
+from ftopt.results import ResultRow
 from ftopt.spec import HardwareSpec, load_hardware
 
 
-def recorded_hardware(rows: list[dict]) -> HardwareSpec:
+def recorded_hardware(rows: list[ResultRow]) -> HardwareSpec:
     """The hardware the rows ran on, from each results line's run specification (`run.hardware`); lines written
     before results carried it (ftopt.bench/1) say nothing, and with none recorded it is 'cpu', as it was."""
     specs = {}
     for r in rows:
-        hw = (r.get("run") or {}).get("hardware")
-        if isinstance(hw, dict):
-            specs.setdefault(hw.get("name"), hw)
+        if r.run is not None:
+            specs.setdefault(r.run.hardware.name, r.run.hardware)
     if len(specs) > 1:
         raise FtoptError(
             f"The results ran on different hardware ({', '.join(sorted(map(str, specs)))}); "
@@ -26,12 +26,17 @@ def recorded_hardware(rows: list[dict]) -> HardwareSpec:
         )
     if not specs:
         return load_hardware("cpu")
-    (doc,) = specs.values()
-    return HardwareSpec.model_validate(doc)
+    (hw,) = specs.values()
+    return hw
+
+
+def bench_target(rows: list[ResultRow]) -> QualityTarget | None:
+    """The quality target the sweep was run with (`ftopt bench --quality-target`): the last line's that has one."""
+    return next((r.quality_target for r in reversed(rows) if r.quality_target is not None), None)
 
 
 def report_settings(
-    rows: list[dict],
+    rows: list[ResultRow],
     *,
     gpu: str | None,
     title: str | None,
@@ -41,6 +46,8 @@ def report_settings(
     target_gpus: int,
     target_nodes: int,
     target_model: str | None = None,
+    target_seq_len: int | None = None,
+    target_micro_batch: int | None = None,
     dataset_tokens: int | None,
     epochs: float,
     retrains_per_year: float,
@@ -52,18 +59,32 @@ def report_settings(
     """Keyword arguments for `build_report` (ReportSettings fields)."""
     from ftopt.calibration import calibrate
 
-    target = QualityTarget.parse(quality_target) if quality_target else None
+    target = QualityTarget.parse(quality_target) if quality_target else bench_target(rows)
+    if quality_target is None and target is not None:
+        quality_source = "src_bench"
     if (target_gpu is None) != (dataset_tokens is None):
         raise FtoptError(
             "Give --target-gpu and --dataset-tokens together to project production; got only "
             f"{'--target-gpu' if target_gpu else '--dataset-tokens'}."
         )
     production = None
+    for flag, v, unit in (
+        ("--target-seq-len", target_seq_len, "tokens"),
+        ("--target-micro-batch", target_micro_batch, "sequences"),
+    ):
+        if v is not None and v <= 0:
+            raise FtoptError(f"{flag} must be a positive number of {unit}, got {v}.")
     if target_gpu is not None:
         load_hardware(target_gpu)  # an unknown preset fails here with its own message
+        if target_model is not None:
+            from ftopt.spec import load_model
+
+            load_model(target_model)  # likewise an unknown target model, before any projection
         production = production_target_for(
             rows,
             model=target_model,
+            seq_len=target_seq_len,
+            micro_batch=target_micro_batch,
             gpu=target_gpu,
             gpus_per_node=target_gpus,
             nodes=target_nodes,
@@ -97,10 +118,20 @@ def report_settings(
 def write_report(path: Path, out: Path, *, lang: str, warn: Callable[[str], None], **flags) -> dict[str, Path]:
     """`ftopt report` once its paths are checked: read the results (a corrupt line is a warning), settings from the
     flags (`report_settings` keywords), write the files; returns their paths by kind."""
-    from ftopt.bench import read_results
     from ftopt.report.render import build_report
+    from ftopt.results import read_results
 
     rows = read_results(path, warn=warn)
     if not rows:
         raise FtoptError(f"The results file {path} has no valid result line.")
-    return build_report(rows, out, lang=lang, **report_settings(rows, **flags))
+    settings = report_settings(rows, **flags)
+    check_target(rows, settings["quality_target"])
+    return build_report(rows, out, lang=lang, **settings)
+
+
+def check_target(rows: list[ResultRow], target: QualityTarget | None) -> None:
+    """An unknown metric fails before anything is drawn (ftopt.report.decision.check_metric)."""
+    from ftopt.report.decision import check_metric
+
+    if target is not None:
+        check_metric(target, [r for r in rows if r.ok])

@@ -1,106 +1,241 @@
-"""The measured decision: which successful run meets the user's quality bar at the lowest cost (GPU-seconds per
-epoch: a two-process run pays for two GPUs), what it gives up against the best run, and whether anything was
-learned at all."""
+"""The measured decision: which successful run meets the user's quality bar at the lowest cost, whether that cost
+difference is beyond noise, what the tie-breaks were, and whether the measurement confirms the plan's pick.
+
+Cost basis. On the production target's hardware (or without a target), GPU-seconds per epoch as measured: the
+median step time over the steady steps, a two-process run paying for two GPUs. When the PoC ran on other hardware
+than the target, PoC seconds say little about the target (a CPU's ranking of attention kernels is not an A100's):
+the choice among the runs that met the bar goes by the calibrated projected GPU-hours on the target instead.
+
+Noise. Each run's step time has a spread (interquartile range of its steady steps, ftopt.results); two runs whose
+spreads overlap are a tie, broken by quality, then measured peak memory, then the plan's prediction on the target.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
+from ftopt.choice import TIME_MODEL_ERROR
+from ftopt.errors import FtoptError
 from ftopt.quality import QualityTarget
-from ftopt.spec import Optim, Quant
+from ftopt.results import ResultRow, parse_rows
+from ftopt.spec import Combination
 
 QUALITY_TOLERANCE = 0.05  # without a user target: eval loss within 5% of the sweep's best (stated as such)
-SAME_TIME = 0.02  # runs within 2% of each other's time are not called slower
+# A projection has no measured spread; two projected costs closer than the time model's stated error are a tie
+# (the same band the plan ties its candidates in).
+PROJECTED_TIE = TIME_MODEL_ERROR
+# A first logged training loss below this (nats per token) means the base already predicts the task: the sweep's
+# issue example started at 0.00025, a model that has learned a task typically ends above 0.05.
+NEAR_ZERO_LOSS = 0.01
 
 
-def epoch_seconds(r: dict) -> float:
-    return r["measured"].get("epoch_seconds") or float("inf")
+class Basis(str, Enum):
+    MEASURED = "measured"  # PoC GPU-seconds per epoch (the PoC ran on the target's hardware, or no target given)
+    PROJECTED = "projected"  # calibrated projected GPU-hours on the target hardware
 
 
-def gpu_seconds(r: dict) -> float:
+class Why(str, Enum):
+    """Why the measured pick is not the plan's pick."""
+
+    QUALITY = "quality"  # the plan's pick missed the quality bar
+    FAILED = "failed"  # the plan's pick did not finish (oom, error, timeout)
+    SLOWER = "slower"  # measured slower beyond noise
+    TIE = "tie"  # tied within noise, the tie-break chose the other
+
+
+def cost_band(r: ResultRow) -> tuple[float, float, float] | None:
+    """(low, median, high) GPU-seconds per epoch: the step time's spread x steps per epoch x GPUs."""
+    m = r.measured
+    s = m.stats() if m else None
+    per = m.steps_per_epoch if m else None
+    if s is None or per is None:
+        return None
+    k = per * r.gpus
+    return s.low * k, s.median * k, s.high * k
+
+
+def epoch_seconds(r: ResultRow) -> float:
+    return (r.measured.epoch_seconds if r.measured else None) or float("inf")
+
+
+def gpu_seconds(r: ResultRow) -> float:
     """GPU-seconds per epoch: wall time x processes (GPUs) the run used."""
-    return epoch_seconds(r) * r.get("gpus", 1)
+    return epoch_seconds(r) * r.gpus
+
+
+def predicted_gpu_seconds(r: ResultRow) -> float:
+    """The plan's GPU-seconds per epoch for this run, from the prediction stored beside the measurement."""
+    p = r.predicted.best()
+    per = r.measured.steps_per_epoch if r.measured else (r.run.setup.steps_per_epoch() if r.run else None)
+    if p is None or p.step_seconds is None or per is None:
+        return float("inf")
+    return p.step_seconds * per * r.gpus
 
 
 @dataclass
 class Decision:
     target: QualityTarget
     target_given: bool  # False: derived from the sweep (best eval loss within 5%), and the report says so
-    best: dict | None  # the cheapest run that met the target; None when no run met it
-    met: list[dict]  # every successful run that met the target
-    ok: list[dict]
-    closest: dict | None  # the run nearest the target (the best on its metric)
+    best: ResultRow | None  # the cheapest run that met the target; None when no run met it
+    met: list[ResultRow]  # every successful run that met the target
+    ok: list[ResultRow]
+    closest: ResultRow | None  # the run nearest the target (the best on its metric)
     learned: bool  # False: every run scored 0 on a higher-is-better metric (nothing of the task was learned)
-    fastest: dict | None = None  # the fastest run on the recommended run's GPU count (the time trade-off's reference)
-    tradeoff: list[tuple[str, str]] = field(default_factory=list)
+    nothing_to_learn: bool = False  # every run started at a near-zero loss: the base already knew the task
+    basis: Basis = Basis.MEASURED
+    tied: list[ResultRow] = field(default_factory=list)  # other runs within noise of the cheapest
+    tie_break: str | None = None  # quality | memory | plan: what decided among tied runs
+    plan_pick: ResultRow | None = None  # the run the planner predicts cheapest
+    why: Why | None = None  # None: the measurement confirmed the plan's pick
+    fastest: ResultRow | None = None  # the fastest run on the recommended run's GPU count (the time trade-off)
+    top: ResultRow | None = None  # the best-scoring run, when it scores better than the recommendation
     failed: list[str] = field(default_factory=list)
 
+    @property
+    def confirmed(self) -> bool:
+        return self.best is not None and self.why is None
 
-def _value(target: QualityTarget, r: dict) -> float | None:
-    return target.value_of(r["measured"])
 
-
-def decide(rows: list[dict], target: QualityTarget | None = None) -> Decision:
-    """Among successful runs meeting the target, the cheapest per epoch in GPU-seconds."""
-    ok = [r for r in rows if r["status"] == "ok" and r["measured"].get("eval_loss") is not None]
-    failed = [f"{r['label']} ({r['status']})" for r in rows if r["status"] != "ok"]
-    given = target is not None
-    if target is None:
-        best_loss = min((r["measured"]["eval_loss"] for r in ok), default=0.0)
-        target = QualityTarget(
-            metric="eval_loss", op="<=", value=round(best_loss * (1 + QUALITY_TOLERANCE), 4), source="derived"
-        )
-    scored = [r for r in ok if _value(target, r) is not None]
-    sign = 1 if target.higher_is_better else -1
-    closest = max(scored, key=lambda r: sign * _value(target, r), default=None)
-    learned = not (target.higher_is_better and scored and all(_value(target, r) <= 0 for r in scored))
-    met = [r for r in ok if target.met(r["measured"])]
-    best = min(met, key=gpu_seconds) if met else None
-    d = Decision(
-        target=target, target_given=given, best=best, met=met, ok=ok, closest=closest, learned=learned, failed=failed
+def _derived_target(ok: list[ResultRow]) -> QualityTarget:
+    best_loss = min((r.measured.eval_loss for r in ok), default=0.0)
+    return QualityTarget(
+        metric="eval_loss", op="<=", value=round(best_loss * (1 + QUALITY_TOLERANCE), 4), source="derived"
     )
-    if best is not None:
-        d.fastest = min((r for r in ok if r.get("gpus", 1) == best.get("gpus", 1)), key=epoch_seconds)
-        d.tradeoff = _tradeoff(best, closest, d.fastest, target)
+
+
+def check_metric(target: QualityTarget, ok: list[ResultRow]) -> None:
+    """A target on a metric no successful run measured is the user's mistake, not a run that 'did not meet' it."""
+    if ok and all(r.measured.value(target.metric) is None for r in ok):
+        have = sorted({"eval_loss", "perplexity", *(k for r in ok for k in r.measured.quality if k != "examples")})
+        raise FtoptError(
+            f"--quality-target names the metric '{target.metric}', which no run measured; "
+            f"the runs have: {', '.join(have)}."
+        )
+
+
+def decide(
+    rows: list[ResultRow] | list[dict],
+    target: QualityTarget | None = None,
+    projected: dict[str, float] | None = None,
+    plan_combination: Combination | None = None,
+) -> Decision:
+    """Among successful runs meeting the target, the cheapest: by measured GPU-seconds with noise, or (when
+    `projected` maps run keys to projected GPU-hours on other target hardware, candidate runs only) by projection.
+    The plan's pick is `plan_combination` (the planner's choice on the target) when given, else the run whose
+    stored prediction is cheapest."""
+    rows = parse_rows(rows)
+    ok = [r for r in rows if r.ok and r.measured.eval_loss is not None]
+    failed = [f"{r.label} ({r.status.value})" for r in rows if not r.ok]
+    given = target is not None
+    target = target or _derived_target(ok)
+    check_metric(target, ok)
+    sign = 1 if target.higher_is_better else -1
+    scored = [r for r in ok if r.measured.value(target.metric) is not None]
+    quality = lambda r: sign * (r.measured.value(target.metric) or 0)  # noqa: E731 - higher is better
+    learned = not (target.higher_is_better and scored and all(quality(r) <= 0 for r in scored))
+    starts = [r.measured.first_loss for r in ok]
+    d = Decision(
+        target=target,
+        target_given=given,
+        best=None,
+        met=[r for r in ok if target.met(r.measured)],
+        ok=ok,
+        closest=max(scored, key=quality, default=None),
+        learned=learned,
+        nothing_to_learn=bool(ok) and all(s is not None and s < NEAR_ZERO_LOSS for s in starts),
+        basis=Basis.PROJECTED if projected is not None else Basis.MEASURED,
+        failed=failed,
+    )
+    band = _bands(d.met, projected)
+    plan_cost = (lambda r: projected.get(r.key, float("inf"))) if projected is not None else predicted_gpu_seconds
+    if band:
+        _choose(d, band, quality, plan_cost)
+    _plan_pick(d, rows, plan_cost, plan_combination)
+    if d.best is not None:
+        d.fastest = min((r for r in ok if r.gpus == d.best.gpus), key=epoch_seconds)
+        if d.closest is not None and quality(d.closest) > quality(d.best) + 1e-9:
+            d.top = d.closest
     return d
 
 
-def _tradeoff(best: dict, top: dict, fastest: dict, target: QualityTarget) -> list[tuple[str, str]]:
-    """Quality given up against the best-scoring run; time against the fastest run on the same number of GPUs."""
+Band = tuple[float, float, float]  # (low, median, high) cost
+
+
+def _bands(met: list[ResultRow], projected: dict[str, float] | None) -> list[tuple[ResultRow, Band]]:
+    """Each candidate with its cost band: the measured spread, or the projection up to PROJECTED_TIE above it."""
     out = []
-    dq = abs(_value(target, top) - _value(target, best))
-    if dq > 1e-9:
-        out.append(("quality", f"{dq:.3g}"))
-    if epoch_seconds(best) > epoch_seconds(fastest) * (1 + SAME_TIME):
-        out.append(("time", f"{epoch_seconds(best) / epoch_seconds(fastest) - 1:.0%}"))
+    for r in met:
+        if projected is not None:
+            c = projected.get(r.key)  # absent: does not fit the target's memory
+            # (c, c, c x (1 + tie)): two bands overlap exactly when one cost is within PROJECTED_TIE of the other
+            b = (c, c, c * (1 + PROJECTED_TIE)) if c is not None else None
+        else:
+            b = cost_band(r)
+        if b is not None:
+            out.append((r, b))
     return out
 
 
-def quant_of(c: dict) -> Quant:
-    return Quant(c.get("quant", "none"))  # results lines written before quantized bases existed have no key
+def _choose(d: Decision, band: list[tuple[ResultRow, Band]], quality, plan_cost) -> None:
+    """The cheapest by median; every run whose band overlaps its band is tied with it; among the tied, the best
+    quality, then the smallest measured peak, then the plan's cheapest prediction wins (then the lower median)."""
+    _, (lo, _, hi) = min(band, key=lambda rb: rb[1][1])
+    tied = [(r, b) for r, b in band if b[0] <= hi and lo <= b[2]]
+    keys = (
+        ("quality", lambda r: -quality(r)),
+        ("memory", lambda r: r.measured.peak_bytes_per_gpu),
+        ("plan", plan_cost),
+    )
+    rank = lambda rb: tuple(f(rb[0]) for _, f in keys) + (rb[1][1],)  # noqa: E731
+    best = min(tied, key=rank)[0]
+    d.best = best
+    d.tied = [r for r, _ in tied if r is not best]
+    if d.tied:
+        runner = min(((r, b) for r, b in tied if r is not best), key=rank)[0]
+        d.tie_break = next((name for name, f in keys if f(runner) != f(best)), None)
 
 
-def optim_of(c: dict) -> Optim:
-    return Optim(c.get("optim", "adamw"))  # likewise before 8-bit optimizers
+def _plan_pick(d: Decision, rows: list[ResultRow], plan_cost, combination: Combination | None) -> None:
+    """The run of the combination the planner picks (any outcome), and why the measurement differs."""
+    if combination is not None:
+        same = [r for r in rows if r.combination == combination]
+        d.plan_pick = next((r for r in same if r.ok), same[0] if same else None)
+    else:
+        finite = [r for r in rows if plan_cost(r) != float("inf")]
+        d.plan_pick = min(finite, key=plan_cost, default=None)
+    p, b = d.plan_pick, d.best
+    if p is None or b is None or (p.combination == b.combination and p.gpus == b.gpus):
+        return
+    same = [r for r in rows if r.combination == p.combination and r.gpus == p.gpus]
+    if not any(r.ok for r in same):
+        d.why = Why.FAILED
+    elif not any(r in d.met for r in same):
+        d.why = Why.QUALITY
+    elif any(r in d.tied for r in same):
+        d.why = Why.TIE
+    else:
+        d.why = Why.SLOWER
 
 
-def memory_techniques(c: dict, T: dict) -> list[str]:
-    """The memory techniques of a combination in the report's language (`T`: report.text); attention kind is not
-    one, it is listed apart. A 4-bit base is QLoRA (its LoRA included), an int8 base says so beside LoRA."""
-    t = []
-    quant, optim = quant_of(c), optim_of(c)
-    if quant.four_bit:
-        t.append(T["tech_qlora"].format(quant=quant.value.upper(), r=c["lora_r"]))
-    elif c["lora_r"]:
-        t.append(T["tech_lora"].format(r=c["lora_r"]))
-    if quant is Quant.INT8:
+def memory_techniques(r: ResultRow, T: dict) -> list[str]:
+    """The memory techniques of a run's combination in the report's language (`T`: report.text); attention kind
+    is not one, it is listed apart. A 4-bit base is QLoRA (its LoRA included), an int8 base says so beside LoRA."""
+    from ftopt.spec import Offload, Optim, Quant
+
+    c, t = r.combination, []
+    if c.quant.four_bit:
+        t.append(T["tech_qlora"].format(quant=c.quant.value.upper(), r=c.lora_r))
+    elif c.lora_r:
+        t.append(T["tech_lora"].format(r=c.lora_r))
+    if c.quant is Quant.INT8:
         t.append(T["tech_int8"])
-    if optim is not Optim.ADAMW:
-        t.append(T[f"tech_{optim.name.lower()}"])
-    if c["gc"]:
+    if c.optim is not Optim.ADAMW:
+        t.append(T[f"tech_{c.optim.name.lower()}"])
+    if c.gc:
         t.append(T["tech_gc"])
-    if c["zero"]:
-        t.append(f"ZeRO-{c['zero']}")
-    if c["offload"] != "none":
-        t.append(T[f"tech_offload_{c['offload']}"])
+    if c.zero:
+        t.append(f"ZeRO-{c.zero}")
+    if c.offload is not Offload.NONE:
+        t.append(T[f"tech_offload_{c.offload.value}"])
     return t

@@ -1,8 +1,10 @@
 """From the PoC to production: the planner's prediction of the chosen combination (and of the alternatives) on the
-target hardware with the production data, as time and money per run and per year, and a staged roadmap.
+target model and hardware with the production data, as time and money per run and per year, and a staged roadmap.
 
-The PoC measured which combination is cheapest at the quality bar on the PoC's hardware; the same combination's
-production cost is predicted by `ftopt.estimate` (memory fit and step time) for the target GPUs, data and epochs.
+The PoC measured which combination meets the quality bar on the PoC's model; the same combination's production
+cost is predicted by `ftopt.estimate` (memory fit with its own check, and step time, calibrated where runs on the
+target hardware were stored) for the target model, GPUs, sequence shape, data and epochs. Quality is not projected:
+it was measured on the PoC model only.
 """
 
 from __future__ import annotations
@@ -10,8 +12,17 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.calibration_store import calibrated_hardware, find_calibration
-from ftopt.estimate import estimate
-from ftopt.spec import DEFAULT_HEADROOM, Combination, Precision, TrainingSetup, load_hardware, load_model
+from ftopt.estimate import Estimate, estimate
+from ftopt.results import ResultRow
+from ftopt.spec import (
+    DEFAULT_HEADROOM,
+    Combination,
+    Precision,
+    TrainingSetup,
+    default_precision,
+    load_hardware,
+    load_model,
+)
 
 PILOT_DATA_FRACTION = 0.1  # the pilot trains on a tenth of the production data, once: enough to see quality at scale
 PILOT_EPOCHS = 1.0
@@ -33,8 +44,10 @@ class ProductionTarget(BaseModel):
     cost_per_gpu_hour: float | None = Field(None, ge=0)
     currency: str = Field("USD", min_length=1, max_length=8)
     max_hours: float | None = Field(None, gt=0, description="wall-clock budget of one production run")
-    seq_len: int = Field(gt=0, description="the PoC's sequence length unless given")
-    micro_batch: int = Field(1, gt=0)
+    seq_len: int = Field(gt=0, description="--target-seq-len, else the plan's default for the target GPU")
+    micro_batch: int = Field(1, gt=0, description="--target-micro-batch, else the plan's default for the target GPU")
+    poc_model: str | None = Field(None, description="the model the PoC measured quality on")
+    shape_given: bool = Field(False, description="seq_len or micro_batch came from the user, not the plan's default")
     headroom: float = Field(DEFAULT_HEADROOM, description="share of GPU memory kept free (--headroom)")
 
     @property
@@ -57,6 +70,7 @@ class Projection(BaseModel):
     cost_per_run: float | None
     cost_per_year: float | None
     fits_budget: bool | None = Field(description="None without --max-hours")
+    estimate: Estimate = Field(description="the planner's estimate it was derived from", exclude=True)
 
 
 class Stage(BaseModel):
@@ -79,10 +93,8 @@ class ProductionPlan(BaseModel):
 
 
 def _precision(hw_is_cpu: bool, hw) -> Precision:
-    """Production trains in bf16 mixed precision where the GPU has it (what a production run uses), else fp16."""
-    if hw_is_cpu:
-        return Precision.FP32
-    return Precision.BF16_MIXED if hw.flops_for("bf16") else Precision.FP16_MIXED
+    """Production trains at the best precision the GPU runs (spec.default_precision, the one place it lives)."""
+    return default_precision(hw_is_cpu, hw.peak_flops)
 
 
 def project(
@@ -105,6 +117,7 @@ def project(
     gpu_hours = hours * target.gpus
     price = target.cost_per_gpu_hour
     return Projection(
+        estimate=e,
         label=label,
         combination=combo,
         gpus=target.gpus,
@@ -119,23 +132,48 @@ def project(
     )
 
 
+def projections(rows: list[ResultRow], target: ProductionTarget) -> dict[str, Projection]:
+    """Every run's combination projected onto the target (once per combination), by run key."""
+    by_combo: dict[Combination, Projection] = {}
+    out = {}
+    for r in rows:
+        if r.combination not in by_combo:
+            by_combo[r.combination] = project(r.combination, r.label, target)
+        out[r.key] = by_combo[r.combination]
+    return out
+
+
+def plan_choice(projs: dict[str, Projection], target: ProductionTarget) -> Combination | None:
+    """The combination `plan` itself would recommend among these projections (ftopt.choice: fastest that fits,
+    ties within the time model's error to fewer moving parts, DeepSpeed on one GPU only when nothing else fits)."""
+    from ftopt.choice import TIME_MODEL_ERROR, choose_fitting
+
+    distinct = {p.combination: p.estimate for p in projs.values()}
+    pick, _ = choose_fitting(list(distinct.values()), target.gpus, TIME_MODEL_ERROR)
+    return pick.combination if pick is not None else None
+
+
+def candidate_costs(projs: dict[str, Projection], target: ProductionTarget) -> dict[str, float]:
+    """GPU-hours per run of each run that fits the target, by run key; as in the plan, a combination with DeepSpeed
+    on a one-GPU target (ZeRO partitions nothing there) is set aside when one without it fits."""
+    from ftopt.choice import single_gpu_deepspeed
+
+    fitting = {k: p for k, p in projs.items() if p.fits_memory}
+    useful = {k: p for k, p in fitting.items() if not single_gpu_deepspeed(p.estimate, target.gpus)}
+    return {k: p.gpu_hours_per_run for k, p in (useful or fitting).items()}
+
+
 def plan_production(
-    target: ProductionTarget, chosen: dict, candidates: list[dict], poc_gpu_hours: float, poc_cost: float | None
+    target: ProductionTarget, best: Projection, others: list[Projection], poc_gpu_hours: float, poc_cost: float | None
 ) -> ProductionPlan:
-    """`chosen` and `candidates` are result rows (the report's decision and the other runs that met the bar).
-    The PoC's cost is the caller's: its runs may have used other hardware than the target's price is for."""
-    best = project(Combination(**chosen["combination"]), chosen["label"], target)
-    seen = {tuple(sorted(chosen["combination"].items()))}
-    alts = []
-    for r in candidates:
-        k = tuple(sorted(r["combination"].items()))
-        if k in seen:
-            continue  # repeats and the chosen one itself
-        seen.add(k)
-        p = project(Combination(**r["combination"]), r["label"], target)
-        if p.fits_memory:
-            alts.append(p)
-    alt = min(alts, key=lambda p: p.gpu_hours_per_run, default=None)
+    """`best` is the decision's run projected, `others` the projections of the other runs that met the bar. The
+    PoC's cost is the caller's: its runs may have used other hardware than the target's price is for."""
+    from ftopt.choice import single_gpu_deepspeed
+
+    fitting = [p for p in others if p.fits_memory and p.combination != best.combination]
+    # as in the decision (candidate_costs): DeepSpeed on a one-GPU target is no alternative while another fits
+    useful = [p for p in fitting if not single_gpu_deepspeed(p.estimate, target.gpus)]
+    alt = min(useful or fitting, key=lambda p: p.gpu_hours_per_run, default=None)
     pilot = project(best.combination, best.label, target, data_fraction=PILOT_DATA_FRACTION, epochs=PILOT_EPOCHS)
     stages = [
         Stage(name="poc", measured=True, gpu_hours=poc_gpu_hours, cost=poc_cost, runs=1),
@@ -156,4 +194,29 @@ def plan_production(
         stages=stages,
         precision=_precision(hw.is_cpu, hw),
         calibrated=find_calibration(hw.name) is not None,
+    )
+
+
+def production_target_for(
+    rows: list[ResultRow], *, seq_len: int | None = None, micro_batch: int | None = None, **given
+) -> ProductionTarget:
+    """The target: the PoC's model unless given (from the results' run specification); the sequence length and
+    micro-batch the plan uses by default on the target hardware unless given (a PoC on a CPU trains 64-token
+    sequences, which no production run does)."""
+    run = next((r.run for r in rows if r.run is not None), None)
+    if run is not None:
+        poc_model = run.model.ref
+    else:  # results written before the run specification: the sweep's flags
+        args = next((r.legacy_sweep for r in rows if r.legacy_sweep), {}).get("model_args", [])
+        flags = ("--model", "--random-init")
+        poc_model = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in flags), "tiny-llama")
+    hw = load_hardware(given["gpu"])
+    plan_shape = TrainingSetup.for_hardware(hw.is_cpu)
+    fields = {k: v for k, v in given.items() if v is not None}
+    return ProductionTarget(
+        **{"model": poc_model, **fields},
+        poc_model=poc_model,
+        seq_len=seq_len or plan_shape.seq_len,
+        micro_batch=micro_batch or plan_shape.micro_batch,
+        shape_given=seq_len is not None or micro_batch is not None,
     )

@@ -18,8 +18,18 @@ from ftopt.quality import QualityTarget
 from ftopt.report import sections as S
 from ftopt.report.charts import charts
 from ftopt.report.decision import Decision, decide
-from ftopt.report.projection import ProductionPlan, ProductionTarget, plan_production
+from ftopt.report.projection import (
+    ProductionPlan,
+    ProductionTarget,
+    Projection,
+    candidate_costs,
+    plan_choice,
+    plan_production,
+    projections,
+)
 from ftopt.report.text import LANGS, TEXT
+from ftopt.report.verdict import point_verified
+from ftopt.results import ResultRow, parse_rows
 
 __all__ = ["ReportSettings", "build_report", "decide"]
 CSS = (
@@ -47,28 +57,39 @@ class ReportSettings(BaseModel):
     calibration: dict | None = None
 
 
-def _production(rows: list[dict], d: Decision, s: ReportSettings) -> ProductionPlan | None:
+def _decide(rows: list[ResultRow], s: ReportSettings) -> tuple[Decision, dict[str, Projection]]:
+    """The decision, by projected cost on the target when the PoC ran on other hardware (ftopt.report.decision)."""
+    if s.production is None:
+        return decide(rows, s.quality_target), {}
+    projs = projections(rows, s.production)
+    other_hw = s.production.gpu != s.hardware
+    costs = candidate_costs(projs, s.production) if other_hw else None
+    return decide(rows, s.quality_target, costs, plan_choice(projs, s.production)), projs
+
+
+def _production(d: Decision, s: ReportSettings, projs: dict[str, Projection]) -> ProductionPlan | None:
     if s.production is None or d.best is None:
         return None
-    poc_gpu_hours = sum((r["measured"].get("train_seconds") or 0) * r.get("gpus", 1) for r in d.ok) / 3600
+    poc_gpu_hours = sum((r.measured.train_seconds or 0) * r.gpus for r in d.ok) / 3600
     same_hw = s.hardware == s.production.gpu
     price = s.production.cost_per_gpu_hour
     return plan_production(
         s.production,
-        d.best,
-        d.met,
+        projs[d.best.key],
+        [projs[r.key] for r in d.met if r is not d.best],
         poc_gpu_hours,
         poc_cost=poc_gpu_hours * price if (same_hw and price is not None) else None,
     )
 
 
-def _points(rows, d: Decision, s: ReportSettings, plan, T: dict, lang: str) -> list[str]:
+def _points(d: Decision, s: ReportSettings, plan, T: dict, lang: str) -> list[str]:
     if not d.ok:
         return [T["no_runs"].format(failed=html.escape(", ".join(d.failed) or "-"))]
     pts = [
         S.point_quality(d, T, lang, s.quality_source, plan, s.max_hours),
         S.point_memory(d, T, s.hardware, plan),
         S.point_scale(d, T, lang, plan),
+        point_verified(d, T, lang, s.hardware, s.production.gpu if s.production else None),
     ]
     cal = s.calibration
     if cal and cal.get("holdout_runs"):
@@ -96,29 +117,41 @@ def _html_table(cols: list[str], rows: list[list[str]], css_class: str = "") -> 
     )
 
 
+def md_text(text: str) -> str:
+    """Markdown from the report's HTML-escaped sentences: <b> as **, entities back to characters, and the
+    characters Markdown would read as HTML or an entity backslash-escaped (CommonMark escapes any ASCII
+    punctuation), so a user's '<script>' shows as text and no '&lt;' reaches the reader."""
+    text = html.unescape(re.sub(r"</?b>", "**", text))
+    return re.sub(r"([<>&])", r"\\\1", text)
+
+
 def _md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
-    cell = lambda c: html.escape(str(c)).replace("|", "\\|")
+    cell = lambda c: md_text(html.escape(str(c))).replace("|", "\\|")
     return ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)] + [
         "| " + " | ".join(cell(c) for c in row) + " |" for row in rows
     ]
 
 
-def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **settings) -> dict[str, Path]:
-    """Write report.<lang>.html and .md and the PNG charts into out_dir; returns the two document paths."""
+def build_report(
+    rows: list[ResultRow] | list[dict], out_dir: str | Path, *, lang: str = "en", **settings
+) -> dict[str, Path]:
+    """Write report.<lang>.html and .md and the PNG charts (<chart>.<lang>.png) into out_dir; returns the two
+    document paths."""
     if lang not in LANGS:
         raise FtoptError(f"--lang must be one of {', '.join(LANGS)}, got '{lang}'.")
+    rows = parse_rows(rows)
     s = ReportSettings(**settings)
     T, e = TEXT[lang], html.escape
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    d = decide(rows, s.quality_target)
-    plan = _production(rows, d, s)
+    d, projs = _decide(rows, s)
+    plan = _production(d, s, projs)
     pngs = charts(rows, d, s.capacity_bytes, lang)
     for name, data in pngs.items():
         tmp = out / f".{name}.tmp"
         tmp.write_bytes(data)
         tmp.replace(out / name)
-    points = _points(rows, d, s, plan, T, lang)
+    points = _points(d, s, plan, T, lang)
     price = (
         s.cost_per_gpu_hour
         if s.cost_per_gpu_hour is not None
@@ -126,16 +159,11 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **s
     )
     tables = [("", T["results"], S.padded_rows_note(rows, T), *S.results_table(rows, d, T, lang, price, s.currency))]
     if plan is not None:
-        intro, cols, prow = S.production_table(plan, T)
+        intro, cols, prow = S.production_table(plan, T, lang)
         tables.append(("", T["production_h"], intro, cols, prow))
-        tables.append(("roadmap", T["roadmap_h"], None, *S.roadmap_table(plan, T)))
+        tables.append(("roadmap", T["roadmap_h"], None, *S.roadmap_table(plan, T, lang)))
     heading = s.title or T["title"]
-    captions = {
-        "memory.png": T["chart_memory"],
-        "pareto.png": T["chart_pareto"],
-        "quality.png": T["chart_quality"],
-        "parity.png": T["chart_parity"],
-    }
+    captions = {f"{k}.{lang}.png": T[f"chart_{k}"] for k in ("memory", "pareto", "quality", "parity")}
     h = [
         f"<!DOCTYPE html><html lang='{lang}'><head><meta charset='utf-8'><title>{e(heading)}</title>",
         f"<style>{CSS}</style></head><body>",
@@ -143,10 +171,10 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **s
     ]
     h += [f"<li>{p}</li>" for p in points] + ["</ol>"]
     md = [f"# {heading}", "", f"## {T['summary']}", ""]
-    md += [f"{i}. {re.sub(r'</?b>', '**', p)}" for i, p in enumerate(points, 1)]
+    md += [f"{i}. {md_text(p)}" for i, p in enumerate(points, 1)]
     for css_class, name, intro, cols, trows in tables:
         h += [f"<h2>{e(name)}</h2>"] + ([f"<p>{intro}</p>"] if intro else []) + [_html_table(cols, trows, css_class)]
-        md += ["", f"## {name}", ""] + ([intro, ""] if intro else []) + _md_table(cols, trows)
+        md += ["", f"## {name}", ""] + ([md_text(intro), ""] if intro else []) + _md_table(cols, trows)
     h.append(f"<h2>{e(T['charts'])}</h2>")
     for name, data in pngs.items():
         h.append(
@@ -155,6 +183,7 @@ def build_report(rows: list[dict], out_dir: str | Path, *, lang: str = "en", **s
         )
     h.append(f"<p><small>{e(T['footer'])}</small></p></body></html>")
     md += ["", f"## {T['charts']}", ""] + [f"![{captions[n]}]({n})" for n in pngs] + ["", T["footer"], ""]
+    md[0] = f"# {md_text(e(heading))}"
     paths = {"html": out / f"report.{lang}.html", "markdown": out / f"report.{lang}.md"}
     atomic_write_text(paths["html"], "\n".join(h))
     atomic_write_text(paths["markdown"], "\n".join(md))

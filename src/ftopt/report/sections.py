@@ -7,18 +7,28 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ftopt.report.decision import Decision, epoch_seconds, gpu_seconds, memory_techniques
-from ftopt.report.projection import PILOT_DATA_FRACTION, PILOT_TIME_OVERRUN_STOP, ProductionPlan, ProductionTarget
-from ftopt.report.text import metric_name
+from ftopt.report.decision import Basis, Decision, cost_band, epoch_seconds, gpu_seconds, memory_techniques
+from ftopt.report.projection import PILOT_DATA_FRACTION, PILOT_TIME_OVERRUN_STOP, ProductionPlan
+from ftopt.report.text import metric_name, plural
+from ftopt.results import ResultRow
 from ftopt.units import fmt_bytes, fmt_seconds
 
 e = html.escape
+# ISO 4217 currencies whose minor unit is 0 digits: an amount in them has no decimals (12,345 JPY, not 12,345.67)
+ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "VND", "CLP", "ISK", "PYG", "UGX", "円", "¥"})
 
 
 def money(v: float | None, currency: str) -> str:
     if v is None:
         return "-"
+    if currency.strip().upper() in ZERO_DECIMAL_CURRENCIES:
+        return f"{v:,.0f} {currency}".strip()
     return f"{v:,.2f} {currency}" if v >= 1 else f"{v:.3g} {currency}"
+
+
+def amount(v: float | None, currency: str) -> str:
+    """money() without the currency (a table's column header names it)."""
+    return money(v, currency).removesuffix(currency).strip()
 
 
 def gpu_hours(v: float) -> str:
@@ -58,8 +68,8 @@ def point_quality(
     else:
         c = d.closest
         met = T["met_none"].format(
-            label=e(c["label"]) if c else "-",
-            value=fmt_metric(d.target.value_of(c["measured"]), d.target.metric) if c else "-",
+            label=e(c.label) if c else "-",
+            value=fmt_metric(c.measured.value(d.target.metric), d.target.metric) if c else "-",
         )
     if max_hours is None:
         budget = T["budget_none"]
@@ -68,13 +78,14 @@ def point_quality(
     else:
         key = "budget_fits" if plan.chosen.fits_budget else "budget_over"
         budget = T[key].format(hours=hours(plan.chosen.hours_per_run, T), budget=hours(max_hours, T))
-    return T["p_quality"].format(target=e(tname), source=source, met=met, budget=budget)
+    nothing = T["nothing_to_learn"] if d.nothing_to_learn else ""
+    return T["p_quality"].format(target=e(tname), source=source, met=met + nothing, budget=budget)
 
 
 def point_memory(d: Decision, T: dict, hardware: str, plan: ProductionPlan | None) -> str | None:
     if d.best is None:
         return None
-    c, label = d.best["combination"], e(d.best["label"])
+    label = e(d.best.label)
     if plan is not None:
         t = plan.target
         gpu = e(f"{t.gpus} × {t.gpu}")
@@ -85,14 +96,30 @@ def point_memory(d: Decision, T: dict, hardware: str, plan: ProductionPlan | Non
             gpu=gpu, need=fmt_bytes(plan.chosen.device_bytes_per_gpu), cap=fmt_bytes(load_hardware(t.gpu).memory_bytes)
         )
     else:
-        fit = T["fit_poc"].format(hardware=e(hardware), need=fmt_bytes(d.best["measured"]["peak_bytes_per_gpu"]))
-    tech = memory_techniques(c, T)
+        fit = T["fit_poc"].format(hardware=e(hardware), need=fmt_bytes(d.best.measured.peak_bytes_per_gpu))
+    tech = memory_techniques(d.best, T)
     what = (
         T["mem_needed"].format(techniques=e(T["tech_sep"].join(tech)), label=label, fit=fit)
         if tech
         else T["mem_none_needed"].format(label=label, fit=fit)
     )
     return T["p_memory"].format(what=what)
+
+
+def _alternative(d: Decision, plan: ProductionPlan, T: dict, lang: str) -> str:
+    """The next-cheapest other run that met the bar, never cheaper than the pick; one that is projected cheaper
+    is named as such, with the reason it was not chosen."""
+    t, a, chosen = plan.target, plan.alternative, plan.chosen
+    if a is None:
+        return T["alternative_none"]
+    paren = "({})" if lang == "ja" else " ({})"  # a Japanese sentence takes full-width brackets
+    cost = paren.format(e(money(a.cost_per_run, t.currency))) if a.cost_per_run is not None else ""
+    fields = dict(label=e(a.label), gpuh=gpu_hours(a.gpu_hours_per_run), cost=cost)
+    if a.gpu_hours_per_run >= chosen.gpu_hours_per_run:
+        return T["alternative"].format(**fields)
+    tied = any(r.combination == a.combination for r in d.tied)
+    reason = T["cheaper_tied"].format(by=T[f"by_{d.tie_break or 'plan'}"]) if tied else T["cheaper_measured"]
+    return T["alternative_cheaper"].format(**fields, reason=reason)
 
 
 def point_scale(d: Decision, T: dict, lang: str, plan: ProductionPlan | None) -> str:
@@ -104,108 +131,109 @@ def point_scale(d: Decision, T: dict, lang: str, plan: ProductionPlan | None) ->
     else:
         t, p = plan.target, plan.chosen
         fields = dict(
+            model=e(Path(t.model).name),
             gpus=t.gpus,
             gpu=e(t.gpu),
             tokens=f"{t.dataset_tokens:,}",
-            epochs=f"{t.epochs:g}",
+            epochs=plural(t.epochs, "epoch", lang),
             hours=hours(p.hours_per_run, T),
             gpuh=gpu_hours(p.gpu_hours_per_run),
-            retrains=f"{t.retrains_per_year:g}",
+            retrains=plural(t.retrains_per_year, "run", lang),
             cost=e(money(p.cost_per_run, t.currency)),
             cost_year=e(money(p.cost_per_year, t.currency)),
             gpuh_year=gpu_hours(p.gpu_hours_per_year),
         )
         production = T["production" if p.cost_per_run is not None else "production_nocost"].format(**fields)
-        a = plan.alternative
-        alt_cost = f" ({e(money(a.cost_per_run, t.currency))})" if a and a.cost_per_run is not None else ""
-        alt = (
-            T["alternative"].format(label=e(a.label), gpuh=gpu_hours(a.gpu_hours_per_run), cost=alt_cost)
-            if a
-            else T["alternative_none"]
-        )
-        production += ("" if lang == "ja" else " ") + alt
-    trade = [
-        T["tradeoff_quality"].format(delta=v, metric=e(metric_name(d.target.metric, lang)))
-        if k == "quality"
-        else T["tradeoff_time"].format(
-            pct=v, label=e(d.fastest["label"]), met=T["met"] if d.target.met(d.fastest["measured"]) else T["not_met"]
-        )
-        for k, v in d.tradeoff
-    ]
-    sep = "、" if lang == "ja" else "; "
-    trade_s = T["tradeoff"].format(tradeoff=sep.join(trade)) if trade else T["tradeoff_none"]
+        production += _sp(lang) + _alternative(d, plan, T, lang)
+        production += _sp(lang) + T["quality_poc_only"].format(poc=e(Path(t.poc_model or t.model).name))
     what = T["scale_best"].format(
-        label=e(b["label"]),
+        label=e(b.label),
         time=dur(epoch_seconds(b), T),
-        gpus=b.get("gpus", 1),
+        gpus=plural(b.gpus, "GPU", lang),
         gpuh=gpu_hours(gpu_seconds(b) / 3600),
         production=production,
     )
-    return T["p_scale"].format(what=what + (" " if lang == "en" else "") + trade_s)
+    return T["p_scale"].format(what=what + _sp(lang) + _tradeoff(d, T, lang))
+
+
+def _sp(lang: str) -> str:
+    return "" if lang == "ja" else " "
+
+
+def _tradeoff(d: Decision, T: dict, lang: str) -> str:
+    """Quality against the best-scoring run, named; time against the fastest run on the same GPU count, when the
+    recommendation is slower beyond the noise of both."""
+    b, out = d.best, []
+    metric = e(metric_name(d.target.metric, lang))
+    if d.top is not None:
+        delta = abs(d.top.measured.value(d.target.metric) - b.measured.value(d.target.metric))
+        out.append(T["tradeoff_quality"].format(delta=f"{delta:.3g}", metric=metric, label=e(d.top.label)))
+    f = d.fastest if d.basis is Basis.MEASURED else None  # PoC seconds are not the basis on other hardware
+    fb, bb = (cost_band(f), cost_band(b)) if f is not None else (None, None)
+    if f is not None and f is not b and fb and bb and fb[2] < bb[0]:
+        out.append(
+            T["tradeoff_time"].format(
+                pct=f"{epoch_seconds(b) / epoch_seconds(f) - 1:.0%}",
+                label=e(f.label),
+                met=T["met"] if d.target.met(f.measured) else T["not_met"],
+            )
+        )
+    sep = "、" if lang == "ja" else "; "
+    return T["tradeoff"].format(tradeoff=sep.join(out)) if out else T["tradeoff_none"]
+
+
+def spread(r: ResultRow) -> str:
+    """The step time's interquartile range as +-% of its median ('-' without per-step times)."""
+    s = r.measured.stats() if r.measured else None
+    if s is None or not s.steps:
+        return "-"
+    return f"±{(s.high - s.low) / 2 / s.median:.0%}"
 
 
 def results_table(
-    rows: list[dict], d: Decision, T: dict, lang: str, price: float | None, currency: str
+    rows: list[ResultRow], d: Decision, T: dict, lang: str, price: float | None, currency: str
 ) -> tuple[list[str], list[list[str]]]:
-    """Every run with its GPU count and GPU-hours; the target metric and whether it met the bar."""
+    """Every run with its GPU count and GPU-hours, the step-time spread; the target metric and whether it met it."""
     metric = d.target.metric
     show_metric = metric not in ("eval_loss", "perplexity")
-    cols = [
-        T["col_combination"],
-        T["col_gpus"],
-        T["col_status"],
-        T["col_peak"],
-        T["col_pred"],
-        T["col_epoch"],
-        T["col_gpuh"],
-        T["col_loss"],
-        T["col_ppl"],
-    ]
-    cols += [metric_name(metric, lang)] if show_metric else []
+    cols = [T[f"col_{k}"] for k in ("combination", "gpus", "status", "peak", "pred", "epoch", "spread", "gpuh")]
+    cols += [T["col_loss"], T["col_ppl"]] + ([metric_name(metric, lang)] if show_metric else [])
     # token F1 beside exact match: it shows partial learning (some letters right) that exact match hides
-    extra = [
-        k for k in ("token_f1",) if k != metric and any(k in (r.get("measured") or {}).get("quality", {}) for r in rows)
-    ]
+    extra = [k for k in ("token_f1",) if k != metric and any(r.measured and k in r.measured.quality for r in rows)]
     cols += [metric_name(k, lang) for k in extra]
     cols += [T["col_met"]] + ([f"{T['col_cost']} ({currency})"] if price is not None else [])
     out = []
     for r in rows:
-        m = r.get("measured", {})
-        pred = (r.get("predicted") or {}).get("traced") or (r.get("predicted") or {}).get("analytic") or {}
-        label = r["label"] + (f" ({T['recommended']})" if d.best is r else "")
+        m, pred = r.measured, r.predicted.best()
+        num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         cells = [
-            label,
-            str(r.get("gpus", 1)),
-            T.get(f"status_{r['status']}", r["status"]),
-            fmt_bytes(m["peak_bytes_per_gpu"]) if m else "-",
-            fmt_bytes(pred["peak_bytes_per_gpu"]) if "peak_bytes_per_gpu" in pred else "-",
+            r.label + (f" ({T['recommended']})" if d.best is r else ""),
+            str(r.gpus),
+            T.get(f"status_{r.status.value}", r.status.value),
+            fmt_bytes(m.peak_bytes_per_gpu) if m else "-",
+            fmt_bytes(pred.peak_bytes_per_gpu) if pred else "-",
             dur(epoch_seconds(r), T) if m else "-",
+            spread(r),
             gpu_hours(gpu_seconds(r) / 3600) if m else "-",
-            f"{m['eval_loss']:.3f}" if m.get("eval_loss") is not None else "-",
-            f"{m['perplexity']:.2f}" if m.get("perplexity") is not None else "-",
+            num(m.eval_loss if m else None, ".3f"),
+            num(m.perplexity if m else None, ".2f"),
         ]
         if show_metric:
-            cells.append(fmt_metric(d.target.value_of(m), metric) if m else "-")
-        cells += [fmt_metric((m.get("quality") or {}).get(k), k) for k in extra]
+            cells.append(fmt_metric(m.value(metric), metric) if m else "-")
+        cells += [fmt_metric(m.quality.get(k) if m else None, k) for k in extra]
         cells.append((T["met"] if d.target.met(m) else T["not_met"]) if m else "-")
         if price is not None:
-            cells.append(f"{gpu_seconds(r) / 3600 * price:.3g}" if m else "-")
+            cells.append(amount(gpu_seconds(r) / 3600 * price, currency) if m else "-")
         out.append(cells)
     return cols, out
 
 
-def padded_rows_note(rows: list[dict], T: dict) -> str | None:
-    """Why an unpacked run's measured peak can sit below its prediction, when the results hold one (rows written
-    before packing moved to the setup keep it under `data`)."""
-
-    def unpacked(run: dict) -> bool:  # False where the row does not say
-        packing = (run.get("setup") or {}).get("packing", (run.get("data") or {}).get("packing"))
-        return packing is False
-
-    return T["padded_rows"] if any(r.get("run") and unpacked(r["run"]) for r in rows) else None
+def padded_rows_note(rows: list[ResultRow], T: dict) -> str | None:
+    """Why an unpacked run's measured peak can sit below its prediction, when the results hold one."""
+    return T["padded_rows"] if any(r.run is not None and not r.run.setup.packing for r in rows) else None
 
 
-def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], list[list[str]]]:
+def production_table(plan: ProductionPlan, T: dict, lang: str) -> tuple[str, list[str], list[list[str]]]:
     t = plan.target
     intro = T["production_assume"].format(
         model=e(Path(t.model).name),
@@ -215,11 +243,13 @@ def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], lis
         seq_len=t.seq_len,
         micro_batch=t.micro_batch,
         tokens=f"{t.dataset_tokens:,}",
-        epochs=f"{t.epochs:g}",
-        retrains=f"{t.retrains_per_year:g}",
+        epochs=plural(t.epochs, "epoch", lang),
+        retrains=plural(t.retrains_per_year, "run", lang),
     )
+    if not t.shape_given:
+        intro += _sp(lang) + T["shape_default"].format(gpu=e(t.gpu))
     if not plan.calibrated:
-        intro += ("" if intro.endswith("。") else " ") + T["uncalibrated"].format(gpu=e(t.gpu))
+        intro += _sp(lang) + T["uncalibrated"].format(gpu=e(t.gpu))
     cols = [
         T["col_combination"],
         T["col_gpus"],
@@ -244,15 +274,15 @@ def production_table(plan: ProductionPlan, T: dict) -> tuple[str, list[str], lis
                 hours(p.hours_per_run, T),
                 gpu_hours(p.gpu_hours_per_run),
                 gpu_hours(p.gpu_hours_per_year),
-                money(p.cost_per_run, "").strip(),
-                money(p.cost_per_year, "").strip(),
+                amount(p.cost_per_run, t.currency),
+                amount(p.cost_per_year, t.currency),
                 yn(p.fits_budget),
             ]
         )
     return intro, cols, rows
 
 
-def roadmap_table(plan: ProductionPlan, T: dict) -> tuple[list[str], list[list[str]]]:
+def roadmap_table(plan: ProductionPlan, T: dict, lang: str) -> tuple[list[str], list[list[str]]]:
     t = plan.target
     cols = [
         T["col_stage"],
@@ -262,7 +292,11 @@ def roadmap_table(plan: ProductionPlan, T: dict) -> tuple[list[str], list[list[s
         T["col_decides"],
         T["col_stop"],
     ]
-    fill = dict(pct=f"{PILOT_DATA_FRACTION:.0%}", x=f"{PILOT_TIME_OVERRUN_STOP:g}", retrains=f"{t.retrains_per_year:g}")
+    fill = dict(
+        pct=f"{PILOT_DATA_FRACTION:.0%}",
+        x=f"{PILOT_TIME_OVERRUN_STOP:g}",
+        retrains=plural(t.retrains_per_year, "run", lang),
+    )
     rows = []
     for s in plan.stages:
         rows.append(
@@ -270,31 +304,9 @@ def roadmap_table(plan: ProductionPlan, T: dict) -> tuple[list[str], list[list[s
                 T[f"stage_{s.name}"],
                 T["measured" if s.measured else "predicted"],
                 gpu_hours(s.gpu_hours),
-                money(s.cost, "").strip(),
+                amount(s.cost, t.currency),
                 T[f"decides_{s.name}"].format(**fill),
                 T[f"stop_{s.name}"].format(**fill),
             ]
         )
     return cols, rows
-
-
-def production_target_for(rows: list[dict], **given) -> ProductionTarget:
-    """The target with the PoC's model and sequence shape unless given (from the results' run specification)."""
-    run = next((r["run"] for r in rows if r.get("run")), None)
-    if run is not None:
-        poc = {
-            "model": run["model"]["ref"],
-            "seq_len": run["setup"]["seq_len"],
-            "micro_batch": run["setup"]["micro_batch"],
-        }
-    else:  # results written before the run specification: the sweep's flags
-        sweep = next((r.get("sweep") for r in rows if r.get("sweep")), {}) or {}
-        args = sweep.get("model_args", [])
-        poc = {
-            "model": next(
-                (args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--model", "--random-init")), "tiny-llama"
-            ),
-            "seq_len": sweep.get("seq_len", 2048),
-            "micro_batch": sweep.get("micro_batch", 1),
-        }
-    return ProductionTarget(**{**poc, **{k: v for k, v in given.items() if v is not None}})

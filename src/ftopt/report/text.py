@@ -16,10 +16,13 @@ EN: dict[str, str] = {
     "p_quality": "<b>Quality bar and time budget.</b> The quality target is {target} ({source}). {met} {budget}",
     "src_given": "set with --quality-target",
     "src_demo": "stated by the demo",
+    "src_bench": "set with ftopt bench --quality-target",
     "src_derived": "not set by you: the sweep's best eval loss plus 5%, which only ranks the runs against each other",
     "met_some": "{n} of {total} successful runs met it.",
     "met_none": "No run met it; the closest was {label} at {value}. Do not scale up yet: train longer, start from a "
     "stronger base model, or revisit the target.",
+    "nothing_to_learn": " Nothing to learn: every run started at a training loss near zero, so the base model already "
+    "knew the task; the quality figures do not show what fine-tuning adds.",
     "nothing_learned": "Nothing of the task was learned: every run scored 0 on {metric}. The runs are too short or "
     "the setup is wrong; the time and memory figures still hold, the quality figures do not.",
     "budget_none": "No time budget was given (--max-hours).",
@@ -49,27 +52,56 @@ EN: dict[str, str] = {
     "fit_poc": "Its measured peak on {hardware} was {need} per GPU.",
     # point 3: PoC to production
     "p_scale": "<b>From PoC to production.</b> {what}",
-    "scale_best": "Scale <b>{label}</b>: in the PoC it took {time} per epoch on {gpus} GPU(s), {gpuh} GPU-hours. "
-    "{production}",
+    "scale_best": "Scale <b>{label}</b>: in the PoC it took {time} per epoch on {gpus}, {gpuh} GPU-hours. {production}",
     "scale_none": "There is nothing to scale yet: no run met the quality target.",
-    "production": "On {gpus} × {gpu} with {tokens} tokens × {epochs} epoch(s) it is predicted to take {hours} per run "
-    "({gpuh} GPU-hours), {cost} per run and {cost_year} per year at {retrains} runs a year.",
-    "production_nocost": "On {gpus} × {gpu} with {tokens} tokens × {epochs} epoch(s) it is predicted to take {hours} "
-    "per run ({gpuh} GPU-hours, {gpuh_year} GPU-hours a year at {retrains} runs a year); give "
+    "production": "For {model} on {gpus} × {gpu} with {tokens} tokens × {epochs} it is predicted to take {hours} per "
+    "run ({gpuh} GPU-hours), {cost} per run and {cost_year} per year at {retrains} a year.",
+    "production_nocost": "For {model} on {gpus} × {gpu} with {tokens} tokens × {epochs} it is predicted to take {hours} "
+    "per run ({gpuh} GPU-hours, {gpuh_year} GPU-hours a year at {retrains} a year); give "
     "--cost-per-gpu-hour for money.",
     "production_missing": "Give --target-gpu and --dataset-tokens to predict the time and cost of production.",
     "alternative": "The next-cheapest alternative, {label}, would take {gpuh} GPU-hours per run{cost}.",
+    "alternative_cheaper": "{label} is projected cheaper on the target, {gpuh} GPU-hours per run{cost}, but was not "
+    "chosen: {reason}.",
+    "cheaper_tied": "it is tied with the recommendation within the noise, and {by} decided",
+    "cheaper_measured": "on the PoC hardware, which is the target's, it was measured slower beyond the noise",
+    "quality_poc_only": "Quality was measured on the PoC model ({poc}) only; the production model's quality is not "
+    "predicted here, the pilot measures it.",
     "alternative_none": "No other measured combination both met the target and fits the target GPUs.",
-    "tradeoff": "It gives up {tradeoff}.",
-    "tradeoff_none": "It gives up nothing measurable against the other runs.",
+    "tradeoff": "The recommendation gives up {tradeoff}.",
+    "tradeoff_none": "The recommendation gives up nothing measurable against the other runs.",
     "uncalibrated": "The time model for {gpu} has not been calibrated by runs on it (ftopt bench --gpu {gpu}): its "
     "per-step overheads count as zero, so a small model is predicted too fast; the pilot measures "
     "them.",
-    "tradeoff_quality": "{delta} on {metric}",
-    "tradeoff_time": "{pct} more time than the fastest run on the same number of GPUs ({label}, {met})",
+    "tradeoff_quality": "{delta} on {metric} against {label}, the best-scoring run",
+    "tradeoff_time": "{pct} more time, beyond the noise, than the fastest run on the same number of GPUs ({label}, "
+    "{met})",
     "calibration": "The time model was calibrated on {fit} runs: each combination's step time, predicted by a fit "
     "on the others, is off by {med} (median) and {worst} at worst; rank correlation (Spearman) {rho}; "
     "{pairs} pairs of combinations more than 10% apart are ordered right.",
+    # point 4: the plan's pick against the measured pick
+    "p_verified": "<b>Is the recommendation verified?</b> {basis} {verdict}{tie} {plan_def}",
+    "basis_measured": "The choice went by GPU-seconds per epoch measured on {hardware}: each run's median step time "
+    "with its spread (interquartile range), the first {warmup} left out as warm-up (one-off allocations and "
+    "kernel selection); runs whose spreads overlap are a tie.",
+    "basis_projected": "The PoC ran on {hardware}, not on the target {gpu}, so the choice among the runs that met the "
+    "bar went by the planner's projected GPU-hours on {gpu} (calibrated where runs on it were stored), not by PoC "
+    "seconds (projections within {pct} of each "
+    "other are a tie).",
+    "plan_def": "(The plan's pick is what the planner recommends on {gpu} among the measured combinations.)",
+    "verified": "The plan's pick, {plan}, is also the measured pick: the recommendation is verified.",
+    "why_quality": "The plan's pick was {plan}, but it missed the quality bar ({value}); the measurement recommends "
+    "{best} instead.",
+    "why_failed": "The plan's pick was {plan}, but its run did not finish ({status}); the measurement recommends {best} "
+    "instead.",
+    "why_slower": "The plan's pick was {plan}, but it was measured {pct} costlier than {best}, beyond the step-time "
+    "spread of both runs; the measurement overrides the plan.",
+    "why_tie": "The plan's pick was {plan}; it is tied with {best} within the noise, and {by} decided for {best}.",
+    "plan_none": "No run carries the plan's prediction, so there is no plan's pick to check.",
+    "tie_note": " Tied with it within the noise: {others}; {by} decided.",
+    "by_quality": "the higher quality",
+    "by_memory": "the lower measured peak memory",
+    "by_plan": "the plan's prediction for the target hardware",
     "no_runs": "No run finished successfully, so nothing can be recommended from measurements. Failed runs: {failed}.",
     # tables
     "results": "Measured results (PoC)",
@@ -79,6 +111,7 @@ EN: dict[str, str] = {
     "col_peak": "measured peak per GPU",
     "col_pred": "predicted peak",
     "col_epoch": "time per epoch",
+    "col_spread": "step-time spread",
     "col_gpuh": "GPU-hours per epoch",
     "col_loss": "eval loss",
     "col_ppl": "perplexity",
@@ -92,12 +125,15 @@ EN: dict[str, str] = {
     "status_ok": "ok",
     "status_oom": "out of memory",
     "status_error": "error",
+    "status_failed": "failed (no metrics)",
     "padded_rows": "Predicted peaks assume every sequence is --seq-len tokens long. Runs without --packing pad each "
     "micro-batch only to its longest sequence, so on shorter data their measured peak is below the "
     "prediction.",
     "production_h": "Production projection",
     "production_assume": "Predicted by the planner for {model} on {gpus} × {gpu} ({precision}, sequence length {seq_len}, "
-    "micro-batch {micro_batch}), {tokens} tokens × {epochs} epoch(s), {retrains} runs a year.",
+    "micro-batch {micro_batch}), {tokens} tokens × {epochs}, {retrains} a year.",
+    "shape_default": "The sequence length and micro-batch are the plan's defaults for {gpu}, not the PoC's; "
+    "--target-seq-len and --target-micro-batch change them.",
     "col_fits": "fits GPU memory",
     "col_hours": "hours per run",
     "col_gpuh_run": "GPU-hours per run",
@@ -122,7 +158,7 @@ EN: dict[str, str] = {
     "decides_pilot": "whether quality holds on {pct} of the real data (one epoch on the target GPUs) and whether the "
     "predicted time and memory are right",
     "stop_pilot": "quality below the bar, or step time more than {x}× the prediction",
-    "decides_production": "the yearly budget for {retrains} runs",
+    "decides_production": "the yearly budget for {retrains}",
     "stop_production": "a run exceeds the time budget, or the yearly cost exceeds what the task is worth",
     # charts
     "charts": "Charts",
@@ -179,6 +215,14 @@ METRIC_NAMES: dict[str, dict[str, str]] = {
         "perplexity": "パープレキシティ",
     },
 }
+
+
+def plural(n: float, word: str, lang: str) -> str:
+    """'1 GPU', '2 GPUs', '0.5 epochs' in English; Japanese has no plural and the template places the counter word
+    (GPU 2台, 2エポック), so only the number."""
+    if lang == "ja":
+        return f"{n:g}"
+    return f"{n:g} {word}" + ("" if n == 1 else "s")
 
 
 def metric_name(metric: str, lang: str) -> str:

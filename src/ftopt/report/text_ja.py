@@ -12,11 +12,14 @@ JA: dict[str, str] = {
     "p_quality": "<b>品質目標と時間予算。</b> 品質目標は{target}です({source})。{met}{budget}",
     "src_given": "--quality-target で指定",
     "src_demo": "デモで設定した値",
+    "src_bench": "ftopt bench の --quality-target で指定",
     "src_derived": "未指定のため、今回の比較で最良の評価損失に5%の余裕を加えた値で、実行どうしの相対比較にしか使えません",
     "met_some": "成功した{total}件の実行のうち{n}件が目標を達成しました。",
     "met_none": "目標を達成した実行はありません。最も近かったのは{label}で、値は{value}でした。"
     "このまま規模を広げるのは避け、学習を長くする、より強いベースモデルから始める、目標を見直すといった"
     "対応を検討してください。",
+    "nothing_to_learn": "なお、すべての実行で学習開始時の損失がほぼ0でした。ベースモデルはすでにこのタスクを解けており、"
+    "品質の数値はファインチューニングの効果を示していません。",
     "nothing_learned": "タスクはまったく学習されていません。すべての実行で{metric}が0でした。学習が短すぎるか、"
     "設定に誤りがあります。時間とメモリの数値は有効ですが、品質の数値は判断に使えません。",
     "budget_none": "時間予算(--max-hours)は指定されていません。",
@@ -46,24 +49,47 @@ JA: dict[str, str] = {
     "scale_best": "<b>{label}</b>で本番に進めます。PoC では GPU {gpus}台で1エポックに{time}、{gpuh} GPU時間かかりました。"
     "{production}",
     "scale_none": "品質目標を達成した実行がないため、本番に進める組み合わせはまだありません。",
-    "production": "{gpu} {gpus}台、{tokens}トークンを{epochs}エポック学習すると、1回あたり{hours}({gpuh} GPU時間)、"
+    "production": "{model}を{gpu} {gpus}台で、{tokens}トークンを{epochs}エポック学習すると、1回あたり{hours}({gpuh} GPU時間)、"
     "費用は1回{cost}、年{retrains}回の再学習で年間{cost_year}と予測されます。",
-    "production_nocost": "{gpu} {gpus}台、{tokens}トークンを{epochs}エポック学習すると、1回あたり{hours}"
+    "production_nocost": "{model}を{gpu} {gpus}台で、{tokens}トークンを{epochs}エポック学習すると、1回あたり{hours}"
     "({gpuh} GPU時間)、年{retrains}回の再学習で年間{gpuh_year} GPU時間と予測されます。"
     "金額は --cost-per-gpu-hour を指定すると表示されます。",
     "production_missing": "--target-gpu と --dataset-tokens を指定すると、本番の時間と費用を予測します。",
     "alternative": "次に安い候補は{label}で、1回あたり{gpuh} GPU時間{cost}です。",
+    "alternative_cheaper": "本番の予測では{label}のほうが安く、1回あたり{gpuh} GPU時間{cost}ですが、{reason}ため選んでいません。",
+    "cheaper_tied": "推奨との差がばらつきの範囲内で同等とみなし、{by}で決めた",
+    "cheaper_measured": "本番と同じ PoC のハードウェアでの実測で、ばらつきを超えて遅かった",
+    "quality_poc_only": "品質は PoC のモデル({poc})でのみ測定しており、本番モデルの品質はここでは予測していません。"
+    "パイロットで確認します。",
     "alternative_none": "目標を達成し、かつ本番のGPUのメモリに収まる組み合わせは、ほかにありません。",
-    "tradeoff": "一方で、{tradeoff}。",
-    "tradeoff_none": "ほかの実行と比べて、測定できるほどの不利はありません。",
+    "tradeoff": "一方で、推奨する組み合わせは{tradeoff}。",
+    "tradeoff_none": "推奨する組み合わせには、ほかの実行と比べて測定できるほどの不利はありません。",
     "uncalibrated": "{gpu}の時間モデルは、まだ実機の実行で較正されていません(ftopt bench --gpu {gpu})。"
     "ステップごとのオーバーヘッドを0として計算しているため、小さなモデルほど短く予測されます。"
     "実際の値はパイロットで測ります。",
-    "tradeoff_quality": "{metric}が{delta}劣ります",
-    "tradeoff_time": "同じGPU台数で最速の実行({label}、目標{met})より{pct}長くかかります",
+    "tradeoff_quality": "最も品質の高い{label}と比べて{metric}が{delta}劣ります",
+    "tradeoff_time": "同じGPU台数で最速の実行({label}、目標{met})より、ばらつきを超えて{pct}長くかかります",
     "calibration": "時間モデルは{fit}件の実行で較正しました。各組み合わせのステップ時間を残りの実行だけで予測したときの"
     "誤差は中央値{med}、最大{worst}で、順位相関(スピアマン)は{rho}です。10%以上差のある組み合わせの対の"
     "うち{pairs}で、順序を正しく予測しました。",
+    "p_verified": "<b>推奨の検証。</b> {basis}{verdict}{tie}{plan_def}",
+    "basis_measured": "{hardware}で実測した1エポックあたりのGPU秒で選びました。各実行の最初の{warmup}ステップは"
+    "ウォームアップ(初回のメモリ確保やカーネル選択)として除き、残りのステップ時間の中央値とばらつき(四分位範囲)"
+    "を使っています。ばらつきが重なる実行どうしは同等とみなします。",
+    "basis_projected": "PoC は本番の{gpu}ではなく{hardware}で実行したため、品質目標を達成した実行の中から、PoC の秒数"
+    "ではなく、プランナーが{gpu}について予測したGPU時間(実機の実行で較正済みならその値)で選びました({pct}以内の差は同等とみなします)。",
+    "plan_def": "(プランの推奨とは、測定した組み合わせの中からプランナーが{gpu}向けに推奨するものです。)",
+    "verified": "プランの推奨({plan})と実測による推奨が一致しており、推奨は検証済みです。",
+    "why_quality": "プランの推奨は{plan}でしたが、品質目標に届かなかったため({value})、実測に基づき{best}を推奨します。",
+    "why_failed": "プランの推奨は{plan}でしたが、実行が完了しなかったため({status})、実測に基づき{best}を推奨します。",
+    "why_slower": "プランの推奨は{plan}でしたが、実測では{best}より{pct}多くGPU時間がかかり、その差は両者のステップ"
+    "時間のばらつきを超えています。このため実測の結果を優先します。",
+    "why_tie": "プランの推奨は{plan}でしたが、{best}との差はばらつきの範囲内で同等です。{by}により{best}を選びました。",
+    "plan_none": "プランの予測を持つ実行がないため、プランの推奨とは比較できません。",
+    "tie_note": "{others}とはばらつきの範囲内で同等で、{by}により選びました。",
+    "by_quality": "品質の高さ",
+    "by_memory": "実測ピークメモリの小ささ",
+    "by_plan": "本番ハードウェアでのプランの予測",
     "no_runs": "正常に完了した実行がないため、実測に基づく推奨はできません。失敗した実行は{failed}です。",
     "results": "実測結果(PoC)",
     "col_combination": "組み合わせ",
@@ -72,6 +98,7 @@ JA: dict[str, str] = {
     "col_peak": "実測ピーク(GPU 1台)",
     "col_pred": "予測ピーク",
     "col_epoch": "1エポックの時間",
+    "col_spread": "ステップ時間のばらつき",
     "col_gpuh": "1エポックのGPU時間",
     "col_loss": "評価損失",
     "col_ppl": "パープレキシティ",
@@ -85,12 +112,15 @@ JA: dict[str, str] = {
     "status_ok": "完了",
     "status_oom": "メモリ不足",
     "status_error": "エラー",
+    "status_failed": "失敗（計測結果なし）",
     "padded_rows": "予測ピークは、すべての系列が --seq-len のトークン数ちょうどであると仮定しています。--packing "
     "を使わない実行では、各マイクロバッチはその中で最も長い系列の長さまでしかパディングされないため、"
     "データがこれより短いと実測ピークは予測を下回ります。",
     "production_h": "本番の予測",
     "production_assume": "プランナーによる予測です。条件は {model}、{gpu} {gpus}台({precision}、系列長{seq_len}、"
     "マイクロバッチ{micro_batch})、{tokens}トークンを{epochs}エポック、年{retrains}回の再学習です。",
+    "shape_default": "系列長とマイクロバッチは PoC の値ではなく、{gpu}でのプランの既定値です。"
+    "--target-seq-len と --target-micro-batch で変更できます。",
     "col_fits": "GPUメモリに収まるか",
     "col_hours": "1回の時間",
     "col_gpuh_run": "1回のGPU時間",

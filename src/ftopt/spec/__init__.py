@@ -15,6 +15,7 @@ from ftopt.spec.training import (
     Precision,
     Quant,
     TrainingSetup,
+    default_precision,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Quant",
     "Precision",
     "TrainingSetup",
+    "default_precision",
     "from_hf_config",
     "hardware_names",
     "load_hardware",

@@ -135,6 +135,11 @@ class HardwareSpec(BaseModel):
                 why = "the hardware spec does not list it"
             ok = " or ".join(a.value for a in self.attention_kernels)
             raise FtoptError(f"{self.name} cannot run {attn.value} attention ({why}); use --attn {ok}.")
+        if not attn.runs_in(precision):
+            raise FtoptError(
+                f"--attn {attn.value} cannot run --precision {precision.value}: flash-attn takes fp16/bf16 inputs "
+                "only; use --precision bf16-mixed (or fp16-mixed) or --attn sdpa."
+            )
 
 
 def hardware_names() -> list[str]:

@@ -37,6 +37,14 @@ class ReportTo(str, Enum):
     WANDB = "wandb"
 
 
+class TrainOn(str, Enum):
+    """Which tokens of a chat example carry a loss label (`--train-on`; ftopt.train.chat_spans finds them)."""
+
+    ALL = "all"  # every token, user and system turns included
+    ASSISTANT = "assistant"  # every assistant turn (content + the end-of-turn token the template emits)
+    LAST_ASSISTANT = "last-assistant"  # the last assistant turn only; earlier turns are context
+
+
 class ModelRef(BaseModel):
     """Which model: a preset, a config.json, a local folder or a Hub id (`org/name[@revision]`)."""
 
@@ -60,6 +68,7 @@ class DataSpec(BaseModel):
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="held out from --data when no --eval-data; 0 = none")
     eval_max_examples: int = Field(64, ge=0, description="held-out examples scored by generation; 0 = no generation")
     metrics: tuple[str, ...] = Field((), description="user quality metrics, module:function -> float (ftopt.quality)")
+    train_on: TrainOn = Field(TrainOn.ASSISTANT, description="chat data: which tokens are trained")
 
 
 class Schedule(BaseModel):
@@ -143,5 +152,8 @@ class RunSpec(BaseModel):
         d = self.to_json()
         d.pop("output")
         d["schedule"].pop("max_hours", None)
+        d["setup"].pop("headroom", None)  # the margin judges the prediction; it changes nothing the run does
         d["hardware"] = self.hardware.name  # its time-model constants may be recalibrated between the two starts
+        if self.data.train_on is TrainOn.ASSISTANT:  # the default: runs (and bench keys) from before it existed match
+            d["data"].pop("train_on")
         return d

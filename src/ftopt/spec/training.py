@@ -6,6 +6,7 @@ report all read the same fields.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -61,6 +62,11 @@ class Attention(str, Enum):
     def linear_memory(self) -> bool:
         """True when attention keeps O(s) rather than O(s^2) per head for backward."""
         return self is not Attention.EAGER
+
+    def runs_in(self, precision: Precision) -> bool:
+        """Whether the kernel takes this precision's compute dtype: flash-attn runs fp16 and bf16 only
+        (flash_attn_interface checks `q.dtype in [torch.float16, torch.bfloat16]` and raises on fp32)."""
+        return self is not Attention.FLASH or precision.compute_dtype != "fp32"
 
 
 class Quant(str, Enum):
@@ -230,6 +236,16 @@ DEFAULT_HEADROOM = 0.10
 CPU_DEFAULTS = {"seq_len": 64, "micro_batch": 8, "precision": "fp32"}
 
 
+def default_precision(is_cpu: bool, compute_dtypes: Iterable[str]) -> Precision:
+    """The best precision a device runs, the one place this default lives: bf16-mixed where it has bf16 units
+    (Ampere and newer), fp16-mixed where it has only fp16 ones (T4, V100: sm_75/sm_70 have no bf16 tensor cores),
+    fp32 on a CPU (CPU_DEFAULTS: autocast bf16 runs at the fp32 rate or slower there without AMX)."""
+    if is_cpu:
+        return Precision(CPU_DEFAULTS["precision"])
+    dtypes = set(compute_dtypes)
+    return next((p for p in (Precision.BF16_MIXED, Precision.FP16_MIXED) if p.compute_dtype in dtypes), Precision.FP32)
+
+
 class TrainingSetup(BaseModel):
     """What is trained, how long, on how many devices."""
 
@@ -263,12 +279,15 @@ class TrainingSetup(BaseModel):
         return self
 
     @classmethod
-    def for_hardware(cls, is_cpu: bool, **given) -> TrainingSetup:
+    def for_hardware(
+        cls, is_cpu: bool, compute_dtypes: Iterable[str] = ("bf16", "fp16", "fp32"), **given
+    ) -> TrainingSetup:
         """A setup with the defaults that suit the hardware, then whatever the user gave (None = not given).
 
         The field defaults above are a GPU's. A CPU cannot train 2048-token bf16 batches in useful time, so for
-        it CPU_DEFAULTS apply: short fp32 sequences in larger micro-batches (the built-in task's scale)."""
-        base = dict(CPU_DEFAULTS) if is_cpu else {}
+        it CPU_DEFAULTS apply: short fp32 sequences in larger micro-batches (the built-in task's scale). The
+        precision is the best the device runs (default_precision; `compute_dtypes`: the dtypes it has units for)."""
+        base = dict(CPU_DEFAULTS) if is_cpu else {"precision": default_precision(is_cpu, compute_dtypes)}
         base.update({k: v for k, v in given.items() if v is not None})
         return cls(**base)
 

@@ -147,11 +147,26 @@ def detect_format(records: Records, expected: str | None = None) -> str:
             raise FtoptError(
                 f"{records.source}, {where}: 'messages' must be a list of objects with 'role' and 'content'."
             )
+        wrong = _not_text(row, fmt)
+        if wrong is not None:  # would otherwise train as str(value): "1", "['b']"
+            name, value = wrong
+            raise FtoptError(
+                f"{records.source}, {where}: {name} must be text, got {type(value).__name__} {str(value)[:40]!r}."
+            )
     return fmt
 
 
 def _valid_messages(messages) -> bool:
     return isinstance(messages, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+
+
+def _not_text(row: dict, fmt: str) -> tuple[str, object] | None:
+    """The first field the format reads that is not a string, as (its name, its value); None when all are."""
+    if fmt == "messages":
+        fields = [(f"messages[{i}].{k}", m[k]) for i, m in enumerate(row["messages"]) for k in ("role", "content")]
+    else:
+        fields = [(f"'{k}'", row[k]) for k in _NEEDS[fmt]]
+    return next(((name, v) for name, v in fields if not isinstance(v, str)), None)
 
 
 def split_eval(records: Records, fraction: float, seed: int) -> tuple[Records, Records | None]:

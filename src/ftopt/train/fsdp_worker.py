@@ -94,7 +94,12 @@ def _run(spec: RunSpec, device) -> dict:
         "stopped_by_time_budget": budget_hit,
         "optimizer": type(loop.optimizer).__name__,
     }
-    return finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, prep.summary.model_dump())
+    metrics = finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, prep.summary.model_dump())
+    if rank == 0:
+        from ftopt.train.manifest import record
+
+        record(spec.output_dir)  # every file this run wrote is listed: --overwrite removes those and nothing else
+    return metrics
 
 
 def resident_bytes(model) -> int:
@@ -159,6 +164,9 @@ def main() -> None:
 
     spec = RunSpec.model_validate(json.loads(Path(sys.argv[1]).read_text()))
     spec.output_dir.mkdir(parents=True, exist_ok=True)  # torchrun.sh from `plan --export` starts with no folder
+    from ftopt import quiet
+
+    quiet.install()
     try:
         run_fsdp_worker(spec)
     except FtoptError as e:

@@ -7,9 +7,8 @@ import json
 import statistics
 
 from ftopt.quality import perplexity
+from ftopt.results import METRICS_SCHEMA, WARMUP_STEPS, step_stats
 from ftopt.spec import RunSpec
-
-METRICS_SCHEMA = "ftopt.metrics/2"
 
 
 def _gather(mine: dict, world: int) -> list[dict]:
@@ -23,14 +22,17 @@ def _gather(mine: dict, world: int) -> list[dict]:
 
 
 def _steps_summary(steps: list[dict]) -> dict:
-    """Median step time and tokens/s over the whole run (a resumed run included), the first step left out (kernel
-    selection and allocator warm-up), and the mean training loss over every step."""
-    steady = steps[1:] or steps
+    """Every step's time, their median and tokens/s over the whole run (a resumed run included) with the
+    WARMUP_STEPS warm-up steps left out (ftopt.results says why), the first, mean and last training loss."""
+    steady = steps[WARMUP_STEPS:] or steps[-1:]
     losses = [s["loss"] for s in steps if "loss" in s]
+    stats = step_stats([s["seconds"] for s in steps])
     return {
-        "step_seconds": statistics.median(s["seconds"] for s in steady) if steady else None,
+        "step_times": [s["seconds"] for s in steps],
+        "step_seconds": stats.median if stats else None,
         "tokens_per_s_rank0": statistics.median(s["tokens_per_s"] for s in steady) if steady else None,
         "train_loss": sum(losses) / len(losses) if losses else None,
+        "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "steps": len(steps),
     }
@@ -66,9 +68,12 @@ def finish(
         "device_used_bytes_per_gpu": max((r["device_used_bytes"] or 0) for r in ranks) or None,
         "eval_peak_bytes_per_gpu": max((r["eval_peak_allocated_bytes"] or 0) for r in ranks) or None,
         "step_seconds": summ["step_seconds"],
+        "step_times": summ["step_times"],
+        "warmup_steps": WARMUP_STEPS,
         "epoch_seconds": summ["step_seconds"] * steps_per_epoch if summ["step_seconds"] else None,
         "tokens_per_s": tokens_per_s,
         "train_loss": summ["train_loss"],
+        "first_loss": summ["first_loss"],
         "final_loss": summ["final_loss"],
         "eval_loss": r0["eval_loss"],
         "perplexity": perplexity(r0["eval_loss"]),

@@ -1,39 +1,20 @@
 """The run folder: what a run writes there, and the rule that one folder holds one run.
 
 A second `ftopt train` into a folder that holds a run is refused (exit 2) unless `--resume` (the same run,
-continued: its resolved config must match) or `--overwrite` (the earlier run's files are removed first; files ftopt
-did not write are left alone). Without this rule two runs mixed their steps.jsonl and their model files.
+continued: its resolved config must match) or `--overwrite` (the earlier run's files are removed first: those its
+manifest lists, ftopt.train.manifest; files ftopt did not write are left alone). Without this rule two runs mixed their steps.jsonl and their model files.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.train import manifest
 
 CONFIG_NAME = "resolved_config.json"
-# Everything a run writes at the top of its folder (checkpoint-* folders and runs/ are matched separately).
-RUN_FILES = (
-    CONFIG_NAME,
-    "metrics.json",
-    "steps.jsonl",
-    "launcher.log",
-    "run.json",
-    "model.safetensors",
-    "adapter_model.safetensors",
-    "adapter_config.json",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "training_args.bin",
-    "README.md",
-)
 
 
 def holds_run(out: Path) -> bool:
@@ -59,13 +40,6 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _remove_run(out: Path) -> None:
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for p in list(out.glob("checkpoint-*")) + list(out.glob("metrics.rank*.json")):
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
 def prepare_output(spec: RunSpec) -> None:
     """Check and claim the run folder before anything expensive; write resolved_config.json."""
     from ftopt.io import atomic_write_text
@@ -76,14 +50,12 @@ def prepare_output(spec: RunSpec) -> None:
     if holds_run(out):
         if spec.output.resume:
             _check_same_run(out, spec)
-        elif spec.output.overwrite:
-            _remove_run(out)
-        else:
+        elif not spec.output.overwrite:
             raise FtoptError(
                 f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out."
             )
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        manifest.claim(out, resume=spec.output.resume, overwrite=spec.output.overwrite)
         atomic_write_text(out / CONFIG_NAME, json.dumps(spec.to_json(), indent=2))
     except OSError as e:
         raise FtoptError(f"The output folder {out} is not writable: {e.strerror}.") from None
@@ -104,3 +76,20 @@ def _check_same_run(out: Path, spec: RunSpec) -> None:
             f"--resume: {out} holds a different run: {'; '.join(diff[:3])}"
             f"{' and more' if len(diff) > 3 else ''}. Use the same settings, --overwrite, or another --out."
         )
+
+
+def finished_run(spec: RunSpec) -> dict | None:
+    """With --resume, the metrics of the same run when it already finished (it trains nothing then: the Trainer
+    would otherwise run one step past --max-steps from its last checkpoint). A run stopped by --max-hours is not
+    finished; a different run is refused as for any --resume."""
+    out = spec.output_dir
+    if not spec.output.resume:
+        return None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or (metrics.get("measured") or {}).get("stopped_by_time_budget"):
+        return None
+    _check_same_run(out, spec)
+    return metrics

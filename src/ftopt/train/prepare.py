@@ -29,6 +29,7 @@ class DataSummary(BaseModel):
     unk_fraction: float
     packed_rows: int | None  # training rows after packing; None = not packed
     seq_len: int
+    skipped: list[str] = []  # chat rows without verifiable assistant spans ("line 7: why"), not trained
 
 
 @dataclass
@@ -71,6 +72,7 @@ def summarize(
         unk_fraction=round(tok.unk_fraction, 6),
         packed_rows=packed_rows,
         seq_len=seq_len,
+        skipped=tok.unstable,
     )
 
 
@@ -87,11 +89,11 @@ def prepare(
     """Tokenize (TRL's conventions, see ftopt.train.sft), pack if asked, and pick the collator for `attn`.
     `records` = read_data's result when the caller already read it (to train a tokenizer on the same rows)."""
     train, held, fmt = records or read_data(data, seed)
-    tok = tokenize(train, tokenizer, seq_len, fmt)
+    tok = tokenize(train, tokenizer, seq_len, fmt, data.train_on)
     train_ds = to_dataset(tok.examples, seq_len, packing)
     eval_ds = None
     if held is not None:
-        eval_ds = to_dataset(tokenize(held, tokenizer, seq_len, fmt).examples, seq_len, packing)
+        eval_ds = to_dataset(tokenize(held, tokenizer, seq_len, fmt, data.train_on).examples, seq_len, packing)
     collator = SftCollator(pad_token_id=tokenizer.pad_token_id, flatten=attn is Attention.FLASH)
     summary = summarize(train, held, fmt, tok, seq_len, len(train_ds) if packing else None)
     return Prepared(train_ds, eval_ds, collator, held.rows if held else [], fmt, summary)
@@ -125,6 +127,11 @@ def prepare_run(
         f"data: {s.source} ({s.format}), {s.rows} training and {s.eval_rows} held-out rows, {s.tokens} tokens "
         f"({s.trained_tokens} trained); tokenizer: {choice.source}"
     )
+    if s.skipped:
+        log(
+            f"note: {len(s.skipped)} conversations skipped, their assistant spans could not be verified with the "
+            f"chat template: {'; '.join(s.skipped[:5])}{' and more' if len(s.skipped) > 5 else ''}"
+        )
     if s.truncated or s.dropped:
         log(
             f"note: {s.truncated} of {s.rows} training rows were longer than --seq-len {seq_len} and were "

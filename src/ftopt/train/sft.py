@@ -7,10 +7,12 @@ file's line and truncation, dropped rows and unknown tokens are counted:
   with it. All tokens are trained.
 - `prompt` + `completion`: prompt and prompt+completion+EOS are tokenized; the completion starts where the two
   diverge (`trl.data_utils.common_prefix_length`); only completion tokens are trained (completion-only loss).
-- `messages`: `apply_chat_template(..., return_assistant_tokens_mask=True)`. The template renders its own BOS/EOS
-  and nothing is added to it (no doubled special tokens). Only assistant tokens are trained: the template's
-  `{% generation %}` markers, or TRL's training version of a known template (`get_training_chat_template`).
-  A tokenizer without a template gets `FALLBACK_CHAT_TEMPLATE`, saved with the run.
+- `messages`: the tokenizer's own chat template renders the conversation, its own BOS/EOS included, and nothing
+  is added to it (no doubled special tokens). Which tokens are trained (`--train-on`: all, every assistant turn,
+  the last one) comes from the template's `{% generation %}` markers where it has them, else from rendering the
+  conversation's prefixes (ftopt.train.chat_spans, any template). A tokenizer without a template gets
+  `FALLBACK_CHAT_TEMPLATE`, saved with the run. Examples whose spans cannot be verified are skipped and named;
+  above chat_spans.MAX_UNSTABLE_SHARE of the file they refuse it.
 
 Packing is TRL's best-fit-decreasing `pack_dataset` (documents are never split, each keeps its `seq_lengths`), and
 the collator is TRL's `DataCollatorForLanguageModeling`: position ids restart at 0 for every document and the
@@ -25,9 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftopt.errors import FtoptError
+from ftopt.train.chat_spans import IGNORE_INDEX, MAX_UNSTABLE_SHARE, TrainOn, Unstable
 from ftopt.train.data import Records
 
-IGNORE_INDEX = -100  # label the loss skips (prompt, user and system tokens, padding): torch cross_entropy default
+__all__ = ["IGNORE_INDEX", "Example", "SftCollator", "Tokenized", "to_dataset", "tokenize"]
 
 # Used only when the tokenizer has no chat template. `{% generation %}` marks the assistant tokens
 # (transformers' return_assistant_tokens_mask); the assistant turn's EOS is inside, so the model learns to stop.
@@ -56,32 +59,18 @@ class Tokenized:
     tokens: int = 0  # tokens kept, all rows
     trained_tokens: int = 0
     unk_tokens: int = 0
+    unstable: list[str] = field(default_factory=list)  # "line 7: why": chat rows skipped, spans not verifiable
 
     @property
     def unk_fraction(self) -> float:
         return self.unk_tokens / self.tokens if self.tokens else 0.0
 
 
-def training_chat_template(tokenizer) -> str:
-    """A chat template whose `{% generation %}` markers give assistant-only loss: the tokenizer's own when it has
-    them, TRL's training version of a known template, or the fallback when the tokenizer has none."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
+def chat_template(tokenizer) -> str:
+    """The tokenizer's chat template; the fallback (saved with the run) when it has none."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # saved with the run, so inference renders the same
-    if has_generation_markers(tokenizer.chat_template):
-        return tokenizer.chat_template
-    try:
-        patched = get_training_chat_template(tokenizer)
-    except ValueError:
-        patched = None
-    if patched is None or not has_generation_markers(patched):
-        raise FtoptError(
-            "The tokenizer's chat template has no {% generation %} markers and TRL has no training "
-            "version of it, so assistant-only loss is impossible; add the markers to the template "
-            "or give --tokenizer with a supported one."
-        )
-    return patched
+    return tokenizer.chat_template
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -107,28 +96,30 @@ def _prompt_completion(tokenizer, row: dict) -> Example:
     return Example(ids, [IGNORE_INDEX] * start + ids[start:])
 
 
-def _messages(tokenizer, row: dict, template: str) -> Example:
-    out = tokenizer.apply_chat_template(
-        row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template
-    )
-    ids = list(out["input_ids"])
-    return Example(ids, [t if m else IGNORE_INDEX for t, m in zip(ids, out["assistant_masks"])])
+def _messages(tokenizer, row: dict, template: str, train_on: TrainOn) -> Example:
+    from ftopt.train.chat_spans import has_markers, labels_by_markers, labels_by_rendering
+
+    find = labels_by_markers if has_markers(template) else labels_by_rendering
+    return Example(*find(tokenizer, row["messages"], template, train_on))
 
 
-def tokenize(records: Records, tokenizer, seq_len: int, fmt: str) -> Tokenized:
+def _example(tokenizer, row: dict, fmt: str, template: str | None, train_on: TrainOn) -> Example:
+    if fmt == "messages":
+        return _messages(tokenizer, row, template, train_on)
+    return _prompt_completion(tokenizer, row) if fmt == "prompt+completion" else _text(tokenizer, row)
+
+
+def tokenize(records: Records, tokenizer, seq_len: int, fmt: str, train_on: TrainOn = TrainOn.ASSISTANT) -> Tokenized:
     """Ids and labels per row, truncated to seq_len (keeping the start); fully masked rows are dropped."""
-    template = training_chat_template(tokenizer) if fmt == "messages" else None
+    template = chat_template(tokenizer) if fmt == "messages" else None
     unk = tokenizer.unk_token_id
     out = Tokenized([])
     for row, where in zip(records.rows, records.where):
         try:
-            ex = (
-                _messages(tokenizer, row, template)
-                if fmt == "messages"
-                else _prompt_completion(tokenizer, row)
-                if fmt == "prompt+completion"
-                else _text(tokenizer, row)
-            )
+            ex = _example(tokenizer, row, fmt, template, train_on)
+        except Unstable as e:
+            out.unstable.append(f"{where}: {e}")
+            continue
         except (TypeError, ValueError, KeyError) as e:  # a malformed row the template or tokenizer refused
             raise FtoptError(
                 f"{records.source}, {where}: cannot be tokenized ({str(e).splitlines()[0][:160]})."
@@ -146,9 +137,20 @@ def tokenize(records: Records, tokenizer, seq_len: int, fmt: str) -> Tokenized:
         out.trained_tokens += sum(lab != IGNORE_INDEX for lab in ex.labels)
         if unk is not None:
             out.unk_tokens += sum(t == unk for t in ex.input_ids)
+    _check_unstable(out.unstable, len(records), records.source)
     if not out.examples:
         raise FtoptError(f"{records.source}: no row has a trained token left within --seq-len {seq_len}.")
     return out
+
+
+def _check_unstable(unstable: list[str], rows: int, source: str) -> None:
+    """Above MAX_UNSTABLE_SHARE of the rows without verifiable assistant spans, the template does not fit the data."""
+    if len(unstable) > MAX_UNSTABLE_SHARE * rows:
+        raise FtoptError(
+            f"{source}: {len(unstable)} of {rows} conversations have no verifiable assistant spans with this chat "
+            f"template (more than {MAX_UNSTABLE_SHARE:.0%}), e.g. {unstable[0]}; fix the data or give --tokenizer "
+            "with a template whose rendering of a conversation starts with the rendering of its first turns."
+        )
 
 
 def to_dataset(examples: list[Example], seq_len: int, packing: bool):

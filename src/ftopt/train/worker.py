@@ -124,8 +124,11 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
             StepRecorder(steps_log, device, rank),
             fail_at_step,
         )
+        from ftopt.quiet import no_checkpoint_bars
+
         try:
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            with no_checkpoint_bars():  # one "Writing model shards" bar per run: the final save's
+                result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except KeyboardInterrupt:
             log(f"interrupted: the last checkpoint in {out} is intact; continue with --resume")
             raise
@@ -161,6 +164,10 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
 
         # last: it strips the LoRA layers from the trained model; every rank joins a ZeRO-3 gather
         save_random_base(trainer, out, rank, zero3=spec.combination.zero == 3)
+    if rank == 0:
+        from ftopt.train.manifest import record
+
+        record(out)  # every file this run wrote is listed: --overwrite removes those and nothing else
     return metrics
 
 
@@ -244,6 +251,9 @@ def main() -> None:
     # the DeepSpeed launcher adds --local_rank=N (also in the environment as LOCAL_RANK, which we read)
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     spec = RunSpec.model_validate(json.loads(Path(args[0]).read_text()))
+    from ftopt import quiet
+
+    quiet.install(uses_deepspeed=spec.combination.uses_deepspeed)
     try:
         run_worker(spec)
     except FtoptError as e:

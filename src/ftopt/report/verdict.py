@@ -1,0 +1,45 @@
+"""The report's fourth point: the basis the choice went by, the plan's pick beside the measured pick, whether the
+measurement confirmed it ("the recommendation is verified") and, where it did not, why; and the tie, if any."""
+
+from __future__ import annotations
+
+import html
+
+from ftopt.report.decision import PROJECTED_TIE, Basis, Decision, Why, gpu_seconds
+from ftopt.report.text import metric_name, plural
+from ftopt.results import WARMUP_STEPS
+
+e = html.escape
+
+
+def point_verified(d: Decision, T: dict, lang: str, hardware: str, target_gpu: str | None) -> str | None:
+    if d.best is None:
+        return None
+    if d.basis is Basis.PROJECTED:
+        basis = T["basis_projected"].format(hardware=e(hardware), gpu=e(target_gpu or "-"), pct=f"{PROJECTED_TIE:.0%}")
+    else:
+        warmup = max((r.measured.warmup_steps for r in d.ok), default=WARMUP_STEPS)
+        basis = T["basis_measured"].format(hardware=e(hardware), warmup=plural(warmup, "step", lang))
+    b, p = d.best, d.plan_pick
+    by = T[f"by_{d.tie_break or 'plan'}"]
+    fields = dict(plan=e(p.label) if p else "-", best=e(b.label), by=by)
+    if p is None:
+        verdict = T["plan_none"]
+    elif d.why is None:
+        verdict = T["verified"].format(**fields)
+    elif d.why is Why.QUALITY:
+        v = p.measured.value(d.target.metric) if p.measured else None
+        value = "-" if v is None else f"{metric_name(d.target.metric, lang)} {v:.3g}"
+        verdict = T["why_quality"].format(**fields, value=e(value))
+    elif d.why is Why.FAILED:
+        verdict = T["why_failed"].format(**fields, status=T.get(f"status_{p.status.value}", p.status.value))
+    elif d.why is Why.SLOWER:
+        verdict = T["why_slower"].format(**fields, pct=f"{gpu_seconds(p) / gpu_seconds(b) - 1:.0%}")
+    else:
+        verdict = T["why_tie"].format(**fields)
+    tie = ""
+    if d.tied and d.why is not Why.TIE:
+        sep = "、" if lang == "ja" else ", "
+        tie = T["tie_note"].format(others=sep.join(e(r.label) for r in d.tied), by=by)
+    plan_def = T["plan_def"].format(gpu=e(target_gpu or hardware)) if p is not None else ""
+    return T["p_verified"].format(basis=basis, verdict=verdict, tie=tie, plan_def=plan_def)

@@ -1,0 +1,103 @@
+"""One plan for the page: the same calls `ftopt plan` makes (ftopt.resolve, cli_common.planning_hardware,
+ftopt.plan), the same JSON `plan --json` prints, then views the page draws, derived from that JSON alone (no
+estimate is made here: the technique comparison and the Pareto front are lookups among the plan's candidates)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+from ftopt.errors import FtoptError
+from ftopt.serve.query import PlanQuery
+from ftopt.spec import HardwareSpec, ModelSpec
+
+GIB = 2**30
+GB = 1e9  # bandwidths are quoted in decimal GB/s by vendors (and in the presets' sources)
+
+
+def hardware_for(q: PlanQuery) -> HardwareSpec:
+    """The CLI's planning hardware (preset, stored calibration), with the page's custom memory/bandwidth on top."""
+    from ftopt.cli_common import planning_hardware
+
+    hw = planning_hardware(q.gpu, None, None)
+    custom = {}
+    for name, value, field, unit in (
+        ("gpu_memory_gib", q.gpu_memory_gib, "memory_bytes", GIB),
+        ("gpu_bandwidth_gbs", q.gpu_bandwidth_gbs, "hbm_bandwidth_bytes_per_s", GB),
+    ):
+        if value is not None:
+            if value <= 0:
+                raise FtoptError(f"{name} must be positive, got {value:g}.")
+            custom[field] = int(value * unit) if field == "memory_bytes" else value * unit
+    if not custom:
+        return hw
+    return HardwareSpec.model_validate({**hw.model_dump(), **custom, "name": f"{hw.name} (custom)"})
+
+
+def load_planned_model(q: PlanQuery, config: dict | None, allow_local: bool) -> ModelSpec:
+    """The preset, Hub id or local folder named by `q.model`, or an uploaded config.json (`config`)."""
+    from ftopt.spec import load_model
+    from ftopt.spec.model import from_hf_config, preset_names
+
+    if config is not None:
+        return from_hf_config(config, name=Path(q.model).stem or "uploaded")
+    if not allow_local and q.model not in preset_names() and Path(q.model).expanduser().exists():
+        raise FtoptError(
+            f"--model {q.model}: local paths are read only when the server listens on loopback; "
+            "upload its config.json instead."
+        )
+    return load_model(q.model)
+
+
+def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True):
+    """(plan JSON as `ftopt plan --json` prints it, its RunSpec or None, the ModelSpec, the HardwareSpec)."""
+    from ftopt import resolve
+    from ftopt.cli_common import method_of
+    from ftopt.plan import plan
+
+    m = load_planned_model(q, config, allow_local)
+    hw = hardware_for(q)
+    setup = resolve.setup(
+        hw,
+        seq_len=q.seq_len,
+        micro_batch=q.micro_batch,
+        gpus_per_node=q.gpus,
+        nodes=q.nodes,
+        dataset_tokens=q.dataset_tokens,
+        headroom=q.headroom,
+    )
+    p = plan(
+        m,
+        hw,
+        setup,
+        method=method_of(q.method),
+        max_hours=q.max_hours,
+        full_only=q.full_only,
+        lora_r=q.lora_r,
+        cost_per_gpu_hour=q.cost_per_gpu_hour,
+        currency=q.currency,
+        quants=resolve.enum_list("quant", q.quant),
+        optims=resolve.enum_list("optim", q.optim),
+    )
+    doc = p.to_json()
+    ref = resolve.model_ref(q.model, weights=config is None and resolve.has_weights(q.model))
+    run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
+    doc["run"] = run.to_json() if run else None
+    return doc, run, m, hw
+
+
+def export_zip(doc: dict, run, model: ModelSpec) -> bytes:
+    """plan.json plus the `plan --export` files (ftopt.export.export_run), as one zip."""
+    from ftopt.export import export_run
+
+    if run is None:
+        raise FtoptError("Nothing fits, so there is no run to export; relax the plan's constraints.")
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("plan.json", json.dumps(doc, indent=2))
+        for path in export_run(run, model, Path(tmp) / "export"):
+            z.write(path, f"export/{path.name}")
+    return buf.getvalue()

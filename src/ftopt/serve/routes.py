@@ -1,0 +1,125 @@
+"""What each URL answers. `h` is the request handler (server.Handler): `h.app` holds the server's state,
+`h.reply`/`h.reply_json` send. Every planning answer comes from jobs.plan_body, which is `ftopt plan`'s code path."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from http import HTTPStatus
+from importlib import resources
+
+from ftopt.errors import FtoptError
+from ftopt.serve.jobs import error_body, plan_body
+from ftopt.serve.query import PlanQuery, parse_query
+
+STATIC = {  # file -> content type; nothing else is served from the package
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "chart.umd.min.js": "text/javascript; charset=utf-8",
+}
+# A report has no script: it may show its inline charts and styles, nothing else.
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def static_file(name: str) -> bytes:
+    return resources.files("ftopt.serve").joinpath("static", name).read_bytes()
+
+
+def meta(h) -> dict:
+    """What the page's inputs offer, and its words in both languages."""
+    from ftopt.plan import PLAN_QUANTS
+    from ftopt.serve.text import page_text
+    from ftopt.spec import Optim, Quant, hardware_names
+    from ftopt.spec.model import preset_names
+
+    return {
+        "models": preset_names(),
+        "gpus": hardware_names(),
+        "quants": [q.value for q in Quant],
+        "optims": [o.value for o in Optim],
+        "quant_default": [q.value for q in (Quant.NONE, *PLAN_QUANTS)],  # what `plan` tries without --quant
+        "optim_default": [o.value for o in Optim],
+        "method_default": PlanQuery().method,
+        "text": {lang: page_text(lang) for lang in ("en", "ja")},
+        "results": h.app.results.names(),
+        "allow_local": h.app.allow_local,
+    }
+
+
+def _plan(h, params: dict, config: dict | None, started: float) -> None:
+    try:
+        q = parse_query(params)
+    except FtoptError as e:
+        return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
+    body = plan_body(q.model_dump(), config, h.app.allow_local)
+    body["command"] = shlex.join(["ftopt", "plan", *q.flags()])
+    body["server_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    h.reply_json(HTTPStatus.BAD_REQUEST if "error" in body else HTTPStatus.OK, body, started)
+
+
+def _export(h, params: dict, started: float) -> None:
+    from pydantic import ValidationError
+
+    from ftopt.serve.planning import export_zip, make_plan
+
+    try:
+        doc, run, model, _ = make_plan(parse_query(params), None, h.app.allow_local)
+        data = export_zip(doc, run, model)
+    except (FtoptError, ValidationError) as e:
+        return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
+    disposition = ("Content-Disposition", 'attachment; filename="ftopt-plan-export.zip"')
+    h.reply(HTTPStatus.OK, data, "application/zip", started, extra=[disposition])
+
+
+def _runs(h, path: str, params: dict, started: float) -> None:
+    name = params.get("name", "")
+    try:
+        if path == "/api/runs/progress":
+            return h.reply_json(HTTPStatus.OK, h.app.results.progress(name), started)
+        lang = params.get("lang", "en")
+        html = h.app.results.report_html(name, lang)
+    except FtoptError as e:
+        return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
+    h.reply(HTTPStatus.OK, html.encode(), "text/html; charset=utf-8", started, csp=REPORT_CSP)
+
+
+def get(h, path: str, params: dict, started: float) -> None:
+    name = "index.html" if path == "/" else path.removeprefix("/static/")
+    if name in STATIC and (path == "/" or path.startswith("/static/")):
+        return h.reply(HTTPStatus.OK, static_file(name), STATIC[name], started)
+    if path == "/api/meta":
+        return h.reply_json(HTTPStatus.OK, meta(h), started)
+    if path == "/api/plan":
+        return _plan(h, params, None, started)
+    if path == "/api/export":
+        return _export(h, params, started)
+    if path.startswith("/api/jobs/"):
+        status = h.app.jobs.status(path.rsplit("/", 1)[1])
+        return h.reply_json(
+            HTTPStatus.OK if status else HTTPStatus.NOT_FOUND, status or {"error": "no such job"}, started
+        )
+    if path == "/api/runs":
+        return h.reply_json(HTTPStatus.OK, {"results": h.app.results.names()}, started)
+    if path in ("/api/runs/progress", "/api/runs/report"):
+        return _runs(h, path, params, started)
+    h.reply_json(HTTPStatus.NOT_FOUND, {"error": f"Nothing at {path}."}, started)
+
+
+def post(h, path: str, params: dict, body: dict, started: float) -> None:
+    query = {k: str(v) for k, v in (body.get("query") or {}).items()}
+    config = body.get("config")
+    if config is not None and not isinstance(config, dict):
+        return h.reply_json(
+            HTTPStatus.BAD_REQUEST, {"error": "The uploaded config is not a JSON object.", "field": "model"}, started
+        )
+    if path == "/api/plan":
+        return _plan(h, query, config, started)
+    if path == "/api/jobs":
+        try:
+            q = parse_query(query)
+        except FtoptError as e:
+            return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
+        job_id = h.app.jobs.start(q.model_dump(), config, h.app.allow_local)
+        return h.reply_json(HTTPStatus.OK, {"id": job_id}, started)
+    h.reply_json(HTTPStatus.NOT_FOUND, {"error": f"Nothing at {path}."}, started)

@@ -1,0 +1,81 @@
+"""Bench result folders under the one root given on the command line (`ftopt serve --results DIR`): listed, their
+sweep progress counted, their report rendered. The browser names a folder only by its place in that listing; no
+path from a request is opened outside the root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftopt.errors import FtoptError
+
+RESULTS = "results.jsonl"
+MAX_DEPTH = 3  # root/<project>/<sweep>/results.jsonl: deep enough for a folder of sweeps, bounded for a big root
+
+
+class ResultsRoot:
+    def __init__(self, root: Path | None) -> None:
+        self.root = root.expanduser().resolve() if root is not None else None
+
+    def names(self) -> list[str]:
+        """Folders (relative to the root, '.' for the root itself) holding a results.jsonl."""
+        if self.root is None:
+            return []
+        found = []
+        for depth in range(MAX_DEPTH + 1):
+            for p in self.root.glob("/".join(["*"] * depth + [RESULTS])):
+                found.append(p.parent.relative_to(self.root).as_posix())
+        return sorted(found)
+
+    def folder(self, name: str) -> Path:
+        if self.root is None:
+            raise FtoptError("No results folder was given; start the server with --results DIR.")
+        if name not in self.names():
+            raise FtoptError(f"'{name}' is not a results folder under {self.root}.")
+        return self.root / name
+
+    def progress(self, name: str) -> dict:
+        """Runs finished (by status) and started: bench writes runs/<key>.run.json as each run starts and appends
+        its result line when it ends, so a run file without a result line is the run in progress."""
+        from ftopt.bench import read_results
+
+        folder = self.folder(name)
+        rows = read_results(folder / RESULTS)
+        done = {r.key for r in rows}
+        started = sorted((folder / "runs").glob("*.run.json"), key=lambda p: p.stat().st_mtime)
+        running = [p.name.removesuffix(".run.json") for p in started if p.name.removesuffix(".run.json") not in done]
+        by_status: dict[str, int] = {}
+        for r in rows:
+            by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
+        return {
+            "name": name,
+            "finished": len(rows),
+            "by_status": by_status,
+            "started": len(started),
+            "running": running,
+        }
+
+    def report_html(self, name: str, lang: str) -> str:
+        """The decision report as `ftopt report DIR --lang LANG` writes it with no other flag (self-contained HTML:
+        the charts are inline)."""
+        import tempfile
+
+        if lang not in ("en", "ja"):
+            raise FtoptError(f"--lang must be en or ja, got '{lang}'.")
+        with tempfile.TemporaryDirectory(prefix="ftopt-serve-report-") as out:
+            return self._write(name, lang, Path(out))
+
+    def _write(self, name: str, lang: str, out: Path) -> str:
+        from ftopt.report.cli_support import write_report
+
+        paths = write_report(self.folder(name) / RESULTS, out, lang=lang, warn=lambda m: None, **_report_defaults())
+        return paths["html"].read_text(encoding="utf-8")
+
+
+def _report_defaults() -> dict:
+    """`ftopt report`'s own defaults for every setting flag (its signature is where they live)."""
+    import inspect
+
+    from ftopt.cli_sweep import report
+
+    params = inspect.signature(report).parameters
+    return {k: p.default for k, p in params.items() if k not in ("results", "out", "lang")}

@@ -1,0 +1,63 @@
+"""Every input is checked before work: wrong-typed data fields, --metric, --resume of a finished run, and errors
+that name the flag the user typed."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ftopt.cli import app
+
+runner = CliRunner()
+
+
+def _data(tmp_path, rows):
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+@pytest.mark.parametrize(
+    "bad,fragment",
+    [
+        ({"prompt": 1, "completion": 2}, "line 3: 'prompt' must be text, got int '1'"),
+        ({"prompt": "a", "completion": ["b"]}, "line 3: 'completion' must be text, got list \"['b']\""),
+        ({"text": {"a": 1}}, "line 3: 'text' must be text, got dict"),
+        ({"messages": [{"role": "user", "content": 5}]}, "line 3: messages[0].content must be text, got int"),
+    ],
+)
+def test_wrong_typed_fields_are_refused_with_their_line(tmp_path, bad, fragment):
+    good = {k: "x" for k in bad} if "messages" not in bad else {"messages": [{"role": "user", "content": "x"}]}
+    p = _data(tmp_path, [good, good, bad])
+    r = runner.invoke(app, ["preview", "--data", str(p)])
+    assert r.exit_code == 2 and fragment in r.output, r.output
+
+
+def test_metric_is_imported_before_training(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--out", str(out), "--max-steps", "2", "--metric", "nomodule_xyz:fn"])
+    assert r.exit_code == 2 and "--metric nomodule_xyz:fn: cannot import nomodule_xyz" in r.output
+    assert not out.exists()  # nothing trained, nothing saved
+
+
+def test_flag_names_in_errors(tmp_path):
+    for args, flag, field in [
+        (["--seq-len", "0"], "--seq-len:", "seq_len:"),
+        (["--gpus", "0"], "--gpus:", "gpus_per_node:"),
+        (["--lr", "-1"], "--lr:", "learning_rate:"),
+    ]:
+        r = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), *args])
+        assert r.exit_code == 2 and flag in r.output and field not in r.output, r.output
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--max-steps", "3", "--eval-max-examples", "0", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    before = (out / "metrics.json").read_text()
+    r = runner.invoke(app, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert "is complete (3 steps); nothing to train" in r.output
+    assert [json.loads(x)["step"] for x in (out / "steps.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert (out / "metrics.json").read_text() == before
