@@ -359,8 +359,8 @@ def main() -> None:
     )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.rescore:
-        rescore()
+    if a.rescore:  # with --fsdp, only the FSDP2 rows
+        rescore("estimate_accuracy_fsdp.json" if a.fsdp else "estimate_accuracy*.json")
         return
     if a.table:
         kinds = ("packed",) if a.packed else ("mixed",) if a.mixed else ("fsdp",) if a.fsdp else ("quant", "misses")
@@ -506,10 +506,10 @@ def print_table(*kinds: str) -> None:
             print(f"{k}: median |error| {statistics.median(errs):.1%}, worst {errs[-1]:.1%} over {len(errs)} runs")
 
 
-def rescore() -> None:
+def rescore(pattern: str = "estimate_accuracy*.json") -> None:
     """Re-estimate the saved runs with the current estimators, so the tables never mix old predictions with new
     code. Two-process ZeRO rows are estimated as `ftopt train` ran them: packed rows, SDPA, 2 processes."""
-    for f in sorted(RESULTS.parent.glob("estimate_accuracy*.json")):
+    for f in sorted(RESULTS.parent.glob(pattern)):
         data = json.loads(f.read_text())
         for row in data.get("zero_rows", []):
             row.setdefault("attn", "sdpa"), row.setdefault("packed", True)

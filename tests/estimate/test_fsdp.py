@@ -82,3 +82,42 @@ def test_export_writes_an_accelerate_fsdp2_config_and_a_torchrun_command(tmp_pat
     assert "--config_file accelerate_fsdp2.yaml" in (folder / "launch.sh").read_text()
     sft = yaml.safe_load((folder / "sft_config.yaml").read_text())
     assert sft["gradient_checkpointing"] is False  # under FSDP2, accelerate's fsdp_activation_checkpointing
+
+
+def _wide_vocab(tied: bool = False):
+    """A small llama whose root group (embeddings, LM head) outweighs its layers, as a large vocabulary does."""
+    from ftopt.spec import from_hf_config
+
+    cfg = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    return from_hf_config({**cfg, "num_key_value_heads": 2, "vocab_size": 8000, "tie_word_embeddings": tied}, "wide")
+
+
+def _root_reduce(model, gloo: bool, combo: Combination | None = None):
+    from ftopt.estimate import fsdp
+
+    setup = TrainingSetup(seq_len=16, micro_batch=1, precision="fp32", packing=True, gpus_per_node=2)
+    bd, phase, _ = fsdp.peak(model, setup, combo or Combination(fsdp="grad-op", gc=True), gloo=gloo)
+    return bd, phase
+
+
+def test_gloo_holds_a_copy_of_the_roots_reduce_scatter_input_and_nccl_does_not():
+    """gloo's reduce-scatter fallback clones its input (ProcessGroupGloo::reduce_scatter_tensor_coalesced); at a
+    short sequence the root's reduce-scatter is the peak, and gloo's differs from NCCL's by exactly that copy."""
+    m = _wide_vocab()
+    gloo, phase = _root_reduce(m, True)
+    nccl, _ = _root_reduce(m, False)
+    root = m.param_count() - m.num_layers * m.layer_params()
+    assert phase == "end of backward, root reduce-scatter"
+    assert gloo.engine_buffers == 2 * root * 4 and nccl.engine_buffers == root * 4
+    # NCCL's peak may be the copy-in just before (the root's unsharded gradients instead of its shard and head)
+    assert gloo.total() - nccl.total() == pytest.approx(root * 4, rel=1e-3)
+
+
+def test_an_untied_lm_heads_gradient_outlives_the_roots_copy_in():
+    """foreach_reduce's loop variable keeps the group's last gradient (an untied LM head's) until it returns."""
+    untied, tied = _wide_vocab(), _wide_vocab(tied=True)
+    (u, phase), (t, _) = _root_reduce(untied, True), _root_reduce(tied, True)
+    head = untied.vocab_size * untied.hidden_size * 4
+    # untied: every shard (the head's half too) plus the whole head; tied: the shards of one embedding only
+    assert phase == "end of backward, root reduce-scatter"
+    assert u.gradients - t.gradients == pytest.approx(head / 2 + head, rel=0.01)

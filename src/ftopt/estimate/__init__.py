@@ -48,7 +48,8 @@ def estimate(
             notes.append(str(e))
             method = Method.ANALYTIC
     if combo.uses_fsdp:
-        bd, phase, cpu = fsdp.peak(model, setup, combo, traced[0] if traced is not None else None)
+        # CPU ranks reduce over gloo, GPU ranks over NCCL (ftopt.train.fsdp_worker)
+        bd, phase, cpu = fsdp.peak(model, setup, combo, traced[0] if traced is not None else None, gloo=hw.is_cpu)
     elif traced is not None:
         bd, phase, cpu = traced
     else:

@@ -18,6 +18,16 @@ Every term cites torch 2.13's FSDP2 (torch/distributed/fsdp/_fully_shard/), wher
                   reduce_dtype (reduce_scatter_input) plus the 1/N output (reduce_output); the group's unsharded
                   gradients are freed only after the copy-in; FSDPCommContext.reduce_scatter_max_input_buffers=1
                   keeps the previous group's input alive until the next reduce (_fsdp_param_group.post_backward).
+                  The group's last gradient outlives the copy-in: foreach_reduce's loop variable `unsharded_grad`
+                  (the world_size > 1 loop over the grads) still refers to it until foreach_reduce returns; for the
+                  root that is an untied LM head's (root parameters in registration order: embeddings, final norm,
+                  LM head). Measured, llama grad-op GC on two ranks: the LM head's 93.75 MiB gradient is freed
+                  after the root's reduce-scatter, the embedding's right after the copy-in.
+  gloo            CPU runs reduce over gloo (ftopt.train.fsdp_worker), which has no reduce-scatter of its own:
+                  ProcessGroupGloo::reduce_scatter_tensor_coalesced (torch/csrc/distributed/c10d/
+                  ProcessGroupGloo.cpp) clones the input, all-reduces the clone and copies this rank's chunk out,
+                  so each reduce-scatter holds a second copy of its input while it runs. NCCL (GPU runs) reduce-
+                  scatters natively, with no clone.
   offload         CPUOffloadPolicy (_fsdp_api.py): sharded parameters, their gradients and the optimizer step stay
                   in host memory; the device holds what is in flight only.
 """
@@ -54,6 +64,8 @@ class FsdpTerms:
     head_grad: int  # the LM head's unsharded gradient, the first of backward (full fine-tuning)
     root_grad_shard: int  # the root's share of `grads`, written by its reduce-scatter at the end
     root_rs_input: int  # the root's reduce-scatter input (reduce dtype, padded unsharded size)
+    root_last_grad: int  # the root's last unsharded gradient, alive until its reduce-scatter returns
+    gloo_clone: int  # 1 on gloo (CPU ranks), 0 on NCCL: reduce-scatter input copies gloo's fallback holds
     host: int  # host bytes per rank (CPUOffloadPolicy)
 
 
@@ -62,9 +74,10 @@ def _div(a: int, n: int) -> int:
 
 
 def terms(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, weights: int, train: int
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, weights: int, train: int, gloo: bool
 ) -> FsdpTerms:
-    """`weights`: the model's stored bytes unsharded; `train`: trainable parameters."""
+    """`weights`: the model's stored bytes unsharded; `train`: trainable parameters; `gloo`: the ranks reduce over
+    gloo (CPU) rather than NCCL."""
     n = setup.world_size
     c = compute_bytes(setup.precision, st)
     reduce = 4 if c == 2 else st.grad  # MixedPrecisionPolicy(reduce_dtype=fp32) under mixed precision
@@ -72,6 +85,7 @@ def terms(
     root_params = model.param_count() - model.num_layers * model.layer_params()
     root_train = 0 if combo.lora else root_params
     w, g, o = _div(weights, n), _div(train * st.grad, n), _div(train * st.optim, n)
+    head = 0 if combo.lora else model.vocab_size * (model.embed_dim or model.hidden_size) * c
     host = 0
     if combo.offload is Offload.ALL:
         host, w, g, o = w + g + o, 0, 0, 0
@@ -81,12 +95,14 @@ def terms(
         optim=o,
         layer_unsharded=(model.layer_params() + (layer_train if combo.lora else 0)) * c,
         root_unsharded=root_params * c,
-        layer_rs=layer_train * reduce + _div(layer_train * reduce, n),
+        layer_rs=layer_train * reduce * (2 if gloo else 1) + _div(layer_train * reduce, n),
         layer_grad=layer_train * c,
         root_grads=root_train * c,
-        head_grad=0 if combo.lora else model.vocab_size * (model.embed_dim or model.hidden_size) * c,
+        head_grad=head,
         root_grad_shard=_div(root_train * st.grad, n) if not host else 0,
         root_rs_input=root_train * reduce,
+        root_last_grad=0 if model.tie_embeddings else head,  # tied: the final norm's, negligible
+        gloo_clone=int(gloo),
         host=host,
     )
 
@@ -100,9 +116,12 @@ def memory(
         layer under False) and the root's unsharded parameters;
     (2) the last layer's reduce-scatter: its unsharded gradients and reduce-scatter buffers (the previous
         group's input is reclaimed first: reduce_scatter_max_input_buffers=1), the LM head's unsharded gradient;
-    (3) the root's reduce-scatter at the end of backward: the root is resharded first (post_backward reshards
-        before foreach_reduce), then its unsharded gradients and the reduce-scatter input;
-    (4) the optimizer step over the sharded states."""
+    (3) the root's copy-in at the end of backward: the root is resharded first (post_backward reshards before
+        foreach_reduce), then its unsharded gradients and the reduce-scatter input;
+    (4) the root's reduce-scatter: every sharded gradient (the root's output included), the root's last unsharded
+        gradient, the input and, on gloo, its clone (measured, llama grad-op GC: the peak, inside gloo's
+        all-reduce);
+    (5) the optimizer step over the sharded states."""
     layers_unsharded = (2 if combo.fsdp.reshard_after_forward else model.num_layers) * t.layer_unsharded
     static = dict(weights=t.weights, optimizer_states=t.optim)
     grads_fwd = t.grads if setup.grad_accum > 1 else 0
@@ -122,14 +141,22 @@ def memory(
             MemoryBreakdown(
                 **static,
                 gradients=grads_fwd + t.head_grad + t.layer_grad,
-                activations=acts - one_layer,
+                activations=max(0, acts - one_layer),  # a traced GC step holds less than one recomputed layer
                 engine_buffers=layers_unsharded + t.root_unsharded + t.layer_rs,
             ),
         ),
         (
-            "end of backward",
+            "end of backward, root copy-in",
             MemoryBreakdown(
                 **static, gradients=t.grads - t.root_grad_shard + t.root_grads, engine_buffers=t.root_rs_input
+            ),
+        ),
+        (
+            "end of backward, root reduce-scatter",
+            MemoryBreakdown(
+                **static,
+                gradients=t.grads + (t.root_last_grad if t.root_rs_input else 0),
+                engine_buffers=t.root_rs_input * (1 + t.gloo_clone),
             ),
         ),
         ("optimizer step", MemoryBreakdown(**static, gradients=t.grads)),
@@ -171,10 +198,15 @@ def single_process(combo: Combination) -> Combination:
 
 
 def peak(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, traced: MemoryBreakdown | None = None
+    model: ModelSpec,
+    setup: TrainingSetup,
+    combo: Combination,
+    traced: MemoryBreakdown | None = None,
+    gloo: bool = False,
 ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase, host RAM per node) per rank. Activations and the loss come from the formulas
-    (ftopt.estimate.analytic) or, given `traced`, from the traced step of the same model on one process."""
+    (ftopt.estimate.analytic) or, given `traced`, from the traced step of the same model on one process. `gloo`:
+    CPU ranks, which reduce over gloo (ftopt.train.fsdp_worker); GPU ranks use NCCL."""
     st = storage(setup.precision, combo)
     acts, one_layer = analytic.activation_bytes(model, setup, combo, st)
     logits = analytic.logits_loss_bytes(model, st, setup.tokens_per_micro_batch)
@@ -182,7 +214,7 @@ def peak(
         acts, logits = traced.activations, traced.logits_loss + traced.temporaries
     train = analytic.trainable_params(model, combo)
     weights = analytic.zero_states(model, setup, single_process(combo), st).weights
-    t = terms(model, setup, combo, st, weights, train)
+    t = terms(model, setup, combo, st, weights, train, gloo)
     phase, bd = memory(model, setup, combo, t, acts, one_layer, logits)
     return bd, phase, t.host * setup.gpus_per_node
 

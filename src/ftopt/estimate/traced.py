@@ -370,7 +370,8 @@ def _extrapolate(
     phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24).
     `embed_excess`: bytes the trace holds at the embedding's gradient that a real run does not
     (autocast.tied_grad_summed_in_place); one trace of the full depth is passed as t1 = t2. `phases`: only these
-    compete for the peak (None = all)."""
+    compete for the peak, by their activation side (activations, logits/loss, temporaries: the part a sharding
+    engine of its own, ftopt.estimate.fsdp, adds its terms to); None = all, by the rank's bytes (_metric)."""
     (l1, l2), best = layers, (float("-inf"), {}, "")
     for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys() & (phases or t1.phase_peaks.keys()):
         s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
@@ -380,7 +381,11 @@ def _extrapolate(
         }
         if phase == "backward-embed":
             per_cat["temporaries"] -= embed_excess
-        metric = _metric(per_cat, t1.grad_weight, t1.count_states)
+        metric = (
+            _metric(per_cat, t1.grad_weight, t1.count_states)
+            if phases is None
+            else per_cat["activations"] + per_cat["logits_loss"] + per_cat["temporaries"]
+        )
         if metric > best[0]:
             best = (metric, per_cat, phase)
     return best[1], best[2]
@@ -395,8 +400,7 @@ def traced_memory(
     phases: frozenset[str] | None = None,
 ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
-    the model's depth (`layers=None` traces the full depth). `phases`: only these tracer phases compete for the
-    peak (FSDP2 takes the activation side of the step from the forward/backward phases, ftopt.estimate.fsdp)."""
+    the model's depth (`layers=None` traces the full depth). `phases`: see _extrapolate (ftopt.estimate.fsdp)."""
     st = storage(setup.precision, combo)
     excess = (
         analytic.tied_embedding_grad_bytes(spec, combo, st, 1)
