@@ -41,7 +41,7 @@ def _run(spec: RunSpec, device) -> dict:
     from ftopt.train.fsdp_engine import shard_model
     from ftopt.train.fsdp_loop import FsdpLoop
     from ftopt.train.metrics import finish, predict
-    from ftopt.train.prepare import prepare_run
+    from ftopt.train.prepare import prepare_for
 
     rank, world = dist.get_rank(), dist.get_world_size()
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
@@ -49,19 +49,9 @@ def _run(spec: RunSpec, device) -> dict:
         torch.cuda.set_device(device)
     torch.manual_seed(spec.schedule.seed)
     model_spec = load_model(spec.model.ref)
-    prep, tok = prepare_run(
-        spec.model,
-        spec.data,
-        model_spec.vocab_size,
-        spec.setup.seq_len,
-        packing=spec.setup.packing,
-        seed=spec.schedule.seed,
-        attn=spec.combination.attn,
-        log=log,
-    )
-    s = spec.setup
-    steps_per_epoch = max(1, -(-len(prep.train_dataset) // (s.micro_batch * s.grad_accum * world)))
-    total = spec.schedule.max_steps if spec.schedule.max_steps > 0 else int(steps_per_epoch * s.epochs)
+    prep, tok = prepare_for(spec, model_spec.vocab_size, log)
+    steps_per_epoch = prep.steps_per_epoch(spec, world)
+    total = spec.schedule.max_steps if spec.schedule.max_steps > 0 else int(steps_per_epoch * spec.setup.epochs)
     predicted = predict(spec) if rank == 0 else None
     # The same helper as every run (CUDA counters, or the CPU allocator's events). The full model is built on the
     # host and fully_shard copies each rank's shard out of it: on a GPU that build never touches the device, so the

@@ -82,20 +82,11 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     if spec.model.builtin:
         log(f"model: built-in {spec.model.ref} (random init, llama architecture)")
     from ftopt.spec import load_model
-    from ftopt.train.prepare import prepare_run
+    from ftopt.train.prepare import prepare_for
     from ftopt.train.tracking import trainer_report_to
 
     model_spec = load_model(spec.model.ref)
-    prep, tok = prepare_run(
-        spec.model,
-        spec.data,
-        model_spec.vocab_size,
-        spec.setup.seq_len,
-        packing=spec.setup.packing,
-        seed=spec.schedule.seed,
-        attn=spec.combination.attn,
-        log=log,
-    )
+    prep, tok = prepare_for(spec, model_spec.vocab_size, log)
     trainer_report_to(spec.output.report_to)  # a missing tracker package: one line before any work
     tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
 
@@ -106,8 +97,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     if steps_log is not None:
         steps_log.truncate_after(int(resume.name[11:]) if resume else 0)  # a resumed run redoes later steps
 
-    s = spec.setup
-    steps_per_epoch = max(1, -(-len(prep.train_dataset) // (s.micro_batch * s.grad_accum * world)))
+    steps_per_epoch = prep.steps_per_epoch(spec, world)
     from ftopt.train.metrics import finish, predict
 
     predicted = predict(spec) if rank == 0 else None  # before the Trainer: see predict
