@@ -33,9 +33,9 @@ from ftopt.spec import (
     RunSpec,
     default_precision,
 )
+from ftopt.train.ranks import OOM_MARKERS
 
 __all__ = ["BenchRun", "read_results", "run_sweep", "sweep_rows", "sweep_runs"]
-OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
 class BenchRun(BaseModel):
@@ -228,7 +228,7 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
         output = f"stopped after --run-timeout {timeout:g} s\n{output}"
     metrics_path = spec.output_dir / "metrics.json"
     if status is Status.OK and not metrics_path.is_file():  # a clean exit that measured nothing is no result
-        from ftopt.train.engine import last_error_line
+        from ftopt.train.ranks import last_error_line
 
         status = Status.FAILED
         output = f"exited 0 without {metrics_path}: {last_error_line(output)}"

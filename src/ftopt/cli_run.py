@@ -107,7 +107,16 @@ def train(
     out: Annotated[str | None, typer.Option("--out", "-o", help="run folder [default: ftopt-runs/default]")] = None,
     gpus: Gpus = None,
     nodes: Nodes = None,
-    hostfile: Annotated[str | None, typer.Option("--hostfile", help="DeepSpeed host file (several nodes)")] = None,
+    hostfile: Annotated[
+        str | None, typer.Option("--hostfile", help="DeepSpeed host file: start every node from here over ssh")
+    ] = None,
+    node_rank: Annotated[
+        int | None, typer.Option("--node-rank", help="this node's rank (0..nodes-1): run once on each node")
+    ] = None,
+    master_addr: Annotated[
+        str | None, typer.Option("--master-addr", help="address of the node with --node-rank 0")
+    ] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", help="its free port [default: 29500]")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")
     ] = False,
@@ -210,6 +219,7 @@ def train(
             hostfile=hostfile,
         )
         resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
+        rdzv = rendezvous(spec, node_rank, master_addr, master_port)
         from ftopt.quality import load_user_metric
 
         for ref in spec.data.metrics:
@@ -224,13 +234,37 @@ def train(
         if note:
             typer.echo(note, err=True)
         with stdout_to_stderr(json_out):
-            metrics = launch(spec)
-        if json_out:
+            metrics = launch(spec, rdzv)
+        if metrics is None:  # a per-node run's other node, with its own output folder
+            typer.echo(
+                f"node {node_rank}: its ranks finished; node 0's output folder holds the run's metrics", err=True
+            )
+        elif json_out:
             typer.echo(json.dumps(metrics, indent=2))
         else:
             print_train_metrics(metrics, str(spec.output_dir))
 
     run_body(body)
+
+
+def rendezvous(spec, node_rank: int | None, master_addr: str | None, master_port: int | None):
+    """Per-node mode (`--node-rank K --master-addr HOST`): how this node's ranks meet the others; None otherwise."""
+    from ftopt.train.ranks import Rendezvous
+
+    if node_rank is None:
+        if master_addr is not None or master_port is not None:
+            raise FtoptError("--master-addr and --master-port go with --node-rank (run once on each node).")
+        return None
+    if master_addr is None:
+        raise FtoptError(f"--node-rank {node_rank} needs --master-addr, the address of the node with --node-rank 0.")
+    given = {"master_port": master_port} if master_port is not None else {}
+    return Rendezvous(
+        nodes=spec.setup.nodes,
+        node_rank=node_rank,
+        procs_per_node=spec.setup.gpus_per_node,
+        master_addr=master_addr,
+        **given,
+    )
 
 
 def preview(

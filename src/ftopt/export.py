@@ -5,6 +5,7 @@
   alone accepts it too. Written only when the run uses ZeRO.
 - `sft_config.yaml`: one `trl sft --config` file (TRL's ScriptArguments + SFTConfig + ModelConfig fields).
 - `launch.sh`: the `accelerate launch` command line that runs it on the planned GPUs and nodes.
+- `run.json`, `hostfile`, `slurm.sbatch`: the run with ftopt itself on a cluster (ftopt.export_cluster).
 
 The model loads as ftopt's run loads it: the same bitsandbytes quantization (TRL's ModelConfig `load_in_4bit`,
 `bnb_4bit_quant_type`, `use_bnb_nested_quant`, `load_in_8bit`), the same optimizer (TrainingArguments `optim`) and the
@@ -26,6 +27,7 @@ import os
 import shlex
 from pathlib import Path
 
+from ftopt.export_cluster import export_cluster
 from ftopt.io import atomic_write_text
 from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
 from ftopt.recipes import suggested_learning_rate
@@ -181,4 +183,4 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
         + "\n",
     )
     launch.chmod(0o755)
-    return written + [cfg_file, launch]
+    return written + [cfg_file, launch] + export_cluster(run, folder)

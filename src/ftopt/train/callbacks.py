@@ -63,37 +63,47 @@ class TrainingPeak:
 
 
 class TimeBudget:
-    """Stops training at a checkpoint once `max_hours` have passed. All ranks must stop at the same step, so rank
-    0's clock decides and the decision is broadcast (one tiny collective per step, only when a budget is set)."""
+    """Stops training at a checkpoint once `max_hours` have passed, or on Ctrl-C forwarded to the ranks
+    (ftopt.train.dist.Interrupt). All ranks must stop at the same step, so they vote: rank 0's clock and any
+    rank's Ctrl-C, reduced by MAX (one tiny collective per step, only with a budget or several ranks)."""
 
-    def __init__(self, max_hours: float | None):
+    def __init__(self, max_hours: float | None, interrupt=None):
         self.max_seconds = max_hours * 3600 if max_hours else None
+        self.interrupt = interrupt
         self.t0 = time.monotonic()
         self.hit = False
+        self.interrupted = False
 
     def due(self) -> bool:
-        if self.max_seconds is None:
+        if self.max_seconds is None and self.interrupt is None:
             return False
         import torch
         import torch.distributed as dist
 
-        stop = time.monotonic() - self.t0 >= self.max_seconds
+        over = self.max_seconds is not None and time.monotonic() - self.t0 >= self.max_seconds
+        asked = self.interrupt is not None and self.interrupt.asked
         if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([int(stop)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-            dist.broadcast(flag, src=0)
-            stop = bool(flag.item())
-        self.hit = self.hit or stop
-        return stop
+            from ftopt.train.dist import collective_device
+
+            flags = torch.tensor([int(over and dist.get_rank() == 0), int(asked)], device=collective_device())
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            over, asked = bool(flags[0].item()), bool(flags[1].item())
+        self.hit = self.hit or over
+        self.interrupted = self.interrupted or asked
+        return over or asked
 
 
 class RunCallback(TrainerCallback):
-    def __init__(self, recorder, peak: TrainingPeak, budget: TimeBudget, progress, fail_at_step: int | None = None):
+    def __init__(self, recorder, peak: TrainingPeak, budget: TimeBudget, progress, fail_at_step=None, node_local=False):
         self.recorder, self.peak, self.budget, self.progress = recorder, peak, budget, progress
-        self.fail_at_step = fail_at_step
+        self.fail_at_step, self.node_local = fail_at_step, node_local
 
     def on_train_begin(self, args, state, control, **kw):
         self.progress.start(state.max_steps, state.global_step)
-        injected = os.environ.get("FTOPT_INJECT_FAILURE")  # bench tests: a run that fails must not stop a sweep
+        # bench and launcher tests: a run that fails must not stop a sweep; "oom@1" fails rank 1 only
+        injected, _, only = os.environ.get("FTOPT_INJECT_FAILURE", "").partition("@")
+        if only and only != os.environ.get("RANK", "0"):
+            injected = ""
         if injected == "oom":
             import torch
 
@@ -122,6 +132,12 @@ class RunCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         if self.recorder.log is not None:
             self.recorder.log.sync()  # a checkpoint never holds more steps than steps.jsonl
+        ck = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        tag = f"global_step{state.global_step}"
+        if self.node_local and args.should_save and os.path.isdir(os.path.join(ck, tag)):
+            # DeepSpeed writes the 'latest' tag file on global rank 0 only; a node with its own folder needs its own
+            with open(os.path.join(ck, "latest"), "w") as f:
+                f.write(tag)
 
     def on_train_end(self, args, state, control, **kw):
         self.recorder.flush(None)
@@ -139,6 +155,7 @@ class Progress:
 
     def start(self, total: int, done: int = 0) -> None:
         self.total, self._next = total, done + max(1, total // 10)
+        self._t0, self._done0 = time.monotonic(), done  # the ETA: this session's mean step time
         if not self.enabled or not sys.stderr.isatty():
             return
         from rich.console import Console
@@ -163,7 +180,9 @@ class Progress:
             self.bar.update(self.task, completed=step, info=info)
         elif self.enabled and step >= self._next:
             self._next = step + max(1, self.total // 10)
-            print(f"step {step}/{self.total}: {info}", file=sys.stderr, flush=True)
+            per_step = (time.monotonic() - self._t0) / max(1, step - self._done0)
+            eta = f"  ETA {per_step * (self.total - step) / 60:.1f} min"
+            print(f"step {step}/{self.total}: {info}{eta}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         if self.bar is not None:

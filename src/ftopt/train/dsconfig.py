@@ -35,7 +35,9 @@ def hf_auto_zero_sizes(hidden_size: int) -> dict[str, int]:
     }
 
 
-def deepspeed_config(spec: RunSpec) -> dict:
+def deepspeed_config(spec: RunSpec, node_local: bool = False) -> dict:
+    """`node_local`: the nodes do not share the output folder, so each keeps its ranks' checkpoint files, named by
+    local rank (DeepSpeed's checkpoint.use_node_local_storage)."""
     c = spec.combination
     zero: dict = {"stage": c.zero, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
     if c.zero == 3:
@@ -60,6 +62,8 @@ def deepspeed_config(spec: RunSpec) -> dict:
         # the dtype gradients accumulate in between micro-batches: the estimator's gradient bytes (policy.storage)
         "data_types": {"grad_accum_dtype": grad_accum_dtype(spec)},
     }
+    if node_local:
+        ds["checkpoint"] = {"use_node_local_storage": True}
     if spec.setup.precision is Precision.BF16_MIXED:
         ds["bf16"] = {"enabled": True}
     elif spec.setup.precision is Precision.FP16_MIXED:

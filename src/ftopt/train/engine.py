@@ -1,9 +1,12 @@
 """`ftopt train`: Hugging Face Trainer + PEFT + DeepSpeed with one RunSpec, measured.
 
-One process runs in-process; ZeRO or several GPUs go through the DeepSpeed launcher (`deepspeed --num_gpus N`),
-each rank running `ftopt.train.worker` on the same resolved_config.json. On a CPU the ranks use gloo, on GPUs NCCL.
-A run has no wall-clock limit (fine-tunes take hours or days); a lost rank fails it through the collective timeout
-(dsconfig.RANK_TIMEOUT_SECONDS), and `--max-hours` stops it cleanly at a checkpoint.
+One process runs in-process. ZeRO or several GPUs start one process per rank running `ftopt.train.worker`, each
+handed the run specification itself (not a path that must exist on every node):
+- on one node, and on each node of a per-node run (`--nodes N --node-rank K --master-addr HOST`, the way Slurm
+  and Kubernetes start one command per node), ftopt.train.ranks starts this node's ranks;
+- with `--hostfile`, DeepSpeed's pdsh runner starts every node's ranks from this host (ssh to each node).
+On a CPU the ranks use gloo, on GPUs NCCL. A run has no wall-clock limit (fine-tunes take hours or days); a lost
+rank fails it through the collective timeout (dsconfig.RANK_TIMEOUT_SECONDS), and `--max-hours` stops it cleanly.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.train import ranks
 from ftopt.train.allocator import allocator_env
-from ftopt.train.outputs import CONFIG_NAME, finished_run, prepare_output
-from ftopt.train.preflight import check_devices
+from ftopt.train.outputs import finished_run, prepare_output
+from ftopt.train.preflight import check_devices, check_launch
 
 
-def launch(spec: RunSpec) -> dict:
-    """Check, claim the output folder, run; returns metrics.json's content."""
+def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
+    """Check, claim the output folder, run; returns metrics.json's content (None on a node whose folder does not
+    hold it: a per-node run's other nodes, when the output folder is not shared)."""
     check_devices(spec)
-    done = finished_run(spec)
+    check_launch(spec, rdzv)
+    # a per-node run's other nodes cannot see node 0's folder: there rank 0 decides (ftopt.train.dist.finished)
+    done = finished_run(spec) if rdzv is None else None
     if done is not None:
         steps = (done.get("measured") or {}).get("steps")
         print(f"--resume: the run in {spec.output_dir} is complete ({steps} steps); nothing to train.", file=sys.stderr)
@@ -37,63 +43,111 @@ def launch(spec: RunSpec) -> dict:
         return launch_fsdp(spec)
     if spec.uses_launcher and importlib.util.find_spec("deepspeed") is None:
         raise FtoptError("ZeRO and multi-GPU runs need DeepSpeed: pip install deepspeed.")
-    prepare_output(spec)
-    alloc = allocator_env(os.environ, on_cuda=not spec.hardware.is_cpu)
+    prepare_output(spec, claim=rdzv is None or rdzv.node_rank == 0)
     if not spec.uses_launcher:
         from ftopt.train.worker import run_worker
 
         # read by torch when CUDA first allocates, which happens after this (the worker builds the model)
-        os.environ.update(alloc)
+        os.environ.update(allocator_env(os.environ, on_cuda=not spec.hardware.is_cpu))
         return run_worker(spec)
-    return _launch_ranks(spec, alloc)
+    if spec.setup.nodes > 1 and rdzv is None:
+        return _launch_hostfile(spec)
+    rdzv = rdzv or ranks.Rendezvous(procs_per_node=spec.setup.gpus_per_node, master_port=ranks.free_port())
+    return _launch_ranks(spec, rdzv)
 
 
-def _launch_ranks(spec: RunSpec, alloc: dict[str, str]) -> dict:
-    from ftopt.train import worker
-
-    out = spec.output_dir
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(spec.setup.gpus_per_node)]
-    if spec.setup.nodes > 1:
-        cmd += ["--num_nodes", str(spec.setup.nodes), "--hostfile", str(spec.hostfile)]
-    cmd += ["--master_port", str(_free_port()), worker.__file__, str(out / CONFIG_NAME)]
+def _env(spec: RunSpec) -> dict[str, str]:
+    alloc = allocator_env(os.environ, on_cuda=not spec.hardware.is_cpu)
     env = {**os.environ, **alloc, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
     if spec.hardware.is_cpu and "OMP_NUM_THREADS" not in os.environ:
         # CPU ranks share the cores: one thread pool per rank sized to its share avoids oversubscription
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.setup.gpus_per_node))
-    log_path = out / "launcher.log"
-    with log_path.open("w") as logf:
-        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+    return env
+
+
+def _launch_ranks(spec: RunSpec, rdzv: ranks.Rendezvous) -> dict | None:
+    out = spec.output_dir
+    log_dir = out / ranks.LOG_DIR
+    cmd = [sys.executable, "-u", "-m", "ftopt.train.worker", ranks.encode_arg(spec.to_json())]
+    codes, interrupted = ranks.run_ranks(cmd, rdzv, log_dir, _env(spec))
+    stopped = [c for c in codes.values() if c != 0]
+    if interrupted or (stopped and all(c == ranks.INTERRUPTED for c in stopped)):
+        print(ranks.interrupted_line(out), file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+    _judge(codes, log_dir)
     metrics_path = out / "metrics.json"
-    if proc.returncode != 0:
-        raise FtoptError(
-            f"A rank failed (exit {proc.returncode}) and all ranks were stopped: "
-            f"{error_tail(log_path)} (log: {log_path})."
-        )
     if not metrics_path.exists():
-        raise FtoptError(f"The run ended without metrics; see {log_path}.")
+        if rdzv.node_rank > 0:
+            return None
+        raise FtoptError(f"The run ended without metrics; see {ranks.rank_log(log_dir, 0)}.")
     return json.loads(metrics_path.read_text())
 
 
-def _free_port() -> int:
-    import socket
+def _judge(codes: dict[int, int], log_dir) -> None:
+    """Fail the run on a rank that failed before its work was done (named, with its last exception, as OOM when it
+    ran out of memory); a rank that crashed after it finished is a warning."""
+    for rank, code in sorted(codes.items()):
+        log = ranks.rank_log(log_dir, rank)
+        if code != 0 and _finished(log, rank):
+            print(
+                f"warning: rank {rank} exited with {code} after it finished its work: {ranks.last_exception(log)} "
+                f"(log: {log})",
+                file=sys.stderr,
+            )
+    failed = {r: c for r, c in codes.items() if c != 0 and not _finished(ranks.rank_log(log_dir, r), r)}
+    rank = ranks.failing_rank(failed)
+    if rank is None:
+        return
+    oom = [r for r in failed if ranks.is_oom(ranks.rank_log(log_dir, r))]
+    if oom:
+        log = ranks.rank_log(log_dir, oom[0])
+        raise FtoptError(
+            f"Rank {oom[0]} ran out of memory and all ranks were stopped: {ranks.last_exception(log)} (log: {log})."
+        )
+    log = ranks.rank_log(log_dir, rank)
+    raise FtoptError(
+        f"Rank {rank} failed (exit {codes[rank]}) and all ranks were stopped: {ranks.last_exception(log)} (log: {log})."
+    )
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def error_tail(log_path: Path) -> str:
-    """The most telling line of a failed run's log: the last exception line."""
+def _finished(log, rank: int) -> bool:
     try:
-        return last_error_line(log_path.read_text(errors="replace"))
+        return ranks.FINISHED.format(rank=rank) in log.read_text(errors="replace")
     except OSError:
-        return "no log"
+        return False
 
 
-def last_error_line(text: str) -> str:
-    """The last line of `text` that reads as an error (not a traceback's 'File ...' line), else its last line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if ("Error" in line or "error:" in line) and not line.startswith("File "):
-            return line[:300]
-    return lines[-1][:300] if lines else "no output"
+def _launch_hostfile(spec: RunSpec) -> dict:
+    """DeepSpeed's pdsh runner from this host; the environment the run needs travels in a `.deepspeed_env` file
+    (DS_ENV_FILE) in a private temporary folder, never under the run folder, and never with the token."""
+    import tempfile
+
+    out = spec.output_dir
+    s = spec.setup
+    with tempfile.TemporaryDirectory(prefix="ftopt-dsenv-") as tmp:
+        env_file = os.path.join(tmp, ".deepspeed_env")
+        env = _env(spec)
+        lines = [f"{k}={env[k]}" for k in ranks.forward_env_names() if "\n" not in env[k]]
+        with open(os.open(env_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        env["DS_ENV_FILE"] = env_file
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(s.gpus_per_node)]
+        cmd += ["--num_nodes", str(s.nodes), "--hostfile", str(spec.hostfile), "--master_port", str(ranks.free_port())]
+        cmd += ["--module", "ftopt.train.worker", ranks.encode_arg(spec.to_json())]
+        log_path = out / "launcher.log"
+        with log_path.open("w") as logf:
+            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+    metrics_path = out / "metrics.json"
+    if proc.returncode != 0 and not metrics_path.exists():
+        what = "ran out of memory" if ranks.is_oom(log_path) else f"failed (exit {proc.returncode})"
+        raise FtoptError(
+            f"A rank {what} and all ranks were stopped: {ranks.last_exception(log_path)} (log: {log_path})."
+        )
+    if not metrics_path.exists():
+        raise FtoptError(f"The run ended without metrics; see {log_path}.")
+    if proc.returncode != 0:
+        print(
+            f"warning: a rank exited with {proc.returncode} after the metrics were written (log: {log_path})",
+            file=sys.stderr,
+        )
+    return json.loads(metrics_path.read_text())

@@ -40,6 +40,7 @@ RUN_NAMES = (
     "README.md",  # PEFT's model card for the adapter
     "base",  # ftopt.train.base: the random-init base of a LoRA run
     "runs",  # TensorBoard events
+    "logs",  # ftopt.train.ranks.LOG_DIR: one log per launched rank
 )
 RUN_PATTERNS = ("checkpoint-*", "metrics.rank*.json", "model-*.safetensors")  # written while the run goes on
 

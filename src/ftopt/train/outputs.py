@@ -40,13 +40,17 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def prepare_output(spec: RunSpec) -> None:
-    """Check and claim the run folder before anything expensive; write resolved_config.json."""
+def prepare_output(spec: RunSpec, claim: bool = True) -> None:
+    """Check and claim the run folder before anything expensive; write resolved_config.json. A per-node run's
+    other nodes (`claim=False`) only make their folder, which may be node 0's (shared) or their own."""
     from ftopt.io import atomic_write_text
 
     out = spec.output_dir
     if out.exists() and not out.is_dir():
         raise FtoptError(f"The output folder {out} is a file; choose a folder with --out.")
+    if not claim:
+        out.mkdir(parents=True, exist_ok=True)
+        return
     if holds_run(out):
         if spec.output.resume:
             _check_same_run(out, spec)

@@ -32,8 +32,6 @@ def check_devices(spec: RunSpec) -> None:
             raise FtoptError(
                 "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
             )
-        if spec.setup.world_size > 1 and spec.setup.nodes > 1:
-            raise FtoptError("several nodes need CUDA GPUs; on a CPU use --gpus N on one node.")
         return
     cap = torch.cuda.get_device_capability(0)
     name = torch.cuda.get_device_name(0)
@@ -102,3 +100,41 @@ def detect_hardware() -> str | None:
     if not torch.cuda.is_available():
         return "cpu"
     return preset_for_device(torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0).total_memory)
+
+
+def check_launch(spec: RunSpec, rdzv) -> None:
+    """Several nodes: a hostfile that is readable and well formed (DeepSpeed's parser), or a per-node rendezvous
+    (ftopt.train.ranks.Rendezvous), before anything starts."""
+    s = spec.setup
+    if rdzv is not None:
+        if spec.hostfile:
+            raise FtoptError(
+                "give --hostfile (start every node from here) or --node-rank (run on each node), not both."
+            )
+        return
+    if s.nodes == 1 or not spec.uses_launcher:
+        return
+    if not spec.hostfile:
+        raise FtoptError(
+            f"--nodes {s.nodes} needs --hostfile FILE (start every node from here over ssh) or --node-rank K "
+            "--master-addr HOST (run this command on each node, as Slurm or Kubernetes do)."
+        )
+    from deepspeed.launcher.runner import _parse_hostfile
+
+    try:
+        with open(spec.hostfile) as f:
+            hosts = _parse_hostfile(f.readlines())
+    except OSError as e:
+        raise FtoptError(f"--hostfile {spec.hostfile} cannot be read: {e.strerror}.") from None
+    except ValueError as e:
+        raise FtoptError(
+            f"--hostfile {spec.hostfile} is not a DeepSpeed host file ('host slots=N' lines): {e}"
+        ) from None
+    if len(hosts) < s.nodes:
+        raise FtoptError(f"--hostfile {spec.hostfile} lists {len(hosts)} host(s); --nodes {s.nodes} needs {s.nodes}.")
+    short = [h for h, n in list(hosts.items())[: s.nodes] if n < s.gpus_per_node]
+    if short:
+        raise FtoptError(
+            f"--hostfile {spec.hostfile}: {short[0]} has {hosts[short[0]]} slot(s); --gpus {s.gpus_per_node} needs "
+            f"{s.gpus_per_node} per node."
+        )

@@ -9,12 +9,12 @@ memory peak) -> save -> evaluate and generate (their own peak) -> metrics gather
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 from ftopt.spec import RunSpec
+from ftopt.train.ranks import FINISHED, INTERRUPTED, decode_arg, interrupted_line
 
 
 def _rank() -> tuple[int, int, int]:
@@ -27,7 +27,7 @@ def latest_complete_checkpoint(out: Path) -> Path | None:
     return max(cks, key=lambda p: int(p.name[11:])) if cks else None
 
 
-def training_arguments(spec: RunSpec, device, world: int, total_steps: int):
+def training_arguments(spec: RunSpec, device, world: int, total_steps: int, node_local: bool = False):
     from transformers import TrainingArguments
 
     from ftopt.train.dsconfig import RANK_TIMEOUT_SECONDS, deepspeed_config
@@ -48,7 +48,8 @@ def training_arguments(spec: RunSpec, device, world: int, total_steps: int):
         bf16=p in ("bf16-mixed",),
         fp16=p == "fp16-mixed",
         use_cpu=device.type == "cpu",
-        deepspeed=deepspeed_config(spec) if spec.combination.uses_deepspeed else None,
+        deepspeed=deepspeed_config(spec, node_local) if spec.combination.uses_deepspeed else None,
+        save_on_each_node=node_local,  # each node's folder gets the checkpoints its ranks resume from
         save_strategy="steps",
         save_steps=sch.save_steps,
         save_total_limit=2,
@@ -66,18 +67,46 @@ def training_arguments(spec: RunSpec, device, world: int, total_steps: int):
 
 
 def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
-    """Train one rank; returns metrics.json's content (rank 0) or this rank's measurements."""
+    """Train one rank; returns metrics.json's content (rank 0) or this rank's measurements. Several ranks first
+    agree on the run, the output folder and the checkpoint (ftopt.train.dist); every rank leaves its process group
+    before it returns, whatever happened."""
+    import torch
+
+    from ftopt.train import dist
+
+    rank, local_rank, _ = _rank()
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    world = dist.init(device)
+    interrupt = dist.Interrupt() if world > 1 else None
+    try:
+        if world > 1:
+            spec = dist.agree_on_run(spec)
+            done = dist.finished(spec, rank)
+            if done is not None:
+                if rank == 0:
+                    print(f"--resume: the run in {spec.output_dir} is complete; nothing to train.", file=sys.stderr)
+                return done
+        node_local = not dist.output_shared(spec.output_dir, rank)
+        resume = None
+        if spec.output.resume:
+            resume = dist.resume_checkpoint(spec.output_dir, rank, latest_complete_checkpoint)
+        return _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
+    finally:
+        if interrupt is not None:
+            interrupt.restore()
+        dist.close()
+
+
+def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step) -> dict:
     import torch
 
     from ftopt.train.callbacks import TrainingPeak
     from ftopt.train.recorder import StepLog, StepRecorder
 
-    rank, local_rank, world = _rank()
     out = spec.output_dir
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     torch.manual_seed(spec.schedule.seed)
     if spec.model.builtin:
         log(f"model: built-in {spec.model.ref} (random init, llama architecture)")
@@ -91,7 +120,6 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
 
     steps_log = StepLog(out / "steps.jsonl") if rank == 0 else None
-    resume = latest_complete_checkpoint(out) if spec.output.resume else None
     if spec.output.resume:
         log(f"resuming from {resume}" if resume else "no complete checkpoint found: starting from the beginning")
     if steps_log is not None:
@@ -112,22 +140,29 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
             steps_per_epoch,
             peak,
             StepRecorder(steps_log, device, rank),
-            fail_at_step,
+            (fail_at_step, node_local, interrupt),
         )
         from ftopt.quiet import no_checkpoint_bars
 
         try:
+            if interrupt is not None:
+                interrupt.in_loop = True
             with no_checkpoint_bars():  # one "Writing model shards" bar per run: the final save's
                 result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except KeyboardInterrupt:
-            log(f"interrupted: the last checkpoint in {out} is intact; continue with --resume")
+            if world == 1:  # a launcher prints the line once for all its ranks
+                log(interrupted_line(out))
             raise
         finally:
+            if interrupt is not None:
+                interrupt.in_loop = False
             progress.stop()
             if steps_log is not None:
                 steps_log.close()
     finally:
         peak.close()
+    if budget.interrupted:
+        raise KeyboardInterrupt  # every rank stopped at the same step, with a checkpoint saved there
     if budget.hit:
         log(
             f"--max-hours {spec.schedule.max_hours:g} reached: stopped at step {trainer.state.global_step} with a "
@@ -161,7 +196,8 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     return metrics
 
 
-def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recorder, fail_at_step):
+def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recorder, stops):
+    """`stops`: (injected failure step, node-local checkpoints, the Ctrl-C handler of a launched rank)."""
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
@@ -172,7 +208,8 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
 
     s = spec.setup
     total = spec.schedule.max_steps if spec.schedule.max_steps > 0 else int(steps_per_epoch * s.epochs)
-    args = training_arguments(spec, device, world, total)
+    fail_at_step, node_local, interrupt = stops
+    args = training_arguments(spec, device, world, total, node_local)
     weights_dir = (
         resolve_weights(spec.model.ref, spec.model.trust_remote_code)  # a Hub id: the cache's snapshot
         if spec.model.weights
@@ -192,14 +229,14 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     )
     if spec.model.weights:
         record_hub_base(model, spec.model.ref)  # the adapter names the Hub id, not the snapshot folder
-    progress, budget = Progress(recorder.rank == 0), TimeBudget(spec.schedule.max_hours)
+    progress, budget = Progress(recorder.rank == 0), TimeBudget(spec.schedule.max_hours, interrupt)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=prep.train_dataset,
         eval_dataset=prep.eval_dataset,
         data_collator=prep.collator,
-        callbacks=[RunCallback(recorder, peak, budget, progress, fail_at_step)],
+        callbacks=[RunCallback(recorder, peak, budget, progress, fail_at_step, node_local)],
     )
     trainer.remove_callback(PrinterCallback)  # our progress and steps.jsonl replace the printed log dicts
     return trainer, progress, budget
@@ -236,11 +273,13 @@ def _optimizer_name(trainer) -> str:
 
 
 def main() -> None:
+    """One launched rank: the run specification is the argument (ftopt.train.ranks.encode_arg), so it reaches
+    every node without a file. The DeepSpeed launcher adds --local_rank=N (also in the environment as LOCAL_RANK)."""
     from ftopt.errors import FtoptError
 
-    # the DeepSpeed launcher adds --local_rank=N (also in the environment as LOCAL_RANK, which we read)
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
-    spec = RunSpec.model_validate(json.loads(Path(args[0]).read_text()))
+    spec = RunSpec.model_validate(decode_arg(args[0]))
+    rank = _rank()[0]
     from ftopt import quiet
 
     quiet.install(uses_deepspeed=spec.combination.uses_deepspeed)
@@ -249,6 +288,9 @@ def main() -> None:
     except FtoptError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+    print(FINISHED.format(rank=rank), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

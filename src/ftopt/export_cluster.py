@@ -1,0 +1,67 @@
+"""`ftopt plan --export DIR`, the cluster files: what starts the planned run on several nodes with ftopt itself.
+
+- `run.json`: the run specification (`ftopt train --plan run.json` runs exactly the plan).
+- `hostfile`: a DeepSpeed host file template (`host slots=GPUs` per node) for hostfile mode: `ftopt train
+  --plan run.json --hostfile hostfile` from one host, over ssh (pdsh).
+- `slurm.sbatch`: a Slurm batch script for per-node mode: one `srun` task per node, each running
+  `ftopt train --plan run.json --node-rank $SLURM_NODEID --master-addr <first host of the job>`, which starts
+  that node's ranks (ftopt.train.ranks), as torchrun and `deepspeed --no_ssh` do.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from ftopt.io import atomic_write_text
+from ftopt.spec import RunSpec
+from ftopt.train.ranks import Rendezvous
+
+MASTER_PORT = Rendezvous.model_fields["master_port"].default  # torchrun's default, overridable in the job's env
+
+
+def hostfile_text(run: RunSpec) -> str:
+    s = run.setup
+    hosts = "".join(f"node-{k} slots={s.gpus_per_node}\n" for k in range(s.nodes))
+    return f"# DeepSpeed host file: replace node-K with your {s.nodes} host name(s), reachable by ssh from this one\n{hosts}"
+
+
+def node_command(spec_file: str) -> str:
+    """What each Slurm task runs on its node; the variables are expanded there, per task."""
+    train = shlex.join(["ftopt", "train", "--plan", spec_file])
+    return f'exec {train} --node-rank "$SLURM_NODEID" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"'
+
+
+def slurm_text(run: RunSpec, spec_file: str) -> str:
+    s = run.setup
+    gpus = "" if run.hardware.is_cpu else f"#SBATCH --gpus-per-node={s.gpus_per_node}\n"
+    return (
+        "#!/bin/bash\n"
+        f"# the planned run ({run.combination.label()}) on {s.nodes} node(s) x {s.gpus_per_node} GPU(s)\n"
+        "#SBATCH --job-name=ftopt\n"
+        f"#SBATCH --nodes={s.nodes}\n"
+        "#SBATCH --ntasks-per-node=1\n"
+        f"{gpus}"
+        "#SBATCH --exclusive\n"
+        "set -eu\n"
+        'cd "$SLURM_SUBMIT_DIR"\n'
+        "# node rank 0 is the job's first host; every task reaches it there\n"
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
+        f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}\n"
+        "export MASTER_ADDR MASTER_PORT\n"
+        "# one task per node; ftopt starts the node's ranks; one failing node ends the job\n"
+        f"srun --nodes={s.nodes} --ntasks={s.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+        f"bash -c {shlex.quote(node_command(spec_file))}\n"
+    )
+
+
+def export_cluster(run: RunSpec, folder: Path) -> list[Path]:
+    spec = folder / "run.json"
+    atomic_write_text(spec, json.dumps(run.to_json(), indent=2))
+    hostfile = folder / "hostfile"
+    atomic_write_text(hostfile, hostfile_text(run))
+    slurm = folder / "slurm.sbatch"
+    atomic_write_text(slurm, slurm_text(run, spec.name))
+    slurm.chmod(0o755)
+    return [spec, hostfile, slurm]

@@ -1,0 +1,217 @@
+"""Starting this node's ranks of a multi-process run, and reading how they ended. Engine-neutral: any worker that
+reads torch.distributed's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, as torchrun and
+DeepSpeed's launcher set it) runs under it, DeepSpeed's and FSDP's alike.
+
+One `ftopt train` per node (`--nodes N --node-rank K --master-addr HOST`, as torchrun and `deepspeed --no_ssh`
+do) starts that node's `gpus_per_node` ranks. Rank 0's output streams to the console (its progress lines) and to
+logs/rank0.log; every other rank writes logs/rankR.log only. Ctrl-C (or SIGTERM, as Slurm sends) is forwarded to
+every rank once, and the ranks stop together at the end of a step (ftopt.train.callbacks.StopVote).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Seconds the other ranks get to end on their own once one rank has exited with an error (a rank that crashed at
+# exit after the run's files were written leaves rank 0 finishing its own), then to end after SIGTERM.
+GRACE_SECONDS = 20
+# Exit code of a rank that stopped on Ctrl-C (the shell's 128 + SIGINT).
+INTERRUPTED = 130
+# Substrings of an out-of-memory failure: PyTorch's CUDA and CPU allocators, cuBLAS.
+OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
+LOG_DIR = "logs"
+FINISHED = "ftopt: rank {rank} finished"  # a worker's last line: a later non-zero exit is a crash at teardown
+
+
+class Rendezvous(BaseModel):
+    """How the ranks of one run find each other: torchrun's --nnodes/--node-rank/--master-addr/--master-port."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    nodes: int = Field(1, gt=0)
+    node_rank: int = Field(0, ge=0)
+    procs_per_node: int = Field(1, gt=0)
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29500, gt=0, lt=65536, description="torchrun's default port")
+
+    @model_validator(mode="after")
+    def _rules(self) -> Rendezvous:
+        if self.node_rank >= self.nodes:
+            raise ValueError(
+                f"--node-rank {self.node_rank} is not below --nodes {self.nodes} (node ranks count from 0)"
+            )
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    def env(self, local_rank: int) -> dict[str, str]:
+        """torch.distributed's environment for one local rank (the names torchrun sets)."""
+        return {
+            "RANK": str(self.node_rank * self.procs_per_node + local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "WORLD_SIZE": str(self.world_size),
+            "LOCAL_WORLD_SIZE": str(self.procs_per_node),
+            "GROUP_RANK": str(self.node_rank),
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+        }
+
+
+def encode_arg(doc: dict) -> str:
+    """A JSON document as one shell-safe command-line argument (base64), e.g. the run specification for each rank:
+    it reaches every node with the command, where a file would need a shared folder."""
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode()
+
+
+def decode_arg(arg: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(arg.encode()))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(cmd: list[str], rdzv: Rendezvous, log_dir: Path, env: dict[str, str]) -> tuple[dict[int, int], bool]:
+    """Run this node's ranks to their end; returns ({global rank: exit code}, interrupted by Ctrl-C/SIGTERM)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: dict[int, subprocess.Popen] = {}
+    pumps = []
+    for local in range(rdzv.procs_per_node):
+        rank = int(rdzv.env(local)["RANK"])
+        logf = (log_dir / f"rank{rank}.log").open("w")
+        # a session of their own: a terminal's Ctrl-C reaches this launcher only, which forwards it exactly once
+        p = subprocess.Popen(
+            cmd,
+            env={**env, **rdzv.env(local)},
+            stdout=subprocess.PIPE if rank == 0 else logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs[rank] = p
+        if rank == 0:
+            t = threading.Thread(target=_tee, args=(p.stdout, logf), daemon=True)
+            t.start()
+            pumps.append(t)
+        else:
+            logf.close()
+    interrupted = _wait(procs)
+    for t in pumps:
+        t.join(timeout=5)
+    return {r: p.returncode for r, p in procs.items()}, interrupted
+
+
+def _tee(pipe, logf) -> None:
+    """Rank 0's output: to its log, and to the console (stderr: stdout carries --json alone)."""
+    with logf:
+        for raw in iter(pipe.readline, b""):
+            line = raw.decode(errors="replace")
+            logf.write(line)
+            logf.flush()
+            if not line.startswith(FINISHED.split("{")[0]):  # the launcher's marker, not the user's
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+
+def _wait(procs: dict[int, subprocess.Popen]) -> bool:
+    """Wait for every rank; forward the first Ctrl-C/SIGTERM as SIGINT (a second one as SIGTERM); once one rank
+    has failed, give the others GRACE_SECONDS, then SIGTERM, then SIGKILL."""
+    interrupted, failed_at = False, None
+    # SIGTERM (Slurm's scancel) as Ctrl-C; SIGINT handled even where the shell started us with it ignored
+    old = (
+        {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+    )
+    try:
+        while any(p.poll() is None for p in procs.values()):
+            try:
+                time.sleep(0.2)
+                if failed_at is None and any(p.returncode not in (None, 0) for p in procs.values()):
+                    failed_at = time.monotonic()
+                if failed_at is not None and time.monotonic() - failed_at > GRACE_SECONDS:
+                    _signal_all(procs, signal.SIGTERM)
+                if failed_at is not None and time.monotonic() - failed_at > 2 * GRACE_SECONDS:
+                    _signal_all(procs, signal.SIGKILL)
+            except KeyboardInterrupt:
+                _signal_all(procs, signal.SIGTERM if interrupted else signal.SIGINT)
+                interrupted = True
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return interrupted
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _signal_all(procs: dict[int, subprocess.Popen], sig: int) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(sig)
+
+
+def failing_rank(codes: dict[int, int]) -> int | None:
+    """The rank that failed first in all likelihood: one that exited by itself with an error, before those the
+    launcher stopped (SIGTERM/SIGKILL: negative codes) or that stopped on Ctrl-C."""
+    bad = {r: c for r, c in codes.items() if c not in (0, INTERRUPTED)}
+    own = [r for r, c in bad.items() if c > 0 or c == -signal.SIGABRT]
+    return min(own or bad or [None])  # type: ignore[type-var]
+
+
+def last_exception(log_path: Path) -> str:
+    """The most telling line of a failed rank's log: the last exception line."""
+    try:
+        return last_error_line(log_path.read_text(errors="replace"))
+    except OSError:
+        return "no log"
+
+
+def last_error_line(text: str) -> str:
+    """The last line of `text` that reads as an error (not a traceback's 'File ...' line), else its last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if ("Error" in line or "error:" in line or "Exception" in line) and not line.startswith("File "):
+            return line.removeprefix("error: ")[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def is_oom(log_path: Path) -> bool:
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(m in text for m in OOM_MARKERS)
+
+
+def rank_log(log_dir: Path, rank: int) -> Path:
+    return log_dir / f"rank{rank}.log"
+
+
+def interrupted_line(out: Path) -> str:
+    """The same line as one process prints on Ctrl-C."""
+    return f"interrupted: the last checkpoint in {out} is intact; continue with --resume"
+
+
+def forward_env_names() -> list[str]:
+    """Variables a run needs on every node (ftopt's, Hugging Face's and the thread count), never the token."""
+    keep = ("FTOPT_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "OMP_NUM_THREADS", "PYTHONPATH")
+    secret = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
+    return sorted(k for k in os.environ if k.startswith(keep) and k not in secret)
