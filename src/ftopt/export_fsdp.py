@@ -6,16 +6,17 @@
   CPUOffloadPolicy from --offload all, activation checkpointing from --gc (FSDP2 wants it from accelerate, not
   from TrainingArguments.gradient_checkpointing), sharded (DCP) checkpoints.
 - `launch.sh` (written by ftopt.export) then runs TRL's SFT script through `accelerate launch --config_file`.
-- `torchrun.sh` + `fsdp_run.json`: ftopt's own FSDP2 engine (ftopt.train.fsdp_worker) under torchrun, the exact
-  run that was planned, on every node (NODE_RANK, MASTER_ADDR from the environment).
+- `torchrun.sh`: ftopt's own FSDP2 engine (ftopt.train.fsdp_worker) under torchrun, the exact run that was planned
+  (`run.json`, written by ftopt.export_cluster), on every node (NODE_RANK, MASTER_ADDR from the environment).
+  `ftopt train --plan run.json` runs the same with ftopt's launcher (slurm.sbatch does, per node).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
+from ftopt.export_cluster import RUN_FILE  # the planned RunSpec, written beside these files
 from ftopt.io import atomic_write_text
 from ftopt.spec import ModelSpec, Offload, Precision, RunSpec
 
@@ -80,20 +81,18 @@ def torchrun_command(run: RunSpec, run_file: str) -> list[str]:
 
 
 def export_fsdp(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
-    """Write the accelerate config, the planned RunSpec and the torchrun script; returns their paths."""
+    """Write the accelerate config and the torchrun script (which runs run.json); returns their paths."""
     import yaml
 
     cfg = folder / ACCELERATE_CONFIG
     atomic_write_text(cfg, yaml.safe_dump(accelerate_config(run, model), sort_keys=False))
-    spec_file = folder / "fsdp_run.json"
-    atomic_write_text(spec_file, json.dumps(run.to_json(), indent=2))
     script = folder / "torchrun.sh"
     # ${...} stays unquoted so the shell expands it; every other word is quoted
-    words = [w if w.startswith("${") else shlex.quote(w) for w in torchrun_command(run, spec_file.name)]
+    words = [w if w.startswith("${") else shlex.quote(w) for w in torchrun_command(run, RUN_FILE)]
     atomic_write_text(
         script,
         "#!/bin/sh\n# the planned run on ftopt's FSDP2 engine (" + run.combination.label() + "); run it on every node\n"
         'cd "$(dirname "$0")"\nexec ' + " ".join(words) + "\n",
     )
     script.chmod(0o755)
-    return [cfg, spec_file, script]
+    return [cfg, script]

@@ -75,10 +75,11 @@ def test_export_writes_an_accelerate_fsdp2_config_and_a_torchrun_command(tmp_pat
     assert cfg.distributed_type == "FSDP" and cfg.num_processes == 8
     assert cfg.fsdp_config["fsdp_version"] == 2
     assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
-    run = json.loads((folder / "fsdp_run.json").read_text())
+    run = json.loads((folder / "run.json").read_text())
     mode = run["combination"]["fsdp"]
     assert cfg.fsdp_config["fsdp_reshard_after_forward"] is (mode == "full")
-    assert "--nproc_per_node 8 " in (folder / "torchrun.sh").read_text()
+    torchrun = (folder / "torchrun.sh").read_text()
+    assert "--nproc_per_node 8 " in torchrun and "-m ftopt.train.fsdp_worker run.json" in torchrun
     assert "--config_file accelerate_fsdp2.yaml" in (folder / "launch.sh").read_text()
     sft = yaml.safe_load((folder / "sft_config.yaml").read_text())
     assert sft["gradient_checkpointing"] is False  # under FSDP2, accelerate's fsdp_activation_checkpointing

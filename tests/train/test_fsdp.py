@@ -43,7 +43,7 @@ def test_fsdp_full_lora_crash_and_resume(tmp_path, monkeypatch):
     monkeypatch.delenv("FTOPT_INJECT_FAILURE")
     r = train(out, *args, "--resume")
     assert r.exit_code == 0, r.output
-    assert "resuming from" in (out / "launcher.log").read_text()
+    assert "resuming from" in (out / "logs" / "rank0.log").read_text()
     s = steps(out)
     assert [x["step"] for x in s] == [1, 2, 3, 4]  # step 3 of the crashed run was dropped and redone
     assert s[-1]["loss"] < s[0]["loss"]

@@ -6,8 +6,9 @@ could never be tested or measured here. `fully_shard` itself runs on CPU (gloo) 
 the small loop (ftopt.train.fsdp_worker) and reuses everything else: the model build (LoRA, GC), the data, the step
 log, the memory helper and metrics.json.
 
-Launch: `python -m torch.distributed.run --nproc_per_node N src/ftopt/train/fsdp_worker.py OUT/resolved_config.json`
-(torchrun), one process per GPU or, on a CPU, per gloo rank.
+Launch: ftopt's own launcher starts one `python -m ftopt.train.fsdp_worker` per GPU or, on a CPU, per gloo rank,
+exactly as it starts the Trainer worker (ftopt.train.engine, ftopt.train.ranks: per-node runs, rank logs, Ctrl-C,
+the failing rank and OOM named); `plan --export` also writes the torchrun command.
 
 Sharding (this module): each decoder layer is one FSDP unit, then the root (embeddings, final norm, LM head):
 torch/distributed/fsdp/_fully_shard/_fully_shard.py ("users ... apply fully_shard to each transformer block and
@@ -18,61 +19,11 @@ FSDP2 allows frozen and trainable parameters in one group (per-parameter shardin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 from ftopt.errors import FtoptError
 from ftopt.spec import Offload, Precision, RunSpec
-from ftopt.train.outputs import CONFIG_NAME
 
 CHECKPOINT_STATE = "trainer_state.json"  # written last into checkpoint-N (worker.latest_complete_checkpoint reads it)
-
-
-def launch_fsdp(spec: RunSpec) -> dict:
-    """Run every rank under torchrun; returns metrics.json's content. The output folder is prepared already."""
-    from ftopt.train import fsdp_worker
-    from ftopt.train.engine import _free_port, error_tail
-
-    if spec.setup.nodes > 1:
-        raise FtoptError(
-            f"--fsdp runs on one node here (--nodes {spec.setup.nodes}); launch torchrun on each node yourself "
-            "with the command `ftopt plan --export` writes."
-        )
-    out = spec.output_dir
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(spec.setup.gpus_per_node)]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), fsdp_worker.__file__]
-    cmd += [str(out / CONFIG_NAME)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
-    if spec.hardware.is_cpu and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.setup.gpus_per_node))
-    log_path = out / "launcher.log"
-    with log_path.open("w") as logf:
-        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise FtoptError(
-            f"A rank failed (exit {proc.returncode}) and all ranks were stopped: "
-            f"{rank_error(log_path) or error_tail(log_path)} (log: {log_path})."
-        )
-    metrics_path = out / "metrics.json"
-    if not metrics_path.exists():
-        raise FtoptError(f"The run ended without metrics; see {log_path}.")
-    return json.loads(metrics_path.read_text())
-
-
-def rank_error(log_path) -> str | None:
-    """The first rank's exception line (torchrun prefixes each rank's output with `[rankN]:` and ends the log
-    with its own ChildFailedError summary, which names no cause)."""
-    import re
-
-    for line in log_path.read_text(errors="replace").splitlines():
-        m = re.match(r"\[rank\d+\]:\s*(.*)", line)
-        body = m.group(1) if m else line
-        if body.startswith("error: "):  # an FtoptError the rank printed itself (fsdp_worker.main)
-            return body[7:].strip()[:300]
-        if m and re.match(r"\w+(Error|Exception)\b", body):
-            return body.strip()[:300]
-    return None
 
 
 def decoder_layers(model) -> list:

@@ -11,7 +11,8 @@ MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm's default, so FSDP2 and T
 
 
 class FsdpLoop:
-    def __init__(self, spec, model, prep, device, rank: int, world: int, total: int, peak):
+    def __init__(self, spec, model, prep, device, rank: int, world: int, total: int, peak, interrupt=None):
+        """`interrupt`: ftopt.train.dist.Interrupt, a Ctrl-C the launcher forwarded (None with one rank)."""
         import torch
         from torch.utils.data import DataLoader, DistributedSampler
         from transformers import get_scheduler
@@ -31,15 +32,14 @@ class FsdpLoop:
         self.loader = DataLoader(prep.train_dataset, s.micro_batch, sampler=self.sampler, collate_fn=prep.collator)
         self.steps_log = StepLog(spec.output_dir / "steps.jsonl") if rank == 0 else None
         self.recorder = StepRecorder(self.steps_log, device, rank)
-        self.progress, self.budget = Progress(rank == 0), TimeBudget(sch.max_hours)
+        self.progress, self.budget = Progress(rank == 0), TimeBudget(sch.max_hours, interrupt)
+        self.interrupt = interrupt
         self.step, self.tokens_seen, self.seconds = 0, 0, 0.0
 
-    def _resume(self, log) -> None:
+    def _resume(self, log, ck) -> None:
+        """From checkpoint `ck`: the one rank 0 chose for every rank (ftopt.train.dist.agree), or None."""
         from ftopt.train.fsdp_engine import load_checkpoint
-        from ftopt.train.worker import latest_complete_checkpoint
 
-        out = self.spec.output_dir
-        ck = latest_complete_checkpoint(out) if self.spec.output.resume else None
         if self.spec.output.resume:
             log(f"resuming from {ck}" if ck else "no complete checkpoint found: starting from the beginning")
         if ck is not None:
@@ -62,13 +62,17 @@ class FsdpLoop:
                     yield {k: v.to(self.device) for k, v in batch.items()}
             epoch, skip = epoch + 1, 0
 
-    def train(self, log) -> bool:
-        """Steps until `total` or --max-hours; returns whether the time budget stopped the run."""
-        self._resume(log)
+    def train(self, log, resume=None) -> bool:
+        """Steps from checkpoint `resume` until `total`, --max-hours or Ctrl-C (every rank stops after the same
+        step, with a checkpoint); returns whether the time budget stopped the run (`budget.interrupted`: Ctrl-C)."""
+        self._resume(log, resume)
         fail_at = _injected_failure_step()
         batches = self._batches()
+        interrupt = self.interrupt
         self.progress.start(self.total, self.step)
         t0 = time.perf_counter()
+        if interrupt is not None:
+            interrupt.in_loop = True
         try:
             while self.step < self.total:
                 loss = self._one_step(batches)
@@ -78,9 +82,11 @@ class FsdpLoop:
                 if hit or self.step % self.spec.schedule.save_steps == 0 or self.step == self.total:
                     self._checkpoint()
                 if hit:
-                    return True
+                    return self.budget.hit
                 del loss
         finally:
+            if interrupt is not None:
+                interrupt.in_loop = False
             self.progress.stop()
             self.seconds = time.perf_counter() - t0
             if self.steps_log is not None:

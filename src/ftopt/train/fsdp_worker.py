@@ -1,6 +1,8 @@
-"""One FSDP2 rank (see ftopt.train.fsdp_engine for why ftopt drives `fully_shard` itself), run by torchrun:
+"""One FSDP2 rank (see ftopt.train.fsdp_engine for why ftopt drives `fully_shard` itself):
 
-    python -m torch.distributed.run --nproc_per_node 2 src/ftopt/train/fsdp_worker.py OUT/resolved_config.json
+    python -m ftopt.train.fsdp_worker SPEC    (SPEC: ftopt.train.ranks.encode_arg of the RunSpec, or run.json)
+
+started per rank by ftopt's launcher (ftopt.train.ranks, as the Trainer worker is) or by torchrun (`plan --export`).
 
 The sequence mirrors the Trainer worker's: data -> model (LoRA, GC) -> fully_shard -> AdamW -> steps (steps.jsonl,
 the training-only memory peak from the shared helper) -> distributed checkpoints -> unsharded save -> eval loss ->
@@ -10,30 +12,46 @@ metrics.json with the prediction beside the measurement.
 from __future__ import annotations
 
 import json
+import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 
+from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
 
 
-def run_fsdp_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
+def run_fsdp_worker(spec: RunSpec) -> dict:
+    """Train one FSDP2 rank; returns metrics.json's content (rank 0) or this rank's measurements. The ranks join,
+    agree and end as the Trainer worker's do (ftopt.train.dist), one rank included: FSDP2 needs its group."""
     import torch
-    import torch.distributed as dist
 
-    from ftopt.train.dsconfig import RANK_TIMEOUT_SECONDS
+    from ftopt.train import dist
+    from ftopt.train.worker import latest_complete_checkpoint
 
-    cuda = torch.cuda.is_available() and not spec.hardware.is_cpu
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=RANK_TIMEOUT_SECONDS))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and not spec.hardware.is_cpu else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    world = dist.init(device, always=True)
+    interrupt = dist.Interrupt() if world > 1 else None
     try:
-        return _run(spec, torch.device(f"cuda:{dist.get_rank() % torch.cuda.device_count()}" if cuda else "cpu"))
+        spec, done, node_local, resume = dist.agree(spec, rank, world, latest_complete_checkpoint)
+        if done is not None:
+            return done
+        if node_local:
+            raise FtoptError(
+                f"--fsdp on several nodes needs one output folder every node shares ({spec.output_dir} is not): "
+                "its checkpoints hold each rank's shards, and resume reads them all."
+            )
+        return _run(spec, device, rank, world, resume, interrupt)
     finally:
-        dist.destroy_process_group()
+        if interrupt is not None:
+            interrupt.restore()
+        dist.close()
 
 
-def _run(spec: RunSpec, device) -> dict:
+def _run(spec: RunSpec, device, rank: int, world: int, resume, interrupt) -> dict:
     import torch
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     from ftopt.spec import load_model
@@ -43,10 +61,7 @@ def _run(spec: RunSpec, device) -> dict:
     from ftopt.train.metrics import finish, predict
     from ftopt.train.prepare import prepare_for
 
-    rank, world = dist.get_rank(), dist.get_world_size()
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     torch.manual_seed(spec.schedule.seed)
     model_spec = load_model(spec.model.ref)
     prep, tok = prepare_for(spec, model_spec.vocab_size, log)
@@ -63,11 +78,13 @@ def _run(spec: RunSpec, device) -> dict:
         shard_model(model, spec, init_device_mesh(device.type, (world,)))
         if peak is None:
             resident, peak = resident_bytes(model), TrainingPeak(device)
-        loop = FsdpLoop(spec, model, prep, device, rank, world, total, peak)
-        budget_hit = loop.train(log)
+        loop = FsdpLoop(spec, model, prep, device, rank, world, total, peak, interrupt)
+        budget_hit = loop.train(log, resume)
     finally:
         if peak is not None:
             peak.close()
+    if loop.budget.interrupted:
+        raise KeyboardInterrupt  # every rank stopped at the same step, with a checkpoint saved there
     peak.read()
     _save(spec, model, tok.tokenizer, rank)
     mine = {
@@ -149,19 +166,23 @@ def _save(spec: RunSpec, model, tokenizer, rank: int) -> None:
     tokenizer.save_pretrained(str(out))
 
 
+def spec_from_arg(arg: str) -> RunSpec:
+    """The run specification a rank is given: ftopt's launcher passes it itself (ftopt.train.ranks.encode_arg),
+    `plan --export`'s torchrun.sh the path of run.json."""
+    from ftopt.train.ranks import decode_arg
+
+    doc = json.loads(Path(arg).read_text()) if arg.endswith(".json") else decode_arg(arg)
+    return RunSpec.model_validate(doc)
+
+
 def main() -> None:
-    from ftopt.errors import FtoptError
-
-    spec = RunSpec.model_validate(json.loads(Path(sys.argv[1]).read_text()))
-    spec.output_dir.mkdir(parents=True, exist_ok=True)  # torchrun.sh from `plan --export` starts with no folder
     from ftopt import quiet
+    from ftopt.train.ranks import end_rank
 
+    spec = spec_from_arg(sys.argv[1])
+    spec.output_dir.mkdir(parents=True, exist_ok=True)  # torchrun.sh from `plan --export` starts with no folder
     quiet.install()
-    try:
-        run_fsdp_worker(spec)
-    except FtoptError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    end_rank(lambda: run_fsdp_worker(spec))
 
 
 if __name__ == "__main__":
