@@ -1,4 +1,4 @@
-"""`ftopt train --fsdp` on two CPU processes (torchrun, gloo): FSDP2 with LoRA and full fine-tuning, loss going
+"""`ftopt train --fsdp` on two CPU processes (ftopt's launcher, gloo): FSDP2 with LoRA and full fine-tuning, loss going
 down, a crash and a resume from the distributed checkpoint, metrics.json with prediction and measurement."""
 
 import json
@@ -63,3 +63,18 @@ def test_fsdp_grad_op_full_fine_tuning(tmp_path):
     m = check_metrics(out, "full + FSDP2-grad-op")
     assert m.predicted.analytic.breakdown["engine_buffers"] > 0  # FSDP2's unsharded layers and root
     assert (out / "model.safetensors").exists()
+
+
+def test_a_rank_reads_the_spec_from_the_launcher_or_from_exported_run_json(tmp_path):
+    """ftopt's launcher hands each rank the spec itself; `plan --export`'s torchrun.sh hands it run.json."""
+    from ftopt import resolve
+    from ftopt.spec import Combination, TrainingSetup, load_hardware
+    from ftopt.train.fsdp_worker import spec_from_arg
+    from ftopt.train.ranks import encode_arg
+
+    setup = TrainingSetup(seq_len=64, micro_batch=2, gpus_per_node=2)
+    run = resolve.new_run(
+        load_hardware("cpu"), resolve.model_ref("tiny-llama", weights=False), setup, Combination(fsdp="full")
+    )
+    (tmp_path / "run.json").write_text(json.dumps(run.to_json()))
+    assert spec_from_arg(str(tmp_path / "run.json")) == spec_from_arg(encode_arg(run.to_json())) == run
