@@ -237,3 +237,37 @@ def test_clean_exit_without_metrics_is_failed_and_the_sweep_goes_on(tmp_path, mo
     assert [r.status.value for r in rows] == ["failed", "failed"]
     assert "without" in rows[0].error_tail and "ValueError: tokenizer broke" in rows[0].error_tail
     assert rows[0].predicted.analytic.peak_bytes_per_gpu > 0
+
+
+def test_bench_across_nodes_needs_a_host_file_and_hands_it_to_every_run(tmp_path, monkeypatch):
+    """`bench --nodes N` starts each run from this host over ssh: without a good host file it stops before the first
+    run (exit 2); with one, every run's specification carries the nodes and the host file (issue 18)."""
+    from typer.testing import CliRunner
+
+    import ftopt.bench as B
+    from ftopt.cli import app
+    from ftopt.spec import RunSpec
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("combinations:\n  - {lora_r: 8, zero: 2}\n")
+    bench = ["bench", "--out", str(tmp_path / "b"), "--grid", str(grid), "--max-steps", "2", "--nodes", "2"]
+    seen = []
+
+    def fake_run(cmd, env, timeout):
+        seen.append(RunSpec.model_validate_json((tmp_path / cmd[cmd.index("--plan") + 1]).read_text()))
+        return 1, "ssh: connect to host node-b port 22: Connection refused"
+
+    monkeypatch.setattr(B, "_run_with_timeout", fake_run)
+    r = CliRunner().invoke(app, bench)
+    assert r.exit_code == 2 and "--hostfile" in r.output and not seen
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node-a slots=2\n")
+    r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
+    assert r.exit_code == 2 and "lists 1 host" in r.output and not seen
+    hosts.write_text("node-a slots=2\nnode-b slots=2\n")
+    r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
+    assert r.exit_code == 0, r.output
+    assert len(seen) == 1 and seen[0].setup.nodes == 2 and seen[0].setup.world_size == 4
+    assert seen[0].hostfile == str(hosts)
+    rows = read_results(tmp_path / "b" / "results.jsonl")
+    assert rows[0].status.value == "error" and "Connection refused" in rows[0].error_tail

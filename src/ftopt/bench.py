@@ -76,6 +76,22 @@ def sweep_runs(
     return runs
 
 
+def check_sweep_launch(runs: list[BenchRun]) -> None:
+    """Several nodes: each run starts every node from this host over ssh (DeepSpeed's runner with a host file),
+    checked before the first run. A sweep run once per node cannot work: the nodes would have to agree on which runs
+    are left, and only node 0's results file knows."""
+    from ftopt.train.preflight import check_launch
+
+    for run in runs:
+        s = run.spec.setup
+        if s.nodes > 1 and not run.spec.hostfile:
+            raise FtoptError(
+                f"bench --nodes {s.nodes} starts every run from this host and needs --hostfile FILE "
+                "(one 'host slots=N' line per node)."
+            )
+        check_launch(run.spec, None)
+
+
 def default_zero_processes(hw: HardwareSpec) -> int:
     """ZeRO partitions over processes: 2 CPU processes stand for 2 GPUs; on a GPU machine, the GPUs it has."""
     if hw.is_cpu:

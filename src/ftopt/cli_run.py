@@ -21,6 +21,7 @@ from ftopt.cli_common import (
     Gpus,
     GradAccum,
     Headroom,
+    Hostfile,
     Json,
     LoraR,
     LoraTargets,
@@ -107,9 +108,7 @@ def train(
     out: Annotated[str | None, typer.Option("--out", "-o", help="run folder [default: ftopt-runs/default]")] = None,
     gpus: Gpus = None,
     nodes: Nodes = None,
-    hostfile: Annotated[
-        str | None, typer.Option("--hostfile", help="DeepSpeed host file: start every node from here over ssh")
-    ] = None,
+    hostfile: Hostfile = None,
     node_rank: Annotated[
         int | None, typer.Option("--node-rank", help="this node's rank (0..nodes-1): run once on each node")
     ] = None,

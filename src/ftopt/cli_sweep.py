@@ -13,9 +13,11 @@ from ftopt.cli_common import (
     Currency,
     Gpu,
     Headroom,
+    Hostfile,
     MaxHours,
     MetricOpt,
     MicroBatch,
+    Nodes,
     PrecisionOpt,
     ProdEpochs,
     ProdTokens,
@@ -87,6 +89,8 @@ def bench(
             help="comma list of optimizers: each ZeRO-free point also runs with each (with --quant: every pair)",
         ),
     ] = None,
+    nodes: Nodes = None,
+    hostfile: Hostfile = None,
     trust_remote_code: TrustRemoteCode = False,
 ):
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
@@ -94,6 +98,7 @@ def bench(
     def body():
         from ftopt import resolve
         from ftopt.bench import (
+            check_sweep_launch,
             default_zero_processes,
             load_grid,
             quant_optim_variants,
@@ -133,16 +138,19 @@ def bench(
                     precision=precision,
                     packing=packing,
                     headroom=headroom,
+                    nodes=nodes,
                 ),
                 resolve.combination(),
             ),
             data=dict(train=data, eval=eval_data, metrics=tuple(metric) if metric else None),
             schedule=dict(max_steps=max_steps, learning_rate=lr),
             output={},
+            hostfile=hostfile,
         )
         for c in combos:
             resolve.check(base.model_copy(update={"combination": c}))
         runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or default_zero_processes(hw))
+        check_sweep_launch(runs)
         rows = sweep_rows(
             run_sweep(
                 runs,
@@ -184,16 +192,16 @@ def report(
     ] = None,
     quality_target: QualityTargetOpt = None,
     target_gpu: TargetGpu = None,
-    target_gpus: TargetGpus = 1,
-    target_nodes: TargetNodes = 1,
+    target_gpus: TargetGpus = None,
+    target_nodes: TargetNodes = None,
     target_model: TargetModel = None,
     target_seq_len: TargetSeqLen = None,
     target_micro_batch: TargetMicroBatch = None,
     dataset_tokens: ProdTokens = None,
-    epochs: ProdEpochs = 1.0,
-    retrains_per_year: Retrains = 1.0,
+    epochs: ProdEpochs = None,
+    retrains_per_year: Retrains = None,
     cost_per_gpu_hour: CostPerGpuHour = None,
-    currency: Currency = "USD",
+    currency: Currency = None,
     max_hours: MaxHours = None,
     headroom: Headroom = None,
 ):
@@ -206,14 +214,9 @@ def report(
         if not path.exists():
             raise FtoptError(f"The results file {path} does not exist; run 'ftopt bench' first.")
         check_out_folder(out)
-        paths = write_report(
-            path,
-            out,
-            lang=lang,
-            warn=lambda m: typer.echo(f"warning: {m}", err=True),
-            gpu=gpu,
-            title=title,
-            quality_target=quality_target,
+        from ftopt.spec import ProductionOptions
+
+        production = ProductionOptions.given(
             target_gpu=target_gpu,
             target_gpus=target_gpus,
             target_nodes=target_nodes,
@@ -226,6 +229,16 @@ def report(
             cost_per_gpu_hour=cost_per_gpu_hour,
             currency=currency,
             max_hours=max_hours,
+        )
+        paths = write_report(
+            path,
+            out,
+            lang=lang,
+            warn=lambda m: typer.echo(f"warning: {m}", err=True),
+            gpu=gpu,
+            title=title,
+            quality_target=quality_target,
+            production=production,
             headroom=headroom,
         )
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
@@ -238,16 +251,16 @@ def demo(
     steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
     quality_target: QualityTargetOpt = None,
     target_gpu: TargetGpu = None,
-    target_gpus: TargetGpus = 1,
-    target_nodes: TargetNodes = 1,
+    target_gpus: TargetGpus = None,
+    target_nodes: TargetNodes = None,
     target_model: TargetModel = None,
     target_seq_len: TargetSeqLen = None,
     target_micro_batch: TargetMicroBatch = None,
     dataset_tokens: ProdTokens = None,
-    epochs: ProdEpochs = 1.0,
-    retrains_per_year: Retrains = 12.0,
+    epochs: ProdEpochs = None,
+    retrains_per_year: Retrains = None,
     cost_per_gpu_hour: CostPerGpuHour = None,
-    currency: Currency = "USD",
+    currency: Currency = None,
     max_hours: MaxHours = None,
 ):
     """The whole loop on the built-in base model and task, offline, on this CPU (under 5 minutes on 2 cores).
@@ -276,7 +289,7 @@ def demo(
             currency=currency,
             max_hours=max_hours,
         )
-        options = DemoOptions(**{k: v for k, v in given.items() if v is not None})
+        options = DemoOptions.given(**given)
         options.check()  # now, not after the sweep: a typo must not cost the demo's minutes
         run_demo(out, steps=steps, options=options)
 
