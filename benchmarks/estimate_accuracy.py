@@ -184,6 +184,7 @@ def _combo(sc: dict):
         quant=sc.get("quant", "none"),
         optim=sc.get("optim", "adamw"),
         zero=sc.get("zero", 0),
+        fsdp=sc.get("fsdp", "none"),
     )
 
 
@@ -249,13 +250,30 @@ ZERO_SCENARIOS = [
 ]
 
 
+# FSDP2 (ftopt's fully_shard engine) over two CPU processes: full and LoRA, GC on and off, both reshard modes, on
+# two architectures (an untied llama with GQA, a tied-embedding qwen2: the root group differs).
+FSDP_ARCHS = ("llama-gqa-100m", "qwen2-tied-110m")
+FSDP_SCENARIOS = [
+    dict(fsdp="full", lora_r=0, gc=False),
+    dict(fsdp="full", lora_r=8, gc=True),
+    dict(fsdp="grad-op", lora_r=0, gc=True),
+    dict(fsdp="grad-op", lora_r=8, gc=False),
+]
+
+
+def _sharding_flags(sc: dict) -> list[str]:
+    return ["--fsdp", sc["fsdp"]] if sc.get("fsdp", "none") != "none" else ["--zero", str(sc["zero"])]
+
+
 def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
-    """`ftopt train` with ZeRO over two CPU processes (DeepSpeed launcher, gloo); packed sequences so every step
-    has exactly SEQ x BATCH tokens. Measured: the largest per-rank allocator peak over build + 2 steps; predicted:
-    the per-rank estimates ftopt wrote beside it in metrics.json."""
+    """`ftopt train` with ZeRO or FSDP2 over two CPU processes (DeepSpeed launcher or torchrun, gloo); packed
+    sequences so every step has exactly SEQ x BATCH tokens. Measured: the largest per-rank allocator peak over
+    build + 2 steps (FSDP2: over the shards and 2 steps, ftopt.train.fsdp_worker); predicted: the per-rank
+    estimates ftopt wrote beside it in metrics.json."""
     cfg_path = workdir / f"{arch}.json"
     cfg_path.write_text(json.dumps(ARCHS[arch]))
-    out = workdir / f"{arch}-z{sc['zero']}-r{sc['lora_r']}-gc{int(sc['gc'])}"
+    engine = f"fsdp-{sc['fsdp']}" if sc.get("fsdp", "none") != "none" else f"z{sc['zero']}"
+    out = workdir / f"{arch}-{engine}-r{sc['lora_r']}-gc{int(sc['gc'])}"
     cmd = [
         sys.executable,
         "-m",
@@ -274,8 +292,7 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
         "--packing",
         "--gpus",
         "2",
-        "--zero",
-        str(sc["zero"]),
+        *_sharding_flags(sc),
         "--lora-r",
         str(sc["lora_r"]),
         "--gc" if sc["gc"] else "--no-gc",
@@ -283,9 +300,13 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
         "--eval-max-examples",
         "0",
     ]  # generation comes after the measured span and takes ~10 min under ZeRO-3
-    subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    m = json.loads((out / "metrics.json").read_text())
-    measured = m["measured"]["peak_bytes_per_gpu"]
+    # one thread per rank: the peaks are memory, which contention on a shared CPU does not change
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    from ftopt.results import read_metrics
+
+    m = read_metrics(out / "metrics.json")
+    measured = m.measured.peak_bytes_per_gpu
     row = {
         "arch": arch,
         **sc,
@@ -296,7 +317,7 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
         "measured_bytes": measured,
     }
     for k in ("analytic", "traced"):
-        row[f"{k}_bytes"] = m["predicted"][k]["peak_bytes_per_gpu"]
+        row[f"{k}_bytes"] = getattr(m.predicted, k).peak_bytes_per_gpu
         row[f"{k}_error"] = (row[f"{k}_bytes"] - measured) / measured
     return row
 
@@ -323,6 +344,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gpu", action="store_true", help="CUDA scenarios (0.5B-8B presets, flash)")
     ap.add_argument("--zero-only", action="store_true", help="only the two-process ZeRO-2/3 scenarios")
+    ap.add_argument("--fsdp", action="store_true", help="only the two-process FSDP2 scenarios; with --table, theirs")
     ap.add_argument("--quant", action="store_true", help="only QLoRA (NF4, GC on/off) and 8-bit AdamW scenarios")
     ap.add_argument("--misses", action="store_true", help="only the known-miss scenarios (seq 1024 x 1, 0.5B qwen2)")
     ap.add_argument("--packed", action="store_true", help="only packed (padding-free) runs; with --table, their table")
@@ -337,11 +359,15 @@ def main() -> None:
     )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.rescore:
-        rescore()
+    if a.rescore:  # with --fsdp, only the FSDP2 rows
+        rescore("estimate_accuracy_fsdp.json" if a.fsdp else "estimate_accuracy*.json")
         return
     if a.table:
-        print_table(*(("packed",) if a.packed else ("mixed",) if a.mixed else ("quant", "misses")))
+        kinds = ("packed",) if a.packed else ("mixed",) if a.mixed else ("fsdp",) if a.fsdp else ("quant", "misses")
+        print_table(*kinds)
+        return
+    if a.fsdp:
+        run_fsdp(a.only)
         return
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
@@ -416,6 +442,38 @@ def main() -> None:
     _save(results, rows, zero_rows, summary)
 
 
+def run_fsdp(only: str | None) -> None:
+    """The FSDP2 rows (FSDP_ARCHS x FSDP_SCENARIOS, or the `--only` indices of that list), saved as
+    estimate_accuracy_fsdp.json (rows `--rescore` re-estimates and `--fsdp --table` prints)."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="ftopt-fsdp-"))
+    chosen = [dict(arch=a, **sc) for a in FSDP_ARCHS for sc in FSDP_SCENARIOS]
+    if only:
+        chosen = [chosen[int(i)] for i in only.split(",")]
+    path = RESULTS.with_name("estimate_accuracy_fsdp.json")
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    for sc in chosen:
+        arch = sc.pop("arch")
+        try:
+            r = run_zero(arch, sc, work)
+        except subprocess.CalledProcessError as e:
+            print(f"FSDP2 {arch} {sc}: run failed: {(e.stderr or '').strip().splitlines()[-1:]}")
+            continue
+        rows = [x for x in rows if _key(x) != _key(r)] + [r]  # a rerun replaces its row
+        _save(path, rows, [], _summary(rows))  # after every run: a long sweep keeps what it measured
+        print(
+            f"{arch:16} {'full' if not sc['lora_r'] else 'LoRA':4} gc={sc['gc']!s:5} FSDP2-{sc['fsdp']} x2 measured "
+            f"{r['measured_bytes'] / 2**20:8.1f} MiB/rank  analytic {r['analytic_error']:+6.1%}  traced "
+            f"{r['traced_error']:+6.1%}",
+            flush=True,
+        )
+
+
+def _key(row: dict) -> tuple:
+    return (row["arch"], row.get("fsdp"), row["lora_r"], row["gc"])
+
+
 def print_table(*kinds: str) -> None:
     """A README table: every row of benchmarks/results/estimate_accuracy_{kind}*.json for the kinds given (quant and
     misses share one table, packed has its own), and the medians."""
@@ -433,6 +491,7 @@ def print_table(*kinds: str) -> None:
                 r.get("quant", "none").upper() if r.get("quant", "none") != "none" else "",
                 r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "",
                 "packed" if r.get("packed") else "",
+                f"FSDP2-{r['fsdp']} x{r['processes']}" if r.get("fsdp") else "",
             )
             if x
         )
@@ -447,10 +506,10 @@ def print_table(*kinds: str) -> None:
             print(f"{k}: median |error| {statistics.median(errs):.1%}, worst {errs[-1]:.1%} over {len(errs)} runs")
 
 
-def rescore() -> None:
+def rescore(pattern: str = "estimate_accuracy*.json") -> None:
     """Re-estimate the saved runs with the current estimators, so the tables never mix old predictions with new
     code. Two-process ZeRO rows are estimated as `ftopt train` ran them: packed rows, SDPA, 2 processes."""
-    for f in sorted(RESULTS.parent.glob("estimate_accuracy*.json")):
+    for f in sorted(RESULTS.parent.glob(pattern)):
         data = json.loads(f.read_text())
         for row in data.get("zero_rows", []):
             row.setdefault("attn", "sdpa"), row.setdefault("packed", True)

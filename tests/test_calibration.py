@@ -163,3 +163,28 @@ def test_a_run_spec_records_the_calibration_it_was_predicted_with():
     again = RunSpec.model_validate(json.loads(json.dumps(spec.to_json())))
     assert again == spec and again.hardware.calibration.runs == 4
     assert again.hardware.compute_capability == (8, 0)
+
+
+def test_fsdp_runs_fit_their_engine_cost_per_mode():
+    """Bench rows of FSDP2 runs (typed result rows) add an engine cost per mode, fitted like a ZeRO stage's."""
+    from ftopt.calibration import calibrate
+    from ftopt.spec import Fsdp
+
+    extra = {Fsdp.FULL: 0.3, Fsdp.GRAD_OP: 0.1}
+    fsdp = [
+        {
+            "status": "ok",
+            "key": f"f-{f.value}-{i}",
+            "label": f"FSDP2-{f.value} {i}",
+            "gpus": 2,
+            "combination": Combination(lora_r=i + 1, fsdp=f).model_dump(mode="json"),
+            "sweep": {"precision": "fp32"},
+            "predicted": {"analytic": {"flops_per_step": x * FP32, "kernels_per_step": 1000}},
+            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": x / MFU + 1000 * PER_KERNEL + FIXED + s},
+        }
+        for f, s in extra.items()
+        for i, x in enumerate((0.05, 0.2))
+    ]
+    fit = calibrate(rows(8) + fsdp, A100)
+    assert fit.fsdp_step_seconds == pytest.approx({f.value: s for f, s in extra.items()}, rel=1e-3)
+    assert fit.zero_step_seconds == {}

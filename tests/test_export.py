@@ -28,7 +28,9 @@ def test_deepspeed_config_loads_in_deepspeed(tmp_path, monkeypatch):
 
     # DeepSpeedConfig reads the world size from torch.distributed: stand in for the planned 8 ranks
     monkeypatch.setattr(dsc, "dist", SimpleNamespace(get_rank=lambda: 0, get_world_size=lambda *a: 8))
-    folder = export(tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048")
+    folder = export(
+        tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048", "--engine", "zero"
+    )
     ds = json.loads((folder / "ds_config.json").read_text())
     assert "auto" not in json.dumps(ds)  # resolved: DeepSpeed alone accepts it
     cfg = DeepSpeedConfig(str(folder / "ds_config.json"))  # validates batch sizes against the world size
@@ -39,7 +41,9 @@ def test_deepspeed_config_loads_in_deepspeed(tmp_path, monkeypatch):
 def test_trl_config_parses_with_trl_and_launch_names_it(tmp_path, monkeypatch):
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    folder = export(tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048")
+    folder = export(
+        tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048", "--engine", "zero"
+    )
     monkeypatch.chdir(folder)  # where launch.sh runs it: the deepspeed path is relative to the folder
     doc = yaml.safe_load((folder / "sft_config.yaml").read_text())
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
@@ -139,7 +143,9 @@ def test_exported_learning_rate_suits_method_and_size_with_its_source(tmp_path):
 def test_exported_folder_still_runs_after_it_is_copied(tmp_path):
     import shutil
 
-    folder = export(tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048")
+    folder = export(
+        tmp_path, "--gpu", "a100-80g", "--gpus", "8", "--full-only", "--seq-len", "2048", "--engine", "zero"
+    )
     moved = shutil.copytree(folder, tmp_path / "elsewhere" / "cluster-copy")
     shutil.rmtree(folder)
     doc = yaml.safe_load((moved / "sft_config.yaml").read_text())

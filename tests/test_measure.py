@@ -38,3 +38,26 @@ def test_the_profiler_misses_a_free_on_another_thread():
         assert peak.stop() == BLOCK_BYTES
     else:  # no proof it was freed: the reading stays an upper bound
         assert peak.stop() == 2 * BLOCK_BYTES
+
+
+def test_an_unseen_free_of_gloos_reduce_scatter_clone_is_put_back():
+    """gloo's reduce-scatter clone (allocated inside the c10d op, freed by whichever of the caller and gloo's worker
+    lets go last) leaves the ledger at the issuing thread's next allocation after the collective returned, unless
+    its free was reported; any other block whose free went unseen stays (the reading an upper bound)."""
+    from ftopt.measure import retire_unseen_clones
+
+    main, worker, rs = 1, 2, (1, 25)  # threads; the reduce-scatter ran on thread 1 and returned at t=25
+    events = [
+        (10, 0xA, 300, main, None),  # the reduce-scatter input
+        (20, 0xC, 300, main, rs),  # its clone, freed unseen (by the worker)
+        (30, 0xD, 5, worker, None),  # the worker's own small buffer during the all-reduce: the clone is live
+        (40, 0xE, 100, main, None),  # the caller's next allocation: the clone is gone by now
+        (50, 0xF, 7, main, None),
+    ]
+    out = retire_unseen_clones(events)
+    assert out[:4] == [(10, 0xA, 300), (20, 0xC, 300), (30, 0xD, 5), (40, 0xC, -300)]
+    assert ledger_peak(out) == 605 and ledger_peak([e[:3] for e in events]) == 712  # input+clone+5 vs all held
+    seen = [*events[:2], (22, 0xC, -300, main, None), *events[2:]]  # a reported free: nothing is added
+    assert retire_unseen_clones(seen) == [e[:3] for e in seen]
+    other = [(e[0], e[1], e[2], e[3], None) for e in events]  # not a clone: no free is invented
+    assert retire_unseen_clones(other) == [e[:3] for e in events]

@@ -6,11 +6,12 @@ import re
 import pytest
 
 from ftopt.plan import plan
-from ftopt.spec import Combination, Offload, Optim, Quant, TrainingSetup, load_hardware, load_model
+from ftopt.spec import Combination, Engine, Offload, Optim, Quant, TrainingSetup, load_hardware, load_model
 
 A100 = load_hardware("a100-80g")
 NODE = TrainingSetup(seq_len=2048, gpus_per_node=8, dataset_tokens=50_000_000)
-STUDY = dict(quants=(Quant.NONE,), optims=(Optim.ADAMW,))  # the study's options: 16-bit base, AdamW
+# the study's options: 16-bit base, AdamW, DeepSpeed (FSDP2 is planned beside it: tests/estimate/test_fsdp.py)
+STUDY = dict(quants=(Quant.NONE,), optims=(Optim.ADAMW,), engines=(Engine.DDP, Engine.ZERO))
 
 
 def find(p, **kw):

@@ -24,6 +24,7 @@ from ftopt.results import Predictions, ResultRow, Status, read_metrics, read_res
 from ftopt.spec import (
     Attention,
     Combination,
+    Fsdp,
     HardwareSpec,
     Optim,
     OutputSpec,
@@ -51,7 +52,8 @@ class BenchRun(BaseModel):
         ident = self.spec.identity()
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
         return (
-            f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}-{c.offload.value}-{c.attn.value}-g{s.world_size}-"
+            f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}{f'-fsdp-{c.fsdp.value}' if c.uses_fsdp else ''}-{c.offload.value}-"
+            f"{c.attn.value}-g{s.world_size}-"
             f"t{'.'.join(c.lora_targets) if c.lora_targets else 'default'}-rep{self.repeat}-{digest}"
         )
 
@@ -59,13 +61,14 @@ class BenchRun(BaseModel):
 def sweep_runs(
     base: RunSpec, combos: Iterable[Combination], runs_dir: Path, repeat: int = 1, zero_gpus: int = 2
 ) -> list[BenchRun]:
-    """Each combination on `base`'s settings; ZeRO runs on `zero_gpus` processes (ZeRO on one process partitions
-    nothing). Repeats go round-robin (every combination once, then again): a machine that slows down for a while
+    """Each combination on `base`'s settings; ZeRO and FSDP2 runs on `zero_gpus` processes (sharding over one
+    process partitions nothing). Repeats go round-robin (every combination once, then again): a machine that slows down for a while
     then affects one run of each combination instead of all runs of one, and the per-combination median absorbs it."""
     runs = []
     for k in range(repeat):
         for c in combos:
-            setup = base.setup.model_copy(update={"gpus_per_node": zero_gpus}) if c.uses_deepspeed else base.setup
+            sharded = c.uses_deepspeed or c.uses_fsdp
+            setup = base.setup.model_copy(update={"gpus_per_node": zero_gpus}) if sharded else base.setup
             spec = base.model_copy(update={"combination": c, "setup": setup})
             key = BenchRun(spec=spec, repeat=k).key()
             out = OutputSpec(dir=str(runs_dir / key), overwrite=True, report_to=base.output.report_to)
@@ -99,9 +102,9 @@ def default_zero_processes(hw: HardwareSpec) -> int:
 
 
 def reference_combinations(hw: HardwareSpec, lora_r: int = 8, precision: Precision | None = None) -> list[Combination]:
-    """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, eager vs the fastest
-    attention kernel this hardware runs at `precision` (flash where it can, else SDPA; None = the hardware's
-    default precision)."""
+    """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, LoRA+FSDP2 (full
+    reshard, beside ZeRO-3), eager vs the fastest attention kernel this hardware runs at `precision` (flash where
+    it can, else SDPA; None = the hardware's default precision)."""
     prec = precision or default_precision(hw.is_cpu, hw.peak_flops)
     flash = Attention.FLASH in hw.attention_kernels and Attention.FLASH.runs_in(prec)
     fast = Attention.FLASH if flash else Attention.SDPA
@@ -112,6 +115,7 @@ def reference_combinations(hw: HardwareSpec, lora_r: int = 8, precision: Precisi
         Combination(lora_r=lora_r, gc=True, attn=fast),
         Combination(lora_r=lora_r, zero=2, attn=fast),
         Combination(lora_r=lora_r, zero=3, gc=True, attn=fast),
+        Combination(lora_r=lora_r, fsdp=Fsdp.FULL, gc=True, attn=fast),
         Combination(lora_r=lora_r, attn=Attention.EAGER),
     ]
 
@@ -306,8 +310,8 @@ def quant_optim_variants(
                 upd = {
                     k: v
                     for k, v in (
-                        ("quant", quant if c.lora and c.zero < 3 else None),
-                        ("optim", optim if not c.zero else None),
+                        ("quant", quant if c.lora and c.zero < 3 and not c.uses_fsdp else None),
+                        ("optim", optim if not (c.zero or c.uses_fsdp) else None),
                     )
                     if v is not None
                 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +58,12 @@ class TimePoint:
     measured_seconds: float
     gpus: int = 1  # processes of the run
     runs: int = 1  # measurements merged into measured_seconds
+    fsdp: str = "none"  # FSDP2 mode (Fsdp value) of the run; its engine cost is fitted like a ZeRO stage's
+
+    @property
+    def plain(self) -> bool:
+        """Neither engine: the runs mfu and the overheads are fitted on."""
+        return self.zero == 0 and self.fsdp == "none"
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class TimeModel:
     seconds_per_kernel: float
     fixed_step_seconds: float
     zero_step_seconds: dict[int, float]
+    fsdp_step_seconds: dict[str, float] = field(default_factory=dict)
 
     def predict(self, p: TimePoint) -> float:
         return (
@@ -73,6 +80,7 @@ class TimeModel:
             + (p.kernels or 0) * self.seconds_per_kernel
             + self.fixed_step_seconds
             + self.zero_step_seconds.get(p.zero, 0.0)
+            + self.fsdp_step_seconds.get(p.fsdp, 0.0)
         )
 
     def at_bound(self) -> list[str]:
@@ -121,14 +129,18 @@ def fit_time_model(points: list[tuple[float, int | None, float]]) -> tuple[float
 
 def _fit(points: list[TimePoint]) -> TimeModel:
     """mfu and the overheads from the plain (ZeRO 0) runs; each ZeRO stage's engine cost as its median residual."""
-    plain = [p for p in points if p.zero == 0] or points
+    plain = [p for p in points if p.plain] or points
     mfu, per_kernel, fixed = fit_time_model([(p.ideal_seconds, p.kernels, p.measured_seconds) for p in plain])
     base = TimeModel(mfu, per_kernel, fixed, {})
     extra: dict[int, float] = {}
     for z in sorted({p.zero for p in points if p.zero}):
         res = sorted(p.measured_seconds - base.predict(p) for p in points if p.zero == z)
         extra[z] = max(0.0, res[len(res) // 2])
-    return TimeModel(mfu, per_kernel, fixed, extra)
+    fsdp: dict[str, float] = {}  # FSDP2's engine cost per mode, the same way (its runs have zero == 0)
+    for f in sorted({p.fsdp for p in points if p.fsdp != "none"}):
+        res = sorted(p.measured_seconds - base.predict(p) for p in points if p.fsdp == f)
+        fsdp[f] = max(0.0, res[len(res) // 2])
+    return TimeModel(mfu, per_kernel, fixed, extra, fsdp)
 
 
 class HeldOut(BaseModel):
@@ -161,6 +173,7 @@ class CalibrationFit(BaseModel):
     seconds_per_kernel: float
     fixed_step_seconds: float
     zero_step_seconds: dict[int, float]
+    fsdp_step_seconds: dict[str, float] = Field(default_factory=dict)
     fit_runs: int
     combinations: int = Field(description="distinct combinations (repeats are merged by their median)")
     holdout_runs: int = Field(description="combinations predicted by a fit that excluded them (leave-one-out)")
@@ -200,6 +213,7 @@ def time_points(rows: list, hw) -> tuple[list[TimePoint], int]:
                 statistics.median(x.measured.step_seconds for x in runs),
                 gpus=r.gpus,
                 runs=len(runs),
+                fsdp=r.combination.fsdp.value,
             )
         )
     return points, sum(len(v) for v in groups.values())
@@ -221,7 +235,8 @@ def calibrate_points(pts: list[TimePoint]) -> CalibrationFit:
     held: list[HeldOut] = []
     for i, p in enumerate(pts):
         rest = pts[:i] + pts[i + 1 :]
-        if not any(q.zero == p.zero for q in rest) or (p.zero and not any(q.zero == 0 for q in rest)):
+        same = any(q.zero == p.zero and q.fsdp == p.fsdp for q in rest)
+        if not same or (not p.plain and not any(q.plain for q in rest)):
             continue
         held.append(
             HeldOut(label=p.label, predicted_seconds=_fit(rest).predict(p), measured_seconds=p.measured_seconds)
@@ -235,6 +250,7 @@ def calibrate_points(pts: list[TimePoint]) -> CalibrationFit:
         seconds_per_kernel=model.seconds_per_kernel,
         fixed_step_seconds=model.fixed_step_seconds,
         zero_step_seconds=model.zero_step_seconds,
+        fsdp_step_seconds=model.fsdp_step_seconds,
         fit_runs=n_runs,
         combinations=len(pts),
         holdout_runs=len(held),

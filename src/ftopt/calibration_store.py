@@ -34,7 +34,7 @@ from ftopt.spec.time_constants import TimeConstants
 STORE_SCHEMA = "ftopt.calibration/3"
 # The constants `ftopt bench` fits (ftopt.calibration.CalibrationFit); the other time constants (bitsandbytes rates)
 # are kept from the hardware's default.
-FITTED = ("mfu", "fixed_step_seconds", "seconds_per_kernel", "zero_step_seconds")
+FITTED = ("mfu", "fixed_step_seconds", "seconds_per_kernel", "zero_step_seconds", "fsdp_step_seconds")
 
 
 class StoredPoint(BaseModel):
@@ -45,6 +45,7 @@ class StoredPoint(BaseModel):
     label: str
     gpus: int = Field(ge=1)
     zero: int = Field(ge=0, le=3)
+    fsdp: str = "none"  # FSDP2 mode of the run (Fsdp value)
     ideal_seconds: float = Field(gt=0, description="FLOPs per step / peak FLOP/s of the hardware")
     kernels: int | None = Field(None, description="dispatched operators per step")
     measured_seconds: float = Field(gt=0)
@@ -52,7 +53,7 @@ class StoredPoint(BaseModel):
     source: str = Field(description="the results file (or sweep) it came from")
 
     def same_point(self) -> tuple:
-        return self.model, self.label, self.gpus, self.zero, round(self.ideal_seconds, 15), self.kernels
+        return self.model, self.label, self.gpus, self.zero, self.fsdp, round(self.ideal_seconds, 15), self.kernels
 
 
 class Calibration(BaseModel):
@@ -154,7 +155,9 @@ def _pooled(points: list[StoredPoint]) -> list[TimePoint]:
         runs = sum(p.runs for p in g)
         seconds = sum(p.measured_seconds * p.runs for p in g) / runs
         p = g[0]
-        out.append(TimePoint(f"{p.model}: {p.label}", p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs))
+        out.append(
+            TimePoint(f"{p.model}: {p.label}", p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp)
+        )
     return out
 
 
@@ -178,6 +181,7 @@ def calibrate_and_store(
             label=p.label,
             gpus=p.gpus,
             zero=p.zero,
+            fsdp=p.fsdp,
             ideal_seconds=p.ideal_seconds,
             kernels=p.kernels,
             measured_seconds=p.measured_seconds,

@@ -30,7 +30,9 @@ MOVING_PARTS: tuple[tuple[str, Callable[[Combination], int]], ...] = (
     ("no offload to the host", lambda c: c.offload is not Offload.NONE),
     ("no quantized base", lambda c: c.quant is not Quant.NONE),
     ("no 8-bit or paged optimizer", lambda c: c.optim is not Optim.ADAMW),
-    ("a lower ZeRO stage", lambda c: c.zero),
+    # FSDP2 ranks as the ZeRO stage it resembles: grad-op keeps parameters whole through backward (ZeRO-2-like),
+    # full re-gathers them (ZeRO-3-like); so plain DDP wins a tie with either
+    ("a lower ZeRO stage", lambda c: c.zero or {"full": 3, "grad-op": 2}.get(c.fsdp.value, 0)),
     ("SDPA rather than flash-attn (no package to build)", lambda c: c.attn is Attention.FLASH),
 )
 MORE_HEADROOM = "more memory headroom"

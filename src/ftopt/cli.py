@@ -20,6 +20,7 @@ from ftopt.cli_common import (
     Currency,
     DatasetTokens,
     Epochs,
+    FsdpOpt,
     Gc,
     Gpu,
     Gpus,
@@ -93,6 +94,7 @@ def estimate(
     lora_r: LoraR = None,
     lora_targets: LoraTargets = None,
     zero: Zero = None,
+    fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
     attn: Attn = None,
     quant: QuantOpt = None,
@@ -129,6 +131,7 @@ def estimate(
             lora_r=lora_r,
             lora_targets=lora_targets,
             zero=zero,
+            fsdp=fsdp,
             offload=offload,
             attn=attn,
             quant=quant,
@@ -184,6 +187,10 @@ def plan(
         typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 [default: none,nf4,int8]"),
     ] = None,
     optim: Annotated[str | None, typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="comma list of engines to try: ddp,zero,fsdp [default: all]"),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -243,6 +250,7 @@ def plan(
                 currency=currency,
                 quants=resolve.enum_list("quant", quant),
                 optims=resolve.enum_list("optim", optim),
+                engines=resolve.enum_list("engine", engine),
             )
         doc = p.to_json()
         ref = resolve.model_ref(model, weights=resolve.has_weights(model))

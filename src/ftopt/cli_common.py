@@ -70,7 +70,14 @@ LoraTargets = Annotated[
     str | None, typer.Option("--lora-targets", help="comma list of module names [default: the attention projections]")
 ]
 Zero = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
-OffloadOpt = Annotated[str | None, typer.Option("--offload", help="none | optimizer | all [default: none]")]
+FsdpOpt = Annotated[
+    str | None,
+    typer.Option("--fsdp", help="PyTorch FSDP2 sharding instead of ZeRO: none | full | grad-op [default: none]"),
+]
+OffloadOpt = Annotated[
+    str | None,
+    typer.Option("--offload", help="none | optimizer | all (with --fsdp: all = CPUOffloadPolicy) [default: none]"),
+]
 Attn = Annotated[str | None, typer.Option("--attn", help="eager | sdpa | flash [default: sdpa]")]
 QuantOpt = Annotated[
     str | None,

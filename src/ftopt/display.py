@@ -244,7 +244,10 @@ def print_calibration(fit) -> None:
         t.add_row(h.label, f"{h.predicted_seconds * 1e3:.1f} ms", f"{h.measured_seconds * 1e3:.1f} ms", f"{err:+.1%}")
     if fit.holdout:
         console.print(t)
-    zero = ", ".join(f"ZeRO-{z} +{fmt_seconds(s)}" for z, s in sorted(fit.zero_step_seconds.items()))
+    zero = ", ".join(
+        [f"ZeRO-{z} +{fmt_seconds(s)}" for z, s in sorted(fit.zero_step_seconds.items())]
+        + [f"FSDP2-{f} +{fmt_seconds(s)}" for f, s in sorted(fit.fsdp_step_seconds.items())]
+    )
     console.print(
         f"fitted: mfu {fit.mfu:.1%}, {fit.seconds_per_kernel * 1e6:.1f} µs per operator, fixed "
         f"{fmt_seconds(fit.fixed_step_seconds)} per step{'; ' + zero if zero else ''}"

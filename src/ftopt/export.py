@@ -105,7 +105,7 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
         "warmup_steps": sch.warmup_ratio,
         "seed": sch.seed,
         "save_steps": sch.save_steps,
-        "gradient_checkpointing": c.gc,
+        "gradient_checkpointing": c.gc and not c.uses_fsdp,  # FSDP2: accelerate's fsdp_activation_checkpointing
         "bf16": s.precision is Precision.BF16_MIXED,
         "fp16": s.precision is Precision.FP16_MIXED,
         "max_length": s.seq_len,
@@ -144,6 +144,10 @@ def launch_command(run: RunSpec, config_name: str) -> list[str]:
     cmd = ["accelerate", "launch", "--num_processes", str(s.world_size), "--num_machines", str(s.nodes)]
     if run.combination.uses_deepspeed:
         cmd.append("--use_deepspeed")  # the config itself is named in the SFT config's `deepspeed` field
+    if run.combination.uses_fsdp:
+        from ftopt.export_fsdp import ACCELERATE_CONFIG
+
+        cmd += ["--config_file", ACCELERATE_CONFIG]
     return cmd + ["-m", "trl.scripts.sft", "--config", config_name]
 
 
@@ -159,6 +163,10 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
         atomic_write_text(ds_file, json.dumps(resolved_deepspeed_config(run, model), indent=2))
         written.append(ds_file)
         ds_path = ds_file.name  # relative: launch.sh runs from the folder
+    if run.combination.uses_fsdp:
+        from ftopt.export_fsdp import export_fsdp
+
+        written += export_fsdp(run, model, folder)
     cfg_file = folder / "sft_config.yaml"
     lr = suggested_learning_rate(model, run.combination)
     atomic_write_text(

@@ -18,6 +18,7 @@ from ftopt.io import atomic_write_text
 from ftopt.spec import RunSpec
 from ftopt.train.ranks import Rendezvous
 
+RUN_FILE = "run.json"
 MASTER_PORT = Rendezvous.model_fields["master_port"].default  # torchrun's default, overridable in the job's env
 
 
@@ -57,7 +58,7 @@ def slurm_text(run: RunSpec, spec_file: str) -> str:
 
 
 def export_cluster(run: RunSpec, folder: Path) -> list[Path]:
-    spec = folder / "run.json"
+    spec = folder / RUN_FILE
     atomic_write_text(spec, json.dumps(run.to_json(), indent=2))
     hostfile = folder / "hostfile"
     atomic_write_text(hostfile, hostfile_text(run))

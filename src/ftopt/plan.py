@@ -20,6 +20,8 @@ from ftopt.spec import (
     DEFAULT_CURRENCY,
     Attention,
     Combination,
+    Engine,
+    Fsdp,
     HardwareSpec,
     ModelSpec,
     Offload,
@@ -63,6 +65,10 @@ ZERO_OFFLOAD = [
     (3, Offload.OPTIMIZER),
     (3, Offload.ALL),
 ]
+# FSDP2 (reshard after forward or not) with and without CPUOffloadPolicy, beside the ZeRO pairs (the bitsandbytes
+# bases and optimizers run without it: Combination's validator).
+FSDP_OFFLOAD = [(f, off) for f in (Fsdp.FULL, Fsdp.GRAD_OP) for off in (Offload.NONE, Offload.ALL)]
+SHARDING = [(z, Fsdp.NONE, off) for z, off in ZERO_OFFLOAD] + [(0, f, off) for f, off in FSDP_OFFLOAD]
 # Quantized LoRA bases the plan tries. FP4 is left out: the same bytes and time as NF4, and lower quality (QLoRA
 # paper, Table 2/Fig. 3); `estimate --quant fp4` still predicts it.
 PLAN_QUANTS = (Quant.NF4, Quant.INT8)
@@ -115,6 +121,7 @@ class Plan(BaseModel):
             whole = self.per_dataset  # without a dataset size an "epoch" is one step: say null, not a guess
             return {
                 **e.combination.key(),
+                "sharding": e.combination.sharding,
                 "label": e.combination.label(),
                 "method": e.method.value,
                 "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
@@ -178,10 +185,13 @@ def combinations(
     quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
     optim_set = tuple(Optim) if optims is None else optims
     out = []
-    for gc, r, quant, (zero, off), optim, attn in itertools.product(
-        [False, True], ranks, quant_set, ZERO_OFFLOAD, optim_set, attns
+    for gc, r, quant, (zero, fsdp, off), optim, attn in itertools.product(
+        [False, True], ranks, quant_set, SHARDING, optim_set, attns
     ):
-        if (quant is not Quant.NONE and (not r or zero == 3)) or (optim is not Optim.ADAMW and zero):
+        sharded = zero or fsdp is not Fsdp.NONE
+        if (quant is not Quant.NONE and (not r or zero == 3 or fsdp is not Fsdp.NONE)) or (
+            optim is not Optim.ADAMW and sharded
+        ):
             continue  # combinations Combination's validator rejects: not enumerated
         out.append(
             Combination(
@@ -189,6 +199,7 @@ def combinations(
                 lora_r=r,
                 lora_targets=lora_targets if r else None,
                 zero=zero,
+                fsdp=fsdp,
                 offload=off,
                 attn=attn,
                 quant=quant,
@@ -250,6 +261,7 @@ def plan(
     what_ifs: bool = True,
     quants: tuple[Quant, ...] | None = None,
     optims: tuple[Optim, ...] | None = None,
+    engines: tuple[Engine, ...] | None = None,
 ) -> Plan:
     """`hw` as given: apply a calibration (ftopt.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
@@ -262,9 +274,11 @@ def plan(
         raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
-    # flash-attn rejects fp32 inputs: an fp32 plan enumerates the kernels that take them
+    # flash-attn rejects fp32 inputs: an fp32 plan enumerates the kernels that take them; plan --engine restricts
     combos = [
-        c for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims) if c.attn.runs_in(setup.precision)
+        c
+        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims)
+        if c.attn.runs_in(setup.precision) and (engines is None or c.engine in engines)
     ]
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
         raise FtoptError(

@@ -66,6 +66,10 @@ def storage(precision: Precision, combo: Combination) -> Storage:
         if combo.uses_deepspeed:
             return Storage(2, 2, 2, 4, 8, autocast=False, act_bytes=2, resid_bytes=2)
         return Storage(4, 4, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=4, frozen_out_bytes=4)
+    if combo.uses_fsdp and precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
+        # FSDP2 (ftopt.train.fsdp_engine): the stored dtype as for the Trainer, no autocast: MixedPrecisionPolicy
+        # all-gathers the parameters in 16 bits, so activations and the residual stream are 16-bit
+        return Storage(4, 2 if combo.lora else 4, 4, 0, 8, autocast=False, act_bytes=2, resid_bytes=2)
     if precision is Precision.FP32:
         # DeepSpeed's ZeRO optimizers keep an fp32 partition copy of the trainable weights whatever the model dtype
         # (stage_1_and_2.single_partition_of_fp32_groups, stage3.fp32_partitioned_groups_flat)

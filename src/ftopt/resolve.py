@@ -19,6 +19,8 @@ from ftopt.spec import (
     Attention,
     Combination,
     DataSpec,
+    Engine,
+    Fsdp,
     HardwareSpec,
     LrSchedule,
     ModelRef,
@@ -43,6 +45,8 @@ _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
     "report_to": (ReportTo, "--report-to"),
     "quant": (Quant, "--quant"),
     "optim": (Optim, "--optim"),
+    "fsdp": (Fsdp, "--fsdp"),
+    "engine": (Engine, "--engine"),
     "train_on": (TrainOn, "--train-on"),
 }
 

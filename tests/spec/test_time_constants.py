@@ -180,3 +180,34 @@ def test_the_report_says_where_the_projection_constants_came_from(tmp_path, lang
     calibrate_and_store(_rows(), A100, "/runs/a100.jsonl", "llama-2-7b")
     after = md("after")
     assert calibrated in after and default not in after
+
+
+def test_a_calibrated_fsdp2_engine_cost_reaches_the_fsdp2_step_time():
+    """FSDP2's engine cost per mode (fitted like a ZeRO stage's) is a time constant: stored, applied, and added to
+    an FSDP2 step only."""
+    from ftopt.estimate.time import step_time
+    from ftopt.spec import Fsdp
+
+    fp32, ks = A100.flops_for("fp32"), (900, 1500, 1100, 2500)
+    fsdp = [
+        {
+            "status": "ok",
+            "key": f"f{i}",
+            "label": f"f{i}",
+            "gpus": 2,
+            "combination": Combination(lora_r=i + 1, fsdp=Fsdp.FULL).model_dump(mode="json"),
+            "sweep": {"precision": "fp32"},
+            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": 0.1 * (i + 1) / 0.15 + ks[i] * 1e-5 + 0.02 + 0.3},
+            "predicted": {"analytic": {"flops_per_step": 0.1 * (i + 1) * fp32, "kernels_per_step": ks[i]}},
+        }
+        for i in range(2)
+    ]
+    _, cal, _ = calibrate_and_store(_rows() + fsdp, A100, "/runs/fsdp.jsonl", "llama-2-7b")
+    assert cal.constants.fsdp_step_seconds == pytest.approx({"full": 0.3}, rel=1e-3)
+    hw = calibrated_hardware(A100)
+    m, s = load_model("llama-2-7b"), TrainingSetup(seq_len=2048, gpus_per_node=2)
+    no_engine = hw.with_time(hw.time_constants.model_copy(update={"fsdp_step_seconds": {}}))
+    for combo, extra in ((Combination(lora_r=8, fsdp=Fsdp.FULL), 0.3), (Combination(lora_r=8), 0.0)):
+        gap = step_time(m, s, combo, hw).step_seconds - step_time(m, s, combo, no_engine).step_seconds
+        assert gap == pytest.approx(extra, abs=1e-3)
+    assert "FSDP2-full +300 ms" in hw.time_constants.figures()

@@ -55,3 +55,18 @@ def test_claim_after_a_crash_removes_unlisted_checkpoints_only(tmp_path):
     assert not (out / "checkpoint-4").exists() and (out / "notes.txt").exists()
     with pytest.raises(FtoptError, match="did not write"):
         manifest.claim(tmp_path, resume=False, overwrite=True)  # holds run/ but no manifest
+
+
+def test_node_0_claims_a_shared_folder_where_another_node_already_logs(tmp_path):
+    """A per-node run on a shared folder: node 1 may start its ranks (logs/rank1.log) before node 0 claims the
+    folder; node 0 must not take those logs for someone else's files (it refused, and node 1 waited forever)."""
+    out = tmp_path / "shared"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "rank1.log").write_text("node 1 started\n")
+    manifest.claim(out, resume=False, overwrite=False)
+    assert "logs" in manifest.read(out)["files"]
+    other = tmp_path / "other"
+    (other / "logs").mkdir(parents=True)
+    (other / "logs" / "notes.txt").write_text("not a rank log")  # a logs/ folder of someone else's
+    with pytest.raises(FtoptError, match="did not write"):
+        manifest.claim(other, resume=False, overwrite=False)

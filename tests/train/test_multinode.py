@@ -161,16 +161,18 @@ def test_the_token_is_never_forwarded(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_rank_at_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("engine, steps", [(("--zero", "2"), 2000), (("--fsdp", "full"), 200)], ids=["zero2", "fsdp2"])
+def test_ctrl_c_stops_every_rank_at_a_checkpoint(tmp_path, engine, steps):
+    """The Trainer worker and the FSDP2 worker (ftopt.train.fsdp_loop) stop alike."""
     import signal
     import time
 
     out = tmp_path / "run"
-    p = _ftopt("--out", str(out), "--zero", "2", "--gpus", "2", "--max-steps", "2000", "--save-steps", "100000",
+    p = _ftopt("--out", str(out), *engine, "--gpus", "2", "--max-steps", str(steps), "--save-steps", "100000",
                "--eval-max-examples", "0")  # fmt: skip
     log = out / "logs" / "rank0.log"
     deadline = time.monotonic() + 300
-    while not (log.exists() and "step 200/2000" in log.read_text()) and time.monotonic() < deadline:
+    while not (log.exists() and f"step {steps // 10}/{steps}" in log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.5)  # rank 0's first progress line (every 10%): the ranks are inside the training loop
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=300)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ftopt.errors import FtoptError, TraceUnavailable
-from ftopt.estimate import analytic
+from ftopt.estimate import analytic, fsdp
 from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method, usable_bytes
 from ftopt.estimate.time import step_time
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
@@ -39,11 +39,18 @@ def estimate(
         from ftopt.estimate.traced import traced_memory  # lazy: imports transformers and peft
 
         try:
-            traced = traced_memory(model, setup, combo, target="cpu" if hw.is_cpu else "cuda")
+            target = "cpu" if hw.is_cpu else "cuda"
+            if combo.uses_fsdp:  # the activation side of one process's step; FSDP2's sharding added below
+                traced = traced_memory(model, setup, fsdp.single_process(combo), target, phases=fsdp.TRACED_PHASES)
+            else:
+                traced = traced_memory(model, setup, combo, target=target)
         except TraceUnavailable as e:  # never a dead end: say why and answer analytically
             notes.append(str(e))
             method = Method.ANALYTIC
-    if traced is not None:
+    if combo.uses_fsdp:
+        # CPU ranks reduce over gloo, GPU ranks over NCCL (ftopt.train.fsdp_worker)
+        bd, phase, cpu = fsdp.peak(model, setup, combo, traced[0] if traced is not None else None, gloo=hw.is_cpu)
+    elif traced is not None:
         bd, phase, cpu = traced
     else:
         bd, phase, cpu = analytic.memory(model, setup, combo, on_gpu=not hw.is_cpu)

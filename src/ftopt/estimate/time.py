@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftopt.estimate import fsdp
 from ftopt.estimate import quant as q8
 from ftopt.estimate.analytic import trainable_params
 from ftopt.estimate.kernels import kernels_per_step
@@ -173,7 +174,7 @@ def optimizer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) 
     if combo.offload is not Offload.NONE:
         return 0.0
     per_param = ADAMW_8BIT_BYTES_PER_PARAM if combo.optim.eight_bit else ADAMW_BYTES_PER_PARAM
-    share = setup.world_size if combo.zero >= 1 else 1
+    share = setup.world_size if combo.zero >= 1 or combo.uses_fsdp else 1  # FSDP2 steps each rank's shard
     return trainable_params(model, combo) / share * per_param
 
 
@@ -199,8 +200,13 @@ def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: Ha
     compute = (
         flops / (peak * tc.mfu) + dequant_seconds(model, setup, combo, hw) + optimizer_seconds(model, setup, combo, hw)
     )
-    comm = comm_seconds(model, setup, combo, hw)
+    if combo.uses_fsdp:  # FSDP2's all-gathers and reduce-scatters, hidden behind compute as it prefetches
+        bw = per_gpu_bandwidth(hw, setup)
+        comm = fsdp.comm_seconds(model, setup, combo, hw, compute, bw, CPU_ADAM_PARAMS_PER_S)
+    else:
+        comm = comm_seconds(model, setup, combo, hw)
     kernels = kernels_per_step(model, setup, combo)
     engine = tc.zero_step_seconds.get(combo.zero, 0.0) if combo.zero else 0.0
+    engine += tc.fsdp_step_seconds.get(combo.fsdp.value, 0.0)  # FSDP2's, calibrated by bench like ZeRO's
     overhead = kernels * tc.seconds_per_kernel + tc.fixed_step_seconds + engine
     return StepTime(flops, compute, comm, kernels, overhead, compute + comm + overhead)

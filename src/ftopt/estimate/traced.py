@@ -358,15 +358,22 @@ _SNAPSHOT_TO_BREAKDOWN = (
 
 
 def _extrapolate(
-    t1: _Tracker, t2: _Tracker, layers: tuple[int, int], num_layers: int, embed_excess: int = 0
+    t1: _Tracker,
+    t2: _Tracker,
+    layers: tuple[int, int],
+    num_layers: int,
+    embed_excess: int = 0,
+    phases: frozenset[str] | None = None,
 ) -> tuple[dict, str]:
     """Each phase's peak snapshot extrapolated linearly from `layers` to `num_layers` (a moment's bytes grow by
     one layer's worth per layer); the model's peak is the largest extrapolated moment, which need not be the
     phase where the shallow traces peaked (e.g. a large tied embedding dominates 2 layers, activations 24).
     `embed_excess`: bytes the trace holds at the embedding's gradient that a real run does not
-    (autocast.tied_grad_summed_in_place); one trace of the full depth is passed as t1 = t2."""
+    (autocast.tied_grad_summed_in_place); one trace of the full depth is passed as t1 = t2. `phases`: only these
+    compete for the peak, by their activation side (activations, logits/loss, temporaries: the part a sharding
+    engine of its own, ftopt.estimate.fsdp, adds its terms to); None = all, by the rank's bytes (_metric)."""
     (l1, l2), best = layers, (float("-inf"), {}, "")
-    for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys():
+    for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys() & (phases or t1.phase_peaks.keys()):
         s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
         per_cat = {
             k: s1.get(k, 0) + (num_layers - l1) * (s2.get(k, 0) - s1.get(k, 0)) / max(1, l2 - l1)
@@ -374,7 +381,11 @@ def _extrapolate(
         }
         if phase == "backward-embed":
             per_cat["temporaries"] -= embed_excess
-        metric = _metric(per_cat, t1.grad_weight, t1.count_states)
+        metric = (
+            _metric(per_cat, t1.grad_weight, t1.count_states)
+            if phases is None
+            else per_cat["activations"] + per_cat["logits_loss"] + per_cat["temporaries"]
+        )
         if metric > best[0]:
             best = (metric, per_cat, phase)
     return best[1], best[2]
@@ -386,9 +397,10 @@ def traced_memory(
     combo: Combination,
     target: str = "cuda",
     layers: tuple[int, int] | None = (2, 3),
+    phases: frozenset[str] | None = None,
 ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
-    the model's depth (`layers=None` traces the full depth)."""
+    the model's depth (`layers=None` traces the full depth). `phases`: see _extrapolate (ftopt.estimate.fsdp)."""
     st = storage(setup.precision, combo)
     excess = (
         analytic.tied_embedding_grad_bytes(spec, combo, st, 1)
@@ -396,12 +408,14 @@ def traced_memory(
         else 0
     )
     try:
-        if layers is None or spec.num_layers <= layers[1]:
+        shallow = layers is None or spec.num_layers <= layers[1]
+        if shallow and (phases is None or spec.num_layers < 2):
             t = _trace(spec, setup, combo, spec.num_layers, target)
             per_cat, phase = _extrapolate(t, t, (spec.num_layers,) * 2, spec.num_layers, excess)
         else:
-            traces = [_trace(spec, setup, combo, n, target) for n in layers]
-            per_cat, phase = _extrapolate(*traces, layers, spec.num_layers, excess)
+            depths = (spec.num_layers - 1, spec.num_layers) if shallow else layers  # phases over a shallow model
+            traces = [_trace(spec, setup, combo, n, target) for n in depths]
+            per_cat, phase = _extrapolate(*traces, depths, spec.num_layers, excess, phases)
     except TraceUnavailable:
         raise
     except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path

@@ -133,7 +133,8 @@ class RunSpec(BaseModel):
 
     @property
     def uses_launcher(self) -> bool:
-        return self.setup.world_size > 1 or self.combination.uses_deepspeed
+        # FSDP2 runs its ranks under the launcher even alone (ftopt.train.fsdp_worker)
+        return self.setup.world_size > 1 or self.combination.uses_deepspeed or self.combination.uses_fsdp
 
     @property
     def output_dir(self) -> Path:

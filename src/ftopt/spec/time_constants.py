@@ -27,6 +27,7 @@ FLAT_KEYS = (
     "fixed_step_seconds",
     "seconds_per_kernel",
     "zero_step_seconds",
+    "fsdp_step_seconds",
     "dequant_bytes_per_s",
     "bnb_optimizer_bytes_per_s",
 )
@@ -55,6 +56,9 @@ class TimeConstants(BaseModel):
     zero_step_seconds: dict[int, float] = Field(
         default_factory=dict, description="extra per-step cost of the DeepSpeed engine by ZeRO stage"
     )
+    fsdp_step_seconds: dict[str, float] = Field(
+        default_factory=dict, description="extra per-step cost of the FSDP2 engine by mode (an Fsdp value)"
+    )
     dequant_bytes_per_s: float | None = Field(
         None,
         gt=0,
@@ -78,6 +82,7 @@ class TimeConstants(BaseModel):
     def figures(self) -> str:
         """The constants in one phrase (units spelled out), for the CLI and the report."""
         zero = "".join(f", ZeRO-{z} +{s * 1e3:.3g} ms" for z, s in sorted(self.zero_step_seconds.items()))
+        zero += "".join(f", FSDP2-{f} +{s * 1e3:.3g} ms" for f, s in sorted(self.fsdp_step_seconds.items()))
         return (
             f"mfu {self.mfu:.1%}, {self.seconds_per_kernel * 1e6:.3g} µs per operator, "
             f"fixed {self.fixed_step_seconds * 1e3:.3g} ms per step{zero}"

@@ -29,6 +29,26 @@ class Offload(str, Enum):
     ALL = "all"  # ZeRO-Infinity style: parameters offloaded too (stage 3 only)
 
 
+class Fsdp(str, Enum):
+    """PyTorch FSDP2 (`torch.distributed.fsdp.fully_shard`), the second sharding engine beside DeepSpeed ZeRO."""
+
+    NONE = "none"
+    FULL = "full"  # reshard_after_forward=True: parameters re-gathered in backward (ZeRO-3-like)
+    GRAD_OP = "grad-op"  # reshard_after_forward=False: unsharded from forward to backward (ZeRO-2-like)
+
+    @property
+    def reshard_after_forward(self) -> bool:
+        return self is Fsdp.FULL
+
+
+class Engine(str, Enum):
+    """Which engine holds (and shards) the training states: `plan --engine` restricts the candidates to these."""
+
+    DDP = "ddp"  # Trainer alone: plain data parallel over several GPUs
+    ZERO = "zero"  # DeepSpeed ZeRO 1-3
+    FSDP = "fsdp"  # PyTorch FSDP2
+
+
 class Attention(str, Enum):
     EAGER = "eager"  # materialises the (heads, s, s) score matrix
     SDPA = "sdpa"  # torch scaled_dot_product_attention (memory-efficient / flash kernel when eligible)
@@ -97,6 +117,7 @@ class Combination(BaseModel):
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 means full fine-tuning")
     lora_targets: tuple[str, ...] | None = Field(None, description="module names; None = every attention projection")
     zero: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage; 0 = plain data parallel")
+    fsdp: Fsdp = Field(Fsdp.NONE, description="PyTorch FSDP2 sharding; exclusive with zero")
     offload: Offload = Offload.NONE
     attn: Attention = Attention.SDPA
     quant: Quant = Quant.NONE
@@ -104,7 +125,9 @@ class Combination(BaseModel):
 
     @model_validator(mode="after")
     def _rules(self) -> Combination:
-        if self.offload is Offload.ALL and self.zero != 3:
+        if self.uses_fsdp:
+            self._fsdp_rules()
+        elif self.offload is Offload.ALL and self.zero != 3:
             raise ValueError(f"parameter offload (offload=all) needs ZeRO stage 3, got stage {self.zero}")
         if self.offload is Offload.OPTIMIZER and self.zero == 0:
             raise ValueError("optimizer offload needs a ZeRO stage (1, 2 or 3), got stage 0")
@@ -128,6 +151,23 @@ class Combination(BaseModel):
             )
         return self
 
+    def _fsdp_rules(self) -> None:
+        f = self.fsdp.value
+        if self.zero:
+            raise ValueError(f"fsdp={f} and ZeRO stage {self.zero} are two sharding engines: give one of them")
+        if self.offload is Offload.OPTIMIZER:
+            # torch.distributed.fsdp.CPUOffloadPolicy moves parameters, gradients and the optimizer step together
+            raise ValueError(
+                f"fsdp={f} offloads through CPUOffloadPolicy, which moves parameters, gradients and optimizer "
+                "states together: use offload=all, not optimizer"
+            )
+        if self.quant is not Quant.NONE:
+            # bitsandbytes' Params4bit/Int8Params carry quant_state outside the tensor and are not DTensor-aware:
+            # fully_shard cannot shard them (torchtune's QLoRA+FSDP2 uses its own NF4Tensor, not bitsandbytes)
+            raise ValueError(f"quant={self.quant.value} cannot be sharded by fsdp={f} (bitsandbytes weights)")
+        if self.optim is not Optim.ADAMW:
+            raise ValueError(f"optim={self.optim.value} is run by Trainer alone; fsdp={f} steps torch AdamW")
+
     @property
     def lora(self) -> bool:
         return self.lora_r > 0
@@ -136,11 +176,28 @@ class Combination(BaseModel):
     def uses_deepspeed(self) -> bool:
         return self.zero > 0
 
+    @property
+    def uses_fsdp(self) -> bool:
+        return self.fsdp is not Fsdp.NONE
+
+    @property
+    def engine(self) -> Engine:
+        return Engine.FSDP if self.uses_fsdp else Engine.ZERO if self.zero else Engine.DDP
+
+    @property
+    def sharding(self) -> str:
+        """The engine that shards the states: ddp, deepspeed-zero-N or fsdp2-full / fsdp2-grad-op."""
+        if self.uses_fsdp:
+            return f"fsdp2-{self.fsdp.value}"
+        return f"deepspeed-zero-{self.zero}" if self.zero else "ddp"
+
     def label(self) -> str:
         """Short human label, e.g. 'LoRA r16 + ZeRO-2 + GC + flash'."""
         parts = [f"LoRA r{self.lora_r}" if self.lora else "full"]
         if self.zero:
             parts.append(f"ZeRO-{self.zero}")
+        if self.uses_fsdp:
+            parts.append(f"FSDP2-{self.fsdp.value}")
         if self.offload is not Offload.NONE:
             parts.append(f"offload {self.offload.value}")
         if self.gc:
@@ -153,11 +210,13 @@ class Combination(BaseModel):
         return " + ".join(parts)
 
     def key(self) -> dict:
-        """The stable JSON form (documented schema: gc, lora_r, zero, offload, attn, lora_targets, quant, optim)."""
+        """The stable JSON form (documented schema: gc, lora_r, zero, fsdp, offload, attn, lora_targets, quant,
+        optim)."""
         return {
             "gc": self.gc,
             "lora_r": self.lora_r,
             "zero": self.zero,
+            "fsdp": self.fsdp.value,
             "offload": self.offload.value,
             "attn": self.attn.value,
             "lora_targets": list(self.lora_targets) if self.lora_targets else None,

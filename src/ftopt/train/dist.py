@@ -15,15 +15,17 @@ import os
 import secrets
 import signal
 from pathlib import Path
+from typing import NamedTuple
 
 from ftopt.errors import FtoptError
 
 MARKER = ".ftopt-shared-check"  # rank 0 writes it; a node that sees it shares rank 0's output folder
 
 
-def init(device) -> int:
+def init(device, always: bool = False) -> int:
     """Join the run's process group (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from the launcher); the world size.
-    Joined before the Trainer, which then uses this group, because the ranks must agree on the above first."""
+    Joined before the Trainer, which then uses this group, because the ranks must agree on the above first.
+    `always`: join it with one rank too (FSDP2 shards over a device mesh even of one)."""
     import datetime
 
     import torch.distributed as dist
@@ -31,7 +33,7 @@ def init(device) -> int:
     from ftopt.train.dsconfig import RANK_TIMEOUT_SECONDS
 
     world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or always) and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=RANK_TIMEOUT_SECONDS))
     return world
@@ -112,6 +114,27 @@ def finished(spec, rank: int) -> dict | None:
 
     done = finished_run(spec) if rank == 0 and spec.output.resume else None
     return (done if rank == 0 else {}) if _broadcast(done is not None) else None
+
+
+class Agreed(NamedTuple):
+    spec: object  # RunSpec: rank 0's, with this node's output folder
+    done: dict | None  # --resume of a finished run: its metrics (rank 0) or {} (the others); nobody trains
+    node_local: bool  # this node has its own output folder (not rank 0's)
+    resume: Path | None  # the checkpoint every rank resumes from
+
+
+def agree(spec, rank: int, world: int, latest) -> Agreed:
+    """What the ranks settle before training, in order (the module doc says why): the run, whether it already
+    finished, the output folder, the checkpoint (`latest`: the worker's newest complete checkpoint in a folder)."""
+    done = None
+    if world > 1:
+        spec = agree_on_run(spec)
+        done = finished(spec, rank)
+        if done is not None:
+            return Agreed(spec, done, False, None)
+    node_local = not output_shared(spec.output_dir, rank)
+    resume = resume_checkpoint(spec.output_dir, rank, latest) if spec.output.resume else None
+    return Agreed(spec, None, node_local, resume)
 
 
 def resume_checkpoint(out: Path, rank: int, latest) -> Path | None:

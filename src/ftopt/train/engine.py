@@ -36,8 +36,10 @@ def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
         steps = (done.get("measured") or {}).get("steps")
         print(f"--resume: the run in {spec.output_dir} is complete ({steps} steps); nothing to train.", file=sys.stderr)
         return done
-    if spec.uses_launcher and importlib.util.find_spec("deepspeed") is None:
-        raise FtoptError("ZeRO and multi-GPU runs need DeepSpeed: pip install deepspeed.")
+    hostfile = spec.setup.nodes > 1 and rdzv is None  # DeepSpeed's pdsh runner starts the nodes
+    trainer_ranks = spec.uses_launcher and not spec.combination.uses_fsdp  # FSDP2 ranks need no DeepSpeed
+    if (hostfile or trainer_ranks) and importlib.util.find_spec("deepspeed") is None:
+        raise FtoptError("ZeRO, multi-GPU and --hostfile runs need DeepSpeed: pip install deepspeed.")
     prepare_output(spec, claim=rdzv is None or rdzv.node_rank == 0)
     if not spec.uses_launcher:
         from ftopt.train.worker import run_worker
@@ -45,10 +47,16 @@ def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
         # read by torch when CUDA first allocates, which happens after this (the worker builds the model)
         os.environ.update(allocator_env(os.environ, on_cuda=not spec.hardware.is_cpu))
         return run_worker(spec)
-    if spec.setup.nodes > 1 and rdzv is None:
+    if hostfile:
         return _launch_hostfile(spec)
     rdzv = rdzv or ranks.Rendezvous(procs_per_node=spec.setup.gpus_per_node, master_port=ranks.free_port())
     return _launch_ranks(spec, rdzv)
+
+
+def worker_module(spec: RunSpec) -> str:
+    """What each rank runs: the Trainer worker, or the FSDP2 one (ftopt.train.fsdp_engine says why FSDP2 has its
+    own); both read the same environment and end the same way (ftopt.train.ranks.end_rank)."""
+    return "ftopt.train.fsdp_worker" if spec.combination.uses_fsdp else "ftopt.train.worker"
 
 
 def _env(spec: RunSpec) -> dict[str, str]:
@@ -63,7 +71,7 @@ def _env(spec: RunSpec) -> dict[str, str]:
 def _launch_ranks(spec: RunSpec, rdzv: ranks.Rendezvous) -> dict | None:
     out = spec.output_dir
     log_dir = out / ranks.LOG_DIR
-    cmd = [sys.executable, "-u", "-m", "ftopt.train.worker", ranks.encode_arg(spec.to_json())]
+    cmd = [sys.executable, "-u", "-m", worker_module(spec), ranks.encode_arg(spec.to_json())]
     codes, interrupted = ranks.run_ranks(cmd, rdzv, log_dir, _env(spec))
     stopped = [c for c in codes.values() if c != 0]
     if interrupted or (stopped and all(c == ranks.INTERRUPTED for c in stopped)):
@@ -128,7 +136,7 @@ def _launch_hostfile(spec: RunSpec) -> dict:
         env["DS_ENV_FILE"] = env_file
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(s.gpus_per_node)]
         cmd += ["--num_nodes", str(s.nodes), "--hostfile", str(spec.hostfile), "--master_port", str(ranks.free_port())]
-        cmd += ["--module", "ftopt.train.worker", ranks.encode_arg(spec.to_json())]
+        cmd += ["--module", worker_module(spec), ranks.encode_arg(spec.to_json())]
         log_path = out / "launcher.log"
         with log_path.open("w") as logf:
             proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)

@@ -72,12 +72,21 @@ def _ours(out: Path, manifest: dict) -> set[str]:
     return (set(manifest["files"]) | by_pattern) & present - set(manifest["foreign"])
 
 
+def _other_nodes_logs(out: Path) -> set[str]:
+    """{"logs"} when that is a folder of rank logs only: a per-node run's other nodes, sharing this folder, may start
+    their ranks (ftopt.train.ranks.LOG_DIR) before node 0 claims it; those logs are the run's, not someone else's."""
+    logs = out / "logs"
+    names = [p.name for p in logs.iterdir()] if logs.is_dir() and not logs.is_symlink() else None
+    ok = names is not None and all(n.startswith("rank") and n.endswith(".log") for n in names)
+    return {"logs"} if ok else set()
+
+
 def claim(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Check and claim `out` for a run (before anything is written there): see the module docstring."""
     manifest = read(out)
     present = _entries(out)
     if manifest is None:
-        if present and not resume:
+        if present - _other_nodes_logs(out) and not resume:
             raise FtoptError(
                 f"--out {out} holds files ftopt did not write ({', '.join(sorted(present)[:3])}"
                 f"{', ...' if len(present) > 3 else ''}) and no {MANIFEST_NAME}; choose an empty or new folder."

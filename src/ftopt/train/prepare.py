@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict
 
 from ftopt.errors import FtoptError
-from ftopt.spec.run import DataSpec, ModelRef
+from ftopt.spec.run import DataSpec, ModelRef, RunSpec
 from ftopt.spec.training import Attention
 from ftopt.train import data as D
 from ftopt.train.sft import SftCollator, Tokenized, to_dataset, tokenize
@@ -40,6 +40,11 @@ class Prepared:
     eval_rows: list[dict]  # raw held-out rows (exact match generates from their prompts)
     format: str
     summary: DataSummary
+
+    def steps_per_epoch(self, spec: RunSpec, world: int) -> int:
+        """Optimizer steps in one pass over the training rows by `world` ranks."""
+        s = spec.setup
+        return max(1, -(-len(self.train_dataset) // (s.micro_batch * s.grad_accum * world)))
 
 
 def read_data(data: DataSpec, seed: int) -> tuple[D.Records, D.Records | None, str]:
@@ -138,3 +143,18 @@ def prepare_run(
             f"truncated; {s.dropped} had no trained token left and were dropped"
         )
     return prep, choice
+
+
+def prepare_for(spec: RunSpec, vocab_size: int, log=lambda m: None) -> tuple[Prepared, TokenizerChoice]:
+    """`prepare_run` for one run's specification (what every training worker calls)."""
+    s = spec.setup
+    return prepare_run(
+        spec.model,
+        spec.data,
+        vocab_size,
+        s.seq_len,
+        packing=s.packing,
+        seed=spec.schedule.seed,
+        attn=spec.combination.attn,
+        log=log,
+    )

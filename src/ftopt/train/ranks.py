@@ -201,6 +201,21 @@ def is_oom(log_path: Path) -> bool:
     return any(m in text for m in OOM_MARKERS)
 
 
+def end_rank(work) -> None:
+    """A launched rank's life: `work()`, then its exit as the launcher reads it (engine.py's _judge): an FtoptError
+    is one line and exit 2, Ctrl-C exits INTERRUPTED, success ends with the FINISHED marker."""
+    from ftopt.errors import FtoptError
+
+    try:
+        work()
+    except FtoptError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+    print(FINISHED.format(rank=os.environ.get("RANK", "0")), file=sys.stderr, flush=True)
+
+
 def rank_log(log_dir: Path, rank: int) -> Path:
     return log_dir / f"rank{rank}.log"
 

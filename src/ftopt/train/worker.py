@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ftopt.spec import RunSpec
-from ftopt.train.ranks import FINISHED, INTERRUPTED, decode_arg, interrupted_line
+from ftopt.train.ranks import decode_arg, end_rank, interrupted_line
 
 BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (_base_quality)
 
@@ -83,17 +83,11 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     world = dist.init(device)
     interrupt = dist.Interrupt() if world > 1 else None
     try:
-        if world > 1:
-            spec = dist.agree_on_run(spec)
-            done = dist.finished(spec, rank)
-            if done is not None:
-                if rank == 0:
-                    print(f"--resume: the run in {spec.output_dir} is complete; nothing to train.", file=sys.stderr)
-                return done
-        node_local = not dist.output_shared(spec.output_dir, rank)
-        resume = None
-        if spec.output.resume:
-            resume = dist.resume_checkpoint(spec.output_dir, rank, latest_complete_checkpoint)
+        spec, done, node_local, resume = dist.agree(spec, rank, world, latest_complete_checkpoint)
+        if done is not None:
+            if rank == 0:
+                print(f"--resume: the run in {spec.output_dir} is complete; nothing to train.", file=sys.stderr)
+            return done
         return _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
     finally:
         if interrupt is not None:
@@ -113,20 +107,11 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
     if spec.model.builtin:
         log(f"model: built-in {spec.model.ref} (random init, llama architecture)")
     from ftopt.spec import load_model
-    from ftopt.train.prepare import prepare_run
+    from ftopt.train.prepare import prepare_for
     from ftopt.train.tracking import trainer_report_to
 
     model_spec = load_model(spec.model.ref)
-    prep, tok = prepare_run(
-        spec.model,
-        spec.data,
-        model_spec.vocab_size,
-        spec.setup.seq_len,
-        packing=spec.setup.packing,
-        seed=spec.schedule.seed,
-        attn=spec.combination.attn,
-        log=log,
-    )
+    prep, tok = prepare_for(spec, model_spec.vocab_size, log)
     trainer_report_to(spec.output.report_to)  # a missing tracker package: one line before any work
     tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
 
@@ -136,8 +121,7 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
     if steps_log is not None:
         steps_log.truncate_after(int(resume.name[11:]) if resume else 0)  # a resumed run redoes later steps
 
-    s = spec.setup
-    steps_per_epoch = max(1, -(-len(prep.train_dataset) // (s.micro_batch * s.grad_accum * world)))
+    steps_per_epoch = prep.steps_per_epoch(spec, world)
     from ftopt.train.metrics import finish, predict
 
     predicted = predict(spec) if rank == 0 else None  # before the Trainer: see predict
@@ -328,22 +312,12 @@ def _optimizer_name(trainer) -> str:
 def main() -> None:
     """One launched rank: the run specification is the argument (ftopt.train.ranks.encode_arg), so it reaches
     every node without a file. The DeepSpeed launcher adds --local_rank=N (also in the environment as LOCAL_RANK)."""
-    from ftopt.errors import FtoptError
-
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     spec = RunSpec.model_validate(decode_arg(args[0]))
-    rank = _rank()[0]
     from ftopt import quiet
 
     quiet.install(uses_deepspeed=spec.combination.uses_deepspeed)
-    try:
-        run_worker(spec)
-    except FtoptError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(INTERRUPTED)
-    print(FINISHED.format(rank=rank), file=sys.stderr, flush=True)
+    end_rank(lambda: run_worker(spec))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+"""One FSDP2 rank (see ftopt.train.fsdp_engine for why ftopt drives `fully_shard` itself):
+
+    python -m ftopt.train.fsdp_worker SPEC    (SPEC: ftopt.train.ranks.encode_arg of the RunSpec, or run.json)
+
+started per rank by ftopt's launcher (ftopt.train.ranks, as the Trainer worker is) or by torchrun (`plan --export`).
+
+The sequence mirrors the Trainer worker's: data -> model (LoRA, GC) -> fully_shard -> AdamW -> steps (steps.jsonl,
+the training-only memory peak from the shared helper) -> distributed checkpoints -> unsharded save -> eval loss ->
+metrics.json with the prediction beside the measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ftopt.errors import FtoptError
+from ftopt.spec import RunSpec
+
+
+def run_fsdp_worker(spec: RunSpec) -> dict:
+    """Train one FSDP2 rank; returns metrics.json's content (rank 0) or this rank's measurements. The ranks join,
+    agree and end as the Trainer worker's do (ftopt.train.dist), one rank included: FSDP2 needs its group."""
+    import torch
+
+    from ftopt.train import dist
+    from ftopt.train.worker import latest_complete_checkpoint
+
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and not spec.hardware.is_cpu else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    world = dist.init(device, always=True)
+    interrupt = dist.Interrupt() if world > 1 else None
+    try:
+        spec, done, node_local, resume = dist.agree(spec, rank, world, latest_complete_checkpoint)
+        if done is not None:
+            return done
+        if node_local:
+            raise FtoptError(
+                f"--fsdp on several nodes needs one output folder every node shares ({spec.output_dir} is not): "
+                "its checkpoints hold each rank's shards, and resume reads them all."
+            )
+        return _run(spec, device, rank, world, resume, interrupt)
+    finally:
+        if interrupt is not None:
+            interrupt.restore()
+        dist.close()
+
+
+def _run(spec: RunSpec, device, rank: int, world: int, resume, interrupt) -> dict:
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from ftopt.spec import load_model
+    from ftopt.train.callbacks import TrainingPeak
+    from ftopt.train.fsdp_engine import shard_model
+    from ftopt.train.fsdp_loop import FsdpLoop
+    from ftopt.train.metrics import finish, predict
+    from ftopt.train.prepare import prepare_for
+
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
+    torch.manual_seed(spec.schedule.seed)
+    model_spec = load_model(spec.model.ref)
+    prep, tok = prepare_for(spec, model_spec.vocab_size, log)
+    steps_per_epoch = prep.steps_per_epoch(spec, world)
+    total = spec.schedule.max_steps if spec.schedule.max_steps > 0 else int(steps_per_epoch * spec.setup.epochs)
+    predicted = predict(spec) if rank == 0 else None
+    # The same helper as every run (CUDA counters, or the CPU allocator's events). The full model is built on the
+    # host and fully_shard copies each rank's shard out of it: on a GPU that build never touches the device, so the
+    # counters start before it; on a CPU the allocator would count the host build, which is not training memory,
+    # so its peak starts after sharding, over the shards' resident bytes (resident_bytes).
+    peak, resident = (TrainingPeak(device), 0) if device.type == "cuda" else (None, 0)
+    try:
+        model = _build(spec, model_spec, device)
+        shard_model(model, spec, init_device_mesh(device.type, (world,)))
+        if peak is None:
+            resident, peak = resident_bytes(model), TrainingPeak(device)
+        loop = FsdpLoop(spec, model, prep, device, rank, world, total, peak, interrupt)
+        budget_hit = loop.train(log, resume)
+    finally:
+        if peak is not None:
+            peak.close()
+    if loop.budget.interrupted:
+        raise KeyboardInterrupt  # every rank stopped at the same step, with a checkpoint saved there
+    peak.read()
+    _save(spec, model, tok.tokenizer, rank)
+    mine = {
+        "rank": rank,
+        "device": device.type,
+        "engine": "fsdp2",
+        "peak_allocated_bytes": resident + peak.allocated_bytes,
+        "peak_reserved_bytes": peak.reserved_bytes,
+        "device_used_bytes": peak.device_used_bytes,
+        "eval_loss": loop.eval_loss(prep.eval_dataset),
+        "quality": {},  # generation is not run under FSDP: ranks would have to decode in lockstep
+        "eval_peak_allocated_bytes": None,
+        "train_seconds": loop.seconds,
+        "stopped_by_time_budget": budget_hit,
+        "optimizer": type(loop.optimizer).__name__,
+    }
+    metrics = finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, prep.summary.model_dump())
+    if rank == 0:
+        from ftopt.train.manifest import record
+
+        record(spec.output_dir)  # every file this run wrote is listed: --overwrite removes those and nothing else
+    return metrics
+
+
+def resident_bytes(model) -> int:
+    """Bytes of the storages behind the model's parameters and buffers (each rank's padded shards after
+    fully_shard: FSDPParam keeps one padded local tensor per parameter), each storage counted once."""
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        st = local.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def _build(spec: RunSpec, model_spec, device):
+    from ftopt.modeling import build_model
+    from ftopt.spec.hub import remote_code_folder, resolve_weights
+    from ftopt.train.base import record_hub_base
+
+    weights_dir = resolve_weights(spec.model.ref, spec.model.trust_remote_code) if spec.model.weights else None
+    code_dir = None
+    if spec.model.trust_remote_code and model_spec.hf_config.get("auto_map"):
+        code_dir = weights_dir or remote_code_folder(spec.model.ref)
+    # built on the host; fully_shard moves each rank's shard to the mesh's device and frees the rest
+    model = build_model(
+        model_spec,
+        spec.combination,
+        spec.setup.precision,
+        device="cpu",
+        weights_dir=weights_dir,
+        seed=spec.schedule.seed,
+        code_dir=code_dir,
+    )
+    if spec.model.weights:
+        record_hub_base(model, spec.model.ref)
+    return model
+
+
+def _save(spec: RunSpec, model, tokenizer, rank: int) -> None:
+    """The unsharded result in the Trainer's layout: an adapter (and, on a random-init base, the base under
+    out/base) or the full model, safetensors; every rank joins the gathers, rank 0 writes."""
+    from ftopt.train.base import BASE_FOLDER, _point_adapter_at, _save_gathered
+    from ftopt.train.fsdp_engine import full_state_dict
+
+    state = full_state_dict(model)
+    if rank != 0:
+        return
+    out = spec.output_dir
+    if hasattr(model, "peft_config"):
+        adapters = {k: v for k, v in state.items() if ".lora_" in k}
+        model.save_pretrained(str(out), state_dict=adapters, safe_serialization=True)
+        if not spec.model.weights:
+            folder = (out / BASE_FOLDER).resolve()
+            _save_gathered(model.get_base_model().config, state, folder)
+            _point_adapter_at(out, folder)
+    else:
+        model.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def spec_from_arg(arg: str) -> RunSpec:
+    """The run specification a rank is given: ftopt's launcher passes it itself (ftopt.train.ranks.encode_arg),
+    `plan --export`'s torchrun.sh the path of run.json."""
+    from ftopt.train.ranks import decode_arg
+
+    doc = json.loads(Path(arg).read_text()) if arg.endswith(".json") else decode_arg(arg)
+    return RunSpec.model_validate(doc)
+
+
+def main() -> None:
+    from ftopt import quiet
+    from ftopt.train.ranks import end_rank
+
+    spec = spec_from_arg(sys.argv[1])
+    spec.output_dir.mkdir(parents=True, exist_ok=True)  # torchrun.sh from `plan --export` starts with no folder
+    quiet.install()
+    end_rank(lambda: run_fsdp_worker(spec))
+
+
+if __name__ == "__main__":
+    main()
