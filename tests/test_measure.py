@@ -32,7 +32,8 @@ def test_the_profiler_misses_a_free_on_another_thread():
     del kept  # freed on this thread: reported
     peak.stop_recording()
     events = [(ptr, nbytes) for _t, ptr, nbytes in cpu_allocation_events(peak._prof)]
-    assert (gone_ptr, BLOCK_BYTES) in events and (gone_ptr, -BLOCK_BYTES) not in events
+    # the one free at gone_ptr, if any, is kept's (the allocator reused the address): gone's own is never reported
+    assert (gone_ptr, BLOCK_BYTES) in events and events.count((gone_ptr, -BLOCK_BYTES)) == int(kept_ptr == gone_ptr)
     assert (kept_ptr, BLOCK_BYTES) in events and (kept_ptr, -BLOCK_BYTES) in events
     if kept_ptr == gone_ptr:  # the allocator reused the address (glibc may or may not): the ledger retires it
         assert peak.stop() == BLOCK_BYTES
