@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +31,9 @@ INTERRUPTED = 130
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
 LOG_DIR = "logs"
 FINISHED = "ftopt: rank {rank} finished"  # a worker's last line: a later non-zero exit is a crash at teardown
+# What a worker prints when it fails (then its traceback): names the rank in a log that several ranks share
+FAILED = "ftopt: rank {rank} failed: {error}"
+_FAILED_LINE = re.compile(r"ftopt: rank (\d+) failed: (.*)")
 
 
 class Rendezvous(BaseModel):
@@ -210,8 +213,15 @@ def interrupted_line(out: Path) -> str:
     return f"interrupted: the last checkpoint in {out} is intact; continue with --resume"
 
 
-def forward_env_names() -> list[str]:
-    """Variables a run needs on every node (ftopt's, Hugging Face's and the thread count), never the token."""
-    keep = ("FTOPT_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "OMP_NUM_THREADS", "PYTHONPATH")
-    secret = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
-    return sorted(k for k in os.environ if k.startswith(keep) and k not in secret)
+def failures(text: str) -> dict[int, str]:
+    """{rank: its failure line} from the `FAILED` lines in `text` (a launcher's log, lines prefixed by pdsh with
+    their host), in the order they appear: the rank that failed first comes first in all likelihood."""
+    found: dict[int, str] = {}
+    for m in _FAILED_LINE.finditer(text):
+        found.setdefault(int(m.group(1)), m.group(2).strip()[:300])
+    return found
+
+
+def failure_message(rank: int, line: str, log: Path, oom: bool, code: int | None = None) -> str:
+    what = "ran out of memory" if oom else "failed" + (f" (exit {code})" if code is not None else "")
+    return f"Rank {rank} {what} and all ranks were stopped: {line} (log: {log})."

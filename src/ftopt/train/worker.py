@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ftopt.spec import RunSpec
-from ftopt.train.ranks import FINISHED, INTERRUPTED, decode_arg, interrupted_line
+from ftopt.train.ranks import FAILED, FINISHED, INTERRUPTED, decode_arg, interrupted_line
 
 
 def _rank() -> tuple[int, int, int]:
@@ -297,9 +297,13 @@ def main() -> None:
         run_worker(spec)
     except FtoptError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        print(FAILED.format(rank=rank, error=f"error: {e}"), file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED)
+    except Exception as e:  # named before the traceback: hostfile mode's launcher.log holds every rank's output
+        print(FAILED.format(rank=rank, error=f"{type(e).__name__}: {e}".splitlines()[0]), file=sys.stderr, flush=True)
+        raise
     print(FINISHED.format(rank=rank), file=sys.stderr, flush=True)
 
 

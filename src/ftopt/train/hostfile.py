@@ -1,0 +1,95 @@
+"""Hostfile mode (`ftopt train ... --nodes N --hostfile FILE`): DeepSpeed's pdsh runner starts every node's ranks
+from this host. It checks the first host over ssh, asks it for the master address (`ssh HOST hostname -I`), then
+runs `pdsh -S -w host1,host2 "export K=V; ...; cd <this folder>; <this python> -m deepspeed.launcher.launch
+--node_rank=%n ..."` (deepspeed/launcher/runner.py main, multinode_runner.py PDSHRunner.get_cmd, DeepSpeed 0.19).
+
+A node gets a fresh ssh login's environment plus those `export`s: the runner's PYTHON* variables and the lines of
+the `.deepspeed_env` file named by DS_ENV_FILE, which this module writes into a private temporary folder, never
+under the run folder, and never with the token. Every rank's output arrives in the run folder's launcher.log,
+each line prefixed by pdsh with its host; a failed rank is named by the `ftopt: rank R failed: ...` line its
+worker prints (ftopt.train.ranks.FAILED).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from ftopt.errors import FtoptError
+from ftopt.spec import RunSpec
+from ftopt.train import ranks
+from ftopt.train.allocator import ALLOC_ENV
+
+# What a run needs on every node: ftopt's variables (cache, injected test failures), Hugging Face's (endpoint,
+# offline, cache folders), the thread count and the CUDA allocator setting the memory prediction assumes.
+FORWARD_PREFIXES = ("FTOPT_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "OMP_NUM_THREADS", "PYTHONPATH", ALLOC_ENV)
+SECRETS = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+# The runner writes `export K="V";` (MultiNodeRunner.add_export quotes any value with a character outside
+# [\w@%+=:,./-]); inside double quotes the node's shell still reads these four, and a backslash before each hands
+# it over unchanged (POSIX sh). The backslash itself makes the runner quote the value.
+_SHELL_SPECIAL = '\\"$`'
+
+
+def env_file_lines(env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """`.deepspeed_env` lines ("K=V") for the variables of `env` a run needs on every node, never the token; and
+    the names of those that cannot travel in one (a newline, or leading/trailing blanks, which the runner strips)."""
+    lines, dropped = [], []
+    for name in sorted(env):
+        if not name.startswith(FORWARD_PREFIXES) or name in SECRETS:
+            continue
+        value = env[name]
+        if "\n" in value or value != value.strip():
+            dropped.append(name)
+            continue
+        lines.append(name + "=" + "".join("\\" + c if c in _SHELL_SPECIAL else c for c in value))
+    return lines, dropped
+
+
+def launch(spec: RunSpec, env: dict[str, str]) -> dict:
+    """Run every node through DeepSpeed's runner with `env` (the run's environment); metrics.json's content."""
+    out, s = spec.output_dir, spec.setup
+    log_path = out / "launcher.log"
+    lines, dropped = env_file_lines(env)
+    if dropped:
+        print(
+            f"warning: not forwarded to the nodes (a newline or blanks around the value): {', '.join(dropped)}",
+            file=sys.stderr,
+        )
+    with tempfile.TemporaryDirectory(prefix="ftopt-dsenv-") as tmp:
+        env_file = os.path.join(tmp, ".deepspeed_env")
+        with open(os.open(env_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(s.gpus_per_node)]
+        cmd += ["--num_nodes", str(s.nodes), "--hostfile", str(spec.hostfile), "--master_port", str(ranks.free_port())]
+        cmd += ["--module", "ftopt.train.worker", ranks.encode_arg(spec.to_json())]
+        with log_path.open("w") as logf:
+            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**env, "DS_ENV_FILE": env_file})
+    return _result(proc.returncode, out / "metrics.json", log_path)
+
+
+def _result(code: int, metrics_path: Path, log_path: Path) -> dict:
+    """metrics.json's content; a run without it fails naming the rank that failed (an out-of-memory one first)."""
+    if metrics_path.exists():
+        if code != 0:
+            print(
+                f"warning: a rank exited with {code} after the metrics were written (log: {log_path})", file=sys.stderr
+            )
+        return json.loads(metrics_path.read_text())
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    failed = ranks.failures(text)
+    oom = [r for r, line in failed.items() if any(m in line for m in ranks.OOM_MARKERS)]
+    if oom or failed:
+        rank = (oom or list(failed))[0]
+        raise FtoptError(ranks.failure_message(rank, failed[rank], log_path, oom=bool(oom)))
+    if code == 0:
+        raise FtoptError(f"The run ended without metrics; see {log_path}.")
+    what = "ran out of memory" if any(m in text for m in ranks.OOM_MARKERS) else f"failed (exit {code})"
+    raise FtoptError(f"The launch {what}: {ranks.last_error_line(text)} (log: {log_path}).")
