@@ -14,6 +14,7 @@ from ftopt.train import hostfile, ranks
 from tests.train import fake_cluster
 
 TOKEN = "hf_standin_secret_0123456789"
+MLFLOW_SECRET = "mlflow_standin_secret_9876543210"
 # A value with every character the node's shell would read inside the runner's double quotes
 AWKWARD = 'a "b" $HOME `true` \\ c'
 RUN = ["--zero", "2", "--gpus", "1", "--nodes", "2", "--lora-r", "0", "--eval-max-examples", "0", "--json"]
@@ -32,6 +33,7 @@ def _cluster(tmp_path, **extra_env):
         "FAKE_CLUSTER_DIR": str(records),
     }
     env.update({"HF_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "FTOPT_HOSTFILE_TEST": AWKWARD, **extra_env})
+    env["MLFLOW_TRACKING_PASSWORD"] = MLFLOW_SECRET  # DeepSpeed's runner forwards MLFLOW_* to the nodes itself
     return hosts, records, env
 
 
@@ -69,6 +71,7 @@ def test_two_nodes_through_deepspeeds_pdsh_runner(tmp_path):
         assert "HF_TOKEN" not in node
     written = [p for p in [*out.rglob("*"), *records.rglob("*")] if p.is_file()]
     assert not [p for p in written if TOKEN.encode() in p.read_bytes()]
+    assert not [p for p in out.rglob("*") if p.is_file() and MLFLOW_SECRET.encode() in p.read_bytes()]
     assert not list(out.rglob(".deepspeed_env")) and not (out / ".ftopt-shared-check").exists()
 
 

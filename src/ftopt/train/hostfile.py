@@ -5,7 +5,8 @@ runs `pdsh -S -w host1,host2 "export K=V; ...; cd <this folder>; <this python> -
 
 A node gets a fresh ssh login's environment plus those `export`s: the runner's PYTHON* variables and the lines of
 the `.deepspeed_env` file named by DS_ENV_FILE, which this module writes into a private temporary folder, never
-under the run folder, and never with the token. Every rank's output arrives in the run folder's launcher.log,
+under the run folder, and never with the token; the runner's command line, which holds every exported value,
+is not logged. Every rank's output arrives in the run folder's launcher.log,
 each line prefixed by pdsh with its host; a failed rank is named by the `ftopt: rank R failed: ...` line its
 worker prints (ftopt.train.ranks.FAILED).
 """
@@ -66,7 +67,9 @@ def launch(spec: RunSpec, env: dict[str, str]) -> dict:
             f.write("".join(line + "\n" for line in lines))
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(s.gpus_per_node)]
         cmd += ["--num_nodes", str(s.nodes), "--hostfile", str(spec.hostfile), "--master_port", str(ranks.free_port())]
-        cmd += ["--module", "ftopt.train.worker", ranks.encode_arg(spec.to_json())]
+        # warning, not info: at info the runner logs its pdsh command line, every exported value in it (its own
+        # MLFLOW_* among them, tracking tokens included), into launcher.log under the run folder
+        cmd += ["--log_level", "warning", "--module", "ftopt.train.worker", ranks.encode_arg(spec.to_json())]
         with log_path.open("w") as logf:
             proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**env, "DS_ENV_FILE": env_file})
     return _result(proc.returncode, out / "metrics.json", log_path)
