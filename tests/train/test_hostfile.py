@@ -53,6 +53,7 @@ def test_two_nodes_through_deepspeeds_pdsh_runner(tmp_path):
     out = tmp_path / "run"
     p = _train(out, hosts, env, "--max-steps", "3", "--save-steps", "2")
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "step 3/3: loss" in p.stderr and "node-" not in p.stderr  # rank 0's progress, without pdsh's prefix
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and sorted(r["rank"] for r in metrics["ranks"]) == [0, 1]
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]

@@ -6,15 +6,16 @@ runs `pdsh -S -w host1,host2 "export K=V; ...; cd <this folder>; <this python> -
 A node gets a fresh ssh login's environment plus those `export`s: the runner's PYTHON* variables and the lines of
 the `.deepspeed_env` file named by DS_ENV_FILE, which this module writes into a private temporary folder, never
 under the run folder, and never with the token; the runner's command line, which holds every exported value,
-is not logged. Every rank's output arrives in the run folder's launcher.log,
-each line prefixed by pdsh with its host; a failed rank is named by the `ftopt: rank R failed: ...` line its
-worker prints (ftopt.train.ranks.FAILED).
+is not logged. Every rank's output arrives in the run folder's launcher.log, each line prefixed by pdsh with its
+host; node 0's (rank 0's progress) also reaches the console. A failed rank is named by the `ftopt: rank R failed:
+...` line its worker prints (ftopt.train.ranks.FAILED).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ SECRETS = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
 # [\w@%+=:,./-]); inside double quotes the node's shell still reads these four, and a backslash before each hands
 # it over unchanged (POSIX sh). The backslash itself makes the runner quote the value.
 _SHELL_SPECIAL = '\\"$`'
+# A line of DeepSpeed's own logger ("[2026-12-04 03:28:04,161] [INFO] [launch.py:158:main] ..."): launcher.log only
+_LAUNCHER_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[[A-Z]+\] ")
 
 
 def env_file_lines(env: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -70,9 +73,35 @@ def launch(spec: RunSpec, env: dict[str, str]) -> dict:
         # warning, not info: at info the runner logs its pdsh command line, every exported value in it (its own
         # MLFLOW_* among them, tracking tokens included), into launcher.log under the run folder
         cmd += ["--log_level", "warning", "--module", "ftopt.train.worker", ranks.encode_arg(spec.to_json())]
-        with log_path.open("w") as logf:
-            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**env, "DS_ENV_FILE": env_file})
-    return _result(proc.returncode, out / "metrics.json", log_path)
+        code = _run(cmd, {**env, "DS_ENV_FILE": env_file}, log_path, _first_host(spec.hostfile))
+    return _result(code, out / "metrics.json", log_path)
+
+
+def _first_host(path) -> str:
+    """Node 0, the host of rank 0: the runner takes the host file's hosts in order (check_launch read it)."""
+    from deepspeed.launcher.runner import _parse_hostfile
+
+    with open(path) as f:
+        return next(iter(_parse_hostfile(f.readlines())))
+
+
+def _run(cmd: list[str], env: dict[str, str], log_path: Path, host0: str) -> int:
+    """The runner's exit code. Every line goes to launcher.log; node 0's lines (rank 0's progress among them) also
+    to the console, without pdsh's host prefix and without DeepSpeed's launcher log lines and ftopt's markers."""
+    prefix = f"{host0}: "
+    with (
+        log_path.open("w") as logf,
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as p,
+    ):
+        for raw in iter(p.stdout.readline, b""):
+            line = raw.decode(errors="replace")
+            logf.write(line)
+            logf.flush()
+            text = line[len(prefix) :]
+            if line.startswith(prefix) and not _LAUNCHER_LINE.match(text) and not text.startswith(ranks.MARKER_PREFIX):
+                sys.stderr.write(text)
+                sys.stderr.flush()
+    return p.returncode
 
 
 def _result(code: int, metrics_path: Path, log_path: Path) -> dict:

@@ -30,9 +30,10 @@ INTERRUPTED = 130
 # Substrings of an out-of-memory failure: PyTorch's CUDA and CPU allocators, cuBLAS.
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
 LOG_DIR = "logs"
-FINISHED = "ftopt: rank {rank} finished"  # a worker's last line: a later non-zero exit is a crash at teardown
+MARKER_PREFIX = "ftopt: rank "  # of the launcher's markers below, never shown on the console
+FINISHED = MARKER_PREFIX + "{rank} finished"  # a worker's last line: a later non-zero exit is a crash at teardown
 # What a worker prints when it fails (then its traceback): names the rank in a log that several ranks share
-FAILED = "ftopt: rank {rank} failed: {error}"
+FAILED = MARKER_PREFIX + "{rank} failed: {error}"
 _FAILED_LINE = re.compile(r"ftopt: rank (\d+) failed: (.*)")
 
 
@@ -125,7 +126,7 @@ def _tee(pipe, logf) -> None:
             line = raw.decode(errors="replace")
             logf.write(line)
             logf.flush()
-            if not line.startswith(FINISHED.split("{")[0]):  # the launcher's marker, not the user's
+            if not line.startswith(MARKER_PREFIX):  # the launcher's markers, not the user's
                 sys.stderr.write(line)
                 sys.stderr.flush()
 
