@@ -17,6 +17,7 @@ import typer
 from ftopt.cli_common import (
     Attn,
     CalibrationOpt,
+    Currency,
     DatasetTokens,
     Epochs,
     Gc,
@@ -168,9 +169,7 @@ def plan(
             "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency [default: none, no costs shown]"
         ),
     ] = None,
-    currency: Annotated[
-        str, typer.Option("--currency", help="currency of --cost-per-gpu-hour and every cost shown")
-    ] = "USD",
+    currency: Currency = None,
     method: Annotated[
         str,
         typer.Option(

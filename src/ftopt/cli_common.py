@@ -14,6 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from ftopt.errors import FtoptError, validation_message
+from ftopt.spec.production import ProductionOptions
 
 # ---- shared options (declared once; estimate, plan, train and bench reuse them) --------------------------------
 Gpu = Annotated[
@@ -134,9 +135,15 @@ QualityTargetOpt = Annotated[
     str | None,
     typer.Option("--quality-target", help="the quality bar, METRIC>=VALUE or METRIC<=VALUE (e.g. exact_match>=0.5)"),
 ]
+# the production flags' defaults are ProductionOptions' (shown in the help, never restated)
+_PROD = {k: f.default for k, f in ProductionOptions.model_fields.items()}
 TargetGpu = Annotated[str | None, typer.Option("--target-gpu", help="production GPU preset or JSON file")]
-TargetGpus = Annotated[int, typer.Option("--target-gpus", help="production GPUs per node")]
-TargetNodes = Annotated[int, typer.Option("--target-nodes", help="production nodes")]
+TargetGpus = Annotated[
+    int | None, typer.Option("--target-gpus", help=f"production GPUs per node [default: {_PROD['target_gpus']}]")
+]
+TargetNodes = Annotated[
+    int | None, typer.Option("--target-nodes", help=f"production nodes [default: {_PROD['target_nodes']}]")
+]
 TargetModel = Annotated[
     str | None, typer.Option("--target-model", help="model trained in production [default: the PoC's]")
 ]
@@ -149,10 +156,20 @@ TargetMicroBatch = Annotated[
     typer.Option("--target-micro-batch", help="production micro-batch [default: the plan's for the target GPU]"),
 ]
 ProdTokens = Annotated[int | None, typer.Option("--dataset-tokens", help="tokens in one epoch of the production data")]
-ProdEpochs = Annotated[float, typer.Option("--epochs", help="epochs of a production run")]
-Retrains = Annotated[float, typer.Option("--retrains-per-year", help="production runs per year")]
+ProdEpochs = Annotated[
+    float | None, typer.Option("--epochs", help=f"epochs of a production run [default: {_PROD['epochs']:g}]")
+]
+Retrains = Annotated[
+    float | None,
+    typer.Option(
+        "--retrains-per-year",
+        help=f"production runs per year [default: {_PROD['retrains_per_year']:g}; demo: see its help]",
+    ),
+]
 CostPerGpuHour = Annotated[float | None, typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]
-Currency = Annotated[str, typer.Option("--currency", help="currency of --cost-per-gpu-hour")]
+Currency = Annotated[
+    str | None, typer.Option("--currency", help=f"currency of --cost-per-gpu-hour [default: {_PROD['currency']}]")
+]
 MaxHours = Annotated[float | None, typer.Option("--max-hours", help="time budget of one production run, hours")]
 HostRam = Annotated[
     str | None,

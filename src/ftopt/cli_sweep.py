@@ -192,16 +192,16 @@ def report(
     ] = None,
     quality_target: QualityTargetOpt = None,
     target_gpu: TargetGpu = None,
-    target_gpus: TargetGpus = 1,
-    target_nodes: TargetNodes = 1,
+    target_gpus: TargetGpus = None,
+    target_nodes: TargetNodes = None,
     target_model: TargetModel = None,
     target_seq_len: TargetSeqLen = None,
     target_micro_batch: TargetMicroBatch = None,
     dataset_tokens: ProdTokens = None,
-    epochs: ProdEpochs = 1.0,
-    retrains_per_year: Retrains = 1.0,
+    epochs: ProdEpochs = None,
+    retrains_per_year: Retrains = None,
     cost_per_gpu_hour: CostPerGpuHour = None,
-    currency: Currency = "USD",
+    currency: Currency = None,
     max_hours: MaxHours = None,
     headroom: Headroom = None,
 ):
@@ -214,14 +214,9 @@ def report(
         if not path.exists():
             raise FtoptError(f"The results file {path} does not exist; run 'ftopt bench' first.")
         check_out_folder(out)
-        paths = write_report(
-            path,
-            out,
-            lang=lang,
-            warn=lambda m: typer.echo(f"warning: {m}", err=True),
-            gpu=gpu,
-            title=title,
-            quality_target=quality_target,
+        from ftopt.spec import ProductionOptions
+
+        production = ProductionOptions.given(
             target_gpu=target_gpu,
             target_gpus=target_gpus,
             target_nodes=target_nodes,
@@ -234,6 +229,16 @@ def report(
             cost_per_gpu_hour=cost_per_gpu_hour,
             currency=currency,
             max_hours=max_hours,
+        )
+        paths = write_report(
+            path,
+            out,
+            lang=lang,
+            warn=lambda m: typer.echo(f"warning: {m}", err=True),
+            gpu=gpu,
+            title=title,
+            quality_target=quality_target,
+            production=production,
             headroom=headroom,
         )
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
@@ -246,16 +251,16 @@ def demo(
     steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
     quality_target: QualityTargetOpt = None,
     target_gpu: TargetGpu = None,
-    target_gpus: TargetGpus = 1,
-    target_nodes: TargetNodes = 1,
+    target_gpus: TargetGpus = None,
+    target_nodes: TargetNodes = None,
     target_model: TargetModel = None,
     target_seq_len: TargetSeqLen = None,
     target_micro_batch: TargetMicroBatch = None,
     dataset_tokens: ProdTokens = None,
-    epochs: ProdEpochs = 1.0,
-    retrains_per_year: Retrains = 12.0,
+    epochs: ProdEpochs = None,
+    retrains_per_year: Retrains = None,
     cost_per_gpu_hour: CostPerGpuHour = None,
-    currency: Currency = "USD",
+    currency: Currency = None,
     max_hours: MaxHours = None,
 ):
     """The whole loop on the built-in base model and task, offline, on this CPU (under 5 minutes on 2 cores).
@@ -284,7 +289,7 @@ def demo(
             currency=currency,
             max_hours=max_hours,
         )
-        options = DemoOptions(**{k: v for k, v in given.items() if v is not None})
+        options = DemoOptions.given(**given)
         options.check()  # now, not after the sweep: a typo must not cost the demo's minutes
         run_demo(out, steps=steps, options=options)
 

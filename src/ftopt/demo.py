@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ftopt import sample_task
 from ftopt.bench import reference_combinations, run_sweep, sweep_rows, sweep_runs
@@ -26,7 +26,16 @@ from ftopt.presets import base_model_dir
 from ftopt.quality import QualityTarget
 from ftopt.report.cli_support import report_settings
 from ftopt.report.render import build_report
-from ftopt.spec import DataSpec, ModelRef, RunSpec, Schedule, TrainingSetup, load_hardware, load_model
+from ftopt.spec import (
+    DataSpec,
+    ModelRef,
+    ProductionOptions,
+    RunSpec,
+    Schedule,
+    TrainingSetup,
+    load_hardware,
+    load_model,
+)
 
 DEMO_STEPS = 120
 DEMO_LR = 3e-3  # the same rate for every combination: the comparison is of techniques, not of tuning
@@ -38,23 +47,15 @@ DEMO_QUALITY_TARGET = "exact_match>=0.5"  # half the held-out words right: the r
 DEMO_TARGET_MODEL = "llama-3.1-8b"
 
 
-class DemoOptions(BaseModel):
-    """The demo's stated assumptions for the quality bar and for production (each overridable by a flag)."""
+class DemoOptions(ProductionOptions):
+    """The demo's stated assumptions for the quality bar and for production, where they differ from `report`'s
+    (each overridable by a flag): an 8B model on one A100 with 100M tokens, retrained monthly."""
 
-    model_config = ConfigDict(extra="forbid")
     quality_target: str | None = None
-    target_gpu: str = "a100-80g"
-    target_model: str = DEMO_TARGET_MODEL
-    target_seq_len: int | None = Field(None, gt=0)
-    target_micro_batch: int | None = Field(None, gt=0)
-    target_gpus: int = Field(1, gt=0)
-    target_nodes: int = Field(1, gt=0)
-    dataset_tokens: int = Field(100_000_000, gt=0)
-    epochs: float = Field(1.0, gt=0)
+    target_gpu: str | None = "a100-80g"
+    target_model: str | None = DEMO_TARGET_MODEL
+    dataset_tokens: int | None = Field(100_000_000, gt=0)
     retrains_per_year: float = Field(12.0, ge=0)
-    cost_per_gpu_hour: float | None = Field(None, ge=0)
-    currency: str = "USD"
-    max_hours: float | None = Field(None, gt=0)
 
     def check(self) -> None:
         """What only fails later otherwise: the quality bar's syntax and metric (the demo's task scores the
@@ -133,21 +134,9 @@ def run_demo(
     settings = report_settings(
         rows,
         gpu="cpu",
-        title=None,
         quality_target=o.quality_target or DEMO_QUALITY_TARGET,
         quality_source="src_given" if given else "src_demo",
-        target_gpu=o.target_gpu,
-        target_gpus=o.target_gpus,
-        target_nodes=o.target_nodes,
-        target_model=o.target_model,
-        target_seq_len=o.target_seq_len,
-        target_micro_batch=o.target_micro_batch,
-        dataset_tokens=o.dataset_tokens,
-        epochs=o.epochs,
-        retrains_per_year=o.retrains_per_year,
-        cost_per_gpu_hour=o.cost_per_gpu_hour,
-        currency=o.currency,
-        max_hours=o.max_hours,
+        production=o,
     )
     reports = {lang: build_report(rows, out, lang=lang, **settings) for lang in langs}
     wall = time.perf_counter() - t0

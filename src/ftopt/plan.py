@@ -16,7 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from ftopt.choice import TIME_MODEL_ERROR, TieBreak, choose_fitting, tie_fraction, tie_text
 from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
-from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Optim, Quant, TrainingSetup
+from ftopt.spec import (
+    DEFAULT_CURRENCY,
+    Attention,
+    Combination,
+    HardwareSpec,
+    ModelSpec,
+    Offload,
+    Optim,
+    Quant,
+    TrainingSetup,
+)
 from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.units import fmt_bytes, fmt_seconds
 from ftopt.whatif import (
@@ -41,7 +51,6 @@ __all__ = [
 ]
 
 DEFAULT_LORA_R = 16
-DEFAULT_CURRENCY = "USD"
 # ZeRO stage and offload pairs DeepSpeed accepts (offload needs a stage; parameter offload needs stage 3).
 ZERO_OFFLOAD = [
     (0, Offload.NONE),
@@ -232,7 +241,7 @@ def plan(
     lora_r: int = DEFAULT_LORA_R,
     lora_targets: tuple[str, ...] | None = None,
     cost_per_gpu_hour: float | None = None,
-    currency: str = DEFAULT_CURRENCY,
+    currency: str | None = None,
     what_ifs: bool = True,
     quants: tuple[Quant, ...] | None = None,
     optims: tuple[Optim, ...] | None = None,
@@ -243,6 +252,7 @@ def plan(
         raise FtoptError(f"--max-hours must be positive, got {max_hours}.")
     if cost_per_gpu_hour is not None and cost_per_gpu_hour < 0:
         raise FtoptError(f"--cost-per-gpu-hour must not be negative, got {cost_per_gpu_hour}.")
+    currency = DEFAULT_CURRENCY if currency is None else currency  # None: not given
     if not currency.strip():
         raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
     if lora_r <= 0:

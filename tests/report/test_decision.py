@@ -13,6 +13,7 @@ from ftopt.report.decision import Basis, Why, decide
 from ftopt.report.projection import production_target_for, projections
 from ftopt.report.render import build_report
 from ftopt.results import WARMUP_STEPS, ResultRow, parse_rows, read_results, step_stats
+from ftopt.spec import ProductionOptions
 from tests.report.test_report import LORA, row
 
 EM = QualityTarget.parse("exact_match>=0.5")
@@ -108,14 +109,14 @@ def _projected_rows():
 
 
 def _target(rows, **kw):
-    args = dict(gpu="a100-80g", gpus_per_node=8, dataset_tokens=10**9, cost_per_gpu_hour=3.0, currency="USD")
-    return production_target_for(parse_rows(rows), **{**args, **kw})
+    args = dict(target_gpu="a100-80g", target_gpus=8, dataset_tokens=10**9, cost_per_gpu_hour=3.0, currency="USD")
+    return production_target_for(parse_rows(rows), ProductionOptions(**{**args, **kw}))
 
 
 @pytest.mark.parametrize("lang,basis", [("en", "not by PoC seconds"), ("ja", "PoC の秒数ではなく")])
 def test_other_target_hardware_decides_by_projected_cost(tmp_path, lang, basis):
     rows = _projected_rows()
-    t = _target(rows, model="llama-3.1-8b")
+    t = _target(rows, target_model="llama-3.1-8b")
     projs = projections(parse_rows(rows), t)
     eager, sdpa = (projs[r["key"]].gpu_hours_per_run for r in rows)
     assert sdpa < eager  # the premise: the A100 projection ranks them the other way round from the CPU
@@ -132,7 +133,7 @@ def test_next_cheapest_is_never_cheaper_than_the_pick(tmp_path, lang):
         timed("LoRA r8 + sdpa", 0.05, 0.6, SDPA, jitter=0.2),
         timed("LoRA r8 + sdpa, GC", 0.052, 0.9, dict(SDPA, gc=True), jitter=0.2),
     ]
-    t = _target(rows, gpu="cpu", gpus_per_node=1)  # same hardware as the PoC: the measured basis
+    t = _target(rows, target_gpu="cpu", target_gpus=1)  # same hardware as the PoC: the measured basis
     h = build_report(rows, tmp_path, lang=lang, quality_target=EM, production=t, hardware="cpu")["html"].read_text()
     d = decide(parse_rows(rows), EM)
     assert d.best.label == "LoRA r8 + sdpa, GC" and d.tie_break == "quality"
@@ -176,7 +177,7 @@ def test_a_base_that_already_knew_the_task_is_flagged(tmp_path, lang, text):
 
 def test_yen_has_no_decimals_and_one_gpu_reads_as_one_gpu(tmp_path):
     rows = [timed("LoRA", 0.05, 0.9, LORA)]
-    t = _target(rows, gpus_per_node=1, currency="JPY", cost_per_gpu_hour=450.0)
+    t = _target(rows, target_gpus=1, currency="JPY", cost_per_gpu_hour=450.0)
     md = build_report(rows, tmp_path, lang="en", quality_target=EM, production=t)["markdown"].read_text()
     assert "GPU(s)" not in md and "epoch(s)" not in md and "on 1 GPU," in md and "× 1 epoch" in md
     amounts = [w for line in md.splitlines() if "JPY" in line for w in line.split() if w[:1].isdigit()]
@@ -234,6 +235,6 @@ def test_one_gpu_target_sets_deepspeed_aside_as_the_plan_does(tmp_path):
     zero2 = dict(row("LoRA r8 + ZeRO-2", em=1.0, gpus=2, combination=dict(SDPA, zero=2)))
     zero2["measured"].update(step_seconds=0.08, epoch_seconds=4.0)
     rows = [timed("LoRA r8 + sdpa", 0.05, 0.55, SDPA), zero2]
-    t = _target(rows, model="llama-3.1-8b", gpus_per_node=1)
+    t = _target(rows, target_model="llama-3.1-8b", target_gpus=1)
     h = build_report(rows, tmp_path, lang="en", quality_target=EM, production=t, hardware="cpu")["html"].read_text()
     assert "LoRA r8 + sdpa (recommended)" in h and "the recommendation is verified" in h

@@ -23,6 +23,11 @@ TARGET = dict(
     currency="USD",
     seq_len=512,
     micro_batch=8,
+    nodes=1,
+    max_hours=None,
+    poc_model=None,
+    shape_given=False,
+    headroom=0.1,
 )
 
 

@@ -9,6 +9,7 @@ from ftopt.quality import QualityTarget
 from ftopt.report.projection import production_target_for
 from ftopt.report.render import build_report, decide
 from ftopt.results import parse_rows
+from ftopt.spec import ProductionOptions
 
 HOSTILE = "<script>alert('x')</script>&\"quote\""
 LORA = {"gc": False, "lora_r": 8, "zero": 0, "offload": "none", "attn": "sdpa", "lora_targets": None}
@@ -128,13 +129,14 @@ def test_every_row_has_gpu_count_and_gpu_hours(tmp_path):
 def test_production_projection_cost_per_run_and_year_with_roadmap(tmp_path, lang):
     prod = production_target_for(
         parse_rows(ROWS),
-        gpu="a100-80g",
-        gpus_per_node=8,
-        dataset_tokens=1_000_000_000,
-        retrains_per_year=12,
-        cost_per_gpu_hour=3.0,
-        currency="USD",
-        max_hours=10,
+        ProductionOptions(
+            target_gpu="a100-80g",
+            target_gpus=8,
+            dataset_tokens=1_000_000_000,
+            retrains_per_year=12,
+            cost_per_gpu_hour=3.0,
+            max_hours=10,
+        ),
     )
     md = build_report(ROWS, tmp_path, lang=lang, quality_target=EM, production=prod)["markdown"].read_text()
     assert ("Production projection" if lang == "en" else "本番の予測") in md
@@ -211,21 +213,7 @@ def test_report_defaults_to_the_hardware_the_rows_ran_on(tmp_path):
     r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert "rtx4090" in (tmp_path / "rep" / "report.en.html").read_text()
-    s = report_settings(
-        read_results(path),
-        gpu=None,
-        title=None,
-        quality_target=None,
-        target_gpu=None,
-        target_gpus=1,
-        target_nodes=1,
-        dataset_tokens=None,
-        epochs=1.0,
-        retrains_per_year=1.0,
-        cost_per_gpu_hour=None,
-        currency="USD",
-        max_hours=None,
-    )
+    s = report_settings(read_results(path))  # report's own defaults: no --gpu
     assert s["hardware"] == "rtx4090" and s["capacity_bytes"] == load_hardware("rtx4090").memory_bytes
 
 

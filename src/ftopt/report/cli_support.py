@@ -9,7 +9,7 @@ from ftopt.errors import FtoptError
 from ftopt.quality import QualityTarget
 from ftopt.report.projection import production_target_for
 from ftopt.results import ResultRow
-from ftopt.spec import HardwareSpec, load_hardware
+from ftopt.spec import HardwareSpec, ProductionOptions, load_hardware
 
 
 def recorded_hardware(rows: list[ResultRow]) -> HardwareSpec:
@@ -38,64 +38,29 @@ def bench_target(rows: list[ResultRow]) -> QualityTarget | None:
 def report_settings(
     rows: list[ResultRow],
     *,
-    gpu: str | None,
-    title: str | None,
-    quality_target: str | None,
+    gpu: str | None = None,
+    title: str | None = None,
+    quality_target: str | None = None,
     quality_source: str = "src_given",
-    target_gpu: str | None,
-    target_gpus: int,
-    target_nodes: int,
-    target_model: str | None = None,
-    target_seq_len: int | None = None,
-    target_micro_batch: int | None = None,
-    dataset_tokens: int | None,
-    epochs: float,
-    retrains_per_year: float,
-    cost_per_gpu_hour: float | None,
-    currency: str,
-    max_hours: float | None,
+    production: ProductionOptions | None = None,
     headroom: float | None = None,
 ) -> dict:
-    """Keyword arguments for `build_report` (ReportSettings fields)."""
+    """Keyword arguments for `build_report` (ReportSettings fields). `production` holds the production flags;
+    its target GPU and model are checked here, before any projection."""
     from ftopt.calibration import calibrate
 
+    p = production or ProductionOptions()
     target = QualityTarget.parse(quality_target) if quality_target else bench_target(rows)
     if quality_target is None and target is not None:
         quality_source = "src_bench"
-    if (target_gpu is None) != (dataset_tokens is None):
-        raise FtoptError(
-            "Give --target-gpu and --dataset-tokens together to project production; got only "
-            f"{'--target-gpu' if target_gpu else '--dataset-tokens'}."
-        )
-    production = None
-    for flag, v, unit in (
-        ("--target-seq-len", target_seq_len, "tokens"),
-        ("--target-micro-batch", target_micro_batch, "sequences"),
-    ):
-        if v is not None and v <= 0:
-            raise FtoptError(f"{flag} must be a positive number of {unit}, got {v}.")
-    if target_gpu is not None:
-        load_hardware(target_gpu)  # an unknown preset fails here with its own message
-        if target_model is not None:
+    projected = None
+    if p.projects:
+        load_hardware(p.target_gpu)  # an unknown preset fails here with its own message
+        if p.target_model is not None:
             from ftopt.spec import load_model
 
-            load_model(target_model)  # likewise an unknown target model, before any projection
-        production = production_target_for(
-            rows,
-            model=target_model,
-            seq_len=target_seq_len,
-            micro_batch=target_micro_batch,
-            gpu=target_gpu,
-            gpus_per_node=target_gpus,
-            nodes=target_nodes,
-            dataset_tokens=dataset_tokens,
-            epochs=epochs,
-            retrains_per_year=retrains_per_year,
-            cost_per_gpu_hour=cost_per_gpu_hour,
-            currency=currency,
-            max_hours=max_hours,
-            headroom=headroom,
-        )
+            load_model(p.target_model)  # likewise an unknown target model, before any projection
+        projected = production_target_for(rows, p, headroom)
     hw = load_hardware(gpu) if gpu is not None else recorded_hardware(rows)
     try:
         fit = calibrate(rows, hw)
@@ -105,12 +70,12 @@ def report_settings(
         title=title,
         hardware=hw.name,
         capacity_bytes=None if hw.is_cpu else hw.memory_bytes,
-        cost_per_gpu_hour=cost_per_gpu_hour,
-        currency=currency,
-        max_hours=max_hours,
+        cost_per_gpu_hour=p.cost_per_gpu_hour,
+        currency=p.currency,
+        max_hours=p.max_hours,
         quality_target=target,
         quality_source=quality_source,
-        production=production,
+        production=projected,
         calibration=fit.model_dump() if fit else None,
     )
 

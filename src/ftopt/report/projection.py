@@ -17,7 +17,9 @@ from ftopt.results import ResultRow
 from ftopt.spec import (
     DEFAULT_HEADROOM,
     Combination,
+    CurrencyCode,
     Precision,
+    ProductionOptions,
     TrainingSetup,
     default_precision,
     load_hardware,
@@ -31,24 +33,25 @@ PILOT_TIME_OVERRUN_STOP = 1.5
 
 
 class ProductionTarget(BaseModel):
-    """Where and how often the chosen combination will run for real."""
+    """Where and how often the chosen combination will run for real: ProductionOptions resolved against the results
+    (the PoC's model, the plan's shape for the target GPU). Every value is given (production_target_for)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     model: str = Field(description="model preset, config.json or folder trained in production (default: the PoC's)")
     gpu: str = Field(description="hardware preset or JSON file")
-    gpus_per_node: int = Field(1, gt=0)
-    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(gt=0)
+    nodes: int = Field(gt=0)
     dataset_tokens: int = Field(gt=0, description="tokens in one epoch of the production data")
-    epochs: float = Field(1.0, gt=0)
-    retrains_per_year: float = Field(1.0, ge=0)
-    cost_per_gpu_hour: float | None = Field(None, ge=0)
-    currency: str = Field("USD", min_length=1, max_length=8)
-    max_hours: float | None = Field(None, gt=0, description="wall-clock budget of one production run")
+    epochs: float = Field(gt=0)
+    retrains_per_year: float = Field(ge=0)
+    cost_per_gpu_hour: float | None = Field(ge=0)
+    currency: CurrencyCode
+    max_hours: float | None = Field(gt=0, description="wall-clock budget of one production run")
     seq_len: int = Field(gt=0, description="--target-seq-len, else the plan's default for the target GPU")
-    micro_batch: int = Field(1, gt=0, description="--target-micro-batch, else the plan's default for the target GPU")
-    poc_model: str | None = Field(None, description="the model the PoC measured quality on")
-    shape_given: bool = Field(False, description="seq_len or micro_batch came from the user, not the plan's default")
-    headroom: float = Field(DEFAULT_HEADROOM, description="share of GPU memory kept free (--headroom)")
+    micro_batch: int = Field(gt=0, description="--target-micro-batch, else the plan's default for the target GPU")
+    poc_model: str | None = Field(description="the model the PoC measured quality on")
+    shape_given: bool = Field(description="seq_len or micro_batch came from the user, not the plan's default")
+    headroom: float = Field(description="share of GPU memory kept free (--headroom)")
 
     @property
     def gpus(self) -> int:
@@ -198,11 +201,11 @@ def plan_production(
 
 
 def production_target_for(
-    rows: list[ResultRow], *, seq_len: int | None = None, micro_batch: int | None = None, **given
+    rows: list[ResultRow], options: ProductionOptions, headroom: float | None = None
 ) -> ProductionTarget:
-    """The target: the PoC's model unless given (from the results' run specification); the sequence length and
-    micro-batch the plan uses by default on the target hardware unless given (a PoC on a CPU trains 64-token
-    sequences, which no production run does)."""
+    """The target of `options` (which has a --target-gpu): the PoC's model unless given (from the results' run
+    specification); the sequence length and micro-batch the plan uses by default on the target hardware unless given
+    (a PoC on a CPU trains 64-token sequences, which no production run does)."""
     run = next((r.run for r in rows if r.run is not None), None)
     if run is not None:
         poc_model = run.model.ref
@@ -210,13 +213,22 @@ def production_target_for(
         args = next((r.legacy_sweep for r in rows if r.legacy_sweep), {}).get("model_args", [])
         flags = ("--model", "--random-init")
         poc_model = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in flags), "tiny-llama")
-    hw = load_hardware(given["gpu"])
-    plan_shape = TrainingSetup.for_hardware(hw.is_cpu)
-    fields = {k: v for k, v in given.items() if v is not None}
+    o = options
+    plan_shape = TrainingSetup.for_hardware(load_hardware(o.target_gpu).is_cpu)
     return ProductionTarget(
-        **{"model": poc_model, **fields},
+        model=o.target_model or poc_model,
+        gpu=o.target_gpu,
+        gpus_per_node=o.target_gpus,
+        nodes=o.target_nodes,
+        dataset_tokens=o.dataset_tokens,
+        epochs=o.epochs,
+        retrains_per_year=o.retrains_per_year,
+        cost_per_gpu_hour=o.cost_per_gpu_hour,
+        currency=o.currency,
+        max_hours=o.max_hours,
+        seq_len=o.target_seq_len or plan_shape.seq_len,
+        micro_batch=o.target_micro_batch or plan_shape.micro_batch,
         poc_model=poc_model,
-        seq_len=seq_len or plan_shape.seq_len,
-        micro_batch=micro_batch or plan_shape.micro_batch,
-        shape_given=seq_len is not None or micro_batch is not None,
+        shape_given=o.target_seq_len is not None or o.target_micro_batch is not None,
+        headroom=DEFAULT_HEADROOM if headroom is None else headroom,
     )

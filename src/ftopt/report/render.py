@@ -30,6 +30,7 @@ from ftopt.report.projection import (
 from ftopt.report.text import LANGS, TEXT
 from ftopt.report.verdict import point_verified
 from ftopt.results import ResultRow, parse_rows
+from ftopt.spec import DEFAULT_CURRENCY, CurrencyCode
 
 __all__ = ["ReportSettings", "build_report", "decide"]
 CSS = (
@@ -49,7 +50,7 @@ class ReportSettings(BaseModel):
     hardware: str = "cpu"
     capacity_bytes: int | None = None
     cost_per_gpu_hour: float | None = Field(None, ge=0)
-    currency: str = Field("USD", min_length=1, max_length=8)
+    currency: CurrencyCode = DEFAULT_CURRENCY
     max_hours: float | None = Field(None, gt=0)
     quality_target: QualityTarget | None = None
     quality_source: str = Field("src_given", description="text key saying where the target came from")

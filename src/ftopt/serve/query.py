@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.errors import FtoptError
-from ftopt.plan import DEFAULT_CURRENCY, DEFAULT_LORA_R
+from ftopt.plan import DEFAULT_LORA_R
 
 DEFAULT_MODEL = "llama-2-7b"  # `ftopt plan --model` default (cli.plan)
 DEFAULT_GPU = "a100-80g"  # what cli_common.planning_hardware assumes when --gpu is not given
@@ -45,7 +45,7 @@ class PlanQuery(BaseModel):
     dataset_tokens: int | None = None
     headroom: float | None = Field(None, description="share of GPU memory kept free, as `plan --headroom`")
     cost_per_gpu_hour: float | None = None
-    currency: str = DEFAULT_CURRENCY
+    currency: str | None = None  # plan()'s default (DEFAULT_CURRENCY) when not given
     method: str = DEFAULT_METHOD
 
     def flags(self) -> list[str]:

@@ -67,15 +67,5 @@ class ResultsRoot:
     def _write(self, name: str, lang: str, out: Path) -> str:
         from ftopt.report.cli_support import write_report
 
-        paths = write_report(self.folder(name) / RESULTS, out, lang=lang, warn=lambda m: None, **_report_defaults())
+        paths = write_report(self.folder(name) / RESULTS, out, lang=lang, warn=lambda m: None)  # report's defaults
         return paths["html"].read_text(encoding="utf-8")
-
-
-def _report_defaults() -> dict:
-    """`ftopt report`'s own defaults for every setting flag (its signature is where they live)."""
-    import inspect
-
-    from ftopt.cli_sweep import report
-
-    params = inspect.signature(report).parameters
-    return {k: p.default for k, p in params.items() if k not in ("results", "out", "lang")}

@@ -2,6 +2,7 @@
 
 from ftopt.spec.hardware import HardwareSpec, hardware_names, load_hardware
 from ftopt.spec.model import Linear, LinearGroup, MlpKind, ModelSpec, NormKind, from_hf_config, load_model, preset_names
+from ftopt.spec.production import DEFAULT_CURRENCY, CurrencyCode, ProductionOptions
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
 from ftopt.spec.training import (
     CPU_DEFAULTS,
@@ -19,6 +20,9 @@ from ftopt.spec.training import (
 __all__ = [
     "CPU_DEFAULTS",
     "DEFAULT_HEADROOM",
+    "DEFAULT_CURRENCY",
+    "CurrencyCode",
+    "ProductionOptions",
     "DataSpec",
     "LrSchedule",
     "ModelRef",
