@@ -265,6 +265,14 @@ def test_bench_across_nodes_needs_a_host_file_and_hands_it_to_every_run(tmp_path
     r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
     assert r.exit_code == 2 and "lists 1 host" in r.output and not seen
     hosts.write_text("node-a slots=2\nnode-b slots=2\n")
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
+    assert r.exit_code == 2 and "lacks pdsh and ssh" in r.output and not seen
+    from tests.train.fake_cluster import write_stand_ins
+
+    write_stand_ins(tmp_path / "bin")  # never called: the runs are faked
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{path}")
     r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
     assert r.exit_code == 0, r.output
     assert len(seen) == 1 and seen[0].setup.nodes == 2 and seen[0].setup.world_size == 4

@@ -7,6 +7,7 @@ checks what this machine can actually run.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 from ftopt.errors import FtoptError
 from ftopt.spec import Attention, Precision, RunSpec
@@ -137,4 +138,10 @@ def check_launch(spec: RunSpec, rdzv) -> None:
         raise FtoptError(
             f"--hostfile {spec.hostfile}: {short[0]} has {hosts[short[0]]} slot(s); --gpus {s.gpus_per_node} needs "
             f"{s.gpus_per_node} per node."
+        )
+    missing = " and ".join(tool for tool in ("pdsh", "ssh") if shutil.which(tool) is None)
+    if missing:  # DeepSpeed's runner would fail only after the output folder was claimed
+        raise FtoptError(
+            f"--hostfile starts every node from here with pdsh over ssh, and this host lacks {missing}: install "
+            "it, or run this command on each node with --node-rank K --master-addr HOST."
         )
