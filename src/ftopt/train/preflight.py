@@ -113,6 +113,10 @@ def check_launch(spec: RunSpec, rdzv) -> None:
                 "give --hostfile (start every node from here) or --node-rank (run on each node), not both."
             )
         return
+    if spec.hostfile and s.nodes == 1:
+        raise FtoptError(
+            f"--hostfile {spec.hostfile} starts several nodes; give --nodes N as well (how many of its hosts)."
+        )
     if s.nodes == 1 or not spec.uses_launcher:
         return
     if not spec.hostfile:

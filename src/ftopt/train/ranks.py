@@ -133,9 +133,11 @@ def _tee(pipe, logf) -> None:
 
 
 def _wait(procs: dict[int, subprocess.Popen]) -> bool:
-    """Wait for every rank; forward the first Ctrl-C/SIGTERM as SIGINT (a second one as SIGTERM); once one rank
-    has failed, give the others GRACE_SECONDS, then SIGTERM, then SIGKILL."""
-    interrupted, failed_at = False, None
+    """Wait for every rank; forward the first Ctrl-C/SIGTERM as SIGINT (the ranks stop together at the end of a
+    step), a second one as SIGTERM, a third as SIGKILL (a rank blocked in C++, e.g. waiting for a master that never
+    answers, runs no Python signal handler); once one rank has failed, give the others GRACE_SECONDS, then SIGTERM,
+    then SIGKILL."""
+    interrupts, failed_at = 0, None
     # SIGTERM (Slurm's scancel) as Ctrl-C; SIGINT handled even where the shell started us with it ignored
     old = (
         {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
@@ -151,12 +153,12 @@ def _wait(procs: dict[int, subprocess.Popen]) -> bool:
                 if failed_at is not None and time.monotonic() - failed_at > 2 * GRACE_SECONDS:
                     _signal_all(procs, signal.SIGKILL)
             except KeyboardInterrupt:
-                _signal_all(procs, signal.SIGTERM if interrupted else signal.SIGINT)
-                interrupted = True
+                _signal_all(procs, (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[min(interrupts, 2)])
+                interrupts += 1
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    return interrupted
+    return interrupts > 0
 
 
 def _main_thread() -> bool:
