@@ -120,6 +120,10 @@ class HardwareSpec(BaseModel):
         """Raise FtoptError (one sentence) when this device cannot run `precision` or `attn`; call it before
         loading anything."""
         dtype = precision.compute_dtype
+        if self.is_cpu and precision is Precision.FP16_MIXED:  # as `train` refuses it (ftopt.train.preflight)
+            raise FtoptError(
+                "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
+            )
         if dtype not in self.peak_flops:
             others = [p.value for p in Precision if p.compute_dtype in self.peak_flops]
             raise FtoptError(
