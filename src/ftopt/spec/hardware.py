@@ -230,6 +230,11 @@ CPU_BNB_DEQUANT_BYTES_PER_S = 2.86e9
 CPU_BNB_OPTIMIZER_BYTES_PER_S = 0.73e9
 
 
+# What estimate and plan assume without --gpu (a plan is often made before any GPU is rented): the most common
+# datacenter training GPU; train and bench use the machine's own.
+PLANNING_DEFAULT_GPU = "a100-80g"
+
+
 def load_hardware(name: str) -> HardwareSpec:
     """A preset, `cpu` (this machine) or a user's JSON file, as is: no calibration is applied here (see
     ftopt.calibration.calibrated_hardware, which callers use explicitly)."""
