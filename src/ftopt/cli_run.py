@@ -299,6 +299,8 @@ def preview(
         from ftopt.spec.run import ModelRef
         from ftopt.train.preview import build_preview, render
 
+        if n < 1:
+            raise FtoptError(f"-n is the number of examples to show, at least 1; got {n}.")
         if model and random_init:
             raise FtoptError("give either --model (weights and tokenizer) or --random-init (config), not both.")
         ref = ModelRef(
