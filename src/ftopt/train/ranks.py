@@ -235,6 +235,8 @@ def rank_log(log_dir: Path, rank: int) -> Path:
 
 def interrupted_line(out: Path) -> str:
     """The same line as one process prints on Ctrl-C."""
+    if not any(out.glob("checkpoint-*")):  # stopped before the first save: nothing intact to speak of
+        return f"interrupted before the first checkpoint in {out}; --resume starts the run again from step 0"
     return f"interrupted: the last checkpoint in {out} is intact; continue with --resume"
 
 
