@@ -265,9 +265,29 @@ def test_bench_across_nodes_needs_a_host_file_and_hands_it_to_every_run(tmp_path
     r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
     assert r.exit_code == 2 and "lists 1 host" in r.output and not seen
     hosts.write_text("node-a slots=2\nnode-b slots=2\n")
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
+    assert r.exit_code == 2 and "lacks pdsh and ssh" in r.output and not seen
+    from tests.train.fake_cluster import write_stand_ins
+
+    write_stand_ins(tmp_path / "bin")  # never called: the runs are faked
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{path}")
     r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
     assert r.exit_code == 0, r.output
     assert len(seen) == 1 and seen[0].setup.nodes == 2 and seen[0].setup.world_size == 4
     assert seen[0].hostfile == str(hosts)
     rows = read_results(tmp_path / "b" / "results.jsonl")
     assert rows[0].status.value == "error" and "Connection refused" in rows[0].error_tail
+
+
+def test_bench_refuses_a_quality_target_no_run_can_measure_before_any_run(tmp_path, monkeypatch):
+    """A typo in the metric name ran the whole sweep; only `report` said so afterwards."""
+    from typer.testing import CliRunner
+
+    import ftopt.bench as B
+    from ftopt.cli import app
+
+    monkeypatch.setattr(B, "_run_with_timeout", lambda *a: pytest.fail("a run started"))
+    r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--quality-target", "exact>=0.5"])
+    assert r.exit_code == 2 and "'exact', which no run measures" in r.output and "exact_match" in r.output

@@ -138,6 +138,9 @@ def test_exported_learning_rate_suits_method_and_size_with_its_source(tmp_path):
     assert yaml.safe_load(text)["learning_rate"] == 2e-4 and "QLoRA" in text.splitlines()[0]
     lora70 = export(tmp_path / "c", "--model", "llama-2-70b", "--gpu", "a100-80g")
     assert yaml.safe_load((lora70 / "sft_config.yaml").read_text())["learning_rate"] == 1e-4
+    # ftopt's own run file (slurm.sbatch and `train --plan` run it) trains at the same rate
+    for folder, lr in ((full13, 1e-5), (lora7, 2e-4), (lora70, 1e-4)):
+        assert json.loads((folder / "run.json").read_text())["schedule"]["learning_rate"] == lr
 
 
 def test_exported_folder_still_runs_after_it_is_copied(tmp_path):

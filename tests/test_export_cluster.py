@@ -61,8 +61,19 @@ def test_slurm_script_starts_every_node_in_per_node_mode(tmp_path):
     calls = tmp_path / "calls.txt"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "SLURM_NNODES": "2",
            "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_SUBMIT_DIR": str(folder)}  # fmt: skip
+    # a planned preset has no weights and a plan names no data: the job stops at once until they are given
+    r = subprocess.run(["bash", str(folder / "slurm.sbatch")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "FTOPT_MODEL" in r.stderr and not calls.exists()
+    env = {**env, "FTOPT_MODEL": "meta-llama/Llama-2-7b-hf", "FTOPT_DATA": "data/train.jsonl"}
     subprocess.run(["bash", str(folder / "slurm.sbatch")], env=env, check=True, timeout=60)
     lines = calls.read_text().splitlines()
-    assert lines == [f"train --plan run.json --node-rank {k} --master-addr gpu-a --master-port 29500" for k in (0, 1)]
+    assert lines == [
+        f"train --plan run.json --model meta-llama/Llama-2-7b-hf --data data/train.jsonl --node-rank {k} "
+        "--master-addr gpu-a --master-port 29500"
+        for k in (0, 1)
+    ]
+    # launch.sh runs once per node: accelerate needs this node's rank and node 0's address, before the script's args
+    launch = (folder / "launch.sh").read_text().splitlines()[-1]
+    assert launch.index("--machine_rank") < launch.index(" -m ") and "--main_process_ip" in launch
     script = (folder / "slurm.sbatch").read_text()
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script

@@ -70,7 +70,7 @@ def test_65b_on_one_48gb_gpu_with_the_qlora_paper_settings():
 
 
 def test_repeated_quant_and_optim_values_plan_each_combination_once():
-    keys = ("gc", "lora_r", "zero", "offload", "attn", "lora_targets", "quant", "optim")
+    keys = ("gc", "lora_r", "zero", "fsdp", "offload", "attn", "lora_targets", "quant", "optim")
 
     def candidates(*flags):
         r = CliRunner().invoke(

@@ -241,8 +241,7 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     returncode, output = _run_with_timeout(cmd, env, timeout)
     status = Status.TIMEOUT if returncode is None else _status(returncode, output)
     if returncode is None:
-        # last, so that the error tail (its last lines) keeps it whatever the interrupted run printed
-        output = f"{output}\nstopped after --run-timeout {timeout:g} s"
+        output = f"{output}\nstopped after --run-timeout {timeout:g} s"  # last: the error tail keeps it
     metrics_path = spec.output_dir / "metrics.json"
     if status is Status.OK and not metrics_path.is_file():  # a clean exit that measured nothing is no result
         from ftopt.train.ranks import last_error_line

@@ -3,9 +3,10 @@
 The fastest predicted combination wins unless others are tied with it on time, where "tied" means within the time
 model's stated error: its held-out step-time error when a calibration measured one, else TIME_MODEL_ERROR. Among
 tied candidates the one with fewer moving parts wins, then the one with more memory headroom. One rule stands
-outside the tie: DeepSpeed on one GPU partitions nothing across GPUs; what it changes there (its own 16-bit model
-cast, host offload) buys memory at the price of an engine, a launcher and, with offload, host traffic. So it is
-recommended only when nothing without DeepSpeed fits (then offload is what makes the run fit).
+outside the tie: a sharding engine (DeepSpeed ZeRO or FSDP2) on one GPU partitions nothing across GPUs; what it
+changes there (its own 16-bit model cast, host offload) buys memory at the price of an engine, a launcher and, with
+offload, host traffic. So it is recommended only when nothing without one fits (then offload is what makes the run
+fit).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class TieBreak(BaseModel):
     tied: int = Field(0, description="other fitting candidates within the band of the fastest")
     decided_by: str = Field(description="'fastest', a moving part avoided, 'more memory headroom' or 'nothing fits'")
     dropped_single_gpu_deepspeed: bool = Field(
-        False, description="faster one-GPU DeepSpeed candidates were set aside: a candidate without it fits"
+        False,
+        description="faster one-GPU ZeRO or FSDP2 candidates were set aside: a candidate without a sharding engine fits",
     )
 
 
@@ -57,9 +59,9 @@ def tie_fraction(calibration: CalibrationProvenance | None) -> float:
     return TIME_MODEL_ERROR
 
 
-def single_gpu_deepspeed(e: Estimate, world_size: int) -> bool:
-    """DeepSpeed on one GPU: nothing to partition across; worth its engine only when nothing else fits."""
-    return world_size == 1 and e.combination.uses_deepspeed
+def single_gpu_sharding(e: Estimate, world_size: int) -> bool:
+    """ZeRO or FSDP2 on one GPU: nothing to partition across; worth its engine only when nothing else fits."""
+    return world_size == 1 and (e.combination.uses_deepspeed or e.combination.uses_fsdp)
 
 
 def _simplicity(e: Estimate) -> tuple:
@@ -80,8 +82,8 @@ def choose_fitting(estimates: list[Estimate], world_size: int, tie: float) -> tu
     fitting = sorted((e for e in estimates if e.fits), key=lambda e: e.total_seconds)
     if not fitting:
         return None, TieBreak(tie_fraction=tie, decided_by="nothing fits")
-    useful = [e for e in fitting if not single_gpu_deepspeed(e, world_size)]
-    dropped = bool(useful) and single_gpu_deepspeed(fitting[0], world_size)
+    useful = [e for e in fitting if not single_gpu_sharding(e, world_size)]
+    dropped = bool(useful) and single_gpu_sharding(fitting[0], world_size)
     pool = useful or fitting
     fastest = pool[0]
     near = [e for e in pool if e.total_seconds <= fastest.total_seconds * (1 + tie)]
@@ -96,8 +98,8 @@ def tie_text(c: TieBreak) -> str:
     out = ""
     if c.dropped_single_gpu_deepspeed:
         out += (
-            "; faster DeepSpeed candidates were set aside: on one GPU ZeRO partitions nothing, and a run "
-            "without DeepSpeed fits"
+            "; faster ZeRO or FSDP2 candidates were set aside: on one GPU they partition nothing, and a run "
+            "without them fits"
         )
     if c.tied:
         rule = (

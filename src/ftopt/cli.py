@@ -22,7 +22,6 @@ from ftopt.cli_common import (
     Epochs,
     FsdpOpt,
     Gc,
-    Gpu,
     Gpus,
     GradAccum,
     Headroom,
@@ -36,6 +35,7 @@ from ftopt.cli_common import (
     OffloadOpt,
     OptimOpt,
     Packing,
+    PlanGpu,
     PlannedModel,
     PrecisionOpt,
     QuantOpt,
@@ -79,7 +79,7 @@ def _main(
 @app.command()
 def estimate(
     model: PlannedModel = "llama-2-7b",
-    gpu: Gpu = None,
+    gpu: PlanGpu = None,
     gpus: Gpus = None,
     nodes: Nodes = None,
     seq_len: SeqLen = None,
@@ -149,7 +149,7 @@ def estimate(
 @app.command()
 def plan(
     model: PlannedModel = "llama-2-7b",
-    gpu: Gpu = None,
+    gpu: PlanGpu = None,
     gpus: Gpus = None,
     nodes: Nodes = None,
     seq_len: SeqLen = None,

@@ -14,6 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from ftopt.errors import FtoptError, validation_message
+from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 from ftopt.spec.production import ProductionOptions
 
 # ---- shared options (declared once; estimate, plan, train and bench reuse them) --------------------------------
@@ -23,6 +24,14 @@ Gpu = Annotated[
         "--gpu",
         help="hardware the predictions assume: a preset (a100-80g, "
         "h100-80g, ...), 'cpu', or a JSON file [default: this machine's GPU, or cpu]",
+    ),
+]
+PlanGpu = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu",
+        help="hardware the predictions assume: a preset (a100-80g, h100-80g, ...), 'cpu', or a JSON file "
+        f"[default: {PLANNING_DEFAULT_GPU}]",
     ),
 ]
 Gpus = Annotated[int | None, typer.Option("--gpus", help="GPUs (processes) per node [default: 1]")]
@@ -222,7 +231,7 @@ def planning_hardware(gpu: str | None, calibration: Path | None, host_ram: str |
     from ftopt.calibration_store import calibrated_hardware
     from ftopt.units import parse_bytes
 
-    hw = hardware(gpu or "a100-80g")
+    hw = hardware(gpu or PLANNING_DEFAULT_GPU)
     if host_ram is not None:
         hw = hw.model_copy(update={"host_memory_bytes": parse_bytes(host_ram, "--host-ram")})
     return calibrated_hardware(hw, calibration)

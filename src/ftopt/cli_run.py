@@ -257,13 +257,20 @@ def rendezvous(spec, node_rank: int | None, master_addr: str | None, master_port
     if master_addr is None:
         raise FtoptError(f"--node-rank {node_rank} needs --master-addr, the address of the node with --node-rank 0.")
     given = {"master_port": master_port} if master_port is not None else {}
-    return Rendezvous(
+    rdzv = Rendezvous(
         nodes=spec.setup.nodes,
         node_rank=node_rank,
         procs_per_node=spec.setup.gpus_per_node,
         master_addr=master_addr,
         **given,
     )
+    import socket
+
+    try:  # a typo would otherwise wait for a master that cannot exist until the 30-minute collective timeout
+        socket.getaddrinfo(master_addr, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise FtoptError(f"--master-addr {master_addr} cannot be resolved: {e}.") from None
+    return rdzv
 
 
 def preview(
@@ -292,6 +299,8 @@ def preview(
         from ftopt.spec.run import ModelRef
         from ftopt.train.preview import build_preview, render
 
+        if n < 1:
+            raise FtoptError(f"-n is the number of examples to show, at least 1; got {n}.")
         if model and random_init:
             raise FtoptError("give either --model (weights and tokenizer) or --random-init (config), not both.")
         ref = ModelRef(

@@ -113,11 +113,13 @@ def bench(
             raise FtoptError(f"--repeat must be at least 1, got {repeat}.")
         if run_timeout is not None and run_timeout <= 0:
             raise FtoptError(f"--run-timeout must be positive, got {run_timeout}.")
-        from ftopt.quality import QualityTarget, load_user_metric
+        from ftopt.quality import QualityTarget, check_target_metric, load_user_metric
 
         target = QualityTarget.parse(quality_target) if quality_target else None
         for ref in metric or []:
             load_user_metric(ref)  # a typo fails now, not after the first run
+        if target is not None:
+            check_target_metric(target, tuple(metric or ()))
         check_out_folder(out)
         hw = hardware(gpu)
         prec = resolve.setup(hw, precision=precision).precision

@@ -151,6 +151,25 @@ def launch_command(run: RunSpec, config_name: str) -> list[str]:
     return cmd + ["-m", "trl.scripts.sft", "--config", config_name]
 
 
+def launch_line(run: RunSpec, config_name: str) -> str:
+    """launch_command as a shell line, with a multi-node run's machine arguments before the script's."""
+    cmd = launch_command(run, config_name)
+    at = cmd.index("-m")
+    return shlex.join(cmd[:at]) + machine_args(run) + " " + shlex.join(cmd[at:])
+
+
+def machine_args(run: RunSpec) -> str:
+    """Several nodes: launch.sh runs once per node, with that node's rank and node 0's address from the
+    environment (accelerate has no way to find them itself)."""
+    if run.setup.nodes == 1:
+        return ""
+    return (
+        " --machine_rank \"${MACHINE_RANK:?set MACHINE_RANK to this node's rank, 0.."
+        + str(run.setup.nodes - 1)
+        + '}" --main_process_ip "${MAIN_PROCESS_IP:?set MAIN_PROCESS_IP to node 0\'s address}"'
+    )
+
+
 def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     """Write the files (see the module docstring) into `folder`; returns their paths."""
     import yaml
@@ -169,6 +188,9 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
         written += export_fsdp(run, model, folder)
     cfg_file = folder / "sft_config.yaml"
     lr = suggested_learning_rate(model, run.combination)
+    # run.json (ftopt's own launch, Slurm's) trains at the same published rate as the SFT config, not at the
+    # plan's default for the tiny built-in model
+    run = run.model_copy(update={"schedule": run.schedule.model_copy(update={"learning_rate": lr.value})})
     atomic_write_text(
         cfg_file,
         f"# {lr.comment()}\n" + yaml.safe_dump(sft_config(run, model, ds_path, folder), sort_keys=False),
@@ -179,7 +201,7 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
         "#!/bin/sh\n# the planned run through TRL's SFT script ("
         + run.combination.label()
         + ')\ncd "$(dirname "$0")"\nexec '
-        + shlex.join(launch_command(run, cfg_file.name))
+        + launch_line(run, cfg_file.name)
         + "\n",
     )
     launch.chmod(0o755)

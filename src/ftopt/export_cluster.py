@@ -28,10 +28,12 @@ def hostfile_text(run: RunSpec) -> str:
     return f"# DeepSpeed host file: replace node-K with your {s.nodes} host name(s), reachable by ssh from this one\n{hosts}"
 
 
-def node_command(spec_file: str) -> str:
+def node_command(run: RunSpec, spec_file: str) -> str:
     """What each Slurm task runs on its node; the variables are expanded there, per task."""
     train = shlex.join(["ftopt", "train", "--plan", spec_file])
-    return f'exec {train} --node-rank "$SLURM_NODEID" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"'
+    given = ' --model "$FTOPT_MODEL"' if not run.model.weights else ""
+    given += ' --data "$FTOPT_DATA"' if run.data.train is None else ""
+    return f'exec {train}{given} --node-rank "$SLURM_NODEID" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"'
 
 
 def slurm_text(run: RunSpec, spec_file: str) -> str:
@@ -46,14 +48,31 @@ def slurm_text(run: RunSpec, spec_file: str) -> str:
         f"{gpus}"
         "#SBATCH --exclusive\n"
         "set -eu\n"
+        "# submit from this folder (sbatch slurm.sbatch): run.json is read from the submit directory\n"
         'cd "$SLURM_SUBMIT_DIR"\n'
+        f"{_needs(run)}"
         "# node rank 0 is the job's first host; every task reaches it there\n"
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
         f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}\n"
         "export MASTER_ADDR MASTER_PORT\n"
         "# one task per node; ftopt starts the node's ranks; one failing node ends the job\n"
         f"srun --nodes={s.nodes} --ntasks={s.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
-        f"bash -c {shlex.quote(node_command(spec_file))}\n"
+        f"bash -c {shlex.quote(node_command(run, spec_file))}\n"
+    )
+
+
+def _needs(run: RunSpec) -> str:
+    """What the plan cannot know: a planned preset has no weights (train would initialise it at random), and a plan
+    names no data (train would use the built-in toy task). The job stops at once without them."""
+    out = ""
+    if not run.model.weights:
+        out += ': "${FTOPT_MODEL:?set FTOPT_MODEL to the model folder or Hub id to fine-tune}"\n'
+    if run.data.train is None:
+        out += ': "${FTOPT_DATA:?set FTOPT_DATA to the training data (JSONL, CSV, Parquet or a datasets folder)}"\n'
+    return (
+        out
+        + ("export FTOPT_MODEL\n" if not run.model.weights else "")
+        + ("export FTOPT_DATA\n" if run.data.train is None else "")
     )
 
 

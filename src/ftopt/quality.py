@@ -83,6 +83,16 @@ def label_accuracy(predictions: list[str], references: list[str], labels: list[s
     return hits / len(references) if references else 0.0
 
 
+def check_target_metric(target: QualityTarget, user_metrics: tuple[str, ...] = ()) -> None:
+    """A target on a metric no run can measure fails before any run (a typo cost a whole sweep): the losses, the
+    built-in generation metrics, label accuracy and the user's --metric functions are what runs record."""
+    known = (*LOSS_METRICS, *BUILTIN, "label_accuracy", *user_metrics)
+    if target.metric not in known:
+        raise FtoptError(
+            f"--quality-target names the metric '{target.metric}', which no run measures; use one of {', '.join(known)}."
+        )
+
+
 def load_user_metric(ref: str) -> MetricFn:
     """`module:function` -> the function; one clear sentence when it cannot be used."""
     if not re.fullmatch(r"[\w.]+:\w+", ref):

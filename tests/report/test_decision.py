@@ -125,6 +125,20 @@ def test_other_target_hardware_decides_by_projected_cost(tmp_path, lang, basis):
     assert ("LoRA r8 + sdpa (recommended)" if lang == "en" else "LoRA r8 + sdpa (推奨)") in h
 
 
+@pytest.mark.parametrize(
+    "lang,says", [("en", "do not fit the production GPUs"), ("ja", "本番 GPU のメモリに収まりません")]
+)
+def test_runs_that_met_the_bar_but_do_not_fit_the_target_are_named_as_such(tmp_path, lang, says):
+    """Old: 'no run met the quality target' right after '2 of 2 runs met it', when none of them fits the target."""
+    rows = _projected_rows()
+    t = _target(rows, target_model="llama-3.1-405b", target_gpus=1)  # LoRA of 405B on one A100: nothing fits
+    assert not any(p.fits_memory for p in projections(parse_rows(rows), t).values())
+    md = build_report(rows, tmp_path, lang=lang, quality_target=EM, production=t, hardware="cpu")["markdown"]
+    text = md.read_text()
+    assert says in text and "LoRA r8 + eager" in text
+    assert "no run met the quality target" not in text and "品質目標を達成した実行がない" not in text
+
+
 @pytest.mark.parametrize("lang", ["en", "ja"])
 def test_next_cheapest_is_never_cheaper_than_the_pick(tmp_path, lang):
     """Old: 'the next-cheapest alternative' cost less than the recommendation (178.80 vs 179.00 USD). A tie within

@@ -102,6 +102,11 @@ def test_report_command_projects_production(tmp_path):
         (["--quality-target", "exact_match=0.5"], "METRIC>=VALUE"),
         (["--target-gpu", "a100-80g"], "Give --target-gpu and --dataset-tokens together"),
         (["--target-gpu", "no-such-gpu", "--dataset-tokens", "1000"], "no-such-gpu"),
+        # production flags without a projection were dropped without a word; inf priced a run at inf USD
+        (["--target-nodes", "2"], "--target-nodes describes the production run"),
+        (["--retrains-per-year", "4"], "--retrains-per-year describes the production run"),
+        (["--cost-per-gpu-hour", "inf"], "--cost-per-gpu-hour: Input should be a finite number"),
+        (["--headroom", "1.5"], "--headroom is the share of GPU memory kept free"),
     ],
 )
 def test_report_flag_errors_are_one_line(tmp_path, args, fragment):

@@ -103,6 +103,8 @@ def test_presets_state_capability_and_kernels(name):
             "flash",
             "cpu cannot run flash attention (flash attention needs a CUDA GPU); use --attn eager or sdpa.",
         ),
+        # `estimate` accepted what `train` refuses
+        ("cpu", "fp16-mixed", "sdpa", "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU)"),
     ],
 )
 def test_check_runs_refuses_in_one_sentence(name, precision, attn, fragment):

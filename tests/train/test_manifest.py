@@ -70,3 +70,13 @@ def test_node_0_claims_a_shared_folder_where_another_node_already_logs(tmp_path)
     (other / "logs" / "notes.txt").write_text("not a rank log")  # a logs/ folder of someone else's
     with pytest.raises(FtoptError, match="did not write"):
         manifest.claim(other, resume=False, overwrite=False)
+
+
+def test_resume_into_someone_elses_folder_is_refused_too(tmp_path):
+    """--resume in a folder with no run and no manifest wrote over its files (a model folder's config.json)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    r = train(model, "--resume")
+    assert r.exit_code == 2 and "holds files ftopt did not write" in r.output
+    assert (model / "config.json").read_text() == "{}"

@@ -138,6 +138,13 @@ def test_several_nodes_need_a_host_file_or_a_node_rank(tmp_path):
     assert r.exit_code == 2 and "--node-rank 1 needs --master-addr" in r.output
     r = _train_cli(tmp_path, "--nodes", "2", "--node-rank", "2", "--master-addr", "h")
     assert r.exit_code == 2 and "--node-rank 2 is not below --nodes 2" in r.output
+    r = _train_cli(tmp_path, "--nodes", "2", "--node-rank", "1", "--master-addr", "bad host!")
+    assert r.exit_code == 2 and "--master-addr bad host! cannot be resolved" in r.output  # it waited 30 minutes
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node-a slots=1\nnode-b slots=1\n")
+    r = _train_cli(tmp_path, "--hostfile", str(hosts))  # it trained on one node, the host file ignored
+    assert r.exit_code == 2 and "give --nodes N as well" in r.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_bad_host_file_is_refused_before_anything_starts(tmp_path):
@@ -156,7 +163,9 @@ def test_a_bad_host_file_is_refused_before_anything_starts(tmp_path):
 def test_the_token_is_never_forwarded(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")
-    names = ranks.forward_env_names()
+    from ftopt.train.hostfile import env_file_lines
+
+    names = [line.split("=", 1)[0] for line in env_file_lines(os.environ)[0]]
     assert "HF_ENDPOINT" in names and "FTOPT_CACHE" in names and "HF_TOKEN" not in names
 
 

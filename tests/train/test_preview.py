@@ -66,3 +66,8 @@ def test_preview_errors_are_one_line(tmp_path):
     p = _data(tmp_path, [{"prompt": "a", "completion": "b"}, {"prompt": "a"}])
     r = runner.invoke(app, ["preview", "--data", str(p), "--eval-fraction", "0"])
     assert r.exit_code == 2 and "line 2: missing completion" in r.output and "Traceback" not in r.output
+
+
+def test_preview_refuses_a_count_below_one(tmp_path):
+    r = runner.invoke(app, ["preview", "--data", str(_data(tmp_path, [CHAT])), "-n", "-1"])
+    assert r.exit_code == 2 and "-n is the number of examples to show" in r.output and "got -1" in r.output

@@ -50,6 +50,10 @@ def report_settings(
     from ftopt.calibration import calibrate
 
     p = production or ProductionOptions()
+    if headroom is not None:
+        from ftopt.spec import TrainingSetup
+
+        TrainingSetup(headroom=headroom)  # its rule and message, checked even without a projection
     target = QualityTarget.parse(quality_target) if quality_target else bench_target(rows)
     if quality_target is None and target is not None:
         quality_source = "src_bench"

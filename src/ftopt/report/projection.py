@@ -165,11 +165,11 @@ def plan_choice(projs: dict[str, Projection], target: ProductionTarget) -> Combi
 
 def candidate_costs(projs: dict[str, Projection], target: ProductionTarget) -> dict[str, float]:
     """GPU-hours per run of each run that fits the target, by run key; as in the plan, a combination with DeepSpeed
-    on a one-GPU target (ZeRO partitions nothing there) is set aside when one without it fits."""
-    from ftopt.choice import single_gpu_deepspeed
+    on a one-GPU target (ZeRO or FSDP2 partitions nothing there) is set aside when one without it fits."""
+    from ftopt.choice import single_gpu_sharding
 
     fitting = {k: p for k, p in projs.items() if p.fits_memory}
-    useful = {k: p for k, p in fitting.items() if not single_gpu_deepspeed(p.estimate, target.gpus)}
+    useful = {k: p for k, p in fitting.items() if not single_gpu_sharding(p.estimate, target.gpus)}
     return {k: p.gpu_hours_per_run for k, p in (useful or fitting).items()}
 
 
@@ -178,11 +178,11 @@ def plan_production(
 ) -> ProductionPlan:
     """`best` is the decision's run projected, `others` the projections of the other runs that met the bar. The
     PoC's cost is the caller's: its runs may have used other hardware than the target's price is for."""
-    from ftopt.choice import single_gpu_deepspeed
+    from ftopt.choice import single_gpu_sharding
 
     fitting = [p for p in others if p.fits_memory and p.combination != best.combination]
     # as in the decision (candidate_costs): DeepSpeed on a one-GPU target is no alternative while another fits
-    useful = [p for p in fitting if not single_gpu_deepspeed(p.estimate, target.gpus)]
+    useful = [p for p in fitting if not single_gpu_sharding(p.estimate, target.gpus)]
     alt = min(useful or fitting, key=lambda p: p.gpu_hours_per_run, default=None)
     pilot = project(best.combination, best.label, target, data_fraction=PILOT_DATA_FRACTION, epochs=PILOT_EPOCHS)
     stages = [

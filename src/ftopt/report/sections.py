@@ -124,8 +124,10 @@ def _alternative(d: Decision, plan: ProductionPlan, T: dict, lang: str) -> str:
 
 
 def point_scale(d: Decision, T: dict, lang: str, plan: ProductionPlan | None) -> str:
-    if d.best is None:
-        return T["p_scale"].format(what=T["scale_none"])
+    if d.best is None:  # no run met the bar, or (projected) none of those that did fits the production GPUs
+        labels = "、".join if lang == "ja" else ", ".join
+        unfit = T["scale_unfit"].format(labels=e(labels(r.label for r in d.met))) if d.met else None
+        return T["p_scale"].format(what=unfit or T["scale_none"])
     b = d.best
     if plan is None:
         production = T["production_missing"]

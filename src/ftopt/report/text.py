@@ -57,6 +57,9 @@ EN: dict[str, str] = {
     "p_scale": "<b>From PoC to production.</b> {what}",
     "scale_best": "Scale <b>{label}</b>: in the PoC it took {time} per epoch on {gpus}, {gpuh} GPU-hours. {production}",
     "scale_none": "There is nothing to scale yet: no run met the quality target.",
+    "scale_unfit": "There is nothing to scale yet: the runs that met the quality target ({labels}) do not fit the "
+    "production GPUs' memory in the projection; plan the production model with more GPUs, or a combination that "
+    "fits them in the next proof of concept.",
     "production": "For {model} on {gpus} × {gpu} with {tokens} tokens × {epochs} it is predicted to take {hours} per "
     "run ({gpuh} GPU-hours), {cost} per run and {cost_year} per year at {retrains} a year.",
     "production_nocost": "For {model} on {gpus} × {gpu} with {tokens} tokens × {epochs} it is predicted to take {hours} "

@@ -52,6 +52,9 @@ JA: dict[str, str] = {
     "scale_best": "<b>{label}</b>で本番に進めます。PoC では GPU {gpus}台で1エポックに{time}、{gpuh} GPU時間かかりました。"
     "{production}",
     "scale_none": "品質目標を達成した実行がないため、本番に進める組み合わせはまだありません。",
+    "scale_unfit": "品質目標を達成した組み合わせ({labels})は、予測では本番 GPU のメモリに収まりません。本番に進める"
+    "組み合わせはまだありません。GPU を増やして本番モデルを計画し直すか、本番 GPU に収まる組み合わせを次の PoC に"
+    "加えてください。",
     "production": "{model}を{gpu} {gpus}台で、{tokens}トークンを{epochs}エポック学習すると、1回あたり{hours}({gpuh} GPU時間)、"
     "費用は1回{cost}、年{retrains}回の再学習で年間{cost_year}と予測されます。",
     "production_nocost": "{model}を{gpu} {gpus}台で、{tokens}トークンを{epochs}エポック学習すると、1回あたり{hours}"

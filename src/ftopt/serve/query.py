@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.errors import FtoptError
 from ftopt.plan import DEFAULT_LORA_R
+from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 
 DEFAULT_MODEL = "llama-2-7b"  # `ftopt plan --model` default (cli.plan)
-DEFAULT_GPU = "a100-80g"  # what cli_common.planning_hardware assumes when --gpu is not given
+DEFAULT_GPU = PLANNING_DEFAULT_GPU  # what estimate and plan assume without --gpu
 # `ftopt plan --method` default (cli.plan; tests/serve/test_command.py checks they agree): the formulas search, the
 # trace confirms. The page shows the analytic answer at once and the traced one when the trace ends.
 DEFAULT_METHOD = "traced"

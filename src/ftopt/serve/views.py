@@ -5,22 +5,32 @@ from __future__ import annotations
 import json
 
 # Each technique: its "off" setting, then the "on" settings tried in order (the first that the plan has wins); an
-# "on" setting may change another field too where Combination's validator needs it (offload needs a ZeRO stage;
-# ZeRO-3 takes no quantized base). "LORA_R" stands for the plan's LoRA rank.
+# "on" setting may change another field too where Combination's validator needs it (offload needs a ZeRO stage or
+# FSDP2; ZeRO-3 takes no quantized base). "LORA_R" stands for the plan's LoRA rank. Sharding is one technique:
+# ZeRO or FSDP2 (exclusive), off meaning neither.
 TECHNIQUES = (
     ("lora", {"lora_r": 0, "quant": "none", "lora_targets": None}, [{"lora_r": "LORA_R"}]),
     ("quant", {"quant": "none"}, [{"quant": "nf4"}, {"quant": "int8"}]),
     ("gc", {"gc": False}, [{"gc": True}]),
-    ("zero", {"zero": 0, "offload": "none"}, [{"zero": 3}, {"zero": 2}, {"zero": 1}]),
+    (
+        "zero",
+        {"zero": 0, "fsdp": "none", "offload": "none"},
+        [{"zero": 3}, {"zero": 2}, {"zero": 1}, {"fsdp": "full"}, {"fsdp": "grad-op"}],
+    ),
     (
         "offload",
         {"offload": "none"},
-        [{"offload": "optimizer"}, {"offload": "optimizer", "zero": 2}, {"offload": "optimizer", "zero": 1}],
+        [
+            {"offload": "optimizer"},
+            {"offload": "optimizer", "zero": 2},
+            {"offload": "optimizer", "zero": 1},
+            {"offload": "all"},
+        ],
     ),
     ("optim", {"optim": "adamw"}, [{"optim": "adamw-8bit"}, {"optim": "paged-adamw-8bit"}, {"optim": "paged-adamw"}]),
     ("flash", {"attn": "sdpa"}, [{"attn": "flash"}]),
 )
-KEY_FIELDS = ("gc", "lora_r", "zero", "offload", "attn", "lora_targets", "quant", "optim")
+KEY_FIELDS = ("gc", "lora_r", "zero", "fsdp", "offload", "attn", "lora_targets", "quant", "optim")
 
 
 def _key(c: dict) -> str:

@@ -111,6 +111,10 @@ class HardwareSpec(BaseModel):
         """Raise FtoptError (one sentence) when this device cannot run `precision` or `attn`; call it before
         loading anything."""
         dtype = precision.compute_dtype
+        if self.is_cpu and precision is Precision.FP16_MIXED:  # as `train` refuses it (ftopt.train.preflight)
+            raise FtoptError(
+                "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
+            )
         if dtype not in self.peak_flops:
             others = [p.value for p in Precision if p.compute_dtype in self.peak_flops]
             raise FtoptError(
@@ -205,6 +209,11 @@ def cpu_spec() -> HardwareSpec:
         is_cpu=True,
         source=f"this machine: {os.cpu_count()} cores, memory from the OS, fp32 FLOP/s from a matmul probe",
     )
+
+
+# What estimate and plan assume without --gpu (a plan is often made before any GPU is rented): the most common
+# datacenter training GPU; train and bench use the machine's own.
+PLANNING_DEFAULT_GPU = "a100-80g"
 
 
 def load_hardware(name: str) -> HardwareSpec:

@@ -12,12 +12,17 @@ DEFAULT_CURRENCY = "USD"  # ISO 4217 code of --cost-per-gpu-hour and of every co
 CurrencyCode = Annotated[str, Field(min_length=1, max_length=8, description="currency of cost_per_gpu_hour")]
 
 
+# the fields only a projection reads (the price, currency and time budget also price the PoC's own runs)
+PROJECTION_ONLY = ("target_gpus", "target_nodes", "target_model", "target_seq_len", "target_micro_batch", "epochs",
+                   "retrains_per_year")  # fmt: skip
+
+
 class ProductionOptions(BaseModel):
     """The production flags (`--target-gpu`, `--dataset-tokens`, ...; each field is its flag's name). No target GPU
     means no projection; the sequence length and micro-batch default to the plan's for the target GPU
     (ftopt.report.projection.production_target_for)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     target_gpu: str | None = Field(None, description="production GPU preset or JSON file")
     target_gpus: int = Field(1, gt=0, description="production GPUs per node")
     target_nodes: int = Field(1, gt=0, description="production nodes")
@@ -38,6 +43,11 @@ class ProductionOptions(BaseModel):
                 "Give --target-gpu and --dataset-tokens together to project production; got only "
                 f"{'--target-gpu' if self.target_gpu else '--dataset-tokens'}."
             )
+        # what only the projection reads, given without one, would be dropped without a word
+        idle = [f for f in PROJECTION_ONLY if f in self.model_fields_set] if self.target_gpu is None else []
+        if idle:
+            flag = "--" + idle[0].replace("_", "-")
+            raise ValueError(f"{flag} describes the production run, which needs --target-gpu and --dataset-tokens.")
         return self
 
     @classmethod

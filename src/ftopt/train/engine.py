@@ -4,7 +4,7 @@ One process runs in-process. ZeRO or several GPUs start one process per rank run
 handed the run specification itself (not a path that must exist on every node):
 - on one node, and on each node of a per-node run (`--nodes N --node-rank K --master-addr HOST`, the way Slurm
   and Kubernetes start one command per node), ftopt.train.ranks starts this node's ranks;
-- with `--hostfile`, DeepSpeed's pdsh runner starts every node's ranks from this host (ssh to each node).
+- with `--hostfile`, DeepSpeed's pdsh runner starts every node's ranks from this host (ftopt.train.hostfile).
 On a CPU the ranks use gloo, on GPUs NCCL. A run has no wall-clock limit (fine-tunes take hours or days); a lost
 rank fails it through the collective timeout (dsconfig.RANK_TIMEOUT_SECONDS), and `--max-hours` stops it cleanly.
 """
@@ -14,12 +14,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
-from ftopt.train import ranks
+from ftopt.train import hostfile, ranks
 from ftopt.train.allocator import allocator_env
 from ftopt.train.outputs import finished_run, prepare_output
 from ftopt.train.preflight import check_devices, check_launch
@@ -36,9 +35,9 @@ def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
         steps = (done.get("measured") or {}).get("steps")
         print(f"--resume: the run in {spec.output_dir} is complete ({steps} steps); nothing to train.", file=sys.stderr)
         return done
-    hostfile = spec.setup.nodes > 1 and rdzv is None  # DeepSpeed's pdsh runner starts the nodes
+    by_hostfile = spec.setup.nodes > 1 and rdzv is None  # DeepSpeed's pdsh runner starts the nodes
     trainer_ranks = spec.uses_launcher and not spec.combination.uses_fsdp  # FSDP2 ranks need no DeepSpeed
-    if (hostfile or trainer_ranks) and importlib.util.find_spec("deepspeed") is None:
+    if (by_hostfile or trainer_ranks) and importlib.util.find_spec("deepspeed") is None:
         raise FtoptError("ZeRO, multi-GPU and --hostfile runs need DeepSpeed: pip install deepspeed.")
     prepare_output(spec, claim=rdzv is None or rdzv.node_rank == 0)
     if not spec.uses_launcher:
@@ -47,8 +46,8 @@ def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
         # read by torch when CUDA first allocates, which happens after this (the worker builds the model)
         os.environ.update(allocator_env(os.environ, on_cuda=not spec.hardware.is_cpu))
         return run_worker(spec)
-    if hostfile:
-        return _launch_hostfile(spec)
+    if by_hostfile:
+        return hostfile.launch(spec, _env(spec), worker_module(spec))
     rdzv = rdzv or ranks.Rendezvous(procs_per_node=spec.setup.gpus_per_node, master_port=ranks.free_port())
     return _launch_ranks(spec, rdzv)
 
@@ -102,15 +101,9 @@ def _judge(codes: dict[int, int], log_dir) -> None:
     if rank is None:
         return
     oom = [r for r in failed if ranks.is_oom(ranks.rank_log(log_dir, r))]
-    if oom:
-        log = ranks.rank_log(log_dir, oom[0])
-        raise FtoptError(
-            f"Rank {oom[0]} ran out of memory and all ranks were stopped: {ranks.last_exception(log)} (log: {log})."
-        )
+    rank = oom[0] if oom else rank
     log = ranks.rank_log(log_dir, rank)
-    raise FtoptError(
-        f"Rank {rank} failed (exit {codes[rank]}) and all ranks were stopped: {ranks.last_exception(log)} (log: {log})."
-    )
+    raise FtoptError(ranks.failure_message(rank, ranks.last_exception(log), log, oom=bool(oom), code=codes[rank]))
 
 
 def _finished(log, rank: int) -> bool:
@@ -118,39 +111,3 @@ def _finished(log, rank: int) -> bool:
         return ranks.FINISHED.format(rank=rank) in log.read_text(errors="replace")
     except OSError:
         return False
-
-
-def _launch_hostfile(spec: RunSpec) -> dict:
-    """DeepSpeed's pdsh runner from this host; the environment the run needs travels in a `.deepspeed_env` file
-    (DS_ENV_FILE) in a private temporary folder, never under the run folder, and never with the token."""
-    import tempfile
-
-    out = spec.output_dir
-    s = spec.setup
-    with tempfile.TemporaryDirectory(prefix="ftopt-dsenv-") as tmp:
-        env_file = os.path.join(tmp, ".deepspeed_env")
-        env = _env(spec)
-        lines = [f"{k}={env[k]}" for k in ranks.forward_env_names() if "\n" not in env[k]]
-        with open(os.open(env_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write("".join(line + "\n" for line in lines))
-        env["DS_ENV_FILE"] = env_file
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(s.gpus_per_node)]
-        cmd += ["--num_nodes", str(s.nodes), "--hostfile", str(spec.hostfile), "--master_port", str(ranks.free_port())]
-        cmd += ["--module", worker_module(spec), ranks.encode_arg(spec.to_json())]
-        log_path = out / "launcher.log"
-        with log_path.open("w") as logf:
-            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-    metrics_path = out / "metrics.json"
-    if proc.returncode != 0 and not metrics_path.exists():
-        what = "ran out of memory" if ranks.is_oom(log_path) else f"failed (exit {proc.returncode})"
-        raise FtoptError(
-            f"A rank {what} and all ranks were stopped: {ranks.last_exception(log_path)} (log: {log_path})."
-        )
-    if not metrics_path.exists():
-        raise FtoptError(f"The run ended without metrics; see {log_path}.")
-    if proc.returncode != 0:
-        print(
-            f"warning: a rank exited with {proc.returncode} after the metrics were written (log: {log_path})",
-            file=sys.stderr,
-        )
-    return json.loads(metrics_path.read_text())

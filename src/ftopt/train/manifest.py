@@ -72,6 +72,10 @@ def _ours(out: Path, manifest: dict) -> set[str]:
     return (set(manifest["files"]) | by_pattern) & present - set(manifest["foreign"])
 
 
+def _pre_manifest_run(out: Path) -> bool:
+    return (out / "steps.jsonl").is_file() or (out / "metrics.json").is_file() or any(out.glob("checkpoint-*"))
+
+
 def _other_nodes_logs(out: Path) -> set[str]:
     """{"logs"} when that is a folder of rank logs only: a per-node run's other nodes, sharing this folder, may start
     their ranks (ftopt.train.ranks.LOG_DIR) before node 0 claims it; those logs are the run's, not someone else's."""
@@ -86,7 +90,9 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> None:
     manifest = read(out)
     present = _entries(out)
     if manifest is None:
-        if present - _other_nodes_logs(out) and not resume:
+        # --resume of a run written before manifests: it must hold a run (steps, metrics or a checkpoint), or the
+        # "resume" would write over someone's files (a model folder's config.json)
+        if present - _other_nodes_logs(out) and not (resume and _pre_manifest_run(out)):
             raise FtoptError(
                 f"--out {out} holds files ftopt did not write ({', '.join(sorted(present)[:3])}"
                 f"{', ...' if len(present) > 3 else ''}) and no {MANIFEST_NAME}; choose an empty or new folder."

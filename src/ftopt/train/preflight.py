@@ -7,6 +7,7 @@ checks what this machine can actually run.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 from ftopt.errors import FtoptError
 from ftopt.spec import Attention, Precision, RunSpec
@@ -112,6 +113,10 @@ def check_launch(spec: RunSpec, rdzv) -> None:
                 "give --hostfile (start every node from here) or --node-rank (run on each node), not both."
             )
         return
+    if spec.hostfile and s.nodes == 1:
+        raise FtoptError(
+            f"--hostfile {spec.hostfile} starts several nodes; give --nodes N as well (how many of its hosts)."
+        )
     if s.nodes == 1 or not spec.uses_launcher:
         return
     if not spec.hostfile:
@@ -137,4 +142,10 @@ def check_launch(spec: RunSpec, rdzv) -> None:
         raise FtoptError(
             f"--hostfile {spec.hostfile}: {short[0]} has {hosts[short[0]]} slot(s); --gpus {s.gpus_per_node} needs "
             f"{s.gpus_per_node} per node."
+        )
+    missing = " and ".join(tool for tool in ("pdsh", "ssh") if shutil.which(tool) is None)
+    if missing:  # DeepSpeed's runner would fail only after the output folder was claimed
+        raise FtoptError(
+            f"--hostfile starts every node from here with pdsh over ssh, and this host lacks {missing}: install "
+            "it, or run this command on each node with --node-rank K --master-addr HOST."
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,11 @@ INTERRUPTED = 130
 # Substrings of an out-of-memory failure: PyTorch's CUDA and CPU allocators, cuBLAS.
 OOM_MARKERS = ("out of memory", "OutOfMemoryError", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
 LOG_DIR = "logs"
-FINISHED = "ftopt: rank {rank} finished"  # a worker's last line: a later non-zero exit is a crash at teardown
+MARKER_PREFIX = "ftopt: rank "  # of the launcher's markers below, never shown on the console
+FINISHED = MARKER_PREFIX + "{rank} finished"  # a worker's last line: a later non-zero exit is a crash at teardown
+# What a worker prints when it fails (then its traceback): names the rank in a log that several ranks share
+FAILED = MARKER_PREFIX + "{rank} failed: {error}"
+_FAILED_LINE = re.compile(r"ftopt: rank (\d+) failed: (.*)")
 
 
 class Rendezvous(BaseModel):
@@ -122,15 +127,17 @@ def _tee(pipe, logf) -> None:
             line = raw.decode(errors="replace")
             logf.write(line)
             logf.flush()
-            if not line.startswith(FINISHED.split("{")[0]):  # the launcher's marker, not the user's
+            if not line.startswith(MARKER_PREFIX):  # the launcher's markers, not the user's
                 sys.stderr.write(line)
                 sys.stderr.flush()
 
 
 def _wait(procs: dict[int, subprocess.Popen]) -> bool:
-    """Wait for every rank; forward the first Ctrl-C/SIGTERM as SIGINT (a second one as SIGTERM); once one rank
-    has failed, give the others GRACE_SECONDS, then SIGTERM, then SIGKILL."""
-    interrupted, failed_at = False, None
+    """Wait for every rank; forward the first Ctrl-C/SIGTERM as SIGINT (the ranks stop together at the end of a
+    step), a second one as SIGTERM, a third as SIGKILL (a rank blocked in C++, e.g. waiting for a master that never
+    answers, runs no Python signal handler); once one rank has failed, give the others GRACE_SECONDS, then SIGTERM,
+    then SIGKILL."""
+    interrupts, failed_at = 0, None
     # SIGTERM (Slurm's scancel) as Ctrl-C; SIGINT handled even where the shell started us with it ignored
     old = (
         {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
@@ -146,12 +153,12 @@ def _wait(procs: dict[int, subprocess.Popen]) -> bool:
                 if failed_at is not None and time.monotonic() - failed_at > 2 * GRACE_SECONDS:
                     _signal_all(procs, signal.SIGKILL)
             except KeyboardInterrupt:
-                _signal_all(procs, signal.SIGTERM if interrupted else signal.SIGINT)
-                interrupted = True
+                _signal_all(procs, (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[min(interrupts, 2)])
+                interrupts += 1
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    return interrupted
+    return interrupts > 0
 
 
 def _main_thread() -> bool:
@@ -202,18 +209,24 @@ def is_oom(log_path: Path) -> bool:
 
 
 def end_rank(work) -> None:
-    """A launched rank's life: `work()`, then its exit as the launcher reads it (engine.py's _judge): an FtoptError
-    is one line and exit 2, Ctrl-C exits INTERRUPTED, success ends with the FINISHED marker."""
+    """A launched rank's life: `work()`, then its exit as the launcher reads it (engine.py's _judge, hostfile.py's
+    failures): an FtoptError is one line and exit 2, Ctrl-C exits INTERRUPTED, a failure is named by a FAILED line
+    before its traceback, success ends with the FINISHED marker."""
     from ftopt.errors import FtoptError
 
+    rank = os.environ.get("RANK", "0")
     try:
         work()
     except FtoptError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        print(FAILED.format(rank=rank, error=f"error: {e}"), file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED)
-    print(FINISHED.format(rank=os.environ.get("RANK", "0")), file=sys.stderr, flush=True)
+    except Exception as e:  # named before the traceback: hostfile mode's launcher.log holds every rank's output
+        print(FAILED.format(rank=rank, error=f"{type(e).__name__}: {e}".splitlines()[0]), file=sys.stderr, flush=True)
+        raise
+    print(FINISHED.format(rank=rank), file=sys.stderr, flush=True)
 
 
 def rank_log(log_dir: Path, rank: int) -> Path:
@@ -222,11 +235,20 @@ def rank_log(log_dir: Path, rank: int) -> Path:
 
 def interrupted_line(out: Path) -> str:
     """The same line as one process prints on Ctrl-C."""
+    if not any(out.glob("checkpoint-*")):  # stopped before the first save: nothing intact to speak of
+        return f"interrupted before the first checkpoint in {out}; --resume starts the run again from step 0"
     return f"interrupted: the last checkpoint in {out} is intact; continue with --resume"
 
 
-def forward_env_names() -> list[str]:
-    """Variables a run needs on every node (ftopt's, Hugging Face's and the thread count), never the token."""
-    keep = ("FTOPT_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "OMP_NUM_THREADS", "PYTHONPATH")
-    secret = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
-    return sorted(k for k in os.environ if k.startswith(keep) and k not in secret)
+def failures(text: str) -> dict[int, str]:
+    """{rank: its failure line} from the `FAILED` lines in `text` (a launcher's log, lines prefixed by pdsh with
+    their host), in the order they appear: the rank that failed first comes first in all likelihood."""
+    found: dict[int, str] = {}
+    for m in _FAILED_LINE.finditer(text):
+        found.setdefault(int(m.group(1)), m.group(2).strip()[:300])
+    return found
+
+
+def failure_message(rank: int, line: str, log: Path, oom: bool, code: int | None = None) -> str:
+    what = "ran out of memory" if oom else "failed" + (f" (exit {code})" if code is not None else "")
+    return f"Rank {rank} {what} and all ranks were stopped: {line} (log: {log})."
