@@ -117,6 +117,9 @@ def test_grid_yaml(tmp_path):
     g.write_text("grid:\n  gc: [true]\n  flash: [true]\n")
     with pytest.raises(FtoptError, match="unknown option"):
         load_grid(g)
+    g.write_text("grid:\n  gc: [maybe]\n")  # every point invalid: the reason is named, not only "no valid"
+    with pytest.raises(FtoptError, match="gc: Input should be a valid boolean.*'maybe'"):
+        load_grid(g)
     g.write_text("combinations:\n  - {lora_r: 8, zero: 5}\n")
     with pytest.raises(FtoptError, match="zero"):
         load_grid(g)

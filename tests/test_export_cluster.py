@@ -77,3 +77,19 @@ def test_slurm_script_starts_every_node_in_per_node_mode(tmp_path):
     assert launch.index("--machine_rank") < launch.index(" -m ") and "--main_process_ip" in launch
     script = (folder / "slurm.sbatch").read_text()
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
+
+
+def test_a_rerun_keeps_an_edited_slurm_script_and_host_file(tmp_path):
+    """plan --export overwrote the templates a user edits (their partition, their host names) on every rerun."""
+    folder = tmp_path / "export"
+    _plan(tmp_path, "--export", str(folder))
+    script = folder / "slurm.sbatch"
+    generated = script.read_text()
+    _plan(tmp_path, "--export", str(folder))  # unedited: replaced in place, no .new
+    assert script.read_text() == generated and not (folder / "slurm.sbatch.new").exists()
+    script.write_text(generated.replace("#SBATCH --exclusive", "#SBATCH --exclusive\n#SBATCH --partition=gpu"))
+    (folder / "hostfile").write_text("gpu-a slots=8\ngpu-b slots=8\n")
+    r = _plan(tmp_path, "--export", str(folder))
+    assert "#SBATCH --partition=gpu" in script.read_text() and "gpu-a" in (folder / "hostfile").read_text()
+    assert (folder / "slurm.sbatch.new").read_text() == generated and (folder / "hostfile.new").exists()
+    assert "slurm.sbatch.new" in r.output

@@ -155,17 +155,19 @@ def load_grid(path: str | Path) -> list[Combination]:
             raise FtoptError(
                 f"The grid names unknown option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}."
             )
+        first_error = None
         if axes:
             names = list(axes)
             for values in itertools.product(*(v if isinstance(v, list) else [v] for v in axes.values())):
                 try:
                     out.append(Combination(**dict(zip(names, values))))
-                except ValidationError:
-                    continue  # e.g. offload without ZeRO: not a valid combination, skipped
+                except ValidationError as e:  # e.g. offload without ZeRO: not a valid combination, skipped
+                    first_error = first_error or validation_message(e)
     except ValidationError as e:
         raise FtoptError(f"Grid {path}: {validation_message(e)}.") from None
     if not out:
-        raise FtoptError(f"The grid {path} defines no valid combination.")
+        why = f" (the first: {first_error})" if first_error else ""
+        raise FtoptError(f"The grid {path} defines no valid combination{why}.")
     return out
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -76,12 +77,32 @@ def _needs(run: RunSpec) -> str:
     )
 
 
+RECORD = ".ftopt-export.json"  # what this folder's templates held when ftopt last wrote them (sha256 per name)
+
+
+def _write_template(folder: Path, name: str, text: str) -> Path:
+    """A template a user edits (host names, #SBATCH lines for their partition and account): a rerun replaces it
+    only when it is still what ftopt wrote; an edited one is kept and the new text goes to NAME.new."""
+    path, record_path = folder / name, folder / RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    if path.exists():
+        current = hashlib.sha256(path.read_bytes()).hexdigest()
+        if current != record.get(name) and path.read_text() != text:
+            path = folder / f"{name}.new"
+    atomic_write_text(path, text)
+    if path.name == name:
+        record[name] = hashlib.sha256(text.encode()).hexdigest()
+        atomic_write_text(record_path, json.dumps(record, indent=2))
+    return path
+
+
 def export_cluster(run: RunSpec, folder: Path) -> list[Path]:
     spec = folder / RUN_FILE
     atomic_write_text(spec, json.dumps(run.to_json(), indent=2))
-    hostfile = folder / "hostfile"
-    atomic_write_text(hostfile, hostfile_text(run))
-    slurm = folder / "slurm.sbatch"
-    atomic_write_text(slurm, slurm_text(run, spec.name))
+    hostfile = _write_template(folder, "hostfile", hostfile_text(run))
+    slurm = _write_template(folder, "slurm.sbatch", slurm_text(run, spec.name))
     slurm.chmod(0o755)
     return [spec, hostfile, slurm]
