@@ -89,8 +89,8 @@ def _write_template(folder: Path, name: str, text: str) -> Path:
     except (OSError, ValueError):
         record = {}
     if path.exists():
-        current = hashlib.sha256(path.read_bytes()).hexdigest()
-        if current != record.get(name) and path.read_text() != text:
+        current = path.read_text()
+        if current != text and hashlib.sha256(current.encode()).hexdigest() != record.get(name):
             path = folder / f"{name}.new"
     atomic_write_text(path, text)
     if path.name == name:

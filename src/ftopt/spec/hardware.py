@@ -112,9 +112,7 @@ class HardwareSpec(BaseModel):
         loading anything."""
         dtype = precision.compute_dtype
         if self.is_cpu and precision is Precision.FP16_MIXED:  # as `train` refuses it (ftopt.train.preflight)
-            raise FtoptError(
-                "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
-            )
+            raise FtoptError(FP16_NEEDS_CUDA)
         if dtype not in self.peak_flops:
             others = [p.value for p in Precision if p.compute_dtype in self.peak_flops]
             raise FtoptError(
@@ -135,6 +133,9 @@ class HardwareSpec(BaseModel):
                 f"--attn {attn.value} cannot run --precision {precision.value}: flash-attn takes fp16/bf16 inputs "
                 "only; use --precision bf16-mixed (or fp16-mixed) or --attn sdpa."
             )
+
+
+FP16_NEEDS_CUDA = "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
 
 
 def hardware_names() -> list[str]:

@@ -72,8 +72,15 @@ def _ours(out: Path, manifest: dict) -> set[str]:
     return (set(manifest["files"]) | by_pattern) & present - set(manifest["foreign"])
 
 
-def _pre_manifest_run(out: Path) -> bool:
-    return (out / "steps.jsonl").is_file() or (out / "metrics.json").is_file() or any(out.glob("checkpoint-*"))
+def holds_run(out: Path) -> bool:
+    """A run that trained at least one step (a start that failed on its data or tokenizer left only its
+    resolved_config.json: the corrected command may reuse the folder)."""
+    steps = out / "steps.jsonl"
+    return out.is_dir() and (
+        (steps.exists() and steps.stat().st_size > 0)
+        or (out / "metrics.json").exists()
+        or any(out.glob("checkpoint-*"))
+    )
 
 
 def _other_nodes_logs(out: Path) -> set[str]:
@@ -92,7 +99,7 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> None:
     if manifest is None:
         # --resume of a run written before manifests: it must hold a run (steps, metrics or a checkpoint), or the
         # "resume" would write over someone's files (a model folder's config.json)
-        if present - _other_nodes_logs(out) and not (resume and _pre_manifest_run(out)):
+        if present - _other_nodes_logs(out) and not (resume and holds_run(out)):
             raise FtoptError(
                 f"--out {out} holds files ftopt did not write ({', '.join(sorted(present)[:3])}"
                 f"{', ...' if len(present) > 3 else ''}) and no {MANIFEST_NAME}; choose an empty or new folder."

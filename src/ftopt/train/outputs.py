@@ -13,19 +13,9 @@ from pathlib import Path
 from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
 from ftopt.train import manifest
+from ftopt.train.manifest import holds_run
 
 CONFIG_NAME = "resolved_config.json"
-
-
-def holds_run(out: Path) -> bool:
-    """A run that trained at least one step (a start that failed on its data or tokenizer left only its
-    resolved_config.json: the corrected command may reuse the folder)."""
-    steps = out / "steps.jsonl"
-    return out.is_dir() and (
-        (steps.exists() and steps.stat().st_size > 0)
-        or (out / "metrics.json").exists()
-        or any(out.glob("checkpoint-*"))
-    )
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -11,7 +11,7 @@ import shutil
 
 from ftopt.errors import FtoptError
 from ftopt.spec import Attention, Precision, RunSpec
-from ftopt.spec.hardware import AMPERE  # FlashAttention-2 and bf16 need Ampere (sm80) or newer
+from ftopt.spec.hardware import AMPERE, FP16_NEEDS_CUDA  # AMPERE: FlashAttention-2 and bf16 need sm80+
 
 
 def check_devices(spec: RunSpec) -> None:
@@ -30,9 +30,7 @@ def check_devices(spec: RunSpec) -> None:
                 "--attn flash needs a CUDA GPU (and the flash-attn package); on this machine use --attn sdpa."
             )
         if precision is Precision.FP16_MIXED:
-            raise FtoptError(
-                "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
-            )
+            raise FtoptError(FP16_NEEDS_CUDA)
         return
     cap = torch.cuda.get_device_capability(0)
     name = torch.cuda.get_device_name(0)
