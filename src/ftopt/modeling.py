@@ -6,6 +6,7 @@ tensors), so the estimator measures the very module tree the trainer runs.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -39,9 +40,11 @@ def hf_config(spec: ModelSpec, num_layers: int | None = None, attn: str = "sdpa"
     """A transformers config object from the spec's config.json, optionally with fewer layers (for tracing)."""
     from transformers import AutoConfig
 
-    kw: dict[str, Any] = {
-        k: v for k, v in spec.hf_config.items() if k not in ("model_type", "architectures", "auto_map")
-    }
+    # a deep copy: transformers completes nested entries in place (rope_scaling gains rope_theta), which would
+    # change the caller's spec, and with it every later trace's cache key (ftopt.estimate.trace_cache)
+    kw: dict[str, Any] = copy.deepcopy(
+        {k: v for k, v in spec.hf_config.items() if k not in ("model_type", "architectures", "auto_map")}
+    )
     if num_layers is not None:
         kw["n_layer" if spec.family == "gpt2" else "num_hidden_layers"] = num_layers
     cfg = AutoConfig.for_model(spec.family, **kw)
