@@ -1,4 +1,4 @@
-"""The safety margin (--headroom) and the plan's tie-breaks: advice that is safe to act on (issue 16, sec. 2 and 5)."""
+"""The safety margin (--headroom) and the plan's tie-breaks: advice that is safe to act on."""
 
 import json
 
