@@ -8,7 +8,7 @@ import ftopt.report.projection as projection
 from ftopt.report.decision import Basis
 from ftopt.report.render import ReportSettings, build_report
 from ftopt.report.render import _decide as decide_for
-from ftopt.results import parse_rows
+from ftopt.results.rows import parse_rows
 from ftopt.spec import ProductionOptions, load_model
 from ftopt.spec.calibration import CalibrationProvenance, SoftwareVersions
 from tests.report.test_decision import EM, _projected_rows, _target

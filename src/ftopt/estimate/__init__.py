@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, fsdp
 from ftopt.estimate.result import (
     SAMPLES_PER_QUOTE,
@@ -15,6 +14,7 @@ from ftopt.estimate.result import (
 )
 from ftopt.estimate.time import step_time
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
+from ftopt.spec.errors import FtoptError, TraceUnavailable
 
 
 def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> list[str]:

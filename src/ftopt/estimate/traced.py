@@ -34,7 +34,6 @@ from torch._subclasses.fake_tensor import (
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, autocast, layout
 from ftopt.estimate.quant import (
     MIN_8BIT_SIZE,
@@ -45,8 +44,9 @@ from ftopt.estimate.quant import (
     quantized_weight_bytes,
 )
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.policy import storage
 from ftopt.spec import Combination, ModelSpec, Offload, Optim, TrainingSetup
+from ftopt.spec.errors import FtoptError, TraceUnavailable
+from ftopt.spec.policy import storage
 
 # What a model's own code can raise under FakeTensorMode when the tracer cannot follow it, and nothing else: an
 # operator with no fake or meta kernel (UnsupportedOperatorException, or NotImplementedError from the dispatcher),
@@ -300,8 +300,8 @@ def _traced_gradient_share(setup: TrainingSetup, combo: Combination) -> float:
 def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> _Tracker:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ftopt.modeling import build_model
-    from ftopt.quantize import stand_in_linears
+    from ftopt.model.build import build_model
+    from ftopt.model.quantize import stand_in_linears
 
     st = storage(setup.precision, combo)
     deepspeed = combo.uses_deepspeed

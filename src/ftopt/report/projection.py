@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.calibration_store import calibrated_hardware
 from ftopt.estimate import Estimate, estimate
-from ftopt.results import ResultRow
+from ftopt.planner.calibration_store import calibrated_hardware
+from ftopt.results.rows import ResultRow
 from ftopt.spec import (
     DEFAULT_HEADROOM,
     Combination,
@@ -155,8 +155,8 @@ def projections(rows: list[ResultRow], target: ProductionTarget) -> dict[str, Pr
 
 def target_tie(target: ProductionTarget) -> float:
     """Two projected costs closer than this are a tie: the time model's stated error on the target hardware, its
-    calibration's held-out error where runs on it were stored (ftopt.choice.tie_fraction, the band `plan` uses)."""
-    from ftopt.choice import tie_fraction
+    calibration's held-out error where runs on it were stored (ftopt.planner.choice.tie_fraction, the band `plan` uses)."""
+    from ftopt.planner.choice import tie_fraction
 
     return tie_fraction(calibrated_hardware(load_hardware(target.gpu)).calibration)
 
@@ -185,10 +185,10 @@ def poc_differences(rows: list[ResultRow], target: ProductionTarget, hardware: s
 
 
 def plan_choice(projs: dict[str, Projection], target: ProductionTarget) -> Combination | None:
-    """The combination `plan` itself would recommend among these projections (ftopt.choice: fastest that fits,
-    ties within the time model's error on the target to fewer moving parts, DeepSpeed on one GPU only when nothing
-    else fits)."""
-    from ftopt.choice import choose_fitting
+    """The combination `plan` itself would recommend among these projections (ftopt.planner.choice: fastest that
+    fits, ties within the time model's error on the target to fewer moving parts, DeepSpeed on one GPU only when
+    nothing else fits)."""
+    from ftopt.planner.choice import choose_fitting
 
     distinct = {p.combination: p.estimate for p in projs.values()}
     pick, _ = choose_fitting(list(distinct.values()), target.gpus, target_tie(target))
@@ -198,7 +198,7 @@ def plan_choice(projs: dict[str, Projection], target: ProductionTarget) -> Combi
 def candidate_costs(projs: dict[str, Projection], target: ProductionTarget) -> dict[str, float]:
     """GPU-hours per run of each run that fits the target, by run key; as in the plan, a combination with DeepSpeed
     on a one-GPU target (ZeRO or FSDP2 partitions nothing there) is set aside when one without it fits."""
-    from ftopt.choice import single_gpu_sharding
+    from ftopt.planner.choice import single_gpu_sharding
 
     fitting = {k: p for k, p in projs.items() if p.fits_memory}
     useful = {k: p for k, p in fitting.items() if not single_gpu_sharding(p.estimate, target.gpus)}
@@ -210,7 +210,7 @@ def plan_production(
 ) -> ProductionPlan:
     """`best` is the decision's run projected, `others` the projections of the other runs that met the bar. The
     PoC's cost is the caller's: its runs may have used other hardware than the target's price is for."""
-    from ftopt.choice import single_gpu_sharding
+    from ftopt.planner.choice import single_gpu_sharding
 
     fitting = [p for p in others if p.fits_memory and p.combination != best.combination]
     # as in the decision (candidate_costs): DeepSpeed on a one-GPU target is no alternative while another fits
@@ -244,9 +244,9 @@ def production_target_for(
 ) -> ProductionTarget:
     """The target of `options` (which has a --target-gpu): the PoC's model unless given (from the results' run
     specification); the sequence length and micro-batch `plan` uses by default for the target model on the target
-    hardware (ftopt.resolve.plan_setup) unless given (a PoC on a CPU trains 64-token sequences, which no
+    hardware (ftopt.planner.resolve.plan_setup) unless given (a PoC on a CPU trains 64-token sequences, which no
     production run does)."""
-    from ftopt import resolve
+    from ftopt.planner import resolve
 
     run = next((r.run for r in rows if r.run is not None), None)
     if run is not None:
