@@ -134,21 +134,26 @@ def test_a_sharding_engine_on_one_gpu_is_still_chosen_when_only_it_fits():
     assert not p.tie_break.dropped_single_gpu_deepspeed
 
 
-def test_calibrated_time_model_error_sets_the_tie_band():
-    from ftopt.planner.choice import TIME_MODEL_ERROR, tie_fraction
+def calibration_with_error(hardware: str, error: float):
+    """A stored calibration's provenance whose held-out median step-time error is `error`."""
     from ftopt.spec.calibration import CalibrationProvenance, SoftwareVersions
 
-    cal = CalibrationProvenance(
-        hardware="l4",
+    return CalibrationProvenance(
+        hardware=hardware,
         models=["x"],
         versions=SoftwareVersions(),
         runs=3,
         combinations=3,
         sources=[],
         date="2026-12-01",
-        holdout_median_abs_error=0.12,
+        holdout_median_abs_error=error,
     )
-    assert tie_fraction(None) == TIME_MODEL_ERROR and tie_fraction(cal) == 0.12
+
+
+def test_calibrated_time_model_error_sets_the_tie_band():
+    from ftopt.planner.choice import TIME_MODEL_ERROR, tie_fraction
+
+    assert tie_fraction(None) == TIME_MODEL_ERROR and tie_fraction(calibration_with_error("l4", 0.12)) == 0.12
 
 
 # ---- analytic to search, traced to confirm --------------------------------------------------------------------

@@ -10,7 +10,7 @@ from ftopt.report.render import ReportSettings, build_report
 from ftopt.report.render import _decide as decide_for
 from ftopt.results.rows import parse_rows
 from ftopt.spec import ProductionOptions, load_model
-from ftopt.spec.calibration import CalibrationProvenance, SoftwareVersions
+from tests.planner.test_headroom import calibration_with_error
 from tests.report.test_decision import EM, _projected_rows, _target
 
 
@@ -42,16 +42,7 @@ def test_what_the_poc_ran_is_decided_by_measurement():
 
 
 def test_the_projected_tie_band_is_the_targets_calibrated_error(tmp_path, monkeypatch):
-    cal = CalibrationProvenance(
-        hardware="a100-80g",
-        models=["x"],
-        versions=SoftwareVersions(),
-        runs=3,
-        combinations=3,
-        sources=[],
-        date="2026-12-01",
-        holdout_median_abs_error=0.12,
-    )
+    cal = calibration_with_error("a100-80g", 0.12)
     real = projection.calibrated_hardware
 
     def calibrated(hw):
