@@ -94,6 +94,15 @@ def test_fewest_gpus_out_of_traces_never_returns_a_candidate_the_trace_rejected(
     assert answer[2] is Method.ANALYTIC and answer[3].cause is FallbackCause.TRIES_EXHAUSTED
 
 
+def test_a_longest_context_the_trace_never_confirmed_claims_no_estimator(monkeypatch):
+    traced = fake_trace(monkeypatch, rejected)
+    m, hw, s = base()
+    answer = whatif.confirmed_longest_context(m, hw, s, Combination(lora_r=16), confirm=True)
+    assert len(traced) == CONFIRM_TRIES
+    assert answer[:3] == (None, None, None)  # neither the formulas' length (rejected) nor a traced one
+    assert answer[3].cause is FallbackCause.TRIES_EXHAUSTED
+
+
 def test_the_table_names_the_estimator_of_each_row(monkeypatch):
     fake_trace(monkeypatch, lambda e, n: e)
     m, hw, s = base()

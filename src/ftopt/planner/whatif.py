@@ -61,10 +61,11 @@ def longest_context_and_bound(
 
 def confirmed_longest_context(
     model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, confirm: bool, step: int = 256
-) -> tuple[int | None, LimitKind | None, Method, TraceFallback | None]:
+) -> tuple[int | None, LimitKind | None, Method | None, TraceFallback | None]:
     """The analytic answer, then (confirm=True) traced at that length. When the trace needs more memory, the length
     shrinks in proportion to the overshoot (activations grow about linearly with it) and is traced again. The last
-    item says why the answer is not the trace's, when it is not."""
+    item says why the answer is not the trace's, when it is not; out of traces there is no answer (None, and no
+    method)."""
     n, bound = longest_context_and_bound(model, hw, setup, combo, Method.ANALYTIC, step)
     if not confirm or n is None:
         return n, bound, Method.ANALYTIC, None
@@ -78,10 +79,10 @@ def confirmed_longest_context(
         n, bound = min(shrunk, n - step), LimitKind.MEMORY
         if n < step:
             return None, LimitKind.MEMORY, Method.TRACED, None  # the trace: not even one step of context fits
-    return (
+    return (  # neither estimator's answer: the formulas' length was rejected, the trace confirmed none shorter
         None,
-        LimitKind.MEMORY,
-        Method.TRACED,
+        None,
+        None,
         TraceFallback(
             cause=FallbackCause.TRIES_EXHAUSTED,
             message=f"the trace rejected {CONFIRM_TRIES} context lengths in turn; no length is confirmed",
