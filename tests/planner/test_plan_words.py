@@ -159,3 +159,20 @@ def test_a_trace_that_cannot_run_is_a_typed_warning_in_the_plan_json_and_console
     out = cap.get()
     assert "warning: recommended is not confirmed: the traced estimator could not run llama" in out
     assert "did not confirm it (see the warning)" in out
+
+
+def test_estimate_prints_the_fallback_as_a_warning_and_keeps_it_in_its_json(monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ftopt.cli.app import app
+
+    _break_the_trace(monkeypatch, NotImplementedError("no meta kernel for aten.custom_op"))
+    args = ["estimate", "--model", "tiny-llama", "--gpu", "a100-80g", "--seq-len", "256", "--method", "traced"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "warning: the traced estimator could not run llama (NotImplementedError" in r.output
+    r = CliRunner().invoke(app, [*args, "--json"])
+    doc = json.loads(r.stdout)
+    assert doc["method"] == "analytic" and doc["trace_fallback"]["error"] == "NotImplementedError"
