@@ -112,7 +112,8 @@ def estimate(
         from ftopt.spec import load_model
 
         m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
-        setup = resolve.setup(
+        setup = resolve.plan_setup(
+            m,
             hw,
             seq_len=seq_len,
             micro_batch=micro_batch,
