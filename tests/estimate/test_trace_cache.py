@@ -6,12 +6,12 @@ import json
 import pytest
 
 from ftopt.estimate import trace_cache
-from ftopt.plan import plan
+from ftopt.planner.plan import plan
 from ftopt.spec import Combination, Quant, TrainingSetup, from_hf_config, load_hardware
 
 traced = importlib.import_module("ftopt.estimate.traced")
 layout = importlib.import_module("ftopt.estimate.layout")
-modeling = importlib.import_module("ftopt.modeling")
+modeling = importlib.import_module("ftopt.model.build")
 
 # six layers, so the trace of 2 and 3 layers is extrapolated; rope_scaling as Llama 3.1 ships it
 CONFIG = {

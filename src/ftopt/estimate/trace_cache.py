@@ -92,7 +92,7 @@ def get(k: str) -> TraceResult | None:
 
 def put(k: str, r: TraceResult) -> None:
     """Keep `r` in memory and on disk (a read-only cache folder only costs the next process a trace)."""
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     _remember(k, r)
     doc = {"phase_peaks": r.phase_peaks, "grad_weight": r.grad_weight, "count_states": r.count_states}
