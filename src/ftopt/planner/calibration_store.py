@@ -150,14 +150,15 @@ def _pooled(points: list[StoredPoint]) -> list[TimePoint]:
     groups: dict[tuple, list[StoredPoint]] = {}
     for p in points:
         groups.setdefault(p.same_point(), []).append(p)
+    several = len({p.model for p in points}) > 1
     out = []
     for g in groups.values():
         runs = sum(p.runs for p in g)
         seconds = sum(p.measured_seconds * p.runs for p in g) / runs
         p = g[0]
-        out.append(
-            TimePoint(f"{p.model}: {p.label}", p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp)
-        )
+        # the combination names the point; the model only where the fit spans several, by its name, not its path
+        label = f"{Path(p.model).name}: {p.label}" if several else p.label
+        out.append(TimePoint(label, p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp))
     return out
 
 
