@@ -234,7 +234,7 @@ def test_clean_exit_without_metrics_is_failed_and_the_sweep_goes_on(tmp_path, mo
     import ftopt.sweep.bench as B
 
     log = 'loading...\nTraceback (most recent call last):\n  File "x.py", line 1\nValueError: tokenizer broke\ndone\n'
-    monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout: (0, log))
+    monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout, procs: (0, log))
     runs = sweep_runs(_base(), [Combination(), Combination(gc=True)], tmp_path / "runs")
     rows = run_sweep(runs, tmp_path / "results.jsonl")
     assert [r.status.value for r in rows] == ["failed", "failed"]
@@ -256,7 +256,7 @@ def test_bench_across_nodes_needs_a_host_file_and_hands_it_to_every_run(tmp_path
     bench = ["bench", "--out", str(tmp_path / "b"), "--grid", str(grid), "--max-steps", "2", "--nodes", "2"]
     seen = []
 
-    def fake_run(cmd, env, timeout):
+    def fake_run(cmd, env, timeout, procs):
         seen.append(RunSpec.model_validate_json((tmp_path / cmd[cmd.index("--plan") + 1]).read_text()))
         return 1, "ssh: connect to host node-b port 22: Connection refused"
 

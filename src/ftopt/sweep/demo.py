@@ -10,6 +10,7 @@ for one GPU), which keeps step times steady enough on a shared machine to calibr
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Protocol
@@ -136,7 +137,9 @@ def run_demo(
     runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
     given = o.quality_target is not None
     target = QualityTarget.parse(o.quality_target or DEMO_QUALITY_TARGET)
-    rows = sweep_rows(run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target), runs)
+    # two one-thread processes at any time: two one-process runs side by side, a ZeRO or FSDP2 run alone
+    slots = min(DEMO_ZERO_PROCESSES, os.cpu_count() or 1)
+    rows = sweep_rows(run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target, slots=slots), runs)
     view.sweep_summary(rows, out / "results.jsonl", target)
 
     view.section("3/3 report")
