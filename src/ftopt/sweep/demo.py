@@ -4,8 +4,9 @@ It fine-tunes the shipped base model (`presets/base/tiny-base`, a 4-layer llama 
 scripts/build_base.py on a generated language: copy, shift and reverse words) on a task it has never seen
 (`back`: every letter one step backward; see ftopt.sweep.sample_task), so the quality figures mean something: the base
 scores 0% exact match, and the combinations differ in how much of the new rule they learn in the demo's steps.
-ZeRO-2 and ZeRO-3 run over two processes (DeepSpeed launcher, gloo); every process has one thread (one core stands
-for one GPU), which keeps step times steady enough on a shared machine to calibrate on."""
+ZeRO-2, ZeRO-3 and FSDP2 run over two processes (gloo); every process has one thread (one core stands for one GPU),
+which keeps step times steady enough on a shared machine to calibrate on. Two one-process runs go side by side and
+a two-process run alone (ftopt.sweep.schedule), so the machine carries two such processes throughout."""
 
 from __future__ import annotations
 
