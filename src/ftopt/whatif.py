@@ -73,7 +73,8 @@ def confirmed_longest_context(
 
 
 def _gpu_counts(per_node: int, max_gpus: int):
-    return itertools.chain(range(1, per_node + 1), range(2 * per_node, max_gpus + 1, per_node))
+    """1, 2, ... up to one full node, then whole nodes; never more than max_gpus."""
+    return itertools.chain(range(1, min(per_node, max_gpus) + 1), range(2 * per_node, max_gpus + 1, per_node))
 
 
 def fewest_gpus(
