@@ -50,7 +50,8 @@ def serve(
 
         # imports the planner now, not in the first page's request
         plan_body(PlanQuery(method="analytic").model_dump(), None, True)
-        typer.echo(f"ftopt serve: listening on http://{bound_host}:{bound_port}/ (Ctrl-C stops)", err=True)
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address in a URL (RFC 3986)
+        typer.echo(f"ftopt serve: listening on http://{shown}:{bound_port}/ (Ctrl-C stops)", err=True)
         try:
             server.serve_forever()
         finally:
