@@ -120,7 +120,7 @@ def test_an_absurd_gpu_count_is_one_sentence(server):
 
 
 def test_the_gpu_count_search_stops_at_its_limit():
-    from ftopt.whatif import _gpu_counts
+    from ftopt.planner.whatif import _gpu_counts
 
     assert max(_gpu_counts(72, 64)) == 64 and max(_gpu_counts(8, 64)) == 64
     assert list(_gpu_counts(4, 16)) == [1, 2, 3, 4, 8, 12, 16]
