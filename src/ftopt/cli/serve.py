@@ -42,7 +42,7 @@ def serve(
         if not is_loopback(host):
             typer.echo(
                 f"warning: listening on {host}, not loopback: anyone who can reach this address can use the "
-                "planner (local model folders are then not read).",
+                "planner (it then reads no local file: no model folder, config.json or hardware JSON file).",
                 err=True,
             )
         from ftopt.serve.jobs import plan_body
