@@ -47,13 +47,19 @@ VALUES = {
 assert set(VALUES) == set(PlanQuery.model_fields), "every query field is fuzzed"
 
 
+LANG = st.sampled_from(["en", "ja", "xx"])
+
+
 def field_value(name: str):
     return st.one_of(st.sampled_from(VALUES[name]), JUNK)
 
 
-QUERIES = st.fixed_dictionaries(
-    {}, optional={name: field_value(name) for name in VALUES} | {"lang": st.sampled_from(["en", "ja", "xx"])}
-).flatmap(lambda q: st.one_of(st.just(q), JUNK.map(lambda k: {**q, k or "bogus": "1"})))
+# a few fields at a time, so that many queries are valid plans, not only the first bad value's message
+QUERIES = (
+    st.lists(st.sampled_from([*VALUES, "lang"]), max_size=4, unique=True)
+    .flatmap(lambda names: st.fixed_dictionaries({n: LANG if n == "lang" else field_value(n) for n in names}))
+    .flatmap(lambda q: st.one_of(st.just(q), JUNK.map(lambda k: {**q, k or "bogus": "1"})))
+)
 PRESET = json.loads(resources.files("ftopt.presets.models").joinpath("tiny-llama.json").read_text())
 ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 4096) | st.floats() | JUNK,
@@ -98,7 +104,7 @@ def call(url: str, method: str, path: str, body) -> tuple[int, bytes, str]:
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(REQUESTS)
 @example(("GET", "/api/plan?gpu_memory_gib=inf", None))
