@@ -48,6 +48,7 @@ def longest_context_and_bound(
         return estimate(model, hw, setup.model_copy(update={"seq_len": s}), combo, method).fits
 
     hi_limit = max(model.max_positions, setup.seq_len)
+    step = min(step, hi_limit)  # a model with fewer positions than one step is searched in units of its limit
     if not fits(step):
         return None, LimitKind.MEMORY
     lo, hi = 1, hi_limit // step  # in units of `step`; lo always fits
