@@ -29,10 +29,12 @@ demo: setup
 test: setup lint
 	$(BIN)/python -m pytest
 
-# Style holds without review: lint (pyflakes, pycodestyle, import order, pyupgrade, bugbear) and format check.
+# Style holds without review: lint (pyflakes, pycodestyle, import order, pyupgrade, bugbear), format check, and the
+# layer contract (import-linter, configured in pyproject.toml: imports point only downward, no cycles).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/plan_speed.py

@@ -2,10 +2,10 @@
 
 import pytest
 
-from ftopt.errors import FtoptError
 from ftopt.estimate import analytic, estimate
-from ftopt.policy import storage
 from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.policy import storage
 
 P = 6_738_415_616  # llama-2-7b parameters
 H, L, I, V = 4096, 32, 11008, 32000
@@ -159,7 +159,7 @@ def test_ddp_bucket_term_matches_the_buckets_torch_allocates(combo):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import from_hf_config
     from tests.spec.test_model import TINY
 

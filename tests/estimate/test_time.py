@@ -9,8 +9,8 @@ from ftopt.estimate.time import (
     step_flops,
     step_time,
 )
-from ftopt.policy import storage
 from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
+from ftopt.spec.policy import storage
 
 
 def test_forward_is_about_2_flops_per_param_per_token():
@@ -100,7 +100,7 @@ def test_gc_recompute_against_torch_flop_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import LinearGroup, Precision, from_hf_config
     from tests.spec.test_model import TINY
 

@@ -14,14 +14,14 @@ import sys
 import pytest
 
 from ftopt.estimate import analytic
-from ftopt.policy import storage
 from ftopt.spec import Combination, Precision, TrainingSetup, load_model
+from ftopt.spec.policy import storage
 
 CHILD = r"""
 import json, sys, torch
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback
-from ftopt.modeling import build_model
+from ftopt.model.build import build_model
 from ftopt.spec import RunSpec, load_model
 from ftopt.train.worker import training_arguments
 

@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from ftopt.errors import FtoptError
 from ftopt.spec import Combination, TrainingSetup, hardware_names, load_hardware
+from ftopt.spec.errors import FtoptError
 
 
 @pytest.mark.parametrize("name", [n for n in hardware_names() if n != "cpu"])
@@ -163,7 +163,7 @@ def test_load_hardware_never_applies_a_stored_calibration(tmp_path, monkeypatch)
         for n in ast.walk(ast.parse(Path(mod.__file__).read_text()))
         if isinstance(n, ast.ImportFrom) and n.module
     }
-    assert not any(m.startswith("ftopt.calibration") for m in imported)
+    assert not any(m.startswith("ftopt.planner.calibration") for m in imported)
     assert load_hardware("a100-80g").calibration is None
 
 

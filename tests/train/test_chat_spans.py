@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.run import TrainOn
 from ftopt.train import data as D
 from ftopt.train.chat_spans import MAX_UNSTABLE_SHARE
@@ -131,7 +131,7 @@ def marker_less_repo(tmp_path_factory):
 
 
 def test_train_and_preview_a_marker_less_template(tmp_path, marker_less_repo):
-    from ftopt.cli import app
+    from ftopt.cli.app import app
 
     runner = CliRunner()
     data = tmp_path / "chat.jsonl"

@@ -5,7 +5,7 @@ import re
 
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 
 runner = CliRunner()
 CHAT = {

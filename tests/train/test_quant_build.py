@@ -31,8 +31,8 @@ def _held_bytes(model) -> int:
 
 
 def test_random_init_nf4_build_never_holds_the_full_precision_model():
-    from ftopt.measure import AllocatorPeak
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
+    from ftopt.results.measure import AllocatorPeak
     from ftopt.spec import Combination, Precision, from_hf_config
 
     spec = from_hf_config(TINY_TIED, "tiny-tied")
@@ -49,7 +49,7 @@ def test_materialized_model_matches_a_plain_build():
     import bitsandbytes as bnb
     import torch
 
-    from ftopt.modeling import build_base, build_model
+    from ftopt.model.build import build_base, build_model
     from ftopt.spec import Combination, Precision, from_hf_config
 
     spec = from_hf_config(TINY_TIED, "tiny-tied")
@@ -74,8 +74,8 @@ def test_generation_on_a_linear_bitsandbytes_cannot_pack_for_cpu():
     machine's CPU in test_cli_train_runs_qlora). The repack is forced here so the test does not depend on the CPU."""
     import torch
 
-    from ftopt import quantize
-    from ftopt.quantize import keep_cpu_inference_unpacked
+    from ftopt.model import quantize
+    from ftopt.model.quantize import keep_cpu_inference_unpacked
     from ftopt.spec import Combination, Precision, Quant
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.hub import check_local_path, parse_hub_id
 from ftopt.spec.run import ModelRef
 from ftopt.train.data import Records, default_tokenizer
