@@ -177,10 +177,10 @@ def evaluate_generation(
     """Generate completions for the first `max_examples` held-out rows and score them.
 
     Returns {"examples": n, "exact_match": ..., "token_f1": ..., "rouge_l": ..., ["label_accuracy"], user metrics}
-    or {} when there is nothing to generate. Under ZeRO-3 and FSDP2 the model is *not* gathered whole on any rank
-    (that needs the full model's memory per GPU, which sharding was chosen to avoid): DeepSpeed's hooks and
-    FSDP2's pre-forward all-gathers gather one layer at a time, and generate() keeps the ranks in step
-    (synced_gpus: set by transformers when ZeRO-3 runs on several ranks, by `synced` for ftopt's FSDP2 ranks)."""
+    or {} when there is nothing to generate. Under ZeRO-3 the model is *not* gathered whole on any rank (that needs
+    the full model's memory per GPU, which sharding was chosen to avoid): DeepSpeed's hooks gather one layer at a
+    time, and generate() keeps the ranks in step (synced_gpus: set by transformers when ZeRO-3 runs on several
+    ranks, by `synced` for an FSDP2 model too large to gather, ftopt.train.fsdp_quality)."""
     rows = rows[:max_examples]
     if not rows:
         return {}

@@ -143,10 +143,11 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
         from ftopt.spec.quiet import no_checkpoint_bars
 
         base_quality = {}
-        if not spec.combination.uses_deepspeed:  # see base_quality
-            model = trainer.model
-            at = next(model.parameters()).device
-            base_quality = base_quality_at_start(spec, model, tokenizer, eval_rows, fmt, peak, resume, log, rank, at)
+        if not spec.combination.uses_deepspeed:  # see base_quality_at_start
+            m = trainer.model
+            at = next(m.parameters()).device
+            score = lambda: scored_quality(spec, m, tokenizer, eval_rows, fmt, at, log)  # noqa: E731
+            base_quality = base_quality_at_start(spec, peak, resume, log, rank, score)
         try:
             if interrupt is not None:
                 interrupt.in_loop = True
@@ -177,7 +178,8 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
     held_out = prep.eval_dataset is not None  # --eval-fraction 0: nothing held out
     eval_loss = lambda: trainer.evaluate().get("eval_loss") if held_out else None  # noqa: E731
     gen_device = next(trainer.model.parameters()).device
-    quality = evaluate(spec, eval_loss, trainer.model, tokenizer, eval_rows, fmt, device, log, gen_device)
+    score = lambda: scored_quality(spec, trainer.model, tokenizer, eval_rows, fmt, gen_device, log)  # noqa: E731
+    quality = evaluate(device, eval_loss, score)
     mine = {
         "rank": rank,
         "device": device.type,
@@ -249,23 +251,21 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     return trainer, progress, budget
 
 
-def evaluate(spec, eval_loss, model, tokenizer, eval_rows, fmt, device, log, gen_device=None, synced=False) -> dict:
-    """Eval loss (`eval_loss()`: the engine's, None with nothing held out) and (prompt+completion data) task
-    quality by generation (ftopt.results.quality) on `gen_device` (default: `device`), with their own memory peak on CUDA."""
+def evaluate(device, eval_loss, score) -> dict:
+    """Eval loss (`eval_loss()`: the engine's, None with nothing held out) and task quality (`score()`: {} where
+    none is scored), with their own memory peak on CUDA."""
     import torch
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    loss = eval_loss()
-    quality = scored_quality(spec, model, tokenizer, eval_rows, fmt, gen_device or device, log, synced)
-    out = {"eval_loss": loss, "quality": quality, "eval_peak_allocated_bytes": None}
+    out = {"eval_loss": eval_loss(), "quality": score(), "eval_peak_allocated_bytes": None}
     if device.type == "cuda":
         out["eval_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
     return out
 
 
-def _scores_quality(spec, eval_rows, fmt) -> bool:
+def scores_quality(spec, eval_rows, fmt) -> bool:
     """Task quality is scored by generation on prompt+completion data with held-out rows to generate for."""
     return fmt == "prompt+completion" and bool(eval_rows) and spec.data.eval_max_examples > 0
 
@@ -273,7 +273,7 @@ def _scores_quality(spec, eval_rows, fmt) -> bool:
 def scored_quality(spec, model, tokenizer, eval_rows, fmt, device, log, synced: bool = False) -> dict:
     """Task quality by generation (ftopt.results.quality) where the data scores it, else {} (not measured). `synced`:
     a sharded model on several ranks, every rank generating in step (ftopt.results.quality.generate)."""
-    if not _scores_quality(spec, eval_rows, fmt):
+    if not scores_quality(spec, eval_rows, fmt):
         return {}
     from ftopt.results.quality import evaluate_generation
 
@@ -283,26 +283,22 @@ def scored_quality(spec, model, tokenizer, eval_rows, fmt, device, log, synced: 
     )
 
 
-def base_quality_at_start(
-    spec, model, tokenizer, eval_rows, fmt, peak, resume, log, rank, device, synced=False
-) -> dict:
-    """Quality before the first step (step 0): the end's held-out rows and metrics, generated with the KV cache,
-    its memory left out of the training peak. A sweep whose every run already scores full marks here has nothing
-    to learn (ftopt.report.decision). Kept in base_quality.json, which a resumed run (`resume`: its checkpoint)
-    reads back: a Trainer's model holds the checkpoint's weights once training starts. Not under DeepSpeed (the
-    caller skips it): the engine places the model (ZeRO-3: partitions it) only when training starts, and
-    generating before that would run on the host."""
+def base_quality_at_start(spec, peak, resume, log, rank: int, score) -> dict:
+    """Quality before the first step (step 0, `score()`: {} where none is scored): the end's held-out rows and
+    metrics, generated with the KV cache, its memory left out of the training peak. A sweep whose every run
+    already scores full marks here has nothing to learn (ftopt.report.decision). Kept in base_quality.json, which a
+    resumed run (`resume`: its checkpoint) reads back: a Trainer's model holds the checkpoint's weights once
+    training starts. Not under DeepSpeed (the caller skips it): the engine places the model (ZeRO-3: partitions
+    it) only when training starts, and generating before that would run on the host."""
     import json
 
-    if not _scores_quality(spec, eval_rows, fmt):
-        return {}
     path = spec.output_dir / BASE_QUALITY_FILE
     if resume is not None and path.is_file():
         return json.loads(path.read_text())
     from ftopt.spec.io import atomic_write_text
 
     with peak.excluded():
-        q = scored_quality(spec, model, tokenizer, eval_rows, fmt, device, log, synced)
+        q = score()
     if q:
         log(f"quality before training (step 0): exact match {q['exact_match']:.1%} on {q['examples']} held-out rows")
     if q and rank == 0:
