@@ -92,7 +92,7 @@ def scenarios(quick: bool, gpu: bool = False) -> list[dict]:
     return out
 
 
-# QLoRA / 8-bit optimizer scenarios (issue 11) and the known misses (seq 1024 x 1, a 0.5B qwen2 preset).
+# QLoRA / 8-bit optimizer scenarios and the hard cases (seq 1024 x 1, a 0.5B qwen2 preset).
 QUANT_ARCHS = ("llama-gqa-100m", "qwen2-tied-110m", "neox-160m")
 
 
@@ -141,7 +141,7 @@ def _packed_dataset(vocab_size: int, seq: int):
     return ds
 
 
-# bf16-mixed runs (issue 16): CPU autocast in bf16 is the Trainer recipe a GPU runs (fp32 weights, autocast casts,
+# bf16-mixed runs: CPU autocast in bf16 is the Trainer recipe a GPU runs (fp32 weights, autocast casts,
 # fp32 master = the weights, 16-bit activations); full and LoRA, GC off and on, every architecture (qwen2 is tied).
 # Indices 12-17 are held out: other token counts per micro-batch, run after the estimators were fixed against 0-11.
 def mixed_scenarios() -> list[dict]:

@@ -218,7 +218,7 @@ def test_version_and_help_state_defaults():
 
 
 def test_plan_on_t4_defaults_to_fp16_mixed_and_fp32_plans_skip_flash():
-    """Issue 16: `plan --gpu t4` failed with "t4 cannot run bf16"; an fp32 plan must not offer flash-attn."""
+    """`plan --gpu t4` plans in a precision the T4 runs (not bf16), and an fp32 plan does not offer flash-attn."""
     r = run("plan", "--model", "tiny-llama", "--gpu", "t4", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["setup"]["precision"] == "fp16-mixed"

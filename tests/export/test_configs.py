@@ -161,7 +161,7 @@ def test_exported_folder_still_runs_after_it_is_copied(tmp_path):
     "precision, zero, dtype", [("bf16-mixed", 3, "bf16"), ("fp16-mixed", 2, "fp16"), ("fp32", 3, "fp32")]
 )
 def test_deepspeed_config_states_what_the_estimator_assumes(precision, zero, dtype):
-    """Issue 16: the gradient-accumulation dtype and ZeRO-3's live-parameter limits were DeepSpeed's defaults, not
+    """The gradient-accumulation dtype and ZeRO-3's live-parameter limits were DeepSpeed's defaults, not
     set; they now come from the constants the estimator reads."""
     from ftopt.estimate import analytic
     from ftopt.planner import resolve

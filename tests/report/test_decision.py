@@ -1,4 +1,4 @@
-"""A PoC decision that survives noise (issue 16): per-step times with a spread, ties broken by quality, the
+"""A PoC decision that survives noise: per-step times with a spread, ties broken by quality, the
 projected basis when the PoC ran on other hardware, the plan's pick beside the measured pick, and a report that
 does not contradict itself. Synthetic results lines: no run is trained here."""
 
@@ -222,7 +222,7 @@ def test_old_results_lines_load_migrated(tmp_path):
 
 
 def test_report_projects_the_8b_production_model_at_its_own_shape(tmp_path):
-    """Done-when of issue 16: hours and cost for llama-3.1-8b on 8 A100s, at the plan's sequence length for the
+    """Hours and cost for llama-3.1-8b on 8 A100s, at the plan's sequence length for the
     A100 (2048), not the PoC's CPU length (64); quality stated as measured on the PoC model only."""
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _projected_rows()))

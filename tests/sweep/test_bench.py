@@ -244,7 +244,7 @@ def test_clean_exit_without_metrics_is_failed_and_the_sweep_goes_on(tmp_path, mo
 
 def test_bench_across_nodes_needs_a_host_file_and_hands_it_to_every_run(tmp_path, monkeypatch):
     """`bench --nodes N` starts each run from this host over ssh: without a good host file it stops before the first
-    run (exit 2); with one, every run's specification carries the nodes and the host file (issue 18)."""
+    run (exit 2); with one, every run's specification carries the nodes and the host file."""
     from typer.testing import CliRunner
 
     import ftopt.sweep.bench as B

@@ -1,4 +1,4 @@
-"""`train` runs CUDA with expandable segments unless the user set PYTORCH_CUDA_ALLOC_CONF (issue 16, sec. 2)."""
+"""`train` runs CUDA with expandable segments unless the user set PYTORCH_CUDA_ALLOC_CONF."""
 
 from ftopt.train.allocator import ALLOC_ENV, allocator_env, allocator_note
 

@@ -109,7 +109,7 @@ def test_mistral_system_message_is_not_prefix_stable_and_is_named():
         tokenize(records(*rows, with_system), tok, 512, "messages")
 
 
-ISSUE_TEMPLATE = (  # issue 17's repro: a llama repo whose template has no markers
+ISSUE_TEMPLATE = (  # a llama repo whose template has no generation markers
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}"
     "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )

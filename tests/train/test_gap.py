@@ -1,4 +1,4 @@
-"""`train`'s summary says when the padding assumption makes the prediction exceed the measured peak (issue 16, sec. 5)."""
+"""`train`'s summary says when the padding assumption makes the prediction exceed the measured peak."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""`ftopt train` measures a pretrained base's weights on a CPU as a GPU would hold them (issue 16)."""
+"""`ftopt train` measures a pretrained base's weights on a CPU as a GPU would hold them."""
 
 import torch
 

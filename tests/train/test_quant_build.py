@@ -42,7 +42,7 @@ def test_random_init_nf4_build_never_holds_the_full_precision_model():
     largest_linear_bytes = 4 * 64 * 256  # an fp32 MLP weight
     # one full-precision linear at a time, plus bitsandbytes' quantization temporaries of about its size
     assert peak_bytes <= _held_bytes(model) + 4 * largest_linear_bytes, (peak_bytes, _held_bytes(model))
-    assert peak_bytes < 4 * spec.param_count()  # the old build held all of it in fp32 (and the tied head twice)
+    assert peak_bytes < 4 * spec.param_count()  # an fp32 from_config build holds all of it (and the tied head twice)
 
 
 def test_materialized_model_matches_a_plain_build():

@@ -225,7 +225,7 @@ def test_report_to_missing_tracker_is_one_line(tmp_path):
     assert r.exit_code == 2 and "needs the wandb package" in r.output and "Traceback" not in r.output
 
 
-# ---- issue 9: the run specification end to end, output folders, --json, time budget ---------------------------------
+# ---- the run specification end to end, output folders, --json, time budget ---------------------------------
 import subprocess
 import sys
 
