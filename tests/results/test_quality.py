@@ -159,14 +159,14 @@ def test_zero3_ranks_each_generate_their_share_and_score_every_row(monkeypatch, 
     rows = [{"prompt": f"p{i}", "completion": f"p{i}" if i % 2 else "other"} for i in range(n_rows)]
     generated: list[list[str]] = []
 
-    def echo(model, tokenizer, share, device, log):  # a model that completes each prompt with itself
+    def echo(model, tokenizer, share, device, log, synced=False):  # completes each prompt with itself
         generated.append([r["prompt"] for r in share])
         return generated[-1]
 
     model = types.SimpleNamespace(training=False, eval=lambda: None, train=lambda: None)
     monkeypatch.setattr(quality, "generate", echo)
     monkeypatch.setattr(quality, "_all_gather", lambda preds, world: [preds, generated[0]])  # rank order
-    monkeypatch.setattr(quality, "_generating_ranks", lambda: (0, 2))
+    monkeypatch.setattr(quality, "_generating_ranks", lambda synced: (0, 2))
     echo(None, None, quality.rank_rows(rows, 1, 2), None, None)  # rank 1's share, as the gather would bring it
     q = quality.evaluate_generation(model, None, rows, "cpu", 64)
     rank1, rank0 = generated
