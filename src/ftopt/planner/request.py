@@ -1,10 +1,12 @@
-"""`ftopt plan` from what the user gave to the plan and its recommended run: the CLI declares the flags and calls
-`make`; tests call it without the CLI."""
+"""`ftopt plan` and `ftopt estimate` from what the user gave: the plan and its recommended run (`make`), or one
+combination's estimate (`estimate_for`). The CLI declares the flags and calls these; tests call them without the
+CLI."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -12,6 +14,9 @@ from ftopt.planner import resolve
 from ftopt.planner.hardware import method_of, planning_hardware
 from ftopt.planner.plan import Plan, plan
 from ftopt.spec import HardwareSpec, ModelSpec, RunSpec, load_model
+
+if TYPE_CHECKING:
+    from ftopt.estimate import Estimate
 
 
 class PlanRequest(BaseModel):
@@ -93,3 +98,67 @@ def make(r: PlanRequest) -> Planned:
     ref = resolve.model_ref(r.model, weights=resolve.has_weights(r.model))
     run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
     return Planned(p, run, m, hw)
+
+
+class EstimateRequest(BaseModel):
+    """What `ftopt estimate` was given, flag by flag (None: not given; the spec classes hold the defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    gpu: str | None
+    gpus: int | None
+    nodes: int | None
+    seq_len: int | None
+    micro_batch: int | None
+    grad_accum: int | None
+    precision: str | None
+    dataset_tokens: int | None
+    epochs: float | None
+    packing: bool | None
+    headroom: float | None
+    gc: bool | None
+    lora_r: int | None
+    lora_targets: str | None
+    zero: int | None
+    fsdp: str | None
+    offload: str | None
+    attn: str | None
+    quant: str | None
+    optim: str | None
+    method: str
+    calibration: Path | None
+    host_ram: str | None
+
+
+def estimate_for(r: EstimateRequest) -> Estimate:
+    """The estimate of the one combination the flags name, on the setup they resolve to (see ftopt.estimate)."""
+    from ftopt.estimate import estimate
+
+    m, hw = load_model(r.model), planning_hardware(r.gpu, r.calibration, r.host_ram)
+    setup = resolve.plan_setup(
+        m,
+        hw,
+        seq_len=r.seq_len,
+        micro_batch=r.micro_batch,
+        grad_accum=r.grad_accum,
+        precision=r.precision,
+        gpus_per_node=r.gpus,
+        nodes=r.nodes,
+        dataset_tokens=r.dataset_tokens,
+        epochs=r.epochs,
+        packing=r.packing,
+        headroom=r.headroom,
+    )
+    combo = resolve.combination(
+        gc=r.gc,
+        lora_r=r.lora_r,
+        lora_targets=r.lora_targets,
+        zero=r.zero,
+        fsdp=r.fsdp,
+        offload=r.offload,
+        attn=r.attn,
+        quant=r.quant,
+        optim=r.optim,
+    )
+    return estimate(m, hw, setup, combo, method_of(r.method))
