@@ -13,14 +13,15 @@ from pydantic import BaseModel, ConfigDict
 from ftopt.planner import resolve
 from ftopt.planner.hardware import method_of, planning_hardware
 from ftopt.planner.plan import Plan, plan
-from ftopt.spec import HardwareSpec, ModelSpec, RunSpec, load_model
+from ftopt.spec import HardwareSpec, ModelSpec, RunSpec, TrainingSetup, load_model
 
 if TYPE_CHECKING:
     from ftopt.estimate import Estimate
 
 
-class PlanRequest(BaseModel):
-    """What `ftopt plan` was given, flag by flag (None: not given; the spec classes hold the defaults)."""
+class SetupRequest(BaseModel):
+    """The flags `ftopt plan` and `ftopt estimate` share: the model, the hardware and the training setup
+    (None: not given; the spec classes hold the defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -36,6 +37,13 @@ class PlanRequest(BaseModel):
     epochs: float | None
     packing: bool | None
     headroom: float | None
+    calibration: Path | None
+    host_ram: str | None
+
+
+class PlanRequest(SetupRequest):
+    """What `ftopt plan` was given, flag by flag, beyond the shared setup flags."""
+
     lora_r: int
     lora_targets: str | None
     max_hours: float | None
@@ -46,8 +54,6 @@ class PlanRequest(BaseModel):
     quant: str | None
     optim: str | None
     engine: str | None
-    calibration: Path | None
-    host_ram: str | None
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,8 @@ class Planned:
         return {**self.plan.to_json(), "run": self.run.to_json() if self.run else None}
 
 
-def make(r: PlanRequest) -> Planned:
+def specs(r: SetupRequest) -> tuple[ModelSpec, HardwareSpec, TrainingSetup]:
+    """The model, the planning hardware and the training setup the shared flags resolve to."""
     m, hw = load_model(r.model), planning_hardware(r.gpu, r.calibration, r.host_ram)
     setup = resolve.plan_setup(
         m,
@@ -80,6 +87,12 @@ def make(r: PlanRequest) -> Planned:
         packing=r.packing,
         headroom=r.headroom,
     )
+    return m, hw, setup
+
+
+def make(r: PlanRequest) -> Planned:
+    """The plan for the flags given, and the run it recommends (ready for `ftopt train --plan`)."""
+    m, hw, setup = specs(r)
     p = plan(
         m,
         hw,
@@ -100,23 +113,9 @@ def make(r: PlanRequest) -> Planned:
     return Planned(p, run, m, hw)
 
 
-class EstimateRequest(BaseModel):
-    """What `ftopt estimate` was given, flag by flag (None: not given; the spec classes hold the defaults)."""
+class EstimateRequest(SetupRequest):
+    """What `ftopt estimate` was given, flag by flag, beyond the shared setup flags."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str
-    gpu: str | None
-    gpus: int | None
-    nodes: int | None
-    seq_len: int | None
-    micro_batch: int | None
-    grad_accum: int | None
-    precision: str | None
-    dataset_tokens: int | None
-    epochs: float | None
-    packing: bool | None
-    headroom: float | None
     gc: bool | None
     lora_r: int | None
     lora_targets: str | None
@@ -127,29 +126,13 @@ class EstimateRequest(BaseModel):
     quant: str | None
     optim: str | None
     method: str
-    calibration: Path | None
-    host_ram: str | None
 
 
 def estimate_for(r: EstimateRequest) -> Estimate:
     """The estimate of the one combination the flags name, on the setup they resolve to (see ftopt.estimate)."""
     from ftopt.estimate import estimate
 
-    m, hw = load_model(r.model), planning_hardware(r.gpu, r.calibration, r.host_ram)
-    setup = resolve.plan_setup(
-        m,
-        hw,
-        seq_len=r.seq_len,
-        micro_batch=r.micro_batch,
-        grad_accum=r.grad_accum,
-        precision=r.precision,
-        gpus_per_node=r.gpus,
-        nodes=r.nodes,
-        dataset_tokens=r.dataset_tokens,
-        epochs=r.epochs,
-        packing=r.packing,
-        headroom=r.headroom,
-    )
+    m, hw, setup = specs(r)
     combo = resolve.combination(
         gc=r.gc,
         lora_r=r.lora_r,
