@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, fsdp
+from ftopt.estimate.allocator import reserved_slack_bytes
 from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method, usable_bytes
 from ftopt.estimate.time import step_time
+from ftopt.policy import storage
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
 
 
@@ -55,7 +57,8 @@ def estimate(
     else:
         bd, phase, cpu = analytic.memory(model, setup, combo, on_gpu=not hw.is_cpu)
     peak = bd.total()
-    device = analytic.device_bytes(peak, combo, hw.is_cpu, setup.world_size)
+    reserved = peak + reserved_slack_bytes(model, setup, storage(setup.precision, combo), on_gpu=not hw.is_cpu)
+    device = analytic.device_bytes(reserved, combo, hw.is_cpu, setup.world_size)
     t = step_time(model, setup, combo, hw)
     steps = setup.steps_per_epoch()
     host_ok = cpu <= hw.host_memory_bytes
@@ -74,6 +77,7 @@ def estimate(
         hardware=hw.name,
         combination=combo,
         peak_bytes_per_gpu=peak,
+        reserved_bytes_per_gpu=reserved,
         device_bytes_per_gpu=device,
         breakdown=bd,
         peak_phase=phase,
@@ -104,7 +108,7 @@ def estimate(
 
 def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination) -> dict:
     """Both methods' predictions for one run, as stored beside measurements (metrics.json, bench results): per
-    method `method` (the one that answered), `peak_bytes_per_gpu`, `device_bytes_per_gpu`, `fits` and `tight` (against
+    method `method` (the one that answered), `peak_bytes_per_gpu`, `reserved_bytes_per_gpu`, `device_bytes_per_gpu`, `fits` and `tight` (against
     setup.headroom), `step_seconds`, `flops_per_step`,
     `kernels_per_step`, `breakdown`, `notes` (e.g. why a trace fell back to the formulas), or `error` when it cannot
     run."""
@@ -116,6 +120,7 @@ def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo:
             out[method.value] = {
                 "method": e.method.value,
                 "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
+                "reserved_bytes_per_gpu": e.reserved_bytes_per_gpu,
                 "device_bytes_per_gpu": e.device_bytes_per_gpu,
                 "fits": e.fits,
                 "tight": e.tight,

@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, autocast, layout
+from ftopt.estimate.allocator import Replay
 from ftopt.estimate.quant import (
     MIN_8BIT_SIZE,
     OPTIM_BLOCK,
@@ -40,7 +41,7 @@ from ftopt.estimate.quant import (
 )
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.policy import storage
-from ftopt.spec import Combination, ModelSpec, Offload, Optim, TrainingSetup
+from ftopt.spec import AdamWKernel, Combination, ModelSpec, Offload, Optim, TrainingSetup
 
 CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
 
@@ -97,6 +98,7 @@ class _Tracker:
     zero2_partition_bytes: int = 0
     partition_live: bool = False
     pending_grad: int | None = None
+    replay: Replay | None = None  # the caching allocator run over the same mallocs and frees (estimate/allocator.py)
 
     def on_grad(self, st: torch.UntypedStorage) -> None:
         if self.zero2_partition_bytes:
@@ -118,7 +120,14 @@ class _Tracker:
         if key in self.live:
             return
         self.live[key] = [self._size(st.nbytes()), category]
-        weakref.finalize(st, self.live.pop, key, None)
+        if self.replay is not None:
+            self.replay.malloc(key, st.nbytes())
+        weakref.finalize(st, self._release, key)
+
+    def _release(self, key: int) -> None:
+        self.live.pop(key, None)
+        if self.replay is not None:
+            self.replay.free(key)
 
     def retag(self, st: torch.UntypedStorage, category: str) -> None:
         entry = self.live.get(st._cdata)
@@ -234,11 +243,17 @@ class _BnbAdamWStandIn:
             p.grad = None
 
 
-def _optimizer(model: torch.nn.Module, params: list, spec: ModelSpec, combo: Combination, on_gpu: bool, tag):
-    """The optimizer Trainer builds: fused torch AdamW, or bitsandbytes AdamW (Trainer keeps 32-bit states for
-    every nn.Embedding weight, Trainer.create_optimizer) as a storage stand-in."""
+def _optimizer(
+    model: torch.nn.Module, params: list, spec: ModelSpec, combo: Combination, setup: TrainingSetup, on_gpu: bool, tag
+):
+    """The optimizer of the run: torch AdamW with the setup's kernel, or bitsandbytes AdamW (Trainer keeps 32-bit
+    states for every nn.Embedding weight, Trainer.create_optimizer) as a storage stand-in. The kernel is named, not
+    left to torch's default: on the trace's CPU tensors torch would pick the per-tensor loop, whose temporaries
+    are one tensor's, where CUDA picks foreach, whose _foreach_sqrt copies every second moment at once
+    (spec.training.AdamWKernel)."""
     if combo.optim is Optim.ADAMW:
-        return torch.optim.AdamW(params, lr=1e-4, fused=True)
+        fused = setup.adamw_kernel is AdamWKernel.FUSED
+        return torch.optim.AdamW(params, lr=1e-4, fused=fused, foreach=not fused)
     return _BnbAdamWStandIn(model, params, combo, bnb_step_temp_bytes(spec, combo, on_gpu), on_gpu, tag)
 
 
@@ -293,6 +308,8 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         device = "cpu"
     grad_weight = _traced_gradient_share(setup, combo)
     tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
+    if on_gpu:
+        tracker.replay = Replay(expandable=setup.expandable_segments)
     # quantized bases: storage-equivalent stand-ins for the bitsandbytes linears (see quantize.stand_in_linears)
     with _without_hf_zero3():
         model = build_model(
@@ -317,7 +334,7 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         model.get_input_embeddings().register_forward_hook(
             lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed")
         )
-        opt = None if deepspeed else _optimizer(model, params, spec, combo, on_gpu, tracker.retag)
+        opt = None if deepspeed else _optimizer(model, params, spec, combo, setup, on_gpu, tracker.retag)
         inputs = layout.step_inputs(setup, combo, device)
         autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=st.autocast)
         with _StorageMode(tracker):
@@ -325,7 +342,11 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
                 for _micro in range(setup.grad_accum):
                     tracker.phase = "forward"
                     with autocast:
-                        loss = model(**inputs).loss / setup.grad_accum
+                        # a loop that keeps `outputs` holds its logits until the next forward has returned
+                        outputs = model(**inputs)
+                        loss = outputs.loss / setup.grad_accum
+                    if not setup.keeps_outputs:
+                        outputs = None  # Trainer's compute_loss returns the loss alone
                     tracker.phase = "backward"
                     loss.backward()
                     del loss
@@ -391,6 +412,14 @@ def _extrapolate(
     return best[1], best[2]
 
 
+@dataclass(frozen=True)
+class TracedMemory:
+    breakdown: MemoryBreakdown
+    phase: str
+    cpu_bytes_per_node: int
+    reserved_slack: int  # the caching allocator's reserved beyond the allocated peak (0 off CUDA), Replay's
+
+
 def traced_memory(
     spec: ModelSpec,
     setup: TrainingSetup,
@@ -399,8 +428,32 @@ def traced_memory(
     layers: tuple[int, int] | None = (2, 3),
     phases: frozenset[str] | None = None,
 ) -> tuple[MemoryBreakdown, str, int]:
-    """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
-    the model's depth (`layers=None` traces the full depth). `phases`: see _extrapolate (ftopt.estimate.fsdp)."""
+    """(breakdown at the peak, phase, host RAM per node) per GPU: traced_step without the allocator's slack."""
+    t = traced_step(spec, setup, combo, target, layers, phases)
+    return t.breakdown, t.phase, t.cpu_bytes_per_node
+
+
+def _slack(traces: list[_Tracker], depths: tuple[int, int], num_layers: int) -> int:
+    """Reserved beyond allocated in the allocator replays, extrapolated in the layer count like the categories:
+    reserved never falls within a run [keep], so each replay's is its peak; each layer repeats its segments."""
+    if traces[0].replay is None:
+        return 0
+    s1, s2 = (t.replay.peak_reserved - t.replay.peak_allocated for t in traces)
+    (l1, l2) = depths
+    return max(0, int(round(s1 + (num_layers - l1) * (s2 - s1) / max(1, l2 - l1))))
+
+
+def traced_step(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    combo: Combination,
+    target: str = "cuda",
+    layers: tuple[int, int] | None = (2, 3),
+    phases: frozenset[str] | None = None,
+) -> TracedMemory:
+    """The breakdown at the peak, phase, host RAM per node and allocator slack per GPU, from a trace of 2 and 3
+    layers extrapolated to the model's depth (`layers=None` traces the full depth). `phases`: see _extrapolate
+    (ftopt.estimate.fsdp)."""
     st = storage(setup.precision, combo)
     excess = (
         analytic.tied_embedding_grad_bytes(spec, combo, st, 1)
@@ -412,10 +465,12 @@ def traced_memory(
         if shallow and (phases is None or spec.num_layers < 2):
             t = _trace(spec, setup, combo, spec.num_layers, target)
             per_cat, phase = _extrapolate(t, t, (spec.num_layers,) * 2, spec.num_layers, excess)
+            slack = _slack([t, t], (spec.num_layers,) * 2, spec.num_layers)
         else:
             depths = (spec.num_layers - 1, spec.num_layers) if shallow else layers  # phases over a shallow model
             traces = [_trace(spec, setup, combo, n, target) for n in depths]
             per_cat, phase = _extrapolate(*traces, depths, spec.num_layers, excess, phases)
+            slack = _slack(traces, depths, spec.num_layers)
     except TraceUnavailable:
         raise
     except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path
@@ -440,4 +495,4 @@ def traced_memory(
     else:  # plain DDP: its gradient buckets come on top; paged optimizer states page to host RAM [paged]
         extra = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers)
         cpu = bnb_optimizer_bytes(spec, combo, on_gpu=target == "cuda")[1] * setup.gpus_per_node
-    return MemoryBreakdown(**bd, **extra), PHASE_NAMES.get(phase, "forward/backward"), cpu
+    return TracedMemory(MemoryBreakdown(**bd, **extra), PHASE_NAMES.get(phase, "forward/backward"), cpu, slack)
