@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, fsdp
 from ftopt.estimate.allocator import reserved_slack_bytes
 from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method, usable_bytes
 from ftopt.estimate.time import step_time
-from ftopt.policy import storage
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
+from ftopt.spec.errors import FtoptError, TraceUnavailable
+from ftopt.spec.policy import storage
 
 
 def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> list[str]:

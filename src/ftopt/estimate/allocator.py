@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftopt.policy import Storage
 from ftopt.spec import ModelSpec, TrainingSetup
+from ftopt.spec.policy import Storage
 
 MIN_BLOCK = 512  # kMinBlockSize [round]
 SMALL_SIZE = 1 << 20  # kSmallSize [pools]
