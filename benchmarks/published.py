@@ -72,6 +72,17 @@ def main() -> None:
     for feature, n in blocked.most_common():
         ids = ", ".join(r["id"] for r in rows if r.get("missing") == feature)
         print(f"  {n}  {feature}: {ids}")
+    near = [r for r in rows if "informative_setup" in r]
+    if near:
+        print(
+            "\nThe nearest setup ftopt can express, for scale only (not in the targets; the missing feature differs):"
+        )
+        for r in near:
+            p = predict(r["informative_setup"], r["measured"], "analytic")
+            err = (p - r["value_bytes"]) / r["value_bytes"]
+            print(
+                f"  {r['id']:24} {r['value_bytes'] / GIB:8.2f}G {r['measured'][11:]:9} analytic {p / GIB:8.2f}G {err:+7.1%}"
+            )
 
 
 if __name__ == "__main__":

@@ -145,11 +145,13 @@ def reserved_slack_bytes(model: ModelSpec, setup: TrainingSetup, st: Storage, on
     head's 16-bit logits: the loss upcasts them to fp32 (transformers loss_utils.ForCausalLMLoss) and drops them,
     and every tensor allocated after them until the peak is an fp32 vocabulary-wide tensor, twice their size, that
     cannot reuse their block [bestfit]: tokens x vocab x 2 bytes stay reserved. fp32 logits are not copied, so
-    leave no such block. The per-request terms ([round] 512 bytes, [segment] 2 and 20 MiB segments, the large
-    pool's unsplit remainders under 1 MiB [split]) add well under 1% over a step's few thousand blocks. Checked
-    against Replay on full-depth traces of Llama-3.2-3B bf16 (docs/accuracy.md): within 0.25 GiB of the replay
-    with expandable segments; the default allocator leaves up to 1 GiB more in segments split by gradients of
-    changing sizes."""
-    if not on_gpu or st.act_bytes == 4:
+    leave no such block. Each pool also holds one partly used page or segment at its end, up to 20 MiB (large)
+    and 2 MiB (small) [segment] [expand]: counted whole, which is what small models see. The other per-request
+    terms ([round] 512 bytes, the large pool's unsplit remainders under 1 MiB [split]) add well under 1% over a
+    step's few thousand blocks. Checked against Replay on full-depth traces (docs/accuracy.md): Llama-3.2-3B
+    bf16, within 0.25 GiB of the replay with expandable segments, the default allocator leaving up to 1 GiB more
+    in segments split by gradients and held logits; tiny-llama within one large page."""
+    if not on_gpu:
         return 0
-    return setup.tokens_per_micro_batch * model.vocab_size * st.act_bytes
+    logits = setup.tokens_per_micro_batch * model.vocab_size * st.act_bytes if st.act_bytes != 4 else 0
+    return logits + LARGE_BUFFER + SMALL_BUFFER

@@ -30,16 +30,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.estimate import analytic, autocast, layout
 from ftopt.estimate.allocator import Replay
-from ftopt.estimate.quant import (
-    MIN_8BIT_SIZE,
-    OPTIM_BLOCK,
-    PAGED_MIN_ELEMENTS,
-    bnb_optimizer_bytes,
-    bnb_step_temp_bytes,
-    quantized_weight_bytes,
-)
+from ftopt.estimate.quant import bnb_optimizer_bytes, quantized_weight_bytes
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.spec import AdamWKernel, Combination, ModelSpec, Offload, Optim, TrainingSetup
+from ftopt.estimate.trace_optimizer import traced_optimizer
+from ftopt.spec import Combination, ModelSpec, Offload, TrainingSetup
 from ftopt.spec.errors import FtoptError, TraceUnavailable
 from ftopt.spec.policy import storage
 
@@ -98,7 +92,8 @@ class _Tracker:
     zero2_partition_bytes: int = 0
     partition_live: bool = False
     pending_grad: int | None = None
-    replay: Replay | None = None  # the caching allocator run over the same mallocs and frees (estimate/allocator.py)
+    # the caching allocator run over the same mallocs and frees (estimate/allocator.py): the check of its closed form
+    replay: Replay | None = None
 
     def on_grad(self, st: torch.UntypedStorage) -> None:
         if self.zero2_partition_bytes:
@@ -199,64 +194,6 @@ def _materialize(model: torch.nn.Module, device: str) -> None:
                 mod._buffers[name] = memo[id(b)]
 
 
-class _BnbAdamWStandIn:
-    """bitsandbytes AdamW's states as Optimizer2State.init_state allocates them (estimate/quant.py [8bit-opt]),
-    without its update: the bitsandbytes step reads scalars back from the device (`.item()`), which fake
-    tensors cannot answer, and its fake update kernel allocates nothing. Its CPU temporaries are added from
-    quant.bnb_step_temp_bytes."""
-
-    def __init__(
-        self, model: torch.nn.Module, params: list, combo: Combination, step_temp_bytes: int, on_gpu: bool, tag
-    ):
-        self.tag = tag  # tracker.retag: the states are optimizer states from their creation on
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-        self.params, self.combo, self.state, self.step_temp_bytes = params, combo, {}, step_temp_bytes
-        # paged states of large tensors live in CUDA unified memory, outside the allocator [paged]: kept on meta
-        self._paged = combo.optim.paged and on_gpu
-        self._eight_bit = {
-            id(p): combo.optim.eight_bit and id(p) not in embeddings and p.numel() >= MIN_8BIT_SIZE for p in params
-        }
-
-    def step(self) -> None:
-        for p in self.params:
-            if p in self.state:
-                continue
-            dev = "meta" if self._paged and p.numel() >= PAGED_MIN_ELEMENTS else p.device
-            dtype = torch.uint8 if self._eight_bit[id(p)] else torch.float32
-            self.state[p] = {
-                "state1": torch.zeros(p.shape, dtype=dtype, device=dev),
-                "state2": torch.zeros(p.shape, dtype=dtype, device=dev),
-            }
-            if self._eight_bit[id(p)]:
-                blocks = -(-p.numel() // OPTIM_BLOCK)
-                self.state[p].update(absmax1=torch.zeros(blocks, device=dev), absmax2=torch.zeros(blocks, device=dev))
-            for v in self.state[p].values():
-                if v.device.type != "meta":
-                    self.tag(v.untyped_storage(), "optimizer_states")
-        if self.step_temp_bytes:  # the CPU kernels' fp32 working copies of the largest tensor [bnb-cpu]
-            device = self.params[0].device
-            temp = torch.empty(self.step_temp_bytes, dtype=torch.uint8, device=device)
-            del temp
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-
-def _optimizer(
-    model: torch.nn.Module, params: list, spec: ModelSpec, combo: Combination, setup: TrainingSetup, on_gpu: bool, tag
-):
-    """The optimizer of the run: torch AdamW with the setup's kernel, or bitsandbytes AdamW (Trainer keeps 32-bit
-    states for every nn.Embedding weight, Trainer.create_optimizer) as a storage stand-in. The kernel is named, not
-    left to torch's default: on the trace's CPU tensors torch would pick the per-tensor loop, whose temporaries
-    are one tensor's, where CUDA picks foreach, whose _foreach_sqrt copies every second moment at once
-    (spec.training.AdamWKernel)."""
-    if combo.optim is Optim.ADAMW:
-        fused = setup.adamw_kernel is AdamWKernel.FUSED
-        return torch.optim.AdamW(params, lr=1e-4, fused=fused, foreach=not fused)
-    return _BnbAdamWStandIn(model, params, combo, bnb_step_temp_bytes(spec, combo, on_gpu), on_gpu, tag)
-
-
 @contextmanager
 def _without_hf_zero3():
     """Build the traced model outside Hugging Face's ZeRO-3 mode. Inside a ZeRO-3 process (any caller; ftopt's own
@@ -334,7 +271,7 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         model.get_input_embeddings().register_forward_hook(
             lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed")
         )
-        opt = None if deepspeed else _optimizer(model, params, spec, combo, setup, on_gpu, tracker.retag)
+        opt = None if deepspeed else traced_optimizer(model, params, spec, combo, setup, on_gpu, tracker.retag)
         inputs = layout.step_inputs(setup, combo, device)
         autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=st.autocast)
         with _StorageMode(tracker):
@@ -412,14 +349,6 @@ def _extrapolate(
     return best[1], best[2]
 
 
-@dataclass(frozen=True)
-class TracedMemory:
-    breakdown: MemoryBreakdown
-    phase: str
-    cpu_bytes_per_node: int
-    reserved_slack: int  # the caching allocator's reserved beyond the allocated peak (0 off CUDA), Replay's
-
-
 def traced_memory(
     spec: ModelSpec,
     setup: TrainingSetup,
@@ -428,32 +357,8 @@ def traced_memory(
     layers: tuple[int, int] | None = (2, 3),
     phases: frozenset[str] | None = None,
 ) -> tuple[MemoryBreakdown, str, int]:
-    """(breakdown at the peak, phase, host RAM per node) per GPU: traced_step without the allocator's slack."""
-    t = traced_step(spec, setup, combo, target, layers, phases)
-    return t.breakdown, t.phase, t.cpu_bytes_per_node
-
-
-def _slack(traces: list[_Tracker], depths: tuple[int, int], num_layers: int) -> int:
-    """Reserved beyond allocated in the allocator replays, extrapolated in the layer count like the categories:
-    reserved never falls within a run [keep], so each replay's is its peak; each layer repeats its segments."""
-    if traces[0].replay is None:
-        return 0
-    s1, s2 = (t.replay.peak_reserved - t.replay.peak_allocated for t in traces)
-    (l1, l2) = depths
-    return max(0, int(round(s1 + (num_layers - l1) * (s2 - s1) / max(1, l2 - l1))))
-
-
-def traced_step(
-    spec: ModelSpec,
-    setup: TrainingSetup,
-    combo: Combination,
-    target: str = "cuda",
-    layers: tuple[int, int] | None = (2, 3),
-    phases: frozenset[str] | None = None,
-) -> TracedMemory:
-    """The breakdown at the peak, phase, host RAM per node and allocator slack per GPU, from a trace of 2 and 3
-    layers extrapolated to the model's depth (`layers=None` traces the full depth). `phases`: see _extrapolate
-    (ftopt.estimate.fsdp)."""
+    """(breakdown at the peak, phase, host RAM per node) per GPU, from a trace of 2 and 3 layers extrapolated to
+    the model's depth (`layers=None` traces the full depth). `phases`: see _extrapolate (ftopt.estimate.fsdp)."""
     st = storage(setup.precision, combo)
     excess = (
         analytic.tied_embedding_grad_bytes(spec, combo, st, 1)
@@ -465,12 +370,10 @@ def traced_step(
         if shallow and (phases is None or spec.num_layers < 2):
             t = _trace(spec, setup, combo, spec.num_layers, target)
             per_cat, phase = _extrapolate(t, t, (spec.num_layers,) * 2, spec.num_layers, excess)
-            slack = _slack([t, t], (spec.num_layers,) * 2, spec.num_layers)
         else:
             depths = (spec.num_layers - 1, spec.num_layers) if shallow else layers  # phases over a shallow model
             traces = [_trace(spec, setup, combo, n, target) for n in depths]
             per_cat, phase = _extrapolate(*traces, depths, spec.num_layers, excess, phases)
-            slack = _slack(traces, depths, spec.num_layers)
     except TraceUnavailable:
         raise
     except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path
@@ -495,4 +398,4 @@ def traced_step(
     else:  # plain DDP: its gradient buckets come on top; paged optimizer states page to host RAM [paged]
         extra = dict(engine_buffers=analytic.zero_states(spec, setup, combo, st).buffers)
         cpu = bnb_optimizer_bytes(spec, combo, on_gpu=target == "cuda")[1] * setup.gpus_per_node
-    return TracedMemory(MemoryBreakdown(**bd, **extra), PHASE_NAMES.get(phase, "forward/backward"), cpu, slack)
+    return MemoryBreakdown(**bd, **extra), PHASE_NAMES.get(phase, "forward/backward"), cpu
