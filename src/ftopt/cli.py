@@ -18,6 +18,7 @@ from ftopt.cli_common import (
     Attn,
     CalibrationOpt,
     Currency,
+    Dora,
     DatasetTokens,
     Epochs,
     FsdpOpt,
@@ -38,7 +39,9 @@ from ftopt.cli_common import (
     PlanGpu,
     PlannedModel,
     PrecisionOpt,
+    QloraRecipeOpt,
     QuantOpt,
+    Rslora,
     SeqLen,
     Zero,
     check_out_folder,
@@ -93,11 +96,14 @@ def estimate(
     gc: Gc = None,
     lora_r: LoraR = None,
     lora_targets: LoraTargets = None,
+    dora: Dora = None,
+    rslora: Rslora = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
     attn: Attn = None,
     quant: QuantOpt = None,
+    qlora_recipe: QloraRecipeOpt = None,
     optim: OptimOpt = None,
     method: MethodOpt = "analytic",
     json_out: Json = False,
@@ -130,11 +136,14 @@ def estimate(
             gc=gc,
             lora_r=lora_r,
             lora_targets=lora_targets,
+            dora=dora,
+            rslora=rslora,
             zero=zero,
             fsdp=fsdp,
             offload=offload,
             attn=attn,
             quant=quant,
+            qlora_recipe=qlora_recipe,
             optim=optim,
         )
         e = est(m, hw, setup, combo, method_of(method))
@@ -162,6 +171,10 @@ def plan(
     headroom: Headroom = None,
     lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
     lora_targets: LoraTargets = None,
+    dora: Annotated[bool, typer.Option("--dora", help="the LoRA candidates are DoRA (PEFT use_dora)")] = False,
+    rslora: Annotated[
+        bool, typer.Option("--rslora", help="the LoRA candidates use rsLoRA scaling alpha/sqrt(r)")
+    ] = False,
     max_hours: Annotated[
         float | None, typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")
     ] = None,
@@ -187,6 +200,14 @@ def plan(
         typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 [default: none,nf4,int8]"),
     ] = None,
     optim: Annotated[str | None, typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
+    qlora_recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--qlora-recipe",
+            help="comma list of QLoRA recipes for the quantized candidates: peft,torchtune,litgpt "
+            "[default: every one the precision runs: peft; all three under bf16-true]",
+        ),
+    ] = None,
     engine: Annotated[
         str | None,
         typer.Option("--engine", help="comma list of engines to try: ddp,zero,fsdp [default: all]"),
@@ -251,6 +272,9 @@ def plan(
                 quants=resolve.enum_list("quant", quant),
                 optims=resolve.enum_list("optim", optim),
                 engines=resolve.enum_list("engine", engine),
+                recipes=resolve.enum_list("qlora_recipe", qlora_recipe),
+                dora=dora,
+                rslora=rslora,
             )
         doc = p.to_json()
         ref = resolve.model_ref(model, weights=resolve.has_weights(model))

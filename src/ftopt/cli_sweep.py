@@ -89,6 +89,9 @@ def bench(
             help="comma list of optimizers: each ZeRO-free point also runs with each (with --quant: every pair)",
         ),
     ] = None,
+    dora: Annotated[
+        bool, typer.Option("--dora", help="each LoRA point also runs as DoRA (PEFT use_dora; ZeRO 0-2, no FSDP)")
+    ] = False,
     nodes: Nodes = None,
     hostfile: Hostfile = None,
     trust_remote_code: TrustRemoteCode = False,
@@ -100,6 +103,7 @@ def bench(
         from ftopt.bench import (
             check_sweep_launch,
             default_zero_processes,
+            dora_variants,
             load_grid,
             quant_optim_variants,
             reference_combinations,
@@ -126,6 +130,8 @@ def bench(
         combos = load_grid(grid) if grid else reference_combinations(hw, lora_r, prec)
         q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
         combos += quant_optim_variants(combos, q, o)
+        if dora:
+            combos += dora_variants(combos)
         ref = resolve.model_ref(
             model or random_init or "tiny-llama", weights=model is not None, trust_remote_code=trust_remote_code
         )

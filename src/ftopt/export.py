@@ -9,9 +9,12 @@
 
 The model loads as ftopt's run loads it: the same bitsandbytes quantization (TRL's ModelConfig `load_in_4bit`,
 `bnb_4bit_quant_type`, `use_bnb_nested_quant`, `load_in_8bit`), the same optimizer (TrainingArguments `optim`) and the
-same LoRA (`lora_alpha`, `lora_dropout` from ftopt.policy). One difference TRL's script imposes: for a quantized
-base TRL's `dtype` is also the 4-bit compute dtype, and TRL does not run `prepare_model_for_kbit_training`, so the
-non-quantized parameters stay in that dtype (ftopt plans them in fp32, as PEFT's QLoRA recipe leaves them).
+same LoRA (`lora_alpha`, `lora_dropout` from ftopt.policy; `use_dora`, `use_rslora`). Differences TRL's script
+imposes on a quantized base, stated in a comment atop sft_config.yaml (qlora_notes): TRL's `dtype` is also the
+4-bit compute dtype, and TRL 1.16's sft does not run `prepare_model_for_kbit_training`, so the non-quantized
+parameters stay in that dtype (the PEFT recipe plans them in fp32; torchtune's and LitGPT's keep bf16, as TRL
+does); its PEFT adapters beside a 4-bit base are fp32 (torchtune and LitGPT train bf16 ones); it cannot quantize
+the LM head (LitGPT's recipe does).
 
 Paths in the files are relative to the export folder (launch.sh runs from it), so the folder can be copied to a
 cluster as it is. The learning rate is the published one for the run's method and model size (ftopt.recipes; the
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from ftopt.export_cluster import export_cluster
 from ftopt.io import atomic_write_text
-from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
+from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, quantizes_head, storage
 from ftopt.recipes import suggested_learning_rate
 from ftopt.spec import ModelSpec, Precision, Quant, RunSpec, preset_names
 
@@ -121,8 +124,10 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
             lora_r=c.lora_r,
             lora_alpha=lora_alpha(c.lora_r),
             lora_dropout=LORA_DROPOUT,
-            lora_target_modules=lora_targets(model, c),
-        )  # the planned targets (not TRL's all-linear)
+            lora_target_modules=lora_targets(model, c),  # by name, as planned ('all-linear' expanded)
+            use_dora=c.dora,
+            use_rslora=c.rslora,
+        )
     doc.update(_quantization_fields(c.quant))
     if ds_path:
         doc["deepspeed"] = ds_path
@@ -137,6 +142,27 @@ def _quantization_fields(quant: Quant) -> dict:
     if quant is Quant.INT8:
         return {"load_in_8bit": True}
     return {"load_in_4bit": True, "bnb_4bit_quant_type": quant.value, "use_bnb_nested_quant": True}
+
+
+def qlora_notes(run: RunSpec, model: ModelSpec) -> list[str]:
+    """Where `trl sft` with this config holds a quantized base otherwise than the planned QLoRA recipe (see the
+    module docstring); one comment line each."""
+    c = run.combination
+    if c.quant is Quant.NONE:
+        return []
+    dtype = _load_dtype(run)
+    if not c.qlora_recipe.keeps_16bit:
+        return [
+            f"QLoRA recipe peft: TRL's sft does not run prepare_model_for_kbit_training, so embeddings, norms and "
+            f"the LM head stay {dtype} (ftopt planned them in fp32)"
+        ]
+    notes = [
+        f"QLoRA recipe {c.qlora_recipe.value}: TRL keeps the base's other parameters {dtype} as planned; its LoRA "
+        "adapters beside a 4-bit base are fp32 (planned: bf16)"
+    ]
+    if quantizes_head(model, c):
+        notes.append("TRL's ModelConfig cannot quantize the LM head (planned: quantized); it stays " + dtype)
+    return notes
 
 
 def launch_command(run: RunSpec, config_name: str) -> list[str]:
@@ -193,7 +219,8 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     run = run.model_copy(update={"schedule": run.schedule.model_copy(update={"learning_rate": lr.value})})
     atomic_write_text(
         cfg_file,
-        f"# {lr.comment()}\n" + yaml.safe_dump(sft_config(run, model, ds_path, folder), sort_keys=False),
+        "".join(f"# {line}\n" for line in (lr.comment(), *qlora_notes(run, model)))
+        + yaml.safe_dump(sft_config(run, model, ds_path, folder), sort_keys=False),
     )
     launch = folder / "launch.sh"
     atomic_write_text(

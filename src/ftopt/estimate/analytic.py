@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.estimate import layout
+from ftopt.estimate import dora, layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, head_cast_bytes, tied_grad_summed_in_place
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.policy import Storage, lora_targets, storage
+from ftopt.policy import Storage, compute_bytes, dora_magnitude_params, lora_targets, storage
 from ftopt.spec import (
     Combination,
     LinearGroup,
@@ -61,7 +61,10 @@ NCCL_BUFFER_BYTES = 300 * 2**20
 
 
 def trainable_params(model: ModelSpec, combo: Combination) -> int:
-    return model.lora_params(combo.lora_r, lora_targets(model, combo)) if combo.lora else model.param_count()
+    """LoRA: the adapters (and DoRA's magnitudes); full fine-tuning: every parameter."""
+    if not combo.lora:
+        return model.param_count()
+    return model.lora_params(combo.lora_r, lora_targets(model, combo)) + dora_magnitude_params(model, combo)
 
 
 # ---- activations: tensors autograd saves for backward, per token -----------------------------------------------
@@ -146,7 +149,7 @@ def layer_activation_bytes_per_token(
         model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0, not full
     )
     n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups, LinearGroup.MLP_IN in groups)
-    return n
+    return n + dora.saved_bytes_per_token(model, combo, st)
 
 
 def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
@@ -239,7 +242,7 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
     frozen = total - train
     weights = train * st.trainable_weight + frozen * st.frozen_weight
     if combo.quant is not Quant.NONE:  # quantized linears + the rest at the frozen storage (fp32 after PEFT) [quant]
-        weights = train * st.trainable_weight + q8.quantized_base_bytes(model, combo.quant, st.frozen_weight)
+        weights = train * st.trainable_weight + q8.quantized_base_bytes(model, combo, st.frozen_weight)
     master, optim, grads = train * st.master, train * st.optim, train * st.grad
     paged = 0
     if combo.optim is not Optim.ADAMW:  # bitsandbytes states (Trainer only, so no ZeRO partitioning) [quant]
@@ -331,7 +334,7 @@ def memory(
     Candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if gradient
     accumulation keeps them between micro-batches or ZeRO-3 holds them in its resident buffer; (2) end of backward
     — all gradients plus the last layer's activations; (2b) ZeRO-2's first gradient reduction
-    (zero2_first_reduce_grad_bytes); (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
+    (zero2_first_reduce_grad_bytes); (2c) DoRA's weight norm in forward (estimate/dora.py); (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
     16-bit gradient partition to fp32). Weights, master copy and Adam states are resident throughout (after the
     first step)."""
     st = storage(setup.precision, combo)
@@ -341,9 +344,7 @@ def memory(
     logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + head_cast
     # a quantized matmul dequantizes its weight for the duration of the op (forward and backward) [quant]
     dequant = (
-        q8.dequant_temp_bytes(model, combo.quant, 2 if st.autocast else st.act_bytes)
-        if combo.quant is not Quant.NONE
-        else 0
+        q8.dequant_temp_bytes(model, combo, compute_bytes(setup.precision)) if combo.quant is not Quant.NONE else 0
     )
     static = dict(weights=s.weights, master_weights=s.master, optimizer_states=s.optim, engine_buffers=s.buffers)
     grads_during_fwd = s.grads if gradients_resident(setup, combo) else 0
@@ -353,7 +354,18 @@ def memory(
         step_temp = q8.bnb_step_temp_bytes(model, combo, on_gpu)
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
+    dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
     candidates = [
+        (  # DoRA's weight norm in the last layer's forward (an upper bound: that layer's later tensors counted)
+            "forward/backward",
+            MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, temporaries=dora_temp),
+        ),
+        (  # ... and in GC's recomputation of the first layer, every other layer's gradients present
+            "forward/backward",
+            MemoryBreakdown(
+                **static, gradients=s.grads, activations=one_layer, temporaries=dora_temp if combo.gc else 0
+            ),
+        ),
         (  # GC + autocast: the loss is computed while autocast's cache holds every layer's weight casts
             "forward/backward",
             MemoryBreakdown(

@@ -5,6 +5,7 @@ from ftopt.spec.model import Linear, LinearGroup, MlpKind, ModelSpec, NormKind, 
 from ftopt.spec.production import DEFAULT_CURRENCY, CurrencyCode, ProductionOptions
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
 from ftopt.spec.training import (
+    ALL_LINEAR,
     CPU_DEFAULTS,
     DEFAULT_HEADROOM,
     Attention,
@@ -14,12 +15,14 @@ from ftopt.spec.training import (
     Offload,
     Optim,
     Precision,
+    QloraRecipe,
     Quant,
     TrainingSetup,
     default_precision,
 )
 
 __all__ = [
+    "ALL_LINEAR",
     "CPU_DEFAULTS",
     "DEFAULT_HEADROOM",
     "DEFAULT_CURRENCY",
@@ -45,6 +48,7 @@ __all__ = [
     "Offload",
     "Optim",
     "Quant",
+    "QloraRecipe",
     "Precision",
     "TrainingSetup",
     "default_precision",
