@@ -32,7 +32,6 @@ from ftopt.estimate import dora, layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, head_cast_bytes, tied_grad_summed_in_place
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.policy import Storage, compute_bytes, dora_magnitude_params, lora_targets, storage
 from ftopt.spec import (
     Combination,
     LinearGroup,
@@ -44,7 +43,8 @@ from ftopt.spec import (
     Quant,
     TrainingSetup,
 )
-from ftopt.train.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
+from ftopt.spec.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
+from ftopt.spec.policy import Storage, compute_bytes, dora_magnitude_params, lora_targets, storage
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
@@ -354,18 +354,7 @@ def memory(
         step_temp = q8.bnb_step_temp_bytes(model, combo, on_gpu)
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
-    dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
     candidates = [
-        (  # DoRA's weight norm in the last layer's forward (an upper bound: that layer's later tensors counted)
-            "forward/backward",
-            MemoryBreakdown(**static, gradients=grads_during_fwd, activations=acts, temporaries=dora_temp),
-        ),
-        (  # ... and in GC's recomputation of the first layer, every other layer's gradients present
-            "forward/backward",
-            MemoryBreakdown(
-                **static, gradients=s.grads, activations=one_layer, temporaries=dora_temp if combo.gc else 0
-            ),
-        ),
         (  # GC + autocast: the loss is computed while autocast's cache holds every layer's weight casts
             "forward/backward",
             MemoryBreakdown(
@@ -392,6 +381,8 @@ def memory(
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, temporaries=tied)),  # the embedding's
         ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, temporaries=step_temp)),
     ]
+    dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
+    candidates += dora.peak_candidates(static, (grads_during_fwd, s.grads), (acts, one_layer), combo.gc, dora_temp)
     phase, bd = max(candidates, key=lambda c: c[1].total())
     cpu_per_node = s.cpu_bytes * setup.gpus_per_node
     return bd, phase, cpu_per_node

@@ -20,8 +20,9 @@ matmul outputs 16-bit under autocast.
 
 from __future__ import annotations
 
-from ftopt.policy import Storage, lora_targets
+from ftopt.estimate.result import MemoryBreakdown
 from ftopt.spec import Combination, Linear, ModelSpec, Quant
+from ftopt.spec.policy import Storage, lora_targets
 
 
 def _wrapped(model: ModelSpec, combo: Combination) -> list[Linear]:
@@ -75,3 +76,20 @@ def token_bytes_per_pass(model: ModelSpec, combo: Combination) -> float:
     o outputs in fp32 (the magnitude is fp32, so products promote), each reading and writing ~3 x 4 bytes, and
     their gradients in backward as many again."""
     return float(2 * 5 * 12 * sum(lin.out_features for lin in _wrapped(model, combo)))
+
+
+def peak_candidates(
+    static: dict, grads: tuple[int, int], acts: tuple[int, int], gc: bool, temp: int
+) -> list[tuple[str, MemoryBreakdown]]:
+    """The moments of the weight norm (`temp`, weight_norm_temp_bytes) that can set the peak: in the last layer's
+    forward over every saved activation (an upper bound: that layer's later tensors counted), and under GC in the
+    recomputation of the first layer, every other layer's gradients present. `grads`: (held during forward, all);
+    `acts`: (all saved activations, one layer's)."""
+    if not temp:
+        return []
+    out = [("forward/backward", MemoryBreakdown(**static, gradients=grads[0], activations=acts[0], temporaries=temp))]
+    if gc:
+        out.append(
+            ("forward/backward", MemoryBreakdown(**static, gradients=grads[1], activations=acts[1], temporaries=temp))
+        )
+    return out
