@@ -302,12 +302,12 @@ def plan(
         raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
-    # flash-attn rejects fp32 inputs: an fp32 plan enumerates the kernels that take them; plan --engine restricts
+    # only what runs in the precision (Combination.runs_in: flash-attn rejects fp32, bf16-true has no DeepSpeed);
     recipes = _recipes(setup, recipes)
     combos = [
         c
         for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, recipes, dora, rslora)
-        if c.attn.runs_in(setup.precision) and (engines is None or c.engine in engines)
+        if c.runs_in(setup.precision) and (engines is None or c.engine in engines)
     ]
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
         raise FtoptError(

@@ -237,6 +237,16 @@ class Combination(BaseModel):
     def lora(self) -> bool:
         return self.lora_r > 0
 
+    def runs_in(self, precision: Precision) -> bool:
+        """Whether this combination runs in `precision` (what `plan` enumerates): the attention kernel takes its
+        dtype, a bf16 QLoRA recipe gets bf16-true, and bf16-true runs without DeepSpeed (which keeps fp32 master
+        weights; policy.storage says so to a user who asks for it)."""
+        return (
+            self.attn.runs_in(precision)
+            and (self.quant is Quant.NONE or self.qlora_recipe.runs_in(precision))
+            and not (precision is Precision.BF16_TRUE and self.uses_deepspeed)
+        )
+
     @property
     def uses_deepspeed(self) -> bool:
         return self.zero > 0
