@@ -104,3 +104,13 @@ def test_dora_costs_time_on_a_gpu():
     lora, dora = Combination(lora_r=16), Combination(lora_r=16, dora=True)
     assert step_time(spec, setup, dora, hw).step_seconds > step_time(spec, setup, lora, hw).step_seconds
     assert step_time(spec, setup, dora, hw).flops_per_step > step_time(spec, setup, lora, hw).flops_per_step
+
+
+@pytest.mark.parametrize("gc", [False, True])
+def test_dora_operator_count_is_what_a_step_dispatches(gc):
+    from ftopt.estimate.kernels import DORA_OPS_PER_WRAPPED_LINEAR, count_kernels
+
+    spec = load_model("tiny-llama")
+    lora = Combination(lora_r=4, gc=gc, lora_targets=("all-linear",))
+    extra = count_kernels(spec, lora.model_copy(update={"dora": True})).per_layer - count_kernels(spec, lora).per_layer
+    assert extra == DORA_OPS_PER_WRAPPED_LINEAR[gc] * len(spec.all_linear_names())

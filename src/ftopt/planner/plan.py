@@ -303,6 +303,7 @@ def plan(
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
     # only what runs in the precision (Combination.runs_in: flash-attn rejects fp32, bf16-true has no DeepSpeed);
+    # plan --engine restricts further
     recipes = _recipes(setup, recipes)
     combos = [
         c
