@@ -23,6 +23,7 @@ from ftopt.spec import (
     HardwareSpec,
     LrSchedule,
     ModelRef,
+    ModelSpec,
     Offload,
     Optim,
     OutputSpec,
@@ -90,6 +91,16 @@ def setup(hw: HardwareSpec, **given) -> TrainingSetup:
     return TrainingSetup.for_hardware(hw.is_cpu, hw.peak_flops, **_given(given))
 
 
+def plan_setup(model: ModelSpec, hw: HardwareSpec, **given) -> TrainingSetup:
+    """The setup `plan` uses for `model` on `hw`: the hardware's defaults and what the user gave (`setup`), with a
+    default sequence length no longer than the model's position limit (beyond it the model meets positions it
+    never learned: estimate.check_setup's note). A length the user gives is kept, with that note."""
+    s = setup(hw, **given)
+    if given.get("seq_len") is None and s.seq_len > model.max_positions:
+        return s.model_copy(update={"seq_len": model.max_positions})
+    return s
+
+
 def combination(**given) -> Combination:
     if isinstance(given.get("lora_targets"), str):
         given["lora_targets"] = lora_target_list(given["lora_targets"])
@@ -105,11 +116,13 @@ def model_ref(ref: str, *, weights: bool, tokenizer: str | None = None, trust_re
     return ModelRef(ref=ref, weights=weights, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
 
 
-def has_weights(ref: str) -> bool:
+def has_weights(ref: str, local: bool = True) -> bool:
     """A local folder with safetensors weights, or a Hub id: a planned model that `train` loads with its weights
-    (a preset or a config.json has none: random init)."""
+    (a preset or a config.json has none: random init). Without `local` no path is looked at: Hub ids only."""
     from ftopt.spec.hub import parse_hub_id
 
+    if not local:
+        return parse_hub_id(ref, local=False) is not None
     p = Path(ref).expanduser()
     return (p.is_dir() and any(p.glob("*.safetensors"))) or (not p.exists() and parse_hub_id(ref) is not None)
 

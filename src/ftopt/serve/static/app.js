@@ -80,6 +80,10 @@ function showErrors(body) {
   $("err-" + target).textContent = body.error;
   if ($(target)) $(target).setAttribute("aria-invalid", "true");
 }
+// the server takes a POST only as application/json (a cross-site page cannot send that without a preflight)
+function postJSON(url, doc, signal) {
+  return fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(doc), signal });
+}
 function schedule() {
   clearTimeout(timer);
   timer = setTimeout(update, 120);  // one request per pause in typing, not per key
@@ -100,7 +104,7 @@ async function update() {
   $("status").textContent = T("working");
   try {
     const r = CONFIG
-      ? await fetch("/api/plan", { method: "POST", body: JSON.stringify({ query: Object.fromEntries(fast), config: CONFIG }), signal: inflight.signal })
+      ? await postJSON("/api/plan", { query: Object.fromEntries(fast), config: CONFIG }, inflight.signal)
       : await fetch("/api/plan?" + fast.toString(), { signal: inflight.signal });
     const body = await r.json();
     received(body);
@@ -120,7 +124,7 @@ function received(body) {
 
 // traced plans: a job on the server, polled for progress, cancellable
 async function startJob(q, gen) {
-  const r = await fetch("/api/jobs", { method: "POST", body: JSON.stringify({ query: Object.fromEntries(q), config: CONFIG }) });
+  const r = await postJSON("/api/jobs", { query: Object.fromEntries(q), config: CONFIG });
   const body = await r.json();
   if (gen !== GEN) return body.id && fetch("/api/jobs/" + body.id, { method: "DELETE" });
   if (body.error) return received(body);
@@ -168,10 +172,13 @@ function render(body) {
   const p = body.plan, v = body.views;
   const rec = p.candidates.find((c) => p.recommended && sameKey(c, p.recommended));
   $("rec-label").textContent = rec ? rec.label : T("none_fits");
-  $("rec-figures").textContent = rec ? gib(rec.device_bytes_per_gpu) + ", " + fmtTime(hours(rec) * 3600) + money(rec, p) : "";
+  $("rec-figures").textContent = rec
+    ? gib(rec.device_bytes_per_gpu) + " (" + T("est_" + rec.method) + "), " + fmtTime(hours(rec) * 3600) + money(rec, p) : "";
   $("rec-label").dataset.key = JSON.stringify(p.recommended);
   $("rec-reason").textContent = p.reason;
-  $("answered").textContent = p.answered_by ? T("answered", { by: Object.entries(p.answered_by).map(([k, m]) => k + " " + m).join(", ") }) : "";
+  $("answered").textContent = p.answered_by ? T("answered", { by: Object.entries(p.answered_by).filter(([, m]) => m).map(([k, m]) => k + " " + m).join(", ") }) : "";
+  $("fallbacks").textContent = Object.entries(p.fallbacks || {})
+    .map(([k, f]) => T("not_confirmed", { what: T("answer_" + k), why: f.message })).join(" ");
   $("shortfall").textContent = p.shortfall || "";
   $("longest").textContent = p.longest_context
     ? p.longest_context + " (" + T("bound_" + p.longest_context_bound) + ")" : "—";
