@@ -99,3 +99,13 @@ def test_run_identity_keeps_its_old_form_at_the_defaults():
     assert not {"dora", "rslora", "qlora_recipe"} & set(plain)
     dora = new_run(hw, ref, TrainingSetup(), Combination(lora_r=8, dora=True)).identity()["combination"]
     assert dora["dora"] is True
+
+
+def test_planner_page_tells_candidates_of_different_recipes_apart():
+    """The planner page indexes a plan's candidates by their combination: the bf16-true recipes of one quantized
+    combination are three candidates, not one."""
+    from ftopt.serve.views import _key
+
+    cands = _plan("--precision", "bf16-true", "--quant", "nf4", "--optim", "adamw")["candidates"]
+    quantized = [c for c in cands if c["quant"] == "nf4"]
+    assert len({_key(c) for c in quantized}) == len(quantized)
