@@ -202,11 +202,11 @@ def _bench_combinations(tmp_path, monkeypatch, *flags) -> list[Combination]:
     """The combinations `ftopt bench` would sweep (the sweep itself is replaced by a recorder)."""
     from typer.testing import CliRunner
 
-    import ftopt.sweep.bench
+    import ftopt.sweep.prepare
     from ftopt.cli.app import app
 
     seen = []
-    monkeypatch.setattr(ftopt.sweep.bench, "sweep_runs", lambda base, combos, *a, **k: seen.extend(combos) or [])
+    monkeypatch.setattr(ftopt.sweep.prepare, "sweep_runs", lambda base, combos, *a, **k: seen.extend(combos) or [])
     r = CliRunner().invoke(app, ["bench", "--gpu", "cpu", "--out", str(tmp_path / "b"), *flags])
     assert r.exit_code == 0, r.output
     return seen
