@@ -136,6 +136,7 @@ def train(
         from ftopt.display import print_train_metrics
         from ftopt.train.allocator import allocator_note
         from ftopt.train.engine import launch
+        from ftopt.trust import CommandLineTrust
 
         if model and random_init:
             raise FtoptError("give either --model (weights) or --random-init (a config), not both.")
@@ -177,14 +178,6 @@ def train(
                 given_combination=given_combo,
                 note=lambda m: typer.echo(m, err=True),
             )
-            from ftopt.trust import trusted_file_run
-
-            spec = trusted_file_run(
-                spec,
-                plan_file,
-                trust_remote_code=trust_remote_code,
-                allow_metric_module=allow_metric_module or bool(metric),
-            )
             spec = resolve.with_headroom(spec, headroom)  # the margin changes no prediction, only the verdict
         else:
             from ftopt.calibration_store import calibrated_hardware
@@ -217,23 +210,17 @@ def train(
             output=dict(dir=out, resume=resume or None, overwrite=overwrite or None, report_to=report_to),
             hostfile=hostfile,
         )
-        resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
+        # what this command line allows (--metric names its own module); a --plan file adds nothing to it
+        trust = CommandLineTrust(
+            trust_remote_code=trust_remote_code, allow_metric_module=allow_metric_module or bool(metric)
+        )
         rdzv = rendezvous(spec, node_rank, master_addr, master_port)
-        from ftopt.quality import load_user_metric
-
-        for ref in spec.data.metrics:
-            load_user_metric(ref)  # a typo or a missing module fails now, not after training and saving
         check_out_folder(spec.output_dir)
-        if spec.model.weights:
-            from ftopt.spec.hub import resolve_weights
-
-            # a folder, or the Hub download (after the cheap checks), before any training process starts
-            resolve_weights(spec.model.ref, spec.model.trust_remote_code)
         note = allocator_note(os.environ, on_cuda=not spec.hardware.is_cpu)
         if note:
             typer.echo(note, err=True)
         with stdout_to_stderr(json_out):
-            metrics = launch(spec, rdzv)
+            metrics = launch(spec, trust, rdzv, plan_file)
         if metrics is None:  # a per-node run's other node, with its own output folder
             typer.echo(
                 f"node {node_rank}: its ranks finished; node 0's output folder holds the run's metrics", err=True

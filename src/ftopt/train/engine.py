@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import sys
+from pathlib import Path
 
 from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
@@ -22,11 +23,25 @@ from ftopt.train import hostfile, ranks
 from ftopt.train.allocator import allocator_env
 from ftopt.train.outputs import finished_run, prepare_output
 from ftopt.train.preflight import check_devices, check_launch
+from ftopt.trust import CommandLineTrust, admit
 
 
-def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
-    """Check, claim the output folder, run; returns metrics.json's content (None on a node whose folder does not
-    hold it: a per-node run's other nodes, when the output folder is not shared)."""
+def launch(
+    spec: RunSpec, trust: CommandLineTrust, rdzv: ranks.Rendezvous | None = None, source: str | Path | None = None
+) -> dict | None:
+    """Every way `ftopt train` starts a run (one process, this node's ranks, every node over a host file) passes
+    here: the trust gate (ftopt.trust.admit: `trust` is the command line's, `source` the file the run was read
+    from), the checks, the folder claim (ftopt.train.outputs.prepare_output), then the run. Returns metrics.json's
+    content (None on a node whose folder does not hold it: a per-node run's other nodes, when the output folder is
+    not shared)."""
+    spec = admit(spec, trust, source)  # before anything reads the model's code or imports a metric module
+    from ftopt import resolve
+    from ftopt.quality import load_user_metric
+
+    resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
+
+    for ref in spec.data.metrics:
+        load_user_metric(ref)  # allowed now; a typo or a missing module fails here, not after training
     check_devices(spec)
     check_launch(spec, rdzv)
     # a per-node run's other nodes cannot see node 0's folder: there rank 0 decides (ftopt.train.dist.finished)
@@ -40,16 +55,22 @@ def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
     if (by_hostfile or trainer_ranks) and importlib.util.find_spec("deepspeed") is None:
         raise FtoptError("ZeRO, multi-GPU and --hostfile runs need DeepSpeed: pip install deepspeed.")
     prepare_output(spec, claim=rdzv is None or rdzv.node_rank == 0)
+    if spec.model.weights:
+        from ftopt.spec.hub import resolve_weights
+
+        # a folder, or the Hub download (after the cheap checks and the claim), before any training process starts
+        resolve_weights(spec.model.ref, spec.model.trust_remote_code)
     if not spec.uses_launcher:
         from ftopt.train.worker import run_worker
 
         # read by torch when CUDA first allocates, which happens after this (the worker builds the model)
         os.environ.update(allocator_env(os.environ, on_cuda=not spec.hardware.is_cpu))
-        return run_worker(spec)
+        return run_worker(spec, claim=False)
+    args = ranks.rank_args(spec, trust)  # each rank passes the same gates; the folder is claimed already
     if by_hostfile:
-        return hostfile.launch(spec, _env(spec), worker_module(spec))
+        return hostfile.launch(spec, _env(spec), worker_module(spec), args)
     rdzv = rdzv or ranks.Rendezvous(procs_per_node=spec.setup.gpus_per_node, master_port=ranks.free_port())
-    return _launch_ranks(spec, rdzv)
+    return _launch_ranks(spec, rdzv, args)
 
 
 def worker_module(spec: RunSpec) -> str:
@@ -67,10 +88,10 @@ def _env(spec: RunSpec) -> dict[str, str]:
     return env
 
 
-def _launch_ranks(spec: RunSpec, rdzv: ranks.Rendezvous) -> dict | None:
+def _launch_ranks(spec: RunSpec, rdzv: ranks.Rendezvous, args: list[str]) -> dict | None:
     out = spec.output_dir
     log_dir = out / ranks.LOG_DIR
-    cmd = [sys.executable, "-u", "-m", worker_module(spec), ranks.encode_arg(spec.to_json())]
+    cmd = [sys.executable, "-u", "-m", worker_module(spec), *args]
     codes, interrupted = ranks.run_ranks(cmd, rdzv, log_dir, _env(spec))
     stopped = [c for c in codes.values() if c != 0]
     if interrupted or (stopped and all(c == ranks.INTERRUPTED for c in stopped)):
