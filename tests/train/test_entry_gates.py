@@ -211,7 +211,7 @@ def test_every_way_a_run_starts_is_listed_and_exercised():
         module = ".".join(("ftopt", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
         tree = ast.parse(path.read_text())
         found |= _starts_in(tree, module)
-        if "__name__ == \"__main__\"" in path.read_text() or path.name == "__main__.py":
+        if '__name__ == "__main__"' in path.read_text() or path.name == "__main__.py":
             mains.add(module)
     assert found == set(STARTS), "a new way to start a run: pass it through ftopt.trust.admit and the folder claim"
     assert set().union(*STARTS.values()) == set(WAYS)
