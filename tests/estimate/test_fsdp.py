@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 from ftopt.estimate import estimate
 from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
 

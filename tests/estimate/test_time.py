@@ -9,8 +9,8 @@ from ftopt.estimate.time import (
     step_flops,
     step_time,
 )
-from ftopt.policy import storage
 from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
+from ftopt.spec.policy import storage
 
 
 def test_forward_is_about_2_flops_per_param_per_token():
@@ -59,7 +59,7 @@ def test_gc_recompute_leaves_out_the_lm_head_even_when_it_dominates():
     full, gc = step_flops(m, s, Combination()), step_flops(m, s, Combination(gc=True))
     lin, att = forward_flops_per_token(m, 1024, Combination().attn)
     assert (gc - full) / 1024 == pytest.approx(lin + att - lm_head_flops_per_token(m))
-    assert gc / full < 1.30  # the old model (the whole forward again) gave 4/3
+    assert gc / full < 1.30  # the whole forward again would give 4/3
 
 
 A100 = load_hardware("a100-80g")
@@ -81,8 +81,8 @@ def test_second_node_adds_inter_node_communication_and_halves_the_steps():
 
 
 def test_inter_node_bandwidth_is_per_gpu_not_shared_by_the_node():
-    """DGX A100: one 200 Gb/s HDR NIC per GPU. With 8 GPUs per node each GPU keeps its 25 GB/s; the old model
-    divided one NIC per node by the GPUs (3.1 GB/s) and was 8x too pessimistic."""
+    """DGX A100: one 200 Gb/s HDR NIC per GPU. With 8 GPUs per node each GPU keeps its 25 GB/s; one NIC per node
+    divided by the GPUs (3.1 GB/s) would be 8x too pessimistic."""
     m, c = load_model("llama-2-7b"), Combination(zero=2)
     assert A100.inter_node_bandwidth_per_gpu_bytes_per_s == 25e9
     s = TrainingSetup(seq_len=2048, gpus_per_node=8, nodes=2)
@@ -100,7 +100,7 @@ def test_gc_recompute_against_torch_flop_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import LinearGroup, Precision, from_hf_config
     from tests.spec.test_model import TINY
 
@@ -118,7 +118,7 @@ def test_gc_recompute_against_torch_flop_counter():
     recompute = measured(True) - measured(False)
     predicted = step_flops(spec, s, Combination(gc=True, attn="eager")) - step_flops(spec, s, Combination(attn="eager"))
     down = 2 * spec.num_layers * sum(lin.params for lin in spec.layer_linears() if lin.group is LinearGroup.MLP_OUT)
-    # the old model (head included) would be off by down + head, i.e. this fails if the head is counted again
+    # counting the head too would be off by down + head, i.e. this fails if the head is counted again
     assert predicted - recompute == pytest.approx(down * s.tokens_per_micro_batch)
 
 
@@ -158,7 +158,7 @@ def test_cpu_prices_bitsandbytes_at_its_measured_rate_not_memory_bandwidth():
 
 
 def test_zero2_and_zero3_reduce_gradients_every_micro_batch():
-    """Issue 16: DeepSpeed ZeRO-2/3 reduce-scatter each micro-batch's gradients (grad-accum 4 reduces 4 times);
+    """DeepSpeed ZeRO-2/3 reduce-scatter each micro-batch's gradients (grad-accum 4 reduces 4 times);
     DP and ZeRO-1 all-reduce once per step. The old model counted one reduction per step for every stage."""
     m = load_model("llama-2-7b")
     one = TrainingSetup(seq_len=2048, gpus_per_node=8)

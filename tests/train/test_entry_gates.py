@@ -1,4 +1,4 @@
-"""Every way a run starts passes one trust gate (ftopt.trust.admit) and one folder claim
+"""Every way a run starts passes one trust gate (ftopt.spec.trust.admit) and one folder claim
 (ftopt.train.outputs.prepare_output): `train`, `train --plan`, per-node, hostfile, bench's runs, a launched or
 torchrun-started rank of either worker, and the scripts `plan --export` writes. The ways in are enumerated from the
 source, so a new one fails here until it is listed and shown to pass both gates. Each is driven in-process up to
@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 import ftopt
-from ftopt import resolve
-from ftopt.cli import app
+from ftopt.cli.app import app
+from ftopt.planner import resolve
 from ftopt.spec import Combination, TrainingSetup, load_hardware
 from ftopt.train import manifest
 from ftopt.train.ranks import free_port
@@ -89,8 +89,8 @@ def _rank(module: str, argv, monkeypatch, capsys) -> tuple[int, str]:
 
 def _bench_child(tmp_path, monkeypatch, trust_in_file: bool, user_files: bool) -> tuple[int, str, Path]:
     """bench runs each point as `ftopt train --plan RUN.json` (its own flags after it); that command, in-process."""
-    from ftopt import bench
-    from ftopt.bench import sweep_runs
+    from ftopt.sweep import bench
+    from ftopt.sweep.bench import sweep_runs
 
     class Started(Exception):
         pass
@@ -169,14 +169,14 @@ def test_a_folder_of_the_users_files_is_refused_on_every_way_in(way, tmp_path, m
 # (module, top-level function) -> the ways above that exercise it. In-process starts: calls of the functions that
 # run training. Started processes: the worker modules and `ftopt train` named as a command.
 STARTS = {
-    ("ftopt.cli_run", "train"): {"train", "train --plan", "per-node", "hostfile"},  # engine.launch
+    ("ftopt.cli.run", "train"): {"train", "train --plan", "per-node", "hostfile"},  # engine.launch
     ("ftopt.train.engine", "launch"): {"train"},  # run_worker in this process, behind launch's gates
     ("ftopt.train.engine", "worker_module"): {"worker", "fsdp worker"},  # the launched ranks
     ("ftopt.train.worker", "main"): {"worker"},
     ("ftopt.train.fsdp_worker", "main"): {"fsdp worker"},
-    ("ftopt.bench", "_run_one"): {"bench"},  # `ftopt train --plan`
-    ("ftopt.export_fsdp", "torchrun_command"): {"fsdp worker"},  # torchrun.sh
-    ("ftopt.export_cluster", "node_command"): {"per-node"},  # slurm.sbatch
+    ("ftopt.sweep.bench", "_run_one"): {"bench"},  # `ftopt train --plan`
+    ("ftopt.export.fsdp", "torchrun_command"): {"fsdp worker"},  # torchrun.sh
+    ("ftopt.export.cluster", "node_command"): {"per-node"},  # slurm.sbatch
 }
 RUNS_TRAINING = {"run_worker", "run_fsdp_worker", "launch"}  # launch: ftopt.train.engine's
 WORKER_MODULES = {"ftopt.train.worker", "ftopt.train.fsdp_worker"}
@@ -213,9 +213,9 @@ def test_every_way_a_run_starts_is_listed_and_exercised():
         found |= _starts_in(tree, module)
         if '__name__ == "__main__"' in path.read_text() or path.name == "__main__.py":
             mains.add(module)
-    assert found == set(STARTS), "a new way to start a run: pass it through ftopt.trust.admit and the folder claim"
+    assert found == set(STARTS), "a new way to start a run: pass it through ftopt.spec.trust.admit and the folder claim"
     assert set().union(*STARTS.values()) == set(WAYS)
-    assert mains == {"ftopt.__main__", "ftopt.cli", *WORKER_MODULES}  # what `python -m` can start
+    assert mains == {"ftopt.__main__", "ftopt.cli.app", *WORKER_MODULES}  # what `python -m` can start
 
 
 # ---- the exported scripts -----------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ RECORD = '#!/bin/sh\nprintf "%s\\n" "$@" > "$CALLS"\n'  # a stand-in that record
 
 
 def _export(tmp_path, spec) -> Path:
-    from ftopt.export import export_run
+    from ftopt.export.configs import export_run
     from ftopt.spec import load_model
 
     folder = tmp_path / "export"

@@ -31,8 +31,8 @@ def _held_bytes(model) -> int:
 
 
 def test_random_init_nf4_build_never_holds_the_full_precision_model():
-    from ftopt.measure import AllocatorPeak
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
+    from ftopt.results.measure import AllocatorPeak
     from ftopt.spec import Combination, Precision, from_hf_config
 
     spec = from_hf_config(TINY_TIED, "tiny-tied")
@@ -42,14 +42,14 @@ def test_random_init_nf4_build_never_holds_the_full_precision_model():
     largest_linear_bytes = 4 * 64 * 256  # an fp32 MLP weight
     # one full-precision linear at a time, plus bitsandbytes' quantization temporaries of about its size
     assert peak_bytes <= _held_bytes(model) + 4 * largest_linear_bytes, (peak_bytes, _held_bytes(model))
-    assert peak_bytes < 4 * spec.param_count()  # the old build held all of it in fp32 (and the tied head twice)
+    assert peak_bytes < 4 * spec.param_count()  # an fp32 from_config build holds all of it (and the tied head twice)
 
 
 def test_materialized_model_matches_a_plain_build():
     import bitsandbytes as bnb
     import torch
 
-    from ftopt.modeling import build_base, build_model
+    from ftopt.model.build import build_base, build_model
     from ftopt.spec import Combination, Precision, from_hf_config
 
     spec = from_hf_config(TINY_TIED, "tiny-tied")
@@ -81,7 +81,7 @@ def _nf4_pair():
     """A 352 -> 128 -> 64 stack in NF4 (64-weight blocks: 352 is not a multiple, 128 is) and its fp32 output."""
     import torch
 
-    from ftopt import quantize
+    from ftopt.model import quantize
     from ftopt.spec import Combination, Precision, Quant
 
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def test_a_linear_bitsandbytes_cannot_pack_for_cpu_stays_unpacked():
     AVX512-BF16 CPU, and only the layer the guard keeps unpacked runs (its plain kernel runs everywhere)."""
     import torch
 
-    from ftopt.quantize import keep_cpu_inference_unpacked
+    from ftopt.model.quantize import keep_cpu_inference_unpacked
 
     model, (wide_reference, _) = _nf4_pair()
     for m in model:
@@ -121,7 +121,7 @@ def test_generation_on_a_linear_bitsandbytes_cannot_pack_for_cpu():
     """On a CPU with the packed kernel: the stack generates correctly, the 128 x 64 layer through that kernel."""
     import torch
 
-    from ftopt.quantize import keep_cpu_inference_unpacked
+    from ftopt.model.quantize import keep_cpu_inference_unpacked
 
     model, (_, reference) = _nf4_pair()
     assert all(m.support_avx512bf16_for_cpu for m in model)  # bitsandbytes' own setting on this CPU

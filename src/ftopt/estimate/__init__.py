@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, fsdp
 from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method, usable_bytes
 from ftopt.estimate.time import step_time
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
+from ftopt.spec.errors import FtoptError, TraceUnavailable
 
 
 def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> list[str]:

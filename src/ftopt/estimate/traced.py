@@ -28,7 +28,6 @@ from functools import partial
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, autocast, layout
 from ftopt.estimate.quant import (
     MIN_8BIT_SIZE,
@@ -39,8 +38,9 @@ from ftopt.estimate.quant import (
     quantized_weight_bytes,
 )
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.policy import storage
 from ftopt.spec import Combination, ModelSpec, Offload, Optim, TrainingSetup
+from ftopt.spec.errors import FtoptError, TraceUnavailable
+from ftopt.spec.policy import storage
 
 CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
 
@@ -280,8 +280,8 @@ def _traced_gradient_share(setup: TrainingSetup, combo: Combination) -> float:
 def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> _Tracker:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ftopt.modeling import build_model
-    from ftopt.quantize import stand_in_linears
+    from ftopt.model.build import build_model
+    from ftopt.model.quantize import stand_in_linears
 
     st = storage(setup.precision, combo)
     deepspeed = combo.uses_deepspeed

@@ -6,7 +6,7 @@ median step time over the steady steps, a two-process run paying for two GPUs. W
 than the target, PoC seconds say little about the target (a CPU's ranking of attention kernels is not an A100's):
 the choice among the runs that met the bar goes by the calibrated projected GPU-hours on the target instead.
 
-Noise. Each run's step time has a spread (interquartile range of its steady steps, ftopt.results); two runs whose
+Noise. Each run's step time has a spread (interquartile range of its steady steps, ftopt.results.rows); two runs whose
 spreads overlap are a tie, broken by quality, then measured peak memory, then the plan's prediction on the target.
 """
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ftopt.choice import TIME_MODEL_ERROR
-from ftopt.errors import FtoptError
-from ftopt.quality import QualityTarget
+from ftopt.planner.choice import TIME_MODEL_ERROR
 from ftopt.report.pooling import Pool, combination_key, pool
-from ftopt.results import ResultRow, parse_rows
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import ResultRow, parse_rows
 from ftopt.spec import Combination
+from ftopt.spec.errors import FtoptError
 
 QUALITY_TOLERANCE = 0.05  # without a user target: eval loss within 5% of the sweep's best (stated as such)
 # A projection has no measured spread; two projected costs closer than the time model's stated error are a tie
@@ -29,7 +29,7 @@ PROJECTED_TIE = TIME_MODEL_ERROR
 # A first logged training loss below this (nats per token) means the base already predicts the task: the sweep's
 # issue example started at 0.00025, a model that has learned a task typically ends above 0.05.
 NEAR_ZERO_LOSS = 0.01
-# Quality metrics scored in [0, 1] (ftopt.quality: exact match, token F1, ROUGE-L F-measure, label accuracy), so 1
+# Quality metrics scored in [0, 1] (ftopt.results.quality: exact match, token F1, ROUGE-L F-measure, label accuracy), so 1
 # is full marks; a user metric has no known top and a loss no full marks.
 BOUNDED_METRICS = ("exact_match", "token_f1", "rouge_l", "label_accuracy")
 FULL_MARKS = 1.0 - 1e-9  # a mean over rows of 0/1 scores is exactly 1.0 at full marks; the margin is float rounding

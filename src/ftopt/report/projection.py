@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.calibration_store import calibrated_hardware
 from ftopt.estimate import Estimate, estimate
-from ftopt.results import ResultRow
+from ftopt.planner.calibration_store import calibrated_hardware
+from ftopt.results.rows import ResultRow
 from ftopt.spec import (
     DEFAULT_HEADROOM,
     Combination,
@@ -154,9 +154,9 @@ def projections(rows: list[ResultRow], target: ProductionTarget) -> dict[str, Pr
 
 
 def plan_choice(projs: dict[str, Projection], target: ProductionTarget) -> Combination | None:
-    """The combination `plan` itself would recommend among these projections (ftopt.choice: fastest that fits,
+    """The combination `plan` itself would recommend among these projections (ftopt.planner.choice: fastest that fits,
     ties within the time model's error to fewer moving parts, DeepSpeed on one GPU only when nothing else fits)."""
-    from ftopt.choice import TIME_MODEL_ERROR, choose_fitting
+    from ftopt.planner.choice import TIME_MODEL_ERROR, choose_fitting
 
     distinct = {p.combination: p.estimate for p in projs.values()}
     pick, _ = choose_fitting(list(distinct.values()), target.gpus, TIME_MODEL_ERROR)
@@ -166,7 +166,7 @@ def plan_choice(projs: dict[str, Projection], target: ProductionTarget) -> Combi
 def candidate_costs(projs: dict[str, Projection], target: ProductionTarget) -> dict[str, float]:
     """GPU-hours per run of each run that fits the target, by run key; as in the plan, a combination with DeepSpeed
     on a one-GPU target (ZeRO or FSDP2 partitions nothing there) is set aside when one without it fits."""
-    from ftopt.choice import single_gpu_sharding
+    from ftopt.planner.choice import single_gpu_sharding
 
     fitting = {k: p for k, p in projs.items() if p.fits_memory}
     useful = {k: p for k, p in fitting.items() if not single_gpu_sharding(p.estimate, target.gpus)}
@@ -178,7 +178,7 @@ def plan_production(
 ) -> ProductionPlan:
     """`best` is the decision's run projected, `others` the projections of the other runs that met the bar. The
     PoC's cost is the caller's: its runs may have used other hardware than the target's price is for."""
-    from ftopt.choice import single_gpu_sharding
+    from ftopt.planner.choice import single_gpu_sharding
 
     fitting = [p for p in others if p.fits_memory and p.combination != best.combination]
     # as in the decision (candidate_costs): DeepSpeed on a one-GPU target is no alternative while another fits

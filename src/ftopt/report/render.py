@@ -12,9 +12,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.errors import FtoptError
-from ftopt.io import atomic_write_text
-from ftopt.quality import QualityTarget
 from ftopt.report import sections as S
 from ftopt.report.charts import charts
 from ftopt.report.decision import Decision, decide
@@ -29,8 +26,11 @@ from ftopt.report.projection import (
 )
 from ftopt.report.text import LANGS, TEXT
 from ftopt.report.verdict import point_verified
-from ftopt.results import ResultRow, parse_rows
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import ResultRow, parse_rows
 from ftopt.spec import DEFAULT_CURRENCY, CurrencyCode
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import atomic_write_text
 
 __all__ = ["ReportSettings", "build_report", "decide"]
 CSS = (

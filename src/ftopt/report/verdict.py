@@ -7,7 +7,7 @@ import html
 
 from ftopt.report.decision import PROJECTED_TIE, Basis, Decision, Why, gpu_seconds, start_metric
 from ftopt.report.text import metric_name, plural
-from ftopt.results import WARMUP_STEPS
+from ftopt.results.rows import WARMUP_STEPS
 
 e = html.escape
 

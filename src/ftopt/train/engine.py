@@ -17,26 +17,26 @@ import os
 import sys
 from pathlib import Path
 
-from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.trust import CommandLineTrust, admit
 from ftopt.train import hostfile, ranks
 from ftopt.train.allocator import allocator_env
 from ftopt.train.outputs import finished_run, prepare_output
 from ftopt.train.preflight import check_devices, check_launch
-from ftopt.trust import CommandLineTrust, admit
 
 
 def launch(
     spec: RunSpec, trust: CommandLineTrust, rdzv: ranks.Rendezvous | None = None, source: str | Path | None = None
 ) -> dict | None:
     """Every way `ftopt train` starts a run (one process, this node's ranks, every node over a host file) passes
-    here: the trust gate (ftopt.trust.admit: `trust` is the command line's, `source` the file the run was read
+    here: the trust gate (ftopt.spec.trust.admit: `trust` is the command line's, `source` the file the run was read
     from), the checks, the folder claim (ftopt.train.outputs.prepare_output), then the run. Returns metrics.json's
     content (None on a node whose folder does not hold it: a per-node run's other nodes, when the output folder is
     not shared)."""
     spec = admit(spec, trust, source)  # before anything reads the model's code or imports a metric module
-    from ftopt import resolve
-    from ftopt.quality import load_user_metric
+    from ftopt.planner import resolve
+    from ftopt.results.quality import load_user_metric
 
     resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
 

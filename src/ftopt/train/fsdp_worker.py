@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.spec.errors import FtoptError
 
 
 def run_fsdp_worker(spec: RunSpec, *, claim: bool) -> dict:
@@ -123,7 +123,7 @@ def resident_bytes(model) -> int:
 
 
 def _build(spec: RunSpec, model_spec, device):
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec.hub import remote_code_folder, resolve_weights
     from ftopt.train.base import record_hub_base
 
@@ -170,7 +170,7 @@ def _save(spec: RunSpec, model, tokenizer, rank: int) -> list[str]:
 
 
 def main() -> None:
-    from ftopt import quiet
+    from ftopt.spec import quiet
     from ftopt.train.ranks import end_rank, rank_run
 
     def work() -> dict:

@@ -89,7 +89,7 @@ FOLDER_CLAIMED = "--folder-claimed"  # from ftopt's launcher, which claimed the 
 
 class RankCommandLine(BaseModel):
     """What a rank's own command line says. RUN, the run specification, is encode_arg's text (ftopt's launcher) or
-    a run.json path (`plan --export`'s torchrun.sh); like any file it is data. Trust (ftopt.trust) and what to do
+    a run.json path (`plan --export`'s torchrun.sh); like any file it is data. Trust (ftopt.spec.trust) and what to do
     with the output folder now (--resume, --overwrite: a run file's values never carry over, as for `train --plan`)
     come from the flags, which ftopt's launcher sets from its own command line and a user adds to torchrun.sh's."""
 
@@ -119,14 +119,14 @@ class RankCommandLine(BaseModel):
         return [*self.trust().flags(), *(flag for flag, on in named.items() if on)]
 
     def trust(self):
-        from ftopt.trust import CommandLineTrust
+        from ftopt.spec.trust import CommandLineTrust
 
         return CommandLineTrust(trust_remote_code=self.trust_remote_code, allow_metric_module=self.allow_metric_module)
 
 
 def rank_args(spec, trust) -> list[str]:
     """The arguments ftopt's launcher gives each rank (after `-m WORKER`): the run itself (no file that every node
-    would need), the launching command line's trust (ftopt.trust.CommandLineTrust) and folder flags."""
+    would need), the launching command line's trust (ftopt.spec.trust.CommandLineTrust) and folder flags."""
     o = spec.output
     line = RankCommandLine(
         run=encode_arg(spec.to_json()),
@@ -140,12 +140,12 @@ def rank_args(spec, trust) -> list[str]:
 
 def rank_run(argv: list[str], prog: str):
     """A rank's run and whether it must claim the output folder itself (no launcher did: torchrun.sh), through the
-    trust gate (ftopt.trust.admit) with this command line's allowance."""
+    trust gate (ftopt.spec.trust.admit) with this command line's allowance."""
     from pydantic import ValidationError
 
-    from ftopt.errors import FtoptError, validation_message
     from ftopt.spec import RunSpec
-    from ftopt.trust import admit
+    from ftopt.spec.errors import FtoptError, validation_message
+    from ftopt.spec.trust import admit
 
     line = RankCommandLine.parse(argv, prog)
     from_file = line.run.endswith(".json")
@@ -293,7 +293,7 @@ def end_rank(work) -> None:
     """A launched rank's life: `work()`, then its exit as the launcher reads it (engine.py's _judge, hostfile.py's
     failures): an FtoptError is one line and exit 2, Ctrl-C exits INTERRUPTED, a failure is named by a FAILED line
     before its traceback, success ends with the FINISHED marker."""
-    from ftopt.errors import FtoptError
+    from ftopt.spec.errors import FtoptError
 
     rank = os.environ.get("RANK", "0")
     try:
