@@ -124,43 +124,34 @@ def _per_node(path):
 WAYS = ["train", "train --plan", "per-node", "hostfile", "bench", "worker", "fsdp worker"]
 
 
+def _start(way, tmp_path, monkeypatch, capsys, *, trust: bool, user_files: bool) -> tuple[int, str, Path]:
+    """`way` started on a run file (trust_remote_code: true in it with `trust`) into an output folder (holding the
+    user's my_notes.txt with `user_files`), up to its gates; (exit code, output, that folder)."""
+    nodes = 2 if way in ("per-node", "hostfile") else 1
+    path, out = _run_json(tmp_path, trust=trust, fsdp=way == "fsdp worker", nodes=nodes)
+    if way == "bench":
+        return _bench_child(tmp_path, monkeypatch, trust_in_file=trust, user_files=user_files)
+    if user_files:
+        _user_folder(out)
+    if way in ("worker", "fsdp worker"):
+        module = "ftopt.train.worker" if way == "worker" else "ftopt.train.fsdp_worker"
+        return (*_rank(module, [path], monkeypatch, capsys), out)
+    if way == "hostfile":
+        return (*_hostfile_cli(tmp_path, monkeypatch, ["--plan", path]), out)
+    args = {"train": ["--out", out, "--max-steps", "1"], "train --plan": ["--plan", path], "per-node": _per_node(path)}
+    return (*_cli(args[way]), out)
+
+
 @pytest.mark.parametrize("way", [w for w in WAYS if w != "train"])  # `train` alone reads no file
 def test_a_file_asking_for_remote_code_is_refused_on_every_way_in(way, tmp_path, monkeypatch, capsys):
-    nodes = 2 if way in ("per-node", "hostfile") else 1
-    path, out = _run_json(tmp_path, trust=True, fsdp=way == "fsdp worker", nodes=nodes)
-    if way == "train --plan":
-        code, output = _cli(["--plan", path])
-    elif way == "per-node":
-        code, output = _cli(_per_node(path))
-    elif way == "hostfile":
-        code, output = _hostfile_cli(tmp_path, monkeypatch, ["--plan", path])
-    elif way == "bench":
-        code, output, out = _bench_child(tmp_path, monkeypatch, trust_in_file=True, user_files=False)
-    else:
-        module = "ftopt.train.worker" if way == "worker" else "ftopt.train.fsdp_worker"
-        code, output = _rank(module, [path], monkeypatch, capsys)
+    code, output, out = _start(way, tmp_path, monkeypatch, capsys, trust=True, user_files=False)
     assert code == 2 and TRUST_REFUSED in output and "--trust-remote-code" in output, output
     assert not out.exists()  # refused before the folder was claimed
 
 
 @pytest.mark.parametrize("way", WAYS)
 def test_a_folder_of_the_users_files_is_refused_on_every_way_in(way, tmp_path, monkeypatch, capsys):
-    nodes = 2 if way in ("per-node", "hostfile") else 1
-    path, out = _run_json(tmp_path, fsdp=way == "fsdp worker", nodes=nodes)
-    _user_folder(out)
-    if way == "train":
-        code, output = _cli(["--out", out, "--max-steps", "1"])
-    elif way == "train --plan":
-        code, output = _cli(["--plan", path])
-    elif way == "per-node":
-        code, output = _cli(_per_node(path))
-    elif way == "hostfile":
-        code, output = _hostfile_cli(tmp_path, monkeypatch, ["--plan", path])
-    elif way == "bench":
-        code, output, out = _bench_child(tmp_path, monkeypatch, trust_in_file=False, user_files=True)
-    else:
-        module = "ftopt.train.worker" if way == "worker" else "ftopt.train.fsdp_worker"
-        code, output = _rank(module, [path], monkeypatch, capsys)
+    code, output, out = _start(way, tmp_path, monkeypatch, capsys, trust=False, user_files=True)
     assert code == 2 and FOLDER_REFUSED in output and NOTES in output, output
     assert _untouched(out)
 
