@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from ftopt.cli.app import app
 from ftopt.estimate import Method, estimate
+from ftopt.planner.choice import single_gpu_sharding
 from ftopt.planner.plan import fewest_gpus, longest_context, plan
 from ftopt.spec import DEFAULT_HEADROOM, Combination, Quant, TrainingSetup, load_hardware, load_model
 
@@ -95,13 +96,13 @@ def test_longest_context_and_fewest_gpus_respect_the_margin():
     # 13B full fine-tuning on A100-80G: the margin costs GPUs
     big, a100 = load_model("llama-2-13b"), load_hardware("a100-80g")
     full = [Combination(zero=3, gc=True)]
-    g, _, _ = fewest_gpus(big, a100, TrainingSetup(gpus_per_node=8), full, Method.ANALYTIC)
-    g0, _, _ = fewest_gpus(big, a100, TrainingSetup(gpus_per_node=8, headroom=0), full, Method.ANALYTIC)
+    g, _, _, _ = fewest_gpus(big, a100, TrainingSetup(gpus_per_node=8), full, Method.ANALYTIC)
+    g0, _, _, _ = fewest_gpus(big, a100, TrainingSetup(gpus_per_node=8, headroom=0), full, Method.ANALYTIC)
     assert g is not None and g0 is not None and g >= g0
 
 
 # ---- tie-breaks -----------------------------------------------------------------------------------------------
-def test_mistral_on_l4_recommends_plain_lora_gc_not_one_gpu_zero_with_nf4():
+def test_mistral_on_l4_recommends_plain_lora_gc_not_one_gpu_sharding_with_nf4():
     p = plan(load_model("mistral-7b"), load_hardware("l4"), TrainingSetup())
     rec = p.recommended.combination
     assert p.fewest_gpus == 1 and p.fewest_gpus_combination == rec  # the what-if picks by the same rule
@@ -117,12 +118,12 @@ def test_phi3_on_v100_16g_takes_the_equally_fast_roomier_candidate():
     p = plan(load_model("phi-3-mini"), load_hardware("v100-16g"), TrainingSetup(precision="fp16-mixed"))
     rec = p.recommended
     assert rec.headroom_bytes >= 4 * 2**30  # was 14.8 of 15.8 GiB, 1.0 GiB left
-    # within the tie band of the fastest candidate without one-GPU DeepSpeed (the faster ones are set aside)
-    fastest = min(e.total_seconds for e in p.candidates if e.fits and not e.combination.uses_deepspeed)
+    # within the tie band of the fastest candidate without a one-GPU sharding engine (the faster ones are set aside)
+    fastest = min(e.total_seconds for e in p.candidates if e.fits and not single_gpu_sharding(e, 1))
     assert rec.total_seconds <= fastest * (1 + p.tie_break.tie_fraction)
 
 
-def test_deepspeed_on_one_gpu_still_chosen_when_only_it_fits():
+def test_a_sharding_engine_on_one_gpu_is_still_chosen_when_only_it_fits():
     # 70B on one 80 GB GPU without a quantized base: only a sharding engine that offloads the parameters fits
     # (ZeRO-3 or FSDP2 with CPUOffloadPolicy: on one GPU both shard nothing, the offload is what they buy)
     p = plan(
@@ -133,21 +134,26 @@ def test_deepspeed_on_one_gpu_still_chosen_when_only_it_fits():
     assert not p.tie_break.dropped_single_gpu_deepspeed
 
 
-def test_calibrated_time_model_error_sets_the_tie_band():
-    from ftopt.planner.choice import TIME_MODEL_ERROR, tie_fraction
+def calibration_with_error(hardware: str, error: float):
+    """A stored calibration's provenance whose held-out median step-time error is `error`."""
     from ftopt.spec.calibration import CalibrationProvenance, SoftwareVersions
 
-    cal = CalibrationProvenance(
-        hardware="l4",
+    return CalibrationProvenance(
+        hardware=hardware,
         models=["x"],
         versions=SoftwareVersions(),
         runs=3,
         combinations=3,
         sources=[],
         date="2026-12-01",
-        holdout_median_abs_error=0.12,
+        holdout_median_abs_error=error,
     )
-    assert tie_fraction(None) == TIME_MODEL_ERROR and tie_fraction(cal) == 0.12
+
+
+def test_calibrated_time_model_error_sets_the_tie_band():
+    from ftopt.planner.choice import TIME_MODEL_ERROR, tie_fraction
+
+    assert tie_fraction(None) == TIME_MODEL_ERROR and tie_fraction(calibration_with_error("l4", 0.12)) == 0.12
 
 
 # ---- analytic to search, traced to confirm --------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_a_folder_of_the_users_files_is_refused_on_every_way_in(way, tmp_path, m
 # (module, top-level function) -> the ways above that exercise it. In-process starts: calls of the functions that
 # run training. Started processes: the worker modules and `ftopt train` named as a command.
 STARTS = {
-    ("ftopt.cli.run", "train"): {"train", "train --plan", "per-node", "hostfile"},  # engine.launch
+    ("ftopt.cli.run", "_train"): {"train", "train --plan", "per-node", "hostfile"},  # engine.launch
     ("ftopt.train.engine", "launch"): {"train"},  # run_worker in this process, behind launch's gates
     ("ftopt.train.engine", "worker_module"): {"worker", "fsdp worker"},  # the launched ranks
     ("ftopt.train.worker", "main"): {"worker"},

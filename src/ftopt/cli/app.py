@@ -41,12 +41,12 @@ from ftopt.cli.common import (
     QuantOpt,
     SeqLen,
     Zero,
-    check_out_folder,
     run_body,
     stdout_to_stderr,
 )
 from ftopt.planner.hardware import method_of, planning_hardware
 from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import check_out_folder
 
 # rich_markup_mode=None: help texts state defaults as "[default: ...]", which rich markup would swallow as a tag.
 app = typer.Typer(
@@ -112,7 +112,8 @@ def estimate(
         from ftopt.spec import load_model
 
         m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
-        setup = resolve.setup(
+        setup = resolve.plan_setup(
+            m,
             hw,
             seq_len=seq_len,
             micro_batch=micro_batch,
@@ -209,70 +210,68 @@ def plan(
     ] = None,
 ):
     """Predict every valid combination and recommend one."""
+    from ftopt.planner.request import PlanRequest
 
     def body():
-        from ftopt import plan as make_plan
-        from ftopt.cli.display import print_plan
-        from ftopt.planner import resolve
-        from ftopt.spec import load_model
-        from ftopt.spec.io import atomic_write_text
-
-        if out is not None:
-            check_out_folder(out.parent)
-        if export is not None:
-            check_out_folder(export, "--export")
-        m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
-        setup = resolve.setup(
-            hw,
+        request = PlanRequest(
+            model=model,
+            gpu=gpu,
+            gpus=gpus,
+            nodes=nodes,
             seq_len=seq_len,
             micro_batch=micro_batch,
             grad_accum=grad_accum,
             precision=precision,
-            gpus_per_node=gpus,
-            nodes=nodes,
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             packing=packing,
             headroom=headroom,
+            lora_r=lora_r,
+            lora_targets=lora_targets,
+            max_hours=max_hours,
+            full_only=full_only,
+            cost_per_gpu_hour=cost_per_gpu_hour,
+            currency=currency,
+            method=method,
+            quant=quant,
+            optim=optim,
+            engine=engine,
+            calibration=calibration,
+            host_ram=host_ram,
         )
-        with stdout_to_stderr(json_out):  # a trace's library notices go to stderr; stdout carries the JSON
-            p = make_plan(
-                m,
-                hw,
-                setup,
-                method=method_of(method),
-                max_hours=max_hours,
-                full_only=full_only,
-                lora_r=lora_r,
-                lora_targets=resolve.lora_target_list(lora_targets),
-                cost_per_gpu_hour=cost_per_gpu_hour,
-                currency=currency,
-                quants=resolve.enum_list("quant", quant),
-                optims=resolve.enum_list("optim", optim),
-                engines=resolve.enum_list("engine", engine),
-            )
-        doc = p.to_json()
-        ref = resolve.model_ref(model, weights=resolve.has_weights(model))
-        run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
-        doc["run"] = run.to_json() if run else None
-        if export is not None:
-            from ftopt.export.configs import export_run
-
-            if run is None:
-                raise FtoptError("Nothing fits, so there is no run to export; relax the plan's constraints.")
-            written = export_run(run, m, export)
-            typer.echo(f"exported: {', '.join(str(w) for w in written)}", err=json_out)
-        if out:
-            try:
-                atomic_write_text(out, json.dumps(doc, indent=2))
-            except OSError as e:
-                raise FtoptError(f"Cannot write the plan to {out}: {e.strerror}.") from None
-        if json_out:
-            typer.echo(json.dumps(doc, indent=2))
-        else:
-            print_plan(p)
+        _plan(request, out, export, json_out)
 
     run_body(body)
+
+
+def _plan(request, out: Path | None, export: Path | None, json_out: bool) -> None:
+    from ftopt.cli.display import print_plan
+    from ftopt.planner.request import make
+    from ftopt.spec.io import atomic_write_text
+
+    if out is not None:
+        check_out_folder(out.parent)
+    if export is not None:
+        check_out_folder(export, "--export")
+    with stdout_to_stderr(json_out):  # a trace's library notices go to stderr; stdout carries the JSON
+        planned = make(request)
+    doc = planned.to_json()
+    if export is not None:
+        from ftopt.export.configs import export_run
+
+        if planned.run is None:
+            raise FtoptError("Nothing fits, so there is no run to export; relax the plan's constraints.")
+        written = export_run(planned.run, planned.model, export)
+        typer.echo(f"exported: {', '.join(str(w) for w in written)}", err=json_out)
+    if out:
+        try:
+            atomic_write_text(out, json.dumps(doc, indent=2))
+        except OSError as e:
+            raise FtoptError(f"Cannot write the plan to {out}: {e.strerror}.") from None
+    if json_out:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        print_plan(planned.plan)
 
 
 from ftopt.cli.run import preview, train  # noqa: E402  (after `app`: the commands register in help order)

@@ -215,17 +215,6 @@ def run_body(fn: Callable[[], None]) -> None:
         raise typer.Exit(130) from None
 
 
-def check_out_folder(path: Path, flag: str = "--out") -> None:
-    """An output folder must be creatable: checked before any expensive work."""
-    for p in [path, *path.parents]:
-        if p.exists():
-            if not p.is_dir():
-                raise FtoptError(f"{flag} {path}: {p} is a file, not a folder.")
-            if not os.access(p, os.W_OK):
-                raise FtoptError(f"{flag} {path}: {p} is not writable.")
-            return
-
-
 @contextlib.contextmanager
 def stdout_to_stderr(enabled: bool):
     """With --json, stdout carries the JSON alone: whatever libraries print meanwhile (DeepSpeed's accelerator

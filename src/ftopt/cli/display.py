@@ -53,6 +53,8 @@ def print_estimate(e: Estimate) -> None:
         f"overhead of {e.kernels_per_step:,} operators etc. {fmt_seconds(e.overhead_seconds)}), {length}"
     )
     console.print(calibration_line(e.calibration, e.hardware, e.time_constants))
+    if e.trace_fallback is not None:
+        console.print(f"[yellow]warning:[/] {escape(e.trace_fallback.message)}")
     for n in e.notes:
         console.print(f"[yellow]note:[/] {n}")
 
@@ -88,6 +90,7 @@ def print_plan(p: Plan, limit: int = 20) -> None:
         ("per-GPU memory", "right"),
         ("headroom", "right"),
         ("fits", "center"),
+        ("estimate", "left"),  # which estimator gave the row's memory: a traced pick replaces its analytic row
         *((c, "right") for c in times),
     ):
         t.add_column(col, justify=j)
@@ -103,6 +106,7 @@ def print_plan(p: Plan, limit: int = 20) -> None:
             fmt_bytes(e.device_bytes_per_gpu),
             fmt_bytes(e.headroom_bytes),
             _fit_word(e, "yes", "[yellow]tight[/]", "[red]no[/]"),
+            e.method.value,
             *(fmt_seconds(x) for x in spans),
         ]
         if p.cost_per_gpu_hour is not None:
@@ -125,6 +129,8 @@ def print_plan(p: Plan, limit: int = 20) -> None:
     else:
         console.print(f"[bold red]No recommendation:[/] {p.reason}.")
     _print_what_ifs(p)
+    for answer, f in p.fallbacks.items():
+        console.print(f"[yellow]warning:[/] {answer.value.replace('_', ' ')} is not confirmed: {escape(f.message)}.")
     if p.shortfall:
         console.print(f"[yellow]Falls short:[/] {p.shortfall}.")
     console.print(calibration_line(p.calibration, p.hardware, p.time_constants))
@@ -156,7 +162,7 @@ def _answered(method, asked) -> str:
     if method is Method.TRACED:
         return "confirmed by the traced estimator"
     if asked is Method.TRACED:
-        return "analytic estimate; the traced estimator could not confirm it (see the notes)"
+        return "analytic estimate; the traced estimator did not confirm it (see the warning)"
     return "analytic estimate; --method traced confirms it"
 
 

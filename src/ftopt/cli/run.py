@@ -38,11 +38,9 @@ from ftopt.cli.common import (
     TrustRemoteCode,
     WeightsModel,
     Zero,
-    check_out_folder,
     run_body,
     stdout_to_stderr,
 )
-from ftopt.planner.hardware import hardware
 from ftopt.spec.errors import FtoptError
 
 
@@ -130,134 +128,85 @@ def train(
     json_out: Json = False,
 ):
     """Fine-tune for real (Trainer + PEFT + DeepSpeed) with one run specification, and measure it."""
+    from ftopt.train.start import TrainRequest
 
     def body():
-        from ftopt.cli.display import print_train_metrics
-        from ftopt.planner import resolve
-        from ftopt.spec.trust import CommandLineTrust
-        from ftopt.train.allocator import allocator_note
-        from ftopt.train.engine import launch
-
-        if model and random_init:
-            raise FtoptError("give either --model (weights) or --random-init (a config), not both.")
-        ref = (
-            resolve.model_ref(model, weights=True, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
-            if model
-            else resolve.model_ref(random_init, weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
-            if random_init
-            else None
-        )
-        given_setup = dict(
-            seq_len=seq_len,
-            micro_batch=micro_batch,
-            grad_accum=grad_accum,
-            precision=precision,
-            gpus_per_node=gpus,
-            nodes=nodes,
-            epochs=epochs,
-            packing=packing,
-        )
-        given_combo = dict(
-            gc=gc,
-            lora_r=lora_r,
-            lora_targets=lora_targets,
-            zero=zero,
-            fsdp=fsdp,
-            offload=offload,
-            attn=attn,
-            quant=quant,
-            optim=optim,
-        )
-        if plan_file is not None:
-            if gpu is not None:
-                raise FtoptError("--gpu would change the hardware the plan predicted for; plan again instead.")
-            spec = resolve.run_from_file(
-                plan_file,
-                model=ref,
-                given_setup=given_setup,
-                given_combination=given_combo,
-                note=lambda m: typer.echo(m, err=True),
-            )
-            spec = resolve.with_headroom(spec, headroom)  # the margin changes no prediction, only the verdict
-        else:
-            from ftopt.planner.calibration_store import calibrated_hardware
-
-            hw = calibrated_hardware(hardware(gpu))  # the stored calibration for this hardware, if it matches
-            spec = resolve.new_run(
-                hw,
-                ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=tokenizer),
-                resolve.setup(hw, **given_setup, headroom=headroom),
-                resolve.combination(**given_combo),
-            )
-        spec = resolve.finish_run(
-            spec,
-            data=dict(
-                train=data,
-                eval=eval_data,
-                eval_fraction=eval_fraction,
-                eval_max_examples=eval_max_examples,
-                metrics=tuple(metric) if metric else None,
-                train_on=train_on,
+        request = TrainRequest(
+            model=model,
+            random_init=random_init,
+            tokenizer=tokenizer,
+            plan_file=plan_file,
+            gpu=gpu,
+            setup=dict(
+                seq_len=seq_len,
+                micro_batch=micro_batch,
+                grad_accum=grad_accum,
+                precision=precision,
+                gpus_per_node=gpus,
+                nodes=nodes,
+                epochs=epochs,
+                packing=packing,
             ),
-            schedule=dict(
-                max_steps=max_steps,
-                learning_rate=lr,
-                lr_schedule=lr_schedule,
-                seed=seed,
-                save_steps=save_steps,
-                max_hours=max_hours,
+            combination=dict(
+                gc=gc,
+                lora_r=lora_r,
+                lora_targets=lora_targets,
+                zero=zero,
+                fsdp=fsdp,
+                offload=offload,
+                attn=attn,
+                quant=quant,
+                optim=optim,
             ),
-            output=dict(dir=out, resume=resume or None, overwrite=overwrite or None, report_to=report_to),
+            data=data,
+            eval_data=eval_data,
+            eval_fraction=eval_fraction,
+            eval_max_examples=eval_max_examples,
+            train_on=train_on,
+            metric=tuple(metric) if metric else None,
+            headroom=headroom,
+            max_steps=max_steps,
+            lr=lr,
+            lr_schedule=lr_schedule,
+            seed=seed,
+            save_steps=save_steps,
+            max_hours=max_hours,
+            out=out,
+            resume=resume,
+            overwrite=overwrite,
+            report_to=report_to,
             hostfile=hostfile,
+            node_rank=node_rank,
+            master_addr=master_addr,
+            master_port=master_port,
+            trust_remote_code=trust_remote_code,
+            allow_metric_module=allow_metric_module,
         )
-        # what this command line allows (--metric names its own module); a --plan file adds nothing to it
-        trust = CommandLineTrust(
-            trust_remote_code=trust_remote_code, allow_metric_module=allow_metric_module or bool(metric)
-        )
-        rdzv = rendezvous(spec, node_rank, master_addr, master_port)
-        check_out_folder(spec.output_dir)
-        note = allocator_note(os.environ, on_cuda=not spec.hardware.is_cpu)
-        if note:
-            typer.echo(note, err=True)
-        with stdout_to_stderr(json_out):
-            metrics = launch(spec, trust, rdzv, plan_file)
-        if metrics is None:  # a per-node run's other node, with its own output folder
-            typer.echo(
-                f"node {node_rank}: its ranks finished; node 0's output folder holds the run's metrics", err=True
-            )
-        elif json_out:
-            typer.echo(json.dumps(metrics, indent=2))
-        else:
-            print_train_metrics(metrics, str(spec.output_dir))
+        _train(request, json_out)
 
     run_body(body)
 
 
-def rendezvous(spec, node_rank: int | None, master_addr: str | None, master_port: int | None):
-    """Per-node mode (`--node-rank K --master-addr HOST`): how this node's ranks meet the others; None otherwise."""
-    from ftopt.train.ranks import Rendezvous
+def _train(request, json_out: bool) -> None:
+    from ftopt.cli.display import print_train_metrics
+    from ftopt.train import start
+    from ftopt.train.allocator import allocator_note
+    from ftopt.train.engine import launch
 
-    if node_rank is None:
-        if master_addr is not None or master_port is not None:
-            raise FtoptError("--master-addr and --master-port go with --node-rank (run once on each node).")
-        return None
-    if master_addr is None:
-        raise FtoptError(f"--node-rank {node_rank} needs --master-addr, the address of the node with --node-rank 0.")
-    given = {"master_port": master_port} if master_port is not None else {}
-    rdzv = Rendezvous(
-        nodes=spec.setup.nodes,
-        node_rank=node_rank,
-        procs_per_node=spec.setup.gpus_per_node,
-        master_addr=master_addr,
-        **given,
-    )
-    import socket
-
-    try:  # a typo would otherwise wait for a master that cannot exist until the 30-minute collective timeout
-        socket.getaddrinfo(master_addr, None)
-    except (socket.gaierror, UnicodeError) as e:
-        raise FtoptError(f"--master-addr {master_addr} cannot be resolved: {e}.") from None
-    return rdzv
+    spec, rdzv = start.prepare(request, note=lambda m: typer.echo(m, err=True))
+    note = allocator_note(os.environ, on_cuda=not spec.hardware.is_cpu)
+    if note:
+        typer.echo(note, err=True)
+    with stdout_to_stderr(json_out):
+        metrics = launch(spec, request.trust(), rdzv, request.plan_file)
+    if metrics is None:  # a per-node run's other node, with its own output folder
+        typer.echo(
+            f"node {request.node_rank}: its ranks finished; node 0's output folder holds the run's metrics", err=True
+        )
+    elif json_out:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        print_train_metrics(metrics, str(spec.output_dir))
 
 
 def preview(

@@ -32,11 +32,11 @@ from ftopt.cli.common import (
     TargetSeqLen,
     TrustRemoteCode,
     WeightsModel,
-    check_out_folder,
     run_body,
 )
-from ftopt.planner.hardware import hardware
 from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import check_out_folder
+from ftopt.sweep.prepare import BenchRequest
 
 
 def bench(
@@ -96,86 +96,54 @@ def bench(
     """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
 
     def body():
-        from ftopt.cli.display import console, print_sweep_event, print_sweep_summary
-        from ftopt.planner import resolve
-        from ftopt.sweep.bench import (
-            check_sweep_launch,
-            default_zero_processes,
-            load_grid,
-            quant_optim_variants,
-            reference_combinations,
-            run_sweep,
-            sweep_rows,
-            sweep_runs,
-        )
-
-        if repeat < 1:
-            raise FtoptError(f"--repeat must be at least 1, got {repeat}.")
-        if run_timeout is not None and run_timeout <= 0:
-            raise FtoptError(f"--run-timeout must be positive, got {run_timeout}.")
-        from ftopt.results.quality import QualityTarget, check_target_metric, load_user_metric
-
-        target = QualityTarget.parse(quality_target) if quality_target else None
-        for ref in metric or []:
-            load_user_metric(ref)  # a typo fails now, not after the first run
-        if target is not None:
-            check_target_metric(target, tuple(metric or ()))
-        check_out_folder(out)
-        hw = hardware(gpu)
-        prec = resolve.setup(hw, precision=precision).precision
-        combos = load_grid(grid) if grid else reference_combinations(hw, lora_r, prec)
-        q, o = resolve.enum_list("quant", quant), resolve.enum_list("optim", optim)
-        combos += quant_optim_variants(combos, q, o)
-        ref = resolve.model_ref(
-            model or random_init or "tiny-llama", weights=model is not None, trust_remote_code=trust_remote_code
-        )
-        base = resolve.finish_run(
-            resolve.new_run(
-                hw,
-                ref,
-                resolve.setup(
-                    hw,
-                    seq_len=seq_len,
-                    micro_batch=micro_batch,
-                    precision=precision,
-                    packing=packing,
-                    headroom=headroom,
-                    nodes=nodes,
-                ),
-                resolve.combination(),
-            ),
-            data=dict(train=data, eval=eval_data, metrics=tuple(metric) if metric else None),
-            schedule=dict(max_steps=max_steps, learning_rate=lr),
-            output={},
-            hostfile=hostfile,
-        )
-        for c in combos:
-            resolve.check(base.model_copy(update={"combination": c}))
-        runs = sweep_runs(base, combos, out / "runs", repeat=repeat, zero_gpus=zero_gpus or default_zero_processes(hw))
-        check_sweep_launch(runs)
-        rows = sweep_rows(
-            run_sweep(
-                runs,
-                out / "results.jsonl",
-                run_timeout_seconds=run_timeout,
-                on_event=print_sweep_event,
-                quality_target=target,
-            ),
-            runs,
-        )
-        print_sweep_summary(rows, out / "results.jsonl", target)
-        if any(r.ok for r in rows):
-            from ftopt.cli.display import print_calibration
-            from ftopt.planner.calibration_store import calibrate_and_store
-
-            fit, cal, path = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), ref.ref)
-            print_calibration(fit)
-            console.print(
-                f"time model for '{hw.name}' (merged with earlier fits under these library versions) "
-                f"stored in {path}; later plan/estimate on it use it: {cal.constants.figures()}"
+        _bench(
+            BenchRequest(
+                grid=grid,
+                out=out,
+                model=model,
+                random_init=random_init,
+                data=data,
+                eval_data=eval_data,
+                seq_len=seq_len,
+                micro_batch=micro_batch,
+                precision=precision,
+                packing=packing,
+                headroom=headroom,
+                max_steps=max_steps,
+                lr=lr,
+                gpu=gpu,
+                lora_r=lora_r,
+                repeat=repeat,
+                zero_gpus=zero_gpus,
+                run_timeout=run_timeout,
+                metric=tuple(metric) if metric else None,
+                quality_target=quality_target,
+                quant=quant,
+                optim=optim,
+                nodes=nodes,
+                hostfile=hostfile,
+                trust_remote_code=trust_remote_code,
             )
+        )
 
     run_body(body)
+
+
+def _bench(request: BenchRequest) -> None:
+    from ftopt.cli.display import console, print_calibration, print_sweep_event, print_sweep_summary
+    from ftopt.sweep import prepare
+
+    sweep = prepare.prepare(request)
+    rows = prepare.run(sweep, on_event=print_sweep_event)
+    print_sweep_summary(rows, sweep.results_path, sweep.target)
+    fitted = prepare.calibrate(sweep, rows)
+    if fitted is not None:
+        fit, cal, path = fitted
+        print_calibration(fit)
+        console.print(
+            f"time model for '{sweep.hardware.name}' (merged with earlier fits under these library versions) "
+            f"stored in {path}; later plan/estimate on it use it: {cal.constants.figures()}"
+        )
 
 
 def report(

@@ -179,13 +179,6 @@ def keep_cpu_inference_unpacked(model) -> int:
     return switched
 
 
-def count_quantized(model) -> int:
-    """How many bitsandbytes quantized linears the model holds (a check that quantization really happened)."""
-    import bitsandbytes as bnb
-
-    return sum(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
-
-
 # ---- storage-equivalent stand-ins for the traced estimator ------------------------------------------------------
 # bitsandbytes' ops carry fake implementations (bitsandbytes/_ops.py register_fake), but its parameter classes
 # (Params4bit, Int8Params) are tensor subclasses that cannot wrap a FakeTensor ("Creating a new Tensor subclass

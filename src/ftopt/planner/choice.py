@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.estimate import Estimate
+from ftopt.estimate import Estimate, Method
 from ftopt.spec import Attention, Combination, Offload, Optim, Quant
 from ftopt.spec.calibration import CalibrationProvenance
 
@@ -50,6 +50,10 @@ class TieBreak(BaseModel):
         False,
         description="faster one-GPU ZeRO or FSDP2 candidates were set aside: a candidate without a sharding engine fits",
     )
+    rejected_by_trace: list[str] = Field(
+        default_factory=list,
+        description="labels of earlier picks the formulas fit and the traced estimator did not (plan --method traced)",
+    )
 
 
 def tie_fraction(calibration: CalibrationProvenance | None) -> float:
@@ -77,11 +81,21 @@ def _decider(pick: Estimate, fastest: Estimate) -> str:
     return MORE_HEADROOM
 
 
+def rejected_by_trace(estimates: list[Estimate]) -> list[Estimate]:
+    """Candidates the trace was asked about and found not to fit: only picks are traced, so each is a pick the
+    formulas made and the trace overturned (ftopt.planner.plan)."""
+    return [e for e in estimates if e.method is Method.TRACED and not e.fits]
+
+
+def _rejected(estimates: list[Estimate]) -> list[str]:
+    return [e.combination.label() for e in rejected_by_trace(estimates)]
+
+
 def choose_fitting(estimates: list[Estimate], world_size: int, tie: float) -> tuple[Estimate | None, TieBreak]:
     """The recommendation among `estimates` that fit (within the margin), by the rules in the module docstring."""
     fitting = sorted((e for e in estimates if e.fits), key=lambda e: e.total_seconds)
     if not fitting:
-        return None, TieBreak(tie_fraction=tie, decided_by="nothing fits")
+        return None, TieBreak(tie_fraction=tie, decided_by="nothing fits", rejected_by_trace=_rejected(estimates))
     useful = [e for e in fitting if not single_gpu_sharding(e, world_size)]
     dropped = bool(useful) and single_gpu_sharding(fitting[0], world_size)
     pool = useful or fitting
@@ -89,7 +103,11 @@ def choose_fitting(estimates: list[Estimate], world_size: int, tie: float) -> tu
     near = [e for e in pool if e.total_seconds <= fastest.total_seconds * (1 + tie)]
     pick = min(near, key=_simplicity)
     return pick, TieBreak(
-        tie_fraction=tie, tied=len(near) - 1, decided_by=_decider(pick, fastest), dropped_single_gpu_deepspeed=dropped
+        tie_fraction=tie,
+        tied=len(near) - 1,
+        decided_by=_decider(pick, fastest),
+        dropped_single_gpu_deepspeed=dropped,
+        rejected_by_trace=_rejected(estimates),
     )
 
 

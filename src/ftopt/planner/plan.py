@@ -13,10 +13,12 @@ import itertools
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.estimate import Estimate, Method, estimate
-from ftopt.planner.choice import TIME_MODEL_ERROR, TieBreak, choose_fitting, tie_fraction, tie_text
+from ftopt.estimate import Estimate, FallbackCause, Method, TraceFallback, estimate
+from ftopt.planner.choice import TIME_MODEL_ERROR, TieBreak, choose_fitting, rejected_by_trace, tie_fraction, tie_text
+from ftopt.planner.shortfall import shortfall
 from ftopt.planner.whatif import (
     CONFIRM_TRIES,
+    Answer,
     LimitKind,
     confirmed_longest_context,
     fewest_gpus,
@@ -43,6 +45,7 @@ from ftopt.spec.time_constants import TimeConstants
 from ftopt.spec.units import fmt_bytes, fmt_seconds
 
 __all__ = [
+    "Answer",
     "LimitKind",
     "Plan",
     "choose",
@@ -103,6 +106,9 @@ class Plan(BaseModel):
     fewest_gpus_method: Method | None = Field(None, description="estimator that gave fewest_gpus")
     tie_break: TieBreak | None = Field(None, description="the rule that decided the recommendation")
     shortfall: str | None = Field(None, description="what still does not fit, when something does not")
+    fallbacks: dict[Answer, TraceFallback] = Field(
+        default_factory=dict, description="answers the trace was asked to confirm and did not: why each is analytic"
+    )
 
     @property
     def per_dataset(self) -> bool:
@@ -138,6 +144,7 @@ class Plan(BaseModel):
                 "cost_basis": "run" if whole else "1k samples",
                 "host_bytes_per_node": e.cpu_bytes_per_node,
                 "breakdown": e.breakdown.model_dump(),
+                "trace_fallback": e.trace_fallback.model_dump(mode="json") if e.trace_fallback else None,
             }
 
         return {
@@ -165,6 +172,7 @@ class Plan(BaseModel):
             "fewest_gpus": self.fewest_gpus,
             "fewest_gpus_combination": self.fewest_gpus_combination.key() if self.fewest_gpus_combination else None,
             "shortfall": self.shortfall,
+            "fallbacks": {k.value: v.model_dump(mode="json") for k, v in self.fallbacks.items()},
         }
 
 
@@ -224,7 +232,7 @@ def choose(
         why = "no combination fits in memory"
         if tight:
             why += f" with {tight[0].headroom_fraction:.0%} kept free ({len(tight)} fit the GPU without it: tight)"
-        return None, c, why
+        return None, c, why + _rejected_text(estimates)
     took = (
         f"{fmt_seconds(pick.total_seconds)} of training"
         if pick.per_dataset
@@ -232,10 +240,10 @@ def choose(
     )
     reason = (
         f"fastest combination that fits: {took}, "
-        f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per GPU"
-        f" ({fmt_bytes(pick.usable_bytes)} usable with {pick.headroom_fraction:.0%} kept free)"
+        f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per GPU by the "
+        f"{pick.method.value} estimate ({fmt_bytes(pick.usable_bytes)} usable with {pick.headroom_fraction:.0%} kept free)"
     )
-    reason += tie_text(c)
+    reason += _rejected_text(estimates) + tie_text(c)
     slower_safe = [e for e in estimates if e.fits and e.combination.gc and not pick.combination.gc]
     if not pick.combination.gc and slower_safe:
         reason += "; gradient checkpointing is not needed, so its ~33% recomputation is avoided"
@@ -244,6 +252,19 @@ def choose(
     if max_hours is not None and not pick.per_dataset:
         reason += f"; the {max_hours:g} h budget is not checked without --dataset-tokens"
     return pick, c, reason
+
+
+def _rejected_text(estimates: list[Estimate]) -> str:
+    """The clause naming the picks the trace overturned, each with its traced figure ('' when none)."""
+    rejected = rejected_by_trace(estimates)
+    if not rejected:
+        return ""
+    each = ", ".join(
+        f"{e.combination.label()} ({fmt_bytes(e.device_bytes_per_gpu)} traced, over the {fmt_bytes(e.usable_bytes)} "
+        "usable)"
+        for e in rejected
+    )
+    return f"; the traced estimator set aside what the formulas had picked first: {each}"
 
 
 def plan(
@@ -286,7 +307,7 @@ def plan(
             f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only."
         )
     estimates = sorted((estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos), key=_rank_key)
-    rec, rule, reason = _confirmed_choice(model, hw, setup, estimates, method, max_hours)
+    rec, rule, reason, fallback = _confirmed_choice(model, hw, setup, estimates, method, max_hours)
     estimates.sort(key=_rank_key)
     p = Plan(
         model=model.name,
@@ -304,16 +325,22 @@ def plan(
         time_constants=hw.time_constants,
         host_memory_bytes=hw.host_memory_bytes,
     )
+    if fallback is not None:
+        p.fallbacks[Answer.RECOMMENDED] = fallback
     if what_ifs:
         confirm = method is Method.TRACED
         if rec is not None:
-            p.longest_context, p.longest_context_bound, p.longest_context_method = confirmed_longest_context(
-                model, hw, setup, rec.combination, confirm
+            p.longest_context, p.longest_context_bound, p.longest_context_method, lc_fallback = (
+                confirmed_longest_context(model, hw, setup, rec.combination, confirm)
             )
-        p.fewest_gpus, p.fewest_gpus_combination, p.fewest_gpus_method = fewest_gpus(
+            if lc_fallback is not None:
+                p.fallbacks[Answer.LONGEST_CONTEXT] = lc_fallback
+        p.fewest_gpus, p.fewest_gpus_combination, p.fewest_gpus_method, fg_fallback = fewest_gpus(
             model, hw, setup, combos, method, confirm=confirm
         )
-    p.shortfall = _shortfall(estimates, rec, full_only, hw)
+        if fg_fallback is not None:
+            p.fallbacks[Answer.FEWEST_GPUS] = fg_fallback
+    p.shortfall = shortfall(estimates, rec, full_only, hw)
     return p
 
 
@@ -324,54 +351,31 @@ def _confirmed_choice(
     estimates: list[Estimate],
     method: Method,
     max_hours: float | None,
-) -> tuple[Estimate | None, TieBreak, str]:
-    """Analytic to search (instant), traced to confirm (method=traced): the pick is traced; when the trace says it
-    no longer fits, its traced estimate replaces the analytic one in `estimates` and the choice is made again."""
+) -> tuple[Estimate | None, TieBreak, str, TraceFallback | None]:
+    """Analytic to search (instant), traced to confirm (method=traced): the pick is traced, its traced estimate
+    replaces the analytic one in `estimates`, and the choice is made again from what is now known, so the rule and
+    the sentence describe the final figures. The pick stands once it is a traced estimate that fits; a pick the
+    trace rejects is set aside and the next is traced. The fallback says why the answer is analytic, if it is."""
     tie = tie_fraction(hw.calibration)
     rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
-    for _ in range(CONFIRM_TRIES if method is Method.TRACED else 0):
+    if method is not Method.TRACED:
+        return rec, rule, reason, None
+    for _ in range(CONFIRM_TRIES):
         if rec is None or rec.method is Method.TRACED:
-            break
+            return rec, rule, reason, None
         t = trace_pick(model, hw, setup, estimates, rec)
-        if t.fits or t.method is not Method.TRACED:  # confirmed, or the trace cannot run: the formulas answer
-            return t, rule, reason
         rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
-    return rec, rule, reason
-
-
-def _host_ram_text(e: Estimate, hw: HardwareSpec) -> str:
+        if t.trace_fallback is not None:  # the trace cannot run this model: the formulas answer, and say why
+            return rec, rule, reason, t.trace_fallback
+    if rec is None or rec.method is Method.TRACED:
+        return rec, rule, reason, None
     return (
-        f"{e.combination.label()} fits the GPUs ({fmt_bytes(e.device_bytes_per_gpu)} of "
-        f"{fmt_bytes(e.capacity_bytes)}) but its offloaded states need {fmt_bytes(e.cpu_bytes_per_node)} of host "
-        f"RAM per node, more than the {fmt_bytes(hw.host_memory_bytes)} assumed (set --host-ram if your nodes have more)"
+        rec,
+        rule,
+        reason,
+        TraceFallback(
+            cause=FallbackCause.TRIES_EXHAUSTED,
+            message=f"the trace overturned {len(rule.rejected_by_trace)} pick(s) in {CONFIRM_TRIES} tries; "
+            f"{rec.combination.label()} is the formulas' pick, not confirmed by the trace",
+        ),
     )
-
-
-def _shortfall(estimates: list[Estimate], rec: Estimate | None, full_only: bool, hw: HardwareSpec) -> str | None:
-    """Say what does not fit: host RAM when the GPUs have room, else the smallest miss of device memory; or full
-    fine-tuning when only LoRA fits."""
-    if rec is None:
-        gpu_fit = [e for e in estimates if e.device_bytes_per_gpu <= e.capacity_bytes]
-        if gpu_fit:  # the GPUs have room: the limit is the host RAM the offloaded states need
-            return "nothing fits: " + _host_ram_text(min(gpu_fit, key=lambda e: e.cpu_bytes_per_node), hw)
-        best = min(estimates, key=lambda e: e.device_bytes_per_gpu)
-        return (
-            f"nothing fits: the smallest combination ({best.combination.label()}) needs "
-            f"{fmt_bytes(best.device_bytes_per_gpu)} per GPU, {fmt_bytes(best.device_bytes_per_gpu - hw.memory_bytes)} "
-            f"more than the {fmt_bytes(hw.memory_bytes)} of a {hw.name}"
-        )
-    full = [e for e in estimates if not e.combination.lora]
-    if not full_only and full and not any(e.fits for e in full):
-        gpu_fit = [e for e in full if e.device_bytes_per_gpu <= e.capacity_bytes]
-        if gpu_fit:
-            return (
-                "full fine-tuning does not fit: "
-                + _host_ram_text(min(gpu_fit, key=lambda e: e.cpu_bytes_per_node), hw)
-                + "; only LoRA combinations fit"
-            )
-        best = min(full, key=lambda e: e.device_bytes_per_gpu)
-        return (
-            f"full fine-tuning does not fit on these GPUs: at best ({best.combination.label()}) it needs "
-            f"{fmt_bytes(best.device_bytes_per_gpu)} per GPU; only LoRA combinations fit"
-        )
-    return None

@@ -23,6 +23,7 @@ from ftopt.spec import (
     HardwareSpec,
     LrSchedule,
     ModelRef,
+    ModelSpec,
     Offload,
     Optim,
     OutputSpec,
@@ -86,6 +87,16 @@ def enum_list(field: str, value: str | None) -> tuple | None:
 
 def setup(hw: HardwareSpec, **given) -> TrainingSetup:
     return TrainingSetup.for_hardware(hw.is_cpu, hw.peak_flops, **_given(given))
+
+
+def plan_setup(model: ModelSpec, hw: HardwareSpec, **given) -> TrainingSetup:
+    """The setup `plan` uses for `model` on `hw`: the hardware's defaults and what the user gave (`setup`), with a
+    default sequence length no longer than the model's position limit (beyond it the model meets positions it
+    never learned: estimate.check_setup's note). A length the user gives is kept, with that note."""
+    s = setup(hw, **given)
+    if given.get("seq_len") is None and s.seq_len > model.max_positions:
+        return s.model_copy(update={"seq_len": model.max_positions})
+    return s
 
 
 def combination(**given) -> Combination:

@@ -10,12 +10,20 @@ from __future__ import annotations
 import itertools
 from enum import Enum
 
-from ftopt.estimate import Estimate, Method, estimate
+from ftopt.estimate import Estimate, FallbackCause, Method, TraceFallback, estimate
 from ftopt.planner.choice import choose_fitting, tie_fraction
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
 
 # Traces one what-if may spend confirming (each is a FakeTensor trace, ~1-2 s for a 7B-70B model on a CPU).
 CONFIRM_TRIES = 3
+
+
+class Answer(str, Enum):
+    """The plan's answers the trace confirms (Plan.answered_by, Plan.fallbacks)."""
+
+    RECOMMENDED = "recommended"
+    LONGEST_CONTEXT = "longest_context"
+    FEWEST_GPUS = "fewest_gpus"
 
 
 class LimitKind(str, Enum):
@@ -53,23 +61,33 @@ def longest_context_and_bound(
 
 def confirmed_longest_context(
     model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, confirm: bool, step: int = 256
-) -> tuple[int | None, LimitKind | None, Method]:
+) -> tuple[int | None, LimitKind | None, Method | None, TraceFallback | None]:
     """The analytic answer, then (confirm=True) traced at that length. When the trace needs more memory, the length
-    shrinks in proportion to the overshoot (activations grow about linearly with it) and is traced again."""
+    shrinks in proportion to the overshoot (activations grow about linearly with it) and is traced again. The last
+    item says why the answer is not the trace's, when it is not; out of traces there is no answer (None, and no
+    method)."""
     n, bound = longest_context_and_bound(model, hw, setup, combo, Method.ANALYTIC, step)
     if not confirm or n is None:
-        return n, bound, Method.ANALYTIC
+        return n, bound, Method.ANALYTIC, None
     for _ in range(CONFIRM_TRIES):
         e = estimate(model, hw, setup.model_copy(update={"seq_len": n}), combo, Method.TRACED)
-        if e.method is not Method.TRACED:  # the trace cannot run this architecture: the formulas' answer stands
-            return n, bound, Method.ANALYTIC
+        if e.trace_fallback is not None:  # the trace cannot run this architecture: the formulas' answer stands
+            return n, bound, Method.ANALYTIC, e.trace_fallback
         if e.fits:
-            return n, bound, Method.TRACED
+            return n, bound, Method.TRACED, None
         shrunk = int(n * e.usable_bytes / max(e.device_bytes_per_gpu, 1)) // step * step
         n, bound = min(shrunk, n - step), LimitKind.MEMORY
         if n < step:
-            break
-    return None, LimitKind.MEMORY, Method.TRACED
+            return None, LimitKind.MEMORY, Method.TRACED, None  # the trace: not even one step of context fits
+    return (  # neither estimator's answer: the formulas' length was rejected, the trace confirmed none shorter
+        None,
+        None,
+        None,
+        TraceFallback(
+            cause=FallbackCause.TRIES_EXHAUSTED,
+            message=f"the trace rejected {CONFIRM_TRIES} context lengths in turn; no length is confirmed",
+        ),
+    )
 
 
 def _gpu_counts(per_node: int, max_gpus: int):
@@ -84,31 +102,38 @@ def fewest_gpus(
     method: Method,
     max_gpus: int = 64,
     confirm: bool = False,
-) -> tuple[int | None, Combination | None, Method]:
+) -> tuple[int | None, Combination | None, Method, TraceFallback | None]:
     """Fewest GPUs of this kind (filling nodes of `gpus_per_node`) on which any combination fits, the one the plan's
-    rule (ftopt.planner.choice) picks there, and the method that answered. Searched analytically; with `confirm`, the answer must also fit by
-    the trace (up to CONFIRM_TRIES traces in all, fastest first), else the search goes on."""
-    per_node, budget = setup.gpus_per_node, CONFIRM_TRIES
+    rule (ftopt.planner.choice) picks there, the method that answered and, when that is not the trace, why.
+    Searched analytically; with `confirm`, the pick must also fit by the trace (CONFIRM_TRIES traces in all): one
+    the trace rejects is dropped and the rule picks again among the rest, then at the next count. Out of traces,
+    the answer is an untraced candidate, said to be unconfirmed; never one the trace rejected."""
+    per_node, budget, tie = setup.gpus_per_node, CONFIRM_TRIES, tie_fraction(hw.calibration)
     for n in _gpu_counts(per_node, max_gpus):
         s = setup.model_copy(update={"gpus_per_node": min(n, per_node), "nodes": max(1, n // per_node)})
-        fit = sorted(
-            (e for c in combos if (e := estimate(model, hw, s, c, Method.ANALYTIC)).fits), key=lambda e: e.total_seconds
-        )
-        if not fit:
-            continue
-        pick, _ = choose_fitting(fit, s.world_size, tie_fraction(hw.calibration))  # the plan's own rule picks
-        fit.remove(pick)
-        fit.insert(0, pick)
-        if not confirm or method is not Method.TRACED:
-            return n, fit[0].combination, Method.ANALYTIC
-        for e in fit:
-            if budget == 0:  # out of traces: the formulas' answer, said to be unconfirmed
-                return n, fit[0].combination, Method.ANALYTIC
+        fit = [e for c in combos if (e := estimate(model, hw, s, c, Method.ANALYTIC)).fits]
+        while fit:
+            pick, _ = choose_fitting(fit, s.world_size, tie)  # the plan's own rule picks
+            if not confirm or method is not Method.TRACED:
+                return n, pick.combination, Method.ANALYTIC, None
+            if budget == 0:
+                return n, pick.combination, Method.ANALYTIC, _out_of_traces(pick.combination, n)
             budget -= 1
-            t = estimate(model, hw, s, e.combination, Method.TRACED)
-            if t.fits or t.method is not Method.TRACED:
-                return n, e.combination, t.method
-    return None, None, Method.ANALYTIC
+            t = estimate(model, hw, s, pick.combination, Method.TRACED)
+            if t.trace_fallback is not None:
+                return n, pick.combination, Method.ANALYTIC, t.trace_fallback
+            if t.fits:
+                return n, pick.combination, Method.TRACED, None
+            fit.remove(pick)
+    return None, None, Method.ANALYTIC, None
+
+
+def _out_of_traces(combo: Combination, n: int) -> TraceFallback:
+    return TraceFallback(
+        cause=FallbackCause.TRIES_EXHAUSTED,
+        message=f"the trace rejected the {CONFIRM_TRIES} picks it had time for; {combo.label()} on {n} GPUs is the "
+        "formulas' answer, not confirmed by the trace",
+    )
 
 
 def trace_pick(

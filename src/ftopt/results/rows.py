@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ftopt.estimate.result import TraceFallback
 from ftopt.results.quality import QualityTarget
 from ftopt.spec import Combination, RunSpec
 from ftopt.spec.errors import FtoptError, validation_message
@@ -57,6 +58,7 @@ class Prediction(BaseModel):
     kernels_per_step: int | None = None
     breakdown: dict[str, int] = Field(default_factory=dict, description="bytes per memory category")
     notes: list[str] = Field(default_factory=list)
+    trace_fallback: TraceFallback | None = Field(None, description="why a trace asked for answered analytically")
     error: str | None = None
 
 

@@ -60,7 +60,8 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
 
     m = load_planned_model(q, config, allow_local)
     hw = hardware_for(q)
-    setup = resolve.setup(
+    setup = resolve.plan_setup(
+        m,
         hw,
         seq_len=q.seq_len,
         micro_batch=q.micro_batch,

@@ -10,7 +10,12 @@ class FtoptError(Exception):
 
 
 class TraceUnavailable(FtoptError):
-    """The traced estimator cannot run this architecture; callers fall back to the analytic method."""
+    """The traced estimator cannot run this model or input; callers fall back to the analytic method and say so.
+    `error`: the type name of what the trace raised (e.g. UnsupportedOperatorException), for the typed warning."""
+
+    def __init__(self, message: str, error: str = "FtoptError"):
+        super().__init__(message)
+        self.error = error
 
 
 # Fields whose command-line flag is not `--` + the field's name with dashes (resolve and the CLI messages share it).

@@ -73,3 +73,14 @@ def append_line_atomic(path: str | os.PathLike, line: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def check_out_folder(path: Path, flag: str = "--out") -> None:
+    """An output folder must be creatable: checked before any expensive work."""
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise FtoptError(f"{flag} {path}: {p} is a file, not a folder.")
+            if not os.access(p, os.W_OK):
+                raise FtoptError(f"{flag} {path}: {p} is not writable.")
+            return

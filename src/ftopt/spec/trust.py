@@ -6,8 +6,9 @@ A plan or run file (`ftopt plan --out`, bench's run files, a colleague's shared 
 file is refused unless the command line that reads the file says so too (`--trust-remote-code`,
 `--allow-metric-module`). The run then takes its trust flag from the command line.
 
-`admit` is the one gate every way a run starts passes (ftopt.train.engine.launch for `train`, `train --plan`,
-bench's runs, per-node and hostfile runs; ftopt.train.ranks.rank_run for each launched or torchrun-started rank).
+`admit` is the one gate every way a run starts passes: ftopt.train.start.prepare and ftopt.train.engine.launch for
+`train`, `train --plan`, bench's runs, per-node and hostfile runs; ftopt.train.ranks.rank_run for each launched or
+torchrun-started rank.
 """
 
 from __future__ import annotations

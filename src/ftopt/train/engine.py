@@ -30,18 +30,11 @@ def launch(
     spec: RunSpec, trust: CommandLineTrust, rdzv: ranks.Rendezvous | None = None, source: str | Path | None = None
 ) -> dict | None:
     """Every way `ftopt train` starts a run (one process, this node's ranks, every node over a host file) passes
-    here: the trust gate (ftopt.spec.trust.admit: `trust` is the command line's, `source` the file the run was read
-    from), the checks, the folder claim (ftopt.train.outputs.prepare_output), then the run. Returns metrics.json's
-    content (None on a node whose folder does not hold it: a per-node run's other nodes, when the output folder is
-    not shared)."""
-    spec = admit(spec, trust, source)  # before anything reads the model's code or imports a metric module
-    from ftopt.planner import resolve
-    from ftopt.results.quality import load_user_metric
-
-    resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
-
-    for ref in spec.data.metrics:
-        load_user_metric(ref)  # allowed now; a typo or a missing module fails here, not after training
+    here, after ftopt.train.start.prepare's checks: the trust gate (ftopt.spec.trust.admit; `trust` is the command
+    line's, `source` the file the run was read from; prepare passed it already, so it changes nothing then), the
+    folder claim (ftopt.train.outputs.prepare_output), then the run. Returns metrics.json's content (None on a node
+    whose folder does not hold it: a per-node run's other nodes, when the output folder is not shared)."""
+    spec = admit(spec, trust, source)
     check_devices(spec)
     check_launch(spec, rdzv)
     # a per-node run's other nodes cannot see node 0's folder: there rank 0 decides (ftopt.train.dist.finished)
@@ -55,11 +48,6 @@ def launch(
     if (by_hostfile or trainer_ranks) and importlib.util.find_spec("deepspeed") is None:
         raise FtoptError("ZeRO, multi-GPU and --hostfile runs need DeepSpeed: pip install deepspeed.")
     prepare_output(spec, claim=rdzv is None or rdzv.node_rank == 0)
-    if spec.model.weights:
-        from ftopt.spec.hub import resolve_weights
-
-        # a folder, or the Hub download (after the cheap checks and the claim), before any training process starts
-        resolve_weights(spec.model.ref, spec.model.trust_remote_code)
     if not spec.uses_launcher:
         from ftopt.train.worker import run_worker
 
