@@ -207,7 +207,7 @@ def _train(request, json_out: bool) -> None:
     if note:
         typer.echo(note, err=True)
     with stdout_to_stderr(json_out):
-        metrics = launch(spec, rdzv)
+        metrics = launch(spec, request.trust(), rdzv, request.plan_file)
     if metrics is None:  # a per-node run's other node, with its own output folder
         typer.echo(
             f"node {request.node_rank}: its ranks finished; node 0's output folder holds the run's metrics", err=True

@@ -94,8 +94,11 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
         "attn_implementation": c.attn.hf_name,
         "dtype": _load_dtype(run),
         "use_peft": c.lora,
-        "trust_remote_code": run.model.trust_remote_code,
         # SFTConfig (TrainingArguments + TRL's data options)
+        # trust_remote_code (SFTConfig's, which trl/scripts/sft.py loads the model with) never from this file:
+        # launch.sh's own command line gives it (`./launch.sh --trust-remote-code`; TRL's parser lets command-line
+        # values override the config file, trl/scripts/utils.py TrlParser.parse_args_and_config)
+        "trust_remote_code": False,
         "output_dir": run.output.dir,
         "per_device_train_batch_size": s.micro_batch,
         "gradient_accumulation_steps": s.grad_accum,
@@ -178,10 +181,16 @@ def launch_command(run: RunSpec, config_name: str) -> list[str]:
 
 
 def launch_line(run: RunSpec, config_name: str) -> str:
-    """launch_command as a shell line, with a multi-node run's machine arguments before the script's."""
+    """launch_command as a shell line, with a multi-node run's machine arguments before the script's, and
+    launch.sh's own arguments after them (TRL's flags: trust is given there, never by sft_config.yaml)."""
     cmd = launch_command(run, config_name)
     at = cmd.index("-m")
-    return shlex.join(cmd[:at]) + machine_args(run) + " " + shlex.join(cmd[at:])
+    return shlex.join(cmd[:at]) + machine_args(run) + " " + shlex.join(cmd[at:]) + ' "$@"'
+
+
+LAUNCH_TRUST_NOTE = (
+    "# trust comes from this command line, never from sft_config.yaml: ./launch.sh --trust-remote-code\n"
+)
 
 
 def machine_args(run: RunSpec) -> str:
@@ -227,7 +236,9 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
         launch,
         "#!/bin/sh\n# the planned run through TRL's SFT script ("
         + run.combination.label()
-        + ')\ncd "$(dirname "$0")"\nexec '
+        + ")\n"
+        + LAUNCH_TRUST_NOTE
+        + 'cd "$(dirname "$0")"\nexec '
         + launch_line(run, cfg_file.name)
         + "\n",
     )
