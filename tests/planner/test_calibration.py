@@ -143,7 +143,7 @@ def test_a_corrupt_store_is_ignored_and_a_bad_named_file_is_one_line(tmp_path):
 def test_stored_file_round_trips():
     _, _, path = calibrate_and_store(rows(4), A100, "/runs/a.jsonl", "m")
     doc = json.loads(path.read_text())
-    assert doc["schema"] == "ftopt.planner.calibration/3" and doc["constants"]["provenance"]["runs"] == 4
+    assert doc["schema"] == "ftopt.calibration/3" and doc["constants"]["provenance"]["runs"] == 4
     assert Calibration.model_validate(doc).constants.mfu == pytest.approx(MFU)
 
 

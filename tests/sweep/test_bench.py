@@ -66,7 +66,8 @@ def test_rerun_with_other_settings_runs_again(tmp_path):
 
 
 def test_zero_processes_and_run_timeout(tmp_path):
-    runs = sweep_runs(_base(max_steps=500), [Combination(zero=2)], tmp_path / "runs", zero_gpus=1)
+    # a run no machine finishes within the timeout, however fast: the timeout, not the speed, ends it
+    runs = sweep_runs(_base(max_steps=10**5), [Combination(zero=2)], tmp_path / "runs", zero_gpus=1)
     assert runs[0].spec.setup.world_size == 1  # a one-GPU machine can run the ZeRO reference points
     rows = run_sweep(runs, tmp_path / "r.jsonl", run_timeout_seconds=3)
     assert rows[0].status.value == "timeout" and "--run-timeout" in rows[0].error_tail
@@ -202,11 +203,11 @@ def _bench_combinations(tmp_path, monkeypatch, *flags) -> list[Combination]:
     """The combinations `ftopt bench` would sweep (the sweep itself is replaced by a recorder)."""
     from typer.testing import CliRunner
 
-    import ftopt.sweep.bench
+    import ftopt.sweep.prepare
     from ftopt.cli.app import app
 
     seen = []
-    monkeypatch.setattr(ftopt.sweep.bench, "sweep_runs", lambda base, combos, *a, **k: seen.extend(combos) or [])
+    monkeypatch.setattr(ftopt.sweep.prepare, "sweep_runs", lambda base, combos, *a, **k: seen.extend(combos) or [])
     r = CliRunner().invoke(app, ["bench", "--gpu", "cpu", "--out", str(tmp_path / "b"), *flags])
     assert r.exit_code == 0, r.output
     return seen

@@ -315,6 +315,16 @@ def predicted(spec: RunSpec) -> dict:
     return predictions(load_model(spec.model.ref), spec.hardware, spec.setup, spec.combination)
 
 
+def dora_variants(combos: list[Combination]) -> list[Combination]:
+    """`bench --dora`: each LoRA point's DoRA twin where DoRA runs (ZeRO 0-2, no FSDP: Combination's rule), so the
+    sweep measures DoRA's cost beside the LoRA it modifies."""
+    seen = set(combos)
+    twins = [
+        c.model_copy(update={"dora": True}) for c in combos if c.lora and not c.dora and c.zero < 3 and not c.uses_fsdp
+    ]
+    return [t for t in dict.fromkeys(twins) if t not in seen]
+
+
 def quant_optim_variants(
     combos: list[Combination], quants: tuple[Quant, ...] | None, optims: tuple[Optim, ...] | None
 ) -> list[Combination]:
