@@ -225,3 +225,20 @@ def test_plan_on_t4_defaults_to_fp16_mixed_and_fp32_plans_skip_flash():
     r = run("plan", "--model", "tiny-llama", "--gpu", "a100-80g", "--precision", "fp32", "--json")
     assert r.exit_code == 0, r.output
     assert {c["attn"] for c in json.loads(r.stdout)["candidates"]} == {"eager", "sdpa"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("plan", "--method", "analytic", "--model", "tiny-llama", "--gpu", "cpu", "--epochs", "inf"),
+        ("estimate", "--model", "tiny-llama", "--gpu", "cpu", "--epochs", "inf"),
+        ("train", "--random-init", "tiny-llama", "--lr", "inf"),
+        ("train", "--random-init", "tiny-llama", "--max-hours", "inf"),
+    ],
+)
+def test_infinite_numbers_are_refused_before_any_work(args, tmp_path):
+    """inf passes a `gt=0` bound; a run with an infinite learning rate or epochs must not start."""
+    r = run(*args, "--out", str(tmp_path / "run")) if args[0] == "train" else run(*args)
+    assert r.exit_code == 2, r.output
+    assert "finite number (got inf)" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()

@@ -175,5 +175,14 @@ def test_cost_and_currency_are_checked():
 
     with pytest.raises(FtoptError, match="--currency is empty"):
         plan(load_model("llama-2-7b"), A100, NODE, currency=" ", what_ifs=False)
-    with pytest.raises(FtoptError, match="must not be negative, got -1"):
-        plan(load_model("llama-2-7b"), A100, NODE, cost_per_gpu_hour=-1, what_ifs=False)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(FtoptError, match=f"--cost-per-gpu-hour must be a price of zero or more, got {bad}"):
+            plan(load_model("llama-2-7b"), A100, NODE, cost_per_gpu_hour=bad, what_ifs=False)
+
+
+def test_max_hours_must_be_a_finite_positive_number():
+    from ftopt.spec.errors import FtoptError
+
+    for bad in (0.0, float("nan"), float("inf")):
+        with pytest.raises(FtoptError, match=f"--max-hours must be a positive number of hours, got {bad}"):
+            plan(load_model("llama-2-7b"), A100, NODE, max_hours=bad, what_ifs=False)

@@ -10,6 +10,7 @@ estimator confirms the pick and the what-ifs (ftopt.planner.whatif); each answer
 from __future__ import annotations
 
 import itertools
+import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -314,10 +315,10 @@ def plan(
 ) -> Plan:
     """`hw` as given: apply a calibration (ftopt.planner.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
-    if max_hours is not None and max_hours <= 0:
-        raise FtoptError(f"--max-hours must be positive, got {max_hours}.")
-    if cost_per_gpu_hour is not None and cost_per_gpu_hour < 0:
-        raise FtoptError(f"--cost-per-gpu-hour must not be negative, got {cost_per_gpu_hour}.")
+    if max_hours is not None and not 0 < max_hours < math.inf:  # false for nan too
+        raise FtoptError(f"--max-hours must be a positive number of hours, got {max_hours}.")
+    if cost_per_gpu_hour is not None and not 0 <= cost_per_gpu_hour < math.inf:
+        raise FtoptError(f"--cost-per-gpu-hour must be a price of zero or more, got {cost_per_gpu_hour}.")
     currency = DEFAULT_CURRENCY if currency is None else currency  # None: not given
     if not currency.strip():
         raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")

@@ -77,7 +77,7 @@ class DataSpec(BaseModel):
 class Schedule(BaseModel):
     """How long and how fast: steps, learning rate, checkpoints, an optional wall-clock budget."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # an infinite rate or budget is a typo
     max_steps: int = Field(-1, description="-1 = run the epochs")
     learning_rate: float = Field(1e-3, gt=0)
     lr_schedule: LrSchedule = LrSchedule.COSINE

@@ -345,7 +345,7 @@ class AdamWKernel(str, Enum):
 class TrainingSetup(BaseModel):
     """What is trained, how long, on how many devices."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # infinite epochs never finish
 
     seq_len: int = Field(2048, gt=0)
     micro_batch: int = Field(1, gt=0, description="sequences per GPU per forward pass")
