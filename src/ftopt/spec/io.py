@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from ftopt.spec.errors import FtoptError
@@ -86,6 +87,14 @@ def check_out_folder(path: Path, flag: str = "--out") -> None:
         if p.exists():
             if not p.is_dir():
                 raise FtoptError(f"{flag} {path}: {p} is a file, not a folder.")
-            if not os.access(p, os.W_OK):
-                raise FtoptError(f"{flag} {path}: {p} is not writable.")
+            _check_writable(p, path, flag)
             return
+
+
+def _check_writable(p: Path, path: Path, flag: str) -> None:
+    """Make and remove a folder in `p`: os.access says yes to root everywhere, even where mkdir fails (/proc, a
+    read-only mount seen through a writable-looking mode)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ftopt-write-check-", dir=p))
+    except OSError as e:
+        raise FtoptError(f"{flag} {path}: cannot create anything in {p} ({e.strerror}).") from None
