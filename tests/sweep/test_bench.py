@@ -311,3 +311,27 @@ def test_optimizer_defaults_keep_stored_bench_keys_and_a_change_runs_again():
     assert spec.identity()["schedule"] == before
     decayed = spec.model_copy(update={"schedule": spec.schedule.model_copy(update={"weight_decay": 0.1})})
     assert BenchRun(spec=decayed).key() != BenchRun(spec=spec).key()
+
+
+@pytest.mark.parametrize(
+    "flags,said",
+    [
+        (("--run-timeout", "nan"), "--run-timeout must be a positive number of seconds, got nan"),
+        (("--run-timeout", "inf"), "--run-timeout must be a positive number of seconds, got inf"),
+        (("--zero-gpus", "0"), "--zero-gpus must be at least 1, got 0"),
+        (("--data", "missing.jsonl"), "--data missing.jsonl does not exist"),
+        (("--eval-data", "missing.jsonl"), "--eval-data missing.jsonl does not exist"),
+    ],
+)
+def test_bench_refuses_bad_flags_before_the_first_run(tmp_path, monkeypatch, flags, said):
+    """Each of these passed the checks: every run then failed on it (data) or the sweep died in a traceback."""
+    from typer.testing import CliRunner
+
+    import ftopt.sweep.prepare
+    from ftopt.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ftopt.sweep.prepare, "run_sweep", lambda *a, **k: pytest.fail("a run started"))
+    r = CliRunner().invoke(app, ["bench", "--gpu", "cpu", "--out", str(tmp_path / "b"), *flags])
+    assert r.exit_code == 2, r.output
+    assert said in r.output and "Traceback" not in r.output

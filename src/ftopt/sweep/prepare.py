@@ -4,6 +4,7 @@ run, then the runs, then the calibration they feed. The CLI declares the flags a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,13 @@ class Sweep:
 def _check_flags(r: BenchRequest) -> QualityTarget | None:
     if r.repeat < 1:
         raise FtoptError(f"--repeat must be at least 1, got {r.repeat}.")
-    if r.run_timeout is not None and r.run_timeout <= 0:
-        raise FtoptError(f"--run-timeout must be positive, got {r.run_timeout}.")
+    if r.run_timeout is not None and not 0 < r.run_timeout < math.inf:  # false for nan too
+        raise FtoptError(f"--run-timeout must be a positive number of seconds, got {r.run_timeout}.")
+    if r.zero_gpus is not None and r.zero_gpus < 1:
+        raise FtoptError(f"--zero-gpus must be at least 1, got {r.zero_gpus}.")
+    for flag, path in (("--data", r.data), ("--eval-data", r.eval_data)):
+        if path is not None and not Path(path).expanduser().exists():  # each run would fail on it, one by one
+            raise FtoptError(f"{flag} {path} does not exist.")
     target = QualityTarget.parse(r.quality_target) if r.quality_target else None
     for ref in r.metric or ():
         load_user_metric(ref)  # a typo fails now, not after the first run
