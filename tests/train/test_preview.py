@@ -71,3 +71,16 @@ def test_preview_errors_are_one_line(tmp_path):
 def test_preview_refuses_a_count_below_one(tmp_path):
     r = runner.invoke(app, ["preview", "--data", str(_data(tmp_path, [CHAT])), "-n", "-1"])
     assert r.exit_code == 2 and "-n is the number of examples to show" in r.output and "got -1" in r.output
+
+
+def test_preview_refuses_a_non_positive_seq_len_by_its_flag(tmp_path):
+    """Checked as train checks it, before the data is read (not as 'no row has a trained token left')."""
+    r = runner.invoke(app, ["preview", "--data", str(_data(tmp_path, [CHAT])), "--seq-len", "0"])
+    assert r.exit_code == 2 and "--seq-len: Input should be greater than 0 (got 0)" in r.output, r.output
+
+
+def test_preview_help_states_each_default_once():
+    r = runner.invoke(app, ["preview", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    options = re.split(r"\n  (?=-)", r.output.split("Options:")[1])
+    assert len(options) > 10 and all(o.count("[default:") <= 1 for o in options), r.output

@@ -225,14 +225,16 @@ def preview(
     ] = None,
     random_init: Annotated[str | None, typer.Option("--random-init", help="preset or config.json")] = None,
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="tokenizer folder or Hub id")] = None,
-    seq_len: SeqLen = 64,
+    seq_len: SeqLen = None,
     eval_fraction: Annotated[
         float, typer.Option("--eval-fraction", help="share held out, as train would (the summary counts it)")
     ] = 0.0,
     packing: Annotated[bool, typer.Option("--packing/--no-packing", help="pack rows; documents are separated")] = False,
     train_on: TrainOnOpt = None,
     n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="seed of the held-out split, as train's --seed [default: 0]", show_default=False)
+    ] = 0,
     trust_remote_code: TrustRemoteCode = False,
     json_out: Json = False,
 ):
@@ -246,6 +248,12 @@ def preview(
 
         if n < 1:
             raise FtoptError(f"-n is the number of examples to show, at least 1; got {n}.")
+        import torch
+
+        from ftopt.spec import TrainingSetup
+
+        # the length `train` would use on this machine; a bad one is refused here, before the data is read
+        rows = TrainingSetup.for_hardware(not torch.cuda.is_available(), seq_len=seq_len).seq_len
         if model and random_init:
             raise FtoptError("give either --model (weights and tokenizer) or --random-init (config), not both.")
         ref = ModelRef(
@@ -259,7 +267,7 @@ def preview(
             ref,
             data_spec(train=data, eval_fraction=eval_fraction, train_on=train_on),
             spec.vocab_size,
-            seq_len,
+            rows,
             n,
             seed=seed,
             packing=packing,
