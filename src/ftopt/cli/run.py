@@ -233,7 +233,8 @@ def preview(
     train_on: TrainOnOpt = None,
     n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,
     seed: Annotated[
-        int, typer.Option("--seed", help="seed of the held-out split, as train's --seed [default: 0]", show_default=False)
+        int,
+        typer.Option("--seed", help="seed of the held-out split, as train's --seed [default: 0]", show_default=False),
     ] = 0,
     trust_remote_code: TrustRemoteCode = False,
     json_out: Json = False,
