@@ -226,7 +226,7 @@ class Combination(BaseModel):
 
 
 # Share of the GPU's memory kept free beyond the predicted device total (`--headroom`). The device total already
-# counts the allocator's reserve, the CUDA context and NCCL buffers as stated constants; the margin covers what no
+# counts the caching allocator's reserved peak (estimate/allocator.py), the CUDA context and NCCL buffers; the margin covers what no
 # estimate sees: fragmentation under changing batch shapes, other processes on the GPU, library workspaces, and the
 # analytic estimator's own error (its stated worst-case target is 10%, README "Estimate accuracy"). 10% is also the share vLLM leaves
 # free by default (gpu_memory_utilization=0.9). 0 turns the margin off.
@@ -246,6 +246,17 @@ def default_precision(is_cpu: bool, compute_dtypes: Iterable[str]) -> Precision:
     return next((p for p in (Precision.BF16_MIXED, Precision.FP16_MIXED) if p.compute_dtype in dtypes), Precision.FP32)
 
 
+class AdamWKernel(str, Enum):
+    """Which torch AdamW implementation steps the optimizer (torch/optim/adam.py; AdamW is Adam with decoupled
+    weight decay). FUSED: one kernel per parameter group, no temporaries; what `ftopt train` runs (Hugging Face
+    Trainer's default optim, adamw_torch_fused). FOREACH: torch.optim.AdamW's default on CUDA
+    (optimizer._default_to_fused_or_foreach), the choice of hand-written loops; _multi_tensor_adam allocates
+    torch._foreach_sqrt(exp_avg_sqs), a copy of the second moments, for the update."""
+
+    FUSED = "fused"
+    FOREACH = "foreach"
+
+
 class TrainingSetup(BaseModel):
     """What is trained, how long, on how many devices."""
 
@@ -263,6 +274,18 @@ class TrainingSetup(BaseModel):
         False,
         description="documents packed into rows of seq_len, padding-free (TRL's layout, "
         "ftopt.train.sft); False = one document per row, padded to the micro-batch's longest",
+    )
+    adamw_kernel: AdamWKernel = Field(AdamWKernel.FUSED, description="torch AdamW implementation (see AdamWKernel)")
+    keeps_outputs: bool = Field(
+        False,
+        description="the training loop holds the model's outputs (the logits) through backward and the step, until "
+        "the next forward returns, as hand-written loops `outputs = model(**batch); outputs.loss.backward()` do; "
+        "Hugging Face Trainer (ftopt train) keeps only the loss",
+    )
+    expandable_segments: bool = Field(
+        True,
+        description="CUDA caching allocator with expandable_segments:True (what `ftopt train` sets, "
+        "train/allocator.py); False = torch's default allocator",
     )
     headroom: float = Field(
         DEFAULT_HEADROOM,
