@@ -16,6 +16,7 @@ import typer
 
 from ftopt.cli.common import (
     Attn,
+    BatchingOpt,
     CalibrationOpt,
     Currency,
     DatasetTokens,
@@ -88,6 +89,7 @@ def estimate(
     dataset_tokens: DatasetTokens = None,
     epochs: Epochs = None,
     packing: Packing = None,
+    batching: BatchingOpt = None,
     headroom: Headroom = None,
     gc: Gc = None,
     lora_r: LoraR = None,
@@ -124,6 +126,7 @@ def estimate(
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             packing=packing,
+            batching=batching,
             headroom=headroom,
         )
         combo = resolve.combination(
@@ -159,6 +162,7 @@ def plan(
     dataset_tokens: DatasetTokens = None,
     epochs: Epochs = None,
     packing: Packing = None,
+    batching: BatchingOpt = None,
     headroom: Headroom = None,
     lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
     lora_targets: LoraTargets = None,
@@ -225,6 +229,7 @@ def plan(
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             packing=packing,
+            batching=batching,
             headroom=headroom,
             lora_r=lora_r,
             lora_targets=lora_targets,

@@ -52,6 +52,15 @@ Packing = Annotated[
         help="pack documents into rows of --seq-len, padding-free (TRL's layout) [default: off]",
     ),
 ]
+BatchingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--batching",
+        help="how rows are batched: packed (as --packing) | padded (one document per row, padded to the "
+        "micro-batch's longest) | padded-max (padded to --seq-len) | full (every row is --seq-len tokens, no "
+        "padding) [default: padded]",
+    ),
+]
 GradAccum = Annotated[int | None, typer.Option("--grad-accum", help="micro-batches per optimizer step [default: 1]")]
 PrecisionOpt = Annotated[
     str | None,

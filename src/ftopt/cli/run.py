@@ -14,6 +14,7 @@ from ftopt.cli.common import (
     MODEL_REF_RULE,
     AllowMetricModule,
     Attn,
+    BatchingOpt,
     Epochs,
     FsdpOpt,
     Gc,
@@ -66,6 +67,7 @@ def train(
         typer.Option("--eval-max-examples", help="held-out examples scored by generation; 0 = none [default: 64]"),
     ] = None,
     packing: Packing = None,
+    batching: BatchingOpt = None,
     train_on: TrainOnOpt = None,
     headroom: Headroom = None,
     seq_len: SeqLen = None,
@@ -146,6 +148,7 @@ def train(
                 nodes=nodes,
                 epochs=epochs,
                 packing=packing,
+                batching=batching,
             ),
             combination=dict(
                 gc=gc,

@@ -30,6 +30,7 @@ class PlanRequest(BaseModel):
     dataset_tokens: int | None
     epochs: float | None
     packing: bool | None
+    batching: str | None
     headroom: float | None
     lora_r: int
     lora_targets: str | None
@@ -72,6 +73,7 @@ def make(r: PlanRequest) -> Planned:
         dataset_tokens=r.dataset_tokens,
         epochs=r.epochs,
         packing=r.packing,
+        batching=r.batching,
         headroom=r.headroom,
     )
     p = plan(

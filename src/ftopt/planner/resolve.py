@@ -16,6 +16,7 @@ from typing import Any
 
 from ftopt.spec import (
     Attention,
+    Batching,
     Combination,
     DataSpec,
     Engine,
@@ -40,6 +41,7 @@ from ftopt.spec.run import TrainOn
 # Enum-valued fields and the flag a user types for each (for one-line messages that name the flag).
 _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
     "precision": (Precision, "--precision"),
+    "batching": (Batching, "--batching"),
     "offload": (Offload, "--offload"),
     "attn": (Attention, "--attn"),
     "lr_schedule": (LrSchedule, "--lr-schedule"),

@@ -130,8 +130,8 @@ JA: dict[str, str] = {
     "status_oom": "メモリ不足",
     "status_error": "エラー",
     "status_failed": "失敗（計測結果なし）",
-    "padded_rows": "予測ピークは、すべての系列が --seq-len のトークン数ちょうどであると仮定しています。--packing "
-    "を使わない実行では、各マイクロバッチはその中で最も長い系列の長さまでしかパディングされないため、"
+    "padded_rows": "予測ピークは、すべての系列が --seq-len のトークン数ちょうどであると仮定しています。--batching padded"
+    "（既定）の実行では、各マイクロバッチはその中で最も長い系列の長さまでしかパディングされないため、"
     "データがこれより短いと実測ピークは予測を下回ります。",
     "production_h": "本番の予測",
     "production_assume": "プランナーによる予測です。条件は {model}、{gpu} {gpus}台({precision}、系列長{seq_len}、"

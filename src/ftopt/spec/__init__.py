@@ -9,6 +9,7 @@ from ftopt.spec.training import (
     DEFAULT_HEADROOM,
     AdamWKernel,
     Attention,
+    Batching,
     Combination,
     Engine,
     Fsdp,
@@ -22,6 +23,7 @@ from ftopt.spec.training import (
 
 __all__ = [
     "AdamWKernel",
+    "Batching",
     "CPU_DEFAULTS",
     "DEFAULT_HEADROOM",
     "DEFAULT_CURRENCY",

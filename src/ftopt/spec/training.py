@@ -257,6 +257,18 @@ class AdamWKernel(str, Enum):
     FOREACH = "foreach"
 
 
+class Batching(str, Enum):
+    """How the data is batched: what shape each micro-batch has and whether SDPA is handed an explicit mask
+    (estimate/layout.py says what each costs). The field `packing` of older files maps to PACKED / PADDED."""
+
+    PACKED = "packed"  # documents packed into rows of seq_len, padding-free (TRL's layout, ftopt.train.sft)
+    # one document per row, right-padded to the micro-batch's longest (Trainer/TRL dynamic padding; `ftopt train`
+    # without packing): the estimate is that of the largest batch, a row of seq_len beside shorter ones
+    PADDED = "padded"
+    PADDED_MAX = "padded-max"  # one document per row, right-padded to seq_len (axolotl's pad_to_sequence_len)
+    FULL = "full"  # every row exactly seq_len tokens (data cut into fixed-length chunks): no padding, no mask
+
+
 class TrainingSetup(BaseModel):
     """What is trained, how long, on how many devices."""
 
@@ -270,11 +282,7 @@ class TrainingSetup(BaseModel):
     nodes: int = Field(1, gt=0)
     dataset_tokens: int | None = Field(None, gt=0, description="tokens in one epoch; None = one global batch")
     epochs: float = Field(1.0, gt=0)
-    packing: bool = Field(
-        False,
-        description="documents packed into rows of seq_len, padding-free (TRL's layout, "
-        "ftopt.train.sft); False = one document per row, padded to the micro-batch's longest",
-    )
+    batching: Batching = Field(Batching.PADDED, description="how rows are formed and padded (see Batching)")
     adamw_kernel: AdamWKernel = Field(AdamWKernel.FUSED, description="torch AdamW implementation (see AdamWKernel)")
     keeps_outputs: bool = Field(
         False,
@@ -291,6 +299,27 @@ class TrainingSetup(BaseModel):
         DEFAULT_HEADROOM,
         description="share of GPU memory kept free beyond the predicted device total (--headroom); 0 = none",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _packing_flag(cls, data):
+        """`packing` (the --packing/--no-packing flag, and the field of files written before `batching`) names
+        one of two batchings: True = packed, False = padded to the longest. With `batching` it must agree."""
+        if not isinstance(data, dict) or "packing" not in data:
+            return data
+        data = dict(data)
+        packing = data.pop("packing")
+        if packing is None:
+            return data
+        implied = Batching.PACKED if packing else Batching.PADDED
+        given = data.get("batching")
+        if given is None:
+            data["batching"] = implied
+        elif given in set(Batching) and (Batching(given) is Batching.PACKED) != bool(packing):
+            raise ValueError(
+                f"--{'' if packing else 'no-'}packing contradicts --batching {Batching(given).value}: give one of them"
+            )
+        return data
 
     @model_validator(mode="after")
     def _rules(self) -> TrainingSetup:
@@ -313,6 +342,10 @@ class TrainingSetup(BaseModel):
         base = dict(CPU_DEFAULTS) if is_cpu else {"precision": default_precision(is_cpu, compute_dtypes)}
         base.update({k: v for k, v in given.items() if v is not None})
         return cls(**base)
+
+    @property
+    def packing(self) -> bool:
+        return self.batching is Batching.PACKED
 
     @property
     def world_size(self) -> int:
