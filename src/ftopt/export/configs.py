@@ -28,7 +28,7 @@ import shlex
 from pathlib import Path
 
 from ftopt.export.cluster import export_cluster
-from ftopt.spec import ModelSpec, Precision, Quant, RunSpec, preset_names
+from ftopt.spec import Batching, ModelSpec, Precision, Quant, RunSpec, preset_names
 from ftopt.spec.io import atomic_write_text
 from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
 from ftopt.spec.recipes import suggested_learning_rate
@@ -111,6 +111,8 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
         "max_length": s.seq_len,
         "packing": s.packing,
         "padding_free": s.packing,
+        # --batching padded-max: every row padded to max_length, as `ftopt train` pads it (TRL's collator option)
+        "pad_to_multiple_of": s.seq_len if s.batching is Batching.PADDED_MAX else None,
         "optim": c.optim.hf_name,
         "report_to": run.output.report_to.value,
         "logging_steps": 1,
