@@ -62,7 +62,8 @@ class Planned:
 
 def make(r: PlanRequest) -> Planned:
     m, hw = load_model(r.model), planning_hardware(r.gpu, r.calibration, r.host_ram)
-    setup = resolve.setup(
+    setup = resolve.plan_setup(
+        m,
         hw,
         seq_len=r.seq_len,
         micro_batch=r.micro_batch,

@@ -231,6 +231,10 @@ class Combination(BaseModel):
 # analytic estimator's own error (its stated worst-case target is 10%, README "Estimate accuracy"). 10% is also the share vLLM leaves
 # free by default (gpu_memory_utilization=0.9). 0 turns the margin off.
 DEFAULT_HEADROOM = 0.10
+# The most GPUs one node holds: NVIDIA's GB200 NVL72 joins 72 GPUs in one NVLink domain (NVIDIA GB200 NVL72
+# datasheet), the largest single node a launcher addresses. A bound, so that a typo (or a request) of 100000 is one
+# sentence, not a plan over 100000 GPU counts.
+MAX_GPUS_PER_NODE = 72
 
 # Defaults that differ on a CPU (see TrainingSetup.for_hardware); shown in the CLI's --help.
 CPU_DEFAULTS = {"seq_len": 64, "micro_batch": 8, "precision": "fp32"}
@@ -278,7 +282,7 @@ class TrainingSetup(BaseModel):
     micro_batch: int = Field(1, gt=0, description="sequences per GPU per forward pass")
     grad_accum: int = Field(1, gt=0)
     precision: Precision = Precision.BF16_MIXED
-    gpus_per_node: int = Field(1, gt=0)
+    gpus_per_node: int = Field(1, gt=0, le=MAX_GPUS_PER_NODE)
     nodes: int = Field(1, gt=0)
     dataset_tokens: int | None = Field(None, gt=0, description="tokens in one epoch; None = one global batch")
     epochs: float = Field(1.0, gt=0)
