@@ -15,6 +15,7 @@ JA: dict[str, str] = {
     "src_bench": "ftopt bench の --quality-target で指定",
     "src_derived": "未指定のため、今回の比較で最良の評価損失に5%の余裕を加えた値で、実行どうしの相対比較にしか使えません",
     "met_some": "成功した{total}件の実行のうち{n}件が目標を達成しました。",
+    "unmeasured_note": "{labels}ではこの指標を測定していないため、目標の判定から外しています。",
     "met_none": "目標を達成した実行はありません。最も近かったのは{label}で、値は{value}でした。"
     "このまま規模を広げるのは避け、学習を長くする、より強いベースモデルから始める、目標を見直すといった"
     "対応を検討してください。",
@@ -32,7 +33,7 @@ JA: dict[str, str] = {
     "budget_given": "時間予算は1回あたり{budget}です。",
     "p_memory": "<b>メモリ削減手法。</b> {what}",
     "mem_none_needed": "メモリ削減手法は不要です。{label}は LoRA、ベースモデルの量子化、8ビットまたはページングの"
-    "オプティマイザ、勾配チェックポイント、ZeRO のいずれも使いません。{fit}",
+    "オプティマイザ、勾配チェックポイント、ZeRO、FSDP2 のいずれも使いません。{fit}",
     "mem_needed": "推奨する組み合わせ{label}では、{techniques}を使います。{fit}",
     "tech_lora": "LoRA(ランク{r})",
     "tech_qlora": "QLoRA(ベースモデルを{quant}で4ビット量子化、ランク{r})",
@@ -41,6 +42,8 @@ JA: dict[str, str] = {
     "tech_paged_adamw_8bit": "ページング対応の8ビット AdamW",
     "tech_paged_adamw": "ページング対応の AdamW",
     "tech_gc": "勾配チェックポイント",
+    "tech_fsdp_full": "FSDP2 によるパラメータ・勾配・オプティマイザ状態のシャーディング(full)",
+    "tech_fsdp_grad_op": "FSDP2 によるシャーディング(grad-op:順伝播から逆伝播まではパラメータを集約したまま保持)",
     "tech_offload_optimizer": "オプティマイザ状態の CPU オフロード",
     "tech_offload_all": "パラメータとオプティマイザ状態の CPU オフロード",
     "tech_sep": "、",
@@ -98,6 +101,8 @@ JA: dict[str, str] = {
     "plan_def": "(プランの推奨とは、測定した組み合わせの中からプランナーが{gpu}向けに推奨するものです。)",
     "verified": "プランの推奨({plan})と実測による推奨が一致しており、推奨は検証済みです。",
     "why_quality": "プランの推奨は{plan}でしたが、品質目標に届かなかったため({value})、実測に基づき{best}を推奨します。",
+    "why_unmeasured": "プランの推奨は{plan}でしたが、その実行では{metric}を測定していないため品質目標と照らし合わせられず、"
+    "実測に基づき{best}を推奨します。",
     "why_failed": "プランの推奨は{plan}でしたが、実行が完了しなかったため({status})、実測に基づき{best}を推奨します。",
     "why_slower": "プランの推奨は{plan}でしたが、実測では{best}より{pct}多くGPU時間がかかり、その差は両者のステップ"
     "時間のばらつきを超えています。このため実測の結果を優先します。",
@@ -125,6 +130,7 @@ JA: dict[str, str] = {
     "no": "いいえ",
     "met": "達成",
     "not_met": "未達",
+    "not_measured": "未測定",
     "recommended": "推奨",
     "status_ok": "完了",
     "status_oom": "メモリ不足",
@@ -165,7 +171,7 @@ JA: dict[str, str] = {
     "stop_production": "1回の学習が時間予算を超える、または年間費用がタスクの価値を上回る",
     "charts": "グラフ",
     "chart_memory": "GPU 1台あたりの予測メモリ内訳(棒)と実測ピーク(黒い印)",
-    "chart_pareto": "1エポックのGPU秒とピークメモリ(線: 品質目標を達成した実行のパレートフロント、薄い点: 未達の実行、"
+    "chart_pareto": "1エポックのGPU秒とピークメモリ(線: 品質目標を達成した実行のパレートフロント、薄い点: 目標に届かなかった実行と未測定の実行、"
     "星印: 推奨する実行)",
     "chart_quality": "組み合わせごとのタスク品質と品質目標",
     "chart_parity": "ピークメモリの予測値と実測値",

@@ -16,7 +16,7 @@ from pathlib import Path
 from ftopt.spec import RunSpec
 from ftopt.train.ranks import decode_arg, end_rank, interrupted_line
 
-BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (_base_quality)
+BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (base_quality_at_start)
 
 
 def _rank() -> tuple[int, int, int]:
@@ -46,6 +46,8 @@ def training_arguments(spec: RunSpec, device, world: int, total_steps: int, node
         learning_rate=sch.learning_rate,
         lr_scheduler_type=sch.lr_schedule.value,
         warmup_steps=int(sch.warmup_ratio * total_steps),
+        weight_decay=sch.weight_decay,
+        max_grad_norm=sch.max_grad_norm,
         seed=sch.seed,
         bf16=p in ("bf16-mixed",),
         fp16=p == "fp16-mixed",
@@ -140,7 +142,12 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
         )
         from ftopt.spec.quiet import no_checkpoint_bars
 
-        base_quality = _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log)
+        base_quality = {}
+        if not spec.combination.uses_deepspeed:  # see base_quality_at_start
+            m = trainer.model
+            at = next(m.parameters()).device
+            score = lambda: scored_quality(spec, m, tokenizer, eval_rows, fmt, at, log)  # noqa: E731
+            base_quality = base_quality_at_start(spec, peak, resume, log, rank, score)
         try:
             if interrupt is not None:
                 interrupt.in_loop = True
@@ -168,7 +175,11 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
     trainer.save_model(str(out))  # adapter (PEFT) or full model, safetensors; ZeRO-3 weights gathered
     if rank == 0:
         tokenizer.save_pretrained(str(out))
-    quality = _evaluate(spec, trainer, tokenizer, prep.eval_dataset, eval_rows, fmt, device, log)
+    held_out = prep.eval_dataset is not None  # --eval-fraction 0: nothing held out
+    eval_loss = lambda: trainer.evaluate().get("eval_loss") if held_out else None  # noqa: E731
+    gen_device = next(trainer.model.parameters()).device
+    score = lambda: scored_quality(spec, trainer.model, tokenizer, eval_rows, fmt, gen_device, log)  # noqa: E731
+    quality = evaluate(device, eval_loss, score)
     mine = {
         "rank": rank,
         "device": device.type,
@@ -240,64 +251,57 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     return trainer, progress, budget
 
 
-def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, log) -> dict:
-    """Eval loss and (prompt+completion data) task quality by generation (ftopt.results.quality), with their own memory
-    peak on CUDA."""
+def evaluate(device, eval_loss, score) -> dict:
+    """Eval loss (`eval_loss()`: the engine's, None with nothing held out) and task quality (`score()`: {} where
+    none is scored), with their own memory peak on CUDA."""
     import torch
-
-    from ftopt.results.quality import evaluate_generation
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    ev = trainer.evaluate() if eval_dataset is not None else {}  # --eval-fraction 0: nothing held out
-    quality = {}
-    if _scores_quality(spec, eval_rows, fmt):
-        gen_device = next(trainer.model.parameters()).device
-        quality = evaluate_generation(
-            trainer.model, tokenizer, eval_rows, gen_device, spec.data.eval_max_examples, spec.data.metrics, log=log
-        )
-    out = {"eval_loss": ev.get("eval_loss"), "quality": quality, "eval_peak_allocated_bytes": None}
+    out = {"eval_loss": eval_loss(), "quality": score(), "eval_peak_allocated_bytes": None}
     if device.type == "cuda":
         out["eval_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
     return out
 
 
-def _scores_quality(spec, eval_rows, fmt) -> bool:
+def scores_quality(spec, eval_rows, fmt) -> bool:
     """Task quality is scored by generation on prompt+completion data with held-out rows to generate for."""
     return fmt == "prompt+completion" and bool(eval_rows) and spec.data.eval_max_examples > 0
 
 
-def _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log) -> dict:
-    """Quality before the first step (step 0): the end's held-out rows and metrics, generated with the KV cache,
-    its memory left out of the training peak. A sweep whose every run already scores full marks here has nothing
-    to learn (ftopt.report.decision). Kept in base_quality.json, which a resumed run reads back: its model holds
-    the checkpoint's weights once training starts. Not under DeepSpeed: the engine places the model (ZeRO-3:
-    partitions it) only when training starts, and generating before that would run on the host."""
+def scored_quality(spec, model, tokenizer, eval_rows, fmt, device, log, synced: bool = False) -> dict:
+    """Task quality by generation (ftopt.results.quality) where the data scores it, else {} (not measured). `synced`:
+    a sharded model on several ranks, every rank generating in step (ftopt.results.quality.generate)."""
+    if not scores_quality(spec, eval_rows, fmt):
+        return {}
+    from ftopt.results.quality import evaluate_generation
+
+    d = spec.data
+    return evaluate_generation(
+        model, tokenizer, eval_rows, device, d.eval_max_examples, d.metrics, log=log, synced=synced
+    )
+
+
+def base_quality_at_start(spec, peak, resume, log, rank: int, score) -> dict:
+    """Quality before the first step (step 0, `score()`: {} where none is scored): the end's held-out rows and
+    metrics, generated with the KV cache, its memory left out of the training peak. A sweep whose every run
+    already scores full marks here has nothing to learn (ftopt.report.decision). Kept in base_quality.json, which a
+    resumed run (`resume`: its checkpoint) reads back: a Trainer's model holds the checkpoint's weights once
+    training starts. Not under DeepSpeed (the caller skips it): the engine places the model (ZeRO-3: partitions
+    it) only when training starts, and generating before that would run on the host."""
     import json
 
-    if not _scores_quality(spec, eval_rows, fmt) or spec.combination.uses_deepspeed:
-        return {}
     path = spec.output_dir / BASE_QUALITY_FILE
     if resume is not None and path.is_file():
         return json.loads(path.read_text())
-    from ftopt.results.quality import evaluate_generation
     from ftopt.spec.io import atomic_write_text
 
-    model = trainer.model
     with peak.excluded():
-        q = evaluate_generation(
-            model,
-            tokenizer,
-            eval_rows,
-            next(model.parameters()).device,
-            spec.data.eval_max_examples,
-            spec.data.metrics,
-            log=log,
-        )
+        q = score()
     if q:
         log(f"quality before training (step 0): exact match {q['exact_match']:.1%} on {q['examples']} held-out rows")
-    if q and trainer.args.process_index == 0:
+    if q and rank == 0:
         atomic_write_text(path, json.dumps(q))
     return q
 
