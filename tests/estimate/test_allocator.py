@@ -107,3 +107,15 @@ def test_closed_form_is_within_a_page_of_the_replayed_trace():
     slack = replay.peak_reserved - replay.peak_allocated
     assert slack > 0
     assert abs(reserved_slack_bytes(spec, setup, storage(setup.precision, combo), True) - slack) <= LARGE_BUFFER
+
+
+def test_a_run_file_cannot_ask_train_for_another_loop():
+    """Those setup fields describe other people's loops; `ftopt train` cannot honour them, so a run refuses them."""
+    from pydantic import ValidationError
+
+    from ftopt.spec import RunSpec
+
+    for update in ({"adamw_kernel": "foreach"}, {"keeps_outputs": True}, {"expandable_segments": False}):
+        with pytest.raises(ValidationError, match="describe other training loops"):
+            RunSpec(hardware=load_hardware("cpu"), setup=TrainingSetup(seq_len=64).model_copy(update=update))
+    assert RunSpec(hardware=load_hardware("cpu"), setup=TrainingSetup(seq_len=64)).setup.expandable_segments

@@ -30,7 +30,7 @@ def unscored(r: dict) -> dict:
     "lang,says",
     [
         ("en", "FSDP2 sharding with the parameters kept gathered from forward to backward (grad-op)"),
-        ("ja", "FSDP2 によるシャーディング(grad-op"),
+        ("ja", "FSDP2によるシャーディング(grad-op"),
     ],
 )
 def test_an_fsdp2_pick_names_its_sharding_as_its_memory_technique(tmp_path, lang, says):

@@ -97,7 +97,19 @@ def _run(spec: RunSpec, device, rank: int, world: int, resume, interrupt) -> dic
     peak.read()
     _save(spec, model, tok.tokenizer, rank)
     ev = evaluate(device, lambda: loop.eval_loss(prep.eval_dataset), score)
-    mine = {
+    mine = _rank_record(rank, device, resident, peak, ev, q0, loop, budget_hit)
+    metrics = finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, prep.summary.model_dump())
+    if rank == 0:
+        from ftopt.train.manifest import record
+
+        record(spec.output_dir)  # every file this run wrote is listed: --overwrite removes those and nothing else
+    return metrics
+
+
+def _rank_record(rank: int, device, resident: int, peak, ev: dict, q0: dict, loop, budget_hit: bool) -> dict:
+    """This rank's measurements for metrics.json's `ranks` (ftopt.train.metrics.finish), keyed as the Trainer
+    worker's. `resident`: the shards' bytes where the peak counters started after sharding (a CPU run, see _run)."""
+    return {
         "rank": rank,
         "device": device.type,
         "engine": "fsdp2",
@@ -110,12 +122,6 @@ def _run(spec: RunSpec, device, rank: int, world: int, resume, interrupt) -> dic
         "stopped_by_time_budget": budget_hit,
         "optimizer": type(loop.optimizer).__name__,
     }
-    metrics = finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, prep.summary.model_dump())
-    if rank == 0:
-        from ftopt.train.manifest import record
-
-        record(spec.output_dir)  # every file this run wrote is listed: --overwrite removes those and nothing else
-    return metrics
 
 
 def resident_bytes(model) -> int:
