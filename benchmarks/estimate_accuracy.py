@@ -192,6 +192,37 @@ def mixed_scenarios() -> list[dict]:
     ]
 
 
+def dora_scenarios() -> list[dict]:
+    """DoRA (PEFT use_dora) and the bf16 QLoRA recipe: default targets with GC off and on; every linear at a short
+    sequence, where the weight norm's temporaries set the peak; NF4 under bf16-true in torchtune's recipe."""
+    return [
+        dict(arch="llama-gqa-100m", lora_r=8, gc=False, attn="sdpa", precision="fp32", dora=True),
+        dict(arch="llama-gqa-100m", lora_r=8, gc=True, attn="sdpa", precision="fp32", dora=True),
+        dict(arch="qwen2-tied-110m", lora_r=8, gc=False, attn="sdpa", precision="fp32", dora=True),
+        dict(
+            arch="llama-gqa-100m",
+            lora_r=8,
+            gc=False,
+            attn="sdpa",
+            precision="fp32",
+            dora=True,
+            lora_targets=["all-linear"],
+            seq=32,
+            batch=1,
+        ),
+        dict(
+            arch="llama-gqa-100m",
+            lora_r=8,
+            gc=True,
+            attn="sdpa",
+            precision="bf16-true",
+            quant="nf4",
+            qlora_recipe="torchtune",
+            seq=128,
+        ),
+    ]
+
+
 def miss_scenarios() -> list[dict]:
     return [
         dict(arch="llama-gqa-100m", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
@@ -212,6 +243,9 @@ def _combo(sc: dict):
         optim=sc.get("optim", "adamw"),
         zero=sc.get("zero", 0),
         fsdp=sc.get("fsdp", "none"),
+        dora=sc.get("dora", False),
+        lora_targets=tuple(sc["lora_targets"]) if sc.get("lora_targets") else None,
+        qlora_recipe=sc.get("qlora_recipe", "peft"),
     )
 
 
@@ -388,6 +422,7 @@ def main() -> None:
     ap.add_argument("--packed", action="store_true", help="only packed (padding-free) runs; with --table, their table")
     ap.add_argument("--mixed", action="store_true", help="only bf16-mixed runs; with --table, their table")
     ap.add_argument("--padded", action="store_true", help="only right-padded runs; with --table, their table")
+    ap.add_argument("--dora", action="store_true", help="only DoRA and bf16 QLoRA-recipe runs; with --table, theirs")
     ap.add_argument("--only", help="comma list of scenario indices to run (within the chosen set)")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of the saved quant/misses results")
     ap.add_argument(
@@ -411,6 +446,8 @@ def main() -> None:
             if a.padded
             else ("fsdp",)
             if a.fsdp
+            else ("dora",)
+            if a.dora
             else ("quant", "misses")
         )
         print_table(*kinds)
@@ -434,10 +471,14 @@ def main() -> None:
         if a.mixed
         else padded_scenarios()
         if a.padded
+        else dora_scenarios()
+        if a.dora
         else scenarios(a.quick, a.gpu)
     )
-    if a.quant or a.misses or a.packed or a.mixed or a.padded:
-        kind = "quant" if a.quant else "misses" if a.misses else "packed" if a.packed else "mixed"
+    if a.quant or a.misses or a.packed or a.mixed or a.dora or a.padded:
+        kind = (
+            "quant" if a.quant else "misses" if a.misses else "packed" if a.packed else "mixed" if a.mixed else "dora"
+        )
         kind = "padded" if a.padded else kind
         results = RESULTS.with_name(f"estimate_accuracy_{kind}.json")
     if a.only:
@@ -465,7 +506,7 @@ def main() -> None:
             flush=True,
         )
     zero_rows = []
-    if not (a.gpu or a.quant or a.misses or a.packed or a.mixed or a.padded):
+    if not (a.gpu or a.quant or a.misses or a.packed or a.mixed or a.dora or a.padded):
         import tempfile
 
         work = Path(tempfile.mkdtemp(prefix="ftopt-zero-"))
@@ -536,7 +577,7 @@ def print_table(*kinds: str) -> None:
         for r in json.loads(f.read_text())["rows"]
     ]
     for r in rows:
-        what = "full" if not r["lora_r"] else f"LoRA r{r['lora_r']}"
+        what = "full" if not r["lora_r"] else f"{'DoRA' if r.get('dora') else 'LoRA'} r{r['lora_r']}"
         extras = " ".join(
             x
             for x in (
@@ -544,6 +585,8 @@ def print_table(*kinds: str) -> None:
                 r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "",
                 "packed" if r.get("packed") else "padded" if r.get("padded") else "",
                 f"FSDP2-{r['fsdp']} x{r['processes']}" if r.get("fsdp") else "",
+                ",".join(r["lora_targets"]) if r.get("lora_targets") else "",
+                f"({r['qlora_recipe']})" if r.get("qlora_recipe") else "",
             )
             if x
         )

@@ -22,7 +22,7 @@ def test_serve_says_where_it_listens_and_serves_the_page(tmp_path):
         while not (m := re.search(r"listening on (http://127\.0\.0\.1:\d+/)", lines[-1] if lines else "")):
             lines.append(proc.stderr.readline())
             assert lines[-1], "".join(lines)  # EOF: it exited without listening
-        page = urllib.request.urlopen(m.group(1), timeout=30).read().decode()
+        page = urllib.request.urlopen(m.group(1), timeout=120).read().decode()
         assert '<label for="seq_len"' in page and "chart.umd.min.js" in page
         assert not any(line.startswith("warning") for line in lines)
     finally:

@@ -14,7 +14,8 @@ runner = CliRunner()
 
 FAKE_SRUN = """#!/bin/bash
 # stand-in for Slurm's srun: one task per node, each with its SLURM_NODEID (sequential here)
-for id in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$id "${@: -3}" || exit $?; done
+while [ "${1#--}" != "$1" ]; do shift; done  # srun's own options; the rest is the task
+for id in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$id "$@" || exit $?; done
 """
 FAKE_SCONTROL = """#!/bin/bash
 printf 'gpu-a\\ngpu-b\\n'

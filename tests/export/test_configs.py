@@ -56,7 +56,7 @@ def test_trl_config_parses_with_trl_and_launch_names_it(tmp_path, monkeypatch):
     launch = (folder / "launch.sh").read_text().splitlines()[-1]
     argv = shlex.split(launch.removeprefix("exec "))
     assert argv[:5] == ["accelerate", "launch", "--num_processes", "8", "--num_machines"]
-    assert argv[-4:] == ["-m", "trl.scripts.sft", "--config", "sft_config.yaml"] and "--use_deepspeed" in argv
+    assert argv[-5:] == ["-m", "trl.scripts.sft", "--config", "sft_config.yaml", "$@"] and "--use_deepspeed" in argv
 
 
 def test_lora_run_exports_peft_fields_and_no_deepspeed(tmp_path):

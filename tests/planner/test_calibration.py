@@ -97,6 +97,15 @@ def test_identical_points_from_two_files_are_pooled_by_runs():
     assert len(cal.points) == 6  # stored per source; pooled only for the fit
 
 
+def test_the_check_names_each_point_by_its_combination():
+    """The held-out table names the combination; the model only when the fit spans several, by name, not path."""
+    fit, _, _ = calibrate_and_store(rows(3), A100, "/runs/a.jsonl", "/home/u/presets/base/tiny-base")
+    assert sorted(h.label for h in fit.holdout) == ["c0", "c1", "c2"]
+    fit, _, _ = calibrate_and_store(rows(3), A100, "/runs/b.jsonl", "llama-2-7b")
+    assert "tiny-base: c0" in {h.label for h in fit.holdout}
+    assert not any("/" in h.label for h in fit.holdout)
+
+
 def test_a_fit_on_a_bound_is_reported():
     # measured faster than the datasheet allows: mfu pins at its 100% bound
     bad = rows(3, mfu=2.0)
@@ -134,7 +143,7 @@ def test_a_corrupt_store_is_ignored_and_a_bad_named_file_is_one_line(tmp_path):
 def test_stored_file_round_trips():
     _, _, path = calibrate_and_store(rows(4), A100, "/runs/a.jsonl", "m")
     doc = json.loads(path.read_text())
-    assert doc["schema"] == "ftopt.planner.calibration/3" and doc["constants"]["provenance"]["runs"] == 4
+    assert doc["schema"] == "ftopt.calibration/3" and doc["constants"]["provenance"]["runs"] == 4
     assert Calibration.model_validate(doc).constants.mfu == pytest.approx(MFU)
 
 

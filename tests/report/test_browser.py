@@ -45,7 +45,7 @@ CHROMIUM_ARGS = [
 
 def _run(chromium, tmp_path, *args) -> str:
     base = [chromium, *CHROMIUM_ARGS, f"--user-data-dir={tmp_path / 'prof'}"]
-    return subprocess.run(base + list(args), check=True, timeout=120, capture_output=True, text=True).stdout
+    return subprocess.run(base + list(args), check=True, timeout=600, capture_output=True, text=True).stdout
 
 
 def _shot(chromium, tmp_path, name: str, body: str, size="600,120") -> bytes:

@@ -209,8 +209,8 @@ def test_each_language_keeps_its_own_charts(tmp_path):
 
 def test_old_results_lines_load_migrated(tmp_path):
     """bench/1 (sweep flags, no run) and bench/2 (a median, no per-step times) lines load; the median stands."""
-    v1 = dict(row("v1"), schema="ftopt.sweep.bench/1", sweep={"model_args": [], "seq_len": 64, "micro_batch": 8})
-    v2 = dict(row("v2"), schema="ftopt.sweep.bench/2")
+    v1 = dict(row("v1"), schema="ftopt.bench/1", sweep={"model_args": [], "seq_len": 64, "micro_batch": 8})
+    v2 = dict(row("v2"), schema="ftopt.bench/2")
     v2["measured"] = dict(v2["measured"], tokens_per_s=100.0)
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps(v1) + "\n" + json.dumps(v2) + "\n")

@@ -146,3 +146,30 @@ def test_generation_uses_the_kv_cache_even_when_training_turned_it_off():
     prompt_len = calls[0][0]
     assert prompt_len > 1 and all(n == 1 for n, _ in calls[1:])  # one new token per step, not the whole sequence
     assert all(p is not None and p.get_seq_length() > 0 for _, p in calls[1:])
+
+
+@pytest.mark.parametrize("n_rows", [1, 5, 6])
+def test_zero3_ranks_each_generate_their_share_and_score_every_row(monkeypatch, n_rows):
+    """Under ZeRO-3 the ranks generate in step; each completes rows rank::N, with as many generate calls as the
+    others, and every rank scores all rows in their order."""
+    import types
+
+    from ftopt.results import quality
+
+    rows = [{"prompt": f"p{i}", "completion": f"p{i}" if i % 2 else "other"} for i in range(n_rows)]
+    generated: list[list[str]] = []
+
+    def echo(model, tokenizer, share, device, log, synced=False):  # completes each prompt with itself
+        generated.append([r["prompt"] for r in share])
+        return generated[-1]
+
+    model = types.SimpleNamespace(training=False, eval=lambda: None, train=lambda: None)
+    monkeypatch.setattr(quality, "generate", echo)
+    monkeypatch.setattr(quality, "_all_gather", lambda preds, world: [preds, generated[0]])  # rank order
+    monkeypatch.setattr(quality, "_generating_ranks", lambda synced: (0, 2))
+    echo(None, None, quality.rank_rows(rows, 1, 2), None, None)  # rank 1's share, as the gather would bring it
+    q = quality.evaluate_generation(model, None, rows, "cpu", 64)
+    rank1, rank0 = generated
+    assert rank0[: len(rows[0::2])] == [r["prompt"] for r in rows[0::2]] and len(rank0) == len(rank1)
+    assert len(rank0) == -(-n_rows // 2)
+    assert q["examples"] == n_rows and q["exact_match"] == pytest.approx((n_rows // 2) / n_rows)

@@ -33,7 +33,7 @@ class Browser:
             text=True,
         )
         port = None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a cold start on a loaded machine
         while port is None and time.monotonic() < deadline:
             line = self.proc.stderr.readline()
             if not line and self.proc.poll() is not None:
@@ -41,11 +41,11 @@ class Browser:
             m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
             port = m and int(m.group(1))
         if port is None:
-            raise RuntimeError("Chromium did not open its debugging port within 60 s")
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
+            raise RuntimeError("Chromium did not open its debugging port within 300 s")
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=60))
         page = next(t for t in targets if t["type"] == "page")
         # no Origin header: Chromium refuses websocket clients from other origins unless --remote-allow-origins
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
         self._ids = itertools.count(1)
 
     def send(self, method: str, **params) -> dict:
@@ -64,8 +64,9 @@ class Browser:
             raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
         return r["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 30.0):
-        """Poll until the expression is truthy; returns its value."""
+    def wait_for(self, expression: str, timeout: float = 300.0):
+        """Poll until the expression is truthy; returns its value. The bound only ends a broken page: a plan the
+        page waits for takes seconds on a quiet machine and several times that on a loaded one."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = self.js(expression)

@@ -20,7 +20,7 @@ MEMORY_DATA = "JSON.stringify(Chart.getChart('chart-memory').data.datasets.map(d
 
 
 def cli_plan(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ftopt", "plan", *flags], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "ftopt", "plan", *flags], capture_output=True, text=True, timeout=600)
 
 
 def recommended_label(*flags: str) -> tuple[dict, str]:

@@ -85,9 +85,9 @@ def test_a_calibration_keeps_the_rates_it_does_not_fit():
 
 
 def test_a_calibration_file_of_the_old_schema_still_applies(tmp_path):
-    """ftopt.planner.calibration/2 kept the constants and the provenance at the top level."""
+    """ftopt.calibration/2 kept the constants and the provenance at the top level."""
     old = {
-        "schema": "ftopt.planner.calibration/2",
+        "schema": "ftopt.calibration/2",
         "mfu": 0.3,
         "fixed_step_seconds": 0.01,
         "seconds_per_kernel": 2e-6,

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from ftopt.cli.app import app
 from ftopt.planner import resolve
 from ftopt.spec import load_hardware
-from ftopt.spec.trust import trusted_file_run
+from ftopt.spec.trust import CommandLineTrust, admit
 
 runner = CliRunner()
 
@@ -41,11 +41,9 @@ def test_plan_file_with_a_metric_module_is_refused_without_the_flag(tmp_path):
 
 def test_the_command_line_allows_and_decides(tmp_path):
     spec = resolve.read_run_file(_run_file(tmp_path, model__trust_remote_code=True, data__metrics=["m:f"]))
-    ok = trusted_file_run(spec, tmp_path, trust_remote_code=True, allow_metric_module=True)
+    ok = admit(spec, CommandLineTrust(trust_remote_code=True, allow_metric_module=True), tmp_path)
     assert ok.model.trust_remote_code and ok.data.metrics == ("m:f",)
     # a file without the field does not keep trust the command line did not give, nor lose what it gave
     plain = resolve.read_run_file(_run_file(tmp_path))
-    assert trusted_file_run(plain, tmp_path, trust_remote_code=True, allow_metric_module=False).model.trust_remote_code
-    assert not trusted_file_run(
-        plain, tmp_path, trust_remote_code=False, allow_metric_module=False
-    ).model.trust_remote_code
+    assert admit(plain, CommandLineTrust(trust_remote_code=True), tmp_path).model.trust_remote_code
+    assert not admit(plain, CommandLineTrust(), tmp_path).model.trust_remote_code

@@ -66,7 +66,8 @@ def test_rerun_with_other_settings_runs_again(tmp_path):
 
 
 def test_zero_processes_and_run_timeout(tmp_path):
-    runs = sweep_runs(_base(max_steps=500), [Combination(zero=2)], tmp_path / "runs", zero_gpus=1)
+    # a run no machine finishes within the timeout, however fast: the timeout, not the speed, ends it
+    runs = sweep_runs(_base(max_steps=10**5), [Combination(zero=2)], tmp_path / "runs", zero_gpus=1)
     assert runs[0].spec.setup.world_size == 1  # a one-GPU machine can run the ZeRO reference points
     rows = run_sweep(runs, tmp_path / "r.jsonl", run_timeout_seconds=3)
     assert rows[0].status.value == "timeout" and "--run-timeout" in rows[0].error_tail
@@ -202,11 +203,11 @@ def _bench_combinations(tmp_path, monkeypatch, *flags) -> list[Combination]:
     """The combinations `ftopt bench` would sweep (the sweep itself is replaced by a recorder)."""
     from typer.testing import CliRunner
 
-    import ftopt.sweep.bench
+    import ftopt.sweep.prepare
     from ftopt.cli.app import app
 
     seen = []
-    monkeypatch.setattr(ftopt.sweep.bench, "sweep_runs", lambda base, combos, *a, **k: seen.extend(combos) or [])
+    monkeypatch.setattr(ftopt.sweep.prepare, "sweep_runs", lambda base, combos, *a, **k: seen.extend(combos) or [])
     r = CliRunner().invoke(app, ["bench", "--gpu", "cpu", "--out", str(tmp_path / "b"), *flags])
     assert r.exit_code == 0, r.output
     return seen
@@ -234,7 +235,7 @@ def test_clean_exit_without_metrics_is_failed_and_the_sweep_goes_on(tmp_path, mo
     import ftopt.sweep.bench as B
 
     log = 'loading...\nTraceback (most recent call last):\n  File "x.py", line 1\nValueError: tokenizer broke\ndone\n'
-    monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout: (0, log))
+    monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout, procs: (0, log))
     runs = sweep_runs(_base(), [Combination(), Combination(gc=True)], tmp_path / "runs")
     rows = run_sweep(runs, tmp_path / "results.jsonl")
     assert [r.status.value for r in rows] == ["failed", "failed"]
@@ -256,7 +257,7 @@ def test_bench_across_nodes_needs_a_host_file_and_hands_it_to_every_run(tmp_path
     bench = ["bench", "--out", str(tmp_path / "b"), "--grid", str(grid), "--max-steps", "2", "--nodes", "2"]
     seen = []
 
-    def fake_run(cmd, env, timeout):
+    def fake_run(cmd, env, timeout, procs):
         seen.append(RunSpec.model_validate_json((tmp_path / cmd[cmd.index("--plan") + 1]).read_text()))
         return 1, "ssh: connect to host node-b port 22: Connection refused"
 

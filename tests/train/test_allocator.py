@@ -38,7 +38,7 @@ def test_launcher_ranks_get_the_setting(monkeypatch, tmp_path):
         }
     )
     try:
-        engine._launch_ranks(spec, ranks.Rendezvous(procs_per_node=1, master_port=29500))
+        engine._launch_ranks(spec, ranks.Rendezvous(procs_per_node=1, master_port=29500), [])
     except Exception:
         pass  # the fake rank wrote no metrics: only the environment matters here
     assert seen[ALLOC_ENV] == "expandable_segments:True"

@@ -99,10 +99,10 @@ def test_a_resumed_run_keeps_its_step_0_score(known_task_run, tmp_path):
     )
     prepare_output(spec)
     with pytest.raises(RuntimeError, match="injected failure"):
-        run_worker(spec, fail_at_step=3)
+        run_worker(spec, claim=False, fail_at_step=3)
     stored = json.loads((out / "base_quality.json").read_text())
     assert stored["exact_match"] == 1.0
     marked = {**stored, "exact_match": 0.625}  # what only the stored file says
     (out / "base_quality.json").write_text(json.dumps(marked))
     resumed = spec.model_copy(update={"output": spec.output.model_copy(update={"resume": True})})
-    assert run_worker(resumed)["measured"]["base_quality"] == marked
+    assert run_worker(resumed, claim=False)["measured"]["base_quality"] == marked

@@ -79,15 +79,21 @@ def test_fsdp_grad_op_full_fine_tuning_scores_quality(tmp_path):
 
 
 def test_a_rank_reads_the_spec_from_the_launcher_or_from_exported_run_json(tmp_path):
-    """ftopt's launcher hands each rank the spec itself; `plan --export`'s torchrun.sh hands it run.json."""
+    """ftopt's launcher hands each rank the spec itself; `plan --export`'s torchrun.sh hands it run.json. Only the
+    launcher's rank is told the folder is claimed; a run.json's own resume/overwrite never carry over."""
     from ftopt.planner import resolve
     from ftopt.spec import Combination, TrainingSetup, load_hardware
-    from ftopt.train.fsdp_worker import spec_from_arg
-    from ftopt.train.ranks import encode_arg
+    from ftopt.spec.trust import CommandLineTrust
+    from ftopt.train.ranks import rank_args, rank_run
 
     setup = TrainingSetup(seq_len=64, micro_batch=2, gpus_per_node=2)
     run = resolve.new_run(
         load_hardware("cpu"), resolve.model_ref("tiny-llama", weights=False), setup, Combination(fsdp="full")
     )
-    (tmp_path / "run.json").write_text(json.dumps(run.to_json()))
-    assert spec_from_arg(str(tmp_path / "run.json")) == spec_from_arg(encode_arg(run.to_json())) == run
+    doc = run.to_json()
+    (tmp_path / "run.json").write_text(json.dumps({**doc, "output": {**doc["output"], "overwrite": True}}))
+    from_file, file_claims = rank_run([str(tmp_path / "run.json")], "rank")
+    launched, launched_claims = rank_run(rank_args(run, CommandLineTrust()), "rank")
+    assert from_file == launched == run and file_claims and not launched_claims
+    overwrite, _ = rank_run([str(tmp_path / "run.json"), "--overwrite"], "rank")
+    assert overwrite.output.overwrite

@@ -68,27 +68,67 @@ def test_materialized_model_matches_a_plain_build():
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
 
 
-def test_generation_on_a_linear_bitsandbytes_cannot_pack_for_cpu():
-    """bitsandbytes repacks NF4 weights for its AVX512-BF16 CPU kernel at the first no-grad eval forward; a 352-wide
-    input (not a multiple of the 64-weight block) made that repack raise after training had finished (seen on this
-    machine's CPU in test_cli_train_runs_qlora). The repack is forced here so the test does not depend on the CPU."""
+def _cpu_runs_packed_nf4() -> bool:
+    """What bitsandbytes itself asks (its native library's CPU check): it registers the packed NF4 CPU kernel, and
+    sets Linear4bit.support_avx512bf16_for_cpu, only where the CPU has AVX512-BF16 (bitsandbytes/nn/modules.py,
+    backends/cpu/ops.py). Elsewhere a packed weight goes to the plain kernel, which reads it as garbage."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+def _nf4_pair():
+    """A 352 -> 128 -> 64 stack in NF4 (64-weight blocks: 352 is not a multiple, 128 is) and its fp32 output."""
     import torch
 
     from ftopt.model import quantize
-    from ftopt.model.quantize import keep_cpu_inference_unpacked
     from ftopt.spec import Combination, Precision, Quant
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(352, 128), torch.nn.Linear(128, 64))
-    reference = model(torch.ones(2, 352)).detach()
+    reference = [model[0](torch.ones(2, 352)).detach(), model(torch.ones(2, 352)).detach()]
     combo = Combination(lora_r=4, quant=Quant.NF4)
-    model = torch.nn.Sequential(*(quantize._quantized_linear(lin, combo, Precision.FP32) for lin in model))
-    for m in model.modules():
-        if hasattr(m, "support_avx512bf16_for_cpu"):
-            m.support_avx512bf16_for_cpu = True  # what bitsandbytes sets on an AVX512-BF16 CPU
-    assert keep_cpu_inference_unpacked(model) == 1  # the 352-wide one; 128 x 64 packs
+    return torch.nn.Sequential(*(quantize._quantized_linear(lin, combo, Precision.FP32) for lin in model)), reference
+
+
+def test_a_linear_bitsandbytes_cannot_pack_for_cpu_stays_unpacked():
+    """bitsandbytes repacks NF4 weights for its AVX512-BF16 CPU kernel at the first no-grad eval forward; a 352-wide
+    input (not a multiple of the 64-weight block) made that repack raise after training had finished (seen in
+    test_cli_train_runs_qlora). The guard is checked on any CPU: the flag is set as bitsandbytes sets it on an
+    AVX512-BF16 CPU, and only the layer the guard keeps unpacked runs (its plain kernel runs everywhere)."""
+    import torch
+
+    from ftopt.model.quantize import keep_cpu_inference_unpacked
+
+    model, (wide_reference, _) = _nf4_pair()
+    for m in model:
+        m.support_avx512bf16_for_cpu = True
+    assert keep_cpu_inference_unpacked(model) == 1
+    assert [m.support_avx512bf16_for_cpu for m in model] == [False, True]  # the 352-wide one; 128 x 64 packs
+    wide = model[0].eval()
+    with torch.no_grad():
+        out = wide(torch.ones(2, 352))  # with the flag on, this repack raised "shape '[128, 5]' is invalid"
+    assert not getattr(wide.weight.quant_state, "packing_format_for_cpu", False)
+    assert torch.allclose(out, wide_reference, atol=0.5)  # NF4 rounding, not garbage
+
+
+@pytest.mark.skipif(
+    not _cpu_runs_packed_nf4(),
+    reason="bitsandbytes' packed NF4 CPU kernel needs AVX512-BF16, which this CPU lacks (the guard itself is "
+    "tested by test_a_linear_bitsandbytes_cannot_pack_for_cpu_stays_unpacked)",
+)
+def test_generation_on_a_linear_bitsandbytes_cannot_pack_for_cpu():
+    """On a CPU with the packed kernel: the stack generates correctly, the 128 x 64 layer through that kernel."""
+    import torch
+
+    from ftopt.model.quantize import keep_cpu_inference_unpacked
+
+    model, (_, reference) = _nf4_pair()
+    assert all(m.support_avx512bf16_for_cpu for m in model)  # bitsandbytes' own setting on this CPU
+    assert keep_cpu_inference_unpacked(model) == 1
     model.eval()
     with torch.no_grad():
         out = model(torch.ones(2, 352))
+    assert model[1].weight.quant_state.packing_format_for_cpu  # the packed kernel ran
     assert out.shape == (2, 64)
     assert torch.allclose(out, reference, atol=0.5)  # NF4 rounding, not garbage

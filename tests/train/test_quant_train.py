@@ -1,6 +1,7 @@
 """QLoRA and 8-bit AdamW train for real on the CPU (bitsandbytes' CPU backend), and quantization really happens."""
 
 import json
+import tempfile
 
 import pytest
 
@@ -24,7 +25,7 @@ def _train(combo, precision, steps=25, lr=3e-3):
     model = build_model(spec, combo, precision)
     losses = []
     args = TrainingArguments(
-        output_dir="/tmp/ftopt-quant-test",
+        output_dir=tempfile.mkdtemp(prefix="ftopt-quant-test-"),  # one per test: xdist runs tests side by side
         max_steps=steps,
         per_device_train_batch_size=4,
         learning_rate=lr,

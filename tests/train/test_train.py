@@ -153,7 +153,7 @@ def test_user_jsonl_and_resume_after_crash(tmp_path):
     )
     prepare_output(spec)
     with pytest.raises(RuntimeError, match="injected failure"):
-        run_worker(spec, fail_at_step=6)
+        run_worker(spec, claim=False, fail_at_step=6)
     assert (out / "checkpoint-4" / "trainer_state.json").exists()
     r, _ = train(tmp_path, "--data", str(d), "--max-steps", "12", "--save-steps", "4", "--resume", name="crash")
     assert r.exit_code == 0, r.output

@@ -20,6 +20,7 @@ from ftopt.cli.common import (
     CalibrationOpt,
     Currency,
     DatasetTokens,
+    Dora,
     Epochs,
     FsdpOpt,
     Gc,
@@ -39,7 +40,9 @@ from ftopt.cli.common import (
     PlanGpu,
     PlannedModel,
     PrecisionOpt,
+    QloraRecipeOpt,
     QuantOpt,
+    Rslora,
     SeqLen,
     Zero,
     run_body,
@@ -93,11 +96,14 @@ def estimate(
     gc: Gc = None,
     lora_r: LoraR = None,
     lora_targets: LoraTargets = None,
+    dora: Dora = None,
+    rslora: Rslora = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
     attn: Attn = None,
     quant: QuantOpt = None,
+    qlora_recipe: QloraRecipeOpt = None,
     optim: OptimOpt = None,
     method: MethodOpt = "analytic",
     json_out: Json = False,
@@ -129,11 +135,14 @@ def estimate(
             gc=gc,
             lora_r=lora_r,
             lora_targets=lora_targets,
+            dora=dora,
+            rslora=rslora,
             zero=zero,
             fsdp=fsdp,
             offload=offload,
             attn=attn,
             quant=quant,
+            qlora_recipe=qlora_recipe,
             optim=optim,
             method=method,
             calibration=calibration,
@@ -165,6 +174,10 @@ def plan(
     headroom: Headroom = None,
     lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
     lora_targets: LoraTargets = None,
+    dora: Annotated[bool, typer.Option("--dora", help="the LoRA candidates are DoRA (PEFT use_dora)")] = False,
+    rslora: Annotated[
+        bool, typer.Option("--rslora", help="the LoRA candidates use rsLoRA scaling alpha/sqrt(r)")
+    ] = False,
     max_hours: Annotated[
         float | None, typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")
     ] = None,
@@ -190,6 +203,14 @@ def plan(
         typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 [default: none,nf4,int8]"),
     ] = None,
     optim: Annotated[str | None, typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
+    qlora_recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--qlora-recipe",
+            help="comma list of QLoRA recipes for the quantized candidates: peft,torchtune,litgpt "
+            "[default: every one the precision runs: peft; all three under bf16-true]",
+        ),
+    ] = None,
     engine: Annotated[
         str | None,
         typer.Option("--engine", help="comma list of engines to try: ddp,zero,fsdp [default: all]"),
@@ -242,6 +263,9 @@ def plan(
             engine=engine,
             calibration=calibration,
             host_ram=host_ram,
+            qlora_recipe=qlora_recipe,
+            dora=dora,
+            rslora=rslora,
         )
         _plan(request, out, export, json_out)
 

@@ -85,8 +85,33 @@ Epochs = Annotated[float | None, typer.Option("--epochs", help="epochs [default:
 Gc = Annotated[bool | None, typer.Option("--gc/--no-gc", help="gradient checkpointing [default: off]")]
 LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning [default: 0]")]
 LoraTargets = Annotated[
-    str | None, typer.Option("--lora-targets", help="comma list of module names [default: the attention projections]")
+    str | None,
+    typer.Option(
+        "--lora-targets",
+        help="comma list of module names, or all-linear (every decoder linear, not the LM head: PEFT's special "
+        "value, the QLoRA paper's choice) [default: the attention projections]",
+    ),
 ]
+Dora = Annotated[
+    bool | None,
+    typer.Option(
+        "--dora/--no-dora",
+        help="DoRA (PEFT use_dora): LoRA plus a trained magnitude per output; needs LoRA [default: off]",
+    ),
+]
+Rslora = Annotated[
+    bool | None,
+    typer.Option(
+        "--rslora/--no-rslora",
+        help="rank-stabilized LoRA (PEFT use_rslora): scaling alpha/sqrt(r); needs LoRA [default: off]",
+    ),
+]
+QLORA_RECIPE_HELP = (
+    "how a quantized base keeps its other parameters: peft (fp32 after prepare_model_for_kbit_training, LM head "
+    "unquantized) | torchtune (bf16, LM head unquantized) | litgpt (bf16, LM head quantized); torchtune and litgpt "
+    "need --precision bf16-true"
+)
+QloraRecipeOpt = Annotated[str | None, typer.Option("--qlora-recipe", help=QLORA_RECIPE_HELP + " [default: peft]")]
 Zero = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
 FsdpOpt = Annotated[
     str | None,

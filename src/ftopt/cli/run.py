@@ -15,6 +15,7 @@ from ftopt.cli.common import (
     AllowMetricModule,
     Attn,
     BatchingOpt,
+    Dora,
     Epochs,
     FsdpOpt,
     Gc,
@@ -33,7 +34,9 @@ from ftopt.cli.common import (
     OptimOpt,
     Packing,
     PrecisionOpt,
+    QloraRecipeOpt,
     QuantOpt,
+    Rslora,
     SeqLen,
     TrainOnOpt,
     TrustRemoteCode,
@@ -77,11 +80,14 @@ def train(
     gc: Gc = None,
     lora_r: LoraR = None,
     lora_targets: LoraTargets = None,
+    dora: Dora = None,
+    rslora: Rslora = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
     attn: Attn = None,
     quant: QuantOpt = None,
+    qlora_recipe: QloraRecipeOpt = None,
     optim: OptimOpt = None,
     epochs: Epochs = None,
     plan_file: Annotated[
@@ -154,11 +160,14 @@ def train(
                 gc=gc,
                 lora_r=lora_r,
                 lora_targets=lora_targets,
+                dora=dora,
+                rslora=rslora,
                 zero=zero,
                 fsdp=fsdp,
                 offload=offload,
                 attn=attn,
                 quant=quant,
+                qlora_recipe=qlora_recipe,
                 optim=optim,
             ),
             data=data,
@@ -201,7 +210,7 @@ def _train(request, json_out: bool) -> None:
     if note:
         typer.echo(note, err=True)
     with stdout_to_stderr(json_out):
-        metrics = launch(spec, rdzv)
+        metrics = launch(spec, request.trust(), rdzv, request.plan_file)
     if metrics is None:  # a per-node run's other node, with its own output folder
         typer.echo(
             f"node {request.node_rank}: its ranks finished; node 0's output folder holds the run's metrics", err=True

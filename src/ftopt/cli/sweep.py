@@ -91,6 +91,9 @@ def bench(
             help="comma list of optimizers: each ZeRO-free point also runs with each (with --quant: every pair)",
         ),
     ] = None,
+    dora: Annotated[
+        bool, typer.Option("--dora", help="each LoRA point also runs as DoRA (PEFT use_dora; ZeRO 0-2, no FSDP)")
+    ] = False,
     nodes: Nodes = None,
     hostfile: Hostfile = None,
     trust_remote_code: TrustRemoteCode = False,
@@ -123,6 +126,7 @@ def bench(
                 quality_target=quality_target,
                 quant=quant,
                 optim=optim,
+                dora=dora,
                 nodes=nodes,
                 hostfile=hostfile,
                 trust_remote_code=trust_remote_code,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.estimate import layout
+from ftopt.estimate import dora, layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, head_cast_bytes, tied_grad_summed_in_place
 from ftopt.estimate.result import MemoryBreakdown
@@ -45,7 +45,7 @@ from ftopt.spec import (
     TrainingSetup,
 )
 from ftopt.spec.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
-from ftopt.spec.policy import Storage, lora_targets, storage
+from ftopt.spec.policy import Storage, compute_bytes, dora_magnitude_params, lora_targets, storage
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
@@ -56,7 +56,10 @@ NCCL_BUFFER_BYTES = 300 * 2**20
 
 
 def trainable_params(model: ModelSpec, combo: Combination) -> int:
-    return model.lora_params(combo.lora_r, lora_targets(model, combo)) if combo.lora else model.param_count()
+    """LoRA: the adapters (and DoRA's magnitudes); full fine-tuning: every parameter."""
+    if not combo.lora:
+        return model.param_count()
+    return model.lora_params(combo.lora_r, lora_targets(model, combo)) + dora_magnitude_params(model, combo)
 
 
 # ---- activations: tensors autograd saves for backward, per token -----------------------------------------------
@@ -141,7 +144,7 @@ def layer_activation_bytes_per_token(
         model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0, not full
     )
     n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups, LinearGroup.MLP_IN in groups)
-    return n
+    return n + dora.saved_bytes_per_token(model, combo, st)
 
 
 def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
@@ -241,7 +244,7 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
     frozen = total - train
     weights = train * st.trainable_weight + frozen * st.frozen_weight
     if combo.quant is not Quant.NONE:  # quantized linears + the rest at the frozen storage (fp32 after PEFT) [quant]
-        weights = train * st.trainable_weight + q8.quantized_base_bytes(model, combo.quant, st.frozen_weight)
+        weights = train * st.trainable_weight + q8.quantized_base_bytes(model, combo, st.frozen_weight)
     master, optim, grads = train * st.master, train * st.optim, train * st.grad
     paged = 0
     if combo.optim is not Optim.ADAMW:  # bitsandbytes states (Trainer only, so no ZeRO partitioning) [quant]
@@ -346,7 +349,7 @@ def memory(
     Candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if gradient
     accumulation keeps them between micro-batches or ZeRO-3 holds them in its resident buffer; (2) end of backward
     — all gradients plus the last layer's activations; (2b) ZeRO-2's first gradient reduction
-    (zero2_first_reduce_grad_bytes); (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
+    (zero2_first_reduce_grad_bytes); (2c) DoRA's weight norm in forward (estimate/dora.py); (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
     16-bit gradient partition to fp32). Weights, master copy and Adam states are resident throughout (after the
     first step)."""
     st = storage(setup.precision, combo)
@@ -356,9 +359,7 @@ def memory(
     logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + head_cast
     # a quantized matmul dequantizes its weight for the duration of the op (forward and backward) [quant]
     dequant = (
-        q8.dequant_temp_bytes(model, combo.quant, 2 if st.autocast else st.act_bytes)
-        if combo.quant is not Quant.NONE
-        else 0
+        q8.dequant_temp_bytes(model, combo, compute_bytes(setup.precision)) if combo.quant is not Quant.NONE else 0
     )
     static = dict(weights=s.weights, master_weights=s.master, optimizer_states=s.optim, engine_buffers=s.buffers)
     grads_during_fwd = s.grads if gradients_resident(setup, combo) else 0
@@ -401,6 +402,8 @@ def memory(
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, logits_loss=held, temporaries=tied)),
         ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, logits_loss=held, temporaries=step_temp)),
     ]
+    dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
+    candidates += dora.peak_candidates(static, (grads_during_fwd, s.grads), (acts, one_layer), combo.gc, dora_temp)
     phase, bd = max(candidates, key=lambda c: c[1].total())
     cpu_per_node = s.cpu_bytes * setup.gpus_per_node
     return bd, phase, cpu_per_node

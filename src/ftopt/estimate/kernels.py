@@ -23,6 +23,10 @@ from ftopt.spec import Attention, Combination, ModelSpec, Offload, TrainingSetup
 from ftopt.spec.policy import lora_targets
 
 FALLBACK_FAMILY = "llama"  # families without counts use the llama structure (pre-norm decoder, rotary, gated MLP)
+# Operators DoRA adds per wrapped linear per micro-batch, without and with GC (whose recomputation runs the weight norm
+# again): count_kernels of tiny-llama with and without use_dora, attention targets and all-linear alike (120 / 4 and
+# 210 / 7 without GC, 228 / 4 and 399 / 7 with it); tests/estimate/test_lora_levers.py recounts them.
+DORA_OPS_PER_WRAPPED_LINEAR = {False: 30, True: 57}
 
 
 class KernelCount(BaseModel):
@@ -106,6 +110,9 @@ def kernel_counts(spec: ModelSpec, combo: Combination) -> KernelCount:
         base = KernelCount(**counts[key.replace("lora", "full", 1)])
         scale = len(lora_targets(spec, combo)) / fam["default_lora_targets"]
         k = k.model_copy(update={"per_layer": round(base.per_layer + (k.per_layer - base.per_layer) * scale)})
+    if combo.dora:
+        extra = DORA_OPS_PER_WRAPPED_LINEAR[combo.gc] * len(lora_targets(spec, combo))
+        k = k.model_copy(update={"per_layer": k.per_layer + extra})
     return k
 
 

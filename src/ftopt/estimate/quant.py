@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftopt.spec import Combination, ModelSpec, Quant
-from ftopt.spec.policy import lora_targets
+from ftopt.spec.policy import lora_targets, quantizes_head
 
 NF4_BLOCK = 64  # weights per absmax [QLoRA], [bnb-4bit]
 DOUBLE_QUANT_GROUP = 256  # 8-bit absmax values per fp32 second-level constant [QLoRA]
@@ -55,27 +55,35 @@ def quantized_weight_bytes(quant: Quant, in_features: int, out_features: int) ->
     return _ceil_div(n, 2) + blocks + 4 * _ceil_div(blocks, DOUBLE_QUANT_GROUP)
 
 
-def quantized_params(model: ModelSpec) -> int:
-    """Parameters that bitsandbytes quantizes: every decoder-layer linear weight (not biases, norms, embeddings
-    or the LM head)."""
-    return model.num_layers * sum(lin.in_features * lin.out_features for lin in model.layer_linears())
+def _head_shape(model: ModelSpec) -> tuple[int, int]:
+    return model.embed_dim or model.hidden_size, model.vocab_size
 
 
-def quantized_base_bytes(model: ModelSpec, quant: Quant, other_bytes: int = 4) -> int:
-    """The frozen base after quantization + prepare_model_for_kbit_training: quantized linears plus every other
-    parameter at `other_bytes` (fp32 after PEFT's cast [peft]; 16-bit where DeepSpeed casts the module)."""
-    q = model.num_layers * sum(
-        quantized_weight_bytes(quant, lin.in_features, lin.out_features) for lin in model.layer_linears()
-    )
-    return q + other_bytes * (model.param_count() - quantized_params(model))
+def quantized_shapes(model: ModelSpec, combo: Combination) -> list[tuple[int, int, int]]:
+    """(in_features, out_features, count) of every weight bitsandbytes quantizes: each decoder-layer linear, and
+    the LM head under LitGPT's recipe (policy.quantizes_head); never biases, norms or embeddings."""
+    out = [(lin.in_features, lin.out_features, model.num_layers) for lin in model.layer_linears()]
+    return out + ([(*_head_shape(model), 1)] if quantizes_head(model, combo) else [])
 
 
-def dequant_temp_bytes(model: ModelSpec, quant: Quant, compute_bytes: int) -> int:
+def quantized_params(model: ModelSpec, combo: Combination) -> int:
+    """Parameters that bitsandbytes quantizes (quantized_shapes)."""
+    return sum(i * o * n for i, o, n in quantized_shapes(model, combo))
+
+
+def quantized_base_bytes(model: ModelSpec, combo: Combination, other_bytes: int = 4) -> int:
+    """The frozen base after quantization: quantized weights plus every other parameter at `other_bytes` (fp32
+    after PEFT's cast [peft]; 16-bit where DeepSpeed casts the module or the recipe keeps bf16)."""
+    q = sum(quantized_weight_bytes(combo.quant, i, o) * n for i, o, n in quantized_shapes(model, combo))
+    return q + other_bytes * (model.param_count() - quantized_params(model, combo))
+
+
+def dequant_temp_bytes(model: ModelSpec, combo: Combination, compute_bytes: int) -> int:
     """Largest short-lived tensor of a quantized matmul [bnb-4bit]: the dequantized weight in the compute dtype
     plus its fp32 absmax; for int8, the int8 copy of the input is small and the weight is dequantized to 16 bits
     in backward. One linear at a time, forward and backward alike."""
-    lin = max(model.layer_linears(), key=lambda l: l.in_features * l.out_features)
-    n = lin.in_features * lin.out_features
+    quant = combo.quant
+    n = max(i * o for i, o, _ in quantized_shapes(model, combo))
     if quant is Quant.INT8:
         return 2 * n
     return compute_bytes * n + 4 * _ceil_div(n, NF4_BLOCK)
@@ -99,6 +107,8 @@ def trainable_tensors(model: ModelSpec, combo: Combination) -> list[TensorGroup]
                     TensorGroup(combo.lora_r * lin.in_features, model.num_layers),
                     TensorGroup(lin.out_features * combo.lora_r, model.num_layers),
                 ]
+                if combo.dora:  # the magnitude vector (policy.dora_magnitude_params)
+                    out.append(TensorGroup(lin.out_features, model.num_layers))
         return out
     e = model.embed_dim or model.hidden_size
     out = [TensorGroup(model.vocab_size * e, 1, embedding=True)]

@@ -23,6 +23,9 @@ Sources:
             the 16-bit one. GPU assumption: it runs at the HBM bandwidth (no overlap with the matmuls); on a CPU the
             same bytes at the CPU's memory bandwidth. This is why QLoRA steps are slower than LoRA's (QLoRA paper
             reports the same, sec. 4 / appendix).
+  [DoRA]    estimate/dora.py (peft tuners/lora/dora.py): each forward pass (and GC's recomputation) forms B A and the
+            norm of W + s B A per wrapped linear: the eye(i) matmuls as FLOPs, the weight-sized elementwise passes
+            and the per-token magnitude products as memory traffic at the HBM bandwidth.
   [Optimizer] the AdamW update is memory-bound: per trainable parameter it reads weight, gradient and both
             states and writes weight and states: 28 bytes with fp32 states, 4+4+2+4+2 = 16 with 8-bit ones (plus
             the block constants); at the HBM bandwidth. Paged states that were evicted come back over the host link
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.estimate import fsdp
+from ftopt.estimate import dora, fsdp
 from ftopt.estimate import quant as q8
 from ftopt.estimate.analytic import trainable_params
 from ftopt.estimate.kernels import kernels_per_step
@@ -97,7 +100,25 @@ def step_flops(model: ModelSpec, setup: TrainingSetup, combo: Combination) -> fl
     # Hugging Face checkpoints the decoder layers only (GradientCheckpointingLayer): the LM head is not re-run.
     recompute = fwd - lm_head_flops_per_token(model) if combo.gc else 0.0
     tokens = setup.tokens_per_micro_batch * setup.grad_accum
-    return (fwd + bwd + recompute) * tokens
+    return (fwd + bwd + recompute) * tokens + _forward_passes(setup, combo) * model.num_layers * dora.flops_per_pass(
+        model, combo
+    )
+
+
+def _forward_passes(setup: TrainingSetup, combo: Combination) -> int:
+    """Forward passes of the decoder layers per optimizer step: one per micro-batch, two under GC [GC]."""
+    return (2 if combo.gc else 1) * setup.grad_accum
+
+
+def dora_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
+    """DoRA's memory-bound work per step at the HBM bandwidth (the CPU's memory bandwidth on a CPU) [DoRA]."""
+    if not combo.dora:
+        return 0.0
+    st = storage(setup.precision, combo)
+    per_pass = dora.norm_bytes_per_pass(model, combo, st) * model.num_layers
+    tokens = setup.tokens_per_micro_batch * setup.grad_accum
+    per_token = dora.token_bytes_per_pass(model, combo) * model.num_layers
+    return (_forward_passes(setup, combo) * per_pass + tokens * per_token) / hw.hbm_bandwidth_bytes_per_s
 
 
 def per_gpu_bandwidth(hw: HardwareSpec, setup: TrainingSetup) -> float:
@@ -161,7 +182,7 @@ def dequant_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination) ->
         return 0.0
     per_weight = (0.5 if combo.quant.four_bit else 1.0) + 2.0  # read quantized, write the 16-bit weight
     passes = (3 if combo.gc else 2) * setup.grad_accum
-    return passes * q8.quantized_params(model) * per_weight
+    return passes * q8.quantized_params(model, combo) * per_weight
 
 
 def dequant_seconds(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> float:
@@ -198,7 +219,10 @@ def step_time(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: Ha
     flops = step_flops(model, setup, combo)
     peak = hw.flops_for(setup.precision.compute_dtype) or hw.flops_for("fp32")
     compute = (
-        flops / (peak * tc.mfu) + dequant_seconds(model, setup, combo, hw) + optimizer_seconds(model, setup, combo, hw)
+        flops / (peak * tc.mfu)
+        + dequant_seconds(model, setup, combo, hw)
+        + optimizer_seconds(model, setup, combo, hw)
+        + dora_seconds(model, setup, combo, hw)
     )
     if combo.uses_fsdp:  # FSDP2's all-gathers and reduce-scatters, hidden behind compute as it prefetches
         bw = per_gpu_bandwidth(hw, setup)

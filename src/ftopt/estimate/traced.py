@@ -34,10 +34,11 @@ from torch._subclasses.fake_tensor import (
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ftopt.estimate import analytic, autocast, layout
+from ftopt.estimate import analytic, autocast, layout, trace_cache
 from ftopt.estimate.allocator import Replay
 from ftopt.estimate.quant import bnb_optimizer_bytes, quantized_weight_bytes
 from ftopt.estimate.result import MemoryBreakdown
+from ftopt.estimate.trace_cache import TraceResult
 from ftopt.estimate.trace_optimizer import traced_optimizer
 from ftopt.spec import Combination, ModelSpec, Offload, TrainingSetup
 from ftopt.spec.errors import FtoptError, TraceUnavailable
@@ -102,6 +103,10 @@ class _Tracker:
     granularity: int
     phase: str = "setup"
     live: dict = field(default_factory=dict)  # storage key -> [nbytes, category]
+    # running bytes and storage count per category, kept as storages come, go and change category: check_peak runs
+    # after every op, and summing `live` there made the tracker a tenth of a trace's time
+    sums: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
     peak: float = -1.0
     peak_snapshot: dict = field(default_factory=dict)
     peak_phase: str = ""
@@ -118,7 +123,7 @@ class _Tracker:
     def on_grad(self, st: torch.UntypedStorage) -> None:
         if self.zero2_partition_bytes:
             if self.pending_grad in self.live:
-                self.live[self.pending_grad][1] = "reduced"
+                self._move(self.live[self.pending_grad], "reduced")
             self.pending_grad, self.partition_live = st._cdata, True
         self.retag(st, "gradients")
         self.check_peak()
@@ -130,17 +135,29 @@ class _Tracker:
         g = self.granularity
         return -(-nbytes // g) * g if g > 1 else nbytes
 
+    def _count(self, nbytes: int, category: str, sign: int) -> None:
+        self.sums[category] = self.sums.get(category, 0) + sign * nbytes
+        self.counts[category] = self.counts.get(category, 0) + sign
+
+    def _move(self, entry: list, category: str) -> None:
+        self._count(entry[0], entry[1], -1)
+        entry[1] = category
+        self._count(entry[0], category, 1)
+
     def add(self, st: torch.UntypedStorage, category: str) -> None:
         key = st._cdata
         if key in self.live:
             return
-        self.live[key] = [self._size(st.nbytes()), category]
+        self.live[key] = entry = [self._size(st.nbytes()), category]
+        self._count(entry[0], category, 1)
         if self.replay is not None:
             self.replay.malloc(key, st.nbytes())
         weakref.finalize(st, self._release, key)
 
     def _release(self, key: int) -> None:
-        self.live.pop(key, None)
+        entry = self.live.pop(key, None)
+        if entry is not None:
+            self._count(entry[0], entry[1], -1)
         if self.replay is not None:
             self.replay.free(key)
 
@@ -149,13 +166,11 @@ class _Tracker:
         if entry is None:
             self.add(st, category)
         else:
-            entry[1] = category
+            self._move(entry, category)
 
     def totals(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for nbytes, cat in list(self.live.values()):
-            out[cat] = out.get(cat, 0) + nbytes
-        return out
+        """Live bytes per category (a category appears while it holds a storage)."""
+        return {cat: self.sums[cat] for cat, n in self.counts.items() if n}
 
     def check_peak(self) -> None:
         t = self.totals()
@@ -249,7 +264,22 @@ def _traced_gradient_share(setup: TrainingSetup, combo: Combination) -> float:
     return 1.0 / setup.world_size if combo.zero >= 2 else 1.0
 
 
-def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> _Tracker:
+def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> TraceResult:
+    """The trace of `num_layers` layers, run once per configuration (ftopt.estimate.trace_cache). The GPU count
+    enters only through the rank's gradient share and ZeRO-2's partition, so a trace is shared across GPU counts
+    wherever those agree (plain data parallel, ZeRO-1, ZeRO-3, FSDP2's one-process step)."""
+    world = (_traced_gradient_share(setup, combo), setup.world_size if _zero2_partition_tracked(combo) else 0)
+    k = trace_cache.key(spec, setup, combo, num_layers, f"{device}:{torch.cuda.is_available()}", world)
+    hit = trace_cache.get(k)
+    if hit is not None:
+        return hit
+    t = _run_trace(spec, setup, combo, num_layers, device)
+    result = TraceResult(phase_peaks=t.phase_peaks, grad_weight=t.grad_weight, count_states=t.count_states)
+    trace_cache.put(k, result)
+    return result
+
+
+def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> _Tracker:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ftopt.model.build import build_model
@@ -336,8 +366,8 @@ _SNAPSHOT_TO_BREAKDOWN = (
 
 
 def _extrapolate(
-    t1: _Tracker,
-    t2: _Tracker,
+    t1: TraceResult,
+    t2: TraceResult,
     layers: tuple[int, int],
     num_layers: int,
     embed_excess: int = 0,

@@ -5,7 +5,9 @@
   --plan run.json --hostfile hostfile` from one host, over ssh (pdsh).
 - `slurm.sbatch`: a Slurm batch script for per-node mode: one `srun` task per node, each running
   `ftopt train --plan run.json --node-rank $SLURM_NODEID --master-addr <first host of the job>`, which starts
-  that node's ranks (ftopt.train.ranks), as torchrun and `deepspeed --no_ssh` do.
+  that node's ranks (ftopt.train.ranks), as torchrun and `deepspeed --no_ssh` do. The script's own arguments
+  (`sbatch slurm.sbatch --trust-remote-code`) reach every node's `ftopt train`: trust comes from that command line,
+  never from run.json (ftopt.spec.trust).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def node_command(run: RunSpec, spec_file: str) -> str:
     train = shlex.join(["ftopt", "train", "--plan", spec_file])
     given = ' --model "$FTOPT_MODEL"' if not run.model.weights else ""
     given += ' --data "$FTOPT_DATA"' if run.data.train is None else ""
-    return f'exec {train}{given} --node-rank "$SLURM_NODEID" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"'
+    rdzv = '--node-rank "$SLURM_NODEID" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"'
+    return f'exec {train}{given} {rdzv} "$@"'  # "$@": the batch script's own arguments (slurm_text)
 
 
 def slurm_text(run: RunSpec, spec_file: str) -> str:
@@ -57,8 +60,10 @@ def slurm_text(run: RunSpec, spec_file: str) -> str:
         f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}\n"
         "export MASTER_ADDR MASTER_PORT\n"
         "# one task per node; ftopt starts the node's ranks; one failing node ends the job\n"
+        "# trust comes from this command line, never from run.json: sbatch slurm.sbatch --trust-remote-code\n"
+        "# (also --allow-metric-module, --resume, --overwrite); each task's ftopt train gets these arguments\n"
         f"srun --nodes={s.nodes} --ntasks={s.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
-        f"bash -c {shlex.quote(node_command(run, spec_file))}\n"
+        f'bash -c {shlex.quote(node_command(run, spec_file))} ftopt-node "$@"\n'
     )
 
 

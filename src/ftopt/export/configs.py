@@ -9,9 +9,12 @@
 
 The model loads as ftopt's run loads it: the same bitsandbytes quantization (TRL's ModelConfig `load_in_4bit`,
 `bnb_4bit_quant_type`, `use_bnb_nested_quant`, `load_in_8bit`), the same optimizer (TrainingArguments `optim`) and the
-same LoRA (`lora_alpha`, `lora_dropout` from ftopt.spec.policy). One difference TRL's script imposes: for a quantized
-base TRL's `dtype` is also the 4-bit compute dtype, and TRL does not run `prepare_model_for_kbit_training`, so the
-non-quantized parameters stay in that dtype (ftopt plans them in fp32, as PEFT's QLoRA recipe leaves them).
+same LoRA (`lora_alpha`, `lora_dropout` from ftopt.spec.policy; `use_dora`, `use_rslora`). Differences TRL's script
+imposes on a quantized base, stated in a comment atop sft_config.yaml (qlora_notes): TRL's `dtype` is also the
+4-bit compute dtype, and TRL 1.16's sft does not run `prepare_model_for_kbit_training`, so the non-quantized
+parameters stay in that dtype (the PEFT recipe plans them in fp32; torchtune's and LitGPT's keep bf16, as TRL
+does); its PEFT adapters beside a 4-bit base are fp32 (torchtune and LitGPT train bf16 ones); it cannot quantize
+the LM head (LitGPT's recipe does).
 
 Paths in the files are relative to the export folder (launch.sh runs from it), so the folder can be copied to a
 cluster as it is. The learning rate is the published one for the run's method and model size (ftopt.spec.recipes; the
@@ -30,7 +33,7 @@ from pathlib import Path
 from ftopt.export.cluster import export_cluster
 from ftopt.spec import Batching, ModelSpec, Precision, Quant, RunSpec, preset_names
 from ftopt.spec.io import atomic_write_text
-from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
+from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, quantizes_head, storage
 from ftopt.spec.recipes import suggested_learning_rate
 
 
@@ -91,8 +94,11 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
         "attn_implementation": c.attn.hf_name,
         "dtype": _load_dtype(run),
         "use_peft": c.lora,
-        "trust_remote_code": run.model.trust_remote_code,
         # SFTConfig (TrainingArguments + TRL's data options)
+        # trust_remote_code (SFTConfig's, which trl/scripts/sft.py loads the model with) never from this file:
+        # launch.sh's own command line gives it (`./launch.sh --trust-remote-code`; TRL's parser lets command-line
+        # values override the config file, trl/scripts/utils.py TrlParser.parse_args_and_config)
+        "trust_remote_code": False,
         "output_dir": run.output.dir,
         "per_device_train_batch_size": s.micro_batch,
         "gradient_accumulation_steps": s.grad_accum,
@@ -123,8 +129,10 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
             lora_r=c.lora_r,
             lora_alpha=lora_alpha(c.lora_r),
             lora_dropout=LORA_DROPOUT,
-            lora_target_modules=lora_targets(model, c),
-        )  # the planned targets (not TRL's all-linear)
+            lora_target_modules=lora_targets(model, c),  # by name, as planned ('all-linear' expanded)
+            use_dora=c.dora,
+            use_rslora=c.rslora,
+        )
     doc.update(_quantization_fields(c.quant))
     if ds_path:
         doc["deepspeed"] = ds_path
@@ -141,6 +149,27 @@ def _quantization_fields(quant: Quant) -> dict:
     return {"load_in_4bit": True, "bnb_4bit_quant_type": quant.value, "use_bnb_nested_quant": True}
 
 
+def qlora_notes(run: RunSpec, model: ModelSpec) -> list[str]:
+    """Where `trl sft` with this config holds a quantized base otherwise than the planned QLoRA recipe (see the
+    module docstring); one comment line each."""
+    c = run.combination
+    if c.quant is Quant.NONE:
+        return []
+    dtype = _load_dtype(run)
+    if not c.qlora_recipe.keeps_16bit:
+        return [
+            f"QLoRA recipe peft: TRL's sft does not run prepare_model_for_kbit_training, so embeddings, norms and "
+            f"the LM head stay {dtype} (ftopt planned them in fp32)"
+        ]
+    notes = [
+        f"QLoRA recipe {c.qlora_recipe.value}: TRL keeps the base's other parameters {dtype} as planned; its LoRA "
+        "adapters beside a 4-bit base are fp32 (planned: bf16)"
+    ]
+    if quantizes_head(model, c):
+        notes.append("TRL's ModelConfig cannot quantize the LM head (planned: quantized); it stays " + dtype)
+    return notes
+
+
 def launch_command(run: RunSpec, config_name: str) -> list[str]:
     s = run.setup
     cmd = ["accelerate", "launch", "--num_processes", str(s.world_size), "--num_machines", str(s.nodes)]
@@ -154,10 +183,16 @@ def launch_command(run: RunSpec, config_name: str) -> list[str]:
 
 
 def launch_line(run: RunSpec, config_name: str) -> str:
-    """launch_command as a shell line, with a multi-node run's machine arguments before the script's."""
+    """launch_command as a shell line, with a multi-node run's machine arguments before the script's, and
+    launch.sh's own arguments after them (TRL's flags: trust is given there, never by sft_config.yaml)."""
     cmd = launch_command(run, config_name)
     at = cmd.index("-m")
-    return shlex.join(cmd[:at]) + machine_args(run) + " " + shlex.join(cmd[at:])
+    return shlex.join(cmd[:at]) + machine_args(run) + " " + shlex.join(cmd[at:]) + ' "$@"'
+
+
+LAUNCH_TRUST_NOTE = (
+    "# trust comes from this command line, never from sft_config.yaml: ./launch.sh --trust-remote-code\n"
+)
 
 
 def machine_args(run: RunSpec) -> str:
@@ -195,14 +230,17 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     run = run.model_copy(update={"schedule": run.schedule.model_copy(update={"learning_rate": lr.value})})
     atomic_write_text(
         cfg_file,
-        f"# {lr.comment()}\n" + yaml.safe_dump(sft_config(run, model, ds_path, folder), sort_keys=False),
+        "".join(f"# {line}\n" for line in (lr.comment(), *qlora_notes(run, model)))
+        + yaml.safe_dump(sft_config(run, model, ds_path, folder), sort_keys=False),
     )
     launch = folder / "launch.sh"
     atomic_write_text(
         launch,
         "#!/bin/sh\n# the planned run through TRL's SFT script ("
         + run.combination.label()
-        + ')\ncd "$(dirname "$0")"\nexec '
+        + ")\n"
+        + LAUNCH_TRUST_NOTE
+        + 'cd "$(dirname "$0")"\nexec '
         + launch_line(run, cfg_file.name)
         + "\n",
     )

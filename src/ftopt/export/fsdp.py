@@ -7,7 +7,10 @@
   from TrainingArguments.gradient_checkpointing), sharded (DCP) checkpoints.
 - `launch.sh` (written by ftopt.export.configs) then runs TRL's SFT script through `accelerate launch --config_file`.
 - `torchrun.sh`: ftopt's own FSDP2 engine (ftopt.train.fsdp_worker) under torchrun, the exact run that was planned
-  (`run.json`, written by ftopt.export.cluster), on every node (NODE_RANK, MASTER_ADDR from the environment).
+  (`run.json`, written by ftopt.export.cluster), on every node (NODE_RANK, MASTER_ADDR from the environment). Its
+  own arguments go to every rank: trust (`./torchrun.sh --trust-remote-code`) and what to do with an output folder
+  that holds a run (`--resume`, `--overwrite`) come from there, never from run.json (ftopt.train.ranks.
+  RankCommandLine); rank 0 claims the output folder as ftopt's launcher does.
   `ftopt train --plan run.json` runs the same with ftopt's launcher (slurm.sbatch does, per node).
 """
 
@@ -21,6 +24,10 @@ from ftopt.spec import ModelSpec, Offload, Precision, RunSpec
 from ftopt.spec.io import atomic_write_text
 
 ACCELERATE_CONFIG = "accelerate_fsdp2.yaml"
+TRUST_NOTE = (
+    "# trust comes from this command line, never from run.json: add --trust-remote-code (the model repo's code),\n"
+    "# --allow-metric-module (data.metrics), --resume or --overwrite (an output folder that holds a run)\n"
+)
 TORCHRUN_PORT = 29500  # torchrun's default master port
 
 
@@ -77,6 +84,7 @@ def torchrun_command(run: RunSpec, run_file: str) -> list[str]:
         "-m",
         "ftopt.train.fsdp_worker",
         run_file,
+        '"$@"',  # the script's own arguments: the rank's flags (ftopt.train.ranks.RankCommandLine)
     ]
 
 
@@ -87,12 +95,17 @@ def export_fsdp(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     cfg = folder / ACCELERATE_CONFIG
     atomic_write_text(cfg, yaml.safe_dump(accelerate_config(run, model), sort_keys=False))
     script = folder / "torchrun.sh"
-    # ${...} stays unquoted so the shell expands it; every other word is quoted
-    words = [w if w.startswith("${") else shlex.quote(w) for w in torchrun_command(run, RUN_FILE)]
+    # ${...} and "$@" stay unquoted so the shell expands them; every other word is quoted
+    words = [w if w.startswith(("${", '"$')) else shlex.quote(w) for w in torchrun_command(run, RUN_FILE)]
     atomic_write_text(
         script,
-        "#!/bin/sh\n# the planned run on ftopt's FSDP2 engine (" + run.combination.label() + "); run it on every node\n"
-        'cd "$(dirname "$0")"\nexec ' + " ".join(words) + "\n",
+        "#!/bin/sh\n# the planned run on ftopt's FSDP2 engine ("
+        + run.combination.label()
+        + "); run it on every node\n"
+        + TRUST_NOTE
+        + 'cd "$(dirname "$0")"\nexec '
+        + " ".join(words)
+        + "\n",
     )
     script.chmod(0o755)
     return [cfg, script]

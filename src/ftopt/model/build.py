@@ -6,6 +6,7 @@ tensors), so the estimator measures the very module tree the trainer runs.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from ftopt.model import quantize
 from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
 from ftopt.spec.errors import FtoptError
-from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
+from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, quantizes_head, storage
 
 
 def attn_implementation(attn: Attention, device_type: str) -> str:
@@ -39,9 +40,11 @@ def hf_config(spec: ModelSpec, num_layers: int | None = None, attn: str = "sdpa"
     """A transformers config object from the spec's config.json, optionally with fewer layers (for tracing)."""
     from transformers import AutoConfig
 
-    kw: dict[str, Any] = {
-        k: v for k, v in spec.hf_config.items() if k not in ("model_type", "architectures", "auto_map")
-    }
+    # a deep copy: transformers completes nested entries in place (rope_scaling gains rope_theta), which would
+    # change the caller's spec, and with it every later trace's cache key (ftopt.estimate.trace_cache)
+    kw: dict[str, Any] = copy.deepcopy(
+        {k: v for k, v in spec.hf_config.items() if k not in ("model_type", "architectures", "auto_map")}
+    )
     if num_layers is not None:
         kw["n_layer" if spec.family == "gpt2" else "num_hidden_layers"] = num_layers
     cfg = AutoConfig.for_model(spec.family, **kw)
@@ -83,6 +86,8 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
             lora_dropout=LORA_DROPOUT,
             target_modules=targets,
             task_type="CAUSAL_LM",
+            use_dora=combo.dora,
+            use_rslora=combo.rslora,
         )
         model = get_peft_model(model, cfg)
     if combo.gc:
@@ -130,7 +135,9 @@ def build_base(
     try:
         if weights_dir is not None:
             extra = (
-                {"quantization_config": quantize.bnb_config(combo, precision)} if combo.quant is not Quant.NONE else {}
+                {"quantization_config": quantize.bnb_config(combo, precision, quantizes_head(spec, combo))}
+                if combo.quant is not Quant.NONE
+                else {}
             )
             model = AutoModelForCausalLM.from_pretrained(
                 weights_dir,
@@ -168,15 +175,30 @@ def finish_model(
     quantized_already: bool = False,
     quantize_linears=quantize.quantize_linears,
 ):
-    """Quantize the base (QLoRA recipe: bitsandbytes linears, then prepare_model_for_kbit_training), then LoRA and
-    GC; the model in training mode. The tracer passes its storage-equivalent `quantize_linears`."""
+    """Quantize the base (QLoRA recipe: bitsandbytes linears, then PEFT's prepare_model_for_kbit_training where the
+    recipe runs it), then LoRA and GC; the model in training mode. The tracer passes its storage-equivalent
+    `quantize_linears`."""
+    recipe = combo.qlora_recipe
     if combo.quant is not Quant.NONE:
         if not quantized_already:
             quantize_linears(model, combo, precision)
-        model = quantize.prepare_kbit(model)
+        if recipe.keeps_16bit:
+            quantize.keep_cpu_inference_unpacked(model)
+        else:
+            model = quantize.prepare_kbit(model)
     model = apply_optimizations(model, spec, combo)
+    if combo.quant is not Quant.NONE and recipe.keeps_16bit:
+        # torchtune and LitGPT build the adapters in the model's bf16 (set_default_dtype / the precision plugin's
+        # init context); PEFT makes them fp32 beside a bitsandbytes base, whose uint8 weight dtype it does not copy
+        _trainable_to(model, model_dtype(precision, combo))
     model.train()
     return model
+
+
+def _trainable_to(model, dtype: torch.dtype) -> None:
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
 
 
 def build_model(

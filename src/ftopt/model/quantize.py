@@ -1,6 +1,6 @@
 """Quantized base models (QLoRA and LLM.int8()) built as PEFT/TRL build them, for `ftopt train` and the tracer.
 
-The recipe (QLoRA, arXiv 2305.14314, and PEFT's `prepare_model_for_kbit_training`):
+The recipe (QLoRA, arXiv 2305.14314, and PEFT's `prepare_model_for_kbit_training`; spec.QloraRecipe.PEFT):
   * every decoder linear becomes a bitsandbytes `Linear4bit` (NF4 or FP4, 64-weight blocks, double-quantized
     absmax, compute dtype from the precision) or `Linear8bitLt` (int8 rows + fp32 row scales, threshold 6.0, the
     BitsAndBytesConfig default); the LM head stays unquantized (transformers' `get_keys_to_not_convert` keeps the
@@ -8,6 +8,8 @@ The recipe (QLoRA, arXiv 2305.14314, and PEFT's `prepare_model_for_kbit_training
   * `prepare_model_for_kbit_training` then freezes everything and casts every remaining 16-bit parameter
     (embeddings, LM head, norms, biases) to fp32;
   * LoRA adapters (added afterwards by `modeling.apply_optimizations`) are fp32.
+torchtune's and LitGPT's recipes (QloraRecipe.TORCHTUNE / LITGPT) skip the fp32 cast: the base stays bf16 and the
+adapters are bf16 (`modeling.finish_model`); LitGPT quantizes an untied LM head as well.
 
 A model loaded from disk goes through `from_pretrained(quantization_config=BitsAndBytesConfig(...))`; a random-init
 model is built on the meta device and materialized module by module, each linear quantized with the same
@@ -37,17 +39,21 @@ def require_bitsandbytes() -> None:
         raise FtoptError("--quant and 8-bit/paged optimizers need bitsandbytes (pip install 'bitsandbytes>=0.45').")
 
 
-def bnb_config(combo: Combination, precision: Precision):
-    """The transformers BitsAndBytesConfig of the QLoRA recipe (double quant on for 4-bit)."""
+def bnb_config(combo: Combination, precision: Precision, quantize_head: bool = False):
+    """The transformers BitsAndBytesConfig of the QLoRA recipe (double quant on for 4-bit). `quantize_head`: an
+    empty skip list, so the LM head is quantized too (transformers keeps it only when llm_int8_skip_modules is
+    None: quantizers/quantizer_bnb_4bit.py, get_keys_to_not_convert)."""
     from transformers import BitsAndBytesConfig
 
+    skip = {"llm_int8_skip_modules": []} if quantize_head else {}
     if combo.quant is Quant.INT8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=INT8_THRESHOLD)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=INT8_THRESHOLD, **skip)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=combo.quant.value,
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(precision),
+        **skip,
     )
 
 
@@ -85,11 +91,18 @@ def _quantized_linear(lin: torch.nn.Linear, combo: Combination, precision: Preci
     return new
 
 
-def _decoder_linears(model) -> list[tuple[torch.nn.Module, str]]:
-    """(parent, attribute) of every decoder nn.Linear, not the LM head (transformers' get_keys_to_not_convert keeps
-    the output embedding). Parents only: holding the linears themselves would keep each replaced full-precision
-    weight alive until the whole model is quantized."""
+def head_quantized(model, combo: Combination) -> bool:
+    """LitGPT's recipe quantizes the LM head too, unless it is tied to the input embedding (the lookup table keeps
+    the shared weight in 16 bits); policy.quantizes_head says the same from the model's spec."""
     head = model.get_output_embeddings()
+    return combo.qlora_recipe.quantizes_head and head.weight is not model.get_input_embeddings().weight
+
+
+def _decoder_linears(model, combo: Combination) -> list[tuple[torch.nn.Module, str]]:
+    """(parent, attribute) of every decoder nn.Linear, not the LM head (transformers' get_keys_to_not_convert keeps
+    the output embedding) unless the recipe quantizes it (head_quantized). Parents only: holding the linears
+    themselves would keep each replaced full-precision weight alive until the whole model is quantized."""
+    head = None if head_quantized(model, combo) else model.get_output_embeddings()
     return [
         (mod, name)
         for mod in model.modules()
@@ -104,7 +117,7 @@ def _mark_quantized(model, combo: Combination) -> None:
 
 def quantize_linears(model, combo: Combination, precision: Precision) -> None:
     """Replace every decoder nn.Linear (not the LM head) by its bitsandbytes module, in place."""
-    for mod, name in _decoder_linears(model):
+    for mod, name in _decoder_linears(model, combo):
         setattr(mod, name, _quantized_linear(getattr(mod, name), combo, precision))
     _mark_quantized(model, combo)
 
@@ -118,7 +131,7 @@ def materialize_quantized(model, device: torch.device, combo: Combination, preci
     plus, for a tied LM head, the head's own weight before tie_weights drops it (seen on CPU: 513 MiB for a 155 MiB
     NF4 qwen2 of 110M parameters, above its training peak). Initial values come from the model's own
     `_init_weights` (what transformers runs after a meta init, rotary inv_freq buffers included); ties are kept."""
-    linears = {id(getattr(mod, name)): (mod, name) for mod, name in _decoder_linears(model)}
+    linears = {id(getattr(mod, name)): (mod, name) for mod, name in _decoder_linears(model, combo)}
     # meta tensor id -> (that meta tensor, kept so its id stays unique; its real tensor): a tied weight is made once
     made: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for mod in list(model.modules()):  # meta modules: holding them costs nothing
@@ -202,15 +215,26 @@ class _DequantMatmul(torch.autograd.Function):
 
 class QuantizedLinearStandIn(torch.nn.Linear):
     """A frozen quantized linear for the tracer: a uint8 weight of the quantized size (storage_bytes), output
-    cast back to the input dtype (Linear4bit.forward). Subclasses nn.Linear so PEFT wraps it with LoRA."""
+    cast back to the input dtype (Linear4bit.forward). Subclasses nn.Linear so PEFT wraps it with LoRA. DoRA reads
+    the dequantized weight through peft's dequantize_module_weight, which calls `dequantize()` on a module with a
+    `W_q` attribute (its HQQ branch): a new (out, in) tensor in the dtype the weight was quantized from, what
+    bitsandbytes' dequantize_4bit returns (quant_state.dtype)."""
 
     def __init__(self, lin: torch.nn.Linear, storage_bytes: int, compute: torch.dtype):
         torch.nn.Module.__init__(self)
         self.in_features, self.out_features, self.compute_dtype = lin.in_features, lin.out_features, compute
+        self.source_dtype = lin.weight.dtype
         self.weight = torch.nn.Parameter(
             torch.empty(storage_bytes, dtype=torch.uint8, device=lin.weight.device), requires_grad=False
         )
         self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.data, requires_grad=False)
+
+    @property
+    def W_q(self) -> torch.Tensor:  # noqa: N802 (peft's attribute name)
+        return self.weight
+
+    def dequantize(self) -> torch.Tensor:
+        return torch.empty((self.out_features, self.in_features), dtype=self.source_dtype, device=self.weight.device)
 
     def forward(self, x):
         out = _DequantMatmul.apply(x, self.weight, self.out_features, self.compute_dtype).to(x.dtype)
@@ -218,11 +242,10 @@ class QuantizedLinearStandIn(torch.nn.Linear):
 
 
 def stand_in_linears(model, combo: Combination, precision: Precision, storage_bytes) -> None:
-    """Replace every decoder nn.Linear (not the LM head) by a QuantizedLinearStandIn of `storage_bytes(in, out)`."""
-    head = model.get_output_embeddings()
+    """Replace every decoder nn.Linear (the LM head where the recipe quantizes it) by a QuantizedLinearStandIn of
+    `storage_bytes(in, out)`."""
     compute = torch.float16 if combo.quant is Quant.INT8 else compute_dtype(precision)
-    for mod in list(model.modules()):
-        for child_name, child in list(mod.named_children()):
-            if type(child) is torch.nn.Linear and child is not head:
-                size = storage_bytes(combo.quant, child.in_features, child.out_features)
-                setattr(mod, child_name, QuantizedLinearStandIn(child, size, compute))
+    for mod, child_name in _decoder_linears(model, combo):
+        child = getattr(mod, child_name)
+        size = storage_bytes(combo.quant, child.in_features, child.out_features)
+        setattr(mod, child_name, QuantizedLinearStandIn(child, size, compute))

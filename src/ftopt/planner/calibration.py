@@ -200,7 +200,7 @@ def time_points(rows: list, hw) -> tuple[list[TimePoint], int]:
     points = []
     for runs in groups.values():
         r = runs[0]
-        # results lines carry their run specification; lines written before ftopt.sweep.bench/2 carried "sweep"
+        # results lines carry their run specification; lines written before ftopt.bench/2 carried "sweep"
         precision = r.run.setup.precision if r.run else Precision((r.legacy_sweep or {}).get("precision", "fp32"))
         peak = hw.flops_for(precision.compute_dtype) or hw.flops_for("fp32")
         pred = r.predicted.analytic

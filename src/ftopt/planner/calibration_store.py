@@ -31,7 +31,7 @@ from ftopt.spec.hardware import HardwareSpec
 from ftopt.spec.io import atomic_write_text
 from ftopt.spec.time_constants import TimeConstants
 
-STORE_SCHEMA = "ftopt.planner.calibration/3"
+STORE_SCHEMA = "ftopt.calibration/3"
 # The constants `ftopt bench` fits (ftopt.planner.calibration.CalibrationFit); the other time constants (bitsandbytes rates)
 # are kept from the hardware's default.
 FITTED = ("mfu", "fixed_step_seconds", "seconds_per_kernel", "zero_step_seconds", "fsdp_step_seconds")
@@ -59,7 +59,7 @@ class StoredPoint(BaseModel):
 class Calibration(BaseModel):
     """A stored calibration: the fitted time constants (their provenance inside) and the points they were fitted on.
 
-    ftopt.planner.calibration/2 files kept the constants and the provenance at the top level: they load (`_migrate`)."""
+    ftopt.calibration/2 files kept the constants and the provenance at the top level: they load (`_migrate`)."""
 
     model_config = ConfigDict(extra="forbid")
     schema_: str = Field(STORE_SCHEMA, alias="schema")
@@ -150,14 +150,15 @@ def _pooled(points: list[StoredPoint]) -> list[TimePoint]:
     groups: dict[tuple, list[StoredPoint]] = {}
     for p in points:
         groups.setdefault(p.same_point(), []).append(p)
+    several = len({p.model for p in points}) > 1
     out = []
     for g in groups.values():
         runs = sum(p.runs for p in g)
         seconds = sum(p.measured_seconds * p.runs for p in g) / runs
         p = g[0]
-        out.append(
-            TimePoint(f"{p.model}: {p.label}", p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp)
-        )
+        # the combination names the point; the model only where the fit spans several, by its name, not its path
+        label = f"{Path(p.model).name}: {p.label}" if several else p.label
+        out.append(TimePoint(label, p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp))
     return out
 
 

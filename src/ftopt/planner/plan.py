@@ -36,6 +36,7 @@ from ftopt.spec import (
     ModelSpec,
     Offload,
     Optim,
+    QloraRecipe,
     Quant,
     TrainingSetup,
 )
@@ -183,22 +184,29 @@ def combinations(
     lora_targets: tuple[str, ...] | None = None,
     quants: tuple[Quant, ...] | None = None,
     optims: tuple[Optim, ...] | None = None,
+    recipes: tuple[QloraRecipe, ...] = (QloraRecipe.PEFT,),
+    dora: bool = False,
+    rslora: bool = False,
 ) -> list[Combination]:
     """GC on/off x full/LoRA x (ZeRO stage, offload) x every attention kernel the hardware runs (eager and SDPA
-    everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) and,
-    without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the enumeration (None =
-    PLAN_QUANTS and every optimizer)."""
+    everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) in each
+    QLoRA recipe of `recipes` and, without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the
+    enumeration (None = PLAN_QUANTS and every optimizer). `dora`/`rslora`: the LoRA candidates are that variant
+    (DoRA: ZeRO 0-2, no FSDP)."""
     attns = [a for a in Attention if a in hw.attention_kernels]
     ranks = [0] if full_only else [0, lora_r]
     quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
     optim_set = tuple(Optim) if optims is None else optims
     out = []
-    for gc, r, quant, (zero, fsdp, off), optim, attn in itertools.product(
-        [False, True], ranks, quant_set, SHARDING, optim_set, attns
+    for gc, r, quant, recipe, (zero, fsdp, off), optim, attn in itertools.product(
+        [False, True], ranks, quant_set, recipes, SHARDING, optim_set, attns
     ):
         sharded = zero or fsdp is not Fsdp.NONE
-        if (quant is not Quant.NONE and (not r or zero == 3 or fsdp is not Fsdp.NONE)) or (
-            optim is not Optim.ADAMW and sharded
+        if (
+            (quant is not Quant.NONE and (not r or zero == 3 or fsdp is not Fsdp.NONE))
+            or (optim is not Optim.ADAMW and sharded)
+            or (recipe is not QloraRecipe.PEFT and quant is Quant.NONE)
+            or (dora and r and (zero == 3 or fsdp is not Fsdp.NONE))
         ):
             continue  # combinations Combination's validator rejects: not enumerated
         out.append(
@@ -206,15 +214,32 @@ def combinations(
                 gc=gc,
                 lora_r=r,
                 lora_targets=lora_targets if r else None,
+                dora=dora and bool(r),
+                rslora=rslora and bool(r),
                 zero=zero,
                 fsdp=fsdp,
                 offload=off,
                 attn=attn,
                 quant=quant,
+                qlora_recipe=recipe,
                 optim=optim,
             )
         )
     return out
+
+
+def _recipes(setup: TrainingSetup, given: tuple[QloraRecipe, ...] | None) -> tuple[QloraRecipe, ...]:
+    """The QLoRA recipes the plan tries: the given ones (each must run in the precision), else every one that does
+    (torchtune's and LitGPT's bf16 bases only under bf16-true, QloraRecipe.runs_in)."""
+    if given is None:
+        return tuple(r for r in QloraRecipe if r.runs_in(setup.precision))
+    bad = [r.value for r in given if not r.runs_in(setup.precision)]
+    if bad:
+        raise FtoptError(
+            f"--qlora-recipe {','.join(bad)} keeps the base in bf16 without autocast and needs --precision "
+            f"bf16-true, got {setup.precision.value}."
+        )
+    return given
 
 
 def _rank_key(e: Estimate):
@@ -283,6 +308,9 @@ def plan(
     quants: tuple[Quant, ...] | None = None,
     optims: tuple[Optim, ...] | None = None,
     engines: tuple[Engine, ...] | None = None,
+    recipes: tuple[QloraRecipe, ...] | None = None,
+    dora: bool = False,
+    rslora: bool = False,
 ) -> Plan:
     """`hw` as given: apply a calibration (ftopt.planner.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
@@ -295,11 +323,13 @@ def plan(
         raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
-    # flash-attn rejects fp32 inputs: an fp32 plan enumerates the kernels that take them; plan --engine restricts
+    # only what runs in the precision (Combination.runs_in: flash-attn rejects fp32, bf16-true has no DeepSpeed);
+    # plan --engine restricts further
+    recipes = _recipes(setup, recipes)
     combos = [
         c
-        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims)
-        if c.attn.runs_in(setup.precision) and (engines is None or c.engine in engines)
+        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, recipes, dora, rslora)
+        if c.runs_in(setup.precision) and (engines is None or c.engine in engines)
     ]
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
         raise FtoptError(

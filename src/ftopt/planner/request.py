@@ -55,6 +55,9 @@ class PlanRequest(SetupRequest):
     quant: str | None
     optim: str | None
     engine: str | None
+    qlora_recipe: str | None = None
+    dora: bool = False
+    rslora: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ def make(r: PlanRequest) -> Planned:
         quants=resolve.enum_list("quant", r.quant),
         optims=resolve.enum_list("optim", r.optim),
         engines=resolve.enum_list("engine", r.engine),
+        recipes=resolve.enum_list("qlora_recipe", r.qlora_recipe),
+        dora=r.dora,
+        rslora=r.rslora,
     )
     ref = resolve.model_ref(r.model, weights=resolve.has_weights(r.model))
     run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
@@ -128,6 +134,9 @@ class EstimateRequest(SetupRequest):
     quant: str | None
     optim: str | None
     method: str
+    dora: bool | None = None
+    rslora: bool | None = None
+    qlora_recipe: str | None = None
 
 
 def estimate_for(r: EstimateRequest) -> Estimate:
@@ -139,11 +148,14 @@ def estimate_for(r: EstimateRequest) -> Estimate:
         gc=r.gc,
         lora_r=r.lora_r,
         lora_targets=r.lora_targets,
+        dora=r.dora,
+        rslora=r.rslora,
         zero=r.zero,
         fsdp=r.fsdp,
         offload=r.offload,
         attn=r.attn,
         quant=r.quant,
+        qlora_recipe=r.qlora_recipe,
         optim=r.optim,
     )
     return estimate(m, hw, setup, combo, method_of(r.method))

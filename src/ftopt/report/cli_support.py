@@ -14,7 +14,7 @@ from ftopt.spec.errors import FtoptError
 
 def recorded_hardware(rows: list[ResultRow]) -> HardwareSpec:
     """The hardware the rows ran on, from each results line's run specification (`run.hardware`); lines written
-    before results carried it (ftopt.sweep.bench/1) say nothing, and with none recorded it is 'cpu', as it was."""
+    before results carried it (ftopt.bench/1) say nothing, and with none recorded it is 'cpu', as it was."""
     specs = {}
     for r in rows:
         if r.run is not None:

@@ -3,7 +3,7 @@ median and interquartile range, so that a combination is never "tied" with its o
 N times the evidence of one.
 
 Each repeat leaves out its own warm-up steps (ftopt.results.rows.WARMUP_STEPS, stored per run); rows written before
-per-step times were kept (ftopt.sweep.bench/1-2) contribute their stored median as one sample.
+per-step times were kept (ftopt.bench/1-2) contribute their stored median as one sample.
 """
 
 from __future__ import annotations

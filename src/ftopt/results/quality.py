@@ -136,9 +136,9 @@ def perplexity(eval_loss: float | None) -> float | None:
 
 # ---- generation -------------------------------------------------------------------------------------------------
 def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], None], synced: bool = False) -> list[str]:
-    """Greedy completions of each row's prompt, up to the reference's length in tokens + 2. `synced`: every rank
-    generates the same rows with a sharded model, each forward a collective, so a rank that finishes early keeps
-    stepping until all have (generate's synced_gpus; transformers sets it itself only for ZeRO-3 and its own FSDP)."""
+    """Greedy completions of each row's prompt, up to the reference's length in tokens + 2. `synced`: the ranks
+    generate with a sharded model, each forward a collective, so a rank that finishes early keeps stepping until all
+    have (generate's synced_gpus; transformers sets it itself only for ZeRO-3 and its own FSDP)."""
     import torch
 
     preds = []
@@ -188,10 +188,48 @@ def evaluate_generation(
         load_user_metric(ref)  # fail before the slow part
     was_training = model.training
     model.eval()
-    preds = generate(model, tokenizer, rows, device, log, synced)
+    rank, world = _generating_ranks(synced)
+    preds = generate(model, tokenizer, rank_rows(rows, rank, world), device, log, synced)
+    if world > 1:
+        preds = interleave(_all_gather(preds, world), len(rows))
     if was_training:
         model.train()
     return {"examples": len(rows), **score(preds, [str(r["completion"]) for r in rows], tuple(metrics))}
+
+
+def _generating_ranks(synced: bool) -> tuple[int, int]:
+    """(rank, ranks) among which the rows are split: the ranks of a ZeRO-3 run or of ftopt's FSDP2 ranks (`synced`),
+    which generate in step (every forward gathers each layer from all of them) and so can each complete different
+    rows in the same forwards (synced_gpus was made for this: Seq2SeqTrainer's evaluation under ZeRO-3 gives every
+    rank its own batch). Each rank then generates 1/N of the rows instead of all of them. (0, 1) elsewhere."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0, 1
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return (dist.get_rank(), dist.get_world_size()) if synced or is_deepspeed_zero3_enabled() else (0, 1)
+
+
+def rank_rows(rows: list[dict], rank: int, world: int) -> list[dict]:
+    """This rank's rows, rank::world, padded with the last row so that every rank calls generate() as often as the
+    others (each call is collective under ZeRO-3; a rank that stopped early would leave the others waiting)."""
+    share = rows[rank::world]
+    return share + [rows[-1]] * (-(-len(rows) // world) - len(share))
+
+
+def interleave(parts: list[list[str]], total: int) -> list[str]:
+    """The ranks' completions (each rank's rank_rows share, in rank order) back in the rows' order, padding dropped."""
+    world = len(parts)
+    return [parts[i % world][i // world] for i in range(total)]
+
+
+def _all_gather(preds: list[str], world: int) -> list[list[str]]:
+    import torch.distributed as dist
+
+    parts: list = [None] * world
+    dist.all_gather_object(parts, preds)
+    return parts
 
 
 # ---- the user's quality bar -------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 bench results file holds (`ResultRow`, written by `ftopt bench`). Report, calibration and projection read these
 objects, never loose dicts. Schemas: docs/metrics-schema.md and docs/results-schema.md.
 
-Older files load: `migrate_row` lifts a line of an earlier schema (ftopt.sweep.bench/1 carried the sweep's flags
-instead of the run specification; ftopt.sweep.bench/2 no per-step times) to the current one before validation.
+Older files load: `migrate_row` lifts a line of an earlier schema (ftopt.bench/1 carried the sweep's flags
+instead of the run specification; ftopt.bench/2 no per-step times) to the current one before validation.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from ftopt.results.quality import QualityTarget
 from ftopt.spec import Combination, RunSpec
 from ftopt.spec.errors import FtoptError, validation_message
 
-RESULTS_SCHEMA = "ftopt.sweep.bench/4"
+RESULTS_SCHEMA = "ftopt.bench/4"
 METRICS_SCHEMA = "ftopt.metrics/4"
 # Schemas whose lines need lifting (migrate_row); bench/3 lines differ from /4 only by lacking `base_quality`.
-_RESULTS_BEFORE_STEP_TIMES = (None, "ftopt.sweep.bench/1", "ftopt.sweep.bench/2")
+_RESULTS_BEFORE_STEP_TIMES = (None, "ftopt.bench/1", "ftopt.bench/2")
 # Step times left out of the median and spread: step 1 pays one-off costs (the optimizer allocates its states
 # lazily at its first step; kernels are selected, thread pools and the caching allocator warm up) and step 2 still
 # grows the allocator once the states exist (the same 2-step window the CPU peak is measured over,
@@ -50,7 +50,9 @@ class Prediction(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     method: str | None = Field(None, description="the estimator that answered (a trace may fall back to analytic)")
     peak_bytes_per_gpu: int | None = None
-    reserved_bytes_per_gpu: int | None = Field(None, description="the caching allocator's reserved peak (predicted)")
+    reserved_bytes_per_gpu: int | None = Field(
+        None, description="the caching allocator's reserved peak (torch.cuda.max_memory_reserved)"
+    )
     device_bytes_per_gpu: int | None = Field(None, description="reserved peak plus the CUDA context (and NCCL buffers)")
     fits: bool | None = Field(None, description="fits the GPU within the headroom (--headroom)")
     tight: bool | None = Field(None, description="fits the GPU but not the headroom")
@@ -183,8 +185,8 @@ class ResultRow(BaseModel):
     gpus: int = Field(1, gt=0)
     repeat: int = Field(0, ge=0)
     status: Status
-    run: RunSpec | None = Field(None, description="None only in lines migrated from ftopt.sweep.bench/1")
-    legacy_sweep: dict[str, Any] | None = Field(None, description="ftopt.sweep.bench/1's sweep flags (no run spec)")
+    run: RunSpec | None = Field(None, description="None only in lines migrated from ftopt.bench/1")
+    legacy_sweep: dict[str, Any] | None = Field(None, description="ftopt.bench/1's sweep flags (no run spec)")
     predicted: Predictions = Predictions()
     measured: Measured | None = None
     mfu: float | None = None

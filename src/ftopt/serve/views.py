@@ -38,7 +38,21 @@ TECHNIQUES = (
     ),
     ("flash", ("attn",), {"attn": "sdpa"}, [{"attn": "flash"}]),
 )
-KEY_FIELDS = ("gc", "lora_r", "zero", "fsdp", "offload", "attn", "lora_targets", "quant", "optim")
+# every Combination.key() field: candidates that differ only in a LoRA variant or the QLoRA recipe stay apart
+KEY_FIELDS = (
+    "gc",
+    "lora_r",
+    "zero",
+    "fsdp",
+    "offload",
+    "attn",
+    "lora_targets",
+    "quant",
+    "optim",
+    "dora",
+    "rslora",
+    "qlora_recipe",
+)
 
 
 def _key(c: dict) -> str:

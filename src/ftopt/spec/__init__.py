@@ -6,6 +6,7 @@ from ftopt.spec.model import Linear, LinearGroup, MlpKind, ModelSpec, NormKind
 from ftopt.spec.production import DEFAULT_CURRENCY, CurrencyCode, ProductionOptions
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
 from ftopt.spec.training import (
+    ALL_LINEAR,
     CPU_DEFAULTS,
     DEFAULT_HEADROOM,
     AdamWKernel,
@@ -17,12 +18,14 @@ from ftopt.spec.training import (
     Offload,
     Optim,
     Precision,
+    QloraRecipe,
     Quant,
     TrainingSetup,
     default_precision,
 )
 
 __all__ = [
+    "ALL_LINEAR",
     "AdamWKernel",
     "Batching",
     "CPU_DEFAULTS",
@@ -50,6 +53,7 @@ __all__ = [
     "Offload",
     "Optim",
     "Quant",
+    "QloraRecipe",
     "Precision",
     "TrainingSetup",
     "default_precision",

@@ -5,14 +5,15 @@ planner predicts is the memory of the model the trainer builds.
 Sources: [ZeRO] Rajbhandari et al. 2020 (2 + 2 + K bytes per parameter, K = 12 for fp32 master + Adam);
 [HF] transformers 5 Trainer (fp32 weights under autocast for mixed precision); [DS] DeepSpeed 0.19 (16-bit module,
 fp32 partition copy kept by the ZeRO optimizer); [PEFT] prepare_model_for_kbit_training (non-quantized parameters
-of a quantized base cast to fp32); [bnb] bitsandbytes Linear4bit.forward casts its output back to the input dtype.
+of a quantized base cast to fp32); [bnb] bitsandbytes Linear4bit.forward casts its output back to the input dtype;
+[recipes] torchtune's and LitGPT's QLoRA keep everything but the quantized linears in bf16 (spec.QloraRecipe).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.spec import Combination, ModelSpec, Precision, Quant
+from ftopt.spec import ALL_LINEAR, Combination, ModelSpec, Precision, Quant
 from ftopt.spec.errors import FtoptError
 
 # The LoRA hyperparameters of every ftopt run (the model builder and `plan --export` read them here). ftopt's choice
@@ -25,6 +26,26 @@ LORA_DROPOUT = 0.0
 
 def lora_alpha(rank: int) -> int:
     return LORA_ALPHA_PER_RANK * rank
+
+
+def compute_bytes(precision: Precision) -> int:
+    """Bytes of the precision's compute dtype: what a quantized matmul dequantizes its weight to [bnb]."""
+    return 4 if precision.compute_dtype == "fp32" else 2
+
+
+def quantizes_head(model: ModelSpec, combo: Combination) -> bool:
+    """Whether the LM head is quantized too (LitGPT's recipe); a head tied to the input embedding shares its weight
+    with the lookup table, which stays 16-bit, so it is not."""
+    return combo.quant is not Quant.NONE and combo.qlora_recipe.quantizes_head and not model.tie_embeddings
+
+
+def dora_magnitude_params(model: ModelSpec, combo: Combination) -> int:
+    """DoRA's trained magnitude: one value per output feature of every wrapped linear (peft tuners/lora/dora.py
+    DoraLinearLayer.update_layer: nn.Parameter(weight_norm), shape (out_features,))."""
+    if not combo.dora:
+        return 0
+    targets = set(lora_targets(model, combo))
+    return model.num_layers * sum(lin.out_features for lin in model.layer_linears() if lin.name in targets)
 
 
 @dataclass(frozen=True)
@@ -55,13 +76,20 @@ def storage(precision: Precision, combo: Combination) -> Storage:
     bf16-true (Trainer only): everything bf16, AdamW states in the parameter dtype (torch.optim.AdamW).
     Quantized base (QLoRA, Trainer): `frozen_weight` is the storage of the base's non-quantized parameters, fp32
     after prepare_model_for_kbit_training [PEFT] (16-bit under DeepSpeed, which casts the module); the residual
-    stream is fp32 (fp32 embeddings) and the quantized linears return fp32 (their input's dtype) [bnb].
+    stream is fp32 (fp32 embeddings) and the quantized linears return fp32 (their input's dtype) [bnb]. Under
+    bf16-true the same recipe runs without autocast: fp32 everywhere but the quantized matmuls, which compute in
+    bf16. torchtune's and LitGPT's recipes keep all of it in bf16 under bf16-true [recipes].
     """
-    if combo.quant is not Quant.NONE and precision is Precision.BF16_TRUE:
+    if combo.quant is not Quant.NONE and not combo.qlora_recipe.runs_in(precision):
         raise FtoptError(
-            f"--quant {combo.quant.value} with bf16-true is not a real setup: prepare_model_for_kbit_training "
-            "upcasts the non-quantized parameters to fp32; use bf16-mixed."
+            f"--qlora-recipe {combo.qlora_recipe.value} keeps the base in bf16 without autocast (torchtune builds in "
+            f"bf16, LitGPT refuses mixed precision with quantization), so it needs --precision bf16-true, "
+            f"got {precision.value}."
         )
+    if combo.quant is not Quant.NONE and combo.qlora_recipe.keeps_16bit:
+        return Storage(2, 2, 2, 0, 4, autocast=False, act_bytes=2, resid_bytes=2)
+    if combo.quant is not Quant.NONE and precision is Precision.BF16_TRUE:
+        return Storage(4, 4, 4, 0, 8, autocast=False, act_bytes=4, resid_bytes=4)
     if combo.quant is not Quant.NONE and precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         if combo.uses_deepspeed:
             return Storage(2, 2, 2, 4, 8, autocast=False, act_bytes=2, resid_bytes=2)
@@ -90,8 +118,12 @@ def storage(precision: Precision, combo: Combination) -> Storage:
 
 
 def lora_targets(model: ModelSpec, combo: Combination) -> list[str]:
+    """The decoder linears LoRA wraps: the given names, every decoder linear for 'all-linear' (PEFT's special value:
+    all linears but the output layer), or by default the attention projections."""
     if not combo.lora:
         return []
+    if combo.lora_targets == (ALL_LINEAR,):
+        return model.all_linear_names()
     targets = list(combo.lora_targets) if combo.lora_targets else model.attention_linear_names()
     names = model.all_linear_names()
     missing = [t for t in targets if t not in names]

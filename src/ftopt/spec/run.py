@@ -111,6 +111,10 @@ class OutputSpec(BaseModel):
         return self
 
 
+# Combination fields a run specification written before them lacks; at their defaults they leave the identity as it was
+LORA_VARIANT_FIELDS = ("dora", "rslora", "qlora_recipe")
+
+
 class RunSpec(BaseModel):
     """One fine-tuning run, complete. Serialized as `resolved_config.json` and as `run` in a plan."""
 
@@ -171,6 +175,9 @@ class RunSpec(BaseModel):
         d["hardware"] = self.hardware.name  # its time-model constants may be recalibrated between the two starts
         if self.data.train_on is TrainOn.ASSISTANT:  # the default: runs (and bench keys) from before it existed match
             d["data"].pop("train_on")
+        for field in LORA_VARIANT_FIELDS:  # likewise the LoRA variants and QLoRA recipe at their defaults
+            if d["combination"].get(field) == Combination.model_fields[field].default:
+                d["combination"].pop(field)
         for k in OPTIMIZER_DEFAULTS:  # likewise: at their defaults they leave a stored run's identity as it was
             if d["schedule"][k] == Schedule.model_fields[k].default:
                 d["schedule"].pop(k)

@@ -82,6 +82,44 @@ class Quant(str, Enum):
         return self in (Quant.NF4, Quant.FP4)
 
 
+class QloraRecipe(str, Enum):
+    """How a quantized base keeps the parameters bitsandbytes does not quantize (embeddings, norms, biases, the LM
+    head), as each public QLoRA recipe runs it. The recipes differ in memory: fp32 copies of the embeddings and head
+    are 4 x vocab x hidden bytes each."""
+
+    # PEFT's prepare_model_for_kbit_training (other.py: every fp16/bf16 parameter `.to(torch.float32)`), as the
+    # Hugging Face QLoRA examples, TRL and axolotl run it; the LM head stays unquantized (transformers'
+    # get_keys_to_not_convert keeps the output embedding); adapters fp32.
+    PEFT = "peft"
+    # torchtune's qlora_* model builders (models/llama3/_component_builders.py: every decoder linear quantize_base,
+    # "quantize_base is not applied to final output_proj"), built under training.set_default_dtype(bf16): the rest,
+    # the LM head and the LoRA adapters stay bf16, no autocast.
+    TORCHTUNE = "torchtune"
+    # LitGPT finetune/lora.py --quantize bnb.nf4 with --precision bf16-true ("Quantization and mixed precision is
+    # not supported"): Lightning's BitsandbytesPrecision converts every nn.Linear, the LM head included; the rest
+    # and the adapters stay bf16.
+    LITGPT = "litgpt"
+
+    @property
+    def keeps_16bit(self) -> bool:
+        """The non-quantized parameters and the adapters stay in the model's 16-bit dtype (no fp32 upcast)."""
+        return self is not QloraRecipe.PEFT
+
+    @property
+    def quantizes_head(self) -> bool:
+        return self is QloraRecipe.LITGPT
+
+    def runs_in(self, precision: Precision) -> bool:
+        """torchtune and LitGPT run a quantized base in bf16 without autocast: bf16-true only."""
+        return not self.keeps_16bit or precision is Precision.BF16_TRUE
+
+
+# PEFT's special value for LoraConfig.target_modules: every linear but the output layer (tuners_utils
+# INCLUDE_LINEAR_LAYERS_SHORTHAND), the QLoRA paper's choice (arXiv 2305.14314 sec. 4: "LoRA on all linear
+# transformer block layers").
+ALL_LINEAR = "all-linear"
+
+
 class Optim(str, Enum):
     """The optimizer; 8-bit and paged variants are bitsandbytes' (transformers TrainingArguments `optim` names)."""
 
@@ -115,13 +153,18 @@ class Combination(BaseModel):
 
     gc: bool = False
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 means full fine-tuning")
-    lora_targets: tuple[str, ...] | None = Field(None, description="module names; None = every attention projection")
+    lora_targets: tuple[str, ...] | None = Field(
+        None, description=f"module names, or ('{ALL_LINEAR}',): every decoder linear; None = every attention projection"
+    )
+    dora: bool = Field(False, description="DoRA (PEFT use_dora): LoRA with a trained magnitude per output row")
+    rslora: bool = Field(False, description="rank-stabilized LoRA (PEFT use_rslora): scaling alpha/sqrt(r)")
     zero: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage; 0 = plain data parallel")
     fsdp: Fsdp = Field(Fsdp.NONE, description="PyTorch FSDP2 sharding; exclusive with zero")
     offload: Offload = Offload.NONE
     attn: Attention = Attention.SDPA
     quant: Quant = Quant.NONE
     optim: Optim = Optim.ADAMW
+    qlora_recipe: QloraRecipe = QloraRecipe.PEFT
 
     @model_validator(mode="after")
     def _rules(self) -> Combination:
@@ -135,6 +178,7 @@ class Combination(BaseModel):
             raise ValueError("lora_targets were given but lora_r is 0 (full fine-tuning)")
         if self.quant is not Quant.NONE and not self.lora:
             raise ValueError(f"a quantized base (quant={self.quant.value}) is frozen, so it needs LoRA (lora_r > 0)")
+        self._variant_rules()
         if self.quant is not Quant.NONE and self.zero == 3:
             # ZeRO-3 partitions parameters; bitsandbytes' quantized parameters carry their quant_state outside the
             # tensor, and transformers skips zero.Init for quantized models (modeling_utils: `is_deepspeed_zero3_enabled()
@@ -150,6 +194,27 @@ class Combination(BaseModel):
                 f"ZeRO stage {self.zero} DeepSpeed's own AdamW holds the states, use optim=adamw"
             )
         return self
+
+    def _variant_rules(self) -> None:
+        """The LoRA variants and the QLoRA recipe: each needs what it modifies."""
+        for name, on in (("dora", self.dora), ("rslora", self.rslora)):
+            if on and not self.lora:
+                raise ValueError(f"{name} is a LoRA variant, so it needs LoRA (lora_r > 0), got full fine-tuning")
+        if self.lora_targets and ALL_LINEAR in self.lora_targets and len(self.lora_targets) > 1:
+            raise ValueError(f"lora_targets '{ALL_LINEAR}' already names every linear; give it alone")
+        if self.qlora_recipe is not QloraRecipe.PEFT and self.quant is Quant.NONE:
+            raise ValueError(
+                f"qlora_recipe={self.qlora_recipe.value} says how a quantized base keeps its other parameters, "
+                "so it needs a quantized base (quant nf4, fp4 or int8)"
+            )
+        if self.dora and (self.zero == 3 or self.uses_fsdp):
+            # DoRA reads each wrapped layer's whole base weight in forward to take its norm (peft tuners/lora/
+            # dora.py DoraLinearLayer.forward), outside the base layer's own forward where ZeRO-3 gathers it;
+            # ftopt's FSDP2 estimator has no DoRA terms
+            raise ValueError(
+                f"dora runs with ZeRO stage 0-2 and without FSDP here (it reads the whole base weight of each "
+                f"wrapped layer in forward), got {self.sharding}"
+            )
 
     def _fsdp_rules(self) -> None:
         f = self.fsdp.value
@@ -172,6 +237,16 @@ class Combination(BaseModel):
     def lora(self) -> bool:
         return self.lora_r > 0
 
+    def runs_in(self, precision: Precision) -> bool:
+        """Whether this combination runs in `precision` (what `plan` enumerates): the attention kernel takes its
+        dtype, a bf16 QLoRA recipe gets bf16-true, and bf16-true runs without DeepSpeed (which keeps fp32 master
+        weights; policy.storage says so to a user who asks for it)."""
+        return (
+            self.attn.runs_in(precision)
+            and (self.quant is Quant.NONE or self.qlora_recipe.runs_in(precision))
+            and not (precision is Precision.BF16_TRUE and self.uses_deepspeed)
+        )
+
     @property
     def uses_deepspeed(self) -> bool:
         return self.zero > 0
@@ -193,7 +268,9 @@ class Combination(BaseModel):
 
     def label(self) -> str:
         """Short human label, e.g. 'LoRA r16 + ZeRO-2 + GC + flash'."""
-        parts = [f"LoRA r{self.lora_r}" if self.lora else "full"]
+        parts = [f"{'DoRA' if self.dora else 'LoRA'} r{self.lora_r}" if self.lora else "full"]
+        if self.rslora:
+            parts.append("rsLoRA")
         if self.zero:
             parts.append(f"ZeRO-{self.zero}")
         if self.uses_fsdp:
@@ -203,7 +280,8 @@ class Combination(BaseModel):
         if self.gc:
             parts.append("GC")
         if self.quant is not Quant.NONE:
-            parts.append(self.quant.value.upper())
+            recipe = "" if self.qlora_recipe is QloraRecipe.PEFT else f" ({self.qlora_recipe.value})"
+            parts.append(self.quant.value.upper() + recipe)
         if self.optim is not Optim.ADAMW:
             parts.append(self.optim.value)
         parts.append(self.attn.value)
@@ -211,7 +289,7 @@ class Combination(BaseModel):
 
     def key(self) -> dict:
         """The stable JSON form (documented schema: gc, lora_r, zero, fsdp, offload, attn, lora_targets, quant,
-        optim)."""
+        optim, dora, rslora, qlora_recipe)."""
         return {
             "gc": self.gc,
             "lora_r": self.lora_r,
@@ -222,6 +300,9 @@ class Combination(BaseModel):
             "lora_targets": list(self.lora_targets) if self.lora_targets else None,
             "quant": self.quant.value,
             "optim": self.optim.value,
+            "dora": self.dora,
+            "rslora": self.rslora,
+            "qlora_recipe": self.qlora_recipe.value,
         }
 
 

@@ -192,23 +192,36 @@ def run_sweep(
     on_event: Callable[[str, dict], None] = lambda kind, info: None,
     inject: dict[str, str] | None = None,
     quality_target: QualityTarget | None = None,
+    slots: int = 1,
 ) -> list[ResultRow]:
     """Run each BenchRun not yet in `results`; append one result line per run (with the sweep's quality target,
-    which the report then uses). Returns all results.
+    which the report then uses). Returns all results. `slots`: one-process runs side by side (ftopt.sweep.schedule;
+    1 = one run at a time).
     `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
+    from ftopt.sweep.schedule import run_in_order
+
     results = Path(results)
     done = {r.key for r in read_results(results)}
+    todo = []
     for i, run in enumerate(runs, 1):
         key, c = run.key(), run.spec.combination
         info = {"key": key, "label": c.label(), "index": i, "total": len(runs)}
         if key in done:
             on_event("skip", info)
-            continue
-        on_event("start", info)
-        row = _run_one(run, key, run_timeout_seconds, inject or {})
+        else:
+            todo.append((run, info))
+
+    def one(item: tuple[BenchRun, dict], procs: set) -> ResultRow:
+        return _run_one(item[0], item[1]["key"], run_timeout_seconds, inject or {}, procs)
+
+    def finished(item: tuple[BenchRun, dict], row: ResultRow) -> None:
         row = row.model_copy(update={"quality_target": quality_target})
         append_line_atomic(results, row.to_line())
-        on_event("done", {**info, "status": row.status.value})
+        on_event("done", {**item[1], "status": row.status.value})
+
+    run_in_order(
+        todo, one, lambda item: item[0].spec.setup.world_size, slots, lambda item: on_event("start", item[1]), finished
+    )
     return read_results(results)
 
 
@@ -219,7 +232,7 @@ def sweep_rows(rows: list[ResultRow], runs: list[BenchRun]) -> list[ResultRow]:
     return [r for r in rows if r.key in keys]
 
 
-def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, str]) -> ResultRow:
+def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, str], procs: set) -> ResultRow:
     """One `ftopt train --plan RUN.json` subprocess: the run gets its specification as a file, never re-parsed
     flags. An OOM, crash or timeout is recorded with the prediction and the sweep goes on."""
     from ftopt.spec.io import atomic_write_text
@@ -240,7 +253,7 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     for prefix, what in inject.items():
         if key.startswith(prefix):
             env["FTOPT_INJECT_FAILURE"] = what
-    returncode, output = _run_with_timeout(cmd, env, timeout)
+    returncode, output = _run_with_timeout(cmd, env, timeout, procs)
     status = Status.TIMEOUT if returncode is None else _status(returncode, output)
     if returncode is None:
         output = f"{output}\nstopped after --run-timeout {timeout:g} s"  # last: the error tail keeps it
@@ -266,14 +279,16 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     return ResultRow(**row, status=status, error_tail=_tail(output), predicted=Predictions(**predicted(spec)))
 
 
-def _run_with_timeout(cmd: list[str], env: dict, timeout: float | None) -> tuple[int | None, str]:
+def _run_with_timeout(cmd: list[str], env: dict, timeout: float | None, procs: set) -> tuple[int | None, str]:
     """Run `cmd` in its own process group; on timeout stop the whole group (the DeepSpeed launcher and its ranks
-    too, which a plain subprocess timeout would leave running). Returns (exit code or None on timeout, output)."""
+    too, which a plain subprocess timeout would leave running). Returns (exit code or None on timeout, output).
+    The process is in `procs` while it runs (the sweep stops it on Ctrl-C: ftopt.sweep.schedule)."""
     import signal
 
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
     )
+    procs.add(proc)
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out
@@ -288,6 +303,8 @@ def _run_with_timeout(cmd: list[str], env: dict, timeout: float | None) -> tuple
     except BaseException:  # Ctrl-C: take the run's processes down with the sweep
         os.killpg(proc.pid, signal.SIGKILL)
         raise
+    finally:
+        procs.discard(proc)
 
 
 def predicted(spec: RunSpec) -> dict:
@@ -296,6 +313,16 @@ def predicted(spec: RunSpec) -> dict:
     from ftopt.spec import load_model
 
     return predictions(load_model(spec.model.ref), spec.hardware, spec.setup, spec.combination)
+
+
+def dora_variants(combos: list[Combination]) -> list[Combination]:
+    """`bench --dora`: each LoRA point's DoRA twin where DoRA runs (ZeRO 0-2, no FSDP: Combination's rule), so the
+    sweep measures DoRA's cost beside the LoRA it modifies."""
+    seen = set(combos)
+    twins = [
+        c.model_copy(update={"dora": True}) for c in combos if c.lora and not c.dora and c.zero < 3 and not c.uses_fsdp
+    ]
+    return [t for t in dict.fromkeys(twins) if t not in seen]
 
 
 def quant_optim_variants(

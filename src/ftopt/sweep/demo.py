@@ -4,12 +4,14 @@ It fine-tunes the shipped base model (`presets/base/tiny-base`, a 4-layer llama 
 scripts/build_base.py on a generated language: copy, shift and reverse words) on a task it has never seen
 (`back`: every letter one step backward; see ftopt.sweep.sample_task), so the quality figures mean something: the base
 scores 0% exact match, and the combinations differ in how much of the new rule they learn in the demo's steps.
-ZeRO-2 and ZeRO-3 run over two processes (DeepSpeed launcher, gloo); every process has one thread (one core stands
-for one GPU), which keeps step times steady enough on a shared machine to calibrate on."""
+ZeRO-2, ZeRO-3 and FSDP2 run over two processes (gloo); every process has one thread (one core stands for one GPU),
+which keeps step times steady enough on a shared machine to calibrate on. Two one-process runs go side by side and
+a two-process run alone (ftopt.sweep.schedule), so the machine carries two such processes throughout."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Protocol
@@ -136,7 +138,9 @@ def run_demo(
     runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
     given = o.quality_target is not None
     target = QualityTarget.parse(o.quality_target or DEMO_QUALITY_TARGET)
-    rows = sweep_rows(run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target), runs)
+    # two one-thread processes at any time: two one-process runs side by side, a ZeRO or FSDP2 run alone
+    slots = min(DEMO_ZERO_PROCESSES, os.cpu_count() or 1)
+    rows = sweep_rows(run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target, slots=slots), runs)
     view.sweep_summary(rows, out / "results.jsonl", target)
 
     view.section("3/3 report")

@@ -21,6 +21,7 @@ from ftopt.sweep.bench import (
     BenchRun,
     check_sweep_launch,
     default_zero_processes,
+    dora_variants,
     load_grid,
     quant_optim_variants,
     reference_combinations,
@@ -61,6 +62,7 @@ class BenchRequest(BaseModel):
     nodes: int | None
     hostfile: str | None
     trust_remote_code: bool
+    dora: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ def prepare(r: BenchRequest) -> Sweep:
     prec = resolve.setup(hw, precision=r.precision).precision
     combos = load_grid(r.grid) if r.grid else reference_combinations(hw, r.lora_r, prec)
     combos += quant_optim_variants(combos, resolve.enum_list("quant", r.quant), resolve.enum_list("optim", r.optim))
+    if r.dora:
+        combos += dora_variants(combos)
     ref = resolve.model_ref(
         r.model or r.random_init or "tiny-llama", weights=r.model is not None, trust_remote_code=r.trust_remote_code
     )

@@ -123,18 +123,41 @@ class Agreed(NamedTuple):
     resume: Path | None  # the checkpoint every rank resumes from
 
 
-def agree(spec, rank: int, world: int, latest) -> Agreed:
+def agree(spec, rank: int, world: int, latest, *, claim: bool) -> Agreed:
     """What the ranks settle before training, in order (the module doc says why): the run, whether it already
-    finished, the output folder, the checkpoint (`latest`: the worker's newest complete checkpoint in a folder)."""
+    finished, the output folder (`claim`: no launcher claimed it, so rank 0 does here), the checkpoint (`latest`:
+    the worker's newest complete checkpoint in a folder)."""
     done = None
     if world > 1:
         spec = agree_on_run(spec)
+    if world > 1 or claim:  # a launcher checked a one-process run itself (ftopt.train.engine.launch)
         done = finished(spec, rank)
         if done is not None:
             return Agreed(spec, done, False, None)
+    if claim:
+        claim_folder(spec, rank)
     node_local = not output_shared(spec.output_dir, rank)
     resume = resume_checkpoint(spec.output_dir, rank, latest) if spec.output.resume else None
     return Agreed(spec, None, node_local, resume)
+
+
+def claim_folder(spec, rank: int) -> None:
+    """The folder claim of ranks no launcher started (torchrun.sh): rank 0 claims it (ftopt.train.outputs.
+    prepare_output, the same claim as ftopt's launcher makes) before any rank writes there; a refusal ends every
+    rank with the same sentence."""
+    from ftopt.train.outputs import prepare_output
+
+    error = None
+    if rank == 0:
+        try:
+            prepare_output(spec)
+        except FtoptError as e:
+            error = str(e)
+    error = _broadcast(error)
+    if error is not None:
+        raise FtoptError(error)
+    if rank != 0:
+        prepare_output(spec, claim=False)  # a node's own folder, when it does not share rank 0's
 
 
 def resume_checkpoint(out: Path, rank: int, latest) -> Path | None:

@@ -15,18 +15,26 @@ import importlib.util
 import json
 import os
 import sys
+from pathlib import Path
 
 from ftopt.spec import RunSpec
 from ftopt.spec.errors import FtoptError
+from ftopt.spec.trust import CommandLineTrust, admit
 from ftopt.train import hostfile, ranks
 from ftopt.train.allocator import allocator_env
 from ftopt.train.outputs import finished_run, prepare_output
 from ftopt.train.preflight import check_devices, check_launch
 
 
-def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
-    """Check, claim the output folder, run; returns metrics.json's content (None on a node whose folder does not
-    hold it: a per-node run's other nodes, when the output folder is not shared)."""
+def launch(
+    spec: RunSpec, trust: CommandLineTrust, rdzv: ranks.Rendezvous | None = None, source: str | Path | None = None
+) -> dict | None:
+    """Every way `ftopt train` starts a run (one process, this node's ranks, every node over a host file) passes
+    here, after ftopt.train.start.prepare's checks: the trust gate (ftopt.spec.trust.admit; `trust` is the command
+    line's, `source` the file the run was read from; prepare passed it already, so it changes nothing then), the
+    folder claim (ftopt.train.outputs.prepare_output), then the run. Returns metrics.json's content (None on a node
+    whose folder does not hold it: a per-node run's other nodes, when the output folder is not shared)."""
+    spec = admit(spec, trust, source)
     check_devices(spec)
     check_launch(spec, rdzv)
     # a per-node run's other nodes cannot see node 0's folder: there rank 0 decides (ftopt.train.dist.finished)
@@ -45,11 +53,12 @@ def launch(spec: RunSpec, rdzv: ranks.Rendezvous | None = None) -> dict | None:
 
         # read by torch when CUDA first allocates, which happens after this (the worker builds the model)
         os.environ.update(allocator_env(os.environ, on_cuda=not spec.hardware.is_cpu))
-        return run_worker(spec)
+        return run_worker(spec, claim=False)
+    args = ranks.rank_args(spec, trust)  # each rank passes the same gates; the folder is claimed already
     if by_hostfile:
-        return hostfile.launch(spec, _env(spec), worker_module(spec))
+        return hostfile.launch(spec, _env(spec), worker_module(spec), args)
     rdzv = rdzv or ranks.Rendezvous(procs_per_node=spec.setup.gpus_per_node, master_port=ranks.free_port())
-    return _launch_ranks(spec, rdzv)
+    return _launch_ranks(spec, rdzv, args)
 
 
 def worker_module(spec: RunSpec) -> str:
@@ -67,10 +76,10 @@ def _env(spec: RunSpec) -> dict[str, str]:
     return env
 
 
-def _launch_ranks(spec: RunSpec, rdzv: ranks.Rendezvous) -> dict | None:
+def _launch_ranks(spec: RunSpec, rdzv: ranks.Rendezvous, args: list[str]) -> dict | None:
     out = spec.output_dir
     log_dir = out / ranks.LOG_DIR
-    cmd = [sys.executable, "-u", "-m", worker_module(spec), ranks.encode_arg(spec.to_json())]
+    cmd = [sys.executable, "-u", "-m", worker_module(spec), *args]
     codes, interrupted = ranks.run_ranks(cmd, rdzv, log_dir, _env(spec))
     stopped = [c for c in codes.values() if c != 0]
     if interrupted or (stopped and all(c == ranks.INTERRUPTED for c in stopped)):

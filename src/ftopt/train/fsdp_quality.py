@@ -6,8 +6,9 @@ as the Trainer worker scores its runs. Two ways, both giving rank 0 the figures 
   model of the same build and generated there; the other ranks wait at the next collective. One gather, then no
   collective per token: where ranks share cores, every token's all-gathers wait for every rank (the demo's FSDP2
   run: both scorings added 31 s gathered, 109 s sharded; docs/fsdp.md).
-- sharded (a model rank 0's GPU cannot hold whole): every rank generates the same rows in step with the sharded
-  model (generate's synced_gpus), each layer all-gathered for its forward as in training, as ZeRO-3 runs generate.
+- sharded (a model rank 0's GPU cannot hold whole): the ranks generate in step with the sharded model (generate's
+  synced_gpus), each its share of the rows (ftopt.results.quality.rank_rows), each layer all-gathered for its
+  forward as in training, as ZeRO-3 runs generate.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """One FSDP2 rank (see ftopt.train.fsdp_engine for why ftopt drives `fully_shard` itself):
 
-    python -m ftopt.train.fsdp_worker SPEC    (SPEC: ftopt.train.ranks.encode_arg of the RunSpec, or run.json)
+    python -m ftopt.train.fsdp_worker RUN [--trust-remote-code] [--allow-metric-module] [--resume] [--overwrite]
 
-started per rank by ftopt's launcher (ftopt.train.ranks, as the Trainer worker is) or by torchrun (`plan --export`).
+started per rank by ftopt's launcher (ftopt.train.ranks, as the Trainer worker is) or by torchrun (`plan --export`'s
+torchrun.sh, RUN = run.json). Either way the rank's own command line decides trust and what to do with the output
+folder (ftopt.train.ranks.RankCommandLine); under torchrun rank 0 claims the folder, as ftopt's launcher does.
 
 The sequence mirrors the Trainer worker's: data -> model (LoRA, GC) -> fully_shard -> step-0 quality -> AdamW ->
 steps (steps.jsonl, the training-only memory peak from the shared helper) -> distributed checkpoints -> unsharded
@@ -14,7 +16,6 @@ the sharded model on every rank in step where rank 0's GPU cannot hold the whole
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,9 +24,10 @@ from ftopt.spec import RunSpec
 from ftopt.spec.errors import FtoptError
 
 
-def run_fsdp_worker(spec: RunSpec) -> dict:
+def run_fsdp_worker(spec: RunSpec, *, claim: bool) -> dict:
     """Train one FSDP2 rank; returns metrics.json's content (rank 0) or this rank's measurements. The ranks join,
-    agree and end as the Trainer worker's do (ftopt.train.dist), one rank included: FSDP2 needs its group."""
+    agree and end as the Trainer worker's do (ftopt.train.dist), one rank included: FSDP2 needs its group. `claim`:
+    no launcher claimed the output folder (torchrun), so rank 0 does, for every rank (ftopt.train.dist.agree)."""
     import torch
 
     from ftopt.train import dist
@@ -38,7 +40,7 @@ def run_fsdp_worker(spec: RunSpec) -> dict:
     world = dist.init(device, always=True)
     interrupt = dist.Interrupt() if world > 1 else None
     try:
-        spec, done, node_local, resume = dist.agree(spec, rank, world, latest_complete_checkpoint)
+        spec, done, node_local, resume = dist.agree(spec, rank, world, latest_complete_checkpoint, claim=claim)
         if done is not None:
             return done
         if node_local:
@@ -95,14 +97,14 @@ def _run(spec: RunSpec, device, rank: int, world: int, resume, interrupt) -> dic
     if loop.budget.interrupted:
         raise KeyboardInterrupt  # every rank stopped at the same step, with a checkpoint saved there
     peak.read()
-    _save(spec, model, tok.tokenizer, rank)
+    written = _save(spec, model, tok.tokenizer, rank)
     ev = evaluate(device, lambda: loop.eval_loss(prep.eval_dataset), score)
     mine = _rank_record(rank, device, resident, peak, ev, q0, loop, budget_hit)
     metrics = finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, prep.summary.model_dump())
     if rank == 0:
         from ftopt.train.manifest import record
 
-        record(spec.output_dir)  # every file this run wrote is listed: --overwrite removes those and nothing else
+        record(spec.output_dir, written)  # the files this run wrote: --overwrite removes those and nothing else
     return metrics
 
 
@@ -159,15 +161,16 @@ def _build(spec: RunSpec, model_spec):
     return model
 
 
-def _save(spec: RunSpec, model, tokenizer, rank: int) -> None:
+def _save(spec: RunSpec, model, tokenizer, rank: int) -> list[str]:
     """The unsharded result in the Trainer's layout: an adapter (and, on a random-init base, the base under
-    out/base) or the full model, safetensors; every rank joins the gathers, rank 0 writes."""
+    out/base) or the full model, safetensors; every rank joins the gathers, rank 0 writes. Returns the names of
+    the tokenizer's files (which vary with the tokenizer; the model's are ftopt.train.manifest.RUN_NAMES)."""
     from ftopt.train.base import BASE_FOLDER, _point_adapter_at, _save_gathered
     from ftopt.train.fsdp_engine import full_state_dict
 
     state = full_state_dict(model)
     if rank != 0:
-        return
+        return []
     out = spec.output_dir
     if hasattr(model, "peft_config"):
         adapters = {k: v for k, v in state.items() if ".lora_" in k}
@@ -178,26 +181,19 @@ def _save(spec: RunSpec, model, tokenizer, rank: int) -> None:
             _point_adapter_at(out, folder)
     else:
         model.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
-
-
-def spec_from_arg(arg: str) -> RunSpec:
-    """The run specification a rank is given: ftopt's launcher passes it itself (ftopt.train.ranks.encode_arg),
-    `plan --export`'s torchrun.sh the path of run.json."""
-    from ftopt.train.ranks import decode_arg
-
-    doc = json.loads(Path(arg).read_text()) if arg.endswith(".json") else decode_arg(arg)
-    return RunSpec.model_validate(doc)
+    return [Path(f).name for f in tokenizer.save_pretrained(str(out))]
 
 
 def main() -> None:
     from ftopt.spec import quiet
-    from ftopt.train.ranks import end_rank
+    from ftopt.train.ranks import end_rank, rank_run
 
-    spec = spec_from_arg(sys.argv[1])
-    spec.output_dir.mkdir(parents=True, exist_ok=True)  # torchrun.sh from `plan --export` starts with no folder
-    quiet.install()
-    end_rank(lambda: run_fsdp_worker(spec))
+    def work() -> dict:
+        spec, claim = rank_run(sys.argv[1:], "python -m ftopt.train.fsdp_worker")
+        quiet.install()
+        return run_fsdp_worker(spec, claim=claim)
+
+    end_rank(work)
 
 
 if __name__ == "__main__":

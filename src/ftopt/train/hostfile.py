@@ -54,9 +54,9 @@ def env_file_lines(env: Mapping[str, str]) -> tuple[list[str], list[str]]:
     return lines, dropped
 
 
-def launch(spec: RunSpec, env: dict[str, str], module: str) -> dict:
-    """Run every node's ranks of `module` (the worker) through DeepSpeed's runner with `env` (the run's
-    environment); metrics.json's content."""
+def launch(spec: RunSpec, env: dict[str, str], module: str, args: list[str]) -> dict:
+    """Run every node's ranks of `module` (the worker) with `args` (ftopt.train.ranks.rank_args) through DeepSpeed's
+    runner with `env` (the run's environment); metrics.json's content."""
     out, s = spec.output_dir, spec.setup
     log_path = out / "launcher.log"
     lines, dropped = env_file_lines(env)
@@ -73,7 +73,7 @@ def launch(spec: RunSpec, env: dict[str, str], module: str) -> dict:
         cmd += ["--num_nodes", str(s.nodes), "--hostfile", str(spec.hostfile), "--master_port", str(ranks.free_port())]
         # warning, not info: at info the runner logs its pdsh command line, every exported value in it (its own
         # MLFLOW_* among them, tracking tokens included), into launcher.log under the run folder
-        cmd += ["--log_level", "warning", "--module", module, ranks.encode_arg(spec.to_json())]
+        cmd += ["--log_level", "warning", "--module", module, *args]
         code = _run(cmd, {**env, "DS_ENV_FILE": env_file}, log_path, _first_host(spec.hostfile))
     return _result(code, out / "metrics.json", log_path)
 

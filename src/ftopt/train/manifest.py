@@ -2,9 +2,11 @@
 
 `.ftopt-manifest.json` (written atomically) lists the folder's top-level entries that belong to the run
 (`files`) and those that were there before and are not ftopt's (`foreign`: a README.md someone added, say). A run
-claims the folder before it starts: it names what it may write (the fixed names of RUN_NAMES; checkpoint-* and
-metrics.rank*.json while it runs), and at the end it records every entry that appeared since the claim. `--overwrite`
-removes the listed entries only. A folder that is not empty and has no manifest holds someone else's files (a model
+claims the folder before it starts (every way a run starts does: ftopt.train.engine.launch, and rank 0 of ranks no
+launcher started, ftopt.train.dist.claim_folder): it names what it may write (the fixed names of RUN_NAMES;
+checkpoint-* and metrics.rank*.json while it runs), and at the end it records those of them it wrote, with the
+files its tokenizer wrote, and nothing else: an entry someone added meanwhile is foreign. `--overwrite` removes
+the listed entries only. A folder that is not empty and has no manifest holds someone else's files (a model
 folder given as --out): it is refused, except to --resume a run written before manifests existed.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from ftopt.spec.errors import FtoptError
@@ -35,12 +38,18 @@ RUN_NAMES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "vocab.json",  # BPE and SentencePiece tokenizers' own files (save_pretrained; the worker adds any other)
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
     "chat_template.jinja",
     "training_args.bin",
     "README.md",  # PEFT's model card for the adapter
     "base",  # ftopt.train.base: the random-init base of a LoRA run
     "runs",  # TensorBoard events
     "logs",  # ftopt.train.ranks.LOG_DIR: one log per launched rank
+    "base_quality.json",  # ftopt.train.worker.BASE_QUALITY_FILE: the step-0 score a resumed run reads back
+    ".ftopt-shared-check",  # ftopt.train.dist.MARKER: rank 0's token while the ranks agree (then removed)
 )
 RUN_PATTERNS = ("checkpoint-*", "metrics.rank*.json", "model-*.safetensors")  # written while the run goes on
 
@@ -65,11 +74,13 @@ def _write(out: Path, files: set[str], foreign: set[str]) -> None:
     atomic_write_text(out / MANIFEST_NAME, json.dumps(doc, indent=2))
 
 
+def _by_pattern(out: Path) -> set[str]:
+    return {p.name for pat in RUN_PATTERNS for p in out.glob(pat)}
+
+
 def _ours(out: Path, manifest: dict) -> set[str]:
     """The run's entries now present: listed ones, and pattern matches (a crash may have left them unlisted)."""
-    present = _entries(out)
-    by_pattern = {p.name for pat in RUN_PATTERNS for p in out.glob(pat)}
-    return (set(manifest["files"]) | by_pattern) & present - set(manifest["foreign"])
+    return (set(manifest["files"]) | _by_pattern(out)) & _entries(out) - set(manifest["foreign"])
 
 
 def holds_run(out: Path) -> bool:
@@ -105,7 +116,7 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> None:
                 f"{', ...' if len(present) > 3 else ''}) and no {MANIFEST_NAME}; choose an empty or new folder."
             )
         # a run from before manifests (resume only): its known names are the run's, the rest is left alone
-        known = {n for n in present if n in RUN_NAMES} | {p.name for pat in RUN_PATTERNS for p in out.glob(pat)}
+        known = {n for n in present if n in RUN_NAMES} | _by_pattern(out)
         manifest = {"files": sorted(known), "foreign": sorted(present - known)}
     if overwrite:
         for name in _ours(out, manifest):
@@ -118,10 +129,14 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> None:
     _write(out, (set(manifest["files"]) | set(RUN_NAMES)) - foreign, foreign)
 
 
-def record(out: Path) -> None:
-    """At the end of a run: the entries that are not foreign are the run's, exactly (the trainer may write names
-    we did not foresee, e.g. a tokenizer's vocab.json; a planned name it did not write is no longer claimed, so a
-    README.md someone adds later is theirs)."""
-    foreign = set((read(out) or {"foreign": []})["foreign"])
+def record(out: Path, written: Iterable[str] = ()) -> None:
+    """At the end of a run, list exactly the run's entries present now: the names a run writes (RUN_NAMES,
+    RUN_PATTERNS, those listed at the claim) and `written`, the names its caller saw written (a tokenizer's files
+    vary with the tokenizer). Nothing else is adopted: a foreign entry stays foreign, and one someone added while the
+    run went on (my_notes.txt) becomes foreign, so --overwrite never removes it. A planned name the run did not
+    write is no longer listed, so a README.md someone adds later is theirs."""
+    manifest = read(out) or {"files": [], "foreign": []}
     present = _entries(out)
-    _write(out, present - foreign, foreign & present)
+    names = set(manifest["files"]) | set(RUN_NAMES) | set(written) | _by_pattern(out)
+    ours = (names - set(manifest["foreign"])) & present
+    _write(out, ours, present - ours)

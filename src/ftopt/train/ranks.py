@@ -83,6 +83,87 @@ def decode_arg(arg: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(arg.encode()))
 
 
+# A launched rank's command line: `python -m WORKER RUN [flags]` (ftopt.train.worker, ftopt.train.fsdp_worker).
+FOLDER_CLAIMED = "--folder-claimed"  # from ftopt's launcher, which claimed the output folder before starting ranks
+
+
+class RankCommandLine(BaseModel):
+    """What a rank's own command line says. RUN, the run specification, is encode_arg's text (ftopt's launcher) or
+    a run.json path (`plan --export`'s torchrun.sh); like any file it is data. Trust (ftopt.spec.trust) and what to do
+    with the output folder now (--resume, --overwrite: a run file's values never carry over, as for `train --plan`)
+    come from the flags, which ftopt's launcher sets from its own command line and a user adds to torchrun.sh's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    run: str
+    trust_remote_code: bool = False
+    allow_metric_module: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    folder_claimed: bool = False
+
+    @classmethod
+    def parse(cls, argv: list[str], prog: str) -> RankCommandLine:
+        import argparse
+
+        p = argparse.ArgumentParser(prog=prog, description="one rank of an ftopt run")
+        p.add_argument("run", help="run.json, or the run as ftopt's launcher encodes it")
+        for flag in ("--trust-remote-code", "--allow-metric-module", "--resume", "--overwrite", FOLDER_CLAIMED):
+            p.add_argument(flag, action="store_true")
+        p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # DeepSpeed's launcher
+        args = vars(p.parse_args(argv))
+        args.pop("local_rank")  # LOCAL_RANK in the environment says the same
+        return cls(**args)
+
+    def flags(self) -> list[str]:
+        named = {"--resume": self.resume, "--overwrite": self.overwrite, FOLDER_CLAIMED: self.folder_claimed}
+        return [*self.trust().flags(), *(flag for flag, on in named.items() if on)]
+
+    def trust(self):
+        from ftopt.spec.trust import CommandLineTrust
+
+        return CommandLineTrust(trust_remote_code=self.trust_remote_code, allow_metric_module=self.allow_metric_module)
+
+
+def rank_args(spec, trust) -> list[str]:
+    """The arguments ftopt's launcher gives each rank (after `-m WORKER`): the run itself (no file that every node
+    would need), the launching command line's trust (ftopt.spec.trust.CommandLineTrust) and folder flags."""
+    o = spec.output
+    line = RankCommandLine(
+        run=encode_arg(spec.to_json()),
+        **trust.model_dump(),
+        resume=o.resume,
+        overwrite=o.overwrite,
+        folder_claimed=True,
+    )
+    return [line.run, *line.flags()]
+
+
+def rank_run(argv: list[str], prog: str):
+    """A rank's run and whether it must claim the output folder itself (no launcher did: torchrun.sh), through the
+    trust gate (ftopt.spec.trust.admit) with this command line's allowance."""
+    from pydantic import ValidationError
+
+    from ftopt.spec import RunSpec
+    from ftopt.spec.errors import FtoptError, validation_message
+    from ftopt.spec.trust import admit
+
+    line = RankCommandLine.parse(argv, prog)
+    from_file = line.run.endswith(".json")
+    source = line.run if from_file else "the run on this rank's command line"
+    try:
+        doc = json.loads(Path(line.run).read_text()) if from_file else decode_arg(line.run)
+        spec = RunSpec.model_validate(doc)
+    except OSError as e:
+        raise FtoptError(f"{line.run} cannot be read: {e.strerror}.") from None
+    except ValidationError as e:
+        raise FtoptError(f"{source} is not a run specification: {validation_message(e)}.") from None
+    except ValueError as e:
+        raise FtoptError(f"{source} is not a run specification: {e}.") from None
+    spec = admit(spec, line.trust(), source)
+    output = spec.output.model_copy(update={"resume": line.resume, "overwrite": line.overwrite})
+    return spec.model_copy(update={"output": output}), not line.folder_claimed
+
+
 def free_port() -> int:
     import socket
 

@@ -13,6 +13,7 @@ from ftopt.planner import resolve
 from ftopt.spec import RunSpec
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
+from ftopt.spec.trust import CommandLineTrust, admit
 
 
 class TrainRequest(BaseModel):
@@ -55,6 +56,12 @@ class TrainRequest(BaseModel):
     trust_remote_code: bool
     allow_metric_module: bool
 
+    def trust(self) -> CommandLineTrust:
+        """What this command line allows (--metric names its own module); a --plan file adds nothing to it."""
+        return CommandLineTrust(
+            trust_remote_code=self.trust_remote_code, allow_metric_module=self.allow_metric_module or bool(self.metric)
+        )
+
 
 def _model_ref(r: TrainRequest):
     if r.model and r.random_init:
@@ -68,18 +75,10 @@ def _model_ref(r: TrainRequest):
 
 
 def _from_plan(r: TrainRequest, ref, note: Callable[[str], None]) -> RunSpec:
-    from ftopt.spec.trust import trusted_file_run
-
     if r.gpu is not None:
         raise FtoptError("--gpu would change the hardware the plan predicted for; plan again instead.")
     spec = resolve.run_from_file(
         r.plan_file, model=ref, given_setup=r.setup, given_combination=r.combination, note=note
-    )
-    spec = trusted_file_run(
-        spec,
-        r.plan_file,
-        trust_remote_code=r.trust_remote_code,
-        allow_metric_module=r.allow_metric_module or bool(r.metric),
     )
     return resolve.with_headroom(spec, r.headroom)  # the margin changes no prediction, only the verdict
 
@@ -127,8 +126,9 @@ def run_spec(r: TrainRequest, note: Callable[[str], None]) -> RunSpec:
 def prepare(r: TrainRequest, note: Callable[[str], None]):
     """(run specification, per-node rendezvous or None), after every check that needs no training process: the
     model and LoRA targets, the rendezvous, user metrics, the output folder, and the weights (a folder, or the Hub
-    download)."""
-    spec = run_spec(r, note)
+    download). The trust gate (ftopt.spec.trust.admit) comes first: the checks judge the model's own code by the
+    flag it leaves, and import the metric modules."""
+    spec = admit(run_spec(r, note), r.trust(), r.plan_file)
     resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
     rdzv = rendezvous(spec, r.node_rank, r.master_addr, r.master_port)
     from ftopt.results.quality import load_user_metric

@@ -1,6 +1,11 @@
-"""One training process (one rank). Run in-process by `ftopt train`, or per rank by the DeepSpeed launcher:
+"""One training process (one rank). Run in-process by `ftopt train`, or per rank by ftopt's launcher
+(ftopt.train.ranks) or DeepSpeed's (hostfile mode):
 
-    python -m deepspeed.launcher.runner --num_gpus 2 src/ftopt/train/worker.py OUT/resolved_config.json
+    python -m ftopt.train.worker RUN [--trust-remote-code] [--allow-metric-module] [--resume] [--overwrite]
+
+RUN is the run as ftopt's launcher encodes it, or a run.json; the rank's own command line decides trust and what
+to do with the output folder (ftopt.train.ranks.RankCommandLine). A rank no launcher started claims the folder at
+rank 0, as ftopt's launcher does.
 
 The sequence: data -> TrainingArguments (before the model: under ZeRO-3 they register the DeepSpeed config, so the
 model is built inside deepspeed.zero.Init and each rank holds only its partition) -> model -> train (training-only
@@ -14,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ftopt.spec import RunSpec
-from ftopt.train.ranks import decode_arg, end_rank, interrupted_line
+from ftopt.train.ranks import end_rank, interrupted_line, rank_run
 
 BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (base_quality_at_start)
 
@@ -70,10 +75,10 @@ def training_arguments(spec: RunSpec, device, world: int, total_steps: int, node
     )
 
 
-def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
+def run_worker(spec: RunSpec, *, claim: bool, fail_at_step: int | None = None) -> dict:
     """Train one rank; returns metrics.json's content (rank 0) or this rank's measurements. Several ranks first
     agree on the run, the output folder and the checkpoint (ftopt.train.dist); every rank leaves its process group
-    before it returns, whatever happened."""
+    before it returns, whatever happened. `claim`: no launcher claimed the output folder, so rank 0 does."""
     import torch
 
     from ftopt.train import dist
@@ -85,7 +90,7 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
     world = dist.init(device)
     interrupt = dist.Interrupt() if world > 1 else None
     try:
-        spec, done, node_local, resume = dist.agree(spec, rank, world, latest_complete_checkpoint)
+        spec, done, node_local, resume = dist.agree(spec, rank, world, latest_complete_checkpoint, claim=claim)
         if done is not None:
             if rank == 0:
                 print(f"--resume: the run in {spec.output_dir} is complete; nothing to train.", file=sys.stderr)
@@ -136,7 +141,7 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
     finally:
         peak.close()
     _stopped(spec, trainer, budget, log)
-    _save(trainer, tok.tokenizer, spec.output_dir, rank)
+    written = _save(trainer, tok.tokenizer, spec.output_dir, rank)
     mine = {
         "rank": rank,
         "device": device.type,
@@ -151,7 +156,7 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
     }
     data = prep.summary.model_dump()
     metrics = finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, data=data)
-    _close_outputs(spec, trainer, rank)
+    _close_outputs(spec, trainer, rank, written)
     return metrics
 
 
@@ -219,11 +224,11 @@ def _stopped(spec, trainer, budget, log) -> None:
         )
 
 
-def _save(trainer, tokenizer, out, rank: int) -> None:
-    """The trained weights and the tokenizer beside them, so the folder loads on its own."""
+def _save(trainer, tokenizer, out, rank: int) -> list[str]:
+    """The trained weights and the tokenizer beside them, so the folder loads on its own; the names of the
+    tokenizer's files (they vary with the tokenizer; the model's are ftopt.train.manifest.RUN_NAMES)."""
     trainer.save_model(str(out))  # adapter (PEFT) or full model, safetensors; ZeRO-3 weights gathered
-    if rank == 0:
-        tokenizer.save_pretrained(str(out))
+    return [Path(f).name for f in tokenizer.save_pretrained(str(out))] if rank == 0 else []
 
 
 def _evaluated(spec, trainer, device, prep, tokenizer, log) -> dict:
@@ -236,9 +241,9 @@ def _evaluated(spec, trainer, device, prep, tokenizer, log) -> dict:
     return evaluate(device, eval_loss, score)
 
 
-def _close_outputs(spec, trainer, rank: int) -> None:
+def _close_outputs(spec, trainer, rank: int, written: list[str]) -> None:
     """The last writes, after metrics.json: a random-init base's weights (for a run with no Hub weights) and the
-    manifest of every file the run wrote."""
+    manifest of the files the run wrote (`written`: the tokenizer's, see _save)."""
     out = spec.output_dir
     if not spec.model.weights:
         from ftopt.train.base import save_random_base
@@ -248,7 +253,7 @@ def _close_outputs(spec, trainer, rank: int) -> None:
     if rank == 0:
         from ftopt.train.manifest import record
 
-        record(out)  # every file this run wrote is listed: --overwrite removes those and nothing else
+        record(out, written)  # the files this run wrote: --overwrite removes those and nothing else
 
 
 def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recorder, stops):
@@ -360,14 +365,16 @@ def _optimizer_name(trainer) -> str:
 
 
 def main() -> None:
-    """One launched rank: the run specification is the argument (ftopt.train.ranks.encode_arg), so it reaches
-    every node without a file. The DeepSpeed launcher adds --local_rank=N (also in the environment as LOCAL_RANK)."""
-    args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
-    spec = RunSpec.model_validate(decode_arg(args[0]))
+    """One launched rank (ftopt.train.ranks.RankCommandLine). The DeepSpeed launcher adds --local_rank=N (also in
+    the environment as LOCAL_RANK)."""
     from ftopt.spec import quiet
 
-    quiet.install(uses_deepspeed=spec.combination.uses_deepspeed)
-    end_rank(lambda: run_worker(spec))
+    def work() -> dict:
+        spec, claim = rank_run(sys.argv[1:], "python -m ftopt.train.worker")
+        quiet.install(uses_deepspeed=spec.combination.uses_deepspeed)
+        return run_worker(spec, claim=claim)
+
+    end_rank(work)
 
 
 if __name__ == "__main__":
