@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from ftopt.cli_common import (
+    AdapterDtypeOpt,
     Attn,
     CalibrationOpt,
     Currency,
@@ -93,6 +94,7 @@ def estimate(
     gc: Gc = None,
     lora_r: LoraR = None,
     lora_targets: LoraTargets = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
@@ -130,6 +132,7 @@ def estimate(
             gc=gc,
             lora_r=lora_r,
             lora_targets=lora_targets,
+            adapter_dtype=adapter_dtype,
             zero=zero,
             fsdp=fsdp,
             offload=offload,
@@ -162,6 +165,7 @@ def plan(
     headroom: Headroom = None,
     lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
     lora_targets: LoraTargets = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     max_hours: Annotated[
         float | None, typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")
     ] = None,
@@ -246,6 +250,7 @@ def plan(
                 full_only=full_only,
                 lora_r=lora_r,
                 lora_targets=resolve.lora_target_list(lora_targets),
+                adapter_dtype=resolve.enum_value("adapter_dtype", adapter_dtype),
                 cost_per_gpu_hour=cost_per_gpu_hour,
                 currency=currency,
                 quants=resolve.enum_list("quant", quant),

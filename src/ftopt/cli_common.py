@@ -78,6 +78,14 @@ LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank; 0 = full
 LoraTargets = Annotated[
     str | None, typer.Option("--lora-targets", help="comma list of module names [default: the attention projections]")
 ]
+AdapterDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter-dtype",
+        help="LoRA adapters' dtype: fp32 (PEFT's default: fp32 adapters, each wrapped layer's input cast up) | "
+        "base (the base model's dtype; PEFT's autocast_adapter_dtype=False) [default: fp32]",
+    ),
+]
 Zero = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
 FsdpOpt = Annotated[
     str | None,

@@ -12,6 +12,7 @@ import typer
 
 from ftopt.cli_common import (
     MODEL_REF_RULE,
+    AdapterDtypeOpt,
     AllowMetricModule,
     Attn,
     Epochs,
@@ -77,6 +78,7 @@ def train(
     gc: Gc = None,
     lora_r: LoraR = None,
     lora_targets: LoraTargets = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
@@ -160,6 +162,7 @@ def train(
             gc=gc,
             lora_r=lora_r,
             lora_targets=lora_targets,
+            adapter_dtype=adapter_dtype,
             zero=zero,
             fsdp=fsdp,
             offload=offload,

@@ -13,7 +13,7 @@ import torch
 from ftopt import quantize
 from ftopt.errors import FtoptError
 from ftopt.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
-from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
+from ftopt.spec import AdapterDtype, Attention, Combination, ModelSpec, Precision, Quant
 
 
 def attn_implementation(attn: Attention, device_type: str) -> str:
@@ -84,7 +84,8 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
             target_modules=targets,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, cfg)
+        # PEFT keeps the adapters in fp32 unless told otherwise (Combination.adapter_dtype)
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=combo.adapter_dtype is AdapterDtype.FP32)
     if combo.gc:
         base = model.get_base_model() if combo.lora else model
         # non-reentrant checkpointing (transformers' default): each layer keeps its input only

@@ -18,6 +18,7 @@ from ftopt.errors import FtoptError
 from ftopt.estimate import Estimate, Method, estimate
 from ftopt.spec import (
     DEFAULT_CURRENCY,
+    AdapterDtype,
     Attention,
     Combination,
     Engine,
@@ -175,11 +176,13 @@ def combinations(
     lora_targets: tuple[str, ...] | None = None,
     quants: tuple[Quant, ...] | None = None,
     optims: tuple[Optim, ...] | None = None,
+    adapter_dtype: AdapterDtype | None = None,
 ) -> list[Combination]:
     """GC on/off x full/LoRA x (ZeRO stage, offload) x every attention kernel the hardware runs (eager and SDPA
     everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) and,
     without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the enumeration (None =
-    PLAN_QUANTS and every optimizer)."""
+    PLAN_QUANTS and every optimizer). `adapter_dtype`: the LoRA candidates' adapter dtype (None = PEFT's default);
+    a quantized base keeps fp32 adapters (Combination's rule)."""
     attns = [a for a in Attention if a in hw.attention_kernels]
     ranks = [0] if full_only else [0, lora_r]
     quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
@@ -198,6 +201,7 @@ def combinations(
                 gc=gc,
                 lora_r=r,
                 lora_targets=lora_targets if r else None,
+                adapter_dtype=adapter_dtype if r and adapter_dtype and quant is Quant.NONE else AdapterDtype.FP32,
                 zero=zero,
                 fsdp=fsdp,
                 offload=off,
@@ -256,6 +260,7 @@ def plan(
     full_only: bool = False,
     lora_r: int = DEFAULT_LORA_R,
     lora_targets: tuple[str, ...] | None = None,
+    adapter_dtype: AdapterDtype | None = None,
     cost_per_gpu_hour: float | None = None,
     currency: str | None = None,
     what_ifs: bool = True,
@@ -277,7 +282,7 @@ def plan(
     # flash-attn rejects fp32 inputs: an fp32 plan enumerates the kernels that take them; plan --engine restricts
     combos = [
         c
-        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims)
+        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, adapter_dtype)
         if c.attn.runs_in(setup.precision) and (engines is None or c.engine in engines)
     ]
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA

@@ -15,6 +15,9 @@ per token unless stated. Sources:
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
            Hugging Face's "auto" DeepSpeed config fills in, train/dsconfig.hf_auto_zero_sizes).
   [autocast] estimate/autocast.py: the weight casts torch autocast caches, with and without GC.
+  [PEFT]   peft 0.21 LoRA as get_peft_model builds it by default (autocast_adapter_dtype=True): adapters upcast to
+           fp32 (tuners_utils.cast_adapter_dtype), inputs cast to the adapter's dtype (lora.Linear.forward);
+           Combination.adapter_dtype BASE keeps the adapters in the base's dtype (ftopt.policy.storage).
   [quant]  estimate/quant.py: QLoRA/int8 bases and bitsandbytes optimizers (QLoRA paper, bitsandbytes source).
   [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
            accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
@@ -86,17 +89,27 @@ def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
 
 
 def linear_input_bytes(
-    model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int, lora: bool = False
+    model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int, lora_r: int = 0
 ) -> int:
     """A matmul saves its input only to form the weight gradient (frozen weights need only W for grad-input).
     Under autocast the saved input is the 16-bit cast, one per trainable linear reading it (autocast caches casts
-    of leaf weights, not of activations); a LoRA adapter under autocast always makes its own: PEFT 0.21 casts the
-    16-bit input to the fp32 adapter's dtype first (lora.Linear.forward: _cast_input_dtype), and autocast casts
-    that back to a new 16-bit tensor. Otherwise the tensor itself when not saved already. `trainable` = how many
-    linears of the group train."""
+    of leaf weights, not of activations); otherwise the tensor itself when not saved already. `trainable` = how
+    many linears of the group train.
+    LoRA (`lora_r` > 0) [PEFT]: each wrapped linear first casts its input to the adapter's dtype, a new tensor
+    per wrapped linear when the dtypes differ (peft 0.21 lora.Linear.forward: _cast_input_dtype); lora_A saves
+    that cast (under autocast, autocast's 16-bit cast of it: fp32 adapters make one per wrapped linear, 16-bit
+    adapters none), and lora_B saves lora_A's r-wide output."""
     if not trainable:
         return 0
-    if st.autocast and (produced_bytes == 4 or lora):
+    if lora_r:
+        adapter = st.trainable_weight
+        out = trainable * lora_r * (2 if st.autocast else adapter)  # lora_A's outputs, saved by lora_B
+        if st.autocast and adapter == 4:
+            return out + 2 * in_features * trainable
+        if not st.autocast and adapter != produced_bytes:
+            return out + adapter * in_features * trainable
+        return out + produced_bytes * in_features
+    if st.autocast and produced_bytes == 4:
         return 2 * in_features * trainable  # the bf16 casts autocast makes for the matmuls
     return produced_bytes * in_features
 
@@ -117,14 +130,13 @@ def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_
     return a * 3 * q + probs
 
 
-def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: bool, in_trainable: bool = True) -> int:
+def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: int, in_trainable: bool = True, lora_r: int = 0) -> int:
     """Gated (SwiGLU/GeGLU): gate output (saved by the activation), activation output and up output (saved by the
-    product); the product is saved by `down` when it trains. Plain (GELU): fc1 output, GELU output for fc2.
-    Outputs of frozen linears have the frozen-output dtype (fp32 for quantized bases [quant])."""
+    product); the product is saved by `down` when it trains (linear_input_bytes). Plain (GELU): fc1 output, GELU
+    output for fc2. Outputs of frozen linears have the frozen-output dtype (fp32 for quantized bases [quant])."""
     a, i = (st.act_bytes if in_trainable else st.frozen_out), model.intermediate_size
-    if model.mlp is MlpKind.GATED:
-        return a * 3 * i + (a * i if down_trainable else 0)
-    return a * i + (a * i if down_trainable else 0)
+    down = linear_input_bytes(model, st, i, down_trainable, a, lora_r)
+    return (a * 3 * i if model.mlp is MlpKind.GATED else a * i) + down
 
 
 def layer_activation_bytes_per_token(
@@ -132,20 +144,17 @@ def layer_activation_bytes_per_token(
 ) -> int:
     """All tensors one decoder layer keeps for backward, per token, without checkpointing (`masked`: SDPA is given
     a mask, see attention_core_bytes)."""
-    full = not combo.lora
+    full, r = not combo.lora, combo.lora_r
     groups = _trainable_groups(model, combo)
     norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
     h, q = model.hidden_size, model.q_dim
-    n += linear_input_bytes(
-        model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out_bytes if not full or st.autocast else 0, not full
-    )
+    norm_out = norm_out_bytes if not full or st.autocast else 0  # saved already by a trained norm (full)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out, r)
     n += attention_core_bytes(model, st, combo, seq_len, masked)
-    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, not full)
-    n += linear_input_bytes(
-        model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0, not full
-    )
-    n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups, LinearGroup.MLP_IN in groups)
+    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, r)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out, r)
+    n += mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r)
     return n
 
 
