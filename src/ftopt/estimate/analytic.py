@@ -192,15 +192,39 @@ def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage,
 
 def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
     """(all saved activations at the start of backward, one layer's) per GPU, in bytes.
-    With GC each layer keeps only its input (resid dtype x h) and one layer is recomputed at a time in backward;
-    the checkpoints also keep the mask packed rows give SDPA (estimate/layout.py). A recomputation under autocast
-    enters and leaves its own autocast region, so it holds one layer's weight casts [autocast] (in `per_layer`,
-    as are the casts matmuls save without GC)."""
+    With GC each layer keeps only its input (resid dtype x h); the checkpoints also keep the mask packed rows give
+    SDPA (estimate/layout.py). Its layers are recomputed one at a time later in backward, once the loss's tensors
+    are freed (gc_recompute_activation_bytes). A recomputation under autocast enters and leaves its own autocast
+    region, so it holds one layer's weight casts [autocast] (in `per_layer`, as are the casts matmuls save
+    without GC)."""
     per_layer = _per_layer_bytes(model, setup, combo, st)
     kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
     if combo.gc:
-        return kept + per_layer + head, per_layer
+        return kept + head, per_layer
     return model.num_layers * per_layer + head, per_layer
+
+
+def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    """Activations while backward recomputes the last layer under GC (0 without GC): every checkpoint and that
+    layer's saved tensors. The LM head's and the loss's tensors are freed by then (their backward has run: the
+    traced GC steps peak either at the loss or here, never with both)."""
+    if not combo.gc:
+        return 0
+    kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st)
+    return kept + _per_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
+
+
+def layer_backward_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    """Gradients alive inside one layer's backward beyond its saved tensors, where they are quadratic in the
+    sequence: eager attention's softmax backward (torch's _softmax_backward_data) forms the scores' gradient while
+    the probabilities' gradient is alive, heads x s x s each: two fp32 tensors in fp32; under 16 bits the 16-bit
+    gradient of the probabilities, its fp32 upcast (the probabilities were cast down from fp32 softmax) and the
+    fp32 scores' gradient. SDPA and flash compute their gradients in O(s) per head: not counted, nor the
+    hidden- and intermediate-sized gradients (the linear-in-s remainder the traced estimator sees)."""
+    if combo.attn.linear_memory:
+        return 0
+    per_score = 8 if st.act_bytes == 4 else st.act_bytes + 8
+    return per_score * model.num_heads * setup.seq_len * setup.tokens_per_micro_batch
 
 
 def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
@@ -377,6 +401,15 @@ def memory(
             "forward/backward",
             MemoryBreakdown(
                 **static, gradients=grads_during_fwd, activations=acts, logits_loss=logits, temporaries=dequant
+            ),
+        ),
+        (  # GC: the last layer recomputed in backward, after ZeRO-2's first reduction allocated its partition
+            "forward/backward",
+            MemoryBreakdown(
+                **static,
+                gradients=s.grads if combo.zero == 2 and combo.offload is Offload.NONE else grads_during_fwd,
+                activations=gc_recompute_activation_bytes(model, setup, combo, st),
+                temporaries=dequant,
             ),
         ),
         ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, temporaries=dequant)),

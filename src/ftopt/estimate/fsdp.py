@@ -133,12 +133,20 @@ def terms(
 
 
 def memory(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, t: FsdpTerms, acts: int, one_layer: int, logits: int
+    model: ModelSpec,
+    setup: TrainingSetup,
+    combo: Combination,
+    t: FsdpTerms,
+    acts: int,
+    one_layer: int,
+    logits: int,
+    recompute: int = 0,
 ) -> tuple[str, MemoryBreakdown]:
     """The peak over FSDP2's phases (measured on two CPU ranks: the start of backward, where the backward
     prefetch all-gathers the last layers while every activation and the loss are alive):
     (1) start of backward: activations, loss, the layers in flight (two under reshard_after_forward=True, every
-        layer under False) and the root's unsharded parameters;
+        layer under False) and the root's unsharded parameters; under GC also the last layer's recomputation
+        (`recompute`: analytic.gc_recompute_activation_bytes) with the same layers in flight;
     (2) the last layer's reduce-scatter: its unsharded gradients and reduce-scatter buffers (the previous
         group's input is reclaimed first: reduce_scatter_max_input_buffers=1), the LM head's unsharded gradient;
     (3) the root's copy-in at the end of backward: the root is resharded first (post_backward reshards before
@@ -162,11 +170,21 @@ def memory(
             ),
         ),
         (
+            "forward/backward",
+            MemoryBreakdown(
+                **static,
+                gradients=grads_fwd,
+                activations=recompute,
+                engine_buffers=layers_unsharded + t.root_unsharded,
+            ),
+        ),
+        (
             "backward, first reduce-scatter",
             MemoryBreakdown(
                 **static,
                 gradients=grads_fwd + t.head_grad + t.layer_grad,
-                activations=max(0, acts - one_layer),  # a traced GC step holds less than one recomputed layer
+                # the last layer's saved tensors are freed by its backward; under GC its recomputation
+                activations=acts if combo.gc else max(0, acts - one_layer),
                 engine_buffers=layers_unsharded + t.root_unsharded + t.layer_rs,
             ),
         ),
@@ -231,13 +249,14 @@ def peak(
     view_st = storage(view_setup.precision, view)
     acts, one_layer = analytic.activation_bytes(model, view_setup, view, view_st)
     logits = analytic.logits_loss_bytes(model, view_st, setup.tokens_per_micro_batch)
-    if traced is not None:
-        acts, logits = traced.activations, traced.logits_loss + traced.temporaries
+    recompute = analytic.gc_recompute_activation_bytes(model, view_setup, view, view_st)
+    if traced is not None:  # the trace's largest moment, the recomputation's included
+        acts, logits, recompute = traced.activations, traced.logits_loss + traced.temporaries, 0
     train = analytic.trainable_params(model, combo)
     single = combo.model_copy(update={"fsdp": Fsdp.NONE, "offload": Offload.NONE})
     weights = analytic.zero_states(model, setup, single, st).weights
     t = terms(model, setup, combo, st, weights, train, gloo)
-    phase, bd = memory(model, setup, combo, t, acts, one_layer, logits)
+    phase, bd = memory(model, setup, combo, t, acts, one_layer, logits, recompute)
     return bd, phase, t.host * setup.gpus_per_node
 
 
