@@ -29,10 +29,14 @@ demo: setup
 test: setup lint
 	$(BIN)/python -m pytest
 
-# Style holds without review: lint (pyflakes, pycodestyle, import order, pyupgrade, bugbear) and format check.
+# Style holds without review: lint (pyflakes, pycodestyle, import order, pyupgrade, bugbear), format check, the
+# layer contract (import-linter, configured in pyproject.toml: imports point only downward, no cycles), and the docs
+# site (mkdocs.yml; --strict fails on a broken link or a page missing from the nav).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: setup
 	$(BIN)/python benchmarks/plan_speed.py

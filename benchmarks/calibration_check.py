@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from ftopt.calibration import RANK_TIE_FRACTION, calibrate
-from ftopt.results import read_results
+from ftopt.planner.calibration import RANK_TIE_FRACTION, calibrate
+from ftopt.results.rows import read_results
 from ftopt.spec import load_hardware
 
 

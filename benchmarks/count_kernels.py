@@ -96,9 +96,9 @@ CONFIGS = {
 
 
 def family_counts(family: str, config: dict) -> dict:
-    from ftopt.errors import FtoptError
     from ftopt.estimate.kernels import count_kernels, variant
     from ftopt.spec import Attention, Combination, from_hf_config
+    from ftopt.spec.errors import FtoptError
 
     spec = from_hf_config({"model_type": family, **config}, f"{family}-counting")
     counts = {}
@@ -138,7 +138,7 @@ def main() -> None:
         "versions": versions,  # the recount test skips under other versions (tests/estimate/test_kernels.py)
         "families": families,
     }
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     atomic_write_text(OUT, json.dumps(doc, indent=1) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")

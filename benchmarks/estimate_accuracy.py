@@ -6,7 +6,7 @@ measured peak with the analytic and traced estimates.
 
 Each scenario runs in its own process (a fresh allocator): random-init model built by ftopt's own builder (the one
 `ftopt train` uses), Trainer for 2 optimizer steps. "Measured" is the allocator-level peak the run adds from building
-the model to the end of the second step (ftopt.measure: PyTorch profiler memory events, independent of the tracer).
+the model to the end of the second step (ftopt.results.measure: PyTorch profiler memory events, independent of the tracer).
 Writes benchmarks/results/estimate_accuracy.json and prints the table.
 """
 
@@ -92,7 +92,7 @@ def scenarios(quick: bool, gpu: bool = False) -> list[dict]:
     return out
 
 
-# QLoRA / 8-bit optimizer scenarios (issue 11) and the known misses (seq 1024 x 1, a 0.5B qwen2 preset).
+# QLoRA / 8-bit optimizer scenarios and the hard cases (seq 1024 x 1, a 0.5B qwen2 preset).
 QUANT_ARCHS = ("llama-gqa-100m", "qwen2-tied-110m", "neox-160m")
 
 
@@ -141,7 +141,7 @@ def _packed_dataset(vocab_size: int, seq: int):
     return ds
 
 
-# bf16-mixed runs (issue 16): CPU autocast in bf16 is the Trainer recipe a GPU runs (fp32 weights, autocast casts,
+# bf16-mixed runs: CPU autocast in bf16 is the Trainer recipe a GPU runs (fp32 weights, autocast casts,
 # fp32 master = the weights, 16-bit activations); full and LoRA, GC off and on, every architecture (qwen2 is tied).
 # Indices 12-17 are held out: other token counts per micro-batch, run after the estimators were fixed against 0-11.
 def mixed_scenarios() -> list[dict]:
@@ -194,8 +194,8 @@ def run_one(sc: dict) -> dict:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    from ftopt.measure import track_memory
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
+    from ftopt.results.measure import track_memory
     from ftopt.spec import Precision
 
     torch.set_num_threads(
@@ -308,7 +308,7 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     # one thread per rank: the peaks are memory, which contention on a shared CPU does not change
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    from ftopt.results import read_metrics
+    from ftopt.results.rows import read_metrics
 
     m = read_metrics(out / "metrics.json")
     measured = m.measured.peak_bytes_per_gpu
@@ -543,7 +543,7 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def _save(path: Path, rows: list, zero_rows: list, summary: dict) -> None:
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     atomic_write_text(
         path,

@@ -6,7 +6,7 @@ plan, 8 x A100-80G, seq 2048, micro-batch 1, sdpa, unquantized base, AdamW, the 
 
 from __future__ import annotations
 
-from ftopt.plan import plan
+from ftopt.planner.plan import plan
 from ftopt.spec import Attention, Engine, Optim, Quant, TrainingSetup, load_hardware, load_model
 
 ROWS = [("llama-2-7b", True), ("llama-2-13b", True), ("llama-2-70b", False)]  # (model, full fine-tuning)

@@ -102,7 +102,7 @@ def has_flag(flag: str) -> bool:
     """Whether this ftopt's train command has `flag` (QLoRA scenarios need --quant)."""
     import typer
 
-    from ftopt.cli import app
+    from ftopt.cli.app import app
 
     cmd = typer.main.get_command(app).commands["train"]
     return any(flag in p.opts for p in cmd.params)
@@ -174,7 +174,7 @@ def main() -> int:
     if missing:
         print("gpu_check cannot run here: missing " + "; ".join(missing) + ".", file=sys.stderr)
         return 2
-    from ftopt.io import append_line_atomic
+    from ftopt.spec.io import append_line_atomic
 
     workdir = Path(os.environ.get("OUT", "/tmp")) / "ftopt-gpu-check"
     for name, flags in SCENARIOS:

@@ -118,7 +118,7 @@ def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
 
 @cache
 def _config(arch: str):
-    from ftopt.modeling import hf_config
+    from ftopt.model.build import hf_config
 
     return hf_config(ea._spec({"arch": arch}))
 

@@ -120,7 +120,7 @@ def main() -> None:
         f"8-bit optimizer update {rates['bnb_optimizer_bytes_per_s'] / 1e9:.2f} GB/s "
         "(the cpu entry of presets/time_constants.json: dequant_bytes_per_s / bnb_optimizer_bytes_per_s)"
     )
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     atomic_write_text(
         ROOT / "benchmarks" / "results" / f"quant_time{a.tag}.json",

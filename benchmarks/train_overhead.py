@@ -38,7 +38,7 @@ def plain_trainer(out: str) -> float:
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from ftopt.modeling import hf_config
+    from ftopt.model.build import hf_config
     from ftopt.spec import DataSpec, load_model
     from ftopt.train.data import default_tokenizer
     from ftopt.train.prepare import prepare
@@ -188,7 +188,7 @@ def main() -> None:
             print(f"round {i + 1}: padding {pad[-1]:.0f} tok/s, packing {packed[-1]:.0f} tok/s", flush=True)
         pratio = statistics.median(k / p for k, p in zip(packed, pad))
         print(f"packing / padding non-padding tokens/s: median ratio {pratio:.2f} (target >= 1.5)")
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     atomic_write_text(
         ROOT / "benchmarks" / "results" / "train_overhead.json",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ftopt import sample_task as S
-from ftopt.modeling import hf_config
+from ftopt.model.build import hf_config
 from ftopt.spec import load_model
+from ftopt.sweep import sample_task as S
 
 OUT = Path(__file__).resolve().parents[1] / "src/ftopt/presets/base/tiny-base"
 IGNORE = -100

@@ -32,7 +32,7 @@ def test_fails_fast_naming_what_is_missing(gc):
 def test_scenarios_are_valid_train_runs(gc):
     from typer.testing import CliRunner
 
-    from ftopt.cli import app
+    from ftopt.cli.app import app
 
     names = [n for n, _ in gc.SCENARIOS]
     assert {"lora-flash-8b", "full-gc-0.5b", "lora-zero2-8b", "qlora-gc-8b"} <= set(names)

@@ -2,10 +2,10 @@
 
 import pytest
 
-from ftopt.errors import FtoptError
 from ftopt.estimate import analytic, estimate
-from ftopt.policy import storage
 from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.policy import storage
 
 P = 6_738_415_616  # llama-2-7b parameters
 H, L, I, V = 4096, 32, 11008, 32000
@@ -160,7 +160,7 @@ def test_ddp_bucket_term_matches_the_buckets_torch_allocates(combo):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import from_hf_config
     from tests.spec.test_model import TINY
 
@@ -178,8 +178,8 @@ def test_ddp_bucket_term_matches_the_buckets_torch_allocates(combo):
 
 @pytest.mark.parametrize("gc", [True, False])
 def test_mixed_precision_counts_every_autocast_weight_cast(gc):
-    """Issue 16: under bf16-mixed autocast caches every layer's 16-bit weight cast until its region exits, so with
-    GC the loss moment holds all of them (the old model counted one layer's: 103.2 vs 114.4 GiB traced for this
+    """Under bf16-mixed autocast caches every layer's 16-bit weight cast until its region exits, so with
+    GC the loss moment holds all of them (counting one layer's would give 103.2 vs 114.4 GiB traced for this
     run). The traced estimator runs torch's real autocast and checkpoint code; the two agree within 1%."""
     spec, hw = load_model("llama-2-7b"), load_hardware("a100-80g")
     setup = TrainingSetup(precision="bf16-mixed", grad_accum=2)

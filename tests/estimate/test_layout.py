@@ -1,7 +1,7 @@
 """Packed (padding-free) batches: the estimates see what a real training step on the collator's batch allocates.
 
 The reference is a real step (forward with labels, backward, clip, fused AdamW, zero_grad, twice) on a batch made
-by ftopt's own collator (TRL's), measured at the allocator (ftopt.measure.AllocatorPeak), not a restatement of the
+by ftopt's own collator (TRL's), measured at the allocator (ftopt.results.measure.AllocatorPeak), not a restatement of the
 formulas: packed minus unpacked peak, real against predicted.
 """
 
@@ -10,7 +10,7 @@ import torch
 
 from ftopt.estimate import estimate
 from ftopt.estimate.time import step_flops
-from ftopt.measure import AllocatorPeak
+from ftopt.results.measure import AllocatorPeak
 from ftopt.spec import Combination, Precision, TrainingSetup, from_hf_config, load_hardware
 
 # small widths and a long row, so attention's per-layer tensors are a visible part of the step
@@ -48,7 +48,7 @@ def _batch(packed: bool) -> dict:
 
 
 def _measured_peak_bytes(spec, combo: Combination, batch: dict) -> int:
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
 
     torch.manual_seed(0)
     peak = AllocatorPeak().start()

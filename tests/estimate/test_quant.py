@@ -20,7 +20,7 @@ def test_quantized_weight_bytes_match_real_bitsandbytes():
     """The bytes bitsandbytes really holds for one NF4 (double quant) and one int8 linear on this CPU."""
     torch = pytest.importorskip("torch")
     bnb = pytest.importorskip("bitsandbytes")
-    from ftopt.quantize import _quantized_linear
+    from ftopt.model.quantize import _quantized_linear
     from ftopt.spec import Precision
 
     lin = torch.nn.Linear(768, 2048, bias=False)
@@ -45,7 +45,7 @@ def test_prepare_for_kbit_leaves_non_quantized_params_in_fp32():
     pytest.importorskip("bitsandbytes")
     import torch
 
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import Precision
 
     spec = load_model("tiny-llama")

@@ -73,7 +73,8 @@ def test_unsupported_attention_falls_back_with_the_reason():
     e = estimate(
         spec, load_hardware("cpu"), TrainingSetup(seq_len=32, precision="fp32"), Combination(attn="sdpa"), "traced"
     )
-    assert e.method.value == "analytic" and any("use --attn eager" in n for n in e.notes)
+    assert e.method.value == "analytic" and "use --attn eager" in e.trace_fallback.message
+    assert e.trace_fallback.error == "FtoptError"
 
 
 def test_trace_failure_falls_back_to_analytic(monkeypatch):
@@ -82,13 +83,14 @@ def test_trace_failure_falls_back_to_analytic(monkeypatch):
     traced = importlib.import_module("ftopt.estimate.traced")
 
     def broken(*a, **k):
-        raise RuntimeError("custom modeling code")
+        raise NotImplementedError("custom modeling code: no meta kernel")
 
     monkeypatch.setattr(traced, "_trace", broken)
     spec = from_hf_config(MEDIUM["llama-gqa"], "x")
     e = estimate(spec, load_hardware("cpu"), SETUP, Combination(), "traced")
     assert e.method.value == "analytic"
-    assert any("could not run llama" in n and "analytic" in n for n in e.notes)
+    assert e.trace_fallback.error == "NotImplementedError"
+    assert "could not run llama" in e.trace_fallback.message and "analytic" in e.trace_fallback.message
 
 
 def test_cuda_target_rounds_and_deepspeed_states_are_partitioned():

@@ -14,14 +14,14 @@ import sys
 import pytest
 
 from ftopt.estimate import analytic
-from ftopt.policy import storage
 from ftopt.spec import Combination, Precision, TrainingSetup, load_model
+from ftopt.spec.policy import storage
 
 CHILD = r"""
 import json, sys, torch
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback
-from ftopt.modeling import build_model
+from ftopt.model.build import build_model
 from ftopt.spec import RunSpec, load_model
 from ftopt.train.worker import training_arguments
 
@@ -59,7 +59,7 @@ def test_zero3_gradient_buffer_and_bucket_match_a_real_engine(tmp_path):
     pytest.importorskip("deepspeed")
     from ftopt.spec import RunSpec, load_hardware
 
-    # seq 128: the loss tensors make forward/backward the peak, the phase the old formula counted without gradients
+    # seq 128: the loss tensors make forward/backward the peak, the phase where a formula without the partition buffer counts no gradients
     setup = TrainingSetup(seq_len=128, micro_batch=2, precision=Precision.FP32)
     combo = Combination(zero=3, attn="eager")
     spec = RunSpec(

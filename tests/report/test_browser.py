@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from ftopt.quality import QualityTarget
 from ftopt.report.render import CSS, build_report
 from ftopt.report.text import TEXT
+from ftopt.results.quality import QualityTarget
 from tests.report.test_report import ROWS
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)

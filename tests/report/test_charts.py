@@ -3,11 +3,11 @@ colours fixed per technique, labels that do not overlap, the recommended run sta
 
 import warnings
 
-from ftopt.quality import QualityTarget
 from ftopt.report.charts import FONTS, charts, colour, place_labels, register_fonts
 from ftopt.report.decision import decide
 from ftopt.report.text import TEXT
-from ftopt.results import parse_rows
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import parse_rows
 from ftopt.spec import Combination
 from tests.report.test_report import FULL, LORA, ROWS, row
 

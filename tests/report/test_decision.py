@@ -1,4 +1,4 @@
-"""A PoC decision that survives noise (issue 16): per-step times with a spread, ties broken by quality, the
+"""A PoC decision that survives noise: per-step times with a spread, ties broken by quality, the
 projected basis when the PoC ran on other hardware, the plan's pick beside the measured pick, and a report that
 does not contradict itself. Synthetic results lines: no run is trained here."""
 
@@ -7,12 +7,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.cli import app
-from ftopt.quality import QualityTarget
+from ftopt.cli.app import app
 from ftopt.report.decision import Basis, Why, decide
 from ftopt.report.projection import production_target_for, projections
 from ftopt.report.render import build_report
-from ftopt.results import WARMUP_STEPS, ResultRow, parse_rows, read_results, step_stats
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import WARMUP_STEPS, ResultRow, parse_rows, read_results, step_stats
 from ftopt.spec import ProductionOptions
 from tests.report.test_report import LORA, row
 
@@ -209,8 +209,8 @@ def test_each_language_keeps_its_own_charts(tmp_path):
 
 def test_old_results_lines_load_migrated(tmp_path):
     """bench/1 (sweep flags, no run) and bench/2 (a median, no per-step times) lines load; the median stands."""
-    v1 = dict(row("v1"), schema="ftopt.bench/1", sweep={"model_args": [], "seq_len": 64, "micro_batch": 8})
-    v2 = dict(row("v2"), schema="ftopt.bench/2")
+    v1 = dict(row("v1"), schema="ftopt.sweep.bench/1", sweep={"model_args": [], "seq_len": 64, "micro_batch": 8})
+    v2 = dict(row("v2"), schema="ftopt.sweep.bench/2")
     v2["measured"] = dict(v2["measured"], tokens_per_s=100.0)
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps(v1) + "\n" + json.dumps(v2) + "\n")
@@ -222,7 +222,7 @@ def test_old_results_lines_load_migrated(tmp_path):
 
 
 def test_report_projects_the_8b_production_model_at_its_own_shape(tmp_path):
-    """Done-when of issue 16: hours and cost for llama-3.1-8b on 8 A100s, at the plan's sequence length for the
+    """Hours and cost for llama-3.1-8b on 8 A100s, at the plan's sequence length for the
     A100 (2048), not the PoC's CPU length (64); quality stated as measured on the PoC model only."""
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _projected_rows()))

@@ -6,9 +6,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 from ftopt.report.projection import PILOT_DATA_FRACTION, ProductionTarget, plan_production, project, projections
-from ftopt.results import parse_rows
+from ftopt.results.rows import parse_rows
 from ftopt.spec import Combination
 from tests.report.test_report import FULL, LORA, ROWS, row
 

@@ -4,10 +4,10 @@ Synthetic results lines: no run is trained here."""
 
 import pytest
 
-from ftopt.quality import QualityTarget
 from ftopt.report.decision import decide
 from ftopt.report.render import build_report
-from ftopt.results import parse_rows
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import parse_rows
 from tests.report.test_decision import EAGER, SDPA, timed
 
 EM = QualityTarget.parse("exact_match>=0.5")

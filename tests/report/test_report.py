@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from ftopt.quality import QualityTarget
 from ftopt.report.projection import production_target_for
 from ftopt.report.render import build_report, decide
-from ftopt.results import parse_rows
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import parse_rows
 from ftopt.spec import ProductionOptions
 
 HOSTILE = "<script>alert('x')</script>&\"quote\""
@@ -48,7 +48,7 @@ def row(label, status="ok", loss=1.0, epoch=10.0, peak=100 * 2**20, gpus=1, em=0
 
 def run_json(hw=None, **setup) -> dict:
     """A complete run specification as a results line holds it (`run`)."""
-    from ftopt import resolve
+    from ftopt.planner import resolve
     from ftopt.spec import load_hardware
 
     hw = hw or load_hardware("cpu")
@@ -204,9 +204,9 @@ def _results_on(tmp_path, *gpus):
 def test_report_defaults_to_the_hardware_the_rows_ran_on(tmp_path):
     from typer.testing import CliRunner
 
-    from ftopt.cli import app
+    from ftopt.cli.app import app
     from ftopt.report.cli_support import report_settings
-    from ftopt.results import read_results
+    from ftopt.results.rows import read_results
     from ftopt.spec import load_hardware
 
     path = _results_on(tmp_path, "rtx4090", "rtx4090")
@@ -220,7 +220,7 @@ def test_report_defaults_to_the_hardware_the_rows_ran_on(tmp_path):
 def test_report_rows_on_different_hardware_ask_for_gpu(tmp_path):
     from typer.testing import CliRunner
 
-    from ftopt.cli import app
+    from ftopt.cli.app import app
 
     path = _results_on(tmp_path, "rtx4090", "a100-80g")
     r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep")])

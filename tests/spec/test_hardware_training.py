@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from ftopt.errors import FtoptError
 from ftopt.spec import Combination, TrainingSetup, hardware_names, load_hardware
+from ftopt.spec.errors import FtoptError
 
 
 @pytest.mark.parametrize("name", [n for n in hardware_names() if n != "cpu"])
@@ -163,7 +163,7 @@ def test_load_hardware_never_applies_a_stored_calibration(tmp_path, monkeypatch)
         for n in ast.walk(ast.parse(Path(mod.__file__).read_text()))
         if isinstance(n, ast.ImportFrom) and n.module
     }
-    assert not any(m.startswith("ftopt.calibration") for m in imported)
+    assert not any(m.startswith("ftopt.planner.calibration") for m in imported)
     assert load_hardware("a100-80g").calibration is None
 
 
@@ -203,7 +203,7 @@ def test_cpu_peak_flops_keeps_the_best_probe(tmp_path, monkeypatch):
     [("a100-80g", "bf16-mixed"), ("l4", "bf16-mixed"), ("t4", "fp16-mixed"), ("v100-16g", "fp16-mixed")],
 )
 def test_precision_defaults_to_the_best_the_hardware_runs(gpu, precision):
-    """Issue 16: `plan --gpu t4` failed with "t4 cannot run bf16" instead of choosing fp16-mixed."""
+    """`plan --gpu t4` chooses fp16-mixed, which a T4 runs, not bf16."""
     hw = load_hardware(gpu)
     assert TrainingSetup.for_hardware(hw.is_cpu, hw.peak_flops).precision.value == precision
     assert TrainingSetup.for_hardware(True, load_hardware("cpu").peak_flops).precision.value == "fp32"

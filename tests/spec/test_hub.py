@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.cli import app
-from ftopt.errors import FtoptError
+from ftopt.cli.app import app
 from ftopt.spec import load_model
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.hub import HubRef, hub_snapshot, parse_hub_id
 from tests.hubserver import FakeHub
 
@@ -252,7 +252,7 @@ def test_local_remote_code_is_refused_without_the_flag(remote_folder, tmp_path):
 
 
 def test_trusted_remote_code_builds_the_model_weights_and_random_init(remote_folder):
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import Combination, Precision
 
     spec, combo = load_model(str(remote_folder)), Combination(lora_r=4)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ftopt.errors import FtoptError
 from ftopt.spec import from_hf_config, load_model, preset_names
+from ftopt.spec.errors import FtoptError
 
 TINY = {
     "llama": dict(

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from ftopt import estimate, plan
-from ftopt.calibration_store import calibrate_and_store, calibrated_hardware, calibration_path
-from ftopt.display import print_estimate
-from ftopt.errors import FtoptError
+from ftopt.cli.display import print_estimate
+from ftopt.planner.calibration_store import calibrate_and_store, calibrated_hardware, calibration_path
 from ftopt.spec import Combination, HardwareSpec, TrainingSetup, hardware_names, load_hardware, load_model
 from ftopt.spec.calibration import SoftwareVersions
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.time_constants import DefaultProvenance, TimeConstants
 
 A100 = load_hardware("a100-80g")
@@ -84,9 +84,9 @@ def test_a_calibration_keeps_the_rates_it_does_not_fit():
 
 
 def test_a_calibration_file_of_the_old_schema_still_applies(tmp_path):
-    """ftopt.calibration/2 kept the constants and the provenance at the top level."""
+    """ftopt.planner.calibration/2 kept the constants and the provenance at the top level."""
     old = {
-        "schema": "ftopt.calibration/2",
+        "schema": "ftopt.planner.calibration/2",
         "mfu": 0.3,
         "fixed_step_seconds": 0.01,
         "seconds_per_kernel": 2e-6,
@@ -163,7 +163,7 @@ def test_constants_given_twice_or_out_of_range_are_one_clear_error(tmp_path):
 def test_the_report_says_where_the_projection_constants_came_from(tmp_path, lang, default, calibrated):
     from typer.testing import CliRunner
 
-    from ftopt.cli import app
+    from ftopt.cli.app import app
     from tests.report.test_decision import _projected_rows
 
     path = tmp_path / "results.jsonl"

@@ -1,4 +1,4 @@
-"""`train` runs CUDA with expandable segments unless the user set PYTORCH_CUDA_ALLOC_CONF (issue 16, sec. 2)."""
+"""`train` runs CUDA with expandable segments unless the user set PYTORCH_CUDA_ALLOC_CONF."""
 
 from ftopt.train.allocator import ALLOC_ENV, allocator_env, allocator_note
 
@@ -19,7 +19,7 @@ def test_a_user_setting_without_expandable_segments_gets_a_note():
 
 def test_launcher_ranks_get_the_setting(monkeypatch, tmp_path):
     """The launched ranks' environment carries it (captured instead of running ranks)."""
-    from ftopt.resolve import new_run, setup
+    from ftopt.planner.resolve import new_run, setup
     from ftopt.spec import Combination, ModelRef, load_hardware
     from ftopt.train import engine, ranks
 

@@ -8,13 +8,13 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 from ftopt.presets import base_model_dir
-from ftopt.quality import QualityTarget
 from ftopt.report.decision import decide
 from ftopt.report.render import build_report
-from ftopt.results import ResultRow, read_metrics
-from ftopt.sample_task import examples
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import ResultRow, read_metrics
+from ftopt.sweep.sample_task import examples
 
 EM = QualityTarget.parse("exact_match>=0.5")
 
@@ -22,7 +22,7 @@ EM = QualityTarget.parse("exact_match>=0.5")
 def test_an_excluded_span_is_left_out_of_the_cpu_peak():
     import torch
 
-    from ftopt.measure import EXCLUDED_SCOPE, AllocatorPeak
+    from ftopt.results.measure import EXCLUDED_SCOPE, AllocatorPeak
 
     def peak(excluded: bool) -> int:
         p = AllocatorPeak().start()
@@ -41,7 +41,7 @@ def test_an_excluded_span_is_left_out_of_the_cpu_peak():
 
 @pytest.fixture(scope="module")
 def known_task_run(tmp_path_factory):
-    """The shipped base was pretrained on `copy` (ftopt.sample_task): held-out `copy` rows are full marks before
+    """The shipped base was pretrained on `copy` (ftopt.sweep.sample_task): held-out `copy` rows are full marks before
     training, while the training rows mix in `back`, which it never saw, so the first loss is far from zero."""
     d = tmp_path_factory.mktemp("known")
     train = [r for pair in zip(examples("copy", 48, 1), examples("back", 48, 2)) for r in pair]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.run import TrainOn
 from ftopt.train import data as D
 from ftopt.train.chat_spans import MAX_UNSTABLE_SHARE
@@ -109,7 +109,7 @@ def test_mistral_system_message_is_not_prefix_stable_and_is_named():
         tokenize(records(*rows, with_system), tok, 512, "messages")
 
 
-ISSUE_TEMPLATE = (  # issue 17's repro: a llama repo whose template has no markers
+ISSUE_TEMPLATE = (  # a llama repo whose template has no generation markers
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}"
     "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
@@ -131,7 +131,7 @@ def marker_less_repo(tmp_path_factory):
 
 
 def test_train_and_preview_a_marker_less_template(tmp_path, marker_less_repo):
-    from ftopt.cli import app
+    from ftopt.cli.app import app
 
     runner = CliRunner()
     data = tmp_path / "chat.jsonl"

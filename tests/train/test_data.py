@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.train import data as D
 
 

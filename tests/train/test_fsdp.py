@@ -6,8 +6,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.cli import app
-from ftopt.results import RunMetrics, read_metrics
+from ftopt.cli.app import app
+from ftopt.results.rows import RunMetrics, read_metrics
 
 runner = CliRunner()
 
@@ -67,7 +67,7 @@ def test_fsdp_grad_op_full_fine_tuning(tmp_path):
 
 def test_a_rank_reads_the_spec_from_the_launcher_or_from_exported_run_json(tmp_path):
     """ftopt's launcher hands each rank the spec itself; `plan --export`'s torchrun.sh hands it run.json."""
-    from ftopt import resolve
+    from ftopt.planner import resolve
     from ftopt.spec import Combination, TrainingSetup, load_hardware
     from ftopt.train.fsdp_worker import spec_from_arg
     from ftopt.train.ranks import encode_arg

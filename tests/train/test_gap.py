@@ -1,10 +1,10 @@
-"""`train`'s summary says when the padding assumption makes the prediction exceed the measured peak (issue 16, sec. 5)."""
+"""`train`'s summary says when the padding assumption makes the prediction exceed the measured peak."""
 
 import json
 
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 from ftopt.train.gap import padding_gap_note
 
 
@@ -41,7 +41,7 @@ def test_no_padding_note_when_it_is_not_the_cause():
 
 
 def test_summary_warns_when_the_prediction_was_tight(capsys):
-    from ftopt.display import print_train_metrics
+    from ftopt.cli.display import print_train_metrics
 
     m = _metrics(110, 100, tokens=100 * 250) | {"model": "x", "label": "y", "world_size": 1}
     m["measured"] |= {"step_seconds": 1.0, "tokens_per_s": 1.0, "epoch_seconds": 1.0, "train_loss": 1.0}

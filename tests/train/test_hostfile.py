@@ -118,7 +118,7 @@ def test_the_failed_rank_is_read_from_a_shared_log():
 def test_hostfile_mode_without_pdsh_is_refused_before_anything_starts(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from ftopt.cli import app
+    from ftopt.cli.app import app
 
     hosts = tmp_path / "hosts"
     hosts.write_text("node-a slots=1\nnode-b slots=1\n")

@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 
 runner = CliRunner()
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.cli import app
-from ftopt.errors import FtoptError
+from ftopt.cli.app import app
+from ftopt.spec.errors import FtoptError
 from ftopt.train import manifest
 
 runner = CliRunner()

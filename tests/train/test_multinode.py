@@ -104,7 +104,7 @@ def test_a_crash_after_a_rank_finished_is_a_warning(tmp_path, capsys):
 
 
 def test_the_first_rank_that_failed_by_itself_is_named(tmp_path):
-    from ftopt.errors import FtoptError
+    from ftopt.spec.errors import FtoptError
 
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -126,7 +126,7 @@ def test_rendezvous_environment_and_rules():
 def _train_cli(tmp_path, *args):
     from typer.testing import CliRunner
 
-    from ftopt.cli import app
+    from ftopt.cli.app import app
 
     return CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--max-steps", "1", *args])
 

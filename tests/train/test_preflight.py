@@ -6,10 +6,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ftopt import resolve
-from ftopt.errors import FtoptError
+from ftopt.planner import resolve
 from ftopt.spec import load_hardware
-from ftopt.train.preflight import check_devices, detect_hardware, preset_for_device
+from ftopt.spec.device import detect_hardware, preset_for_device
+from ftopt.spec.errors import FtoptError
+from ftopt.train.preflight import check_devices
 
 
 def _spec(**combo_and_setup):
@@ -115,7 +116,7 @@ def test_training_peak_is_read_before_evaluation():
 
 @pytest.mark.gpu
 def test_fp16_mixed_lora_base_is_fp16_on_the_gpu():
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import Combination, Precision, load_model
 
     model = build_model(load_model("tiny-llama"), Combination(lora_r=4), Precision.FP16_MIXED, device="cuda")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.run import DataSpec, ModelRef
 from ftopt.train.prepare import prepare_run
 

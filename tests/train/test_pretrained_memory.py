@@ -1,9 +1,9 @@
-"""`ftopt train` measures a pretrained base's weights on a CPU as a GPU would hold them (issue 16)."""
+"""`ftopt train` measures a pretrained base's weights on a CPU as a GPU would hold them."""
 
 import torch
 
-from ftopt.measure import track_memory
-from ftopt.modeling import build_base
+from ftopt.model.build import build_base
+from ftopt.results.measure import track_memory
 from ftopt.spec import Combination, Precision, from_hf_config
 from tests.spec.test_model import TINY
 

@@ -5,7 +5,7 @@ import re
 
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 
 runner = CliRunner()
 CHAT = {
@@ -40,7 +40,7 @@ def test_preview_text_view_and_summary(tmp_path):
     r = runner.invoke(app, ["preview", "--data", str(p), "-n", "1"])
     assert r.exit_code == 0, r.output
     assert "\u27e6 4</s>\u27e7" in r.output  # only the completion (and its EOS) is trained
-    # nothing held out unless asked (issue 17: preview is a look at the data, not a run)
+    # nothing held out unless asked (preview is a look at the data, not a run)
     assert "4 training rows (prompt+completion), 0 held out" in r.output and "unk_fraction 0.0000" in r.output
     r = runner.invoke(app, ["preview", "--data", str(p), "-n", "1", "--eval-fraction", "0.25"])
     assert "3 training rows (prompt+completion), 1 held out" in r.output

@@ -31,8 +31,8 @@ def _held_bytes(model) -> int:
 
 
 def test_random_init_nf4_build_never_holds_the_full_precision_model():
-    from ftopt.measure import AllocatorPeak
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
+    from ftopt.results.measure import AllocatorPeak
     from ftopt.spec import Combination, Precision, from_hf_config
 
     spec = from_hf_config(TINY_TIED, "tiny-tied")
@@ -42,14 +42,14 @@ def test_random_init_nf4_build_never_holds_the_full_precision_model():
     largest_linear_bytes = 4 * 64 * 256  # an fp32 MLP weight
     # one full-precision linear at a time, plus bitsandbytes' quantization temporaries of about its size
     assert peak_bytes <= _held_bytes(model) + 4 * largest_linear_bytes, (peak_bytes, _held_bytes(model))
-    assert peak_bytes < 4 * spec.param_count()  # the old build held all of it in fp32 (and the tied head twice)
+    assert peak_bytes < 4 * spec.param_count()  # an fp32 from_config build holds all of it (and the tied head twice)
 
 
 def test_materialized_model_matches_a_plain_build():
     import bitsandbytes as bnb
     import torch
 
-    from ftopt.modeling import build_base, build_model
+    from ftopt.model.build import build_base, build_model
     from ftopt.spec import Combination, Precision, from_hf_config
 
     spec = from_hf_config(TINY_TIED, "tiny-tied")
@@ -74,8 +74,8 @@ def test_generation_on_a_linear_bitsandbytes_cannot_pack_for_cpu():
     machine's CPU in test_cli_train_runs_qlora). The repack is forced here so the test does not depend on the CPU."""
     import torch
 
-    from ftopt import quantize
-    from ftopt.quantize import keep_cpu_inference_unpacked
+    from ftopt.model import quantize
+    from ftopt.model.quantize import keep_cpu_inference_unpacked
     from ftopt.spec import Combination, Precision, Quant
 
     torch.manual_seed(0)

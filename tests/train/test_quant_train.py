@@ -13,7 +13,7 @@ def _train(combo, precision, steps=25, lr=3e-3):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import load_model
 
     spec = load_model("tiny-llama")
@@ -82,7 +82,7 @@ def test_adamw_8bit_keeps_uint8_states():
 def test_cli_train_runs_qlora(tmp_path):
     from typer.testing import CliRunner
 
-    from ftopt.cli import app
+    from ftopt.cli.app import app
 
     out = tmp_path / "q"
     r = CliRunner().invoke(

@@ -4,7 +4,7 @@ template: what is trained, special tokens, packing without cross-document attent
 import pytest
 import torch
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.train import data as D
 from ftopt.train.sft import IGNORE_INDEX, SftCollator, to_dataset, tokenize
 from ftopt.train.tokenizer import check_unknown, train_bpe

@@ -5,7 +5,7 @@ import json
 
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 
 runner = CliRunner()
 CHATS = [

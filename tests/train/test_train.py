@@ -7,7 +7,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from ftopt.cli import app
+from ftopt.cli.app import app
 
 runner = CliRunner()
 
@@ -57,7 +57,7 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ftopt.modeling import hf_config
+    from ftopt.model.build import hf_config
     from ftopt.spec import load_model
     from ftopt.spec.run import DataSpec
     from ftopt.train.data import default_tokenizer
@@ -135,7 +135,7 @@ def test_unwritable_output_path_is_a_file(tmp_path):
 
 
 def test_user_jsonl_and_resume_after_crash(tmp_path):
-    from ftopt import resolve
+    from ftopt.planner import resolve
     from ftopt.spec import load_hardware
     from ftopt.train.data import default_examples
     from ftopt.train.outputs import prepare_output
@@ -225,7 +225,7 @@ def test_report_to_missing_tracker_is_one_line(tmp_path):
     assert r.exit_code == 2 and "needs the wandb package" in r.output and "Traceback" not in r.output
 
 
-# ---- issue 9: the run specification end to end, output folders, --json, time budget ---------------------------------
+# ---- the run specification end to end, output folders, --json, time budget ---------------------------------
 import subprocess
 import sys
 
@@ -322,7 +322,7 @@ def test_max_hours_stops_cleanly_at_a_checkpoint(tmp_path):
 def test_fp16_mixed_loads_a_fp16_base():
     import torch
 
-    from ftopt.modeling import model_dtype
+    from ftopt.model.build import model_dtype
     from ftopt.spec import Combination, Precision
 
     assert model_dtype(Precision.FP16_MIXED, Combination(lora_r=8)) == torch.float16

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, fsdp
-from ftopt.estimate.result import SAMPLES_PER_QUOTE, Estimate, MemoryBreakdown, Method, usable_bytes
+from ftopt.estimate.result import (
+    SAMPLES_PER_QUOTE,
+    Estimate,
+    FallbackCause,
+    MemoryBreakdown,
+    Method,
+    TraceFallback,
+    usable_bytes,
+)
 from ftopt.estimate.time import step_time
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
+from ftopt.spec.errors import FtoptError, TraceUnavailable
 
 
 def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> list[str]:
@@ -34,7 +42,7 @@ def estimate(
     """Per-GPU peak memory, device total, fit and step/epoch time of `combo`."""
     method = Method(method)
     notes = check_setup(model, setup, combo, hw)
-    traced = None
+    traced, fallback = None, None
     if method is Method.TRACED:
         from ftopt.estimate.traced import traced_memory  # lazy: imports transformers and peft
 
@@ -45,8 +53,8 @@ def estimate(
                 traced = traced_memory(model, view_setup, view, target, phases=fsdp.TRACED_PHASES)
             else:
                 traced = traced_memory(model, setup, combo, target=target)
-        except TraceUnavailable as e:  # never a dead end: say why and answer analytically
-            notes.append(str(e))
+        except TraceUnavailable as e:  # never a dead end: say why (a warning, typed) and answer analytically
+            fallback = TraceFallback(cause=FallbackCause.TRACE_UNAVAILABLE, error=e.error, message=str(e))
             method = Method.ANALYTIC
     if combo.uses_fsdp:
         # CPU ranks reduce over gloo, GPU ranks over NCCL (ftopt.train.fsdp_worker)
@@ -100,6 +108,7 @@ def estimate(
         kernels_per_step=t.kernels_per_step,
         overhead_seconds=t.overhead_seconds,
         notes=notes,
+        trace_fallback=fallback,
     )
 
 
@@ -125,10 +134,20 @@ def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo:
                 "kernels_per_step": e.kernels_per_step,
                 "breakdown": e.breakdown.model_dump(),
                 "notes": e.notes,
+                "trace_fallback": e.trace_fallback.model_dump(mode="json") if e.trace_fallback else None,
             }
         except FtoptError as err:
             out[method.value] = {"error": str(err)}
     return out
 
 
-__all__ = ["Estimate", "MemoryBreakdown", "Method", "estimate", "check_setup", "predictions"]
+__all__ = [
+    "Estimate",
+    "FallbackCause",
+    "MemoryBreakdown",
+    "Method",
+    "TraceFallback",
+    "check_setup",
+    "estimate",
+    "predictions",
+]

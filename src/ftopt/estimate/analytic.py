@@ -35,7 +35,6 @@ from ftopt.estimate import layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, head_cast_bytes, tied_grad_summed_in_place
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.policy import Storage, lora_targets, storage
 from ftopt.spec import (
     Combination,
     LinearGroup,
@@ -47,7 +46,8 @@ from ftopt.spec import (
     Quant,
     TrainingSetup,
 )
-from ftopt.train.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
+from ftopt.spec.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
+from ftopt.spec.policy import Storage, lora_targets, storage
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)

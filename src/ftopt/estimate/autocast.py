@@ -12,8 +12,8 @@ Checked against real CPU bf16-mixed Trainer runs (benchmarks/results/estimate_ac
 
 from __future__ import annotations
 
-from ftopt.policy import Storage, lora_targets
 from ftopt.spec import Combination, ModelSpec, Quant
+from ftopt.spec.policy import Storage, lora_targets
 
 
 def autocast_weight_cache_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:

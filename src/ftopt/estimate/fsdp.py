@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from ftopt.estimate import analytic
 from ftopt.estimate.analytic import trainable_params
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.policy import Storage, storage
 from ftopt.spec import AdapterDtype, Combination, Fsdp, ModelSpec, Offload, Precision, TrainingSetup
+from ftopt.spec.policy import Storage, storage
 
 
 def mixed(precision: Precision) -> bool:

@@ -19,8 +19,8 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict
 
-from ftopt.policy import lora_targets
 from ftopt.spec import Attention, Combination, ModelSpec, Offload, TrainingSetup
+from ftopt.spec.policy import lora_targets
 
 FALLBACK_FAMILY = "llama"  # families without counts use the llama structure (pre-norm decoder, rotary, gated MLP)
 
@@ -49,7 +49,7 @@ def count_kernels(spec: ModelSpec, combo: Combination) -> KernelCount:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec import Precision
 
     class _Count(TorchDispatchMode):

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from ftopt.policy import Storage
 from ftopt.spec import Attention, Combination, ModelSpec, TrainingSetup
+from ftopt.spec.policy import Storage
 
 BOOL_BYTES = 1  # torch.bool
 

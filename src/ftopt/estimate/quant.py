@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.policy import lora_targets
 from ftopt.spec import Combination, ModelSpec, Quant
+from ftopt.spec.policy import lora_targets
 
 NF4_BLOCK = 64  # weights per absmax [QLoRA], [bnb-4bit]
 DOUBLE_QUANT_GROUP = 256  # 8-bit absmax values per fp32 second-level constant [QLoRA]

@@ -23,6 +23,22 @@ class Method(str, Enum):
     TRACED = "traced"  # FakeTensor trace of the real training step
 
 
+class FallbackCause(str, Enum):
+    TRACE_UNAVAILABLE = "trace-unavailable"  # the tracer cannot run this model or input (TraceUnavailable)
+    TRIES_EXHAUSTED = "tries-exhausted"  # a plan's confirmation traces ran out before one confirmed an answer
+
+
+class TraceFallback(BaseModel):
+    """Why an answer asked of the traced estimator is the formulas' alone: printed as a warning, kept in the JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cause: FallbackCause
+    error: str | None = Field(
+        None, description="trace-unavailable: what the trace raised (FtoptError, or the torch exception's type)"
+    )
+    message: str = Field(description="one sentence: why, and that the answer is analytic")
+
+
 class MemoryBreakdown(BaseModel):
     """Bytes per GPU by category at the moment of the peak. Categories sum to the allocated peak."""
 
@@ -83,6 +99,9 @@ class Estimate(BaseModel):
         None, description="the time model's constants the step time was computed with, and their provenance"
     )
     notes: list[str] = Field(default_factory=list)
+    trace_fallback: TraceFallback | None = Field(
+        None, description="set when the traced estimator was asked and could not run: this estimate is analytic"
+    )
 
     @property
     def headroom_bytes(self) -> int:

@@ -38,8 +38,8 @@ from ftopt.estimate import quant as q8
 from ftopt.estimate.analytic import trainable_params
 from ftopt.estimate.kernels import kernels_per_step
 from ftopt.estimate.layout import sdpa_gets_mask
-from ftopt.policy import lora_targets, storage
 from ftopt.spec import Attention, Combination, HardwareSpec, ModelSpec, Offload, Quant, TrainingSetup
+from ftopt.spec.policy import lora_targets, storage
 
 # Fraction of gradient communication hidden behind backward compute by bucketed, overlapped reduction (DeepSpeed
 # overlap_comm=true). A stated assumption: calibrate with `ftopt bench` on the target cluster.

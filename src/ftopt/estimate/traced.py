@@ -26,9 +26,14 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    UnsupportedFakeTensorException,
+    UnsupportedOperatorException,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ftopt.errors import FtoptError, TraceUnavailable
 from ftopt.estimate import analytic, autocast, layout
 from ftopt.estimate.quant import (
     MIN_8BIT_SIZE,
@@ -39,8 +44,23 @@ from ftopt.estimate.quant import (
     quantized_weight_bytes,
 )
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.policy import storage
 from ftopt.spec import AdapterDtype, Combination, ModelSpec, Offload, Optim, Precision, Quant, TrainingSetup
+from ftopt.spec.errors import FtoptError, TraceUnavailable
+from ftopt.spec.policy import storage
+
+# What a model's own code can raise under FakeTensorMode when the tracer cannot follow it, and nothing else: an
+# operator with no fake or meta kernel (UnsupportedOperatorException, or NotImplementedError from the dispatcher),
+# output whose shape or value depends on data (DynamicOutputShapeException, DataDependentOutputException: `.item()`,
+# `nonzero`), and an input the fake mode refuses (UnsupportedFakeTensorException); torch._subclasses.fake_tensor.
+# The estimate then falls back to the formulas with a visible warning (Estimate.trace_fallback). Any other error
+# is a defect in ftopt and propagates.
+TRACE_LIMITS: tuple[type[Exception], ...] = (
+    UnsupportedOperatorException,
+    DynamicOutputShapeException,
+    DataDependentOutputException,
+    UnsupportedFakeTensorException,
+    NotImplementedError,
+)
 
 CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
 
@@ -290,8 +310,8 @@ def _engine_view(combo: Combination) -> Combination:
 def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> _Tracker:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ftopt.modeling import build_model
-    from ftopt.quantize import stand_in_linears
+    from ftopt.model.build import build_model
+    from ftopt.model.quantize import stand_in_linears
 
     st = storage(setup.precision, combo)
     deepspeed = combo.uses_deepspeed
@@ -432,12 +452,13 @@ def traced_memory(
         raise
     except FtoptError as e:  # e.g. an attention kernel the family lacks; input errors resurface in the analytic path
         raise TraceUnavailable(
-            f"the traced estimator could not run {spec.family}: {e} This estimate is analytic."
+            f"the traced estimator could not run {spec.family}: {e} This estimate is analytic.", "FtoptError"
         ) from None
-    except Exception as e:  # an architecture the tracer cannot run: say so in one line
+    except TRACE_LIMITS as e:  # model code the fake tensors cannot run: say so in one line; anything else is a bug
         raise TraceUnavailable(
             f"the traced estimator could not run {spec.family} ({type(e).__name__}: "
-            f"{(str(e).splitlines() or [''])[0][:160]}); this estimate is analytic"
+            f"{(str(e).splitlines() or [''])[0][:160]}); this estimate is analytic",
+            type(e).__name__,
         ) from None
     bd = {k: int(round(v)) for k, v in per_cat.items()}
     partition = bd.pop("grad_partition")

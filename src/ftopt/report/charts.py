@@ -9,7 +9,7 @@ import io
 
 from ftopt.report.decision import Decision, gpu_seconds
 from ftopt.report.text import TEXT, metric_name
-from ftopt.results import ResultRow
+from ftopt.results.rows import ResultRow
 from ftopt.spec import Combination, Optim, Quant
 
 CATEGORIES = (

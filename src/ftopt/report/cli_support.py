@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ftopt.errors import FtoptError
-from ftopt.quality import QualityTarget
 from ftopt.report.projection import production_target_for
-from ftopt.results import ResultRow
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import ResultRow
 from ftopt.spec import HardwareSpec, ProductionOptions, load_hardware
+from ftopt.spec.errors import FtoptError
 
 
 def recorded_hardware(rows: list[ResultRow]) -> HardwareSpec:
     """The hardware the rows ran on, from each results line's run specification (`run.hardware`); lines written
-    before results carried it (ftopt.bench/1) say nothing, and with none recorded it is 'cpu', as it was."""
+    before results carried it (ftopt.sweep.bench/1) say nothing, and with none recorded it is 'cpu', as it was."""
     specs = {}
     for r in rows:
         if r.run is not None:
@@ -47,7 +47,7 @@ def report_settings(
 ) -> dict:
     """Keyword arguments for `build_report` (ReportSettings fields). `production` holds the production flags;
     its target GPU and model are checked here, before any projection."""
-    from ftopt.calibration import calibrate
+    from ftopt.planner.calibration import calibrate
 
     p = production or ProductionOptions()
     if headroom is not None:
@@ -88,7 +88,7 @@ def write_report(path: Path, out: Path, *, lang: str, warn: Callable[[str], None
     """`ftopt report` once its paths are checked: read the results (a corrupt line is a warning), settings from the
     flags (`report_settings` keywords), write the files; returns their paths by kind."""
     from ftopt.report.render import build_report
-    from ftopt.results import read_results
+    from ftopt.results.rows import read_results
 
     rows = read_results(path, warn=warn)
     if not rows:

@@ -1,12 +1,13 @@
 """The measured decision: which successful run meets the user's quality bar at the lowest cost, whether that cost
 difference is beyond noise, what the tie-breaks were, and whether the measurement confirms the plan's pick.
 
-Cost basis. On the production target's hardware (or without a target), GPU-seconds per epoch as measured: the
-median step time over the steady steps, a two-process run paying for two GPUs. When the PoC ran on other hardware
-than the target, PoC seconds say little about the target (a CPU's ranking of attention kernels is not an A100's):
-the choice among the runs that met the bar goes by the calibrated projected GPU-hours on the target instead.
+Cost basis. Without a target, or when the PoC ran what the target runs (its GPU, its model, its GPU count),
+GPU-seconds per epoch as measured: the median step time over the steady steps, a two-process run paying for two
+GPUs. When the PoC differs in any of these, PoC seconds say little about the target (a CPU's ranking of attention
+kernels is not an A100's; a small model's is not a large one's): the choice among the runs that met the bar goes by
+the calibrated projected GPU-hours on the target instead (ftopt.report.projection.poc_differences).
 
-Noise. Each run's step time has a spread (interquartile range of its steady steps, ftopt.results); two runs whose
+Noise. Each run's step time has a spread (interquartile range of its steady steps, ftopt.results.rows); two runs whose
 spreads overlap are a tie, broken by quality, then measured peak memory, then the plan's prediction on the target.
 """
 
@@ -15,21 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ftopt.choice import TIME_MODEL_ERROR
-from ftopt.errors import FtoptError
-from ftopt.quality import QualityTarget
+from ftopt.planner.choice import TIME_MODEL_ERROR
 from ftopt.report.pooling import Pool, combination_key, pool
-from ftopt.results import ResultRow, parse_rows
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import ResultRow, parse_rows
 from ftopt.spec import Combination
+from ftopt.spec.errors import FtoptError
 
 QUALITY_TOLERANCE = 0.05  # without a user target: eval loss within 5% of the sweep's best (stated as such)
-# A projection has no measured spread; two projected costs closer than the time model's stated error are a tie
-# (the same band the plan ties its candidates in).
-PROJECTED_TIE = TIME_MODEL_ERROR
 # A first logged training loss below this (nats per token) means the base already predicts the task: the sweep's
 # issue example started at 0.00025, a model that has learned a task typically ends above 0.05.
 NEAR_ZERO_LOSS = 0.01
-# Quality metrics scored in [0, 1] (ftopt.quality: exact match, token F1, ROUGE-L F-measure, label accuracy), so 1
+# Quality metrics scored in [0, 1] (ftopt.results.quality: exact match, token F1, ROUGE-L F-measure, label accuracy), so 1
 # is full marks; a user metric has no known top and a loss no full marks.
 BOUNDED_METRICS = ("exact_match", "token_f1", "rouge_l", "label_accuracy")
 FULL_MARKS = 1.0 - 1e-9  # a mean over rows of 0/1 scores is exactly 1.0 at full marks; the margin is float rounding
@@ -110,6 +108,10 @@ class Decision:
     nothing_to_learn: bool = False  # every run started at a near-zero loss: the base already knew the task
     full_marks_at_start: list[ResultRow] = field(default_factory=list)  # scored before training, all at full marks
     basis: Basis = Basis.MEASURED
+    # A projection has no measured spread: two projected costs closer than the time model's stated error on the
+    # target are a tie, the band `plan` ties its candidates in (ftopt.report.projection.target_tie)
+    projected_tie: float = TIME_MODEL_ERROR
+    projected_because: list = field(default_factory=list)  # projection.Difference: how the PoC is not the target
     tied: list[ResultRow] = field(default_factory=list)  # other runs within noise of the cheapest
     tie_break: str | None = None  # quality | memory | plan: what decided among tied runs
     plan_pick: ResultRow | None = None  # the run the planner predicts cheapest
@@ -155,11 +157,12 @@ def decide(
     target: QualityTarget | None = None,
     projected: dict[str, float] | None = None,
     plan_combination: Combination | None = None,
+    projected_tie: float = TIME_MODEL_ERROR,
 ) -> Decision:
     """Among successful runs meeting the target, the cheapest: by measured GPU-seconds with noise, or (when
     `projected` maps run keys to projected GPU-hours on other target hardware, candidate runs only) by projection.
     The plan's pick is `plan_combination` (the planner's choice on the target) when given, else the run whose
-    stored prediction is cheapest."""
+    stored prediction is cheapest. `projected_tie`: projected costs within this fraction are a tie."""
     rows = parse_rows(rows)
     ok = [r for r in rows if r.ok and r.measured.eval_loss is not None]
     failed = [f"{r.label} ({r.status.value})" for r in rows if not r.ok]
@@ -182,10 +185,11 @@ def decide(
         nothing_to_learn=bool(ok) and all(s is not None and s < NEAR_ZERO_LOSS for s in starts),
         full_marks_at_start=full_marks_at_start(ok, target),
         basis=Basis.PROJECTED if projected is not None else Basis.MEASURED,
+        projected_tie=projected_tie,
         failed=failed,
         pools={combination_key(p.rows[0]): p for p in pool(ok)},
     )
-    band = _bands(d.met, projected)
+    band = _bands(d.met, projected, projected_tie)
     plan_cost = (lambda r: projected.get(r.key, float("inf"))) if projected is not None else predicted_gpu_seconds
     if band:
         _choose(d, band, quality, plan_cost)
@@ -198,16 +202,16 @@ def decide(
     return d
 
 
-def _bands(met: list[ResultRow], projected: dict[str, float] | None) -> list[tuple[ResultRow, Band]]:
+def _bands(met: list[ResultRow], projected: dict[str, float] | None, tie: float) -> list[tuple[ResultRow, Band]]:
     """Each candidate combination (its repeats pooled, one representative run) with its cost band: the pooled
-    measured spread, or the projection up to PROJECTED_TIE above it."""
+    measured spread, or the projection up to `tie` above it."""
     out = []
     for p in pool(met):
         r = p.representative
         if projected is not None:
             c = projected.get(r.key)  # absent: does not fit the target's memory
-            # (c, c, c x (1 + tie)): two bands overlap exactly when one cost is within PROJECTED_TIE of the other
-            b = (c, c, c * (1 + PROJECTED_TIE)) if c is not None else None
+            # (c, c, c x (1 + tie)): two bands overlap exactly when one cost is within `tie` of the other
+            b = (c, c, c * (1 + tie)) if c is not None else None
         else:
             b = p.band()
         if b is not None:

@@ -2,8 +2,8 @@
 median and interquartile range, so that a combination is never "tied" with its own repeat and N runs count as
 N times the evidence of one.
 
-Each repeat leaves out its own warm-up steps (ftopt.results.WARMUP_STEPS, stored per run); rows written before
-per-step times were kept (ftopt.bench/1-2) contribute their stored median as one sample.
+Each repeat leaves out its own warm-up steps (ftopt.results.rows.WARMUP_STEPS, stored per run); rows written before
+per-step times were kept (ftopt.sweep.bench/1-2) contribute their stored median as one sample.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ftopt.results import ResultRow, StepStats, step_stats
+from ftopt.results.rows import ResultRow, StepStats, step_stats
 
 
 def combination_key(r: ResultRow) -> tuple[str, str, str, int]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.calibration_store import calibrated_hardware
 from ftopt.estimate import Estimate, estimate
-from ftopt.results import ResultRow
+from ftopt.planner.calibration_store import calibrated_hardware
+from ftopt.results.rows import ResultRow
 from ftopt.spec import (
     DEFAULT_HEADROOM,
     Combination,
@@ -153,20 +153,52 @@ def projections(rows: list[ResultRow], target: ProductionTarget) -> dict[str, Pr
     return out
 
 
+def target_tie(target: ProductionTarget) -> float:
+    """Two projected costs closer than this are a tie: the time model's stated error on the target hardware, its
+    calibration's held-out error where runs on it were stored (ftopt.planner.choice.tie_fraction, the band `plan` uses)."""
+    from ftopt.planner.choice import tie_fraction
+
+    return tie_fraction(calibrated_hardware(load_hardware(target.gpu)).calibration)
+
+
+class Difference(BaseModel):
+    """One way the PoC's runs are not the production target: the reason PoC seconds do not rank its costs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: str = Field(description="gpu | model | gpus")
+    poc: str = Field(description="what the PoC ran: its hardware, model, or GPU counts")
+    target: str
+
+
+def poc_differences(rows: list[ResultRow], target: ProductionTarget, hardware: str) -> list[Difference]:
+    """How the PoC's successful runs differ from the target: another GPU, another model, or another number of GPUs.
+    Any one of them makes PoC seconds a poor guide to the target's cost, so the decision goes by projection."""
+    out = []
+    if target.gpu != hardware:
+        out.append(Difference(kind="gpu", poc=hardware, target=target.gpu))
+    if target.poc_model is not None and target.model != target.poc_model:
+        out.append(Difference(kind="model", poc=target.poc_model, target=target.model))
+    counts = sorted({r.gpus for r in rows if r.ok})
+    if counts and counts != [target.gpus]:
+        out.append(Difference(kind="gpus", poc="/".join(map(str, counts)), target=str(target.gpus)))
+    return out
+
+
 def plan_choice(projs: dict[str, Projection], target: ProductionTarget) -> Combination | None:
-    """The combination `plan` itself would recommend among these projections (ftopt.choice: fastest that fits,
-    ties within the time model's error to fewer moving parts, DeepSpeed on one GPU only when nothing else fits)."""
-    from ftopt.choice import TIME_MODEL_ERROR, choose_fitting
+    """The combination `plan` itself would recommend among these projections (ftopt.planner.choice: fastest that
+    fits, ties within the time model's error on the target to fewer moving parts, DeepSpeed on one GPU only when
+    nothing else fits)."""
+    from ftopt.planner.choice import choose_fitting
 
     distinct = {p.combination: p.estimate for p in projs.values()}
-    pick, _ = choose_fitting(list(distinct.values()), target.gpus, TIME_MODEL_ERROR)
+    pick, _ = choose_fitting(list(distinct.values()), target.gpus, target_tie(target))
     return pick.combination if pick is not None else None
 
 
 def candidate_costs(projs: dict[str, Projection], target: ProductionTarget) -> dict[str, float]:
     """GPU-hours per run of each run that fits the target, by run key; as in the plan, a combination with DeepSpeed
     on a one-GPU target (ZeRO or FSDP2 partitions nothing there) is set aside when one without it fits."""
-    from ftopt.choice import single_gpu_sharding
+    from ftopt.planner.choice import single_gpu_sharding
 
     fitting = {k: p for k, p in projs.items() if p.fits_memory}
     useful = {k: p for k, p in fitting.items() if not single_gpu_sharding(p.estimate, target.gpus)}
@@ -178,7 +210,7 @@ def plan_production(
 ) -> ProductionPlan:
     """`best` is the decision's run projected, `others` the projections of the other runs that met the bar. The
     PoC's cost is the caller's: its runs may have used other hardware than the target's price is for."""
-    from ftopt.choice import single_gpu_sharding
+    from ftopt.planner.choice import single_gpu_sharding
 
     fitting = [p for p in others if p.fits_memory and p.combination != best.combination]
     # as in the decision (candidate_costs): DeepSpeed on a one-GPU target is no alternative while another fits
@@ -211,8 +243,11 @@ def production_target_for(
     rows: list[ResultRow], options: ProductionOptions, headroom: float | None = None
 ) -> ProductionTarget:
     """The target of `options` (which has a --target-gpu): the PoC's model unless given (from the results' run
-    specification); the sequence length and micro-batch the plan uses by default on the target hardware unless given
-    (a PoC on a CPU trains 64-token sequences, which no production run does)."""
+    specification); the sequence length and micro-batch `plan` uses by default for the target model on the target
+    hardware (ftopt.planner.resolve.plan_setup) unless given (a PoC on a CPU trains 64-token sequences, which no
+    production run does)."""
+    from ftopt.planner import resolve
+
     run = next((r.run for r in rows if r.run is not None), None)
     if run is not None:
         poc_model = run.model.ref
@@ -221,9 +256,10 @@ def production_target_for(
         flags = ("--model", "--random-init")
         poc_model = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in flags), "tiny-llama")
     o = options
-    plan_shape = TrainingSetup.for_hardware(load_hardware(o.target_gpu).is_cpu)
+    model = o.target_model or poc_model
+    plan_shape = resolve.plan_setup(load_model(model), load_hardware(o.target_gpu))
     return ProductionTarget(
-        model=o.target_model or poc_model,
+        model=model,
         gpu=o.target_gpu,
         gpus_per_node=o.target_gpus,
         nodes=o.target_nodes,

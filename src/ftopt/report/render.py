@@ -12,9 +12,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.errors import FtoptError
-from ftopt.io import atomic_write_text
-from ftopt.quality import QualityTarget
 from ftopt.report import sections as S
 from ftopt.report.charts import charts
 from ftopt.report.decision import Decision, decide
@@ -25,12 +22,17 @@ from ftopt.report.projection import (
     candidate_costs,
     plan_choice,
     plan_production,
+    poc_differences,
     projections,
+    target_tie,
 )
 from ftopt.report.text import LANGS, TEXT
 from ftopt.report.verdict import point_verified
-from ftopt.results import ResultRow, parse_rows
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import ResultRow, parse_rows
 from ftopt.spec import DEFAULT_CURRENCY, CurrencyCode
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import atomic_write_text
 
 __all__ = ["ReportSettings", "build_report", "decide"]
 CSS = (
@@ -59,13 +61,16 @@ class ReportSettings(BaseModel):
 
 
 def _decide(rows: list[ResultRow], s: ReportSettings) -> tuple[Decision, dict[str, Projection]]:
-    """The decision, by projected cost on the target when the PoC ran on other hardware (ftopt.report.decision)."""
+    """The decision, by projected cost on the target when the PoC ran another GPU, model or GPU count
+    (ftopt.report.decision), with the target's time-model error as the tie band."""
     if s.production is None:
         return decide(rows, s.quality_target), {}
     projs = projections(rows, s.production)
-    other_hw = s.production.gpu != s.hardware
-    costs = candidate_costs(projs, s.production) if other_hw else None
-    return decide(rows, s.quality_target, costs, plan_choice(projs, s.production)), projs
+    differs = poc_differences(rows, s.production, s.hardware)
+    costs = candidate_costs(projs, s.production) if differs else None
+    d = decide(rows, s.quality_target, costs, plan_choice(projs, s.production), target_tie(s.production))
+    d.projected_because = differs
+    return d, projs
 
 
 def _production(d: Decision, s: ReportSettings, projs: dict[str, Projection]) -> ProductionPlan | None:

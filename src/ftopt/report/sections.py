@@ -11,8 +11,8 @@ from ftopt.report.decision import Basis, Decision, epoch_seconds, gpu_seconds, m
 from ftopt.report.projection import PILOT_DATA_FRACTION, PILOT_TIME_OVERRUN_STOP, ProductionPlan
 from ftopt.report.text import metric_name, plural
 from ftopt.report.verdict import nothing_to_learn
-from ftopt.results import ResultRow
-from ftopt.units import fmt_bytes, fmt_seconds
+from ftopt.results.rows import ResultRow
+from ftopt.spec.units import fmt_bytes, fmt_seconds
 
 e = html.escape
 # ISO 4217 currencies whose minor unit is 0 digits: an amount in them has no decimals (12,345 JPY, not 12,345.67)

@@ -98,10 +98,12 @@ EN: dict[str, str] = {
     "repeats_pooled": " Repeats of one combination count as one candidate, their steady steps pooled into one median "
     "and spread: {items}.",
     "repeat_item": "{label}, {runs} pooled over {steps} steps",
-    "basis_projected": "The PoC ran on {hardware}, not on the target {gpu}, so the choice among the runs that met the "
-    "bar went by the planner's projected GPU-hours on {gpu} (calibrated where runs on it were stored), not by PoC "
-    "seconds (projections within {pct} of each "
-    "other are a tie).",
+    "basis_projected": "The PoC differs from the target in {because}, so the choice among the runs that met the bar "
+    "went by the planner's projected GPU-hours on the target (calibrated where runs on {gpu} were stored), not by PoC "
+    "seconds (projections within {pct} of each other, the time model's error on {gpu}, are a tie).",
+    "diff_gpu": "its GPU ({poc}, not {target})",
+    "diff_model": "its model ({poc}, not {target})",
+    "diff_gpus": "its GPU count ({poc}, not {target})",
     "plan_def": "(The plan's pick is what the planner recommends on {gpu} among the measured combinations.)",
     "verified": "The plan's pick, {plan}, is also the measured pick: the recommendation is verified.",
     "why_quality": "The plan's pick was {plan}, but it missed the quality bar ({value}); the measurement recommends "

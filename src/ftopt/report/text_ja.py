@@ -89,8 +89,12 @@ JA: dict[str, str] = {
     "repeats_pooled": "同じ組み合わせを繰り返した実行は1つの候補として扱い、ウォームアップ後のステップ時間をまとめて"
     "中央値とばらつきを求めました({items})。",
     "repeat_item": "{label}は{runs}回分の{steps}ステップ",
-    "basis_projected": "PoC は本番の{gpu}ではなく{hardware}で実行したため、品質目標を達成した実行の中から、PoC の秒数"
-    "ではなく、プランナーが{gpu}について予測したGPU時間(実機の実行で較正済みならその値)で選びました({pct}以内の差は同等とみなします)。",
+    "basis_projected": "PoC と本番では{because}が異なるため、品質目標を達成した実行の中から、PoC の秒数ではなく、"
+    "プランナーが本番について予測したGPU時間({gpu}の実行で較正済みならその値)で選びました({gpu}での時間モデルの"
+    "誤差である{pct}以内の差は同等とみなします)。",
+    "diff_gpu": "GPU(PoC は{poc}、本番は{target})",
+    "diff_model": "モデル(PoC は{poc}、本番は{target})",
+    "diff_gpus": "GPU 台数(PoC は{poc}台、本番は{target}台)",
     "plan_def": "(プランの推奨とは、測定した組み合わせの中からプランナーが{gpu}向けに推奨するものです。)",
     "verified": "プランの推奨({plan})と実測による推奨が一致しており、推奨は検証済みです。",
     "why_quality": "プランの推奨は{plan}でしたが、品質目標に届かなかったため({value})、実測に基づき{best}を推奨します。",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import html
 
-from ftopt.report.decision import PROJECTED_TIE, Basis, Decision, Why, gpu_seconds, start_metric
+from ftopt.report.decision import Basis, Decision, Why, gpu_seconds, start_metric
 from ftopt.report.text import metric_name, plural
-from ftopt.results import WARMUP_STEPS
+from ftopt.results.rows import WARMUP_STEPS
 
 e = html.escape
 
@@ -16,7 +16,9 @@ def point_verified(d: Decision, T: dict, lang: str, hardware: str, target_gpu: s
     if d.best is None:
         return None
     if d.basis is Basis.PROJECTED:
-        basis = T["basis_projected"].format(hardware=e(hardware), gpu=e(target_gpu or "-"), pct=f"{PROJECTED_TIE:.0%}")
+        basis = T["basis_projected"].format(
+            because=_because(d, T, lang), gpu=e(target_gpu or "-"), pct=f"{d.projected_tie:.0%}"
+        )
     else:
         warmup = max((r.measured.warmup_steps for r in d.ok), default=WARMUP_STEPS)
         basis = T["basis_measured"].format(hardware=e(hardware), warmup=plural(warmup, "step", lang))
@@ -44,6 +46,14 @@ def point_verified(d: Decision, T: dict, lang: str, hardware: str, target_gpu: s
         tie = T["tie_note"].format(others=sep.join(e(r.label) for r in d.tied), by=by)
     plan_def = T["plan_def"].format(gpu=e(target_gpu or hardware)) if p is not None else ""
     return T["p_verified"].format(basis=basis, verdict=verdict, tie=tie, plan_def=plan_def)
+
+
+def _because(d: Decision, T: dict, lang: str) -> str:
+    """The ways the PoC is not the target (projection.Difference), as one phrase in the report's language."""
+    items = [T[f"diff_{x.kind}"].format(poc=e(x.poc), target=e(x.target)) for x in d.projected_because]
+    if lang == "ja":
+        return "、".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
 
 
 def _repeats(d: Decision, T: dict, lang: str) -> str:

@@ -14,8 +14,8 @@ def error_body(e: Exception) -> dict:
     """A user error as the page shows it: the CLI's one line, and the input it belongs beside."""
     from pydantic import ValidationError
 
-    from ftopt.errors import validation_message
     from ftopt.serve.query import field_of
+    from ftopt.spec.errors import validation_message
 
     msg = validation_message(e, flags=True) if isinstance(e, ValidationError) else str(e)
     return {"error": msg, "field": field_of(msg)}
@@ -25,10 +25,10 @@ def plan_body(query: dict, config: dict | None, allow_local: bool) -> dict:
     """The page's answer for one plan: the plan JSON and its views, or an error body."""
     from pydantic import ValidationError
 
-    from ftopt.errors import FtoptError
     from ftopt.serve.planning import make_plan
     from ftopt.serve.query import PlanQuery
     from ftopt.serve.views import views
+    from ftopt.spec.errors import FtoptError
 
     try:
         doc, _, _, hw = make_plan(PlanQuery(**query), config, allow_local)

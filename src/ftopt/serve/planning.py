@@ -1,5 +1,5 @@
-"""One plan for the page: the same calls `ftopt plan` makes (ftopt.resolve, cli_common.planning_hardware,
-ftopt.plan), the same JSON `plan --json` prints, then views the page draws, derived from that JSON alone (no
+"""One plan for the page: the same calls `ftopt plan` makes (ftopt.planner.resolve, planner.hardware.planning_hardware,
+ftopt.planner.plan), the same JSON `plan --json` prints, then views the page draws, derived from that JSON alone (no
 estimate is made here: the technique comparison and the Pareto front are lookups among the plan's candidates)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ftopt.errors import FtoptError
 from ftopt.serve.query import PlanQuery
 from ftopt.spec import HardwareSpec, ModelSpec
+from ftopt.spec.errors import FtoptError
 
 GIB = 2**30
 GB = 1e9  # bandwidths are quoted in decimal GB/s by vendors (and in the presets' sources)
@@ -20,7 +20,7 @@ GB = 1e9  # bandwidths are quoted in decimal GB/s by vendors (and in the presets
 
 def hardware_for(q: PlanQuery) -> HardwareSpec:
     """The CLI's planning hardware (preset, stored calibration), with the page's custom memory/bandwidth on top."""
-    from ftopt.cli_common import planning_hardware
+    from ftopt.planner.hardware import planning_hardware
 
     hw = planning_hardware(q.gpu, None, None)
     custom = {}
@@ -54,13 +54,14 @@ def load_planned_model(q: PlanQuery, config: dict | None, allow_local: bool) -> 
 
 def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True):
     """(plan JSON as `ftopt plan --json` prints it, its RunSpec or None, the ModelSpec, the HardwareSpec)."""
-    from ftopt import resolve
-    from ftopt.cli_common import method_of
-    from ftopt.plan import plan
+    from ftopt.planner import resolve
+    from ftopt.planner.hardware import method_of
+    from ftopt.planner.plan import plan
 
     m = load_planned_model(q, config, allow_local)
     hw = hardware_for(q)
-    setup = resolve.setup(
+    setup = resolve.plan_setup(
+        m,
         hw,
         seq_len=q.seq_len,
         micro_batch=q.micro_batch,
@@ -90,8 +91,8 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
 
 
 def export_zip(doc: dict, run, model: ModelSpec) -> bytes:
-    """plan.json plus the `plan --export` files (ftopt.export.export_run), as one zip."""
-    from ftopt.export import export_run
+    """plan.json plus the `plan --export` files (ftopt.export.configs.export_run), as one zip."""
+    from ftopt.export.configs import export_run
 
     if run is None:
         raise FtoptError("Nothing fits, so there is no run to export; relax the plan's constraints.")

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftopt.errors import FtoptError
-from ftopt.plan import DEFAULT_LORA_R
+from ftopt.planner.plan import DEFAULT_LORA_R
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 
 DEFAULT_MODEL = "llama-2-7b"  # `ftopt plan --model` default (cli.plan)

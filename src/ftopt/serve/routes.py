@@ -8,9 +8,9 @@ import time
 from http import HTTPStatus
 from importlib import resources
 
-from ftopt.errors import FtoptError
 from ftopt.serve.jobs import error_body, plan_body
 from ftopt.serve.query import PlanQuery, parse_query
+from ftopt.spec.errors import FtoptError
 
 STATIC = {  # file -> content type; nothing else is served from the package
     "index.html": "text/html; charset=utf-8",
@@ -28,7 +28,7 @@ def static_file(name: str) -> bytes:
 
 def meta(h) -> dict:
     """What the page's inputs offer, and its words in both languages."""
-    from ftopt.plan import PLAN_QUANTS
+    from ftopt.planner.plan import PLAN_QUANTS
     from ftopt.serve.text import page_text
     from ftopt.spec import Optim, Quant, hardware_names
     from ftopt.spec.model import preset_names

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 
 RESULTS = "results.jsonl"
 MAX_DEPTH = 3  # root/<project>/<sweep>/results.jsonl: deep enough for a folder of sweeps, bounded for a big root
@@ -36,7 +36,7 @@ class ResultsRoot:
     def progress(self, name: str) -> dict:
         """Runs finished (by status) and started: bench writes runs/<key>.run.json as each run starts and appends
         its result line when it ends, so a run file without a result line is the run in progress."""
-        from ftopt.bench import read_results
+        from ftopt.sweep.bench import read_results
 
         folder = self.folder(name)
         rows = read_results(folder / RESULTS)

@@ -1,6 +1,6 @@
 """Where a time-model calibration came from: the typed provenance a HardwareSpec carries once one is applied.
 
-The fitting and storage live in ftopt/calibration.py (which imports this module; nothing here imports it back).
+The fitting and storage live in ftopt/planner/calibration.py (which imports this module; nothing here imports it back).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ftopt.errors import FtoptError, validation_message
 from ftopt.spec.calibration import CalibrationProvenance
+from ftopt.spec.errors import FtoptError, validation_message
 from ftopt.spec.time_constants import TimeConstants, default_time_constants, migrate_flat
 from ftopt.spec.training import Attention, Precision
 
@@ -54,7 +54,7 @@ class HardwareSpec(BaseModel):
     is_cpu: bool = False
     time_constants: TimeConstants = Field(
         description="the time model's constants for this device with their provenance: the shipped default, or a "
-        "calibration applied explicitly (ftopt.calibration_store.apply_calibration)"
+        "calibration applied explicitly (ftopt.planner.calibration_store.apply_calibration)"
     )
 
     @model_validator(mode="before")
@@ -172,7 +172,7 @@ def cpu_peak_flops() -> float:
     """The best fp32 FLOP/s this machine has shown: one probe per process (~0.1 s), and the cache keeps the maximum
     over probes. A peak is a maximum: a single probe taken while other work loaded the cores (19.6 GFLOP/s here,
     against 180 when quiet) stayed cached and capped every later calibration at its mfu <= 1 bound."""
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     cache = _cache_dir() / "cpu_probe.json"
     cached = 0.0
@@ -219,7 +219,7 @@ PLANNING_DEFAULT_GPU = "a100-80g"
 
 def load_hardware(name: str) -> HardwareSpec:
     """A preset, `cpu` (this machine) or a user's JSON file, as is: no calibration is applied here (see
-    ftopt.calibration.calibrated_hardware, which callers use explicitly)."""
+    ftopt.planner.calibration.calibrated_hardware, which callers use explicitly)."""
     path = Path(name)
     if path.suffix == ".json":
         try:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 
 # org/name with the Hub's allowed characters, optionally @revision (branch, tag or commit)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.hub import check_local_path, hub_config, parse_hub_id
 
 
@@ -429,7 +429,7 @@ def preset_names() -> list[str]:
 
 
 def _read_json(path: Path) -> dict:
-    from ftopt.io import read_json_object
+    from ftopt.spec.io import read_json_object
 
     return read_json_object(path, "model config")
 

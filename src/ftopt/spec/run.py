@@ -67,7 +67,9 @@ class DataSpec(BaseModel):
     eval: str | None = None
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="held out from --data when no --eval-data; 0 = none")
     eval_max_examples: int = Field(64, ge=0, description="held-out examples scored by generation; 0 = no generation")
-    metrics: tuple[str, ...] = Field((), description="user quality metrics, module:function -> float (ftopt.quality)")
+    metrics: tuple[str, ...] = Field(
+        (), description="user quality metrics, module:function -> float (ftopt.results.quality)"
+    )
     train_on: TrainOn = Field(TrainOn.ASSISTANT, description="chat data: which tokens are trained")
 
 

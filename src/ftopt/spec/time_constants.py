@@ -4,7 +4,7 @@ and where those numbers came from.
 
 A HardwareSpec holds datasheet facts (memory, peak FLOP/s, bandwidths) that no measurement changes; its
 `time_constants` field holds one `TimeConstants`, either the shipped default (presets/time_constants.json, with its
-source) or a calibration fitted by `ftopt bench` (ftopt.calibration_store, with the results files, date and runs
+source) or a calibration fitted by `ftopt bench` (ftopt.planner.calibration_store, with the results files, date and runs
 behind it). docs/time-constants.md describes both and the file shapes.
 The constants are never overwritten in place: a calibration is a new TimeConstants object, applied explicitly.
 """

@@ -62,7 +62,7 @@ def _save_gathered(config, state: dict, folder: Path) -> None:
 def _point_adapter_at(out: Path, folder: Path) -> None:
     import json
 
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     cfg_path = out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())

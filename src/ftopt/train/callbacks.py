@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
-from ftopt.measure import EXCLUDED_SCOPE
+from ftopt.results.measure import EXCLUDED_SCOPE
 
 MEMORY_TRACE_STEPS = 2  # on a CPU the allocator-level peak is read over the build and the first steps
 
@@ -35,14 +35,14 @@ class TrainingPeak:
             torch.cuda.reset_peak_memory_stats(device)
             self._base = torch.cuda.memory_allocated(device)
         else:
-            from ftopt.measure import AllocatorPeak
+            from ftopt.results.measure import AllocatorPeak
 
             self._cpu = AllocatorPeak().start()
 
     @contextmanager
     def excluded(self):
         """A span that is not training (the step-0 quality generation): its memory is left out of the peak. CPU: a
-        profiler scope the reading skips (ftopt.measure.EXCLUDED_SCOPE). CUDA: the peaks so far are kept, the
+        profiler scope the reading skips (ftopt.results.measure.EXCLUDED_SCOPE). CUDA: the peaks so far are kept, the
         span's cached blocks released and the counters reset after it."""
         import torch
 

@@ -23,7 +23,7 @@ reasoning) fails this for some examples: they raise `Unstable` with the reason, 
 
 from __future__ import annotations
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.run import TrainOn
 
 __all__ = ["IGNORE_INDEX", "MAX_UNSTABLE_SHARE", "TrainOn", "Unstable", "labels_by_markers", "labels_by_rendering"]

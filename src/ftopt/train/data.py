@@ -15,7 +15,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 
 FORMATS = ("text", "prompt+completion", "messages")
 

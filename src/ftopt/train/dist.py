@@ -17,7 +17,7 @@ import signal
 from pathlib import Path
 from typing import NamedTuple
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 
 MARKER = ".ftopt-shared-check"  # rank 0 writes it; a node that sees it shares rank 0's output folder
 
@@ -30,7 +30,7 @@ def init(device, always: bool = False) -> int:
 
     import torch.distributed as dist
 
-    from ftopt.train.dsconfig import RANK_TIMEOUT_SECONDS
+    from ftopt.spec.dsconfig import RANK_TIMEOUT_SECONDS
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     if (world > 1 or always) and not dist.is_initialized():

@@ -16,8 +16,8 @@ import json
 import os
 import sys
 
-from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.spec.errors import FtoptError
 from ftopt.train import hostfile, ranks
 from ftopt.train.allocator import allocator_env
 from ftopt.train.outputs import finished_run, prepare_output

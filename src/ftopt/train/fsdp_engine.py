@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 
-from ftopt.errors import FtoptError
 from ftopt.spec import Offload, Precision, RunSpec
+from ftopt.spec.errors import FtoptError
 
 CHECKPOINT_STATE = "trainer_state.json"  # written last into checkpoint-N (worker.latest_complete_checkpoint reads it)
 
@@ -61,7 +61,7 @@ def save_checkpoint(folder, model, optimizer, extra: dict, rank: int) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(folder))

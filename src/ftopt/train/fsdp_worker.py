@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.spec.errors import FtoptError
 
 
 def run_fsdp_worker(spec: RunSpec) -> dict:
@@ -121,7 +121,7 @@ def resident_bytes(model) -> int:
 
 
 def _build(spec: RunSpec, model_spec, device):
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec.hub import remote_code_folder, resolve_weights
     from ftopt.train.base import record_hub_base
 
@@ -176,7 +176,7 @@ def spec_from_arg(arg: str) -> RunSpec:
 
 
 def main() -> None:
-    from ftopt import quiet
+    from ftopt.spec import quiet
     from ftopt.train.ranks import end_rank
 
     spec = spec_from_arg(sys.argv[1])

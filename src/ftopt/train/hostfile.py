@@ -22,8 +22,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.spec.errors import FtoptError
 from ftopt.train import ranks
 from ftopt.train.allocator import ALLOC_ENV
 

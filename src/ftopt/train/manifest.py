@@ -14,8 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ftopt.errors import FtoptError
-from ftopt.io import atomic_write_text
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import atomic_write_text
 
 MANIFEST_NAME = ".ftopt-manifest.json"
 MANIFEST_SCHEMA = "ftopt.manifest/1"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import statistics
 
-from ftopt.quality import perplexity
-from ftopt.results import METRICS_SCHEMA, WARMUP_STEPS, step_stats
+from ftopt.results.quality import perplexity
+from ftopt.results.rows import METRICS_SCHEMA, WARMUP_STEPS, step_stats
 from ftopt.spec import RunSpec
 
 
@@ -23,7 +23,7 @@ def _gather(mine: dict, world: int) -> list[dict]:
 
 def _steps_summary(steps: list[dict]) -> dict:
     """Every step's time, their median and tokens/s over the whole run (a resumed run included) with the
-    WARMUP_STEPS warm-up steps left out (ftopt.results says why), the first, mean and last training loss."""
+    WARMUP_STEPS warm-up steps left out (ftopt.results.rows says why), the first, mean and last training loss."""
     steady = steps[WARMUP_STEPS:] or steps[-1:]
     losses = [s["loss"] for s in steps if "loss" in s]
     stats = step_stats([s["seconds"] for s in steps])
@@ -50,7 +50,7 @@ def finish(
 ) -> dict:
     """Gather the ranks' measurements; rank 0 assembles and writes metrics.json (with `predicted`, from
     `predict`) and returns it."""
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
     from ftopt.train.recorder import StepLog
 
     ranks = _gather(mine, world)

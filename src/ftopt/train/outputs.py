@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftopt.errors import FtoptError
 from ftopt.spec import RunSpec
+from ftopt.spec.errors import FtoptError
 from ftopt.train import manifest
 from ftopt.train.manifest import holds_run
 
@@ -33,7 +33,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def prepare_output(spec: RunSpec, claim: bool = True) -> None:
     """Check and claim the run folder before anything expensive; write resolved_config.json. A per-node run's
     other nodes (`claim=False`) only make their folder, which may be node 0's (shared) or their own."""
-    from ftopt.io import atomic_write_text
+    from ftopt.spec.io import atomic_write_text
 
     out = spec.output_dir
     if out.exists() and not out.is_dir():

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.run import DataSpec, ModelRef, RunSpec
 from ftopt.spec.training import Attention
 from ftopt.train import data as D

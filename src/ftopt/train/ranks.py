@@ -212,7 +212,7 @@ def end_rank(work) -> None:
     """A launched rank's life: `work()`, then its exit as the launcher reads it (engine.py's _judge, hostfile.py's
     failures): an FtoptError is one line and exit 2, Ctrl-C exits INTERRUPTED, a failure is named by a FAILED line
     before its traceback, success ends with the FINISHED marker."""
-    from ftopt.errors import FtoptError
+    from ftopt.spec.errors import FtoptError
 
     rank = os.environ.get("RANK", "0")
     try:

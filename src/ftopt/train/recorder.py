@@ -44,7 +44,7 @@ class StepLog:
 
     def truncate_after(self, step: int) -> None:
         """Resuming from checkpoint `step`: drop the records of later steps, which the run will redo."""
-        from ftopt.io import atomic_write_text
+        from ftopt.spec.io import atomic_write_text
 
         kept = [r for r in self.read() if r["step"] <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))

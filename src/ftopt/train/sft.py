@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.train.chat_spans import IGNORE_INDEX, MAX_UNSTABLE_SHARE, TrainOn, Unstable
 from ftopt.train.data import Records
 

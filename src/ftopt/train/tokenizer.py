@@ -14,12 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.hub import check_local_path, parse_hub_id
 from ftopt.spec.run import ModelRef
 from ftopt.train.data import Records, default_tokenizer
 
-MAX_UNK_FRACTION = 0.05  # issue 10: above this the tokenizer does not fit the data and the loss means little
+MAX_UNK_FRACTION = 0.05  # above this the tokenizer does not fit the data and the loss means little
 BPE_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0-3, as the built-in tokenizer and tiny-llama's config
 BPE_CACHE_VERSION = "bpe/1"  # part of the cache key: bump when the trained tokenizer's recipe changes
 BYTE_ALPHABET = 256  # a byte-level BPE starts from every byte value

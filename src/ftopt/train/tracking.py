@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ftopt.errors import FtoptError
+from ftopt.spec.errors import FtoptError
 from ftopt.spec.run import ReportTo
 
 # the package each tracker needs (transformers' integrations import them when the Trainer starts)

@@ -32,7 +32,7 @@ def latest_complete_checkpoint(out: Path) -> Path | None:
 def training_arguments(spec: RunSpec, device, world: int, total_steps: int, node_local: bool = False):
     from transformers import TrainingArguments
 
-    from ftopt.train.dsconfig import RANK_TIMEOUT_SECONDS, deepspeed_config
+    from ftopt.spec.dsconfig import RANK_TIMEOUT_SECONDS, deepspeed_config
     from ftopt.train.tracking import trainer_report_to
 
     s, sch, p = spec.setup, spec.schedule, spec.setup.precision.value
@@ -138,7 +138,7 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
             StepRecorder(steps_log, device, rank),
             (fail_at_step, node_local, interrupt),
         )
-        from ftopt.quiet import no_checkpoint_bars
+        from ftopt.spec.quiet import no_checkpoint_bars
 
         base_quality = _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log)
         try:
@@ -199,7 +199,7 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
-    from ftopt.modeling import build_model
+    from ftopt.model.build import build_model
     from ftopt.spec.hub import remote_code_folder, resolve_weights
     from ftopt.train.base import record_hub_base
     from ftopt.train.callbacks import Progress, RunCallback, TimeBudget
@@ -241,11 +241,11 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
 
 
 def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, log) -> dict:
-    """Eval loss and (prompt+completion data) task quality by generation (ftopt.quality), with their own memory
+    """Eval loss and (prompt+completion data) task quality by generation (ftopt.results.quality), with their own memory
     peak on CUDA."""
     import torch
 
-    from ftopt.quality import evaluate_generation
+    from ftopt.results.quality import evaluate_generation
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -281,8 +281,8 @@ def _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log) -
     path = spec.output_dir / BASE_QUALITY_FILE
     if resume is not None and path.is_file():
         return json.loads(path.read_text())
-    from ftopt.io import atomic_write_text
-    from ftopt.quality import evaluate_generation
+    from ftopt.results.quality import evaluate_generation
+    from ftopt.spec.io import atomic_write_text
 
     model = trainer.model
     with peak.excluded():
@@ -314,7 +314,7 @@ def main() -> None:
     every node without a file. The DeepSpeed launcher adds --local_rank=N (also in the environment as LOCAL_RANK)."""
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     spec = RunSpec.model_validate(decode_arg(args[0]))
-    from ftopt import quiet
+    from ftopt.spec import quiet
 
     quiet.install(uses_deepspeed=spec.combination.uses_deepspeed)
     end_rank(lambda: run_worker(spec))

@@ -168,10 +168,13 @@ function render(body) {
   const p = body.plan, v = body.views;
   const rec = p.candidates.find((c) => p.recommended && sameKey(c, p.recommended));
   $("rec-label").textContent = rec ? rec.label : T("none_fits");
-  $("rec-figures").textContent = rec ? gib(rec.device_bytes_per_gpu) + ", " + fmtTime(hours(rec) * 3600) + money(rec, p) : "";
+  $("rec-figures").textContent = rec
+    ? gib(rec.device_bytes_per_gpu) + " (" + T("est_" + rec.method) + "), " + fmtTime(hours(rec) * 3600) + money(rec, p) : "";
   $("rec-label").dataset.key = JSON.stringify(p.recommended);
   $("rec-reason").textContent = p.reason;
-  $("answered").textContent = p.answered_by ? T("answered", { by: Object.entries(p.answered_by).map(([k, m]) => k + " " + m).join(", ") }) : "";
+  $("answered").textContent = p.answered_by ? T("answered", { by: Object.entries(p.answered_by).filter(([, m]) => m).map(([k, m]) => k + " " + m).join(", ") }) : "";
+  $("fallbacks").textContent = Object.entries(p.fallbacks || {})
+    .map(([k, f]) => T("not_confirmed", { what: T("answer_" + k), why: f.message })).join(" ");
   $("shortfall").textContent = p.shortfall || "";
   $("longest").textContent = p.longest_context
     ? p.longest_context + " (" + T("bound_" + p.longest_context_bound) + ")" : "—";

@@ -1,0 +1,1 @@
+"""The `ftopt` command: thin Typer commands over the layers below, and the terminal display."""

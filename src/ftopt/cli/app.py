@@ -1,0 +1,295 @@
+"""`ftopt` command line: a thin Typer layer. Parses flags, builds the typed specs (ftopt.planner.resolve), calls the
+library, prints. Every user mistake surfaces as one line on stderr and exit code 2 (see `_run`).
+
+Flags that set the training setup or the combination default to None ("not given"): their defaults live in the
+spec classes, and on a CPU some differ (TrainingSetup.for_hardware); the help texts say both.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftopt.cli.common import (
+    AdapterDtypeOpt,
+    Attn,
+    CalibrationOpt,
+    Currency,
+    DatasetTokens,
+    Epochs,
+    FsdpOpt,
+    Gc,
+    Gpus,
+    GradAccum,
+    Headroom,
+    HostRam,
+    Json,
+    LoraR,
+    LoraTargets,
+    MethodOpt,
+    MicroBatch,
+    Nodes,
+    OffloadOpt,
+    OptimOpt,
+    Packing,
+    PlanGpu,
+    PlannedModel,
+    PrecisionOpt,
+    QuantOpt,
+    SeqLen,
+    Zero,
+    run_body,
+    stdout_to_stderr,
+)
+from ftopt.planner.hardware import method_of, planning_hardware
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import check_out_folder
+
+# rich_markup_mode=None: help texts state defaults as "[default: ...]", which rich markup would swallow as a tag.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Plan, run and report LLM fine-tuning under GPU memory and time budgets.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ftopt import __version__
+
+        typer.echo(f"ftopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Plan, run and report LLM fine-tuning under GPU memory and time budgets."""
+
+
+@app.command()
+def estimate(
+    model: PlannedModel = "llama-2-7b",
+    gpu: PlanGpu = None,
+    gpus: Gpus = None,
+    nodes: Nodes = None,
+    seq_len: SeqLen = None,
+    micro_batch: MicroBatch = None,
+    grad_accum: GradAccum = None,
+    precision: PrecisionOpt = None,
+    dataset_tokens: DatasetTokens = None,
+    epochs: Epochs = None,
+    packing: Packing = None,
+    headroom: Headroom = None,
+    gc: Gc = None,
+    lora_r: LoraR = None,
+    lora_targets: LoraTargets = None,
+    adapter_dtype: AdapterDtypeOpt = None,
+    zero: Zero = None,
+    fsdp: FsdpOpt = None,
+    offload: OffloadOpt = None,
+    attn: Attn = None,
+    quant: QuantOpt = None,
+    optim: OptimOpt = None,
+    method: MethodOpt = "analytic",
+    json_out: Json = False,
+    calibration: CalibrationOpt = None,
+    host_ram: HostRam = None,
+):
+    """Per-GPU memory and time of ONE combination, before anything runs."""
+
+    def body():
+        from ftopt import estimate as est
+        from ftopt.cli.display import print_estimate
+        from ftopt.planner import resolve
+        from ftopt.spec import load_model
+
+        m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
+        setup = resolve.plan_setup(
+            m,
+            hw,
+            seq_len=seq_len,
+            micro_batch=micro_batch,
+            grad_accum=grad_accum,
+            precision=precision,
+            gpus_per_node=gpus,
+            nodes=nodes,
+            dataset_tokens=dataset_tokens,
+            epochs=epochs,
+            packing=packing,
+            headroom=headroom,
+        )
+        combo = resolve.combination(
+            gc=gc,
+            lora_r=lora_r,
+            lora_targets=lora_targets,
+            adapter_dtype=adapter_dtype,
+            zero=zero,
+            fsdp=fsdp,
+            offload=offload,
+            attn=attn,
+            quant=quant,
+            optim=optim,
+        )
+        e = est(m, hw, setup, combo, method_of(method))
+        if json_out:
+            typer.echo(json.dumps(e.to_json(), indent=2))
+        else:
+            print_estimate(e)
+
+    run_body(body)
+
+
+@app.command()
+def plan(
+    model: PlannedModel = "llama-2-7b",
+    gpu: PlanGpu = None,
+    gpus: Gpus = None,
+    nodes: Nodes = None,
+    seq_len: SeqLen = None,
+    micro_batch: MicroBatch = None,
+    grad_accum: GradAccum = None,
+    precision: PrecisionOpt = None,
+    dataset_tokens: DatasetTokens = None,
+    epochs: Epochs = None,
+    packing: Packing = None,
+    headroom: Headroom = None,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
+    lora_targets: LoraTargets = None,
+    adapter_dtype: AdapterDtypeOpt = None,
+    max_hours: Annotated[
+        float | None, typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")
+    ] = None,
+    full_only: Annotated[bool, typer.Option("--full-only", help="quality requires full fine-tuning")] = False,
+    cost_per_gpu_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--cost-per-gpu-hour", help="price of one GPU for one hour, in --currency [default: none, no costs shown]"
+        ),
+    ] = None,
+    currency: Currency = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="traced: the formulas search, the traced estimator confirms the recommendation and what-ifs "
+            "(seconds); analytic: the formulas alone (instant)",
+        ),
+    ] = "traced",
+    json_out: Json = False,
+    quant: Annotated[
+        str | None,
+        typer.Option("--quant", help="comma list of bases to try: none,nf4,fp4,int8 [default: none,nf4,int8]"),
+    ] = None,
+    optim: Annotated[str | None, typer.Option("--optim", help="comma list of optimizers to try [default: all]")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="comma list of engines to try: ddp,zero,fsdp [default: all]"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="write the plan JSON (with the recommended run for 'ftopt train --plan') to this file"
+        ),
+    ] = None,
+    calibration: CalibrationOpt = None,
+    host_ram: HostRam = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="write the recommended run for DeepSpeed, "
+            "TRL and accelerate (ds_config.json, sft_config.yaml, "
+            "launch.sh) into this folder",
+        ),
+    ] = None,
+):
+    """Predict every valid combination and recommend one."""
+    from ftopt.planner.request import PlanRequest
+
+    def body():
+        request = PlanRequest(
+            model=model,
+            gpu=gpu,
+            gpus=gpus,
+            nodes=nodes,
+            seq_len=seq_len,
+            micro_batch=micro_batch,
+            grad_accum=grad_accum,
+            precision=precision,
+            dataset_tokens=dataset_tokens,
+            epochs=epochs,
+            packing=packing,
+            headroom=headroom,
+            lora_r=lora_r,
+            lora_targets=lora_targets,
+            adapter_dtype=adapter_dtype,
+            max_hours=max_hours,
+            full_only=full_only,
+            cost_per_gpu_hour=cost_per_gpu_hour,
+            currency=currency,
+            method=method,
+            quant=quant,
+            optim=optim,
+            engine=engine,
+            calibration=calibration,
+            host_ram=host_ram,
+        )
+        _plan(request, out, export, json_out)
+
+    run_body(body)
+
+
+def _plan(request, out: Path | None, export: Path | None, json_out: bool) -> None:
+    from ftopt.cli.display import print_plan
+    from ftopt.planner.request import make
+    from ftopt.spec.io import atomic_write_text
+
+    if out is not None:
+        check_out_folder(out.parent)
+    if export is not None:
+        check_out_folder(export, "--export")
+    with stdout_to_stderr(json_out):  # a trace's library notices go to stderr; stdout carries the JSON
+        planned = make(request)
+    doc = planned.to_json()
+    if export is not None:
+        from ftopt.export.configs import export_run
+
+        if planned.run is None:
+            raise FtoptError("Nothing fits, so there is no run to export; relax the plan's constraints.")
+        written = export_run(planned.run, planned.model, export)
+        typer.echo(f"exported: {', '.join(str(w) for w in written)}", err=json_out)
+    if out:
+        try:
+            atomic_write_text(out, json.dumps(doc, indent=2))
+        except OSError as e:
+            raise FtoptError(f"Cannot write the plan to {out}: {e.strerror}.") from None
+    if json_out:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        print_plan(planned.plan)
+
+
+from ftopt.cli.run import preview, train  # noqa: E402  (after `app`: the commands register in help order)
+from ftopt.cli.serve import serve  # noqa: E402
+from ftopt.cli.sweep import bench, demo, report  # noqa: E402
+
+for _command in (train, bench, report, demo, preview, serve):
+    app.command()(_command)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

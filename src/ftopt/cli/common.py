@@ -1,0 +1,242 @@
+"""What every `ftopt` command shares: option declarations (declared once), the error boundary (`run_body`: one line,
+exit 2), hardware selection, output-folder checks and the --json stdout guard."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from ftopt.spec.errors import FtoptError, validation_message
+from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
+from ftopt.spec.production import ProductionOptions
+
+# ---- shared options (declared once; estimate, plan, train and bench reuse them) --------------------------------
+Gpu = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu",
+        help="hardware the predictions assume: a preset (a100-80g, "
+        "h100-80g, ...), 'cpu', or a JSON file [default: this machine's GPU, or cpu]",
+    ),
+]
+PlanGpu = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu",
+        help="hardware the predictions assume: a preset (a100-80g, h100-80g, ...), 'cpu', or a JSON file "
+        f"[default: {PLANNING_DEFAULT_GPU}]",
+    ),
+]
+Gpus = Annotated[int | None, typer.Option("--gpus", help="GPUs (processes) per node [default: 1]")]
+Nodes = Annotated[int | None, typer.Option("--nodes", help="number of nodes [default: 1]")]
+Hostfile = Annotated[
+    str | None, typer.Option("--hostfile", help="DeepSpeed host file: start every node from here over ssh")
+]
+SeqLen = Annotated[
+    int | None, typer.Option("--seq-len", help="tokens per sequence [default: 2048 on a GPU, 64 on cpu]")
+]
+MicroBatch = Annotated[
+    int | None, typer.Option("--micro-batch", help="sequences per GPU per forward pass [default: 1 on a GPU, 8 on cpu]")
+]
+Packing = Annotated[
+    bool | None,
+    typer.Option(
+        "--packing/--no-packing",
+        help="pack documents into rows of --seq-len, padding-free (TRL's layout) [default: off]",
+    ),
+]
+GradAccum = Annotated[int | None, typer.Option("--grad-accum", help="micro-batches per optimizer step [default: 1]")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="fp32 | bf16-mixed | fp16-mixed | bf16-true [default: the best the hardware runs: bf16-mixed, fp16-mixed on T4/V100, fp32 on cpu]",
+    ),
+]
+DatasetTokens = Annotated[
+    int | None,
+    typer.Option("--dataset-tokens", help="tokens in one epoch [default: none: times are per step and per 1k samples]"),
+]
+Headroom = Annotated[
+    float | None,
+    typer.Option(
+        "--headroom",
+        help="share of GPU memory kept free beyond the predicted device total; a combination that needs it is "
+        "'tight' and never recommended; 0 = none [default: 0.1]",
+    ),
+]
+Epochs = Annotated[float | None, typer.Option("--epochs", help="epochs [default: 1]")]
+Gc = Annotated[bool | None, typer.Option("--gc/--no-gc", help="gradient checkpointing [default: off]")]
+LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning [default: 0]")]
+LoraTargets = Annotated[
+    str | None, typer.Option("--lora-targets", help="comma list of module names [default: the attention projections]")
+]
+AdapterDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter-dtype",
+        help="LoRA adapters' dtype: fp32 (PEFT's default: fp32 adapters, each wrapped layer's input cast up) | "
+        "base (the base model's dtype; PEFT's autocast_adapter_dtype=False) [default: fp32]",
+    ),
+]
+Zero = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
+FsdpOpt = Annotated[
+    str | None,
+    typer.Option("--fsdp", help="PyTorch FSDP2 sharding instead of ZeRO: none | full | grad-op [default: none]"),
+]
+OffloadOpt = Annotated[
+    str | None,
+    typer.Option("--offload", help="none | optimizer | all (with --fsdp: all = CPUOffloadPolicy) [default: none]"),
+]
+Attn = Annotated[str | None, typer.Option("--attn", help="eager | sdpa | flash [default: sdpa]")]
+QuantOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quant", help="base quantization (bitsandbytes; needs LoRA): none | nf4 | fp4 | int8 [default: none]"
+    ),
+]
+OptimOpt = Annotated[
+    str | None, typer.Option("--optim", help="adamw | adamw-8bit | paged-adamw-8bit | paged-adamw [default: adamw]")
+]
+TrainOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--train-on",
+        help="chat data: tokens trained: all | assistant (every assistant turn) | last-assistant [default: assistant]",
+    ),
+]
+# how --model is read (ftopt.spec.hub.is_local_path / parse_hub_id), stated in every --model help
+MODEL_REF_RULE = (
+    "org/name[@revision] is a Hub id unless a local folder of that name exists; a path starting with "
+    "./, ../, / or ~ is always local"
+)
+PlannedModel = Annotated[
+    str, typer.Option("--model", "-m", help=f"preset, config.json, model folder or Hub id ({MODEL_REF_RULE})")
+]
+WeightsModel = Annotated[
+    str | None, typer.Option("--model", "-m", help=f"pretrained weights: a model folder or Hub id ({MODEL_REF_RULE})")
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="run the model repo's own Python code "
+        "(its config's auto_map, custom tokenizers) [default: off: train and "
+        "bench refuse such a model]",
+    ),
+]
+AllowMetricModule = Annotated[
+    bool,
+    typer.Option(
+        "--allow-metric-module",
+        help="import the metric modules (data.metrics) a --plan file names [default: off: such a file is refused]",
+    ),
+]
+MethodOpt = Annotated[str, typer.Option("--method", help="analytic (instant) | traced (FakeTensor trace)")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON (documented schema) instead of tables")]
+
+# report, demo and planning options
+CalibrationOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--calibration",
+        help="time-model calibration file to apply (default: the stored one matching this hardware and "
+        "the installed torch/transformers/deepspeed, else none)",
+    ),
+]
+MetricOpt = Annotated[
+    list[str] | None,
+    typer.Option("--metric", help="extra quality metric module:function, (prediction, reference) -> float; repeatable"),
+]
+QualityTargetOpt = Annotated[
+    str | None,
+    typer.Option("--quality-target", help="the quality bar, METRIC>=VALUE or METRIC<=VALUE (e.g. exact_match>=0.5)"),
+]
+# the production flags' defaults are ProductionOptions' (shown in the help, never restated)
+_PROD = {k: f.default for k, f in ProductionOptions.model_fields.items()}
+TargetGpu = Annotated[str | None, typer.Option("--target-gpu", help="production GPU preset or JSON file")]
+TargetGpus = Annotated[
+    int | None, typer.Option("--target-gpus", help=f"production GPUs per node [default: {_PROD['target_gpus']}]")
+]
+TargetNodes = Annotated[
+    int | None, typer.Option("--target-nodes", help=f"production nodes [default: {_PROD['target_nodes']}]")
+]
+TargetModel = Annotated[
+    str | None, typer.Option("--target-model", help="model trained in production [default: the PoC's]")
+]
+TargetSeqLen = Annotated[
+    int | None,
+    typer.Option("--target-seq-len", help="production sequence length [default: the plan's for the target GPU]"),
+]
+TargetMicroBatch = Annotated[
+    int | None,
+    typer.Option("--target-micro-batch", help="production micro-batch [default: the plan's for the target GPU]"),
+]
+ProdTokens = Annotated[int | None, typer.Option("--dataset-tokens", help="tokens in one epoch of the production data")]
+ProdEpochs = Annotated[
+    float | None, typer.Option("--epochs", help=f"epochs of a production run [default: {_PROD['epochs']:g}]")
+]
+Retrains = Annotated[
+    float | None,
+    typer.Option(
+        "--retrains-per-year",
+        help=f"production runs per year [default: {_PROD['retrains_per_year']:g}; demo: see its help]",
+    ),
+]
+CostPerGpuHour = Annotated[float | None, typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]
+Currency = Annotated[
+    str | None, typer.Option("--currency", help=f"currency of --cost-per-gpu-hour [default: {_PROD['currency']}]")
+]
+MaxHours = Annotated[float | None, typer.Option("--max-hours", help="time budget of one production run, hours")]
+HostRam = Annotated[
+    str | None,
+    typer.Option(
+        "--host-ram",
+        help="host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) "
+        "[default: the preset's, 1 TiB]",
+    ),
+]
+
+
+def run_body(fn: Callable[[], None]) -> None:
+    """Run a command body; user errors become one line and exit 2, Ctrl-C exits 130 without a traceback."""
+    from ftopt.spec import quiet
+
+    quiet.install()  # third-party notices that are not the user's concern (see ftopt.spec.quiet)
+    try:
+        fn()
+    except FtoptError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except ValidationError as e:
+        typer.echo(f"error: {validation_message(e, flags=True)}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool):
+    """With --json, stdout carries the JSON alone: whatever libraries print meanwhile (DeepSpeed's accelerator
+    notice, transformers' warnings) goes to stderr, at the file-descriptor level so C extensions are covered."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

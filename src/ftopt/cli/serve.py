@@ -1,0 +1,60 @@
+"""`ftopt serve`: the command (registered in ftopt.cli.app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftopt.cli.common import run_body
+from ftopt.spec.errors import FtoptError
+
+DEFAULT_HOST = "127.0.0.1"  # loopback: the page reads local model folders and result folders
+DEFAULT_PORT = 8080
+
+
+def serve(
+    host: Annotated[
+        str,
+        typer.Option("--host", help="address to listen on; anything but loopback exposes the planner to the network"),
+    ] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option("--port", help="TCP port (0 = any free port)")] = DEFAULT_PORT,
+    results: Annotated[
+        Path | None,
+        typer.Option("--results", help="folder whose bench result folders the page may open [default: none]"),
+    ] = None,
+):
+    """The planner as a local web page: inputs, the plan, charts, shareable links, reports."""
+
+    def body():
+        from ftopt.serve.server import is_loopback, make_server
+
+        if not 0 <= port <= 65535:
+            raise FtoptError(f"--port must be between 0 and 65535, got {port}.")
+        if results is not None and not results.is_dir():
+            raise FtoptError(f"--results {results} is not a folder.")
+        try:
+            server = make_server(host, port, results)
+        except OSError as e:
+            raise FtoptError(f"Cannot listen on {host}:{port}: {e.strerror}.") from None
+        bound_host, bound_port = server.server_address[:2]
+        if not is_loopback(host):
+            typer.echo(
+                f"warning: listening on {host}, not loopback: anyone who can reach this address can use the "
+                "planner (local model folders are then not read).",
+                err=True,
+            )
+        from ftopt.serve.jobs import plan_body
+        from ftopt.serve.query import PlanQuery
+
+        # imports the planner now, not in the first page's request
+        plan_body(PlanQuery(method="analytic").model_dump(), None, True)
+        typer.echo(f"ftopt serve: listening on http://{bound_host}:{bound_port}/ (Ctrl-C stops)", err=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+            server.RequestHandlerClass.app.close()
+
+    run_body(body)

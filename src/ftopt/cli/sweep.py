@@ -1,0 +1,267 @@
+"""`ftopt bench`, `ftopt report` and `ftopt demo`: the PoC sweep, the decision report and the offline loop.
+Registered on the app in ftopt.cli.app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftopt.cli.common import (
+    CostPerGpuHour,
+    Currency,
+    Gpu,
+    Headroom,
+    Hostfile,
+    MaxHours,
+    MetricOpt,
+    MicroBatch,
+    Nodes,
+    PrecisionOpt,
+    ProdEpochs,
+    ProdTokens,
+    QualityTargetOpt,
+    Retrains,
+    SeqLen,
+    TargetGpu,
+    TargetGpus,
+    TargetMicroBatch,
+    TargetModel,
+    TargetNodes,
+    TargetSeqLen,
+    TrustRemoteCode,
+    WeightsModel,
+    run_body,
+)
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import check_out_folder
+from ftopt.sweep.prepare import BenchRequest
+
+
+def bench(
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="YAML grid of combinations [default: the study's reference points]")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="sweep folder: results.jsonl (appended; finished runs skipped) and runs/")
+    ] = Path("ftopt-runs/bench"),
+    model: WeightsModel = None,
+    random_init: Annotated[
+        str | None, typer.Option("--random-init", help="preset or config.json, random weights")
+    ] = None,
+    data: Annotated[str | None, typer.Option("--data", help="training data [default: the built-in task]")] = None,
+    seq_len: SeqLen = None,
+    micro_batch: MicroBatch = None,
+    precision: PrecisionOpt = None,
+    packing: Annotated[
+        bool, typer.Option("--packing/--no-packing", help="pack sequences to exactly --seq-len")
+    ] = False,
+    headroom: Headroom = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run")] = 100,
+    lr: Annotated[float | None, typer.Option("--lr", help="peak learning rate [default: 1e-3]")] = None,
+    gpu: Gpu = None,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank of the reference points")] = 8,
+    repeat: Annotated[int, typer.Option("--repeat", help="runs per combination (noisy machines)")] = 1,
+    zero_gpus: Annotated[
+        int | None,
+        typer.Option("--zero-gpus", help="processes for ZeRO runs [default: 2 on cpu, else the GPUs of this machine]"),
+    ] = None,
+    run_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--run-timeout", help="stop a run after this many seconds and record it as 'timeout' [default: no limit]"
+        ),
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option("--eval-data", help="held-out data [default: split from --data]")
+    ] = None,
+    metric: MetricOpt = None,
+    quality_target: QualityTargetOpt = None,
+    quant: Annotated[
+        str | None,
+        typer.Option("--quant", help="comma list of bases (none,nf4,fp4,int8): each LoRA point also runs with each"),
+    ] = None,
+    optim: Annotated[
+        str | None,
+        typer.Option(
+            "--optim",
+            help="comma list of optimizers: each ZeRO-free point also runs with each (with --quant: every pair)",
+        ),
+    ] = None,
+    nodes: Nodes = None,
+    hostfile: Hostfile = None,
+    trust_remote_code: TrustRemoteCode = False,
+):
+    """Run the proof-of-concept sweep: each combination as its own `ftopt train`, results appended atomically."""
+
+    def body():
+        _bench(
+            BenchRequest(
+                grid=grid,
+                out=out,
+                model=model,
+                random_init=random_init,
+                data=data,
+                eval_data=eval_data,
+                seq_len=seq_len,
+                micro_batch=micro_batch,
+                precision=precision,
+                packing=packing,
+                headroom=headroom,
+                max_steps=max_steps,
+                lr=lr,
+                gpu=gpu,
+                lora_r=lora_r,
+                repeat=repeat,
+                zero_gpus=zero_gpus,
+                run_timeout=run_timeout,
+                metric=tuple(metric) if metric else None,
+                quality_target=quality_target,
+                quant=quant,
+                optim=optim,
+                nodes=nodes,
+                hostfile=hostfile,
+                trust_remote_code=trust_remote_code,
+            )
+        )
+
+    run_body(body)
+
+
+def _bench(request: BenchRequest) -> None:
+    from ftopt.cli.display import console, print_calibration, print_sweep_event, print_sweep_summary
+    from ftopt.sweep import prepare
+
+    sweep = prepare.prepare(request)
+    rows = prepare.run(sweep, on_event=print_sweep_event)
+    print_sweep_summary(rows, sweep.results_path, sweep.target)
+    fitted = prepare.calibrate(sweep, rows)
+    if fitted is not None:
+        fit, cal, path = fitted
+        print_calibration(fit)
+        console.print(
+            f"time model for '{sweep.hardware.name}' (merged with earlier fits under these library versions) "
+            f"stored in {path}; later plan/estimate on it use it: {cal.constants.figures()}"
+        )
+
+
+def report(
+    results: Annotated[Path, typer.Argument(help="results.jsonl written by ftopt bench (or its folder)")],
+    out: Annotated[Path, typer.Option("--out", help="folder for report.<lang>.html/.md and charts")] = Path(
+        "ftopt-report"
+    ),
+    lang: Annotated[str, typer.Option("--lang", help="en | ja")] = "en",
+    title: Annotated[str | None, typer.Option("--title", help="report title")] = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu",
+            help="hardware the runs used (memory line, calibration) [default: the hardware recorded in the results]",
+        ),
+    ] = None,
+    quality_target: QualityTargetOpt = None,
+    target_gpu: TargetGpu = None,
+    target_gpus: TargetGpus = None,
+    target_nodes: TargetNodes = None,
+    target_model: TargetModel = None,
+    target_seq_len: TargetSeqLen = None,
+    target_micro_batch: TargetMicroBatch = None,
+    dataset_tokens: ProdTokens = None,
+    epochs: ProdEpochs = None,
+    retrains_per_year: Retrains = None,
+    cost_per_gpu_hour: CostPerGpuHour = None,
+    currency: Currency = None,
+    max_hours: MaxHours = None,
+    headroom: Headroom = None,
+):
+    """Write the decision report (HTML, Markdown, PNG charts) from a results file."""
+
+    def body():
+        from ftopt.report.cli_support import write_report
+
+        path = results / "results.jsonl" if results.is_dir() else results
+        if not path.exists():
+            raise FtoptError(f"The results file {path} does not exist; run 'ftopt bench' first.")
+        check_out_folder(out)
+        from ftopt.spec import ProductionOptions
+
+        production = ProductionOptions.given(
+            target_gpu=target_gpu,
+            target_gpus=target_gpus,
+            target_nodes=target_nodes,
+            target_model=target_model,
+            target_seq_len=target_seq_len,
+            target_micro_batch=target_micro_batch,
+            dataset_tokens=dataset_tokens,
+            epochs=epochs,
+            retrains_per_year=retrains_per_year,
+            cost_per_gpu_hour=cost_per_gpu_hour,
+            currency=currency,
+            max_hours=max_hours,
+        )
+        paths = write_report(
+            path,
+            out,
+            lang=lang,
+            warn=lambda m: typer.echo(f"warning: {m}", err=True),
+            gpu=gpu,
+            title=title,
+            quality_target=quality_target,
+            production=production,
+            headroom=headroom,
+        )
+        typer.echo(f"report: {paths['html']} and {paths['markdown']}")
+
+    run_body(body)
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="where runs, results and the report go")] = Path("ftopt-runs/demo"),
+    steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
+    quality_target: QualityTargetOpt = None,
+    target_gpu: TargetGpu = None,
+    target_gpus: TargetGpus = None,
+    target_nodes: TargetNodes = None,
+    target_model: TargetModel = None,
+    target_seq_len: TargetSeqLen = None,
+    target_micro_batch: TargetMicroBatch = None,
+    dataset_tokens: ProdTokens = None,
+    epochs: ProdEpochs = None,
+    retrains_per_year: Retrains = None,
+    cost_per_gpu_hour: CostPerGpuHour = None,
+    currency: Currency = None,
+    max_hours: MaxHours = None,
+):
+    """The whole loop on the built-in base model and task, offline, on this CPU (under 5 minutes on 2 cores).
+
+    Stated assumptions unless given: quality target exact_match>=0.5; production: llama-3.1-8b on one a100-80g
+    with 100M tokens, 12 runs a year, at the plan's sequence length and micro-batch for it."""
+
+    def body():
+        from ftopt.cli.display import ConsoleDemoView
+        from ftopt.sweep.demo import DemoOptions, run_demo
+
+        if steps < 1:
+            raise FtoptError(f"--steps must be at least 1, got {steps}.")
+        check_out_folder(out)
+        given = dict(
+            quality_target=quality_target,
+            target_gpu=target_gpu,
+            target_gpus=target_gpus,
+            target_nodes=target_nodes,
+            target_model=target_model,
+            target_seq_len=target_seq_len,
+            target_micro_batch=target_micro_batch,
+            dataset_tokens=dataset_tokens,
+            epochs=epochs,
+            retrains_per_year=retrains_per_year,
+            cost_per_gpu_hour=cost_per_gpu_hour,
+            currency=currency,
+            max_hours=max_hours,
+        )
+        options = DemoOptions.given(**given)
+        options.check()  # now, not after the sweep: a typo must not cost the demo's minutes
+        run_demo(out, steps=steps, options=options, view=ConsoleDemoView())
+
+    run_body(body)

@@ -1,0 +1,1 @@
+"""Launch files for a plan: DeepSpeed, accelerate, TRL, torchrun and Slurm."""

@@ -1,0 +1,218 @@
+"""Stored time-model calibrations: provenance, merging of new fits with earlier ones, and explicit application.
+
+Nothing applies a calibration behind the caller's back: `load_hardware` returns the preset as is, and
+`calibrated_hardware` is the one explicit call that applies either a named file (`--calibration FILE`) or the
+stored calibration that matches this hardware and these library versions.
+
+Storage: $FTOPT_CACHE/calibration/<hardware>/<torch>_<transformers>_<deepspeed>.json (default ~/.cache/ftopt), one
+file per hardware and library versions, so a fit made under other versions is never applied silently.
+
+Merge rule: a file keeps every measured point (one per model, combination and process count, with the number of
+runs behind it and the results file it came from). A new bench replaces only the points of its own results file
+(which is append-only and re-read whole, so its new points already include its old ones); points of other results
+files stay. The constants are then refitted on all points, identical points from different files pooled by a
+run-weighted mean. A two-run smoke bench therefore adds two runs to an eight-run fit instead of replacing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ftopt.planner.calibration import CalibrationFit, TimePoint, calibrate_points, time_points
+from ftopt.spec.calibration import CalibrationProvenance, SoftwareVersions
+from ftopt.spec.errors import FtoptError, validation_message
+from ftopt.spec.hardware import HardwareSpec
+from ftopt.spec.io import atomic_write_text
+from ftopt.spec.time_constants import TimeConstants
+
+STORE_SCHEMA = "ftopt.planner.calibration/3"
+# The constants `ftopt bench` fits (ftopt.planner.calibration.CalibrationFit); the other time constants (bitsandbytes rates)
+# are kept from the hardware's default.
+FITTED = ("mfu", "fixed_step_seconds", "seconds_per_kernel", "zero_step_seconds", "fsdp_step_seconds")
+
+
+class StoredPoint(BaseModel):
+    """One measured point of a fit: the median step time of `runs` runs of one combination of one model."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    label: str
+    gpus: int = Field(ge=1)
+    zero: int = Field(ge=0, le=3)
+    fsdp: str = "none"  # FSDP2 mode of the run (Fsdp value)
+    ideal_seconds: float = Field(gt=0, description="FLOPs per step / peak FLOP/s of the hardware")
+    kernels: int | None = Field(None, description="dispatched operators per step")
+    measured_seconds: float = Field(gt=0)
+    runs: int = Field(ge=1)
+    source: str = Field(description="the results file (or sweep) it came from")
+
+    def same_point(self) -> tuple:
+        return self.model, self.label, self.gpus, self.zero, self.fsdp, round(self.ideal_seconds, 15), self.kernels
+
+
+class Calibration(BaseModel):
+    """A stored calibration: the fitted time constants (their provenance inside) and the points they were fitted on.
+
+    ftopt.planner.calibration/2 files kept the constants and the provenance at the top level: they load (`_migrate`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_: str = Field(STORE_SCHEMA, alias="schema")
+    constants: TimeConstants
+    points: list[StoredPoint]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data):
+        if not isinstance(data, dict) or "constants" in data or "provenance" not in data:
+            return data
+        flat = {k: data[k] for k in FITTED if k in data}
+        rest = {k: v for k, v in data.items() if k not in FITTED and k != "provenance"}
+        prov = {**data["provenance"], "kind": "calibrated"}
+        return {**rest, "schema": STORE_SCHEMA, "constants": {**flat, "provenance": prov}}
+
+    @model_validator(mode="after")
+    def _calibrated(self) -> Calibration:
+        if self.constants.calibration is None:
+            raise ValueError("a stored calibration's constants need a calibrated provenance, got a default")
+        return self
+
+    @property
+    def provenance(self) -> CalibrationProvenance:
+        return self.constants.calibration
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("FTOPT_CACHE", Path.home() / ".cache" / "ftopt")) / "calibration"
+
+
+def _safe(part: str) -> str:
+    """A path component from a name a user's hardware file may set: no separators, never '.' or '..'."""
+    return re.sub(r"[^A-Za-z0-9.+-]", "-", part).lstrip(".") or "-"
+
+
+def calibration_path(hardware: str, versions: SoftwareVersions) -> Path:
+    slug = "_".join(_safe(v or "none") for v in versions.model_dump().values())
+    return _cache_root() / _safe(hardware) / f"{slug}.json"
+
+
+def read_calibration(path: Path) -> Calibration:
+    try:
+        return Calibration.model_validate_json(Path(path).read_text())
+    except OSError as e:
+        raise FtoptError(f"Cannot read the calibration file {path}: {e.strerror}.") from None
+    except ValidationError as e:
+        raise FtoptError(f"{path} is not a calibration written by 'ftopt bench': {validation_message(e)}.") from None
+
+
+def find_calibration(hardware: str, versions: SoftwareVersions | None = None) -> Calibration | None:
+    """The stored calibration for this hardware under these library versions (installed ones by default)."""
+    path = calibration_path(hardware, versions or SoftwareVersions.installed())
+    if not path.exists():
+        return None
+    try:
+        return read_calibration(path)
+    except FtoptError:
+        return None  # a corrupt or old-format cache is ignored: the estimate says "uncalibrated"
+
+
+def apply_calibration(hw: HardwareSpec, cal: Calibration, file: Path | None = None) -> HardwareSpec:
+    """`hw` with the calibration's time constants (provenance naming `file`); the device facts are unchanged, and
+    a rate the calibration does not carry (files from before it stored them) stays the hardware's default."""
+    c = cal.constants
+    kept = {k: getattr(hw.time_constants, k) for k in TimeConstants.model_fields if getattr(c, k) is None}
+    prov = c.provenance.model_copy(update={"file": str(file)} if file else {})
+    return hw.with_time(c.model_copy(update={**kept, "provenance": prov}))
+
+
+def calibrated_hardware(hw: HardwareSpec, file: Path | None = None) -> HardwareSpec:
+    """Apply the calibration named by `file` (it must be for this hardware; other library versions are allowed,
+    since the user asked for it), else the stored one that matches hardware and installed versions, else none."""
+    if file is not None:
+        cal = read_calibration(file)
+        if cal.provenance.hardware != hw.name:
+            raise FtoptError(
+                f"The calibration {file} was fitted on {cal.provenance.hardware}, not {hw.name}; "
+                f"use --gpu {cal.provenance.hardware} or another calibration file."
+            )
+        return apply_calibration(hw, cal, file)
+    cal = find_calibration(hw.name)
+    return apply_calibration(hw, cal, calibration_path(hw.name, cal.provenance.versions)) if cal else hw
+
+
+def _pooled(points: list[StoredPoint]) -> list[TimePoint]:
+    """Identical points from different results files as one, by a run-weighted mean of their medians."""
+    groups: dict[tuple, list[StoredPoint]] = {}
+    for p in points:
+        groups.setdefault(p.same_point(), []).append(p)
+    out = []
+    for g in groups.values():
+        runs = sum(p.runs for p in g)
+        seconds = sum(p.measured_seconds * p.runs for p in g) / runs
+        p = g[0]
+        out.append(
+            TimePoint(f"{p.model}: {p.label}", p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp)
+        )
+    return out
+
+
+def merge_points(old: list[StoredPoint], new: list[StoredPoint]) -> list[StoredPoint]:
+    """The merge rule (module docstring): the new points replace those of their own source; others stay."""
+    sources = {p.source for p in new}
+    return [p for p in old if p.source not in sources] + new
+
+
+def calibrate_and_store(
+    rows: list, hw: HardwareSpec, source: str, model: str
+) -> tuple[CalibrationFit, Calibration, Path]:
+    """Fit the sweep's successful runs of `model` on `hw`, merge them with the stored points for this hardware and
+    library versions, refit on all of them, and store the result. Returns (fit of the merged points, the stored
+    calibration with its time constants, file)."""
+    versions = SoftwareVersions.installed()
+    pts, _ = time_points(rows, hw)
+    new = [
+        StoredPoint(
+            model=model,
+            label=p.label,
+            gpus=p.gpus,
+            zero=p.zero,
+            fsdp=p.fsdp,
+            ideal_seconds=p.ideal_seconds,
+            kernels=p.kernels,
+            measured_seconds=p.measured_seconds,
+            runs=p.runs,
+            source=source,
+        )
+        for p in pts
+    ]
+    if not new:
+        raise FtoptError("No successful runs to calibrate the time model with.")
+    old = find_calibration(hw.name, versions)
+    points = merge_points(old.points if old else [], new)
+    fit = calibrate_points(_pooled(points))
+    prov = CalibrationProvenance(
+        hardware=hw.name,
+        models=sorted({p.model for p in points}),
+        versions=versions,
+        runs=fit.fit_runs,
+        combinations=fit.combinations,
+        sources=sorted({p.source for p in points}),
+        date=datetime.now(timezone.utc).date().isoformat(),
+        at_bound=fit.at_bound,
+        holdout_median_abs_error=fit.holdout_median_abs_error,
+    )
+    cal = Calibration(constants=fitted_constants(fit, prov, hw.time_constants), points=points)
+    path = calibration_path(hw.name, versions)
+    atomic_write_text(path, json.dumps(cal.model_dump(mode="json", by_alias=True), indent=2))
+    return fit, cal, path
+
+
+def fitted_constants(fit: CalibrationFit, prov: CalibrationProvenance, base: TimeConstants) -> TimeConstants:
+    """The time constants a fit produces: its fitted figures and provenance, the others (bitsandbytes rates, which
+    bench does not fit) from `base`, the hardware's constants before the fit."""
+    return base.model_copy(update={**{k: getattr(fit, k) for k in FITTED}, "provenance": prov})

@@ -1,0 +1,50 @@
+"""One error type for every user mistake: the CLI prints its message as one line and exits 2."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class FtoptError(Exception):
+    """A problem with the user's input or environment, phrased as one sentence they can act on."""
+
+
+class TraceUnavailable(FtoptError):
+    """The traced estimator cannot run this model or input; callers fall back to the analytic method and say so.
+    `error`: the type name of what the trace raised (e.g. UnsupportedOperatorException), for the typed warning."""
+
+    def __init__(self, message: str, error: str = "FtoptError"):
+        super().__init__(message)
+        self.error = error
+
+
+# Fields whose command-line flag is not `--` + the field's name with dashes (resolve and the CLI messages share it).
+FIELD_FLAGS = {
+    "gpus_per_node": "--gpus",
+    "gc": "--gc/--no-gc",
+    "learning_rate": "--lr",
+    "train": "--data",
+    "eval": "--eval-data",
+    "dir": "--out",
+}
+
+
+def flag_of(field: str) -> str:
+    """The flag a user types for a field: seq_len -> --seq-len, gpus_per_node -> --gpus."""
+    return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def validation_message(err: ValidationError, flags: bool = False) -> str:
+    """Turn pydantic's multi-line report into one sentence naming the field and the bad value. With `flags` (the
+    values came from the command line) a top-level field is named by its flag."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "input"
+        if flags and len(e["loc"]) == 1:
+            loc = flag_of(str(e["loc"][0]))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("value_error", "assertion_error") or not loc or loc == "input":
+            parts.append(msg)
+        else:
+            parts.append(f"{loc}: {msg} (got {e.get('input')!r})")
+    return "; ".join(parts)

@@ -1,0 +1,86 @@
+"""File I/O: atomic writes (a crash, Ctrl-C or full disk never leaves a half-written file behind) and JSON reads
+that fail in one sentence."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ftopt.spec.errors import FtoptError
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or one FtoptError sentence naming `what` the file was meant to be."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise FtoptError(f"Cannot read the {what} {path}: {e.strerror}.") from None
+    except json.JSONDecodeError as e:
+        raise FtoptError(f"The {what} {path} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+    if not isinstance(data, dict):
+        raise FtoptError(f"The {what} {path} must be a JSON object, not {type(data).__name__}.")
+    return data
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; the file gets the mode any new file would get
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def append_line_atomic(path: str | os.PathLike, line: str) -> None:
+    """Append one line so that the file never holds a partial line, even if the disk fills up mid-write.
+
+    A single os.write of the whole line with O_APPEND; if it is short (disk full), the file is truncated back to
+    its previous length and the error is raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # umask applies
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, "No space left on device (short write)")
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)
+
+
+def check_out_folder(path: Path, flag: str = "--out") -> None:
+    """An output folder must be creatable: checked before any expensive work."""
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise FtoptError(f"{flag} {path}: {p} is a file, not a folder.")
+            if not os.access(p, os.W_OK):
+                raise FtoptError(f"{flag} {path}: {p} is not writable.")
+            return

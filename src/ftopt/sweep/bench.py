@@ -1,0 +1,324 @@
+"""`ftopt bench`: the proof-of-concept sweep. Same sample data and seed, one `ftopt train` subprocess per
+combination (an OOM or crash in one is recorded and the sweep goes on), results appended atomically to a JSONL
+file (schema in docs/results-schema.md), finished runs skipped on a re-run (resume after Ctrl-C or a crash).
+Each result carries the predicted figures (analytic and traced) next to the measured ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ftopt.results.quality import QualityTarget
+from ftopt.results.rows import Predictions, ResultRow, Status, read_metrics, read_results
+from ftopt.spec import (
+    Attention,
+    Combination,
+    Fsdp,
+    HardwareSpec,
+    Optim,
+    OutputSpec,
+    Precision,
+    Quant,
+    RunSpec,
+    default_precision,
+)
+from ftopt.spec.errors import FtoptError, validation_message
+from ftopt.spec.io import append_line_atomic
+from ftopt.train.ranks import OOM_MARKERS
+
+__all__ = ["BenchRun", "read_results", "run_sweep", "sweep_rows", "sweep_runs"]
+
+
+class BenchRun(BaseModel):
+    """What is run: one combination at one repeat index, with the sweep's shared run specification."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    spec: RunSpec = Field(description="the whole run, output folder included")
+    repeat: int = Field(0, ge=0)
+
+    def key(self) -> str:
+        """Readable combination part, then a digest of everything else that makes the run (model, data, steps,
+        seq-len, micro-batch, precision, learning rate, processes...): a rerun with other settings runs again."""
+        c, s = self.spec.combination, self.spec.setup
+        ident = self.spec.identity()
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+        return (
+            f"r{c.lora_r}-gc{int(c.gc)}-z{c.zero}{f'-fsdp-{c.fsdp.value}' if c.uses_fsdp else ''}-{c.offload.value}-"
+            f"{c.attn.value}-g{s.world_size}-"
+            f"t{'.'.join(c.lora_targets) if c.lora_targets else 'default'}-rep{self.repeat}-{digest}"
+        )
+
+
+def sweep_runs(
+    base: RunSpec, combos: Iterable[Combination], runs_dir: Path, repeat: int = 1, zero_gpus: int = 2
+) -> list[BenchRun]:
+    """Each combination on `base`'s settings; ZeRO and FSDP2 runs on `zero_gpus` processes (sharding over one
+    process partitions nothing). Repeats go round-robin (every combination once, then again): a machine that slows down for a while
+    then affects one run of each combination instead of all runs of one, and the per-combination median absorbs it."""
+    runs = []
+    for k in range(repeat):
+        for c in combos:
+            sharded = c.uses_deepspeed or c.uses_fsdp
+            setup = base.setup.model_copy(update={"gpus_per_node": zero_gpus}) if sharded else base.setup
+            spec = base.model_copy(update={"combination": c, "setup": setup})
+            key = BenchRun(spec=spec, repeat=k).key()
+            out = OutputSpec(dir=str(runs_dir / key), overwrite=True, report_to=base.output.report_to)
+            runs.append(BenchRun(spec=spec.model_copy(update={"output": out}), repeat=k))
+    return runs
+
+
+def check_sweep_launch(runs: list[BenchRun]) -> None:
+    """Several nodes: each run starts every node from this host over ssh (DeepSpeed's runner with a host file),
+    checked before the first run. A sweep run once per node cannot work: the nodes would have to agree on which runs
+    are left, and only node 0's results file knows."""
+    from ftopt.train.preflight import check_launch
+
+    for run in runs:
+        s = run.spec.setup
+        if s.nodes > 1 and not run.spec.hostfile:
+            raise FtoptError(
+                f"bench --nodes {s.nodes} starts every run from this host and needs --hostfile FILE "
+                "(one 'host slots=N' line per node)."
+            )
+        check_launch(run.spec, None)
+
+
+def default_zero_processes(hw: HardwareSpec) -> int:
+    """ZeRO partitions over processes: 2 CPU processes stand for 2 GPUs; on a GPU machine, the GPUs it has."""
+    if hw.is_cpu:
+        return 2
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def reference_combinations(hw: HardwareSpec, lora_r: int = 8, precision: Precision | None = None) -> list[Combination]:
+    """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, LoRA+FSDP2 (full
+    reshard, beside ZeRO-3), eager vs the fastest attention kernel this hardware runs at `precision` (flash where
+    it can, else SDPA; None = the hardware's default precision)."""
+    prec = precision or default_precision(hw.is_cpu, hw.peak_flops)
+    flash = Attention.FLASH in hw.attention_kernels and Attention.FLASH.runs_in(prec)
+    fast = Attention.FLASH if flash else Attention.SDPA
+    return [
+        Combination(attn=fast),
+        Combination(gc=True, attn=fast),
+        Combination(lora_r=lora_r, attn=fast),
+        Combination(lora_r=lora_r, gc=True, attn=fast),
+        Combination(lora_r=lora_r, zero=2, attn=fast),
+        Combination(lora_r=lora_r, zero=3, gc=True, attn=fast),
+        Combination(lora_r=lora_r, fsdp=Fsdp.FULL, gc=True, attn=fast),
+        Combination(lora_r=lora_r, attn=Attention.EAGER),
+    ]
+
+
+def load_grid(path: str | Path) -> list[Combination]:
+    """A YAML grid: either `combinations: [{gc: true, lora_r: 8, ...}, ...]` or axes
+    `grid: {gc: [false, true], lora_r: [0, 8], zero: [0, 2], attn: [sdpa]}` (the product, invalid ones dropped)."""
+    import itertools
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise FtoptError(f"Cannot read the grid {path}: {e.strerror}.") from None
+    except yaml.YAMLError as e:
+        raise FtoptError(f"The grid {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
+    if not isinstance(doc, dict) or not ({"combinations", "grid"} & set(doc)):
+        raise FtoptError(f"The grid {path} needs a 'combinations' list or a 'grid' of option lists.")
+    unknown = set(doc) - {"combinations", "grid"}
+    if unknown:
+        raise FtoptError(
+            f"The grid {path} has unknown key(s) {', '.join(sorted(unknown))}; use 'combinations' or 'grid'."
+        )
+    allowed = set(Combination.model_fields)
+    out: list[Combination] = []
+    try:
+        for i, c in enumerate(doc.get("combinations") or [], 1):
+            bad = set(c) - allowed
+            if bad:
+                raise FtoptError(
+                    f"Grid combination {i} names unknown option(s) {', '.join(sorted(bad))}; "
+                    f"known: {', '.join(sorted(allowed))}."
+                )
+            out.append(Combination(**c))
+        axes = doc.get("grid") or {}
+        bad = set(axes) - allowed
+        if bad:
+            raise FtoptError(
+                f"The grid names unknown option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}."
+            )
+        first_error = None
+        if axes:
+            names = list(axes)
+            for values in itertools.product(*(v if isinstance(v, list) else [v] for v in axes.values())):
+                try:
+                    out.append(Combination(**dict(zip(names, values))))
+                except ValidationError as e:  # e.g. offload without ZeRO: not a valid combination, skipped
+                    first_error = first_error or validation_message(e)
+    except ValidationError as e:
+        raise FtoptError(f"Grid {path}: {validation_message(e)}.") from None
+    if not out:
+        why = f" (the first: {first_error})" if first_error else ""
+        raise FtoptError(f"The grid {path} defines no valid combination{why}.")
+    return out
+
+
+# ---- results file: ftopt.results.rows reads and types it -------------------------------------------------------------
+def _tail(text: str, n: int = 8) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+def _status(returncode: int, output: str) -> Status:
+    """ok, oom or error (a timeout, and a clean exit without metrics.json, 'failed', are recorded by the caller)."""
+    if returncode == 0:
+        return Status.OK
+    return Status.OOM if any(m in output for m in OOM_MARKERS) else Status.ERROR
+
+
+# ---- the sweep ------------------------------------------------------------------------------------------------------------
+def run_sweep(
+    runs: list[BenchRun],
+    results: str | Path,
+    *,
+    run_timeout_seconds: float | None = None,
+    on_event: Callable[[str, dict], None] = lambda kind, info: None,
+    inject: dict[str, str] | None = None,
+    quality_target: QualityTarget | None = None,
+) -> list[ResultRow]:
+    """Run each BenchRun not yet in `results`; append one result line per run (with the sweep's quality target,
+    which the report then uses). Returns all results.
+    `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
+    results = Path(results)
+    done = {r.key for r in read_results(results)}
+    for i, run in enumerate(runs, 1):
+        key, c = run.key(), run.spec.combination
+        info = {"key": key, "label": c.label(), "index": i, "total": len(runs)}
+        if key in done:
+            on_event("skip", info)
+            continue
+        on_event("start", info)
+        row = _run_one(run, key, run_timeout_seconds, inject or {})
+        row = row.model_copy(update={"quality_target": quality_target})
+        append_line_atomic(results, row.to_line())
+        on_event("done", {**info, "status": row.status.value})
+    return read_results(results)
+
+
+def sweep_rows(rows: list[ResultRow], runs: list[BenchRun]) -> list[ResultRow]:
+    """The result lines of these runs only: a results file is appended to by every sweep that uses it, and a
+    calibration or a summary must not mix in another sweep's model, sequence length or precision."""
+    keys = {r.key() for r in runs}
+    return [r for r in rows if r.key in keys]
+
+
+def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, str]) -> ResultRow:
+    """One `ftopt train --plan RUN.json` subprocess: the run gets its specification as a file, never re-parsed
+    flags. An OOM, crash or timeout is recorded with the prediction and the sweep goes on."""
+    from ftopt.spec.io import atomic_write_text
+
+    spec = run.spec
+    spec_file = spec.output_dir.parent / f"{key}.run.json"
+    atomic_write_text(spec_file, json.dumps(spec.to_json(), indent=2))
+    cmd = [sys.executable, "-m", "ftopt", "train", "--plan", str(spec_file), "--json"]
+    # the sweep's own command line allowed these (ftopt.spec.trust): the child reads them from a file, so says so again
+    cmd += ["--trust-remote-code"] if spec.model.trust_remote_code else []
+    cmd += ["--allow-metric-module"] if spec.data.metrics else []
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if spec.hardware.is_cpu:
+        # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then
+        # use the two cores of a small machine). A multi-threaded tiny step waits for its slowest thread, so on
+        # a shared or virtual machine its time swings by half from minute to minute; one thread does not.
+        env.setdefault("OMP_NUM_THREADS", "1")
+    for prefix, what in inject.items():
+        if key.startswith(prefix):
+            env["FTOPT_INJECT_FAILURE"] = what
+    returncode, output = _run_with_timeout(cmd, env, timeout)
+    status = Status.TIMEOUT if returncode is None else _status(returncode, output)
+    if returncode is None:
+        output = f"{output}\nstopped after --run-timeout {timeout:g} s"  # last: the error tail keeps it
+    metrics_path = spec.output_dir / "metrics.json"
+    if status is Status.OK and not metrics_path.is_file():  # a clean exit that measured nothing is no result
+        from ftopt.train.ranks import last_error_line
+
+        status = Status.FAILED
+        output = f"exited 0 without {metrics_path}: {last_error_line(output)}"
+    c = spec.combination
+    row = dict(key=key, label=c.label(), combination=c, gpus=spec.setup.world_size, repeat=run.repeat, run=spec)
+    if status is Status.OK:
+        # the run already predicted itself for the same setup and hardware: no second trace
+        m = read_metrics(metrics_path)
+        return ResultRow(
+            **row,
+            status=status,
+            measured=m.measured,
+            mfu=m.mfu,
+            tokens_per_step=m.tokens_per_step,
+            predicted=m.predicted,
+        )
+    return ResultRow(**row, status=status, error_tail=_tail(output), predicted=Predictions(**predicted(spec)))
+
+
+def _run_with_timeout(cmd: list[str], env: dict, timeout: float | None) -> tuple[int | None, str]:
+    """Run `cmd` in its own process group; on timeout stop the whole group (the DeepSpeed launcher and its ranks
+    too, which a plain subprocess timeout would leave running). Returns (exit code or None on timeout, output)."""
+    import signal
+
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        return None, out
+    except BaseException:  # Ctrl-C: take the run's processes down with the sweep
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def predicted(spec: RunSpec) -> dict:
+    """Analytic and traced predictions for a run that wrote no metrics.json."""
+    from ftopt.estimate import predictions
+    from ftopt.spec import load_model
+
+    return predictions(load_model(spec.model.ref), spec.hardware, spec.setup, spec.combination)
+
+
+def quant_optim_variants(
+    combos: list[Combination], quants: tuple[Quant, ...] | None, optims: tuple[Optim, ...] | None
+) -> list[Combination]:
+    """For each combination, its copy with every (quant, optim) pair of the cross product set where it can take
+    them (a quantized base: LoRA, ZeRO 0-2; a bitsandbytes optimizer: no ZeRO): the sweep then measures each
+    reference point beside its quantized / 8-bit twins. A copy equal to a combination already there (`none`,
+    `adamw`, or a setting the point cannot take) is left out."""
+    seen, out = set(combos), []
+    for c in combos:
+        for quant in quants or (None,):
+            for optim in optims or (None,):
+                upd = {
+                    k: v
+                    for k, v in (
+                        ("quant", quant if c.lora and c.zero < 3 and not c.uses_fsdp else None),
+                        ("optim", optim if not (c.zero or c.uses_fsdp) else None),
+                    )
+                    if v is not None
+                }
+                variant = Combination(**{**c.model_dump(), **upd})
+                if variant not in seen:
+                    seen.add(variant)
+                    out.append(variant)
+    return out

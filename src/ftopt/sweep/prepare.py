@@ -1,0 +1,145 @@
+"""`ftopt bench` from what the user gave to a sweep ready to run: every check that can fail does so before the first
+run, then the runs, then the calibration they feed. The CLI declares the flags and calls `prepare`, `run` and
+`calibrate`; tests call them without the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ftopt.planner import resolve
+from ftopt.planner.hardware import hardware
+from ftopt.results.quality import QualityTarget, check_target_metric, load_user_metric
+from ftopt.results.rows import ResultRow
+from ftopt.spec import HardwareSpec
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import check_out_folder
+from ftopt.sweep.bench import (
+    BenchRun,
+    check_sweep_launch,
+    default_zero_processes,
+    load_grid,
+    quant_optim_variants,
+    reference_combinations,
+    run_sweep,
+    sweep_rows,
+    sweep_runs,
+)
+
+
+class BenchRequest(BaseModel):
+    """What `ftopt bench` was given, flag by flag (None: not given; the spec classes hold the defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grid: Path | None
+    out: Path
+    model: str | None
+    random_init: str | None
+    data: str | None
+    eval_data: str | None
+    seq_len: int | None
+    micro_batch: int | None
+    precision: str | None
+    packing: bool
+    headroom: float | None
+    max_steps: int
+    lr: float | None
+    gpu: str | None
+    lora_r: int
+    repeat: int
+    zero_gpus: int | None
+    run_timeout: float | None
+    metric: tuple[str, ...] | None
+    quality_target: str | None
+    quant: str | None
+    optim: str | None
+    nodes: int | None
+    hostfile: str | None
+    trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A checked sweep: its runs (each a full run specification), where results go, and what they are judged by."""
+
+    runs: list[BenchRun]
+    results_path: Path
+    hardware: HardwareSpec
+    model_ref: str
+    target: QualityTarget | None
+    run_timeout: float | None
+
+
+def _check_flags(r: BenchRequest) -> QualityTarget | None:
+    if r.repeat < 1:
+        raise FtoptError(f"--repeat must be at least 1, got {r.repeat}.")
+    if r.run_timeout is not None and r.run_timeout <= 0:
+        raise FtoptError(f"--run-timeout must be positive, got {r.run_timeout}.")
+    target = QualityTarget.parse(r.quality_target) if r.quality_target else None
+    for ref in r.metric or ():
+        load_user_metric(ref)  # a typo fails now, not after the first run
+    if target is not None:
+        check_target_metric(target, tuple(r.metric or ()))
+    return target
+
+
+def prepare(r: BenchRequest) -> Sweep:
+    """Every check before the first run: flags, the quality bar, the output folder, the hardware, each combination
+    against the model, and the launch (host file, nodes)."""
+    target = _check_flags(r)
+    check_out_folder(r.out)
+    hw = hardware(r.gpu)
+    prec = resolve.setup(hw, precision=r.precision).precision
+    combos = load_grid(r.grid) if r.grid else reference_combinations(hw, r.lora_r, prec)
+    combos += quant_optim_variants(combos, resolve.enum_list("quant", r.quant), resolve.enum_list("optim", r.optim))
+    ref = resolve.model_ref(
+        r.model or r.random_init or "tiny-llama", weights=r.model is not None, trust_remote_code=r.trust_remote_code
+    )
+    setup = resolve.setup(
+        hw,
+        seq_len=r.seq_len,
+        micro_batch=r.micro_batch,
+        precision=r.precision,
+        packing=r.packing,
+        headroom=r.headroom,
+        nodes=r.nodes,
+    )
+    base = resolve.finish_run(
+        resolve.new_run(hw, ref, setup, resolve.combination()),
+        data=dict(train=r.data, eval=r.eval_data, metrics=r.metric),
+        schedule=dict(max_steps=r.max_steps, learning_rate=r.lr),
+        output={},
+        hostfile=r.hostfile,
+    )
+    for c in combos:
+        resolve.check(base.model_copy(update={"combination": c}))
+    zero_gpus = r.zero_gpus or default_zero_processes(hw)
+    runs = sweep_runs(base, combos, r.out / "runs", repeat=r.repeat, zero_gpus=zero_gpus)
+    check_sweep_launch(runs)
+    return Sweep(runs, r.out / "results.jsonl", hw, ref.ref, target, r.run_timeout)
+
+
+def run(sweep: Sweep, on_event: Callable[[str, dict], None]) -> list[ResultRow]:
+    """Each run as its own `ftopt train` process; results appended one line at a time; finished runs skipped."""
+    rows = run_sweep(
+        sweep.runs,
+        sweep.results_path,
+        run_timeout_seconds=sweep.run_timeout,
+        on_event=on_event,
+        quality_target=sweep.target,
+    )
+    return sweep_rows(rows, sweep.runs)
+
+
+def calibrate(sweep: Sweep, rows: list[ResultRow]):
+    """The time model fitted on the successful runs and stored for this hardware: (fit, calibration, path), or None
+    when no run succeeded."""
+    if not any(r.ok for r in rows):
+        return None
+    from ftopt.planner.calibration_store import calibrate_and_store
+
+    return calibrate_and_store(rows, sweep.hardware, str(sweep.results_path.resolve()), sweep.model_ref)

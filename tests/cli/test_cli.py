@@ -1,0 +1,227 @@
+"""CLI: the documented JSON schema and one clear line with exit code 2 for bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ftopt.cli.app import app
+
+runner = CliRunner()
+
+
+# plan llama-2-7b on one 8 x A100 node with the formulas alone (these tests are not about the trace's confirmation)
+PLAN_7B_NODE = ("plan", "--method", "analytic", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8")
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_estimate_json_schema():
+    r = run("estimate", "--model", "llama-2-7b", "--gpu", "a100-80g", "--lora-r", "8", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert isinstance(d["peak_bytes_per_gpu"], int) and isinstance(d["fits"], bool)
+    assert sum(d["breakdown"].values()) == d["peak_bytes_per_gpu"]
+    assert d["step_seconds"] > 0 and d["combination"]["lora_r"] == 8
+
+
+def test_plan_json_schema(tmp_path):
+    out = tmp_path / "plan.json"
+    r = run(
+        *PLAN_7B_NODE,
+        "--json",
+        "--out",
+        str(out),
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert set(d["recommended"]) >= {"gc", "lora_r", "zero", "offload", "attn"}
+    c = d["candidates"][0]
+    assert set(c) >= {"gc", "lora_r", "zero", "offload", "attn", "peak_bytes_per_gpu", "fits", "epoch_seconds"}
+    assert json.loads(out.read_text()) == d
+
+
+def test_plan_table():
+    r = run(
+        "plan", "--method", "analytic", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "8", "--seq-len", "2048"
+    )
+    assert r.exit_code == 0, r.output
+    assert "Recommended:" in r.output and "LoRA" in r.output
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (("estimate", "--model", "llama-2-8b"), "Did you mean"),
+        (("estimate", "--model", "/nonexistent/config.json"), "does not exist"),
+        (("estimate", "--gpu", "a100"), "Unknown GPU"),
+        (("estimate", "--seq-len", "0"), "--seq-len: Input should be greater than 0 (got 0)"),  # the flag typed
+        (("estimate", "--micro-batch", "-1"), "--micro-batch:"),
+        (("estimate", "--offload", "all", "--zero", "2"), "needs ZeRO stage 3"),
+        (("estimate", "--offload", "optimizer"), "needs a ZeRO stage"),
+        (("estimate", "--attn", "xformers"), "--attn must be one of"),
+        (("estimate", "--precision", "int4"), "--precision must be one of"),
+        (("estimate", "--lora-r", "8", "--lora-targets", "nope"), "candidates: q_proj"),
+        (
+            ("estimate", "--gpu", "t4", "--precision", "bf16-mixed"),
+            "t4 cannot run bf16 (no bf16 units, compute capability 7.5)",
+        ),
+        (
+            ("estimate", "--gpu", "v100-32g", "--precision", "fp16-mixed", "--attn", "flash"),
+            "v100-32g cannot run flash",
+        ),
+        (("estimate", "--gpu", "cpu", "--precision", "fp32", "--attn", "flash"), "flash attention needs a CUDA GPU"),
+        (("plan", "--host-ram", "lots"), "--host-ram must be a positive size such as 1.5TiB"),
+        (("estimate", "--host-ram", "-2TiB"), "--host-ram must be a positive size"),
+        (("plan", "--currency", ""), "--currency is empty"),
+        (("plan", "--calibration", "/nonexistent/cal.json"), "Cannot read the calibration file"),
+        (("plan", "--max-hours", "0"), "--max-hours must be positive"),
+        (("demo", "--quality-target", "exact>=x"), "--quality-target must look like"),  # before the sweep, not after
+        (("demo", "--target-gpu", "a100x"), "Unknown GPU"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, fragment):
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert fragment in r.output
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_malformed_and_non_decoder_configs(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    enc = tmp_path / "enc.json"
+    enc.write_text('{"model_type": "bert"}')
+    for path, frag in ((bad, "not valid JSON"), (enc, "not a decoder-only")):
+        r = run("estimate", "--model", str(path))
+        assert r.exit_code == 2 and frag in r.output
+
+
+def test_seq_len_beyond_positions_warns():
+    r = run("estimate", "--model", "llama-2-7b", "--seq-len", "8192")
+    assert r.exit_code == 0 and "exceeds the model's 4096 positions" in r.output
+
+
+def test_host_ram_and_currency_reach_the_plan():
+    """70B full fine-tuning on 8 x A100: with the default 1 TiB of host RAM the offloaded states do not fit;
+    with --host-ram 1.5TiB they do. Costs carry the currency."""
+    base = (
+        "plan",
+        "--method",
+        "analytic",
+        "--model",
+        "llama-2-70b",
+        "--gpu",
+        "a100-80g",
+        "--gpus",
+        "8",
+        "--full-only",
+        "--json",
+        "--cost-per-gpu-hour",
+        "3",
+        "--currency",
+        "JPY",
+    )
+    small, big = (json.loads(run(*base, *extra).output) for extra in ((), ("--host-ram", "1.5TiB")))
+    assert small["recommended"] is None and big["recommended"] is not None
+    assert small["host_memory_bytes"] == 2**40 and big["host_memory_bytes"] == int(1.5 * 2**40)
+    assert big["currency"] == "JPY" and big["candidates"][0]["cost"] > 0
+    assert run(*base[:-5], "--host-ram", "2048").exit_code == 0  # a bare number is GiB
+
+
+def test_estimate_and_plan_print_the_calibration_used(tmp_path):
+    r = run("estimate", "--gpu", "a100-80g", "--lora-r", "8")
+    assert "time model: uncalibrated for a100-80g" in r.output
+    from ftopt.planner.calibration_store import calibrate_and_store
+    from ftopt.spec import load_hardware
+
+    hw = load_hardware("a100-80g")
+    rows = [
+        {
+            "status": "ok",
+            "key": f"c{i}",
+            "label": f"c{i}",
+            "gpus": 1,
+            "combination": {"lora_r": i + 1},  # four distinct combinations
+            "sweep": {"precision": "fp32"},
+            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": 0.1 * (i + 1) / 0.3 + 0.01},
+            "predicted": {
+                "analytic": {"flops_per_step": 0.1 * (i + 1) * hw.flops_for("fp32"), "kernels_per_step": 1000}
+            },
+        }
+        for i in range(4)
+    ]
+    _, _, path = calibrate_and_store(rows, hw, "/runs/x.jsonl", "llama-2-7b")
+    r = run("plan", "--method", "analytic", "--gpu", "a100-80g", "--gpus", "8")
+    assert "time model: calibrated, 4 runs of 4 points on a100-80g (llama-2-7b)" in r.output
+    d = json.loads(run("estimate", "--gpu", "a100-80g", "--json", "--calibration", str(path)).output)
+    assert d["calibration"]["file"] == str(path) and d["calibration"]["runs"] == 4
+
+
+def test_plan_without_dataset_tokens_quotes_steps_and_1k_samples():
+    r = run(
+        *PLAN_7B_NODE,
+        "--cost-per-gpu-hour",
+        "2",
+    )
+    assert "per 1k samples" in r.output and "cost (USD per 1k samples)" in r.output
+    header = next(line for line in r.output.splitlines() if "combination" in line)
+    assert "step" in header and "epoch" not in header and "total" not in header
+
+
+def test_help_states_defaults_and_units():
+    """Defaults written as "[default: ...]" in help texts must survive rendering (rich markup swallowed them)."""
+    r = runner.invoke(app, ["plan", "--help"], env={"COLUMNS": "250"})
+    out = " ".join(r.output.split())
+    for text in (
+        "GPUs (processes) per node [default: 1]",
+        "times are per step and per 1k samples]",
+        "host RAM per node for offloaded states, e.g. 1.5TiB or 768 (a number is GiB) [default: the preset's, 1 TiB]",
+        "training-time budget in hours [default: no budget]",
+        "[default: USD]",
+    ):
+        assert text in out, text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["bench", "--max-steps", "1"], ["demo", "--steps", "1"], ["report", "R"], ["train", "--max-steps", "1"], ["plan"]],
+)
+def test_output_under_a_regular_file_is_one_line(tmp_path, command):
+    f = tmp_path / "file"
+    f.write_text("x")
+    results = tmp_path / "r.jsonl"
+    results.write_text('{"key": "a", "status": "ok", "label": "x", "measured": {}}\n')
+    args = [str(results) if a == "R" else a for a in command]
+    target = f / "sub" / ("plan.json" if command[0] == "plan" else "")
+    r = run(*args, "--out", str(target))
+    assert r.exit_code == 2, r.output
+    assert "is a file" in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_version_and_help_state_defaults():
+    from ftopt import __version__
+
+    r = run("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+    import typer
+
+    cmd = typer.main.get_command(app)
+    for name in ("estimate", "plan", "train", "bench"):
+        params = {p.name: p for p in cmd.commands[name].params}
+        assert "64 on cpu" in params["seq_len"].help  # hardware-derived defaults are shown in --help
+        undocumented = [p.name for p in params.values() if not getattr(p, "help", None) and p.name != "results"]
+        assert not undocumented, f"{name}: flags without help: {undocumented}"
+
+
+def test_plan_on_t4_defaults_to_fp16_mixed_and_fp32_plans_skip_flash():
+    """`plan --gpu t4` plans in a precision the T4 runs (not bf16), and an fp32 plan does not offer flash-attn."""
+    r = run("plan", "--model", "tiny-llama", "--gpu", "t4", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["setup"]["precision"] == "fp16-mixed"
+    r = run("plan", "--model", "tiny-llama", "--gpu", "a100-80g", "--precision", "fp32", "--json")
+    assert r.exit_code == 0, r.output
+    assert {c["attn"] for c in json.loads(r.stdout)["candidates"]} == {"eager", "sdpa"}

@@ -1,0 +1,190 @@
+"""Calibration you can see: stored with provenance, merged with earlier fits, applied only where it matches (or
+when named), bounds reported, and every estimate/plan says which calibration it used."""
+
+import json
+
+import pytest
+
+from ftopt import estimate, plan
+from ftopt.cli.display import calibration_line
+from ftopt.planner.calibration_store import (
+    Calibration,
+    calibrate_and_store,
+    calibrated_hardware,
+    calibration_path,
+    find_calibration,
+)
+from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
+from ftopt.spec.calibration import SoftwareVersions
+from ftopt.spec.errors import FtoptError
+
+A100 = load_hardware("a100-80g")
+FP32 = A100.flops_for("fp32")
+MFU, PER_KERNEL, FIXED = 0.37, 2e-5, 0.021
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTOPT_CACHE", str(tmp_path / "cache"))
+
+
+def rows(n_combos, repeats=1, mfu=MFU, slow=1.0):
+    """Synthetic bench rows on a100-80g: `n_combos` combinations with `repeats` runs each, following the model."""
+    xs = [0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.3, 0.5][:n_combos]
+    ks = [900, 1500, 1100, 2500, 1300, 800, 2000, 1700][:n_combos]
+    return [
+        {
+            "status": "ok",
+            "key": f"c{i}-{r}",
+            "label": f"c{i}",
+            "gpus": 1,
+            "combination": Combination(lora_r=i + 1).model_dump(mode="json"),  # one distinct combination each
+            "sweep": {"precision": "fp32"},
+            "predicted": {"analytic": {"flops_per_step": x * FP32, "kernels_per_step": k}},
+            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": slow * (x / mfu + k * PER_KERNEL + FIXED)},
+        }
+        for i, (x, k) in enumerate(zip(xs, ks))
+        for r in range(repeats)
+    ]
+
+
+def test_stored_with_provenance_and_applied_explicitly():
+    fit, _, path = calibrate_and_store(rows(8), A100, "/runs/a.jsonl", "llama-2-7b")
+    assert path == calibration_path("a100-80g", SoftwareVersions.installed()) and path.exists()
+    cal = find_calibration("a100-80g")
+    prov = cal.provenance
+    assert prov.hardware == "a100-80g" and prov.models == ["llama-2-7b"] and prov.runs == 8
+    assert prov.versions == SoftwareVersions.installed() and prov.versions.torch and prov.date
+    assert prov.sources == ["/runs/a.jsonl"]
+    # load_hardware leaves the preset alone; calibrated_hardware applies the matching fit and records it
+    assert load_hardware("a100-80g").time_constants == A100.time_constants
+    assert load_hardware("a100-80g").calibration is None
+    hw = calibrated_hardware(load_hardware("a100-80g"))
+    tc = hw.time_constants
+    assert tc.mfu == pytest.approx(MFU) and tc.seconds_per_kernel == pytest.approx(PER_KERNEL)
+    assert hw.model_dump(exclude={"time_constants"}) == A100.model_dump(exclude={"time_constants"})  # facts as is
+    assert hw.calibration.runs == 8 and hw.calibration.file == str(path)
+
+
+def test_not_applied_under_other_library_versions_unless_named(monkeypatch):
+    _, _, path = calibrate_and_store(rows(8), A100, "/runs/a.jsonl", "llama-2-7b")
+    other = SoftwareVersions(torch="9.9.9", transformers="9.9", deepspeed=None)
+    monkeypatch.setattr(SoftwareVersions, "installed", classmethod(lambda cls: other))
+    assert calibrated_hardware(A100).calibration is None  # another torch: the fit is not applied silently
+    named = calibrated_hardware(A100, path)  # --calibration FILE: the user asked for it
+    assert named.time_constants.mfu == pytest.approx(MFU) and named.calibration.file == str(path)
+    with pytest.raises(FtoptError, match="fitted on a100-80g, not h100-80g; use --gpu a100-80g"):
+        calibrated_hardware(load_hardware("h100-80g"), path)
+
+
+def test_a_smoke_bench_is_merged_not_a_replacement():
+    """The defect: a two-run smoke bench replaced an eight-run fit. Now its points join the stored ones."""
+    calibrate_and_store(rows(8), A100, "/runs/full.jsonl", "llama-2-7b")
+    fit, _, _ = calibrate_and_store(rows(2, slow=1.5), A100, "/runs/smoke.jsonl", "tiny-llama")
+    prov = find_calibration("a100-80g").provenance
+    assert fit.fit_runs == prov.runs == 10 and prov.sources == ["/runs/full.jsonl", "/runs/smoke.jsonl"]
+    assert prov.models == ["llama-2-7b", "tiny-llama"]
+    # the same results file again (append-only, re-read whole) replaces its own points: no double counting
+    fit, _, _ = calibrate_and_store(rows(8, repeats=2), A100, "/runs/full.jsonl", "llama-2-7b")
+    assert fit.fit_runs == 16 + 2
+
+
+def test_identical_points_from_two_files_are_pooled_by_runs():
+    calibrate_and_store(rows(3, repeats=3), A100, "/runs/a.jsonl", "m")
+    fit, _, _ = calibrate_and_store(rows(3, repeats=1, slow=2.0), A100, "/runs/b.jsonl", "m")
+    assert fit.combinations == 3 and fit.fit_runs == 12
+    cal = find_calibration("a100-80g")
+    assert len(cal.points) == 6  # stored per source; pooled only for the fit
+
+
+def test_a_fit_on_a_bound_is_reported():
+    # measured faster than the datasheet allows: mfu pins at its 100% bound
+    bad = rows(3, mfu=2.0)
+    fit, _, _ = calibrate_and_store(bad, A100, "/runs/fast.jsonl", "m")
+    assert fit.mfu == 1.0 and "mfu at its 100% bound" in fit.at_bound
+    hw = calibrated_hardware(A100)
+    assert "mfu at its 100% bound" in hw.calibration.summary()
+    assert hw.calibration.mfu_at_bound and "mfu sits on its bound" in calibration_line(hw.calibration, hw.name)
+
+
+def test_every_estimate_and_plan_says_which_calibration():
+    m, s = load_model("llama-2-7b"), TrainingSetup(seq_len=2048)
+    e = estimate(m, A100, s, Combination(lora_r=8))
+    assert e.calibration is None and e.to_json()["calibration"] is None
+    assert "uncalibrated" in calibration_line(e.calibration, e.hardware)
+    calibrate_and_store(rows(8), A100, "/runs/a.jsonl", "llama-2-7b")
+    hw = calibrated_hardware(A100)
+    e2 = estimate(m, hw, s, Combination(lora_r=8))
+    assert e2.to_json()["calibration"]["runs"] == 8 and e2.step_seconds != e.step_seconds
+    p = plan(m, hw, s, what_ifs=False).to_json()
+    assert p["calibration"]["hardware"] == "a100-80g" and p["calibration"]["versions"]["torch"]
+
+
+def test_a_corrupt_store_is_ignored_and_a_bad_named_file_is_one_line(tmp_path):
+    path = calibration_path("a100-80g", SoftwareVersions.installed())
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    assert find_calibration("a100-80g") is None and calibrated_hardware(A100).calibration is None
+    with pytest.raises(FtoptError, match="is not a calibration written by 'ftopt bench'"):
+        calibrated_hardware(A100, path)
+    with pytest.raises(FtoptError, match="Cannot read the calibration file"):
+        calibrated_hardware(A100, tmp_path / "missing.json")
+
+
+def test_stored_file_round_trips():
+    _, _, path = calibrate_and_store(rows(4), A100, "/runs/a.jsonl", "m")
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == "ftopt.planner.calibration/3" and doc["constants"]["provenance"]["runs"] == 4
+    assert Calibration.model_validate(doc).constants.mfu == pytest.approx(MFU)
+
+
+def test_bench_output_names_a_fit_on_its_bound(capsys):
+    """The defect: a fit that hit its bound printed "mfu 100.0%" as if measured."""
+    from ftopt.cli.display import print_calibration
+
+    fit, _, _ = calibrate_and_store(rows(3, mfu=2.0), A100, "/runs/fast.jsonl", "m")
+    print_calibration(fit)
+    out = capsys.readouterr().out
+    assert "mfu 100.0%" in out and "at a bound: mfu at its 100% bound" in out
+
+
+def test_a_hardware_name_cannot_escape_the_cache(tmp_path):
+    root = (tmp_path / "cache" / "calibration").resolve()
+    for name in ("../../etc", "a/b", ".."):
+        path = calibration_path(name, SoftwareVersions.installed()).resolve()
+        assert path.parent.parent == root
+
+
+def test_a_run_spec_records_the_calibration_it_was_predicted_with():
+    from ftopt.spec import RunSpec
+
+    calibrate_and_store(rows(4), A100, "/runs/a.jsonl", "llama-2-7b")
+    spec = RunSpec(hardware=calibrated_hardware(A100), setup=TrainingSetup())
+    again = RunSpec.model_validate(json.loads(json.dumps(spec.to_json())))
+    assert again == spec and again.hardware.calibration.runs == 4
+    assert again.hardware.compute_capability == (8, 0)
+
+
+def test_fsdp_runs_fit_their_engine_cost_per_mode():
+    """Bench rows of FSDP2 runs (typed result rows) add an engine cost per mode, fitted like a ZeRO stage's."""
+    from ftopt.planner.calibration import calibrate
+    from ftopt.spec import Fsdp
+
+    extra = {Fsdp.FULL: 0.3, Fsdp.GRAD_OP: 0.1}
+    fsdp = [
+        {
+            "status": "ok",
+            "key": f"f-{f.value}-{i}",
+            "label": f"FSDP2-{f.value} {i}",
+            "gpus": 2,
+            "combination": Combination(lora_r=i + 1, fsdp=f).model_dump(mode="json"),
+            "sweep": {"precision": "fp32"},
+            "predicted": {"analytic": {"flops_per_step": x * FP32, "kernels_per_step": 1000}},
+            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": x / MFU + 1000 * PER_KERNEL + FIXED + s},
+        }
+        for f, s in extra.items()
+        for i, x in enumerate((0.05, 0.2))
+    ]
+    fit = calibrate(rows(8) + fsdp, A100)
+    assert fit.fsdp_step_seconds == pytest.approx({f.value: s for f, s in extra.items()}, rel=1e-3)
+    assert fit.zero_step_seconds == {}
