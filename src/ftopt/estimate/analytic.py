@@ -269,7 +269,7 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
     n = setup.world_size
     total = model.param_count()
     train = trainable_params(model, combo)
-    frozen = total - train
+    frozen = total if combo.lora else 0  # LoRA adds its adapters beside the whole frozen base
     weights = train * st.trainable_weight + frozen * st.frozen_weight
     if combo.quant is not Quant.NONE:  # quantized linears + the rest at the frozen storage (fp32 after PEFT) [quant]
         weights = train * st.trainable_weight + q8.quantized_base_bytes(model, combo.quant, st.frozen_weight)
