@@ -217,14 +217,13 @@ def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo:
 def layer_backward_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
     """Gradients alive inside one layer's backward beyond its saved tensors, where they are quadratic in the
     sequence: eager attention's softmax backward (torch's _softmax_backward_data) forms the scores' gradient while
-    the probabilities' gradient is alive, heads x s x s each: two fp32 tensors in fp32; under 16 bits the 16-bit
-    gradient of the probabilities, its fp32 upcast (the probabilities were cast down from fp32 softmax) and the
-    fp32 scores' gradient. SDPA and flash compute their gradients in O(s) per head: not counted, nor the
+    the probabilities' gradient is alive, heads x s x s each, both fp32 whatever the precision (transformers'
+    eager attention runs softmax in fp32; under 16 bits the probabilities' 16-bit gradient is upcast and freed
+    before softmax's backward, as the traced step shows). SDPA and flash compute their gradients in O(s) per head: not counted, nor the
     hidden- and intermediate-sized gradients (the linear-in-s remainder the traced estimator sees)."""
     if combo.attn.linear_memory:
         return 0
-    per_score = 8 if st.act_bytes == 4 else st.act_bytes + 8
-    return per_score * model.num_heads * setup.seq_len * setup.tokens_per_micro_batch
+    return 2 * 4 * model.num_heads * setup.seq_len * setup.tokens_per_micro_batch
 
 
 def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
