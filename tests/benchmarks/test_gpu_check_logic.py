@@ -45,7 +45,7 @@ def test_scenarios_are_valid_train_runs(gc):
 
 
 def test_compare_reports_signed_errors(gc):
-    from ftopt.estimate.analytic import ALLOCATOR_RESERVE_FRACTION, device_bytes
+    from ftopt.estimate.analytic import device_bytes
     from ftopt.spec import Combination
 
     gib = 2**30
@@ -61,14 +61,14 @@ def test_compare_reports_signed_errors(gc):
         },
         "predicted": {
             "analytic": {"peak_bytes_per_gpu": 21 * gib, "step_seconds": 0.9},
-            "traced": {"peak_bytes_per_gpu": 20 * gib, "step_seconds": 0.9},
+            "traced": {"peak_bytes_per_gpu": 20 * gib, "reserved_bytes_per_gpu": 21 * gib, "step_seconds": 0.9},
         },
     }
     row = gc.compare("x", m, 10.0)
     assert row["analytic_allocated_error"] == pytest.approx(0.05)
     assert row["traced_allocated_error"] == pytest.approx(0.0)
-    assert row["traced_reserved_error"] == pytest.approx(20 * (1 + ALLOCATOR_RESERVE_FRACTION) / 22 - 1)
-    predicted_device = device_bytes(20 * gib, Combination(lora_r=16, attn="flash"), False)
+    assert row["traced_reserved_error"] == pytest.approx(21 / 22 - 1)
+    predicted_device = device_bytes(21 * gib, Combination(lora_r=16, attn="flash"), False)
     assert row["traced_device_error"] == pytest.approx(predicted_device / (24 * gib) - 1)
     assert row["step_time_error"] == pytest.approx(-0.1)
     json.dumps(row)

@@ -70,3 +70,27 @@ def test_the_page_defaults_are_the_cli_defaults():
     defaults = {p.name: p.default for p in typer.main.get_command(app).commands["plan"].params}
     for name in ("model", "method", "lora_r", "currency", "full_only"):
         assert getattr(PlanQuery(), name) == defaults[name], name
+
+
+def test_serve_listens_on_ipv6_loopback(tmp_path):
+    import socket
+
+    import pytest
+
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError as e:
+        pytest.skip(f"no IPv6 here: {e}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftopt", "serve", "--host", "::1", "--port", "0"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = []
+        while not (m := re.search(r"listening on (http://\[::1\]:\d+/)", lines[-1] if lines else "")):
+            lines.append(proc.stderr.readline())
+            assert lines[-1], "".join(lines)  # EOF: it exited without listening
+        assert not any(line.startswith("warning") for line in lines)  # ::1 is loopback
+        assert '<label for="seq_len"' in urllib.request.urlopen(m.group(1), timeout=30).read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(10)

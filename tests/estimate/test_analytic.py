@@ -127,11 +127,10 @@ def test_ddp_over_several_gpus_holds_a_second_copy_of_the_gradients_in_its_bucke
     assert one.breakdown.engine_buffers == 0
     assert two.breakdown.engine_buffers == grads
     assert two.peak_bytes_per_gpu - one.peak_bytes_per_gpu == grads
-    reserve = 1 + analytic.ALLOCATOR_RESERVE_FRACTION
-    assert two.device_bytes_per_gpu - int(two.peak_bytes_per_gpu * reserve) == (
+    assert two.device_bytes_per_gpu - two.reserved_bytes_per_gpu == (
         analytic.CUDA_CONTEXT_BYTES + analytic.NCCL_BUFFER_BYTES
     )
-    assert one.device_bytes_per_gpu - int(one.peak_bytes_per_gpu * reserve) == analytic.CUDA_CONTEXT_BYTES
+    assert one.device_bytes_per_gpu - one.reserved_bytes_per_gpu == analytic.CUDA_CONTEXT_BYTES
     # on a CPU (gloo) the buckets exist but there is no NCCL and no CUDA context
     cpu = analytic.device_bytes(two.peak_bytes_per_gpu, c, is_cpu=True, world_size=2)
     assert cpu == two.peak_bytes_per_gpu

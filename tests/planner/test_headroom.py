@@ -78,9 +78,9 @@ def test_train_and_bench_and_report_take_headroom():
 def test_estimate_says_tight():
     m, hw = load_model("qwen2.5-7b"), load_hardware("a10g")
     combo = Combination(lora_r=16, gc=True)
-    e = estimate(m, hw, TrainingSetup(seq_len=2048), combo)
-    e0 = estimate(m, hw, TrainingSetup(seq_len=2048, headroom=0), combo)
-    assert e0.fits and not e.fits and e.tight  # 21.0 of 22.2 GiB: in the GPU, not in the margin
+    e = estimate(m, hw, TrainingSetup(seq_len=2560), combo)
+    e0 = estimate(m, hw, TrainingSetup(seq_len=2560, headroom=0), combo)
+    assert e0.fits and not e.fits and e.tight  # 20.9 of 22.2 GiB: in the GPU, not in the margin
     assert any("tight" in n for n in e.notes)
     assert e.to_json()["usable_bytes"] == int(e.capacity_bytes * 0.9)
 
@@ -117,7 +117,7 @@ def test_mistral_on_l4_recommends_plain_lora_gc_not_one_gpu_sharding_with_nf4():
 def test_phi3_on_v100_16g_takes_the_equally_fast_roomier_candidate():
     p = plan(load_model("phi-3-mini"), load_hardware("v100-16g"), TrainingSetup(precision="fp16-mixed"))
     rec = p.recommended
-    assert rec.headroom_bytes >= 4 * 2**30  # was 14.8 of 15.8 GiB, 1.0 GiB left
+    assert rec.headroom_bytes >= 0.1 * rec.capacity_bytes  # the 10% margin kept (QLoRA: 14.1 of 15.8 GiB)
     # within the tie band of the fastest candidate without a one-GPU sharding engine (the faster ones are set aside)
     fastest = min(e.total_seconds for e in p.candidates if e.fits and not single_gpu_sharding(e, 1))
     assert rec.total_seconds <= fastest * (1 + p.tie_break.tie_fraction)

@@ -103,3 +103,25 @@ def test_page_link_typing_language_and_errors(server, browser):
     b.js("document.getElementById('cancel').click()")
     b.wait_for(f"document.getElementById('status').textContent === {json.dumps(PAGE['ja']['cancelled'])}")
     assert "method=" not in b.js("location.search")  # traced is `ftopt plan`'s default: the link leaves it out
+
+
+def test_technique_view_marks_an_fsdp2_pick(server, browser):
+    """An FSDP2 recommendation uses sharding: its row has the ✓ and its "on" column is the recommendation itself."""
+    url, _ = server
+    b = browser
+    b.send("Page.navigate", url=url + "/?model=llama-2-13b&gpus=8&full_only=true&method=analytic")
+    rec_key, rec_label = recommended_label(
+        "--model", "llama-2-13b", "--gpus", "8", "--full-only", "--method", "analytic"
+    )
+    assert rec_key["fsdp"] != "none", "the test needs inputs whose recommendation is an FSDP2 one"
+    assert wait_for_plan(b) == rec_label
+    row = json.loads(
+        b.js(
+            "JSON.stringify([...document.querySelectorAll('#techniques tbody tr')].map(tr => "
+            "[...tr.children].map(c => c.textContent)).find(r => r[0].startsWith("
+            + json.dumps(PAGE["en"]["t_sharding"])
+            + ")))"
+        )
+    )
+    assert row[0] == PAGE["en"]["t_sharding"] + " ✓"
+    assert row[1].startswith(rec_label + ":")

@@ -32,7 +32,7 @@ def get_json(url: str) -> tuple[int, dict]:
 
 def send(url: str, method: str, doc: dict | None = None) -> dict:
     data = json.dumps(doc).encode() if doc is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())
@@ -147,7 +147,7 @@ def test_traced_plan_runs_as_a_job_that_can_be_cancelled(server):
     status = send(url + f"/api/jobs/{job['id']}", "GET")
     assert status["state"] == "running"
     assert send(url + f"/api/jobs/{job['id']}", "DELETE") == {"cancelled": True}
-    assert send(url + f"/api/jobs/{job['id']}", "GET") == {"error": "no such job"}
+    assert send(url + f"/api/jobs/{job['id']}", "GET") == {"error": "No such job."}
 
 
 def test_a_job_finishes_with_the_plan(server):
@@ -195,3 +195,19 @@ def test_techniques_compare_the_recommendation_with_one_change(server):
     }
     # gradient checkpointing trades memory for time
     assert on["device_bytes_per_gpu"] < off["device_bytes_per_gpu"] and on["step_seconds"] > off["step_seconds"]
+
+
+def test_an_fsdp2_pick_uses_sharding_and_is_its_own_on_column(server):
+    """Sharding is one technique, ZeRO or FSDP2: an FSDP2 recommendation is marked as using it, and the "on" column
+    is the recommendation itself, not another engine's candidate."""
+    url, _ = server
+    _, body = get_json(url + "/api/plan?model=llama-2-13b&gpus=8&full_only=true")
+    cands, rec = body["plan"]["candidates"], body["plan"]["recommended"]
+    assert rec["fsdp"] != "none", "the test needs inputs whose recommendation is an FSDP2 one"
+    (row,) = [t for t in body["views"]["techniques"] if t["technique"] in ("zero", "sharding")]
+    assert row["recommended_uses"] is True
+    assert {k: cands[row["on"]][k] for k in rec} == rec
+    off = cands[row["off"]]
+    assert off["sharding"] == "ddp" and {k: off[k] for k in rec if k not in ("zero", "fsdp", "offload")} == {
+        k: rec[k] for k in rec if k not in ("zero", "fsdp", "offload")
+    }

@@ -18,3 +18,16 @@ def test_files_get_the_umask_mode(tmp_path, mask, mode):
         os.umask(old)
     for name in ("a.json", "b.jsonl"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
+
+
+def test_writing_never_sets_the_process_umask(tmp_path, monkeypatch):
+    """The umask is process-wide: a write in one thread of `ftopt serve` must not change it under another."""
+
+    def refuse(mask):
+        raise AssertionError(f"os.umask({mask:#o}) was called")
+
+    monkeypatch.setattr(os, "umask", refuse)
+    atomic_write_text(tmp_path / "a.json", "{}")
+    append_line_atomic(tmp_path / "b.jsonl", "{}")
+    assert (tmp_path / "a.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

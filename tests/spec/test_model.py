@@ -205,3 +205,27 @@ def test_unknown_preset_suggests_names():
 def test_missing_folder_config(tmp_path):
     with pytest.raises(FtoptError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("num_attention_heads", 0), ("num_attention_heads", -2), ("hidden_size", "AKIA-SECRET"), ("hidden_size", True)],
+)
+def test_a_config_size_the_readers_divide_by_is_one_sentence_naming_its_key(tmp_path, key, value):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"model_type": "llama", **TINY["llama"], key: value}))
+    with pytest.raises(FtoptError, match=f"The model config's {key} must be a positive whole number") as e:
+        load_model(str(p))
+    assert "AKIA" not in str(e.value)
+
+
+def test_a_config_breaking_the_spec_names_config_keys_not_values(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"model_type": "llama", **TINY["llama"], "num_hidden_layers": "AKIA-SECRET"}))
+    with pytest.raises(FtoptError, match="num_hidden_layers: Input should be a valid integer") as e:
+        load_model(str(p))
+    assert "AKIA" not in str(e.value) and "--" not in str(e.value)
+    p.write_text(json.dumps({"model_type": "AKIA-SECRET", **TINY["llama"]}))
+    with pytest.raises(FtoptError, match="not supported") as e:
+        load_model(str(p))
+    assert "AKIA" not in str(e.value)

@@ -27,7 +27,9 @@ def _breakdown_table(e: Estimate) -> Table:
         if v:
             t.add_row(k.replace("_", " "), fmt_bytes(v))
     t.add_row("[bold]allocated peak[/]", f"[bold]{fmt_bytes(e.peak_bytes_per_gpu)}[/]")
-    t.add_row("device total (+reserve, CUDA context)", fmt_bytes(e.device_bytes_per_gpu))
+    if e.reserved_bytes_per_gpu != e.peak_bytes_per_gpu:  # off CUDA nothing is cached: one figure
+        t.add_row("reserved peak (caching allocator)", fmt_bytes(e.reserved_bytes_per_gpu))
+    t.add_row("device total (reserved + CUDA context)", fmt_bytes(e.device_bytes_per_gpu))
     t.add_row("capacity", fmt_bytes(e.capacity_bytes))
     return t
 

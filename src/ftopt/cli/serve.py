@@ -42,7 +42,7 @@ def serve(
         if not is_loopback(host):
             typer.echo(
                 f"warning: listening on {host}, not loopback: anyone who can reach this address can use the "
-                "planner (local model folders are then not read).",
+                "planner (it then reads no local file: no model folder, config.json or hardware JSON file).",
                 err=True,
             )
         from ftopt.serve.jobs import plan_body
@@ -50,7 +50,8 @@ def serve(
 
         # imports the planner now, not in the first page's request
         plan_body(PlanQuery(method="analytic").model_dump(), None, True)
-        typer.echo(f"ftopt serve: listening on http://{bound_host}:{bound_port}/ (Ctrl-C stops)", err=True)
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address in a URL (RFC 3986)
+        typer.echo(f"ftopt serve: listening on http://{shown}:{bound_port}/ (Ctrl-C stops)", err=True)
         try:
             server.serve_forever()
         finally:

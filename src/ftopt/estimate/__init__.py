@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ftopt.estimate import analytic, fsdp
+from ftopt.estimate.allocator import reserved_slack_bytes
 from ftopt.estimate.result import (
     SAMPLES_PER_QUOTE,
     Estimate,
@@ -15,6 +16,7 @@ from ftopt.estimate.result import (
 from ftopt.estimate.time import step_time
 from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
 from ftopt.spec.errors import FtoptError, TraceUnavailable
+from ftopt.spec.policy import storage
 
 
 def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: HardwareSpec) -> list[str]:
@@ -64,7 +66,8 @@ def estimate(
     else:
         bd, phase, cpu = analytic.memory(model, setup, combo, on_gpu=not hw.is_cpu)
     peak = bd.total()
-    device = analytic.device_bytes(peak, combo, hw.is_cpu, setup.world_size)
+    reserved = peak + reserved_slack_bytes(model, setup, storage(setup.precision, combo), on_gpu=not hw.is_cpu)
+    device = analytic.device_bytes(reserved, combo, hw.is_cpu, setup.world_size)
     t = step_time(model, setup, combo, hw)
     steps = setup.steps_per_epoch()
     host_ok = cpu <= hw.host_memory_bytes
@@ -83,6 +86,7 @@ def estimate(
         hardware=hw.name,
         combination=combo,
         peak_bytes_per_gpu=peak,
+        reserved_bytes_per_gpu=reserved,
         device_bytes_per_gpu=device,
         breakdown=bd,
         peak_phase=phase,
@@ -114,7 +118,7 @@ def estimate(
 
 def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination) -> dict:
     """Both methods' predictions for one run, as stored beside measurements (metrics.json, bench results): per
-    method `method` (the one that answered), `peak_bytes_per_gpu`, `device_bytes_per_gpu`, `fits` and `tight` (against
+    method `method` (the one that answered), `peak_bytes_per_gpu`, `reserved_bytes_per_gpu`, `device_bytes_per_gpu`, `fits` and `tight` (against
     setup.headroom), `step_seconds`, `flops_per_step`,
     `kernels_per_step`, `breakdown`, `notes` (e.g. why a trace fell back to the formulas), or `error` when it cannot
     run."""
@@ -126,6 +130,7 @@ def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo:
             out[method.value] = {
                 "method": e.method.value,
                 "peak_bytes_per_gpu": e.peak_bytes_per_gpu,
+                "reserved_bytes_per_gpu": e.reserved_bytes_per_gpu,
                 "device_bytes_per_gpu": e.device_bytes_per_gpu,
                 "fits": e.fits,
                 "tight": e.tight,

@@ -36,6 +36,7 @@ from ftopt.estimate import quant as q8
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, head_cast_bytes, tied_grad_summed_in_place
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.spec import (
+    AdamWKernel,
     Combination,
     LinearGroup,
     MlpKind,
@@ -51,12 +52,6 @@ from ftopt.spec.policy import Storage, lora_targets, storage
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
-# Caching-allocator reserve: reserved exceeds allocated by a few percent. `ftopt train` runs CUDA with
-# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (train/allocator.py): one growing segment per stream, so the
-# end-of-segment slivers the default allocator leaves under changing request sizes do not accumulate (PyTorch CUDA
-# memory-management notes, "expandable_segments"); what remains is freed blocks inside the segment awaiting reuse.
-# 5% is kept as the bound for that setting (the default allocator can exceed it; the --headroom margin covers it).
-ALLOCATOR_RESERVE_FRACTION = 0.05
 # NCCL communicator buffers per rank, under DeepSpeed or plain DDP over several GPUs: allocated by NCCL outside
 # torch's caching allocator, so they count in the device total, not in max_memory_allocated (and not at all on a
 # CPU with gloo).
@@ -172,6 +167,13 @@ def logits_forward_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
     """LM head and loss as the forward computes the loss [HF loss_utils]: the 16-bit logits (when not fp32), their
     fp32 upcast and log_softmax's fp32 output."""
     return tokens * model.vocab_size * (8 + (st.act_bytes if st.act_bytes != 4 else 0))
+
+
+def held_logits_bytes(model: ModelSpec, setup: TrainingSetup, st: Storage) -> int:
+    """The logits a loop that keeps the model's outputs holds beyond the loss (TrainingSetup.keeps_outputs): the
+    LM head's output, in the activation dtype, alive from the loss through backward, the step and the next forward
+    (the variable is rebound only when that forward returns). Trainer keeps only the loss: 0."""
+    return setup.tokens_per_micro_batch * model.vocab_size * st.act_bytes if setup.keeps_outputs else 0
 
 
 def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage, world_size: int) -> int:
@@ -301,6 +303,19 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
     return States(weights, master, optim, grads, buffers, cpu)
 
 
+def adamw_step_temp_bytes(trainable: int, st: Storage, setup: TrainingSetup) -> int:
+    """torch AdamW's temporaries at the update, for the Trainer's engine (DeepSpeed steps its own optimizer).
+    Fused (torch._fused_adamw_): none, the kernel updates in place. Foreach (_multi_tensor_adam, torch/optim/adam.py
+    in torch 2.13): the weight decay (_foreach_mul_), moments (_foreach_lerp_, _foreach_mul_, _foreach_addcmul_)
+    and update (_foreach_addcdiv_) run in place, but exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)
+    allocates a copy of every second moment of a (device, dtype) group at once, alive until the update ends: half
+    the optimizer states. One group per dtype is stepped at a time; the largest, all trainable parameters of a
+    one-dtype model, is counted."""
+    if setup.adamw_kernel is AdamWKernel.FUSED:
+        return 0
+    return trainable * st.optim // 2
+
+
 def reduce_bucket_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
     """ZeRO-2/3 contiguous-gradients bucket(s) [DS], reduce_bucket_size elements of the gradient dtype each, the
     size ftopt's DeepSpeed config gets from Hugging Face ("auto", dsconfig.hf_auto_zero_sizes): stage 2
@@ -383,6 +398,9 @@ def memory(
     step_temp = _ceil_div(train * 4, setup.world_size) if combo.uses_deepspeed and combo.offload is Offload.NONE else 0
     if combo.optim is not Optim.ADAMW:
         step_temp = q8.bnb_step_temp_bytes(model, combo, on_gpu)
+    elif not combo.uses_deepspeed:
+        step_temp = adamw_step_temp_bytes(train, st, setup)
+    held = held_logits_bytes(model, setup, st)
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
     candidates = [
@@ -392,14 +410,14 @@ def memory(
                 **static,
                 gradients=grads_during_fwd,
                 activations=gc_loss_moment_activation_bytes(model, setup, combo, st),
-                logits_loss=logits_forward_bytes(model, st, setup.tokens_per_micro_batch) + head_cast,
+                logits_loss=logits_forward_bytes(model, st, setup.tokens_per_micro_batch) + head_cast + held,
                 temporaries=dequant,
             ),
         ),
         (
             "forward/backward",
             MemoryBreakdown(
-                **static, gradients=grads_during_fwd, activations=acts, logits_loss=logits, temporaries=dequant
+                **static, gradients=grads_during_fwd, activations=acts, logits_loss=logits + held, temporaries=dequant
             ),
         ),
         (  # GC: the last layer recomputed in backward, after ZeRO-2's first reduction allocated its partition
@@ -408,28 +426,33 @@ def memory(
                 **static,
                 gradients=s.grads if combo.zero == 2 and combo.offload is Offload.NONE else grads_during_fwd,
                 activations=gc_recompute_activation_bytes(model, setup, combo, st),
+                logits_loss=held,
                 temporaries=dequant,
             ),
         ),
-        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, temporaries=dequant)),
+        (
+            "end of backward",
+            MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, logits_loss=held, temporaries=dequant),
+        ),
         (
             "backward, first reduction",
             MemoryBreakdown(
                 **static, gradients=s.grads if first_reduce else 0, activations=acts, temporaries=first_reduce + dequant
             ),
         ),
-        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, temporaries=tied)),  # the embedding's
-        ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, temporaries=step_temp)),
+        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, logits_loss=held, temporaries=tied)),
+        ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, logits_loss=held, temporaries=step_temp)),
     ]
     phase, bd = max(candidates, key=lambda c: c[1].total())
     cpu_per_node = s.cpu_bytes * setup.gpus_per_node
     return bd, phase, cpu_per_node
 
 
-def device_bytes(peak_allocated: int, combo: Combination, is_cpu: bool, world_size: int = 1) -> int:
-    """What the device shows: allocated peak + caching-allocator reserve + CUDA context + NCCL buffers under
-    DeepSpeed (which sets up NCCL even on one GPU) or plain DDP over several GPUs (stated constants)."""
+def device_bytes(reserved: int, combo: Combination, is_cpu: bool, world_size: int = 1) -> int:
+    """What the device shows: the caching allocator's reserved peak (estimate/allocator.py) + CUDA context + NCCL
+    buffers under DeepSpeed (which sets up NCCL even on one GPU) or plain DDP over several GPUs (stated
+    constants)."""
     if is_cpu:
-        return peak_allocated
+        return reserved
     nccl = NCCL_BUFFER_BYTES if combo.uses_deepspeed or world_size > 1 else 0
-    return int(peak_allocated * (1 + ALLOCATOR_RESERVE_FRACTION)) + CUDA_CONTEXT_BYTES + nccl
+    return reserved + CUDA_CONTEXT_BYTES + nccl

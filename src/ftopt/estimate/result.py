@@ -58,7 +58,9 @@ class MemoryBreakdown(BaseModel):
 
 class Estimate(BaseModel):
     """Per-GPU memory and time of one combination. `peak_bytes_per_gpu` is what torch.cuda.max_memory_allocated
-    would report; `device_bytes_per_gpu` adds the allocator's reserve and the CUDA context (what nvidia-smi shows)."""
+    would report, `reserved_bytes_per_gpu` what torch.cuda.max_memory_reserved would; `device_bytes_per_gpu` adds
+    the CUDA context (and NCCL's buffers) to the reserved peak: what nvidia-smi shows, and what `fits` is decided
+    on."""
 
     model_config = ConfigDict(extra="forbid")
     method: Method
@@ -66,6 +68,10 @@ class Estimate(BaseModel):
     hardware: str
     combination: Combination
     peak_bytes_per_gpu: int
+    reserved_bytes_per_gpu: int = Field(
+        description="the CUDA caching allocator's reserved peak: the allocated peak plus the blocks it holds "
+        "cached (estimate/allocator.py); equals peak_bytes_per_gpu off CUDA"
+    )
     device_bytes_per_gpu: int
     breakdown: MemoryBreakdown
     peak_phase: str = Field(description="forward/backward, end of backward, or optimizer step")

@@ -35,16 +35,11 @@ from torch._subclasses.fake_tensor import (
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftopt.estimate import analytic, autocast, layout
-from ftopt.estimate.quant import (
-    MIN_8BIT_SIZE,
-    OPTIM_BLOCK,
-    PAGED_MIN_ELEMENTS,
-    bnb_optimizer_bytes,
-    bnb_step_temp_bytes,
-    quantized_weight_bytes,
-)
+from ftopt.estimate.allocator import Replay
+from ftopt.estimate.quant import bnb_optimizer_bytes, quantized_weight_bytes
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.spec import AdapterDtype, Combination, ModelSpec, Offload, Optim, Precision, Quant, TrainingSetup
+from ftopt.estimate.trace_optimizer import traced_optimizer
+from ftopt.spec import AdapterDtype, Combination, ModelSpec, Offload, Precision, Quant, TrainingSetup
 from ftopt.spec.errors import FtoptError, TraceUnavailable
 from ftopt.spec.policy import storage
 
@@ -117,6 +112,8 @@ class _Tracker:
     zero2_partition_bytes: int = 0
     partition_live: bool = False
     pending_grad: int | None = None
+    # the caching allocator run over the same mallocs and frees (estimate/allocator.py): the check of its closed form
+    replay: Replay | None = None
 
     def on_grad(self, st: torch.UntypedStorage) -> None:
         if self.zero2_partition_bytes:
@@ -138,7 +135,14 @@ class _Tracker:
         if key in self.live:
             return
         self.live[key] = [self._size(st.nbytes()), category]
-        weakref.finalize(st, self.live.pop, key, None)
+        if self.replay is not None:
+            self.replay.malloc(key, st.nbytes())
+        weakref.finalize(st, self._release, key)
+
+    def _release(self, key: int) -> None:
+        self.live.pop(key, None)
+        if self.replay is not None:
+            self.replay.free(key)
 
     def retag(self, st: torch.UntypedStorage, category: str) -> None:
         entry = self.live.get(st._cdata)
@@ -210,58 +214,6 @@ def _materialize(model: torch.nn.Module, device: str) -> None:
                 mod._buffers[name] = memo[id(b)]
 
 
-class _BnbAdamWStandIn:
-    """bitsandbytes AdamW's states as Optimizer2State.init_state allocates them (estimate/quant.py [8bit-opt]),
-    without its update: the bitsandbytes step reads scalars back from the device (`.item()`), which fake
-    tensors cannot answer, and its fake update kernel allocates nothing. Its CPU temporaries are added from
-    quant.bnb_step_temp_bytes."""
-
-    def __init__(
-        self, model: torch.nn.Module, params: list, combo: Combination, step_temp_bytes: int, on_gpu: bool, tag
-    ):
-        self.tag = tag  # tracker.retag: the states are optimizer states from their creation on
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-        self.params, self.combo, self.state, self.step_temp_bytes = params, combo, {}, step_temp_bytes
-        # paged states of large tensors live in CUDA unified memory, outside the allocator [paged]: kept on meta
-        self._paged = combo.optim.paged and on_gpu
-        self._eight_bit = {
-            id(p): combo.optim.eight_bit and id(p) not in embeddings and p.numel() >= MIN_8BIT_SIZE for p in params
-        }
-
-    def step(self) -> None:
-        for p in self.params:
-            if p in self.state:
-                continue
-            dev = "meta" if self._paged and p.numel() >= PAGED_MIN_ELEMENTS else p.device
-            dtype = torch.uint8 if self._eight_bit[id(p)] else torch.float32
-            self.state[p] = {
-                "state1": torch.zeros(p.shape, dtype=dtype, device=dev),
-                "state2": torch.zeros(p.shape, dtype=dtype, device=dev),
-            }
-            if self._eight_bit[id(p)]:
-                blocks = -(-p.numel() // OPTIM_BLOCK)
-                self.state[p].update(absmax1=torch.zeros(blocks, device=dev), absmax2=torch.zeros(blocks, device=dev))
-            for v in self.state[p].values():
-                if v.device.type != "meta":
-                    self.tag(v.untyped_storage(), "optimizer_states")
-        if self.step_temp_bytes:  # the CPU kernels' fp32 working copies of the largest tensor [bnb-cpu]
-            device = self.params[0].device
-            temp = torch.empty(self.step_temp_bytes, dtype=torch.uint8, device=device)
-            del temp
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-
-def _optimizer(model: torch.nn.Module, params: list, spec: ModelSpec, combo: Combination, on_gpu: bool, tag):
-    """The optimizer Trainer builds: fused torch AdamW, or bitsandbytes AdamW (Trainer keeps 32-bit states for
-    every nn.Embedding weight, Trainer.create_optimizer) as a storage stand-in."""
-    if combo.optim is Optim.ADAMW:
-        return torch.optim.AdamW(params, lr=1e-4, fused=True)
-    return _BnbAdamWStandIn(model, params, combo, bnb_step_temp_bytes(spec, combo, on_gpu), on_gpu, tag)
-
-
 @contextmanager
 def _without_hf_zero3():
     """Build the traced model outside Hugging Face's ZeRO-3 mode. Inside a ZeRO-3 process (any caller; ftopt's own
@@ -323,6 +275,8 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         device = "cpu"
     grad_weight = _traced_gradient_share(setup, combo)
     tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
+    if on_gpu:
+        tracker.replay = Replay(expandable=setup.expandable_segments)
     # quantized bases: storage-equivalent stand-ins for the bitsandbytes linears (see quantize.stand_in_linears)
     with _without_hf_zero3():
         model = build_model(
@@ -347,7 +301,7 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
         model.get_input_embeddings().register_forward_hook(
             lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed")
         )
-        opt = None if deepspeed else _optimizer(model, params, spec, combo, on_gpu, tracker.retag)
+        opt = None if deepspeed else traced_optimizer(model, params, spec, combo, setup, on_gpu, tracker.retag)
         inputs = layout.step_inputs(setup, combo, device)
         # the run's compute dtype: an fp16 base under a bf16 autocast would be cast to bf16 in every matmul
         half = torch.float16 if setup.precision is Precision.FP16_MIXED else torch.bfloat16
@@ -357,7 +311,11 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
                 for _micro in range(setup.grad_accum):
                     tracker.phase = "forward"
                     with autocast:
-                        loss = model(**inputs).loss / setup.grad_accum
+                        # a loop that keeps `outputs` holds its logits until the next forward has returned
+                        outputs = model(**inputs)
+                        loss = outputs.loss / setup.grad_accum
+                    if not setup.keeps_outputs:
+                        outputs = None  # Trainer's compute_loss returns the loss alone
                     tracker.phase = "backward"
                     loss.backward()
                     del loss

@@ -121,11 +121,13 @@ def model_ref(ref: str, *, weights: bool, tokenizer: str | None = None, trust_re
     return ModelRef(ref=ref, weights=weights, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
 
 
-def has_weights(ref: str) -> bool:
+def has_weights(ref: str, local: bool = True) -> bool:
     """A local folder with safetensors weights, or a Hub id: a planned model that `train` loads with its weights
-    (a preset or a config.json has none: random init)."""
+    (a preset or a config.json has none: random init). Without `local` no path is looked at: Hub ids only."""
     from ftopt.spec.hub import parse_hub_id
 
+    if not local:
+        return parse_hub_id(ref, local=False) is not None
     p = Path(ref).expanduser()
     return (p.is_dir() and any(p.glob("*.safetensors"))) or (not p.exists() and parse_hub_id(ref) is not None)
 

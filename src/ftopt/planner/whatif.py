@@ -48,6 +48,7 @@ def longest_context_and_bound(
         return estimate(model, hw, setup.model_copy(update={"seq_len": s}), combo, method).fits
 
     hi_limit = max(model.max_positions, setup.seq_len)
+    step = min(step, hi_limit)  # a model with fewer positions than one step is searched in units of its limit
     if not fits(step):
         return None, LimitKind.MEMORY
     lo, hi = 1, hi_limit // step  # in units of `step`; lo always fits
@@ -91,7 +92,8 @@ def confirmed_longest_context(
 
 
 def _gpu_counts(per_node: int, max_gpus: int):
-    return itertools.chain(range(1, per_node + 1), range(2 * per_node, max_gpus + 1, per_node))
+    """1, 2, ... up to one full node, then whole nodes; never more than max_gpus."""
+    return itertools.chain(range(1, min(per_node, max_gpus) + 1), range(2 * per_node, max_gpus + 1, per_node))
 
 
 def fewest_gpus(

@@ -50,7 +50,7 @@ class Prediction(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     method: str | None = Field(None, description="the estimator that answered (a trace may fall back to analytic)")
     peak_bytes_per_gpu: int | None = None
-    device_bytes_per_gpu: int | None = Field(None, description="peak plus the device's fixed reserve")
+    device_bytes_per_gpu: int | None = Field(None, description="reserved peak plus the CUDA context (and NCCL buffers)")
     fits: bool | None = Field(None, description="fits the GPU within the headroom (--headroom)")
     tight: bool | None = Field(None, description="fits the GPU but not the headroom")
     step_seconds: float | None = None

@@ -18,10 +18,19 @@ GIB = 2**30
 GB = 1e9  # bandwidths are quoted in decimal GB/s by vendors (and in the presets' sources)
 
 
-def hardware_for(q: PlanQuery) -> HardwareSpec:
-    """The CLI's planning hardware (preset, stored calibration), with the page's custom memory/bandwidth on top."""
-    from ftopt.planner.hardware import planning_hardware
+def local_refused(flag: str, value: str, instead: str) -> FtoptError:
+    """The one answer for a path off loopback, whether or not it exists (the server never looks)."""
+    return FtoptError(f"{flag} {value}: local files are read only when the server listens on loopback; {instead}.")
 
+
+def hardware_for(q: PlanQuery, allow_local: bool = True) -> HardwareSpec:
+    """The CLI's planning hardware (preset, stored calibration), with the page's custom memory/bandwidth on top.
+    A hardware JSON file is read only on loopback, as a local model is (load_planned_model)."""
+    from ftopt.planner.hardware import planning_hardware
+    from ftopt.spec.hardware import is_hardware_file
+
+    if not allow_local and is_hardware_file(q.gpu):
+        raise local_refused("--gpu", q.gpu, "pick a preset and set its memory and bandwidth here instead")
     hw = planning_hardware(q.gpu, None, None)
     custom = {}
     for name, value, field, unit in (
@@ -29,8 +38,8 @@ def hardware_for(q: PlanQuery) -> HardwareSpec:
         ("gpu_bandwidth_gbs", q.gpu_bandwidth_gbs, "hbm_bandwidth_bytes_per_s", GB),
     ):
         if value is not None:
-            if value <= 0:
-                raise FtoptError(f"{name} must be positive, got {value:g}.")
+            if not 0 < value * unit < 2**63:  # within a device's int64 byte count (and bytes/s)
+                raise FtoptError(f"{name} must be positive and below {2**63 / unit:g}, got {value:g}.")
             custom[field] = int(value * unit) if field == "memory_bytes" else value * unit
     if not custom:
         return hw
@@ -38,18 +47,18 @@ def hardware_for(q: PlanQuery) -> HardwareSpec:
 
 
 def load_planned_model(q: PlanQuery, config: dict | None, allow_local: bool) -> ModelSpec:
-    """The preset, Hub id or local folder named by `q.model`, or an uploaded config.json (`config`)."""
+    """The preset, Hub id or local folder named by `q.model`, or an uploaded config.json (`config`). Off loopback
+    the file system is not consulted at all: a path-like name is refused unlooked-at, any other is a preset or a
+    Hub id."""
     from ftopt.spec import load_model
-    from ftopt.spec.model import from_hf_config, preset_names
+    from ftopt.spec.hub import is_local_path
+    from ftopt.spec.model import from_hf_config
 
     if config is not None:
         return from_hf_config(config, name=Path(q.model).stem or "uploaded")
-    if not allow_local and q.model not in preset_names() and Path(q.model).expanduser().exists():
-        raise FtoptError(
-            f"--model {q.model}: local paths are read only when the server listens on loopback; "
-            "upload its config.json instead."
-        )
-    return load_model(q.model)
+    if not allow_local and is_local_path(q.model):
+        raise local_refused("--model", q.model, "upload its config.json instead")
+    return load_model(q.model, local=allow_local)
 
 
 def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True):
@@ -59,7 +68,7 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
     from ftopt.planner.plan import plan
 
     m = load_planned_model(q, config, allow_local)
-    hw = hardware_for(q)
+    hw = hardware_for(q, allow_local)
     setup = resolve.plan_setup(
         m,
         hw,
@@ -84,7 +93,7 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
         optims=resolve.enum_list("optim", q.optim),
     )
     doc = p.to_json()
-    ref = resolve.model_ref(q.model, weights=config is None and resolve.has_weights(q.model))
+    ref = resolve.model_ref(q.model, weights=config is None and resolve.has_weights(q.model, local=allow_local))
     run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
     doc["run"] = run.to_json() if run else None
     return doc, run, m, hw

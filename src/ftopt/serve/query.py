@@ -8,6 +8,7 @@ the page shows the CLI's message word for word.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -85,12 +86,14 @@ def parse_query(params: Mapping[str, str]) -> PlanQuery:
                 given[name] = int(text)
             elif name in _FLOATS:
                 given[name] = float(text)
+                if not math.isfinite(given[name]):  # nan compares false with every bound; inf overflows sizes
+                    raise ValueError(text)
             elif name in _BOOLS:
                 given[name] = text.lower() in ("1", "true", "yes", "on")
             else:
                 given[name] = text
         except ValueError:
-            kind = "an integer" if name in _INTS else "a number"
+            kind = "an integer" if name in _INTS else "a finite number"
             raise FtoptError(f"{_flag(name)} must be {kind}, got '{text}'.") from None
     return PlanQuery(**given)
 
@@ -101,7 +104,13 @@ _FIELD_ALIASES = {
     "memory_bytes": "gpu_memory_gib",
     "hbm_bandwidth_bytes_per_s": "gpu_bandwidth_gbs",
 }
-_OPENINGS = {"Unknown model": "model", "Unknown GPU": "gpu", "The hardware file": "gpu", "No combination": "quant"}
+_OPENINGS = {
+    "Unknown model": "model",
+    "The model config": "model",
+    "Unknown GPU": "gpu",
+    "The hardware file": "gpu",
+    "No combination": "quant",
+}
 
 
 def field_of(message: str) -> str | None:

@@ -1,5 +1,7 @@
 """What each URL answers. `h` is the request handler (server.Handler): `h.app` holds the server's state,
-`h.reply`/`h.reply_json` send. Every planning answer comes from jobs.plan_body, which is `ftopt plan`'s code path."""
+`h.reply`/`h.reply_json` send. Every planning answer comes from jobs.plan_body, which is `ftopt plan`'s code path.
+A plan answered in the request (`/api/plan`, `/api/export`) is analytic, a fraction of a second; a traced plan
+(seconds to minutes) runs only as a job (`POST /api/jobs`), which can be cancelled and is bounded (jobs.Jobs)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import time
 from http import HTTPStatus
 from importlib import resources
 
-from ftopt.serve.jobs import error_body, plan_body
+from ftopt.serve.jobs import Busy, error_body, plan_body
 from ftopt.serve.query import PlanQuery, parse_query
 from ftopt.spec.errors import FtoptError
 
@@ -47,9 +49,22 @@ def meta(h) -> dict:
     }
 
 
+def analytic_query(params: dict) -> PlanQuery:
+    """The query of a plan answered in the request: analytic when no method is given; traced is refused."""
+    q = parse_query(params)
+    if not params.get("method", "").strip():
+        return q.model_copy(update={"method": "analytic"})
+    if q.method == "traced":
+        raise FtoptError(
+            "--method traced runs as a job (POST /api/jobs) that can be cancelled; "
+            "a plan answered at once uses --method analytic."
+        )
+    return q
+
+
 def _plan(h, params: dict, config: dict | None, started: float) -> None:
     try:
-        q = parse_query(params)
+        q = analytic_query(params)
     except FtoptError as e:
         return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
     body = plan_body(q.model_dump(), config, h.app.allow_local)
@@ -64,7 +79,7 @@ def _export(h, params: dict, started: float) -> None:
     from ftopt.serve.planning import export_zip, make_plan
 
     try:
-        doc, run, model, _ = make_plan(parse_query(params), None, h.app.allow_local)
+        doc, run, model, _ = make_plan(analytic_query(params), None, h.app.allow_local)
         data = export_zip(doc, run, model)
     except (FtoptError, ValidationError) as e:
         return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
@@ -97,7 +112,7 @@ def get(h, path: str, params: dict, started: float) -> None:
     if path.startswith("/api/jobs/"):
         status = h.app.jobs.status(path.rsplit("/", 1)[1])
         return h.reply_json(
-            HTTPStatus.OK if status else HTTPStatus.NOT_FOUND, status or {"error": "no such job"}, started
+            HTTPStatus.OK if status else HTTPStatus.NOT_FOUND, status or {"error": "No such job."}, started
         )
     if path == "/api/runs":
         return h.reply_json(HTTPStatus.OK, {"results": h.app.results.names()}, started)
@@ -107,19 +122,36 @@ def get(h, path: str, params: dict, started: float) -> None:
 
 
 def post(h, path: str, params: dict, body: dict, started: float) -> None:
-    query = {k: str(v) for k, v in (body.get("query") or {}).items()}
-    config = body.get("config")
+    query, config = body.get("query") or {}, body.get("config")
+    if not isinstance(query, dict):
+        return h.reply_json(
+            HTTPStatus.BAD_REQUEST, {"error": "The query is not a JSON object.", "field": None}, started
+        )
     if config is not None and not isinstance(config, dict):
         return h.reply_json(
             HTTPStatus.BAD_REQUEST, {"error": "The uploaded config is not a JSON object.", "field": "model"}, started
         )
+    query = {str(k): str(v) for k, v in query.items()}
     if path == "/api/plan":
         return _plan(h, query, config, started)
     if path == "/api/jobs":
-        try:
-            q = parse_query(query)
-        except FtoptError as e:
-            return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
-        job_id = h.app.jobs.start(q.model_dump(), config, h.app.allow_local)
-        return h.reply_json(HTTPStatus.OK, {"id": job_id}, started)
+        return _start_job(h, query, config, started)
     h.reply_json(HTTPStatus.NOT_FOUND, {"error": f"Nothing at {path}."}, started)
+
+
+def _start_job(h, query: dict, config: dict | None, started: float) -> None:
+    try:
+        q = parse_query(query)
+        job_id = h.app.jobs.start(q.model_dump(), config, h.app.allow_local)
+    except FtoptError as e:
+        return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
+    except Busy as e:
+        return h.reply_json(HTTPStatus.TOO_MANY_REQUESTS, {"error": str(e), "field": None}, started)
+    h.reply_json(HTTPStatus.OK, {"id": job_id}, started)
+
+
+def delete(h, path: str, started: float) -> None:
+    ok = path.startswith("/api/jobs/") and h.app.jobs.cancel(path.rsplit("/", 1)[1])
+    if not ok:
+        return h.reply_json(HTTPStatus.NOT_FOUND, {"cancelled": False, "error": "No such job."}, started)
+    h.reply_json(HTTPStatus.OK, {"cancelled": True}, started)

@@ -4,14 +4,16 @@ the time the server spent on it (`Server-Timing`, and `server_ms` in plan answer
 from __future__ import annotations
 
 import json
+import socket
 import time
+import traceback
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from ftopt.serve import routes
+from ftopt.serve import guard, routes
 from ftopt.serve.jobs import Jobs
 from ftopt.serve.runs import ResultsRoot
 
@@ -31,8 +33,10 @@ class App:
 
 
 class Handler(BaseHTTPRequestHandler):
-    app: App  # set on the subclass serve() makes
+    app: App  # set on the subclass make_server makes
+    names: guard.Names  # the Host names answered (make_server)
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a connection may sit idle or trickle its request: a thread is not held forever
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         pass  # one line per request would drown the page's own messages; errors reach the page
@@ -58,33 +62,45 @@ class Handler(BaseHTTPRequestHandler):
         return parts.path, dict(parse_qsl(parts.query, keep_blank_values=True))
 
     def _body(self) -> dict:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n > MAX_BODY:
-            raise ValueError(f"the request body has {n} bytes, more than {MAX_BODY}")
-        doc = json.loads(self.rfile.read(n) or b"{}")
+        n = guard.body_length(self.headers, MAX_BODY)
+        try:
+            doc = json.loads(self.rfile.read(n) or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise guard.Refused(HTTPStatus.BAD_REQUEST, "The request body is not valid JSON.") from None
         if not isinstance(doc, dict):
-            raise ValueError("the request body is not a JSON object")
+            raise guard.Refused(HTTPStatus.BAD_REQUEST, "The request body is not a JSON object.")
         return doc
 
-    def do_GET(self):  # noqa: N802 - the stdlib's name
-        started = time.perf_counter()
-        path, params = self._params()
-        routes.get(self, path, params, started)
-
-    def do_POST(self):  # noqa: N802
+    def _handle(self, method: str) -> None:
+        """Checks first (guard: Host, Origin, body size), then the route; nothing unexpected escapes as a traceback
+        to the client: it gets one sentence, the server's stderr gets the traceback."""
         started = time.perf_counter()
         path, params = self._params()
         try:
-            body = self._body()
-        except ValueError as e:
-            return self.reply_json(HTTPStatus.BAD_REQUEST, {"error": f"Bad request: {e}.", "field": None}, started)
-        routes.post(self, path, params, body, started)
+            host = guard.check_host(self.headers, self.names)
+            guard.check_origin(method, path, self.headers, host)
+            if method == "GET":
+                return routes.get(self, path, params, started)
+            if method == "DELETE":
+                return routes.delete(self, path, started)
+            return routes.post(self, path, params, self._body(), started)
+        except guard.Refused as e:
+            self.close_connection = True  # an unread body must not be taken for the next request
+            return self.reply_json(e.status, {"error": str(e), "field": None}, started)
+        except Exception:  # noqa: BLE001 - the server's last line: it keeps answering the next request
+            traceback.print_exc()
+            self.close_connection = True
+            msg = "The server failed on this request (its traceback is in the server's output)."
+            return self.reply_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": msg, "field": None}, started)
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        self._handle("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._handle("POST")
 
     def do_DELETE(self):  # noqa: N802
-        started = time.perf_counter()
-        path, _ = self._params()
-        ok = path.startswith("/api/jobs/") and self.app.jobs.cancel(path.rsplit("/", 1)[1])
-        self.reply_json(HTTPStatus.OK if ok else HTTPStatus.NOT_FOUND, {"cancelled": bool(ok)}, started)
+        self._handle("DELETE")
 
 
 def is_loopback(host: str) -> bool:
@@ -93,14 +109,19 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def make_server(host: str, port: int, results: Path | None) -> ThreadingHTTPServer:
-    app = App(results=ResultsRoot(results), allow_local=is_loopback(host))
+def make_server(host: str, port: int, results: Path | None, jobs: Jobs | None = None) -> ThreadingHTTPServer:
+    """The server for `ftopt serve --host HOST --port PORT --results DIR`, not yet serving; an IPv6 address (`::1`,
+    with or without brackets) listens on IPv6."""
+    bare = host.strip("[]")
+    app = App(results=ResultsRoot(results), allow_local=is_loopback(bare), jobs=jobs or Jobs())
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    server_cls = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
     handler = type("BoundHandler", (Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = server_cls((bare, port), handler)
+    handler.names = guard.Names.of(bare, server.server_address[0])
     return server

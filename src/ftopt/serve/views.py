@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import json
 
-# Each technique: its "off" setting, then the "on" settings tried in order (the first that the plan has wins); an
-# "on" setting may change another field too where Combination's validator needs it (offload needs a ZeRO stage or
-# FSDP2; ZeRO-3 takes no quantized base). "LORA_R" stands for the plan's LoRA rank. Sharding is one technique:
-# ZeRO or FSDP2 (exclusive), off meaning neither.
+# Each technique: the fields that say whether a candidate uses it, its "off" setting, then the "on" settings tried
+# in order (the first that the plan has wins); an "on" setting may change another field too where Combination's
+# validator needs it (offload needs a ZeRO stage or FSDP2; ZeRO-3 takes no quantized base). "LORA_R" stands for the
+# plan's LoRA rank. Sharding is one technique whichever engine does it: ZeRO (`zero`) or FSDP2 (`fsdp`),
+# exclusive, off meaning neither.
 TECHNIQUES = (
-    ("lora", {"lora_r": 0, "quant": "none", "lora_targets": None}, [{"lora_r": "LORA_R"}]),
-    ("quant", {"quant": "none"}, [{"quant": "nf4"}, {"quant": "int8"}]),
-    ("gc", {"gc": False}, [{"gc": True}]),
+    ("lora", ("lora_r",), {"lora_r": 0, "quant": "none", "lora_targets": None}, [{"lora_r": "LORA_R"}]),
+    ("quant", ("quant",), {"quant": "none"}, [{"quant": "nf4"}, {"quant": "int8"}]),
+    ("gc", ("gc",), {"gc": False}, [{"gc": True}]),
     (
-        "zero",
+        "sharding",
+        ("zero", "fsdp"),
         {"zero": 0, "fsdp": "none", "offload": "none"},
         [{"zero": 3}, {"zero": 2}, {"zero": 1}, {"fsdp": "full"}, {"fsdp": "grad-op"}],
     ),
     (
         "offload",
+        ("offload",),
         {"offload": "none"},
         [
             {"offload": "optimizer"},
@@ -27,8 +30,13 @@ TECHNIQUES = (
             {"offload": "all"},
         ],
     ),
-    ("optim", {"optim": "adamw"}, [{"optim": "adamw-8bit"}, {"optim": "paged-adamw-8bit"}, {"optim": "paged-adamw"}]),
-    ("flash", {"attn": "sdpa"}, [{"attn": "flash"}]),
+    (
+        "optim",
+        ("optim",),
+        {"optim": "adamw"},
+        [{"optim": "adamw-8bit"}, {"optim": "paged-adamw-8bit"}, {"optim": "paged-adamw"}],
+    ),
+    ("flash", ("attn",), {"attn": "sdpa"}, [{"attn": "flash"}]),
 )
 KEY_FIELDS = ("gc", "lora_r", "zero", "fsdp", "offload", "attn", "lora_targets", "quant", "optim")
 
@@ -65,9 +73,8 @@ def techniques(doc: dict) -> list[dict]:
     index = {_key(c): i for i, c in enumerate(doc["candidates"])}
     lora_r = next((c["lora_r"] for c in doc["candidates"] if c["lora_r"]), None)
     out = []
-    for name, off, ons in TECHNIQUES:
-        field = next(iter(off))
-        is_on = rec[field] != off[field]
+    for name, fields, off, ons in TECHNIQUES:
+        is_on = any(rec[f] != off[f] for f in fields)
         off_i = index.get(_key({**rec, **off}))
         if is_on:
             on_i = index.get(_key(rec))

@@ -7,6 +7,7 @@ from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo,
 from ftopt.spec.training import (
     CPU_DEFAULTS,
     DEFAULT_HEADROOM,
+    AdamWKernel,
     AdapterDtype,
     Attention,
     Combination,
@@ -21,6 +22,7 @@ from ftopt.spec.training import (
 )
 
 __all__ = [
+    "AdamWKernel",
     "CPU_DEFAULTS",
     "DEFAULT_HEADROOM",
     "DEFAULT_CURRENCY",

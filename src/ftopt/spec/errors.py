@@ -34,9 +34,10 @@ def flag_of(field: str) -> str:
     return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
-def validation_message(err: ValidationError, flags: bool = False) -> str:
+def validation_message(err: ValidationError, flags: bool = False, values: bool = True) -> str:
     """Turn pydantic's multi-line report into one sentence naming the field and the bad value. With `flags` (the
-    values came from the command line) a top-level field is named by its flag."""
+    values came from the command line) a top-level field is named by its flag. Without `values` (they were read
+    from a file, which may hold anything) pydantic's own checks repeat no value, only the field and its rule."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "input"
@@ -44,7 +45,7 @@ def validation_message(err: ValidationError, flags: bool = False) -> str:
             loc = flag_of(str(e["loc"][0]))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] in ("value_error", "assertion_error") or not loc or loc == "input":
-            parts.append(msg)
+            parts.append(msg)  # ftopt's own validators: worded from fields already typed, never raw text
         else:
-            parts.append(f"{loc}: {msg} (got {e.get('input')!r})")
+            parts.append(f"{loc}: {msg} (got {e.get('input')!r})" if values else f"{loc}: {msg}")
     return "; ".join(parts)

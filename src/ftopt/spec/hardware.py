@@ -217,18 +217,24 @@ def cpu_spec() -> HardwareSpec:
 PLANNING_DEFAULT_GPU = "a100-80g"
 
 
+def is_hardware_file(name: str) -> bool:
+    """`--gpu` names a JSON file (read from disk), not a preset or `cpu`."""
+    return Path(name).suffix == ".json"
+
+
 def load_hardware(name: str) -> HardwareSpec:
     """A preset, `cpu` (this machine) or a user's JSON file, as is: no calibration is applied here (see
-    ftopt.planner.calibration.calibrated_hardware, which callers use explicitly)."""
+    ftopt.planner.calibration.calibrated_hardware, which callers use explicitly). A file's errors name its
+    fields, never its values (a file given by mistake may hold secrets)."""
     path = Path(name)
-    if path.suffix == ".json":
+    if is_hardware_file(name):
         try:
             return HardwareSpec(**json.loads(path.read_text()))
         except OSError as e:
             raise FtoptError(f"Cannot read the hardware file {path}: {e.strerror}.") from None
         except ValidationError as e:
             raise FtoptError(
-                f"The hardware file {path} is not a valid hardware spec: {validation_message(e)}."
+                f"The hardware file {path} is not a valid hardware spec: {validation_message(e, values=False)}."
             ) from None
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise FtoptError(

@@ -62,11 +62,11 @@ def check_local_path(ref: str) -> None:
         )
 
 
-def parse_hub_id(ref: str) -> HubRef | None:
-    """A HubRef when `ref` looks like `org/name[@revision]`, is not path-like (is_local_path) and is not an
-    existing local path; else None."""
+def parse_hub_id(ref: str, local: bool = True) -> HubRef | None:
+    """A HubRef when `ref` looks like `org/name[@revision]`, is not path-like (is_local_path) and, with `local`
+    (the file system may be read), is not an existing local path; else None."""
     m = _HUB_ID.match(ref)
-    if m is None or is_local_path(ref) or Path(ref).expanduser().exists():
+    if m is None or is_local_path(ref) or (local and Path(ref).expanduser().exists()):
         return None
     return HubRef(m["repo"], m["rev"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from ftopt.spec.errors import FtoptError
@@ -28,9 +28,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over the target (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_file(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; the file gets the mode any new file would get
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -44,11 +43,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def _umask() -> int:
-    """The process umask (reading it means setting it; set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _new_file(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path`, opened for writing, with the mode any new file gets (0666 less the
+    umask, applied by the kernel to os.open's mode). mkstemp would make it 0600, and reading the umask to widen
+    that means setting it, which no thread of a threaded server may do (the umask is process-wide)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"No unused temporary name beside {path}.")
 
 
 def append_line_atomic(path: str | os.PathLike, line: str) -> None:

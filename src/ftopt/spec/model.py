@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.hub import check_local_path, hub_config, parse_hub_id
@@ -205,7 +205,7 @@ _LLAMA_NAMES = {
 
 
 def _common(c: dict, *, tie_default: bool) -> dict:
-    h, heads = _req(c, "hidden_size"), _req(c, "num_attention_heads")
+    h, heads = _count(c, "hidden_size"), _count(c, "num_attention_heads")
     return dict(
         vocab_size=_req(c, "vocab_size"),
         hidden_size=h,
@@ -276,7 +276,7 @@ def _gpt_neox(c: dict) -> dict:
 
 
 def _falcon(c: dict) -> dict:
-    h, heads = _req(c, "hidden_size"), _req(c, "num_attention_heads")
+    h, heads = _count(c, "hidden_size"), _count(c, "num_attention_heads")
     new_arch = c.get("new_decoder_architecture", False)
     if new_arch:
         kv = c.get("num_kv_heads") or heads
@@ -309,7 +309,7 @@ def _falcon(c: dict) -> dict:
 
 
 def _opt(c: dict) -> dict:
-    h = _req(c, "hidden_size")
+    h, heads = _count(c, "hidden_size"), _count(c, "num_attention_heads")
     bias = c.get("enable_bias", True)
     proj = c.get("word_embed_proj_dim") or h
     maxpos = c.get("max_position_embeddings", 2048)
@@ -317,9 +317,9 @@ def _opt(c: dict) -> dict:
         vocab_size=_req(c, "vocab_size"),
         hidden_size=h,
         num_layers=_req(c, "num_hidden_layers"),
-        num_heads=_req(c, "num_attention_heads"),
-        num_kv_heads=_req(c, "num_attention_heads"),
-        head_dim=h // _req(c, "num_attention_heads"),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=h // heads,
         intermediate_size=_req(c, "ffn_dim"),
         max_positions=maxpos,
         tie_embeddings=c.get("tie_word_embeddings", True),
@@ -337,7 +337,7 @@ def _opt(c: dict) -> dict:
 
 
 def _gpt2(c: dict) -> dict:
-    h, heads = c.get("n_embd", 768), c.get("n_head", 12)
+    h, heads = _count(c, "n_embd", 768), _count(c, "n_head", 12)
     return dict(
         vocab_size=c.get("vocab_size", 50257),
         hidden_size=h,
@@ -400,6 +400,37 @@ def _req(c: dict, key: str) -> Any:
     return c[key]
 
 
+def _count(c: dict, key: str, default: int | None = None) -> int:
+    """A size or count the readers compute with (head_dim = hidden_size // num_attention_heads): a positive whole
+    number, checked here so that a bad one is a sentence naming its key, not a ZeroDivisionError or TypeError."""
+    value = c.get(key) if default is not None else _req(c, key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise FtoptError(f"The model config's {key} must be a positive whole number.")
+    return value
+
+
+# ModelSpec fields by the config.json key most families name them with (for messages about a config)
+_CONFIG_KEYS = {
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "num_layers": "num_hidden_layers",
+    "max_positions": "max_position_embeddings",
+    "tie_embeddings": "tie_word_embeddings",
+}
+
+
+def _config_message(err: ValidationError) -> str:
+    """A ModelSpec made from a config that breaks its rules, as one sentence naming config keys, not values."""
+    parts = []
+    for e in err.errors():
+        key = ".".join(_CONFIG_KEYS.get(str(x), str(x)) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(msg if not key or e["type"] == "value_error" else f"{key}: {msg}")
+    return f"The model config does not describe a model ftopt can plan: {'; '.join(parts)}."
+
+
 def supported_families() -> list[str]:
     return sorted(_FAMILIES)
 
@@ -409,15 +440,23 @@ def from_hf_config(config: dict, name: str = "custom") -> ModelSpec:
     family = config.get("model_type")
     if not family:
         raise FtoptError(f"The model config '{name}' has no 'model_type' field, so its architecture is unknown.")
+    if not isinstance(family, str):
+        raise FtoptError(f"The model config '{name}' has a model_type that is not text.")
     if family in _NOT_DECODER:
         raise FtoptError(
             f"'{family}' is not a decoder-only language model; ftopt plans causal-LM fine-tuning "
             f"({', '.join(supported_families())})."
         )
-    if family not in _FAMILIES:
-        raise FtoptError(f"Model family '{family}' is not supported yet; supported: {', '.join(supported_families())}.")
+    if family not in _FAMILIES:  # the config's own text is not repeated: a file given by mistake may hold anything
+        raise FtoptError(
+            f"The model config '{name}' has a model_type that is not supported yet; "
+            f"supported: {', '.join(supported_families())}."
+        )
     fields = _FAMILIES[family](config)
-    return ModelSpec(name=name, family=family, hf_config=dict(config), **fields)
+    try:
+        return ModelSpec(name=name, family=family, hf_config=dict(config), **fields)
+    except ValidationError as e:
+        raise FtoptError(_config_message(e)) from None
 
 
 def preset_names() -> list[str]:
@@ -434,9 +473,17 @@ def _read_json(path: Path) -> dict:
     return read_json_object(path, "model config")
 
 
-def load_model(ref: str) -> ModelSpec:
+def load_model(ref: str, local: bool = True) -> ModelSpec:
     """A preset name, a config.json path, a local model folder containing config.json, or a Hub id
-    `org/name[@revision]` (its config.json only, through the Hugging Face cache)."""
+    `org/name[@revision]` (its config.json only, through the Hugging Face cache). Without `local` (a server not on
+    loopback) no path is looked at: a preset or a Hub id only."""
+    if local:
+        return _load_local(ref) or _load_named(ref, local)
+    return _load_named(ref, local)
+
+
+def _load_local(ref: str) -> ModelSpec | None:
+    """The model at a local path `ref`, or None when `ref` names no path (then it is a preset or a Hub id)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         cfg_path = path / "config.json"
@@ -448,8 +495,12 @@ def load_model(ref: str) -> ModelSpec:
             raise FtoptError(f"The model config {path} does not exist.")
         return from_hf_config(_read_json(path), name=path.stem if path.name != "config.json" else path.parent.name)
     check_local_path(ref)
+    return None
+
+
+def _load_named(ref: str, local: bool) -> ModelSpec:
     names = preset_names()
-    hub = parse_hub_id(ref) if ref not in names else None
+    hub = parse_hub_id(ref, local=local) if ref not in names else None
     if hub is not None:
         return from_hf_config(hub_config(hub, not_found_hint=f"; presets: {', '.join(names)}"), name=str(hub))
     if ref not in names:

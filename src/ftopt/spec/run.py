@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ftopt.spec.hardware import HardwareSpec
-from ftopt.spec.training import Combination, TrainingSetup
+from ftopt.spec.training import AdamWKernel, Combination, TrainingSetup
 
 RUN_SCHEMA = "ftopt.run/1"
 DEFAULT_MODEL = "tiny-llama"  # the built-in model: a 4-layer llama preset
@@ -132,6 +132,18 @@ class RunSpec(BaseModel):
             setup = setup.model_dump() if isinstance(setup, TrainingSetup) else dict(setup or {})
             data = {**data, "data": d, "setup": {**setup, "packing": setup.get("packing", packing)}}
         return data
+
+    @model_validator(mode="after")
+    def _runs_as_ftopt_trains(self) -> RunSpec:
+        """A run is trained by ftopt's own loop; the setup fields that describe other loops (for estimating their
+        published runs) cannot be honoured, so a run file that sets them is refused rather than run otherwise."""
+        s = self.setup
+        if s.adamw_kernel is not AdamWKernel.FUSED or s.keeps_outputs or not s.expandable_segments:
+            raise ValueError(
+                "setup.adamw_kernel=foreach, keeps_outputs and expandable_segments=false describe other training "
+                "loops for the estimators; `ftopt train` runs fused AdamW through Trainer with expandable segments"
+            )
+        return self
 
     @property
     def uses_launcher(self) -> bool:

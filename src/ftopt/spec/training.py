@@ -247,11 +247,15 @@ class Combination(BaseModel):
 
 
 # Share of the GPU's memory kept free beyond the predicted device total (`--headroom`). The device total already
-# counts the allocator's reserve, the CUDA context and NCCL buffers as stated constants; the margin covers what no
+# counts the caching allocator's reserved peak (estimate/allocator.py), the CUDA context and NCCL buffers; the margin covers what no
 # estimate sees: fragmentation under changing batch shapes, other processes on the GPU, library workspaces, and the
 # analytic estimator's own error (its stated worst-case target is 10%, README "Estimate accuracy"). 10% is also the share vLLM leaves
 # free by default (gpu_memory_utilization=0.9). 0 turns the margin off.
 DEFAULT_HEADROOM = 0.10
+# The most GPUs one node holds: NVIDIA's GB200 NVL72 joins 72 GPUs in one NVLink domain (NVIDIA GB200 NVL72
+# datasheet), the largest single node a launcher addresses. A bound, so that a typo (or a request) of 100000 is one
+# sentence, not a plan over 100000 GPU counts.
+MAX_GPUS_PER_NODE = 72
 
 # Defaults that differ on a CPU (see TrainingSetup.for_hardware); shown in the CLI's --help.
 CPU_DEFAULTS = {"seq_len": 64, "micro_batch": 8, "precision": "fp32"}
@@ -267,6 +271,17 @@ def default_precision(is_cpu: bool, compute_dtypes: Iterable[str]) -> Precision:
     return next((p for p in (Precision.BF16_MIXED, Precision.FP16_MIXED) if p.compute_dtype in dtypes), Precision.FP32)
 
 
+class AdamWKernel(str, Enum):
+    """Which torch AdamW implementation steps the optimizer (torch/optim/adam.py; AdamW is Adam with decoupled
+    weight decay). FUSED: one kernel per parameter group, no temporaries; what `ftopt train` runs (Hugging Face
+    Trainer's default optim, adamw_torch_fused). FOREACH: torch.optim.AdamW's default on CUDA
+    (optimizer._default_to_fused_or_foreach), the choice of hand-written loops; _multi_tensor_adam allocates
+    torch._foreach_sqrt(exp_avg_sqs), a copy of the second moments, for the update."""
+
+    FUSED = "fused"
+    FOREACH = "foreach"
+
+
 class TrainingSetup(BaseModel):
     """What is trained, how long, on how many devices."""
 
@@ -276,7 +291,7 @@ class TrainingSetup(BaseModel):
     micro_batch: int = Field(1, gt=0, description="sequences per GPU per forward pass")
     grad_accum: int = Field(1, gt=0)
     precision: Precision = Precision.BF16_MIXED
-    gpus_per_node: int = Field(1, gt=0)
+    gpus_per_node: int = Field(1, gt=0, le=MAX_GPUS_PER_NODE)
     nodes: int = Field(1, gt=0)
     dataset_tokens: int | None = Field(None, gt=0, description="tokens in one epoch; None = one global batch")
     epochs: float = Field(1.0, gt=0)
@@ -284,6 +299,18 @@ class TrainingSetup(BaseModel):
         False,
         description="documents packed into rows of seq_len, padding-free (TRL's layout, "
         "ftopt.train.sft); False = one document per row, padded to the micro-batch's longest",
+    )
+    adamw_kernel: AdamWKernel = Field(AdamWKernel.FUSED, description="torch AdamW implementation (see AdamWKernel)")
+    keeps_outputs: bool = Field(
+        False,
+        description="the training loop holds the model's outputs (the logits) through backward and the step, until "
+        "the next forward returns, as hand-written loops `outputs = model(**batch); outputs.loss.backward()` do; "
+        "Hugging Face Trainer (ftopt train) keeps only the loss",
+    )
+    expandable_segments: bool = Field(
+        True,
+        description="CUDA caching allocator with expandable_segments:True (what `ftopt train` sets, "
+        "train/allocator.py); False = torch's default allocator",
     )
     headroom: float = Field(
         DEFAULT_HEADROOM,

@@ -5,8 +5,8 @@ https://pytorch.org/docs/stable/notes/cuda.html): by default the allocator cudaM
 request and reuses it for smaller ones, so requests whose sizes change a little from step to step (unpacked
 batches padded to each micro-batch's longest sequence) leave unusable slivers at the end of segments, and a run can
 fail with memory "reserved but unallocated". `expandable_segments:True` makes one segment per stream that grows as
-needed, so such requests tile into it. The estimator's allocator reserve (estimate/analytic.py,
-ALLOCATOR_RESERVE_FRACTION) assumes this setting; a user's own PYTORCH_CUDA_ALLOC_CONF is kept, with a note.
+needed, so such requests tile into it. The estimators' reserved peak (estimate/allocator.py) assumes this setting
+(TrainingSetup.expandable_segments); a user's own PYTORCH_CUDA_ALLOC_CONF is kept, with a note.
 """
 
 from __future__ import annotations
@@ -34,5 +34,5 @@ def allocator_note(environ: Mapping[str, str], on_cuda: bool) -> str | None:
         return None
     return (
         f"note: {ALLOC_ENV}={value} is kept as you set it; the memory prediction assumes {EXPANDABLE}, "
-        "so fragmentation may take more than the allocator reserve it counts."
+        "so fragmentation may take more than the reserved memory it predicts."
     )

@@ -80,6 +80,10 @@ function showErrors(body) {
   $("err-" + target).textContent = body.error;
   if ($(target)) $(target).setAttribute("aria-invalid", "true");
 }
+// the server takes a POST only as application/json (a cross-site page cannot send that without a preflight)
+function postJSON(url, doc, signal) {
+  return fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(doc), signal });
+}
 function schedule() {
   clearTimeout(timer);
   timer = setTimeout(update, 120);  // one request per pause in typing, not per key
@@ -100,7 +104,7 @@ async function update() {
   $("status").textContent = T("working");
   try {
     const r = CONFIG
-      ? await fetch("/api/plan", { method: "POST", body: JSON.stringify({ query: Object.fromEntries(fast), config: CONFIG }), signal: inflight.signal })
+      ? await postJSON("/api/plan", { query: Object.fromEntries(fast), config: CONFIG }, inflight.signal)
       : await fetch("/api/plan?" + fast.toString(), { signal: inflight.signal });
     const body = await r.json();
     received(body);
@@ -120,7 +124,7 @@ function received(body) {
 
 // traced plans: a job on the server, polled for progress, cancellable
 async function startJob(q, gen) {
-  const r = await fetch("/api/jobs", { method: "POST", body: JSON.stringify({ query: Object.fromEntries(q), config: CONFIG }) });
+  const r = await postJSON("/api/jobs", { query: Object.fromEntries(q), config: CONFIG });
   const body = await r.json();
   if (gen !== GEN) return body.id && fetch("/api/jobs/" + body.id, { method: "DELETE" });
   if (body.error) return received(body);

@@ -1,0 +1,89 @@
+"""ftopt's predictions against GPU memory peaks measured and published by others. Prints figures; not a test.
+
+    python benchmarks/published.py            # every row of benchmarks/published/rows.json, both estimators
+    python benchmarks/published.py --analytic-only
+
+Each row of benchmarks/published/rows.json names its source (repository, path, commit, field), what was measured
+(torch.cuda.max_memory_allocated or max_memory_reserved), the measured bytes and the setup it ran under. For a row
+with a `setup`, the estimators predict the same quantity (peak_bytes_per_gpu for allocated, reserved_bytes_per_gpu
+for reserved) and the signed error (predicted - measured) / measured is printed, then the median |error| and the
+worst per estimator against the targets (docs/accuracy.md). A row with `missing` is one ftopt cannot express: the
+feature is named, and the features are ranked by how many rows they block. The estimators never read these values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROWS = ROOT / "benchmarks" / "published" / "rows.json"
+TARGETS = {"traced": (0.02, 0.05), "analytic": (0.04, 0.08)}  # median |error|, worst |error|
+PREDICTED = {"max_memory_allocated": "peak_bytes_per_gpu", "max_memory_reserved": "reserved_bytes_per_gpu"}
+GIB = 2**30
+
+
+def predict(setup: dict, measured: str, method: str) -> int:
+    """The estimator's figure for the quantity the source measured."""
+    from ftopt.estimate import estimate
+    from ftopt.spec import Combination, TrainingSetup, load_hardware, load_model
+
+    s = dict(setup)
+    model, hw = load_model(s.pop("model")), load_hardware(s.pop("hardware"))
+    combo = Combination(**{k: s.pop(k) for k in ("gc", "lora_r", "lora_targets", "attn") if k in s})
+    e = estimate(model, hw, TrainingSetup(**s), combo, method)
+    return getattr(e, PREDICTED[measured])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--analytic-only", action="store_true", help="skip the traced estimator (seconds per row)")
+    args = ap.parse_args()
+    methods = ["analytic"] if args.analytic_only else ["analytic", "traced"]
+    rows = json.loads(ROWS.read_text())["rows"]
+    errors: dict[str, list[float]] = {m: [] for m in methods}
+    print(f"{'row':24} {'measured':>9} {'what':9} " + " ".join(f"{m:>9} {'err':>7}" for m in methods))
+    for r in rows:
+        if "setup" not in r:
+            continue
+        line = f"{r['id']:24} {r['value_bytes'] / GIB:8.2f}G {r['measured'][11:]:9} "
+        for m in methods:
+            p = predict(r["setup"], r["measured"], m)
+            err = (p - r["value_bytes"]) / r["value_bytes"]
+            errors[m].append(err)
+            line += f"{p / GIB:8.2f}G {err:+7.1%} "
+        print(line, flush=True)
+    for m in methods:
+        med, worst = statistics.median(abs(e) for e in errors[m]), max(errors[m], key=abs)
+        tm, tw = TARGETS[m]
+        print(
+            f"{m:9} median |error| {med:.1%} (target {tm:.0%}), worst {worst:+.1%} (target {tw:.0%}) "
+            f"over {len(errors[m])} rows: {'met' if med <= tm and abs(worst) <= tw else 'NOT met'}"
+        )
+    blocked = Counter(r["missing"] for r in rows if "missing" in r)
+    print("\nRows ftopt cannot express, by the missing feature (most rows first):")
+    for feature, n in blocked.most_common():
+        ids = ", ".join(r["id"] for r in rows if r.get("missing") == feature)
+        print(f"  {n}  {feature}: {ids}")
+    near = [r for r in rows if "informative_setup" in r]
+    if near:
+        print(
+            "\nThe nearest setup ftopt can express, for scale only (not in the targets; the missing feature differs):"
+        )
+        for r in near:
+            p = predict(r["informative_setup"], r["measured"], "analytic")
+            err = (p - r["value_bytes"]) / r["value_bytes"]
+            print(
+                f"  {r['id']:24} {r['value_bytes'] / GIB:8.2f}G {r['measured'][11:]:9} analytic {p / GIB:8.2f}G {err:+7.1%}"
+            )
+
+
+if __name__ == "__main__":
+    main()
