@@ -113,7 +113,7 @@ def _target(rows, **kw):
     return production_target_for(parse_rows(rows), ProductionOptions(**{**args, **kw}))
 
 
-@pytest.mark.parametrize("lang,basis", [("en", "not by PoC seconds"), ("ja", "PoC の秒数ではなく")])
+@pytest.mark.parametrize("lang,basis", [("en", "not by PoC seconds"), ("ja", "PoCの秒数ではなく")])
 def test_other_target_hardware_decides_by_projected_cost(tmp_path, lang, basis):
     rows = _projected_rows()
     t = _target(rows, target_model="llama-3.1-8b")
@@ -126,7 +126,7 @@ def test_other_target_hardware_decides_by_projected_cost(tmp_path, lang, basis):
 
 
 @pytest.mark.parametrize(
-    "lang,says", [("en", "do not fit the production GPUs"), ("ja", "本番 GPU のメモリに収まりません")]
+    "lang,says", [("en", "do not fit the production GPUs"), ("ja", "本番GPUのメモリに収まりません")]
 )
 def test_runs_that_met_the_bar_but_do_not_fit_the_target_are_named_as_such(tmp_path, lang, says):
     """Old: 'no run met the quality target' right after '2 of 2 runs met it', when none of them fits the target."""

@@ -233,7 +233,7 @@ def test_report_rows_on_different_hardware_ask_for_gpu(tmp_path):
     "lang,qlora,adam8",
     [
         ("en", "QLoRA (NF4 base, rank 8)", "8-bit AdamW"),
-        ("ja", "QLoRA(ベースモデルをNF4で4ビット量子化、ランク8)", "8ビット AdamW"),
+        ("ja", "QLoRA(ベースモデルをNF4で4ビット量子化、ランク8)", "8ビットAdamW"),
     ],
 )
 def test_quantized_base_and_8bit_optimizer_are_named_as_techniques(tmp_path, lang, qlora, adam8):

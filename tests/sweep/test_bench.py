@@ -294,3 +294,19 @@ def test_bench_refuses_a_quality_target_no_run_can_measure_before_any_run(tmp_pa
     monkeypatch.setattr(B, "_run_with_timeout", lambda *a: pytest.fail("a run started"))
     r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--quality-target", "exact>=0.5"])
     assert r.exit_code == 2 and "'exact', which no run measures" in r.output and "exact_match" in r.output
+
+
+def test_optimizer_defaults_keep_stored_bench_keys_and_a_change_runs_again():
+    """weight_decay and max_grad_norm joined the run spec after results files existed: at their defaults a run's
+    identity (its bench key's digest) is the one it had without them, so a rerun skips what is done; another value
+    is another run."""
+    from ftopt.sweep.bench import BenchRun
+
+    hw = load_hardware("cpu")
+    spec = resolve.new_run(hw, resolve.model_ref("tiny-llama", weights=False), resolve.setup(hw), resolve.combination())
+    before = spec.to_json()["schedule"]
+    for k in ("weight_decay", "max_grad_norm", "max_hours"):  # a spec as written before the two fields existed
+        del before[k]
+    assert spec.identity()["schedule"] == before
+    decayed = spec.model_copy(update={"schedule": spec.schedule.model_copy(update={"weight_decay": 0.1})})
+    assert BenchRun(spec=decayed).key() != BenchRun(spec=spec).key()

@@ -45,7 +45,6 @@ from ftopt.cli.common import (
     run_body,
     stdout_to_stderr,
 )
-from ftopt.planner.hardware import method_of, planning_hardware
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
 
@@ -107,28 +106,25 @@ def estimate(
 ):
     """Per-GPU memory and time of ONE combination, before anything runs."""
 
-    def body():
-        from ftopt import estimate as est
-        from ftopt.cli.display import print_estimate
-        from ftopt.planner import resolve
-        from ftopt.spec import load_model
+    from ftopt.planner.request import EstimateRequest
 
-        m, hw = load_model(model), planning_hardware(gpu, calibration, host_ram)
-        setup = resolve.plan_setup(
-            m,
-            hw,
+    def body():
+        from ftopt.cli.display import print_estimate
+        from ftopt.planner.request import estimate_for
+
+        request = EstimateRequest(
+            model=model,
+            gpu=gpu,
+            gpus=gpus,
+            nodes=nodes,
             seq_len=seq_len,
             micro_batch=micro_batch,
             grad_accum=grad_accum,
             precision=precision,
-            gpus_per_node=gpus,
-            nodes=nodes,
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             packing=packing,
             headroom=headroom,
-        )
-        combo = resolve.combination(
             gc=gc,
             lora_r=lora_r,
             lora_targets=lora_targets,
@@ -139,8 +135,11 @@ def estimate(
             attn=attn,
             quant=quant,
             optim=optim,
+            method=method,
+            calibration=calibration,
+            host_ram=host_ram,
         )
-        e = est(m, hw, setup, combo, method_of(method))
+        e = estimate_for(request)
         if json_out:
             typer.echo(json.dumps(e.to_json(), indent=2))
         else:

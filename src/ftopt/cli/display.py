@@ -235,8 +235,10 @@ def print_sweep_summary(rows: list, results_path, target) -> None:
             )
     if target is not None:
         met = [r.label for r in rows if r.ok and target.met(r.measured)]
+        unscored = [r.label for r in rows if r.ok and r.measured.value(target.metric) is None]
         console.print(
-            f"quality target {target}: met by {', '.join(met)}" if met else f"quality target {target}: no run met it"
+            (f"quality target {target}: met by {', '.join(met)}" if met else f"quality target {target}: no run met it")
+            + (f"; not measured (neither met nor missed) by {', '.join(unscored)}" if unscored else "")
         )
 
 

@@ -180,9 +180,7 @@ def report(
     def body():
         from ftopt.report.cli_support import write_report
 
-        path = results / "results.jsonl" if results.is_dir() else results
-        if not path.exists():
-            raise FtoptError(f"The results file {path} does not exist; run 'ftopt bench' first.")
+        path = _results_path(results)
         check_out_folder(out)
         from ftopt.spec import ProductionOptions
 
@@ -200,20 +198,21 @@ def report(
             currency=currency,
             max_hours=max_hours,
         )
-        paths = write_report(
-            path,
-            out,
-            lang=lang,
-            warn=lambda m: typer.echo(f"warning: {m}", err=True),
-            gpu=gpu,
-            title=title,
-            quality_target=quality_target,
-            production=production,
-            headroom=headroom,
-        )
+        warn = lambda m: typer.echo(f"warning: {m}", err=True)  # noqa: E731
+        options = dict(gpu=gpu, title=title, quality_target=quality_target, production=production, headroom=headroom)
+        paths = write_report(path, out, lang=lang, warn=warn, **options)
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
 
     run_body(body)
+
+
+def _results_path(results: Path) -> Path:
+    """results.jsonl, given itself or its folder (bench writes the folder); checked before any work, so a wrong
+    path is one line naming it."""
+    path = results / "results.jsonl" if results.is_dir() else results
+    if not path.exists():
+        raise FtoptError(f"The results file {path} does not exist; run 'ftopt bench' first.")
+    return path
 
 
 def demo(

@@ -33,8 +33,6 @@ from ftopt.spec.io import atomic_write_text
 from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, storage
 from ftopt.spec.recipes import suggested_learning_rate
 
-HF_MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm default, what "gradient_clipping": "auto" becomes
-
 
 def resolved_deepspeed_config(run: RunSpec, model: ModelSpec) -> dict:
     """ftopt's DeepSpeed config with "auto" replaced as transformers' integration does for this model
@@ -47,7 +45,7 @@ def resolved_deepspeed_config(run: RunSpec, model: ModelSpec) -> dict:
         train_micro_batch_size_per_gpu=s.micro_batch,
         gradient_accumulation_steps=s.grad_accum,
         train_batch_size=s.micro_batch * s.grad_accum * s.world_size,
-        gradient_clipping=HF_MAX_GRAD_NORM,
+        gradient_clipping=run.schedule.max_grad_norm,  # what "auto" becomes: TrainingArguments.max_grad_norm
     )
     zero = ds["zero_optimization"]
     zero.update({k: v for k, v in hf_auto_zero_sizes(model.hidden_size).items() if zero.get(k) == "auto"})
@@ -103,6 +101,8 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
         "learning_rate": suggested_learning_rate(model, c).value,
         "lr_scheduler_type": sch.lr_schedule.value,
         "warmup_steps": sch.warmup_ratio,
+        "weight_decay": sch.weight_decay,
+        "max_grad_norm": sch.max_grad_norm,
         "seed": sch.seed,
         "save_steps": sch.save_steps,
         "gradient_checkpointing": c.gc and not c.uses_fsdp,  # FSDP2: accelerate's fsdp_activation_checkpointing

@@ -1,21 +1,27 @@
-"""`ftopt plan` from what the user gave to the plan and its recommended run: the CLI declares the flags and calls
-`make`; tests call it without the CLI."""
+"""`ftopt plan` and `ftopt estimate` from what the user gave: the plan and its recommended run (`make`), or one
+combination's estimate (`estimate_for`). The CLI declares the flags and calls these; tests call them without the
+CLI."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from ftopt.planner import resolve
 from ftopt.planner.hardware import method_of, planning_hardware
 from ftopt.planner.plan import Plan, plan
-from ftopt.spec import HardwareSpec, ModelSpec, RunSpec, load_model
+from ftopt.spec import HardwareSpec, ModelSpec, RunSpec, TrainingSetup, load_model
+
+if TYPE_CHECKING:
+    from ftopt.estimate import Estimate
 
 
-class PlanRequest(BaseModel):
-    """What `ftopt plan` was given, flag by flag (None: not given; the spec classes hold the defaults)."""
+class SetupRequest(BaseModel):
+    """The flags `ftopt plan` and `ftopt estimate` share: the model, the hardware and the training setup
+    (None: not given; the spec classes hold the defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -31,6 +37,13 @@ class PlanRequest(BaseModel):
     epochs: float | None
     packing: bool | None
     headroom: float | None
+    calibration: Path | None
+    host_ram: str | None
+
+
+class PlanRequest(SetupRequest):
+    """What `ftopt plan` was given, flag by flag, beyond the shared setup flags."""
+
     lora_r: int
     lora_targets: str | None
     adapter_dtype: str | None
@@ -42,8 +55,6 @@ class PlanRequest(BaseModel):
     quant: str | None
     optim: str | None
     engine: str | None
-    calibration: Path | None
-    host_ram: str | None
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,8 @@ class Planned:
         return {**self.plan.to_json(), "run": self.run.to_json() if self.run else None}
 
 
-def make(r: PlanRequest) -> Planned:
+def specs(r: SetupRequest) -> tuple[ModelSpec, HardwareSpec, TrainingSetup]:
+    """The model, the planning hardware and the training setup the shared flags resolve to."""
     m, hw = load_model(r.model), planning_hardware(r.gpu, r.calibration, r.host_ram)
     setup = resolve.plan_setup(
         m,
@@ -76,6 +88,12 @@ def make(r: PlanRequest) -> Planned:
         packing=r.packing,
         headroom=r.headroom,
     )
+    return m, hw, setup
+
+
+def make(r: PlanRequest) -> Planned:
+    """The plan for the flags given, and the run it recommends (ready for `ftopt train --plan`)."""
+    m, hw, setup = specs(r)
     p = plan(
         m,
         hw,
@@ -95,3 +113,37 @@ def make(r: PlanRequest) -> Planned:
     ref = resolve.model_ref(r.model, weights=resolve.has_weights(r.model))
     run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
     return Planned(p, run, m, hw)
+
+
+class EstimateRequest(SetupRequest):
+    """What `ftopt estimate` was given, flag by flag, beyond the shared setup flags."""
+
+    gc: bool | None
+    lora_r: int | None
+    lora_targets: str | None
+    zero: int | None
+    fsdp: str | None
+    offload: str | None
+    attn: str | None
+    quant: str | None
+    optim: str | None
+    method: str
+
+
+def estimate_for(r: EstimateRequest) -> Estimate:
+    """The estimate of the one combination the flags name, on the setup they resolve to (see ftopt.estimate)."""
+    from ftopt.estimate import estimate
+
+    m, hw, setup = specs(r)
+    combo = resolve.combination(
+        gc=r.gc,
+        lora_r=r.lora_r,
+        lora_targets=r.lora_targets,
+        zero=r.zero,
+        fsdp=r.fsdp,
+        offload=r.offload,
+        attn=r.attn,
+        quant=r.quant,
+        optim=r.optim,
+    )
+    return estimate(m, hw, setup, combo, method_of(r.method))

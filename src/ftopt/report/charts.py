@@ -10,7 +10,7 @@ import io
 from ftopt.report.decision import Decision, gpu_seconds
 from ftopt.report.text import TEXT, metric_name
 from ftopt.results.rows import ResultRow
-from ftopt.spec import Combination, Optim, Quant
+from ftopt.spec import Combination, Fsdp, Offload, Optim, Quant
 
 CATEGORIES = (
     "weights",
@@ -44,12 +44,17 @@ def colour(c: Combination) -> tuple:
     A quantized base with AdamW: tab20 hue 8 for 4-bit QLoRA (NF4/FP4), 9 for an int8 base (either under ZeRO 1-2).
     A bitsandbytes optimizer (8-bit or paged; Trainer alone, so no ZeRO): a tab20b quartet per base (full, LoRA,
     QLoRA, int8), shade +2 when paged, +1 with GC.
+    FSDP2 (16-bit base and AdamW only, Combination's rules): a tab20c quartet per (LoRA?, full or grad-op), shade
+    +2 with parameter offload, +1 with GC.
     """
     import matplotlib
 
     quant, optim = c.quant, c.optim
     base = 2 if quant.four_bit else 3 if quant is Quant.INT8 else 1 if c.lora_r else 0
     gc = 1 if c.gc else 0
+    if c.uses_fsdp:
+        quartet = 2 * base + (c.fsdp is Fsdp.GRAD_OP)
+        return matplotlib.colormaps["tab20c"](4 * quartet + 2 * (c.offload is Offload.ALL) + gc)
     if optim is not Optim.ADAMW:
         return matplotlib.colormaps["tab20b"](4 * base + 2 * optim.paged + gc)
     hue = {2: 8, 3: 9}.get(base, 4 * base + c.zero)
@@ -174,6 +179,9 @@ def quality_chart(d: Decision, lang: str, T: dict) -> bytes:
         tgt = target if target.metric == metric else None
         vals = [r.measured.value(metric) or 0 for r in ok]
         ys = list(range(len(ok)))
+        for y, r in zip(ys, ok):
+            if r.measured.value(metric) is None:  # no bar: say so, a zero-length bar would read as 0
+                a2.text(0.01, y, T["not_measured"], va="center", fontsize=7, color="dimgray")
         f1 = [r.measured.quality.get("token_f1") for r in ok]
         if metric != "token_f1" and any(v is not None for v in f1):
             # token F1 beside the target metric: partial learning (some tokens right) that exact match hides

@@ -62,6 +62,7 @@ class Why(str, Enum):
     """Why the measured pick is not the plan's pick."""
 
     QUALITY = "quality"  # the plan's pick missed the quality bar
+    UNMEASURED = "unmeasured"  # the plan's pick did not measure the bar's metric: neither met nor missed
     FAILED = "failed"  # the plan's pick did not finish (oom, error, timeout)
     SLOWER = "slower"  # measured slower beyond noise
     TIE = "tie"  # tied within noise, the tie-break chose the other
@@ -253,11 +254,28 @@ def _plan_pick(d: Decision, rows: list[ResultRow], plan_cost, combination: Combi
     if not any(r.ok for r in same):
         d.why = Why.FAILED
     elif not any(r in d.met for r in same):
-        d.why = Why.QUALITY
+        measured = any(r.ok and r.measured.value(d.target.metric) is not None for r in same)
+        d.why = Why.QUALITY if measured else Why.UNMEASURED
     elif any(r in d.tied for r in same):
         d.why = Why.TIE
     else:
         d.why = Why.SLOWER
+
+
+def standing(target: QualityTarget, r: ResultRow) -> str:
+    """A run against the bar, as a text key (report.text): met, not_met, or not_measured where the run has no
+    figure for the metric (no held-out rows to generate for, or a run scored before its engine scored quality):
+    such a run neither met nor missed the bar. "-" for a run that did not finish."""
+    if not r.ok or r.measured is None:
+        return "-"
+    if r.measured.value(target.metric) is None:
+        return "not_measured"
+    return "met" if target.met(r.measured) else "not_met"
+
+
+def unmeasured(d: Decision) -> list[ResultRow]:
+    """The successful runs without a figure for the target's metric."""
+    return [r for r in d.ok if r.measured.value(d.target.metric) is None]
 
 
 def memory_techniques(r: ResultRow, T: dict) -> list[str]:
@@ -278,6 +296,8 @@ def memory_techniques(r: ResultRow, T: dict) -> list[str]:
         t.append(T["tech_gc"])
     if c.zero:
         t.append(f"ZeRO-{c.zero}")
+    if c.uses_fsdp:
+        t.append(T[f"tech_fsdp_{c.fsdp.name.lower()}"])
     if c.offload is not Offload.NONE:
         t.append(T[f"tech_offload_{c.offload.value}"])
     return t

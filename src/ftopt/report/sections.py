@@ -7,7 +7,15 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ftopt.report.decision import Basis, Decision, epoch_seconds, gpu_seconds, memory_techniques
+from ftopt.report.decision import (
+    Basis,
+    Decision,
+    epoch_seconds,
+    gpu_seconds,
+    memory_techniques,
+    standing,
+    unmeasured,
+)
 from ftopt.report.projection import PILOT_DATA_FRACTION, PILOT_TIME_OVERRUN_STOP, ProductionPlan
 from ftopt.report.text import metric_name, plural
 from ftopt.report.verdict import nothing_to_learn
@@ -51,9 +59,9 @@ def hours(v: float, T: dict) -> str:
     return dur(v * 3600, T)
 
 
-def fmt_metric(v: float | None, metric: str) -> str:
+def fmt_metric(v: float | None, metric: str, missing: str = "-") -> str:
     if v is None:
-        return "-"
+        return missing
     return f"{v:.1%}" if metric in ("exact_match", "label_accuracy") else f"{v:.3f}"
 
 
@@ -79,6 +87,10 @@ def point_quality(
     else:
         key = "budget_fits" if plan.chosen.fits_budget else "budget_over"
         budget = T[key].format(hours=hours(plan.chosen.hours_per_run, T), budget=hours(max_hours, T))
+    missing = unmeasured(d)
+    if missing and d.learned:
+        sep = "、" if lang == "ja" else ", "
+        met += T["unmeasured_note"].format(labels=e(sep.join(r.label for r in missing)))
     nothing = nothing_to_learn(d, T, lang)
     return T["p_quality"].format(target=e(tname), source=source, met=met + nothing, budget=budget)
 
@@ -178,7 +190,7 @@ def _tradeoff(d: Decision, T: dict, lang: str) -> str:
             T["tradeoff_time"].format(
                 pct=f"{bb[1] / fb[1] - 1:.0%}",
                 label=e(f.label),
-                met=T["met"] if d.target.met(f.measured) else T["not_met"],
+                met=T[standing(d.target, f)],
             )
         )
     sep = "、" if lang == "ja" else "; "
@@ -221,10 +233,13 @@ def results_table(
             num(m.eval_loss if m else None, ".3f"),
             num(m.perplexity if m else None, ".2f"),
         ]
+        # a successful run without a figure reads "not measured", never a 0 or a miss
+        unscored = T["not_measured"] if r.ok and m else "-"
         if show_metric:
-            cells.append(fmt_metric(m.value(metric), metric) if m else "-")
-        cells += [fmt_metric(m.quality.get(k) if m else None, k) for k in extra]
-        cells.append((T["met"] if d.target.met(m) else T["not_met"]) if m else "-")
+            cells.append(fmt_metric(m.value(metric) if m else None, metric, unscored))
+        cells += [fmt_metric(m.quality.get(k) if m else None, k, unscored) for k in extra]
+        mark = standing(d.target, r)
+        cells.append(T[mark] if mark != "-" else "-")
         if price is not None:
             cells.append(amount(gpu_seconds(r) / 3600 * price, currency) if m else "-")
         out.append(cells)

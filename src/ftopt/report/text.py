@@ -19,6 +19,7 @@ EN: dict[str, str] = {
     "src_bench": "set with ftopt bench --quality-target",
     "src_derived": "not set by you: the sweep's best eval loss plus 5%, which only ranks the runs against each other",
     "met_some": "{n} of {total} successful runs met it.",
+    "unmeasured_note": " Not measured, so neither met nor missed: {labels}.",
     "met_none": "No run met it; the closest was {label} at {value}. Do not scale up yet: train longer, start from a "
     "stronger base model, or revisit the target.",
     "nothing_to_learn": " Nothing to learn: every run started at a training loss near zero, so the base model already "
@@ -36,7 +37,7 @@ EN: dict[str, str] = {
     # point 2: techniques by GPU memory
     "p_memory": "<b>Memory techniques.</b> {what}",
     "mem_none_needed": "No memory technique is needed: {label} runs without LoRA, a quantized base, an 8-bit or "
-    "paged optimizer, gradient checkpointing or ZeRO. {fit}",
+    "paged optimizer, gradient checkpointing, ZeRO or FSDP2. {fit}",
     "mem_needed": "The recommended combination, {label}, uses {techniques}. {fit}",
     # the techniques named in mem_needed (report.decision.memory_techniques)
     "tech_lora": "LoRA (rank {r})",
@@ -46,6 +47,8 @@ EN: dict[str, str] = {
     "tech_paged_adamw_8bit": "paged 8-bit AdamW",
     "tech_paged_adamw": "paged AdamW",
     "tech_gc": "gradient checkpointing",
+    "tech_fsdp_full": "FSDP2 sharding of parameters, gradients and optimizer states (full)",
+    "tech_fsdp_grad_op": "FSDP2 sharding with the parameters kept gathered from forward to backward (grad-op)",
     "tech_offload_optimizer": "optimizer offload to CPU",
     "tech_offload_all": "parameter and optimizer offload to CPU",
     "tech_sep": ", ",
@@ -108,6 +111,8 @@ EN: dict[str, str] = {
     "verified": "The plan's pick, {plan}, is also the measured pick: the recommendation is verified.",
     "why_quality": "The plan's pick was {plan}, but it missed the quality bar ({value}); the measurement recommends "
     "{best} instead.",
+    "why_unmeasured": "The plan's pick was {plan}, but its run did not measure {metric}, so it could not be held to "
+    "the quality bar; the measurement recommends {best} instead.",
     "why_failed": "The plan's pick was {plan}, but its run did not finish ({status}); the measurement recommends {best} "
     "instead.",
     "why_slower": "The plan's pick was {plan}, but it was measured {pct} costlier than {best}, beyond the step-time "
@@ -137,6 +142,7 @@ EN: dict[str, str] = {
     "no": "no",
     "met": "met",
     "not_met": "not met",
+    "not_measured": "not measured",
     "recommended": "recommended",
     "status_ok": "ok",
     "status_oom": "out of memory",
@@ -180,7 +186,7 @@ EN: dict[str, str] = {
     "charts": "Charts",
     "chart_memory": "Predicted memory breakdown per GPU (bars) and measured peak (black marker)",
     "chart_pareto": "GPU-seconds per epoch against peak memory; the line joins the Pareto front of the runs that met "
-    "the quality target (faded: runs that did not), the star is the recommended run",
+    "the quality target (faded: runs that did not meet it or did not measure it), the star is the recommended run",
     "chart_quality": "Task quality per combination, with the quality target",
     "chart_parity": "Predicted against measured peak memory",
     "ax_mib_per_gpu": "MiB per GPU",

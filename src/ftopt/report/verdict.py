@@ -34,6 +34,8 @@ def point_verified(d: Decision, T: dict, lang: str, hardware: str, target_gpu: s
         v = p.measured.value(d.target.metric) if p.measured else None
         value = "-" if v is None else f"{metric_name(d.target.metric, lang)} {v:.3g}"
         verdict = T["why_quality"].format(**fields, value=e(value))
+    elif d.why is Why.UNMEASURED:
+        verdict = T["why_unmeasured"].format(**fields, metric=e(metric_name(d.target.metric, lang)))
     elif d.why is Why.FAILED:
         verdict = T["why_failed"].format(**fields, status=T.get(f"status_{p.status.value}", p.status.value))
     elif d.why is Why.SLOWER:

@@ -135,8 +135,10 @@ def perplexity(eval_loss: float | None) -> float | None:
 
 
 # ---- generation -------------------------------------------------------------------------------------------------
-def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], None]) -> list[str]:
-    """Greedy completions of each row's prompt, up to the reference's length in tokens + 2."""
+def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], None], synced: bool = False) -> list[str]:
+    """Greedy completions of each row's prompt, up to the reference's length in tokens + 2. `synced`: every rank
+    generates the same rows with a sharded model, each forward a collective, so a rank that finishes early keeps
+    stepping until all have (generate's synced_gpus; transformers sets it itself only for ZeRO-3 and its own FSDP)."""
     import torch
 
     preds = []
@@ -153,6 +155,7 @@ def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], No
                 use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                synced_gpus=True if synced else None,  # None: transformers decides (ZeRO-3: on)
             )
             preds.append(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip())
             if i % PROGRESS_EVERY == 0 or i == len(rows):
@@ -169,13 +172,15 @@ def evaluate_generation(
     metrics: tuple[str, ...] = (),
     *,
     log: Callable[[str], None] = lambda m: None,
+    synced: bool = False,
 ) -> dict:
     """Generate completions for the first `max_examples` held-out rows and score them.
 
     Returns {"examples": n, "exact_match": ..., "token_f1": ..., "rouge_l": ..., ["label_accuracy"], user metrics}
-    or {} when there is nothing to generate. Under ZeRO-3 the model is *not* gathered whole on every rank (that
-    needs the full model's memory per GPU): DeepSpeed's hooks gather one layer at a time, and generate() keeps the
-    ranks in step (synced_gpus, set by transformers when ZeRO-3 runs on several ranks)."""
+    or {} when there is nothing to generate. Under ZeRO-3 the model is *not* gathered whole on any rank (that needs
+    the full model's memory per GPU, which sharding was chosen to avoid): DeepSpeed's hooks gather one layer at a
+    time, and generate() keeps the ranks in step (synced_gpus: set by transformers when ZeRO-3 runs on several
+    ranks, by `synced` for an FSDP2 model too large to gather, ftopt.train.fsdp_quality)."""
     rows = rows[:max_examples]
     if not rows:
         return {}
@@ -183,7 +188,7 @@ def evaluate_generation(
         load_user_metric(ref)  # fail before the slow part
     was_training = model.training
     model.eval()
-    preds = generate(model, tokenizer, rows, device, log)
+    preds = generate(model, tokenizer, rows, device, log, synced)
     if was_training:
         model.train()
     return {"examples": len(rows), **score(preds, [str(r["completion"]) for r in rows], tuple(metrics))}

@@ -51,8 +51,8 @@ def load_planned_model(q: PlanQuery, config: dict | None, allow_local: bool) -> 
     the file system is not consulted at all: a path-like name is refused unlooked-at, any other is a preset or a
     Hub id."""
     from ftopt.spec import load_model
+    from ftopt.spec.hf_config import from_hf_config
     from ftopt.spec.hub import is_local_path
-    from ftopt.spec.model import from_hf_config
 
     if config is not None:
         return from_hf_config(config, name=Path(q.model).stem or "uploaded")

@@ -33,7 +33,7 @@ def meta(h) -> dict:
     from ftopt.planner.plan import PLAN_QUANTS
     from ftopt.serve.text import page_text
     from ftopt.spec import Optim, Quant, hardware_names
-    from ftopt.spec.model import preset_names
+    from ftopt.spec.hf_config import preset_names
 
     return {
         "models": preset_names(),

@@ -20,6 +20,7 @@ from ftopt.spec.hardware import HardwareSpec
 from ftopt.spec.training import AdamWKernel, Combination, TrainingSetup
 
 RUN_SCHEMA = "ftopt.run/1"
+OPTIMIZER_DEFAULTS = ("weight_decay", "max_grad_norm")  # Schedule fields a run spec may lack (see identity)
 DEFAULT_MODEL = "tiny-llama"  # the built-in model: a 4-layer llama preset
 
 
@@ -81,6 +82,10 @@ class Schedule(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     lr_schedule: LrSchedule = LrSchedule.COSINE
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    # TrainingArguments' defaults (transformers 5), read by every engine: the Trainer, ftopt's FSDP2 loop and the
+    # exported configs, so the same run spec trains alike whichever engine shards it
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay (not on biases and norms)")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the global gradient norm to this; 0 = no clipping")
     seed: int = 0
     save_steps: int = Field(200, gt=0)
     max_hours: float | None = Field(None, gt=0, description="stop cleanly at a checkpoint after this many hours")
@@ -166,4 +171,7 @@ class RunSpec(BaseModel):
         d["hardware"] = self.hardware.name  # its time-model constants may be recalibrated between the two starts
         if self.data.train_on is TrainOn.ASSISTANT:  # the default: runs (and bench keys) from before it existed match
             d["data"].pop("train_on")
+        for k in OPTIMIZER_DEFAULTS:  # likewise: at their defaults they leave a stored run's identity as it was
+            if d["schedule"][k] == Schedule.model_fields[k].default:
+                d["schedule"].pop(k)
         return d

@@ -164,13 +164,20 @@ def run_demo(
     }
     atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     for r in rows:
-        q = r.measured.quality if r.measured else {}
-        view.line(
-            f"  {r.label}: exact match {q.get('exact_match', 0):.0%}, token F1 {q.get('token_f1', 0):.2f}"
-            if r.ok
-            else f"  {r.label}: {r.status.value}"
-        )
+        view.line(quality_line(r))
     others = ", ".join(str(v["html"]) for v in list(reports.values())[1:])
     view.line(f"[bold]Report:[/] {reports[langs[0]]['html']}  (also {others})")
     view.line(f"demo finished in {wall:.0f} s: {summary['ok']} of {summary['runs']} runs succeeded")
     return summary
+
+
+def quality_line(r) -> str:
+    """One run's closing line (r: ftopt.results.rows.ResultRow): its quality figures, "not measured" where it has
+    none (a run whose engine did not score generation), never a 0% it did not score."""
+    if not r.ok:
+        return f"  {r.label}: {r.status.value}"
+    q = r.measured.quality
+    em, f1 = q.get("exact_match"), q.get("token_f1")
+    em_text = f"{em:.0%}" if em is not None else "not measured"
+    f1_text = f"{f1:.2f}" if f1 is not None else "not measured"
+    return f"  {r.label}: exact match {em_text}, token F1 {f1_text}"

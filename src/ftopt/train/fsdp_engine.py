@@ -13,7 +13,10 @@ the failing rank and OOM named); `plan --export` also writes the torchrun comman
 Sharding (this module): each decoder layer is one FSDP unit, then the root (embeddings, final norm, LM head):
 torch/distributed/fsdp/_fully_shard/_fully_shard.py ("users ... apply fully_shard to each transformer block and
 then to the root"), as torchtune's `shard_model` does. A LoRA model's frozen base is sharded with its adapters:
-FSDP2 allows frozen and trainable parameters in one group (per-parameter sharding, no FlatParameter).
+FSDP2 allows frozen and trainable parameters in one group (per-parameter sharding, no FlatParameter). The root is
+the transformers model, inside PEFT's wrapper (which holds no parameters of its own): PeftModel.generate calls the
+inner model's generate, which runs the inner model's forward, so only a root there gathers the embeddings and LM
+head for generation (and FSDP2 takes the first FSDP module whose forward runs as the root).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def decoder_layers(model) -> list:
 
 
 def shard_model(model, spec: RunSpec, mesh) -> None:
-    """fully_shard per decoder layer, then the root, in place (parameters become DTensors sharded on dim 0)."""
+    """fully_shard per decoder layer, then the root (the transformers model, under PEFT's wrapper: see the module
+    docstring), in place; parameters become DTensors sharded on dim 0."""
     import torch
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -51,7 +55,7 @@ def shard_model(model, spec: RunSpec, mesh) -> None:
     kw = dict(mesh=mesh, reshard_after_forward=c.fsdp.reshard_after_forward, mp_policy=mp, offload_policy=offload)
     for layer in decoder_layers(model):
         fully_shard(layer, **kw)
-    fully_shard(model, **kw)
+    fully_shard(model.get_base_model() if hasattr(model, "get_base_model") else model, **kw)
 
 
 def save_checkpoint(folder, model, optimizer, extra: dict, rank: int) -> None:

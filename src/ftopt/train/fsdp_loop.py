@@ -1,13 +1,39 @@
-"""The training loop of an FSDP2 rank: the Trainer's semantics (AdamW, the LR schedule with warmup, gradient
-clipping at 1.0, a DistributedSampler per epoch, checkpoints every --save-steps, --max-hours, resume) in the few
-lines `fully_shard` needs, recorded with the same StepRecorder/TrainingPeak/Progress as the Trainer runs."""
+"""The training loop of an FSDP2 rank: the Hugging Face Trainer's step (transformers 5, trainer.py
+`_inner_training_loop`) in the few lines `fully_shard` needs, recorded with the same StepRecorder/TrainingPeak/
+Progress as the Trainer runs. Point by point, with the Trainer's source for each:
+
+- Optimizer: torch.optim.AdamW(fused=True), the Trainer's `adamw_torch_fused` (Optim.ADAMW.hf_name); betas
+  (0.9, 0.999) and eps 1e-8 are TrainingArguments' adam_* defaults and torch's. Weight decay is the run's
+  (`Schedule.weight_decay`, TrainingArguments' 0.0), on the parameters Trainer.get_decay_parameter_names names
+  (not biases, not norms), the others in a group without decay (Trainer.create_optimizer).
+- Schedule: transformers.get_scheduler with warmup int(warmup_ratio x total) steps (the warmup_steps the Trainer
+  worker passes), stepped once per optimizer step and not after a step the loss scaler skipped
+  (`if not self.accelerator.optimizer_step_was_skipped: self.lr_scheduler.step()`).
+- Loss over gradient accumulation and ranks: each micro-batch's token losses summed and divided by the label
+  tokens of the whole step, every micro-batch on every rank (`num_items_in_batch`, counted over labels[..., 1:]
+  for a causal LM; `average_tokens_across_devices=True` is the default), times the world size because FSDP2's
+  reduce-scatter averages gradients over the ranks as DDP does (Trainer.compute_loss multiplies by
+  num_processes). So a step's gradient is that of the mean token loss over the global batch, however the tokens
+  fall into micro-batches; the logged loss is that mean. A model whose forward takes no loss kwargs gets the
+  Trainer's fallback: each micro-batch's mean loss divided by the accumulation steps.
+- Clipping: clip_grad_norm_ to `Schedule.max_grad_norm` (TrainingArguments' 1.0), none at 0.
+- fp16-mixed: torch.amp.GradScaler, as the Trainer's fp16 (accelerate's GradScaler): the loss is scaled before
+  backward, the gradients unscaled before clipping, and a step with inf/NaN gradients skipped. It works on FSDP2's
+  DTensor gradients: DTensor dispatches the unscale kernel to `found_inf_reduce_handler`
+  (torch/distributed/tensor/_dispatch.py), which all-reduces the overflow flag over the mesh, so every rank skips
+  the same steps (torchtitan's docs/fsdp.md: "GradScaler ... works with FSDP2").
+- Data: a DistributedSampler per rank, reshuffled per epoch (set_epoch) with the run's seed. The Trainer's
+  accelerate-prepared loader shards one seeded random order instead: the same distribution of batches, another
+  order, so a Trainer and an FSDP2 run of one spec see different batches at a given step.
+- Tokens seen: the non-padding tokens (attention_mask), summed over ranks (include_num_input_tokens_seen=
+  "non_padding"); checkpoints every --save-steps, --max-hours and resume as the Trainer worker's.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
-
-MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm's default, so FSDP2 and Trainer runs clip alike
 
 
 class FsdpLoop:
@@ -17,14 +43,16 @@ class FsdpLoop:
         from torch.utils.data import DataLoader, DistributedSampler
         from transformers import get_scheduler
 
+        from ftopt.spec import Precision
         from ftopt.train.callbacks import Progress, TimeBudget
         from ftopt.train.recorder import StepLog, StepRecorder
 
         self.spec, self.model, self.prep, self.device = spec, model, prep, device
         self.rank, self.world, self.total, self.peak = rank, world, total, peak
         sch, s = spec.schedule, spec.setup
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=sch.learning_rate)
+        self.optimizer = torch.optim.AdamW(param_groups(model, sch.weight_decay), lr=sch.learning_rate, fused=True)
+        self.scaler = torch.amp.GradScaler(device.type) if s.precision is Precision.FP16_MIXED else None
+        self.loss_kwargs = accepts_loss_kwargs(model)
         self.scheduler = get_scheduler(
             sch.lr_schedule.value, self.optimizer, int(sch.warmup_ratio * total), num_training_steps=total
         )
@@ -46,6 +74,8 @@ class FsdpLoop:
             st = load_checkpoint(ck, self.model, self.optimizer)
             self.step, self.tokens_seen = st["global_step"], st["num_input_tokens_seen"]
             self.scheduler.load_state_dict(st["scheduler"])
+            if self.scaler is not None and "scaler" in st:
+                self.scaler.load_state_dict(st["scaler"])
         if self.steps_log is not None:
             self.steps_log.truncate_after(self.step)  # a resumed run redoes later steps
 
@@ -97,28 +127,55 @@ class FsdpLoop:
         import torch
         import torch.distributed as dist
 
-        ga = self.spec.setup.grad_accum
         self.recorder.begin(self.tokens_seen)
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss sum over micro-batches, tokens)
-        for _ in range(ga):
-            batch = next(batches)
-            loss = self.model(**batch).loss
-            (loss / ga).backward()
+        micro = [next(batches) for _ in range(self.spec.setup.grad_accum)]  # the Trainer's get_batch_samples
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (the step's loss on this rank, tokens)
+        for batch, loss in zip(micro, self._losses(micro)):
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             mask = batch.get("attention_mask")
             tokens = mask.sum().item() if mask is not None else batch["input_ids"].numel()  # non-padding
             total += torch.tensor([loss.item(), tokens], dtype=torch.float64, device=self.device)
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], MAX_GRAD_NORM)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        dist.all_reduce(total)  # the Trainer's logged loss is the mean over ranks; its token count is global
+        self._optimizer_step()
+        dist.all_reduce(total)  # the Trainer logs the mean over ranks of each rank's loss; its token count is global
         self.step += 1
         self.tokens_seen += int(total[1].item())
         rec = self.recorder.end(self.step, self.tokens_seen)
         self.peak.after_step(self.step)
-        rec = self.recorder.flush(total[0].item() / (ga * self.world))
+        rec = self.recorder.flush(total[0].item() / self.world)
         self.progress.update(self.step, rec)
         return rec["loss"]
+
+    def _losses(self, micro: list[dict]):
+        """Each micro-batch's share of the step's loss, scaled as the Trainer scales it (module docstring)."""
+        if not self.loss_kwargs:
+            ga = len(micro)
+            for batch in micro:
+                yield self.model(**batch).loss / ga
+            return
+        items = label_tokens(micro, self.device)
+        for batch in micro:
+            yield self.model(**batch, num_items_in_batch=items).loss * self.world
+
+    def _optimizer_step(self) -> None:
+        """Unscale (fp16), clip, step; the schedule advances unless the loss scaler skipped the step."""
+        import torch
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.spec.schedule.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.spec.schedule.max_grad_norm)
+        skipped = False
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale  # a backoff: inf/NaN gradients, no step (accelerate's test)
+        else:
+            self.optimizer.step()
+        if not skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _checkpoint(self) -> None:
         from ftopt.train.fsdp_engine import prune_checkpoints, save_checkpoint
@@ -131,13 +188,16 @@ class FsdpLoop:
             "num_input_tokens_seen": self.tokens_seen,
             "scheduler": self.scheduler.state_dict(),
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()  # floats and ints: the loss scale and its growth tracker
         save_checkpoint(folder, self.model, self.optimizer, state, self.rank)
         if self.rank == 0:
             prune_checkpoints(self.spec.output_dir)
 
     def eval_loss(self, dataset) -> float | None:
-        """Mean loss over the held-out rows, each rank its share (every rank runs the same number of batches:
-        DistributedSampler pads to a multiple of the world size)."""
+        """The Trainer's eval loss: per batch the token-weighted mean over every rank's share (num_items_in_batch
+        of that batch, as Trainer.prediction_step counts it), then the mean over batches. Every rank runs the same
+        number of batches: DistributedSampler pads to a multiple of the world size."""
         if dataset is None:
             return None
         import torch
@@ -146,15 +206,53 @@ class FsdpLoop:
 
         sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=False)
         loader = DataLoader(dataset, self.spec.setup.micro_batch, sampler=sampler, collate_fn=self.prep.collator)
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss sum, batches)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss sum, batches x ranks)
         self.model.eval()
         with torch.no_grad():
             for batch in loader:
-                out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
-                total += torch.tensor([out.loss.item(), 1.0], dtype=torch.float64, device=self.device)
+                (loss,) = self._losses([{k: v.to(self.device) for k, v in batch.items()}])
+                total += torch.tensor([loss.item(), 1.0], dtype=torch.float64, device=self.device)
         self.model.train()
         dist.all_reduce(total)
         return (total[0] / total[1]).item() if total[1] else None
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """The trainable parameters in the Trainer's two groups: decay on what Trainer.get_decay_parameter_names
+    names, none on biases and norms. That method reads only its `model` argument; calling it unbound keeps its
+    name patterns the Trainer's own."""
+    from transformers import Trainer
+
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
+
+
+def accepts_loss_kwargs(model) -> bool:
+    """Whether the model's forward takes `num_items_in_batch`, decided as the Trainer decides it: the base model's
+    `accepts_loss_kwargs`, else a **kwargs in its forward's signature."""
+    from transformers.trainer_utils import unwrap_peft_model
+
+    base = unwrap_peft_model(model)
+    flag = getattr(base, "accepts_loss_kwargs", None)
+    if flag is not None:
+        return bool(flag)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(base.forward).parameters.values())
+
+
+def label_tokens(micro: list[dict], device):
+    """The label tokens a causal LM predicts in the step's micro-batches on every rank: labels[..., 1:] that are
+    not -100 (the Trainer's _get_num_items_in_batch), summed over the micro-batches and all-reduced over ranks."""
+    import torch
+    import torch.distributed as dist
+
+    n = sum(int(b["labels"][..., 1:].ne(-100).sum()) for b in micro)
+    items = torch.tensor(n, dtype=torch.int64, device=device)
+    dist.all_reduce(items)
+    return items
 
 
 def _injected_failure_step() -> int | None:

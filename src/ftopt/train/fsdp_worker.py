@@ -4,9 +4,12 @@
 
 started per rank by ftopt's launcher (ftopt.train.ranks, as the Trainer worker is) or by torchrun (`plan --export`).
 
-The sequence mirrors the Trainer worker's: data -> model (LoRA, GC) -> fully_shard -> AdamW -> steps (steps.jsonl,
-the training-only memory peak from the shared helper) -> distributed checkpoints -> unsharded save -> eval loss ->
-metrics.json with the prediction beside the measurement.
+The sequence mirrors the Trainer worker's: data -> model (LoRA, GC) -> fully_shard -> step-0 quality -> AdamW ->
+steps (steps.jsonl, the training-only memory peak from the shared helper) -> distributed checkpoints -> unsharded
+save -> eval loss and quality -> metrics.json with the prediction beside the measurement.
+
+Quality is scored at step 0 and at the end (ftopt.train.fsdp_quality: on a plain copy gathered to rank 0, or by
+the sharded model on every rank in step where rank 0's GPU cannot hold the whole model).
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ def _run(spec: RunSpec, device, rank: int, world: int, resume, interrupt) -> dic
     from ftopt.train.callbacks import TrainingPeak
     from ftopt.train.fsdp_engine import shard_model
     from ftopt.train.fsdp_loop import FsdpLoop
+    from ftopt.train.fsdp_quality import quality
     from ftopt.train.metrics import finish, predict
     from ftopt.train.prepare import prepare_for
+    from ftopt.train.worker import base_quality_at_start, evaluate
 
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
     torch.manual_seed(spec.schedule.seed)
@@ -74,10 +79,14 @@ def _run(spec: RunSpec, device, rank: int, world: int, resume, interrupt) -> dic
     # so its peak starts after sharding, over the shards' resident bytes (resident_bytes).
     peak, resident = (TrainingPeak(device), 0) if device.type == "cuda" else (None, 0)
     try:
-        model = _build(spec, model_spec, device)
+        build = lambda: _build(spec, model_spec)  # noqa: E731 - again for the copy quality may be generated with
+        model = build()
         shard_model(model, spec, init_device_mesh(device.type, (world,)))
         if peak is None:
             resident, peak = resident_bytes(model), TrainingPeak(device)
+        # before the checkpoint is loaded (FsdpLoop.train), so always the step-0 weights: no file to read back
+        score = lambda: quality(spec, model, build, tok.tokenizer, prep, device, log)  # noqa: E731
+        q0 = base_quality_at_start(spec, peak, None, log, rank, score)
         loop = FsdpLoop(spec, model, prep, device, rank, world, total, peak, interrupt)
         budget_hit = loop.train(log, resume)
     finally:
@@ -87,26 +96,32 @@ def _run(spec: RunSpec, device, rank: int, world: int, resume, interrupt) -> dic
         raise KeyboardInterrupt  # every rank stopped at the same step, with a checkpoint saved there
     peak.read()
     _save(spec, model, tok.tokenizer, rank)
-    mine = {
-        "rank": rank,
-        "device": device.type,
-        "engine": "fsdp2",
-        "peak_allocated_bytes": resident + peak.allocated_bytes,
-        "peak_reserved_bytes": peak.reserved_bytes,
-        "device_used_bytes": peak.device_used_bytes,
-        "eval_loss": loop.eval_loss(prep.eval_dataset),
-        "quality": {},  # generation is not run under FSDP: ranks would have to decode in lockstep
-        "eval_peak_allocated_bytes": None,
-        "train_seconds": loop.seconds,
-        "stopped_by_time_budget": budget_hit,
-        "optimizer": type(loop.optimizer).__name__,
-    }
+    ev = evaluate(device, lambda: loop.eval_loss(prep.eval_dataset), score)
+    mine = _rank_record(rank, device, resident, peak, ev, q0, loop, budget_hit)
     metrics = finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, prep.summary.model_dump())
     if rank == 0:
         from ftopt.train.manifest import record
 
         record(spec.output_dir)  # every file this run wrote is listed: --overwrite removes those and nothing else
     return metrics
+
+
+def _rank_record(rank: int, device, resident: int, peak, ev: dict, q0: dict, loop, budget_hit: bool) -> dict:
+    """This rank's measurements for metrics.json's `ranks` (ftopt.train.metrics.finish), keyed as the Trainer
+    worker's. `resident`: the shards' bytes where the peak counters started after sharding (a CPU run, see _run)."""
+    return {
+        "rank": rank,
+        "device": device.type,
+        "engine": "fsdp2",
+        "peak_allocated_bytes": resident + peak.allocated_bytes,
+        "peak_reserved_bytes": peak.reserved_bytes,
+        "device_used_bytes": peak.device_used_bytes,
+        **ev,
+        "base_quality": q0,
+        "train_seconds": loop.seconds,
+        "stopped_by_time_budget": budget_hit,
+        "optimizer": type(loop.optimizer).__name__,
+    }
 
 
 def resident_bytes(model) -> int:
@@ -120,7 +135,7 @@ def resident_bytes(model) -> int:
     return sum(seen.values())
 
 
-def _build(spec: RunSpec, model_spec, device):
+def _build(spec: RunSpec, model_spec):
     from ftopt.model.build import build_model
     from ftopt.spec.hub import remote_code_folder, resolve_weights
     from ftopt.train.base import record_hub_base

@@ -58,11 +58,22 @@ def finish(
         return mine
     steps = StepLog(spec.output_dir / "steps.jsonl").read()
     summ = _steps_summary(steps)
-    s = spec.setup
-    # Trainer's num_input_tokens_seen is gathered over all ranks, so rank 0's step records are already global
-    tokens_per_s = summ["tokens_per_s_rank0"]
+    metrics = _run_fields(spec, world, tok_src, fmt, steps_per_epoch) | {
+        "measured": _measured(ranks, steps, summ, steps_per_epoch),
+        "predicted": predicted,
+        "mfu": _mfu(spec, predicted, summ["tokens_per_s_rank0"]),
+        "ranks": ranks,
+        "data": data,
+    }
+    atomic_write_text(spec.output_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _measured(ranks: list[dict], steps: list[dict], summ: dict, steps_per_epoch: int) -> dict:
+    """metrics.json's `measured`: memory is the worst rank's (the GPU that runs out first decides whether a
+    setup fits); loss, quality and the time-budget stop are rank 0's, the rank that logs and evaluates."""
     r0 = ranks[0]
-    measured = {
+    return {
         "peak_bytes_per_gpu": max(r["peak_allocated_bytes"] or 0 for r in ranks),
         "peak_reserved_bytes_per_gpu": max((r["peak_reserved_bytes"] or 0) for r in ranks) or None,
         "device_used_bytes_per_gpu": max((r["device_used_bytes"] or 0) for r in ranks) or None,
@@ -71,7 +82,8 @@ def finish(
         "step_times": summ["step_times"],
         "warmup_steps": WARMUP_STEPS,
         "epoch_seconds": summ["step_seconds"] * steps_per_epoch if summ["step_seconds"] else None,
-        "tokens_per_s": tokens_per_s,
+        # Trainer's num_input_tokens_seen is gathered over all ranks, so rank 0's step records are already global
+        "tokens_per_s": summ["tokens_per_s_rank0"],
         "train_loss": summ["train_loss"],
         "first_loss": summ["first_loss"],
         "final_loss": summ["final_loss"],
@@ -84,8 +96,13 @@ def finish(
         "train_seconds": sum(st["seconds"] for st in steps),
         "stopped_by_time_budget": r0["stopped_by_time_budget"],
     }
-    mfu = _mfu(spec, predicted, tokens_per_s)
-    metrics = {
+
+
+def _run_fields(spec: RunSpec, world: int, tok_src: str, fmt: str, steps_per_epoch: int) -> dict:
+    """metrics.json's description of the run (what was trained, on what shape), written first so a reader of the
+    file meets the setup before the figures."""
+    s = spec.setup
+    return {
         "schema": METRICS_SCHEMA,
         "run": spec.to_json(),
         "model": spec.model.ref,
@@ -101,14 +118,7 @@ def finish(
         "tokenizer": tok_src,
         "tokens_per_step": s.micro_batch * s.grad_accum * s.seq_len * world,
         "steps_per_epoch": steps_per_epoch,
-        "measured": measured,
-        "predicted": predicted,
-        "mfu": mfu,
-        "ranks": ranks,
-        "data": data,
     }
-    atomic_write_text(spec.output_dir / "metrics.json", json.dumps(metrics, indent=2))
-    return metrics
 
 
 def predict(spec: RunSpec) -> dict:

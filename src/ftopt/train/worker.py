@@ -16,7 +16,7 @@ from pathlib import Path
 from ftopt.spec import RunSpec
 from ftopt.train.ranks import decode_arg, end_rank, interrupted_line
 
-BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (_base_quality)
+BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (base_quality_at_start)
 
 
 def _rank() -> tuple[int, int, int]:
@@ -46,6 +46,8 @@ def training_arguments(spec: RunSpec, device, world: int, total_steps: int, node
         learning_rate=sch.learning_rate,
         lr_scheduler_type=sch.lr_schedule.value,
         warmup_steps=int(sch.warmup_ratio * total_steps),
+        weight_decay=sch.weight_decay,
+        max_grad_norm=sch.max_grad_norm,
         seed=sch.seed,
         bf16=p in ("bf16-mixed",),
         fp16=p == "fp16-mixed",
@@ -96,31 +98,17 @@ def run_worker(spec: RunSpec, fail_at_step: int | None = None) -> dict:
 
 
 def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step) -> dict:
+    """One rank's run once the ranks agree: data, train, save, evaluate, metrics. The training peak covers the
+    Trainer's construction and the loop (it is closed before evaluation, which keeps its own peak)."""
     import torch
 
     from ftopt.train.callbacks import TrainingPeak
-    from ftopt.train.recorder import StepLog, StepRecorder
+    from ftopt.train.recorder import StepRecorder
 
-    out = spec.output_dir
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
     torch.manual_seed(spec.schedule.seed)
-    if spec.model.builtin:
-        log(f"model: built-in {spec.model.ref} (random init, llama architecture)")
-    from ftopt.spec import load_model
-    from ftopt.train.prepare import prepare_for
-    from ftopt.train.tracking import trainer_report_to
-
-    model_spec = load_model(spec.model.ref)
-    prep, tok = prepare_for(spec, model_spec.vocab_size, log)
-    trainer_report_to(spec.output.report_to)  # a missing tracker package: one line before any work
-    tokenizer, tok_src, fmt, eval_rows = tok.tokenizer, tok.source, prep.format, prep.eval_rows
-
-    steps_log = StepLog(out / "steps.jsonl") if rank == 0 else None
-    if spec.output.resume:
-        log(f"resuming from {resume}" if resume else "no complete checkpoint found: starting from the beginning")
-    if steps_log is not None:
-        steps_log.truncate_after(int(resume.name[11:]) if resume else 0)  # a resumed run redoes later steps
-
+    model_spec, prep, tok = _data(spec, log)
+    steps_log = _steps_log(spec, rank, resume, log)
     steps_per_epoch = prep.steps_per_epoch(spec, world)
     from ftopt.train.metrics import finish, predict
 
@@ -138,26 +126,90 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
             StepRecorder(steps_log, device, rank),
             (fail_at_step, node_local, interrupt),
         )
-        from ftopt.spec.quiet import no_checkpoint_bars
-
-        base_quality = _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log)
-        try:
-            if interrupt is not None:
-                interrupt.in_loop = True
-            with no_checkpoint_bars():  # one "Writing model shards" bar per run: the final save's
-                result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        except KeyboardInterrupt:
-            if world == 1:  # a launcher prints the line once for all its ranks
-                log(interrupted_line(out))
-            raise
-        finally:
-            if interrupt is not None:
-                interrupt.in_loop = False
-            progress.stop()
-            if steps_log is not None:
-                steps_log.close()
+        base_quality = {}
+        if not spec.combination.uses_deepspeed:  # see base_quality_at_start
+            m = trainer.model
+            at = next(m.parameters()).device
+            score = lambda: scored_quality(spec, m, tok.tokenizer, prep.eval_rows, prep.format, at, log)  # noqa: E731
+            base_quality = base_quality_at_start(spec, peak, resume, log, rank, score)
+        result = _train(trainer, resume, world, interrupt, (progress, steps_log), log, spec.output_dir)
     finally:
         peak.close()
+    _stopped(spec, trainer, budget, log)
+    _save(trainer, tok.tokenizer, spec.output_dir, rank)
+    mine = {
+        "rank": rank,
+        "device": device.type,
+        "peak_allocated_bytes": peak.allocated_bytes,
+        "peak_reserved_bytes": peak.reserved_bytes,
+        "device_used_bytes": peak.device_used_bytes,
+        **_evaluated(spec, trainer, device, prep, tok.tokenizer, log),
+        "base_quality": base_quality,
+        "train_seconds": result.metrics.get("train_runtime"),
+        "stopped_by_time_budget": budget.hit,
+        "optimizer": _optimizer_name(trainer),
+    }
+    data = prep.summary.model_dump()
+    metrics = finish(spec, mine, world, tok.source, prep.format, steps_per_epoch, predicted, data=data)
+    _close_outputs(spec, trainer, rank)
+    return metrics
+
+
+def _data(spec, log):
+    """The model's spec and the prepared data with its tokenizer. A missing tracker package is reported here,
+    after the data but before any model is built: one line, no wasted work."""
+    if spec.model.builtin:
+        log(f"model: built-in {spec.model.ref} (random init, llama architecture)")
+    from ftopt.spec import load_model
+    from ftopt.train.prepare import prepare_for
+    from ftopt.train.tracking import trainer_report_to
+
+    model_spec = load_model(spec.model.ref)
+    prep, tok = prepare_for(spec, model_spec.vocab_size, log)
+    trainer_report_to(spec.output.report_to)  # a missing tracker package: one line before any work
+    return model_spec, prep, tok
+
+
+def _steps_log(spec, rank: int, resume, log):
+    """Rank 0's steps.jsonl (None on other ranks), cut back to the resumed checkpoint's step: a resumed run redoes
+    the steps after it, and their records must not appear twice."""
+    from ftopt.train.recorder import StepLog
+
+    steps_log = StepLog(spec.output_dir / "steps.jsonl") if rank == 0 else None
+    if spec.output.resume:
+        log(f"resuming from {resume}" if resume else "no complete checkpoint found: starting from the beginning")
+    if steps_log is not None:
+        steps_log.truncate_after(int(resume.name[11:]) if resume else 0)  # a resumed run redoes later steps
+    return steps_log
+
+
+def _train(trainer, resume, world: int, interrupt, closers, log, out):
+    """trainer.train, resumed from `resume` where given. `closers` (progress display, steps log) are closed
+    whatever happens, so a Ctrl-C leaves a complete steps.jsonl and a clean terminal; the launched rank's Ctrl-C
+    handler (`interrupt`) learns when the loop runs, where it may stop at a step boundary."""
+    from ftopt.spec.quiet import no_checkpoint_bars
+
+    progress, steps_log = closers
+    try:
+        if interrupt is not None:
+            interrupt.in_loop = True
+        with no_checkpoint_bars():  # one "Writing model shards" bar per run: the final save's
+            return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except KeyboardInterrupt:
+        if world == 1:  # a launcher prints the line once for all its ranks
+            log(interrupted_line(out))
+        raise
+    finally:
+        if interrupt is not None:
+            interrupt.in_loop = False
+        progress.stop()
+        if steps_log is not None:
+            steps_log.close()
+
+
+def _stopped(spec, trainer, budget, log) -> None:
+    """How the loop ended early, if it did: a Ctrl-C on a launched rank goes on as KeyboardInterrupt (every rank
+    stopped at the same step, with a checkpoint there); --max-hours is a normal end, said in one line."""
     if budget.interrupted:
         raise KeyboardInterrupt  # every rank stopped at the same step, with a checkpoint saved there
     if budget.hit:
@@ -165,23 +217,29 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
             f"--max-hours {spec.schedule.max_hours:g} reached: stopped at step {trainer.state.global_step} with a "
             "checkpoint; continue with --resume"
         )
+
+
+def _save(trainer, tokenizer, out, rank: int) -> None:
+    """The trained weights and the tokenizer beside them, so the folder loads on its own."""
     trainer.save_model(str(out))  # adapter (PEFT) or full model, safetensors; ZeRO-3 weights gathered
     if rank == 0:
         tokenizer.save_pretrained(str(out))
-    quality = _evaluate(spec, trainer, tokenizer, prep.eval_dataset, eval_rows, fmt, device, log)
-    mine = {
-        "rank": rank,
-        "device": device.type,
-        "peak_allocated_bytes": peak.allocated_bytes,
-        "peak_reserved_bytes": peak.reserved_bytes,
-        "device_used_bytes": peak.device_used_bytes,
-        **quality,
-        "base_quality": base_quality,
-        "train_seconds": result.metrics.get("train_runtime"),
-        "stopped_by_time_budget": budget.hit,
-        "optimizer": _optimizer_name(trainer),
-    }
-    metrics = finish(spec, mine, world, tok_src, fmt, steps_per_epoch, predicted, data=prep.summary.model_dump())
+
+
+def _evaluated(spec, trainer, device, prep, tokenizer, log) -> dict:
+    """Eval loss and task quality of the trained model (see `evaluate`)."""
+    held_out = prep.eval_dataset is not None  # --eval-fraction 0: nothing held out
+    eval_loss = lambda: trainer.evaluate().get("eval_loss") if held_out else None  # noqa: E731
+    rows, fmt = prep.eval_rows, prep.format
+    gen_device = next(trainer.model.parameters()).device
+    score = lambda: scored_quality(spec, trainer.model, tokenizer, rows, fmt, gen_device, log)  # noqa: E731
+    return evaluate(device, eval_loss, score)
+
+
+def _close_outputs(spec, trainer, rank: int) -> None:
+    """The last writes, after metrics.json: a random-init base's weights (for a run with no Hub weights) and the
+    manifest of every file the run wrote."""
+    out = spec.output_dir
     if not spec.model.weights:
         from ftopt.train.base import save_random_base
 
@@ -191,7 +249,6 @@ def _run(spec, rank, device, world, resume, node_local, interrupt, fail_at_step)
         from ftopt.train.manifest import record
 
         record(out)  # every file this run wrote is listed: --overwrite removes those and nothing else
-    return metrics
 
 
 def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recorder, stops):
@@ -240,64 +297,57 @@ def _trainer(spec, model_spec, device, world, prep, steps_per_epoch, peak, recor
     return trainer, progress, budget
 
 
-def _evaluate(spec, trainer, tokenizer, eval_dataset, eval_rows, fmt, device, log) -> dict:
-    """Eval loss and (prompt+completion data) task quality by generation (ftopt.results.quality), with their own memory
-    peak on CUDA."""
+def evaluate(device, eval_loss, score) -> dict:
+    """Eval loss (`eval_loss()`: the engine's, None with nothing held out) and task quality (`score()`: {} where
+    none is scored), with their own memory peak on CUDA."""
     import torch
-
-    from ftopt.results.quality import evaluate_generation
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    ev = trainer.evaluate() if eval_dataset is not None else {}  # --eval-fraction 0: nothing held out
-    quality = {}
-    if _scores_quality(spec, eval_rows, fmt):
-        gen_device = next(trainer.model.parameters()).device
-        quality = evaluate_generation(
-            trainer.model, tokenizer, eval_rows, gen_device, spec.data.eval_max_examples, spec.data.metrics, log=log
-        )
-    out = {"eval_loss": ev.get("eval_loss"), "quality": quality, "eval_peak_allocated_bytes": None}
+    out = {"eval_loss": eval_loss(), "quality": score(), "eval_peak_allocated_bytes": None}
     if device.type == "cuda":
         out["eval_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
     return out
 
 
-def _scores_quality(spec, eval_rows, fmt) -> bool:
+def scores_quality(spec, eval_rows, fmt) -> bool:
     """Task quality is scored by generation on prompt+completion data with held-out rows to generate for."""
     return fmt == "prompt+completion" and bool(eval_rows) and spec.data.eval_max_examples > 0
 
 
-def _base_quality(spec, trainer, tokenizer, eval_rows, fmt, peak, resume, log) -> dict:
-    """Quality before the first step (step 0): the end's held-out rows and metrics, generated with the KV cache,
-    its memory left out of the training peak. A sweep whose every run already scores full marks here has nothing
-    to learn (ftopt.report.decision). Kept in base_quality.json, which a resumed run reads back: its model holds
-    the checkpoint's weights once training starts. Not under DeepSpeed: the engine places the model (ZeRO-3:
-    partitions it) only when training starts, and generating before that would run on the host."""
+def scored_quality(spec, model, tokenizer, eval_rows, fmt, device, log, synced: bool = False) -> dict:
+    """Task quality by generation (ftopt.results.quality) where the data scores it, else {} (not measured). `synced`:
+    a sharded model on several ranks, every rank generating in step (ftopt.results.quality.generate)."""
+    if not scores_quality(spec, eval_rows, fmt):
+        return {}
+    from ftopt.results.quality import evaluate_generation
+
+    d = spec.data
+    return evaluate_generation(
+        model, tokenizer, eval_rows, device, d.eval_max_examples, d.metrics, log=log, synced=synced
+    )
+
+
+def base_quality_at_start(spec, peak, resume, log, rank: int, score) -> dict:
+    """Quality before the first step (step 0, `score()`: {} where none is scored): the end's held-out rows and
+    metrics, generated with the KV cache, its memory left out of the training peak. A sweep whose every run
+    already scores full marks here has nothing to learn (ftopt.report.decision). Kept in base_quality.json, which a
+    resumed run (`resume`: its checkpoint) reads back: a Trainer's model holds the checkpoint's weights once
+    training starts. Not under DeepSpeed (the caller skips it): the engine places the model (ZeRO-3: partitions
+    it) only when training starts, and generating before that would run on the host."""
     import json
 
-    if not _scores_quality(spec, eval_rows, fmt) or spec.combination.uses_deepspeed:
-        return {}
     path = spec.output_dir / BASE_QUALITY_FILE
     if resume is not None and path.is_file():
         return json.loads(path.read_text())
-    from ftopt.results.quality import evaluate_generation
     from ftopt.spec.io import atomic_write_text
 
-    model = trainer.model
     with peak.excluded():
-        q = evaluate_generation(
-            model,
-            tokenizer,
-            eval_rows,
-            next(model.parameters()).device,
-            spec.data.eval_max_examples,
-            spec.data.metrics,
-            log=log,
-        )
+        q = score()
     if q:
         log(f"quality before training (step 0): exact match {q['exact_match']:.1%} on {q['examples']} held-out rows")
-    if q and trainer.args.process_index == 0:
+    if q and rank == 0:
         atomic_write_text(path, json.dumps(q))
     return q
 
