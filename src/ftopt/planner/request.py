@@ -121,6 +121,7 @@ class EstimateRequest(SetupRequest):
     gc: bool | None
     lora_r: int | None
     lora_targets: str | None
+    adapter_dtype: str | None
     zero: int | None
     fsdp: str | None
     offload: str | None
@@ -139,6 +140,7 @@ def estimate_for(r: EstimateRequest) -> Estimate:
         gc=r.gc,
         lora_r=r.lora_r,
         lora_targets=r.lora_targets,
+        adapter_dtype=r.adapter_dtype,
         zero=r.zero,
         fsdp=r.fsdp,
         offload=r.offload,
