@@ -100,15 +100,12 @@ def storage(precision: Precision, combo: Combination) -> Storage:
 
 
 def _check_adapter_dtype(precision: Precision, combo: Combination) -> None:
-    """fp16 adapters cannot train under the Trainer's fp16-mixed: its GradScaler refuses fp16 gradients
-    (torch/amp/grad_scaler.py _unscale_grads_: "Attempting to unscale FP16 gradients.")."""
-    if (
-        combo.adapter_dtype is AdapterDtype.BASE
-        and precision is Precision.FP16_MIXED
-        and not (combo.uses_deepspeed or combo.uses_fsdp)
-    ):
+    """fp16 adapters cannot train under fp16-mixed where torch's GradScaler scales the loss (the Trainer, ftopt's
+    FSDP2 loop): it refuses fp16 gradients (torch/amp/grad_scaler.py _unscale_grads_: "Attempting to unscale FP16
+    gradients."). DeepSpeed scales with its own optimizer's fp32 master copy."""
+    if combo.adapter_dtype is AdapterDtype.BASE and precision is Precision.FP16_MIXED and not combo.uses_deepspeed:
         raise FtoptError(
-            "--adapter-dtype base with fp16-mixed gives fp16 adapters, whose gradients the Trainer's loss scaler "
+            "--adapter-dtype base with fp16-mixed gives fp16 adapters, whose gradients torch's loss scaler "
             "refuses to unscale; use --adapter-dtype fp32 (PEFT's default) or bf16-mixed."
         )
 
