@@ -325,6 +325,9 @@ FSDP_SCENARIOS = [
     dict(fsdp="grad-op", lora_r=0, gc=True),
     dict(fsdp="grad-op", lora_r=8, gc=False),
 ]
+# bf16-mixed: MixedPrecisionPolicy (bf16 compute, fp32 sharded parameters and reduction, no autocast;
+# ftopt.train.fsdp_engine.shard_model), the same four shapes; listed after the fp32 ones so their indices stay.
+FSDP_MIXED_SCENARIOS = [dict(sc, precision="bf16-mixed") for sc in FSDP_SCENARIOS]
 
 
 def _sharding_flags(sc: dict) -> list[str]:
@@ -339,7 +342,7 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     cfg_path = workdir / f"{arch}.json"
     cfg_path.write_text(json.dumps(ARCHS[arch]))
     engine = f"fsdp-{sc['fsdp']}" if sc.get("fsdp", "none") != "none" else f"z{sc['zero']}"
-    out = workdir / f"{arch}-{engine}-r{sc['lora_r']}-gc{int(sc['gc'])}"
+    out = workdir / f"{arch}-{engine}-r{sc['lora_r']}-gc{int(sc['gc'])}-{sc.get('precision', 'fp32')}"
     cmd = [
         sys.executable,
         "-m",
@@ -362,6 +365,8 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
         "--lora-r",
         str(sc["lora_r"]),
         "--gc" if sc["gc"] else "--no-gc",
+        "--precision",
+        sc.get("precision", "fp32"),
         "--json",
         "--eval-max-examples",
         "0",
@@ -375,8 +380,8 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     measured = m.measured.peak_bytes_per_gpu
     row = {
         "arch": arch,
-        **sc,
         "precision": "fp32",
+        **sc,
         "processes": 2,
         "attn": "sdpa",
         "packed": True,
@@ -536,12 +541,14 @@ def main() -> None:
 
 
 def run_fsdp(only: str | None) -> None:
-    """The FSDP2 rows (FSDP_ARCHS x FSDP_SCENARIOS, or the `--only` indices of that list), saved as
+    """The FSDP2 rows (FSDP_ARCHS x FSDP_SCENARIOS, then FSDP_ARCHS x FSDP_MIXED_SCENARIOS, or the `--only` indices
+    of that list), saved as
     estimate_accuracy_fsdp.json (rows `--rescore` re-estimates and `--fsdp --table` prints)."""
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="ftopt-fsdp-"))
     chosen = [dict(arch=a, **sc) for a in FSDP_ARCHS for sc in FSDP_SCENARIOS]
+    chosen += [dict(arch=a, **sc) for a in FSDP_ARCHS for sc in FSDP_MIXED_SCENARIOS]
     if only:
         chosen = [chosen[int(i)] for i in only.split(",")]
     path = RESULTS.with_name("estimate_accuracy_fsdp.json")
@@ -564,7 +571,7 @@ def run_fsdp(only: str | None) -> None:
 
 
 def _key(row: dict) -> tuple:
-    return (row["arch"], row.get("fsdp"), row["lora_r"], row["gc"])
+    return (row["arch"], row.get("fsdp"), row["lora_r"], row["gc"], row.get("precision", "fp32"))
 
 
 def print_table(*kinds: str) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from ftopt.cli.common import (
+    AdapterDtypeOpt,
     Attn,
     BatchingOpt,
     CalibrationOpt,
@@ -98,6 +99,7 @@ def estimate(
     lora_targets: LoraTargets = None,
     dora: Dora = None,
     rslora: Rslora = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
@@ -137,6 +139,7 @@ def estimate(
             lora_targets=lora_targets,
             dora=dora,
             rslora=rslora,
+            adapter_dtype=adapter_dtype,
             zero=zero,
             fsdp=fsdp,
             offload=offload,
@@ -178,6 +181,7 @@ def plan(
     rslora: Annotated[
         bool, typer.Option("--rslora", help="the LoRA candidates use rsLoRA scaling alpha/sqrt(r)")
     ] = False,
+    adapter_dtype: AdapterDtypeOpt = None,
     max_hours: Annotated[
         float | None, typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")
     ] = None,
@@ -253,6 +257,7 @@ def plan(
             headroom=headroom,
             lora_r=lora_r,
             lora_targets=lora_targets,
+            adapter_dtype=adapter_dtype,
             max_hours=max_hours,
             full_only=full_only,
             cost_per_gpu_hour=cost_per_gpu_hour,

@@ -112,6 +112,14 @@ QLORA_RECIPE_HELP = (
     "need --precision bf16-true"
 )
 QloraRecipeOpt = Annotated[str | None, typer.Option("--qlora-recipe", help=QLORA_RECIPE_HELP + " [default: peft]")]
+AdapterDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter-dtype",
+        help="LoRA adapters' dtype: fp32 (PEFT's default: fp32 adapters, each wrapped layer's input cast up) | "
+        "base (the base model's dtype; PEFT's autocast_adapter_dtype=False) [default: fp32]",
+    ),
+]
 Zero = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
 FsdpOpt = Annotated[
     str | None,

@@ -12,6 +12,7 @@ import typer
 
 from ftopt.cli.common import (
     MODEL_REF_RULE,
+    AdapterDtypeOpt,
     AllowMetricModule,
     Attn,
     BatchingOpt,
@@ -82,6 +83,7 @@ def train(
     lora_targets: LoraTargets = None,
     dora: Dora = None,
     rslora: Rslora = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
@@ -162,6 +164,7 @@ def train(
                 lora_targets=lora_targets,
                 dora=dora,
                 rslora=rslora,
+                adapter_dtype=adapter_dtype,
                 zero=zero,
                 fsdp=fsdp,
                 offload=offload,

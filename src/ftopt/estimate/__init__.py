@@ -64,8 +64,9 @@ def estimate(
 
         try:
             target = "cpu" if hw.is_cpu else "cuda"
-            if combo.uses_fsdp:  # the activation side of one process's step; FSDP2's sharding added below
-                traced = traced_memory(model, setup, fsdp.single_process(combo), target, phases=fsdp.TRACED_PHASES)
+            if combo.uses_fsdp:  # the activation side of a rank's step, as it computes; FSDP2's sharding added below
+                view_setup, view = fsdp.compute_view(setup, combo)
+                traced = traced_memory(model, view_setup, view, target, phases=fsdp.TRACED_PHASES)
             else:
                 traced = traced_memory(model, setup, combo, target=target)
         except TraceUnavailable as e:  # never a dead end: say why (a warning, typed) and answer analytically
