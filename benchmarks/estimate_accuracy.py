@@ -141,6 +141,33 @@ def _packed_dataset(vocab_size: int, seq: int):
     return ds
 
 
+# Right-padded runs as `ftopt train --batching padded-max` makes them: one document per row, every row shorter
+# than SEQ (lengths below), right-padded to SEQ by SftCollator(pad_to=SEQ) with the 0/1 attention mask, so SDPA is
+# handed a mask in every micro-batch whatever the sampler's order. GC off and on, full and LoRA, two architectures.
+PADDED_DOC_LENGTHS = (201, 143, 250, 177)
+
+
+def padded_scenarios() -> list[dict]:
+    return [
+        dict(arch="llama-gqa-100m", lora_r=0, gc=False, attn="sdpa", precision="fp32", padded=True),
+        dict(arch="llama-gqa-100m", lora_r=8, gc=True, attn="sdpa", precision="fp32", padded=True),
+        dict(arch="qwen2-tied-110m", lora_r=0, gc=True, attn="sdpa", precision="fp32", padded=True),
+        dict(arch="qwen2-tied-110m", lora_r=8, gc=False, attn="sdpa", precision="fp32", padded=True),
+    ]
+
+
+def _padded_dataset(vocab_size: int, seq: int):
+    import torch
+
+    from ftopt.train.sft import Example, to_dataset
+
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.randint(0, vocab_size, (n,), generator=g).tolist() for n in PADDED_DOC_LENGTHS]
+    if max(PADDED_DOC_LENGTHS) >= seq:
+        raise SystemExit(f"padded rows must be shorter than --seq-len {seq}: {PADDED_DOC_LENGTHS}")
+    return to_dataset([Example(d, list(d)) for d in docs], seq, packing=False)
+
+
 # bf16-mixed runs: CPU autocast in bf16 is the Trainer recipe a GPU runs (fp32 weights, autocast casts,
 # fp32 master = the weights, 16-bit activations); full and LoRA, GC off and on, every architecture (qwen2 is tied).
 # Indices 12-17 are held out: other token counts per micro-batch, run after the estimators were fixed against 0-11.
@@ -248,6 +275,11 @@ def run_one(sc: dict) -> dict:
 
         ds = _packed_dataset(spec.vocab_size, seq)
         collator = SftCollator(pad_token_id=0, flatten=combo.attn.value == "flash")
+    elif sc.get("padded"):
+        from ftopt.train.sft import SftCollator
+
+        ds = _padded_dataset(spec.vocab_size, seq)
+        collator = SftCollator(pad_token_id=0, flatten=combo.attn.value == "flash", pad_to=seq)
     prec = Precision(sc["precision"])
     args = TrainingArguments(
         output_dir="/tmp/ftopt-acc",
@@ -293,6 +325,9 @@ FSDP_SCENARIOS = [
     dict(fsdp="grad-op", lora_r=0, gc=True),
     dict(fsdp="grad-op", lora_r=8, gc=False),
 ]
+# bf16-mixed: MixedPrecisionPolicy (bf16 compute, fp32 sharded parameters and reduction, no autocast;
+# ftopt.train.fsdp_engine.shard_model), the same four shapes; listed after the fp32 ones so their indices stay.
+FSDP_MIXED_SCENARIOS = [dict(sc, precision="bf16-mixed") for sc in FSDP_SCENARIOS]
 
 
 def _sharding_flags(sc: dict) -> list[str]:
@@ -307,7 +342,7 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     cfg_path = workdir / f"{arch}.json"
     cfg_path.write_text(json.dumps(ARCHS[arch]))
     engine = f"fsdp-{sc['fsdp']}" if sc.get("fsdp", "none") != "none" else f"z{sc['zero']}"
-    out = workdir / f"{arch}-{engine}-r{sc['lora_r']}-gc{int(sc['gc'])}"
+    out = workdir / f"{arch}-{engine}-r{sc['lora_r']}-gc{int(sc['gc'])}-{sc.get('precision', 'fp32')}"
     cmd = [
         sys.executable,
         "-m",
@@ -330,6 +365,8 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
         "--lora-r",
         str(sc["lora_r"]),
         "--gc" if sc["gc"] else "--no-gc",
+        "--precision",
+        sc.get("precision", "fp32"),
         "--json",
         "--eval-max-examples",
         "0",
@@ -343,8 +380,8 @@ def run_zero(arch: str, sc: dict, workdir: Path) -> dict:
     measured = m.measured.peak_bytes_per_gpu
     row = {
         "arch": arch,
-        **sc,
         "precision": "fp32",
+        **sc,
         "processes": 2,
         "attn": "sdpa",
         "packed": True,
@@ -366,11 +403,17 @@ def estimates(sc: dict) -> dict:
         seq_len=sc.get("seq", SEQ),
         micro_batch=sc.get("batch", BATCH),
         precision=sc["precision"],
-        packing=sc.get("packed", False),
+        batching=_batching(sc),
         gpus_per_node=sc.get("processes", 1),
     )  # a ZeRO row's processes (benchmarks/peers.py)
     hw = load_hardware("h200" if sc.get("device") == "cuda" else "cpu")
     return {m: estimate(spec, hw, setup, combo, m).peak_bytes_per_gpu for m in ("analytic", "traced")}
+
+
+def _batching(sc: dict) -> str:
+    """The batch layout a row ran: packed rows, rows padded to SEQ, or (the default collator on rows of random ids
+    exactly SEQ long, no attention mask) full rows."""
+    return "packed" if sc.get("packed") else "padded-max" if sc.get("padded") else "full"
 
 
 def main() -> None:
@@ -383,6 +426,7 @@ def main() -> None:
     ap.add_argument("--misses", action="store_true", help="only the known-miss scenarios (seq 1024 x 1, 0.5B qwen2)")
     ap.add_argument("--packed", action="store_true", help="only packed (padding-free) runs; with --table, their table")
     ap.add_argument("--mixed", action="store_true", help="only bf16-mixed runs; with --table, their table")
+    ap.add_argument("--padded", action="store_true", help="only right-padded runs; with --table, their table")
     ap.add_argument("--dora", action="store_true", help="only DoRA and bf16 QLoRA-recipe runs; with --table, theirs")
     ap.add_argument("--only", help="comma list of scenario indices to run (within the chosen set)")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of the saved quant/misses results")
@@ -403,6 +447,8 @@ def main() -> None:
             if a.packed
             else ("mixed",)
             if a.mixed
+            else ("padded",)
+            if a.padded
             else ("fsdp",)
             if a.fsdp
             else ("dora",)
@@ -428,14 +474,17 @@ def main() -> None:
         if a.packed
         else mixed_scenarios()
         if a.mixed
+        else padded_scenarios()
+        if a.padded
         else dora_scenarios()
         if a.dora
         else scenarios(a.quick, a.gpu)
     )
-    if a.quant or a.misses or a.packed or a.mixed or a.dora:
+    if a.quant or a.misses or a.packed or a.mixed or a.dora or a.padded:
         kind = (
             "quant" if a.quant else "misses" if a.misses else "packed" if a.packed else "mixed" if a.mixed else "dora"
         )
+        kind = "padded" if a.padded else kind
         results = RESULTS.with_name(f"estimate_accuracy_{kind}.json")
     if a.only:
         chosen = [chosen[int(i)] for i in a.only.split(",")]
@@ -462,7 +511,7 @@ def main() -> None:
             flush=True,
         )
     zero_rows = []
-    if not (a.gpu or a.quant or a.misses or a.packed or a.mixed or a.dora):
+    if not (a.gpu or a.quant or a.misses or a.packed or a.mixed or a.dora or a.padded):
         import tempfile
 
         work = Path(tempfile.mkdtemp(prefix="ftopt-zero-"))
@@ -492,12 +541,14 @@ def main() -> None:
 
 
 def run_fsdp(only: str | None) -> None:
-    """The FSDP2 rows (FSDP_ARCHS x FSDP_SCENARIOS, or the `--only` indices of that list), saved as
+    """The FSDP2 rows (FSDP_ARCHS x FSDP_SCENARIOS, then FSDP_ARCHS x FSDP_MIXED_SCENARIOS, or the `--only` indices
+    of that list), saved as
     estimate_accuracy_fsdp.json (rows `--rescore` re-estimates and `--fsdp --table` prints)."""
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="ftopt-fsdp-"))
     chosen = [dict(arch=a, **sc) for a in FSDP_ARCHS for sc in FSDP_SCENARIOS]
+    chosen += [dict(arch=a, **sc) for a in FSDP_ARCHS for sc in FSDP_MIXED_SCENARIOS]
     if only:
         chosen = [chosen[int(i)] for i in only.split(",")]
     path = RESULTS.with_name("estimate_accuracy_fsdp.json")
@@ -520,7 +571,7 @@ def run_fsdp(only: str | None) -> None:
 
 
 def _key(row: dict) -> tuple:
-    return (row["arch"], row.get("fsdp"), row["lora_r"], row["gc"])
+    return (row["arch"], row.get("fsdp"), row["lora_r"], row["gc"], row.get("precision", "fp32"))
 
 
 def print_table(*kinds: str) -> None:
@@ -539,7 +590,7 @@ def print_table(*kinds: str) -> None:
             for x in (
                 r.get("quant", "none").upper() if r.get("quant", "none") != "none" else "",
                 r.get("optim", "adamw") if r.get("optim", "adamw") != "adamw" else "",
-                "packed" if r.get("packed") else "",
+                "packed" if r.get("packed") else "padded" if r.get("padded") else "",
                 f"FSDP2-{r['fsdp']} x{r['processes']}" if r.get("fsdp") else "",
                 ",".join(r["lora_targets"]) if r.get("lora_targets") else "",
                 f"({r['qlora_recipe']})" if r.get("qlora_recipe") else "",

@@ -42,6 +42,20 @@ def predict(setup: dict, measured: str, method: str) -> int:
     return getattr(e, PREDICTED[measured])
 
 
+def header(methods: list[str]) -> str:
+    """The table's head: row, measured, what was measured, then each method's prediction and signed error (the
+    shape benchmarks/gpu_check.py prints too)."""
+    return f"{'row':24} {'measured':>9} {'what':9} " + " ".join(f"{m:>9} {'err':>7}" for m in methods)
+
+
+def line(row_id: str, measured: int, what: str, predicted: dict[str, int | None]) -> str:
+    """One row: the measured bytes, then each method's predicted bytes and (predicted - measured) / measured."""
+    out = f"{row_id:24} {measured / GIB:8.2f}G {what:9} "
+    for p in predicted.values():
+        out += f"{p / GIB:8.2f}G {(p - measured) / measured:+7.1%} " if p else f"{'-':>9} {'-':>7} "
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--analytic-only", action="store_true", help="skip the traced estimator (seconds per row)")
@@ -49,17 +63,14 @@ def main() -> None:
     methods = ["analytic"] if args.analytic_only else ["analytic", "traced"]
     rows = json.loads(ROWS.read_text())["rows"]
     errors: dict[str, list[float]] = {m: [] for m in methods}
-    print(f"{'row':24} {'measured':>9} {'what':9} " + " ".join(f"{m:>9} {'err':>7}" for m in methods))
+    print(header(methods))
     for r in rows:
         if "setup" not in r:
             continue
-        line = f"{r['id']:24} {r['value_bytes'] / GIB:8.2f}G {r['measured'][11:]:9} "
-        for m in methods:
-            p = predict(r["setup"], r["measured"], m)
-            err = (p - r["value_bytes"]) / r["value_bytes"]
-            errors[m].append(err)
-            line += f"{p / GIB:8.2f}G {err:+7.1%} "
-        print(line, flush=True)
+        predicted = {m: predict(r["setup"], r["measured"], m) for m in methods}
+        for m, p in predicted.items():
+            errors[m].append((p - r["value_bytes"]) / r["value_bytes"])
+        print(line(r["id"], r["value_bytes"], r["measured"][11:], predicted), flush=True)
     for m in methods:
         med, worst = statistics.median(abs(e) for e in errors[m]), max(errors[m], key=abs)
         tm, tw = TARGETS[m]

@@ -64,7 +64,8 @@ def _measured_peak_bytes(spec, combo: Combination, batch: dict) -> int:
 
 
 def _predicted(spec, combo: Combination, packed: bool, method: str) -> int:
-    setup = TrainingSetup(seq_len=SEQ, micro_batch=MB, precision="fp32", packing=packed)
+    """Packed rows, or the unpacked rows of `_batch`: every one SEQ tokens, nothing padded (batching full)."""
+    setup = TrainingSetup(seq_len=SEQ, micro_batch=MB, precision="fp32", batching="packed" if packed else "full")
     return estimate(spec, load_hardware("cpu"), setup, combo, method).peak_bytes_per_gpu
 
 
@@ -98,7 +99,9 @@ def test_a_mask_costs_sdpa_its_causal_skip():
     """SDPA given a mask computes every score (no causal block skipping); flash on packed rows stays causal."""
     spec = from_hf_config(GQA, "gqa")
     flops = {
-        (attn, p): step_flops(spec, TrainingSetup(seq_len=SEQ, micro_batch=MB, packing=p), Combination(attn=attn))
+        (attn, p): step_flops(
+            spec, TrainingSetup(seq_len=SEQ, micro_batch=MB, batching="packed" if p else "full"), Combination(attn=attn)
+        )
         for attn in ("sdpa", "eager", "flash")
         for p in (False, True)
     }

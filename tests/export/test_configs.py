@@ -183,3 +183,13 @@ def test_deepspeed_config_states_what_the_estimator_assumes(precision, zero, dty
     if zero == 3:
         assert zero_cfg["stage3_max_live_parameters"] == analytic.STAGE3_MAX_LIVE_PARAMETERS
         assert zero_cfg["stage3_max_reuse_distance"] == analytic.STAGE3_MAX_LIVE_PARAMETERS
+
+
+def test_padded_max_batching_exports_the_padding_trl_applies(tmp_path):
+    """`--batching padded-max` on plan reaches TRL as pad_to_multiple_of = max_length (every row padded to it, as
+    `ftopt train` pads); the default (padded to the longest) leaves TRL's default, and packing its padding-free."""
+    flags = ("--gpus", "1", "--gpu", "rtx4090", "--quant", "none", "--optim", "adamw", "--seq-len", "1024")
+    _, sft, _, _ = _parse_trl(export(tmp_path / "max", *flags, "--batching", "padded-max"))
+    assert sft.pad_to_multiple_of == sft.max_length == 1024 and not sft.packing
+    _, sft, _, _ = _parse_trl(export(tmp_path / "longest", *flags))
+    assert sft.pad_to_multiple_of is None and not sft.packing

@@ -180,7 +180,7 @@ def test_unpacked_runs_say_the_prediction_assumes_full_rows(tmp_path, lang, text
     def run(packing, where="setup"):
         r = row(f"packed={packing}")
         r["run"] = run_json()
-        r["run"]["setup"].pop("packing")
+        r["run"]["setup"].pop("batching")
         r["run"][where]["packing"] = packing
         return r
 

@@ -33,6 +33,7 @@ VALUES = {
     "nodes": ["0", "1", "2", "100000", "-3", "x"],
     "seq_len": ["-5", "0", "1", "512", "2048", "abc", ""],
     "micro_batch": ["-1", "0", "1", "4", "x"],
+    "batching": ["", "packed", "padded", "padded-max", "full", "ragged", "<b>"],
     "lora_r": ["-1", "0", "16", "1000000000", "q"],
     "quant": ["", "none", "nf4", "int8", "nf4,int8", "xx", "none,,nf4"],
     "optim": ["", "adamw", "adamw-8bit,paged-adamw", "sgd", ","],

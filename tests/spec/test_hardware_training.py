@@ -172,7 +172,8 @@ def test_packing_is_part_of_the_setup_and_old_run_files_still_load():
 
     new = RunSpec(hardware=load_hardware("cpu"), setup=TrainingSetup(packing=True))
     old = new.to_json()
-    old["data"]["packing"] = old["setup"].pop("packing")  # resolved_config.json before packing moved to the setup
+    assert old["setup"].pop("batching") == "packed"
+    old["data"]["packing"] = True  # resolved_config.json before packing moved to the setup (and became batching)
     assert RunSpec.model_validate(old) == new
     assert RunSpec.model_validate({**old, "data": {**old["data"], "packing": False}}).setup.packing is False
 

@@ -151,3 +151,20 @@ def test_unknown_fraction(bpe):
     assert word_level.unk_fraction > 0.5
     with pytest.raises(FtoptError, match="--tokenizer"):
         check_unknown(word_level.unk_fraction, "built-in word-level tokenizer")
+
+
+def test_the_run_pads_as_its_batching_says(bpe):
+    """`prepare` (what every training worker calls) picks the collator from TrainingSetup.batching: padded-max pads
+    a micro-batch of short rows to --seq-len, padded to its longest row."""
+    from ftopt.spec import Batching, DataSpec
+    from ftopt.train.prepare import prepare
+
+    recs = (records({"text": ENGLISH[0]}, {"text": "Hi"}), None, "text")
+    widths = {}
+    for batching in (Batching.PADDED_MAX, Batching.PADDED):
+        prep = prepare(DataSpec(eval_fraction=0), bpe, 64, batching=batching, records=recs)
+        rows = [prep.train_dataset[i] for i in range(2)]
+        batch = prep.collator(rows)
+        assert not batch["attention_mask"].all()  # the short row is padded either way
+        widths[batching] = (batch["input_ids"].shape[1], max(len(r["input_ids"]) for r in rows))
+    assert widths[Batching.PADDED_MAX][0] == 64 > widths[Batching.PADDED][1] == widths[Batching.PADDED][0]

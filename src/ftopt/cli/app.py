@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 
 from ftopt.cli.common import (
+    AdapterDtypeOpt,
     Attn,
+    BatchingOpt,
     CalibrationOpt,
     Currency,
     DatasetTokens,
@@ -90,12 +92,14 @@ def estimate(
     dataset_tokens: DatasetTokens = None,
     epochs: Epochs = None,
     packing: Packing = None,
+    batching: BatchingOpt = None,
     headroom: Headroom = None,
     gc: Gc = None,
     lora_r: LoraR = None,
     lora_targets: LoraTargets = None,
     dora: Dora = None,
     rslora: Rslora = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
@@ -128,12 +132,14 @@ def estimate(
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             packing=packing,
+            batching=batching,
             headroom=headroom,
             gc=gc,
             lora_r=lora_r,
             lora_targets=lora_targets,
             dora=dora,
             rslora=rslora,
+            adapter_dtype=adapter_dtype,
             zero=zero,
             fsdp=fsdp,
             offload=offload,
@@ -167,6 +173,7 @@ def plan(
     dataset_tokens: DatasetTokens = None,
     epochs: Epochs = None,
     packing: Packing = None,
+    batching: BatchingOpt = None,
     headroom: Headroom = None,
     lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
     lora_targets: LoraTargets = None,
@@ -174,6 +181,7 @@ def plan(
     rslora: Annotated[
         bool, typer.Option("--rslora", help="the LoRA candidates use rsLoRA scaling alpha/sqrt(r)")
     ] = False,
+    adapter_dtype: AdapterDtypeOpt = None,
     max_hours: Annotated[
         float | None, typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")
     ] = None,
@@ -245,9 +253,11 @@ def plan(
             dataset_tokens=dataset_tokens,
             epochs=epochs,
             packing=packing,
+            batching=batching,
             headroom=headroom,
             lora_r=lora_r,
             lora_targets=lora_targets,
+            adapter_dtype=adapter_dtype,
             max_hours=max_hours,
             full_only=full_only,
             cost_per_gpu_hour=cost_per_gpu_hour,

@@ -52,6 +52,15 @@ Packing = Annotated[
         help="pack documents into rows of --seq-len, padding-free (TRL's layout) [default: off]",
     ),
 ]
+BatchingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--batching",
+        help="how rows are batched: packed (as --packing) | padded (one document per row, padded to the "
+        "micro-batch's longest) | padded-max (padded to --seq-len) | full (every row is --seq-len tokens, no "
+        "padding) [default: padded]",
+    ),
+]
 GradAccum = Annotated[int | None, typer.Option("--grad-accum", help="micro-batches per optimizer step [default: 1]")]
 PrecisionOpt = Annotated[
     str | None,
@@ -103,6 +112,14 @@ QLORA_RECIPE_HELP = (
     "need --precision bf16-true"
 )
 QloraRecipeOpt = Annotated[str | None, typer.Option("--qlora-recipe", help=QLORA_RECIPE_HELP + " [default: peft]")]
+AdapterDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter-dtype",
+        help="LoRA adapters' dtype: fp32 (PEFT's default: fp32 adapters, each wrapped layer's input cast up) | "
+        "base (the base model's dtype; PEFT's autocast_adapter_dtype=False) [default: fp32]",
+    ),
+]
 Zero = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 [default: 0]")]
 FsdpOpt = Annotated[
     str | None,

@@ -12,8 +12,10 @@ import typer
 
 from ftopt.cli.common import (
     MODEL_REF_RULE,
+    AdapterDtypeOpt,
     AllowMetricModule,
     Attn,
+    BatchingOpt,
     Dora,
     Epochs,
     FsdpOpt,
@@ -69,6 +71,7 @@ def train(
         typer.Option("--eval-max-examples", help="held-out examples scored by generation; 0 = none [default: 64]"),
     ] = None,
     packing: Packing = None,
+    batching: BatchingOpt = None,
     train_on: TrainOnOpt = None,
     headroom: Headroom = None,
     seq_len: SeqLen = None,
@@ -80,6 +83,7 @@ def train(
     lora_targets: LoraTargets = None,
     dora: Dora = None,
     rslora: Rslora = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
     offload: OffloadOpt = None,
@@ -152,6 +156,7 @@ def train(
                 nodes=nodes,
                 epochs=epochs,
                 packing=packing,
+                batching=batching,
             ),
             combination=dict(
                 gc=gc,
@@ -159,6 +164,7 @@ def train(
                 lora_targets=lora_targets,
                 dora=dora,
                 rslora=rslora,
+                adapter_dtype=adapter_dtype,
                 zero=zero,
                 fsdp=fsdp,
                 offload=offload,

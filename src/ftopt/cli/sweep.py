@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ftopt.cli.common import (
+    BatchingOpt,
     CostPerGpuHour,
     Currency,
     Gpu,
@@ -55,8 +56,9 @@ def bench(
     micro_batch: MicroBatch = None,
     precision: PrecisionOpt = None,
     packing: Annotated[
-        bool, typer.Option("--packing/--no-packing", help="pack sequences to exactly --seq-len")
-    ] = False,
+        bool | None, typer.Option("--packing/--no-packing", help="pack sequences to exactly --seq-len")
+    ] = None,
+    batching: BatchingOpt = None,
     headroom: Headroom = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run")] = 100,
     lr: Annotated[float | None, typer.Option("--lr", help="peak learning rate [default: 1e-3]")] = None,
@@ -111,6 +113,7 @@ def bench(
                 micro_batch=micro_batch,
                 precision=precision,
                 packing=packing,
+                batching=batching,
                 headroom=headroom,
                 max_steps=max_steps,
                 lr=lr,

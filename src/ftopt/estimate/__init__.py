@@ -14,7 +14,7 @@ from ftopt.estimate.result import (
     usable_bytes,
 )
 from ftopt.estimate.time import step_time
-from ftopt.spec import Combination, HardwareSpec, ModelSpec, TrainingSetup
+from ftopt.spec import Batching, Combination, HardwareSpec, ModelSpec, TrainingSetup
 from ftopt.spec.errors import FtoptError, TraceUnavailable
 from ftopt.spec.policy import storage
 
@@ -28,14 +28,28 @@ def check_setup(model: ModelSpec, setup: TrainingSetup, combo: Combination, hw: 
             "quality beyond that length is not guaranteed."
         )
     hw.check_runs(setup.precision, combo.attn)  # never estimate what the device cannot run
-    if not setup.packing:
-        notes.append(
-            f"Assumes every sequence is --seq-len {setup.seq_len} tokens; unpacked batches are padded only "
-            "to their longest sequence, so shorter data needs less (--packing fills the rows)."
-        )
+    note = _batching_note(setup)
+    if note:
+        notes.append(note)
     if combo.zero and setup.world_size == 1 and combo.offload.value == "none":
         notes.append("ZeRO on one GPU partitions nothing; it only adds DeepSpeed's buffers.")
     return notes
+
+
+def _batching_note(setup: TrainingSetup) -> str | None:
+    """What the estimate assumes about the rows' lengths, where the data decides (estimate/layout.py)."""
+    s = setup.seq_len
+    if setup.batching is Batching.PADDED:
+        return (
+            f"Assumes a micro-batch whose longest row is --seq-len {s} tokens (padding to the longest sets the "
+            "shape); shorter data needs less (--batching packed fills the rows, padded-max always pads to it)."
+        )
+    if setup.batching is Batching.FULL:
+        return (
+            f"Assumes every row is exactly --seq-len {s} tokens, with no padding and so no attention mask; data "
+            "with shorter rows is padded and needs more with SDPA (--batching padded)."
+        )
+    return None
 
 
 def estimate(
@@ -50,8 +64,9 @@ def estimate(
 
         try:
             target = "cpu" if hw.is_cpu else "cuda"
-            if combo.uses_fsdp:  # the activation side of one process's step; FSDP2's sharding added below
-                traced = traced_memory(model, setup, fsdp.single_process(combo), target, phases=fsdp.TRACED_PHASES)
+            if combo.uses_fsdp:  # the activation side of a rank's step, as it computes; FSDP2's sharding added below
+                view_setup, view = fsdp.compute_view(setup, combo)
+                traced = traced_memory(model, view_setup, view, target, phases=fsdp.TRACED_PHASES)
             else:
                 traced = traced_memory(model, setup, combo, target=target)
         except TraceUnavailable as e:  # never a dead end: say why (a warning, typed) and answer analytically

@@ -15,6 +15,9 @@ per token unless stated. Sources:
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
            Hugging Face's "auto" DeepSpeed config fills in, train/dsconfig.hf_auto_zero_sizes).
   [autocast] estimate/autocast.py: the weight casts torch autocast caches, with and without GC.
+  [PEFT]   peft 0.21 LoRA as get_peft_model builds it by default (autocast_adapter_dtype=True): adapters upcast to
+           fp32 (tuners_utils.cast_adapter_dtype), inputs cast to the adapter's dtype (lora.Linear.forward);
+           Combination.adapter_dtype BASE keeps the adapters in the base's dtype (ftopt.policy.storage).
   [quant]  estimate/quant.py: QLoRA/int8 bases and bitsandbytes optimizers (QLoRA paper, bitsandbytes source).
   [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
            accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
@@ -84,17 +87,27 @@ def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
 
 
 def linear_input_bytes(
-    model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int, lora: bool = False
+    model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int, lora_r: int = 0
 ) -> int:
     """A matmul saves its input only to form the weight gradient (frozen weights need only W for grad-input).
     Under autocast the saved input is the 16-bit cast, one per trainable linear reading it (autocast caches casts
-    of leaf weights, not of activations); a LoRA adapter under autocast always makes its own: PEFT 0.21 casts the
-    16-bit input to the fp32 adapter's dtype first (lora.Linear.forward: _cast_input_dtype), and autocast casts
-    that back to a new 16-bit tensor. Otherwise the tensor itself when not saved already. `trainable` = how many
-    linears of the group train."""
+    of leaf weights, not of activations); otherwise the tensor itself when not saved already. `trainable` = how
+    many linears of the group train.
+    LoRA (`lora_r` > 0) [PEFT]: each wrapped linear first casts its input to the adapter's dtype, a new tensor
+    per wrapped linear when the dtypes differ (peft 0.21 lora.Linear.forward: _cast_input_dtype); lora_A saves
+    that cast (under autocast, autocast's 16-bit cast of it: fp32 adapters make one per wrapped linear, 16-bit
+    adapters none), and lora_B saves lora_A's r-wide output."""
     if not trainable:
         return 0
-    if st.autocast and (produced_bytes == 4 or lora):
+    if lora_r:
+        adapter = st.trainable_weight
+        out = trainable * lora_r * (2 if st.autocast else adapter)  # lora_A's outputs, saved by lora_B
+        if st.autocast and adapter == 4:
+            return out + 2 * in_features * trainable
+        if not st.autocast and adapter != produced_bytes:
+            return out + adapter * in_features * trainable
+        return out + produced_bytes * in_features
+    if st.autocast and produced_bytes == 4:
         return 2 * in_features * trainable  # the bf16 casts autocast makes for the matmuls
     return produced_bytes * in_features
 
@@ -115,14 +128,13 @@ def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_
     return a * 3 * q + probs
 
 
-def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: bool, in_trainable: bool = True) -> int:
+def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: int, in_trainable: bool = True, lora_r: int = 0) -> int:
     """Gated (SwiGLU/GeGLU): gate output (saved by the activation), activation output and up output (saved by the
-    product); the product is saved by `down` when it trains. Plain (GELU): fc1 output, GELU output for fc2.
-    Outputs of frozen linears have the frozen-output dtype (fp32 for quantized bases [quant])."""
+    product); the product is saved by `down` when it trains (linear_input_bytes). Plain (GELU): fc1 output, GELU
+    output for fc2. Outputs of frozen linears have the frozen-output dtype (fp32 for quantized bases [quant])."""
     a, i = (st.act_bytes if in_trainable else st.frozen_out), model.intermediate_size
-    if model.mlp is MlpKind.GATED:
-        return a * 3 * i + (a * i if down_trainable else 0)
-    return a * i + (a * i if down_trainable else 0)
+    down = linear_input_bytes(model, st, i, down_trainable, a, lora_r)
+    return (a * 3 * i if model.mlp is MlpKind.GATED else a * i) + down
 
 
 def layer_activation_bytes_per_token(
@@ -130,20 +142,17 @@ def layer_activation_bytes_per_token(
 ) -> int:
     """All tensors one decoder layer keeps for backward, per token, without checkpointing (`masked`: SDPA is given
     a mask, see attention_core_bytes)."""
-    full = not combo.lora
+    full, r = not combo.lora, combo.lora_r
     groups = _trainable_groups(model, combo)
     norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
     h, q = model.hidden_size, model.q_dim
-    n += linear_input_bytes(
-        model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out_bytes if not full or st.autocast else 0, not full
-    )
+    norm_out = norm_out_bytes if not full or st.autocast else 0  # saved already by a trained norm (full)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out, r)
     n += attention_core_bytes(model, st, combo, seq_len, masked)
-    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, not full)
-    n += linear_input_bytes(
-        model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out_bytes if not full or st.autocast else 0, not full
-    )
-    n += mlp_bytes(model, st, LinearGroup.MLP_OUT in groups, LinearGroup.MLP_IN in groups)
+    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, r)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out, r)
+    n += mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r)
     return n + dora.saved_bytes_per_token(model, combo, st)
 
 
@@ -188,15 +197,38 @@ def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage,
 
 def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
     """(all saved activations at the start of backward, one layer's) per GPU, in bytes.
-    With GC each layer keeps only its input (resid dtype x h) and one layer is recomputed at a time in backward;
-    the checkpoints also keep the mask packed rows give SDPA (estimate/layout.py). A recomputation under autocast
-    enters and leaves its own autocast region, so it holds one layer's weight casts [autocast] (in `per_layer`,
-    as are the casts matmuls save without GC)."""
+    With GC each layer keeps only its input (resid dtype x h); the checkpoints also keep the mask packed rows give
+    SDPA (estimate/layout.py). Its layers are recomputed one at a time later in backward, once the loss's tensors
+    are freed (gc_recompute_activation_bytes). A recomputation under autocast enters and leaves its own autocast
+    region, so it holds one layer's weight casts [autocast] (in `per_layer`, as are the casts matmuls save
+    without GC)."""
     per_layer = _per_layer_bytes(model, setup, combo, st)
     kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
     if combo.gc:
-        return kept + per_layer + head, per_layer
+        return kept + head, per_layer
     return model.num_layers * per_layer + head, per_layer
+
+
+def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    """Activations while backward recomputes the last layer under GC (0 without GC): every checkpoint and that
+    layer's saved tensors. The LM head's and the loss's tensors are freed by then (their backward has run: the
+    traced GC steps peak either at the loss or here, never with both)."""
+    if not combo.gc:
+        return 0
+    kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st)
+    return kept + _per_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
+
+
+def layer_backward_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    """Gradients alive inside one layer's backward beyond its saved tensors, where they are quadratic in the
+    sequence: eager attention's softmax backward (torch's _softmax_backward_data) forms the scores' gradient while
+    the probabilities' gradient is alive, heads x s x s each, both fp32 whatever the precision (transformers'
+    eager attention runs softmax in fp32; under 16 bits the probabilities' 16-bit gradient is upcast and freed
+    before softmax's backward, as the traced step shows). SDPA and flash compute their gradients in O(s) per head: not counted, nor the
+    hidden- and intermediate-sized gradients (the linear-in-s remainder the traced estimator sees)."""
+    if combo.attn.linear_memory:
+        return 0
+    return 2 * 4 * model.num_heads * setup.seq_len * setup.tokens_per_micro_batch
 
 
 def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
@@ -241,7 +273,7 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
     n = setup.world_size
     total = model.param_count()
     train = trainable_params(model, combo)
-    frozen = total - train
+    frozen = total if combo.lora else 0  # LoRA adds its adapters beside the whole frozen base
     weights = train * st.trainable_weight + frozen * st.frozen_weight
     if combo.quant is not Quant.NONE:  # quantized linears + the rest at the frozen storage (fp32 after PEFT) [quant]
         weights = train * st.trainable_weight + q8.quantized_base_bytes(model, combo, st.frozen_weight)
@@ -387,6 +419,16 @@ def memory(
             "forward/backward",
             MemoryBreakdown(
                 **static, gradients=grads_during_fwd, activations=acts, logits_loss=logits + held, temporaries=dequant
+            ),
+        ),
+        (  # GC: the last layer recomputed in backward, after ZeRO-2's first reduction allocated its partition
+            "forward/backward",
+            MemoryBreakdown(
+                **static,
+                gradients=s.grads if combo.zero == 2 and combo.offload is Offload.NONE else grads_during_fwd,
+                activations=gc_recompute_activation_bytes(model, setup, combo, st),
+                logits_loss=held,
+                temporaries=dequant,
             ),
         ),
         (

@@ -20,8 +20,8 @@ def autocast_weight_cache_bytes(model: ModelSpec, combo: Combination, st: Storag
     """One layer's autocast weight casts [autocast]: autocast casts each fp32 weight that requires grad to 16 bits
     once and caches that copy (keyed by the weight) until the outermost autocast region exits, and the matmul saves
     the same copy for the input gradient: 2 bytes per trained linear parameter of the layer (full fine-tuning: every
-    linear; LoRA: the fp32 adapters; a 16-bit frozen base needs no cast)."""
-    if not st.autocast:
+    linear; LoRA: the fp32 adapters; a 16-bit frozen base and 16-bit adapters need no cast)."""
+    if not st.autocast or st.trainable_weight != 4:
         return 0
     if combo.lora:
         return 2 * model.lora_params(combo.lora_r, lora_targets(model, combo)) // model.num_layers

@@ -39,14 +39,38 @@ from dataclasses import dataclass
 from ftopt.estimate import analytic
 from ftopt.estimate.analytic import trainable_params
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.spec import Combination, ModelSpec, Offload, Precision, TrainingSetup
+from ftopt.spec import AdapterDtype, Combination, Fsdp, ModelSpec, Offload, Precision, TrainingSetup
 from ftopt.spec.policy import Storage, storage
 
 
-def compute_bytes(precision: Precision, st: Storage) -> int:
-    """Bytes per element of the unsharded (all-gathered) parameters: MixedPrecisionPolicy.param_dtype under
-    bf16/fp16-mixed (ftopt.train.fsdp_engine.shard_model), else the stored dtype."""
-    return 2 if precision in (Precision.BF16_MIXED, Precision.FP16_MIXED) else st.trainable_weight
+def mixed(precision: Precision) -> bool:
+    """Whether ftopt's FSDP2 engine runs a MixedPrecisionPolicy (ftopt.train.fsdp_engine.shard_model): 16-bit
+    param_dtype for compute, fp32 reduce_dtype, no autocast; fp32 and bf16-true run without casts."""
+    return precision in (Precision.BF16_MIXED, Precision.FP16_MIXED)
+
+
+def compute_bytes(precision: Precision, st: Storage, trainable: bool = True) -> int:
+    """Bytes per element of the unsharded (all-gathered) parameters, trainable or frozen:
+    MixedPrecisionPolicy.param_dtype (16 bits, for every parameter) under bf16/fp16-mixed, else the stored dtype."""
+    if mixed(precision):
+        return 2
+    return st.trainable_weight if trainable else st.frozen_weight
+
+
+def compute_view(setup: TrainingSetup, combo: Combination) -> tuple[TrainingSetup, Combination]:
+    """The single-process step that computes what an FSDP2 rank computes: what both estimators measure the
+    activation side of the step on (the sharding terms come from `terms`). Under bf16/fp16-mixed,
+    MixedPrecisionPolicy all-gathers every parameter, LoRA adapters included, in 16 bits and runs no autocast
+    (_fsdp_param.py FSDPParam.init_dtype_attrs, param_dtype), so a layer computes as a bf16-true layer whose
+    adapters have the base's dtype: no autocast weight cache, no fp32 input casts of PEFT's (fp16 traces as bf16,
+    the same bytes). Without a policy the ranks compute in the stored dtypes, as a single process does."""
+    single = combo.model_copy(update={"fsdp": Fsdp.NONE, "offload": Offload.NONE})
+    if not mixed(setup.precision):
+        return setup, single
+    adapters = AdapterDtype.BASE if combo.lora else AdapterDtype.FP32
+    return setup.model_copy(update={"precision": Precision.BF16_TRUE}), single.model_copy(
+        update={"adapter_dtype": adapters}
+    )
 
 
 @dataclass(frozen=True)
@@ -79,8 +103,9 @@ def terms(
     """`weights`: the model's stored bytes unsharded; `train`: trainable parameters; `gloo`: the ranks reduce over
     gloo (CPU) rather than NCCL."""
     n = setup.world_size
-    c = compute_bytes(setup.precision, st)
-    reduce = 4 if c == 2 else st.grad  # MixedPrecisionPolicy(reduce_dtype=fp32) under mixed precision
+    c = compute_bytes(setup.precision, st)  # trainable parameters, unsharded
+    base = compute_bytes(setup.precision, st, trainable=not combo.lora)  # the decoder's own parameters, unsharded
+    reduce = 4 if mixed(setup.precision) else st.grad  # MixedPrecisionPolicy(reduce_dtype=fp32) under mixed precision
     layer_train = _div(train, model.num_layers) if combo.lora else model.layer_params()
     root_params = model.param_count() - model.num_layers * model.layer_params()
     root_train = 0 if combo.lora else root_params
@@ -93,8 +118,8 @@ def terms(
         weights=w,
         grads=g,
         optim=o,
-        layer_unsharded=(model.layer_params() + (layer_train if combo.lora else 0)) * c,
-        root_unsharded=root_params * c,
+        layer_unsharded=model.layer_params() * base + (layer_train * c if combo.lora else 0),
+        root_unsharded=root_params * base,
         layer_rs=layer_train * reduce * (2 if gloo else 1) + _div(layer_train * reduce, n),
         layer_grad=layer_train * c,
         root_grads=root_train * c,
@@ -108,12 +133,20 @@ def terms(
 
 
 def memory(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, t: FsdpTerms, acts: int, one_layer: int, logits: int
+    model: ModelSpec,
+    setup: TrainingSetup,
+    combo: Combination,
+    t: FsdpTerms,
+    acts: int,
+    one_layer: int,
+    logits: int,
+    recompute: int = 0,
 ) -> tuple[str, MemoryBreakdown]:
     """The peak over FSDP2's phases (measured on two CPU ranks: the start of backward, where the backward
     prefetch all-gathers the last layers while every activation and the loss are alive):
     (1) start of backward: activations, loss, the layers in flight (two under reshard_after_forward=True, every
-        layer under False) and the root's unsharded parameters;
+        layer under False) and the root's unsharded parameters; under GC also the last layer's recomputation
+        (`recompute`: analytic.gc_recompute_activation_bytes) with the same layers in flight;
     (2) the last layer's reduce-scatter: its unsharded gradients and reduce-scatter buffers (the previous
         group's input is reclaimed first: reduce_scatter_max_input_buffers=1), the LM head's unsharded gradient;
     (3) the root's copy-in at the end of backward: the root is resharded first (post_backward reshards before
@@ -137,11 +170,21 @@ def memory(
             ),
         ),
         (
+            "forward/backward",
+            MemoryBreakdown(
+                **static,
+                gradients=grads_fwd,
+                activations=recompute,
+                engine_buffers=layers_unsharded + t.root_unsharded,
+            ),
+        ),
+        (
             "backward, first reduce-scatter",
             MemoryBreakdown(
                 **static,
                 gradients=grads_fwd + t.head_grad + t.layer_grad,
-                activations=max(0, acts - one_layer),  # a traced GC step holds less than one recomputed layer
+                # the last layer's saved tensors are freed by its backward; under GC its recomputation
+                activations=acts if combo.gc else max(0, acts - one_layer),
                 engine_buffers=layers_unsharded + t.root_unsharded + t.layer_rs,
             ),
         ),
@@ -171,16 +214,16 @@ def collective_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination,
     does not skip the sync during accumulation)."""
     n = setup.world_size
     frac = (n - 1) / n if n > 1 else 0.0
-    c = compute_bytes(setup.precision, st)
+    c, base = compute_bytes(setup.precision, st), compute_bytes(setup.precision, st, trainable=not combo.lora)
     layers = model.num_layers * model.layer_params()
     root = model.param_count() - layers
-    gathers = (2 if combo.fsdp.reshard_after_forward else 1) * layers + root
+    gathers = ((2 if combo.fsdp.reshard_after_forward else 1) * layers + root) * base
     if combo.lora:
-        gathers += (2 if combo.fsdp.reshard_after_forward else 1) * train
-    reduce = 4 if c == 2 else st.grad
+        gathers += (2 if combo.fsdp.reshard_after_forward else 1) * train * c
+    reduce = 4 if mixed(setup.precision) else st.grad
     ga = setup.grad_accum
     return {
-        "all_gather_bytes": int(gathers * c * frac) * ga,
+        "all_gather_bytes": int(gathers * frac) * ga,
         "reduce_scatter_bytes": int(train * reduce * frac) * ga,
         "gathers_per_step": (2 * model.num_layers + 1) * ga,
     }
@@ -191,12 +234,6 @@ def collective_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination,
 TRACED_PHASES = frozenset({"forward", "head", "backward", "backward-layers"})
 
 
-def single_process(combo: Combination) -> Combination:
-    """The same combination without FSDP: what the tracer runs to measure the activation side of the step (the
-    sharding terms come from `terms`, which the tracer's one process cannot see)."""
-    return combo.model_copy(update={"fsdp": combo.fsdp.NONE, "offload": Offload.NONE})
-
-
 def peak(
     model: ModelSpec,
     setup: TrainingSetup,
@@ -205,17 +242,21 @@ def peak(
     gloo: bool = False,
 ) -> tuple[MemoryBreakdown, str, int]:
     """(breakdown at the peak, phase, host RAM per node) per rank. Activations and the loss come from the formulas
-    (ftopt.estimate.analytic) or, given `traced`, from the traced step of the same model on one process. `gloo`:
+    (ftopt.estimate.analytic) or, given `traced`, from the traced step, both of the rank's `compute_view`. `gloo`:
     CPU ranks, which reduce over gloo (ftopt.train.fsdp_worker); GPU ranks use NCCL."""
     st = storage(setup.precision, combo)
-    acts, one_layer = analytic.activation_bytes(model, setup, combo, st)
-    logits = analytic.logits_loss_bytes(model, st, setup.tokens_per_micro_batch)
-    if traced is not None:
-        acts, logits = traced.activations, traced.logits_loss + traced.temporaries
+    view_setup, view = compute_view(setup, combo)
+    view_st = storage(view_setup.precision, view)
+    acts, one_layer = analytic.activation_bytes(model, view_setup, view, view_st)
+    logits = analytic.logits_loss_bytes(model, view_st, setup.tokens_per_micro_batch)
+    recompute = analytic.gc_recompute_activation_bytes(model, view_setup, view, view_st)
+    if traced is not None:  # the trace's largest moment, the recomputation's included
+        acts, logits, recompute = traced.activations, traced.logits_loss + traced.temporaries, 0
     train = analytic.trainable_params(model, combo)
-    weights = analytic.zero_states(model, setup, single_process(combo), st).weights
+    single = combo.model_copy(update={"fsdp": Fsdp.NONE, "offload": Offload.NONE})
+    weights = analytic.zero_states(model, setup, single, st).weights
     t = terms(model, setup, combo, st, weights, train, gloo)
-    phase, bd = memory(model, setup, combo, t, acts, one_layer, logits)
+    phase, bd = memory(model, setup, combo, t, acts, one_layer, logits, recompute)
     return bd, phase, t.host * setup.gpus_per_node
 
 

@@ -1,8 +1,13 @@
 """The batch layout a training step really sees, and what it costs beyond the plain causal batch.
 
-`ftopt train` builds batches as TRL does (ftopt.train.sft): one document per row padded to the micro-batch's longest
-row, or, with `TrainingSetup.packing`, documents packed into rows of seq_len whose position ids restart at 0 for
-every document and with no attention mask. What transformers 5.23 and torch 2.13 then run [masking], [sdpa]:
+`ftopt train` builds batches as TRL does (ftopt.train.sft), in the layout `TrainingSetup.batching` names:
+  packed      documents packed into rows of seq_len whose position ids restart at 0 for every document, with no
+              attention mask;
+  padded      one document per row, right-padded to the micro-batch's longest, with a 0/1 attention mask;
+  padded-max  the same, padded to seq_len;
+  full        rows of exactly seq_len, nothing padded (a padded batch whose rows all reach seq_len).
+The longest row sets the shape, so the estimate of a padded batch is that of the largest: a row of seq_len.
+What transformers 5.23 and torch 2.13 then run [masking], [sdpa]:
 
   flash    the collator flattens the micro-batch into one row [1, micro_batch x seq_len]; the varlen kernel reads
            the document boundaries from the position ids. No mask, O(tokens) memory: the same as unpacked.
@@ -16,6 +21,11 @@ every document and with no attention mask. What transformers 5.23 and torch 2.13
            GPU yet) keeps it for backward. The kernel
            stays O(L) per head: no [heads, L, L] scores. A mask also means no causal block skipping: the kernel
            computes all L x L scores (time.forward_flops_per_token).
+  padded   masking_utils._ignore_causal_mask_sdpa keeps `is_causal` (no mask) only while the padding mask is all
+           ones: a micro-batch with a padded row gets the same materialized bool mask [micro_batch, 1, L, L], the
+           repeated k/v and the per-layer float mask as packed rows (only the mask's pattern differs). Padded to
+           the longest, a micro-batch of one row is never padded and stays unmasked; padded to seq_len, a shorter
+           row always is. Flash takes the batch flattened, padding-free, in every layout.
   eager    sdpa_mask's bool mask turned into a float mask [micro_batch, 1, L, L] in the embeddings' dtype
            (masking_utils.eager_mask), packed or not; the scores are [heads, L, L] either way.
 
@@ -33,15 +43,22 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from ftopt.spec import Attention, Combination, ModelSpec, TrainingSetup
+from ftopt.spec import Attention, Batching, Combination, ModelSpec, TrainingSetup
 from ftopt.spec.policy import Storage
 
 BOOL_BYTES = 1  # torch.bool
 
 
+def gets_mask(setup: TrainingSetup) -> bool:
+    """True when the batch makes transformers build an explicit mask rather than rely on `is_causal` [masking]:
+    packed rows, and padded ones wherever a row can be shorter than the longest (see the module docstring)."""
+    b = setup.batching
+    return b in (Batching.PACKED, Batching.PADDED_MAX) or (b is Batching.PADDED and setup.micro_batch > 1)
+
+
 def sdpa_gets_mask(setup: TrainingSetup, combo: Combination) -> bool:
-    """True when SDPA is handed an explicit mask: packed rows (the unpacked batch relies on `is_causal`) [masking]."""
-    return setup.packing and combo.attn is Attention.SDPA
+    """True when SDPA is handed an explicit mask (the module docstring's `sdpa` and `padded` rows) [masking]."""
+    return combo.attn is Attention.SDPA and gets_mask(setup)
 
 
 def masked_sdpa_bytes_per_token(model: ModelSpec, st: Storage, seq_len: int) -> int:
@@ -52,8 +69,8 @@ def masked_sdpa_bytes_per_token(model: ModelSpec, st: Storage, seq_len: int) -> 
 
 
 def model_mask_bytes(setup: TrainingSetup, combo: Combination) -> int:
-    """The mask packing adds at the model level [masking], counted while it lives at the loss peak: only under
-    gradient checkpointing (see the module docstring). sdpa with packed rows: bool [micro_batch, 1, L, L].
+    """The mask packing or padding adds at the model level [masking], counted while it lives at the loss peak: only
+    under gradient checkpointing (see the module docstring). sdpa given a mask: bool [micro_batch, 1, L, L].
     Eager's float mask exists packed or not and is left inside the eager rows' measured accuracy: the analytic
     GC peak already lets one recomputed layer coexist with the logits, which a real step does not."""
     if not (combo.gc and sdpa_gets_mask(setup, combo)):
@@ -65,7 +82,9 @@ def model_mask_bytes(setup: TrainingSetup, combo: Combination) -> int:
 def step_inputs(setup: TrainingSetup, combo: Combination, device: str) -> dict:
     """One micro-batch in the layout `ftopt train`'s collator gives the model (ftopt.train.sft; the traced step):
     flash: the micro-batch flattened into one row [1, micro_batch x seq_len]; packed rows for sdpa/eager: rows of
-    two documents each, position ids restarting at the second, no attention mask; otherwise plain causal rows."""
+    two documents each, position ids restarting at the second, no attention mask; padded rows: the 0/1 attention
+    mask (a fake tensor has no values, so transformers materializes the mask as for a real padded batch, which
+    `gets_mask` says exists); otherwise plain causal rows."""
     import torch
 
     mb, s = setup.micro_batch, setup.seq_len
@@ -77,6 +96,8 @@ def step_inputs(setup: TrainingSetup, combo: Combination, device: str) -> dict:
         first = s - s // 2  # two documents per row; one row of one token cannot restart
         pos = torch.cat([torch.arange(first), torch.arange(s - first)]).to(device)
         inputs["position_ids"] = pos.repeat(mb, 1)
+    elif combo.attn is not Attention.FLASH and not setup.packing and gets_mask(setup):
+        inputs["attention_mask"] = torch.ones((mb, s), dtype=torch.long, device=device)
     return inputs
 
 

@@ -40,7 +40,7 @@ from ftopt.estimate.quant import bnb_optimizer_bytes, quantized_weight_bytes
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.estimate.trace_cache import TraceResult
 from ftopt.estimate.trace_optimizer import traced_optimizer
-from ftopt.spec import Combination, ModelSpec, Offload, TrainingSetup
+from ftopt.spec import AdapterDtype, Combination, ModelSpec, Offload, Precision, Quant, TrainingSetup
 from ftopt.spec.errors import FtoptError, TraceUnavailable
 from ftopt.spec.policy import storage
 
@@ -264,6 +264,16 @@ def _traced_gradient_share(setup: TrainingSetup, combo: Combination) -> float:
     return 1.0 / setup.world_size if combo.zero >= 2 else 1.0
 
 
+def _engine_view(combo: Combination) -> Combination:
+    """The combination as the engine's module computes: DeepSpeed casts the whole module to its 16-bit dtype at
+    initialization (runtime/engine.py DeepSpeedEngine._configure_distributed_model: module.bfloat16()/.half()),
+    the LoRA adapters PEFT made fp32 included, so the traced model has 16-bit adapters and no input casts
+    (policy.storage's DeepSpeed rows). A quantized base keeps PEFT's fp32 adapters (Combination's rule)."""
+    if combo.uses_deepspeed and combo.lora and combo.quant is Quant.NONE:
+        return combo.model_copy(update={"adapter_dtype": AdapterDtype.BASE})
+    return combo
+
+
 def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> TraceResult:
     """The trace of `num_layers` layers, run once per configuration (ftopt.estimate.trace_cache). The GPU count
     enters only through the rank's gradient share and ZeRO-2's partition, so a trace is shared across GPU counts
@@ -301,7 +311,7 @@ def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_la
     with _without_hf_zero3():
         model = build_model(
             spec,
-            combo,
+            _engine_view(combo),
             setup.precision,
             device="meta",
             num_layers=num_layers,
@@ -323,7 +333,9 @@ def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_la
         )
         opt = None if deepspeed else traced_optimizer(model, params, spec, combo, setup, on_gpu, tracker.retag)
         inputs = layout.step_inputs(setup, combo, device)
-        autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=st.autocast)
+        # the run's compute dtype: an fp16 base under a bf16 autocast would be cast to bf16 in every matmul
+        half = torch.float16 if setup.precision is Precision.FP16_MIXED else torch.bfloat16
+        autocast = torch.autocast(device_type=device, dtype=half, enabled=st.autocast)
         with _StorageMode(tracker):
             for _step in range(2):
                 for _micro in range(setup.grad_accum):

@@ -31,7 +31,7 @@ import shlex
 from pathlib import Path
 
 from ftopt.export.cluster import export_cluster
-from ftopt.spec import ModelSpec, Precision, Quant, RunSpec, preset_names
+from ftopt.spec import AdapterDtype, Batching, ModelSpec, Precision, Quant, RunSpec, preset_names
 from ftopt.spec.io import atomic_write_text
 from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, quantizes_head, storage
 from ftopt.spec.recipes import suggested_learning_rate
@@ -117,6 +117,8 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
         "max_length": s.seq_len,
         "packing": s.packing,
         "padding_free": s.packing,
+        # --batching padded-max: every row padded to max_length, as `ftopt train` pads it (TRL's collator option)
+        "pad_to_multiple_of": s.seq_len if s.batching is Batching.PADDED_MAX else None,
         "optim": c.optim.hf_name,
         "report_to": run.output.report_to.value,
         "logging_steps": 1,
@@ -205,6 +207,19 @@ def machine_args(run: RunSpec) -> str:
     )
 
 
+def _adapter_dtype_comment(run: RunSpec) -> str:
+    """TRL's SFT script (trl 1.16 SFTTrainer) calls get_peft_model with PEFT's default fp32 adapters, passing
+    autocast_adapter_dtype=False only under ZeRO-3, and its config has no field for it: a run planned with
+    16-bit adapters says so where TRL reads its settings."""
+    if run.combination.adapter_dtype is AdapterDtype.FP32 or not run.combination.lora:
+        return ""
+    return (
+        "# planned with LoRA adapters in the base's dtype (--adapter-dtype base); TRL's SFT config has no field "
+        "for PEFT's autocast_adapter_dtype=False, so this config trains fp32 adapters: run.json "
+        "('ftopt train --plan run.json', torchrun.sh) runs the plan as planned\n"
+    )
+
+
 def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     """Write the files (see the module docstring) into `folder`; returns their paths."""
     import yaml
@@ -229,6 +244,7 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     atomic_write_text(
         cfg_file,
         "".join(f"# {line}\n" for line in (lr.comment(), *qlora_notes(run, model)))
+        + _adapter_dtype_comment(run)
         + yaml.safe_dump(sft_config(run, model, ds_path, folder), sort_keys=False),
     )
     launch = folder / "launch.sh"

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ftopt.model import quantize
-from ftopt.spec import Attention, Combination, ModelSpec, Precision, Quant
+from ftopt.spec import AdapterDtype, Attention, Combination, ModelSpec, Precision, Quant
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, quantizes_head, storage
 
@@ -89,7 +89,8 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
             use_dora=combo.dora,
             use_rslora=combo.rslora,
         )
-        model = get_peft_model(model, cfg)
+        # PEFT keeps the adapters in fp32 unless told otherwise (Combination.adapter_dtype)
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=combo.adapter_dtype is AdapterDtype.FP32)
     if combo.gc:
         base = model.get_base_model() if combo.lora else model
         # non-reentrant checkpointing (transformers' default): each layer keeps its input only

@@ -29,6 +29,7 @@ from ftopt.planner.whatif import (
 )
 from ftopt.spec import (
     DEFAULT_CURRENCY,
+    AdapterDtype,
     Attention,
     Combination,
     Engine,
@@ -188,12 +189,14 @@ def combinations(
     recipes: tuple[QloraRecipe, ...] = (QloraRecipe.PEFT,),
     dora: bool = False,
     rslora: bool = False,
+    adapter_dtype: AdapterDtype | None = None,
 ) -> list[Combination]:
     """GC on/off x full/LoRA x (ZeRO stage, offload) x every attention kernel the hardware runs (eager and SDPA
     everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) in each
     QLoRA recipe of `recipes` and, without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the
     enumeration (None = PLAN_QUANTS and every optimizer). `dora`/`rslora`: the LoRA candidates are that variant
-    (DoRA: ZeRO 0-2, no FSDP)."""
+    (DoRA: ZeRO 0-2, no FSDP). `adapter_dtype`: the LoRA candidates' adapter dtype (None = PEFT's default); a
+    quantized base keeps fp32 adapters (Combination's rule)."""
     attns = [a for a in Attention if a in hw.attention_kernels]
     ranks = [0] if full_only else [0, lora_r]
     quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
@@ -217,6 +220,7 @@ def combinations(
                 lora_targets=lora_targets if r else None,
                 dora=dora and bool(r),
                 rslora=rslora and bool(r),
+                adapter_dtype=adapter_dtype if r and adapter_dtype and quant is Quant.NONE else AdapterDtype.FP32,
                 zero=zero,
                 fsdp=fsdp,
                 offload=off,
@@ -303,6 +307,7 @@ def plan(
     full_only: bool = False,
     lora_r: int = DEFAULT_LORA_R,
     lora_targets: tuple[str, ...] | None = None,
+    adapter_dtype: AdapterDtype | None = None,
     cost_per_gpu_hour: float | None = None,
     currency: str | None = None,
     what_ifs: bool = True,
@@ -329,7 +334,7 @@ def plan(
     recipes = _recipes(setup, recipes)
     combos = [
         c
-        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, recipes, dora, rslora)
+        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, recipes, dora, rslora, adapter_dtype)
         if c.runs_in(setup.precision) and (engines is None or c.engine in engines)
     ]
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA

@@ -36,6 +36,7 @@ class SetupRequest(BaseModel):
     dataset_tokens: int | None
     epochs: float | None
     packing: bool | None
+    batching: str | None
     headroom: float | None
     calibration: Path | None
     host_ram: str | None
@@ -46,6 +47,7 @@ class PlanRequest(SetupRequest):
 
     lora_r: int
     lora_targets: str | None
+    adapter_dtype: str | None
     max_hours: float | None
     full_only: bool
     cost_per_gpu_hour: float | None
@@ -88,6 +90,7 @@ def specs(r: SetupRequest) -> tuple[ModelSpec, HardwareSpec, TrainingSetup]:
         dataset_tokens=r.dataset_tokens,
         epochs=r.epochs,
         packing=r.packing,
+        batching=r.batching,
         headroom=r.headroom,
     )
     return m, hw, setup
@@ -105,6 +108,7 @@ def make(r: PlanRequest) -> Planned:
         full_only=r.full_only,
         lora_r=r.lora_r,
         lora_targets=resolve.lora_target_list(r.lora_targets),
+        adapter_dtype=resolve.enum_value("adapter_dtype", r.adapter_dtype),
         cost_per_gpu_hour=r.cost_per_gpu_hour,
         currency=r.currency,
         quants=resolve.enum_list("quant", r.quant),
@@ -125,6 +129,7 @@ class EstimateRequest(SetupRequest):
     gc: bool | None
     lora_r: int | None
     lora_targets: str | None
+    adapter_dtype: str | None
     zero: int | None
     fsdp: str | None
     offload: str | None
@@ -148,6 +153,7 @@ def estimate_for(r: EstimateRequest) -> Estimate:
         lora_targets=r.lora_targets,
         dora=r.dora,
         rslora=r.rslora,
+        adapter_dtype=r.adapter_dtype,
         zero=r.zero,
         fsdp=r.fsdp,
         offload=r.offload,

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ftopt.spec import (
+    AdapterDtype,
     Attention,
+    Batching,
     Combination,
     DataSpec,
     Engine,
@@ -41,6 +43,7 @@ from ftopt.spec.run import TrainOn
 # Enum-valued fields and the flag a user types for each (for one-line messages that name the flag).
 _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
     "precision": (Precision, "--precision"),
+    "batching": (Batching, "--batching"),
     "offload": (Offload, "--offload"),
     "attn": (Attention, "--attn"),
     "lr_schedule": (LrSchedule, "--lr-schedule"),
@@ -49,6 +52,7 @@ _ENUM_FLAGS: dict[str, tuple[type[Enum], str]] = {
     "qlora_recipe": (QloraRecipe, "--qlora-recipe"),
     "optim": (Optim, "--optim"),
     "fsdp": (Fsdp, "--fsdp"),
+    "adapter_dtype": (AdapterDtype, "--adapter-dtype"),
     "engine": (Engine, "--engine"),
     "train_on": (TrainOn, "--train-on"),
 }
@@ -77,6 +81,11 @@ def lora_target_list(s: str | None) -> tuple[str, ...] | None:
     if not t:
         raise FtoptError("--lora-targets is empty; give a comma list of module names.")
     return t
+
+
+def enum_value(field: str, value: str | None):
+    """One enum field's value from its flag's string (None = not given), with a message that names the flag."""
+    return _given({field: value}).get(field)
 
 
 def enum_list(field: str, value: str | None) -> tuple | None:

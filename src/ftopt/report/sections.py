@@ -20,6 +20,7 @@ from ftopt.report.projection import PILOT_DATA_FRACTION, PILOT_TIME_OVERRUN_STOP
 from ftopt.report.text import metric_name, plural
 from ftopt.report.verdict import nothing_to_learn
 from ftopt.results.rows import ResultRow
+from ftopt.spec.training import Batching
 from ftopt.spec.units import fmt_bytes, fmt_seconds
 
 e = html.escape
@@ -247,8 +248,10 @@ def results_table(
 
 
 def padded_rows_note(rows: list[ResultRow], T: dict) -> str | None:
-    """Why an unpacked run's measured peak can sit below its prediction, when the results hold one."""
-    return T["padded_rows"] if any(r.run is not None and not r.run.setup.packing for r in rows) else None
+    """Why a run padded to its longest row can peak below its prediction, when the results hold one."""
+    return (
+        T["padded_rows"] if any(r.run is not None and r.run.setup.batching is Batching.PADDED for r in rows) else None
+    )
 
 
 def production_table(plan: ProductionPlan, T: dict, lang: str) -> tuple[str, list[str], list[list[str]]]:

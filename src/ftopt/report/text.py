@@ -148,8 +148,8 @@ EN: dict[str, str] = {
     "status_oom": "out of memory",
     "status_error": "error",
     "status_failed": "failed (no metrics)",
-    "padded_rows": "Predicted peaks assume every sequence is --seq-len tokens long. Runs without --packing pad each "
-    "micro-batch only to its longest sequence, so on shorter data their measured peak is below the "
+    "padded_rows": "Predicted peaks assume every sequence is --seq-len tokens long. Runs with --batching padded (the "
+    "default) pad each micro-batch only to its longest sequence, so on shorter data their measured peak is below the "
     "prediction.",
     "production_h": "Production projection",
     "production_assume": "Predicted by the planner for {model} on {gpus} × {gpu} ({precision}, sequence length {seq_len}, "

@@ -74,6 +74,7 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
         hw,
         seq_len=q.seq_len,
         micro_batch=q.micro_batch,
+        batching=q.batching,
         gpus_per_node=q.gpus,
         nodes=q.nodes,
         dataset_tokens=q.dataset_tokens,

@@ -39,6 +39,7 @@ class PlanQuery(BaseModel):
     nodes: int | None = None
     seq_len: int | None = None
     micro_batch: int | None = None
+    batching: str | None = Field(None, description="how rows are batched, as `plan --batching`")
     lora_r: int = DEFAULT_LORA_R
     quant: str | None = Field(None, description="comma list of quantized bases to try, as `plan --quant`")
     optim: str | None = Field(None, description="comma list of optimizers to try, as `plan --optim`")

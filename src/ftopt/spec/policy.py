@@ -5,15 +5,17 @@ planner predicts is the memory of the model the trainer builds.
 Sources: [ZeRO] Rajbhandari et al. 2020 (2 + 2 + K bytes per parameter, K = 12 for fp32 master + Adam);
 [HF] transformers 5 Trainer (fp32 weights under autocast for mixed precision); [DS] DeepSpeed 0.19 (16-bit module,
 fp32 partition copy kept by the ZeRO optimizer); [PEFT] prepare_model_for_kbit_training (non-quantized parameters
-of a quantized base cast to fp32); [bnb] bitsandbytes Linear4bit.forward casts its output back to the input dtype;
-[recipes] torchtune's and LitGPT's QLoRA keep everything but the quantized linears in bf16 (spec.QloraRecipe).
+of a quantized base cast to fp32); [PEFT-dtype] peft 0.21 get_peft_model(autocast_adapter_dtype=True, the default)
+upcasts bf16/fp16 adapter weights to fp32 (tuners_utils.cast_adapter_dtype); [bnb] bitsandbytes Linear4bit.forward
+casts its output back to the input dtype; [recipes] torchtune's and LitGPT's QLoRA keep everything but the quantized
+linears in bf16 (spec.QloraRecipe).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.spec import ALL_LINEAR, Combination, ModelSpec, Precision, Quant
+from ftopt.spec import ALL_LINEAR, AdapterDtype, Combination, ModelSpec, Precision, Quant
 from ftopt.spec.errors import FtoptError
 
 # The LoRA hyperparameters of every ftopt run (the model builder and `plan --export` read them here). ftopt's choice
@@ -71,15 +73,19 @@ def storage(precision: Precision, combo: Combination) -> Storage:
     """Bytes per parameter as each engine really stores them.
 
     Hugging Face Trainer alone: mixed precision keeps fp32 weights and runs autocast [HF]; for LoRA, ftopt loads
-    the frozen base in 16 bits (it needs no fp32 master) and PEFT keeps the adapters in fp32.
-    DeepSpeed: 16-bit weights and grads plus K=12 bytes of fp32 master + Adam states per trainable parameter [ZeRO].
-    bf16-true (Trainer only): everything bf16, AdamW states in the parameter dtype (torch.optim.AdamW).
+    the frozen base in 16 bits (it needs no fp32 master) and PEFT keeps the adapters in fp32 [PEFT-dtype].
+    DeepSpeed: 16-bit weights and grads plus K=12 bytes of fp32 master + Adam states per trainable parameter [ZeRO];
+    the engine casts the whole module, adapters included, to 16 bits [DS].
+    bf16-true (Trainer only): everything bf16, AdamW states in the parameter dtype (torch.optim.AdamW), except
+    LoRA adapters, which PEFT keeps in fp32 [PEFT-dtype] with their fp32 gradients and AdamW states.
     Quantized base (QLoRA, Trainer): `frozen_weight` is the storage of the base's non-quantized parameters, fp32
     after prepare_model_for_kbit_training [PEFT] (16-bit under DeepSpeed, which casts the module); the residual
     stream is fp32 (fp32 embeddings) and the quantized linears return fp32 (their input's dtype) [bnb]. Under
     bf16-true the same recipe runs without autocast: fp32 everywhere but the quantized matmuls, which compute in
     bf16. torchtune's and LitGPT's recipes keep all of it in bf16 under bf16-true [recipes].
+    `combo.adapter_dtype` BASE (autocast_adapter_dtype=False) keeps the adapters in the base's dtype.
     """
+    _check_adapter_dtype(precision, combo)
     if combo.quant is not Quant.NONE and not combo.qlora_recipe.runs_in(precision):
         raise FtoptError(
             f"--qlora-recipe {combo.qlora_recipe.value} keeps the base in bf16 without autocast (torchtune builds in "
@@ -94,10 +100,13 @@ def storage(precision: Precision, combo: Combination) -> Storage:
         if combo.uses_deepspeed:
             return Storage(2, 2, 2, 4, 8, autocast=False, act_bytes=2, resid_bytes=2)
         return Storage(4, 4, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=4, frozen_out_bytes=4)
+    # trainable parameters' bytes where the adapters may differ from the base: (weight, grad, AdamW states)
+    fp32_adapters = combo.lora and combo.adapter_dtype is AdapterDtype.FP32
     if combo.uses_fsdp and precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         # FSDP2 (ftopt.train.fsdp_engine): the stored dtype as for the Trainer, no autocast: MixedPrecisionPolicy
         # all-gathers the parameters in 16 bits, so activations and the residual stream are 16-bit
-        return Storage(4, 2 if combo.lora else 4, 4, 0, 8, autocast=False, act_bytes=2, resid_bytes=2)
+        w, g, o = (4, 4, 8) if fp32_adapters or not combo.lora else (2, 2, 4)
+        return Storage(w, 2 if combo.lora else 4, g, 0, o, autocast=False, act_bytes=2, resid_bytes=2)
     if precision is Precision.FP32:
         # DeepSpeed's ZeRO optimizers keep an fp32 partition copy of the trainable weights whatever the model dtype
         # (stage_1_and_2.single_partition_of_fp32_groups, stage3.fp32_partitioned_groups_flat)
@@ -108,13 +117,26 @@ def storage(precision: Precision, combo: Combination) -> Storage:
                 "bf16-true is a Trainer-only precision: DeepSpeed always keeps fp32 master weights; "
                 "use bf16-mixed with ZeRO."
             )
-        return Storage(2, 2, 2, 0, 4, autocast=False, act_bytes=2, resid_bytes=2)
+        w, g, o = (4, 4, 8) if fp32_adapters else (2, 2, 4)
+        return Storage(w, 2, g, 0, o, autocast=False, act_bytes=2, resid_bytes=2)
     # bf16-mixed / fp16-mixed
     if combo.uses_deepspeed:
         return Storage(2, 2, 2, 4, 8, autocast=False, act_bytes=2, resid_bytes=2)
     if combo.lora:
-        return Storage(4, 2, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=2)
+        w, g, o = (4, 4, 8) if fp32_adapters else (2, 2, 4)
+        return Storage(w, 2, g, 0, o, autocast=True, act_bytes=2, resid_bytes=2)
     return Storage(4, 4, 4, 0, 8, autocast=True, act_bytes=2, resid_bytes=4)
+
+
+def _check_adapter_dtype(precision: Precision, combo: Combination) -> None:
+    """fp16 adapters cannot train under fp16-mixed where torch's GradScaler scales the loss (the Trainer, ftopt's
+    FSDP2 loop): it refuses fp16 gradients (torch/amp/grad_scaler.py _unscale_grads_: "Attempting to unscale FP16
+    gradients."). DeepSpeed scales with its own optimizer's fp32 master copy."""
+    if combo.adapter_dtype is AdapterDtype.BASE and precision is Precision.FP16_MIXED and not combo.uses_deepspeed:
+        raise FtoptError(
+            "--adapter-dtype base with fp16-mixed gives fp16 adapters, whose gradients torch's loss scaler "
+            "refuses to unscale; use --adapter-dtype fp32 (PEFT's default) or bf16-mixed."
+        )
 
 
 def lora_targets(model: ModelSpec, combo: Combination) -> list[str]:

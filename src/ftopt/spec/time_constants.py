@@ -39,6 +39,10 @@ class DefaultProvenance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["default"] = "default"
     source: str = Field(min_length=1, description="where the figures come from (paper, benchmark run, file)")
+    rows: tuple[str, ...] = Field(
+        (), description="the published runs the figures were fitted to (time_rows ids, benchmarks/published/rows.json)"
+    )
+    fitted_on: str | None = Field(None, description="the date they were fitted (YYYY-MM-DD); None = not fitted")
 
 
 Provenance = Annotated[DefaultProvenance | CalibrationProvenance, Field(discriminator="kind")]
@@ -96,11 +100,17 @@ def _defaults_file() -> dict:
 
 def default_time_constants(hardware: str) -> TimeConstants:
     """The shipped constants for a preset (or `cpu`), else the generic default, each with its source
-    (presets/time_constants.json: the one place the defaults live)."""
+    (presets/time_constants.json: the one place the defaults live). Where published runs exist for a GPU the figures
+    are fitted to them (benchmarks/published_time.py) and name those rows and the date; elsewhere they are the
+    stated assumption."""
     data = _defaults_file()
     entry = data["hardware"].get(hardware, data["generic"])
-    figures = {k: v for k, v in entry.items() if k != "source"}
-    return TimeConstants(**figures, provenance=DefaultProvenance(source=entry.get("source", data["source"])))
+    about = ("source", "rows", "fitted_on")
+    figures = {k: v for k, v in entry.items() if k not in about}
+    prov = DefaultProvenance(
+        source=entry.get("source", data["source"]), rows=entry.get("rows", ()), fitted_on=entry.get("fitted_on")
+    )
+    return TimeConstants(**figures, provenance=prov)
 
 
 def migrate_flat(data: dict, where: str) -> dict:

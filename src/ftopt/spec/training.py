@@ -146,6 +146,15 @@ class Optim(str, Enum):
         return self in (Optim.PAGED_ADAMW_8BIT, Optim.PAGED_ADAMW)
 
 
+class AdapterDtype(str, Enum):
+    """The dtype PEFT keeps the LoRA adapters in (get_peft_model's `autocast_adapter_dtype`, peft 0.21
+    tuners_utils.cast_adapter_dtype): PEFT upcasts 16-bit adapters to fp32 by default, and each wrapped layer then
+    casts its input up to the adapter's dtype (lora.Linear.forward: _cast_input_dtype)."""
+
+    FP32 = "fp32"  # autocast_adapter_dtype=True, PEFT's default
+    BASE = "base"  # autocast_adapter_dtype=False: the adapters take the base model's dtype
+
+
 class Combination(BaseModel):
     """One choice of the memory/time optimizations: GC, LoRA, ZeRO/offload, attention, base quantization, optimizer."""
 
@@ -158,6 +167,7 @@ class Combination(BaseModel):
     )
     dora: bool = Field(False, description="DoRA (PEFT use_dora): LoRA with a trained magnitude per output row")
     rslora: bool = Field(False, description="rank-stabilized LoRA (PEFT use_rslora): scaling alpha/sqrt(r)")
+    adapter_dtype: AdapterDtype = Field(AdapterDtype.FP32, description="LoRA adapters' dtype (PEFT's default: fp32)")
     zero: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage; 0 = plain data parallel")
     fsdp: Fsdp = Field(Fsdp.NONE, description="PyTorch FSDP2 sharding; exclusive with zero")
     offload: Offload = Offload.NONE
@@ -176,6 +186,14 @@ class Combination(BaseModel):
             raise ValueError("optimizer offload needs a ZeRO stage (1, 2 or 3), got stage 0")
         if self.lora_r == 0 and self.lora_targets:
             raise ValueError("lora_targets were given but lora_r is 0 (full fine-tuning)")
+        if self.adapter_dtype is not AdapterDtype.FP32 and not self.lora:
+            raise ValueError(f"adapter_dtype={self.adapter_dtype.value} was given but lora_r is 0 (no adapters)")
+        if self.adapter_dtype is AdapterDtype.BASE and self.quant is not Quant.NONE:
+            # peft 0.21 cast_adapter_dtype: autocast_adapter_dtype=False is not supported for quantized bases
+            # (huggingface/peft issue 2889, as TRL's SFTTrainer notes); the adapters stay fp32 there
+            raise ValueError(
+                f"adapter_dtype=base needs a 16-bit base; quant={self.quant.value} keeps the adapters in fp32"
+            )
         if self.quant is not Quant.NONE and not self.lora:
             raise ValueError(f"a quantized base (quant={self.quant.value}) is frozen, so it needs LoRA (lora_r > 0)")
         self._variant_rules()
@@ -282,6 +300,8 @@ class Combination(BaseModel):
         if self.quant is not Quant.NONE:
             recipe = "" if self.qlora_recipe is QloraRecipe.PEFT else f" ({self.qlora_recipe.value})"
             parts.append(self.quant.value.upper() + recipe)
+        if self.adapter_dtype is not AdapterDtype.FP32:
+            parts.append(f"adapters {self.adapter_dtype.value} dtype")
         if self.optim is not Optim.ADAMW:
             parts.append(self.optim.value)
         parts.append(self.attn.value)
@@ -289,7 +309,7 @@ class Combination(BaseModel):
 
     def key(self) -> dict:
         """The stable JSON form (documented schema: gc, lora_r, zero, fsdp, offload, attn, lora_targets, quant,
-        optim, dora, rslora, qlora_recipe)."""
+        optim, dora, rslora, qlora_recipe, adapter_dtype)."""
         return {
             "gc": self.gc,
             "lora_r": self.lora_r,
@@ -303,6 +323,7 @@ class Combination(BaseModel):
             "dora": self.dora,
             "rslora": self.rslora,
             "qlora_recipe": self.qlora_recipe.value,
+            "adapter_dtype": self.adapter_dtype.value,
         }
 
 
@@ -342,6 +363,18 @@ class AdamWKernel(str, Enum):
     FOREACH = "foreach"
 
 
+class Batching(str, Enum):
+    """How the data is batched: what shape each micro-batch has and whether SDPA is handed an explicit mask
+    (estimate/layout.py says what each costs). The field `packing` of older files maps to PACKED / PADDED."""
+
+    PACKED = "packed"  # documents packed into rows of seq_len, padding-free (TRL's layout, ftopt.train.sft)
+    # one document per row, right-padded to the micro-batch's longest (Trainer/TRL dynamic padding; `ftopt train`
+    # without packing): the estimate is that of the largest batch, a row of seq_len beside shorter ones
+    PADDED = "padded"
+    PADDED_MAX = "padded-max"  # one document per row, right-padded to seq_len (axolotl's pad_to_sequence_len)
+    FULL = "full"  # every row exactly seq_len tokens (data cut into fixed-length chunks): no padding, no mask
+
+
 class TrainingSetup(BaseModel):
     """What is trained, how long, on how many devices."""
 
@@ -355,11 +388,7 @@ class TrainingSetup(BaseModel):
     nodes: int = Field(1, gt=0)
     dataset_tokens: int | None = Field(None, gt=0, description="tokens in one epoch; None = one global batch")
     epochs: float = Field(1.0, gt=0)
-    packing: bool = Field(
-        False,
-        description="documents packed into rows of seq_len, padding-free (TRL's layout, "
-        "ftopt.train.sft); False = one document per row, padded to the micro-batch's longest",
-    )
+    batching: Batching = Field(Batching.PADDED, description="how rows are formed and padded (see Batching)")
     adamw_kernel: AdamWKernel = Field(AdamWKernel.FUSED, description="torch AdamW implementation (see AdamWKernel)")
     keeps_outputs: bool = Field(
         False,
@@ -376,6 +405,27 @@ class TrainingSetup(BaseModel):
         DEFAULT_HEADROOM,
         description="share of GPU memory kept free beyond the predicted device total (--headroom); 0 = none",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _packing_flag(cls, data):
+        """`packing` (the --packing/--no-packing flag, and the field of files written before `batching`) names
+        one of two batchings: True = packed, False = padded to the longest. With `batching` it must agree."""
+        if not isinstance(data, dict) or "packing" not in data:
+            return data
+        data = dict(data)
+        packing = data.pop("packing")
+        if packing is None:
+            return data
+        implied = Batching.PACKED if packing else Batching.PADDED
+        given = data.get("batching")
+        if given is None:
+            data["batching"] = implied
+        elif given in set(Batching) and (Batching(given) is Batching.PACKED) != bool(packing):
+            raise ValueError(
+                f"--{'' if packing else 'no-'}packing contradicts --batching {Batching(given).value}: give one of them"
+            )
+        return data
 
     @model_validator(mode="after")
     def _rules(self) -> TrainingSetup:
@@ -398,6 +448,10 @@ class TrainingSetup(BaseModel):
         base = dict(CPU_DEFAULTS) if is_cpu else {"precision": default_precision(is_cpu, compute_dtypes)}
         base.update({k: v for k, v in given.items() if v is not None})
         return cls(**base)
+
+    @property
+    def packing(self) -> bool:
+        return self.batching is Batching.PACKED
 
     @property
     def world_size(self) -> int:

@@ -46,7 +46,8 @@ class BenchRequest(BaseModel):
     seq_len: int | None
     micro_batch: int | None
     precision: str | None
-    packing: bool
+    packing: bool | None
+    batching: str | None
     headroom: float | None
     max_steps: int
     lr: float | None
@@ -115,6 +116,7 @@ def prepare(r: BenchRequest) -> Sweep:
         micro_batch=r.micro_batch,
         precision=r.precision,
         packing=r.packing,
+        batching=r.batching,
         headroom=r.headroom,
         nodes=r.nodes,
     )

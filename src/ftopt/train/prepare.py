@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.run import DataSpec, ModelRef, RunSpec
-from ftopt.spec.training import Attention
+from ftopt.spec.training import Attention, Batching
 from ftopt.train import data as D
 from ftopt.train.sft import SftCollator, Tokenized, to_dataset, tokenize
 from ftopt.train.tokenizer import TokenizerChoice, check_unknown, load_tokenizer
@@ -86,20 +86,23 @@ def prepare(
     tokenizer,
     seq_len: int,
     *,
-    packing: bool = False,
+    batching: Batching = Batching.PADDED,
     seed: int = 0,
     attn: Attention = Attention.SDPA,
     records: tuple[D.Records, D.Records | None, str] | None = None,
 ) -> Prepared:
-    """Tokenize (TRL's conventions, see ftopt.train.sft), pack if asked, and pick the collator for `attn`.
-    `records` = read_data's result when the caller already read it (to train a tokenizer on the same rows)."""
+    """Tokenize (TRL's conventions, see ftopt.train.sft), pack if asked, and pick the collator for `attn` and the
+    batching (padded-max pads every row to seq_len). `records` = read_data's result when the caller already read
+    it (to train a tokenizer on the same rows)."""
+    packing = batching is Batching.PACKED
     train, held, fmt = records or read_data(data, seed)
     tok = tokenize(train, tokenizer, seq_len, fmt, data.train_on)
     train_ds = to_dataset(tok.examples, seq_len, packing)
     eval_ds = None
     if held is not None:
         eval_ds = to_dataset(tokenize(held, tokenizer, seq_len, fmt, data.train_on).examples, seq_len, packing)
-    collator = SftCollator(pad_token_id=tokenizer.pad_token_id, flatten=attn is Attention.FLASH)
+    pad_to = seq_len if batching is Batching.PADDED_MAX else None
+    collator = SftCollator(pad_token_id=tokenizer.pad_token_id, flatten=attn is Attention.FLASH, pad_to=pad_to)
     summary = summarize(train, held, fmt, tok, seq_len, len(train_ds) if packing else None)
     return Prepared(train_ds, eval_ds, collator, held.rows if held else [], fmt, summary)
 
@@ -110,7 +113,7 @@ def prepare_run(
     vocab_size: int,
     seq_len: int,
     *,
-    packing: bool = False,
+    batching: Batching = Batching.PADDED,
     seed: int = 0,
     attn: Attention = Attention.SDPA,
     log=lambda m: None,
@@ -125,7 +128,7 @@ def prepare_run(
             f"The tokenizer ({choice.source}) has {len(choice.tokenizer)} tokens but the model's "
             f"vocabulary has {vocab_size}; give a matching --tokenizer."
         )
-    prep = prepare(data, choice.tokenizer, seq_len, packing=packing, seed=seed, attn=attn, records=records)
+    prep = prepare(data, choice.tokenizer, seq_len, batching=batching, seed=seed, attn=attn, records=records)
     s = prep.summary
     check_unknown(s.unk_fraction, choice.source)
     log(
@@ -142,7 +145,21 @@ def prepare_run(
             f"note: {s.truncated} of {s.rows} training rows were longer than --seq-len {seq_len} and were "
             f"truncated; {s.dropped} had no trained token left and were dropped"
         )
+    _note_short_rows(prep, batching, seq_len, log)
     return prep, choice
+
+
+def _note_short_rows(prep: Prepared, batching: Batching, seq_len: int, log) -> None:
+    """--batching full states that no row is padded; say so when the data has rows the collator must pad."""
+    if batching is not Batching.FULL:
+        return
+    short = sum(len(ids) < seq_len for ids in prep.train_dataset["input_ids"])
+    if short:
+        log(
+            f"note: --batching full assumes every row is --seq-len {seq_len} tokens, but {short} training rows are "
+            "shorter and are padded; SDPA then gets an attention mask the estimate left out (--batching padded "
+            "counts it)"
+        )
 
 
 def prepare_for(spec: RunSpec, vocab_size: int, log=lambda m: None) -> tuple[Prepared, TokenizerChoice]:
@@ -153,7 +170,7 @@ def prepare_for(spec: RunSpec, vocab_size: int, log=lambda m: None) -> tuple[Pre
         spec.data,
         vocab_size,
         s.seq_len,
-        packing=s.packing,
+        batching=s.batching,
         seed=spec.schedule.seed,
         attn=spec.combination.attn,
         log=log,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from ftopt.spec.run import DataSpec, ModelRef
+from ftopt.spec.training import Batching
 from ftopt.train.prepare import DataSummary, prepare_run
 from ftopt.train.sft import IGNORE_INDEX
 
@@ -31,7 +32,8 @@ def build_preview(
     model: ModelRef, data: DataSpec, vocab_size: int, seq_len: int, n: int, seed: int = 0, packing: bool = False
 ):
     """The preview and the tokenizer that made it (to render the tokens)."""
-    prep, tok = prepare_run(model, data, vocab_size, seq_len, packing=packing, seed=seed)
+    batching = Batching.PACKED if packing else Batching.PADDED
+    prep, tok = prepare_run(model, data, vocab_size, seq_len, batching=batching, seed=seed)
     rows = prep.train_dataset.select(range(min(n, len(prep.train_dataset))))
     examples = [
         PreviewExample(

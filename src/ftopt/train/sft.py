@@ -174,17 +174,22 @@ class SftCollator:
     `flatten=True` (FlashAttention, packed or not): the micro-batch becomes one row [1, sum of lengths] with position ids,
     cu_seq_lens and no padding. `flatten=False`: rows [micro_batch, longest row]; for packed rows the position ids
     restart per document and the attention mask is left out so transformers masks across documents; for unpacked
-    rows the usual attention mask marks the padding."""
+    rows the usual attention mask marks the padding. `pad_to` (rows only): pad every micro-batch to this many
+    tokens (TRL's pad_to_multiple_of; rows are already truncated to it) rather than to its longest row."""
 
     pad_token_id: int
     flatten: bool = False
+    pad_to: int | None = None
     _inner: object = field(default=None, repr=False)
 
     def __post_init__(self):
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
         self._inner = DataCollatorForLanguageModeling(
-            pad_token_id=self.pad_token_id, padding_free=self.flatten, return_position_ids=not self.flatten
+            pad_token_id=self.pad_token_id,
+            padding_free=self.flatten,
+            return_position_ids=not self.flatten,
+            pad_to_multiple_of=None if self.flatten else self.pad_to,
         )
 
     def __call__(self, examples: list[dict]) -> dict:
