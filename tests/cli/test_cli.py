@@ -77,7 +77,7 @@ def test_plan_table():
         (("estimate", "--host-ram", "-2TiB"), "--host-ram must be a positive size"),
         (("plan", "--currency", ""), "--currency is empty"),
         (("plan", "--calibration", "/nonexistent/cal.json"), "Cannot read the calibration file"),
-        (("plan", "--max-hours", "0"), "--max-hours must be positive"),
+        (("plan", "--max-hours", "0"), "--max-hours must be a positive number of hours, got 0.0"),
         (("demo", "--quality-target", "exact>=x"), "--quality-target must look like"),  # before the sweep, not after
         (("demo", "--target-gpu", "a100x"), "Unknown GPU"),
     ],
