@@ -51,7 +51,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(args):
 
     r = CliRunner().invoke(app, list(args))
     assert r.exit_code == 2, r.output
-    assert "cannot create anything in /proc" in r.output and "Traceback" not in r.output
+    assert "/proc is not writable" in r.output and "Traceback" not in r.output
 
 
 def test_the_output_folder_check_leaves_nothing_behind(tmp_path):

@@ -97,4 +97,4 @@ def _check_writable(p: Path, path: Path, flag: str) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".ftopt-write-check-", dir=p))
     except OSError as e:
-        raise FtoptError(f"{flag} {path}: cannot create anything in {p} ({e.strerror}).") from None
+        raise FtoptError(f"{flag} {path}: {p} is not writable ({e.strerror}).") from None
