@@ -242,3 +242,18 @@ def test_infinite_numbers_are_refused_before_any_work(args, tmp_path):
     assert r.exit_code == 2, r.output
     assert "finite number (got inf)" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (("plan", "--method", "analytic", "--gpu", "cpu", "-m", "tiny-llama", "--quant", ""), "--quant is empty"),
+        (("plan", "--method", "analytic", "--gpu", "cpu", "-m", "tiny-llama", "--engine", " , "), "--engine is empty"),
+        (("estimate", "--gpu", "", "-m", "tiny-llama"), "--gpu is empty"),
+        (("estimate", "--gpu", "cpu", "-m", ""), "The model is empty"),
+    ],
+)
+def test_an_empty_value_is_refused_not_read_as_the_default(args, said):
+    """'' meant every base (--quant), the default GPU (--gpu) or the current folder (--model)."""
+    r = run(*args)
+    assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output

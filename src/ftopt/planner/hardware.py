@@ -13,6 +13,8 @@ def hardware(gpu: str | None):
     from ftopt.spec import load_hardware
     from ftopt.spec.device import detect_hardware
 
+    if gpu is not None and not gpu.strip():  # "" would silently mean this machine's or the default GPU
+        raise FtoptError("--gpu is empty; give a hardware preset, 'cpu' or a JSON file.")
     name = gpu or detect_hardware()
     if name is None:
         raise FtoptError("This machine's GPU has no hardware preset; pass --gpu with a preset or a JSON file.")
@@ -25,7 +27,7 @@ def planning_hardware(gpu: str | None, calibration: Path | None, host_ram: str |
     from ftopt.planner.calibration_store import calibrated_hardware
     from ftopt.spec.units import parse_bytes
 
-    hw = hardware(gpu or PLANNING_DEFAULT_GPU)
+    hw = hardware(PLANNING_DEFAULT_GPU if gpu is None else gpu)
     if host_ram is not None:
         hw = hw.model_copy(update={"host_memory_bytes": parse_bytes(host_ram, "--host-ram")})
     return calibrated_hardware(hw, calibration)

@@ -93,7 +93,9 @@ def enum_list(field: str, value: str | None) -> tuple | None:
     given."""
     if value is None:
         return None
-    return tuple(dict.fromkeys(_given({field: v.strip()})[field] for v in value.split(",") if v.strip())) or None
+    if not value.replace(",", "").strip():  # "" would silently mean "all"
+        raise FtoptError(f"--{field} is empty; give a comma list of values, or leave it out to try them all.")
+    return tuple(dict.fromkeys(_given({field: v.strip()})[field] for v in value.split(",") if v.strip()))
 
 
 def setup(hw: HardwareSpec, **given) -> TrainingSetup:

@@ -304,6 +304,8 @@ def load_model(ref: str, local: bool = True) -> ModelSpec:
     """A preset name, a config.json path, a local model folder containing config.json, or a Hub id
     `org/name[@revision]` (its config.json only, through the Hugging Face cache). Without `local` (a server not on
     loopback) no path is looked at: a preset or a Hub id only."""
+    if not ref.strip():  # "" is the current folder as a path
+        raise FtoptError("The model is empty; give a preset, a config.json, a model folder or a Hub id.")
     if local:
         return _load_local(ref) or _load_named(ref, local)
     return _load_named(ref, local)
