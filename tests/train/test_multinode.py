@@ -147,11 +147,12 @@ def test_several_nodes_need_a_host_file_or_a_node_rank(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_bad_host_file_is_refused_before_anything_starts(tmp_path):
+def test_a_bad_host_file_is_refused_before_anything_starts(tmp_path, capfd):
     bad = tmp_path / "hosts"
     bad.write_text("node-a slots=1\nnode-b  gpus=1\n")
     r = _train_cli(tmp_path, "--nodes", "2", "--hostfile", str(bad))
     assert r.exit_code == 2 and f"--hostfile {bad} is not a DeepSpeed host file" in r.output, r.output
+    assert "Bad hostfile text" not in r.output + "".join(capfd.readouterr())  # one line: DeepSpeed's log is quiet
     r = _train_cli(tmp_path, "--nodes", "2", "--hostfile", str(tmp_path / "missing"))
     assert r.exit_code == 2 and "cannot be read" in r.output
     bad.write_text("node-a slots=1\n")

@@ -7,6 +7,7 @@ checks what this machine can actually run.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
 
 from ftopt.spec import Attention, Precision, RunSpec
@@ -75,7 +76,10 @@ def check_launch(spec: RunSpec, rdzv) -> None:
             "--master-addr HOST (run this command on each node, as Slurm or Kubernetes do)."
         )
     from deepspeed.launcher.runner import _parse_hostfile
+    from deepspeed.utils import logger as ds_logger
 
+    level = ds_logger.level
+    ds_logger.setLevel(logging.CRITICAL)  # its "Bad hostfile text" log line repeats what the error below says
     try:
         with open(spec.hostfile) as f:
             hosts = _parse_hostfile(f.readlines())
@@ -85,6 +89,8 @@ def check_launch(spec: RunSpec, rdzv) -> None:
         raise FtoptError(
             f"--hostfile {spec.hostfile} is not a DeepSpeed host file ('host slots=N' lines): {e}"
         ) from None
+    finally:
+        ds_logger.setLevel(level)
     if len(hosts) < s.nodes:
         raise FtoptError(f"--hostfile {spec.hostfile} lists {len(hosts)} host(s); --nodes {s.nodes} needs {s.nodes}.")
     short = [h for h, n in list(hosts.items())[: s.nodes] if n < s.gpus_per_node]
