@@ -1,6 +1,7 @@
 """CLI: the documented JSON schema and one clear line with exit code 2 for bad input."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -257,3 +258,13 @@ def test_an_empty_value_is_refused_not_read_as_the_default(args, said):
     """'' meant every base (--quant), the default GPU (--gpu) or the current folder (--model)."""
     r = run(*args)
     assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
+
+
+def test_packing_reads_the_same_in_every_command_that_takes_it():
+    """bench said 'pack sequences to exactly --seq-len', which is --batching full, not packing."""
+
+    def packing_help(command):  # the option's text, its wrapping (which depends on the column widths) removed
+        text = runner.invoke(app, [command, "--help"]).output.split("--packing / --no-packing")[1]
+        return "".join(re.split(r"\n  -", text)[0].split())
+
+    assert {packing_help(c) for c in ("estimate", "plan", "train", "bench")} == {packing_help("train")}

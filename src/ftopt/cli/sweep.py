@@ -19,6 +19,7 @@ from ftopt.cli.common import (
     MetricOpt,
     MicroBatch,
     Nodes,
+    Packing,
     PrecisionOpt,
     ProdEpochs,
     ProdTokens,
@@ -55,9 +56,7 @@ def bench(
     seq_len: SeqLen = None,
     micro_batch: MicroBatch = None,
     precision: PrecisionOpt = None,
-    packing: Annotated[
-        bool | None, typer.Option("--packing/--no-packing", help="pack sequences to exactly --seq-len")
-    ] = None,
+    packing: Packing = None,
     batching: BatchingOpt = None,
     headroom: Headroom = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run")] = 100,
