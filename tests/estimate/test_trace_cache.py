@@ -7,7 +7,7 @@ import pytest
 
 from ftopt.estimate import trace_cache
 from ftopt.planner.plan import plan
-from ftopt.spec import Combination, Quant, TrainingSetup, from_hf_config, load_hardware
+from ftopt.spec import Batching, Combination, Quant, TrainingSetup, from_hf_config, load_hardware
 
 traced = importlib.import_module("ftopt.estimate.traced")
 layout = importlib.import_module("ftopt.estimate.layout")
@@ -88,7 +88,7 @@ def test_the_key_holds_what_the_trace_reads(fresh_cache):
     )
     for other in (
         trace_cache.key(spec, SETUP.model_copy(update={"seq_len": 512}), combo, 2, "cpu", (1.0, 0)),
-        trace_cache.key(spec, SETUP.model_copy(update={"packing": True}), combo, 2, "cpu", (1.0, 0)),
+        trace_cache.key(spec, SETUP.model_copy(update={"batching": Batching.PACKED}), combo, 2, "cpu", (1.0, 0)),
         trace_cache.key(spec, SETUP, combo.model_copy(update={"attn": "eager"}), 2, "cpu", (1.0, 0)),
         trace_cache.key(spec, SETUP, combo, 3, "cpu", (1.0, 0)),
         trace_cache.key(spec, SETUP, combo, 2, "cuda", (1.0, 0)),

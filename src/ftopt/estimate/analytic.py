@@ -210,13 +210,15 @@ def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination,
 
 
 def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
-    """Activations while backward recomputes the last layer under GC (0 without GC): every checkpoint and that
-    layer's saved tensors. The LM head's and the loss's tensors are freed by then (their backward has run: the
-    traced GC steps peak either at the loss or here, never with both)."""
+    """Activations while backward recomputes the last layer under GC (0 without GC): every checkpoint, the model's
+    mask (an input of every checkpointed layer, so it lives until the first layer's backward) and that layer's saved
+    tensors. The LM head's and the loss's tensors are freed by then (their backward has run: the traced GC steps
+    peak either at the loss or here, never with both)."""
     if not combo.gc:
         return 0
     kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st)
-    return kept + _per_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
+    mask = layout.model_mask_bytes(setup, combo)
+    return kept + mask + _per_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
 
 
 def layer_backward_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:

@@ -69,10 +69,10 @@ def masked_sdpa_bytes_per_token(model: ModelSpec, st: Storage, seq_len: int) -> 
 
 
 def model_mask_bytes(setup: TrainingSetup, combo: Combination) -> int:
-    """The mask packing or padding adds at the model level [masking], counted while it lives at the loss peak: only
-    under gradient checkpointing (see the module docstring). sdpa given a mask: bool [micro_batch, 1, L, L].
-    Eager's float mask exists packed or not and is left inside the eager rows' measured accuracy: the analytic
-    GC peak already lets one recomputed layer coexist with the logits, which a real step does not."""
+    """The mask packing or padding adds at the model level [masking], counted where it outlives the forward: under
+    gradient checkpointing, where every checkpointed layer keeps it as an input until backward (the loss moment and
+    the recompute moment both hold it; see the module docstring). sdpa given a mask: bool [micro_batch, 1, L, L].
+    Eager's float mask exists packed or not and is left inside the eager rows' measured accuracy."""
     if not (combo.gc and sdpa_gets_mask(setup, combo)):
         return 0
     return setup.micro_batch * setup.seq_len**2 * BOOL_BYTES
