@@ -97,14 +97,14 @@ def _bench_child(tmp_path, monkeypatch, trust_in_file: bool, user_files: bool) -
 
     seen = []
 
-    def fake(cmd, env, timeout):
+    def fake(cmd, env, timeout, procs):
         seen.append(cmd)
         raise Started
 
     monkeypatch.setattr(bench, "_run_with_timeout", fake)
     (run,) = sweep_runs(_spec(tmp_path / "unused"), [Combination()], tmp_path / "sweep" / "runs")
     with pytest.raises(Started):
-        bench._run_one(run, run.key(), None, {})
+        bench._run_one(run, run.key(), None, {}, set())
     (cmd,) = seen
     assert cmd[1:6] == ["-m", "ftopt", "train", "--plan", cmd[5]] and "--trust-remote-code" not in cmd
     if trust_in_file:  # the run file now asks for the model's code, as any file could

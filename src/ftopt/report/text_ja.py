@@ -147,7 +147,7 @@ JA: dict[str, str] = {
     "status_error": "エラー",
     "status_failed": "失敗(測定値なし)",
     "padded_rows": "予測ピークメモリは、すべてのシーケンスが --seq-len のトークン数ちょうどであると仮定しています。"
-    "--batching padded（既定）の実行では、各マイクロバッチをその中で最も長いシーケンスの長さまでしかパディングしないため、"
+    "--batching padded (既定) の実行では、各マイクロバッチをその中で最も長いシーケンスの長さまでしかパディングしないため、"
     "データがこれより短いと実測ピークメモリは予測を下回ります。",
     "production_h": "本番の予測",
     "production_assume": "プランナーによる予測です。条件は{model}、{gpu} {gpus}台({precision}、シーケンス長{seq_len}、"
