@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from ftopt.planner import resolve
 from ftopt.planner.hardware import method_of, planning_hardware
 from ftopt.planner.plan import Plan, plan
-from ftopt.spec import HardwareSpec, ModelSpec, RunSpec, TrainingSetup, load_model
+from ftopt.spec import HardwareSpec, ModelRef, ModelSpec, RunSpec, TrainingSetup, load_model
 
 if TYPE_CHECKING:
     from ftopt.estimate import Estimate
@@ -118,9 +118,14 @@ def make(r: PlanRequest) -> Planned:
         dora=r.dora,
         rslora=r.rslora,
     )
-    ref = resolve.model_ref(r.model, weights=resolve.has_weights(r.model))
+    return with_run(p, m, hw, setup, resolve.model_ref(r.model, weights=resolve.has_weights(r.model)))
+
+
+def with_run(p: Plan, model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, ref: ModelRef) -> Planned:
+    """The plan with the run it recommends for `ref` (None when nothing fits): what `ftopt plan` and the planner
+    page both answer."""
     run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
-    return Planned(p, run, m, hw)
+    return Planned(p, run, model, hw)
 
 
 class EstimateRequest(SetupRequest):

@@ -66,6 +66,7 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
     from ftopt.planner import resolve
     from ftopt.planner.hardware import method_of
     from ftopt.planner.plan import plan
+    from ftopt.planner.request import with_run
 
     m = load_planned_model(q, config, allow_local)
     hw = hardware_for(q, allow_local)
@@ -93,11 +94,9 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
         quants=resolve.enum_list("quant", q.quant),
         optims=resolve.enum_list("optim", q.optim),
     )
-    doc = p.to_json()
     ref = resolve.model_ref(q.model, weights=config is None and resolve.has_weights(q.model, local=allow_local))
-    run = resolve.new_run(hw, ref, setup, p.recommended.combination) if p.recommended else None
-    doc["run"] = run.to_json() if run else None
-    return doc, run, m, hw
+    planned = with_run(p, m, hw, setup, ref)
+    return planned.to_json(), planned.run, m, hw
 
 
 def export_zip(doc: dict, run, model: ModelSpec) -> bytes:
