@@ -181,7 +181,7 @@ class Combination(BaseModel):
             raise ValueError(f"adapter_dtype={self.adapter_dtype.value} was given but lora_r is 0 (no adapters)")
         if self.adapter_dtype is AdapterDtype.BASE and self.quant is not Quant.NONE:
             # peft 0.21 cast_adapter_dtype: autocast_adapter_dtype=False is not supported for quantized bases
-            # (huggingface/peft issue 2889, as TRL's SFTTrainer notes); the adapters stay fp32 there
+            # (huggingface/peft#2889, as TRL's SFTTrainer notes); the adapters stay fp32 there
             raise ValueError(
                 f"adapter_dtype=base needs a 16-bit base; quant={self.quant.value} keeps the adapters in fp32"
             )
