@@ -16,8 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ftopt.spec.combination import Combination
 from ftopt.spec.hardware import HardwareSpec
-from ftopt.spec.training import AdamWKernel, Combination, TrainingSetup
+from ftopt.spec.training import AdamWKernel, TrainingSetup
 
 RUN_SCHEMA = "ftopt.run/1"
 OPTIMIZER_DEFAULTS = ("weight_decay", "max_grad_norm")  # Schedule fields a run spec may lack (see identity)
