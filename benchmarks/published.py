@@ -37,7 +37,7 @@ def predict(setup: dict, measured: str, method: str) -> int:
 
     s = dict(setup)
     model, hw = load_model(s.pop("model")), load_hardware(s.pop("hardware"))
-    combo = Combination(**{k: s.pop(k) for k in ("gc", "lora_r", "lora_targets", "attn") if k in s})
+    combo = Combination(**{k: s.pop(k) for k in Combination.model_fields if k in s})
     e = estimate(model, hw, TrainingSetup(**s), combo, method)
     return getattr(e, PREDICTED[measured])
 
