@@ -404,6 +404,7 @@ def memory(
     elif not combo.uses_deepspeed:
         step_temp = adamw_step_temp_bytes(train, st, setup)
     held = held_logits_bytes(model, setup, st)
+    kv_start, kv_held = (layout.kv_cache_bytes(model, setup, combo, st, start) for start in (True, False))
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
     candidates = [
@@ -420,7 +421,11 @@ def memory(
         (
             "forward/backward",
             MemoryBreakdown(
-                **static, gradients=grads_during_fwd, activations=acts, logits_loss=logits + held, temporaries=dequant
+                **static,
+                gradients=grads_during_fwd,
+                activations=acts + kv_start,
+                logits_loss=logits + held,
+                temporaries=dequant,
             ),
         ),
         (  # GC: the last layer recomputed in backward, after ZeRO-2's first reduction allocated its partition
@@ -435,7 +440,9 @@ def memory(
         ),
         (
             "end of backward",
-            MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, logits_loss=held, temporaries=dequant),
+            MemoryBreakdown(
+                **static, gradients=s.grads, activations=one_layer + kv_held, logits_loss=held, temporaries=dequant
+            ),
         ),
         (
             "backward, first reduction",
@@ -443,11 +450,19 @@ def memory(
                 **static, gradients=s.grads if first_reduce else 0, activations=acts, temporaries=first_reduce + dequant
             ),
         ),
-        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, logits_loss=held, temporaries=tied)),
-        ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, logits_loss=held, temporaries=step_temp)),
+        (
+            "end of backward",
+            MemoryBreakdown(**static, gradients=s.grads, activations=kv_held, logits_loss=held, temporaries=tied),
+        ),
+        (
+            "optimizer step",
+            MemoryBreakdown(**static, gradients=s.grads, activations=kv_held, logits_loss=held, temporaries=step_temp),
+        ),
     ]
     dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
-    candidates += dora.peak_candidates(static, (grads_during_fwd, s.grads), (acts, one_layer), combo.gc, dora_temp)
+    candidates += dora.peak_candidates(
+        static, (grads_during_fwd, s.grads), (acts + kv_start, one_layer), combo.gc, dora_temp
+    )
     phase, bd = max(candidates, key=lambda c: c[1].total())
     cpu_per_node = s.cpu_bytes * setup.gpus_per_node
     return bd, phase, cpu_per_node
