@@ -142,3 +142,21 @@ def test_kept_outputs_hold_the_kv_cache_in_both_estimators():
             assert all(a == b for a, b in peaks.values()), (combo.label(), peaks)
     with pytest.raises(ValidationError, match="needs keeps_outputs"):
         TrainingSetup(seq_len=256, kv_cache=True)
+
+
+def test_replay_empty_cache_returns_only_wholly_free_segments():
+    """[keep] empty_cache gives back a segment only when nothing in it is live: a block still allocated pins its
+    whole segment, free remainder included."""
+    r = Replay(expandable=False)
+    r.malloc(1, 30 * MIB)  # its own 30 MiB segment [segment]
+    r.malloc(2, 3 * MIB)  # a 20 MiB segment, split
+    r.malloc(3, 3 * MIB)  # the split remainder of that segment
+    r.free(1)
+    r.free(2)
+    r.empty_cache()
+    assert r.reserved == LARGE_BUFFER  # the 30 MiB segment went back; block 3 pins the 20 MiB one
+    r.free(3)
+    r.empty_cache()
+    assert r.reserved == 0
+    r.malloc(4, 3 * MIB)  # the next request maps a new segment
+    assert r.reserved == LARGE_BUFFER
