@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.estimate import dora
+from ftopt.estimate import dora, layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.activations import (
     activation_bytes,
@@ -180,6 +180,8 @@ class _Shared:
     one_layer: int  # one layer's saved activations
     held: int  # logits a loop that keeps the model's outputs holds beyond the loss (held_logits_bytes)
     dequant: int  # a quantized matmul's dequantized weight, alive for the op (forward and backward) [quant]
+    kv_start: int  # the KV cache kept outputs hold beyond the saved activations, at the start of backward
+    kv_held: int  # the same cache once backward has freed the activations (layout.kv_cache_bytes)
 
 
 def memory(
@@ -208,12 +210,14 @@ def memory(
         one_layer=one_layer,
         held=held_logits_bytes(model, setup, st),
         dequant=dequant,
+        kv_start=layout.kv_cache_bytes(model, setup, combo, st, True),
+        kv_held=layout.kv_cache_bytes(model, setup, combo, st, False),
     )
     candidates = _forward_backward_moments(model, setup, combo, st, shared)
     candidates += _end_of_backward_moments(model, setup, combo, st, shared, on_gpu)
     dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
     candidates += dora.peak_candidates(
-        shared.static, (shared.grads_fwd, s.grads), (acts, one_layer), combo.gc, dora_temp
+        shared.static, (shared.grads_fwd, s.grads), (acts + shared.kv_start, one_layer), combo.gc, dora_temp
     )
     phase, bd = max(candidates, key=lambda c: c[1].total())
     return bd, phase, s.cpu_bytes * setup.gpus_per_node
@@ -241,7 +245,7 @@ def _forward_backward_moments(
             MemoryBreakdown(
                 **sh.static,
                 gradients=sh.grads_fwd,
-                activations=sh.acts,
+                activations=sh.acts + sh.kv_start,
                 logits_loss=logits_loss_bytes(model, st, tokens) + head_cast + sh.held,
                 temporaries=sh.dequant,
             ),
@@ -269,7 +273,9 @@ def _end_of_backward_moments(
     return [
         (
             "end of backward",
-            MemoryBreakdown(**common, gradients=sh.grads, activations=sh.one_layer, temporaries=sh.dequant),
+            MemoryBreakdown(
+                **common, gradients=sh.grads, activations=sh.one_layer + sh.kv_held, temporaries=sh.dequant
+            ),
         ),
         (
             "backward, first reduction",
@@ -280,10 +286,15 @@ def _end_of_backward_moments(
                 temporaries=first_reduce + sh.dequant,
             ),
         ),
-        ("end of backward", MemoryBreakdown(**common, gradients=sh.grads, temporaries=tied)),
+        ("end of backward", MemoryBreakdown(**common, gradients=sh.grads, activations=sh.kv_held, temporaries=tied)),
         (
             "optimizer step",
-            MemoryBreakdown(**common, gradients=sh.grads, temporaries=step_temp_bytes(model, setup, combo, st, on_gpu)),
+            MemoryBreakdown(
+                **common,
+                gradients=sh.grads,
+                activations=sh.kv_held,
+                temporaries=step_temp_bytes(model, setup, combo, st, on_gpu),
+            ),
         ),
     ]
 

@@ -178,6 +178,8 @@ def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_la
             else traced_optimizer(model, params, spec, combo, setup, on_gpu, tracker.retag)
         )
         inputs = layout.step_inputs(setup, combo, device)
+        if setup.kv_cache and not combo.gc:  # build_model turns the cache off; the loop traced here has it on
+            inputs["use_cache"] = True
         # the run's compute dtype: an fp16 base under a bf16 autocast would be cast to bf16 in every matmul
         half = torch.float16 if setup.precision is Precision.FP16_MIXED else torch.bfloat16
         autocast = torch.autocast(device_type=device, dtype=half, enabled=st.autocast)

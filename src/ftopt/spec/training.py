@@ -91,6 +91,13 @@ class TrainingSetup(BaseModel):
         "the next forward returns, as hand-written loops `outputs = model(**batch); outputs.loss.backward()` do; "
         "Hugging Face Trainer (ftopt train) keeps only the loss",
     )
+    kv_cache: bool = Field(
+        False,
+        description="the forward builds transformers' KV cache (DynamicCache: every layer's keys and values) and "
+        "the kept outputs hold it: a model whose config has use_cache=True, from_pretrained's default for decoder "
+        "models, trained without gradient checkpointing (transformers turns the cache off under it); needs "
+        "keeps_outputs. `ftopt train` builds its models with use_cache=False",
+    )
     expandable_segments: bool = Field(
         True,
         description="CUDA caching allocator with expandable_segments:True (what `ftopt train` sets, "
@@ -124,6 +131,9 @@ class TrainingSetup(BaseModel):
 
     @model_validator(mode="after")
     def _rules(self) -> TrainingSetup:
+        if self.kv_cache and not self.keeps_outputs:
+            # without the outputs kept the cache is freed when the forward returns, before any peak it could raise
+            raise ValueError("kv_cache describes the KV cache a loop's kept outputs hold: it needs keeps_outputs")
         if not 0 <= self.headroom < 1:  # one message naming the flag (pydantic's would name the field)
             raise ValueError(
                 f"--headroom is the share of GPU memory kept free, at least 0 and below 1 (0.1 = 10%), "
