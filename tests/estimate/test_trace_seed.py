@@ -18,13 +18,12 @@ def _needs_the_tables_libraries():
     import torch
 
     if torch.cuda.is_available() or TABLE["libraries"] != trace_cache.library_versions():
-        pytest.skip("the table was traced on a CPU with other library versions: it does not answer here")
+        pytest.skip("the table holds CPU traces made with other library versions: it does not answer here")
 
 
 def _plan_8b() -> str:
     """`ftopt plan --model llama-3.1-8b --gpu rtx4090 --seq-len 4096`, one of the table's plans."""
-    given = {"model": "llama-3.1-8b", "gpu": "rtx4090", "seq_len": 4096, "lora_r": 16, "full_only": False}
-    given["method"] = "traced"
+    given = dict(model="llama-3.1-8b", gpu="rtx4090", seq_len=4096, lora_r=16, full_only=False, method="traced")
     unset = {n: None for n, f in PlanRequest.model_fields.items() if f.is_required() and n not in given}
     planned = make(PlanRequest(**unset, **given))
     return json.dumps(planned.to_json(), sort_keys=True)
