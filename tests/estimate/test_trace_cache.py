@@ -3,8 +3,6 @@
 import importlib
 import json
 
-import pytest
-
 from ftopt.estimate import trace_cache
 from ftopt.planner.plan import plan
 from ftopt.spec import Batching, Combination, Quant, TrainingSetup, from_hf_config, load_hardware
@@ -33,14 +31,6 @@ CONFIG = {
     },
 }
 SETUP = TrainingSetup(seq_len=256, micro_batch=2, precision="bf16-mixed")
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FTOPT_CACHE", str(tmp_path))
-    trace_cache.forget()
-    yield tmp_path
-    trace_cache.forget()
 
 
 def _traced_plan():
