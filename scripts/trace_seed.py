@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The plans the README and the issue tracker quote, and the bare `ftopt plan`; each as `ftopt plan` arguments.
+# The plans the README and docs quote, and the bare `ftopt plan`; each as `ftopt plan` arguments.
 COMMANDS = (
     [],
     ["--model", "llama-3.1-70b", "--gpu", "h100-80g", "--gpus", "8", "--seq-len", "4096"],
