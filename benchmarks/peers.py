@@ -85,6 +85,9 @@ SCENARIO_KEYS = (
     "processes",
     "device",
     "packed",
+    "padded",
+    "dora",
+    "fsdp",
 )
 
 
@@ -104,6 +107,9 @@ def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
                 "processes": 1,
                 "device": "cpu",
                 "packed": False,
+                "padded": False,
+                "dora": False,
+                "fsdp": "none",
                 "seq": d.get("seq_len", ea.SEQ),
                 "batch": d.get("micro_batch", ea.BATCH),
                 **r,

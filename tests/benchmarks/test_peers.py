@@ -106,6 +106,21 @@ def test_rows_come_from_every_result_file_once_with_the_defaults_filled(peers, t
     assert rows[2]["attn"] == "sdpa" and rows[2]["processes"] == 2 and rows[0]["quant"] == "none"
 
 
+def test_dora_padded_and_fsdp_runs_are_scenarios_of_their_own(peers, tmp_path):
+    lora = {"arch": "a", "lora_r": 8, "gc": False, "precision": "fp32", "measured_bytes": 1}
+    runs = [lora, {**lora, "dora": True}, {**lora, "padded": True}, {**lora, "processes": 2, "fsdp": "full"}]
+    runs.append({**lora, "processes": 2, "fsdp": "grad-op"})
+    (tmp_path / "estimate_accuracy.json").write_text(json.dumps({"rows": runs}))
+    rows = peers.load_rows(tmp_path)
+    assert [(r["dora"], r["padded"], r["fsdp"]) for r in rows] == [
+        (False, False, "none"),
+        (True, False, "none"),
+        (False, True, "none"),
+        (False, False, "full"),
+        (False, False, "grad-op"),
+    ]
+
+
 def test_llm_analysis_without_its_environment_is_skipped_with_one_message(peers, tmp_path):
     values, notes = peers.llm_analysis_all([_row()], tmp_path / "no-venv")
     assert values == [None] and len(notes) == 1 and "llm-analysis skipped" in notes[0]
