@@ -77,6 +77,14 @@ def test_deepspeed_uses_the_run_stage_and_process_count(peers, tiny):
     assert peers.deepspeed_bytes(_row(zero=3, processes=2)) == 4 * 64 * 128 + 9 * CAUSAL_LM_PARAMS
 
 
+def test_fsdp2_runs_are_given_to_the_peers_as_their_zero_stage(peers, tiny):
+    full, grad_op = _row(fsdp="full", processes=2), _row(fsdp="grad-op", processes=2)
+    assert peers.deepspeed_bytes(full) == 4 * 64 * 128 + 9 * CAUSAL_LM_PARAMS
+    assert peers.deepspeed_bytes(grad_op) == 2 * CAUSAL_LM_PARAMS + 9 * CAUSAL_LM_PARAMS
+    assert peers.llm_analysis_input(full)["training"]["ds_zero"] == 3
+    assert peers.llm_analysis_input(grad_op)["training"]["ds_zero"] == 2
+
+
 def test_summary_aggregates_signed_errors_and_skips_rows_without_a_prediction(peers):
     rows = [{"measured_bytes": 100}, {"measured_bytes": 200}, {"measured_bytes": 400}]
     preds = [dict.fromkeys(peers.CANNOT_EXPRESS, None) for _ in rows]
