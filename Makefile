@@ -28,7 +28,7 @@ demo: setup
 
 # Two workers (pytest-xdist), one per core of a CI runner; --durations names the slowest tests of every run.
 test: setup lint
-	$(BIN)/python -m pytest -n 2 --durations=20
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20
 
 # Style holds without review: lint (pyflakes, pycodestyle, import order, pyupgrade, bugbear), format check, the
 # layer contract (import-linter, configured in pyproject.toml: imports point only downward, no cycles), and the docs

@@ -2,6 +2,7 @@
 
     python benchmarks/published.py            # every row of benchmarks/published/rows.json, both estimators
     python benchmarks/published.py --analytic-only
+    python benchmarks/published.py --seq-len 650   # every predicted row at another longest batch (a what-if)
 
 Each row of benchmarks/published/rows.json names its source (repository, path, commit, field), what was measured
 (torch.cuda.max_memory_allocated or max_memory_reserved), the measured bytes and the setup it ran under. For a row
@@ -37,7 +38,7 @@ def predict(setup: dict, measured: str, method: str) -> int:
 
     s = dict(setup)
     model, hw = load_model(s.pop("model")), load_hardware(s.pop("hardware"))
-    combo = Combination(**{k: s.pop(k) for k in ("gc", "lora_r", "lora_targets", "attn") if k in s})
+    combo = Combination(**{k: s.pop(k) for k in Combination.model_fields if k in s})
     e = estimate(model, hw, TrainingSetup(**s), combo, method)
     return getattr(e, PREDICTED[measured])
 
@@ -59,7 +60,15 @@ def line(row_id: str, measured: int, what: str, predicted: dict[str, int | None]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--analytic-only", action="store_true", help="skip the traced estimator (seconds per row)")
+    ap.add_argument(
+        "--seq-len",
+        type=int,
+        help="predict every row at this padded length instead of its setup's: the runs publish no batch shape, so "
+        "the longest batch is a what-if (docs/accuracy.md)",
+    )
     args = ap.parse_args()
+    if args.seq_len is not None and args.seq_len <= 0:
+        ap.error(f"--seq-len is a token count above 0, got {args.seq_len}")
     methods = ["analytic"] if args.analytic_only else ["analytic", "traced"]
     rows = json.loads(ROWS.read_text())["rows"]
     errors: dict[str, list[float]] = {m: [] for m in methods}
@@ -67,7 +76,8 @@ def main() -> None:
     for r in rows:
         if "setup" not in r:
             continue
-        predicted = {m: predict(r["setup"], r["measured"], m) for m in methods}
+        setup = r["setup"] if args.seq_len is None else {**r["setup"], "seq_len": args.seq_len}
+        predicted = {m: predict(setup, r["measured"], m) for m in methods}
         for m, p in predicted.items():
             errors[m].append((p - r["value_bytes"]) / r["value_bytes"])
         print(line(r["id"], r["value_bytes"], r["measured"][11:], predicted), flush=True)

@@ -119,3 +119,44 @@ def test_a_run_file_cannot_ask_train_for_another_loop():
         with pytest.raises(ValidationError, match="describe other training loops"):
             RunSpec(hardware=load_hardware("cpu"), setup=TrainingSetup(seq_len=64).model_copy(update=update))
     assert RunSpec(hardware=load_hardware("cpu"), setup=TrainingSetup(seq_len=64)).setup.expandable_segments
+
+
+def test_kept_outputs_hold_the_kv_cache_in_both_estimators():
+    """A model with use_cache on returns its KV cache in the outputs a loop keeps: the trace (a real forward with
+    use_cache=True) and the formulas both rise with it and still agree (test_agreement's tolerance); under GC
+    transformers builds no cache."""
+    from pydantic import ValidationError
+
+    spec, hw = load_model("tiny-llama"), load_hardware("l40s")
+    given = dict(seq_len=256, micro_batch=4, precision="bf16-true", keeps_outputs=True)
+    without, with_cache = TrainingSetup(**given), TrainingSetup(**given, kv_cache=True)
+    for combo, held in ((Combination(), True), (Combination(lora_r=8), True), (Combination(gc=True), False)):
+        peaks = {
+            m: [estimate(spec, hw, s, combo, m).peak_bytes_per_gpu for s in (without, with_cache)]
+            for m in ("analytic", "traced")
+        }
+        if held:
+            assert all(b > a for a, b in peaks.values()), (combo.label(), peaks)
+            assert peaks["analytic"][1] == pytest.approx(peaks["traced"][1], rel=0.05), (combo.label(), peaks)
+        else:
+            assert all(a == b for a, b in peaks.values()), (combo.label(), peaks)
+    with pytest.raises(ValidationError, match="needs keeps_outputs"):
+        TrainingSetup(seq_len=256, kv_cache=True)
+
+
+def test_replay_empty_cache_returns_only_wholly_free_segments():
+    """[keep] empty_cache gives back a segment only when nothing in it is live: a block still allocated pins its
+    whole segment, free remainder included."""
+    r = Replay(expandable=False)
+    r.malloc(1, 30 * MIB)  # its own 30 MiB segment [segment]
+    r.malloc(2, 3 * MIB)  # a 20 MiB segment, split
+    r.malloc(3, 3 * MIB)  # the split remainder of that segment
+    r.free(1)
+    r.free(2)
+    r.empty_cache()
+    assert r.reserved == LARGE_BUFFER  # the 30 MiB segment went back; block 3 pins the 20 MiB one
+    r.free(3)
+    r.empty_cache()
+    assert r.reserved == 0
+    r.malloc(4, 3 * MIB)  # the next request maps a new segment
+    assert r.reserved == LARGE_BUFFER

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftopt.estimate import analytic, estimate
+from ftopt.estimate import activations, analytic, estimate
 from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.policy import storage
@@ -79,18 +79,18 @@ def test_lora_activation_terms_hand_worked(m7):
     # plus, per layer, autocast's cached bf16 casts of the fp32 adapters: 2 B x 16 x (4 x 8192) = 1048576
     combo = Combination(lora_r=16, attn="sdpa")
     st = analytic.storage(Precision.BF16_MIXED, combo)
-    assert analytic.layer_activation_bytes_per_token(m7, combo, st, 2048) == 164_608
-    acts, one = analytic.activation_bytes(m7, TrainingSetup(seq_len=2048), combo, st)
+    assert activations.layer_activation_bytes_per_token(m7, combo, st, 2048) == 164_608
+    acts, one = activations.activation_bytes(m7, TrainingSetup(seq_len=2048), combo, st)
     assert one == 164_608 * 2048 + 1_048_576
     assert acts == 32 * one + 4 * H * 2048  # + the final norm's fp32 upcast
     # fp32 upcast, log_softmax output and the two fp32 gradients; the bf16 logits are dead by backward
-    assert analytic.logits_loss_bytes(m7, st, 2048) == 2048 * V * 12
+    assert activations.logits_loss_bytes(m7, st, 2048) == 2048 * V * 12
 
 
 def test_eager_adds_quadratic_scores(m7):
     st = analytic.storage(Precision.BF16_MIXED, Combination(lora_r=16))
-    sdpa = analytic.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="sdpa"), st, 2048)
-    eager = analytic.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="eager"), st, 2048)
+    sdpa = activations.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="sdpa"), st, 2048)
+    eager = activations.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="eager"), st, 2048)
     # fp32 softmax (4 B) + its bf16 copy (2 B) per head per key, minus the lse, plus repeated k/v copies
     assert eager - sdpa == (4 + 2) * 32 * 2048 + 2 * 3 * 4096 - (2 * (2 * 4096 + 2 * 4096) + 4 * 32)
 
@@ -99,11 +99,11 @@ def test_gc_keeps_layer_inputs_only(m7):
     setup = TrainingSetup(seq_len=2048)
     c = Combination(lora_r=16, gc=True)
     st = analytic.storage(setup.precision, c)
-    acts, one = analytic.activation_bytes(m7, setup, c, st)
+    acts, one = activations.activation_bytes(m7, setup, c, st)
     # at the start of backward: each layer's bf16 input and the final norm's fp32 input; no layer is recomputed yet
     assert acts == 32 * 2 * H * 2048 + 4 * H * 2048
     # the recompute of one layer comes later, once the loss's tensors are gone
-    assert analytic.gc_recompute_activation_bytes(m7, setup, c, st) == 32 * 2 * H * 2048 + one
+    assert activations.gc_recompute_activation_bytes(m7, setup, c, st) == 32 * 2 * H * 2048 + one
 
 
 def test_estimate_breakdown_sums_to_peak(m7):
@@ -190,5 +190,5 @@ def test_mixed_precision_counts_every_autocast_weight_cast(gc):
     t = estimate(spec, hw, setup, combo, "traced").peak_bytes_per_gpu
     assert abs(a - t) / t < 0.01
     linear = spec.num_layers * sum(lin.params for lin in spec.layer_linears())
-    loss_moment = analytic.gc_loss_moment_activation_bytes(spec, setup, combo, storage(setup.precision, combo))
+    loss_moment = activations.gc_loss_moment_activation_bytes(spec, setup, combo, storage(setup.precision, combo))
     assert loss_moment > 2 * linear if gc else loss_moment == 0

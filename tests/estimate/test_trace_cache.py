@@ -3,13 +3,12 @@
 import importlib
 import json
 
-import pytest
-
 from ftopt.estimate import trace_cache
 from ftopt.planner.plan import plan
 from ftopt.spec import Batching, Combination, Quant, TrainingSetup, from_hf_config, load_hardware
 
 traced = importlib.import_module("ftopt.estimate.traced")
+trace_storage = importlib.import_module("ftopt.estimate.trace_storage")
 layout = importlib.import_module("ftopt.estimate.layout")
 modeling = importlib.import_module("ftopt.model.build")
 
@@ -32,14 +31,6 @@ CONFIG = {
     },
 }
 SETUP = TrainingSetup(seq_len=256, micro_batch=2, precision="bf16-mixed")
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FTOPT_CACHE", str(tmp_path))
-    trace_cache.forget()
-    yield tmp_path
-    trace_cache.forget()
 
 
 def _traced_plan():
@@ -108,7 +99,7 @@ def test_tracing_leaves_the_model_spec_as_it_was(fresh_cache):
 def test_running_totals_match_a_recount(fresh_cache, monkeypatch):
     """The tracker keeps bytes per category as storages come and go; at every op they equal a recount."""
     checks = []
-    real = traced._Tracker.check_peak
+    real = trace_storage.Tracker.check_peak
 
     def check(self):
         recount: dict = {}
@@ -118,7 +109,7 @@ def test_running_totals_match_a_recount(fresh_cache, monkeypatch):
         checks.append(1)
         real(self)
 
-    monkeypatch.setattr(traced._Tracker, "check_peak", check)
+    monkeypatch.setattr(trace_storage.Tracker, "check_peak", check)
     spec = from_hf_config(CONFIG, "tiny-rope")
     setup = SETUP.model_copy(update={"gpus_per_node": 2})
     for combo in (Combination(lora_r=4, gc=True), Combination(zero=2), Combination(optim="adamw-8bit")):

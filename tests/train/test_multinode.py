@@ -12,6 +12,8 @@ import pytest
 from ftopt.train import ranks
 from ftopt.train.engine import _judge
 
+from .conftest import ftopt_train, shared_run_args
+
 RUN = ["--max-steps", "4", "--save-steps", "2", "--lora-r", "0", "--eval-max-examples", "0", "--json"]
 
 
@@ -19,20 +21,13 @@ def losses(out):
     return [json.loads(line)["loss"] for line in (out / "steps.jsonl").read_text().splitlines()]
 
 
-def _ftopt(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ftopt", "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-
-
 def _two_nodes(tmp_path, zero, *extra):
     """Node 0 and node 1 of one run, each with its own folder; returns both folders after both exited 0."""
     port = str(ranks.free_port())
     outs = [tmp_path / f"node{k}" for k in (0, 1)]
     procs = [
-        _ftopt("--out", str(outs[k]), "--zero", str(zero), "--gpus", "1", "--nodes", "2", "--node-rank", str(k),
-               "--master-addr", "127.0.0.1", "--master-port", port, *RUN, *extra)
+        ftopt_train("--out", str(outs[k]), "--zero", str(zero), "--gpus", "1", "--nodes", "2", "--node-rank", str(k),
+                    "--master-addr", "127.0.0.1", "--master-port", port, *shared_run_args(zero), *extra)
         for k in (0, 1)
     ]  # fmt: skip
     for p in procs:
@@ -41,24 +36,15 @@ def _two_nodes(tmp_path, zero, *extra):
     return outs
 
 
-def one_node_losses(tmp_path, zero):
-    """The reference: one node, two ranks (ZeRO-3 initialises the model partitioned: its own reference)."""
-    out = tmp_path / "one"
-    p = _ftopt("--out", str(out), "--zero", str(zero), "--gpus", "2", *RUN)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err.decode()[-3000:]
-    assert "step 4/4: loss" in err.decode()  # rank 0's progress reached the console
-    return losses(out)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [2, 3])
-def test_two_nodes_over_loopback_train_like_one_node_and_resume(tmp_path, zero):
+@pytest.mark.parametrize("zero", [pytest.param(2, marks=pytest.mark.xdist_group("zero2")),
+                                  pytest.param(3, marks=pytest.mark.xdist_group("zero3"))])  # fmt: skip
+def test_two_nodes_over_loopback_train_like_one_node_and_resume(tmp_path, zero_run, zero):
     n0, n1 = _two_nodes(tmp_path, zero)
     full = losses(n0)
-    assert full == pytest.approx(
-        one_node_losses(tmp_path, zero), rel=1e-4
-    )  # same world size, same data shards: same losses
+    one = zero_run(zero)  # the reference: one node, two ranks (ZeRO-3 initialises the model partitioned)
+    assert "step 4/4: loss" in one.stderr  # rank 0's progress reached the console
+    assert full == pytest.approx(losses(one.out), rel=1e-4)  # same world size, same data shards: same losses
     assert json.loads((n0 / "metrics.json").read_text())["world_size"] == 2
     assert not (n1 / "metrics.json").exists()  # outputs are rank 0's; node 1 keeps its own checkpoints
     assert (n1 / "checkpoint-2" / "latest").exists() and (n1 / "logs" / "rank1.log").exists()
@@ -180,7 +166,7 @@ def test_ctrl_c_stops_every_rank_at_a_checkpoint(tmp_path, engine):
     import time
 
     out = tmp_path / "run"
-    p = _ftopt("--out", str(out), *engine, "--gpus", "2", "--max-steps", str(10**5), "--save-steps", str(10**5),
+    p = ftopt_train("--out", str(out), *engine, "--gpus", "2", "--max-steps", str(10**5), "--save-steps", str(10**5),
                "--eval-max-examples", "0")  # fmt: skip
     steps = out / "steps.jsonl"  # rank 0 appends one line per step
     deadline = time.monotonic() + 600  # a bound for a broken run only

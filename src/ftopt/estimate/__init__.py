@@ -58,42 +58,15 @@ def estimate(
     """Per-GPU peak memory, device total, fit and step/epoch time of `combo`."""
     method = Method(method)
     notes = check_setup(model, setup, combo, hw)
-    traced, fallback = None, None
-    if method is Method.TRACED:
-        from ftopt.estimate.traced import traced_memory  # lazy: imports transformers and peft
-
-        try:
-            target = "cpu" if hw.is_cpu else "cuda"
-            if combo.uses_fsdp:  # the activation side of a rank's step, as it computes; FSDP2's sharding added below
-                view_setup, view = fsdp.compute_view(setup, combo)
-                traced = traced_memory(model, view_setup, view, target, phases=fsdp.TRACED_PHASES)
-            else:
-                traced = traced_memory(model, setup, combo, target=target)
-        except TraceUnavailable as e:  # never a dead end: say why (a warning, typed) and answer analytically
-            fallback = TraceFallback(cause=FallbackCause.TRACE_UNAVAILABLE, error=e.error, message=str(e))
-            method = Method.ANALYTIC
-    if combo.uses_fsdp:
-        # CPU ranks reduce over gloo, GPU ranks over NCCL (ftopt.train.fsdp_worker)
-        bd, phase, cpu = fsdp.peak(model, setup, combo, traced[0] if traced is not None else None, gloo=hw.is_cpu)
-    elif traced is not None:
-        bd, phase, cpu = traced
-    else:
-        bd, phase, cpu = analytic.memory(model, setup, combo, on_gpu=not hw.is_cpu)
+    (bd, phase, cpu), method, fallback = _peak_memory(model, hw, setup, combo, method)
     peak = bd.total()
+    # the caching allocator holds cached blocks beyond the allocated peak; the device adds its context and NCCL
     reserved = peak + reserved_slack_bytes(model, setup, storage(setup.precision, combo), on_gpu=not hw.is_cpu)
     device = analytic.device_bytes(reserved, combo, hw.is_cpu, setup.world_size)
     t = step_time(model, setup, combo, hw)
     steps = setup.steps_per_epoch()
-    host_ok = cpu <= hw.host_memory_bytes
-    fits = host_ok and device <= usable_bytes(hw.memory_bytes, setup.headroom)
-    tight = host_ok and not fits and device <= hw.memory_bytes
-    if tight:
-        notes.append(
-            f"tight: fits the GPU but not the {setup.headroom:.0%} kept free (--headroom); "
-            "a run this close to the limit can fail on fragmentation or another process."
-        )
-    if cpu > hw.host_memory_bytes:
-        notes.append("offloaded states need more host RAM than the node has.")
+    fits, tight, fit_notes = _fit(hw, setup, device, cpu)
+    notes += fit_notes
     return Estimate(
         method=method,
         model=model.name,
@@ -128,6 +101,51 @@ def estimate(
         notes=notes,
         trace_fallback=fallback,
     )
+
+
+def _peak_memory(
+    model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, method: Method
+) -> tuple[tuple[MemoryBreakdown, str, int], Method, TraceFallback | None]:
+    """((breakdown at the peak, phase, host RAM per node), the method that answered, why a trace fell back)."""
+    traced, fallback = None, None
+    if method is Method.TRACED:
+        from ftopt.estimate.traced import traced_memory  # lazy: imports transformers and peft
+
+        try:
+            target = "cpu" if hw.is_cpu else "cuda"
+            if combo.uses_fsdp:  # the activation side of a rank's step, as it computes; FSDP2's sharding added below
+                view_setup, view = fsdp.compute_view(setup, combo)
+                traced = traced_memory(model, view_setup, view, target, phases=fsdp.TRACED_PHASES)
+            else:
+                traced = traced_memory(model, setup, combo, target=target)
+        except TraceUnavailable as e:  # never a dead end: say why (a warning, typed) and answer analytically
+            fallback = TraceFallback(cause=FallbackCause.TRACE_UNAVAILABLE, error=e.error, message=str(e))
+            method = Method.ANALYTIC
+    if combo.uses_fsdp:
+        # CPU ranks reduce over gloo, GPU ranks over NCCL (ftopt.train.fsdp_worker)
+        peak = fsdp.peak(model, setup, combo, traced[0] if traced is not None else None, gloo=hw.is_cpu)
+    elif traced is not None:
+        peak = traced
+    else:
+        peak = analytic.memory(model, setup, combo, on_gpu=not hw.is_cpu)
+    return peak, method, fallback
+
+
+def _fit(hw: HardwareSpec, setup: TrainingSetup, device: int, cpu: int) -> tuple[bool, bool, list[str]]:
+    """(fits, tight, notes): `device` bytes per GPU against the GPU less the headroom (setup.headroom), `cpu`
+    bytes per node against the node's RAM; tight = fits the GPU but not the headroom."""
+    notes = []
+    host_ok = cpu <= hw.host_memory_bytes
+    fits = host_ok and device <= usable_bytes(hw.memory_bytes, setup.headroom)
+    tight = host_ok and not fits and device <= hw.memory_bytes
+    if tight:
+        notes.append(
+            f"tight: fits the GPU but not the {setup.headroom:.0%} kept free (--headroom); "
+            "a run this close to the limit can fail on fragmentation or another process."
+        )
+    if not host_ok:
+        notes.append("offloaded states need more host RAM than the node has.")
+    return fits, tight, notes
 
 
 def predictions(model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination) -> dict:

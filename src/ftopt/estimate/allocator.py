@@ -109,6 +109,21 @@ class Replay:
                     a.size += b.size
                     del pool.blocks[j]
 
+    def empty_cache(self) -> None:
+        """[keep] torch.cuda.empty_cache() under the default setting (release_cached_blocks): every segment whose
+        blocks are all free (merged, so one block) goes back to CUDA; a segment with any live block stays whole."""
+        if self.expandable:
+            raise ValueError("empty_cache is replayed for the default allocator only (expandable=False)")
+        for pool in self.pools:
+            whole = [b for b in pool.blocks if b.free and b.start == 0 and b.size == self._segment_bytes(pool, b.seg)]
+            for b in whole:
+                pool.blocks.remove(b)
+                self.reserved -= b.size
+
+    @staticmethod
+    def _segment_bytes(pool: _Pool, seg: int) -> int:
+        return sum(b.size for b in pool.blocks if b.seg == seg)
+
     def _grow(self, pool: _Pool, size: int) -> _Block:
         """No cached block fits: a new segment [segment], or more pages at the end of the pool's one segment
         [expand] (joining a free block already at its end)."""

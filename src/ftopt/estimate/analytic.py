@@ -1,23 +1,16 @@
 """Analytic per-GPU memory model: small named formulas, instant, each citing where it comes from.
 
-Conventions: every function returns bytes (int) per GPU; `tokens` = micro_batch x seq_len. Shapes in comments are
-per token unless stated. Sources:
+The training states (weights, gradients, master copy, optimizer states, with ZeRO's partitioning, and the engines'
+buffers) are here, with the peak: the largest of the step's candidate moments, each summing the states and the
+activations alive then (estimate/activations.py). Conventions: every function returns bytes (int) per GPU;
+`tokens` = micro_batch x seq_len. Sources:
   [ZeRO]   Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models":
            mixed-precision Adam holds 2 + 2 + K bytes per parameter (16-bit weights, 16-bit grads, K = 12 for the
            fp32 master copy, momentum and variance); stage 1/2/3 partition K, then grads, then weights over N GPUs.
-  [Korthikanti] Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models": a GPT
-           layer stores s*b*h*(34 + 5*a*s/h) bytes of activations with 16-bit tensors; we enumerate the same saved
-           tensors for each architecture instead of using the GPT-2 constant (GQA, gated MLPs and the fp32 upcasts
-           in Hugging Face's RMSNorm/loss change the numbers).
-  [HF]     transformers 5 modeling code as run by Trainer: RMSNorm upcasts to fp32; the loss upcasts logits to fp32
-           (loss_utils.ForCausalLMLoss); activation checkpointing is non-reentrant and keeps each layer's input.
   [DS]     DeepSpeed 0.19 runtime: 16-bit training casts the whole module to 16 bits and keeps the fp32 master copy
            in the ZeRO optimizer; reduce bucket = hidden^2 and stage-3 prefetch = 0.9*hidden^2 elements (the values
-           Hugging Face's "auto" DeepSpeed config fills in, train/dsconfig.hf_auto_zero_sizes).
+           Hugging Face's "auto" DeepSpeed config fills in, spec/dsconfig.hf_auto_zero_sizes).
   [autocast] estimate/autocast.py: the weight casts torch autocast caches, with and without GC.
-  [PEFT]   peft 0.21 LoRA as get_peft_model builds it by default (autocast_adapter_dtype=True): adapters upcast to
-           fp32 (tuners_utils.cast_adapter_dtype), inputs cast to the adapter's dtype (lora.Linear.forward);
-           Combination.adapter_dtype BASE keeps the adapters in the base's dtype (ftopt.policy.storage).
   [quant]  estimate/quant.py: QLoRA/int8 bases and bitsandbytes optimizers (QLoRA paper, bitsandbytes source).
   [DDP]    torch.nn.parallel.DistributedDataParallel (torch 2.13, as Hugging Face Trainer builds it through
            accelerate: no gradient_as_bucket_view): Reducer::initialize_buckets (c10d/reducer.cpp) allocates every
@@ -33,22 +26,21 @@ from dataclasses import dataclass
 
 from ftopt.estimate import dora, layout
 from ftopt.estimate import quant as q8
-from ftopt.estimate.autocast import autocast_weight_cache_bytes, head_cast_bytes, tied_grad_summed_in_place
-from ftopt.estimate.result import MemoryBreakdown
-from ftopt.spec import (
-    AdamWKernel,
-    Combination,
-    LinearGroup,
-    MlpKind,
-    ModelSpec,
-    NormKind,
-    Offload,
-    Optim,
-    Quant,
-    TrainingSetup,
+from ftopt.estimate.activations import (
+    activation_bytes,
+    gc_loss_moment_activation_bytes,
+    gc_recompute_activation_bytes,
+    held_logits_bytes,
+    logits_forward_bytes,
+    logits_loss_bytes,
+    tied_embedding_grad_bytes,
 )
+from ftopt.estimate.autocast import head_cast_bytes
+from ftopt.estimate.result import MemoryBreakdown
+from ftopt.spec import AdamWKernel, Combination, ModelSpec, Offload, Optim, Quant, TrainingSetup
 from ftopt.spec.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
 from ftopt.spec.policy import Storage, compute_bytes, dora_magnitude_params, lora_targets, storage
+from ftopt.spec.units import ceil_div
 
 # Stated runtime overheads (what nvidia-smi shows beyond torch.cuda.max_memory_allocated):
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces with torch 2.x on A100/H100 (~0.5-0.7 GiB)
@@ -63,200 +55,6 @@ def trainable_params(model: ModelSpec, combo: Combination) -> int:
     if not combo.lora:
         return model.param_count()
     return model.lora_params(combo.lora_r, lora_targets(model, combo)) + dora_magnitude_params(model, combo)
-
-
-# ---- activations: tensors autograd saves for backward, per token -----------------------------------------------
-def _trainable_groups(model: ModelSpec, combo: Combination) -> dict[LinearGroup, int]:
-    """Trained linears per group (LoRA: the targeted ones)."""
-    targets = set(lora_targets(model, combo)) if combo.lora else {lin.name for lin in model.layer_linears()}
-    out: dict[LinearGroup, int] = {}
-    for lin in model.layer_linears():
-        if lin.name in targets:
-            out[lin.group] = out.get(lin.group, 0) + 1
-    return out
-
-
-def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
-    """One norm, per token [HF]. RMSNorm upcasts its input to fp32 and pow() saves it (4h); the normalized output
-    is saved by `weight * x` only when the weight trains. LayerNorm saves its input (fp32 under autocast)."""
-    h = model.hidden_size
-    if model.norm is NormKind.RMS:
-        return 4 * h + (st.resid_bytes * h if full else 0)
-    in_bytes = 4 if st.autocast else st.resid_bytes
-    return in_bytes * h
-
-
-def linear_input_bytes(
-    model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int, lora_r: int = 0
-) -> int:
-    """A matmul saves its input only to form the weight gradient (frozen weights need only W for grad-input).
-    Under autocast the saved input is the 16-bit cast, one per trainable linear reading it (autocast caches casts
-    of leaf weights, not of activations); otherwise the tensor itself when not saved already. `trainable` = how
-    many linears of the group train.
-    LoRA (`lora_r` > 0) [PEFT]: each wrapped linear first casts its input to the adapter's dtype, a new tensor
-    per wrapped linear when the dtypes differ (peft 0.21 lora.Linear.forward: _cast_input_dtype); lora_A saves
-    that cast (under autocast, autocast's 16-bit cast of it: fp32 adapters make one per wrapped linear, 16-bit
-    adapters none), and lora_B saves lora_A's r-wide output."""
-    if not trainable:
-        return 0
-    if lora_r:
-        adapter = st.trainable_weight
-        out = trainable * lora_r * (2 if st.autocast else adapter)  # lora_A's outputs, saved by lora_B
-        if st.autocast and adapter == 4:
-            return out + 2 * in_features * trainable
-        if not st.autocast and adapter != produced_bytes:
-            return out + adapter * in_features * trainable
-        return out + produced_bytes * in_features
-    if st.autocast and produced_bytes == 4:
-        return 2 * in_features * trainable  # the bf16 casts autocast makes for the matmuls
-    return produced_bytes * in_features
-
-
-def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_len: int, masked: bool = False) -> int:
-    """Scaled dot-product attention, per token.
-    sdpa/flash: q, k, v, out plus fp32 log-sum-exp per head (GQA kept un-repeated: transformers passes
-      enable_gqa when there is no padding mask); `masked` (sdpa on packed rows): k, v repeated and the mask
-      [layout.masked_sdpa_bytes_per_token].
-    eager [Korthikanti 5as/h term]: q and the repeated k, v (repeat_kv copies), the fp32 softmax output
-      (heads x s) and its 16-bit copy that the PV matmul saves."""
-    a, q, kv, heads = st.act_bytes, model.q_dim, model.kv_dim, model.num_heads
-    if combo.attn.linear_memory:
-        return (
-            a * (2 * q + 2 * kv) + 4 * heads + (layout.masked_sdpa_bytes_per_token(model, st, seq_len) if masked else 0)
-        )
-    probs = 4 * heads * seq_len + (a * heads * seq_len if a != 4 else 0)
-    return a * 3 * q + probs
-
-
-def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: int, in_trainable: bool = True, lora_r: int = 0) -> int:
-    """Gated (SwiGLU/GeGLU): gate output (saved by the activation), activation output and up output (saved by the
-    product); the product is saved by `down` when it trains (linear_input_bytes). Plain (GELU): fc1 output, GELU
-    output for fc2. Outputs of frozen linears have the frozen-output dtype (fp32 for quantized bases [quant])."""
-    a, i = (st.act_bytes if in_trainable else st.frozen_out), model.intermediate_size
-    down = linear_input_bytes(model, st, i, down_trainable, a, lora_r)
-    return (a * 3 * i if model.mlp is MlpKind.GATED else a * i) + down
-
-
-def layer_activation_bytes_per_token(
-    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, masked: bool = False
-) -> int:
-    """All tensors one decoder layer keeps for backward, per token, without checkpointing (`masked`: SDPA is given
-    a mask, see attention_core_bytes)."""
-    full, r = not combo.lora, combo.lora_r
-    groups = _trainable_groups(model, combo)
-    norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
-    n = norm_saved_bytes(model, st, full) * model.norms_per_layer
-    h, q = model.hidden_size, model.q_dim
-    norm_out = norm_out_bytes if not full or st.autocast else 0  # saved already by a trained norm (full)
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out, r)
-    n += attention_core_bytes(model, st, combo, seq_len, masked)
-    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, r)
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out, r)
-    n += mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r)
-    return n + dora.saved_bytes_per_token(model, combo, st)
-
-
-def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
-    """LM head and loss at their peak [HF loss_utils]: the loss upcasts logits to fp32 and log_softmax keeps its
-    fp32 output; in backward nll_loss's gradient, log_softmax's gradient and that output coexist: 12 bytes per
-    vocabulary entry per token. 16-bit logits add nothing at that moment: nothing saves them (the upcast's
-    backward needs no input, the head's matmul saves its input) and the Trainer drops the model's outputs before
-    backward; in forward they coexist with the upcast and log_softmax's output, 2 + 4 + 4 < 12 (measured: the
-    bf16-mixed runs in benchmarks/results/estimate_accuracy_mixed.json)."""
-    return tokens * model.vocab_size * 12
-
-
-def logits_forward_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
-    """LM head and loss as the forward computes the loss [HF loss_utils]: the 16-bit logits (when not fp32), their
-    fp32 upcast and log_softmax's fp32 output."""
-    return tokens * model.vocab_size * (8 + (st.act_bytes if st.act_bytes != 4 else 0))
-
-
-def held_logits_bytes(model: ModelSpec, setup: TrainingSetup, st: Storage) -> int:
-    """The logits a loop that keeps the model's outputs holds beyond the loss (TrainingSetup.keeps_outputs): the
-    LM head's output, in the activation dtype, alive from the loss through backward, the step and the next forward
-    (the variable is rebound only when that forward returns). Trainer keeps only the loss: 0."""
-    return setup.tokens_per_micro_batch * model.vocab_size * st.act_bytes if setup.keeps_outputs else 0
-
-
-def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage, world_size: int) -> int:
-    """A trained, tied embedding gets two gradients at the very end of backward, the LM head's and the lookup's
-    (embedding_dense_backward, dense vocab x hidden); autograd adds them out of place, so the two partial gradients
-    and their sum coexist for a moment: 2 x vocab x hidden beyond the final gradient (seen in the trace of
-    qwen2-style models, whose peak it is under GC). Under autocast the head's partial gradient comes out of the
-    cast's backward (a fresh fp32 tensor nothing else holds) and autograd adds the lookup's into it in place
-    (torch/csrc/autograd/input_buffer.cpp, can_accumulate_inplace): one partial gradient beyond the final one
-    (measured: qwen2-tied-110m full + GC bf16-mixed, 1703.9 MiB, 117 MiB = vocab x hidden x 4 under the
-    out-of-place sum; benchmarks/results/estimate_accuracy_mixed.json)."""
-    if combo.lora or not model.tie_embeddings:
-        return 0
-    per = model.vocab_size * (model.embed_dim or model.hidden_size) * st.grad
-    partials = 1 if tied_grad_summed_in_place(model, combo, st) else 2
-    return partials * (_ceil_div(per, world_size) if combo.zero >= 2 else per)
-
-
-def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
-    """(all saved activations at the start of backward, one layer's) per GPU, in bytes.
-    With GC each layer keeps only its input (resid dtype x h); the checkpoints also keep the mask packed rows give
-    SDPA (estimate/layout.py). Its layers are recomputed one at a time later in backward, once the loss's tensors
-    are freed (gc_recompute_activation_bytes). A recomputation under autocast enters and leaves its own autocast
-    region, so it holds one layer's weight casts [autocast] (in `per_layer`, as are the casts matmuls save
-    without GC)."""
-    per_layer = _per_layer_bytes(model, setup, combo, st)
-    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
-    if combo.gc:
-        return kept + head, per_layer
-    return model.num_layers * per_layer + head, per_layer
-
-
-def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
-    """Activations while backward recomputes the last layer under GC (0 without GC): every checkpoint, the model's
-    mask (an input of every checkpointed layer, so it lives until the first layer's backward) and that layer's saved
-    tensors. The LM head's and the loss's tensors are freed by then (their backward has run: the traced GC steps
-    peak either at the loss or here, never with both)."""
-    if not combo.gc:
-        return 0
-    kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st)
-    mask = layout.model_mask_bytes(setup, combo)
-    return kept + mask + _per_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
-
-
-def layer_backward_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
-    """Gradients alive inside one layer's backward beyond its saved tensors, where they are quadratic in the
-    sequence: eager attention's softmax backward (torch's _softmax_backward_data) forms the scores' gradient while
-    the probabilities' gradient is alive, heads x s x s each, both fp32 whatever the precision (transformers'
-    eager attention runs softmax in fp32; under 16 bits the probabilities' 16-bit gradient is upcast and freed
-    before softmax's backward, as the traced step shows). SDPA and flash compute their gradients in O(s) per head: not counted, nor the
-    hidden- and intermediate-sized gradients (the linear-in-s remainder the traced estimator sees)."""
-    if combo.attn.linear_memory:
-        return 0
-    return 2 * 4 * model.num_heads * setup.seq_len * setup.tokens_per_micro_batch
-
-
-def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
-    """Activations when the loss is computed under GC and autocast (0 otherwise): checkpointing drops the layers'
-    saved tensors but not autocast's weight cache, which holds every layer's casts until the forward's autocast
-    region exits [autocast]: the checkpoints, all casts and the head's saved tensors."""
-    if not (combo.gc and st.autocast):
-        return 0
-    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
-    return kept + model.num_layers * autocast_weight_cache_bytes(model, combo, st) + head
-
-
-def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
-    masked = layout.sdpa_gets_mask(setup, combo)
-    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked)
-    return per_token * setup.tokens_per_micro_batch + autocast_weight_cache_bytes(model, combo, st)
-
-
-def _checkpoints_and_head_bytes(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage
-) -> tuple[int, int]:
-    """(GC's layer inputs, 0 without GC; the final norm's saved tensors and the model's mask)."""
-    tokens = setup.tokens_per_micro_batch
-    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo)
-    kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens if combo.gc else 0
-    return kept, head
 
 
 # ---- states: weights, grads, master, optimizer, with ZeRO partitioning -----------------------------------------
@@ -287,12 +85,12 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
     if combo.zero == 0 and n > 1:
         buffers += grads  # [DDP] gradient buckets: a full second copy of the trainable gradients
     if combo.zero >= 1:
-        master, optim = _ceil_div(master, n), _ceil_div(optim, n)
+        master, optim = ceil_div(master, n), ceil_div(optim, n)
     if combo.zero >= 2:
-        grads = _ceil_div(grads, n)
+        grads = ceil_div(grads, n)
         buffers += reduce_bucket_bytes(model, combo, st)
     if combo.zero == 3:
-        weights = _ceil_div(weights, n)
+        weights = ceil_div(weights, n)
         # Gathered parameters stay live until their reuse distance exceeds stage3_max_reuse_distance, up to
         # stage3_max_live_parameters elements: both default to 1e9 in DeepSpeed 0.19 (and HF's "auto" config leaves
         # them), so a model under 1e9 parameters stays fully gathered through forward and backward [DS]; at least
@@ -300,7 +98,7 @@ def zero_states(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: 
         buffers += stage3_live_params(model) * st.frozen_weight
     if combo.offload in (Offload.OPTIMIZER, Offload.ALL):
         # ZeRO-Offload keeps master + Adam states and an fp32 gradient partition in host RAM; Adam runs on the CPU.
-        cpu += master + optim + _ceil_div(train * 4, n)
+        cpu += master + optim + ceil_div(train * 4, n)
         master, optim = 0, 0
     if combo.offload is Offload.ALL:
         cpu += weights
@@ -370,11 +168,22 @@ def stage3_live_params(model: ModelSpec) -> int:
     return min(model.param_count(), STAGE3_MAX_LIVE_PARAMETERS)
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 # ---- the peak ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Shared:
+    """Bytes per GPU that several candidate moments hold alike."""
+
+    static: dict[str, int]  # weights, master copy, optimizer states, engine buffers: resident throughout
+    grads: int  # every gradient (the rank's partition under ZeRO-2/3), once backward has produced it
+    grads_fwd: int  # the gradients already held in forward (gradients_resident), else 0
+    acts: int  # every saved activation at the start of backward (under GC: the checkpoints)
+    one_layer: int  # one layer's saved activations
+    held: int  # logits a loop that keeps the model's outputs holds beyond the loss (held_logits_bytes)
+    dequant: int  # a quantized matmul's dequantized weight, alive for the op (forward and backward) [quant]
+    kv_start: int  # the KV cache kept outputs hold beyond the saved activations, at the start of backward
+    kv_held: int  # the same cache once backward has freed the activations (layout.kv_cache_bytes)
+
+
 def memory(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, on_gpu: bool = True
 ) -> tuple[MemoryBreakdown, str, int]:
@@ -383,74 +192,122 @@ def memory(
     Candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if gradient
     accumulation keeps them between micro-batches or ZeRO-3 holds them in its resident buffer; (2) end of backward
     — all gradients plus the last layer's activations; (2b) ZeRO-2's first gradient reduction
-    (zero2_first_reduce_grad_bytes); (2c) DoRA's weight norm in forward (estimate/dora.py); (3) optimizer step — gradients plus the step's temporaries (DeepSpeed converts the
-    16-bit gradient partition to fp32). Weights, master copy and Adam states are resident throughout (after the
-    first step)."""
+    (zero2_first_reduce_grad_bytes); (2c) DoRA's weight norm in forward (estimate/dora.py); (3) optimizer step —
+    gradients plus the step's temporaries (DeepSpeed converts the 16-bit gradient partition to fp32). Weights,
+    master copy and Adam states are resident throughout (after the first step). On a tie the earliest candidate
+    names the phase."""
     st = storage(setup.precision, combo)
     s = zero_states(model, setup, combo, st, on_gpu)
     acts, one_layer = activation_bytes(model, setup, combo, st)
-    head_cast = head_cast_bytes(model, combo, st)
-    logits = logits_loss_bytes(model, st, setup.tokens_per_micro_batch) + head_cast
-    # a quantized matmul dequantizes its weight for the duration of the op (forward and backward) [quant]
     dequant = (
         q8.dequant_temp_bytes(model, combo, compute_bytes(setup.precision)) if combo.quant is not Quant.NONE else 0
     )
-    static = dict(weights=s.weights, master_weights=s.master, optimizer_states=s.optim, engine_buffers=s.buffers)
-    grads_during_fwd = s.grads if gradients_resident(setup, combo) else 0
-    train = trainable_params(model, combo)
-    step_temp = _ceil_div(train * 4, setup.world_size) if combo.uses_deepspeed and combo.offload is Offload.NONE else 0
-    if combo.optim is not Optim.ADAMW:
-        step_temp = q8.bnb_step_temp_bytes(model, combo, on_gpu)
-    elif not combo.uses_deepspeed:
-        step_temp = adamw_step_temp_bytes(train, st, setup)
-    held = held_logits_bytes(model, setup, st)
-    tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
-    first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
-    candidates = [
+    shared = _Shared(
+        static=dict(weights=s.weights, master_weights=s.master, optimizer_states=s.optim, engine_buffers=s.buffers),
+        grads=s.grads,
+        grads_fwd=s.grads if gradients_resident(setup, combo) else 0,
+        acts=acts,
+        one_layer=one_layer,
+        held=held_logits_bytes(model, setup, st),
+        dequant=dequant,
+        kv_start=layout.kv_cache_bytes(model, setup, combo, st, True),
+        kv_held=layout.kv_cache_bytes(model, setup, combo, st, False),
+    )
+    candidates = _forward_backward_moments(model, setup, combo, st, shared)
+    candidates += _end_of_backward_moments(model, setup, combo, st, shared, on_gpu)
+    dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
+    candidates += dora.peak_candidates(
+        shared.static, (shared.grads_fwd, s.grads), (acts + shared.kv_start, one_layer), combo.gc, dora_temp
+    )
+    phase, bd = max(candidates, key=lambda c: c[1].total())
+    return bd, phase, s.cpu_bytes * setup.gpus_per_node
+
+
+def _forward_backward_moments(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared
+) -> list[tuple[str, MemoryBreakdown]]:
+    """The moments from the loss to the last layer's recomputation, where the activations peak."""
+    tokens = setup.tokens_per_micro_batch
+    head_cast = head_cast_bytes(model, combo, st)
+    return [
         (  # GC + autocast: the loss is computed while autocast's cache holds every layer's weight casts
             "forward/backward",
             MemoryBreakdown(
-                **static,
-                gradients=grads_during_fwd,
+                **sh.static,
+                gradients=sh.grads_fwd,
                 activations=gc_loss_moment_activation_bytes(model, setup, combo, st),
-                logits_loss=logits_forward_bytes(model, st, setup.tokens_per_micro_batch) + head_cast + held,
-                temporaries=dequant,
+                logits_loss=logits_forward_bytes(model, st, tokens) + head_cast + sh.held,
+                temporaries=sh.dequant,
             ),
         ),
-        (
+        (  # start of backward: every saved activation and the loss's fp32 tensors
             "forward/backward",
             MemoryBreakdown(
-                **static, gradients=grads_during_fwd, activations=acts, logits_loss=logits + held, temporaries=dequant
+                **sh.static,
+                gradients=sh.grads_fwd,
+                activations=sh.acts + sh.kv_start,
+                logits_loss=logits_loss_bytes(model, st, tokens) + head_cast + sh.held,
+                temporaries=sh.dequant,
             ),
         ),
         (  # GC: the last layer recomputed in backward, after ZeRO-2's first reduction allocated its partition
             "forward/backward",
             MemoryBreakdown(
-                **static,
-                gradients=s.grads if combo.zero == 2 and combo.offload is Offload.NONE else grads_during_fwd,
+                **sh.static,
+                gradients=sh.grads if combo.zero == 2 and combo.offload is Offload.NONE else sh.grads_fwd,
                 activations=gc_recompute_activation_bytes(model, setup, combo, st),
-                logits_loss=held,
-                temporaries=dequant,
+                logits_loss=sh.held,
+                temporaries=sh.dequant,
             ),
         ),
+    ]
+
+
+def _end_of_backward_moments(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared, on_gpu: bool
+) -> list[tuple[str, MemoryBreakdown]]:
+    """The moments once the gradients exist: the end of backward, ZeRO-2's first reduction and the step."""
+    first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
+    tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
+    common = dict(**sh.static, logits_loss=sh.held)
+    return [
         (
             "end of backward",
-            MemoryBreakdown(**static, gradients=s.grads, activations=one_layer, logits_loss=held, temporaries=dequant),
+            MemoryBreakdown(
+                **common, gradients=sh.grads, activations=sh.one_layer + sh.kv_held, temporaries=sh.dequant
+            ),
         ),
         (
             "backward, first reduction",
             MemoryBreakdown(
-                **static, gradients=s.grads if first_reduce else 0, activations=acts, temporaries=first_reduce + dequant
+                **sh.static,
+                gradients=sh.grads if first_reduce else 0,
+                activations=sh.acts,
+                temporaries=first_reduce + sh.dequant,
             ),
         ),
-        ("end of backward", MemoryBreakdown(**static, gradients=s.grads, logits_loss=held, temporaries=tied)),
-        ("optimizer step", MemoryBreakdown(**static, gradients=s.grads, logits_loss=held, temporaries=step_temp)),
+        ("end of backward", MemoryBreakdown(**common, gradients=sh.grads, activations=sh.kv_held, temporaries=tied)),
+        (
+            "optimizer step",
+            MemoryBreakdown(
+                **common,
+                gradients=sh.grads,
+                activations=sh.kv_held,
+                temporaries=step_temp_bytes(model, setup, combo, st, on_gpu),
+            ),
+        ),
     ]
-    dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
-    candidates += dora.peak_candidates(static, (grads_during_fwd, s.grads), (acts, one_layer), combo.gc, dora_temp)
-    phase, bd = max(candidates, key=lambda c: c[1].total())
-    cpu_per_node = s.cpu_bytes * setup.gpus_per_node
-    return bd, phase, cpu_per_node
+
+
+def step_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool) -> int:
+    """Temporaries of the optimizer step beyond the states: DeepSpeed's fp32 copy of the rank's gradient partition
+    (on the device unless offloaded) [DS], a bitsandbytes optimizer's [quant], or torch AdamW's
+    (adamw_step_temp_bytes)."""
+    if combo.optim is not Optim.ADAMW:
+        return q8.bnb_step_temp_bytes(model, combo, on_gpu)
+    if not combo.uses_deepspeed:
+        return adamw_step_temp_bytes(trainable_params(model, combo), st, setup)
+    return ceil_div(trainable_params(model, combo) * 4, setup.world_size) if combo.offload is Offload.NONE else 0
 
 
 def device_bytes(reserved: int, combo: Combination, is_cpu: bool, world_size: int = 1) -> int:

@@ -42,6 +42,6 @@ def tied_grad_summed_in_place(model: ModelSpec, combo: Combination, st: Storage)
     """Whether autograd sums a trained tied embedding's two gradients in place [autograd]: under autocast the LM
     head's partial gradient is the fresh fp32 output of the cast's backward, and the real run adds the lookup's
     into it (measured: qwen2-tied-110m full + GC bf16-mixed holds one vocab x hidden x 4 less than an
-    out-of-place sum; analytic.tied_embedding_grad_bytes). The FakeTensor trace adds out of place (fake storages
+    out-of-place sum; activations.tied_embedding_grad_bytes). The FakeTensor trace adds out of place (fake storages
     are referenced beyond the tensor, so none looks unshared), so the traced estimator removes the same bytes."""
     return st.autocast and model.tie_embeddings and not combo.lora

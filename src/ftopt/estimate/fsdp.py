@@ -36,11 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.estimate import analytic
+from ftopt.estimate import activations, analytic
 from ftopt.estimate.analytic import trainable_params
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.spec import AdapterDtype, Combination, Fsdp, ModelSpec, Offload, Precision, TrainingSetup
 from ftopt.spec.policy import Storage, storage
+from ftopt.spec.units import ceil_div
 
 
 def mixed(precision: Precision) -> bool:
@@ -93,10 +94,6 @@ class FsdpTerms:
     host: int  # host bytes per rank (CPUOffloadPolicy)
 
 
-def _div(a: int, n: int) -> int:
-    return -(-a // n)
-
-
 def terms(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, weights: int, train: int, gloo: bool
 ) -> FsdpTerms:
@@ -106,10 +103,10 @@ def terms(
     c = compute_bytes(setup.precision, st)  # trainable parameters, unsharded
     base = compute_bytes(setup.precision, st, trainable=not combo.lora)  # the decoder's own parameters, unsharded
     reduce = 4 if mixed(setup.precision) else st.grad  # MixedPrecisionPolicy(reduce_dtype=fp32) under mixed precision
-    layer_train = _div(train, model.num_layers) if combo.lora else model.layer_params()
+    layer_train = ceil_div(train, model.num_layers) if combo.lora else model.layer_params()
     root_params = model.param_count() - model.num_layers * model.layer_params()
     root_train = 0 if combo.lora else root_params
-    w, g, o = _div(weights, n), _div(train * st.grad, n), _div(train * st.optim, n)
+    w, g, o = ceil_div(weights, n), ceil_div(train * st.grad, n), ceil_div(train * st.optim, n)
     head = 0 if combo.lora else model.vocab_size * (model.embed_dim or model.hidden_size) * c
     host = 0
     if combo.offload is Offload.ALL:
@@ -120,11 +117,11 @@ def terms(
         optim=o,
         layer_unsharded=model.layer_params() * base + (layer_train * c if combo.lora else 0),
         root_unsharded=root_params * base,
-        layer_rs=layer_train * reduce * (2 if gloo else 1) + _div(layer_train * reduce, n),
+        layer_rs=layer_train * reduce * (2 if gloo else 1) + ceil_div(layer_train * reduce, n),
         layer_grad=layer_train * c,
         root_grads=root_train * c,
         head_grad=head,
-        root_grad_shard=_div(root_train * st.grad, n) if not host else 0,
+        root_grad_shard=ceil_div(root_train * st.grad, n) if not host else 0,
         root_rs_input=root_train * reduce,
         root_last_grad=0 if model.tie_embeddings else head,  # tied: the final norm's, negligible
         gloo_clone=int(gloo),
@@ -142,41 +139,56 @@ def memory(
     logits: int,
     recompute: int = 0,
 ) -> tuple[str, MemoryBreakdown]:
-    """The peak over FSDP2's phases (measured on two CPU ranks: the start of backward, where the backward
-    prefetch all-gathers the last layers while every activation and the loss are alive):
-    (1) start of backward: activations, loss, the layers in flight (two under reshard_after_forward=True, every
-        layer under False) and the root's unsharded parameters; under GC also the last layer's recomputation
-        (`recompute`: analytic.gc_recompute_activation_bytes) with the same layers in flight;
-    (2) the last layer's reduce-scatter: its unsharded gradients and reduce-scatter buffers (the previous
-        group's input is reclaimed first: reduce_scatter_max_input_buffers=1), the LM head's unsharded gradient;
-    (3) the root's copy-in at the end of backward: the root is resharded first (post_backward reshards before
-        foreach_reduce), then its unsharded gradients and the reduce-scatter input;
-    (4) the root's reduce-scatter: every sharded gradient (the root's output included), the root's last unsharded
-        gradient, the input and, on gloo, its clone (measured, llama grad-op GC: the peak, inside gloo's
-        all-reduce);
-    (5) the optimizer step over the sharded states."""
-    layers_unsharded = (2 if combo.fsdp.reshard_after_forward else model.num_layers) * t.layer_unsharded
+    """The peak over FSDP2's phases, bytes per rank (measured on two CPU ranks: the start of backward, where the
+    backward prefetch all-gathers the last layers while every activation and the loss are alive). `acts`,
+    `one_layer`, `logits`: the rank's saved activations, one layer's and the loss's tensors; `recompute`: under GC,
+    the activations while the last layer is recomputed (activations.gc_recompute_activation_bytes). On a tie the
+    earliest candidate names the phase."""
     static = dict(weights=t.weights, optimizer_states=t.optim)
-    grads_fwd = t.grads if setup.grad_accum > 1 else 0
-    candidates = [
+    layers_in_flight = (2 if combo.fsdp.reshard_after_forward else model.num_layers) * t.layer_unsharded
+    candidates = _backward_start_moments(
+        t,
+        static,
+        gc=combo.gc,
+        grads_fwd=t.grads if setup.grad_accum > 1 else 0,
+        in_flight=layers_in_flight + t.root_unsharded,
+        acts=acts,
+        one_layer=one_layer,
+        logits=logits,
+        recompute=recompute,
+    )
+    candidates += _backward_end_moments(t, static)
+    return max(candidates, key=lambda c: c[1].total())
+
+
+def _backward_start_moments(
+    t: FsdpTerms,
+    static: dict[str, int],
+    *,
+    gc: bool,
+    grads_fwd: int,
+    in_flight: int,
+    acts: int,
+    one_layer: int,
+    logits: int,
+    recompute: int,
+) -> list[tuple[str, MemoryBreakdown]]:
+    """(1) start of backward: activations, loss, the layers in flight (`in_flight`: two under
+    reshard_after_forward=True, every layer under False, and the root's unsharded parameters); under GC also the
+    last layer's recomputation with the same layers in flight; (2) the last layer's reduce-scatter: its unsharded
+    gradients and reduce-scatter buffers (the previous group's input is reclaimed first:
+    reduce_scatter_max_input_buffers=1), the LM head's unsharded gradient. `grads_fwd`: the sharded gradients
+    kept between micro-batches under gradient accumulation, else 0."""
+    return [
         (
             "forward/backward",
             MemoryBreakdown(
-                **static,
-                gradients=grads_fwd,
-                activations=acts,
-                logits_loss=logits,
-                engine_buffers=layers_unsharded + t.root_unsharded,
+                **static, gradients=grads_fwd, activations=acts, logits_loss=logits, engine_buffers=in_flight
             ),
         ),
         (
             "forward/backward",
-            MemoryBreakdown(
-                **static,
-                gradients=grads_fwd,
-                activations=recompute,
-                engine_buffers=layers_unsharded + t.root_unsharded,
-            ),
+            MemoryBreakdown(**static, gradients=grads_fwd, activations=recompute, engine_buffers=in_flight),
         ),
         (
             "backward, first reduce-scatter",
@@ -184,10 +196,20 @@ def memory(
                 **static,
                 gradients=grads_fwd + t.head_grad + t.layer_grad,
                 # the last layer's saved tensors are freed by its backward; under GC its recomputation
-                activations=acts if combo.gc else max(0, acts - one_layer),
-                engine_buffers=layers_unsharded + t.root_unsharded + t.layer_rs,
+                activations=acts if gc else max(0, acts - one_layer),
+                engine_buffers=in_flight + t.layer_rs,
             ),
         ),
+    ]
+
+
+def _backward_end_moments(t: FsdpTerms, static: dict[str, int]) -> list[tuple[str, MemoryBreakdown]]:
+    """(3) the root's copy-in at the end of backward: the root is resharded first (post_backward reshards before
+    foreach_reduce), then its unsharded gradients and the reduce-scatter input; (4) the root's reduce-scatter:
+    every sharded gradient (the root's output included), the root's last unsharded gradient, the input and, on
+    gloo, its clone (measured, llama grad-op GC: the peak, inside gloo's all-reduce); (5) the optimizer step over
+    the sharded states."""
+    return [
         (
             "end of backward, root copy-in",
             MemoryBreakdown(
@@ -204,7 +226,6 @@ def memory(
         ),
         ("optimizer step", MemoryBreakdown(**static, gradients=t.grads)),
     ]
-    return max(candidates, key=lambda c: c[1].total())
 
 
 def collective_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, train: int) -> dict:
@@ -247,9 +268,9 @@ def peak(
     st = storage(setup.precision, combo)
     view_setup, view = compute_view(setup, combo)
     view_st = storage(view_setup.precision, view)
-    acts, one_layer = analytic.activation_bytes(model, view_setup, view, view_st)
-    logits = analytic.logits_loss_bytes(model, view_st, setup.tokens_per_micro_batch)
-    recompute = analytic.gc_recompute_activation_bytes(model, view_setup, view, view_st)
+    acts, one_layer = activations.activation_bytes(model, view_setup, view, view_st)
+    logits = activations.logits_loss_bytes(model, view_st, setup.tokens_per_micro_batch)
+    recompute = activations.gc_recompute_activation_bytes(model, view_setup, view, view_st)
     if traced is not None:  # the trace's largest moment, the recomputation's included
         acts, logits, recompute = traced.activations, traced.logits_loss + traced.temporaries, 0
     train = analytic.trainable_params(model, combo)

@@ -119,3 +119,22 @@ def packed_detection(packed: bool):
         yield
     finally:
         masking_utils.find_packed_sequence_indices = real
+
+
+def kv_cache_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, start: bool) -> int:
+    """The KV cache the kept outputs hold (TrainingSetup.kv_cache) [cache], beyond what attention saves.
+    transformers' DynamicCache keeps each layer's keys (after RoPE) and values un-repeated, 2 x kv_dim per token
+    per layer in the activation dtype. `start` (the start of backward): attention saves those same tensors unless
+    repeat_kv copied them (a masked SDPA call, eager), so the cache adds only where they were repeated. After
+    backward it is the only holder: the whole cache, through the step and the next forward. Under gradient
+    checkpointing transformers builds no cache in training (utils/generic.py merge_with_config_defaults).
+
+    [cache] transformers/cache_utils.py DynamicLayer.update (the first update stores the tensors themselves);
+            models/llama/modeling_llama.py LlamaModel.forward (DynamicCache when use_cache); the published
+            PEFT rows' memory_allocated after each step fits logits plus this cache, not logits alone
+            (docs/accuracy.md "PEFT MetaMathQA")."""
+    if not setup.kv_cache or combo.gc:
+        return 0
+    cache = 2 * model.num_layers * model.kv_dim * setup.tokens_per_micro_batch * st.act_bytes
+    repeated = model.q_dim != model.kv_dim and (sdpa_gets_mask(setup, combo) or combo.attn is Attention.EAGER)
+    return cache if repeated or not start else 0

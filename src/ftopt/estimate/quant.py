@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ftopt.spec import Combination, ModelSpec, Quant
 from ftopt.spec.policy import lora_targets, quantizes_head
+from ftopt.spec.units import ceil_div
 
 NF4_BLOCK = 64  # weights per absmax [QLoRA], [bnb-4bit]
 DOUBLE_QUANT_GROUP = 256  # 8-bit absmax values per fp32 second-level constant [QLoRA]
@@ -41,18 +42,14 @@ CPU_STEP_TEMP_8BIT = 20  # bytes per element at the peak of one CPU 8-bit update
 CPU_STEP_TEMP_32BIT = 12  # bytes per element at the peak of one CPU 32-bit bnb update [bnb-cpu]
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def quantized_weight_bytes(quant: Quant, in_features: int, out_features: int) -> int:
     """Bytes of one quantized linear weight [bnb-4bit], [int8] (its bias stays unquantized)."""
     n = in_features * out_features
     if quant is Quant.INT8:
         return n + 4 * out_features
-    blocks = _ceil_div(n, NF4_BLOCK)
+    blocks = ceil_div(n, NF4_BLOCK)
     # packed 4-bit + 8-bit absmax per block + fp32 constant per 256 blocks (double quant, always on here)
-    return _ceil_div(n, 2) + blocks + 4 * _ceil_div(blocks, DOUBLE_QUANT_GROUP)
+    return ceil_div(n, 2) + blocks + 4 * ceil_div(blocks, DOUBLE_QUANT_GROUP)
 
 
 def _head_shape(model: ModelSpec) -> tuple[int, int]:
@@ -86,7 +83,7 @@ def dequant_temp_bytes(model: ModelSpec, combo: Combination, compute_bytes: int)
     n = max(i * o for i, o, _ in quantized_shapes(model, combo))
     if quant is Quant.INT8:
         return 2 * n
-    return compute_bytes * n + 4 * _ceil_div(n, NF4_BLOCK)
+    return compute_bytes * n + 4 * ceil_div(n, NF4_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -135,7 +132,7 @@ def _eight_bit(t: TensorGroup) -> bool:
 
 def _state_bytes(t: TensorGroup, eight_bit_optim: bool) -> int:
     if eight_bit_optim and _eight_bit(t):
-        return 2 * t.numel + 2 * 4 * _ceil_div(t.numel, OPTIM_BLOCK)
+        return 2 * t.numel + 2 * 4 * ceil_div(t.numel, OPTIM_BLOCK)
     return 8 * t.numel
 
 

@@ -4,7 +4,8 @@ What runs is what `ftopt train` runs: the transformers model from its config wit
 checkpointing and the attention implementation applied by `modeling.build_model`, then Hugging Face Trainer's
 step — forward with labels (the model's own loss), backward, gradient clipping, fused AdamW step, zero_grad —
 twice, so the second step sees the optimizer states. Every tensor is a FakeTensor on the target device; a
-TorchDispatchMode records each new storage with the phase that created it and frees it when its storage dies.
+TorchDispatchMode records each new storage with the phase that created it and frees it when its storage dies
+(estimate/trace_storage.py).
 
 Engines: for Trainer alone (ZeRO 0) the trace is the whole story. For DeepSpeed, the trace covers what DeepSpeed
 does not change — activations, logits/loss tensors, temporaries and the gradients as produced in backward — and
@@ -20,9 +21,7 @@ moment that peaks at 2 layers need not be the one that peaks at 24 (tests check 
 
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -32,17 +31,18 @@ from torch._subclasses.fake_tensor import (
     UnsupportedFakeTensorException,
     UnsupportedOperatorException,
 )
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from ftopt.estimate import analytic, autocast, layout, trace_cache
+from ftopt.estimate import activations, analytic, autocast, layout, trace_cache
 from ftopt.estimate.allocator import Replay
 from ftopt.estimate.quant import bnb_optimizer_bytes, quantized_weight_bytes
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.estimate.trace_cache import TraceResult
 from ftopt.estimate.trace_optimizer import traced_optimizer
+from ftopt.estimate.trace_storage import StorageMode, Tracker, rank_bytes
 from ftopt.spec import AdapterDtype, Combination, ModelSpec, Offload, Precision, Quant, TrainingSetup
 from ftopt.spec.errors import FtoptError, TraceUnavailable
-from ftopt.spec.policy import storage
+from ftopt.spec.policy import Storage, storage
+from ftopt.spec.units import ceil_div
 
 # What a model's own code can raise under FakeTensorMode when the tracer cannot follow it, and nothing else: an
 # operator with no fake or meta kernel (UnsupportedOperatorException, or NotImplementedError from the dispatcher),
@@ -60,19 +60,6 @@ TRACE_LIMITS: tuple[type[Exception], ...] = (
 
 CUDA_ALLOC_GRANULARITY = 512  # the CUDA caching allocator rounds every block up to 512 bytes
 
-# Backward is split where it leaves the LM head and where it reaches the embedding: at different depths the peak
-# falls in different moments (start of backward with every layer's activations vs the embedding's gradients at its
-# end), and only a moment's own snapshots extrapolate linearly in the layer count.
-_PHASE_CATEGORY = {
-    "forward": "activations",
-    "head": "logits_loss",
-    "backward": "temporaries",
-    "step": "temporaries",
-    "setup": "temporaries",
-    "backward-layers": "temporaries",
-    "backward-embed": "temporaries",
-}
-
 # the trace's moments in the analytic estimator's words (estimate.result: EstimateResult.peak_phase)
 PHASE_NAMES = {
     "forward": "forward/backward",
@@ -83,131 +70,6 @@ PHASE_NAMES = {
     "step": "optimizer step",
     "setup": "model build",
 }
-
-
-def _metric(snapshot: dict, grad_weight: float, count_states: bool) -> float:
-    """Bytes a rank holds for a category snapshot: traced gradients scaled to the rank's share; weights and
-    optimizer states only where the trace owns them (DeepSpeed's come from the ZeRO formulas)."""
-    metric = sum(v for k, v in snapshot.items() if k != "gradients") + grad_weight * snapshot.get("gradients", 0)
-    if not count_states:
-        metric -= snapshot.get("weights", 0) + snapshot.get("optimizer_states", 0)
-    return metric
-
-
-@dataclass
-class _Tracker:
-    """Live storages by category; the peak of `metric` with its category snapshot."""
-
-    grad_weight: float  # share of traced gradients a rank keeps (ZeRO-2/3 partition them)
-    count_states: bool  # weights/optimizer states traced (Trainer) or added analytically (DeepSpeed)
-    granularity: int
-    phase: str = "setup"
-    live: dict = field(default_factory=dict)  # storage key -> [nbytes, category]
-    # running bytes and storage count per category, kept as storages come, go and change category: check_peak runs
-    # after every op, and summing `live` there made the tracker a tenth of a trace's time
-    sums: dict = field(default_factory=dict)
-    counts: dict = field(default_factory=dict)
-    peak: float = -1.0
-    peak_snapshot: dict = field(default_factory=dict)
-    peak_phase: str = ""
-    phase_peaks: dict = field(default_factory=dict)  # phase -> (metric, snapshot) at that phase's own peak
-    # ZeRO-2 (analytic.zero2_first_reduce_grad_bytes): the rank's gradient partition, allocated whole at the first
-    # reduction of a backward and kept until the step; a gradient counts in full until the next one arrives (by
-    # then DeepSpeed has copied it into its bucket), after which it is "reduced" and counts no more
-    zero2_partition_bytes: int = 0
-    partition_live: bool = False
-    pending_grad: int | None = None
-    # the caching allocator run over the same mallocs and frees (estimate/allocator.py): the check of its closed form
-    replay: Replay | None = None
-
-    def on_grad(self, st: torch.UntypedStorage) -> None:
-        if self.zero2_partition_bytes:
-            if self.pending_grad in self.live:
-                self._move(self.live[self.pending_grad], "reduced")
-            self.pending_grad, self.partition_live = st._cdata, True
-        self.retag(st, "gradients")
-        self.check_peak()
-
-    def end_step(self) -> None:
-        self.partition_live, self.pending_grad = False, None
-
-    def _size(self, nbytes: int) -> int:
-        g = self.granularity
-        return -(-nbytes // g) * g if g > 1 else nbytes
-
-    def _count(self, nbytes: int, category: str, sign: int) -> None:
-        self.sums[category] = self.sums.get(category, 0) + sign * nbytes
-        self.counts[category] = self.counts.get(category, 0) + sign
-
-    def _move(self, entry: list, category: str) -> None:
-        self._count(entry[0], entry[1], -1)
-        entry[1] = category
-        self._count(entry[0], category, 1)
-
-    def add(self, st: torch.UntypedStorage, category: str) -> None:
-        key = st._cdata
-        if key in self.live:
-            return
-        self.live[key] = entry = [self._size(st.nbytes()), category]
-        self._count(entry[0], category, 1)
-        if self.replay is not None:
-            self.replay.malloc(key, st.nbytes())
-        weakref.finalize(st, self._release, key)
-
-    def _release(self, key: int) -> None:
-        entry = self.live.pop(key, None)
-        if entry is not None:
-            self._count(entry[0], entry[1], -1)
-        if self.replay is not None:
-            self.replay.free(key)
-
-    def retag(self, st: torch.UntypedStorage, category: str) -> None:
-        entry = self.live.get(st._cdata)
-        if entry is None:
-            self.add(st, category)
-        else:
-            self._move(entry, category)
-
-    def totals(self) -> dict[str, int]:
-        """Live bytes per category (a category appears while it holds a storage)."""
-        return {cat: self.sums[cat] for cat, n in self.counts.items() if n}
-
-    def check_peak(self) -> None:
-        t = self.totals()
-        t.pop("reduced", None)
-        if self.partition_live:
-            t["grad_partition"] = self.zero2_partition_bytes
-        metric = _metric(t, self.grad_weight, self.count_states)
-        if metric > self.phase_peaks.get(self.phase, (-1.0,))[0]:
-            self.phase_peaks[self.phase] = (metric, t)
-        if metric > self.peak:
-            self.peak, self.peak_snapshot, self.peak_phase = metric, t, self.phase
-
-    def enter_head(self, hidden: torch.Tensor) -> None:
-        """LM head forward begins; backward leaves the head once `hidden` (its input) has its gradient."""
-        self.phase = "head"
-        self.mark_when_reached(hidden, "backward-layers")
-
-    def mark_when_reached(self, t: torch.Tensor, phase: str) -> None:
-        """Switch to `phase` when backward reaches tensor `t` (its gradient is computed)."""
-        if isinstance(t, torch.Tensor) and t.requires_grad:
-            t.register_hook(lambda _grad: setattr(self, "phase", phase))
-
-
-class _StorageMode(TorchDispatchMode):
-    """Registers the storage of every tensor an op returns (inside FakeTensorMode: no real memory)."""
-
-    def __init__(self, tracker: _Tracker):
-        super().__init__()
-        self.tracker = tracker
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                self.tracker.add(t.untyped_storage(), _PHASE_CATEGORY[self.tracker.phase])
-        self.tracker.check_peak()
-        return out
 
 
 def _materialize(model: torch.nn.Module, device: str) -> None:
@@ -249,14 +111,14 @@ def _without_hf_zero3():
 
 
 def _zero2_partition_tracked(combo: Combination) -> bool:
-    """ZeRO-2 on the device (no optimizer offload): its gradient partition is modelled in the trace (_Tracker)."""
+    """ZeRO-2 on the device (no optimizer offload): its gradient partition is modelled in the trace (Tracker)."""
     return combo.zero == 2 and combo.offload is Offload.NONE
 
 
 def _traced_gradient_share(setup: TrainingSetup, combo: Combination) -> float:
     """Share of the traced gradients a rank holds: none under ZeRO-3 without offload, whose gradient partition is
     a resident buffer added from the ZeRO formulas in every phase (analytic.zero3_gradient_buffer); under ZeRO-2
-    the newest, unreduced gradient in full (the partition is tracked, _Tracker.on_grad); 1/N with offload."""
+    the newest, unreduced gradient in full (the partition is tracked, Tracker.on_grad); 1/N with offload."""
     if analytic.zero3_gradient_buffer(combo):
         return 0.0
     if _zero2_partition_tracked(combo):
@@ -289,27 +151,52 @@ def _trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers
     return result
 
 
-def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> _Tracker:
+def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_layers: int, device: str) -> Tracker:
+    """Trace `num_layers` layers of the step on `device` ("cuda" or "cpu"): the tracker, with each phase's peak."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ftopt.model.build import build_model
-    from ftopt.model.quantize import stand_in_linears
-
     st = storage(setup.precision, combo)
-    deepspeed = combo.uses_deepspeed
-    granularity = CUDA_ALLOC_GRANULARITY if device == "cuda" else 1
     on_gpu = device == "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
+    if on_gpu and not torch.cuda.is_available():
         # A CPU-only torch cannot dispatch even fake CUDA kernels (sdpa/autocast query the CUDA runtime). The CPU
         # path saves the same tensors for these models; the CUDA allocator's 512-byte rounding is still applied.
         device = "cpu"
-    grad_weight = _traced_gradient_share(setup, combo)
-    tracker = _Tracker(grad_weight=grad_weight, count_states=not deepspeed, granularity=granularity)
+    tracker = Tracker(
+        grad_weight=_traced_gradient_share(setup, combo),
+        count_states=not combo.uses_deepspeed,
+        granularity=CUDA_ALLOC_GRANULARITY if on_gpu else 1,
+    )
     if on_gpu:
         tracker.replay = Replay(expandable=setup.expandable_segments)
-    # quantized bases: storage-equivalent stand-ins for the bitsandbytes linears (see quantize.stand_in_linears)
+    model = _build_on_meta(spec, combo, setup, num_layers)
+    with FakeTensorMode(allow_non_fake_inputs=True), layout.packed_detection(setup.packing):
+        _materialize(model, device)
+        params = _instrument(model, setup, combo, st, tracker)
+        opt = (
+            None
+            if combo.uses_deepspeed  # DeepSpeed's optimizer states come from the ZeRO formulas
+            else traced_optimizer(model, params, spec, combo, setup, on_gpu, tracker.retag)
+        )
+        inputs = layout.step_inputs(setup, combo, device)
+        if setup.kv_cache and not combo.gc:  # build_model turns the cache off; the loop traced here has it on
+            inputs["use_cache"] = True
+        # the run's compute dtype: an fp16 base under a bf16 autocast would be cast to bf16 in every matmul
+        half = torch.float16 if setup.precision is Precision.FP16_MIXED else torch.bfloat16
+        autocast = torch.autocast(device_type=device, dtype=half, enabled=st.autocast)
+        with StorageMode(tracker):
+            _run_steps(model, inputs, autocast, params, opt, setup, tracker)
+    return tracker
+
+
+def _build_on_meta(spec: ModelSpec, combo: Combination, setup: TrainingSetup, num_layers: int) -> torch.nn.Module:
+    """The model `ftopt train` builds, `num_layers` deep, on the meta device (no memory) as the engine's module
+    computes (_engine_view); quantized bases get storage-equivalent stand-ins for the bitsandbytes linears
+    (model.quantize.stand_in_linears)."""
+    from ftopt.model.build import build_model
+    from ftopt.model.quantize import stand_in_linears
+
     with _without_hf_zero3():
-        model = build_model(
+        return build_model(
             spec,
             _engine_view(combo),
             setup.precision,
@@ -317,53 +204,72 @@ def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_la
             num_layers=num_layers,
             quantize_linears=partial(stand_in_linears, storage_bytes=quantized_weight_bytes),
         )
-    with FakeTensorMode(allow_non_fake_inputs=True), layout.packed_detection(setup.packing):
-        _materialize(model, device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in model.parameters():
-            tracker.add(p.untyped_storage(), "weights")
-        if _zero2_partition_tracked(combo):
-            tracker.zero2_partition_bytes = -(-sum(p.numel() for p in params) * st.grad // setup.world_size)
+
+
+def _instrument(
+    model: torch.nn.Module, setup: TrainingSetup, combo: Combination, st: Storage, tracker: Tracker
+) -> list[torch.nn.Parameter]:
+    """Count the weights and hook the phase changes into the tracker; returns the trainable parameters. Phases:
+    each gradient as it is accumulated, the LM head's forward (and backward leaving it), backward reaching the
+    embedding."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in model.parameters():
+        tracker.add(p.untyped_storage(), "weights")
+    if _zero2_partition_tracked(combo):  # the rank's share of the gradients in the model dtype, bytes
+        tracker.zero2_partition_bytes = ceil_div(sum(p.numel() for p in params) * st.grad, setup.world_size)
+    for p in params:
+        p.register_post_accumulate_grad_hook(lambda q: tracker.on_grad(q.grad.untyped_storage()))
+    model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: tracker.enter_head(args[0]))
+    model.get_input_embeddings().register_forward_hook(
+        lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed")
+    )
+    return params
+
+
+def _run_steps(
+    model: torch.nn.Module,
+    inputs: dict,
+    autocast: torch.autocast,
+    params: list[torch.nn.Parameter],
+    opt: torch.optim.Optimizer | None,
+    setup: TrainingSetup,
+    tracker: Tracker,
+) -> None:
+    """Hugging Face Trainer's step twice, so the second sees the optimizer states: `grad_accum` forward and
+    backward passes (the model's own loss, scaled by 1/grad_accum), then the optimizer step. One scope for both
+    steps: a loop that keeps `outputs` holds its logits through backward, the step and the next forward, until
+    that forward returns."""
+    for _step in range(2):
+        for _micro in range(setup.grad_accum):
+            tracker.phase = "forward"
+            with autocast:
+                outputs = model(**inputs)
+                loss = outputs.loss / setup.grad_accum
+            if not setup.keeps_outputs:
+                outputs = None  # Trainer's compute_loss returns the loss alone
+            tracker.phase = "backward"
+            loss.backward()
+            del loss
+        tracker.phase = "step"
+        _optimizer_step(params, opt, tracker)
+        tracker.end_step()
+        tracker.check_peak()
+
+
+def _optimizer_step(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer | None, tracker: Tracker) -> None:
+    """Gradient clipping, the optimizer's step (its new states retagged as optimizer states) and zero_grad; under
+    DeepSpeed (`opt` None) only the gradients are dropped, its states being the ZeRO formulas'."""
+    torch.nn.utils.clip_grad_norm_(params, 1.0)  # Trainer's max_grad_norm=1.0
+    if opt is None:
         for p in params:
-            p.register_post_accumulate_grad_hook(lambda q: tracker.on_grad(q.grad.untyped_storage()))
-        head = model.get_output_embeddings()
-        head.register_forward_pre_hook(lambda _m, args: tracker.enter_head(args[0]))
-        model.get_input_embeddings().register_forward_hook(
-            lambda _m, _a, out: tracker.mark_when_reached(out, "backward-embed")
-        )
-        opt = None if deepspeed else traced_optimizer(model, params, spec, combo, setup, on_gpu, tracker.retag)
-        inputs = layout.step_inputs(setup, combo, device)
-        # the run's compute dtype: an fp16 base under a bf16 autocast would be cast to bf16 in every matmul
-        half = torch.float16 if setup.precision is Precision.FP16_MIXED else torch.bfloat16
-        autocast = torch.autocast(device_type=device, dtype=half, enabled=st.autocast)
-        with _StorageMode(tracker):
-            for _step in range(2):
-                for _micro in range(setup.grad_accum):
-                    tracker.phase = "forward"
-                    with autocast:
-                        # a loop that keeps `outputs` holds its logits until the next forward has returned
-                        outputs = model(**inputs)
-                        loss = outputs.loss / setup.grad_accum
-                    if not setup.keeps_outputs:
-                        outputs = None  # Trainer's compute_loss returns the loss alone
-                    tracker.phase = "backward"
-                    loss.backward()
-                    del loss
-                tracker.phase = "step"
-                torch.nn.utils.clip_grad_norm_(params, 1.0)  # Trainer's max_grad_norm=1.0
-                if opt is not None:
-                    opt.step()
-                    for state in opt.state.values():
-                        for v in state.values():
-                            if isinstance(v, torch.Tensor) and v.dim() > 0:
-                                tracker.retag(v.untyped_storage(), "optimizer_states")
-                    opt.zero_grad(set_to_none=True)
-                else:
-                    for p in params:
-                        p.grad = None
-                tracker.end_step()
-                tracker.check_peak()
-    return tracker
+            p.grad = None
+        return
+    opt.step()
+    for state in opt.state.values():
+        for v in state.values():
+            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                tracker.retag(v.untyped_storage(), "optimizer_states")
+    opt.zero_grad(set_to_none=True)
 
 
 _SNAPSHOT_TO_BREAKDOWN = (
@@ -391,7 +297,8 @@ def _extrapolate(
     `embed_excess`: bytes the trace holds at the embedding's gradient that a real run does not
     (autocast.tied_grad_summed_in_place); one trace of the full depth is passed as t1 = t2. `phases`: only these
     compete for the peak, by their activation side (activations, logits/loss, temporaries: the part a sharding
-    engine of its own, ftopt.estimate.fsdp, adds its terms to); None = all, by the rank's bytes (_metric)."""
+    engine of its own, ftopt.estimate.fsdp, adds its terms to); None = all, by the rank's bytes
+    (trace_storage.rank_bytes)."""
     (l1, l2), best = layers, (float("-inf"), {}, "")
     for phase in t1.phase_peaks.keys() & t2.phase_peaks.keys() & (phases or t1.phase_peaks.keys()):
         s1, s2 = t1.phase_peaks[phase][1], t2.phase_peaks[phase][1]
@@ -402,7 +309,7 @@ def _extrapolate(
         if phase == "backward-embed":
             per_cat["temporaries"] -= embed_excess
         metric = (
-            _metric(per_cat, t1.grad_weight, t1.count_states)
+            rank_bytes(per_cat, t1.grad_weight, t1.count_states)
             if phases is None
             else per_cat["activations"] + per_cat["logits_loss"] + per_cat["temporaries"]
         )
@@ -423,7 +330,7 @@ def traced_memory(
     the model's depth (`layers=None` traces the full depth). `phases`: see _extrapolate (ftopt.estimate.fsdp)."""
     st = storage(setup.precision, combo)
     excess = (
-        analytic.tied_embedding_grad_bytes(spec, combo, st, 1)
+        activations.tied_embedding_grad_bytes(spec, combo, st, 1)
         if autocast.tied_grad_summed_in_place(spec, combo, st)
         else 0
     )

@@ -9,12 +9,12 @@ estimator confirms the pick and the what-ifs (ftopt.planner.whatif); each answer
 
 from __future__ import annotations
 
-import itertools
 import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.estimate import Estimate, FallbackCause, Method, TraceFallback, estimate
+from ftopt.planner.candidates import DEFAULT_LORA_R, PLAN_QUANTS, combinations, plan_combinations
 from ftopt.planner.choice import TIME_MODEL_ERROR, TieBreak, choose_fitting, rejected_by_trace, tie_fraction, tie_text
 from ftopt.planner.shortfall import shortfall
 from ftopt.planner.whatif import (
@@ -30,13 +30,10 @@ from ftopt.planner.whatif import (
 from ftopt.spec import (
     DEFAULT_CURRENCY,
     AdapterDtype,
-    Attention,
     Combination,
     Engine,
-    Fsdp,
     HardwareSpec,
     ModelSpec,
-    Offload,
     Optim,
     QloraRecipe,
     Quant,
@@ -48,6 +45,8 @@ from ftopt.spec.time_constants import TimeConstants
 from ftopt.spec.units import fmt_bytes, fmt_seconds
 
 __all__ = [
+    "DEFAULT_LORA_R",
+    "PLAN_QUANTS",
     "Answer",
     "LimitKind",
     "Plan",
@@ -58,26 +57,6 @@ __all__ = [
     "longest_context_and_bound",
     "plan",
 ]
-
-DEFAULT_LORA_R = 16
-# ZeRO stage and offload pairs DeepSpeed accepts (offload needs a stage; parameter offload needs stage 3).
-ZERO_OFFLOAD = [
-    (0, Offload.NONE),
-    (1, Offload.NONE),
-    (1, Offload.OPTIMIZER),
-    (2, Offload.NONE),
-    (2, Offload.OPTIMIZER),
-    (3, Offload.NONE),
-    (3, Offload.OPTIMIZER),
-    (3, Offload.ALL),
-]
-# FSDP2 (reshard after forward or not) with and without CPUOffloadPolicy, beside the ZeRO pairs (the bitsandbytes
-# bases and optimizers run without it: Combination's validator).
-FSDP_OFFLOAD = [(f, off) for f in (Fsdp.FULL, Fsdp.GRAD_OP) for off in (Offload.NONE, Offload.ALL)]
-SHARDING = [(z, Fsdp.NONE, off) for z, off in ZERO_OFFLOAD] + [(0, f, off) for f, off in FSDP_OFFLOAD]
-# Quantized LoRA bases the plan tries. FP4 is left out: the same bytes and time as NF4, and lower quality (QLoRA
-# paper, Table 2/Fig. 3); `estimate --quant fp4` still predicts it.
-PLAN_QUANTS = (Quant.NF4, Quant.INT8)
 
 
 class Plan(BaseModel):
@@ -179,74 +158,6 @@ class Plan(BaseModel):
         }
 
 
-def combinations(
-    hw: HardwareSpec,
-    lora_r: int = DEFAULT_LORA_R,
-    full_only: bool = False,
-    lora_targets: tuple[str, ...] | None = None,
-    quants: tuple[Quant, ...] | None = None,
-    optims: tuple[Optim, ...] | None = None,
-    recipes: tuple[QloraRecipe, ...] = (QloraRecipe.PEFT,),
-    dora: bool = False,
-    rslora: bool = False,
-    adapter_dtype: AdapterDtype | None = None,
-) -> list[Combination]:
-    """GC on/off x full/LoRA x (ZeRO stage, offload) x every attention kernel the hardware runs (eager and SDPA
-    everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) in each
-    QLoRA recipe of `recipes` and, without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the
-    enumeration (None = PLAN_QUANTS and every optimizer). `dora`/`rslora`: the LoRA candidates are that variant
-    (DoRA: ZeRO 0-2, no FSDP). `adapter_dtype`: the LoRA candidates' adapter dtype (None = PEFT's default); a
-    quantized base keeps fp32 adapters (Combination's rule)."""
-    attns = [a for a in Attention if a in hw.attention_kernels]
-    ranks = [0] if full_only else [0, lora_r]
-    quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
-    optim_set = tuple(Optim) if optims is None else optims
-    out = []
-    for gc, r, quant, recipe, (zero, fsdp, off), optim, attn in itertools.product(
-        [False, True], ranks, quant_set, recipes, SHARDING, optim_set, attns
-    ):
-        sharded = zero or fsdp is not Fsdp.NONE
-        if (
-            (quant is not Quant.NONE and (not r or zero == 3 or fsdp is not Fsdp.NONE))
-            or (optim is not Optim.ADAMW and sharded)
-            or (recipe is not QloraRecipe.PEFT and quant is Quant.NONE)
-            or (dora and r and (zero == 3 or fsdp is not Fsdp.NONE))
-        ):
-            continue  # combinations Combination's validator rejects: not enumerated
-        out.append(
-            Combination(
-                gc=gc,
-                lora_r=r,
-                lora_targets=lora_targets if r else None,
-                dora=dora and bool(r),
-                rslora=rslora and bool(r),
-                adapter_dtype=adapter_dtype if r and adapter_dtype and quant is Quant.NONE else AdapterDtype.FP32,
-                zero=zero,
-                fsdp=fsdp,
-                offload=off,
-                attn=attn,
-                quant=quant,
-                qlora_recipe=recipe,
-                optim=optim,
-            )
-        )
-    return out
-
-
-def _recipes(setup: TrainingSetup, given: tuple[QloraRecipe, ...] | None) -> tuple[QloraRecipe, ...]:
-    """The QLoRA recipes the plan tries: the given ones (each must run in the precision), else every one that does
-    (torchtune's and LitGPT's bf16 bases only under bf16-true, QloraRecipe.runs_in)."""
-    if given is None:
-        return tuple(r for r in QloraRecipe if r.runs_in(setup.precision))
-    bad = [r.value for r in given if not r.runs_in(setup.precision)]
-    if bad:
-        raise FtoptError(
-            f"--qlora-recipe {','.join(bad)} keeps the base in bf16 without autocast and needs --precision "
-            f"bf16-true, got {setup.precision.value}."
-        )
-    return given
-
-
 def _rank_key(e: Estimate):
     """Fitting first, then tight (fits the GPU, not the margin), then the rest; each by predicted time."""
     return (not e.fits, not e.tight, e.total_seconds, -e.headroom_bytes)
@@ -320,28 +231,21 @@ def plan(
 ) -> Plan:
     """`hw` as given: apply a calibration (ftopt.planner.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
-    if max_hours is not None and not 0 < max_hours < math.inf:  # false for nan too
-        raise FtoptError(f"--max-hours must be a positive number of hours, got {max_hours}.")
-    if cost_per_gpu_hour is not None and not 0 <= cost_per_gpu_hour < math.inf:
-        raise FtoptError(f"--cost-per-gpu-hour must be a price of zero or more, got {cost_per_gpu_hour}.")
-    currency = DEFAULT_CURRENCY if currency is None else currency  # None: not given
-    if not currency.strip():
-        raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
-    if lora_r <= 0:
-        raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
-    # only what runs in the precision (Combination.runs_in: flash-attn rejects fp32, bf16-true has no DeepSpeed);
-    # plan --engine restricts further
-    recipes = _recipes(setup, recipes)
-    combos = [
-        c
-        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, recipes, dora, rslora, adapter_dtype)
-        if c.runs_in(setup.precision) and (engines is None or c.engine in engines)
-    ]
-    if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
-        raise FtoptError(
-            "No combination to plan: quantized bases need LoRA, so --full-only with --quant "
-            f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only."
-        )
+    currency = _checked_currency(max_hours, cost_per_gpu_hour, currency)
+    combos = plan_combinations(
+        hw,
+        setup,
+        full_only=full_only,
+        lora_r=lora_r,
+        lora_targets=lora_targets,
+        adapter_dtype=adapter_dtype,
+        quants=quants,
+        optims=optims,
+        engines=engines,
+        recipes=recipes,
+        dora=dora,
+        rslora=rslora,
+    )
     estimates = sorted((estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos), key=_rank_key)
     rec, rule, reason, fallback = _confirmed_choice(model, hw, setup, estimates, method, max_hours)
     estimates.sort(key=_rank_key)
@@ -356,7 +260,7 @@ def plan(
         tie_break=rule,
         max_hours=max_hours,
         cost_per_gpu_hour=cost_per_gpu_hour,
-        currency=currency.strip(),
+        currency=currency,
         calibration=hw.calibration,
         time_constants=hw.time_constants,
         host_memory_bytes=hw.host_memory_bytes,
@@ -364,20 +268,38 @@ def plan(
     if fallback is not None:
         p.fallbacks[Answer.RECOMMENDED] = fallback
     if what_ifs:
-        confirm = method is Method.TRACED
-        if rec is not None:
-            p.longest_context, p.longest_context_bound, p.longest_context_method, lc_fallback = (
-                confirmed_longest_context(model, hw, setup, rec.combination, confirm)
-            )
-            if lc_fallback is not None:
-                p.fallbacks[Answer.LONGEST_CONTEXT] = lc_fallback
-        p.fewest_gpus, p.fewest_gpus_combination, p.fewest_gpus_method, fg_fallback = fewest_gpus(
-            model, hw, setup, combos, method, confirm=confirm
-        )
-        if fg_fallback is not None:
-            p.fallbacks[Answer.FEWEST_GPUS] = fg_fallback
+        _answer_what_ifs(p, model, hw, combos)
     p.shortfall = shortfall(estimates, rec, full_only, hw)
     return p
+
+
+def _checked_currency(max_hours: float | None, cost_per_gpu_hour: float | None, currency: str | None) -> str:
+    """The budget and price checked (one sentence naming a bad value), and the currency to quote them in."""
+    if max_hours is not None and not 0 < max_hours < math.inf:  # false for nan too
+        raise FtoptError(f"--max-hours must be a positive number of hours, got {max_hours}.")
+    if cost_per_gpu_hour is not None and not 0 <= cost_per_gpu_hour < math.inf:
+        raise FtoptError(f"--cost-per-gpu-hour must be a price of zero or more, got {cost_per_gpu_hour}.")
+    currency = DEFAULT_CURRENCY if currency is None else currency  # None: not given
+    if not currency.strip():
+        raise FtoptError("--currency is empty; give a currency code such as USD, EUR or JPY.")
+    return currency.strip()
+
+
+def _answer_what_ifs(p: Plan, model: ModelSpec, hw: HardwareSpec, combos: list[Combination]) -> None:
+    """The longest context with the recommendation and the fewest GPUs on which any of `combos` fits, into `p`;
+    confirmed by the trace when the plan is traced (ftopt.planner.whatif)."""
+    confirm = p.method is Method.TRACED
+    if p.recommended is not None:
+        p.longest_context, p.longest_context_bound, p.longest_context_method, lc_fallback = confirmed_longest_context(
+            model, hw, p.setup, p.recommended.combination, confirm
+        )
+        if lc_fallback is not None:
+            p.fallbacks[Answer.LONGEST_CONTEXT] = lc_fallback
+    p.fewest_gpus, p.fewest_gpus_combination, p.fewest_gpus_method, fg_fallback = fewest_gpus(
+        model, hw, p.setup, combos, p.method, confirm=confirm
+    )
+    if fg_fallback is not None:
+        p.fallbacks[Answer.FEWEST_GPUS] = fg_fallback
 
 
 def _confirmed_choice(

@@ -1,26 +1,28 @@
 """Typed, validated descriptions of what is trained, on what, and how."""
 
+from ftopt.spec.combination import (
+    ALL_LINEAR,
+    AdapterDtype,
+    Attention,
+    Combination,
+    Engine,
+    Fsdp,
+    Offload,
+    Optim,
+    QloraRecipe,
+    Quant,
+)
 from ftopt.spec.hardware import HardwareSpec, hardware_names, load_hardware
 from ftopt.spec.hf_config import from_hf_config, load_model, preset_names
 from ftopt.spec.model import Linear, LinearGroup, MlpKind, ModelSpec, NormKind
 from ftopt.spec.production import DEFAULT_CURRENCY, CurrencyCode, ProductionOptions
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
 from ftopt.spec.training import (
-    ALL_LINEAR,
     CPU_DEFAULTS,
     DEFAULT_HEADROOM,
     AdamWKernel,
-    AdapterDtype,
-    Attention,
     Batching,
-    Combination,
-    Engine,
-    Fsdp,
-    Offload,
-    Optim,
     Precision,
-    QloraRecipe,
-    Quant,
     TrainingSetup,
     default_precision,
 )

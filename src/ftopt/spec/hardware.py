@@ -17,9 +17,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftopt.spec.calibration import CalibrationProvenance
+from ftopt.spec.combination import Attention
 from ftopt.spec.errors import FtoptError, validation_message
 from ftopt.spec.time_constants import TimeConstants, default_time_constants, migrate_flat
-from ftopt.spec.training import Attention, Precision
+from ftopt.spec.training import Precision
 
 # FlashAttention 2 and bf16 tensor cores both need Ampere (compute capability 8.0) or newer: flash-attn README
 # ("FlashAttention-2 currently supports Ampere, Ada, or Hopper GPUs"), CUDA programming guide (bf16 from sm_80).

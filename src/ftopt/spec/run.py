@@ -16,8 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ftopt.spec.combination import Combination
 from ftopt.spec.hardware import HardwareSpec
-from ftopt.spec.training import AdamWKernel, Combination, TrainingSetup
+from ftopt.spec.training import AdamWKernel, TrainingSetup
 
 RUN_SCHEMA = "ftopt.run/1"
 OPTIMIZER_DEFAULTS = ("weight_decay", "max_grad_norm")  # Schedule fields a run spec may lack (see identity)
@@ -147,10 +148,11 @@ class RunSpec(BaseModel):
         """A run is trained by ftopt's own loop; the setup fields that describe other loops (for estimating their
         published runs) cannot be honoured, so a run file that sets them is refused rather than run otherwise."""
         s = self.setup
-        if s.adamw_kernel is not AdamWKernel.FUSED or s.keeps_outputs or not s.expandable_segments:
+        if s.adamw_kernel is not AdamWKernel.FUSED or s.keeps_outputs or s.kv_cache or not s.expandable_segments:
             raise ValueError(
-                "setup.adamw_kernel=foreach, keeps_outputs and expandable_segments=false describe other training "
-                "loops for the estimators; `ftopt train` runs fused AdamW through Trainer with expandable segments"
+                "setup.adamw_kernel=foreach, keeps_outputs, kv_cache and expandable_segments=false describe other "
+                "training loops for the estimators; `ftopt train` runs fused AdamW through Trainer with expandable "
+                "segments"
             )
         return self
 

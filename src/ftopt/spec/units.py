@@ -47,3 +47,9 @@ def parse_bytes(text: str, flag: str, bare_unit: str = "gib") -> int:
     if m is None or unit not in _BYTE_UNITS or float(m.group(1)) <= 0:
         raise FtoptError(f"{flag} must be a positive size such as 1.5TiB, 768GiB or a number of GiB, got '{text}'.")
     return int(float(m.group(1)) * _BYTE_UNITS[unit])
+
+
+def ceil_div(total: int, parts: int) -> int:
+    """ceil(total / parts) on integers (no float rounding): one rank's share of partitioned bytes, or how many
+    blocks of `parts` elements hold `total`."""
+    return -(-total // parts)

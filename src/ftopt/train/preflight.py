@@ -18,7 +18,7 @@ from ftopt.spec.hardware import AMPERE, FP16_NEEDS_CUDA  # AMPERE: FlashAttentio
 def check_devices(spec: RunSpec) -> None:
     import torch
 
-    from ftopt.spec.training import Optim, Quant
+    from ftopt.spec.combination import Optim, Quant
 
     if spec.combination.quant is not Quant.NONE or spec.combination.optim is not Optim.ADAMW:
         from ftopt.model.quantize import require_bitsandbytes

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
+from ftopt.spec.combination import Attention
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.run import DataSpec, ModelRef, RunSpec
-from ftopt.spec.training import Attention, Batching
+from ftopt.spec.training import Batching
 from ftopt.train import data as D
 from ftopt.train.sft import SftCollator, Tokenized, to_dataset, tokenize
 from ftopt.train.tokenizer import TokenizerChoice, check_unknown, load_tokenizer

@@ -1,0 +1,59 @@
+"""Runs that several tests read, each trained once per session.
+
+A two-process ZeRO run costs three interpreter starts (the launcher and two ranks) and a DeepSpeed engine per rank,
+so the tests that only read such a run's outputs share one: the ZeRO-2 run is the one-node reference of the
+two-node test, the metrics test's run and the `--json` stdout test's process; the ZeRO-3 LoRA run is the two-node
+test's reference and the saved-base test's run. The tests that read one run carry `xdist_group(name)`, and `make
+test` runs pytest-xdist with `--dist loadgroup`, so one worker trains it once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def shared_run_args(zero: int) -> list[str]:
+    """The flags of the shared ZeRO-`zero` run after --zero/--gpus; the two-node test trains with the same ones, so
+    both see the same data shards and must report the same losses. ZeRO-3 trains LoRA, whose saved base is the
+    part only ZeRO-3 must gather from both ranks' partitions."""
+    lora = "8" if zero == 3 else "0"
+    return ["--max-steps", "4", "--save-steps", "2", "--lora-r", lora, "--eval-max-examples", "4", "--json"]
+
+
+def ftopt_train(*args: str) -> subprocess.Popen:
+    """A real `ftopt train` process (stdout and stderr apart, as a user sees them)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftopt", "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    out: Path
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def zero_run(tmp_path_factory):
+    """zero_run(stage): the one-node, two-rank ZeRO run of `shared_run_args(stage)`, trained on first use."""
+    done: dict[int, SharedRun] = {}
+
+    def get(zero: int) -> SharedRun:
+        if zero not in done:
+            out = tmp_path_factory.mktemp(f"zero{zero}") / "run"
+            p = ftopt_train("--out", str(out), "--zero", str(zero), "--gpus", "2", *shared_run_args(zero))
+            stdout, stderr = p.communicate(timeout=900)
+            logs = "".join(f.read_text()[-3000:] for f in sorted((out / "logs").glob("rank*.log")))
+            assert p.returncode == 0, stderr.decode()[-3000:] + logs
+            done[zero] = SharedRun(out, stdout.decode(), stderr.decode())
+        return done[zero]
+
+    return get
