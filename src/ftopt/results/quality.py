@@ -139,9 +139,10 @@ def generate(
     model, tokenizer, rows: list[dict], device, log: Callable[[str], None], synced: bool = False, batch: int = 1
 ) -> list[str]:
     """Greedy completions of each row's prompt, up to the reference's length in tokens + 2, `batch` rows per
-    generate() call (left-padded, so every row's new tokens start at the same position). A row's completion is its
-    own first tokens, as if generated alone: greedy decoding picks each token from that row's prefix only, and the
-    batch runs to its longest row's cap, each row cut back to its own. `synced`: the ranks generate with a sharded
+    generate() call (left-padded, so every row's new tokens start at the same position). A row's completion is the
+    one it gets alone, up to the rounding of batched arithmetic (the demo's trained models give identical strings,
+    benchmarks/generation_speed.py): greedy decoding picks each token from that row's prefix only, and the batch
+    runs to its longest row's cap, each row cut back to its own. `synced`: the ranks generate with a sharded
     model, each forward a collective, so a rank that finishes early keeps stepping until all have (generate's
     synced_gpus; transformers sets it itself only for ZeRO-3 and its own FSDP)."""
     import torch
