@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint setup bench clean
+.PHONY: demo test lint setup bench traces clean
 
 # The stamp is rebuilt when the dependency files change.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -26,9 +26,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/ftopt demo
 
-# Two workers (pytest-xdist), one per core of a CI runner; --durations names the slowest tests of every run.
+# Two workers (pytest-xdist), one per core of a CI runner, each on one thread (torch would start one per core in
+# each); --dist loadgroup keeps tests that read one shared run on one worker (tests/train/conftest.py);
+# --durations names the slowest tests of every run.
 test: setup lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20
 
 # Style holds without review: lint (pyflakes, pycodestyle, import order, pyupgrade, bugbear), format check, the
 # layer contract (import-linter, configured in pyproject.toml: imports point only downward, no cycles), and the docs
@@ -41,6 +43,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/plan_speed.py
+
+# The traces ftopt ships for its preset plans (src/ftopt/presets/traces.json) answer only while the source files they
+# ran are unchanged: after a change to the estimators, tests/estimate/test_trace_seed.py says to run this.
+traces: setup
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/trace_seed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

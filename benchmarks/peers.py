@@ -64,7 +64,7 @@ HOW_APPLIED = {
     "accelerate estimate-memory": "max(estimate_training_usage(fp32 size of AutoModel on meta, dtype)); no LM head; "
     "int4/int8 say N/A",
     "DeepSpeed ZeRO estimator": "GPU figure without offload; ZeRO-2 on 1 GPU for non-ZeRO rows, stage and 2 GPUs "
-    "for ZeRO rows; all parameters counted as trained",
+    "for ZeRO and FSDP2 rows (FSDP2 full as ZeRO-3, grad-op as ZeRO-2); all parameters counted as trained",
     "16 B/param rule": "16 x all parameters of the causal LM, LoRA or not",
     "llm-analysis": "LLMAnalysis.training; 16-bit weights and activations (it has no fp32), 4/8-bit weights "
     "for quantized runs, Adam with an fp32 master copy; embeddings always tied",
@@ -85,6 +85,9 @@ SCENARIO_KEYS = (
     "processes",
     "device",
     "packed",
+    "padded",
+    "dora",
+    "fsdp",
 )
 
 
@@ -104,6 +107,9 @@ def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
                 "processes": 1,
                 "device": "cpu",
                 "packed": False,
+                "padded": False,
+                "dora": False,
+                "fsdp": "none",
                 "seq": d.get("seq_len", ea.SEQ),
                 "batch": d.get("micro_batch", ea.BATCH),
                 **r,
@@ -157,13 +163,24 @@ def accelerate_bytes(row: dict) -> int | None:
     return None if usage == -1 else int(usage)
 
 
+# FSDP2's sharding as the ZeRO stage the peers can be told: full shards parameters too (ZeRO-3), grad-op keeps
+# them gathered from forward to backward (ZeRO-2); Lightning Thunder's FSDPType names the same pairs
+# (ZERO2 ~ ShardingStrategy.SHARD_GRAD_OP, ZERO3 ~ FULL_SHARD).
+FSDP_AS_ZERO = {"full": 3, "grad-op": 2}
+
+
+def zero_stage(row: dict) -> int:
+    """The run's ZeRO stage, or its FSDP2 sharding's equivalent."""
+    return FSDP_AS_ZERO.get(row.get("fsdp", "none"), row["zero"])
+
+
 def deepspeed_bytes(row: dict) -> int:
     """estimate_zero{2,3}_model_states_mem_needs_all_live's GPU column without offload, through the non-printing
     functions they wrap (same model_to_params counting)."""
     with contextlib.redirect_stdout(sys.stderr):  # its logger writes to stdout, which carries our table or JSON
         from deepspeed.runtime.zero import stage3, stage_1_and_2
     model, gpus = _causal_lm(row["arch"]), row["processes"]
-    if row["zero"] == 3:
+    if zero_stage(row) == 3:
         total, largest = stage3.model_to_params(model)
         return stage3.estimate_zero3_model_states_mem_needs(
             total, largest, num_gpus_per_node=gpus, cpu_offload=False, cpu_offload_params=False
@@ -207,7 +224,7 @@ def llm_analysis_input(row: dict) -> dict:
         "seq_len": row["seq"],
         "gradient_accumulation_steps": 1,
         "activation_recomputation": 2 if row["gc"] else 0,  # HF GC keeps each layer's input: FULL
-        "ds_zero": row["zero"],
+        "ds_zero": zero_stage(row),
         "flash_attn": row["attn"] != "eager",
         "mlp_gated_linear_units": gated,
         "other_op_bytes": 2 if "8bit" in row["optim"] else None,
@@ -290,12 +307,14 @@ def _pct(x: float | None, signed: bool = True) -> str:
 def label(r: dict) -> str:
     parts = [
         r["arch"],
-        f"LoRA r{r['lora_r']}" if r["lora_r"] else "full",
+        f"{'DoRA' if r.get('dora') else 'LoRA'} r{r['lora_r']}" if r["lora_r"] else "full",
         "GC" if r["gc"] else "",
         r["attn"],
         r["quant"].upper() if r["quant"] != "none" else "",
         r["optim"] if r["optim"] != "adamw" else "",
         f"ZeRO-{r['zero']} x{r['processes']}" if r["zero"] else "",
+        f"FSDP2-{r['fsdp']} x{r['processes']}" if r.get("fsdp", "none") != "none" else "",
+        "packed" if r.get("packed") else "padded" if r.get("padded") else "",
         r["precision"],
         f"seq {r['seq']} x {r['batch']}",
     ]

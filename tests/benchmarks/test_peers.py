@@ -77,6 +77,14 @@ def test_deepspeed_uses_the_run_stage_and_process_count(peers, tiny):
     assert peers.deepspeed_bytes(_row(zero=3, processes=2)) == 4 * 64 * 128 + 9 * CAUSAL_LM_PARAMS
 
 
+def test_fsdp2_runs_are_given_to_the_peers_as_their_zero_stage(peers, tiny):
+    full, grad_op = _row(fsdp="full", processes=2), _row(fsdp="grad-op", processes=2)
+    assert peers.deepspeed_bytes(full) == 4 * 64 * 128 + 9 * CAUSAL_LM_PARAMS
+    assert peers.deepspeed_bytes(grad_op) == 2 * CAUSAL_LM_PARAMS + 9 * CAUSAL_LM_PARAMS
+    assert peers.llm_analysis_input(full)["training"]["ds_zero"] == 3
+    assert peers.llm_analysis_input(grad_op)["training"]["ds_zero"] == 2
+
+
 def test_summary_aggregates_signed_errors_and_skips_rows_without_a_prediction(peers):
     rows = [{"measured_bytes": 100}, {"measured_bytes": 200}, {"measured_bytes": 400}]
     preds = [dict.fromkeys(peers.CANNOT_EXPRESS, None) for _ in rows]
@@ -104,6 +112,21 @@ def test_rows_come_from_every_result_file_once_with_the_defaults_filled(peers, t
     rows = peers.load_rows(tmp_path)
     assert [(r["seq"], r["batch"], r.get("zero")) for r in rows] == [(256, 2, 0), (1024, 1, 0), (256, 2, 3)]
     assert rows[2]["attn"] == "sdpa" and rows[2]["processes"] == 2 and rows[0]["quant"] == "none"
+
+
+def test_dora_padded_and_fsdp_runs_are_scenarios_of_their_own(peers, tmp_path):
+    lora = {"arch": "a", "lora_r": 8, "gc": False, "precision": "fp32", "measured_bytes": 1}
+    runs = [lora, {**lora, "dora": True}, {**lora, "padded": True}, {**lora, "processes": 2, "fsdp": "full"}]
+    runs.append({**lora, "processes": 2, "fsdp": "grad-op"})
+    (tmp_path / "estimate_accuracy.json").write_text(json.dumps({"rows": runs}))
+    rows = peers.load_rows(tmp_path)
+    assert [(r["dora"], r["padded"], r["fsdp"]) for r in rows] == [
+        (False, False, "none"),
+        (True, False, "none"),
+        (False, True, "none"),
+        (False, False, "full"),
+        (False, False, "grad-op"),
+    ]
 
 
 def test_llm_analysis_without_its_environment_is_skipped_with_one_message(peers, tmp_path):

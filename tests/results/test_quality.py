@@ -148,6 +148,27 @@ def test_generation_uses_the_kv_cache_even_when_training_turned_it_off():
     assert all(p is not None and p.get_seq_length() > 0 for _, p in calls[1:])
 
 
+def test_batched_generation_completes_each_row_as_if_alone():
+    """Rows of different lengths go through generate() `batch` at a time, left-padded: each row's completion is
+    the one it gets alone (greedy), in fewer generate() calls."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftopt.presets import base_model_dir
+    from ftopt.results.quality import generate
+    from ftopt.sweep import sample_task as S
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir())
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir(), use_safetensors=True).eval()
+    rows = S.examples("shift", 6, seed=5) + S.examples("reverse", 4, seed=5)  # the base knows these: real answers
+    assert len({len(r["prompt"]) for r in rows}) > 1  # prompts of several lengths: the batch pads
+    alone = generate(model, tok, rows, "cpu", log=lambda m: None)
+    calls = []
+    model.register_forward_pre_hook(lambda m, args, kw: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    batched = generate(model, tok, rows, "cpu", log=lambda m: None, batch=4)
+    assert batched == alone and sum(a == r["completion"] for a, r in zip(alone, rows)) >= 5
+    assert calls[0] == 4 and sorted(set(calls)) == [2, 4]  # 4 + 4 + 2 rows: three generate() calls
+
+
 @pytest.mark.parametrize("n_rows", [1, 5, 6])
 def test_zero3_ranks_each_generate_their_share_and_score_every_row(monkeypatch, n_rows):
     """Under ZeRO-3 the ranks generate in step; each completes rows rank::N, with as many generate calls as the
@@ -159,7 +180,7 @@ def test_zero3_ranks_each_generate_their_share_and_score_every_row(monkeypatch, 
     rows = [{"prompt": f"p{i}", "completion": f"p{i}" if i % 2 else "other"} for i in range(n_rows)]
     generated: list[list[str]] = []
 
-    def echo(model, tokenizer, share, device, log, synced=False):  # completes each prompt with itself
+    def echo(model, tokenizer, share, device, log, synced=False, batch=1):  # completes each prompt with itself
         generated.append([r["prompt"] for r in share])
         return generated[-1]
 

@@ -51,20 +51,6 @@ def test_sweep_records_oom_and_crash_and_resumes(tmp_path):
     assert len(rows2) == 3 and len(results.read_text().splitlines()) == 3
 
 
-def test_rerun_with_other_settings_runs_again(tmp_path):
-    results = tmp_path / "r.jsonl"
-    combos = [Combination(lora_r=4)]
-    run_sweep(sweep_runs(_base(max_steps=2), combos, tmp_path / "runs"), results)
-    events = []
-    rows = run_sweep(
-        sweep_runs(_base(max_steps=3, seq_len=16), combos, tmp_path / "runs"),
-        results,
-        on_event=lambda k, i: events.append(k),
-    )
-    assert events.count("start") == 1 and "skip" not in events  # not "done before": the settings differ
-    assert sorted(r.measured.steps for r in rows) == [2, 3]
-
-
 def test_zero_processes_and_run_timeout(tmp_path):
     # a run no machine finishes within the timeout, however fast: the timeout, not the speed, ends it
     runs = sweep_runs(_base(max_steps=10**5), [Combination(zero=2)], tmp_path / "runs", zero_gpus=1)
@@ -73,7 +59,7 @@ def test_zero_processes_and_run_timeout(tmp_path):
     assert rows[0].status.value == "timeout" and "--run-timeout" in rows[0].error_tail
 
 
-def test_resume_after_interrupt_runs_only_the_rest(tmp_path):
+def test_resume_after_interrupt_runs_only_the_rest_and_other_settings_run_again(tmp_path):
     combos = [Combination(lora_r=4), Combination(lora_r=4, gc=True)]
     runs = sweep_runs(_base(max_steps=2), combos, tmp_path / "runs")
     results = tmp_path / "r.jsonl"
@@ -83,6 +69,15 @@ def test_resume_after_interrupt_runs_only_the_rest(tmp_path):
     started = []
     run_sweep(runs, results, on_event=lambda k, i: started.append((k, i["key"])))
     assert ("skip", first) in started and sum(k == "start" for k, _ in started) == 1
+    # the run just recorded, with other settings: not "done before", so it runs again beside the first record
+    events = []
+    rows = run_sweep(
+        sweep_runs(_base(max_steps=3, seq_len=16), combos[1:], tmp_path / "runs"),
+        results,
+        on_event=lambda k, i: events.append(k),
+    )
+    assert events.count("start") == 1 and "skip" not in events
+    assert sorted(r.measured.steps for r in rows if r.ok) == [2, 3]
 
 
 def test_corrupt_results_keep_good_lines(tmp_path):

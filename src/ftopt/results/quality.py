@@ -135,31 +135,48 @@ def perplexity(eval_loss: float | None) -> float | None:
 
 
 # ---- generation -------------------------------------------------------------------------------------------------
-def generate(model, tokenizer, rows: list[dict], device, log: Callable[[str], None], synced: bool = False) -> list[str]:
-    """Greedy completions of each row's prompt, up to the reference's length in tokens + 2. `synced`: the ranks
-    generate with a sharded model, each forward a collective, so a rank that finishes early keeps stepping until all
-    have (generate's synced_gpus; transformers sets it itself only for ZeRO-3 and its own FSDP)."""
+def generate(
+    model, tokenizer, rows: list[dict], device, log: Callable[[str], None], synced: bool = False, batch: int = 1
+) -> list[str]:
+    """Greedy completions of each row's prompt, up to the reference's length in tokens + 2, `batch` rows per
+    generate() call (left-padded, so every row's new tokens start at the same position). A row's completion is the
+    one it gets alone, up to the rounding of batched arithmetic (the demo's trained models give identical strings,
+    benchmarks/generation_speed.py): greedy decoding picks each token from that row's prefix only, and the batch
+    runs to its longest row's cap, each row cut back to its own. `synced`: the ranks generate with a sharded
+    model, each forward a collective, so a rank that finishes early keeps stepping until all have (generate's
+    synced_gpus; transformers sets it itself only for ZeRO-3 and its own FSDP)."""
     import torch
 
-    preds = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    size = max(1, batch) if pad is not None else 1  # no pad token: one row at a time, nothing to pad
+    preds: list[str] = []
     with torch.no_grad():
-        for i, r in enumerate(rows, 1):
-            enc = tokenizer(str(r["prompt"]), return_tensors="pt").to(device)
-            n_new = len(tokenizer(str(r["completion"]).strip(), add_special_tokens=False)["input_ids"]) + 2
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            prompts = [tokenizer(str(r["prompt"]))["input_ids"] for r in chunk]
+            caps = [
+                len(tokenizer(str(r["completion"]).strip(), add_special_tokens=False)["input_ids"]) + 2 for r in chunk
+            ]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
             out = model.generate(
-                **enc,
-                max_new_tokens=n_new,
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max(caps),
                 do_sample=False,
                 # the trained model's config has use_cache=False (training needs none, GC forbids it); generation
                 # without it re-runs the whole sequence for every new token: O(n^2) forwards instead of O(n)
                 use_cache=True,
-                pad_token_id=tokenizer.pad_token_id,
+                pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
                 synced_gpus=True if synced else None,  # None: transformers decides (ZeRO-3: on)
             )
-            preds.append(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip())
-            if i % PROGRESS_EVERY == 0 or i == len(rows):
-                log(f"quality: generated {i}/{len(rows)} held-out completions")
+            new = out[:, width:]
+            preds += [tokenizer.decode(new[i, :cap], skip_special_tokens=True).strip() for i, cap in enumerate(caps)]
+            done = len(preds)
+            if done // PROGRESS_EVERY > (done - len(chunk)) // PROGRESS_EVERY or done == len(rows):
+                log(f"quality: generated {done}/{len(rows)} held-out completions")
     return preds
 
 
@@ -173,6 +190,7 @@ def evaluate_generation(
     *,
     log: Callable[[str], None] = lambda m: None,
     synced: bool = False,
+    batch: int = 1,
 ) -> dict:
     """Generate completions for the first `max_examples` held-out rows and score them.
 
@@ -189,7 +207,7 @@ def evaluate_generation(
     was_training = model.training
     model.eval()
     rank, world = _generating_ranks(synced)
-    preds = generate(model, tokenizer, rank_rows(rows, rank, world), device, log, synced)
+    preds = generate(model, tokenizer, rank_rows(rows, rank, world), device, log, synced, batch)
     if world > 1:
         preds = interleave(_all_gather(preds, world), len(rows))
     if was_training:

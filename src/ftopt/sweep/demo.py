@@ -104,61 +104,17 @@ def run_demo(
     *,
     view: DemoView,
 ) -> dict:
+    """The three steps (plan, bench, report), then the summary: demo_summary.json and each run's closing line."""
     t0 = time.perf_counter()
     o = options or DemoOptions()
     out = Path(out_dir)
-    base_dir = str(base_model_dir())
-    train_path, eval_path = write_task(out)
-    spec, hw = load_model(base_dir), load_hardware("cpu")
-    # packed sequences: every step sees exactly seq_len x micro_batch tokens, as the estimates assume
-    setup = TrainingSetup.for_hardware(True, packing=True)
-    setup = setup.model_copy(update={"dataset_tokens": steps * setup.micro_batch * setup.seq_len})
-    base = RunSpec(
-        model=ModelRef(ref=base_dir, weights=True),
-        hardware=hw,
-        setup=setup,
-        data=DataSpec(train=str(train_path), eval=str(eval_path)),
-        schedule=Schedule(max_steps=steps, learning_rate=DEMO_LR),
-    )
-    view.section("1/3 plan: predicted memory and time of every combination")
-    p = plan(spec, hw, setup, lora_r=8)
-    view.plan(p)
-    atomic_write_text(out / "plan.json", json.dumps(p.to_json(), indent=2))
-
-    view.section(
-        f"2/3 bench: fine-tune the pretrained base on the unseen '{sample_task.FINETUNE_OP}' task, "
-        f"{steps} steps per combination (re-running skips finished ones)"
-    )
-    combos = reference_combinations(hw, lora_r=8)
-
-    def event(kind: str, info: dict) -> None:
-        tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
-        view.line(f"  [{info['index']}/{info['total']}] {info['label']}: {tag}  ({time.perf_counter() - t0:.0f} s)")
-
-    runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
-    given = o.quality_target is not None
+    base = demo_run(out, steps)
+    plan_step(base, out, view)
     target = QualityTarget.parse(o.quality_target or DEMO_QUALITY_TARGET)
-    # two one-thread processes at any time: two one-process runs side by side, a ZeRO or FSDP2 run alone
-    slots = min(DEMO_ZERO_PROCESSES, os.cpu_count() or 1)
-    rows = sweep_rows(run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target, slots=slots), runs)
-    view.sweep_summary(rows, out / "results.jsonl", target)
-
-    view.section("3/3 report")
-    fit = None
-    if any(r.ok for r in rows):
-        fit, _, _ = calibrate_and_store(rows, hw, str((out / "results.jsonl").resolve()), base_dir)
-        view.calibration(fit)
-    settings = report_settings(
-        rows,
-        gpu="cpu",
-        quality_target=o.quality_target or DEMO_QUALITY_TARGET,
-        quality_source="src_given" if given else "src_demo",
-        production=o,
-    )
-    reports = {lang: build_report(rows, out, lang=lang, **settings) for lang in langs}
-    wall = time.perf_counter() - t0
+    rows = bench_step(base, out, target, view, t0)
+    fit, settings, reports = report_step(rows, base, out, o, langs, view)
     summary = {
-        "wall_seconds": wall,
+        "wall_seconds": time.perf_counter() - t0,
         "runs": len(rows),
         "ok": sum(r.ok for r in rows),
         "quality_target": str(settings["quality_target"]),
@@ -171,8 +127,73 @@ def run_demo(
         view.line(quality_line(r))
     others = ", ".join(str(v["html"]) for v in list(reports.values())[1:])
     view.line(f"[bold]Report:[/] {reports[langs[0]]['html']}  (also {others})")
-    view.line(f"demo finished in {wall:.0f} s: {summary['ok']} of {summary['runs']} runs succeeded")
+    view.line(f"demo finished in {summary['wall_seconds']:.0f} s: {summary['ok']} of {summary['runs']} runs succeeded")
     return summary
+
+
+def demo_run(out: Path, steps: int) -> RunSpec:
+    """The run every combination shares: the shipped base on the task's files, `steps` steps on this CPU."""
+    base_dir = str(base_model_dir())
+    train_path, eval_path = write_task(out)
+    # packed sequences: every step sees exactly seq_len x micro_batch tokens, as the estimates assume
+    setup = TrainingSetup.for_hardware(True, packing=True)
+    setup = setup.model_copy(update={"dataset_tokens": steps * setup.micro_batch * setup.seq_len})
+    return RunSpec(
+        model=ModelRef(ref=base_dir, weights=True),
+        hardware=load_hardware("cpu"),
+        setup=setup,
+        data=DataSpec(train=str(train_path), eval=str(eval_path)),
+        schedule=Schedule(max_steps=steps, learning_rate=DEMO_LR),
+    )
+
+
+def plan_step(base: RunSpec, out: Path, view: DemoView) -> None:
+    """1/3: every combination's predicted memory and time, shown and kept in plan.json."""
+    view.section("1/3 plan: predicted memory and time of every combination")
+    p = plan(load_model(base.model.ref), base.hardware, base.setup, lora_r=8)
+    view.plan(p)
+    atomic_write_text(out / "plan.json", json.dumps(p.to_json(), indent=2))
+
+
+def bench_step(base: RunSpec, out: Path, target: QualityTarget, view: DemoView, t0: float) -> list:
+    """2/3: the seed combinations fine-tuned, two one-thread processes at any time: two one-process runs side by
+    side, a ZeRO or FSDP2 run alone (ftopt.sweep.schedule). Returns this sweep's result rows."""
+    steps = base.schedule.max_steps
+    view.section(
+        f"2/3 bench: fine-tune the pretrained base on the unseen '{sample_task.FINETUNE_OP}' task, "
+        f"{steps} steps per combination (re-running skips finished ones)"
+    )
+
+    def event(kind: str, info: dict) -> None:
+        tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
+        view.line(f"  [{info['index']}/{info['total']}] {info['label']}: {tag}  ({time.perf_counter() - t0:.0f} s)")
+
+    combos = reference_combinations(base.hardware, lora_r=8)
+    runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
+    slots = min(DEMO_ZERO_PROCESSES, os.cpu_count() or 1)
+    results = run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target, slots=slots)
+    rows = sweep_rows(results, runs)
+    view.sweep_summary(rows, out / "results.jsonl", target)
+    return rows
+
+
+def report_step(rows: list, base: RunSpec, out: Path, o: DemoOptions, langs, view: DemoView):
+    """3/3: the time model calibrated on the runs (stored for this machine) and the report in each language.
+    Returns (calibration fit or None, the report's settings, {language: report files})."""
+    view.section("3/3 report")
+    fit = None
+    if any(r.ok for r in rows):
+        fit, _, _ = calibrate_and_store(rows, base.hardware, str((out / "results.jsonl").resolve()), base.model.ref)
+        view.calibration(fit)
+    settings = report_settings(
+        rows,
+        gpu="cpu",
+        quality_target=o.quality_target or DEMO_QUALITY_TARGET,
+        quality_source="src_given" if o.quality_target is not None else "src_demo",
+        production=o,
+    )
+    reports = {lang: build_report(rows, out, lang=lang, **settings) for lang in langs}
+    return fit, settings, reports
 
 
 def quality_line(r) -> str:

@@ -329,8 +329,17 @@ def scored_quality(spec, model, tokenizer, eval_rows, fmt, device, log, synced: 
     from ftopt.results.quality import evaluate_generation
 
     d = spec.data
+    # a training step's rows per generate() call: the run holds a step's activations, more than their KV cache
     return evaluate_generation(
-        model, tokenizer, eval_rows, device, d.eval_max_examples, d.metrics, log=log, synced=synced
+        model,
+        tokenizer,
+        eval_rows,
+        device,
+        d.eval_max_examples,
+        d.metrics,
+        log=log,
+        synced=synced,
+        batch=spec.setup.micro_batch,
     )
 
 
