@@ -2,8 +2,8 @@
 
 A two-process ZeRO run costs three interpreter starts (the launcher and two ranks) and a DeepSpeed engine per rank,
 so the tests that only read such a run's outputs share one: the ZeRO-2 run is the one-node reference of the
-two-node test, the metrics test's run and the `--json` stdout test's process; the ZeRO-3 LoRA run is the two-node
-test's reference and the saved-base test's run. The tests that read one run carry `xdist_group(name)`, and `make
+two-node test, the metrics test's run, the `--json` stdout test's process and the optimizer-offload test's run; the
+ZeRO-3 LoRA run is the two-node test's reference and the saved-base test's run. The tests that read one run carry `xdist_group(name)`, and `make
 test` runs pytest-xdist with `--dist loadgroup`, so one worker trains it once.
 """
 
@@ -20,10 +20,11 @@ import pytest
 
 def shared_run_args(zero: int) -> list[str]:
     """The flags of the shared ZeRO-`zero` run after --zero/--gpus; the two-node test trains with the same ones, so
-    both see the same data shards and must report the same losses. ZeRO-3 trains LoRA, whose saved base is the
-    part only ZeRO-3 must gather from both ranks' partitions."""
-    lora = "8" if zero == 3 else "0"
-    return ["--max-steps", "4", "--save-steps", "2", "--lora-r", lora, "--eval-max-examples", "4", "--json"]
+    both see the same data shards and must report the same losses. ZeRO-2 offloads the optimizer (DeepSpeedCPUAdam
+    runs the step on both sides of the two-node test too); ZeRO-3 trains LoRA, whose saved base is the part only
+    ZeRO-3 must gather from both ranks' partitions. Plain ZeRO-2 trains in the host-file and Ctrl-C tests."""
+    engine = ["--lora-r", "8"] if zero == 3 else ["--lora-r", "0", "--offload", "optimizer"]
+    return ["--max-steps", "4", "--save-steps", "2", *engine, "--eval-max-examples", "4", "--json"]
 
 
 def ftopt_train(*args: str) -> subprocess.Popen:
