@@ -220,7 +220,7 @@ def plan(
         typer.Option("--engine", help="comma list of engines to try: ddp,zero,fsdp [default: all]"),
     ] = None,
     out: Annotated[
-        Path | None,
+        str | None,  # a str, not a Path: Path("") is the current folder, and '' is refused by name
         typer.Option(
             "--out", help="write the plan JSON (with the recommended run for 'ftopt train --plan') to this file"
         ),
@@ -228,7 +228,7 @@ def plan(
     calibration: CalibrationOpt = None,
     host_ram: HostRam = None,
     export: Annotated[
-        Path | None,
+        str | None,  # a str, as --out
         typer.Option(
             "--export",
             help="write the recommended run for DeepSpeed, "
@@ -277,15 +277,28 @@ def plan(
     run_body(body)
 
 
-def _plan(request, out: Path | None, export: Path | None, json_out: bool) -> None:
+def _output_paths(out: str | None, export: str | None) -> tuple[Path | None, Path | None]:
+    """--out and --export as paths, checked before the plan is made (a traced plan takes seconds)."""
+    for flag, value in (("--out", out), ("--export", export)):
+        if value is not None and not value.strip():
+            raise FtoptError(f"{flag} is empty; give a path, or leave the flag out.")
+    out_path = None if out is None else Path(out)
+    if out_path is not None:
+        if out_path.is_dir():
+            raise FtoptError(f"--out {out} is a folder; give the plan's file name, e.g. {out_path / 'plan.json'}.")
+        check_out_folder(out_path.parent)
+    export_path = None if export is None else Path(export)
+    if export_path is not None:
+        check_out_folder(export_path, "--export")
+    return out_path, export_path
+
+
+def _plan(request, out_flag: str | None, export_flag: str | None, json_out: bool) -> None:
     from ftopt.cli.display import print_plan
     from ftopt.planner.request import make
     from ftopt.spec.io import atomic_write_text
 
-    if out is not None:
-        check_out_folder(out.parent)
-    if export is not None:
-        check_out_folder(export, "--export")
+    out, export = _output_paths(out_flag, export_flag)
     with stdout_to_stderr(json_out):  # a trace's library notices go to stderr; stdout carries the JSON
         planned = make(request)
     doc = planned.to_json()
