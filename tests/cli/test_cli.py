@@ -258,11 +258,19 @@ def test_infinite_numbers_are_refused_before_any_work(args, tmp_path):
         (("train", "--random-init", "tiny-llama", "--out", ""), "--out is empty"),
         (("plan", "--method", "analytic", "--gpu", "cpu", "-m", "tiny-llama", "--out", ""), "--out is empty"),
         (("plan", "--method", "analytic", "--gpu", "cpu", "-m", "tiny-llama", "--export", ""), "--export is empty"),
+        (("bench", "--out", ""), "--out is empty"),
+        (("bench", "--grid", ""), "--grid is empty"),
+        (("report", ""), "The results path is empty"),
+        (("report", "--out", "", "nonexistent-results"), "--out is empty"),
+        (("demo", "--out", ""), "--out is empty"),
+        (("serve", "--host", ""), "--host is empty"),
+        (("serve", "--results", ""), "--results is empty"),
     ],
 )
 def test_an_empty_value_is_refused_not_read_as_the_default(args, said, tmp_path, monkeypatch):
-    """'' meant every base (--quant), the default GPU (--gpu), the default model (train --model) or the current
-    folder (--model, --data, --plan, --out, --export): nothing is trained, and nothing is written there."""
+    """'' meant every base (--quant), the default GPU (--gpu), the default model (train --model), every network
+    interface (serve --host) or the current folder (--model, --data, --plan, --out, --export, --grid, --results,
+    report's results): nothing is trained or served, and nothing is written there."""
     monkeypatch.chdir(tmp_path)
     r = run(*args)
     assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output

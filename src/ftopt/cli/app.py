@@ -46,6 +46,7 @@ from ftopt.cli.common import (
     Rslora,
     SeqLen,
     Zero,
+    path_flag,
     run_body,
     stdout_to_stderr,
 )
@@ -222,7 +223,9 @@ def plan(
     out: Annotated[
         str | None,  # a str, not a Path: Path("") is the current folder, and '' is refused by name
         typer.Option(
-            "--out", help="write the plan JSON (with the recommended run for 'ftopt train --plan') to this file"
+            "--out",
+            metavar="<path>",
+            help="write the plan JSON (with the recommended run for 'ftopt train --plan') to this file",
         ),
     ] = None,
     calibration: CalibrationOpt = None,
@@ -231,6 +234,7 @@ def plan(
         str | None,  # a str, as --out
         typer.Option(
             "--export",
+            metavar="<path>",
             help="write the recommended run for DeepSpeed, "
             "TRL and accelerate (ds_config.json, sft_config.yaml, "
             "launch.sh) into this folder",
@@ -279,15 +283,12 @@ def plan(
 
 def _output_paths(out: str | None, export: str | None) -> tuple[Path | None, Path | None]:
     """--out and --export as paths, checked before the plan is made (a traced plan takes seconds)."""
-    for flag, value in (("--out", out), ("--export", export)):
-        if value is not None and not value.strip():
-            raise FtoptError(f"{flag} is empty; give a path, or leave the flag out.")
-    out_path = None if out is None else Path(out)
+    out_path = path_flag(out, "--out")
     if out_path is not None:
         if out_path.is_dir():
             raise FtoptError(f"--out {out} is a folder; give the plan's file name, e.g. {out_path / 'plan.json'}.")
         check_out_folder(out_path.parent)
-    export_path = None if export is None else Path(export)
+    export_path = path_flag(export, "--export")
     if export_path is not None:
         check_out_folder(export_path, "--export")
     return out_path, export_path

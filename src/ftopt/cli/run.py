@@ -94,7 +94,9 @@ def train(
     plan_file: Annotated[
         str | None,  # a str, not a Path: Path("") is the current folder, and '' is refused by name
         typer.Option(
-            "--plan", help="run exactly the run of a plan JSON ('ftopt plan --out') or a run specification file"
+            "--plan",
+            metavar="<path>",
+            help="run exactly the run of a plan JSON ('ftopt plan --out') or a run specification file",
         ),
     ] = None,
     max_steps: Annotated[
