@@ -43,7 +43,7 @@ def test_a_plan_from_the_table_is_the_plan_a_trace_gives(fresh_cache, monkeypatc
 
     monkeypatch.setattr(traced, "_run_trace", counted)
     from_table = _plan_8b()
-    assert runs == [], "the packaged table is stale: run scripts/trace_seed.py"
+    assert runs == [], "the packaged table is stale: run `make traces` (scripts/trace_seed.py)"
     trace_cache.forget()
     for f in (fresh_cache / "traces").glob("*.json"):
         f.unlink()

@@ -34,7 +34,14 @@ VALUES = {
     "seq_len": ["-5", "0", "1", "512", "2048", "abc", ""],
     "micro_batch": ["-1", "0", "1", "4", "x"],
     "batching": ["", "packed", "padded", "padded-max", "full", "ragged", "<b>"],
+    "precision": ["", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "fp8", "<i>"],
     "lora_r": ["-1", "0", "16", "1000000000", "q"],
+    "lora_targets": ["", "all-linear", "q_proj,v_proj", ",", "nope_proj", "<script>"],
+    "adapter_dtype": ["", "fp32", "base", "fp16", "<b>"],
+    "dora": ["", "true", "false", "1", "maybe"],
+    "rslora": ["", "true", "0", "on", "2"],
+    "qlora_recipe": ["", "peft", "torchtune", "litgpt", "peft,litgpt", "qlora", ","],
+    "engine": ["", "ddp", "zero", "fsdp", "zero,fsdp", "megatron", ","],
     "quant": ["", "none", "nf4", "int8", "nf4,int8", "xx", "none,,nf4"],
     "optim": ["", "adamw", "adamw-8bit,paged-adamw", "sgd", ","],
     "full_only": ["", "true", "false", "1", "yes", "maybe"],
@@ -80,6 +87,7 @@ BODIES = st.one_of(
 )
 GETS = st.one_of(
     st.tuples(st.sampled_from(["/api/plan", "/api/export"]), QUERIES),
+    st.tuples(st.just("/api/export"), st.fixed_dictionaries({"job": JUNK}, optional={"model": JUNK})),
     st.tuples(st.sampled_from(["/api/runs/progress", "/api/runs/report"]), st.fixed_dictionaries(
         {"name": st.sampled_from(["", ".", "..", "/etc", "sweep"]) | JUNK, "lang": st.sampled_from(["en", "ja", "x"])}
     )),

@@ -125,3 +125,49 @@ def test_technique_view_marks_an_fsdp2_pick(server, browser):
     )
     assert row[0] == PAGE["en"]["t_sharding"] + " ✓"
     assert row[1].startswith(rec_label + ":")
+
+
+LEVERS_LINK = (
+    "?model=llama-2-7b&gpu=rtx4090&precision=bf16-true&qlora_recipe=torchtune&lora_targets=all-linear"
+    "&adapter_dtype=base&dora=true&rslora=true&batching=padded-max&engine=ddp,zero&method=analytic"
+)
+
+
+def test_the_cli_levers_are_page_controls(server, browser):
+    """A link with every LoRA lever sets the page's controls and renders the CLI's plan for those flags; a value
+    with markup in it is shown as text, beside its field."""
+    url, _ = server
+    b = browser
+    b.send("Page.navigate", url=url + "/" + LEVERS_LINK)
+    _, rec_label = recommended_label(
+        "--model", "llama-2-7b", "--gpu", "rtx4090", "--precision", "bf16-true", "--qlora-recipe", "torchtune",
+        "--lora-targets", "all-linear", "--adapter-dtype", "base", "--dora", "--rslora", "--batching", "padded-max",
+        "--engine", "ddp,zero", "--method", "analytic",
+    )  # fmt: skip
+    assert wait_for_plan(b) == rec_label
+    controls = "JSON.stringify(['precision', 'qlora_recipe', 'lora_targets', 'adapter_dtype', 'batching'].map(f => "
+    assert json.loads(b.js(controls + "document.getElementById(f).value))")) == [
+        "bf16-true", "torchtune", "all-linear", "base", "padded-max",
+    ]  # fmt: skip
+    assert b.js("document.getElementById('dora').checked && document.getElementById('rslora').checked") is True
+    assert b.js("[...document.querySelectorAll('#engine input:checked')].map(e => e.value).join()") == "ddp,zero"
+    assert "--engine ddp,zero" in b.js("document.getElementById('command').textContent")
+
+    b.type_into("lora_targets", "<img src=x onerror=window.pwned=1>")
+    shown = b.wait_for("document.getElementById('err-lora_targets').textContent")
+    assert "<img src=x onerror=window.pwned=1>" in shown
+    assert b.js("document.querySelector('#out img, #inputs img') === null && window.pwned === undefined") is True
+
+
+def test_the_export_link_follows_the_confirmed_plan(server, browser):
+    """Once the trace has confirmed the plan, the export link downloads that job's run and says so."""
+    url, _ = server
+    b = browser
+    b.send("Page.navigate", url=url + "/?model=tiny-llama&gpu=a100-80g")
+    b.wait_for("document.getElementById('dl-export')?.getAttribute('href')?.includes('job=')", timeout=600)
+    label = b.js("document.getElementById('dl-export').textContent")
+    assert label == PAGE["en"]["download_export"] + " (" + PAGE["en"]["est_traced"] + ")"
+    disposition = b.js(
+        "fetch(document.getElementById('dl-export').href).then(r => r.headers.get('Content-Disposition'))"
+    )
+    assert disposition.endswith('filename="ftopt-plan-export-traced.zip"')

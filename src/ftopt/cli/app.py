@@ -50,8 +50,11 @@ from ftopt.cli.common import (
     run_body,
     stdout_to_stderr,
 )
+from ftopt.planner.request import PlanLevers
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
+
+PLAN_DEFAULTS = PlanLevers()  # `plan`'s defaults, shared with the planner page
 
 # rich_markup_mode=None: help texts state defaults as "[default: ...]", which rich markup would swallow as a tag.
 app = typer.Typer(
@@ -176,7 +179,7 @@ def plan(
     packing: Packing = None,
     batching: BatchingOpt = None,
     headroom: Headroom = None,
-    lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = 16,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="rank of the LoRA candidates")] = PLAN_DEFAULTS.lora_r,
     lora_targets: LoraTargets = None,
     dora: Annotated[bool, typer.Option("--dora", help="the LoRA candidates are DoRA (PEFT use_dora)")] = False,
     rslora: Annotated[
@@ -201,7 +204,7 @@ def plan(
             help="traced: the formulas search, the traced estimator confirms the recommendation and what-ifs "
             "(seconds); analytic: the formulas alone (instant)",
         ),
-    ] = "traced",
+    ] = PLAN_DEFAULTS.method,
     json_out: Json = False,
     quant: Annotated[
         str | None,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from ftopt.planner import resolve
+from ftopt.planner.candidates import DEFAULT_LORA_R
 from ftopt.planner.hardware import method_of, planning_hardware
 from ftopt.planner.plan import Plan, plan
 from ftopt.spec import HardwareSpec, ModelRef, ModelSpec, RunSpec, TrainingSetup, load_model
@@ -42,23 +43,35 @@ class SetupRequest(BaseModel):
     host_ram: str | None
 
 
-class PlanRequest(SetupRequest):
-    """What `ftopt plan` was given, flag by flag, beyond the shared setup flags."""
+# `ftopt plan --method` default: the formulas search, the trace confirms. The planner page shows the analytic answer
+# at once and the traced one when its job ends.
+DEFAULT_METHOD = "traced"
 
-    lora_r: int
-    lora_targets: str | None
-    adapter_dtype: str | None
-    max_hours: float | None
-    full_only: bool
-    cost_per_gpu_hour: float | None
-    currency: str | None
-    method: str
-    quant: str | None
-    optim: str | None
-    engine: str | None
-    qlora_recipe: str | None = None
+
+class PlanLevers(BaseModel):
+    """What `ftopt plan` tries and ranks by, beyond the setup: the flags the CLI and the planner page both take,
+    with their defaults (None: not given; plan()'s defaults apply). The one copy of these fields and defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lora_r: int = DEFAULT_LORA_R
+    lora_targets: str | None = None
+    adapter_dtype: str | None = None
     dora: bool = False
     rslora: bool = False
+    qlora_recipe: str | None = None
+    quant: str | None = None
+    optim: str | None = None
+    engine: str | None = None
+    full_only: bool = False
+    max_hours: float | None = None
+    cost_per_gpu_hour: float | None = None
+    currency: str | None = None
+    method: str = DEFAULT_METHOD
+
+
+class PlanRequest(SetupRequest, PlanLevers):
+    """What `ftopt plan` was given, flag by flag: the shared setup flags and the plan's levers."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,14 @@ def specs(r: SetupRequest) -> tuple[ModelSpec, HardwareSpec, TrainingSetup]:
 def make(r: PlanRequest) -> Planned:
     """The plan for the flags given, and the run it recommends (ready for `ftopt train --plan`)."""
     m, hw, setup = specs(r)
-    p = plan(
+    p = plan_for(r, m, hw, setup)
+    return with_run(p, m, hw, setup, resolve.model_ref(r.model, weights=resolve.has_weights(r.model)))
+
+
+def plan_for(r: PlanLevers, m: ModelSpec, hw: HardwareSpec, setup: TrainingSetup) -> Plan:
+    """The plan of `m` on `hw` under `setup` with the levers given: what `ftopt plan` and the planner page both
+    call."""
+    return plan(
         m,
         hw,
         setup,
@@ -118,7 +138,6 @@ def make(r: PlanRequest) -> Planned:
         dora=r.dora,
         rslora=r.rslora,
     )
-    return with_run(p, m, hw, setup, resolve.model_ref(r.model, weights=resolve.has_weights(r.model)))
 
 
 def with_run(p: Plan, model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, ref: ModelRef) -> Planned:

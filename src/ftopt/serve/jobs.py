@@ -3,7 +3,8 @@ process, so that the page can poll for progress and cancel: a thread cannot be s
 
 Bounded so that a page left open (or driven by a script) cannot exhaust the machine: at most `max_running` children
 at once (more is refused, not queued), each stopped after `timeout_s`; a child writes its answer to a file of its
-own and exits, so it never waits on a reader; an answer nobody polls for is dropped after KEEP_S.
+own and exits, so it never waits on a reader. A finished plan's answer is kept KEEP_S after it ends, at most MAX_KEPT
+of them (the oldest go first), so that the page can export the run it shows (`/api/export?job=ID`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ MAX_RUNNING = 2
 # A traced plan of a 70B preset took 80-100 s of wall time under a load average of ~9 on 2 cores (docs/serve.md);
 # ten minutes leaves room for a slower machine, and stops a plan nobody will wait for.
 TIMEOUT_S = 600.0
-KEEP_S = 600.0  # a finished plan's answer waits this long for the page's next poll
+KEEP_S = 600.0  # a finished plan's answer waits this long for the page's next poll or its export
+MAX_KEPT = 8  # finished answers kept at once: a few hundred KiB each (tests/serve/test_safety.py measures one)
 
 
 class Busy(Exception):
@@ -69,6 +71,7 @@ class Job:
     process: multiprocessing.process.BaseProcess
     out: Path
     timer: threading.Timer
+    args: tuple  # what `work` was called with: the export of a finished plan rebuilds its model from them
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     result: dict | None = None
@@ -104,7 +107,7 @@ class Jobs:
             p.start()
             timer = threading.Timer(self.timeout_s, self._expire, args=(job_id,))
             timer.daemon = True
-            self._jobs[job_id] = Job(p, out, timer)
+            self._jobs[job_id] = Job(p, out, timer, args)
             timer.start()
         return job_id
 
@@ -138,11 +141,13 @@ class Jobs:
                 }
 
     def _forget_stale(self) -> None:
-        """Called with the lock held: drop answers nobody polled for within KEEP_S."""
+        """Called with the lock held: drop answers older than KEEP_S, and the oldest beyond MAX_KEPT."""
         now = time.monotonic()
-        for job_id, job in list(self._jobs.items()):
+        for job in self._jobs.values():
             self._settle(job)
-            if job.ended is not None and now - job.ended > KEEP_S:
+        ended = sorted((j.ended, job_id) for job_id, j in self._jobs.items() if j.ended is not None)
+        for i, (end, job_id) in enumerate(ended):
+            if now - end > KEEP_S or i < len(ended) - MAX_KEPT:
                 self._drop(job_id)
 
     def _drop(self, job_id: str) -> Job | None:
@@ -154,15 +159,20 @@ class Jobs:
 
     def status(self, job_id: str) -> dict | None:
         with self._lock:
+            self._forget_stale()
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            self._settle(job)
-            if job.result is not None:  # delivered: a finished job is not kept
-                self._drop(job_id)
         end = job.ended if job.ended is not None else time.monotonic()
         state = "running" if job.result is None else "done"
         return {"state": state, "elapsed_s": round(end - job.started, 1), "result": job.result}
+
+    def finished(self, job_id: str) -> tuple[tuple, dict] | None:
+        """(the arguments, the answer) of a finished job still kept, else None."""
+        with self._lock:
+            self._forget_stale()
+            job = self._jobs.get(job_id)
+        return None if job is None or job.result is None else (job.args, job.result)
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:

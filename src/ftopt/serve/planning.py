@@ -1,5 +1,5 @@
 """One plan for the page: the same calls `ftopt plan` makes (ftopt.planner.resolve, planner.hardware.planning_hardware,
-ftopt.planner.plan), the same JSON `plan --json` prints, then views the page draws, derived from that JSON alone (no
+ftopt.planner.request.plan_for, with the same PlanLevers), the same JSON `plan --json` prints, then views the page draws, derived from that JSON alone (no
 estimate is made here: the technique comparison and the Pareto front are lookups among the plan's candidates)."""
 
 from __future__ import annotations
@@ -64,9 +64,7 @@ def load_planned_model(q: PlanQuery, config: dict | None, allow_local: bool) -> 
 def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True):
     """(plan JSON as `ftopt plan --json` prints it, its RunSpec or None, the ModelSpec, the HardwareSpec)."""
     from ftopt.planner import resolve
-    from ftopt.planner.hardware import method_of
-    from ftopt.planner.plan import plan
-    from ftopt.planner.request import with_run
+    from ftopt.planner.request import plan_for, with_run
 
     m = load_planned_model(q, config, allow_local)
     hw = hardware_for(q, allow_local)
@@ -75,28 +73,22 @@ def make_plan(q: PlanQuery, config: dict | None = None, allow_local: bool = True
         hw,
         seq_len=q.seq_len,
         micro_batch=q.micro_batch,
+        precision=q.precision,
         batching=q.batching,
         gpus_per_node=q.gpus,
         nodes=q.nodes,
         dataset_tokens=q.dataset_tokens,
         headroom=q.headroom,
     )
-    p = plan(
-        m,
-        hw,
-        setup,
-        method=method_of(q.method),
-        max_hours=q.max_hours,
-        full_only=q.full_only,
-        lora_r=q.lora_r,
-        cost_per_gpu_hour=q.cost_per_gpu_hour,
-        currency=q.currency,
-        quants=resolve.enum_list("quant", q.quant),
-        optims=resolve.enum_list("optim", q.optim),
-    )
+    p = plan_for(q, m, hw, setup)
     ref = resolve.model_ref(q.model, weights=config is None and resolve.has_weights(q.model, local=allow_local))
     planned = with_run(p, m, hw, setup, ref)
     return planned.to_json(), planned.run, m, hw
+
+
+def estimated_by(doc: dict) -> str:
+    """The estimator that chose the plan's recommendation ("analytic" or "traced"): the export's name says it."""
+    return (doc.get("answered_by") or {}).get("recommended") or doc["method"]
 
 
 def export_zip(doc: dict, run, model: ModelSpec) -> bytes:
@@ -107,6 +99,7 @@ def export_zip(doc: dict, run, model: ModelSpec) -> bytes:
         raise FtoptError("Nothing fits, so there is no run to export; relax the plan's constraints.")
     buf = io.BytesIO()
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.comment = f"ftopt plan export: the run the {estimated_by(doc)} estimate chose".encode()
         z.writestr("plan.json", json.dumps(doc, indent=2))
         for path in export_run(run, model, Path(tmp) / "export"):
             z.write(path, f"export/{path.name}")

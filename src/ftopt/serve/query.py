@@ -12,23 +12,21 @@ import math
 import re
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ftopt.planner.plan import DEFAULT_LORA_R
+from ftopt.planner.request import PlanLevers
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 
 DEFAULT_MODEL = "llama-2-7b"  # `ftopt plan --model` default (cli.plan)
 DEFAULT_GPU = PLANNING_DEFAULT_GPU  # what estimate and plan assume without --gpu
-# `ftopt plan --method` default (cli.plan; tests/serve/test_command.py checks they agree): the formulas search, the
-# trace confirms. The page shows the analytic answer at once and the traced one when the trace ends.
-DEFAULT_METHOD = "traced"
 
 
-class PlanQuery(BaseModel):
-    """Inputs of one plan, as the page sends them. None = not given: the planner's defaults apply."""
+class PlanQuery(PlanLevers):
+    """Inputs of one plan, as the page sends them: the model, the hardware and the setup the page offers, and the
+    levers of `ftopt plan` (PlanLevers, the same fields and defaults the CLI's PlanRequest has). None = not given:
+    the planner's defaults apply."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     model: str = DEFAULT_MODEL
     gpu: str = DEFAULT_GPU
     gpu_memory_gib: float | None = Field(None, description="custom GPU: device memory, GiB (replaces the preset's)")
@@ -39,24 +37,21 @@ class PlanQuery(BaseModel):
     nodes: int | None = None
     seq_len: int | None = None
     micro_batch: int | None = None
+    precision: str | None = Field(None, description="training precision, as `plan --precision`")
     batching: str | None = Field(None, description="how rows are batched, as `plan --batching`")
-    lora_r: int = DEFAULT_LORA_R
-    quant: str | None = Field(None, description="comma list of quantized bases to try, as `plan --quant`")
-    optim: str | None = Field(None, description="comma list of optimizers to try, as `plan --optim`")
-    full_only: bool = False
-    max_hours: float | None = None
     dataset_tokens: int | None = None
     headroom: float | None = Field(None, description="share of GPU memory kept free, as `plan --headroom`")
-    cost_per_gpu_hour: float | None = None
-    currency: str | None = None  # plan()'s default (DEFAULT_CURRENCY) when not given
-    method: str = DEFAULT_METHOD
 
     def flags(self) -> list[str]:
-        """The `ftopt plan` command line for these inputs (the custom GPU has no flag: a JSON file stands for it)."""
+        """The `ftopt plan` command line for these inputs (the custom GPU has no flag: a JSON file stands for it):
+        the model, hardware and setup first, then the levers, as `ftopt plan --help` lists them."""
+        given = self.model_dump(exclude_defaults=True)
+        order = [n for n in type(self).model_fields if n not in PlanLevers.model_fields] + list(PlanLevers.model_fields)
         out = []
-        for name, value in self.model_dump(exclude_defaults=True).items():
-            if name.startswith("gpu_"):
+        for name in order:
+            if name not in given or name.startswith("gpu_"):
                 continue
+            value = given[name]
             flag = "--" + name.replace("_", "-")
             out += [flag] if value is True else [flag, str(value)]
         return out
@@ -64,7 +59,8 @@ class PlanQuery(BaseModel):
 
 _INTS = {n for n, f in PlanQuery.model_fields.items() if f.annotation in (int, int | None)}
 _FLOATS = {n for n, f in PlanQuery.model_fields.items() if f.annotation in (float, float | None)}
-_BOOLS = {"full_only"}
+_BOOLS = {n for n, f in PlanQuery.model_fields.items() if f.annotation is bool}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _flag(name: str) -> str:
@@ -90,11 +86,13 @@ def parse_query(params: Mapping[str, str]) -> PlanQuery:
                 if not math.isfinite(given[name]):  # nan compares false with every bound; inf overflows sizes
                     raise ValueError(text)
             elif name in _BOOLS:
-                given[name] = text.lower() in ("1", "true", "yes", "on")
+                if text.lower() not in _TRUE + _FALSE:
+                    raise ValueError(text)
+                given[name] = text.lower() in _TRUE
             else:
                 given[name] = text
         except ValueError:
-            kind = "an integer" if name in _INTS else "a finite number"
+            kind = "an integer" if name in _INTS else "true or false" if name in _BOOLS else "a finite number"
             raise FtoptError(f"{_flag(name)} must be {kind}, got '{text}'.") from None
     return PlanQuery(**given)
 
@@ -111,6 +109,7 @@ _OPENINGS = {
     "Unknown GPU": "gpu",
     "The hardware file": "gpu",
     "No combination": "quant",
+    "LoRA target": "lora_targets",
 }
 
 

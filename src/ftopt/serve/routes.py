@@ -1,7 +1,8 @@
 """What each URL answers. `h` is the request handler (server.Handler): `h.app` holds the server's state,
 `h.reply`/`h.reply_json` send. Every planning answer comes from jobs.plan_body, which is `ftopt plan`'s code path.
 A plan answered in the request (`/api/plan`, `/api/export`) is analytic, a fraction of a second; a traced plan
-(seconds to minutes) runs only as a job (`POST /api/jobs`), which can be cancelled and is bounded (jobs.Jobs)."""
+(seconds to minutes) runs only as a job (`POST /api/jobs`), which can be cancelled and is bounded (jobs.Jobs); once
+it has finished, `/api/export?job=ID` exports the run it picked without planning again."""
 
 from __future__ import annotations
 
@@ -33,15 +34,29 @@ def meta(h) -> dict:
     from ftopt.planner.plan import PLAN_QUANTS
     from ftopt.serve.text import page_text
     from ftopt.spec import Optim, Quant, hardware_names
+    from ftopt.spec.combination import AdapterDtype, Engine, QloraRecipe
     from ftopt.spec.hf_config import preset_names
+    from ftopt.spec.training import Batching, Precision
+
+    def values(enum) -> list[str]:
+        return [e.value for e in enum]
 
     return {
         "models": preset_names(),
         "gpus": hardware_names(),
-        "quants": [q.value for q in Quant],
-        "optims": [o.value for o in Optim],
+        "quants": values(Quant),
+        "optims": values(Optim),
+        "engines": values(Engine),
         "quant_default": [q.value for q in (Quant.NONE, *PLAN_QUANTS)],  # what `plan` tries without --quant
-        "optim_default": [o.value for o in Optim],
+        "optim_default": values(Optim),
+        "engine_default": values(Engine),
+        # one choice each; "" (not given) is the CLI's default
+        "choices": {
+            "precision": values(Precision),
+            "batching": values(Batching),
+            "adapter_dtype": values(AdapterDtype),
+            "qlora_recipe": values(QloraRecipe),
+        },
         "method_default": PlanQuery().method,
         "text": {lang: page_text(lang) for lang in ("en", "ja")},
         "results": h.app.results.names(),
@@ -73,17 +88,42 @@ def _plan(h, params: dict, config: dict | None, started: float) -> None:
     h.reply_json(HTTPStatus.BAD_REQUEST if "error" in body else HTTPStatus.OK, body, started)
 
 
+def _finished_plan(h, params: dict) -> tuple[dict, object, object]:
+    """(plan JSON, its run, its model) of a finished job: the plan the page shows once its trace has confirmed it.
+    Nothing is planned here; the model is rebuilt from the job's own inputs (a preset or config: no trace)."""
+    from ftopt.serve.planning import load_planned_model
+    from ftopt.spec import RunSpec
+
+    if set(params) - {"job", "lang"}:
+        raise FtoptError("An export of a finished plan (?job=ID) takes no other parameter; its inputs are the job's.")
+    done = h.app.jobs.finished(params["job"])
+    if done is None:
+        raise FtoptError("No finished plan has that id (an answer is kept for 10 minutes); export from the inputs.")
+    (query, config, allow_local), result = done
+    if "error" in result:
+        raise FtoptError(result["error"])
+    doc = result["plan"]
+    run = RunSpec.model_validate(doc["run"]) if doc["run"] else None
+    return doc, run, load_planned_model(PlanQuery(**query), config, allow_local)
+
+
 def _export(h, params: dict, started: float) -> None:
+    """The zip of one plan's launch files: a finished job's plan (`?job=ID`, traced when it was), or the analytic
+    plan of the inputs. Its name says which estimate chose the run."""
     from pydantic import ValidationError
 
-    from ftopt.serve.planning import export_zip, make_plan
+    from ftopt.serve.planning import estimated_by, export_zip, make_plan
 
     try:
-        doc, run, model, _ = make_plan(analytic_query(params), None, h.app.allow_local)
+        if "job" in params:
+            doc, run, model = _finished_plan(h, params)
+        else:
+            doc, run, model, _ = make_plan(analytic_query(params), None, h.app.allow_local)
         data = export_zip(doc, run, model)
     except (FtoptError, ValidationError) as e:
         return h.reply_json(HTTPStatus.BAD_REQUEST, error_body(e), started)
-    disposition = ("Content-Disposition", 'attachment; filename="ftopt-plan-export.zip"')
+    name = f"ftopt-plan-export-{estimated_by(doc)}.zip"
+    disposition = ("Content-Disposition", f'attachment; filename="{name}"')
     h.reply(HTTPStatus.OK, data, "application/zip", started, extra=[disposition])
 
 

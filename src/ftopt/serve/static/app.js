@@ -2,8 +2,10 @@
 // from the server's plan (the CLI's code path). User strings are set with textContent only, never as HTML.
 "use strict";
 const FIELDS = ["model", "gpu", "gpu_memory_gib", "gpu_bandwidth_gbs", "gpus", "nodes", "seq_len", "micro_batch",
-  "lora_r", "method", "full_only", "quant", "optim", "max_hours", "dataset_tokens", "cost_per_gpu_hour", "currency",
-  "headroom"];
+  "precision", "batching", "lora_r", "method", "lora_targets", "adapter_dtype", "dora", "rslora", "qlora_recipe",
+  "full_only", "quant", "optim", "engine", "max_hours", "dataset_tokens", "cost_per_gpu_hour", "currency", "headroom"];
+const BOOLS = ["full_only", "dora", "rslora"];  // checkboxes: "true" when on, not given when off
+const LISTS = ["quant", "optim", "engine"];  // checkbox lists: comma lists, not given when they are the CLI's set
 const CATS = ["weights", "master_weights", "optimizer_states", "gradients", "activations", "logits_loss",
   "engine_buffers", "temporaries"];
 const COLORS = ["#0072b2", "#56b4e9", "#009e73", "#f0e442", "#e69f00", "#d55e00", "#cc79a7", "#999999"];
@@ -34,8 +36,8 @@ function readInputs() {
   const q = new URLSearchParams();
   for (const f of FIELDS) {
     let v;
-    if (f === "full_only") v = $(f).checked ? "true" : "";
-    else if (f === "quant" || f === "optim") v = checkedList(f);
+    if (BOOLS.includes(f)) v = $(f).checked ? "true" : "";
+    else if (LISTS.includes(f)) v = checkedList(f);
     else v = $(f).value.trim();
     if (f === "method" && v === META.method_default) v = "";  // the CLI's default: links stay short
     if (v !== "") q.set(f, v);
@@ -46,8 +48,8 @@ function readInputs() {
 function writeInputs(q) {
   for (const f of FIELDS) {
     const v = q.get(f);
-    if (f === "full_only") $(f).checked = v === "true" || v === "1";
-    else if (f === "quant" || f === "optim") {
+    if (BOOLS.includes(f)) $(f).checked = v === "true" || v === "1";
+    else if (LISTS.includes(f)) {
       const want = v === null ? META[f + "_default"] : v.split(",");
       for (const b of $(f).querySelectorAll("input")) b.checked = want.includes(b.value);
     } else if (v !== null) $(f).value = v;
@@ -144,6 +146,8 @@ async function poll(id) {
   }
   job = null;
   $("cancel").hidden = true;
+  // the export follows the plan shown: this job's (confirmed) run, not the analytic one of the inputs
+  if (s.result && !s.result.error) $("dl-export").href = "/api/export?job=" + encodeURIComponent(id);
   received(s.result);
 }
 async function cancelJob() {
@@ -184,6 +188,8 @@ function render(body) {
     ? p.longest_context + " (" + T("bound_" + p.longest_context_bound) + ")" : "—";
   $("fewest").textContent = p.fewest_gpus ?? "—";
   $("command").textContent = body.command || "";
+  const est = (p.answered_by && p.answered_by.recommended) || p.method;  // the estimate that chose the exported run
+  $("dl-export").textContent = T("download_export") + " (" + T("est_" + est) + ")";
   const blob = new Blob([JSON.stringify(p, null, 2)], { type: "application/json" });
   if ($("dl-json").href.startsWith("blob:")) URL.revokeObjectURL($("dl-json").href);
   $("dl-json").href = URL.createObjectURL(blob);
@@ -283,13 +289,17 @@ function openReport() {
 function fillInputs() {
   $("model-presets").replaceChildren(...META.models.map((m) => el("option", null, { value: m })));
   $("gpu").replaceChildren(...META.gpus.map((g) => el("option", g, { value: g })));
-  for (const f of ["quant", "optim"]) {
-    const values = f === "quant" ? META.quants : META.optims;
+  for (const f of LISTS) {
+    const values = META[f + "s"];
     for (const v of values) {
       const id = f + "-" + v;
       const box = el("input", null, { type: "checkbox", id, value: v });
       $(f).append(box, el("label", v, { for: id }));
     }
+  }
+  for (const [f, values] of Object.entries(META.choices)) {
+    $(f).replaceChildren(el("option", T("opt_default"), { value: "", "data-t": "opt_default" }),
+      ...values.map((v) => el("option", v, { value: v })));
   }
   $("method").value = META.method_default;
 }
