@@ -252,12 +252,37 @@ def test_infinite_numbers_are_refused_before_any_work(args, tmp_path):
         (("plan", "--method", "analytic", "--gpu", "cpu", "-m", "tiny-llama", "--engine", " , "), "--engine is empty"),
         (("estimate", "--gpu", "", "-m", "tiny-llama"), "--gpu is empty"),
         (("estimate", "--gpu", "cpu", "-m", ""), "The model is empty"),
+        (("train", "--model", "", "--max-steps", "1"), "--model is empty"),
+        (("train", "--random-init", "tiny-llama", "--data", ""), "--data is empty"),
+        (("train", "--random-init", "tiny-llama", "--plan", ""), "--plan is empty"),
+        (("train", "--random-init", "tiny-llama", "--out", ""), "--out is empty"),
+        (("plan", "--method", "analytic", "--gpu", "cpu", "-m", "tiny-llama", "--out", ""), "--out is empty"),
+        (("plan", "--method", "analytic", "--gpu", "cpu", "-m", "tiny-llama", "--export", ""), "--export is empty"),
+        (("bench", "--out", ""), "--out is empty"),
+        (("bench", "--grid", ""), "--grid is empty"),
+        (("report", ""), "The results path is empty"),
+        (("report", "--out", "", "nonexistent-results"), "--out is empty"),
+        (("demo", "--out", ""), "--out is empty"),
+        (("serve", "--host", ""), "--host is empty"),
+        (("serve", "--results", ""), "--results is empty"),
     ],
 )
-def test_an_empty_value_is_refused_not_read_as_the_default(args, said):
-    """'' meant every base (--quant), the default GPU (--gpu) or the current folder (--model)."""
+def test_an_empty_value_is_refused_not_read_as_the_default(args, said, tmp_path, monkeypatch):
+    """'' meant every base (--quant), the default GPU (--gpu), the default model (train --model), every network
+    interface (serve --host) or the current folder (--model, --data, --plan, --out, --export, --grid, --results,
+    report's results): nothing is trained or served, and nothing is written there."""
+    monkeypatch.chdir(tmp_path)
     r = run(*args)
     assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_plan_out_naming_a_folder_is_refused_before_planning(tmp_path, monkeypatch):
+    import ftopt.planner.request as request
+
+    monkeypatch.setattr(request, "make", lambda *a: pytest.fail("planned before --out was checked"))
+    r = run("plan", "--method", "analytic", "--gpu", "cpu", "-m", "tiny-llama", "--out", str(tmp_path))
+    assert r.exit_code == 2 and f"--out {tmp_path} is a folder" in r.output, r.output
 
 
 def test_packing_reads_the_same_in_every_command_that_takes_it():

@@ -46,6 +46,7 @@ from ftopt.cli.common import (
     Rslora,
     SeqLen,
     Zero,
+    path_flag,
     run_body,
     stdout_to_stderr,
 )
@@ -223,17 +224,20 @@ def plan(
         typer.Option("--engine", help="comma list of engines to try: ddp,zero,fsdp [default: all]"),
     ] = None,
     out: Annotated[
-        Path | None,
+        str | None,  # a str, not a Path: Path("") is the current folder, and '' is refused by name
         typer.Option(
-            "--out", help="write the plan JSON (with the recommended run for 'ftopt train --plan') to this file"
+            "--out",
+            metavar="<path>",
+            help="write the plan JSON (with the recommended run for 'ftopt train --plan') to this file",
         ),
     ] = None,
     calibration: CalibrationOpt = None,
     host_ram: HostRam = None,
     export: Annotated[
-        Path | None,
+        str | None,  # a str, as --out
         typer.Option(
             "--export",
+            metavar="<path>",
             help="write the recommended run for DeepSpeed, "
             "TRL and accelerate (ds_config.json, sft_config.yaml, "
             "launch.sh) into this folder",
@@ -280,15 +284,25 @@ def plan(
     run_body(body)
 
 
-def _plan(request, out: Path | None, export: Path | None, json_out: bool) -> None:
+def _output_paths(out: str | None, export: str | None) -> tuple[Path | None, Path | None]:
+    """--out and --export as paths, checked before the plan is made (a traced plan takes seconds)."""
+    out_path = path_flag(out, "--out")
+    if out_path is not None:
+        if out_path.is_dir():
+            raise FtoptError(f"--out {out} is a folder; give the plan's file name, e.g. {out_path / 'plan.json'}.")
+        check_out_folder(out_path.parent)
+    export_path = path_flag(export, "--export")
+    if export_path is not None:
+        check_out_folder(export_path, "--export")
+    return out_path, export_path
+
+
+def _plan(request, out_flag: str | None, export_flag: str | None, json_out: bool) -> None:
     from ftopt.cli.display import print_plan
     from ftopt.planner.request import make
     from ftopt.spec.io import atomic_write_text
 
-    if out is not None:
-        check_out_folder(out.parent)
-    if export is not None:
-        check_out_folder(export, "--export")
+    out, export = _output_paths(out_flag, export_flag)
     with stdout_to_stderr(json_out):  # a trace's library notices go to stderr; stdout carries the JSON
         planned = make(request)
     doc = planned.to_json()

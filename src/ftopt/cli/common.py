@@ -239,6 +239,15 @@ HostRam = Annotated[
 ]
 
 
+def path_flag(value: str | None, flag: str) -> Path | None:
+    """A path flag's value (declared as str: typer turns '' into Path(''), the current folder); '' is refused."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise FtoptError(f"{flag} is empty; give a path.")
+    return Path(value)
+
+
 def run_body(fn: Callable[[], None]) -> None:
     """Run a command body; user errors become one line and exit 2, Ctrl-C exits 130 without a traceback."""
     from ftopt.spec import quiet

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -93,9 +92,11 @@ def train(
     optim: OptimOpt = None,
     epochs: Epochs = None,
     plan_file: Annotated[
-        Path | None,
+        str | None,  # a str, not a Path: Path("") is the current folder, and '' is refused by name
         typer.Option(
-            "--plan", help="run exactly the run of a plan JSON ('ftopt plan --out') or a run specification file"
+            "--plan",
+            metavar="<path>",
+            help="run exactly the run of a plan JSON ('ftopt plan --out') or a run specification file",
         ),
     ] = None,
     max_steps: Annotated[

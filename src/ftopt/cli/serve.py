@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ftopt.cli.common import run_body
+from ftopt.cli.common import path_flag, run_body
 from ftopt.spec.errors import FtoptError
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the page reads local model folders and result folders
@@ -21,8 +20,10 @@ def serve(
     ] = DEFAULT_HOST,
     port: Annotated[int, typer.Option("--port", help="TCP port (0 = any free port)")] = DEFAULT_PORT,
     results: Annotated[
-        Path | None,
-        typer.Option("--results", help="folder whose bench result folders the page may open [default: none]"),
+        str | None,  # a str: typer turns '' into Path(''), the current folder
+        typer.Option(
+            "--results", metavar="<path>", help="folder whose bench result folders the page may open [default: none]"
+        ),
     ] = None,
 ):
     """The planner as a local web page: inputs, the plan, charts, shareable links, reports."""
@@ -30,12 +31,15 @@ def serve(
     def body():
         from ftopt.serve.server import is_loopback, make_server
 
+        if not host.strip():  # '' binds every interface, the opposite of what a missing address suggests
+            raise FtoptError("--host is empty; give an address such as 127.0.0.1, or leave it out for loopback.")
+        results_dir = path_flag(results, "--results")
         if not 0 <= port <= 65535:
             raise FtoptError(f"--port must be between 0 and 65535, got {port}.")
-        if results is not None and not results.is_dir():
+        if results_dir is not None and not results_dir.is_dir():
             raise FtoptError(f"--results {results} is not a folder.")
         try:
-            server = make_server(host, port, results)
+            server = make_server(host, port, results_dir)
         except OSError as e:
             raise FtoptError(f"Cannot listen on {host}:{port}: {e.strerror}.") from None
         bound_host, bound_port = server.server_address[:2]

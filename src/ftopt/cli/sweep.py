@@ -34,6 +34,7 @@ from ftopt.cli.common import (
     TargetSeqLen,
     TrustRemoteCode,
     WeightsModel,
+    path_flag,
     run_body,
 )
 from ftopt.spec.errors import FtoptError
@@ -43,11 +44,17 @@ from ftopt.sweep.prepare import BenchRequest
 
 def bench(
     grid: Annotated[
-        Path | None, typer.Option("--grid", help="YAML grid of combinations [default: the study's reference points]")
+        str | None,
+        typer.Option(
+            "--grid", metavar="<path>", help="YAML grid of combinations [default: the study's reference points]"
+        ),
     ] = None,
     out: Annotated[
-        Path, typer.Option("--out", help="sweep folder: results.jsonl (appended; finished runs skipped) and runs/")
-    ] = Path("ftopt-runs/bench"),
+        str,
+        typer.Option(
+            "--out", metavar="<path>", help="sweep folder: results.jsonl (appended; finished runs skipped) and runs/"
+        ),
+    ] = "ftopt-runs/bench",
     model: WeightsModel = None,
     random_init: Annotated[
         str | None, typer.Option("--random-init", help="preset or config.json, random weights")
@@ -102,8 +109,8 @@ def bench(
     def body():
         _bench(
             BenchRequest(
-                grid=grid,
-                out=out,
+                grid=path_flag(grid, "--grid"),
+                out=path_flag(out, "--out"),
                 model=model,
                 random_init=random_init,
                 data=data,
@@ -153,10 +160,10 @@ def _bench(request: BenchRequest) -> None:
 
 
 def report(
-    results: Annotated[Path, typer.Argument(help="results.jsonl written by ftopt bench (or its folder)")],
-    out: Annotated[Path, typer.Option("--out", help="folder for report.<lang>.html/.md and charts")] = Path(
-        "ftopt-report"
-    ),
+    results: Annotated[str, typer.Argument(help="results.jsonl written by ftopt bench (or its folder)")],
+    out: Annotated[
+        str, typer.Option("--out", metavar="<path>", help="folder for report.<lang>.html/.md and charts")
+    ] = "ftopt-report",
     lang: Annotated[str, typer.Option("--lang", help="en | ja")] = "en",
     title: Annotated[str | None, typer.Option("--title", help="report title")] = None,
     gpu: Annotated[
@@ -186,8 +193,9 @@ def report(
     def body():
         from ftopt.report.cli_support import write_report
 
-        path = _results_path(results)
-        check_out_folder(out)
+        results_given, out_dir = path_flag(results, "The results path"), path_flag(out, "--out")
+        path = _results_path(results_given)
+        check_out_folder(out_dir)
         from ftopt.spec import ProductionOptions
 
         production = ProductionOptions.given(
@@ -206,7 +214,7 @@ def report(
         )
         warn = lambda m: typer.echo(f"warning: {m}", err=True)  # noqa: E731
         options = dict(gpu=gpu, title=title, quality_target=quality_target, production=production, headroom=headroom)
-        paths = write_report(path, out, lang=lang, warn=warn, **options)
+        paths = write_report(path, out_dir, lang=lang, warn=warn, **options)
         typer.echo(f"report: {paths['html']} and {paths['markdown']}")
 
     run_body(body)
@@ -222,7 +230,9 @@ def _results_path(results: Path) -> Path:
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="where runs, results and the report go")] = Path("ftopt-runs/demo"),
+    out: Annotated[
+        str, typer.Option("--out", metavar="<path>", help="where runs, results and the report go")
+    ] = "ftopt-runs/demo",
     steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
     quality_target: QualityTargetOpt = None,
     target_gpu: TargetGpu = None,
@@ -249,7 +259,8 @@ def demo(
 
         if steps < 1:
             raise FtoptError(f"--steps must be at least 1, got {steps}.")
-        check_out_folder(out)
+        out_dir = path_flag(out, "--out")
+        check_out_folder(out_dir)
         given = dict(
             quality_target=quality_target,
             target_gpu=target_gpu,
@@ -267,6 +278,6 @@ def demo(
         )
         options = DemoOptions.given(**given)
         options.check()  # now, not after the sweep: a typo must not cost the demo's minutes
-        run_demo(out, steps=steps, options=options, view=ConsoleDemoView())
+        run_demo(out_dir, steps=steps, options=options, view=ConsoleDemoView())
 
     run_body(body)

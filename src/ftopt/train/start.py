@@ -7,13 +7,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ftopt.planner import resolve
 from ftopt.spec import RunSpec
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
 from ftopt.spec.trust import CommandLineTrust, admit
+
+# the request's fields that name a model, a file, a folder or a host, and the flag each came from
+_NAMED_FLAGS = {
+    "model": "--model",
+    "random_init": "--random-init",
+    "tokenizer": "--tokenizer",
+    "plan_file": "--plan",
+    "gpu": "--gpu",
+    "data": "--data",
+    "eval_data": "--eval-data",
+    "out": "--out",
+    "hostfile": "--hostfile",
+    "master_addr": "--master-addr",
+}
 
 
 class TrainRequest(BaseModel):
@@ -56,6 +70,16 @@ class TrainRequest(BaseModel):
     trust_remote_code: bool
     allow_metric_module: bool
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_names(cls, given: dict) -> dict:
+        """'' is falsy (read as not given: the default model) and as a path it is the current folder: refused."""
+        for field, flag in _NAMED_FLAGS.items():
+            value = given.get(field)
+            if value is not None and not str(value).strip():
+                raise FtoptError(f"{flag} is empty; give a value, or leave the flag out for its default.")
+        return given
+
     def trust(self) -> CommandLineTrust:
         """What this command line allows (--metric names its own module); a --plan file adds nothing to it."""
         return CommandLineTrust(
@@ -64,9 +88,9 @@ class TrainRequest(BaseModel):
 
 
 def _model_ref(r: TrainRequest):
-    if r.model and r.random_init:
+    if r.model is not None and r.random_init is not None:
         raise FtoptError("give either --model (weights) or --random-init (a config), not both.")
-    name = r.model or r.random_init
+    name = r.model if r.model is not None else r.random_init
     if name is None:
         return None
     return resolve.model_ref(
