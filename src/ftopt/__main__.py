@@ -1,5 +1,5 @@
 """`python -m ftopt` = the `ftopt` command (used by bench to run each combination in its own process)."""
 
-from ftopt.cli.app import app
+from ftopt.cli.entry import main
 
-app()
+main()

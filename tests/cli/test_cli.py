@@ -293,3 +293,23 @@ def test_packing_reads_the_same_in_every_command_that_takes_it():
         return "".join(re.split(r"\n  -", text)[0].split())
 
     assert {packing_help(c) for c in ("estimate", "plan", "train", "bench")} == {packing_help("train")}
+
+
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (["estimate", "--lora-r", "abc"], "error: --lora-r: Input should be a valid integer"),
+        (["plan", "--gpus=x2"], "error: --gpus: Input should be a valid integer"),
+        (["estimate", "--nope"], "error: No such option: --nope"),
+    ],
+)
+def test_a_value_click_cannot_parse_is_one_line_naming_it(args, said):
+    """The console entry, as a user runs it: click's refusals in ftopt's shape, one line with the value typed."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "ftopt", *args], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith(said), p.stderr
+    typed = args[-1].split("=")[-1]
+    assert typed.startswith("--") or f"(got '{typed}')" in p.stderr

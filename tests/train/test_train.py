@@ -118,6 +118,12 @@ def test_bad_input(tmp_path, args, fragment):
     assert not (out / "steps.jsonl").exists()  # refused before any training
 
 
+def test_a_precision_the_combination_cannot_run_is_refused_before_the_run_starts(tmp_path):
+    r, out = train(tmp_path, "--max-steps", "2", "--lora-r", "8", "--quant", "nf4", "--qlora-recipe", "torchtune")
+    assert r.exit_code == 2 and "needs --precision bf16-true, got fp32" in r.output, r.output
+    assert not out.exists()  # refused with the flag checks: no folder claimed, no data or model loaded
+
+
 def test_malformed_line_reports_line_number(tmp_path):
     d = tmp_path / "d.jsonl"
     d.write_text('{"prompt": "a", "completion": "b"}\n{oops\n')

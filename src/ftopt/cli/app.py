@@ -8,7 +8,6 @@ spec classes, and on a CPU some differ (TrainingSetup.for_hardware); the help te
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -330,11 +329,3 @@ from ftopt.cli.sweep import bench, demo, report  # noqa: E402
 
 for _command in (train, bench, report, demo, preview, serve):
     app.command()(_command)
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

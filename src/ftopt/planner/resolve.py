@@ -229,8 +229,9 @@ def check(spec: RunSpec):
     from ftopt.estimate import check_setup
     from ftopt.spec import load_model
     from ftopt.spec.hub import check_remote_code
-    from ftopt.spec.policy import lora_targets
+    from ftopt.spec.policy import lora_targets, storage
 
+    storage(spec.setup.precision, spec.combination)  # precision x combination rules (QLoRA recipe, fp16 adapters)
     m = load_model(spec.model.ref)
     check_remote_code(m.hf_config, spec.model.ref, spec.model.trust_remote_code)
     lora_targets(m, spec.combination)
