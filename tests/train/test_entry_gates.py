@@ -206,7 +206,7 @@ def test_every_way_a_run_starts_is_listed_and_exercised():
             mains.add(module)
     assert found == set(STARTS), "a new way to start a run: pass it through ftopt.spec.trust.admit and the folder claim"
     assert set().union(*STARTS.values()) == set(WAYS)
-    assert mains == {"ftopt.__main__", "ftopt.cli.app", *WORKER_MODULES}  # what `python -m` can start
+    assert mains == {"ftopt.__main__", *WORKER_MODULES}  # what `python -m` can start (`ftopt` is __main__'s entry)
 
 
 # ---- the exported scripts -----------------------------------------------------------------------------------------
