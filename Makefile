@@ -27,10 +27,9 @@ demo: setup
 	$(BIN)/ftopt demo
 
 # Two workers (pytest-xdist), one per core of a CI runner, each on one thread (torch would start one per core in
-# each); --dist loadgroup keeps tests that read one shared run on one worker (tests/train/conftest.py);
-# --durations names the slowest tests of every run.
+# each); --durations names the slowest tests of every run.
 test: setup lint
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --durations=20
 
 # Style holds without review: lint (pyflakes, pycodestyle, import order, pyupgrade, bugbear), format check, the
 # layer contract (import-linter, configured in pyproject.toml: imports point only downward, no cycles), and the docs

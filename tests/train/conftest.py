@@ -1,10 +1,11 @@
-"""Runs that several tests read, each trained once per session.
+"""Runs that several tests read, each trained once per test session.
 
 A two-process ZeRO run costs three interpreter starts (the launcher and two ranks) and a DeepSpeed engine per rank,
 so the tests that only read such a run's outputs share one: the ZeRO-2 run is the one-node reference of the
 two-node test, the metrics test's run, the `--json` stdout test's process and the optimizer-offload test's run; the
-ZeRO-3 LoRA run is the two-node test's reference and the saved-base test's run. The tests that read one run carry `xdist_group(name)`, and `make
-test` runs pytest-xdist with `--dist loadgroup`, so one worker trains it once.
+ZeRO-3 LoRA run is the two-node test's reference and the saved-base test's run. Under pytest-xdist the run is
+shared by the workers too: the first to need it trains it under a file lock in the session's common folder, the
+other waits for the lock and reads it (pytest-xdist's documented pattern for a session fixture that runs once).
 """
 
 from __future__ import annotations
@@ -43,18 +44,25 @@ class SharedRun:
 
 
 @pytest.fixture(scope="session")
-def zero_run(tmp_path_factory):
+def zero_run(tmp_path_factory, worker_id):
     """zero_run(stage): the one-node, two-rank ZeRO run of `shared_run_args(stage)`, trained on first use."""
-    done: dict[int, SharedRun] = {}
+    from filelock import FileLock
+
+    # the folder every xdist worker of this session shares (each worker's basetemp is one level below it)
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
 
     def get(zero: int) -> SharedRun:
-        if zero not in done:
-            out = tmp_path_factory.mktemp(f"zero{zero}") / "run"
-            p = ftopt_train("--out", str(out), "--zero", str(zero), "--gpus", "2", *shared_run_args(zero))
-            stdout, stderr = p.communicate(timeout=900)
-            logs = "".join(f.read_text()[-3000:] for f in sorted((out / "logs").glob("rank*.log")))
-            assert p.returncode == 0, stderr.decode()[-3000:] + logs
-            done[zero] = SharedRun(out, stdout.decode(), stderr.decode())
-        return done[zero]
+        base = root / f"shared-zero{zero}"
+        with FileLock(f"{base}.lock"):
+            if not (base / "done").exists():
+                out = base / "run"
+                p = ftopt_train("--out", str(out), "--zero", str(zero), "--gpus", "2", *shared_run_args(zero))
+                stdout, stderr = p.communicate(timeout=900)
+                logs = "".join(f.read_text()[-3000:] for f in sorted((out / "logs").glob("rank*.log")))
+                assert p.returncode == 0, stderr.decode()[-3000:] + logs
+                (base / "stdout").write_bytes(stdout)
+                (base / "stderr").write_bytes(stderr)
+                (base / "done").touch()
+        return SharedRun(base / "run", (base / "stdout").read_text(), (base / "stderr").read_text())
 
     return get

@@ -37,8 +37,7 @@ def _two_nodes(tmp_path, zero, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [pytest.param(2, marks=pytest.mark.xdist_group("zero2")),
-                                  pytest.param(3, marks=pytest.mark.xdist_group("zero3"))])  # fmt: skip
+@pytest.mark.parametrize("zero", [2, 3])
 def test_two_nodes_over_loopback_train_like_one_node_and_resume(tmp_path, zero_run, zero):
     n0, n1 = _two_nodes(tmp_path, zero)
     full = losses(n0)

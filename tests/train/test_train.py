@@ -178,8 +178,7 @@ def test_user_jsonl_and_resume_after_crash(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [pytest.param(2, marks=pytest.mark.xdist_group("zero2")),
-                                  pytest.param(3, marks=pytest.mark.xdist_group("zero3"))])  # fmt: skip
+@pytest.mark.parametrize("zero", [2, 3])
 def test_zero_with_two_cpu_processes(zero_run, zero):
     out = zero_run(zero).out
     m = json.loads((out / "metrics.json").read_text())
@@ -349,7 +348,6 @@ def test_a_launched_run_has_no_wall_clock_limit(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("zero2")
 def test_zero2_json_stdout_parses(zero_run):
     run = zero_run(2)  # a real process with --json: its stdout is the metrics, gathered over torch.distributed
     m = json.loads(run.stdout)
@@ -359,7 +357,6 @@ def test_zero2_json_stdout_parses(zero_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("zero2")
 def test_zero2_with_optimizer_offload_on_two_cpu_processes(zero_run):
     m = json.loads((zero_run(2).out / "metrics.json").read_text())  # the shared ZeRO-2 run offloads the optimizer
     assert {x["optimizer"] for x in m["ranks"]} == {"DeepSpeedCPUAdam"}  # the Adam step ran on the CPU side
