@@ -36,6 +36,11 @@ def ftopt_train(*args: str) -> subprocess.Popen:
     )
 
 
+def rank_logs(out: Path) -> str:
+    """The ends of a launched run's rank logs (ftopt.train.ranks.LOG_DIR), for a failure's message."""
+    return "".join(p.read_text()[-3000:] for p in sorted((out / "logs").glob("rank*.log")))
+
+
 @dataclass(frozen=True)
 class SharedRun:
     out: Path
@@ -58,8 +63,7 @@ def zero_run(tmp_path_factory, worker_id):
                 out = base / "run"
                 p = ftopt_train("--out", str(out), "--zero", str(zero), "--gpus", "2", *shared_run_args(zero))
                 stdout, stderr = p.communicate(timeout=900)
-                logs = "".join(f.read_text()[-3000:] for f in sorted((out / "logs").glob("rank*.log")))
-                assert p.returncode == 0, stderr.decode()[-3000:] + logs
+                assert p.returncode == 0, stderr.decode()[-3000:] + rank_logs(out)
                 (base / "stdout").write_bytes(stdout)
                 (base / "stderr").write_bytes(stderr)
                 (base / "done").touch()

@@ -191,11 +191,6 @@ def test_zero_with_two_cpu_processes(zero_run, zero):
         _check_saved_base_reloads(out)
 
 
-def rank_logs(out) -> str:
-    """The ends of a launched run's rank logs (ftopt.train.ranks.LOG_DIR), for a failure's message."""
-    return "".join(p.read_text()[-3000:] for p in sorted((out / "logs").glob("rank*.log")))
-
-
 def _check_saved_base_reloads(out):
     import torch
     from peft import AutoPeftModelForCausalLM

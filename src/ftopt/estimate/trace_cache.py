@@ -23,11 +23,12 @@ import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ftopt.spec import Combination, ModelSpec, TrainingSetup
+from ftopt.spec.calibration import installed_version
 
 # Setup fields the traced step never reads: they size the dataset, the margin and the cluster. The GPU count
 # matters only through what the caller passes as `world` (the gradient share and ZeRO-2's partition).
@@ -62,13 +63,7 @@ _LIBRARIES = ("torch", "transformers", "peft")
 
 def library_versions() -> dict[str, str]:
     """The versions of the libraries that run the traced step ('none' where one is absent)."""
-    out = {}
-    for dist in _LIBRARIES:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "none"
-    return out
+    return {dist: installed_version(dist) or "none" for dist in _LIBRARIES}
 
 
 def source_root() -> Path:

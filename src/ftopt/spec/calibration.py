@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field
 MFU_AT_BOUND = "mfu at its 100% bound"
 
 
+def installed_version(dist: str) -> str | None:
+    """A distribution's version from package metadata, None when it is not installed. Reads no module: estimate and
+    plan stay instant and run without deepspeed."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 class SoftwareVersions(BaseModel):
     """The libraries whose kernels and engine decide step time; a calibration applies only under the same ones."""
 
@@ -24,15 +33,8 @@ class SoftwareVersions(BaseModel):
 
     @classmethod
     def installed(cls) -> SoftwareVersions:
-        """Versions from package metadata (no import: estimate/plan stay instant and run without deepspeed)."""
-
-        def version(name: str) -> str | None:
-            try:
-                return metadata.version(name)
-            except metadata.PackageNotFoundError:
-                return None
-
-        return cls(torch=version("torch"), transformers=version("transformers"), deepspeed=version("deepspeed"))
+        v = installed_version
+        return cls(torch=v("torch"), transformers=v("transformers"), deepspeed=v("deepspeed"))
 
     def label(self) -> str:
         return ", ".join(f"{k} {v or 'absent'}" for k, v in self.model_dump().items())
