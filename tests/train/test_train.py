@@ -118,6 +118,21 @@ def test_bad_input(tmp_path, args, fragment):
     assert not (out / "steps.jsonl").exists()  # refused before any training
 
 
+def test_a_folder_that_is_not_a_saved_dataset_is_refused_before_the_model_is_built(tmp_path):
+    """Old: the datasets library's message, after the model line and with the output folder claimed."""
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    r, out = train(tmp_path, "--max-steps", "2", "--data", str(folder))
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [
+        f"error: --data {folder} is a folder but not a saved dataset (neither dataset_info.json with state.json "
+        "nor dataset_dict.json in it); give a .jsonl, .json, .csv or .parquet file, or a folder written by "
+        "datasets' save_to_disk."
+    ]
+    assert not out.exists()  # no folder claimed
+
+
 def test_a_precision_the_combination_cannot_run_is_refused_before_the_run_starts(tmp_path):
     r, out = train(tmp_path, "--max-steps", "2", "--lora-r", "8", "--quant", "nf4", "--qlora-recipe", "torchtune")
     assert r.exit_code == 2 and "needs --precision bf16-true, got fp32" in r.output, r.output
