@@ -309,10 +309,13 @@ def test_second_run_into_the_same_folder_is_refused(tmp_path):
     assert [x["step"] for x in steps(out)] == [1, 2]
 
 
-def test_json_stdout_is_only_json_and_flash_on_cpu_is_one_line(tmp_path):
+def test_json_stdout_is_only_json_and_flash_on_cpu_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("KINETO_LOG_LEVEL", raising=False)  # an in-process run of this session may have set it
     p = _cli("train", "--out", str(tmp_path / "j"), "--max-steps", "2", "--eval-max-examples", "0", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["measured"]["steps"] == 2
+    assert "USDT" not in p.stderr  # kineto's profiler_start/stop markers (ftopt.results.measure.KINETO_QUIET_LEVEL)
+    assert "step 2/2: loss" in p.stderr  # the run's own progress still reaches stderr
     p = _cli("train", "--out", str(tmp_path / "f"), "--attn", "flash")
     assert p.returncode == 2  # not a segfault (139) after the message
     assert p.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in p.stderr
