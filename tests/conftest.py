@@ -1,4 +1,12 @@
+import os
+
 import pytest
+
+# No test reaches the Hugging Face Hub (tests/hubserver.py stands in for it). huggingface_hub reads HF_HUB_OFFLINE
+# once, when it is imported, and a test module that imports transformers at its top imports it while pytest
+# collects, before any fixture runs; set here, before collection, it holds for every test of the session.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 # Keep caches (cpu probe, calibration) inside the test session, never in the user's home.

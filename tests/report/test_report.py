@@ -243,3 +243,44 @@ def test_quantized_base_and_8bit_optimizer_are_named_as_techniques(tmp_path, lan
     plain = row("full run", combination=dict(FULL, optim="adamw-8bit"))  # an 8-bit optimizer alone is a technique
     h = build_report([plain], tmp_path / "b", lang=lang)["html"].read_text()
     assert adam8 in h and "QLoRA" not in h
+
+
+def test_a_file_with_no_result_row_is_one_error_line(tmp_path):
+    """Old: one warning per line, then the error. Now the error alone, with the count and the first line's problem."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ftopt.cli.app import app
+
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps({"key": f"k{i}", "status": "ok"}) + "\n" for i in range(30)) + "\nnot json\n")
+    r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [
+        f"error: The results file {path} has no valid result line: none of its 31 lines is a result row; line 1 is "
+        "an invalid result (label: Field required; combination: Field required)."
+    ]
+    assert not (tmp_path / "rep").exists()
+
+
+def test_lines_that_are_not_rows_beside_good_ones_are_warned_first_few_by_line_then_counted(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ftopt.cli.app import app
+    from ftopt.results.rows import MAX_LINE_WARNINGS
+
+    path = tmp_path / "results.jsonl"
+    bad = ["{broken"] * (MAX_LINE_WARNINGS + 4)
+    path.write_text("\n".join([json.dumps(row("a")), *bad, json.dumps(row("b"))]) + "\n")
+    r = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert [f"line {n}: skipped a corrupt result" in w for n, w in enumerate(warned[:-1], 2)] == [True] * 3
+    assert (
+        warned[-1]
+        == f"warning: {path}: skipped 4 more lines that are not result rows (lines 5 to 8); 2 valid result lines read"
+    )
+    assert (tmp_path / "rep" / "report.en.html").exists()

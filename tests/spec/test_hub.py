@@ -119,6 +119,45 @@ def test_offline_uses_the_cache_and_says_when_it_cannot(hub, monkeypatch):
     assert load_model("org/tiny").family == "llama" and len(hub.requests) == n  # no request offline
 
 
+def _no_name_service(*args, **kwargs):
+    import socket
+
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+def test_where_the_hub_has_no_address_the_cache_answers_at_once(hub, monkeypatch):
+    """No network (the Hub's name does not resolve), HF_HUB_OFFLINE unset: a cached model loads and an uncached
+    one is refused without a request retried. Old: huggingface_hub retried, sleeping 1+2+4+8+8 = 23 s first."""
+    import socket
+
+    import huggingface_hub.utils._http as http
+
+    from ftopt.spec.hub import hub_config
+
+    hub_snapshot(HubRef("org/tiny"))  # in the cache now: config, weights, tokenizer
+    monkeypatch.setattr(socket, "getaddrinfo", _no_name_service)
+    slept = []
+    monkeypatch.setattr(http.time, "sleep", slept.append)
+    n = len(hub.requests)
+    assert hub_config(HubRef("org/tiny"))["num_hidden_layers"] == 2
+    assert (hub_snapshot(HubRef("org/tiny")) / "model.safetensors").exists()
+    with pytest.raises(FtoptError, match="org/other is not in the Hugging Face cache"):
+        load_model("org/other")
+    assert slept == [] and len(hub.requests) == n
+
+
+def test_behind_a_proxy_the_hub_is_asked_though_its_name_has_no_address_here(hub, monkeypatch):
+    """The proxy looks the name up, so no address here says nothing about the network."""
+    import socket
+
+    from ftopt.spec import hub as H
+
+    monkeypatch.setattr(socket, "getaddrinfo", _no_name_service)
+    assert H._cache_only()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert not H._cache_only()
+
+
 def test_snapshot_takes_safetensors_and_tokenizer_only(hub, tmp_path):
     (tmp_path / "tiny" / "pytorch_model.bin").write_bytes(b"pickle")  # never downloaded
     folder = hub_snapshot(HubRef("org/tiny"))

@@ -316,6 +316,7 @@ def test_optimizer_defaults_keep_stored_bench_keys_and_a_change_runs_again():
         (("--zero-gpus", "0"), "--zero-gpus must be at least 1, got 0"),
         (("--data", "missing.jsonl"), "--data missing.jsonl does not exist"),
         (("--eval-data", "missing.jsonl"), "--eval-data missing.jsonl does not exist"),
+        (("--data", "."), "--data . is a folder but not a saved dataset"),
     ],
 )
 def test_bench_refuses_bad_flags_before_the_first_run(tmp_path, monkeypatch, flags, said):

@@ -47,8 +47,28 @@ def test_bad_data(tmp_path, content, fragment):
 def test_missing_file_and_unknown_type(tmp_path):
     with pytest.raises(FtoptError, match="does not exist"):
         D.load_records(tmp_path / "nope.jsonl")
-    with pytest.raises(FtoptError, match="Unsupported data file type"):
+    with pytest.raises(FtoptError, match="unsupported data file type '.txt'"):
         D.load_records(write(tmp_path, "x.txt", "hi"))
+
+
+def test_a_saved_dataset_folder_passes_the_check_and_loads_any_other_folder_is_one_sentence(tmp_path):
+    """The check mirrors the files datasets.load_from_disk looks for: what save_to_disk writes passes it and loads;
+    a folder without them is refused naming the folder, where load_from_disk's own message came after the model."""
+    from datasets import Dataset, DatasetDict
+
+    rows = {"prompt": ["a", "b"], "completion": ["c", "d"]}
+    Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    DatasetDict({"train": Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "dd"))
+    for saved in ("ds", "dd"):
+        D.check_data_path(tmp_path / saved)
+        assert D.detect_format(D.load_records(tmp_path / saved)) == "prompt+completion"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(FtoptError) as e:
+        D.check_data_path(tmp_path / "notes", "--eval-data")
+    said = str(e.value)
+    assert said.startswith(f"--eval-data {tmp_path / 'notes'} is a folder but not a saved dataset")
+    assert "save_to_disk" in said and ".jsonl" in said and "\n" not in said
 
 
 def test_default_task_is_learnable_rule():

@@ -118,6 +118,21 @@ def test_bad_input(tmp_path, args, fragment):
     assert not (out / "steps.jsonl").exists()  # refused before any training
 
 
+def test_a_folder_that_is_not_a_saved_dataset_is_refused_before_the_model_is_built(tmp_path):
+    """Old: the datasets library's message, after the model line and with the output folder claimed."""
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    r, out = train(tmp_path, "--max-steps", "2", "--data", str(folder))
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [
+        f"error: --data {folder} is a folder but not a saved dataset (neither dataset_info.json with state.json "
+        "nor dataset_dict.json in it); give a .jsonl, .json, .csv or .parquet file, or a folder written by "
+        "datasets' save_to_disk."
+    ]
+    assert not out.exists()  # no folder claimed
+
+
 def test_a_precision_the_combination_cannot_run_is_refused_before_the_run_starts(tmp_path):
     r, out = train(tmp_path, "--max-steps", "2", "--lora-r", "8", "--quant", "nf4", "--qlora-recipe", "torchtune")
     assert r.exit_code == 2 and "needs --precision bf16-true, got fp32" in r.output, r.output
@@ -294,10 +309,13 @@ def test_second_run_into_the_same_folder_is_refused(tmp_path):
     assert [x["step"] for x in steps(out)] == [1, 2]
 
 
-def test_json_stdout_is_only_json_and_flash_on_cpu_is_one_line(tmp_path):
+def test_json_stdout_is_only_json_and_flash_on_cpu_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("KINETO_LOG_LEVEL", raising=False)  # an in-process run of this session may have set it
     p = _cli("train", "--out", str(tmp_path / "j"), "--max-steps", "2", "--eval-max-examples", "0", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["measured"]["steps"] == 2
+    assert "USDT" not in p.stderr  # kineto's profiler_start/stop markers (ftopt.results.measure.KINETO_QUIET_LEVEL)
+    assert "step 2/2: loss" in p.stderr  # the run's own progress still reaches stderr
     p = _cli("train", "--out", str(tmp_path / "f"), "--attn", "flash")
     assert p.returncode == 2  # not a segfault (139) after the message
     assert p.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in p.stderr

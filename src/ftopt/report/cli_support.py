@@ -85,14 +85,18 @@ def report_settings(
 
 
 def write_report(path: Path, out: Path, *, lang: str, warn: Callable[[str], None], **flags) -> dict[str, Path]:
-    """`ftopt report` once its paths are checked: read the results (a corrupt line is a warning), settings from the
-    flags (`report_settings` keywords), write the files; returns their paths by kind."""
+    """`ftopt report` once its paths are checked: read the results (a line that is not a result row is a warning
+    when others are; with none valid, the error alone says how many and why), settings from the flags
+    (`report_settings` keywords), write the files; returns their paths by kind."""
     from ftopt.report.render import build_report
-    from ftopt.results.rows import read_results
+    from ftopt.results.rows import scan_results
 
-    rows = read_results(path, warn=warn)
-    if not rows:
-        raise FtoptError(f"The results file {path} has no valid result line.")
+    found = scan_results(path)
+    if not found.rows:
+        raise found.no_rows_error()
+    for message in found.warnings():
+        warn(message)
+    rows = found.rows
     settings = report_settings(rows, **flags)
     check_target(rows, settings["quality_target"])
     return build_report(rows, out, lang=lang, **settings)

@@ -20,6 +20,7 @@ Memory is measured at the allocator, independently of the traced estimator:
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,12 @@ import torch
 # the profiler's event tree, so they are skipped with it; a block allocated inside and freed after it is therefore
 # freed unseen, which lowers the reading by that block only (generation frees its KV cache before it returns).
 EXCLUDED_SCOPE = "ftopt.excluded"
+# Kineto, the profiler's backend, prints "USDT:... profiler_start" and "... profiler_stop" on stderr at every start
+# and stop (torch 2.13's kineto, SyncActivityProfilerHandler.cpp): markers for an external USDT trace collector,
+# logged at its highest severity (USDT = 5), which the threshold torch sets (ERROR = 4) lets through. Its one setting
+# is KINETO_LOG_LEVEL, read once per process when the first profiler starts; only a threshold above USDT hides
+# them, and it hides kineto's own ERROR lines with them. A KINETO_LOG_LEVEL the user set is kept.
+KINETO_QUIET_LEVEL = "6"
 
 
 @dataclass
@@ -49,6 +56,7 @@ class AllocatorPeak:
     def __init__(self):
         from torch.profiler import ProfilerActivity, profile
 
+        os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET_LEVEL)  # before this process's first profiler starts
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False)
         self.peak_bytes: int | None = None
         self._stopped = False

@@ -247,26 +247,87 @@ def parse_rows(docs: list) -> list[ResultRow]:
     return out
 
 
-def read_results(path: str | Path, warn: Callable[[str], None] = lambda m: None) -> list[ResultRow]:
-    """Every valid line, migrated to the current schema; a bad line is reported with its number and skipped (the
-    good ones are kept)."""
+# Lines a results file may have that are not result rows, each named in its own warning up to this many; the rest
+# are one counted line. A few bad lines (a hand edit, a line from a crashed writer) are each worth finding; many
+# come from one cause (another tool's file, a newer ftopt's schema), which the first ones show, and a warning per
+# line would bury the command's own output.
+MAX_LINE_WARNINGS = 3
+
+
+class SkippedLine(BaseModel):
+    """A non-empty line of a results file that is not a result row: its number and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    line: int
+    why: str  # "an invalid result (<field>: <problem>)" or "a corrupt result (<parser message>)"
+
+
+class ResultsFile(BaseModel):
+    """A results file as read: its valid rows (migrated to the current schema) and the lines that are not rows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str
+    rows: list[ResultRow]
+    skipped: list[SkippedLine]
+
+    def warnings(self) -> list[str]:
+        """One line per skipped line, the first MAX_LINE_WARNINGS of them; the rest counted in one more."""
+        said = [f"{self.path}, line {s.line}: skipped {s.why}" for s in self.skipped[:MAX_LINE_WARNINGS]]
+        rest = self.skipped[MAX_LINE_WARNINGS:]
+        if rest:
+            said.append(
+                f"{self.path}: skipped {len(rest)} more lines that are not result rows (lines {rest[0].line} to "
+                f"{rest[-1].line}); {len(self.rows)} valid result lines read"
+            )
+        return said
+
+    def no_rows_error(self) -> FtoptError:
+        """The one sentence for a file without a valid row: how many lines were not rows, and the first's problem."""
+        if not self.skipped:
+            return FtoptError(f"The results file {self.path} has no valid result line.")
+        first = self.skipped[0]
+        lines = "its one line is not" if len(self.skipped) == 1 else f"none of its {len(self.skipped)} lines is"
+        return FtoptError(
+            f"The results file {self.path} has no valid result line: {lines} a result row; line {first.line} "
+            f"is {first.why}."
+        )
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _read_line(line: str) -> ResultRow:
+    doc = json.loads(line)
+    if not isinstance(doc, dict) or "key" not in doc or "status" not in doc:
+        raise ValueError("not a result object")
+    return parse_row(doc)
+
+
+def scan_results(path: str | Path) -> ResultsFile:
+    """Every valid line, migrated to the current schema, and every other non-empty line with its number and why
+    (the good lines are kept); a missing file reads as empty."""
     p = Path(path)
-    if not p.exists():
-        return []
-    rows = []
-    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+    rows, skipped = [], []
+    lines = p.read_text(errors="replace").splitlines() if p.exists() else []
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
-            if not isinstance(doc, dict) or "key" not in doc or "status" not in doc:
-                raise ValueError("not a result object")
-            rows.append(parse_row(doc))
-        except ValidationError as e:
-            warn(f"{p}, line {n}: skipped an invalid result ({validation_message(e)[:80]})")
+            rows.append(_read_line(line))
+        except ValidationError as e:  # fields and rules only: the line's values may be anything, and long
+            skipped.append(SkippedLine(line=n, why=f"an invalid result ({_clip(validation_message(e, values=False))})"))
         except ValueError as e:
-            warn(f"{p}, line {n}: skipped a corrupt result ({str(e).splitlines()[0][:60]})")
-    return rows
+            skipped.append(SkippedLine(line=n, why=f"a corrupt result ({_clip(str(e).splitlines()[0])})"))
+    return ResultsFile(path=str(p), rows=rows, skipped=skipped)
+
+
+def read_results(path: str | Path, warn: Callable[[str], None] = lambda m: None) -> list[ResultRow]:
+    """Every valid line (scan_results); the lines that are not result rows go to `warn` (ResultsFile.warnings)."""
+    found = scan_results(path)
+    for message in found.warnings():
+        warn(message)
+    return found.rows
 
 
 def read_metrics(path: str | Path) -> RunMetrics:

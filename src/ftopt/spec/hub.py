@@ -2,8 +2,9 @@
 
 `org/name[@revision]`: `estimate`/`plan`/`bench` read config.json only; `train` downloads the safetensors weights
 and the tokenizer (nothing else: no pickled `.bin`, no remote code unless asked). The library's own settings
-apply: HF_TOKEN for gated repos, HF_HUB_OFFLINE=1 for the cache only, HF_ENDPOINT for a mirror. Every failure is
-one sentence (FtoptError).
+apply: HF_TOKEN for gated repos, HF_HUB_OFFLINE=1 for the cache only, HF_ENDPOINT for a mirror. Where the Hub's
+host has no address (no network) the cache alone answers, at once (`_cache_only`). Every failure is one sentence
+(FtoptError).
 """
 
 from __future__ import annotations
@@ -100,6 +101,32 @@ def _hub_errors(ref: HubRef, what: str, not_found_hint: str = ""):
         raise FtoptError(f"The Hub refused {ref} ({str(e).splitlines()[0][:120]}).") from None
 
 
+def _cache_only() -> bool:
+    """Whether to read the Hugging Face cache alone: the Hub's host has no address here (no network, or no name
+    service) and no proxy would look it up. huggingface_hub's first request would fail at once and fall back to the
+    cache; for a file the cache lacks it then retries the request 5 times, sleeping 1 + 2 + 4 + 8 + 8 = 23 s in all
+    (huggingface_hub 2.4, file_download.py `_hf_hub_download_to_cache_dir`, utils/_http.py `_http_backoff_base`),
+    and fails the same way. Offline mode (HF_HUB_OFFLINE) is the library's own: it needs no probe."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(kind != "no" for kind in urllib.request.getproxies()):
+        return False  # the proxy resolves the Hub's name, which may have no address here
+    url = urlsplit(constants.ENDPOINT)
+    if not url.hostname:
+        return False
+    try:
+        socket.getaddrinfo(url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError):
+        return True
+    return False
+
+
 def check_decoder(config: dict, ref: str) -> None:
     """Refuse what ftopt cannot fine-tune as a causal LM."""
     archs = config.get("architectures") or []
@@ -122,7 +149,7 @@ def hub_config(ref: HubRef, not_found_hint: str = "") -> dict:
     from huggingface_hub import hf_hub_download
 
     with _hub_errors(ref, "config.json", not_found_hint):
-        path = hf_hub_download(ref.repo_id, "config.json", revision=ref.revision)
+        path = hf_hub_download(ref.repo_id, "config.json", revision=ref.revision, local_files_only=_cache_only())
     try:
         config = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
@@ -138,7 +165,11 @@ def hub_snapshot(ref: HubRef, trust_remote_code: bool = False) -> Path:
     check_remote_code(hub_config(ref), str(ref), trust_remote_code)
     patterns = WEIGHT_PATTERNS + (["*.py"] if trust_remote_code else [])
     with _hub_errors(ref, "weights"):
-        folder = Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns))
+        folder = Path(
+            snapshot_download(
+                ref.repo_id, revision=ref.revision, allow_patterns=patterns, local_files_only=_cache_only()
+            )
+        )
     if not any(folder.glob("*.safetensors")):
         raise FtoptError(f"{ref} has no safetensors weights; ftopt does not load pickled .bin files.")
     return folder
@@ -156,7 +187,12 @@ def remote_code_folder(ref: str) -> str:
     if hub is None:
         raise FtoptError(f"{ref} is neither a local model folder nor a Hub id, so its own code cannot be found.")
     with _hub_errors(hub, "code"):
-        return snapshot_download(hub.repo_id, revision=hub.revision, allow_patterns=["config.json", "*.py"])
+        return snapshot_download(
+            hub.repo_id,
+            revision=hub.revision,
+            allow_patterns=["config.json", "*.py"],
+            local_files_only=_cache_only(),
+        )
 
 
 def resolve_weights(ref: str, trust_remote_code: bool = False) -> str:

@@ -30,6 +30,7 @@ from ftopt.sweep.bench import (
     sweep_rows,
     sweep_runs,
 )
+from ftopt.train.data import check_data_path
 
 
 class BenchRequest(BaseModel):
@@ -86,8 +87,8 @@ def _check_flags(r: BenchRequest) -> QualityTarget | None:
     if r.zero_gpus is not None and r.zero_gpus < 1:
         raise FtoptError(f"--zero-gpus must be at least 1, got {r.zero_gpus}.")
     for flag, path in (("--data", r.data), ("--eval-data", r.eval_data)):
-        if path is not None and not Path(path).expanduser().exists():  # each run would fail on it, one by one
-            raise FtoptError(f"{flag} {path} does not exist.")
+        if path is not None:
+            check_data_path(path, flag)  # each run would fail on it, one by one
     target = QualityTarget.parse(r.quality_target) if r.quality_target else None
     for ref in r.metric or ():
         load_user_metric(ref)  # a typo fails now, not after the first run

@@ -68,6 +68,31 @@ def _read_csv(path: Path) -> Records:
     return Records(rows, where, str(path))
 
 
+# the data files ftopt reads, by suffix; a folder must be a saved dataset (_SAVED_DATASET_FILES)
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# the files `datasets.load_from_disk` looks for before it reads anything (datasets 5.2, load.py; the names are
+# datasets.config's DATASET_INFO_FILENAME, DATASET_STATE_JSON_FILENAME and DATASETDICT_JSON_FILENAME): a Dataset
+# folder holds the first two, a DatasetDict folder the third
+_SAVED_DATASET_FILES = (("dataset_info.json", "state.json"), ("dataset_dict.json",))
+_EXPECTED = "a .jsonl, .json, .csv or .parquet file, or a folder written by datasets' save_to_disk"
+
+
+def check_data_path(path: str | Path, flag: str = "--data") -> None:
+    """What `flag` names can be read, judged from its name and (a folder) the files that mark a saved dataset,
+    without reading it: one sentence before the model is built, not the datasets library's after it."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FtoptError(f"{flag} {path} does not exist.")
+    if p.is_dir():
+        if not any(all((p / f).is_file() for f in files) for files in _SAVED_DATASET_FILES):
+            raise FtoptError(
+                f"{flag} {path} is a folder but not a saved dataset (neither dataset_info.json with state.json nor "
+                f"dataset_dict.json in it); give {_EXPECTED}."
+            )
+    elif p.suffix not in DATA_SUFFIXES:
+        raise FtoptError(f"{flag} {path}: unsupported data file type '{p.suffix}'; give {_EXPECTED}.")
+
+
 def _read_any(p: Path) -> Records:
     if p.is_dir():
         from datasets import load_from_disk
@@ -87,20 +112,15 @@ def _read_any(p: Path) -> Records:
         return _read_jsonl(p)
     if p.suffix == ".csv":
         return _read_csv(p)
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # .parquet, the last of DATA_SUFFIXES (check_data_path refused any other)
 
-        return _numbered(pq.read_table(p).to_pylist(), p)
-    raise FtoptError(
-        f"Unsupported data file type '{p.suffix}' for {p}; use .jsonl, .json, .csv, .parquet or a datasets folder."
-    )
+    return _numbered(pq.read_table(p).to_pylist(), p)
 
 
 def load_records(path: str | Path) -> Records:
     """Rows of a JSONL/JSON, CSV, Parquet file or a `datasets` folder saved with save_to_disk."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise FtoptError(f"The data file {p} does not exist.")
+    check_data_path(p, "The data")
     try:
         records = _read_any(p)
     except FtoptError:

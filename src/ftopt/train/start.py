@@ -149,10 +149,15 @@ def run_spec(r: TrainRequest, note: Callable[[str], None]) -> RunSpec:
 
 def prepare(r: TrainRequest, note: Callable[[str], None]):
     """(run specification, per-node rendezvous or None), after every check that needs no training process: the
-    model and LoRA targets, the rendezvous, user metrics, the output folder, and the weights (a folder, or the Hub
+    data paths, the model and LoRA targets, the rendezvous, user metrics, the output folder, and the weights (a folder, or the Hub
     download). The trust gate (ftopt.spec.trust.admit) comes first: the checks judge the model's own code by the
     flag it leaves, and import the metric modules."""
     spec = admit(run_spec(r, note), r.trust(), r.plan_file)
+    from ftopt.train.data import check_data_path
+
+    for flag, path in (("--data", spec.data.train), ("--eval-data", spec.data.eval)):
+        if path is not None:
+            check_data_path(path, flag)  # a missing file or a folder that is no saved dataset: before the model
     resolve.check(spec)  # an unknown model or LoRA target is one line now, not after the data is tokenized
     rdzv = rendezvous(spec, r.node_rank, r.master_addr, r.master_port)
     from ftopt.results.quality import load_user_metric
