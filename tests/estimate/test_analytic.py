@@ -102,8 +102,29 @@ def test_gc_keeps_layer_inputs_only(m7):
     acts, one = activations.activation_bytes(m7, setup, c, st)
     # at the start of backward: each layer's bf16 input and the final norm's fp32 input; no layer is recomputed yet
     assert acts == 32 * 2 * H * 2048 + 4 * H * 2048
-    # the recompute of one layer comes later, once the loss's tensors are gone
-    assert activations.gc_recompute_activation_bytes(m7, setup, c, st) == 32 * 2 * H * 2048 + one
+    # the recompute of one layer comes later, once the loss's tensors are gone; its backward peaks in the MLP's
+    # (sdpa: no softmax moment), per token beyond the layer's saved tensors:
+    #   the layer output's gradient, bf16 h                           = 2 * 4096 = 8192
+    #   down's grad-input and the product's two gradients, bf16 3 x I = 3 * 2 * 11008 = 66048
+    #   (down is frozen: no saved input of its to free; the fp32 RMSNorm upcast is a copy, not the checkpoint)
+    assert activations.gc_recompute_activation_bytes(m7, setup, c, st) == 32 * 2 * H * 2048 + one + 74_240 * 2048
+
+
+def test_gc_eager_backward_peaks_in_the_softmax_backward(m7):
+    setup = TrainingSetup(seq_len=2048)
+    c = Combination(lora_r=16, gc=True, attn="eager")
+    st = analytic.storage(setup.precision, c)
+    _, one = activations.activation_bytes(m7, setup, c, st)
+    # per token beyond the layer's saved tensors: the softmax's two fp32 gradients (2 x 4 x 32 heads x 2048 keys =
+    # 524288) less what backward has freed by then: the MLP block (gate, act, up outputs: 2 x 3 x I = 66048), the
+    # post-attention norm's fp32 upcast (4 x H = 16384), o_proj's adapter input and lora_A output (2 x H + 2 x 16
+    # = 8224) and the probabilities' bf16 copy (2 x 32 x 2048 = 131072): 302560, above the MLP's 66048; plus the
+    # layer output's bf16 gradient (8192)
+    per_token = 8192 + 524_288 - 66_048 - 16_384 - 8_224 - 131_072
+    casts = 2 * 16 * (H + H)  # o_proj's adapters' bf16 casts, freed with its backward
+    mask = 2048 * 2048 * 2  # eager's bf16 float mask, an input of every checkpoint
+    expected = 32 * 2 * H * 2048 + mask + one + per_token * 2048 - casts
+    assert activations.gc_recompute_activation_bytes(m7, setup, c, st) == expected
 
 
 def test_estimate_breakdown_sums_to_peak(m7):

@@ -104,16 +104,33 @@ def layer_activation_bytes_per_token(
     a mask, see attention_core_bytes)."""
     full, r = not combo.lora, combo.lora_r
     groups = _trainable_groups(model, combo)
-    norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
-    h, q = model.hidden_size, model.q_dim
-    norm_out = norm_out_bytes if not full or st.autocast else 0  # saved already by a trained norm (full)
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out, r)
+    h = model.hidden_size
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), _norm_out_bytes(combo, st), r)
     n += attention_core_bytes(model, st, combo, seq_len, masked)
-    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, r)
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out, r)
-    n += mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r)
+    n += attention_out_input_bytes(model, combo, st)
+    n += mlp_block_bytes_per_token(model, combo, st)
     return n + dora.saved_bytes_per_token(model, combo, st)
+
+
+def _norm_out_bytes(combo: Combination, st: Storage) -> int:
+    """The dtype of a norm's output as the linears after it would save it (HF norms return their input's dtype),
+    or 0 where a trained norm (full fine-tuning without autocast) has saved that output already."""
+    return st.resid_bytes if combo.lora or st.autocast else 0
+
+
+def attention_out_input_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
+    """What the attention output projection saves, per token: its input (the attention output), when it trains."""
+    groups = _trainable_groups(model, combo)
+    return linear_input_bytes(model, st, model.q_dim, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, combo.lora_r)
+
+
+def mlp_block_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage) -> int:
+    """What one layer's MLP block saves for backward, per token, its norm aside: the inputs of its first linears
+    (linear_input_bytes) and the MLP's own tensors (mlp_bytes)."""
+    groups, r, h = _trainable_groups(model, combo), combo.lora_r, model.hidden_size
+    n = linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), _norm_out_bytes(combo, st), r)
+    return n + mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r)
 
 
 def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
@@ -170,27 +187,120 @@ def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination,
 
 
 def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
-    """Activations while backward recomputes the last layer under GC (0 without GC): every checkpoint, the model's
-    mask (an input of every checkpointed layer, so it lives until the first layer's backward) and that layer's saved
-    tensors. The LM head's and the loss's tensors are freed by then (their backward has run: the traced GC steps
-    peak either at the loss or here, never with both)."""
+    """Activations at the peak of backward through the last layer under GC (0 without GC): every checkpoint, the
+    model's mask (an input of every checkpointed layer, so it lives until the first layer's backward), the layer's
+    recomputed tensors (_gc_recomputed_layer_bytes) and the largest moment of its backward
+    (layer_backward_moments). The LM head's and the loss's tensors are freed by then (their backward has run: the
+    traced GC steps peak either at the loss or here, never with both)."""
     if not combo.gc:
         return 0
     kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st)
-    mask = layout.model_mask_bytes(setup, combo)
-    return kept + mask + _per_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
+    return (
+        kept + _gc_recomputed_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
+    )
+
+
+def gc_first_layer_moments(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage
+) -> list[tuple[int, frozenset[LinearGroup]]]:
+    """Backward through the first layer under GC, where every later layer's gradients exist, moment by moment as
+    (activations, the layer's groups whose backward has run: layer_backward_moments); none without GC. Its
+    checkpoint is the only one left (each later layer's input went with that layer's backward)."""
+    if not combo.gc:
+        return []
+    checkpoint = st.resid_bytes * model.hidden_size * setup.tokens_per_micro_batch
+    layer = checkpoint + _gc_recomputed_layer_bytes(model, setup, combo, st)
+    return [(layer + held, done) for held, done in layer_backward_moments(model, setup, combo, st)]
+
+
+def _gc_recomputed_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    """The model's mask and one recomputed layer's saved tensors, less the input its norms share with the
+    checkpoint (checkpoint_shared_bytes_per_token)."""
+    shared = checkpoint_shared_bytes_per_token(model, st) * setup.tokens_per_micro_batch
+    return layout.model_mask_bytes(setup, combo, st) + _per_layer_bytes(model, setup, combo, st) - shared
+
+
+def checkpoint_shared_bytes_per_token(model: ModelSpec, st: Storage) -> int:
+    """Bytes per token that norm_saved_bytes counts for a recomputed layer's input norm but which are the
+    checkpoint itself: the norm saves its input as it comes where it does not upcast it (RMSNorm's .to(float32) and
+    autocast's fp32 layer_norm return an fp32 input unchanged; LayerNorm without autocast takes any input as it
+    is), and under GC that input is the layer input the checkpoint keeps. Every norm of a parallel-residual layer
+    (GPT-NeoX) reads that input."""
+    saved = 4 if model.norm is NormKind.RMS or st.autocast else st.resid_bytes  # norm_saved_bytes' input dtype
+    if saved != st.resid_bytes:
+        return 0  # an upcast copy: a tensor of its own
+    return (model.norms_per_layer if model.parallel_residual else 1) * saved * model.hidden_size
 
 
 def layer_backward_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
-    """Gradients alive inside one layer's backward beyond its saved tensors, where they are quadratic in the
-    sequence: eager attention's softmax backward (torch's _softmax_backward_data) forms the scores' gradient while
-    the probabilities' gradient is alive, heads x s x s each, both fp32 whatever the precision (transformers'
-    eager attention runs softmax in fp32; under 16 bits the probabilities' 16-bit gradient is upcast and freed
-    before softmax's backward, as the traced step shows). SDPA and flash compute their gradients in O(s) per head: not counted, nor the
-    hidden- and intermediate-sized gradients (the linear-in-s remainder the traced estimator sees)."""
-    if combo.attn.linear_memory:
-        return 0
-    return 2 * 4 * model.num_heads * setup.seq_len * setup.tokens_per_micro_batch
+    """The most one layer's backward holds beyond the layer's saved tensors, per GPU: its largest moment
+    (layer_backward_moments)."""
+    return max(held for held, _ in layer_backward_moments(model, setup, combo, st))
+
+
+def layer_backward_moments(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage
+) -> list[tuple[int, frozenset[LinearGroup]]]:
+    """One layer's backward, moment by moment, as (bytes per GPU held beyond the layer's saved tensors, the layer's
+    linear groups whose backward has run by then): the MLP's (mlp_backward_bytes_per_token; down's backward has
+    run) and eager attention's softmax backward (softmax_backward_bytes_per_token; the MLP's and the output
+    projection's have run; SDPA and flash form their gradients in O(s) per head, below the MLP's moment), each with
+    the residual stream's gradient (residual_grad_bytes_per_token). A group whose backward has run has freed its
+    autocast weight casts (in the layer's saved tensors, autocast_weight_cache_bytes) and formed its gradients.
+    Traced (tiny-llama, 4 layers, LoRA r8, GC, eager): the step peaks in the MLP's backward in fp32 (seq 256 x 2
+    and 64 x 8) and in the softmax's under bf16-mixed at 256 x 2."""
+    resid = residual_grad_bytes_per_token(model, st)
+    moments = [(resid + mlp_backward_bytes_per_token(model, combo, st), frozenset({LinearGroup.MLP_OUT}))]
+    if not combo.attn.linear_memory:
+        done = frozenset({LinearGroup.MLP_OUT, LinearGroup.MLP_IN, LinearGroup.ATTN_OUT})
+        moments.append((resid + softmax_backward_bytes_per_token(model, combo, st, setup.seq_len), done))
+    casts = 2 if st.autocast and st.trainable_weight == 4 else 0  # autocast_weight_cache_bytes' rule
+    tokens = setup.tokens_per_micro_batch
+    return [(n * tokens - casts * layer_trained_params(model, combo, done), done) for n, done in moments]
+
+
+def layer_trained_params(model: ModelSpec, combo: Combination, groups: frozenset[LinearGroup]) -> int:
+    """Trained parameters of one layer's linears in `groups` (norms and biases aside, as in
+    autocast_weight_cache_bytes): the weights under full fine-tuning, LoRA's A and B (r x (in + out)) of each
+    wrapped linear."""
+    if not combo.lora:
+        return sum(lin.in_features * lin.out_features for lin in model.layer_linears() if lin.group in groups)
+    targets = set(lora_targets(model, combo))
+    wrapped = [lin for lin in model.layer_linears() if lin.group in groups and lin.name in targets]
+    return sum(combo.lora_r * (lin.in_features + lin.out_features) for lin in wrapped)
+
+
+def residual_grad_bytes_per_token(model: ModelSpec, st: Storage) -> int:
+    """The gradient of the layer's output (hidden, residual dtype), made by the backward of the layer above or of
+    the final norm (add / _to_copy); alive through the layer's backward, then replaced by the gradient of the
+    residual after the MLP (add), the same size."""
+    return model.hidden_size * st.resid_bytes
+
+
+def mlp_backward_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage) -> int:
+    """The MLP's backward beyond its saved tensors, per token: down's grad-input (mm, intermediate-sized) and, gated,
+    the product's backward (mul: the gradients of the activation output and of up's output) or, plain, the
+    activation's (gelu_backward: fc1 output's gradient), all in the MLP dtype (mlp_bytes'), while gate's and up's
+    outputs are still saved; down's saved input (its trained weight's or adapter's) is freed with down's backward.
+    3 (gated) or 2 (plain) x intermediate x dtype, less that input."""
+    groups = _trainable_groups(model, combo)
+    a, i = (st.act_bytes if LinearGroup.MLP_IN in groups else st.frozen_out), model.intermediate_size
+    down_input = linear_input_bytes(model, st, i, groups.get(LinearGroup.MLP_OUT, 0), a, combo.lora_r)
+    return (3 if model.mlp is MlpKind.GATED else 2) * i * a - down_input
+
+
+def softmax_backward_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage, seq_len: int) -> int:
+    """Eager attention's softmax backward beyond the layer's saved tensors, per token: the probabilities' gradient
+    (from the PV matmul's backward, bmm; upcast to fp32 under 16 bits, the 16-bit one freed) and the scores'
+    (_softmax_backward_data), heads x s fp32 each beside the saved fp32 probabilities (transformers' eager
+    attention runs softmax in fp32). Freed by then: the MLP block and every norm after the first (their backward
+    ran), the output projection's input and the probabilities' 16-bit copy (the PV matmul's backward ran; its
+    value gradient replaces the repeated values it saved, the same size)."""
+    a, heads = st.act_bytes, model.num_heads
+    freed = mlp_block_bytes_per_token(model, combo, st) + attention_out_input_bytes(model, combo, st)
+    freed += (model.norms_per_layer - 1) * norm_saved_bytes(model, st, not combo.lora)
+    freed += a * heads * seq_len if a != 4 else 0
+    return 2 * 4 * heads * seq_len - freed
 
 
 def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
@@ -214,6 +324,6 @@ def _checkpoints_and_head_bytes(
 ) -> tuple[int, int]:
     """(GC's layer inputs, 0 without GC; the final norm's saved tensors and the model's mask)."""
     tokens = setup.tokens_per_micro_batch
-    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo)
+    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo, st)
     kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens if combo.gc else 0
     return kept, head

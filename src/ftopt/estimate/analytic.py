@@ -28,16 +28,18 @@ from ftopt.estimate import dora, layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.activations import (
     activation_bytes,
+    gc_first_layer_moments,
     gc_loss_moment_activation_bytes,
     gc_recompute_activation_bytes,
     held_logits_bytes,
+    layer_trained_params,
     logits_forward_bytes,
     logits_loss_bytes,
     tied_embedding_grad_bytes,
 )
 from ftopt.estimate.autocast import head_cast_bytes
 from ftopt.estimate.result import MemoryBreakdown
-from ftopt.spec import AdamWKernel, Combination, ModelSpec, Offload, Optim, Quant, TrainingSetup
+from ftopt.spec import AdamWKernel, Combination, LinearGroup, ModelSpec, Offload, Optim, Quant, TrainingSetup
 from ftopt.spec.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
 from ftopt.spec.policy import Storage, compute_bytes, dora_magnitude_params, lora_targets, storage
 from ftopt.spec.units import ceil_div
@@ -190,8 +192,10 @@ def memory(
     """(breakdown at the peak, phase name, host RAM per node) for one GPU.
 
     Candidate peaks: (1) start of backward — all activations and the loss tensors, with gradients only if gradient
-    accumulation keeps them between micro-batches or ZeRO-3 holds them in its resident buffer; (2) end of backward
-    — all gradients plus the last layer's activations; (2b) ZeRO-2's first gradient reduction
+    accumulation keeps them between micro-batches or ZeRO-3 holds them in its resident buffer; (1b) under GC, the
+    last layer's recomputed backward (activations.gc_recompute_activation_bytes); (2) end of backward — all
+    gradients plus the last layer's activations (under GC, the first layer's recomputed backward beside the
+    gradients formed by then: _gc_first_layer_moments); (2b) ZeRO-2's first gradient reduction
     (zero2_first_reduce_grad_bytes); (2c) DoRA's weight norm in forward (estimate/dora.py); (3) optimizer step —
     gradients plus the step's temporaries (DeepSpeed converts the 16-bit gradient partition to fp32). Weights,
     master copy and Adam states are resident throughout (after the first step). On a tie the earliest candidate
@@ -270,13 +274,14 @@ def _end_of_backward_moments(
     first_reduce = zero2_first_reduce_grad_bytes(model, combo, st)
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     common = dict(**sh.static, logits_loss=sh.held)
-    return [
-        (
-            "end of backward",
-            MemoryBreakdown(
-                **common, gradients=sh.grads, activations=sh.one_layer + sh.kv_held, temporaries=sh.dequant
-            ),
-        ),
+    if combo.gc:  # the first layer recomputed, moment by moment, beside the gradients formed by then
+        first_layer = _gc_first_layer_moments(model, setup, combo, st, sh)
+    else:  # the first layer's saved tensors beside every gradient
+        bd = MemoryBreakdown(
+            **common, gradients=sh.grads, activations=sh.one_layer + sh.kv_held, temporaries=sh.dequant
+        )
+        first_layer = [("end of backward", bd)]
+    return first_layer + [
         (
             "backward, first reduction",
             MemoryBreakdown(
@@ -297,6 +302,43 @@ def _end_of_backward_moments(
             ),
         ),
     ]
+
+
+def _gc_first_layer_moments(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared
+) -> list[tuple[str, MemoryBreakdown]]:
+    """Backward through the first layer under GC, moment by moment (activations.gc_first_layer_moments), beside
+    the gradients formed by then (gc_pending_grad_bytes): the trace's peak for full fine-tuning under GC."""
+    return [
+        (
+            "forward/backward",
+            MemoryBreakdown(
+                **sh.static,
+                logits_loss=sh.held,
+                gradients=sh.grads - gc_pending_grad_bytes(model, setup, combo, st, done),
+                activations=acts + sh.kv_held,
+                temporaries=sh.dequant,
+            ),
+        )
+        for acts, done in gc_first_layer_moments(model, setup, combo, st)
+    ]
+
+
+def gc_pending_grad_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, done: frozenset[LinearGroup]
+) -> int:
+    """Gradients backward has not formed yet at a moment of the first layer's backward under GC: that layer's
+    linears whose backward has not run (`done`: those that have, activations.layer_backward_moments) and the input
+    side's, whose lookup's backward comes last (a trained token table, untied, and a learned position table;
+    OPT's projections are left counted). A tied table's gradient is not pending: the LM head's partial gradient of
+    it waits in autograd's input buffer, the same bytes. Counted only where gradients are formed as backward goes
+    and held whole: not ZeRO-2's partition or ZeRO-3's buffer, nor gradients accumulation keeps."""
+    if combo.zero >= 2 or gradients_resident(setup, combo):
+        return 0
+    layer = layer_trained_params(model, combo, frozenset(LinearGroup) - done)
+    table = 0 if model.tie_embeddings else model.vocab_size * (model.embed_dim or model.hidden_size)
+    inputs = 0 if combo.lora else table + model.learned_positions * model.hidden_size
+    return (layer + inputs) * st.grad
 
 
 def step_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool) -> int:

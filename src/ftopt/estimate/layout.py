@@ -68,14 +68,16 @@ def masked_sdpa_bytes_per_token(model: ModelSpec, st: Storage, seq_len: int) -> 
     return st.act_bytes * (2 * (model.q_dim - model.kv_dim) + seq_len)
 
 
-def model_mask_bytes(setup: TrainingSetup, combo: Combination) -> int:
-    """The mask packing or padding adds at the model level [masking], counted where it outlives the forward: under
-    gradient checkpointing, where every checkpointed layer keeps it as an input until backward (the loss moment and
-    the recompute moment both hold it; see the module docstring). sdpa given a mask: bool [micro_batch, 1, L, L].
-    Eager's float mask exists packed or not and is left inside the eager rows' measured accuracy."""
-    if not (combo.gc and sdpa_gets_mask(setup, combo)):
+def model_mask_bytes(setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+    """The model-level mask, counted where it outlives the forward: under gradient checkpointing, where every
+    checkpointed layer keeps it as an input until backward (the loss moment and the recompute moment both hold it;
+    see the module docstring) [masking]. sdpa given a mask (packing or padding): bool [micro_batch, 1, L, L]; eager,
+    packed or not: float [micro_batch, 1, L, L] in the embeddings' dtype (the residual stream's)."""
+    if not combo.gc:
         return 0
-    return setup.micro_batch * setup.seq_len**2 * BOOL_BYTES
+    if combo.attn is Attention.EAGER:
+        return setup.micro_batch * setup.seq_len**2 * st.resid_bytes
+    return setup.micro_batch * setup.seq_len**2 * BOOL_BYTES if sdpa_gets_mask(setup, combo) else 0
 
 
 # ---- the same layouts as the traced step feeds them (torch imported inside: the formulas above need none) ----
