@@ -14,12 +14,13 @@ per GPU; `tokens` = micro_batch x seq_len; shapes in comments are per token unle
            fp32 (tuners_utils.cast_adapter_dtype), inputs cast to the adapter's dtype (lora.Linear.forward);
            Combination.adapter_dtype BASE keeps the adapters in the base's dtype (ftopt.policy.storage).
   [quant]  estimate/quant.py: a quantized base's frozen linears output the frozen-output dtype (Storage.frozen_out).
+  [dropout] estimate/dropout.py: LoRA adapter dropout's masks and dropped copies (peft lora/layer.py Linear.forward).
 Where real implementations differ from the papers, the comment says so; `estimate/traced.py` measures them exactly.
 """
 
 from __future__ import annotations
 
-from ftopt.estimate import dora, layout
+from ftopt.estimate import dora, dropout, layout
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, tied_grad_summed_in_place
 from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, TrainingSetup
 from ftopt.spec.policy import Storage, lora_targets
@@ -47,7 +48,14 @@ def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
 
 
 def linear_input_bytes(
-    model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int, lora_r: int = 0
+    model: ModelSpec,
+    st: Storage,
+    in_features: int,
+    trainable: int,
+    produced_bytes: int,
+    lora_r: int = 0,
+    mask: int = 0,
+    kept: bool = False,
 ) -> int:
     """A matmul saves its input only to form the weight gradient (frozen weights need only W for grad-input).
     Under autocast the saved input is the 16-bit cast, one per trainable linear reading it (autocast caches casts
@@ -56,20 +64,34 @@ def linear_input_bytes(
     LoRA (`lora_r` > 0) [PEFT]: each wrapped linear first casts its input to the adapter's dtype, a new tensor
     per wrapped linear when the dtypes differ (peft 0.21 lora.Linear.forward: _cast_input_dtype); lora_A saves
     that cast (under autocast, autocast's 16-bit cast of it: fp32 adapters make one per wrapped linear, 16-bit
-    adapters none), and lora_B saves lora_A's r-wide output."""
+    adapters none), and lora_B saves lora_A's r-wide output.
+    Adapter dropout (`mask`: bytes per element of its mask, 0 = none) [dropout]: each wrapped linear's mask, and
+    lora_A saves dropout's output."""
     if not trainable:
         return 0
     if lora_r:
-        adapter = st.trainable_weight
-        out = trainable * lora_r * (2 if st.autocast else adapter)  # lora_A's outputs, saved by lora_B
-        if st.autocast and adapter == 4:
-            return out + 2 * in_features * trainable
-        if not st.autocast and adapter != produced_bytes:
-            return out + adapter * in_features * trainable
-        return out + produced_bytes * in_features
+        return _lora_input_bytes(st, in_features, trainable, produced_bytes, lora_r, mask, kept)
     if st.autocast and produced_bytes == 4:
         return 2 * in_features * trainable  # the bf16 casts autocast makes for the matmuls
     return produced_bytes * in_features
+
+
+def _lora_input_bytes(
+    st: Storage, in_features: int, trainable: int, produced_bytes: int, lora_r: int, mask: int, kept: bool
+) -> int:
+    """linear_input_bytes of `trainable` wrapped linears [PEFT]. With dropout, where lora_A saved the input the
+    group shares (no cast before it) each wrapped linear keeps its own dropped copy instead [dropout]; the input is
+    then freed unless another op keeps it (`kept`: o_proj's input is SDPA's and flash's saved output)."""
+    adapter = st.trainable_weight
+    out = trainable * lora_r * (2 if st.autocast else adapter)  # lora_A's outputs, saved by lora_B
+    out += trainable * mask * in_features  # each dropout's mask
+    if st.autocast and adapter == 4:
+        return out + 2 * in_features * trainable
+    if not st.autocast and adapter != produced_bytes:
+        return out + adapter * in_features * trainable
+    if mask:
+        return out + adapter * in_features * trainable + (produced_bytes * in_features if kept else 0)
+    return out + produced_bytes * in_features
 
 
 def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_len: int, masked: bool = False) -> int:
@@ -88,31 +110,36 @@ def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_
     return a * 3 * q + probs
 
 
-def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: int, in_trainable: bool = True, lora_r: int = 0) -> int:
+def mlp_bytes(
+    model: ModelSpec, st: Storage, down_trainable: int, in_trainable: bool = True, lora_r: int = 0, mask: int = 0
+) -> int:
     """Gated (SwiGLU/GeGLU): gate output (saved by the activation), activation output and up output (saved by the
     product); the product is saved by `down` when it trains (linear_input_bytes). Plain (GELU): fc1 output, GELU
     output for fc2. Outputs of frozen linears have the frozen-output dtype (fp32 for quantized bases [quant])."""
     a, i = (st.act_bytes if in_trainable else st.frozen_out), model.intermediate_size
-    down = linear_input_bytes(model, st, i, down_trainable, a, lora_r)
+    down = linear_input_bytes(model, st, i, down_trainable, a, lora_r, mask)
     return (a * 3 * i if model.mlp is MlpKind.GATED else a * i) + down
 
 
 def layer_activation_bytes_per_token(
-    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, masked: bool = False
+    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, masked: bool = False, on_gpu: bool = True
 ) -> int:
     """All tensors one decoder layer keeps for backward, per token, without checkpointing (`masked`: SDPA is given
-    a mask, see attention_core_bytes)."""
-    full, r = not combo.lora, combo.lora_r
+    a mask, see attention_core_bytes; `on_gpu`: the run's device, which sets what a dropout keeps [dropout])."""
+    full, r, m = not combo.lora, combo.lora_r, dropout.mask_bytes(combo, st, on_gpu)
     groups = _trainable_groups(model, combo)
     norm_out_bytes = st.resid_bytes  # normalized output dtype = input dtype in HF norms
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
     h, q = model.hidden_size, model.q_dim
     norm_out = norm_out_bytes if not full or st.autocast else 0  # saved already by a trained norm (full)
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out, r)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), norm_out, r, m)
     n += attention_core_bytes(model, st, combo, seq_len, masked)
-    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, r)
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out, r)
-    n += mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r)
+    # o_proj's input is the attention kernel's saved output under SDPA and flash (a (b, s, heads, d) layout that
+    # transformers' transpose(1, 2).contiguous() leaves in place); eager attention's is a fresh copy
+    kept = combo.attn.linear_memory
+    n += linear_input_bytes(model, st, q, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, r, m, kept)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), norm_out, r, m)
+    n += mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r, m)
     return n + dora.saved_bytes_per_token(model, combo, st)
 
 
@@ -155,21 +182,27 @@ def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage,
     return partials * (ceil_div(per, world_size) if combo.zero >= 2 else per)
 
 
-def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
-    """(all saved activations at the start of backward, one layer's) per GPU, in bytes.
+def activation_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
+) -> tuple[int, int]:
+    """(all saved activations at the start of backward, one layer's) per GPU, in bytes (`on_gpu`: the run's
+    device; without GC the first layer keeps no dropout mask for its first wrapped group [dropout]).
     With GC each layer keeps only its input (resid dtype x h); the checkpoints also keep the mask packed rows give
     SDPA (estimate/layout.py). Its layers are recomputed one at a time later in backward, once the loss's tensors
     are freed (gc_recompute_activation_bytes). A recomputation under autocast enters and leaves its own autocast
     region, so it holds one layer's weight casts [autocast] (in `per_layer`, as are the casts matmuls save
     without GC)."""
-    per_layer = _per_layer_bytes(model, setup, combo, st)
+    per_layer = _per_layer_bytes(model, setup, combo, st, on_gpu)
     kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
     if combo.gc:
         return kept + head, per_layer
-    return model.num_layers * per_layer + head, per_layer
+    first = dropout.first_layer_unsaved_bytes(model, combo, st, setup.tokens_per_micro_batch, on_gpu)
+    return model.num_layers * per_layer - first + head, per_layer
 
 
-def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+def gc_recompute_activation_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
+) -> int:
     """Activations while backward recomputes the last layer under GC (0 without GC): every checkpoint, the model's
     mask (an input of every checkpointed layer, so it lives until the first layer's backward) and that layer's saved
     tensors. The LM head's and the loss's tensors are freed by then (their backward has run: the traced GC steps
@@ -178,7 +211,8 @@ def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo:
         return 0
     kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st)
     mask = layout.model_mask_bytes(setup, combo)
-    return kept + mask + _per_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
+    layer = _per_layer_bytes(model, setup, combo, st, on_gpu)
+    return kept + mask + layer + layer_backward_temp_bytes(model, setup, combo, st)
 
 
 def layer_backward_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
@@ -203,10 +237,11 @@ def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, comb
     return kept + model.num_layers * autocast_weight_cache_bytes(model, combo, st) + head
 
 
-def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool) -> int:
     masked = layout.sdpa_gets_mask(setup, combo)
-    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked)
-    return per_token * setup.tokens_per_micro_batch + autocast_weight_cache_bytes(model, combo, st)
+    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked, on_gpu)
+    weights = autocast_weight_cache_bytes(model, combo, st) + dropout.dora_weight_bytes(model, combo, st)
+    return per_token * setup.tokens_per_micro_batch + weights
 
 
 def _checkpoints_and_head_bytes(

@@ -178,6 +178,7 @@ class _Shared:
     grads_fwd: int  # the gradients already held in forward (gradients_resident), else 0
     acts: int  # every saved activation at the start of backward (under GC: the checkpoints)
     one_layer: int  # one layer's saved activations
+    recompute: int  # activations while backward recomputes the last layer under GC (gc_recompute_activation_bytes)
     held: int  # logits a loop that keeps the model's outputs holds beyond the loss (held_logits_bytes)
     dequant: int  # a quantized matmul's dequantized weight, alive for the op (forward and backward) [quant]
     kv_start: int  # the KV cache kept outputs hold beyond the saved activations, at the start of backward
@@ -198,7 +199,7 @@ def memory(
     names the phase."""
     st = storage(setup.precision, combo)
     s = zero_states(model, setup, combo, st, on_gpu)
-    acts, one_layer = activation_bytes(model, setup, combo, st)
+    acts, one_layer = activation_bytes(model, setup, combo, st, on_gpu)
     dequant = (
         q8.dequant_temp_bytes(model, combo, compute_bytes(setup.precision)) if combo.quant is not Quant.NONE else 0
     )
@@ -208,6 +209,7 @@ def memory(
         grads_fwd=s.grads if gradients_resident(setup, combo) else 0,
         acts=acts,
         one_layer=one_layer,
+        recompute=gc_recompute_activation_bytes(model, setup, combo, st, on_gpu),
         held=held_logits_bytes(model, setup, st),
         dequant=dequant,
         kv_start=layout.kv_cache_bytes(model, setup, combo, st, True),
@@ -255,7 +257,7 @@ def _forward_backward_moments(
             MemoryBreakdown(
                 **sh.static,
                 gradients=sh.grads if combo.zero == 2 and combo.offload is Offload.NONE else sh.grads_fwd,
-                activations=gc_recompute_activation_bytes(model, setup, combo, st),
+                activations=sh.recompute,
                 logits_loss=sh.held,
                 temporaries=sh.dequant,
             ),
