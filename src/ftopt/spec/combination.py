@@ -158,8 +158,8 @@ class Combination(BaseModel):
     )
     dora: bool = Field(False, description="DoRA (PEFT use_dora): LoRA with a trained magnitude per output row")
     rslora: bool = Field(False, description="rank-stabilized LoRA (PEFT use_rslora): scaling alpha/sqrt(r)")
-    # PEFT's LoraConfig default; TRL's ModelConfig, axolotl's examples and LitGPT's recipes use 0.05, the QLoRA
-    # paper 0.05-0.1 (arXiv 2305.14314 sec. 4), so an export states it
+    # PEFT's LoraConfig default; TRL's ModelConfig defaults to 0.05 (so an export states it), axolotl's examples and
+    # LitGPT's LoRA configs use 0.05, the QLoRA paper 0.1 up to 13B and 0.05 above (arXiv 2305.14314, appendix)
     lora_dropout: float = Field(
         0.0, description="LoRA adapter dropout (PEFT lora_dropout): share of each wrapped linear's input zeroed"
     )
