@@ -223,6 +223,24 @@ def dora_scenarios() -> list[dict]:
     ]
 
 
+def dropout_scenarios() -> list[dict]:
+    """LoRA adapter dropout 0.1 (PEFT lora_dropout): fp32 (each wrapped linear's dropped copy and fp32 noise) with GC
+    off and on, every linear; bf16-mixed (fp32 adapters: the noise only); bf16 adapters under bf16-true (a bf16 copy
+    and noise); DoRA (its base product recomputed from the dropped input). Then the twins without dropout that no
+    other file has (rows 0, 1, 3 and 5 have theirs in estimate_accuracy.json and estimate_accuracy_dora.json), so
+    that what dropout costs is measured too."""
+    lora = dict(arch="llama-gqa-100m", lora_r=8, gc=False, attn="sdpa", precision="fp32", lora_dropout=0.1)
+    drop = [
+        lora,
+        dict(lora, gc=True),
+        dict(lora, lora_targets=["all-linear"], seq=128),
+        dict(lora, precision="bf16-mixed"),
+        dict(lora, precision="bf16-true", adapter_dtype="base"),
+        dict(lora, arch="qwen2-tied-110m", dora=True),
+    ]
+    return drop + [{k: v for k, v in drop[i].items() if k != "lora_dropout"} for i in (2, 4)]
+
+
 def miss_scenarios() -> list[dict]:
     return [
         dict(arch="llama-gqa-100m", lora_r=0, gc=True, attn="sdpa", precision="fp32", seq=1024, batch=1),
@@ -246,6 +264,7 @@ def _combo(sc: dict):
         dora=sc.get("dora", False),
         lora_targets=tuple(sc["lora_targets"]) if sc.get("lora_targets") else None,
         qlora_recipe=sc.get("qlora_recipe", "peft"),
+        **{k: sc[k] for k in ("lora_dropout", "adapter_dtype") if k in sc},  # Combination's defaults otherwise
     )
 
 
@@ -428,6 +447,7 @@ def main() -> None:
     ap.add_argument("--mixed", action="store_true", help="only bf16-mixed runs; with --table, their table")
     ap.add_argument("--padded", action="store_true", help="only right-padded runs; with --table, their table")
     ap.add_argument("--dora", action="store_true", help="only DoRA and bf16 QLoRA-recipe runs; with --table, theirs")
+    ap.add_argument("--dropout", action="store_true", help="only LoRA adapter dropout runs; with --table, theirs")
     ap.add_argument("--only", help="comma list of scenario indices to run (within the chosen set)")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of the saved quant/misses results")
     ap.add_argument(
@@ -441,21 +461,9 @@ def main() -> None:
     if a.rescore:  # with --fsdp, only the FSDP2 rows
         rescore("estimate_accuracy_fsdp.json" if a.fsdp else "estimate_accuracy*.json")
         return
+    subset = next((k for k in SUBSETS if getattr(a, k)), None)
     if a.table:
-        kinds = (
-            ("packed",)
-            if a.packed
-            else ("mixed",)
-            if a.mixed
-            else ("padded",)
-            if a.padded
-            else ("fsdp",)
-            if a.fsdp
-            else ("dora",)
-            if a.dora
-            else ("quant", "misses")
-        )
-        print_table(*kinds)
+        print_table(*(("fsdp",) if a.fsdp else (subset,) if subset not in (None, "quant", "misses") else TABLE_DEFAULT))
         return
     if a.fsdp:
         run_fsdp(a.only)
@@ -465,27 +473,9 @@ def main() -> None:
         return
     rows = []
     results = RESULTS.with_name("gpu_check.json") if a.gpu else RESULTS
-    chosen = (
-        quant_scenarios()
-        if a.quant
-        else miss_scenarios()
-        if a.misses
-        else packed_scenarios()
-        if a.packed
-        else mixed_scenarios()
-        if a.mixed
-        else padded_scenarios()
-        if a.padded
-        else dora_scenarios()
-        if a.dora
-        else scenarios(a.quick, a.gpu)
-    )
-    if a.quant or a.misses or a.packed or a.mixed or a.dora or a.padded:
-        kind = (
-            "quant" if a.quant else "misses" if a.misses else "packed" if a.packed else "mixed" if a.mixed else "dora"
-        )
-        kind = "padded" if a.padded else kind
-        results = RESULTS.with_name(f"estimate_accuracy_{kind}.json")
+    chosen = SUBSETS[subset]() if subset else scenarios(a.quick, a.gpu)
+    if subset:
+        results = RESULTS.with_name(f"estimate_accuracy_{subset}.json")
     if a.only:
         chosen = [chosen[int(i)] for i in a.only.split(",")]
         results = results.with_name(results.stem + f"_{a.only.replace(',', '-')}.json")
@@ -511,7 +501,7 @@ def main() -> None:
             flush=True,
         )
     zero_rows = []
-    if not (a.gpu or a.quant or a.misses or a.packed or a.mixed or a.dora or a.padded):
+    if not (a.gpu or subset):
         import tempfile
 
         work = Path(tempfile.mkdtemp(prefix="ftopt-zero-"))
@@ -538,6 +528,20 @@ def main() -> None:
     if a.zero_only:  # keep the single-process rows of the last full run
         results = RESULTS.with_name("estimate_accuracy_zero.json")
     _save(results, rows, zero_rows, summary)
+
+
+# The subsets one flag runs, each saved as estimate_accuracy_{name}.json (with --only, its indices appended); with
+# --table a subset prints its own table, except quant and misses, which share TABLE_DEFAULT's
+SUBSETS = {
+    "quant": quant_scenarios,
+    "misses": miss_scenarios,
+    "packed": packed_scenarios,
+    "mixed": mixed_scenarios,
+    "padded": padded_scenarios,
+    "dora": dora_scenarios,
+    "dropout": dropout_scenarios,
+}
+TABLE_DEFAULT = ("quant", "misses")
 
 
 def run_fsdp(only: str | None) -> None:
@@ -593,6 +597,8 @@ def print_table(*kinds: str) -> None:
                 "packed" if r.get("packed") else "padded" if r.get("padded") else "",
                 f"FSDP2-{r['fsdp']} x{r['processes']}" if r.get("fsdp") else "",
                 ",".join(r["lora_targets"]) if r.get("lora_targets") else "",
+                f"dropout {r['lora_dropout']:g}" if r.get("lora_dropout") else "",
+                f"adapters {r['adapter_dtype']}" if r.get("adapter_dtype") else "",
                 f"({r['qlora_recipe']})" if r.get("qlora_recipe") else "",
             )
             if x

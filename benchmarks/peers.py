@@ -87,6 +87,7 @@ SCENARIO_KEYS = (
     "packed",
     "padded",
     "dora",
+    "lora_dropout",
     "fsdp",
 )
 
@@ -109,6 +110,7 @@ def load_rows(results_dir: Path = ea.RESULTS.parent) -> list[dict]:
                 "packed": False,
                 "padded": False,
                 "dora": False,
+                "lora_dropout": 0.0,
                 "fsdp": "none",
                 "seq": d.get("seq_len", ea.SEQ),
                 "batch": d.get("micro_batch", ea.BATCH),
@@ -308,6 +310,7 @@ def label(r: dict) -> str:
     parts = [
         r["arch"],
         f"{'DoRA' if r.get('dora') else 'LoRA'} r{r['lora_r']}" if r["lora_r"] else "full",
+        f"dropout {r['lora_dropout']:g}" if r.get("lora_dropout") else "",
         "GC" if r["gc"] else "",
         r["attn"],
         r["quant"].upper() if r["quant"] != "none" else "",

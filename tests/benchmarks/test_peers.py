@@ -114,18 +114,20 @@ def test_rows_come_from_every_result_file_once_with_the_defaults_filled(peers, t
     assert rows[2]["attn"] == "sdpa" and rows[2]["processes"] == 2 and rows[0]["quant"] == "none"
 
 
-def test_dora_padded_and_fsdp_runs_are_scenarios_of_their_own(peers, tmp_path):
+def test_dora_dropout_padded_and_fsdp_runs_are_scenarios_of_their_own(peers, tmp_path):
     lora = {"arch": "a", "lora_r": 8, "gc": False, "precision": "fp32", "measured_bytes": 1}
     runs = [lora, {**lora, "dora": True}, {**lora, "padded": True}, {**lora, "processes": 2, "fsdp": "full"}]
     runs.append({**lora, "processes": 2, "fsdp": "grad-op"})
     (tmp_path / "estimate_accuracy.json").write_text(json.dumps({"rows": runs}))
+    (tmp_path / "estimate_accuracy_dropout.json").write_text(json.dumps({"rows": [{**lora, "lora_dropout": 0.1}]}))
     rows = peers.load_rows(tmp_path)
-    assert [(r["dora"], r["padded"], r["fsdp"]) for r in rows] == [
-        (False, False, "none"),
-        (True, False, "none"),
-        (False, True, "none"),
-        (False, False, "full"),
-        (False, False, "grad-op"),
+    assert [(r["dora"], r["padded"], r["fsdp"], r["lora_dropout"]) for r in rows] == [
+        (False, False, "none", 0.0),
+        (True, False, "none", 0.0),
+        (False, True, "none", 0.0),
+        (False, False, "full", 0.0),
+        (False, False, "grad-op", 0.0),
+        (False, False, "none", 0.1),
     ]
 
 

@@ -109,3 +109,77 @@ def test_planner_page_tells_candidates_of_different_recipes_apart():
     cands = _plan("--precision", "bf16-true", "--quant", "nf4", "--optim", "adamw")["candidates"]
     quantized = [c for c in cands if c["quant"] == "nf4"]
     assert len({_key(c) for c in quantized}) == len(quantized)
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--lora-r", "8", "--lora-dropout", "1.5"], "must be at least 0 and below 1, got 1.5"),
+        (["--lora-r", "8", "--lora-dropout", "1"], "must be at least 0 and below 1, got 1.0"),
+        (["--lora-r", "8", "--lora-dropout", "-0.1"], "got -0.1"),
+        (["--lora-r", "8", "--lora-dropout", "nan"], "got nan"),
+        (["--lora-dropout", "0.1"], "lora_dropout=0.1 drops the LoRA adapters' input, so it needs LoRA"),
+    ],
+)
+def test_a_bad_lora_dropout_is_one_sentence_quoting_it(flags, fragment):
+    r = runner.invoke(app, [*EST, *flags])
+    assert r.exit_code == 2 and fragment in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_lora_dropout_is_estimated_with_both_methods():
+    for method in ("analytic", "traced"):
+        plain = _estimate("--lora-r", "8", "--method", method)
+        drop = _estimate("--lora-r", "8", "--lora-dropout", "0.1", "--method", method)
+        assert drop["method"] == method and drop["combination"]["lora_dropout"] == 0.1
+        assert drop["breakdown"]["activations"] > plain["breakdown"]["activations"]
+        assert plain["combination"]["lora_dropout"] == 0.0
+
+
+def test_plan_gives_the_lora_candidates_the_dropout_and_refuses_a_bad_one():
+    plain = {c["label"]: c for c in _plan("--quant", "none", "--optim", "adamw")["candidates"]}
+    cands = _plan("--quant", "none", "--optim", "adamw", "--lora-dropout", "0.05")["candidates"]
+    assert all(c["lora_dropout"] == 0.05 for c in cands if c["lora_r"])
+    assert not any(c["lora_dropout"] for c in cands if not c["lora_r"])
+    for c in cands:
+        peak, twin = c["peak_bytes_per_gpu"], plain[c["label"].replace(" + dropout 0.05", "")]["peak_bytes_per_gpu"]
+        if not c["lora_r"]:
+            assert peak == twin, c["label"]
+        elif c["gc"]:  # the peak is the loss's, which dropout does not change
+            assert peak >= twin, c["label"]
+        else:  # every layer's masks
+            assert peak > twin, c["label"]
+    r = runner.invoke(app, ["plan", "--model", "llama-2-7b", "--full-only", "--lora-dropout", "1.2"])
+    assert r.exit_code == 2 and "got 1.2" in r.output, r.output
+
+
+def test_train_refuses_lora_dropout_without_lora_before_any_work(tmp_path):
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "x"), "--lora-dropout", "0.1"])
+    assert r.exit_code == 2 and "needs LoRA" in r.output, r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_lora_dropout_adds_each_lora_points_dropout_twin():
+    from pydantic import ValidationError
+
+    from ftopt.spec import Combination
+    from ftopt.sweep.bench import dropout_variants
+
+    combos = [Combination(), Combination(lora_r=8), Combination(lora_r=8, zero=3, gc=True)]
+    assert dropout_variants(combos, 0.1) == [
+        Combination(lora_r=8, lora_dropout=0.1),
+        Combination(lora_r=8, zero=3, gc=True, lora_dropout=0.1),
+    ]
+    assert dropout_variants(combos, 0.0) == []
+    with pytest.raises(ValidationError, match="got 2"):
+        dropout_variants([Combination()], 2)
+
+
+def test_run_identity_leaves_out_lora_dropout_at_its_default():
+    from ftopt.planner.resolve import new_run
+    from ftopt.spec import Combination, ModelRef, TrainingSetup, load_hardware
+
+    hw, ref = load_hardware("cpu"), ModelRef(ref="tiny-llama", weights=False)
+    assert "lora_dropout" not in new_run(hw, ref, TrainingSetup(), Combination(lora_r=8)).identity()["combination"]
+    run = new_run(hw, ref, TrainingSetup(), Combination(lora_r=8, lora_dropout=0.1))
+    assert run.identity()["combination"]["lora_dropout"] == 0.1

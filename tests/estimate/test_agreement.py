@@ -43,14 +43,21 @@ ATTNS = ("eager", "sdpa", "flash")
 
 def _grid() -> list[tuple[str, Combination]]:
     """precision x full/LoRA x GC x engine, each kernel in turn (flash needs 16 bits: fp32 takes the next one);
-    bf16-true is a Trainer-only precision (policy.storage), so it has no ZeRO rows."""
+    bf16-true is a Trainer-only precision (policy.storage), so it has no ZeRO rows. Then LoRA with adapter dropout:
+    precision x GC, each with the next engine and kernel."""
     out = []
     for i, (prec, lora_r, gc, engine) in enumerate(itertools.product(PRECISIONS, (0, 8), (False, True), ENGINES)):
         if prec == "bf16-true" and "zero" in engine:
             continue
-        attn = ATTNS[i % 3] if prec != "fp32" or ATTNS[i % 3] != "flash" else "sdpa"
-        out.append((prec, Combination(lora_r=lora_r, gc=gc, attn=attn, **engine)))
+        out.append((prec, Combination(lora_r=lora_r, gc=gc, attn=_attn(i, prec), **engine)))
+    for i, (prec, gc) in enumerate(itertools.product(PRECISIONS, (False, True))):
+        engine = ENGINES[i % len(ENGINES)] if prec != "bf16-true" else ENGINES[(i % 2) * 3]
+        out.append((prec, Combination(lora_r=8, lora_dropout=0.1, gc=gc, attn=_attn(i, prec), **engine)))
     return out
+
+
+def _attn(i: int, prec: str) -> str:
+    return ATTNS[i % 3] if prec != "fp32" or ATTNS[i % 3] != "flash" else "sdpa"
 
 
 def _id(case) -> str:

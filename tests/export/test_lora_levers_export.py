@@ -1,4 +1,4 @@
-"""`plan --export` carries DoRA, rsLoRA, all-linear and the QLoRA recipe into the TRL config."""
+"""`plan --export` carries DoRA, rsLoRA, adapter dropout, all-linear and the QLoRA recipe into the TRL config."""
 
 import yaml
 
@@ -30,3 +30,17 @@ def test_bf16_true_qlora_export_states_the_recipe_difference(tmp_path):
     assert any("cannot quantize the LM head" in line for line in comments)  # llama-2-7b's head is untied
     run = yaml.safe_load((folder / "run.json").read_text())
     assert run["combination"]["qlora_recipe"] == "litgpt" and run["combination"]["quant"] == "nf4"
+
+
+def test_lora_dropout_export_is_the_dropout_trl_builds(tmp_path):
+    """TRL's ModelConfig defaults lora_dropout to 0.05: the export states the planned value, which TRL's PEFT config
+    then builds, and run.json carries it for `ftopt train --plan`."""
+    import json
+
+    from trl import get_peft_config
+
+    flags = ("--gpus", "1", "--gpu", "rtx4090", "--quant", "none", "--optim", "adamw", "--lora-dropout", "0.1")
+    folder = export(tmp_path, *flags)
+    _, _, model, _ = _parse_trl(folder)
+    assert get_peft_config(model).lora_dropout == 0.1
+    assert json.loads((folder / "run.json").read_text())["combination"]["lora_dropout"] == 0.1

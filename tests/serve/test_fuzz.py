@@ -40,6 +40,7 @@ VALUES = {
     "adapter_dtype": ["", "fp32", "base", "fp16", "<b>"],
     "dora": ["", "true", "false", "1", "maybe"],
     "rslora": ["", "true", "0", "on", "2"],
+    "lora_dropout": ["", "0", "0.05", "0.999", "1", "-0.1", "nan", "x"],
     "qlora_recipe": ["", "peft", "torchtune", "litgpt", "peft,litgpt", "qlora", ","],
     "engine": ["", "ddp", "zero", "fsdp", "zero,fsdp", "megatron", ","],
     "quant": ["", "none", "nf4", "int8", "nf4,int8", "xx", "none,,nf4"],

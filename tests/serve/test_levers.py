@@ -19,6 +19,7 @@ LEVERS = [
     {"adapter_dtype": "base"},
     {"dora": "true"},
     {"rslora": "true"},
+    {"lora_dropout": "0.1"},
     {"lora_targets": "all-linear"},
     {"precision": "bf16-true"},
     {"qlora_recipe": "torchtune", "precision": "bf16-true"},
@@ -59,6 +60,7 @@ def test_each_lever_gives_the_cli_plan(server, lever):
 @pytest.mark.parametrize(
     ("query", "field"),
     [("adapter_dtype=fp16", "adapter_dtype"), ("dora=maybe", "dora"), ("rslora=2", "rslora"),
+     ("lora_dropout=1.5", "lora_dropout"), ("lora_dropout=-0.1", "lora_dropout"), ("lora_dropout=x", "lora_dropout"),
      ("lora_targets=,", "lora_targets"), ("lora_targets=nope_proj", "lora_targets"), ("qlora_recipe=qlora", "qlora_recipe"), ("batching=ragged", "batching"),
      ("engine=megatron", "engine"), ("precision=fp8", "precision"),
      ("qlora_recipe=torchtune", "qlora_recipe")],
@@ -110,3 +112,16 @@ def test_an_unknown_or_mixed_job_export_is_one_sentence(server):
     for path in ("/api/export?job=nope", "/api/export?job=nope&model=tiny-llama"):
         status, body = get_json(url + path)
         assert status == 400 and "\n" not in body["error"] and "nope" not in body["error"]
+
+
+def test_the_lora_technique_compares_a_dropout_pick_with_full_fine_tuning():
+    """The page's technique table: a LoRA pick with adapter dropout is "on"; its "off" is full fine-tuning, which
+    has no dropout (the LoRA settings are reset with the rank)."""
+    from ftopt.serve.views import techniques
+
+    doc = cli_json(*flags({**BASE, "lora_dropout": "0.1"}))
+    assert doc["recommended"]["lora_r"] and doc["recommended"]["lora_dropout"] == 0.1
+    (row,) = [t for t in techniques(doc) if t["technique"] == "lora"]
+    on, off = doc["candidates"][row["on"]], doc["candidates"][row["off"]]
+    assert row["recommended_uses"] and on["lora_dropout"] == 0.1
+    assert off["lora_r"] == 0 and off["lora_dropout"] == 0.0 and off["quant"] == "none"

@@ -129,7 +129,7 @@ def test_technique_view_marks_an_fsdp2_pick(server, browser):
 
 LEVERS_LINK = (
     "?model=llama-2-7b&gpu=rtx4090&precision=bf16-true&qlora_recipe=torchtune&lora_targets=all-linear"
-    "&adapter_dtype=base&dora=true&rslora=true&batching=padded-max&engine=ddp,zero&method=analytic"
+    "&adapter_dtype=base&dora=true&rslora=true&lora_dropout=0.05&batching=padded-max&engine=ddp,zero&method=analytic"
 )
 
 
@@ -141,13 +141,15 @@ def test_the_cli_levers_are_page_controls(server, browser):
     b.send("Page.navigate", url=url + "/" + LEVERS_LINK)
     _, rec_label = recommended_label(
         "--model", "llama-2-7b", "--gpu", "rtx4090", "--precision", "bf16-true", "--qlora-recipe", "torchtune",
-        "--lora-targets", "all-linear", "--adapter-dtype", "base", "--dora", "--rslora", "--batching", "padded-max",
+        "--lora-targets", "all-linear", "--adapter-dtype", "base", "--dora", "--rslora", "--lora-dropout", "0.05",
+        "--batching", "padded-max",
         "--engine", "ddp,zero", "--method", "analytic",
     )  # fmt: skip
     assert wait_for_plan(b) == rec_label
-    controls = "JSON.stringify(['precision', 'qlora_recipe', 'lora_targets', 'adapter_dtype', 'batching'].map(f => "
+    fields = "['precision', 'qlora_recipe', 'lora_targets', 'adapter_dtype', 'lora_dropout', 'batching']"
+    controls = f"JSON.stringify({fields}.map(f => "
     assert json.loads(b.js(controls + "document.getElementById(f).value))")) == [
-        "bf16-true", "torchtune", "all-linear", "base", "padded-max",
+        "bf16-true", "torchtune", "all-linear", "base", "0.05", "padded-max",
     ]  # fmt: skip
     assert b.js("document.getElementById('dora').checked && document.getElementById('rslora').checked") is True
     assert b.js("[...document.querySelectorAll('#engine input:checked')].map(e => e.value).join()") == "ddp,zero"

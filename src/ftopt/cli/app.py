@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 
 from ftopt.cli.common import (
+    LORA_DROPOUT_DEFAULT,
+    LORA_DROPOUT_HELP,
     AdapterDtypeOpt,
     Attn,
     BatchingOpt,
@@ -29,6 +31,7 @@ from ftopt.cli.common import (
     Headroom,
     HostRam,
     Json,
+    LoraDropout,
     LoraR,
     LoraTargets,
     MethodOpt,
@@ -102,6 +105,7 @@ def estimate(
     lora_targets: LoraTargets = None,
     dora: Dora = None,
     rslora: Rslora = None,
+    lora_dropout: LoraDropout = None,
     adapter_dtype: AdapterDtypeOpt = None,
     zero: Zero = None,
     fsdp: FsdpOpt = None,
@@ -142,6 +146,7 @@ def estimate(
             lora_targets=lora_targets,
             dora=dora,
             rslora=rslora,
+            lora_dropout=lora_dropout,
             adapter_dtype=adapter_dtype,
             zero=zero,
             fsdp=fsdp,
@@ -184,6 +189,12 @@ def plan(
     rslora: Annotated[
         bool, typer.Option("--rslora", help="the LoRA candidates use rsLoRA scaling alpha/sqrt(r)")
     ] = False,
+    lora_dropout: Annotated[
+        float | None,
+        typer.Option(
+            "--lora-dropout", metavar="P", help=f"the LoRA candidates' {LORA_DROPOUT_HELP} {LORA_DROPOUT_DEFAULT}"
+        ),
+    ] = PLAN_DEFAULTS.lora_dropout,
     adapter_dtype: AdapterDtypeOpt = None,
     max_hours: Annotated[
         float | None, typer.Option("--max-hours", help="training-time budget in hours [default: no budget]")
@@ -277,6 +288,7 @@ def plan(
             qlora_recipe=qlora_recipe,
             dora=dora,
             rslora=rslora,
+            lora_dropout=lora_dropout,
         )
         _plan(request, out, export, json_out)
 

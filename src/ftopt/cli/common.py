@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from ftopt.spec.combination import Combination
 from ftopt.spec.errors import FtoptError, validation_message
 from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 from ftopt.spec.production import ProductionOptions
@@ -105,6 +106,16 @@ Rslora = Annotated[
         "--rslora/--no-rslora",
         help="rank-stabilized LoRA (PEFT use_rslora): scaling alpha/sqrt(r); needs LoRA [default: off]",
     ),
+]
+# Combination's default, shown in the help of every command that takes --lora-dropout
+LORA_DROPOUT_DEFAULT = f"[default: {Combination.model_fields['lora_dropout'].default:g}]"
+LORA_DROPOUT_HELP = (
+    "adapter dropout (PEFT lora_dropout): the share of each wrapped linear's input zeroed before its adapter, "
+    "0 <= P < 1; backward keeps each dropout's mask, 1 byte per input element"
+)
+LoraDropout = Annotated[
+    float | None,
+    typer.Option("--lora-dropout", metavar="P", help=f"LoRA {LORA_DROPOUT_HELP}; needs LoRA {LORA_DROPOUT_DEFAULT}"),
 ]
 QLORA_RECIPE_HELP = (
     "how a quantized base keeps its other parameters: peft (fp32 after prepare_model_for_kbit_training, LM head "

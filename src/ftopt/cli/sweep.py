@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ftopt.cli.common import (
+    LORA_DROPOUT_HELP,
     BatchingOpt,
     CostPerGpuHour,
     Currency,
@@ -100,6 +101,10 @@ def bench(
     dora: Annotated[
         bool, typer.Option("--dora", help="each LoRA point also runs as DoRA (PEFT use_dora; ZeRO 0-2, no FSDP)")
     ] = False,
+    lora_dropout: Annotated[
+        float | None,
+        typer.Option("--lora-dropout", metavar="P", help=f"each LoRA point also runs with {LORA_DROPOUT_HELP} (P > 0)"),
+    ] = None,
     nodes: Nodes = None,
     hostfile: Hostfile = None,
     trust_remote_code: TrustRemoteCode = False,
@@ -133,6 +138,7 @@ def bench(
                 quant=quant,
                 optim=optim,
                 dora=dora,
+                lora_dropout=lora_dropout,
                 nodes=nodes,
                 hostfile=hostfile,
                 trust_remote_code=trust_remote_code,

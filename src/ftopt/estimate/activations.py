@@ -14,12 +14,13 @@ per GPU; `tokens` = micro_batch x seq_len; shapes in comments are per token unle
            fp32 (tuners_utils.cast_adapter_dtype), inputs cast to the adapter's dtype (lora.Linear.forward);
            Combination.adapter_dtype BASE keeps the adapters in the base's dtype (ftopt.policy.storage).
   [quant]  estimate/quant.py: a quantized base's frozen linears output the frozen-output dtype (Storage.frozen_out).
+  [dropout] estimate/dropout.py: LoRA adapter dropout's masks and dropped copies (peft lora/layer.py Linear.forward).
 Where real implementations differ from the papers, the comment says so; `estimate/traced.py` measures them exactly.
 """
 
 from __future__ import annotations
 
-from ftopt.estimate import dora, layout
+from ftopt.estimate import dora, dropout, layout
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, tied_grad_summed_in_place
 from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, TrainingSetup
 from ftopt.spec.policy import Storage, lora_targets
@@ -47,7 +48,14 @@ def norm_saved_bytes(model: ModelSpec, st: Storage, full: bool) -> int:
 
 
 def linear_input_bytes(
-    model: ModelSpec, st: Storage, in_features: int, trainable: int, produced_bytes: int, lora_r: int = 0
+    model: ModelSpec,
+    st: Storage,
+    in_features: int,
+    trainable: int,
+    produced_bytes: int,
+    lora_r: int = 0,
+    mask: int = 0,
+    kept: bool = False,
 ) -> int:
     """A matmul saves its input only to form the weight gradient (frozen weights need only W for grad-input).
     Under autocast the saved input is the 16-bit cast, one per trainable linear reading it (autocast caches casts
@@ -56,20 +64,34 @@ def linear_input_bytes(
     LoRA (`lora_r` > 0) [PEFT]: each wrapped linear first casts its input to the adapter's dtype, a new tensor
     per wrapped linear when the dtypes differ (peft 0.21 lora.Linear.forward: _cast_input_dtype); lora_A saves
     that cast (under autocast, autocast's 16-bit cast of it: fp32 adapters make one per wrapped linear, 16-bit
-    adapters none), and lora_B saves lora_A's r-wide output."""
+    adapters none), and lora_B saves lora_A's r-wide output.
+    Adapter dropout (`mask`: bytes per element of its mask, 0 = none) [dropout]: each wrapped linear's mask, and
+    lora_A saves dropout's output."""
     if not trainable:
         return 0
     if lora_r:
-        adapter = st.trainable_weight
-        out = trainable * lora_r * (2 if st.autocast else adapter)  # lora_A's outputs, saved by lora_B
-        if st.autocast and adapter == 4:
-            return out + 2 * in_features * trainable
-        if not st.autocast and adapter != produced_bytes:
-            return out + adapter * in_features * trainable
-        return out + produced_bytes * in_features
+        return _lora_input_bytes(st, in_features, trainable, produced_bytes, lora_r, mask, kept)
     if st.autocast and produced_bytes == 4:
         return 2 * in_features * trainable  # the bf16 casts autocast makes for the matmuls
     return produced_bytes * in_features
+
+
+def _lora_input_bytes(
+    st: Storage, in_features: int, trainable: int, produced_bytes: int, lora_r: int, mask: int, kept: bool
+) -> int:
+    """linear_input_bytes of `trainable` wrapped linears [PEFT]. With dropout, where lora_A saved the input the
+    group shares (no cast before it) each wrapped linear keeps its own dropped copy instead [dropout]; the input is
+    then freed unless another op keeps it (`kept`: o_proj's input is SDPA's and flash's saved output)."""
+    adapter = st.trainable_weight
+    out = trainable * lora_r * (2 if st.autocast else adapter)  # lora_A's outputs, saved by lora_B
+    out += trainable * mask * in_features  # each dropout's mask
+    if st.autocast and adapter == 4:
+        return out + 2 * in_features * trainable
+    if not st.autocast and adapter != produced_bytes:
+        return out + adapter * in_features * trainable
+    if mask:
+        return out + adapter * in_features * trainable + (produced_bytes * in_features if kept else 0)
+    return out + produced_bytes * in_features
 
 
 def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_len: int, masked: bool = False) -> int:
@@ -88,28 +110,30 @@ def attention_core_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_
     return a * 3 * q + probs
 
 
-def mlp_bytes(model: ModelSpec, st: Storage, down_trainable: int, in_trainable: bool = True, lora_r: int = 0) -> int:
+def mlp_bytes(
+    model: ModelSpec, st: Storage, down_trainable: int, in_trainable: bool = True, lora_r: int = 0, mask: int = 0
+) -> int:
     """Gated (SwiGLU/GeGLU): gate output (saved by the activation), activation output and up output (saved by the
     product); the product is saved by `down` when it trains (linear_input_bytes). Plain (GELU): fc1 output, GELU
     output for fc2. Outputs of frozen linears have the frozen-output dtype (fp32 for quantized bases [quant])."""
     a, i = (st.act_bytes if in_trainable else st.frozen_out), model.intermediate_size
-    down = linear_input_bytes(model, st, i, down_trainable, a, lora_r)
+    down = linear_input_bytes(model, st, i, down_trainable, a, lora_r, mask)
     return (a * 3 * i if model.mlp is MlpKind.GATED else a * i) + down
 
 
 def layer_activation_bytes_per_token(
-    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, masked: bool = False
+    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, masked: bool = False, on_gpu: bool = True
 ) -> int:
     """All tensors one decoder layer keeps for backward, per token, without checkpointing (`masked`: SDPA is given
-    a mask, see attention_core_bytes)."""
-    full, r = not combo.lora, combo.lora_r
+    a mask, see attention_core_bytes; `on_gpu`: the run's device, which sets what a dropout keeps [dropout])."""
+    full, r, m = not combo.lora, combo.lora_r, dropout.mask_bytes(combo, st, on_gpu)
     groups = _trainable_groups(model, combo)
     n = norm_saved_bytes(model, st, full) * model.norms_per_layer
     h = model.hidden_size
-    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), _norm_out_bytes(combo, st), r)
+    n += linear_input_bytes(model, st, h, groups.get(LinearGroup.ATTN_IN, 0), _norm_out_bytes(combo, st), r, m)
     n += attention_core_bytes(model, st, combo, seq_len, masked)
-    n += attention_out_input_bytes(model, combo, st)
-    n += mlp_block_bytes_per_token(model, combo, st)
+    n += attention_out_input_bytes(model, combo, st, m)
+    n += mlp_block_bytes_per_token(model, combo, st, m)
     return n + dora.saved_bytes_per_token(model, combo, st)
 
 
@@ -119,18 +143,23 @@ def _norm_out_bytes(combo: Combination, st: Storage) -> int:
     return st.resid_bytes if combo.lora or st.autocast else 0
 
 
-def attention_out_input_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
-    """What the attention output projection saves, per token: its input (the attention output), when it trains."""
+def attention_out_input_bytes(model: ModelSpec, combo: Combination, st: Storage, m: int = 0) -> int:
+    """What the attention output projection saves, per token: its input (the attention output), when it trains
+    (`m`: bytes per element of an adapter dropout's mask, dropout.mask_bytes). Under SDPA and flash that input is
+    the kernel's saved output (a (b, s, heads, d) layout that transformers' transpose(1, 2).contiguous() leaves in
+    place), which stays kept when a dropout makes lora_A save its own copy; eager attention's is a fresh copy."""
     groups = _trainable_groups(model, combo)
-    return linear_input_bytes(model, st, model.q_dim, groups.get(LinearGroup.ATTN_OUT, 0), st.act_bytes, combo.lora_r)
+    kept = combo.attn.linear_memory
+    trainable = groups.get(LinearGroup.ATTN_OUT, 0)
+    return linear_input_bytes(model, st, model.q_dim, trainable, st.act_bytes, combo.lora_r, m, kept)
 
 
-def mlp_block_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage) -> int:
+def mlp_block_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage, m: int = 0) -> int:
     """What one layer's MLP block saves for backward, per token, its norm aside: the inputs of its first linears
-    (linear_input_bytes) and the MLP's own tensors (mlp_bytes)."""
+    (linear_input_bytes) and the MLP's own tensors (mlp_bytes); `m` as in attention_out_input_bytes."""
     groups, r, h = _trainable_groups(model, combo), combo.lora_r, model.hidden_size
-    n = linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), _norm_out_bytes(combo, st), r)
-    return n + mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r)
+    n = linear_input_bytes(model, st, h, groups.get(LinearGroup.MLP_IN, 0), _norm_out_bytes(combo, st), r, m)
+    return n + mlp_bytes(model, st, groups.get(LinearGroup.MLP_OUT, 0), LinearGroup.MLP_IN in groups, r, m)
 
 
 def logits_loss_bytes(model: ModelSpec, st: Storage, tokens: int) -> int:
@@ -172,21 +201,27 @@ def tied_embedding_grad_bytes(model: ModelSpec, combo: Combination, st: Storage,
     return partials * (ceil_div(per, world_size) if combo.zero >= 2 else per)
 
 
-def activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> tuple[int, int]:
-    """(all saved activations at the start of backward, one layer's) per GPU, in bytes.
+def activation_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
+) -> tuple[int, int]:
+    """(all saved activations at the start of backward, one layer's) per GPU, in bytes (`on_gpu`: the run's
+    device; without GC the first layer keeps no dropout mask for its first wrapped group [dropout]).
     With GC each layer keeps only its input (resid dtype x h); the checkpoints also keep the mask packed rows give
     SDPA (estimate/layout.py). Its layers are recomputed one at a time later in backward, once the loss's tensors
     are freed (gc_recompute_activation_bytes). A recomputation under autocast enters and leaves its own autocast
     region, so it holds one layer's weight casts [autocast] (in `per_layer`, as are the casts matmuls save
     without GC)."""
-    per_layer = _per_layer_bytes(model, setup, combo, st)
+    per_layer = _per_layer_bytes(model, setup, combo, st, on_gpu)
     kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
     if combo.gc:
         return kept + head, per_layer
-    return model.num_layers * per_layer + head, per_layer
+    first = dropout.first_layer_unsaved_bytes(model, combo, st, setup.tokens_per_micro_batch, on_gpu)
+    return model.num_layers * per_layer - first + head, per_layer
 
 
-def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+def gc_recompute_activation_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
+) -> int:
     """Activations at the peak of backward through the last layer under GC (0 without GC): every checkpoint, the
     model's mask (an input of every checkpointed layer, so it lives until the first layer's backward), the layer's
     recomputed tensors (_gc_recomputed_layer_bytes) and the largest moment of its backward
@@ -195,13 +230,12 @@ def gc_recompute_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo:
     if not combo.gc:
         return 0
     kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st)
-    return (
-        kept + _gc_recomputed_layer_bytes(model, setup, combo, st) + layer_backward_temp_bytes(model, setup, combo, st)
-    )
+    layer = _gc_recomputed_layer_bytes(model, setup, combo, st, on_gpu)
+    return kept + layer + layer_backward_temp_bytes(model, setup, combo, st, on_gpu)
 
 
 def gc_first_layer_moments(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
 ) -> list[tuple[int, frozenset[LinearGroup]]]:
     """Backward through the first layer under GC, where every later layer's gradients exist, moment by moment as
     (activations, the layer's groups whose backward has run: layer_backward_moments); none without GC. Its
@@ -209,15 +243,17 @@ def gc_first_layer_moments(
     if not combo.gc:
         return []
     checkpoint = st.resid_bytes * model.hidden_size * setup.tokens_per_micro_batch
-    layer = checkpoint + _gc_recomputed_layer_bytes(model, setup, combo, st)
-    return [(layer + held, done) for held, done in layer_backward_moments(model, setup, combo, st)]
+    layer = checkpoint + _gc_recomputed_layer_bytes(model, setup, combo, st, on_gpu)
+    return [(layer + held, done) for held, done in layer_backward_moments(model, setup, combo, st, on_gpu)]
 
 
-def _gc_recomputed_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+def _gc_recomputed_layer_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool
+) -> int:
     """The model's mask and one recomputed layer's saved tensors, less the input its norms share with the
     checkpoint (checkpoint_shared_bytes_per_token)."""
     shared = checkpoint_shared_bytes_per_token(model, st) * setup.tokens_per_micro_batch
-    return layout.model_mask_bytes(setup, combo, st) + _per_layer_bytes(model, setup, combo, st) - shared
+    return layout.model_mask_bytes(setup, combo, st) + _per_layer_bytes(model, setup, combo, st, on_gpu) - shared
 
 
 def checkpoint_shared_bytes_per_token(model: ModelSpec, st: Storage) -> int:
@@ -232,14 +268,16 @@ def checkpoint_shared_bytes_per_token(model: ModelSpec, st: Storage) -> int:
     return (model.norms_per_layer if model.parallel_residual else 1) * saved * model.hidden_size
 
 
-def layer_backward_temp_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+def layer_backward_temp_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
+) -> int:
     """The most one layer's backward holds beyond the layer's saved tensors, per GPU: its largest moment
     (layer_backward_moments)."""
-    return max(held for held, _ in layer_backward_moments(model, setup, combo, st))
+    return max(held for held, _ in layer_backward_moments(model, setup, combo, st, on_gpu))
 
 
 def layer_backward_moments(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
 ) -> list[tuple[int, frozenset[LinearGroup]]]:
     """One layer's backward, moment by moment, as (bytes per GPU held beyond the layer's saved tensors, the layer's
     linear groups whose backward has run by then): the MLP's (mlp_backward_bytes_per_token; down's backward has
@@ -249,11 +287,11 @@ def layer_backward_moments(
     autocast weight casts (in the layer's saved tensors, autocast_weight_cache_bytes) and formed its gradients.
     Traced (tiny-llama, 4 layers, LoRA r8, GC, eager): the step peaks in the MLP's backward in fp32 (seq 256 x 2
     and 64 x 8) and in the softmax's under bf16-mixed at 256 x 2."""
-    resid = residual_grad_bytes_per_token(model, st)
-    moments = [(resid + mlp_backward_bytes_per_token(model, combo, st), frozenset({LinearGroup.MLP_OUT}))]
+    resid, m = residual_grad_bytes_per_token(model, st), dropout.mask_bytes(combo, st, on_gpu)
+    moments = [(resid + mlp_backward_bytes_per_token(model, combo, st, m), frozenset({LinearGroup.MLP_OUT}))]
     if not combo.attn.linear_memory:
         done = frozenset({LinearGroup.MLP_OUT, LinearGroup.MLP_IN, LinearGroup.ATTN_OUT})
-        moments.append((resid + softmax_backward_bytes_per_token(model, combo, st, setup.seq_len), done))
+        moments.append((resid + softmax_backward_bytes_per_token(model, combo, st, setup.seq_len, m), done))
     casts = 2 if st.autocast and st.trainable_weight == 4 else 0  # autocast_weight_cache_bytes' rule
     tokens = setup.tokens_per_micro_batch
     return [(n * tokens - casts * layer_trained_params(model, combo, done), done) for n, done in moments]
@@ -277,7 +315,7 @@ def residual_grad_bytes_per_token(model: ModelSpec, st: Storage) -> int:
     return model.hidden_size * st.resid_bytes
 
 
-def mlp_backward_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage) -> int:
+def mlp_backward_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage, m: int = 0) -> int:
     """The MLP's backward beyond its saved tensors, per token: down's grad-input (mm, intermediate-sized) and, gated,
     the product's backward (mul: the gradients of the activation output and of up's output) or, plain, the
     activation's (gelu_backward: fc1 output's gradient), all in the MLP dtype (mlp_bytes'), while gate's and up's
@@ -285,11 +323,13 @@ def mlp_backward_bytes_per_token(model: ModelSpec, combo: Combination, st: Stora
     3 (gated) or 2 (plain) x intermediate x dtype, less that input."""
     groups = _trainable_groups(model, combo)
     a, i = (st.act_bytes if LinearGroup.MLP_IN in groups else st.frozen_out), model.intermediate_size
-    down_input = linear_input_bytes(model, st, i, groups.get(LinearGroup.MLP_OUT, 0), a, combo.lora_r)
+    down_input = linear_input_bytes(model, st, i, groups.get(LinearGroup.MLP_OUT, 0), a, combo.lora_r, m)
     return (3 if model.mlp is MlpKind.GATED else 2) * i * a - down_input
 
 
-def softmax_backward_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage, seq_len: int) -> int:
+def softmax_backward_bytes_per_token(
+    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, m: int = 0
+) -> int:
     """Eager attention's softmax backward beyond the layer's saved tensors, per token: the probabilities' gradient
     (from the PV matmul's backward, bmm; upcast to fp32 under 16 bits, the 16-bit one freed) and the scores'
     (_softmax_backward_data), heads x s fp32 each beside the saved fp32 probabilities (transformers' eager
@@ -297,7 +337,7 @@ def softmax_backward_bytes_per_token(model: ModelSpec, combo: Combination, st: S
     ran), the output projection's input and the probabilities' 16-bit copy (the PV matmul's backward ran; its
     value gradient replaces the repeated values it saved, the same size)."""
     a, heads = st.act_bytes, model.num_heads
-    freed = mlp_block_bytes_per_token(model, combo, st) + attention_out_input_bytes(model, combo, st)
+    freed = mlp_block_bytes_per_token(model, combo, st, m) + attention_out_input_bytes(model, combo, st, m)
     freed += (model.norms_per_layer - 1) * norm_saved_bytes(model, st, not combo.lora)
     freed += a * heads * seq_len if a != 4 else 0
     return 2 * 4 * heads * seq_len - freed
@@ -313,10 +353,11 @@ def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, comb
     return kept + model.num_layers * autocast_weight_cache_bytes(model, combo, st) + head
 
 
-def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool) -> int:
     masked = layout.sdpa_gets_mask(setup, combo)
-    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked)
-    return per_token * setup.tokens_per_micro_batch + autocast_weight_cache_bytes(model, combo, st)
+    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked, on_gpu)
+    weights = autocast_weight_cache_bytes(model, combo, st) + dropout.dora_weight_bytes(model, combo, st)
+    return per_token * setup.tokens_per_micro_batch + weights
 
 
 def _checkpoints_and_head_bytes(

@@ -180,6 +180,7 @@ class _Shared:
     grads_fwd: int  # the gradients already held in forward (gradients_resident), else 0
     acts: int  # every saved activation at the start of backward (under GC: the checkpoints)
     one_layer: int  # one layer's saved activations
+    recompute: int  # activations while backward recomputes the last layer under GC (gc_recompute_activation_bytes)
     held: int  # logits a loop that keeps the model's outputs holds beyond the loss (held_logits_bytes)
     dequant: int  # a quantized matmul's dequantized weight, alive for the op (forward and backward) [quant]
     kv_start: int  # the KV cache kept outputs hold beyond the saved activations, at the start of backward
@@ -202,7 +203,7 @@ def memory(
     names the phase."""
     st = storage(setup.precision, combo)
     s = zero_states(model, setup, combo, st, on_gpu)
-    acts, one_layer = activation_bytes(model, setup, combo, st)
+    acts, one_layer = activation_bytes(model, setup, combo, st, on_gpu)
     dequant = (
         q8.dequant_temp_bytes(model, combo, compute_bytes(setup.precision)) if combo.quant is not Quant.NONE else 0
     )
@@ -212,6 +213,7 @@ def memory(
         grads_fwd=s.grads if gradients_resident(setup, combo) else 0,
         acts=acts,
         one_layer=one_layer,
+        recompute=gc_recompute_activation_bytes(model, setup, combo, st, on_gpu),
         held=held_logits_bytes(model, setup, st),
         dequant=dequant,
         kv_start=layout.kv_cache_bytes(model, setup, combo, st, True),
@@ -259,7 +261,7 @@ def _forward_backward_moments(
             MemoryBreakdown(
                 **sh.static,
                 gradients=sh.grads if combo.zero == 2 and combo.offload is Offload.NONE else sh.grads_fwd,
-                activations=gc_recompute_activation_bytes(model, setup, combo, st),
+                activations=sh.recompute,
                 logits_loss=sh.held,
                 temporaries=sh.dequant,
             ),
@@ -275,7 +277,7 @@ def _end_of_backward_moments(
     tied = tied_embedding_grad_bytes(model, combo, st, setup.world_size)
     common = dict(**sh.static, logits_loss=sh.held)
     if combo.gc:  # the first layer recomputed, moment by moment, beside the gradients formed by then
-        first_layer = _gc_first_layer_moments(model, setup, combo, st, sh)
+        first_layer = _gc_first_layer_moments(model, setup, combo, st, sh, on_gpu)
     else:  # the first layer's saved tensors beside every gradient
         bd = MemoryBreakdown(
             **common, gradients=sh.grads, activations=sh.one_layer + sh.kv_held, temporaries=sh.dequant
@@ -305,7 +307,7 @@ def _end_of_backward_moments(
 
 
 def _gc_first_layer_moments(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared, on_gpu: bool
 ) -> list[tuple[str, MemoryBreakdown]]:
     """Backward through the first layer under GC, moment by moment (activations.gc_first_layer_moments), beside
     the gradients formed by then (gc_pending_grad_bytes): the trace's peak for full fine-tuning under GC."""
@@ -320,7 +322,7 @@ def _gc_first_layer_moments(
                 temporaries=sh.dequant,
             ),
         )
-        for acts, done in gc_first_layer_moments(model, setup, combo, st)
+        for acts, done in gc_first_layer_moments(model, setup, combo, st, on_gpu)
     ]
 
 

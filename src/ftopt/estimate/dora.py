@@ -33,9 +33,11 @@ def _wrapped(model: ModelSpec, combo: Combination) -> list[Linear]:
 
 
 def saved_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage) -> int:
-    """Bytes DoRA saves for backward beyond LoRA's, per token per layer (step 4): base_result and lora_result."""
+    """Bytes DoRA saves for backward beyond LoRA's, per token per layer (step 4): base_result and lora_result.
+    With adapter dropout base_result is DoRA's own F.linear output, in lora_result's dtype (estimate/dropout.py)."""
     lora_out = 2 if st.autocast else st.trainable_weight
-    return sum(lin.out_features * (st.frozen_out + lora_out) for lin in _wrapped(model, combo))
+    base_out = lora_out if combo.lora_dropout else st.frozen_out
+    return sum(lin.out_features * (base_out + lora_out) for lin in _wrapped(model, combo))
 
 
 def weight_norm_temp_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:

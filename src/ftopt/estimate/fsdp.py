@@ -268,9 +268,9 @@ def peak(
     st = storage(setup.precision, combo)
     view_setup, view = compute_view(setup, combo)
     view_st = storage(view_setup.precision, view)
-    acts, one_layer = activations.activation_bytes(model, view_setup, view, view_st)
+    acts, one_layer = activations.activation_bytes(model, view_setup, view, view_st, not gloo)
     logits = activations.logits_loss_bytes(model, view_st, setup.tokens_per_micro_batch)
-    recompute = activations.gc_recompute_activation_bytes(model, view_setup, view, view_st)
+    recompute = activations.gc_recompute_activation_bytes(model, view_setup, view, view_st, not gloo)
     if traced is not None:  # the trace's largest moment, the recomputation's included
         acts, logits, recompute = traced.activations, traced.logits_loss + traced.temporaries, 0
     train = analytic.trainable_params(model, combo)

@@ -27,6 +27,12 @@ FALLBACK_FAMILY = "llama"  # families without counts use the llama structure (pr
 # again): count_kernels of tiny-llama with and without use_dora, attention targets and all-linear alike (120 / 4 and
 # 210 / 7 without GC, 228 / 4 and 399 / 7 with it); tests/estimate/test_lora_levers.py recounts them.
 DORA_OPS_PER_WRAPPED_LINEAR = {False: 30, True: 57}
+# Operators adapter dropout adds per wrapped linear per micro-batch, without and with GC: on a GPU native_dropout and
+# its backward, and the recomputation's native_dropout (estimate/dropout.py). count_kernels of tiny-llama under
+# dropout.gpu_dropout, attention targets and all-linear alike (8 / 4 and 14 / 7 without GC, 12 / 4 and 21 / 7 with
+# it); a CPU step dispatches the unfused dropout, 5 and 9 (empty_like, bernoulli_, div_, mul and the backward's
+# mul). tests/estimate/test_lora_dropout.py recounts them.
+DROPOUT_OPS_PER_WRAPPED_LINEAR = {False: 2, True: 3}
 
 
 class KernelCount(BaseModel):
@@ -110,9 +116,11 @@ def kernel_counts(spec: ModelSpec, combo: Combination) -> KernelCount:
         base = KernelCount(**counts[key.replace("lora", "full", 1)])
         scale = len(lora_targets(spec, combo)) / fam["default_lora_targets"]
         k = k.model_copy(update={"per_layer": round(base.per_layer + (k.per_layer - base.per_layer) * scale)})
-    if combo.dora:
-        extra = DORA_OPS_PER_WRAPPED_LINEAR[combo.gc] * len(lora_targets(spec, combo))
-        k = k.model_copy(update={"per_layer": k.per_layer + extra})
+    per_wrapped = (DORA_OPS_PER_WRAPPED_LINEAR[combo.gc] if combo.dora else 0) + (
+        DROPOUT_OPS_PER_WRAPPED_LINEAR[combo.gc] if combo.lora_dropout else 0
+    )
+    if per_wrapped:
+        k = k.model_copy(update={"per_layer": k.per_layer + per_wrapped * len(lora_targets(spec, combo))})
     return k
 
 

@@ -32,7 +32,7 @@ from torch._subclasses.fake_tensor import (
     UnsupportedOperatorException,
 )
 
-from ftopt.estimate import activations, analytic, autocast, layout, trace_cache
+from ftopt.estimate import activations, analytic, autocast, dropout, layout, trace_cache
 from ftopt.estimate.allocator import Replay
 from ftopt.estimate.quant import bnb_optimizer_bytes, quantized_weight_bytes
 from ftopt.estimate.result import MemoryBreakdown
@@ -159,7 +159,8 @@ def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_la
     on_gpu = device == "cuda"
     if on_gpu and not torch.cuda.is_available():
         # A CPU-only torch cannot dispatch even fake CUDA kernels (sdpa/autocast query the CUDA runtime). The CPU
-        # path saves the same tensors for these models; the CUDA allocator's 512-byte rounding is still applied.
+        # path saves the same tensors for these models, dropout excepted, which runs as on the GPU
+        # (dropout.gpu_dropout); the CUDA allocator's 512-byte rounding is still applied.
         device = "cpu"
     tracker = Tracker(
         grad_weight=_traced_gradient_share(setup, combo),
@@ -169,7 +170,11 @@ def _run_trace(spec: ModelSpec, setup: TrainingSetup, combo: Combination, num_la
     if on_gpu:
         tracker.replay = Replay(expandable=setup.expandable_segments)
     model = _build_on_meta(spec, combo, setup, num_layers)
-    with FakeTensorMode(allow_non_fake_inputs=True), layout.packed_detection(setup.packing):
+    with (
+        FakeTensorMode(allow_non_fake_inputs=True),
+        layout.packed_detection(setup.packing),
+        dropout.gpu_dropout(on_gpu),
+    ):
         _materialize(model, device)
         params = _instrument(model, setup, combo, st, tracker)
         opt = (

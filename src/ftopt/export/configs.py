@@ -9,12 +9,12 @@
 
 The model loads as ftopt's run loads it: the same bitsandbytes quantization (TRL's ModelConfig `load_in_4bit`,
 `bnb_4bit_quant_type`, `use_bnb_nested_quant`, `load_in_8bit`), the same optimizer (TrainingArguments `optim`) and the
-same LoRA (`lora_alpha`, `lora_dropout` from ftopt.spec.policy; `use_dora`, `use_rslora`). Differences TRL's script
-imposes on a quantized base, stated in a comment atop sft_config.yaml (qlora_notes): TRL's `dtype` is also the
-4-bit compute dtype, and TRL 1.16's sft does not run `prepare_model_for_kbit_training`, so the non-quantized
-parameters stay in that dtype (the PEFT recipe plans them in fp32; torchtune's and LitGPT's keep bf16, as TRL
-does); its PEFT adapters beside a 4-bit base are fp32 (torchtune and LitGPT train bf16 ones); it cannot quantize
-the LM head (LitGPT's recipe does).
+same LoRA (`lora_alpha` from ftopt.spec.policy; `lora_dropout`, `use_dora`, `use_rslora` from the combination, the
+dropout always stated: TRL's ModelConfig defaults it to 0.05). Differences TRL's script imposes on a quantized base,
+stated in a comment atop sft_config.yaml (qlora_notes): TRL's `dtype` is also the 4-bit compute dtype, and TRL 1.16's
+sft does not run `prepare_model_for_kbit_training`, so the non-quantized parameters stay in that dtype (the PEFT recipe
+plans them in fp32; torchtune's and LitGPT's keep bf16, as TRL does); its PEFT adapters beside a 4-bit base are fp32
+(torchtune and LitGPT train bf16 ones); it cannot quantize the LM head (LitGPT's recipe does).
 
 Paths in the files are relative to the export folder (launch.sh runs from it), so the folder can be copied to a
 cluster as it is. The learning rate is the published one for the run's method and model size (ftopt.spec.recipes; the
@@ -33,7 +33,7 @@ from pathlib import Path
 from ftopt.export.cluster import export_cluster
 from ftopt.spec import AdapterDtype, Batching, ModelSpec, Precision, Quant, RunSpec, preset_names
 from ftopt.spec.io import atomic_write_text
-from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, quantizes_head, storage
+from ftopt.spec.policy import lora_alpha, lora_targets, quantizes_head, storage
 from ftopt.spec.recipes import suggested_learning_rate
 
 
@@ -128,7 +128,7 @@ def sft_config(run: RunSpec, model: ModelSpec, ds_path: str | None, folder: Path
         doc.update(
             lora_r=c.lora_r,
             lora_alpha=lora_alpha(c.lora_r),
-            lora_dropout=LORA_DROPOUT,
+            lora_dropout=c.lora_dropout,
             lora_target_modules=lora_targets(model, c),  # by name, as planned ('all-linear' expanded)
             use_dora=c.dora,
             use_rslora=c.rslora,

@@ -14,7 +14,7 @@ import torch
 from ftopt.model import quantize
 from ftopt.spec import AdapterDtype, Attention, Combination, ModelSpec, Precision, Quant
 from ftopt.spec.errors import FtoptError
-from ftopt.spec.policy import LORA_DROPOUT, lora_alpha, lora_targets, quantizes_head, storage
+from ftopt.spec.policy import lora_alpha, lora_targets, quantizes_head, storage
 
 
 def attn_implementation(attn: Attention, device_type: str) -> str:
@@ -83,7 +83,7 @@ def apply_optimizations(model, spec: ModelSpec, combo: Combination):
         cfg = LoraConfig(
             r=combo.lora_r,
             lora_alpha=lora_alpha(combo.lora_r),
-            lora_dropout=LORA_DROPOUT,
+            lora_dropout=combo.lora_dropout,
             target_modules=targets,
             task_type="CAUSAL_LM",
             use_dora=combo.dora,

@@ -51,17 +51,20 @@ def combinations(
     dora: bool = False,
     rslora: bool = False,
     adapter_dtype: AdapterDtype | None = None,
+    lora_dropout: float | None = None,
 ) -> list[Combination]:
     """GC on/off x full/LoRA x (ZeRO stage, offload) x every attention kernel the hardware runs (eager and SDPA
     everywhere, flash on GPUs of compute capability 8.0+), plus for LoRA each quantized base (ZeRO 0-2) in each
     QLoRA recipe of `recipes` and, without DeepSpeed, each bitsandbytes optimizer. `quants`/`optims` restrict the
     enumeration (None = PLAN_QUANTS and every optimizer). `dora`/`rslora`: the LoRA candidates are that variant
     (DoRA: ZeRO 0-2, no FSDP). `adapter_dtype`: the LoRA candidates' adapter dtype (None = PEFT's default); a
-    quantized base keeps fp32 adapters (Combination's rule)."""
+    quantized base keeps fp32 adapters (Combination's rule). `lora_dropout`: the LoRA candidates' adapter dropout
+    (None = Combination's default)."""
     attns = [a for a in Attention if a in hw.attention_kernels]
     ranks = [0] if full_only else [0, lora_r]
     quant_set = (Quant.NONE, *PLAN_QUANTS) if quants is None else quants
     optim_set = tuple(Optim) if optims is None else optims
+    dropout = {} if lora_dropout is None else {"lora_dropout": lora_dropout}
     out = []
     for gc, r, quant, recipe, (zero, fsdp, off), optim, attn in itertools.product(
         [False, True], ranks, quant_set, recipes, SHARDING, optim_set, attns
@@ -81,6 +84,7 @@ def combinations(
                 lora_targets=lora_targets if r else None,
                 dora=dora and bool(r),
                 rslora=rslora and bool(r),
+                **(dropout if r else {}),
                 adapter_dtype=adapter_dtype if r and adapter_dtype and quant is Quant.NONE else AdapterDtype.FP32,
                 zero=zero,
                 fsdp=fsdp,
@@ -122,6 +126,7 @@ def plan_combinations(
     recipes: tuple[QloraRecipe, ...] | None,
     dora: bool,
     rslora: bool,
+    lora_dropout: float | None = None,
 ) -> list[Combination]:
     """The combinations the plan predicts: only what runs in the precision (Combination.runs_in: flash-attn rejects
     fp32, bf16-true has no DeepSpeed), and of the engines `engines` names (plan --engine; None = all). An empty
@@ -129,9 +134,12 @@ def plan_combinations(
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
     chosen = _recipes(setup, recipes)
+    if lora_dropout is not None:  # refused when out of range even where no LoRA candidate is planned (--full-only)
+        Combination(lora_r=lora_r, lora_dropout=lora_dropout)
+    variant = (dora, rslora, adapter_dtype, lora_dropout)
     combos = [
         c
-        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, chosen, dora, rslora, adapter_dtype)
+        for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, chosen, *variant)
         if c.runs_in(setup.precision) and (engines is None or c.engine in engines)
     ]
     if not combos:  # e.g. --full-only with only quantized bases, which need LoRA

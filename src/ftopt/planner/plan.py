@@ -228,6 +228,7 @@ def plan(
     recipes: tuple[QloraRecipe, ...] | None = None,
     dora: bool = False,
     rslora: bool = False,
+    lora_dropout: float | None = None,
 ) -> Plan:
     """`hw` as given: apply a calibration (ftopt.planner.calibration_store.calibrated_hardware) or --host-ram before."""
     method = Method(method)
@@ -245,6 +246,7 @@ def plan(
         recipes=recipes,
         dora=dora,
         rslora=rslora,
+        lora_dropout=lora_dropout,
     )
     estimates = sorted((estimate(model, hw, setup, c, Method.ANALYTIC) for c in combos), key=_rank_key)
     rec, rule, reason, fallback = _confirmed_choice(model, hw, setup, estimates, method, max_hours)

@@ -59,6 +59,7 @@ class PlanLevers(BaseModel):
     adapter_dtype: str | None = None
     dora: bool = False
     rslora: bool = False
+    lora_dropout: float | None = None
     qlora_recipe: str | None = None
     quant: str | None = None
     optim: str | None = None
@@ -137,6 +138,7 @@ def plan_for(r: PlanLevers, m: ModelSpec, hw: HardwareSpec, setup: TrainingSetup
         recipes=resolve.enum_list("qlora_recipe", r.qlora_recipe),
         dora=r.dora,
         rslora=r.rslora,
+        lora_dropout=r.lora_dropout,
     )
 
 
@@ -163,6 +165,7 @@ class EstimateRequest(SetupRequest):
     method: str
     dora: bool | None = None
     rslora: bool | None = None
+    lora_dropout: float | None = None
     qlora_recipe: str | None = None
 
 
@@ -177,6 +180,7 @@ def estimate_for(r: EstimateRequest) -> Estimate:
         lora_targets=r.lora_targets,
         dora=r.dora,
         rslora=r.rslora,
+        lora_dropout=r.lora_dropout,
         adapter_dtype=r.adapter_dtype,
         zero=r.zero,
         fsdp=r.fsdp,

@@ -6,11 +6,17 @@ import json
 
 # Each technique: the fields that say whether a candidate uses it, its "off" setting, then the "on" settings tried
 # in order (the first that the plan has wins); an "on" setting may change another field too where Combination's
-# validator needs it (offload needs a ZeRO stage or FSDP2; ZeRO-3 takes no quantized base). "LORA_R" stands for the
-# plan's LoRA rank. Sharding is one technique whichever engine does it: ZeRO (`zero`) or FSDP2 (`fsdp`),
+# validator needs it (offload needs a ZeRO stage or FSDP2; ZeRO-3 takes no quantized base). "LORA" stands for the
+# plan's LoRA settings (LORA_FIELDS of its LoRA candidates: all of them share the rank, targets and variant). Sharding is one technique whichever engine does it: ZeRO (`zero`) or FSDP2 (`fsdp`),
 # exclusive, off meaning neither.
+LORA_FIELDS = ("lora_r", "lora_targets", "dora", "rslora", "lora_dropout")
 TECHNIQUES = (
-    ("lora", ("lora_r",), {"lora_r": 0, "quant": "none", "lora_targets": None}, [{"lora_r": "LORA_R"}]),
+    (
+        "lora",
+        ("lora_r",),
+        {"lora_r": 0, "quant": "none", "lora_targets": None, "dora": False, "rslora": False, "lora_dropout": 0.0},
+        ["LORA"],
+    ),
     ("quant", ("quant",), {"quant": "none"}, [{"quant": "nf4"}, {"quant": "int8"}]),
     ("gc", ("gc",), {"gc": False}, [{"gc": True}]),
     (
@@ -52,6 +58,7 @@ KEY_FIELDS = (
     "dora",
     "rslora",
     "qlora_recipe",
+    "lora_dropout",
 )
 
 
@@ -85,7 +92,7 @@ def techniques(doc: dict) -> list[dict]:
     if rec is None:
         return []
     index = {_key(c): i for i, c in enumerate(doc["candidates"])}
-    lora_r = next((c["lora_r"] for c in doc["candidates"] if c["lora_r"]), None)
+    lora = next(({f: c[f] for f in LORA_FIELDS} for c in doc["candidates"] if c["lora_r"]), None)
     out = []
     for name, fields, off, ons in TECHNIQUES:
         is_on = any(rec[f] != off[f] for f in fields)
@@ -93,8 +100,8 @@ def techniques(doc: dict) -> list[dict]:
         if is_on:
             on_i = index.get(_key(rec))
         else:
-            tries = ({k: lora_r if v == "LORA_R" else v for k, v in on.items()} for on in ons)
-            on_i = next((i for on in tries if (i := index.get(_key({**rec, **on}))) is not None), None)
+            tries = (lora if on == "LORA" else on for on in ons)
+            on_i = next((i for on in tries if on and (i := index.get(_key({**rec, **on}))) is not None), None)
         if on_i is None and off_i is None:
             continue
         out.append({"technique": name, "recommended_uses": is_on, "on": on_i, "off": off_i})

@@ -158,6 +158,11 @@ class Combination(BaseModel):
     )
     dora: bool = Field(False, description="DoRA (PEFT use_dora): LoRA with a trained magnitude per output row")
     rslora: bool = Field(False, description="rank-stabilized LoRA (PEFT use_rslora): scaling alpha/sqrt(r)")
+    # PEFT's LoraConfig default; TRL's ModelConfig defaults to 0.05 (so an export states it), axolotl's examples and
+    # LitGPT's LoRA configs use 0.05, the QLoRA paper 0.1 up to 13B and 0.05 above (arXiv 2305.14314, appendix)
+    lora_dropout: float = Field(
+        0.0, description="LoRA adapter dropout (PEFT lora_dropout): share of each wrapped linear's input zeroed"
+    )
     adapter_dtype: AdapterDtype = Field(AdapterDtype.FP32, description="LoRA adapters' dtype (PEFT's default: fp32)")
     zero: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage; 0 = plain data parallel")
     fsdp: Fsdp = Field(Fsdp.NONE, description="PyTorch FSDP2 sharding; exclusive with zero")
@@ -209,6 +214,7 @@ class Combination(BaseModel):
         for name, on in (("dora", self.dora), ("rslora", self.rslora)):
             if on and not self.lora:
                 raise ValueError(f"{name} is a LoRA variant, so it needs LoRA (lora_r > 0), got full fine-tuning")
+        self._dropout_rules()
         if self.lora_targets and ALL_LINEAR in self.lora_targets and len(self.lora_targets) > 1:
             raise ValueError(f"lora_targets '{ALL_LINEAR}' already names every linear; give it alone")
         if self.qlora_recipe is not QloraRecipe.PEFT and self.quant is Quant.NONE:
@@ -224,6 +230,15 @@ class Combination(BaseModel):
                 f"dora runs with ZeRO stage 0-2 and without FSDP here (it reads the whole base weight of each "
                 f"wrapped layer in forward), got {self.sharding}"
             )
+
+    def _dropout_rules(self) -> None:
+        p = self.lora_dropout
+        if not 0 <= p < 1:  # false for nan too
+            raise ValueError(
+                f"lora_dropout is the share of each adapter input zeroed, so it must be at least 0 and below 1, got {p}"
+            )
+        if p and not self.lora:
+            raise ValueError(f"lora_dropout={p} drops the LoRA adapters' input, so it needs LoRA (lora_r > 0)")
 
     def _fsdp_rules(self) -> None:
         f = self.fsdp.value
@@ -280,6 +295,8 @@ class Combination(BaseModel):
         parts = [f"{'DoRA' if self.dora else 'LoRA'} r{self.lora_r}" if self.lora else "full"]
         if self.rslora:
             parts.append("rsLoRA")
+        if self.lora_dropout:
+            parts.append(f"dropout {self.lora_dropout:g}")
         if self.zero:
             parts.append(f"ZeRO-{self.zero}")
         if self.uses_fsdp:
@@ -300,7 +317,7 @@ class Combination(BaseModel):
 
     def key(self) -> dict:
         """The stable JSON form (documented schema: gc, lora_r, zero, fsdp, offload, attn, lora_targets, quant,
-        optim, dora, rslora, qlora_recipe, adapter_dtype)."""
+        optim, dora, rslora, qlora_recipe, adapter_dtype, lora_dropout)."""
         return {
             "gc": self.gc,
             "lora_r": self.lora_r,
@@ -315,4 +332,5 @@ class Combination(BaseModel):
             "rslora": self.rslora,
             "qlora_recipe": self.qlora_recipe.value,
             "adapter_dtype": self.adapter_dtype.value,
+            "lora_dropout": self.lora_dropout,
         }

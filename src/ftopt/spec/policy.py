@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from ftopt.spec import ALL_LINEAR, AdapterDtype, Combination, ModelSpec, Precision, Quant
 from ftopt.spec.errors import FtoptError
 
-# The LoRA hyperparameters of every ftopt run (the model builder and `plan --export` read them here). ftopt's choice
-# alpha = 2r keeps the update scale alpha/r at 2 whatever the rank (the LoRA paper, arXiv 2106.09685 section 4.1,
-# scales by alpha/r so that changing r needs no new learning rate); no adapter dropout (PEFT's LoraConfig default;
-# TRL's ModelConfig defaults to 0.05, so an export must state it).
+# The LoRA alpha of every ftopt run (the model builder and `plan --export` read it here). ftopt's choice alpha = 2r
+# keeps the update scale alpha/r at 2 whatever the rank (the LoRA paper, arXiv 2106.09685 section 4.1, scales by
+# alpha/r so that changing r needs no new learning rate). The adapter dropout is a lever: Combination.lora_dropout.
 LORA_ALPHA_PER_RANK = 2
-LORA_DROPOUT = 0.0
 
 
 def lora_alpha(rank: int) -> int:

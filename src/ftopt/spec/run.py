@@ -113,7 +113,7 @@ class OutputSpec(BaseModel):
 
 
 # Combination fields a run specification written before them lacks; at their defaults they leave the identity as it was
-LORA_VARIANT_FIELDS = ("dora", "rslora", "qlora_recipe", "adapter_dtype")
+LORA_VARIANT_FIELDS = ("dora", "rslora", "qlora_recipe", "adapter_dtype", "lora_dropout")
 
 
 class RunSpec(BaseModel):

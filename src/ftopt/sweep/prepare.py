@@ -23,6 +23,7 @@ from ftopt.sweep.bench import (
     check_sweep_launch,
     default_zero_processes,
     dora_variants,
+    dropout_variants,
     load_grid,
     quant_optim_variants,
     reference_combinations,
@@ -65,6 +66,7 @@ class BenchRequest(BaseModel):
     hostfile: str | None
     trust_remote_code: bool
     dora: bool = False
+    lora_dropout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ def prepare(r: BenchRequest) -> Sweep:
     combos += quant_optim_variants(combos, resolve.enum_list("quant", r.quant), resolve.enum_list("optim", r.optim))
     if r.dora:
         combos += dora_variants(combos)
+    if r.lora_dropout is not None:
+        combos += dropout_variants(combos, r.lora_dropout)
     ref = resolve.model_ref(
         r.model or r.random_init or "tiny-llama", weights=r.model is not None, trust_remote_code=r.trust_remote_code
     )

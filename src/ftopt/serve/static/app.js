@@ -2,8 +2,8 @@
 // from the server's plan (the CLI's code path). User strings are set with textContent only, never as HTML.
 "use strict";
 const FIELDS = ["model", "gpu", "gpu_memory_gib", "gpu_bandwidth_gbs", "gpus", "nodes", "seq_len", "micro_batch",
-  "precision", "batching", "lora_r", "method", "lora_targets", "adapter_dtype", "dora", "rslora", "qlora_recipe",
-  "full_only", "quant", "optim", "engine", "max_hours", "dataset_tokens", "cost_per_gpu_hour", "currency", "headroom"];
+  "precision", "batching", "lora_r", "method", "lora_targets", "adapter_dtype", "dora", "rslora", "lora_dropout",
+  "qlora_recipe", "full_only", "quant", "optim", "engine", "max_hours", "dataset_tokens", "cost_per_gpu_hour", "currency", "headroom"];
 const BOOLS = ["full_only", "dora", "rslora"];  // checkboxes: "true" when on, not given when off
 const LISTS = ["quant", "optim", "engine"];  // checkbox lists: comma lists, not given when they are the CLI's set
 const CATS = ["weights", "master_weights", "optimizer_states", "gradients", "activations", "logits_loss",
