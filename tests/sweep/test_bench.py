@@ -121,6 +121,23 @@ def test_grid_yaml(tmp_path):
         load_grid(g)
 
 
+@pytest.mark.parametrize(
+    "text,said",
+    [
+        ("combinations: [1, 2]\n", "'combinations' must be a list of option mappings"),
+        ("combinations: 5\n", "'combinations' must be a list of option mappings"),
+        ("grid: [1, 2]\n", "'grid' must map option names to lists of values"),
+        ("grid: lora_r\n", "'grid' must map option names to lists of values"),
+    ],
+)
+def test_a_grid_of_the_wrong_shape_is_one_sentence(tmp_path, text, said):
+    """Each of these ended in a TypeError or AttributeError traceback before any run."""
+    g = tmp_path / "g.yaml"
+    g.write_text(text)
+    with pytest.raises(FtoptError, match=said):
+        load_grid(g)
+
+
 class _Peak:
     """A hardware stand-in: 1 TFLOP/s peak at every dtype."""
 

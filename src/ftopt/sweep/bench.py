@@ -32,7 +32,7 @@ from ftopt.spec import (
     default_precision,
 )
 from ftopt.spec.errors import FtoptError, validation_message
-from ftopt.spec.io import append_line_atomic
+from ftopt.spec.io import append_line_atomic, read_text
 from ftopt.train.ranks import OOM_MARKERS
 
 __all__ = ["BenchRun", "read_results", "run_sweep", "sweep_rows", "sweep_runs"]
@@ -125,10 +125,9 @@ def load_grid(path: str | Path) -> list[Combination]:
     `grid: {gc: [false, true], lora_r: [0, 8], zero: [0, 2], attn: [sdpa]}` (the product, invalid ones dropped)."""
     import itertools
 
+    text = read_text(path, "grid")
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise FtoptError(f"Cannot read the grid {path}: {e.strerror}.") from None
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise FtoptError(f"The grid {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
     if not isinstance(doc, dict) or not ({"combinations", "grid"} & set(doc)):
@@ -138,6 +137,7 @@ def load_grid(path: str | Path) -> list[Combination]:
         raise FtoptError(
             f"The grid {path} has unknown key(s) {', '.join(sorted(unknown))}; use 'combinations' or 'grid'."
         )
+    _check_grid_shape(path, doc)
     allowed = set(Combination.model_fields)
     out: list[Combination] = []
     try:
@@ -169,6 +169,16 @@ def load_grid(path: str | Path) -> list[Combination]:
         why = f" (the first: {first_error})" if first_error else ""
         raise FtoptError(f"The grid {path} defines no valid combination{why}.")
     return out
+
+
+def _check_grid_shape(path: str | Path, doc: dict) -> None:
+    """`combinations` is a list of option mappings and `grid` a mapping of option lists, else one sentence (a
+    scalar or list where a mapping belongs would otherwise fail deep inside the product)."""
+    combos, axes = doc.get("combinations"), doc.get("grid")
+    if combos is not None and not (isinstance(combos, list) and all(isinstance(c, dict) for c in combos)):
+        raise FtoptError(f"The grid {path}: 'combinations' must be a list of option mappings such as {{lora_r: 8}}.")
+    if axes is not None and not isinstance(axes, dict):
+        raise FtoptError(f"The grid {path}: 'grid' must map option names to lists of values such as lora_r: [0, 8].")
 
 
 # ---- results file: ftopt.results.rows reads and types it -------------------------------------------------------------
