@@ -209,6 +209,7 @@ def run_sweep(
     1 = one run at a time).
     `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
     from ftopt.sweep.schedule import run_in_order
+    from ftopt.train.ranks import last_error_line
 
     results = Path(results)
     done = {r.key for r in read_results(results)}
@@ -227,7 +228,8 @@ def run_sweep(
     def finished(item: tuple[BenchRun, dict], row: ResultRow) -> None:
         row = row.model_copy(update={"quality_target": quality_target})
         append_line_atomic(results, row.to_line())
-        on_event("done", {**item[1], "status": row.status.value})
+        why = {} if row.ok or not row.error_tail else {"error": last_error_line(row.error_tail)}
+        on_event("done", {**item[1], "status": row.status.value, **why})
 
     run_in_order(
         todo, one, lambda item: item[0].spec.setup.world_size, slots, lambda item: on_event("start", item[1]), finished
@@ -254,6 +256,9 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     # the sweep's own command line allowed these (ftopt.spec.trust): the child reads them from a file, so says so again
     cmd += ["--trust-remote-code"] if spec.model.trust_remote_code else []
     cmd += ["--allow-metric-module"] if spec.data.metrics else []
+    # a run not in the results file is not done: what an interrupted one left in its folder is replaced (only the
+    # entries its manifest lists), else the rerun's child refuses the folder and the run is recorded as an error
+    cmd += ["--overwrite"] if spec.output.overwrite else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if spec.hardware.is_cpu:
         # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then
