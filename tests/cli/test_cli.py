@@ -101,6 +101,32 @@ def test_malformed_and_non_decoder_configs(tmp_path):
         assert r.exit_code == 2 and frag in r.output
 
 
+@pytest.mark.parametrize(
+    "args,what",
+    [
+        (("estimate", "--model", "{f}"), "The model config"),
+        (("estimate", "--gpu", "{f}"), "The hardware file"),
+        (("plan", "--method", "analytic", "--calibration", "{f}"), "The calibration file"),
+        (("train", "--plan", "{f}"), "The plan"),
+        (("bench", "--grid", "{f}"), "The grid"),
+    ],
+)
+def test_a_binary_file_where_text_belongs_is_one_line(tmp_path, args, what):
+    """A file that is not UTF-8 (a checkpoint or an archive given by mistake) ended each of these in a traceback."""
+    f = tmp_path / "given.json"
+    f.write_bytes(b"\xff\xfe\x00\x01")
+    r = run(*(a.format(f=f) for a in args))
+    assert r.exit_code == 2, r.output
+    assert f"{what} {f} is not a UTF-8 text file" in r.output and "Traceback" not in r.output
+
+
+def test_a_hardware_file_of_another_json_type_is_named_as_such(tmp_path):
+    f = tmp_path / "gpu.json"
+    f.write_text("[1, 2]")
+    r = run("estimate", "--gpu", str(f))
+    assert r.exit_code == 2 and f"The hardware file {f} must be a JSON object, not list." in r.output
+
+
 def test_seq_len_beyond_positions_warns():
     r = run("estimate", "--model", "llama-2-7b", "--seq-len", "8192")
     assert r.exit_code == 0 and "exceeds the model's 4096 positions" in r.output

@@ -193,3 +193,26 @@ def test_padded_max_batching_exports_the_padding_trl_applies(tmp_path):
     assert sft.pad_to_multiple_of == sft.max_length == 1024 and not sft.packing
     _, sft, _, _ = _parse_trl(export(tmp_path / "longest", *flags))
     assert sft.pad_to_multiple_of is None and not sft.packing
+
+
+@pytest.mark.parametrize(
+    "flags,names",
+    [
+        (("--full-only", "--engine", "zero", "--gpus", "8"), ("sft_config.yaml", "launch.sh", "ds_config.json")),
+        (("--full-only", "--engine", "fsdp", "--gpus", "8"), ("accelerate_fsdp2.yaml", "torchrun.sh")),
+    ],
+)
+def test_a_rerun_keeps_the_files_a_user_edited(tmp_path, flags, names):
+    """sft_config.yaml is exported with REPLACE-WITH placeholders for the model and the dataset: a second
+    `plan --export` into the folder wrote over the filled-in file (and over edited launch and engine files)."""
+    folder = export(tmp_path, *flags)
+    generated = {n: (folder / n).read_text() for n in names}
+    export(tmp_path, *flags)  # unedited: replaced in place, nothing beside them
+    assert {n: (folder / n).read_text() for n in names} == generated
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".new")]
+    for n in names:
+        (folder / n).write_text(generated[n] + "\n# mine\n")
+    export(tmp_path, *flags)
+    for n in names:
+        assert (folder / n).read_text().endswith("# mine\n"), n
+        assert (folder / f"{n}.new").read_text() == generated[n], n

@@ -215,3 +215,28 @@ def test_an_fsdp2_pick_uses_sharding_and_is_its_own_on_column(server):
     assert off["sharding"] == "ddp" and {k: off[k] for k in rec if k not in ("zero", "fsdp", "offload")} == {
         k: rec[k] for k in rec if k not in ("zero", "fsdp", "offload")
     }
+
+
+def test_a_post_body_with_its_inputs_at_the_top_level_is_refused(server):
+    """{"gpus": 8} instead of {"query": {"gpus": 8}}: the key was ignored and the defaults planned, with a 200."""
+    url, _ = server
+    body = send(url + "/api/plan", "POST", {"gpus": "8", "model": "llama-2-70b"})
+    assert "plan" not in body and "unknown key(s) 'gpus', 'model'" in body["error"], body
+
+
+def test_a_client_that_resets_its_connection_leaves_no_traceback(server, capfd):
+    """A client gone mid-request (curl | head, a closed tab) printed a ConnectionResetError traceback each time."""
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    url, _ = server
+    parts = urlsplit(url)
+    for _ in range(3):
+        s = socket.create_connection((parts.hostname, parts.port))
+        s.sendall(b"GET /api/pl")  # half a request line: the server is reading it when the reset comes
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST, not FIN
+        s.close()
+    time.sleep(0.5)
+    assert get(url + "/api/meta")[0] == 200  # still answering
+    assert "Traceback" not in capfd.readouterr().err

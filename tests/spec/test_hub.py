@@ -245,6 +245,19 @@ def test_org_name_is_local_when_that_folder_exists_else_hub(hub, tmp_path, monke
     assert r.exit_code == 2 and "No model models/foo on the Hub" in r.output and "no local folder" in r.output
 
 
+def test_a_local_model_folder_without_safetensors_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """A folder with config.json and tokenizer but only pickled weights (or none) passed every check; transformers
+    then failed on it with an OSError traceback after the data was tokenized."""
+    import ftopt.train.engine
+
+    folder = make_model(tmp_path / "pickled")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    monkeypatch.setattr(ftopt.train.engine, "launch", lambda *a, **k: pytest.fail("the run started"))
+    r = runner.invoke(app, ["train", "--model", str(folder), "--out", str(tmp_path / "run"), "--max-steps", "1"])
+    assert r.exit_code == 2 and f"--model {folder} has no safetensors weights" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "run").exists()
+
+
 REMOTE_CODE = '''import os
 
 from transformers import LlamaForCausalLM

@@ -80,6 +80,31 @@ def test_resume_after_interrupt_runs_only_the_rest_and_other_settings_run_again(
     assert sorted(r.measured.steps for r in rows if r.ok) == [2, 3]
 
 
+def test_a_run_interrupted_mid_way_runs_again_on_the_rerun(tmp_path):
+    """Ctrl-C during a run leaves its folder claimed with steps and a checkpoint, and no results line: the rerun's
+    `ftopt train` refused that folder ("already holds a run"), so the run was recorded as an error for good."""
+    from ftopt.train import manifest
+
+    runs = sweep_runs(_base(max_steps=2), [Combination(lora_r=4)], tmp_path / "runs")
+    out = runs[0].spec.output_dir
+    manifest.claim(out, resume=False, overwrite=False)  # what the interrupted run had written
+    (out / "steps.jsonl").write_text('{"step": 1, "loss": 6.0}\n')
+    (out / "checkpoint-1").mkdir()
+    (out / "my_notes.txt").write_text("mine")  # added by the user meanwhile: never removed
+    events = []
+    rows = run_sweep(runs, tmp_path / "r.jsonl", on_event=lambda k, i: events.append(i))
+    assert [r.status.value for r in rows] == ["ok"], rows[0].error_tail
+    assert rows[0].measured.steps == 2 and (out / "my_notes.txt").read_text() == "mine"
+    assert "error" not in events[-1]
+
+
+def test_a_failed_run_says_why_on_the_console(tmp_path):
+    runs = sweep_runs(_base(), [Combination(lora_r=4)], tmp_path / "runs")
+    events = []
+    run_sweep(runs, tmp_path / "r.jsonl", inject={runs[0].key(): "crash"}, on_event=lambda k, i: events.append(i))
+    assert events[-1]["status"] == "error" and "injected" in events[-1]["error"].lower(), events[-1]
+
+
 def test_corrupt_results_keep_good_lines(tmp_path):
     p = tmp_path / "r.jsonl"
     p.write_text(f'{_line("a")}\n{{"key": "b", "sta\n[1]\n{_line("c")}\n{{"key": "d", "status": "ok"}}\n')
@@ -118,6 +143,23 @@ def test_grid_yaml(tmp_path):
         load_grid(g)
     g.write_text("combinations:\n  - {lora_r: 8, zero: 5}\n")
     with pytest.raises(FtoptError, match="zero"):
+        load_grid(g)
+
+
+@pytest.mark.parametrize(
+    "text,said",
+    [
+        ("combinations: [1, 2]\n", "'combinations' must be a list of option mappings"),
+        ("combinations: 5\n", "'combinations' must be a list of option mappings"),
+        ("grid: [1, 2]\n", "'grid' must map option names to lists of values"),
+        ("grid: lora_r\n", "'grid' must map option names to lists of values"),
+    ],
+)
+def test_a_grid_of_the_wrong_shape_is_one_sentence(tmp_path, text, said):
+    """Each of these ended in a TypeError or AttributeError traceback before any run."""
+    g = tmp_path / "g.yaml"
+    g.write_text(text)
+    with pytest.raises(FtoptError, match=said):
         load_grid(g)
 
 
@@ -317,6 +359,8 @@ def test_optimizer_defaults_keep_stored_bench_keys_and_a_change_runs_again():
         (("--data", "missing.jsonl"), "--data missing.jsonl does not exist"),
         (("--eval-data", "missing.jsonl"), "--eval-data missing.jsonl does not exist"),
         (("--data", "."), "--data . is a folder but not a saved dataset"),
+        (("--data", "{bad}"), "line 2: not valid JSON"),
+        (("--data", "{fieldless}"), "has none of the fields ftopt reads"),
     ],
 )
 def test_bench_refuses_bad_flags_before_the_first_run(tmp_path, monkeypatch, flags, said):
@@ -328,6 +372,9 @@ def test_bench_refuses_bad_flags_before_the_first_run(tmp_path, monkeypatch, fla
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(ftopt.sweep.prepare, "run_sweep", lambda *a, **k: pytest.fail("a run started"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": \n' * 10)
+    (tmp_path / "fieldless.jsonl").write_text('{"body": "a"}\n' * 20)
+    flags = [f.format(bad=tmp_path / "bad.jsonl", fieldless=tmp_path / "fieldless.jsonl") for f in flags]
     r = CliRunner().invoke(app, ["bench", "--gpu", "cpu", "--out", str(tmp_path / "b"), *flags])
     assert r.exit_code == 2, r.output
     assert said in r.output and "Traceback" not in r.output

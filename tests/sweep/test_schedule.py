@@ -1,5 +1,6 @@
 """One-process runs go side by side, a run of several processes alone; Ctrl-C stops every run still going."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -69,3 +70,46 @@ def test_ctrl_c_stops_the_runs_still_going():
     with pytest.raises(KeyboardInterrupt):
         run_in_order([0, 1, 2], run, lambda i: 1, 3, start, lambda i, r: None)
     assert len(started) == 2 and [p.returncode for p in started] == [-signal.SIGKILL] * 2  # stopped, not waited for
+
+
+def _alive(pid: int) -> bool:
+    """Running (a killed child whose parent has gone may stay a zombie until init reaps it: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+SWEEP_WITH_ONE_RUN = """
+import subprocess, sys
+from ftopt.sweep.schedule import run_in_order
+
+def run(item, procs):
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    procs.add(p)
+    print(p.pid, flush=True)
+    return p.wait()
+
+run_in_order([0], run, lambda i: 1, 1, lambda i: None, lambda i, r: None)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads a process's state from Linux /proc")
+def test_sigterm_stops_the_runs_still_going():
+    """SIGTERM (kill, a CI cancel, Slurm's scancel) ended the sweep at once and left its run training, an orphan in
+    a session of its own; now the run's process group goes down with the sweep, as on Ctrl-C."""
+    sweep = subprocess.Popen([sys.executable, "-c", SWEEP_WITH_ONE_RUN], stdout=subprocess.PIPE, text=True)
+    run_pid = int(sweep.stdout.readline())
+    try:
+        assert _alive(run_pid)
+        sweep.send_signal(signal.SIGTERM)
+        sweep.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(run_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(run_pid), "the run kept going after the sweep was terminated"
+    finally:
+        if _alive(run_pid):
+            os.kill(run_pid, signal.SIGKILL)
+        sweep.kill()

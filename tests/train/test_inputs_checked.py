@@ -61,3 +61,23 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     assert "is complete (3 steps); nothing to train" in r.output
     assert [json.loads(x)["step"] for x in (out / "steps.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert (out / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        # numpy's seeding refused these after the data was tokenized and the model built: a traceback
+        (["--seed", "-1"], "--seed: Input should be greater than or equal to 0 (got -1)"),
+        (["--seed", str(2**64)], f"--seed: Input should be less than 4294967296 (got {2**64})"),
+        # the built-in task was trained and the file never read
+        (["--eval-data", "held.jsonl"], "--eval-data held.jsonl needs --data"),
+    ],
+)
+def test_train_refuses_before_anything_runs(tmp_path, monkeypatch, args, said):
+    import ftopt.train.engine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ftopt.train.engine, "launch", lambda *a, **k: pytest.fail("the run started"))
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), *args])
+    assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "run").exists()

@@ -75,7 +75,12 @@ def test_more_gpus_than_the_machine_has(v100):
 
 def test_cpu_refuses_flash_and_fp16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for kw, frag in ((dict(attn="flash"), "needs a CUDA GPU"), (dict(precision="fp16-mixed"), "fp16-mixed needs")):
+    for kw, frag in (
+        (dict(attn="flash"), "needs a CUDA GPU"),
+        (dict(precision="fp16-mixed"), "fp16-mixed needs"),
+        # every rank failed in a RuntimeError traceback ("Cannot access accelerator device") as it sharded
+        (dict(fsdp="full", offload="all", gpus_per_node=2), "CPUOffloadPolicy.*no CUDA GPU"),
+    ):
         with pytest.raises(FtoptError, match=frag):
             check_devices(_spec(**kw))
     assert detect_hardware() == "cpu"

@@ -220,6 +220,9 @@ def print_sweep_event(kind: str, info: dict) -> None:
     console.print(
         f"[{info['index']}/{info['total']}] {info['label']}: "
         f"{ {'start': 'running', 'skip': 'done before'}.get(kind, info.get('status')) }"
+        + (f" ({info['error']})" if info.get("error") else ""),
+        markup=False,
+        highlight=False,
     )
 
 

@@ -85,8 +85,9 @@ def _needs(run: RunSpec) -> str:
 RECORD = ".ftopt-export.json"  # what this folder's templates held when ftopt last wrote them (sha256 per name)
 
 
-def _write_template(folder: Path, name: str, text: str) -> Path:
-    """A template a user edits (host names, #SBATCH lines for their partition and account): a rerun replaces it
+def write_template(folder: Path, name: str, text: str) -> Path:
+    """A file a user edits (host names, #SBATCH lines for their partition and account, the dataset and model of
+    sft_config.yaml, DeepSpeed or accelerate settings, launch scripts): a rerun replaces it
     only when it is still what ftopt wrote; an edited one is kept and the new text goes to NAME.new."""
     path, record_path = folder / name, folder / RECORD
     try:
@@ -107,7 +108,7 @@ def _write_template(folder: Path, name: str, text: str) -> Path:
 def export_cluster(run: RunSpec, folder: Path) -> list[Path]:
     spec = folder / RUN_FILE
     atomic_write_text(spec, json.dumps(run.to_json(), indent=2))
-    hostfile = _write_template(folder, "hostfile", hostfile_text(run))
-    slurm = _write_template(folder, "slurm.sbatch", slurm_text(run, spec.name))
+    hostfile = write_template(folder, "hostfile", hostfile_text(run))
+    slurm = write_template(folder, "slurm.sbatch", slurm_text(run, spec.name))
     slurm.chmod(0o755)
     return [spec, hostfile, slurm]

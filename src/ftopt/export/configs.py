@@ -30,9 +30,8 @@ import os
 import shlex
 from pathlib import Path
 
-from ftopt.export.cluster import export_cluster
+from ftopt.export.cluster import export_cluster, write_template
 from ftopt.spec import AdapterDtype, Batching, ModelSpec, Precision, Quant, RunSpec, preset_names
-from ftopt.spec.io import atomic_write_text
 from ftopt.spec.policy import lora_alpha, lora_targets, quantizes_head, storage
 from ftopt.spec.recipes import suggested_learning_rate
 
@@ -228,34 +227,33 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     written = []
     ds_path = None
     if run.combination.uses_deepspeed:
-        ds_file = folder / "ds_config.json"
-        atomic_write_text(ds_file, json.dumps(resolved_deepspeed_config(run, model), indent=2))
+        ds_file = write_template(folder, "ds_config.json", json.dumps(resolved_deepspeed_config(run, model), indent=2))
         written.append(ds_file)
-        ds_path = ds_file.name  # relative: launch.sh runs from the folder
+        ds_path = "ds_config.json"  # relative: launch.sh runs from the folder; an edited one is the one used
     if run.combination.uses_fsdp:
         from ftopt.export.fsdp import export_fsdp
 
         written += export_fsdp(run, model, folder)
-    cfg_file = folder / "sft_config.yaml"
     lr = suggested_learning_rate(model, run.combination)
     # run.json (ftopt's own launch, Slurm's) trains at the same published rate as the SFT config, not at the
     # plan's default for the tiny built-in model
     run = run.model_copy(update={"schedule": run.schedule.model_copy(update={"learning_rate": lr.value})})
-    atomic_write_text(
-        cfg_file,
+    cfg_file = write_template(
+        folder,
+        "sft_config.yaml",
         "".join(f"# {line}\n" for line in (lr.comment(), *qlora_notes(run, model)))
         + _adapter_dtype_comment(run)
         + yaml.safe_dump(sft_config(run, model, ds_path, folder), sort_keys=False),
     )
-    launch = folder / "launch.sh"
-    atomic_write_text(
-        launch,
+    launch = write_template(
+        folder,
+        "launch.sh",
         "#!/bin/sh\n# the planned run through TRL's SFT script ("
         + run.combination.label()
         + ")\n"
         + LAUNCH_TRUST_NOTE
         + 'cd "$(dirname "$0")"\nexec '
-        + launch_line(run, cfg_file.name)
+        + launch_line(run, "sft_config.yaml")
         + "\n",
     )
     launch.chmod(0o755)

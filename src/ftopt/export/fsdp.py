@@ -19,9 +19,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ftopt.export.cluster import RUN_FILE  # the planned RunSpec, written beside these files
+from ftopt.export.cluster import RUN_FILE, write_template  # RUN_FILE: the planned RunSpec, beside these
 from ftopt.spec import ModelSpec, Offload, Precision, RunSpec
-from ftopt.spec.io import atomic_write_text
 
 ACCELERATE_CONFIG = "accelerate_fsdp2.yaml"
 TRUST_NOTE = (
@@ -92,13 +91,12 @@ def export_fsdp(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
     """Write the accelerate config and the torchrun script (which runs run.json); returns their paths."""
     import yaml
 
-    cfg = folder / ACCELERATE_CONFIG
-    atomic_write_text(cfg, yaml.safe_dump(accelerate_config(run, model), sort_keys=False))
-    script = folder / "torchrun.sh"
+    cfg = write_template(folder, ACCELERATE_CONFIG, yaml.safe_dump(accelerate_config(run, model), sort_keys=False))
     # ${...} and "$@" stay unquoted so the shell expands them; every other word is quoted
     words = [w if w.startswith(("${", '"$')) else shlex.quote(w) for w in torchrun_command(run, RUN_FILE)]
-    atomic_write_text(
-        script,
+    script = write_template(
+        folder,
+        "torchrun.sh",
         "#!/bin/sh\n# the planned run on ftopt's FSDP2 engine ("
         + run.combination.label()
         + "); run it on every node\n"

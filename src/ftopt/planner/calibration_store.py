@@ -28,7 +28,7 @@ from ftopt.planner.calibration import CalibrationFit, TimePoint, calibrate_point
 from ftopt.spec.calibration import CalibrationProvenance, SoftwareVersions
 from ftopt.spec.errors import FtoptError, validation_message
 from ftopt.spec.hardware import HardwareSpec
-from ftopt.spec.io import atomic_write_text
+from ftopt.spec.io import atomic_write_text, read_text
 from ftopt.spec.time_constants import TimeConstants
 
 STORE_SCHEMA = "ftopt.calibration/3"
@@ -102,10 +102,9 @@ def calibration_path(hardware: str, versions: SoftwareVersions) -> Path:
 
 
 def read_calibration(path: Path) -> Calibration:
+    text = read_text(path, "calibration file")
     try:
-        return Calibration.model_validate_json(Path(path).read_text())
-    except OSError as e:
-        raise FtoptError(f"Cannot read the calibration file {path}: {e.strerror}.") from None
+        return Calibration.model_validate_json(text)
     except ValidationError as e:
         raise FtoptError(f"{path} is not a calibration written by 'ftopt bench': {validation_message(e)}.") from None
 

@@ -133,6 +133,8 @@ def plan_combinations(
     result is an error that names the flags that emptied it."""
     if lora_r <= 0:
         raise FtoptError(f"--lora-r for the plan's LoRA candidates must be positive, got {lora_r}.")
+    if full_only:
+        _lora_levers_unused(lora_r, lora_targets, adapter_dtype, recipes, dora, rslora)
     chosen = _recipes(setup, recipes)
     if lora_dropout is not None:  # refused when out of range even where no LoRA candidate is planned (--full-only)
         Combination(lora_r=lora_r, lora_dropout=lora_dropout)
@@ -142,9 +144,43 @@ def plan_combinations(
         for c in combinations(hw, lora_r, full_only, lora_targets, quants, optims, chosen, *variant)
         if c.runs_in(setup.precision) and (engines is None or c.engine in engines)
     ]
-    if not combos:  # e.g. --full-only with only quantized bases, which need LoRA
-        raise FtoptError(
-            "No combination to plan: quantized bases need LoRA, so --full-only with --quant "
-            f"{','.join(q.value for q in quants or [])} leaves none; add 'none' to --quant or drop --full-only."
-        )
+    if not combos:
+        raise FtoptError(_why_none(full_only, quants, recipes, optims, engines))
     return combos
+
+
+def _lora_levers_unused(lora_r, lora_targets, adapter_dtype, recipes, dora, rslora) -> None:
+    """--full-only plans no LoRA candidate: a LoRA lever given with it would be dropped without a word."""
+    given = [
+        flag
+        for flag, on in (
+            (f"--lora-r {lora_r}", lora_r != DEFAULT_LORA_R),
+            ("--lora-targets", lora_targets is not None),
+            ("--adapter-dtype", adapter_dtype is not None),
+            ("--qlora-recipe", recipes is not None),
+            ("--dora", dora),
+            ("--rslora", rslora),
+        )
+        if on
+    ]
+    if given:
+        raise FtoptError(
+            f"{', '.join(given)} shape(s) the LoRA candidates, which --full-only leaves out; drop one or the other."
+        )
+
+
+def _why_none(full_only: bool, quants, recipes, optims, engines) -> str:
+    """The sentence for flags that together leave no combination, naming the ones given."""
+    listed = lambda xs: ",".join(x.value for x in xs)  # noqa: E731 - one-line formatter
+    if full_only and quants is not None and Quant.NONE not in quants:
+        return (
+            f"No combination to plan: quantized bases need LoRA, so --full-only with --quant {listed(quants)} leaves "
+            "none; add 'none' to --quant or drop --full-only."
+        )
+    if recipes is not None and quants is not None and Quant.NONE in quants and len(quants) == 1:
+        return (
+            f"No combination to plan: --qlora-recipe {listed(recipes)} says how a quantized base keeps its other "
+            "parameters, and --quant none plans no quantized base; add nf4 or int8 to --quant or drop --qlora-recipe."
+        )
+    given = [f"--{n} {listed(v)}" for n, v in (("quant", quants), ("optim", optims), ("engine", engines)) if v]
+    return f"No combination to plan with {' '.join(given) or 'these flags'}; widen one of them."

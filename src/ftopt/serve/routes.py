@@ -161,7 +161,18 @@ def get(h, path: str, params: dict, started: float) -> None:
     h.reply_json(HTTPStatus.NOT_FOUND, {"error": f"Nothing at {path}."}, started)
 
 
+BODY_KEYS = ("query", "config")  # a POST body: the plan's inputs, and an uploaded config.json
+
+
 def post(h, path: str, params: dict, body: dict, started: float) -> None:
+    unknown = sorted(k for k in body if k not in BODY_KEYS)
+    if unknown:  # e.g. the inputs at the top level: ignored, they planned the defaults with a 200
+        named = ", ".join(repr(k[:40]) for k in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        return h.reply_json(
+            HTTPStatus.BAD_REQUEST,
+            {"error": f"The request body has unknown key(s) {named}; it holds 'query' and 'config'.", "field": None},
+            started,
+        )
     query, config = body.get("query") or {}, body.get("config")
     if not isinstance(query, dict):
         return h.reply_json(

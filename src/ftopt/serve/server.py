@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -114,13 +115,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # a client that goes away mid-request (a closed tab, a script stopped with Ctrl-C) is no failure of the
+        # server; the stdlib printed each as a traceback on the console
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(host: str, port: int, results: Path | None, jobs: Jobs | None = None) -> ThreadingHTTPServer:
     """The server for `ftopt serve --host HOST --port PORT --results DIR`, not yet serving; an IPv6 address (`::1`,
     with or without brackets) listens on IPv6."""
     bare = host.strip("[]")
     app = App(results=ResultsRoot(results), allow_local=is_loopback(bare), jobs=jobs or Jobs())
     family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    server_cls = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+    server_cls = type("Server", (_Server,), {"address_family": family})
     handler = type("BoundHandler", (Handler,), {"app": app})
     server = server_cls((bare, port), handler)
     handler.names = guard.Names.of(bare, server.server_address[0])

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.spec.combination import Attention
 from ftopt.spec.errors import FtoptError, validation_message
+from ftopt.spec.io import read_json_object
 from ftopt.spec.time_constants import TimeConstants, default_time_constants, migrate_flat
 from ftopt.spec.training import Precision
 
@@ -229,17 +230,12 @@ def load_hardware(name: str) -> HardwareSpec:
     fields, never its values (a file given by mistake may hold secrets)."""
     path = Path(name)
     if is_hardware_file(name):
+        data = read_json_object(path, "hardware file")
         try:
-            return HardwareSpec(**json.loads(path.read_text()))
-        except OSError as e:
-            raise FtoptError(f"Cannot read the hardware file {path}: {e.strerror}.") from None
+            return HardwareSpec(**data)
         except ValidationError as e:
             raise FtoptError(
                 f"The hardware file {path} is not a valid hardware spec: {validation_message(e, values=False)}."
-            ) from None
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise FtoptError(
-                f"The hardware file {path} is not a valid hardware spec: {str(e).splitlines()[0]}."
             ) from None
     if name == "cpu":
         return cpu_spec()

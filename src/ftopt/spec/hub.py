@@ -200,7 +200,13 @@ def resolve_weights(ref: str, trust_remote_code: bool = False) -> str:
     check_local_path(ref)
     hub = parse_hub_id(ref)
     if hub is None:
-        if not Path(ref).expanduser().is_dir():
+        folder = Path(ref).expanduser()
+        if not folder.is_dir():
             raise FtoptError(f"--model {ref} is neither a local model folder nor a Hub id (org/name[@revision]).")
+        if not any(folder.glob("*.safetensors")):  # else transformers fails on it after the data is tokenized
+            raise FtoptError(
+                f"--model {ref} has no safetensors weights (model.safetensors or model-*.safetensors); ftopt does "
+                "not load pickled .bin files. For random weights of its config use --random-init."
+            )
         return ref
     return str(hub_snapshot(hub, trust_remote_code))

@@ -12,12 +12,21 @@ from pathlib import Path
 from ftopt.spec.errors import FtoptError
 
 
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file's contents, or one FtoptError sentence naming `what` it was meant to be: missing, a folder,
+    unreadable, or not UTF-8 (a binary file given by mistake; JSON and YAML are UTF-8)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise FtoptError(f"Cannot read the {what} {path}: {e.strerror}.") from None
+    except UnicodeDecodeError as e:
+        raise FtoptError(f"The {what} {path} is not a UTF-8 text file (byte {e.start} cannot be decoded).") from None
+
+
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON object from `path`, or one FtoptError sentence naming `what` the file was meant to be."""
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise FtoptError(f"Cannot read the {what} {path}: {e.strerror}.") from None
+        data = json.loads(read_text(path, what))
     except json.JSONDecodeError as e:
         raise FtoptError(f"The {what} {path} is not valid JSON (line {e.lineno}: {e.msg}).") from None
     if not isinstance(data, dict):

@@ -74,6 +74,16 @@ class DataSpec(BaseModel):
     )
     train_on: TrainOn = Field(TrainOn.ASSISTANT, description="chat data: which tokens are trained")
 
+    @model_validator(mode="after")
+    def _eval_needs_train(self) -> DataSpec:
+        # the built-in task brings its own held-out rows: a file given beside it would be read by nothing
+        if self.eval is not None and self.train is None:
+            raise ValueError(
+                f"--eval-data {self.eval} needs --data: the built-in task holds out its own rows, so the file "
+                "would not be read"
+            )
+        return self
+
 
 class Schedule(BaseModel):
     """How long and how fast: steps, learning rate, checkpoints, an optional wall-clock budget."""
@@ -87,7 +97,8 @@ class Schedule(BaseModel):
     # exported configs, so the same run spec trains alike whichever engine shards it
     weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay (not on biases and norms)")
     max_grad_norm: float = Field(1.0, ge=0, description="clip the global gradient norm to this; 0 = no clipping")
-    seed: int = 0
+    # numpy's legacy seeding, which transformers' set_seed calls, takes 0 to 2**32 - 1 and raises on anything else
+    seed: int = Field(0, ge=0, lt=2**32, description="random seed of the run and of the held-out split")
     save_steps: int = Field(200, gt=0)
     max_hours: float | None = Field(None, gt=0, description="stop cleanly at a checkpoint after this many hours")
 

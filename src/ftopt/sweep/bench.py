@@ -32,7 +32,7 @@ from ftopt.spec import (
     default_precision,
 )
 from ftopt.spec.errors import FtoptError, validation_message
-from ftopt.spec.io import append_line_atomic
+from ftopt.spec.io import append_line_atomic, read_text
 from ftopt.train.ranks import OOM_MARKERS
 
 __all__ = ["BenchRun", "read_results", "run_sweep", "sweep_rows", "sweep_runs"]
@@ -125,10 +125,9 @@ def load_grid(path: str | Path) -> list[Combination]:
     `grid: {gc: [false, true], lora_r: [0, 8], zero: [0, 2], attn: [sdpa]}` (the product, invalid ones dropped)."""
     import itertools
 
+    text = read_text(path, "grid")
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise FtoptError(f"Cannot read the grid {path}: {e.strerror}.") from None
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise FtoptError(f"The grid {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
     if not isinstance(doc, dict) or not ({"combinations", "grid"} & set(doc)):
@@ -138,6 +137,7 @@ def load_grid(path: str | Path) -> list[Combination]:
         raise FtoptError(
             f"The grid {path} has unknown key(s) {', '.join(sorted(unknown))}; use 'combinations' or 'grid'."
         )
+    _check_grid_shape(path, doc)
     allowed = set(Combination.model_fields)
     out: list[Combination] = []
     try:
@@ -171,6 +171,16 @@ def load_grid(path: str | Path) -> list[Combination]:
     return out
 
 
+def _check_grid_shape(path: str | Path, doc: dict) -> None:
+    """`combinations` is a list of option mappings and `grid` a mapping of option lists, else one sentence (a
+    scalar or list where a mapping belongs would otherwise fail deep inside the product)."""
+    combos, axes = doc.get("combinations"), doc.get("grid")
+    if combos is not None and not (isinstance(combos, list) and all(isinstance(c, dict) for c in combos)):
+        raise FtoptError(f"The grid {path}: 'combinations' must be a list of option mappings such as {{lora_r: 8}}.")
+    if axes is not None and not isinstance(axes, dict):
+        raise FtoptError(f"The grid {path}: 'grid' must map option names to lists of values such as lora_r: [0, 8].")
+
+
 # ---- results file: ftopt.results.rows reads and types it -------------------------------------------------------------
 def _tail(text: str, n: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
@@ -199,6 +209,7 @@ def run_sweep(
     1 = one run at a time).
     `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
     from ftopt.sweep.schedule import run_in_order
+    from ftopt.train.ranks import last_error_line
 
     results = Path(results)
     done = {r.key for r in read_results(results)}
@@ -217,7 +228,8 @@ def run_sweep(
     def finished(item: tuple[BenchRun, dict], row: ResultRow) -> None:
         row = row.model_copy(update={"quality_target": quality_target})
         append_line_atomic(results, row.to_line())
-        on_event("done", {**item[1], "status": row.status.value})
+        why = {} if row.ok or not row.error_tail else {"error": last_error_line(row.error_tail)}
+        on_event("done", {**item[1], "status": row.status.value, **why})
 
     run_in_order(
         todo, one, lambda item: item[0].spec.setup.world_size, slots, lambda item: on_event("start", item[1]), finished
@@ -244,6 +256,9 @@ def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, s
     # the sweep's own command line allowed these (ftopt.spec.trust): the child reads them from a file, so says so again
     cmd += ["--trust-remote-code"] if spec.model.trust_remote_code else []
     cmd += ["--allow-metric-module"] if spec.data.metrics else []
+    # a run not in the results file is not done: what an interrupted one left in its folder is replaced (only the
+    # entries its manifest lists), else the rerun's child refuses the folder and the run is recorded as an error
+    cmd += ["--overwrite"] if spec.output.overwrite else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if spec.hardware.is_cpu:
         # One thread per process: each process stands for one GPU with one core (a ZeRO run's two ranks then

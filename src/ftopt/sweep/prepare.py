@@ -134,6 +134,11 @@ def prepare(r: BenchRequest) -> Sweep:
     )
     for c in combos:
         resolve.check(base.model_copy(update={"combination": c}))
+    if base.data.train is not None:
+        from ftopt.train.prepare import read_data
+
+        # malformed JSON or missing fields fail every run the same way, one by one: once here instead
+        read_data(base.data, base.schedule.seed)
     zero_gpus = r.zero_gpus or default_zero_processes(hw)
     runs = sweep_runs(base, combos, r.out / "runs", repeat=r.repeat, zero_gpus=zero_gpus)
     check_sweep_launch(runs)

@@ -18,7 +18,7 @@ from ftopt.spec.hardware import AMPERE, FP16_NEEDS_CUDA  # AMPERE: FlashAttentio
 def check_devices(spec: RunSpec) -> None:
     import torch
 
-    from ftopt.spec.combination import Optim, Quant
+    from ftopt.spec.combination import Offload, Optim, Quant
 
     if spec.combination.quant is not Quant.NONE or spec.combination.optim is not Optim.ADAMW:
         from ftopt.model.quantize import require_bitsandbytes
@@ -32,6 +32,12 @@ def check_devices(spec: RunSpec) -> None:
             )
         if precision is Precision.FP16_MIXED:
             raise FtoptError(FP16_NEEDS_CUDA)
+        if spec.combination.uses_fsdp and spec.combination.offload is Offload.ALL:
+            # CPUOffloadPolicy pins host memory for a CUDA device: without one every rank fails as it shards
+            raise FtoptError(
+                "--fsdp with --offload all (FSDP2's CPUOffloadPolicy) moves states between a CUDA GPU and the host; "
+                "this machine has no CUDA GPU: use --offload none."
+            )
         return
     cap = torch.cuda.get_device_capability(0)
     name = torch.cuda.get_device_name(0)
