@@ -87,6 +87,35 @@ def test_lora_activation_terms_hand_worked(m7):
     assert activations.logits_loss_bytes(m7, st, 2048) == 2048 * V * 12
 
 
+def test_fp32_activation_terms_hand_worked(m7):
+    # fp32 (no autocast), sdpa, per token per layer. LoRA r16 on q,k,v,o:
+    #   2 RMSNorms: the input pow() saves (fp32 already: no copy), 4h each     = 2 * 16384 = 32768
+    #   q/k/v's lora_A save the norm output they share (adapters fp32: no cast) = 4 * 4096 = 16384
+    #   sdpa: q, k, v, out in fp32 + fp32 lse per head = 4*(2*4096 + 2*4096) + 4*32 = 65664
+    #   o's lora_A saves the attention output: SDPA's saved `out`, counted above   = 0
+    #   SwiGLU: gate, act, up outputs (down frozen) = 4*3*11008                  = 132096
+    #   each lora_B saves its lora_A's r-wide fp32 output = 4 * 16 * 4           = 256
+    lora = Combination(lora_r=16, attn="sdpa")
+    st = analytic.storage(Precision.FP32, lora)
+    assert activations.layer_activation_bytes_per_token(m7, lora, st, 2048) == 247_168
+    # full fine-tuning, same kernel:
+    #   2 RMSNorms: their input (4h) and the normalized input `weight * x` saves (4h) = 2 * 32768 = 65536
+    #   q/k/v save the norm's output (the product: not a tensor the norm saves), once  = 16384
+    #   sdpa as above                                                                  = 65664
+    #   o_proj's input: SDPA's saved `out`                                             = 0
+    #   gate/up save the post-attention norm's output                                  = 16384
+    #   SwiGLU: gate, act, up outputs, and down's input (the product) = 4*4*11008      = 176128
+    full = Combination(attn="sdpa")
+    st = analytic.storage(Precision.FP32, full)
+    assert activations.layer_activation_bytes_per_token(m7, full, st, 2048) == 340_096
+    # eager: o_proj's input is a copy of its own (+16384); q and the repeated k, v (no lse, no out) and the fp32
+    # probabilities (4 x 32 heads x 2048 keys) replace sdpa's terms
+    eager = Combination(attn="eager")
+    sdpa_core = 4 * (2 * H + 2 * H) + 4 * 32
+    eager_core = 4 * 3 * H + 4 * 32 * 2048
+    assert activations.layer_activation_bytes_per_token(m7, eager, st, 2048) == 340_096 - sdpa_core + eager_core + 4 * H
+
+
 def test_eager_adds_quadratic_scores(m7):
     st = analytic.storage(Precision.BF16_MIXED, Combination(lora_r=16))
     sdpa = activations.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="sdpa"), st, 2048)
