@@ -216,10 +216,12 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
 
 
 def print_sweep_event(kind: str, info: dict) -> None:
-    """One line per run of `ftopt bench` (ftopt.sweep.bench.run_sweep's on_event)."""
+    """One line per run of `ftopt bench` (ftopt.sweep.bench.run_sweep's on_event); a retried run says what its last
+    attempt ended in."""
+    running = f"running again (last attempt: {info['retry']})" if info.get("retry") else "running"
     console.print(
         f"[{info['index']}/{info['total']}] {info['label']}: "
-        f"{ {'start': 'running', 'skip': 'done before'}.get(kind, info.get('status')) }"
+        f"{ {'start': running, 'skip': 'done before'}.get(kind, info.get('status')) }"
         + (f" ({info['error']})" if info.get("error") else ""),
         markup=False,
         highlight=False,

@@ -155,6 +155,11 @@ def _bench(request: BenchRequest) -> None:
     sweep = prepare.prepare(request)
     rows = prepare.run(sweep, on_event=print_sweep_event)
     print_sweep_summary(rows, sweep.results_path, sweep.target)
+    failed = prepare.none_succeeded(rows)
+    if failed:
+        # not exit 2 (the flags were fine, each run was tried): 1, so a script or CI job sees that nothing was measured
+        typer.echo(f"error: {failed}", err=True)
+        raise typer.Exit(1)
     fitted = prepare.calibrate(sweep, rows)
     if fitted is not None:
         fit, cal, path = fitted
