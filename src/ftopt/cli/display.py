@@ -68,14 +68,18 @@ def _fit_word(e: Estimate, fits: str, tight: str, no: str) -> str:
 def calibration_line(cal: CalibrationProvenance | None, hardware: str, tc: TimeConstants | None = None) -> str:
     """Which time constants an estimate or plan used: their figures and where they came from (the default's
     source, or the calibration's runs, files and date)."""
+    from ftopt.planner.calibration_store import unfit_reasons
+
     figures = f"; constants {escape(tc.figures())}" if tc is not None else ""
     if cal is None:
         source = f"; source: {escape(tc.provenance.source)}" if tc is not None else ""
+        refused = getattr(tc.provenance, "not_applied", None) if tc is not None else None
         return (
             f"time model: uncalibrated for {hardware} (default constants; 'ftopt bench' on it calibrates)"
-            f"{figures}{source}"
+            f"{figures}{source}" + (f" [yellow]({escape(refused)})[/]" if refused else "")
         )
-    warn = " [yellow](mfu sits on its bound: treat the times with care)[/]" if cal.mfu_at_bound else ""
+    why = unfit_reasons(cal)  # only a file named with --calibration is applied with reasons against it
+    warn = f" [yellow](applied as named, though {escape('; '.join(why))}: treat the times with care)[/]" if why else ""
     return f"time model: calibrated, {escape(cal.summary())}{figures}{warn}"
 
 

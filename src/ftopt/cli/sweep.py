@@ -162,11 +162,20 @@ def _bench(request: BenchRequest) -> None:
         raise typer.Exit(1)
     fitted = prepare.calibrate(sweep, rows)
     if fitted is not None:
+        from ftopt.planner.calibration_store import unfit_reasons
+
         fit, cal, path = fitted
         print_calibration(fit)
+        why = unfit_reasons(cal.provenance)
+        use = (
+            f"later plan/estimate on it do NOT apply it, since {'; '.join(why)} (--calibration {path} applies it anyway)"
+            if why
+            else "later plan/estimate on it use it"
+        )
         console.print(
             f"time model for '{sweep.hardware.name}' (merged with earlier fits under these library versions) "
-            f"stored in {path}; later plan/estimate on it use it: {cal.constants.figures()}"
+            f"stored in {path}; {use}: {cal.constants.figures()}",
+            markup=False,
         )
 
 
