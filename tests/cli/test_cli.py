@@ -361,3 +361,40 @@ def test_a_lora_rank_up_to_the_narrowest_wrapped_linear_is_accepted():
     with pytest.raises(FtoptError, match="--lora-r 129 is larger than 128"):
         lora_targets(m, Combination(lora_r=129, lora_targets=("q_proj",)))
     assert run("estimate", "--model", "tiny-llama", "--gpu", "cpu", "--lora-r", "64").exit_code == 0
+
+
+def test_an_empty_report_title_is_refused_before_anything_is_written(tmp_path):
+    """`report --title ''` wrote a report under the default heading, as if no title was given."""
+    from ftopt.results.rows import ResultRow
+    from ftopt.spec import Combination
+
+    results = tmp_path / "results.jsonl"
+    row = ResultRow(key="a", label="full", combination=Combination(), status="oom", error_tail="out of memory")
+    results.write_text(row.to_line() + "\n")
+    for title in ("", "  "):
+        r = run("report", str(results), "--out", str(tmp_path / "rep"), "--title", title)
+        assert r.exit_code == 2 and "--title is empty; give a title" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "rep").exists()
+
+
+def test_an_interrupted_run_says_so_once():
+    """`train` printed its own 'interrupted: the last checkpoint ... --resume' line, then the command's plain
+    'interrupted' after it: a run that says where it stopped is the one line."""
+    import typer
+
+    from ftopt.cli.common import run_body
+    from ftopt.spec.errors import Interrupted
+
+    line = "interrupted: the last checkpoint in run is intact; continue with --resume"
+
+    def command(raised):
+        def body():
+            raise raised
+
+        return lambda: run_body(body)
+
+    for raised, said in ((Interrupted(line), line), (KeyboardInterrupt(), "interrupted")):
+        app = typer.Typer()
+        app.command()(command(raised))
+        r = runner.invoke(app, [])
+        assert r.exit_code == 130 and r.output.splitlines() == [said], r.output

@@ -38,7 +38,11 @@ def rows(n_combos, repeats=1, mfu=MFU, slow=1.0, steps=None, noise=None):
 
     def measured(i, x, k):
         t = slow * noise[i] * (x / mfu + k * PER_KERNEL + FIXED)
-        return {"peak_bytes_per_gpu": 1, "step_seconds": t, **({"step_times": [t] * steps, "warmup_steps": 2} if steps else {})}
+        return {
+            "peak_bytes_per_gpu": 1,
+            "step_seconds": t,
+            **({"step_times": [t] * steps, "warmup_steps": 2} if steps else {}),
+        }
 
     return [
         {
