@@ -160,8 +160,8 @@ def run(sweep: Sweep, on_event: Callable[[str, dict], None]) -> list[ResultRow]:
 
 def none_succeeded(rows: list[ResultRow]) -> str | None:
     """One sentence when no run of the sweep measured anything (every one oom, error, timeout or failed), with the
-    count per status; None when one did."""
-    if any(r.ok for r in rows):
+    count per status; None when one did (or there were none)."""
+    if not rows or any(r.ok for r in rows):
         return None
     counts: dict[str, int] = {}
     for r in rows:
