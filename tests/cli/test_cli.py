@@ -81,6 +81,13 @@ def test_plan_table():
         (("plan", "--max-hours", "0"), "--max-hours must be a positive number of hours, got 0.0"),
         (("demo", "--quality-target", "exact>=x"), "--quality-target must look like"),  # before the sweep, not after
         (("demo", "--target-gpu", "a100x"), "Unknown GPU"),
+        (
+            ("estimate", "--model", "llama-2-7b", "--lora-r", "99999999999"),
+            "--lora-r 99999999999 is larger than 4096, the smallest dimension of the linears LoRA wraps in llama "
+            "(q_proj is 4096 x 4096); give a rank up to 4096.",
+        ),
+        (("plan", "--model", "tiny-llama", "--lora-r", "65"), "--lora-r 65 is larger than 64"),  # k_proj: 128 x 64
+        (("estimate", "--model", "tiny-llama", "--lora-r", "65", "--lora-targets", "all-linear"), "larger than 64"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, fragment):
@@ -339,3 +346,55 @@ def test_a_value_click_cannot_parse_is_one_line_naming_it(args, said):
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith(said), p.stderr
     typed = args[-1].split("=")[-1]
     assert typed.startswith("--") or f"(got '{typed}')" in p.stderr
+
+
+def test_a_lora_rank_up_to_the_narrowest_wrapped_linear_is_accepted():
+    """The bound is min(in, out) of the linears LoRA wraps: tiny-llama's k_proj (128 x 64) by default, 128 when only
+    q_proj (128 x 128) is wrapped."""
+    from ftopt.spec import Combination, load_model
+    from ftopt.spec.errors import FtoptError
+    from ftopt.spec.policy import lora_targets
+
+    m = load_model("tiny-llama")
+    assert lora_targets(m, Combination(lora_r=64)) == m.attention_linear_names()
+    assert lora_targets(m, Combination(lora_r=128, lora_targets=("q_proj",))) == ["q_proj"]
+    with pytest.raises(FtoptError, match="--lora-r 129 is larger than 128"):
+        lora_targets(m, Combination(lora_r=129, lora_targets=("q_proj",)))
+    assert run("estimate", "--model", "tiny-llama", "--gpu", "cpu", "--lora-r", "64").exit_code == 0
+
+
+def test_an_empty_report_title_is_refused_before_anything_is_written(tmp_path):
+    """`report --title ''` wrote a report under the default heading, as if no title was given."""
+    from ftopt.results.rows import ResultRow
+    from ftopt.spec import Combination
+
+    results = tmp_path / "results.jsonl"
+    row = ResultRow(key="a", label="full", combination=Combination(), status="oom", error_tail="out of memory")
+    results.write_text(row.to_line() + "\n")
+    for title in ("", "  "):
+        r = run("report", str(results), "--out", str(tmp_path / "rep"), "--title", title)
+        assert r.exit_code == 2 and "--title is empty; give a title" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "rep").exists()
+
+
+def test_an_interrupted_run_says_so_once():
+    """`train` printed its own 'interrupted: the last checkpoint ... --resume' line, then the command's plain
+    'interrupted' after it: a run that says where it stopped is the one line."""
+    import typer
+
+    from ftopt.cli.common import run_body
+    from ftopt.spec.errors import Interrupted
+
+    line = "interrupted: the last checkpoint in run is intact; continue with --resume"
+
+    def command(raised):
+        def body():
+            raise raised
+
+        return lambda: run_body(body)
+
+    for raised, said in ((Interrupted(line), line), (KeyboardInterrupt(), "interrupted")):
+        app = typer.Typer()
+        app.command()(command(raised))
+        r = runner.invoke(app, [])
+        assert r.exit_code == 130 and r.output.splitlines() == [said], r.output

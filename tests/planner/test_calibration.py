@@ -28,10 +28,22 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FTOPT_CACHE", str(tmp_path / "cache"))
 
 
-def rows(n_combos, repeats=1, mfu=MFU, slow=1.0):
-    """Synthetic bench rows on a100-80g: `n_combos` combinations with `repeats` runs each, following the model."""
+def rows(n_combos, repeats=1, mfu=MFU, slow=1.0, steps=None, noise=None):
+    """Synthetic bench rows on a100-80g: `n_combos` combinations with `repeats` runs each, following the model
+    (times `noise[i]` for combination i). `steps`: each run's per-step times, that many (2 of warm-up); None = only
+    the median, as results written before per-step times."""
     xs = [0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.3, 0.5][:n_combos]
     ks = [900, 1500, 1100, 2500, 1300, 800, 2000, 1700][:n_combos]
+    noise = noise or [1.0] * n_combos
+
+    def measured(i, x, k):
+        t = slow * noise[i] * (x / mfu + k * PER_KERNEL + FIXED)
+        return {
+            "peak_bytes_per_gpu": 1,
+            "step_seconds": t,
+            **({"step_times": [t] * steps, "warmup_steps": 2} if steps else {}),
+        }
+
     return [
         {
             "status": "ok",
@@ -41,7 +53,7 @@ def rows(n_combos, repeats=1, mfu=MFU, slow=1.0):
             "combination": Combination(lora_r=i + 1).model_dump(mode="json"),  # one distinct combination each
             "sweep": {"precision": "fp32"},
             "predicted": {"analytic": {"flops_per_step": x * FP32, "kernels_per_step": k}},
-            "measured": {"peak_bytes_per_gpu": 1, "step_seconds": slow * (x / mfu + k * PER_KERNEL + FIXED)},
+            "measured": measured(i, x, k),
         }
         for i, (x, k) in enumerate(zip(xs, ks))
         for r in range(repeats)
@@ -111,9 +123,13 @@ def test_a_fit_on_a_bound_is_reported():
     bad = rows(3, mfu=2.0)
     fit, _, _ = calibrate_and_store(bad, A100, "/runs/fast.jsonl", "m")
     assert fit.mfu == 1.0 and "mfu at its 100% bound" in fit.at_bound
-    hw = calibrated_hardware(A100)
-    assert "mfu at its 100% bound" in hw.calibration.summary()
-    assert hw.calibration.mfu_at_bound and "mfu sits on its bound" in calibration_line(hw.calibration, hw.name)
+    hw = calibrated_hardware(A100)  # stored, but not applied unasked: the default constants stand, saying why
+    assert hw.calibration is None and hw.time_constants.mfu == A100.time_constants.mfu
+    assert "its mfu sits at the 100% bound" in hw.time_constants.provenance.not_applied
+    named = calibrated_hardware(A100, calibration_path("a100-80g", SoftwareVersions.installed()))
+    assert "mfu at its 100% bound" in named.calibration.summary() and named.calibration.mfu_at_bound
+    line = calibration_line(named.calibration, named.name)
+    assert "applied as named, though its mfu sits at the 100% bound" in line
 
 
 def test_every_estimate_and_plan_says_which_calibration():
@@ -197,3 +213,59 @@ def test_fsdp_runs_fit_their_engine_cost_per_mode():
     fit = calibrate(rows(8) + fsdp, A100)
     assert fit.fsdp_step_seconds == pytest.approx({f.value: s for f, s in extra.items()}, rel=1e-3)
     assert fit.zero_step_seconds == {}
+
+
+def _applied(hw=A100):
+    return calibrated_hardware(hw).calibration is not None
+
+
+def test_a_fit_whose_held_out_error_is_above_the_threshold_is_stored_but_not_applied():
+    """A smoke bench's fit with a 31.9% median held-out error changed every later cpu plan. Above
+    MAX_HOLDOUT_ERROR the default constants stand and plan/estimate say which calibration was refused and why."""
+    from ftopt.planner.calibration_store import MAX_HOLDOUT_ERROR
+
+    noisy = [1.0, 1.6, 0.7, 1.5, 0.6, 1.4, 0.8, 1.3]
+    fit, cal, path = calibrate_and_store(rows(8, noise=noisy), A100, "/runs/noisy.jsonl", "m")
+    assert fit.holdout_median_abs_error > MAX_HOLDOUT_ERROR and "mfu at its 100% bound" not in fit.at_bound
+    assert path.exists() and find_calibration("a100-80g").provenance.holdout_median_abs_error == pytest.approx(
+        fit.holdout_median_abs_error
+    )
+    m, s = load_model("llama-2-7b"), TrainingSetup(seq_len=2048)
+    hw = calibrated_hardware(A100)
+    e = estimate(m, hw, s, Combination(lora_r=8))
+    assert e.calibration is None and e.step_seconds == estimate(m, A100, s, Combination(lora_r=8)).step_seconds
+    said = e.to_json()["time_constants"]["provenance"]["not_applied"]
+    assert f"held-out step-time error is {fit.holdout_median_abs_error:.1%} median, above the 15% allowed" in said
+    assert str(path) in said
+    line = calibration_line(e.calibration, e.hardware, e.time_constants)
+    assert "uncalibrated" in line and "is not applied" in line
+    p = plan(m, hw, s, what_ifs=False).to_json()
+    assert p["calibration"] is None and "not applied" in p["time_constants"]["provenance"]["not_applied"]
+    # the same runs without the noise pass and apply
+    calibrate_and_store(rows(8), A100, "/runs/noisy.jsonl", "m")
+    assert _applied()
+
+
+def test_a_fit_on_too_few_measured_steps_is_not_applied():
+    """`bench --max-steps 4` measures 2 steps per run (2 of warm-up): a median of two steps is not a step time."""
+    from ftopt.planner.calibration_store import MIN_STEADY_STEPS
+    from ftopt.results.rows import WARMUP_STEPS
+
+    calibrate_and_store(rows(8, steps=WARMUP_STEPS + MIN_STEADY_STEPS - 1), A100, "/runs/short.jsonl", "m")
+    prov = find_calibration("a100-80g").provenance
+    assert prov.fewest_steps == MIN_STEADY_STEPS - 1 and not _applied()
+    said = calibrated_hardware(A100).time_constants.provenance.not_applied
+    assert "a point stands on 2 measured steps, fewer than 3 (raise --max-steps)" in said
+    calibrate_and_store(rows(8, steps=WARMUP_STEPS + MIN_STEADY_STEPS), A100, "/runs/short.jsonl", "m")
+    assert find_calibration("a100-80g").provenance.fewest_steps == MIN_STEADY_STEPS and _applied()
+    # two repeats of 2 steps each: 4 steps behind the point's median
+    calibrate_and_store(rows(8, repeats=2, steps=WARMUP_STEPS + 2), A100, "/runs/short.jsonl", "m")
+    assert find_calibration("a100-80g").provenance.fewest_steps == 4 and _applied()
+
+
+def test_a_smoke_bench_merged_into_a_good_fit_is_refused_visibly():
+    calibrate_and_store(rows(8, steps=10), A100, "/runs/full.jsonl", "m")
+    assert _applied()
+    calibrate_and_store(rows(2, slow=1.5, steps=4), A100, "/runs/smoke.jsonl", "tiny")
+    hw = calibrated_hardware(A100)
+    assert hw.calibration is None and "fewer than 3" in hw.time_constants.provenance.not_applied

@@ -62,7 +62,7 @@ def test_each_lever_gives_the_cli_plan(server, lever):
     [("adapter_dtype=fp16", "adapter_dtype"), ("dora=maybe", "dora"), ("rslora=2", "rslora"),
      ("lora_dropout=1.5", "lora_dropout"), ("lora_dropout=-0.1", "lora_dropout"), ("lora_dropout=x", "lora_dropout"),
      ("lora_targets=,", "lora_targets"), ("lora_targets=nope_proj", "lora_targets"), ("qlora_recipe=qlora", "qlora_recipe"), ("batching=ragged", "batching"),
-     ("engine=megatron", "engine"), ("precision=fp8", "precision"),
+     ("engine=megatron", "engine"), ("precision=fp8", "precision"), ("lora_r=99999999999", "lora_r"),
      ("qlora_recipe=torchtune", "qlora_recipe")],
 )  # fmt: skip
 def test_a_bad_lever_is_one_sentence_beside_its_field(server, query, field):

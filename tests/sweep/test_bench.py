@@ -45,10 +45,19 @@ def test_sweep_records_oom_and_crash_and_resumes(tmp_path):
     # every step's time is kept; the median leaves out the warm-up steps
     assert len(ok.measured.step_times) == 3 and ok.measured.warmup_steps == WARMUP_STEPS
     assert ok.measured.step_seconds == ok.measured.step_times[-1]  # 3 steps, 2 of warm-up: the third
-    # a second run of the same sweep skips everything already recorded
+    # a second run of the same sweep skips what has a result (ok, oom) and tries the crashed run again: its new
+    # line follows the failed one, which stays as the record of that attempt
     events.clear()
-    rows2 = run_sweep(runs, results)
-    assert len(rows2) == 3 and len(results.read_text().splitlines()) == 3
+    rows2 = run_sweep(runs, results, on_event=lambda k, i: events.append((k, i.get("retry"))))
+    assert {r.key: r.status.value for r in rows2} == {keys[0]: "oom", keys[1]: "ok", keys[2]: "ok"}
+    assert events == [("skip", None), ("skip", None), ("start", "error"), ("done", "error")]
+    lines = [ResultRow.model_validate_json(x) for x in results.read_text().splitlines()]
+    assert [(r.key, r.status.value) for r in lines][-2:] == [(keys[2], "ok"), (keys[1], "ok")]
+    assert [r.status.value for r in lines if r.key == keys[1]] == ["error", "ok"]
+    # a third run has nothing left to do
+    events.clear()
+    assert len(run_sweep(runs, results, on_event=lambda k, i: events.append(k))) == 3
+    assert events == ["skip"] * 3 and len(results.read_text().splitlines()) == 4
 
 
 def test_zero_processes_and_run_timeout(tmp_path):
@@ -96,6 +105,60 @@ def test_a_run_interrupted_mid_way_runs_again_on_the_rerun(tmp_path):
     assert [r.status.value for r in rows] == ["ok"], rows[0].error_tail
     assert rows[0].measured.steps == 2 and (out / "my_notes.txt").read_text() == "mine"
     assert "error" not in events[-1]
+
+
+def test_a_rerun_retries_error_timeout_and_failed_runs_and_never_oom_or_ok(tmp_path, monkeypatch):
+    """Runs recorded as error or timeout were "done before" on every rerun, even after the cause was fixed."""
+    import ftopt.sweep.bench as B
+
+    combos = [Combination(), Combination(gc=True), Combination(lora_r=4), Combination(lora_r=4, gc=True)]
+    runs = sweep_runs(_base(), combos, tmp_path / "runs")
+    results = tmp_path / "r.jsonl"
+    for run, status in zip(runs, ("error", "timeout", "failed", "oom")):
+        row = ResultRow(key=run.key(), label="x", combination=run.spec.combination, status=status, error_tail="x")
+        append_line_atomic(results, row.to_line())
+    started = []
+    monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout, procs: started.append(cmd) or (1, "boom"))
+    events = []
+    rows = run_sweep(runs, results, on_event=lambda k, i: events.append((k, i.get("retry"))))
+    assert len(started) == 3 and ("skip", None) in events
+    assert [e for e in events if e[0] == "start"] == [("start", "error"), ("start", "timeout"), ("start", "failed")]
+    assert len(rows) == 4 and len(results.read_text().splitlines()) == 7  # 4 first attempts, 3 retries
+
+
+def test_the_current_attempt_of_a_run_never_hides_a_success():
+    """A key with several lines (a retried run): its last success stands, else its last final (oom) line, else its
+    last line; keys keep the order they first appeared in."""
+    from ftopt.results.rows import Measured, current_attempts
+
+    def row(key, status):
+        m = Measured(peak_bytes_per_gpu=1, step_seconds=0.1, steps=3) if status == "ok" else None
+        return ResultRow(key=key, label=key, combination=Combination(), status=status, measured=m)
+
+    rows = [row("a", "error"), row("b", "timeout"), row("a", "ok"), row("a", "error"), row("b", "error")]
+    rows += [row("c", "oom"), row("c", "timeout")]
+    assert [(r.key, r.status.value) for r in current_attempts(rows)] == [("a", "ok"), ("b", "error"), ("c", "oom")]
+
+
+def test_bench_exits_non_zero_with_one_line_when_no_run_succeeded(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import ftopt.sweep.bench as B
+    from ftopt.cli.app import app
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("combinations:\n  - {lora_r: 4}\n  - {gc: true}\n")
+    monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout, procs: (1, "RuntimeError: broken"))
+    bench = ["bench", "--out", str(tmp_path / "b"), "--grid", str(grid), "--max-steps", "2", "--gpu", "cpu"]
+    r = CliRunner().invoke(app, bench)
+    assert r.exit_code == 1, r.output
+    said = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert said == [
+        "error: no run of the sweep succeeded (0 of 2: 2 error); each failed run's error_tail is in the results "
+        "file, and a rerun of the same command tries the error, timeout and failed ones again."
+    ]
+    r = CliRunner().invoke(app, bench)  # the rerun tries both again
+    assert r.exit_code == 1 and r.output.count("running again (last attempt: error)") == 2, r.output
 
 
 def test_a_failed_run_says_why_on_the_console(tmp_path):
@@ -315,7 +378,7 @@ def test_bench_across_nodes_needs_a_host_file_and_hands_it_to_every_run(tmp_path
     write_stand_ins(tmp_path / "bin")  # never called: the runs are faked
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{path}")
     r = CliRunner().invoke(app, [*bench, "--hostfile", str(hosts)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1 and "no run of the sweep succeeded (0 of 1: 1 error)" in r.output, r.output
     assert len(seen) == 1 and seen[0].setup.nodes == 2 and seen[0].setup.world_size == 4
     assert seen[0].hostfile == str(hosts)
     rows = read_results(tmp_path / "b" / "results.jsonl")

@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from ftopt.spec.combination import Combination
-from ftopt.spec.errors import FtoptError, validation_message
+from ftopt.spec.errors import FtoptError, Interrupted, validation_message
 from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 from ftopt.spec.production import ProductionOptions
 
@@ -272,8 +272,9 @@ def run_body(fn: Callable[[], None]) -> None:
     except ValidationError as e:
         typer.echo(f"error: {validation_message(e, flags=True)}", err=True)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+    except KeyboardInterrupt as e:
+        # a run that stopped says where it stopped (Interrupted); anything else just says it was interrupted
+        typer.echo(str(e) if isinstance(e, Interrupted) and str(e) else "interrupted", err=True)
         raise typer.Exit(130) from None
 
 

@@ -68,14 +68,18 @@ def _fit_word(e: Estimate, fits: str, tight: str, no: str) -> str:
 def calibration_line(cal: CalibrationProvenance | None, hardware: str, tc: TimeConstants | None = None) -> str:
     """Which time constants an estimate or plan used: their figures and where they came from (the default's
     source, or the calibration's runs, files and date)."""
+    from ftopt.planner.calibration_store import unfit_reasons
+
     figures = f"; constants {escape(tc.figures())}" if tc is not None else ""
     if cal is None:
         source = f"; source: {escape(tc.provenance.source)}" if tc is not None else ""
+        refused = getattr(tc.provenance, "not_applied", None) if tc is not None else None
         return (
             f"time model: uncalibrated for {hardware} (default constants; 'ftopt bench' on it calibrates)"
-            f"{figures}{source}"
+            f"{figures}{source}" + (f" [yellow]({escape(refused)})[/]" if refused else "")
         )
-    warn = " [yellow](mfu sits on its bound: treat the times with care)[/]" if cal.mfu_at_bound else ""
+    why = unfit_reasons(cal)  # only a file named with --calibration is applied with reasons against it
+    warn = f" [yellow](applied as named, though {escape('; '.join(why))}: treat the times with care)[/]" if why else ""
     return f"time model: calibrated, {escape(cal.summary())}{figures}{warn}"
 
 
@@ -216,10 +220,12 @@ def print_train_metrics(m: dict, output_dir: str) -> None:
 
 
 def print_sweep_event(kind: str, info: dict) -> None:
-    """One line per run of `ftopt bench` (ftopt.sweep.bench.run_sweep's on_event)."""
+    """One line per run of `ftopt bench` (ftopt.sweep.bench.run_sweep's on_event); a retried run says what its last
+    attempt ended in."""
+    running = f"running again (last attempt: {info['retry']})" if info.get("retry") else "running"
     console.print(
         f"[{info['index']}/{info['total']}] {info['label']}: "
-        f"{ {'start': 'running', 'skip': 'done before'}.get(kind, info.get('status')) }"
+        f"{ {'start': running, 'skip': 'done before'}.get(kind, info.get('status')) }"
         + (f" ({info['error']})" if info.get("error") else ""),
         markup=False,
         highlight=False,

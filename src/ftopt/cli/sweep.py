@@ -155,13 +155,27 @@ def _bench(request: BenchRequest) -> None:
     sweep = prepare.prepare(request)
     rows = prepare.run(sweep, on_event=print_sweep_event)
     print_sweep_summary(rows, sweep.results_path, sweep.target)
+    failed = prepare.none_succeeded(rows)
+    if failed:
+        # not exit 2 (the flags were fine, each run was tried): 1, so a script or CI job sees that nothing was measured
+        typer.echo(f"error: {failed}", err=True)
+        raise typer.Exit(1)
     fitted = prepare.calibrate(sweep, rows)
     if fitted is not None:
+        from ftopt.planner.calibration_store import unfit_reasons
+
         fit, cal, path = fitted
         print_calibration(fit)
+        why = unfit_reasons(cal.provenance)
+        use = (
+            f"later plan/estimate on it do NOT apply it, since {'; '.join(why)} (--calibration {path} applies it anyway)"
+            if why
+            else "later plan/estimate on it use it"
+        )
         console.print(
             f"time model for '{sweep.hardware.name}' (merged with earlier fits under these library versions) "
-            f"stored in {path}; later plan/estimate on it use it: {cal.constants.figures()}"
+            f"stored in {path}; {use}: {cal.constants.figures()}",
+            markup=False,
         )
 
 

@@ -59,6 +59,7 @@ class TimePoint:
     gpus: int = 1  # processes of the run
     runs: int = 1  # measurements merged into measured_seconds
     fsdp: str = "none"  # FSDP2 mode (Fsdp value) of the run; its engine cost is fitted like a ZeRO stage's
+    steps: int | None = None  # steady steps behind measured_seconds, over its runs (None: a run without step times)
 
     @property
     def plain(self) -> bool:
@@ -214,9 +215,16 @@ def time_points(rows: list, hw) -> tuple[list[TimePoint], int]:
                 gpus=r.gpus,
                 runs=len(runs),
                 fsdp=r.combination.fsdp.value,
+                steps=_steady_steps(runs),
             )
         )
     return points, sum(len(v) for v in groups.values())
+
+
+def _steady_steps(runs: list) -> int | None:
+    """Steady steps measured over these runs (ResultRow), None when one of them kept only its median."""
+    steps = [r.measured.stats().steps for r in runs]
+    return None if 0 in steps else sum(steps)
 
 
 def calibrate(rows: list[dict], hw) -> CalibrationFit:

@@ -50,6 +50,7 @@ class StoredPoint(BaseModel):
     kernels: int | None = Field(None, description="dispatched operators per step")
     measured_seconds: float = Field(gt=0)
     runs: int = Field(ge=1)
+    steps: int | None = Field(None, ge=0, description="steady steps behind measured_seconds; None = not recorded")
     source: str = Field(description="the results file (or sweep) it came from")
 
     def same_point(self) -> tuple:
@@ -129,9 +130,48 @@ def apply_calibration(hw: HardwareSpec, cal: Calibration, file: Path | None = No
     return hw.with_time(c.model_copy(update={**kept, "provenance": prov}))
 
 
+# A stored calibration is applied only when its median held-out step-time error (each combination predicted by a fit
+# on the others, ftopt.planner.calibration) is at most this. Sweeps of the reference points on this project's CPUs
+# check at 3.0% and 4.2% (planner/choice.py, TIME_MODEL_ERROR), and repeats of one combination on a shared machine
+# differ by up to ~10% (RANK_TIE_FRACTION): above 15% the fit predicts runs it did not see worse than that noise
+# explains (too few or too short runs, a loaded machine), so it does not describe the hardware and would rank
+# combinations on error; the default constants, with their stated source, are the honester answer.
+MAX_HOLDOUT_ERROR = 0.15
+# A point's step time is the median of its steady steps (warm-up left out): with fewer than 3 that median is a mean
+# of one or two steps, which one slow step on a shared machine moves by its whole excess; with 3 it ignores that step.
+# `bench --max-steps 4` (2 warm-up steps) leaves 2.
+MIN_STEADY_STEPS = 3
+
+
+def unfit_reasons(prov: CalibrationProvenance) -> list[str]:
+    """Why a calibration is not fit to apply unasked (empty: it is): the fit pinned mfu to its bound, failed its
+    held-out check, or stands on too few measured steps. A file from before a figure was stored is not judged on it."""
+    why = []
+    if prov.mfu_at_bound:
+        why.append("its mfu sits at the 100% bound (the runs could not tell the FLOP rate from the overheads)")
+    err = prov.holdout_median_abs_error
+    if err is not None and err > MAX_HOLDOUT_ERROR:
+        why.append(f"its held-out step-time error is {err:.1%} median, above the {MAX_HOLDOUT_ERROR:.0%} allowed")
+    if prov.fewest_steps is not None and prov.fewest_steps < MIN_STEADY_STEPS:
+        why.append(
+            f"a point stands on {prov.fewest_steps} measured step{'' if prov.fewest_steps == 1 else 's'}, "
+            f"fewer than {MIN_STEADY_STEPS} (raise --max-steps)"
+        )
+    return why
+
+
+def not_applied_note(prov: CalibrationProvenance, path: Path, why: list[str]) -> str:
+    """The one sentence plan/estimate show beside the default constants when the stored calibration was refused."""
+    return (
+        f"the stored calibration {path} ({prov.runs} run{'' if prov.runs == 1 else 's'}, {prov.date}) is not "
+        f"applied: {'; '.join(why)}; a bench with more or longer runs refits it, --calibration FILE applies it anyway"
+    )
+
+
 def calibrated_hardware(hw: HardwareSpec, file: Path | None = None) -> HardwareSpec:
     """Apply the calibration named by `file` (it must be for this hardware; other library versions are allowed,
-    since the user asked for it), else the stored one that matches hardware and installed versions, else none."""
+    since the user asked for it), else the stored one that matches hardware and installed versions when it passes
+    `unfit_reasons` (else the hardware's constants, their provenance saying why it was not applied), else none."""
     if file is not None:
         cal = read_calibration(file)
         if cal.provenance.hardware != hw.name:
@@ -141,7 +181,17 @@ def calibrated_hardware(hw: HardwareSpec, file: Path | None = None) -> HardwareS
             )
         return apply_calibration(hw, cal, file)
     cal = find_calibration(hw.name)
-    return apply_calibration(hw, cal, calibration_path(hw.name, cal.provenance.versions)) if cal else hw
+    if cal is None:
+        return hw
+    path = calibration_path(hw.name, cal.provenance.versions)
+    why = unfit_reasons(cal.provenance)
+    if not why:
+        return apply_calibration(hw, cal, path)
+    if hw.calibration is not None:  # a hardware file's own calibrated constants: they stand, as they would have
+        return hw
+    note = not_applied_note(cal.provenance, path, why)
+    tc = hw.time_constants
+    return hw.with_time(tc.model_copy(update={"provenance": tc.provenance.model_copy(update={"not_applied": note})}))
 
 
 def _pooled(points: list[StoredPoint]) -> list[TimePoint]:
@@ -157,7 +207,8 @@ def _pooled(points: list[StoredPoint]) -> list[TimePoint]:
         p = g[0]
         # the combination names the point; the model only where the fit spans several, by its name, not its path
         label = f"{Path(p.model).name}: {p.label}" if several else p.label
-        out.append(TimePoint(label, p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp))
+        steps = None if any(q.steps is None for q in g) else sum(q.steps for q in g)
+        out.append(TimePoint(label, p.ideal_seconds, p.kernels, p.zero, seconds, p.gpus, runs, p.fsdp, steps))
     return out
 
 
@@ -186,6 +237,7 @@ def calibrate_and_store(
             kernels=p.kernels,
             measured_seconds=p.measured_seconds,
             runs=p.runs,
+            steps=p.steps,
             source=source,
         )
         for p in pts
@@ -205,6 +257,7 @@ def calibrate_and_store(
         date=datetime.now(timezone.utc).date().isoformat(),
         at_bound=fit.at_bound,
         holdout_median_abs_error=fit.holdout_median_abs_error,
+        fewest_steps=min((p.steps for p in points if p.steps is not None), default=None),
     )
     cal = Calibration(constants=fitted_constants(fit, prov, hw.time_constants), points=points)
     path = calibration_path(hw.name, versions)

@@ -49,6 +49,9 @@ def report_settings(
     its target GPU and model are checked here, before any projection."""
     from ftopt.planner.calibration import calibrate
 
+    if title is not None and not title.strip():  # '' would silently fall back to the default heading
+        raise FtoptError("--title is empty; give a title, or leave it out for the default one.")
+
     p = production or ProductionOptions()
     if headroom is not None:
         from ftopt.spec import TrainingSetup

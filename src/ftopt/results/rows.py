@@ -43,6 +43,13 @@ class Status(str, Enum):
     TIMEOUT = "timeout"
     FAILED = "failed"  # exited 0 without writing metrics.json: no result
 
+    @property
+    def final(self) -> bool:
+        """A result a rerun of the sweep keeps: ok (measured) or oom (the combination does not fit; running it again
+        on the same hardware measures the same). error, timeout and failed say nothing about the combination (a bad
+        data file, a too-short --run-timeout, a crash since fixed): a rerun tries them again."""
+        return self in (Status.OK, Status.OOM)
+
 
 class Prediction(BaseModel):
     """One estimator's prediction for the run (`ftopt.estimate.predictions`), or why it could not answer."""
@@ -304,9 +311,23 @@ def _read_line(line: str) -> ResultRow:
     return parse_row(doc)
 
 
+def current_attempts(rows: list[ResultRow]) -> list[ResultRow]:
+    """One row per run key: a rerun appends a retried run's new attempt after the failed one (which stays in the
+    file as its record), so a key can have several lines. The one that stands is the last successful attempt, else
+    the last final one (Status.final), else the last; a later failure never hides a success. In the order keys first
+    appear."""
+    chosen: dict[str, ResultRow] = {}
+    for r in rows:
+        prev = chosen.get(r.key)
+        if prev is None or (r.ok, r.status.final) >= (prev.ok, prev.status.final):
+            chosen[r.key] = r
+    return list(chosen.values())
+
+
 def scan_results(path: str | Path) -> ResultsFile:
     """Every valid line, migrated to the current schema, and every other non-empty line with its number and why
-    (the good lines are kept); a missing file reads as empty."""
+    (the good lines are kept); a missing file reads as empty. `rows` holds each run's current attempt
+    (current_attempts): a retried run's earlier failures stay in the file but are not counted twice."""
     p = Path(path)
     rows, skipped = [], []
     lines = p.read_text(errors="replace").splitlines() if p.exists() else []
@@ -319,7 +340,7 @@ def scan_results(path: str | Path) -> ResultsFile:
             skipped.append(SkippedLine(line=n, why=f"an invalid result ({_clip(validation_message(e, values=False))})"))
         except ValueError as e:
             skipped.append(SkippedLine(line=n, why=f"a corrupt result ({_clip(str(e).splitlines()[0])})"))
-    return ResultsFile(path=str(p), rows=rows, skipped=skipped)
+    return ResultsFile(path=str(p), rows=current_attempts(rows), skipped=skipped)
 
 
 def read_results(path: str | Path, warn: Callable[[str], None] = lambda m: None) -> list[ResultRow]:

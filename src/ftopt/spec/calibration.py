@@ -56,6 +56,9 @@ class CalibrationProvenance(BaseModel):
         default_factory=list, description="fitted constants that sit on a bound (mfu at 100%, an overhead at 0)"
     )
     holdout_median_abs_error: float | None = Field(None, description="leave-one-out step-time error, median")
+    fewest_steps: int | None = Field(
+        None, ge=0, description="fewest steady (measured, warm-up left out) steps behind one point; None = unknown"
+    )
     file: str | None = Field(None, description="the calibration file it was read from")
 
     @property

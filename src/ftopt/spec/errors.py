@@ -9,6 +9,11 @@ class FtoptError(Exception):
     """A problem with the user's input or environment, phrased as one sentence they can act on."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM that stopped a run which knows what the user should hear (where its last checkpoint is and
+    how to go on): the command prints this one line in place of its plain 'interrupted', so it is said once."""
+
+
 class TraceUnavailable(FtoptError):
     """The traced estimator cannot run this model or input; callers fall back to the analytic method and say so.
     `error`: the type name of what the trace raised (e.g. UnsupportedOperatorException), for the typed warning."""

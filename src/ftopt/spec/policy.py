@@ -143,12 +143,28 @@ def lora_targets(model: ModelSpec, combo: Combination) -> list[str]:
     if not combo.lora:
         return []
     if combo.lora_targets == (ALL_LINEAR,):
-        return model.all_linear_names()
-    targets = list(combo.lora_targets) if combo.lora_targets else model.attention_linear_names()
-    names = model.all_linear_names()
-    missing = [t for t in targets if t not in names]
-    if missing:
-        raise FtoptError(
-            f"LoRA target(s) {', '.join(missing)} are not linears of {model.family}; candidates: {', '.join(names)}."
-        )
+        targets = model.all_linear_names()
+    else:
+        targets = list(combo.lora_targets) if combo.lora_targets else model.attention_linear_names()
+        names = model.all_linear_names()
+        missing = [t for t in targets if t not in names]
+        if missing:
+            raise FtoptError(
+                f"LoRA target(s) {', '.join(missing)} are not linears of {model.family}; candidates: {', '.join(names)}."
+            )
+    _check_rank(model, combo.lora_r, targets)
     return targets
+
+
+def _check_rank(model: ModelSpec, r: int, targets: list[str]) -> None:
+    """A rank above min(in, out) of a wrapped linear adds parameters but no rank (B @ A is at most that rank): PEFT
+    builds it, but no user means it, and an estimate of it is off by orders of magnitude (a typo of a few digits)."""
+    wrapped = [lin for lin in model.layer_linears() if lin.name in targets]
+    narrow = min(wrapped, key=lambda x: min(x.in_features, x.out_features), default=None)
+    bound = min(narrow.in_features, narrow.out_features) if narrow else r
+    if r > bound:
+        raise FtoptError(
+            f"--lora-r {r} is larger than {bound}, the smallest dimension of the linears LoRA wraps in "
+            f"{model.family} ({narrow.name} is {narrow.in_features} x {narrow.out_features}); give a rank up to "
+            f"{bound}."
+        )

@@ -43,6 +43,9 @@ class DefaultProvenance(BaseModel):
         (), description="the published runs the figures were fitted to (time_rows ids, benchmarks/published/rows.json)"
     )
     fitted_on: str | None = Field(None, description="the date they were fitted (YYYY-MM-DD); None = not fitted")
+    not_applied: str | None = Field(
+        None, description="why the stored calibration for this hardware was not applied (None: there was none)"
+    )
 
 
 Provenance = Annotated[DefaultProvenance | CalibrationProvenance, Field(discriminator="kind")]

@@ -1,6 +1,7 @@
 """`ftopt bench`: the proof-of-concept sweep. Same sample data and seed, one `ftopt train` subprocess per
 combination (an OOM or crash in one is recorded and the sweep goes on), results appended atomically to a JSONL
-file (schema in docs/results-schema.md), finished runs skipped on a re-run (resume after Ctrl-C or a crash).
+file (schema in docs/results-schema.md), finished runs skipped on a re-run (resume after Ctrl-C or a crash) and
+failed ones (error, timeout, failed) tried again.
 Each result carries the predicted figures (analytic and traced) next to the measured ones.
 """
 
@@ -204,7 +205,8 @@ def run_sweep(
     quality_target: QualityTarget | None = None,
     slots: int = 1,
 ) -> list[ResultRow]:
-    """Run each BenchRun not yet in `results`; append one result line per run (with the sweep's quality target,
+    """Run each BenchRun without a final result in `results` (ok or oom: Status.final; a run recorded as error,
+    timeout or failed is tried again, its earlier line kept); append one result line per run (with the sweep's quality target,
     which the report then uses). Returns all results. `slots`: one-process runs side by side (ftopt.sweep.schedule;
     1 = one run at a time).
     `inject` maps a run key prefix to 'oom' or 'crash' (tests: a failing run must not stop the sweep)."""
@@ -212,15 +214,16 @@ def run_sweep(
     from ftopt.train.ranks import last_error_line
 
     results = Path(results)
-    done = {r.key for r in read_results(results)}
+    recorded = {r.key: r for r in read_results(results)}
     todo = []
     for i, run in enumerate(runs, 1):
         key, c = run.key(), run.spec.combination
         info = {"key": key, "label": c.label(), "index": i, "total": len(runs)}
-        if key in done:
+        before = recorded.get(key)
+        if before is not None and before.status.final:
             on_event("skip", info)
-        else:
-            todo.append((run, info))
+        else:  # never run, or its last attempt failed (error, timeout, failed): its line stays, a new one follows
+            todo.append((run, info if before is None else {**info, "retry": before.status.value}))
 
     def one(item: tuple[BenchRun, dict], procs: set) -> ResultRow:
         return _run_one(item[0], item[1]["key"], run_timeout_seconds, inject or {}, procs)

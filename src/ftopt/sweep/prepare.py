@@ -146,7 +146,8 @@ def prepare(r: BenchRequest) -> Sweep:
 
 
 def run(sweep: Sweep, on_event: Callable[[str, dict], None]) -> list[ResultRow]:
-    """Each run as its own `ftopt train` process; results appended one line at a time; finished runs skipped."""
+    """Each run as its own `ftopt train` process; results appended one line at a time; finished runs (ok, oom)
+    skipped, failed ones (error, timeout, failed) tried again."""
     rows = run_sweep(
         sweep.runs,
         sweep.results_path,
@@ -155,6 +156,21 @@ def run(sweep: Sweep, on_event: Callable[[str, dict], None]) -> list[ResultRow]:
         quality_target=sweep.target,
     )
     return sweep_rows(rows, sweep.runs)
+
+
+def none_succeeded(rows: list[ResultRow]) -> str | None:
+    """One sentence when no run of the sweep measured anything (every one oom, error, timeout or failed), with the
+    count per status; None when one did (or there were none)."""
+    if not rows or any(r.ok for r in rows):
+        return None
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
+    said = ", ".join(f"{n} {status}" for status, n in counts.items())
+    return (
+        f"no run of the sweep succeeded (0 of {len(rows)}: {said}); each failed run's error_tail is in the results "
+        "file, and a rerun of the same command tries the error, timeout and failed ones again."
+    )
 
 
 def calibrate(sweep: Sweep, rows: list[ResultRow]):

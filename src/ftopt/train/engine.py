@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ftopt.spec import RunSpec
-from ftopt.spec.errors import FtoptError
+from ftopt.spec.errors import FtoptError, Interrupted
 from ftopt.spec.trust import CommandLineTrust, admit
 from ftopt.train import hostfile, ranks
 from ftopt.train.allocator import allocator_env
@@ -83,8 +83,7 @@ def _launch_ranks(spec: RunSpec, rdzv: ranks.Rendezvous, args: list[str]) -> dic
     codes, interrupted = ranks.run_ranks(cmd, rdzv, log_dir, _env(spec))
     stopped = [c for c in codes.values() if c != 0]
     if interrupted or (stopped and all(c == ranks.INTERRUPTED for c in stopped)):
-        print(ranks.interrupted_line(out), file=sys.stderr, flush=True)
-        raise KeyboardInterrupt
+        raise Interrupted(ranks.interrupted_line(out))  # the command prints it, once
     _judge(codes, log_dir)
     metrics_path = out / "metrics.json"
     if not metrics_path.exists():

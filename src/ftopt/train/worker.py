@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ftopt.spec import RunSpec
+from ftopt.spec.errors import Interrupted
 from ftopt.train.ranks import end_rank, interrupted_line, rank_run
 
 BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (base_quality_at_start)
@@ -201,8 +202,8 @@ def _train(trainer, resume, world: int, interrupt, closers, log, out):
         with no_checkpoint_bars():  # one "Writing model shards" bar per run: the final save's
             return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except KeyboardInterrupt:
-        if world == 1:  # a launcher prints the line once for all its ranks
-            log(interrupted_line(out))
+        if world == 1:  # the command prints it, once (a launcher does so for all its ranks)
+            raise Interrupted(interrupted_line(out)) from None
         raise
     finally:
         if interrupt is not None:
