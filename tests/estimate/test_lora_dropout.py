@@ -7,6 +7,7 @@ import pytest
 from ftopt.estimate import activations, estimate
 from ftopt.spec import Combination, Precision, TrainingSetup, from_hf_config, load_hardware, load_model
 from ftopt.spec.policy import storage
+from tests.estimate.test_lora_levers import UNTIED
 
 H = 4096  # llama-2-7b: hidden size = q_dim = 4096, 32 layers, LoRA's default targets q, k, v, o
 
@@ -63,17 +64,7 @@ def test_no_dropout_no_term():
     assert per(m7, Combination(lora_r=16), st, 2048) == 164_608  # tests/estimate/test_analytic.py's figure
 
 
-TINY_CONFIG = {
-    "model_type": "llama",
-    "hidden_size": 128,
-    "intermediate_size": 352,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 512,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
-}
+TINY_CONFIG = UNTIED  # the untied tiny llama the LoRA lever tests trace
 # (hardware, precision, combination fields): the mask kinds (CPU noise, GPU bool), the adapter dtypes (a cast
 # before the dropout or a copy per wrapped linear), GC's recomputed layer (a 64-token vocabulary, so that the
 # recomputation, not the loss, is the peak) and DoRA's recomputed base product
