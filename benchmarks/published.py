@@ -8,8 +8,10 @@ Each row of benchmarks/published/rows.json names its source (repository, path, c
 (torch.cuda.max_memory_allocated or max_memory_reserved), the measured bytes and the setup it ran under. For a row
 with a `setup`, the estimators predict the same quantity (peak_bytes_per_gpu for allocated, reserved_bytes_per_gpu
 for reserved) and the signed error (predicted - measured) / measured is printed, then the median |error| and the
-worst per estimator against the targets (docs/accuracy.md). A row with `missing` is one ftopt cannot express: the
-feature is named, and the features are ranked by how many rows they block. The estimators never read these values.
+worst per estimator against the targets (docs/accuracy.md). Rows measured as a reserved peak whose traced allocated
+peak alone is larger are listed (`overstated`): no run can do that, so their setup describes a larger step than the
+run took. A row with `missing` is one ftopt cannot express: the feature is named, and the features are ranked by how
+many rows they block. The estimators never read these values.
 """
 
 from __future__ import annotations
