@@ -186,3 +186,23 @@ def test_max_hours_must_be_a_finite_positive_number():
     for bad in (0.0, float("nan"), float("inf")):
         with pytest.raises(FtoptError, match=f"--max-hours must be a positive number of hours, got {bad}"):
             plan(load_model("llama-2-7b"), A100, NODE, max_hours=bad, what_ifs=False)
+
+
+def test_a_requested_length_beyond_the_positions_is_not_called_the_position_limit():
+    """A run asking for more than the model's positions searches up to its own length; when that fits, the bound
+    is the request (llama-2-7b has 4,096 positions), not a position limit of 8,192."""
+    from typer.testing import CliRunner
+
+    from ftopt.cli.app import app
+    from ftopt.planner.plan import LimitKind
+
+    p = plan(load_model("llama-2-7b"), load_hardware("h200"), TrainingSetup(seq_len=8192))
+    assert p.longest_context == 8192 and p.longest_context_bound is LimitKind.REQUESTED
+    assert p.to_json()["longest_context_bound"] == "requested"
+    out = (
+        CliRunner()
+        .invoke(app, ["plan", "--model", "llama-2-7b", "--gpu", "h200", "--seq-len", "8192", "--method", "analytic"])
+        .output
+    )
+    assert "fits at the requested 8,192 tokens, beyond the model's position limit" in " ".join(out.split())
+    assert "position limit, 8,192" not in " ".join(out.split())

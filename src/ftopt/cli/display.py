@@ -144,7 +144,12 @@ def print_plan(p: Plan, limit: int = 20) -> None:
 
 def _print_what_ifs(p: Plan) -> None:
     """The longest context and the fewest GPUs, each with the method that answered."""
-    if p.longest_context and p.longest_context_bound is LimitKind.POSITIONS:
+    if p.longest_context and p.longest_context_bound is LimitKind.REQUESTED:
+        console.print(
+            f"What if: the recommendation fits at the requested {p.longest_context:,} tokens, beyond the model's "
+            "position limit; memory is not what bounds the context."
+        )
+    elif p.longest_context and p.longest_context_bound is LimitKind.POSITIONS:
         console.print(
             f"What if: the recommendation fits up to the model's position limit, {p.longest_context:,} "
             "tokens; memory is not what bounds the context."

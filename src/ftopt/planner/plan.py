@@ -80,7 +80,9 @@ class Plan(BaseModel):
     host_memory_bytes: int = Field(description="host RAM per node the plan assumed (--host-ram or the preset)")
     longest_context: int | None = Field(None, description="longest seq_len that fits with the recommendation")
     longest_context_bound: LimitKind | None = Field(
-        None, description="what stops a longer context: memory or the model's position limit"
+        None,
+        description="what stops a longer context: memory, the model's position limit, or the run's own longer "
+        "--seq-len (requested)",
     )
     fewest_gpus: int | None = Field(None, description="fewest GPUs (of this kind) on which any combination fits")
     fewest_gpus_combination: Combination | None = None

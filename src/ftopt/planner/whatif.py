@@ -29,6 +29,7 @@ class Answer(str, Enum):
 class LimitKind(str, Enum):
     MEMORY = "memory"
     POSITIONS = "positions"  # the model's max_position_embeddings, not memory
+    REQUESTED = "requested"  # the run's own --seq-len, beyond the model's positions: the search stops there
 
 
 def longest_context(
@@ -42,7 +43,8 @@ def longest_context_and_bound(
     model: ModelSpec, hw: HardwareSpec, setup: TrainingSetup, combo: Combination, method: Method, step: int = 256
 ) -> tuple[int | None, LimitKind | None]:
     """(longest seq_len that fits, what bounds it): POSITIONS when even the model's position limit fits, so the
-    answer says nothing about memory; MEMORY otherwise."""
+    answer says nothing about memory; REQUESTED when the run asks for more than the model's positions and that
+    length fits (the search goes no further than the run's own length); MEMORY otherwise."""
 
     def fits(s: int) -> bool:
         return estimate(model, hw, setup.model_copy(update={"seq_len": s}), combo, method).fits
@@ -53,11 +55,19 @@ def longest_context_and_bound(
         return None, LimitKind.MEMORY
     lo, hi = 1, hi_limit // step  # in units of `step`; lo always fits
     if fits(hi * step):
-        return hi * step, LimitKind.POSITIONS if hi * step >= model.max_positions else LimitKind.MEMORY
+        return hi * step, _ceiling_kind(model, hi * step)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid * step) else (lo, mid)
     return lo * step, LimitKind.MEMORY
+
+
+def _ceiling_kind(model: ModelSpec, n: int) -> LimitKind:
+    """What stops the search when its ceiling, `n` tokens, fits: the model's positions, or a run's own longer
+    length."""
+    if n > model.max_positions:
+        return LimitKind.REQUESTED
+    return LimitKind.POSITIONS if n == model.max_positions else LimitKind.MEMORY
 
 
 def confirmed_longest_context(
