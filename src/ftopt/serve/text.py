@@ -166,7 +166,7 @@ JA = {
     "longest_context": "推奨する組み合わせで扱える最長のコンテキスト長",
     "bound_memory": "メモリによる上限",
     "bound_positions": "モデルの最大位置数による上限",
-    "bound_requested": "指定した長さ（モデルの最大位置数を超える）",
+    "bound_requested": "指定した長さによる上限、モデルの最大位置数を超過",
     "fewest_gpus": "いずれかの組み合わせが収まる最少のGPU台数",
     "chart_memory_h": "組み合わせごとのGPU 1台あたりのメモリ(収まるもののみ、速い順)",
     "chart_pareto_h": "時間とGPU 1台あたりのメモリ",
