@@ -23,17 +23,15 @@ from __future__ import annotations
 from ftopt.estimate import dora, dropout, layout
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, tied_grad_summed_in_place
 from ftopt.spec import Combination, LinearGroup, MlpKind, ModelSpec, NormKind, TrainingSetup
-from ftopt.spec.policy import Storage, lora_targets
+from ftopt.spec.policy import Storage, wrapped_linears
 from ftopt.spec.units import ceil_div
 
 
 def _trainable_groups(model: ModelSpec, combo: Combination) -> dict[LinearGroup, int]:
     """Trained linears per group (LoRA: the targeted ones)."""
-    targets = set(lora_targets(model, combo)) if combo.lora else {lin.name for lin in model.layer_linears()}
     out: dict[LinearGroup, int] = {}
-    for lin in model.layer_linears():
-        if lin.name in targets:
-            out[lin.group] = out.get(lin.group, 0) + 1
+    for lin in wrapped_linears(model, combo) if combo.lora else model.layer_linears():
+        out[lin.group] = out.get(lin.group, 0) + 1
     return out
 
 
@@ -333,8 +331,7 @@ def layer_trained_params(model: ModelSpec, combo: Combination, groups: frozenset
     wrapped linear."""
     if not combo.lora:
         return sum(lin.in_features * lin.out_features for lin in model.layer_linears() if lin.group in groups)
-    targets = set(lora_targets(model, combo))
-    wrapped = [lin for lin in model.layer_linears() if lin.group in groups and lin.name in targets]
+    wrapped = [lin for lin in wrapped_linears(model, combo) if lin.group in groups]
     return sum(combo.lora_r * (lin.in_features + lin.out_features) for lin in wrapped)
 
 

@@ -22,14 +22,11 @@ from __future__ import annotations
 
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.spec import Combination, Linear, ModelSpec, Quant
-from ftopt.spec.policy import Storage, lora_targets
+from ftopt.spec.policy import Storage, wrapped_linears
 
 
 def _wrapped(model: ModelSpec, combo: Combination) -> list[Linear]:
-    if not combo.dora:
-        return []
-    targets = set(lora_targets(model, combo))
-    return [lin for lin in model.layer_linears() if lin.name in targets]
+    return wrapped_linears(model, combo) if combo.dora else []
 
 
 def saved_bytes_per_token(model: ModelSpec, combo: Combination, st: Storage) -> int:

@@ -35,7 +35,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from ftopt.spec import Combination, Linear, LinearGroup, ModelSpec, Quant
-from ftopt.spec.policy import Storage, lora_targets
+from ftopt.spec.policy import Storage, wrapped_linears
 
 
 def mask_bytes(combo: Combination, st: Storage, on_gpu: bool) -> int:
@@ -44,11 +44,6 @@ def mask_bytes(combo: Combination, st: Storage, on_gpu: bool) -> int:
     if not (combo.lora and combo.lora_dropout):
         return 0
     return 1 if on_gpu else st.trainable_weight
-
-
-def _wrapped(model: ModelSpec, combo: Combination) -> list[Linear]:
-    targets = set(lora_targets(model, combo))
-    return [lin for lin in model.layer_linears() if lin.name in targets]
 
 
 def dora_weight_bytes(model: ModelSpec, combo: Combination, st: Storage, linears: list[Linear] | None = None) -> int:
@@ -60,7 +55,7 @@ def dora_weight_bytes(model: ModelSpec, combo: Combination, st: Storage, linears
         return 0
     a = st.trainable_weight
     per = 2 if st.autocast else a if combo.quant is not Quant.NONE or st.frozen_weight != a else 0
-    lins = _wrapped(model, combo) if linears is None else linears
+    lins = wrapped_linears(model, combo) if linears is None else linears
     return per * sum(lin.in_features * lin.out_features for lin in lins)
 
 
@@ -71,7 +66,7 @@ def first_layer_unsaved_bytes(model: ModelSpec, combo: Combination, st: Storage,
     mask = mask_bytes(combo, st, on_gpu)
     if not mask or combo.gc:
         return 0
-    wrapped = _wrapped(model, combo)
+    wrapped = wrapped_linears(model, combo)
     first = min((lin.group for lin in wrapped), key=list(LinearGroup).index)
     group = [lin for lin in wrapped if lin.group is first]
     masks = mask * tokens * sum(lin.in_features for lin in group)

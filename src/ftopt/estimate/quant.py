@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftopt.spec import Combination, ModelSpec, Quant
-from ftopt.spec.policy import lora_targets, quantizes_head
+from ftopt.spec.policy import quantizes_head, wrapped_linears
 from ftopt.spec.units import ceil_div
 
 NF4_BLOCK = 64  # weights per absmax [QLoRA], [bnb-4bit]
@@ -96,16 +96,14 @@ class TensorGroup:
 def trainable_tensors(model: ModelSpec, combo: Combination) -> list[TensorGroup]:
     """Trainable parameter tensors by size (what an optimizer sees, one state pair per tensor)."""
     if combo.lora:
-        targets = set(lora_targets(model, combo))
         out = []
-        for lin in model.layer_linears():
-            if lin.name in targets:
-                out += [
-                    TensorGroup(combo.lora_r * lin.in_features, model.num_layers),
-                    TensorGroup(lin.out_features * combo.lora_r, model.num_layers),
-                ]
-                if combo.dora:  # the magnitude vector (policy.dora_magnitude_params)
-                    out.append(TensorGroup(lin.out_features, model.num_layers))
+        for lin in wrapped_linears(model, combo):
+            out += [
+                TensorGroup(combo.lora_r * lin.in_features, model.num_layers),
+                TensorGroup(lin.out_features * combo.lora_r, model.num_layers),
+            ]
+            if combo.dora:  # the magnitude vector (policy.dora_magnitude_params)
+                out.append(TensorGroup(lin.out_features, model.num_layers))
         return out
     e = model.embed_dim or model.hidden_size
     out = [TensorGroup(model.vocab_size * e, 1, embedding=True)]

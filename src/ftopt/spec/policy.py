@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftopt.spec import ALL_LINEAR, AdapterDtype, Combination, ModelSpec, Precision, Quant
+from ftopt.spec import ALL_LINEAR, AdapterDtype, Combination, Linear, ModelSpec, Precision, Quant
 from ftopt.spec.errors import FtoptError
 
 # The LoRA alpha of every ftopt run (the model builder and `plan --export` read it here). ftopt's choice alpha = 2r
@@ -44,8 +44,7 @@ def dora_magnitude_params(model: ModelSpec, combo: Combination) -> int:
     DoraLinearLayer.update_layer: nn.Parameter(weight_norm), shape (out_features,))."""
     if not combo.dora:
         return 0
-    targets = set(lora_targets(model, combo))
-    return model.num_layers * sum(lin.out_features for lin in model.layer_linears() if lin.name in targets)
+    return model.num_layers * sum(lin.out_features for lin in wrapped_linears(model, combo))
 
 
 @dataclass(frozen=True)
@@ -152,14 +151,23 @@ def lora_targets(model: ModelSpec, combo: Combination) -> list[str]:
             raise FtoptError(
                 f"LoRA target(s) {', '.join(missing)} are not linears of {model.family}; candidates: {', '.join(names)}."
             )
-    _check_rank(model, combo.lora_r, targets)
+    _check_rank(model, combo.lora_r, _layer_linears_named(model, targets))
     return targets
 
 
-def _check_rank(model: ModelSpec, r: int, targets: list[str]) -> None:
+def wrapped_linears(model: ModelSpec, combo: Combination) -> list[Linear]:
+    """One decoder layer's linears LoRA wraps (lora_targets), in the layer's order; none without LoRA."""
+    return _layer_linears_named(model, lora_targets(model, combo))
+
+
+def _layer_linears_named(model: ModelSpec, names: list[str]) -> list[Linear]:
+    wanted = set(names)
+    return [lin for lin in model.layer_linears() if lin.name in wanted]
+
+
+def _check_rank(model: ModelSpec, r: int, wrapped: list[Linear]) -> None:
     """A rank above min(in, out) of a wrapped linear adds parameters but no rank (B @ A is at most that rank): PEFT
     builds it, but no user means it, and an estimate of it is off by orders of magnitude (a typo of a few digits)."""
-    wrapped = [lin for lin in model.layer_linears() if lin.name in targets]
     narrow = min(wrapped, key=lambda x: min(x.in_features, x.out_features), default=None)
     bound = min(narrow.in_features, narrow.out_features) if narrow else r
     if r > bound:
