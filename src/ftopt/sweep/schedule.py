@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
+
+from ftopt.train.ranks import signals_interrupt
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,10 +36,6 @@ def run_in_order(
     is stopped with its process group before the exception goes on."""
     procs: set[subprocess.Popen] = set()
     running: dict[Future, T] = {}
-    # SIGTERM (kill, a CI job's cancel, Slurm's scancel) as Ctrl-C: its default ends this process at once, and the
-    # runs, each in a session of its own, would train on as orphans that no results line ever records
-    main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
 
     def settle(until: int) -> None:
         while len(running) > until:
@@ -46,7 +43,9 @@ def run_in_order(
             for f in finished:
                 on_done(running.pop(f), f.result())
 
-    with ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
+    # SIGTERM (kill, a CI job's cancel, Slurm's scancel) as Ctrl-C: its default ends this process at once, and the
+    # runs, each in a session of its own, would train on as orphans that no results line ever records
+    with signals_interrupt(signal.SIGTERM), ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
         try:
             for item in items:
                 alone = processes(item) > 1 or slots <= 1
@@ -61,10 +60,3 @@ def run_in_order(
                 if p.poll() is None:
                     os.killpg(p.pid, signal.SIGKILL)
             raise
-        finally:
-            if main:
-                signal.signal(signal.SIGTERM, old_term)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -220,10 +221,7 @@ def _wait(procs: dict[int, subprocess.Popen]) -> bool:
     then SIGKILL."""
     interrupts, failed_at = 0, None
     # SIGTERM (Slurm's scancel) as Ctrl-C; SIGINT handled even where the shell started us with it ignored
-    old = (
-        {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
-    )
-    try:
+    with signals_interrupt(signal.SIGINT, signal.SIGTERM):
         while any(p.poll() is None for p in procs.values()):
             try:
                 time.sleep(0.2)
@@ -236,10 +234,20 @@ def _wait(procs: dict[int, subprocess.Popen]) -> bool:
             except KeyboardInterrupt:
                 _signal_all(procs, (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[min(interrupts, 2)])
                 interrupts += 1
+    return interrupts > 0
+
+
+@contextmanager
+def signals_interrupt(*sigs: int):
+    """Inside, each of `sigs` raises KeyboardInterrupt as Ctrl-C does (SIGTERM's default would end the process at
+    once, leaving its children running); the previous handlers come back after. Only the main thread may set
+    handlers: elsewhere nothing changes."""
+    old = {sig: signal.signal(sig, _raise_interrupt) for sig in sigs} if _main_thread() else {}
+    try:
+        yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    return interrupts > 0
 
 
 def _main_thread() -> bool:
