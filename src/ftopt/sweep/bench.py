@@ -336,21 +336,19 @@ def predicted(spec: RunSpec) -> dict:
 def dora_variants(combos: list[Combination]) -> list[Combination]:
     """`bench --dora`: each LoRA point's DoRA twin where DoRA runs (ZeRO 0-2, no FSDP: Combination's rule), so the
     sweep measures DoRA's cost beside the LoRA it modifies."""
-    seen = set(combos)
     twins = [
         c.model_copy(update={"dora": True}) for c in combos if c.lora and not c.dora and c.zero < 3 and not c.uses_fsdp
     ]
-    return [t for t in dict.fromkeys(twins) if t not in seen]
+    return _new_twins(combos, twins)
 
 
 def dropout_variants(combos: list[Combination], p: float) -> list[Combination]:
     """`bench --lora-dropout P`: each LoRA point's twin with adapter dropout P, so the sweep measures what the
     dropout costs (its masks) beside the LoRA without it. P is checked as Combination checks it, even when the grid
     has no LoRA point; P = 0 adds nothing."""
-    seen = set(combos)
     Combination(lora_r=1, lora_dropout=p)
     twins = [Combination.model_validate({**c.model_dump(), "lora_dropout": p}) for c in combos if c.lora]
-    return [t for t in dict.fromkeys(twins) if t not in seen]
+    return _new_twins(combos, twins)
 
 
 def quant_optim_variants(
@@ -360,7 +358,7 @@ def quant_optim_variants(
     them (a quantized base: LoRA, ZeRO 0-2; a bitsandbytes optimizer: no ZeRO): the sweep then measures each
     reference point beside its quantized / 8-bit twins. A copy equal to a combination already there (`none`,
     `adamw`, or a setting the point cannot take) is left out."""
-    seen, out = set(combos), []
+    twins = []
     for c in combos:
         for quant in quants or (None,):
             for optim in optims or (None,):
@@ -372,8 +370,11 @@ def quant_optim_variants(
                     )
                     if v is not None
                 }
-                variant = Combination(**{**c.model_dump(), **upd})
-                if variant not in seen:
-                    seen.add(variant)
-                    out.append(variant)
-    return out
+                twins.append(Combination(**{**c.model_dump(), **upd}))
+    return _new_twins(combos, twins)
+
+
+def _new_twins(combos: list[Combination], twins: list[Combination]) -> list[Combination]:
+    """The twins a sweep adds: each once, in order, leaving out any already among `combos`."""
+    seen = set(combos)
+    return [t for t in dict.fromkeys(twins) if t not in seen]
