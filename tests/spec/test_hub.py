@@ -158,6 +158,30 @@ def test_behind_a_proxy_the_hub_is_asked_though_its_name_has_no_address_here(hub
     assert not H._cache_only()
 
 
+def test_a_snapshot_probes_the_hubs_address_once_for_config_and_weights(hub, monkeypatch):
+    """hub_snapshot downloads config.json, then the weights: one probe's answer serves both (with no name service
+    every probe can wait out the resolver's timeout)."""
+    from ftopt.spec import hub as H
+
+    answers = []
+
+    def probe(answer):
+        def once():
+            answers.append(answer)
+            return answer
+
+        return once
+
+    monkeypatch.setattr(H, "_cache_only", probe(False))
+    assert (hub_snapshot(HubRef("org/tiny")) / "model.safetensors").exists()
+    assert answers == [False]
+    # the answer is the one both requests follow: "cache only" for a cached model asks the Hub nothing
+    monkeypatch.setattr(H, "_cache_only", probe(True))
+    n = len(hub.requests)
+    assert (hub_snapshot(HubRef("org/tiny")) / "model.safetensors").exists()
+    assert answers == [False, True] and len(hub.requests) == n
+
+
 def test_snapshot_takes_safetensors_and_tokenizer_only(hub, tmp_path):
     (tmp_path / "tiny" / "pytorch_model.bin").write_bytes(b"pickle")  # never downloaded
     folder = hub_snapshot(HubRef("org/tiny"))

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ftopt.cli.app import app
+from ftopt.spec.errors import FtoptError
 
 runner = CliRunner()
 
@@ -81,3 +82,46 @@ def test_train_refuses_before_anything_runs(tmp_path, monkeypatch, args, said):
     r = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), *args])
     assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """The run's start, replaced: a refusal must come before it (nothing built, nothing downloaded)."""
+    import ftopt.train.engine
+
+    started = []
+
+    def launch(spec, *a, **k):
+        started.append(spec.output_dir)
+        raise FtoptError("stand-in: the run started")
+
+    monkeypatch.setattr(ftopt.train.engine, "launch", launch)
+    return started
+
+
+def test_resume_of_a_folder_that_does_not_exist_is_refused(tmp_path, no_launch):
+    """A mistyped --out with --resume started a new run there, silently."""
+    out = tmp_path / "runn"
+    r = runner.invoke(app, ["train", "--out", str(out), "--max-steps", "2", "--resume"])
+    assert r.exit_code == 2 and f"--resume: {out} does not exist, so there is no run to continue" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and no_launch == [] and not out.exists()
+
+
+def test_resume_of_a_folder_without_a_run_is_refused(tmp_path, no_launch):
+    out = tmp_path / "empty"
+    out.mkdir()
+    r = runner.invoke(app, ["train", "--out", str(out), "--max-steps", "2", "--resume"])
+    assert r.exit_code == 2 and f"--resume: {out} holds no run of ftopt's to continue" in r.output
+    assert no_launch == [] and list(out.iterdir()) == []
+
+
+def test_resume_before_the_first_checkpoint_says_it_starts_again(tmp_path, no_launch):
+    """A run stopped before its first save (ranks.interrupted_line: '--resume starts the run again from step 0'):
+    allowed, and said."""
+    from ftopt.train import manifest
+
+    out = tmp_path / "run"
+    manifest.claim(out, resume=False, overwrite=False)  # what the stopped run's start left
+    r = runner.invoke(app, ["train", "--out", str(out), "--max-steps", "2", "--resume"])
+    assert f"--resume: {out} holds no checkpoint yet; the run starts again from step 0." in r.output
+    assert no_launch == [out]

@@ -78,5 +78,5 @@ def test_resume_into_someone_elses_folder_is_refused_too(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     r = train(model, "--resume")
-    assert r.exit_code == 2 and "holds files ftopt did not write" in r.output
+    assert r.exit_code == 2 and "holds no run of ftopt's to continue" in r.output
     assert (model / "config.json").read_text() == "{}"

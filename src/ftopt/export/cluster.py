@@ -8,6 +8,9 @@
   that node's ranks (ftopt.train.ranks), as torchrun and `deepspeed --no_ssh` do. The script's own arguments
   (`sbatch slurm.sbatch --trust-remote-code`) reach every node's `ftopt train`: trust comes from that command line,
   never from run.json (ftopt.spec.trust).
+
+Every exported launcher (slurm.sbatch, launch.sh, torchrun.sh) exports PYTORCH_CUDA_ALLOC_CONF as `ftopt train`
+sets it (allocator_lines): the plan's reserved memory assumes expandable segments.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from ftopt.spec import RunSpec
 from ftopt.spec.io import atomic_write_text
+from ftopt.train.allocator import ALLOC_ENV, EXPANDABLE
 from ftopt.train.ranks import Rendezvous
 
 RUN_FILE = "run.json"
@@ -29,6 +33,21 @@ def hostfile_text(run: RunSpec) -> str:
     s = run.setup
     hosts = "".join(f"node-{k} slots={s.gpus_per_node}\n" for k in range(s.nodes))
     return f"# DeepSpeed host file: replace node-K with your {s.nodes} host name(s), reachable by ssh from this one\n{hosts}"
+
+
+def allocator_lines(run: RunSpec) -> str:
+    """A launcher's own start of a run gets the CUDA allocator setting `ftopt train` gives its runs
+    (ftopt.train.allocator): a value already in the user's environment is kept, as there, even an empty one
+    (`${VAR-default}`, not `:-`: allocator_env keeps any value that is set). Nothing for a CPU run, which has no
+    CUDA allocator (ftopt train sets nothing there either)."""
+    if run.hardware.is_cpu:
+        return ""
+    return (
+        f"# the plan's reserved memory per GPU assumes {EXPANDABLE}, as ftopt train sets it: the default allocator\n"
+        "# can reserve up to 1 GiB more, several GiB at a full fine-tune's first optimizer step (ftopt's\n"
+        "# docs/accuracy.md). A value you exported yourself is kept.\n"
+        f'export {ALLOC_ENV}="${{{ALLOC_ENV}-{EXPANDABLE}}}"\n'
+    )
 
 
 def node_command(run: RunSpec, spec_file: str) -> str:
@@ -55,6 +74,7 @@ def slurm_text(run: RunSpec, spec_file: str) -> str:
         "# submit from this folder (sbatch slurm.sbatch): run.json is read from the submit directory\n"
         'cd "$SLURM_SUBMIT_DIR"\n'
         f"{_needs(run)}"
+        f"{allocator_lines(run)}"
         "# node rank 0 is the job's first host; every task reaches it there\n"
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
         f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}\n"

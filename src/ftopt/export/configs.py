@@ -30,7 +30,7 @@ import os
 import shlex
 from pathlib import Path
 
-from ftopt.export.cluster import export_cluster, write_template
+from ftopt.export.cluster import allocator_lines, export_cluster, write_template
 from ftopt.spec import AdapterDtype, Batching, ModelSpec, Precision, Quant, RunSpec, preset_names
 from ftopt.spec.policy import lora_alpha, lora_targets, quantizes_head, storage
 from ftopt.spec.recipes import suggested_learning_rate
@@ -252,6 +252,7 @@ def export_run(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
         + run.combination.label()
         + ")\n"
         + LAUNCH_TRUST_NOTE
+        + allocator_lines(run)
         + 'cd "$(dirname "$0")"\nexec '
         + launch_line(run, "sft_config.yaml")
         + "\n",

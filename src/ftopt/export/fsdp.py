@@ -19,7 +19,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ftopt.export.cluster import RUN_FILE, write_template  # RUN_FILE: the planned RunSpec, beside these
+from ftopt.export.cluster import RUN_FILE, allocator_lines, write_template  # RUN_FILE: the planned RunSpec
 from ftopt.spec import ModelSpec, Offload, Precision, RunSpec
 
 ACCELERATE_CONFIG = "accelerate_fsdp2.yaml"
@@ -101,6 +101,7 @@ def export_fsdp(run: RunSpec, model: ModelSpec, folder: Path) -> list[Path]:
         + run.combination.label()
         + "); run it on every node\n"
         + TRUST_NOTE
+        + allocator_lines(run)
         + 'cd "$(dirname "$0")"\nexec '
         + " ".join(words)
         + "\n",

@@ -146,10 +146,15 @@ def check_remote_code(config: dict, ref: str, trust_remote_code: bool) -> None:
 
 def hub_config(ref: HubRef, not_found_hint: str = "") -> dict:
     """config.json of a Hub model (one file through the cache), checked by check_decoder."""
+    return _read_config(ref, _cache_only(), not_found_hint)
+
+
+def _read_config(ref: HubRef, cache_only: bool, not_found_hint: str = "") -> dict:
+    """hub_config with the probe's answer (`_cache_only`) given: hub_snapshot's one probe serves both downloads."""
     from huggingface_hub import hf_hub_download
 
     with _hub_errors(ref, "config.json", not_found_hint):
-        path = hf_hub_download(ref.repo_id, "config.json", revision=ref.revision, local_files_only=_cache_only())
+        path = hf_hub_download(ref.repo_id, "config.json", revision=ref.revision, local_files_only=cache_only)
     try:
         config = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
@@ -162,13 +167,14 @@ def hub_snapshot(ref: HubRef, trust_remote_code: bool = False) -> Path:
     """A local folder (the cache's snapshot) with the config, safetensors weights and tokenizer of a Hub model."""
     from huggingface_hub import snapshot_download
 
-    check_remote_code(hub_config(ref), str(ref), trust_remote_code)
+    # one probe for both requests: where the name server does not answer, each probe waits out the resolver's
+    # timeout (5 s per try, 2 tries by default: resolv.conf(5) `timeout`, `attempts`)
+    cache_only = _cache_only()
+    check_remote_code(_read_config(ref, cache_only), str(ref), trust_remote_code)
     patterns = WEIGHT_PATTERNS + (["*.py"] if trust_remote_code else [])
     with _hub_errors(ref, "weights"):
         folder = Path(
-            snapshot_download(
-                ref.repo_id, revision=ref.revision, allow_patterns=patterns, local_files_only=_cache_only()
-            )
+            snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, local_files_only=cache_only)
         )
     if not any(folder.glob("*.safetensors")):
         raise FtoptError(f"{ref} has no safetensors weights; ftopt does not load pickled .bin files.")

@@ -1,7 +1,7 @@
 """The run folder: what a run writes there, and the rule that one folder holds one run.
 
 A second `ftopt train` into a folder that holds a run is refused (exit 2) unless `--resume` (the same run,
-continued: its resolved config must match) or `--overwrite` (the earlier run's files are removed first: those its
+continued: its resolved config must match; a --resume whose folder holds no run is refused too) or `--overwrite` (the earlier run's files are removed first: those its
 manifest lists, ftopt.train.manifest; files ftopt did not write are left alone). Without this rule two runs mixed their steps.jsonl and their model files.
 """
 
@@ -30,6 +30,33 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def check_resumable(spec: RunSpec) -> None:
+    """--resume continues the run in --out: a folder that does not exist, or holds no run of ftopt's (no manifest,
+    steps, metrics or checkpoint), is refused, where a mistyped --out used to start a new run there silently."""
+    out = spec.output_dir
+    if not spec.output.resume:
+        return
+    if not out.exists():
+        raise FtoptError(
+            f"--resume: {out} does not exist, so there is no run to continue; check --out, or leave out --resume "
+            "to start a new run."
+        )
+    if manifest.read(out) is None and not holds_run(out):
+        raise FtoptError(
+            f"--resume: {out} holds no run of ftopt's to continue; check --out, or leave out --resume to start a new "
+            "run."
+        )
+
+
+def resume_note(spec: RunSpec) -> str | None:
+    """--resume of ftopt's run that stopped before its first checkpoint: it starts again from step 0 (what
+    ranks.interrupted_line promises), said in one line rather than silently."""
+    out = spec.output_dir
+    if not spec.output.resume or any(out.glob("checkpoint-*")) or (out / "metrics.json").exists():
+        return None
+    return f"--resume: {out} holds no checkpoint yet; the run starts again from step 0."
+
+
 def prepare_output(spec: RunSpec, claim: bool = True) -> None:
     """Check and claim the run folder before anything expensive; write resolved_config.json. A per-node run's
     other nodes (`claim=False`) only make their folder, which may be node 0's (shared) or their own."""
@@ -41,6 +68,7 @@ def prepare_output(spec: RunSpec, claim: bool = True) -> None:
     if not claim:
         out.mkdir(parents=True, exist_ok=True)
         return
+    check_resumable(spec)  # again here: torchrun.sh's ranks reach the claim without ftopt.train.start.prepare
     if holds_run(out):
         if spec.output.resume:
             _check_same_run(out, spec)

@@ -153,6 +153,7 @@ def prepare(r: TrainRequest, note: Callable[[str], None]):
     download). The trust gate (ftopt.spec.trust.admit) comes first: the checks judge the model's own code by the
     flag it leaves, and import the metric modules."""
     spec = admit(run_spec(r, note), r.trust(), r.plan_file)
+    _check_resume(spec, r.node_rank, note)
     from ftopt.train.data import check_data_path
 
     for flag, path in (("--data", spec.data.train), ("--eval-data", spec.data.eval)):
@@ -171,6 +172,19 @@ def prepare(r: TrainRequest, note: Callable[[str], None]):
         # a folder, or the Hub download (after the cheap checks), before any training process starts
         resolve_weights(spec.model.ref, spec.model.trust_remote_code)
     return spec, rdzv
+
+
+def _check_resume(spec: RunSpec, node_rank: int | None, note: Callable[[str], None]) -> None:
+    """--resume with an --out that holds no run (a mistyped folder) is refused first, before any download; another
+    node's folder may be its own, so node 0 decides there, as its folder claim does (ftopt.train.engine.launch)."""
+    from ftopt.train.outputs import check_resumable, resume_note
+
+    if node_rank not in (None, 0):
+        return
+    check_resumable(spec)
+    said = resume_note(spec)
+    if said:
+        note(said)
 
 
 def rendezvous(spec: RunSpec, node_rank: int | None, master_addr: str | None, master_port: int | None):
