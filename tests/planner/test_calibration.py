@@ -248,7 +248,7 @@ def test_a_fit_whose_held_out_error_is_above_the_threshold_is_stored_but_not_app
 
 def test_a_fit_on_too_few_measured_steps_is_not_applied():
     """`bench --max-steps 4` measures 2 steps per run (2 of warm-up): a median of two steps is not a step time."""
-    from ftopt.planner.calibration_store import MIN_STEADY_STEPS
+    from ftopt.planner.calibration import MIN_STEADY_STEPS
     from ftopt.results.rows import WARMUP_STEPS
 
     calibrate_and_store(rows(8, steps=WARMUP_STEPS + MIN_STEADY_STEPS - 1), A100, "/runs/short.jsonl", "m")
@@ -263,9 +263,50 @@ def test_a_fit_on_too_few_measured_steps_is_not_applied():
     assert find_calibration("a100-80g").provenance.fewest_steps == 4 and _applied()
 
 
-def test_a_smoke_bench_merged_into_a_good_fit_is_refused_visibly():
-    calibrate_and_store(rows(8, steps=10), A100, "/runs/full.jsonl", "m")
+def _figures(cal):
+    return cal.constants.model_dump(exclude={"provenance"})
+
+
+@pytest.mark.parametrize("smoke_source", ["/runs/smoke.jsonl", "/runs/full.jsonl"])
+def test_a_smoke_bench_added_to_a_good_fit_leaves_it_as_it_was(smoke_source, capsys):
+    """The defect: a `--max-steps 4` smoke bench (2 steady steps a run) joined a good stored fit, whose refit then
+    stood on 2-step points and was refused, so the good fit stopped applying too. Short points now stay out of the
+    fit (stored, each with why), into another results file or the same one."""
+    from ftopt.cli.display import print_calibration
+
+    _, good, _ = calibrate_and_store(rows(8, steps=10), A100, "/runs/full.jsonl", "m")
     assert _applied()
-    calibrate_and_store(rows(2, slow=1.5, steps=4), A100, "/runs/smoke.jsonl", "tiny")
+    # short and 1.5 times slower, on two combinations the good fit measured (the same points, as a smoke bench has)
+    fit, cal, _ = calibrate_and_store(rows(2, slow=1.5, steps=4), A100, smoke_source, "m")
+    assert _applied() and _figures(cal) == _figures(good)
+    assert cal.provenance.fewest_steps == 8 and cal.provenance.runs == 8
+    assert cal.provenance.sources == ["/runs/full.jsonl"]  # the smoke file contributed nothing to the fit
+    excluded = {p.label: p.excluded for p in find_calibration("a100-80g").points if p.excluded}
+    assert excluded == {"c0": "2 measured steps, fewer than 3 (raise --max-steps)", "c1": excluded["c0"]}
+    assert len(find_calibration("a100-80g").points) == 8 + 2  # kept: a longer rerun of them replaces them
+    print_calibration(fit)
+    assert f"c1 ({smoke_source}): 2 measured steps, fewer than 3" in " ".join(capsys.readouterr().out.split())
+
+
+def test_short_points_alone_are_fitted_and_refused_as_before():
+    fit, cal, _ = calibrate_and_store(rows(8, steps=4), A100, "/runs/smoke.jsonl", "m")
+    assert fit.fit_runs == 8 and fit.left_out == [] and not any(p.excluded for p in cal.points)
     hw = calibrated_hardware(A100)
-    assert hw.calibration is None and "fewer than 3" in hw.time_constants.provenance.not_applied
+    assert hw.calibration is None
+    assert "a point stands on 2 measured steps, fewer than 3 (raise --max-steps)" in (
+        hw.time_constants.provenance.not_applied
+    )
+
+
+def test_a_fit_from_results_leaves_short_points_out():
+    """The report's check fits a results file directly: the same rule."""
+    from ftopt.planner.calibration import calibrate
+
+    good = calibrate(rows(8, steps=10), A100)
+    smoke = [
+        dict(r, key=f"s-{r['key']}", label=f"s{r['label']}", combination=Combination(lora_r=20 + i).model_dump())
+        for i, r in enumerate(rows(2, slow=1.5, steps=4))
+    ]
+    mixed = calibrate(rows(8, steps=10) + smoke, A100)
+    assert mixed.model_dump(exclude={"left_out"}) == good.model_dump(exclude={"left_out"})
+    assert [x.split(":")[0] for x in mixed.left_out] == ["sc0", "sc1"]

@@ -1,6 +1,7 @@
 """Sweep with injected OOM and crash, resume, corrupt results, grids, calibration, atomic appends."""
 
 import os
+from datetime import datetime, timezone
 
 import pytest
 
@@ -120,10 +121,14 @@ def test_a_rerun_retries_error_timeout_and_failed_runs_and_never_oom_or_ok(tmp_p
     started = []
     monkeypatch.setattr(B, "_run_with_timeout", lambda cmd, env, timeout, procs: started.append(cmd) or (1, "boom"))
     events = []
+    before = datetime.now(timezone.utc)
     rows = run_sweep(runs, results, on_event=lambda k, i: events.append((k, i.get("retry"))))
     assert len(started) == 3 and ("skip", None) in events
     assert [e for e in events if e[0] == "start"] == [("start", "error"), ("start", "timeout"), ("start", "failed")]
     assert len(rows) == 4 and len(results.read_text().splitlines()) == 7  # 4 first attempts, 3 retries
+    # each new line says when its attempt ended: the page tells a retry in progress from its earlier attempt by it
+    retries = [ResultRow.model_validate_json(x) for x in results.read_text().splitlines()[4:]]
+    assert all(before <= r.ended_at <= datetime.now(timezone.utc) for r in retries)
 
 
 def test_the_current_attempt_of_a_run_never_hides_a_success():

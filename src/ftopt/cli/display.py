@@ -285,6 +285,8 @@ def print_calibration(fit) -> None:
                 else ""
             )
         )
+    if fit.left_out:
+        console.print(f"left out of the fit (kept in the results): {escape('; '.join(fit.left_out))}")
     if fit.holdout_median_abs_error is not None:
         rho = f", Spearman rho {fit.spearman_rho:.2f}" if fit.spearman_rho is not None else ""
         if fit.pairs_compared:

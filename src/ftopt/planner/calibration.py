@@ -9,11 +9,43 @@ from __future__ import annotations
 import itertools
 import statistics
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
 from ftopt.spec.calibration import MFU_AT_BOUND
 from ftopt.spec.errors import FtoptError
+
+# A point's step time is the median of its steady steps (warm-up left out): with fewer than 3 that median is a mean
+# of one or two steps, which one slow step on a shared machine moves by its whole excess; with 3 it ignores that step.
+# `bench --max-steps 4` (2 warm-up steps) leaves 2.
+MIN_STEADY_STEPS = 3
+
+
+class _Steps(Protocol):
+    @property
+    def steps(self) -> int | None: ...
+
+
+P = TypeVar("P", bound=_Steps)
+
+
+def short_reason(steps: int | None) -> str | None:
+    """Why a point with `steps` steady steps behind it is too short to fit on (None: it is not, or not recorded)."""
+    if steps is None or steps >= MIN_STEADY_STEPS:
+        return None
+    return f"{steps} measured step{'' if steps == 1 else 's'}, fewer than {MIN_STEADY_STEPS} (raise --max-steps)"
+
+
+def fit_worthy(points: list[P]) -> tuple[list[P], list[P]]:
+    """(the points a fit stands on, the points it leaves out): a point on fewer than MIN_STEADY_STEPS steady steps
+    stays out while a longer one remains, so a smoke bench added to measured runs neither moves their fit nor fails
+    its checks. With only short points the fit stands on them, and its fewest steps then keep it from being applied."""
+    kept = [p for p in points if short_reason(p.steps) is None]
+    if not kept:
+        return list(points), []
+    return kept, [p for p in points if short_reason(p.steps) is not None]
+
 
 # ---- fitting the time model to measured runs ------------------------------------------------------------------------
 # Model (estimate/time.py), per optimizer step:
@@ -185,6 +217,9 @@ class CalibrationFit(BaseModel):
     pairs_compared: int = 0
     holdout: list[HeldOut] = Field(default_factory=list)
     at_bound: list[str] = Field(default_factory=list, description="constants the bounded fit pinned to a bound")
+    left_out: list[str] = Field(
+        default_factory=list, description="measured points the fit left out, each with why (fit_worthy)"
+    )
 
 
 def time_points(rows: list, hw) -> tuple[list[TimePoint], int]:
@@ -228,14 +263,19 @@ def _steady_steps(runs: list) -> int | None:
 
 
 def calibrate(rows: list[dict], hw) -> CalibrationFit:
-    """Fit the time model on successful runs of hardware `hw` and check it on combinations it did not see."""
+    """Fit the time model on successful runs of hardware `hw` (the fit-worthy ones) and check it on combinations it
+    did not see."""
     pts, _ = time_points(rows, hw)
-    return calibrate_points(pts)
+    used, short = fit_worthy(pts)
+    return calibrate_points(used).model_copy(
+        update={"left_out": [f"{p.label}: {short_reason(p.steps)}" for p in short]}
+    )
 
 
 def calibrate_points(pts: list[TimePoint]) -> CalibrationFit:
-    """Fit on merged points and check each by leave-one-out: predicted by a fit on all the others, when another
-    point of its ZeRO stage (and, for a ZeRO stage, a plain one) remains to calibrate it."""
+    """Fit on merged points as given (the callers pick them: fit_worthy) and check each by leave-one-out: predicted by
+    a fit on all the others, when another point of its ZeRO stage (and, for a ZeRO stage, a plain one) remains to
+    calibrate it."""
     if not pts:
         raise FtoptError("No successful runs to calibrate the time model with.")
     n_runs = sum(p.runs for p in pts)

@@ -8,10 +8,15 @@ Storage: $FTOPT_CACHE/calibration/<hardware>/<torch>_<transformers>_<deepspeed>.
 file per hardware and library versions, so a fit made under other versions is never applied silently.
 
 Merge rule: a file keeps every measured point (one per model, combination and process count, with the number of
-runs behind it and the results file it came from). A new bench replaces only the points of its own results file
-(which is append-only and re-read whole, so its new points already include its old ones); points of other results
-files stay. The constants are then refitted on all points, identical points from different files pooled by a
-run-weighted mean. A two-run smoke bench therefore adds two runs to an eight-run fit instead of replacing it.
+runs behind it and the results file it came from). A new bench's point replaces the stored point of the same
+combination from its own results file (its results are re-read, so the new point holds the earlier runs of that
+combination too); every other point stays. The constants are then refitted on all fit-worthy points, identical
+points from different files pooled by a run-weighted mean. A two-run smoke bench therefore adds two runs to an
+eight-run fit instead of replacing it.
+
+Points on fewer than MIN_STEADY_STEPS steady steps (a smoke bench's `--max-steps 4`) are stored, each with why, but
+left out of the fit while a longer point remains (ftopt.planner.calibration.fit_worthy); a short point replaces only
+a short one, so a smoke bench into a results file never displaces the full bench's points of that file.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ftopt.planner.calibration import CalibrationFit, TimePoint, calibrate_points, time_points
+from ftopt.planner.calibration import (
+    CalibrationFit,
+    TimePoint,
+    calibrate_points,
+    fit_worthy,
+    short_reason,
+    time_points,
+)
 from ftopt.spec.calibration import CalibrationProvenance, SoftwareVersions
 from ftopt.spec.errors import FtoptError, validation_message
 from ftopt.spec.hardware import HardwareSpec
@@ -52,6 +64,7 @@ class StoredPoint(BaseModel):
     runs: int = Field(ge=1)
     steps: int | None = Field(None, ge=0, description="steady steps behind measured_seconds; None = not recorded")
     source: str = Field(description="the results file (or sweep) it came from")
+    excluded: str | None = Field(None, description="why the fit left this point out; None = the fit stands on it")
 
     def same_point(self) -> tuple:
         return self.model, self.label, self.gpus, self.zero, self.fsdp, round(self.ideal_seconds, 15), self.kernels
@@ -137,10 +150,6 @@ def apply_calibration(hw: HardwareSpec, cal: Calibration, file: Path | None = No
 # explains (too few or too short runs, a loaded machine), so it does not describe the hardware and would rank
 # combinations on error; the default constants, with their stated source, are the honester answer.
 MAX_HOLDOUT_ERROR = 0.15
-# A point's step time is the median of its steady steps (warm-up left out): with fewer than 3 that median is a mean
-# of one or two steps, which one slow step on a shared machine moves by its whole excess; with 3 it ignores that step.
-# `bench --max-steps 4` (2 warm-up steps) leaves 2.
-MIN_STEADY_STEPS = 3
 
 
 def unfit_reasons(prov: CalibrationProvenance) -> list[str]:
@@ -152,11 +161,9 @@ def unfit_reasons(prov: CalibrationProvenance) -> list[str]:
     err = prov.holdout_median_abs_error
     if err is not None and err > MAX_HOLDOUT_ERROR:
         why.append(f"its held-out step-time error is {err:.1%} median, above the {MAX_HOLDOUT_ERROR:.0%} allowed")
-    if prov.fewest_steps is not None and prov.fewest_steps < MIN_STEADY_STEPS:
-        why.append(
-            f"a point stands on {prov.fewest_steps} measured step{'' if prov.fewest_steps == 1 else 's'}, "
-            f"fewer than {MIN_STEADY_STEPS} (raise --max-steps)"
-        )
+    short = short_reason(prov.fewest_steps)
+    if short is not None:
+        why.append(f"a point stands on {short}")
     return why
 
 
@@ -212,53 +219,51 @@ def _pooled(points: list[StoredPoint]) -> list[TimePoint]:
     return out
 
 
+def _merge_key(p: StoredPoint) -> tuple:
+    return p.source, p.same_point(), short_reason(p.steps) is not None
+
+
 def merge_points(old: list[StoredPoint], new: list[StoredPoint]) -> list[StoredPoint]:
-    """The merge rule (module docstring): the new points replace those of their own source; others stay."""
-    sources = {p.source for p in new}
-    return [p for p in old if p.source not in sources] + new
+    """The merge rule (module docstring): a new point replaces the stored one of its source and combination that is
+    as short or as long as it; every other point stays."""
+    replaced = {_merge_key(p) for p in new}
+    return [p for p in old if _merge_key(p) not in replaced] + new
+
+
+def _stored(pts: list[TimePoint], model: str, source: str) -> list[StoredPoint]:
+    keep = ("label", "gpus", "zero", "fsdp", "ideal_seconds", "kernels", "measured_seconds", "runs", "steps")
+    return [StoredPoint(model=model, source=source, **{k: getattr(p, k) for k in keep}) for p in pts]
 
 
 def calibrate_and_store(
     rows: list, hw: HardwareSpec, source: str, model: str
 ) -> tuple[CalibrationFit, Calibration, Path]:
     """Fit the sweep's successful runs of `model` on `hw`, merge them with the stored points for this hardware and
-    library versions, refit on all of them, and store the result. Returns (fit of the merged points, the stored
-    calibration with its time constants, file)."""
+    library versions, refit on the fit-worthy ones (fit_worthy: the others are stored with why they were left out),
+    and store the result. Returns (fit of the merged points, the stored calibration with its time constants, file)."""
     versions = SoftwareVersions.installed()
-    pts, _ = time_points(rows, hw)
-    new = [
-        StoredPoint(
-            model=model,
-            label=p.label,
-            gpus=p.gpus,
-            zero=p.zero,
-            fsdp=p.fsdp,
-            ideal_seconds=p.ideal_seconds,
-            kernels=p.kernels,
-            measured_seconds=p.measured_seconds,
-            runs=p.runs,
-            steps=p.steps,
-            source=source,
-        )
-        for p in pts
-    ]
+    new = _stored(time_points(rows, hw)[0], model, source)
     if not new:
         raise FtoptError("No successful runs to calibrate the time model with.")
     old = find_calibration(hw.name, versions)
-    points = merge_points(old.points if old else [], new)
-    fit = calibrate_points(_pooled(points))
+    used, short = fit_worthy(merge_points(old.points if old else [], new))
+    fit = calibrate_points(_pooled(used)).model_copy(
+        update={"left_out": [f"{p.label} ({p.source}): {short_reason(p.steps)}" for p in short]}
+    )
     prov = CalibrationProvenance(
         hardware=hw.name,
-        models=sorted({p.model for p in points}),
+        models=sorted({p.model for p in used}),
         versions=versions,
         runs=fit.fit_runs,
         combinations=fit.combinations,
-        sources=sorted({p.source for p in points}),
+        sources=sorted({p.source for p in used}),
         date=datetime.now(timezone.utc).date().isoformat(),
         at_bound=fit.at_bound,
         holdout_median_abs_error=fit.holdout_median_abs_error,
-        fewest_steps=min((p.steps for p in points if p.steps is not None), default=None),
+        fewest_steps=min((p.steps for p in used if p.steps is not None), default=None),
     )
+    points = [p.model_copy(update={"excluded": None}) for p in used]
+    points += [p.model_copy(update={"excluded": short_reason(p.steps)}) for p in short]
     cal = Calibration(constants=fitted_constants(fit, prov, hw.time_constants), points=points)
     path = calibration_path(hw.name, versions)
     atomic_write_text(path, json.dumps(cal.model_dump(mode="json", by_alias=True), indent=2))

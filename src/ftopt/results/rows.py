@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,9 @@ class ResultRow(BaseModel):
     error_tail: str | None = None
     quality_target: QualityTarget | None = Field(
         None, description="the sweep's --quality-target (the report's default)"
+    )
+    ended_at: datetime | None = Field(
+        None, description="when the attempt ended and this line was written (UTC); absent in lines of older ftopt"
     )
 
     @property

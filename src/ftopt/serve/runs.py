@@ -5,8 +5,12 @@ path from a request is opened outside the root."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftopt.spec.errors import FtoptError
+
+if TYPE_CHECKING:
+    from ftopt.results.rows import ResultRow
 
 RESULTS = "results.jsonl"
 MAX_DEPTH = 3  # root/<project>/<sweep>/results.jsonl: deep enough for a folder of sweeps, bounded for a big root
@@ -34,21 +38,27 @@ class ResultsRoot:
         return self.root / name
 
     def progress(self, name: str) -> dict:
-        """Runs finished (by status) and started: bench writes runs/<key>.run.json as each run starts and appends
-        its result line when it ends, so a run file without a result line is the run in progress."""
+        """Runs finished (by the status of each run's current attempt) and started, and the runs in progress: bench
+        writes runs/<key>.run.json as each attempt starts and appends its result line (with the time it ended) when
+        it ends, so a run file written after its run's last attempt ended is a run in progress, a run never finished
+        or a failed one being tried again."""
         from ftopt.sweep.bench import read_results
 
         folder = self.folder(name)
-        rows = read_results(folder / RESULTS)
-        done = {r.key for r in rows}
-        started = sorted((folder / "runs").glob("*.run.json"), key=lambda p: p.stat().st_mtime)
-        running = [p.name.removesuffix(".run.json") for p in started if p.name.removesuffix(".run.json") not in done]
+        path = folder / RESULTS
+        rows = {r.key: r for r in read_results(path)}
+        written = path.stat().st_mtime if path.exists() else 0.0
+        started = sorted(
+            (p.stat().st_mtime, p.name.removesuffix(".run.json")) for p in (folder / "runs").glob("*.run.json")
+        )
+        running = [key for at, key in started if _in_progress(at, rows.get(key), written)]
         by_status: dict[str, int] = {}
-        for r in rows:
-            by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
+        for r in rows.values():
+            if r.key not in running:
+                by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
         return {
             "name": name,
-            "finished": len(rows),
+            "finished": sum(by_status.values()),
             "by_status": by_status,
             "started": len(started),
             "running": running,
@@ -69,3 +79,15 @@ class ResultsRoot:
 
         paths = write_report(self.folder(name) / RESULTS, out, lang=lang, warn=lambda m: None)  # report's defaults
         return paths["html"].read_text(encoding="utf-8")
+
+
+def _in_progress(started: float, last: ResultRow | None, results_written: float) -> bool:
+    """Whether the attempt whose run file was written at `started` (epoch seconds) has no result line yet. `last`:
+    the run's current line; an ok or oom run is never run again (Status.final). A line of an older ftopt has no
+    end time: it ended no later than the results file's last write."""
+    if last is None:
+        return True
+    if last.status.final:
+        return False
+    ended = last.ended_at.timestamp() if last.ended_at is not None else results_written
+    return started > ended

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -229,7 +230,7 @@ def run_sweep(
         return _run_one(item[0], item[1]["key"], run_timeout_seconds, inject or {}, procs)
 
     def finished(item: tuple[BenchRun, dict], row: ResultRow) -> None:
-        row = row.model_copy(update={"quality_target": quality_target})
+        row = row.model_copy(update={"quality_target": quality_target, "ended_at": datetime.now(timezone.utc)})
         append_line_atomic(results, row.to_line())
         why = {} if row.ok or not row.error_tail else {"error": last_error_line(row.error_tail)}
         on_event("done", {**item[1], "status": row.status.value, **why})
