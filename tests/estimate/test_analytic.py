@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftopt.estimate import activations, analytic, estimate
+from ftopt.estimate import activations, analytic, estimate, layer_saved
 from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.policy import storage
@@ -79,7 +79,7 @@ def test_lora_activation_terms_hand_worked(m7):
     # plus, per layer, autocast's cached bf16 casts of the fp32 adapters: 2 B x 16 x (4 x 8192) = 1048576
     combo = Combination(lora_r=16, attn="sdpa")
     st = analytic.storage(Precision.BF16_MIXED, combo)
-    assert activations.layer_activation_bytes_per_token(m7, combo, st, 2048) == 164_608
+    assert layer_saved.layer_activation_bytes_per_token(m7, combo, st, 2048) == 164_608
     acts, one = activations.activation_bytes(m7, TrainingSetup(seq_len=2048), combo, st)
     assert one == 164_608 * 2048 + 1_048_576
     assert acts == 32 * one + 4 * H * 2048  # + the final norm's fp32 upcast
@@ -97,7 +97,7 @@ def test_fp32_activation_terms_hand_worked(m7):
     #   each lora_B saves its lora_A's r-wide fp32 output = 4 * 16 * 4           = 256
     lora = Combination(lora_r=16, attn="sdpa")
     st = analytic.storage(Precision.FP32, lora)
-    assert activations.layer_activation_bytes_per_token(m7, lora, st, 2048) == 247_168
+    assert layer_saved.layer_activation_bytes_per_token(m7, lora, st, 2048) == 247_168
     # full fine-tuning, same kernel:
     #   2 RMSNorms: their input (4h) and the normalized input `weight * x` saves (4h) = 2 * 32768 = 65536
     #   q/k/v save the norm's output (the product: not a tensor the norm saves), once  = 16384
@@ -107,19 +107,19 @@ def test_fp32_activation_terms_hand_worked(m7):
     #   SwiGLU: gate, act, up outputs, and down's input (the product) = 4*4*11008      = 176128
     full = Combination(attn="sdpa")
     st = analytic.storage(Precision.FP32, full)
-    assert activations.layer_activation_bytes_per_token(m7, full, st, 2048) == 340_096
+    assert layer_saved.layer_activation_bytes_per_token(m7, full, st, 2048) == 340_096
     # eager: o_proj's input is a copy of its own (+16384); q and the repeated k, v (no lse, no out) and the fp32
     # probabilities (4 x 32 heads x 2048 keys) replace sdpa's terms
     eager = Combination(attn="eager")
     sdpa_core = 4 * (2 * H + 2 * H) + 4 * 32
     eager_core = 4 * 3 * H + 4 * 32 * 2048
-    assert activations.layer_activation_bytes_per_token(m7, eager, st, 2048) == 340_096 - sdpa_core + eager_core + 4 * H
+    assert layer_saved.layer_activation_bytes_per_token(m7, eager, st, 2048) == 340_096 - sdpa_core + eager_core + 4 * H
 
 
 def test_eager_adds_quadratic_scores(m7):
     st = analytic.storage(Precision.BF16_MIXED, Combination(lora_r=16))
-    sdpa = activations.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="sdpa"), st, 2048)
-    eager = activations.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="eager"), st, 2048)
+    sdpa = layer_saved.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="sdpa"), st, 2048)
+    eager = layer_saved.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="eager"), st, 2048)
     # fp32 softmax (4 B) + its bf16 copy (2 B) per head per key, minus the lse, plus repeated k/v copies
     assert eager - sdpa == (4 + 2) * 32 * 2048 + 2 * 3 * 4096 - (2 * (2 * 4096 + 2 * 4096) + 4 * 32)
 

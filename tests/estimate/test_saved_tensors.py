@@ -7,7 +7,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from ftopt.estimate import activations
+from ftopt.estimate import layer_saved
 from ftopt.estimate.autocast import autocast_weight_cache_bytes
 from ftopt.model.build import build_model
 from ftopt.spec import Combination, Precision, from_hf_config
@@ -23,7 +23,7 @@ LLAMA = {
     "num_key_value_heads": 2,
     "vocab_size": 100,
 }
-# the families whose query reaches the kernel otherwise (activations.attn_out_is_kernel_output)
+# the families whose query reaches the kernel otherwise (layer_saved.attn_out_is_kernel_output)
 OTHERS = {
     "gpt_neox": {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4},
     "gpt2": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_positions": 64},
@@ -70,8 +70,8 @@ def test_o_proj_reads_the_kernels_saved_output_where_the_formulas_say(family):
     spec = from_hf_config(cfg, f"tiny-{family}")
     saved, o_input = _saved(spec, Combination(attn="sdpa"), "fp32", 2)
     sdpa_output = any("ScaledDotProduct" in n for n in saved.get(o_input, (0, set()))[1])
-    assert sdpa_output == activations.attn_out_is_kernel_output(spec)
-    assert activations.attn_out_is_kernel_output(spec) == (family in ("llama", "falcon"))
+    assert sdpa_output == layer_saved.attn_out_is_kernel_output(spec)
+    assert layer_saved.attn_out_is_kernel_output(spec) == (family in ("llama", "falcon"))
 
 
 @pytest.mark.parametrize(
@@ -95,6 +95,6 @@ def test_one_layers_saved_tensors_are_the_formulas(precision, fields):
     combo = Combination(**{"attn": "sdpa", **fields})
     total = {n: sum(b for b, _ in _saved(spec, combo, precision, n)[0].values()) for n in (2, 3)}
     st = storage(Precision(precision), combo)
-    per_token = activations.layer_activation_bytes_per_token(spec, combo, st, S, on_gpu=False)
+    per_token = layer_saved.layer_activation_bytes_per_token(spec, combo, st, S, on_gpu=False)
     formula = per_token * S * B + autocast_weight_cache_bytes(spec, combo, st)  # the casts matmuls save
     assert total[3] - total[2] == formula + 8 * S * B

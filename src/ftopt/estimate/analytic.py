@@ -32,12 +32,12 @@ from ftopt.estimate.activations import (
     gc_loss_moment_activation_bytes,
     gc_recompute_activation_bytes,
     held_logits_bytes,
-    layer_trained_params,
     logits_forward_bytes,
     logits_loss_bytes,
     tied_embedding_grad_bytes,
 )
 from ftopt.estimate.autocast import head_cast_bytes
+from ftopt.estimate.layer_backward import layer_trained_params
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.spec import AdamWKernel, Combination, LinearGroup, ModelSpec, Offload, Optim, Quant, TrainingSetup
 from ftopt.spec.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
@@ -330,7 +330,7 @@ def gc_pending_grad_bytes(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, done: frozenset[LinearGroup]
 ) -> int:
     """Gradients backward has not formed yet at a moment of the first layer's backward under GC: that layer's
-    linears whose backward has not run (`done`: those that have, activations.layer_backward_moments) and the input
+    linears whose backward has not run (`done`: those that have, layer_backward.layer_backward_moments) and the input
     side's, whose lookup's backward comes last (a trained token table, untied, and a learned position table;
     OPT's projections are left counted). A tied table's gradient is not pending: the LM head's partial gradient of
     it waits in autograd's input buffer, the same bytes. Counted only where gradients are formed as backward goes
