@@ -5,7 +5,8 @@ Conventions: bytes (int) per GPU; `tokens` = micro_batch x seq_len. Sources:
   [HF]     transformers 5 modeling code as run by Trainer: the loss upcasts logits to fp32
            (loss_utils.ForCausalLMLoss); activation checkpointing is non-reentrant and keeps each layer's input.
   [autocast] estimate/autocast.py: the weight casts torch autocast caches, with and without GC.
-  [dropout] estimate/dropout.py: LoRA adapter dropout's masks and dropped copies (peft lora/layer.py Linear.forward).
+  [dropout] estimate/dropout.py: LoRA adapter dropout's masks and dropped copies (peft lora/layer.py Linear.forward);
+           torch's dropout keeps a bool mask on CUDA (native_dropout), the scaled noise on a CPU.
 Where real implementations differ from the papers, the comment says so; `estimate/traced.py` measures them exactly.
 """
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 from ftopt.estimate import dropout, layout
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, tied_grad_summed_in_place
 from ftopt.estimate.layer_backward import layer_backward_moments, layer_backward_temp_bytes
-from ftopt.estimate.layer_saved import layer_activation_bytes_per_token, norm_saved_bytes
-from ftopt.spec import Combination, LinearGroup, ModelSpec, NormKind, TrainingSetup
+from ftopt.estimate.layer_saved import layer_activation_bytes_per_token, norm_input_bytes, norm_saved_bytes
+from ftopt.spec import Combination, LinearGroup, ModelSpec, TrainingSetup
 from ftopt.spec.policy import Storage
 from ftopt.spec.units import ceil_div
 
@@ -70,7 +71,7 @@ def activation_bytes(
     region, so it holds one layer's weight casts [autocast] (in `per_layer`, as are the casts matmuls save
     without GC)."""
     per_layer = _per_layer_bytes(model, setup, combo, st, on_gpu)
-    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
+    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
     if combo.gc:
         return kept + head, per_layer
     first = dropout.first_layer_unsaved_bytes(model, combo, st, setup.tokens_per_micro_batch, on_gpu)
@@ -87,7 +88,7 @@ def gc_recompute_activation_bytes(
     traced GC steps peak either at the loss or here, never with both)."""
     if not combo.gc:
         return 0
-    kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st)
+    kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
     layer = _gc_recomputed_layer_bytes(model, setup, combo, st, on_gpu)
     return kept + layer + layer_backward_temp_bytes(model, setup, combo, st, on_gpu)
 
@@ -110,29 +111,30 @@ def _gc_recomputed_layer_bytes(
 ) -> int:
     """The model's mask and one recomputed layer's saved tensors, less the input its norms share with the
     checkpoint (checkpoint_shared_bytes_per_token)."""
-    shared = checkpoint_shared_bytes_per_token(model, st) * setup.tokens_per_micro_batch
-    return layout.model_mask_bytes(setup, combo, st) + _per_layer_bytes(model, setup, combo, st, on_gpu) - shared
+    shared = checkpoint_shared_bytes_per_token(model, st, on_gpu) * setup.tokens_per_micro_batch
+    mask = layout.model_mask_bytes(model, setup, combo, st)
+    return mask + _per_layer_bytes(model, setup, combo, st, on_gpu) - shared
 
 
-def checkpoint_shared_bytes_per_token(model: ModelSpec, st: Storage) -> int:
-    """Bytes per token that norm_saved_bytes counts for a recomputed layer's input norm but which are the
+def checkpoint_shared_bytes_per_token(model: ModelSpec, st: Storage, on_gpu: bool = True) -> int:
+    """Bytes per token that layer_norms_saved_bytes counts for a recomputed layer's input norm but which are the
     checkpoint itself: the norm saves its input as it comes where it does not upcast it (RMSNorm's .to(float32) and
-    autocast's fp32 layer_norm return an fp32 input unchanged; LayerNorm without autocast takes any input as it
-    is), and under GC that input is the layer input the checkpoint keeps. Every norm of a parallel-residual layer
-    (GPT-NeoX) reads that input."""
-    saved = 4 if model.norm is NormKind.RMS or st.autocast else st.resid_bytes  # norm_saved_bytes' input dtype
-    if saved != st.resid_bytes:
-        return 0  # an upcast copy: a tensor of its own
-    return (model.norms_per_layer if model.parallel_residual else 1) * saved * model.hidden_size
+    CUDA autocast's fp32 layer_norm return an fp32 input unchanged; LayerNorm otherwise takes any input as it is:
+    norm_input_bytes), and under GC that input is the layer input the checkpoint keeps. The norms of a
+    parallel-residual layer all read that input and save it once (norms_share_input)."""
+    saved = norm_input_bytes(model, st, on_gpu)
+    return saved if saved == st.resid_bytes * model.hidden_size else 0  # else an upcast copy, a tensor of its own
 
 
-def gc_loss_moment_activation_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+def gc_loss_moment_activation_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
+) -> int:
     """Activations when the loss is computed under GC and autocast (0 otherwise): checkpointing drops the layers'
     saved tensors but not autocast's weight cache, which holds every layer's casts until the forward's autocast
     region exits [autocast]: the checkpoints, all casts and the head's saved tensors."""
     if not (combo.gc and st.autocast):
         return 0
-    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st)
+    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
     return kept + model.num_layers * autocast_weight_cache_bytes(model, combo, st) + head
 
 
@@ -144,10 +146,14 @@ def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination,
 
 
 def _checkpoints_and_head_bytes(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
 ) -> tuple[int, int]:
-    """(GC's layer inputs, 0 without GC; the final norm's saved tensors and the model's mask)."""
-    tokens = setup.tokens_per_micro_batch
-    head = norm_saved_bytes(model, st, not combo.lora) * tokens + layout.model_mask_bytes(setup, combo, st)
-    kept = model.num_layers * st.resid_bytes * model.hidden_size * tokens if combo.gc else 0
+    """(GC's layer inputs, 0 without GC; the final norm's saved tensors, the embedding dropout's mask and the
+    model's mask). The embedding dropout (gpt2's drop, GPT-NeoX's emb_dropout: layout.embedding_dropout) keeps a
+    bool mask on CUDA, the noise in the embeddings' dtype on a CPU, outside every checkpoint [dropout]."""
+    tokens, h = setup.tokens_per_micro_batch, model.hidden_size
+    drop = h * (1 if on_gpu else st.resid_bytes) if model.layout.embedding_dropout else 0
+    head = (norm_saved_bytes(model, st, not combo.lora, on_gpu) + drop) * tokens
+    head += layout.model_mask_bytes(model, setup, combo, st)
+    kept = model.num_layers * st.resid_bytes * h * tokens if combo.gc else 0
     return kept, head

@@ -219,7 +219,7 @@ def memory(
         kv_start=layout.kv_cache_bytes(model, setup, combo, st, True),
         kv_held=layout.kv_cache_bytes(model, setup, combo, st, False),
     )
-    candidates = _forward_backward_moments(model, setup, combo, st, shared)
+    candidates = _forward_backward_moments(model, setup, combo, st, shared, on_gpu)
     candidates += _end_of_backward_moments(model, setup, combo, st, shared, on_gpu)
     dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
     candidates += dora.peak_candidates(
@@ -230,7 +230,7 @@ def memory(
 
 
 def _forward_backward_moments(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared, on_gpu: bool
 ) -> list[tuple[str, MemoryBreakdown]]:
     """The moments from the loss to the last layer's recomputation, where the activations peak."""
     tokens = setup.tokens_per_micro_batch
@@ -241,7 +241,7 @@ def _forward_backward_moments(
             MemoryBreakdown(
                 **sh.static,
                 gradients=sh.grads_fwd,
-                activations=gc_loss_moment_activation_bytes(model, setup, combo, st),
+                activations=gc_loss_moment_activation_bytes(model, setup, combo, st, on_gpu),
                 logits_loss=logits_forward_bytes(model, st, tokens) + head_cast + sh.held,
                 temporaries=sh.dequant,
             ),

@@ -7,8 +7,10 @@ quoted below (estimate/traced.py measures them exactly).
 from __future__ import annotations
 
 from ftopt.estimate import dropout
+from ftopt.estimate.attention_saved import materialized_probs_bytes, scores_materialized
 from ftopt.estimate.layer_saved import (
     attention_out_input_bytes,
+    layer_norms_saved_bytes,
     linear_input_bytes,
     mlp_block_bytes_per_token,
     norm_saved_bytes,
@@ -31,17 +33,19 @@ def layer_backward_moments(
 ) -> list[tuple[int, frozenset[LinearGroup]]]:
     """One layer's backward, moment by moment, as (bytes per GPU held beyond the layer's saved tensors, the layer's
     linear groups whose backward has run by then): the MLP's (mlp_backward_bytes_per_token; down's backward has
-    run) and eager attention's softmax backward (softmax_backward_bytes_per_token; the MLP's and the output
-    projection's have run; SDPA and flash form their gradients in O(s) per head, below the MLP's moment), each with
+    run) and, where the scores are materialized (eager attention, SDPA's math kernel: scores_materialized), the
+    softmax backward (softmax_backward_bytes_per_token; the MLP's and the output projection's have run; the fused
+    kernels form their gradients in O(s) per head, below the MLP's moment), each with
     the residual stream's gradient (residual_grad_bytes_per_token). A group whose backward has run has freed its
     autocast weight casts (in the layer's saved tensors, autocast_weight_cache_bytes) and formed its gradients.
     Traced (tiny-llama, 4 layers, LoRA r8, GC, eager): the step peaks in the MLP's backward in fp32 (seq 256 x 2
     and 64 x 8) and in the softmax's under bf16-mixed at 256 x 2."""
     resid, m = residual_grad_bytes_per_token(model, st), dropout.mask_bytes(combo, st, on_gpu)
     moments = [(resid + mlp_backward_bytes_per_token(model, combo, st, m), frozenset({LinearGroup.MLP_OUT}))]
-    if not combo.attn.linear_memory:
+    if scores_materialized(model, combo, on_gpu):
         done = frozenset({LinearGroup.MLP_OUT, LinearGroup.MLP_IN, LinearGroup.ATTN_OUT})
-        moments.append((resid + softmax_backward_bytes_per_token(model, combo, st, setup.seq_len, m), done))
+        held = softmax_backward_bytes_per_token(model, combo, st, setup.seq_len, m, on_gpu)
+        moments.append((resid + held, done))
     casts = 2 if st.autocast and st.trainable_weight == 4 else 0  # autocast_weight_cache_bytes' rule
     tokens = setup.tokens_per_micro_batch
     return [(n * tokens - casts * layer_trained_params(model, combo, done), done) for n, done in moments]
@@ -77,16 +81,18 @@ def mlp_backward_bytes_per_token(model: ModelSpec, combo: Combination, st: Stora
 
 
 def softmax_backward_bytes_per_token(
-    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, m: int = 0
+    model: ModelSpec, combo: Combination, st: Storage, seq_len: int, m: int = 0, on_gpu: bool = True
 ) -> int:
-    """Eager attention's softmax backward beyond the layer's saved tensors, per token: the probabilities' gradient
-    (from the PV matmul's backward, bmm; upcast to fp32 under 16 bits, the 16-bit one freed) and the scores'
-    (_softmax_backward_data), heads x s fp32 each beside the saved fp32 probabilities (transformers' eager
-    attention runs softmax in fp32). Freed by then: the MLP block and every norm after the first (their backward
-    ran), the output projection's input and the probabilities' 16-bit copy (the PV matmul's backward ran; its
-    value gradient replaces the repeated values it saved, the same size)."""
-    a, heads = st.act_bytes, model.num_heads
-    freed = mlp_block_bytes_per_token(model, combo, st, m) + attention_out_input_bytes(model, combo, st, m)
-    freed += (model.norms_per_layer - 1) * norm_saved_bytes(model, st, not combo.lora)
-    freed += a * heads * seq_len if a != 4 else 0
-    return 2 * 4 * heads * seq_len - freed
+    """The softmax backward of materialized scores beyond the layer's saved tensors, per token: the probabilities'
+    gradient (from the PV matmul's backward, bmm; upcast to the softmax's dtype under 16 bits, the 16-bit one
+    freed) and the scores' (_softmax_backward_data), heads x s each in the dtype softmax ran in (softmax_bytes:
+    fp32 for transformers' eager attention and the math kernel). Freed by then: the MLP block and every norm after
+    the first (their backward ran), the output projection's input and what the PV matmul and a dropout saved
+    beyond the softmax output (the 16-bit copy, or the dropped copy and the mask; its value gradient replaces the
+    repeated values it saved, the same size)."""
+    full, keys = not combo.lora, model.num_heads * seq_len
+    soft, beyond = materialized_probs_bytes(model, st, combo, on_gpu)
+    freed = mlp_block_bytes_per_token(model, combo, st, m, on_gpu) + beyond * keys
+    freed += attention_out_input_bytes(model, combo, st, m, on_gpu)
+    freed += layer_norms_saved_bytes(model, st, full, on_gpu) - norm_saved_bytes(model, st, full, on_gpu)
+    return 2 * soft * keys - freed
