@@ -15,7 +15,7 @@ from ftopt.estimate import estimate
 from ftopt.spec import Combination, TrainingSetup, from_hf_config, load_hardware, load_model
 
 # Both estimators answer for the same module tree (ftopt.modeling), the analytic one by enumerating the tensors
-# each op saves and the moments of a layer's backward (activations.layer_backward_moments), the traced one by
+# each op saves and the moments of a layer's backward (layer_backward.layer_backward_moments), the traced one by
 # counting every storage. What the formulas leave out is small: a layer's backward moments other than its MLP's
 # and eager softmax's, a few hidden-size gradients, the final norm's and the rotary tables. At this grid's shapes
 # that is under 5% of the peak; the published and CPU accuracy tables (docs/accuracy.md) hold the analytic

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftopt.estimate import activations, analytic, estimate
+from ftopt.estimate import activations, analytic, estimate, layer_saved
 from ftopt.spec import Combination, Precision, TrainingSetup, load_hardware, load_model
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.policy import storage
@@ -69,7 +69,7 @@ def test_offload_moves_states_to_host(m7):
 
 def test_lora_activation_terms_hand_worked(m7):
     # HF Trainer, bf16 autocast, LoRA on q,k,v,o, sdpa, per token per layer:
-    #   2 RMSNorms x fp32 upcast (4h)             = 32768
+    #   2 RMSNorms x fp32 upcast (4h) and fp32 1/rms (4) = 32776
     #   q/k/v adapters each save their own bf16 copy of the norm output (PEFT casts it to the fp32 adapter's
     #   dtype, autocast casts that back)          = 3 * 8192 = 24576
     #   sdpa: q, k, v, out in bf16 + fp32 lse/head = 2*(2*4096 + 2*4096) + 4*32 = 32896
@@ -79,17 +79,17 @@ def test_lora_activation_terms_hand_worked(m7):
     # plus, per layer, autocast's cached bf16 casts of the fp32 adapters: 2 B x 16 x (4 x 8192) = 1048576
     combo = Combination(lora_r=16, attn="sdpa")
     st = analytic.storage(Precision.BF16_MIXED, combo)
-    assert activations.layer_activation_bytes_per_token(m7, combo, st, 2048) == 164_608
+    assert layer_saved.layer_activation_bytes_per_token(m7, combo, st, 2048) == 164_616
     acts, one = activations.activation_bytes(m7, TrainingSetup(seq_len=2048), combo, st)
-    assert one == 164_608 * 2048 + 1_048_576
-    assert acts == 32 * one + 4 * H * 2048  # + the final norm's fp32 upcast
+    assert one == 164_616 * 2048 + 1_048_576
+    assert acts == 32 * one + (4 * H + 4) * 2048  # + the final norm's fp32 upcast and 1/rms
     # fp32 upcast, log_softmax output and the two fp32 gradients; the bf16 logits are dead by backward
     assert activations.logits_loss_bytes(m7, st, 2048) == 2048 * V * 12
 
 
 def test_fp32_activation_terms_hand_worked(m7):
     # fp32 (no autocast), sdpa, per token per layer. LoRA r16 on q,k,v,o:
-    #   2 RMSNorms: the input pow() saves (fp32 already: no copy), 4h each     = 2 * 16384 = 32768
+    #   2 RMSNorms: the input pow() saves (fp32 already: no copy), 4h, and 1/rms = 2 * 16388 = 32776
     #   q/k/v's lora_A save the norm output they share (adapters fp32: no cast) = 4 * 4096 = 16384
     #   sdpa: q, k, v, out in fp32 + fp32 lse per head = 4*(2*4096 + 2*4096) + 4*32 = 65664
     #   o's lora_A saves the attention output: SDPA's saved `out`, counted above   = 0
@@ -97,9 +97,9 @@ def test_fp32_activation_terms_hand_worked(m7):
     #   each lora_B saves its lora_A's r-wide fp32 output = 4 * 16 * 4           = 256
     lora = Combination(lora_r=16, attn="sdpa")
     st = analytic.storage(Precision.FP32, lora)
-    assert activations.layer_activation_bytes_per_token(m7, lora, st, 2048) == 247_168
+    assert layer_saved.layer_activation_bytes_per_token(m7, lora, st, 2048) == 247_176
     # full fine-tuning, same kernel:
-    #   2 RMSNorms: their input (4h) and the normalized input `weight * x` saves (4h) = 2 * 32768 = 65536
+    #   2 RMSNorms: input (4h), 1/rms (4), the normalized input `weight * x` saves (4h) = 2 * 32772 = 65544
     #   q/k/v save the norm's output (the product: not a tensor the norm saves), once  = 16384
     #   sdpa as above                                                                  = 65664
     #   o_proj's input: SDPA's saved `out`                                             = 0
@@ -107,19 +107,19 @@ def test_fp32_activation_terms_hand_worked(m7):
     #   SwiGLU: gate, act, up outputs, and down's input (the product) = 4*4*11008      = 176128
     full = Combination(attn="sdpa")
     st = analytic.storage(Precision.FP32, full)
-    assert activations.layer_activation_bytes_per_token(m7, full, st, 2048) == 340_096
+    assert layer_saved.layer_activation_bytes_per_token(m7, full, st, 2048) == 340_104
     # eager: o_proj's input is a copy of its own (+16384); q and the repeated k, v (no lse, no out) and the fp32
     # probabilities (4 x 32 heads x 2048 keys) replace sdpa's terms
     eager = Combination(attn="eager")
     sdpa_core = 4 * (2 * H + 2 * H) + 4 * 32
     eager_core = 4 * 3 * H + 4 * 32 * 2048
-    assert activations.layer_activation_bytes_per_token(m7, eager, st, 2048) == 340_096 - sdpa_core + eager_core + 4 * H
+    assert layer_saved.layer_activation_bytes_per_token(m7, eager, st, 2048) == 340_104 - sdpa_core + eager_core + 4 * H
 
 
 def test_eager_adds_quadratic_scores(m7):
     st = analytic.storage(Precision.BF16_MIXED, Combination(lora_r=16))
-    sdpa = activations.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="sdpa"), st, 2048)
-    eager = activations.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="eager"), st, 2048)
+    sdpa = layer_saved.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="sdpa"), st, 2048)
+    eager = layer_saved.layer_activation_bytes_per_token(m7, Combination(lora_r=16, attn="eager"), st, 2048)
     # fp32 softmax (4 B) + its bf16 copy (2 B) per head per key, minus the lse, plus repeated k/v copies
     assert eager - sdpa == (4 + 2) * 32 * 2048 + 2 * 3 * 4096 - (2 * (2 * 4096 + 2 * 4096) + 4 * 32)
 
@@ -129,8 +129,9 @@ def test_gc_keeps_layer_inputs_only(m7):
     c = Combination(lora_r=16, gc=True)
     st = analytic.storage(setup.precision, c)
     acts, one = activations.activation_bytes(m7, setup, c, st)
-    # at the start of backward: each layer's bf16 input and the final norm's fp32 input; no layer is recomputed yet
-    assert acts == 32 * 2 * H * 2048 + 4 * H * 2048
+    # at the start of backward: each layer's bf16 input and the final norm's fp32 input and 1/rms; no layer is
+    # recomputed yet
+    assert acts == 32 * 2 * H * 2048 + (4 * H + 4) * 2048
     # the recompute of one layer comes later, once the loss's tensors are gone; its backward peaks in the MLP's
     # (sdpa: no softmax moment), per token beyond the layer's saved tensors:
     #   the layer output's gradient, bf16 h                           = 2 * 4096 = 8192
@@ -146,10 +147,10 @@ def test_gc_eager_backward_peaks_in_the_softmax_backward(m7):
     _, one = activations.activation_bytes(m7, setup, c, st)
     # per token beyond the layer's saved tensors: the softmax's two fp32 gradients (2 x 4 x 32 heads x 2048 keys =
     # 524288) less what backward has freed by then: the MLP block (gate, act, up outputs: 2 x 3 x I = 66048), the
-    # post-attention norm's fp32 upcast (4 x H = 16384), o_proj's adapter input and lora_A output (2 x H + 2 x 16
-    # = 8224) and the probabilities' bf16 copy (2 x 32 x 2048 = 131072): 302560, above the MLP's 66048; plus the
-    # layer output's bf16 gradient (8192)
-    per_token = 8192 + 524_288 - 66_048 - 16_384 - 8_224 - 131_072
+    # post-attention norm's fp32 upcast and 1/rms (4 x H + 4 = 16388), o_proj's adapter input and lora_A output
+    # (2 x H + 2 x 16 = 8224) and the probabilities' bf16 copy (2 x 32 x 2048 = 131072): 302556, above the MLP's
+    # 66048; plus the layer output's bf16 gradient (8192)
+    per_token = 8192 + 524_288 - 66_048 - 16_388 - 8_224 - 131_072
     casts = 2 * 16 * (H + H)  # o_proj's adapters' bf16 casts, freed with its backward
     mask = 2048 * 2048 * 2  # eager's bf16 float mask, an input of every checkpoint
     expected = 32 * 2 * H * 2048 + mask + one + per_token * 2048 - casts

@@ -229,3 +229,16 @@ def test_a_config_breaking_the_spec_names_config_keys_not_values(tmp_path):
     with pytest.raises(FtoptError, match="not supported") as e:
         load_model(str(p))
     assert "AKIA" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("family", "key"),
+    [("gpt2", "resid_pdrop"), ("gpt2", "attn_pdrop"), ("gpt_neox", "hidden_dropout"), ("phi3", "resid_pdrop")],
+)
+def test_a_dropout_that_is_not_a_number_is_one_sentence_naming_its_key(tmp_path, family, key):
+    """The readers decide from a dropout probability whether training keeps its masks (ModelSpec.layout)."""
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"model_type": family, **TINY[family], key: "AKIA-SECRET"}))
+    with pytest.raises(FtoptError, match=f"The model config's {key} must be a number") as e:
+        load_model(str(p))
+    assert "AKIA" not in str(e.value)

@@ -32,12 +32,12 @@ from ftopt.estimate.activations import (
     gc_loss_moment_activation_bytes,
     gc_recompute_activation_bytes,
     held_logits_bytes,
-    layer_trained_params,
     logits_forward_bytes,
     logits_loss_bytes,
     tied_embedding_grad_bytes,
 )
 from ftopt.estimate.autocast import head_cast_bytes
+from ftopt.estimate.layer_backward import layer_trained_params
 from ftopt.estimate.result import MemoryBreakdown
 from ftopt.spec import AdamWKernel, Combination, LinearGroup, ModelSpec, Offload, Optim, Quant, TrainingSetup
 from ftopt.spec.dsconfig import STAGE3_MAX_LIVE_PARAMETERS, hf_auto_zero_sizes
@@ -219,7 +219,7 @@ def memory(
         kv_start=layout.kv_cache_bytes(model, setup, combo, st, True),
         kv_held=layout.kv_cache_bytes(model, setup, combo, st, False),
     )
-    candidates = _forward_backward_moments(model, setup, combo, st, shared)
+    candidates = _forward_backward_moments(model, setup, combo, st, shared, on_gpu)
     candidates += _end_of_backward_moments(model, setup, combo, st, shared, on_gpu)
     dora_temp = dora.weight_norm_temp_bytes(model, combo, st)
     candidates += dora.peak_candidates(
@@ -230,7 +230,7 @@ def memory(
 
 
 def _forward_backward_moments(
-    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, sh: _Shared, on_gpu: bool
 ) -> list[tuple[str, MemoryBreakdown]]:
     """The moments from the loss to the last layer's recomputation, where the activations peak."""
     tokens = setup.tokens_per_micro_batch
@@ -241,7 +241,7 @@ def _forward_backward_moments(
             MemoryBreakdown(
                 **sh.static,
                 gradients=sh.grads_fwd,
-                activations=gc_loss_moment_activation_bytes(model, setup, combo, st),
+                activations=gc_loss_moment_activation_bytes(model, setup, combo, st, on_gpu),
                 logits_loss=logits_forward_bytes(model, st, tokens) + head_cast + sh.held,
                 temporaries=sh.dequant,
             ),
@@ -330,7 +330,7 @@ def gc_pending_grad_bytes(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, done: frozenset[LinearGroup]
 ) -> int:
     """Gradients backward has not formed yet at a moment of the first layer's backward under GC: that layer's
-    linears whose backward has not run (`done`: those that have, activations.layer_backward_moments) and the input
+    linears whose backward has not run (`done`: those that have, layer_backward.layer_backward_moments) and the input
     side's, whose lookup's backward comes last (a trained token table, untied, and a learned position table;
     OPT's projections are left counted). A tied table's gradient is not pending: the LM head's partial gradient of
     it waits in autograd's input buffer, the same bytes. Counted only where gradients are formed as backward goes

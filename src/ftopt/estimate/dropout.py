@@ -20,7 +20,7 @@ Per wrapped linear of in_features i, in an adapter dtype of a bytes, per token:
     base, or autocast's 16-bit cast for the matmul) that is a tensor of the size it saved before. Where it was not
     (adapters in the input's dtype: fp32 runs, `--adapter-dtype base`, DeepSpeed's 16-bit module), each wrapped
     linear keeps its own dropped copy (a bytes) where lora_A kept the one input the group shares
-    (activations.linear_input_bytes); that input is then kept only by what else saves it: o_proj's is SDPA's and
+    (layer_saved.linear_input_bytes); that input is then kept only by what else saves it: o_proj's is SDPA's and
     flash's saved output, so it stays, counted once, in attention's count of that output.
 Autograd keeps no mask where the input needs no gradient: without GC, the first wrapped group of the first layer
 reads a tensor made from the frozen embedding only (first_layer_unsaved_bytes).

@@ -61,23 +61,19 @@ def sdpa_gets_mask(setup: TrainingSetup, combo: Combination) -> bool:
     return combo.attn is Attention.SDPA and gets_mask(setup)
 
 
-def masked_sdpa_bytes_per_token(model: ModelSpec, st: Storage, seq_len: int) -> int:
-    """What one layer keeps beyond the unmasked SDPA, per token [sdpa]: k and v repeated to all query heads (the
-    un-repeated ones are freed, so + 2 x (q_dim - kv_dim)) and the float mask row the kernel saves (L entries in
-    the query dtype)."""
-    return st.act_bytes * (2 * (model.q_dim - model.kv_dim) + seq_len)
-
-
-def model_mask_bytes(setup: TrainingSetup, combo: Combination, st: Storage) -> int:
+def model_mask_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage) -> int:
     """The model-level mask, counted where it outlives the forward: under gradient checkpointing, where every
     checkpointed layer keeps it as an input until backward (the loss moment and the recompute moment both hold it;
-    see the module docstring) [masking]. sdpa given a mask (packing or padding): bool [micro_batch, 1, L, L]; eager,
-    packed or not: float [micro_batch, 1, L, L] in the embeddings' dtype (the residual stream's)."""
+    see the module docstring) [masking]. sdpa given a mask (packing or padding, or always: Falcon's
+    create_causal_mask(allow_is_causal_skip=False), ModelSpec.layout.sdpa_always_masked): bool
+    [micro_batch, 1, L, L]; eager, packed or not: float [micro_batch, 1, L, L] in the embeddings' dtype (the
+    residual stream's). What a masked SDPA call keeps per layer: estimate/attention_saved.py."""
     if not combo.gc:
         return 0
     if combo.attn is Attention.EAGER:
         return setup.micro_batch * setup.seq_len**2 * st.resid_bytes
-    return setup.micro_batch * setup.seq_len**2 * BOOL_BYTES if sdpa_gets_mask(setup, combo) else 0
+    always = model.layout.sdpa_always_masked and combo.attn is Attention.SDPA
+    return setup.micro_batch * setup.seq_len**2 * BOOL_BYTES if always or sdpa_gets_mask(setup, combo) else 0
 
 
 # ---- the same layouts as the traced step feeds them (torch imported inside: the formulas above need none) ----

@@ -1,242 +1,21 @@
 """Reading a ModelSpec from a Hugging Face `config.json`: a preset name, a path to the file, a local model folder, or
-a Hub id. Each supported family has a small reader that maps its config keys, with the defaults transformers uses
-for that family, onto ModelSpec's generic fields (ftopt.spec.model).
+a Hub id. Each supported family's reader (ftopt.spec.families) maps its config keys onto ModelSpec's generic fields
+(ftopt.spec.model).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from ftopt.spec.errors import FtoptError
+from ftopt.spec.families import FAMILIES, NOT_DECODER
 from ftopt.spec.hub import check_local_path, hub_config, parse_hub_id
-from ftopt.spec.model import MlpKind, ModelSpec, NormKind
-
-# ---- family readers ------------------------------------------------------------------------------------------
-# Each returns the generic fields for one model_type, with transformers' defaults for keys a config may omit.
-_LLAMA_NAMES = {
-    "q": "q_proj",
-    "k": "k_proj",
-    "v": "v_proj",
-    "o": "o_proj",
-    "gate": "gate_proj",
-    "up": "up_proj",
-    "down": "down_proj",
-}
-
-
-def _common(c: dict, *, tie_default: bool) -> dict:
-    h, heads = _count(c, "hidden_size"), _count(c, "num_attention_heads")
-    return dict(
-        vocab_size=_req(c, "vocab_size"),
-        hidden_size=h,
-        num_layers=_req(c, "num_hidden_layers"),
-        num_heads=heads,
-        num_kv_heads=c.get("num_key_value_heads") or heads,
-        head_dim=c.get("head_dim") or h // heads,
-        intermediate_size=_req(c, "intermediate_size"),
-        max_positions=c.get("max_position_embeddings", 2048),
-        tie_embeddings=c.get("tie_word_embeddings", tie_default),
-    )
-
-
-def _llama_like(c: dict) -> dict:
-    bias = c.get("attention_bias", False)
-    return dict(
-        _common(c, tie_default=False),
-        mlp=MlpKind.GATED,
-        norm=NormKind.RMS,
-        norms_per_layer=2,
-        qkv_bias=bias,
-        out_bias=bias,
-        mlp_bias=c.get("mlp_bias", False),
-        linear_names=_LLAMA_NAMES,
-    )
-
-
-def _qwen2(c: dict) -> dict:
-    return dict(
-        _common(c, tie_default=False),
-        mlp=MlpKind.GATED,
-        norm=NormKind.RMS,
-        norms_per_layer=2,
-        qkv_bias=True,
-        linear_names=_LLAMA_NAMES,
-    )
-
-
-def _gemma(c: dict, norms: int) -> dict:
-    d = _common(c, tie_default=True)
-    d["head_dim"] = c.get("head_dim", 256)
-    return dict(d, mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=norms, linear_names=_LLAMA_NAMES)
-
-
-def _phi3(c: dict) -> dict:
-    return dict(
-        _common(c, tie_default=False),
-        mlp=MlpKind.GATED,
-        norm=NormKind.RMS,
-        norms_per_layer=2,
-        linear_names={"qkv": "qkv_proj", "o": "o_proj", "gate_up": "gate_up_proj", "down": "down_proj"},
-    )
-
-
-def _gpt_neox(c: dict) -> dict:
-    bias = c.get("attention_bias", True)
-    return dict(
-        _common(c, tie_default=False),
-        mlp=MlpKind.PLAIN,
-        norm=NormKind.LAYER,
-        norms_per_layer=2,
-        qkv_bias=bias,
-        out_bias=bias,
-        mlp_bias=True,
-        parallel_residual=c.get("use_parallel_residual", True),
-        linear_names={"qkv": "query_key_value", "o": "dense", "fc1": "dense_h_to_4h", "fc2": "dense_4h_to_h"},
-    )
-
-
-def _falcon(c: dict) -> dict:
-    h, heads = _count(c, "hidden_size"), _count(c, "num_attention_heads")
-    new_arch = c.get("new_decoder_architecture", False)
-    if new_arch:
-        kv = c.get("num_kv_heads") or heads
-        norms = c.get("num_ln_in_parallel_attn") or 2
-    else:
-        kv = 1 if c.get("multi_query", True) else heads
-        norms = 1 if c.get("parallel_attn", True) else 2
-    if c.get("alibi", False):
-        raise FtoptError("Falcon with ALiBi positions is not supported; use a rotary Falcon config (alibi: false).")
-    bias = c.get("bias", False)
-    return dict(
-        vocab_size=_req(c, "vocab_size"),
-        hidden_size=h,
-        num_layers=_req(c, "num_hidden_layers"),
-        num_heads=heads,
-        num_kv_heads=kv,
-        head_dim=h // heads,
-        intermediate_size=c.get("ffn_hidden_size") or 4 * h,
-        max_positions=c.get("max_position_embeddings", 2048),
-        tie_embeddings=c.get("tie_word_embeddings", True),
-        mlp=MlpKind.PLAIN,
-        norm=NormKind.LAYER,
-        norms_per_layer=norms,
-        qkv_bias=bias,
-        out_bias=bias,
-        mlp_bias=bias,
-        parallel_residual=new_arch or c.get("parallel_attn", True),
-        linear_names={"qkv": "query_key_value", "o": "dense", "fc1": "dense_h_to_4h", "fc2": "dense_4h_to_h"},
-    )
-
-
-def _opt(c: dict) -> dict:
-    h, heads = _count(c, "hidden_size"), _count(c, "num_attention_heads")
-    bias = c.get("enable_bias", True)
-    proj = c.get("word_embed_proj_dim") or h
-    maxpos = c.get("max_position_embeddings", 2048)
-    return dict(
-        vocab_size=_req(c, "vocab_size"),
-        hidden_size=h,
-        num_layers=_req(c, "num_hidden_layers"),
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=h // heads,
-        intermediate_size=_req(c, "ffn_dim"),
-        max_positions=maxpos,
-        tie_embeddings=c.get("tie_word_embeddings", True),
-        mlp=MlpKind.PLAIN,
-        norm=NormKind.LAYER,
-        norms_per_layer=2,
-        final_norm=c.get("do_layer_norm_before", True),
-        qkv_bias=bias,
-        out_bias=bias,
-        mlp_bias=bias,
-        learned_positions=maxpos + 2,  # OPTLearnedPositionalEmbedding keeps an offset of 2 rows
-        embed_dim=proj if proj != h else None,
-        linear_names={"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "fc1": "fc1", "fc2": "fc2"},
-    )
-
-
-def _gpt2(c: dict) -> dict:
-    h, heads = _count(c, "n_embd", 768), _count(c, "n_head", 12)
-    return dict(
-        vocab_size=c.get("vocab_size", 50257),
-        hidden_size=h,
-        num_layers=c.get("n_layer", 12),
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=h // heads,
-        intermediate_size=c.get("n_inner") or 4 * h,
-        max_positions=c.get("n_positions", 1024),
-        tie_embeddings=c.get("tie_word_embeddings", True),
-        mlp=MlpKind.PLAIN,
-        norm=NormKind.LAYER,
-        norms_per_layer=2,
-        qkv_bias=True,
-        out_bias=True,
-        mlp_bias=True,
-        learned_positions=c.get("n_positions", 1024),
-        # GPT-2 names the attention output and the MLP output both "c_proj"; PEFT matches both with that name.
-        linear_names={"qkv": "c_attn", "o": "attn.c_proj", "fc1": "c_fc", "fc2": "mlp.c_proj"},
-    )
-
-
-_FAMILIES: dict[str, Callable[[dict], dict]] = {
-    "llama": _llama_like,
-    "mistral": _llama_like,
-    "qwen2": _qwen2,
-    "gemma": lambda c: _gemma(c, norms=2),
-    "gemma2": lambda c: _gemma(c, norms=4),
-    "phi3": _phi3,
-    "gpt_neox": _gpt_neox,
-    "falcon": _falcon,
-    "opt": _opt,
-    "gpt2": _gpt2,
-}
-# Architectures we recognise but cannot plan for: encoders and encoder-decoders.
-_NOT_DECODER = {
-    "bert",
-    "roberta",
-    "distilbert",
-    "deberta",
-    "deberta-v2",
-    "electra",
-    "albert",
-    "t5",
-    "mt5",
-    "bart",
-    "mbart",
-    "pegasus",
-    "whisper",
-    "vit",
-    "clip",
-    "xlm-roberta",
-    "longformer",
-}
-
-
-def _req(c: dict, key: str) -> Any:
-    if key not in c or c[key] is None:
-        raise FtoptError(f"The model config has no '{key}' field; found: {', '.join(sorted(c)) or 'nothing'}.")
-    return c[key]
-
-
-def _count(c: dict, key: str, default: int | None = None) -> int:
-    """A size or count the readers compute with (head_dim = hidden_size // num_attention_heads): a positive whole
-    number, checked here so that a bad one is a sentence naming its key, not a ZeroDivisionError or TypeError."""
-    value = c.get(key) if default is not None else _req(c, key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise FtoptError(f"The model config's {key} must be a positive whole number.")
-    return value
-
+from ftopt.spec.model import ModelSpec
 
 # ModelSpec fields by the config.json key most families name them with (for messages about a config)
 _CONFIG_KEYS = {
@@ -259,7 +38,7 @@ def _config_message(err: ValidationError) -> str:
 
 
 def supported_families() -> list[str]:
-    return sorted(_FAMILIES)
+    return sorted(FAMILIES)
 
 
 def from_hf_config(config: dict, name: str = "custom") -> ModelSpec:
@@ -269,17 +48,17 @@ def from_hf_config(config: dict, name: str = "custom") -> ModelSpec:
         raise FtoptError(f"The model config '{name}' has no 'model_type' field, so its architecture is unknown.")
     if not isinstance(family, str):
         raise FtoptError(f"The model config '{name}' has a model_type that is not text.")
-    if family in _NOT_DECODER:
+    if family in NOT_DECODER:
         raise FtoptError(
             f"'{family}' is not a decoder-only language model; ftopt plans causal-LM fine-tuning "
             f"({', '.join(supported_families())})."
         )
-    if family not in _FAMILIES:  # the config's own text is not repeated: a file given by mistake may hold anything
+    if family not in FAMILIES:  # the config's own text is not repeated: a file given by mistake may hold anything
         raise FtoptError(
             f"The model config '{name}' has a model_type that is not supported yet; "
             f"supported: {', '.join(supported_families())}."
         )
-    fields = _FAMILIES[family](config)
+    fields = FAMILIES[family](config)
     try:
         return ModelSpec(name=name, family=family, hf_config=dict(config), **fields)
     except ValidationError as e:

@@ -24,6 +24,35 @@ class NormKind(str, Enum):
     LAYER = "layer"  # weight and bias (2h)
 
 
+class SoftmaxDtype(str, Enum):
+    """The dtype eager attention's softmax returns, which is what it saves for backward."""
+
+    FP32 = "fp32"  # transformers' shared eager attention: softmax(dtype=float32), then .to(query dtype)
+    SCORES = "scores"  # gpt2: softmax in the scores' dtype (the QK matmul's output)
+    NORM_OUT = "norm_out"  # Falcon: softmax(dtype=hidden_states.dtype), the attention input's (its norm's output)
+
+
+class LayerLayout(BaseModel):
+    """How a family's decoder layer computes, where that changes the tensors backward keeps beyond what its
+    linears' shapes say (estimate/layer_saved.py, estimate/attention_saved.py read it). The defaults are the
+    llama layout: separate q/k/v projections, rotary embeddings applied elementwise, transformers' shared
+    attention functions, no dropout. Each family's reader in spec/hf_config.py sets the rest, citing the
+    transformers code; tests/estimate/test_saved_tensors.py checks each against a real forward's saved tensors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    qkv_views: bool = Field(False, description="q, k, v are views of one fused projection's output")
+    rotary: bool = Field(True, description="rotary embeddings rewrite q and k into new tensors (False: learned)")
+    query_bhsd: bool = Field(False, description="rotary's torch.cat leaves q contiguous as (b, heads, s, d)")
+    kv_repeated: bool = Field(False, description="the layer copies k and v to every query head itself")
+    sdpa_always_masked: bool = Field(False, description="the model always hands SDPA a materialized mask")
+    sdpa_kv_broadcast: bool = Field(False, description="SDPA gets fewer k/v heads than q heads, no enable_gqa")
+    eager_softmax: SoftmaxDtype = SoftmaxDtype.FP32
+    mlp_act_saved: int = Field(1, ge=1, description="intermediate-sized tensors a plain MLP's activation saves")
+    residual_dropouts: int = Field(0, ge=0, le=2, description="dropouts with p > 0 on each layer's branches")
+    attention_dropout: bool = Field(False, description="dropout with p > 0 on the attention probabilities")
+    embedding_dropout: bool = Field(False, description="dropout with p > 0 on the embeddings")
+
+
 class LinearGroup(str, Enum):
     """Where a linear sits in a layer; linears of one group read the same input tensor."""
 
@@ -72,6 +101,7 @@ class ModelSpec(BaseModel):
     learned_positions: int = Field(0, ge=0, description="rows of a learned position table (gpt2, opt); 0 for rotary")
     embed_dim: int | None = Field(None, description="OPT's word_embed_proj_dim when it differs from hidden_size")
     parallel_residual: bool = False
+    layout: LayerLayout = Field(default_factory=LayerLayout)
     linear_names: dict[str, str] = Field(description="role (q,k,v,qkv,o,gate,up,gate_up,down,fc1,fc2) -> module name")
     hf_config: dict[str, Any] = Field(repr=False, description="the config.json this spec was read from")
 
