@@ -93,6 +93,9 @@ def main() -> None:
         "the longest batch is a what-if (docs/accuracy.md)",
     )
     args = ap.parse_args()
+    from ftopt.spec import quiet
+
+    quiet.install()  # third-party notices an ftopt command would not show (bitsandbytes' optional CPU kernel)
     if args.seq_len is not None and args.seq_len <= 0:
         ap.error(f"--seq-len is a token count above 0, got {args.seq_len}")
     methods = ["analytic"] if args.analytic_only else ["analytic", "traced"]
