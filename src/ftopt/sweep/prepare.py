@@ -24,13 +24,13 @@ from ftopt.sweep.bench import (
     default_zero_processes,
     dora_variants,
     dropout_variants,
-    load_grid,
     quant_optim_variants,
     reference_combinations,
     run_sweep,
     sweep_rows,
     sweep_runs,
 )
+from ftopt.sweep.grid import load_grid
 from ftopt.train.data import check_data_path
 
 
