@@ -40,6 +40,7 @@ from ftopt.cli.common import (
 )
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
+from ftopt.sweep.bench import REFERENCE_LORA_R
 from ftopt.sweep.prepare import BenchRequest
 
 
@@ -70,7 +71,12 @@ def bench(
     max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run")] = 100,
     lr: Annotated[float | None, typer.Option("--lr", help="peak learning rate [default: 1e-3]")] = None,
     gpu: Gpu = None,
-    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank of the reference points")] = 8,
+    lora_r: Annotated[
+        int | None,
+        typer.Option(
+            "--lora-r", help=f"LoRA rank of the reference points (not with --grid) [default: {REFERENCE_LORA_R}]"
+        ),
+    ] = None,
     repeat: Annotated[int, typer.Option("--repeat", help="runs per combination (noisy machines)")] = 1,
     zero_gpus: Annotated[
         int | None,

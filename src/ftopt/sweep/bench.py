@@ -102,7 +102,13 @@ def default_zero_processes(hw: HardwareSpec) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def reference_combinations(hw: HardwareSpec, lora_r: int = 8, precision: Precision | None = None) -> list[Combination]:
+# the reference points' LoRA rank (bench --lora-r, the demo): r8 is PEFT's LoraConfig default
+REFERENCE_LORA_R = 8
+
+
+def reference_combinations(
+    hw: HardwareSpec, lora_r: int = REFERENCE_LORA_R, precision: Precision | None = None
+) -> list[Combination]:
     """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, LoRA+FSDP2 (full
     reshard, beside ZeRO-3), eager vs the fastest attention kernel this hardware runs at `precision` (flash where
     it can, else SDPA; None = the hardware's default precision)."""

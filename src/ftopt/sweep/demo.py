@@ -37,7 +37,7 @@ from ftopt.spec import (
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import atomic_write_text
 from ftopt.sweep import sample_task
-from ftopt.sweep.bench import reference_combinations, run_sweep, sweep_rows, sweep_runs
+from ftopt.sweep.bench import REFERENCE_LORA_R, reference_combinations, run_sweep, sweep_rows, sweep_runs
 
 DEMO_STEPS = 120
 DEMO_LR = 3e-3  # the same rate for every combination: the comparison is of techniques, not of tuning
@@ -150,7 +150,7 @@ def demo_run(out: Path, steps: int) -> RunSpec:
 def plan_step(base: RunSpec, out: Path, view: DemoView) -> None:
     """1/3: every combination's predicted memory and time, shown and kept in plan.json."""
     view.section("1/3 plan: predicted memory and time of every combination")
-    p = plan(load_model(base.model.ref), base.hardware, base.setup, lora_r=8)
+    p = plan(load_model(base.model.ref), base.hardware, base.setup, lora_r=REFERENCE_LORA_R)
     view.plan(p)
     atomic_write_text(out / "plan.json", json.dumps(p.to_json(), indent=2))
 
@@ -168,7 +168,7 @@ def bench_step(base: RunSpec, out: Path, target: QualityTarget, view: DemoView, 
         tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
         view.line(f"  [{info['index']}/{info['total']}] {info['label']}: {tag}  ({time.perf_counter() - t0:.0f} s)")
 
-    combos = reference_combinations(base.hardware, lora_r=8)
+    combos = reference_combinations(base.hardware)
     runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
     slots = min(DEMO_ZERO_PROCESSES, os.cpu_count() or 1)
     results = run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target, slots=slots)
