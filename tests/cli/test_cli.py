@@ -406,14 +406,19 @@ def test_an_interrupted_run_says_so_once():
         (("--lora-r", "0"), "--lora-r for the reference LoRA points must be positive, got 0."),
         (("--lora-r", "-8"), "--lora-r for the reference LoRA points must be positive, got -8."),
         (("--grid", "{grid}", "--lora-r", "4"), "--lora-r 4 sets the rank of the reference points, which --grid"),
+        # every run trained --model's weights and the --random-init preset was dropped; train refuses the pair
+        (("--model", "{base}", "--random-init", "tiny-llama"), "give either --model (weights) or --random-init"),
     ],
 )
-def test_bench_refuses_a_lora_rank_it_would_not_use_as_given(tmp_path, args, said):
+def test_bench_refuses_flags_it_would_not_use_as_given(tmp_path, args, said):
     """--lora-r 0 ran every reference LoRA point as a full fine-tune (full + sdpa twice, 8 runs of 6 combinations);
-    beside --grid the rank was silently ignored. (--run-timeout keeps the old behaviour's sweep short.)"""
+    beside --grid the rank, and beside --model the --random-init preset, were silently ignored. (--run-timeout keeps
+    the old behaviour's sweep short.)"""
     grid = tmp_path / "g.yaml"
     grid.write_text("grid:\n  lora_r: [0, 8]\n")
-    given = [a.format(grid=grid) for a in args]
+    from ftopt.presets import base_model_dir
+
+    given = [a.format(grid=grid, base=base_model_dir()) for a in args]
     r = run("bench", "--out", str(tmp_path / "b"), "--max-steps", "1", "--run-timeout", "0.01", *given)
     assert r.exit_code == 2, r.output
     assert said in r.output and len(r.output.strip().splitlines()) == 1

@@ -83,6 +83,8 @@ class Sweep:
 
 
 def _check_flags(r: BenchRequest) -> QualityTarget | None:
+    if r.model is not None and r.random_init is not None:  # as train says it: one model per sweep
+        raise FtoptError("give either --model (weights) or --random-init (a config), not both.")
     if r.lora_r is not None and r.grid is not None:
         raise FtoptError(
             f"--lora-r {r.lora_r} sets the rank of the reference points, which --grid replaces; "
