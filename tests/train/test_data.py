@@ -136,3 +136,9 @@ def test_a_file_of_the_wrong_shape_is_named_as_such_even_when_too_short_to_split
     with pytest.raises(FtoptError, match=r"one.jsonl has 1 record: too few to hold out 10% for evaluation"):
         read_data(DataSpec(train=str(one)), seed=0)
 
+
+def test_a_reader_error_ending_in_a_period_gets_one_period(tmp_path):
+    p = write(tmp_path, "x.parquet", "PAR1garbage")  # pyarrow: "... this is not a parquet file."
+    with pytest.raises(FtoptError) as e:
+        D.load_records(p)
+    assert str(e.value).startswith("Cannot read the data") and not str(e.value).endswith("..")

@@ -126,7 +126,7 @@ def load_records(path: str | Path) -> Records:
     except FtoptError:
         raise
     except (OSError, ValueError) as e:
-        raise FtoptError(f"Cannot read the data {p}: {str(e).splitlines()[0]}.") from None
+        raise FtoptError(f"Cannot read the data {p}: {str(e).splitlines()[0].rstrip('.')}.") from None
     if not records.rows:
         raise FtoptError(f"The data {p} is empty.")
     return records
