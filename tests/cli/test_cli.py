@@ -423,3 +423,23 @@ def test_bench_refuses_flags_it_would_not_use_as_given(tmp_path, args, said):
     assert r.exit_code == 2, r.output
     assert said in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()  # refused before the sweep folder is made
+
+
+def test_demo_help_states_the_defaults_the_demo_uses():
+    """demo --help said '--target-model [default: the PoC's]' and '--retrains-per-year [default: 1; demo: see its
+    help]', report's texts, while the demo projects onto llama-3.1-8b retrained 12 times a year."""
+    import typer
+
+    from ftopt.sweep.demo_options import DEMO_QUALITY_TARGET, DemoOptions
+
+    cmd = typer.main.get_command(app)
+    demo = {p.name: p.help for p in cmd.commands["demo"].params}
+    d = DemoOptions()
+    assert f"[default: {d.target_model}]" in demo["target_model"]
+    assert f"[default: {d.target_gpu}]" in demo["target_gpu"]
+    assert f"[default: {d.retrains_per_year:g}]" in demo["retrains_per_year"]
+    assert f"[default: {d.dataset_tokens:,}]" in demo["dataset_tokens"]
+    assert f"[default: {DEMO_QUALITY_TARGET}]" in demo["quality_target"]
+    report = {p.name: p.help for p in cmd.commands["report"].params}
+    assert "[default: 1]" in report["retrains_per_year"] and "demo" not in report["retrains_per_year"]
+    assert "[default: the PoC's]" in report["target_model"]

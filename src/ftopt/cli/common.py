@@ -232,7 +232,7 @@ Retrains = Annotated[
     float | None,
     typer.Option(
         "--retrains-per-year",
-        help=f"production runs per year [default: {_PROD['retrains_per_year']:g}; demo: see its help]",
+        help=f"production runs per year [default: {_PROD['retrains_per_year']:g}]",
     ),
 ]
 CostPerGpuHour = Annotated[float | None, typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]

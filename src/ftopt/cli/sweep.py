@@ -41,6 +41,7 @@ from ftopt.cli.common import (
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
 from ftopt.sweep.bench import REFERENCE_LORA_R
+from ftopt.sweep.demo_options import DEMO_QUALITY_TARGET, DEMO_STEPS, DemoOptions
 from ftopt.sweep.prepare import BenchRequest
 
 
@@ -255,21 +256,51 @@ def _results_path(results: Path) -> Path:
     return path
 
 
+# demo's own defaults where they differ from report's (DemoOptions holds them; its help shows them)
+_DEMO = {k: f.default for k, f in DemoOptions.model_fields.items()}
+DemoQualityTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--quality-target",
+        help=f"the quality bar, METRIC>=VALUE or METRIC<=VALUE [default: {DEMO_QUALITY_TARGET}]",
+    ),
+]
+DemoTargetGpu = Annotated[
+    str | None,
+    typer.Option("--target-gpu", help=f"production GPU preset or JSON file [default: {_DEMO['target_gpu']}]"),
+]
+DemoTargetModel = Annotated[
+    str | None,
+    typer.Option("--target-model", help=f"model trained in production [default: {_DEMO['target_model']}]"),
+]
+DemoTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--dataset-tokens",
+        help=f"tokens in one epoch of the production data [default: {_DEMO['dataset_tokens']:,}]",
+    ),
+]
+DemoRetrains = Annotated[
+    float | None,
+    typer.Option("--retrains-per-year", help=f"production runs per year [default: {_DEMO['retrains_per_year']:g}]"),
+]
+
+
 def demo(
     out: Annotated[
         str, typer.Option("--out", metavar="<path>", help="where runs, results and the report go")
     ] = "ftopt-runs/demo",
-    steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
-    quality_target: QualityTargetOpt = None,
-    target_gpu: TargetGpu = None,
+    steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = DEMO_STEPS,
+    quality_target: DemoQualityTarget = None,
+    target_gpu: DemoTargetGpu = None,
     target_gpus: TargetGpus = None,
     target_nodes: TargetNodes = None,
-    target_model: TargetModel = None,
+    target_model: DemoTargetModel = None,
     target_seq_len: TargetSeqLen = None,
     target_micro_batch: TargetMicroBatch = None,
-    dataset_tokens: ProdTokens = None,
+    dataset_tokens: DemoTokens = None,
     epochs: ProdEpochs = None,
-    retrains_per_year: Retrains = None,
+    retrains_per_year: DemoRetrains = None,
     cost_per_gpu_hour: CostPerGpuHour = None,
     currency: Currency = None,
     max_hours: MaxHours = None,
@@ -281,7 +312,7 @@ def demo(
 
     def body():
         from ftopt.cli.display import ConsoleDemoView
-        from ftopt.sweep.demo import DemoOptions, run_demo
+        from ftopt.sweep.demo import run_demo
 
         if steps < 1:
             raise FtoptError(f"--steps must be at least 1, got {steps}.")
