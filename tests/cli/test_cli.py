@@ -443,3 +443,21 @@ def test_demo_help_states_the_defaults_the_demo_uses():
     report = {p.name: p.help for p in cmd.commands["report"].params}
     assert "[default: 1]" in report["retrains_per_year"] and "demo" not in report["retrains_per_year"]
     assert "[default: the PoC's]" in report["target_model"]
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero", "fsdp"])
+def test_plan_export_help_names_every_file_the_export_writes(tmp_path, engine):
+    """--export's help named ds_config.json, sft_config.yaml and launch.sh; the folder also gets run.json, hostfile
+    and slurm.sbatch, and accelerate_fsdp2.yaml and torchrun.sh for an FSDP2 pick."""
+    import typer
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["plan"].params}
+    r = run(*PLAN_7B_NODE, "--model", "tiny-llama", "--engine", engine, "--export", str(tmp_path / "x"))
+    assert r.exit_code == 0, r.output
+    written = {p.name for p in (tmp_path / "x").iterdir() if not p.name.startswith(".")}
+    assert written >= {
+        "run.json",
+        "launch.sh",
+        {"ddp": "slurm.sbatch", "zero": "ds_config.json", "fsdp": "torchrun.sh"}[engine],
+    }
+    assert [name for name in written if name not in params["export"].help] == []
