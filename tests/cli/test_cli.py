@@ -461,3 +461,16 @@ def test_plan_export_help_names_every_file_the_export_writes(tmp_path, engine):
         {"ddp": "slurm.sbatch", "zero": "ds_config.json", "fsdp": "torchrun.sh"}[engine],
     }
     assert [name for name in written if name not in params["export"].help] == []
+
+
+def test_train_and_bench_help_name_the_model_used_without_model_or_random_init():
+    """Neither flag trains the built-in tiny-llama from random weights; the help said nothing of it."""
+    import typer
+
+    from ftopt.spec.run import DEFAULT_MODEL, ModelRef
+
+    assert ModelRef().ref == DEFAULT_MODEL
+    cmd = typer.main.get_command(app)
+    for name in ("train", "bench"):
+        params = {p.name: p for p in cmd.commands[name].params}
+        assert f"[default without --model: {DEFAULT_MODEL}, the built-in model]" in params["random_init"].help, name

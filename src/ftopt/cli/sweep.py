@@ -25,6 +25,7 @@ from ftopt.cli.common import (
     ProdEpochs,
     ProdTokens,
     QualityTargetOpt,
+    RandomInit,
     Retrains,
     SeqLen,
     TargetGpu,
@@ -59,9 +60,7 @@ def bench(
         ),
     ] = "ftopt-runs/bench",
     model: WeightsModel = None,
-    random_init: Annotated[
-        str | None, typer.Option("--random-init", help="preset or config.json, random weights")
-    ] = None,
+    random_init: RandomInit = None,
     data: Annotated[str | None, typer.Option("--data", help="training data [default: the built-in task]")] = None,
     seq_len: SeqLen = None,
     micro_batch: MicroBatch = None,

@@ -18,6 +18,7 @@ from ftopt.results.rows import ResultRow
 from ftopt.spec import HardwareSpec
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
+from ftopt.spec.run import DEFAULT_MODEL
 from ftopt.sweep.bench import (
     REFERENCE_LORA_R,
     BenchRun,
@@ -123,7 +124,7 @@ def prepare(r: BenchRequest) -> Sweep:
     if r.lora_dropout is not None:
         combos += dropout_variants(combos, r.lora_dropout)
     ref = resolve.model_ref(
-        r.model or r.random_init or "tiny-llama", weights=r.model is not None, trust_remote_code=r.trust_remote_code
+        r.model or r.random_init or DEFAULT_MODEL, weights=r.model is not None, trust_remote_code=r.trust_remote_code
     )
     setup = resolve.setup(
         hw,
