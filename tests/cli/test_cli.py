@@ -474,3 +474,14 @@ def test_train_and_bench_help_name_the_model_used_without_model_or_random_init()
     for name in ("train", "bench"):
         params = {p.name: p for p in cmd.commands[name].params}
         assert f"[default without --model: {DEFAULT_MODEL}, the built-in model]" in params["random_init"].help, name
+
+
+def test_bench_max_steps_help_states_what_the_spec_accepts():
+    """bench --max-steps -1 runs every epoch, as train's does, but only train's help said so."""
+    import typer
+
+    from ftopt.spec.run import Schedule
+
+    Schedule(max_steps=-1)  # the value the help offers is one the run accepts
+    params = {p.name: p for p in typer.main.get_command(app).commands["bench"].params}
+    assert "-1 = run the epochs" in params["max_steps"].help

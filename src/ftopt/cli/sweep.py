@@ -68,7 +68,7 @@ def bench(
     packing: Packing = None,
     batching: BatchingOpt = None,
     headroom: Headroom = None,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run")] = 100,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run; -1 = run the epochs")] = 100,
     lr: Annotated[float | None, typer.Option("--lr", help="peak learning rate [default: 1e-3]")] = None,
     gpu: Gpu = None,
     lora_r: Annotated[
