@@ -170,6 +170,24 @@ def test_report_states_the_calibration_check(tmp_path, lang):
     assert "3.0%" in h and "3.8%" in h and "1.00" in h and "6/6" in h
 
 
+@pytest.mark.parametrize("lang,ranked", [("en", "ordered right"), ("ja", "大小関係")])
+def test_a_calibration_with_nothing_to_rank_states_no_ranking(tmp_path, lang, ranked):
+    """A two-run bench's report read 'rank correlation (Spearman) n/a; 0/0 pairs of combinations more than 10%
+    apart are ordered right'; the console says nothing of either, and now the report neither."""
+    cal = {
+        "fit_runs": 2,
+        "holdout_runs": 2,
+        "holdout_median_abs_error": 0.307,
+        "holdout_worst_abs_error": 0.529,
+        "spearman_rho": None,
+        "pairs_ordered": 0,
+        "pairs_compared": 0,
+    }
+    md = build_report(ROWS, tmp_path, lang=lang, calibration=cal)["markdown"].read_text()
+    line = next(x for x in md.splitlines() if "30.7%" in x)
+    assert "52.9%" in line and "0/0" not in line and "n/a" not in line and ranked not in line
+
+
 @pytest.mark.parametrize(
     "lang,text", [("en", "assume every sequence is --seq-len"), ("ja", "--seq-len のトークン数ちょうど")]
 )

@@ -1,6 +1,7 @@
 """Sweep with injected OOM and crash, resume, corrupt results, grids, calibration, atomic appends."""
 
 import os
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -11,7 +12,8 @@ from ftopt.results.rows import WARMUP_STEPS, ResultRow
 from ftopt.spec import Combination, load_hardware
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import append_line_atomic
-from ftopt.sweep.bench import load_grid, read_results, run_sweep, sweep_runs
+from ftopt.sweep.bench import read_results, run_sweep, sweep_runs
+from ftopt.sweep.grid import load_grid
 
 
 def _base(max_steps=3, seq_len=32, micro_batch=4):
@@ -212,6 +214,26 @@ def test_grid_yaml(tmp_path):
     g.write_text("combinations:\n  - {lora_r: 8, zero: 5}\n")
     with pytest.raises(FtoptError, match="zero"):
         load_grid(g)
+
+
+@pytest.mark.parametrize(
+    "axes,said",
+    [
+        ("lora_r: [0, x]", 'lora_r: "x" is in no valid combination of the grid (the first: lora_r: Input should be'),
+        ("lora_r: [8, -8]", "lora_r: -8 is in no valid combination"),
+        ("lora_r: [0]\n  dora: [false, true]", "dora: true is in no valid combination"),
+        ("attn: [sdpa, sdpaa]", 'attn: "sdpaa" is in no valid combination'),
+    ],
+)
+def test_a_grid_value_in_no_valid_point_is_refused_not_dropped(tmp_path, axes, said):
+    """lora_r: [0, x] ran one full fine-tune and reported '1 of 1 runs ok': the typed value vanished with the
+    points that break a rule between options."""
+    g = tmp_path / "g.yaml"
+    g.write_text(f"grid:\n  {axes}\n")
+    with pytest.raises(FtoptError, match=re.escape(said)):
+        load_grid(g)
+    g.write_text("grid:\n  lora_r: [0, 8]\n  dora: [false, true]\n")  # DoRA needs LoRA: the full+DoRA point only
+    assert sorted((c.lora_r, c.dora) for c in load_grid(g)) == [(0, False), (8, False), (8, True)]
 
 
 @pytest.mark.parametrize(

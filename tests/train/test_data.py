@@ -121,3 +121,24 @@ def test_max_steps_zero_is_refused():
     with pytest.raises(ValidationError, match="max_steps must be positive"):
         Schedule(max_steps=0)
     assert Schedule(max_steps=1).max_steps == 1
+
+
+def test_a_file_of_the_wrong_shape_is_named_as_such_even_when_too_short_to_split(tmp_path):
+    """A one-row CSV without the fields ftopt reads was refused as 'has 1 records: too few to hold out 10%', so the
+    user added rows and met the real problem on the next try; the fields are checked before the split now."""
+    from ftopt.spec.run import DataSpec
+    from ftopt.train.prepare import read_data
+
+    p = write(tmp_path, "x.csv", "a,b\n1,2\n")
+    with pytest.raises(FtoptError, match=r"x.csv has none of the fields ftopt reads .*found: a, b\.$"):
+        read_data(DataSpec(train=str(p)), seed=0)
+    one = write(tmp_path, "one.jsonl", '{"text": "a"}\n')
+    with pytest.raises(FtoptError, match=r"one.jsonl has 1 record: too few to hold out 10% for evaluation"):
+        read_data(DataSpec(train=str(one)), seed=0)
+
+
+def test_a_reader_error_ending_in_a_period_gets_one_period(tmp_path):
+    p = write(tmp_path, "x.parquet", "PAR1garbage")  # pyarrow: "... this is not a parquet file."
+    with pytest.raises(FtoptError) as e:
+        D.load_records(p)
+    assert str(e.value).startswith("Cannot read the data") and not str(e.value).endswith("..")

@@ -248,9 +248,10 @@ def plan(
         typer.Option(
             "--export",
             metavar="<path>",
-            help="write the recommended run for DeepSpeed, "
-            "TRL and accelerate (ds_config.json, sft_config.yaml, "
-            "launch.sh) into this folder",
+            help="write the recommended run's launch files into this folder: sft_config.yaml and launch.sh "
+            "(TRL through accelerate), run.json, hostfile and slurm.sbatch (ftopt train, one node or several), "
+            "and ds_config.json for ZeRO or accelerate_fsdp2.yaml and torchrun.sh for FSDP2; an edited file other "
+            "than run.json is kept, the new one written beside it as NAME.new",
         ),
     ] = None,
 ):

@@ -17,6 +17,7 @@ from ftopt.spec.combination import Combination
 from ftopt.spec.errors import FtoptError, Interrupted, validation_message
 from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 from ftopt.spec.production import ProductionOptions
+from ftopt.spec.run import DEFAULT_MODEL
 
 # ---- shared options (declared once; estimate, plan, train and bench reuse them) --------------------------------
 Gpu = Annotated[
@@ -165,6 +166,13 @@ MODEL_REF_RULE = (
 PlannedModel = Annotated[
     str, typer.Option("--model", "-m", help=f"preset, config.json, model folder or Hub id ({MODEL_REF_RULE})")
 ]
+RandomInit = Annotated[
+    str | None,
+    typer.Option(
+        "--random-init",
+        help=f"preset or config.json, random weights [default without --model: {DEFAULT_MODEL}, the built-in model]",
+    ),
+]
 WeightsModel = Annotated[
     str | None, typer.Option("--model", "-m", help=f"pretrained weights: a model folder or Hub id ({MODEL_REF_RULE})")
 ]
@@ -232,7 +240,7 @@ Retrains = Annotated[
     float | None,
     typer.Option(
         "--retrains-per-year",
-        help=f"production runs per year [default: {_PROD['retrains_per_year']:g}; demo: see its help]",
+        help=f"production runs per year [default: {_PROD['retrains_per_year']:g}]",
     ),
 ]
 CostPerGpuHour = Annotated[float | None, typer.Option("--cost-per-gpu-hour", help="price of one GPU for one hour")]

@@ -37,6 +37,7 @@ from ftopt.cli.common import (
     PrecisionOpt,
     QloraRecipeOpt,
     QuantOpt,
+    RandomInit,
     Rslora,
     SeqLen,
     TrainOnOpt,
@@ -51,9 +52,7 @@ from ftopt.spec.errors import FtoptError
 
 def train(
     model: WeightsModel = None,
-    random_init: Annotated[
-        str | None, typer.Option("--random-init", help="preset or config.json, random weights")
-    ] = None,
+    random_init: RandomInit = None,
     tokenizer: Annotated[
         str | None, typer.Option("--tokenizer", help="tokenizer folder or Hub id [default: the model's]")
     ] = None,

@@ -25,6 +25,7 @@ from ftopt.cli.common import (
     ProdEpochs,
     ProdTokens,
     QualityTargetOpt,
+    RandomInit,
     Retrains,
     SeqLen,
     TargetGpu,
@@ -40,6 +41,8 @@ from ftopt.cli.common import (
 )
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
+from ftopt.sweep.bench import REFERENCE_LORA_R
+from ftopt.sweep.demo_options import DEMO_QUALITY_TARGET, DEMO_STEPS, DemoOptions
 from ftopt.sweep.prepare import BenchRequest
 
 
@@ -57,9 +60,7 @@ def bench(
         ),
     ] = "ftopt-runs/bench",
     model: WeightsModel = None,
-    random_init: Annotated[
-        str | None, typer.Option("--random-init", help="preset or config.json, random weights")
-    ] = None,
+    random_init: RandomInit = None,
     data: Annotated[str | None, typer.Option("--data", help="training data [default: the built-in task]")] = None,
     seq_len: SeqLen = None,
     micro_batch: MicroBatch = None,
@@ -67,10 +68,15 @@ def bench(
     packing: Packing = None,
     batching: BatchingOpt = None,
     headroom: Headroom = None,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run")] = 100,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="optimizer steps per run; -1 = run the epochs")] = 100,
     lr: Annotated[float | None, typer.Option("--lr", help="peak learning rate [default: 1e-3]")] = None,
     gpu: Gpu = None,
-    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank of the reference points")] = 8,
+    lora_r: Annotated[
+        int | None,
+        typer.Option(
+            "--lora-r", help=f"LoRA rank of the reference points (not with --grid) [default: {REFERENCE_LORA_R}]"
+        ),
+    ] = None,
     repeat: Annotated[int, typer.Option("--repeat", help="runs per combination (noisy machines)")] = 1,
     zero_gpus: Annotated[
         int | None,
@@ -249,21 +255,51 @@ def _results_path(results: Path) -> Path:
     return path
 
 
+# demo's own defaults where they differ from report's (DemoOptions holds them; its help shows them)
+_DEMO = {k: f.default for k, f in DemoOptions.model_fields.items()}
+DemoQualityTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--quality-target",
+        help=f"the quality bar, METRIC>=VALUE or METRIC<=VALUE [default: {DEMO_QUALITY_TARGET}]",
+    ),
+]
+DemoTargetGpu = Annotated[
+    str | None,
+    typer.Option("--target-gpu", help=f"production GPU preset or JSON file [default: {_DEMO['target_gpu']}]"),
+]
+DemoTargetModel = Annotated[
+    str | None,
+    typer.Option("--target-model", help=f"model trained in production [default: {_DEMO['target_model']}]"),
+]
+DemoTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--dataset-tokens",
+        help=f"tokens in one epoch of the production data [default: {_DEMO['dataset_tokens']:,}]",
+    ),
+]
+DemoRetrains = Annotated[
+    float | None,
+    typer.Option("--retrains-per-year", help=f"production runs per year [default: {_DEMO['retrains_per_year']:g}]"),
+]
+
+
 def demo(
     out: Annotated[
         str, typer.Option("--out", metavar="<path>", help="where runs, results and the report go")
     ] = "ftopt-runs/demo",
-    steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = 120,
-    quality_target: QualityTargetOpt = None,
-    target_gpu: TargetGpu = None,
+    steps: Annotated[int, typer.Option("--steps", help="training steps per combination")] = DEMO_STEPS,
+    quality_target: DemoQualityTarget = None,
+    target_gpu: DemoTargetGpu = None,
     target_gpus: TargetGpus = None,
     target_nodes: TargetNodes = None,
-    target_model: TargetModel = None,
+    target_model: DemoTargetModel = None,
     target_seq_len: TargetSeqLen = None,
     target_micro_batch: TargetMicroBatch = None,
-    dataset_tokens: ProdTokens = None,
+    dataset_tokens: DemoTokens = None,
     epochs: ProdEpochs = None,
-    retrains_per_year: Retrains = None,
+    retrains_per_year: DemoRetrains = None,
     cost_per_gpu_hour: CostPerGpuHour = None,
     currency: Currency = None,
     max_hours: MaxHours = None,
@@ -275,7 +311,7 @@ def demo(
 
     def body():
         from ftopt.cli.display import ConsoleDemoView
-        from ftopt.sweep.demo import DemoOptions, run_demo
+        from ftopt.sweep.demo import run_demo
 
         if steps < 1:
             raise FtoptError(f"--steps must be at least 1, got {steps}.")

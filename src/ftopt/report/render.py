@@ -99,17 +99,23 @@ def _points(d: Decision, s: ReportSettings, plan, T: dict, lang: str) -> list[st
     ]
     cal = s.calibration
     if cal and cal.get("holdout_runs"):
-        pct = lambda v: f"{v:.1%}" if v is not None else "n/a"
-        pts.append(
-            T["calibration"].format(
-                fit=cal["fit_runs"],
-                med=pct(cal["holdout_median_abs_error"]),
-                worst=pct(cal["holdout_worst_abs_error"]),
-                rho=f"{cal['spearman_rho']:.2f}" if cal.get("spearman_rho") is not None else "n/a",
-                pairs=f"{cal.get('pairs_ordered', 0)}/{cal.get('pairs_compared', 0)}",
-            )
-        )
+        pts.append(_calibration_point(cal, T))
     return [p for p in pts if p]
+
+
+def _calibration_point(cal: dict, T: dict) -> str:
+    """The held-out check of the time model's fit. The rank correlation and the ordered pairs are left out when
+    there is nothing to rank (two runs, or no two combinations more than 10% apart), as the bench console does,
+    rather than read 'n/a' and '0/0 pairs ... are ordered right'."""
+    pct = lambda v: f"{v:.1%}" if v is not None else "n/a"
+    rho, compared = cal.get("spearman_rho"), cal.get("pairs_compared", 0)
+    return T["calibration"].format(
+        fit=cal["fit_runs"],
+        med=pct(cal["holdout_median_abs_error"]),
+        worst=pct(cal["holdout_worst_abs_error"]),
+        rho=T["calibration_rho"].format(rho=f"{rho:.2f}") if rho is not None else "",
+        pairs=T["calibration_pairs"].format(ordered=cal.get("pairs_ordered", 0), compared=compared) if compared else "",
+    )
 
 
 def _html_table(cols: list[str], rows: list[list[str]], css_class: str = "") -> str:

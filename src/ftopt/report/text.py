@@ -91,8 +91,9 @@ EN: dict[str, str] = {
     "tradeoff_time": "{pct} more time, beyond the noise, than the fastest run on the same number of GPUs ({label}, "
     "{met})",
     "calibration": "The time model was calibrated on {fit} runs: each combination's step time, predicted by a fit "
-    "on the others, is off by {med} (median) and {worst} at worst; rank correlation (Spearman) {rho}; "
-    "{pairs} pairs of combinations more than 10% apart are ordered right.",
+    "on the others, is off by {med} (median) and {worst} at worst{rho}{pairs}.",
+    "calibration_rho": "; rank correlation (Spearman) {rho}",
+    "calibration_pairs": "; {ordered}/{compared} pairs of combinations more than 10% apart are ordered right",
     # point 4: the plan's pick against the measured pick
     "p_verified": "<b>Is the recommendation verified?</b> {basis} {verdict}{tie} {plan_def}",
     "basis_measured": "The choice went by GPU-seconds per epoch measured on {hardware}: each run's median step time "

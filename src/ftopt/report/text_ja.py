@@ -91,8 +91,9 @@ JA: dict[str, str] = {
     "tradeoff_quality": "最も品質の高い{label}より{metric}が{delta}劣る点",
     "tradeoff_time": "同じGPU台数で最速の実行({label}、目標{met})より、ばらつきを超えて{pct}長くかかる点",
     "calibration": "時間モデルは{fit}件の実行で較正しました。各組み合わせのステップ時間を、それ以外の実行だけで"
-    "較正したモデルで予測したときの誤差は中央値{med}、最大{worst}で、スピアマンの順位相関は{rho}です。"
-    "10%以上差のある組み合わせのペアのうち{pairs}で、大小関係を正しく予測しました。",
+    "較正したモデルで予測したときの誤差は中央値{med}、最大{worst}です。{rho}{pairs}",
+    "calibration_rho": "スピアマンの順位相関は{rho}です。",
+    "calibration_pairs": "10%以上差のある組み合わせのペアのうち{ordered}/{compared}で、大小関係を正しく予測しました。",
     # 要点4: プランの推奨と実測による推奨
     "p_verified": "<b>【推奨の検証】</b> {basis}{verdict}{tie}{plan_def}",
     "basis_measured": "{hardware}で実測した1エポックあたりのGPU秒で選びました。各実行の最初の{warmup}ステップは"

@@ -8,10 +8,13 @@ library's logger or warning and matches its exact text, so everything else still
 - huggingface_hub logs each failed attempt of a request ("'[Errno -2] Name or service not known' thrown while
   requesting HEAD https://...", then "Retrying in 1s") before the error that ftopt turns into one sentence.
 - bitsandbytes logs that an optional CPU kernel package (`kernels`) is missing, on import.
+- transformers' Trainer, resuming a full fine-tune of a model whose LM head is tied to its embedding, warns
+  "There were missing keys in the checkpoint model loaded: ['lm_head.weight']" (`tied_keys_quiet`).
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import warnings
 from contextlib import contextmanager
@@ -57,3 +60,41 @@ def no_checkpoint_bars():
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+MISSING_KEYS = "There were missing keys in the checkpoint model loaded: "  # transformers trainer.py
+
+
+class _DropTiedMissing(logging.Filter):
+    """Drops the missing-keys warning when each key it lists names a parameter that another, loaded name shares."""
+
+    def __init__(self, names_of: dict[str, list[str]]):
+        super().__init__()
+        self.names_of = names_of  # parameter name -> every name of the same tensor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if not msg.startswith(MISSING_KEYS):
+            return True
+        try:
+            missing = set(ast.literal_eval(msg[len(MISSING_KEYS) :].rstrip(".")))
+        except (ValueError, SyntaxError):
+            return True
+        filled = lambda k: any(n not in missing for n in self.names_of.get(k, []) if n != k)  # noqa: E731
+        return not all(filled(k) for k in missing)
+
+
+def tied_keys_quiet(model) -> None:
+    """Before a resume: the checkpoint stores a tied LM head once, under its embedding's name (save_pretrained drops
+    the duplicate), and loading that name fills the one tensor both names hold, so the key Trainer calls missing
+    is not (Trainer._issue_warnings_after_load only recognises _keys_to_ignore_on_save, which llama leaves empty).
+    Any other missing key still reaches the user."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    names_of = {n: g for g in groups.values() if len(g) > 1 for n in g}
+    logger = logging.getLogger("transformers.trainer")
+    for f in [f for f in logger.filters if isinstance(f, _DropTiedMissing)]:
+        logger.removeFilter(f)
+    if names_of:
+        logger.addFilter(_DropTiedMissing(names_of))

@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ftopt.results.quality import QualityTarget
 from ftopt.results.rows import Predictions, ResultRow, Status, read_metrics, read_results
@@ -33,8 +32,8 @@ from ftopt.spec import (
     RunSpec,
     default_precision,
 )
-from ftopt.spec.errors import FtoptError, validation_message
-from ftopt.spec.io import append_line_atomic, read_text
+from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import append_line_atomic
 from ftopt.train.ranks import OOM_MARKERS
 
 __all__ = ["BenchRun", "read_results", "run_sweep", "sweep_rows", "sweep_runs"]
@@ -103,7 +102,13 @@ def default_zero_processes(hw: HardwareSpec) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def reference_combinations(hw: HardwareSpec, lora_r: int = 8, precision: Precision | None = None) -> list[Combination]:
+# the reference points' LoRA rank (bench --lora-r, the demo): r8 is PEFT's LoraConfig default
+REFERENCE_LORA_R = 8
+
+
+def reference_combinations(
+    hw: HardwareSpec, lora_r: int = REFERENCE_LORA_R, precision: Precision | None = None
+) -> list[Combination]:
     """The study's reference points: none, GC, LoRA, LoRA+GC, LoRA+ZeRO-2, LoRA+ZeRO-3+GC, LoRA+FSDP2 (full
     reshard, beside ZeRO-3), eager vs the fastest attention kernel this hardware runs at `precision` (flash where
     it can, else SDPA; None = the hardware's default precision)."""
@@ -120,67 +125,6 @@ def reference_combinations(hw: HardwareSpec, lora_r: int = 8, precision: Precisi
         Combination(lora_r=lora_r, fsdp=Fsdp.FULL, gc=True, attn=fast),
         Combination(lora_r=lora_r, attn=Attention.EAGER),
     ]
-
-
-def load_grid(path: str | Path) -> list[Combination]:
-    """A YAML grid: either `combinations: [{gc: true, lora_r: 8, ...}, ...]` or axes
-    `grid: {gc: [false, true], lora_r: [0, 8], zero: [0, 2], attn: [sdpa]}` (the product, invalid ones dropped)."""
-    import itertools
-
-    text = read_text(path, "grid")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise FtoptError(f"The grid {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
-    if not isinstance(doc, dict) or not ({"combinations", "grid"} & set(doc)):
-        raise FtoptError(f"The grid {path} needs a 'combinations' list or a 'grid' of option lists.")
-    unknown = set(doc) - {"combinations", "grid"}
-    if unknown:
-        raise FtoptError(
-            f"The grid {path} has unknown key(s) {', '.join(sorted(unknown))}; use 'combinations' or 'grid'."
-        )
-    _check_grid_shape(path, doc)
-    allowed = set(Combination.model_fields)
-    out: list[Combination] = []
-    try:
-        for i, c in enumerate(doc.get("combinations") or [], 1):
-            bad = set(c) - allowed
-            if bad:
-                raise FtoptError(
-                    f"Grid combination {i} names unknown option(s) {', '.join(sorted(bad))}; "
-                    f"known: {', '.join(sorted(allowed))}."
-                )
-            out.append(Combination(**c))
-        axes = doc.get("grid") or {}
-        bad = set(axes) - allowed
-        if bad:
-            raise FtoptError(
-                f"The grid names unknown option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}."
-            )
-        first_error = None
-        if axes:
-            names = list(axes)
-            for values in itertools.product(*(v if isinstance(v, list) else [v] for v in axes.values())):
-                try:
-                    out.append(Combination(**dict(zip(names, values))))
-                except ValidationError as e:  # e.g. offload without ZeRO: not a valid combination, skipped
-                    first_error = first_error or validation_message(e)
-    except ValidationError as e:
-        raise FtoptError(f"Grid {path}: {validation_message(e)}.") from None
-    if not out:
-        why = f" (the first: {first_error})" if first_error else ""
-        raise FtoptError(f"The grid {path} defines no valid combination{why}.")
-    return out
-
-
-def _check_grid_shape(path: str | Path, doc: dict) -> None:
-    """`combinations` is a list of option mappings and `grid` a mapping of option lists, else one sentence (a
-    scalar or list where a mapping belongs would otherwise fail deep inside the product)."""
-    combos, axes = doc.get("combinations"), doc.get("grid")
-    if combos is not None and not (isinstance(combos, list) and all(isinstance(c, dict) for c in combos)):
-        raise FtoptError(f"The grid {path}: 'combinations' must be a list of option mappings such as {{lora_r: 8}}.")
-    if axes is not None and not isinstance(axes, dict):
-        raise FtoptError(f"The grid {path}: 'grid' must map option names to lists of values such as lora_r: [0, 8].")
 
 
 # ---- results file: ftopt.results.rows reads and types it -------------------------------------------------------------

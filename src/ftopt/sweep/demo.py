@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import Field
-
 from ftopt.planner.calibration_store import calibrate_and_store
 from ftopt.planner.plan import plan
 from ftopt.presets import base_model_dir
@@ -27,53 +25,21 @@ from ftopt.results.quality import QualityTarget
 from ftopt.spec import (
     DataSpec,
     ModelRef,
-    ProductionOptions,
     RunSpec,
     Schedule,
     TrainingSetup,
     load_hardware,
     load_model,
 )
-from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import atomic_write_text
 from ftopt.sweep import sample_task
-from ftopt.sweep.bench import reference_combinations, run_sweep, sweep_rows, sweep_runs
+from ftopt.sweep.bench import REFERENCE_LORA_R, reference_combinations, run_sweep, sweep_rows, sweep_runs
+from ftopt.sweep.demo_options import DEMO_QUALITY_TARGET, DEMO_STEPS, DemoOptions
 
-DEMO_STEPS = 120
 DEMO_LR = 3e-3  # the same rate for every combination: the comparison is of techniques, not of tuning
 DEMO_ZERO_PROCESSES = 2  # two CPU processes, so ZeRO has something to partition
 DEMO_TRAIN_EXAMPLES = 4000  # ~14 tokens each: more than 120 steps x 8 x 64 tokens, so no row is seen twice
 DEMO_EVAL_EXAMPLES = 64
-DEMO_QUALITY_TARGET = "exact_match>=0.5"  # half the held-out words right: the rule has been learned, not guessed
-# What a manager reads: the chosen combination on a real production model, not on the demo's 4-layer base.
-DEMO_TARGET_MODEL = "llama-3.1-8b"
-
-
-class DemoOptions(ProductionOptions):
-    """The demo's stated assumptions for the quality bar and for production, where they differ from `report`'s
-    (each overridable by a flag): an 8B model on one A100 with 100M tokens, retrained monthly."""
-
-    quality_target: str | None = None
-    target_gpu: str | None = "a100-80g"
-    target_model: str | None = DEMO_TARGET_MODEL
-    dataset_tokens: int | None = Field(100_000_000, gt=0)
-    retrains_per_year: float = Field(12.0, ge=0)
-
-    def check(self) -> None:
-        """What only fails later otherwise: the quality bar's syntax and metric (the demo's task scores the
-        built-in metrics), the production GPU's and model's names."""
-        from ftopt.results.quality import BUILTIN, LOSS_METRICS, QualityTarget
-
-        if self.quality_target is not None:
-            t = QualityTarget.parse(self.quality_target)
-            known = (*LOSS_METRICS, *BUILTIN)
-            if t.metric not in known:
-                raise FtoptError(
-                    f"--quality-target names the metric '{t.metric}', which the demo does not measure; "
-                    f"use one of {', '.join(known)}."
-                )
-        load_hardware(self.target_gpu)
-        load_model(self.target_model)
 
 
 class DemoView(Protocol):
@@ -150,7 +116,7 @@ def demo_run(out: Path, steps: int) -> RunSpec:
 def plan_step(base: RunSpec, out: Path, view: DemoView) -> None:
     """1/3: every combination's predicted memory and time, shown and kept in plan.json."""
     view.section("1/3 plan: predicted memory and time of every combination")
-    p = plan(load_model(base.model.ref), base.hardware, base.setup, lora_r=8)
+    p = plan(load_model(base.model.ref), base.hardware, base.setup, lora_r=REFERENCE_LORA_R)
     view.plan(p)
     atomic_write_text(out / "plan.json", json.dumps(p.to_json(), indent=2))
 
@@ -168,7 +134,7 @@ def bench_step(base: RunSpec, out: Path, target: QualityTarget, view: DemoView, 
         tag = {"start": "running", "skip": "already done", "done": info.get("status", "")}[kind]
         view.line(f"  [{info['index']}/{info['total']}] {info['label']}: {tag}  ({time.perf_counter() - t0:.0f} s)")
 
-    combos = reference_combinations(base.hardware, lora_r=8)
+    combos = reference_combinations(base.hardware)
     runs = sweep_runs(base, combos, out / "runs", zero_gpus=DEMO_ZERO_PROCESSES)
     slots = min(DEMO_ZERO_PROCESSES, os.cpu_count() or 1)
     results = run_sweep(runs, out / "results.jsonl", on_event=event, quality_target=target, slots=slots)

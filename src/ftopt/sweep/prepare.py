@@ -18,19 +18,21 @@ from ftopt.results.rows import ResultRow
 from ftopt.spec import HardwareSpec
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
+from ftopt.spec.run import DEFAULT_MODEL
 from ftopt.sweep.bench import (
+    REFERENCE_LORA_R,
     BenchRun,
     check_sweep_launch,
     default_zero_processes,
     dora_variants,
     dropout_variants,
-    load_grid,
     quant_optim_variants,
     reference_combinations,
     run_sweep,
     sweep_rows,
     sweep_runs,
 )
+from ftopt.sweep.grid import load_grid
 from ftopt.train.data import check_data_path
 
 
@@ -54,7 +56,7 @@ class BenchRequest(BaseModel):
     max_steps: int
     lr: float | None
     gpu: str | None
-    lora_r: int
+    lora_r: int | None
     repeat: int
     zero_gpus: int | None
     run_timeout: float | None
@@ -82,6 +84,15 @@ class Sweep:
 
 
 def _check_flags(r: BenchRequest) -> QualityTarget | None:
+    if r.model is not None and r.random_init is not None:  # as train says it: one model per sweep
+        raise FtoptError("give either --model (weights) or --random-init (a config), not both.")
+    if r.lora_r is not None and r.grid is not None:
+        raise FtoptError(
+            f"--lora-r {r.lora_r} sets the rank of the reference points, which --grid replaces; "
+            "give the ranks in the grid (lora_r: [8, 16])."
+        )
+    if r.lora_r is not None and r.lora_r < 1:
+        raise FtoptError(f"--lora-r for the reference LoRA points must be positive, got {r.lora_r}.")
     if r.repeat < 1:
         raise FtoptError(f"--repeat must be at least 1, got {r.repeat}.")
     if r.run_timeout is not None and not 0 < r.run_timeout < math.inf:  # false for nan too
@@ -106,14 +117,14 @@ def prepare(r: BenchRequest) -> Sweep:
     check_out_folder(r.out)
     hw = hardware(r.gpu)
     prec = resolve.setup(hw, precision=r.precision).precision
-    combos = load_grid(r.grid) if r.grid else reference_combinations(hw, r.lora_r, prec)
+    combos = load_grid(r.grid) if r.grid else reference_combinations(hw, r.lora_r or REFERENCE_LORA_R, prec)
     combos += quant_optim_variants(combos, resolve.enum_list("quant", r.quant), resolve.enum_list("optim", r.optim))
     if r.dora:
         combos += dora_variants(combos)
     if r.lora_dropout is not None:
         combos += dropout_variants(combos, r.lora_dropout)
     ref = resolve.model_ref(
-        r.model or r.random_init or "tiny-llama", weights=r.model is not None, trust_remote_code=r.trust_remote_code
+        r.model or r.random_init or DEFAULT_MODEL, weights=r.model is not None, trust_remote_code=r.trust_remote_code
     )
     setup = resolve.setup(
         hw,

@@ -126,7 +126,7 @@ def load_records(path: str | Path) -> Records:
     except FtoptError:
         raise
     except (OSError, ValueError) as e:
-        raise FtoptError(f"Cannot read the data {p}: {str(e).splitlines()[0]}.") from None
+        raise FtoptError(f"Cannot read the data {p}: {str(e).splitlines()[0].rstrip('.')}.") from None
     if not records.rows:
         raise FtoptError(f"The data {p} is empty.")
     return records
@@ -199,8 +199,10 @@ def split_eval(records: Records, fraction: float, seed: int) -> tuple[Records, R
     random.Random(seed).shuffle(idx)
     k = max(1, int(round(len(records) * fraction)))
     if k >= len(records):
+        n = len(records)
         raise FtoptError(
-            f"{records.source} has {len(records)} records: too few to hold out {fraction:.0%} for evaluation."
+            f"{records.source} has {n} record{'' if n == 1 else 's'}: too few to hold out {fraction:.0%} for "
+            "evaluation (--eval-fraction)."
         )
     held = set(idx[:k])
     return (

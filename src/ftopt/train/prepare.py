@@ -53,13 +53,16 @@ def read_data(data: DataSpec, seed: int) -> tuple[D.Records, D.Records | None, s
     if data.train is None:
         train = D.default_records(D.DEFAULT_TRAIN_EXAMPLES, seed)
         held = D.default_records(D.DEFAULT_EVAL_EXAMPLES, seed + D.DEFAULT_EVAL_SEED_OFFSET)
-    elif data.eval:
-        train, held = D.load_records(data.train), D.load_records(data.eval)
-    else:
-        train, held = D.split_eval(D.load_records(data.train), data.eval_fraction, seed)
-    fmt = D.detect_format(train)
-    if held is not None:
+        return train, held, D.detect_format(train)
+    # every row is checked before any split: a file of the wrong shape is named as such even when it is also too
+    # short to hold rows out
+    records = D.load_records(data.train)
+    fmt = D.detect_format(records)
+    if data.eval:
+        held = D.load_records(data.eval)
         D.detect_format(held, expected=fmt)
+        return records, held, fmt
+    train, held = D.split_eval(records, data.eval_fraction, seed)
     return train, held, fmt
 
 

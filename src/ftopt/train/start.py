@@ -13,6 +13,7 @@ from ftopt.planner import resolve
 from ftopt.spec import RunSpec
 from ftopt.spec.errors import FtoptError
 from ftopt.spec.io import check_out_folder
+from ftopt.spec.run import DEFAULT_MODEL
 from ftopt.spec.trust import CommandLineTrust, admit
 
 # the request's fields that name a model, a file, a folder or a host, and the flag each came from
@@ -114,7 +115,7 @@ def _from_flags(r: TrainRequest, ref) -> RunSpec:
     hw = calibrated_hardware(hardware(r.gpu))  # the stored calibration for this hardware, if it matches
     return resolve.new_run(
         hw,
-        ref or resolve.model_ref("tiny-llama", weights=False, tokenizer=r.tokenizer),
+        ref or resolve.model_ref(DEFAULT_MODEL, weights=False, tokenizer=r.tokenizer),
         resolve.setup(hw, **r.setup, headroom=r.headroom),
         resolve.combination(**r.combination),
     )

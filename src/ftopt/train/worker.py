@@ -193,9 +193,11 @@ def _train(trainer, resume, world: int, interrupt, closers, log, out):
     """trainer.train, resumed from `resume` where given. `closers` (progress display, steps log) are closed
     whatever happens, so a Ctrl-C leaves a complete steps.jsonl and a clean terminal; the launched rank's Ctrl-C
     handler (`interrupt`) learns when the loop runs, where it may stop at a step boundary."""
-    from ftopt.spec.quiet import no_checkpoint_bars
+    from ftopt.spec.quiet import no_checkpoint_bars, tied_keys_quiet
 
     progress, steps_log = closers
+    if resume:
+        tied_keys_quiet(trainer.model)
     try:
         if interrupt is not None:
             interrupt.in_loop = True
