@@ -288,6 +288,20 @@ def test_a_smoke_bench_added_to_a_good_fit_leaves_it_as_it_was(smoke_source, cap
     assert f"c1 ({smoke_source}): 2 measured steps, fewer than 3" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize("order", ["smoke first", "full first"])
+def test_a_longer_point_replaces_a_short_one_of_its_file_and_never_the_reverse(order):
+    """A smoke bench and the full bench into one results file, in either order: the file keeps the full bench's
+    points only when the smoke bench came first (its short points superseded), and keeps both when it came last
+    (a short point never displaces a longer one)."""
+    benches = [rows(2, steps=4), rows(8, steps=10)]
+    for bench in benches if order == "smoke first" else benches[::-1]:
+        fit, cal, _ = calibrate_and_store(bench, A100, "/runs/r.jsonl", "m")
+    short = sorted(p.label for p in cal.points if p.excluded)
+    assert short == ([] if order == "smoke first" else ["c0", "c1"])
+    assert len(cal.points) == 8 + len(short) and len(fit.left_out) == len(short)
+    assert cal.provenance.runs == 8 and _applied()
+
+
 def test_short_points_alone_are_fitted_and_refused_as_before():
     fit, cal, _ = calibrate_and_store(rows(8, steps=4), A100, "/runs/smoke.jsonl", "m")
     assert fit.fit_runs == 8 and fit.left_out == [] and not any(p.excluded for p in cal.points)

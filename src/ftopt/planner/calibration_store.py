@@ -16,7 +16,8 @@ eight-run fit instead of replacing it.
 
 Points on fewer than MIN_STEADY_STEPS steady steps (a smoke bench's `--max-steps 4`) are stored, each with why, but
 left out of the fit while a longer point remains (ftopt.planner.calibration.fit_worthy); a short point replaces only
-a short one, so a smoke bench into a results file never displaces the full bench's points of that file.
+a short one, so a smoke bench into a results file never displaces the full bench's points of that file, while a
+longer point replaces a short one as well as a long one, so a smoke bench then the full one leaves no stale point.
 """
 
 from __future__ import annotations
@@ -224,9 +225,11 @@ def _merge_key(p: StoredPoint) -> tuple:
 
 
 def merge_points(old: list[StoredPoint], new: list[StoredPoint]) -> list[StoredPoint]:
-    """The merge rule (module docstring): a new point replaces the stored one of its source and combination that is
-    as short or as long as it; every other point stays."""
+    """The merge rule (module docstring): a new point replaces the stored ones of its source and combination, a
+    short one only a short one (a longer rerun supersedes a smoke point, never the reverse); every other point
+    stays."""
     replaced = {_merge_key(p) for p in new}
+    replaced |= {(source, point, True) for source, point, short in replaced if not short}
     return [p for p in old if _merge_key(p) not in replaced] + new
 
 

@@ -36,7 +36,7 @@ class LayerLayout(BaseModel):
     """How a family's decoder layer computes, where that changes the tensors backward keeps beyond what its
     linears' shapes say (estimate/layer_saved.py, estimate/attention_saved.py read it). The defaults are the
     llama layout: separate q/k/v projections, rotary embeddings applied elementwise, transformers' shared
-    attention functions, no dropout. Each family's reader in spec/hf_config.py sets the rest, citing the
+    attention functions, no dropout. Each family's reader in spec/families.py sets the rest, citing the
     transformers code; tests/estimate/test_saved_tensors.py checks each against a real forward's saved tensors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

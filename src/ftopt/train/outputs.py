@@ -1,8 +1,9 @@
 """The run folder: what a run writes there, and the rule that one folder holds one run.
 
 A second `ftopt train` into a folder that holds a run is refused (exit 2) unless `--resume` (the same run,
-continued: its resolved config must match; a --resume whose folder holds no run is refused too) or `--overwrite` (the earlier run's files are removed first: those its
-manifest lists, ftopt.train.manifest; files ftopt did not write are left alone). Without this rule two runs mixed their steps.jsonl and their model files.
+continued: its resolved config must match; a --resume whose folder holds no run is refused too) or `--overwrite`
+(the earlier run's files are removed first: those its manifest lists, ftopt.train.manifest; files ftopt did not
+write are left alone). Without this rule two runs would mix their steps.jsonl and their model files.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def check_resumable(spec: RunSpec) -> None:
     """--resume continues the run in --out: a folder that does not exist, or holds no run of ftopt's (no manifest,
-    steps, metrics or checkpoint), is refused, where a mistyped --out used to start a new run there silently."""
+    steps, metrics or checkpoint), is refused, so that a mistyped --out is not taken for a new run's folder."""
     out = spec.output_dir
     if not spec.output.resume:
         return
