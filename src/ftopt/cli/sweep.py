@@ -56,7 +56,10 @@ def bench(
     out: Annotated[
         str,
         typer.Option(
-            "--out", metavar="<path>", help="sweep folder: results.jsonl (appended; finished runs skipped) and runs/"
+            "--out",
+            metavar="<path>",
+            help="sweep folder: results.jsonl and runs/; one sweep per folder (a rerun with the same settings "
+            "resumes it, skipping finished runs; other settings are refused)",
         ),
     ] = "ftopt-runs/bench",
     model: WeightsModel = None,

@@ -31,6 +31,8 @@ FIELD_FLAGS = {
     "train": "--data",
     "eval": "--eval-data",
     "dir": "--out",
+    "hardware": "--gpu",
+    "metrics": "--metric",
 }
 
 

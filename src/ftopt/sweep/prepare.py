@@ -22,6 +22,7 @@ from ftopt.spec.run import DEFAULT_MODEL
 from ftopt.sweep.bench import (
     REFERENCE_LORA_R,
     BenchRun,
+    check_one_sweep,
     check_sweep_launch,
     default_zero_processes,
     dora_variants,
@@ -153,6 +154,7 @@ def prepare(r: BenchRequest) -> Sweep:
     zero_gpus = r.zero_gpus or default_zero_processes(hw)
     runs = sweep_runs(base, combos, r.out / "runs", repeat=r.repeat, zero_gpus=zero_gpus)
     check_sweep_launch(runs)
+    check_one_sweep(runs, r.out / "results.jsonl", target)
     return Sweep(runs, r.out / "results.jsonl", hw, ref.ref, target, r.run_timeout)
 
 

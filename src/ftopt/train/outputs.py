@@ -8,6 +8,7 @@ manifest lists, ftopt.train.manifest; files ftopt did not write are left alone).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ftopt.spec import RunSpec
@@ -18,15 +19,17 @@ from ftopt.train.manifest import holds_run
 CONFIG_NAME = "resolved_config.json"
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+def differences(a: dict, b: dict, name: Callable[[str], str] = str, prefix: str = "") -> list[str]:
+    """Each setting where `a` (then) and `b` (now) differ, as "NAME (a's value then, b's now)"; nested dicts are
+    walked, and `name` turns a dotted path (schedule.max_steps) into what the user knows it by."""
     keys = sorted(set(a) | set(b))
     out = []
     for k in keys:
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, f"{prefix}{k}.")
+            out += differences(va, vb, name, f"{prefix}{k}.")
         elif va != vb:
-            out.append(f"{prefix}{k} ({va!r} then, {vb!r} now)")
+            out.append(f"{name(prefix + k)} ({va!r} then, {vb!r} now)")
     return out
 
 
@@ -92,7 +95,7 @@ def _check_same_run(out: Path, spec: RunSpec) -> None:
             f"{out} holds a run without a readable {CONFIG_NAME}; it cannot be resumed safely. "
             "Use --overwrite or another --out."
         ) from None
-    diff = _differences(before, spec.identity())
+    diff = differences(before, spec.identity())
     if diff:
         raise FtoptError(
             f"--resume: {out} holds a different run: {'; '.join(diff[:3])}"
