@@ -171,6 +171,21 @@ def test_a_binary_file_where_text_belongs_is_one_line(tmp_path, args, what):
     assert f"{what} {f} is not a UTF-8 text file" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("cmd", [("estimate", "--gpu"), ("plan", "--gpu"), ("demo", "--target-gpu")])
+def test_a_folder_or_other_file_given_as_the_hardware_is_named_as_such(tmp_path, monkeypatch, cmd):
+    """It said "Unknown GPU 'adir'. Known: ...", as if a preset name had been mistyped."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "gpu.yaml").write_text("name: x\n")
+    (tmp_path / "cpu").mkdir()  # a folder named as a preset: the preset is meant
+    assert run("estimate", "--gpu", "cpu").exit_code == 0
+    for given, kind in (("adir", "a folder"), ("gpu.yaml", "a file without the .json suffix")):
+        r = run(*cmd, given)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"error: '{given}' is {kind}, so neither a hardware preset nor a hardware file; ")
+        assert r.output.rstrip().endswith("or a hardware .json file.") and "Unknown GPU" not in r.output
+
+
 def test_a_hardware_file_of_another_json_type_is_named_as_such(tmp_path):
     f = tmp_path / "gpu.json"
     f.write_text("[1, 2]")

@@ -240,6 +240,12 @@ def load_hardware(name: str) -> HardwareSpec:
     if name == "cpu":
         return cpu_spec()
     names = hardware_names()
+    if name not in names and path.exists():  # a path where a preset name belongs: "Unknown GPU" would mislead
+        kind = "a folder" if path.is_dir() else "a file without the .json suffix"
+        raise FtoptError(
+            f"'{name}' is {kind}, so neither a hardware preset nor a hardware file; give one of {', '.join(names)}, "
+            "or a hardware .json file."
+        )
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Known: {', '.join(names)}."
