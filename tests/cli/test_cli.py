@@ -160,13 +160,15 @@ def test_malformed_and_non_decoder_configs(tmp_path):
         (("plan", "--method", "analytic", "--calibration", "{f}"), "The calibration file"),
         (("train", "--plan", "{f}"), "The plan"),
         (("bench", "--grid", "{f}"), "The grid"),
+        (("bench", "--data", "{f}", "--out", "{out}"), "The data"),
+        (("preview", "--data", "{f}"), "The data"),
     ],
 )
 def test_a_binary_file_where_text_belongs_is_one_line(tmp_path, args, what):
     """A file that is not UTF-8 (a checkpoint or an archive given by mistake) ended each of these in a traceback."""
     f = tmp_path / "given.json"
     f.write_bytes(b"\xff\xfe\x00\x01")
-    r = run(*(a.format(f=f) for a in args))
+    r = run(*(a.format(f=f, out=tmp_path / "out") for a in args))
     assert r.exit_code == 2, r.output
     assert f"{what} {f} is not a UTF-8 text file" in r.output and "Traceback" not in r.output
 
