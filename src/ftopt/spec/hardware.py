@@ -140,6 +140,12 @@ class HardwareSpec(BaseModel):
 FP16_NEEDS_CUDA = "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
 
 
+def device_words(is_cpu: bool) -> tuple[str, str]:
+    """What sentences call the unit one training process runs on, singular and plural: a GPU, or on a CPU a
+    process (ZeRO's and FSDP2's ranks there are processes, each standing for one GPU; the memory is the host's)."""
+    return ("process", "processes") if is_cpu else ("GPU", "GPUs")
+
+
 def hardware_names() -> list[str]:
     return sorted(
         [
