@@ -446,6 +446,8 @@ def test_optimizer_defaults_keep_stored_bench_keys_and_a_change_runs_again():
         (("--run-timeout", "nan"), "--run-timeout must be a positive number of seconds, got nan"),
         (("--run-timeout", "inf"), "--run-timeout must be a positive number of seconds, got inf"),
         (("--zero-gpus", "0"), "--zero-gpus must be at least 1, got 0"),
+        (("--lora-dropout", "0"), "--lora-dropout 0 adds no run: each LoRA point already runs without adapter"),
+        (("--lora-dropout", "1"), "--lora-dropout is the share of each adapter input zeroed"),
         (("--data", "missing.jsonl"), "--data missing.jsonl does not exist"),
         (("--eval-data", "missing.jsonl"), "--eval-data missing.jsonl does not exist"),
         (("--data", "."), "--data . is a folder but not a saved dataset"),

@@ -111,12 +111,14 @@ Rslora = Annotated[
 # Combination's default, shown in the help of every command that takes --lora-dropout
 LORA_DROPOUT_DEFAULT = f"[default: {Combination.model_fields['lora_dropout'].default:g}]"
 LORA_DROPOUT_HELP = (
-    "adapter dropout (PEFT lora_dropout): the share of each wrapped linear's input zeroed before its adapter, "
-    "0 <= P < 1; backward keeps each dropout's mask, 1 byte per input element"
+    "adapter dropout (PEFT lora_dropout): the share P of each wrapped linear's input zeroed before its adapter "
+    "(backward keeps each dropout's mask, 1 byte per input element)"
 )
 LoraDropout = Annotated[
     float | None,
-    typer.Option("--lora-dropout", metavar="P", help=f"LoRA {LORA_DROPOUT_HELP}; needs LoRA {LORA_DROPOUT_DEFAULT}"),
+    typer.Option(
+        "--lora-dropout", metavar="P", help=f"LoRA {LORA_DROPOUT_HELP}, 0 <= P < 1; needs LoRA {LORA_DROPOUT_DEFAULT}"
+    ),
 ]
 QLORA_RECIPE_HELP = (
     "how a quantized base keeps its other parameters: peft (fp32 after prepare_model_for_kbit_training, LM head "

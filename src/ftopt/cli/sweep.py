@@ -112,7 +112,11 @@ def bench(
     ] = False,
     lora_dropout: Annotated[
         float | None,
-        typer.Option("--lora-dropout", metavar="P", help=f"each LoRA point also runs with {LORA_DROPOUT_HELP} (P > 0)"),
+        typer.Option(
+            "--lora-dropout",
+            metavar="P",
+            help=f"each LoRA point also runs with {LORA_DROPOUT_HELP}, 0 < P < 1 (the points themselves run without)",
+        ),
     ] = None,
     nodes: Nodes = None,
     hostfile: Hostfile = None,

@@ -339,7 +339,7 @@ def dora_variants(combos: list[Combination]) -> list[Combination]:
 def dropout_variants(combos: list[Combination], p: float) -> list[Combination]:
     """`bench --lora-dropout P`: each LoRA point's twin with adapter dropout P, so the sweep measures what the
     dropout costs (its masks) beside the LoRA without it. P is checked as Combination checks it, even when the grid
-    has no LoRA point; P = 0 adds nothing."""
+    has no LoRA point; P = 0 adds nothing (bench refuses it: ftopt.sweep.prepare)."""
     Combination(lora_r=1, lora_dropout=p)
     twins = [Combination.model_validate({**c.model_dump(), "lora_dropout": p}) for c in combos if c.lora]
     return _new_twins(combos, twins)
