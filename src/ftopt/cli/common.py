@@ -17,7 +17,7 @@ from ftopt.spec.combination import Combination
 from ftopt.spec.errors import FtoptError, Interrupted, validation_message
 from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 from ftopt.spec.production import ProductionOptions
-from ftopt.spec.run import DEFAULT_MODEL
+from ftopt.spec.run import DEFAULT_MODEL, DataSpec
 
 # ---- shared options (declared once; estimate, plan, train and bench reuse them) --------------------------------
 Gpu = Annotated[
@@ -158,6 +158,15 @@ TrainOnOpt = Annotated[
     typer.Option(
         "--train-on",
         help="chat data: tokens trained: all | assistant (every assistant turn) | last-assistant [default: assistant]",
+    ),
+]
+# DataSpec's default, which train and preview both leave in place when --eval-fraction is not given
+EVAL_FRACTION_DEFAULT = DataSpec.model_fields["eval_fraction"].default
+EvalFraction = Annotated[
+    float | None,
+    typer.Option(
+        "--eval-fraction",
+        help=f"share of --data held out for evaluation; 0 = none [default: {EVAL_FRACTION_DEFAULT:g}]",
     ),
 ]
 # how --model is read (ftopt.spec.hub.is_local_path / parse_hub_id), stated in every --model help
