@@ -98,6 +98,50 @@ def test_bad_input_is_one_line_exit_2(args, fragment):
     assert len(r.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (("train", "--max-steps", "0"), "--max-steps must be positive, or -1 to run the epochs; got 0"),
+        (("bench", "--max-steps", "0"), "--max-steps must be positive, or -1 to run the epochs; got 0"),
+        (
+            ("train", "--lora-r", "4", "--lora-dropout", "1"),
+            "--lora-dropout is the share of each adapter input zeroed, so it must be at least 0 and below 1, got 1.0",
+        ),
+        (
+            ("estimate", "--lora-dropout", "0.1"),
+            "--lora-dropout=0.1 drops the LoRA adapters' input, so it needs LoRA (--lora-r > 0)",
+        ),
+        (("estimate", "--lora-targets", "q_proj"), "--lora-targets were given but --lora-r is 0 (full fine-tuning)"),
+        (("train", "--eval-data", "x.jsonl"), "--eval-data x.jsonl needs --data: the built-in task holds out"),
+    ],
+)
+def test_a_validators_own_sentence_names_the_flag_typed(tmp_path, args, said):
+    """The validators serve the flags and the plan, run and grid files alike; on the command line their sentences
+    named the field (max_steps, lora_dropout) instead of the flag the user typed."""
+    out = ("--out", str(tmp_path / "out")) if args[0] != "estimate" else ()
+    r = run(*args, *out)
+    assert r.exit_code == 2 and r.output.startswith(f"error: {said}"), r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_files_values_are_named_by_their_fields(tmp_path):
+    """The same sentences about a plan or grid file name its fields, which is what the file holds."""
+    from ftopt.planner import resolve
+    from ftopt.spec import load_hardware
+
+    hw = load_hardware("cpu")
+    doc = resolve.new_run(hw, resolve.model_ref("tiny-llama", weights=False), resolve.setup(hw), resolve.combination())
+    doc = doc.to_json()
+    doc["schedule"]["max_steps"] = 0
+    (tmp_path / "run.json").write_text(json.dumps(doc))
+    r = run("train", "--plan", str(tmp_path / "run.json"), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 2 and "max_steps must be positive" in r.output and "--max-steps" not in r.output, r.output
+    (tmp_path / "grid.yaml").write_text("combinations:\n  - {lora_r: 4, lora_dropout: 1}\n")
+    r = run("bench", "--grid", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "b"))
+    assert r.exit_code == 2 and "lora_dropout is the share of each adapter input" in r.output, r.output
+    assert "--lora-dropout" not in r.output
+
+
 def test_malformed_and_non_decoder_configs(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")
@@ -116,15 +160,32 @@ def test_malformed_and_non_decoder_configs(tmp_path):
         (("plan", "--method", "analytic", "--calibration", "{f}"), "The calibration file"),
         (("train", "--plan", "{f}"), "The plan"),
         (("bench", "--grid", "{f}"), "The grid"),
+        (("bench", "--data", "{f}", "--out", "{out}"), "The data"),
+        (("preview", "--data", "{f}"), "The data"),
     ],
 )
 def test_a_binary_file_where_text_belongs_is_one_line(tmp_path, args, what):
     """A file that is not UTF-8 (a checkpoint or an archive given by mistake) ended each of these in a traceback."""
     f = tmp_path / "given.json"
     f.write_bytes(b"\xff\xfe\x00\x01")
-    r = run(*(a.format(f=f) for a in args))
+    r = run(*(a.format(f=f, out=tmp_path / "out") for a in args))
     assert r.exit_code == 2, r.output
     assert f"{what} {f} is not a UTF-8 text file" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("cmd", [("estimate", "--gpu"), ("plan", "--gpu"), ("demo", "--target-gpu")])
+def test_a_folder_or_other_file_given_as_the_hardware_is_named_as_such(tmp_path, monkeypatch, cmd):
+    """It said "Unknown GPU 'adir'. Known: ...", as if a preset name had been mistyped."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "gpu.yaml").write_text("name: x\n")
+    (tmp_path / "cpu").mkdir()  # a folder named as a preset: the preset is meant
+    assert run("estimate", "--gpu", "cpu").exit_code == 0
+    for given, kind in (("adir", "a folder"), ("gpu.yaml", "a file without the .json suffix")):
+        r = run(*cmd, given)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"error: '{given}' is {kind}, so neither a hardware preset nor a hardware file; ")
+        assert r.output.rstrip().endswith("or a hardware .json file.") and "Unknown GPU" not in r.output
 
 
 def test_a_hardware_file_of_another_json_type_is_named_as_such(tmp_path):

@@ -118,7 +118,10 @@ def test_planner_page_tells_candidates_of_different_recipes_apart():
         (["--lora-r", "8", "--lora-dropout", "1"], "must be at least 0 and below 1, got 1.0"),
         (["--lora-r", "8", "--lora-dropout", "-0.1"], "got -0.1"),
         (["--lora-r", "8", "--lora-dropout", "nan"], "got nan"),
-        (["--lora-dropout", "0.1"], "lora_dropout=0.1 drops the LoRA adapters' input, so it needs LoRA"),
+        (
+            ["--lora-dropout", "0.1"],
+            "--lora-dropout=0.1 drops the LoRA adapters' input, so it needs LoRA (--lora-r > 0)",
+        ),
     ],
 )
 def test_a_bad_lora_dropout_is_one_sentence_quoting_it(flags, fragment):

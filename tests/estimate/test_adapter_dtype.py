@@ -49,7 +49,10 @@ def test_fp32_adapters_cost_their_inputs_cast_up_in_both_estimators():
 @pytest.mark.parametrize(
     "flags, fragment",
     [
-        (["--quant", "nf4", "--precision", "bf16-mixed"], "adapter_dtype=base needs a 16-bit base"),
+        (
+            ["--quant", "nf4", "--precision", "bf16-mixed"],
+            "--adapter-dtype=base needs a 16-bit base; --quant=nf4 keeps the adapters in fp32",
+        ),
         (["--precision", "fp16-mixed"], "refuses to unscale"),
     ],
 )

@@ -16,10 +16,10 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (("--fsdp", "full", "--zero", "3"), "fsdp=full and ZeRO stage 3 are two sharding engines"),
-        (("--fsdp", "grad-op", "--offload", "optimizer"), "use offload=all, not optimizer"),
-        (("--fsdp", "full", "--lora-r", "8", "--quant", "nf4"), "quant=nf4 cannot be sharded by fsdp=full"),
-        (("--fsdp", "full", "--optim", "adamw-8bit"), "optim=adamw-8bit"),
+        (("--fsdp", "full", "--zero", "3"), "--fsdp=full and ZeRO stage 3 are two sharding engines"),
+        (("--fsdp", "grad-op", "--offload", "optimizer"), "use --offload=all, not optimizer"),
+        (("--fsdp", "full", "--lora-r", "8", "--quant", "nf4"), "--quant=nf4 cannot be sharded by --fsdp=full"),
+        (("--fsdp", "full", "--optim", "adamw-8bit"), "--optim=adamw-8bit is run by Trainer alone"),
         (("--fsdp", "half"), "--fsdp must be one of none, full, grad-op, got 'half'"),
     ],
 )

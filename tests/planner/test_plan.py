@@ -86,7 +86,7 @@ def test_shortfall_is_reported_when_nothing_fits():
 
 def test_max_hours_budget_is_reported():
     p = plan(load_model("llama-2-7b"), A100, NODE, max_hours=0.001, what_ifs=False)
-    assert "exceeds the 0.001 h budget" in p.reason
+    assert "exceeds the 3.6 s budget: add GPUs or shorten the data" in p.reason  # 0.001 h
 
 
 def test_full_only_recommends_full():

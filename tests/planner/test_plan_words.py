@@ -176,3 +176,22 @@ def test_estimate_prints_the_fallback_as_a_warning_and_keeps_it_in_its_json(monk
     r = CliRunner().invoke(app, [*args, "--json"])
     doc = json.loads(r.stdout)
     assert doc["method"] == "analytic" and doc["trace_fallback"]["error"] == "NotImplementedError"
+
+
+def test_a_plan_on_a_cpu_calls_its_processes_processes_and_words_a_tiny_budget():
+    """`ftopt plan -m tiny-llama --gpu cpu --max-hours 1e-7 --dataset-tokens 1000000` said "the fewest cpu GPUs that
+    fit the model: 1" and "it still exceeds the 1e-07 h budget: add GPUs"."""
+    s = TrainingSetup(seq_len=64, micro_batch=8, precision="fp32", dataset_tokens=1_000_000)
+    p = plan(load_model("tiny-llama"), load_hardware("cpu"), s, max_hours=1e-7)
+    assert p.on_cpu and p.fewest_gpus == 1
+    assert "it still exceeds the 0.36 ms budget: add processes or shorten the data" in p.reason
+    assert "per process by the analytic estimate" in p.reason
+    with console.capture() as cap:
+        print_plan(p)
+    text = " ".join(cap.get().split())  # rich wraps lines
+    assert "What if: the fewest cpu processes that fit the model: 1 (" in text and "per-process memory" in text
+    assert "GPU" not in text and "1e-07" not in text
+    gpu = plan(load_model("tiny-llama"), load_hardware("a100-80g"), TrainingSetup(seq_len=64, micro_batch=8))
+    with console.capture() as cap:
+        print_plan(gpu)
+    assert "the fewest a100-80g GPUs that fit the model: 1" in " ".join(cap.get().split())

@@ -446,6 +446,8 @@ def test_optimizer_defaults_keep_stored_bench_keys_and_a_change_runs_again():
         (("--run-timeout", "nan"), "--run-timeout must be a positive number of seconds, got nan"),
         (("--run-timeout", "inf"), "--run-timeout must be a positive number of seconds, got inf"),
         (("--zero-gpus", "0"), "--zero-gpus must be at least 1, got 0"),
+        (("--lora-dropout", "0"), "--lora-dropout 0 adds no run: each LoRA point already runs without adapter"),
+        (("--lora-dropout", "1"), "--lora-dropout is the share of each adapter input zeroed"),
         (("--data", "missing.jsonl"), "--data missing.jsonl does not exist"),
         (("--eval-data", "missing.jsonl"), "--eval-data missing.jsonl does not exist"),
         (("--data", "."), "--data . is a folder but not a saved dataset"),
@@ -468,3 +470,46 @@ def test_bench_refuses_bad_flags_before_the_first_run(tmp_path, monkeypatch, fla
     r = CliRunner().invoke(app, ["bench", "--gpu", "cpu", "--out", str(tmp_path / "b"), *flags])
     assert r.exit_code == 2, r.output
     assert said in r.output and "Traceback" not in r.output
+
+
+def test_a_rerun_with_other_settings_into_the_same_folder_is_refused_before_any_run(tmp_path, monkeypatch):
+    """One folder holds one sweep: a rerun with other settings appended its runs to the earlier sweep's results,
+    and the report then listed each combination twice, weighed the copies as alternatives, and judged them all by
+    the last quality target. The same settings still resume, and a larger grid adds to the sweep."""
+    from typer.testing import CliRunner
+
+    import ftopt.sweep.bench as B
+    from ftopt.cli.app import app
+
+    started = []
+
+    def oom(run, key, *a):
+        started.append(key)
+        c = run.spec.combination
+        return ResultRow(key=key, label=c.label(), combination=c, status="oom", error_tail="oom", run=run.spec)
+
+    monkeypatch.setattr(B, "_run_one", oom)
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text("combinations:\n  - {lora_r: 4}\n")
+    two.write_text("combinations:\n  - {lora_r: 4}\n  - {lora_r: 4, zero: 2}\n")
+    bench = ["bench", "--out", str(tmp_path / "b"), "--gpu", "cpu", "--seq-len", "32", "--max-steps", "6"]
+    target = ["--quality-target", "exact_match>=0.5"]
+    r = CliRunner().invoke(app, [*bench, "--grid", str(one), *target])
+    assert r.exit_code == 1 and len(started) == 1, r.output  # every run oom: nothing measured
+    r = CliRunner().invoke(app, [*bench, "--grid", str(two), *target])  # same settings: resumed, one more run
+    assert r.exit_code == 1 and len(started) == 2 and "other settings" not in r.output, r.output
+    lines = (tmp_path / "b" / "results.jsonl").read_text()
+    for flags, said in (
+        (["--max-steps", "8", *target], "--max-steps (6 then, 8 now)"),
+        (
+            ["--quality-target", "exact_match>=0.8"],
+            "--quality-target ('exact_match>=0.5' then, 'exact_match>=0.8' now)",
+        ),
+        ([*target, "--lr", "0.01", "--seq-len", "16"], "--lr (0.001 then, 0.01 now); --seq-len (32 then, 16 now)"),
+        ([*target, "--zero-gpus", "1"], "--zero-gpus (2 then, 1 now)"),
+    ):
+        r = CliRunner().invoke(app, [*bench, "--grid", str(two), *flags])
+        assert r.exit_code == 2 and len(started) == 2, r.output
+        said = f"error: {tmp_path / 'b'} holds a sweep with other settings: {said}; give another --out for this one"
+        assert r.output.startswith(said) and len(r.output.strip().splitlines()) == 1, r.output
+    assert (tmp_path / "b" / "results.jsonl").read_text() == lines

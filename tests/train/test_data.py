@@ -142,3 +142,26 @@ def test_a_reader_error_ending_in_a_period_gets_one_period(tmp_path):
     with pytest.raises(FtoptError) as e:
         D.load_records(p)
     assert str(e.value).startswith("Cannot read the data") and not str(e.value).endswith("..")
+
+
+@pytest.mark.parametrize("name", ["bin.json", "bin.jsonl", "bin.csv"])
+def test_a_data_file_that_is_not_utf8_is_worded_as_every_other_file(tmp_path, name):
+    """The data said "'utf-8' codec can't decode byte 0xff in position 0: ...", where every other file ftopt
+    reads says it is not a UTF-8 text file and which byte (ftopt.spec.io.read_text)."""
+    p = tmp_path / name
+    p.write_bytes(b'{"text": "a"}\n\xff\n')
+    with pytest.raises(FtoptError) as e:
+        D.load_records(p)
+    assert str(e.value) == f"The data {p} is not a UTF-8 text file (byte 14 cannot be decoded)."
+
+
+def test_line_endings_and_line_numbers_are_kept(tmp_path):
+    """A CRLF file's quoted line break stays in its cell; JSONL lines are numbered as the file's."""
+    p = tmp_path / "d.csv"
+    p.write_bytes(b'text\r\n"two\r\nlines"\r\nok\r\n')
+    r = D.load_records(p)
+    assert r.rows[0]["text"] == "two\r\nlines" and r.where == ["line 3", "line 4"]
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"text": "a\\u2028b"}\r\n\r\n{"text": "c\xe2\x80\xa8d"}\n')  # U+2028 raw inside a string
+    r = D.load_records(p)
+    assert r.where == ["line 1", "line 3"] and r.rows[1]["text"] == "c\u2028d"

@@ -125,3 +125,53 @@ def test_resume_before_the_first_checkpoint_says_it_starts_again(tmp_path, no_la
     r = runner.invoke(app, ["train", "--out", str(out), "--max-steps", "2", "--resume"])
     assert f"--resume: {out} holds no checkpoint yet; the run starts again from step 0." in r.output
     assert no_launch == [out]
+
+
+def test_resume_with_a_longer_schedule_trains_on_from_the_last_checkpoint(tmp_path):
+    """--max-steps 5 --resume on a finished 3-step run was refused ("holds a different run: schedule.max_steps
+    (3 then, 5 now)"): it trains on from checkpoint-3 to step 5, and says so. A shorter schedule, or anything else
+    changed, is refused as before."""
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--eval-max-examples", "0", "--json"]
+    assert runner.invoke(app, [*args, "--max-steps", "3"]).exit_code == 0
+    first = (out / "steps.jsonl").read_text().splitlines()
+    for more, said in (
+        (["--max-steps", "5", "--lr", "0.01"], "holds a different run: schedule.learning_rate (0.001 then, 0.01 now)"),
+        (["--max-steps", "2"], "holds a different run: schedule.max_steps (3 then, 2 now)"),
+    ):
+        r = runner.invoke(app, [*args, "--resume", *more])
+        assert r.exit_code == 2 and said in r.output, r.output
+    r = runner.invoke(app, [*args, "--resume", "--max-steps", "5"])
+    assert r.exit_code == 0, r.output
+    assert f"--resume: the run in {out} was 3 steps long; it continues from step 3 to step 5." in r.output
+    lines = (out / "steps.jsonl").read_text().splitlines()
+    assert lines[:3] == first and [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["measured"]["steps"] == 5 and m["run"]["schedule"]["max_steps"] == 5
+    r = runner.invoke(app, [*args, "--resume", "--max-steps", "5"])
+    assert r.exit_code == 0 and "is complete (5 steps); nothing to train" in r.output, r.output
+
+
+def test_only_the_schedules_length_may_grow_on_resume():
+    from ftopt.planner import resolve
+    from ftopt.spec import load_hardware
+    from ftopt.train.outputs import lengthened
+
+    hw = load_hardware("cpu")
+    base = resolve.new_run(hw, resolve.model_ref("tiny-llama", weights=False), resolve.setup(hw), resolve.combination())
+
+    def run(max_steps=-1, epochs=1.0, **schedule):
+        s = base.model_copy(update={"setup": base.setup.model_copy(update={"epochs": epochs})})
+        return resolve.finish_run(s, data={}, schedule={"max_steps": max_steps, **schedule}, output={}).identity()
+
+    assert lengthened(run(3), run(5)) == ("3 steps", "step 5")
+    assert lengthened(run(1), run(2)) == ("1 step", "step 2")
+    assert lengthened(run(epochs=1), run(epochs=2.5)) == ("1 epoch", "2.5 epochs")
+    for before, now in (
+        (run(5), run(3)),  # shorter
+        (run(3), run(3)),  # the same run: resumed as it always was
+        (run(3), run(-1)),  # steps to epochs: not known to be longer
+        (run(3), run(5, seed=1)),  # something else changed too
+        (run(3, epochs=1), run(5, epochs=2)),
+    ):
+        assert lengthened(before, now) is None

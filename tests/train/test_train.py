@@ -106,7 +106,7 @@ def test_lora_adapter_reloads_to_same_eval_loss(tmp_path):
         (["--attn", "flash"], "flash"),
         (["--model", "some-org/some-model"], "not in the Hugging Face cache"),
         (["--gpu", "a100"], "Unknown GPU"),
-        (["--max-steps", "0"], "max_steps must be positive"),
+        (["--max-steps", "0"], "--max-steps must be positive"),
         (["--precision", "fp16-mixed"], "fp16-mixed needs a CUDA GPU"),
         (["--lr-schedule", "zigzag"], "--lr-schedule"),
     ],

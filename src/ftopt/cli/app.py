@@ -192,7 +192,9 @@ def plan(
     lora_dropout: Annotated[
         float | None,
         typer.Option(
-            "--lora-dropout", metavar="P", help=f"the LoRA candidates' {LORA_DROPOUT_HELP} {LORA_DROPOUT_DEFAULT}"
+            "--lora-dropout",
+            metavar="P",
+            help=f"the LoRA candidates' {LORA_DROPOUT_HELP}, 0 <= P < 1 {LORA_DROPOUT_DEFAULT}",
         ),
     ] = PLAN_DEFAULTS.lora_dropout,
     adapter_dtype: AdapterDtypeOpt = None,

@@ -17,7 +17,7 @@ from ftopt.spec.combination import Combination
 from ftopt.spec.errors import FtoptError, Interrupted, validation_message
 from ftopt.spec.hardware import PLANNING_DEFAULT_GPU
 from ftopt.spec.production import ProductionOptions
-from ftopt.spec.run import DEFAULT_MODEL
+from ftopt.spec.run import DEFAULT_MODEL, DataSpec
 
 # ---- shared options (declared once; estimate, plan, train and bench reuse them) --------------------------------
 Gpu = Annotated[
@@ -111,12 +111,14 @@ Rslora = Annotated[
 # Combination's default, shown in the help of every command that takes --lora-dropout
 LORA_DROPOUT_DEFAULT = f"[default: {Combination.model_fields['lora_dropout'].default:g}]"
 LORA_DROPOUT_HELP = (
-    "adapter dropout (PEFT lora_dropout): the share of each wrapped linear's input zeroed before its adapter, "
-    "0 <= P < 1; backward keeps each dropout's mask, 1 byte per input element"
+    "adapter dropout (PEFT lora_dropout): the share P of each wrapped linear's input zeroed before its adapter "
+    "(backward keeps each dropout's mask, 1 byte per input element)"
 )
 LoraDropout = Annotated[
     float | None,
-    typer.Option("--lora-dropout", metavar="P", help=f"LoRA {LORA_DROPOUT_HELP}; needs LoRA {LORA_DROPOUT_DEFAULT}"),
+    typer.Option(
+        "--lora-dropout", metavar="P", help=f"LoRA {LORA_DROPOUT_HELP}, 0 <= P < 1; needs LoRA {LORA_DROPOUT_DEFAULT}"
+    ),
 ]
 QLORA_RECIPE_HELP = (
     "how a quantized base keeps its other parameters: peft (fp32 after prepare_model_for_kbit_training, LM head "
@@ -156,6 +158,15 @@ TrainOnOpt = Annotated[
     typer.Option(
         "--train-on",
         help="chat data: tokens trained: all | assistant (every assistant turn) | last-assistant [default: assistant]",
+    ),
+]
+# DataSpec's default, which train and preview both leave in place when --eval-fraction is not given
+EVAL_FRACTION_DEFAULT = DataSpec.model_fields["eval_fraction"].default
+EvalFraction = Annotated[
+    float | None,
+    typer.Option(
+        "--eval-fraction",
+        help=f"share of --data held out for evaluation; 0 = none [default: {EVAL_FRACTION_DEFAULT:g}]",
     ),
 ]
 # how --model is read (ftopt.spec.hub.is_local_path / parse_hub_id), stated in every --model help

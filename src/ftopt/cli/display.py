@@ -12,6 +12,7 @@ from ftopt.estimate import Estimate, Method
 from ftopt.planner.plan import LimitKind, Plan
 from ftopt.spec import DEFAULT_HEADROOM
 from ftopt.spec.calibration import MFU_AT_BOUND, CalibrationProvenance
+from ftopt.spec.hardware import device_words
 from ftopt.spec.time_constants import TimeConstants
 from ftopt.spec.units import fmt_bytes, fmt_seconds
 
@@ -93,7 +94,7 @@ def print_plan(p: Plan, limit: int = 20) -> None:
     for col, j in (
         ("#", "right"),
         ("combination", "left"),
-        ("per-GPU memory", "right"),
+        (f"per-{device_words(p.on_cpu)[0]} memory", "right"),
         ("headroom", "right"),
         ("fits", "center"),
         ("estimate", "left"),  # which estimator gave the row's memory: a traced pick replaces its analytic row
@@ -159,13 +160,14 @@ def _print_what_ifs(p: Plan) -> None:
             f"What if: the longest context that fits in memory with the recommendation is {p.longest_context:,} tokens"
             f" ({_answered(p.longest_context_method, p.method)})."
         )
+    devices = device_words(p.on_cpu)[1]
     if p.fewest_gpus:
         console.print(
-            f"What if: the fewest {p.hardware} GPUs that fit the model: {p.fewest_gpus} "
+            f"What if: the fewest {p.hardware} {devices} that fit the model: {p.fewest_gpus} "
             f"({p.fewest_gpus_combination.label()}; {_answered(p.fewest_gpus_method, p.method)})."
         )
     elif p.fewest_gpus is None and p.recommended is None:
-        console.print("What if: no number of these GPUs up to 64 fits the model.")
+        console.print(f"What if: no number of these {devices} up to 64 fits the model.")
 
 
 def _answered(method, asked) -> str:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ftopt.cli.common import (
+    EVAL_FRACTION_DEFAULT,
     MODEL_REF_RULE,
     AdapterDtypeOpt,
     AllowMetricModule,
@@ -17,6 +18,7 @@ from ftopt.cli.common import (
     BatchingOpt,
     Dora,
     Epochs,
+    EvalFraction,
     FsdpOpt,
     Gc,
     Gpu,
@@ -62,9 +64,7 @@ def train(
     eval_data: Annotated[
         str | None, typer.Option("--eval-data", help="held-out data [default: split from --data]")
     ] = None,
-    eval_fraction: Annotated[
-        float | None, typer.Option("--eval-fraction", help="share of --data held out; 0 = none [default: 0.1]")
-    ] = None,
+    eval_fraction: EvalFraction = None,
     eval_max_examples: Annotated[
         int | None,
         typer.Option("--eval-max-examples", help="held-out examples scored by generation; 0 = none [default: 64]"),
@@ -236,8 +236,13 @@ def preview(
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="tokenizer folder or Hub id")] = None,
     seq_len: SeqLen = None,
     eval_fraction: Annotated[
-        float, typer.Option("--eval-fraction", help="share held out, as train would (the summary counts it)")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            "--eval-fraction",
+            help=f"share of --data held out, as train holds it out (the summary counts it; the examples are "
+            f"training rows); 0 = none [default: {EVAL_FRACTION_DEFAULT:g}, train's]",
+        ),
+    ] = None,
     packing: Annotated[bool, typer.Option("--packing/--no-packing", help="pack rows; documents are separated")] = False,
     train_on: TrainOnOpt = None,
     n: Annotated[int, typer.Option("-n", help="examples to show")] = 3,

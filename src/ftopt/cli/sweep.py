@@ -56,7 +56,10 @@ def bench(
     out: Annotated[
         str,
         typer.Option(
-            "--out", metavar="<path>", help="sweep folder: results.jsonl (appended; finished runs skipped) and runs/"
+            "--out",
+            metavar="<path>",
+            help="sweep folder: results.jsonl and runs/; one sweep per folder (a rerun with the same settings "
+            "resumes it, skipping finished runs; other settings are refused)",
         ),
     ] = "ftopt-runs/bench",
     model: WeightsModel = None,
@@ -109,7 +112,11 @@ def bench(
     ] = False,
     lora_dropout: Annotated[
         float | None,
-        typer.Option("--lora-dropout", metavar="P", help=f"each LoRA point also runs with {LORA_DROPOUT_HELP} (P > 0)"),
+        typer.Option(
+            "--lora-dropout",
+            metavar="P",
+            help=f"each LoRA point also runs with {LORA_DROPOUT_HELP}, 0 < P < 1 (the points themselves run without)",
+        ),
     ] = None,
     nodes: Nodes = None,
     hostfile: Hostfile = None,

@@ -111,12 +111,13 @@ def choose_fitting(estimates: list[Estimate], world_size: int, tie: float) -> tu
     )
 
 
-def tie_text(c: TieBreak) -> str:
-    """The reason's clause on ties and the rule that decided ('' when the fastest stood alone)."""
+def tie_text(c: TieBreak, device: str = "GPU") -> str:
+    """The reason's clause on ties and the rule that decided ('' when the fastest stood alone); `device` is what
+    one process runs on (ftopt.spec.hardware.device_words)."""
     out = ""
     if c.dropped_single_gpu_deepspeed:
         out += (
-            "; faster ZeRO or FSDP2 candidates were set aside: on one GPU they partition nothing, and a run "
+            f"; faster ZeRO or FSDP2 candidates were set aside: on one {device} they partition nothing, and a run "
             "without them fits"
         )
     if c.tied:

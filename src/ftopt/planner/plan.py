@@ -41,8 +41,9 @@ from ftopt.spec import (
 )
 from ftopt.spec.calibration import CalibrationProvenance
 from ftopt.spec.errors import FtoptError
+from ftopt.spec.hardware import device_words
 from ftopt.spec.time_constants import TimeConstants
-from ftopt.spec.units import fmt_bytes, fmt_seconds
+from ftopt.spec.units import fmt_bytes, fmt_hours, fmt_seconds
 
 __all__ = [
     "DEFAULT_LORA_R",
@@ -85,6 +86,7 @@ class Plan(BaseModel):
         "--seq-len (requested)",
     )
     fewest_gpus: int | None = Field(None, description="fewest GPUs (of this kind) on which any combination fits")
+    on_cpu: bool = Field(False, description="the hardware is a CPU: its processes stand for GPUs, and are called so")
     fewest_gpus_combination: Combination | None = None
     longest_context_method: Method | None = Field(None, description="estimator that gave longest_context")
     fewest_gpus_method: Method | None = Field(None, description="estimator that gave fewest_gpus")
@@ -166,9 +168,15 @@ def _rank_key(e: Estimate):
 
 
 def choose(
-    estimates: list[Estimate], max_hours: float | None, world_size: int = 1, tie: float = TIME_MODEL_ERROR
+    estimates: list[Estimate],
+    max_hours: float | None,
+    world_size: int = 1,
+    tie: float = TIME_MODEL_ERROR,
+    on_cpu: bool = False,
 ) -> tuple[Estimate | None, TieBreak, str]:
-    """The pick (ftopt.planner.choice), the rule that decided it and the sentence that explains it."""
+    """The pick (ftopt.planner.choice), the rule that decided it and the sentence that explains it (`on_cpu`: it
+    says process where it would say GPU)."""
+    device, devices = device_words(on_cpu)
     pick, c = choose_fitting(estimates, world_size, tie)
     if pick is None:
         tight = [e for e in estimates if e.tight]
@@ -183,17 +191,17 @@ def choose(
     )
     reason = (
         f"fastest combination that fits: {took}, "
-        f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per GPU by the "
+        f"{fmt_bytes(pick.device_bytes_per_gpu)} of {fmt_bytes(pick.capacity_bytes)} per {device} by the "
         f"{pick.method.value} estimate ({fmt_bytes(pick.usable_bytes)} usable with {pick.headroom_fraction:.0%} kept free)"
     )
-    reason += _rejected_text(estimates) + tie_text(c)
+    reason += _rejected_text(estimates) + tie_text(c, device)
     slower_safe = [e for e in estimates if e.fits and e.combination.gc and not pick.combination.gc]
     if not pick.combination.gc and slower_safe:
         reason += "; gradient checkpointing is not needed, so its ~33% recomputation is avoided"
     if max_hours is not None and pick.per_dataset and pick.total_seconds > max_hours * 3600:
-        reason += f"; it still exceeds the {max_hours:g} h budget: add GPUs or shorten the data"
+        reason += f"; it still exceeds the {fmt_hours(max_hours)} budget: add {devices} or shorten the data"
     if max_hours is not None and not pick.per_dataset:
-        reason += f"; the {max_hours:g} h budget is not checked without --dataset-tokens"
+        reason += f"; the {fmt_hours(max_hours)} budget is not checked without --dataset-tokens"
     return pick, c, reason
 
 
@@ -268,6 +276,7 @@ def plan(
         calibration=hw.calibration,
         time_constants=hw.time_constants,
         host_memory_bytes=hw.host_memory_bytes,
+        on_cpu=hw.is_cpu,
     )
     if fallback is not None:
         p.fallbacks[Answer.RECOMMENDED] = fallback
@@ -319,14 +328,14 @@ def _confirmed_choice(
     the sentence describe the final figures. The pick stands once it is a traced estimate that fits; a pick the
     trace rejects is set aside and the next is traced. The fallback says why the answer is analytic, if it is."""
     tie = tie_fraction(hw.calibration)
-    rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+    rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie, hw.is_cpu)
     if method is not Method.TRACED:
         return rec, rule, reason, None
     for _ in range(CONFIRM_TRIES):
         if rec is None or rec.method is Method.TRACED:
             return rec, rule, reason, None
         t = trace_pick(model, hw, setup, estimates, rec)
-        rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie)
+        rec, rule, reason = choose(estimates, max_hours, setup.world_size, tie, hw.is_cpu)
         if t.trace_fallback is not None:  # the trace cannot run this model: the formulas answer, and say why
             return rec, rule, reason, t.trace_fallback
     if rec is None or rec.method is Method.TRACED:

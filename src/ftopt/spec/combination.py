@@ -11,6 +11,7 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ftopt.spec.errors import FieldError
 from ftopt.spec.training import Precision
 
 
@@ -177,35 +178,47 @@ class Combination(BaseModel):
         if self.uses_fsdp:
             self._fsdp_rules()
         elif self.offload is Offload.ALL and self.zero != 3:
-            raise ValueError(f"parameter offload (offload=all) needs ZeRO stage 3, got stage {self.zero}")
+            raise FieldError(f"parameter offload (offload=all) needs ZeRO stage 3, got stage {self.zero}", "offload")
         if self.offload is Offload.OPTIMIZER and self.zero == 0:
             raise ValueError("optimizer offload needs a ZeRO stage (1, 2 or 3), got stage 0")
         if self.lora_r == 0 and self.lora_targets:
-            raise ValueError("lora_targets were given but lora_r is 0 (full fine-tuning)")
+            raise FieldError("lora_targets were given but lora_r is 0 (full fine-tuning)", "lora_targets", "lora_r")
         if self.adapter_dtype is not AdapterDtype.FP32 and not self.lora:
-            raise ValueError(f"adapter_dtype={self.adapter_dtype.value} was given but lora_r is 0 (no adapters)")
+            raise FieldError(
+                f"adapter_dtype={self.adapter_dtype.value} was given but lora_r is 0 (no adapters)",
+                "adapter_dtype",
+                "lora_r",
+            )
         if self.adapter_dtype is AdapterDtype.BASE and self.quant is not Quant.NONE:
             # peft 0.21 cast_adapter_dtype: autocast_adapter_dtype=False is not supported for quantized bases
             # (huggingface/peft#2889, as TRL's SFTTrainer notes); the adapters stay fp32 there
-            raise ValueError(
-                f"adapter_dtype=base needs a 16-bit base; quant={self.quant.value} keeps the adapters in fp32"
+            raise FieldError(
+                f"adapter_dtype=base needs a 16-bit base; quant={self.quant.value} keeps the adapters in fp32",
+                "adapter_dtype",
+                "quant",
             )
         if self.quant is not Quant.NONE and not self.lora:
-            raise ValueError(f"a quantized base (quant={self.quant.value}) is frozen, so it needs LoRA (lora_r > 0)")
+            raise FieldError(
+                f"a quantized base (quant={self.quant.value}) is frozen, so it needs LoRA (lora_r > 0)",
+                "quant",
+                "lora_r",
+            )
         self._variant_rules()
         if self.quant is not Quant.NONE and self.zero == 3:
             # ZeRO-3 partitions parameters; bitsandbytes' quantized parameters carry their quant_state outside the
             # tensor, and transformers skips zero.Init for quantized models (modeling_utils: `is_deepspeed_zero3_enabled()
             # and not is_quantized`); PEFT's ZeRO-3 QLoRA recipe needs bnb_4bit_quant_storage = the 16-bit dtype.
-            raise ValueError(
+            raise FieldError(
                 f"quant={self.quant.value} runs with ZeRO stage 0, 1 or 2 only (bitsandbytes weights are "
-                "not partitioned by ZeRO-3 here), got stage 3"
+                "not partitioned by ZeRO-3 here), got stage 3",
+                "quant",
             )
         if self.optim is not Optim.ADAMW and self.uses_deepspeed:
             # Under DeepSpeed the ZeRO optimizer owns the fp32 states (and offload requires DeepSpeedCPUAdam).
-            raise ValueError(
+            raise FieldError(
                 f"optim={self.optim.value} is a bitsandbytes optimizer run by Trainer alone; with "
-                f"ZeRO stage {self.zero} DeepSpeed's own AdamW holds the states, use optim=adamw"
+                f"ZeRO stage {self.zero} DeepSpeed's own AdamW holds the states, use optim=adamw",
+                "optim",
             )
         return self
 
@@ -213,49 +226,65 @@ class Combination(BaseModel):
         """The LoRA variants and the QLoRA recipe: each needs what it modifies."""
         for name, on in (("dora", self.dora), ("rslora", self.rslora)):
             if on and not self.lora:
-                raise ValueError(f"{name} is a LoRA variant, so it needs LoRA (lora_r > 0), got full fine-tuning")
+                raise FieldError(
+                    f"{name} is a LoRA variant, so it needs LoRA (lora_r > 0), got full fine-tuning", name, "lora_r"
+                )
         self._dropout_rules()
         if self.lora_targets and ALL_LINEAR in self.lora_targets and len(self.lora_targets) > 1:
-            raise ValueError(f"lora_targets '{ALL_LINEAR}' already names every linear; give it alone")
+            raise FieldError(f"lora_targets '{ALL_LINEAR}' already names every linear; give it alone", "lora_targets")
         if self.qlora_recipe is not QloraRecipe.PEFT and self.quant is Quant.NONE:
-            raise ValueError(
+            raise FieldError(
                 f"qlora_recipe={self.qlora_recipe.value} says how a quantized base keeps its other parameters, "
-                "so it needs a quantized base (quant nf4, fp4 or int8)"
+                "so it needs a quantized base (quant nf4, fp4 or int8)",
+                "qlora_recipe",
+                "quant",
             )
         if self.dora and (self.zero == 3 or self.uses_fsdp):
             # DoRA reads each wrapped layer's whole base weight in forward to take its norm (peft tuners/lora/
             # dora.py DoraLinearLayer.forward), outside the base layer's own forward where ZeRO-3 gathers it;
             # ftopt's FSDP2 estimator has no DoRA terms
-            raise ValueError(
+            raise FieldError(
                 f"dora runs with ZeRO stage 0-2 and without FSDP here (it reads the whole base weight of each "
-                f"wrapped layer in forward), got {self.sharding}"
+                f"wrapped layer in forward), got {self.sharding}",
+                "dora",
             )
 
     def _dropout_rules(self) -> None:
         p = self.lora_dropout
         if not 0 <= p < 1:  # false for nan too
-            raise ValueError(
-                f"lora_dropout is the share of each adapter input zeroed, so it must be at least 0 and below 1, got {p}"
+            raise FieldError(
+                f"lora_dropout is the share of each adapter input zeroed, so it must be at least 0 and below 1, got {p}",
+                "lora_dropout",
             )
         if p and not self.lora:
-            raise ValueError(f"lora_dropout={p} drops the LoRA adapters' input, so it needs LoRA (lora_r > 0)")
+            raise FieldError(
+                f"lora_dropout={p} drops the LoRA adapters' input, so it needs LoRA (lora_r > 0)",
+                "lora_dropout",
+                "lora_r",
+            )
 
     def _fsdp_rules(self) -> None:
         f = self.fsdp.value
         if self.zero:
-            raise ValueError(f"fsdp={f} and ZeRO stage {self.zero} are two sharding engines: give one of them")
+            raise FieldError(f"fsdp={f} and ZeRO stage {self.zero} are two sharding engines: give one of them", "fsdp")
         if self.offload is Offload.OPTIMIZER:
             # torch.distributed.fsdp.CPUOffloadPolicy moves parameters, gradients and the optimizer step together
-            raise ValueError(
+            raise FieldError(
                 f"fsdp={f} offloads through CPUOffloadPolicy, which moves parameters, gradients and optimizer "
-                "states together: use offload=all, not optimizer"
+                "states together: use offload=all, not optimizer",
+                "fsdp",
+                "offload",
             )
         if self.quant is not Quant.NONE:
             # bitsandbytes' Params4bit/Int8Params carry quant_state outside the tensor and are not DTensor-aware:
             # fully_shard cannot shard them (torchtune's QLoRA+FSDP2 uses its own NF4Tensor, not bitsandbytes)
-            raise ValueError(f"quant={self.quant.value} cannot be sharded by fsdp={f} (bitsandbytes weights)")
+            raise FieldError(
+                f"quant={self.quant.value} cannot be sharded by fsdp={f} (bitsandbytes weights)", "quant", "fsdp"
+            )
         if self.optim is not Optim.ADAMW:
-            raise ValueError(f"optim={self.optim.value} is run by Trainer alone; fsdp={f} steps torch AdamW")
+            raise FieldError(
+                f"optim={self.optim.value} is run by Trainer alone; fsdp={f} steps torch AdamW", "optim", "fsdp"
+            )
 
     @property
     def lora(self) -> bool:

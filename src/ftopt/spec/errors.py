@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 from pydantic import ValidationError
 
 
@@ -23,6 +26,23 @@ class TraceUnavailable(FtoptError):
         self.error = error
 
 
+class FieldError(ValueError):
+    """A validator's sentence that names fields of what it checks (`fields`, each a whole word of `message`). Said
+    as written, with the field names, where the values came from a file (a plan, a run specification, a grid);
+    validation_message(flags=True) says it with the flags the user typed instead (flag_of): the one mapping."""
+
+    def __init__(self, message: str, *fields: str):
+        super().__init__(message)
+        self.fields = fields
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        """The sentence with each of its fields called `name(field)`."""
+        if not self.fields:
+            return str(self)
+        words = "|".join(re.escape(f) for f in sorted(self.fields, key=len, reverse=True))
+        return re.sub(rf"\b({words})\b", lambda m: name(m.group(1)), str(self))
+
+
 # Fields whose command-line flag is not `--` + the field's name with dashes (resolve and the CLI messages share it).
 FIELD_FLAGS = {
     "gpus_per_node": "--gpus",
@@ -31,6 +51,8 @@ FIELD_FLAGS = {
     "train": "--data",
     "eval": "--eval-data",
     "dir": "--out",
+    "hardware": "--gpu",
+    "metrics": "--metric",
 }
 
 
@@ -41,7 +63,8 @@ def flag_of(field: str) -> str:
 
 def validation_message(err: ValidationError, flags: bool = False, values: bool = True) -> str:
     """Turn pydantic's multi-line report into one sentence naming the field and the bad value. With `flags` (the
-    values came from the command line) a top-level field is named by its flag. Without `values` (they were read
+    values came from the command line) a top-level field, and each field a validator's FieldError names, is
+    named by its flag. Without `values` (they were read
     from a file, which may hold anything) pydantic's own checks repeat no value, only the field and its rule."""
     parts = []
     for e in err.errors():
@@ -49,6 +72,9 @@ def validation_message(err: ValidationError, flags: bool = False, values: bool =
         if flags and len(e["loc"]) == 1:
             loc = flag_of(str(e["loc"][0]))
         msg = e["msg"].removeprefix("Value error, ")
+        said = e.get("ctx", {}).get("error")
+        if flags and isinstance(said, FieldError):
+            msg = said.worded(flag_of)
         if e["type"] in ("value_error", "assertion_error") or not loc or loc == "input":
             parts.append(msg)  # ftopt's own validators: worded from fields already typed, never raw text
         else:

@@ -140,6 +140,12 @@ class HardwareSpec(BaseModel):
 FP16_NEEDS_CUDA = "fp16-mixed needs a CUDA GPU (loss scaling runs on the GPU); on a CPU use fp32 or bf16-mixed."
 
 
+def device_words(is_cpu: bool) -> tuple[str, str]:
+    """What sentences call the unit one training process runs on, singular and plural: a GPU, or on a CPU a
+    process (ZeRO's and FSDP2's ranks there are processes, each standing for one GPU; the memory is the host's)."""
+    return ("process", "processes") if is_cpu else ("GPU", "GPUs")
+
+
 def hardware_names() -> list[str]:
     return sorted(
         [
@@ -240,6 +246,12 @@ def load_hardware(name: str) -> HardwareSpec:
     if name == "cpu":
         return cpu_spec()
     names = hardware_names()
+    if name not in names and path.exists():  # a path where a preset name belongs: "Unknown GPU" would mislead
+        kind = "a folder" if path.is_dir() else "a file without the .json suffix"
+        raise FtoptError(
+            f"'{name}' is {kind}, so neither a hardware preset nor a hardware file; give one of {', '.join(names)}, "
+            "or a hardware .json file."
+        )
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Known: {', '.join(names)}."

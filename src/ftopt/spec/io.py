@@ -12,11 +12,13 @@ from pathlib import Path
 from ftopt.spec.errors import FtoptError
 
 
-def read_text(path: str | os.PathLike, what: str) -> str:
+def read_text(path: str | os.PathLike, what: str, newline: str | None = None) -> str:
     """A text file's contents, or one FtoptError sentence naming `what` it was meant to be: missing, a folder,
-    unreadable, or not UTF-8 (a binary file given by mistake; JSON and YAML are UTF-8)."""
+    unreadable, or not UTF-8 (a binary file given by mistake; JSON, JSONL, CSV and YAML are UTF-8). `newline` as
+    open()'s: "" keeps line endings as they are (csv reads quoted line breaks itself)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline=newline) as f:
+            return f.read()
     except OSError as e:
         raise FtoptError(f"Cannot read the {what} {path}: {e.strerror}.") from None
     except UnicodeDecodeError as e:

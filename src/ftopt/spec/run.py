@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ftopt.spec.combination import Combination
+from ftopt.spec.errors import FieldError
 from ftopt.spec.hardware import HardwareSpec
 from ftopt.spec.training import AdamWKernel, TrainingSetup
 
@@ -78,9 +79,11 @@ class DataSpec(BaseModel):
     def _eval_needs_train(self) -> DataSpec:
         # the built-in task brings its own held-out rows: a file given beside it would be read by nothing
         if self.eval is not None and self.train is None:
-            raise ValueError(
-                f"--eval-data {self.eval} needs --data: the built-in task holds out its own rows, so the file "
-                "would not be read"
+            raise FieldError(
+                f"eval {self.eval} needs train: the built-in task holds out its own rows, so the file "
+                "would not be read",
+                "eval",
+                "train",
             )
         return self
 
@@ -105,7 +108,7 @@ class Schedule(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> Schedule:
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"max_steps must be positive, or -1 to run the epochs; got {self.max_steps}")
+            raise FieldError(f"max_steps must be positive, or -1 to run the epochs; got {self.max_steps}", "max_steps")
         return self
 
 
@@ -119,7 +122,11 @@ class OutputSpec(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> OutputSpec:
         if self.resume and self.overwrite:
-            raise ValueError("give --resume (continue the run in the folder) or --overwrite (replace it), not both")
+            raise FieldError(
+                "give resume (continue the run in the folder) or overwrite (replace it), not both",
+                "resume",
+                "overwrite",
+            )
         return self
 
 

@@ -10,6 +10,8 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ftopt.spec.errors import FieldError
+
 
 class Precision(str, Enum):
     FP32 = "fp32"  # fp32 weights, fp32 compute
@@ -134,10 +136,11 @@ class TrainingSetup(BaseModel):
         if self.kv_cache and not self.keeps_outputs:
             # without the outputs kept the cache is freed when the forward returns, before any peak it could raise
             raise ValueError("kv_cache describes the KV cache a loop's kept outputs hold: it needs keeps_outputs")
-        if not 0 <= self.headroom < 1:  # one message naming the flag (pydantic's would name the field)
-            raise ValueError(
-                f"--headroom is the share of GPU memory kept free, at least 0 and below 1 (0.1 = 10%), "
-                f"got {self.headroom:g}"
+        if not 0 <= self.headroom < 1:  # one sentence that says what the share is (pydantic's would not)
+            raise FieldError(
+                f"headroom is the share of GPU memory kept free, at least 0 and below 1 (0.1 = 10%), "
+                f"got {self.headroom:g}",
+                "headroom",
             )
         return self
 

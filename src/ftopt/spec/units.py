@@ -23,6 +23,17 @@ def fmt_seconds(s: float) -> str:
     return f"{s:.2f} s" if s < 10 else f"{s:.0f} s"
 
 
+def fmt_hours(h: float) -> str:
+    """A time budget given in hours (--max-hours): in hours from a tenth of an hour up (2 h, 0.5 h, 1,000 h), a
+    shorter one in the unit that shows it (3 min, 3.6 s, 0.36 ms); never in exponent notation (1e-07 h)."""
+    if h >= 0.1:
+        return f"{h:,.3f}".rstrip("0").rstrip(".") + " h"
+    s = h * 3600
+    if s >= 60:
+        return f"{s / 60:.3g} min"
+    return f"{s:.3g} s" if s >= 1 else f"{s * 1000:.3g} ms"
+
+
 _BYTE_UNITS = {
     "b": 1,
     "kib": 2**10,

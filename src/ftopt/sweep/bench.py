@@ -1,8 +1,8 @@
 """`ftopt bench`: the proof-of-concept sweep. Same sample data and seed, one `ftopt train` subprocess per
 combination (an OOM or crash in one is recorded and the sweep goes on), results appended atomically to a JSONL
 file (schema in docs/results-schema.md), finished runs skipped on a re-run (resume after Ctrl-C or a crash) and
-failed ones (error, timeout, failed) tried again.
-Each result carries the predicted figures (analytic and traced) next to the measured ones.
+failed ones (error, timeout, failed) tried again; a rerun with other settings into the same folder is refused
+(check_one_sweep). Each result carries the predicted figures (analytic and traced) next to the measured ones.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from ftopt.spec import (
     RunSpec,
     default_precision,
 )
-from ftopt.spec.errors import FtoptError
+from ftopt.spec.errors import FtoptError, flag_of
 from ftopt.spec.io import append_line_atomic
 from ftopt.train.ranks import OOM_MARKERS
 
-__all__ = ["BenchRun", "read_results", "run_sweep", "sweep_rows", "sweep_runs"]
+__all__ = ["BenchRun", "check_one_sweep", "read_results", "run_sweep", "sweep_rows", "sweep_runs"]
 
 
 class BenchRun(BaseModel):
@@ -192,6 +192,55 @@ def sweep_rows(rows: list[ResultRow], runs: list[BenchRun]) -> list[ResultRow]:
     return [r for r in rows if r.key in keys]
 
 
+# ---- one results file, one sweep ---------------------------------------------------------------------------------
+def sweep_settings(spec: RunSpec, target: QualityTarget | None) -> dict:
+    """What every run of one sweep shares: the run's identity (model, hardware, data, setup, schedule) less its
+    combination and process count, and the quality target the report judges its runs by."""
+    d = spec.identity()
+    d.pop("combination")
+    d["setup"].pop("gpus_per_node")
+    d["quality_target"] = f"{target.metric}{target.op}{target.value:g}" if target else None
+    return d
+
+
+def _setting_flag(path: str) -> str:
+    """The bench flag that sets a sweep setting, from its dotted path in sweep_settings."""
+    if path in ("model.ref", "model.weights"):
+        return "--model/--random-init"
+    return flag_of(path.rsplit(".", 1)[-1])
+
+
+def _zero_processes(specs: Iterable[RunSpec]) -> dict:
+    """--zero-gpus as the sweep's sharded runs show it (its other runs leave it unseen: {})."""
+    n = next((s.setup.gpus_per_node for s in specs if s.combination.uses_deepspeed or s.combination.uses_fsdp), None)
+    return {} if n is None else {"zero_gpus": n}
+
+
+def check_one_sweep(runs: list[BenchRun], results: Path, target: QualityTarget | None) -> None:
+    """A results file holds one sweep, as a run folder holds one run (ftopt.train.outputs): a rerun with the same
+    settings resumes it (more combinations or repeats included), one with other settings is refused before any run.
+    Appended, its runs were listed beside the earlier sweep's under the same labels, weighed as alternatives, and
+    judged by the last quality target. The earlier sweep is that of the last run the file records (lines without a
+    run specification, ftopt.bench/1, say nothing)."""
+    recorded = [r for r in read_results(results) if r.run is not None]
+    if not recorded or not runs:
+        return
+    from ftopt.train.outputs import differences
+
+    before, now = recorded[-1], [r.spec for r in runs]
+    then_z, now_z = _zero_processes(r.run for r in reversed(recorded)), _zero_processes(now)
+    diff = differences(
+        {**sweep_settings(before.run, before.quality_target), **(then_z if now_z else {})},
+        {**sweep_settings(now[0], target), **(now_z if then_z else {})},
+        _setting_flag,
+    )
+    if diff:
+        raise FtoptError(
+            f"{results.parent} holds a sweep with other settings: {'; '.join(diff[:3])}{' and more' if len(diff) > 3 else ''}"
+            "; give another --out for this one, or the earlier settings to resume that sweep."
+        )
+
+
 def _run_one(run: BenchRun, key: str, timeout: float | None, inject: dict[str, str], procs: set) -> ResultRow:
     """One `ftopt train --plan RUN.json` subprocess: the run gets its specification as a file, never re-parsed
     flags. An OOM, crash or timeout is recorded with the prediction and the sweep goes on."""
@@ -290,7 +339,7 @@ def dora_variants(combos: list[Combination]) -> list[Combination]:
 def dropout_variants(combos: list[Combination], p: float) -> list[Combination]:
     """`bench --lora-dropout P`: each LoRA point's twin with adapter dropout P, so the sweep measures what the
     dropout costs (its masks) beside the LoRA without it. P is checked as Combination checks it, even when the grid
-    has no LoRA point; P = 0 adds nothing."""
+    has no LoRA point; P = 0 adds nothing (bench refuses it: ftopt.sweep.prepare)."""
     Combination(lora_r=1, lora_dropout=p)
     twins = [Combination.model_validate({**c.model_dump(), "lora_dropout": p}) for c in combos if c.lora]
     return _new_twins(combos, twins)

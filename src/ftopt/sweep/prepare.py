@@ -22,6 +22,7 @@ from ftopt.spec.run import DEFAULT_MODEL
 from ftopt.sweep.bench import (
     REFERENCE_LORA_R,
     BenchRun,
+    check_one_sweep,
     check_sweep_launch,
     default_zero_processes,
     dora_variants,
@@ -97,6 +98,11 @@ def _check_flags(r: BenchRequest) -> QualityTarget | None:
         raise FtoptError(f"--repeat must be at least 1, got {r.repeat}.")
     if r.run_timeout is not None and not 0 < r.run_timeout < math.inf:  # false for nan too
         raise FtoptError(f"--run-timeout must be a positive number of seconds, got {r.run_timeout}.")
+    if r.lora_dropout == 0:  # the LoRA points run without dropout already: their "twins" would be themselves
+        raise FtoptError(
+            "--lora-dropout 0 adds no run: each LoRA point already runs without adapter dropout; give a share "
+            "above 0 (e.g. 0.05) to measure what dropout costs, or leave the flag out."
+        )
     if r.zero_gpus is not None and r.zero_gpus < 1:
         raise FtoptError(f"--zero-gpus must be at least 1, got {r.zero_gpus}.")
     for flag, path in (("--data", r.data), ("--eval-data", r.eval_data)):
@@ -153,6 +159,7 @@ def prepare(r: BenchRequest) -> Sweep:
     zero_gpus = r.zero_gpus or default_zero_processes(hw)
     runs = sweep_runs(base, combos, r.out / "runs", repeat=r.repeat, zero_gpus=zero_gpus)
     check_sweep_launch(runs)
+    check_one_sweep(runs, r.out / "results.jsonl", target)
     return Sweep(runs, r.out / "results.jsonl", hw, ref.ref, target, r.run_timeout)
 
 

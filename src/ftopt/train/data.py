@@ -9,6 +9,7 @@ Also the embedded default: a word-level tokenizer built locally with `tokenizers
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import string
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftopt.spec.errors import FtoptError
+from ftopt.spec.io import read_text
 
 FORMATS = ("text", "prompt+completion", "messages")
 
@@ -37,20 +39,19 @@ class Records:
         return Records([self.rows[i] for i in indices], [self.where[i] for i in indices], self.source)
 
 
-def _read_jsonl(path: Path) -> Records:
+def _read_jsonl(path: Path, text: str) -> Records:
     rows, where = [], []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FtoptError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
-            if not isinstance(row, dict):
-                raise FtoptError(f"{path}, line {n}: each line must be a JSON object, got {type(row).__name__}.")
-            rows.append(row)
-            where.append(f"line {n}")
+    for n, line in enumerate(io.StringIO(text), 1):  # lines end at \n only, as a file's do (not at U+2028)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FtoptError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
+        if not isinstance(row, dict):
+            raise FtoptError(f"{path}, line {n}: each line must be a JSON object, got {type(row).__name__}.")
+        rows.append(row)
+        where.append(f"line {n}")
     return Records(rows, where, str(path))
 
 
@@ -59,12 +60,11 @@ def _numbered(rows: list, path: Path) -> Records:
 
 
 def _read_csv(path: Path) -> Records:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        rows, where = [], []
-        for row in reader:
-            rows.append(row)
-            where.append(f"line {reader.line_num}")  # the physical line the row ended on (header is line 1)
+    reader = csv.DictReader(io.StringIO(read_text(path, "data", newline=""), newline=""))
+    rows, where = [], []
+    for row in reader:
+        rows.append(row)
+        where.append(f"line {reader.line_num}")  # the physical line the row ended on (header is line 1)
     return Records(rows, where, str(path))
 
 
@@ -102,14 +102,14 @@ def _read_any(p: Path) -> Records:
             ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
         return _numbered(list(ds), p)
     if p.suffix in (".jsonl", ".json"):
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, "data")  # one wording for a file that is not UTF-8, as for every other file
         if p.suffix == ".json" and text.lstrip().startswith("["):
             rows = json.loads(text)
             bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r, dict)), None)
             if bad is not None:
                 raise FtoptError(f"{p}, record {bad}: each record must be a JSON object.")
             return _numbered(rows, p)
-        return _read_jsonl(p)
+        return _read_jsonl(p, text)
     if p.suffix == ".csv":
         return _read_csv(p)
     import pyarrow.parquet as pq  # .parquet, the last of DATA_SUFFIXES (check_data_path refused any other)

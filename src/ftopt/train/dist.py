@@ -65,12 +65,12 @@ def _broadcast(obj):
 
 def agree_on_run(spec):
     """Rank 0's run for every rank, with this node's own output folder; a different run on this node fails."""
-    from ftopt.train.outputs import _differences
+    from ftopt.train.outputs import differences
 
     theirs = _broadcast(spec.to_json())
     mine = spec.identity()
     rank0 = type(spec).model_validate(theirs)
-    diff = _differences(rank0.identity(), mine)
+    diff = differences(rank0.identity(), mine)
     if diff:
         raise FtoptError(f"this node was started with a different run than node 0: {'; '.join(diff[:3])}.")
     return rank0.model_copy(update={"output": spec.output})

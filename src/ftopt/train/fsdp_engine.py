@@ -26,7 +26,7 @@ import json
 from ftopt.spec import Offload, Precision, RunSpec
 from ftopt.spec.errors import FtoptError
 
-CHECKPOINT_STATE = "trainer_state.json"  # written last into checkpoint-N (worker.latest_complete_checkpoint reads it)
+CHECKPOINT_STATE = "trainer_state.json"  # written last into checkpoint-N (outputs.latest_complete_checkpoint reads it)
 
 
 def decoder_layers(model) -> list:

@@ -31,7 +31,7 @@ def run_fsdp_worker(spec: RunSpec, *, claim: bool) -> dict:
     import torch
 
     from ftopt.train import dist
-    from ftopt.train.worker import latest_complete_checkpoint
+    from ftopt.train.outputs import latest_complete_checkpoint
 
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and not spec.hardware.is_cpu else "cpu")

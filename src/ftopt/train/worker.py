@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ftopt.spec import RunSpec
 from ftopt.spec.errors import Interrupted
+from ftopt.train.outputs import latest_complete_checkpoint
 from ftopt.train.ranks import end_rank, interrupted_line, rank_run
 
 BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resumed run (base_quality_at_start)
@@ -27,12 +28,6 @@ BASE_QUALITY_FILE = "base_quality.json"  # the step-0 quality, kept for a resume
 
 def _rank() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def latest_complete_checkpoint(out: Path) -> Path | None:
-    """The newest checkpoint-N whose trainer_state.json was written (the Trainer writes it last)."""
-    cks = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists() and p.name[11:].isdigit()]
-    return max(cks, key=lambda p: int(p.name[11:])) if cks else None
 
 
 def training_arguments(spec: RunSpec, device, world: int, total_steps: int, node_local: bool = False):
