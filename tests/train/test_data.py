@@ -165,3 +165,16 @@ def test_line_endings_and_line_numbers_are_kept(tmp_path):
     p.write_bytes(b'{"text": "a\\u2028b"}\r\n\r\n{"text": "c\xe2\x80\xa8d"}\n')  # U+2028 raw inside a string
     r = D.load_records(p)
     assert r.where == ["line 1", "line 3"] and r.rows[1]["text"] == "c\u2028d"
+
+
+def test_a_reader_error_with_no_message_is_still_one_sentence(tmp_path, monkeypatch):
+    """A reader that raises a bare ValueError() (no first line to quote) is named by its type, not an IndexError."""
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"prompt": "a", "completion": "b"}\n')
+
+    def bare(path):
+        raise ValueError()
+
+    monkeypatch.setattr(D, "_read_any", bare)
+    with pytest.raises(FtoptError, match=r"^Cannot read the data .*rows\.jsonl: ValueError\.$"):
+        D.load_records(f)

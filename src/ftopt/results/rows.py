@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ftopt.estimate.result import TraceFallback
 from ftopt.results.quality import QualityTarget
 from ftopt.spec import Combination, RunSpec
-from ftopt.spec.errors import FtoptError, validation_message
+from ftopt.spec.errors import FtoptError, first_line, validation_message
 
 RESULTS_SCHEMA = "ftopt.bench/4"
 METRICS_SCHEMA = "ftopt.metrics/4"
@@ -343,7 +343,7 @@ def scan_results(path: str | Path) -> ResultsFile:
         except ValidationError as e:  # fields and rules only: the line's values may be anything, and long
             skipped.append(SkippedLine(line=n, why=f"an invalid result ({_clip(validation_message(e, values=False))})"))
         except ValueError as e:
-            skipped.append(SkippedLine(line=n, why=f"a corrupt result ({_clip(str(e).splitlines()[0])})"))
+            skipped.append(SkippedLine(line=n, why=f"a corrupt result ({_clip(first_line(e))})"))
     return ResultsFile(path=str(p), rows=current_attempts(rows), skipped=skipped)
 
 

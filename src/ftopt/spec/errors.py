@@ -12,6 +12,13 @@ class FtoptError(Exception):
     """A problem with the user's input or environment, phrased as one sentence they can act on."""
 
 
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of what a library's exception says, at most `limit` characters, to quote inside one of
+    ftopt's sentences; its type name where it says nothing (a bare `ValueError()` has no first line)."""
+    line = next(iter(str(e).splitlines()), "").strip() or type(e).__name__
+    return line[:limit] if limit else line
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM that stopped a run which knows what the user should hear (where its last checkpoint is and
     how to go on): the command prints this one line in place of its plain 'interrupted', so it is said once."""

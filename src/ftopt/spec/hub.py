@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftopt.spec.errors import FtoptError
+from ftopt.spec.errors import FtoptError, first_line
 
 # org/name with the Hub's allowed characters, optionally @revision (branch, tag or commit)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
@@ -98,7 +98,7 @@ def _hub_errors(ref: HubRef, what: str, not_found_hint: str = ""):
             "or no network); download it once with network access."
         ) from None
     except E.HfHubHTTPError as e:
-        raise FtoptError(f"The Hub refused {ref} ({str(e).splitlines()[0][:120]}).") from None
+        raise FtoptError(f"The Hub refused {ref} ({first_line(e, 120)}).") from None
 
 
 def _cache_only() -> bool:

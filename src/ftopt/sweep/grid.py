@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from ftopt.spec import Combination
-from ftopt.spec.errors import FtoptError, validation_message
+from ftopt.spec.errors import FtoptError, first_line, validation_message
 from ftopt.spec.io import read_text
 
 
@@ -20,7 +20,7 @@ def load_grid(path: str | Path) -> list[Combination]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise FtoptError(f"The grid {path} is not valid YAML: {str(e).splitlines()[0]}.") from None
+        raise FtoptError(f"The grid {path} is not valid YAML: {first_line(e)}.") from None
     if not isinstance(doc, dict) or not ({"combinations", "grid"} & set(doc)):
         raise FtoptError(f"The grid {path} needs a 'combinations' list or a 'grid' of option lists.")
     unknown = set(doc) - {"combinations", "grid"}

@@ -23,7 +23,7 @@ reasoning) fails this for some examples: they raise `Unstable` with the reason, 
 
 from __future__ import annotations
 
-from ftopt.spec.errors import FtoptError
+from ftopt.spec.errors import FtoptError, first_line
 from ftopt.spec.run import TrainOn
 
 __all__ = ["IGNORE_INDEX", "MAX_UNSTABLE_SHARE", "TrainOn", "Unstable", "labels_by_markers", "labels_by_rendering"]
@@ -58,7 +58,7 @@ def char_spans(tokenizer, messages: list[dict], template: str) -> tuple[str, lis
     try:
         full = _render(tokenizer, messages, template, False)
     except Exception as e:  # noqa: BLE001 - jinja2's TemplateError (the template's raise_exception) and kin
-        raise ValueError(f"the chat template refused it: {str(e).splitlines()[0][:120]}") from None
+        raise ValueError(f"the chat template refused it: {first_line(e, 120)}") from None
     spans = []
     for i, m in enumerate(messages):
         if m.get("role") != "assistant":
@@ -69,7 +69,7 @@ def char_spans(tokenizer, messages: list[dict], template: str) -> tuple[str, lis
             before = _render(tokenizer, messages[:i], template, True)
             upto = _render(tokenizer, messages[: i + 1], template, False)
         except Exception as e:  # noqa: BLE001 - a template's raise_exception or a Jinja error on a prefix
-            raise Unstable(f"the template refused the first {i} turns ({str(e).splitlines()[0][:120]})") from None
+            raise Unstable(f"the template refused the first {i} turns ({first_line(e, 120)})") from None
         if not full.startswith(before):
             raise Unstable(f"turn {i + 1}: the rendering of the turns before it is not a prefix of the whole")
         start, end = len(before), _shared_prefix(upto, full)

@@ -16,7 +16,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftopt.spec.errors import FtoptError
+from ftopt.spec.errors import FtoptError, first_line
 from ftopt.spec.io import read_text
 
 FORMATS = ("text", "prompt+completion", "messages")
@@ -126,7 +126,7 @@ def load_records(path: str | Path) -> Records:
     except FtoptError:
         raise
     except (OSError, ValueError) as e:
-        raise FtoptError(f"Cannot read the data {p}: {str(e).splitlines()[0].rstrip('.')}.") from None
+        raise FtoptError(f"Cannot read the data {p}: {first_line(e).rstrip('.')}.") from None
     if not records.rows:
         raise FtoptError(f"The data {p} is empty.")
     return records

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftopt.spec.errors import FtoptError
+from ftopt.spec.errors import FtoptError, first_line
 from ftopt.train.chat_spans import IGNORE_INDEX, MAX_UNSTABLE_SHARE, TrainOn, Unstable
 from ftopt.train.data import Records
 
@@ -121,9 +121,7 @@ def tokenize(records: Records, tokenizer, seq_len: int, fmt: str, train_on: Trai
             out.unstable.append(f"{where}: {e}")
             continue
         except (TypeError, ValueError, KeyError) as e:  # a malformed row the template or tokenizer refused
-            raise FtoptError(
-                f"{records.source}, {where}: cannot be tokenized ({str(e).splitlines()[0][:160]})."
-            ) from None
+            raise FtoptError(f"{records.source}, {where}: cannot be tokenized ({first_line(e, 160)}).") from None
         if fmt == "messages" and all(lab == IGNORE_INDEX for lab in ex.labels):
             raise FtoptError(f"{records.source}, {where}: the conversation has no assistant message to train on.")
         if len(ex.input_ids) > seq_len:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftopt.spec.errors import FtoptError
+from ftopt.spec.errors import FtoptError, first_line
 from ftopt.spec.hub import check_local_path, parse_hub_id
 from ftopt.spec.run import ModelRef
 from ftopt.train.data import Records, default_tokenizer
@@ -48,7 +48,7 @@ def _from_pretrained(src: str, trust_remote_code: bool):
         return AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise FtoptError(
-            f"No tokenizer could be loaded from {src} ({str(e).splitlines()[0][:120]}); "
+            f"No tokenizer could be loaded from {src} ({first_line(e, 120)}); "
             "give --tokenizer with a tokenizer folder or Hub id."
         ) from None
 
