@@ -129,7 +129,7 @@ def test_export_under_a_file_is_one_line_before_planning(tmp_path):
 
 
 def test_exported_learning_rate_suits_method_and_size_with_its_source(tmp_path):
-    """The defect: learning_rate 0.001 (the tiny model's default) for a 13B full fine-tune."""
+    """A 13B full fine-tune gets a learning rate for its size, not the tiny model's 0.001."""
     full13 = export(tmp_path / "a", "--model", "llama-2-13b", "--gpu", "a100-80g", "--gpus", "8", "--full-only")
     text = (full13 / "sft_config.yaml").read_text()
     assert yaml.safe_load(text)["learning_rate"] == 1e-5 and "Alpaca" in text.splitlines()[0]

@@ -90,7 +90,7 @@ def test_not_applied_under_other_library_versions_unless_named(monkeypatch):
 
 
 def test_a_smoke_bench_is_merged_not_a_replacement():
-    """The defect: a two-run smoke bench replaced an eight-run fit. Now its points join the stored ones."""
+    """A two-run smoke bench into another results file joins the stored eight-run fit rather than replacing it."""
     calibrate_and_store(rows(8), A100, "/runs/full.jsonl", "llama-2-7b")
     fit, _, _ = calibrate_and_store(rows(2, slow=1.5), A100, "/runs/smoke.jsonl", "tiny-llama")
     prov = find_calibration("a100-80g").provenance
@@ -164,7 +164,7 @@ def test_stored_file_round_trips():
 
 
 def test_bench_output_names_a_fit_on_its_bound(capsys):
-    """The defect: a fit that hit its bound printed "mfu 100.0%" as if measured."""
+    """A fit that hit its bound is not printed as if measured ("mfu 100.0%")."""
     from ftopt.cli.display import print_calibration
 
     fit, _, _ = calibrate_and_store(rows(3, mfu=2.0), A100, "/runs/fast.jsonl", "m")
@@ -269,9 +269,9 @@ def _figures(cal):
 
 @pytest.mark.parametrize("smoke_source", ["/runs/smoke.jsonl", "/runs/full.jsonl"])
 def test_a_smoke_bench_added_to_a_good_fit_leaves_it_as_it_was(smoke_source, capsys):
-    """The defect: a `--max-steps 4` smoke bench (2 steady steps a run) joined a good stored fit, whose refit then
-    stood on 2-step points and was refused, so the good fit stopped applying too. Short points now stay out of the
-    fit (stored, each with why), into another results file or the same one."""
+    """A `--max-steps 4` smoke bench (2 steady steps a run) added to a good stored fit leaves that fit applied: short
+    points stay out of the fit (stored, each with why), into another results file or the same one; were they in, the
+    refit would stand on 2-step points and be refused, and the good fit would stop applying too."""
     from ftopt.cli.display import print_calibration
 
     _, good, _ = calibrate_and_store(rows(8, steps=10), A100, "/runs/full.jsonl", "m")

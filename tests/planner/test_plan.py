@@ -144,7 +144,7 @@ def test_longest_context_says_when_the_position_limit_bounds_it():
 
 
 def test_70b_full_fine_tuning_names_the_host_ram_limit():
-    """The defect: 'needs 22.5 GiB, -57.1 GiB more' when the GPUs had room and host RAM was the limit."""
+    """Where the GPUs have room and host RAM is the limit, the plan names host RAM, never a negative "GiB more"."""
     m = load_model("llama-2-70b")
     p = plan(m, A100, NODE, full_only=True, what_ifs=False)
     assert p.recommended is None

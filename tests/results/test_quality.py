@@ -123,8 +123,8 @@ def test_bench_checks_quality_flags_before_running_anything(tmp_path, args, frag
 
 
 def test_generation_uses_the_kv_cache_even_when_training_turned_it_off():
-    """The defect: the trained model's config says use_cache=False (training), so each new token re-ran the whole
-    sequence. With the cache, every forward after the prompt's sees one new token and the cached keys/values."""
+    """Generation uses the KV cache although the trained model's config says use_cache=False (training): every
+    forward after the prompt's sees one new token and the cached keys/values, not the whole sequence again."""
 
     from ftopt.results.quality import generate
     from ftopt.sweep import sample_task as S

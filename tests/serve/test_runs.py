@@ -30,8 +30,8 @@ def _results_written(folder, at: datetime) -> None:
 
 
 def test_a_retried_run_is_listed_as_running_then_with_its_new_result(tmp_path):
-    """The defect: a run recorded as error and tried again by a rerun kept showing its old status while it ran,
-    since its old line marked it done."""
+    """A run recorded as error and tried again by a rerun is listed as running while it runs, though its old line
+    marks it done, and with its new result after."""
     folder = tmp_path / "sweep"
     (folder / "runs").mkdir(parents=True)
     root = ResultsRoot(tmp_path)

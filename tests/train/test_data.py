@@ -124,8 +124,8 @@ def test_max_steps_zero_is_refused():
 
 
 def test_a_file_of_the_wrong_shape_is_named_as_such_even_when_too_short_to_split(tmp_path):
-    """A one-row CSV without the fields ftopt reads was refused as 'has 1 records: too few to hold out 10%', so the
-    user added rows and met the real problem on the next try; the fields are checked before the split now."""
+    """A one-row CSV without the fields ftopt reads is refused for its fields, not as too short to hold rows out:
+    the fields are checked before the split, so the user meets the real problem first."""
     from ftopt.spec.run import DataSpec
     from ftopt.train.prepare import read_data
 
