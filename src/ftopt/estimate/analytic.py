@@ -28,6 +28,7 @@ from ftopt.estimate import dora, layout
 from ftopt.estimate import quant as q8
 from ftopt.estimate.activations import (
     activation_bytes,
+    first_layer_activation_bytes,
     gc_first_layer_moments,
     gc_loss_moment_activation_bytes,
     gc_recompute_activation_bytes,
@@ -180,6 +181,7 @@ class _Shared:
     grads_fwd: int  # the gradients already held in forward (gradients_resident), else 0
     acts: int  # every saved activation at the start of backward (under GC: the checkpoints)
     one_layer: int  # one layer's saved activations
+    first_layer: int  # the first layer's without GC (activations.first_layer_activation_bytes)
     recompute: int  # activations while backward recomputes the last layer under GC (gc_recompute_activation_bytes)
     held: int  # logits a loop that keeps the model's outputs holds beyond the loss (held_logits_bytes)
     dequant: int  # a quantized matmul's dequantized weight, alive for the op (forward and backward) [quant]
@@ -213,6 +215,7 @@ def memory(
         grads_fwd=s.grads if gradients_resident(setup, combo) else 0,
         acts=acts,
         one_layer=one_layer,
+        first_layer=first_layer_activation_bytes(model, setup, combo, st, on_gpu),
         recompute=gc_recompute_activation_bytes(model, setup, combo, st, on_gpu),
         held=held_logits_bytes(model, setup, st),
         dequant=dequant,
@@ -280,7 +283,7 @@ def _end_of_backward_moments(
         first_layer = _gc_first_layer_moments(model, setup, combo, st, sh, on_gpu)
     else:  # the first layer's saved tensors beside every gradient
         bd = MemoryBreakdown(
-            **common, gradients=sh.grads, activations=sh.one_layer + sh.kv_held, temporaries=sh.dequant
+            **common, gradients=sh.grads, activations=sh.first_layer + sh.kv_held, temporaries=sh.dequant
         )
         first_layer = [("end of backward", bd)]
     return first_layer + [
