@@ -113,16 +113,20 @@ def gc_recompute_activation_bytes(
     return kept + layer + layer_backward_temp_bytes(model, setup, combo, st, on_gpu)
 
 
-def gc_first_layer_moments(
+def first_layer_backward_moments(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
 ) -> list[tuple[int, frozenset[LinearGroup]]]:
-    """Backward through the first layer under GC, where every later layer's gradients exist, moment by moment as
-    (activations, the layer's groups whose backward has run: layer_backward_moments); none without GC. Its
-    checkpoint is the only one left (each later layer's input went with that layer's backward)."""
-    if not combo.gc:
-        return []
-    checkpoint = st.resid_bytes * model.hidden_size * setup.tokens_per_micro_batch
-    layer = checkpoint + _gc_recomputed_layer_bytes(model, setup, combo, st, on_gpu)
+    """Backward through the first layer, where every later layer's gradients exist, moment by moment as
+    (activations, the layer's groups whose backward has run: layer_backward_moments). Under GC its checkpoint is
+    the only one left (each later layer's input went with that layer's backward) and the layer is recomputed;
+    without GC what is left of the forward is the first layer's saved tensors (first_layer_activation_bytes) and
+    the model's mask, which every layer's attention read."""
+    if combo.gc:
+        checkpoint = st.resid_bytes * model.hidden_size * setup.tokens_per_micro_batch
+        layer = checkpoint + _gc_recomputed_layer_bytes(model, setup, combo, st, on_gpu)
+    else:
+        mask = layout.model_mask_bytes(model, setup, combo, st)
+        layer = first_layer_activation_bytes(model, setup, combo, st, on_gpu) + mask
     return [(layer + held, done) for held, done in layer_backward_moments(model, setup, combo, st, on_gpu)]
 
 
