@@ -250,23 +250,15 @@ def test_mixed_precision_counts_every_autocast_weight_cast(gc):
 
 
 def test_the_first_layers_backward_comes_before_the_input_sides_gradients():
-    """Without GC the first layer's saved tensors are held through its backward, before the lookup's backward
-    forms the token table's gradient. neox-160m (benchmarks/estimate_accuracy.py, untied 50,304 x 768 table:
-    147 MiB of fp32 gradient), full fine-tuning, fp32, seq 256 x 2: counting every gradient beside the first
-    layer put the analytic peak at that moment, +0.97% over the measured CPU peak (stored in
-    benchmarks/results/estimate_accuracy.json), which the trace matches. Without the table's gradient that moment
-    is below the start of backward, where the trace peaks too."""
+    """Without GC the first layer's saved tensors are held through its backward, before the lookup's backward forms
+    the token table's gradient. neox-160m (benchmarks/estimate_accuracy.py; its untied 50,304 x 768 table has a
+    147 MiB fp32 gradient), full fine-tuning, fp32, seq 256 x 2: both estimators peak at the start of backward and
+    agree within 0.01%; the measured CPU peak (benchmarks/results/estimate_accuracy.json) is the trace's to
+    0.001%. Counted beside every gradient, the first layer's moment would be 1.0% above it."""
     from ftopt.spec import from_hf_config
+    from tests.benchmarks import load_benchmark
 
-    config = {
-        "model_type": "gpt_neox",
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "vocab_size": 50304,
-        "tie_word_embeddings": False,
-    }
+    config = load_benchmark("estimate_accuracy").ARCHS["neox-160m"]  # the measured run's model
     spec, cpu = from_hf_config(config, "neox-160m"), load_hardware("cpu")
     setup = TrainingSetup(seq_len=256, micro_batch=2, precision="fp32")
     combo = Combination(attn="sdpa")

@@ -198,13 +198,12 @@ def _targets(spec, which: str | None) -> dict:
 )
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_first_layers_saved_tensors_are_the_formulas(family, precision, fields, targets):
-    """The first layer's storages in a real forward (those saved while it alone ran) against the formulas' first
-    layer (layer_activation_bytes_per_token given first_layer_grads, and layer_weight_bytes), for every layout.
-    In a LoRA run without GC the first layer reads the frozen embeddings' output, which needs no gradient; the
-    formulas counted it as any other layer, less q/k/v's dropout masks: per token, fp32, default targets, the
-    first norm's input and statistics (llama 260 B, GPT-NeoX's two norms reading one input 272 B), GPT-NeoX's and
-    Falcon's frozen MLP in a parallel layer (the activation's input: 384 and 1,024 B), gpt2's embedding dropout's
-    noise (256 B, outside the layer)."""
+    """The first layer's storages in a real forward (those saved while it alone ran) are the formulas' first layer
+    (layer_activation_bytes_per_token given first_layer_grads, and layer_weight_bytes), for every layout. In a
+    LoRA run without GC it reads the frozen embeddings' output, which needs no gradient, and keeps less than the
+    other layers: per token, fp32, default targets, no first norm's input and statistics (llama 260 B; GPT-NeoX's
+    two norms reading one input, 272 B) and no frozen MLP of a parallel layer (the activation's input: GPT-NeoX
+    384 B, Falcon 1,024 B)."""
     spec = _spec(family)
     combo = Combination(**{"attn": "sdpa", **fields, **_targets(spec, targets)})
     saved, _ = _saved(spec, combo, precision, 2)
@@ -227,10 +226,10 @@ _LOSS = frozenset({"LogSoftmaxBackward0", "NllLossBackward0", "EmbeddingBackward
 )
 @pytest.mark.parametrize("family", FAMILIES)
 def test_what_is_saved_outside_the_layers_is_the_formulas(family, precision, fields):
-    """The storages saved outside every layer, the loss's aside, against the formulas' head: the final norm's, the
-    LM head's input where the head trains (full fine-tuning: the final norm's output, 256 B per token here, or
-    its bf16 cast under autocast; the formulas missed it), the embedding dropout's noise where the embeddings'
-    output needs a gradient (not in a LoRA run without GC), gemma's final norm scale."""
+    """The storages saved outside every layer, the loss's aside, are the formulas' head: the final norm's; the LM
+    head's input where the head trains (full fine-tuning: the final norm's output, 256 B per token here, or its
+    bf16 cast under autocast); the embedding dropout's noise where the embeddings' output needs a gradient (gpt2:
+    256 B per token, none in a LoRA run without GC); gemma's final norm scale."""
     spec = _spec(family)
     combo = Combination(attn="sdpa", **fields)
     saved, _ = _saved(spec, combo, precision, 2)
