@@ -233,7 +233,14 @@ def test_a_config_breaking_the_spec_names_config_keys_not_values(tmp_path):
 
 @pytest.mark.parametrize(
     ("family", "key"),
-    [("gpt2", "resid_pdrop"), ("gpt2", "attn_pdrop"), ("gpt_neox", "hidden_dropout"), ("phi3", "resid_pdrop")],
+    [
+        ("gpt2", "resid_pdrop"),
+        ("gpt2", "attn_pdrop"),
+        ("gpt_neox", "hidden_dropout"),
+        ("phi3", "resid_pdrop"),
+        ("opt", "dropout"),
+        ("opt", "attention_dropout"),
+    ],
 )
 def test_a_dropout_that_is_not_a_number_is_one_sentence_naming_its_key(tmp_path, family, key):
     """The readers decide from a dropout probability whether training keeps its masks (ModelSpec.layout)."""
@@ -242,3 +249,24 @@ def test_a_dropout_that_is_not_a_number_is_one_sentence_naming_its_key(tmp_path,
     with pytest.raises(FtoptError, match=f"The model config's {key} must be a number") as e:
         load_model(str(p))
     assert "AKIA" not in str(e.value)
+
+
+def test_opt_reads_its_dropouts_and_activation():
+    """OPT's `dropout` (0.1 when the config omits it) drops both branches before their residual adds; relu, its
+    default activation, saves its output; do_layer_norm_before false normalizes each residual sum
+    (modeling_opt.py). The saved bytes they imply: tests/estimate/test_saved_tensors.py."""
+    from ftopt.spec import Branch
+
+    default = from_hf_config({"model_type": "opt", **TINY["opt"]}, "opt").layout
+    assert default.residual_dropouts == (Branch.ATTENTION, Branch.MLP) and default.mlp_act_saves_output
+    assert not default.post_norm and not default.attention_dropout
+    off = {
+        "model_type": "opt",
+        **TINY["opt-proj"],
+        "dropout": 0.0,
+        "attention_dropout": 0.1,
+        "activation_function": "gelu",
+    }
+    layout = from_hf_config(off, "opt-off").layout
+    assert layout.residual_dropouts == () and not layout.mlp_act_saves_output
+    assert layout.post_norm and layout.attention_dropout

@@ -7,15 +7,25 @@ Conventions: bytes (int) per GPU; `tokens` = micro_batch x seq_len. Sources:
   [autocast] estimate/autocast.py: the weight casts torch autocast caches, with and without GC.
   [dropout] estimate/dropout.py: LoRA adapter dropout's masks and dropped copies (peft lora/layer.py Linear.forward);
            torch's dropout keeps a bool mask on CUDA (native_dropout), the scaled noise on a CPU.
+  [grads]  estimate/layer_grads.py: a LoRA run's first layer without GC reads the frozen embeddings' output, which
+           needs no gradient, so what reads only that keeps nothing (first_layer_grads).
 Where real implementations differ from the papers, the comment says so; `estimate/traced.py` measures them exactly.
 """
 
 from __future__ import annotations
 
-from ftopt.estimate import dropout, layout
+from ftopt.estimate import layout
+from ftopt.estimate.attention_saved import norm_out_bytes
 from ftopt.estimate.autocast import autocast_weight_cache_bytes, tied_grad_summed_in_place
 from ftopt.estimate.layer_backward import layer_backward_moments, layer_backward_temp_bytes
-from ftopt.estimate.layer_saved import layer_activation_bytes_per_token, norm_input_bytes, norm_saved_bytes
+from ftopt.estimate.layer_grads import EVERY, LayerGrads, first_layer_grads, first_layer_input_grad
+from ftopt.estimate.layer_saved import (
+    layer_activation_bytes_per_token,
+    layer_weight_bytes,
+    norm_input_bytes,
+    norm_saved_bytes,
+    norm_scale_bytes,
+)
 from ftopt.spec import Combination, LinearGroup, ModelSpec, TrainingSetup
 from ftopt.spec.policy import Storage
 from ftopt.spec.units import ceil_div
@@ -64,18 +74,28 @@ def activation_bytes(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
 ) -> tuple[int, int]:
     """(all saved activations at the start of backward, one layer's) per GPU, in bytes (`on_gpu`: the run's
-    device; without GC the first layer keeps no dropout mask for its first wrapped group [dropout]).
+    device; without GC the first layer keeps its own: first_layer_activation_bytes).
     With GC each layer keeps only its input (resid dtype x h); the checkpoints also keep the mask packed rows give
     SDPA (estimate/layout.py). Its layers are recomputed one at a time later in backward, once the loss's tensors
     are freed (gc_recompute_activation_bytes). A recomputation under autocast enters and leaves its own autocast
     region, so it holds one layer's weight casts [autocast] (in `per_layer`, as are the casts matmuls save
     without GC)."""
     per_layer = _per_layer_bytes(model, setup, combo, st, on_gpu)
-    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
+    kept, head = checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
     if combo.gc:
         return kept + head, per_layer
-    first = dropout.first_layer_unsaved_bytes(model, combo, st, setup.tokens_per_micro_batch, on_gpu)
-    return model.num_layers * per_layer - first + head, per_layer
+    first = first_layer_activation_bytes(model, setup, combo, st, on_gpu)
+    return (model.num_layers - 1) * per_layer + first + head, per_layer
+
+
+def first_layer_activation_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
+) -> int:
+    """The first layer's saved tensors without GC, per GPU: another layer's where its input needs a gradient,
+    less what reads only the frozen embeddings' output in a LoRA run [grads]: its first norm(s), a parallel
+    layer's frozen MLP, attention none of whose q/k/v projections is wrapped, those paths' dropout masks and
+    lora_A's autocast casts. What backward holds beside every gradient at its end."""
+    return _per_layer_bytes(model, setup, combo, st, on_gpu, first_layer_grads(model, combo))
 
 
 def gc_recompute_activation_bytes(
@@ -88,21 +108,25 @@ def gc_recompute_activation_bytes(
     traced GC steps peak either at the loss or here, never with both)."""
     if not combo.gc:
         return 0
-    kept, _ = _checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
+    kept, _ = checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
     layer = _gc_recomputed_layer_bytes(model, setup, combo, st, on_gpu)
     return kept + layer + layer_backward_temp_bytes(model, setup, combo, st, on_gpu)
 
 
-def gc_first_layer_moments(
+def first_layer_backward_moments(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
 ) -> list[tuple[int, frozenset[LinearGroup]]]:
-    """Backward through the first layer under GC, where every later layer's gradients exist, moment by moment as
-    (activations, the layer's groups whose backward has run: layer_backward_moments); none without GC. Its
-    checkpoint is the only one left (each later layer's input went with that layer's backward)."""
-    if not combo.gc:
-        return []
-    checkpoint = st.resid_bytes * model.hidden_size * setup.tokens_per_micro_batch
-    layer = checkpoint + _gc_recomputed_layer_bytes(model, setup, combo, st, on_gpu)
+    """Backward through the first layer, where every later layer's gradients exist, moment by moment as
+    (activations, the layer's groups whose backward has run: layer_backward_moments). Under GC its checkpoint is
+    the only one left (each later layer's input went with that layer's backward) and the layer is recomputed;
+    without GC what is left of the forward is the first layer's saved tensors (first_layer_activation_bytes) and
+    the model's mask, which every layer's attention read."""
+    if combo.gc:
+        checkpoint = st.resid_bytes * model.hidden_size * setup.tokens_per_micro_batch
+        layer = checkpoint + _gc_recomputed_layer_bytes(model, setup, combo, st, on_gpu)
+    else:
+        mask = layout.model_mask_bytes(model, setup, combo, st)
+        layer = first_layer_activation_bytes(model, setup, combo, st, on_gpu) + mask
     return [(layer + held, done) for held, done in layer_backward_moments(model, setup, combo, st, on_gpu)]
 
 
@@ -134,26 +158,42 @@ def gc_loss_moment_activation_bytes(
     region exits [autocast]: the checkpoints, all casts and the head's saved tensors."""
     if not (combo.gc and st.autocast):
         return 0
-    kept, head = _checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
+    kept, head = checkpoints_and_head_bytes(model, setup, combo, st, on_gpu)
     return kept + model.num_layers * autocast_weight_cache_bytes(model, combo, st) + head
 
 
-def _per_layer_bytes(model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool) -> int:
+def _per_layer_bytes(
+    model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool, grads: LayerGrads = EVERY
+) -> int:
     masked = layout.sdpa_gets_mask(setup, combo)
-    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked, on_gpu)
-    weights = autocast_weight_cache_bytes(model, combo, st) + dropout.dora_weight_bytes(model, combo, st)
-    return per_token * setup.tokens_per_micro_batch + weights
+    per_token = layer_activation_bytes_per_token(model, combo, st, setup.seq_len, masked, on_gpu, grads)
+    return per_token * setup.tokens_per_micro_batch + layer_weight_bytes(model, combo, st, grads)
 
 
-def _checkpoints_and_head_bytes(
+def head_input_bytes(model: ModelSpec, combo: Combination, st: Storage, on_gpu: bool = True) -> int:
+    """What the LM head's matmul saves per token: its input, for its weight's gradient, where that weight trains
+    (full fine-tuning, tied or not; a LoRA run's head is frozen): the final norm's output (norm_out_bytes), or
+    under autocast its 16-bit cast. OPT's projections (embed_dim) train too: project_in saves the token
+    embeddings, project_out the final norm's output and the head project_out's embed_dim-wide output. Measured:
+    llama-gqa-100m full fp32, 3,072 B per token (hidden 768), the figure the formulas missed."""
+    if combo.lora:
+        return 0
+    width = model.hidden_size + 2 * (model.embed_dim or 0)
+    return width * (2 if st.autocast else norm_out_bytes(model, st, on_gpu))
+
+
+def checkpoints_and_head_bytes(
     model: ModelSpec, setup: TrainingSetup, combo: Combination, st: Storage, on_gpu: bool = True
 ) -> tuple[int, int]:
-    """(GC's layer inputs, 0 without GC; the final norm's saved tensors, the embedding dropout's mask and the
-    model's mask). The embedding dropout (gpt2's drop, GPT-NeoX's emb_dropout: layout.embedding_dropout) keeps a
-    bool mask on CUDA, the noise in the embeddings' dtype on a CPU, outside every checkpoint [dropout]."""
+    """(GC's layer inputs, 0 without GC; the final norm's saved tensors, the LM head's input (head_input_bytes), the
+    embedding dropout's mask and the model's mask). The embedding dropout (gpt2's drop, GPT-NeoX's emb_dropout:
+    layout.embedding_dropout) keeps a bool mask on CUDA, the noise in the embeddings' dtype on a CPU, outside
+    every checkpoint [dropout], where the embeddings' output needs a gradient [grads]."""
     tokens, h = setup.tokens_per_micro_batch, model.hidden_size
-    drop = h * (1 if on_gpu else st.resid_bytes) if model.layout.embedding_dropout else 0
-    head = (norm_saved_bytes(model, st, not combo.lora, on_gpu) + drop) * tokens
-    head += layout.model_mask_bytes(model, setup, combo, st)
+    dropped = model.layout.embedding_dropout and first_layer_input_grad(combo)
+    drop = h * (1 if on_gpu else st.resid_bytes) if dropped else 0
+    norm = norm_saved_bytes(model, st, not combo.lora, on_gpu) if model.final_norm else 0
+    head = (norm + head_input_bytes(model, combo, st, on_gpu) + drop) * tokens
+    head += (norm_scale_bytes(model) if model.final_norm else 0) + layout.model_mask_bytes(model, setup, combo, st)
     kept = model.num_layers * st.resid_bytes * h * tokens if combo.gc else 0
     return kept, head

@@ -14,11 +14,14 @@ Sources:
            saves its output, in the dtype the family asks for.
   [dropout] torch's dropout in training: a bool mask on CUDA (native_dropout), the scaled noise in the input's
            dtype on a CPU (the unfused input * noise); the dropped copy is a new tensor.
+  [grads]  estimate/layer_grads.py: an op keeps what its backward needs only for the inputs that need a gradient
+           (all of them but in a LoRA run's first layer without GC).
 Checked against a real CPU forward's saved storages by tests/estimate/test_saved_tensors.py, family by family.
 """
 
 from __future__ import annotations
 
+from ftopt.estimate.layer_grads import EVERY, LayerGrads
 from ftopt.spec import Attention, Combination, ModelSpec, NormKind, SoftmaxDtype
 from ftopt.spec.policy import Storage
 
@@ -63,16 +66,26 @@ def attn_out_is_kernel_output(model: ModelSpec, combo: Combination, on_gpu: bool
 
 
 def attention_core_bytes(
-    model: ModelSpec, st: Storage, combo: Combination, seq_len: int, masked: bool = False, on_gpu: bool = True
+    model: ModelSpec,
+    st: Storage,
+    combo: Combination,
+    seq_len: int,
+    masked: bool = False,
+    on_gpu: bool = True,
+    grads: LayerGrads = EVERY,
 ) -> int:
     """What the attention itself saves, per token (its output projection's input aside): the fused kernel's
-    (_kernel_bytes), the math kernel's (_math_bytes) or eager attention's (_eager_bytes). `masked`: transformers
-    hands SDPA a mask (packed or padded rows, estimate/layout.py)."""
+    (_kernel_bytes), the math kernel's (_math_bytes) or eager attention's (_eager_bytes); nothing where none of
+    q, k, v needs a gradient [grads]. `masked`: transformers hands SDPA a mask (packed or padded rows,
+    estimate/layout.py). A kernel saves all its inputs where any needs a gradient; the math kernel runs only
+    with a fused qkv projection, whose q, k and v need one alike."""
+    if not grads.attention:
+        return 0
     if sdpa_runs_math(model, combo, on_gpu):
         return _math_bytes(model, seq_len, on_gpu)
     if combo.attn.linear_memory:
         return _kernel_bytes(model, st, combo, seq_len, masked)
-    return _eager_bytes(model, st, seq_len, on_gpu)
+    return _eager_bytes(model, st, seq_len, on_gpu, grads)
 
 
 def _kernel_bytes(model: ModelSpec, st: Storage, combo: Combination, seq_len: int, masked: bool) -> int:
@@ -109,10 +122,20 @@ def _math_dropout_bytes(model: ModelSpec, on_gpu: bool) -> int:
     return (1 if on_gpu else 4) + 4 if model.layout.attention_dropout else 0
 
 
-def _eager_bytes(model: ModelSpec, st: Storage, seq_len: int, on_gpu: bool) -> int:
+def _eager_bytes(model: ModelSpec, st: Storage, seq_len: int, on_gpu: bool, grads: LayerGrads = EVERY) -> int:
     """Eager attention [eager, Korthikanti's 5as/h term], per token: q and k, v repeated to every head (repeat_kv
-    or the broadcasting matmul copies them), and the probabilities (probs_bytes) per head and key."""
-    return st.act_bytes * 3 * model.q_dim + probs_bytes(model, st, on_gpu) * model.num_heads * seq_len
+    or the broadcasting matmul copies them), and the probabilities (probs_bytes) per head and key. Where only some
+    of q, k, v need a gradient [grads]: the QK matmul keeps q for k's gradient and k for q's; the scores, and so
+    the softmax's output, the dropout's mask and the PV matmul's v, need one where q or k does; the PV matmul
+    keeps the probabilities it multiplies (the softmax output, or its 16-bit or dropped copy) for v's."""
+    scores = grads.q or grads.k
+    qkv = grads.k + grads.q + scores
+    soft, copy = softmax_bytes(model, st, on_gpu)
+    if model.layout.attention_dropout:
+        probs = (soft + (1 if on_gpu else st.act_bytes)) * scores + st.act_bytes * grads.v
+    else:
+        probs = soft * (scores or (grads.v and not copy)) + copy * grads.v
+    return st.act_bytes * qkv * model.q_dim + probs * model.num_heads * seq_len
 
 
 def softmax_bytes(model: ModelSpec, st: Storage, on_gpu: bool = True) -> tuple[int, int]:

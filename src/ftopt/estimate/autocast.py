@@ -13,18 +13,23 @@ Checked against real CPU bf16-mixed Trainer runs (benchmarks/results/estimate_ac
 from __future__ import annotations
 
 from ftopt.spec import Combination, ModelSpec, Quant
-from ftopt.spec.policy import Storage, lora_targets
+from ftopt.spec.policy import Storage, wrapped_linears
 
 
-def autocast_weight_cache_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
+def autocast_weight_cache_bytes(
+    model: ModelSpec, combo: Combination, st: Storage, unread: frozenset[str] = frozenset()
+) -> int:
     """One layer's autocast weight casts [autocast]: autocast casts each fp32 weight that requires grad to 16 bits
     once and caches that copy (keyed by the weight) until the outermost autocast region exits, and the matmul saves
     the same copy for the input gradient: 2 bytes per trained linear parameter of the layer (full fine-tuning: every
-    linear; LoRA: the fp32 adapters; a 16-bit frozen base and 16-bit adapters need no cast)."""
+    linear; LoRA: the fp32 adapters; a 16-bit frozen base and 16-bit adapters need no cast). `unread`: the names of
+    wrapped linears whose input needs no gradient (a LoRA run's first layer, estimate/layer_grads.py): their
+    lora_A's matmul saves no cast, which autocast's cache alone holds, until the region exits; counted out."""
     if not st.autocast or st.trainable_weight != 4:
         return 0
     if combo.lora:
-        return 2 * model.lora_params(combo.lora_r, lora_targets(model, combo)) // model.num_layers
+        wrapped = wrapped_linears(model, combo)
+        return 2 * combo.lora_r * sum(lin.in_features * (lin.name not in unread) + lin.out_features for lin in wrapped)
     return 2 * sum(lin.in_features * lin.out_features for lin in model.layer_linears())
 
 
@@ -32,10 +37,12 @@ def head_cast_bytes(model: ModelSpec, combo: Combination, st: Storage) -> int:
     """The 16-bit cast of an fp32 LM head under autocast, saved by its matmul for the input gradient [autocast]:
     a trained head (full fine-tuning; tied or not, the cast is of the one weight) is cached like any trained leaf; a
     frozen fp32 head (quantized base after prepare_model_for_kbit_training) is cast again on every forward (autocast
-    caches only leaves that require grad). A LoRA run on a 16-bit base has a 16-bit head: nothing to cast."""
+    caches only leaves that require grad). A LoRA run on a 16-bit base has a 16-bit head: nothing to cast. OPT's
+    trained project_in and project_out (embed_dim x hidden each) are cast and saved alike under full fine-tuning."""
     if not st.autocast or (combo.lora and combo.quant is Quant.NONE):
         return 0
-    return 2 * model.vocab_size * (model.embed_dim or model.hidden_size)
+    projections = 2 * model.embed_dim * model.hidden_size if model.embed_dim and not combo.lora else 0
+    return 2 * (model.vocab_size * (model.embed_dim or model.hidden_size) + projections)
 
 
 def tied_grad_summed_in_place(model: ModelSpec, combo: Combination, st: Storage) -> bool:

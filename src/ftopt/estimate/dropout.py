@@ -22,8 +22,8 @@ Per wrapped linear of in_features i, in an adapter dtype of a bytes, per token:
     linear keeps its own dropped copy (a bytes) where lora_A kept the one input the group shares
     (layer_saved.linear_input_bytes); that input is then kept only by what else saves it: o_proj's is SDPA's and
     flash's saved output, so it stays, counted once, in attention's count of that output.
-Autograd keeps no mask where the input needs no gradient: without GC, the first wrapped group of the first layer
-reads a tensor made from the frozen embedding only (first_layer_unsaved_bytes).
+Autograd keeps no mask where the input needs no gradient: in a LoRA run's first layer without GC, whatever reads
+only the frozen embeddings' output (estimate/layer_grads.py; layer_saved.linear_input_bytes' `input_grad`).
 DoRA with dropout [DoRA]: the product the magnitude's gradient keeps is F.linear's output (the adapter dtype, 16-bit
 under autocast) instead of the base layer's (dora.saved_bytes_per_token), and F.linear keeps its weight operand for
 its input's gradient, an o x i copy per wrapped linear per layer wherever `.to()`, autocast or dequantization makes
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from ftopt.spec import Combination, Linear, LinearGroup, ModelSpec, Quant
+from ftopt.spec import Combination, Linear, ModelSpec, Quant
 from ftopt.spec.policy import Storage, wrapped_linears
 
 
@@ -57,20 +57,6 @@ def dora_weight_bytes(model: ModelSpec, combo: Combination, st: Storage, linears
     per = 2 if st.autocast else a if combo.quant is not Quant.NONE or st.frozen_weight != a else 0
     lins = wrapped_linears(model, combo) if linears is None else linears
     return per * sum(lin.in_features * lin.out_features for lin in lins)
-
-
-def first_layer_unsaved_bytes(model: ModelSpec, combo: Combination, st: Storage, tokens: int, on_gpu: bool) -> int:
-    """What the first layer does not keep because its first wrapped group's input needs no gradient (0 with GC,
-    whose checkpoints make every layer's input require grad: transformers' enable_input_require_grads): that
-    group's masks, and DoRA's weight copies (F.linear keeps its weight only for its input's gradient)."""
-    mask = mask_bytes(combo, st, on_gpu)
-    if not mask or combo.gc:
-        return 0
-    wrapped = wrapped_linears(model, combo)
-    first = min((lin.group for lin in wrapped), key=list(LinearGroup).index)
-    group = [lin for lin in wrapped if lin.group is first]
-    masks = mask * tokens * sum(lin.in_features for lin in group)
-    return masks + dora_weight_bytes(model, combo, st, group)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from ftopt.spec.combination import (
 )
 from ftopt.spec.hardware import HardwareSpec, hardware_names, load_hardware
 from ftopt.spec.hf_config import from_hf_config, load_model, preset_names
-from ftopt.spec.model import LayerLayout, Linear, LinearGroup, MlpKind, ModelSpec, NormKind, SoftmaxDtype
+from ftopt.spec.model import Branch, LayerLayout, Linear, LinearGroup, MlpKind, ModelSpec, NormKind, SoftmaxDtype
 from ftopt.spec.production import DEFAULT_CURRENCY, CurrencyCode, ProductionOptions
 from ftopt.spec.run import DataSpec, LrSchedule, ModelRef, OutputSpec, ReportTo, RunSpec, Schedule
 from ftopt.spec.training import (
@@ -49,6 +49,7 @@ __all__ = [
     "Engine",
     "HardwareSpec",
     "Linear",
+    "Branch",
     "LayerLayout",
     "LinearGroup",
     "MlpKind",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ftopt.spec.errors import FtoptError
-from ftopt.spec.model import LayerLayout, MlpKind, NormKind, SoftmaxDtype
+from ftopt.spec.model import Branch, LayerLayout, MlpKind, NormKind, SoftmaxDtype
 
 # ---- family readers ------------------------------------------------------------------------------------------
 # Each returns the generic fields for one model_type, with transformers' defaults for keys a config may omit.
@@ -27,8 +27,20 @@ _LLAMA_NAMES = {
 # Intermediate-sized tensors a plain MLP's activation keeps for backward, by transformers' activation name
 # (activations.ACT2CLS): F.gelu and its tanh form save their input; gelu_new (NewGELUActivation) is written out in
 # Python, 0.5 * x * (1 + tanh(c * (x + 0.044715 * x**3))), and pow, tanh and the last product keep x, the tanh,
-# 0.5 * x and 1 + tanh. Names not listed are counted as F.gelu.
-_ACT_SAVED = {"gelu": 1, "gelu_pytorch_tanh": 1, "gelu_new": 4}
+# 0.5 * x and 1 + tanh; relu saves its output (ReluBackward0 keeps `result`), the tensor the down projection reads.
+# Names not listed are counted as F.gelu.
+_ACT_SAVED = {"gelu": 1, "gelu_pytorch_tanh": 1, "gelu_new": 4, "relu": 1}
+_ACT_SAVES_OUTPUT = {"relu"}
+
+
+def _plain_act(name: str) -> dict:
+    """The LayerLayout fields of a plain MLP's activation, by its transformers name (_ACT_SAVED)."""
+    return dict(mlp_act_saved=_ACT_SAVED.get(name, 1), mlp_act_saves_output=name in _ACT_SAVES_OUTPUT)
+
+
+def _branches(c: dict, key: str, default: float = 0.0) -> tuple[Branch, ...]:
+    """Both branches' residual dropouts, where one probability the config gives drops each (_positive)."""
+    return (Branch.ATTENTION, Branch.MLP) if _positive(c, key, default) else ()
 
 
 def _positive(c: dict, key: str, default: float = 0.0) -> bool:
@@ -83,7 +95,12 @@ def _qwen2(c: dict) -> dict:
 def _gemma(c: dict, norms: int) -> dict:
     d = _common(c, tie_default=True)
     d["head_dim"] = c.get("head_dim", 256)
-    return dict(d, mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=norms, linear_names=_LLAMA_NAMES)
+    # modeling_gemma.py GemmaRMSNorm.forward: `output * (1.0 + self.weight.float())` on the fp32 normalized input,
+    # then .type_as(x) (llama's multiplies the weight into the input's dtype)
+    layout = LayerLayout(norm_scale_fp32=True)
+    return dict(
+        d, mlp=MlpKind.GATED, norm=NormKind.RMS, norms_per_layer=norms, linear_names=_LLAMA_NAMES, layout=layout
+    )
 
 
 def _phi3(c: dict) -> dict:
@@ -100,7 +117,7 @@ def _phi3(c: dict) -> dict:
         layout=LayerLayout(
             qkv_views=True,
             query_bhsd=True,
-            residual_dropouts=2 if _positive(c, "resid_pdrop") else 0,
+            residual_dropouts=_branches(c, "resid_pdrop"),
             attention_dropout=_positive(c, "attention_dropout"),
         ),
     )
@@ -124,8 +141,8 @@ def _gpt_neox(c: dict) -> dict:
         layout=LayerLayout(
             qkv_views=True,
             query_bhsd=True,
-            mlp_act_saved=_ACT_SAVED.get(c.get("hidden_act", "gelu"), 1),
-            residual_dropouts=2 if _positive(c, "hidden_dropout") else 0,
+            **_plain_act(c.get("hidden_act", "gelu")),
+            residual_dropouts=_branches(c, "hidden_dropout"),
             attention_dropout=_positive(c, "attention_dropout"),
             embedding_dropout=_positive(c, "hidden_dropout"),
         ),
@@ -176,15 +193,16 @@ def _falcon_layout(c: dict, new_arch: bool, kv: int, heads: int) -> LayerLayout:
     dropout_add drops the MLP branch (with the attention branch added in) with hidden_dropout and, in the
     sequential original layout, the attention branch with attention_dropout."""
     sequential = not new_arch and not c.get("parallel_attn", True)
-    dropouts = int(_positive(c, "hidden_dropout")) + int(sequential and _positive(c, "attention_dropout"))
+    attention = (Branch.ATTENTION,) if sequential and _positive(c, "attention_dropout") else ()
+    hidden = ((Branch.MLP if sequential else Branch.BOTH),) if _positive(c, "hidden_dropout") else ()
     return LayerLayout(
         qkv_views=not new_arch and kv == heads,
         kv_repeated=new_arch,
         sdpa_always_masked=True,
         sdpa_kv_broadcast=not new_arch and kv < heads,
         eager_softmax=SoftmaxDtype.NORM_OUT,
-        mlp_act_saved=_ACT_SAVED.get(c.get("activation", "gelu"), 1),
-        residual_dropouts=dropouts,
+        **_plain_act(c.get("activation", "gelu")),
+        residual_dropouts=attention + hidden,
     )
 
 
@@ -213,6 +231,16 @@ def _opt(c: dict) -> dict:
         learned_positions=maxpos + 2,  # OPTLearnedPositionalEmbedding keeps an offset of 2 rows
         embed_dim=proj if proj != h else None,
         linear_names={"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "fc1": "fc1", "fc2": "fc2"},
+        # modeling_opt.py: OPTDecoderLayer drops the attention output and fc2's output with `dropout` (0.1 by
+        # default) before each residual add, applies activation_function (relu by default) between fc1 and fc2,
+        # and with do_layer_norm_before false (opt-350m) normalizes each residual sum instead of each branch's
+        # input; OPTAttention hands attention_dropout to the attention function. OPTDecoder drops no embedding.
+        layout=LayerLayout(
+            post_norm=not c.get("do_layer_norm_before", True),
+            **_plain_act(c.get("activation_function", "relu")),
+            residual_dropouts=_branches(c, "dropout", 0.1),
+            attention_dropout=_positive(c, "attention_dropout"),
+        ),
     )
 
 
@@ -246,8 +274,8 @@ def _gpt2(c: dict) -> dict:
             qkv_views=True,
             rotary=False,
             eager_softmax=SoftmaxDtype.SCORES,
-            mlp_act_saved=_ACT_SAVED.get(c.get("activation_function", "gelu_new"), 1),
-            residual_dropouts=2 if _positive(c, "resid_pdrop", 0.1) else 0,
+            **_plain_act(c.get("activation_function", "gelu_new")),
+            residual_dropouts=_branches(c, "resid_pdrop", 0.1),
             attention_dropout=_positive(c, "attn_pdrop", 0.1),
             embedding_dropout=_positive(c, "embd_pdrop", 0.1),
         ),

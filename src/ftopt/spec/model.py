@@ -32,6 +32,14 @@ class SoftmaxDtype(str, Enum):
     NORM_OUT = "norm_out"  # Falcon: softmax(dtype=hidden_states.dtype), the attention input's (its norm's output)
 
 
+class Branch(str, Enum):
+    """What a layer's residual dropout drops before the residual add."""
+
+    ATTENTION = "attention"  # the attention output projection's output
+    MLP = "mlp"  # the MLP's output
+    BOTH = "both"  # both branches' sum (Falcon's parallel layer: dropout_add(mlp_output + attention_output))
+
+
 class LayerLayout(BaseModel):
     """How a family's decoder layer computes, where that changes the tensors backward keeps beyond what its
     linears' shapes say (estimate/layer_saved.py, estimate/attention_saved.py read it). The defaults are the
@@ -48,7 +56,10 @@ class LayerLayout(BaseModel):
     sdpa_kv_broadcast: bool = Field(False, description="SDPA gets fewer k/v heads than q heads, no enable_gqa")
     eager_softmax: SoftmaxDtype = SoftmaxDtype.FP32
     mlp_act_saved: int = Field(1, ge=1, description="intermediate-sized tensors a plain MLP's activation saves")
-    residual_dropouts: int = Field(0, ge=0, le=2, description="dropouts with p > 0 on each layer's branches")
+    mlp_act_saves_output: bool = Field(False, description="the plain MLP's activation saves its output (relu)")
+    norm_scale_fp32: bool = Field(False, description="RMSNorm multiplies by (1 + weight) in fp32 (gemma)")
+    post_norm: bool = Field(False, description="each norm reads a residual sum, after its branch (post-LN)")
+    residual_dropouts: tuple[Branch, ...] = Field((), max_length=2, description="dropouts with p > 0 before the adds")
     attention_dropout: bool = Field(False, description="dropout with p > 0 on the attention probabilities")
     embedding_dropout: bool = Field(False, description="dropout with p > 0 on the embeddings")
 
