@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from ftopt.cli.app import app
@@ -10,6 +11,7 @@ from ftopt.estimate import Method, estimate
 from ftopt.planner.choice import single_gpu_sharding
 from ftopt.planner.plan import fewest_gpus, longest_context, plan
 from ftopt.spec import DEFAULT_HEADROOM, Combination, Quant, TrainingSetup, load_hardware, load_model
+from ftopt.spec.errors import validation_message
 
 # The three plans that recommended runs at 92.7%, 93.7% and 87.5% of the GPU.
 REPROS = [
@@ -202,5 +204,7 @@ def test_headroom_is_not_part_of_a_runs_identity():
     spec = new_run(hw, ModelRef(), TrainingSetup(), Combination())
     other = with_headroom(spec, 0.25)
     assert other.setup.headroom == 0.25 and other.identity() == spec.identity()
-    with pytest.raises(Exception, match="--headroom"):
+    with pytest.raises(ValidationError) as bad:
         with_headroom(spec, 1.0)
+    # the sentence the command line prints names the flag (a plan file's would name the field)
+    assert validation_message(bad.value, flags=True).startswith("--headroom is the share of GPU memory kept free")

@@ -146,8 +146,11 @@ def test_train_and_preview_a_marker_less_template(tmp_path, marker_less_repo):
     m = json.loads((out / "metrics.json").read_text())
     assert m["data"]["format"] == "messages" and m["measured"]["steps"] == 3
     one = tmp_path / "one.jsonl"
-    one.write_text(json.dumps({"messages": CHAT}) + "\n")  # one record: preview holds nothing out
-    r = runner.invoke(app, ["preview", "--model", str(marker_less_repo), "--data", str(one), "--json"])
+    one.write_text(json.dumps({"messages": CHAT}) + "\n")  # one record: nothing to hold out, as train would say
+    args = ["preview", "--model", str(marker_less_repo), "--data", str(one), "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "too few to hold out" in r.output
+    r = runner.invoke(app, [*args, "--eval-fraction", "0"])
     assert r.exit_code == 0, r.output
     ex = json.loads(r.output)["examples"][0]
     tok = _tok_from(marker_less_repo)
