@@ -218,9 +218,9 @@ def _zero_processes(specs: Iterable[RunSpec]) -> dict:
 
 def check_one_sweep(runs: list[BenchRun], results: Path, target: QualityTarget | None) -> None:
     """A results file holds one sweep, as a run folder holds one run (ftopt.train.outputs): a rerun with the same
-    settings resumes it (more combinations or repeats included), one with other settings is refused before any run.
-    Appended, its runs were listed beside the earlier sweep's under the same labels, weighed as alternatives, and
-    judged by the last quality target. The earlier sweep is that of the last run the file records (lines without a
+    settings resumes it (more combinations or repeats included), one with other settings is refused before any run:
+    appended, its runs would stand beside the earlier sweep's under the same labels, be weighed as alternatives and
+    be judged by the last quality target. The earlier sweep is that of the last run the file records (lines without a
     run specification, ftopt.bench/1, say nothing)."""
     recorded = [r for r in read_results(results) if r.run is not None]
     if not recorded or not runs:
